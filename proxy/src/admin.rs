@@ -1,0 +1,173 @@
+//! Admin (loopback only), metrics and health servers. They run on the control
+//! runtime, so a slow scrape never delays a request.
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::drain::Drain;
+use crate::http::Body;
+use crate::state::Store;
+use crate::telemetry::log::LogHandle;
+use crate::telemetry::metrics::Metrics;
+
+/// Which endpoints a server exposes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// Port 15000: everything.
+    Admin,
+    /// Port 15090: `/metrics` (and `/stats/prometheus`).
+    Metrics,
+    /// Port 15021: `/healthz/ready`.
+    Health,
+}
+
+#[derive(Debug)]
+pub struct AdminState {
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+    pub drain: Drain,
+    pub log: LogHandle,
+    pub node_id: String,
+    pub service: Option<String>,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, surface: Surface) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, surface, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Body::full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(serde_json::to_string_pretty(v).unwrap_or_default()));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn metrics_response(m: &Metrics) -> Response<Body> {
+    let mut r = Response::new(Body::full(m.encode()));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(Metrics::CONTENT_TYPE));
+    r
+}
+
+fn ready(state: &AdminState) -> Response<Body> {
+    if state.drain.is_draining() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if state.store.is_ready() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first config\n")
+    }
+}
+
+fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    match (surface, req.method(), path) {
+        (Surface::Health, &Method::GET, "/healthz/ready") => ready(state),
+        (Surface::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => metrics_response(&state.metrics),
+        (Surface::Admin, &Method::GET, "/ready") => ready(state),
+        (Surface::Admin, &Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (Surface::Admin, &Method::GET, "/metrics") => metrics_response(&state.metrics),
+        (Surface::Admin, &Method::GET, "/config_dump") => {
+            let snap = state.store.load_full();
+            json_response(&json!({
+                "node": {"id": state.node_id, "service": state.service},
+                "ready": state.store.is_ready(),
+                "versions": snap.versions,
+                "config": snap.dump,
+            }))
+        }
+        (Surface::Admin, &Method::GET, "/clusters") => json_response(&clusters(state)),
+        (Surface::Admin, &Method::POST, "/drain") => {
+            state.drain.start();
+            text(StatusCode::OK, "draining\n")
+        }
+        (Surface::Admin, &Method::PUT | &Method::POST, "/logging") => {
+            let level = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("level="))
+                .map(str::to_string);
+            match level {
+                Some(l) => match state.log.set_level(&l) {
+                    Ok(()) => text(StatusCode::OK, format!("log level set to {l}\n")),
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                },
+                None => text(StatusCode::BAD_REQUEST, "usage: PUT /logging?level=debug\n"),
+            }
+        }
+        (_, m, p) if surface == Surface::Admin && matches!(p, "/ready" | "/live" | "/config_dump" | "/clusters" | "/metrics" | "/drain" | "/logging") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {p}\n"))
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn clusters(state: &AdminState) -> serde_json::Value {
+    let snap = state.store.load_full();
+    let list: Vec<_> = snap
+        .clusters
+        .values()
+        .map(|c| {
+            let eps: Vec<_> = c
+                .endpoints
+                .items()
+                .iter()
+                .map(|e| {
+                    let (idle, h2) = e.shared.pool.stats();
+                    json!({
+                        "address": e.addr.to_string(),
+                        "weight": e.weight,
+                        "labels": e.labels,
+                        "meshed": e.meshed,
+                        "health": "healthy",
+                        "ewma_ms": e.shared.ewma.rtt().map(|d| d.as_secs_f64() * 1000.0),
+                        "pending": e.shared.ewma.pending(),
+                        "idle_http1_connections": idle,
+                        "http2_connection": h2,
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*c.name,
+                "service": &*c.service,
+                "protocol": format!("{:?}", c.protocol).to_lowercase(),
+                "lb_policy": c.lb.as_str(),
+                "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
+                "endpoints": eps,
+            })
+        })
+        .collect();
+    json!({"clusters": list})
+}

@@ -1,0 +1,236 @@
+//! Wires the listeners, the config source and the admin servers together.
+//! The data plane runs on the caller's (multi-threaded) runtime; admin, metrics,
+//! health and the config source run on a small runtime of their own.
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::admin::{self, AdminState, Surface};
+use crate::config::ProxyConfig;
+use crate::drain::{self, Drain};
+use crate::http::server::{HttpServer, ServerLimits};
+use crate::inbound::Inbound;
+use crate::outbound::Outbound;
+use crate::source::{FileSource, LoadError};
+use crate::state::Store;
+use crate::telemetry::access::Recorder;
+use crate::telemetry::log::LogHandle;
+use crate::telemetry::metrics::{Direction, DirectionLabels, Metrics};
+use crate::transport::listen;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {0} ({1}): {2}; is another process using the port?")]
+    Bind(&'static str, SocketAddr, #[source] std::io::Error),
+    #[error("policy file {0}:\n{1}")]
+    Policy(String, #[source] LoadError),
+    #[error("cannot start the control runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl AppError {
+    /// 2 for invalid input, 1 for runtime failures (DESIGN.md §4).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Policy(..) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The addresses the proxy actually listens on (port 0 resolved).
+#[derive(Clone, Copy, Debug)]
+pub struct BoundAddrs {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub health: SocketAddr,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct App {
+    pub addrs: BoundAddrs,
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+    drain: Drain,
+    config: ProxyConfig,
+    control: Option<std::thread::JoinHandle<()>>,
+    control_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
+    listen::bind(addr).map_err(|e| AppError::Bind(what, addr, e))
+}
+
+impl App {
+    /// Load the config, bind every port and start serving. Must be called
+    /// inside the data-plane runtime.
+    pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Self, AppError> {
+        let metrics = Metrics::new();
+        let store = Arc::new(Store::new());
+        let drain = Drain::new();
+        let source = Arc::new(FileSource::new(config.policy.clone(), store.clone(), metrics.clone()));
+        source.load().map_err(|e| AppError::Policy(config.policy.display().to_string(), e))?;
+
+        let outbound_l = TcpListener::from_std(bind("outbound", config.outbound)?).map_err(|e| AppError::Bind("outbound", config.outbound, e))?;
+        let inbound_l = TcpListener::from_std(bind("inbound", config.inbound)?).map_err(|e| AppError::Bind("inbound", config.inbound, e))?;
+        let admin_l = bind("admin", config.admin)?;
+        let metrics_l = bind("metrics", config.metrics)?;
+        let health_l = bind("health", config.health)?;
+        let local = |l: &std::net::TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let addrs = BoundAddrs {
+            outbound: outbound_l.local_addr().unwrap_or(config.outbound),
+            inbound: inbound_l.local_addr().unwrap_or(config.inbound),
+            admin: local(&admin_l, config.admin),
+            metrics: local(&metrics_l, config.metrics),
+            health: local(&health_l, config.health),
+        };
+
+        let recorder = Recorder { metrics: metrics.clone(), access_log: config.access_log };
+        let server = HttpServer::new(&ServerLimits::default());
+        let outbound = Arc::new(Outbound {
+            store: store.clone(),
+            recorder: recorder.clone(),
+            server: server.clone(),
+            socket_mark: config.socket_mark,
+        });
+        let inbound_service: Arc<str> = Arc::from(config.service.as_deref().unwrap_or("inbound"));
+        let inbound = Arc::new(Inbound::new(recorder, server, config.app_port, inbound_service, config.socket_mark));
+
+        let m = metrics.clone();
+        tokio::spawn(accept_loop(outbound_l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
+            outbound.clone().serve(s, c, d)
+        }));
+        tokio::spawn(accept_loop(inbound_l, drain.signal(), m, Direction::inbound, move |s, c, d| {
+            inbound.clone().serve(s, c, d)
+        }));
+
+        // The control runtime: admin, metrics, health, config source.
+        let state = Arc::new(AdminState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            drain: drain.clone(),
+            log,
+            node_id: config.node_id.clone(),
+            service: config.service.clone(),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Runtime)?;
+        let control = std::thread::Builder::new()
+            .name("outrider-control".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    for (l, surface) in [(admin_l, Surface::Admin), (metrics_l, Surface::Metrics), (health_l, Surface::Health)] {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => {
+                                tokio::spawn(admin::serve(l, state.clone(), surface));
+                            }
+                            Err(e) => tracing::error!(error = %e, ?surface, "cannot serve admin listener"),
+                        }
+                    }
+                    tokio::spawn(source.watch());
+                    let _ = stop_rx.await;
+                });
+            })
+            .map_err(AppError::Runtime)?;
+
+        tracing::info!(
+            outbound = %addrs.outbound, inbound = %addrs.inbound, admin = %addrs.admin,
+            metrics = %addrs.metrics, health = %addrs.health, node_id = %config.node_id,
+            "listening"
+        );
+        Ok(Self { addrs, store, metrics, drain, config, control: Some(control), control_stop: Some(stop_tx) })
+    }
+
+    pub fn drain_handle(&self) -> Drain {
+        self.drain.clone()
+    }
+
+    /// Serve until SIGTERM / SIGINT or `POST /drain`, then drain and return the exit code.
+    pub async fn run_until_signal(self) -> ExitCode {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut sig = self.drain.signal();
+        tokio::select! {
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
+                tracing::info!("SIGTERM received; draining");
+            }
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; draining"),
+            _ = sig.draining() => tracing::info!("drain requested over the admin API"),
+        }
+        self.shutdown().await;
+        ExitCode::SUCCESS
+    }
+
+    /// Stop accepting, let in-flight work finish up to the drain timeout.
+    pub async fn shutdown(mut self) {
+        self.drain.start();
+        let deadline = self.config.drain_timeout;
+        match tokio::time::timeout(deadline, self.drain.idle()).await {
+            Ok(()) => tracing::info!("drained; exiting"),
+            Err(_) => tracing::warn!(
+                open = self.drain.active(),
+                timeout = ?deadline,
+                "drain deadline passed with connections still open; exiting"
+            ),
+        }
+        self.stop_control();
+    }
+
+    fn stop_control(&mut self) {
+        if let Some(tx) = self.control_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.control.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.drain.start();
+        if let Some(tx) = self.control_stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, mut sig: drain::Signal, metrics: Metrics, direction: Direction, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr, drain::Signal) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let open = metrics.tcp_connections_open.get_or_create(&DirectionLabels { direction }).clone();
+    let total = metrics.tcp_connections.get_or_create(&DirectionLabels { direction }).clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = sig.draining() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, client) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                tracing::warn!(error = %e, ?direction, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        listen::accepted(&stream);
+        let guard = sig.track();
+        open.inc();
+        total.inc();
+        let open = open.clone();
+        let fut = handle(stream, client, sig.clone());
+        tokio::spawn(async move {
+            fut.await;
+            open.dec();
+            drop(guard);
+        });
+    }
+    tracing::debug!(?direction, "listener closed for drain");
+}

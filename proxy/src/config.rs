@@ -1,0 +1,198 @@
+//! Command-line flags of `outrider-proxy`; every flag is also read from
+//! `OUTRIDER_<FLAG>` (DESIGN.md §4).
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "outrider-proxy", version, about = "Outrider service-mesh proxy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print (or with --apply, install) the iptables rules that redirect a network
+    /// namespace's TCP traffic to the proxy.
+    Iptables(crate::iptables::IptablesArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Sidecar,
+    Node,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// sidecar (one proxy per workload) or node (one per machine; not supported yet).
+    #[arg(long, env = "OUTRIDER_MODE", value_enum, default_value = "sidecar")]
+    pub mode: Mode,
+    /// Policy file (YAML) to load; watched, and reloaded on change and on SIGHUP.
+    #[arg(long, env = "OUTRIDER_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Address of the xDS control plane (not supported yet: use --policy).
+    #[arg(long, env = "OUTRIDER_XDS_ADDRESS")]
+    pub xds_address: Option<String>,
+    /// Node id reported to the control plane and shown in /config_dump.
+    #[arg(long, env = "OUTRIDER_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Name of the service (workload) this sidecar serves; labels inbound metrics.
+    #[arg(long, env = "OUTRIDER_SERVICE")]
+    pub service: Option<String>,
+    /// Port on 127.0.0.1 where inbound traffic is delivered to the application.
+    /// Without it, redirected inbound traffic goes to its original destination port.
+    #[arg(long, env = "OUTRIDER_APP_PORT")]
+    pub app_port: Option<u16>,
+    #[arg(long, env = "OUTRIDER_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+    #[arg(long, env = "OUTRIDER_INBOUND_PORT", default_value_t = 15006)]
+    pub inbound_port: u16,
+    #[arg(long, env = "OUTRIDER_ADMIN_PORT", default_value_t = 15000)]
+    pub admin_port: u16,
+    #[arg(long, env = "OUTRIDER_METRICS_PORT", default_value_t = 15090)]
+    pub metrics_port: u16,
+    #[arg(long, env = "OUTRIDER_HEALTH_PORT", default_value_t = 15021)]
+    pub health_port: u16,
+    /// Node-to-node tunnel port (node mode; not used in sidecar mode).
+    #[arg(long, env = "OUTRIDER_TUNNEL_PORT", default_value_t = 15008)]
+    pub tunnel_port: u16,
+    /// Address the outbound listener binds (loopback: only local apps may use it).
+    #[arg(long, env = "OUTRIDER_OUTBOUND_BIND", default_value = "127.0.0.1")]
+    pub outbound_bind: IpAddr,
+    /// Address the inbound, metrics and health listeners bind.
+    #[arg(long, env = "OUTRIDER_INBOUND_BIND", default_value = "0.0.0.0")]
+    pub inbound_bind: IpAddr,
+    #[arg(long, env = "OUTRIDER_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Access log: one line per request / connection (on | off).
+    #[arg(long, env = "OUTRIDER_ACCESS_LOG", default_value = "on", value_parser = on_off)]
+    pub access_log: bool,
+    /// Data-plane worker threads (default: number of CPUs).
+    #[arg(long, env = "OUTRIDER_WORKERS")]
+    pub workers: Option<usize>,
+    /// How long in-flight requests may take to finish after SIGTERM, e.g. 5s.
+    #[arg(long, env = "OUTRIDER_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// SO_MARK set on the proxy's upstream sockets, so iptables rules can exempt them.
+    #[arg(long, env = "OUTRIDER_SOCKET_MARK")]
+    pub socket_mark: Option<u32>,
+    /// Workload address registered for --service (control plane; not supported yet).
+    #[arg(long, env = "OUTRIDER_ADVERTISE")]
+    pub advertise: Option<String>,
+    #[arg(long, env = "OUTRIDER_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Service account of the workload (identity; not supported yet).
+    #[arg(long, env = "OUTRIDER_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    /// Join token file for certificate issuance (not supported yet).
+    #[arg(long, env = "OUTRIDER_IDENTITY_TOKEN")]
+    pub identity_token: Option<PathBuf>,
+    /// Labels of the registered workload, KEY=VALUE, repeatable (not supported yet).
+    #[arg(long = "label", env = "OUTRIDER_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    outrider_xds::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Validated proxy configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub policy: PathBuf,
+    pub node_id: String,
+    pub service: Option<String>,
+    pub namespace: String,
+    pub app_port: Option<u16>,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub health: SocketAddr,
+    pub log_format: LogFormat,
+    pub access_log: bool,
+    pub workers: usize,
+    pub drain_timeout: Duration,
+    pub socket_mark: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--policy FILE is required (the xDS client arrives with the control plane)")]
+    NoPolicy,
+    #[error("{0} is not supported yet: {1}")]
+    NotSupported(&'static str, &'static str),
+    #[error("--workers must be at least 1")]
+    Workers,
+}
+
+impl ProxyArgs {
+    pub fn validate(self) -> Result<ProxyConfig, ConfigError> {
+        if self.mode == Mode::Node {
+            return Err(ConfigError::NotSupported("--mode node", "run one proxy per workload (sidecar)"));
+        }
+        if self.xds_address.is_some() {
+            return Err(ConfigError::NotSupported("--xds-address", "use --policy FILE"));
+        }
+        if self.identity_token.is_some() || self.service_account.is_some() {
+            return Err(ConfigError::NotSupported(
+                "--identity-token / --service-account",
+                "mutual TLS arrives with the identity work",
+            ));
+        }
+        if self.advertise.is_some() || !self.labels.is_empty() {
+            return Err(ConfigError::NotSupported(
+                "--advertise / --label",
+                "workload registration needs the control plane",
+            ));
+        }
+        let policy = self.policy.ok_or(ConfigError::NoPolicy)?;
+        let workers = match self.workers {
+            Some(0) => return Err(ConfigError::Workers),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        };
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let node_id = self.node_id.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("sidecar~{}~{}", host.trim(), std::process::id())
+        });
+        Ok(ProxyConfig {
+            policy,
+            node_id,
+            service: self.service,
+            namespace: self.namespace,
+            app_port: self.app_port,
+            outbound: SocketAddr::new(self.outbound_bind, self.outbound_port),
+            inbound: SocketAddr::new(self.inbound_bind, self.inbound_port),
+            admin: SocketAddr::new(loopback, self.admin_port),
+            metrics: SocketAddr::new(self.inbound_bind, self.metrics_port),
+            health: SocketAddr::new(self.inbound_bind, self.health_port),
+            log_format: self.log_format,
+            access_log: self.access_log,
+            workers,
+            drain_timeout: self.drain_timeout,
+            socket_mark: self.socket_mark,
+        })
+    }
+}

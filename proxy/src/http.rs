@@ -1,0 +1,16 @@
+//! HTTP: the body type, header hygiene, upstream pools, and serving a connection.
+
+/// The one body type of the proxy: streamed from a peer, or a local reply.
+pub mod body;
+/// Hop-by-hop headers, `x-forwarded-for`, `x-request-id`.
+pub mod headers;
+/// Upstream connection pools per endpoint: HTTP/1.1 keep-alive and HTTP/2 multiplexed.
+pub mod client;
+/// Serving a downstream connection (HTTP/1.1 and HTTP/2) with drain support.
+pub mod server;
+/// Forwarding one request to an endpoint: header hygiene, URI form, upgrades.
+pub mod forward;
+/// HTTP/1.1 upgrades (WebSocket) spliced through.
+pub mod upgrade;
+
+pub use body::Body;

@@ -1,0 +1,198 @@
+//! Upstream connection pools, one per endpoint, carried across config snapshots.
+//! HTTP/1.1 connections are kept alive and reused one request at a time;
+//! an HTTP/2 connection is shared by all requests to the endpoint.
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::Body;
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+/// How to open a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectConfig {
+    pub timeout: Duration,
+    pub mark: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {0} timed out after {1:?}; is the endpoint listening?")]
+    ConnectTimeout(SocketAddr, Duration),
+    #[error("connect to {0} failed: {1}")]
+    Connect(SocketAddr, #[source] io::Error),
+    #[error("HTTP handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, #[source] hyper::Error),
+    #[error("request to {0} failed: {1}")]
+    Request(SocketAddr, #[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Did we never reach the endpoint (so nothing was sent)?
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::ConnectTimeout(..) | UpstreamError::Connect(..) | UpstreamError::Handshake(..))
+    }
+}
+
+/// Open a TCP connection with a deadline and the proxy's socket options.
+pub async fn connect_tcp(addr: SocketAddr, cfg: &ConnectConfig) -> Result<TcpStream, UpstreamError> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .map_err(|e| UpstreamError::Connect(addr, e))?;
+    socket.set_nodelay(true).map_err(|e| UpstreamError::Connect(addr, e))?;
+    if let Some(mark) = cfg.mark {
+        socket2::SockRef::from(&socket).set_mark(mark).map_err(|e| UpstreamError::Connect(addr, e))?;
+    }
+    match tokio::time::timeout(cfg.timeout, socket.connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(UpstreamError::Connect(addr, e)),
+        Err(_) => Err(UpstreamError::ConnectTimeout(addr, cfg.timeout)),
+    }
+}
+
+/// Connections to one endpoint.
+#[derive(Debug)]
+pub struct EndpointPool {
+    addr: SocketAddr,
+    h1: Mutex<Vec<http1::SendRequest<Body>>>,
+    h2: Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+impl EndpointPool {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, h1: Mutex::new(Vec::new()), h2: Mutex::new(None) }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Idle HTTP/1.1 connections and whether an HTTP/2 connection is open.
+    pub fn stats(&self) -> (usize, bool) {
+        let idle = self.h1.lock().len();
+        let h2 = self.h2.lock().as_ref().is_some_and(|s| !s.is_closed());
+        (idle, h2)
+    }
+
+    /// Send one request. For HTTP/1.1 the URI should be origin-form with a Host
+    /// header; for HTTP/2 absolute-form (scheme + authority).
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        proto: UpstreamProtocol,
+        cfg: &ConnectConfig,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match proto {
+            UpstreamProtocol::Http1 => self.send_h1(req, cfg).await,
+            UpstreamProtocol::Http2 => self.send_h2(req, cfg).await,
+        }
+    }
+
+    fn idle_h1(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.h1.lock();
+        while let Some(s) = idle.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    async fn send_h1(self: &Arc<Self>, mut req: Request<Body>, cfg: &ConnectConfig) -> Result<Response<Incoming>, UpstreamError> {
+        // A pooled connection may have been closed by the server a moment ago. If the
+        // request was not written, hyper hands it back and we use a fresh connection.
+        while let Some(mut sender) = self.idle_h1() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.after_h1(sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(UpstreamError::Request(self.addr, e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect_h1(cfg).await?;
+        let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
+        Ok(self.after_h1(sender, resp))
+    }
+
+    /// Return the connection to the pool once the response body is done
+    /// (an upgraded connection belongs to the upgrade).
+    fn after_h1(self: &Arc<Self>, mut sender: http1::SendRequest<Body>, resp: Response<Incoming>) -> Response<Incoming> {
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    if let Some(pool) = pool.upgrade() {
+                        let mut idle = pool.h1.lock();
+                        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+                            idle.push(sender);
+                        }
+                    }
+                }
+            });
+        }
+        resp
+    }
+
+    async fn connect_h1(&self, cfg: &ConnectConfig) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let tcp = connect_tcp(self.addr, cfg).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| UpstreamError::Handshake(self.addr, e))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(&self, req: Request<Body>, cfg: &ConnectConfig) -> Result<Response<Incoming>, UpstreamError> {
+        let existing = self.h2.lock().as_ref().filter(|s| !s.is_closed()).cloned();
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let s = self.connect_h2(cfg).await?;
+                *self.h2.lock() = Some(s.clone());
+                s
+            }
+        };
+        sender.ready().await.map_err(|e| UpstreamError::Request(self.addr, e))?;
+        sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))
+    }
+
+    async fn connect_h2(&self, cfg: &ConnectConfig) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let tcp = connect_tcp(self.addr, cfg).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| UpstreamError::Handshake(self.addr, e))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}

@@ -1,0 +1,88 @@
+//! Forwarding one request to a chosen endpoint: header hygiene, the URI form
+//! and version the upstream protocol needs, and HTTP/1.1 upgrades.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::Body;
+use super::client::{ConnectConfig, EndpointPool, UpstreamProtocol};
+use super::headers;
+use crate::rescue::ProxyError;
+
+/// The authority a request names: `:authority` / absolute-form URI, else `Host`.
+pub fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    req.headers().get(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok())
+}
+
+/// Prepare and send `req` to `pool`'s endpoint, and prepare the response for
+/// the downstream. `client` goes into `x-forwarded-for`.
+pub async fn forward(
+    pool: &Arc<EndpointPool>,
+    mut req: Request<Incoming>,
+    proto: UpstreamProtocol,
+    cfg: &ConnectConfig,
+    client: SocketAddr,
+    authority: Option<&Authority>,
+) -> Result<Response<Body>, ProxyError> {
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported on this port"));
+    }
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let proto = if upgrade { UpstreamProtocol::Http1 } else { proto };
+
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // The proxy answers `Expect: 100-continue` itself once it starts reading the body.
+    parts.headers.remove(header::EXPECT);
+    headers::append_forwarded_for(&mut parts.headers, client.ip());
+
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match proto {
+        UpstreamProtocol::Http1 => {
+            if !parts.headers.contains_key(header::HOST) {
+                if let Some(a) = authority {
+                    if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                        parts.headers.insert(header::HOST, v);
+                    }
+                }
+            }
+            parts.uri = Uri::from(path);
+            parts.version = Version::HTTP_11;
+        }
+        UpstreamProtocol::Http2 => {
+            let authority = match authority {
+                Some(a) => a.clone(),
+                None => Authority::try_from(pool.addr().to_string().as_str())
+                    .map_err(|_| ProxyError::BadRequest("request has no authority"))?,
+            };
+            parts.headers.remove(header::HOST);
+            let mut up = Uri::builder().scheme(Scheme::HTTP).authority(authority).path_and_query(path);
+            if let Some(s) = parts.uri.scheme() {
+                up = up.scheme(s.clone());
+            }
+            parts.uri = up.build().map_err(|_| ProxyError::BadRequest("cannot form the upstream URI"))?;
+            parts.version = Version::HTTP_2;
+        }
+    }
+    let up_req = Request::from_parts(parts, Body::Incoming(body));
+    let mut resp = pool.send(up_req, proto, cfg).await?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = on_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            super::upgrade::splice(down, up);
+        }
+        return Ok(resp.map(|_| Body::Empty));
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, Body::Incoming(body)))
+}

@@ -1,0 +1,112 @@
+//! Inbound: connections from other workloads to the local application. HTTP is
+//! served and forwarded to the app (same HTTP version as the caller used);
+//! anything else is spliced to the app's port as bytes.
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use crate::drain;
+use crate::http::client::{ConnectConfig, EndpointPool, UpstreamProtocol};
+use crate::http::server::HttpServer;
+use crate::http::{Body, forward, headers};
+use crate::rescue::{self, ProxyError};
+use crate::telemetry::access::{Recorder, RequestRecord};
+use crate::telemetry::metrics::Direction;
+use crate::transport::{detect, orig_dst};
+
+/// Connect timeout to the local application.
+pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Inbound {
+    pub recorder: Recorder,
+    pub server: HttpServer,
+    pub app_port: Option<u16>,
+    /// Service label for inbound metrics.
+    pub service: Arc<str>,
+    pub socket_mark: Option<u32>,
+    pools: Mutex<HashMap<u16, Arc<EndpointPool>>>,
+}
+
+impl Inbound {
+    pub fn new(recorder: Recorder, server: HttpServer, app_port: Option<u16>, service: Arc<str>, socket_mark: Option<u32>) -> Self {
+        Self { recorder, server, app_port, service, socket_mark, pools: Mutex::default() }
+    }
+
+    fn pool(&self, port: u16) -> Arc<EndpointPool> {
+        self.pools
+            .lock()
+            .entry(port)
+            .or_insert_with(|| Arc::new(EndpointPool::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))))
+            .clone()
+    }
+
+    fn cfg(&self) -> ConnectConfig {
+        ConnectConfig { timeout: APP_CONNECT_TIMEOUT, mark: self.socket_mark }
+    }
+
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, client: SocketAddr, drain: drain::Signal) {
+        let port = match (self.app_port, orig_dst::original_dst(&stream)) {
+            (Some(p), _) => p,
+            (None, Some(d)) => d.port(),
+            (None, None) => {
+                tracing::warn!(%client, "inbound connection with no --app-port and no original destination; closing");
+                return;
+            }
+        };
+        match detect::detect(&stream, detect::DETECT_TIMEOUT).await {
+            Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
+                let server = self.server.clone();
+                let ctx = self.clone();
+                server
+                    .serve(
+                        stream,
+                        move |req| {
+                            let ctx = ctx.clone();
+                            async move { Ok::<_, Infallible>(ctx.handle(client, port, req).await) }
+                        },
+                        drain,
+                    )
+                    .await;
+            }
+            Ok(detect::Detected::Opaque) => {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                crate::outbound::tcp::splice_to(&self.recorder, Direction::inbound, self.service.clone(), stream, client, addr, &self.cfg()).await;
+            }
+            Ok(detect::Detected::Closed) => {}
+            Err(e) => tracing::debug!(%client, error = %e, "protocol detection failed"),
+        }
+    }
+
+    async fn handle(&self, client: SocketAddr, port: u16, mut req: Request<Incoming>) -> Response<Body> {
+        let mut rec = RequestRecord::start(&self.recorder, Direction::inbound, client, &req);
+        rec.service = self.service.clone();
+        rec.route = self.service.clone();
+        let grpc = rescue::is_grpc(&req);
+        rec.request_id = Some(headers::ensure_request_id(req.headers_mut()));
+        let authority = forward::authority_of(&req);
+        rec.authority = authority.clone();
+        let pool = self.pool(port);
+        rec.upstream = Some(pool.addr());
+        let proto = if req.version() == Version::HTTP_2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+        let res: Result<_, ProxyError> = forward::forward(&pool, req, proto, &self.cfg(), client, authority.as_ref()).await;
+        match res {
+            Ok(resp) => {
+                rec.finish(resp.status().as_u16(), None);
+                resp
+            }
+            Err(e) => {
+                let (resp, reason) = e.to_response(grpc);
+                rec.finish(e.classify().0.as_u16(), Some(reason));
+                resp
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! `outrider-proxy`: parse flags, build the runtimes, run the app, drain on signal.
+use std::process::ExitCode;
+
+use clap::Parser;
+use outrider_proxy::{app::App, config::Cli, config::Command, iptables};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Iptables(args)) = cli.command {
+        return iptables::run(&args);
+    }
+    let config = match cli.proxy.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outrider-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = outrider_proxy::telemetry::log::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
+        .thread_name("outrider-data")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outrider-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let app = match App::build(config, log).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "startup failed");
+                eprintln!("outrider-proxy: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        };
+        app.run_until_signal().await
+    })
+}

@@ -1,0 +1,118 @@
+//! Outbound HTTP: authority → virtual host → route → split → endpoint.
+//!
+//! Stages, outer → inner:
+//!   record    — one access-log / metrics record per request (exactly once)
+//!   route     — virtual host by authority (or original destination), first matching route
+//!   split     — weighted choice of cluster subset
+//!   balance   — P2C-EWMA / round robin / random over the subset's endpoints
+//!   endpoint  — pooled HTTP/1.1 or HTTP/2 connection, header hygiene, upgrades
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+
+use super::Outbound;
+use crate::drain;
+use crate::http::{Body, forward, headers};
+use crate::rescue::{self, ProxyError};
+use crate::state::{Endpoint, Split, Target};
+use crate::telemetry::access::RequestRecord;
+use crate::telemetry::metrics::Direction;
+
+/// Serve HTTP on a connection; `orig_dst` names the service when Host does not.
+pub async fn serve(
+    ctx: Arc<Outbound>,
+    stream: TcpStream,
+    client: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    drain: drain::Signal,
+) {
+    let server = ctx.server.clone();
+    server
+        .serve(
+            stream,
+            move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, client, orig_dst, req).await) }
+            },
+            drain,
+        )
+        .await;
+}
+
+async fn handle(ctx: &Outbound, client: SocketAddr, orig_dst: Option<SocketAddr>, mut req: Request<Incoming>) -> Response<Body> {
+    let mut rec = RequestRecord::start(&ctx.recorder, Direction::outbound, client, &req);
+    let grpc = rescue::is_grpc(&req);
+    rec.request_id = Some(headers::ensure_request_id(req.headers_mut()));
+    match proxy(ctx, client, orig_dst, req, &mut rec).await {
+        Ok(resp) => {
+            rec.finish(resp.status().as_u16(), None);
+            resp
+        }
+        Err(e) => {
+            let (resp, reason) = e.to_response(grpc);
+            let status = if grpc { e.classify().0.as_u16() } else { resp.status().as_u16() };
+            rec.finish(status, Some(reason));
+            resp
+        }
+    }
+}
+
+/// The routing decision, made against one snapshot.
+fn route(
+    ctx: &Outbound,
+    orig_dst: Option<SocketAddr>,
+    req: &Request<Incoming>,
+    authority: Option<&http::uri::Authority>,
+    rec: &mut RequestRecord,
+) -> Result<(Arc<Endpoint>, Arc<crate::state::Cluster>), ProxyError> {
+    let snap = ctx.store.load();
+    let by_host = authority.and_then(|a| {
+        let a = a.as_str();
+        snap.vhosts.get(a).or_else(|| snap.vhosts.get(a.to_ascii_lowercase().as_str()))
+    });
+    let vh = match by_host {
+        Some(vh) => vh,
+        None => match orig_dst.and_then(|d| snap.outbound.lookup(d)) {
+            Some(Target::Http(vh)) => vh,
+            _ => {
+                return Err(ProxyError::NoRoute {
+                    authority: authority.map(|a| a.to_string()).unwrap_or_default(),
+                });
+            }
+        },
+    };
+    rec.service = vh.name.clone();
+    let Some(route) = vh.routes.iter().find(|r| r.matches(req)) else {
+        return Err(ProxyError::NoRouteMatch { service: vh.name.to_string(), path: req.uri().path().to_string() });
+    };
+    rec.route = route.name.clone();
+    let split: &Split = route.pick_split().ok_or_else(|| ProxyError::NoHealthyUpstream { service: vh.name.to_string() })?;
+    rec.service = split.cluster.service.clone();
+    let ep = split
+        .endpoints
+        .pick()
+        .ok_or_else(|| ProxyError::NoHealthyUpstream { service: split.cluster.service.to_string() })?;
+    rec.upstream = Some(ep.addr);
+    Ok((ep.clone(), split.cluster.clone()))
+}
+
+async fn proxy(
+    ctx: &Outbound,
+    client: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    req: Request<Incoming>,
+    rec: &mut RequestRecord,
+) -> Result<Response<Body>, ProxyError> {
+    let authority = forward::authority_of(&req);
+    rec.authority = authority.clone();
+    let (ep, cluster) = route(ctx, orig_dst, &req, authority.as_ref(), rec)?;
+    let cfg = ctx.connect_config(cluster.connect_timeout);
+    let in_flight = ep.shared.ewma.start();
+    let resp = forward::forward(&ep.shared.pool, req, cluster.protocol.upstream(), &cfg, client, authority.as_ref()).await?;
+    in_flight.complete();
+    Ok(resp)
+}

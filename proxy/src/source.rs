@@ -1,0 +1,126 @@
+//! Where configuration comes from. Today: the `--policy` file, translated to
+//! Envoy resources in-process by `outrider-xds` and applied through the same
+//! snapshot builder the xDS client will use. Reloaded on SIGHUP and when the
+//! file changes; a bad file is reported and the previous config stays.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::state::{Builder, Rejection, Store};
+use crate::telemetry::metrics::{Metrics, TypeLabels, XdsLabels, version_value};
+
+/// How often the policy file is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+const TYPES: [&str; 4] = ["listener", "route", "cluster", "endpoint"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Policy(#[from] outrider_xds::PolicyErrors),
+    #[error("the translated resources were rejected:\n{}", .0.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n"))]
+    Rejected(Vec<Rejection>),
+}
+
+/// The policy file, applied to a store.
+#[derive(Debug)]
+pub struct FileSource {
+    path: PathBuf,
+    store: Arc<Store>,
+    builder: Builder,
+    metrics: Metrics,
+    applied_version: parking_lot::Mutex<Option<String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Unchanged,
+}
+
+impl FileSource {
+    pub fn new(path: PathBuf, store: Arc<Store>, metrics: Metrics) -> Self {
+        Self { path, store, builder: Builder::new(), metrics, applied_version: parking_lot::Mutex::new(None) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Load, translate, build and apply. On error nothing changes.
+    pub fn load(&self) -> Result<Outcome, LoadError> {
+        let result = self.try_load();
+        let result_label = if result.is_ok() { "accepted" } else { "rejected" };
+        for t in TYPES {
+            self.metrics.xds_updates.get_or_create(&XdsLabels { r#type: t, result: result_label }).inc();
+        }
+        result
+    }
+
+    fn try_load(&self) -> Result<Outcome, LoadError> {
+        let set = outrider_xds::load_file(&self.path)?;
+        let resources = outrider_xds::translate(&set);
+        if self.applied_version.lock().as_deref() == Some(resources.version.as_str()) {
+            return Ok(Outcome::Unchanged);
+        }
+        let (snapshot, rejected) = self.builder.build(&resources);
+        if !rejected.is_empty() {
+            return Err(LoadError::Rejected(rejected));
+        }
+        self.store.apply(snapshot);
+        let v = version_value(&resources.version);
+        for t in TYPES {
+            self.metrics.config_version.get_or_create(&TypeLabels { r#type: t }).set(v);
+        }
+        tracing::info!(file = %self.path.display(), version = %resources.version, "config applied");
+        *self.applied_version.lock() = Some(resources.version);
+        Ok(Outcome::Applied)
+    }
+
+    fn reload(&self, why: &str) {
+        match self.load() {
+            Ok(Outcome::Applied) => tracing::info!(reason = why, "policy file reloaded"),
+            Ok(Outcome::Unchanged) => tracing::debug!(reason = why, "policy file unchanged"),
+            Err(e) => tracing::error!(
+                reason = why,
+                file = %self.path.display(),
+                error = %e,
+                "policy file rejected; the previous config stays in force"
+            ),
+        }
+    }
+
+    fn fingerprint(&self) -> Option<(SystemTime, u64)> {
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+
+    /// Reload on SIGHUP and when the file changes, until the task is dropped.
+    pub async fn watch(self: Arc<Self>) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file change only");
+                None
+            }
+        };
+        let mut last = self.fingerprint();
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    last = self.fingerprint();
+                    self.reload("SIGHUP");
+                }
+                _ = tick.tick() => {
+                    let now = self.fingerprint();
+                    if now != last {
+                        last = now;
+                        self.reload("file changed");
+                    }
+                }
+            }
+        }
+    }
+}

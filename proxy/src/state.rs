@@ -1,0 +1,255 @@
+//! The config snapshot the data path reads: built from Envoy v3 resources off
+//! the hot path, validated, then swapped in with one `ArcSwap::store`. State that
+//! must outlive a snapshot (latency estimates, connection pools) is keyed by
+//! cluster and endpoint and carried over while they still exist.
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, HeaderValue};
+use tokio::sync::watch;
+
+use crate::balance::{Balanced, Balancer, LbPolicy, PeakEwma};
+use crate::http::client::{EndpointPool, UpstreamProtocol};
+
+mod build;
+
+pub use build::{Builder, Rejection};
+
+/// One consistent view of the configuration.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Version of each resource type, as received.
+    pub versions: Versions,
+    /// Outbound listener: original destination → what to do.
+    pub outbound: OutboundMatch,
+    /// HTTP virtual hosts by lower-cased domain (`name`, `name:port`, `vip:port`, ...).
+    pub vhosts: HashMap<Box<str>, Arc<VirtualHost>>,
+    pub clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
+    /// JSON view of every resource, for `/config_dump`.
+    pub dump: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Versions {
+    pub listeners: String,
+    pub routes: String,
+    pub clusters: String,
+    pub endpoints: String,
+}
+
+/// What a connection to an original destination is.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// An HTTP service: serve HTTP, with this virtual host when Host names none.
+    Http(Arc<VirtualHost>),
+    /// An opaque TCP service.
+    Tcp(Arc<Cluster>),
+}
+
+#[derive(Debug, Default)]
+pub struct OutboundMatch {
+    pub exact: HashMap<SocketAddr, Target>,
+    pub ranges: Vec<(IpRange, Option<u16>, Target)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct IpRange {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl IpRange {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let bits = u32::from(self.prefix_len.min(32));
+                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let bits = u32::from(self.prefix_len.min(128));
+                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl OutboundMatch {
+    pub fn lookup(&self, dst: SocketAddr) -> Option<&Target> {
+        let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+        if let Some(t) = self.exact.get(&dst) {
+            return Some(t);
+        }
+        self.ranges
+            .iter()
+            .find(|(range, port, _)| port.is_none_or(|p| p == dst.port()) && range.contains(dst.ip()))
+            .map(|(_, _, t)| t)
+    }
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: Arc<str>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub path: PathMatch,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub splits: Vec<Split>,
+    pub total_weight: u32,
+}
+
+impl Route {
+    pub fn matches<B>(&self, req: &http::Request<B>) -> bool {
+        let path = req.uri().path();
+        let path_ok = match &self.path {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+        };
+        path_ok && self.headers.iter().all(|(n, v)| req.headers().get_all(n).iter().any(|have| have == v))
+    }
+
+    /// Pick a split by weight.
+    pub fn pick_split(&self) -> Option<&Split> {
+        match self.splits.len() {
+            0 => None,
+            1 => self.splits.first(),
+            _ => {
+                let mut r = fastrand::u32(..self.total_weight.max(1));
+                for s in &self.splits {
+                    if r < s.weight {
+                        return Some(s);
+                    }
+                    r -= s.weight;
+                }
+                self.splits.last()
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Split {
+    pub cluster: Arc<Cluster>,
+    pub weight: u32,
+    pub subset: Option<BTreeMap<String, String>>,
+    /// The endpoints of the cluster that carry the subset's labels.
+    pub endpoints: Arc<Balancer<Arc<Endpoint>>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterProtocol {
+    Http1,
+    Http2,
+    Tcp,
+}
+
+impl ClusterProtocol {
+    pub fn upstream(self) -> UpstreamProtocol {
+        match self {
+            ClusterProtocol::Http2 => UpstreamProtocol::Http2,
+            _ => UpstreamProtocol::Http1,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    /// Service name, the `service` metrics label.
+    pub service: Arc<str>,
+    pub protocol: ClusterProtocol,
+    pub connect_timeout: Duration,
+    pub lb: LbPolicy,
+    pub endpoints: Arc<Balancer<Arc<Endpoint>>>,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub labels: BTreeMap<String, String>,
+    pub meshed: bool,
+    pub shared: Arc<EndpointShared>,
+}
+
+/// Per-endpoint state that survives config changes.
+#[derive(Debug)]
+pub struct EndpointShared {
+    pub ewma: PeakEwma,
+    pub pool: Arc<EndpointPool>,
+}
+
+impl Balanced for Endpoint {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn load(&self) -> &PeakEwma {
+        &self.shared.ewma
+    }
+}
+
+/// The handle every part of the proxy shares: the current snapshot, readiness,
+/// and a channel that says when it changed.
+#[derive(Debug)]
+pub struct Store {
+    current: ArcSwap<Snapshot>,
+    ready: AtomicBool,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            ready: AtomicBool::new(false),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// The snapshot in force (one atomic load).
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Swap in a new snapshot; the first one makes the proxy ready.
+    pub fn apply(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+        self.ready.store(true, Ordering::Release);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}

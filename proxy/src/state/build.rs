@@ -1,0 +1,484 @@
+//! Envoy v3 resources → [`Snapshot`]. One handler per resource type; each
+//! returns what it rejected and why, and accepted resources still apply.
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster as XCluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{Metadata, address, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, header_matcher, route, route_action, route_match};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
+use envoy_types::pb::google::protobuf::{Any, Struct, value};
+use http::{HeaderName, HeaderValue};
+use outrider_xds::Resources;
+use outrider_xds::resources as names;
+use parking_lot::Mutex;
+use prost::{Message, Name};
+use serde_json::json;
+
+use super::*;
+use crate::balance::{Balancer, LbPolicy, PeakEwma};
+use crate::http::client::EndpointPool;
+
+/// A resource the proxy cannot use, and why (becomes a NACK's `error_detail`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub type_name: &'static str,
+    pub name: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?}: {}", self.type_name, self.name, self.reason)
+    }
+}
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds snapshots and keeps the per-endpoint state that outlives them.
+#[derive(Debug, Default)]
+pub struct Builder {
+    carried: Mutex<HashMap<(Arc<str>, SocketAddr), Arc<EndpointShared>>>,
+}
+
+struct Ctx<'a> {
+    rejected: &'a mut Vec<Rejection>,
+}
+
+impl Ctx<'_> {
+    fn reject(&mut self, type_name: &'static str, name: &str, reason: impl Into<String>) {
+        self.rejected.push(Rejection { type_name, name: name.to_string(), reason: reason.into() });
+    }
+}
+
+impl Builder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Build a snapshot from a complete set of resources.
+    pub fn build(&self, res: &Resources) -> (Snapshot, Vec<Rejection>) {
+        let mut rejected = Vec::new();
+        let mut ctx = Ctx { rejected: &mut rejected };
+        let mut carried = self.carried.lock();
+        let mut next_carried = HashMap::new();
+
+        let loads: HashMap<&str, &ClusterLoadAssignment> =
+            res.endpoints.iter().map(|c| (c.cluster_name.as_str(), c)).collect();
+        let mut clusters = BTreeMap::new();
+        let mut cluster_endpoints: HashMap<Arc<str>, Vec<Arc<Endpoint>>> = HashMap::new();
+        let mut dump_clusters = Vec::new();
+        let mut dump_endpoints = Vec::new();
+        for xc in &res.clusters {
+            if xc.name == names::PASSTHROUGH_CLUSTER {
+                continue;
+            }
+            match cluster_from(xc) {
+                Ok((name, service, protocol, connect_timeout, lb)) => {
+                    let name: Arc<str> = Arc::from(name);
+                    let mut eps = Vec::new();
+                    if let Some(cla) = loads.get(&*name) {
+                        match endpoints_from(cla) {
+                            Ok(list) => {
+                                for (addr, weight, labels, meshed) in list {
+                                    let key = (name.clone(), addr);
+                                    let shared = carried.get(&key).cloned().unwrap_or_else(|| {
+                                        Arc::new(EndpointShared {
+                                            ewma: PeakEwma::default(),
+                                            pool: Arc::new(EndpointPool::new(addr)),
+                                        })
+                                    });
+                                    next_carried.insert(key, shared.clone());
+                                    eps.push(Arc::new(Endpoint { addr, weight, labels, meshed, shared }));
+                                }
+                                dump_endpoints.push(dump_cla(&name, &eps));
+                            }
+                            Err(reason) => ctx.reject("ClusterLoadAssignment", &name, reason),
+                        }
+                    }
+                    dump_clusters.push(json!({
+                        "name": &*name, "service": &*service, "protocol": format!("{protocol:?}").to_lowercase(),
+                        "lb_policy": lb.as_str(), "connect_timeout_ms": connect_timeout.as_millis() as u64,
+                    }));
+                    let balancer = Arc::new(Balancer::new(lb, eps.clone()));
+                    cluster_endpoints.insert(name.clone(), eps);
+                    clusters.insert(
+                        name.clone(),
+                        Arc::new(Cluster { name, service, protocol, connect_timeout, lb, endpoints: balancer }),
+                    );
+                }
+                Err(reason) => ctx.reject("Cluster", &xc.name, reason),
+            }
+        }
+        *carried = next_carried;
+        drop(carried);
+
+        let mut vhosts: HashMap<Box<str>, Arc<VirtualHost>> = HashMap::new();
+        let mut vhosts_by_name: HashMap<String, Arc<VirtualHost>> = HashMap::new();
+        let mut dump_routes = Vec::new();
+        for rc in &res.routes {
+            let (hosts, dump) = route_config_from(rc, &clusters, &cluster_endpoints, &mut ctx);
+            dump_routes.push(dump);
+            for (domains, vh) in hosts {
+                vhosts_by_name.insert(format!("{}/{}", rc.name, vh.name), vh.clone());
+                for d in domains {
+                    vhosts.entry(d.to_ascii_lowercase().into_boxed_str()).or_insert_with(|| vh.clone());
+                }
+            }
+        }
+
+        let mut outbound = OutboundMatch::default();
+        let mut dump_listeners = Vec::new();
+        for l in &res.listeners {
+            if l.name != names::OUTBOUND_LISTENER {
+                ctx.reject("Listener", &l.name, "only the \"outbound\" listener is understood by this proxy");
+                continue;
+            }
+            dump_listeners.push(listener_from(l, &clusters, &vhosts_by_name, &mut outbound, &mut ctx));
+        }
+
+        let versions = Versions {
+            listeners: res.version.clone(),
+            routes: res.version.clone(),
+            clusters: res.version.clone(),
+            endpoints: res.version.clone(),
+        };
+        let dump = json!({
+            "version": res.version,
+            "listeners": {"version": versions.listeners, "resources": dump_listeners},
+            "routes": {"version": versions.routes, "resources": dump_routes},
+            "clusters": {"version": versions.clusters, "resources": dump_clusters},
+            "endpoints": {"version": versions.endpoints, "resources": dump_endpoints},
+        });
+        (Snapshot { versions, outbound, vhosts, clusters, dump }, rejected)
+    }
+}
+
+fn decode_any<M: Message + Name + Default>(any: &Any) -> Result<M, String> {
+    if any.type_url != M::type_url() {
+        return Err(format!("expected {} but got {}", M::type_url(), any.type_url));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {}: {e}", M::full_name()))
+}
+
+fn duration_from(d: &envoy_types::pb::google::protobuf::Duration) -> Result<Duration, String> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err("negative duration".into());
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+fn struct_str<'a>(s: &'a Struct, key: &str) -> Option<&'a str> {
+    match s.fields.get(key)?.kind.as_ref()? {
+        value::Kind::StringValue(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn struct_labels(s: &Struct) -> BTreeMap<String, String> {
+    s.fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(value::Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn outrider_meta(m: Option<&Metadata>) -> Option<&Struct> {
+    m?.filter_metadata.get(names::OUTRIDER_METADATA)
+}
+
+type ClusterParts = (String, Arc<str>, ClusterProtocol, Duration, LbPolicy);
+
+fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
+    let connect_timeout = match &xc.connect_timeout {
+        Some(d) => duration_from(d)?,
+        None => DEFAULT_CONNECT_TIMEOUT,
+    };
+    if connect_timeout.is_zero() {
+        return Err("connect_timeout must be greater than 0".into());
+    }
+    let lb = match cluster::LbPolicy::try_from(xc.lb_policy) {
+        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::P2cEwma,
+        Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+        other => return Err(format!("lb_policy {other:?} is not supported (use LEAST_REQUEST, ROUND_ROBIN or RANDOM)")),
+    };
+    let meta = outrider_meta(xc.metadata.as_ref());
+    let service: Arc<str> = Arc::from(meta.and_then(|m| struct_str(m, "service")).unwrap_or(&xc.name));
+    let mut protocol = ClusterProtocol::Tcp;
+    if let Some(any) = xc.typed_extension_protocol_options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions") {
+        let opts: HttpProtocolOptions = decode_any(any)?;
+        use http_protocol_options::UpstreamProtocolOptions as U;
+        use http_protocol_options::explicit_http_config::ProtocolConfig as P;
+        protocol = match opts.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(c)) => match c.protocol_config {
+                Some(P::Http2ProtocolOptions(_)) => ClusterProtocol::Http2,
+                Some(P::HttpProtocolOptions(_)) => ClusterProtocol::Http1,
+                _ => return Err("only explicit HTTP/1.1 or HTTP/2 upstream protocols are supported".into()),
+            },
+            _ => return Err("only explicit_http_config upstream protocol options are supported".into()),
+        };
+    } else if let Some(p) = meta.and_then(|m| struct_str(m, "protocol")) {
+        protocol = match p {
+            "http2" | "grpc" => ClusterProtocol::Http2,
+            "http" => ClusterProtocol::Http1,
+            _ => ClusterProtocol::Tcp,
+        };
+    }
+    Ok((xc.name.clone(), service, protocol, connect_timeout, lb))
+}
+
+type EndpointParts = (SocketAddr, u32, BTreeMap<String, String>, bool);
+
+fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, String> {
+    let mut out = Vec::new();
+    for loc in &cla.endpoints {
+        for lbe in &loc.lb_endpoints {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
+                return Err("an lb_endpoint has no endpoint address".into());
+            };
+            let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                return Err("endpoint address must be a socket address".into());
+            };
+            let ip: IpAddr = sa.address.parse().map_err(|_| format!("endpoint address {:?} is not an IP", sa.address))?;
+            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                return Err(format!("endpoint {} has no port", sa.address));
+            };
+            let port = u16::try_from(port).map_err(|_| format!("endpoint port {port} is out of range"))?;
+            let weight = lbe.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1);
+            if weight == 0 {
+                return Err(format!("endpoint {ip}:{port} has weight 0 (must be at least 1)"));
+            }
+            let labels = lbe
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(names::LB_METADATA))
+                .map(struct_labels)
+                .unwrap_or_default();
+            let meshed = outrider_meta(lbe.metadata.as_ref())
+                .and_then(|m| m.fields.get("meshed"))
+                .is_some_and(|v| matches!(v.kind, Some(value::Kind::BoolValue(true))));
+            out.push((SocketAddr::new(ip, port), weight, labels, meshed));
+        }
+    }
+    Ok(out)
+}
+
+fn dump_cla(name: &str, eps: &[Arc<Endpoint>]) -> serde_json::Value {
+    json!({
+        "cluster_name": name,
+        "endpoints": eps.iter().map(|e| json!({
+            "address": e.addr.to_string(), "weight": e.weight, "labels": e.labels, "meshed": e.meshed,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+type Hosts = Vec<(Vec<String>, Arc<VirtualHost>)>;
+
+fn route_config_from(
+    rc: &RouteConfiguration,
+    clusters: &BTreeMap<Arc<str>, Arc<Cluster>>,
+    cluster_endpoints: &HashMap<Arc<str>, Vec<Arc<Endpoint>>>,
+    ctx: &mut Ctx<'_>,
+) -> (Hosts, serde_json::Value) {
+    let mut hosts = Vec::new();
+    let mut dump_vhosts = Vec::new();
+    'vhost: for vh in &rc.virtual_hosts {
+        let mut routes = Vec::new();
+        let mut dump_r = Vec::new();
+        for (i, r) in vh.routes.iter().enumerate() {
+            let name = if r.name.is_empty() { format!("route-{i}") } else { r.name.clone() };
+            match route_from(r, clusters, cluster_endpoints) {
+                Ok((route, dump)) => {
+                    routes.push(Route { name: Arc::from(name.as_str()), ..route });
+                    dump_r.push(json!({"name": name, "match": dump.0, "split": dump.1}));
+                }
+                Err(reason) => {
+                    // One bad route would change which route matches: reject the virtual host.
+                    ctx.reject("RouteConfiguration", &rc.name, format!("virtual host {}: route {name}: {reason}", vh.name));
+                    continue 'vhost;
+                }
+            }
+        }
+        dump_vhosts.push(json!({"name": vh.name, "domains": vh.domains, "routes": dump_r}));
+        hosts.push((vh.domains.clone(), Arc::new(VirtualHost { name: Arc::from(vh.name.as_str()), routes })));
+    }
+    (hosts, json!({"name": rc.name, "virtual_hosts": dump_vhosts}))
+}
+
+fn route_from(
+    r: &envoy_types::pb::envoy::config::route::v3::Route,
+    clusters: &BTreeMap<Arc<str>, Arc<Cluster>>,
+    cluster_endpoints: &HashMap<Arc<str>, Vec<Arc<Endpoint>>>,
+) -> Result<(Route, (serde_json::Value, serde_json::Value)), String> {
+    let m = r.r#match.as_ref().ok_or("route has no match")?;
+    let path = match &m.path_specifier {
+        Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(route_match::PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
+        None => PathMatch::Prefix("/".into()),
+        Some(other) => return Err(format!("path match {other:?} is not supported (use prefix or path)")),
+    };
+    let mut headers = Vec::new();
+    for h in &m.headers {
+        let value = match &h.header_match_specifier {
+            Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) => match &sm.match_pattern {
+                Some(string_matcher::MatchPattern::Exact(v)) if !sm.ignore_case => v.clone(),
+                _ => return Err(format!("header {}: only exact, case-sensitive matches are supported", h.name)),
+            },
+            #[allow(deprecated)]
+            Some(header_matcher::HeaderMatchSpecifier::ExactMatch(v)) => v.clone(),
+            _ => return Err(format!("header {}: only exact matches are supported", h.name)),
+        };
+        if h.invert_match {
+            return Err(format!("header {}: invert_match is not supported", h.name));
+        }
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("invalid header name {:?}", h.name))?;
+        let value = HeaderValue::from_str(&value).map_err(|_| format!("invalid header value for {}", h.name))?;
+        headers.push((name, value));
+    }
+    let Some(route::Action::Route(action)) = &r.action else {
+        return Err("only route actions are supported (no redirect or direct_response)".into());
+    };
+    let mut wanted: Vec<(String, u32, Option<BTreeMap<String, String>>)> = Vec::new();
+    match &action.cluster_specifier {
+        Some(route_action::ClusterSpecifier::Cluster(c)) => wanted.push((c.clone(), 1, None)),
+        Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+            for cw in &w.clusters {
+                let weight = cw.weight.as_ref().map(|w| w.value).unwrap_or(0);
+                let subset = cw
+                    .metadata_match
+                    .as_ref()
+                    .and_then(|m| m.filter_metadata.get(names::LB_METADATA))
+                    .map(struct_labels)
+                    .filter(|l| !l.is_empty());
+                wanted.push((cw.name.clone(), weight, subset));
+            }
+        }
+        _ => return Err("only cluster and weighted_clusters are supported".into()),
+    }
+    let mut splits = Vec::new();
+    for (cname, weight, subset) in wanted {
+        let cluster = clusters.get(cname.as_str()).ok_or_else(|| format!("references unknown cluster {cname}"))?;
+        let endpoints = match &subset {
+            None => cluster.endpoints.clone(),
+            Some(labels) => {
+                let all = cluster_endpoints.get(&cluster.name).map(Vec::as_slice).unwrap_or(&[]);
+                let eps = all
+                    .iter()
+                    .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                    .cloned()
+                    .collect();
+                Arc::new(Balancer::new(cluster.lb, eps))
+            }
+        };
+        splits.push(Split { cluster: cluster.clone(), weight, subset, endpoints });
+    }
+    let total_weight = splits.iter().map(|s| s.weight).sum::<u32>();
+    if total_weight == 0 {
+        return Err("the weights of the split add up to 0".into());
+    }
+    let dump_match = json!({
+        "path": match &path { PathMatch::Prefix(p) => json!({"prefix": p}), PathMatch::Exact(p) => json!({"exact": p}) },
+        "headers": headers.iter().map(|(n, v)| json!({"name": n.as_str(), "exact": v.to_str().unwrap_or("")})).collect::<Vec<_>>(),
+    });
+    let dump_split = splits
+        .iter()
+        .map(|s| json!({"cluster": &*s.cluster.name, "weight": s.weight, "subset": s.subset, "endpoints": s.endpoints.items().len()}))
+        .collect::<Vec<_>>();
+    let route = Route { name: Arc::from(""), path, headers, splits, total_weight };
+    Ok((route, (dump_match, json!(dump_split))))
+}
+
+fn listener_from(
+    l: &Listener,
+    clusters: &BTreeMap<Arc<str>, Arc<Cluster>>,
+    vhosts: &HashMap<String, Arc<VirtualHost>>,
+    out: &mut OutboundMatch,
+    ctx: &mut Ctx<'_>,
+) -> serde_json::Value {
+    let mut chains = Vec::new();
+    for fc in &l.filter_chains {
+        match chain_target(fc, clusters, vhosts) {
+            Ok((target, describe)) => {
+                let m = fc.filter_chain_match.as_ref();
+                let port = m.and_then(|m| m.destination_port.as_ref()).map(|p| p.value);
+                let port = match port.map(u16::try_from) {
+                    Some(Ok(p)) => Some(p),
+                    Some(Err(_)) => {
+                        ctx.reject("Listener", &l.name, format!("filter chain {}: destination_port out of range", fc.name));
+                        continue;
+                    }
+                    None => None,
+                };
+                let mut ranges = Vec::new();
+                for r in m.map(|m| m.prefix_ranges.as_slice()).unwrap_or(&[]) {
+                    let Ok(ip) = r.address_prefix.parse::<IpAddr>() else {
+                        ctx.reject("Listener", &l.name, format!("filter chain {}: bad prefix {:?}", fc.name, r.address_prefix));
+                        continue;
+                    };
+                    let max = if ip.is_ipv4() { 32 } else { 128 };
+                    let len = r.prefix_len.as_ref().map(|p| p.value).unwrap_or(max).min(max) as u8;
+                    ranges.push(IpRange { addr: ip, prefix_len: len });
+                }
+                for range in &ranges {
+                    let full = u32::from(range.prefix_len) == if range.addr.is_ipv4() { 32 } else { 128 };
+                    match port {
+                        Some(p) if full => {
+                            out.exact.entry(SocketAddr::new(range.addr, p)).or_insert_with(|| target.clone());
+                        }
+                        _ => out.ranges.push((*range, port, target.clone())),
+                    }
+                }
+                chains.push(json!({
+                    "name": fc.name, "destination_port": port,
+                    "prefix_ranges": ranges.iter().map(|r| format!("{}/{}", r.addr, r.prefix_len)).collect::<Vec<_>>(),
+                    "target": describe,
+                }));
+            }
+            Err(reason) => ctx.reject("Listener", &l.name, format!("filter chain {}: {reason}", fc.name)),
+        }
+    }
+    json!({"name": l.name, "filter_chains": chains, "default": "passthrough"})
+}
+
+fn chain_target(
+    fc: &FilterChain,
+    clusters: &BTreeMap<Arc<str>, Arc<Cluster>>,
+    vhosts: &HashMap<String, Arc<VirtualHost>>,
+) -> Result<(Target, serde_json::Value), String> {
+    let f = fc.filters.last().ok_or("filter chain has no filters")?;
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(format!("filter {} has no typed_config", f.name));
+    };
+    if any.type_url == TcpProxy::type_url() {
+        let tp: TcpProxy = decode_any(any)?;
+        let Some(tcp_proxy::ClusterSpecifier::Cluster(c)) = tp.cluster_specifier else {
+            return Err("tcp_proxy must name one cluster".into());
+        };
+        let cluster = clusters.get(c.as_str()).ok_or_else(|| format!("tcp_proxy references unknown cluster {c}"))?;
+        return Ok((Target::Tcp(cluster.clone()), json!({"tcp_proxy": c})));
+    }
+    if any.type_url == HttpConnectionManager::type_url() {
+        let hcm: HttpConnectionManager = decode_any(any)?;
+        let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier else {
+            return Err("http_connection_manager must use rds".into());
+        };
+        // The chain is for one service: its virtual host in that route config is the default.
+        let key = format!("{}/{}", rds.route_config_name, fc.name);
+        let vh = vhosts.get(&key).ok_or_else(|| format!("no virtual host {} in route config {}", fc.name, rds.route_config_name))?;
+        return Ok((Target::Http(vh.clone()), json!({"http": {"rds": rds.route_config_name, "virtual_host": fc.name}})));
+    }
+    Err(format!("filter type {} is not supported", any.type_url))
+}
