@@ -63,19 +63,30 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, surface: Surfa
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Body::full(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn json_response(v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Body::full(serde_json::to_string_pretty(v).unwrap_or_default()));
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let mut r = Response::new(Body::full(
+        serde_json::to_string_pretty(v).unwrap_or_default(),
+    ));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn metrics_response(m: &Metrics) -> Response<Body> {
     let mut r = Response::new(Body::full(m.encode()));
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(Metrics::CONTENT_TYPE));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(Metrics::CONTENT_TYPE),
+    );
     r
 }
 
@@ -85,7 +96,10 @@ fn ready(state: &AdminState) -> Response<Body> {
     } else if state.store.is_ready() {
         text(StatusCode::OK, "ready\n")
     } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first config\n")
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first config\n",
+        )
     }
 }
 
@@ -93,7 +107,9 @@ fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Respo
     let path = req.uri().path();
     match (surface, req.method(), path) {
         (Surface::Health, &Method::GET, "/healthz/ready") => ready(state),
-        (Surface::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => metrics_response(&state.metrics),
+        (Surface::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => {
+            metrics_response(&state.metrics)
+        }
         (Surface::Admin, &Method::GET, "/ready") => ready(state),
         (Surface::Admin, &Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (Surface::Admin, &Method::GET, "/metrics") => metrics_response(&state.metrics),
@@ -127,8 +143,23 @@ fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Respo
                 None => text(StatusCode::BAD_REQUEST, "usage: PUT /logging?level=debug\n"),
             }
         }
-        (_, m, p) if surface == Surface::Admin && matches!(p, "/ready" | "/live" | "/config_dump" | "/clusters" | "/metrics" | "/drain" | "/logging") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {p}\n"))
+        (_, m, p)
+            if surface == Surface::Admin
+                && matches!(
+                    p,
+                    "/ready"
+                        | "/live"
+                        | "/config_dump"
+                        | "/clusters"
+                        | "/metrics"
+                        | "/drain"
+                        | "/logging"
+                ) =>
+        {
+            text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{m} is not allowed on {p}\n"),
+            )
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

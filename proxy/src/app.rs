@@ -73,11 +73,19 @@ impl App {
         let metrics = Metrics::new();
         let store = Arc::new(Store::new());
         let drain = Drain::new();
-        let source = Arc::new(FileSource::new(config.policy.clone(), store.clone(), metrics.clone()));
-        source.load().map_err(|e| AppError::Policy(config.policy.display().to_string(), e))?;
+        let source = Arc::new(FileSource::new(
+            config.policy.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
+        source
+            .load()
+            .map_err(|e| AppError::Policy(config.policy.display().to_string(), e))?;
 
-        let outbound_l = TcpListener::from_std(bind("outbound", config.outbound)?).map_err(|e| AppError::Bind("outbound", config.outbound, e))?;
-        let inbound_l = TcpListener::from_std(bind("inbound", config.inbound)?).map_err(|e| AppError::Bind("inbound", config.inbound, e))?;
+        let outbound_l = TcpListener::from_std(bind("outbound", config.outbound)?)
+            .map_err(|e| AppError::Bind("outbound", config.outbound, e))?;
+        let inbound_l = TcpListener::from_std(bind("inbound", config.inbound)?)
+            .map_err(|e| AppError::Bind("inbound", config.inbound, e))?;
         let admin_l = bind("admin", config.admin)?;
         let metrics_l = bind("metrics", config.metrics)?;
         let health_l = bind("health", config.health)?;
@@ -90,7 +98,10 @@ impl App {
             health: local(&health_l, config.health),
         };
 
-        let recorder = Recorder { metrics: metrics.clone(), access_log: config.access_log };
+        let recorder = Recorder {
+            metrics: metrics.clone(),
+            access_log: config.access_log,
+        };
         let server = HttpServer::new(&ServerLimits::default());
         let outbound = Arc::new(Outbound {
             store: store.clone(),
@@ -99,15 +110,29 @@ impl App {
             socket_mark: config.socket_mark,
         });
         let inbound_service: Arc<str> = Arc::from(config.service.as_deref().unwrap_or("inbound"));
-        let inbound = Arc::new(Inbound::new(recorder, server, config.app_port, inbound_service, config.socket_mark));
+        let inbound = Arc::new(Inbound::new(
+            recorder,
+            server,
+            config.app_port,
+            inbound_service,
+            config.socket_mark,
+        ));
 
         let m = metrics.clone();
-        tokio::spawn(accept_loop(outbound_l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
-            outbound.clone().serve(s, c, d)
-        }));
-        tokio::spawn(accept_loop(inbound_l, drain.signal(), m, Direction::inbound, move |s, c, d| {
-            inbound.clone().serve(s, c, d)
-        }));
+        tokio::spawn(accept_loop(
+            outbound_l,
+            drain.signal(),
+            m.clone(),
+            Direction::outbound,
+            move |s, c, d| outbound.clone().serve(s, c, d),
+        ));
+        tokio::spawn(accept_loop(
+            inbound_l,
+            drain.signal(),
+            m,
+            Direction::inbound,
+            move |s, c, d| inbound.clone().serve(s, c, d),
+        ));
 
         // The control runtime: admin, metrics, health, config source.
         let state = Arc::new(AdminState {
@@ -119,17 +144,26 @@ impl App {
             service: config.service.clone(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Runtime)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AppError::Runtime)?;
         let control = std::thread::Builder::new()
             .name("outrider-control".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    for (l, surface) in [(admin_l, Surface::Admin), (metrics_l, Surface::Metrics), (health_l, Surface::Health)] {
+                    for (l, surface) in [
+                        (admin_l, Surface::Admin),
+                        (metrics_l, Surface::Metrics),
+                        (health_l, Surface::Health),
+                    ] {
                         match TcpListener::from_std(l) {
                             Ok(l) => {
                                 tokio::spawn(admin::serve(l, state.clone(), surface));
                             }
-                            Err(e) => tracing::error!(error = %e, ?surface, "cannot serve admin listener"),
+                            Err(e) => {
+                                tracing::error!(error = %e, ?surface, "cannot serve admin listener")
+                            }
                         }
                     }
                     tokio::spawn(source.watch());
@@ -143,7 +177,15 @@ impl App {
             metrics = %addrs.metrics, health = %addrs.health, node_id = %config.node_id,
             "listening"
         );
-        Ok(Self { addrs, store, metrics, drain, config, control: Some(control), control_stop: Some(stop_tx) })
+        Ok(Self {
+            addrs,
+            store,
+            metrics,
+            drain,
+            config,
+            control: Some(control),
+            control_stop: Some(stop_tx),
+        })
     }
 
     pub fn drain_handle(&self) -> Drain {
@@ -152,7 +194,8 @@ impl App {
 
     /// Serve until SIGTERM / SIGINT or `POST /drain`, then drain and return the exit code.
     pub async fn run_until_signal(self) -> ExitCode {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut sig = self.drain.signal();
         tokio::select! {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
@@ -199,13 +242,24 @@ impl Drop for App {
     }
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, mut sig: drain::Signal, metrics: Metrics, direction: Direction, handle: F)
-where
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut sig: drain::Signal,
+    metrics: Metrics,
+    direction: Direction,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr, drain::Signal) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let open = metrics.tcp_connections_open.get_or_create(&DirectionLabels { direction }).clone();
-    let total = metrics.tcp_connections.get_or_create(&DirectionLabels { direction }).clone();
+    let open = metrics
+        .tcp_connections_open
+        .get_or_create(&DirectionLabels { direction })
+        .clone();
+    let total = metrics
+        .tcp_connections
+        .get_or_create(&DirectionLabels { direction })
+        .clone();
     loop {
         let accepted = tokio::select! {
             _ = sig.draining() => break,

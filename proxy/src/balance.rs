@@ -63,10 +63,25 @@ impl<T: Balanced> Balancer<T> {
             total += u64::from(it.weight().max(1));
             cumulative.push(total);
         }
-        let schedule = if policy == LbPolicy::RoundRobin { smooth_schedule(&items) } else { Vec::new() };
+        let schedule = if policy == LbPolicy::RoundRobin {
+            smooth_schedule(&items)
+        } else {
+            Vec::new()
+        };
         // Start round robin at a random place so many proxies do not move in lockstep.
-        let start = if schedule.is_empty() { 0 } else { fastrand::usize(..schedule.len()) };
-        Self { policy, items, cumulative, total, schedule, next: AtomicUsize::new(start) }
+        let start = if schedule.is_empty() {
+            0
+        } else {
+            fastrand::usize(..schedule.len())
+        };
+        Self {
+            policy,
+            items,
+            cumulative,
+            total,
+            schedule,
+            next: AtomicUsize::new(start),
+        }
     }
 
     pub fn policy(&self) -> LbPolicy {

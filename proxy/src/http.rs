@@ -2,14 +2,14 @@
 
 /// The one body type of the proxy: streamed from a peer, or a local reply.
 pub mod body;
-/// Hop-by-hop headers, `x-forwarded-for`, `x-request-id`.
-pub mod headers;
 /// Upstream connection pools per endpoint: HTTP/1.1 keep-alive and HTTP/2 multiplexed.
 pub mod client;
-/// Serving a downstream connection (HTTP/1.1 and HTTP/2) with drain support.
-pub mod server;
 /// Forwarding one request to an endpoint: header hygiene, URI form, upgrades.
 pub mod forward;
+/// Hop-by-hop headers, `x-forwarded-for`, `x-request-id`.
+pub mod headers;
+/// Serving a downstream connection (HTTP/1.1 and HTTP/2) with drain support.
+pub mod server;
 /// HTTP/1.1 upgrades (WebSocket) spliced through.
 pub mod upgrade;
 

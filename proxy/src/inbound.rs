@@ -36,23 +36,49 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(recorder: Recorder, server: HttpServer, app_port: Option<u16>, service: Arc<str>, socket_mark: Option<u32>) -> Self {
-        Self { recorder, server, app_port, service, socket_mark, pools: Mutex::default() }
+    pub fn new(
+        recorder: Recorder,
+        server: HttpServer,
+        app_port: Option<u16>,
+        service: Arc<str>,
+        socket_mark: Option<u32>,
+    ) -> Self {
+        Self {
+            recorder,
+            server,
+            app_port,
+            service,
+            socket_mark,
+            pools: Mutex::default(),
+        }
     }
 
     fn pool(&self, port: u16) -> Arc<EndpointPool> {
         self.pools
             .lock()
             .entry(port)
-            .or_insert_with(|| Arc::new(EndpointPool::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))))
+            .or_insert_with(|| {
+                Arc::new(EndpointPool::new(SocketAddr::from((
+                    Ipv4Addr::LOCALHOST,
+                    port,
+                ))))
+            })
             .clone()
     }
 
     fn cfg(&self) -> ConnectConfig {
-        ConnectConfig { timeout: APP_CONNECT_TIMEOUT, mark: self.socket_mark }
+        ConnectConfig {
+            timeout: APP_CONNECT_TIMEOUT,
+            mark: self.socket_mark,
+        }
     }
 
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, client: SocketAddr, drain: drain::Signal) {
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        drain: drain::Signal,
+    ) {
         let port = match (self.app_port, orig_dst::original_dst(&stream)) {
             (Some(p), _) => p,
             (None, Some(d)) => d.port(),
@@ -78,14 +104,28 @@ impl Inbound {
             }
             Ok(detect::Detected::Opaque) => {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                crate::outbound::tcp::splice_to(&self.recorder, Direction::inbound, self.service.clone(), stream, client, addr, &self.cfg()).await;
+                crate::outbound::tcp::splice_to(
+                    &self.recorder,
+                    Direction::inbound,
+                    self.service.clone(),
+                    stream,
+                    client,
+                    addr,
+                    &self.cfg(),
+                )
+                .await;
             }
             Ok(detect::Detected::Closed) => {}
             Err(e) => tracing::debug!(%client, error = %e, "protocol detection failed"),
         }
     }
 
-    async fn handle(&self, client: SocketAddr, port: u16, mut req: Request<Incoming>) -> Response<Body> {
+    async fn handle(
+        &self,
+        client: SocketAddr,
+        port: u16,
+        mut req: Request<Incoming>,
+    ) -> Response<Body> {
         let mut rec = RequestRecord::start(&self.recorder, Direction::inbound, client, &req);
         rec.service = self.service.clone();
         rec.route = self.service.clone();
@@ -95,8 +135,13 @@ impl Inbound {
         rec.authority = authority.clone();
         let pool = self.pool(port);
         rec.upstream = Some(pool.addr());
-        let proto = if req.version() == Version::HTTP_2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
-        let res: Result<_, ProxyError> = forward::forward(&pool, req, proto, &self.cfg(), client, authority.as_ref()).await;
+        let proto = if req.version() == Version::HTTP_2 {
+            UpstreamProtocol::Http2
+        } else {
+            UpstreamProtocol::Http1
+        };
+        let res: Result<_, ProxyError> =
+            forward::forward(&pool, req, proto, &self.cfg(), client, authority.as_ref()).await;
         match res {
             Ok(resp) => {
                 rec.finish(resp.status().as_u16(), None);

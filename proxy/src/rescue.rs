@@ -17,7 +17,9 @@ pub enum Source {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("no service is configured for authority {authority:?}; check the Service's name, port or addresses")]
+    #[error(
+        "no service is configured for authority {authority:?}; check the Service's name, port or addresses"
+    )]
     NoRoute { authority: String },
     #[error("no route of service {service} matches {path}")]
     NoRouteMatch { service: String, path: String },
@@ -43,14 +45,22 @@ impl ProxyError {
             ProxyError::NoRoute { .. } | ProxyError::NoRouteMatch { .. } => {
                 (StatusCode::NOT_FOUND, "no-route", Source::Downstream)
             }
-            ProxyError::NoHealthyUpstream { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "no-healthy-upstream", Source::Internal)
+            ProxyError::NoHealthyUpstream { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-healthy-upstream",
+                Source::Internal,
+            ),
+            ProxyError::Upstream(e) if e.is_connect() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connect-failure",
+                Source::Upstream,
+            ),
+            ProxyError::Upstream(_) => {
+                (StatusCode::BAD_GATEWAY, "upstream-reset", Source::Upstream)
             }
-            ProxyError::Upstream(e) if e.is_connect() => {
-                (StatusCode::SERVICE_UNAVAILABLE, "connect-failure", Source::Upstream)
+            ProxyError::BadRequest(_) => {
+                (StatusCode::BAD_REQUEST, "bad-request", Source::Downstream)
             }
-            ProxyError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream-reset", Source::Upstream),
-            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", Source::Downstream),
         }
     }
 
@@ -69,7 +79,10 @@ impl ProxyError {
             };
             let mut r = Response::new(Body::Empty);
             let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
             h.insert("grpc-status", HeaderValue::from(u16::from(code)));
             if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
                 h.insert("grpc-message", v);
@@ -78,10 +91,14 @@ impl ProxyError {
         } else {
             let mut r = Response::new(Body::full(format!("{message}\n")));
             *r.status_mut() = status;
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             r
         };
-        resp.headers_mut().insert(X_LOCAL_REPLY.clone(), HeaderValue::from_static(reason));
+        resp.headers_mut()
+            .insert(X_LOCAL_REPLY.clone(), HeaderValue::from_static(reason));
         (resp, reason)
     }
 }
@@ -114,19 +131,26 @@ mod tests {
     #[test]
     fn connect_failure_is_503_and_reset_is_502() {
         let addr = "127.0.0.1:1".parse().unwrap();
-        let e = ProxyError::from(UpstreamError::Connect(addr, std::io::Error::other("refused")));
+        let e = ProxyError::from(UpstreamError::Connect(
+            addr,
+            std::io::Error::other("refused"),
+        ));
         let (r, reason) = e.to_response(false);
         assert_eq!(r.status(), 503);
         assert_eq!(reason, "connect-failure");
         assert_eq!(r.headers()["x-outrider-local-reply"], "connect-failure");
-        let e = ProxyError::NoRoute { authority: "nope".into() };
+        let e = ProxyError::NoRoute {
+            authority: "nope".into(),
+        };
         let (r, reason) = e.to_response(false);
         assert_eq!((r.status().as_u16(), reason), (404, "no-route"));
     }
 
     #[test]
     fn grpc_callers_get_a_grpc_status() {
-        let e = ProxyError::NoHealthyUpstream { service: "s".into() };
+        let e = ProxyError::NoHealthyUpstream {
+            service: "s".into(),
+        };
         let (r, _) = e.to_response(true);
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["grpc-status"], "14");

@@ -40,7 +40,13 @@ pub enum Outcome {
 
 impl FileSource {
     pub fn new(path: PathBuf, store: Arc<Store>, metrics: Metrics) -> Self {
-        Self { path, store, builder: Builder::new(), metrics, applied_version: parking_lot::Mutex::new(None) }
+        Self {
+            path,
+            store,
+            builder: Builder::new(),
+            metrics,
+            applied_version: parking_lot::Mutex::new(None),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -50,9 +56,19 @@ impl FileSource {
     /// Load, translate, build and apply. On error nothing changes.
     pub fn load(&self) -> Result<Outcome, LoadError> {
         let result = self.try_load();
-        let result_label = if result.is_ok() { "accepted" } else { "rejected" };
+        let result_label = if result.is_ok() {
+            "accepted"
+        } else {
+            "rejected"
+        };
         for t in TYPES {
-            self.metrics.xds_updates.get_or_create(&XdsLabels { r#type: t, result: result_label }).inc();
+            self.metrics
+                .xds_updates
+                .get_or_create(&XdsLabels {
+                    r#type: t,
+                    result: result_label,
+                })
+                .inc();
         }
         result
     }
@@ -70,7 +86,10 @@ impl FileSource {
         self.store.apply(snapshot);
         let v = version_value(&resources.version);
         for t in TYPES {
-            self.metrics.config_version.get_or_create(&TypeLabels { r#type: t }).set(v);
+            self.metrics
+                .config_version
+                .get_or_create(&TypeLabels { r#type: t })
+                .set(v);
         }
         tracing::info!(file = %self.path.display(), version = %resources.version, "config applied");
         *self.applied_version.lock() = Some(resources.version);

@@ -67,12 +67,20 @@ impl IpRange {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let bits = u32::from(self.prefix_len.min(32));
-                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 let bits = u32::from(self.prefix_len.min(128));
-                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -88,7 +96,9 @@ impl OutboundMatch {
         }
         self.ranges
             .iter()
-            .find(|(range, port, _)| port.is_none_or(|p| p == dst.port()) && range.contains(dst.ip()))
+            .find(|(range, port, _)| {
+                port.is_none_or(|p| p == dst.port()) && range.contains(dst.ip())
+            })
             .map(|(_, _, t)| t)
     }
 }
@@ -121,7 +131,11 @@ impl Route {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Exact(p) => path == p,
         };
-        path_ok && self.headers.iter().all(|(n, v)| req.headers().get_all(n).iter().any(|have| have == v))
+        path_ok
+            && self
+                .headers
+                .iter()
+                .all(|(n, v)| req.headers().get_all(n).iter().any(|have| have == v))
     }
 
     /// Pick a split by weight.

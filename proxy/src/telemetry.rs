@@ -1,8 +1,8 @@
 //! Telemetry: one metrics registry, logs, the access log.
 
+/// One record per request / connection, feeding metrics and the access log.
+pub mod access;
 /// Logging setup (JSON or text) with a runtime-adjustable level.
 pub mod log;
 /// The metrics registry and the families of the data path.
 pub mod metrics;
-/// One record per request / connection, feeding metrics and the access log.
-pub mod access;

@@ -1,8 +1,8 @@
 //! Listeners, socket options, original destination and protocol detection.
 
+/// HTTP/2 preface, HTTP/1.x request line, or opaque TCP.
+pub mod detect;
 /// Binding listeners with the proxy's socket options.
 pub mod listen;
 /// `SO_ORIGINAL_DST`: where an iptables-redirected connection was going.
 pub mod orig_dst;
-/// HTTP/2 preface, HTTP/1.x request line, or opaque TCP.
-pub mod detect;

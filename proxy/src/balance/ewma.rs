@@ -41,7 +41,10 @@ impl PeakEwma {
     pub fn new(decay: Duration) -> Self {
         Self {
             decay_ns: decay.as_nanos() as f64,
-            estimate: Mutex::new(Estimate { rtt_ns: None, at: Instant::now() }),
+            estimate: Mutex::new(Estimate {
+                rtt_ns: None,
+                at: Instant::now(),
+            }),
             pending: AtomicU32::new(0),
         }
     }
@@ -54,7 +57,10 @@ impl PeakEwma {
 
     /// Current estimate, for `/clusters`.
     pub fn rtt(&self) -> Option<Duration> {
-        self.estimate.lock().rtt_ns.map(|ns| Duration::from_nanos(ns as u64))
+        self.estimate
+            .lock()
+            .rtt_ns
+            .map(|ns| Duration::from_nanos(ns as u64))
     }
 
     pub fn pending(&self) -> u32 {
@@ -64,7 +70,10 @@ impl PeakEwma {
     /// Count a request as in flight until the guard is dropped or `observe`d.
     pub fn start(&self) -> InFlight<'_> {
         self.pending.fetch_add(1, Ordering::Relaxed);
-        InFlight { ewma: self, start: Instant::now() }
+        InFlight {
+            ewma: self,
+            start: Instant::now(),
+        }
     }
 
     /// Feed one observed latency.
@@ -109,7 +118,11 @@ mod tests {
         e.observe(Duration::from_millis(10));
         assert_eq!(e.rtt(), Some(Duration::from_millis(10)));
         e.observe(Duration::from_millis(50));
-        assert_eq!(e.rtt(), Some(Duration::from_millis(50)), "a peak is taken at once");
+        assert_eq!(
+            e.rtt(),
+            Some(Duration::from_millis(50)),
+            "a peak is taken at once"
+        );
         // A fast sample right away barely moves it...
         e.observe(Duration::from_millis(1));
         assert!(e.rtt().unwrap() > Duration::from_millis(49));
@@ -117,7 +130,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         e.observe(Duration::from_millis(1));
         let rtt = e.rtt().unwrap();
-        assert!(rtt < Duration::from_millis(20) && rtt > Duration::from_millis(1), "{rtt:?}");
+        assert!(
+            rtt < Duration::from_millis(20) && rtt > Duration::from_millis(1),
+            "{rtt:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

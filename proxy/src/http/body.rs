@@ -18,7 +18,11 @@ pub enum Body {
 impl Body {
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
-        if b.is_empty() { Body::Empty } else { Body::Full(Some(b)) }
+        if b.is_empty() {
+            Body::Empty
+        } else {
+            Body::Full(Some(b))
+        }
     }
 }
 
@@ -32,7 +36,10 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Body::Incoming(i) => Pin::new(i).poll_frame(cx),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

@@ -46,17 +46,33 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Did we never reach the endpoint (so nothing was sent)?
     pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::ConnectTimeout(..) | UpstreamError::Connect(..) | UpstreamError::Handshake(..))
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout(..)
+                | UpstreamError::Connect(..)
+                | UpstreamError::Handshake(..)
+        )
     }
 }
 
 /// Open a TCP connection with a deadline and the proxy's socket options.
-pub async fn connect_tcp(addr: SocketAddr, cfg: &ConnectConfig) -> Result<TcpStream, UpstreamError> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    cfg: &ConnectConfig,
+) -> Result<TcpStream, UpstreamError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| UpstreamError::Connect(addr, e))?;
+    socket
+        .set_nodelay(true)
         .map_err(|e| UpstreamError::Connect(addr, e))?;
-    socket.set_nodelay(true).map_err(|e| UpstreamError::Connect(addr, e))?;
     if let Some(mark) = cfg.mark {
-        socket2::SockRef::from(&socket).set_mark(mark).map_err(|e| UpstreamError::Connect(addr, e))?;
+        socket2::SockRef::from(&socket)
+            .set_mark(mark)
+            .map_err(|e| UpstreamError::Connect(addr, e))?;
     }
     match tokio::time::timeout(cfg.timeout, socket.connect(addr)).await {
         Ok(Ok(s)) => Ok(s),
@@ -75,7 +91,11 @@ pub struct EndpointPool {
 
 impl EndpointPool {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, h1: Mutex::new(Vec::new()), h2: Mutex::new(None) }
+        Self {
+            addr,
+            h1: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -113,7 +133,11 @@ impl EndpointPool {
         None
     }
 
-    async fn send_h1(self: &Arc<Self>, mut req: Request<Body>, cfg: &ConnectConfig) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+        cfg: &ConnectConfig,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         // A pooled connection may have been closed by the server a moment ago. If the
         // request was not written, hyper hands it back and we use a fresh connection.
         while let Some(mut sender) = self.idle_h1() {
@@ -126,22 +150,29 @@ impl EndpointPool {
             }
         }
         let mut sender = self.connect_h1(cfg).await?;
-        let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Request(self.addr, e))?;
         Ok(self.after_h1(sender, resp))
     }
 
     /// Return the connection to the pool once the response body is done
     /// (an upgraded connection belongs to the upgrade).
-    fn after_h1(self: &Arc<Self>, mut sender: http1::SendRequest<Body>, resp: Response<Incoming>) -> Response<Incoming> {
+    fn after_h1(
+        self: &Arc<Self>,
+        mut sender: http1::SendRequest<Body>,
+        resp: Response<Incoming>,
+    ) -> Response<Incoming> {
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             let pool = Arc::downgrade(self);
             tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    if let Some(pool) = pool.upgrade() {
-                        let mut idle = pool.h1.lock();
-                        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                            idle.push(sender);
-                        }
+                if sender.ready().await.is_ok()
+                    && let Some(pool) = pool.upgrade()
+                {
+                    let mut idle = pool.h1.lock();
+                    if idle.len() < MAX_IDLE_PER_ENDPOINT {
+                        idle.push(sender);
                     }
                 }
             });
@@ -149,7 +180,10 @@ impl EndpointPool {
         resp
     }
 
-    async fn connect_h1(&self, cfg: &ConnectConfig) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    async fn connect_h1(
+        &self,
+        cfg: &ConnectConfig,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let tcp = connect_tcp(self.addr, cfg).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
@@ -164,7 +198,11 @@ impl EndpointPool {
         Ok(sender)
     }
 
-    async fn send_h2(&self, req: Request<Body>, cfg: &ConnectConfig) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_h2(
+        &self,
+        req: Request<Body>,
+        cfg: &ConnectConfig,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let existing = self.h2.lock().as_ref().filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(s) => s,
@@ -174,11 +212,20 @@ impl EndpointPool {
                 s
             }
         };
-        sender.ready().await.map_err(|e| UpstreamError::Request(self.addr, e))?;
-        sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))
+        sender
+            .ready()
+            .await
+            .map_err(|e| UpstreamError::Request(self.addr, e))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Request(self.addr, e))
     }
 
-    async fn connect_h2(&self, cfg: &ConnectConfig) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    async fn connect_h2(
+        &self,
+        cfg: &ConnectConfig,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let tcp = connect_tcp(self.addr, cfg).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

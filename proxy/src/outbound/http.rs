@@ -43,7 +43,12 @@ pub async fn serve(
         .await;
 }
 
-async fn handle(ctx: &Outbound, client: SocketAddr, orig_dst: Option<SocketAddr>, mut req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    ctx: &Outbound,
+    client: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let mut rec = RequestRecord::start(&ctx.recorder, Direction::outbound, client, &req);
     let grpc = rescue::is_grpc(&req);
     rec.request_id = Some(headers::ensure_request_id(req.headers_mut()));
@@ -54,7 +59,11 @@ async fn handle(ctx: &Outbound, client: SocketAddr, orig_dst: Option<SocketAddr>
         }
         Err(e) => {
             let (resp, reason) = e.to_response(grpc);
-            let status = if grpc { e.classify().0.as_u16() } else { resp.status().as_u16() };
+            let status = if grpc {
+                e.classify().0.as_u16()
+            } else {
+                resp.status().as_u16()
+            };
             rec.finish(status, Some(reason));
             resp
         }
@@ -72,7 +81,9 @@ fn route(
     let snap = ctx.store.load();
     let by_host = authority.and_then(|a| {
         let a = a.as_str();
-        snap.vhosts.get(a).or_else(|| snap.vhosts.get(a.to_ascii_lowercase().as_str()))
+        snap.vhosts
+            .get(a)
+            .or_else(|| snap.vhosts.get(a.to_ascii_lowercase().as_str()))
     });
     let vh = match by_host {
         Some(vh) => vh,
@@ -87,15 +98,24 @@ fn route(
     };
     rec.service = vh.name.clone();
     let Some(route) = vh.routes.iter().find(|r| r.matches(req)) else {
-        return Err(ProxyError::NoRouteMatch { service: vh.name.to_string(), path: req.uri().path().to_string() });
+        return Err(ProxyError::NoRouteMatch {
+            service: vh.name.to_string(),
+            path: req.uri().path().to_string(),
+        });
     };
     rec.route = route.name.clone();
-    let split: &Split = route.pick_split().ok_or_else(|| ProxyError::NoHealthyUpstream { service: vh.name.to_string() })?;
+    let split: &Split = route
+        .pick_split()
+        .ok_or_else(|| ProxyError::NoHealthyUpstream {
+            service: vh.name.to_string(),
+        })?;
     rec.service = split.cluster.service.clone();
     let ep = split
         .endpoints
         .pick()
-        .ok_or_else(|| ProxyError::NoHealthyUpstream { service: split.cluster.service.to_string() })?;
+        .ok_or_else(|| ProxyError::NoHealthyUpstream {
+            service: split.cluster.service.to_string(),
+        })?;
     rec.upstream = Some(ep.addr);
     Ok((ep.clone(), split.cluster.clone()))
 }
@@ -112,7 +132,15 @@ async fn proxy(
     let (ep, cluster) = route(ctx, orig_dst, &req, authority.as_ref(), rec)?;
     let cfg = ctx.connect_config(cluster.connect_timeout);
     let in_flight = ep.shared.ewma.start();
-    let resp = forward::forward(&ep.shared.pool, req, cluster.protocol.upstream(), &cfg, client, authority.as_ref()).await?;
+    let resp = forward::forward(
+        &ep.shared.pool,
+        req,
+        cluster.protocol.upstream(),
+        &cfg,
+        client,
+        authority.as_ref(),
+    )
+    .await?;
     in_flight.complete();
     Ok(resp)
 }

@@ -15,8 +15,18 @@ use crate::telemetry::metrics::Direction;
 pub const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Proxy to an endpoint of a TCP service.
-pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, cluster: &Arc<Cluster>) {
-    let mut rec = TcpRecord::start(&ctx.recorder, Direction::outbound, client, cluster.service.clone());
+pub async fn to_cluster(
+    ctx: &Outbound,
+    stream: TcpStream,
+    client: SocketAddr,
+    cluster: &Arc<Cluster>,
+) {
+    let mut rec = TcpRecord::start(
+        &ctx.recorder,
+        Direction::outbound,
+        client,
+        cluster.service.clone(),
+    );
     let Some(ep) = cluster.endpoints.pick().cloned() else {
         tracing::warn!(service = &*cluster.service, %client, "TCP service has no endpoints; closing the connection");
         rec.finish(0, 0, Some("no-healthy-upstream"));
@@ -31,7 +41,12 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
 
 /// A destination that matches no service: pass it through as it is.
 pub async fn passthrough(ctx: &Outbound, stream: TcpStream, client: SocketAddr, dst: SocketAddr) {
-    let mut rec = TcpRecord::start(&ctx.recorder, Direction::outbound, client, passthrough_label());
+    let mut rec = TcpRecord::start(
+        &ctx.recorder,
+        Direction::outbound,
+        client,
+        passthrough_label(),
+    );
     rec.upstream = Some(dst);
     let cfg = ctx.connect_config(PASSTHROUGH_CONNECT_TIMEOUT);
     splice(stream, dst, &cfg, rec).await;
@@ -44,7 +59,12 @@ fn passthrough_label() -> Arc<str> {
 
 /// Connect and copy both ways until both sides have closed. Each direction's
 /// EOF is passed on as a half-close (shutdown of the write side).
-pub async fn splice(mut down: TcpStream, addr: SocketAddr, cfg: &crate::http::client::ConnectConfig, rec: TcpRecord) {
+pub async fn splice(
+    mut down: TcpStream,
+    addr: SocketAddr,
+    cfg: &crate::http::client::ConnectConfig,
+    rec: TcpRecord,
+) {
     let mut up = match connect_tcp(addr, cfg).await {
         Ok(s) => s,
         Err(e) => {
@@ -63,7 +83,15 @@ pub async fn splice(mut down: TcpStream, addr: SocketAddr, cfg: &crate::http::cl
 }
 
 /// Shared by inbound delivery.
-pub async fn splice_to(recorder: &Recorder, direction: Direction, service: Arc<str>, down: TcpStream, client: SocketAddr, addr: SocketAddr, cfg: &crate::http::client::ConnectConfig) {
+pub async fn splice_to(
+    recorder: &Recorder,
+    direction: Direction,
+    service: Arc<str>,
+    down: TcpStream,
+    client: SocketAddr,
+    addr: SocketAddr,
+    cfg: &crate::http::client::ConnectConfig,
+) {
     let mut rec = TcpRecord::start(recorder, direction, client, service);
     rec.upstream = Some(addr);
     splice(down, addr, cfg, rec).await;

@@ -9,12 +9,16 @@ use envoy_types::pb::envoy::config::cluster::v3::{Cluster as XCluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Metadata, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, header_matcher, route, route_action, route_match};
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteConfiguration, header_matcher, route, route_action, route_match,
+};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 use envoy_types::pb::google::protobuf::{Any, Struct, value};
 use http::{HeaderName, HeaderValue};
@@ -44,10 +48,15 @@ impl std::fmt::Display for Rejection {
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Per-endpoint state is keyed by cluster and address.
+type EndpointKey = (Arc<str>, SocketAddr);
+/// A cluster a route sends to: name, weight, subset labels.
+type WantedSplit = (String, u32, Option<BTreeMap<String, String>>);
+
 /// Builds snapshots and keeps the per-endpoint state that outlives them.
 #[derive(Debug, Default)]
 pub struct Builder {
-    carried: Mutex<HashMap<(Arc<str>, SocketAddr), Arc<EndpointShared>>>,
+    carried: Mutex<HashMap<EndpointKey, Arc<EndpointShared>>>,
 }
 
 struct Ctx<'a> {
@@ -56,7 +65,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn reject(&mut self, type_name: &'static str, name: &str, reason: impl Into<String>) {
-        self.rejected.push(Rejection { type_name, name: name.to_string(), reason: reason.into() });
+        self.rejected.push(Rejection {
+            type_name,
+            name: name.to_string(),
+            reason: reason.into(),
+        });
     }
 }
 
@@ -68,12 +81,17 @@ impl Builder {
     /// Build a snapshot from a complete set of resources.
     pub fn build(&self, res: &Resources) -> (Snapshot, Vec<Rejection>) {
         let mut rejected = Vec::new();
-        let mut ctx = Ctx { rejected: &mut rejected };
+        let mut ctx = Ctx {
+            rejected: &mut rejected,
+        };
         let mut carried = self.carried.lock();
         let mut next_carried = HashMap::new();
 
-        let loads: HashMap<&str, &ClusterLoadAssignment> =
-            res.endpoints.iter().map(|c| (c.cluster_name.as_str(), c)).collect();
+        let loads: HashMap<&str, &ClusterLoadAssignment> = res
+            .endpoints
+            .iter()
+            .map(|c| (c.cluster_name.as_str(), c))
+            .collect();
         let mut clusters = BTreeMap::new();
         let mut cluster_endpoints: HashMap<Arc<str>, Vec<Arc<Endpoint>>> = HashMap::new();
         let mut dump_clusters = Vec::new();
@@ -98,7 +116,13 @@ impl Builder {
                                         })
                                     });
                                     next_carried.insert(key, shared.clone());
-                                    eps.push(Arc::new(Endpoint { addr, weight, labels, meshed, shared }));
+                                    eps.push(Arc::new(Endpoint {
+                                        addr,
+                                        weight,
+                                        labels,
+                                        meshed,
+                                        shared,
+                                    }));
                                 }
                                 dump_endpoints.push(dump_cla(&name, &eps));
                             }
@@ -113,7 +137,14 @@ impl Builder {
                     cluster_endpoints.insert(name.clone(), eps);
                     clusters.insert(
                         name.clone(),
-                        Arc::new(Cluster { name, service, protocol, connect_timeout, lb, endpoints: balancer }),
+                        Arc::new(Cluster {
+                            name,
+                            service,
+                            protocol,
+                            connect_timeout,
+                            lb,
+                            endpoints: balancer,
+                        }),
                     );
                 }
                 Err(reason) => ctx.reject("Cluster", &xc.name, reason),
@@ -131,7 +162,9 @@ impl Builder {
             for (domains, vh) in hosts {
                 vhosts_by_name.insert(format!("{}/{}", rc.name, vh.name), vh.clone());
                 for d in domains {
-                    vhosts.entry(d.to_ascii_lowercase().into_boxed_str()).or_insert_with(|| vh.clone());
+                    vhosts
+                        .entry(d.to_ascii_lowercase().into_boxed_str())
+                        .or_insert_with(|| vh.clone());
                 }
             }
         }
@@ -140,10 +173,20 @@ impl Builder {
         let mut dump_listeners = Vec::new();
         for l in &res.listeners {
             if l.name != names::OUTBOUND_LISTENER {
-                ctx.reject("Listener", &l.name, "only the \"outbound\" listener is understood by this proxy");
+                ctx.reject(
+                    "Listener",
+                    &l.name,
+                    "only the \"outbound\" listener is understood by this proxy",
+                );
                 continue;
             }
-            dump_listeners.push(listener_from(l, &clusters, &vhosts_by_name, &mut outbound, &mut ctx));
+            dump_listeners.push(listener_from(
+                l,
+                &clusters,
+                &vhosts_by_name,
+                &mut outbound,
+                &mut ctx,
+            ));
         }
 
         let versions = Versions {
@@ -159,13 +202,26 @@ impl Builder {
             "clusters": {"version": versions.clusters, "resources": dump_clusters},
             "endpoints": {"version": versions.endpoints, "resources": dump_endpoints},
         });
-        (Snapshot { versions, outbound, vhosts, clusters, dump }, rejected)
+        (
+            Snapshot {
+                versions,
+                outbound,
+                vhosts,
+                clusters,
+                dump,
+            },
+            rejected,
+        )
     }
 }
 
 fn decode_any<M: Message + Name + Default>(any: &Any) -> Result<M, String> {
     if any.type_url != M::type_url() {
-        return Err(format!("expected {} but got {}", M::type_url(), any.type_url));
+        return Err(format!(
+            "expected {} but got {}",
+            M::type_url(),
+            any.type_url
+        ));
     }
     M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {}: {e}", M::full_name()))
 }
@@ -212,12 +268,22 @@ fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
         Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::P2cEwma,
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
-        other => return Err(format!("lb_policy {other:?} is not supported (use LEAST_REQUEST, ROUND_ROBIN or RANDOM)")),
+        other => {
+            return Err(format!(
+                "lb_policy {other:?} is not supported (use LEAST_REQUEST, ROUND_ROBIN or RANDOM)"
+            ));
+        }
     };
     let meta = outrider_meta(xc.metadata.as_ref());
-    let service: Arc<str> = Arc::from(meta.and_then(|m| struct_str(m, "service")).unwrap_or(&xc.name));
+    let service: Arc<str> = Arc::from(
+        meta.and_then(|m| struct_str(m, "service"))
+            .unwrap_or(&xc.name),
+    );
     let mut protocol = ClusterProtocol::Tcp;
-    if let Some(any) = xc.typed_extension_protocol_options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions") {
+    if let Some(any) = xc
+        .typed_extension_protocol_options
+        .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+    {
         let opts: HttpProtocolOptions = decode_any(any)?;
         use http_protocol_options::UpstreamProtocolOptions as U;
         use http_protocol_options::explicit_http_config::ProtocolConfig as P;
@@ -225,9 +291,17 @@ fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
             Some(U::ExplicitHttpConfig(c)) => match c.protocol_config {
                 Some(P::Http2ProtocolOptions(_)) => ClusterProtocol::Http2,
                 Some(P::HttpProtocolOptions(_)) => ClusterProtocol::Http1,
-                _ => return Err("only explicit HTTP/1.1 or HTTP/2 upstream protocols are supported".into()),
+                _ => {
+                    return Err(
+                        "only explicit HTTP/1.1 or HTTP/2 upstream protocols are supported".into(),
+                    );
+                }
             },
-            _ => return Err("only explicit_http_config upstream protocol options are supported".into()),
+            _ => {
+                return Err(
+                    "only explicit_http_config upstream protocol options are supported".into(),
+                );
+            }
         };
     } else if let Some(p) = meta.and_then(|m| struct_str(m, "protocol")) {
         protocol = match p {
@@ -248,18 +322,29 @@ fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, Str
             let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
                 return Err("an lb_endpoint has no endpoint address".into());
             };
-            let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref())
+            let Some(address::Address::SocketAddress(sa)) =
+                ep.address.as_ref().and_then(|a| a.address.as_ref())
             else {
                 return Err("endpoint address must be a socket address".into());
             };
-            let ip: IpAddr = sa.address.parse().map_err(|_| format!("endpoint address {:?} is not an IP", sa.address))?;
+            let ip: IpAddr = sa
+                .address
+                .parse()
+                .map_err(|_| format!("endpoint address {:?} is not an IP", sa.address))?;
             let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
                 return Err(format!("endpoint {} has no port", sa.address));
             };
-            let port = u16::try_from(port).map_err(|_| format!("endpoint port {port} is out of range"))?;
-            let weight = lbe.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1);
+            let port =
+                u16::try_from(port).map_err(|_| format!("endpoint port {port} is out of range"))?;
+            let weight = lbe
+                .load_balancing_weight
+                .as_ref()
+                .map(|w| w.value)
+                .unwrap_or(1);
             if weight == 0 {
-                return Err(format!("endpoint {ip}:{port} has weight 0 (must be at least 1)"));
+                return Err(format!(
+                    "endpoint {ip}:{port} has weight 0 (must be at least 1)"
+                ));
             }
             let labels = lbe
                 .metadata
@@ -299,23 +384,43 @@ fn route_config_from(
         let mut routes = Vec::new();
         let mut dump_r = Vec::new();
         for (i, r) in vh.routes.iter().enumerate() {
-            let name = if r.name.is_empty() { format!("route-{i}") } else { r.name.clone() };
+            let name = if r.name.is_empty() {
+                format!("route-{i}")
+            } else {
+                r.name.clone()
+            };
             match route_from(r, clusters, cluster_endpoints) {
                 Ok((route, dump)) => {
-                    routes.push(Route { name: Arc::from(name.as_str()), ..route });
+                    routes.push(Route {
+                        name: Arc::from(name.as_str()),
+                        ..route
+                    });
                     dump_r.push(json!({"name": name, "match": dump.0, "split": dump.1}));
                 }
                 Err(reason) => {
                     // One bad route would change which route matches: reject the virtual host.
-                    ctx.reject("RouteConfiguration", &rc.name, format!("virtual host {}: route {name}: {reason}", vh.name));
+                    ctx.reject(
+                        "RouteConfiguration",
+                        &rc.name,
+                        format!("virtual host {}: route {name}: {reason}", vh.name),
+                    );
                     continue 'vhost;
                 }
             }
         }
         dump_vhosts.push(json!({"name": vh.name, "domains": vh.domains, "routes": dump_r}));
-        hosts.push((vh.domains.clone(), Arc::new(VirtualHost { name: Arc::from(vh.name.as_str()), routes })));
+        hosts.push((
+            vh.domains.clone(),
+            Arc::new(VirtualHost {
+                name: Arc::from(vh.name.as_str()),
+                routes,
+            }),
+        ));
     }
-    (hosts, json!({"name": rc.name, "virtual_hosts": dump_vhosts}))
+    (
+        hosts,
+        json!({"name": rc.name, "virtual_hosts": dump_vhosts}),
+    )
 }
 
 fn route_from(
@@ -328,30 +433,48 @@ fn route_from(
         Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
         Some(route_match::PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
         None => PathMatch::Prefix("/".into()),
-        Some(other) => return Err(format!("path match {other:?} is not supported (use prefix or path)")),
+        Some(other) => {
+            return Err(format!(
+                "path match {other:?} is not supported (use prefix or path)"
+            ));
+        }
     };
     let mut headers = Vec::new();
     for h in &m.headers {
         let value = match &h.header_match_specifier {
-            Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) => match &sm.match_pattern {
-                Some(string_matcher::MatchPattern::Exact(v)) if !sm.ignore_case => v.clone(),
-                _ => return Err(format!("header {}: only exact, case-sensitive matches are supported", h.name)),
-            },
+            Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) => {
+                match &sm.match_pattern {
+                    Some(string_matcher::MatchPattern::Exact(v)) if !sm.ignore_case => v.clone(),
+                    _ => {
+                        return Err(format!(
+                            "header {}: only exact, case-sensitive matches are supported",
+                            h.name
+                        ));
+                    }
+                }
+            }
             #[allow(deprecated)]
             Some(header_matcher::HeaderMatchSpecifier::ExactMatch(v)) => v.clone(),
-            _ => return Err(format!("header {}: only exact matches are supported", h.name)),
+            _ => {
+                return Err(format!(
+                    "header {}: only exact matches are supported",
+                    h.name
+                ));
+            }
         };
         if h.invert_match {
             return Err(format!("header {}: invert_match is not supported", h.name));
         }
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("invalid header name {:?}", h.name))?;
-        let value = HeaderValue::from_str(&value).map_err(|_| format!("invalid header value for {}", h.name))?;
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("invalid header name {:?}", h.name))?;
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("invalid header value for {}", h.name))?;
         headers.push((name, value));
     }
     let Some(route::Action::Route(action)) = &r.action else {
         return Err("only route actions are supported (no redirect or direct_response)".into());
     };
-    let mut wanted: Vec<(String, u32, Option<BTreeMap<String, String>>)> = Vec::new();
+    let mut wanted: Vec<WantedSplit> = Vec::new();
     match &action.cluster_specifier {
         Some(route_action::ClusterSpecifier::Cluster(c)) => wanted.push((c.clone(), 1, None)),
         Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
@@ -370,11 +493,16 @@ fn route_from(
     }
     let mut splits = Vec::new();
     for (cname, weight, subset) in wanted {
-        let cluster = clusters.get(cname.as_str()).ok_or_else(|| format!("references unknown cluster {cname}"))?;
+        let cluster = clusters
+            .get(cname.as_str())
+            .ok_or_else(|| format!("references unknown cluster {cname}"))?;
         let endpoints = match &subset {
             None => cluster.endpoints.clone(),
             Some(labels) => {
-                let all = cluster_endpoints.get(&cluster.name).map(Vec::as_slice).unwrap_or(&[]);
+                let all = cluster_endpoints
+                    .get(&cluster.name)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
                 let eps = all
                     .iter()
                     .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
@@ -383,7 +511,12 @@ fn route_from(
                 Arc::new(Balancer::new(cluster.lb, eps))
             }
         };
-        splits.push(Split { cluster: cluster.clone(), weight, subset, endpoints });
+        splits.push(Split {
+            cluster: cluster.clone(),
+            weight,
+            subset,
+            endpoints,
+        });
     }
     let total_weight = splits.iter().map(|s| s.weight).sum::<u32>();
     if total_weight == 0 {
@@ -397,7 +530,13 @@ fn route_from(
         .iter()
         .map(|s| json!({"cluster": &*s.cluster.name, "weight": s.weight, "subset": s.subset, "endpoints": s.endpoints.items().len()}))
         .collect::<Vec<_>>();
-    let route = Route { name: Arc::from(""), path, headers, splits, total_weight };
+    let route = Route {
+        name: Arc::from(""),
+        path,
+        headers,
+        splits,
+        total_weight,
+    };
     Ok((route, (dump_match, json!(dump_split))))
 }
 
@@ -417,7 +556,11 @@ fn listener_from(
                 let port = match port.map(u16::try_from) {
                     Some(Ok(p)) => Some(p),
                     Some(Err(_)) => {
-                        ctx.reject("Listener", &l.name, format!("filter chain {}: destination_port out of range", fc.name));
+                        ctx.reject(
+                            "Listener",
+                            &l.name,
+                            format!("filter chain {}: destination_port out of range", fc.name),
+                        );
                         continue;
                     }
                     None => None,
@@ -425,18 +568,36 @@ fn listener_from(
                 let mut ranges = Vec::new();
                 for r in m.map(|m| m.prefix_ranges.as_slice()).unwrap_or(&[]) {
                     let Ok(ip) = r.address_prefix.parse::<IpAddr>() else {
-                        ctx.reject("Listener", &l.name, format!("filter chain {}: bad prefix {:?}", fc.name, r.address_prefix));
+                        ctx.reject(
+                            "Listener",
+                            &l.name,
+                            format!(
+                                "filter chain {}: bad prefix {:?}",
+                                fc.name, r.address_prefix
+                            ),
+                        );
                         continue;
                     };
                     let max = if ip.is_ipv4() { 32 } else { 128 };
-                    let len = r.prefix_len.as_ref().map(|p| p.value).unwrap_or(max).min(max) as u8;
-                    ranges.push(IpRange { addr: ip, prefix_len: len });
+                    let len = r
+                        .prefix_len
+                        .as_ref()
+                        .map(|p| p.value)
+                        .unwrap_or(max)
+                        .min(max) as u8;
+                    ranges.push(IpRange {
+                        addr: ip,
+                        prefix_len: len,
+                    });
                 }
                 for range in &ranges {
-                    let full = u32::from(range.prefix_len) == if range.addr.is_ipv4() { 32 } else { 128 };
+                    let full =
+                        u32::from(range.prefix_len) == if range.addr.is_ipv4() { 32 } else { 128 };
                     match port {
                         Some(p) if full => {
-                            out.exact.entry(SocketAddr::new(range.addr, p)).or_insert_with(|| target.clone());
+                            out.exact
+                                .entry(SocketAddr::new(range.addr, p))
+                                .or_insert_with(|| target.clone());
                         }
                         _ => out.ranges.push((*range, port, target.clone())),
                     }
@@ -447,7 +608,11 @@ fn listener_from(
                     "target": describe,
                 }));
             }
-            Err(reason) => ctx.reject("Listener", &l.name, format!("filter chain {}: {reason}", fc.name)),
+            Err(reason) => ctx.reject(
+                "Listener",
+                &l.name,
+                format!("filter chain {}: {reason}", fc.name),
+            ),
         }
     }
     json!({"name": l.name, "filter_chains": chains, "default": "passthrough"})
@@ -467,7 +632,9 @@ fn chain_target(
         let Some(tcp_proxy::ClusterSpecifier::Cluster(c)) = tp.cluster_specifier else {
             return Err("tcp_proxy must name one cluster".into());
         };
-        let cluster = clusters.get(c.as_str()).ok_or_else(|| format!("tcp_proxy references unknown cluster {c}"))?;
+        let cluster = clusters
+            .get(c.as_str())
+            .ok_or_else(|| format!("tcp_proxy references unknown cluster {c}"))?;
         return Ok((Target::Tcp(cluster.clone()), json!({"tcp_proxy": c})));
     }
     if any.type_url == HttpConnectionManager::type_url() {
@@ -477,8 +644,16 @@ fn chain_target(
         };
         // The chain is for one service: its virtual host in that route config is the default.
         let key = format!("{}/{}", rds.route_config_name, fc.name);
-        let vh = vhosts.get(&key).ok_or_else(|| format!("no virtual host {} in route config {}", fc.name, rds.route_config_name))?;
-        return Ok((Target::Http(vh.clone()), json!({"http": {"rds": rds.route_config_name, "virtual_host": fc.name}})));
+        let vh = vhosts.get(&key).ok_or_else(|| {
+            format!(
+                "no virtual host {} in route config {}",
+                fc.name, rds.route_config_name
+            )
+        })?;
+        return Ok((
+            Target::Http(vh.clone()),
+            json!({"http": {"rds": rds.route_config_name, "virtual_host": fc.name}}),
+        ));
     }
     Err(format!("filter type {} is not supported", any.type_url))
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::metrics::{Direction, DirectionLabels, DurationLabels, LocalReplyLabels, Metrics, RequestLabels};
+use super::metrics::{
+    Direction, DirectionLabels, DurationLabels, LocalReplyLabels, Metrics, RequestLabels,
+};
 
 /// Shared by every connection: where records go.
 #[derive(Clone, Debug)]
@@ -40,7 +42,12 @@ pub fn unknown() -> Arc<str> {
 }
 
 impl RequestRecord {
-    pub fn start<B>(recorder: &Recorder, direction: Direction, client: SocketAddr, req: &http::Request<B>) -> Self {
+    pub fn start<B>(
+        recorder: &Recorder,
+        direction: Direction,
+        client: SocketAddr,
+        req: &http::Request<B>,
+    ) -> Self {
         Self {
             recorder: recorder.clone(),
             start: Instant::now(),
@@ -79,15 +86,27 @@ impl RequestRecord {
             })
             .inc();
         m.request_duration
-            .get_or_create(&DurationLabels { direction: self.direction, service: self.service.clone() })
+            .get_or_create(&DurationLabels {
+                direction: self.direction,
+                service: self.service.clone(),
+            })
             .observe(elapsed.as_secs_f64());
         if let Some(reason) = local_reply {
-            m.local_replies.get_or_create(&LocalReplyLabels { direction: self.direction, reason }).inc();
+            m.local_replies
+                .get_or_create(&LocalReplyLabels {
+                    direction: self.direction,
+                    reason,
+                })
+                .inc();
         }
         if self.recorder.access_log {
             let authority = self.authority.as_ref().map(|a| a.as_str()).unwrap_or("");
             let path = self.path.as_ref().map(|p| p.as_str()).unwrap_or("");
-            let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+            let request_id = self
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             let upstream = self.upstream.map(|u| u.to_string());
             tracing::info!(
                 target: "outrider::access",
@@ -129,15 +148,31 @@ pub struct TcpRecord {
 }
 
 impl TcpRecord {
-    pub fn start(recorder: &Recorder, direction: Direction, client: SocketAddr, service: Arc<str>) -> Self {
-        Self { recorder: recorder.clone(), start: Instant::now(), direction, client, service, upstream: None }
+    pub fn start(
+        recorder: &Recorder,
+        direction: Direction,
+        client: SocketAddr,
+        service: Arc<str>,
+    ) -> Self {
+        Self {
+            recorder: recorder.clone(),
+            start: Instant::now(),
+            direction,
+            client,
+            service,
+            upstream: None,
+        }
     }
 
     /// `sent` went client → upstream, `received` upstream → client.
     pub fn finish(self, sent: u64, received: u64, error: Option<&str>) {
         let m = &self.recorder.metrics;
         // Bytes by the direction of the proxied connection they belong to.
-        m.tcp_bytes.get_or_create(&DirectionLabels { direction: self.direction }).inc_by(sent + received);
+        m.tcp_bytes
+            .get_or_create(&DirectionLabels {
+                direction: self.direction,
+            })
+            .inc_by(sent + received);
         if self.recorder.access_log {
             let upstream = self.upstream.map(|u| u.to_string());
             tracing::info!(

@@ -1,0 +1,327 @@
+//! The policy model: the documents of a policy file as typed, `deny_unknown_fields` serde structs.
+//!
+//! The structs are what [`crate::load_str`] deserializes into and, once validated, what a
+//! [`PolicySet`] holds. Field names follow the YAML spelling (camelCase) through serde renames.
+//! Defaults live here, in [`defaults`], and nowhere else.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The only `apiVersion` accepted.
+pub const API_VERSION: &str = "outrider.io/v1";
+
+/// The kinds a document may have, as spelled in YAML.
+pub const KINDS: &[&str] = &["Service", "TrafficPolicy"];
+
+/// Default values, in one place.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Namespace of a document without `metadata.namespace`.
+    pub const NAMESPACE: &str = "default";
+    /// Envoy's default connect timeout.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Weight of an endpoint without `weight`.
+    pub const ENDPOINT_WEIGHT: u32 = 1;
+
+    pub(crate) fn namespace() -> String {
+        NAMESPACE.to_owned()
+    }
+    pub(crate) fn connect_timeout() -> Duration {
+        CONNECT_TIMEOUT
+    }
+    pub(crate) fn endpoint_weight() -> u32 {
+        ENDPOINT_WEIGHT
+    }
+}
+
+/// A validated set of documents: every reference resolves, every value is in range.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicySet {
+    /// Services by `metadata.name`.
+    pub services: BTreeMap<String, Service>,
+    /// Traffic policies by the name of the service they apply to (`spec.service`).
+    pub traffic_policies: BTreeMap<String, TrafficPolicy>,
+}
+
+impl PolicySet {
+    /// The traffic policy of a service, if it has one.
+    pub fn traffic_policy(&self, service: &str) -> Option<&TrafficPolicy> {
+        self.traffic_policies.get(service)
+    }
+}
+
+/// `metadata` of every document.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// DNS label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+    pub name: String,
+    /// Defaults to `default`.
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    /// Free-form labels (not used by the translation yet).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `kind: Service`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub metadata: Metadata,
+    pub spec: ServiceSpec,
+}
+
+impl Service {
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+}
+
+/// `spec` of a Service.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Defaults to `http`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The port callers use, 1..=65535.
+    #[serde(deserialize_with = "de::port")]
+    pub port: u16,
+    /// Virtual IPs matched by original destination.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Not supported yet: must be absent.
+    #[serde(default)]
+    pub mtls: Option<MtlsMode>,
+    /// Static endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Application protocol of a service.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+impl Protocol {
+    /// The YAML spelling (also used in the cluster's `outrider` metadata).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        }
+    }
+
+    /// Whether requests are routed by HTTP routes (everything but `tcp`).
+    pub fn is_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+}
+
+/// `spec.mtls` of a Service (parsed, but rejected until the identity work lands).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    Permissive,
+    Strict,
+}
+
+/// One static endpoint of a Service.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `IP:port` (IPv6 as `[::1]:80`); host names are not resolved.
+    #[serde(deserialize_with = "de::socket_addr")]
+    pub address: SocketAddr,
+    /// Labels that subsets select on.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Load-balancing weight, 1..=128.
+    #[serde(default = "defaults::endpoint_weight")]
+    pub weight: u32,
+    /// Not supported yet: must be false.
+    #[serde(default)]
+    pub meshed: bool,
+}
+
+/// `kind: TrafficPolicy`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrafficPolicy {
+    pub metadata: Metadata,
+    pub spec: TrafficPolicySpec,
+}
+
+/// `spec` of a TrafficPolicy.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    /// Name of the Service this policy applies to.
+    pub service: String,
+    /// Defaults to 5s (Envoy's default); must be more than zero.
+    #[serde(
+        default = "defaults::connect_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
+    /// Defaults to `p2c-ewma`.
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+    /// First match wins; no routes sends everything to the service.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Not supported yet: must be absent.
+    #[serde(default)]
+    pub timeout: Option<Unsupported>,
+    /// Not supported yet: must be absent.
+    #[serde(default)]
+    pub idle_timeout: Option<Unsupported>,
+    /// Not supported yet: must be absent.
+    #[serde(default)]
+    pub retries: Option<Unsupported>,
+    /// Not supported yet: must be absent.
+    #[serde(default)]
+    pub circuit_breaker: Option<Unsupported>,
+    /// Not supported yet: must be absent.
+    #[serde(default)]
+    pub outlier_detection: Option<Unsupported>,
+    /// Not supported yet: must be absent.
+    #[serde(default)]
+    pub faults: Option<Unsupported>,
+}
+
+/// A field that is recognised but not implemented yet; its content is kept as parsed.
+pub type Unsupported = serde_yaml_ng::Value;
+
+/// Endpoint selection within a cluster.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LoadBalancer {
+    /// Power of two choices over an EWMA of latency (Envoy: LEAST_REQUEST, choice_count 2).
+    #[default]
+    #[serde(rename = "p2c-ewma")]
+    P2cEwma,
+    #[serde(rename = "round-robin")]
+    RoundRobin,
+    #[serde(rename = "random")]
+    Random,
+}
+
+impl LoadBalancer {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalancer::P2cEwma => "p2c-ewma",
+            LoadBalancer::RoundRobin => "round-robin",
+            LoadBalancer::Random => "random",
+        }
+    }
+}
+
+/// One HTTP route of a TrafficPolicy.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Metrics label, `[a-z0-9-]{1,63}`. Always `Some` in a loaded [`PolicySet`]
+    /// (`route-<index>` when the document leaves it out).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the request must look like; absent matches everything.
+    #[serde(default, rename = "match")]
+    pub matcher: RouteMatch,
+    /// Where matching requests go; weights add up to 100.
+    pub split: Vec<SplitEntry>,
+}
+
+impl Route {
+    /// The route's name, or the default name for its position.
+    pub fn name_or_default(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("route-{index}"))
+    }
+}
+
+/// `match` of a route. All given conditions must hold.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteMatch {
+    /// Path prefix, starting with `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Exact path, starting with `/`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Header name → exact value.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One entry of a route's `split`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitEntry {
+    /// Share of requests in percent, 0..=100.
+    pub weight: u32,
+    /// Endpoint labels that select the subset; empty means every endpoint of the service.
+    #[serde(default)]
+    pub subset: BTreeMap<String, String>,
+}
+
+/// Deserializers with operator-friendly messages.
+mod de {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, de::Error as _};
+
+    pub(super) fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+        let value = i64::deserialize(d)?;
+        match u16::try_from(value) {
+            Ok(port) if port != 0 => Ok(port),
+            _ => Err(D::Error::custom(format!(
+                "port must be between 1 and 65535 (got {value})"
+            ))),
+        }
+    }
+
+    pub(super) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        let message = match text.rsplit_once(':') {
+            Some((host, port)) if host.parse::<std::net::IpAddr>().is_err() && !host.is_empty() => {
+                let looks_like_name =
+                    host.chars().any(|c| c.is_ascii_alphabetic()) && !host.contains(['[', ']']);
+                if looks_like_name {
+                    format!(
+                        "invalid endpoint address \"{text}\": \"{host}\" is a host name, but \
+                         endpoints must be IP addresses (e.g. 127.0.0.1:{port}); host names are \
+                         not resolved"
+                    )
+                } else {
+                    format!(
+                        "invalid endpoint address \"{text}\": use IP:port, e.g. 127.0.0.1:8080 \
+                         or [::1]:8080"
+                    )
+                }
+            }
+            _ => format!(
+                "invalid endpoint address \"{text}\": use IP:port, e.g. 127.0.0.1:8080 or \
+                 [::1]:8080"
+            ),
+        };
+        Err(D::Error::custom(message))
+    }
+}

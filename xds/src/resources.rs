@@ -1,0 +1,205 @@
+//! Names, type URLs and small helpers shared by the translation and its consumers.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
+
+/// Name of the outbound listener.
+pub const OUTBOUND_LISTENER: &str = "outbound";
+/// Address of the outbound listener.
+pub const OUTBOUND_LISTENER_ADDRESS: &str = "127.0.0.1";
+/// Port of the outbound listener.
+pub const OUTBOUND_LISTENER_PORT: u16 = 15001;
+/// Name of the route configuration holding every HTTP service.
+pub const OUTBOUND_ROUTE_CONFIG: &str = "outbound_http";
+/// Cluster for connections to destinations no service claims.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Filter-metadata namespace for Outrider's own metadata.
+pub const OUTRIDER_METADATA: &str = "outrider";
+/// Filter-metadata namespace Envoy uses for subset load balancing.
+pub const LB_METADATA: &str = "envoy.lb";
+
+/// Network filter name of the HTTP connection manager.
+pub const HTTP_CONNECTION_MANAGER_FILTER: &str = "envoy.filters.network.http_connection_manager";
+/// Network filter name of the TCP proxy.
+pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
+/// HTTP filter name of the router.
+pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+/// Key of `Cluster.typed_extension_protocol_options` holding the upstream HTTP options.
+pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Type URL of `envoy.config.listener.v3.Listener`.
+pub const LISTENER_TYPE_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// Type URL of `envoy.config.route.v3.RouteConfiguration`.
+pub const ROUTE_CONFIGURATION_TYPE_URL: &str =
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// Type URL of `envoy.config.cluster.v3.Cluster`.
+pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// Type URL of `envoy.config.endpoint.v3.ClusterLoadAssignment`.
+pub const CLUSTER_LOAD_ASSIGNMENT_TYPE_URL: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// Type URL of the HTTP connection manager's config.
+pub const HTTP_CONNECTION_MANAGER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+/// Type URL of the TCP proxy's config.
+pub const TCP_PROXY_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+/// Type URL of the router's config.
+pub const ROUTER_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+/// Type URL of the upstream HTTP protocol options.
+pub const HTTP_PROTOCOL_OPTIONS_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Istio-style cluster name of a service port: `outbound|{port}||{service}`.
+pub fn cluster_name(service: &str, port: u16) -> String {
+    format!("outbound|{port}||{service}")
+}
+
+/// The (service, port) of a name made by [`cluster_name`], if it is one.
+pub fn parse_cluster_name(name: &str) -> Option<(&str, u16)> {
+    let rest = name.strip_prefix("outbound|")?;
+    let (port, service) = rest.split_once("||")?;
+    Some((service, port.parse().ok()?))
+}
+
+/// Packs a message into an `Any` with the given type URL.
+pub fn any<M: prost::Message>(type_url: &str, message: &M) -> Any {
+    Any {
+        type_url: type_url.to_owned(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// Why an `Any` could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum AnyError {
+    #[error("expected a {expected} but got a {got}")]
+    WrongType { expected: String, got: String },
+    #[error("cannot decode {type_url}: {source}")]
+    Decode {
+        type_url: String,
+        source: prost::DecodeError,
+    },
+}
+
+/// Unpacks an `Any`, checking its type URL first.
+pub fn decode_any<M: prost::Message + Default>(type_url: &str, any: &Any) -> Result<M, AnyError> {
+    if any.type_url != type_url {
+        return Err(AnyError::WrongType {
+            expected: type_url.to_owned(),
+            got: any.type_url.clone(),
+        });
+    }
+    M::decode(any.value.as_slice()).map_err(|source| AnyError::Decode {
+        type_url: type_url.to_owned(),
+        source,
+    })
+}
+
+/// A protobuf string value.
+pub fn string_value(text: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(text.to_owned())),
+    }
+}
+
+/// A protobuf number value.
+pub fn number_value(number: f64) -> Value {
+    Value {
+        kind: Some(Kind::NumberValue(number)),
+    }
+}
+
+/// A protobuf bool value.
+pub fn bool_value(flag: bool) -> Value {
+    Value {
+        kind: Some(Kind::BoolValue(flag)),
+    }
+}
+
+/// A `Struct` from (key, value) pairs.
+pub fn struct_of<K: Into<String>>(fields: impl IntoIterator<Item = (K, Value)>) -> Struct {
+    Struct {
+        fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+    }
+}
+
+/// A `Struct` of string values, e.g. endpoint labels.
+pub fn string_struct(labels: &BTreeMap<String, String>) -> Struct {
+    struct_of(labels.iter().map(|(k, v)| (k.clone(), string_value(v))))
+}
+
+/// The string fields of a `Struct` (other kinds are skipped), sorted.
+pub fn struct_strings(fields: &Struct) -> BTreeMap<String, String> {
+    fields
+        .fields
+        .iter()
+        .filter_map(|(k, v)| match &v.kind {
+            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::{
+        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+        route::v3::RouteConfiguration,
+    };
+    use envoy_types::pb::envoy::extensions::filters::{
+        http::router::v3::Router,
+        network::{http_connection_manager::v3::HttpConnectionManager, tcp_proxy::v3::TcpProxy},
+    };
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use prost::Name;
+
+    #[test]
+    fn type_urls_match_the_generated_types() {
+        assert_eq!(LISTENER_TYPE_URL, Listener::type_url());
+        assert_eq!(ROUTE_CONFIGURATION_TYPE_URL, RouteConfiguration::type_url());
+        assert_eq!(CLUSTER_TYPE_URL, Cluster::type_url());
+        assert_eq!(
+            CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+            ClusterLoadAssignment::type_url()
+        );
+        assert_eq!(
+            HTTP_CONNECTION_MANAGER_TYPE_URL,
+            HttpConnectionManager::type_url()
+        );
+        assert_eq!(TCP_PROXY_TYPE_URL, TcpProxy::type_url());
+        assert_eq!(ROUTER_TYPE_URL, Router::type_url());
+        assert_eq!(
+            HTTP_PROTOCOL_OPTIONS_TYPE_URL,
+            HttpProtocolOptions::type_url()
+        );
+        assert_eq!(
+            format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS_KEY}"),
+            HTTP_PROTOCOL_OPTIONS_TYPE_URL
+        );
+    }
+
+    #[test]
+    fn cluster_names_round_trip() {
+        let name = cluster_name("reviews", 9080);
+        assert_eq!(name, "outbound|9080||reviews");
+        assert_eq!(parse_cluster_name(&name), Some(("reviews", 9080)));
+        assert_eq!(parse_cluster_name(PASSTHROUGH_CLUSTER), None);
+    }
+
+    #[test]
+    fn any_checks_the_type_url() {
+        let proxy = TcpProxy {
+            stat_prefix: "x".into(),
+            ..Default::default()
+        };
+        let packed = any(TCP_PROXY_TYPE_URL, &proxy);
+        let back: TcpProxy = decode_any(TCP_PROXY_TYPE_URL, &packed).unwrap();
+        assert_eq!(back, proxy);
+        let err = decode_any::<Router>(ROUTER_TYPE_URL, &packed).unwrap_err();
+        assert!(matches!(err, AnyError::WrongType { .. }), "{err}");
+    }
+}

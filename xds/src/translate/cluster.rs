@@ -1,0 +1,183 @@
+//! Clusters (one per service, plus the passthrough) and their load assignments.
+
+use std::collections::{BTreeSet, HashMap};
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster,
+    cluster::{
+        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy, LbSubsetConfig,
+        LeastRequestLbConfig, lb_subset_config::LbSubsetSelector,
+    },
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, address,
+    socket_address::PortSpecifier,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions,
+    http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    },
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+
+use super::{ads, metadata, proto_duration};
+use crate::policy::{LoadBalancer, Protocol, Service, TrafficPolicy, defaults};
+use crate::resources::{
+    HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, LB_METADATA, OUTRIDER_METADATA,
+    PASSTHROUGH_CLUSTER, any, bool_value, cluster_name, number_value, string_struct, string_value,
+    struct_of,
+};
+
+/// `PassthroughCluster`: connects to the original destination.
+pub(super) fn passthrough() -> Cluster {
+    Cluster {
+        name: PASSTHROUGH_CLUSTER.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(proto_duration(defaults::CONNECT_TIMEOUT)),
+        ..Default::default()
+    }
+}
+
+/// The EDS cluster of a service.
+pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>) -> Cluster {
+    let spec = &service.spec;
+    let connect_timeout = policy.map_or(defaults::CONNECT_TIMEOUT, |p| p.spec.connect_timeout);
+    let balancer = policy.map_or(LoadBalancer::default(), |p| p.spec.load_balancer);
+    let (lb_policy, lb_config) = match balancer {
+        LoadBalancer::P2cEwma => (
+            LbPolicy::LeastRequest,
+            Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                choice_count: Some(UInt32Value { value: 2 }),
+                ..Default::default()
+            })),
+        ),
+        LoadBalancer::RoundRobin => (LbPolicy::RoundRobin, None),
+        LoadBalancer::Random => (LbPolicy::Random, None),
+    };
+    let protocol_config = match spec.protocol {
+        Protocol::Http => Some(ProtocolConfig::HttpProtocolOptions(
+            Http1ProtocolOptions::default(),
+        )),
+        Protocol::Http2 | Protocol::Grpc => Some(ProtocolConfig::Http2ProtocolOptions(
+            Http2ProtocolOptions::default(),
+        )),
+        Protocol::Tcp => None,
+    };
+    let typed_extension_protocol_options = protocol_config
+        .map(|config| {
+            let options = HttpProtocolOptions {
+                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                    ExplicitHttpConfig {
+                        protocol_config: Some(config),
+                    },
+                )),
+                ..Default::default()
+            };
+            (
+                HTTP_PROTOCOL_OPTIONS_KEY.to_owned(),
+                any(HTTP_PROTOCOL_OPTIONS_TYPE_URL, &options),
+            )
+        })
+        .into_iter()
+        .collect::<HashMap<_, _>>();
+    let outrider = struct_of([
+        ("service", string_value(service.name())),
+        ("protocol", string_value(spec.protocol.as_str())),
+        ("port", number_value(f64::from(spec.port))),
+    ]);
+    Cluster {
+        name: cluster_name(service.name(), spec.port),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(proto_duration(connect_timeout)),
+        lb_policy: lb_policy as i32,
+        lb_config,
+        typed_extension_protocol_options,
+        metadata: Some(metadata([(OUTRIDER_METADATA, outrider)])),
+        lb_subset_config: subset_config(policy),
+        ..Default::default()
+    }
+}
+
+/// One selector per distinct set of label keys the policy's splits select on.
+fn subset_config(policy: Option<&TrafficPolicy>) -> Option<LbSubsetConfig> {
+    let key_sets: BTreeSet<Vec<String>> = policy?
+        .spec
+        .routes
+        .iter()
+        .flat_map(|route| &route.split)
+        .filter(|entry| !entry.subset.is_empty())
+        .map(|entry| entry.subset.keys().cloned().collect())
+        .collect();
+    if key_sets.is_empty() {
+        return None;
+    }
+    Some(LbSubsetConfig {
+        subset_selectors: key_sets
+            .into_iter()
+            .map(|keys| LbSubsetSelector {
+                keys,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
+
+/// The static endpoints of a service, in one locality.
+pub(super) fn load_assignment(service: &Service) -> ClusterLoadAssignment {
+    let lb_endpoints = service
+        .spec
+        .endpoints
+        .iter()
+        .map(|endpoint| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket_address(
+                    &endpoint.address.ip().to_string(),
+                    endpoint.address.port(),
+                )),
+                ..Default::default()
+            })),
+            load_balancing_weight: Some(UInt32Value {
+                value: endpoint.weight,
+            }),
+            metadata: Some(metadata([
+                (LB_METADATA, string_struct(&endpoint.labels)),
+                (
+                    OUTRIDER_METADATA,
+                    struct_of([("meshed", bool_value(endpoint.meshed))]),
+                ),
+            ])),
+            ..Default::default()
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: cluster_name(service.name(), service.spec.port),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A TCP socket address.
+pub(super) fn socket_address(ip: &str, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}

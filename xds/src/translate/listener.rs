@@ -1,0 +1,121 @@
+//! The `outbound` listener: a filter chain per service with virtual addresses, chosen by
+//! original destination, and a passthrough default.
+
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, filter::ConfigType,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+    http_connection_manager::{CodecType, RouteSpecifier},
+    http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy::ClusterSpecifier,
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+
+use super::ads;
+use super::cluster::socket_address;
+use crate::policy::{PolicySet, Service};
+use crate::resources::{
+    HTTP_CONNECTION_MANAGER_FILTER, HTTP_CONNECTION_MANAGER_TYPE_URL, OUTBOUND_LISTENER,
+    OUTBOUND_LISTENER_ADDRESS, OUTBOUND_LISTENER_PORT, OUTBOUND_ROUTE_CONFIG, PASSTHROUGH_CLUSTER,
+    ROUTER_FILTER, ROUTER_TYPE_URL, TCP_PROXY_FILTER, TCP_PROXY_TYPE_URL, any, cluster_name,
+};
+
+pub(super) fn outbound(set: &PolicySet) -> Listener {
+    let filter_chains = set
+        .services
+        .values()
+        .filter(|service| !service.spec.addresses.is_empty())
+        .map(filter_chain)
+        .collect();
+    Listener {
+        name: OUTBOUND_LISTENER.to_owned(),
+        address: Some(socket_address(
+            OUTBOUND_LISTENER_ADDRESS,
+            OUTBOUND_LISTENER_PORT,
+        )),
+        filter_chains,
+        default_filter_chain: Some(FilterChain {
+            name: PASSTHROUGH_CLUSTER.to_owned(),
+            filters: vec![tcp_proxy(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn filter_chain(service: &Service) -> FilterChain {
+    let name = service.name();
+    let cluster = cluster_name(name, service.spec.port);
+    let prefix_ranges = service
+        .spec
+        .addresses
+        .iter()
+        .map(|address| CidrRange {
+            address_prefix: address.to_string(),
+            prefix_len: Some(UInt32Value {
+                value: if address.is_ipv4() { 32 } else { 128 },
+            }),
+        })
+        .collect();
+    let filter = if service.spec.protocol.is_http() {
+        http_connection_manager(name)
+    } else {
+        tcp_proxy(name, &cluster)
+    };
+    FilterChain {
+        name: name.to_owned(),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(UInt32Value {
+                value: u32::from(service.spec.port),
+            }),
+            prefix_ranges,
+            ..Default::default()
+        }),
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
+
+fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
+    let config = TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
+        ..Default::default()
+    };
+    Filter {
+        name: TCP_PROXY_FILTER.to_owned(),
+        config_type: Some(ConfigType::TypedConfig(any(TCP_PROXY_TYPE_URL, &config))),
+    }
+}
+
+fn http_connection_manager(stat_prefix: &str) -> Filter {
+    let config = HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: OUTBOUND_ROUTE_CONFIG.to_owned(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: ROUTER_FILTER.to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                ROUTER_TYPE_URL,
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Filter {
+        name: HTTP_CONNECTION_MANAGER_FILTER.to_owned(),
+        config_type: Some(ConfigType::TypedConfig(any(
+            HTTP_CONNECTION_MANAGER_TYPE_URL,
+            &config,
+        ))),
+    }
+}

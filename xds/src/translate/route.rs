@@ -1,0 +1,140 @@
+//! The `outbound_http` route configuration: a virtual host per HTTP service.
+
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
+    route_action::ClusterSpecifier, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::google::protobuf::UInt32Value;
+
+use super::metadata;
+use crate::policy::{self, PolicySet, Service};
+use crate::resources::{LB_METADATA, OUTBOUND_ROUTE_CONFIG, cluster_name, string_struct};
+
+/// One route configuration holding every non-tcp service.
+pub(super) fn outbound_http(set: &PolicySet) -> RouteConfiguration {
+    let virtual_hosts = set
+        .services
+        .values()
+        .filter(|service| service.spec.protocol.is_http())
+        .map(|service| virtual_host(service, set.traffic_policy(service.name())))
+        .collect();
+    RouteConfiguration {
+        name: OUTBOUND_ROUTE_CONFIG.to_owned(),
+        virtual_hosts,
+        ..Default::default()
+    }
+}
+
+fn virtual_host(service: &Service, policy: Option<&policy::TrafficPolicy>) -> VirtualHost {
+    let cluster = cluster_name(service.name(), service.spec.port);
+    let routes = match policy.map(|p| p.spec.routes.as_slice()) {
+        Some(routes) if !routes.is_empty() => routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| policy_route(route, i, &cluster))
+            .collect(),
+        _ => vec![Route {
+            name: "default".to_owned(),
+            r#match: Some(prefix("/")),
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+    };
+    VirtualHost {
+        name: service.name().to_owned(),
+        domains: domains(service),
+        routes,
+        ..Default::default()
+    }
+}
+
+/// Host names a caller may use: the name, its addresses and `name.namespace`, each with and
+/// without the port.
+pub(crate) fn domains(service: &Service) -> Vec<String> {
+    let name = service.name();
+    let port = service.spec.port;
+    let namespaced = format!("{name}.{}", service.metadata.namespace);
+    let mut domains = vec![name.to_owned(), format!("{name}:{port}")];
+    for address in &service.spec.addresses {
+        match address {
+            IpAddr::V4(v4) => {
+                domains.push(v4.to_string());
+                domains.push(format!("{v4}:{port}"));
+            }
+            IpAddr::V6(v6) => {
+                domains.push(v6.to_string());
+                // A Host header carries an IPv6 literal in brackets, with or without a port.
+                domains.push(format!("[{v6}]"));
+                domains.push(format!("[{v6}]:{port}"));
+            }
+        }
+    }
+    domains.push(namespaced.clone());
+    domains.push(format!("{namespaced}:{port}"));
+    domains
+}
+
+fn policy_route(route: &policy::Route, index: usize, cluster: &str) -> Route {
+    let matcher = &route.matcher;
+    let mut route_match = match (&matcher.path, &matcher.path_prefix) {
+        (Some(path), _) => RouteMatch {
+            path_specifier: Some(PathSpecifier::Path(path.clone())),
+            ..Default::default()
+        },
+        (None, Some(path_prefix)) => prefix(path_prefix),
+        (None, None) => prefix("/"),
+    };
+    route_match.headers = matcher
+        .headers
+        .iter()
+        .map(|(name, value)| HeaderMatcher {
+            name: name.to_ascii_lowercase(),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(value.clone())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    let cluster_specifier = match route.split.as_slice() {
+        [only] if only.subset.is_empty() => ClusterSpecifier::Cluster(cluster.to_owned()),
+        split => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: split
+                .iter()
+                .map(|entry| ClusterWeight {
+                    name: cluster.to_owned(),
+                    weight: Some(UInt32Value {
+                        value: entry.weight,
+                    }),
+                    metadata_match: (!entry.subset.is_empty())
+                        .then(|| metadata([(LB_METADATA, string_struct(&entry.subset))])),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    Route {
+        name: route.name_or_default(index),
+        r#match: Some(route_match),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(cluster_specifier),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn prefix(prefix: &str) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(PathSpecifier::Prefix(prefix.to_owned())),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,498 @@
+//! Validation of a whole set of documents, and the errors it reports.
+//!
+//! Every error names the file, the document, its kind/name and the field, and all errors of a
+//! set are collected rather than stopping at the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::load::{Document, Origin, Parsed};
+use crate::policy::{PolicySet, Route, Service, TrafficPolicy};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
+/// One problem in a policy set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file name as given to the loader.
+    pub file: String,
+    /// 0-based index of the document in the file (displayed counting from 1).
+    pub document: Option<usize>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    /// Path of the field in YAML spelling, e.g. `spec.routes[0].split[1].weight`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl PolicyError {
+    /// An error about a file as a whole.
+    pub fn file(file: &str, message: impl Into<String>) -> Self {
+        PolicyError {
+            file: file.to_owned(),
+            document: None,
+            kind: None,
+            name: None,
+            field: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for PolicyError {
+    /// `policy.yaml: document 2 (TrafficPolicy/reviews): spec.routes[0].split[1].weight: …`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.file)?;
+        if let Some(document) = self.document {
+            write!(f, " document {}", document + 1)?;
+        }
+        match (&self.kind, &self.name) {
+            (Some(kind), Some(name)) => write!(f, " ({kind}/{name})")?,
+            (Some(kind), None) => write!(f, " ({kind})")?,
+            (None, Some(name)) => write!(f, " ({name})")?,
+            (None, None) => {}
+        }
+        if self.document.is_some() || self.kind.is_some() || self.name.is_some() {
+            f.write_str(":")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, " {field}:")?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// All problems of a policy set, in file and document order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl PolicyErrors {
+    pub fn iter(&self) -> std::slice::Iter<'_, PolicyError> {
+        self.0.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<PolicyError> for PolicyErrors {
+    fn from(error: PolicyError) -> Self {
+        PolicyErrors(vec![error])
+    }
+}
+
+impl IntoIterator for PolicyErrors {
+    type Item = PolicyError;
+    type IntoIter = std::vec::IntoIter<PolicyError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a PolicyErrors {
+    type Item = &'a PolicyError;
+    type IntoIter = std::slice::Iter<'a, PolicyError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for PolicyErrors {
+    /// One error per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+/// Validates the documents of a set and builds the [`PolicySet`].
+pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
+    let Parsed {
+        documents,
+        broken,
+        mut errors,
+    } = parsed;
+    let mut services: BTreeMap<String, (Origin, Service)> = BTreeMap::new();
+    let mut policies: BTreeMap<String, (Origin, TrafficPolicy)> = BTreeMap::new();
+    let mut seen: BTreeMap<(&'static str, String), Origin> = BTreeMap::new();
+    let mut policy_docs = Vec::new();
+
+    for (origin, document) in documents {
+        let (kind, metadata) = match &document {
+            Document::Service(s) => ("Service", &s.metadata),
+            Document::TrafficPolicy(p) => ("TrafficPolicy", &p.metadata),
+        };
+        check_dns_label(&origin, "metadata.name", &metadata.name, &mut errors);
+        check_dns_label(
+            &origin,
+            "metadata.namespace",
+            &metadata.namespace,
+            &mut errors,
+        );
+        let key = (kind, metadata.name.clone());
+        if let Some(first) = seen.get(&key) {
+            errors.push(origin.error(
+                Some("metadata.name".into()),
+                format!(
+                    "duplicate {kind} \"{}\" (first defined in {}); names must be unique per kind",
+                    metadata.name,
+                    first.describe()
+                ),
+            ));
+            continue;
+        }
+        seen.insert(key, origin.clone());
+        match document {
+            Document::Service(service) => {
+                check_service(&origin, &service, &mut errors);
+                services.insert(service.metadata.name.clone(), (origin, service));
+            }
+            Document::TrafficPolicy(mut policy) => {
+                for (i, route) in policy.spec.routes.iter_mut().enumerate() {
+                    if route.name.is_none() {
+                        route.name = Some(format!("route-{i}"));
+                    }
+                }
+                check_policy(&origin, &policy, &mut errors);
+                policy_docs.push((origin, policy));
+            }
+        }
+    }
+
+    check_shared_addresses(&services, &mut errors);
+
+    for (origin, policy) in policy_docs {
+        let target = policy.spec.service.clone();
+        match services.get(&target) {
+            Some((_, service)) => {
+                check_policy_against_service(&origin, &policy, service, &mut errors)
+            }
+            None if broken.iter().any(|(k, n)| k == "Service" && *n == target) => {}
+            None => {
+                let broken_services = broken.iter().filter(|(k, _)| k == "Service");
+                let known: BTreeSet<&str> = services
+                    .keys()
+                    .chain(broken_services.map(|(_, n)| n))
+                    .map(String::as_str)
+                    .collect();
+                let known: Vec<&str> = known.into_iter().collect();
+                let known = if known.is_empty() {
+                    "there are no services in this set".to_owned()
+                } else {
+                    format!("known services: {}", known.join(", "))
+                };
+                errors.push(origin.error(
+                    Some("spec.service".into()),
+                    format!("no Service named \"{target}\" ({known})"),
+                ));
+            }
+        }
+        if let Some((first, _)) = policies.get(&target) {
+            errors.push(origin.error(
+                Some("spec.service".into()),
+                format!(
+                    "service \"{target}\" already has a TrafficPolicy (in {}); a service takes \
+                     at most one, so merge them",
+                    first.describe()
+                ),
+            ));
+            continue;
+        }
+        policies.insert(target, (origin, policy));
+    }
+
+    if !errors.is_empty() {
+        // Stable: within a document, errors keep the order of the checks.
+        errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
+        return Err(PolicyErrors(errors));
+    }
+    Ok(PolicySet {
+        services: services.into_iter().map(|(k, (_, s))| (k, s)).collect(),
+        traffic_policies: policies.into_iter().map(|(k, (_, p))| (k, p)).collect(),
+    })
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.first().is_some_and(edge)
+        && bytes.last().is_some_and(edge)
+        && bytes.iter().all(|b| edge(b) || *b == b'-')
+}
+
+/// `[a-z0-9-]{1,63}`: route names are metrics labels.
+pub fn is_route_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// An HTTP header name (RFC 9110 token).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+pub(crate) fn check_dns_label(
+    origin: &Origin,
+    field: &str,
+    value: &str,
+    errors: &mut Vec<PolicyError>,
+) {
+    if !is_dns_label(value) {
+        errors.push(origin.error(
+            Some(field.into()),
+            format!(
+                "invalid name \"{value}\": use lowercase letters, digits and '-', starting and \
+                 ending with a letter or digit, at most 63 characters"
+            ),
+        ));
+    }
+}
+
+fn check_service(origin: &Origin, service: &Service, errors: &mut Vec<PolicyError>) {
+    let spec = &service.spec;
+    if spec.mtls.is_some() {
+        errors.push(origin.error(
+            None,
+            "not supported yet: spec.mtls (mutual TLS arrives with the identity work)",
+        ));
+    }
+    if !spec.protocol.is_http() && spec.addresses.is_empty() {
+        errors.push(origin.error(
+            Some("spec.addresses".into()),
+            "a tcp service needs at least one address: TCP is routed by original destination, \
+             so it needs a virtual address",
+        ));
+    }
+    let mut addresses = BTreeMap::new();
+    for (i, address) in spec.addresses.iter().enumerate() {
+        if let Some(first) = addresses.insert(*address, i) {
+            errors.push(origin.error(
+                Some(format!("spec.addresses[{i}]")),
+                format!("duplicate address {address} (also spec.addresses[{first}])"),
+            ));
+        }
+    }
+    let mut endpoints = BTreeMap::new();
+    for (i, endpoint) in spec.endpoints.iter().enumerate() {
+        if !(1..=128).contains(&endpoint.weight) {
+            errors.push(origin.error(
+                Some(format!("spec.endpoints[{i}].weight")),
+                format!("must be between 1 and 128 (got {})", endpoint.weight),
+            ));
+        }
+        if endpoint.meshed {
+            errors.push(origin.error(
+                None,
+                format!("not supported yet: spec.endpoints[{i}].meshed"),
+            ));
+        }
+        if let Some(first) = endpoints.insert(endpoint.address, i) {
+            errors.push(origin.error(
+                Some(format!("spec.endpoints[{i}].address")),
+                format!(
+                    "duplicate endpoint {} (also spec.endpoints[{first}])",
+                    endpoint.address
+                ),
+            ));
+        }
+    }
+}
+
+/// Each virtual address belongs to one service: it selects the filter chain and, for HTTP,
+/// is a domain of the service's virtual host, both of which must be unique.
+fn check_shared_addresses(
+    services: &BTreeMap<String, (Origin, Service)>,
+    errors: &mut Vec<PolicyError>,
+) {
+    let mut owners: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    // Report in document order rather than name order.
+    let mut ordered: Vec<&(Origin, Service)> = services.values().collect();
+    ordered.sort_by(|a, b| (&a.0.file, a.0.document).cmp(&(&b.0.file, b.0.document)));
+    for (origin, service) in ordered {
+        for (i, address) in service.spec.addresses.iter().enumerate() {
+            match owners.get(address) {
+                Some(owner) if *owner != service.name() => errors.push(origin.error(
+                    Some(format!("spec.addresses[{i}]")),
+                    format!(
+                        "address {address} is already used by service \"{owner}\"; a virtual \
+                         address belongs to one service"
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    owners.insert(*address, service.name());
+                }
+            }
+        }
+    }
+}
+
+fn check_policy(origin: &Origin, policy: &TrafficPolicy, errors: &mut Vec<PolicyError>) {
+    let spec = &policy.spec;
+    if spec.connect_timeout.is_zero() {
+        errors.push(origin.error(Some("spec.connectTimeout".into()), "must be more than 0s"));
+    }
+    let unsupported = [
+        ("timeout", spec.timeout.is_some()),
+        ("idleTimeout", spec.idle_timeout.is_some()),
+        ("retries", spec.retries.is_some()),
+        ("circuitBreaker", spec.circuit_breaker.is_some()),
+        ("outlierDetection", spec.outlier_detection.is_some()),
+        ("faults", spec.faults.is_some()),
+    ];
+    for (field, present) in unsupported {
+        if present {
+            errors.push(origin.error(None, format!("not supported yet: spec.{field}")));
+        }
+    }
+    let mut names = BTreeMap::new();
+    for (i, route) in spec.routes.iter().enumerate() {
+        check_route(origin, i, route, errors);
+        let name = route.name_or_default(i);
+        if let Some(first) = names.insert(name.clone(), i) {
+            errors.push(origin.error(
+                Some(format!("spec.routes[{i}].name")),
+                format!("duplicate route name \"{name}\" (also spec.routes[{first}])"),
+            ));
+        }
+    }
+}
+
+fn check_route(origin: &Origin, i: usize, route: &Route, errors: &mut Vec<PolicyError>) {
+    let at = format!("spec.routes[{i}]");
+    if let Some(name) = &route.name
+        && !is_route_name(name)
+    {
+        errors.push(origin.error(
+            Some(format!("{at}.name")),
+            format!(
+                "invalid route name \"{name}\": use 1 to 63 lowercase letters, digits and '-' \
+                 (it is a metrics label)"
+            ),
+        ));
+    }
+    let matcher = &route.matcher;
+    if matcher.path_prefix.is_some() && matcher.path.is_some() {
+        errors.push(origin.error(
+            Some(format!("{at}.match")),
+            "pathPrefix and path cannot be used together; use pathPrefix for a prefix or path \
+             for one exact path",
+        ));
+    }
+    for (field, value) in [
+        ("pathPrefix", &matcher.path_prefix),
+        ("path", &matcher.path),
+    ] {
+        if let Some(value) = value
+            && !value.starts_with('/')
+        {
+            errors.push(origin.error(
+                Some(format!("{at}.match.{field}")),
+                format!("must start with \"/\" (got \"{value}\")"),
+            ));
+        }
+    }
+    for name in matcher.headers.keys() {
+        if !is_header_name(name) {
+            errors.push(origin.error(
+                Some(format!("{at}.match.headers")),
+                format!("invalid header name \"{name}\""),
+            ));
+        }
+    }
+    if route.split.is_empty() {
+        errors.push(origin.error(
+            Some(format!("{at}.split")),
+            "must have at least one entry, e.g. [{weight: 100}]",
+        ));
+        return;
+    }
+    let mut sum = 0u64;
+    for (j, entry) in route.split.iter().enumerate() {
+        sum += u64::from(entry.weight);
+        if entry.weight > 100 {
+            errors.push(origin.error(
+                Some(format!("{at}.split[{j}].weight")),
+                format!("must be between 0 and 100 (got {})", entry.weight),
+            ));
+        }
+    }
+    if sum != 100 {
+        let last = route.split.len() - 1;
+        errors.push(origin.error(
+            Some(format!("{at}.split[{last}].weight")),
+            format!("weights of a split must add up to 100 (got {sum})"),
+        ));
+    }
+}
+
+fn check_policy_against_service(
+    origin: &Origin,
+    policy: &TrafficPolicy,
+    service: &Service,
+    errors: &mut Vec<PolicyError>,
+) {
+    let name = service.name();
+    if !service.spec.protocol.is_http() && !policy.spec.routes.is_empty() {
+        errors.push(origin.error(
+            Some("spec.routes".into()),
+            format!("routes are HTTP only, but service \"{name}\" is tcp; remove spec.routes"),
+        ));
+        return;
+    }
+    let endpoints = &service.spec.endpoints;
+    if endpoints.is_empty() {
+        return;
+    }
+    for (i, route) in policy.spec.routes.iter().enumerate() {
+        for (j, entry) in route.split.iter().enumerate() {
+            let matches = endpoints.iter().any(|endpoint| {
+                entry
+                    .subset
+                    .iter()
+                    .all(|(k, v)| endpoint.labels.get(k) == Some(v))
+            });
+            if !matches {
+                let have: BTreeSet<String> =
+                    endpoints.iter().map(|e| labels_text(&e.labels)).collect();
+                errors.push(origin.error(
+                    Some(format!("spec.routes[{i}].split[{j}].subset")),
+                    format!(
+                        "{} matches no endpoint of service \"{name}\" (endpoint labels: {})",
+                        labels_text(&entry.subset),
+                        have.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// `{version: v1, zone: a}`.
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("{{{}}}", inner.join(", "))
+}
