@@ -116,6 +116,7 @@ impl App {
             config.app_port,
             inbound_service,
             config.socket_mark,
+            store.clone(),
         ));
 
         let m = metrics.clone();

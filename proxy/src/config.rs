@@ -81,7 +81,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "OUTRIDER_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
     /// Access log: one line per request / connection (on | off).
-    #[arg(long, env = "OUTRIDER_ACCESS_LOG", default_value = "on", value_parser = on_off)]
+    #[arg(long, env = "OUTRIDER_ACCESS_LOG", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     pub access_log: bool,
     /// Data-plane worker threads (default: number of CPUs).
     #[arg(long, env = "OUTRIDER_WORKERS")]

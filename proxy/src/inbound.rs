@@ -17,6 +17,7 @@ use crate::http::client::{ConnectConfig, EndpointPool, UpstreamProtocol};
 use crate::http::server::HttpServer;
 use crate::http::{Body, forward, headers};
 use crate::rescue::{self, ProxyError};
+use crate::state::{ClusterProtocol, Store};
 use crate::telemetry::access::{Recorder, RequestRecord};
 use crate::telemetry::metrics::Direction;
 use crate::transport::{detect, orig_dst};
@@ -32,6 +33,8 @@ pub struct Inbound {
     /// Service label for inbound metrics.
     pub service: Arc<str>,
     pub socket_mark: Option<u32>,
+    /// The config, to learn the declared protocol of `--service`.
+    pub store: Arc<Store>,
     pools: Mutex<HashMap<u16, Arc<EndpointPool>>>,
 }
 
@@ -42,15 +45,15 @@ impl Inbound {
         app_port: Option<u16>,
         service: Arc<str>,
         socket_mark: Option<u32>,
+        store: Arc<Store>,
     ) -> Self {
-        Self {
-            recorder,
-            server,
-            app_port,
-            service,
-            socket_mark,
-            pools: Mutex::default(),
-        }
+        Self { recorder, server, app_port, service, socket_mark, store, pools: Mutex::default() }
+    }
+
+    /// A Service's declared protocol wins over detection.
+    fn declared(&self) -> Option<ClusterProtocol> {
+        let snap = self.store.load();
+        snap.clusters.values().find(|c| c.service == self.service).map(|c| c.protocol)
     }
 
     fn pool(&self, port: u16) -> Arc<EndpointPool> {
@@ -87,7 +90,12 @@ impl Inbound {
                 return;
             }
         };
-        match detect::detect(&stream, detect::DETECT_TIMEOUT).await {
+        let detected = match self.declared() {
+            Some(ClusterProtocol::Tcp) => Ok(detect::Detected::Opaque),
+            Some(ClusterProtocol::Http1 | ClusterProtocol::Http2) => Ok(detect::Detected::Http1),
+            None => detect::detect(&stream, detect::DETECT_TIMEOUT).await,
+        };
+        match detected {
             Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
                 let server = self.server.clone();
                 let ctx = self.clone();
