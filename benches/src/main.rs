@@ -37,7 +37,11 @@ struct Args {
     #[arg(long, default_value = "docs/benchmarks")]
     out: PathBuf,
     /// Only these targets (comma separated: direct,outrider,haproxy,nginx).
-    #[arg(long, value_delimiter = ',', default_value = "direct,outrider,haproxy,nginx")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,outrider,haproxy,nginx"
+    )]
     targets: Vec<String>,
 }
 
@@ -76,20 +80,37 @@ fn main() -> Result<()> {
     if !wrk::available() {
         bail!("wrk is not installed: apt-get install wrk (see benches/README.md)");
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let (proxy_core, load_core) = if cores >= 2 { (0, 1) } else { (0, 0) };
     pin_self_to(load_core);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let upstream = upstream::start()?;
     eprintln!("upstream listening on {upstream} (1 kB responses)");
     let dur = Duration::from_secs(args.duration);
     let mut results = Vec::new();
     for t in &args.targets {
-        let load = Load { connections: args.connections, dur, core: load_core };
+        let load = Load {
+            connections: args.connections,
+            dur,
+            core: load_core,
+        };
         let res = match t.as_str() {
             "direct" => {
-                eprintln!("[direct] {}s, {} connections", args.duration, args.connections);
-                let w = rt.block_on(wrk::run(&format!("http://{upstream}/"), None, load.connections, load.dur, load.core))?;
+                eprintln!(
+                    "[direct] {}s, {} connections",
+                    args.duration, args.connections
+                );
+                let w = rt.block_on(wrk::run(
+                    &format!("http://{upstream}/"),
+                    None,
+                    load.connections,
+                    load.dur,
+                    load.core,
+                ))?;
                 Some(TargetResult::from_wrk("direct", "-", &w, None))
             }
             "outrider" => {
@@ -114,7 +135,9 @@ fn main() -> Result<()> {
                 r.rps,
                 r.latency_p50_ms,
                 r.latency_p99_ms,
-                r.cpu_us_per_request.map(|c| format!("{c:.1} µs")).unwrap_or("-".into())
+                r.cpu_us_per_request
+                    .map(|c| format!("{c:.1} µs"))
+                    .unwrap_or("-".into())
             );
             results.push(r);
         }
@@ -131,7 +154,12 @@ struct Load {
     core: usize,
 }
 
-async fn measure(proc_: &peers::Proc, url: &str, host: Option<&str>, load: Load) -> Result<TargetResult> {
+async fn measure(
+    proc_: &peers::Proc,
+    url: &str,
+    host: Option<&str>,
+    load: Load,
+) -> Result<TargetResult> {
     eprintln!("[{}] warm-up", proc_.name);
     // Warm-up opens the upstream connections; it is not measured.
     let _ = wrk::run(url, host, 4, Duration::from_secs(1), load.core).await?;
@@ -158,7 +186,9 @@ impl TargetResult {
             latency_p50_ms: w.p50_ms,
             latency_p90_ms: w.p90_ms,
             latency_p99_ms: w.p99_ms,
-            cpu_us_per_request: cpu_s.filter(|_| w.requests > 0).map(|s| s * 1e6 / w.requests as f64),
+            cpu_us_per_request: cpu_s
+                .filter(|_| w.requests > 0)
+                .map(|s| s * 1e6 / w.requests as f64),
             idle_rss_kb: None,
             peak_rss_kb: None,
             ready_ms: None,

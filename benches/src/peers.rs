@@ -46,11 +46,17 @@ impl Drop for TempDir {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn which(bin: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {bin}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Poll until `GET path` on `addr` answers 200, or fail after 10 s.
@@ -61,7 +67,10 @@ fn wait_ok(addr: SocketAddr, path: &str, host: &str, start: Instant) -> Result<D
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
             let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
             let mut resp = String::new();
-            if s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut resp).is_ok() && resp.starts_with("HTTP/1.1 200") {
+            if s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_string(&mut resp).is_ok()
+                && resp.starts_with("HTTP/1.1 200")
+            {
                 return Ok(start.elapsed());
             }
         }
@@ -78,7 +87,10 @@ pub struct Outrider {
 impl Outrider {
     pub fn start(bin: &Path, upstream: SocketAddr, core: usize) -> Result<Self> {
         if !bin.exists() {
-            bail!("{} not found: run `cargo build --release -p outrider-proxy` first", bin.display());
+            bail!(
+                "{} not found: run `cargo build --release -p outrider-proxy` first",
+                bin.display()
+            );
         }
         let dir = TempDir::new("outrider")?;
         let policy = dir.0.join("policy.yaml");
@@ -94,16 +106,42 @@ impl Outrider {
             .arg("-c")
             .arg(core.to_string())
             .arg(bin)
-            .args(["--policy", &policy.to_string_lossy(), "--workers", "1", "--access-log", "off"])
-            .args(["--outbound-port", &out_port.to_string(), "--admin-port", &admin_port.to_string()])
-            .args(["--inbound-port", "0", "--metrics-port", "0", "--health-port", "0", "--inbound-bind", "127.0.0.1"])
+            .args([
+                "--policy",
+                &policy.to_string_lossy(),
+                "--workers",
+                "1",
+                "--access-log",
+                "off",
+            ])
+            .args([
+                "--outbound-port",
+                &out_port.to_string(),
+                "--admin-port",
+                &admin_port.to_string(),
+            ])
+            .args([
+                "--inbound-port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--health-port",
+                "0",
+                "--inbound-bind",
+                "127.0.0.1",
+            ])
             .env("OUTRIDER_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .context("spawning outrider-proxy")?;
         let pid = child.id();
-        let ready = match wait_ok(SocketAddr::from(([127, 0, 0, 1], admin_port)), "/ready", "admin", start) {
+        let ready = match wait_ok(
+            SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            "/ready",
+            "admin",
+            start,
+        ) {
             Ok(d) => d,
             Err(e) => {
                 let _ = child.kill();
@@ -114,9 +152,20 @@ impl Outrider {
                 bail!("{e}: {err}");
             }
         };
-        let version = Command::new(bin).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let version = Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
         Ok(Self {
-            proc: Proc { name: "outrider".into(), version, pid, ready: Some(ready), child, _dir: dir },
+            proc: Proc {
+                name: "outrider".into(),
+                version,
+                pid,
+                ready: Some(ready),
+                child,
+                _dir: dir,
+            },
             url: format!("http://127.0.0.1:{out_port}/"),
         })
     }
@@ -152,9 +201,22 @@ impl Haproxy {
         let pid = child.id();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let ready = wait_ok(addr, "/", "bench", start)?;
-        let version = first_line(Command::new("haproxy").arg("-v").output().ok().map(|o| o.stdout));
+        let version = first_line(
+            Command::new("haproxy")
+                .arg("-v")
+                .output()
+                .ok()
+                .map(|o| o.stdout),
+        );
         Ok(Some(Self {
-            proc: Proc { name: "haproxy".into(), version, pid, ready: Some(ready), child, _dir: dir },
+            proc: Proc {
+                name: "haproxy".into(),
+                version,
+                pid,
+                ready: Some(ready),
+                child,
+                _dir: dir,
+            },
             url: format!("http://{addr}/"),
         }))
     }
@@ -199,12 +261,20 @@ impl Nginx {
             .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
             .unwrap_or_default();
         Ok(Some(Self {
-            proc: Proc { name: "nginx".into(), version, pid, ready: Some(ready), child, _dir: dir },
+            proc: Proc {
+                name: "nginx".into(),
+                version,
+                pid,
+                ready: Some(ready),
+                child,
+                _dir: dir,
+            },
             url: format!("http://{addr}/"),
         }))
     }
 }
 
 fn first_line(b: Option<Vec<u8>>) -> String {
-    b.and_then(|b| BufReader::new(&b[..]).lines().next().and_then(|l| l.ok())).unwrap_or_default()
+    b.and_then(|b| BufReader::new(&b[..]).lines().next().and_then(|l| l.ok()))
+        .unwrap_or_default()
 }

@@ -15,15 +15,19 @@ pub fn start() -> anyhow::Result<SocketAddr> {
     let std_l = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_l.set_nonblocking(true)?;
     let addr = std_l.local_addr()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("upstream".into()).spawn(move || {
-        rt.block_on(async move {
-            match TcpListener::from_std(std_l) {
-                Ok(l) => serve(l).await,
-                Err(e) => eprintln!("upstream: {e}"),
-            }
-        })
-    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("upstream".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match TcpListener::from_std(std_l) {
+                    Ok(l) => serve(l).await,
+                    Err(e) => eprintln!("upstream: {e}"),
+                }
+            })
+        })?;
     Ok(addr)
 }
 
@@ -31,7 +35,9 @@ async fn serve(l: TcpListener) {
     let body = Bytes::from(vec![b'x'; BODY_SIZE]);
     {
         loop {
-            let Ok((s, _)) = l.accept().await else { continue };
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
             let _ = s.set_nodelay(true);
             let body = body.clone();
             tokio::spawn(async move {

@@ -13,13 +13,27 @@ pub struct WrkResult {
 }
 
 pub fn available() -> bool {
-    std::process::Command::new("wrk").arg("--version").output().is_ok()
+    std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok()
 }
 
-pub async fn run(url: &str, host: Option<&str>, connections: u32, dur: Duration, core: usize) -> Result<WrkResult> {
+pub async fn run(
+    url: &str,
+    host: Option<&str>,
+    connections: u32,
+    dur: Duration,
+    core: usize,
+) -> Result<WrkResult> {
     let mut cmd = tokio::process::Command::new("taskset");
     cmd.args(["-c", &core.to_string(), "wrk", "-t1", "--latency"]);
-    cmd.args(["-c", &connections.to_string(), "-d", &format!("{}s", dur.as_secs().max(1))]);
+    cmd.args([
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{}s", dur.as_secs().max(1)),
+    ]);
     if let Some(h) = host {
         cmd.args(["-H", &format!("Host: {h}")]);
     }
@@ -36,7 +50,9 @@ pub async fn run(url: &str, host: Option<&str>, connections: u32, dur: Duration,
 }
 
 fn ms(v: &str) -> Option<f64> {
-    let (num, unit) = v.trim().split_at(v.trim().find(|c: char| c.is_ascii_alphabetic())?);
+    let (num, unit) = v
+        .trim()
+        .split_at(v.trim().find(|c: char| c.is_ascii_alphabetic())?);
     let n: f64 = num.parse().ok()?;
     Some(match unit {
         "us" => n / 1000.0,
@@ -54,7 +70,11 @@ pub fn parse(text: &str) -> Result<WrkResult> {
         if let Some(v) = l.strip_prefix("Requests/sec:") {
             r.rps = v.trim().parse().context("Requests/sec")?;
         } else if l.contains(" requests in ") {
-            r.requests = l.split_whitespace().next().and_then(|n| n.parse().ok()).context("requests")?;
+            r.requests = l
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .context("requests")?;
         } else if let Some(v) = l.strip_prefix("50%") {
             r.p50_ms = ms(v).context("p50")?;
         } else if let Some(v) = l.strip_prefix("90%") {

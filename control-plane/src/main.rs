@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "outrider", version, about = "Outrider service mesh: control plane and CLI")]
+#[command(
+    name = "outrider",
+    version,
+    about = "Outrider service mesh: control plane and CLI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,11 @@ fn main() -> ExitCode {
 }
 
 fn validate(path: &std::path::Path, output: Output) -> ExitCode {
-    let result = if path.is_dir() { outrider_xds::load_dir(path) } else { outrider_xds::load_file(path) };
+    let result = if path.is_dir() {
+        outrider_xds::load_dir(path)
+    } else {
+        outrider_xds::load_file(path)
+    };
     match (result, output) {
         (Ok(set), Output::Table) => {
             let resources = outrider_xds::translate(&set);

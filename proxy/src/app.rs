@@ -78,9 +78,14 @@ impl App {
             store.clone(),
             metrics.clone(),
         ));
+        let initial = source.fingerprint();
         source
             .load()
             .map_err(|e| AppError::Policy(config.policy.display().to_string(), e))?;
+        let reload = Arc::new(tokio::sync::Notify::new());
+        if let Err(e) = crate::source::forward_sighup(reload.clone()) {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file change only");
+        }
 
         let outbound_l = TcpListener::from_std(bind("outbound", config.outbound)?)
             .map_err(|e| AppError::Bind("outbound", config.outbound, e))?;
@@ -98,10 +103,10 @@ impl App {
             health: local(&health_l, config.health),
         };
 
-        let recorder = Recorder {
+        let recorder = Arc::new(Recorder {
             metrics: metrics.clone(),
             access_log: config.access_log,
-        };
+        });
         let server = HttpServer::new(&ServerLimits::default());
         let outbound = Arc::new(Outbound {
             store: store.clone(),
@@ -167,7 +172,7 @@ impl App {
                             }
                         }
                     }
-                    tokio::spawn(source.watch());
+                    tokio::spawn(source.watch(initial, reload));
                     let _ = stop_rx.await;
                 });
             })

@@ -27,7 +27,7 @@ pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Inbound {
-    pub recorder: Recorder,
+    pub recorder: Arc<Recorder>,
     pub server: HttpServer,
     pub app_port: Option<u16>,
     /// Service label for inbound metrics.
@@ -40,20 +40,31 @@ pub struct Inbound {
 
 impl Inbound {
     pub fn new(
-        recorder: Recorder,
+        recorder: Arc<Recorder>,
         server: HttpServer,
         app_port: Option<u16>,
         service: Arc<str>,
         socket_mark: Option<u32>,
         store: Arc<Store>,
     ) -> Self {
-        Self { recorder, server, app_port, service, socket_mark, store, pools: Mutex::default() }
+        Self {
+            recorder,
+            server,
+            app_port,
+            service,
+            socket_mark,
+            store,
+            pools: Mutex::default(),
+        }
     }
 
     /// A Service's declared protocol wins over detection.
     fn declared(&self) -> Option<ClusterProtocol> {
         let snap = self.store.load();
-        snap.clusters.values().find(|c| c.service == self.service).map(|c| c.protocol)
+        snap.clusters
+            .values()
+            .find(|c| c.service == self.service)
+            .map(|c| c.protocol)
     }
 
     fn pool(&self, port: u16) -> Arc<EndpointPool> {

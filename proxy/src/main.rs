@@ -17,12 +17,15 @@ fn main() -> ExitCode {
         }
     };
     let log = outrider_proxy::telemetry::log::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
-        .thread_name("outrider-data")
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime (no work-stealing bookkeeping).
+    let mut builder = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.workers);
+        b
+    };
+    let runtime = match builder.thread_name("outrider-data").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("outrider-proxy: cannot start the runtime: {e}");

@@ -25,7 +25,7 @@ pub mod tcp;
 #[derive(Debug)]
 pub struct Outbound {
     pub store: Arc<Store>,
-    pub recorder: Recorder,
+    pub recorder: Arc<Recorder>,
     pub server: HttpServer,
     pub socket_mark: Option<u32>,
 }

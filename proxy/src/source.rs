@@ -109,26 +109,37 @@ impl FileSource {
         }
     }
 
-    fn fingerprint(&self) -> Option<(SystemTime, u64)> {
+    /// What the file holds now: modification time, length and a hash of the
+    /// content (timestamps alone miss a same-length rewrite on coarse clocks).
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
         let m = std::fs::metadata(&self.path).ok()?;
-        Some((m.modified().ok()?, m.len()))
+        let content = std::fs::read(&self.path).ok()?;
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in &content {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        Some(Fingerprint {
+            modified: m.modified().ok(),
+            len: m.len(),
+            hash: h,
+        })
     }
 
-    /// Reload on SIGHUP and when the file changes, until the task is dropped.
-    pub async fn watch(self: Arc<Self>) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file change only");
-                None
-            }
-        };
-        let mut last = self.fingerprint();
+    /// Reload when `reload` is notified (SIGHUP, forwarded by the app) and when
+    /// the file changes from `initial` (taken before the first load, so no
+    /// change made during startup is missed).
+    pub async fn watch(
+        self: Arc<Self>,
+        initial: Option<Fingerprint>,
+        reload: Arc<tokio::sync::Notify>,
+    ) {
+        let mut last = initial;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                _ = reload.notified() => {
                     last = self.fingerprint();
                     self.reload("SIGHUP");
                 }
@@ -142,4 +153,24 @@ impl FileSource {
             }
         }
     }
+}
+
+/// Identity of the policy file's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    modified: Option<SystemTime>,
+    len: u64,
+    hash: u64,
+}
+
+/// Turn SIGHUP into a reload request. Installed before the app reports that it
+/// is listening, so an early SIGHUP never hits the default (terminate) action.
+pub fn forward_sighup(reload: Arc<tokio::sync::Notify>) -> std::io::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload.notify_one();
+        }
+    });
+    Ok(())
 }

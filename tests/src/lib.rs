@@ -1,1 +1,32 @@
-//! Test support for the end-to-end tests.
+//! Test support for Outrider's end-to-end tests (the tests live in `tests/`).
+//!
+//! Run them with `cargo build -p outrider-proxy --bins && cargo nextest run -p outrider-tests`:
+//! `drain`, `policy_errors`, `reload` (SIGHUP) and `netns` start the real binary, found next to
+//! the test executable (`target/debug/outrider-proxy`) or at `$OUTRIDER_PROXY_BIN`. Waits are
+//! bounded by `$OUTRIDER_TEST_DEADLINE_SECS` (default 10). `netns` needs root, `ip`,
+//! `iptables` and `python3` and skips itself otherwise; the `promtool` check in `admin`
+//! skips itself when `promtool` is not installed.
+#![forbid(unsafe_code)]
+// Test support: a failed setup step should stop the test loudly, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+/// The `outrider-proxy` binary as a child process.
+pub mod binary;
+/// HTTP clients aimed at the proxy, and fully read replies.
+pub mod client;
+/// The proxy in-process: policy file, `App`, clients, reloads.
+pub mod harness;
+/// Throw-away network namespaces (interception tests).
+pub mod netns;
+/// Policy YAML builders.
+pub mod policy;
+/// Reading the Prometheus text exposition.
+pub mod prom;
+/// Raw HTTP/1.1 over a socket (100-continue, upgrades).
+pub mod raw;
+/// Real upstream servers (HTTP/1.1, h2c, upgrades, TCP echo, gRPC) that stop on drop.
+pub mod upstream;
+/// Polling with a deadline (`eventually!`, `wait_until`), never a bare sleep.
+pub mod wait;
+
+pub use harness::ProxyHarness;

@@ -3,7 +3,7 @@
 //! an HTTP/2 connection is shared by all requests to the endpoint.
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -116,31 +116,43 @@ impl EndpointPool {
         req: Request<Body>,
         proto: UpstreamProtocol,
         cfg: &ConnectConfig,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         match proto {
             UpstreamProtocol::Http1 => self.send_h1(req, cfg).await,
-            UpstreamProtocol::Http2 => self.send_h2(req, cfg).await,
+            UpstreamProtocol::Http2 => Ok(self.send_h2(req, cfg).await?.map(Body::Incoming)),
         }
     }
 
+    /// An idle connection that is still open. It may not be ready this very
+    /// moment (hyper marks it ready once it has read the previous response's end).
     fn idle_h1(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.h1.lock();
         while let Some(s) = idle.pop() {
-            if s.is_ready() {
+            if !s.is_closed() {
                 return Some(s);
             }
         }
         None
     }
 
+    fn put_h1(&self, sender: http1::SendRequest<Body>) {
+        let mut idle = self.h1.lock();
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(sender);
+        }
+    }
+
     async fn send_h1(
         self: &Arc<Self>,
         mut req: Request<Body>,
         cfg: &ConnectConfig,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         // A pooled connection may have been closed by the server a moment ago. If the
         // request was not written, hyper hands it back and we use a fresh connection.
         while let Some(mut sender) = self.idle_h1() {
+            if !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.after_h1(sender, resp)),
                 Err(mut e) => match e.take_message() {
@@ -157,27 +169,22 @@ impl EndpointPool {
         Ok(self.after_h1(sender, resp))
     }
 
-    /// Return the connection to the pool once the response body is done
-    /// (an upgraded connection belongs to the upgrade).
+    /// The connection goes back to the pool when the response body has been
+    /// read to its end (see [`PoolReturn`]); an upgraded connection belongs to
+    /// the upgrade.
     fn after_h1(
         self: &Arc<Self>,
-        mut sender: http1::SendRequest<Body>,
+        sender: http1::SendRequest<Body>,
         resp: Response<Incoming>,
-    ) -> Response<Incoming> {
-        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            let pool = Arc::downgrade(self);
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok()
-                    && let Some(pool) = pool.upgrade()
-                {
-                    let mut idle = pool.h1.lock();
-                    if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                        idle.push(sender);
-                    }
-                }
-            });
+    ) -> Response<Body> {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(Body::Incoming);
         }
-        resp
+        let ret = PoolReturn {
+            sender,
+            pool: Arc::downgrade(self),
+        };
+        resp.map(|b| Body::pooled(b, ret))
     }
 
     async fn connect_h1(
@@ -241,5 +248,22 @@ impl EndpointPool {
             }
         });
         Ok(sender)
+    }
+}
+
+/// Hands an HTTP/1.1 connection back to its pool once the response body it
+/// carried has been read to the end. Dropped early (the caller went away
+/// mid-body), the connection is closed instead: it still holds unread bytes.
+#[derive(Debug)]
+pub struct PoolReturn {
+    sender: http1::SendRequest<Body>,
+    pool: Weak<EndpointPool>,
+}
+
+impl PoolReturn {
+    pub fn give_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put_h1(self.sender);
+        }
     }
 }

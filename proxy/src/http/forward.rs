@@ -98,7 +98,6 @@ pub async fn forward(
         }
         return Ok(resp.map(|_| Body::Empty));
     }
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, Body::Incoming(body)))
+    headers::strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp)
 }

@@ -68,12 +68,16 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Append the client's address to `x-forwarded-for`.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let ip = client.to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    use std::io::Write as _;
+    let mut buf = Vec::with_capacity(64);
+    if let Some(prev) = headers.get(&X_FORWARDED_FOR)
+        && !prev.is_empty()
+    {
+        buf.extend_from_slice(prev.as_bytes());
+        buf.extend_from_slice(b", ");
+    }
+    let _ = write!(buf, "{client}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }

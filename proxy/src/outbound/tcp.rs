@@ -84,7 +84,7 @@ pub async fn splice(
 
 /// Shared by inbound delivery.
 pub async fn splice_to(
-    recorder: &Recorder,
+    recorder: &Arc<Recorder>,
     direction: Direction,
     service: Arc<str>,
     down: TcpStream,

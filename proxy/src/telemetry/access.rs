@@ -20,7 +20,7 @@ pub struct Recorder {
 /// What an HTTP request did, filled in as it goes.
 #[derive(Debug)]
 pub struct RequestRecord {
-    recorder: Recorder,
+    recorder: Arc<Recorder>,
     start: Instant,
     pub direction: Direction,
     pub client: SocketAddr,
@@ -43,7 +43,7 @@ pub fn unknown() -> Arc<str> {
 
 impl RequestRecord {
     pub fn start<B>(
-        recorder: &Recorder,
+        recorder: &Arc<Recorder>,
         direction: Direction,
         client: SocketAddr,
         req: &http::Request<B>,
@@ -139,7 +139,7 @@ impl Drop for RequestRecord {
 /// What an opaque TCP connection did.
 #[derive(Debug)]
 pub struct TcpRecord {
-    recorder: Recorder,
+    recorder: Arc<Recorder>,
     start: Instant,
     pub direction: Direction,
     pub client: SocketAddr,
@@ -149,7 +149,7 @@ pub struct TcpRecord {
 
 impl TcpRecord {
     pub fn start(
-        recorder: &Recorder,
+        recorder: &Arc<Recorder>,
         direction: Direction,
         client: SocketAddr,
         service: Arc<str>,

@@ -1,0 +1,220 @@
+//! The `outrider-proxy` binary as a child process: locating it, starting it with
+//! every port on 0, and reading the addresses from its `listening` log line.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use crate::wait;
+
+/// The proxy binary: `$OUTRIDER_PROXY_BIN`, else `target/debug/outrider-proxy`
+/// next to this test executable (`target/debug/deps/NAME-HASH`).
+pub fn proxy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("OUTRIDER_PROXY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe
+        .parent()
+        .expect("the test executable has a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("outrider-proxy");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p outrider-proxy --bins` first, or set OUTRIDER_PROXY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The flags that put every port on 0 and every listener on 127.0.0.1.
+pub fn ephemeral_args(policy: &Path) -> Vec<String> {
+    let mut args = vec!["--policy".to_string(), policy.display().to_string()];
+    for flag in [
+        "--outbound-port",
+        "--inbound-port",
+        "--admin-port",
+        "--metrics-port",
+        "--health-port",
+    ] {
+        args.push(flag.into());
+        args.push("0".into());
+    }
+    args.extend(
+        [
+            "--inbound-bind",
+            "127.0.0.1",
+            "--log-format",
+            "json",
+            "--workers",
+            "2",
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+/// `outrider-proxy` with [`ephemeral_args`].
+pub fn proxy_command(policy: &Path) -> Command {
+    let mut cmd = Command::new(proxy_bin());
+    cmd.args(ephemeral_args(policy));
+    cmd
+}
+
+/// Run a command to its exit (within the test deadline), capturing its output.
+pub async fn run_to_exit(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    wait::within("the process to exit", child.wait_with_output())
+        .await
+        .expect("wait for the process")
+}
+
+/// Addresses from the `listening` line.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenAddrs {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub health: SocketAddr,
+}
+
+/// A running proxy process; killed (SIGKILL) if still running when dropped.
+#[derive(Debug)]
+pub struct ProxyProcess {
+    child: Child,
+    pub pid: u32,
+    pub addrs: ListenAddrs,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn parse_listening(line: &str) -> Option<ListenAddrs> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let msg = v.get("message").or_else(|| v.pointer("/fields/message"))?;
+    if msg.as_str()? != "listening" {
+        return None;
+    }
+    let field = |k: &str| -> Option<SocketAddr> {
+        v.get(k)
+            .or_else(|| v.pointer(&format!("/fields/{k}")))?
+            .as_str()?
+            .parse()
+            .ok()
+    };
+    Some(ListenAddrs {
+        outbound: field("outbound")?,
+        inbound: field("inbound")?,
+        admin: field("admin")?,
+        metrics: field("metrics")?,
+        health: field("health")?,
+    })
+}
+
+impl ProxyProcess {
+    /// Spawn `cmd` (the proxy, possibly behind a wrapper such as `ip netns exec`)
+    /// and wait for its `listening` line.
+    pub async fn spawn(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let pid = child.id().expect("the child has a pid");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = oneshot::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        let lines = stdout.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut reader = BufReader::new(out).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Some(addrs) = parse_listening(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addrs);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut err = child.stderr.take().expect("piped stderr");
+        let err_buf = stderr.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                err_buf
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let addrs = match wait::within("the proxy's \"listening\" log line", rx).await {
+            Ok(a) => a,
+            Err(_) => {
+                let status = child.wait().await;
+                panic!(
+                    "the proxy exited ({status:?}) before logging \"listening\"\nstdout:\n{}\nstderr:\n{}",
+                    stdout.lock().unwrap().join("\n"),
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Self {
+            child,
+            pid,
+            addrs,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Send a signal by name (`TERM`, `HUP`, ...) with `kill(1)`.
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {} failed", self.pid);
+    }
+
+    /// Wait for the process to exit (within the deadline).
+    pub async fn wait(&mut self) -> ExitStatus {
+        wait::within("the proxy to exit", self.child.wait())
+            .await
+            .expect("wait for the proxy")
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("query the proxy's status")
+    }
+
+    /// Log lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,190 @@
+//! HTTP clients aimed at the proxy. The connector ignores the URI's host and always
+//! dials the proxy, so a test writes `http://echo:8080/path` and the proxy sees
+//! `echo:8080` as the Host / `:authority`, as an application in the mesh would send it.
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::upstream::{Echo, X_UPSTREAM};
+use crate::wait;
+
+/// Dials one fixed address whatever the URI says.
+#[derive(Clone, Copy, Debug)]
+pub struct FixedConnector(pub SocketAddr);
+
+impl tower::Service<Uri> for FixedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Ok(TokioIo::new(s))
+        })
+    }
+}
+
+/// A pooled client (hyper-util's legacy client) to the proxy.
+pub type Client = legacy::Client<FixedConnector, Full<Bytes>>;
+
+/// HTTP/1.1 client with keep-alive, dialing `addr`.
+pub fn http1(addr: SocketAddr) -> Client {
+    legacy::Client::builder(TokioExecutor::new()).build(FixedConnector(addr))
+}
+
+/// HTTP/2 prior-knowledge (h2c) client, dialing `addr`.
+pub fn h2(addr: SocketAddr) -> Client {
+    legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(FixedConnector(addr))
+}
+
+/// A fully read response.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `x-upstream` header: which upstream answered.
+    pub fn upstream(&self) -> Option<&str> {
+        self.header(X_UPSTREAM)
+    }
+
+    /// The body as (lossy) text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The upstream's JSON echo of the request.
+    pub fn echo(&self) -> Echo {
+        Echo::parse(&self.body)
+    }
+
+    /// Panic with the whole reply unless the status is `status`.
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected reply: {self:?} body: {}",
+            self.text()
+        );
+        self
+    }
+}
+
+/// Read a response to the end.
+pub async fn read<B>(resp: http::Response<B>) -> Reply
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .expect("read the response body")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// A request with a body (empty for GET-like use).
+pub fn request(method: &str, uri: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(body.into()))
+        .expect("a valid request")
+}
+
+/// `GET uri`.
+pub fn get(uri: &str) -> Request<Full<Bytes>> {
+    request("GET", uri, Bytes::new())
+}
+
+/// Send on a pooled client and read the response, within the test deadline.
+pub async fn send(client: &Client, req: Request<Full<Bytes>>) -> Reply {
+    let what = format!("{} {}", req.method(), req.uri());
+    let resp = wait::within(&what, client.request(req))
+        .await
+        .unwrap_or_else(|e| panic!("{what} failed: {e:?}"));
+    wait::within(&what, read(resp)).await
+}
+
+/// One HTTP/1.1 connection (no pool): every request goes over the same socket.
+pub async fn h1_connection(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
+    let s = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    let (sender, conn) = http1::handshake(TokioIo::new(s))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// One HTTP/2 prior-knowledge connection.
+pub async fn h2_connection(addr: SocketAddr) -> http2::SendRequest<Full<Bytes>> {
+    let s = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// Send on one HTTP/1.1 connection and read the response, within the deadline.
+pub async fn send_h1(
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Reply {
+    let what = format!("{} {}", req.method(), req.uri());
+    wait::within(&what, sender.ready())
+        .await
+        .unwrap_or_else(|e| panic!("connection not ready for {what}: {e}"));
+    let resp = wait::within(&what, sender.send_request(req))
+        .await
+        .unwrap_or_else(|e| panic!("{what} failed: {e}"));
+    wait::within(&what, read(resp)).await
+}
+
+/// Origin-form request for a single HTTP/1.1 connection: `Host: authority`.
+pub fn h1_get(authority: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri(path)
+        .header(http::header::HOST, authority)
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request")
+}

@@ -1,0 +1,278 @@
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use super::{Log, Seen, Upstream, X_UPSTREAM};
+
+/// Which HTTP the server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+}
+
+/// Builds an echoing HTTP upstream.
+#[derive(Clone, Debug)]
+pub struct HttpBuilder {
+    protocol: Protocol,
+    name: String,
+    status: StatusCode,
+    delay: Duration,
+    upgrades: bool,
+    gate: Option<Gate>,
+}
+
+/// Holds requests at the upstream until opened (after their bodies were read and
+/// recorded), so a test controls exactly when in-flight requests finish.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<Semaphore>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(Semaphore::new(0)))
+    }
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Let every held and future request through.
+    pub fn open(&self) {
+        self.0.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    async fn pass(&self) {
+        if let Ok(p) = self.0.acquire().await {
+            p.forget();
+        }
+    }
+}
+
+/// The JSON body every HTTP upstream answers with.
+#[derive(Clone, Debug)]
+pub struct Echo {
+    pub upstream: String,
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    pub body: String,
+}
+
+impl Echo {
+    /// Parse an echo body; panics with the body if it is not one.
+    pub fn parse(body: &[u8]) -> Self {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+            panic!(
+                "not an upstream echo ({e}): {}",
+                String::from_utf8_lossy(body)
+            )
+        });
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Self {
+            upstream: s("upstream"),
+            method: s("method"),
+            path: s("path"),
+            version: s("version"),
+            body: s("body"),
+        }
+    }
+}
+
+impl HttpBuilder {
+    pub(crate) fn new(protocol: Protocol) -> Self {
+        let name = match protocol {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "h2",
+        };
+        Self {
+            protocol,
+            name: name.into(),
+            status: StatusCode::OK,
+            delay: Duration::ZERO,
+            upgrades: false,
+            gate: None,
+        }
+    }
+
+    /// The name sent in `x-upstream` and in the echo body.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Status of every response (default 200).
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = StatusCode::from_u16(status).expect("a valid status code");
+        self
+    }
+
+    /// Wait this long (after reading the request body) before answering.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Hold every request until `gate` is opened.
+    pub fn gate(mut self, gate: &Gate) -> Self {
+        self.gate = Some(gate.clone());
+        self
+    }
+
+    /// Accept HTTP/1.1 upgrades (see [`super::websocket`]).
+    pub fn upgrades(mut self, on: bool) -> Self {
+        self.upgrades = on;
+        self
+    }
+
+    pub async fn start(self) -> Upstream {
+        let cfg = Arc::new(self);
+        super::serve(cfg.name.clone(), move |stream, log| {
+            let cfg = cfg.clone();
+            async move {
+                let svc_cfg = cfg.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let cfg = svc_cfg.clone();
+                    let log = log.clone();
+                    async move { Ok::<_, Infallible>(respond(&cfg, &log, req).await) }
+                });
+                let io = TokioIo::new(stream);
+                let _ = match cfg.protocol {
+                    Protocol::Http1 => {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .with_upgrades()
+                            .await
+                    }
+                    Protocol::Http2 => {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await
+                    }
+                };
+            }
+        })
+        .await
+    }
+}
+
+fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "?",
+    }
+}
+
+async fn respond(
+    cfg: &HttpBuilder,
+    log: &Log,
+    mut req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let upgrade = cfg.upgrades && req.headers().contains_key(header::UPGRADE);
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    log.record(Seen {
+        method: parts.method.clone(),
+        path: path.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    if let Some(gate) = &cfg.gate {
+        gate.pass().await;
+    }
+    if !cfg.delay.is_zero() {
+        tokio::time::sleep(cfg.delay).await;
+    }
+    let name = HeaderValue::from_str(&cfg.name).expect("upstream name is a header value");
+    if let Some(on_upgrade) = on_upgrade {
+        let greeting = format!("hello from {}\n", cfg.name);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            if io.write_all(greeting.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if io.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = io.shutdown().await;
+        });
+        let proto = parts
+            .headers
+            .get(header::UPGRADE)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("websocket"));
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(header::UPGRADE, proto);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(X_UPSTREAM, name);
+        return resp;
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .keys()
+        .map(|k| {
+            let all: Vec<&str> = parts
+                .headers
+                .get_all(k)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (k.as_str().to_string(), json!(all.join(", ")))
+        })
+        .collect();
+    let echo = json!({
+        "upstream": cfg.name,
+        "method": parts.method.as_str(),
+        "path": path,
+        "version": version_str(parts.version),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(echo.to_string())));
+    *resp.status_mut() = cfg.status;
+    let h = resp.headers_mut();
+    h.insert(X_UPSTREAM, name);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

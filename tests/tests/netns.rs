@@ -1,0 +1,192 @@
+//! Transparent interception in a network namespace: iptables REDIRECT sends an
+//! application's connection to a virtual IP through the proxy (HTTP and opaque TCP).
+//! Needs root, `ip`, `iptables` and `python3`; skipped otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use outrider_tests::binary::{ProxyProcess, ephemeral_args, proxy_bin};
+use outrider_tests::harness::TempDir;
+use outrider_tests::netns::{Background, Netns, unsupported};
+use outrider_tests::policy::{docs, service};
+use outrider_tests::{prom, wait};
+
+const WEB_PORT: &str = "18080";
+/// Not 127.0.0.1, which the rules exempt anyway: the proxy's own connection to this
+/// endpoint is only left alone because of its socket mark (else it would loop back).
+const WEB_IP: &str = "127.0.0.2";
+const ECHO_PORT: &str = "19000";
+const MARK: &str = "1337";
+const TRAILER: &str = "<end of echo>";
+
+const ECHO_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+print("echo ready", flush=True)
+while True:
+    c, _ = s.accept()
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+        c.sendall(sys.argv[2].encode())
+        c.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    c.close()
+"#;
+
+const HTTP_GET: &str = r#"
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+r = opener.open(sys.argv[1], timeout=10)
+sys.stdout.write(str(r.status) + "\n" + r.read().decode())
+"#;
+
+const TCP_CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(sys.argv[3].encode())
+c.shutdown(socket.SHUT_WR)
+out = b""
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    out += d
+sys.stdout.write(out.decode())
+"#;
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "the command failed ({:?}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_interception_in_a_namespace() {
+    if let Some(why) = unsupported() {
+        eprintln!("skipping: needs root, ip and iptables ({why})");
+        return;
+    }
+    // Declared first so it is dropped last, after every process inside it is killed.
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!(
+                "skipping: needs root, ip and iptables (cannot create a network namespace: {e})"
+            );
+            return;
+        }
+    };
+    let dir = TempDir::new("outrider-netns");
+    let page = "hello from the python server in the namespace\n";
+    std::fs::write(dir.path().join("hello.txt"), page).unwrap();
+
+    let mut web = ns.python();
+    web.args([
+        "-m",
+        "http.server",
+        WEB_PORT,
+        "--bind",
+        WEB_IP,
+        "--directory",
+    ])
+    .arg(dir.path());
+    let mut web = Background::spawn(web);
+    web.wait_for_line("Serving HTTP").await;
+    let mut echo = ns.python();
+    echo.args(["-c", ECHO_SERVER, ECHO_PORT, TRAILER]);
+    let mut echo = Background::spawn(echo);
+    echo.wait_for_line("echo ready").await;
+
+    let policy = dir.write(
+        "policy.yaml",
+        &docs(&[
+            service("web")
+                .port(80)
+                .address("127.100.0.5")
+                .endpoint(format!("{WEB_IP}:{WEB_PORT}"))
+                .yaml(),
+            service("echo-tcp")
+                .protocol("tcp")
+                .port(9000)
+                .address("127.100.0.6")
+                .endpoint(format!("127.0.0.1:{ECHO_PORT}"))
+                .yaml(),
+        ]),
+    );
+    let mut cmd = ns.command(proxy_bin());
+    cmd.args(ephemeral_args(&policy))
+        .args(["--socket-mark", MARK]);
+    let proxy = ProxyProcess::spawn(cmd).await;
+
+    let mut rules = ns.command(proxy_bin());
+    rules.args(["iptables", "--apply", "--proxy-mark", MARK]);
+    rules.args(["--outbound-port", &proxy.addrs.outbound.port().to_string()]);
+    rules.args(["--inbound-port", &proxy.addrs.inbound.port().to_string()]);
+    let out = outrider_tests::binary::run_to_exit(rules).await;
+    assert!(
+        out.status.success(),
+        "installing the rules failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let admin_metrics = format!("http://127.0.0.1:{}/metrics", proxy.addrs.admin.port());
+    let metrics = || async { stdout(&ns.run_python(HTTP_GET, &[&admin_metrics]).await) };
+
+    // HTTP to the virtual IP, on port 80: intercepted, routed by original destination.
+    let got = stdout(
+        &ns.run_python(HTTP_GET, &["http://127.100.0.5/hello.txt"])
+            .await,
+    );
+    assert_eq!(
+        got,
+        format!("200\n{page}"),
+        "the python server's page, through the proxy"
+    );
+    let m = metrics().await;
+    assert!(
+        prom::sum(
+            &m,
+            "outrider_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("service", "web"),
+                ("code", "200")
+            ]
+        ) >= 1.0,
+        "the proxy counted the intercepted request:\n{m}"
+    );
+
+    // Opaque TCP to the other virtual IP, with a half-close.
+    let got = stdout(
+        &ns.run_python(
+            TCP_CLIENT,
+            &["127.100.0.6", "9000", "hello over intercepted tcp"],
+        )
+        .await,
+    );
+    assert_eq!(got, format!("hello over intercepted tcp{TRAILER}"));
+    wait::wait_until("the proxy counts the intercepted TCP bytes", || async {
+        prom::sum(
+            &metrics().await,
+            "outrider_tcp_bytes_total",
+            &[("direction", "outbound")],
+        ) > 0.0
+    })
+    .await;
+
+    drop(proxy);
+    drop(echo);
+    drop(web);
+    drop(ns);
+}
