@@ -74,16 +74,16 @@ fn stdout(out: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iptables_interception_in_a_namespace() {
     if let Some(why) = unsupported() {
-        eprintln!("skipping: needs root, ip and iptables ({why})");
+        outrider_tests::skip(&format!("skipping: needs root, ip and iptables ({why})"));
         return;
     }
     // Declared first so it is dropped last, after every process inside it is killed.
     let ns = match Netns::create() {
         Ok(ns) => ns,
         Err(e) => {
-            eprintln!(
+            outrider_tests::skip(&format!(
                 "skipping: needs root, ip and iptables (cannot create a network namespace: {e})"
-            );
+            ));
             return;
         }
     };
