@@ -159,8 +159,15 @@ impl Inbound {
         } else {
             UpstreamProtocol::Http1
         };
-        let res: Result<_, ProxyError> =
-            forward::forward(&pool, req, proto, &self.cfg(), client, authority.as_ref()).await;
+        let res: Result<_, ProxyError> = forward::forward(
+            &pool,
+            req.map(Body::Incoming),
+            proto,
+            &self.cfg(),
+            client,
+            authority.as_ref(),
+        )
+        .await;
         match res {
             Ok(resp) => {
                 rec.finish(resp.status().as_u16(), None);

@@ -76,6 +76,15 @@ impl PeakEwma {
         }
     }
 
+    /// Count one more request in flight (pair with [`PeakEwma::remove_pending`]).
+    pub fn add_pending(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn remove_pending(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Feed one observed latency.
     pub fn observe(&self, rtt: Duration) {
         let now = Instant::now();

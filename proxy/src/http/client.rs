@@ -44,6 +44,16 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The endpoint the error is about.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            UpstreamError::ConnectTimeout(a, _)
+            | UpstreamError::Connect(a, _)
+            | UpstreamError::Handshake(a, _)
+            | UpstreamError::Request(a, _) => *a,
+        }
+    }
+
     /// Did we never reach the endpoint (so nothing was sent)?
     pub fn is_connect(&self) -> bool {
         matches!(

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 
 use super::Body;
 use super::client::{ConnectConfig, EndpointPool, UpstreamProtocol};
@@ -27,7 +26,7 @@ pub fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
 /// the downstream. `client` goes into `x-forwarded-for`.
 pub async fn forward(
     pool: &Arc<EndpointPool>,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     proto: UpstreamProtocol,
     cfg: &ConnectConfig,
     client: SocketAddr,
@@ -88,7 +87,7 @@ pub async fn forward(
             parts.version = Version::HTTP_2;
         }
     }
-    let up_req = Request::from_parts(parts, Body::Incoming(body));
+    let up_req = Request::from_parts(parts, body);
     let mut resp = pool.send(up_req, proto, cfg).await?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -1,11 +1,11 @@
 //! Outbound HTTP: authority → virtual host → route → split → endpoint.
 //!
 //! Stages, outer → inner:
-//!   record    — one access-log / metrics record per request (exactly once)
-//!   route     — virtual host by authority (or original destination), first matching route
-//!   split     — weighted choice of cluster subset
-//!   balance   — P2C-EWMA / round robin / random over the subset's endpoints
-//!   endpoint  — pooled HTTP/1.1 or HTTP/2 connection, header hygiene, upgrades
+//!   record    — one access-log / metrics record per request (exactly once), here
+//!   route     — virtual host by authority (or original destination), first matching route, here
+//!   split     — weighted choice of cluster subset, here
+//!   balance   — P2C-EWMA / round robin / random over the subset's endpoints ([`stack`])
+//!   endpoint  — pooled HTTP/1.1 or HTTP/2 connection, header hygiene, upgrades ([`stack`])
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +13,15 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
+use tower::ServiceExt;
 
 use super::Outbound;
+use super::stack::{self, Upstream};
+use crate::balance::Balancer;
 use crate::drain;
 use crate::http::{Body, forward, headers};
 use crate::rescue::{self, ProxyError};
-use crate::state::{Endpoint, Split, Target};
+use crate::state::{Cluster, Endpoint, Split, Target};
 use crate::telemetry::access::RequestRecord;
 use crate::telemetry::metrics::Direction;
 
@@ -70,14 +73,21 @@ async fn handle(
     }
 }
 
-/// The routing decision, made against one snapshot.
+/// What the router decided, against one snapshot.
+struct Routed {
+    cluster: Arc<Cluster>,
+    endpoints: Arc<Balancer<Arc<Endpoint>>>,
+}
+
+/// Route: virtual host by authority (or original destination), the first
+/// matching route, then a split by weight.
 fn route(
     ctx: &Outbound,
     orig_dst: Option<SocketAddr>,
     req: &Request<Incoming>,
     authority: Option<&http::uri::Authority>,
     rec: &mut RequestRecord,
-) -> Result<(Arc<Endpoint>, Arc<crate::state::Cluster>), ProxyError> {
+) -> Result<Routed, ProxyError> {
     let snap = ctx.store.load();
     let by_host = authority.and_then(|a| {
         let a = a.as_str();
@@ -110,14 +120,10 @@ fn route(
             service: vh.name.to_string(),
         })?;
     rec.service = split.cluster.service.clone();
-    let ep = split
-        .endpoints
-        .pick()
-        .ok_or_else(|| ProxyError::NoHealthyUpstream {
-            service: split.cluster.service.to_string(),
-        })?;
-    rec.upstream = Some(ep.addr);
-    Ok((ep.clone(), split.cluster.clone()))
+    Ok(Routed {
+        cluster: split.cluster.clone(),
+        endpoints: split.endpoints.clone(),
+    })
 }
 
 async fn proxy(
@@ -129,18 +135,26 @@ async fn proxy(
 ) -> Result<Response<Body>, ProxyError> {
     let authority = forward::authority_of(&req);
     rec.authority = authority.clone();
-    let (ep, cluster) = route(ctx, orig_dst, &req, authority.as_ref(), rec)?;
-    let cfg = ctx.connect_config(cluster.connect_timeout);
-    let in_flight = ep.shared.ewma.start();
-    let resp = forward::forward(
-        &ep.shared.pool,
-        req,
-        cluster.protocol.upstream(),
-        &cfg,
+    let routed = route(ctx, orig_dst, &req, authority.as_ref(), rec)?;
+    let up = Upstream {
+        req: req.map(Body::Incoming),
         client,
-        authority.as_ref(),
-    )
-    .await?;
-    in_flight.complete();
-    Ok(resp)
+        authority,
+        endpoint: None,
+    };
+    let res = stack::stack(&routed.cluster, &routed.endpoints, ctx.socket_mark)
+        .oneshot(up)
+        .await;
+    match res {
+        Ok(answered) => {
+            rec.upstream = Some(answered.endpoint);
+            Ok(answered.resp)
+        }
+        Err(e) => {
+            if let ProxyError::Upstream(u) = &e {
+                rec.upstream = Some(u.addr());
+            }
+            Err(e)
+        }
+    }
 }
