@@ -13,7 +13,7 @@ use crate::drain::Drain;
 use crate::http::Body;
 use crate::state::Store;
 use crate::telemetry::log::LogHandle;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{EndpointStateLabels, Metrics, ServiceLabels};
 
 /// Which endpoints a server exposes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,30 +63,39 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, surface: Surfa
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(Body::full(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
 fn json_response(v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Body::full(
-        serde_json::to_string_pretty(v).unwrap_or_default(),
-    ));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+    let mut r = Response::new(Body::full(serde_json::to_string_pretty(v).unwrap_or_default()));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     r
 }
 
-fn metrics_response(m: &Metrics) -> Response<Body> {
+/// Gauges that are read off the live state at scrape time.
+fn refresh_gauges(state: &AdminState) {
+    let m = &state.metrics;
+    let snap = state.store.load_full();
+    m.endpoints.clear();
+    for c in snap.clusters.values() {
+        let total = c.endpoints.items().len() as i64;
+        let ejected = c.endpoints.items().iter().filter(|e| e.shared.health.is_ejected(&c.state.outliers)).count() as i64;
+        m.endpoints.get_or_create(&EndpointStateLabels { service: c.service.clone(), state: "healthy" }).set(total - ejected);
+        m.endpoints.get_or_create(&EndpointStateLabels { service: c.service.clone(), state: "ejected" }).set(ejected);
+        if c.policy.breaker.is_some() {
+            m.circuit_breaker_state
+                .get_or_create(&ServiceLabels { service: c.service.clone() })
+                .set(c.state.breaker.state().metric());
+        }
+    }
+}
+
+fn metrics_response(state: &AdminState) -> Response<Body> {
+    refresh_gauges(state);
+    let m = &state.metrics;
     let mut r = Response::new(Body::full(m.encode()));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(Metrics::CONTENT_TYPE),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(Metrics::CONTENT_TYPE));
     r
 }
 
@@ -96,10 +105,7 @@ fn ready(state: &AdminState) -> Response<Body> {
     } else if state.store.is_ready() {
         text(StatusCode::OK, "ready\n")
     } else {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first config\n",
-        )
+        text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first config\n")
     }
 }
 
@@ -107,12 +113,10 @@ fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Respo
     let path = req.uri().path();
     match (surface, req.method(), path) {
         (Surface::Health, &Method::GET, "/healthz/ready") => ready(state),
-        (Surface::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => {
-            metrics_response(&state.metrics)
-        }
+        (Surface::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => metrics_response(state),
         (Surface::Admin, &Method::GET, "/ready") => ready(state),
         (Surface::Admin, &Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-        (Surface::Admin, &Method::GET, "/metrics") => metrics_response(&state.metrics),
+        (Surface::Admin, &Method::GET, "/metrics") => metrics_response(state),
         (Surface::Admin, &Method::GET, "/config_dump") => {
             let snap = state.store.load_full();
             json_response(&json!({
@@ -128,13 +132,8 @@ fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Respo
             text(StatusCode::OK, "draining\n")
         }
         (Surface::Admin, &Method::PUT | &Method::POST, "/logging") => {
-            let level = req
-                .uri()
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("level="))
-                .map(str::to_string);
+            let level =
+                req.uri().query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("level=")).map(str::to_string);
             match level {
                 Some(l) => match state.log.set_level(&l) {
                     Ok(()) => text(StatusCode::OK, format!("log level set to {l}\n")),
@@ -147,19 +146,10 @@ fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Respo
             if surface == Surface::Admin
                 && matches!(
                     p,
-                    "/ready"
-                        | "/live"
-                        | "/config_dump"
-                        | "/clusters"
-                        | "/metrics"
-                        | "/drain"
-                        | "/logging"
+                    "/ready" | "/live" | "/config_dump" | "/clusters" | "/metrics" | "/drain" | "/logging"
                 ) =>
         {
-            text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{m} is not allowed on {p}\n"),
-            )
+            text(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {p}\n"))
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -182,7 +172,9 @@ fn clusters(state: &AdminState) -> serde_json::Value {
                         "weight": e.weight,
                         "labels": e.labels,
                         "meshed": e.meshed,
-                        "health": "healthy",
+                        "health": if e.shared.health.is_ejected(&c.state.outliers) { "ejected" } else { "healthy" },
+                        "ejected_for_ms": e.shared.health.ejected_for().map(|d| d.as_millis() as u64),
+                        "times_ejected": e.shared.health.times_ejected(),
                         "ewma_ms": e.shared.ewma.rtt().map(|d| d.as_secs_f64() * 1000.0),
                         "pending": e.shared.ewma.pending(),
                         "idle_http1_connections": idle,
@@ -197,6 +189,17 @@ fn clusters(state: &AdminState) -> serde_json::Value {
                 "lb_policy": c.lb.as_str(),
                 "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
                 "endpoints": eps,
+                "circuit_breaker": {
+                    "state": c.policy.breaker.map(|_| c.state.breaker.state().as_str()),
+                    "active_requests": c.state.counters.active().0,
+                    "pending_requests": c.state.counters.active().1,
+                    "connections": c.state.counters.active().2,
+                    "active_retries": c.state.counters.active().3,
+                    "max_requests": c.policy.thresholds.max_requests,
+                    "max_pending_requests": c.policy.thresholds.max_pending_requests,
+                    "max_connections": c.policy.thresholds.max_connections,
+                    "max_retries": c.policy.thresholds.max_retries,
+                },
             })
         })
         .collect();

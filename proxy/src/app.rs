@@ -73,15 +73,9 @@ impl App {
         let metrics = Metrics::new();
         let store = Arc::new(Store::new());
         let drain = Drain::new();
-        let source = Arc::new(FileSource::new(
-            config.policy.clone(),
-            store.clone(),
-            metrics.clone(),
-        ));
+        let source = Arc::new(FileSource::new(config.policy.clone(), store.clone(), metrics.clone()));
         let initial = source.fingerprint();
-        source
-            .load()
-            .map_err(|e| AppError::Policy(config.policy.display().to_string(), e))?;
+        source.load().map_err(|e| AppError::Policy(config.policy.display().to_string(), e))?;
         let reload = Arc::new(tokio::sync::Notify::new());
         if let Err(e) = crate::source::forward_sighup(reload.clone()) {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file change only");
@@ -103,10 +97,7 @@ impl App {
             health: local(&health_l, config.health),
         };
 
-        let recorder = Arc::new(Recorder {
-            metrics: metrics.clone(),
-            access_log: config.access_log,
-        });
+        let recorder = Arc::new(Recorder { metrics: metrics.clone(), access_log: config.access_log });
         let server = HttpServer::new(&ServerLimits::default());
         let outbound = Arc::new(Outbound {
             store: store.clone(),
@@ -125,20 +116,12 @@ impl App {
         ));
 
         let m = metrics.clone();
-        tokio::spawn(accept_loop(
-            outbound_l,
-            drain.signal(),
-            m.clone(),
-            Direction::outbound,
-            move |s, c, d| outbound.clone().serve(s, c, d),
-        ));
-        tokio::spawn(accept_loop(
-            inbound_l,
-            drain.signal(),
-            m,
-            Direction::inbound,
-            move |s, c, d| inbound.clone().serve(s, c, d),
-        ));
+        tokio::spawn(accept_loop(outbound_l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
+            outbound.clone().serve(s, c, d)
+        }));
+        tokio::spawn(accept_loop(inbound_l, drain.signal(), m, Direction::inbound, move |s, c, d| {
+            inbound.clone().serve(s, c, d)
+        }));
 
         // The control runtime: admin, metrics, health, config source.
         let state = Arc::new(AdminState {
@@ -150,19 +133,14 @@ impl App {
             service: config.service.clone(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(AppError::Runtime)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Runtime)?;
         let control = std::thread::Builder::new()
             .name("outrider-control".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    for (l, surface) in [
-                        (admin_l, Surface::Admin),
-                        (metrics_l, Surface::Metrics),
-                        (health_l, Surface::Health),
-                    ] {
+                    for (l, surface) in
+                        [(admin_l, Surface::Admin), (metrics_l, Surface::Metrics), (health_l, Surface::Health)]
+                    {
                         match TcpListener::from_std(l) {
                             Ok(l) => {
                                 tokio::spawn(admin::serve(l, state.clone(), surface));
@@ -183,15 +161,7 @@ impl App {
             metrics = %addrs.metrics, health = %addrs.health, node_id = %config.node_id,
             "listening"
         );
-        Ok(Self {
-            addrs,
-            store,
-            metrics,
-            drain,
-            config,
-            control: Some(control),
-            control_stop: Some(stop_tx),
-        })
+        Ok(Self { addrs, store, metrics, drain, config, control: Some(control), control_stop: Some(stop_tx) })
     }
 
     pub fn drain_handle(&self) -> Drain {
@@ -200,8 +170,7 @@ impl App {
 
     /// Serve until SIGTERM / SIGINT or `POST /drain`, then drain and return the exit code.
     pub async fn run_until_signal(self) -> ExitCode {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut sig = self.drain.signal();
         tokio::select! {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
@@ -258,14 +227,8 @@ async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr, drain::Signal) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let open = metrics
-        .tcp_connections_open
-        .get_or_create(&DirectionLabels { direction })
-        .clone();
-    let total = metrics
-        .tcp_connections
-        .get_or_create(&DirectionLabels { direction })
-        .clone();
+    let open = metrics.tcp_connections_open.get_or_create(&DirectionLabels { direction }).clone();
+    let total = metrics.tcp_connections.get_or_create(&DirectionLabels { direction }).clone();
     loop {
         let accepted = tokio::select! {
             _ = sig.draining() => break,

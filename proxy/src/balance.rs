@@ -63,25 +63,10 @@ impl<T: Balanced> Balancer<T> {
             total += u64::from(it.weight().max(1));
             cumulative.push(total);
         }
-        let schedule = if policy == LbPolicy::RoundRobin {
-            smooth_schedule(&items)
-        } else {
-            Vec::new()
-        };
+        let schedule = if policy == LbPolicy::RoundRobin { smooth_schedule(&items) } else { Vec::new() };
         // Start round robin at a random place so many proxies do not move in lockstep.
-        let start = if schedule.is_empty() {
-            0
-        } else {
-            fastrand::usize(..schedule.len())
-        };
-        Self {
-            policy,
-            items,
-            cumulative,
-            total,
-            schedule,
-            next: AtomicUsize::new(start),
-        }
+        let start = if schedule.is_empty() { 0 } else { fastrand::usize(..schedule.len()) };
+        Self { policy, items, cumulative, total, schedule, next: AtomicUsize::new(start) }
     }
 
     pub fn policy(&self) -> LbPolicy {
@@ -110,6 +95,21 @@ impl<T: Balanced> Balancer<T> {
                 LbPolicy::P2cEwma => self.items.get(self.p2c()),
             },
         }
+    }
+
+    /// Choose among the endpoints that pass `ok`, or `None` when none does.
+    /// Tries the policy's choice a few times, then scans.
+    pub fn pick_where(&self, ok: impl Fn(&T) -> bool) -> Option<&T> {
+        for _ in 0..4 {
+            match self.pick() {
+                Some(t) if ok(t) => return Some(t),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+        let n = self.items.len();
+        let start = if n > 0 { fastrand::usize(..n) } else { 0 };
+        (0..n).map(|i| &self.items[(start + i) % n]).find(|t| ok(t))
     }
 
     fn weighted_index(&self) -> usize {

@@ -7,11 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "outrider-proxy",
-    version,
-    about = "Outrider service-mesh proxy"
-)]
+#[command(name = "outrider-proxy", version, about = "Outrider service-mesh proxy")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -153,16 +149,10 @@ pub enum ConfigError {
 impl ProxyArgs {
     pub fn validate(self) -> Result<ProxyConfig, ConfigError> {
         if self.mode == Mode::Node {
-            return Err(ConfigError::NotSupported(
-                "--mode node",
-                "run one proxy per workload (sidecar)",
-            ));
+            return Err(ConfigError::NotSupported("--mode node", "run one proxy per workload (sidecar)"));
         }
         if self.xds_address.is_some() {
-            return Err(ConfigError::NotSupported(
-                "--xds-address",
-                "use --policy FILE",
-            ));
+            return Err(ConfigError::NotSupported("--xds-address", "use --policy FILE"));
         }
         if self.identity_token.is_some() || self.service_account.is_some() {
             return Err(ConfigError::NotSupported(
@@ -180,9 +170,7 @@ impl ProxyArgs {
         let workers = match self.workers {
             Some(0) => return Err(ConfigError::Workers),
             Some(n) => n,
-            None => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         };
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let node_id = self.node_id.unwrap_or_else(|| {

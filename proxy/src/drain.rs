@@ -49,17 +49,11 @@ impl Default for Drain {
 impl Drain {
     pub fn new() -> Self {
         let (tx, _) = watch::channel(false);
-        Self {
-            tx: Arc::new(tx),
-            inner: Arc::default(),
-        }
+        Self { tx: Arc::new(tx), inner: Arc::default() }
     }
 
     pub fn signal(&self) -> Signal {
-        Signal {
-            rx: self.tx.subscribe(),
-            inner: self.inner.clone(),
-        }
+        Signal { rx: self.tx.subscribe(), inner: self.inner.clone() }
     }
 
     /// Start draining. Idempotent.
@@ -102,9 +96,7 @@ impl Signal {
     /// Track a connection until the guard is dropped.
     pub fn track(&self) -> ConnGuard {
         self.inner.active.fetch_add(1, Ordering::AcqRel);
-        ConnGuard {
-            inner: self.inner.clone(),
-        }
+        ConnGuard { inner: self.inner.clone() }
     }
 }
 

@@ -47,52 +47,28 @@ impl Inbound {
         socket_mark: Option<u32>,
         store: Arc<Store>,
     ) -> Self {
-        Self {
-            recorder,
-            server,
-            app_port,
-            service,
-            socket_mark,
-            store,
-            pools: Mutex::default(),
-        }
+        Self { recorder, server, app_port, service, socket_mark, store, pools: Mutex::default() }
     }
 
     /// A Service's declared protocol wins over detection.
     fn declared(&self) -> Option<ClusterProtocol> {
         let snap = self.store.load();
-        snap.clusters
-            .values()
-            .find(|c| c.service == self.service)
-            .map(|c| c.protocol)
+        snap.clusters.values().find(|c| c.service == self.service).map(|c| c.protocol)
     }
 
     fn pool(&self, port: u16) -> Arc<EndpointPool> {
         self.pools
             .lock()
             .entry(port)
-            .or_insert_with(|| {
-                Arc::new(EndpointPool::new(SocketAddr::from((
-                    Ipv4Addr::LOCALHOST,
-                    port,
-                ))))
-            })
+            .or_insert_with(|| Arc::new(EndpointPool::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))))
             .clone()
     }
 
     fn cfg(&self) -> ConnectConfig {
-        ConnectConfig {
-            timeout: APP_CONNECT_TIMEOUT,
-            mark: self.socket_mark,
-        }
+        ConnectConfig { timeout: APP_CONNECT_TIMEOUT, mark: self.socket_mark, limits: None }
     }
 
-    pub async fn serve(
-        self: Arc<Self>,
-        stream: TcpStream,
-        client: SocketAddr,
-        drain: drain::Signal,
-    ) {
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, client: SocketAddr, drain: drain::Signal) {
         let port = match (self.app_port, orig_dst::original_dst(&stream)) {
             (Some(p), _) => p,
             (None, Some(d)) => d.port(),
@@ -139,12 +115,7 @@ impl Inbound {
         }
     }
 
-    async fn handle(
-        &self,
-        client: SocketAddr,
-        port: u16,
-        mut req: Request<Incoming>,
-    ) -> Response<Body> {
+    async fn handle(&self, client: SocketAddr, port: u16, mut req: Request<Incoming>) -> Response<Body> {
         let mut rec = RequestRecord::start(&self.recorder, Direction::inbound, client, &req);
         rec.service = self.service.clone();
         rec.route = self.service.clone();
@@ -154,20 +125,9 @@ impl Inbound {
         rec.authority = authority.clone();
         let pool = self.pool(port);
         rec.upstream = Some(pool.addr());
-        let proto = if req.version() == Version::HTTP_2 {
-            UpstreamProtocol::Http2
-        } else {
-            UpstreamProtocol::Http1
-        };
-        let res: Result<_, ProxyError> = forward::forward(
-            &pool,
-            req.map(Body::Incoming),
-            proto,
-            &self.cfg(),
-            client,
-            authority.as_ref(),
-        )
-        .await;
+        let proto = if req.version() == Version::HTTP_2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+        let res: Result<_, ProxyError> =
+            forward::forward(&pool, req.map(Body::Incoming), proto, &self.cfg(), client, authority.as_ref()).await;
         match res {
             Ok(resp) => {
                 rec.finish(resp.status().as_u16(), None);

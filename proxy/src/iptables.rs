@@ -27,11 +27,7 @@ pub struct IptablesArgs {
     #[arg(long)]
     pub proxy_mark: Option<u32>,
     /// Inbound ports never redirected (the proxy's own ports).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "15000,15008,15020,15021,15090"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "15000,15008,15020,15021,15090")]
     pub exclude_inbound_ports: Vec<u16>,
     /// Outbound destinations never redirected (CIDRs).
     #[arg(long, value_delimiter = ',')]
@@ -52,94 +48,32 @@ fn rule(args: &[&str]) -> Vec<String> {
 
 /// The rules that install interception, in order.
 pub fn install_rules(a: &IptablesArgs) -> Vec<Vec<String>> {
-    let mut out = vec![
-        rule(&["-N", OUTPUT_CHAIN]),
-        rule(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN]),
-    ];
+    let mut out = vec![rule(&["-N", OUTPUT_CHAIN]), rule(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN])];
     let uid = a.proxy_uid.to_string();
-    out.push(rule(&[
-        "-A",
-        OUTPUT_CHAIN,
-        "-m",
-        "owner",
-        "--uid-owner",
-        &uid,
-        "-j",
-        "RETURN",
-    ]));
+    out.push(rule(&["-A", OUTPUT_CHAIN, "-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]));
     if let Some(mark) = a.proxy_mark {
         let mark = format!("{mark:#x}");
-        out.push(rule(&[
-            "-A",
-            OUTPUT_CHAIN,
-            "-m",
-            "mark",
-            "--mark",
-            &mark,
-            "-j",
-            "RETURN",
-        ]));
+        out.push(rule(&["-A", OUTPUT_CHAIN, "-m", "mark", "--mark", &mark, "-j", "RETURN"]));
     }
-    out.push(rule(&[
-        "-A",
-        OUTPUT_CHAIN,
-        "-d",
-        "127.0.0.1/32",
-        "-j",
-        "RETURN",
-    ]));
+    out.push(rule(&["-A", OUTPUT_CHAIN, "-d", "127.0.0.1/32", "-j", "RETURN"]));
     for cidr in &a.exclude_outbound_cidrs {
         out.push(rule(&["-A", OUTPUT_CHAIN, "-d", cidr, "-j", "RETURN"]));
     }
     let to_out = a.outbound_port.to_string();
-    out.push(rule(&[
-        "-A",
-        OUTPUT_CHAIN,
-        "-p",
-        "tcp",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &to_out,
-    ]));
+    out.push(rule(&["-A", OUTPUT_CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", &to_out]));
     if !a.no_inbound {
         out.push(rule(&["-N", INBOUND_CHAIN]));
-        out.push(rule(&[
-            "-A",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "-j",
-            INBOUND_CHAIN,
-        ]));
+        out.push(rule(&["-A", "PREROUTING", "-p", "tcp", "-j", INBOUND_CHAIN]));
         let mut ports = a.exclude_inbound_ports.clone();
         ports.push(a.inbound_port);
         ports.sort_unstable();
         ports.dedup();
         for p in ports {
             let p = p.to_string();
-            out.push(rule(&[
-                "-A",
-                INBOUND_CHAIN,
-                "-p",
-                "tcp",
-                "--dport",
-                &p,
-                "-j",
-                "RETURN",
-            ]));
+            out.push(rule(&["-A", INBOUND_CHAIN, "-p", "tcp", "--dport", &p, "-j", "RETURN"]));
         }
         let to_in = a.inbound_port.to_string();
-        out.push(rule(&[
-            "-A",
-            INBOUND_CHAIN,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &to_in,
-        ]));
+        out.push(rule(&["-A", INBOUND_CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", &to_in]));
     }
     out
 }
@@ -158,9 +92,10 @@ pub fn clean_rules() -> Vec<Vec<String>> {
 
 fn run_rules(bin: &str, rules: &[Vec<String>], ignore_errors: bool) -> Result<(), String> {
     for r in rules {
-        let out = Command::new(bin).args(r).output().map_err(|e| {
-            format!("cannot run {bin}: {e}; is iptables installed (apt-get install iptables)?")
-        })?;
+        let out = Command::new(bin)
+            .args(r)
+            .output()
+            .map_err(|e| format!("cannot run {bin}: {e}; is iptables installed (apt-get install iptables)?"))?;
         if !out.status.success() && !ignore_errors {
             return Err(format!(
                 "{bin} {} failed: {}; are you root in the target network namespace?",
@@ -173,11 +108,7 @@ fn run_rules(bin: &str, rules: &[Vec<String>], ignore_errors: bool) -> Result<()
 }
 
 pub fn run(a: &IptablesArgs) -> ExitCode {
-    let rules = if a.clean {
-        clean_rules()
-    } else {
-        install_rules(a)
-    };
+    let rules = if a.clean { clean_rules() } else { install_rules(a) };
     if !a.apply {
         for r in &rules {
             println!("{} {}", a.iptables, r.join(" "));
@@ -222,20 +153,12 @@ mod tests {
         assert!(pos("--uid-owner 1337 -j RETURN") < pos("REDIRECT --to-ports 16001"));
         assert!(pos("--mark 0x539 -j RETURN") < pos("REDIRECT --to-ports 16001"));
         assert!(pos("--dport 15090 -j RETURN") < pos("REDIRECT --to-ports 15006"));
-        assert!(
-            rules
-                .iter()
-                .any(|r| r == "-t nat -A OUTPUT -p tcp -j OUTRIDER_OUTPUT")
-        );
+        assert!(rules.iter().any(|r| r == "-t nat -A OUTPUT -p tcp -j OUTRIDER_OUTPUT"));
     }
 
     #[test]
     fn no_inbound_skips_prerouting() {
         let t = T::parse_from(["x", "--no-inbound"]);
-        assert!(
-            !install_rules(&t.a)
-                .iter()
-                .any(|r| r.contains(&"PREROUTING".to_string()))
-        );
+        assert!(!install_rules(&t.a).iter().any(|r| r.contains(&"PREROUTING".to_string())));
     }
 }

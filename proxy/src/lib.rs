@@ -10,6 +10,8 @@
 pub mod admin;
 /// Wires listeners, the config source and the admin servers together.
 pub mod app;
+/// The one jittered exponential backoff.
+pub mod backoff;
 /// Endpoint sets and load balancers (P2C peak-EWMA, round robin, random).
 pub mod balance;
 /// Command-line flags and environment variables of `outrider-proxy`.
@@ -24,6 +26,8 @@ pub mod inbound;
 pub mod iptables;
 /// Outbound traffic: route → split → balancer → endpoint, for HTTP and TCP.
 pub mod outbound;
+/// Resilience policies: timeouts, retries, budgets, breakers, outliers, faults.
+pub mod policy;
 /// Errors to local replies, in one place.
 pub mod rescue;
 /// Where configuration comes from: the policy file (watched) today, xDS later.

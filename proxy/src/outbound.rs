@@ -34,28 +34,16 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn connect_config(&self, timeout: std::time::Duration) -> ConnectConfig {
-        ConnectConfig {
-            timeout,
-            mark: self.socket_mark,
-        }
+        ConnectConfig { timeout, mark: self.socket_mark, limits: None }
     }
 
     /// Handle one accepted connection to the end.
-    pub async fn serve(
-        self: Arc<Self>,
-        stream: TcpStream,
-        client: SocketAddr,
-        drain: drain::Signal,
-    ) {
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, client: SocketAddr, drain: drain::Signal) {
         let dst = orig_dst::original_dst(&stream);
         let target = dst.and_then(|d| self.store.load().outbound.lookup(d).cloned());
         match (dst, target) {
-            (Some(_), Some(Target::Tcp(cluster))) => {
-                tcp::to_cluster(&self, stream, client, &cluster).await
-            }
-            (Some(d), Some(Target::Http(_))) => {
-                http::serve(self, stream, client, Some(d), drain).await
-            }
+            (Some(_), Some(Target::Tcp(cluster))) => tcp::to_cluster(&self, stream, client, &cluster).await,
+            (Some(d), Some(Target::Http(_))) => http::serve(self, stream, client, Some(d), drain).await,
             (Some(d), None) => tcp::passthrough(&self, stream, client, d).await,
             (None, _) => match detect::detect(&stream, detect::DETECT_TIMEOUT).await {
                 Ok(detect::Detected::Http1 | detect::Detected::Http2) => {

@@ -5,7 +5,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::http::Body;
 use crate::http::client::UpstreamError;
-use crate::http::headers::X_LOCAL_REPLY;
+use crate::http::headers::{X_LOCAL_REPLY, X_OVERLOADED};
 
 /// Where the failure came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,9 +17,7 @@ pub enum Source {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error(
-        "no service is configured for authority {authority:?}; check the Service's name, port or addresses"
-    )]
+    #[error("no service is configured for authority {authority:?}; check the Service's name, port or addresses")]
     NoRoute { authority: String },
     #[error("no route of service {service} matches {path}")]
     NoRouteMatch { service: String, path: String },
@@ -29,6 +27,12 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("{} timed out after {after:?}", if *.per_try { "the attempt" } else { "the request" })]
+    Timeout { after: std::time::Duration, per_try: bool },
+    #[error("service {service} is overloaded ({reason}); the circuit breaker rejected the request")]
+    Overloaded { service: String, reason: &'static str },
+    #[error("fault injected: abort with {status}")]
+    FaultAbort { status: u16 },
 }
 
 /// gRPC status codes used in local replies.
@@ -36,6 +40,7 @@ mod grpc {
     pub const UNIMPLEMENTED: u8 = 12;
     pub const UNAVAILABLE: u8 = 14;
     pub const INTERNAL: u8 = 13;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
 }
 
 impl ProxyError {
@@ -45,22 +50,24 @@ impl ProxyError {
             ProxyError::NoRoute { .. } | ProxyError::NoRouteMatch { .. } => {
                 (StatusCode::NOT_FOUND, "no-route", Source::Downstream)
             }
-            ProxyError::NoHealthyUpstream { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no-healthy-upstream",
+            ProxyError::NoHealthyUpstream { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no-healthy-upstream", Source::Internal)
+            }
+            ProxyError::Upstream(e) if e.is_connect() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "connect-failure", Source::Upstream)
+            }
+            ProxyError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream-reset", Source::Upstream),
+            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", Source::Downstream),
+            ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout", Source::Upstream),
+            ProxyError::Overloaded { reason: "open", .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "circuit-open", Source::Internal)
+            }
+            ProxyError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", Source::Internal),
+            ProxyError::FaultAbort { status } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "fault-injected",
                 Source::Internal,
             ),
-            ProxyError::Upstream(e) if e.is_connect() => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "connect-failure",
-                Source::Upstream,
-            ),
-            ProxyError::Upstream(_) => {
-                (StatusCode::BAD_GATEWAY, "upstream-reset", Source::Upstream)
-            }
-            ProxyError::BadRequest(_) => {
-                (StatusCode::BAD_REQUEST, "bad-request", Source::Downstream)
-            }
         }
     }
 
@@ -74,15 +81,13 @@ impl ProxyError {
         let mut resp = if grpc {
             let code = match status {
                 StatusCode::NOT_FOUND => grpc::UNIMPLEMENTED,
+                StatusCode::GATEWAY_TIMEOUT => grpc::DEADLINE_EXCEEDED,
                 StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => grpc::UNAVAILABLE,
                 _ => grpc::INTERNAL,
             };
             let mut r = Response::new(Body::Empty);
             let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             h.insert("grpc-status", HeaderValue::from(u16::from(code)));
             if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
                 h.insert("grpc-message", v);
@@ -91,14 +96,13 @@ impl ProxyError {
         } else {
             let mut r = Response::new(Body::full(format!("{message}\n")));
             *r.status_mut() = status;
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
             r
         };
-        resp.headers_mut()
-            .insert(X_LOCAL_REPLY.clone(), HeaderValue::from_static(reason));
+        resp.headers_mut().insert(X_LOCAL_REPLY.clone(), HeaderValue::from_static(reason));
+        if matches!(self, ProxyError::Overloaded { .. }) {
+            resp.headers_mut().insert(X_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        }
         (resp, reason)
     }
 }
@@ -131,26 +135,19 @@ mod tests {
     #[test]
     fn connect_failure_is_503_and_reset_is_502() {
         let addr = "127.0.0.1:1".parse().unwrap();
-        let e = ProxyError::from(UpstreamError::Connect(
-            addr,
-            std::io::Error::other("refused"),
-        ));
+        let e = ProxyError::from(UpstreamError::Connect(addr, std::io::Error::other("refused")));
         let (r, reason) = e.to_response(false);
         assert_eq!(r.status(), 503);
         assert_eq!(reason, "connect-failure");
         assert_eq!(r.headers()["x-outrider-local-reply"], "connect-failure");
-        let e = ProxyError::NoRoute {
-            authority: "nope".into(),
-        };
+        let e = ProxyError::NoRoute { authority: "nope".into() };
         let (r, reason) = e.to_response(false);
         assert_eq!((r.status().as_u16(), reason), (404, "no-route"));
     }
 
     #[test]
     fn grpc_callers_get_a_grpc_status() {
-        let e = ProxyError::NoHealthyUpstream {
-            service: "s".into(),
-        };
+        let e = ProxyError::NoHealthyUpstream { service: "s".into() };
         let (r, _) = e.to_response(true);
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["grpc-status"], "14");

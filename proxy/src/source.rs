@@ -40,13 +40,7 @@ pub enum Outcome {
 
 impl FileSource {
     pub fn new(path: PathBuf, store: Arc<Store>, metrics: Metrics) -> Self {
-        Self {
-            path,
-            store,
-            builder: Builder::new(),
-            metrics,
-            applied_version: parking_lot::Mutex::new(None),
-        }
+        Self { path, store, builder: Builder::new(), metrics, applied_version: parking_lot::Mutex::new(None) }
     }
 
     pub fn path(&self) -> &Path {
@@ -56,19 +50,9 @@ impl FileSource {
     /// Load, translate, build and apply. On error nothing changes.
     pub fn load(&self) -> Result<Outcome, LoadError> {
         let result = self.try_load();
-        let result_label = if result.is_ok() {
-            "accepted"
-        } else {
-            "rejected"
-        };
+        let result_label = if result.is_ok() { "accepted" } else { "rejected" };
         for t in TYPES {
-            self.metrics
-                .xds_updates
-                .get_or_create(&XdsLabels {
-                    r#type: t,
-                    result: result_label,
-                })
-                .inc();
+            self.metrics.xds_updates.get_or_create(&XdsLabels { r#type: t, result: result_label }).inc();
         }
         result
     }
@@ -86,10 +70,7 @@ impl FileSource {
         self.store.apply(snapshot);
         let v = version_value(&resources.version);
         for t in TYPES {
-            self.metrics
-                .config_version
-                .get_or_create(&TypeLabels { r#type: t })
-                .set(v);
+            self.metrics.config_version.get_or_create(&TypeLabels { r#type: t }).set(v);
         }
         tracing::info!(file = %self.path.display(), version = %resources.version, "config applied");
         *self.applied_version.lock() = Some(resources.version);
@@ -119,21 +100,13 @@ impl FileSource {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x100000001b3);
         }
-        Some(Fingerprint {
-            modified: m.modified().ok(),
-            len: m.len(),
-            hash: h,
-        })
+        Some(Fingerprint { modified: m.modified().ok(), len: m.len(), hash: h })
     }
 
     /// Reload when `reload` is notified (SIGHUP, forwarded by the app) and when
     /// the file changes from `initial` (taken before the first load, so no
     /// change made during startup is missed).
-    pub async fn watch(
-        self: Arc<Self>,
-        initial: Option<Fingerprint>,
-        reload: Arc<tokio::sync::Notify>,
-    ) {
+    pub async fn watch(self: Arc<Self>, initial: Option<Fingerprint>, reload: Arc<tokio::sync::Notify>) {
         let mut last = initial;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

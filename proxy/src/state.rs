@@ -14,8 +14,13 @@ use tokio::sync::watch;
 
 use crate::balance::{Balanced, Balancer, LbPolicy, PeakEwma};
 use crate::http::client::{EndpointPool, UpstreamProtocol};
+use crate::policy::breaker::{ClusterCounters, StateMachine};
+use crate::policy::budget::RetryBudget;
+use crate::policy::config::{ClusterPolicy, RoutePolicy};
+use crate::policy::outlier::{ClusterOutliers, EndpointHealth};
 
 mod build;
+mod policy;
 
 pub use build::{Builder, Rejection};
 
@@ -67,20 +72,12 @@ impl IpRange {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let bits = u32::from(self.prefix_len.min(32));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - bits)
-                };
+                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 let bits = u32::from(self.prefix_len.min(128));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
+                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -96,9 +93,7 @@ impl OutboundMatch {
         }
         self.ranges
             .iter()
-            .find(|(range, port, _)| {
-                port.is_none_or(|p| p == dst.port()) && range.contains(dst.ip())
-            })
+            .find(|(range, port, _)| port.is_none_or(|p| p == dst.port()) && range.contains(dst.ip()))
             .map(|(_, _, t)| t)
     }
 }
@@ -118,6 +113,8 @@ pub enum PathMatch {
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
+    /// Timeout, retries and faults of this route.
+    pub policy: Arc<RoutePolicy>,
     pub path: PathMatch,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub splits: Vec<Split>,
@@ -131,11 +128,7 @@ impl Route {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Exact(p) => path == p,
         };
-        path_ok
-            && self
-                .headers
-                .iter()
-                .all(|(n, v)| req.headers().get_all(n).iter().any(|have| have == v))
+        path_ok && self.headers.iter().all(|(n, v)| req.headers().get_all(n).iter().any(|have| have == v))
     }
 
     /// Pick a split by weight.
@@ -191,6 +184,19 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub lb: LbPolicy,
     pub endpoints: Arc<Balancer<Arc<Endpoint>>>,
+    /// Thresholds, breaker, budget and outlier detection.
+    pub policy: ClusterPolicy,
+    /// Their live state, carried across snapshots.
+    pub state: Arc<ClusterState>,
+}
+
+/// A cluster's resilience state that outlives snapshots.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub counters: Arc<ClusterCounters>,
+    pub breaker: StateMachine,
+    pub budget: RetryBudget,
+    pub outliers: ClusterOutliers,
 }
 
 #[derive(Debug)]
@@ -207,6 +213,7 @@ pub struct Endpoint {
 pub struct EndpointShared {
     pub ewma: PeakEwma,
     pub pool: Arc<EndpointPool>,
+    pub health: EndpointHealth,
 }
 
 impl Balanced for Endpoint {

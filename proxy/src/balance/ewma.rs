@@ -41,10 +41,7 @@ impl PeakEwma {
     pub fn new(decay: Duration) -> Self {
         Self {
             decay_ns: decay.as_nanos() as f64,
-            estimate: Mutex::new(Estimate {
-                rtt_ns: None,
-                at: Instant::now(),
-            }),
+            estimate: Mutex::new(Estimate { rtt_ns: None, at: Instant::now() }),
             pending: AtomicU32::new(0),
         }
     }
@@ -57,10 +54,7 @@ impl PeakEwma {
 
     /// Current estimate, for `/clusters`.
     pub fn rtt(&self) -> Option<Duration> {
-        self.estimate
-            .lock()
-            .rtt_ns
-            .map(|ns| Duration::from_nanos(ns as u64))
+        self.estimate.lock().rtt_ns.map(|ns| Duration::from_nanos(ns as u64))
     }
 
     pub fn pending(&self) -> u32 {
@@ -70,10 +64,7 @@ impl PeakEwma {
     /// Count a request as in flight until the guard is dropped or `observe`d.
     pub fn start(&self) -> InFlight<'_> {
         self.pending.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            ewma: self,
-            start: Instant::now(),
-        }
+        InFlight { ewma: self, start: Instant::now() }
     }
 
     /// Count one more request in flight (pair with [`PeakEwma::remove_pending`]).
@@ -127,11 +118,7 @@ mod tests {
         e.observe(Duration::from_millis(10));
         assert_eq!(e.rtt(), Some(Duration::from_millis(10)));
         e.observe(Duration::from_millis(50));
-        assert_eq!(
-            e.rtt(),
-            Some(Duration::from_millis(50)),
-            "a peak is taken at once"
-        );
+        assert_eq!(e.rtt(), Some(Duration::from_millis(50)), "a peak is taken at once");
         // A fast sample right away barely moves it...
         e.observe(Duration::from_millis(1));
         assert!(e.rtt().unwrap() > Duration::from_millis(49));
@@ -139,10 +126,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         e.observe(Duration::from_millis(1));
         let rtt = e.rtt().unwrap();
-        assert!(
-            rtt < Duration::from_millis(20) && rtt > Duration::from_millis(1),
-            "{rtt:?}"
-        );
+        assert!(rtt < Duration::from_millis(20) && rtt > Duration::from_millis(1), "{rtt:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,15 +20,7 @@ impl Balanced for Ep {
 }
 
 fn eps(weights: &[u32]) -> Vec<Ep> {
-    weights
-        .iter()
-        .enumerate()
-        .map(|(id, &weight)| Ep {
-            id,
-            weight,
-            load: PeakEwma::default(),
-        })
-        .collect()
+    weights.iter().enumerate().map(|(id, &weight)| Ep { id, weight, load: PeakEwma::default() }).collect()
 }
 
 fn counts(b: &Balancer<Ep>, n: usize) -> HashMap<usize, usize> {

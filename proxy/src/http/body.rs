@@ -14,6 +14,8 @@ pub enum Body {
     Incoming(Incoming),
     /// An upstream HTTP/1.1 response: its connection returns to the pool at the end.
     Pooled(Pooled),
+    /// A request body that a retry can send again.
+    Replay(crate::policy::replay::ReplayBody),
     Full(Option<Bytes>),
     #[default]
     Empty,
@@ -22,11 +24,7 @@ pub enum Body {
 impl Body {
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
-        if b.is_empty() {
-            Body::Empty
-        } else {
-            Body::Full(Some(b))
-        }
+        if b.is_empty() { Body::Empty } else { Body::Full(Some(b)) }
     }
 }
 
@@ -38,10 +36,7 @@ pub struct Pooled {
 }
 
 impl Pooled {
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = res {
             self.finish();
@@ -66,10 +61,7 @@ impl Drop for Pooled {
 
 impl Body {
     pub fn pooled(inner: Incoming, ret: PoolReturn) -> Self {
-        let mut p = Pooled {
-            inner,
-            ret: Some(ret),
-        };
+        let mut p = Pooled { inner, ret: Some(ret) };
         if p.inner.is_end_stream() {
             p.finish();
         }
@@ -87,13 +79,11 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Body::Incoming(i) => Pin::new(i).poll_frame(cx),
             Body::Pooled(p) => p.poll_frame(cx),
+            Body::Replay(r) => r.poll_frame(cx),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Empty => Poll::Ready(None),
         }
@@ -103,6 +93,7 @@ impl http_body::Body for Body {
         match self {
             Body::Incoming(i) => i.is_end_stream(),
             Body::Pooled(p) => p.inner.is_end_stream(),
+            Body::Replay(r) => r.is_end_stream(),
             Body::Full(b) => b.is_none(),
             Body::Empty => true,
         }
@@ -112,6 +103,7 @@ impl http_body::Body for Body {
         match self {
             Body::Incoming(i) => i.size_hint(),
             Body::Pooled(p) => p.inner.size_hint(),
+            Body::Replay(r) => r.size_hint(),
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) | Body::Empty => SizeHint::with_exact(0),
         }

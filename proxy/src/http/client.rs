@@ -14,6 +14,8 @@ use parking_lot::Mutex;
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::Body;
+use crate::policy::breaker::{ClusterCounters, GaugeGuard};
+use crate::policy::config::Thresholds;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -25,10 +27,13 @@ pub enum UpstreamProtocol {
 }
 
 /// How to open a connection.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectConfig {
     pub timeout: Duration,
     pub mark: Option<u32>,
+    /// The cluster's live counts and thresholds: new connections and requests
+    /// waiting for one are limited (circuit-breaker thresholds).
+    pub limits: Option<(Arc<ClusterCounters>, Thresholds)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,8 @@ pub enum UpstreamError {
     Handshake(SocketAddr, #[source] hyper::Error),
     #[error("request to {0} failed: {1}")]
     Request(SocketAddr, #[source] hyper::Error),
+    #[error("no new connection to {0}: the cluster is at its {1} limit")]
+    Overflow(SocketAddr, &'static str),
 }
 
 impl UpstreamError {
@@ -50,39 +57,24 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout(a, _)
             | UpstreamError::Connect(a, _)
             | UpstreamError::Handshake(a, _)
-            | UpstreamError::Request(a, _) => *a,
+            | UpstreamError::Request(a, _)
+            | UpstreamError::Overflow(a, _) => *a,
         }
     }
 
     /// Did we never reach the endpoint (so nothing was sent)?
     pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::ConnectTimeout(..)
-                | UpstreamError::Connect(..)
-                | UpstreamError::Handshake(..)
-        )
+        matches!(self, UpstreamError::ConnectTimeout(..) | UpstreamError::Connect(..) | UpstreamError::Handshake(..))
     }
 }
 
 /// Open a TCP connection with a deadline and the proxy's socket options.
-pub async fn connect_tcp(
-    addr: SocketAddr,
-    cfg: &ConnectConfig,
-) -> Result<TcpStream, UpstreamError> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| UpstreamError::Connect(addr, e))?;
-    socket
-        .set_nodelay(true)
+pub async fn connect_tcp(addr: SocketAddr, cfg: &ConnectConfig) -> Result<TcpStream, UpstreamError> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
         .map_err(|e| UpstreamError::Connect(addr, e))?;
+    socket.set_nodelay(true).map_err(|e| UpstreamError::Connect(addr, e))?;
     if let Some(mark) = cfg.mark {
-        socket2::SockRef::from(&socket)
-            .set_mark(mark)
-            .map_err(|e| UpstreamError::Connect(addr, e))?;
+        socket2::SockRef::from(&socket).set_mark(mark).map_err(|e| UpstreamError::Connect(addr, e))?;
     }
     match tokio::time::timeout(cfg.timeout, socket.connect(addr)).await {
         Ok(Ok(s)) => Ok(s),
@@ -101,11 +93,7 @@ pub struct EndpointPool {
 
 impl EndpointPool {
     pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            h1: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
-        }
+        Self { addr, h1: Mutex::new(Vec::new()), h2: Mutex::new(None) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -172,54 +160,53 @@ impl EndpointPool {
             }
         }
         let mut sender = self.connect_h1(cfg).await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| UpstreamError::Request(self.addr, e))?;
+        let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
         Ok(self.after_h1(sender, resp))
     }
 
     /// The connection goes back to the pool when the response body has been
     /// read to its end (see [`PoolReturn`]); an upgraded connection belongs to
     /// the upgrade.
-    fn after_h1(
-        self: &Arc<Self>,
-        sender: http1::SendRequest<Body>,
-        resp: Response<Incoming>,
-    ) -> Response<Body> {
+    fn after_h1(self: &Arc<Self>, sender: http1::SendRequest<Body>, resp: Response<Incoming>) -> Response<Body> {
         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             return resp.map(Body::Incoming);
         }
-        let ret = PoolReturn {
-            sender,
-            pool: Arc::downgrade(self),
-        };
+        let ret = PoolReturn { sender, pool: Arc::downgrade(self) };
         resp.map(|b| Body::pooled(b, ret))
     }
 
-    async fn connect_h1(
-        &self,
-        cfg: &ConnectConfig,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    /// Circuit-breaker thresholds for a new connection: a pending slot while it
+    /// is being made, and a connection slot for as long as it lives.
+    fn limits(&self, cfg: &ConnectConfig) -> Result<(Option<GaugeGuard>, Option<GaugeGuard>), UpstreamError> {
+        let Some((counters, t)) = &cfg.limits else { return Ok((None, None)) };
+        let pending = counters
+            .acquire_pending(t.max_pending_requests)
+            .ok_or(UpstreamError::Overflow(self.addr, "max-pending"))?;
+        let conn = counters
+            .acquire_connection(t.max_connections)
+            .ok_or(UpstreamError::Overflow(self.addr, "max-connections"))?;
+        Ok((Some(pending), Some(conn)))
+    }
+
+    async fn connect_h1(&self, cfg: &ConnectConfig) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let (pending, slot) = self.limits(cfg)?;
         let tcp = connect_tcp(self.addr, cfg).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| UpstreamError::Handshake(self.addr, e))?;
+        drop(pending);
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/1.1 connection ended");
             }
+            drop(slot);
         });
         Ok(sender)
     }
 
-    async fn send_h2(
-        &self,
-        req: Request<Body>,
-        cfg: &ConnectConfig,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_h2(&self, req: Request<Body>, cfg: &ConnectConfig) -> Result<Response<Incoming>, UpstreamError> {
         let existing = self.h2.lock().as_ref().filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(s) => s,
@@ -229,20 +216,12 @@ impl EndpointPool {
                 s
             }
         };
-        sender
-            .ready()
-            .await
-            .map_err(|e| UpstreamError::Request(self.addr, e))?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| UpstreamError::Request(self.addr, e))
+        sender.ready().await.map_err(|e| UpstreamError::Request(self.addr, e))?;
+        sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))
     }
 
-    async fn connect_h2(
-        &self,
-        cfg: &ConnectConfig,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    async fn connect_h2(&self, cfg: &ConnectConfig) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let (pending, slot) = self.limits(cfg)?;
         let tcp = connect_tcp(self.addr, cfg).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -251,11 +230,13 @@ impl EndpointPool {
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| UpstreamError::Handshake(self.addr, e))?;
+        drop(pending);
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
             }
+            drop(slot);
         });
         Ok(sender)
     }

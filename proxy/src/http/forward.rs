@@ -17,9 +17,7 @@ pub fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
     if let Some(a) = req.uri().authority() {
         return Some(a.clone());
     }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+    req.headers().get(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok())
 }
 
 /// Prepare and send `req` to `pool`'s endpoint, and prepare the response for
@@ -34,16 +32,10 @@ pub async fn forward(
 ) -> Result<Response<Body>, ProxyError> {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     if req.method() == http::Method::CONNECT {
-        return Err(ProxyError::BadRequest(
-            "CONNECT is not supported on this port",
-        ));
+        return Err(ProxyError::BadRequest("CONNECT is not supported on this port"));
     }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let proto = if upgrade {
-        UpstreamProtocol::Http1
-    } else {
-        proto
-    };
+    let proto = if upgrade { UpstreamProtocol::Http1 } else { proto };
 
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -51,11 +43,7 @@ pub async fn forward(
     parts.headers.remove(header::EXPECT);
     headers::append_forwarded_for(&mut parts.headers, client.ip());
 
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     match proto {
         UpstreamProtocol::Http1 => {
             if !parts.headers.contains_key(header::HOST)
@@ -74,16 +62,11 @@ pub async fn forward(
                     .map_err(|_| ProxyError::BadRequest("request has no authority"))?,
             };
             parts.headers.remove(header::HOST);
-            let mut up = Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(authority)
-                .path_and_query(path);
+            let mut up = Uri::builder().scheme(Scheme::HTTP).authority(authority).path_and_query(path);
             if let Some(s) = parts.uri.scheme() {
                 up = up.scheme(s.clone());
             }
-            parts.uri = up
-                .build()
-                .map_err(|_| ProxyError::BadRequest("cannot form the upstream URI"))?;
+            parts.uri = up.build().map_err(|_| ProxyError::BadRequest("cannot form the upstream URI"))?;
             parts.version = Version::HTTP_2;
         }
     }

@@ -6,6 +6,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_LOCAL_REPLY: HeaderName = HeaderName::from_static("x-outrider-local-reply");
+pub static X_OVERLOADED: HeaderName = HeaderName::from_static("x-outrider-overloaded");
+pub static X_ATTEMPT: HeaderName = HeaderName::from_static("x-outrider-attempt");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -41,10 +43,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::UPGRADE);
     }
     if let Some(te) = headers.get(header::TE) {
-        let trailers = te.to_str().map(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
-        });
+        let trailers = te.to_str().map(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")));
         if trailers.unwrap_or(false) {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
@@ -57,12 +56,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| {
-                    s.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-                })
-                .unwrap_or(false)
+            v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false)
         })
 }
 
@@ -97,14 +91,7 @@ fn new_request_id() -> HeaderValue {
     n = (n & !(0xf << 76)) | (0x4 << 76); // version 4
     n = (n & !(0x3 << 62)) | (0x2 << 62); // variant 10
     let hex = format!("{n:032x}");
-    let s = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    );
+    let s = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
@@ -115,16 +102,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert("x-keep", HeaderValue::from_static("yes"));

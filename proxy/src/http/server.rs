@@ -73,9 +73,7 @@ impl HttpServer {
         F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
     {
         let svc = hyper::service::service_fn(handler);
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
         let res = tokio::select! {
             res = conn.as_mut() => res,

@@ -16,10 +16,12 @@ use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 use super::Outbound;
-use super::stack::{self, Upstream};
+use super::stack::{self, StackParams, Upstream};
 use crate::balance::Balancer;
 use crate::drain;
 use crate::http::{Body, forward, headers};
+use crate::policy::config::RoutePolicy;
+use crate::policy::layers::grpc_timeout;
 use crate::rescue::{self, ProxyError};
 use crate::state::{Cluster, Endpoint, Split, Target};
 use crate::telemetry::access::RequestRecord;
@@ -62,11 +64,7 @@ async fn handle(
         }
         Err(e) => {
             let (resp, reason) = e.to_response(grpc);
-            let status = if grpc {
-                e.classify().0.as_u16()
-            } else {
-                resp.status().as_u16()
-            };
+            let status = if grpc { e.classify().0.as_u16() } else { resp.status().as_u16() };
             rec.finish(status, Some(reason));
             resp
         }
@@ -77,6 +75,7 @@ async fn handle(
 struct Routed {
     cluster: Arc<Cluster>,
     endpoints: Arc<Balancer<Arc<Endpoint>>>,
+    policy: Arc<RoutePolicy>,
 }
 
 /// Route: virtual host by authority (or original destination), the first
@@ -91,39 +90,26 @@ fn route(
     let snap = ctx.store.load();
     let by_host = authority.and_then(|a| {
         let a = a.as_str();
-        snap.vhosts
-            .get(a)
-            .or_else(|| snap.vhosts.get(a.to_ascii_lowercase().as_str()))
+        snap.vhosts.get(a).or_else(|| snap.vhosts.get(a.to_ascii_lowercase().as_str()))
     });
     let vh = match by_host {
         Some(vh) => vh,
         None => match orig_dst.and_then(|d| snap.outbound.lookup(d)) {
             Some(Target::Http(vh)) => vh,
             _ => {
-                return Err(ProxyError::NoRoute {
-                    authority: authority.map(|a| a.to_string()).unwrap_or_default(),
-                });
+                return Err(ProxyError::NoRoute { authority: authority.map(|a| a.to_string()).unwrap_or_default() });
             }
         },
     };
     rec.service = vh.name.clone();
     let Some(route) = vh.routes.iter().find(|r| r.matches(req)) else {
-        return Err(ProxyError::NoRouteMatch {
-            service: vh.name.to_string(),
-            path: req.uri().path().to_string(),
-        });
+        return Err(ProxyError::NoRouteMatch { service: vh.name.to_string(), path: req.uri().path().to_string() });
     };
     rec.route = route.name.clone();
-    let split: &Split = route
-        .pick_split()
-        .ok_or_else(|| ProxyError::NoHealthyUpstream {
-            service: vh.name.to_string(),
-        })?;
+    let split: &Split =
+        route.pick_split().ok_or_else(|| ProxyError::NoHealthyUpstream { service: vh.name.to_string() })?;
     rec.service = split.cluster.service.clone();
-    Ok(Routed {
-        cluster: split.cluster.clone(),
-        endpoints: split.endpoints.clone(),
-    })
+    Ok(Routed { cluster: split.cluster.clone(), endpoints: split.endpoints.clone(), policy: route.policy.clone() })
 }
 
 async fn proxy(
@@ -136,18 +122,21 @@ async fn proxy(
     let authority = forward::authority_of(&req);
     rec.authority = authority.clone();
     let routed = route(ctx, orig_dst, &req, authority.as_ref(), rec)?;
-    let up = Upstream {
-        req: req.map(Body::Incoming),
-        client,
-        authority,
-        endpoint: None,
+    let grpc_timeout = if rescue::is_grpc(&req) { grpc_timeout(req.headers()) } else { None };
+    let up = Upstream::new(req.map(Body::Incoming), client, authority);
+    let params = StackParams {
+        cluster: &routed.cluster,
+        endpoints: &routed.endpoints,
+        route: &routed.policy,
+        mark: ctx.socket_mark,
+        metrics: &ctx.recorder.metrics,
+        grpc_timeout,
     };
-    let res = stack::stack(&routed.cluster, &routed.endpoints, ctx.socket_mark)
-        .oneshot(up)
-        .await;
+    let res = stack::stack(params).oneshot(up).await;
     match res {
         Ok(answered) => {
             rec.upstream = Some(answered.endpoint);
+            rec.attempts = answered.attempt;
             Ok(answered.resp)
         }
         Err(e) => {

@@ -9,17 +9,25 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::Authority;
-use http::{Request, Response};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::balance::Balancer;
 use crate::http::Body;
-use crate::http::client::ConnectConfig;
+use crate::http::client::{ConnectConfig, UpstreamError};
 use crate::http::forward;
+use crate::http::headers::X_ATTEMPT;
+use crate::policy::config::RoutePolicy;
+use crate::policy::layers::{BreakerLayer, FaultLayer, TimeoutLayer};
+use crate::policy::outcome::Outcome;
+use crate::policy::retry::RetryLayer;
 use crate::rescue::ProxyError;
 use crate::state::{Cluster, Endpoint};
+use crate::telemetry::metrics::{Metrics, ServiceLabels, ServiceReasonLabels};
 
 /// A request on its way to an upstream, with what the stages decided so far.
 #[derive(Debug)]
@@ -31,6 +39,18 @@ pub struct Upstream {
     pub authority: Option<Authority>,
     /// Chosen by the balance stage.
     pub endpoint: Option<Arc<Endpoint>>,
+    /// 1 for the first try; sent as `x-outrider-attempt`.
+    pub attempt: u32,
+    /// Endpoints earlier tries went to (the balancer avoids them when it can).
+    pub tried: Vec<SocketAddr>,
+    /// When the whole request must be answered (the timeout stage sets it).
+    pub deadline: Option<Instant>,
+}
+
+impl Upstream {
+    pub fn new(req: Request<Body>, client: SocketAddr, authority: Option<Authority>) -> Self {
+        Self { req, client, authority, endpoint: None, attempt: 1, tried: Vec::new(), deadline: None }
+    }
 }
 
 /// The response with the endpoint that produced it (for the access log).
@@ -38,53 +58,74 @@ pub struct Upstream {
 pub struct Answered {
     pub resp: Response<Body>,
     pub endpoint: SocketAddr,
+    /// Which try produced it.
+    pub attempt: u32,
+}
+
+/// What the stack needs besides the request.
+#[derive(Clone, Debug)]
+pub struct StackParams<'a> {
+    pub cluster: &'a Arc<Cluster>,
+    pub endpoints: &'a Arc<Balancer<Arc<Endpoint>>>,
+    pub route: &'a RoutePolicy,
+    pub mark: Option<u32>,
+    pub metrics: &'a Metrics,
+    /// The caller's `grpc-timeout`, when it sent one.
+    pub grpc_timeout: Option<Duration>,
 }
 
 /// Build the stack for one request to `cluster`, balancing over `endpoints`
-/// (the split's subset).
+/// (the split's subset). Stages a route does not configure are left out.
 ///
 /// Layers, outer → inner:
 pub fn stack(
-    cluster: &Arc<Cluster>,
-    endpoints: &Arc<Balancer<Arc<Endpoint>>>,
-    mark: Option<u32>,
+    p: StackParams<'_>,
 ) -> impl Service<Upstream, Response = Answered, Error = ProxyError, Future: Send> + Send {
+    let timeout = match (p.route.timeout, p.grpc_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     ServiceBuilder::new()
-        // why: pick one endpoint of the subset by P2C-EWMA / round robin / random,
-        // and count the request in flight on it until its response arrives.
-        .layer(BalanceLayer {
-            endpoints: endpoints.clone(),
-            service: cluster.service.clone(),
-        })
-        // why: the endpoint stage owns the connection pool and header hygiene.
-        .service(EndpointStage {
-            cluster: cluster.clone(),
-            mark,
-        })
+        // why: Envoy's fault filter runs before the router, so an injected delay
+        // does not eat into the request's timeout.
+        .option_layer(p.route.fault.clone().map(|f| FaultLayer { fault: f }))
+        // why: the whole request, retries and backoff included, until response headers.
+        .option_layer(timeout.map(|t| TimeoutLayer { timeout: t }))
+        // why: try again on retriable failures, within budget and deadline.
+        .option_layer(p.route.retry.clone().map(|policy| RetryLayer {
+            policy,
+            cluster: p.cluster.clone(),
+            metrics: p.metrics.clone(),
+        }))
+        // why: per attempt: reject at once when the cluster is over a threshold or
+        // its breaker is open; feed every outcome to the state machine.
+        .layer(BreakerLayer { cluster: p.cluster.clone(), metrics: p.metrics.clone() })
+        // why: pick one endpoint of the subset (not ejected, not tried before) and
+        // count the request in flight on it until its response arrives.
+        .layer(BalanceLayer { endpoints: p.endpoints.clone(), cluster: p.cluster.clone() })
+        // why: the endpoint stage owns the connection pool, header hygiene and
+        // outlier detection.
+        .service(EndpointStage { cluster: p.cluster.clone(), mark: p.mark, metrics: p.metrics.clone() })
 }
 
 /// Chooses the endpoint.
 #[derive(Clone, Debug)]
 pub struct BalanceLayer {
     endpoints: Arc<Balancer<Arc<Endpoint>>>,
-    service: Arc<str>,
+    cluster: Arc<Cluster>,
 }
 
 impl<S> Layer<S> for BalanceLayer {
     type Service = Balance<S>;
     fn layer(&self, inner: S) -> Balance<S> {
-        Balance {
-            endpoints: self.endpoints.clone(),
-            service: self.service.clone(),
-            inner,
-        }
+        Balance { endpoints: self.endpoints.clone(), cluster: self.cluster.clone(), inner }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Balance<S> {
     endpoints: Arc<Balancer<Arc<Endpoint>>>,
-    service: Arc<str>,
+    cluster: Arc<Cluster>,
     inner: S,
 }
 
@@ -101,20 +142,25 @@ where
     }
 
     fn call(&mut self, mut up: Upstream) -> Self::Future {
-        let Some(ep) = self.endpoints.pick().cloned() else {
+        let Some(ep) = pick(&self.endpoints, &self.cluster, &up.tried).cloned() else {
             return BalanceFuture::Failed {
-                error: Some(ProxyError::NoHealthyUpstream {
-                    service: self.service.to_string(),
-                }),
+                error: Some(ProxyError::NoHealthyUpstream { service: self.cluster.service.to_string() }),
             };
         };
         let pending = Pending::start(ep.clone());
         up.endpoint = Some(ep);
-        BalanceFuture::Inner {
-            fut: self.inner.call(up),
-            pending: Some(pending),
-        }
+        BalanceFuture::Inner { fut: self.inner.call(up), pending: Some(pending) }
     }
+}
+
+/// Prefer endpoints that are neither ejected nor tried already; then any not
+/// ejected; then (all ejected: Envoy's panic mode) any.
+fn pick<'a>(b: &'a Balancer<Arc<Endpoint>>, cluster: &Cluster, tried: &[SocketAddr]) -> Option<&'a Arc<Endpoint>> {
+    if cluster.policy.outlier.is_none() && tried.is_empty() {
+        return b.pick();
+    }
+    let healthy = |e: &Arc<Endpoint>| !e.shared.health.is_ejected(&cluster.state.outliers);
+    b.pick_where(|e| healthy(e) && !tried.contains(&e.addr)).or_else(|| b.pick_where(healthy)).or_else(|| b.pick())
 }
 
 /// Counts one request in flight on an endpoint; feeds its latency on success.
@@ -127,10 +173,7 @@ struct Pending {
 impl Pending {
     fn start(endpoint: Arc<Endpoint>) -> Self {
         endpoint.shared.ewma.add_pending();
-        Self {
-            endpoint,
-            start: Instant::now(),
-        }
+        Self { endpoint, start: Instant::now() }
     }
 
     fn complete(self) {
@@ -160,9 +203,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            BalanceProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or(ProxyError::BadRequest("request polled after completion")))),
+            BalanceProj::Failed { error } => {
+                Poll::Ready(Err(error.take().unwrap_or(ProxyError::BadRequest("request polled after completion"))))
+            }
             BalanceProj::Inner { fut, pending } => {
                 let out = std::task::ready!(fut.poll(cx));
                 if let Some(p) = pending.take()
@@ -176,11 +219,13 @@ where
     }
 }
 
-/// Sends the request on a pooled connection to the chosen endpoint.
+/// Sends the request on a pooled connection to the chosen endpoint and feeds
+/// the outcome to outlier detection.
 #[derive(Clone, Debug)]
 pub struct EndpointStage {
     cluster: Arc<Cluster>,
     mark: Option<u32>,
+    metrics: Metrics,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -194,32 +239,53 @@ impl Service<Upstream> for EndpointStage {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, up: Upstream) -> Self::Future {
+    fn call(&mut self, mut up: Upstream) -> Self::Future {
         let cluster = self.cluster.clone();
+        let metrics = self.metrics.clone();
         let cfg = ConnectConfig {
             timeout: cluster.connect_timeout,
             mark: self.mark,
+            limits: Some((cluster.state.counters.clone(), cluster.policy.thresholds)),
         };
         Box::pin(async move {
-            let Some(ep) = up.endpoint else {
-                return Err(ProxyError::NoHealthyUpstream {
-                    service: cluster.service.to_string(),
-                });
+            let Some(ep) = up.endpoint.take() else {
+                return Err(ProxyError::NoHealthyUpstream { service: cluster.service.to_string() });
             };
+            up.req.headers_mut().insert(X_ATTEMPT.clone(), HeaderValue::from(up.attempt));
             let proto = cluster.protocol.upstream();
-            let resp = forward::forward(
-                &ep.shared.pool,
-                up.req,
-                proto,
-                &cfg,
-                up.client,
-                up.authority.as_ref(),
-            )
-            .await?;
-            Ok(Answered {
-                resp,
-                endpoint: ep.addr,
-            })
+            let res =
+                match forward::forward(&ep.shared.pool, up.req, proto, &cfg, up.client, up.authority.as_ref()).await {
+                    Err(ProxyError::Upstream(UpstreamError::Overflow(_, reason))) => {
+                        metrics
+                            .circuit_breaker_rejections
+                            .get_or_create(&ServiceReasonLabels { service: cluster.service.clone(), reason })
+                            .inc();
+                        return Err(ProxyError::Overloaded { service: cluster.service.to_string(), reason });
+                    }
+                    other => other,
+                };
+            if let Some(outlier) = &cluster.policy.outlier {
+                let outcome = match &res {
+                    Ok(resp) => Outcome::of_response(resp.status(), resp.headers()),
+                    Err(e) => Outcome::of_error(e),
+                };
+                let total = cluster.endpoints.items().len();
+                if ep.shared.health.record(outcome, outlier, &cluster.state.outliers, total) {
+                    metrics.outlier_ejections.get_or_create(&ServiceLabels { service: cluster.service.clone() }).inc();
+                    tracing::warn!(service = &*cluster.service, endpoint = %ep.addr, reason = outcome.reason(), "endpoint ejected");
+                }
+                let n = cluster
+                    .state
+                    .outliers
+                    .evaluate(outlier, cluster.endpoints.items().iter().map(|e| &e.shared.health));
+                if n > 0 {
+                    metrics
+                        .outlier_ejections
+                        .get_or_create(&ServiceLabels { service: cluster.service.clone() })
+                        .inc_by(u64::from(n));
+                }
+            }
+            Ok(Answered { resp: res?, endpoint: ep.addr, attempt: up.attempt })
         })
     }
 }

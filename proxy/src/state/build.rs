@@ -9,16 +9,12 @@ use envoy_types::pb::envoy::config::cluster::v3::{Cluster as XCluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Metadata, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
-use envoy_types::pb::envoy::config::route::v3::{
-    RouteConfiguration, header_matcher, route, route_action, route_match,
-};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, header_matcher, route, route_action, route_match};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    HttpProtocolOptions, http_protocol_options,
-};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 use envoy_types::pb::google::protobuf::{Any, Struct, value};
 use http::{HeaderName, HeaderValue};
@@ -57,6 +53,7 @@ type WantedSplit = (String, u32, Option<BTreeMap<String, String>>);
 #[derive(Debug, Default)]
 pub struct Builder {
     carried: Mutex<HashMap<EndpointKey, Arc<EndpointShared>>>,
+    clusters: Mutex<HashMap<Arc<str>, Arc<ClusterState>>>,
 }
 
 struct Ctx<'a> {
@@ -65,11 +62,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn reject(&mut self, type_name: &'static str, name: &str, reason: impl Into<String>) {
-        self.rejected.push(Rejection {
-            type_name,
-            name: name.to_string(),
-            reason: reason.into(),
-        });
+        self.rejected.push(Rejection { type_name, name: name.to_string(), reason: reason.into() });
     }
 }
 
@@ -81,17 +74,14 @@ impl Builder {
     /// Build a snapshot from a complete set of resources.
     pub fn build(&self, res: &Resources) -> (Snapshot, Vec<Rejection>) {
         let mut rejected = Vec::new();
-        let mut ctx = Ctx {
-            rejected: &mut rejected,
-        };
+        let mut ctx = Ctx { rejected: &mut rejected };
         let mut carried = self.carried.lock();
         let mut next_carried = HashMap::new();
+        let mut carried_clusters = self.clusters.lock();
+        let mut next_clusters = HashMap::new();
 
-        let loads: HashMap<&str, &ClusterLoadAssignment> = res
-            .endpoints
-            .iter()
-            .map(|c| (c.cluster_name.as_str(), c))
-            .collect();
+        let loads: HashMap<&str, &ClusterLoadAssignment> =
+            res.endpoints.iter().map(|c| (c.cluster_name.as_str(), c)).collect();
         let mut clusters = BTreeMap::new();
         let mut cluster_endpoints: HashMap<Arc<str>, Vec<Arc<Endpoint>>> = HashMap::new();
         let mut dump_clusters = Vec::new();
@@ -100,8 +90,8 @@ impl Builder {
             if xc.name == names::PASSTHROUGH_CLUSTER {
                 continue;
             }
-            match cluster_from(xc) {
-                Ok((name, service, protocol, connect_timeout, lb)) => {
+            match cluster_from(xc).and_then(|parts| Ok((parts, super::policy::cluster_policy(xc)?))) {
+                Ok(((name, service, protocol, connect_timeout, lb), policy)) => {
                     let name: Arc<str> = Arc::from(name);
                     let mut eps = Vec::new();
                     if let Some(cla) = loads.get(&*name) {
@@ -113,16 +103,11 @@ impl Builder {
                                         Arc::new(EndpointShared {
                                             ewma: PeakEwma::default(),
                                             pool: Arc::new(EndpointPool::new(addr)),
+                                            health: Default::default(),
                                         })
                                     });
                                     next_carried.insert(key, shared.clone());
-                                    eps.push(Arc::new(Endpoint {
-                                        addr,
-                                        weight,
-                                        labels,
-                                        meshed,
-                                        shared,
-                                    }));
+                                    eps.push(Arc::new(Endpoint { addr, weight, labels, meshed, shared }));
                                 }
                                 dump_endpoints.push(dump_cla(&name, &eps));
                             }
@@ -132,7 +117,33 @@ impl Builder {
                     dump_clusters.push(json!({
                         "name": &*name, "service": &*service, "protocol": format!("{protocol:?}").to_lowercase(),
                         "lb_policy": lb.as_str(), "connect_timeout_ms": connect_timeout.as_millis() as u64,
+                        "circuit_breakers": {
+                            "max_connections": policy.thresholds.max_connections,
+                            "max_pending_requests": policy.thresholds.max_pending_requests,
+                            "max_requests": policy.thresholds.max_requests,
+                            "max_retries": policy.thresholds.max_retries,
+                        },
+                        "breaker_state_machine": policy.breaker.map(|b| json!({
+                            "failure_rate_threshold": b.failure_rate_threshold,
+                            "slow_call_duration_ms": b.slow_call_duration.as_millis() as u64,
+                            "slow_call_rate_threshold": b.slow_call_rate_threshold,
+                            "window": b.window, "minimum_calls": b.minimum_calls,
+                            "open_duration_ms": b.open_duration.as_millis() as u64,
+                            "half_open_calls": b.half_open_calls,
+                        })),
+                        "retry_budget": policy.budget.map(|b| json!({
+                            "ratio": b.ratio, "min_per_second": b.min_per_second, "window_ms": b.window.as_millis() as u64,
+                        })),
+                        "outlier_detection": policy.outlier.map(|o| json!({
+                            "consecutive_5xx": o.consecutive_5xx, "consecutive_gateway_errors": o.consecutive_gateway,
+                            "failure_percentage": o.failure_percentage, "interval_ms": o.interval.as_millis() as u64,
+                            "base_ejection_ms": o.base_ejection.as_millis() as u64,
+                            "max_ejection_ms": o.max_ejection.as_millis() as u64,
+                            "max_ejection_percent": o.max_ejection_percent,
+                        })),
                     }));
+                    let state = carried_clusters.get(&name).cloned().unwrap_or_default();
+                    next_clusters.insert(name.clone(), state.clone());
                     let balancer = Arc::new(Balancer::new(lb, eps.clone()));
                     cluster_endpoints.insert(name.clone(), eps);
                     clusters.insert(
@@ -144,6 +155,8 @@ impl Builder {
                             connect_timeout,
                             lb,
                             endpoints: balancer,
+                            policy,
+                            state,
                         }),
                     );
                 }
@@ -152,6 +165,8 @@ impl Builder {
         }
         *carried = next_carried;
         drop(carried);
+        *carried_clusters = next_clusters;
+        drop(carried_clusters);
 
         let mut vhosts: HashMap<Box<str>, Arc<VirtualHost>> = HashMap::new();
         let mut vhosts_by_name: HashMap<String, Arc<VirtualHost>> = HashMap::new();
@@ -162,9 +177,7 @@ impl Builder {
             for (domains, vh) in hosts {
                 vhosts_by_name.insert(format!("{}/{}", rc.name, vh.name), vh.clone());
                 for d in domains {
-                    vhosts
-                        .entry(d.to_ascii_lowercase().into_boxed_str())
-                        .or_insert_with(|| vh.clone());
+                    vhosts.entry(d.to_ascii_lowercase().into_boxed_str()).or_insert_with(|| vh.clone());
                 }
             }
         }
@@ -173,20 +186,10 @@ impl Builder {
         let mut dump_listeners = Vec::new();
         for l in &res.listeners {
             if l.name != names::OUTBOUND_LISTENER {
-                ctx.reject(
-                    "Listener",
-                    &l.name,
-                    "only the \"outbound\" listener is understood by this proxy",
-                );
+                ctx.reject("Listener", &l.name, "only the \"outbound\" listener is understood by this proxy");
                 continue;
             }
-            dump_listeners.push(listener_from(
-                l,
-                &clusters,
-                &vhosts_by_name,
-                &mut outbound,
-                &mut ctx,
-            ));
+            dump_listeners.push(listener_from(l, &clusters, &vhosts_by_name, &mut outbound, &mut ctx));
         }
 
         let versions = Versions {
@@ -202,31 +205,18 @@ impl Builder {
             "clusters": {"version": versions.clusters, "resources": dump_clusters},
             "endpoints": {"version": versions.endpoints, "resources": dump_endpoints},
         });
-        (
-            Snapshot {
-                versions,
-                outbound,
-                vhosts,
-                clusters,
-                dump,
-            },
-            rejected,
-        )
+        (Snapshot { versions, outbound, vhosts, clusters, dump }, rejected)
     }
 }
 
-fn decode_any<M: Message + Name + Default>(any: &Any) -> Result<M, String> {
+pub(super) fn decode_any<M: Message + Name + Default>(any: &Any) -> Result<M, String> {
     if any.type_url != M::type_url() {
-        return Err(format!(
-            "expected {} but got {}",
-            M::type_url(),
-            any.type_url
-        ));
+        return Err(format!("expected {} but got {}", M::type_url(), any.type_url));
     }
     M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {}: {e}", M::full_name()))
 }
 
-fn duration_from(d: &envoy_types::pb::google::protobuf::Duration) -> Result<Duration, String> {
+pub(super) fn duration_from(d: &envoy_types::pb::google::protobuf::Duration) -> Result<Duration, String> {
     if d.seconds < 0 || d.nanos < 0 {
         return Err("negative duration".into());
     }
@@ -269,20 +259,13 @@ fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
         Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
         other => {
-            return Err(format!(
-                "lb_policy {other:?} is not supported (use LEAST_REQUEST, ROUND_ROBIN or RANDOM)"
-            ));
+            return Err(format!("lb_policy {other:?} is not supported (use LEAST_REQUEST, ROUND_ROBIN or RANDOM)"));
         }
     };
     let meta = outrider_meta(xc.metadata.as_ref());
-    let service: Arc<str> = Arc::from(
-        meta.and_then(|m| struct_str(m, "service"))
-            .unwrap_or(&xc.name),
-    );
+    let service: Arc<str> = Arc::from(meta.and_then(|m| struct_str(m, "service")).unwrap_or(&xc.name));
     let mut protocol = ClusterProtocol::Tcp;
-    if let Some(any) = xc
-        .typed_extension_protocol_options
-        .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+    if let Some(any) = xc.typed_extension_protocol_options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
     {
         let opts: HttpProtocolOptions = decode_any(any)?;
         use http_protocol_options::UpstreamProtocolOptions as U;
@@ -292,15 +275,11 @@ fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
                 Some(P::Http2ProtocolOptions(_)) => ClusterProtocol::Http2,
                 Some(P::HttpProtocolOptions(_)) => ClusterProtocol::Http1,
                 _ => {
-                    return Err(
-                        "only explicit HTTP/1.1 or HTTP/2 upstream protocols are supported".into(),
-                    );
+                    return Err("only explicit HTTP/1.1 or HTTP/2 upstream protocols are supported".into());
                 }
             },
             _ => {
-                return Err(
-                    "only explicit_http_config upstream protocol options are supported".into(),
-                );
+                return Err("only explicit_http_config upstream protocol options are supported".into());
             }
         };
     } else if let Some(p) = meta.and_then(|m| struct_str(m, "protocol")) {
@@ -322,29 +301,18 @@ fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, Str
             let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
                 return Err("an lb_endpoint has no endpoint address".into());
             };
-            let Some(address::Address::SocketAddress(sa)) =
-                ep.address.as_ref().and_then(|a| a.address.as_ref())
-            else {
+            let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) else {
                 return Err("endpoint address must be a socket address".into());
             };
-            let ip: IpAddr = sa
-                .address
-                .parse()
-                .map_err(|_| format!("endpoint address {:?} is not an IP", sa.address))?;
+            let ip: IpAddr =
+                sa.address.parse().map_err(|_| format!("endpoint address {:?} is not an IP", sa.address))?;
             let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
                 return Err(format!("endpoint {} has no port", sa.address));
             };
-            let port =
-                u16::try_from(port).map_err(|_| format!("endpoint port {port} is out of range"))?;
-            let weight = lbe
-                .load_balancing_weight
-                .as_ref()
-                .map(|w| w.value)
-                .unwrap_or(1);
+            let port = u16::try_from(port).map_err(|_| format!("endpoint port {port} is out of range"))?;
+            let weight = lbe.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1);
             if weight == 0 {
-                return Err(format!(
-                    "endpoint {ip}:{port} has weight 0 (must be at least 1)"
-                ));
+                return Err(format!("endpoint {ip}:{port} has weight 0 (must be at least 1)"));
             }
             let labels = lbe
                 .metadata
@@ -384,17 +352,10 @@ fn route_config_from(
         let mut routes = Vec::new();
         let mut dump_r = Vec::new();
         for (i, r) in vh.routes.iter().enumerate() {
-            let name = if r.name.is_empty() {
-                format!("route-{i}")
-            } else {
-                r.name.clone()
-            };
+            let name = if r.name.is_empty() { format!("route-{i}") } else { r.name.clone() };
             match route_from(r, clusters, cluster_endpoints) {
                 Ok((route, dump)) => {
-                    routes.push(Route {
-                        name: Arc::from(name.as_str()),
-                        ..route
-                    });
+                    routes.push(Route { name: Arc::from(name.as_str()), ..route });
                     dump_r.push(json!({"name": name, "match": dump.0, "split": dump.1}));
                 }
                 Err(reason) => {
@@ -409,18 +370,9 @@ fn route_config_from(
             }
         }
         dump_vhosts.push(json!({"name": vh.name, "domains": vh.domains, "routes": dump_r}));
-        hosts.push((
-            vh.domains.clone(),
-            Arc::new(VirtualHost {
-                name: Arc::from(vh.name.as_str()),
-                routes,
-            }),
-        ));
+        hosts.push((vh.domains.clone(), Arc::new(VirtualHost { name: Arc::from(vh.name.as_str()), routes })));
     }
-    (
-        hosts,
-        json!({"name": rc.name, "virtual_hosts": dump_vhosts}),
-    )
+    (hosts, json!({"name": rc.name, "virtual_hosts": dump_vhosts}))
 }
 
 fn route_from(
@@ -434,41 +386,30 @@ fn route_from(
         Some(route_match::PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
         None => PathMatch::Prefix("/".into()),
         Some(other) => {
-            return Err(format!(
-                "path match {other:?} is not supported (use prefix or path)"
-            ));
+            return Err(format!("path match {other:?} is not supported (use prefix or path)"));
         }
     };
     let mut headers = Vec::new();
     for h in &m.headers {
         let value = match &h.header_match_specifier {
-            Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) => {
-                match &sm.match_pattern {
-                    Some(string_matcher::MatchPattern::Exact(v)) if !sm.ignore_case => v.clone(),
-                    _ => {
-                        return Err(format!(
-                            "header {}: only exact, case-sensitive matches are supported",
-                            h.name
-                        ));
-                    }
+            Some(header_matcher::HeaderMatchSpecifier::StringMatch(sm)) => match &sm.match_pattern {
+                Some(string_matcher::MatchPattern::Exact(v)) if !sm.ignore_case => v.clone(),
+                _ => {
+                    return Err(format!("header {}: only exact, case-sensitive matches are supported", h.name));
                 }
-            }
+            },
             #[allow(deprecated)]
             Some(header_matcher::HeaderMatchSpecifier::ExactMatch(v)) => v.clone(),
             _ => {
-                return Err(format!(
-                    "header {}: only exact matches are supported",
-                    h.name
-                ));
+                return Err(format!("header {}: only exact matches are supported", h.name));
             }
         };
         if h.invert_match {
             return Err(format!("header {}: invert_match is not supported", h.name));
         }
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("invalid header name {:?}", h.name))?;
-        let value = HeaderValue::from_str(&value)
-            .map_err(|_| format!("invalid header value for {}", h.name))?;
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("invalid header name {:?}", h.name))?;
+        let value = HeaderValue::from_str(&value).map_err(|_| format!("invalid header value for {}", h.name))?;
         headers.push((name, value));
     }
     let Some(route::Action::Route(action)) = &r.action else {
@@ -493,30 +434,17 @@ fn route_from(
     }
     let mut splits = Vec::new();
     for (cname, weight, subset) in wanted {
-        let cluster = clusters
-            .get(cname.as_str())
-            .ok_or_else(|| format!("references unknown cluster {cname}"))?;
+        let cluster = clusters.get(cname.as_str()).ok_or_else(|| format!("references unknown cluster {cname}"))?;
         let endpoints = match &subset {
             None => cluster.endpoints.clone(),
             Some(labels) => {
-                let all = cluster_endpoints
-                    .get(&cluster.name)
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                let eps = all
-                    .iter()
-                    .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-                    .cloned()
-                    .collect();
+                let all = cluster_endpoints.get(&cluster.name).map(Vec::as_slice).unwrap_or(&[]);
+                let eps =
+                    all.iter().filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))).cloned().collect();
                 Arc::new(Balancer::new(cluster.lb, eps))
             }
         };
-        splits.push(Split {
-            cluster: cluster.clone(),
-            weight,
-            subset,
-            endpoints,
-        });
+        splits.push(Split { cluster: cluster.clone(), weight, subset, endpoints });
     }
     let total_weight = splits.iter().map(|s| s.weight).sum::<u32>();
     if total_weight == 0 {
@@ -530,13 +458,8 @@ fn route_from(
         .iter()
         .map(|s| json!({"cluster": &*s.cluster.name, "weight": s.weight, "subset": s.subset, "endpoints": s.endpoints.items().len()}))
         .collect::<Vec<_>>();
-    let route = Route {
-        name: Arc::from(""),
-        path,
-        headers,
-        splits,
-        total_weight,
-    };
+    let policy = Arc::new(super::policy::route_policy(r, action)?);
+    let route = Route { name: Arc::from(""), policy, path, headers, splits, total_weight };
     Ok((route, (dump_match, json!(dump_split))))
 }
 
@@ -571,33 +494,19 @@ fn listener_from(
                         ctx.reject(
                             "Listener",
                             &l.name,
-                            format!(
-                                "filter chain {}: bad prefix {:?}",
-                                fc.name, r.address_prefix
-                            ),
+                            format!("filter chain {}: bad prefix {:?}", fc.name, r.address_prefix),
                         );
                         continue;
                     };
                     let max = if ip.is_ipv4() { 32 } else { 128 };
-                    let len = r
-                        .prefix_len
-                        .as_ref()
-                        .map(|p| p.value)
-                        .unwrap_or(max)
-                        .min(max) as u8;
-                    ranges.push(IpRange {
-                        addr: ip,
-                        prefix_len: len,
-                    });
+                    let len = r.prefix_len.as_ref().map(|p| p.value).unwrap_or(max).min(max) as u8;
+                    ranges.push(IpRange { addr: ip, prefix_len: len });
                 }
                 for range in &ranges {
-                    let full =
-                        u32::from(range.prefix_len) == if range.addr.is_ipv4() { 32 } else { 128 };
+                    let full = u32::from(range.prefix_len) == if range.addr.is_ipv4() { 32 } else { 128 };
                     match port {
                         Some(p) if full => {
-                            out.exact
-                                .entry(SocketAddr::new(range.addr, p))
-                                .or_insert_with(|| target.clone());
+                            out.exact.entry(SocketAddr::new(range.addr, p)).or_insert_with(|| target.clone());
                         }
                         _ => out.ranges.push((*range, port, target.clone())),
                     }
@@ -608,11 +517,7 @@ fn listener_from(
                     "target": describe,
                 }));
             }
-            Err(reason) => ctx.reject(
-                "Listener",
-                &l.name,
-                format!("filter chain {}: {reason}", fc.name),
-            ),
+            Err(reason) => ctx.reject("Listener", &l.name, format!("filter chain {}: {reason}", fc.name)),
         }
     }
     json!({"name": l.name, "filter_chains": chains, "default": "passthrough"})
@@ -632,9 +537,7 @@ fn chain_target(
         let Some(tcp_proxy::ClusterSpecifier::Cluster(c)) = tp.cluster_specifier else {
             return Err("tcp_proxy must name one cluster".into());
         };
-        let cluster = clusters
-            .get(c.as_str())
-            .ok_or_else(|| format!("tcp_proxy references unknown cluster {c}"))?;
+        let cluster = clusters.get(c.as_str()).ok_or_else(|| format!("tcp_proxy references unknown cluster {c}"))?;
         return Ok((Target::Tcp(cluster.clone()), json!({"tcp_proxy": c})));
     }
     if any.type_url == HttpConnectionManager::type_url() {
@@ -644,12 +547,9 @@ fn chain_target(
         };
         // The chain is for one service: its virtual host in that route config is the default.
         let key = format!("{}/{}", rds.route_config_name, fc.name);
-        let vh = vhosts.get(&key).ok_or_else(|| {
-            format!(
-                "no virtual host {} in route config {}",
-                fc.name, rds.route_config_name
-            )
-        })?;
+        let vh = vhosts
+            .get(&key)
+            .ok_or_else(|| format!("no virtual host {} in route config {}", fc.name, rds.route_config_name))?;
         return Ok((
             Target::Http(vh.clone()),
             json!({"http": {"rds": rds.route_config_name, "virtual_host": fc.name}}),

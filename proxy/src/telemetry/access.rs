@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::metrics::{
-    Direction, DirectionLabels, DurationLabels, LocalReplyLabels, Metrics, RequestLabels,
-};
+use super::metrics::{Direction, DirectionLabels, DurationLabels, LocalReplyLabels, Metrics, RequestLabels};
 
 /// Shared by every connection: where records go.
 #[derive(Clone, Debug)]
@@ -32,6 +30,8 @@ pub struct RequestRecord {
     pub service: Arc<str>,
     pub route: Arc<str>,
     pub upstream: Option<SocketAddr>,
+    /// Tries sent upstream (retries + 1); 0 when none was.
+    pub attempts: u32,
     done: bool,
 }
 
@@ -61,6 +61,7 @@ impl RequestRecord {
             service: unknown(),
             route: unknown(),
             upstream: None,
+            attempts: 0,
             done: false,
         }
     }
@@ -86,27 +87,15 @@ impl RequestRecord {
             })
             .inc();
         m.request_duration
-            .get_or_create(&DurationLabels {
-                direction: self.direction,
-                service: self.service.clone(),
-            })
+            .get_or_create(&DurationLabels { direction: self.direction, service: self.service.clone() })
             .observe(elapsed.as_secs_f64());
         if let Some(reason) = local_reply {
-            m.local_replies
-                .get_or_create(&LocalReplyLabels {
-                    direction: self.direction,
-                    reason,
-                })
-                .inc();
+            m.local_replies.get_or_create(&LocalReplyLabels { direction: self.direction, reason }).inc();
         }
         if self.recorder.access_log {
             let authority = self.authority.as_ref().map(|a| a.as_str()).unwrap_or("");
             let path = self.path.as_ref().map(|p| p.as_str()).unwrap_or("");
-            let request_id = self
-                .request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
             let upstream = self.upstream.map(|u| u.to_string());
             tracing::info!(
                 target: "outrider::access",
@@ -122,6 +111,7 @@ impl RequestRecord {
                 service = &*self.service,
                 route = &*self.route,
                 upstream = upstream.as_deref().unwrap_or(""),
+                attempts = self.attempts,
                 local_reply = local_reply.unwrap_or(""),
                 request_id,
             );
@@ -148,31 +138,15 @@ pub struct TcpRecord {
 }
 
 impl TcpRecord {
-    pub fn start(
-        recorder: &Arc<Recorder>,
-        direction: Direction,
-        client: SocketAddr,
-        service: Arc<str>,
-    ) -> Self {
-        Self {
-            recorder: recorder.clone(),
-            start: Instant::now(),
-            direction,
-            client,
-            service,
-            upstream: None,
-        }
+    pub fn start(recorder: &Arc<Recorder>, direction: Direction, client: SocketAddr, service: Arc<str>) -> Self {
+        Self { recorder: recorder.clone(), start: Instant::now(), direction, client, service, upstream: None }
     }
 
     /// `sent` went client → upstream, `received` upstream → client.
     pub fn finish(self, sent: u64, received: u64, error: Option<&str>) {
         let m = &self.recorder.metrics;
         // Bytes by the direction of the proxied connection they belong to.
-        m.tcp_bytes
-            .get_or_create(&DirectionLabels {
-                direction: self.direction,
-            })
-            .inc_by(sent + received);
+        m.tcp_bytes.get_or_create(&DirectionLabels { direction: self.direction }).inc_by(sent + received);
         if self.recorder.access_log {
             let upstream = self.upstream.map(|u| u.to_string());
             tracing::info!(

@@ -18,8 +18,7 @@ const DEFAULT_FILTER: &str = "info";
 
 /// Install the global subscriber: one JSON object per line on stdout (or text).
 pub fn init(format: LogFormat) -> LogHandle {
-    let filter =
-        EnvFilter::try_from_env("OUTRIDER_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = EnvFilter::try_from_env("OUTRIDER_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let res = match format {
@@ -33,13 +32,9 @@ pub fn init(format: LogFormat) -> LogHandle {
                     .with_writer(std::io::stdout),
             )
             .try_init(),
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout))
-            .try_init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout)).try_init(),
     };
-    LogHandle {
-        reload: res.is_ok().then_some(handle),
-    }
+    LogHandle { reload: res.is_ok().then_some(handle) }
 }
 
 impl LogHandle {
@@ -50,8 +45,7 @@ impl LogHandle {
 
     /// Set a new filter such as `debug` or `info,outrider_proxy=trace`.
     pub fn set_level(&self, level: &str) -> Result<(), String> {
-        let filter =
-            EnvFilter::try_new(level).map_err(|e| format!("invalid level {level:?}: {e}"))?;
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid level {level:?}: {e}"))?;
         match &self.reload {
             Some(h) => h.reload(filter).map_err(|e| e.to_string()),
             None => Err("logging is not owned by this process".into()),

@@ -24,11 +24,7 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
         return None;
     }
     if H2_PREFACE.starts_with(buf) {
-        return if buf.len() >= H2_PREFACE.len() {
-            Some(Detected::Http2)
-        } else {
-            None
-        };
+        return if buf.len() >= H2_PREFACE.len() { Some(Detected::Http2) } else { None };
     }
     if buf.starts_with(H2_PREFACE) {
         return Some(Detected::Http2);
@@ -41,11 +37,7 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
             _ => return Some(Detected::Opaque),
         }
     }
-    if buf.len() >= 20 {
-        Some(Detected::Opaque)
-    } else {
-        None
-    }
+    if buf.len() >= 20 { Some(Detected::Opaque) } else { None }
 }
 
 /// Peek until the protocol is known or `timeout` passes (then: opaque).
@@ -69,10 +61,7 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> std::io::Result<De
         }
         if n == last {
             // No new bytes: wait for the socket to become readable again.
-            if tokio::time::timeout_at(deadline, stream.readable())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
                 return Ok(Detected::Opaque);
             }
             // peek() returns immediately while old data is buffered; back off briefly.
@@ -91,16 +80,9 @@ mod tests {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
         assert_eq!(classify(b"POST "), Some(Detected::Http1));
         assert_eq!(classify(b"GE"), None);
-        assert_eq!(
-            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
-            Some(Detected::Http2)
-        );
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"), Some(Detected::Http2));
         assert_eq!(classify(b"PRI * HT"), None);
-        assert_eq!(
-            classify(b"\x16\x03\x01\x02\x00"),
-            Some(Detected::Opaque),
-            "TLS ClientHello"
-        );
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Detected::Opaque), "TLS ClientHello");
         assert_eq!(classify(b"SSH-2.0-OpenSSH"), Some(Detected::Opaque));
         assert_eq!(classify(b"hello world"), Some(Detected::Opaque));
         assert_eq!(classify(b" GET"), Some(Detected::Opaque));
@@ -124,8 +106,7 @@ mod tests {
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
         client.write_all(b"GE").await.unwrap();
-        let task =
-            tokio::spawn(async move { detect(&server, Duration::from_secs(5)).await.unwrap() });
+        let task = tokio::spawn(async move { detect(&server, Duration::from_secs(5)).await.unwrap() });
         tokio::time::sleep(Duration::from_millis(20)).await;
         client.write_all(b"T / HTTP/1.1\r\n").await.unwrap();
         assert_eq!(task.await.unwrap(), Detected::Http1);

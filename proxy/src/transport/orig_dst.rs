@@ -11,10 +11,7 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
     let orig = match local {
         SocketAddr::V4(_) => sock.original_dst_v4().ok()?,
-        SocketAddr::V6(_) => sock
-            .original_dst_v6()
-            .or_else(|_| sock.original_dst_v4())
-            .ok()?,
+        SocketAddr::V6(_) => sock.original_dst_v6().or_else(|_| sock.original_dst_v4()).ok()?,
     };
     let orig = orig.as_socket()?;
     let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());

@@ -1,0 +1,139 @@
+//! What one attempt came to, in the terms the policies count.
+use http::{HeaderMap, StatusCode};
+
+use crate::http::client::UpstreamError;
+use crate::rescue::ProxyError;
+
+/// gRPC status codes the policies look at.
+pub mod grpc {
+    pub const OK: u32 = 0;
+    pub const CANCELLED: u32 = 1;
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response that is not a failure by any policy's count.
+    Success,
+    /// An HTTP status ≥ 500 from the upstream.
+    Status(u16),
+    /// A gRPC status in the response headers (trailers-only response).
+    Grpc(u32),
+    /// Never reached the endpoint.
+    ConnectFailure,
+    /// HTTP/2 REFUSED_STREAM: the server did not process the request.
+    RefusedStream,
+    /// The connection or stream broke before a response.
+    Reset,
+    /// The per-try timeout fired.
+    Timeout,
+    /// Rejected locally (breaker, limits): says nothing about the upstream.
+    Local,
+}
+
+/// The grpc-status of a trailers-only response, if any.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+impl Outcome {
+    pub fn of_response(status: StatusCode, headers: &HeaderMap) -> Outcome {
+        if status.is_server_error() {
+            return Outcome::Status(status.as_u16());
+        }
+        match grpc_status(headers) {
+            Some(code) if code != grpc::OK => Outcome::Grpc(code),
+            _ => Outcome::Success,
+        }
+    }
+
+    pub fn of_error(e: &ProxyError) -> Outcome {
+        match e {
+            ProxyError::Upstream(u) if u.is_connect() => Outcome::ConnectFailure,
+            ProxyError::Upstream(UpstreamError::Request(_, err)) if is_refused_stream(err) => Outcome::RefusedStream,
+            ProxyError::Upstream(_) => Outcome::Reset,
+            ProxyError::Timeout { .. } => Outcome::Timeout,
+            _ => Outcome::Local,
+        }
+    }
+
+    /// Counts against the circuit breaker's failure rate (DESIGN: 5xx, gateway
+    /// errors, resets, timeouts, gRPC UNAVAILABLE / INTERNAL / DEADLINE_EXCEEDED).
+    pub fn is_breaker_failure(self) -> bool {
+        match self {
+            Outcome::Status(_)
+            | Outcome::ConnectFailure
+            | Outcome::RefusedStream
+            | Outcome::Reset
+            | Outcome::Timeout => true,
+            Outcome::Grpc(c) => matches!(c, grpc::UNAVAILABLE | grpc::INTERNAL | grpc::DEADLINE_EXCEEDED),
+            Outcome::Success | Outcome::Local => false,
+        }
+    }
+
+    /// Counts as a 5xx for outlier detection (Envoy counts local connect
+    /// failures and resets as 503s).
+    pub fn is_5xx(self) -> bool {
+        matches!(
+            self,
+            Outcome::Status(_) | Outcome::ConnectFailure | Outcome::RefusedStream | Outcome::Reset | Outcome::Timeout
+        )
+    }
+
+    /// A gateway error: 502, 503, 504, or a connection that failed.
+    pub fn is_gateway_error(self) -> bool {
+        match self {
+            Outcome::Status(s) => matches!(s, 502..=504),
+            Outcome::ConnectFailure | Outcome::RefusedStream | Outcome::Reset | Outcome::Timeout => true,
+            _ => false,
+        }
+    }
+
+    /// A label for `retries_total{reason}`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Status(_) => "5xx",
+            Outcome::Grpc(_) => "grpc-status",
+            Outcome::ConnectFailure => "connect-failure",
+            Outcome::RefusedStream => "refused-stream",
+            Outcome::Reset => "reset",
+            Outcome::Timeout => "per-try-timeout",
+            Outcome::Local => "local",
+        }
+    }
+}
+
+fn is_refused_stream(err: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_responses() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Outcome::of_response(StatusCode::OK, &h), Outcome::Success);
+        assert_eq!(Outcome::of_response(StatusCode::SERVICE_UNAVAILABLE, &h), Outcome::Status(503));
+        h.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(Outcome::of_response(StatusCode::OK, &h), Outcome::Grpc(14));
+        assert!(Outcome::Grpc(14).is_breaker_failure());
+        assert!(!Outcome::Grpc(5).is_breaker_failure(), "NOT_FOUND is the caller's problem");
+        assert!(Outcome::Status(503).is_gateway_error());
+        assert!(!Outcome::Status(500).is_gateway_error());
+        assert!(Outcome::Status(500).is_5xx());
+        assert!(!Outcome::Local.is_breaker_failure());
+    }
+}

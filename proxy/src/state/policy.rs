@@ -1,0 +1,172 @@
+//! Envoy route / cluster fields → the proxy's policy config (once per snapshot).
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XCluster;
+use envoy_types::pb::envoy::config::route::v3::{Route as XRoute, RouteAction};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
+use envoy_types::pb::google::protobuf::value;
+use outrider_xds::resources::{self as names, Resilience};
+
+use super::build::{decode_any, duration_from};
+use crate::backoff::ExponentialBackoff;
+use crate::policy::config::{
+    BreakerConfig, BudgetConfig, ClusterPolicy, FaultPolicy, OutlierConfig, RetryOn, RetryPolicy, RoutePolicy,
+    Thresholds,
+};
+
+fn dur(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Result<Option<Duration>, String> {
+    d.as_ref().map(duration_from).transpose()
+}
+
+fn percent(p: &Option<FractionalPercent>) -> f64 {
+    let Some(p) = p else { return 0.0 };
+    let denom = match fractional_percent::DenominatorType::try_from(p.denominator) {
+        Ok(fractional_percent::DenominatorType::Hundred) => 100.0,
+        Ok(fractional_percent::DenominatorType::TenThousand) => 10_000.0,
+        _ => 1_000_000.0,
+    };
+    (f64::from(p.numerator) / denom * 100.0).min(100.0)
+}
+
+/// Timeout, retry policy and faults of a route.
+pub fn route_policy(r: &XRoute, action: &RouteAction) -> Result<RoutePolicy, String> {
+    let timeout = dur(&action.timeout)?.filter(|d| !d.is_zero());
+    let mut retry = None;
+    if let Some(rp) = &action.retry_policy {
+        let on = RetryOn::parse(&rp.retry_on)?;
+        let backoff = match &rp.retry_back_off {
+            Some(b) => {
+                let base = dur(&b.base_interval)?.unwrap_or(Duration::from_millis(25));
+                let max = dur(&b.max_interval)?.unwrap_or(base * 10);
+                ExponentialBackoff::new(base, max)
+            }
+            None => ExponentialBackoff::new(Duration::from_millis(25), Duration::from_millis(250)),
+        };
+        let retry_after_max = match &rp.rate_limited_retry_back_off {
+            Some(rl) => dur(&rl.max_interval)?.or(Some(backoff.max)),
+            None => None,
+        };
+        let non_idempotent = r
+            .metadata
+            .as_ref()
+            .and_then(|m| m.filter_metadata.get(names::OUTRIDER_METADATA))
+            .and_then(|s| s.fields.get(names::RETRY_NON_IDEMPOTENT_FIELD))
+            .is_some_and(|v| matches!(v.kind, Some(value::Kind::BoolValue(true))));
+        let status_codes = rp
+            .retriable_status_codes
+            .iter()
+            .map(|c| u16::try_from(*c).map_err(|_| format!("retriable status code {c} is out of range")))
+            .collect::<Result<Vec<_>, _>>()?;
+        retry = Some(RetryPolicy {
+            attempts: rp.num_retries.as_ref().map(|n| n.value).unwrap_or(1),
+            per_try_timeout: dur(&rp.per_try_timeout)?.filter(|d| !d.is_zero()),
+            on,
+            status_codes,
+            backoff,
+            retry_after_max,
+            non_idempotent,
+        });
+    }
+    let fault = match r.typed_per_filter_config.get(names::FAULT_FILTER) {
+        None => None,
+        Some(any) => {
+            let f: HttpFault = decode_any(any)?;
+            let delay = match f.delay {
+                Some(d) => match d.fault_delay_secifier {
+                    Some(fault_delay::FaultDelaySecifier::FixedDelay(fd)) => {
+                        Some((percent(&d.percentage), duration_from(&fd)?))
+                    }
+                    _ => return Err("fault delay: only fixed_delay is supported".into()),
+                },
+                None => None,
+            };
+            let abort = match f.abort {
+                Some(a) => match a.error_type {
+                    Some(fault_abort::ErrorType::HttpStatus(s)) if (200..=599).contains(&s) => {
+                        Some((percent(&a.percentage), s as u16))
+                    }
+                    _ => return Err("fault abort: only http_status 200..599 is supported".into()),
+                },
+                None => None,
+            };
+            Some(FaultPolicy { delay, abort })
+        }
+    };
+    Ok(RoutePolicy { timeout, retry, fault })
+}
+
+/// Thresholds, breaker, budget and outlier detection of a cluster.
+pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
+    let mut thresholds = Thresholds::default();
+    if let Some(cb) = &xc.circuit_breakers
+        && let Some(t) = cb.thresholds.iter().find(|t| t.priority == 0)
+    {
+        let v = |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u32| {
+            x.as_ref().map(|x| x.value).unwrap_or(d)
+        };
+        thresholds = Thresholds {
+            max_connections: v(&t.max_connections, 1024),
+            max_pending_requests: v(&t.max_pending_requests, 1024),
+            max_requests: v(&t.max_requests, 1024),
+            max_retries: v(&t.max_retries, 3),
+        };
+    }
+    let outlier = match &xc.outlier_detection {
+        None => None,
+        Some(o) => {
+            let v = |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u32| {
+                x.as_ref().map(|x| x.value).unwrap_or(d)
+            };
+            let enforced = |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u32| v(x, d) > 0;
+            let base = dur(&o.base_ejection_time)?.unwrap_or(Duration::from_secs(30));
+            Some(OutlierConfig {
+                consecutive_5xx: if enforced(&o.enforcing_consecutive_5xx, 100) { v(&o.consecutive_5xx, 5) } else { 0 },
+                consecutive_gateway: if enforced(&o.enforcing_consecutive_gateway_failure, 0) {
+                    v(&o.consecutive_gateway_failure, 5)
+                } else {
+                    0
+                },
+                failure_percentage: if enforced(&o.enforcing_failure_percentage, 0) {
+                    v(&o.failure_percentage_threshold, 85)
+                } else {
+                    0
+                },
+                failure_percentage_min_requests: v(&o.failure_percentage_request_volume, 50),
+                interval: dur(&o.interval)?.unwrap_or(Duration::from_secs(10)),
+                base_ejection: base,
+                max_ejection: dur(&o.max_ejection_time)?.unwrap_or(Duration::from_secs(300)).max(base),
+                max_ejection_percent: v(&o.max_ejection_percent, 10).min(100),
+            })
+        }
+    };
+    let mut breaker = None;
+    let mut budget = None;
+    if let Some(any) = xc.typed_extension_protocol_options.get(names::RESILIENCE_KEY) {
+        let r: Resilience = decode_any(any)?;
+        if let Some(b) = r.breaker {
+            let window = b.window.max(1);
+            breaker = Some(BreakerConfig {
+                failure_rate_threshold: b.failure_rate_threshold.clamp(1, 100),
+                slow_call_duration: dur(&b.slow_call_duration)?.unwrap_or(Duration::from_secs(60)),
+                slow_call_rate_threshold: b.slow_call_rate_threshold.clamp(1, 100),
+                window,
+                minimum_calls: b.minimum_calls.clamp(1, window),
+                open_duration: dur(&b.open_duration)?.unwrap_or(Duration::from_secs(60)),
+                half_open_calls: b.half_open_calls.max(1),
+            });
+        }
+        if let Some(rb) = r.retry_budget {
+            if !(0.0..=1000.0).contains(&rb.ratio) {
+                return Err(format!("retry budget ratio {} is out of range", rb.ratio));
+            }
+            budget = Some(BudgetConfig {
+                ratio: rb.ratio,
+                min_per_second: rb.min_per_second,
+                window: dur(&rb.window)?.unwrap_or(Duration::from_secs(10)).max(Duration::from_millis(10)),
+            });
+        }
+    }
+    Ok(ClusterPolicy { thresholds, breaker, budget, outlier })
+}
