@@ -1,11 +1,11 @@
-//! `outrider`: the control plane and its CLI. This first version has the
-//! offline verb `validate`; the server and the verbs that talk to it
-//! (`control-plane`, `apply`, `get`, `delete`, `status`, `token`, `inject`,
-//! `demo`) arrive with the control plane.
-use std::path::PathBuf;
+//! `outrider`: the control plane (`outrider control-plane`) and the CLI that talks to it.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use outrider_control_plane::cli::{self, Connection, Output};
+use outrider_control_plane::server::{self, ServerConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,6 +20,40 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve: xDS to proxies, the HTTP API, the watched policy directory.
+    ControlPlane(ServeArgs),
+    /// Create or replace the documents of a file (or of every *.yaml of a directory).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// List documents: all, of a kind, or one.
+    Get {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Delete one document.
+    Delete {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Connected proxies: node id, service, config version per type, ACK/NACK, last seen.
+    Status {
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Check policy files offline (no server needed): every document of a file,
     /// or of every *.yaml / *.yml file of a directory, validated as one set.
     Validate {
@@ -32,20 +66,125 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "OUTRIDER_XDS_PORT", default_value_t = 15010)]
+    xds_port: u16,
+    #[arg(long, env = "OUTRIDER_API_PORT", default_value_t = 15014)]
+    api_port: u16,
+    /// Address both ports bind (loopback unless told otherwise).
+    #[arg(long, env = "OUTRIDER_BIND", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    bind: IpAddr,
+    /// Directory of policy YAML files, watched for changes.
+    #[arg(long, env = "OUTRIDER_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Where accepted API writes are stored.
+    #[arg(long, env = "OUTRIDER_DATA_DIR", default_value = "outrider-data")]
+    data_dir: PathBuf,
+    /// Bearer token for API writes.
+    #[arg(long, env = "OUTRIDER_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
+    api_token: Option<String>,
+    /// File holding the bearer token for API writes.
+    #[arg(long, env = "OUTRIDER_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// SPIFFE trust domain (identities arrive with the certificate work).
+    #[arg(long, env = "OUTRIDER_TRUST_DOMAIN", default_value = "outrider.local")]
+    trust_domain: String,
+    /// Runtime worker threads.
+    #[arg(long, env = "OUTRIDER_WORKERS", default_value_t = 2)]
+    workers: usize,
+    #[arg(long, env = "OUTRIDER_LOG_FORMAT", default_value = "json")]
+    log_format: LogFormat,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Output {
-    Table,
+enum LogFormat {
     Json,
+    Text,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::ControlPlane(args) => serve(args),
+        Command::Apply { file, output, conn } => cli::apply(&conn, &file, output),
+        Command::Get {
+            kind,
+            name,
+            output,
+            conn,
+        } => cli::get(&conn, kind.as_deref(), name.as_deref(), output),
+        Command::Delete { kind, name, conn } => cli::delete(&conn, &kind, &name),
+        Command::Status { output, conn } => cli::status(&conn, output),
         Command::Validate { file, output } => validate(&file, output),
     }
 }
 
-fn validate(path: &std::path::Path, output: Output) -> ExitCode {
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logs(args.log_format);
+    let token = match (&args.api_token, &args.api_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                eprintln!("outrider: cannot read --api-token-file {}: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+    };
+    let config = ServerConfig {
+        xds: SocketAddr::new(args.bind, args.xds_port),
+        api: SocketAddr::new(args.bind, args.api_port),
+        policy_dir: args.policy_dir,
+        data_dir: args.data_dir,
+        token,
+        workers: args.workers,
+    };
+    let running = match server::start(config) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "startup failed");
+            eprintln!("outrider: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    tracing::info!(xds = %running.xds_addr, api = %running.api_addr, trust_domain = %args.trust_domain, "listening");
+    // Stop on SIGTERM / SIGINT: accepted writes are already durable.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match signals {
+        Ok(rt) => rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }),
+        Err(e) => {
+            eprintln!("outrider: cannot wait for signals: {e}");
+            running.wait();
+            return ExitCode::from(1);
+        }
+    }
+    tracing::info!("stopping");
+    running.kill();
+    ExitCode::SUCCESS
+}
+
+fn validate(path: &Path, output: Output) -> ExitCode {
     let result = if path.is_dir() {
         outrider_xds::load_dir(path)
     } else {
@@ -63,7 +202,7 @@ fn validate(path: &std::path::Path, output: Output) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        (Ok(set), Output::Json) => {
+        (Ok(set), _) => {
             let resources = outrider_xds::translate(&set);
             let v = serde_json::json!({
                 "valid": true,
@@ -78,7 +217,7 @@ fn validate(path: &std::path::Path, output: Output) -> ExitCode {
             eprintln!("{errors}");
             ExitCode::from(2)
         }
-        (Err(errors), Output::Json) => {
+        (Err(errors), _) => {
             let list: Vec<_> = errors
                 .iter()
                 .map(|e| {

@@ -73,9 +73,16 @@ impl App {
         let metrics = Metrics::new();
         let store = Arc::new(Store::new());
         let drain = Drain::new();
-        let source = Arc::new(FileSource::new(config.policy.clone(), store.clone(), metrics.clone()));
-        let initial = source.fingerprint();
-        source.load().map_err(|e| AppError::Policy(config.policy.display().to_string(), e))?;
+        // The policy file: the config source, or with --xds-address the config to start from.
+        let file = config.policy.clone().map(|p| Arc::new(FileSource::new(p, store.clone(), metrics.clone())));
+        let initial = file.as_ref().and_then(|f| f.fingerprint());
+        if let Some(f) = &file {
+            f.load().map_err(|e| AppError::Policy(f.path().display().to_string(), e))?;
+        }
+        let xds = config.xds.as_ref().map(|x| {
+            let node = crate::source::xds::node(&config.node_id, config.service.as_deref(), &config.namespace);
+            crate::source::xds::XdsSource::new(x, node, store.clone(), metrics.clone(), config.policy.as_deref())
+        });
         let reload = Arc::new(tokio::sync::Notify::new());
         if let Err(e) = crate::source::forward_sighup(reload.clone()) {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file change only");
@@ -150,7 +157,15 @@ impl App {
                             }
                         }
                     }
-                    tokio::spawn(source.watch(initial, reload));
+                    match (xds, file) {
+                        (Some(xds), _) => {
+                            tokio::spawn(xds.run());
+                        }
+                        (None, Some(file)) => {
+                            tokio::spawn(file.watch(initial, reload));
+                        }
+                        (None, None) => {}
+                    }
                     let _ = stop_rx.await;
                 });
             })

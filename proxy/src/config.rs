@@ -29,6 +29,12 @@ pub enum Mode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdsProtocol {
+    Delta,
+    Sotw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Json,
     Text,
@@ -42,9 +48,13 @@ pub struct ProxyArgs {
     /// Policy file (YAML) to load; watched, and reloaded on change and on SIGHUP.
     #[arg(long, env = "OUTRIDER_POLICY")]
     pub policy: Option<PathBuf>,
-    /// Address of the xDS control plane (not supported yet: use --policy).
+    /// Address of the xDS control plane, e.g. http://127.0.0.1:15010. With --policy as well,
+    /// the file is the config to start from until the control plane answers.
     #[arg(long, env = "OUTRIDER_XDS_ADDRESS")]
     pub xds_address: Option<String>,
+    /// ADS variant: delta (incremental) or sotw (state of the world).
+    #[arg(long, env = "OUTRIDER_XDS_PROTOCOL", value_enum, default_value = "delta")]
+    pub xds_protocol: XdsProtocol,
     /// Node id reported to the control plane and shown in /config_dump.
     #[arg(long, env = "OUTRIDER_NODE_ID")]
     pub node_id: Option<String>,
@@ -119,7 +129,10 @@ fn duration(s: &str) -> Result<Duration, String> {
 /// Validated proxy configuration.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    pub policy: PathBuf,
+    /// The policy file (watched), or with `xds` the config to start from.
+    pub policy: Option<PathBuf>,
+    /// The xDS server to get config from.
+    pub xds: Option<crate::source::xds::XdsConfig>,
     pub node_id: String,
     pub service: Option<String>,
     pub namespace: String,
@@ -138,7 +151,7 @@ pub struct ProxyConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--policy FILE is required (the xDS client arrives with the control plane)")]
+    #[error("--policy FILE or --xds-address URL is required")]
     NoPolicy,
     #[error("{0} is not supported yet: {1}")]
     NotSupported(&'static str, &'static str),
@@ -150,9 +163,6 @@ impl ProxyArgs {
     pub fn validate(self) -> Result<ProxyConfig, ConfigError> {
         if self.mode == Mode::Node {
             return Err(ConfigError::NotSupported("--mode node", "run one proxy per workload (sidecar)"));
-        }
-        if self.xds_address.is_some() {
-            return Err(ConfigError::NotSupported("--xds-address", "use --policy FILE"));
         }
         if self.identity_token.is_some() || self.service_account.is_some() {
             return Err(ConfigError::NotSupported(
@@ -166,7 +176,17 @@ impl ProxyArgs {
                 "workload registration needs the control plane",
             ));
         }
-        let policy = self.policy.ok_or(ConfigError::NoPolicy)?;
+        let xds = self.xds_address.map(|address| crate::source::xds::XdsConfig {
+            address,
+            protocol: match self.xds_protocol {
+                XdsProtocol::Delta => crate::source::xds::Protocol::Delta,
+                XdsProtocol::Sotw => crate::source::xds::Protocol::Sotw,
+            },
+        });
+        if self.policy.is_none() && xds.is_none() {
+            return Err(ConfigError::NoPolicy);
+        }
+        let policy = self.policy;
         let workers = match self.workers {
             Some(0) => return Err(ConfigError::Workers),
             Some(n) => n,
@@ -179,6 +199,7 @@ impl ProxyArgs {
         });
         Ok(ProxyConfig {
             policy,
+            xds,
             node_id,
             service: self.service,
             namespace: self.namespace,

@@ -65,7 +65,7 @@ impl Inbound {
     }
 
     fn cfg(&self) -> ConnectConfig {
-        ConnectConfig { timeout: APP_CONNECT_TIMEOUT, mark: self.socket_mark, limits: None }
+        ConnectConfig { timeout: APP_CONNECT_TIMEOUT, mark: self.socket_mark, limits: None, idle_timeout: None }
     }
 
     pub async fn serve(self: Arc<Self>, stream: TcpStream, client: SocketAddr, drain: drain::Signal) {

@@ -34,7 +34,7 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn connect_config(&self, timeout: std::time::Duration) -> ConnectConfig {
-        ConnectConfig { timeout, mark: self.socket_mark, limits: None }
+        ConnectConfig { timeout, mark: self.socket_mark, limits: None, idle_timeout: None }
     }
 
     /// Handle one accepted connection to the end.

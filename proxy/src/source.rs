@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// Configuration from an xDS server (`--xds-address`).
+pub mod xds;
+
 use crate::state::{Builder, Rejection, Store};
 use crate::telemetry::metrics::{Metrics, TypeLabels, XdsLabels, version_value};
 

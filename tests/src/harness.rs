@@ -79,7 +79,8 @@ pub struct ProxyHarness {
 pub fn config(policy: PathBuf, app_port: Option<u16>) -> ProxyConfig {
     let any = "127.0.0.1:0".parse::<SocketAddr>().expect("an address");
     ProxyConfig {
-        policy,
+        policy: Some(policy),
+        xds: None,
         node_id: "test".into(),
         service: None,
         namespace: "default".into(),

@@ -14,6 +14,8 @@
 pub mod binary;
 /// HTTP clients aimed at the proxy, and fully read replies.
 pub mod client;
+/// The control plane in-process, its API, and proxies fed by it over xDS.
+pub mod control_plane;
 /// The proxy in-process: policy file, `App`, clients, reloads.
 pub mod harness;
 /// Throw-away network namespaces (interception tests).

@@ -28,7 +28,7 @@ pub mod http;
 pub mod tcp;
 
 pub use self::grpc::GrpcBuilder;
-pub use self::http::{Echo, Gate, HttpBuilder, Protocol};
+pub use self::http::{Echo, Gate, HttpBuilder, Protocol, Switch};
 pub use self::tcp::TcpEchoBuilder;
 
 /// Response header naming the upstream that answered.

@@ -23,10 +23,7 @@ const TOO_LARGE: &str = "too large";
 
 /// Parses a policy duration.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
-    let error = |reason| DurationError {
-        text: text.to_owned(),
-        reason,
-    };
+    let error = |reason| DurationError { text: text.to_owned(), reason };
     let mut rest = text;
     if rest.is_empty() {
         return Err(error(HINT));
@@ -57,9 +54,7 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         }
         last_rank = Some(rank);
         rest = &rest[unit_len..];
-        total = part
-            .and_then(|part| total.checked_add(part))
-            .ok_or_else(|| error(TOO_LARGE))?;
+        total = part.and_then(|part| total.checked_add(part)).ok_or_else(|| error(TOO_LARGE))?;
     }
     Ok(total)
 }
@@ -89,6 +84,14 @@ pub fn format(duration: Duration) -> String {
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse(&text).map_err(D::Error::custom)
+}
+
+/// Serde `deserialize_with` for an optional duration field (use with `#[serde(default)]`).
+pub fn deserialize_option<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        Some(text) => parse(&text).map(Some).map_err(D::Error::custom),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -128,14 +131,8 @@ mod tests {
 
     #[test]
     fn rejects_overflow() {
-        assert_eq!(
-            parse("99999999999999999999s").unwrap_err().reason,
-            TOO_LARGE
-        );
-        assert_eq!(
-            parse("18446744073709551615h").unwrap_err().reason,
-            TOO_LARGE
-        );
+        assert_eq!(parse("99999999999999999999s").unwrap_err().reason, TOO_LARGE);
+        assert_eq!(parse("18446744073709551615h").unwrap_err().reason, TOO_LARGE);
     }
 
     #[test]

@@ -20,10 +20,20 @@ pub mod resources;
 /// Reading files and directories of YAML documents (re-exported below).
 mod load;
 
+/// Validating documents from several sources (files, stored documents, a request) as one set.
+pub mod sources;
+
+/// The one jittered exponential backoff (xDS reconnects; reused by the proxy).
+pub mod backoff;
+
+/// ADS client (Delta by default, SotW): subscribe, hand updates to a handler, ACK/NACK, reconnect.
+pub mod ads;
+
 pub use load::{load_dir, load_file, load_str};
 pub use policy::{
-    Endpoint, LoadBalancer, Metadata, MtlsMode, PolicySet, Protocol, Route, RouteMatch, Service,
-    ServiceSpec, SplitEntry, TrafficPolicy, TrafficPolicySpec,
+    Backoff, CircuitBreaker, Endpoint, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata, MtlsMode,
+    OutlierDetection, PolicySet, Protocol, Retries, RetryBudget, RetryOn, Route, RouteMatch, Service, ServiceSpec,
+    SplitEntry, StateMachine, TrafficPolicy, TrafficPolicySpec,
 };
 pub use translate::{Resources, translate};
 pub use validate::{PolicyError, PolicyErrors};

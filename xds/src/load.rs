@@ -68,10 +68,7 @@ pub fn load_file(path: &Path) -> Result<PolicySet, PolicyErrors> {
     let source = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => load_str(&source, &text),
-        Err(err) => Err(PolicyErrors::from(PolicyError::file(
-            &source,
-            format!("cannot read the policy file: {err}"),
-        ))),
+        Err(err) => Err(PolicyErrors::from(PolicyError::file(&source, format!("cannot read the policy file: {err}")))),
     }
 }
 
@@ -80,10 +77,7 @@ pub fn load_file(path: &Path) -> Result<PolicySet, PolicyErrors> {
 pub fn load_dir(path: &Path) -> Result<PolicySet, PolicyErrors> {
     let source = path.display().to_string();
     let entries = std::fs::read_dir(path).map_err(|err| {
-        PolicyErrors::from(PolicyError::file(
-            &source,
-            format!("cannot read the policy directory: {err}"),
-        ))
+        PolicyErrors::from(PolicyError::file(&source, format!("cannot read the policy directory: {err}")))
     })?;
     let mut parsed = Parsed::default();
     let mut files = Vec::new();
@@ -91,18 +85,15 @@ pub fn load_dir(path: &Path) -> Result<PolicySet, PolicyErrors> {
         match entry {
             Ok(entry) => {
                 let file = entry.path();
-                let is_yaml = file
-                    .extension()
-                    .and_then(|ext| ext.to_str())
-                    .is_some_and(|ext| ext == "yaml" || ext == "yml");
+                let is_yaml =
+                    file.extension().and_then(|ext| ext.to_str()).is_some_and(|ext| ext == "yaml" || ext == "yml");
                 if is_yaml && file.is_file() {
                     files.push(file);
                 }
             }
-            Err(err) => parsed.errors.push(PolicyError::file(
-                &source,
-                format!("cannot list the policy directory: {err}"),
-            )),
+            Err(err) => {
+                parsed.errors.push(PolicyError::file(&source, format!("cannot list the policy directory: {err}")))
+            }
         }
     }
     files.sort();
@@ -110,10 +101,7 @@ pub fn load_dir(path: &Path) -> Result<PolicySet, PolicyErrors> {
         let name = file.display().to_string();
         match std::fs::read_to_string(&file) {
             Ok(text) => parse_str(&name, &text, &mut parsed),
-            Err(err) => parsed.errors.push(PolicyError::file(
-                &name,
-                format!("cannot read the policy file: {err}"),
-            )),
+            Err(err) => parsed.errors.push(PolicyError::file(&name, format!("cannot read the policy file: {err}"))),
         }
     }
     validate::validate(parsed)
@@ -155,11 +143,7 @@ fn parse_document(source: &str, index: usize, value: Value, parsed: &mut Parsed)
         file: source.to_owned(),
         document: index,
         kind: value.get("kind").and_then(Value::as_str).map(str::to_owned),
-        name: value
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        name: value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(str::to_owned),
     };
     let mark_broken = |parsed: &mut Parsed, origin: &Origin| {
         if let (Some(kind), Some(name)) = (&origin.kind, &origin.name) {
@@ -167,10 +151,7 @@ fn parse_document(source: &str, index: usize, value: Value, parsed: &mut Parsed)
         }
     };
     if !value.is_mapping() {
-        parsed.errors.push(origin.error(
-            None,
-            "a document must be a mapping with apiVersion, kind, metadata and spec",
-        ));
+        parsed.errors.push(origin.error(None, "a document must be a mapping with apiVersion, kind, metadata and spec"));
         return;
     }
     let envelope: Envelope = match decode(value, "") {
@@ -186,45 +167,32 @@ fn parse_document(source: &str, index: usize, value: Value, parsed: &mut Parsed)
     // Checked here so that a name is reported even when the spec does not deserialize.
     let metadata = &envelope.metadata;
     validate::check_dns_label(&origin, "metadata.name", &metadata.name, &mut parsed.errors);
-    validate::check_dns_label(
-        &origin,
-        "metadata.namespace",
-        &metadata.namespace,
-        &mut parsed.errors,
-    );
+    validate::check_dns_label(&origin, "metadata.namespace", &metadata.namespace, &mut parsed.errors);
     if envelope.api_version != API_VERSION {
         parsed.errors.push(origin.error(
             Some("apiVersion".into()),
-            format!(
-                "unsupported apiVersion \"{}\": use \"{API_VERSION}\"",
-                envelope.api_version
-            ),
+            format!("unsupported apiVersion \"{}\": use \"{API_VERSION}\"", envelope.api_version),
         ));
     }
     let metadata = envelope.metadata;
-    let document = match envelope.kind.as_str() {
-        "Service" => {
-            decode(envelope.spec, "spec").map(|spec| Document::Service(Service { metadata, spec }))
-        }
-        "TrafficPolicy" => decode(envelope.spec, "spec")
-            .map(|spec| Document::TrafficPolicy(TrafficPolicy { metadata, spec })),
-        "AuthorizationPolicy" => {
-            parsed
-                .errors
-                .push(origin.error(None, "not supported yet: kind AuthorizationPolicy"));
-            return;
-        }
-        other => {
-            parsed.errors.push(origin.error(
-                Some("kind".into()),
-                format!(
-                    "unknown kind \"{other}\": expected one of {}",
-                    KINDS.join(", ")
-                ),
-            ));
-            return;
-        }
-    };
+    let document =
+        match envelope.kind.as_str() {
+            "Service" => decode(envelope.spec, "spec").map(|spec| Document::Service(Service { metadata, spec })),
+            "TrafficPolicy" => {
+                decode(envelope.spec, "spec").map(|spec| Document::TrafficPolicy(TrafficPolicy { metadata, spec }))
+            }
+            "AuthorizationPolicy" => {
+                parsed.errors.push(origin.error(None, "not supported yet: kind AuthorizationPolicy"));
+                return;
+            }
+            other => {
+                parsed.errors.push(origin.error(
+                    Some("kind".into()),
+                    format!("unknown kind \"{other}\": expected one of {}", KINDS.join(", ")),
+                ));
+                return;
+            }
+        };
     match document {
         Ok(document) => parsed.documents.push((origin, document)),
         Err((field, message)) => {
@@ -236,17 +204,13 @@ fn parse_document(source: &str, index: usize, value: Value, parsed: &mut Parsed)
 
 /// Deserializes `value`, returning (field path, message) on failure; `prefix` is the path of
 /// `value` inside the document.
-fn decode<T: serde::de::DeserializeOwned>(
-    value: Value,
-    prefix: &str,
-) -> Result<T, (String, String)> {
+fn decode<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let mut path = prefix.to_owned();
         for segment in err.path().iter() {
             match segment {
                 serde_path_to_error::Segment::Seq { index } => path.push_str(&format!("[{index}]")),
-                serde_path_to_error::Segment::Map { key }
-                | serde_path_to_error::Segment::Enum { variant: key } => {
+                serde_path_to_error::Segment::Map { key } | serde_path_to_error::Segment::Enum { variant: key } => {
                     if !path.is_empty() {
                         path.push('.');
                     }
@@ -263,11 +227,7 @@ fn decode<T: serde::de::DeserializeOwned>(
 /// missing field named in the path rather than in the message.
 fn readable(path: String, message: String) -> (String, String) {
     let join = |path: &str, field: &str| {
-        if path.is_empty() {
-            field.to_owned()
-        } else {
-            format!("{path}.{field}")
-        }
+        if path.is_empty() { field.to_owned() } else { format!("{path}.{field}") }
     };
     if let Some(rest) = message.strip_prefix("missing field `") {
         let field = rest.trim_end_matches('`');
@@ -285,24 +245,14 @@ fn readable(path: String, message: String) -> (String, String) {
     if let Some(rest) = message.strip_prefix("unknown variant `")
         && let Some((value, expected)) = rest.split_once("`, expected ")
     {
-        let message = format!(
-            "unknown value \"{value}\", expected one of {}",
-            one_of(expected)
-        );
+        let message = format!("unknown value \"{value}\", expected one of {}", one_of(expected));
         return (path, message);
     }
-    let field = if path.is_empty() {
-        "document".to_owned()
-    } else {
-        path
-    };
+    let field = if path.is_empty() { "document".to_owned() } else { path };
     (field, message)
 }
 
 /// serde's "`a`", "`a` or `b`", "one of `a`, `b`" → "a, b".
 fn one_of(expected: &str) -> String {
-    expected
-        .trim_start_matches("one of ")
-        .replace(" or ", ", ")
-        .replace('`', "")
+    expected.trim_start_matches("one of ").replace(" or ", ", ").replace('`', "")
 }

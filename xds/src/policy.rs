@@ -10,6 +10,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod resilience;
+
+pub use resilience::{
+    Backoff, CircuitBreaker, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries, RetryBudget, RetryOn,
+    StateMachine,
+};
+
 /// The only `apiVersion` accepted.
 pub const API_VERSION: &str = "outrider.io/v1";
 
@@ -26,6 +33,55 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Weight of an endpoint without `weight`.
     pub const ENDPOINT_WEIGHT: u32 = 1;
+    /// Idle timeout (streams and pooled upstream connections) when `idleTimeout` is absent;
+    /// the translation leaves the field unset and the proxy applies this.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+    /// `retries.attempts`.
+    pub const RETRY_ATTEMPTS: u32 = 2;
+    /// `retries.retryOn`.
+    pub const RETRY_ON: [super::RetryOn; 4] = [
+        super::RetryOn::ConnectFailure,
+        super::RetryOn::RefusedStream,
+        super::RetryOn::Unavailable,
+        super::RetryOn::Cancelled,
+    ];
+    /// `retries.backoff.base` (Envoy's); `max` defaults to [`BACKOFF_MAX_FACTOR`] × base.
+    pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
+    /// `retries.backoff.max` = this × `base` when absent (Envoy's rule).
+    pub const BACKOFF_MAX_FACTOR: u32 = 10;
+    /// `retries.budget.ratio`.
+    pub const BUDGET_RATIO: f64 = 0.2;
+    /// `retries.budget.minPerSecond`.
+    pub const BUDGET_MIN_PER_SECOND: u32 = 10;
+    /// `retries.budget.window`.
+    pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+    /// `circuitBreaker.maxConnections`, `maxPendingRequests`, `maxRequests` (Envoy's).
+    pub const MAX_CONNECTIONS: u32 = 1024;
+    pub const MAX_PENDING_REQUESTS: u32 = 1024;
+    pub const MAX_REQUESTS: u32 = 1024;
+    /// `circuitBreaker.maxRetries` (Envoy's): concurrent retries.
+    pub const MAX_RETRIES: u32 = 3;
+    /// Breaker state machine (Resilience4j's defaults), used once any of its fields is given.
+    pub const FAILURE_RATE_THRESHOLD: u32 = 50;
+    pub const SLOW_CALL_RATE_THRESHOLD: u32 = 100;
+    pub const SLOW_CALL_DURATION: Duration = Duration::from_secs(60);
+    pub const BREAKER_WINDOW: u32 = 100;
+    /// Clamped to the window when the window is smaller.
+    pub const MINIMUM_CALLS: u32 = 100;
+    pub const OPEN_DURATION: Duration = Duration::from_secs(60);
+    pub const HALF_OPEN_CALLS: u32 = 10;
+
+    /// Outlier detection (Envoy's defaults, except the failure-percentage threshold, off).
+    pub const CONSECUTIVE_5XX: u32 = 5;
+    pub const CONSECUTIVE_GATEWAY_ERRORS: u32 = 0;
+    pub const FAILURE_PERCENTAGE_THRESHOLD: u32 = 0;
+    pub const FAILURE_PERCENTAGE_MINIMUM_REQUESTS: u32 = 5;
+    pub const OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+    pub const BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+    pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+    pub const MAX_EJECTION_PERCENT: u32 = 10;
 
     pub(crate) fn namespace() -> String {
         NAMESPACE.to_owned()
@@ -171,10 +227,7 @@ pub struct TrafficPolicySpec {
     /// Name of the Service this policy applies to.
     pub service: String,
     /// Defaults to 5s (Envoy's default); must be more than zero.
-    #[serde(
-        default = "defaults::connect_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
+    #[serde(default = "defaults::connect_timeout", deserialize_with = "crate::duration::deserialize")]
     pub connect_timeout: Duration,
     /// Defaults to `p2c-ewma`.
     #[serde(default)]
@@ -182,28 +235,33 @@ pub struct TrafficPolicySpec {
     /// First match wins; no routes sends everything to the service.
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// Not supported yet: must be absent.
+    /// The whole request, retries included; absent = no overall timeout.
+    #[serde(default, deserialize_with = "crate::duration::deserialize_option")]
+    pub timeout: Option<Duration>,
+    /// Idle streams and pooled upstream connections; absent = [`defaults::IDLE_TIMEOUT`].
+    #[serde(default, deserialize_with = "crate::duration::deserialize_option")]
+    pub idle_timeout: Option<Duration>,
+    /// Retries (HTTP only).
     #[serde(default)]
-    pub timeout: Option<Unsupported>,
-    /// Not supported yet: must be absent.
+    pub retries: Option<Retries>,
+    /// Thresholds and the optional breaker state machine.
     #[serde(default)]
-    pub idle_timeout: Option<Unsupported>,
-    /// Not supported yet: must be absent.
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Per-endpoint ejection.
     #[serde(default)]
-    pub retries: Option<Unsupported>,
-    /// Not supported yet: must be absent.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Faults injected on every route (HTTP only); a route's own `faults` replaces them.
     #[serde(default)]
-    pub circuit_breaker: Option<Unsupported>,
-    /// Not supported yet: must be absent.
-    #[serde(default)]
-    pub outlier_detection: Option<Unsupported>,
-    /// Not supported yet: must be absent.
-    #[serde(default)]
-    pub faults: Option<Unsupported>,
+    pub faults: Option<Faults>,
 }
 
-/// A field that is recognised but not implemented yet; its content is kept as parsed.
-pub type Unsupported = serde_yaml_ng::Value;
+impl TrafficPolicySpec {
+    /// The faults that apply to a route: its own, else the policy's; `None` when that is
+    /// empty. `route` is `None` for the default route of a policy without routes.
+    pub fn faults_for<'a>(&'a self, route: Option<&'a Route>) -> Option<&'a Faults> {
+        route.and_then(|route| route.faults.as_ref()).or(self.faults.as_ref()).filter(|faults| !faults.is_empty())
+    }
+}
 
 /// Endpoint selection within a cluster.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -242,14 +300,15 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// Where matching requests go; weights add up to 100.
     pub split: Vec<SplitEntry>,
+    /// Replaces the policy's `faults` for this route (`{}` turns them off here).
+    #[serde(default)]
+    pub faults: Option<Faults>,
 }
 
 impl Route {
     /// The route's name, or the default name for its position.
     pub fn name_or_default(&self, index: usize) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| format!("route-{index}"))
+        self.name.clone().unwrap_or_else(|| format!("route-{index}"))
     }
 }
 
@@ -289,9 +348,7 @@ mod de {
         let value = i64::deserialize(d)?;
         match u16::try_from(value) {
             Ok(port) if port != 0 => Ok(port),
-            _ => Err(D::Error::custom(format!(
-                "port must be between 1 and 65535 (got {value})"
-            ))),
+            _ => Err(D::Error::custom(format!("port must be between 1 and 65535 (got {value})"))),
         }
     }
 
@@ -302,8 +359,7 @@ mod de {
         }
         let message = match text.rsplit_once(':') {
             Some((host, port)) if host.parse::<std::net::IpAddr>().is_err() && !host.is_empty() => {
-                let looks_like_name =
-                    host.chars().any(|c| c.is_ascii_alphabetic()) && !host.contains(['[', ']']);
+                let looks_like_name = host.chars().any(|c| c.is_ascii_alphabetic()) && !host.contains(['[', ']']);
                 if looks_like_name {
                     format!(
                         "invalid endpoint address \"{text}\": \"{host}\" is a host name, but \

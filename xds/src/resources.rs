@@ -1,8 +1,36 @@
 //! Names, type URLs and small helpers shared by the translation and its consumers.
+//!
+//! # Resilience fields, as the translation writes them
+//!
+//! Routes (every route of the service's virtual host in `outbound_http`):
+//! - `RouteAction.timeout`: the policy's `timeout`. **Unset means no overall timeout** (the
+//!   Outrider proxy's reading); the translation never writes a zero duration. Envoy itself
+//!   would apply its 15 s default to an unset timeout; Outrider deliberately does not, as it
+//!   kills long streams.
+//! - `RouteAction.idle_timeout`: `idleTimeout`; unset means the 1 h default.
+//! - `RouteAction.retry_policy`: only when the policy has `retries`; `retry_on` never holds
+//!   `non-idempotent`, which is `Route.metadata.filter_metadata["outrider"]`
+//!   [`RETRY_NON_IDEMPOTENT_FIELD`] instead.
+//! - `Route.typed_per_filter_config[`[`FAULT_FILTER`]`]`: an `HTTPFault`, only when the route
+//!   has faults (its own, else the policy's); the fault filter then sits before the router
+//!   in every HTTP connection manager.
+//!
+//! Clusters `outbound|PORT||SERVICE`:
+//! - `circuit_breakers.thresholds`: always one `DEFAULT`-priority entry (1024/1024/1024/3
+//!   without a `circuitBreaker`).
+//! - `outlier_detection`: only with `outlierDetection`.
+//! - `typed_extension_protocol_options[`[`RESILIENCE_KEY`]`]`: a [`Resilience`], when the
+//!   policy has a breaker state machine, retries or an `idleTimeout`.
+//! - the HTTP protocol options' `common_http_protocol_options.idle_timeout` = `idleTimeout`.
 
 use std::collections::BTreeMap;
 
 use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
+
+/// `outrider.v1.Resilience`, Outrider's typed cluster extension.
+pub mod ext;
+
+pub use ext::{BreakerStateMachine, Resilience, RetryBudget};
 
 /// Name of the outbound listener.
 pub const OUTBOUND_LISTENER: &str = "outbound";
@@ -26,27 +54,41 @@ pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
 /// HTTP filter name of the router.
 pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 /// Key of `Cluster.typed_extension_protocol_options` holding the upstream HTTP options.
-pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+pub const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// HTTP filter name of the fault filter (also the `Route.typed_per_filter_config` key).
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+/// Retry host predicate that avoids endpoints already tried.
+pub const PREVIOUS_HOSTS_PREDICATE: &str = "envoy.retry_host_predicates.previous_hosts";
+/// Key of `Cluster.typed_extension_protocol_options` holding [`Resilience`].
+pub const RESILIENCE_KEY: &str = "outrider.resilience";
+/// `Route.metadata.filter_metadata["outrider"]` field: bool, whether retries may replay
+/// non-idempotent methods (`retryOn: [..., non-idempotent]`). Present when retries are set.
+pub const RETRY_NON_IDEMPOTENT_FIELD: &str = "retryNonIdempotent";
+
+/// Type URL of [`Resilience`].
+pub const RESILIENCE_TYPE_URL: &str = "type.googleapis.com/outrider.v1.Resilience";
+/// Type URL of `envoy.extensions.filters.http.fault.v3.HTTPFault`.
+pub const HTTP_FAULT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+/// Type URL of the previous-hosts retry predicate's (empty) config.
+pub const PREVIOUS_HOSTS_PREDICATE_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
 
 /// Type URL of `envoy.config.listener.v3.Listener`.
 pub const LISTENER_TYPE_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 /// Type URL of `envoy.config.route.v3.RouteConfiguration`.
-pub const ROUTE_CONFIGURATION_TYPE_URL: &str =
-    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const ROUTE_CONFIGURATION_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 /// Type URL of `envoy.config.cluster.v3.Cluster`.
 pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// Type URL of `envoy.config.endpoint.v3.ClusterLoadAssignment`.
-pub const CLUSTER_LOAD_ASSIGNMENT_TYPE_URL: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const CLUSTER_LOAD_ASSIGNMENT_TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 /// Type URL of the HTTP connection manager's config.
-pub const HTTP_CONNECTION_MANAGER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const HTTP_CONNECTION_MANAGER_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 /// Type URL of the TCP proxy's config.
-pub const TCP_PROXY_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub const TCP_PROXY_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 /// Type URL of the router's config.
-pub const ROUTER_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+pub const ROUTER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 /// Type URL of the upstream HTTP protocol options.
 pub const HTTP_PROTOCOL_OPTIONS_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -65,10 +107,7 @@ pub fn parse_cluster_name(name: &str) -> Option<(&str, u16)> {
 
 /// Packs a message into an `Any` with the given type URL.
 pub fn any<M: prost::Message>(type_url: &str, message: &M) -> Any {
-    Any {
-        type_url: type_url.to_owned(),
-        value: message.encode_to_vec(),
-    }
+    Any { type_url: type_url.to_owned(), value: message.encode_to_vec() }
 }
 
 /// Why an `Any` could not be unpacked.
@@ -77,52 +116,35 @@ pub enum AnyError {
     #[error("expected a {expected} but got a {got}")]
     WrongType { expected: String, got: String },
     #[error("cannot decode {type_url}: {source}")]
-    Decode {
-        type_url: String,
-        source: prost::DecodeError,
-    },
+    Decode { type_url: String, source: prost::DecodeError },
 }
 
 /// Unpacks an `Any`, checking its type URL first.
 pub fn decode_any<M: prost::Message + Default>(type_url: &str, any: &Any) -> Result<M, AnyError> {
     if any.type_url != type_url {
-        return Err(AnyError::WrongType {
-            expected: type_url.to_owned(),
-            got: any.type_url.clone(),
-        });
+        return Err(AnyError::WrongType { expected: type_url.to_owned(), got: any.type_url.clone() });
     }
-    M::decode(any.value.as_slice()).map_err(|source| AnyError::Decode {
-        type_url: type_url.to_owned(),
-        source,
-    })
+    M::decode(any.value.as_slice()).map_err(|source| AnyError::Decode { type_url: type_url.to_owned(), source })
 }
 
 /// A protobuf string value.
 pub fn string_value(text: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(text.to_owned())),
-    }
+    Value { kind: Some(Kind::StringValue(text.to_owned())) }
 }
 
 /// A protobuf number value.
 pub fn number_value(number: f64) -> Value {
-    Value {
-        kind: Some(Kind::NumberValue(number)),
-    }
+    Value { kind: Some(Kind::NumberValue(number)) }
 }
 
 /// A protobuf bool value.
 pub fn bool_value(flag: bool) -> Value {
-    Value {
-        kind: Some(Kind::BoolValue(flag)),
-    }
+    Value { kind: Some(Kind::BoolValue(flag)) }
 }
 
 /// A `Struct` from (key, value) pairs.
 pub fn struct_of<K: Into<String>>(fields: impl IntoIterator<Item = (K, Value)>) -> Struct {
-    Struct {
-        fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-    }
+    Struct { fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect() }
 }
 
 /// A `Struct` of string values, e.g. endpoint labels.
@@ -150,10 +172,12 @@ mod tests {
         cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
         route::v3::RouteConfiguration,
     };
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
     use envoy_types::pb::envoy::extensions::filters::{
         http::router::v3::Router,
         network::{http_connection_manager::v3::HttpConnectionManager, tcp_proxy::v3::TcpProxy},
     };
+    use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
     use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
     use prost::Name;
 
@@ -162,24 +186,16 @@ mod tests {
         assert_eq!(LISTENER_TYPE_URL, Listener::type_url());
         assert_eq!(ROUTE_CONFIGURATION_TYPE_URL, RouteConfiguration::type_url());
         assert_eq!(CLUSTER_TYPE_URL, Cluster::type_url());
-        assert_eq!(
-            CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
-            ClusterLoadAssignment::type_url()
-        );
-        assert_eq!(
-            HTTP_CONNECTION_MANAGER_TYPE_URL,
-            HttpConnectionManager::type_url()
-        );
+        assert_eq!(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, ClusterLoadAssignment::type_url());
+        assert_eq!(HTTP_CONNECTION_MANAGER_TYPE_URL, HttpConnectionManager::type_url());
         assert_eq!(TCP_PROXY_TYPE_URL, TcpProxy::type_url());
         assert_eq!(ROUTER_TYPE_URL, Router::type_url());
-        assert_eq!(
-            HTTP_PROTOCOL_OPTIONS_TYPE_URL,
-            HttpProtocolOptions::type_url()
-        );
-        assert_eq!(
-            format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS_KEY}"),
-            HTTP_PROTOCOL_OPTIONS_TYPE_URL
-        );
+        assert_eq!(HTTP_PROTOCOL_OPTIONS_TYPE_URL, HttpProtocolOptions::type_url());
+        assert_eq!(format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS_KEY}"), HTTP_PROTOCOL_OPTIONS_TYPE_URL);
+        assert_eq!(HTTP_FAULT_TYPE_URL, HttpFault::type_url());
+        assert_eq!(PREVIOUS_HOSTS_PREDICATE_TYPE_URL, PreviousHostsPredicate::type_url());
+        assert_eq!(RESILIENCE_TYPE_URL, Resilience::type_url());
+        assert_eq!(Resilience::full_name(), "outrider.v1.Resilience");
     }
 
     #[test]
@@ -192,10 +208,7 @@ mod tests {
 
     #[test]
     fn any_checks_the_type_url() {
-        let proxy = TcpProxy {
-            stat_prefix: "x".into(),
-            ..Default::default()
-        };
+        let proxy = TcpProxy { stat_prefix: "x".into(), ..Default::default() };
         let packed = any(TCP_PROXY_TYPE_URL, &proxy);
         let back: TcpProxy = decode_any(TCP_PROXY_TYPE_URL, &packed).unwrap();
         assert_eq!(back, proxy);

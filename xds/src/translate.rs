@@ -4,6 +4,10 @@
 
 mod cluster;
 mod listener;
+mod resilience;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod resilience_tests;
 mod route;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -14,8 +18,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, Metadata,
-    config_source::ConfigSourceSpecifier,
+    AggregatedConfigSource, ApiVersion, ConfigSource, Metadata, config_source::ConfigSourceSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -25,7 +28,7 @@ use envoy_types::pb::google::protobuf::{self as pb, Struct};
 use crate::policy::PolicySet;
 
 /// Bump when the translation changes its output for the same input, so versions change too.
-const TRANSLATION_REVISION: &str = "outrider-xds translate r1";
+const TRANSLATION_REVISION: &str = "outrider-xds translate r2";
 
 /// Everything a policy set translates to, sorted deterministically.
 #[derive(Clone, Debug, Default)]
@@ -73,9 +76,7 @@ fn version(set: &PolicySet) -> String {
 fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes
-        .iter()
-        .fold(OFFSET, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(PRIME))
+    bytes.iter().fold(OFFSET, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 /// "Fetch it over the same ADS stream", xDS v3.
@@ -98,10 +99,7 @@ fn proto_duration(duration: Duration) -> pb::Duration {
 /// `Metadata` with the given filter-metadata namespaces.
 fn metadata<'a>(namespaces: impl IntoIterator<Item = (&'a str, Struct)>) -> Metadata {
     Metadata {
-        filter_metadata: namespaces
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect::<HashMap<_, _>>(),
+        filter_metadata: namespaces.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<HashMap<_, _>>(),
         ..Default::default()
     }
 }

@@ -10,6 +10,10 @@ use std::net::IpAddr;
 use crate::load::{Document, Origin, Parsed};
 use crate::policy::{PolicySet, Route, Service, TrafficPolicy};
 
+mod resilience;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod resilience_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
@@ -122,11 +126,7 @@ impl std::error::Error for PolicyErrors {}
 
 /// Validates the documents of a set and builds the [`PolicySet`].
 pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
-    let Parsed {
-        documents,
-        broken,
-        mut errors,
-    } = parsed;
+    let Parsed { documents, broken, mut errors } = parsed;
     let mut services: BTreeMap<String, (Origin, Service)> = BTreeMap::new();
     let mut policies: BTreeMap<String, (Origin, TrafficPolicy)> = BTreeMap::new();
     let mut seen: BTreeMap<(&'static str, String), Origin> = BTreeMap::new();
@@ -138,12 +138,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
             Document::TrafficPolicy(p) => ("TrafficPolicy", &p.metadata),
         };
         check_dns_label(&origin, "metadata.name", &metadata.name, &mut errors);
-        check_dns_label(
-            &origin,
-            "metadata.namespace",
-            &metadata.namespace,
-            &mut errors,
-        );
+        check_dns_label(&origin, "metadata.namespace", &metadata.namespace, &mut errors);
         let key = (kind, metadata.name.clone());
         if let Some(first) = seen.get(&key) {
             errors.push(origin.error(
@@ -179,27 +174,21 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     for (origin, policy) in policy_docs {
         let target = policy.spec.service.clone();
         match services.get(&target) {
-            Some((_, service)) => {
-                check_policy_against_service(&origin, &policy, service, &mut errors)
-            }
+            Some((_, service)) => check_policy_against_service(&origin, &policy, service, &mut errors),
             None if broken.iter().any(|(k, n)| k == "Service" && *n == target) => {}
             None => {
                 let broken_services = broken.iter().filter(|(k, _)| k == "Service");
-                let known: BTreeSet<&str> = services
-                    .keys()
-                    .chain(broken_services.map(|(_, n)| n))
-                    .map(String::as_str)
-                    .collect();
+                let known: BTreeSet<&str> =
+                    services.keys().chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
                 let known: Vec<&str> = known.into_iter().collect();
                 let known = if known.is_empty() {
                     "there are no services in this set".to_owned()
                 } else {
                     format!("known services: {}", known.join(", "))
                 };
-                errors.push(origin.error(
-                    Some("spec.service".into()),
-                    format!("no Service named \"{target}\" ({known})"),
-                ));
+                errors.push(
+                    origin.error(Some("spec.service".into()), format!("no Service named \"{target}\" ({known})")),
+                );
             }
         }
         if let Some((first, _)) = policies.get(&target) {
@@ -240,26 +229,15 @@ pub fn is_dns_label(name: &str) -> bool {
 
 /// `[a-z0-9-]{1,63}`: route names are metrics labels.
 pub fn is_route_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    (1..=63).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// An HTTP header name (RFC 9110 token).
 fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-pub(crate) fn check_dns_label(
-    origin: &Origin,
-    field: &str,
-    value: &str,
-    errors: &mut Vec<PolicyError>,
-) {
+pub(crate) fn check_dns_label(origin: &Origin, field: &str, value: &str, errors: &mut Vec<PolicyError>) {
     if !is_dns_label(value) {
         errors.push(origin.error(
             Some(field.into()),
@@ -274,10 +252,7 @@ pub(crate) fn check_dns_label(
 fn check_service(origin: &Origin, service: &Service, errors: &mut Vec<PolicyError>) {
     let spec = &service.spec;
     if spec.mtls.is_some() {
-        errors.push(origin.error(
-            None,
-            "not supported yet: spec.mtls (mutual TLS arrives with the identity work)",
-        ));
+        errors.push(origin.error(None, "not supported yet: spec.mtls (mutual TLS arrives with the identity work)"));
     }
     if !spec.protocol.is_http() && spec.addresses.is_empty() {
         errors.push(origin.error(
@@ -304,18 +279,12 @@ fn check_service(origin: &Origin, service: &Service, errors: &mut Vec<PolicyErro
             ));
         }
         if endpoint.meshed {
-            errors.push(origin.error(
-                None,
-                format!("not supported yet: spec.endpoints[{i}].meshed"),
-            ));
+            errors.push(origin.error(None, format!("not supported yet: spec.endpoints[{i}].meshed")));
         }
         if let Some(first) = endpoints.insert(endpoint.address, i) {
             errors.push(origin.error(
                 Some(format!("spec.endpoints[{i}].address")),
-                format!(
-                    "duplicate endpoint {} (also spec.endpoints[{first}])",
-                    endpoint.address
-                ),
+                format!("duplicate endpoint {} (also spec.endpoints[{first}])", endpoint.address),
             ));
         }
     }
@@ -323,10 +292,7 @@ fn check_service(origin: &Origin, service: &Service, errors: &mut Vec<PolicyErro
 
 /// Each virtual address belongs to one service: it selects the filter chain and, for HTTP,
 /// is a domain of the service's virtual host, both of which must be unique.
-fn check_shared_addresses(
-    services: &BTreeMap<String, (Origin, Service)>,
-    errors: &mut Vec<PolicyError>,
-) {
+fn check_shared_addresses(services: &BTreeMap<String, (Origin, Service)>, errors: &mut Vec<PolicyError>) {
     let mut owners: BTreeMap<IpAddr, &str> = BTreeMap::new();
     // Report in document order rather than name order.
     let mut ordered: Vec<&(Origin, Service)> = services.values().collect();
@@ -355,19 +321,7 @@ fn check_policy(origin: &Origin, policy: &TrafficPolicy, errors: &mut Vec<Policy
     if spec.connect_timeout.is_zero() {
         errors.push(origin.error(Some("spec.connectTimeout".into()), "must be more than 0s"));
     }
-    let unsupported = [
-        ("timeout", spec.timeout.is_some()),
-        ("idleTimeout", spec.idle_timeout.is_some()),
-        ("retries", spec.retries.is_some()),
-        ("circuitBreaker", spec.circuit_breaker.is_some()),
-        ("outlierDetection", spec.outlier_detection.is_some()),
-        ("faults", spec.faults.is_some()),
-    ];
-    for (field, present) in unsupported {
-        if present {
-            errors.push(origin.error(None, format!("not supported yet: spec.{field}")));
-        }
-    }
+    resilience::check_resilience(origin, spec, errors);
     let mut names = BTreeMap::new();
     for (i, route) in spec.routes.iter().enumerate() {
         check_route(origin, i, route, errors);
@@ -402,32 +356,22 @@ fn check_route(origin: &Origin, i: usize, route: &Route, errors: &mut Vec<Policy
              for one exact path",
         ));
     }
-    for (field, value) in [
-        ("pathPrefix", &matcher.path_prefix),
-        ("path", &matcher.path),
-    ] {
+    for (field, value) in [("pathPrefix", &matcher.path_prefix), ("path", &matcher.path)] {
         if let Some(value) = value
             && !value.starts_with('/')
         {
-            errors.push(origin.error(
-                Some(format!("{at}.match.{field}")),
-                format!("must start with \"/\" (got \"{value}\")"),
-            ));
+            errors.push(
+                origin.error(Some(format!("{at}.match.{field}")), format!("must start with \"/\" (got \"{value}\")")),
+            );
         }
     }
     for name in matcher.headers.keys() {
         if !is_header_name(name) {
-            errors.push(origin.error(
-                Some(format!("{at}.match.headers")),
-                format!("invalid header name \"{name}\""),
-            ));
+            errors.push(origin.error(Some(format!("{at}.match.headers")), format!("invalid header name \"{name}\"")));
         }
     }
     if route.split.is_empty() {
-        errors.push(origin.error(
-            Some(format!("{at}.split")),
-            "must have at least one entry, e.g. [{weight: 100}]",
-        ));
+        errors.push(origin.error(Some(format!("{at}.split")), "must have at least one entry, e.g. [{weight: 100}]"));
         return;
     }
     let mut sum = 0u64;
@@ -456,6 +400,7 @@ fn check_policy_against_service(
     errors: &mut Vec<PolicyError>,
 ) {
     let name = service.name();
+    resilience::check_tcp(origin, &policy.spec, service, errors);
     if !service.spec.protocol.is_http() && !policy.spec.routes.is_empty() {
         errors.push(origin.error(
             Some("spec.routes".into()),
@@ -469,15 +414,10 @@ fn check_policy_against_service(
     }
     for (i, route) in policy.spec.routes.iter().enumerate() {
         for (j, entry) in route.split.iter().enumerate() {
-            let matches = endpoints.iter().any(|endpoint| {
-                entry
-                    .subset
-                    .iter()
-                    .all(|(k, v)| endpoint.labels.get(k) == Some(v))
-            });
+            let matches =
+                endpoints.iter().any(|endpoint| entry.subset.iter().all(|(k, v)| endpoint.labels.get(k) == Some(v)));
             if !matches {
-                let have: BTreeSet<String> =
-                    endpoints.iter().map(|e| labels_text(&e.labels)).collect();
+                let have: BTreeSet<String> = endpoints.iter().map(|e| labels_text(&e.labels)).collect();
                 errors.push(origin.error(
                     Some(format!("spec.routes[{i}].split[{j}].subset")),
                     format!(

@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -16,6 +17,8 @@ pub enum Body {
     Pooled(Pooled),
     /// A request body that a retry can send again.
     Replay(crate::policy::replay::ReplayBody),
+    /// A body that fails when no frame arrives within its idle timeout.
+    Idle(Box<IdleBody>),
     Full(Option<Bytes>),
     #[default]
     Empty,
@@ -69,6 +72,47 @@ impl Body {
     }
 }
 
+/// Why a body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("no data for {0:?} (stream idle timeout)")]
+    Idle(std::time::Duration),
+}
+
+/// Fails the stream when the peer sends nothing for `timeout` (DESIGN: idle
+/// timeout per HTTP/2 stream / response body).
+#[derive(Debug)]
+pub struct IdleBody {
+    inner: Body,
+    timeout: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleBody {
+    pub fn wrap(inner: Body, timeout: std::time::Duration) -> Body {
+        if inner.is_end_stream() {
+            return inner;
+        }
+        Body::Idle(Box::new(IdleBody { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)) }))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                self.sleep.as_mut().reset(deadline);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(self.timeout)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
 impl From<Incoming> for Body {
     fn from(i: Incoming) -> Self {
         Body::Incoming(i)
@@ -77,13 +121,15 @@ impl From<Incoming> for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let hyper = |p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| p.map(|o| o.map(|r| r.map_err(BodyError::from)));
         match self.get_mut() {
-            Body::Incoming(i) => Pin::new(i).poll_frame(cx),
-            Body::Pooled(p) => p.poll_frame(cx),
+            Body::Incoming(i) => hyper(Pin::new(i).poll_frame(cx)),
+            Body::Pooled(p) => hyper(p.poll_frame(cx)),
             Body::Replay(r) => r.poll_frame(cx),
+            Body::Idle(b) => b.poll_frame(cx),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Empty => Poll::Ready(None),
         }
@@ -94,6 +140,7 @@ impl http_body::Body for Body {
             Body::Incoming(i) => i.is_end_stream(),
             Body::Pooled(p) => p.inner.is_end_stream(),
             Body::Replay(r) => r.is_end_stream(),
+            Body::Idle(b) => b.inner.is_end_stream(),
             Body::Full(b) => b.is_none(),
             Body::Empty => true,
         }
@@ -104,6 +151,7 @@ impl http_body::Body for Body {
             Body::Incoming(i) => i.size_hint(),
             Body::Pooled(p) => p.inner.size_hint(),
             Body::Replay(r) => r.size_hint(),
+            Body::Idle(b) => b.inner.size_hint(),
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) | Body::Empty => SizeHint::with_exact(0),
         }

@@ -12,6 +12,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
 
 use super::Body;
 use crate::policy::breaker::{ClusterCounters, GaugeGuard};
@@ -34,6 +35,8 @@ pub struct ConnectConfig {
     /// The cluster's live counts and thresholds: new connections and requests
     /// waiting for one are limited (circuit-breaker thresholds).
     pub limits: Option<(Arc<ClusterCounters>, Thresholds)>,
+    /// Pooled connections unused for longer than this are closed.
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +90,10 @@ pub async fn connect_tcp(addr: SocketAddr, cfg: &ConnectConfig) -> Result<TcpStr
 #[derive(Debug)]
 pub struct EndpointPool {
     addr: SocketAddr,
-    h1: Mutex<Vec<http1::SendRequest<Body>>>,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Idle HTTP/1.1 connections and when each was last used.
+    h1: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
+    /// The shared HTTP/2 connection and when it was last used.
+    h2: Mutex<Option<(http2::SendRequest<Body>, Instant)>>,
 }
 
 impl EndpointPool {
@@ -103,7 +108,7 @@ impl EndpointPool {
     /// Idle HTTP/1.1 connections and whether an HTTP/2 connection is open.
     pub fn stats(&self) -> (usize, bool) {
         let idle = self.h1.lock().len();
-        let h2 = self.h2.lock().as_ref().is_some_and(|s| !s.is_closed());
+        let h2 = self.h2.lock().as_ref().is_some_and(|(s, _)| !s.is_closed());
         (idle, h2)
     }
 
@@ -123,9 +128,14 @@ impl EndpointPool {
 
     /// An idle connection that is still open. It may not be ready this very
     /// moment (hyper marks it ready once it has read the previous response's end).
-    fn idle_h1(&self) -> Option<http1::SendRequest<Body>> {
+    fn idle_h1(&self, idle_timeout: Option<Duration>) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.h1.lock();
-        while let Some(s) = idle.pop() {
+        if let Some(t) = idle_timeout {
+            // The oldest are at the front: close those idle for too long.
+            let stale = idle.iter().take_while(|(_, at)| at.elapsed() > t).count();
+            idle.drain(..stale);
+        }
+        while let Some((s, _)) = idle.pop() {
             if !s.is_closed() {
                 return Some(s);
             }
@@ -136,7 +146,7 @@ impl EndpointPool {
     fn put_h1(&self, sender: http1::SendRequest<Body>) {
         let mut idle = self.h1.lock();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(sender);
+            idle.push((sender, Instant::now()));
         }
     }
 
@@ -147,7 +157,7 @@ impl EndpointPool {
     ) -> Result<Response<Body>, UpstreamError> {
         // A pooled connection may have been closed by the server a moment ago. If the
         // request was not written, hyper hands it back and we use a fresh connection.
-        while let Some(mut sender) = self.idle_h1() {
+        while let Some(mut sender) = self.idle_h1(cfg.idle_timeout) {
             if !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
             }
@@ -207,12 +217,21 @@ impl EndpointPool {
     }
 
     async fn send_h2(&self, req: Request<Body>, cfg: &ConnectConfig) -> Result<Response<Incoming>, UpstreamError> {
-        let existing = self.h2.lock().as_ref().filter(|s| !s.is_closed()).cloned();
+        let existing = {
+            let mut h2 = self.h2.lock();
+            match h2.as_mut() {
+                Some((s, at)) if !s.is_closed() && cfg.idle_timeout.is_none_or(|t| at.elapsed() <= t) => {
+                    *at = Instant::now();
+                    Some(s.clone())
+                }
+                _ => None,
+            }
+        };
         let mut sender = match existing {
             Some(s) => s,
             None => {
                 let s = self.connect_h2(cfg).await?;
-                *self.h2.lock() = Some(s.clone());
+                *self.h2.lock() = Some((s.clone(), Instant::now()));
                 s
             }
         };

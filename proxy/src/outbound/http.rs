@@ -19,6 +19,7 @@ use super::Outbound;
 use super::stack::{self, StackParams, Upstream};
 use crate::balance::Balancer;
 use crate::drain;
+use crate::http::body::IdleBody;
 use crate::http::{Body, forward, headers};
 use crate::policy::config::RoutePolicy;
 use crate::policy::layers::grpc_timeout;
@@ -137,7 +138,11 @@ async fn proxy(
         Ok(answered) => {
             rec.upstream = Some(answered.endpoint);
             rec.attempts = answered.attempt;
-            Ok(answered.resp)
+            let resp = match routed.policy.idle_timeout {
+                Some(t) => answered.resp.map(|b| IdleBody::wrap(b, t)),
+                None => answered.resp,
+            };
+            Ok(resp)
         }
         Err(e) => {
             if let ProxyError::Upstream(u) = &e {

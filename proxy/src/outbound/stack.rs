@@ -246,6 +246,7 @@ impl Service<Upstream> for EndpointStage {
             timeout: cluster.connect_timeout,
             mark: self.mark,
             limits: Some((cluster.state.counters.clone(), cluster.policy.thresholds)),
+            idle_timeout: cluster.policy.upstream_idle_timeout,
         };
         Box::pin(async move {
             let Some(ep) = up.endpoint.take() else {

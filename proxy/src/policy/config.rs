@@ -10,13 +10,15 @@ use crate::backoff::ExponentialBackoff;
 pub struct RoutePolicy {
     /// Until response headers, retries included.
     pub timeout: Option<Duration>,
+    /// A response body (HTTP/2 stream) that sends nothing for this long fails.
+    pub idle_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub fault: Option<FaultPolicy>,
 }
 
 impl RoutePolicy {
     pub fn is_empty(&self) -> bool {
-        self.timeout.is_none() && self.retry.is_none() && self.fault.is_none()
+        self.timeout.is_none() && self.retry.is_none() && self.fault.is_none() && self.idle_timeout.is_none()
     }
 }
 
@@ -151,6 +153,8 @@ pub struct OutlierConfig {
 #[derive(Clone, Debug, Default)]
 pub struct ClusterPolicy {
     pub thresholds: Thresholds,
+    /// Pooled upstream connections idle this long are closed (default 1 h).
+    pub upstream_idle_timeout: Option<Duration>,
     pub breaker: Option<BreakerConfig>,
     pub budget: Option<BudgetConfig>,
     pub outlier: Option<OutlierConfig>,

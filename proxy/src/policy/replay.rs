@@ -14,6 +14,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use parking_lot::Mutex;
 
 use crate::http::Body;
+use crate::http::body::BodyError;
 
 /// Default cap on what is kept for replay.
 pub const DEFAULT_CAP: usize = 64 * 1024;
@@ -70,7 +71,7 @@ impl ReplayBody {
         !s.overflow && !s.failed
     }
 
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut s = self.shared.lock();
         if self.pos < s.chunks.len() {
             let b = s.chunks[self.pos].clone();

@@ -16,6 +16,9 @@ use crate::policy::config::{
     Thresholds,
 };
 
+/// Upstream connections idle this long are closed unless the policy says otherwise.
+const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(3600);
+
 fn dur(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Result<Option<Duration>, String> {
     d.as_ref().map(duration_from).transpose()
 }
@@ -94,7 +97,8 @@ pub fn route_policy(r: &XRoute, action: &RouteAction) -> Result<RoutePolicy, Str
             Some(FaultPolicy { delay, abort })
         }
     };
-    Ok(RoutePolicy { timeout, retry, fault })
+    let idle_timeout = dur(&action.idle_timeout)?.filter(|d| !d.is_zero());
+    Ok(RoutePolicy { timeout, idle_timeout, retry, fault })
 }
 
 /// Thresholds, breaker, budget and outlier detection of a cluster.
@@ -143,8 +147,12 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
     };
     let mut breaker = None;
     let mut budget = None;
+    let mut upstream_idle_timeout = Some(DEFAULT_UPSTREAM_IDLE);
     if let Some(any) = xc.typed_extension_protocol_options.get(names::RESILIENCE_KEY) {
         let r: Resilience = decode_any(any)?;
+        if let Some(d) = dur(&r.upstream_idle_timeout)? {
+            upstream_idle_timeout = Some(d).filter(|d| !d.is_zero());
+        }
         if let Some(b) = r.breaker {
             let window = b.window.max(1);
             breaker = Some(BreakerConfig {
@@ -168,5 +176,5 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
             });
         }
     }
-    Ok(ClusterPolicy { thresholds, breaker, budget, outlier })
+    Ok(ClusterPolicy { thresholds, upstream_idle_timeout, breaker, budget, outlier })
 }

@@ -30,6 +30,54 @@ pub struct HttpBuilder {
     delay: Duration,
     upgrades: bool,
     gate: Option<Gate>,
+    switch: Option<Switch>,
+}
+
+/// Changes an upstream's answers while a test runs: fail the next N requests,
+/// or answer every request with another status from now on.
+#[derive(Clone, Debug, Default)]
+pub struct Switch(Arc<SwitchState>);
+
+#[derive(Debug, Default)]
+struct SwitchState {
+    fail_next: std::sync::atomic::AtomicU32,
+    status: std::sync::atomic::AtomicU32,
+    retry_after: std::sync::atomic::AtomicU32,
+}
+
+impl Switch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Answer the next `n` requests with 503.
+    pub fn fail_next(&self, n: u32) {
+        self.0.fail_next.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Answer every request with `status` (0: back to the builder's status).
+    pub fn set_status(&self, status: u16) {
+        self.0.status.store(u32::from(status), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Send `Retry-After: secs` with the 503s of `fail_next`.
+    pub fn retry_after(&self, secs: u32) {
+        self.0.retry_after.store(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The status this request gets, if the switch overrides it.
+    fn take(&self) -> Option<(StatusCode, Option<u32>)> {
+        use std::sync::atomic::Ordering;
+        let failing = self.0.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if failing {
+            let ra = self.0.retry_after.load(Ordering::SeqCst);
+            return Some((StatusCode::SERVICE_UNAVAILABLE, (ra > 0).then_some(ra)));
+        }
+        match self.0.status.load(Ordering::SeqCst) {
+            0 => None,
+            s => StatusCode::from_u16(s as u16).ok().map(|s| (s, None)),
+        }
+    }
 }
 
 /// Holds requests at the upstream until opened (after their bodies were read and
@@ -103,6 +151,7 @@ impl HttpBuilder {
             delay: Duration::ZERO,
             upgrades: false,
             gate: None,
+            switch: None,
         }
     }
 
@@ -127,6 +176,12 @@ impl HttpBuilder {
     /// Hold every request until `gate` is opened.
     pub fn gate(mut self, gate: &Gate) -> Self {
         self.gate = Some(gate.clone());
+        self
+    }
+
+    /// Let `switch` change the answers at run time.
+    pub fn switch(mut self, switch: &Switch) -> Self {
+        self.switch = Some(switch.clone());
         self
     }
 
@@ -268,6 +323,12 @@ async fn respond(
     });
     let mut resp = Response::new(Full::new(Bytes::from(echo.to_string())));
     *resp.status_mut() = cfg.status;
+    if let Some((status, retry_after)) = cfg.switch.as_ref().and_then(Switch::take) {
+        *resp.status_mut() = status;
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+    }
     let h = resp.headers_mut();
     h.insert(X_UPSTREAM, name);
     h.insert(

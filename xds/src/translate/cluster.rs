@@ -10,25 +10,23 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     },
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, address,
-    socket_address::PortSpecifier,
+    Address, Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions, SocketAddress,
+    address, socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
-    http_protocol_options::{
-        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
-    },
+    http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig},
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::{ads, metadata, proto_duration};
+use super::{ads, metadata, proto_duration, resilience};
 use crate::policy::{LoadBalancer, Protocol, Service, TrafficPolicy, defaults};
 use crate::resources::{
-    HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, LB_METADATA, OUTRIDER_METADATA,
-    PASSTHROUGH_CLUSTER, any, bool_value, cluster_name, number_value, string_struct, string_value,
+    HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, LB_METADATA, OUTRIDER_METADATA, PASSTHROUGH_CLUSTER,
+    RESILIENCE_KEY, RESILIENCE_TYPE_URL, any, bool_value, cluster_name, number_value, string_struct, string_value,
     struct_of,
 };
 
@@ -36,9 +34,7 @@ use crate::resources::{
 pub(super) fn passthrough() -> Cluster {
     Cluster {
         name: PASSTHROUGH_CLUSTER.to_owned(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
-            DiscoveryType::OriginalDst as i32,
-        )),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
         lb_policy: LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(proto_duration(defaults::CONNECT_TIMEOUT)),
         ..Default::default()
@@ -62,31 +58,33 @@ pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>)
         LoadBalancer::Random => (LbPolicy::Random, None),
     };
     let protocol_config = match spec.protocol {
-        Protocol::Http => Some(ProtocolConfig::HttpProtocolOptions(
-            Http1ProtocolOptions::default(),
-        )),
-        Protocol::Http2 | Protocol::Grpc => Some(ProtocolConfig::Http2ProtocolOptions(
-            Http2ProtocolOptions::default(),
-        )),
+        Protocol::Http => Some(ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())),
+        Protocol::Http2 | Protocol::Grpc => Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())),
         Protocol::Tcp => None,
     };
-    let typed_extension_protocol_options = protocol_config
+    let idle_timeout = policy.and_then(|p| p.spec.idle_timeout);
+    let mut typed_extension_protocol_options = protocol_config
         .map(|config| {
             let options = HttpProtocolOptions {
-                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                    ExplicitHttpConfig {
-                        protocol_config: Some(config),
-                    },
-                )),
+                common_http_protocol_options: idle_timeout
+                    .map(|idle| CommonHttpOptions { idle_timeout: Some(proto_duration(idle)), ..Default::default() }),
+                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                    protocol_config: Some(config),
+                })),
                 ..Default::default()
             };
-            (
-                HTTP_PROTOCOL_OPTIONS_KEY.to_owned(),
-                any(HTTP_PROTOCOL_OPTIONS_TYPE_URL, &options),
-            )
+            (HTTP_PROTOCOL_OPTIONS_KEY.to_owned(), any(HTTP_PROTOCOL_OPTIONS_TYPE_URL, &options))
         })
         .into_iter()
         .collect::<HashMap<_, _>>();
+    if let Some(extension) = resilience::extension(policy) {
+        typed_extension_protocol_options.insert(RESILIENCE_KEY.to_owned(), any(RESILIENCE_TYPE_URL, &extension));
+    }
+    let policy_spec = policy.map(|p| &p.spec);
+    let circuit_breakers = resilience::circuit_breakers(policy_spec.and_then(|p| p.circuit_breaker.as_ref()));
+    let outlier_detection = policy_spec
+        .and_then(|p| p.outlier_detection.as_ref())
+        .map(|outlier| resilience::outlier_detection(outlier, spec.protocol));
     let outrider = struct_of([
         ("service", string_value(service.name())),
         ("protocol", string_value(spec.protocol.as_str())),
@@ -95,16 +93,15 @@ pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>)
     Cluster {
         name: cluster_name(service.name(), spec.port),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(EdsClusterConfig {
-            eds_config: Some(ads()),
-            service_name: String::new(),
-        }),
+        eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() }),
         connect_timeout: Some(proto_duration(connect_timeout)),
         lb_policy: lb_policy as i32,
         lb_config,
         typed_extension_protocol_options,
         metadata: Some(metadata([(OUTRIDER_METADATA, outrider)])),
         lb_subset_config: subset_config(policy),
+        circuit_breakers: Some(circuit_breakers),
+        outlier_detection,
         ..Default::default()
     }
 }
@@ -123,13 +120,7 @@ fn subset_config(policy: Option<&TrafficPolicy>) -> Option<LbSubsetConfig> {
         return None;
     }
     Some(LbSubsetConfig {
-        subset_selectors: key_sets
-            .into_iter()
-            .map(|keys| LbSubsetSelector {
-                keys,
-                ..Default::default()
-            })
-            .collect(),
+        subset_selectors: key_sets.into_iter().map(|keys| LbSubsetSelector { keys, ..Default::default() }).collect(),
         ..Default::default()
     })
 }
@@ -142,31 +133,20 @@ pub(super) fn load_assignment(service: &Service) -> ClusterLoadAssignment {
         .iter()
         .map(|endpoint| LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                address: Some(socket_address(
-                    &endpoint.address.ip().to_string(),
-                    endpoint.address.port(),
-                )),
+                address: Some(socket_address(&endpoint.address.ip().to_string(), endpoint.address.port())),
                 ..Default::default()
             })),
-            load_balancing_weight: Some(UInt32Value {
-                value: endpoint.weight,
-            }),
+            load_balancing_weight: Some(UInt32Value { value: endpoint.weight }),
             metadata: Some(metadata([
                 (LB_METADATA, string_struct(&endpoint.labels)),
-                (
-                    OUTRIDER_METADATA,
-                    struct_of([("meshed", bool_value(endpoint.meshed))]),
-                ),
+                (OUTRIDER_METADATA, struct_of([("meshed", bool_value(endpoint.meshed))])),
             ])),
             ..Default::default()
         })
         .collect();
     ClusterLoadAssignment {
         cluster_name: cluster_name(service.name(), service.spec.port),
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints,
-            ..Default::default()
-        }],
+        endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
         ..Default::default()
     }
 }

@@ -3,14 +3,14 @@
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-    WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
-    route_action::ClusterSpecifier, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+    header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
+    weighted_cluster::ClusterWeight,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::metadata;
+use super::{metadata, resilience};
 use crate::policy::{self, PolicySet, Service};
 use crate::resources::{LB_METADATA, OUTBOUND_ROUTE_CONFIG, cluster_name, string_struct};
 
@@ -22,21 +22,15 @@ pub(super) fn outbound_http(set: &PolicySet) -> RouteConfiguration {
         .filter(|service| service.spec.protocol.is_http())
         .map(|service| virtual_host(service, set.traffic_policy(service.name())))
         .collect();
-    RouteConfiguration {
-        name: OUTBOUND_ROUTE_CONFIG.to_owned(),
-        virtual_hosts,
-        ..Default::default()
-    }
+    RouteConfiguration { name: OUTBOUND_ROUTE_CONFIG.to_owned(), virtual_hosts, ..Default::default() }
 }
 
 fn virtual_host(service: &Service, policy: Option<&policy::TrafficPolicy>) -> VirtualHost {
     let cluster = cluster_name(service.name(), service.spec.port);
-    let routes = match policy.map(|p| p.spec.routes.as_slice()) {
-        Some(routes) if !routes.is_empty() => routes
-            .iter()
-            .enumerate()
-            .map(|(i, route)| policy_route(route, i, &cluster))
-            .collect(),
+    let mut routes: Vec<Route> = match policy.map(|p| p.spec.routes.as_slice()) {
+        Some(routes) if !routes.is_empty() => {
+            routes.iter().enumerate().map(|(i, route)| policy_route(route, i, &cluster)).collect()
+        }
         _ => vec![Route {
             name: "default".to_owned(),
             r#match: Some(prefix("/")),
@@ -47,12 +41,13 @@ fn virtual_host(service: &Service, policy: Option<&policy::TrafficPolicy>) -> Vi
             ..Default::default()
         }],
     };
-    VirtualHost {
-        name: service.name().to_owned(),
-        domains: domains(service),
-        routes,
-        ..Default::default()
+    if let Some(policy) = policy {
+        let spec = &policy.spec;
+        for (i, route) in routes.iter_mut().enumerate() {
+            resilience::apply_to_route(route, spec, spec.routes.get(i));
+        }
     }
+    VirtualHost { name: service.name().to_owned(), domains: domains(service), routes, ..Default::default() }
 }
 
 /// Host names a caller may use: the name, its addresses and `name.namespace`, each with and
@@ -84,10 +79,7 @@ pub(crate) fn domains(service: &Service) -> Vec<String> {
 fn policy_route(route: &policy::Route, index: usize, cluster: &str) -> Route {
     let matcher = &route.matcher;
     let mut route_match = match (&matcher.path, &matcher.path_prefix) {
-        (Some(path), _) => RouteMatch {
-            path_specifier: Some(PathSpecifier::Path(path.clone())),
-            ..Default::default()
-        },
+        (Some(path), _) => RouteMatch { path_specifier: Some(PathSpecifier::Path(path.clone())), ..Default::default() },
         (None, Some(path_prefix)) => prefix(path_prefix),
         (None, None) => prefix("/"),
     };
@@ -110,9 +102,7 @@ fn policy_route(route: &policy::Route, index: usize, cluster: &str) -> Route {
                 .iter()
                 .map(|entry| ClusterWeight {
                     name: cluster.to_owned(),
-                    weight: Some(UInt32Value {
-                        value: entry.weight,
-                    }),
+                    weight: Some(UInt32Value { value: entry.weight }),
                     metadata_match: (!entry.subset.is_empty())
                         .then(|| metadata([(LB_METADATA, string_struct(&entry.subset))])),
                     ..Default::default()
@@ -124,17 +114,11 @@ fn policy_route(route: &policy::Route, index: usize, cluster: &str) -> Route {
     Route {
         name: route.name_or_default(index),
         r#match: Some(route_match),
-        action: Some(Action::Route(RouteAction {
-            cluster_specifier: Some(cluster_specifier),
-            ..Default::default()
-        })),
+        action: Some(Action::Route(RouteAction { cluster_specifier: Some(cluster_specifier), ..Default::default() })),
         ..Default::default()
     }
 }
 
 fn prefix(prefix: &str) -> RouteMatch {
-    RouteMatch {
-        path_specifier: Some(PathSpecifier::Prefix(prefix.to_owned())),
-        ..Default::default()
-    }
+    RouteMatch { path_specifier: Some(PathSpecifier::Prefix(prefix.to_owned())), ..Default::default() }
 }

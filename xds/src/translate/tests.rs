@@ -2,15 +2,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy,
-};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy};
 use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter::ConfigType};
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, VirtualHost, header_matcher::HeaderMatchSpecifier, route::Action,
-    route_action::ClusterSpecifier, route_match::PathSpecifier,
+    Route, VirtualHost, header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
+    route_match::PathSpecifier,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -40,11 +38,7 @@ fn cluster<'a>(resources: &'a Resources, name: &str) -> &'a Cluster {
 
 fn vhost<'a>(resources: &'a Resources, name: &str) -> &'a VirtualHost {
     let routes = &resources.routes[0];
-    routes
-        .virtual_hosts
-        .iter()
-        .find(|v| v.name == name)
-        .unwrap()
+    routes.virtual_hosts.iter().find(|v| v.name == name).unwrap()
 }
 
 fn labels(metadata: &Option<Metadata>, namespace: &str) -> BTreeMap<String, String> {
@@ -53,20 +47,15 @@ fn labels(metadata: &Option<Metadata>, namespace: &str) -> BTreeMap<String, Stri
 
 /// (cluster, weight, subset labels) of a route's action.
 fn targets(route: &Route) -> Vec<(String, u32, BTreeMap<String, String>)> {
-    let Some(Action::Route(action)) = &route.action else {
-        panic!("not a route action: {route:?}")
-    };
+    let Some(Action::Route(action)) = &route.action else { panic!("not a route action: {route:?}") };
     match action.cluster_specifier.as_ref().unwrap() {
         ClusterSpecifier::Cluster(name) => vec![(name.clone(), 100, BTreeMap::new())],
         ClusterSpecifier::WeightedClusters(weighted) => weighted
             .clusters
             .iter()
             .map(|c| {
-                let subset = c
-                    .metadata_match
-                    .as_ref()
-                    .map(|_| labels(&c.metadata_match, LB_METADATA))
-                    .unwrap_or_default();
+                let subset =
+                    c.metadata_match.as_ref().map(|_| labels(&c.metadata_match, LB_METADATA)).unwrap_or_default();
                 (c.name.clone(), c.weight.unwrap().value, subset)
             })
             .collect(),
@@ -75,9 +64,7 @@ fn targets(route: &Route) -> Vec<(String, u32, BTreeMap<String, String>)> {
 }
 
 fn typed_config(filter: &Filter) -> &envoy_types::pb::google::protobuf::Any {
-    let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
-        panic!("no typed config")
-    };
+    let Some(ConfigType::TypedConfig(any)) = &filter.config_type else { panic!("no typed config") };
     any
 }
 
@@ -85,71 +72,38 @@ fn socket(address: &Option<Address>) -> (String, u32) {
     let Some(address::Address::SocketAddress(socket)) = &address.as_ref().unwrap().address else {
         panic!("not a socket address")
     };
-    let Some(socket_address::PortSpecifier::PortValue(port)) = socket.port_specifier else {
-        panic!("no port")
-    };
+    let Some(socket_address::PortSpecifier::PortValue(port)) = socket.port_specifier else { panic!("no port") };
     (socket.address.clone(), port)
 }
 
 fn subset(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 #[test]
 fn example_clusters_have_names_lb_policies_protocols_and_metadata() {
     let resources = example();
     let names: Vec<&str> = resources.clusters.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            PASSTHROUGH_CLUSTER,
-            "outbound|8080||echo",
-            "outbound|9000||echo-tcp"
-        ]
-    );
+    assert_eq!(names, [PASSTHROUGH_CLUSTER, "outbound|8080||echo", "outbound|9000||echo-tcp"]);
 
     let echo = cluster(&resources, "outbound|8080||echo");
     let eds = ClusterDiscoveryType::Type(DiscoveryType::Eds as i32);
     assert_eq!(echo.cluster_discovery_type, Some(eds));
-    assert!(
-        echo.eds_cluster_config
-            .as_ref()
-            .unwrap()
-            .eds_config
-            .is_some()
-    );
+    assert!(echo.eds_cluster_config.as_ref().unwrap().eds_config.is_some());
     assert_eq!(echo.connect_timeout.unwrap().seconds, 5);
     assert_eq!(echo.lb_policy, LbPolicy::LeastRequest as i32);
-    let Some(LbConfig::LeastRequestLbConfig(least)) = &echo.lb_config else {
-        panic!("no least-request config")
-    };
+    let Some(LbConfig::LeastRequestLbConfig(least)) = &echo.lb_config else { panic!("no least-request config") };
     assert_eq!(least.choice_count.unwrap().value, 2);
-    let options: HttpProtocolOptions = decode_any(
-        HTTP_PROTOCOL_OPTIONS_TYPE_URL,
-        &echo.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY],
-    )
-    .unwrap();
-    let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) =
-        options.upstream_protocol_options
-    else {
+    let options: HttpProtocolOptions =
+        decode_any(HTTP_PROTOCOL_OPTIONS_TYPE_URL, &echo.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY])
+            .unwrap();
+    let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) = options.upstream_protocol_options else {
         panic!("not explicit")
     };
-    assert!(matches!(
-        explicit.protocol_config,
-        Some(ProtocolConfig::HttpProtocolOptions(_))
-    ));
+    assert!(matches!(explicit.protocol_config, Some(ProtocolConfig::HttpProtocolOptions(_))));
     let outrider = &echo.metadata.as_ref().unwrap().filter_metadata[OUTRIDER_METADATA];
-    assert_eq!(
-        struct_strings(outrider),
-        subset(&[("service", "echo"), ("protocol", "http")])
-    );
-    assert_eq!(
-        outrider.fields["port"].kind,
-        Some(Kind::NumberValue(8080.0))
-    );
+    assert_eq!(struct_strings(outrider), subset(&[("service", "echo"), ("protocol", "http")]));
+    assert_eq!(outrider.fields["port"].kind, Some(Kind::NumberValue(8080.0)));
     let selectors = &echo.lb_subset_config.as_ref().unwrap().subset_selectors;
     assert_eq!(selectors.len(), 1);
     assert_eq!(selectors[0].keys, ["version"]);
@@ -167,26 +121,17 @@ fn example_clusters_have_names_lb_policies_protocols_and_metadata() {
 #[test]
 fn example_endpoints_carry_address_weight_labels_and_meshed() {
     let resources = example();
-    let names: Vec<&str> = resources
-        .endpoints
-        .iter()
-        .map(|e| e.cluster_name.as_str())
-        .collect();
+    let names: Vec<&str> = resources.endpoints.iter().map(|e| e.cluster_name.as_str()).collect();
     assert_eq!(names, ["outbound|8080||echo", "outbound|9000||echo-tcp"]);
     let echo = &resources.endpoints[0];
     assert_eq!(echo.endpoints.len(), 1);
     let lb_endpoints = &echo.endpoints[0].lb_endpoints;
     assert_eq!(lb_endpoints.len(), 2);
     let second = &lb_endpoints[1];
-    let Some(HostIdentifier::Endpoint(endpoint)) = &second.host_identifier else {
-        panic!("no endpoint")
-    };
+    let Some(HostIdentifier::Endpoint(endpoint)) = &second.host_identifier else { panic!("no endpoint") };
     assert_eq!(socket(&endpoint.address), ("127.0.0.1".into(), 9082));
     assert_eq!(second.load_balancing_weight.unwrap().value, 1);
-    assert_eq!(
-        labels(&second.metadata, LB_METADATA),
-        subset(&[("version", "v2")])
-    );
+    assert_eq!(labels(&second.metadata, LB_METADATA), subset(&[("version", "v2")]));
     let outrider = &second.metadata.as_ref().unwrap().filter_metadata[OUTRIDER_METADATA];
     assert_eq!(outrider.fields["meshed"].kind, Some(Kind::BoolValue(false)));
 }
@@ -201,101 +146,54 @@ fn example_routes_split_by_subset_with_metadata_match() {
     let echo = vhost(&resources, "echo");
     assert_eq!(
         echo.domains,
-        [
-            "echo",
-            "echo:8080",
-            "127.100.0.5",
-            "127.100.0.5:8080",
-            "echo.default",
-            "echo.default:8080"
-        ]
+        ["echo", "echo:8080", "127.100.0.5", "127.100.0.5:8080", "echo.default", "echo.default:8080"]
     );
     let cluster = "outbound|8080||echo".to_owned();
-    let [canary, main] = echo.routes.as_slice() else {
-        panic!("expected two routes: {:?}", echo.routes)
-    };
+    let [canary, main] = echo.routes.as_slice() else { panic!("expected two routes: {:?}", echo.routes) };
     assert_eq!(canary.name, "canary");
     let canary_match = canary.r#match.as_ref().unwrap();
     assert_eq!(canary_match.headers[0].name, "x-canary");
-    let Some(HeaderMatchSpecifier::StringMatch(exact)) =
-        &canary_match.headers[0].header_match_specifier
-    else {
+    let Some(HeaderMatchSpecifier::StringMatch(exact)) = &canary_match.headers[0].header_match_specifier else {
         panic!("no string match")
     };
     assert_eq!(
         exact.match_pattern,
-        Some(
-            envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(
-                "true".into()
-            )
-        )
+        Some(envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact("true".into()))
     );
-    assert_eq!(
-        targets(canary),
-        [(cluster.clone(), 100, subset(&[("version", "v2")]))]
-    );
+    assert_eq!(targets(canary), [(cluster.clone(), 100, subset(&[("version", "v2")]))]);
     assert_eq!(main.name, "main");
-    assert_eq!(
-        main.r#match.as_ref().unwrap().path_specifier,
-        Some(PathSpecifier::Prefix("/".into()))
-    );
+    assert_eq!(main.r#match.as_ref().unwrap().path_specifier, Some(PathSpecifier::Prefix("/".into())));
     assert_eq!(
         targets(main),
-        [
-            (cluster.clone(), 90, subset(&[("version", "v1")])),
-            (cluster, 10, subset(&[("version", "v2")])),
-        ]
+        [(cluster.clone(), 90, subset(&[("version", "v1")])), (cluster, 10, subset(&[("version", "v2")])),]
     );
 }
 
 #[test]
 fn example_listener_has_a_filter_chain_per_service_and_a_passthrough_default() {
     let resources = example();
-    let [listener] = resources.listeners.as_slice() else {
-        panic!("expected one listener")
-    };
+    let [listener] = resources.listeners.as_slice() else { panic!("expected one listener") };
     assert_eq!(listener.name, OUTBOUND_LISTENER);
     assert_eq!(socket(&listener.address), ("127.0.0.1".into(), 15001));
-    let [echo, echo_tcp] = listener.filter_chains.as_slice() else {
-        panic!("expected two filter chains")
-    };
+    let [echo, echo_tcp] = listener.filter_chains.as_slice() else { panic!("expected two filter chains") };
     let chain_match = |chain: &FilterChain| {
         let m = chain.filter_chain_match.as_ref().unwrap();
-        let ranges: Vec<(String, u32)> = m
-            .prefix_ranges
-            .iter()
-            .map(|r| (r.address_prefix.clone(), r.prefix_len.unwrap().value))
-            .collect();
-        (
-            chain.name.clone(),
-            m.destination_port.unwrap().value,
-            ranges,
-        )
+        let ranges: Vec<(String, u32)> =
+            m.prefix_ranges.iter().map(|r| (r.address_prefix.clone(), r.prefix_len.unwrap().value)).collect();
+        (chain.name.clone(), m.destination_port.unwrap().value, ranges)
     };
-    assert_eq!(
-        chain_match(echo),
-        ("echo".into(), 8080, vec![("127.100.0.5".into(), 32)])
-    );
-    assert_eq!(
-        chain_match(echo_tcp),
-        ("echo-tcp".into(), 9000, vec![("127.100.0.6".into(), 32)])
-    );
+    assert_eq!(chain_match(echo), ("echo".into(), 8080, vec![("127.100.0.5".into(), 32)]));
+    assert_eq!(chain_match(echo_tcp), ("echo-tcp".into(), 9000, vec![("127.100.0.6".into(), 32)]));
 
     assert_eq!(echo.filters[0].name, HTTP_CONNECTION_MANAGER_FILTER);
-    let hcm: HttpConnectionManager = decode_any(
-        HTTP_CONNECTION_MANAGER_TYPE_URL,
-        typed_config(&echo.filters[0]),
-    )
-    .unwrap();
+    let hcm: HttpConnectionManager =
+        decode_any(HTTP_CONNECTION_MANAGER_TYPE_URL, typed_config(&echo.filters[0])).unwrap();
     assert_eq!(hcm.stat_prefix, "echo");
-    let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier else {
-        panic!("no rds")
-    };
+    let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier else { panic!("no rds") };
     assert_eq!(rds.route_config_name, OUTBOUND_ROUTE_CONFIG);
     assert!(rds.config_source.is_some());
     assert_eq!(hcm.http_filters[0].name, ROUTER_FILTER);
-    let Some(http_filter::ConfigType::TypedConfig(router)) = &hcm.http_filters[0].config_type
-    else {
+    let Some(http_filter::ConfigType::TypedConfig(router)) = &hcm.http_filters[0].config_type else {
         panic!("no router config")
     };
     let _: Router = decode_any(ROUTER_TYPE_URL, router).unwrap();
@@ -303,20 +201,12 @@ fn example_listener_has_a_filter_chain_per_service_and_a_passthrough_default() {
     let tcp_proxy = |filter: &Filter| {
         assert_eq!(filter.name, TCP_PROXY_FILTER);
         let proxy: TcpProxy = decode_any(TCP_PROXY_TYPE_URL, typed_config(filter)).unwrap();
-        let Some(TcpCluster::Cluster(cluster)) = proxy.cluster_specifier else {
-            panic!("no cluster")
-        };
+        let Some(TcpCluster::Cluster(cluster)) = proxy.cluster_specifier else { panic!("no cluster") };
         (proxy.stat_prefix, cluster)
     };
-    assert_eq!(
-        tcp_proxy(&echo_tcp.filters[0]),
-        ("echo-tcp".into(), "outbound|9000||echo-tcp".into())
-    );
+    assert_eq!(tcp_proxy(&echo_tcp.filters[0]), ("echo-tcp".into(), "outbound|9000||echo-tcp".into()));
     let default = listener.default_filter_chain.as_ref().unwrap();
-    assert_eq!(
-        tcp_proxy(&default.filters[0]).1,
-        PASSTHROUGH_CLUSTER.to_owned()
-    );
+    assert_eq!(tcp_proxy(&default.filters[0]).1, PASSTHROUGH_CLUSTER.to_owned());
 }
 
 const OTHERS: &str = "
@@ -352,20 +242,13 @@ fn other_protocols_balancers_defaults_and_ipv6() {
     let grpc = cluster(&resources, "outbound|50051||grpc-api");
     assert_eq!(grpc.lb_policy, LbPolicy::RoundRobin as i32);
     assert_eq!(grpc.connect_timeout.unwrap().nanos, 250_000_000);
-    let options: HttpProtocolOptions = decode_any(
-        HTTP_PROTOCOL_OPTIONS_TYPE_URL,
-        &grpc.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY],
-    )
-    .unwrap();
-    let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) =
-        options.upstream_protocol_options
-    else {
+    let options: HttpProtocolOptions =
+        decode_any(HTTP_PROTOCOL_OPTIONS_TYPE_URL, &grpc.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY])
+            .unwrap();
+    let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) = options.upstream_protocol_options else {
         panic!("not explicit")
     };
-    assert!(matches!(
-        explicit.protocol_config,
-        Some(ProtocolConfig::Http2ProtocolOptions(_))
-    ));
+    assert!(matches!(explicit.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_))));
     let plain = cluster(&resources, "outbound|80||plain");
     assert_eq!(plain.lb_policy, LbPolicy::Random as i32);
 
@@ -373,10 +256,7 @@ fn other_protocols_balancers_defaults_and_ipv6() {
     let api = vhost(&resources, "grpc-api");
     assert_eq!(api.routes.len(), 1);
     assert_eq!(api.routes[0].name, "default");
-    assert_eq!(
-        targets(&api.routes[0]),
-        [("outbound|50051||grpc-api".into(), 100, BTreeMap::new())]
-    );
+    assert_eq!(targets(&api.routes[0]), [("outbound|50051||grpc-api".into(), 100, BTreeMap::new())]);
     assert_eq!(
         api.domains,
         [
@@ -391,10 +271,7 @@ fn other_protocols_balancers_defaults_and_ipv6() {
     );
     let plain_route = &vhost(&resources, "plain").routes[0];
     assert_eq!(plain_route.name, "route-0");
-    assert_eq!(
-        plain_route.r#match.as_ref().unwrap().path_specifier,
-        Some(PathSpecifier::Path("/exact".into()))
-    );
+    assert_eq!(plain_route.r#match.as_ref().unwrap().path_specifier, Some(PathSpecifier::Path("/exact".into())));
 
     // Only services with addresses get a filter chain; IPv6 ranges are /128.
     let chains = &resources.listeners[0].filter_chains;
@@ -412,18 +289,10 @@ fn version_is_stable_for_equal_input_and_changes_with_it() {
 
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.yaml");
     let text = std::fs::read_to_string(path).unwrap();
-    let changed = load_str(
-        "policy.yaml",
-        &text
-            .replace("weight: 90", "weight: 80")
-            .replace("weight: 10}", "weight: 20}"),
-    )
-    .unwrap();
+    let changed =
+        load_str("policy.yaml", &text.replace("weight: 90", "weight: 80").replace("weight: 10}", "weight: 20}"))
+            .unwrap();
     assert_ne!(translate(&changed).version, first.version);
-    let changed = load_str(
-        "policy.yaml",
-        &text.replace("127.0.0.1:9083", "127.0.0.1:9084"),
-    )
-    .unwrap();
+    let changed = load_str("policy.yaml", &text.replace("127.0.0.1:9083", "127.0.0.1:9084")).unwrap();
     assert_ne!(translate(&changed).version, first.version);
 }

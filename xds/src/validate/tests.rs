@@ -40,18 +40,11 @@ fn only_error(text: &str) -> String {
 
 #[test]
 fn loads_a_valid_set_with_typed_values_and_defaults() {
-    let set = load_str(
-        "policy.yaml",
-        &with_policy("  routes:\n    - split: [{weight: 100}]\n"),
-    )
-    .unwrap();
+    let set = load_str("policy.yaml", &with_policy("  routes:\n    - split: [{weight: 100}]\n")).unwrap();
     let service = &set.services["reviews"];
     assert_eq!(service.spec.protocol, Protocol::Http);
     assert_eq!(service.metadata.namespace, "default");
-    assert_eq!(
-        service.spec.addresses,
-        vec![IpAddr::V4(Ipv4Addr::new(127, 100, 0, 5))]
-    );
+    assert_eq!(service.spec.addresses, vec![IpAddr::V4(Ipv4Addr::new(127, 100, 0, 5))]);
     assert_eq!(service.spec.endpoints[1].address.port(), 9082);
     assert_eq!(service.spec.endpoints[1].weight, 1);
     let policy = &set.traffic_policies["reviews"];
@@ -74,15 +67,9 @@ fn typo_in_a_field_names_its_path_and_the_expected_fields() {
 fn wrong_type_and_missing_field_name_the_field() {
     let text = SERVICE.replace("port: 9080", "port: high");
     let message = only_error(&text);
-    assert!(
-        message.starts_with("policy.yaml: document 1 (Service/reviews): spec.port: invalid type"),
-        "{message}"
-    );
+    assert!(message.starts_with("policy.yaml: document 1 (Service/reviews): spec.port: invalid type"), "{message}");
     let text = SERVICE.replace("port: 9080", "protocol: http");
-    assert_eq!(
-        only_error(&text),
-        "policy.yaml: document 1 (Service/reviews): spec.port: required field is missing"
-    );
+    assert_eq!(only_error(&text), "policy.yaml: document 1 (Service/reviews): spec.port: required field is missing");
     let text = SERVICE.replace("port: 9080", "port: 70000");
     assert!(only_error(&text).ends_with("spec.port: port must be between 1 and 65535 (got 70000)"));
 }
@@ -101,14 +88,8 @@ fn bad_duration_is_explained() {
 fn split_subset_matching_no_endpoint_is_an_error() {
     let text = with_policy("  routes:\n    - split: [{subset: {version: v3}, weight: 100}]\n");
     let message = only_error(&text);
-    assert!(
-        message.contains("spec.routes[0].split[0].subset: {version: v3} matches no endpoint"),
-        "{message}"
-    );
-    assert!(
-        message.contains("{version: v1}, {version: v2}"),
-        "{message}"
-    );
+    assert!(message.contains("spec.routes[0].split[0].subset: {version: v3} matches no endpoint"), "{message}");
+    assert!(message.contains("{version: v1}, {version: v2}"), "{message}");
 }
 
 #[test]
@@ -135,43 +116,30 @@ fn missing_service_reference_lists_known_services() {
 
 #[test]
 fn fields_implemented_later_are_rejected_as_not_supported_yet() {
-    let text = with_policy("  retries: {attempts: 3}\n  timeout: 3s\n");
-    let errors = errors(&text);
-    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
-    assert_eq!(
-        messages,
-        [
-            "not supported yet: spec.timeout",
-            "not supported yet: spec.retries"
-        ]
-    );
     let mtls = SERVICE.replace("port: 9080", "port: 9080\n  mtls: strict");
-    assert!(
-        only_error(&mtls)
-            .ends_with("not supported yet: spec.mtls (mutual TLS arrives with the identity work)")
-    );
+    assert!(only_error(&mtls).ends_with("not supported yet: spec.mtls (mutual TLS arrives with the identity work)"));
+    let meshed = SERVICE.replace("version: v2}}", "version: v2}, meshed: true}");
+    assert!(only_error(&meshed).ends_with("not supported yet: spec.endpoints[1].meshed"));
 }
 
 #[test]
 fn authorization_policy_and_unknown_kinds_are_rejected() {
-    let text = "apiVersion: outrider.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: callers}\nspec: {service: reviews}\n";
+    let text =
+        "apiVersion: outrider.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: callers}\nspec: {service: reviews}\n";
     assert_eq!(
         only_error(text),
         "policy.yaml: document 1 (AuthorizationPolicy/callers): not supported yet: kind AuthorizationPolicy"
     );
     let text = text.replace("AuthorizationPolicy", "Gateway");
-    assert!(
-        only_error(&text)
-            .ends_with("kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy")
-    );
+    assert!(only_error(&text).ends_with("kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy"));
 }
 
 #[test]
 fn api_version_other_than_v1_is_rejected() {
     let text = SERVICE.replace("outrider.io/v1", "outrider.io/v2");
-    assert!(only_error(&text).ends_with(
-        "apiVersion: unsupported apiVersion \"outrider.io/v2\": use \"outrider.io/v1\""
-    ));
+    assert!(
+        only_error(&text).ends_with("apiVersion: unsupported apiVersion \"outrider.io/v2\": use \"outrider.io/v1\"")
+    );
 }
 
 #[test]
@@ -187,11 +155,7 @@ fn all_errors_of_a_set_are_collected() {
     let fields: Vec<Option<&str>> = errors.iter().map(|e| e.field.as_deref()).collect();
     assert_eq!(
         fields,
-        [
-            Some("spec.routes[0].split[0].weight"),
-            Some("spec.endpoints[0].address"),
-            Some("spec.addresses"),
-        ],
+        [Some("spec.routes[0].split[0].weight"), Some("spec.endpoints[0].address"), Some("spec.addresses"),],
         "{errors}"
     );
     let text = errors.to_string();
@@ -203,33 +167,25 @@ fn all_errors_of_a_set_are_collected() {
 #[test]
 fn duplicates_and_second_policy_for_a_service_are_errors() {
     let text = format!("{SERVICE}---{SERVICE}");
-    assert!(only_error(&text).contains(
-        "metadata.name: duplicate Service \"reviews\" (first defined in policy.yaml document 1)"
-    ));
-    let second = with_policy("").replace(
-        "metadata: {name: reviews}\nspec:\n  service",
-        "metadata: {name: reviews-b}\nspec:\n  service",
+    assert!(
+        only_error(&text)
+            .contains("metadata.name: duplicate Service \"reviews\" (first defined in policy.yaml document 1)")
     );
-    let text = format!(
-        "{}---\n{}",
-        with_policy(""),
-        second.split_once("---").unwrap().1
-    );
+    let second = with_policy("")
+        .replace("metadata: {name: reviews}\nspec:\n  service", "metadata: {name: reviews-b}\nspec:\n  service");
+    let text = format!("{}---\n{}", with_policy(""), second.split_once("---").unwrap().1);
     assert!(only_error(&text).contains("already has a TrafficPolicy (in policy.yaml document 2)"));
 }
 
 #[test]
 fn routes_on_a_tcp_service_and_bad_route_fields_are_errors() {
-    let tcp = with_policy("  routes:\n    - split: [{weight: 100}]\n")
-        .replace("port: 9080", "protocol: tcp\n  port: 9080");
+    let tcp =
+        with_policy("  routes:\n    - split: [{weight: 100}]\n").replace("port: 9080", "protocol: tcp\n  port: 9080");
     assert!(only_error(&tcp).contains("spec.routes: routes are HTTP only"));
     let text = with_policy(
         "  routes:\n    - name: Bad_Name\n      match: {path: /a, pathPrefix: /b}\n      split: [{weight: 100}]\n",
     );
-    let fields: Vec<String> = errors(&text)
-        .iter()
-        .filter_map(|e| e.field.clone())
-        .collect();
+    let fields: Vec<String> = errors(&text).iter().filter_map(|e| e.field.clone()).collect();
     assert_eq!(fields, ["spec.routes[0].name", "spec.routes[0].match"]);
 }
 
@@ -237,10 +193,7 @@ fn routes_on_a_tcp_service_and_bad_route_fields_are_errors() {
 fn the_shipped_example_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.yaml");
     let set = load_file(&path).unwrap();
-    assert_eq!(
-        set.services.keys().collect::<Vec<_>>(),
-        ["echo", "echo-tcp"]
-    );
+    assert_eq!(set.services.keys().collect::<Vec<_>>(), ["echo", "echo-tcp"]);
     assert_eq!(set.traffic_policies["echo"].spec.routes.len(), 2);
 }
 
@@ -257,31 +210,21 @@ fn a_directory_is_one_set_across_its_yaml_files() {
     // A policy naming a service that no file defines fails, naming the file it is in.
     std::fs::write(
         dir.join("c-orphan.yaml"),
-        policy
-            .replace("name: reviews}", "name: other}")
-            .replace("service: reviews", "service: ratings"),
+        policy.replace("name: reviews}", "name: other}").replace("service: reviews", "service: ratings"),
     )
     .unwrap();
     let orphan = load_dir(&dir).unwrap_err().to_string();
     std::fs::remove_dir_all(&dir).unwrap();
     let set = set.unwrap();
     assert!(set.traffic_policies.contains_key("reviews"));
-    assert!(
-        orphan.contains("c-orphan.yaml: document 1 (TrafficPolicy/other): spec.service"),
-        "{orphan}"
-    );
+    assert!(orphan.contains("c-orphan.yaml: document 1 (TrafficPolicy/other): spec.service"), "{orphan}");
 }
 
 #[test]
 fn unreadable_file_is_one_error_naming_it() {
     let errors = load_file(Path::new("/nonexistent/policy.yaml")).unwrap_err();
     assert_eq!(errors.len(), 1);
-    assert!(
-        errors
-            .to_string()
-            .starts_with("/nonexistent/policy.yaml: cannot read the policy file"),
-        "{errors}"
-    );
+    assert!(errors.to_string().starts_with("/nonexistent/policy.yaml: cannot read the policy file"), "{errors}");
 }
 
 #[test]
@@ -295,8 +238,5 @@ fn unknown_enum_values_yaml_syntax_and_bad_names_are_reported() {
          of http, http2, grpc, tcp"
     );
     let message = only_error("---\napiVersion: outrider.io/v1\nkind: Service\nspec: {port: 80\n");
-    assert!(
-        message.starts_with("policy.yaml: document 1: invalid YAML: did not find expected ','"),
-        "{message}"
-    );
+    assert!(message.starts_with("policy.yaml: document 1: invalid YAML: did not find expected ','"), "{message}");
 }

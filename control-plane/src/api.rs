@@ -1,0 +1,295 @@
+//! The HTTP API on the API port (15014): policies, validation, proxy status, metrics.
+//!
+//! | request | what |
+//! |---|---|
+//! | `GET /v1/policies[/KIND[/NAME]]` | documents (JSON), `ETag` = resource version |
+//! | `PUT` / `POST /v1/policies` | create or replace the documents of the body (YAML or JSON) |
+//! | `DELETE /v1/policies/KIND/NAME` | delete one document |
+//! | `POST /v1/validate` | dry run of a write: errors, or what would change |
+//! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
+//! | `GET /metrics` | the control plane's own metrics |
+//!
+//! Writes need `Authorization: Bearer TOKEN`; `If-Match: VERSION` makes a write conditional
+//! (409 when stale).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::{Metrics, ResultLabels};
+use crate::policies::{Policies, WriteError, canonical_kind};
+use crate::snapshot::Snapshot;
+use crate::tracker::Tracker;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 4 << 20;
+
+type Body = Full<Bytes>;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    pub policies: Arc<Policies>,
+    pub tracker: Arc<Tracker>,
+    pub metrics: Metrics,
+    /// Bearer token for writes.
+    pub token: String,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// Serve until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "API connection ended");
+            }
+        });
+    }
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut body = value.to_string();
+    body.push('\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json_response(status, &json!({"error": message.into()}))
+}
+
+fn authorized(state: &ApiState, req: &Request<Incoming>) -> bool {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let Some(given) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    // Compare without stopping at the first difference.
+    let (a, b) = (given.trim().as_bytes(), state.token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &json!({"ok": true})),
+        (&Method::GET, ["metrics"]) => Response::builder()
+            .header(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(state.metrics.encode())))
+            .unwrap_or_default(),
+        (&Method::GET, ["v1", "status"]) => {
+            let version = state.snapshots.borrow().version.clone();
+            json_response(
+                StatusCode::OK,
+                &json!({"version": version, "proxies": state.tracker.list()}),
+            )
+        }
+        (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => {
+            get_policies(state, rest).await
+        }
+        (&Method::PUT | &Method::POST, ["v1", "policies"]) => write(state, req, false).await,
+        (&Method::POST, ["v1", "validate"]) => write(state, req, true).await,
+        (&Method::DELETE, ["v1", "policies", kind, name]) => {
+            let (kind, name) = ((*kind).to_owned(), (*name).to_owned());
+            delete(state, req, &kind, &name).await
+        }
+        (_, ["v1", ..]) | (_, ["metrics"]) | (_, ["healthz"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
+    }
+}
+
+async fn get_policies(state: &ApiState, rest: &[&str]) -> Response<Body> {
+    let kind = match rest.first() {
+        Some(k) => match canonical_kind(k) {
+            Some(k) => Some(k),
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("unknown kind {k:?}: expected Service or TrafficPolicy"),
+                );
+            }
+        },
+        None => None,
+    };
+    let name = rest.get(1).copied();
+    let (revision, items) = state.policies.list(kind, name).await;
+    if let (Some(kind), Some(name)) = (kind, name) {
+        return match items.into_iter().next() {
+            Some(item) => {
+                let mut resp = json_response(StatusCode::OK, &json!(item));
+                if let Ok(v) = format!("\"{}\"", item.resource_version).parse() {
+                    resp.headers_mut().insert(header::ETAG, v);
+                }
+                resp
+            }
+            None => error(StatusCode::NOT_FOUND, format!("{kind}/{name} not found")),
+        };
+    }
+    let mut resp = json_response(StatusCode::OK, &json!({"revision": revision, "items": items}));
+    if let Ok(v) = format!("\"{revision}\"").parse() {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn if_match(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn write(state: &ApiState, req: Request<Incoming>, dry_run: bool) -> Response<Body> {
+    if !dry_run && !authorized(state, &req) {
+        return unauthorized();
+    }
+    let expected = if_match(&req);
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+            );
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the body is not UTF-8");
+    };
+    let result = state
+        .policies
+        .apply(text, expected.as_deref(), dry_run)
+        .await;
+    if dry_run {
+        return match result {
+            Ok(outcome) => json_response(
+                StatusCode::OK,
+                &json!({"valid": true, "changes": outcome.changes}),
+            ),
+            Err(e) => write_error(state, e, true),
+        };
+    }
+    match result {
+        Ok(outcome) => {
+            record(state, "accepted");
+            tracing::info!(revision = outcome.revision, changes = outcome.changes.len(), "policies written");
+            json_response(StatusCode::OK, &json!(outcome))
+        }
+        Err(e) => write_error(state, e, false),
+    }
+}
+
+async fn delete(
+    state: &ApiState,
+    req: Request<Incoming>,
+    kind: &str,
+    name: &str,
+) -> Response<Body> {
+    if !authorized(state, &req) {
+        return unauthorized();
+    }
+    let Some(kind) = canonical_kind(kind) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown kind {kind:?}: expected Service or TrafficPolicy"),
+        );
+    };
+    match state
+        .policies
+        .delete(kind, name, if_match(&req).as_deref())
+        .await
+    {
+        Ok(outcome) => {
+            record(state, "accepted");
+            json_response(StatusCode::OK, &json!(outcome))
+        }
+        Err(e) => write_error(state, e, false),
+    }
+}
+
+fn record(state: &ApiState, result: &'static str) {
+    state
+        .metrics
+        .policy_writes
+        .get_or_create(&ResultLabels { result })
+        .inc();
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "writes need a bearer token (Authorization: Bearer TOKEN; the CLI's --token / OUTRIDER_TOKEN)",
+    );
+    if let Ok(v) = "Bearer".parse() {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+fn write_error(state: &ApiState, e: WriteError, dry_run: bool) -> Response<Body> {
+    let (status, result) = match &e {
+        WriteError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        WriteError::Conflict { .. } | WriteError::OwnedByDir { .. } => {
+            (StatusCode::CONFLICT, "conflict")
+        }
+        WriteError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid"),
+        WriteError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
+    };
+    if !dry_run {
+        record(state, result);
+    }
+    let mut body = json!({"error": e.to_string()});
+    if let WriteError::Invalid(errors) = &e {
+        body["valid"] = json!(false);
+        body["errors"] = errors
+            .iter()
+            .map(|e| {
+                json!({
+                    "file": e.file, "document": e.document.map(|d| d + 1), "kind": e.kind,
+                    "name": e.name, "field": e.field, "message": e.message,
+                })
+            })
+            .collect();
+    }
+    if let WriteError::Persist(p) = &e {
+        tracing::error!(error = %p, "cannot persist a policy write");
+    }
+    json_response(status, &body)
+}

@@ -1,0 +1,21 @@
+//! The Outrider control plane: policy sources (watched directory, HTTP API, durable store), the
+//! xDS server that serves them to proxies, and the CLI that talks to it.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+/// The HTTP API: policies, validation, proxy status, metrics.
+pub mod api;
+/// The CLI verbs that talk to a running control plane (`apply`, `get`, `delete`, `status`).
+pub mod cli;
+/// The control plane's own Prometheus metrics.
+pub mod metrics;
+/// Policy documents from the directory and the API, validated as one set, persisted.
+pub mod policies;
+/// `outrider control-plane`: wiring, debounce, start/kill.
+pub mod server;
+/// Policy set → versioned xDS resources (plus gRPC API listeners).
+pub mod snapshot;
+/// Connected proxies and their ACK/NACK state per resource type.
+pub mod tracker;
+/// The ADS server: SotW and Delta streams.
+pub mod xds;

@@ -1,0 +1,191 @@
+//! What each connected proxy has: node id, service, and per resource type the version sent, the
+//! version ACKed, the last NACK with its error, and when it was last heard from.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::metrics::{Metrics, TypeLabels};
+
+/// Status of one resource type on one proxy.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeStatus {
+    /// Version of the last response sent.
+    pub sent: String,
+    /// Last version the proxy ACKed.
+    pub acked: String,
+    /// The last NACK, if the proxy rejected the last version it was sent.
+    pub nack: Option<Nack>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Nack {
+    pub version: String,
+    pub error: String,
+}
+
+/// One proxy (one stream).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    pub node_id: String,
+    pub service: String,
+    pub user_agent: String,
+    /// `delta` or `sotw`.
+    pub protocol: &'static str,
+    pub connected_at: u64,
+    /// Unix seconds of the last request on the stream.
+    pub last_seen: u64,
+    /// By type name (`Listener`, `Cluster`, ...).
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+/// All connected proxies.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
+    next_id: AtomicU64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Tracker {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Register a stream; the returned guard unregisters it on drop.
+    pub fn connect(self: &Arc<Self>, protocol: &'static str, metrics: &Metrics) -> StreamHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let now = unix_now();
+        self.proxies.lock().insert(
+            id,
+            ProxyStatus {
+                node_id: String::new(),
+                service: String::new(),
+                user_agent: String::new(),
+                protocol,
+                connected_at: now,
+                last_seen: now,
+                types: BTreeMap::new(),
+            },
+        );
+        metrics.connected_proxies.inc();
+        StreamHandle {
+            id,
+            tracker: self.clone(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Every connected proxy, by node id.
+    pub fn list(&self) -> Vec<ProxyStatus> {
+        let mut list: Vec<_> = self.proxies.lock().values().cloned().collect();
+        list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        list
+    }
+}
+
+/// A stream's entry in the tracker.
+#[derive(Debug)]
+pub struct StreamHandle {
+    id: u64,
+    tracker: Arc<Tracker>,
+    metrics: Metrics,
+}
+
+impl StreamHandle {
+    fn with(&self, f: impl FnOnce(&mut ProxyStatus)) {
+        if let Some(p) = self.tracker.proxies.lock().get_mut(&self.id) {
+            p.last_seen = unix_now();
+            f(p);
+        }
+    }
+
+    /// The node of the first request.
+    pub fn identify(&self, node_id: &str, service: &str, user_agent: &str) {
+        self.with(|p| {
+            node_id.clone_into(&mut p.node_id);
+            service.clone_into(&mut p.service);
+            user_agent.clone_into(&mut p.user_agent);
+        });
+    }
+
+    pub fn seen(&self) {
+        self.with(|_| {});
+    }
+
+    pub fn sent(&self, type_name: &'static str, version: &str) {
+        self.metrics
+            .pushes
+            .get_or_create(&TypeLabels { r#type: type_name })
+            .inc();
+        self.with(|p| {
+            version.clone_into(&mut p.types.entry(type_name.to_owned()).or_default().sent);
+        });
+    }
+
+    pub fn acked(&self, type_name: &'static str, version: &str) {
+        self.with(|p| {
+            let t = p.types.entry(type_name.to_owned()).or_default();
+            version.clone_into(&mut t.acked);
+            t.nack = None;
+        });
+    }
+
+    pub fn nacked(&self, type_name: &'static str, version: &str, error: &str) {
+        self.metrics
+            .nacks
+            .get_or_create(&TypeLabels { r#type: type_name })
+            .inc();
+        self.with(|p| {
+            p.types.entry(type_name.to_owned()).or_default().nack = Some(Nack {
+                version: version.to_owned(),
+                error: error.to_owned(),
+            });
+        });
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        self.tracker.proxies.lock().remove(&self.id);
+        self.metrics.connected_proxies.dec();
+    }
+}
+
+/// `Listener`, `Cluster`, ... for a type URL (static, for labels).
+pub fn type_name(type_url: &str) -> &'static str {
+    use outrider_xds::resources::*;
+    match type_url {
+        LISTENER_TYPE_URL => "Listener",
+        ROUTE_CONFIGURATION_TYPE_URL => "RouteConfiguration",
+        CLUSTER_TYPE_URL => "Cluster",
+        CLUSTER_LOAD_ASSIGNMENT_TYPE_URL => "ClusterLoadAssignment",
+        _ => "other",
+    }
+}
+
+/// The service a proxy serves: node metadata `service` (Outrider sidecars), else the node's
+/// `cluster` (Envoy's convention).
+pub fn node_service(node: &envoy_types::pb::envoy::config::core::v3::Node) -> String {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    node.metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("service"))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| node.cluster.clone())
+}

@@ -1,0 +1,161 @@
+//! The ADS server (gRPC, Envoy v3): `StreamAggregatedResources` (state of the world) and
+//! `DeltaAggregatedResources`, serving the current [`Snapshot`]. Each stream runs in its own
+//! task, subscribes to snapshot changes and pushes a type only when what the client should have
+//! differs from what it was sent. Versions and nonces as Envoy does them; ACK/NACK per type are
+//! recorded in the [`Tracker`].
+
+mod delta;
+mod sotw;
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures_util::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::snapshot::{Snapshot, XdsResource};
+use crate::tracker::Tracker;
+
+/// Responses queued per stream before the stream's task waits for the client to read.
+const STREAM_BUFFER: usize = 8;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The gRPC service.
+#[derive(Clone, Debug)]
+pub struct AdsServer {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    tracker: Arc<Tracker>,
+    metrics: Metrics,
+}
+
+impl AdsServer {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        tracker: Arc<Tracker>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            snapshots,
+            tracker,
+            metrics,
+        }
+    }
+
+    /// Serve on `listener` until the task is dropped (HTTP/2 straight on hyper: tonic's router
+    /// would bring axum along for one service).
+    pub async fn serve(self, listener: TcpListener) {
+        let service = AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(256 << 20);
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "xDS accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "xDS connection ended");
+                }
+            });
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let handle = self.tracker.connect("sotw", &self.metrics);
+        tokio::spawn(sotw::run(
+            request.into_inner(),
+            tx,
+            self.snapshots.clone(),
+            handle,
+            self.metrics.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let handle = self.tracker.connect("delta", &self.metrics);
+        tokio::spawn(delta::run(
+            request.into_inner(),
+            tx,
+            self.snapshots.clone(),
+            handle,
+            self.metrics.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Which resources of a type a client asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Subscription {
+    /// Everything served to wildcard subscriptions (sidecars).
+    wildcard: bool,
+    /// Resources asked for by name (gRPC clients, Envoy's RDS/EDS).
+    names: BTreeSet<String>,
+}
+
+impl Subscription {
+    /// A SotW request's `resource_names`: none (or `*`) means wildcard.
+    fn from_names(names: &[String]) -> Self {
+        let wildcard = names.is_empty() || names.iter().any(|n| n == "*");
+        Self {
+            wildcard,
+            names: names.iter().filter(|n| *n != "*").cloned().collect(),
+        }
+    }
+
+    fn wants(&self, resource: &XdsResource) -> bool {
+        (self.wildcard && resource.wildcard) || self.names.contains(&resource.name)
+    }
+}
+
+/// The resource types in push order: clusters and endpoints before the listeners and routes
+/// that refer to them.
+fn push_order<'a>(types: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut list: Vec<String> = types.cloned().collect();
+    let rank = |t: &str| {
+        outrider_xds::ads::TYPE_URLS
+            .iter()
+            .position(|u| *u == t)
+            .unwrap_or(usize::MAX)
+    };
+    list.sort_by_key(|t| rank(t));
+    list
+}

@@ -1,0 +1,201 @@
+//! One Delta (incremental) stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::{Status, Streaming};
+
+use super::{Subscription, push_order};
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use crate::tracker::{StreamHandle, node_service, type_name};
+
+/// What the stream did for one type.
+#[derive(Debug, Default)]
+struct TypeState {
+    subscription: Subscription,
+    /// name → version the client has (from `initial_resource_versions`, then what was sent).
+    has: BTreeMap<String, String>,
+    /// Whether a response was sent for this type (the first one goes out even when empty).
+    responded: bool,
+    sent_version: String,
+    nonce: String,
+    pending_since: Option<Instant>,
+}
+
+struct Stream {
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    handle: StreamHandle,
+    metrics: Metrics,
+    types: BTreeMap<String, TypeState>,
+    nonce: u64,
+    identified: bool,
+}
+
+pub(super) async fn run(
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    handle: StreamHandle,
+    metrics: Metrics,
+) {
+    let mut stream = Stream {
+        tx,
+        handle,
+        metrics,
+        types: BTreeMap::new(),
+        nonce: 0,
+        identified: false,
+    };
+    loop {
+        tokio::select! {
+            request = requests.message() => {
+                let request = match request {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "xDS stream ended");
+                        break;
+                    }
+                };
+                let snapshot = snapshots.borrow_and_update().clone();
+                if stream.request(request, &snapshot).await.is_err() {
+                    break;
+                }
+            }
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                for type_url in push_order(stream.types.keys()) {
+                    if stream.push(&type_url, &snapshot, snapshot.created).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Stream {
+    async fn request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Result<(), ()> {
+        if !self.identified
+            && let Some(node) = &request.node
+        {
+            self.identified = true;
+            self.handle
+                .identify(&node.id, &node_service(node), &node.user_agent_name);
+        }
+        self.handle.seen();
+        let type_url = request.type_url;
+        if type_url.is_empty() {
+            return Ok(());
+        }
+        let name = type_name(&type_url);
+        let Some(state) = self.types.get_mut(&type_url) else {
+            let subscription = Subscription::from_names(&request.resource_names_subscribe);
+            let state = TypeState {
+                subscription,
+                has: request.initial_resource_versions.into_iter().collect(),
+                ..Default::default()
+            };
+            self.types.insert(type_url.clone(), state);
+            return self.push(&type_url, snapshot, Instant::now()).await;
+        };
+        if !request.response_nonce.is_empty() && request.response_nonce == state.nonce {
+            if let Some(error) = &request.error_detail {
+                self.handle.nacked(name, &state.sent_version, &error.message);
+                tracing::warn!(%name, version = %state.sent_version, error = %error.message, "NACK");
+                state.pending_since = None;
+            } else if let Some(since) = state.pending_since.take() {
+                self.handle.acked(name, &state.sent_version);
+                self.metrics
+                    .push_latency
+                    .observe(since.elapsed().as_secs_f64());
+            }
+        }
+        let mut changed = false;
+        for n in &request.resource_names_subscribe {
+            if n == "*" {
+                changed |= !state.subscription.wildcard;
+                state.subscription.wildcard = true;
+            } else {
+                changed |= state.subscription.names.insert(n.clone());
+            }
+        }
+        for n in &request.resource_names_unsubscribe {
+            if n == "*" {
+                changed |= state.subscription.wildcard;
+                state.subscription.wildcard = false;
+            } else {
+                changed |= state.subscription.names.remove(n);
+                state.has.remove(n);
+            }
+        }
+        if changed {
+            return self.push(&type_url, snapshot, Instant::now()).await;
+        }
+        Ok(())
+    }
+
+    /// Send what changed for the client since what it has.
+    async fn push(&mut self, type_url: &str, snapshot: &Snapshot, since: Instant) -> Result<(), ()> {
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
+        let Some(current) = snapshot.get(type_url) else {
+            return Ok(());
+        };
+        let mut resources = Vec::new();
+        let mut want = BTreeMap::new();
+        for r in current.resources.values() {
+            if !state.subscription.wants(r) {
+                continue;
+            }
+            if state.has.get(&r.name) != Some(&r.version) {
+                resources.push(Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.any.clone()),
+                    ..Default::default()
+                });
+            }
+            want.insert(r.name.clone(), r.version.clone());
+        }
+        let removed_resources: Vec<String> = state
+            .has
+            .keys()
+            .filter(|n| !want.contains_key(*n))
+            .cloned()
+            .collect();
+        if resources.is_empty() && removed_resources.is_empty() && state.responded {
+            return Ok(());
+        }
+        self.nonce += 1;
+        state.nonce = self.nonce.to_string();
+        state.has = want;
+        state.responded = true;
+        state.sent_version.clone_from(&current.version);
+        state.pending_since = Some(since);
+        let response = DeltaDiscoveryResponse {
+            system_version_info: current.version.clone(),
+            resources,
+            removed_resources,
+            type_url: type_url.to_owned(),
+            nonce: state.nonce.clone(),
+            ..Default::default()
+        };
+        self.handle.sent(type_name(type_url), &current.version);
+        self.tx.send(Ok(response)).await.map_err(|_| ())
+    }
+}

@@ -1,0 +1,181 @@
+//! The control plane in-process (its own runtime and thread, so killing it drops every stream
+//! like a crashed process), an API client, and proxies that take their config from it.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use outrider_control_plane::server::{self, Running, ServerConfig};
+use outrider_proxy::app::App;
+use outrider_proxy::source::xds::{Protocol, XdsConfig};
+use outrider_proxy::telemetry::log::LogHandle;
+use serde_json::Value;
+
+use crate::client::{self, Client};
+use crate::harness::{self, TempDir};
+use crate::wait;
+
+/// Bearer token the test control planes use.
+pub const TOKEN: &str = "test-token";
+
+/// A control plane running in this process.
+#[derive(Debug)]
+pub struct ControlPlane {
+    running: Option<Running>,
+    pub xds: SocketAddr,
+    pub api: SocketAddr,
+    pub data_dir: PathBuf,
+    client: Client,
+}
+
+/// An API reply.
+#[derive(Debug, Clone)]
+pub struct ApiReply {
+    pub status: StatusCode,
+    pub etag: Option<String>,
+    pub json: Value,
+}
+
+impl ControlPlane {
+    /// Start on ephemeral loopback ports with `data_dir` as its store.
+    pub fn start(data_dir: &Path) -> Self {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        Self::start_on(data_dir, any, any, None)
+    }
+
+    /// Start on the given addresses (e.g. those of a killed one), optionally watching a dir.
+    pub fn start_on(data_dir: &Path, xds: SocketAddr, api: SocketAddr, policy_dir: Option<&Path>) -> Self {
+        let running = server::start(ServerConfig {
+            xds,
+            api,
+            policy_dir: policy_dir.map(Path::to_path_buf),
+            data_dir: data_dir.to_path_buf(),
+            token: Some(TOKEN.into()),
+            workers: 2,
+        })
+        .unwrap_or_else(|e| panic!("the control plane did not start: {e}"));
+        Self {
+            xds: running.xds_addr,
+            api: running.api_addr,
+            client: client::http1(running.api_addr),
+            running: Some(running),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// Stop at once, as if the process died.
+    pub fn kill(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.kill();
+        }
+    }
+
+    /// Start again on the same ports and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        let again = Self::start_on(&self.data_dir, self.xds, self.api, None);
+        *self = again;
+    }
+
+    /// `http://ADDR` of the xDS server, as proxies take it.
+    pub fn xds_url(&self) -> String {
+        format!("http://{}", self.xds)
+    }
+
+    /// A request to the API; `token` adds the bearer token.
+    pub async fn call(&self, method: &str, path: &str, body: &str, token: bool, if_match: Option<&str>) -> ApiReply {
+        let mut req = Request::builder().method(method).uri(format!("http://cp{path}"));
+        if token {
+            req = req.header("authorization", format!("Bearer {TOKEN}"));
+        }
+        if let Some(v) = if_match {
+            req = req.header("if-match", v);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_owned()))).expect("a request");
+        let reply = client::send(&self.client, req).await;
+        ApiReply {
+            status: reply.status,
+            etag: reply.header("etag").map(|s| s.trim_matches('"').to_owned()),
+            json: serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
+        }
+    }
+
+    /// `PUT /v1/policies` with the token; panics unless 200.
+    pub async fn apply(&self, yaml: &str) -> Value {
+        let r = self.call("PUT", "/v1/policies", yaml, true, None).await;
+        assert_eq!(r.status, 200, "apply failed: {}", r.json);
+        r.json
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Value {
+        self.call("GET", "/v1/status", "", false, None).await.json
+    }
+
+    /// Wait until `n` proxies are connected and every one has ACKed the current version of
+    /// all four types.
+    pub async fn wait_converged(&self, n: usize) -> Value {
+        wait::wait_for(&format!("{n} proxies to ACK the current config"), || async {
+            let s = self.status().await;
+            let version = s["version"].as_str()?.to_owned();
+            let proxies = s["proxies"].as_array()?;
+            let done = proxies.len() == n
+                && proxies.iter().all(|p| {
+                    ["Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"].iter().all(|t| {
+                        let ts = &p["types"][*t];
+                        ts["nack"].is_null() && !ts["acked"].as_str().unwrap_or("").is_empty()
+                    }) && p["types"]["Cluster"]["acked"] == version.as_str()
+                });
+            done.then_some(s)
+        })
+        .await
+    }
+}
+
+/// A proxy (in-process) that takes its config from a control plane.
+#[derive(Debug)]
+pub struct MeshProxy {
+    pub app: Option<App>,
+    pub client: Client,
+    pub admin: SocketAddr,
+    _dir: TempDir,
+}
+
+impl MeshProxy {
+    /// Start with `--xds-address` (no policy file), `--node-id node`, `--service service`.
+    pub async fn start(xds_url: &str, node: &str, service: &str, protocol: Protocol) -> Self {
+        let dir = TempDir::new("outrider-mesh");
+        let mut config = harness::config(dir.path().join("unused.yaml"), None);
+        config.policy = None;
+        config.xds = Some(XdsConfig { address: xds_url.to_owned(), protocol });
+        config.node_id = node.to_owned();
+        config.service = Some(service.to_owned());
+        let app = App::build(config, LogHandle::disabled()).await.unwrap_or_else(|e| panic!("the proxy did not start: {e}"));
+        let client = client::http1(app.addrs.outbound);
+        let admin = app.addrs.admin;
+        Self { app: Some(app), client, admin, _dir: dir }
+    }
+
+    /// `GET /ready` on the admin port.
+    pub async fn ready(&self) -> u16 {
+        let c = client::http1(self.admin);
+        client::send(&c, client::get("http://admin/ready")).await.status.as_u16()
+    }
+
+    /// Wait for `/ready` 200.
+    pub async fn wait_ready(&self) {
+        wait::wait_until("the proxy to be ready", || async { self.ready().await == 200 }).await;
+    }
+
+    /// `GET uri` through the outbound port.
+    pub async fn get(&self, uri: &str) -> client::Reply {
+        client::send(&self.client, client::get(uri)).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The control plane end to end: policies over the API reach real proxies over xDS (Delta and
+//! SotW), bad writes change nothing, stale writes conflict, and a control plane killed under
+//! load costs no request and loses no policy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use outrider_proxy::source::xds::Protocol;
+use outrider_tests::control_plane::{ControlPlane, MeshProxy};
+use outrider_tests::harness::TempDir;
+use outrider_tests::{policy, upstream, wait};
+
+fn service(upstream: &upstream::Upstream) -> String {
+    policy::service("echo").endpoint(upstream.endpoint()).yaml()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_reaches_delta_and_sotw_proxies_and_status_shows_ack() {
+    let data = TempDir::new("cp-data");
+    let cp = ControlPlane::start(data.path());
+    let a = upstream::http1().name("a").start().await;
+    let delta = MeshProxy::start(&cp.xds_url(), "delta-1", "frontend", Protocol::Delta).await;
+    let sotw = MeshProxy::start(&cp.xds_url(), "sotw-1", "frontend", Protocol::Sotw).await;
+    // An empty mesh is still a complete config: both become ready.
+    delta.wait_ready().await;
+    sotw.wait_ready().await;
+
+    cp.apply(&service(&a)).await;
+    let status = cp.wait_converged(2).await;
+    let proxies = status["proxies"].as_array().unwrap();
+    let nodes: Vec<&str> = proxies.iter().map(|p| p["nodeId"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ["delta-1", "sotw-1"]);
+    assert_eq!(proxies[0]["protocol"], "delta");
+    assert_eq!(proxies[1]["protocol"], "sotw");
+    assert_eq!(proxies[0]["service"], "frontend");
+
+    for p in [&delta, &sotw] {
+        wait::wait_until("the proxy to route to the applied service", || async {
+            p.get("http://echo:8080/x").await.upstream() == Some("a")
+        })
+        .await;
+    }
+    // The control plane's metrics saw the pushes.
+    let metrics = cp.call("GET", "/metrics", "", false, None).await;
+    assert_eq!(metrics.status, 200);
+    delta.shutdown().await;
+    sotw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_policy_is_refused_naming_the_field_and_changes_nothing() {
+    let data = TempDir::new("cp-data");
+    let cp = ControlPlane::start(data.path());
+    let a = upstream::http1().name("a").start().await;
+    let proxy = MeshProxy::start(&cp.xds_url(), "p", "frontend", Protocol::Delta).await;
+    cp.apply(&service(&a)).await;
+    let before = cp.wait_converged(1).await["version"].clone();
+
+    let bad = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: echo}\nspec:\n  service: echo\n  connectTimeout: 1s\n  loadBalancer: fastest\n";
+    let r = cp.call("PUT", "/v1/policies", bad, true, None).await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    let e = &r.json["errors"][0];
+    assert_eq!(e["field"], "spec.loadBalancer", "{}", r.json);
+    assert_eq!(e["kind"], "TrafficPolicy");
+    assert!(e["message"].as_str().unwrap().contains("fastest"), "{}", r.json);
+
+    // A policy for a service that does not exist is refused as a whole set.
+    let dangling = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: nope}\nspec: {service: nope}\n";
+    let r = cp.call("POST", "/v1/policies", dangling, true, None).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json["errors"][0]["field"], "spec.service", "{}", r.json);
+
+    // Without the token nothing is written either.
+    let r = cp.call("PUT", "/v1/policies", &service(&a), false, None).await;
+    assert_eq!(r.status, 401);
+
+    // Nothing changed: same version, same documents, traffic as before.
+    let listed = cp.call("GET", "/v1/policies", "", false, None).await;
+    let kinds: Vec<&str> = listed.json["items"].as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Service"]);
+    assert_eq!(cp.status().await["version"], before);
+    assert_eq!(proxy.get("http://echo:8080/").await.upstream(), Some("a"));
+    // The dry run says what would change without changing it.
+    let dry = cp.call("POST", "/v1/validate", &service(&a).replace("8080", "8081"), false, None).await;
+    assert_eq!(dry.status, 200, "{}", dry.json);
+    assert_eq!(dry.json["changes"][0]["action"], "updated");
+    assert_eq!(cp.status().await["version"], before);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_with_a_stale_version_get_409() {
+    let data = TempDir::new("cp-data");
+    let cp = ControlPlane::start(data.path());
+    let a = upstream::http1().name("a").start().await;
+    let b = upstream::http1().name("b").start().await;
+    cp.apply(&service(&a)).await;
+    let read = cp.call("GET", "/v1/policies/Service/echo", "", false, None).await;
+    let version = read.etag.clone().expect("an ETag");
+    assert_eq!(read.json["resourceVersion"].to_string(), version);
+
+    // Two writers read the same version and write at once: exactly one wins.
+    let (first, second) = (service(&a).replace("protocol: http", "protocol: http2"), service(&b));
+    let (r1, r2) = tokio::join!(
+        cp.call("PUT", "/v1/policies", &first, true, Some(&version)),
+        cp.call("PUT", "/v1/policies", &second, true, Some(&version)),
+    );
+    let mut statuses = [r1.status.as_u16(), r2.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{} / {}", r1.json, r2.json);
+    // DELETE with a stale version is refused too; with the current one it works.
+    let stale = cp.call("DELETE", "/v1/policies/Service/echo", "", true, Some(&version)).await;
+    assert_eq!(stale.status, 409);
+    let now = cp.call("GET", "/v1/policies/Service/echo", "", false, None).await.etag.unwrap();
+    let deleted = cp.call("DELETE", "/v1/policies/Service/echo", "", true, Some(&now)).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.json);
+    assert_eq!(cp.call("GET", "/v1/policies/Service/echo", "", false, None).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_control_plane_under_load_fails_no_request_and_proxies_reconnect() {
+    let data = TempDir::new("cp-data");
+    let mut cp = ControlPlane::start(data.path());
+    let a = upstream::http1().name("a").start().await;
+    let b = upstream::http1().name("b").start().await;
+    let proxy = Arc::new(MeshProxy::start(&cp.xds_url(), "p", "frontend", Protocol::Delta).await);
+    cp.apply(&service(&a)).await;
+    cp.wait_converged(1).await;
+    wait::wait_until("traffic to reach a", || async { proxy.get("http://echo:8080/").await.upstream() == Some("a") })
+        .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (proxy, stop, ok, failed) = (proxy.clone(), stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = proxy.get("http://echo:8080/load").await;
+                if r.status == 200 { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let before = ok.load(Ordering::Relaxed);
+    wait::wait_until("some load before the kill", || async { ok.load(Ordering::Relaxed) > before + 50 }).await;
+    cp.kill();
+    let at_kill = ok.load(Ordering::Relaxed);
+    wait::wait_until("load while the control plane is down", || async { ok.load(Ordering::Relaxed) > at_kill + 200 })
+        .await;
+    assert_eq!(proxy.ready().await, 200, "the last good config stays");
+
+    // Back on the same ports: the policies are still there and the proxy reconnects.
+    cp.restart();
+    let listed = cp.call("GET", "/v1/policies/Service/echo", "", false, None).await;
+    assert_eq!(listed.status, 200, "the policy survived the restart");
+    cp.wait_converged(1).await;
+    let at_restart = ok.load(Ordering::Relaxed);
+    wait::wait_until("load after the restart", || async { ok.load(Ordering::Relaxed) > at_restart + 50 }).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed while the control plane was away");
+
+    // And it still takes changes.
+    cp.apply(&service(&b)).await;
+    wait::wait_until("traffic to move to b", || async { proxy.get("http://echo:8080/").await.upstream() == Some("b") })
+        .await;
+    if let Ok(p) = Arc::try_unwrap(proxy) {
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_serves_exactly_what_it_had() {
+    let data = TempDir::new("cp-data");
+    let mut cp = ControlPlane::start(data.path());
+    let a = upstream::http1().name("a").start().await;
+    let tp = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: echo}\nspec: {service: echo, connectTimeout: 2s, loadBalancer: round-robin}\n";
+    cp.apply(&policy::docs(&[service(&a), tp.to_owned()])).await;
+    let before = cp.call("GET", "/v1/policies", "", false, None).await;
+    let version = cp.status().await["version"].clone();
+    cp.restart();
+    let after = cp.call("GET", "/v1/policies", "", false, None).await;
+    assert_eq!(before.json, after.json);
+    assert_eq!(cp.status().await["version"], version, "the same set gives the same xDS version");
+    // A fresh proxy gets the restored config.
+    let proxy = MeshProxy::start(&cp.xds_url(), "late", "frontend", Protocol::Sotw).await;
+    proxy.wait_ready().await;
+    assert_eq!(proxy.get("http://echo:8080/").await.upstream(), Some("a"));
+    proxy.shutdown().await;
+}

@@ -1,0 +1,226 @@
+//! The ADS client a proxy uses to get its configuration from an xDS server: Delta xDS by
+//! default, state of the world (SotW) on request. It keeps what it has accepted, reconnects with
+//! the one jittered exponential backoff and then tells the server what it already has (Delta:
+//! `initial_resource_versions`; SotW: the last accepted `version_info`).
+//!
+//! Every response is handed to a [`Handler`] as the complete set of resources of its type after
+//! the response is applied; the handler accepts (→ ACK) or rejects with a reason (→ NACK with
+//! `error_detail`, and the previous resources of that type stay).
+
+mod delta;
+mod sotw;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::backoff::ExponentialBackoff;
+use crate::resources::{
+    CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL, decode_any,
+};
+
+/// The four resource types, in the order an xDS server should send additions (CDS, EDS, LDS,
+/// RDS: a reference always finds its target).
+pub const TYPE_URLS: [&str; 4] =
+    [CLUSTER_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL];
+
+/// Default reconnect backoff: 100 ms doubling to 15 s, full jitter.
+pub const DEFAULT_BACKOFF: ExponentialBackoff =
+    ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(15));
+
+/// gRPC status code `INVALID_ARGUMENT`, used for NACKs (as Envoy does).
+const INVALID_ARGUMENT: i32 = 3;
+
+/// Which ADS variant to speak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// `DeltaAggregatedResources` (incremental).
+    #[default]
+    Delta,
+    /// `StreamAggregatedResources` (state of the world).
+    Sotw,
+}
+
+/// What the client connects to and how.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `http://host:port` of the xDS server.
+    pub address: String,
+    /// Sent on the first request of each stream.
+    pub node: Node,
+    pub protocol: Protocol,
+    /// The types to subscribe to (all as wildcard subscriptions).
+    pub type_urls: Vec<String>,
+    pub backoff: ExponentialBackoff,
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Delta xDS for the four types, default backoff.
+    pub fn new(address: impl Into<String>, node: Node) -> Self {
+        Self {
+            address: address.into(),
+            node,
+            protocol: Protocol::Delta,
+            type_urls: TYPE_URLS.iter().map(|t| (*t).to_owned()).collect(),
+            backoff: DEFAULT_BACKOFF,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One resource as the client holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// Per-resource version (Delta); the type's `version_info` for SotW.
+    pub version: String,
+    pub any: Any,
+}
+
+/// All resources of one type, by name.
+pub type TypeResources = BTreeMap<String, Resource>;
+
+/// One response, applied: the complete set of resources of `type_url` it would leave in force.
+#[derive(Debug)]
+pub struct Update<'a> {
+    pub type_url: &'a str,
+    /// `version_info` (SotW) or `system_version_info` (Delta; may be empty).
+    pub version: &'a str,
+    pub resources: &'a TypeResources,
+}
+
+/// The consumer of updates: validates and applies them.
+pub trait Handler: Send + Sync + 'static {
+    /// `Ok` applies the update and ACKs it; `Err(detail)` NACKs it with `detail` as the
+    /// readable `error_detail`, and the client keeps the previous resources of that type.
+    fn update(&self, update: &Update<'_>) -> Result<(), String>;
+
+    /// The stream went up (`true`) or down (`false`). For logs and metrics.
+    fn connected(&self, _up: bool) {}
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum AdsError {
+    #[error("invalid xDS server address {address:?}: {source}")]
+    Address { address: String, source: tonic::transport::Error },
+    #[error("cannot connect to the xDS server at {address}: {source}; is it running?")]
+    Connect { address: String, source: tonic::transport::Error },
+    #[error("the xDS stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the xDS server closed the stream")]
+    Closed,
+    #[error("the request channel closed")]
+    RequestChannel,
+}
+
+/// Name of a resource as the four types spell it (`name`, or `cluster_name` for endpoints).
+pub fn resource_name(any: &Any) -> Result<String, crate::resources::AnyError> {
+    Ok(match any.type_url.as_str() {
+        LISTENER_TYPE_URL => decode_any::<Listener>(LISTENER_TYPE_URL, any)?.name,
+        ROUTE_CONFIGURATION_TYPE_URL => decode_any::<RouteConfiguration>(ROUTE_CONFIGURATION_TYPE_URL, any)?.name,
+        CLUSTER_TYPE_URL => decode_any::<Cluster>(CLUSTER_TYPE_URL, any)?.name,
+        CLUSTER_LOAD_ASSIGNMENT_TYPE_URL => {
+            decode_any::<ClusterLoadAssignment>(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, any)?.cluster_name
+        }
+        other => {
+            return Err(crate::resources::AnyError::WrongType {
+                expected: "one of the four xDS resource types".into(),
+                got: other.to_owned(),
+            });
+        }
+    })
+}
+
+/// The last segment of a type URL: `Listener`, `Cluster`, ...
+pub fn type_name(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
+fn nack_status(detail: String) -> RpcStatus {
+    RpcStatus { code: INVALID_ARGUMENT, message: detail, details: Vec::new() }
+}
+
+/// An ADS client: connect, subscribe, apply, ACK/NACK, reconnect.
+#[derive(Debug)]
+pub struct AdsClient {
+    config: ClientConfig,
+    /// Accepted resources per type URL (kept across reconnects).
+    accepted: BTreeMap<String, Accepted>,
+}
+
+/// What was accepted for one type.
+#[derive(Clone, Debug, Default)]
+struct Accepted {
+    version: String,
+    resources: TypeResources,
+}
+
+impl AdsClient {
+    pub fn new(config: ClientConfig) -> Self {
+        Self { config, accepted: BTreeMap::new() }
+    }
+
+    /// Connect and serve until the task is dropped: each time a stream ends it waits a jittered,
+    /// growing delay (reset once a stream has delivered a response) and reconnects.
+    pub async fn run(mut self, handler: Arc<dyn Handler>) {
+        let mut attempts = self.config.backoff.iter();
+        loop {
+            let mut delivered = false;
+            let result = self.run_once(handler.as_ref(), &mut delivered).await;
+            handler.connected(false);
+            if delivered {
+                attempts.reset();
+            }
+            let delay = attempts.next_delay();
+            match result {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    retry_in = ?delay,
+                    server = %self.config.address,
+                    "xDS stream ended; keeping the last accepted config and reconnecting"
+                ),
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One stream, until it ends. `delivered` is set once a response has been handled.
+    pub async fn run_once(&mut self, handler: &dyn Handler, delivered: &mut bool) -> Result<(), AdsError> {
+        let channel = self.connect().await?;
+        match self.config.protocol {
+            Protocol::Delta => delta::run(self, channel, handler, delivered).await,
+            Protocol::Sotw => sotw::run(self, channel, handler, delivered).await,
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel, AdsError> {
+        let address = self.config.address.clone();
+        let endpoint = Endpoint::from_shared(address.clone())
+            .map_err(|source| AdsError::Address { address: address.clone(), source })?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        endpoint.connect().await.map_err(|source| AdsError::Connect { address, source })
+    }
+
+    /// Accepted resources of a type (empty when none were received).
+    pub fn accepted(&self, type_url: &str) -> Option<&TypeResources> {
+        self.accepted.get(type_url).map(|a| &a.resources)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
