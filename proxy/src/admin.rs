@@ -80,8 +80,11 @@ fn refresh_gauges(state: &AdminState) {
     m.endpoints.clear();
     for c in snap.clusters.values() {
         let total = c.endpoints.items().len() as i64;
-        let ejected = c.endpoints.items().iter().filter(|e| e.shared.health.is_ejected(&c.state.outliers)).count() as i64;
-        m.endpoints.get_or_create(&EndpointStateLabels { service: c.service.clone(), state: "healthy" }).set(total - ejected);
+        let ejected =
+            c.endpoints.items().iter().filter(|e| e.shared.health.is_ejected(&c.state.outliers)).count() as i64;
+        m.endpoints
+            .get_or_create(&EndpointStateLabels { service: c.service.clone(), state: "healthy" })
+            .set(total - ejected);
         m.endpoints.get_or_create(&EndpointStateLabels { service: c.service.clone(), state: "ejected" }).set(ejected);
         if c.policy.breaker.is_some() {
             m.circuit_breaker_state

@@ -112,13 +112,7 @@ impl Upstream {
 
     /// The last request seen. Panics if there was none.
     pub fn last(&self) -> Seen {
-        self.log
-            .requests
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("the upstream saw no request")
+        self.log.requests.lock().unwrap().last().cloned().expect("the upstream saw no request")
     }
 
     /// Connections accepted so far.
@@ -146,9 +140,7 @@ where
     F: Fn(TcpStream, Arc<Log>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind an upstream on 127.0.0.1:0");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an upstream on 127.0.0.1:0");
     let addr = listener.local_addr().expect("local_addr");
     let log = Arc::new(Log::default());
     let task_log = log.clone();
@@ -166,12 +158,7 @@ where
         }
     })
     .abort_handle();
-    Upstream {
-        addr,
-        name,
-        log,
-        task,
-    }
+    Upstream { addr, name, log, task }
 }
 
 /// A local port with nothing listening on it (bound, then closed).

@@ -258,3 +258,202 @@ async fn faults_abort_and_delay_by_percentage() {
     proxy.get("http://f:8080/coffee").await.assert_status(200);
     assert_eq!(up.request_count(), 1, "the aborted request never reached the upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callers_get_deadline_exceeded_and_their_grpc_timeout_is_honoured() {
+    let slow = upstream::h2().name("slow-grpc").delay(Duration::from_secs(5)).start().await;
+    let proxy = ProxyHarness::start(&docs(&[
+        service("g").protocol("grpc").endpoint(slow.addr).yaml(),
+        policy("g", "  timeout: 3s\n"),
+    ]))
+    .await;
+    // The caller's grpc-timeout (150 ms) is shorter than the route's 3 s: it wins.
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://g:8080/pkg.Svc/Method")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "150m")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let r = outrider_tests::wait::within(
+        "a gRPC call with a 150 ms deadline",
+        outrider_tests::client::send(&proxy.h2_client(), req),
+    )
+    .await;
+    r.assert_status(200);
+    assert_eq!(r.header("grpc-status"), Some("4"), "DEADLINE_EXCEEDED");
+    assert_eq!(r.header("x-outrider-local-reply"), Some("timeout"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_up_to_the_backoff_max() {
+    let switch = Switch::new();
+    let up = upstream::http1().name("ra").switch(&switch).start().await;
+    let proxy = ProxyHarness::start(&docs(&[
+        service("ra").endpoint(up.addr).yaml(),
+        policy("ra", "  retries:\n    attempts: 1\n    retryOn: [5xx]\n    backoff: {base: 1ms, max: 20ms}\n"),
+    ]))
+    .await;
+    // The server asks for an hour; the policy's max (20 ms) caps it, so the retry
+    // happens well within the test deadline.
+    switch.retry_after(3600);
+    switch.fail_next(1);
+    let r = outrider_tests::wait::within("a retry after Retry-After: 3600", proxy.get("http://ra:8080/")).await;
+    r.assert_status(200);
+    assert_eq!(up.request_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_response_stream_is_cut_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends headers and one chunk, then nothing, forever.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
+                // Hold the connection open without sending more.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let proxy = ProxyHarness::start(&docs(&[
+        service("stall").endpoint(addr).yaml(),
+        policy("stall", "  idleTimeout: 200ms\n"),
+    ]))
+    .await;
+    let resp = outrider_tests::wait::within(
+        "response headers",
+        proxy.client().request(outrider_tests::client::get("http://stall:8080/")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    let body = outrider_tests::wait::within("the stalled body to fail", resp.into_body().collect()).await;
+    assert!(body.is_err(), "the stream must fail, not end cleanly with a truncated body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_percent_failing_upstream_looks_healthy_with_retries() {
+    let switch = Switch::new();
+    switch.fail_rate(0.3);
+    let up = upstream::http1().name("flaky30").switch(&switch).start().await;
+    // 5 retries: a request fails only if all 6 tries fail (0.3^6 ≈ 0.07%, so more
+    // than 10 failures of 2000 — below 99.5% — has odds of about 1 in 10^6). With 8
+    // callers, more than Envoy's default of 3 concurrent retries are needed.
+    let proxy = ProxyHarness::start(&docs(&[
+        service("f30").endpoint(up.addr).yaml(),
+        policy(
+            "f30",
+            "  circuitBreaker: {maxRetries: 64}\n  retries:\n    attempts: 5\n    retryOn: [5xx]\n    backoff: {base: 1ms, max: 4ms}\n    budget: {ratio: 1.0, minPerSecond: 10, window: 10s}\n",
+        ),
+    ]))
+    .await;
+    let n = 2000;
+    let ok = futures_util::stream::iter(0..n)
+        .map(|_| proxy.get("http://f30:8080/"))
+        .buffer_unordered(8)
+        .filter(|r| std::future::ready(r.status.as_u16() == 200))
+        .count()
+        .await;
+    assert!(ok as f64 / n as f64 >= 0.995, "{ok} of {n} succeeded");
+    let m = proxy.metrics().await;
+    let retries = sum(&m, "outrider_retries_total", &[("service", "f30")]);
+    // Within budget: ratio 1.0 × 2000 requests + 10/s × 10 s.
+    assert!(retries > 0.0 && retries <= 2100.0, "{retries} retries");
+    assert_eq!(up.request_count() as f64, n as f64 + retries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_replay_cap_is_not_retried() {
+    let switch = Switch::new();
+    let up = upstream::http1().name("big").switch(&switch).start().await;
+    let proxy = ProxyHarness::start(&docs(&[
+        service("big").endpoint(up.addr).yaml(),
+        policy("big", "  retries:\n    attempts: 2\n    retryOn: [5xx]\n    backoff: {base: 1ms, max: 2ms}\n"),
+    ]))
+    .await;
+    switch.fail_next(1);
+    let r = proxy.send(request("PUT", "http://big:8080/blob", vec![b'x'; 100 * 1024])).await;
+    r.assert_status(503);
+    assert_eq!(up.request_count(), 1, "100 KiB is over the 64 KiB replay cap: one try only");
+    switch.fail_next(1);
+    let r = proxy.send(request("PUT", "http://big:8080/blob", vec![b'y'; 1024])).await;
+    r.assert_status(200);
+    assert_eq!(up.request_count(), 3, "a 1 KiB PUT is retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_of_three_is_ejected() {
+    let a = upstream::http1().name("a").start().await;
+    let b = upstream::http1().name("b").start().await;
+    let dead = upstream::closed_port();
+    let proxy = ProxyHarness::start(&docs(&[
+        service("three").endpoint(a.addr).endpoint(b.addr).endpoint(dead).yaml(),
+        policy(
+            "three",
+            "  loadBalancer: round-robin\n  outlierDetection: {consecutive5xx: 2, baseEjectionTime: 30s, maxEjectionPercent: 34}\n",
+        ),
+    ]))
+    .await;
+    let mut failures = 0;
+    for _ in 0..9 {
+        if proxy.get("http://three:8080/").await.status.as_u16() != 200 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2, "two connect failures in a row eject the dead endpoint");
+    for _ in 0..30 {
+        proxy.get("http://three:8080/").await.assert_status(200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unavailable_is_retried() {
+    let switch = Switch::new();
+    let up = upstream::h2().name("g").switch(&switch).start().await;
+    let proxy = ProxyHarness::start(&docs(&[
+        service("gr").protocol("grpc").endpoint(up.addr).yaml(),
+        policy("gr", "  retries:\n    attempts: 2\n    retryOn: [unavailable]\n    backoff: {base: 1ms, max: 2ms}\n"),
+    ]))
+    .await;
+    switch.grpc_unavailable_next(2);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://gr:8080/pkg.Svc/Method")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let r = outrider_tests::client::send(&proxy.h2_client(), req).await;
+    r.assert_status(200);
+    assert_eq!(r.header("grpc-status"), None, "the third try succeeded");
+    assert_eq!(up.request_count(), 3);
+    let m = proxy.metrics().await;
+    assert_eq!(sum(&m, "outrider_retries_total", &[("service", "gr"), ("reason", "grpc-status")]), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborts_are_injected_at_the_configured_rate() {
+    let up = upstream::http1().name("fr").start().await;
+    let proxy = ProxyHarness::start(&docs(&[
+        service("fr").endpoint(up.addr).yaml(),
+        policy("fr", "  faults: {abort: {percent: 30, status: 503}}\n"),
+    ]))
+    .await;
+    let n = 1000;
+    let aborted = futures_util::stream::iter(0..n)
+        .map(|_| proxy.get("http://fr:8080/"))
+        .buffer_unordered(8)
+        .filter(|r| std::future::ready(r.header("x-outrider-local-reply") == Some("fault-injected")))
+        .count()
+        .await;
+    // Binomial(1000, 0.3): mean 300, sd ≈ 14.5; ±5 sd.
+    assert!((228..=372).contains(&aborted), "{aborted} of {n} aborted");
+    assert_eq!(up.request_count(), n - aborted);
+}

@@ -124,7 +124,8 @@ impl http_body::Body for Body {
     type Error = BodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let hyper = |p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| p.map(|o| o.map(|r| r.map_err(BodyError::from)));
+        let hyper =
+            |p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| p.map(|o| o.map(|r| r.map_err(BodyError::from)));
         match self.get_mut() {
             Body::Incoming(i) => hyper(Pin::new(i).poll_frame(cx)),
             Body::Pooled(p) => hyper(p.poll_frame(cx)),

@@ -60,7 +60,10 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
     if let Some((p, cfg)) = permit
         && let Some(state) = cluster.state.breaker.record(cfg, p, connected.is_err())
     {
-        metrics.circuit_breaker_state.get_or_create(&ServiceLabels { service: cluster.service.clone() }).set(state.metric());
+        metrics
+            .circuit_breaker_state
+            .get_or_create(&ServiceLabels { service: cluster.service.clone() })
+            .set(state.metric());
         tracing::warn!(service = &*cluster.service, state = state.as_str(), "circuit breaker changed state");
     }
     if let Some(o) = &cluster.policy.outlier

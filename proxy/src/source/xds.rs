@@ -13,8 +13,8 @@ use envoy_types::pb::google::protobuf::Struct;
 use outrider_xds::Resources;
 use outrider_xds::ads::{self, AdsClient, ClientConfig, Handler, Update};
 use outrider_xds::resources::{
-    self as names, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL,
-    ROUTE_CONFIGURATION_TYPE_URL, decode_any,
+    self as names, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
+    decode_any,
 };
 use parking_lot::Mutex;
 
@@ -81,21 +81,10 @@ impl XdsHandler {
         let mut accepted = Accepted::default();
         if let Some(resources) = initial {
             let v = resources.version.clone();
-            accepted.versions = Versions {
-                listeners: v.clone(),
-                routes: v.clone(),
-                clusters: v.clone(),
-                endpoints: v,
-            };
+            accepted.versions = Versions { listeners: v.clone(), routes: v.clone(), clusters: v.clone(), endpoints: v };
             accepted.resources = resources;
         }
-        Self {
-            store,
-            builder: Builder::new(),
-            metrics,
-            started,
-            accepted: Mutex::new(accepted),
-        }
+        Self { store, builder: Builder::new(), metrics, started, accepted: Mutex::new(accepted) }
     }
 
     fn try_update(&self, update: &Update<'_>) -> Result<(), String> {
@@ -124,11 +113,7 @@ impl XdsHandler {
         next.resources.version = update.version.to_owned();
         let (mut snapshot, rejected) = self.builder.build(&next.resources);
         let type_name = ads::type_name(update.type_url);
-        let mine: Vec<String> = rejected
-            .iter()
-            .filter(|r| r.type_name == type_name)
-            .map(|r| r.to_string())
-            .collect();
+        let mine: Vec<String> = rejected.iter().filter(|r| r.type_name == type_name).map(|r| r.to_string()).collect();
         if !mine.is_empty() {
             return Err(mine.join("; "));
         }
@@ -150,35 +135,18 @@ impl XdsHandler {
     }
 }
 
-const ALL_TYPES: [&str; 4] = [
-    LISTENER_TYPE_URL,
-    ROUTE_CONFIGURATION_TYPE_URL,
-    CLUSTER_TYPE_URL,
-    CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
-];
+const ALL_TYPES: [&str; 4] =
+    [LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL, CLUSTER_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL];
 
 impl Handler for XdsHandler {
     fn update(&self, update: &Update<'_>) -> Result<(), String> {
         let result = self.try_update(update);
         let t = label(update.type_url);
-        let outcome = if result.is_ok() {
-            "accepted"
-        } else {
-            "rejected"
-        };
-        self.metrics
-            .xds_updates
-            .get_or_create(&XdsLabels {
-                r#type: t,
-                result: outcome,
-            })
-            .inc();
+        let outcome = if result.is_ok() { "accepted" } else { "rejected" };
+        self.metrics.xds_updates.get_or_create(&XdsLabels { r#type: t, result: outcome }).inc();
         match &result {
             Ok(()) => {
-                self.metrics
-                    .config_version
-                    .get_or_create(&TypeLabels { r#type: t })
-                    .set(version_value(update.version));
+                self.metrics.config_version.get_or_create(&TypeLabels { r#type: t }).set(version_value(update.version));
                 tracing::info!(r#type = t, version = %update.version, resources = update.resources.len(), "xDS update applied");
             }
             Err(e) => tracing::warn!(
@@ -221,22 +189,11 @@ pub struct XdsSource {
 
 impl XdsSource {
     /// `policy`: the file already loaded into `store` as the config to start from, if any.
-    pub fn new(
-        config: &XdsConfig,
-        node: Node,
-        store: Arc<Store>,
-        metrics: Metrics,
-        policy: Option<&Path>,
-    ) -> Self {
-        let initial = policy
-            .and_then(|p| outrider_xds::load_file(p).ok())
-            .map(|set| outrider_xds::translate(&set));
+    pub fn new(config: &XdsConfig, node: Node, store: Arc<Store>, metrics: Metrics, policy: Option<&Path>) -> Self {
+        let initial = policy.and_then(|p| outrider_xds::load_file(p).ok()).map(|set| outrider_xds::translate(&set));
         let mut client = ClientConfig::new(config.address.clone(), node);
         client.protocol = config.protocol;
-        Self {
-            client,
-            handler: Arc::new(XdsHandler::new(store, metrics, initial)),
-        }
+        Self { client, handler: Arc::new(XdsHandler::new(store, metrics, initial)) }
     }
 
     /// Run until the task is dropped.

@@ -43,6 +43,10 @@ struct SwitchState {
     fail_next: std::sync::atomic::AtomicU32,
     status: std::sync::atomic::AtomicU32,
     retry_after: std::sync::atomic::AtomicU32,
+    /// Per mille of requests answered 503 at random.
+    fail_per_mille: std::sync::atomic::AtomicU32,
+    /// The next N requests get a trailers-only gRPC UNAVAILABLE.
+    grpc_unavailable_next: std::sync::atomic::AtomicU32,
 }
 
 impl Switch {
@@ -65,9 +69,28 @@ impl Switch {
         self.0.retry_after.store(secs, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Answer this fraction (0.0..=1.0) of requests with 503, at random.
+    pub fn fail_rate(&self, rate: f64) {
+        self.0.fail_per_mille.store((rate * 1000.0) as u32, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Answer the next `n` requests with a trailers-only gRPC UNAVAILABLE.
+    pub fn grpc_unavailable_next(&self, n: u32) {
+        self.0.grpc_unavailable_next.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn take_grpc_unavailable(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0.grpc_unavailable_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+
     /// The status this request gets, if the switch overrides it.
     fn take(&self) -> Option<(StatusCode, Option<u32>)> {
         use std::sync::atomic::Ordering;
+        let pm = self.0.fail_per_mille.load(Ordering::SeqCst);
+        if pm > 0 && rand_per_mille() < pm {
+            return Some((StatusCode::SERVICE_UNAVAILABLE, None));
+        }
         let failing = self.0.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if failing {
             let ra = self.0.retry_after.load(Ordering::SeqCst);
@@ -121,20 +144,10 @@ pub struct Echo {
 impl Echo {
     /// Parse an echo body; panics with the body if it is not one.
     pub fn parse(body: &[u8]) -> Self {
-        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
-            panic!(
-                "not an upstream echo ({e}): {}",
-                String::from_utf8_lossy(body)
-            )
-        });
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("not an upstream echo ({e}): {}", String::from_utf8_lossy(body)));
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-        Self {
-            upstream: s("upstream"),
-            method: s("method"),
-            path: s("path"),
-            version: s("version"),
-            body: s("body"),
-        }
+        Self { upstream: s("upstream"), method: s("method"), path: s("path"), version: s("version"), body: s("body") }
     }
 }
 
@@ -205,15 +218,10 @@ impl HttpBuilder {
                 let io = TokioIo::new(stream);
                 let _ = match cfg.protocol {
                     Protocol::Http1 => {
-                        hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, svc)
-                            .with_upgrades()
-                            .await
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await
                     }
                     Protocol::Http2 => {
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, svc)
-                            .await
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await
                     }
                 };
             }
@@ -233,11 +241,7 @@ fn version_str(v: http::Version) -> &'static str {
     }
 }
 
-async fn respond(
-    cfg: &HttpBuilder,
-    log: &Log,
-    mut req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     let upgrade = cfg.upgrades && req.headers().contains_key(header::UPGRADE);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
@@ -245,11 +249,7 @@ async fn respond(
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     log.record(Seen {
         method: parts.method.clone(),
         path: path.clone(),
@@ -287,16 +287,11 @@ async fn respond(
             }
             let _ = io.shutdown().await;
         });
-        let proto = parts
-            .headers
-            .get(header::UPGRADE)
-            .cloned()
-            .unwrap_or(HeaderValue::from_static("websocket"));
+        let proto = parts.headers.get(header::UPGRADE).cloned().unwrap_or(HeaderValue::from_static("websocket"));
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         resp.headers_mut().insert(header::UPGRADE, proto);
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         resp.headers_mut().insert(X_UPSTREAM, name);
         return resp;
     }
@@ -304,12 +299,7 @@ async fn respond(
         .headers
         .keys()
         .map(|k| {
-            let all: Vec<&str> = parts
-                .headers
-                .get_all(k)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
+            let all: Vec<&str> = parts.headers.get_all(k).iter().filter_map(|v| v.to_str().ok()).collect();
             (k.as_str().to_string(), json!(all.join(", ")))
         })
         .collect();
@@ -323,6 +313,15 @@ async fn respond(
     });
     let mut resp = Response::new(Full::new(Bytes::from(echo.to_string())));
     *resp.status_mut() = cfg.status;
+    if cfg.switch.as_ref().is_some_and(Switch::take_grpc_unavailable) {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        let h = resp.headers_mut();
+        h.insert(X_UPSTREAM, name);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        h.insert("grpc-message", HeaderValue::from_static("try again"));
+        return resp;
+    }
     if let Some((status, retry_after)) = cfg.switch.as_ref().and_then(Switch::take) {
         *resp.status_mut() = status;
         if let Some(secs) = retry_after {
@@ -331,9 +330,15 @@ async fn respond(
     }
     let h = resp.headers_mut();
     h.insert(X_UPSTREAM, name);
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// A random number in 0..1000 (std only: hash of a counter and the time).
+fn rand_per_mille() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    (h.finish() % 1000) as u32
 }
