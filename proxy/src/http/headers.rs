@@ -15,6 +15,21 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Connection`. `TE: trailers` survives: gRPC needs it end to end.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay (an upgrade request).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: most messages carry none of them; one pass over the names is
+    // cheaper than a hashed remove per hop-by-hop name.
+    let hop = |n: &HeaderName| {
+        n == header::CONNECTION
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+            || n == header::PROXY_AUTHORIZATION
+            || n == header::TRAILER
+            || n == header::TRANSFER_ENCODING
+            || n == header::UPGRADE
+            || n == header::TE
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION).cloned() {
         if let Ok(conn) = conn.to_str() {
             for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -47,7 +48,7 @@ where
 {
     type Response = Answered;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Answered, ProxyError>>;
+    type Future = Either<S::Future, BoxFuture<Result<Answered, ProxyError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -56,15 +57,17 @@ where
     fn call(&mut self, up: Upstream) -> Self::Future {
         let injected = self.fault.roll();
         if let Some(status) = injected.abort {
-            return Box::pin(async move { Err(ProxyError::FaultAbort { status }) });
+            return Either::Right(Box::pin(async move { Err(ProxyError::FaultAbort { status }) }));
         }
         let fut = self.inner.call(up);
-        Box::pin(async move {
-            if let Some(d) = injected.delay {
+        match injected.delay {
+            // Not injected this time: no extra allocation.
+            None => Either::Left(fut),
+            Some(d) => Either::Right(Box::pin(async move {
                 tokio::time::sleep(d).await;
-            }
-            fut.await
-        })
+                fut.await
+            })),
+        }
     }
 }
 

@@ -36,11 +36,13 @@ pub struct EndpointHealth {
 pub struct ClusterOutliers {
     ejected: AtomicU32,
     last_eval: Mutex<Instant>,
+    /// `now_nanos` before which no evaluation is due (checked without the lock).
+    next_eval: AtomicU64,
 }
 
 impl Default for ClusterOutliers {
     fn default() -> Self {
-        Self { ejected: AtomicU32::new(0), last_eval: Mutex::new(Instant::now()) }
+        Self { ejected: AtomicU32::new(0), last_eval: Mutex::new(Instant::now()), next_eval: AtomicU64::new(0) }
     }
 }
 
@@ -146,12 +148,17 @@ impl ClusterOutliers {
         cfg: &OutlierConfig,
         endpoints: impl Iterator<Item = &'a EndpointHealth> + Clone,
     ) -> u32 {
+        if cfg.failure_percentage == 0 || now_nanos() < self.next_eval.load(Ordering::Relaxed) {
+            return 0;
+        }
         {
             let mut last = self.last_eval.lock();
             if last.elapsed() < cfg.interval {
+                self.next_eval.store(now_nanos() + (cfg.interval - last.elapsed()).as_nanos() as u64, Ordering::Relaxed);
                 return 0;
             }
             *last = Instant::now();
+            self.next_eval.store(now_nanos() + cfg.interval.as_nanos() as u64, Ordering::Relaxed);
         }
         let total = endpoints.clone().count();
         let mut ejected = 0;

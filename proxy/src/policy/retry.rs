@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, StatusCode};
+use http_body::Body as _;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -23,6 +24,7 @@ use crate::outbound::stack::{Answered, Upstream};
 use crate::rescue::ProxyError;
 use crate::state::Cluster;
 use crate::telemetry::metrics::{Metrics, ServiceLabels, ServiceReasonLabels};
+use crate::telemetry::trace::{HttpAttrs, Span, SpanKind};
 
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
@@ -146,6 +148,21 @@ fn retry_after(res: &Result<Answered, ProxyError>) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
+/// A request body as retries see it.
+enum Replayable {
+    Empty,
+    Body(ReplayBody),
+}
+
+impl Replayable {
+    fn try_clone(&self) -> Option<Replayable> {
+        match self {
+            Replayable::Empty => Some(Replayable::Empty),
+            Replayable::Body(b) => b.try_clone().map(Replayable::Body),
+        }
+    }
+}
+
 struct Template {
     method: Method,
     uri: http::Uri,
@@ -154,8 +171,12 @@ struct Template {
 }
 
 impl Template {
-    fn request(&self, body: ReplayBody) -> Request<Body> {
-        let mut r = Request::new(Body::Replay(body));
+    fn request(&self, body: Replayable) -> Request<Body> {
+        let body = match body {
+            Replayable::Empty => Body::Empty,
+            Replayable::Body(b) => Body::Replay(b),
+        };
+        let mut r = Request::new(body);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.version_mut() = self.version;
@@ -189,11 +210,19 @@ where
     let is_grpc = crate::rescue::is_grpc(&up.req);
     let (parts, body) = std::mem::take(&mut up.req).into_parts();
     let template = Template { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers };
-    let mut body = ReplayBody::new(body, DEFAULT_CAP);
+    // No body (most retried requests): nothing to keep a copy of.
+    let mut body = if body.is_end_stream() { Replayable::Empty } else { Replayable::Body(ReplayBody::new(body, DEFAULT_CAP)) };
 
     let mut attempt = 1u32;
     loop {
         let next_body = body.try_clone();
+        // Tracing on: each try is a child span of the request's, and the upstream
+        // hears this try's span as its parent.
+        let span = up.trace.as_ref().map(|t| AttemptSpan {
+            span: Some(t.child(SpanKind::Client)),
+            method: template.method.clone(),
+            attempt,
+        });
         let mut this = Upstream {
             req: template.request(body),
             client: up.client,
@@ -202,10 +231,14 @@ where
             attempt,
             tried: std::mem::take(&mut up.tried),
             deadline: up.deadline,
+            trace: span.as_ref().and_then(|s| s.span.as_ref()).map(|s| s.context().clone()),
         };
         this.req.extensions_mut().clear();
         let tried_before = this.tried.clone();
         let res = one_try(inner.clone(), this, policy.per_try_timeout).await;
+        if let Some(s) = span {
+            s.end(&res);
+        }
         let outcome = outcome_of(&res, policy);
         if matches!(outcome, Outcome::Success | Outcome::Local) || attempt > policy.attempts {
             return res;
@@ -255,6 +288,40 @@ where
         tokio::time::sleep(delay).await;
         body = replay;
         attempt += 1;
+    }
+}
+
+/// The span of one try. Dropped unfinished (the request's timeout fired during
+/// the try), it ends as `cancelled`.
+struct AttemptSpan {
+    span: Option<Span>,
+    method: Method,
+    attempt: u32,
+}
+
+impl AttemptSpan {
+    fn end(mut self, res: &Result<Answered, ProxyError>) {
+        let Some(span) = self.span.take() else { return };
+        let method = std::mem::replace(&mut self.method, Method::GET);
+        let attrs = match res {
+            Ok(a) => HttpAttrs::attempt(method, self.attempt, Some(a.endpoint), a.resp.status().as_u16(), None),
+            Err(e) => {
+                let endpoint = match e {
+                    ProxyError::Upstream(u) => Some(u.addr()),
+                    _ => None,
+                };
+                HttpAttrs::attempt(method, self.attempt, endpoint, 0, Some(e.classify().1))
+            }
+        };
+        span.end(attrs);
+    }
+}
+
+impl Drop for AttemptSpan {
+    fn drop(&mut self) {
+        if let Some(span) = self.span.take() {
+            span.end(HttpAttrs::attempt(self.method.clone(), self.attempt, None, 0, Some("cancelled")));
+        }
     }
 }
 

@@ -61,6 +61,13 @@ pub struct ServiceReasonLabels {
     pub reason: &'static str,
 }
 
+/// Why spans were not exported: `queue-full`, `export-failed`, `rejected`
+/// (by the collector), `exporter-stopped`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceDropLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointStateLabels {
     pub service: Arc<str>,
@@ -75,9 +82,21 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
-/// Every family of the proxy, cheap to clone.
+/// Every family of the proxy; a handle that costs one reference count to clone.
 #[derive(Clone)]
 pub struct Metrics {
+    inner: Arc<Families>,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+    fn deref(&self) -> &Families {
+        &self.inner
+    }
+}
+
+/// The families themselves.
+pub struct Families {
     registry: Arc<Registry>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
@@ -93,6 +112,8 @@ pub struct Metrics {
     pub circuit_breaker_rejections: Family<ServiceReasonLabels, Counter>,
     pub outlier_ejections: Family<ServiceLabels, Counter>,
     pub endpoints: Family<EndpointStateLabels, Gauge>,
+    pub trace_spans_exported: Counter,
+    pub trace_spans_dropped: Family<TraceDropLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -163,7 +184,19 @@ impl Metrics {
         registry.register("outlier_ejections", "Endpoints ejected by outlier detection", outlier_ejections.clone());
         let endpoints = Family::<EndpointStateLabels, Gauge>::default();
         registry.register("endpoints", "Endpoints per service by state (healthy, ejected)", endpoints.clone());
-        Self {
+        let trace_spans_exported = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans accepted by the OTLP collector",
+            trace_spans_exported.clone(),
+        );
+        let trace_spans_dropped = Family::<TraceDropLabels, Counter>::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Sampled spans not exported, by reason (queue-full, export-failed, rejected, exporter-stopped)",
+            trace_spans_dropped.clone(),
+        );
+        let families = Families {
             registry: Arc::new(registry),
             retries,
             retry_budget_exhausted,
@@ -171,6 +204,8 @@ impl Metrics {
             circuit_breaker_rejections,
             outlier_ejections,
             endpoints,
+            trace_spans_exported,
+            trace_spans_dropped,
             requests,
             request_duration,
             local_replies,
@@ -179,7 +214,8 @@ impl Metrics {
             tcp_bytes,
             xds_updates,
             config_version,
-        }
+        };
+        Self { inner: Arc::new(families) }
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -192,6 +228,28 @@ impl Metrics {
     }
 
     pub const CONTENT_TYPE: &'static str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+    /// Every family the proxy exports, as `# TYPE` names it (a family appears in
+    /// the exposition once it has a series). docs/metrics.md documents each; a
+    /// unit test keeps this list equal to what [`Metrics::new`] registers.
+    pub const FAMILIES: &'static [&'static str] = &[
+        "outrider_requests_total",
+        "outrider_request_duration_seconds",
+        "outrider_local_replies_total",
+        "outrider_tcp_connections_open",
+        "outrider_tcp_connections_total",
+        "outrider_tcp_bytes_total",
+        "outrider_xds_updates_total",
+        "outrider_config_version",
+        "outrider_retries_total",
+        "outrider_retry_budget_exhausted_total",
+        "outrider_circuit_breaker_state",
+        "outrider_circuit_breaker_rejections_total",
+        "outrider_outlier_ejections_total",
+        "outrider_endpoints",
+        "outrider_trace_spans_exported_total",
+        "outrider_trace_spans_dropped_total",
+    ];
 }
 
 /// Gauge value for a version string: 53 bits of its FNV-1a hash, so the value is
@@ -203,4 +261,35 @@ pub fn version_value(version: &str) -> i64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     (h & ((1u64 << 53) - 1)) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_lists_every_registered_family() {
+        let m = Metrics::new();
+        let svc: Arc<str> = Arc::from("s");
+        let d = Direction::outbound;
+        let _ = m.requests.get_or_create(&RequestLabels { direction: d, service: svc.clone(), route: svc.clone(), code: 200 });
+        let _ = m.request_duration.get_or_create(&DurationLabels { direction: d, service: svc.clone() });
+        let _ = m.local_replies.get_or_create(&LocalReplyLabels { direction: d, reason: "r" });
+        let _ = m.tcp_connections_open.get_or_create(&DirectionLabels { direction: d });
+        let _ = m.tcp_connections.get_or_create(&DirectionLabels { direction: d });
+        let _ = m.tcp_bytes.get_or_create(&DirectionLabels { direction: d });
+        let _ = m.xds_updates.get_or_create(&XdsLabels { r#type: "t", result: "accepted" });
+        let _ = m.config_version.get_or_create(&TypeLabels { r#type: "t" });
+        let _ = m.retries.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
+        let _ = m.retry_budget_exhausted.get_or_create(&ServiceLabels { service: svc.clone() });
+        let _ = m.circuit_breaker_state.get_or_create(&ServiceLabels { service: svc.clone() });
+        let _ = m.circuit_breaker_rejections.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
+        let _ = m.outlier_ejections.get_or_create(&ServiceLabels { service: svc.clone() });
+        let _ = m.endpoints.get_or_create(&EndpointStateLabels { service: svc, state: "healthy" });
+        let _ = m.trace_spans_dropped.get_or_create(&TraceDropLabels { reason: "queue-full" });
+        let text = m.encode();
+        let declared: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+        assert_eq!(declared, Metrics::FAMILIES, "touch every family above, and list it in FAMILIES and docs/metrics.md");
+    }
 }
