@@ -1,65 +1,74 @@
-//! The load harness: one run measures the direct path, outrider-proxy, HAProxy
-//! and nginx with the same load generator (wrk) and the same upstream, and
-//! writes the numbers to docs/benchmarks/.
+//! The load harness: one run puts the direct path, outrider-proxy, HAProxy and
+//! nginx through the same workloads against the same upstream, and writes JSON,
+//! a markdown table and SVG plots to docs/benchmarks/.
 //!
-//! Pinning on a 2-core machine: the proxy under test runs on core 0; wrk and
-//! the upstream (this process) share core 1, so the generator never steals the
-//! proxy's core. Peers are configured like the proxy: one worker, keep-alive
-//! to the upstream, logging off.
+//! Pinning on a 2-core machine: the proxy under test runs alone on core 0; the
+//! load generators (wrk, h2load, the open-loop and bulk clients in this process)
+//! and the upstream (a thread of this process) share core 1, so the generator
+//! never steals the proxy's core. Peers are configured like the proxy: one
+//! worker, keep-alive to the upstream, logging off.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 
+mod h2load;
+mod idle;
+mod latency;
+mod openloop;
 mod peers;
+mod plots;
 mod procstat;
 mod report;
+mod run;
+mod tcpbulk;
 mod upstream;
 mod wrk;
+
+const TARGETS: [&str; 4] = ["direct", "outrider", "haproxy", "nginx"];
+/// Set when the harness re-executes itself under a raised file limit.
+const REEXEC_ENV: &str = "OUTRIDER_BENCH_NOFILE_RAISED";
 
 #[derive(Debug, Parser)]
 #[command(about = "Outrider load harness: direct vs outrider-proxy vs HAProxy vs nginx")]
 struct Args {
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
-    /// Concurrent connections of the closed-loop load.
+    /// Smoke mode: one second per workload, 1,000 idle connections.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per measurement (default 10; 1 with --quick).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Concurrent connections of the closed-loop HTTP/1.1 load (wrk).
     #[arg(long, default_value_t = 50)]
     connections: u32,
-    /// outrider-proxy binary (build it with `cargo build --release`).
+    /// Open-loop rates, requests per second.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rates: Vec<u32>,
+    /// Keep-alive connections the open-loop generator spreads its requests over.
+    #[arg(long, default_value_t = 32)]
+    open_connections: u32,
+    /// h2load connections and streams per connection (h2c and gRPC).
+    #[arg(long, default_value_t = 10)]
+    h2_connections: u32,
+    #[arg(long, default_value_t = 10)]
+    h2_streams: u32,
+    /// Idle keep-alive connections for the RSS measurement (default 10000; 1000 with --quick).
+    #[arg(long)]
+    idle_connections: Option<u64>,
+    /// outrider-proxy binary (build it with `cargo build --release -p outrider-proxy`).
     #[arg(long, default_value = "target/release/outrider-proxy")]
     proxy: PathBuf,
-    /// Where the JSON and markdown results go.
+    /// Where the JSON, markdown and SVG results go.
     #[arg(long, default_value = "docs/benchmarks")]
     out: PathBuf,
     /// Only these targets (comma separated: direct,outrider,haproxy,nginx).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "direct,outrider,haproxy,nginx"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "direct,outrider,haproxy,nginx")]
     targets: Vec<String>,
-}
-
-/// One target's results.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TargetResult {
-    pub target: String,
-    pub version: String,
-    pub requests: u64,
-    pub rps: f64,
-    pub latency_p50_ms: f64,
-    pub latency_p90_ms: f64,
-    pub latency_p99_ms: f64,
-    /// Proxy CPU time (user + system) per request, microseconds; none for direct.
-    pub cpu_us_per_request: Option<f64>,
-    pub idle_rss_kb: Option<u64>,
-    pub peak_rss_kb: Option<u64>,
-    pub ready_ms: Option<f64>,
 }
 
 fn pin_self_to(core: usize) {
@@ -68,130 +77,119 @@ fn pin_self_to(core: usize) {
         .args(["-a", "-cp", &core.to_string(), &pid])
         .stdout(Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+        .is_ok_and(|s| s.success());
     if !ok {
         eprintln!("warning: could not pin the harness to core {core} (taskset missing?)");
     }
 }
 
+/// The idle-connection test needs one file per connection here too: when the
+/// soft limit is too low, run again under `ulimit -n` (once).
+fn raise_nofile(wanted: u64) {
+    if procstat::nofile_soft().unwrap_or(0) >= wanted || std::env::var_os(REEXEC_ENV).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let err = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(REEXEC_ENV, "1")
+        .exec();
+    eprintln!("warning: could not re-run under a higher file limit: {err}");
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !wrk::available() {
-        bail!("wrk is not installed: apt-get install wrk (see benches/README.md)");
-    }
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let (proxy_core, load_core) = if cores >= 2 { (0, 1) } else { (0, 0) };
-    pin_self_to(load_core);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let upstream = upstream::start()?;
-    eprintln!("upstream listening on {upstream} (1 kB responses)");
-    let dur = Duration::from_secs(args.duration);
-    let mut results = Vec::new();
     for t in &args.targets {
-        let load = Load {
-            connections: args.connections,
-            dur,
-            core: load_core,
-        };
-        let res = match t.as_str() {
-            "direct" => {
-                eprintln!(
-                    "[direct] {}s, {} connections",
-                    args.duration, args.connections
-                );
-                let w = rt.block_on(wrk::run(
-                    &format!("http://{upstream}/"),
-                    None,
-                    load.connections,
-                    load.dur,
-                    load.core,
-                ))?;
-                Some(TargetResult::from_wrk("direct", "-", &w, None))
-            }
-            "outrider" => {
-                let p = peers::Outrider::start(&args.proxy, upstream, proxy_core)
-                    .with_context(|| format!("starting {}", args.proxy.display()))?;
-                Some(rt.block_on(measure(&p.proc, &p.url, Some(peers::OUTRIDER_HOST), load))?)
-            }
-            "haproxy" => match peers::Haproxy::start(upstream, proxy_core)? {
-                Some(p) => Some(rt.block_on(measure(&p.proc, &p.url, None, load))?),
-                None => None,
-            },
-            "nginx" => match peers::Nginx::start(upstream, proxy_core)? {
-                Some(p) => Some(rt.block_on(measure(&p.proc, &p.url, None, load))?),
-                None => None,
-            },
-            other => bail!("unknown target {other}"),
-        };
-        if let Some(r) = res {
-            eprintln!(
-                "[{}] {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, cpu/req {}",
-                r.target,
-                r.rps,
-                r.latency_p50_ms,
-                r.latency_p99_ms,
-                r.cpu_us_per_request
-                    .map(|c| format!("{c:.1} µs"))
-                    .unwrap_or("-".into())
-            );
-            results.push(r);
+        if !TARGETS.contains(&t.as_str()) {
+            bail!("unknown target {t} (known: {})", TARGETS.join(","));
         }
     }
-    report::write(&args.out, &results, args.connections, args.duration)?;
-    eprintln!("wrote {}", args.out.display());
+    let idle_wanted = args.idle_connections.unwrap_or(if args.quick { 1000 } else { 10_000 });
+    raise_nofile(idle_wanted + 2048);
+    let mut notes = Vec::new();
+    let nofile = procstat::nofile_soft().unwrap_or(1024);
+    let idle_connections = idle_wanted.min(nofile.saturating_sub(2048));
+    if idle_connections < idle_wanted {
+        let n =
+            format!("the file limit here is {nofile}: {idle_connections} idle connections instead of {idle_wanted}");
+        eprintln!("warning: {n}");
+        notes.push(n);
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (proxy_core, load_core) = if cores >= 2 { (0, 1) } else { (0, 0) };
+    let duration_s = args.duration.unwrap_or(if args.quick { 1 } else { 10 });
+    let settings = run::Settings {
+        quick: args.quick,
+        duration_s,
+        tcp_duration_s: (duration_s / 2).max(1),
+        connections: args.connections,
+        rates: args.rates.clone(),
+        open_connections: args.open_connections,
+        h2_connections: args.h2_connections,
+        h2_streams: args.h2_streams,
+        idle_connections,
+        proxy_core,
+        load_core,
+    };
+    pin_self_to(load_core);
+    let load_before = procstat::loadavg();
+    eprintln!("load average before: {load_before}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let up = upstream::start()?;
+    eprintln!("upstream on {} (1 kB responses, h2c, gRPC), TCP sink on {}", up.http, up.sink);
+    let scratch = std::env::temp_dir().join(format!("outrider-bench-scratch-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let mut prog =
+        run::Progress { total: args.targets.len() * run::steps_per_target(&settings), done: 0, start: Instant::now() };
+    let mut reports = Vec::new();
+    for t in &args.targets {
+        let started = match t.as_str() {
+            "direct" => Ok(Some(peers::direct(&up))),
+            "outrider" => peers::outrider(&args.proxy, &up, proxy_core).map(Some),
+            "haproxy" => peers::haproxy(&up, proxy_core),
+            _ => peers::nginx(&up, proxy_core),
+        };
+        match started {
+            Ok(Some(target)) => reports.push(rt.block_on(run::measure(&target, &settings, &up, &mut prog, &scratch))),
+            Ok(None) => {
+                let why = format!("{t} is not installed (apt-get install {t})");
+                eprintln!("[{t}] skipped: {why}");
+                prog.total -= run::steps_per_target(&settings);
+                reports.push(run::TargetReport { target: t.clone(), skipped: Some(why), ..Default::default() });
+            }
+            Err(e) => {
+                eprintln!("[{t}] FAILED to start: {e:#}");
+                prog.total -= run::steps_per_target(&settings);
+                reports.push(run::TargetReport {
+                    target: t.clone(),
+                    error: Some(format!("{e:#}")),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let load_after = procstat::loadavg();
+    eprintln!("load average after: {load_after}");
+    let run = report::Run {
+        machine: report::machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        quick: args.quick,
+        load_before,
+        load_after,
+        pinning: format!(
+            "proxy under test on core {proxy_core}; load generators and upstream on core {load_core} ({cores} cores)"
+        ),
+        settings,
+        notes,
+        targets: reports,
+    };
+    report::write(&args.out, &run)?;
+    plots::write(&args.out, &run)?;
+    eprintln!("wrote {}/results.{{json,md}} and the plots", args.out.display());
+    print!("{}", report::summary(&run));
     Ok(())
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Load {
-    connections: u32,
-    dur: Duration,
-    core: usize,
-}
-
-async fn measure(
-    proc_: &peers::Proc,
-    url: &str,
-    host: Option<&str>,
-    load: Load,
-) -> Result<TargetResult> {
-    eprintln!("[{}] warm-up", proc_.name);
-    // Warm-up opens the upstream connections; it is not measured.
-    let _ = wrk::run(url, host, 4, Duration::from_secs(1), load.core).await?;
-    let idle = procstat::rss_kb(proc_.pid);
-    let before = procstat::cpu_ticks(proc_.pid)?;
-    eprintln!("[{}] measuring", proc_.name);
-    let w = wrk::run(url, host, load.connections, load.dur, load.core).await?;
-    let after = procstat::cpu_ticks(proc_.pid)?;
-    let cpu_s = (after - before) as f64 / procstat::ticks_per_second();
-    let mut r = TargetResult::from_wrk(&proc_.name, &proc_.version, &w, Some(cpu_s));
-    r.idle_rss_kb = idle;
-    r.peak_rss_kb = procstat::peak_rss_kb(proc_.pid);
-    r.ready_ms = proc_.ready.map(|d| d.as_secs_f64() * 1000.0);
-    Ok(r)
-}
-
-impl TargetResult {
-    fn from_wrk(target: &str, version: &str, w: &wrk::WrkResult, cpu_s: Option<f64>) -> Self {
-        Self {
-            target: target.into(),
-            version: version.into(),
-            requests: w.requests,
-            rps: w.rps,
-            latency_p50_ms: w.p50_ms,
-            latency_p90_ms: w.p90_ms,
-            latency_p99_ms: w.p99_ms,
-            cpu_us_per_request: cpu_s
-                .filter(|_| w.requests > 0)
-                .map(|s| s * 1e6 / w.requests as f64),
-            idle_rss_kb: None,
-            peak_rss_kb: None,
-            ready_ms: None,
-        }
-    }
 }

@@ -3,8 +3,8 @@ use anyhow::{Context, Result};
 
 /// utime + stime of a process, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name may contain spaces: fields start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -26,12 +26,7 @@ pub fn ticks_per_second() -> f64 {
 
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub fn rss_kb(pid: u32) -> Option<u64> {
@@ -40,4 +35,27 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
 
 pub fn peak_rss_kb(pid: u32) -> Option<u64> {
     status_kb(pid, "VmHWM:")
+}
+
+/// The soft limit on open files of this process (`Max open files` in /proc/self/limits).
+pub fn nofile_soft() -> Option<u64> {
+    nofile(0)
+}
+
+/// The hard limit on open files: what a child may raise its soft limit to.
+pub fn nofile_hard() -> Option<u64> {
+    nofile(1)
+}
+
+fn nofile(col: usize) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().nth(col)?.parse().ok()
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }

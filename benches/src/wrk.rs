@@ -10,30 +10,37 @@ pub struct WrkResult {
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
+    pub p75_ms: f64,
+}
+
+impl WrkResult {
+    /// wrk prints only p50/p75/p90/p99 (closed loop, not corrected for
+    /// coordinated omission).
+    pub fn latency(&self) -> crate::latency::Latency {
+        let us = |ms: f64| ms * 1000.0;
+        crate::latency::Latency {
+            p50_us: us(self.p50_ms),
+            p90_us: us(self.p90_ms),
+            p99_us: us(self.p99_ms),
+            curve: vec![
+                (50.0, us(self.p50_ms)),
+                (75.0, us(self.p75_ms)),
+                (90.0, us(self.p90_ms)),
+                (99.0, us(self.p99_ms)),
+            ],
+            ..Default::default()
+        }
+    }
 }
 
 pub fn available() -> bool {
-    std::process::Command::new("wrk")
-        .arg("--version")
-        .output()
-        .is_ok()
+    std::process::Command::new("wrk").arg("--version").output().is_ok()
 }
 
-pub async fn run(
-    url: &str,
-    host: Option<&str>,
-    connections: u32,
-    dur: Duration,
-    core: usize,
-) -> Result<WrkResult> {
+pub async fn run(url: &str, host: Option<&str>, connections: u32, dur: Duration, core: usize) -> Result<WrkResult> {
     let mut cmd = tokio::process::Command::new("taskset");
     cmd.args(["-c", &core.to_string(), "wrk", "-t1", "--latency"]);
-    cmd.args([
-        "-c",
-        &connections.to_string(),
-        "-d",
-        &format!("{}s", dur.as_secs().max(1)),
-    ]);
+    cmd.args(["-c", &connections.to_string(), "-d", &format!("{}s", dur.as_secs().max(1))]);
     if let Some(h) = host {
         cmd.args(["-H", &format!("Host: {h}")]);
     }
@@ -50,9 +57,7 @@ pub async fn run(
 }
 
 fn ms(v: &str) -> Option<f64> {
-    let (num, unit) = v
-        .trim()
-        .split_at(v.trim().find(|c: char| c.is_ascii_alphabetic())?);
+    let (num, unit) = v.trim().split_at(v.trim().find(|c: char| c.is_ascii_alphabetic())?);
     let n: f64 = num.parse().ok()?;
     Some(match unit {
         "us" => n / 1000.0,
@@ -70,13 +75,11 @@ pub fn parse(text: &str) -> Result<WrkResult> {
         if let Some(v) = l.strip_prefix("Requests/sec:") {
             r.rps = v.trim().parse().context("Requests/sec")?;
         } else if l.contains(" requests in ") {
-            r.requests = l
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .context("requests")?;
+            r.requests = l.split_whitespace().next().and_then(|n| n.parse().ok()).context("requests")?;
         } else if let Some(v) = l.strip_prefix("50%") {
             r.p50_ms = ms(v).context("p50")?;
+        } else if let Some(v) = l.strip_prefix("75%") {
+            r.p75_ms = ms(v).context("p75")?;
         } else if let Some(v) = l.strip_prefix("90%") {
             r.p90_ms = ms(v).context("p90")?;
         } else if let Some(v) = l.strip_prefix("99%") {

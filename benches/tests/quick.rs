@@ -1,0 +1,116 @@
+//! The harness cannot rot: `loadtest --quick` runs against every target and
+//! writes sane results (every target present or explicitly skipped, every
+//! workload run with requests or skipped with a reason). It checks that the
+//! harness works, never a speed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// As `outrider_tests::skip`: say why and return, unless `OUTRIDER_REQUIRE_ALL=1`.
+fn skip(why: &str) {
+    if require_all() {
+        panic!("{why} (OUTRIDER_REQUIRE_ALL=1: prerequisites must be installed)");
+    }
+    eprintln!("{why}");
+}
+
+fn require_all() -> bool {
+    std::env::var("OUTRIDER_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+fn installed(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// `$OUTRIDER_PROXY_BIN`, else `outrider-proxy` of this build profile
+/// (`target/debug/outrider-proxy` next to `target/debug/deps/quick-HASH`).
+fn proxy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("OUTRIDER_PROXY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    let dir = if dir.ends_with("deps") { dir.parent().unwrap() } else { dir };
+    dir.join("outrider-proxy")
+}
+
+const WORKLOADS: [&str; 6] = ["http1", "http1-open-1000", "http1-open-5000", "h2c", "grpc", "tcp"];
+
+#[test]
+fn quick_run_writes_sane_results() {
+    for tool in ["wrk", "h2load", "taskset"] {
+        if !installed(tool) {
+            return skip(&format!(
+                "skipping the load-harness smoke test: {tool} is not installed (apt-get install haproxy nginx wrk nghttp2-client)"
+            ));
+        }
+    }
+    let proxy = proxy_bin();
+    if !proxy.exists() {
+        return skip(&format!(
+            "skipping the load-harness smoke test: {} does not exist (cargo build -p outrider-proxy, or set OUTRIDER_PROXY_BIN)",
+            proxy.display()
+        ));
+    }
+    let out = std::env::temp_dir().join(format!("outrider-bench-quick-{}", std::process::id()));
+    let start = Instant::now();
+    let run = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("--quick")
+        .arg("--out")
+        .arg(&out)
+        .arg("--proxy")
+        .arg(&proxy)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running loadtest");
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "loadtest --quick failed:\n{stderr}");
+    eprintln!("loadtest --quick took {took:?}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json")).unwrap();
+    assert_eq!(json["quick"], true);
+    let targets = json["targets"].as_array().expect("targets");
+    for name in ["direct", "outrider", "haproxy", "nginx"] {
+        let t = targets.iter().find(|t| t["target"] == name).unwrap_or_else(|| panic!("{name} missing:\n{json:#}"));
+        assert!(t["error"].is_null(), "{name} failed to start: {}", t["error"]);
+        if let Some(why) = t["skipped"].as_str() {
+            assert!(!why.is_empty());
+            if require_all() {
+                panic!("{name} was skipped: {why} (OUTRIDER_REQUIRE_ALL=1)");
+            }
+            continue;
+        }
+        let wls = t["workloads"].as_array().expect("workloads");
+        for w in WORKLOADS {
+            let wl = wls.iter().find(|x| x["name"] == w).unwrap_or_else(|| panic!("{name}: workload {w} missing"));
+            assert!(wl["error"].is_null(), "{name} {w} failed: {}", wl["error"]);
+            if wl["skipped"].as_str().is_some_and(|s| !s.is_empty()) {
+                continue;
+            }
+            let n = wl["requests"].as_u64().unwrap_or(0);
+            assert!(n > 0, "{name} {w}: no requests (bytes for tcp):\n{wl:#}");
+            if w != "tcp" {
+                assert!(wl["latency"]["p50_us"].as_f64().unwrap_or(0.0) > 0.0, "{name} {w}: no latency");
+            }
+            if name != "direct" {
+                assert!(wl["cpu_s"].as_f64().is_some(), "{name} {w}: proxy CPU not measured");
+            }
+        }
+        if name != "direct" {
+            assert!(t["ready_ms"].as_f64().unwrap_or(0.0) > 0.0, "{name}: no ready time");
+            assert!(t["idle_rss_kb"].as_u64().unwrap_or(0) > 0, "{name}: no idle RSS");
+            assert!(t["idle_connections"].as_u64().unwrap_or(0) > 0, "{name}: idle connections not measured");
+        }
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    assert!(md.contains("| outrider |"), "{md}");
+    for svg in ["latency.svg", "throughput.svg", "cpu.svg"] {
+        let s = std::fs::read_to_string(out.join(svg)).unwrap_or_default();
+        assert!(s.contains("<svg"), "{svg} is not an SVG");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
