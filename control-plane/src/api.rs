@@ -7,6 +7,7 @@
 //! | `DELETE /v1/policies/KIND/NAME` | delete one document |
 //! | `POST /v1/validate` | dry run of a write: errors, or what would change |
 //! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
+//! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
 //! | `GET /metrics` | the control plane's own metrics |
 //!
 //! Writes need `Authorization: Bearer TOKEN`; `If-Match: VERSION` makes a write conditional
@@ -24,10 +25,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::endpoints::Registry;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::policies::{Policies, WriteError, canonical_kind};
 use crate::snapshot::Snapshot;
 use crate::tracker::Tracker;
+
+mod endpoints;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 4 << 20;
@@ -43,6 +47,7 @@ pub struct ApiState {
     /// Bearer token for writes.
     pub token: String,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub registry: Arc<Registry>,
 }
 
 /// Serve until the task is dropped.
@@ -63,6 +68,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
@@ -105,32 +111,35 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &json!({"ok": true})),
         (&Method::GET, ["metrics"]) => Response::builder()
-            .header(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
+            .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .body(Full::new(Bytes::from(state.metrics.encode())))
             .unwrap_or_default(),
         (&Method::GET, ["v1", "status"]) => {
-            let version = state.snapshots.borrow().version.clone();
+            let (version, policy_version) = {
+                let s = state.snapshots.borrow();
+                (s.version.clone(), s.policy_version.clone())
+            };
             json_response(
                 StatusCode::OK,
-                &json!({"version": version, "proxies": state.tracker.list()}),
+                &json!({"version": version, "policyVersion": policy_version, "proxies": state.tracker.list()}),
             )
         }
-        (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => {
-            get_policies(state, rest).await
+        (&Method::GET, ["v1", "endpoints"]) => endpoints::list(state),
+        (&Method::POST | &Method::PUT, ["v1", "endpoints"]) => endpoints::register(state, req).await,
+        (&Method::DELETE, ["v1", "endpoints", id]) => {
+            let id = (*id).to_owned();
+            endpoints::remove(state, &req, &id)
         }
+        (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => get_policies(state, rest).await,
         (&Method::PUT | &Method::POST, ["v1", "policies"]) => write(state, req, false).await,
         (&Method::POST, ["v1", "validate"]) => write(state, req, true).await,
         (&Method::DELETE, ["v1", "policies", kind, name]) => {
             let (kind, name) = ((*kind).to_owned(), (*name).to_owned());
             delete(state, req, &kind, &name).await
         }
-        (_, ["v1", ..]) | (_, ["metrics"]) | (_, ["healthz"]) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed on {path}"),
-        ),
+        (_, ["v1", ..]) | (_, ["metrics"]) | (_, ["healthz"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
+        }
         _ => error(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
     }
 }
@@ -140,10 +149,7 @@ async fn get_policies(state: &ApiState, rest: &[&str]) -> Response<Body> {
         Some(k) => match canonical_kind(k) {
             Some(k) => Some(k),
             None => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("unknown kind {k:?}: expected Service or TrafficPolicy"),
-                );
+                return error(StatusCode::NOT_FOUND, format!("unknown kind {k:?}: expected Service or TrafficPolicy"));
             }
         },
         None => None,
@@ -170,10 +176,7 @@ async fn get_policies(state: &ApiState, rest: &[&str]) -> Response<Body> {
 }
 
 fn if_match(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 async fn write(state: &ApiState, req: Request<Incoming>, dry_run: bool) -> Response<Body> {
@@ -193,16 +196,10 @@ async fn write(state: &ApiState, req: Request<Incoming>, dry_run: bool) -> Respo
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the body is not UTF-8");
     };
-    let result = state
-        .policies
-        .apply(text, expected.as_deref(), dry_run)
-        .await;
+    let result = state.policies.apply(text, expected.as_deref(), dry_run).await;
     if dry_run {
         return match result {
-            Ok(outcome) => json_response(
-                StatusCode::OK,
-                &json!({"valid": true, "changes": outcome.changes}),
-            ),
+            Ok(outcome) => json_response(StatusCode::OK, &json!({"valid": true, "changes": outcome.changes})),
             Err(e) => write_error(state, e, true),
         };
     }
@@ -216,26 +213,14 @@ async fn write(state: &ApiState, req: Request<Incoming>, dry_run: bool) -> Respo
     }
 }
 
-async fn delete(
-    state: &ApiState,
-    req: Request<Incoming>,
-    kind: &str,
-    name: &str,
-) -> Response<Body> {
+async fn delete(state: &ApiState, req: Request<Incoming>, kind: &str, name: &str) -> Response<Body> {
     if !authorized(state, &req) {
         return unauthorized();
     }
     let Some(kind) = canonical_kind(kind) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("unknown kind {kind:?}: expected Service or TrafficPolicy"),
-        );
+        return error(StatusCode::NOT_FOUND, format!("unknown kind {kind:?}: expected Service or TrafficPolicy"));
     };
-    match state
-        .policies
-        .delete(kind, name, if_match(&req).as_deref())
-        .await
-    {
+    match state.policies.delete(kind, name, if_match(&req).as_deref()).await {
         Ok(outcome) => {
             record(state, "accepted");
             json_response(StatusCode::OK, &json!(outcome))
@@ -245,11 +230,7 @@ async fn delete(
 }
 
 fn record(state: &ApiState, result: &'static str) {
-    state
-        .metrics
-        .policy_writes
-        .get_or_create(&ResultLabels { result })
-        .inc();
+    state.metrics.policy_writes.get_or_create(&ResultLabels { result }).inc();
 }
 
 fn unauthorized() -> Response<Body> {
@@ -266,9 +247,7 @@ fn unauthorized() -> Response<Body> {
 fn write_error(state: &ApiState, e: WriteError, dry_run: bool) -> Response<Body> {
     let (status, result) = match &e {
         WriteError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
-        WriteError::Conflict { .. } | WriteError::OwnedByDir { .. } => {
-            (StatusCode::CONFLICT, "conflict")
-        }
+        WriteError::Conflict { .. } | WriteError::OwnedByDir { .. } => (StatusCode::CONFLICT, "conflict"),
         WriteError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid"),
         WriteError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
     };

@@ -32,10 +32,7 @@ pub struct Connection {
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("outrider: cannot start a runtime: {e}");
@@ -46,11 +43,10 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 fn call(conn: &Connection, method: Method, path: &str, body: Option<String>) -> Result<Reply, ExitCode> {
     let rt = runtime().ok_or(ExitCode::from(1))?;
-    rt.block_on(client::send(&conn.server, method, path, conn.token.as_deref(), body))
-        .map_err(|e| {
-            eprintln!("outrider: {e}");
-            ExitCode::from(1)
-        })
+    rt.block_on(client::send(&conn.server, method, path, conn.token.as_deref(), body)).map_err(|e| {
+        eprintln!("outrider: {e}");
+        ExitCode::from(1)
+    })
 }
 
 /// Exit code and message for a failed reply.
@@ -65,9 +61,7 @@ fn failed(reply: &Reply) -> ExitCode {
         eprintln!("outrider: {} {}", reply.status, msg.trim());
     }
     match reply.status {
-        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::PAYLOAD_TOO_LARGE => {
-            ExitCode::from(2)
-        }
+        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::PAYLOAD_TOO_LARGE => ExitCode::from(2),
         _ => ExitCode::from(1),
     }
 }
@@ -96,11 +90,7 @@ fn read_documents(path: &Path) -> Result<String, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| e == "yaml" || e == "yml")
-            })
+            .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| e == "yaml" || e == "yml"))
             .collect();
         files.sort();
         files
@@ -220,10 +210,7 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
         print_value(&v, output);
         return ExitCode::SUCCESS;
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     println!("config version {}", v["version"].as_str().unwrap_or(""));
     println!(
         "{:<32} {:<16} {:<6} {:<20} {:<20} {:<20} {:<20} LAST SEEN",
@@ -248,12 +235,7 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
                 format!("SENT {}", short(sent))
             }
         };
-        let row = [
-            cell("Cluster"),
-            cell("ClusterLoadAssignment"),
-            cell("Listener"),
-            cell("RouteConfiguration"),
-        ];
+        let row = [cell("Cluster"), cell("ClusterLoadAssignment"), cell("Listener"), cell("RouteConfiguration")];
         let seen = now.saturating_sub(p["lastSeen"].as_u64().unwrap_or(now));
         println!(
             "{:<32} {:<16} {:<6} {:<20} {:<20} {:<20} {:<20} {seen}s ago",

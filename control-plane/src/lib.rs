@@ -5,8 +5,12 @@
 
 /// The HTTP API: policies, validation, proxy status, metrics.
 pub mod api;
+/// The mesh CA: root, workload certificates from CSRs, trust bundle, join tokens.
+pub mod ca;
 /// The CLI verbs that talk to a running control plane (`apply`, `get`, `delete`, `status`).
 pub mod cli;
+/// Registered endpoints (sidecars, `POST /v1/endpoints`) behind the `EndpointSource` trait.
+pub mod endpoints;
 /// The control plane's own Prometheus metrics.
 pub mod metrics;
 /// Policy documents from the directory and the API, validated as one set, persisted.

@@ -8,11 +8,7 @@ use outrider_control_plane::cli::{self, Connection, Output};
 use outrider_control_plane::server::{self, ServerConfig};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "outrider",
-    version,
-    about = "Outrider service mesh: control plane and CLI"
-)]
+#[command(name = "outrider", version, about = "Outrider service mesh: control plane and CLI")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,6 +86,9 @@ struct ServeArgs {
     /// SPIFFE trust domain (identities arrive with the certificate work).
     #[arg(long, env = "OUTRIDER_TRUST_DOMAIN", default_value = "outrider.local")]
     trust_domain: String,
+    /// How long a sidecar's endpoint registration outlives its xDS stream.
+    #[arg(long, env = "OUTRIDER_REGISTRATION_GRACE", default_value = "10s", value_parser = duration)]
+    registration_grace: std::time::Duration,
     /// Runtime worker threads.
     #[arg(long, env = "OUTRIDER_WORKERS", default_value_t = 2)]
     workers: usize,
@@ -108,16 +107,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::ControlPlane(args) => serve(args),
         Command::Apply { file, output, conn } => cli::apply(&conn, &file, output),
-        Command::Get {
-            kind,
-            name,
-            output,
-            conn,
-        } => cli::get(&conn, kind.as_deref(), name.as_deref(), output),
+        Command::Get { kind, name, output, conn } => cli::get(&conn, kind.as_deref(), name.as_deref(), output),
         Command::Delete { kind, name, conn } => cli::delete(&conn, &kind, &name),
         Command::Status { output, conn } => cli::status(&conn, output),
         Command::Validate { file, output } => validate(&file, output),
     }
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    outrider_xds::duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn init_logs(format: LogFormat) {
@@ -150,6 +148,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         data_dir: args.data_dir,
         token,
         workers: args.workers,
+        registration_grace: args.registration_grace,
     };
     let running = match server::start(config) {
         Ok(r) => r,
@@ -161,9 +160,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     tracing::info!(xds = %running.xds_addr, api = %running.api_addr, trust_domain = %args.trust_domain, "listening");
     // Stop on SIGTERM / SIGINT: accepted writes are already durable.
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build();
     match signals {
         Ok(rt) => rt.block_on(async {
             let mut term =
@@ -185,11 +182,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn validate(path: &Path, output: Output) -> ExitCode {
-    let result = if path.is_dir() {
-        outrider_xds::load_dir(path)
-    } else {
-        outrider_xds::load_file(path)
-    };
+    let result = if path.is_dir() { outrider_xds::load_dir(path) } else { outrider_xds::load_file(path) };
     match (result, output) {
         (Ok(set), Output::Table) => {
             let resources = outrider_xds::translate(&set);

@@ -49,46 +49,21 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("outrider");
         let connected_proxies = Gauge::default();
-        registry.register(
-            "xds_connected_proxies",
-            "xDS streams open now",
-            connected_proxies.clone(),
-        );
+        registry.register("xds_connected_proxies", "xDS streams open now", connected_proxies.clone());
         let pushes = Family::<TypeLabels, Counter>::default();
-        registry.register(
-            "xds_pushes",
-            "xDS responses sent, by resource type",
-            pushes.clone(),
-        );
+        registry.register("xds_pushes", "xDS responses sent, by resource type", pushes.clone());
         let nacks = Family::<TypeLabels, Counter>::default();
-        registry.register(
-            "xds_nacks",
-            "xDS responses a client rejected, by resource type",
-            nacks.clone(),
-        );
+        registry.register("xds_nacks", "xDS responses a client rejected, by resource type", nacks.clone());
         // 1 ms .. ~16 s.
-        let push_latency = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
-        );
+        let push_latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "xds_push_latency_seconds",
             "Time from a config change to a client's ACK of it",
             push_latency.clone(),
         );
         let policy_writes = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "policy_writes",
-            "Policy writes over the API, by result",
-            policy_writes.clone(),
-        );
-        Self {
-            registry: Arc::new(registry),
-            connected_proxies,
-            pushes,
-            nacks,
-            push_latency,
-            policy_writes,
-        }
+        registry.register("policy_writes", "Policy writes over the API, by result", policy_writes.clone());
+        Self { registry: Arc::new(registry), connected_proxies, pushes, nacks, push_latency, policy_writes }
     }
 
     /// The text exposition.

@@ -28,16 +28,14 @@ pub type Key = (String, String);
 pub enum WriteError {
     #[error("{0}")]
     Invalid(PolicyErrors),
-    #[error("resource version conflict: If-Match {expected:?} but the current version is {actual}; read it again and retry")]
+    #[error(
+        "resource version conflict: If-Match {expected:?} but the current version is {actual}; read it again and retry"
+    )]
     Conflict { expected: String, actual: u64 },
     #[error("{kind}/{name} not found")]
     NotFound { kind: String, name: String },
     #[error("{kind}/{name} is defined in the policy directory ({file}); change the file instead")]
-    OwnedByDir {
-        kind: String,
-        name: String,
-        file: String,
-    },
+    OwnedByDir { kind: String, name: String, file: String },
     #[error("{0}")]
     Persist(#[from] PersistError),
 }
@@ -69,6 +67,8 @@ pub struct Change {
 #[serde(rename_all = "camelCase")]
 pub struct WriteOutcome {
     pub revision: u64,
+    /// The xDS version of the resulting set (what `GET /v1/status` shows once it is pushed).
+    pub config_version: String,
     pub changes: Vec<Change>,
 }
 
@@ -106,11 +106,8 @@ impl Policies {
     /// Restore the stored documents and read the policy directory.
     pub fn open(data: DataDir, dir: Option<PathBuf>) -> Result<Arc<Self>, OpenError> {
         let state = data.load()?;
-        let api: BTreeMap<Key, StoredDoc> = state
-            .documents
-            .into_iter()
-            .map(|d| ((d.kind.clone(), d.name.clone()), d))
-            .collect();
+        let api: BTreeMap<Key, StoredDoc> =
+            state.documents.into_iter().map(|d| ((d.kind.clone(), d.name.clone()), d)).collect();
         let (dir_sources, dir_fingerprint) = match &dir {
             Some(d) => {
                 let (sources, fp) = read_dir(d).map_err(OpenError::Dir)?;
@@ -123,26 +120,14 @@ impl Policies {
             Ok(set) => set,
             Err(errors) => {
                 // The stored set alone must be valid: it was, when it was written.
-                load_sources(&stored).map_err(|errors| OpenError::Stored {
-                    dir: data.path().display().to_string(),
-                    errors,
-                })?;
+                load_sources(&stored)
+                    .map_err(|errors| OpenError::Stored { dir: data.path().display().to_string(), errors })?;
                 return Err(OpenError::Dir(errors));
             }
         };
-        let inner = Inner {
-            dir_docs: documents_of(&dir_sources),
-            dir_sources,
-            dir_fingerprint,
-            api,
-            revision: state.revision,
-        };
-        Ok(Arc::new(Self {
-            inner: Mutex::new(inner),
-            current: watch::channel(Arc::new(set)).0,
-            data,
-            dir,
-        }))
+        let inner =
+            Inner { dir_docs: documents_of(&dir_sources), dir_sources, dir_fingerprint, api, revision: state.revision };
+        Ok(Arc::new(Self { inner: Mutex::new(inner), current: watch::channel(Arc::new(set)).0, data, dir }))
     }
 
     /// The validated set now in force, and its changes.
@@ -157,12 +142,7 @@ impl Policies {
     /// Create or replace the documents of `body` (YAML or JSON, one or many documents).
     /// `if_match`: the resource version the writer read (of its one document, or the revision
     /// of the whole store for several). `dry_run` validates and reports without writing.
-    pub async fn apply(
-        &self,
-        body: &str,
-        if_match: Option<&str>,
-        dry_run: bool,
-    ) -> Result<WriteOutcome, WriteError> {
+    pub async fn apply(&self, body: &str, if_match: Option<&str>, dry_run: bool) -> Result<WriteOutcome, WriteError> {
         let request = Source::new("request", body);
         let docs = match split_documents(body) {
             Some(docs) => docs,
@@ -186,8 +166,8 @@ impl Policies {
         }
         let replaced: Vec<&Key> = docs.iter().map(|(k, _)| k).collect();
         let stored = stored_sources(&inner.api, Some(&replaced));
-        let set = load_sources(inner.dir_sources.iter().chain(&stored).chain([&request]))
-            .map_err(WriteError::Invalid)?;
+        let set =
+            load_sources(inner.dir_sources.iter().chain(&stored).chain([&request])).map_err(WriteError::Invalid)?;
         let revision = inner.revision + 1;
         let mut next = inner.api.clone();
         let mut changes = Vec::new();
@@ -197,40 +177,20 @@ impl Policies {
                 Some(_) => ("updated", revision),
                 None => ("created", revision),
             };
-            changes.push(Change {
-                kind: key.0.clone(),
-                name: key.1.clone(),
-                action,
-                resource_version,
-            });
-            next.insert(
-                key.clone(),
-                StoredDoc {
-                    kind: key.0,
-                    name: key.1,
-                    resource_version,
-                    document: value,
-                },
-            );
+            changes.push(Change { kind: key.0.clone(), name: key.1.clone(), action, resource_version });
+            next.insert(key.clone(), StoredDoc { kind: key.0, name: key.1, resource_version, document: value });
         }
         let changed = changes.iter().any(|c| c.action != "unchanged");
+        let config_version = outrider_xds::translate(&set).version;
         if dry_run || !changed {
-            return Ok(WriteOutcome {
-                revision: inner.revision,
-                changes,
-            });
+            return Ok(WriteOutcome { revision: inner.revision, config_version, changes });
         }
         self.commit(&mut inner, next, revision, set).await?;
-        Ok(WriteOutcome { revision, changes })
+        Ok(WriteOutcome { revision, config_version, changes })
     }
 
     /// Delete one API document; the rest must still be a valid set.
-    pub async fn delete(
-        &self,
-        kind: &str,
-        name: &str,
-        if_match: Option<&str>,
-    ) -> Result<WriteOutcome, WriteError> {
+    pub async fn delete(&self, kind: &str, name: &str, if_match: Option<&str>) -> Result<WriteOutcome, WriteError> {
         let key = (kind.to_owned(), name.to_owned());
         let mut inner = self.inner.lock().await;
         let Some(doc) = inner.api.get(&key) else {
@@ -241,29 +201,22 @@ impl Policies {
                     file: file.clone(),
                 });
             }
-            return Err(WriteError::NotFound {
-                kind: kind.to_owned(),
-                name: name.to_owned(),
-            });
+            return Err(WriteError::NotFound { kind: kind.to_owned(), name: name.to_owned() });
         };
         if let Some(expected) = if_match {
             check_if_match(expected, doc.resource_version)?;
         }
         let stored = stored_sources(&inner.api, Some(&[&key]));
-        let set = load_sources(inner.dir_sources.iter().chain(&stored))
-            .map_err(WriteError::Invalid)?;
+        let set = load_sources(inner.dir_sources.iter().chain(&stored)).map_err(WriteError::Invalid)?;
         let revision = inner.revision + 1;
         let mut next = inner.api.clone();
         next.remove(&key);
+        let config_version = outrider_xds::translate(&set).version;
         self.commit(&mut inner, next, revision, set).await?;
         Ok(WriteOutcome {
             revision,
-            changes: vec![Change {
-                kind: key.0,
-                name: key.1,
-                action: "deleted",
-                resource_version: revision,
-            }],
+            config_version,
+            changes: vec![Change { kind: key.0, name: key.1, action: "deleted", resource_version: revision }],
         })
     }
 
@@ -275,19 +228,12 @@ impl Policies {
         revision: u64,
         set: PolicySet,
     ) -> Result<(), WriteError> {
-        let state = State {
-            revision,
-            documents: next.values().cloned().collect(),
-        };
+        let state = State { revision, documents: next.values().cloned().collect() };
         let data = self.data.clone();
-        tokio::task::spawn_blocking(move || data.store(&state))
-            .await
-            .map_err(|e| {
-                PersistError::Write {
-                    path: self.data.path().to_path_buf(),
-                    source: std::io::Error::other(e),
-                }
-            })??;
+        tokio::task::spawn_blocking(move || data.store(&state)).await.map_err(|e| PersistError::Write {
+            path: self.data.path().to_path_buf(),
+            source: std::io::Error::other(e),
+        })??;
         inner.api = next;
         inner.revision = revision;
         self.current.send_replace(Arc::new(set));
@@ -367,19 +313,14 @@ fn check_if_match(expected: &str, actual: u64) -> Result<(), WriteError> {
     if trimmed == "*" || trimmed.parse::<u64>().ok() == Some(actual) {
         return Ok(());
     }
-    Err(WriteError::Conflict {
-        expected: expected.to_owned(),
-        actual,
-    })
+    Err(WriteError::Conflict { expected: expected.to_owned(), actual })
 }
 
 /// The API documents as sources (each its own, named after it), minus `except`.
 fn stored_sources(api: &BTreeMap<Key, StoredDoc>, except: Option<&[&Key]>) -> Vec<Source> {
     api.iter()
         .filter(|(k, _)| except.is_none_or(|e| !e.contains(k)))
-        .map(|((kind, name), d)| {
-            Source::new(format!("stored {kind}/{name}"), d.document.to_string())
-        })
+        .map(|((kind, name), d)| Source::new(format!("stored {kind}/{name}"), d.document.to_string()))
         .collect()
 }
 
@@ -414,21 +355,12 @@ fn documents_of(sources: &[Source]) -> BTreeMap<Key, (String, serde_json::Value)
 /// The `*.yaml` / `*.yml` files of a directory (sorted) and a hash of names and contents.
 fn read_dir(dir: &Path) -> Result<(Vec<Source>, u64), PolicyErrors> {
     let name = dir.display().to_string();
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        PolicyErrors::from(PolicyError::file(
-            &name,
-            format!("cannot read the policy directory: {e}"),
-        ))
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| PolicyErrors::from(PolicyError::file(&name, format!("cannot read the policy directory: {e}"))))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| e == "yaml" || e == "yml")
-        })
+        .filter(|p| p.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
     let mut sources = Vec::new();
@@ -441,10 +373,7 @@ fn read_dir(dir: &Path) -> Result<(Vec<Source>, u64), PolicyErrors> {
     for file in files {
         let file_name = file.display().to_string();
         let text = std::fs::read_to_string(&file).map_err(|e| {
-            PolicyErrors::from(PolicyError::file(
-                &file_name,
-                format!("cannot read the policy file: {e}"),
-            ))
+            PolicyErrors::from(PolicyError::file(&file_name, format!("cannot read the policy file: {e}")))
         })?;
         feed(file_name.as_bytes());
         feed(&[0]);

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::api::{self, ApiState};
+use crate::endpoints::{EndpointSource, Registry, merge};
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
 use crate::policies::{OpenError, Policies};
@@ -36,23 +37,21 @@ pub struct ServerConfig {
     /// Bearer token for API writes; generated (and written to `DATA_DIR/api-token`) when absent.
     pub token: Option<String>,
     pub workers: usize,
+    /// How long a sidecar's endpoint registration outlives its xDS stream.
+    pub registration_grace: Duration,
 }
+
+/// Default for [`ServerConfig::registration_grace`].
+pub const REGISTRATION_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Policies(#[from] OpenError),
     #[error("cannot listen on {what} {addr}: {source}; is another process using the port?")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot write the API token to {path}: {source}")]
-    Token {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Token { path: PathBuf, source: std::io::Error },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -125,24 +124,14 @@ fn token(config: &ServerConfig) -> Result<String, StartError> {
     {
         return Ok(existing.trim().to_owned());
     }
-    let token: String = (0..32)
-        .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0'))
-        .collect();
-    let err = |source| StartError::Token {
-        path: path.clone(),
-        source,
-    };
+    let token: String = (0..32).map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0')).collect();
+    let err = |source| StartError::Token { path: path.clone(), source };
     std::fs::create_dir_all(&config.data_dir).map_err(err)?;
     {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(err)?;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).map_err(err)?;
         f.write_all(token.as_bytes()).map_err(err)?;
     }
     tracing::info!(file = %path.display(), "no --api-token given: generated one; writes need it");
@@ -166,6 +155,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
 
     let metrics = Metrics::new();
     let tracker = Tracker::new();
+    let registry = Registry::new(config.registration_grace);
     let mut generator = Generator::new();
     let first = generator.generate(&policies.current());
     let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
@@ -175,8 +165,9 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         token: token.clone(),
         snapshots: snap_rx.clone(),
+        registry: registry.clone(),
     });
-    let ads = AdsServer::new(snap_rx, tracker.clone(), metrics);
+    let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let p = policies.clone();
     let thread = std::thread::Builder::new()
@@ -187,7 +178,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                     (Ok(xds_l), Ok(api_l)) => {
                         tokio::spawn(ads.serve(xds_l));
                         tokio::spawn(api::serve(api_l, state));
-                        tokio::spawn(debounce(p.clone(), generator, snap_tx));
+                        tokio::spawn(debounce(p.clone(), registry.clone(), generator, snap_tx));
+                        tokio::spawn(registry.expire_loop());
                         tokio::spawn(p.watch_dir());
                         let _ = stop_rx.await;
                     }
@@ -196,32 +188,30 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                     }
                 }
             });
-            runtime.shutdown_background();
+            // Wait for the workers to drop every task (and with them the listeners), so the
+            // ports can be bound again at once.
+            runtime.shutdown_timeout(Duration::from_secs(2));
         })
         .map_err(StartError::Runtime)?;
-    Ok(Running {
-        xds_addr,
-        api_addr,
-        token,
-        policies,
-        tracker,
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    })
+    Ok(Running { xds_addr, api_addr, token, policies, tracker, stop: Some(stop_tx), thread: Some(thread) })
 }
 
 /// Regenerate the snapshot when the policy set changes, at most once per [`DEBOUNCE`] of quiet
 /// (and at least once per [`DEBOUNCE_MAX`] during a burst), and publish it when it differs.
 async fn debounce(
     policies: Arc<Policies>,
+    registry: Arc<Registry>,
     mut generator: Generator,
     snapshots: watch::Sender<Arc<Snapshot>>,
 ) {
     let mut changes = policies.subscribe();
     changes.mark_unchanged();
+    let mut registered = registry.changes();
+    registered.mark_unchanged();
     loop {
-        if changes.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            changed = registered.changed() => if changed.is_err() { return },
         }
         let burst_end = tokio::time::Instant::now() + DEBOUNCE_MAX;
         loop {
@@ -230,10 +220,19 @@ async fn debounce(
                 _ = quiet => break,
                 _ = tokio::time::sleep_until(burst_end) => break,
                 changed = changes.changed() => if changed.is_err() { return },
+                changed = registered.changed() => if changed.is_err() { return },
             }
         }
         let set = changes.borrow_and_update().clone();
-        let snapshot = generator.generate(&set);
+        registered.borrow_and_update();
+        let endpoints = registry.endpoints();
+        let snapshot = if endpoints.is_empty() {
+            generator.generate(&set)
+        } else {
+            let mut snapshot = generator.generate(&merge(&set, &endpoints));
+            snapshot.policy_version = outrider_xds::translate(&set).version;
+            snapshot
+        };
         if snapshot.version == snapshots.borrow().version {
             continue;
         }

@@ -22,8 +22,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use outrider_xds::PolicySet;
 use outrider_xds::resources::{
-    CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, HTTP_CONNECTION_MANAGER_TYPE_URL,
-    LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL, ROUTER_FILTER, ROUTER_TYPE_URL, any,
+    CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, HTTP_CONNECTION_MANAGER_TYPE_URL, LISTENER_TYPE_URL,
+    ROUTE_CONFIGURATION_TYPE_URL, ROUTER_FILTER, ROUTER_TYPE_URL, any,
 };
 use tokio::time::Instant;
 
@@ -49,7 +49,10 @@ pub struct TypeSnapshot {
 /// Everything the server serves at one moment.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Version of everything served (policies and registered endpoints).
     pub version: String,
+    /// Version of the policy documents alone (`configVersion` of API writes).
+    pub policy_version: String,
     pub types: BTreeMap<&'static str, TypeSnapshot>,
     /// When it was generated (push latency is measured from here).
     pub created: Instant,
@@ -57,11 +60,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn empty() -> Self {
-        Self {
-            version: String::new(),
-            types: BTreeMap::new(),
-            created: Instant::now(),
-        }
+        Self { version: String::new(), policy_version: String::new(), types: BTreeMap::new(), created: Instant::now() }
     }
 
     pub fn get(&self, type_url: &str) -> Option<&TypeSnapshot> {
@@ -94,49 +93,26 @@ impl Generator {
         for cla in &mut resources.endpoints {
             grpc_friendly_localities(cla);
         }
-        let mut listeners: Vec<(String, Listener, bool)> = resources
-            .listeners
-            .into_iter()
-            .map(|l| (l.name.clone(), l, true))
-            .collect();
-        listeners.extend(
-            api_listeners(set, &resources.routes)
-                .into_iter()
-                .map(|l| (l.name.clone(), l, false)),
-        );
+        let mut listeners: Vec<(String, Listener, bool)> =
+            resources.listeners.into_iter().map(|l| (l.name.clone(), l, true)).collect();
+        listeners.extend(api_listeners(set, &resources.routes).into_iter().map(|l| (l.name.clone(), l, false)));
         let routes = named(resources.routes, |r| r.name.clone());
         let clusters = named(resources.clusters, |c| c.name.clone());
         let endpoints = named(resources.endpoints, |e| e.cluster_name.clone());
 
         let mut types = BTreeMap::new();
         let tv = &mut self.type_versions;
-        types.insert(
-            LISTENER_TYPE_URL,
-            update(&mut self.listeners, listeners, &version, LISTENER_TYPE_URL, tv),
-        );
+        types.insert(LISTENER_TYPE_URL, update(&mut self.listeners, listeners, &version, LISTENER_TYPE_URL, tv));
         types.insert(
             ROUTE_CONFIGURATION_TYPE_URL,
             update(&mut self.routes, routes, &version, ROUTE_CONFIGURATION_TYPE_URL, tv),
         );
-        types.insert(
-            CLUSTER_TYPE_URL,
-            update(&mut self.clusters, clusters, &version, CLUSTER_TYPE_URL, tv),
-        );
+        types.insert(CLUSTER_TYPE_URL, update(&mut self.clusters, clusters, &version, CLUSTER_TYPE_URL, tv));
         types.insert(
             CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
-            update(
-                &mut self.endpoints,
-                endpoints,
-                &version,
-                CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
-                tv,
-            ),
+            update(&mut self.endpoints, endpoints, &version, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, tv),
         );
-        Snapshot {
-            version,
-            types,
-            created: Instant::now(),
-        }
+        Snapshot { policy_version: version.clone(), version, types, created: Instant::now() }
     }
 }
 
@@ -181,10 +157,7 @@ fn update<M: prost::Message + PartialEq + Clone>(
         _ => version.to_owned(),
     };
     type_versions.insert(type_url, type_version.clone());
-    TypeSnapshot {
-        version: type_version,
-        resources: out,
-    }
+    TypeSnapshot { version: type_version, resources: out }
 }
 
 /// gRPC ignores localities without a weight; give the single locality one (Envoy ignores it
@@ -208,10 +181,8 @@ fn api_listeners(set: &PolicySet, routes: &[RouteConfiguration]) -> Vec<Listener
             continue;
         }
         let name = service.name();
-        let Some(vhost) = routes
-            .iter()
-            .flat_map(|r| r.virtual_hosts.iter())
-            .find(|vh| vh.domains.iter().any(|d| d == name))
+        let Some(vhost) =
+            routes.iter().flat_map(|r| r.virtual_hosts.iter()).find(|vh| vh.domains.iter().any(|d| d == name))
         else {
             continue;
         };
@@ -224,23 +195,14 @@ fn api_listeners(set: &PolicySet, routes: &[RouteConfiguration]) -> Vec<Listener
             })),
             http_filters: vec![HttpFilter {
                 name: ROUTER_FILTER.to_owned(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                    ROUTER_TYPE_URL,
-                    &Router::default(),
-                ))),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(ROUTER_TYPE_URL, &Router::default()))),
                 ..Default::default()
             }],
             ..Default::default()
         };
-        let api = ApiListener {
-            api_listener: Some(any(HTTP_CONNECTION_MANAGER_TYPE_URL, &hcm)),
-        };
+        let api = ApiListener { api_listener: Some(any(HTTP_CONNECTION_MANAGER_TYPE_URL, &hcm)) };
         for listener_name in [name.to_owned(), format!("{name}:{}", service.spec.port)] {
-            out.push(Listener {
-                name: listener_name,
-                api_listener: Some(api.clone()),
-                ..Default::default()
-            });
+            out.push(Listener { name: listener_name, api_listener: Some(api.clone()), ..Default::default() });
         }
     }
     out
@@ -294,11 +256,8 @@ mod tests {
             assert!(!listeners[name].wildcard, "{name}");
         }
         let cla = &snapshot.get(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL).unwrap().resources;
-        let decoded: ClusterLoadAssignment = outrider_xds::resources::decode_any(
-            CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
-            &cla["outbound|80||a"].any,
-        )
-        .unwrap();
+        let decoded: ClusterLoadAssignment =
+            outrider_xds::resources::decode_any(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &cla["outbound|80||a"].any).unwrap();
         assert_eq!(decoded.endpoints[0].load_balancing_weight, Some(UInt32Value { value: 1 }));
     }
 }

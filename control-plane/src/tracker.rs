@@ -2,13 +2,17 @@
 //! version ACKed, the last NACK with its error, and when it was last heard from.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::value::Kind;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::endpoints::{Origin, Registry};
 use crate::metrics::{Metrics, TypeLabels};
 
 /// Status of one resource type on one proxy.
@@ -53,10 +57,7 @@ pub struct Tracker {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Tracker {
@@ -65,7 +66,12 @@ impl Tracker {
     }
 
     /// Register a stream; the returned guard unregisters it on drop.
-    pub fn connect(self: &Arc<Self>, protocol: &'static str, metrics: &Metrics) -> StreamHandle {
+    pub fn connect(
+        self: &Arc<Self>,
+        protocol: &'static str,
+        metrics: &Metrics,
+        registry: &Arc<Registry>,
+    ) -> StreamHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = unix_now();
         self.proxies.lock().insert(
@@ -85,6 +91,8 @@ impl Tracker {
             id,
             tracker: self.clone(),
             metrics: metrics.clone(),
+            registry: registry.clone(),
+            registration: None,
         }
     }
 
@@ -102,6 +110,9 @@ pub struct StreamHandle {
     id: u64,
     tracker: Arc<Tracker>,
     metrics: Metrics,
+    registry: Arc<Registry>,
+    /// The workload this sidecar registered (node metadata `advertise`), if any.
+    registration: Option<u64>,
 }
 
 impl StreamHandle {
@@ -112,13 +123,31 @@ impl StreamHandle {
         }
     }
 
-    /// The node of the first request.
-    pub fn identify(&self, node_id: &str, service: &str, user_agent: &str) {
+    /// The node of the first request. A sidecar that names its service and an `advertise`
+    /// address in its metadata registers that workload as an endpoint of the service.
+    pub fn identify(&mut self, node: &Node) {
+        let service = node_service(node);
         self.with(|p| {
-            node_id.clone_into(&mut p.node_id);
+            node.id.clone_into(&mut p.node_id);
             service.clone_into(&mut p.service);
-            user_agent.clone_into(&mut p.user_agent);
+            node.user_agent_name.clone_into(&mut p.user_agent);
         });
+        let advertise = metadata_string(node, "advertise");
+        let Some(advertise) = advertise else {
+            return;
+        };
+        match advertise.parse::<SocketAddr>() {
+            Ok(addr) if !service.is_empty() => {
+                let labels = metadata_labels(node);
+                let id = self.registry.register(&service, addr, labels, Origin::Sidecar(node.id.clone()), None);
+                tracing::info!(node = %node.id, %service, %addr, "workload registered");
+                self.registration = Some(id);
+            }
+            Ok(_) => tracing::warn!(node = %node.id, "advertise without a service: not registered"),
+            Err(e) => {
+                tracing::warn!(node = %node.id, %advertise, error = %e, "advertise is not IP:port: not registered")
+            }
+        }
     }
 
     pub fn seen(&self) {
@@ -126,10 +155,7 @@ impl StreamHandle {
     }
 
     pub fn sent(&self, type_name: &'static str, version: &str) {
-        self.metrics
-            .pushes
-            .get_or_create(&TypeLabels { r#type: type_name })
-            .inc();
+        self.metrics.pushes.get_or_create(&TypeLabels { r#type: type_name }).inc();
         self.with(|p| {
             version.clone_into(&mut p.types.entry(type_name.to_owned()).or_default().sent);
         });
@@ -144,21 +170,19 @@ impl StreamHandle {
     }
 
     pub fn nacked(&self, type_name: &'static str, version: &str, error: &str) {
-        self.metrics
-            .nacks
-            .get_or_create(&TypeLabels { r#type: type_name })
-            .inc();
+        self.metrics.nacks.get_or_create(&TypeLabels { r#type: type_name }).inc();
         self.with(|p| {
-            p.types.entry(type_name.to_owned()).or_default().nack = Some(Nack {
-                version: version.to_owned(),
-                error: error.to_owned(),
-            });
+            p.types.entry(type_name.to_owned()).or_default().nack =
+                Some(Nack { version: version.to_owned(), error: error.to_owned() });
         });
     }
 }
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
+        if let Some(id) = self.registration {
+            self.registry.expire_after(id, self.registry.grace);
+        }
         self.tracker.proxies.lock().remove(&self.id);
         self.metrics.connected_proxies.dec();
     }
@@ -178,14 +202,21 @@ pub fn type_name(type_url: &str) -> &'static str {
 
 /// The service a proxy serves: node metadata `service` (Outrider sidecars), else the node's
 /// `cluster` (Envoy's convention).
-pub fn node_service(node: &envoy_types::pb::envoy::config::core::v3::Node) -> String {
-    use envoy_types::pb::google::protobuf::value::Kind;
-    node.metadata
-        .as_ref()
-        .and_then(|m| m.fields.get("service"))
-        .and_then(|v| match &v.kind {
-            Some(Kind::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| node.cluster.clone())
+pub fn node_service(node: &Node) -> String {
+    metadata_string(node, "service").unwrap_or_else(|| node.cluster.clone())
+}
+
+fn metadata_string(node: &Node, key: &str) -> Option<String> {
+    match &node.metadata.as_ref()?.fields.get(key)?.kind {
+        Some(Kind::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Node metadata `labels` (a struct of strings).
+fn metadata_labels(node: &Node) -> BTreeMap<String, String> {
+    match node.metadata.as_ref().and_then(|m| m.fields.get("labels")).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StructValue(s)) => outrider_xds::resources::struct_strings(s),
+        _ => BTreeMap::new(),
+    }
 }

@@ -18,18 +18,19 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures_util::Stream;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::endpoints::Registry;
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, XdsResource};
 use crate::tracker::Tracker;
 
-/// Responses queued per stream before the stream's task waits for the client to read.
+/// Responses queued per stream before the stream's task waits for the transport.
 const STREAM_BUFFER: usize = 8;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -40,6 +41,7 @@ pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     tracker: Arc<Tracker>,
     metrics: Metrics,
+    registry: Arc<Registry>,
 }
 
 impl AdsServer {
@@ -47,12 +49,9 @@ impl AdsServer {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         tracker: Arc<Tracker>,
         metrics: Metrics,
+        registry: Arc<Registry>,
     ) -> Self {
-        Self {
-            snapshots,
-            tracker,
-            metrics,
-        }
+        Self { snapshots, tracker, metrics, registry }
     }
 
     /// Serve on `listener` until the task is dropped (HTTP/2 straight on hyper: tonic's router
@@ -74,6 +73,7 @@ impl AdsServer {
             let service = TowerToHyperService::new(service.clone());
             tokio::spawn(async move {
                 let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
                     .serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = conn.await {
@@ -94,14 +94,8 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let handle = self.tracker.connect("sotw", &self.metrics);
-        tokio::spawn(sotw::run(
-            request.into_inner(),
-            tx,
-            self.snapshots.clone(),
-            handle,
-            self.metrics.clone(),
-        ));
+        let handle = self.tracker.connect("sotw", &self.metrics, &self.registry);
+        tokio::spawn(sotw::run(request.into_inner(), tx, self.snapshots.clone(), handle, self.metrics.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -110,14 +104,8 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let handle = self.tracker.connect("delta", &self.metrics);
-        tokio::spawn(delta::run(
-            request.into_inner(),
-            tx,
-            self.snapshots.clone(),
-            handle,
-            self.metrics.clone(),
-        ));
+        let handle = self.tracker.connect("delta", &self.metrics, &self.registry);
+        tokio::spawn(delta::run(request.into_inner(), tx, self.snapshots.clone(), handle, self.metrics.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -135,10 +123,7 @@ impl Subscription {
     /// A SotW request's `resource_names`: none (or `*`) means wildcard.
     fn from_names(names: &[String]) -> Self {
         let wildcard = names.is_empty() || names.iter().any(|n| n == "*");
-        Self {
-            wildcard,
-            names: names.iter().filter(|n| *n != "*").cloned().collect(),
-        }
+        Self { wildcard, names: names.iter().filter(|n| *n != "*").cloned().collect() }
     }
 
     fn wants(&self, resource: &XdsResource) -> bool {
@@ -150,12 +135,7 @@ impl Subscription {
 /// that refer to them.
 fn push_order<'a>(types: impl Iterator<Item = &'a String>) -> Vec<String> {
     let mut list: Vec<String> = types.cloned().collect();
-    let rank = |t: &str| {
-        outrider_xds::ads::TYPE_URLS
-            .iter()
-            .position(|u| *u == t)
-            .unwrap_or(usize::MAX)
-    };
+    let rank = |t: &str| outrider_xds::ads::TYPE_URLS.iter().position(|u| *u == t).unwrap_or(usize::MAX);
     list.sort_by_key(|t| rank(t));
     list
 }

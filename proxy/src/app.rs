@@ -18,6 +18,8 @@ use crate::state::Store;
 use crate::telemetry::access::Recorder;
 use crate::telemetry::log::LogHandle;
 use crate::telemetry::metrics::{Direction, DirectionLabels, Metrics};
+use crate::telemetry::trace::Tracer;
+use crate::telemetry::trace::export::Exporter;
 use crate::transport::listen;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +81,6 @@ impl App {
         if let Some(f) = &file {
             f.load().map_err(|e| AppError::Policy(f.path().display().to_string(), e))?;
         }
-        let xds = config.xds.as_ref().map(|x| {
-            let node = crate::source::xds::node(&config.node_id, config.service.as_deref(), &config.namespace);
-            crate::source::xds::XdsSource::new(x, node, store.clone(), metrics.clone(), config.policy.as_deref())
-        });
         let reload = Arc::new(tokio::sync::Notify::new());
         if let Err(e) = crate::source::forward_sighup(reload.clone()) {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file change only");
@@ -103,8 +101,34 @@ impl App {
             metrics: local(&metrics_l, config.metrics),
             health: local(&health_l, config.health),
         };
+        // The xDS client; a sidecar registers its workload (--advertise, else the inbound listener).
+        let xds = config.xds.as_ref().map(|x| {
+            let node = crate::source::xds::node(
+                &config.node_id,
+                config.service.as_deref(),
+                &config.namespace,
+                x,
+                addrs.inbound,
+            );
+            crate::source::xds::XdsSource::new(x, node, store.clone(), metrics.clone(), config.policy.as_deref())
+        });
 
-        let recorder = Arc::new(Recorder { metrics: metrics.clone(), access_log: config.access_log });
+        // Tracing (OTEL_* set): the data path queues spans, the exporter on the
+        // control runtime sends them.
+        let (tracer, exporter) = match &config.tracing {
+            Some(t) => {
+                let (tracer, queue) = Tracer::new(t.sampler, t.max_queue, t.max_batch, metrics.clone());
+                let exporter = Exporter::new(queue, t.clone(), metrics.clone(), config.node_id.clone());
+                (Some(tracer), Some(exporter))
+            }
+            None => (None, None),
+        };
+        let recorder = Arc::new(Recorder {
+            metrics: metrics.clone(),
+            access_log: config.access_log,
+            access_log_sample: config.access_log_sample,
+            tracer,
+        });
         let server = HttpServer::new(&ServerLimits::default());
         let outbound = Arc::new(Outbound {
             store: store.clone(),
@@ -166,7 +190,16 @@ impl App {
                         }
                         (None, None) => {}
                     }
+                    let flush = exporter.map(|e| {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        (tx, tokio::spawn(e.run(rx)))
+                    });
                     let _ = stop_rx.await;
+                    // Send the spans still queued, within a bound.
+                    if let Some((tx, task)) = flush {
+                        let _ = tx.send(());
+                        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+                    }
                 });
             })
             .map_err(AppError::Runtime)?;

@@ -89,6 +89,10 @@ pub struct ProxyArgs {
     /// Access log: one line per request / connection (on | off).
     #[arg(long, env = "OUTRIDER_ACCESS_LOG", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     pub access_log: bool,
+    /// Share of successful requests and TCP connections that get an access-log line,
+    /// 0.0 to 1.0 (errors, 4xx, 5xx and local replies are always logged).
+    #[arg(long, env = "OUTRIDER_ACCESS_LOG_SAMPLE", default_value_t = 1.0)]
+    pub access_log_sample: f64,
     /// Data-plane worker threads (default: number of CPUs).
     #[arg(long, env = "OUTRIDER_WORKERS")]
     pub workers: Option<usize>,
@@ -98,7 +102,8 @@ pub struct ProxyArgs {
     /// SO_MARK set on the proxy's upstream sockets, so iptables rules can exempt them.
     #[arg(long, env = "OUTRIDER_SOCKET_MARK")]
     pub socket_mark: Option<u32>,
-    /// Workload address registered for --service (control plane; not supported yet).
+    /// Workload address (IP:port) registered as an endpoint of --service with the control plane
+    /// (default: the inbound listener, when it is bound to a specific IP).
     #[arg(long, env = "OUTRIDER_ADVERTISE")]
     pub advertise: Option<String>,
     #[arg(long, env = "OUTRIDER_NAMESPACE", default_value = "default")]
@@ -109,7 +114,7 @@ pub struct ProxyArgs {
     /// Join token file for certificate issuance (not supported yet).
     #[arg(long, env = "OUTRIDER_IDENTITY_TOKEN")]
     pub identity_token: Option<PathBuf>,
-    /// Labels of the registered workload, KEY=VALUE, repeatable (not supported yet).
+    /// Labels of the registered workload, KEY=VALUE, repeatable.
     #[arg(long = "label", env = "OUTRIDER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
 }
@@ -144,6 +149,10 @@ pub struct ProxyConfig {
     pub health: SocketAddr,
     pub log_format: LogFormat,
     pub access_log: bool,
+    /// Share of successful requests logged (errors always are).
+    pub access_log_sample: f64,
+    /// Spans over OTLP/gRPC, from the `OTEL_*` environment variables; `None`: off.
+    pub tracing: Option<crate::telemetry::trace::TraceConfig>,
     pub workers: usize,
     pub drain_timeout: Duration,
     pub socket_mark: Option<u32>,
@@ -155,8 +164,14 @@ pub enum ConfigError {
     NoPolicy,
     #[error("{0} is not supported yet: {1}")]
     NotSupported(&'static str, &'static str),
+    #[error("{0}: {1}")]
+    Invalid(&'static str, &'static str),
     #[error("--workers must be at least 1")]
     Workers,
+    #[error("--access-log-sample must be between 0 and 1, got {0}")]
+    AccessLogSample(f64),
+    #[error("tracing: {0}")]
+    Tracing(#[from] crate::telemetry::trace::config::TraceConfigError),
 }
 
 impl ProxyArgs {
@@ -170,11 +185,25 @@ impl ProxyArgs {
                 "mutual TLS arrives with the identity work",
             ));
         }
-        if self.advertise.is_some() || !self.labels.is_empty() {
+        if self.xds_address.is_none() && (self.advertise.is_some() || !self.labels.is_empty()) {
             return Err(ConfigError::NotSupported(
-                "--advertise / --label",
+                "--advertise / --label without --xds-address",
                 "workload registration needs the control plane",
             ));
+        }
+        let advertise = match self.advertise.as_deref().map(str::parse::<SocketAddr>) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(_)) => return Err(ConfigError::Invalid("--advertise", "expected IP:PORT, e.g. 10.0.0.7:8080")),
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        for l in &self.labels {
+            match l.split_once('=') {
+                Some((k, v)) if !k.is_empty() => {
+                    labels.insert(k.to_owned(), v.to_owned());
+                }
+                _ => return Err(ConfigError::Invalid("--label", "expected KEY=VALUE, e.g. version=v2")),
+            }
         }
         let xds = self.xds_address.map(|address| crate::source::xds::XdsConfig {
             address,
@@ -182,6 +211,8 @@ impl ProxyArgs {
                 XdsProtocol::Delta => crate::source::xds::Protocol::Delta,
                 XdsProtocol::Sotw => crate::source::xds::Protocol::Sotw,
             },
+            advertise,
+            labels,
         });
         if self.policy.is_none() && xds.is_none() {
             return Err(ConfigError::NoPolicy);
@@ -192,6 +223,11 @@ impl ProxyArgs {
             Some(n) => n,
             None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         };
+        if !(0.0..=1.0).contains(&self.access_log_sample) {
+            return Err(ConfigError::AccessLogSample(self.access_log_sample));
+        }
+        let tracing =
+            crate::telemetry::trace::TraceConfig::from_env(self.service.as_deref().unwrap_or("outrider-proxy"))?;
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let node_id = self.node_id.unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -211,6 +247,8 @@ impl ProxyArgs {
             health: SocketAddr::new(self.inbound_bind, self.health_port),
             log_format: self.log_format,
             access_log: self.access_log,
+            access_log_sample: self.access_log_sample,
+            tracing,
             workers,
             drain_timeout: self.drain_timeout,
             socket_mark: self.socket_mark,

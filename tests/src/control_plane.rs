@@ -46,6 +46,17 @@ impl ControlPlane {
 
     /// Start on the given addresses (e.g. those of a killed one), optionally watching a dir.
     pub fn start_on(data_dir: &Path, xds: SocketAddr, api: SocketAddr, policy_dir: Option<&Path>) -> Self {
+        Self::start_with(data_dir, xds, api, policy_dir, server::REGISTRATION_GRACE)
+    }
+
+    /// Start with a given grace period for sidecar registrations.
+    pub fn start_with(
+        data_dir: &Path,
+        xds: SocketAddr,
+        api: SocketAddr,
+        policy_dir: Option<&Path>,
+        registration_grace: std::time::Duration,
+    ) -> Self {
         let running = server::start(ServerConfig {
             xds,
             api,
@@ -53,6 +64,7 @@ impl ControlPlane {
             data_dir: data_dir.to_path_buf(),
             token: Some(TOKEN.into()),
             workers: 2,
+            registration_grace,
         })
         .unwrap_or_else(|e| panic!("the control plane did not start: {e}"));
         Self {
@@ -101,11 +113,17 @@ impl ControlPlane {
         }
     }
 
-    /// `PUT /v1/policies` with the token; panics unless 200.
-    pub async fn apply(&self, yaml: &str) -> Value {
+    /// `PUT /v1/policies` with the token; panics unless 200. Returns the resulting config
+    /// version (`configVersion`).
+    pub async fn apply(&self, yaml: &str) -> String {
         let r = self.call("PUT", "/v1/policies", yaml, true, None).await;
         assert_eq!(r.status, 200, "apply failed: {}", r.json);
-        r.json
+        r.json["configVersion"].as_str().expect("a configVersion").to_owned()
+    }
+
+    /// `GET /metrics` (text).
+    pub async fn metrics(&self) -> String {
+        client::send(&self.client, client::get("http://cp/metrics")).await.assert_status(200).text()
     }
 
     /// `GET /v1/status`.
@@ -113,19 +131,22 @@ impl ControlPlane {
         self.call("GET", "/v1/status", "", false, None).await.json
     }
 
-    /// Wait until `n` proxies are connected and every one has ACKed the current version of
-    /// all four types.
-    pub async fn wait_converged(&self, n: usize) -> Value {
-        wait::wait_for(&format!("{n} proxies to ACK the current config"), || async {
+    /// Wait until `version` is served, `n` proxies are connected and every one has ACKed all
+    /// four types (clusters at `version`).
+    pub async fn wait_converged(&self, version: &str, n: usize) -> Value {
+        wait::wait_for(&format!("{n} proxies to ACK config version {version}"), || async {
             let s = self.status().await;
-            let version = s["version"].as_str()?.to_owned();
+            if s["policyVersion"] != version {
+                return None;
+            }
+            let served = s["version"].as_str()?.to_owned();
             let proxies = s["proxies"].as_array()?;
             let done = proxies.len() == n
                 && proxies.iter().all(|p| {
                     ["Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"].iter().all(|t| {
                         let ts = &p["types"][*t];
                         ts["nack"].is_null() && !ts["acked"].as_str().unwrap_or("").is_empty()
-                    }) && p["types"]["Cluster"]["acked"] == version.as_str()
+                    }) && p["types"]["Cluster"]["acked"] == served.as_str()
                 });
             done.then_some(s)
         })
@@ -145,13 +166,31 @@ pub struct MeshProxy {
 impl MeshProxy {
     /// Start with `--xds-address` (no policy file), `--node-id node`, `--service service`.
     pub async fn start(xds_url: &str, node: &str, service: &str, protocol: Protocol) -> Self {
+        Self::start_advertising(xds_url, node, service, protocol, None).await
+    }
+
+    /// Start as the sidecar of `service`, registering `advertise` (e.g. an upstream standing in
+    /// for the application) as its workload.
+    pub async fn start_advertising(
+        xds_url: &str,
+        node: &str,
+        service: &str,
+        protocol: Protocol,
+        advertise: Option<SocketAddr>,
+    ) -> Self {
         let dir = TempDir::new("outrider-mesh");
         let mut config = harness::config(dir.path().join("unused.yaml"), None);
         config.policy = None;
-        config.xds = Some(XdsConfig { address: xds_url.to_owned(), protocol });
+        config.xds = Some(XdsConfig {
+            address: xds_url.to_owned(),
+            protocol,
+            advertise,
+            labels: [("version".to_owned(), "v1".to_owned())].into(),
+        });
         config.node_id = node.to_owned();
         config.service = Some(service.to_owned());
-        let app = App::build(config, LogHandle::disabled()).await.unwrap_or_else(|e| panic!("the proxy did not start: {e}"));
+        let app =
+            App::build(config, LogHandle::disabled()).await.unwrap_or_else(|e| panic!("the proxy did not start: {e}"));
         let client = client::http1(app.addrs.outbound);
         let admin = app.addrs.admin;
         Self { app: Some(app), client, admin, _dir: dir }
@@ -178,4 +217,33 @@ impl MeshProxy {
             app.shutdown().await;
         }
     }
+}
+
+/// The `outrider` binary: `$OUTRIDER_BIN`, else `target/debug/outrider` next to this test
+/// executable (build it with `cargo build -p outrider-control-plane --bins`).
+pub fn outrider_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("OUTRIDER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("the test executable has a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("outrider");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p outrider-control-plane --bins` first, or set OUTRIDER_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The xDS and API addresses from `outrider control-plane`'s `listening` log line.
+pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let field = |k: &str| v.get(k).or_else(|| v.pointer(&format!("/fields/{k}")))?.as_str()?.parse().ok();
+    let msg = v.get("message").or_else(|| v.pointer("/fields/message"))?.as_str()?;
+    (msg == "listening").then_some(())?;
+    Some((field("xds")?, field("api")?))
 }

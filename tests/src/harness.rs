@@ -26,15 +26,8 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(prefix: &str) -> Self {
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            "{prefix}-{}-{}-{nanos}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let name = format!("{prefix}-{}-{}-{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let path = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&path).expect("create a temp dir");
         Self { path }
@@ -92,6 +85,8 @@ pub fn config(policy: PathBuf, app_port: Option<u16>) -> ProxyConfig {
         health: any,
         log_format: LogFormat::Json,
         access_log: false,
+        access_log_sample: 1.0,
+        tracing: None,
         workers: 1,
         drain_timeout: Duration::from_secs(5),
         socket_mark: None,
@@ -106,21 +101,21 @@ impl ProxyHarness {
 
     /// Start a proxy that delivers inbound traffic to 127.0.0.1:`app_port`.
     pub async fn start_with(policy: &str, app_port: Option<u16>) -> Self {
+        Self::start_configured(policy, |c| c.app_port = app_port).await
+    }
+
+    /// Start a proxy with the harness's config changed by `edit` (tracing, access log, ...).
+    pub async fn start_configured(policy: &str, edit: impl FnOnce(&mut ProxyConfig)) -> Self {
         let dir = TempDir::new("outrider-test");
         let policy_path = dir.write(POLICY_FILE, policy);
-        let app = App::build(config(policy_path.clone(), app_port), LogHandle::disabled())
+        let mut cfg = config(policy_path.clone(), None);
+        edit(&mut cfg);
+        let app = App::build(cfg, LogHandle::disabled())
             .await
             .unwrap_or_else(|e| panic!("the proxy did not start: {e}\npolicy:\n{policy}"));
         let addrs = app.addrs;
         let store = app.store.clone();
-        let h = Self {
-            app: Some(app),
-            addrs,
-            store,
-            policy_path,
-            client: client::http1(addrs.outbound),
-            dir,
-        };
+        let h = Self { app: Some(app), addrs, store, policy_path, client: client::http1(addrs.outbound), dir };
         // An answer from the admin server means the control runtime is running, and with
         // it the policy watcher, which was spawned before it. Without this a rewrite made
         // right after start can be missed: the watcher takes its baseline when it first
@@ -152,20 +147,13 @@ impl ProxyHarness {
     /// A request to the admin port (`/ready`, `/config_dump`, ...).
     pub async fn admin(&self, method: &str, path: &str) -> Reply {
         let c = client::http1(self.addrs.admin);
-        client::send(
-            &c,
-            client::request(method, &format!("http://admin{path}"), Bytes::new()),
-        )
-        .await
+        client::send(&c, client::request(method, &format!("http://admin{path}"), Bytes::new())).await
     }
 
     /// `/metrics` from the metrics port.
     pub async fn metrics(&self) -> String {
         let c = client::http1(self.addrs.metrics);
-        client::send(&c, client::get("http://metrics/metrics"))
-            .await
-            .assert_status(200)
-            .text()
+        client::send(&c, client::get("http://metrics/metrics")).await.assert_status(200).text()
     }
 
     /// Replace the policy file without waiting for anything.
@@ -176,18 +164,12 @@ impl ProxyHarness {
     /// weakness: a content hash would not need this).
     pub fn write_policy(&self, policy: &str) {
         let fingerprint = |m: std::fs::Metadata| m.modified().ok().map(|t| (t, m.len()));
-        let before = std::fs::metadata(&self.policy_path)
-            .ok()
-            .and_then(fingerprint);
+        let before = std::fs::metadata(&self.policy_path).ok().and_then(fingerprint);
         let path = self.dir.write(POLICY_FILE, policy);
         let after = std::fs::metadata(&path).ok().and_then(fingerprint);
         if let (Some((t, _)), true) = (before, before == after) {
-            let f = std::fs::File::options()
-                .write(true)
-                .open(&path)
-                .expect("open the policy file");
-            f.set_modified(t + Duration::from_secs(1))
-                .expect("set the policy file's mtime");
+            let f = std::fs::File::options().write(true).open(&path).expect("open the policy file");
+            f.set_modified(t + Duration::from_secs(1)).expect("set the policy file's mtime");
         }
     }
 
@@ -196,12 +178,9 @@ impl ProxyHarness {
         let mut changed = self.store.subscribe();
         changed.mark_unchanged();
         self.write_policy(policy);
-        wait::within(
-            "the proxy to apply the rewritten policy file",
-            changed.changed(),
-        )
-        .await
-        .expect("the store is alive");
+        wait::within("the proxy to apply the rewritten policy file", changed.changed())
+            .await
+            .expect("the store is alive");
     }
 
     /// Drain and stop the proxy.

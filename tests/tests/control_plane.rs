@@ -26,8 +26,8 @@ async fn apply_reaches_delta_and_sotw_proxies_and_status_shows_ack() {
     delta.wait_ready().await;
     sotw.wait_ready().await;
 
-    cp.apply(&service(&a)).await;
-    let status = cp.wait_converged(2).await;
+    let version = cp.apply(&service(&a)).await;
+    let status = cp.wait_converged(&version, 2).await;
     let proxies = status["proxies"].as_array().unwrap();
     let nodes: Vec<&str> = proxies.iter().map(|p| p["nodeId"].as_str().unwrap()).collect();
     assert_eq!(nodes, ["delta-1", "sotw-1"]);
@@ -41,9 +41,11 @@ async fn apply_reaches_delta_and_sotw_proxies_and_status_shows_ack() {
         })
         .await;
     }
-    // The control plane's metrics saw the pushes.
-    let metrics = cp.call("GET", "/metrics", "", false, None).await;
-    assert_eq!(metrics.status, 200);
+    // The control plane's metrics saw the streams and the pushes.
+    let metrics = cp.metrics().await;
+    assert!(metrics.contains("outrider_xds_connected_proxies 2"), "{metrics}");
+    assert!(metrics.contains("outrider_xds_pushes_total{type=\"Cluster\"}"), "{metrics}");
+    assert!(metrics.contains("outrider_xds_push_latency_seconds_count"), "{metrics}");
     delta.shutdown().await;
     sotw.shutdown().await;
 }
@@ -54,8 +56,8 @@ async fn a_bad_policy_is_refused_naming_the_field_and_changes_nothing() {
     let cp = ControlPlane::start(data.path());
     let a = upstream::http1().name("a").start().await;
     let proxy = MeshProxy::start(&cp.xds_url(), "p", "frontend", Protocol::Delta).await;
-    cp.apply(&service(&a)).await;
-    let before = cp.wait_converged(1).await["version"].clone();
+    let version = cp.apply(&service(&a)).await;
+    let before = cp.wait_converged(&version, 1).await["version"].clone();
 
     let bad = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: echo}\nspec:\n  service: echo\n  connectTimeout: 1s\n  loadBalancer: fastest\n";
     let r = cp.call("PUT", "/v1/policies", bad, true, None).await;
@@ -77,7 +79,8 @@ async fn a_bad_policy_is_refused_naming_the_field_and_changes_nothing() {
 
     // Nothing changed: same version, same documents, traffic as before.
     let listed = cp.call("GET", "/v1/policies", "", false, None).await;
-    let kinds: Vec<&str> = listed.json["items"].as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> =
+        listed.json["items"].as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["Service"]);
     assert_eq!(cp.status().await["version"], before);
     assert_eq!(proxy.get("http://echo:8080/").await.upstream(), Some("a"));
@@ -125,8 +128,8 @@ async fn killing_the_control_plane_under_load_fails_no_request_and_proxies_recon
     let a = upstream::http1().name("a").start().await;
     let b = upstream::http1().name("b").start().await;
     let proxy = Arc::new(MeshProxy::start(&cp.xds_url(), "p", "frontend", Protocol::Delta).await);
-    cp.apply(&service(&a)).await;
-    cp.wait_converged(1).await;
+    let version = cp.apply(&service(&a)).await;
+    cp.wait_converged(&version, 1).await;
     wait::wait_until("traffic to reach a", || async { proxy.get("http://echo:8080/").await.upstream() == Some("a") })
         .await;
 
@@ -153,7 +156,7 @@ async fn killing_the_control_plane_under_load_fails_no_request_and_proxies_recon
     cp.restart();
     let listed = cp.call("GET", "/v1/policies/Service/echo", "", false, None).await;
     assert_eq!(listed.status, 200, "the policy survived the restart");
-    cp.wait_converged(1).await;
+    cp.wait_converged(&version, 1).await;
     let at_restart = ok.load(Ordering::Relaxed);
     wait::wait_until("load after the restart", || async { ok.load(Ordering::Relaxed) > at_restart + 50 }).await;
     stop.store(true, Ordering::Relaxed);
@@ -175,16 +178,70 @@ async fn a_restarted_control_plane_serves_exactly_what_it_had() {
     let mut cp = ControlPlane::start(data.path());
     let a = upstream::http1().name("a").start().await;
     let tp = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: echo}\nspec: {service: echo, connectTimeout: 2s, loadBalancer: round-robin}\n";
-    cp.apply(&policy::docs(&[service(&a), tp.to_owned()])).await;
+    let version = cp.apply(&policy::docs(&[service(&a), tp.to_owned()])).await;
     let before = cp.call("GET", "/v1/policies", "", false, None).await;
-    let version = cp.status().await["version"].clone();
     cp.restart();
     let after = cp.call("GET", "/v1/policies", "", false, None).await;
     assert_eq!(before.json, after.json);
-    assert_eq!(cp.status().await["version"], version, "the same set gives the same xDS version");
+    assert_eq!(cp.status().await["policyVersion"], version.as_str(), "the same set gives the same xDS version");
     // A fresh proxy gets the restored config.
     let proxy = MeshProxy::start(&cp.xds_url(), "late", "frontend", Protocol::Sotw).await;
     proxy.wait_ready().await;
     assert_eq!(proxy.get("http://echo:8080/").await.upstream(), Some("a"));
+    proxy.shutdown().await;
+}
+
+/// A client that rejects every cluster update.
+struct RejectClusters;
+
+impl outrider_xds::ads::Handler for RejectClusters {
+    fn update(&self, update: &outrider_xds::ads::Update<'_>) -> Result<(), String> {
+        if update.type_url == outrider_xds::resources::CLUSTER_TYPE_URL
+            && update.resources.contains_key("outbound|8080||echo")
+        {
+            return Err("Cluster \"outbound|8080||echo\": lb_policy MAGLEV is not supported".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_is_visible_in_status_with_its_error_while_others_ack() {
+    let data = TempDir::new("cp-data");
+    let cp = ControlPlane::start(data.path());
+    let a = upstream::http1().name("a").start().await;
+    let proxy = MeshProxy::start(&cp.xds_url(), "good", "frontend", Protocol::Delta).await;
+    for protocol in [outrider_xds::ads::Protocol::Delta, outrider_xds::ads::Protocol::Sotw] {
+        let node =
+            envoy_types::pb::envoy::config::core::v3::Node { id: format!("picky-{protocol:?}"), ..Default::default() };
+        let mut config = outrider_xds::ads::ClientConfig::new(cp.xds_url(), node);
+        config.protocol = protocol;
+        let client = outrider_xds::ads::AdsClient::new(config);
+        tokio::spawn(client.run(Arc::new(RejectClusters)));
+    }
+    let version = cp.apply(&service(&a)).await;
+    let status = wait::wait_for("the NACKs to show in /v1/status", || async {
+        let s = cp.status().await;
+        let proxies = s["proxies"].as_array()?.clone();
+        let nacked = proxies.iter().filter(|p| p["types"]["Cluster"]["nack"]["version"] == version.as_str()).count();
+        (nacked == 2).then_some(s)
+    })
+    .await;
+    for p in status["proxies"].as_array().unwrap() {
+        let cluster = &p["types"]["Cluster"];
+        if p["nodeId"] == "good" {
+            continue;
+        }
+        assert_eq!(cluster["nack"]["version"], version.as_str(), "{p}");
+        assert!(cluster["nack"]["error"].as_str().unwrap().contains("MAGLEV"), "{p}");
+        assert_ne!(cluster["acked"], version.as_str(), "{p}");
+    }
+    let metrics = cp.metrics().await;
+    assert!(metrics.contains("outrider_xds_nacks_total{type=\"Cluster\"} 2"), "{metrics}");
+    // The well-behaved proxy ACKed and routes.
+    wait::wait_until("the good proxy to route", || async {
+        proxy.get("http://echo:8080/").await.upstream() == Some("a")
+    })
+    .await;
     proxy.shutdown().await;
 }

@@ -40,11 +40,12 @@ pub async fn send(
     let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
         .await
         .map_err(|_| anyhow::anyhow!("{url}: no answer within 30s"))?
-        .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {server}: {e}; is it running? (--server / OUTRIDER_SERVER)"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the control plane at {server}: {e}; is it running? (--server / OUTRIDER_SERVER)"
+            )
+        })?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok(Reply {
-        status,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    })
+    Ok(Reply { status, body: String::from_utf8_lossy(&bytes).into_owned() })
 }

@@ -13,20 +13,11 @@ pub const FILE: &str = "policies.json";
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     #[error("cannot write {path}: {source}; is the data dir writable and the disk not full?")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is corrupt: {source}; restore it from a backup or move it away")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
 /// One stored document.
@@ -66,8 +57,7 @@ impl DataDir {
     pub fn load(&self) -> Result<State, PersistError> {
         let path = self.dir.join(FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| PersistError::Corrupt { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| PersistError::Corrupt { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
             Err(source) => Err(PersistError::Read { path, source }),
         }
@@ -76,10 +66,7 @@ impl DataDir {
     /// Replace the stored state durably. Blocking: call from `spawn_blocking`.
     pub fn store(&self, state: &State) -> Result<(), PersistError> {
         let path = self.dir.join(FILE);
-        let err = |source| PersistError::Write {
-            path: path.clone(),
-            source,
-        };
+        let err = |source| PersistError::Write { path: path.clone(), source };
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let tmp = self.dir.join(format!(".{FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
@@ -89,9 +76,7 @@ impl DataDir {
             f.sync_all().map_err(err)?;
         }
         std::fs::rename(&tmp, &path).map_err(err)?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
         Ok(())
     }
 }

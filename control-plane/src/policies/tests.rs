@@ -4,11 +4,8 @@ const SERVICE: &str = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {nam
 const POLICY: &str = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: reviews}\nspec: {service: reviews, connectTimeout: 2s}\n";
 
 fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "outrider-policies-{name}-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("outrider-policies-{name}-{}-{}", std::process::id(), fastrand::u64(..)));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -43,10 +40,7 @@ async fn an_invalid_write_changes_nothing() {
     assert!(p.current().traffic_policies.is_empty());
     // Deleting a service a policy refers to is refused too.
     p.apply(POLICY, None, false).await.unwrap();
-    assert!(matches!(
-        p.delete("Service", "reviews", None).await,
-        Err(WriteError::Invalid(_))
-    ));
+    assert!(matches!(p.delete("Service", "reviews", None).await, Err(WriteError::Invalid(_))));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -58,10 +52,7 @@ async fn a_stale_if_match_is_a_conflict() {
     let updated = SERVICE.replace("9081", "9082");
     p.apply(&updated, Some(&v.to_string()), false).await.unwrap();
     let again = SERVICE.replace("9081", "9083");
-    assert!(matches!(
-        p.apply(&again, Some(&v.to_string()), false).await,
-        Err(WriteError::Conflict { .. })
-    ));
+    assert!(matches!(p.apply(&again, Some(&v.to_string()), false).await, Err(WriteError::Conflict { .. })));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -72,10 +63,7 @@ async fn directory_documents_combine_with_api_documents() {
     std::fs::write(dir.join("svc.yaml"), SERVICE).unwrap();
     let p = Policies::open(DataDir::new(data.clone()), Some(dir.clone())).unwrap();
     p.apply(POLICY, None, false).await.unwrap();
-    assert!(matches!(
-        p.delete("Service", "reviews", None).await,
-        Err(WriteError::OwnedByDir { .. })
-    ));
+    assert!(matches!(p.delete("Service", "reviews", None).await, Err(WriteError::OwnedByDir { .. })));
     // A directory change that breaks the set is refused; the previous set stays.
     std::fs::write(dir.join("svc.yaml"), "kind: Nope\n").unwrap();
     assert!(p.reload_dir().await.is_err());

@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
@@ -13,7 +11,7 @@ use tonic::{Status, Streaming};
 use super::{Subscription, push_order};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::tracker::{StreamHandle, node_service, type_name};
+use crate::tracker::{StreamHandle, type_name};
 
 /// What the stream did for one type.
 #[derive(Debug, Default)]
@@ -23,6 +21,8 @@ struct TypeState {
     has: BTreeMap<String, String>,
     /// Whether a response was sent for this type (the first one goes out even when empty).
     responded: bool,
+    /// The type's version when the stream last compared it with what the client has.
+    seen_type_version: Option<String>,
     sent_version: String,
     nonce: String,
     pending_since: Option<Instant>,
@@ -44,14 +44,7 @@ pub(super) async fn run(
     handle: StreamHandle,
     metrics: Metrics,
 ) {
-    let mut stream = Stream {
-        tx,
-        handle,
-        metrics,
-        types: BTreeMap::new(),
-        nonce: 0,
-        identified: false,
-    };
+    let mut stream = Stream { tx, handle, metrics, types: BTreeMap::new(), nonce: 0, identified: false };
     loop {
         tokio::select! {
             request = requests.message() => {
@@ -74,7 +67,7 @@ pub(super) async fn run(
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
                 for type_url in push_order(stream.types.keys()) {
-                    if stream.push(&type_url, &snapshot, snapshot.created).await.is_err() {
+                    if stream.push(&type_url, &snapshot, snapshot.created, false).await.is_err() {
                         return;
                     }
                 }
@@ -84,17 +77,12 @@ pub(super) async fn run(
 }
 
 impl Stream {
-    async fn request(
-        &mut self,
-        request: DeltaDiscoveryRequest,
-        snapshot: &Snapshot,
-    ) -> Result<(), ()> {
+    async fn request(&mut self, request: DeltaDiscoveryRequest, snapshot: &Snapshot) -> Result<(), ()> {
         if !self.identified
             && let Some(node) = &request.node
         {
             self.identified = true;
-            self.handle
-                .identify(&node.id, &node_service(node), &node.user_agent_name);
+            self.handle.identify(node);
         }
         self.handle.seen();
         let type_url = request.type_url;
@@ -110,7 +98,7 @@ impl Stream {
                 ..Default::default()
             };
             self.types.insert(type_url.clone(), state);
-            return self.push(&type_url, snapshot, Instant::now()).await;
+            return self.push(&type_url, snapshot, Instant::now(), true).await;
         };
         if !request.response_nonce.is_empty() && request.response_nonce == state.nonce {
             if let Some(error) = &request.error_detail {
@@ -119,9 +107,7 @@ impl Stream {
                 state.pending_since = None;
             } else if let Some(since) = state.pending_since.take() {
                 self.handle.acked(name, &state.sent_version);
-                self.metrics
-                    .push_latency
-                    .observe(since.elapsed().as_secs_f64());
+                self.metrics.push_latency.observe(since.elapsed().as_secs_f64());
             }
         }
         let mut changed = false;
@@ -143,26 +129,30 @@ impl Stream {
             }
         }
         if changed {
-            return self.push(&type_url, snapshot, Instant::now()).await;
+            return self.push(&type_url, snapshot, Instant::now(), true).await;
         }
         Ok(())
     }
 
     /// Send what changed for the client since what it has.
-    async fn push(&mut self, type_url: &str, snapshot: &Snapshot, since: Instant) -> Result<(), ()> {
+    /// `force`: evaluate even if the type's version did not change (new or changed
+    /// subscription).
+    async fn push(&mut self, type_url: &str, snapshot: &Snapshot, since: Instant, force: bool) -> Result<(), ()> {
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(());
         };
         let Some(current) = snapshot.get(type_url) else {
             return Ok(());
         };
+        // Nothing of this type changed since the stream last looked: skip the scan (with
+        // thousands of streams, this is most of the work of a push).
+        if !force && state.responded && state.seen_type_version.as_deref() == Some(current.version.as_str()) {
+            return Ok(());
+        }
+        state.seen_type_version = Some(current.version.clone());
         let mut resources = Vec::new();
-        let mut want = BTreeMap::new();
         for r in current.resources.values() {
-            if !state.subscription.wants(r) {
-                continue;
-            }
-            if state.has.get(&r.name) != Some(&r.version) {
+            if state.subscription.wants(r) && state.has.get(&r.name) != Some(&r.version) {
                 resources.push(Resource {
                     name: r.name.clone(),
                     version: r.version.clone(),
@@ -170,12 +160,11 @@ impl Stream {
                     ..Default::default()
                 });
             }
-            want.insert(r.name.clone(), r.version.clone());
         }
         let removed_resources: Vec<String> = state
             .has
             .keys()
-            .filter(|n| !want.contains_key(*n))
+            .filter(|n| current.resources.get(*n).is_none_or(|r| !state.subscription.wants(r)))
             .cloned()
             .collect();
         if resources.is_empty() && removed_resources.is_empty() && state.responded {
@@ -183,7 +172,12 @@ impl Stream {
         }
         self.nonce += 1;
         state.nonce = self.nonce.to_string();
-        state.has = want;
+        for name in &removed_resources {
+            state.has.remove(name);
+        }
+        for r in &resources {
+            state.has.insert(r.name.clone(), r.version.clone());
+        }
         state.responded = true;
         state.sent_version.clone_from(&current.version);
         state.pending_since = Some(since);

@@ -11,7 +11,7 @@ use tonic::{Status, Streaming};
 use super::{Subscription, push_order};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::tracker::{StreamHandle, node_service, type_name};
+use crate::tracker::{StreamHandle, type_name};
 
 /// What the stream did for one type.
 #[derive(Debug, Default)]
@@ -21,6 +21,8 @@ struct TypeState {
     sent: Option<BTreeMap<String, String>>,
     sent_version: String,
     nonce: String,
+    /// The type's version when the stream last compared it with what the client has.
+    seen_type_version: Option<String>,
     /// When the snapshot of the unacknowledged response was made.
     pending_since: Option<Instant>,
 }
@@ -41,14 +43,7 @@ pub(super) async fn run(
     handle: StreamHandle,
     metrics: Metrics,
 ) {
-    let mut stream = Stream {
-        tx,
-        handle,
-        metrics,
-        types: BTreeMap::new(),
-        nonce: 0,
-        identified: false,
-    };
+    let mut stream = Stream { tx, handle, metrics, types: BTreeMap::new(), nonce: 0, identified: false };
     loop {
         tokio::select! {
             request = requests.message() => {
@@ -72,7 +67,7 @@ pub(super) async fn run(
                 let snapshot = snapshots.borrow_and_update().clone();
                 let types = push_order(stream.types.keys());
                 for type_url in types {
-                    if stream.push(&type_url, &snapshot, snapshot.created).await.is_err() {
+                    if stream.push(&type_url, &snapshot, snapshot.created, false).await.is_err() {
                         return;
                     }
                 }
@@ -87,8 +82,7 @@ impl Stream {
             && let Some(node) = &request.node
         {
             self.identified = true;
-            self.handle
-                .identify(&node.id, &node_service(node), &node.user_agent_name);
+            self.handle.identify(node);
         }
         self.handle.seen();
         let type_url = request.type_url;
@@ -99,20 +93,15 @@ impl Stream {
         let subscription = Subscription::from_names(&request.resource_names);
         let Some(state) = self.types.get_mut(&type_url) else {
             // First request for this type: a reconnecting client tells what it has.
-            let mut state = TypeState {
-                subscription,
-                ..Default::default()
-            };
+            let mut state = TypeState { subscription, ..Default::default() };
             let current = snapshot.get(&type_url);
-            if !request.version_info.is_empty()
-                && current.is_some_and(|t| t.version == request.version_info)
-            {
+            if !request.version_info.is_empty() && current.is_some_and(|t| t.version == request.version_info) {
                 state.sent = Some(wanted(snapshot, &type_url, &state.subscription));
                 state.sent_version = request.version_info.clone();
                 self.handle.acked(name, &request.version_info);
             }
             self.types.insert(type_url.clone(), state);
-            return self.push(&type_url, snapshot, Instant::now()).await;
+            return self.push(&type_url, snapshot, Instant::now(), true).await;
         };
         if request.response_nonce != state.nonce {
             // A stale request (for an older response): Envoy's servers ignore it.
@@ -124,44 +113,35 @@ impl Stream {
             state.pending_since = None;
         } else if let Some(since) = state.pending_since.take() {
             self.handle.acked(name, &request.version_info);
-            self.metrics
-                .push_latency
-                .observe(since.elapsed().as_secs_f64());
+            self.metrics.push_latency.observe(since.elapsed().as_secs_f64());
         }
         if state.subscription != subscription {
             state.subscription = subscription;
-            return self.push(&type_url, snapshot, Instant::now()).await;
+            return self.push(&type_url, snapshot, Instant::now(), true).await;
         }
         Ok(())
     }
 
     /// Send the type if what the client should have differs from what it was sent.
-    async fn push(
-        &mut self,
-        type_url: &str,
-        snapshot: &Snapshot,
-        since: Instant,
-    ) -> Result<(), ()> {
+    /// `force`: evaluate even if the type's version did not change (new or changed
+    /// subscription).
+    async fn push(&mut self, type_url: &str, snapshot: &Snapshot, since: Instant, force: bool) -> Result<(), ()> {
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(());
         };
+        let type_version = snapshot.get(type_url).map(|t| t.version.as_str());
+        if !force && state.sent.is_some() && state.seen_type_version.as_deref() == type_version {
+            return Ok(());
+        }
+        state.seen_type_version = type_version.map(str::to_owned);
         let want = wanted(snapshot, type_url, &state.subscription);
         if state.sent.as_ref() == Some(&want) {
             return Ok(());
         }
-        let version = snapshot
-            .get(type_url)
-            .map(|t| t.version.clone())
-            .unwrap_or_default();
+        let version = snapshot.get(type_url).map(|t| t.version.clone()).unwrap_or_default();
         let resources = snapshot
             .get(type_url)
-            .map(|t| {
-                t.resources
-                    .values()
-                    .filter(|r| state.subscription.wants(r))
-                    .map(|r| r.any.clone())
-                    .collect()
-            })
+            .map(|t| t.resources.values().filter(|r| state.subscription.wants(r)).map(|r| r.any.clone()).collect())
             .unwrap_or_default();
         self.nonce += 1;
         state.nonce = self.nonce.to_string();
@@ -181,11 +161,7 @@ impl Stream {
 }
 
 /// name → version of what a subscription should have.
-fn wanted(
-    snapshot: &Snapshot,
-    type_url: &str,
-    subscription: &Subscription,
-) -> BTreeMap<String, String> {
+fn wanted(snapshot: &Snapshot, type_url: &str, subscription: &Subscription) -> BTreeMap<String, String> {
     snapshot
         .get(type_url)
         .map(|t| {

@@ -30,6 +30,10 @@ pub struct XdsConfig {
     /// `http://host:port`.
     pub address: String,
     pub protocol: Protocol,
+    /// The workload address to register for the service (`--advertise`).
+    pub advertise: Option<std::net::SocketAddr>,
+    /// Labels of the registered workload (`--label`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The latest accepted resources of every type.
@@ -164,11 +168,30 @@ impl Handler for XdsHandler {
     }
 }
 
-/// The node this proxy reports: id, service (as `cluster` and `metadata.service`), namespace.
-pub fn node(node_id: &str, service: Option<&str>, namespace: &str) -> Node {
+/// The node this proxy reports: id, service (as `cluster` and `metadata.service`), namespace,
+/// and for a sidecar of a service the workload to register (`metadata.advertise`: `--advertise`,
+/// else the inbound listener when bound to a specific IP) with its `labels`.
+pub fn node(
+    node_id: &str,
+    service: Option<&str>,
+    namespace: &str,
+    config: &XdsConfig,
+    inbound: std::net::SocketAddr,
+) -> Node {
     let mut fields = vec![("namespace", names::string_value(namespace))];
     if let Some(s) = service {
         fields.push(("service", names::string_value(s)));
+        let advertise = config.advertise.or((!inbound.ip().is_unspecified()).then_some(inbound));
+        if let Some(a) = advertise {
+            fields.push(("advertise", names::string_value(&a.to_string())));
+            let labels = names::string_struct(&config.labels);
+            fields.push((
+                "labels",
+                envoy_types::pb::google::protobuf::Value {
+                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(labels)),
+                },
+            ));
+        }
     }
     let metadata: Struct = names::struct_of(fields);
     Node {
@@ -199,5 +222,74 @@ impl XdsSource {
     /// Run until the task is dropped.
     pub async fn run(self) {
         AdsClient::new(self.client).run(self.handler).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    use outrider_xds::ads::{Resource, TypeResources};
+    use prost::Message;
+
+    use super::*;
+
+    const POLICY: &str = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: echo}\nspec: {port: 8080, endpoints: [{address: \"127.0.0.1:9\"}]}\n";
+
+    fn typed<M: Message>(type_url: &str, items: &[M], name: impl Fn(&M) -> String) -> TypeResources {
+        items.iter().map(|m| (name(m), Resource { version: "v1".into(), any: names::any(type_url, m) })).collect()
+    }
+
+    fn updates(res: &Resources) -> Vec<(&'static str, TypeResources)> {
+        vec![
+            (CLUSTER_TYPE_URL, typed(CLUSTER_TYPE_URL, &res.clusters, |c| c.name.clone())),
+            (
+                CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+                typed(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &res.endpoints, |c| c.cluster_name.clone()),
+            ),
+            (LISTENER_TYPE_URL, typed(LISTENER_TYPE_URL, &res.listeners, |l| l.name.clone())),
+            (ROUTE_CONFIGURATION_TYPE_URL, typed(ROUTE_CONFIGURATION_TYPE_URL, &res.routes, |r| r.name.clone())),
+        ]
+    }
+
+    #[test]
+    fn ready_only_after_all_four_types_and_bad_resources_are_rejected_keeping_the_last_good() {
+        let store = Arc::new(Store::new());
+        let handler = XdsHandler::new(store.clone(), Metrics::new(), None);
+        let res = outrider_xds::translate(&outrider_xds::load_str("t.yaml", POLICY).unwrap());
+        let all = updates(&res);
+        for (i, (type_url, resources)) in all.iter().enumerate() {
+            assert!(!store.is_ready(), "ready before the {i}th type");
+            handler.update(&Update { type_url, version: "v1", resources }).unwrap();
+        }
+        assert!(store.is_ready());
+        assert!(store.load().clusters.contains_key("outbound|8080||echo"));
+
+        // A cluster this proxy cannot use: NACKed with the reason, the snapshot stays.
+        let before = store.load_full();
+        let mut bad = res.clusters.clone();
+        for c in &mut bad {
+            c.lb_policy = LbPolicy::Maglev as i32;
+        }
+        let bad = typed(CLUSTER_TYPE_URL, &bad, |c| c.name.clone());
+        let err = handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v2", resources: &bad }).unwrap_err();
+        assert!(err.contains("outbound|8080||echo") && err.contains("lb_policy"), "{err}");
+        assert!(Arc::ptr_eq(&before, &store.load_full()), "the previous snapshot stays");
+
+        // Garbage that does not decode is rejected too.
+        let mut garbage = TypeResources::new();
+        garbage.insert(
+            "x".into(),
+            Resource {
+                version: "v3".into(),
+                any: envoy_types::pb::google::protobuf::Any {
+                    type_url: CLUSTER_TYPE_URL.into(),
+                    value: vec![0xff, 0xff, 0xff],
+                },
+            },
+        );
+        let err =
+            handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v3", resources: &garbage }).unwrap_err();
+        assert!(err.contains("cannot decode"), "{err}");
+        assert_eq!(store.load().versions.clusters, "v1");
     }
 }

@@ -1,0 +1,198 @@
+//! ADS scale benchmark: N simulated Delta xDS clients connected to one `outrider control-plane`
+//! process serving S services. Applies a change to one service and measures, per client, the
+//! time from the `apply` answer to the client having the new endpoints (p50/p99/max), plus the
+//! control plane's RSS and CPU time (from /proc).
+//!
+//! ```sh
+//! cargo build --release -p outrider-control-plane --bins --examples
+//! target/release/examples/ads_scale --clients 2000 --services 1000 --rounds 5
+//! ```
+//! The control plane binary is `target/release/outrider` (or `--outrider PATH`); it gets
+//! `--workers 1` so the numbers are for one core.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use outrider_xds::ads::{AdsClient, ClientConfig, Handler, Update};
+use outrider_xds::resources::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL;
+use parking_lot::Mutex;
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value_t = 2000)]
+    clients: usize,
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    #[arg(long)]
+    outrider: Option<PathBuf>,
+}
+
+/// Records when each EDS version arrived.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<BTreeMap<String, Instant>>,
+}
+
+impl Handler for Recorder {
+    fn update(&self, update: &Update<'_>) -> Result<(), String> {
+        if update.type_url == CLUSTER_LOAD_ASSIGNMENT_TYPE_URL {
+            self.seen.lock().entry(update.version.to_owned()).or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+}
+
+fn policy(services: usize, round: usize) -> String {
+    let mut out = String::new();
+    for i in 0..services {
+        // Round r moves service 0's endpoint: one service changes per round.
+        let port = if i == 0 { 20000 + round } else { 10000 + i % 50000 };
+        out.push_str(&format!(
+            "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec:\n  port: 8080\n  endpoints: [{{address: \"127.0.0.1:{port}\"}}, {{address: \"127.0.0.2:{port}\"}}]\n---\n"
+        ));
+    }
+    out
+}
+
+fn proc_stats(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (rss_kb, ticks / 100.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn put(api: SocketAddr, body: String) -> String {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::put(format!("http://{api}/v1/policies"))
+        .header("authorization", "Bearer bench")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = client.request(req).await.expect("the API answers");
+    assert!(resp.status().is_success(), "apply failed: {}", resp.status());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["configVersion"].as_str().unwrap().to_owned()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let args = Args::parse();
+    let bin = args.outrider.clone().unwrap_or_else(|| {
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().and_then(|p| p.parent()).unwrap().join("outrider")
+    });
+    let data = std::env::temp_dir().join(format!("outrider-ads-scale-{}", std::process::id()));
+    let mut cp = Command::new(&bin)
+        .args(["control-plane", "--xds-port", "0", "--api-port", "0", "--api-token", "bench", "--workers", "1"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn,outrider=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let pid = cp.id();
+    let mut lines = BufReader::new(cp.stdout.take().unwrap()).lines();
+    let (xds, api) = loop {
+        let line = lines.next().expect("the control plane exited").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "listening" {
+            let xds: SocketAddr = v["xds"].as_str().unwrap().parse().unwrap();
+            let api: SocketAddr = v["api"].as_str().unwrap().parse().unwrap();
+            break (xds, api);
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+
+    put(api, policy(args.services, 0)).await;
+    let recorders: Vec<Arc<Recorder>> = (0..args.clients).map(|_| Arc::new(Recorder::default())).collect();
+    for (i, r) in recorders.iter().enumerate() {
+        let node = Node { id: format!("sim-{i}"), ..Default::default() };
+        let client = AdsClient::new(ClientConfig::new(format!("http://{xds}"), node));
+        tokio::spawn(client.run(r.clone()));
+    }
+    let connect_start = Instant::now();
+    // Wait until every client has the initial config.
+    loop {
+        let have = recorders.iter().filter(|r| !r.seen.lock().is_empty()).count();
+        if have == args.clients {
+            break;
+        }
+        assert!(connect_start.elapsed() < Duration::from_secs(120), "only {have} clients got a config");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("{} clients connected and configured in {:?}", args.clients, connect_start.elapsed());
+    let (rss, cpu0) = proc_stats(pid);
+    println!("control plane after connect: peak RSS {} MiB, CPU {:.2}s", rss / 1024, cpu0);
+
+    let mut all = Vec::new();
+    for round in 1..=args.rounds {
+        let start = Instant::now();
+        let version = put(api, policy(args.services, round)).await;
+        let applied = Instant::now();
+        let deadline = applied + Duration::from_secs(60);
+        let mut times = loop {
+            let times: Vec<Duration> = recorders
+                .iter()
+                .filter_map(|r| r.seen.lock().get(&version).map(|t| t.saturating_duration_since(applied)))
+                .collect();
+            if times.len() == args.clients || Instant::now() > deadline {
+                break times;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        times.sort();
+        println!(
+            "round {round}: apply took {:?}; {} of {} clients updated: p50 {:?} p99 {:?} max {:?}",
+            applied - start,
+            times.len(),
+            args.clients,
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times.last().copied().unwrap_or_default()
+        );
+        all.extend(times);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    all.sort();
+    let (rss, cpu1) = proc_stats(pid);
+    println!(
+        "all rounds: p50 {:?} p99 {:?}; control plane peak RSS {} MiB, CPU {:.2}s for {} rounds",
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        rss / 1024,
+        cpu1 - cpu0,
+        args.rounds
+    );
+    let _ = cp.kill();
+    let _ = cp.wait();
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -1,0 +1,256 @@
+//! Endpoints that are not written in `Service` documents: workloads registered by their sidecar
+//! (for as long as its xDS stream lives, plus a grace period) and by `POST /v1/endpoints` (with
+//! a TTL). Sources sit behind [`EndpointSource`] so that Kubernetes discovery can join later.
+//!
+//! Registered endpoints are plaintext (`meshed: false`) until the identity work brings mTLS
+//! between sidecars.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outrider_xds::{Endpoint, PolicySet};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Where endpoints come from besides the policy documents.
+pub trait EndpointSource: Send + Sync + std::fmt::Debug {
+    /// Registered endpoints by service name.
+    fn endpoints(&self) -> BTreeMap<String, Vec<Endpoint>>;
+    /// Bumped whenever [`EndpointSource::endpoints`] changes.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// Who registered an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A sidecar's xDS stream (its node id).
+    Sidecar(String),
+    /// `POST /v1/endpoints`.
+    Api,
+}
+
+/// One registration.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub id: u64,
+    pub service: String,
+    pub address: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+    pub origin: Origin,
+    /// Seconds until it expires; `None` while its stream is up.
+    pub expires_in: Option<f64>,
+    #[serde(skip)]
+    expires: Option<Instant>,
+}
+
+/// Registrations from sidecars and the API.
+#[derive(Debug)]
+pub struct Registry {
+    entries: Mutex<BTreeMap<u64, Registration>>,
+    next_id: Mutex<u64>,
+    changed: watch::Sender<u64>,
+    /// How long a sidecar's registration outlives its stream.
+    pub grace: Duration,
+}
+
+/// Longest TTL accepted over the API.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl Registry {
+    pub fn new(grace: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::new(BTreeMap::new()),
+            next_id: Mutex::new(1),
+            changed: watch::channel(0).0,
+            grace,
+        })
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Add or refresh (same service, address and origin) a registration; returns its id.
+    pub fn register(
+        &self,
+        service: &str,
+        address: SocketAddr,
+        labels: BTreeMap<String, String>,
+        origin: Origin,
+        ttl: Option<Duration>,
+    ) -> u64 {
+        let expires = ttl.map(|t| Instant::now() + t);
+        let mut entries = self.entries.lock();
+        let existing =
+            entries.values_mut().find(|r| r.service == service && r.address == address && r.origin == origin);
+        let id = match existing {
+            Some(r) => {
+                r.labels = labels;
+                r.expires = expires;
+                r.id
+            }
+            None => {
+                let mut next = self.next_id.lock();
+                let id = *next;
+                *next += 1;
+                entries.insert(
+                    id,
+                    Registration {
+                        id,
+                        service: service.to_owned(),
+                        address,
+                        labels,
+                        weight: 1,
+                        origin,
+                        expires_in: None,
+                        expires,
+                    },
+                );
+                id
+            }
+        };
+        drop(entries);
+        self.bump();
+        id
+    }
+
+    /// Let a registration expire after `after` (a sidecar's stream ended).
+    pub fn expire_after(&self, id: u64, after: Duration) {
+        if let Some(r) = self.entries.lock().get_mut(&id) {
+            r.expires = Some(Instant::now() + after);
+        }
+    }
+
+    /// Remove one registration; false when there was none.
+    pub fn remove(&self, id: u64) -> bool {
+        let removed = self.entries.lock().remove(&id).is_some();
+        if removed {
+            self.bump();
+        }
+        removed
+    }
+
+    /// Every registration, with the time left.
+    pub fn list(&self) -> Vec<Registration> {
+        let now = Instant::now();
+        self.entries
+            .lock()
+            .values()
+            .cloned()
+            .map(|mut r| {
+                r.expires_in = r.expires.map(|e| e.saturating_duration_since(now).as_secs_f64());
+                r
+            })
+            .collect()
+    }
+
+    /// Drop what expired; true when something did.
+    pub fn sweep(&self) -> bool {
+        let now = Instant::now();
+        let mut entries = self.entries.lock();
+        let before = entries.len();
+        entries.retain(|_, r| r.expires.is_none_or(|e| e > now));
+        let swept = entries.len() != before;
+        drop(entries);
+        if swept {
+            self.bump();
+        }
+        swept
+    }
+
+    /// Sweep expired registrations until the task is dropped.
+    pub async fn expire_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.sweep() {
+                tracing::info!("expired endpoint registrations removed");
+            }
+        }
+    }
+}
+
+impl EndpointSource for Registry {
+    fn endpoints(&self) -> BTreeMap<String, Vec<Endpoint>> {
+        let mut out: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+        for r in self.entries.lock().values() {
+            out.entry(r.service.clone()).or_default().push(Endpoint {
+                address: r.address,
+                labels: r.labels.clone(),
+                weight: r.weight,
+                meshed: false,
+            });
+        }
+        out
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// The policy set with registered endpoints added to their services (unknown services are
+/// skipped: a registration does not create a service).
+pub fn merge(set: &PolicySet, registered: &BTreeMap<String, Vec<Endpoint>>) -> PolicySet {
+    if registered.is_empty() {
+        return set.clone();
+    }
+    let mut merged = set.clone();
+    for (service, endpoints) in registered {
+        if let Some(s) = merged.services.get_mut(service) {
+            for e in endpoints {
+                if !s.spec.endpoints.iter().any(|have| have.address == e.address) {
+                    s.spec.endpoints.push(e.clone());
+                }
+            }
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn registrations_expire_after_their_ttl_or_grace() {
+        let r = Registry::new(Duration::from_secs(5));
+        let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let api = r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2)));
+        let side = r.register("b", addr, BTreeMap::new(), Origin::Sidecar("n".into()), None);
+        // Refreshing the same registration keeps its id.
+        assert_eq!(r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2))), api);
+        assert_eq!(r.endpoints().len(), 2);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(r.sweep());
+        assert_eq!(r.endpoints().keys().collect::<Vec<_>>(), ["b"]);
+        r.expire_after(side, r.grace);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(!r.sweep(), "still within the grace period");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(r.sweep());
+        assert!(r.endpoints().is_empty());
+    }
+
+    #[test]
+    fn merge_adds_endpoints_to_known_services_only() {
+        let set = outrider_xds::load_str(
+            "t.yaml",
+            "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec: {port: 80}\n",
+        )
+        .unwrap();
+        let e = Endpoint { address: "127.0.0.1:1".parse().unwrap(), labels: BTreeMap::new(), weight: 1, meshed: false };
+        let registered = BTreeMap::from([("a".to_owned(), vec![e.clone()]), ("zz".to_owned(), vec![e])]);
+        let merged = merge(&set, &registered);
+        assert_eq!(merged.services["a"].spec.endpoints.len(), 1);
+        assert!(!merged.services.contains_key("zz"));
+    }
+}
