@@ -125,18 +125,22 @@ impl Inbound {
         rec.authority = authority.clone();
         let pool = self.pool(port);
         rec.upstream = Some(pool.addr());
+        if let Some(t) = rec.trace_context() {
+            t.inject(req.headers_mut());
+        }
         let proto = if req.version() == Version::HTTP_2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
         let res: Result<_, ProxyError> =
             forward::forward(&pool, req.map(Body::Incoming), proto, &self.cfg(), client, authority.as_ref()).await;
         match res {
             Ok(resp) => {
-                rec.finish(resp.status().as_u16(), None);
-                resp
+                rec.attempts = 1;
+                let status = resp.status().as_u16();
+                rec.respond(resp, status, None)
             }
             Err(e) => {
                 let (resp, reason) = e.to_response(grpc);
-                rec.finish(e.classify().0.as_u16(), Some(reason));
-                resp
+                rec.attempts = 1;
+                rec.respond(resp, e.classify().0.as_u16(), Some(reason))
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Telemetry: one metrics registry, logs, the access log.
+//! Telemetry: one metrics registry, logs, the access log, traces.
 
 /// One record per request / connection, feeding metrics and the access log.
 pub mod access;
@@ -6,3 +6,5 @@ pub mod access;
 pub mod log;
 /// The metrics registry and the families of the data path.
 pub mod metrics;
+/// Spans per request (OpenTelemetry over OTLP/gRPC), W3C and B3 propagation.
+pub mod trace;

@@ -18,10 +18,7 @@ pub fn proxy_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe
-        .parent()
-        .expect("the test executable has a directory")
-        .to_path_buf();
+    let mut dir = exe.parent().expect("the test executable has a directory").to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -37,27 +34,11 @@ pub fn proxy_bin() -> PathBuf {
 /// The flags that put every port on 0 and every listener on 127.0.0.1.
 pub fn ephemeral_args(policy: &Path) -> Vec<String> {
     let mut args = vec!["--policy".to_string(), policy.display().to_string()];
-    for flag in [
-        "--outbound-port",
-        "--inbound-port",
-        "--admin-port",
-        "--metrics-port",
-        "--health-port",
-    ] {
+    for flag in ["--outbound-port", "--inbound-port", "--admin-port", "--metrics-port", "--health-port"] {
         args.push(flag.into());
         args.push("0".into());
     }
-    args.extend(
-        [
-            "--inbound-bind",
-            "127.0.0.1",
-            "--log-format",
-            "json",
-            "--workers",
-            "2",
-        ]
-        .map(String::from),
-    );
+    args.extend(["--inbound-bind", "127.0.0.1", "--log-format", "json", "--workers", "2"].map(String::from));
     args
 }
 
@@ -70,16 +51,9 @@ pub fn proxy_command(policy: &Path) -> Command {
 
 /// Run a command to its exit (within the test deadline), capturing its output.
 pub async fn run_to_exit(mut cmd: Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    wait::within("the process to exit", child.wait_with_output())
-        .await
-        .expect("wait for the process")
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    wait::within("the process to exit", child.wait_with_output()).await.expect("wait for the process")
 }
 
 /// Addresses from the `listening` line.
@@ -109,11 +83,7 @@ fn parse_listening(line: &str) -> Option<ListenAddrs> {
         return None;
     }
     let field = |k: &str| -> Option<SocketAddr> {
-        v.get(k)
-            .or_else(|| v.pointer(&format!("/fields/{k}")))?
-            .as_str()?
-            .parse()
-            .ok()
+        v.get(k).or_else(|| v.pointer(&format!("/fields/{k}")))?.as_str()?.parse().ok()
     };
     Some(ListenAddrs {
         outbound: field("outbound")?,
@@ -128,13 +98,8 @@ impl ProxyProcess {
     /// Spawn `cmd` (the proxy, possibly behind a wrapper such as `ip netns exec`)
     /// and wait for its `listening` line.
     pub async fn spawn(mut cmd: Command) -> Self {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let pid = child.id().expect("the child has a pid");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -161,10 +126,7 @@ impl ProxyProcess {
                 if n == 0 {
                     break;
                 }
-                err_buf
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                err_buf.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let addrs = match wait::within("the proxy's \"listening\" log line", rx).await {
@@ -178,13 +140,7 @@ impl ProxyProcess {
                 );
             }
         };
-        Self {
-            child,
-            pid,
-            addrs,
-            stdout,
-            stderr,
-        }
+        Self { child, pid, addrs, stdout, stderr }
     }
 
     /// Send a signal by name (`TERM`, `HUP`, ...) with `kill(1)`.
@@ -199,9 +155,7 @@ impl ProxyProcess {
 
     /// Wait for the process to exit (within the deadline).
     pub async fn wait(&mut self) -> ExitStatus {
-        wait::within("the proxy to exit", self.child.wait())
-            .await
-            .expect("wait for the proxy")
+        wait::within("the proxy to exit", self.child.wait()).await.expect("wait for the proxy")
     }
 
     /// The exit status if the process has exited, without waiting.

@@ -51,9 +51,7 @@ pub fn http1(addr: SocketAddr) -> Client {
 
 /// HTTP/2 prior-knowledge (h2c) client, dialing `addr`.
 pub fn h2(addr: SocketAddr) -> Client {
-    legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(FixedConnector(addr))
+    legacy::Client::builder(TokioExecutor::new()).http2_only(true).build(FixedConnector(addr))
 }
 
 /// A fully read response.
@@ -88,12 +86,7 @@ impl Reply {
     /// Panic with the whole reply unless the status is `status`.
     #[track_caller]
     pub fn assert_status(&self, status: u16) -> &Self {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "unexpected reply: {self:?} body: {}",
-            self.text()
-        );
+        assert_eq!(self.status.as_u16(), status, "unexpected reply: {self:?} body: {}", self.text());
         self
     }
 }
@@ -105,26 +98,13 @@ where
     B::Error: std::fmt::Debug,
 {
     let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .expect("read the response body")
-        .to_bytes();
-    Reply {
-        status: parts.status,
-        version: parts.version,
-        headers: parts.headers,
-        body,
-    }
+    let body = body.collect().await.expect("read the response body").to_bytes();
+    Reply { status: parts.status, version: parts.version, headers: parts.headers, body }
 }
 
 /// A request with a body (empty for GET-like use).
 pub fn request(method: &str, uri: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Full::new(body.into()))
-        .expect("a valid request")
+    Request::builder().method(method).uri(uri).body(Full::new(body.into())).expect("a valid request")
 }
 
 /// `GET uri`.
@@ -135,48 +115,31 @@ pub fn get(uri: &str) -> Request<Full<Bytes>> {
 /// Send on a pooled client and read the response, within the test deadline.
 pub async fn send(client: &Client, req: Request<Full<Bytes>>) -> Reply {
     let what = format!("{} {}", req.method(), req.uri());
-    let resp = wait::within(&what, client.request(req))
-        .await
-        .unwrap_or_else(|e| panic!("{what} failed: {e:?}"));
+    let resp = wait::within(&what, client.request(req)).await.unwrap_or_else(|e| panic!("{what} failed: {e:?}"));
     wait::within(&what, read(resp)).await
 }
 
 /// One HTTP/1.1 connection (no pool): every request goes over the same socket.
 pub async fn h1_connection(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
-    let s = TcpStream::connect(addr)
-        .await
-        .expect("connect to the proxy");
-    let (sender, conn) = http1::handshake(TokioIo::new(s))
-        .await
-        .expect("HTTP/1.1 handshake");
+    let s = TcpStream::connect(addr).await.expect("connect to the proxy");
+    let (sender, conn) = http1::handshake(TokioIo::new(s)).await.expect("HTTP/1.1 handshake");
     tokio::spawn(conn);
     sender
 }
 
 /// One HTTP/2 prior-knowledge connection.
 pub async fn h2_connection(addr: SocketAddr) -> http2::SendRequest<Full<Bytes>> {
-    let s = TcpStream::connect(addr)
-        .await
-        .expect("connect to the proxy");
-    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-        .await
-        .expect("HTTP/2 handshake");
+    let s = TcpStream::connect(addr).await.expect("connect to the proxy");
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.expect("HTTP/2 handshake");
     tokio::spawn(conn);
     sender
 }
 
 /// Send on one HTTP/1.1 connection and read the response, within the deadline.
-pub async fn send_h1(
-    sender: &mut http1::SendRequest<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> Reply {
+pub async fn send_h1(sender: &mut http1::SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> Reply {
     let what = format!("{} {}", req.method(), req.uri());
-    wait::within(&what, sender.ready())
-        .await
-        .unwrap_or_else(|e| panic!("connection not ready for {what}: {e}"));
-    let resp = wait::within(&what, sender.send_request(req))
-        .await
-        .unwrap_or_else(|e| panic!("{what} failed: {e}"));
+    wait::within(&what, sender.ready()).await.unwrap_or_else(|e| panic!("connection not ready for {what}: {e}"));
+    let resp = wait::within(&what, sender.send_request(req)).await.unwrap_or_else(|e| panic!("{what} failed: {e}"));
     wait::within(&what, read(resp)).await
 }
 

@@ -20,11 +20,7 @@ pub fn unsupported() -> Option<String> {
     if uid.as_deref() != Some("0") {
         return Some("not root".into());
     }
-    for (tool, arg) in [
-        ("ip", "-V"),
-        ("iptables", "--version"),
-        ("python3", "--version"),
-    ] {
+    for (tool, arg) in [("ip", "-V"), ("iptables", "--version"), ("python3", "--version")] {
         let ok = std::process::Command::new(tool)
             .arg(arg)
             .stdout(Stdio::null())
@@ -49,21 +45,11 @@ impl Netns {
     /// Create a uniquely named namespace with its loopback up.
     pub fn create() -> Result<Self, String> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "outrider-t{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("outrider-t{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         run_ok(std::process::Command::new("ip").args(["netns", "add", &name]))?;
         // From here on the guard exists, so a failure below still deletes the namespace.
-        let ns = Self {
-            name,
-            python: python_path(),
-        };
-        run_ok(
-            std::process::Command::new("ip")
-                .args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]),
-        )?;
+        let ns = Self { name, python: python_path() };
+        run_ok(std::process::Command::new("ip").args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]))?;
         Ok(ns)
     }
 
@@ -104,10 +90,7 @@ fn run_ok(cmd: &mut std::process::Command) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
@@ -132,13 +115,8 @@ pub struct Background {
 
 impl Background {
     pub fn spawn(mut cmd: Command) -> Self {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let (tx, lines) = mpsc::unbounded_channel();
         let out = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
@@ -155,11 +133,7 @@ impl Background {
                 let _ = tx2.send(l);
             }
         });
-        Self {
-            _child: child,
-            lines,
-            seen: Vec::new(),
-        }
+        Self { _child: child, lines, seen: Vec::new() }
     }
 
     /// Wait for a line containing `needle`.
@@ -176,10 +150,7 @@ impl Background {
         })
         .await;
         found.unwrap_or_else(|| {
-            panic!(
-                "the process ended without printing {needle:?}; output:\n{}",
-                self.seen.join("\n")
-            )
+            panic!("the process ended without printing {needle:?}; output:\n{}", self.seen.join("\n"))
         })
     }
 }

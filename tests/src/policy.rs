@@ -14,13 +14,7 @@ pub struct ServiceDoc {
 
 /// A Service named `name` (protocol http, port 8080 until changed).
 pub fn service(name: &str) -> ServiceDoc {
-    ServiceDoc {
-        name: name.into(),
-        protocol: "http".into(),
-        port: 8080,
-        addresses: Vec::new(),
-        endpoints: Vec::new(),
-    }
+    ServiceDoc { name: name.into(), protocol: "http".into(), port: 8080, addresses: Vec::new(), endpoints: Vec::new() }
 }
 
 impl ServiceDoc {
@@ -48,13 +42,7 @@ impl ServiceDoc {
 
     /// An endpoint with labels.
     pub fn endpoint_labeled(mut self, addr: impl ToString, labels: &[(&str, &str)]) -> Self {
-        self.endpoints.push((
-            addr.to_string(),
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ));
+        self.endpoints.push((addr.to_string(), labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
         self
     }
 
@@ -71,11 +59,7 @@ impl ServiceDoc {
             s.push_str("  endpoints:\n");
             for (addr, labels) in &self.endpoints {
                 let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                let _ = writeln!(
-                    s,
-                    "    - {{address: \"{addr}\", labels: {{{}}}}}",
-                    labels.join(", ")
-                );
+                let _ = writeln!(s, "    - {{address: \"{addr}\", labels: {{{}}}}}", labels.join(", "));
             }
         }
         s
@@ -84,11 +68,7 @@ impl ServiceDoc {
 
 /// Join YAML documents into one file.
 pub fn docs<S: AsRef<str>>(docs: &[S]) -> String {
-    docs.iter()
-        .map(|d| d.as_ref().trim_end().to_string())
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-        + "\n"
+    docs.iter().map(|d| d.as_ref().trim_end().to_string()).collect::<Vec<_>>().join("\n---\n") + "\n"
 }
 
 /// The cluster name the translation gives a service (`outbound|PORT||NAME`).

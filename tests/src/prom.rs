@@ -10,10 +10,7 @@ pub struct Sample {
 
 /// Every sample of an exposition (comments skipped).
 pub fn samples(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(parse_line)
-        .collect()
+    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(parse_line).collect()
 }
 
 fn parse_line(line: &str) -> Option<Sample> {
@@ -23,11 +20,7 @@ fn parse_line(line: &str) -> Option<Sample> {
         Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)),
         None => (series, Vec::new()),
     };
-    Some(Sample {
-        name: name.to_string(),
-        labels,
-        value,
-    })
+    Some(Sample { name: name.to_string(), labels, value })
 }
 
 fn parse_labels(s: &str) -> Vec<(String, String)> {
@@ -65,11 +58,7 @@ pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     samples(text)
         .iter()
         .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
-        })
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v)))
         .map(|s| s.value)
         .sum()
 }
@@ -77,9 +66,7 @@ pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Whether a family is declared (`# TYPE name ...`) or has a sample named `name`.
 pub fn has(text: &str, name: &str) -> bool {
     text.lines().any(|l| {
-        l.strip_prefix("# TYPE ")
-            .and_then(|r| r.split_whitespace().next())
-            == Some(name)
+        l.strip_prefix("# TYPE ").and_then(|r| r.split_whitespace().next()) == Some(name)
             || l.split(['{', ' ']).next() == Some(name)
     })
 }

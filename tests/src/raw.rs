@@ -17,9 +17,7 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
 }
 
@@ -32,17 +30,12 @@ pub struct Reader<R> {
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     pub fn new(io: R) -> Self {
-        Self {
-            io,
-            buf: Vec::new(),
-        }
+        Self { io, buf: Vec::new() }
     }
 
     async fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 8192];
-        let n = wait::within("bytes from the peer", self.io.read(&mut chunk))
-            .await
-            .expect("read");
+        let n = wait::within("bytes from the peer", self.io.read(&mut chunk)).await.expect("read");
         self.buf.extend_from_slice(&chunk[..n]);
         n
     }
@@ -55,10 +48,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 return String::from_utf8_lossy(&head).into_owned();
             }
             if self.fill().await == 0 {
-                panic!(
-                    "connection closed before a full head; got {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
+                panic!("connection closed before a full head; got {:?}", String::from_utf8_lossy(&self.buf));
             }
         }
     }
@@ -98,22 +88,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let head = self.head().await;
         let (status, headers) = parse_head(&head);
         if (100..200).contains(&status) || status == 204 || status == 304 {
-            return RawResponse {
-                status,
-                headers,
-                body: Vec::new(),
-            };
+            return RawResponse { status, headers, body: Vec::new() };
         }
-        let body = if headers
-            .get("transfer-encoding")
-            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
-        {
+        let body = if headers.get("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
             let mut body = Vec::new();
             loop {
                 let size_line = self.line().await;
-                let size =
-                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                        .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                    .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
                 if size == 0 {
                     // Trailers, then the final blank line.
                     while !self.line().await.is_empty() {}
@@ -129,11 +111,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         } else {
             self.to_end().await
         };
-        RawResponse {
-            status,
-            headers,
-            body,
-        }
+        RawResponse { status, headers, body }
     }
 }
 
@@ -151,10 +129,7 @@ pub fn parse_head(head: &str) -> (u16, HashMap<String, String>) {
         if let Some((k, v)) = line.split_once(':') {
             let k = k.trim().to_ascii_lowercase();
             let v = v.trim().to_string();
-            headers
-                .entry(k)
-                .and_modify(|e| *e = format!("{e}, {v}"))
-                .or_insert(v);
+            headers.entry(k).and_modify(|e| *e = format!("{e}, {v}")).or_insert(v);
         }
     }
     (status, headers)

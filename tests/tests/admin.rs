@@ -38,20 +38,10 @@ fn json(r: &client::Reply) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_live_and_health() {
     let (_v1, _v2, proxy) = setup().await;
-    assert_eq!(
-        proxy
-            .admin("GET", "/ready")
-            .await
-            .assert_status(200)
-            .text()
-            .trim(),
-        "ready"
-    );
+    assert_eq!(proxy.admin("GET", "/ready").await.assert_status(200).text().trim(), "ready");
     proxy.admin("GET", "/live").await.assert_status(200);
     let health = client::http1(proxy.addrs.health);
-    client::send(&health, client::get("http://health/healthz/ready"))
-        .await
-        .assert_status(200);
+    client::send(&health, client::get("http://health/healthz/ready")).await.assert_status(200);
     proxy.admin("POST", "/ready").await.assert_status(405);
     proxy.admin("GET", "/nope").await.assert_status(404);
 }
@@ -64,9 +54,7 @@ async fn drain_over_the_admin_api_turns_readiness_off_and_stops_accepting() {
     proxy.admin("GET", "/ready").await.assert_status(503);
     eventually!(
         "the outbound port refuses new connections",
-        tokio::net::TcpStream::connect(proxy.addrs.outbound)
-            .await
-            .is_err()
+        tokio::net::TcpStream::connect(proxy.addrs.outbound).await.is_err()
     );
 }
 
@@ -77,11 +65,7 @@ async fn config_dump_lists_the_files_resources_with_versions() {
     for t in ["listeners", "routes", "clusters", "endpoints"] {
         let v = dump["versions"][t].as_str().unwrap_or_default();
         assert!(!v.is_empty(), "versions.{t} is set: {}", dump["versions"]);
-        assert_eq!(
-            dump["config"][t]["version"].as_str(),
-            Some(v),
-            "config.{t}.version matches versions.{t}"
-        );
+        assert_eq!(dump["config"][t]["version"].as_str(), Some(v), "config.{t}.version matches versions.{t}");
     }
     let text = dump.to_string();
     for needle in [
@@ -93,18 +77,10 @@ async fn config_dump_lists_the_files_resources_with_versions() {
         v1.endpoint(),
         v2.endpoint(),
     ] {
-        assert!(
-            text.contains(&needle),
-            "/config_dump mentions {needle}: {dump:#}"
-        );
+        assert!(text.contains(&needle), "/config_dump mentions {needle}: {dump:#}");
     }
-    let clusters = dump["config"]["clusters"]["resources"]
-        .as_array()
-        .expect("a list of clusters");
-    let echo = clusters
-        .iter()
-        .find(|c| c["name"] == cluster_name("echo", 8080).as_str())
-        .expect("the echo cluster");
+    let clusters = dump["config"]["clusters"]["resources"].as_array().expect("a list of clusters");
+    let echo = clusters.iter().find(|c| c["name"] == cluster_name("echo", 8080).as_str()).expect("the echo cluster");
     assert_eq!(echo["lb_policy"], "round-robin");
 }
 
@@ -113,29 +89,12 @@ async fn clusters_show_endpoints() {
     let (v1, v2, proxy) = setup().await;
     let clusters = json(&proxy.admin("GET", "/clusters").await);
     let list = clusters["clusters"].as_array().expect("clusters[]");
-    let echo = list
-        .iter()
-        .find(|c| c["service"] == "echo")
-        .expect("the echo cluster");
-    let addrs: Vec<&str> = echo["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["address"].as_str())
-        .collect();
+    let echo = list.iter().find(|c| c["service"] == "echo").expect("the echo cluster");
+    let addrs: Vec<&str> = echo["endpoints"].as_array().unwrap().iter().filter_map(|e| e["address"].as_str()).collect();
     assert_eq!(addrs.len(), 2, "{echo:#}");
-    assert!(
-        addrs.contains(&v1.endpoint().as_str()) && addrs.contains(&v2.endpoint().as_str()),
-        "{echo:#}"
-    );
-    let store = list
-        .iter()
-        .find(|c| c["service"] == "store")
-        .expect("the store cluster");
-    assert_eq!(
-        store["endpoints"][0]["address"].as_str(),
-        Some(v1.endpoint().as_str())
-    );
+    assert!(addrs.contains(&v1.endpoint().as_str()) && addrs.contains(&v2.endpoint().as_str()), "{echo:#}");
+    let store = list.iter().find(|c| c["service"] == "store").expect("the store cluster");
+    assert_eq!(store["endpoints"][0]["address"].as_str(), Some(v1.endpoint().as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,15 +103,8 @@ async fn metrics_pass_promtool_and_name_the_families() {
     proxy.get("http://echo:8080/").await.assert_status(200);
     proxy.get("http://nope:1/").await.assert_status(404);
     let text = proxy.metrics().await;
-    let admin_text = proxy
-        .admin("GET", "/metrics")
-        .await
-        .assert_status(200)
-        .text();
-    assert!(
-        admin_text.contains("outrider_requests_total"),
-        "the admin port serves /metrics too"
-    );
+    let admin_text = proxy.admin("GET", "/metrics").await.assert_status(200).text();
+    assert!(admin_text.contains("outrider_requests_total"), "the admin port serves /metrics too");
 
     for name in [
         "outrider_requests_total",
@@ -162,35 +114,15 @@ async fn metrics_pass_promtool_and_name_the_families() {
         "outrider_xds_updates_total",
         "outrider_config_version",
     ] {
-        assert!(
-            prom::samples(&text).iter().any(|s| s.name == name),
-            "{name} is exported:\n{text}"
-        );
+        assert!(prom::samples(&text).iter().any(|s| s.name == name), "{name} is exported:\n{text}");
     }
     assert!(
-        prom::sum(
-            &text,
-            "outrider_requests_total",
-            &[
-                ("direction", "outbound"),
-                ("service", "echo"),
-                ("code", "200")
-            ]
-        ) >= 1.0,
+        prom::sum(&text, "outrider_requests_total", &[("direction", "outbound"), ("service", "echo"), ("code", "200")])
+            >= 1.0,
         "the request to echo is counted:\n{text}"
     );
-    assert!(
-        prom::sum(&text, "outrider_requests_total", &[("code", "404")]) >= 1.0,
-        "{text}"
-    );
-    assert!(
-        prom::sum(
-            &text,
-            "outrider_xds_updates_total",
-            &[("result", "accepted")]
-        ) >= 1.0,
-        "{text}"
-    );
+    assert!(prom::sum(&text, "outrider_requests_total", &[("code", "404")]) >= 1.0, "{text}");
+    assert!(prom::sum(&text, "outrider_xds_updates_total", &[("result", "accepted")]) >= 1.0, "{text}");
 
     let mut child = match tokio::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -201,9 +133,7 @@ async fn metrics_pass_promtool_and_name_the_families() {
     {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            outrider_tests::skip(
-                "skipping the promtool check: promtool is not installed (CI installs it)",
-            );
+            outrider_tests::skip("skipping the promtool check: promtool is not installed (CI installs it)");
             return;
         }
         Err(e) => panic!("cannot run promtool: {e}"),
@@ -211,9 +141,7 @@ async fn metrics_pass_promtool_and_name_the_families() {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(text.as_bytes()).await.unwrap();
     drop(stdin);
-    let out = outrider_tests::wait::within("promtool", child.wait_with_output())
-        .await
-        .unwrap();
+    let out = outrider_tests::wait::within("promtool", child.wait_with_output()).await.unwrap();
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",

@@ -10,23 +10,13 @@ use outrider_tests::policy::{docs, service};
 use outrider_tests::upstream;
 
 /// Send `n` GETs to `uri`, `concurrency` at a time; count answers by `x-upstream`.
-async fn distribution(
-    proxy: &ProxyHarness,
-    uri: &str,
-    n: usize,
-    concurrency: usize,
-) -> BTreeMap<String, usize> {
-    let replies: Vec<_> = futures_util::stream::iter(0..n)
-        .map(|_| proxy.get(uri))
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+async fn distribution(proxy: &ProxyHarness, uri: &str, n: usize, concurrency: usize) -> BTreeMap<String, usize> {
+    let replies: Vec<_> =
+        futures_util::stream::iter(0..n).map(|_| proxy.get(uri)).buffer_unordered(concurrency).collect().await;
     let mut counts = BTreeMap::new();
     for r in replies {
         r.assert_status(200);
-        *counts
-            .entry(r.upstream().expect("x-upstream").to_string())
-            .or_insert(0) += 1;
+        *counts.entry(r.upstream().expect("x-upstream").to_string()).or_insert(0) += 1;
     }
     counts
 }
@@ -43,46 +33,29 @@ async fn round_robin_is_even() {
     let b = upstream::http1().name("b").start().await;
     let c = upstream::http1().name("c").start().await;
     let proxy = ProxyHarness::start(&docs(&[
-        service("rr")
-            .endpoint(a.addr)
-            .endpoint(b.addr)
-            .endpoint(c.addr)
-            .yaml(),
+        service("rr").endpoint(a.addr).endpoint(b.addr).endpoint(c.addr).yaml(),
         traffic_policy("rr", "round-robin", ""),
     ]))
     .await;
     let counts = distribution(&proxy, "http://rr:8080/", 300, 6).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
     for (name, n) in &counts {
-        assert!(
-            (99..=101).contains(n),
-            "round robin gave {name} {n} of 300: {counts:?}"
-        );
+        assert!((99..=101).contains(n), "round robin gave {name} {n} of 300: {counts:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_ewma_prefers_the_fast_endpoint() {
     let fast = upstream::http1().name("fast").start().await;
-    let slow = upstream::http1()
-        .name("slow")
-        .delay(Duration::from_millis(20))
-        .start()
-        .await;
+    let slow = upstream::http1().name("slow").delay(Duration::from_millis(20)).start().await;
     let proxy = ProxyHarness::start(&docs(&[
-        service("lat")
-            .endpoint(fast.addr)
-            .endpoint(slow.addr)
-            .yaml(),
+        service("lat").endpoint(fast.addr).endpoint(slow.addr).yaml(),
         traffic_policy("lat", "p2c-ewma", ""),
     ]))
     .await;
     let counts = distribution(&proxy, "http://lat:8080/", 200, 4).await;
     let fast_n = counts.get("fast").copied().unwrap_or(0);
-    assert!(
-        fast_n > 160,
-        "the fast endpoint should get more than 80% of 200: {counts:?}"
-    );
+    assert!(fast_n > 160, "the fast endpoint should get more than 80% of 200: {counts:?}");
     assert_eq!(counts.values().sum::<usize>(), 200);
 }
 

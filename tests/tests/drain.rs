@@ -17,10 +17,7 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     let gate = Gate::new();
     let slow = upstream::http1().name("slow").gate(&gate).start().await;
     let dir = TempDir::new("outrider-drain");
-    let policy = dir.write(
-        "policy.yaml",
-        &docs(&[service("slow").endpoint(slow.addr).yaml()]),
-    );
+    let policy = dir.write("policy.yaml", &docs(&[service("slow").endpoint(slow.addr).yaml()]));
     let mut cmd = proxy_command(&policy);
     cmd.args(["--drain-timeout", "60s"]);
     let mut proxy = ProxyProcess::spawn(cmd).await;
@@ -35,43 +32,24 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
             })
         })
         .collect();
-    eventually!(
-        "every request has reached the upstream",
-        slow.request_count() == IN_FLIGHT
-    );
+    eventually!("every request has reached the upstream", slow.request_count() == IN_FLIGHT);
 
     proxy.signal("TERM");
-    eventually!(
-        "the outbound port refuses new connections",
-        TcpStream::connect(outbound).await.is_err()
-    );
+    eventually!("the outbound port refuses new connections", TcpStream::connect(outbound).await.is_err());
     let admin = client::http1(proxy.addrs.admin);
     let ready = client::send(&admin, client::get("http://admin/ready")).await;
     assert_eq!(ready.status, 503, "draining is not ready: {}", ready.text());
-    assert!(
-        proxy.try_wait().is_none(),
-        "the proxy waits for in-flight requests before exiting"
-    );
-    assert!(
-        in_flight.iter().all(|t| !t.is_finished()),
-        "the held requests are still in flight"
-    );
+    assert!(proxy.try_wait().is_none(), "the proxy waits for in-flight requests before exiting");
+    assert!(in_flight.iter().all(|t| !t.is_finished()), "the held requests are still in flight");
 
     gate.open();
     for (i, t) in in_flight.into_iter().enumerate() {
-        let r = wait::within("an in-flight request", t)
-            .await
-            .expect("the request task");
+        let r = wait::within("an in-flight request", t).await.expect("the request task");
         r.assert_status(200);
         assert_eq!(r.echo().path, format!("/held/{i}"));
     }
     let status = proxy.wait().await;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status {status:?}; stderr:\n{}",
-        proxy.stderr()
-    );
+    assert_eq!(status.code(), Some(0), "exit status {status:?}; stderr:\n{}", proxy.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,10 +57,7 @@ async fn the_drain_deadline_bounds_shutdown() {
     let gate = Gate::new();
     let stuck = upstream::http1().name("stuck").gate(&gate).start().await;
     let dir = TempDir::new("outrider-drain");
-    let policy = dir.write(
-        "policy.yaml",
-        &docs(&[service("stuck").endpoint(stuck.addr).yaml()]),
-    );
+    let policy = dir.write("policy.yaml", &docs(&[service("stuck").endpoint(stuck.addr).yaml()]));
     let mut cmd = proxy_command(&policy);
     cmd.args(["--drain-timeout", "200ms"]);
     let mut proxy = ProxyProcess::spawn(cmd).await;
@@ -91,24 +66,13 @@ async fn the_drain_deadline_bounds_shutdown() {
         let mut conn = client::h1_connection(outbound).await;
         conn.send_request(h1_get("stuck:8080", "/never")).await
     });
-    eventually!(
-        "the request has reached the upstream",
-        stuck.request_count() == 1
-    );
+    eventually!("the request has reached the upstream", stuck.request_count() == 1);
 
     proxy.signal("TERM");
     // The upstream never answers; the proxy must still exit once the deadline passes.
     let status = proxy.wait().await;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status {status:?}; stderr:\n{}",
-        proxy.stderr()
-    );
+    assert_eq!(status.code(), Some(0), "exit status {status:?}; stderr:\n{}", proxy.stderr());
     let res = wait::within("the cut request to fail", held).await.unwrap();
-    assert!(
-        res.is_err(),
-        "the request cut by the deadline fails: {res:?}"
-    );
+    assert!(res.is_err(), "the request cut by the deadline fails: {res:?}");
     drop(gate);
 }

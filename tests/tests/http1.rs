@@ -28,20 +28,11 @@ async fn get_and_post_with_body_reach_the_upstream() {
     r.assert_status(200);
     assert_eq!(r.upstream(), Some("echo"));
     let seen = echo.last();
-    assert_eq!(
-        (seen.method.as_str(), seen.path.as_str()),
-        ("GET", "/hello?x=1")
-    );
-    assert_eq!(
-        seen.header("host"),
-        Some("echo:8080"),
-        "Host is passed on as the client sent it"
-    );
+    assert_eq!((seen.method.as_str(), seen.path.as_str()), ("GET", "/hello?x=1"));
+    assert_eq!(seen.header("host"), Some("echo:8080"), "Host is passed on as the client sent it");
 
     let body = "a body that must arrive intact\n".repeat(100);
-    let r = proxy
-        .send(request("POST", "http://echo:8080/upload", body.clone()))
-        .await;
+    let r = proxy.send(request("POST", "http://echo:8080/upload", body.clone())).await;
     r.assert_status(200);
     let e = r.echo();
     assert_eq!((e.method.as_str(), e.path.as_str()), ("POST", "/upload"));
@@ -71,33 +62,17 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_for_appended() {
     assert_eq!(r.status, 200, "{r:?}");
     let seen = echo.last();
     for h in ["x-foo", "keep-alive", "proxy-connection"] {
-        assert_eq!(
-            seen.header(h),
-            None,
-            "{h} must not reach the upstream: {:?}",
-            seen.headers
-        );
+        assert_eq!(seen.header(h), None, "{h} must not reach the upstream: {:?}", seen.headers);
     }
     assert!(
         !seen.header("connection").unwrap_or("").contains("x-foo"),
         "the client's Connection header must not be passed on: {:?}",
         seen.headers
     );
-    assert_eq!(
-        seen.header("x-keep"),
-        Some("kept"),
-        "end-to-end headers stay"
-    );
-    assert_eq!(
-        seen.header("x-forwarded-for"),
-        Some("10.1.2.3, 127.0.0.1"),
-        "the client address is appended"
-    );
+    assert_eq!(seen.header("x-keep"), Some("kept"), "end-to-end headers stay");
+    assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"), "the client address is appended");
 
-    proxy
-        .get("http://echo:8080/no-xff")
-        .await
-        .assert_status(200);
+    proxy.get("http://echo:8080/no-xff").await.assert_status(200);
     assert_eq!(echo.last().header("x-forwarded-for"), Some("127.0.0.1"));
 }
 
@@ -105,17 +80,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_for_appended() {
 async fn request_id_is_generated_when_absent_and_kept_when_present() {
     let (echo, proxy) = setup().await;
     proxy.get("http://echo:8080/1").await.assert_status(200);
-    let first = echo
-        .last()
-        .header("x-request-id")
-        .expect("a generated x-request-id")
-        .to_string();
+    let first = echo.last().header("x-request-id").expect("a generated x-request-id").to_string();
     proxy.get("http://echo:8080/2").await.assert_status(200);
-    let second = echo
-        .last()
-        .header("x-request-id")
-        .expect("a generated x-request-id")
-        .to_string();
+    let second = echo.last().header("x-request-id").expect("a generated x-request-id").to_string();
     for id in [&first, &second] {
         assert_eq!(id.len(), 36, "a UUID: {id}");
         assert_eq!(id.matches('-').count(), 4, "a UUID: {id}");
@@ -128,10 +95,7 @@ async fn request_id_is_generated_when_absent_and_kept_when_present() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     proxy.send(req).await.assert_status(200);
-    assert_eq!(
-        echo.last().header("x-request-id"),
-        Some("caller-chose-this-id")
-    );
+    assert_eq!(echo.last().header("x-request-id"), Some("caller-chose-this-id"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,19 +109,13 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     );
     s.io.write_all(head.as_bytes()).await.unwrap();
     let interim = s.response().await;
-    assert_eq!(
-        interim.status, 100,
-        "the proxy must say 100 Continue before the client sends the body"
-    );
+    assert_eq!(interim.status, 100, "the proxy must say 100 Continue before the client sends the body");
     s.io.write_all(body).await.unwrap();
     let r = s.response().await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-upstream"), Some("echo"));
     assert_eq!(echo.last().body.as_ref(), body);
-    assert_eq!(
-        outrider_tests::upstream::Echo::parse(&r.body).body,
-        "hello world"
-    );
+    assert_eq!(outrider_tests::upstream::Echo::parse(&r.body).body, "hello world");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,11 +148,7 @@ async fn keep_alive_serves_many_requests_on_one_connection() {
     assert_eq!(echo.request_count(), 5);
     let m = proxy.metrics().await;
     assert_eq!(
-        prom::sum(
-            &m,
-            "outrider_tcp_connections_total",
-            &[("direction", "outbound")]
-        ),
+        prom::sum(&m, "outrider_tcp_connections_total", &[("direction", "outbound")]),
         1.0,
         "all five requests used one downstream connection:\n{m}"
     );
@@ -219,29 +173,18 @@ async fn chunked_request_body_arrives_intact() {
 async fn absolute_form_request_is_routed_by_its_authority() {
     let (echo, proxy) = setup().await;
     let mut s = Reader::new(TcpStream::connect(proxy.addrs.outbound).await.unwrap());
-    s.io.write_all(b"GET http://echo:8080/abs?q=1 HTTP/1.1\r\nHost: echo:8080\r\n\r\n")
-        .await
-        .unwrap();
+    s.io.write_all(b"GET http://echo:8080/abs?q=1 HTTP/1.1\r\nHost: echo:8080\r\n\r\n").await.unwrap();
     let r = s.response().await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(
-        echo.last().path,
-        "/abs?q=1",
-        "the upstream gets origin form"
-    );
+    assert_eq!(echo.last().path, "/abs?q=1", "the upstream gets origin form");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstreams_own_503_is_passed_through_not_a_local_reply() {
     let failing = upstream::http1().name("failing").status(503).start().await;
-    let proxy =
-        ProxyHarness::start(&docs(&[service("failing").endpoint(failing.addr).yaml()])).await;
+    let proxy = ProxyHarness::start(&docs(&[service("failing").endpoint(failing.addr).yaml()])).await;
     let r = proxy.get("http://failing:8080/").await;
     r.assert_status(503);
     assert_eq!(r.upstream(), Some("failing"));
-    assert_eq!(
-        r.header("x-outrider-local-reply"),
-        None,
-        "the upstream's 503 is not the proxy's"
-    );
+    assert_eq!(r.header("x-outrider-local-reply"), None, "the upstream's 503 is not the proxy's");
 }

@@ -13,31 +13,19 @@ async fn inbound_http1_is_delivered_to_the_app() {
     let proxy = ProxyHarness::start_with(&policy, Some(app.addr.port())).await;
 
     let c = client::http1(proxy.addrs.inbound);
-    let r = client::send(
-        &c,
-        client::request("POST", "http://my-app.local/in?x=1", "inbound body"),
-    )
-    .await;
+    let r = client::send(&c, client::request("POST", "http://my-app.local/in?x=1", "inbound body")).await;
     r.assert_status(200);
     assert_eq!(r.upstream(), Some("app"));
     let seen = app.last();
     assert_eq!(seen.path, "/in?x=1");
     assert_eq!(seen.body.as_ref(), b"inbound body");
-    assert_eq!(
-        seen.header("host"),
-        Some("my-app.local"),
-        "Host is kept for the app"
-    );
+    assert_eq!(seen.header("host"), Some("my-app.local"), "Host is kept for the app");
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert!(seen.header("x-request-id").is_some());
 
     let m = proxy.metrics().await;
     assert!(
-        prom::sum(
-            &m,
-            "outrider_requests_total",
-            &[("direction", "inbound"), ("code", "200")]
-        ) >= 1.0,
+        prom::sum(&m, "outrider_requests_total", &[("direction", "inbound"), ("code", "200")]) >= 1.0,
         "the inbound request is counted:\n{m}"
     );
 }

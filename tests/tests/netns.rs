@@ -92,15 +92,7 @@ async fn iptables_interception_in_a_namespace() {
     std::fs::write(dir.path().join("hello.txt"), page).unwrap();
 
     let mut web = ns.python();
-    web.args([
-        "-m",
-        "http.server",
-        WEB_PORT,
-        "--bind",
-        WEB_IP,
-        "--directory",
-    ])
-    .arg(dir.path());
+    web.args(["-m", "http.server", WEB_PORT, "--bind", WEB_IP, "--directory"]).arg(dir.path());
     let mut web = Background::spawn(web);
     web.wait_for_line("Serving HTTP").await;
     let mut echo = ns.python();
@@ -111,11 +103,7 @@ async fn iptables_interception_in_a_namespace() {
     let policy = dir.write(
         "policy.yaml",
         &docs(&[
-            service("web")
-                .port(80)
-                .address("127.100.0.5")
-                .endpoint(format!("{WEB_IP}:{WEB_PORT}"))
-                .yaml(),
+            service("web").port(80).address("127.100.0.5").endpoint(format!("{WEB_IP}:{WEB_PORT}")).yaml(),
             service("echo-tcp")
                 .protocol("tcp")
                 .port(9000)
@@ -125,8 +113,7 @@ async fn iptables_interception_in_a_namespace() {
         ]),
     );
     let mut cmd = ns.command(proxy_bin());
-    cmd.args(ephemeral_args(&policy))
-        .args(["--socket-mark", MARK]);
+    cmd.args(ephemeral_args(&policy)).args(["--socket-mark", MARK]);
     let proxy = ProxyProcess::spawn(cmd).await;
 
     let mut rules = ns.command(proxy_bin());
@@ -134,54 +121,26 @@ async fn iptables_interception_in_a_namespace() {
     rules.args(["--outbound-port", &proxy.addrs.outbound.port().to_string()]);
     rules.args(["--inbound-port", &proxy.addrs.inbound.port().to_string()]);
     let out = outrider_tests::binary::run_to_exit(rules).await;
-    assert!(
-        out.status.success(),
-        "installing the rules failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "installing the rules failed: {}", String::from_utf8_lossy(&out.stderr));
 
     let admin_metrics = format!("http://127.0.0.1:{}/metrics", proxy.addrs.admin.port());
     let metrics = || async { stdout(&ns.run_python(HTTP_GET, &[&admin_metrics]).await) };
 
     // HTTP to the virtual IP, on port 80: intercepted, routed by original destination.
-    let got = stdout(
-        &ns.run_python(HTTP_GET, &["http://127.100.0.5/hello.txt"])
-            .await,
-    );
-    assert_eq!(
-        got,
-        format!("200\n{page}"),
-        "the python server's page, through the proxy"
-    );
+    let got = stdout(&ns.run_python(HTTP_GET, &["http://127.100.0.5/hello.txt"]).await);
+    assert_eq!(got, format!("200\n{page}"), "the python server's page, through the proxy");
     let m = metrics().await;
     assert!(
-        prom::sum(
-            &m,
-            "outrider_requests_total",
-            &[
-                ("direction", "outbound"),
-                ("service", "web"),
-                ("code", "200")
-            ]
-        ) >= 1.0,
+        prom::sum(&m, "outrider_requests_total", &[("direction", "outbound"), ("service", "web"), ("code", "200")])
+            >= 1.0,
         "the proxy counted the intercepted request:\n{m}"
     );
 
     // Opaque TCP to the other virtual IP, with a half-close.
-    let got = stdout(
-        &ns.run_python(
-            TCP_CLIENT,
-            &["127.100.0.6", "9000", "hello over intercepted tcp"],
-        )
-        .await,
-    );
+    let got = stdout(&ns.run_python(TCP_CLIENT, &["127.100.0.6", "9000", "hello over intercepted tcp"]).await);
     assert_eq!(got, format!("hello over intercepted tcp{TRAILER}"));
     wait::wait_until("the proxy counts the intercepted TCP bytes", || async {
-        prom::sum(
-            &metrics().await,
-            "outrider_tcp_bytes_total",
-            &[("direction", "outbound")],
-        ) > 0.0
+        prom::sum(&metrics().await, "outrider_tcp_bytes_total", &[("direction", "outbound")]) > 0.0
     })
     .await;
 

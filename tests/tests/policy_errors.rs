@@ -27,16 +27,8 @@ async fn rejects(file_name: &str, policy: &str, needles: &[&str]) {
     let path = dir.write(file_name, policy);
     let out = run_to_exit(proxy_command(&path)).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "exit status {:?}; stderr:\n{stderr}",
-        out.status
-    );
-    assert!(
-        stderr.contains(file_name),
-        "stderr names the file {file_name}:\n{stderr}"
-    );
+    assert_eq!(out.status.code(), Some(2), "exit status {:?}; stderr:\n{stderr}", out.status);
+    assert!(stderr.contains(file_name), "stderr names the file {file_name}:\n{stderr}");
     for n in needles {
         assert!(stderr.contains(n), "stderr mentions {n:?}:\n{stderr}");
     }
@@ -46,43 +38,24 @@ async fn rejects(file_name: &str, policy: &str, needles: &[&str]) {
 async fn typo_in_a_field_name() {
     let policy = format!(
         "{SERVICE}{}",
-        traffic_policy(
-            "  routes:\n    - name: main\n      split: [{subset: {version: v1}, wieght: 100}]\n"
-        )
+        traffic_policy("  routes:\n    - name: main\n      split: [{subset: {version: v1}, wieght: 100}]\n")
     );
-    rejects(
-        "typo-policy.yaml",
-        &policy,
-        &["spec.routes[0].split[0].wieght", "unknown field"],
-    )
-    .await;
+    rejects("typo-policy.yaml", &policy, &["spec.routes[0].split[0].wieght", "unknown field"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_duration() {
     let policy = format!("{SERVICE}{}", traffic_policy("  connectTimeout: 5 secs\n"));
-    rejects(
-        "duration-policy.yaml",
-        &policy,
-        &["spec.connectTimeout", "5 secs"],
-    )
-    .await;
+    rejects("duration-policy.yaml", &policy, &["spec.connectTimeout", "5 secs"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subset_that_matches_no_endpoint() {
     let policy = format!(
         "{SERVICE}{}",
-        traffic_policy(
-            "  routes:\n    - name: main\n      split: [{subset: {version: v9}, weight: 100}]\n"
-        )
+        traffic_policy("  routes:\n    - name: main\n      split: [{subset: {version: v9}, weight: 100}]\n")
     );
-    rejects(
-        "subset-policy.yaml",
-        &policy,
-        &["spec.routes[0].split[0].subset"],
-    )
-    .await;
+    rejects("subset-policy.yaml", &policy, &["spec.routes[0].split[0].subset"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

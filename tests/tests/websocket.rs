@@ -12,8 +12,7 @@ use tokio::net::TcpStream;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_then_bytes_both_ways() {
     let ws = upstream::websocket().name("ws").start().await;
-    let proxy =
-        ProxyHarness::start(&docs(&[service("ws").port(8080).endpoint(ws.addr).yaml()])).await;
+    let proxy = ProxyHarness::start(&docs(&[service("ws").port(8080).endpoint(ws.addr).yaml()])).await;
 
     let mut s = Reader::new(TcpStream::connect(proxy.addrs.outbound).await.unwrap());
     s.io.write_all(
@@ -27,16 +26,8 @@ async fn upgrade_then_bytes_both_ways() {
     assert_eq!(head.header("upgrade"), Some("websocket"));
     assert_eq!(head.header("x-upstream"), Some("ws"));
     let seen = ws.last();
-    assert_eq!(
-        seen.header("upgrade"),
-        Some("websocket"),
-        "Upgrade reaches the upstream"
-    );
-    assert!(
-        seen.header("connection")
-            .unwrap_or("")
-            .eq_ignore_ascii_case("upgrade")
-    );
+    assert_eq!(seen.header("upgrade"), Some("websocket"), "Upgrade reaches the upstream");
+    assert!(seen.header("connection").unwrap_or("").eq_ignore_ascii_case("upgrade"));
 
     // Upstream → client, unprompted.
     let greeting = b"hello from ws\n";

@@ -19,6 +19,8 @@ pub enum Body {
     Replay(crate::policy::replay::ReplayBody),
     /// A body that fails when no frame arrives within its idle timeout.
     Idle(Box<IdleBody>),
+    /// A response body whose end writes the access-log line and ends the span.
+    Recorded(Box<crate::telemetry::access::RecordedBody>),
     Full(Option<Bytes>),
     #[default]
     Empty,
@@ -131,6 +133,7 @@ impl http_body::Body for Body {
             Body::Pooled(p) => hyper(p.poll_frame(cx)),
             Body::Replay(r) => r.poll_frame(cx),
             Body::Idle(b) => b.poll_frame(cx),
+            Body::Recorded(b) => b.poll_frame(cx),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Empty => Poll::Ready(None),
         }
@@ -142,6 +145,7 @@ impl http_body::Body for Body {
             Body::Pooled(p) => p.inner.is_end_stream(),
             Body::Replay(r) => r.is_end_stream(),
             Body::Idle(b) => b.inner.is_end_stream(),
+            Body::Recorded(b) => b.inner().is_end_stream(),
             Body::Full(b) => b.is_none(),
             Body::Empty => true,
         }
@@ -153,6 +157,7 @@ impl http_body::Body for Body {
             Body::Pooled(p) => p.inner.size_hint(),
             Body::Replay(r) => r.size_hint(),
             Body::Idle(b) => b.inner.size_hint(),
+            Body::Recorded(b) => b.inner().size_hint(),
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) | Body::Empty => SizeHint::with_exact(0),
         }

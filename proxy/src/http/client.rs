@@ -27,6 +27,11 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
+/// Response extension: how long opening a new upstream connection for this
+/// request took (absent when a pooled connection carried it). For the access log.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectTime(pub Duration);
+
 /// How to open a connection.
 #[derive(Clone, Debug)]
 pub struct ConnectConfig {
@@ -169,9 +174,13 @@ impl EndpointPool {
                 },
             }
         }
+        let started = Instant::now();
         let mut sender = self.connect_h1(cfg).await?;
+        let connect = started.elapsed();
         let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
-        Ok(self.after_h1(sender, resp))
+        let mut resp = self.after_h1(sender, resp);
+        resp.extensions_mut().insert(ConnectTime(connect));
+        Ok(resp)
     }
 
     /// The connection goes back to the pool when the response body has been
@@ -227,16 +236,23 @@ impl EndpointPool {
                 _ => None,
             }
         };
+        let mut connect = None;
         let mut sender = match existing {
             Some(s) => s,
             None => {
+                let started = Instant::now();
                 let s = self.connect_h2(cfg).await?;
+                connect = Some(started.elapsed());
                 *self.h2.lock() = Some((s.clone(), Instant::now()));
                 s
             }
         };
         sender.ready().await.map_err(|e| UpstreamError::Request(self.addr, e))?;
-        sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))
+        let mut resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
+        if let Some(c) = connect {
+            resp.extensions_mut().insert(ConnectTime(c));
+        }
+        Ok(resp)
     }
 
     async fn connect_h2(&self, cfg: &ConnectConfig) -> Result<http2::SendRequest<Body>, UpstreamError> {

@@ -60,14 +60,13 @@ async fn handle(
     rec.request_id = Some(headers::ensure_request_id(req.headers_mut()));
     match proxy(ctx, client, orig_dst, req, &mut rec).await {
         Ok(resp) => {
-            rec.finish(resp.status().as_u16(), None);
-            resp
+            let status = resp.status().as_u16();
+            rec.respond(resp, status, None)
         }
         Err(e) => {
             let (resp, reason) = e.to_response(grpc);
             let status = if grpc { e.classify().0.as_u16() } else { resp.status().as_u16() };
-            rec.finish(status, Some(reason));
-            resp
+            rec.respond(resp, status, Some(reason))
         }
     }
 }
@@ -124,7 +123,8 @@ async fn proxy(
     rec.authority = authority.clone();
     let routed = route(ctx, orig_dst, &req, authority.as_ref(), rec)?;
     let grpc_timeout = if rescue::is_grpc(&req) { grpc_timeout(req.headers()) } else { None };
-    let up = Upstream::new(req.map(Body::Incoming), client, authority);
+    let mut up = Upstream::new(req.map(Body::Incoming), client, authority);
+    up.trace = rec.trace_context();
     let params = StackParams {
         cluster: &routed.cluster,
         endpoints: &routed.endpoints,

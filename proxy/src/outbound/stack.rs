@@ -28,6 +28,7 @@ use crate::policy::retry::RetryLayer;
 use crate::rescue::ProxyError;
 use crate::state::{Cluster, Endpoint};
 use crate::telemetry::metrics::{Metrics, ServiceLabels, ServiceReasonLabels};
+use crate::telemetry::trace::TraceCx;
 
 /// A request on its way to an upstream, with what the stages decided so far.
 #[derive(Debug)]
@@ -45,11 +46,14 @@ pub struct Upstream {
     pub tried: Vec<SocketAddr>,
     /// When the whole request must be answered (the timeout stage sets it).
     pub deadline: Option<Instant>,
+    /// The span the upstream request is sent under (tracing on): the request's,
+    /// or the retry stage's span for this try.
+    pub trace: Option<TraceCx>,
 }
 
 impl Upstream {
     pub fn new(req: Request<Body>, client: SocketAddr, authority: Option<Authority>) -> Self {
-        Self { req, client, authority, endpoint: None, attempt: 1, tried: Vec::new(), deadline: None }
+        Self { req, client, authority, endpoint: None, attempt: 1, tried: Vec::new(), deadline: None, trace: None }
     }
 }
 
@@ -253,6 +257,9 @@ impl Service<Upstream> for EndpointStage {
                 return Err(ProxyError::NoHealthyUpstream { service: cluster.service.to_string() });
             };
             up.req.headers_mut().insert(X_ATTEMPT.clone(), HeaderValue::from(up.attempt));
+            if let Some(t) = &up.trace {
+                t.inject(up.req.headers_mut());
+            }
             let proto = cluster.protocol.upstream();
             let res =
                 match forward::forward(&ep.shared.pool, up.req, proto, &cfg, up.client, up.authority.as_ref()).await {

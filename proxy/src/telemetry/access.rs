@@ -2,17 +2,58 @@
 //! `finish`, or on drop when the caller went away first — and feeds both the
 //! metrics and the access log, so the two always agree.
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body as _, Frame};
 use tokio::time::Instant;
 
 use super::metrics::{Direction, DirectionLabels, DurationLabels, LocalReplyLabels, Metrics, RequestLabels};
+use super::trace::{self, HttpAttrs, Span, SpanKind, TraceCx, Tracer};
+use crate::http::Body;
+use crate::http::body::BodyError;
+use crate::http::client::ConnectTime;
 
 /// Shared by every connection: where records go.
 #[derive(Clone, Debug)]
 pub struct Recorder {
     pub metrics: Metrics,
     pub access_log: bool,
+    /// Share of successful requests and connections that are logged (errors always are).
+    pub access_log_sample: f64,
+    /// Spans per request, when tracing is on.
+    pub tracer: Option<Arc<Tracer>>,
+}
+
+impl Recorder {
+    /// Access log on or off, every line kept, no tracing.
+    pub fn new(metrics: Metrics, access_log: bool) -> Self {
+        Self { metrics, access_log, access_log_sample: 1.0, tracer: None }
+    }
+
+    /// Does this request or connection get an access-log line?
+    fn log_this(&self, error: bool) -> bool {
+        self.access_log
+            // The log filter (`OUTRIDER_LOG=warn`) may drop the line anyway: then
+            // skip the work of waiting for the body's end.
+            && tracing::enabled!(target: "outrider::access", tracing::Level::INFO)
+            && (error
+                || self.access_log_sample >= 1.0
+                || (self.access_log_sample > 0.0 && fastrand::f64() < self.access_log_sample))
+    }
+}
+
+/// Errors are always logged: no status (the caller left), 4xx, 5xx, or a local reply.
+fn is_error(status: u16, local_reply: Option<&'static str>) -> bool {
+    status == 0 || status >= 400 || local_reply.is_some()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// What an HTTP request did, filled in as it goes.
@@ -32,6 +73,14 @@ pub struct RequestRecord {
     pub upstream: Option<SocketAddr>,
     /// Tries sent upstream (retries + 1); 0 when none was.
     pub attempts: u32,
+    /// This request's span (tracing on).
+    pub span: Option<Span>,
+    /// The trace this request belongs to: its span's, or (tracing off) the caller's.
+    pub trace_id: Option<[u8; 16]>,
+    /// The request's `Content-Length`, when it sent one (access log on).
+    pub request_bytes: Option<u64>,
+    /// Time to open a new upstream connection (`None`: a pooled one was reused).
+    pub connect: Option<Duration>,
     done: bool,
 }
 
@@ -48,6 +97,22 @@ impl RequestRecord {
         client: SocketAddr,
         req: &http::Request<B>,
     ) -> Self {
+        let span = recorder.tracer.as_ref().map(|t| {
+            let kind = match direction {
+                Direction::outbound => SpanKind::Client,
+                Direction::inbound => SpanKind::Server,
+            };
+            t.start(req.headers(), kind)
+        });
+        // Tracing off: the access log still names the caller's trace, if any.
+        let log = recorder.access_log;
+        let trace_id = span
+            .as_ref()
+            .map(Span::trace_id)
+            .or_else(|| log.then(|| trace::propagation::trace_id(req.headers())).flatten());
+        let request_bytes = log
+            .then(|| req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()))
+            .flatten();
         Self {
             recorder: recorder.clone(),
             start: Instant::now(),
@@ -62,21 +127,59 @@ impl RequestRecord {
             route: unknown(),
             upstream: None,
             attempts: 0,
+            span,
+            trace_id,
+            request_bytes,
+            connect: None,
             done: false,
         }
     }
 
-    /// Record the outcome: the status sent downstream and, for a local reply, why.
-    pub fn finish(mut self, status: u16, local_reply: Option<&'static str>) {
-        self.write(status, local_reply);
+    /// The span to name as the next hop's parent (tracing on).
+    pub fn trace_context(&self) -> Option<TraceCx> {
+        self.span.as_ref().map(|s| s.context().clone())
     }
 
-    fn write(&mut self, status: u16, local_reply: Option<&'static str>) {
+    /// Record the outcome without a response body to wait for: the status sent
+    /// downstream and, for a local reply, why.
+    pub fn finish(mut self, status: u16, local_reply: Option<&'static str>) {
+        self.write(status, local_reply, true);
+    }
+
+    /// Record the outcome of `resp` (`status`: the code for metrics, which for a
+    /// gRPC local reply is the HTTP equivalent). Metrics are counted now, at
+    /// response headers; the access-log line and the span wait for the end of
+    /// the body (total time, bytes) when either is wanted.
+    pub fn respond(mut self, resp: Response<Body>, status: u16, local_reply: Option<&'static str>) -> Response<Body> {
+        self.done = true;
+        let first_byte = self.start.elapsed();
+        self.count(status, first_byte, local_reply);
+        let log = self.recorder.log_this(is_error(status, local_reply));
+        if !log && !self.span.as_ref().is_some_and(Span::is_sampled) {
+            return resp;
+        }
+        self.connect = resp.extensions().get::<ConnectTime>().map(|c| c.0);
+        let tail = Tail { rec: self, status, local_reply, first_byte, log, bytes: 0 };
+        if resp.body().is_end_stream() {
+            tail.complete(true);
+            return resp;
+        }
+        resp.map(|inner| Body::Recorded(Box::new(RecordedBody { inner, tail: Some(tail) })))
+    }
+
+    fn write(&mut self, status: u16, local_reply: Option<&'static str>, complete: bool) {
         if self.done {
             return;
         }
         self.done = true;
         let elapsed = self.start.elapsed();
+        self.count(status, elapsed, local_reply);
+        let log = self.recorder.log_this(is_error(status, local_reply));
+        self.emit(status, local_reply, elapsed, elapsed, None, complete, log);
+    }
+
+    /// Metrics, at response headers.
+    fn count(&self, status: u16, elapsed: Duration, local_reply: Option<&'static str>) {
         let m = &self.recorder.metrics;
         m.requests
             .get_or_create(&RequestLabels {
@@ -92,11 +195,26 @@ impl RequestRecord {
         if let Some(reason) = local_reply {
             m.local_replies.get_or_create(&LocalReplyLabels { direction: self.direction, reason }).inc();
         }
-        if self.recorder.access_log {
+    }
+
+    /// The access-log line (when `log`) and the span, once the response is done.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        status: u16,
+        local_reply: Option<&'static str>,
+        first_byte: Duration,
+        total: Duration,
+        response_bytes: Option<u64>,
+        complete: bool,
+        log: bool,
+    ) {
+        if log {
             let authority = self.authority.as_ref().map(|a| a.as_str()).unwrap_or("");
             let path = self.path.as_ref().map(|p| p.as_str()).unwrap_or("");
             let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
             let upstream = self.upstream.map(|u| u.to_string());
+            let trace_id = self.trace_id.as_ref().map(trace::trace_id_hex);
             tracing::info!(
                 target: "outrider::access",
                 kind = "http",
@@ -107,14 +225,104 @@ impl RequestRecord {
                 path,
                 protocol = ?self.version,
                 status,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
                 service = &*self.service,
                 route = &*self.route,
                 upstream = upstream.as_deref().unwrap_or(""),
                 attempts = self.attempts,
                 local_reply = local_reply.unwrap_or(""),
                 request_id,
+                trace_id = trace_id.as_deref().unwrap_or(""),
+                connect_ms = self.connect.map(ms),
+                first_byte_ms = ms(first_byte),
+                duration_ms = ms(total),
+                request_bytes = self.request_bytes,
+                response_bytes,
+                complete,
+                peer_identity = "",
             );
+        }
+        if let Some(span) = self.span.take() {
+            span.end(HttpAttrs {
+                method: self.method.clone(),
+                version: self.version,
+                route: Some(self.route.clone()),
+                service: Some(self.service.clone()),
+                authority: self.authority.take(),
+                path: self.path.take(),
+                status,
+                local_reply,
+                upstream: self.upstream,
+                client: (self.direction == Direction::inbound).then_some(self.client),
+                attempts: self.attempts,
+                attempt: None,
+            });
+        }
+    }
+}
+
+/// What is left to record once the response body has been sent.
+#[derive(Debug)]
+struct Tail {
+    rec: RequestRecord,
+    status: u16,
+    local_reply: Option<&'static str>,
+    first_byte: Duration,
+    log: bool,
+    bytes: u64,
+}
+
+impl Tail {
+    fn complete(mut self, complete: bool) {
+        let total = self.rec.start.elapsed();
+        // A response cut short is an error: always logged.
+        let log = self.log || (!complete && self.rec.recorder.access_log);
+        let (status, reply, first, bytes) = (self.status, self.local_reply, self.first_byte, self.bytes);
+        self.rec.emit(status, reply, first, total, Some(bytes), complete, log);
+    }
+}
+
+/// A response body that counts its bytes and, at its end (or when dropped
+/// early), writes the access-log line and ends the span.
+#[derive(Debug)]
+pub struct RecordedBody {
+    inner: Body,
+    tail: Option<Tail>,
+}
+
+impl RecordedBody {
+    pub fn inner(&self) -> &Body {
+        &self.inner
+    }
+
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(t)) = (f.data_ref(), self.tail.as_mut()) {
+                    t.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(t) = self.tail.take() {
+                    t.complete(false);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(t) = self.tail.take() {
+                    t.complete(true);
+                }
+            }
+            Poll::Pending => {}
+        }
+        res
+    }
+}
+
+impl Drop for RecordedBody {
+    fn drop(&mut self) {
+        if let Some(t) = self.tail.take() {
+            let complete = self.inner.is_end_stream();
+            t.complete(complete);
         }
     }
 }
@@ -122,7 +330,7 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         // The caller went away before a response was produced (Envoy logs this as 0).
-        self.write(0, Some("downstream-cancelled"));
+        self.write(0, Some("downstream-cancelled"), false);
     }
 }
 
@@ -135,11 +343,21 @@ pub struct TcpRecord {
     pub client: SocketAddr,
     pub service: Arc<str>,
     pub upstream: Option<SocketAddr>,
+    /// Time to connect to the upstream.
+    pub connect: Option<Duration>,
 }
 
 impl TcpRecord {
     pub fn start(recorder: &Arc<Recorder>, direction: Direction, client: SocketAddr, service: Arc<str>) -> Self {
-        Self { recorder: recorder.clone(), start: Instant::now(), direction, client, service, upstream: None }
+        Self {
+            recorder: recorder.clone(),
+            start: Instant::now(),
+            direction,
+            client,
+            service,
+            upstream: None,
+            connect: None,
+        }
     }
 
     /// `sent` went client → upstream, `received` upstream → client.
@@ -147,7 +365,7 @@ impl TcpRecord {
         let m = &self.recorder.metrics;
         // Bytes by the direction of the proxied connection they belong to.
         m.tcp_bytes.get_or_create(&DirectionLabels { direction: self.direction }).inc_by(sent + received);
-        if self.recorder.access_log {
+        if self.recorder.log_this(error.is_some()) {
             let upstream = self.upstream.map(|u| u.to_string());
             tracing::info!(
                 target: "outrider::access",
@@ -158,8 +376,10 @@ impl TcpRecord {
                 upstream = upstream.as_deref().unwrap_or(""),
                 bytes_sent = sent,
                 bytes_received = received,
-                duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+                connect_ms = self.connect.map(ms),
+                duration_ms = ms(self.start.elapsed()),
                 error = error.unwrap_or(""),
+                peer_identity = "",
             );
         }
     }

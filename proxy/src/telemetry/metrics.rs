@@ -185,11 +185,7 @@ impl Metrics {
         let endpoints = Family::<EndpointStateLabels, Gauge>::default();
         registry.register("endpoints", "Endpoints per service by state (healthy, ejected)", endpoints.clone());
         let trace_spans_exported = Counter::default();
-        registry.register(
-            "trace_spans_exported",
-            "Spans accepted by the OTLP collector",
-            trace_spans_exported.clone(),
-        );
+        registry.register("trace_spans_exported", "Spans accepted by the OTLP collector", trace_spans_exported.clone());
         let trace_spans_dropped = Family::<TraceDropLabels, Counter>::default();
         registry.register(
             "trace_spans_dropped",
@@ -272,7 +268,12 @@ mod tests {
         let m = Metrics::new();
         let svc: Arc<str> = Arc::from("s");
         let d = Direction::outbound;
-        let _ = m.requests.get_or_create(&RequestLabels { direction: d, service: svc.clone(), route: svc.clone(), code: 200 });
+        let _ = m.requests.get_or_create(&RequestLabels {
+            direction: d,
+            service: svc.clone(),
+            route: svc.clone(),
+            code: 200,
+        });
         let _ = m.request_duration.get_or_create(&DurationLabels { direction: d, service: svc.clone() });
         let _ = m.local_replies.get_or_create(&LocalReplyLabels { direction: d, reason: "r" });
         let _ = m.tcp_connections_open.get_or_create(&DirectionLabels { direction: d });
@@ -290,6 +291,10 @@ mod tests {
         let text = m.encode();
         let declared: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
-        assert_eq!(declared, Metrics::FAMILIES, "touch every family above, and list it in FAMILIES and docs/metrics.md");
+        assert_eq!(
+            declared,
+            Metrics::FAMILIES,
+            "touch every family above, and list it in FAMILIES and docs/metrics.md"
+        );
     }
 }

@@ -3,9 +3,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -42,9 +40,7 @@ pub struct GrpcBuilder {
 
 impl Default for GrpcBuilder {
     fn default() -> Self {
-        Self {
-            name: "grpc".into(),
-        }
+        Self { name: "grpc".into() }
     }
 }
 
@@ -64,10 +60,7 @@ impl Echo {
 
 #[tonic::async_trait]
 impl Authorization for Echo {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let path = request
             .into_inner()
             .attributes
@@ -75,15 +68,8 @@ impl Authorization for Echo {
             .and_then(|r| r.http)
             .map(|h| h.path)
             .unwrap_or_default();
-        let status = RpcStatus {
-            code: 0,
-            message: format!("{} checked {path}", self.name),
-            details: vec![],
-        };
-        Ok(self.tag(Response::new(CheckResponse {
-            status: Some(status),
-            ..Default::default()
-        })))
+        let status = RpcStatus { code: 0, message: format!("{} checked {path}", self.name), details: vec![] };
+        Ok(self.tag(Response::new(CheckResponse { status: Some(status), ..Default::default() })))
     }
 }
 
@@ -104,24 +90,18 @@ impl AggregatedDiscoveryService for Echo {
                 version_info: req.version_info,
                 type_url: req.type_url,
                 nonce: req.response_nonce,
-                control_plane: Some(ControlPlane {
-                    identifier: name.clone(),
-                }),
+                control_plane: Some(ControlPlane { identifier: name.clone() }),
                 ..Default::default()
             })
         });
-        Ok(self.tag(Response::new(
-            Box::pin(out) as Self::StreamAggregatedResourcesStream
-        )))
+        Ok(self.tag(Response::new(Box::pin(out) as Self::StreamAggregatedResourcesStream)))
     }
 
     async fn delta_aggregated_resources(
         &self,
         _request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "the test upstream does not do delta xDS",
-        ))
+        Err(Status::unimplemented("the test upstream does not do delta xDS"))
     }
 }
 
@@ -132,32 +112,29 @@ impl GrpcBuilder {
     }
 
     pub async fn start(self) -> Upstream {
-        let echo = Echo {
-            name: Arc::from(self.name.as_str()),
-        };
+        let echo = Echo { name: Arc::from(self.name.as_str()) };
         let auth = AuthorizationServer::new(echo.clone());
         let ads = AggregatedDiscoveryServiceServer::new(echo);
         super::serve(self.name, move |stream, log| {
             let auth = auth.clone();
             let ads = ads.clone();
             async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        record(&log, &req);
-                        let auth = auth.clone();
-                        let ads = ads.clone();
-                        async move {
-                            let path = req.uri().path();
-                            let resp = if path.starts_with(AUTH_PREFIX) {
-                                auth.oneshot(req).await?
-                            } else if path.starts_with(ADS_PREFIX) {
-                                ads.oneshot(req).await?
-                            } else {
-                                Status::unimplemented(format!("no service for {path}")).into_http()
-                            };
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    record(&log, &req);
+                    let auth = auth.clone();
+                    let ads = ads.clone();
+                    async move {
+                        let path = req.uri().path();
+                        let resp = if path.starts_with(AUTH_PREFIX) {
+                            auth.oneshot(req).await?
+                        } else if path.starts_with(ADS_PREFIX) {
+                            ads.oneshot(req).await?
+                        } else {
+                            Status::unimplemented(format!("no service for {path}")).into_http()
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;

@@ -14,10 +14,7 @@ pub struct TcpEchoBuilder {
 
 impl Default for TcpEchoBuilder {
     fn default() -> Self {
-        Self {
-            name: "tcp-echo".into(),
-            trailer: DEFAULT_TRAILER.to_vec(),
-        }
+        Self { name: "tcp-echo".into(), trailer: DEFAULT_TRAILER.to_vec() }
     }
 }
 

@@ -1,0 +1,269 @@
+//! Tracing configuration, read from the standard OpenTelemetry environment
+//! variables. Tracing is off unless an OTLP endpoint is set.
+//!
+//! | variable | default | |
+//! |---|---|---|
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | — (off) | the collector, `http://host:4317` |
+//! | `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS` | — | `k=v,k2=v2` gRPC metadata |
+//! | `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` | 10000 | ms per export |
+//! | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` | grpc | only `grpc` |
+//! | `OTEL_SERVICE_NAME` | `--service`, else `outrider-proxy` | `service.name` |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | — | more resource attributes |
+//! | `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` / 1.0 | |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` | 2048, 512, 5000 ms | |
+//! | `OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none` | | tracing off |
+use std::time::Duration;
+
+/// The sampler for spans that start (or continue) a trace here.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampler {
+    pub root: Root,
+    /// Follow the caller's decision when there is one.
+    pub parent_based: bool,
+}
+
+/// The decision for a trace with no (deciding) parent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Root {
+    AlwaysOn,
+    AlwaysOff,
+    /// Sample this share of traces, chosen by trace id (so every hop that uses
+    /// the same ratio agrees).
+    TraceIdRatio(f64),
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self { root: Root::AlwaysOn, parent_based: true }
+    }
+}
+
+impl Sampler {
+    /// `parent`: the caller's sampled flag, when the caller decided.
+    pub fn should_sample(&self, parent: Option<bool>, trace_id: &[u8; 16]) -> bool {
+        if self.parent_based
+            && let Some(p) = parent
+        {
+            return p;
+        }
+        match self.root {
+            Root::AlwaysOn => true,
+            Root::AlwaysOff => false,
+            Root::TraceIdRatio(r) => {
+                // As the OpenTelemetry SDKs do: the low 8 bytes of the id, as a
+                // 63-bit number, under ratio · 2^63.
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&trace_id[8..]);
+                let x = u64::from_be_bytes(low) >> 1;
+                (x as f64) < r * (1u64 << 63) as f64
+            }
+        }
+    }
+}
+
+/// Where and how spans are exported.
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// `http://host:port` of an OTLP/gRPC receiver.
+    pub endpoint: String,
+    /// gRPC metadata sent with every export (e.g. an API key).
+    pub headers: Vec<(String, String)>,
+    pub service_name: String,
+    /// Resource attributes besides `service.name`.
+    pub resource: Vec<(String, String)>,
+    pub sampler: Sampler,
+    /// Spans waiting for export; more are dropped and counted.
+    pub max_queue: usize,
+    pub max_batch: usize,
+    /// How long a batch waits to fill before it is sent anyway.
+    pub delay: Duration,
+    /// Per export call.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceConfigError {
+    #[error("{var}={value:?}: {why}")]
+    Invalid { var: &'static str, value: String, why: &'static str },
+}
+
+impl TraceConfig {
+    /// Defaults for an endpoint (the rest as the OpenTelemetry spec sets them).
+    pub fn new(endpoint: impl Into<String>, service_name: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            headers: Vec::new(),
+            service_name: service_name.into(),
+            resource: Vec::new(),
+            sampler: Sampler::default(),
+            max_queue: 2048,
+            max_batch: 512,
+            delay: Duration::from_millis(5000),
+            timeout: Duration::from_millis(10_000),
+        }
+    }
+
+    /// From the process environment; `None` when tracing is off.
+    pub fn from_env(default_service: &str) -> Result<Option<Self>, TraceConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok(), default_service)
+    }
+
+    /// From any variable lookup (tests pass a map).
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+        default_service: &str,
+    ) -> Result<Option<Self>, TraceConfigError> {
+        let var = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let invalid = |var: &'static str, value: &str, why: &'static str| TraceConfigError::Invalid {
+            var,
+            value: value.to_string(),
+            why,
+        };
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        if let Some(e) = var("OTEL_TRACES_EXPORTER") {
+            match e.as_str() {
+                "none" => return Ok(None),
+                "otlp" => {}
+                _ => return Err(invalid("OTEL_TRACES_EXPORTER", &e, "only otlp (or none) is supported")),
+            }
+        }
+        let (endpoint_var, endpoint) =
+            match (var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), var("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+                (Some(e), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e),
+                (None, Some(e)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", e),
+                (None, None) => return Ok(None),
+            };
+        for pv in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(p) = var(pv) {
+                if p != "grpc" {
+                    return Err(invalid(pv, &p, "only grpc is supported (OTLP/gRPC, usually port 4317)"));
+                }
+                break;
+            }
+        }
+        let endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
+        if endpoint.starts_with("https://") {
+            return Err(invalid(endpoint_var, &endpoint, "TLS to the collector is not supported yet; use http://"));
+        }
+        if !endpoint.starts_with("http://") || tonic::transport::Endpoint::from_shared(endpoint.clone()).is_err() {
+            return Err(invalid(endpoint_var, &endpoint, "expected a URL such as http://127.0.0.1:4317"));
+        }
+        let service_name = var("OTEL_SERVICE_NAME");
+        let mut cfg = Self::new(endpoint, service_name.clone().unwrap_or_else(|| default_service.to_string()));
+
+        let headers_var = if var("OTEL_EXPORTER_OTLP_TRACES_HEADERS").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+        } else {
+            "OTEL_EXPORTER_OTLP_HEADERS"
+        };
+        if let Some(h) = var(headers_var) {
+            cfg.headers = parse_pairs(&h).ok_or_else(|| invalid(headers_var, &h, "expected key=value,key2=value2"))?;
+            for (k, v) in &cfg.headers {
+                let ok = k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>().is_ok()
+                    && v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>().is_ok();
+                if !ok {
+                    return Err(invalid(headers_var, k, "not a valid gRPC metadata key and ASCII value"));
+                }
+            }
+        }
+        if let Some(r) = var("OTEL_RESOURCE_ATTRIBUTES") {
+            let pairs =
+                parse_pairs(&r).ok_or_else(|| invalid("OTEL_RESOURCE_ATTRIBUTES", &r, "expected key=value,..."))?;
+            for (k, v) in pairs {
+                if k == "service.name" {
+                    if service_name.is_none() {
+                        cfg.service_name = v;
+                    }
+                } else {
+                    cfg.resource.push((k, v));
+                }
+            }
+        }
+
+        let arg = var("OTEL_TRACES_SAMPLER_ARG");
+        let ratio = || -> Result<f64, TraceConfigError> {
+            match &arg {
+                None => Ok(1.0),
+                Some(a) => a
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| invalid("OTEL_TRACES_SAMPLER_ARG", a, "expected a ratio between 0 and 1")),
+            }
+        };
+        if let Some(s) = var("OTEL_TRACES_SAMPLER") {
+            let (parent_based, root) = match s.strip_prefix("parentbased_") {
+                Some(r) => (true, r),
+                None => (false, s.as_str()),
+            };
+            let root = match root {
+                "always_on" => Root::AlwaysOn,
+                "always_off" => Root::AlwaysOff,
+                "traceidratio" => Root::TraceIdRatio(ratio()?),
+                _ => {
+                    return Err(invalid(
+                        "OTEL_TRACES_SAMPLER",
+                        &s,
+                        "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                         parentbased_always_off or parentbased_traceidratio",
+                    ));
+                }
+            };
+            cfg.sampler = Sampler { root, parent_based };
+        }
+
+        let num = |name: &'static str, dflt: u64| -> Result<u64, TraceConfigError> {
+            match var(name) {
+                None => Ok(dflt),
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| invalid(name, &v, "expected a positive whole number")),
+            }
+        };
+        cfg.max_queue = num("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize;
+        cfg.max_batch = (num("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize).min(cfg.max_queue);
+        cfg.delay = Duration::from_millis(num("OTEL_BSP_SCHEDULE_DELAY", 5000)?);
+        let timeout_var = if var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+        } else {
+            "OTEL_EXPORTER_OTLP_TIMEOUT"
+        };
+        cfg.timeout = Duration::from_millis(num(timeout_var, 10_000)?);
+        Ok(Some(cfg))
+    }
+}
+
+/// `k=v,k2=v2` with percent-encoded values (W3C Baggage style, as the spec asks).
+fn parse_pairs(s: &str) -> Option<Vec<(String, String)>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,365 @@
+//! Traces end to end: an OTLP/gRPC receiver in the test (tonic + the
+//! `opentelemetry-proto` types) gets the spans of real proxies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use outrider_proxy::telemetry::trace::TraceConfig;
+use outrider_tests::client;
+use outrider_tests::policy::{docs, service};
+use outrider_tests::upstream::{self, Switch};
+use outrider_tests::wait::{wait_for, wait_until};
+use outrider_tests::{ProxyHarness, prom};
+use tokio::task::AbortHandle;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+/// A span as received, with the `service.name` of the proxy that sent it.
+#[derive(Clone, Debug)]
+struct Got {
+    service: String,
+    span: Span,
+}
+
+impl Got {
+    fn attr(&self, key: &str) -> Option<String> {
+        attr(&self.span.attributes, key)
+    }
+    fn id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+    fn parent(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+    fn trace(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+}
+
+fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).map(|v: &AnyValue| match &v.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The OTLP/gRPC receiver: keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Got>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            let service = rs.resource.as_ref().and_then(|r| attr(&r.attributes, "service.name")).unwrap_or_default();
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans.into_iter().map(|span| Got { service: service.clone(), span }));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    collector: Collector,
+    task: AbortHandle,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Running {
+    fn spans(&self) -> Vec<Got> {
+        self.collector.spans.lock().unwrap().clone()
+    }
+
+    /// Wait until `n` spans have arrived (and a moment for any extra ones).
+    async fn wait_spans(&self, n: usize) -> Vec<Got> {
+        wait_until(&format!("{n} spans at the collector"), || async { self.spans().len() >= n }).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        self.spans()
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn collector() -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let collector = Collector::default();
+    let svc = TraceServiceServer::new(collector.clone());
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+            conns.spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+    .abort_handle();
+    Running { addr, collector, task }
+}
+
+/// Tracing to `endpoint` as `service`, with batches sent every 50 ms.
+fn tracing(endpoint: &str, service: &str) -> TraceConfig {
+    let mut t = TraceConfig::new(endpoint, service);
+    t.delay = Duration::from_millis(50);
+    t
+}
+
+fn retry_policy(svc: &str) -> String {
+    format!(
+        "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: {svc}}}\nspec:\n  service: {svc}\n  \
+         retries:\n    attempts: 2\n    retryOn: [5xx]\n    backoff: {{base: 1ms, max: 2ms}}\n  routes:\n    \
+         - name: orders\n      match: {{pathPrefix: /orders}}\n      split: [{{weight: 100}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chained_proxies_make_one_trace_with_a_span_per_attempt() {
+    let otlp = collector().await;
+    let switch = Switch::new();
+    let app = upstream::http1().name("app").switch(&switch).start().await;
+    // B: the callee's sidecar, delivering inbound traffic to the app.
+    let b = ProxyHarness::start_configured(&docs(&[service("backend").endpoint(app.addr).yaml()]), |c| {
+        c.app_port = Some(app.addr.port());
+        c.service = Some("backend".into());
+        c.tracing = Some(tracing(&otlp.endpoint(), "proxy-b"));
+    })
+    .await;
+    // A: the caller's sidecar; the backend's endpoint is B's inbound port.
+    let a = ProxyHarness::start_configured(
+        &docs(&[service("backend").endpoint(b.addrs.inbound).yaml(), retry_policy("backend")]),
+        |c| c.tracing = Some(tracing(&otlp.endpoint(), "proxy-a")),
+    )
+    .await;
+
+    switch.fail_next(1);
+    let mut req = client::get("http://backend:8080/orders/42?token=secret");
+    req.headers_mut().insert("traceparent", format!("00-{TRACE}-{PARENT}-01").parse().unwrap());
+    req.headers_mut().insert("tracestate", "vendor=x".parse().unwrap());
+    a.send(req).await.assert_status(200);
+    assert_eq!(app.request_count(), 2, "one failed try and one good one");
+
+    // A: the request span + two attempt spans; B: one server span per attempt.
+    let spans = otlp.wait_spans(5).await;
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    assert!(spans.iter().all(|s| s.trace() == TRACE), "one trace, the caller's: {spans:#?}");
+    let a_spans: Vec<&Got> = spans.iter().filter(|s| s.service == "proxy-a").collect();
+    let b_spans: Vec<&Got> = spans.iter().filter(|s| s.service == "proxy-b").collect();
+    assert_eq!((a_spans.len(), b_spans.len()), (3, 2), "{spans:#?}");
+
+    let outer = a_spans.iter().find(|s| s.attr("outrider.attempt").is_none()).expect("A's request span");
+    assert_eq!(outer.span.kind, CLIENT);
+    assert_eq!(outer.parent(), PARENT, "continues the incoming traceparent");
+    assert_eq!(outer.span.trace_state, "vendor=x");
+    assert_eq!(outer.span.name, "GET orders");
+    for (k, v) in [
+        ("http.request.method", "GET"),
+        ("http.route", "orders"),
+        ("http.response.status_code", "200"),
+        ("url.path", "/orders/42"),
+        ("server.address", "backend"),
+        ("server.port", "8080"),
+        ("peer.service", "backend"),
+        ("outrider.attempts", "2"),
+        ("outrider.retries", "1"),
+    ] {
+        assert_eq!(outer.attr(k).as_deref(), Some(v), "A's span has {k}={v}: {outer:#?}");
+    }
+    assert_eq!(outer.attr("outrider.upstream"), Some(b.addrs.inbound.to_string()));
+    assert!(outer.span.attributes.iter().all(|a| !format!("{a:?}").contains("secret")), "no query string");
+
+    let mut attempts: Vec<&Got> = a_spans.iter().copied().filter(|s| s.attr("outrider.attempt").is_some()).collect();
+    attempts.sort_by_key(|s| s.attr("outrider.attempt"));
+    assert_eq!(attempts.len(), 2);
+    for (i, at) in attempts.iter().enumerate() {
+        assert_eq!(at.parent(), outer.id(), "attempt spans are children of the request span");
+        assert_eq!(at.span.kind, CLIENT);
+        assert_eq!(at.attr("outrider.attempt"), Some((i + 1).to_string()));
+        assert_eq!(at.attr("outrider.upstream"), Some(b.addrs.inbound.to_string()));
+    }
+    assert_eq!(attempts[0].attr("http.response.status_code").as_deref(), Some("503"));
+    assert_eq!(attempts[0].span.status.as_ref().map(|s| s.code), Some(2), "a 503 try is an error");
+    assert_eq!(attempts[1].attr("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(attempts[1].attr("http.request.resend_count").as_deref(), Some("1"));
+
+    // B's server spans hang off A's attempt spans, one each.
+    let attempt_ids: HashSet<String> = attempts.iter().map(|s| s.id()).collect();
+    let b_parents: HashSet<String> = b_spans.iter().map(|s| s.parent()).collect();
+    assert_eq!(b_parents, attempt_ids, "each of B's spans is the child of one attempt");
+    for s in &b_spans {
+        assert_eq!(s.span.kind, SERVER);
+        assert_eq!(s.attr("http.request.method").as_deref(), Some("GET"));
+        assert_eq!(s.attr("url.path").as_deref(), Some("/orders/42"));
+        assert_eq!(s.attr("outrider.upstream"), Some(app.addr.to_string()));
+        assert!(s.attr("client.address").is_some());
+    }
+    let mut codes: Vec<String> = b_spans.iter().filter_map(|s| s.attr("http.response.status_code")).collect();
+    codes.sort();
+    assert_eq!(codes, ["200", "503"]);
+
+    // The app hears B's span as its parent, in the same trace.
+    let last_b = b_spans.iter().find(|s| s.attr("http.response.status_code").as_deref() == Some("200")).unwrap();
+    assert_eq!(app.last().header("traceparent"), Some(format!("00-{TRACE}-{}-01", last_b.id()).as_str()));
+    assert_eq!(app.last().header("tracestate"), Some("vendor=x"));
+
+    // Nothing dropped, everything counted as exported.
+    let m = a.metrics().await;
+    assert_eq!(prom::sum(&m, "outrider_trace_spans_exported_total", &[]), 3.0, "{m}");
+    assert_eq!(prom::sum(&m, "outrider_trace_spans_dropped_total", &[]), 0.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b3_headers_are_understood_and_a_new_trace_starts_without_context() {
+    let otlp = collector().await;
+    let up = upstream::http1().name("echo").start().await;
+    let proxy = ProxyHarness::start_configured(&docs(&[service("echo").endpoint(up.addr).yaml()]), |c| {
+        c.tracing = Some(tracing(&otlp.endpoint(), "proxy"))
+    })
+    .await;
+
+    // B3 single header.
+    let mut req = client::get("http://echo:8080/single");
+    req.headers_mut().insert("b3", format!("{TRACE}-{PARENT}-1").parse().unwrap());
+    proxy.send(req).await.assert_status(200);
+    let spans = otlp.wait_spans(1).await;
+    let s = &spans[0];
+    assert_eq!((s.trace(), s.parent()), (TRACE.to_string(), PARENT.to_string()));
+    let seen = up.last();
+    assert_eq!(seen.header("b3"), Some(format!("{TRACE}-{}-1", s.id()).as_str()), "B3 rewritten for the next hop");
+    assert_eq!(seen.header("traceparent"), Some(format!("00-{TRACE}-{}-01", s.id()).as_str()));
+
+    // B3 multi headers, 64-bit trace id.
+    let mut req = client::get("http://echo:8080/multi");
+    for (k, v) in [("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", PARENT), ("x-b3-sampled", "1")] {
+        req.headers_mut().insert(k, v.parse().unwrap());
+    }
+    proxy.send(req).await.assert_status(200);
+    let spans = otlp.wait_spans(2).await;
+    let s = spans.iter().find(|s| s.attr("url.path").as_deref() == Some("/multi")).unwrap();
+    assert_eq!(s.trace(), format!("{}a3ce929d0e0e4736", "0".repeat(16)));
+    assert_eq!(s.parent(), PARENT);
+    let seen = up.last();
+    assert_eq!(seen.header("x-b3-spanid"), Some(s.id().as_str()));
+    assert_eq!(seen.header("x-b3-traceid"), Some(s.trace().as_str()));
+
+    // No context at all: a new trace, with the proxy's span as the root.
+    proxy.get("http://echo:8080/fresh").await.assert_status(200);
+    let spans = otlp.wait_spans(3).await;
+    let s = spans.iter().find(|s| s.attr("url.path").as_deref() == Some("/fresh")).unwrap();
+    assert!(s.span.parent_span_id.is_empty(), "a root span");
+    assert_ne!(s.trace(), TRACE);
+    assert_eq!(up.last().header("traceparent"), Some(format!("00-{}-{}-01", s.trace(), s.id()).as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_the_sampler_and_the_callers_decision() {
+    let otlp = collector().await;
+    let up = upstream::http1().name("echo").start().await;
+    let proxy = ProxyHarness::start_configured(&docs(&[service("echo").endpoint(up.addr).yaml()]), |c| {
+        let mut t = tracing(&otlp.endpoint(), "proxy");
+        // parentbased_always_off: new traces are not sampled, callers' decisions are kept.
+        t.sampler.root = outrider_proxy::telemetry::trace::config::Root::AlwaysOff;
+        c.tracing = Some(t);
+    })
+    .await;
+    proxy.get("http://echo:8080/root").await.assert_status(200);
+    let tp = up.last().header("traceparent").map(str::to_string).expect("context propagates even when unsampled");
+    assert!(tp.ends_with("-00"), "not sampled: {tp}");
+
+    let mut req = client::get("http://echo:8080/sampled-by-caller");
+    req.headers_mut().insert("traceparent", format!("00-{TRACE}-{PARENT}-01").parse().unwrap());
+    proxy.send(req).await.assert_status(200);
+    let spans = otlp.wait_spans(1).await;
+    assert_eq!(spans.len(), 1, "only the caller-sampled request is exported: {spans:#?}");
+    assert_eq!(spans[0].attr("url.path").as_deref(), Some("/sampled-by-caller"));
+
+    let mut req = client::get("http://echo:8080/unsampled-by-caller");
+    req.headers_mut().insert("traceparent", format!("00-{TRACE}-{PARENT}-00").parse().unwrap());
+    proxy.send(req).await.assert_status(200);
+    assert!(up.last().header("traceparent").unwrap().starts_with(&format!("00-{TRACE}-")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(otlp.spans().len(), 1, "the caller's 'not sampled' is kept");
+}
+
+/// Requests must not wait for the exporter, whatever it does.
+async fn requests_unaffected(collector_endpoint: String, dropped_reason: &str) {
+    let up = upstream::http1().name("echo").start().await;
+    let proxy = ProxyHarness::start_configured(&docs(&[service("echo").endpoint(up.addr).yaml()]), |c| {
+        let mut t = TraceConfig::new(collector_endpoint, "proxy");
+        t.max_queue = 4;
+        t.max_batch = 2;
+        t.delay = Duration::from_millis(5);
+        t.timeout = Duration::from_secs(30);
+        c.tracing = Some(t);
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    for i in 0..100 {
+        proxy.get(&format!("http://echo:8080/{i}")).await.assert_status(200);
+    }
+    // The exporter is stuck for 30 s per batch or failing: had requests waited on
+    // it, 100 of them could not have finished well inside one export timeout.
+    assert!(started.elapsed() < Duration::from_secs(15), "requests waited on the exporter: {:?}", started.elapsed());
+    let m = wait_for(&format!("spans dropped ({dropped_reason}) to be counted"), || async {
+        let m = proxy.metrics().await;
+        (prom::sum(&m, "outrider_trace_spans_dropped_total", &[("reason", dropped_reason)]) > 0.0).then_some(m)
+    })
+    .await;
+    assert_eq!(prom::sum(&m, "outrider_trace_spans_exported_total", &[]), 0.0, "{m}");
+    assert_eq!(prom::sum(&m, "outrider_requests_total", &[("code", "200")]), 100.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_exporter_does_not_slow_requests_and_drops_are_counted() {
+    // A "collector" that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    requests_unaffected(format!("http://{addr}"), "queue-full").await;
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_exporter_does_not_fail_requests_and_drops_are_counted() {
+    let closed = upstream::closed_port();
+    requests_unaffected(format!("http://{closed}"), "export-failed").await;
+}
