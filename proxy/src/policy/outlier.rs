@@ -154,7 +154,8 @@ impl ClusterOutliers {
         {
             let mut last = self.last_eval.lock();
             if last.elapsed() < cfg.interval {
-                self.next_eval.store(now_nanos() + (cfg.interval - last.elapsed()).as_nanos() as u64, Ordering::Relaxed);
+                self.next_eval
+                    .store(now_nanos() + (cfg.interval - last.elapsed()).as_nanos() as u64, Ordering::Relaxed);
                 return 0;
             }
             *last = Instant::now();

@@ -211,7 +211,8 @@ where
     let (parts, body) = std::mem::take(&mut up.req).into_parts();
     let template = Template { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers };
     // No body (most retried requests): nothing to keep a copy of.
-    let mut body = if body.is_end_stream() { Replayable::Empty } else { Replayable::Body(ReplayBody::new(body, DEFAULT_CAP)) };
+    let mut body =
+        if body.is_end_stream() { Replayable::Empty } else { Replayable::Body(ReplayBody::new(body, DEFAULT_CAP)) };
 
     let mut attempt = 1u32;
     loop {
