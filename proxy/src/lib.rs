@@ -36,5 +36,7 @@ pub mod source;
 pub mod state;
 /// Metrics registry and families, access log.
 pub mod telemetry;
+/// Workload identity, certificates and rotation, rustls configs for mTLS between proxies.
+pub mod tls;
 /// Listeners, socket options, original destination, protocol detection.
 pub mod transport;
