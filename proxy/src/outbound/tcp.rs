@@ -3,7 +3,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::Outbound;
 use crate::http::client::{UpstreamError, connect_tcp};
@@ -76,7 +82,7 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
     {
         metrics.outlier_ejections.get_or_create(&ServiceLabels { service: cluster.service.clone() }).inc();
     }
-    copy(stream, connected, rec).await;
+    copy(stream, connected, rec, cluster.policy.upstream_idle_timeout).await;
     drop(in_flight);
 }
 
@@ -96,11 +102,14 @@ fn passthrough_label() -> Arc<str> {
 /// Connect and copy both ways until both sides have closed. Each direction's
 /// EOF is passed on as a half-close (shutdown of the write side).
 pub async fn splice(down: TcpStream, addr: SocketAddr, cfg: &crate::http::client::ConnectConfig, rec: TcpRecord) {
-    copy(down, connect_tcp(addr, cfg).await, rec).await;
+    copy(down, connect_tcp(addr, cfg).await, rec, Some(cfg.idle_timeout.unwrap_or(DEFAULT_TCP_IDLE))).await;
 }
 
-async fn copy(mut down: TcpStream, up: Result<TcpStream, UpstreamError>, rec: TcpRecord) {
-    let mut up = match up {
+/// Envoy's tcp_proxy default: a connection with no bytes either way for an hour is closed.
+pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
+
+async fn copy(down: TcpStream, up: Result<TcpStream, UpstreamError>, rec: TcpRecord, idle: Option<Duration>) {
+    let up = match up {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = %e, "TCP connect failed; closing the client connection");
@@ -108,12 +117,74 @@ async fn copy(mut down: TcpStream, up: Result<TcpStream, UpstreamError>, rec: Tc
             return;
         }
     };
-    match tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUFFER, COPY_BUFFER).await {
+    let last = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut down = Tracked { inner: down, last: last.clone(), start };
+    let mut up = Tracked { inner: up, last: last.clone(), start };
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUFFER, COPY_BUFFER);
+    tokio::pin!(copy);
+    let result = match idle {
+        None => copy.await,
+        Some(idle) => loop {
+            let deadline = start + Duration::from_nanos(last.load(Ordering::Relaxed)) + idle;
+            tokio::select! {
+                r = &mut copy => break r,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let quiet_since = start + Duration::from_nanos(last.load(Ordering::Relaxed));
+                    if Instant::now().saturating_duration_since(quiet_since) >= idle {
+                        tracing::debug!(?idle, "TCP connection idle; closing it");
+                        break Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("idle for {idle:?} (idleTimeout)")));
+                    }
+                }
+            }
+        },
+    };
+    match result {
         Ok((sent, received)) => rec.finish(sent, received, None),
         Err(e) => {
             let msg = e.to_string();
             rec.finish(0, 0, Some(&msg));
         }
+    }
+}
+
+/// A stream that notes when bytes last moved through it (for the idle timeout).
+struct Tracked {
+    inner: TcpStream,
+    last: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        self.last.store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -130,4 +201,39 @@ pub async fn splice_to(
     let mut rec = TcpRecord::start(recorder, direction, client, service);
     rec.upstream = Some(addr);
     splice(down, addr, cfg, rec).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::telemetry::metrics::Metrics;
+
+    async fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+        let addr = l.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut client, down) = pair(&l).await;
+        let (up, mut server) = pair(&l).await;
+        let recorder =
+            Arc::new(Recorder { metrics: Metrics::new(), access_log: false, access_log_sample: 1.0, tracer: None });
+        let rec = TcpRecord::start(&recorder, Direction::outbound, client.local_addr().unwrap(), Arc::from("t"));
+        let task = tokio::spawn(copy(down, Ok(up), rec, Some(Duration::from_secs(30))));
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping", "traffic flows before the timeout");
+        let start = Instant::now();
+        // Nothing moves now: paused time runs ahead to the idle deadline.
+        task.await.unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(30), "closed only after 30 s of silence");
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0, "the client sees the connection closed");
+    }
 }
