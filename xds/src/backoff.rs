@@ -116,6 +116,19 @@ mod tests {
     }
 
     #[test]
+    fn delays_cover_the_whole_range_for_every_attempt() {
+        // Full jitter, not half or none: over many draws, every attempt's delays
+        // reach both the lowest and the highest quarter of [0, ceiling].
+        let b = ExponentialBackoff::new(Duration::from_millis(10), Duration::from_secs(1));
+        for attempt in 0..12 {
+            let c = b.ceiling(attempt);
+            let draws: Vec<Duration> = (0..2000).map(|_| b.delay(attempt)).collect();
+            assert!(draws.iter().any(|d| *d < c / 4), "attempt {attempt}: low quarter never drawn");
+            assert!(draws.iter().any(|d| *d > c * 3 / 4), "attempt {attempt}: high quarter never drawn");
+        }
+    }
+
+    #[test]
     fn attempts_grow_and_reset() {
         let b = ExponentialBackoff::new(Duration::from_millis(10), Duration::from_secs(1));
         let mut it = b.iter();

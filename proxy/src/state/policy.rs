@@ -43,7 +43,7 @@ pub fn route_policy(r: &XRoute, action: &RouteAction) -> Result<RoutePolicy, Str
             Some(b) => {
                 let base = dur(&b.base_interval)?.unwrap_or(Duration::from_millis(25));
                 let max = dur(&b.max_interval)?.unwrap_or(base * 10);
-                ExponentialBackoff::new(base, max)
+                ExponentialBackoff::new(base, max.max(base))
             }
             None => ExponentialBackoff::new(Duration::from_millis(25), Duration::from_millis(250)),
         };
