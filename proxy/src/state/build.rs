@@ -75,9 +75,9 @@ impl Builder {
     pub fn build(&self, res: &Resources) -> (Snapshot, Vec<Rejection>) {
         let mut rejected = Vec::new();
         let mut ctx = Ctx { rejected: &mut rejected };
-        let mut carried = self.carried.lock();
+        let carried = self.carried.lock();
         let mut next_carried = HashMap::new();
-        let mut carried_clusters = self.clusters.lock();
+        let carried_clusters = self.clusters.lock();
         let mut next_clusters = HashMap::new();
 
         let loads: HashMap<&str, &ClusterLoadAssignment> =
@@ -163,9 +163,7 @@ impl Builder {
                 Err(reason) => ctx.reject("Cluster", &xc.name, reason),
             }
         }
-        *carried = next_carried;
         drop(carried);
-        *carried_clusters = next_clusters;
         drop(carried_clusters);
 
         let mut vhosts: HashMap<Box<str>, Arc<VirtualHost>> = HashMap::new();
@@ -205,6 +203,20 @@ impl Builder {
             "clusters": {"version": versions.clusters, "resources": dump_clusters},
             "endpoints": {"version": versions.endpoints, "resources": dump_endpoints},
         });
+        // Per-endpoint and per-cluster state follows the new config only when the
+        // whole build was accepted: a rejected build may never be applied, and the
+        // snapshot still in force keeps needing its endpoints' state carried.
+        let mut carried = self.carried.lock();
+        let mut carried_clusters = self.clusters.lock();
+        if rejected.is_empty() {
+            *carried = next_carried;
+            *carried_clusters = next_clusters;
+        } else {
+            carried.extend(next_carried);
+            carried_clusters.extend(next_clusters);
+        }
+        drop(carried);
+        drop(carried_clusters);
         (Snapshot { versions, outbound, vhosts, clusters, dump }, rejected)
     }
 }
@@ -556,4 +568,47 @@ fn chain_target(
         ));
     }
     Err(format!("filter type {} is not supported", any.type_url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(endpoints: &[&str]) -> Resources {
+        let eps: String = endpoints.iter().map(|e| format!("    - {{address: \"{e}\"}}\n")).collect();
+        let yaml = format!(
+            "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  port: 8080\n  endpoints:\n{eps}"
+        );
+        outrider_xds::translate(&outrider_xds::load_str("t.yaml", &yaml).unwrap())
+    }
+
+    fn shared_of(snap: &Snapshot, addr: &str) -> Arc<EndpointShared> {
+        let c = snap.clusters.values().next().unwrap();
+        c.endpoints.items().iter().find(|e| e.addr.to_string() == addr).unwrap().shared.clone()
+    }
+
+    #[test]
+    fn endpoint_state_is_carried_and_survives_a_rejected_build() {
+        let b = Builder::new();
+        let (first, rejected) = b.build(&resources(&["127.0.0.1:1", "127.0.0.1:2"]));
+        assert!(rejected.is_empty());
+        let e2 = shared_of(&first, "127.0.0.1:2");
+
+        // A build that drops endpoint 2 but is rejected (an unsupported lb policy)
+        // must not forget endpoint 2's state: the first snapshot stays in force.
+        let mut bad = resources(&["127.0.0.1:1"]);
+        let c = bad.clusters.iter_mut().find(|c| c.name != names::PASSTHROUGH_CLUSTER).unwrap();
+        c.lb_policy = cluster::LbPolicy::Maglev as i32;
+        let (_, rejected) = b.build(&bad);
+        assert!(!rejected.is_empty());
+
+        let (third, rejected) = b.build(&resources(&["127.0.0.1:1", "127.0.0.1:2"]));
+        assert!(rejected.is_empty());
+        assert!(Arc::ptr_eq(&e2, &shared_of(&third, "127.0.0.1:2")), "EWMA, pool and health carried over");
+
+        // An accepted build without endpoint 2 does drop it.
+        b.build(&resources(&["127.0.0.1:1"]));
+        let (fifth, _) = b.build(&resources(&["127.0.0.1:1", "127.0.0.1:2"]));
+        assert!(!Arc::ptr_eq(&e2, &shared_of(&fifth, "127.0.0.1:2")));
+    }
 }
