@@ -9,6 +9,8 @@ pub mod api;
 pub mod ca;
 /// The CLI verbs that talk to a running control plane (`apply`, `get`, `delete`, `status`).
 pub mod cli;
+/// `outrider demo`: the mesh in one process, with load and a live view.
+pub mod demo;
 /// Registered endpoints (sidecars, `POST /v1/endpoints`) behind the `EndpointSource` trait.
 pub mod endpoints;
 /// The control plane's own Prometheus metrics.

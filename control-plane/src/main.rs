@@ -60,6 +60,19 @@ enum Command {
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
     },
+    /// The mesh in one process on loopback: a control plane, three services with sidecars,
+    /// a demo policy, load and a live view (~30 s).
+    Demo {
+        /// How long to drive load.
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        duration: std::time::Duration,
+        /// Apply no TrafficPolicy (no retries, no breaker, no canary), for the contrast.
+        #[arg(long)]
+        no_policy: bool,
+        /// Requests per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +124,9 @@ fn main() -> ExitCode {
         Command::Delete { kind, name, conn } => cli::delete(&conn, &kind, &name),
         Command::Status { output, conn } => cli::status(&conn, output),
         Command::Validate { file, output } => validate(&file, output),
+        Command::Demo { duration, no_policy, rate } => {
+            outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs { duration, no_policy, rate })
+        }
     }
 }
 
