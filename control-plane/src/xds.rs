@@ -131,6 +131,64 @@ impl Subscription {
     }
 }
 
+/// What the SotW and Delta streams have in common: they answer requests and push
+/// snapshots; [`drive`] is the one loop that feeds them.
+trait AdsStream: Send {
+    type Request: Send + 'static;
+    /// The type URLs the client has subscribed to.
+    fn type_urls(&self) -> Vec<String>;
+    fn on_request(
+        &mut self,
+        request: Self::Request,
+        snapshot: &Snapshot,
+    ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
+    fn on_push(
+        &mut self,
+        type_url: &str,
+        snapshot: &Snapshot,
+        since: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
+}
+
+/// Answer the client's requests and push every new snapshot (in push order)
+/// until either side goes away.
+async fn drive<S: AdsStream>(
+    mut requests: tonic::Streaming<S::Request>,
+    mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    mut stream: S,
+) {
+    loop {
+        tokio::select! {
+            request = requests.message() => {
+                let request = match request {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "xDS stream ended");
+                        break;
+                    }
+                };
+                let snapshot = snapshots.borrow_and_update().clone();
+                if stream.on_request(request, &snapshot).await.is_err() {
+                    break;
+                }
+            }
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                let types = stream.type_urls();
+                for type_url in push_order(types.iter()) {
+                    if stream.on_push(&type_url, &snapshot, snapshot.created).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The resource types in push order: clusters and endpoints before the listeners and routes
 /// that refer to them.
 fn push_order<'a>(types: impl Iterator<Item = &'a String>) -> Vec<String> {

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
-use super::{Subscription, push_order};
+use super::Subscription;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::tracker::{StreamHandle, type_name};
@@ -38,41 +38,38 @@ struct Stream {
 }
 
 pub(super) async fn run(
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    requests: Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
     handle: StreamHandle,
     metrics: Metrics,
 ) {
-    let mut stream = Stream { tx, handle, metrics, types: BTreeMap::new(), nonce: 0, identified: false };
-    loop {
-        tokio::select! {
-            request = requests.message() => {
-                let request = match request {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(%status, "xDS stream ended");
-                        break;
-                    }
-                };
-                let snapshot = snapshots.borrow_and_update().clone();
-                if stream.request(request, &snapshot).await.is_err() {
-                    break;
-                }
-            }
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let snapshot = snapshots.borrow_and_update().clone();
-                for type_url in push_order(stream.types.keys()) {
-                    if stream.push(&type_url, &snapshot, snapshot.created, false).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
+    let stream = Stream { tx, handle, metrics, types: BTreeMap::new(), nonce: 0, identified: false };
+    super::drive(requests, snapshots, stream).await;
+}
+
+impl super::AdsStream for Stream {
+    type Request = DeltaDiscoveryRequest;
+
+    fn type_urls(&self) -> Vec<String> {
+        self.types.keys().cloned().collect()
+    }
+
+    fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> impl std::future::Future<Output = Result<(), ()>> + Send {
+        self.request(request, snapshot)
+    }
+
+    fn on_push(
+        &mut self,
+        type_url: &str,
+        snapshot: &Snapshot,
+        since: Instant,
+    ) -> impl std::future::Future<Output = Result<(), ()>> + Send {
+        self.push(type_url, snapshot, since, false)
     }
 }
 
