@@ -18,7 +18,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use outrider_proxy::app::App;
-use outrider_proxy::config::{LogFormat, ProxyConfig};
+use outrider_proxy::config::ProxyConfig;
 use outrider_proxy::source::xds::{Protocol, XdsConfig};
 use outrider_proxy::telemetry::log::LogHandle;
 use parking_lot::Mutex;
@@ -126,31 +126,17 @@ async fn sidecar(
     version: &str,
     app_port: Option<u16>,
 ) -> anyhow::Result<App> {
-    let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
     let config = ProxyConfig {
-        policy: None,
         xds: Some(XdsConfig {
             address: format!("http://{xds}"),
             protocol: Protocol::Delta,
             advertise: None,
             labels: [("version".to_owned(), version.to_owned())].into(),
         }),
-        node_id: node.to_owned(),
         service: Some(service.to_owned()),
-        namespace: "default".into(),
         app_port,
-        outbound: any,
-        inbound: any,
-        admin: any,
-        metrics: any,
-        health: any,
-        log_format: LogFormat::Json,
-        access_log: false,
-        access_log_sample: 1.0,
-        tracing: None,
-        workers: 1,
         drain_timeout: Duration::from_secs(1),
-        socket_mark: None,
+        ..ProxyConfig::local(node)
     };
     App::build(config, LogHandle::disabled()).await.map_err(|e| anyhow::anyhow!("sidecar {node} did not start: {e}"))
 }

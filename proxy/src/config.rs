@@ -174,6 +174,34 @@ pub enum ConfigError {
     Tracing(#[from] crate::telemetry::trace::config::TraceConfigError),
 }
 
+impl ProxyConfig {
+    /// A proxy for embedding (tests, `outrider demo`): every port 127.0.0.1:0, one
+    /// worker, JSON logs, no access log, no config source yet — set `policy` or `xds`.
+    pub fn local(node_id: &str) -> Self {
+        let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        Self {
+            policy: None,
+            xds: None,
+            node_id: node_id.to_owned(),
+            service: None,
+            namespace: "default".into(),
+            app_port: None,
+            outbound: any,
+            inbound: any,
+            admin: any,
+            metrics: any,
+            health: any,
+            log_format: LogFormat::Json,
+            access_log: false,
+            access_log_sample: 1.0,
+            tracing: None,
+            workers: 1,
+            drain_timeout: Duration::from_secs(5),
+            socket_mark: None,
+        }
+    }
+}
+
 impl ProxyArgs {
     pub fn validate(self) -> Result<ProxyConfig, ConfigError> {
         if self.mode == Mode::Node {

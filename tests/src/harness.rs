@@ -1,6 +1,5 @@
 //! The proxy run in-process: a policy file in a temp dir, `App::build` on the
 //! test's runtime, every port on 127.0.0.1:0, and clients aimed at it.
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +9,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use outrider_proxy::app::{App, BoundAddrs};
-use outrider_proxy::config::{LogFormat, ProxyConfig};
+use outrider_proxy::config::ProxyConfig;
 use outrider_proxy::state::Store;
 use outrider_proxy::telemetry::log::LogHandle;
 
@@ -70,27 +69,7 @@ pub struct ProxyHarness {
 
 /// The config the harness uses; `app_port` is where inbound traffic is delivered.
 pub fn config(policy: PathBuf, app_port: Option<u16>) -> ProxyConfig {
-    let any = "127.0.0.1:0".parse::<SocketAddr>().expect("an address");
-    ProxyConfig {
-        policy: Some(policy),
-        xds: None,
-        node_id: "test".into(),
-        service: None,
-        namespace: "default".into(),
-        app_port,
-        outbound: any,
-        inbound: any,
-        admin: any,
-        metrics: any,
-        health: any,
-        log_format: LogFormat::Json,
-        access_log: false,
-        access_log_sample: 1.0,
-        tracing: None,
-        workers: 1,
-        drain_timeout: Duration::from_secs(5),
-        socket_mark: None,
-    }
+    ProxyConfig { policy: Some(policy), app_port, ..ProxyConfig::local("test") }
 }
 
 impl ProxyHarness {
