@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod authz;
 mod resilience;
 
+pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzSource};
 pub use resilience::{
     Backoff, CircuitBreaker, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries, RetryBudget, RetryOn,
     StateMachine,
@@ -21,7 +23,7 @@ pub use resilience::{
 pub const API_VERSION: &str = "outrider.io/v1";
 
 /// The kinds a document may have, as spelled in YAML.
-pub const KINDS: &[&str] = &["Service", "TrafficPolicy"];
+pub const KINDS: &[&str] = &["Service", "TrafficPolicy", "AuthorizationPolicy"];
 
 /// Default values, in one place.
 pub mod defaults {
@@ -101,12 +103,19 @@ pub struct PolicySet {
     pub services: BTreeMap<String, Service>,
     /// Traffic policies by the name of the service they apply to (`spec.service`).
     pub traffic_policies: BTreeMap<String, TrafficPolicy>,
+    /// Authorization policies by `metadata.name`.
+    pub authorization_policies: BTreeMap<String, AuthorizationPolicy>,
 }
 
 impl PolicySet {
     /// The traffic policy of a service, if it has one.
     pub fn traffic_policy(&self, service: &str) -> Option<&TrafficPolicy> {
         self.traffic_policies.get(service)
+    }
+
+    /// The authorization policies of a service, in name order.
+    pub fn authorization_policies(&self, service: &str) -> impl Iterator<Item = &AuthorizationPolicy> {
+        self.authorization_policies.values().filter(move |p| p.spec.service == service)
     }
 }
 
@@ -151,7 +160,7 @@ pub struct ServiceSpec {
     /// Virtual IPs matched by original destination.
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
-    /// Not supported yet: must be absent.
+    /// Inbound mTLS mode of the service's sidecars; absent = `permissive`.
     #[serde(default)]
     pub mtls: Option<MtlsMode>,
     /// Static endpoints.
@@ -187,11 +196,14 @@ impl Protocol {
     }
 }
 
-/// `spec.mtls` of a Service (parsed, but rejected until the identity work lands).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+/// `spec.mtls` of a Service: what its sidecars accept inbound.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum MtlsMode {
+    /// Mutual TLS from meshed callers and plaintext from unmeshed ones (which have no identity).
+    #[default]
     Permissive,
+    /// Mutual TLS only: plaintext connections are refused.
     Strict,
 }
 
@@ -208,9 +220,12 @@ pub struct Endpoint {
     /// Load-balancing weight, 1..=128.
     #[serde(default = "defaults::endpoint_weight")]
     pub weight: u32,
-    /// Not supported yet: must be false.
+    /// Whether a sidecar fronts the endpoint: callers then use mutual TLS and expect `identity`.
     #[serde(default)]
     pub meshed: bool,
+    /// The SPIFFE ID the endpoint's sidecar presents; required when `meshed`.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// `kind: TrafficPolicy`.

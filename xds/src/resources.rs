@@ -38,6 +38,57 @@ pub const OUTBOUND_LISTENER: &str = "outbound";
 pub const OUTBOUND_LISTENER_ADDRESS: &str = "127.0.0.1";
 /// Port of the outbound listener.
 pub const OUTBOUND_LISTENER_PORT: u16 = 15001;
+/// Prefix of the inbound listener of a service: `inbound|NAME`, served only to its sidecars.
+pub const INBOUND_LISTENER_PREFIX: &str = "inbound|";
+/// Address of the inbound listener.
+pub const INBOUND_LISTENER_ADDRESS: &str = "0.0.0.0";
+/// Port of the inbound listener.
+pub const INBOUND_LISTENER_PORT: u16 = 15006;
+/// Cluster an inbound listener delivers to: the local application.
+pub const INBOUND_CLUSTER: &str = "InboundPassthroughCluster";
+/// Filter chain of an inbound listener for mutual TLS from another proxy.
+pub const INBOUND_MTLS_CHAIN: &str = "mtls";
+/// Filter chain of an inbound listener for plaintext (present only in permissive mode).
+pub const INBOUND_PLAINTEXT_CHAIN: &str = "plaintext";
+/// `FilterChainMatch.transport_protocol` of the mutual-TLS chain.
+pub const TRANSPORT_TLS: &str = "tls";
+/// `FilterChainMatch.transport_protocol` of the plaintext chain.
+pub const TRANSPORT_RAW: &str = "raw_buffer";
+/// `Endpoint` metadata field (under [`OUTRIDER_METADATA`]): the endpoint's SPIFFE ID.
+pub const IDENTITY_FIELD: &str = "identity";
+
+/// ALPN id between proxies: HTTP (any version from the app) multiplexed over one HTTP/2
+/// connection; the original version travels in [`ORIG_PROTO_HEADER`].
+pub const ALPN_MESH_H2: &str = "outrider/1";
+/// ALPN id between proxies: one HTTP/1.1 connection (upgrades such as WebSocket).
+pub const ALPN_MESH_HTTP1: &str = "outrider-http1/1";
+/// ALPN id between proxies: opaque TCP.
+pub const ALPN_MESH_TCP: &str = "outrider-tcp/1";
+/// All of them, as the inbound listener's mTLS chain matches them.
+pub const ALPN_MESH: [&str; 3] = [ALPN_MESH_H2, ALPN_MESH_HTTP1, ALPN_MESH_TCP];
+/// Request header carrying the app's HTTP version across the proxy-to-proxy HTTP/2 hop
+/// (`HTTP/1.1`); absent when the app spoke HTTP/2.
+pub const ORIG_PROTO_HEADER: &str = "x-outrider-orig-proto";
+
+/// Network filter name of RBAC (TCP services).
+pub const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
+/// HTTP filter name of RBAC (HTTP services).
+pub const HTTP_RBAC_FILTER: &str = "envoy.filters.http.rbac";
+/// Type URL of `envoy.extensions.filters.network.rbac.v3.RBAC`.
+pub const NETWORK_RBAC_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+/// Type URL of `envoy.extensions.filters.http.rbac.v3.RBAC`.
+pub const HTTP_RBAC_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+/// Transport socket name of TLS.
+pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+/// Type URL of `envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext`.
+pub const DOWNSTREAM_TLS_CONTEXT_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+
+/// Name of the inbound listener of `service`.
+pub fn inbound_listener_name(service: &str) -> String {
+    format!("{INBOUND_LISTENER_PREFIX}{service}")
+}
+
 /// Name of the route configuration holding every HTTP service.
 pub const OUTBOUND_ROUTE_CONFIG: &str = "outbound_http";
 /// Cluster for connections to destinations no service claims.

@@ -1,8 +1,9 @@
 //! Translation of a validated [`PolicySet`] into Envoy v3 resources (the contract the proxy
-//! and any Envoy read): one outbound listener, one route configuration, and a cluster plus a
-//! load assignment per service.
+//! and any Envoy read): one outbound listener, an inbound listener per service (its mTLS mode and
+//! authorization), one route configuration, and a cluster plus a load assignment per service.
 
 mod cluster;
+mod inbound;
 mod listener;
 mod resilience;
 #[cfg(test)]
@@ -28,7 +29,7 @@ use envoy_types::pb::google::protobuf::{self as pb, Struct};
 use crate::policy::PolicySet;
 
 /// Bump when the translation changes its output for the same input, so versions change too.
-const TRANSLATION_REVISION: &str = "outrider-xds translate r2";
+const TRANSLATION_REVISION: &str = "outrider-xds translate r3";
 
 /// Everything a policy set translates to, sorted deterministically.
 #[derive(Clone, Debug, Default)]
@@ -52,8 +53,11 @@ pub fn translate(set: &PolicySet) -> Resources {
     }
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    let mut listeners = vec![listener::outbound(set)];
+    // The outbound listener first, then the inbound ones in service-name order.
+    listeners.extend(set.services.values().map(|service| inbound::inbound(set, service)));
     Resources {
-        listeners: vec![listener::outbound(set)],
+        listeners,
         routes: vec![route::outbound_http(set)],
         clusters,
         endpoints,

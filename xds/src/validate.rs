@@ -8,8 +8,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::load::{Document, Origin, Parsed};
-use crate::policy::{PolicySet, Route, Service, TrafficPolicy};
+use crate::policy::{AuthorizationPolicy, PolicySet, Route, Service, TrafficPolicy};
 
+mod authz;
 mod resilience;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -131,11 +132,13 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     let mut policies: BTreeMap<String, (Origin, TrafficPolicy)> = BTreeMap::new();
     let mut seen: BTreeMap<(&'static str, String), Origin> = BTreeMap::new();
     let mut policy_docs = Vec::new();
+    let mut authz_docs: Vec<(Origin, AuthorizationPolicy)> = Vec::new();
 
     for (origin, document) in documents {
         let (kind, metadata) = match &document {
             Document::Service(s) => ("Service", &s.metadata),
             Document::TrafficPolicy(p) => ("TrafficPolicy", &p.metadata),
+            Document::AuthorizationPolicy(p) => ("AuthorizationPolicy", &p.metadata),
         };
         check_dns_label(&origin, "metadata.name", &metadata.name, &mut errors);
         check_dns_label(&origin, "metadata.namespace", &metadata.namespace, &mut errors);
@@ -166,6 +169,10 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
                 check_policy(&origin, &policy, &mut errors);
                 policy_docs.push((origin, policy));
             }
+            Document::AuthorizationPolicy(policy) => {
+                authz::check_authz(&origin, &policy, &mut errors);
+                authz_docs.push((origin, policy));
+            }
         }
     }
 
@@ -176,20 +183,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
         match services.get(&target) {
             Some((_, service)) => check_policy_against_service(&origin, &policy, service, &mut errors),
             None if broken.iter().any(|(k, n)| k == "Service" && *n == target) => {}
-            None => {
-                let broken_services = broken.iter().filter(|(k, _)| k == "Service");
-                let known: BTreeSet<&str> =
-                    services.keys().chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
-                let known: Vec<&str> = known.into_iter().collect();
-                let known = if known.is_empty() {
-                    "there are no services in this set".to_owned()
-                } else {
-                    format!("known services: {}", known.join(", "))
-                };
-                errors.push(
-                    origin.error(Some("spec.service".into()), format!("no Service named \"{target}\" ({known})")),
-                );
-            }
+            None => errors.push(origin.error(Some("spec.service".into()), missing_service(&target, &services, &broken))),
         }
         if let Some((first, _)) = policies.get(&target) {
             errors.push(origin.error(
@@ -205,6 +199,17 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
         policies.insert(target, (origin, policy));
     }
 
+    let mut authorization_policies = BTreeMap::new();
+    for (origin, policy) in authz_docs {
+        let target = &policy.spec.service;
+        match services.get(target) {
+            Some((_, service)) => authz::check_authz_against_service(&origin, &policy, service, &mut errors),
+            None if broken.iter().any(|(k, n)| k == "Service" && n == target) => {}
+            None => errors.push(origin.error(Some("spec.service".into()), missing_service(target, &services, &broken))),
+        }
+        authorization_policies.insert(policy.metadata.name.clone(), policy);
+    }
+
     if !errors.is_empty() {
         // Stable: within a document, errors keep the order of the checks.
         errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
@@ -213,7 +218,21 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     Ok(PolicySet {
         services: services.into_iter().map(|(k, (_, s))| (k, s)).collect(),
         traffic_policies: policies.into_iter().map(|(k, (_, p))| (k, p)).collect(),
+        authorization_policies,
     })
+}
+
+/// `no Service named "x" (known services: a, b)`.
+fn missing_service(target: &str, services: &BTreeMap<String, (Origin, Service)>, broken: &[(String, String)]) -> String {
+    let broken_services = broken.iter().filter(|(k, _)| k == "Service");
+    let known: BTreeSet<&str> = services.keys().chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
+    let known: Vec<&str> = known.into_iter().collect();
+    let known = if known.is_empty() {
+        "there are no services in this set".to_owned()
+    } else {
+        format!("known services: {}", known.join(", "))
+    };
+    format!("no Service named \"{target}\" ({known})")
 }
 
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
@@ -251,9 +270,7 @@ pub(crate) fn check_dns_label(origin: &Origin, field: &str, value: &str, errors:
 
 fn check_service(origin: &Origin, service: &Service, errors: &mut Vec<PolicyError>) {
     let spec = &service.spec;
-    if spec.mtls.is_some() {
-        errors.push(origin.error(None, "not supported yet: spec.mtls (mutual TLS arrives with the identity work)"));
-    }
+    authz::check_service_mtls(origin, service, errors);
     if !spec.protocol.is_http() && spec.addresses.is_empty() {
         errors.push(origin.error(
             Some("spec.addresses".into()),
@@ -277,9 +294,6 @@ fn check_service(origin: &Origin, service: &Service, errors: &mut Vec<PolicyErro
                 Some(format!("spec.endpoints[{i}].weight")),
                 format!("must be between 1 and 128 (got {})", endpoint.weight),
             ));
-        }
-        if endpoint.meshed {
-            errors.push(origin.error(None, format!("not supported yet: spec.endpoints[{i}].meshed")));
         }
         if let Some(first) = endpoints.insert(endpoint.address, i) {
             errors.push(origin.error(

@@ -25,6 +25,7 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use super::{ads, metadata, proto_duration, resilience};
 use crate::policy::{LoadBalancer, Protocol, Service, TrafficPolicy, defaults};
 use crate::resources::{
+    IDENTITY_FIELD,
     HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, LB_METADATA, OUTRIDER_METADATA, PASSTHROUGH_CLUSTER,
     RESILIENCE_KEY, RESILIENCE_TYPE_URL, any, bool_value, cluster_name, number_value, string_struct, string_value,
     struct_of,
@@ -125,6 +126,15 @@ fn subset_config(policy: Option<&TrafficPolicy>) -> Option<LbSubsetConfig> {
     })
 }
 
+/// `meshed` and, for meshed endpoints, the SPIFFE ID callers must verify.
+fn endpoint_metadata(endpoint: &crate::policy::Endpoint) -> envoy_types::pb::google::protobuf::Struct {
+    let mut fields = vec![("meshed", bool_value(endpoint.meshed))];
+    if let Some(id) = endpoint.identity.as_deref().filter(|_| endpoint.meshed) {
+        fields.push((IDENTITY_FIELD, crate::resources::string_value(id)));
+    }
+    struct_of(fields)
+}
+
 /// The static endpoints of a service, in one locality.
 pub(super) fn load_assignment(service: &Service) -> ClusterLoadAssignment {
     let lb_endpoints = service
@@ -139,7 +149,7 @@ pub(super) fn load_assignment(service: &Service) -> ClusterLoadAssignment {
             load_balancing_weight: Some(UInt32Value { value: endpoint.weight }),
             metadata: Some(metadata([
                 (LB_METADATA, string_struct(&endpoint.labels)),
-                (OUTRIDER_METADATA, struct_of([("meshed", bool_value(endpoint.meshed))])),
+                (OUTRIDER_METADATA, endpoint_metadata(endpoint)),
             ])),
             ..Default::default()
         })

@@ -79,7 +79,7 @@ fn filter_chain(set: &PolicySet, service: &Service, faults: bool) -> FilterChain
 }
 
 /// `idle_timeout`: the policy's `idleTimeout` (unset: Envoy's and Outrider's 1 h default).
-fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: Option<Duration>) -> Filter {
+pub(super) fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: Option<Duration>) -> Filter {
     let config = TcpProxy {
         stat_prefix: stat_prefix.to_owned(),
         cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),

@@ -172,8 +172,10 @@ fn example_routes_split_by_subset_with_metadata_match() {
 #[test]
 fn example_listener_has_a_filter_chain_per_service_and_a_passthrough_default() {
     let resources = example();
-    let [listener] = resources.listeners.as_slice() else { panic!("expected one listener") };
+    let [listener, inbound @ ..] = resources.listeners.as_slice() else { panic!("expected listeners") };
     assert_eq!(listener.name, OUTBOUND_LISTENER);
+    let inbound: Vec<&str> = inbound.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(inbound, ["inbound|echo", "inbound|echo-tcp"], "then one inbound listener per service");
     assert_eq!(socket(&listener.address), ("127.0.0.1".into(), 15001));
     let [echo, echo_tcp] = listener.filter_chains.as_slice() else { panic!("expected two filter chains") };
     let chain_match = |chain: &FilterChain| {
@@ -295,4 +297,121 @@ fn version_is_stable_for_equal_input_and_changes_with_it() {
     assert_ne!(translate(&changed).version, first.version);
     let changed = load_str("policy.yaml", &text.replace("127.0.0.1:9083", "127.0.0.1:9084")).unwrap();
     assert_ne!(translate(&changed).version, first.version);
+}
+
+mod inbound {
+    use envoy_types::pb::envoy::config::rbac::v3::{Rbac, permission, principal, rbac};
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+
+    use super::*;
+
+    const SET: &str = r#"
+apiVersion: outrider.io/v1
+kind: Service
+metadata: {name: web}
+spec:
+  port: 80
+  mtls: strict
+  endpoints: [{address: "127.0.0.1:8080", meshed: true, identity: "spiffe://td/ns/shop/sa/web"}]
+---
+apiVersion: outrider.io/v1
+kind: Service
+metadata: {name: db}
+spec: {protocol: tcp, port: 5432, addresses: ["127.100.0.9"]}
+---
+apiVersion: outrider.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-callers}
+spec:
+  service: web
+  from: [{identities: ["spiffe://td/ns/shop/sa/front", "spiffe://td/ns/ops/*"]}]
+  to: [{paths: [/api/*], methods: [GET, POST]}]
+---
+apiVersion: outrider.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-no-admin}
+spec:
+  service: web
+  action: deny
+  to: [{paths: [/admin/*]}]
+---
+apiVersion: outrider.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db-no-ops}
+spec:
+  service: db
+  action: deny
+  from: [{identities: ["spiffe://td/ns/ops/*"]}]
+"#;
+
+    fn listener<'a>(res: &'a Resources, name: &str) -> &'a Listener {
+        res.listeners.iter().find(|l| l.name == name).unwrap()
+    }
+
+    #[test]
+    fn strict_has_only_the_mtls_chain_and_permissive_adds_plaintext() {
+        let res = translate(&crate::load_str("p.yaml", SET).unwrap());
+        let web = listener(&res, "inbound|web");
+        assert_eq!(socket(&web.address), ("0.0.0.0".into(), 15006));
+        let chains: Vec<(&str, &str)> = web
+            .filter_chains
+            .iter()
+            .map(|c| (c.name.as_str(), c.filter_chain_match.as_ref().unwrap().transport_protocol.as_str()))
+            .collect();
+        assert_eq!(chains, [("mtls", "tls")]);
+        let m = web.filter_chains[0].filter_chain_match.as_ref().unwrap();
+        assert_eq!(m.application_protocols, ["outrider/1", "outrider-http1/1", "outrider-tcp/1"]);
+        assert!(web.filter_chains[0].transport_socket.is_some());
+        let db = listener(&res, "inbound|db");
+        let names: Vec<&str> = db.filter_chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["mtls", "plaintext"], "permissive by default");
+    }
+
+    #[test]
+    fn http_rbac_deny_then_allow_before_the_router() {
+        let res = translate(&crate::load_str("p.yaml", SET).unwrap());
+        let web = listener(&res, "inbound|web");
+        let Some(ConfigType::TypedConfig(any)) = &web.filter_chains[0].filters[0].config_type else { panic!() };
+        let hcm: HttpConnectionManager = decode_any(HTTP_CONNECTION_MANAGER_TYPE_URL, any).unwrap();
+        let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, [HTTP_RBAC_FILTER, HTTP_RBAC_FILTER, ROUTER_FILTER]);
+        let rbac = |i: usize| -> Rbac {
+            let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[i].config_type else { panic!() };
+            decode_any::<HttpRbac>(HTTP_RBAC_TYPE_URL, any).unwrap().rules.unwrap()
+        };
+        let deny = rbac(0);
+        assert_eq!(deny.action, rbac::Action::Deny as i32);
+        let deny = &deny.policies["web-no-admin"];
+        assert_eq!(deny.principals[0].identifier, Some(principal::Identifier::Any(true)));
+        assert!(matches!(deny.permissions[0].rule, Some(permission::Rule::UrlPath(_))));
+        let allow = rbac(1);
+        assert_eq!(allow.action, rbac::Action::Allow as i32);
+        let allow = &allow.policies["web-callers"];
+        let Some(principal::Identifier::OrIds(ids)) = &allow.principals[0].identifier else { panic!() };
+        assert_eq!(ids.ids.len(), 2);
+        let Some(permission::Rule::AndRules(and)) = &allow.permissions[0].rule else { panic!() };
+        assert_eq!(and.rules.len(), 2, "paths AND methods");
+    }
+
+    #[test]
+    fn tcp_rbac_is_a_network_filter_before_the_tcp_proxy() {
+        let res = translate(&crate::load_str("p.yaml", SET).unwrap());
+        let db = listener(&res, "inbound|db");
+        let names: Vec<&str> = db.filter_chains[0].filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, [NETWORK_RBAC_FILTER, TCP_PROXY_FILTER]);
+        let Some(ConfigType::TypedConfig(any)) = &db.filter_chains[0].filters[0].config_type else { panic!() };
+        let rbac: NetworkRbac = decode_any(NETWORK_RBAC_TYPE_URL, any).unwrap();
+        assert_eq!(rbac.rules.unwrap().action, rbac::Action::Deny as i32);
+    }
+
+    #[test]
+    fn meshed_endpoints_carry_their_identity() {
+        let res = translate(&crate::load_str("p.yaml", SET).unwrap());
+        let cla = res.endpoints.iter().find(|c| c.cluster_name == "outbound|80||web").unwrap();
+        let ep = &cla.endpoints[0].lb_endpoints[0];
+        let outrider = &ep.metadata.as_ref().unwrap().filter_metadata[OUTRIDER_METADATA];
+        assert_eq!(outrider.fields["meshed"].kind, Some(Kind::BoolValue(true)));
+        assert_eq!(outrider.fields[IDENTITY_FIELD].kind, Some(Kind::StringValue("spiffe://td/ns/shop/sa/web".into())));
+    }
 }

@@ -115,23 +115,71 @@ fn missing_service_reference_lists_known_services() {
 }
 
 #[test]
-fn fields_implemented_later_are_rejected_as_not_supported_yet() {
-    let mtls = SERVICE.replace("port: 9080", "port: 9080\n  mtls: strict");
-    assert!(only_error(&mtls).ends_with("not supported yet: spec.mtls (mutual TLS arrives with the identity work)"));
+fn mtls_mode_and_meshed_endpoints_are_checked() {
+    let strict = SERVICE.replace("port: 9080", "port: 9080\n  mtls: strict");
+    let set = load_str("policy.yaml", &strict).unwrap();
+    assert_eq!(set.services["reviews"].spec.mtls, Some(crate::MtlsMode::Strict));
+    let bad_mode = SERVICE.replace("port: 9080", "port: 9080\n  mtls: required");
+    assert!(only_error(&bad_mode).ends_with("spec.mtls: unknown value \"required\", expected one of permissive, strict"), "{}", only_error(&bad_mode));
+
     let meshed = SERVICE.replace("version: v2}}", "version: v2}, meshed: true}");
-    assert!(only_error(&meshed).ends_with("not supported yet: spec.endpoints[1].meshed"));
+    assert_eq!(
+        only_error(&meshed),
+        "policy.yaml: document 1 (Service/reviews): spec.endpoints[1].identity: a meshed endpoint needs the SPIFFE \
+         ID its sidecar presents (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>), so callers can verify it"
+    );
+    let unmeshed = SERVICE.replace("version: v2}}", "version: v2}, identity: \"spiffe://td/ns/a/sa/b\"}");
+    assert!(only_error(&unmeshed).ends_with("spec.endpoints[1].identity: only meshed endpoints have an identity: add meshed: true or remove identity"));
+    let bad_id = SERVICE.replace("version: v2}}", "version: v2}, meshed: true, identity: \"spiffe://td/ns/a/*\"}");
+    assert!(only_error(&bad_id).contains("spec.endpoints[1].identity: invalid identity"));
+    let good = SERVICE.replace("version: v2}}", "version: v2}, meshed: true, identity: \"spiffe://td/ns/a/sa/b\"}");
+    let set = load_str("policy.yaml", &good).unwrap();
+    assert_eq!(set.services["reviews"].spec.endpoints[1].identity.as_deref(), Some("spiffe://td/ns/a/sa/b"));
+}
+
+fn with_authz(spec: &str) -> String {
+    format!(
+        "{SERVICE}---\napiVersion: outrider.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: callers}}\nspec:\n  service: reviews\n{spec}"
+    )
 }
 
 #[test]
-fn authorization_policy_and_unknown_kinds_are_rejected() {
-    let text =
-        "apiVersion: outrider.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: callers}\nspec: {service: reviews}\n";
-    assert_eq!(
-        only_error(text),
-        "policy.yaml: document 1 (AuthorizationPolicy/callers): not supported yet: kind AuthorizationPolicy"
+fn authorization_policies_are_validated() {
+    let ok = with_authz(
+        "  action: deny\n  from: [{identities: [\"spiffe://td/ns/a/sa/b\", \"spiffe://td/ns/x/*\", \"*\"]}]\n  to: [{paths: [/admin/*, /x, \"*.json\"], methods: [POST]}]\n",
     );
-    let text = text.replace("AuthorizationPolicy", "Gateway");
-    assert!(only_error(&text).ends_with("kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy"));
+    let set = load_str("policy.yaml", &ok).unwrap();
+    let policy = &set.authorization_policies["callers"];
+    assert_eq!(policy.spec.action, crate::policy::AuthzAction::Deny);
+    assert_eq!(set.authorization_policies("reviews").count(), 1);
+
+    let cases = [
+        (
+            "  from: [{identities: [checkout]}]\n",
+            "document 2 (AuthorizationPolicy/callers): spec.from[0].identities[0]: invalid identity \"checkout\": it must start with spiffe://",
+        ),
+        ("  from: [{identities: []}]\n", "spec.from[0].identities: must list at least one SPIFFE ID"),
+        ("  to: [{paths: [admin]}]\n", "spec.to[0].paths[0]: invalid path \"admin\""),
+        ("  to: [{methods: [get]}]\n", "spec.to[0].methods[0]: invalid method \"get\""),
+        ("  to: [{}]\n", "spec.to[0]: needs paths, methods or both"),
+        ("  action: audit\n", "spec.action: unknown value \"audit\", expected one of allow, deny"),
+        ("  form: []\n", "spec.form: unknown field, expected one of service, action, from, to"),
+    ];
+    for (spec, expected) in cases {
+        let error = only_error(&with_authz(spec));
+        assert!(error.contains(expected), "{spec:?}: got {error}");
+    }
+    let missing = with_authz("").replace("service: reviews\n", "service: ratings\n");
+    assert!(only_error(&missing).ends_with("spec.service: no Service named \"ratings\" (known services: reviews)"));
+}
+
+#[test]
+fn unknown_kinds_are_rejected() {
+    let text = "apiVersion: outrider.io/v1\nkind: Gateway\nmetadata: {name: callers}\nspec: {service: reviews}\n";
+    assert!(
+        only_error(text)
+            .ends_with("kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy, AuthorizationPolicy")
+    );
 }
 
 #[test]
