@@ -2,8 +2,9 @@
 //! (for as long as its xDS stream lives, plus a grace period) and by `POST /v1/endpoints` (with
 //! a TTL). Sources sit behind [`EndpointSource`] so that Kubernetes discovery can join later.
 //!
-//! Registered endpoints are plaintext (`meshed: false`) until the identity work brings mTLS
-//! between sidecars.
+//! A sidecar that has a workload identity registers its workload as meshed, with that SPIFFE ID:
+//! callers then use mutual TLS and verify it. Without an identity (or through the API) the
+//! endpoint is plaintext.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,6 +45,9 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
     pub origin: Origin,
+    /// The SPIFFE ID of the sidecar in front of the workload: meshed when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// Seconds until it expires; `None` while its stream is up.
     pub expires_in: Option<f64>,
     #[serde(skip)]
@@ -85,6 +89,7 @@ impl Registry {
         labels: BTreeMap<String, String>,
         origin: Origin,
         ttl: Option<Duration>,
+        identity: Option<String>,
     ) -> u64 {
         let expires = ttl.map(|t| Instant::now() + t);
         let mut entries = self.entries.lock();
@@ -94,6 +99,7 @@ impl Registry {
             Some(r) => {
                 r.labels = labels;
                 r.expires = expires;
+                r.identity = identity;
                 r.id
             }
             None => {
@@ -109,6 +115,7 @@ impl Registry {
                         labels,
                         weight: 1,
                         origin,
+                        identity,
                         expires_in: None,
                         expires,
                     },
@@ -186,7 +193,8 @@ impl EndpointSource for Registry {
                 address: r.address,
                 labels: r.labels.clone(),
                 weight: r.weight,
-                meshed: false,
+                meshed: r.identity.is_some(),
+                identity: r.identity.clone(),
             });
         }
         out
@@ -224,10 +232,10 @@ mod tests {
     async fn registrations_expire_after_their_ttl_or_grace() {
         let r = Registry::new(Duration::from_secs(5));
         let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        let api = r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2)));
-        let side = r.register("b", addr, BTreeMap::new(), Origin::Sidecar("n".into()), None);
+        let api = r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2)), None);
+        let side = r.register("b", addr, BTreeMap::new(), Origin::Sidecar("n".into()), None, None);
         // Refreshing the same registration keeps its id.
-        assert_eq!(r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2))), api);
+        assert_eq!(r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2)), None), api);
         assert_eq!(r.endpoints().len(), 2);
         tokio::time::advance(Duration::from_secs(3)).await;
         assert!(r.sweep());
@@ -247,7 +255,7 @@ mod tests {
             "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec: {port: 80}\n",
         )
         .unwrap();
-        let e = Endpoint { address: "127.0.0.1:1".parse().unwrap(), labels: BTreeMap::new(), weight: 1, meshed: false };
+        let e = Endpoint { address: "127.0.0.1:1".parse().unwrap(), labels: BTreeMap::new(), weight: 1, meshed: false, identity: None };
         let registered = BTreeMap::from([("a".to_owned(), vec![e.clone()]), ("zz".to_owned(), vec![e])]);
         let merged = merge(&set, &registered);
         assert_eq!(merged.services["a"].spec.endpoints.len(), 1);

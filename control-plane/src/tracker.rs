@@ -139,8 +139,17 @@ impl StreamHandle {
         match advertise.parse::<SocketAddr>() {
             Ok(addr) if !service.is_empty() => {
                 let labels = metadata_labels(node);
-                let id = self.registry.register(&service, addr, labels, Origin::Sidecar(node.id.clone()), None);
-                tracing::info!(node = %node.id, %service, %addr, "workload registered");
+                // A sidecar with a workload certificate says so; callers then use mTLS to it.
+                let identity = metadata_string(node, "identity");
+                let id = self.registry.register(
+                    &service,
+                    addr,
+                    labels,
+                    Origin::Sidecar(node.id.clone()),
+                    None,
+                    identity.clone(),
+                );
+                tracing::info!(node = %node.id, %service, %addr, identity = identity.as_deref().unwrap_or("none"), "workload registered");
                 self.registration = Some(id);
             }
             Ok(_) => tracing::warn!(node = %node.id, "advertise without a service: not registered"),
