@@ -16,6 +16,8 @@ pub mod backoff;
 pub mod balance;
 /// Command-line flags and environment variables of `outrider-proxy`.
 pub mod config;
+/// Inbound authorization (AuthorizationPolicy as Envoy RBAC) and mTLS mode per service.
+pub mod authz;
 /// Graceful drain: stop accepting, finish in-flight work, exit.
 pub mod drain;
 /// HTTP server, upstream connection pools, header hygiene, bodies.
@@ -24,6 +26,8 @@ pub mod http;
 pub mod inbound;
 /// `outrider-proxy iptables`: interception rules for a network namespace.
 pub mod iptables;
+/// Workload identity on the data path: certificate bootstrap and renewal, TLS configs.
+pub mod mesh;
 /// Outbound traffic: route → split → balancer → endpoint, for HTTP and TCP.
 pub mod outbound;
 /// Resilience policies: timeouts, retries, budgets, breakers, outliers, faults.

@@ -22,7 +22,7 @@ use crate::policy::outlier::{ClusterOutliers, EndpointHealth};
 mod build;
 mod policy;
 
-pub use build::{Builder, Rejection};
+pub use build::{Builder, Rejection, inbound_policy};
 
 /// One consistent view of the configuration.
 #[derive(Debug, Default)]
@@ -34,6 +34,8 @@ pub struct Snapshot {
     /// HTTP virtual hosts by lower-cased domain (`name`, `name:port`, `vip:port`, ...).
     pub vhosts: HashMap<Box<str>, Arc<VirtualHost>>,
     pub clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
+    /// Inbound mTLS mode and authorization, by service (`inbound|SERVICE` listeners).
+    pub inbound: HashMap<Arc<str>, Arc<crate::authz::InboundPolicy>>,
     /// JSON view of every resource, for `/config_dump`.
     pub dump: serde_json::Value,
 }
@@ -205,6 +207,8 @@ pub struct Endpoint {
     pub weight: u32,
     pub labels: BTreeMap<String, String>,
     pub meshed: bool,
+    /// The SPIFFE ID a meshed endpoint's sidecar must present; callers use mTLS when set.
+    pub identity: Option<crate::tls::Identity>,
     pub shared: Arc<EndpointShared>,
 }
 

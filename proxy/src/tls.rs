@@ -6,12 +6,13 @@
 //! - [`CertStore`]: the current certificate chain + key and the trust bundle, each behind an
 //!   `ArcSwap`, so a rotation or a new bundle applies to the next handshake without rebuilding
 //!   configs or touching established connections.
-//! - [`server_config`] / [`client_config`]: TLS 1.3 only, ALPN `outrider/1`, `h2`, `http/1.1`;
+//! - [`server_config`] / [`client_config`]: TLS 1.3 only, ALPN `outrider/1` (HTTP over h2),
+//!   `outrider-http1/1` (HTTP/1.1 upgrades), `outrider-tcp/1` (opaque TCP);
 //!   the client checks the chain against the bundle *and* that the server's URI SAN is the
 //!   destination's expected identity.
 //! - [`rotate`]: obtain and renew the certificate through a [`rotate::CertIssuer`].
 //!
-//! Nothing in the request path uses this yet; see `docs/security.md` for what is wired.
+//! [`crate::mesh`] puts these on the data path.
 
 mod config;
 /// Certificate renewal before expiry.
@@ -26,13 +27,17 @@ use std::sync::Arc;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-pub use config::{ExpectedServerIdentity, client_config, server_config};
+pub use config::{ExpectedServerIdentity, client_config, client_config_alpn, server_config};
 pub use store::{CertStore, TrustBundle};
 
-/// ALPN id that tells the peer it is talking to another Outrider proxy.
-pub const ALPN_OUTRIDER: &[u8] = b"outrider/1";
-/// ALPN ids offered and accepted, most preferred first.
-pub const ALPN_PROTOCOLS: [&[u8]; 3] = [ALPN_OUTRIDER, b"h2", b"http/1.1"];
+/// ALPN id that tells the peer it is talking to another Outrider proxy, carrying HTTP over h2.
+pub const ALPN_OUTRIDER: &[u8] = outrider_xds::resources::ALPN_MESH_H2.as_bytes();
+/// ALPN id for one HTTP/1.1 connection between proxies (upgrades such as WebSocket).
+pub const ALPN_OUTRIDER_HTTP1: &[u8] = outrider_xds::resources::ALPN_MESH_HTTP1.as_bytes();
+/// ALPN id for opaque TCP between proxies.
+pub const ALPN_OUTRIDER_TCP: &[u8] = outrider_xds::resources::ALPN_MESH_TCP.as_bytes();
+/// ALPN ids the server accepts: the Outrider ones only (other TLS is the application's own).
+pub const ALPN_PROTOCOLS: [&[u8]; 3] = [ALPN_OUTRIDER, ALPN_OUTRIDER_HTTP1, ALPN_OUTRIDER_TCP];
 
 /// Errors of identity parsing, key and certificate handling, and TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -197,9 +202,9 @@ pub fn peer_identity(conn: &rustls::CommonState) -> Option<Identity> {
     conn.peer_certificates().and_then(|chain| chain.first()).and_then(|leaf| identity_of(leaf).ok())
 }
 
-/// Whether the peer negotiated the Outrider ALPN id, i.e. is another Outrider proxy.
+/// Whether the peer negotiated an Outrider ALPN id, i.e. is another Outrider proxy.
 pub fn peer_is_proxy(conn: &rustls::CommonState) -> bool {
-    conn.alpn_protocol() == Some(ALPN_OUTRIDER)
+    conn.alpn_protocol().is_some_and(|p| ALPN_PROTOCOLS.contains(&p))
 }
 
 /// Inbound mTLS mode of a service.

@@ -97,7 +97,7 @@ impl Builder {
                     if let Some(cla) = loads.get(&*name) {
                         match endpoints_from(cla) {
                             Ok(list) => {
-                                for (addr, weight, labels, meshed) in list {
+                                for EndpointParts { addr, weight, labels, meshed, identity } in list {
                                     let key = (name.clone(), addr);
                                     let shared = carried.get(&key).cloned().unwrap_or_else(|| {
                                         Arc::new(EndpointShared {
@@ -107,7 +107,7 @@ impl Builder {
                                         })
                                     });
                                     next_carried.insert(key, shared.clone());
-                                    eps.push(Arc::new(Endpoint { addr, weight, labels, meshed, shared }));
+                                    eps.push(Arc::new(Endpoint { addr, weight, labels, meshed, identity, shared }));
                                 }
                                 dump_endpoints.push(dump_cla(&name, &eps));
                             }
@@ -181,10 +181,25 @@ impl Builder {
         }
 
         let mut outbound = OutboundMatch::default();
+        let mut inbound = HashMap::new();
         let mut dump_listeners = Vec::new();
         for l in &res.listeners {
+            if let Some(service) = l.name.strip_prefix(names::INBOUND_LISTENER_PREFIX) {
+                match inbound_policy(l) {
+                    Ok(policy) => {
+                        dump_listeners.push(dump_inbound(&l.name, &policy));
+                        inbound.insert(Arc::<str>::from(service), Arc::new(policy));
+                    }
+                    Err(reason) => ctx.reject("Listener", &l.name, reason),
+                }
+                continue;
+            }
             if l.name != names::OUTBOUND_LISTENER {
-                ctx.reject("Listener", &l.name, "only the \"outbound\" listener is understood by this proxy");
+                ctx.reject(
+                    "Listener",
+                    &l.name,
+                    "only the \"outbound\" and \"inbound|SERVICE\" listeners are understood by this proxy",
+                );
                 continue;
             }
             dump_listeners.push(listener_from(l, &clusters, &vhosts_by_name, &mut outbound, &mut ctx));
@@ -217,7 +232,7 @@ impl Builder {
         }
         drop(carried);
         drop(carried_clusters);
-        (Snapshot { versions, outbound, vhosts, clusters, dump }, rejected)
+        (Snapshot { versions, outbound, vhosts, clusters, inbound, dump }, rejected)
     }
 }
 
@@ -304,7 +319,6 @@ fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
     Ok((xc.name.clone(), service, protocol, connect_timeout, lb))
 }
 
-type EndpointParts = (SocketAddr, u32, BTreeMap<String, String>, bool);
 
 fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, String> {
     let mut out = Vec::new();
@@ -332,13 +346,86 @@ fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, Str
                 .and_then(|m| m.filter_metadata.get(names::LB_METADATA))
                 .map(struct_labels)
                 .unwrap_or_default();
-            let meshed = outrider_meta(lbe.metadata.as_ref())
+            let meta = outrider_meta(lbe.metadata.as_ref());
+            let meshed = meta
                 .and_then(|m| m.fields.get("meshed"))
                 .is_some_and(|v| matches!(v.kind, Some(value::Kind::BoolValue(true))));
-            out.push((SocketAddr::new(ip, port), weight, labels, meshed));
+            let identity = match meta.and_then(|m| m.fields.get(names::IDENTITY_FIELD)).map(|v| &v.kind) {
+                Some(Some(value::Kind::StringValue(id))) if meshed => Some(
+                    crate::tls::Identity::parse(id).map_err(|e| format!("endpoint {ip}:{port}: {e}"))?,
+                ),
+                _ => None,
+            };
+            out.push(EndpointParts { addr: SocketAddr::new(ip, port), weight, labels, meshed, identity });
         }
     }
     Ok(out)
+}
+
+/// What `endpoints_from` reads of one endpoint.
+struct EndpointParts {
+    addr: SocketAddr,
+    weight: u32,
+    labels: BTreeMap<String, String>,
+    meshed: bool,
+    identity: Option<crate::tls::Identity>,
+}
+
+/// An inbound listener `inbound|SERVICE`: strict when it has no plaintext (`raw_buffer`)
+/// chain; the RBAC filters of its mTLS chain, in order (HTTP filters of the connection
+/// manager, or network filters before the TCP proxy).
+pub fn inbound_policy(l: &Listener) -> Result<crate::authz::InboundPolicy, String> {
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+
+    fn transport(fc: &FilterChain) -> Option<&str> {
+        fc.filter_chain_match.as_ref().map(|m| m.transport_protocol.as_str())
+    }
+    let mtls = l
+        .filter_chains
+        .iter()
+        .find(|fc| transport(fc) == Some(names::TRANSPORT_TLS))
+        .ok_or("an inbound listener needs a filter chain for transport_protocol \"tls\"")?;
+    let plaintext = l.filter_chains.iter().any(|fc| transport(fc) == Some(names::TRANSPORT_RAW));
+    let mode = if plaintext { crate::tls::Mode::Permissive } else { crate::tls::Mode::Strict };
+    let mut filters = Vec::new();
+    for f in &mtls.filters {
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else { continue };
+        if f.name == names::NETWORK_RBAC_FILTER {
+            let rbac: NetworkRbac =
+                names::decode_any(names::NETWORK_RBAC_TYPE_URL, any).map_err(|e| format!("{}: {e}", f.name))?;
+            if let Some(rules) = &rbac.rules {
+                filters.push(crate::authz::from_rbac(rules)?);
+            }
+        } else if f.name == names::HTTP_CONNECTION_MANAGER_FILTER {
+            let hcm: HttpConnectionManager = names::decode_any(names::HTTP_CONNECTION_MANAGER_TYPE_URL, any)
+                .map_err(|e| format!("{}: {e}", f.name))?;
+            for hf in &hcm.http_filters {
+                if hf.name != names::HTTP_RBAC_FILTER {
+                    continue;
+                }
+                let Some(http_filter::ConfigType::TypedConfig(any)) = &hf.config_type else { continue };
+                let rbac: HttpRbac =
+                    names::decode_any(names::HTTP_RBAC_TYPE_URL, any).map_err(|e| format!("{}: {e}", hf.name))?;
+                if let Some(rules) = &rbac.rules {
+                    filters.push(crate::authz::from_rbac(rules)?);
+                }
+            }
+        }
+    }
+    Ok(crate::authz::InboundPolicy { mode, filters })
+}
+
+fn dump_inbound(name: &str, policy: &crate::authz::InboundPolicy) -> serde_json::Value {
+    json!({
+        "name": name,
+        "mtls": match policy.mode { crate::tls::Mode::Strict => "strict", crate::tls::Mode::Permissive => "permissive" },
+        "authorization": policy.filters.iter().map(|f| json!({
+            "action": if f.deny { "deny" } else { "allow" },
+            "policies": f.policies.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn dump_cla(name: &str, eps: &[Arc<Endpoint>]) -> serde_json::Value {
@@ -346,6 +433,7 @@ fn dump_cla(name: &str, eps: &[Arc<Endpoint>]) -> serde_json::Value {
         "cluster_name": name,
         "endpoints": eps.iter().map(|e| json!({
             "address": e.addr.to_string(), "weight": e.weight, "labels": e.labels, "meshed": e.meshed,
+            "identity": e.identity.as_ref().map(|i| i.as_str()),
         })).collect::<Vec<_>>(),
     })
 }

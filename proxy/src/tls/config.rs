@@ -34,6 +34,16 @@ pub fn server_config(store: Arc<CertStore>, mode: Mode) -> Result<Arc<ServerConf
 /// chain verifies against the bundle and its URI SAN is `expected`. The `ServerName` passed to
 /// the connector is not used for verification. Build one per destination identity and reuse it.
 pub fn client_config(store: Arc<CertStore>, expected: Identity) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_alpn(store, expected, super::ALPN_OUTRIDER)
+}
+
+/// [`client_config`] offering one ALPN id (`alpn`), so the peer knows what the connection
+/// carries: HTTP over h2, one HTTP/1.1 connection, or opaque TCP.
+pub fn client_config_alpn(
+    store: Arc<CertStore>,
+    expected: Identity,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let verifier = Arc::new(ExpectedServerIdentity { store: store.clone(), expected });
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -41,7 +51,7 @@ pub fn client_config(store: Arc<CertStore>, expected: Identity) -> Result<Arc<Cl
         .dangerous() // our verifier checks the chain itself, plus the SPIFFE identity
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(Resolver { store }));
-    config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

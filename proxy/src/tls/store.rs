@@ -60,6 +60,8 @@ impl TrustBundle {
 #[derive(Debug)]
 pub(crate) struct Leaf {
     pub(crate) certified: Arc<CertifiedKey>,
+    /// The chain as installed (PEM), for renewal requests.
+    pub(crate) chain_pem: Vec<String>,
     pub(crate) not_after: SystemTime,
     pub(crate) rotate_at: SystemTime,
 }
@@ -112,7 +114,8 @@ impl CertStore {
             .map_err(|e| TlsError::KeyMismatch(e.to_string()))?;
         let now = SystemTime::now();
         let rotate_at = rotate_at(not_before.max(now), not_after, fastrand::f64());
-        self.leaf.store(Arc::new(Some(Leaf { certified: Arc::new(certified), not_after, rotate_at })));
+        let chain_pem = chain_pem.to_vec();
+        self.leaf.store(Arc::new(Some(Leaf { certified: Arc::new(certified), chain_pem, not_after, rotate_at })));
         self.installs.fetch_add(1, Ordering::Relaxed);
         tracing::info!(identity = %self.identity, expires_in_s = self.expiry_seconds(), "installed TLS certificate");
         Ok(())
@@ -129,6 +132,20 @@ impl CertStore {
 
     pub(crate) fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
         self.leaf.load().as_ref().as_ref().map(|leaf| leaf.certified.clone())
+    }
+
+    /// Proof for a renewal without a join token: the current chain (PEM) and a signature over
+    /// `message` (the new CSR's DER) by the current key (ECDSA P-256, SHA-256, ASN.1 DER).
+    /// `None` without a certificate or once it has expired (then only a token helps).
+    pub fn renewal_proof(&self, message: &[u8]) -> Option<(Vec<String>, Vec<u8>)> {
+        let leaf = self.leaf.load();
+        let leaf = leaf.as_ref().as_ref()?;
+        if leaf.not_after <= SystemTime::now() {
+            return None;
+        }
+        let signer = leaf.certified.key.choose_scheme(&[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])?;
+        let signature = signer.sign(message).ok()?;
+        Some((leaf.chain_pem.clone(), signature))
     }
 
     /// Whether a certificate is installed (the proxy is not ready before).

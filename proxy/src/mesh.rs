@@ -1,0 +1,182 @@
+//! The proxy's place in the mesh: its workload certificate (obtained from the control plane's
+//! CA before `/ready`, renewed before expiry) and the TLS configs built on it — one server config
+//! for the inbound side, client configs per destination identity for the outbound side.
+//!
+//! Certificate issuance is an HTTP(S) call to the control plane's API (`--ca-address`, default
+//! the xDS host on port 15014): `GET /v1/ca/bundle` for the trust domain and roots, then
+//! `POST /v1/certificates` with a CSR. The first request is authenticated by the join token
+//! (`--identity-token FILE`); renewals by a signature with the current key over the new CSR, so
+//! a proxy keeps its identity after its token expires.
+
+mod ca_client;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::Uri;
+use parking_lot::Mutex;
+use rustls::ClientConfig;
+use tokio_rustls::TlsAcceptor;
+
+use crate::backoff::ExponentialBackoff;
+use crate::tls::{self, CertStore, Identity, TlsError, TrustBundle};
+
+pub use ca_client::CaClient;
+
+/// How this proxy gets its identity.
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    /// The control plane's API, e.g. `http://127.0.0.1:15014`.
+    pub ca: Uri,
+    /// File holding the join token.
+    pub token_file: PathBuf,
+    pub namespace: String,
+    pub service_account: String,
+    /// PEM roots to verify an `https` CA address (the mesh root, e.g. the control plane's
+    /// `root.pem`); without it only `http` is accepted.
+    pub ca_root: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("cannot read the identity token {path}: {source}")]
+    Token { path: PathBuf, source: std::io::Error },
+    #[error("certificate authority at {ca}: {reason}")]
+    Ca { ca: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Which kind of connection a client config is for (its ALPN id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Carry {
+    /// HTTP of any version over one multiplexed HTTP/2 connection.
+    Http2,
+    /// One HTTP/1.1 connection (upgrades).
+    Http1,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl Carry {
+    fn alpn(self) -> &'static [u8] {
+        match self {
+            Carry::Http2 => tls::ALPN_OUTRIDER,
+            Carry::Http1 => tls::ALPN_OUTRIDER_HTTP1,
+            Carry::Tcp => tls::ALPN_OUTRIDER_TCP,
+        }
+    }
+}
+
+/// This proxy's certificate and TLS configs.
+pub struct Mesh {
+    pub certs: Arc<CertStore>,
+    acceptor: TlsAcceptor,
+    clients: Mutex<HashMap<(Identity, Carry), Arc<ClientConfig>>>,
+}
+
+/// Where a meshed upstream connection goes: the expected identity and what it carries.
+#[derive(Clone, Debug)]
+pub struct MeshTarget {
+    pub mesh: Arc<Mesh>,
+    pub identity: Identity,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh").field("identity", self.identity()).finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    pub fn new(certs: Arc<CertStore>) -> Result<Self, TlsError> {
+        // Client certificates are always required on the mesh ALPN ids: a proxy without an
+        // identity talks plaintext, which the listener accepts in permissive mode only.
+        let server = tls::server_config(certs.clone(), tls::Mode::Strict)?;
+        Ok(Self { certs, acceptor: TlsAcceptor::from(server), clients: Mutex::default() })
+    }
+
+    pub fn identity(&self) -> &Identity {
+        self.certs.identity()
+    }
+
+    pub fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// The client config for connections to `expected` (built once per identity and kind).
+    pub fn client(&self, expected: &Identity, carry: Carry) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut clients = self.clients.lock();
+        if let Some(c) = clients.get(&(expected.clone(), carry)) {
+            return Ok(c.clone());
+        }
+        let config = tls::client_config_alpn(self.certs.clone(), expected.clone(), carry.alpn())?;
+        clients.insert((expected.clone(), carry), config.clone());
+        Ok(config)
+    }
+}
+
+/// Gets the first certificate: the trust bundle and trust domain from the CA, then a
+/// certificate for `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+pub async fn bootstrap(config: &IdentityConfig) -> Result<(Arc<Mesh>, HttpIssuer), MeshError> {
+    let token = std::fs::read_to_string(&config.token_file)
+        .map_err(|source| MeshError::Token { path: config.token_file.clone(), source })?
+        .trim()
+        .to_owned();
+    let client = CaClient::new(config.ca.clone(), config.ca_root.as_deref())?;
+    let (trust_domain, roots) = client.bundle().await?;
+    let identity = Identity::workload(&trust_domain, &config.namespace, &config.service_account)?;
+    let bundle = TrustBundle::from_pem(roots.iter().map(String::as_str))?;
+    let certs = Arc::new(CertStore::new(identity, bundle));
+    let issuer = HttpIssuer { client, token, certs: certs.clone() };
+    tls::rotate::renew(&certs, &issuer).await?;
+    Ok((Arc::new(Mesh::new(certs)?), issuer))
+}
+
+/// [`bootstrap`] until it succeeds, with the shared backoff (the proxy stays unready).
+pub async fn bootstrap_retrying(config: &IdentityConfig) -> (Arc<Mesh>, HttpIssuer) {
+    let backoff = ExponentialBackoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(10));
+    let mut failures = 0u32;
+    loop {
+        match bootstrap(config).await {
+            Ok(done) => {
+                tracing::info!(identity = %done.0.identity(), "workload identity ready");
+                return done;
+            }
+            Err(error) => {
+                tracing::warn!(%error, failures, "cannot get a workload certificate yet; retrying");
+                tokio::time::sleep(backoff.delay(failures)).await;
+                failures = failures.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// Issues through the control plane: by renewal proof while the current certificate is valid,
+/// else by join token. Each answer's trust bundle replaces the proxy's (root rotation).
+#[derive(Debug)]
+pub struct HttpIssuer {
+    client: CaClient,
+    token: String,
+    certs: Arc<CertStore>,
+}
+
+impl tls::rotate::CertIssuer for HttpIssuer {
+    async fn issue(&self, csr_pem: String) -> Result<Vec<String>, TlsError> {
+        use rustls::pki_types::CertificateSigningRequestDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|e| TlsError::Issue(format!("our own CSR is not PEM: {e}")))?;
+        let proof = self.certs.renewal_proof(der.as_ref());
+        let issued = match proof {
+            Some((chain, signature)) => self.client.renew(&csr_pem, &chain, &signature).await,
+            None => self.client.issue(&csr_pem, &self.token).await,
+        }
+        .map_err(|e| TlsError::Issue(e.to_string()))?;
+        if !issued.trust_bundle.is_empty() {
+            self.certs.set_bundle(TrustBundle::from_pem(issued.trust_bundle.iter().map(String::as_str))?);
+        }
+        Ok(issued.chain)
+    }
+}
