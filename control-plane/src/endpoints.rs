@@ -255,7 +255,13 @@ mod tests {
             "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec: {port: 80}\n",
         )
         .unwrap();
-        let e = Endpoint { address: "127.0.0.1:1".parse().unwrap(), labels: BTreeMap::new(), weight: 1, meshed: false, identity: None };
+        let e = Endpoint {
+            address: "127.0.0.1:1".parse().unwrap(),
+            labels: BTreeMap::new(),
+            weight: 1,
+            meshed: false,
+            identity: None,
+        };
         let registered = BTreeMap::from([("a".to_owned(), vec![e.clone()]), ("zz".to_owned(), vec![e])]);
         let merged = merge(&set, &registered);
         assert_eq!(merged.services["a"].spec.endpoints.len(), 1);

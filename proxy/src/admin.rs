@@ -34,6 +34,10 @@ pub struct AdminState {
     pub log: LogHandle,
     pub node_id: String,
     pub service: Option<String>,
+    /// This proxy's identity, once issued.
+    pub mesh: crate::mesh::MeshHandle,
+    /// Whether an identity is expected (`--identity-token`): not ready before it is issued.
+    pub needs_identity: bool,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, surface: Surface) {
@@ -96,6 +100,9 @@ fn refresh_gauges(state: &AdminState) {
 
 fn metrics_response(state: &AdminState) -> Response<Body> {
     refresh_gauges(state);
+    if let Some(mesh) = state.mesh.load().as_ref() {
+        state.metrics.tls_certificate_expiry_seconds.set(mesh.certs.expiry_seconds());
+    }
     let m = &state.metrics;
     let mut r = Response::new(Body::full(m.encode()));
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(Metrics::CONTENT_TYPE));
@@ -105,6 +112,8 @@ fn metrics_response(state: &AdminState) -> Response<Body> {
 fn ready(state: &AdminState) -> Response<Body> {
     if state.drain.is_draining() {
         text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if state.needs_identity && state.mesh.load().is_none() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the workload certificate\n")
     } else if state.store.is_ready() {
         text(StatusCode::OK, "ready\n")
     } else {
@@ -122,8 +131,19 @@ fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Respo
         (Surface::Admin, &Method::GET, "/metrics") => metrics_response(state),
         (Surface::Admin, &Method::GET, "/config_dump") => {
             let snap = state.store.load_full();
+            let mesh = state.mesh.load();
+            let identity = mesh.as_ref().map(|m| {
+                let expires = m.certs.not_after().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                let rotates = m.certs.rotate_at().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                json!({
+                    "spiffe_id": m.identity().as_str(),
+                    "certificate_not_after_unix": expires.map(|d| d.as_secs()),
+                    "rotates_at_unix": rotates.map(|d| d.as_secs()),
+                    "certificates_installed": m.certs.installs(),
+                })
+            });
             json_response(&json!({
-                "node": {"id": state.node_id, "service": state.service},
+                "node": {"id": state.node_id, "service": state.service, "identity": identity},
                 "ready": state.store.is_ready(),
                 "versions": snap.versions,
                 "config": snap.dump,

@@ -130,11 +130,13 @@ impl App {
             tracer,
         });
         let server = HttpServer::new(&ServerLimits::default());
+        let mesh: crate::mesh::MeshHandle = Arc::default();
         let outbound = Arc::new(Outbound {
             store: store.clone(),
             recorder: recorder.clone(),
             server: server.clone(),
             socket_mark: config.socket_mark,
+            mesh: mesh.clone(),
         });
         let inbound_service: Arc<str> = Arc::from(config.service.as_deref().unwrap_or("inbound"));
         let inbound = Arc::new(Inbound::new(
@@ -144,6 +146,7 @@ impl App {
             inbound_service,
             config.socket_mark,
             store.clone(),
+            mesh.clone(),
         ));
 
         let m = metrics.clone();
@@ -162,7 +165,10 @@ impl App {
             log,
             node_id: config.node_id.clone(),
             service: config.service.clone(),
+            mesh: mesh.clone(),
+            needs_identity: config.identity.is_some(),
         });
+        let identity = config.identity.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Runtime)?;
         let control = std::thread::Builder::new()
@@ -181,15 +187,31 @@ impl App {
                             }
                         }
                     }
-                    match (xds, file) {
-                        (Some(xds), _) => {
-                            tokio::spawn(xds.run());
+                    // The workload certificate first (the proxy is not ready without it); the
+                    // xDS stream then registers the workload as meshed, with its identity.
+                    tokio::spawn(async move {
+                        let xds = match identity {
+                            Some(identity) => {
+                                let (issued, issuer) = crate::mesh::bootstrap_retrying(&identity).await;
+                                mesh.store(Some(issued.clone()));
+                                let backoff = crate::backoff::ExponentialBackoff::new(
+                                    std::time::Duration::from_secs(1),
+                                    std::time::Duration::from_secs(30),
+                                );
+                                tokio::spawn(crate::tls::rotate::run(issued.certs.clone(), issuer, backoff));
+                                xds.map(|mut x| {
+                                    x.set_identity(issued.identity());
+                                    x
+                                })
+                            }
+                            None => xds,
+                        };
+                        match (xds, file) {
+                            (Some(xds), _) => xds.run().await,
+                            (None, Some(file)) => file.watch(initial, reload).await,
+                            (None, None) => {}
                         }
-                        (None, Some(file)) => {
-                            tokio::spawn(file.watch(initial, reload));
-                        }
-                        (None, None) => {}
-                    }
+                    });
                     let flush = exporter.map(|e| {
                         let (tx, rx) = tokio::sync::oneshot::channel();
                         (tx, tokio::spawn(e.run(rx)))

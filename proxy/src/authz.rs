@@ -146,10 +146,18 @@ pub fn from_rbac(rules: &Rbac) -> Result<RbacFilter, String> {
     names.sort();
     for name in names {
         let policy = &rules.policies[name];
-        let principals =
-            policy.principals.iter().map(principal_from).collect::<Result<Vec<_>, _>>().map_err(|e| format!("{name}: {e}"))?;
-        let permissions =
-            policy.permissions.iter().map(perm_from).collect::<Result<Vec<_>, _>>().map_err(|e| format!("{name}: {e}"))?;
+        let principals = policy
+            .principals
+            .iter()
+            .map(principal_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{name}: {e}"))?;
+        let permissions = policy
+            .permissions
+            .iter()
+            .map(perm_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{name}: {e}"))?;
         policies.push((Arc::from(name.as_str()), Rule { principals, permissions }));
     }
     Ok(RbacFilter { deny, policies })
@@ -202,7 +210,11 @@ fn perm_from(p: &Permission) -> Result<Perm, String> {
         Some(Rule::AndRules(set)) => Perm::And(set.rules.iter().map(perm_from).collect::<Result<_, _>>()?),
         Some(Rule::OrRules(set)) => Perm::Or(set.rules.iter().map(perm_from).collect::<Result<_, _>>()?),
         Some(Rule::NotRule(inner)) => Perm::Not(Box::new(perm_from(inner)?)),
-        _ => return Err("only any, url_path, :method header, and_rules, or_rules and not_rule permissions are supported".into()),
+        _ => {
+            return Err(
+                "only any, url_path, :method header, and_rules, or_rules and not_rule permissions are supported".into(),
+            );
+        }
     })
 }
 

@@ -108,12 +108,20 @@ pub struct ProxyArgs {
     pub advertise: Option<String>,
     #[arg(long, env = "OUTRIDER_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Service account of the workload (identity; not supported yet).
+    /// Service account of the workload: its identity is
+    /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account> (default: --service, else "default").
     #[arg(long, env = "OUTRIDER_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
-    /// Join token file for certificate issuance (not supported yet).
+    /// Join token file (`outrider token create`): the proxy gets a workload certificate from the
+    /// control plane's CA and talks mutual TLS to other meshed proxies.
     #[arg(long, env = "OUTRIDER_IDENTITY_TOKEN")]
     pub identity_token: Option<PathBuf>,
+    /// The control plane API that issues certificates (default: the --xds-address host, port 15014).
+    #[arg(long, env = "OUTRIDER_CA_ADDRESS")]
+    pub ca_address: Option<String>,
+    /// PEM roots that verify an https --ca-address (e.g. the control plane's DATA_DIR/root.pem).
+    #[arg(long, env = "OUTRIDER_CA_ROOT")]
+    pub ca_root: Option<PathBuf>,
     /// Labels of the registered workload, KEY=VALUE, repeatable.
     #[arg(long = "label", env = "OUTRIDER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -156,6 +164,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     pub drain_timeout: Duration,
     pub socket_mark: Option<u32>,
+    /// Workload identity (`--identity-token`); `None`: no mTLS, plaintext to every endpoint.
+    pub identity: Option<crate::mesh::IdentityConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +208,7 @@ impl ProxyConfig {
             workers: 1,
             drain_timeout: Duration::from_secs(5),
             socket_mark: None,
+            identity: None,
         }
     }
 }
@@ -207,12 +218,45 @@ impl ProxyArgs {
         if self.mode == Mode::Node {
             return Err(ConfigError::NotSupported("--mode node", "run one proxy per workload (sidecar)"));
         }
-        if self.identity_token.is_some() || self.service_account.is_some() {
-            return Err(ConfigError::NotSupported(
-                "--identity-token / --service-account",
-                "mutual TLS arrives with the identity work",
-            ));
-        }
+        let identity = match &self.identity_token {
+            None if self.service_account.is_some() || self.ca_address.is_some() || self.ca_root.is_some() => {
+                return Err(ConfigError::Invalid(
+                    "--service-account / --ca-address / --ca-root",
+                    "they only make sense with --identity-token FILE",
+                ));
+            }
+            None => None,
+            Some(token_file) => {
+                let ca = match (&self.ca_address, &self.xds_address) {
+                    (Some(ca), _) => ca.parse::<http::Uri>().ok(),
+                    (None, Some(xds)) => ca_from_xds(xds),
+                    (None, None) => {
+                        return Err(ConfigError::Invalid(
+                            "--identity-token",
+                            "needs --ca-address URL or --xds-address (the CA is the control plane's API)",
+                        ));
+                    }
+                };
+                let Some(ca) = ca.filter(|u| u.scheme().is_some() && u.authority().is_some()) else {
+                    return Err(ConfigError::Invalid("--ca-address", "expected http://HOST:PORT or https://HOST:PORT"));
+                };
+                let service_account =
+                    self.service_account.clone().or_else(|| self.service.clone()).unwrap_or_else(|| "default".into());
+                if !outrider_xds::validate::is_dns_label(&service_account) {
+                    return Err(ConfigError::Invalid("--service-account", "must be a DNS label ([a-z0-9-], 1-63)"));
+                }
+                if !outrider_xds::validate::is_dns_label(&self.namespace) {
+                    return Err(ConfigError::Invalid("--namespace", "must be a DNS label ([a-z0-9-], 1-63)"));
+                }
+                Some(crate::mesh::IdentityConfig {
+                    ca,
+                    token_file: token_file.clone(),
+                    namespace: self.namespace.clone(),
+                    service_account,
+                    ca_root: self.ca_root.clone(),
+                })
+            }
+        };
         if self.xds_address.is_none() && (self.advertise.is_some() || !self.labels.is_empty()) {
             return Err(ConfigError::NotSupported(
                 "--advertise / --label without --xds-address",
@@ -280,6 +324,15 @@ impl ProxyArgs {
             workers,
             drain_timeout: self.drain_timeout,
             socket_mark: self.socket_mark,
+            identity,
         })
     }
+}
+
+/// `http://HOST:15010` → `http://HOST:15014` (the control plane's API port).
+fn ca_from_xds(xds: &str) -> Option<http::Uri> {
+    let uri: http::Uri = xds.parse().ok()?;
+    let host = uri.host()?;
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+    format!("{}://{host}:15014", uri.scheme_str().unwrap_or("http")).parse().ok()
 }

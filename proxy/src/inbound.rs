@@ -1,6 +1,11 @@
-//! Inbound: connections from other workloads to the local application. HTTP is
-//! served and forwarded to the app (same HTTP version as the caller used);
-//! anything else is spliced to the app's port as bytes.
+//! Inbound: connections from other workloads to the local application.
+//!
+//! A connection whose first bytes are a TLS ClientHello offering an Outrider ALPN id comes from
+//! another proxy: mutual TLS (the caller's SPIFFE ID is verified), then HTTP (multiplexed over
+//! h2; the app gets the HTTP version the caller's app used) or opaque TCP. Anything else is
+//! plaintext: refused when the service is in strict mode, else served without an identity —
+//! HTTP forwarded to the app in the caller's HTTP version, other bytes spliced to the app's port.
+//! Every request (HTTP) or connection (TCP) passes the service's AuthorizationPolicies first.
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,18 +17,25 @@ use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
+use outrider_xds::resources as names;
+
+use crate::authz::{Decision, InboundPolicy, Request as AuthzRequest};
 use crate::drain;
 use crate::http::client::{ConnectConfig, EndpointPool, UpstreamProtocol};
 use crate::http::server::HttpServer;
 use crate::http::{Body, forward, headers};
+use crate::mesh::{Mesh, MeshHandle};
 use crate::rescue::{self, ProxyError};
 use crate::state::{ClusterProtocol, Store};
 use crate::telemetry::access::{Recorder, RequestRecord};
-use crate::telemetry::metrics::Direction;
+use crate::telemetry::metrics::{DenialLabels, Direction, DirectionLabels, ServiceLabels, TlsLabels};
+use crate::tls::{Identity, Mode};
 use crate::transport::{detect, orig_dst};
 
 /// Connect timeout to the local application.
 pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A peer proxy must complete the mTLS handshake within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct Inbound {
@@ -35,6 +47,8 @@ pub struct Inbound {
     pub socket_mark: Option<u32>,
     /// The config, to learn the declared protocol of `--service`.
     pub store: Arc<Store>,
+    /// This proxy's identity (mTLS from other proxies), once it has one.
+    pub mesh: MeshHandle,
     pools: Mutex<HashMap<u16, Arc<EndpointPool>>>,
 }
 
@@ -46,14 +60,20 @@ impl Inbound {
         service: Arc<str>,
         socket_mark: Option<u32>,
         store: Arc<Store>,
+        mesh: MeshHandle,
     ) -> Self {
-        Self { recorder, server, app_port, service, socket_mark, store, pools: Mutex::default() }
+        Self { recorder, server, app_port, service, socket_mark, store, mesh, pools: Mutex::default() }
     }
 
     /// A Service's declared protocol wins over detection.
     fn declared(&self) -> Option<ClusterProtocol> {
         let snap = self.store.load();
         snap.clusters.values().find(|c| c.service == self.service).map(|c| c.protocol)
+    }
+
+    /// The service's mTLS mode and authorization (none: permissive, everyone allowed).
+    fn policy(&self) -> Option<Arc<InboundPolicy>> {
+        self.store.load().inbound.get(&self.service).cloned()
     }
 
     fn pool(&self, port: u16) -> Arc<EndpointPool> {
@@ -65,7 +85,13 @@ impl Inbound {
     }
 
     fn cfg(&self) -> ConnectConfig {
-        ConnectConfig { timeout: APP_CONNECT_TIMEOUT, mark: self.socket_mark, limits: None, idle_timeout: None }
+        ConnectConfig {
+            timeout: APP_CONNECT_TIMEOUT,
+            mark: self.socket_mark,
+            limits: None,
+            idle_timeout: None,
+            mesh: None,
+        }
     }
 
     pub async fn serve(self: Arc<Self>, stream: TcpStream, client: SocketAddr, drain: drain::Signal) {
@@ -77,6 +103,26 @@ impl Inbound {
                 return;
             }
         };
+        let policy = self.policy();
+        if let Some(mesh) = self.mesh.load_full() {
+            match detect::mesh_client_hello(&stream, detect::DETECT_TIMEOUT).await {
+                Ok(true) => return self.serve_mesh(stream, client, port, &mesh, policy, drain).await,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(%client, error = %e, "inbound connection failed before its first bytes");
+                    return;
+                }
+            }
+        }
+        if policy.as_ref().is_some_and(|p| p.mode == Mode::Strict) {
+            self.recorder
+                .metrics
+                .plaintext_refused
+                .get_or_create(&ServiceLabels { service: self.service.clone() })
+                .inc();
+            tracing::info!(%client, service = &*self.service, "plaintext connection refused: the service is in strict mTLS mode");
+            return;
+        }
         let detected = match self.declared() {
             Some(ClusterProtocol::Tcp) => Ok(detect::Detected::Opaque),
             Some(ClusterProtocol::Http1 | ClusterProtocol::Http2) => Ok(detect::Detected::Http1),
@@ -84,42 +130,156 @@ impl Inbound {
         };
         match detected {
             Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
-                let server = self.server.clone();
-                let ctx = self.clone();
-                server
-                    .serve(
-                        stream,
-                        move |req| {
-                            let ctx = ctx.clone();
-                            async move { Ok::<_, Infallible>(ctx.handle(client, port, req).await) }
-                        },
-                        drain,
-                    )
-                    .await;
+                self.serve_http(stream, client, port, None, drain).await
             }
-            Ok(detect::Detected::Opaque) => {
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                crate::outbound::tcp::splice_to(
-                    &self.recorder,
-                    Direction::inbound,
-                    self.service.clone(),
-                    stream,
-                    client,
-                    addr,
-                    &self.cfg(),
-                )
-                .await;
-            }
+            Ok(detect::Detected::Opaque) => self.serve_tcp(stream, client, port, None, policy.as_deref()).await,
             Ok(detect::Detected::Closed) => {}
             Err(e) => tracing::debug!(%client, error = %e, "protocol detection failed"),
         }
     }
 
-    async fn handle(&self, client: SocketAddr, port: u16, mut req: Request<Incoming>) -> Response<Body> {
+    /// A connection from another proxy: the mTLS handshake (a client certificate from the
+    /// trust bundle is required), then what its ALPN id says it carries.
+    async fn serve_mesh(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        port: u16,
+        mesh: &Mesh,
+        policy: Option<Arc<InboundPolicy>>,
+        drain: drain::Signal,
+    ) {
+        let metrics = &self.recorder.metrics;
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, mesh.acceptor().accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics.tls_handshake_errors.get_or_create(&DirectionLabels { direction: Direction::inbound }).inc();
+                tracing::info!(%client, error = %e, "inbound mTLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics.tls_handshake_errors.get_or_create(&DirectionLabels { direction: Direction::inbound }).inc();
+                tracing::info!(%client, "inbound mTLS handshake timed out");
+                return;
+            }
+        };
+        let conn = tls.get_ref().1;
+        let peer = crate::tls::peer_identity(conn);
+        let alpn = match conn.alpn_protocol() {
+            Some(p) if p == crate::tls::ALPN_OUTRIDER => names::ALPN_MESH_H2,
+            Some(p) if p == crate::tls::ALPN_OUTRIDER_HTTP1 => names::ALPN_MESH_HTTP1,
+            Some(p) if p == crate::tls::ALPN_OUTRIDER_TCP => names::ALPN_MESH_TCP,
+            _ => {
+                tracing::info!(%client, "mTLS connection without an Outrider ALPN id; closing");
+                return;
+            }
+        };
+        metrics.tls_connections.get_or_create(&TlsLabels { direction: Direction::inbound, alpn }).inc();
+        tracing::debug!(%client, peer = peer.as_ref().map_or("", |p| p.as_str()), alpn, "inbound mTLS connection");
+        if alpn == names::ALPN_MESH_TCP {
+            self.serve_tcp(tls, client, port, peer, policy.as_deref()).await;
+        } else {
+            self.serve_http(tls, client, port, peer, drain).await;
+        }
+    }
+
+    async fn serve_http<I>(
+        self: Arc<Self>,
+        io: I,
+        client: SocketAddr,
+        port: u16,
+        peer: Option<Identity>,
+        drain: drain::Signal,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let server = self.server.clone();
+        let peer = peer.map(Arc::new);
+        server
+            .serve(
+                io,
+                move |req| {
+                    let ctx = self.clone();
+                    let peer = peer.clone();
+                    async move { Ok::<_, Infallible>(ctx.handle(client, port, peer.as_deref(), req).await) }
+                },
+                drain,
+            )
+            .await;
+    }
+
+    async fn serve_tcp<I: crate::outbound::tcp::Io>(
+        &self,
+        io: I,
+        client: SocketAddr,
+        port: u16,
+        peer: Option<Identity>,
+        policy: Option<&InboundPolicy>,
+    ) {
+        if let Some(policy) = policy
+            && let Decision::Deny { policy: by } = policy.authorize(AuthzRequest { peer: peer.as_ref(), http: None })
+        {
+            self.denied(peer.as_ref());
+            tracing::info!(
+                target: "outrider::access",
+                kind = "tcp",
+                direction = "inbound",
+                %client,
+                service = &*self.service,
+                peer_identity = peer.as_ref().map_or("", |p| p.as_str()),
+                denied_by = by.as_deref().unwrap_or("no allow policy matched"),
+                local_reply = "unauthorized",
+            );
+            return;
+        }
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        crate::outbound::tcp::splice_to(
+            &self.recorder,
+            Direction::inbound,
+            self.service.clone(),
+            io,
+            client,
+            peer,
+            addr,
+            &self.cfg(),
+        )
+        .await;
+    }
+
+    fn denied(&self, peer: Option<&Identity>) {
+        let peer: Arc<str> = peer.map_or_else(|| Arc::from("unauthenticated"), |p| Arc::from(p.as_str()));
+        self.recorder
+            .metrics
+            .authorization_denied
+            .get_or_create(&DenialLabels { service: self.service.clone(), peer })
+            .inc();
+    }
+
+    async fn handle(
+        &self,
+        client: SocketAddr,
+        port: u16,
+        peer: Option<&Identity>,
+        mut req: Request<Incoming>,
+    ) -> Response<Body> {
         let mut rec = RequestRecord::start(&self.recorder, Direction::inbound, client, &req);
         rec.service = self.service.clone();
         rec.route = self.service.clone();
+        rec.peer = peer.cloned();
         let grpc = rescue::is_grpc(&req);
+        if let Some(policy) = self.policy()
+            && let Decision::Deny { policy: by } =
+                policy.authorize(AuthzRequest { peer, http: Some((req.uri().path(), req.method().as_str())) })
+        {
+            self.denied(peer);
+            let e = ProxyError::Unauthorized {
+                service: self.service.to_string(),
+                peer: peer.map_or_else(|| "an unauthenticated (plaintext) caller".to_owned(), |p| p.to_string()),
+                policy: by,
+            };
+            let (resp, reason) = e.to_response(grpc);
+            return rec.respond(resp, e.classify().0.as_u16(), Some(reason));
+        }
         rec.request_id = Some(headers::ensure_request_id(req.headers_mut()));
         let authority = forward::authority_of(&req);
         rec.authority = authority.clone();
@@ -128,7 +288,13 @@ impl Inbound {
         if let Some(t) = rec.trace_context() {
             t.inject(req.headers_mut());
         }
-        let proto = if req.version() == Version::HTTP_2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+        // From a peer proxy, the app's own HTTP version travels in the orig-proto header.
+        let orig = req.headers_mut().remove(&forward::ORIG_PROTO);
+        let proto = match orig {
+            Some(v) if v.as_bytes().starts_with(b"HTTP/1") => UpstreamProtocol::Http1,
+            _ if req.version() == Version::HTTP_2 => UpstreamProtocol::Http2,
+            _ => UpstreamProtocol::Http1,
+        };
         let res: Result<_, ProxyError> =
             forward::forward(&pool, req.map(Body::Incoming), proto, &self.cfg(), client, authority.as_ref()).await;
         match res {

@@ -10,14 +10,14 @@
 pub mod admin;
 /// Wires listeners, the config source and the admin servers together.
 pub mod app;
+/// Inbound authorization (AuthorizationPolicy as Envoy RBAC) and mTLS mode per service.
+pub mod authz;
 /// The one jittered exponential backoff.
 pub mod backoff;
 /// Endpoint sets and load balancers (P2C peak-EWMA, round robin, random).
 pub mod balance;
 /// Command-line flags and environment variables of `outrider-proxy`.
 pub mod config;
-/// Inbound authorization (AuthorizationPolicy as Envoy RBAC) and mTLS mode per service.
-pub mod authz;
 /// Graceful drain: stop accepting, finish in-flight work, exit.
 pub mod drain;
 /// HTTP server, upstream connection pools, header hygiene, bodies.

@@ -76,6 +76,18 @@ pub struct Mesh {
     clients: Mutex<HashMap<(Identity, Carry), Arc<ClientConfig>>>,
 }
 
+/// This proxy's [`Mesh`] once its first certificate is installed; empty before (and for a
+/// proxy without `--identity-token`). One atomic load per use.
+pub type MeshHandle = Arc<arc_swap::ArcSwapOption<Mesh>>;
+
+/// The mTLS target for an endpoint: only when the endpoint is meshed (has an identity) and this
+/// proxy has one too; otherwise plaintext.
+pub fn target(mesh: &MeshHandle, endpoint: Option<&Identity>) -> Option<MeshTarget> {
+    let identity = endpoint?;
+    let mesh = mesh.load_full()?;
+    Some(MeshTarget { mesh, identity: identity.clone() })
+}
+
 /// Where a meshed upstream connection goes: the expected identity and what it carries.
 #[derive(Clone, Debug)]
 pub struct MeshTarget {

@@ -30,11 +30,13 @@ pub struct Outbound {
     pub recorder: Arc<Recorder>,
     pub server: HttpServer,
     pub socket_mark: Option<u32>,
+    /// This proxy's identity, once it has one.
+    pub mesh: crate::mesh::MeshHandle,
 }
 
 impl Outbound {
     pub fn connect_config(&self, timeout: std::time::Duration) -> ConnectConfig {
-        ConnectConfig { timeout, mark: self.socket_mark, limits: None, idle_timeout: None }
+        ConnectConfig { timeout, mark: self.socket_mark, limits: None, idle_timeout: None, mesh: None }
     }
 
     /// Handle one accepted connection to the end.

@@ -33,6 +33,8 @@ pub enum ProxyError {
     Overloaded { service: String, reason: &'static str },
     #[error("fault injected: abort with {status}")]
     FaultAbort { status: u16 },
+    #[error("{peer} may not call service {service}{}", match policy { Some(p) => format!(" (denied by AuthorizationPolicy {p})"), None => " (no AuthorizationPolicy allows it)".to_owned() })]
+    Unauthorized { service: String, peer: String, policy: Option<std::sync::Arc<str>> },
 }
 
 /// gRPC status codes used in local replies.
@@ -41,6 +43,7 @@ mod grpc {
     pub const UNAVAILABLE: u8 = 14;
     pub const INTERNAL: u8 = 13;
     pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
 }
 
 impl ProxyError {
@@ -63,6 +66,7 @@ impl ProxyError {
                 (StatusCode::SERVICE_UNAVAILABLE, "circuit-open", Source::Internal)
             }
             ProxyError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", Source::Internal),
+            ProxyError::Unauthorized { .. } => (StatusCode::FORBIDDEN, "unauthorized", Source::Downstream),
             ProxyError::FaultAbort { status } => (
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                 "fault-injected",
@@ -82,6 +86,7 @@ impl ProxyError {
             let code = match status {
                 StatusCode::NOT_FOUND => grpc::UNIMPLEMENTED,
                 StatusCode::GATEWAY_TIMEOUT => grpc::DEADLINE_EXCEEDED,
+                StatusCode::FORBIDDEN => grpc::PERMISSION_DENIED,
                 StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => grpc::UNAVAILABLE,
                 _ => grpc::INTERNAL,
             };

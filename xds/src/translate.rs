@@ -56,13 +56,7 @@ pub fn translate(set: &PolicySet) -> Resources {
     let mut listeners = vec![listener::outbound(set)];
     // The outbound listener first, then the inbound ones in service-name order.
     listeners.extend(set.services.values().map(|service| inbound::inbound(set, service)));
-    Resources {
-        listeners,
-        routes: vec![route::outbound_http(set)],
-        clusters,
-        endpoints,
-        version: version(set),
-    }
+    Resources { listeners, routes: vec![route::outbound_http(set)], clusters, endpoints, version: version(set) }
 }
 
 /// FNV-1a (64-bit) over the translation revision and the canonical (`Debug`, all maps

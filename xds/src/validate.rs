@@ -183,7 +183,9 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
         match services.get(&target) {
             Some((_, service)) => check_policy_against_service(&origin, &policy, service, &mut errors),
             None if broken.iter().any(|(k, n)| k == "Service" && *n == target) => {}
-            None => errors.push(origin.error(Some("spec.service".into()), missing_service(&target, &services, &broken))),
+            None => {
+                errors.push(origin.error(Some("spec.service".into()), missing_service(&target, &services, &broken)))
+            }
         }
         if let Some((first, _)) = policies.get(&target) {
             errors.push(origin.error(
@@ -223,7 +225,11 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
 }
 
 /// `no Service named "x" (known services: a, b)`.
-fn missing_service(target: &str, services: &BTreeMap<String, (Origin, Service)>, broken: &[(String, String)]) -> String {
+fn missing_service(
+    target: &str,
+    services: &BTreeMap<String, (Origin, Service)>,
+    broken: &[(String, String)],
+) -> String {
     let broken_services = broken.iter().filter(|(k, _)| k == "Service");
     let known: BTreeSet<&str> = services.keys().chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
     let known: Vec<&str> = known.into_iter().collect();

@@ -42,6 +42,8 @@ pub struct ConnectConfig {
     pub limits: Option<(Arc<ClusterCounters>, Thresholds)>,
     /// Pooled connections unused for longer than this are closed.
     pub idle_timeout: Option<Duration>,
+    /// A meshed endpoint: mutual TLS with its expected identity, HTTP multiplexed over h2.
+    pub mesh: Option<crate::mesh::MeshTarget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub enum UpstreamError {
     Request(SocketAddr, #[source] hyper::Error),
     #[error("no new connection to {0}: the cluster is at its {1} limit")]
     Overflow(SocketAddr, &'static str),
+    #[error("mTLS handshake with {0} failed: {1}")]
+    Tls(SocketAddr, String),
 }
 
 impl UpstreamError {
@@ -66,13 +70,20 @@ impl UpstreamError {
             | UpstreamError::Connect(a, _)
             | UpstreamError::Handshake(a, _)
             | UpstreamError::Request(a, _)
-            | UpstreamError::Overflow(a, _) => *a,
+            | UpstreamError::Overflow(a, _)
+            | UpstreamError::Tls(a, _) => *a,
         }
     }
 
     /// Did we never reach the endpoint (so nothing was sent)?
     pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::ConnectTimeout(..) | UpstreamError::Connect(..) | UpstreamError::Handshake(..))
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout(..)
+                | UpstreamError::Connect(..)
+                | UpstreamError::Handshake(..)
+                | UpstreamError::Tls(..)
+        )
     }
 }
 
@@ -91,6 +102,41 @@ pub async fn connect_tcp(addr: SocketAddr, cfg: &ConnectConfig) -> Result<TcpStr
     }
 }
 
+/// Mutual TLS to a meshed endpoint, offering the ALPN id of what the connection carries.
+pub async fn connect_mesh(
+    addr: SocketAddr,
+    cfg: &ConnectConfig,
+    target: &crate::mesh::MeshTarget,
+    carry: crate::mesh::Carry,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+    let config = target.mesh.client(&target.identity, carry).map_err(|e| UpstreamError::Tls(addr, e.to_string()))?;
+    let tcp = connect_tcp(addr, cfg).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    match tokio::time::timeout(cfg.timeout, tokio_rustls::TlsConnector::from(config).connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(UpstreamError::Tls(addr, format!("{e} (expected peer identity {})", target.identity))),
+        Err(_) => Err(UpstreamError::Tls(addr, format!("no handshake within {:?}", cfg.timeout))),
+    }
+}
+
+/// A plaintext or mutual-TLS upstream connection.
+pub enum Either {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Plaintext, or mutual TLS carrying `carry` when the endpoint is meshed.
+pub async fn connect_tcp_or_mesh(
+    addr: SocketAddr,
+    cfg: &ConnectConfig,
+    carry: crate::mesh::Carry,
+) -> Result<Either, UpstreamError> {
+    match &cfg.mesh {
+        None => Ok(Either::Plain(connect_tcp(addr, cfg).await?)),
+        Some(target) => Ok(Either::Tls(Box::new(connect_mesh(addr, cfg, target, carry).await?))),
+    }
+}
+
 /// Connections to one endpoint.
 #[derive(Debug)]
 pub struct EndpointPool {
@@ -99,11 +145,13 @@ pub struct EndpointPool {
     h1: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
     /// The shared HTTP/2 connection and when it was last used.
     h2: Mutex<Option<(http2::SendRequest<Body>, Instant)>>,
+    /// The shared mTLS HTTP/2 connection to the endpoint's proxy (meshed endpoints).
+    mesh: Mutex<Option<(http2::SendRequest<Body>, Instant)>>,
 }
 
 impl EndpointPool {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, h1: Mutex::new(Vec::new()), h2: Mutex::new(None) }
+        Self { addr, h1: Mutex::new(Vec::new()), h2: Mutex::new(None), mesh: Mutex::new(None) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -113,8 +161,10 @@ impl EndpointPool {
     /// Idle HTTP/1.1 connections and whether an HTTP/2 connection is open.
     pub fn stats(&self) -> (usize, bool) {
         let idle = self.h1.lock().len();
-        let h2 = self.h2.lock().as_ref().is_some_and(|(s, _)| !s.is_closed());
-        (idle, h2)
+        let open = |slot: &Mutex<Option<(http2::SendRequest<Body>, Instant)>>| {
+            slot.lock().as_ref().is_some_and(|(s, _)| !s.is_closed())
+        };
+        (idle, open(&self.h2) || open(&self.mesh))
     }
 
     /// Send one request. For HTTP/1.1 the URI should be origin-form with a Host
@@ -209,25 +259,43 @@ impl EndpointPool {
 
     async fn connect_h1(&self, cfg: &ConnectConfig) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let (pending, slot) = self.limits(cfg)?;
-        let tcp = connect_tcp(self.addr, cfg).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| UpstreamError::Handshake(self.addr, e))?;
-        drop(pending);
         let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/1.1 connection ended");
+        let sender = match connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http1).await? {
+            Either::Plain(tcp) => {
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| UpstreamError::Handshake(addr, e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/1.1 connection ended");
+                    }
+                    drop(slot);
+                });
+                sender
             }
-            drop(slot);
-        });
+            Either::Tls(tls) => {
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| UpstreamError::Handshake(addr, e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(upstream = %addr, error = %e, "mTLS HTTP/1.1 connection to a peer proxy ended");
+                    }
+                    drop(slot);
+                });
+                sender
+            }
+        };
+        drop(pending);
         Ok(sender)
     }
 
     async fn send_h2(&self, req: Request<Body>, cfg: &ConnectConfig) -> Result<Response<Incoming>, UpstreamError> {
+        let slot = if cfg.mesh.is_some() { &self.mesh } else { &self.h2 };
         let existing = {
-            let mut h2 = self.h2.lock();
+            let mut h2 = slot.lock();
             match h2.as_mut() {
                 Some((s, at)) if !s.is_closed() && cfg.idle_timeout.is_none_or(|t| at.elapsed() <= t) => {
                     *at = Instant::now();
@@ -243,7 +311,7 @@ impl EndpointPool {
                 let started = Instant::now();
                 let s = self.connect_h2(cfg).await?;
                 connect = Some(started.elapsed());
-                *self.h2.lock() = Some((s.clone(), Instant::now()));
+                *slot.lock() = Some((s.clone(), Instant::now()));
                 s
             }
         };
@@ -257,22 +325,38 @@ impl EndpointPool {
 
     async fn connect_h2(&self, cfg: &ConnectConfig) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let (pending, slot) = self.limits(cfg)?;
-        let tcp = connect_tcp(self.addr, cfg).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let tcp = connect_tcp_or_mesh(self.addr, cfg, crate::mesh::Carry::Http2).await?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| UpstreamError::Handshake(self.addr, e))?;
-        drop(pending);
+            .keep_alive_timeout(Duration::from_secs(10));
         let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+        let sender = match tcp {
+            Either::Plain(tcp) => {
+                let (sender, conn) =
+                    builder.handshake(TokioIo::new(tcp)).await.map_err(|e| UpstreamError::Handshake(addr, e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+                    }
+                    drop(slot);
+                });
+                sender
             }
-            drop(slot);
-        });
+            Either::Tls(tls) => {
+                let (sender, conn) =
+                    builder.handshake(TokioIo::new(tls)).await.map_err(|e| UpstreamError::Handshake(addr, e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(upstream = %addr, error = %e, "mTLS HTTP/2 connection to a peer proxy ended");
+                    }
+                    drop(slot);
+                });
+                sender
+            }
+        };
+        drop(pending);
         Ok(sender)
     }
 }

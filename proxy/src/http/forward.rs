@@ -12,6 +12,9 @@ use super::client::{ConnectConfig, EndpointPool, UpstreamProtocol};
 use super::headers;
 use crate::rescue::ProxyError;
 
+/// [`outrider_xds::resources::ORIG_PROTO_HEADER`].
+pub static ORIG_PROTO: header::HeaderName = header::HeaderName::from_static("x-outrider-orig-proto");
+
 /// The authority a request names: `:authority` / absolute-form URI, else `Host`.
 pub fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
     if let Some(a) = req.uri().authority() {
@@ -35,13 +38,26 @@ pub async fn forward(
         return Err(ProxyError::BadRequest("CONNECT is not supported on this port"));
     }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let proto = if upgrade { UpstreamProtocol::Http1 } else { proto };
+    // To a meshed endpoint every request but an upgrade rides the multiplexed mTLS HTTP/2
+    // connection; the peer proxy restores HTTP/1.x for its app from the orig-proto header.
+    let orig_proto = (cfg.mesh.is_some() && !upgrade && req.version() != Version::HTTP_2).then(|| req.version());
+    let proto = if upgrade {
+        UpstreamProtocol::Http1
+    } else if cfg.mesh.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        proto
+    };
 
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // The proxy answers `Expect: 100-continue` itself once it starts reading the body.
     parts.headers.remove(header::EXPECT);
     headers::append_forwarded_for(&mut parts.headers, client.ip());
+    if let Some(version) = orig_proto {
+        let value = if version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
+        parts.headers.insert(ORIG_PROTO.clone(), HeaderValue::from_static(value));
+    }
 
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     match proto {

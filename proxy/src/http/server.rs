@@ -7,7 +7,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 
 use super::Body;
 use crate::drain;
@@ -67,8 +66,9 @@ impl HttpServer {
 
     /// Serve until the peer closes, or until drain: then GOAWAY (HTTP/2) or
     /// `Connection: close` after the in-flight response (HTTP/1.1).
-    pub async fn serve<S, F>(&self, io: TcpStream, handler: S, mut drain: drain::Signal)
+    pub async fn serve<I, S, F>(&self, io: I, handler: S, mut drain: drain::Signal)
     where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
         F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
     {

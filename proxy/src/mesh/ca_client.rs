@@ -156,7 +156,8 @@ impl CaClient {
         let resp = match &self.tls {
             None => send(TokioIo::new(tcp), req).await,
             Some(connector) => {
-                let name = ServerName::try_from(host.clone()).map_err(|e| self.fail(format!("bad host {host}: {e}")))?;
+                let name =
+                    ServerName::try_from(host.clone()).map_err(|e| self.fail(format!("bad host {host}: {e}")))?;
                 let stream =
                     connector.connect(name, tcp).await.map_err(|e| self.fail(format!("TLS handshake failed: {e}")))?;
                 send(TokioIo::new(stream), req).await

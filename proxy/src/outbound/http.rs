@@ -131,6 +131,7 @@ async fn proxy(
         route: &routed.policy,
         mark: ctx.socket_mark,
         metrics: &ctx.recorder.metrics,
+        mesh: &ctx.mesh,
         grpc_timeout,
     };
     let res = stack::stack(params).oneshot(up).await;

@@ -74,6 +74,8 @@ pub struct StackParams<'a> {
     pub route: &'a RoutePolicy,
     pub mark: Option<u32>,
     pub metrics: &'a Metrics,
+    /// This proxy's identity, once it has one: meshed endpoints are then reached over mTLS.
+    pub mesh: &'a crate::mesh::MeshHandle,
     /// The caller's `grpc-timeout`, when it sent one.
     pub grpc_timeout: Option<Duration>,
 }
@@ -109,7 +111,12 @@ pub fn stack(
         .layer(BalanceLayer { endpoints: p.endpoints.clone(), cluster: p.cluster.clone() })
         // why: the endpoint stage owns the connection pool, header hygiene and
         // outlier detection.
-        .service(EndpointStage { cluster: p.cluster.clone(), mark: p.mark, metrics: p.metrics.clone() })
+        .service(EndpointStage {
+            cluster: p.cluster.clone(),
+            mark: p.mark,
+            metrics: p.metrics.clone(),
+            mesh: p.mesh.clone(),
+        })
 }
 
 /// Chooses the endpoint.
@@ -230,6 +237,7 @@ pub struct EndpointStage {
     cluster: Arc<Cluster>,
     mark: Option<u32>,
     metrics: Metrics,
+    mesh: crate::mesh::MeshHandle,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -246,16 +254,19 @@ impl Service<Upstream> for EndpointStage {
     fn call(&mut self, mut up: Upstream) -> Self::Future {
         let cluster = self.cluster.clone();
         let metrics = self.metrics.clone();
-        let cfg = ConnectConfig {
+        let mut cfg = ConnectConfig {
             timeout: cluster.connect_timeout,
             mark: self.mark,
             limits: Some((cluster.state.counters.clone(), cluster.policy.thresholds)),
             idle_timeout: cluster.policy.upstream_idle_timeout,
+            mesh: None,
         };
+        let mesh = self.mesh.clone();
         Box::pin(async move {
             let Some(ep) = up.endpoint.take() else {
                 return Err(ProxyError::NoHealthyUpstream { service: cluster.service.to_string() });
             };
+            cfg.mesh = crate::mesh::target(&mesh, ep.identity.as_ref());
             up.req.headers_mut().insert(X_ATTEMPT.clone(), HeaderValue::from(up.attempt));
             if let Some(t) = &up.trace {
                 t.inject(up.req.headers_mut());

@@ -65,8 +65,18 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
     };
     rec.upstream = Some(ep.addr);
     let in_flight = ep.shared.ewma.start();
-    let cfg = ctx.connect_config(cluster.connect_timeout);
-    let connected = connect_tcp(ep.addr, &cfg).await;
+    let mut cfg = ctx.connect_config(cluster.connect_timeout);
+    cfg.mesh = crate::mesh::target(&ctx.mesh, ep.identity.as_ref());
+    let connected = crate::http::client::connect_tcp_or_mesh(ep.addr, &cfg, crate::mesh::Carry::Tcp).await;
+    if let Ok(crate::http::client::Either::Tls(_)) = &connected {
+        metrics
+            .tls_connections
+            .get_or_create(&crate::telemetry::metrics::TlsLabels {
+                direction: Direction::outbound,
+                alpn: outrider_xds::resources::ALPN_MESH_TCP,
+            })
+            .inc();
+    }
     let outcome = if connected.is_ok() { Outcome::Success } else { Outcome::ConnectFailure };
     if let Some((p, cfg)) = permit
         && let Some(state) = cluster.state.breaker.record(cfg, p, connected.is_err())
@@ -82,7 +92,15 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
     {
         metrics.outlier_ejections.get_or_create(&ServiceLabels { service: cluster.service.clone() }).inc();
     }
-    copy(stream, connected, rec, cluster.policy.upstream_idle_timeout).await;
+    match connected {
+        Ok(crate::http::client::Either::Plain(up)) => {
+            copy(stream, Ok(up), rec, cluster.policy.upstream_idle_timeout).await
+        }
+        Ok(crate::http::client::Either::Tls(up)) => {
+            copy(stream, Ok(up), rec, cluster.policy.upstream_idle_timeout).await
+        }
+        Err(e) => copy::<_, TcpStream>(stream, Err(e), rec, cluster.policy.upstream_idle_timeout).await,
+    }
     drop(in_flight);
 }
 
@@ -101,14 +119,18 @@ fn passthrough_label() -> Arc<str> {
 
 /// Connect and copy both ways until both sides have closed. Each direction's
 /// EOF is passed on as a half-close (shutdown of the write side).
-pub async fn splice(down: TcpStream, addr: SocketAddr, cfg: &crate::http::client::ConnectConfig, rec: TcpRecord) {
+pub async fn splice<D: Io>(down: D, addr: SocketAddr, cfg: &crate::http::client::ConnectConfig, rec: TcpRecord) {
     copy(down, connect_tcp(addr, cfg).await, rec, Some(cfg.idle_timeout.unwrap_or(DEFAULT_TCP_IDLE))).await;
 }
 
 /// Envoy's tcp_proxy default: a connection with no bytes either way for an hour is closed.
 pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
 
-async fn copy(down: TcpStream, up: Result<TcpStream, UpstreamError>, rec: TcpRecord, idle: Option<Duration>) {
+/// Any byte stream: a socket, or a TLS session on one.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+async fn copy<D: Io, U: Io>(down: D, up: Result<U, UpstreamError>, rec: TcpRecord, idle: Option<Duration>) {
     let up = match up {
         Ok(s) => s,
         Err(e) => {
@@ -149,19 +171,19 @@ async fn copy(down: TcpStream, up: Result<TcpStream, UpstreamError>, rec: TcpRec
 }
 
 /// A stream that notes when bytes last moved through it (for the idle timeout).
-struct Tracked {
-    inner: TcpStream,
+struct Tracked<S> {
+    inner: S,
     last: Arc<AtomicU64>,
     start: Instant,
 }
 
-impl Tracked {
+impl<S> Tracked<S> {
     fn touch(&self) {
         self.last.store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -172,7 +194,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -189,17 +211,20 @@ impl AsyncWrite for Tracked {
 }
 
 /// Shared by inbound delivery.
-pub async fn splice_to(
+#[allow(clippy::too_many_arguments)]
+pub async fn splice_to<D: Io>(
     recorder: &Arc<Recorder>,
     direction: Direction,
     service: Arc<str>,
-    down: TcpStream,
+    down: D,
     client: SocketAddr,
+    peer: Option<crate::tls::Identity>,
     addr: SocketAddr,
     cfg: &crate::http::client::ConnectConfig,
 ) {
     let mut rec = TcpRecord::start(recorder, direction, client, service);
     rec.upstream = Some(addr);
+    rec.peer = peer;
     splice(down, addr, cfg, rec).await;
 }
 

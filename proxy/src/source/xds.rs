@@ -219,6 +219,13 @@ impl XdsSource {
         Self { client, handler: Arc::new(XdsHandler::new(store, metrics, initial)) }
     }
 
+    /// Adds the workload's SPIFFE ID to the node metadata: the control plane then registers the
+    /// workload as a meshed endpoint that callers reach over mTLS.
+    pub fn set_identity(&mut self, identity: &crate::tls::Identity) {
+        let metadata = self.client.node.metadata.get_or_insert_with(Default::default);
+        metadata.fields.insert("identity".to_owned(), names::string_value(identity.as_str()));
+    }
+
     /// Run until the task is dropped.
     pub async fn run(self) {
         AdsClient::new(self.client).run(self.handler).await;

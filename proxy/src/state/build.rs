@@ -319,7 +319,6 @@ fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
     Ok((xc.name.clone(), service, protocol, connect_timeout, lb))
 }
 
-
 fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, String> {
     let mut out = Vec::new();
     for loc in &cla.endpoints {
@@ -351,9 +350,9 @@ fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, Str
                 .and_then(|m| m.fields.get("meshed"))
                 .is_some_and(|v| matches!(v.kind, Some(value::Kind::BoolValue(true))));
             let identity = match meta.and_then(|m| m.fields.get(names::IDENTITY_FIELD)).map(|v| &v.kind) {
-                Some(Some(value::Kind::StringValue(id))) if meshed => Some(
-                    crate::tls::Identity::parse(id).map_err(|e| format!("endpoint {ip}:{port}: {e}"))?,
-                ),
+                Some(Some(value::Kind::StringValue(id))) if meshed => {
+                    Some(crate::tls::Identity::parse(id).map_err(|e| format!("endpoint {ip}:{port}: {e}"))?)
+                }
                 _ => None,
             };
             out.push(EndpointParts { addr: SocketAddr::new(ip, port), weight, labels, meshed, identity });

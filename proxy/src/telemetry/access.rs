@@ -81,6 +81,8 @@ pub struct RequestRecord {
     pub request_bytes: Option<u64>,
     /// Time to open a new upstream connection (`None`: a pooled one was reused).
     pub connect: Option<Duration>,
+    /// The caller's verified SPIFFE ID (inbound over mTLS).
+    pub peer: Option<crate::tls::Identity>,
     done: bool,
 }
 
@@ -131,6 +133,7 @@ impl RequestRecord {
             trace_id,
             request_bytes,
             connect: None,
+            peer: None,
             done: false,
         }
     }
@@ -238,7 +241,7 @@ impl RequestRecord {
                 request_bytes = self.request_bytes,
                 response_bytes,
                 complete,
-                peer_identity = "",
+                peer_identity = self.peer.as_ref().map_or("", |p| p.as_str()),
             );
         }
         if let Some(span) = self.span.take() {
@@ -345,6 +348,8 @@ pub struct TcpRecord {
     pub upstream: Option<SocketAddr>,
     /// Time to connect to the upstream.
     pub connect: Option<Duration>,
+    /// The caller's verified SPIFFE ID (inbound over mTLS).
+    pub peer: Option<crate::tls::Identity>,
 }
 
 impl TcpRecord {
@@ -357,6 +362,7 @@ impl TcpRecord {
             service,
             upstream: None,
             connect: None,
+            peer: None,
         }
     }
 
@@ -379,7 +385,7 @@ impl TcpRecord {
                 connect_ms = self.connect.map(ms),
                 duration_ms = ms(self.start.elapsed()),
                 error = error.unwrap_or(""),
-                peer_identity = "",
+                peer_identity = self.peer.as_ref().map_or("", |p| p.as_str()),
             );
         }
     }

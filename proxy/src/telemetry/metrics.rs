@@ -74,6 +74,21 @@ pub struct EndpointStateLabels {
     pub state: &'static str,
 }
 
+/// Mutual-TLS connections by direction and what they carry (ALPN id).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsLabels {
+    pub direction: Direction,
+    pub alpn: &'static str,
+}
+
+/// Requests or connections refused by authorization: the service and the caller's identity
+/// (`unauthenticated` for plaintext). Bounded by the identities the mesh CA issues.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub service: Arc<str>,
+    pub peer: Arc<str>,
+}
+
 /// Latency buckets from 100 µs to 10 s.
 pub const LATENCY_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -114,6 +129,12 @@ pub struct Families {
     pub endpoints: Family<EndpointStateLabels, Gauge>,
     pub trace_spans_exported: Counter,
     pub trace_spans_dropped: Family<TraceDropLabels, Counter>,
+    /// Seconds until this proxy's workload certificate expires; set at each scrape.
+    pub tls_certificate_expiry_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub tls_connections: Family<TlsLabels, Counter>,
+    pub tls_handshake_errors: Family<DirectionLabels, Counter>,
+    pub authorization_denied: Family<DenialLabels, Counter>,
+    pub plaintext_refused: Family<ServiceLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,8 +213,43 @@ impl Metrics {
             "Sampled spans not exported, by reason (queue-full, export-failed, rejected, exporter-stopped)",
             trace_spans_dropped.clone(),
         );
+        let tls_certificate_expiry_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "Seconds until the workload certificate expires (0 without one; negative once expired)",
+            tls_certificate_expiry_seconds.clone(),
+        );
+        let tls_connections = Family::<TlsLabels, Counter>::default();
+        registry.register(
+            "tls_connections",
+            "Mutual-TLS connections between proxies, by direction and ALPN id (outrider/1: HTTP over h2, outrider-http1/1, outrider-tcp/1)",
+            tls_connections.clone(),
+        );
+        let tls_handshake_errors = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_errors",
+            "Mutual-TLS handshakes that failed (untrusted or expired certificate, wrong identity)",
+            tls_handshake_errors.clone(),
+        );
+        let authorization_denied = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "authorization_denied",
+            "Inbound requests and connections denied by AuthorizationPolicy, by service and caller identity",
+            authorization_denied.clone(),
+        );
+        let plaintext_refused = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "plaintext_refused",
+            "Inbound plaintext connections refused because the service is in strict mTLS mode",
+            plaintext_refused.clone(),
+        );
         let families = Families {
             registry: Arc::new(registry),
+            tls_certificate_expiry_seconds,
+            tls_connections,
+            tls_handshake_errors,
+            authorization_denied,
+            plaintext_refused,
             retries,
             retry_budget_exhausted,
             circuit_breaker_state,
@@ -245,6 +301,11 @@ impl Metrics {
         "outrider_endpoints",
         "outrider_trace_spans_exported_total",
         "outrider_trace_spans_dropped_total",
+        "outrider_tls_certificate_expiry_seconds",
+        "outrider_tls_connections_total",
+        "outrider_tls_handshake_errors_total",
+        "outrider_authorization_denied_total",
+        "outrider_plaintext_refused_total",
     ];
 }
 
@@ -286,8 +347,12 @@ mod tests {
         let _ = m.circuit_breaker_state.get_or_create(&ServiceLabels { service: svc.clone() });
         let _ = m.circuit_breaker_rejections.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
         let _ = m.outlier_ejections.get_or_create(&ServiceLabels { service: svc.clone() });
-        let _ = m.endpoints.get_or_create(&EndpointStateLabels { service: svc, state: "healthy" });
+        let _ = m.endpoints.get_or_create(&EndpointStateLabels { service: svc.clone(), state: "healthy" });
         let _ = m.trace_spans_dropped.get_or_create(&TraceDropLabels { reason: "queue-full" });
+        let _ = m.tls_connections.get_or_create(&TlsLabels { direction: d, alpn: "outrider/1" });
+        let _ = m.tls_handshake_errors.get_or_create(&DirectionLabels { direction: d });
+        let _ = m.authorization_denied.get_or_create(&DenialLabels { service: svc.clone(), peer: svc.clone() });
+        let _ = m.plaintext_refused.get_or_create(&ServiceLabels { service: svc.clone() });
         let text = m.encode();
         let declared: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();

@@ -71,9 +71,161 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> std::io::Result<De
     }
 }
 
+/// Largest TLS record (RFC 8446 §5.1) plus its header: a ClientHello in one record fits.
+const TLS_RECORD_MAX: usize = 5 + (1 << 14);
+
+/// Whether the connection starts with a TLS ClientHello offering an Outrider ALPN id, i.e.
+/// another proxy of the mesh. Peeks (consumes nothing) until the first record is complete,
+/// the bytes are not a handshake record, or `timeout` passes (then: no).
+pub async fn mesh_client_hello(stream: &TcpStream, timeout: Duration) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; TLS_RECORD_MAX];
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = 0;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(false),
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+        match client_hello_alpn(&buf[..n]) {
+            Hello::NotTls => return Ok(false),
+            Hello::Alpn(offers) => return Ok(offers.iter().any(|p| crate::tls::ALPN_PROTOCOLS.contains(p))),
+            Hello::Partial if n == buf.len() => return Ok(false),
+            Hello::Partial => {}
+        }
+        if n == last {
+            if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        last = n;
+    }
+}
+
+/// What the first bytes of a connection say about TLS.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hello<'a> {
+    /// Not a TLS handshake record holding a ClientHello.
+    NotTls,
+    /// More bytes are needed.
+    Partial,
+    /// A ClientHello and the ALPN ids it offers (empty without the extension).
+    Alpn(Vec<&'a [u8]>),
+}
+
+/// Parses the ALPN extension out of a ClientHello in the first TLS record.
+pub fn client_hello_alpn(buf: &[u8]) -> Hello<'_> {
+    // Record header: type 22 (handshake), version 3.x, length.
+    match buf {
+        [] => return Hello::Partial,
+        [0x16] | [0x16, 0x03] | [0x16, 0x03, _] | [0x16, 0x03, _, _] => return Hello::Partial,
+        [0x16, 0x03, _, _, _, ..] => {}
+        _ => return Hello::NotTls,
+    }
+    let len = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+    if buf.len() < 5 + len {
+        return Hello::Partial;
+    }
+    let body = &buf[5..5 + len];
+    parse_client_hello(body).map_or(Hello::NotTls, Hello::Alpn)
+}
+
+fn parse_client_hello(b: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut r = Reader(b);
+    if r.u8()? != 1 {
+        return None; // not a ClientHello
+    }
+    let hello_len = r.u24()?;
+    let mut r = Reader(r.take(hello_len)?);
+    r.take(2 + 32)?; // legacy_version, random
+    let sid = usize::from(r.u8()?);
+    r.take(sid)?;
+    let suites = usize::from(r.u16()?);
+    r.take(suites)?;
+    let compression = usize::from(r.u8()?);
+    r.take(compression)?;
+    if r.0.is_empty() {
+        return Some(Vec::new());
+    }
+    let ext_len = usize::from(r.u16()?);
+    let mut exts = Reader(r.take(ext_len)?);
+    while !exts.0.is_empty() {
+        let kind = exts.u16()?;
+        let len = usize::from(exts.u16()?);
+        let data = exts.take(len)?;
+        if kind == 16 {
+            let mut list = Reader(data);
+            let total = usize::from(list.u16()?);
+            let mut list = Reader(list.take(total)?);
+            let mut out = Vec::new();
+            while !list.0.is_empty() {
+                let n = usize::from(list.u8()?);
+                out.push(list.take(n)?);
+            }
+            return Some(out);
+        }
+    }
+    Some(Vec::new())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u24(&mut self) -> Option<usize> {
+        self.take(3).map(|b| (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real ClientHello from rustls offering `alpn`.
+    fn hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let roots = rustls::RootCertStore::empty();
+        let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from("example.com").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn finds_the_alpn_ids_of_a_client_hello() {
+        let bytes = hello(&[b"outrider/1"]);
+        assert_eq!(client_hello_alpn(&bytes), Hello::Alpn(vec![b"outrider/1".as_slice()]));
+        let bytes = hello(&[b"h2", b"http/1.1"]);
+        assert_eq!(client_hello_alpn(&bytes), Hello::Alpn(vec![b"h2".as_slice(), b"http/1.1".as_slice()]));
+        assert_eq!(client_hello_alpn(&hello(&[])), Hello::Alpn(vec![]));
+        assert_eq!(client_hello_alpn(&bytes[..40]), Hello::Partial);
+        assert_eq!(client_hello_alpn(b"GET / HTTP/1.1\r\n"), Hello::NotTls);
+        let mut garbage = bytes.clone();
+        garbage[5] = 2; // a ServerHello, not a ClientHello
+        assert_eq!(client_hello_alpn(&garbage), Hello::NotTls);
+    }
 
     #[test]
     fn classifies() {

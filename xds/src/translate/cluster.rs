@@ -25,10 +25,9 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use super::{ads, metadata, proto_duration, resilience};
 use crate::policy::{LoadBalancer, Protocol, Service, TrafficPolicy, defaults};
 use crate::resources::{
-    IDENTITY_FIELD,
-    HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, LB_METADATA, OUTRIDER_METADATA, PASSTHROUGH_CLUSTER,
-    RESILIENCE_KEY, RESILIENCE_TYPE_URL, any, bool_value, cluster_name, number_value, string_struct, string_value,
-    struct_of,
+    HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, IDENTITY_FIELD, LB_METADATA, OUTRIDER_METADATA,
+    PASSTHROUGH_CLUSTER, RESILIENCE_KEY, RESILIENCE_TYPE_URL, any, bool_value, cluster_name, number_value,
+    string_struct, string_value, struct_of,
 };
 
 /// `PassthroughCluster`: connects to the original destination.

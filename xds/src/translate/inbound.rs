@@ -190,9 +190,7 @@ fn policy(from: &[AuthzSource], to: &[AuthzOperation]) -> Policy {
     let principals = if from.is_empty() {
         vec![Principal { identifier: Some(principal::Identifier::Any(true)) }]
     } else {
-        from.iter()
-            .map(|source| or_ids(source.identities.iter().map(|id| identity_principal(id)).collect()))
-            .collect()
+        from.iter().map(|source| or_ids(source.identities.iter().map(|id| identity_principal(id)).collect())).collect()
     };
     let permissions = if to.is_empty() {
         vec![Permission { rule: Some(permission::Rule::Any(true)) }]

@@ -92,7 +92,8 @@ fn check_identity_pattern(pattern: &str) -> Result<(), String> {
         return fail("* may only end the pattern");
     }
     let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
-    if domain.is_empty() || !domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)) {
+    if domain.is_empty() || !domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
         return fail("the trust domain must be lower-case letters, digits, '.', '-' or '_'");
     }
     if !wildcard && path.is_empty() {

@@ -120,7 +120,11 @@ fn mtls_mode_and_meshed_endpoints_are_checked() {
     let set = load_str("policy.yaml", &strict).unwrap();
     assert_eq!(set.services["reviews"].spec.mtls, Some(crate::MtlsMode::Strict));
     let bad_mode = SERVICE.replace("port: 9080", "port: 9080\n  mtls: required");
-    assert!(only_error(&bad_mode).ends_with("spec.mtls: unknown value \"required\", expected one of permissive, strict"), "{}", only_error(&bad_mode));
+    assert!(
+        only_error(&bad_mode).ends_with("spec.mtls: unknown value \"required\", expected one of permissive, strict"),
+        "{}",
+        only_error(&bad_mode)
+    );
 
     let meshed = SERVICE.replace("version: v2}}", "version: v2}, meshed: true}");
     assert_eq!(
@@ -129,7 +133,9 @@ fn mtls_mode_and_meshed_endpoints_are_checked() {
          ID its sidecar presents (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>), so callers can verify it"
     );
     let unmeshed = SERVICE.replace("version: v2}}", "version: v2}, identity: \"spiffe://td/ns/a/sa/b\"}");
-    assert!(only_error(&unmeshed).ends_with("spec.endpoints[1].identity: only meshed endpoints have an identity: add meshed: true or remove identity"));
+    assert!(only_error(&unmeshed).ends_with(
+        "spec.endpoints[1].identity: only meshed endpoints have an identity: add meshed: true or remove identity"
+    ));
     let bad_id = SERVICE.replace("version: v2}}", "version: v2}, meshed: true, identity: \"spiffe://td/ns/a/*\"}");
     assert!(only_error(&bad_id).contains("spec.endpoints[1].identity: invalid identity"));
     let good = SERVICE.replace("version: v2}}", "version: v2}, meshed: true, identity: \"spiffe://td/ns/a/sa/b\"}");
