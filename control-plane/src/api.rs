@@ -8,10 +8,14 @@
 //! | `POST /v1/validate` | dry run of a write: errors, or what would change |
 //! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
+//! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
+//! | `POST /v1/tokens` | a join token for `{namespace, serviceAccount, ttl?, singleUse?}` (API token) |
+//! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`) or renewal proof → certificate chain |
 //! | `GET /metrics` | the control plane's own metrics |
 //!
 //! Writes need `Authorization: Bearer TOKEN`; `If-Match: VERSION` makes a write conditional
-//! (409 when stale).
+//! (409 when stale). `POST /v1/certificates` authenticates with a join token or a renewal proof
+//! instead. With `--tls` the API is served over TLS 1.3 only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,12 +29,16 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::ca::issuance::Issuance;
+use crate::ca::serving;
+use crate::ca::tokens::JoinTokens;
 use crate::endpoints::Registry;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::policies::{Policies, WriteError, canonical_kind};
 use crate::snapshot::Snapshot;
 use crate::tracker::Tracker;
 
+mod ca;
 mod endpoints;
 
 /// Largest request body accepted.
@@ -48,10 +56,14 @@ pub struct ApiState {
     pub token: String,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub registry: Arc<Registry>,
+    /// The CA and the token reviewer, for `/v1/certificates` and `/v1/ca/bundle`.
+    pub issuance: Issuance,
+    /// Join tokens, for `/v1/tokens`.
+    pub tokens: Arc<JoinTokens>,
 }
 
-/// Serve until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
+/// Serve until the task is dropped; over TLS when `tls` is given.
+pub async fn serve(listener: TcpListener, state: Arc<ApiState>, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(a) => a,
@@ -62,19 +74,33 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
             }
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "API connection ended");
+            match tls {
+                None => serve_connection(stream, state).await,
+                Some(acceptor) => match serving::accept(&acceptor, stream).await {
+                    Ok((stream, _peer)) => serve_connection(stream, state).await,
+                    Err(e) => tracing::debug!(error = %e, "API TLS handshake failed"),
+                },
             }
         });
+    }
+}
+
+async fn serve_connection<IO>(io: IO, state: Arc<ApiState>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "API connection ended");
     }
 }
 
@@ -130,6 +156,9 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             let id = (*id).to_owned();
             endpoints::remove(state, &req, &id)
         }
+        (&Method::GET, ["v1", "ca", "bundle"]) => ca::bundle(state),
+        (&Method::POST, ["v1", "tokens"]) => ca::create_token(state, req).await,
+        (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,
         (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => get_policies(state, rest).await,
         (&Method::PUT | &Method::POST, ["v1", "policies"]) => write(state, req, false).await,
         (&Method::POST, ["v1", "validate"]) => write(state, req, true).await,

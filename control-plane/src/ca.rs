@@ -7,9 +7,14 @@
 //! bound to. The CSR only contributes its (signature-checked) public key, so the private key
 //! stays in the proxy.
 //!
-//! Not wired yet: the issuance endpoint (gRPC/HTTPS) and `outrider token create`; see
-//! `docs/security.md`.
+//! Callers reach it through [`issuance::Issuance`] (a CSR plus a join token or a renewal proof),
+//! served by the API (`POST /v1/certificates`, see `crate::api`); the control plane's own
+//! serving certificate comes from [`serving`]. See `docs/security.md`.
 
+/// A CSR plus a credential (join token, or proof of the current certificate) → a certificate.
+pub mod issuance;
+/// The control plane's own TLS: its certificate from this CA, rotated, and the rustls configs.
+pub mod serving;
 #[cfg(test)]
 mod tests;
 /// Join tokens bound to an identity, behind the [`tokens::TokenReviewer`] trait.
@@ -283,6 +288,23 @@ impl Ca {
 
     /// [`Ca::issue`] with an explicit lifetime (tests, short-lived certificates).
     pub fn issue_with_ttl(&self, csr_pem: &str, identity: &Identity, ttl: Duration) -> Result<IssuedCert, CaError> {
+        self.issue_with_sans(csr_pem, identity, Vec::new(), ttl)
+    }
+
+    /// The configured workload certificate lifetime.
+    pub fn workload_ttl(&self) -> Duration {
+        self.workload_ttl
+    }
+
+    /// [`Ca::issue_with_ttl`] with DNS / IP SANs after the SPIFFE URI SAN: the control plane's
+    /// own serving certificate, which clients may check by host name.
+    pub fn issue_with_sans(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        extra_sans: Vec<SanType>,
+        ttl: Duration,
+    ) -> Result<IssuedCert, CaError> {
         // Parsing verifies the CSR's self-signature, so the caller holds the private key.
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
         let spiffe_id = identity.spiffe_id(&self.trust_domain);
@@ -295,6 +317,7 @@ impl Ca {
         params.distinguished_name.push(DnType::OrganizationName, self.trust_domain.as_str());
         params.subject_alt_names =
             vec![SanType::URI(spiffe_id.clone().try_into().map_err(|e: rcgen::Error| build_err(e.to_string()))?)];
+        params.subject_alt_names.extend(extra_sans);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];

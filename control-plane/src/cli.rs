@@ -1,4 +1,5 @@
-//! The verbs that talk to a running control plane: `apply`, `get`, `delete`, `status`.
+//! The verbs that talk to a running control plane: `apply`, `get`, `delete`, `status`,
+//! `token create`.
 //! Exit codes: 0 ok, 1 runtime failure (server unreachable, conflict, server error), 2 bad
 //! usage or invalid input.
 
@@ -29,6 +30,10 @@ pub struct Connection {
     /// Bearer token for writes.
     #[arg(long, env = "OUTRIDER_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// Root certificate(s) (PEM) to trust for an https:// server (a control plane run with
+    /// `--tls`: its DATA_DIR/root.pem).
+    #[arg(long, env = "OUTRIDER_CA_ROOT", global = true)]
+    pub ca_root: Option<PathBuf>,
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -43,7 +48,15 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 fn call(conn: &Connection, method: Method, path: &str, body: Option<String>) -> Result<Reply, ExitCode> {
     let rt = runtime().ok_or(ExitCode::from(1))?;
-    rt.block_on(client::send(&conn.server, method, path, conn.token.as_deref(), body)).map_err(|e| {
+    rt.block_on(client::send_with_root(
+        &conn.server,
+        conn.ca_root.as_deref(),
+        method,
+        path,
+        conn.token.as_deref(),
+        body,
+    ))
+    .map_err(|e| {
         eprintln!("outrider: {e}");
         ExitCode::from(1)
     })
@@ -213,8 +226,8 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     println!("config version {}", v["version"].as_str().unwrap_or(""));
     println!(
-        "{:<32} {:<16} {:<6} {:<20} {:<20} {:<20} {:<20} LAST SEEN",
-        "NODE", "SERVICE", "XDS", "CDS", "EDS", "LDS", "RDS"
+        "{:<32} {:<16} {:<6} {:<20} {:<20} {:<20} {:<20} {:<12} IDENTITY",
+        "NODE", "SERVICE", "XDS", "CDS", "EDS", "LDS", "RDS", "LAST SEEN"
     );
     let mut nacks = Vec::new();
     for p in v["proxies"].as_array().into_iter().flatten() {
@@ -238,7 +251,7 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
         let row = [cell("Cluster"), cell("ClusterLoadAssignment"), cell("Listener"), cell("RouteConfiguration")];
         let seen = now.saturating_sub(p["lastSeen"].as_u64().unwrap_or(now));
         println!(
-            "{:<32} {:<16} {:<6} {:<20} {:<20} {:<20} {:<20} {seen}s ago",
+            "{:<32} {:<16} {:<6} {:<20} {:<20} {:<20} {:<20} {:<12} {}",
             node,
             p["service"].as_str().unwrap_or(""),
             p["protocol"].as_str().unwrap_or(""),
@@ -246,10 +259,60 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
             row[1],
             row[2],
             row[3],
+            format!("{seen}s ago"),
+            p["identity"].as_str().unwrap_or("-"),
         );
     }
     for n in nacks {
         println!("NACK {n}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// What `outrider token create` asks for.
+#[derive(Debug, Clone)]
+pub struct TokenArgs {
+    pub namespace: String,
+    pub service_account: String,
+    pub ttl: Option<std::time::Duration>,
+    pub single_use: bool,
+}
+
+/// `outrider token create`: `output` `None` prints only the token (`-q`).
+pub fn token_create(conn: &Connection, args: &TokenArgs, output: Option<Output>) -> ExitCode {
+    let mut body = serde_json::json!({
+        "namespace": args.namespace,
+        "serviceAccount": args.service_account,
+        "singleUse": args.single_use,
+    });
+    if let Some(ttl) = args.ttl {
+        body["ttl"] = Value::String(format!("{}s", ttl.as_secs().max(1)));
+    }
+    let reply = match call(conn, Method::POST, "/v1/tokens", Some(body.to_string())) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if !reply.status.is_success() {
+        return failed(&reply);
+    }
+    let v = reply.json();
+    let Some(token) = v["token"].as_str() else {
+        eprintln!("outrider: the server's answer has no token: {}", reply.body.trim());
+        return ExitCode::from(1);
+    };
+    match output {
+        None => println!("{token}"),
+        Some(Output::Table) => {
+            let expires = v["expiresAt"].as_u64().unwrap_or(0);
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let left = expires.saturating_sub(now);
+            println!("TOKEN      {token}");
+            println!("IDENTITY   {}", v["identity"].as_str().unwrap_or(""));
+            println!("EXPIRES    {expires} (unix seconds; in {}h{:02}m)", left / 3600, left % 3600 / 60);
+            println!("SINGLE USE {}", v["singleUse"].as_bool().unwrap_or(false));
+        }
+        Some(other) => print_value(&v, other),
     }
     ExitCode::SUCCESS
 }

@@ -82,15 +82,11 @@ fn traffic_policy(v1: u32, v2: u32, bare: bool) -> String {
 pub fn run(args: DemoArgs) -> ExitCode {
     let data_dir = std::env::temp_dir().join(format!("outrider-demo-{}", std::process::id()));
     let token = format!("demo-{:016x}", fastrand::u64(..));
-    let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
     let cp = match server::start(ServerConfig {
-        xds: any,
-        api: any,
-        policy_dir: None,
-        data_dir: data_dir.clone(),
         token: Some(token.clone()),
         workers: 1,
         registration_grace: Duration::from_secs(2),
+        ..ServerConfig::local(data_dir.clone())
     }) {
         Ok(r) => r,
         Err(e) => {

@@ -43,6 +43,11 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Join tokens: a proxy exchanges one (`--identity-token`) for its certificate.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Connected proxies: node id, service, config version per type, ACK/NACK, last seen.
     Status {
         #[arg(short = 'o', long = "output", default_value = "table")]
@@ -75,6 +80,30 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a join token bound to `spiffe://<trust-domain>/ns/NS/sa/SA`.
+    Create {
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// How long the token can be redeemed (e.g. 1h, 24h).
+        #[arg(long, value_parser = duration)]
+        ttl: Option<std::time::Duration>,
+        /// Redeemable once (default: until it expires).
+        #[arg(long)]
+        single_use: bool,
+        /// Print only the token.
+        #[arg(short = 'q', long, conflicts_with = "output")]
+        quiet: bool,
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     #[arg(long, env = "OUTRIDER_XDS_PORT", default_value_t = 15010)]
@@ -96,9 +125,25 @@ struct ServeArgs {
     /// File holding the bearer token for API writes.
     #[arg(long, env = "OUTRIDER_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
-    /// SPIFFE trust domain (identities arrive with the certificate work).
-    #[arg(long, env = "OUTRIDER_TRUST_DOMAIN", default_value = "outrider.local")]
+    /// SPIFFE trust domain of the mesh CA: identities are spiffe://<trust-domain>/ns/NS/sa/SA.
+    #[arg(long, env = "OUTRIDER_TRUST_DOMAIN", default_value = server::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
+    /// Your own CA certificate (PEM) instead of a generated root; needs --ca-key.
+    #[arg(long, env = "OUTRIDER_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The key (PKCS#8 PEM) of --ca-cert.
+    #[arg(long, env = "OUTRIDER_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of the workload certificates the CA issues.
+    #[arg(long, env = "OUTRIDER_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = duration)]
+    workload_cert_ttl: std::time::Duration,
+    /// Serve the API and xDS over TLS 1.3 with a certificate from the CA (clients trust
+    /// DATA_DIR/root.pem, or your --ca-cert's root).
+    #[arg(long, env = "OUTRIDER_TLS")]
+    tls: bool,
+    /// Extra DNS name or IP in the control plane's certificate (repeatable, or comma-separated).
+    #[arg(long = "tls-san", env = "OUTRIDER_TLS_SAN", value_delimiter = ',')]
+    tls_san: Vec<String>,
     /// How long a sidecar's endpoint registration outlives its xDS stream.
     #[arg(long, env = "OUTRIDER_REGISTRATION_GRACE", default_value = "10s", value_parser = duration)]
     registration_grace: std::time::Duration,
@@ -123,6 +168,13 @@ fn main() -> ExitCode {
         Command::Get { kind, name, output, conn } => cli::get(&conn, kind.as_deref(), name.as_deref(), output),
         Command::Delete { kind, name, conn } => cli::delete(&conn, &kind, &name),
         Command::Status { output, conn } => cli::status(&conn, output),
+        Command::Token {
+            command: TokenCommand::Create { namespace, service_account, ttl, single_use, quiet, output, conn },
+        } => cli::token_create(
+            &conn,
+            &cli::TokenArgs { namespace, service_account, ttl, single_use },
+            if quiet { None } else { Some(output) },
+        ),
         Command::Validate { file, output } => validate(&file, output),
         Command::Demo { duration, no_policy, rate } => {
             outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs { duration, no_policy, rate })
@@ -157,6 +209,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         (None, None) => None,
     };
+    // Where clients find the root to trust (`--ca-root` of proxies and of the CLI).
+    let root_file = args.ca_cert.clone().unwrap_or_else(|| args.data_dir.join("root.pem"));
     let config = ServerConfig {
         xds: SocketAddr::new(args.bind, args.xds_port),
         api: SocketAddr::new(args.bind, args.api_port),
@@ -165,6 +219,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         token,
         workers: args.workers,
         registration_grace: args.registration_grace,
+        trust_domain: args.trust_domain.clone(),
+        ca_cert: args.ca_cert,
+        ca_key: args.ca_key,
+        workload_cert_ttl: args.workload_cert_ttl,
+        tls: args.tls,
+        tls_sans: args.tls_san,
     };
     let running = match server::start(config) {
         Ok(r) => r,
@@ -174,7 +234,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    tracing::info!(xds = %running.xds_addr, api = %running.api_addr, trust_domain = %args.trust_domain, "listening");
+    tracing::info!(
+        xds = %running.xds_addr,
+        api = %running.api_addr,
+        trust_domain = %args.trust_domain,
+        tls = running.tls,
+        root = %root_file.display(),
+        "listening"
+    );
     // Stop on SIGTERM / SIGINT: accepted writes are already durable.
     let signals = tokio::runtime::Builder::new_current_thread().enable_all().build();
     match signals {

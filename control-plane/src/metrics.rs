@@ -22,6 +22,12 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// `reason` label of certificate issuance errors (`bad_csr`, `token_expired`, ...; bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 /// Every family, cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,6 +37,8 @@ pub struct Metrics {
     pub nacks: Family<TypeLabels, Counter>,
     pub push_latency: Histogram,
     pub policy_writes: Family<ResultLabels, Counter>,
+    pub ca_issued: Counter,
+    pub ca_issue_errors: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -63,7 +71,24 @@ impl Metrics {
         );
         let policy_writes = Family::<ResultLabels, Counter>::default();
         registry.register("policy_writes", "Policy writes over the API, by result", policy_writes.clone());
-        Self { registry: Arc::new(registry), connected_proxies, pushes, nacks, push_latency, policy_writes }
+        let ca_issued = Counter::default();
+        registry.register("ca_certificates_issued", "Workload certificates issued over the API", ca_issued.clone());
+        let ca_issue_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "ca_issue_errors",
+            "Certificate requests refused or failed, by reason",
+            ca_issue_errors.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            connected_proxies,
+            pushes,
+            nacks,
+            push_latency,
+            policy_writes,
+            ca_issued,
+            ca_issue_errors,
+        }
     }
 
     /// The text exposition.

@@ -1,5 +1,5 @@
-//! `outrider control-plane`: wires the policy sources, the snapshot generator (debounced), the
-//! xDS server and the HTTP API. It runs on a runtime of its own, on a thread of its own, so that
+//! `outrider control-plane`: wires the CA, the policy sources, the snapshot generator
+//! (debounced), the xDS server and the HTTP API (both over TLS with `--tls`). It runs on a runtime of its own, on a thread of its own, so that
 //! tests can run it in-process and kill it like a crashed process (dropping the runtime closes
 //! every socket at once).
 
@@ -12,6 +12,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::api::{self, ApiState};
+use crate::ca::issuance::Issuance;
+use crate::ca::serving::{ServingError, ServingTls, serving_sans};
+use crate::ca::tokens::{JoinTokens, TokenError};
+use crate::ca::{Ca, CaConfig, CaError, DEFAULT_WORKLOAD_TTL, RootSource, TrustDomain};
 use crate::endpoints::{EndpointSource, Registry, merge};
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
@@ -39,7 +43,46 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long a sidecar's endpoint registration outlives its xDS stream.
     pub registration_grace: Duration,
+    /// SPIFFE trust domain of the CA (`outrider.local`).
+    pub trust_domain: String,
+    /// The operator's CA certificate (PEM; both or neither with `ca_key`). Without them the CA
+    /// generates a root in the data dir (`root.pem`, `root.key`) on first start.
+    pub ca_cert: Option<PathBuf>,
+    /// The operator's CA key (PKCS#8 PEM).
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of workload certificates (and of the control plane's own, with `tls`).
+    pub workload_cert_ttl: Duration,
+    /// Serve the API and xDS over TLS 1.3 with a certificate from the CA.
+    pub tls: bool,
+    /// Extra DNS names or IPs for the control plane's serving certificate (`--tls-san`).
+    pub tls_sans: Vec<String>,
 }
+
+impl ServerConfig {
+    /// Ephemeral loopback ports, `data_dir` as the store, every other setting at its default;
+    /// callers change the fields they care about.
+    pub fn local(data_dir: impl Into<PathBuf>) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            xds: any,
+            api: any,
+            policy_dir: None,
+            data_dir: data_dir.into(),
+            token: None,
+            workers: 2,
+            registration_grace: REGISTRATION_GRACE,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            ca_cert: None,
+            ca_key: None,
+            workload_cert_ttl: DEFAULT_WORKLOAD_TTL,
+            tls: false,
+            tls_sans: Vec::new(),
+        }
+    }
+}
+
+/// Default for [`ServerConfig::trust_domain`].
+pub const DEFAULT_TRUST_DOMAIN: &str = "outrider.local";
 
 /// Default for [`ServerConfig::registration_grace`].
 pub const REGISTRATION_GRACE: Duration = Duration::from_secs(10);
@@ -54,6 +97,14 @@ pub enum StartError {
     Token { path: PathBuf, source: std::io::Error },
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("CA: {0}")]
+    Ca(#[from] CaError),
+    #[error("--ca-cert and --ca-key go together: {0} was given without the other")]
+    CaFiles(&'static str),
+    #[error("join tokens: {0}")]
+    Tokens(#[from] TokenError),
+    #[error("TLS: {0}")]
+    Tls(#[from] ServingError),
 }
 
 impl StartError {
@@ -61,6 +112,17 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Policies(OpenError::Dir(_) | OpenError::Stored { .. }) => 2,
+            // A bad CA file or setting (the message names the file).
+            StartError::Ca(
+                CaError::InvalidTrustDomain(_)
+                | CaError::BadRoot { .. }
+                | CaError::KeyPermissions(..)
+                | CaError::BadBundleEntry(_)
+                | CaError::Io { op: "read" | "stat", .. },
+            )
+            | StartError::CaFiles(_)
+            | StartError::Tokens(TokenError::Store { .. })
+            | StartError::Tls(ServingError::BadSan(_)) => 2,
             _ => 1,
         }
     }
@@ -74,6 +136,10 @@ pub struct Running {
     pub token: String,
     pub policies: Arc<Policies>,
     pub tracker: Arc<Tracker>,
+    pub ca: Arc<Ca>,
+    pub tokens: Arc<JoinTokens>,
+    /// Whether the API and xDS are served over TLS.
+    pub tls: bool,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -138,8 +204,34 @@ fn token(config: &ServerConfig) -> Result<String, StartError> {
     Ok(token)
 }
 
+fn open_ca(config: &ServerConfig) -> Result<Arc<Ca>, StartError> {
+    let mut ca_config = CaConfig::new(TrustDomain::new(&config.trust_domain)?, config.data_dir.clone());
+    ca_config.workload_ttl = config.workload_cert_ttl;
+    ca_config.root = match (&config.ca_cert, &config.ca_key) {
+        (Some(cert), Some(key)) => RootSource::Files { cert: cert.clone(), key: key.clone() },
+        (None, None) => RootSource::Generated,
+        (Some(_), None) => return Err(StartError::CaFiles("--ca-cert")),
+        (None, Some(_)) => return Err(StartError::CaFiles("--ca-key")),
+    };
+    Ok(Arc::new(Ca::open(ca_config)?))
+}
+
 /// Start serving.
 pub fn start(config: ServerConfig) -> Result<Running, StartError> {
+    // The CA first: it creates the data dir private (0700).
+    let ca = open_ca(&config)?;
+    let tokens = Arc::new(JoinTokens::open(&config.data_dir)?);
+    let serving_tls = if config.tls {
+        let mut sans = serving_sans(config.api.ip(), &config.tls_sans)?;
+        for san in serving_sans(config.xds.ip(), &[])? {
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        Some(ServingTls::new(ca.clone(), sans, config.workload_cert_ttl)?)
+    } else {
+        None
+    };
     let policies = Policies::open(DataDir::new(config.data_dir.clone()), config.policy_dir.clone())?;
     let token = token(&config)?;
     let xds_l = bind("xDS", config.xds)?;
@@ -166,6 +258,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         token: token.clone(),
         snapshots: snap_rx.clone(),
         registry: registry.clone(),
+        issuance: Issuance::new(ca.clone(), tokens.clone()),
+        tokens: tokens.clone(),
     });
     let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -176,8 +270,15 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
             runtime.block_on(async move {
                 match (TcpListener::from_std(xds_l), TcpListener::from_std(api_l)) {
                     (Ok(xds_l), Ok(api_l)) => {
-                        tokio::spawn(ads.serve(xds_l));
-                        tokio::spawn(api::serve(api_l, state));
+                        let (api_tls, xds_tls) = match &serving_tls {
+                            Some(t) => {
+                                tokio::spawn(t.rotate());
+                                (Some(t.api.clone()), Some(t.xds.clone()))
+                            }
+                            None => (None, None),
+                        };
+                        tokio::spawn(ads.serve_with(xds_l, xds_tls));
+                        tokio::spawn(api::serve(api_l, state, api_tls));
                         tokio::spawn(debounce(p.clone(), registry.clone(), generator, snap_tx));
                         tokio::spawn(registry.expire_loop());
                         tokio::spawn(p.watch_dir());
@@ -193,7 +294,18 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
             runtime.shutdown_timeout(Duration::from_secs(2));
         })
         .map_err(StartError::Runtime)?;
-    Ok(Running { xds_addr, api_addr, token, policies, tracker, stop: Some(stop_tx), thread: Some(thread) })
+    Ok(Running {
+        xds_addr,
+        api_addr,
+        token,
+        policies,
+        tracker,
+        ca,
+        tokens,
+        tls: config.tls,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
 }
 
 /// Regenerate the snapshot when the policy set changes, at most once per [`DEBOUNCE`] of quiet

@@ -12,6 +12,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::ca::serving::PeerIdentity;
 use crate::endpoints::{Origin, Registry};
 use crate::metrics::{Metrics, TypeLabels};
 
@@ -42,6 +43,8 @@ pub struct ProxyStatus {
     pub user_agent: String,
     /// `delta` or `sotw`.
     pub protocol: &'static str,
+    /// The SPIFFE ID of the proxy's client certificate (xDS over TLS), if it presented one.
+    pub identity: Option<String>,
     pub connected_at: u64,
     /// Unix seconds of the last request on the stream.
     pub last_seen: u64,
@@ -81,6 +84,7 @@ impl Tracker {
                 service: String::new(),
                 user_agent: String::new(),
                 protocol,
+                identity: None,
                 connected_at: now,
                 last_seen: now,
                 types: BTreeMap::new(),
@@ -93,6 +97,7 @@ impl Tracker {
             metrics: metrics.clone(),
             registry: registry.clone(),
             registration: None,
+            peer: None,
         }
     }
 
@@ -113,6 +118,8 @@ pub struct StreamHandle {
     registry: Arc<Registry>,
     /// The workload this sidecar registered (node metadata `advertise`), if any.
     registration: Option<u64>,
+    /// The identity of the client certificate, if the stream came over TLS with one.
+    peer: Option<PeerIdentity>,
 }
 
 impl StreamHandle {
@@ -157,6 +164,29 @@ impl StreamHandle {
                 tracing::warn!(node = %node.id, %advertise, error = %e, "advertise is not IP:port: not registered")
             }
         }
+    }
+
+    /// The stream's verified client certificate identity (xDS over TLS), shown in the status.
+    pub fn authenticated(&mut self, peer: Option<&PeerIdentity>) {
+        let Some(peer) = peer else { return };
+        self.with(|p| p.identity = Some(peer.0.to_string()));
+        self.peer = Some(peer.clone());
+    }
+
+    /// Refuses a node that claims (node metadata `identity`) another identity than its client
+    /// certificate's. Call before [`StreamHandle::identify`].
+    pub fn authorize(&self, node: &Node) -> Result<(), tonic::Status> {
+        let (Some(peer), Some(claimed)) = (&self.peer, metadata_string(node, "identity")) else {
+            return Ok(());
+        };
+        if claimed == peer.0.as_str() {
+            return Ok(());
+        }
+        tracing::warn!(node = %node.id, %claimed, certificate = %peer.0, "xDS stream refused: identity mismatch");
+        Err(tonic::Status::permission_denied(format!(
+            "node {:?} claims identity {claimed} in its metadata, but its client certificate is for {}",
+            node.id, peer.0
+        )))
     }
 
     pub fn seen(&self) {

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::ca::serving::{self, PeerIdentity, WithPeer};
 use crate::endpoints::Registry;
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, XdsResource};
@@ -57,6 +58,12 @@ impl AdsServer {
     /// Serve on `listener` until the task is dropped (HTTP/2 straight on hyper: tonic's router
     /// would bring axum along for one service).
     pub async fn serve(self, listener: TcpListener) {
+        self.serve_with(listener, None).await;
+    }
+
+    /// [`AdsServer::serve`], over TLS when `tls` is given: a client certificate, when presented,
+    /// is verified and its identity passed to the streams ([`PeerIdentity`]).
+    pub async fn serve_with(self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
         let service = AggregatedDiscoveryServiceServer::new(self)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(256 << 20);
@@ -70,18 +77,40 @@ impl AdsServer {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let service = TowerToHyperService::new(service.clone());
+            let service = service.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
+                let result = match tls {
+                    None => serve_connection(stream, WithPeer::new(service, None)).await,
+                    Some(acceptor) => match serving::accept(&acceptor, stream).await {
+                        Ok((stream, identity)) => serve_connection(stream, WithPeer::new(service, identity)).await,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "xDS TLS handshake failed");
+                            return;
+                        }
+                    },
+                };
+                if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "xDS connection ended");
                 }
             });
         }
     }
+}
+
+/// One HTTP/2 connection of gRPC.
+async fn serve_connection<IO>(
+    io: IO,
+    service: WithPeer<AggregatedDiscoveryServiceServer<AdsServer>>,
+) -> Result<(), hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .await
 }
 
 #[tonic::async_trait]
@@ -94,7 +123,8 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let handle = self.tracker.connect("sotw", &self.metrics, &self.registry);
+        let mut handle = self.tracker.connect("sotw", &self.metrics, &self.registry);
+        handle.authenticated(request.extensions().get::<PeerIdentity>());
         tokio::spawn(sotw::run(request.into_inner(), tx, self.snapshots.clone(), handle, self.metrics.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -104,7 +134,8 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let handle = self.tracker.connect("delta", &self.metrics, &self.registry);
+        let mut handle = self.tracker.connect("delta", &self.metrics, &self.registry);
+        handle.authenticated(request.extensions().get::<PeerIdentity>());
         tokio::spawn(delta::run(request.into_inner(), tx, self.snapshots.clone(), handle, self.metrics.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

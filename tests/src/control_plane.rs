@@ -61,10 +61,9 @@ impl ControlPlane {
             xds,
             api,
             policy_dir: policy_dir.map(Path::to_path_buf),
-            data_dir: data_dir.to_path_buf(),
             token: Some(TOKEN.into()),
-            workers: 2,
             registration_grace,
+            ..ServerConfig::local(data_dir)
         })
         .unwrap_or_else(|e| panic!("the control plane did not start: {e}"));
         Self {

@@ -70,6 +70,20 @@ struct File {
     tokens: HashMap<String, Record>,
 }
 
+/// A token just created: the secret (shown once) and its expiry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CreatedToken {
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken").field("expires_at", &self.expires_at).finish_non_exhaustive()
+    }
+}
+
 /// Join tokens, persisted in `<data_dir>/tokens.json`.
 pub struct JoinTokens {
     path: PathBuf,
@@ -97,14 +111,25 @@ impl JoinTokens {
 
     /// Creates a token for `identity` valid for `ttl`. The returned secret is not stored anywhere.
     pub fn create(&self, identity: Identity, ttl: Duration, usage: TokenUse) -> Result<String, TokenError> {
+        self.create_at(identity, ttl, usage, SystemTime::now()).map(|created| created.token)
+    }
+
+    /// [`JoinTokens::create`] at a given time, also returning when the token expires.
+    pub fn create_at(
+        &self,
+        identity: Identity,
+        ttl: Duration,
+        usage: TokenUse,
+        now: SystemTime,
+    ) -> Result<CreatedToken, TokenError> {
         let mut secret = [0u8; 32];
         ring::rand::SystemRandom::new().fill(&mut secret).map_err(|_| TokenError::Random)?;
         let token = format!("{TOKEN_PREFIX}{}", hex(&secret));
-        let expires_at = unix(SystemTime::now() + ttl);
+        let expires_at = unix(now + ttl);
         let mut file = self.inner.lock();
         file.tokens.insert(hash(&token), Record { identity, expires_at, usage, redeemed: false });
-        self.save(&mut file, SystemTime::now())?;
-        Ok(token)
+        self.save(&mut file, now)?;
+        Ok(CreatedToken { token, expires_at })
     }
 
     /// [`TokenReviewer::redeem`] at a given time (tests).

@@ -78,6 +78,10 @@ impl Stream {
             && let Some(node) = &request.node
         {
             self.identified = true;
+            if let Err(status) = self.handle.authorize(node) {
+                let _ = self.tx.send(Err(status)).await;
+                return Err(());
+            }
             self.handle.identify(node);
         }
         self.handle.seen();
