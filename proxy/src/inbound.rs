@@ -34,6 +34,9 @@ use crate::transport::{detect, orig_dst};
 
 /// Connect timeout to the local application.
 pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `x-forwarded-client-cert`: `By=<this proxy's SPIFFE ID>;URI=<the caller's>` on requests that
+/// arrived over mTLS; removed from every other request.
+pub static XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
 /// A peer proxy must complete the mTLS handshake within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -287,6 +290,15 @@ impl Inbound {
         rec.upstream = Some(pool.addr());
         if let Some(t) = rec.trace_context() {
             t.inject(req.headers_mut());
+        }
+        // The app learns the caller's verified identity as Envoy and Istio tell it; a value the
+        // caller sent itself is never passed on.
+        req.headers_mut().remove(&XFCC);
+        if let Some(peer) = peer
+            && let Some(mesh) = self.mesh.load().as_ref()
+            && let Ok(v) = http::HeaderValue::from_str(&format!("By={};URI={peer}", mesh.identity()))
+        {
+            req.headers_mut().insert(XFCC.clone(), v);
         }
         // From a peer proxy, the app's own HTTP version travels in the orig-proto header.
         let orig = req.headers_mut().remove(&forward::ORIG_PROTO);

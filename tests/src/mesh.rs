@@ -1,0 +1,153 @@
+//! Meshed sidecars: a control plane with its CA, join tokens, and in-process proxies that get a
+//! workload certificate before they are ready and talk mutual TLS to each other.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use outrider_control_plane::server::{self, ServerConfig};
+use outrider_proxy::app::App;
+use outrider_proxy::config::ProxyConfig;
+use outrider_proxy::mesh::IdentityConfig;
+use outrider_proxy::source::xds::{Protocol, XdsConfig};
+use outrider_proxy::telemetry::log::LogHandle;
+use serde_json::{Value, json};
+
+use crate::client::{self, Client};
+use crate::control_plane::{ControlPlane, TOKEN};
+use crate::harness::TempDir;
+use crate::wait;
+
+/// A control plane whose CA issues certificates living `ttl`.
+pub fn control_plane(data_dir: &Path, ttl: Duration) -> ControlPlane {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    ControlPlane::start_config(ServerConfig {
+        xds: any,
+        api: any,
+        token: Some(TOKEN.into()),
+        workload_cert_ttl: ttl,
+        registration_grace: server::REGISTRATION_GRACE,
+        ..ServerConfig::local(data_dir)
+    })
+}
+
+/// `POST /v1/tokens` for `default/<sa>`; returns the token.
+pub async fn join_token(cp: &ControlPlane, service_account: &str) -> String {
+    let body = json!({"namespace": "default", "serviceAccount": service_account}).to_string();
+    let r = cp.call("POST", "/v1/tokens", &body, true, None).await;
+    assert_eq!(r.status, 200, "token create failed: {}", r.json);
+    r.json["token"].as_str().expect("a token").to_owned()
+}
+
+/// The SPIFFE ID the test control plane gives `default/<sa>`.
+pub fn identity(service_account: &str) -> String {
+    format!("spiffe://{}/ns/default/sa/{service_account}", server::DEFAULT_TRUST_DOMAIN)
+}
+
+/// A sidecar of `service` (service account = service) delivering inbound traffic to
+/// `app_port`, registered with the control plane as a meshed endpoint of `service`.
+#[derive(Debug)]
+pub struct Sidecar {
+    pub app: Option<App>,
+    pub client: Client,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub inbound: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Sidecar {
+    /// With a join token (`token`: `None` starts a proxy without identity, plaintext only).
+    pub async fn start(cp: &ControlPlane, service: &str, app_port: Option<u16>, token: Option<&str>) -> Self {
+        Self::start_edited(cp, service, app_port, token, |_| {}).await
+    }
+
+    pub async fn start_edited(
+        cp: &ControlPlane,
+        service: &str,
+        app_port: Option<u16>,
+        token: Option<&str>,
+        edit: impl FnOnce(&mut ProxyConfig),
+    ) -> Self {
+        let dir = TempDir::new("outrider-sidecar");
+        let mut config = ProxyConfig::local(&format!("{service}-sidecar"));
+        config.xds = Some(XdsConfig {
+            address: cp.xds_url(),
+            protocol: Protocol::Delta,
+            advertise: None,
+            labels: Default::default(),
+        });
+        config.service = Some(service.to_owned());
+        config.app_port = app_port;
+        if let Some(token) = token {
+            let file = dir.write("token", token);
+            config.identity = Some(IdentityConfig {
+                ca: format!("http://{}", cp.api).parse().expect("a URI"),
+                token_file: file,
+                namespace: "default".into(),
+                service_account: service.to_owned(),
+                ca_root: None,
+            });
+        }
+        edit(&mut config);
+        let app =
+            App::build(config, LogHandle::disabled()).await.unwrap_or_else(|e| panic!("the proxy did not start: {e}"));
+        let s = Self {
+            client: client::http1(app.addrs.outbound),
+            admin: app.addrs.admin,
+            metrics: app.addrs.metrics,
+            inbound: app.addrs.inbound,
+            app: Some(app),
+            _dir: dir,
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    pub async fn wait_ready(&self) {
+        let c = client::http1(self.admin);
+        wait::wait_until("the sidecar to be ready (certificate and config)", || async {
+            client::send(&c, client::get("http://admin/ready")).await.status == 200
+        })
+        .await;
+    }
+
+    /// `GET uri` through the outbound port.
+    pub async fn get(&self, uri: &str) -> client::Reply {
+        client::send(&self.client, client::get(uri)).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        let c = client::http1(self.metrics);
+        let r = client::send(&c, client::get("http://m/metrics")).await;
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    pub async fn config_dump(&self) -> Value {
+        let c = client::http1(self.admin);
+        let r = client::send(&c, client::get("http://admin/config_dump")).await;
+        assert_eq!(r.status, 200);
+        serde_json::from_slice(&r.body).expect("config_dump is JSON")
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+}
+
+/// Wait until the control plane serves `n` meshed endpoints of `service` to `sidecar`.
+pub async fn wait_meshed_endpoints(sidecar: &Sidecar, service: &str, n: usize) {
+    wait::wait_until(&format!("{n} meshed endpoints of {service}"), || async {
+        let dump = sidecar.config_dump().await;
+        let Some(clas) = dump["config"]["endpoints"]["resources"].as_array() else { return false };
+        clas.iter()
+            .filter(|c| c["cluster_name"].as_str().is_some_and(|n| n.ends_with(&format!("||{service}"))))
+            .flat_map(|c| c["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["identity"].is_string())
+            .count()
+            == n
+    })
+    .await;
+}
