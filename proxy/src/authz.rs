@@ -285,3 +285,25 @@ mod tests {
         assert_eq!(crate::state::inbound_policy(l).unwrap().mode, Mode::Strict);
     }
 }
+
+#[cfg(test)]
+mod tcp_tests {
+    use super::*;
+
+    #[test]
+    fn a_tcp_deny_by_identity_denies_the_connection() {
+        let text = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: db}\nspec: {protocol: tcp, port: 5432, addresses: [\"127.100.0.9\"], mtls: strict}\n---\napiVersion: outrider.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: db-no-batch}\nspec:\n  service: db\n  action: deny\n  from: [{identities: [\"spiffe://outrider.local/ns/default/sa/batch\"]}]\n";
+        let set = outrider_xds::load_str("p.yaml", text).unwrap();
+        let res = outrider_xds::translate(&set);
+        let l = res.listeners.iter().find(|l| l.name == "inbound|db").unwrap();
+        let p = crate::state::inbound_policy(l).unwrap();
+        assert_eq!(p.mode, Mode::Strict);
+        let batch = Identity::parse("spiffe://outrider.local/ns/default/sa/batch").unwrap();
+        let api = Identity::parse("spiffe://outrider.local/ns/default/sa/api").unwrap();
+        assert_eq!(
+            p.authorize(Request { peer: Some(&batch), http: None }),
+            Decision::Deny { policy: Some(Arc::from("db-no-batch")) }
+        );
+        assert_eq!(p.authorize(Request { peer: Some(&api), http: None }), Decision::Allow);
+    }
+}

@@ -151,3 +151,63 @@ pub async fn wait_meshed_endpoints(sidecar: &Sidecar, service: &str, n: usize) {
     })
     .await;
 }
+
+/// A rustls client config with a real mesh certificate for `default/<sa>` (issued through the
+/// control plane's API with a join token), expecting the server to be `server_sa`, offering
+/// `alpn`. Stands in for a peer proxy when a test needs raw control of the connection.
+pub async fn mesh_client(
+    cp: &ControlPlane,
+    service_account: &str,
+    server_sa: &str,
+    alpn: &[u8],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use outrider_proxy::tls::{self, CertStore, Identity, TrustBundle};
+    let bundle = cp.call("GET", "/v1/ca/bundle", "", false, None).await.json;
+    let roots: Vec<String> =
+        bundle["roots"].as_array().expect("roots").iter().map(|r| r.as_str().expect("PEM").to_owned()).collect();
+    let own = Identity::parse(&identity(service_account)).expect("an identity");
+    let bundle = TrustBundle::from_pem(roots.iter().map(String::as_str)).expect("bundle");
+    let store = std::sync::Arc::new(CertStore::new(own.clone(), bundle));
+    let key = tls::new_key_and_csr(&own).expect("a key");
+    let token = join_token(cp, service_account).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://cp/v1/certificates")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(json!({"csr": key.csr_pem}).to_string())))
+        .expect("a request");
+    let reply = client::send(&client::http1(cp.api), req).await;
+    assert_eq!(reply.status, 200, "issuance failed: {}", reply.text());
+    let issued: Value = serde_json::from_slice(&reply.body).expect("JSON");
+    let chain: Vec<String> = issued["certificateChain"]
+        .as_array()
+        .expect("a chain")
+        .iter()
+        .map(|c| c.as_str().expect("PEM").to_owned())
+        .collect();
+    store.install(key, &chain).expect("installed");
+    tls::client_config_alpn(store, Identity::parse(&identity(server_sa)).expect("an identity"), alpn).expect("a config")
+}
+
+/// TLS to `addr` with `config`; `Err` with the reason when the handshake fails.
+pub async fn tls_connect(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())
+}
+
+/// Wait until `sidecar` holds the inbound listener of `service` and `check` accepts its
+/// `/config_dump` view (`mtls`, `authorization`).
+pub async fn wait_inbound(sidecar: &Sidecar, service: &str, check: impl Fn(&Value) -> bool) {
+    let name = format!("inbound|{service}");
+    wait::wait_until(&format!("the inbound listener {name}"), || async {
+        let dump = sidecar.config_dump().await;
+        dump["config"]["listeners"]["resources"]
+            .as_array()
+            .is_some_and(|ls| ls.iter().any(|l| l["name"] == name.as_str() && check(l)))
+    })
+    .await;
+}

@@ -52,7 +52,10 @@ async fn two_sidecars_talk_mtls_over_h2_while_the_apps_speak_http1() {
 
     // The hop between the proxies was mutual TLS carrying HTTP/2 (ALPN outrider/1).
     let m = server.metrics().await;
-    assert!(counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider/1")]) >= 1.0, "{m}");
+    assert!(
+        counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider/1")]) >= 1.0,
+        "{m}"
+    );
     assert!(counter(&m, "outrider_tls_certificate_expiry_seconds", &[]) > 3600.0, "{m}");
     let dump = caller.config_dump().await;
     assert_eq!(dump["node"]["identity"]["spiffe_id"], identity("frontend"));
@@ -139,12 +142,10 @@ async fn strict_mode_and_authorization_policies() {
     let r = plain.get("http://reviews:9080/ok").await;
     assert!(r.status.is_server_error(), "plaintext caller refused, got {}", r.status);
     let raw = outrider_tests::client::http1(server.inbound);
-    let direct = tokio::time::timeout(
-        Duration::from_secs(10),
-        raw.request(outrider_tests::client::get("http://reviews/ok")),
-    )
-    .await
-    .expect("the refusal is prompt");
+    let direct =
+        tokio::time::timeout(Duration::from_secs(10), raw.request(outrider_tests::client::get("http://reviews/ok")))
+            .await
+            .expect("the refusal is prompt");
     assert!(direct.is_err(), "a plaintext connection is closed");
     let m = server.metrics().await;
     assert!(counter(&m, "outrider_plaintext_refused_total", &[("service", "reviews")]) >= 2.0, "{m}");
@@ -165,11 +166,8 @@ async fn strict_mode_and_authorization_policies() {
 
 /// Until the server sidecar has the strict inbound listener.
 async fn wait_strict(server: &Sidecar) {
-    outrider_tests::wait::wait_until("the strict inbound listener", || async {
-        let dump = server.config_dump().await;
-        dump["config"]["listeners"]["resources"]
-            .as_array()
-            .is_some_and(|ls| ls.iter().any(|l| l["name"] == "inbound|reviews" && l["mtls"] == "strict"))
+    mesh::wait_inbound(server, "reviews", |l| {
+        l["mtls"] == "strict" && l["authorization"].as_array().map(Vec::len) == Some(2)
     })
     .await;
 }
@@ -183,14 +181,17 @@ struct ForeignClient {
 async fn foreign_client(cp: &outrider_tests::control_plane::ControlPlane, dir: &TempDir, id: &str) -> ForeignClient {
     use outrider_control_plane::ca::{Ca, CaConfig, TrustDomain};
     use outrider_proxy::tls::{CertStore, Identity, TrustBundle};
-    let other = Ca::open(CaConfig::new(TrustDomain::new("outrider.local").unwrap(), dir.path().join("other-ca"))).unwrap();
-    let mesh_root = cp.call("GET", "/v1/ca/bundle", "", false, None).await.json["roots"][0].as_str().unwrap().to_owned();
+    let other =
+        Ca::open(CaConfig::new(TrustDomain::new("outrider.local").unwrap(), dir.path().join("other-ca"))).unwrap();
+    let mesh_root =
+        cp.call("GET", "/v1/ca/bundle", "", false, None).await.json["roots"][0].as_str().unwrap().to_owned();
     let identity = Identity::parse(id).unwrap();
     let bundle = TrustBundle::from_pem([mesh_root.as_str(), other.root_pem()]).unwrap();
     let store = Arc::new(CertStore::new(identity.clone(), bundle));
     let key = outrider_proxy::tls::new_key_and_csr(&identity).unwrap();
     let ns_sa = identity.namespace_and_service_account().unwrap();
-    let issued = other.issue(&key.csr_pem, &outrider_control_plane::ca::Identity::new(ns_sa.0, ns_sa.1).unwrap()).unwrap();
+    let issued =
+        other.issue(&key.csr_pem, &outrider_control_plane::ca::Identity::new(ns_sa.0, ns_sa.1).unwrap()).unwrap();
     store.install(key, &issued.chain_pem).unwrap();
     let config = outrider_proxy::tls::client_config(store, Identity::parse(&identity_of_reviews()).unwrap()).unwrap();
     ForeignClient { config }
@@ -206,7 +207,10 @@ impl ForeignClient {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let mut tls = tokio_rustls::TlsConnector::from(self.config.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
         // TLS 1.3: the server checks the client certificate after the client finished; its
         // refusal arrives as an alert on the first read.
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.map_err(|e| e.to_string())?;
@@ -216,5 +220,286 @@ impl ForeignClient {
             Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_between_sidecars_rides_an_mtls_http1_connection() {
+    use outrider_tests::raw::Reader;
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new("mtls-ws");
+    let cp = mesh::control_plane(dir.path(), DAY);
+    cp.apply(&reviews("")).await;
+    let ws = upstream::websocket().name("ws").start().await;
+    let server = Sidecar::start(&cp, "reviews", Some(ws.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
+    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
+    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+
+    let outbound = caller.app.as_ref().unwrap().addrs.outbound;
+    let mut s = Reader::new(tokio::net::TcpStream::connect(outbound).await.unwrap());
+    s.io.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: reviews:9080\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = s.response().await;
+    assert_eq!(head.status, 101, "{head:?}");
+    let greeting = b"hello from ws\n";
+    assert_eq!(s.exact(greeting.len()).await, greeting);
+    s.io.write_all(b"ping").await.unwrap();
+    assert_eq!(s.exact(4).await, b"ping");
+    assert_eq!(
+        ws.last().header("x-forwarded-client-cert"),
+        Some(format!("By={};URI={}", identity("reviews"), identity("frontend")).as_str())
+    );
+    let m = server.metrics().await;
+    assert_eq!(
+        counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider-http1/1")]),
+        1.0,
+        "{m}"
+    );
+    s.io.shutdown().await.unwrap();
+    assert!(s.to_end().await.is_empty());
+    caller.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_inside_mtls_is_authorized_by_identity() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("mtls-tcp");
+    let cp = mesh::control_plane(dir.path(), DAY);
+    cp.apply(&docs(&[
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: db}\nspec: {protocol: tcp, port: 5432, addresses: [\"127.100.0.9\"], mtls: strict}\n",
+        "apiVersion: outrider.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: db-no-batch}\nspec:\n  service: db\n  action: deny\n  from: [{identities: [\"spiffe://outrider.local/ns/default/sa/batch\"]}]\n",
+    ]))
+    .await;
+    let app = upstream::tcp_echo().start().await;
+    let server = Sidecar::start(&cp, "db", Some(app.addr.port()), Some(&join_token(&cp, "db").await)).await;
+    mesh::wait_inbound(&server, "db", |l| l["authorization"][0]["policies"][0] == "db-no-batch").await;
+
+    // An allowed identity: bytes both ways through the mTLS session.
+    let config = mesh::mesh_client(&cp, "api", "db", outrider_proxy::tls::ALPN_OUTRIDER_TCP).await;
+    let mut tls = mesh::tls_connect(config, server.inbound).await.expect("handshake");
+    tls.write_all(b"select 1").await.unwrap();
+    let mut buf = [0u8; 8];
+    tls.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"select 1");
+    tls.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).await.unwrap();
+
+    // A denied identity: the connection is closed without reaching the app.
+    let connections = app.connections();
+    let config = mesh::mesh_client(&cp, "batch", "db", outrider_proxy::tls::ALPN_OUTRIDER_TCP).await;
+    let mut tls = mesh::tls_connect(config, server.inbound).await.expect("handshake");
+    let _ = tls.write_all(b"select 1").await;
+    let mut rest = Vec::new();
+    let read = tls.read_to_end(&mut rest).await;
+    assert!(read.is_err() || rest.is_empty(), "nothing comes back: {rest:?}");
+    assert_eq!(app.connections(), connections, "the app never saw the denied connection");
+    let m = server.metrics().await;
+    assert_eq!(
+        counter(&m, "outrider_authorization_denied_total", &[("service", "db"), ("peer", &identity("batch"))]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider-tcp/1")]),
+        2.0,
+        "{m}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_presenting_another_identity_is_refused_by_the_caller() {
+    let dir = TempDir::new("mtls-wrong-san");
+    let cp = mesh::control_plane(dir.path(), DAY);
+    let app = upstream::http1().name("backend-app").start().await;
+    // The backend registers under another service name, so the only endpoint of `reviews` is
+    // the static one below, which claims an identity its sidecar does not have.
+    let backend = Sidecar::start(&cp, "backend", Some(app.addr.port()), Some(&join_token(&cp, "backend").await)).await;
+    cp.apply(&reviews(&format!(
+        "  endpoints: [{{address: \"{}\", meshed: true, identity: \"{}\"}}]\n",
+        backend.inbound,
+        identity("reviews")
+    )))
+    .await;
+    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
+    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+    let r = caller.get("http://reviews:9080/x").await;
+    r.assert_status(503);
+    assert_eq!(r.header("x-outrider-local-reply"), Some("connect-failure"));
+    let text = r.text();
+    assert!(
+        text.contains(&format!("peer identity is {}, expected {}", identity("backend"), identity("reviews"))),
+        "{text}"
+    );
+    assert_eq!(app.request_count(), 0);
+    caller.shutdown().await;
+    backend.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_client_certificate_is_refused() {
+    let dir = TempDir::new("mtls-expired");
+    let cp = mesh::control_plane(dir.path(), DAY);
+    cp.apply(&reviews("")).await;
+    let app = upstream::http1().start().await;
+    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
+
+    // A certificate signed by the mesh root itself, but expired an hour ago.
+    let root_pem = std::fs::read_to_string(dir.path().join("root.pem")).unwrap();
+    let root_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.path().join("root.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity("frontend").try_into().unwrap())];
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(2);
+    params.not_after = now - time::Duration::hours(1);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(root_der(&root_pem))).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(outrider_proxy::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
+        .with_client_auth_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![outrider_proxy::tls::ALPN_OUTRIDER.to_vec()];
+    let before = counter(&server.metrics().await, "outrider_tls_handshake_errors_total", &[("direction", "inbound")]);
+    let refused = match mesh::tls_connect(Arc::new(config), server.inbound).await {
+        Err(e) => e,
+        Ok(mut tls) => {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 16];
+            match tls.read(&mut buf).await {
+                Err(e) => e.to_string(),
+                Ok(n) => panic!("an expired certificate was accepted ({n} bytes read)"),
+            }
+        }
+    };
+    assert!(refused.contains("CertificateExpired") || refused.contains("expired"), "{refused}");
+    let m = server.metrics().await;
+    assert_eq!(counter(&m, "outrider_tls_handshake_errors_total", &[("direction", "inbound")]), before + 1.0, "{m}");
+    assert_eq!(app.request_count(), 0);
+    server.shutdown().await;
+}
+
+fn root_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+/// The expired-certificate test checks the server's verdict only.
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &outrider_proxy::tls::provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        outrider_proxy::tls::provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Certificates of 10 s rotate every 5–8 s: during 60 s of load both sidecars rotate several
+/// times and no request fails; a new connection after the rotations still handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_loses_no_request() {
+    let dir = TempDir::new("mtls-rotate");
+    let cp = mesh::control_plane(dir.path(), Duration::from_secs(10));
+    cp.apply(&reviews("")).await;
+    let app = upstream::http1().name("reviews-app").start().await;
+    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
+    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
+    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let outbound = caller.app.as_ref().unwrap().addrs.outbound;
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            tokio::spawn(async move {
+                // Each worker opens a new connection to its sidecar every 50 requests.
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut client = outrider_tests::client::http1(outbound);
+                let mut i = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    if i % 50 == 0 {
+                        client = outrider_tests::client::http1(outbound);
+                    }
+                    let r = outrider_tests::client::send(
+                        &client,
+                        outrider_tests::client::get(&format!("http://reviews:9080/w{w}/{i}")),
+                    )
+                    .await;
+                    if r.status == 200 {
+                        ok += 1
+                    } else {
+                        failed.push(r.status.as_u16())
+                    }
+                    i += 1;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        let (ok, failed) = w.await.unwrap();
+        assert!(failed.is_empty(), "failed requests during rotation: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 100, "load ran ({total} requests)");
+    for (who, s) in [("caller", &caller), ("server", &server)] {
+        let installs = s.config_dump().await["node"]["identity"]["certificates_installed"].as_u64().unwrap();
+        assert!(installs >= 4, "{who}: several rotations in 60 s of 10 s certificates, saw {installs}");
+    }
+    // A fresh handshake now uses the rotated certificates on both sides.
+    let fresh = Sidecar::start(&cp, "ratings", None, Some(&join_token(&cp, "ratings").await)).await;
+    mesh::wait_meshed_endpoints(&fresh, "reviews", 1).await;
+    fresh.get("http://reviews:9080/after").await.assert_status(200);
+    for s in [fresh, caller, server] {
+        s.shutdown().await;
     }
 }
