@@ -70,7 +70,7 @@ impl ControlPlane {
         policy_dir: Option<&Path>,
         registration_grace: std::time::Duration,
     ) -> Self {
-        let running = server::start(ServerConfig {
+        Self::start_config(ServerConfig {
             xds,
             api,
             policy_dir: policy_dir.map(Path::to_path_buf),
@@ -78,13 +78,18 @@ impl ControlPlane {
             registration_grace,
             ..ServerConfig::local(data_dir)
         })
-        .unwrap_or_else(|e| panic!("the control plane did not start: {e}"));
+    }
+
+    /// Start with a full configuration (e.g. `tls`, `workload_cert_ttl`).
+    pub fn start_config(config: ServerConfig) -> Self {
+        let data_dir = config.data_dir.clone();
+        let running = server::start(config).unwrap_or_else(|e| panic!("the control plane did not start: {e}"));
         Self {
             xds: running.xds_addr,
             api: running.api_addr,
             client: client::http1(running.api_addr),
             running: Some(running),
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
         }
     }
 

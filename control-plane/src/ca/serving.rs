@@ -198,3 +198,40 @@ where
         self.inner.call(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::{CaConfig, TrustDomain};
+
+    #[test]
+    fn sans_take_ips_and_dns_names_and_refuse_the_rest() {
+        let sans = serving_sans(IpAddr::from([10, 0, 0, 5]), &["cp.mesh.internal".into(), "192.0.2.1".into()]).unwrap();
+        assert!(sans.contains(&SanType::IpAddress(IpAddr::from([10, 0, 0, 5]))));
+        assert!(sans.contains(&SanType::IpAddress(IpAddr::from([192, 0, 2, 1]))));
+        assert!(sans.contains(&SanType::DnsName("cp.mesh.internal".try_into().unwrap())));
+        assert!(sans.contains(&SanType::DnsName("localhost".try_into().unwrap())));
+        assert!(matches!(
+            serving_sans(IpAddr::from([127, 0, 0, 1]), &["not a name".into()]),
+            Err(ServingError::BadSan(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_serving_certificate_is_for_the_control_plane_and_rotates() {
+        let dir = std::env::temp_dir().join(format!("outrider-serving-{}-{}", std::process::id(), fastrand::u64(..)));
+        let ca = Arc::new(Ca::open(CaConfig::new(TrustDomain::new("outrider.local").unwrap(), &dir)).unwrap());
+        let tls = ServingTls::new(ca, serving_sans(IpAddr::from([127, 0, 0, 1]), &[]).unwrap(), Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(tls.store().identity().as_str(), "spiffe://outrider.local/ns/outrider-system/sa/control-plane");
+        assert_eq!(tls.store().installs(), 1);
+        let rotation = tokio::spawn(tls.rotate());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tls.store().installs() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        rotation.abort();
+        assert!(tls.store().installs() >= 2, "renewed before expiry");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

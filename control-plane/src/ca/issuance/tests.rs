@@ -183,3 +183,22 @@ fn renewal_with_a_chain_from_another_ca_is_unauthorized() {
     assert_eq!((err.status(), err.reason()), (401, "renewal_chain"), "{err}");
     assert!(err.to_string().contains("trust bundle"), "{err}");
 }
+
+/// The proof as the proxy makes it: rustls' signing key for its PKCS#8 key,
+/// `choose_scheme(ECDSA_NISTP256_SHA256)` then `sign`.
+#[test]
+fn renewal_signed_the_way_rustls_signs_is_accepted() {
+    use rustls::SignatureScheme;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let f = fixture("renew-rustls");
+    let (old_key, chain) = current(&f, Duration::from_secs(600));
+    let (_new_key, pem, der) = csr(&[CHECKOUT]);
+    let signing_key = outrider_proxy::tls::provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(old_key.serialize_der())))
+        .unwrap();
+    let signer = signing_key.choose_scheme(&[SignatureScheme::ECDSA_NISTP256_SHA256]).unwrap();
+    let signature: String = signer.sign(&der).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let proof = RenewalProof { certificate_chain: chain, signature };
+    assert_eq!(f.issuance.issue(&pem, Credential::Renewal(&proof)).unwrap().spiffe_id, CHECKOUT);
+}
