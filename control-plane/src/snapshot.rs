@@ -26,17 +26,17 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
 };
+use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use outrider_xds::PolicySet;
-use prost::Message as _;
 use outrider_xds::resources::{
     CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, HTTP_CONNECTION_MANAGER_TYPE_URL, LISTENER_TYPE_URL,
     ROUTE_CONFIGURATION_TYPE_URL, ROUTER_FILTER, ROUTER_TYPE_URL, any,
 };
+use prost::Message as _;
 use tokio::time::Instant;
 
 /// Who a resource is served to.
@@ -83,7 +83,8 @@ impl XdsResource {
     fn new(name: String, version: String, any: Any, scope: Scope) -> Self {
         let mut sotw = Vec::with_capacity(any.encoded_len() + 8);
         prost::encoding::message::encode(2, &any, &mut sotw);
-        let resource = Resource { name: name.clone(), version: version.clone(), resource: Some(any), ..Default::default() };
+        let resource =
+            Resource { name: name.clone(), version: version.clone(), resource: Some(any), ..Default::default() };
         let mut delta = Vec::with_capacity(resource.encoded_len() + 8);
         prost::encoding::message::encode(2, &resource, &mut delta);
         let any = resource.resource.unwrap_or_default();
@@ -170,8 +171,7 @@ impl Generator {
         }
         let mut listeners: Vec<(String, Listener, Scope)> =
             resources.listeners.into_iter().map(|l| (l.name.clone(), l, Scope::All)).collect();
-        listeners
-            .extend(api_listeners(set, &resources.routes).into_iter().map(|l| (l.name.clone(), l, Scope::ByName)));
+        listeners.extend(api_listeners(set, &resources.routes).into_iter().map(|l| (l.name.clone(), l, Scope::ByName)));
         let routes = named(resources.routes, |r| r.name.clone());
         let clusters = named(resources.clusters, |c| c.name.clone());
         let endpoints = named(resources.endpoints, |e| e.cluster_name.clone());

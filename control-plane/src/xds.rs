@@ -336,3 +336,7 @@ fn push_order<'a>(types: impl Iterator<Item = &'a String>) -> Vec<String> {
     list.sort_by_key(|t| rank(t));
     list
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

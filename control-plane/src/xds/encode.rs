@@ -171,7 +171,9 @@ pub(super) fn unimplemented(path: &str) -> http::Response<AdsBody> {
     let mut response = response(AdsBody::empty());
     let headers = response.headers_mut();
     headers.insert("grpc-status", HeaderValue::from_static("12"));
-    if let Ok(message) = HeaderValue::from_str(&format!("unknown method {path}").replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_")) {
+    if let Ok(message) = HeaderValue::from_str(
+        &format!("unknown method {path}").replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_"),
+    ) {
         headers.insert("grpc-message", message);
     }
     response
@@ -197,7 +199,8 @@ mod tests {
         let set = outrider_xds::load_str("t.yaml", &policy).unwrap();
         let snapshot = Generator::new().generate(&set);
         let (tx, rx) = mpsc::channel(4);
-        for type_url in [outrider_xds::resources::CLUSTER_TYPE_URL, outrider_xds::resources::ROUTE_CONFIGURATION_TYPE_URL]
+        for type_url in
+            [outrider_xds::resources::CLUSTER_TYPE_URL, outrider_xds::resources::ROUTE_CONFIGURATION_TYPE_URL]
         {
             let resources: Vec<_> = snapshot.get(type_url).unwrap().resources.values().cloned().collect();
             let head = DeltaDiscoveryResponse {
@@ -221,7 +224,8 @@ mod tests {
             bytes = bytes.slice(5 + len..);
             message
         };
-        for type_url in [outrider_xds::resources::CLUSTER_TYPE_URL, outrider_xds::resources::ROUTE_CONFIGURATION_TYPE_URL]
+        for type_url in
+            [outrider_xds::resources::CLUSTER_TYPE_URL, outrider_xds::resources::ROUTE_CONFIGURATION_TYPE_URL]
         {
             let want = &snapshot.get(type_url).unwrap().resources;
             let delta = DeltaDiscoveryResponse::decode(frame()).unwrap();
@@ -257,7 +261,8 @@ mod tests {
         });
         let mut resources = vec![r.clone(); 1000];
         resources.insert(500, big.clone());
-        let mut sending = Sending { message: Encoded::sotw(&DiscoveryResponse::default(), resources), next: 0, started: false };
+        let mut sending =
+            Sending { message: Encoded::sotw(&DiscoveryResponse::default(), resources), next: 0, started: false };
         let mut total = 0;
         let mut shared = false;
         while let Some(chunk) = sending.next_chunk() {

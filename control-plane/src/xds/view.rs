@@ -138,7 +138,9 @@ mod tests {
         let docs: Vec<String> = services
             .iter()
             .map(|(name, port)| {
-                format!("apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{port: {port}}}\n")
+                format!(
+                    "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{port: {port}}}\n"
+                )
             })
             .collect();
         outrider_xds::load_str("t.yaml", &docs.join("---\n")).unwrap()
