@@ -142,6 +142,10 @@ impl StreamHandle {
             return;
         };
         if draining {
+            // A registration of its previous stream (in its grace period) goes too.
+            if let Ok(addr) = advertise.parse::<SocketAddr>() {
+                self.registry.unregister(&service, addr, &Origin::Sidecar(node.id.clone()));
+            }
             tracing::info!(node = %node.id, %service, "draining sidecar connected: not registered");
             return;
         }
