@@ -64,14 +64,19 @@ fn policy(services: usize, round: usize) -> String {
     out
 }
 
-fn proc_stats(pid: u32) -> (u64, f64) {
+/// A `/proc/PID/status` field in KiB (`VmHWM`: peak RSS, `VmRSS`: now).
+fn status_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
+    status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+fn proc_stats(pid: u32) -> (u64, f64) {
+    let rss_kb = status_kb(pid, "VmHWM:");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
@@ -151,7 +156,12 @@ async fn main() {
     }
     println!("{} clients connected and configured in {:?}", args.clients, connect_start.elapsed());
     let (rss, cpu0) = proc_stats(pid);
-    println!("control plane after connect: peak RSS {} MiB, CPU {:.2}s", rss / 1024, cpu0);
+    println!(
+        "control plane after connect: peak RSS {} MiB, RSS now {} MiB, CPU {:.2}s",
+        rss / 1024,
+        status_kb(pid, "VmRSS:") / 1024,
+        cpu0
+    );
 
     let mut all = Vec::new();
     for round in 1..=args.rounds {
@@ -185,10 +195,11 @@ async fn main() {
     all.sort();
     let (rss, cpu1) = proc_stats(pid);
     println!(
-        "all rounds: p50 {:?} p99 {:?}; control plane peak RSS {} MiB, CPU {:.2}s for {} rounds",
+        "all rounds: p50 {:?} p99 {:?}; control plane peak RSS {} MiB, RSS now {} MiB, CPU {:.2}s for {} rounds",
         percentile(&all, 0.5),
         percentile(&all, 0.99),
         rss / 1024,
+        status_kb(pid, "VmRSS:") / 1024,
         cpu1 - cpu0,
         args.rounds
     );

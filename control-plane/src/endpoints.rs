@@ -144,6 +144,19 @@ impl Registry {
         removed
     }
 
+    /// Remove the registration of `address` for `service` by `origin`, if there is one.
+    pub fn unregister(&self, service: &str, address: SocketAddr, origin: &Origin) -> bool {
+        let mut entries = self.entries.lock();
+        let before = entries.len();
+        entries.retain(|_, r| !(r.service == service && r.address == address && r.origin == *origin));
+        let removed = entries.len() != before;
+        drop(entries);
+        if removed {
+            self.bump();
+        }
+        removed
+    }
+
     /// Every registration, with the time left.
     pub fn list(&self) -> Vec<Registration> {
         let now = Instant::now();

@@ -6,9 +6,19 @@
 //! an API listener per HTTP service (named `NAME` and `NAME:PORT`, as gRPC requests them for
 //! `xds:///NAME[:PORT]`), with the service's virtual host inline. They are served only to
 //! clients that subscribe to them by name, never to wildcard (sidecar) subscriptions.
+//!
+//! Resources named `inbound|<service>` (the inbound listener of a service, with its mTLS mode
+//! and authorization rules) are scoped to that service: served only to the proxies whose node
+//! names it, and versioned apart from the rest of their type so that a change to one service's
+//! inbound listener changes nothing any other proxy sees. Outbound resources go to every proxy.
+//!
+//! Each resource is encoded once, as the bytes of its entry in a SotW and in a Delta response;
+//! streams send those shared bytes (see `xds::encode`) instead of copying the resource.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Locality;
@@ -19,31 +29,90 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
 };
+use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use outrider_xds::PolicySet;
 use outrider_xds::resources::{
     CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, HTTP_CONNECTION_MANAGER_TYPE_URL, LISTENER_TYPE_URL,
     ROUTE_CONFIGURATION_TYPE_URL, ROUTER_FILTER, ROUTER_TYPE_URL, any,
 };
+use prost::Message as _;
 use tokio::time::Instant;
 
-/// One resource ready to send.
+/// Who a resource is served to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every client: wildcard subscriptions and requests by name (outbound resources).
+    All,
+    /// Only clients that ask for it by name (the API listeners of gRPC proxyless clients).
+    ByName,
+    /// Only proxies of this service (node metadata `service`, else the node's `cluster`),
+    /// wildcard or by name: resources named `inbound|<service>[|...]`.
+    Service(String),
+}
+
+/// The prefix of resources that belong to one service's proxies.
+pub const INBOUND_PREFIX: &str = "inbound|";
+
+impl Scope {
+    /// `inbound|<service>[|...]` is scoped to `<service>`; anything else gets `default`.
+    fn of(name: &str, default: Scope) -> Scope {
+        match name.strip_prefix(INBOUND_PREFIX) {
+            Some(rest) => Scope::Service(rest.split('|').next().unwrap_or(rest).to_owned()),
+            None => default,
+        }
+    }
+}
+
+/// One resource ready to send, encoded once for every stream that sends it.
 #[derive(Debug)]
 pub struct XdsResource {
     pub name: String,
     /// The snapshot version at which this resource last changed.
     pub version: String,
     pub any: Any,
-    /// Served to wildcard subscriptions (false: only when asked for by name).
-    pub wildcard: bool,
+    pub scope: Scope,
+    /// `DiscoveryResponse.resources` entry (field 2, the `Any`), key and length included.
+    pub sotw: Bytes,
+    /// `DeltaDiscoveryResponse.resources` entry (field 2, a `Resource` with name, version and
+    /// the `Any`), key and length included.
+    pub delta: Bytes,
+}
+
+impl XdsResource {
+    fn new(name: String, version: String, any: Any, scope: Scope) -> Self {
+        let mut sotw = Vec::with_capacity(any.encoded_len() + 8);
+        prost::encoding::message::encode(2, &any, &mut sotw);
+        let resource =
+            Resource { name: name.clone(), version: version.clone(), resource: Some(any), ..Default::default() };
+        let mut delta = Vec::with_capacity(resource.encoded_len() + 8);
+        prost::encoding::message::encode(2, &resource, &mut delta);
+        let any = resource.resource.unwrap_or_default();
+        Self { name, version, any, scope, sotw: sotw.into(), delta: delta.into() }
+    }
 }
 
 /// All resources of one type.
 #[derive(Debug, Default)]
 pub struct TypeSnapshot {
-    /// Changes whenever any resource of the type changes.
+    /// Changes whenever a resource of the type that is not scoped to a service changes.
     pub version: String,
+    /// Per service, the version at which its scoped resources last changed: a change to one
+    /// service's inbound listener changes neither [`TypeSnapshot::version`] nor what any
+    /// other service's proxies see.
+    pub scoped: BTreeMap<String, String>,
     pub resources: BTreeMap<String, Arc<XdsResource>>,
+}
+
+impl TypeSnapshot {
+    /// The version of what a proxy of `service` sees of this type: the type's version, plus the
+    /// version of the service's own scoped resources when it has any.
+    pub fn view_version(&self, service: &str) -> String {
+        match self.scoped.get(service) {
+            Some(v) if !service.is_empty() => format!("{}+{v}", self.version),
+            _ => self.version.clone(),
+        }
+    }
 }
 
 /// Everything the server serves at one moment.
@@ -53,7 +122,8 @@ pub struct Snapshot {
     pub version: String,
     /// Version of the policy documents alone (`configVersion` of API writes).
     pub policy_version: String,
-    pub types: BTreeMap<&'static str, TypeSnapshot>,
+    /// Shared with the previous snapshot when nothing of the type changed.
+    pub types: BTreeMap<&'static str, Arc<TypeSnapshot>>,
     /// When it was generated (push latency is measured from here).
     pub created: Instant,
 }
@@ -63,13 +133,14 @@ impl Snapshot {
         Self { version: String::new(), policy_version: String::new(), types: BTreeMap::new(), created: Instant::now() }
     }
 
-    pub fn get(&self, type_url: &str) -> Option<&TypeSnapshot> {
+    pub fn get(&self, type_url: &str) -> Option<&Arc<TypeSnapshot>> {
         self.types.get(type_url)
     }
 }
 
-/// Typed resources of one type with the version at which each last changed.
-type Versioned<M> = BTreeMap<String, (M, String)>;
+/// Typed resources of one type with what was served for them (kept to compare the next set
+/// with, and to reuse the encoded resource when it did not change).
+type Versioned<M> = BTreeMap<String, (M, Arc<XdsResource>)>;
 
 /// Produces snapshots, remembering the previous one to keep versions of unchanged resources.
 #[derive(Debug, Default)]
@@ -78,7 +149,7 @@ pub struct Generator {
     routes: Versioned<RouteConfiguration>,
     clusters: Versioned<Cluster>,
     endpoints: Versioned<ClusterLoadAssignment>,
-    type_versions: BTreeMap<&'static str, String>,
+    types: BTreeMap<&'static str, Arc<TypeSnapshot>>,
 }
 
 impl Generator {
@@ -88,76 +159,100 @@ impl Generator {
 
     /// The snapshot of `set`.
     pub fn generate(&mut self, set: &PolicySet) -> Snapshot {
-        let mut resources = outrider_xds::translate(set);
+        let resources = outrider_xds::translate(set);
+        self.generate_from(set, resources)
+    }
+
+    /// The snapshot of `set` translated to `resources` (tests add resources of their own).
+    fn generate_from(&mut self, set: &PolicySet, mut resources: outrider_xds::Resources) -> Snapshot {
         let version = resources.version.clone();
         for cla in &mut resources.endpoints {
             grpc_friendly_localities(cla);
         }
-        let mut listeners: Vec<(String, Listener, bool)> =
-            resources.listeners.into_iter().map(|l| (l.name.clone(), l, true)).collect();
-        listeners.extend(api_listeners(set, &resources.routes).into_iter().map(|l| (l.name.clone(), l, false)));
+        let mut listeners: Vec<(String, Listener, Scope)> =
+            resources.listeners.into_iter().map(|l| (l.name.clone(), l, Scope::All)).collect();
+        listeners.extend(api_listeners(set, &resources.routes).into_iter().map(|l| (l.name.clone(), l, Scope::ByName)));
         let routes = named(resources.routes, |r| r.name.clone());
         let clusters = named(resources.clusters, |c| c.name.clone());
         let endpoints = named(resources.endpoints, |e| e.cluster_name.clone());
 
-        let mut types = BTreeMap::new();
-        let tv = &mut self.type_versions;
-        types.insert(LISTENER_TYPE_URL, update(&mut self.listeners, listeners, &version, LISTENER_TYPE_URL, tv));
-        types.insert(
-            ROUTE_CONFIGURATION_TYPE_URL,
-            update(&mut self.routes, routes, &version, ROUTE_CONFIGURATION_TYPE_URL, tv),
-        );
-        types.insert(CLUSTER_TYPE_URL, update(&mut self.clusters, clusters, &version, CLUSTER_TYPE_URL, tv));
-        types.insert(
-            CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
-            update(&mut self.endpoints, endpoints, &version, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, tv),
-        );
-        Snapshot { policy_version: version.clone(), version, types, created: Instant::now() }
+        let types = &mut self.types;
+        update(&mut self.listeners, listeners, &version, LISTENER_TYPE_URL, types);
+        update(&mut self.routes, routes, &version, ROUTE_CONFIGURATION_TYPE_URL, types);
+        update(&mut self.clusters, clusters, &version, CLUSTER_TYPE_URL, types);
+        update(&mut self.endpoints, endpoints, &version, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, types);
+        Snapshot { policy_version: version.clone(), version, types: types.clone(), created: Instant::now() }
     }
 }
 
-fn named<M>(items: Vec<M>, name: impl Fn(&M) -> String) -> Vec<(String, M, bool)> {
-    items.into_iter().map(|m| (name(&m), m, true)).collect()
+fn named<M>(items: Vec<M>, name: impl Fn(&M) -> String) -> Vec<(String, M, Scope)> {
+    items.into_iter().map(|m| (name(&m), m, Scope::All)).collect()
 }
 
 /// Compares with the previous resources of the type (typed `==`: the encoded bytes of equal
-/// messages may differ, their maps being `HashMap`s) and assigns versions.
-fn update<M: prost::Message + PartialEq + Clone>(
+/// messages may differ, their maps being `HashMap`s), assigns versions and replaces the type's
+/// entry in `types` (left as it was, shared, when nothing changed).
+fn update<M: prost::Message + PartialEq>(
     prev: &mut Versioned<M>,
-    items: Vec<(String, M, bool)>,
+    items: Vec<(String, M, Scope)>,
     version: &str,
     type_url: &'static str,
-    type_versions: &mut BTreeMap<&'static str, String>,
-) -> TypeSnapshot {
+    types: &mut BTreeMap<&'static str, Arc<TypeSnapshot>>,
+) {
     let mut next = Versioned::new();
     let mut out = BTreeMap::new();
-    let mut changed = items.len() != prev.len();
-    for (name, message, wildcard) in items {
-        let resource_version = match prev.get(&name) {
-            Some((old, v)) if *old == message => v.clone(),
-            _ => {
-                changed = true;
-                version.to_owned()
+    // Whether an unscoped resource changed, and which services' scoped ones did.
+    let mut changed = false;
+    let mut changed_services = BTreeSet::new();
+    let mut touched = |scope: &Scope, changed: &mut bool| match scope {
+        Scope::Service(s) => {
+            changed_services.insert(s.clone());
+        }
+        _ => *changed = true,
+    };
+    for (name, message, default_scope) in items {
+        let scope = Scope::of(&name, default_scope);
+        let resource = match prev.remove(&name) {
+            Some((old, r)) if old == message && r.scope == scope => r,
+            Some((_, r)) => {
+                touched(&r.scope, &mut changed);
+                touched(&scope, &mut changed);
+                Arc::new(XdsResource::new(name.clone(), version.to_owned(), any(type_url, &message), scope))
+            }
+            None => {
+                touched(&scope, &mut changed);
+                Arc::new(XdsResource::new(name.clone(), version.to_owned(), any(type_url, &message), scope))
             }
         };
-        out.insert(
-            name.clone(),
-            Arc::new(XdsResource {
-                name: name.clone(),
-                version: resource_version.clone(),
-                any: any(type_url, &message),
-                wildcard,
-            }),
-        );
-        next.insert(name, (message, resource_version));
+        out.insert(name.clone(), resource.clone());
+        next.insert(name, (message, resource));
+    }
+    // What is left of the previous set was removed.
+    for (_, r) in prev.values() {
+        touched(&r.scope, &mut changed);
     }
     *prev = next;
-    let type_version = match type_versions.get(type_url) {
-        Some(v) if !changed => v.clone(),
+    let before = types.get(type_url);
+    if before.is_some() && !changed && changed_services.is_empty() {
+        return;
+    }
+    let type_version = match before {
+        Some(t) if !changed => t.version.clone(),
         _ => version.to_owned(),
     };
-    type_versions.insert(type_url, type_version.clone());
-    TypeSnapshot { version: type_version, resources: out }
+    let mut scoped: BTreeMap<String, String> = BTreeMap::new();
+    for r in out.values() {
+        if let Scope::Service(s) = &r.scope
+            && !scoped.contains_key(s)
+        {
+            let v = match before.and_then(|t| t.scoped.get(s)) {
+                Some(v) if !changed_services.contains(s) => v.clone(),
+                _ => version.to_owned(),
+            };
+            scoped.insert(s.clone(), v);
+        }
+    }
+    types.insert(type_url, Arc::new(TypeSnapshot { version: type_version, scoped, resources: out }));
 }
 
 /// gRPC ignores localities without a weight; give the single locality one (Envoy ignores it
@@ -210,7 +305,7 @@ fn api_listeners(set: &PolicySet, routes: &[RouteConfiguration]) -> Vec<Listener
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn set(port: u16) -> PolicySet {
@@ -248,16 +343,70 @@ mod tests {
     }
 
     #[test]
-    fn api_listeners_are_named_after_grpc_targets_and_not_wildcard() {
+    fn api_listeners_are_named_after_grpc_targets_and_served_by_name_only() {
         let snapshot = Generator::new().generate(&set(90));
         let listeners = &snapshot.get(LISTENER_TYPE_URL).unwrap().resources;
-        assert!(listeners["outbound"].wildcard);
+        assert_eq!(listeners["outbound"].scope, Scope::All);
         for name in ["a", "a:80", "b", "b:90"] {
-            assert!(!listeners[name].wildcard, "{name}");
+            assert_eq!(listeners[name].scope, Scope::ByName, "{name}");
         }
         let cla = &snapshot.get(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL).unwrap().resources;
         let decoded: ClusterLoadAssignment =
             outrider_xds::resources::decode_any(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &cla["outbound|80||a"].any).unwrap();
         assert_eq!(decoded.endpoints[0].load_balancing_weight, Some(UInt32Value { value: 1 }));
+    }
+
+    /// The translation of `set` plus an inbound listener per `(service, stat prefix)` (as the
+    /// translation will add them, with the set's version covering them).
+    pub(crate) fn with_inbound(g: &mut Generator, set: &PolicySet, inbound: &[(&str, &str)]) -> Snapshot {
+        let mut resources = outrider_xds::translate(set);
+        resources.version = format!("{}-{inbound:?}", resources.version);
+        for (service, marker) in inbound {
+            resources.listeners.push(Listener {
+                name: format!("{INBOUND_PREFIX}{service}"),
+                stat_prefix: (*marker).to_owned(),
+                ..Default::default()
+            });
+        }
+        g.generate_from(set, resources)
+    }
+
+    #[test]
+    fn inbound_listeners_are_scoped_and_versioned_per_service() {
+        let mut g = Generator::new();
+        let first = with_inbound(&mut g, &set(90), &[("a", "1"), ("b", "1")]);
+        let l1 = first.get(LISTENER_TYPE_URL).unwrap().clone();
+        assert_eq!(l1.resources["inbound|a"].scope, Scope::Service("a".into()));
+        assert_eq!(l1.resources["inbound|b"].scope, Scope::Service("b".into()));
+        assert_eq!(l1.view_version("c"), l1.version, "no scoped resources: the type's version");
+
+        // b's inbound listener changes: a's view and the type's version stay; b's moves.
+        let second = with_inbound(&mut g, &set(90), &[("a", "1"), ("b", "2")]);
+        let l2 = second.get(LISTENER_TYPE_URL).unwrap();
+        assert_eq!(l2.version, l1.version);
+        assert_eq!(l2.view_version("a"), l1.view_version("a"));
+        assert_ne!(l2.view_version("b"), l1.view_version("b"));
+        assert!(Arc::ptr_eq(&l1.resources["inbound|a"], &l2.resources["inbound|a"]), "unchanged: reused");
+        // Other types did not change at all: the same shared type snapshot.
+        assert!(Arc::ptr_eq(first.get(CLUSTER_TYPE_URL).unwrap(), second.get(CLUSTER_TYPE_URL).unwrap()));
+
+        // b's inbound listener goes away: b's view falls back to the shared part.
+        let third = with_inbound(&mut g, &set(90), &[("a", "1")]);
+        let l3 = third.get(LISTENER_TYPE_URL).unwrap();
+        assert_eq!(l3.view_version("b"), l3.version);
+        assert_eq!(l3.view_version("a"), l1.view_version("a"));
+    }
+
+    #[test]
+    fn encoded_entries_decode_as_response_resources() {
+        use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
+        let snapshot = Generator::new().generate(&set(90));
+        let r = &snapshot.get(CLUSTER_TYPE_URL).unwrap().resources["outbound|80||a"];
+        let sotw = DiscoveryResponse::decode(r.sotw.clone()).unwrap();
+        assert_eq!(sotw.resources, vec![r.any.clone()]);
+        let delta = DeltaDiscoveryResponse::decode(r.delta.clone()).unwrap();
+        assert_eq!(delta.resources[0].name, "outbound|80||a");
+        assert_eq!(delta.resources[0].version, r.version);
+        assert_eq!(delta.resources[0].resource.as_ref(), Some(&r.any));
     }
 }

@@ -48,6 +48,8 @@ pub struct ProxyStatus {
     pub connected_at: u64,
     /// Unix seconds of the last request on the stream.
     pub last_seen: u64,
+    /// The proxy said it is draining (its workload is no longer an endpoint).
+    pub draining: bool,
     /// By type name (`Listener`, `Cluster`, ...).
     pub types: BTreeMap<String, TypeStatus>,
 }
@@ -87,6 +89,7 @@ impl Tracker {
                 identity: None,
                 connected_at: now,
                 last_seen: now,
+                draining: false,
                 types: BTreeMap::new(),
             },
         );
@@ -131,18 +134,28 @@ impl StreamHandle {
     }
 
     /// The node of the first request. A sidecar that names its service and an `advertise`
-    /// address in its metadata registers that workload as an endpoint of the service.
-    pub fn identify(&mut self, node: &Node) {
+    /// address in its metadata registers that workload as an endpoint of the service, unless it
+    /// is already `draining`.
+    pub fn identify(&mut self, node: &Node, draining: bool) {
         let service = node_service(node);
         self.with(|p| {
             node.id.clone_into(&mut p.node_id);
             service.clone_into(&mut p.service);
             node.user_agent_name.clone_into(&mut p.user_agent);
+            p.draining = draining;
         });
         let advertise = metadata_string(node, "advertise");
         let Some(advertise) = advertise else {
             return;
         };
+        if draining {
+            // A registration of its previous stream (in its grace period) goes too.
+            if let Ok(addr) = advertise.parse::<SocketAddr>() {
+                self.registry.unregister(&service, addr, &Origin::Sidecar(node.id.clone()));
+            }
+            tracing::info!(node = %node.id, %service, "draining sidecar connected: not registered");
+            return;
+        }
         match advertise.parse::<SocketAddr>() {
             Ok(addr) if !service.is_empty() => {
                 let labels = metadata_labels(node);
@@ -187,6 +200,17 @@ impl StreamHandle {
             "node {:?} claims identity {claimed} in its metadata, but its client certificate is for {}",
             node.id, peer.0
         )))
+    }
+
+    /// The proxy is leaving (it said it is draining, or closed its stream cleanly): its
+    /// workload stops being an endpoint now, not after the grace period.
+    pub fn leave(&mut self) {
+        self.with(|p| p.draining = true);
+        if let Some(id) = self.registration.take()
+            && self.registry.remove(id)
+        {
+            tracing::info!(registration = id, "draining sidecar deregistered");
+        }
     }
 
     pub fn seen(&self) {

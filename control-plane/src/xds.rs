@@ -3,38 +3,71 @@
 //! task, subscribes to snapshot changes and pushes a type only when what the client should have
 //! differs from what it was sent. Versions and nonces as Envoy does them; ACK/NACK per type are
 //! recorded in the [`Tracker`].
+//!
+//! What a proxy should have is its view of the snapshot: every outbound resource, plus the
+//! resources scoped to its own service (its inbound listener), never another service's.
+//!
+//! Memory is what bounds how many proxies one control plane serves, so the streams share
+//! rather than copy: responses are written from each resource's encoded bytes, encoded once
+//! per snapshot (`encode`), what a client holds is a reference to the type snapshot it was sent
+//! (`view`), large responses (initial configs) are sent by a bounded number of streams at a
+//! time, each holding its permit until the client has answered, and the HTTP/2 windows and send
+//! buffers are small.
 
 mod delta;
+mod encode;
 mod sotw;
+mod view;
 
 use std::collections::BTreeSet;
-use std::pin::Pin;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use futures_util::Stream;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tonic::Streaming;
 
-use crate::ca::serving::{self, PeerIdentity, WithPeer};
+use crate::ca::serving::{self, PeerIdentity};
 use crate::endpoints::Registry;
 use crate::metrics::Metrics;
-use crate::snapshot::{Snapshot, XdsResource};
-use crate::tracker::Tracker;
+use crate::snapshot::{Scope, Snapshot, XdsResource};
+use crate::tracker::{StreamHandle, Tracker};
+use encode::{AdsBody, Encoded};
 
-/// Responses queued per stream before the stream's task waits for the transport.
+/// Responses queued per stream before the stream's task waits for the transport. They hold
+/// references to shared encoded resources, not copies.
 const STREAM_BUFFER: usize = 8;
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+/// Largest request accepted (a reconnecting client lists every resource it has).
+const MAX_REQUEST: usize = 16 << 20;
+
+/// A response with at least this many resources is large (an initial config, or a change to
+/// most of the mesh): only [`LARGE_PUSHES`] streams send one at a time.
+const LARGE_RESPONSE: usize = 64;
+
+/// How many streams may have a large response unanswered at once (istiod bounds its
+/// concurrent pushes the same way, `PILOT_PUSH_THROTTLE`, default 100).
+const LARGE_PUSHES: usize = 64;
+
+/// A client that neither ACKs nor NACKs a large response within this gives its permit back.
+const PERMIT_HOLD: Duration = Duration::from_secs(5);
+
+/// HTTP/2 flow-control windows for what clients send (requests are small; a reconnecting
+/// client's list of what it has is paced by window updates). What the server sends is bounded
+/// by [`SEND_BUFFER`] and by the response body handing over at most one chunk at a time.
+const STREAM_WINDOW: u32 = 64 << 10;
+const CONNECTION_WINDOW: u32 = 256 << 10;
+/// Bytes the transport buffers per stream beyond the peer's window.
+const SEND_BUFFER: usize = 64 << 10;
+
+const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// The gRPC service.
 #[derive(Clone, Debug)]
@@ -43,6 +76,7 @@ pub struct AdsServer {
     tracker: Arc<Tracker>,
     metrics: Metrics,
     registry: Arc<Registry>,
+    large_pushes: Arc<Semaphore>,
 }
 
 impl AdsServer {
@@ -52,11 +86,13 @@ impl AdsServer {
         metrics: Metrics,
         registry: Arc<Registry>,
     ) -> Self {
-        Self { snapshots, tracker, metrics, registry }
+        Self { snapshots, tracker, metrics, registry, large_pushes: Arc::new(Semaphore::new(LARGE_PUSHES)) }
     }
 
-    /// Serve on `listener` until the task is dropped (HTTP/2 straight on hyper: tonic's router
-    /// would bring axum along for one service).
+    /// Serve on `listener` until the task is dropped (HTTP/2 straight on hyper, with the two
+    /// ADS methods written by hand: tonic's generated server encodes every response into a
+    /// per-stream buffer that keeps the capacity of the largest response for the life of the
+    /// stream, which at thousands of streams is most of the memory).
     pub async fn serve(self, listener: TcpListener) {
         self.serve_with(listener, None).await;
     }
@@ -64,26 +100,23 @@ impl AdsServer {
     /// [`AdsServer::serve`], over TLS when `tls` is given: a client certificate, when presented,
     /// is verified and its identity passed to the streams ([`PeerIdentity`]).
     pub async fn serve_with(self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
-        let service = AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(256 << 20);
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "xDS accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
             let _ = stream.set_nodelay(true);
-            let service = service.clone();
+            let server = self.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
                 let result = match tls {
-                    None => serve_connection(stream, WithPeer::new(service, None)).await,
+                    None => serve_connection(stream, server, None).await,
                     Some(acceptor) => match serving::accept(&acceptor, stream).await {
-                        Ok((stream, identity)) => serve_connection(stream, WithPeer::new(service, identity)).await,
+                        Ok((stream, identity)) => serve_connection(stream, server, identity).await,
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "xDS TLS handshake failed");
                             return;
@@ -96,49 +129,55 @@ impl AdsServer {
             });
         }
     }
+
+    fn call(&self, req: http::Request<Incoming>, identity: Option<&PeerIdentity>) -> http::Response<AdsBody> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let status = encode::EndStatus::default();
+        let pusher = Pusher::new(tx, self.large_pushes.clone(), status.clone());
+        match req.uri().path() {
+            SOTW_PATH => {
+                let requests = decode::<DiscoveryRequest>(req.into_body());
+                let mut handle = self.tracker.connect("sotw", &self.metrics, &self.registry);
+                handle.authenticated(identity);
+                tokio::spawn(sotw::run(requests, pusher, self.snapshots.clone(), handle, self.metrics.clone()));
+            }
+            DELTA_PATH => {
+                let requests = decode::<DeltaDiscoveryRequest>(req.into_body());
+                let mut handle = self.tracker.connect("delta", &self.metrics, &self.registry);
+                handle.authenticated(identity);
+                tokio::spawn(delta::run(requests, pusher, self.snapshots.clone(), handle, self.metrics.clone()));
+            }
+            other => {
+                tracing::debug!(path = %other, "unknown gRPC method");
+                return encode::unimplemented(other);
+            }
+        }
+        encode::response(AdsBody::new(rx, status))
+    }
 }
 
-/// One HTTP/2 connection of gRPC.
-async fn serve_connection<IO>(
-    io: IO,
-    service: WithPeer<AggregatedDiscoveryServiceServer<AdsServer>>,
-) -> Result<(), hyper::Error>
+/// One HTTP/2 connection of gRPC; `identity` is the client certificate's (xDS over TLS).
+async fn serve_connection<IO>(io: IO, server: AdsServer, identity: Option<PeerIdentity>) -> Result<(), hyper::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let service = hyper::service::service_fn(move |req| {
+        let server = server.clone();
+        let identity = identity.clone();
+        async move { Ok::<_, Infallible>(server.call(req, identity.as_ref())) }
+    });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buf_size(SEND_BUFFER)
+        .serve_connection(TokioIo::new(io), service)
         .await
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let mut handle = self.tracker.connect("sotw", &self.metrics, &self.registry);
-        handle.authenticated(request.extensions().get::<PeerIdentity>());
-        tokio::spawn(sotw::run(request.into_inner(), tx, self.snapshots.clone(), handle, self.metrics.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let mut handle = self.tracker.connect("delta", &self.metrics, &self.registry);
-        handle.authenticated(request.extensions().get::<PeerIdentity>());
-        tokio::spawn(delta::run(request.into_inner(), tx, self.snapshots.clone(), handle, self.metrics.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
+fn decode<M: prost::Message + Default + Send + 'static>(body: Incoming) -> Streaming<M> {
+    Streaming::new_request(tonic_prost::ProstDecoder::<M>::default(), body, None, Some(MAX_REQUEST))
 }
 
 /// Which resources of a type a client asked for.
@@ -157,8 +196,107 @@ impl Subscription {
         Self { wildcard, names: names.iter().filter(|n| *n != "*").cloned().collect() }
     }
 
-    fn wants(&self, resource: &XdsResource) -> bool {
-        (self.wildcard && resource.wildcard) || self.names.contains(&resource.name)
+    /// Whether a proxy of `service` with this subscription gets `resource`.
+    fn wants(&self, resource: &XdsResource, service: &str) -> bool {
+        match &resource.scope {
+            Scope::All => self.wildcard || self.names.contains(&resource.name),
+            Scope::ByName => self.names.contains(&resource.name),
+            Scope::Service(s) => {
+                !service.is_empty() && s == service && (self.wildcard || self.names.contains(&resource.name))
+            }
+        }
+    }
+}
+
+/// Node metadata `draining: true`: the proxy is leaving (it stopped accepting), so its
+/// workload is no longer an endpoint.
+fn node_draining(node: &Node) -> bool {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    matches!(
+        node.metadata.as_ref().and_then(|m| m.fields.get("draining")).and_then(|v| v.kind.as_ref()),
+        Some(Kind::BoolValue(true))
+    )
+}
+
+/// Who the stream serves, from the node of its requests.
+#[derive(Debug, Default)]
+struct Peer {
+    identified: bool,
+    /// The service whose scoped resources the proxy gets (empty: none).
+    service: String,
+}
+
+impl Peer {
+    /// The first node identifies the proxy (and registers its workload); a node that says it
+    /// is draining deregisters it.
+    /// `Err` (PermissionDenied) when the node claims another identity than its certificate's.
+    fn on_node(&mut self, node: Option<&Node>, handle: &mut StreamHandle) -> Result<(), tonic::Status> {
+        let Some(node) = node else {
+            return Ok(());
+        };
+        let draining = node_draining(node);
+        if !self.identified {
+            handle.authorize(node)?;
+            self.identified = true;
+            self.service = crate::tracker::node_service(node);
+            handle.identify(node, draining);
+        } else if draining {
+            handle.leave();
+        }
+        Ok(())
+    }
+}
+
+/// Sends a stream's responses; a large one first takes one of the shared permits, held until
+/// the client has answered every large response (or for [`PERMIT_HOLD`]).
+#[derive(Debug)]
+struct Pusher {
+    tx: mpsc::Sender<Encoded>,
+    permits: Arc<Semaphore>,
+    permit: Option<(OwnedSemaphorePermit, Instant)>,
+    /// Types with a large response not yet answered.
+    unanswered: BTreeSet<String>,
+    /// The status the stream ends with.
+    status: encode::EndStatus,
+}
+
+impl Pusher {
+    fn new(tx: mpsc::Sender<Encoded>, permits: Arc<Semaphore>, status: encode::EndStatus) -> Self {
+        Self { tx, permits, permit: None, unanswered: BTreeSet::new(), status }
+    }
+
+    /// Ends the stream with this gRPC status instead of OK (once the caller returns).
+    fn fail(&self, status: &tonic::Status) {
+        self.status.set(status);
+    }
+
+    async fn send(&mut self, type_url: &str, message: Encoded) -> Result<(), ()> {
+        if message.resources() >= LARGE_RESPONSE {
+            if self.permit.is_none() {
+                let permit = self.permits.clone().acquire_owned().await.map_err(|_| ())?;
+                self.permit = Some((permit, Instant::now() + PERMIT_HOLD));
+            }
+            self.unanswered.insert(type_url.to_owned());
+        }
+        self.tx.send(message).await.map_err(|_| ())
+    }
+
+    /// The client ACKed or NACKed the latest response of `type_url`.
+    fn answered(&mut self, type_url: &str) {
+        self.unanswered.remove(type_url);
+        if self.unanswered.is_empty() {
+            self.permit = None;
+        }
+    }
+
+    fn permit_deadline(&self) -> Option<Instant> {
+        self.permit.as_ref().map(|(_, deadline)| *deadline)
+    }
+
+    fn release(&mut self) {
+        tracing::debug!(types = ?self.unanswered, "no answer to a large response in time; permit released");
+        self.unanswered.clear();
+        self.permit = None;
     }
 }
 
@@ -168,6 +306,8 @@ trait AdsStream: Send {
     type Request: Send + 'static;
     /// The type URLs the client has subscribed to.
     fn type_urls(&self) -> Vec<String>;
+    fn pusher(&mut self) -> &mut Pusher;
+    fn handle(&mut self) -> &mut StreamHandle;
     fn on_request(
         &mut self,
         request: Self::Request,
@@ -177,23 +317,28 @@ trait AdsStream: Send {
         &mut self,
         type_url: &str,
         snapshot: &Snapshot,
-        since: tokio::time::Instant,
+        since: Instant,
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
 }
 
 /// Answer the client's requests and push every new snapshot (in push order)
-/// until either side goes away.
+/// until either side goes away. A client that closes its side cleanly is leaving: its
+/// workload is deregistered at once (a broken stream keeps it for the grace period).
 async fn drive<S: AdsStream>(
     mut requests: tonic::Streaming<S::Request>,
-    mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
     mut stream: S,
 ) {
     loop {
+        let deadline = stream.pusher().permit_deadline();
         tokio::select! {
             request = requests.message() => {
                 let request = match request {
                     Ok(Some(r)) => r,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        stream.handle().leave();
+                        break;
+                    }
                     Err(status) => {
                         tracing::debug!(%status, "xDS stream ended");
                         break;
@@ -216,6 +361,9 @@ async fn drive<S: AdsStream>(
                     }
                 }
             }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                stream.pusher().release();
+            }
         }
     }
 }
@@ -228,3 +376,7 @@ fn push_order<'a>(types: impl Iterator<Item = &'a String>) -> Vec<String> {
     list.sort_by_key(|t| rank(t));
     list
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -52,6 +52,9 @@ pub struct BoundAddrs {
     pub health: SocketAddr,
 }
 
+/// How long shutdown waits for the control plane to confirm the drain notice.
+const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct App {
@@ -62,6 +65,8 @@ pub struct App {
     config: ProxyConfig,
     control: Option<std::thread::JoinHandle<()>>,
     control_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// With a control plane: true once it has taken the drain notice.
+    xds_left: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
@@ -112,6 +117,8 @@ impl App {
             );
             crate::source::xds::XdsSource::new(x, node, store.clone(), metrics.clone(), config.policy.as_deref())
         });
+        let xds_left = xds.as_ref().map(|x| x.left());
+        let xds_draining = drain.signal().flag();
 
         // Tracing (OTEL_* set): the data path queues spans, the exporter on the
         // control runtime sends them.
@@ -207,7 +214,7 @@ impl App {
                             None => xds,
                         };
                         match (xds, file) {
-                            (Some(xds), _) => xds.run().await,
+                            (Some(xds), _) => xds.run(xds_draining).await,
                             (None, Some(file)) => file.watch(initial, reload).await,
                             (None, None) => {}
                         }
@@ -231,7 +238,7 @@ impl App {
             metrics = %addrs.metrics, health = %addrs.health, node_id = %config.node_id,
             "listening"
         );
-        Ok(Self { addrs, store, metrics, drain, config, control: Some(control), control_stop: Some(stop_tx) })
+        Ok(Self { addrs, store, metrics, drain, config, control: Some(control), control_stop: Some(stop_tx), xds_left })
     }
 
     pub fn drain_handle(&self) -> Drain {
@@ -264,6 +271,13 @@ impl App {
                 timeout = ?deadline,
                 "drain deadline passed with connections still open; exiting"
             ),
+        }
+        // The drain notice went out when the drain started; give it a moment to land if the
+        // drain itself was quicker (else the control plane keeps the endpoint for its grace).
+        if let Some(left) = &mut self.xds_left
+            && tokio::time::timeout(LEAVE_WAIT, left.wait_for(|l| *l)).await.is_err()
+        {
+            tracing::warn!(waited = ?LEAVE_WAIT, "the control plane did not confirm the deregistration; exiting anyway");
         }
         self.stop_control();
     }

@@ -93,6 +93,11 @@ impl Signal {
         *self.rx.borrow()
     }
 
+    /// The flag itself, for code outside the proxy (the xDS client) that watches it.
+    pub fn flag(&self) -> watch::Receiver<bool> {
+        self.rx.clone()
+    }
+
     /// Track a connection until the guard is dropped.
     pub fn track(&self) -> ConnGuard {
         self.inner.active.fetch_add(1, Ordering::AcqRel);

@@ -1,11 +1,13 @@
 //! Endpoints that are not in Service documents: a sidecar registers its workload for as long
-//! as its xDS stream lives (plus a grace period), and `POST /v1/endpoints` registers one with a
-//! TTL.
+//! as its xDS stream lives (plus a grace period) and deregisters when it drains, and
+//! `POST /v1/endpoints` registers one with a TTL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use outrider_proxy::source::xds::Protocol;
+use outrider_tests::binary::{ProxyProcess, proxy_bin};
+use outrider_tests::client;
 use outrider_tests::control_plane::{ControlPlane, MeshProxy};
 use outrider_tests::harness::TempDir;
 use outrider_tests::{policy, upstream, wait};
@@ -27,7 +29,7 @@ async fn a_sidecar_registers_its_workload_while_its_stream_lives() {
     cp.wait_converged(&version, 1).await;
     assert_eq!(caller.get("http://echo:8080/").await.status, 503, "no endpoint yet");
 
-    let sidecar = MeshProxy::start_advertising(&cp.xds_url(), "echo-1", "echo", Protocol::Sotw, Some(app.addr)).await;
+    let mut sidecar = sidecar_process(&cp.xds_url(), "echo-1", "echo", "sotw", app.addr).await;
     wait::wait_until("the caller to reach the registered workload", || async {
         caller.get("http://echo:8080/").await.upstream() == Some("echo-app")
     })
@@ -40,8 +42,15 @@ async fn a_sidecar_registers_its_workload_while_its_stream_lives() {
     assert_eq!(item["labels"]["version"], "v1", "the sidecar's --label travels with it");
     assert!(item["expiresIn"].is_null(), "no expiry while the stream is up");
 
-    // The sidecar goes away: after the grace period its workload is no longer an endpoint.
-    sidecar.shutdown().await;
+    // The sidecar dies without draining (its stream breaks): the registration lives on for
+    // the grace period, then its workload is no longer an endpoint.
+    sidecar.signal("KILL");
+    sidecar.wait().await;
+    wait::wait_until("the registration to get an expiry", || async {
+        let listed = cp.call("GET", "/v1/endpoints", "", false, None).await;
+        listed.json["items"].as_array().unwrap().iter().any(|i| i["service"] == "echo" && i["expiresIn"].is_number())
+    })
+    .await;
     wait::wait_until("the registration to expire", || async { caller.get("http://echo:8080/").await.status == 503 })
         .await;
     let listed = cp.call("GET", "/v1/endpoints", "", false, None).await;
@@ -76,5 +85,81 @@ async fn api_registrations_need_the_token_a_known_service_and_expire_with_their_
     .await;
     wait::wait_until("the registration to expire", || async { caller.get("http://echo:8080/").await.status == 503 })
         .await;
+    caller.shutdown().await;
+}
+
+/// The addresses the caller's proxy has for `service` (its admin `/clusters`).
+async fn endpoints_of(caller: &MeshProxy, service: &str) -> Vec<String> {
+    let admin = client::http1(caller.admin);
+    let reply = client::send(&admin, client::get("http://admin/clusters")).await;
+    reply.assert_status(200);
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let mut out: Vec<String> = json["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["service"] == service)
+        .flat_map(|c| c["endpoints"].as_array().unwrap().iter().map(|e| e["address"].as_str().unwrap().to_owned()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The proxy binary as the sidecar of `service` for the workload at `advertise`.
+async fn sidecar_process(
+    xds_url: &str,
+    node: &str,
+    service: &str,
+    protocol: &str,
+    advertise: std::net::SocketAddr,
+) -> ProxyProcess {
+    let mut cmd = tokio::process::Command::new(proxy_bin());
+    cmd.args(["--xds-address", xds_url, "--xds-protocol", protocol, "--node-id", node, "--service", service])
+        .args(["--advertise", &advertise.to_string(), "--inbound-bind", "127.0.0.1", "--log-format", "json"])
+        .args(["--label", "version=v1", "--workers", "1"]);
+    for flag in ["--outbound-port", "--inbound-port", "--admin-port", "--metrics-port", "--health-port"] {
+        cmd.args([flag, "0"]);
+    }
+    ProxyProcess::spawn(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_drains_is_deregistered_at_once_not_after_the_grace_period() {
+    let data = TempDir::new("cp-drain");
+    let any = "127.0.0.1:0".parse().unwrap();
+    // A grace period far beyond the test's deadline: only the drain notice can remove the endpoint in time.
+    let cp = ControlPlane::start_with(data.path(), any, any, None, Duration::from_secs(3600));
+    let (one, two) = (upstream::http1().name("one").start().await, upstream::http1().name("two").start().await);
+    let version = cp.apply(&policy::service("echo").yaml()).await;
+    let caller = MeshProxy::start(&cp.xds_url(), "caller", "frontend", Protocol::Delta).await;
+    cp.wait_converged(&version, 1).await;
+
+    let mut leaving = sidecar_process(&cp.xds_url(), "echo-1", "echo", "delta", one.addr).await;
+    let staying = MeshProxy::start_advertising(&cp.xds_url(), "echo-2", "echo", Protocol::Sotw, Some(two.addr)).await;
+    let both = {
+        let mut both = vec![one.addr.to_string(), two.addr.to_string()];
+        both.sort();
+        both
+    };
+    wait::wait_until("the caller to be sent both sidecars' workloads", || async {
+        endpoints_of(&caller, "echo").await == both
+    })
+    .await;
+
+    leaving.signal("TERM");
+    wait::wait_until("the caller to stop being sent the drained workload", || async {
+        endpoints_of(&caller, "echo").await == [two.addr.to_string()]
+    })
+    .await;
+    let status = leaving.wait().await;
+    assert!(status.success(), "the drained sidecar exits 0: {status:?}\n{}", leaving.stderr());
+    let listed = cp.call("GET", "/v1/endpoints", "", false, None).await;
+    let echo: Vec<&serde_json::Value> =
+        listed.json["items"].as_array().unwrap().iter().filter(|i| i["service"] == "echo").collect();
+    assert_eq!(echo.len(), 1, "{}", listed.json);
+    assert_eq!(echo[0]["address"], two.addr.to_string());
+    // Traffic goes to the workload that stayed.
+    assert_eq!(caller.get("http://echo:8080/").await.upstream(), Some("two"));
+    staying.shutdown().await;
     caller.shutdown().await;
 }

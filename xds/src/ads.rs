@@ -6,9 +6,16 @@
 //! Every response is handed to a [`Handler`] as the complete set of resources of its type after
 //! the response is applied; the handler accepts (→ ACK) or rejects with a reason (→ NACK with
 //! `error_detail`, and the previous resources of that type stay).
+//!
+//! When the proxy drains ([`AdsClient::with_drain`]) the client tells the server it is leaving:
+//! one more request whose node metadata says `draining: true`, then it closes its side of the
+//! stream. The server deregisters the workload at once and ends the stream, which the client
+//! reports as [`Handler::left`]; it then reconnects as a draining node to keep its config
+//! current until the process exits.
 
 mod delta;
 mod sotw;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::ExponentialBackoff;
@@ -106,6 +114,10 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The stream went up (`true`) or down (`false`). For logs and metrics.
     fn connected(&self, _up: bool) {}
+
+    /// The server has taken the notice that this proxy is draining (it ended the stream after
+    /// the notice).
+    fn left(&self) {}
 }
 
 /// Why a stream ended.
@@ -146,6 +158,14 @@ pub fn type_name(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
+/// Node metadata `draining: true`: the proxy is leaving; a server that registered its workload
+/// deregisters it.
+pub fn mark_draining(node: &mut Node) {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let metadata = node.metadata.get_or_insert_with(Struct::default);
+    metadata.fields.insert("draining".to_owned(), Value { kind: Some(Kind::BoolValue(true)) });
+}
+
 fn nack_status(detail: String) -> RpcStatus {
     RpcStatus { code: INVALID_ARGUMENT, message: detail, details: Vec::new() }
 }
@@ -156,6 +176,8 @@ pub struct AdsClient {
     config: ClientConfig,
     /// Accepted resources per type URL (kept across reconnects).
     accepted: BTreeMap<String, Accepted>,
+    /// Becomes true when the proxy starts draining.
+    draining: Option<watch::Receiver<bool>>,
 }
 
 /// What was accepted for one type.
@@ -167,7 +189,22 @@ struct Accepted {
 
 impl AdsClient {
     pub fn new(config: ClientConfig) -> Self {
-        Self { config, accepted: BTreeMap::new() }
+        Self { config, accepted: BTreeMap::new(), draining: None }
+    }
+
+    /// Tell the server when `draining` becomes true (see the module docs).
+    pub fn with_drain(mut self, draining: watch::Receiver<bool>) -> Self {
+        self.draining = Some(draining);
+        self
+    }
+
+    /// Whether the proxy is draining; the first time it is, the node says so from then on.
+    fn draining(&mut self) -> bool {
+        let draining = self.draining.as_ref().is_some_and(|d| *d.borrow());
+        if draining {
+            mark_draining(&mut self.config.node);
+        }
+        draining
     }
 
     /// Connect and serve until the task is dropped: each time a stream ends it waits a jittered,
@@ -199,8 +236,8 @@ impl AdsClient {
     pub async fn run_once(&mut self, handler: &dyn Handler, delivered: &mut bool) -> Result<(), AdsError> {
         let channel = self.connect().await?;
         match self.config.protocol {
-            Protocol::Delta => delta::run(self, channel, handler, delivered).await,
-            Protocol::Sotw => sotw::run(self, channel, handler, delivered).await,
+            Protocol::Delta => stream::run::<delta::Delta>(self, channel, handler, delivered).await,
+            Protocol::Sotw => stream::run::<sotw::Sotw>(self, channel, handler, delivered).await,
         }
     }
 

@@ -3,48 +3,50 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use tokio::sync::{mpsc, watch};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
-use super::Subscription;
+use super::encode::Encoded;
+use super::view::Has;
+use super::{Peer, Pusher, Subscription};
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, TypeSnapshot};
 use crate::tracker::{StreamHandle, type_name};
 
 /// What the stream did for one type.
 #[derive(Debug, Default)]
 struct TypeState {
     subscription: Subscription,
-    /// name → version the client has (from `initial_resource_versions`, then what was sent).
-    has: BTreeMap<String, String>,
+    /// What the client has (from `initial_resource_versions`, then what was sent).
+    has: Has,
     /// Whether a response was sent for this type (the first one goes out even when empty).
     responded: bool,
-    /// The type's version when the stream last compared it with what the client has.
-    seen_type_version: Option<String>,
+    /// The view version when the stream last compared it with what the client has.
+    seen_version: Option<String>,
     sent_version: String,
     nonce: String,
     pending_since: Option<Instant>,
 }
 
 struct Stream {
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    pusher: Pusher,
     handle: StreamHandle,
     metrics: Metrics,
     types: BTreeMap<String, TypeState>,
     nonce: u64,
-    identified: bool,
+    peer: Peer,
 }
 
 pub(super) async fn run(
     requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    pusher: Pusher,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     handle: StreamHandle,
     metrics: Metrics,
 ) {
-    let stream = Stream { tx, handle, metrics, types: BTreeMap::new(), nonce: 0, identified: false };
+    let stream = Stream { pusher, handle, metrics, types: BTreeMap::new(), nonce: 0, peer: Peer::default() };
     super::drive(requests, snapshots, stream).await;
 }
 
@@ -53,6 +55,14 @@ impl super::AdsStream for Stream {
 
     fn type_urls(&self) -> Vec<String> {
         self.types.keys().cloned().collect()
+    }
+
+    fn pusher(&mut self) -> &mut Pusher {
+        &mut self.pusher
+    }
+
+    fn handle(&mut self) -> &mut StreamHandle {
+        &mut self.handle
     }
 
     fn on_request(
@@ -75,15 +85,9 @@ impl super::AdsStream for Stream {
 
 impl Stream {
     async fn request(&mut self, request: DeltaDiscoveryRequest, snapshot: &Snapshot) -> Result<(), ()> {
-        if !self.identified
-            && let Some(node) = &request.node
-        {
-            self.identified = true;
-            if let Err(status) = self.handle.authorize(node) {
-                let _ = self.tx.send(Err(status)).await;
-                return Err(());
-            }
-            self.handle.identify(node);
+        if let Err(status) = self.peer.on_node(request.node.as_ref(), &mut self.handle) {
+            self.pusher.fail(&status);
+            return Err(());
         }
         self.handle.seen();
         let type_url = request.type_url;
@@ -95,13 +99,14 @@ impl Stream {
             let subscription = Subscription::from_names(&request.resource_names_subscribe);
             let state = TypeState {
                 subscription,
-                has: request.initial_resource_versions.into_iter().collect(),
+                has: Has::Listed(request.initial_resource_versions.into_iter().collect()),
                 ..Default::default()
             };
             self.types.insert(type_url.clone(), state);
             return self.push(&type_url, snapshot, Instant::now(), true).await;
         };
         if !request.response_nonce.is_empty() && request.response_nonce == state.nonce {
+            self.pusher.answered(&type_url);
             if let Some(error) = &request.error_detail {
                 self.handle.nacked(name, &state.sent_version, &error.message);
                 tracing::warn!(%name, version = %state.sent_version, error = %error.message, "NACK");
@@ -120,14 +125,19 @@ impl Stream {
                 changed |= state.subscription.names.insert(n.clone());
             }
         }
-        for n in &request.resource_names_unsubscribe {
-            if n == "*" {
-                changed |= state.subscription.wildcard;
-                state.subscription.wildcard = false;
-            } else {
-                changed |= state.subscription.names.remove(n);
-                state.has.remove(n);
+        if !request.resource_names_unsubscribe.is_empty() {
+            // The client drops what it unsubscribes from: it no longer has it.
+            let mut has = state.has.listed(&self.peer.service);
+            for n in &request.resource_names_unsubscribe {
+                if n == "*" {
+                    changed |= state.subscription.wildcard;
+                    state.subscription.wildcard = false;
+                } else {
+                    changed |= state.subscription.names.remove(n);
+                    has.remove(n);
+                }
             }
+            state.has = Has::Listed(has);
         }
         if changed {
             return self.push(&type_url, snapshot, Instant::now(), true).await;
@@ -136,61 +146,39 @@ impl Stream {
     }
 
     /// Send what changed for the client since what it has.
-    /// `force`: evaluate even if the type's version did not change (new or changed
+    /// `force`: evaluate even if the view's version did not change (new or changed
     /// subscription).
     async fn push(&mut self, type_url: &str, snapshot: &Snapshot, since: Instant, force: bool) -> Result<(), ()> {
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(());
         };
-        let Some(current) = snapshot.get(type_url) else {
-            return Ok(());
-        };
-        // Nothing of this type changed since the stream last looked: skip the scan (with
-        // thousands of streams, this is most of the work of a push).
-        if !force && state.responded && state.seen_type_version.as_deref() == Some(current.version.as_str()) {
+        let service = self.peer.service.as_str();
+        let current = snapshot.get(type_url).cloned().unwrap_or_else(|| Arc::new(TypeSnapshot::default()));
+        let version = current.view_version(service);
+        // Nothing this client sees of the type changed since the stream last looked: skip the
+        // comparison.
+        if !force && state.responded && state.seen_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
-        state.seen_type_version = Some(current.version.clone());
-        let mut resources = Vec::new();
-        for r in current.resources.values() {
-            if state.subscription.wants(r) && state.has.get(&r.name) != Some(&r.version) {
-                resources.push(Resource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                });
-            }
-        }
-        let removed_resources: Vec<String> = state
-            .has
-            .keys()
-            .filter(|n| current.resources.get(*n).is_none_or(|r| !state.subscription.wants(r)))
-            .cloned()
-            .collect();
-        if resources.is_empty() && removed_resources.is_empty() && state.responded {
+        state.seen_version = Some(version.clone());
+        let diff = state.has.diff(&current, &state.subscription, service);
+        state.has = Has::view(&current, &state.subscription);
+        if diff.is_empty() && state.responded {
             return Ok(());
         }
         self.nonce += 1;
         state.nonce = self.nonce.to_string();
-        for name in &removed_resources {
-            state.has.remove(name);
-        }
-        for r in &resources {
-            state.has.insert(r.name.clone(), r.version.clone());
-        }
         state.responded = true;
-        state.sent_version.clone_from(&current.version);
+        state.sent_version.clone_from(&version);
         state.pending_since = Some(since);
-        let response = DeltaDiscoveryResponse {
-            system_version_info: current.version.clone(),
-            resources,
-            removed_resources,
+        let head = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            removed_resources: diff.removed,
             type_url: type_url.to_owned(),
             nonce: state.nonce.clone(),
             ..Default::default()
         };
-        self.handle.sent(type_name(type_url), &current.version);
-        self.tx.send(Ok(response)).await.map_err(|_| ())
+        self.handle.sent(type_name(type_url), &version);
+        self.pusher.send(type_url, Encoded::delta(&head, diff.send)).await
     }
 }

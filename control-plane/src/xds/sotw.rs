@@ -4,46 +4,48 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
-use super::Subscription;
+use super::encode::Encoded;
+use super::view::Has;
+use super::{Peer, Pusher, Subscription};
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, TypeSnapshot};
 use crate::tracker::{StreamHandle, type_name};
 
 /// What the stream did for one type.
 #[derive(Debug, Default)]
 struct TypeState {
     subscription: Subscription,
-    /// (name → version) of the last response, `None` before the first.
-    sent: Option<BTreeMap<String, String>>,
+    /// What the last response left the client with, `None` before the first.
+    sent: Option<Has>,
     sent_version: String,
     nonce: String,
-    /// The type's version when the stream last compared it with what the client has.
-    seen_type_version: Option<String>,
+    /// The view version when the stream last compared it with what the client has.
+    seen_version: Option<String>,
     /// When the snapshot of the unacknowledged response was made.
     pending_since: Option<Instant>,
 }
 
 struct Stream {
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    pusher: Pusher,
     handle: StreamHandle,
     metrics: Metrics,
     types: BTreeMap<String, TypeState>,
     nonce: u64,
-    identified: bool,
+    peer: Peer,
 }
 
 pub(super) async fn run(
     requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    pusher: Pusher,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     handle: StreamHandle,
     metrics: Metrics,
 ) {
-    let stream = Stream { tx, handle, metrics, types: BTreeMap::new(), nonce: 0, identified: false };
+    let stream = Stream { pusher, handle, metrics, types: BTreeMap::new(), nonce: 0, peer: Peer::default() };
     super::drive(requests, snapshots, stream).await;
 }
 
@@ -52,6 +54,14 @@ impl super::AdsStream for Stream {
 
     fn type_urls(&self) -> Vec<String> {
         self.types.keys().cloned().collect()
+    }
+
+    fn pusher(&mut self) -> &mut Pusher {
+        &mut self.pusher
+    }
+
+    fn handle(&mut self) -> &mut StreamHandle {
+        &mut self.handle
     }
 
     fn on_request(
@@ -74,15 +84,9 @@ impl super::AdsStream for Stream {
 
 impl Stream {
     async fn request(&mut self, request: DiscoveryRequest, snapshot: &Snapshot) -> Result<(), ()> {
-        if !self.identified
-            && let Some(node) = &request.node
-        {
-            self.identified = true;
-            if let Err(status) = self.handle.authorize(node) {
-                let _ = self.tx.send(Err(status)).await;
-                return Err(());
-            }
-            self.handle.identify(node);
+        if let Err(status) = self.peer.on_node(request.node.as_ref(), &mut self.handle) {
+            self.pusher.fail(&status);
+            return Err(());
         }
         self.handle.seen();
         let type_url = request.type_url;
@@ -94,9 +98,11 @@ impl Stream {
         let Some(state) = self.types.get_mut(&type_url) else {
             // First request for this type: a reconnecting client tells what it has.
             let mut state = TypeState { subscription, ..Default::default() };
-            let current = snapshot.get(&type_url);
-            if !request.version_info.is_empty() && current.is_some_and(|t| t.version == request.version_info) {
-                state.sent = Some(wanted(snapshot, &type_url, &state.subscription));
+            if let Some(current) = snapshot.get(&type_url)
+                && !request.version_info.is_empty()
+                && current.view_version(&self.peer.service) == request.version_info
+            {
+                state.sent = Some(Has::view(current, &state.subscription));
                 state.sent_version = request.version_info.clone();
                 self.handle.acked(name, &request.version_info);
             }
@@ -107,6 +113,7 @@ impl Stream {
             // A stale request (for an older response): Envoy's servers ignore it.
             return Ok(());
         }
+        self.pusher.answered(&type_url);
         if let Some(error) = &request.error_detail {
             self.handle.nacked(name, &state.sent_version, &error.message);
             tracing::warn!(%name, version = %state.sent_version, error = %error.message, "NACK");
@@ -123,53 +130,38 @@ impl Stream {
     }
 
     /// Send the type if what the client should have differs from what it was sent.
-    /// `force`: evaluate even if the type's version did not change (new or changed
+    /// `force`: evaluate even if the view's version did not change (new or changed
     /// subscription).
     async fn push(&mut self, type_url: &str, snapshot: &Snapshot, since: Instant, force: bool) -> Result<(), ()> {
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(());
         };
-        let type_version = snapshot.get(type_url).map(|t| t.version.as_str());
-        if !force && state.sent.is_some() && state.seen_type_version.as_deref() == type_version {
+        let service = self.peer.service.as_str();
+        let current = snapshot.get(type_url).cloned().unwrap_or_else(|| Arc::new(TypeSnapshot::default()));
+        let version = current.view_version(service);
+        if !force && state.sent.is_some() && state.seen_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
-        state.seen_type_version = type_version.map(str::to_owned);
-        let want = wanted(snapshot, type_url, &state.subscription);
-        if state.sent.as_ref() == Some(&want) {
+        state.seen_version = Some(version.clone());
+        if let Some(sent) = &state.sent
+            && sent.diff(&current, &state.subscription, service).is_empty()
+        {
+            state.sent = Some(Has::view(&current, &state.subscription));
             return Ok(());
         }
-        let version = snapshot.get(type_url).map(|t| t.version.clone()).unwrap_or_default();
-        let resources = snapshot
-            .get(type_url)
-            .map(|t| t.resources.values().filter(|r| state.subscription.wants(r)).map(|r| r.any.clone()).collect())
-            .unwrap_or_default();
+        let resources = current.resources.values().filter(|r| state.subscription.wants(r, service)).cloned().collect();
         self.nonce += 1;
         state.nonce = self.nonce.to_string();
-        state.sent = Some(want);
+        state.sent = Some(Has::view(&current, &state.subscription));
         state.sent_version.clone_from(&version);
         state.pending_since = Some(since);
-        let response = DiscoveryResponse {
+        let head = DiscoveryResponse {
             version_info: version.clone(),
-            resources,
             type_url: type_url.to_owned(),
             nonce: state.nonce.clone(),
             ..Default::default()
         };
         self.handle.sent(type_name(type_url), &version);
-        self.tx.send(Ok(response)).await.map_err(|_| ())
+        self.pusher.send(type_url, Encoded::sotw(&head, resources)).await
     }
-}
-
-/// name → version of what a subscription should have.
-fn wanted(snapshot: &Snapshot, type_url: &str, subscription: &Subscription) -> BTreeMap<String, String> {
-    snapshot
-        .get(type_url)
-        .map(|t| {
-            t.resources
-                .values()
-                .filter(|r| subscription.wants(r))
-                .map(|r| (r.name.clone(), r.version.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -54,6 +54,8 @@ pub struct XdsHandler {
     /// Whether a config was applied before the first update (from `--policy`).
     started: bool,
     accepted: Mutex<Accepted>,
+    /// Set once the control plane has taken the notice that this proxy is draining.
+    left: tokio::sync::watch::Sender<bool>,
 }
 
 /// The metrics label of a type URL (bounded).
@@ -88,7 +90,8 @@ impl XdsHandler {
             accepted.versions = Versions { listeners: v.clone(), routes: v.clone(), clusters: v.clone(), endpoints: v };
             accepted.resources = resources;
         }
-        Self { store, builder: Builder::new(), metrics, started, accepted: Mutex::new(accepted) }
+        let left = tokio::sync::watch::channel(false).0;
+        Self { store, builder: Builder::new(), metrics, started, accepted: Mutex::new(accepted), left }
     }
 
     fn try_update(&self, update: &Update<'_>) -> Result<(), String> {
@@ -166,6 +169,11 @@ impl Handler for XdsHandler {
             tracing::info!("xDS stream down; serving the last accepted config");
         }
     }
+
+    fn left(&self) {
+        tracing::info!("the control plane deregistered this workload (draining)");
+        self.left.send_replace(true);
+    }
 }
 
 /// The node this proxy reports: id, service (as `cluster` and `metadata.service`), namespace,
@@ -226,9 +234,16 @@ impl XdsSource {
         metadata.fields.insert("identity".to_owned(), names::string_value(identity.as_str()));
     }
 
-    /// Run until the task is dropped.
-    pub async fn run(self) {
-        AdsClient::new(self.client).run(self.handler).await;
+    /// Becomes true once the control plane has taken the drain notice (see [`XdsSource::run`]).
+    pub fn left(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.handler.left.subscribe()
+    }
+
+    /// Run until the task is dropped. When `draining` becomes true the client tells the
+    /// control plane, which deregisters this workload at once (DESIGN.md §4: a sidecar
+    /// "deregisters on drain") rather than after the stream's grace period.
+    pub async fn run(self, draining: tokio::sync::watch::Receiver<bool>) {
+        AdsClient::new(self.client).with_drain(draining).run(self.handler).await;
     }
 }
 

@@ -1,40 +1,53 @@
 //! Delta xDS (`DeltaAggregatedResources`): wildcard subscriptions, per-resource versions,
 //! `initial_resource_versions` on reconnect.
 
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use tokio::sync::mpsc;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::{AdsClient, AdsError, Handler, Resource, Update, nack_status};
+use super::stream::Variant;
+use super::{AdsClient, Handler, Resource, Update, nack_status};
 
-pub(super) async fn run(
-    client: &mut AdsClient,
-    channel: Channel,
-    handler: &dyn Handler,
-    delivered: &mut bool,
-) -> Result<(), AdsError> {
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-    for type_url in &client.config.type_urls {
+pub(super) struct Delta;
+
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+
+    fn subscribe(client: &AdsClient, type_url: &str) -> DeltaDiscoveryRequest {
         let initial_resource_versions = client
             .accepted
             .get(type_url)
             .map(|a| a.resources.iter().map(|(name, r)| (name.clone(), r.version.clone())).collect())
             .unwrap_or_default();
-        let request = DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
             node: Some(client.config.node.clone()),
-            type_url: type_url.clone(),
+            type_url: type_url.to_owned(),
             initial_resource_versions,
             ..Default::default()
-        };
-        tx.send(request).await.map_err(|_| AdsError::RequestChannel)?;
+        }
     }
-    let mut ads = AggregatedDiscoveryServiceClient::new(channel);
-    let mut responses = ads.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
-    handler.connected(true);
-    tracing::info!(server = %client.config.address, "xDS stream (delta) established");
-    while let Some(response) = responses.message().await? {
+
+    fn notice(client: &AdsClient, type_url: &str) -> DeltaDiscoveryRequest {
+        // No nonce and no (un)subscription: it only carries the node.
+        DeltaDiscoveryRequest {
+            node: Some(client.config.node.clone()),
+            type_url: type_url.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    async fn open(
+        ads: &mut AggregatedDiscoveryServiceClient<Channel>,
+        requests: ReceiverStream<DeltaDiscoveryRequest>,
+    ) -> Result<Streaming<DeltaDiscoveryResponse>, tonic::Status> {
+        Ok(ads.delta_aggregated_resources(requests).await?.into_inner())
+    }
+
+    fn apply(client: &mut AdsClient, handler: &dyn Handler, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
         let type_url = response.type_url.clone();
         let accepted = client.accepted.entry(type_url.clone()).or_default();
         let mut next = accepted.resources.clone();
@@ -61,10 +74,6 @@ pub(super) async fn run(
                 Some(nack_status(detail))
             }
         };
-        *delivered = true;
-        let ack =
-            DeltaDiscoveryRequest { type_url, response_nonce: response.nonce, error_detail, ..Default::default() };
-        tx.send(ack).await.map_err(|_| AdsError::RequestChannel)?;
+        DeltaDiscoveryRequest { type_url, response_nonce: response.nonce, error_detail, ..Default::default() }
     }
-    Err(AdsError::Closed)
 }

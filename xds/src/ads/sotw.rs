@@ -1,36 +1,45 @@
 //! State-of-the-world xDS (`StreamAggregatedResources`): every response carries all resources of
 //! its type; ACK echoes its version and nonce, NACK its nonce with the previous version.
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use tokio::sync::mpsc;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::{AdsClient, AdsError, Handler, Resource, TypeResources, Update, nack_status};
+use super::stream::Variant;
+use super::{AdsClient, Handler, Resource, TypeResources, Update, nack_status};
 
-pub(super) async fn run(
-    client: &mut AdsClient,
-    channel: Channel,
-    handler: &dyn Handler,
-    delivered: &mut bool,
-) -> Result<(), AdsError> {
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    for type_url in &client.config.type_urls {
-        let version_info = client.accepted.get(type_url).map(|a| a.version.clone()).unwrap_or_default();
-        let request = DiscoveryRequest {
+pub(super) struct Sotw;
+
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "state of the world";
+
+    fn subscribe(client: &AdsClient, type_url: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
             node: Some(client.config.node.clone()),
-            type_url: type_url.clone(),
-            version_info,
+            type_url: type_url.to_owned(),
+            version_info: client.accepted.get(type_url).map(|a| a.version.clone()).unwrap_or_default(),
             ..Default::default()
-        };
-        tx.send(request).await.map_err(|_| AdsError::RequestChannel)?;
+        }
     }
-    let mut ads = AggregatedDiscoveryServiceClient::new(channel);
-    let mut responses = ads.stream_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
-    handler.connected(true);
-    tracing::info!(server = %client.config.address, "xDS stream (state of the world) established");
-    while let Some(response) = responses.message().await? {
+
+    fn notice(client: &AdsClient, type_url: &str) -> DiscoveryRequest {
+        // No nonce: not an answer to any response, so a server takes it as stale (Envoy's
+        // servers ignore those) and only reads the node.
+        Self::subscribe(client, type_url)
+    }
+
+    async fn open(
+        ads: &mut AggregatedDiscoveryServiceClient<Channel>,
+        requests: ReceiverStream<DiscoveryRequest>,
+    ) -> Result<Streaming<DiscoveryResponse>, tonic::Status> {
+        Ok(ads.stream_aggregated_resources(requests).await?.into_inner())
+    }
+
+    fn apply(client: &mut AdsClient, handler: &dyn Handler, response: DiscoveryResponse) -> DiscoveryRequest {
         let type_url = response.type_url.clone();
         let accepted = client.accepted.entry(type_url.clone()).or_default();
         let mut next = TypeResources::new();
@@ -59,15 +68,6 @@ pub(super) async fn run(
                 (accepted.version.clone(), Some(nack_status(detail)))
             }
         };
-        *delivered = true;
-        let ack = DiscoveryRequest {
-            type_url,
-            version_info,
-            response_nonce: response.nonce,
-            error_detail,
-            ..Default::default()
-        };
-        tx.send(ack).await.map_err(|_| AdsError::RequestChannel)?;
+        DiscoveryRequest { type_url, version_info, response_nonce: response.nonce, error_detail, ..Default::default() }
     }
-    Err(AdsError::Closed)
 }

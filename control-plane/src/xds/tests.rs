@@ -1,0 +1,138 @@
+//! The server over a real socket with real ADS clients (both variants): each proxy gets the
+//! inbound listener of its own service and never another's, and a change to another service's
+//! inbound listener is not pushed to it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use outrider_xds::ads::{AdsClient, ClientConfig, Handler, Protocol, Update};
+use outrider_xds::resources::{LISTENER_TYPE_URL, decode_any};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::AdsServer;
+use crate::endpoints::Registry;
+use crate::metrics::Metrics;
+use crate::snapshot::Generator;
+use crate::snapshot::tests::with_inbound;
+use crate::tracker::Tracker;
+
+/// Every Listener update a client accepted: (version, name → stat prefix).
+#[derive(Default)]
+struct Listeners(Mutex<Vec<(String, BTreeMap<String, String>)>>);
+
+impl Handler for Listeners {
+    fn update(&self, update: &Update<'_>) -> Result<(), String> {
+        if update.type_url == LISTENER_TYPE_URL {
+            let mut named = BTreeMap::new();
+            for (name, r) in update.resources {
+                let l: Listener = decode_any(LISTENER_TYPE_URL, &r.any).map_err(|e| e.to_string())?;
+                named.insert(name.clone(), l.stat_prefix);
+            }
+            self.0.lock().push((update.version.to_owned(), named));
+        }
+        Ok(())
+    }
+}
+
+impl Listeners {
+    fn count(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    fn last(&self) -> Option<(String, BTreeMap<String, String>)> {
+        self.0.lock().last().cloned()
+    }
+}
+
+/// Poll (no fixed sleep) until `f` holds; panics after 10 s.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(tokio::time::Instant::now() < end, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn names(l: &Listeners) -> Vec<String> {
+    l.last().map(|(_, n)| n.keys().cloned().collect()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_proxy_gets_its_own_inbound_listener_and_only_its_own_changes() {
+    let set = outrider_xds::load_str(
+        "t.yaml",
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec: {port: 80}\n---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: b}\nspec: {port: 80}\n",
+    )
+    .unwrap();
+    let mut generator = Generator::new();
+    let (tx, rx) = watch::channel(Arc::new(with_inbound(&mut generator, &set, &[("a", "a1"), ("b", "b1")])));
+    let tracker = Tracker::new();
+    let server = AdsServer::new(rx, tracker.clone(), Metrics::new(), Registry::new(Duration::from_secs(10)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let serving = tokio::spawn(server.serve(listener));
+
+    // (node, service, protocol): the service travels as Envoy's `cluster` here (Outrider
+    // sidecars also put it in the metadata).
+    let proxies = [
+        ("a-delta", "a", Protocol::Delta),
+        ("a-sotw", "a", Protocol::Sotw),
+        ("b-delta", "b", Protocol::Delta),
+        ("b-sotw", "b", Protocol::Sotw),
+        ("none", "", Protocol::Delta),
+    ];
+    let mut seen = BTreeMap::new();
+    let mut clients = Vec::new();
+    for (id, service, protocol) in proxies {
+        let node = Node { id: id.into(), cluster: service.into(), ..Default::default() };
+        let mut config = ClientConfig::new(url.clone(), node);
+        config.protocol = protocol;
+        let listeners = Arc::new(Listeners::default());
+        clients.push(tokio::spawn(AdsClient::new(config).run(listeners.clone())));
+        seen.insert(id, listeners);
+    }
+    for (id, service, _) in proxies {
+        let want: Vec<String> = match service {
+            "" => vec!["outbound".into()],
+            s => vec![format!("inbound|{s}"), "outbound".into()],
+        };
+        until(&format!("{id} to get its listeners"), || names(&seen[id]) == want).await;
+    }
+    let before: BTreeMap<&str, (usize, String)> =
+        seen.iter().map(|(id, l)| (*id, (l.count(), l.last().unwrap().0))).collect();
+    assert_ne!(before["a-sotw"].1, before["none"].1, "a's view version covers its inbound listener");
+
+    // b's inbound listener changes: b's proxies get it; a's are not pushed at all.
+    tx.send_replace(Arc::new(with_inbound(&mut generator, &set, &[("a", "a1"), ("b", "b2")])));
+    for id in ["b-delta", "b-sotw"] {
+        until(&format!("{id} to get b's new inbound listener"), || {
+            seen[id].last().is_some_and(|(_, n)| n["inbound|b"] == "b2")
+        })
+        .await;
+    }
+    // Then a's changes (so every stream has looked at b's change before this one).
+    tx.send_replace(Arc::new(with_inbound(&mut generator, &set, &[("a", "a2"), ("b", "b2")])));
+    for id in ["a-delta", "a-sotw"] {
+        until(&format!("{id} to get a's new inbound listener"), || {
+            seen[id].last().is_some_and(|(_, n)| n["inbound|a"] == "a2")
+        })
+        .await;
+        assert_eq!(seen[id].count(), before[id].0 + 1, "{id} was pushed b's change: {:?}", seen[id].0.lock());
+        assert!(!seen[id].last().unwrap().1.contains_key("inbound|b"), "{id} got b's listener");
+    }
+    assert_eq!(seen["none"].count(), before["none"].0, "a proxy of no service is pushed neither change");
+    // The status shows per proxy the version of its own view.
+    for p in tracker.list() {
+        let listener = &p.types["Listener"];
+        assert_eq!(listener.sent, seen[p.node_id.as_str()].last().unwrap().0, "{}", p.node_id);
+    }
+    for c in clients {
+        c.abort();
+    }
+    serving.abort();
+}
