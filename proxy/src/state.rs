@@ -36,6 +36,9 @@ pub struct Snapshot {
     pub clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
     /// JSON view of every resource, for `/config_dump`.
     pub dump: serde_json::Value,
+    /// Tracing settings of a `Telemetry` policy, if one is in force (read by the
+    /// tracer per request; `None`: the `OTEL_*` environment's).
+    pub tracing: Option<crate::telemetry::trace::Pushed>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]

@@ -107,6 +107,13 @@ impl Running {
         self.spans()
     }
 
+    /// Wait until at least `n` spans have arrived (tests that assert on order
+    /// use a marker request instead of waiting for stragglers).
+    async fn wait_at_least(&self, n: usize) -> Vec<Got> {
+        wait_until(&format!("{n} spans at the collector"), || async { self.spans().len() >= n }).await;
+        self.spans()
+    }
+
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -362,4 +369,75 @@ async fn a_slow_exporter_does_not_slow_requests_and_drops_are_counted() {
 async fn a_dead_exporter_does_not_fail_requests_and_drops_are_counted() {
     let closed = upstream::closed_port();
     requests_unaffected(format!("http://{closed}"), "export-failed").await;
+}
+
+/// Tracing with a sampler that starts no trace (ratio 0, parent-based).
+fn unsampled(endpoint: &str, errors: bool) -> TraceConfig {
+    let mut t = tracing(endpoint, "proxy");
+    t.sampler.root = outrider_proxy::telemetry::trace::config::Root::TraceIdRatio(0.0);
+    t.errors = errors;
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_are_exported_when_the_sampler_leaves_them_out() {
+    let otlp = collector().await;
+    let switch = Switch::new();
+    let app = upstream::http1().name("app").switch(&switch).start().await;
+    let proxy = ProxyHarness::start_configured(
+        &docs(&[service("app").endpoint(app.addr).yaml(), service("empty").yaml()]),
+        |c| c.tracing = Some(unsampled(&otlp.endpoint(), true)),
+    )
+    .await;
+    // One connection: each response is recorded before the next request is read,
+    // so spans are queued in request order.
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    client::send_h1(&mut conn, client::h1_get("app:8080", "/ok")).await.assert_status(200);
+    switch.fail_next(1);
+    client::send_h1(&mut conn, client::h1_get("app:8080", "/upstream-503")).await.assert_status(503);
+    let downstream = app.last().header("traceparent").map(str::to_string).expect("context propagates");
+    assert!(downstream.ends_with("-00"), "the sampled flag sent on is the sampler's, not flipped: {downstream}");
+    client::send_h1(&mut conn, client::h1_get("empty:8080", "/local-reply")).await.assert_status(503);
+    switch.grpc_unavailable_next(1);
+    let mut grpc = client::h1_get("app:8080", "/pkg.Svc/Call");
+    grpc.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+    client::send_h1(&mut conn, grpc).await.assert_status(200);
+
+    let spans = otlp.wait_at_least(3).await;
+    let mut paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    paths.sort();
+    assert_eq!(paths, ["/local-reply", "/pkg.Svc/Call", "/upstream-503"], "only the failures: {spans:#?}");
+    for s in &spans {
+        assert_eq!(s.attr("outrider.sampled_reason").as_deref(), Some("error"), "{s:#?}");
+        assert_eq!(s.span.flags & 0x01, 0, "the trace's sampled flag is not claimed: {s:#?}");
+        assert_eq!(s.span.status.as_ref().map(|st| st.code), Some(2), "status error: {s:#?}");
+    }
+    let by_path = |p: &str| spans.iter().find(|s| s.attr("url.path").as_deref() == Some(p)).unwrap();
+    assert_eq!(by_path("/upstream-503").attr("http.response.status_code").as_deref(), Some("503"));
+    assert_eq!(by_path("/upstream-503").trace(), downstream[3..35], "the span is in the trace the app was told of");
+    assert_eq!(by_path("/local-reply").attr("outrider.local_reply").as_deref(), Some("no-healthy-upstream"));
+    assert_eq!(by_path("/pkg.Svc/Call").attr("rpc.grpc.status_code").as_deref(), Some("14"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_are_not_exported_when_error_recording_is_off() {
+    let otlp = collector().await;
+    let switch = Switch::new();
+    let app = upstream::http1().name("app").switch(&switch).start().await;
+    let proxy = ProxyHarness::start_configured(&docs(&[service("app").endpoint(app.addr).yaml()]), |c| {
+        c.tracing = Some(unsampled(&otlp.endpoint(), false))
+    })
+    .await;
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    switch.fail_next(1);
+    client::send_h1(&mut conn, client::h1_get("app:8080", "/upstream-503")).await.assert_status(503);
+    // A caller-sampled request after it, as a marker: once its span is in, an
+    // earlier span would be too.
+    let mut marker = client::h1_get("app:8080", "/marker");
+    marker.headers_mut().insert("traceparent", format!("00-{TRACE}-{PARENT}-01").parse().unwrap());
+    client::send_h1(&mut conn, marker).await.assert_status(200);
+    let spans = otlp.wait_at_least(1).await;
+    let paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    assert_eq!(paths, ["/marker"], "{spans:#?}");
+    assert_eq!(spans[0].attr("outrider.sampled_reason"), None);
 }

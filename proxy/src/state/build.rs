@@ -217,7 +217,7 @@ impl Builder {
         }
         drop(carried);
         drop(carried_clusters);
-        (Snapshot { versions, outbound, vhosts, clusters, dump }, rejected)
+        (Snapshot { versions, outbound, vhosts, clusters, dump, tracing: None }, rejected)
     }
 }
 

@@ -61,6 +61,24 @@ impl Sampler {
     }
 }
 
+/// What a `Telemetry` policy pushed by the control plane (or in the policy
+/// file) sets; a `None` field keeps the proxy's own setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pushed {
+    /// `samplingPercent / 100`: the root ratio of a parent-based sampler.
+    pub sampling_ratio: Option<f64>,
+    /// `errors`: export the spans of failed requests the sampler left out.
+    pub errors: Option<bool>,
+}
+
+impl Pushed {
+    /// The sampler it sets: `parentbased_traceidratio` with its ratio (as Istio's
+    /// `randomSamplingPercentage`: callers' decisions are still followed).
+    pub fn sampler(&self) -> Option<Sampler> {
+        self.sampling_ratio.map(|r| Sampler { root: Root::TraceIdRatio(r.clamp(0.0, 1.0)), parent_based: true })
+    }
+}
+
 /// Where and how spans are exported.
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
@@ -72,6 +90,9 @@ pub struct TraceConfig {
     /// Resource attributes besides `service.name`.
     pub resource: Vec<(String, String)>,
     pub sampler: Sampler,
+    /// Export the spans of failed requests even when the trace is not sampled
+    /// (`--trace-errors` / `OUTRIDER_TRACE_ERRORS`, default on).
+    pub errors: bool,
     /// Spans waiting for export; more are dropped and counted.
     pub max_queue: usize,
     pub max_batch: usize,
@@ -96,6 +117,7 @@ impl TraceConfig {
             service_name: service_name.into(),
             resource: Vec::new(),
             sampler: Sampler::default(),
+            errors: true,
             max_queue: 2048,
             max_batch: 512,
             delay: Duration::from_millis(5000),

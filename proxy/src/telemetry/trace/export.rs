@@ -252,14 +252,26 @@ pub fn to_otlp(s: SpanData) -> otlp::Span {
     if let Some(r) = h.local_reply {
         attrs.push(kv_str("outrider.local_reply", r.to_string()));
     }
-    // Semantic conventions: 5xx is an error for servers, 4xx and 5xx for clients;
-    // no status at all (the caller left, or the try failed) is an error too.
-    let error = h.status == 0
-        || h.status >= 500
-        || (s.kind == SpanKind::Client && h.status >= 400)
-        || (h.attempt.is_some() && h.local_reply.is_some());
-    let status = if error {
-        let error_type = h.local_reply.map(str::to_string).unwrap_or_else(|| h.status.to_string());
+    if let Some(c) = h.grpc_status {
+        attrs.push(kv_int("rpc.grpc.status_code", i64::from(c)));
+    }
+    if h.incomplete {
+        attrs.push(kv(
+            "outrider.response_complete",
+            any_value::Value::BoolValue(false),
+        ));
+    }
+    if s.error_only {
+        // The head sampler left this trace out; the span is here because it failed.
+        attrs.push(kv_str("outrider.sampled_reason", "error".into()));
+    }
+    let status = if h.is_error(s.kind) {
+        let error_type = match (h.local_reply, h.grpc_status) {
+            (Some(r), _) => r.to_string(),
+            (None, Some(c)) if c != 0 => format!("grpc-{c}"),
+            _ if h.incomplete && h.status != 0 && h.status < 400 => "response-incomplete".to_string(),
+            _ => h.status.to_string(),
+        };
         attrs.push(kv_str("error.type", error_type.clone()));
         otlp::Status { code: otlp::status::StatusCode::Error as i32, message: error_type }
     } else {
@@ -270,8 +282,11 @@ pub fn to_otlp(s: SpanData) -> otlp::Span {
         span_id: s.span_id.to_vec(),
         trace_state: s.trace_state.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
         parent_span_id: s.parent.map(|p| p.to_vec()).unwrap_or_default(),
-        // W3C flags: sampled (0x01); bit 0x100 says whether the parent is remote known.
-        flags: 0x01 | 0x100 | if s.parent.is_some() && s.http.attempt.is_none() { 0x200 } else { 0 },
+        // W3C flags: sampled (0x01, the trace's flag: clear on an error-only span);
+        // bit 0x100 says whether the parent is remote known.
+        flags: u32::from(!s.error_only)
+            | 0x100
+            | if s.parent.is_some() && s.http.attempt.is_none() { 0x200 } else { 0 },
         name,
         kind: match s.kind {
             SpanKind::Server => otlp::span::SpanKind::Server as i32,

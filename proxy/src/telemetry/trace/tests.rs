@@ -174,7 +174,7 @@ fn config_from_the_otel_variables() {
 #[tokio::test]
 async fn spans_are_queued_when_sampled_and_dropped_when_the_queue_is_full() {
     let metrics = Metrics::new();
-    let (tracer, queue) = Tracer::new(Sampler::default(), 1, 1, metrics.clone());
+    let (tracer, queue) = Tracer::new(Sampler::default(), true, None, 1, 1, metrics.clone());
     let mut rx = queue.rx;
     let attrs = || HttpAttrs::attempt(http::Method::GET, 1, None, 200, None);
     let parent = tracer.start(&HeaderMap::new(), SpanKind::Client);
