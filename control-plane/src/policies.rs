@@ -389,6 +389,7 @@ pub fn canonical_kind(kind: &str) -> Option<&'static str> {
     match kind.to_ascii_lowercase().as_str() {
         "service" | "services" | "svc" => Some("Service"),
         "trafficpolicy" | "trafficpolicies" | "tp" => Some("TrafficPolicy"),
+        "telemetry" | "telemetries" => Some("Telemetry"),
         _ => None,
     }
 }

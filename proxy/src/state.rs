@@ -21,6 +21,7 @@ use crate::policy::outlier::{ClusterOutliers, EndpointHealth};
 
 mod build;
 mod policy;
+mod telemetry;
 
 pub use build::{Builder, Rejection};
 

@@ -441,3 +441,100 @@ async fn failed_requests_are_not_exported_when_error_recording_is_off() {
     assert_eq!(paths, ["/marker"], "{spans:#?}");
     assert_eq!(spans[0].attr("outrider.sampled_reason"), None);
 }
+
+/// The Telemetry settings in force at the proxy, from `/config_dump`.
+async fn pushed_telemetry(proxy: &ProxyHarness) -> serde_json::Value {
+    let dump: serde_json::Value = serde_json::from_str(&proxy.admin("GET", "/config_dump").await.text()).unwrap();
+    dump["config"]["telemetry"].clone()
+}
+
+fn telemetry(percent: u32) -> String {
+    format!(
+        "apiVersion: outrider.io/v1\nkind: Telemetry\nmetadata: {{name: mesh}}\nspec:\n  tracing: \
+         {{samplingPercent: {percent}, errors: false}}\n"
+    )
+}
+
+/// Tracing whose own sampler starts no trace and records no errors: whatever is
+/// sampled below, a pushed Telemetry decided.
+fn env_never(endpoint: &str) -> TraceConfig {
+    let mut t = tracing(endpoint, "proxy");
+    t.sampler.root = outrider_proxy::telemetry::trace::config::Root::AlwaysOff;
+    t.errors = false;
+    t
+}
+
+/// A caller-sampled request: its span is exported whatever the root sampler
+/// says, so once it is in, every span queued before it is in too.
+fn marker(authority: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = client::h1_get(authority, "/marker");
+    req.headers_mut().insert("traceparent", format!("00-{TRACE}-{PARENT}-01").parse().unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_policy_sets_the_sampling_ratio_on_reload() {
+    let otlp = collector().await;
+    let up = upstream::http1().name("echo").start().await;
+    let svc = service("echo").endpoint(up.addr).yaml();
+    // The environment would sample everything; the policy says 0 %.
+    let proxy = ProxyHarness::start_configured(&docs(&[svc.clone(), telemetry(0)]), |c| {
+        c.tracing = Some(tracing(&otlp.endpoint(), "proxy"))
+    })
+    .await;
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/at-0")).await.assert_status(200);
+    assert!(up.last().header("traceparent").unwrap().ends_with("-00"), "0 % samples nothing");
+
+    proxy.reload(&docs(&[svc.clone(), telemetry(100)])).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/at-100")).await.assert_status(200);
+    assert!(up.last().header("traceparent").unwrap().ends_with("-01"), "100 % samples every new trace");
+    let spans = otlp.wait_at_least(1).await;
+    let paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    assert_eq!(paths, ["/at-100"], "the request at 0 % was not exported: {spans:#?}");
+
+    // Without the Telemetry the environment's sampler (always on here) applies again.
+    proxy.reload(&svc).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/env")).await.assert_status(200);
+    let spans = otlp.wait_at_least(2).await;
+    assert_eq!(spans[1].attr("url.path").as_deref(), Some("/env"));
+    assert_eq!(pushed_telemetry(&proxy).await, serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_applied_on_the_control_plane_reaches_the_proxy() {
+    use outrider_tests::control_plane::ControlPlane;
+    use outrider_tests::harness::TempDir;
+
+    let otlp = collector().await;
+    let data = TempDir::new("cp-data");
+    let cp = ControlPlane::start(data.path());
+    let up = upstream::http1().name("echo").start().await;
+    let svc = service("echo").endpoint(up.addr).yaml();
+    cp.apply(&docs(&[svc.clone(), telemetry(0)])).await;
+    let proxy = ProxyHarness::start_configured(&svc, |c| {
+        c.tracing = Some(env_never(&otlp.endpoint()));
+        c.xds = Some(outrider_proxy::source::xds::XdsConfig {
+            address: cp.xds_url(),
+            protocol: outrider_proxy::source::xds::Protocol::Delta,
+            advertise: None,
+            labels: Default::default(),
+        });
+    })
+    .await;
+    let pushed = |percent: f64| {
+        let proxy = &proxy;
+        async move { pushed_telemetry(proxy).await["sampling_percent"].as_f64() == Some(percent) }
+    };
+    wait_until("the control plane's Telemetry (0 %) at the proxy", || pushed(0.0)).await;
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/at-0")).await.assert_status(200);
+
+    cp.apply(&telemetry(100)).await;
+    wait_until("the control plane's Telemetry (100 %) at the proxy", || pushed(100.0)).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/at-100")).await.assert_status(200);
+    client::send_h1(&mut conn, marker("echo:8080")).await.assert_status(200);
+    let spans = otlp.wait_at_least(2).await;
+    let paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    assert_eq!(paths, ["/at-100", "/marker"], "{spans:#?}");
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::policy::{API_VERSION, KINDS, Metadata, PolicySet, Service, TrafficPolicy};
+use crate::policy::{API_VERSION, KINDS, Metadata, PolicySet, Service, Telemetry, TrafficPolicy};
 use crate::validate::{self, PolicyError, PolicyErrors};
 
 /// Where a document came from, for error messages.
@@ -43,6 +43,7 @@ impl Origin {
 pub(crate) enum Document {
     Service(Service),
     TrafficPolicy(TrafficPolicy),
+    Telemetry(Telemetry),
 }
 
 /// The documents of one or more files, plus what went wrong reading them.
@@ -181,6 +182,7 @@ fn parse_document(source: &str, index: usize, value: Value, parsed: &mut Parsed)
             "TrafficPolicy" => {
                 decode(envelope.spec, "spec").map(|spec| Document::TrafficPolicy(TrafficPolicy { metadata, spec }))
             }
+            "Telemetry" => decode(envelope.spec, "spec").map(|spec| Document::Telemetry(Telemetry { metadata, spec })),
             "AuthorizationPolicy" => {
                 parsed.errors.push(origin.error(None, "not supported yet: kind AuthorizationPolicy"));
                 return;

@@ -11,17 +11,19 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod resilience;
+mod telemetry;
 
 pub use resilience::{
     Backoff, CircuitBreaker, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries, RetryBudget, RetryOn,
     StateMachine,
 };
+pub use telemetry::{Telemetry, TelemetrySpec, TracingSpec};
 
 /// The only `apiVersion` accepted.
 pub const API_VERSION: &str = "outrider.io/v1";
 
 /// The kinds a document may have, as spelled in YAML.
-pub const KINDS: &[&str] = &["Service", "TrafficPolicy"];
+pub const KINDS: &[&str] = &["Service", "TrafficPolicy", "Telemetry"];
 
 /// Default values, in one place.
 pub mod defaults {
@@ -101,6 +103,8 @@ pub struct PolicySet {
     pub services: BTreeMap<String, Service>,
     /// Traffic policies by the name of the service they apply to (`spec.service`).
     pub traffic_policies: BTreeMap<String, TrafficPolicy>,
+    /// The mesh-wide Telemetry, if the set has one.
+    pub telemetry: Option<Telemetry>,
 }
 
 impl PolicySet {

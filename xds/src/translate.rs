@@ -9,6 +9,7 @@ mod resilience;
 #[allow(clippy::unwrap_used)]
 mod resilience_tests;
 mod route;
+mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

@@ -11,6 +11,7 @@ use crate::load::{Document, Origin, Parsed};
 use crate::policy::{PolicySet, Route, Service, TrafficPolicy};
 
 mod resilience;
+mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod resilience_tests;
@@ -131,11 +132,13 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     let mut policies: BTreeMap<String, (Origin, TrafficPolicy)> = BTreeMap::new();
     let mut seen: BTreeMap<(&'static str, String), Origin> = BTreeMap::new();
     let mut policy_docs = Vec::new();
+    let mut telemetry: Option<(Origin, crate::policy::Telemetry)> = None;
 
     for (origin, document) in documents {
         let (kind, metadata) = match &document {
             Document::Service(s) => ("Service", &s.metadata),
             Document::TrafficPolicy(p) => ("TrafficPolicy", &p.metadata),
+            Document::Telemetry(t) => ("Telemetry", &t.metadata),
         };
         check_dns_label(&origin, "metadata.name", &metadata.name, &mut errors);
         check_dns_label(&origin, "metadata.namespace", &metadata.namespace, &mut errors);
@@ -165,6 +168,13 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
                 }
                 check_policy(&origin, &policy, &mut errors);
                 policy_docs.push((origin, policy));
+            }
+            Document::Telemetry(t) => {
+                telemetry::check_telemetry(&origin, &t, &mut errors);
+                match &telemetry {
+                    Some((first, _)) => telemetry::check_single(&origin, first, &mut errors),
+                    None => telemetry = Some((origin, t)),
+                }
             }
         }
     }
@@ -213,6 +223,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     Ok(PolicySet {
         services: services.into_iter().map(|(k, (_, s))| (k, s)).collect(),
         traffic_policies: policies.into_iter().map(|(k, (_, p))| (k, p)).collect(),
+        telemetry: telemetry.map(|(_, t)| t),
     })
 }
 

@@ -182,10 +182,15 @@ impl Builder {
 
         let mut outbound = OutboundMatch::default();
         let mut dump_listeners = Vec::new();
+        let mut tracing = None;
         for l in &res.listeners {
             if l.name != names::OUTBOUND_LISTENER {
                 ctx.reject("Listener", &l.name, "only the \"outbound\" listener is understood by this proxy");
                 continue;
+            }
+            match super::telemetry::tracing_from(l) {
+                Ok(t) => tracing = t,
+                Err(reason) => ctx.reject("Listener", &l.name, reason),
             }
             dump_listeners.push(listener_from(l, &clusters, &vhosts_by_name, &mut outbound, &mut ctx));
         }
@@ -202,6 +207,7 @@ impl Builder {
             "routes": {"version": versions.routes, "resources": dump_routes},
             "clusters": {"version": versions.clusters, "resources": dump_clusters},
             "endpoints": {"version": versions.endpoints, "resources": dump_endpoints},
+            "telemetry": super::telemetry::dump(&tracing),
         });
         // Per-endpoint and per-cluster state follows the new config only when the
         // whole build was accepted: a rejected build may never be applied, and the
@@ -217,7 +223,7 @@ impl Builder {
         }
         drop(carried);
         drop(carried_clusters);
-        (Snapshot { versions, outbound, vhosts, clusters, dump, tracing: None }, rejected)
+        (Snapshot { versions, outbound, vhosts, clusters, dump, tracing }, rejected)
     }
 }
 
