@@ -31,6 +31,8 @@ pub mod config;
 pub mod export;
 /// W3C Trace Context and B3 headers.
 pub mod propagation;
+/// OTLP/gRPC and OTLP/HTTP (protobuf), plain or TLS.
+pub mod transport;
 
 pub use config::{Pushed, Sampler, TraceConfig};
 use propagation::B3Style;
