@@ -149,7 +149,10 @@ async fn get_policies(state: &ApiState, rest: &[&str]) -> Response<Body> {
         Some(k) => match canonical_kind(k) {
             Some(k) => Some(k),
             None => {
-                return error(StatusCode::NOT_FOUND, format!("unknown kind {k:?}: expected Service, TrafficPolicy or Telemetry"));
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("unknown kind {k:?}: expected Service, TrafficPolicy or Telemetry"),
+                );
             }
         },
         None => None,
@@ -218,7 +221,10 @@ async fn delete(state: &ApiState, req: Request<Incoming>, kind: &str, name: &str
         return unauthorized();
     }
     let Some(kind) = canonical_kind(kind) else {
-        return error(StatusCode::NOT_FOUND, format!("unknown kind {kind:?}: expected Service, TrafficPolicy or Telemetry"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown kind {kind:?}: expected Service, TrafficPolicy or Telemetry"),
+        );
     };
     match state.policies.delete(kind, name, if_match(&req).as_deref()).await {
         Ok(outcome) => {

@@ -118,7 +118,8 @@ impl App {
         let (tracer, exporter) = match &config.tracing {
             Some(t) => {
                 let store = Some(store.clone());
-                let (tracer, queue) = Tracer::new(t.sampler, t.errors, store, t.max_queue, t.max_batch, metrics.clone());
+                let (tracer, queue) =
+                    Tracer::new(t.sampler, t.errors, store, t.max_queue, t.max_batch, metrics.clone());
                 let exporter = Exporter::new(queue, t.clone(), metrics.clone(), config.node_id.clone());
                 (Some(tracer), Some(exporter))
             }

@@ -156,10 +156,7 @@ fn test_pki() -> (String, Arc<rustls::ServerConfig>) {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
+        .with_single_cert(vec![leaf.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     (ca_pem, Arc::new(cfg))
@@ -176,10 +173,9 @@ fn from_env(vars: &[(&str, &str)]) -> TraceConfig {
 /// Two requests through a proxy exporting with `cfg` arrive at `rx`.
 async fn spans_arrive(rx: &Receiver, cfg: TraceConfig) {
     let up = upstream::http1().name("echo").start().await;
-    let proxy = ProxyHarness::start_configured(&docs(&[service("echo").endpoint(up.addr).yaml()]), |c| {
-        c.tracing = Some(cfg)
-    })
-    .await;
+    let proxy =
+        ProxyHarness::start_configured(&docs(&[service("echo").endpoint(up.addr).yaml()]), |c| c.tracing = Some(cfg))
+            .await;
     proxy.get("http://echo:8080/one").await.assert_status(200);
     proxy.get("http://echo:8080/two").await.assert_status(200);
     wait_until("2 spans at the receiver", || async { rx.got.paths().len() >= 2 }).await;
@@ -244,10 +240,9 @@ async fn a_collector_with_a_certificate_from_another_ca_gets_nothing() {
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
     ]);
     let up = upstream::http1().name("echo").start().await;
-    let proxy = ProxyHarness::start_configured(&docs(&[service("echo").endpoint(up.addr).yaml()]), |c| {
-        c.tracing = Some(cfg)
-    })
-    .await;
+    let proxy =
+        ProxyHarness::start_configured(&docs(&[service("echo").endpoint(up.addr).yaml()]), |c| c.tracing = Some(cfg))
+            .await;
     proxy.get("http://echo:8080/one").await.assert_status(200);
     let m = outrider_tests::wait::wait_for("the failed export to be counted", || async {
         let m = proxy.metrics().await;

@@ -11,10 +11,10 @@ use crate::load::{Document, Origin, Parsed};
 use crate::policy::{PolicySet, Route, Service, TrafficPolicy};
 
 mod resilience;
-mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod resilience_tests;
+mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

@@ -34,8 +34,8 @@ pub(super) fn hcm_tracing(set: &PolicySet) -> Option<Tracing> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     use prost::Message;
 
     use crate::resources::{TELEMETRY_KEY, ext};

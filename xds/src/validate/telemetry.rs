@@ -22,10 +22,9 @@ pub(super) fn check_telemetry(origin: &Origin, telemetry: &Telemetry, errors: &m
     if let Some(p) = tracing.sampling_percent
         && !(0.0..=100.0).contains(&p)
     {
-        errors.push(origin.error(
-            Some("spec.tracing.samplingPercent".into()),
-            format!("must be between 0 and 100 (got {p})"),
-        ));
+        errors.push(
+            origin.error(Some("spec.tracing.samplingPercent".into()), format!("must be between 0 and 100 (got {p})")),
+        );
     }
 }
 
@@ -33,10 +32,7 @@ pub(super) fn check_telemetry(origin: &Origin, telemetry: &Telemetry, errors: &m
 pub(super) fn check_single(origin: &Origin, first: &Origin, errors: &mut Vec<PolicyError>) {
     errors.push(origin.error(
         Some("metadata.name".into()),
-        format!(
-            "a Telemetry applies to the whole mesh and one is already defined (in {}); keep one",
-            first.describe()
-        ),
+        format!("a Telemetry applies to the whole mesh and one is already defined (in {}); keep one", first.describe()),
     ));
 }
 
@@ -70,24 +66,18 @@ mod tests {
         );
         assert_eq!(
             errors(&format!("{HEAD}spec: {{tracing: {{sampling: 10}}}}\n")),
-            [
-                "t.yaml: document 1 (Telemetry/mesh): spec.tracing.sampling: unknown field, expected one of \
-                 samplingPercent, errors"
-            ]
+            ["t.yaml: document 1 (Telemetry/mesh): spec.tracing.sampling: unknown field, expected one of \
+                 samplingPercent, errors"]
         );
         assert_eq!(
             errors(&format!("{HEAD}spec: {{tracing: {{}}}}\n")),
-            [
-                "t.yaml: document 1 (Telemetry/mesh): spec.tracing: sets nothing: give samplingPercent (0 to 100) \
-                 and/or errors (true or false)"
-            ]
+            ["t.yaml: document 1 (Telemetry/mesh): spec.tracing: sets nothing: give samplingPercent (0 to 100) \
+                 and/or errors (true or false)"]
         );
         assert_eq!(
             errors(&format!("{HEAD}spec: {{}}\n")),
-            [
-                "t.yaml: document 1 (Telemetry/mesh): spec.tracing: missing: a Telemetry must set something, e.g. \
-                 tracing: {samplingPercent: 10}"
-            ]
+            ["t.yaml: document 1 (Telemetry/mesh): spec.tracing: missing: a Telemetry must set something, e.g. \
+                 tracing: {samplingPercent: 10}"]
         );
     }
 
@@ -99,10 +89,8 @@ mod tests {
         );
         assert_eq!(
             errors(&two),
-            [
-                "t.yaml: document 2 (Telemetry/other): metadata.name: a Telemetry applies to the whole mesh and one \
-                 is already defined (in t.yaml document 1); keep one"
-            ]
+            ["t.yaml: document 2 (Telemetry/other): metadata.name: a Telemetry applies to the whole mesh and one \
+                 is already defined (in t.yaml document 1); keep one"]
         );
     }
 }

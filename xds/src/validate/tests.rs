@@ -131,7 +131,10 @@ fn authorization_policy_and_unknown_kinds_are_rejected() {
         "policy.yaml: document 1 (AuthorizationPolicy/callers): not supported yet: kind AuthorizationPolicy"
     );
     let text = text.replace("AuthorizationPolicy", "Gateway");
-    assert!(only_error(&text).ends_with("kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy, Telemetry"));
+    assert!(
+        only_error(&text)
+            .ends_with("kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy, Telemetry")
+    );
 }
 
 #[test]

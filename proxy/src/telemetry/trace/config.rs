@@ -332,7 +332,10 @@ impl TraceConfig {
     /// The TLS client config for an `https://` endpoint: the CA of
     /// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` / `OTEL_EXPORTER_OTLP_CERTIFICATE`,
     /// else the system bundle at [`SYSTEM_CA_BUNDLE`]; neither is a startup error.
-    fn tls_from(var: &dyn Fn(&str) -> Option<String>, protocol: Protocol) -> Result<rustls::ClientConfig, TraceConfigError> {
+    fn tls_from(
+        var: &dyn Fn(&str) -> Option<String>,
+        protocol: Protocol,
+    ) -> Result<rustls::ClientConfig, TraceConfigError> {
         let cert_var = ["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"]
             .into_iter()
             .find_map(|k| var(k).map(|v| (k, v)));

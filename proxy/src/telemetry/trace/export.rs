@@ -87,13 +87,7 @@ impl Exporter {
         }
     }
 
-    async fn export(
-        &self,
-        client: &mut Transport,
-        resource: &Resource,
-        batch: &mut Vec<SpanData>,
-        healthy: &mut bool,
-    ) {
+    async fn export(&self, client: &mut Transport, resource: &Resource, batch: &mut Vec<SpanData>, healthy: &mut bool) {
         let n = batch.len() as u64;
         let spans: Vec<otlp::Span> = batch.drain(..).map(to_otlp).collect();
         let body = ExportTraceServiceRequest {
@@ -246,10 +240,7 @@ pub fn to_otlp(s: SpanData) -> otlp::Span {
         attrs.push(kv_int("rpc.grpc.status_code", i64::from(c)));
     }
     if h.incomplete {
-        attrs.push(kv(
-            "outrider.response_complete",
-            any_value::Value::BoolValue(false),
-        ));
+        attrs.push(kv("outrider.response_complete", any_value::Value::BoolValue(false)));
     }
     if s.error_only {
         // The head sampler left this trace out; the span is here because it failed.

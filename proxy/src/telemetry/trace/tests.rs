@@ -267,7 +267,10 @@ fn otlp_http_endpoints_follow_the_spec() {
     let path = dir.join("not-a-ca.pem");
     std::fs::write(&path, "hello").unwrap();
     let e = TraceConfig::from_lookup(
-        env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", path.to_str().unwrap())]),
+        env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", path.to_str().unwrap()),
+        ]),
         "svc",
     )
     .expect_err("not a CA");
