@@ -538,3 +538,38 @@ async fn a_telemetry_applied_on_the_control_plane_reaches_the_proxy() {
     let paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
     assert_eq!(paths, ["/at-100", "/marker"], "{spans:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_cut_short_is_exported_as_an_error_when_unsampled() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let otlp = collector().await;
+    // An upstream that sends headers and one chunk of a longer body, then closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello").await;
+        }
+    });
+    let proxy = ProxyHarness::start_configured(&docs(&[service("cut").endpoint(addr).yaml()]), |c| {
+        c.tracing = Some(unsampled(&otlp.endpoint(), true))
+    })
+    .await;
+    let resp =
+        outrider_tests::wait::within("response headers", proxy.client().request(client::get("http://cut:8080/r")))
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = outrider_tests::wait::within("the cut body", resp.into_body().collect()).await;
+    assert!(body.is_err(), "the caller sees the reset too");
+    let spans = otlp.wait_at_least(1).await;
+    let s = &spans[0];
+    assert_eq!(s.attr("url.path").as_deref(), Some("/r"));
+    assert_eq!(s.attr("outrider.sampled_reason").as_deref(), Some("error"));
+    assert_eq!(s.attr("outrider.response_complete").as_deref(), Some("false"));
+    assert_eq!(s.attr("error.type").as_deref(), Some("response-incomplete"));
+    task.abort();
+}
