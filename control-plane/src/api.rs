@@ -180,7 +180,7 @@ async fn get_policies(state: &ApiState, rest: &[&str]) -> Response<Body> {
             None => {
                 return error(
                     StatusCode::NOT_FOUND,
-                    format!("unknown kind {k:?}: expected Service, TrafficPolicy or AuthorizationPolicy"),
+                    format!("unknown kind {k:?}: expected Service, TrafficPolicy, AuthorizationPolicy or Telemetry"),
                 );
             }
         },
@@ -252,7 +252,7 @@ async fn delete(state: &ApiState, req: Request<Incoming>, kind: &str, name: &str
     let Some(kind) = canonical_kind(kind) else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("unknown kind {kind:?}: expected Service, TrafficPolicy or AuthorizationPolicy"),
+            format!("unknown kind {kind:?}: expected Service, TrafficPolicy, AuthorizationPolicy or Telemetry"),
         );
     };
     match state.policies.delete(kind, name, if_match(&req).as_deref()).await {

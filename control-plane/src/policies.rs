@@ -390,6 +390,7 @@ pub fn canonical_kind(kind: &str) -> Option<&'static str> {
         "service" | "services" | "svc" => Some("Service"),
         "trafficpolicy" | "trafficpolicies" | "tp" => Some("TrafficPolicy"),
         "authorizationpolicy" | "authorizationpolicies" | "authz" | "ap" => Some("AuthorizationPolicy"),
+        "telemetry" | "telemetries" => Some("Telemetry"),
         _ => None,
     }
 }

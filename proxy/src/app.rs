@@ -124,7 +124,9 @@ impl App {
         // control runtime sends them.
         let (tracer, exporter) = match &config.tracing {
             Some(t) => {
-                let (tracer, queue) = Tracer::new(t.sampler, t.max_queue, t.max_batch, metrics.clone());
+                let store = Some(store.clone());
+                let (tracer, queue) =
+                    Tracer::new(t.sampler, t.errors, store, t.max_queue, t.max_batch, metrics.clone());
                 let exporter = Exporter::new(queue, t.clone(), metrics.clone(), config.node_id.clone());
                 (Some(tracer), Some(exporter))
             }

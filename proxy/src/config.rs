@@ -93,6 +93,10 @@ pub struct ProxyArgs {
     /// 0.0 to 1.0 (errors, 4xx, 5xx and local replies are always logged).
     #[arg(long, env = "OUTRIDER_ACCESS_LOG_SAMPLE", default_value_t = 1.0)]
     pub access_log_sample: f64,
+    /// Export the spans of failed requests (5xx, local reply, gRPC error, reset) even when
+    /// the sampler leaves their trace out (on | off; tracing needs an OTLP endpoint).
+    #[arg(long, env = "OUTRIDER_TRACE_ERRORS", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    pub trace_errors: bool,
     /// Data-plane worker threads (default: number of CPUs).
     #[arg(long, env = "OUTRIDER_WORKERS")]
     pub workers: Option<usize>,
@@ -298,8 +302,11 @@ impl ProxyArgs {
         if !(0.0..=1.0).contains(&self.access_log_sample) {
             return Err(ConfigError::AccessLogSample(self.access_log_sample));
         }
-        let tracing =
+        let mut tracing =
             crate::telemetry::trace::TraceConfig::from_env(self.service.as_deref().unwrap_or("outrider-proxy"))?;
+        if let Some(t) = tracing.as_mut() {
+            t.errors = self.trace_errors;
+        }
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let node_id = self.node_id.unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

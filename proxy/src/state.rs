@@ -21,6 +21,7 @@ use crate::policy::outlier::{ClusterOutliers, EndpointHealth};
 
 mod build;
 mod policy;
+mod telemetry;
 
 pub use build::{Builder, Rejection, inbound_policy};
 
@@ -38,6 +39,9 @@ pub struct Snapshot {
     pub inbound: HashMap<Arc<str>, Arc<crate::authz::InboundPolicy>>,
     /// JSON view of every resource, for `/config_dump`.
     pub dump: serde_json::Value,
+    /// Tracing settings of a `Telemetry` policy, if one is in force (read by the
+    /// tracer per request; `None`: the `OTEL_*` environment's).
+    pub tracing: Option<crate::telemetry::trace::Pushed>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]

@@ -49,19 +49,6 @@ impl ControlPlane {
         Self::start_with(data_dir, xds, api, policy_dir, server::REGISTRATION_GRACE)
     }
 
-    /// Start with a full server config (ports, data dir, CA settings).
-    pub fn start_config(config: ServerConfig) -> Self {
-        let data_dir = config.data_dir.clone();
-        let running = server::start(config).unwrap_or_else(|e| panic!("the control plane did not start: {e}"));
-        Self {
-            xds: running.xds_addr,
-            api: running.api_addr,
-            client: client::http1(running.api_addr),
-            running: Some(running),
-            data_dir,
-        }
-    }
-
     /// Start with a given grace period for sidecar registrations.
     pub fn start_with(
         data_dir: &Path,

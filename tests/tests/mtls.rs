@@ -465,7 +465,7 @@ async fn rotation_under_load_loses_no_request() {
                 let mut client = outrider_tests::client::http1(outbound);
                 let mut i = 0u64;
                 while tokio::time::Instant::now() < deadline {
-                    if i % 50 == 0 {
+                    if i.is_multiple_of(50) {
                         client = outrider_tests::client::http1(outbound);
                     }
                     let r = outrider_tests::client::send(

@@ -107,6 +107,13 @@ impl Running {
         self.spans()
     }
 
+    /// Wait until at least `n` spans have arrived (tests that assert on order
+    /// use a marker request instead of waiting for stragglers).
+    async fn wait_at_least(&self, n: usize) -> Vec<Got> {
+        wait_until(&format!("{n} spans at the collector"), || async { self.spans().len() >= n }).await;
+        self.spans()
+    }
+
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -362,4 +369,207 @@ async fn a_slow_exporter_does_not_slow_requests_and_drops_are_counted() {
 async fn a_dead_exporter_does_not_fail_requests_and_drops_are_counted() {
     let closed = upstream::closed_port();
     requests_unaffected(format!("http://{closed}"), "export-failed").await;
+}
+
+/// Tracing with a sampler that starts no trace (ratio 0, parent-based).
+fn unsampled(endpoint: &str, errors: bool) -> TraceConfig {
+    let mut t = tracing(endpoint, "proxy");
+    t.sampler.root = outrider_proxy::telemetry::trace::config::Root::TraceIdRatio(0.0);
+    t.errors = errors;
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_are_exported_when_the_sampler_leaves_them_out() {
+    let otlp = collector().await;
+    let switch = Switch::new();
+    let app = upstream::http1().name("app").switch(&switch).start().await;
+    let proxy = ProxyHarness::start_configured(
+        &docs(&[service("app").endpoint(app.addr).yaml(), service("empty").yaml()]),
+        |c| c.tracing = Some(unsampled(&otlp.endpoint(), true)),
+    )
+    .await;
+    // One connection: each response is recorded before the next request is read,
+    // so spans are queued in request order.
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    client::send_h1(&mut conn, client::h1_get("app:8080", "/ok")).await.assert_status(200);
+    switch.fail_next(1);
+    client::send_h1(&mut conn, client::h1_get("app:8080", "/upstream-503")).await.assert_status(503);
+    let downstream = app.last().header("traceparent").map(str::to_string).expect("context propagates");
+    assert!(downstream.ends_with("-00"), "the sampled flag sent on is the sampler's, not flipped: {downstream}");
+    client::send_h1(&mut conn, client::h1_get("empty:8080", "/local-reply")).await.assert_status(503);
+    switch.grpc_unavailable_next(1);
+    let mut grpc = client::h1_get("app:8080", "/pkg.Svc/Call");
+    grpc.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+    client::send_h1(&mut conn, grpc).await.assert_status(200);
+
+    let spans = otlp.wait_at_least(3).await;
+    let mut paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    paths.sort();
+    assert_eq!(paths, ["/local-reply", "/pkg.Svc/Call", "/upstream-503"], "only the failures: {spans:#?}");
+    for s in &spans {
+        assert_eq!(s.attr("outrider.sampled_reason").as_deref(), Some("error"), "{s:#?}");
+        assert_eq!(s.span.flags & 0x01, 0, "the trace's sampled flag is not claimed: {s:#?}");
+        assert_eq!(s.span.status.as_ref().map(|st| st.code), Some(2), "status error: {s:#?}");
+    }
+    let by_path = |p: &str| spans.iter().find(|s| s.attr("url.path").as_deref() == Some(p)).unwrap();
+    assert_eq!(by_path("/upstream-503").attr("http.response.status_code").as_deref(), Some("503"));
+    assert_eq!(by_path("/upstream-503").trace(), downstream[3..35], "the span is in the trace the app was told of");
+    assert_eq!(by_path("/local-reply").attr("outrider.local_reply").as_deref(), Some("no-healthy-upstream"));
+    assert_eq!(by_path("/pkg.Svc/Call").attr("rpc.grpc.status_code").as_deref(), Some("14"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_are_not_exported_when_error_recording_is_off() {
+    let otlp = collector().await;
+    let switch = Switch::new();
+    let app = upstream::http1().name("app").switch(&switch).start().await;
+    let proxy = ProxyHarness::start_configured(&docs(&[service("app").endpoint(app.addr).yaml()]), |c| {
+        c.tracing = Some(unsampled(&otlp.endpoint(), false))
+    })
+    .await;
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    switch.fail_next(1);
+    client::send_h1(&mut conn, client::h1_get("app:8080", "/upstream-503")).await.assert_status(503);
+    // A caller-sampled request after it, as a marker: once its span is in, an
+    // earlier span would be too.
+    let mut marker = client::h1_get("app:8080", "/marker");
+    marker.headers_mut().insert("traceparent", format!("00-{TRACE}-{PARENT}-01").parse().unwrap());
+    client::send_h1(&mut conn, marker).await.assert_status(200);
+    let spans = otlp.wait_at_least(1).await;
+    let paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    assert_eq!(paths, ["/marker"], "{spans:#?}");
+    assert_eq!(spans[0].attr("outrider.sampled_reason"), None);
+}
+
+/// The Telemetry settings in force at the proxy, from `/config_dump`.
+async fn pushed_telemetry(proxy: &ProxyHarness) -> serde_json::Value {
+    let dump: serde_json::Value = serde_json::from_str(&proxy.admin("GET", "/config_dump").await.text()).unwrap();
+    dump["config"]["telemetry"].clone()
+}
+
+fn telemetry(percent: u32) -> String {
+    format!(
+        "apiVersion: outrider.io/v1\nkind: Telemetry\nmetadata: {{name: mesh}}\nspec:\n  tracing: \
+         {{samplingPercent: {percent}, errors: false}}\n"
+    )
+}
+
+/// Tracing whose own sampler starts no trace and records no errors: whatever is
+/// sampled below, a pushed Telemetry decided.
+fn env_never(endpoint: &str) -> TraceConfig {
+    let mut t = tracing(endpoint, "proxy");
+    t.sampler.root = outrider_proxy::telemetry::trace::config::Root::AlwaysOff;
+    t.errors = false;
+    t
+}
+
+/// A caller-sampled request: its span is exported whatever the root sampler
+/// says, so once it is in, every span queued before it is in too.
+fn marker(authority: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = client::h1_get(authority, "/marker");
+    req.headers_mut().insert("traceparent", format!("00-{TRACE}-{PARENT}-01").parse().unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_policy_sets_the_sampling_ratio_on_reload() {
+    let otlp = collector().await;
+    let up = upstream::http1().name("echo").start().await;
+    let svc = service("echo").endpoint(up.addr).yaml();
+    // The environment would sample everything; the policy says 0 %.
+    let proxy = ProxyHarness::start_configured(&docs(&[svc.clone(), telemetry(0)]), |c| {
+        c.tracing = Some(tracing(&otlp.endpoint(), "proxy"))
+    })
+    .await;
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/at-0")).await.assert_status(200);
+    assert!(up.last().header("traceparent").unwrap().ends_with("-00"), "0 % samples nothing");
+
+    proxy.reload(&docs(&[svc.clone(), telemetry(100)])).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/at-100")).await.assert_status(200);
+    assert!(up.last().header("traceparent").unwrap().ends_with("-01"), "100 % samples every new trace");
+    let spans = otlp.wait_at_least(1).await;
+    let paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    assert_eq!(paths, ["/at-100"], "the request at 0 % was not exported: {spans:#?}");
+
+    // Without the Telemetry the environment's sampler (always on here) applies again.
+    proxy.reload(&svc).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/env")).await.assert_status(200);
+    let spans = otlp.wait_at_least(2).await;
+    assert_eq!(spans[1].attr("url.path").as_deref(), Some("/env"));
+    assert_eq!(pushed_telemetry(&proxy).await, serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telemetry_applied_on_the_control_plane_reaches_the_proxy() {
+    use outrider_tests::control_plane::ControlPlane;
+    use outrider_tests::harness::TempDir;
+
+    let otlp = collector().await;
+    let data = TempDir::new("cp-data");
+    let cp = ControlPlane::start(data.path());
+    let up = upstream::http1().name("echo").start().await;
+    let svc = service("echo").endpoint(up.addr).yaml();
+    cp.apply(&docs(&[svc.clone(), telemetry(0)])).await;
+    let proxy = ProxyHarness::start_configured(&svc, |c| {
+        c.tracing = Some(env_never(&otlp.endpoint()));
+        c.xds = Some(outrider_proxy::source::xds::XdsConfig {
+            address: cp.xds_url(),
+            protocol: outrider_proxy::source::xds::Protocol::Delta,
+            advertise: None,
+            labels: Default::default(),
+        });
+    })
+    .await;
+    let pushed = |percent: f64| {
+        let proxy = &proxy;
+        async move { pushed_telemetry(proxy).await["sampling_percent"].as_f64() == Some(percent) }
+    };
+    wait_until("the control plane's Telemetry (0 %) at the proxy", || pushed(0.0)).await;
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/at-0")).await.assert_status(200);
+
+    cp.apply(&telemetry(100)).await;
+    wait_until("the control plane's Telemetry (100 %) at the proxy", || pushed(100.0)).await;
+    client::send_h1(&mut conn, client::h1_get("echo:8080", "/at-100")).await.assert_status(200);
+    client::send_h1(&mut conn, marker("echo:8080")).await.assert_status(200);
+    let spans = otlp.wait_at_least(2).await;
+    let paths: Vec<String> = spans.iter().filter_map(|s| s.attr("url.path")).collect();
+    assert_eq!(paths, ["/at-100", "/marker"], "{spans:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_cut_short_is_exported_as_an_error_when_unsampled() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let otlp = collector().await;
+    // An upstream that sends headers and one chunk of a longer body, then closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello").await;
+        }
+    });
+    let proxy = ProxyHarness::start_configured(&docs(&[service("cut").endpoint(addr).yaml()]), |c| {
+        c.tracing = Some(unsampled(&otlp.endpoint(), true))
+    })
+    .await;
+    let resp =
+        outrider_tests::wait::within("response headers", proxy.client().request(client::get("http://cut:8080/r")))
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = outrider_tests::wait::within("the cut body", resp.into_body().collect()).await;
+    assert!(body.is_err(), "the caller sees the reset too");
+    let spans = otlp.wait_at_least(1).await;
+    let s = &spans[0];
+    assert_eq!(s.attr("url.path").as_deref(), Some("/r"));
+    assert_eq!(s.attr("outrider.sampled_reason").as_deref(), Some("error"));
+    assert_eq!(s.attr("outrider.response_complete").as_deref(), Some("false"));
+    assert_eq!(s.attr("error.type").as_deref(), Some("response-incomplete"));
+    task.abort();
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::policy::{API_VERSION, AuthorizationPolicy, KINDS, Metadata, PolicySet, Service, TrafficPolicy};
+use crate::policy::{API_VERSION, AuthorizationPolicy, KINDS, Metadata, PolicySet, Service, Telemetry, TrafficPolicy};
 use crate::validate::{self, PolicyError, PolicyErrors};
 
 /// Where a document came from, for error messages.
@@ -44,6 +44,7 @@ pub(crate) enum Document {
     Service(Service),
     TrafficPolicy(TrafficPolicy),
     AuthorizationPolicy(AuthorizationPolicy),
+    Telemetry(Telemetry),
 }
 
 /// The documents of one or more files, plus what went wrong reading them.
@@ -184,6 +185,7 @@ fn parse_document(source: &str, index: usize, value: Value, parsed: &mut Parsed)
             }
             "AuthorizationPolicy" => decode(envelope.spec, "spec")
                 .map(|spec| Document::AuthorizationPolicy(AuthorizationPolicy { metadata, spec })),
+            "Telemetry" => decode(envelope.spec, "spec").map(|spec| Document::Telemetry(Telemetry { metadata, spec })),
             other => {
                 parsed.errors.push(origin.error(
                     Some("kind".into()),

@@ -12,18 +12,20 @@ use serde::Deserialize;
 
 mod authz;
 mod resilience;
+mod telemetry;
 
 pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzSource};
 pub use resilience::{
     Backoff, CircuitBreaker, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries, RetryBudget, RetryOn,
     StateMachine,
 };
+pub use telemetry::{Telemetry, TelemetrySpec, TracingSpec};
 
 /// The only `apiVersion` accepted.
 pub const API_VERSION: &str = "outrider.io/v1";
 
 /// The kinds a document may have, as spelled in YAML.
-pub const KINDS: &[&str] = &["Service", "TrafficPolicy", "AuthorizationPolicy"];
+pub const KINDS: &[&str] = &["Service", "TrafficPolicy", "AuthorizationPolicy", "Telemetry"];
 
 /// Default values, in one place.
 pub mod defaults {
@@ -105,6 +107,8 @@ pub struct PolicySet {
     pub traffic_policies: BTreeMap<String, TrafficPolicy>,
     /// Authorization policies by `metadata.name`.
     pub authorization_policies: BTreeMap<String, AuthorizationPolicy>,
+    /// The mesh-wide Telemetry, if the set has one.
+    pub telemetry: Option<Telemetry>,
 }
 
 impl PolicySet {

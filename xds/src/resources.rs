@@ -117,6 +117,12 @@ pub const RESILIENCE_KEY: &str = "outrider.resilience";
 /// non-idempotent methods (`retryOn: [..., non-idempotent]`). Present when retries are set.
 pub const RETRY_NON_IDEMPOTENT_FIELD: &str = "retryNonIdempotent";
 
+/// Key of the outbound listener's `metadata.typed_filter_metadata` holding an
+/// [`ext::Telemetry`] (present when the policy set has a `Telemetry`).
+pub const TELEMETRY_KEY: &str = "outrider.telemetry";
+/// Type URL of [`ext::Telemetry`].
+pub const TELEMETRY_TYPE_URL: &str = "type.googleapis.com/outrider.v1.Telemetry";
+
 /// Type URL of [`Resilience`].
 pub const RESILIENCE_TYPE_URL: &str = "type.googleapis.com/outrider.v1.Resilience";
 /// Type URL of `envoy.extensions.filters.http.fault.v3.HTTPFault`.

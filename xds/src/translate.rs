@@ -10,6 +10,7 @@ mod resilience;
 #[allow(clippy::unwrap_used)]
 mod resilience_tests;
 mod route;
+mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

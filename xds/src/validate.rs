@@ -15,6 +15,7 @@ mod resilience;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod resilience_tests;
+mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
@@ -133,12 +134,14 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     let mut seen: BTreeMap<(&'static str, String), Origin> = BTreeMap::new();
     let mut policy_docs = Vec::new();
     let mut authz_docs: Vec<(Origin, AuthorizationPolicy)> = Vec::new();
+    let mut telemetry: Option<(Origin, crate::policy::Telemetry)> = None;
 
     for (origin, document) in documents {
         let (kind, metadata) = match &document {
             Document::Service(s) => ("Service", &s.metadata),
             Document::TrafficPolicy(p) => ("TrafficPolicy", &p.metadata),
             Document::AuthorizationPolicy(p) => ("AuthorizationPolicy", &p.metadata),
+            Document::Telemetry(t) => ("Telemetry", &t.metadata),
         };
         check_dns_label(&origin, "metadata.name", &metadata.name, &mut errors);
         check_dns_label(&origin, "metadata.namespace", &metadata.namespace, &mut errors);
@@ -172,6 +175,13 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
             Document::AuthorizationPolicy(policy) => {
                 authz::check_authz(&origin, &policy, &mut errors);
                 authz_docs.push((origin, policy));
+            }
+            Document::Telemetry(t) => {
+                telemetry::check_telemetry(&origin, &t, &mut errors);
+                match &telemetry {
+                    Some((first, _)) => telemetry::check_single(&origin, first, &mut errors),
+                    None => telemetry = Some((origin, t)),
+                }
             }
         }
     }
@@ -221,6 +231,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
         services: services.into_iter().map(|(k, (_, s))| (k, s)).collect(),
         traffic_policies: policies.into_iter().map(|(k, (_, p))| (k, p)).collect(),
         authorization_policies,
+        telemetry: telemetry.map(|(_, t)| t),
     })
 }
 

@@ -240,7 +240,7 @@ mod tests {
             tx.send(Encoded::sotw(&head, resources)).await.unwrap();
         }
         drop(tx);
-        let collected = AdsBody::new(rx).collect().await.unwrap();
+        let collected = AdsBody::new(rx, EndStatus::default()).collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
         let mut bytes = collected.to_bytes();
         let mut frame = || {

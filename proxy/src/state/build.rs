@@ -183,6 +183,7 @@ impl Builder {
         let mut outbound = OutboundMatch::default();
         let mut inbound = HashMap::new();
         let mut dump_listeners = Vec::new();
+        let mut tracing = None;
         for l in &res.listeners {
             if let Some(service) = l.name.strip_prefix(names::INBOUND_LISTENER_PREFIX) {
                 match inbound_policy(l) {
@@ -202,6 +203,10 @@ impl Builder {
                 );
                 continue;
             }
+            match super::telemetry::tracing_from(l) {
+                Ok(t) => tracing = t,
+                Err(reason) => ctx.reject("Listener", &l.name, reason),
+            }
             dump_listeners.push(listener_from(l, &clusters, &vhosts_by_name, &mut outbound, &mut ctx));
         }
 
@@ -217,6 +222,7 @@ impl Builder {
             "routes": {"version": versions.routes, "resources": dump_routes},
             "clusters": {"version": versions.clusters, "resources": dump_clusters},
             "endpoints": {"version": versions.endpoints, "resources": dump_endpoints},
+            "telemetry": super::telemetry::dump(&tracing),
         });
         // Per-endpoint and per-cluster state follows the new config only when the
         // whole build was accepted: a rejected build may never be applied, and the
@@ -232,7 +238,7 @@ impl Builder {
         }
         drop(carried);
         drop(carried_clusters);
-        (Snapshot { versions, outbound, vhosts, clusters, inbound, dump }, rejected)
+        (Snapshot { versions, outbound, vhosts, clusters, inbound, dump, tracing }, rejected)
     }
 }
 

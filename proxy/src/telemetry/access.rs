@@ -47,6 +47,11 @@ impl Recorder {
     }
 }
 
+/// The `grpc-status` header or trailer, when present and numeric.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
 /// Errors are always logged: no status (the caller left), 4xx, 5xx, or a local reply.
 fn is_error(status: u16, local_reply: Option<&'static str>) -> bool {
     status == 0 || status >= 400 || local_reply.is_some()
@@ -83,6 +88,8 @@ pub struct RequestRecord {
     pub connect: Option<Duration>,
     /// The caller's verified SPIFFE ID (inbound over mTLS).
     pub peer: Option<crate::tls::Identity>,
+    /// `grpc-status` of the response, from its headers or trailers (span attribute).
+    grpc_status: Option<u32>,
     done: bool,
 }
 
@@ -134,6 +141,7 @@ impl RequestRecord {
             request_bytes,
             connect: None,
             peer: None,
+            grpc_status: None,
             done: false,
         }
     }
@@ -158,9 +166,13 @@ impl RequestRecord {
         let first_byte = self.start.elapsed();
         self.count(status, first_byte, local_reply);
         let log = self.recorder.log_this(is_error(status, local_reply));
-        if !log && !self.span.as_ref().is_some_and(Span::is_sampled) {
+        // A span is ended at the body's end when it is sampled, and also when it
+        // is not but errors are recorded: the body may still reset or end with a
+        // gRPC error, and only then is it known whether to export it.
+        if !log && !self.span.as_ref().is_some_and(Span::may_export) {
             return resp;
         }
+        self.grpc_status = grpc_status(resp.headers());
         self.connect = resp.extensions().get::<ConnectTime>().map(|c| c.0);
         let tail = Tail { rec: self, status, local_reply, first_byte, log, bytes: 0 };
         if resp.body().is_end_stream() {
@@ -258,6 +270,8 @@ impl RequestRecord {
                 client: (self.direction == Direction::inbound).then_some(self.client),
                 attempts: self.attempts,
                 attempt: None,
+                grpc_status: self.grpc_status,
+                incomplete: !complete,
             });
         }
     }
@@ -301,8 +315,12 @@ impl RecordedBody {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
         match &res {
             Poll::Ready(Some(Ok(f))) => {
-                if let (Some(d), Some(t)) = (f.data_ref(), self.tail.as_mut()) {
-                    t.bytes += d.len() as u64;
+                if let Some(t) = self.tail.as_mut() {
+                    if let Some(d) = f.data_ref() {
+                        t.bytes += d.len() as u64;
+                    } else if let Some(code) = f.trailers_ref().and_then(grpc_status) {
+                        t.rec.grpc_status = Some(code);
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => {

@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderValue, Method, Version};
 use tokio::sync::{Notify, mpsc};
 
 use super::metrics::{Metrics, TraceDropLabels};
+use crate::state::Store;
 
 /// Tracing configuration from the `OTEL_*` environment variables.
 pub mod config;
@@ -30,8 +31,10 @@ pub mod config;
 pub mod export;
 /// W3C Trace Context and B3 headers.
 pub mod propagation;
+/// OTLP/gRPC and OTLP/HTTP (protobuf), plain or TLS.
+pub mod transport;
 
-pub use config::{Sampler, TraceConfig};
+pub use config::{Pushed, Sampler, TraceConfig};
 use propagation::B3Style;
 
 /// Span kinds we produce (values as in OTLP's `SpanKind`).
@@ -56,7 +59,12 @@ pub struct SpanContext {
 /// Starts spans and queues finished ones for export. One per proxy.
 #[derive(Debug)]
 pub struct Tracer {
+    /// From `OTEL_TRACES_SAMPLER`; a `Telemetry` policy in the snapshot replaces it.
     sampler: Sampler,
+    /// Export the spans of failed requests that the sampler left out (`--trace-errors`).
+    errors: bool,
+    /// Where a pushed `Telemetry` policy is read from (one `ArcSwap` load per request).
+    store: Option<Arc<Store>>,
     queue: mpsc::Sender<SpanData>,
     /// Wakes the exporter once a full batch is waiting. The exporter never waits
     /// on the channel itself, so a span push is a few atomics, not a thread wake-up.
@@ -75,11 +83,31 @@ pub struct SpanQueue {
 impl Tracer {
     /// A tracer and the receiving end of its queue (for [`export::Exporter`]):
     /// at most `queue_size` spans wait; the exporter is woken per `batch`.
-    pub fn new(sampler: Sampler, queue_size: usize, batch: usize, metrics: Metrics) -> (Arc<Self>, SpanQueue) {
+    /// `store`: the snapshot a pushed `Telemetry` policy is read from (`None`:
+    /// the environment's sampler and `errors` only).
+    pub fn new(
+        sampler: Sampler,
+        errors: bool,
+        store: Option<Arc<Store>>,
+        queue_size: usize,
+        batch: usize,
+        metrics: Metrics,
+    ) -> (Arc<Self>, SpanQueue) {
         let (tx, rx) = mpsc::channel(queue_size.max(1));
         let full = Arc::new(Notify::new());
         let batch = batch.clamp(1, queue_size.max(1));
-        (Arc::new(Self { sampler, queue: tx, full: full.clone(), batch, metrics }), SpanQueue { rx, full })
+        let tracer = Self { sampler, errors, store, queue: tx, full: full.clone(), batch, metrics };
+        (Arc::new(tracer), SpanQueue { rx, full })
+    }
+
+    /// The sampler and error recording in force: the pushed `Telemetry` policy's
+    /// where it sets them, else the environment's.
+    fn policy(&self) -> (Sampler, bool) {
+        let pushed = self.store.as_ref().and_then(|s| s.load().tracing);
+        match pushed {
+            None => (self.sampler, self.errors),
+            Some(p) => (p.sampler().unwrap_or(self.sampler), p.errors.unwrap_or(self.errors)),
+        }
     }
 
     /// Start the span of a request that arrived with `headers`: continue the
@@ -90,11 +118,13 @@ impl Tracer {
             Some((p, decided)) => (p.trace_id, Some(p.span_id), decided.then_some(p.sampled), p.trace_state, p.b3),
             None => (new_trace_id(), None, None, None, B3Style::None),
         };
-        let sampled = self.sampler.should_sample(parent_sampled, &trace_id);
+        let (sampler, errors) = self.policy();
+        let sampled = sampler.should_sample(parent_sampled, &trace_id);
         Span {
             cx: TraceCx {
                 tracer: self.clone(),
                 cx: SpanContext { trace_id, span_id: new_span_id(), sampled, trace_state, b3 },
+                errors: errors && !sampled,
             },
             parent: parent_id,
             kind,
@@ -122,6 +152,8 @@ impl Tracer {
 pub struct TraceCx {
     tracer: Arc<Tracer>,
     cx: SpanContext,
+    /// Not sampled, but a span of this trace that fails is exported anyway.
+    errors: bool,
 }
 
 impl std::fmt::Debug for TraceCx {
@@ -171,9 +203,17 @@ impl Span {
         self.cx.cx.sampled
     }
 
-    /// End the span now with these attributes; queued for export when sampled.
+    /// Whether ending this span may export it: sampled, or recording errors.
+    pub fn may_export(&self) -> bool {
+        self.cx.cx.sampled || self.cx.errors
+    }
+
+    /// End the span now with these attributes; queued for export when sampled,
+    /// or when it failed and errors are recorded (marked `sampled_reason=error`).
+    /// The flag propagated to the next hop stays what the sampler decided.
     pub fn end(self, http: HttpAttrs) {
-        if !self.cx.cx.sampled {
+        let error_only = !self.cx.cx.sampled;
+        if error_only && !(self.cx.errors && http.failed(self.kind)) {
             return;
         }
         let data = SpanData {
@@ -185,6 +225,7 @@ impl Span {
             start: self.start,
             end: now_unix_nanos().max(self.start),
             http,
+            error_only,
         };
         self.cx.tracer.submit(data);
     }
@@ -213,6 +254,10 @@ pub struct HttpAttrs {
     pub attempts: u32,
     /// Which try this is (attempt spans).
     pub attempt: Option<u32>,
+    /// `grpc-status` of the response (headers of a trailers-only reply, or trailers).
+    pub grpc_status: Option<u32>,
+    /// The response body ended early (reset or error after the headers).
+    pub incomplete: bool,
 }
 
 impl HttpAttrs {
@@ -237,7 +282,44 @@ impl HttpAttrs {
             client: None,
             attempts: 0,
             attempt: Some(attempt),
+            grpc_status: None,
+            incomplete: false,
         }
+    }
+
+    /// The span's status is an error, as the semantic conventions put it: 5xx
+    /// (servers), 4xx and 5xx (clients), no status at all, a failed try, a gRPC
+    /// error status (any for clients; for servers the server-side codes), or a
+    /// response cut short.
+    pub fn is_error(&self, kind: SpanKind) -> bool {
+        self.status == 0
+            || self.status >= 500
+            || (kind == SpanKind::Client && self.status >= 400)
+            || (self.attempt.is_some() && self.local_reply.is_some())
+            || self.grpc_status.is_some_and(|c| grpc_is_error(c, kind))
+            || self.incomplete
+    }
+
+    /// The request failed, for error recording of unsampled traces: no answer,
+    /// 5xx, a local reply, a gRPC error, or a reset. Unlike [`Self::is_error`] a
+    /// client's 4xx is not a failure here (it is the caller's own mistake and
+    /// would flood the collector).
+    pub fn failed(&self, kind: SpanKind) -> bool {
+        self.status == 0
+            || self.status >= 500
+            || self.local_reply.is_some()
+            || self.grpc_status.is_some_and(|c| grpc_is_error(c, kind))
+            || self.incomplete
+    }
+}
+
+/// gRPC codes that make a span an error (OpenTelemetry RPC conventions): every
+/// non-OK code for clients; UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+/// UNAVAILABLE and DATA_LOSS for servers.
+fn grpc_is_error(code: u32, kind: SpanKind) -> bool {
+    match kind {
+        SpanKind::Client => code != 0,
+        SpanKind::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
     }
 }
 
@@ -252,6 +334,8 @@ pub struct SpanData {
     pub start: u64,
     pub end: u64,
     pub http: HttpAttrs,
+    /// Not sampled: exported only because it failed (`outrider.sampled_reason=error`).
+    pub error_only: bool,
 }
 
 fn now_unix_nanos() -> u64 {

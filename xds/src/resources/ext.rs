@@ -7,6 +7,10 @@
 
 use envoy_types::pb::google::protobuf::Duration;
 
+/// `outrider.v1.Telemetry`, in the outbound listener's typed metadata.
+mod telemetry;
+pub use telemetry::Telemetry;
+
 /// Per-cluster resilience settings; a field is absent when the policy does not ask for it.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Resilience {

@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpPro
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::cluster::socket_address;
-use super::{ads, proto_duration, resilience};
+use super::{ads, proto_duration, resilience, telemetry};
 use crate::policy::{PolicySet, Service};
 use crate::resources::{
     FAULT_FILTER, HTTP_CONNECTION_MANAGER_FILTER, HTTP_CONNECTION_MANAGER_TYPE_URL, HTTP_FAULT_TYPE_URL,
@@ -43,6 +43,7 @@ pub(super) fn outbound(set: &PolicySet) -> Listener {
             filters: vec![tcp_proxy(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, None)],
             ..Default::default()
         }),
+        metadata: telemetry::listener_metadata(set),
         ..Default::default()
     }
 }
@@ -61,7 +62,7 @@ fn filter_chain(set: &PolicySet, service: &Service, faults: bool) -> FilterChain
         })
         .collect();
     let filter = if service.spec.protocol.is_http() {
-        http_connection_manager(name, faults)
+        http_connection_manager(set, name, faults)
     } else {
         let idle = set.traffic_policy(name).and_then(|policy| policy.spec.idle_timeout);
         tcp_proxy(name, &cluster, idle)
@@ -94,7 +95,7 @@ pub(super) fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: Option<D
 
 /// With `faults`, the fault filter (empty config; routes carry their own) goes before the
 /// router.
-fn http_connection_manager(stat_prefix: &str, faults: bool) -> Filter {
+fn http_connection_manager(set: &PolicySet, stat_prefix: &str, faults: bool) -> Filter {
     let mut http_filters = Vec::new();
     if faults {
         http_filters.push(HttpFilter {
@@ -116,6 +117,7 @@ fn http_connection_manager(stat_prefix: &str, faults: bool) -> Filter {
             route_config_name: OUTBOUND_ROUTE_CONFIG.to_owned(),
         })),
         http_filters,
+        tracing: telemetry::hcm_tracing(set),
         ..Default::default()
     };
     Filter {

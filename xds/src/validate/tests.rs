@@ -182,10 +182,9 @@ fn authorization_policies_are_validated() {
 #[test]
 fn unknown_kinds_are_rejected() {
     let text = "apiVersion: outrider.io/v1\nkind: Gateway\nmetadata: {name: callers}\nspec: {service: reviews}\n";
-    assert!(
-        only_error(text)
-            .ends_with("kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy, AuthorizationPolicy")
-    );
+    assert!(only_error(text).ends_with(
+        "kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy, AuthorizationPolicy, Telemetry"
+    ));
 }
 
 #[test]

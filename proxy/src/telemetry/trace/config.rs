@@ -3,16 +3,51 @@
 //!
 //! | variable | default | |
 //! |---|---|---|
-//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | — (off) | the collector, `http://host:4317` |
-//! | `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS` | — | `k=v,k2=v2` gRPC metadata |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | — (off) | the collector, `http://host:4317`; `https://` for TLS |
+//! | `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS` | — | `k=v,k2=v2` gRPC metadata / HTTP headers |
 //! | `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` | 10000 | ms per export |
-//! | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` | grpc | only `grpc` |
+//! | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` | grpc | `grpc` or `http/protobuf` |
+//! | `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, else `OTEL_EXPORTER_OTLP_CERTIFICATE` | system bundle | CA PEM file for `https://` |
 //! | `OTEL_SERVICE_NAME` | `--service`, else `outrider-proxy` | `service.name` |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | — | more resource attributes |
 //! | `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` / 1.0 | |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` | 2048, 512, 5000 ms | |
 //! | `OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none` | | tracing off |
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Where the system's CA bundle is read from for `https://` endpoints without
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` (Debian/Ubuntu/Alpine path; the proxy has no
+/// built-in roots).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The OTLP transport.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC, `TraceService/Export` (collector port 4317).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with a protobuf body, `POST .../v1/traces` (collector port 4318).
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// The spelling of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+
+    /// The ALPN protocol offered over TLS.
+    fn alpn(self) -> &'static [u8] {
+        match self {
+            Protocol::Grpc => b"h2",
+            Protocol::HttpProtobuf => b"http/1.1",
+        }
+    }
+}
 
 /// The sampler for spans that start (or continue) a trace here.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,17 +96,42 @@ impl Sampler {
     }
 }
 
+/// What a `Telemetry` policy pushed by the control plane (or in the policy
+/// file) sets; a `None` field keeps the proxy's own setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pushed {
+    /// `samplingPercent / 100`: the root ratio of a parent-based sampler.
+    pub sampling_ratio: Option<f64>,
+    /// `errors`: export the spans of failed requests the sampler left out.
+    pub errors: Option<bool>,
+}
+
+impl Pushed {
+    /// The sampler it sets: `parentbased_traceidratio` with its ratio (as Istio's
+    /// `randomSamplingPercentage`: callers' decisions are still followed).
+    pub fn sampler(&self) -> Option<Sampler> {
+        self.sampling_ratio.map(|r| Sampler { root: Root::TraceIdRatio(r.clamp(0.0, 1.0)), parent_based: true })
+    }
+}
+
 /// Where and how spans are exported.
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
-    /// `http://host:port` of an OTLP/gRPC receiver.
+    /// `http(s)://host:port` of an OTLP/gRPC receiver, or the full URL an OTLP/HTTP
+    /// export is POSTed to (`.../v1/traces`).
     pub endpoint: String,
-    /// gRPC metadata sent with every export (e.g. an API key).
+    pub protocol: Protocol,
+    /// TLS to the collector (`https://` endpoints): the roots it trusts and the ALPN.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// gRPC metadata or HTTP headers sent with every export (e.g. an API key).
     pub headers: Vec<(String, String)>,
     pub service_name: String,
     /// Resource attributes besides `service.name`.
     pub resource: Vec<(String, String)>,
     pub sampler: Sampler,
+    /// Export the spans of failed requests even when the trace is not sampled
+    /// (`--trace-errors` / `OUTRIDER_TRACE_ERRORS`, default on).
+    pub errors: bool,
     /// Spans waiting for export; more are dropped and counted.
     pub max_queue: usize,
     pub max_batch: usize,
@@ -85,6 +145,9 @@ pub struct TraceConfig {
 pub enum TraceConfigError {
     #[error("{var}={value:?}: {why}")]
     Invalid { var: &'static str, value: String, why: &'static str },
+    /// A file the variable names cannot be used.
+    #[error("{var}={value:?}: {why}")]
+    Unusable { var: &'static str, value: String, why: String },
 }
 
 impl TraceConfig {
@@ -92,10 +155,13 @@ impl TraceConfig {
     pub fn new(endpoint: impl Into<String>, service_name: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
+            protocol: Protocol::Grpc,
+            tls: None,
             headers: Vec::new(),
             service_name: service_name.into(),
             resource: Vec::new(),
             sampler: Sampler::default(),
+            errors: true,
             max_queue: 2048,
             max_batch: 512,
             delay: Duration::from_millis(5000),
@@ -135,23 +201,48 @@ impl TraceConfig {
                 (None, Some(e)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", e),
                 (None, None) => return Ok(None),
             };
+        let mut protocol = Protocol::Grpc;
         for pv in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
             if let Some(p) = var(pv) {
-                if p != "grpc" {
-                    return Err(invalid(pv, &p, "only grpc is supported (OTLP/gRPC, usually port 4317)"));
-                }
+                protocol = match p.as_str() {
+                    "grpc" => Protocol::Grpc,
+                    "http/protobuf" => Protocol::HttpProtobuf,
+                    _ => {
+                        return Err(invalid(
+                            pv,
+                            &p,
+                            "expected grpc (OTLP/gRPC, usually port 4317) or http/protobuf (OTLP/HTTP, usually \
+                             port 4318); http/json is not supported",
+                        ));
+                    }
+                };
                 break;
             }
         }
-        let endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
-        if endpoint.starts_with("https://") {
-            return Err(invalid(endpoint_var, &endpoint, "TLS to the collector is not supported yet; use http://"));
+        let mut endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
+        let https = endpoint.starts_with("https://");
+        let uri = endpoint.parse::<http::Uri>().ok().filter(|u| u.host().is_some_and(|h| !h.is_empty()));
+        if !(https || endpoint.starts_with("http://")) || uri.is_none() {
+            return Err(TraceConfigError::Invalid {
+                var: endpoint_var,
+                value: endpoint,
+                why: if protocol == Protocol::Grpc {
+                    "expected a URL such as http://127.0.0.1:4317 (https:// for TLS)"
+                } else {
+                    "expected a URL such as http://127.0.0.1:4318 (https:// for TLS)"
+                },
+            });
         }
-        if !endpoint.starts_with("http://") || tonic::transport::Endpoint::from_shared(endpoint.clone()).is_err() {
-            return Err(invalid(endpoint_var, &endpoint, "expected a URL such as http://127.0.0.1:4317"));
+        // OTLP/HTTP: the signal-less endpoint is a base URL that gets `/v1/traces`;
+        // the traces endpoint is used as given (the OpenTelemetry spec's rule).
+        if protocol == Protocol::HttpProtobuf && endpoint_var == "OTEL_EXPORTER_OTLP_ENDPOINT" {
+            endpoint = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         }
+        let tls = if https { Some(Arc::new(Self::tls_from(&var, protocol)?)) } else { None };
         let service_name = var("OTEL_SERVICE_NAME");
         let mut cfg = Self::new(endpoint, service_name.clone().unwrap_or_else(|| default_service.to_string()));
+        cfg.protocol = protocol;
+        cfg.tls = tls;
 
         let headers_var = if var("OTEL_EXPORTER_OTLP_TRACES_HEADERS").is_some() {
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
@@ -234,6 +325,44 @@ impl TraceConfig {
         };
         cfg.timeout = Duration::from_millis(num(timeout_var, 10_000)?);
         Ok(Some(cfg))
+    }
+}
+
+impl TraceConfig {
+    /// The TLS client config for an `https://` endpoint: the CA of
+    /// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` / `OTEL_EXPORTER_OTLP_CERTIFICATE`,
+    /// else the system bundle at [`SYSTEM_CA_BUNDLE`]; neither is a startup error.
+    fn tls_from(
+        var: &dyn Fn(&str) -> Option<String>,
+        protocol: Protocol,
+    ) -> Result<rustls::ClientConfig, TraceConfigError> {
+        let cert_var = ["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"]
+            .into_iter()
+            .find_map(|k| var(k).map(|v| (k, v)));
+        let (var_name, path, strict) = match cert_var {
+            Some((k, v)) => (k, v, true),
+            None => {
+                if !std::path::Path::new(SYSTEM_CA_BUNDLE).exists() {
+                    return Err(TraceConfigError::Invalid {
+                        var: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                        value: String::new(),
+                        why: "an https:// endpoint needs the collector's CA: set this to a PEM file (there is no \
+                              system bundle at /etc/ssl/certs/ca-certificates.crt)",
+                    });
+                }
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", SYSTEM_CA_BUNDLE.to_string(), false)
+            }
+        };
+        let pem = std::fs::read(&path).map_err(|e| TraceConfigError::Unusable {
+            var: var_name,
+            value: path.clone(),
+            why: format!("cannot read it: {e}"),
+        })?;
+        super::transport::client_config(&pem, strict, protocol.alpn()).map_err(|why| TraceConfigError::Unusable {
+            var: var_name,
+            value: path,
+            why,
+        })
     }
 }
 

@@ -1,5 +1,6 @@
 //! The batch exporter: drains the span queue on the control runtime, turns spans
-//! into OTLP protobuf and sends them with `TraceService/Export` over gRPC. One
+//! into OTLP protobuf and sends them with `TraceService/Export` over gRPC, or as
+//! an OTLP/HTTP protobuf POST ([`super::transport`]). One
 //! export at a time; while one is slow or failing the queue fills and the data
 //! path drops (and counts) spans instead of waiting. A failed batch is dropped
 //! and counted, not retried: retrying would only hold more memory while the
@@ -7,13 +8,12 @@
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{self as otlp, ResourceSpans, ScopeSpans};
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
 
+use super::transport::Transport;
 use super::{SpanData, SpanKind, SpanQueue, TraceConfig};
 use crate::telemetry::metrics::{Metrics, TraceDropLabels};
 
@@ -37,19 +37,19 @@ impl Exporter {
     /// Export until every sender is gone or `flush` fires; on `flush`, send what
     /// is queued (one last time) and return.
     pub async fn run(mut self, mut flush: oneshot::Receiver<()>) {
-        let channel = match Endpoint::from_shared(self.cfg.endpoint.clone()) {
-            Ok(e) => e.connect_timeout(self.cfg.timeout).timeout(self.cfg.timeout).connect_lazy(),
+        let mut client = match Transport::new(&self.cfg) {
+            Ok(t) => t,
             Err(e) => {
                 tracing::error!(endpoint = %self.cfg.endpoint, error = %e, "invalid OTLP endpoint; spans are dropped");
                 return;
             }
         };
-        let mut client = TraceServiceClient::new(channel);
         let resource = self.resource();
         let max = self.cfg.max_batch.max(1);
         let mut batch: Vec<SpanData> = Vec::with_capacity(max);
         let mut healthy = true;
-        tracing::info!(endpoint = %self.cfg.endpoint, service = %self.cfg.service_name, "exporting spans over OTLP/gRPC");
+        tracing::info!(endpoint = %self.cfg.endpoint, service = %self.cfg.service_name,
+            protocol = self.cfg.protocol.as_str(), tls = self.cfg.tls.is_some(), "exporting spans over OTLP");
         let full = self.queue.full.clone();
         loop {
             // A full batch waiting, the schedule delay, or shutdown. (Never a wait on
@@ -87,13 +87,7 @@ impl Exporter {
         }
     }
 
-    async fn export(
-        &self,
-        client: &mut TraceServiceClient<Channel>,
-        resource: &Resource,
-        batch: &mut Vec<SpanData>,
-        healthy: &mut bool,
-    ) {
+    async fn export(&self, client: &mut Transport, resource: &Resource, batch: &mut Vec<SpanData>, healthy: &mut bool) {
         let n = batch.len() as u64;
         let spans: Vec<otlp::Span> = batch.drain(..).map(to_otlp).collect();
         let body = ExportTraceServiceRequest {
@@ -111,20 +105,10 @@ impl Exporter {
                 schema_url: SCHEMA_URL.into(),
             }],
         };
-        let mut req = tonic::Request::new(body);
-        for (k, v) in &self.cfg.headers {
-            if let (Ok(k), Ok(v)) = (
-                k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
-                v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
-            ) {
-                req.metadata_mut().insert(k, v);
-            }
-        }
-        req.set_timeout(self.cfg.timeout);
-        let failed = match tokio::time::timeout(self.cfg.timeout + Duration::from_millis(100), client.export(req)).await
-        {
+        let call = client.export(body, &self.cfg);
+        let failed = match tokio::time::timeout(self.cfg.timeout + Duration::from_millis(100), call).await {
             Ok(Ok(resp)) => {
-                let rejected = resp.get_ref().partial_success.as_ref().map_or(0, |p| p.rejected_spans.max(0) as u64);
+                let rejected = resp.partial_success.as_ref().map_or(0, |p| p.rejected_spans.max(0) as u64);
                 self.metrics.trace_spans_exported.inc_by(n.saturating_sub(rejected));
                 if rejected > 0 {
                     self.drop_spans("rejected", rejected);
@@ -135,7 +119,7 @@ impl Exporter {
                 *healthy = true;
                 return;
             }
-            Ok(Err(status)) => format!("{}: {}", status.code(), status.message()),
+            Ok(Err(e)) => e,
             Err(_) => format!("no answer within {:?}", self.cfg.timeout),
         };
         self.drop_spans("export-failed", n);
@@ -252,14 +236,23 @@ pub fn to_otlp(s: SpanData) -> otlp::Span {
     if let Some(r) = h.local_reply {
         attrs.push(kv_str("outrider.local_reply", r.to_string()));
     }
-    // Semantic conventions: 5xx is an error for servers, 4xx and 5xx for clients;
-    // no status at all (the caller left, or the try failed) is an error too.
-    let error = h.status == 0
-        || h.status >= 500
-        || (s.kind == SpanKind::Client && h.status >= 400)
-        || (h.attempt.is_some() && h.local_reply.is_some());
-    let status = if error {
-        let error_type = h.local_reply.map(str::to_string).unwrap_or_else(|| h.status.to_string());
+    if let Some(c) = h.grpc_status {
+        attrs.push(kv_int("rpc.grpc.status_code", i64::from(c)));
+    }
+    if h.incomplete {
+        attrs.push(kv("outrider.response_complete", any_value::Value::BoolValue(false)));
+    }
+    if s.error_only {
+        // The head sampler left this trace out; the span is here because it failed.
+        attrs.push(kv_str("outrider.sampled_reason", "error".into()));
+    }
+    let status = if h.is_error(s.kind) {
+        let error_type = match (h.local_reply, h.grpc_status) {
+            (Some(r), _) => r.to_string(),
+            (None, Some(c)) if c != 0 => format!("grpc-{c}"),
+            _ if h.incomplete && h.status != 0 && h.status < 400 => "response-incomplete".to_string(),
+            _ => h.status.to_string(),
+        };
         attrs.push(kv_str("error.type", error_type.clone()));
         otlp::Status { code: otlp::status::StatusCode::Error as i32, message: error_type }
     } else {
@@ -270,8 +263,11 @@ pub fn to_otlp(s: SpanData) -> otlp::Span {
         span_id: s.span_id.to_vec(),
         trace_state: s.trace_state.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
         parent_span_id: s.parent.map(|p| p.to_vec()).unwrap_or_default(),
-        // W3C flags: sampled (0x01); bit 0x100 says whether the parent is remote known.
-        flags: 0x01 | 0x100 | if s.parent.is_some() && s.http.attempt.is_none() { 0x200 } else { 0 },
+        // W3C flags: sampled (0x01, the trace's flag: clear on an error-only span);
+        // bit 0x100 says whether the parent is remote known.
+        flags: u32::from(!s.error_only)
+            | 0x100
+            | if s.parent.is_some() && s.http.attempt.is_none() { 0x200 } else { 0 },
         name,
         kind: match s.kind {
             SpanKind::Server => otlp::span::SpanKind::Server as i32,

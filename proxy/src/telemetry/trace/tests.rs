@@ -148,8 +148,9 @@ fn config_from_the_otel_variables() {
     assert_eq!((c.service_name.as_str(), c.sampler), ("named", Sampler::default()));
 
     for bad in [
-        vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317")],
-        vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
+        vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent.pem")],
+        vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+        vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c:4317")],
         vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_TRACES_SAMPLER", "sometimes")],
         vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
@@ -174,7 +175,7 @@ fn config_from_the_otel_variables() {
 #[tokio::test]
 async fn spans_are_queued_when_sampled_and_dropped_when_the_queue_is_full() {
     let metrics = Metrics::new();
-    let (tracer, queue) = Tracer::new(Sampler::default(), 1, 1, metrics.clone());
+    let (tracer, queue) = Tracer::new(Sampler::default(), true, None, 1, 1, metrics.clone());
     let mut rx = queue.rx;
     let attrs = || HttpAttrs::attempt(http::Method::GET, 1, None, 200, None);
     let parent = tracer.start(&HeaderMap::new(), SpanKind::Client);
@@ -218,7 +219,10 @@ fn otlp_spans_carry_the_http_attributes() {
             client: None,
             attempts: 2,
             attempt: None,
+            grpc_status: None,
+            incomplete: false,
         },
+        error_only: false,
     };
     let s = export::to_otlp(data);
     assert_eq!(s.name, "GET main");
@@ -241,4 +245,83 @@ fn otlp_spans_carry_the_http_attributes() {
     assert_eq!(get("outrider.upstream").as_deref(), Some("127.0.0.1:9"));
     assert_eq!(get("error.type").as_deref(), Some("connect-failure"));
     assert_eq!(s.status.unwrap().code, 2, "ERROR");
+}
+
+#[test]
+fn otlp_http_endpoints_follow_the_spec() {
+    let cfg = |pairs: &[(&str, &str)]| TraceConfig::from_lookup(env(pairs), "svc").unwrap().unwrap();
+    let c = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]);
+    assert_eq!((c.endpoint.as_str(), c.protocol), ("http://c:4318/v1/traces", config::Protocol::HttpProtobuf));
+    let c = cfg(&[
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ]);
+    assert_eq!(c.endpoint, "http://c:4318/custom", "the traces endpoint is taken as given");
+    assert_eq!(c.protocol, config::Protocol::HttpProtobuf, "the traces protocol wins");
+    let c = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]);
+    assert_eq!((c.endpoint.as_str(), c.protocol, c.tls.is_none()), ("http://c:4317", config::Protocol::Grpc, true));
+    // A file that is not PEM is named in the error.
+    let dir = std::env::temp_dir().join(format!("outrider-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("not-a-ca.pem");
+    std::fs::write(&path, "hello").unwrap();
+    let e = TraceConfig::from_lookup(
+        env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", path.to_str().unwrap()),
+        ]),
+        "svc",
+    )
+    .expect_err("not a CA");
+    assert!(e.to_string().starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE="), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_failure_is_what_error_recording_exports() {
+    let attrs = |status: u16| HttpAttrs::attempt(http::Method::GET, 1, None, status, None);
+    let mut a = attrs(200);
+    assert!(!a.failed(SpanKind::Client) && !a.is_error(SpanKind::Client));
+    a.attempt = None;
+    assert!(!attrs(404).failed(SpanKind::Client), "a client's 4xx is not recorded as a failure");
+    assert!(attrs(404).is_error(SpanKind::Client), "but its span status is an error");
+    assert!(attrs(503).failed(SpanKind::Server) && attrs(0).failed(SpanKind::Server));
+    let mut g = attrs(200);
+    g.grpc_status = Some(5);
+    assert!(g.failed(SpanKind::Client) && !g.failed(SpanKind::Server), "NOT_FOUND is a client-side error only");
+    g.grpc_status = Some(14);
+    assert!(g.failed(SpanKind::Server));
+    let mut r = attrs(200);
+    r.incomplete = true;
+    assert!(r.failed(SpanKind::Server), "a reset is a failure");
+}
+
+#[tokio::test]
+async fn unsampled_spans_are_queued_only_when_they_fail() {
+    let metrics = Metrics::new();
+    let off = Sampler { root: Root::AlwaysOff, parent_based: true };
+    let (tracer, queue) = Tracer::new(off, true, None, 8, 8, metrics);
+    let mut rx = queue.rx;
+    let ok = tracer.start(&HeaderMap::new(), SpanKind::Server);
+    assert!(!ok.is_sampled() && ok.may_export());
+    ok.end(HttpAttrs::attempt(http::Method::GET, 1, None, 200, None));
+    assert!(rx.try_recv().is_err(), "a success is not exported");
+    let bad = tracer.start(&HeaderMap::new(), SpanKind::Server);
+    let mut h = HeaderMap::new();
+    bad.context().inject(&mut h);
+    assert!(h["traceparent"].to_str().unwrap().ends_with("-00"), "propagated as not sampled");
+    bad.end(HttpAttrs::attempt(http::Method::GET, 1, None, 502, None));
+    let got = rx.try_recv().unwrap();
+    assert!(got.error_only);
+    let span = export::to_otlp(got);
+    assert_eq!(span.flags & 1, 0);
+    assert!(span.attributes.iter().any(|a| a.key == "outrider.sampled_reason"));
+}
+
+#[test]
+fn a_pushed_ratio_replaces_the_root_sampler_and_stays_parent_based() {
+    let p = Pushed { sampling_ratio: Some(0.0), errors: None };
+    assert_eq!(p.sampler(), Some(Sampler { root: Root::TraceIdRatio(0.0), parent_based: true }));
+    assert_eq!(Pushed::default().sampler(), None);
 }
