@@ -137,7 +137,7 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &json!({"ok": true})),
         (&Method::GET, ["metrics"]) => Response::builder()
-            .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .header(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)
             .body(Full::new(Bytes::from(state.metrics.encode())))
             .unwrap_or_default(),
         (&Method::GET, ["v1", "status"]) => {

@@ -92,9 +92,14 @@ impl Metrics {
     }
 
     /// The text exposition.
+    /// Content type of [`Metrics::encode`].
+    pub const CONTENT_TYPE: &'static str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        // The Prometheus text format (0.0.4), as the proxy serves it: what `promtool check
+        // metrics` and every scraper read, with HELP on the `_total` name of counters.
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out

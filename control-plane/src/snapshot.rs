@@ -360,6 +360,8 @@ pub(crate) mod tests {
     /// translation will add them, with the set's version covering them).
     pub(crate) fn with_inbound(g: &mut Generator, set: &PolicySet, inbound: &[(&str, &str)]) -> Snapshot {
         let mut resources = outrider_xds::translate(set);
+        // Only the injected inbound listeners, so the test controls exactly which ones change.
+        resources.listeners.retain(|l| !l.name.starts_with(INBOUND_PREFIX));
         resources.version = format!("{}-{inbound:?}", resources.version);
         for (service, marker) in inbound {
             resources.listeners.push(Listener {

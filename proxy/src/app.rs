@@ -210,6 +210,10 @@ impl App {
                                 tokio::spawn(crate::tls::rotate::run(issued.certs.clone(), issuer, backoff));
                                 xds.map(|mut x| {
                                     x.set_identity(issued.identity());
+                                    match issued.xds_client() {
+                                        Ok(tls) => x.set_tls(tls),
+                                        Err(error) => tracing::error!(%error, "cannot build the xDS TLS config"),
+                                    }
                                     x
                                 })
                             }

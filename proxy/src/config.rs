@@ -222,6 +222,12 @@ impl ProxyArgs {
         if self.mode == Mode::Node {
             return Err(ConfigError::NotSupported("--mode node", "run one proxy per workload (sidecar)"));
         }
+        if self.xds_address.as_deref().is_some_and(|a| a.starts_with("https://")) && self.identity_token.is_none() {
+            return Err(ConfigError::Invalid(
+                "--xds-address",
+                "an https xDS address needs --identity-token: the proxy authenticates with its workload certificate",
+            ));
+        }
         let identity = match &self.identity_token {
             None if self.service_account.is_some() || self.ca_address.is_some() || self.ca_root.is_some() => {
                 return Err(ConfigError::Invalid(

@@ -24,6 +24,10 @@ use crate::tls::{self, CertStore, Identity, TlsError, TrustBundle};
 
 pub use ca_client::CaClient;
 
+/// Namespace and service account of the control plane's own identity.
+pub const CONTROL_PLANE_NAMESPACE: &str = "outrider-system";
+pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "control-plane";
+
 /// How this proxy gets its identity.
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {
@@ -115,6 +119,16 @@ impl Mesh {
 
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
+    }
+
+    /// The control plane's SPIFFE ID in this proxy's trust domain (its serving certificate).
+    pub fn control_plane_identity(&self) -> Result<Identity, TlsError> {
+        Identity::workload(self.identity().trust_domain(), CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT)
+    }
+
+    /// mTLS to the control plane's xDS port (gRPC: ALPN h2).
+    pub fn xds_client(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        tls::client_config_alpn(self.certs.clone(), self.control_plane_identity()?, b"h2")
     }
 
     /// The client config for connections to `expected` (built once per identity and kind).

@@ -337,7 +337,7 @@ fn node(id: &str, identity: &str) -> Node {
 
 /// Opens a SotW stream over TLS as `store`'s identity, claiming `claimed`; the first reply.
 async fn xds_first_reply(cp: &ControlPlane, store: Arc<CertStore>, claimed: &str) -> Result<(), tonic::Status> {
-    let config = tls::client_config(store, Identity::parse(CONTROL_PLANE).unwrap()).unwrap();
+    let config = tls::client_config_alpn(store, Identity::parse(CONTROL_PLANE).unwrap(), b"h2").unwrap();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.xds))
         .unwrap()
         .connect_with_connector(TlsConnect { addr: cp.xds, config })

@@ -503,3 +503,90 @@ async fn rotation_under_load_loses_no_request() {
         s.shutdown().await;
     }
 }
+
+/// The control plane with `--tls`: the sidecar gets its certificate over HTTPS (trusting the
+/// mesh root it was given) and its config over xDS with mutual TLS; the control plane shows the
+/// authenticated identity in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_and_xds_over_tls_authenticate_the_sidecar() {
+    let dir = TempDir::new("mtls-cp-tls");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let cp = outrider_tests::control_plane::ControlPlane::start_config(outrider_control_plane::server::ServerConfig {
+        xds: any,
+        api: any,
+        token: Some(outrider_tests::control_plane::TOKEN.into()),
+        tls: true,
+        ..outrider_control_plane::server::ServerConfig::local(dir.path())
+    });
+    let root = dir.path().join("root.pem");
+    let api = cp.api;
+    let xds = cp.xds;
+    let app = upstream::http1().name("reviews-app").start().await;
+    // Tokens and policies through the TLS API, with the CLI's client (it takes the root).
+    let token = https_token(api, &root).await;
+    https_apply(api, &root, &reviews("")).await;
+    let server = Sidecar::start_edited(&cp, "reviews", Some(app.addr.port()), Some(&token), |c| {
+        c.xds.as_mut().unwrap().address = format!("https://{xds}");
+        let id = c.identity.as_mut().unwrap();
+        id.ca = format!("https://{api}").parse().unwrap();
+        id.ca_root = Some(root.clone());
+    })
+    .await;
+    let status = https_get(api, &root, "/v1/status").await;
+    let proxies = status["proxies"].as_array().unwrap();
+    assert_eq!(proxies.len(), 1, "{status}");
+    assert_eq!(proxies[0]["identity"], identity("reviews"), "the xDS stream is authenticated: {status}");
+    assert_eq!(server.config_dump().await["node"]["identity"]["spiffe_id"], identity("reviews"));
+    server.shutdown().await;
+}
+
+async fn https_call(
+    api: std::net::SocketAddr,
+    root: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: String,
+) -> serde_json::Value {
+    let roots = std::fs::read(root).unwrap();
+    let mut store = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject as _;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&roots) {
+        store.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(outrider_proxy::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(api).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(api.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "cp")
+        .header("authorization", format!("Bearer {}", outrider_tests::control_plane::TOKEN))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    assert!(status.is_success(), "{method} {path}: {status} {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+async fn https_get(api: std::net::SocketAddr, root: &std::path::Path, path: &str) -> serde_json::Value {
+    https_call(api, root, "GET", path, String::new()).await
+}
+
+async fn https_token(api: std::net::SocketAddr, root: &std::path::Path) -> String {
+    let body = serde_json::json!({"namespace": "default", "serviceAccount": "reviews"}).to_string();
+    https_call(api, root, "POST", "/v1/tokens", body).await["token"].as_str().unwrap().to_owned()
+}
+
+async fn https_apply(api: std::net::SocketAddr, root: &std::path::Path, yaml: &str) {
+    https_call(api, root, "PUT", "/v1/policies", yaml.to_owned()).await;
+}

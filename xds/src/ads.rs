@@ -70,6 +70,9 @@ pub struct ClientConfig {
     pub type_urls: Vec<String>,
     pub backoff: ExponentialBackoff,
     pub connect_timeout: Duration,
+    /// TLS for an `https://` address (the proxy's workload certificate as client certificate,
+    /// and the control plane's identity checked against the mesh roots).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -82,6 +85,7 @@ impl ClientConfig {
             type_urls: TYPE_URLS.iter().map(|t| (*t).to_owned()).collect(),
             backoff: DEFAULT_BACKOFF,
             connect_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -125,6 +129,10 @@ pub trait Handler: Send + Sync + 'static {
 pub enum AdsError {
     #[error("invalid xDS server address {address:?}: {source}")]
     Address { address: String, source: tonic::transport::Error },
+    #[error(
+        "the xDS address {address} is https but no TLS configuration was given (the proxy needs --identity-token or --ca-root)"
+    )]
+    NoTls { address: String },
     #[error("cannot connect to the xDS server at {address}: {source}; is it running?")]
     Connect { address: String, source: tonic::transport::Error },
     #[error("the xDS stream failed: {0}")]
@@ -249,7 +257,17 @@ impl AdsClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        endpoint.connect().await.map_err(|source| AdsError::Connect { address, source })
+        match (&self.config.tls, address.starts_with("https://")) {
+            (Some(tls), true) => {
+                let connector = crate::tls::TlsConnector {
+                    config: tls.clone(),
+                    hint: "is the control plane serving TLS (--tls) with a certificate of the mesh CA?",
+                };
+                endpoint.connect_with_connector(connector).await.map_err(|source| AdsError::Connect { address, source })
+            }
+            (None, true) => Err(AdsError::NoTls { address }),
+            (_, false) => endpoint.connect().await.map_err(|source| AdsError::Connect { address, source }),
+        }
     }
 
     /// Accepted resources of a type (empty when none were received).

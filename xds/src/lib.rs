@@ -26,6 +26,9 @@ pub mod sources;
 /// The one jittered exponential backoff (xDS reconnects; reused by the proxy).
 pub mod backoff;
 
+/// TCP + TLS connector for gRPC channels to `https://` endpoints.
+pub mod tls;
+
 /// ADS client (Delta by default, SotW): subscribe, hand updates to a handler, ACK/NACK, reconnect.
 pub mod ads;
 

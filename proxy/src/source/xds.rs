@@ -234,6 +234,12 @@ impl XdsSource {
         metadata.fields.insert("identity".to_owned(), names::string_value(identity.as_str()));
     }
 
+    /// mTLS to an `https://` xDS address: this proxy's workload certificate as client
+    /// certificate; the server must present the control plane's identity from the mesh CA.
+    pub fn set_tls(&mut self, config: Arc<rustls::ClientConfig>) {
+        self.client.tls = Some(config);
+    }
+
     /// Becomes true once the control plane has taken the drain notice (see [`XdsSource::run`]).
     pub fn left(&self) -> tokio::sync::watch::Receiver<bool> {
         self.handler.left.subscribe()

@@ -2,10 +2,7 @@
 //! protobuf body (a hyper HTTP/1.1 connection), each plain or over TLS
 //! (tokio-rustls, ring). One TLS connector serves both, so `https://` needs no
 //! TLS feature of tonic and no extra crate.
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,9 +13,7 @@ use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
-use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::TraceConfig;
@@ -44,7 +39,10 @@ impl Transport {
                     .connect_timeout(cfg.timeout)
                     .timeout(cfg.timeout);
                 let channel = match &cfg.tls {
-                    Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector(tls.clone())),
+                    Some(tls) => endpoint.connect_with_connector_lazy(outrider_xds::tls::TlsConnector {
+                        config: tls.clone(),
+                        hint: OTLP_TLS_HINT,
+                    }),
                     None => endpoint.connect_lazy(),
                 };
                 Ok(Self::Grpc(TraceServiceClient::new(channel)))
@@ -171,43 +169,14 @@ where
     Ok(sender)
 }
 
+const OTLP_TLS_HINT: &str = "is OTEL_EXPORTER_OTLP_CERTIFICATE the collector's CA?";
+
 async fn tls_handshake(
     tls: Arc<rustls::ClientConfig>,
     host: &str,
     tcp: TcpStream,
-) -> Result<TlsStream<TcpStream>, String> {
-    let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host:?} as a TLS server name: {e}"))?;
-    tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake with {host}: {e}; is OTEL_EXPORTER_OTLP_CERTIFICATE the collector's CA?"))
-}
-
-/// TCP + TLS for tonic's channel (`https://` gRPC endpoints).
-#[derive(Clone, Debug)]
-struct TlsConnector(Arc<rustls::ClientConfig>);
-
-impl tower::Service<Uri> for TlsConnector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let tls = self.0.clone();
-        Box::pin(async move {
-            let io_err = |m: String| std::io::Error::other(m);
-            let host = uri.host().ok_or_else(|| io_err("the URL names no host".into()))?;
-            let host = host.trim_matches(['[', ']']).to_string();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            let _ = tcp.set_nodelay(true);
-            Ok(TokioIo::new(tls_handshake(tls, &host, tcp).await.map_err(io_err)?))
-        })
-    }
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    outrider_xds::tls::handshake(tls, host, tcp, OTLP_TLS_HINT).await
 }
 
 /// A rustls client config trusting the certificates in `pem` (all must parse),
