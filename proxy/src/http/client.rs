@@ -119,10 +119,53 @@ pub async fn connect_mesh(
     }
 }
 
-/// A plaintext or mutual-TLS upstream connection.
+/// A plaintext or mutual-TLS upstream connection; reads and writes go to whichever it is.
 pub enum Either {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Either {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Either::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Either {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Either::Plain(s) => std::pin::Pin::new(s).poll_write(cx, data),
+            Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Either::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Either::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Plaintext, or mutual TLS carrying `carry` when the endpoint is meshed.
@@ -260,35 +303,16 @@ impl EndpointPool {
     async fn connect_h1(&self, cfg: &ConnectConfig) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let (pending, slot) = self.limits(cfg)?;
         let addr = self.addr;
-        let sender = match connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http1).await? {
-            Either::Plain(tcp) => {
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| UpstreamError::Handshake(addr, e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/1.1 connection ended");
-                    }
-                    drop(slot);
-                });
-                sender
-            }
-            Either::Tls(tls) => {
-                let (sender, conn) = http1::Builder::new()
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| UpstreamError::Handshake(addr, e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(upstream = %addr, error = %e, "mTLS HTTP/1.1 connection to a peer proxy ended");
-                    }
-                    drop(slot);
-                });
-                sender
-            }
-        };
+        let io = connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http1).await?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| UpstreamError::Handshake(addr, e))?;
         drop(pending);
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+            drop(slot);
+        });
         Ok(sender)
     }
 
@@ -325,38 +349,22 @@ impl EndpointPool {
 
     async fn connect_h2(&self, cfg: &ConnectConfig) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let (pending, slot) = self.limits(cfg)?;
-        let tcp = connect_tcp_or_mesh(self.addr, cfg, crate::mesh::Carry::Http2).await?;
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
+        let addr = self.addr;
+        let io = connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http2).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let addr = self.addr;
-        let sender = match tcp {
-            Either::Plain(tcp) => {
-                let (sender, conn) =
-                    builder.handshake(TokioIo::new(tcp)).await.map_err(|e| UpstreamError::Handshake(addr, e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
-                    }
-                    drop(slot);
-                });
-                sender
-            }
-            Either::Tls(tls) => {
-                let (sender, conn) =
-                    builder.handshake(TokioIo::new(tls)).await.map_err(|e| UpstreamError::Handshake(addr, e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(upstream = %addr, error = %e, "mTLS HTTP/2 connection to a peer proxy ended");
-                    }
-                    drop(slot);
-                });
-                sender
-            }
-        };
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Handshake(addr, e))?;
         drop(pending);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+            drop(slot);
+        });
         Ok(sender)
     }
 }
