@@ -10,7 +10,6 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use outrider_proxy::backoff::ExponentialBackoff;
@@ -164,39 +163,6 @@ pub async fn accept(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
     let peer = tls::peer_identity(stream.get_ref().1).map(PeerIdentity);
     Ok((stream, peer))
-}
-
-/// A service that adds the connection's [`PeerIdentity`] to every request it passes on.
-#[derive(Clone, Debug)]
-pub struct WithPeer<S> {
-    inner: S,
-    peer: Option<PeerIdentity>,
-}
-
-impl<S> WithPeer<S> {
-    pub fn new(inner: S, peer: Option<PeerIdentity>) -> Self {
-        Self { inner, peer }
-    }
-}
-
-impl<S, B> tonic::codegen::Service<http::Request<B>> for WithPeer<S>
-where
-    S: tonic::codegen::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if let Some(peer) = &self.peer {
-            request.extensions_mut().insert(peer.clone());
-        }
-        self.inner.call(request)
-    }
 }
 
 #[cfg(test)]
