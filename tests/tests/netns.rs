@@ -149,3 +149,107 @@ async fn iptables_interception_in_a_namespace() {
     drop(web);
     drop(ns);
 }
+
+const CP_API: &str = "127.0.0.1:15014";
+const API_TOKEN: &str = "netns-test-token";
+
+/// Opaque TCP from an intercepted app to a meshed endpoint travels inside mutual TLS: the
+/// endpoint's sidecar is `strict`, so a plaintext connection would be refused; both proxies got
+/// their certificates from a control plane's CA in the same namespace (standalone policy files
+/// plus `--identity-token`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intercepted_tcp_reaches_a_strict_meshed_endpoint_over_mtls() {
+    if let Some(why) = unsupported() {
+        outrider_tests::skip(&format!("skipping: needs root, ip and iptables ({why})"));
+        return;
+    }
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            outrider_tests::skip(&format!(
+                "skipping: needs root, ip and iptables (cannot create a network namespace: {e})"
+            ));
+            return;
+        }
+    };
+    let dir = TempDir::new("outrider-netns-mtls");
+    let mut echo = ns.python();
+    echo.args(["-c", ECHO_SERVER, ECHO_PORT, TRAILER]);
+    let mut echo = Background::spawn(echo);
+    echo.wait_for_line("echo ready").await;
+
+    // The control plane (its CA) inside the namespace, and a join token per workload.
+    let mut cp = ns.command(outrider_tests::control_plane::outrider_bin());
+    cp.args(["control-plane", "--xds-port", "15010", "--api-port", "15014", "--api-token", API_TOKEN, "--data-dir"])
+        .arg(dir.path().join("cp"));
+    let mut cp = Background::spawn(cp);
+    cp.wait_for_line("listening").await;
+    let token = |sa: &'static str| {
+        let mut cmd = ns.command(outrider_tests::control_plane::outrider_bin());
+        cmd.args(["token", "create", "--namespace", "default", "--service-account", sa, "-q"]);
+        cmd.args(["--server", &format!("http://{CP_API}"), "--token", API_TOKEN]);
+        cmd
+    };
+    let db_token = dir.write("db.token", &stdout(&outrider_tests::binary::run_to_exit(token("db")).await));
+    let app_token = dir.write("app.token", &stdout(&outrider_tests::binary::run_to_exit(token("app")).await));
+
+    // The endpoint's sidecar: strict, delivering to the echo server.
+    let db = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: db}\nspec: {protocol: tcp, port: 9001, addresses: [\"127.100.0.7\"], mtls: strict}\n";
+    let server_policy = dir.write("server.yaml", db);
+    let mut cmd = ns.command(proxy_bin());
+    cmd.args(ephemeral_args(&server_policy)).args(["--socket-mark", MARK, "--service", "db", "--app-port", ECHO_PORT]);
+    cmd.args(["--ca-address", &format!("http://{CP_API}"), "--identity-token"]).arg(&db_token);
+    let server = ProxyProcess::spawn(cmd).await;
+    let server_inbound = server.addrs.inbound.port();
+
+    // The caller's sidecar, intercepting: the db endpoint is the server sidecar, meshed.
+    let client_policy = dir.write(
+        "client.yaml",
+        &format!(
+            "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: db}}\nspec:\n  protocol: tcp\n  port: 9001\n  \
+             addresses: [\"127.100.0.7\"]\n  endpoints: [{{address: \"127.0.0.1:{server_inbound}\", meshed: true, \
+             identity: \"spiffe://outrider.local/ns/default/sa/db\"}}]\n"
+        ),
+    );
+    let mut cmd = ns.command(proxy_bin());
+    cmd.args(ephemeral_args(&client_policy)).args(["--socket-mark", MARK]);
+    cmd.args(["--ca-address", &format!("http://{CP_API}"), "--identity-token"]).arg(&app_token);
+    cmd.args(["--service-account", "app"]);
+    let client = ProxyProcess::spawn(cmd).await;
+    for p in [&server, &client] {
+        let ready = format!("http://127.0.0.1:{}/ready", p.addrs.admin.port());
+        wait::wait_until("the sidecar has its certificate", || async {
+            ns.run_python(HTTP_GET, &[&ready]).await.status.success()
+        })
+        .await;
+    }
+    let mut rules = ns.command(proxy_bin());
+    rules.args(["iptables", "--apply", "--proxy-mark", MARK]);
+    rules.args(["--outbound-port", &client.addrs.outbound.port().to_string()]);
+    rules.args(["--inbound-port", &client.addrs.inbound.port().to_string()]);
+    let out = outrider_tests::binary::run_to_exit(rules).await;
+    assert!(out.status.success(), "installing the rules failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let got = stdout(&ns.run_python(TCP_CLIENT, &["127.100.0.7", "9001", "hello over mtls"]).await);
+    assert_eq!(got, format!("hello over mtls{TRAILER}"));
+    let server_metrics = format!("http://127.0.0.1:{}/metrics", server.addrs.admin.port());
+    let m = stdout(&ns.run_python(HTTP_GET, &[&server_metrics]).await);
+    assert_eq!(
+        prom::sum(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider-tcp/1")]),
+        1.0,
+        "the hop between the sidecars was mTLS:\n{m}"
+    );
+    let client_metrics = format!("http://127.0.0.1:{}/metrics", client.addrs.admin.port());
+    let m = stdout(&ns.run_python(HTTP_GET, &[&client_metrics]).await);
+    assert_eq!(
+        prom::sum(&m, "outrider_tls_connections_total", &[("direction", "outbound"), ("alpn", "outrider-tcp/1")]),
+        1.0,
+        "{m}"
+    );
+
+    drop(client);
+    drop(server);
+    drop(cp);
+    drop(echo);
+    drop(ns);
+}
