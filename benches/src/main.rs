@@ -20,6 +20,7 @@ use clap::Parser;
 mod h2load;
 mod idle;
 mod latency;
+mod mtls;
 mod openloop;
 mod peers;
 mod plots;
@@ -66,6 +67,20 @@ struct Args {
     /// Where the JSON, markdown and SVG results go.
     #[arg(long, default_value = "docs/benchmarks")]
     out: PathBuf,
+    /// outrider control-plane binary for the mTLS scenario (default: `outrider` next to --proxy).
+    #[arg(long)]
+    control_plane: Option<PathBuf>,
+    /// Run only one part: `targets` (direct, outrider, HAProxy, nginx) or `mtls` (two sidecars,
+    /// plaintext vs mutual TLS). `--only mtls` keeps the targets' results already in
+    /// --out/results.json and replaces only its mTLS part.
+    #[arg(long, value_parser = ["targets", "mtls"])]
+    only: Option<String>,
+    /// Closed-loop rounds of the mTLS scenario, each plaintext pair then mTLS pair (default 2; 1 with --quick).
+    #[arg(long)]
+    mtls_rounds: Option<u32>,
+    /// Concurrent handshake tasks of the mTLS handshake test (one client core).
+    #[arg(long, default_value_t = 16)]
+    handshake_concurrency: usize,
     /// Only these targets (comma separated: direct,outrider,haproxy,nginx).
     #[arg(long, value_delimiter = ',', default_value = "direct,outrider,haproxy,nginx")]
     targets: Vec<String>,
@@ -142,10 +157,17 @@ fn main() -> Result<()> {
     eprintln!("upstream on {} (1 kB responses, h2c, gRPC), TCP sink on {}", up.http, up.sink);
     let scratch = std::env::temp_dir().join(format!("outrider-bench-scratch-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let mut prog =
-        run::Progress { total: args.targets.len() * run::steps_per_target(&settings), done: 0, start: Instant::now() };
+    let run_targets = args.only.as_deref() != Some("mtls");
+    let run_mtls = args.only.as_deref() != Some("targets");
+    let mtls_rounds = args.mtls_rounds.unwrap_or(if args.quick { 1 } else { 2 });
+    let targets: &[String] = if run_targets { &args.targets } else { &[] };
+    let mut prog = run::Progress {
+        total: targets.len() * run::steps_per_target(&settings) + if run_mtls { mtls::steps(mtls_rounds) } else { 0 },
+        done: 0,
+        start: Instant::now(),
+    };
     let mut reports = Vec::new();
-    for t in &args.targets {
+    for t in targets {
         let started = match t.as_str() {
             "direct" => Ok(Some(peers::direct(&up))),
             "outrider" => peers::outrider(&args.proxy, &up, proxy_core).map(Some),
@@ -172,11 +194,52 @@ fn main() -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mtls = if run_mtls {
+        let cp = args.control_plane.clone().unwrap_or_else(|| mtls::default_control_plane(&args.proxy));
+        let cfg = mtls::Config {
+            proxy: &args.proxy,
+            control_plane: &cp,
+            settings: &settings,
+            rounds: mtls_rounds,
+            rate: args.rates.first().copied().unwrap_or(1000),
+            handshake_concurrency: args.handshake_concurrency,
+            command: command.clone(),
+        };
+        Some(rt.block_on(mtls::run(&cfg, &up, &mut prog)))
+    } else {
+        None
+    };
     let load_after = procstat::loadavg();
     eprintln!("load average after: {load_after}");
+    if !run_targets {
+        // Keep the targets' results of the last full run; replace the mTLS part only.
+        let path = args.out.join("results.json");
+        let mut run: report::Run = match std::fs::read_to_string(&path).ok().map(|t| serde_json::from_str(&t)) {
+            Some(Ok(run)) => run,
+            Some(Err(e)) => bail!("{} is not a results file ({e}); run without --only first", path.display()),
+            None => report::Run {
+                machine: report::machine(),
+                command: command.clone(),
+                quick: args.quick,
+                load_before: String::new(),
+                load_after: String::new(),
+                pinning: String::new(),
+                settings,
+                notes,
+                targets: Vec::new(),
+                mtls: None,
+            },
+        };
+        run.mtls = mtls;
+        report::write(&args.out, &run)?;
+        eprintln!("wrote the mTLS part of {}/results.{{json,md}}", args.out.display());
+        print!("{}", report::summary(&run));
+        return Ok(());
+    }
     let run = report::Run {
         machine: report::machine(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command,
         quick: args.quick,
         load_before,
         load_after,
@@ -186,6 +249,7 @@ fn main() -> Result<()> {
         settings,
         notes,
         targets: reports,
+        mtls,
     };
     report::write(&args.out, &run)?;
     plots::write(&args.out, &run)?;

@@ -62,10 +62,10 @@ pub struct Target {
 }
 
 #[derive(Debug)]
-struct TempDir(PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Result<Self> {
+    pub fn new(tag: &str) -> Result<Self> {
         let p = std::env::temp_dir().join(format!("outrider-bench-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&p)?;
         Ok(Self(p))
@@ -78,11 +78,11 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn local(port: u16) -> SocketAddr {
+pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
@@ -96,7 +96,7 @@ pub fn which(bin: &str) -> bool {
 
 /// `bin args` pinned to `core`, with the file limit raised (to the hard limit
 /// when NOFILE is more than the shell may set).
-fn pinned(core: usize, bin: impl Into<OsString>, args: &[OsString]) -> Command {
+pub fn pinned(core: usize, bin: impl Into<OsString>, args: &[OsString]) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(format!(
@@ -110,7 +110,7 @@ fn pinned(core: usize, bin: impl Into<OsString>, args: &[OsString]) -> Command {
 }
 
 /// Poll until `GET path` on `addr` answers 200, or fail after 10 s.
-fn wait_ok(addr: SocketAddr, path: &str, host: &str, start: Instant) -> Result<Duration> {
+pub fn wait_ok(addr: SocketAddr, path: &str, host: &str, start: Instant) -> Result<Duration> {
     let deadline = start + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
@@ -129,7 +129,7 @@ fn wait_ok(addr: SocketAddr, path: &str, host: &str, start: Instant) -> Result<D
     bail!("{addr}{path} did not answer 200 within 10 s")
 }
 
-fn start_and_wait(mut cmd: Command, dir: TempDir, probe: (SocketAddr, &str, &str)) -> Result<Proc> {
+pub fn start_and_wait(mut cmd: Command, dir: TempDir, probe: (SocketAddr, &str, &str)) -> Result<Proc> {
     let start = Instant::now();
     let mut child = cmd.stderr(Stdio::piped()).spawn().context("spawning")?;
     let pid = child.id();
@@ -151,7 +151,7 @@ fn start_and_wait(mut cmd: Command, dir: TempDir, probe: (SocketAddr, &str, &str
     }
 }
 
-fn version_of(bin: &str, arg: &str) -> String {
+pub fn version_of(bin: &str, arg: &str) -> String {
     Command::new(bin)
         .arg(arg)
         .output()

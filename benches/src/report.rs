@@ -20,6 +20,9 @@ pub struct Run {
     pub settings: Settings,
     pub notes: Vec<String>,
     pub targets: Vec<TargetReport>,
+    /// The mTLS-between-sidecars scenario (`--only mtls` updates just this part).
+    #[serde(default)]
+    pub mtls: Option<crate::mtls::MtlsReport>,
 }
 
 impl Run {
@@ -88,6 +91,17 @@ fn mb(kb: Option<u64>) -> Option<f64> {
 }
 
 pub fn markdown(run: &Run) -> String {
+    let mut s = if run.targets.is_empty() { String::new() } else { targets_markdown(run) };
+    if let Some(m) = &run.mtls {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        s.push_str(&crate::mtls::markdown(m));
+    }
+    s
+}
+
+fn targets_markdown(run: &Run) -> String {
     let mut s = String::new();
     let st = &run.settings;
     let _ = writeln!(s, "Machine: {}  ", run.machine);
@@ -278,7 +292,7 @@ pub struct Goal {
 }
 
 impl Goal {
-    fn verdict(&self) -> &'static str {
+    pub fn verdict(&self) -> &'static str {
         match self.met {
             Some(true) => "met",
             Some(false) => "**missed**",
@@ -390,7 +404,12 @@ pub fn summary(run: &Run) -> String {
             f(run.rate(&t.target, "tcp"), 0),
         );
     }
-    for g in goals(run) {
+    if let Some(m) = &run.mtls {
+        s.push_str(&crate::mtls::summary(m));
+    }
+    let mut all = if run.targets.is_empty() { Vec::new() } else { goals(run) };
+    all.extend(run.mtls.as_ref().map(crate::mtls::goals).unwrap_or_default());
+    for g in all {
         let _ = writeln!(s, "goal {:<28} {:<45} {:<40} {}", g.name, g.target, g.measured, g.verdict());
     }
     s

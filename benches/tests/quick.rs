@@ -36,6 +36,14 @@ fn proxy_bin() -> PathBuf {
     dir.join("outrider-proxy")
 }
 
+/// `$OUTRIDER_CONTROL_PLANE_BIN`, else `outrider` next to the proxy binary.
+fn control_plane_bin(proxy: &std::path::Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("OUTRIDER_CONTROL_PLANE_BIN") {
+        return PathBuf::from(p);
+    }
+    proxy.with_file_name("outrider")
+}
+
 const WORKLOADS: [&str; 6] = ["http1", "http1-open-1000", "http1-open-5000", "h2c", "grpc", "tcp"];
 
 #[test]
@@ -54,6 +62,13 @@ fn quick_run_writes_sane_results() {
             proxy.display()
         ));
     }
+    let control_plane = control_plane_bin(&proxy);
+    if !control_plane.exists() && require_all() {
+        panic!(
+            "{} does not exist (cargo build -p outrider-control-plane --bins, or set OUTRIDER_CONTROL_PLANE_BIN; OUTRIDER_REQUIRE_ALL=1)",
+            control_plane.display()
+        );
+    }
     let out = std::env::temp_dir().join(format!("outrider-bench-quick-{}", std::process::id()));
     let start = Instant::now();
     let run = Command::new(env!("CARGO_BIN_EXE_loadtest"))
@@ -62,6 +77,8 @@ fn quick_run_writes_sane_results() {
         .arg(&out)
         .arg("--proxy")
         .arg(&proxy)
+        .arg("--control-plane")
+        .arg(&control_plane)
         .stdin(Stdio::null())
         .output()
         .expect("running loadtest");
@@ -106,11 +123,51 @@ fn quick_run_writes_sane_results() {
             assert!(t["idle_connections"].as_u64().unwrap_or(0) > 0, "{name}: idle connections not measured");
         }
     }
+    check_mtls(&json["mtls"]);
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    assert!(md.contains("### mTLS between sidecars"), "{md}");
     assert!(md.contains("| outrider |"), "{md}");
     for svg in ["latency.svg", "throughput.svg", "cpu.svg"] {
         let s = std::fs::read_to_string(out.join(svg)).unwrap_or_default();
         assert!(s.contains("<svg"), "{svg} is not an SVG");
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The mTLS scenario ran (or says why not): both pairs carried load, the mTLS pair's hop was
+/// really mutual TLS and the plaintext pair's was not, and handshakes completed.
+fn check_mtls(m: &serde_json::Value) {
+    assert!(m.is_object(), "no mtls part in results.json");
+    assert!(m["error"].is_null(), "the mTLS scenario failed: {}", m["error"]);
+    if let Some(why) = m["skipped"].as_str() {
+        assert!(!why.is_empty());
+        if require_all() {
+            panic!("the mTLS scenario was skipped: {why} (OUTRIDER_REQUIRE_ALL=1)");
+        }
+        eprintln!("mTLS scenario skipped: {why}");
+        return;
+    }
+    assert!(m["direct_open"]["requests"].as_u64().unwrap_or(0) > 0, "direct open loop: no requests:\n{m:#}");
+    for name in ["plaintext", "mtls"] {
+        let pairs = m["pairs"].as_array().expect("pairs");
+        let p = pairs.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("pair {name} missing:\n{m:#}"));
+        for w in ["closed", "open"] {
+            let wl = &p[w];
+            assert!(wl["error"].is_null(), "{name} {w} failed: {}", wl["error"]);
+            if wl["skipped"].as_str().is_some_and(|s| !s.is_empty()) {
+                continue;
+            }
+            assert!(wl["requests"].as_u64().unwrap_or(0) > 0, "{name} {w}: no requests:\n{wl:#}");
+            assert!(wl["cpu_s"].as_f64().is_some(), "{name} {w}: sidecar CPU not measured");
+        }
+        let tls = p["server_inbound_tls_connections"].as_f64().expect("the server's TLS connection count");
+        if name == "mtls" {
+            assert!(tls >= 1.0, "the mTLS pair's hop was not mutual TLS:\n{p:#}");
+        } else {
+            assert_eq!(tls, 0.0, "the plaintext pair used TLS:\n{p:#}");
+        }
+    }
+    let h = &m["handshakes"];
+    assert!(h["handshakes"].as_u64().unwrap_or(0) > 0, "no mTLS handshakes completed:\n{h:#}");
+    assert!(h["server_cpu_us_per_handshake"].as_f64().is_some(), "server CPU per handshake not measured");
 }
