@@ -66,8 +66,10 @@ pub struct Pair {
     pub closed: Option<Workload>,
     /// req/s of each round.
     pub closed_rounds_rps: Vec<f64>,
-    /// Open loop at the scenario's rate; CPU of both sidecars.
+    /// Open loop at the scenario's rate, every round's latencies merged; CPU of both sidecars.
     pub open: Option<Workload>,
+    /// p99 of each round's open loop.
+    pub open_rounds_p99_us: Vec<f64>,
     /// `outrider_tls_connections_total{direction="inbound"}` of the server sidecar after the
     /// load: how many mTLS connections from the client sidecar it accepted (0 for plaintext).
     pub server_inbound_tls_connections: Option<f64>,
@@ -106,8 +108,9 @@ pub struct MtlsReport {
     pub connections: u32,
     pub rate: u32,
     pub open_connections: u32,
-    /// The open loop straight at the upstream, for "added" latency.
+    /// The open loop straight at the upstream, for "added" latency (rounds merged).
     pub direct_open: Option<Workload>,
+    pub direct_open_rounds_p99_us: Vec<f64>,
     pub pairs: Vec<Pair>,
     pub handshakes: Option<Handshakes>,
 }
@@ -120,8 +123,8 @@ impl MtlsReport {
 
 /// Steps on the progress line.
 pub fn steps(rounds: u32) -> usize {
-    // set-up, direct open loop, warm-up, 2 per round, 2 open loops, handshakes
-    6 + 2 * rounds as usize
+    // set-up, warm-up, per round 2 closed and 3 open loops, handshakes
+    3 + 5 * rounds as usize
 }
 
 pub async fn run(cfg: &Config<'_>, up: &Upstream, prog: &mut Progress) -> MtlsReport {
@@ -189,6 +192,9 @@ async fn measure(cfg: &Config<'_>, up: &Upstream, prog: &mut Progress, rep: &mut
     let s = cfg.settings;
     let dur = Duration::from_secs(s.duration_s);
     prog.step("mtls", "control plane and two pairs of sidecars (plaintext, mTLS)");
+    rep.notes.push(
+        "the plaintext pair's hop is the client sidecar's pool of HTTP/1.1 connections to the server sidecar (the app's protocol); the mTLS pair's is one TLS 1.3 connection carrying HTTP/2 (ALPN outrider/1): the comparison is the mesh's real plaintext path against its real mTLS path, h1-to-h2 included".into(),
+    );
     let mesh = start_mesh(cfg, up)?;
     for p in &mesh.pairs {
         rep.pairs.push(Pair {
@@ -199,9 +205,6 @@ async fn measure(cfg: &Config<'_>, up: &Upstream, prog: &mut Progress, rep: &mut
             ..Pair::default()
         });
     }
-
-    prog.step("mtls", &format!("direct open loop {} req/s, {}s", cfg.rate, s.duration_s));
-    rep.direct_open = Some(open_loop(up.http, "bench", cfg.rate, dur, s, &[]).await);
 
     let wrk_ok = wrk::available();
     prog.step("mtls", "warm-up, both pairs");
@@ -266,9 +269,21 @@ async fn measure(cfg: &Config<'_>, up: &Upstream, prog: &mut Progress, rep: &mut
         rep.pairs[i].closed = Some(w);
     }
 
-    for (i, p) in mesh.pairs.iter().enumerate() {
-        prog.step("mtls", &format!("{} pair, open loop {} req/s, {}s", p.name, cfg.rate, s.duration_s));
-        rep.pairs[i].open = Some(open_loop(p.outbound, &p.host, cfg.rate, dur, s, &p.pids()).await);
+    // Open loop: direct, then each pair, per round; each path's rounds merged.
+    let mut direct = OpenAcc::new(cfg.rate);
+    let mut open: Vec<OpenAcc> = mesh.pairs.iter().map(|_| OpenAcc::new(cfg.rate)).collect();
+    for round in 1..=cfg.rounds {
+        let of = format!("open loop {} req/s, {}s (round {round}/{})", cfg.rate, s.duration_s, cfg.rounds);
+        prog.step("mtls", &format!("direct, {of}"));
+        direct.run(up.http, "bench", dur, s, &[]).await;
+        for (i, p) in mesh.pairs.iter().enumerate() {
+            prog.step("mtls", &format!("{} pair, {of}", p.name));
+            open[i].run(p.outbound, &p.host, dur, s, &p.pids()).await;
+        }
+    }
+    (rep.direct_open_rounds_p99_us, rep.direct_open) = direct.finish();
+    for (i, acc) in open.into_iter().enumerate() {
+        (rep.pairs[i].open_rounds_p99_us, rep.pairs[i].open) = acc.finish();
     }
 
     // Before the handshake test, which adds its own connections to the mTLS server's count.
@@ -298,29 +313,72 @@ fn cpu_s(pids: &[u32]) -> Option<f64> {
     Some(ticks as f64 / procstat::ticks_per_second())
 }
 
-async fn open_loop(addr: SocketAddr, host: &str, rate: u32, dur: Duration, s: &Settings, pids: &[u32]) -> Workload {
-    let name = format!("http1-open-{rate}");
-    let mut w = Workload { name, tool: "outrider-benches open loop".into(), ..Workload::default() };
-    let before = cpu_s(pids);
-    match openloop::run(addr, host, rate, dur, s.open_connections as usize).await {
-        Ok(r) => {
-            w.requests = r.requests;
-            w.errors = r.errors;
-            w.rps = r.rps;
-            w.latency = Some(r.latency);
-            if !pids.is_empty()
-                && let (Some(b), Some(a)) = (before, cpu_s(pids))
-            {
-                w.cpu_s = Some(a - b);
-                w.cpu_us_per_request = (r.requests > 0).then(|| (a - b) * 1e6 / r.requests as f64);
-            }
-        }
-        Err(e) => {
-            eprintln!("  open loop to {addr} failed: {e:#}");
-            w.error = Some(format!("{e:#}"));
+/// The open-loop runs of one path, merged over the rounds.
+struct OpenAcc {
+    rate: u32,
+    hist: hdrhistogram::Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    secs: f64,
+    cpu: Option<f64>,
+    error: Option<String>,
+    p99s: Vec<f64>,
+}
+
+impl OpenAcc {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate,
+            hist: crate::latency::histogram(),
+            requests: 0,
+            errors: 0,
+            secs: 0.0,
+            cpu: Some(0.0),
+            error: None,
+            p99s: Vec::new(),
         }
     }
-    w
+
+    async fn run(&mut self, addr: SocketAddr, host: &str, dur: Duration, s: &Settings, pids: &[u32]) {
+        let before = cpu_s(pids);
+        match openloop::run(addr, host, self.rate, dur, s.open_connections as usize).await {
+            Ok(r) => {
+                let after = cpu_s(pids);
+                self.requests += r.requests;
+                self.errors += r.errors;
+                self.secs += if r.rps > 0.0 { r.requests as f64 / r.rps } else { 0.0 };
+                self.p99s.push(r.latency.p99_us);
+                let _ = self.hist.add(&r.histogram);
+                self.cpu = match (self.cpu, before, after) {
+                    (Some(c), Some(b), Some(a)) if !pids.is_empty() => Some(c + a - b),
+                    _ => None,
+                };
+            }
+            Err(e) => {
+                eprintln!("  open loop to {addr} failed: {e:#}");
+                self.error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+
+    fn finish(self) -> (Vec<f64>, Option<Workload>) {
+        let mut w = Workload {
+            name: format!("http1-open-{}", self.rate),
+            tool: "outrider-benches open loop".into(),
+            ..Workload::default()
+        };
+        if let Some(e) = self.error {
+            w.error = Some(e);
+        } else {
+            w.requests = self.requests;
+            w.errors = self.errors;
+            w.rps = if self.secs > 0.0 { self.requests as f64 / self.secs } else { 0.0 };
+            w.latency = Some(crate::latency::Latency::from_histogram(&self.hist));
+            w.cpu_s = self.cpu;
+            w.cpu_us_per_request = self.cpu.filter(|_| self.requests > 0).map(|c| c * 1e6 / self.requests as f64);
+        }
+        (self.p99s, Some(w))
+    }
 }
 
 /// A plain HTTP/1.1 call to the control plane API (blocking, `Connection: close`).
@@ -705,28 +763,38 @@ pub fn markdown(m: &MtlsReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\nOpen loop at {} req/s (µs from the intended send time, corrected for coordinated omission; \"added\" = minus direct):\n",
-        m.rate
+        "\nOpen loop at {} req/s, {} × {} s per path (alternating; percentiles of all rounds' requests together): µs from the intended send time, corrected for coordinated omission; \"added\" = minus direct.\n",
+        m.rate, m.rounds, m.duration_s
     );
-    let _ = writeln!(s, "| path | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | errors |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| path | p50 µs | p90 µs | p99 µs | p99.9 µs | p99 per round µs | added p50 µs | added p99 µs | errors |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---|---:|---:|---:|");
     let d = lat(m.direct_open.as_ref());
-    let mut rows: Vec<(&str, Option<&Workload>)> = vec![("direct", m.direct_open.as_ref())];
+    let mut rows: Vec<(&str, Option<&Workload>, &[f64])> =
+        vec![("direct", m.direct_open.as_ref(), &m.direct_open_rounds_p99_us)];
     for p in &m.pairs {
-        rows.push((if p.name == "mtls" { "mTLS pair" } else { "plaintext pair" }, p.open.as_ref()));
+        rows.push((
+            if p.name == "mtls" { "mTLS pair" } else { "plaintext pair" },
+            p.open.as_ref(),
+            &p.open_rounds_p99_us,
+        ));
     }
-    for (name, w) in rows {
+    for (name, w, rounds) in rows {
         let Some(l) = lat(w) else {
-            let _ = writeln!(s, "| {name} | - | - | - | - | - | - | - |");
+            let _ = writeln!(s, "| {name} | - | - | - | - | - | - | - | - |");
             continue;
         };
+        let rounds: Vec<String> = rounds.iter().map(|r| format!("{r:.0}")).collect();
         let _ = writeln!(
             s,
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
             l.p50_us,
             l.p90_us,
             l.p99_us,
             l.p999_us,
+            rounds.join(", "),
             f(d.map(|d| l.p50_us - d.p50_us), 0),
             f(d.map(|d| l.p99_us - d.p99_us), 0),
             w.map_or(0, |w| w.errors)

@@ -27,6 +27,8 @@ pub struct OpenLoopResult {
     pub errors: u64,
     pub rps: f64,
     pub latency: Latency,
+    /// The recorded latencies (ns), to merge several runs.
+    pub histogram: hdrhistogram::Histogram<u64>,
 }
 
 type Sender = SendRequest<Empty<Bytes>>;
@@ -96,7 +98,13 @@ pub async fn run(addr: SocketAddr, host: &str, rate: u32, dur: Duration, conns: 
     let elapsed = started.elapsed().as_secs_f64();
     let hist = shared.hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let requests = hist.len();
-    Ok(OpenLoopResult { requests, errors, rps: requests as f64 / elapsed, latency: Latency::from_histogram(&hist) })
+    Ok(OpenLoopResult {
+        requests,
+        errors,
+        rps: requests as f64 / elapsed,
+        latency: Latency::from_histogram(&hist),
+        histogram: hist.clone(),
+    })
 }
 
 /// One request; true when it got a 2xx with its whole body.
