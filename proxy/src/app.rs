@@ -156,6 +156,7 @@ impl App {
             config.socket_mark,
             store.clone(),
             mesh.clone(),
+            config.identity.is_some(),
         ));
 
         let m = metrics.clone();

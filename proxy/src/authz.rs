@@ -307,3 +307,79 @@ mod tcp_tests {
         assert_eq!(p.authorize(Request { peer: Some(&api), http: None }), Decision::Allow);
     }
 }
+
+/// The path authorization judges — and the app then receives — so that `//admin`, `/./admin`,
+/// `/x/../admin` or `/%61dmin` cannot slip past a rule on `/admin/*` while the app serves
+/// `/admin`: percent-encoded unreserved characters decoded, repeated slashes merged, `.` and `..`
+/// segments resolved (RFC 3986 §5.2.4). An encoded `/`, `\` or NUL is refused, since apps disagree
+/// on what it means. Returns `None` when the path is already normal.
+pub fn normalize_path(path: &str) -> Result<Option<String>, &'static str> {
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if matches!(c, b'/' | b'\\' | 0) {
+                    return Err("the path holds an encoded '/', '\\' or NUL");
+                }
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    decoded.push(c as char);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        decoded.push(bytes[i] as char);
+        i += 1;
+    }
+    // Merge slashes and resolve dot segments.
+    let mut out: Vec<&str> = Vec::new();
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for s in &out {
+        normal.push('/');
+        normal.push_str(s);
+    }
+    if normal.is_empty() || (trailing && !out.is_empty()) {
+        normal.push('/');
+    }
+    Ok((normal != path).then_some(normal))
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::normalize_path;
+
+    #[test]
+    fn paths_are_normalized_before_authorization() {
+        for (raw, want) in [
+            ("//admin/x", "/admin/x"),
+            ("/./admin/x", "/admin/x"),
+            ("/pub/../admin/x", "/admin/x"),
+            ("/%61dmin/x", "/admin/x"),
+            ("/a/b/..", "/a/"),
+            ("/..", "/"),
+            ("/a//b///c/", "/a/b/c/"),
+        ] {
+            assert_eq!(normalize_path(raw).unwrap().as_deref(), Some(want), "{raw}");
+        }
+        for normal in ["/", "/admin/x", "/a/b/", "/caf%C3%A9", "/a%20b"] {
+            assert_eq!(normalize_path(normal).unwrap(), None, "{normal}");
+        }
+        for bad in ["/admin%2Fx", "/a%5cb", "/a%00"] {
+            assert!(normalize_path(bad).is_err(), "{bad}");
+        }
+    }
+}

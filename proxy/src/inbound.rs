@@ -38,7 +38,7 @@ pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// arrived over mTLS; removed from every other request.
 pub static XFCC: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
 /// A peer proxy must complete the mTLS handshake within this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Inbound {
@@ -52,6 +52,8 @@ pub struct Inbound {
     pub store: Arc<Store>,
     /// This proxy's identity (mTLS from other proxies), once it has one.
     pub mesh: MeshHandle,
+    /// `--identity-token` was given: inbound waits for the certificate.
+    pub needs_identity: bool,
     pools: Mutex<HashMap<u16, Arc<EndpointPool>>>,
 }
 
@@ -64,8 +66,9 @@ impl Inbound {
         socket_mark: Option<u32>,
         store: Arc<Store>,
         mesh: MeshHandle,
+        needs_identity: bool,
     ) -> Self {
-        Self { recorder, server, app_port, service, socket_mark, store, mesh, pools: Mutex::default() }
+        Self { recorder, server, app_port, service, socket_mark, store, mesh, needs_identity, pools: Mutex::default() }
     }
 
     /// A Service's declared protocol wins over detection.
@@ -106,11 +109,24 @@ impl Inbound {
                 return;
             }
         };
+        // Fail closed: before the first config (and, with --identity-token, the certificate)
+        // the service's mode and authorization are unknown.
+        let mesh = self.mesh.load_full();
+        if !self.store.is_ready() || (self.needs_identity && mesh.is_none()) {
+            tracing::info!(%client, "inbound connection refused: the proxy is not ready (config or certificate pending)");
+            return;
+        }
         let policy = self.policy();
-        if let Some(mesh) = self.mesh.load_full() {
+        let mut silent = false;
+        if let Some(mesh) = mesh {
             match detect::mesh_client_hello(&stream, detect::DETECT_TIMEOUT).await {
-                Ok(true) => return self.serve_mesh(stream, client, port, &mesh, policy, drain).await,
-                Ok(false) => {}
+                Ok(detect::FirstBytes::MeshHello) => {
+                    return self.serve_mesh(stream, client, port, &mesh, policy, drain).await;
+                }
+                Ok(detect::FirstBytes::Other) => {}
+                // A server-first protocol: do not wait a second time below.
+                Ok(detect::FirstBytes::Silent) => silent = true,
+                Ok(detect::FirstBytes::Closed) => return,
                 Err(e) => {
                     tracing::debug!(%client, error = %e, "inbound connection failed before its first bytes");
                     return;
@@ -129,6 +145,7 @@ impl Inbound {
         let detected = match self.declared() {
             Some(ClusterProtocol::Tcp) => Ok(detect::Detected::Opaque),
             Some(ClusterProtocol::Http1 | ClusterProtocol::Http2) => Ok(detect::Detected::Http1),
+            None if silent => Ok(detect::Detected::Opaque),
             None => detect::detect(&stream, detect::DETECT_TIMEOUT).await,
         };
         match detected {
@@ -180,6 +197,11 @@ impl Inbound {
         metrics.tls_connections.get_or_create(&TlsLabels { direction: Direction::inbound, alpn }).inc();
         tracing::debug!(%client, peer = peer.as_ref().map_or("", |p| p.as_str()), alpn, "inbound mTLS connection");
         if alpn == names::ALPN_MESH_TCP {
+            // Opaque bytes to an HTTP service would bypass per-request authorization.
+            if matches!(self.declared(), Some(ClusterProtocol::Http1 | ClusterProtocol::Http2)) {
+                tracing::info!(%client, service = &*self.service, "opaque TCP to an HTTP service refused");
+                return;
+            }
             self.serve_tcp(tls, client, port, peer, policy.as_deref()).await;
         } else {
             self.serve_http(tls, client, port, peer, drain).await;
@@ -197,14 +219,26 @@ impl Inbound {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let server = self.server.clone();
-        let peer = peer.map(Arc::new);
+        // The caller and its x-forwarded-client-cert value are fixed for the connection.
+        let xfcc = peer.as_ref().and_then(|peer| {
+            let mesh = self.mesh.load();
+            let ours = mesh.as_ref()?.identity();
+            http::HeaderValue::from_str(&format!("By={ours};URI={peer}")).ok()
+        });
+        let peer = peer.map(|p| Arc::new((p, xfcc)));
         server
             .serve(
                 io,
                 move |req| {
                     let ctx = self.clone();
                     let peer = peer.clone();
-                    async move { Ok::<_, Infallible>(ctx.handle(client, port, peer.as_deref(), req).await) }
+                    async move {
+                        let (peer, xfcc) = match peer.as_deref() {
+                            Some((p, x)) => (Some(p), x.as_ref()),
+                            None => (None, None),
+                        };
+                        Ok::<_, Infallible>(ctx.handle(client, port, peer, xfcc, req).await)
+                    }
                 },
                 drain,
             )
@@ -263,6 +297,7 @@ impl Inbound {
         client: SocketAddr,
         port: u16,
         peer: Option<&Identity>,
+        xfcc: Option<&http::HeaderValue>,
         mut req: Request<Incoming>,
     ) -> Response<Body> {
         let mut rec = RequestRecord::start(&self.recorder, Direction::inbound, client, &req);
@@ -270,18 +305,57 @@ impl Inbound {
         rec.route = self.service.clone();
         rec.peer = peer.cloned();
         let grpc = rescue::is_grpc(&req);
-        if let Some(policy) = self.policy()
-            && let Decision::Deny { policy: by } =
+        if let Some(policy) = self.policy() {
+            // A keep-alive connection opened while the service was permissive.
+            if policy.mode == Mode::Strict && peer.is_none() {
+                self.recorder
+                    .metrics
+                    .plaintext_refused
+                    .get_or_create(&ServiceLabels { service: self.service.clone() })
+                    .inc();
+                let e = ProxyError::Unauthorized {
+                    service: self.service.to_string(),
+                    peer: "a plaintext caller".to_owned(),
+                    policy: Some(Arc::from("strict mTLS mode")),
+                };
+                let (mut resp, reason) = e.to_response(grpc);
+                resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                return rec.respond(resp, e.classify().0.as_u16(), Some(reason));
+            }
+            if !policy.filters.is_empty() {
+                // Judge (and forward) the normalized path, so `//admin` cannot pass a rule on `/admin/*`.
+                match crate::authz::normalize_path(req.uri().path()) {
+                    Ok(None) => {}
+                    Ok(Some(normal)) => {
+                        let pq = match req.uri().query() {
+                            Some(q) => format!("{normal}?{q}"),
+                            None => normal,
+                        };
+                        let mut parts = req.uri().clone().into_parts();
+                        parts.path_and_query = http::uri::PathAndQuery::try_from(pq).ok();
+                        if let Ok(uri) = http::Uri::from_parts(parts) {
+                            *req.uri_mut() = uri;
+                        }
+                    }
+                    Err(why) => {
+                        let e = ProxyError::BadRequest(why);
+                        let (resp, reason) = e.to_response(grpc);
+                        return rec.respond(resp, e.classify().0.as_u16(), Some(reason));
+                    }
+                }
+            }
+            if let Decision::Deny { policy: by } =
                 policy.authorize(AuthzRequest { peer, http: Some((req.uri().path(), req.method().as_str())) })
-        {
-            self.denied(peer);
-            let e = ProxyError::Unauthorized {
-                service: self.service.to_string(),
-                peer: peer.map_or_else(|| "an unauthenticated (plaintext) caller".to_owned(), |p| p.to_string()),
-                policy: by,
-            };
-            let (resp, reason) = e.to_response(grpc);
-            return rec.respond(resp, e.classify().0.as_u16(), Some(reason));
+            {
+                self.denied(peer);
+                let e = ProxyError::Unauthorized {
+                    service: self.service.to_string(),
+                    peer: peer.map_or_else(|| "an unauthenticated (plaintext) caller".to_owned(), |p| p.to_string()),
+                    policy: by,
+                };
+                let (resp, reason) = e.to_response(grpc);
+                return rec.respond(resp, e.classify().0.as_u16(), Some(reason));
+            }
         }
         rec.request_id = Some(headers::ensure_request_id(req.headers_mut()));
         let authority = forward::authority_of(&req);
@@ -294,14 +368,11 @@ impl Inbound {
         // The app learns the caller's verified identity as Envoy and Istio tell it; a value the
         // caller sent itself is never passed on.
         req.headers_mut().remove(&XFCC);
-        if let Some(peer) = peer
-            && let Some(mesh) = self.mesh.load().as_ref()
-            && let Ok(v) = http::HeaderValue::from_str(&format!("By={};URI={peer}", mesh.identity()))
-        {
-            req.headers_mut().insert(XFCC.clone(), v);
+        if let Some(v) = xfcc {
+            req.headers_mut().insert(XFCC.clone(), v.clone());
         }
         // From a peer proxy, the app's own HTTP version travels in the orig-proto header.
-        let orig = req.headers_mut().remove(&forward::ORIG_PROTO);
+        let orig = req.headers_mut().remove(&forward::ORIG_PROTO).filter(|_| peer.is_some());
         let proto = match orig {
             Some(v) if v.as_bytes().starts_with(b"HTTP/1") => UpstreamProtocol::Http1,
             _ if req.version() == Version::HTTP_2 => UpstreamProtocol::Http2,

@@ -146,16 +146,18 @@ impl Mesh {
 /// Gets the first certificate: the trust bundle and trust domain from the CA, then a
 /// certificate for `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 pub async fn bootstrap(config: &IdentityConfig) -> Result<(Arc<Mesh>, HttpIssuer), MeshError> {
-    let token = std::fs::read_to_string(&config.token_file)
-        .map_err(|source| MeshError::Token { path: config.token_file.clone(), source })?
-        .trim()
-        .to_owned();
     let client = CaClient::new(config.ca.clone(), config.ca_root.as_deref())?;
+    if client.is_plaintext() && !config.ca.host().is_some_and(is_loopback) {
+        tracing::warn!(
+            ca = %config.ca,
+            "the CA address is plain http and not loopback: the join token and the trust bundle travel in clear; use https with --ca-root"
+        );
+    }
     let (trust_domain, roots) = client.bundle().await?;
     let identity = Identity::workload(&trust_domain, &config.namespace, &config.service_account)?;
     let bundle = TrustBundle::from_pem(roots.iter().map(String::as_str))?;
     let certs = Arc::new(CertStore::new(identity, bundle));
-    let issuer = HttpIssuer { client, token, certs: certs.clone() };
+    let issuer = HttpIssuer { client, token_file: config.token_file.clone(), certs: certs.clone() };
     tls::rotate::renew(&certs, &issuer).await?;
     Ok((Arc::new(Mesh::new(certs)?), issuer))
 }
@@ -184,8 +186,19 @@ pub async fn bootstrap_retrying(config: &IdentityConfig) -> (Arc<Mesh>, HttpIssu
 #[derive(Debug)]
 pub struct HttpIssuer {
     client: CaClient,
-    token: String,
+    /// Read at each use, so a replaced token file is picked up.
+    token_file: PathBuf,
     certs: Arc<CertStore>,
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| TlsError::Issue(format!("cannot read the identity token {}: {e}", path.display())))
 }
 
 impl tls::rotate::CertIssuer for HttpIssuer {
@@ -197,7 +210,7 @@ impl tls::rotate::CertIssuer for HttpIssuer {
         let proof = self.certs.renewal_proof(der.as_ref());
         let issued = match proof {
             Some((chain, signature)) => self.client.renew(&csr_pem, &chain, &signature).await,
-            None => self.client.issue(&csr_pem, &self.token).await,
+            None => self.client.issue(&csr_pem, &read_token(&self.token_file)?).await,
         }
         .map_err(|e| TlsError::Issue(e.to_string()))?;
         if !issued.trust_bundle.is_empty() {

@@ -70,6 +70,12 @@ async fn two_sidecars_talk_mtls_over_h2_while_the_apps_speak_http1() {
         Some(format!("By={};URI={}", identity("reviews"), identity("frontend")).as_str())
     );
 
+    // An HTTP/2 caller of this `http` service: its app still gets HTTP/1.1 (the declared protocol).
+    let h2 = outrider_tests::client::h2(caller.app.as_ref().unwrap().addrs.outbound);
+    outrider_tests::client::send(&h2, outrider_tests::client::get("http://reviews:9080/h2")).await.assert_status(200);
+    assert_eq!(app.last().path, "/h2");
+    assert_eq!(app.last().version, http::Version::HTTP_11, "the app gets its declared protocol");
+
     // Many requests share the one multiplexed mTLS connection.
     for i in 0..20 {
         caller.get(&format!("http://reviews:9080/n/{i}")).await.assert_status(200);
@@ -129,6 +135,28 @@ async fn strict_mode_and_authorization_policies() {
     let admin = frontend.get("http://reviews:9080/admin/users").await;
     admin.assert_status(403);
     assert!(admin.text().contains("reviews-no-admin"), "{}", admin.text());
+    // The deny rule holds for spellings of the same path the app would also serve as /admin/….
+    assert_eq!(app.request_count(), served, "denied requests never reach the app");
+    for sneaky in ["//admin/users", "/./admin/users", "/pub/../admin/users", "/%61dmin/users"] {
+        let r = frontend.get(&format!("http://reviews:9080{sneaky}")).await;
+        assert_eq!(r.status, 403, "{sneaky}: {}", r.text());
+    }
+    let r = frontend.get("http://reviews:9080/pub/..%2Fadmin").await;
+    assert_eq!(r.status, 400, "an encoded slash is refused: {}", r.text());
+    // The normalized path is what the app receives.
+    frontend.get("http://reviews:9080//ok/./x").await.assert_status(200);
+    assert_eq!(app.last().path, "/ok/x");
+    let served = app.request_count();
+    // Opaque TCP to an HTTP service would bypass per-request rules: refused.
+    let tcp = mesh::mesh_client(&cp, "frontend", "reviews", outrider_proxy::tls::ALPN_OUTRIDER_TCP).await;
+    let mut tls = mesh::tls_connect(tcp, server.inbound).await.expect("handshake");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = tls.write_all(b"GET /admin/users HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "nothing comes back: {}", String::from_utf8_lossy(&rest));
+    }
     assert_eq!(app.request_count(), served, "denied requests never reach the app");
     let m = server.metrics().await;
     let ratings_id = identity("ratings");
@@ -589,4 +617,42 @@ async fn https_token(api: std::net::SocketAddr, root: &std::path::Path) -> Strin
 
 async fn https_apply(api: std::net::SocketAddr, root: &std::path::Path, yaml: &str) {
     https_call(api, root, "PUT", "/v1/policies", yaml.to_owned()).await;
+}
+
+/// A sidecar whose certificate cannot be issued (the CA is unreachable) is not ready and
+/// refuses inbound connections instead of serving them without its policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_fails_closed_until_the_certificate_is_issued() {
+    let dir = TempDir::new("mtls-closed");
+    let cp = mesh::control_plane(dir.path(), DAY);
+    cp.apply(&reviews("")).await;
+    let app = upstream::http1().start().await;
+    let token = dir.write("token", &join_token(&cp, "reviews").await);
+    let mut config = outrider_proxy::config::ProxyConfig::local("unready");
+    config.xds = Some(outrider_proxy::source::xds::XdsConfig {
+        address: cp.xds_url(),
+        protocol: outrider_proxy::source::xds::Protocol::Delta,
+        advertise: None,
+        labels: Default::default(),
+    });
+    config.service = Some("reviews".into());
+    config.app_port = Some(app.addr.port());
+    config.identity = Some(outrider_proxy::mesh::IdentityConfig {
+        ca: format!("http://{}", outrider_tests::upstream::closed_port()).parse().unwrap(),
+        token_file: token,
+        namespace: "default".into(),
+        service_account: "reviews".into(),
+        ca_root: None,
+    });
+    let proxy =
+        outrider_proxy::app::App::build(config, outrider_proxy::telemetry::log::LogHandle::disabled()).await.unwrap();
+    let admin = outrider_tests::client::http1(proxy.addrs.admin);
+    let ready = outrider_tests::client::send(&admin, outrider_tests::client::get("http://admin/ready")).await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.text().contains("waiting for the workload certificate"), "{}", ready.text());
+    let raw = outrider_tests::client::http1(proxy.addrs.inbound);
+    let r = raw.request(outrider_tests::client::get("http://reviews/x")).await;
+    assert!(r.is_err(), "the inbound connection is closed");
+    assert_eq!(app.request_count(), 0);
+    proxy.shutdown().await;
 }

@@ -119,6 +119,10 @@ pub async fn connect_mesh(
     }
 }
 
+/// A shared HTTP/2 connection, when it was last used, and (mTLS) the peer identity it was
+/// verified for: a connection is reused only for the same expected identity.
+type H2Slot = Mutex<Option<(http2::SendRequest<Body>, Instant, Option<crate::tls::Identity>)>>;
+
 /// A plaintext or mutual-TLS upstream connection; reads and writes go to whichever it is.
 pub enum Either {
     Plain(TcpStream),
@@ -187,9 +191,9 @@ pub struct EndpointPool {
     /// Idle HTTP/1.1 connections and when each was last used.
     h1: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
     /// The shared HTTP/2 connection and when it was last used.
-    h2: Mutex<Option<(http2::SendRequest<Body>, Instant)>>,
+    h2: H2Slot,
     /// The shared mTLS HTTP/2 connection to the endpoint's proxy (meshed endpoints).
-    mesh: Mutex<Option<(http2::SendRequest<Body>, Instant)>>,
+    mesh: H2Slot,
 }
 
 impl EndpointPool {
@@ -204,9 +208,7 @@ impl EndpointPool {
     /// Idle HTTP/1.1 connections and whether an HTTP/2 connection is open.
     pub fn stats(&self) -> (usize, bool) {
         let idle = self.h1.lock().len();
-        let open = |slot: &Mutex<Option<(http2::SendRequest<Body>, Instant)>>| {
-            slot.lock().as_ref().is_some_and(|(s, _)| !s.is_closed())
-        };
+        let open = |slot: &H2Slot| slot.lock().as_ref().is_some_and(|(s, _, _)| !s.is_closed());
         (idle, open(&self.h2) || open(&self.mesh))
     }
 
@@ -255,7 +257,9 @@ impl EndpointPool {
     ) -> Result<Response<Body>, UpstreamError> {
         // A pooled connection may have been closed by the server a moment ago. If the
         // request was not written, hyper hands it back and we use a fresh connection.
-        while let Some(mut sender) = self.idle_h1(cfg.idle_timeout) {
+        // To a meshed endpoint (upgrades only) always a new mTLS connection: the pool holds
+        // plaintext ones.
+        while let Some(mut sender) = if cfg.mesh.is_some() { None } else { self.idle_h1(cfg.idle_timeout) } {
             if !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
             }
@@ -271,7 +275,12 @@ impl EndpointPool {
         let mut sender = self.connect_h1(cfg).await?;
         let connect = started.elapsed();
         let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
-        let mut resp = self.after_h1(sender, resp);
+        let mut resp = if cfg.mesh.is_some() {
+            // Not pooled: closes when the response (or the upgrade) is done.
+            resp.map(Body::Incoming)
+        } else {
+            self.after_h1(sender, resp)
+        };
         resp.extensions_mut().insert(ConnectTime(connect));
         Ok(resp)
     }
@@ -318,10 +327,15 @@ impl EndpointPool {
 
     async fn send_h2(&self, req: Request<Body>, cfg: &ConnectConfig) -> Result<Response<Incoming>, UpstreamError> {
         let slot = if cfg.mesh.is_some() { &self.mesh } else { &self.h2 };
+        let expected = cfg.mesh.as_ref().map(|m| &m.identity);
         let existing = {
             let mut h2 = slot.lock();
             match h2.as_mut() {
-                Some((s, at)) if !s.is_closed() && cfg.idle_timeout.is_none_or(|t| at.elapsed() <= t) => {
+                Some((s, at, id))
+                    if !s.is_closed()
+                        && id.as_ref() == expected
+                        && cfg.idle_timeout.is_none_or(|t| at.elapsed() <= t) =>
+                {
                     *at = Instant::now();
                     Some(s.clone())
                 }
@@ -335,7 +349,7 @@ impl EndpointPool {
                 let started = Instant::now();
                 let s = self.connect_h2(cfg).await?;
                 connect = Some(started.elapsed());
-                *slot.lock() = Some((s.clone(), Instant::now()));
+                *slot.lock() = Some((s.clone(), Instant::now(), expected.cloned()));
                 s
             }
         };

@@ -40,7 +40,9 @@ pub async fn forward(
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // To a meshed endpoint every request but an upgrade rides the multiplexed mTLS HTTP/2
     // connection; the peer proxy restores HTTP/1.x for its app from the orig-proto header.
-    let orig_proto = (cfg.mesh.is_some() && !upgrade && req.version() != Version::HTTP_2).then(|| req.version());
+    // The peer proxy speaks to its app in the service's declared protocol: HTTP/1.x for `http`
+    // services (whatever the caller used), HTTP/2 otherwise — as the plaintext path does.
+    let orig_proto = (cfg.mesh.is_some() && !upgrade && proto == UpstreamProtocol::Http1).then(|| req.version());
     let proto = if upgrade {
         UpstreamProtocol::Http1
     } else if cfg.mesh.is_some() {
@@ -54,6 +56,8 @@ pub async fn forward(
     // The proxy answers `Expect: 100-continue` itself once it starts reading the body.
     parts.headers.remove(header::EXPECT);
     headers::append_forwarded_for(&mut parts.headers, client.ip());
+    // Only this proxy sets it, for the hop to a peer proxy.
+    parts.headers.remove(&ORIG_PROTO);
     if let Some(version) = orig_proto {
         let value = if version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
         parts.headers.insert(ORIG_PROTO.clone(), HeaderValue::from_static(value));

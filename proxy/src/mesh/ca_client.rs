@@ -86,6 +86,11 @@ impl CaClient {
         Ok(Self { base, tls })
     }
 
+    /// Whether requests go in clear (`http://`).
+    pub fn is_plaintext(&self) -> bool {
+        self.tls.is_none()
+    }
+
     /// Trust domain and roots.
     pub async fn bundle(&self) -> Result<(String, Vec<String>), MeshError> {
         let body = self.call(Method::GET, "/v1/ca/bundle", None, None).await?;

@@ -26,6 +26,10 @@ pub fn server_config(store: Arc<CertStore>, mode: Mode) -> Result<Arc<ServerConf
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Resolver { store }));
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    // No resumption: a resumed session would skip verifying the peer's certificate again, so an
+    // expired one (or one from a root since removed) could keep opening connections.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -52,6 +56,7 @@ pub fn client_config_alpn(
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(Resolver { store }));
     config.alpn_protocols = vec![alpn.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

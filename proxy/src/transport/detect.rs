@@ -74,35 +74,86 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> std::io::Result<De
 /// Largest TLS record (RFC 8446 §5.1) plus its header: a ClientHello in one record fits.
 const TLS_RECORD_MAX: usize = 5 + (1 << 14);
 
-/// Whether the connection starts with a TLS ClientHello offering an Outrider ALPN id, i.e.
-/// another proxy of the mesh. Peeks (consumes nothing) until the first record is complete,
-/// the bytes are not a handshake record, or `timeout` passes (then: no).
-pub async fn mesh_client_hello(stream: &TcpStream, timeout: Duration) -> std::io::Result<bool> {
-    let mut buf = vec![0u8; TLS_RECORD_MAX];
+/// What the first bytes of an inbound connection are, as far as mutual TLS cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstBytes {
+    /// A TLS ClientHello offering an Outrider ALPN id: another proxy of the mesh.
+    MeshHello,
+    /// Anything else that arrived (plaintext, or TLS the application terminates itself).
+    Other,
+    /// Nothing within the timeout: a server-first protocol (the caller waits for a greeting).
+    Silent,
+    /// The peer closed before sending anything.
+    Closed,
+}
+
+/// Peeks (consumes nothing) at the start of a connection: first the 5-byte record header (no
+/// allocation for plaintext), then, for a TLS handshake record, the whole record, waiting with a
+/// growing pause (1 ms doubling to 32 ms) while the peer is slow, until `timeout`.
+pub async fn mesh_client_hello(stream: &TcpStream, timeout: Duration) -> std::io::Result<FirstBytes> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut head = [0u8; 5];
+    let mut pause = Duration::from_millis(1);
     let mut last = 0;
+    // The record header.
+    let record_len = loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut head)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(if last == 0 { FirstBytes::Silent } else { FirstBytes::Other }),
+        };
+        if n == 0 {
+            return Ok(FirstBytes::Closed);
+        }
+        match client_hello_alpn(&head[..n]) {
+            Hello::NotTls => return Ok(FirstBytes::Other),
+            Hello::Alpn(_) => return Ok(FirstBytes::Other),
+            Hello::Partial if n == head.len() => break usize::from(u16::from_be_bytes([head[3], head[4]])),
+            Hello::Partial => {}
+        }
+        if !wait_for_more(stream, n, &mut last, &mut pause, deadline).await {
+            return Ok(FirstBytes::Other);
+        }
+    };
+    // The whole first record (at most 16 KiB + 5, as TLS allows).
+    let mut buf = vec![0u8; (5 + record_len).min(TLS_RECORD_MAX)];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(r) => r?,
-            Err(_) => return Ok(false),
+            Err(_) => return Ok(FirstBytes::Other),
         };
-        if n == 0 {
-            return Ok(false);
-        }
         match client_hello_alpn(&buf[..n]) {
-            Hello::NotTls => return Ok(false),
-            Hello::Alpn(offers) => return Ok(offers.iter().any(|p| crate::tls::ALPN_PROTOCOLS.contains(p))),
-            Hello::Partial if n == buf.len() => return Ok(false),
+            Hello::Alpn(offers) if offers.iter().any(|p| crate::tls::ALPN_PROTOCOLS.contains(p)) => {
+                return Ok(FirstBytes::MeshHello);
+            }
+            Hello::Alpn(_) | Hello::NotTls => return Ok(FirstBytes::Other),
+            Hello::Partial if n == buf.len() => return Ok(FirstBytes::Other),
             Hello::Partial => {}
         }
-        if n == last {
-            if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if !wait_for_more(stream, n, &mut last, &mut pause, deadline).await {
+            return Ok(FirstBytes::Other);
         }
-        last = n;
     }
+}
+
+/// After a peek of `n` bytes: when nothing new arrived since the last one, wait for the socket
+/// and then a growing pause (peek does not consume, so the socket stays readable). False when
+/// the deadline passed.
+async fn wait_for_more(
+    stream: &TcpStream,
+    n: usize,
+    last: &mut usize,
+    pause: &mut Duration,
+    deadline: tokio::time::Instant,
+) -> bool {
+    if n == *last {
+        if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
+            return false;
+        }
+        tokio::time::sleep(*pause).await;
+        *pause = (*pause * 2).min(Duration::from_millis(32));
+    }
+    *last = n;
+    tokio::time::Instant::now() < deadline
 }
 
 /// What the first bytes of a connection say about TLS.
