@@ -148,16 +148,18 @@ impl App {
             mesh: mesh.clone(),
         });
         let inbound_service: Arc<str> = Arc::from(config.service.as_deref().unwrap_or("inbound"));
-        let inbound = Arc::new(Inbound::new(
-            recorder,
-            server,
-            config.app_port,
-            inbound_service,
-            config.socket_mark,
-            store.clone(),
-            mesh.clone(),
-            config.identity.is_some(),
-        ));
+        let inbound = Arc::new(
+            Inbound::new(
+                recorder,
+                server,
+                config.app_port,
+                inbound_service,
+                config.socket_mark,
+                store.clone(),
+                mesh.clone(),
+            )
+            .requiring_identity(config.identity.is_some()),
+        );
 
         let m = metrics.clone();
         tokio::spawn(accept_loop(outbound_l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {

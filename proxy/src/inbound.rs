@@ -66,9 +66,24 @@ impl Inbound {
         socket_mark: Option<u32>,
         store: Arc<Store>,
         mesh: MeshHandle,
-        needs_identity: bool,
     ) -> Self {
-        Self { recorder, server, app_port, service, socket_mark, store, mesh, needs_identity, pools: Mutex::default() }
+        Self {
+            recorder,
+            server,
+            app_port,
+            service,
+            socket_mark,
+            store,
+            mesh,
+            needs_identity: false,
+            pools: Mutex::default(),
+        }
+    }
+
+    /// With `--identity-token`: accept nothing before the certificate is installed.
+    pub fn requiring_identity(mut self, required: bool) -> Self {
+        self.needs_identity = required;
+        self
     }
 
     /// A Service's declared protocol wins over detection.
