@@ -384,6 +384,12 @@ fn read_dir(dir: &Path) -> Result<(Vec<Source>, u64), PolicyErrors> {
     Ok((sources, hash))
 }
 
+impl crate::tracker::ServiceNamespaces for Policies {
+    fn namespace_of(&self, service: &str) -> Option<String> {
+        self.current().services.get(service).map(|s| s.metadata.namespace.clone())
+    }
+}
+
 /// The canonical spelling of a kind in a URL (`services`, `service`, `Service` → `Service`).
 pub fn canonical_kind(kind: &str) -> Option<&'static str> {
     match kind.to_ascii_lowercase().as_str() {

@@ -261,7 +261,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         issuance: Issuance::new(ca.clone(), tokens.clone()),
         tokens: tokens.clone(),
     });
-    let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone());
+    let ads =
+        AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone()).with_service_namespaces(policies.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let p = policies.clone();
     let thread = std::thread::Builder::new()

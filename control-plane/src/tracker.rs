@@ -101,6 +101,7 @@ impl Tracker {
             registry: registry.clone(),
             registration: None,
             peer: None,
+            namespace_of: None,
         }
     }
 
@@ -123,7 +124,17 @@ pub struct StreamHandle {
     registration: Option<u64>,
     /// The identity of the client certificate, if the stream came over TLS with one.
     peer: Option<PeerIdentity>,
+    /// The namespace of a Service by name, to bind authenticated proxies to their namespace.
+    namespace_of: Option<NamespaceOf>,
 }
+
+/// Looks up the `metadata.namespace` of a Service by name.
+pub trait ServiceNamespaces: Send + Sync + std::fmt::Debug {
+    fn namespace_of(&self, service: &str) -> Option<String>;
+}
+
+/// Shared [`ServiceNamespaces`].
+pub type NamespaceOf = Arc<dyn ServiceNamespaces>;
 
 impl StreamHandle {
     fn with(&self, f: impl FnOnce(&mut ProxyStatus)) {
@@ -188,18 +199,44 @@ impl StreamHandle {
 
     /// Refuses a node that claims (node metadata `identity`) another identity than its client
     /// certificate's. Call before [`StreamHandle::identify`].
+    ///
+    /// An authenticated proxy may also only act for (get the inbound config of, and register
+    /// endpoints of) a Service of its own namespace: `spiffe://…/ns/shop/…` cannot claim a
+    /// Service whose `metadata.namespace` is `payments`.
     pub fn authorize(&self, node: &Node) -> Result<(), tonic::Status> {
-        let (Some(peer), Some(claimed)) = (&self.peer, metadata_string(node, "identity")) else {
+        let Some(peer) = &self.peer else {
             return Ok(());
         };
-        if claimed == peer.0.as_str() {
-            return Ok(());
+        if let Some(claimed) = metadata_string(node, "identity")
+            && claimed != peer.0.as_str()
+        {
+            tracing::warn!(node = %node.id, %claimed, certificate = %peer.0, "xDS stream refused: identity mismatch");
+            return Err(tonic::Status::permission_denied(format!(
+                "node {:?} claims identity {claimed} in its metadata, but its client certificate is for {}",
+                node.id, peer.0
+            )));
         }
-        tracing::warn!(node = %node.id, %claimed, certificate = %peer.0, "xDS stream refused: identity mismatch");
-        Err(tonic::Status::permission_denied(format!(
-            "node {:?} claims identity {claimed} in its metadata, but its client certificate is for {}",
-            node.id, peer.0
-        )))
+        let service = node_service(node);
+        if let Some(namespace_of) = &self.namespace_of
+            && !service.is_empty()
+            && let Some(namespace) = namespace_of.namespace_of(&service)
+        {
+            let own = peer.0.namespace_and_service_account().map(|(ns, _)| ns);
+            if own != Some(namespace.as_str()) {
+                tracing::warn!(node = %node.id, %service, %namespace, certificate = %peer.0, "xDS stream refused: service of another namespace");
+                return Err(tonic::Status::permission_denied(format!(
+                    "{} may not act as service {service:?}: the Service is in namespace {namespace:?}, the identity in {:?}",
+                    peer.0,
+                    own.unwrap_or("none")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds authenticated streams to the namespace of the Service they claim.
+    pub fn scoped(&mut self, namespace_of: Option<NamespaceOf>) {
+        self.namespace_of = namespace_of;
     }
 
     /// The proxy is leaving (it said it is draining, or closed its stream cleanly): its

@@ -77,6 +77,8 @@ pub struct AdsServer {
     metrics: Metrics,
     registry: Arc<Registry>,
     large_pushes: Arc<Semaphore>,
+    /// Binds authenticated proxies to the namespace of the Service they claim.
+    namespace_of: Option<crate::tracker::NamespaceOf>,
 }
 
 impl AdsServer {
@@ -86,7 +88,20 @@ impl AdsServer {
         metrics: Metrics,
         registry: Arc<Registry>,
     ) -> Self {
-        Self { snapshots, tracker, metrics, registry, large_pushes: Arc::new(Semaphore::new(LARGE_PUSHES)) }
+        Self {
+            snapshots,
+            tracker,
+            metrics,
+            registry,
+            large_pushes: Arc::new(Semaphore::new(LARGE_PUSHES)),
+            namespace_of: None,
+        }
+    }
+
+    /// Authenticated proxies (xDS over mTLS) may only claim Services of their own namespace.
+    pub fn with_service_namespaces(mut self, namespace_of: crate::tracker::NamespaceOf) -> Self {
+        self.namespace_of = Some(namespace_of);
+        self
     }
 
     /// Serve on `listener` until the task is dropped (HTTP/2 straight on hyper, with the two
@@ -139,12 +154,14 @@ impl AdsServer {
                 let requests = decode::<DiscoveryRequest>(req.into_body());
                 let mut handle = self.tracker.connect("sotw", &self.metrics, &self.registry);
                 handle.authenticated(identity);
+                handle.scoped(self.namespace_of.clone());
                 tokio::spawn(sotw::run(requests, pusher, self.snapshots.clone(), handle, self.metrics.clone()));
             }
             DELTA_PATH => {
                 let requests = decode::<DeltaDiscoveryRequest>(req.into_body());
                 let mut handle = self.tracker.connect("delta", &self.metrics, &self.registry);
                 handle.authenticated(identity);
+                handle.scoped(self.namespace_of.clone());
                 tokio::spawn(delta::run(requests, pusher, self.snapshots.clone(), handle, self.metrics.clone()));
             }
             other => {

@@ -48,6 +48,21 @@ async fn call(
     (reply.status, reply.json())
 }
 
+/// [`call`] with a text body (YAML policies).
+async fn call_text(
+    server: &str,
+    root: Option<&Path>,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value) {
+    let reply = api::send_with_root(server, root, method, path, bearer, Some(body.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    (reply.status, reply.json())
+}
+
 async fn post(server: &str, path: &str, bearer: Option<&str>, body: Value) -> (StatusCode, Value) {
     call(server, None, Method::POST, path, bearer, Some(body)).await
 }
@@ -326,17 +341,28 @@ impl tower::Service<http::Uri> for TlsConnect {
     }
 }
 
-fn node(id: &str, identity: &str) -> Node {
+fn node(id: &str, identity: &str, service: Option<&str>) -> Node {
     let value = PbValue { kind: Some(Kind::StringValue(identity.to_owned())) };
-    Node {
-        id: id.to_owned(),
-        metadata: Some(Struct { fields: [("identity".to_owned(), value)].into_iter().collect() }),
-        ..Default::default()
+    let mut fields: std::collections::BTreeMap<String, PbValue> =
+        [("identity".to_owned(), value)].into_iter().collect();
+    if let Some(s) = service {
+        fields.insert("service".to_owned(), PbValue { kind: Some(Kind::StringValue(s.to_owned())) });
     }
+    Node { id: id.to_owned(), metadata: Some(Struct { fields: fields.into_iter().collect() }), ..Default::default() }
 }
 
 /// Opens a SotW stream over TLS as `store`'s identity, claiming `claimed`; the first reply.
 async fn xds_first_reply(cp: &ControlPlane, store: Arc<CertStore>, claimed: &str) -> Result<(), tonic::Status> {
+    xds_first_reply_as(cp, store, claimed, None).await
+}
+
+/// [`xds_first_reply`] with node metadata `service`.
+async fn xds_first_reply_as(
+    cp: &ControlPlane,
+    store: Arc<CertStore>,
+    claimed: &str,
+    service: Option<&str>,
+) -> Result<(), tonic::Status> {
     let config = tls::client_config_alpn(store, Identity::parse(CONTROL_PLANE).unwrap(), b"h2").unwrap();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.xds))
         .unwrap()
@@ -346,7 +372,7 @@ async fn xds_first_reply(cp: &ControlPlane, store: Arc<CertStore>, claimed: &str
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(DiscoveryRequest {
-        node: Some(node("sidecar-checkout", claimed)),
+        node: Some(node("sidecar-checkout", claimed, service)),
         type_url: outrider_xds::resources::CLUSTER_TYPE_URL.to_owned(),
         ..Default::default()
     })
@@ -401,6 +427,15 @@ async fn with_tls_the_api_and_xds_are_served_over_tls_and_xds_knows_the_client_i
     let refused = xds_first_reply(&cp, store.clone(), ADMIN).await.expect_err("a mismatched claim is refused");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains(&format!("claims identity {ADMIN}")), "{refused:?}");
+    // An authenticated proxy may only act for a Service of its own namespace.
+    let yaml = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: payments, namespace: payments}\nspec: {port: 80}\n";
+    let (status, reply) = call_text(&https, Some(&root), Method::PUT, "/v1/policies", Some(TOKEN), yaml).await;
+    assert_eq!(status, 200, "{reply}");
+    let refused = xds_first_reply_as(&cp, store.clone(), CHECKOUT, Some("payments"))
+        .await
+        .expect_err("a Service of another namespace is refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("the Service is in namespace \"payments\""), "{refused:?}");
     // Without a client certificate xDS still works, unauthenticated.
     let anonymous = Arc::new(store_for(CHECKOUT, &bundle));
     xds_first_reply(&cp, anonymous, CHECKOUT).await.expect("client certificates are optional");
