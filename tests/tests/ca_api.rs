@@ -42,9 +42,19 @@ async fn call(
     bearer: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let reply = api::send_with_root(server, root, method, path, bearer, body.map(|b| b.to_string()))
-        .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    exchange(server, root, method, path, bearer, body.map(|b| b.to_string())).await
+}
+
+async fn exchange(
+    server: &str,
+    root: Option<&Path>,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<String>,
+) -> (StatusCode, Value) {
+    let reply =
+        api::send_with_root(server, root, method, path, bearer, body).await.unwrap_or_else(|e| panic!("{path}: {e}"));
     (reply.status, reply.json())
 }
 
@@ -57,10 +67,7 @@ async fn call_text(
     bearer: Option<&str>,
     body: &str,
 ) -> (StatusCode, Value) {
-    let reply = api::send_with_root(server, root, method, path, bearer, Some(body.to_owned()))
-        .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    (reply.status, reply.json())
+    exchange(server, root, method, path, bearer, Some(body.to_owned())).await
 }
 
 async fn post(server: &str, path: &str, bearer: Option<&str>, body: Value) -> (StatusCode, Value) {

@@ -71,22 +71,27 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn iptables_interception_in_a_namespace() {
+/// A fresh namespace, or `None` after saying why the test is skipped (not root, no `ip`, ...).
+fn namespace_or_skip() -> Option<Netns> {
     if let Some(why) = unsupported() {
         outrider_tests::skip(&format!("skipping: needs root, ip and iptables ({why})"));
-        return;
+        return None;
     }
-    // Declared first so it is dropped last, after every process inside it is killed.
-    let ns = match Netns::create() {
-        Ok(ns) => ns,
+    match Netns::create() {
+        Ok(ns) => Some(ns),
         Err(e) => {
             outrider_tests::skip(&format!(
                 "skipping: needs root, ip and iptables (cannot create a network namespace: {e})"
             ));
-            return;
+            None
         }
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_interception_in_a_namespace() {
+    // Declared first so it is dropped last, after every process inside it is killed.
+    let Some(ns) = namespace_or_skip() else { return };
     let dir = TempDir::new("outrider-netns");
     let page = "hello from the python server in the namespace\n";
     std::fs::write(dir.path().join("hello.txt"), page).unwrap();
@@ -159,19 +164,7 @@ const API_TOKEN: &str = "netns-test-token";
 /// plus `--identity-token`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intercepted_tcp_reaches_a_strict_meshed_endpoint_over_mtls() {
-    if let Some(why) = unsupported() {
-        outrider_tests::skip(&format!("skipping: needs root, ip and iptables ({why})"));
-        return;
-    }
-    let ns = match Netns::create() {
-        Ok(ns) => ns,
-        Err(e) => {
-            outrider_tests::skip(&format!(
-                "skipping: needs root, ip and iptables (cannot create a network namespace: {e})"
-            ));
-            return;
-        }
-    };
+    let Some(ns) = namespace_or_skip() else { return };
     let dir = TempDir::new("outrider-netns-mtls");
     let mut echo = ns.python();
     echo.args(["-c", ECHO_SERVER, ECHO_PORT, TRAILER]);

@@ -122,6 +122,7 @@ impl CaClient {
         MeshError::Ca { ca: self.base.to_string(), reason }
     }
 
+    /// One request, answered within [`CALL_TIMEOUT`].
     async fn call(
         &self,
         method: Method,
@@ -129,13 +130,12 @@ impl CaClient {
         body: Option<String>,
         token: Option<&str>,
     ) -> Result<Bytes, MeshError> {
-        match tokio::time::timeout(CALL_TIMEOUT, self.call_inner(method, path, body, token)).await {
-            Ok(r) => r,
-            Err(_) => Err(self.fail(format!("{path}: no answer within {CALL_TIMEOUT:?}"))),
-        }
+        tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, body, token))
+            .await
+            .unwrap_or_else(|_| Err(self.fail(format!("{path}: no answer within {CALL_TIMEOUT:?}"))))
     }
 
-    async fn call_inner(
+    async fn exchange(
         &self,
         method: Method,
         path: &str,
