@@ -18,4 +18,6 @@ async fn demo_runs_its_scenario_and_prints_a_summary() {
     assert!(stdout.contains("v2 broken"), "the scenario breaks v2:\n{stdout}");
     assert!(stdout.contains("canary promoted"), "the scenario shifts the canary:\n{stdout}");
     assert!(stdout.contains("outrider status"), "it says how to look further:\n{stdout}");
+    let mtls = stdout.lines().find(|l| l.starts_with("mTLS: ")).expect("an mTLS line");
+    assert!(!mtls.contains("accepted 0 "), "the sidecars talked mutual TLS: {mtls}");
 }
