@@ -325,6 +325,9 @@ trait AdsStream: Send {
     fn type_urls(&self) -> Vec<String>;
     fn pusher(&mut self) -> &mut Pusher;
     fn handle(&mut self) -> &mut StreamHandle;
+    /// The node a request carries (the first one identifies the proxy).
+    fn node(request: &Self::Request) -> Option<&Node>;
+    fn peer_and_handle(&mut self) -> (&mut Peer, &mut StreamHandle);
     fn on_request(
         &mut self,
         request: Self::Request,
@@ -361,6 +364,13 @@ async fn drive<S: AdsStream>(
                         break;
                     }
                 };
+                // Identify (and authorize) the proxy before anything it asks for.
+                let (peer, handle) = stream.peer_and_handle();
+                if let Err(status) = peer.on_node(S::node(&request), handle) {
+                    stream.pusher().fail(&status);
+                    break;
+                }
+                stream.handle().seen();
                 let snapshot = snapshots.borrow_and_update().clone();
                 if stream.on_request(request, &snapshot).await.is_err() {
                     break;

@@ -71,6 +71,35 @@ pub fn has(text: &str, name: &str) -> bool {
     })
 }
 
+/// `promtool check metrics` on `text`; false (after saying so) when promtool is not installed.
+pub async fn promtool_check(what: &str, text: &str) -> bool {
+    let mut child = match tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::skip("skipping the promtool check: promtool is not installed (CI installs it)");
+            return false;
+        }
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    let mut stdin = child.stdin.take().expect("promtool's stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, text.as_bytes()).await.expect("writing to promtool");
+    drop(stdin);
+    let out = crate::wait::within("promtool", child.wait_with_output()).await.expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed for {what}:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

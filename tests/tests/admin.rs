@@ -2,13 +2,10 @@
 //! Prometheus exposition that `promtool` accepts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
-
 use outrider_tests::policy::{cluster_name, docs, service};
 use outrider_tests::upstream::{self, Upstream};
 use outrider_tests::{ProxyHarness, client, eventually, prom};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
 async fn setup() -> (Upstream, Upstream, ProxyHarness) {
     let v1 = upstream::http1().name("v1").start().await;
@@ -124,28 +121,5 @@ async fn metrics_pass_promtool_and_name_the_families() {
     assert!(prom::sum(&text, "outrider_requests_total", &[("code", "404")]) >= 1.0, "{text}");
     assert!(prom::sum(&text, "outrider_xds_updates_total", &[("result", "accepted")]) >= 1.0, "{text}");
 
-    let mut child = match tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            outrider_tests::skip("skipping the promtool check: promtool is not installed (CI installs it)");
-            return;
-        }
-        Err(e) => panic!("cannot run promtool: {e}"),
-    };
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(text.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = outrider_tests::wait::within("promtool", child.wait_with_output()).await.unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    outrider_tests::prom::promtool_check("the proxy", &text).await;
 }

@@ -12,10 +12,9 @@ use futures_util::StreamExt;
 use outrider_tests::harness::TempDir;
 use outrider_tests::policy::{docs, service};
 use outrider_tests::upstream::{self, Switch};
-use outrider_tests::wait::{wait_for, within};
+use outrider_tests::wait::wait_for;
 use outrider_tests::{ProxyHarness, client, prom};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
 fn repo_file(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
@@ -90,34 +89,6 @@ async fn a_flood_of_distinct_paths_and_hosts_does_not_grow_the_series() {
     assert_eq!(prom::sum(&text, "outrider_requests_total", &[("code", "404")]), 1001.0);
 }
 
-async fn promtool_check(what: &str, text: &str) -> bool {
-    let mut child = match tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            outrider_tests::skip("skipping the promtool check: promtool is not installed (CI installs it)");
-            return false;
-        }
-        Err(e) => panic!("cannot run promtool: {e}"),
-    };
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(text.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = within("promtool", child.wait_with_output()).await.unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed for {what}:\n{}{}\n--- exposition ---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    true
-}
-
 /// The families the busy proxy has series in (the rest of `Metrics::FAMILIES`
 /// needs intercepted TCP or exhausted budgets).
 const EXERCISED: &[&str] = &[
@@ -146,7 +117,7 @@ async fn proxy_and_control_plane_metrics_pass_promtool() {
         assert!(prom::samples(&text).iter().any(|s| s.name == *name), "{name} is exported:\n{text}");
     }
     assert!(prom::sum(&text, "outrider_retries_total", &[("service", "flaky")]) >= 1.0, "{text}");
-    if !promtool_check("the proxy", &text).await {
+    if !prom::promtool_check("the proxy", &text).await {
         return;
     }
 
@@ -154,7 +125,7 @@ async fn proxy_and_control_plane_metrics_pass_promtool() {
     let cp = outrider_tests::control_plane::ControlPlane::start(data.path());
     let cp_text = cp.metrics().await;
     assert!(cp_text.contains("outrider_"), "the control plane exports its families:\n{cp_text}");
-    promtool_check("the control plane", &cp_text).await;
+    prom::promtool_check("the control plane", &cp_text).await;
 }
 
 fn free_port() -> u16 {

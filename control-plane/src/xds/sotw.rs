@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -64,6 +65,14 @@ impl super::AdsStream for Stream {
         &mut self.handle
     }
 
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn peer_and_handle(&mut self) -> (&mut Peer, &mut StreamHandle) {
+        (&mut self.peer, &mut self.handle)
+    }
+
     fn on_request(
         &mut self,
         request: DiscoveryRequest,
@@ -84,11 +93,6 @@ impl super::AdsStream for Stream {
 
 impl Stream {
     async fn request(&mut self, request: DiscoveryRequest, snapshot: &Snapshot) -> Result<(), ()> {
-        if let Err(status) = self.peer.on_node(request.node.as_ref(), &mut self.handle) {
-            self.pusher.fail(&status);
-            return Err(());
-        }
-        self.handle.seen();
         let type_url = request.type_url;
         if type_url.is_empty() {
             return Ok(());
