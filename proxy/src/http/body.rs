@@ -81,6 +81,9 @@ pub enum BodyError {
     Hyper(#[from] hyper::Error),
     #[error("no data for {0:?} (stream idle timeout)")]
     Idle(std::time::Duration),
+    /// This try's request body was handed to a retry; this try is abandoned.
+    #[error("the request body was handed to a retry")]
+    Superseded,
 }
 
 /// Fails the stream when the peer sends nothing for `timeout` (DESIGN: idle

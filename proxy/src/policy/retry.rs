@@ -16,10 +16,12 @@ use http_body::Body as _;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use super::breaker::GaugeGuard;
 use super::config::{RetryOn, RetryPolicy};
 use super::outcome::{Outcome, grpc};
-use super::replay::{DEFAULT_CAP, ReplayBody};
+use super::replay::{DEFAULT_CAP, NotReplayable, Replay};
 use crate::http::Body;
+use crate::http::headers::X_REQUEST_ID;
 use crate::outbound::stack::{Answered, Upstream};
 use crate::rescue::ProxyError;
 use crate::state::Cluster;
@@ -148,17 +150,35 @@ fn retry_after(res: &Result<Answered, ProxyError>) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-/// A request body as retries see it.
-enum Replayable {
+/// The request's body as the tries see it.
+enum Source {
+    /// No body: every try sends none.
     Empty,
-    Body(ReplayBody),
+    /// Kept for replay while it stays under the cap.
+    Replay(Replay),
+    /// Announced (`Content-Length`) as larger than the cap: streamed by the
+    /// first try, never kept.
+    Once,
 }
 
-impl Replayable {
-    fn try_clone(&self) -> Option<Replayable> {
+impl Source {
+    /// Could a next try send the whole body? (Does not take it from the try
+    /// that may still be streaming it.)
+    fn check(&self) -> Result<(), NotReplayable> {
         match self {
-            Replayable::Empty => Some(Replayable::Empty),
-            Replayable::Body(b) => b.try_clone().map(Replayable::Body),
+            Source::Empty => Ok(()),
+            Source::Replay(r) => r.check(),
+            Source::Once => Err(NotReplayable::TooLarge),
+        }
+    }
+
+    /// The whole body for the next try, which from now on is the only one
+    /// reading it.
+    fn next_try(&self) -> Result<Body, NotReplayable> {
+        match self {
+            Source::Empty => Ok(Body::Empty),
+            Source::Replay(r) => r.next_try().map(Body::Replay),
+            Source::Once => Err(NotReplayable::TooLarge),
         }
     }
 }
@@ -171,11 +191,7 @@ struct Template {
 }
 
 impl Template {
-    fn request(&self, body: Replayable) -> Request<Body> {
-        let body = match body {
-            Replayable::Empty => Body::Empty,
-            Replayable::Body(b) => Body::Replay(b),
-        };
+    fn request(&self, body: Body) -> Request<Body> {
         let mut r = Request::new(body);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
@@ -183,6 +199,25 @@ impl Template {
         *r.headers_mut() = self.headers.clone();
         r
     }
+}
+
+/// Count and log a retry the policy called for but the proxy does not make.
+fn skipped(layer: &RetryLayer, template: &Template, attempt: u32, reason: &'static str) {
+    let service = &layer.cluster.service;
+    layer.metrics.retries_skipped.get_or_create(&ServiceReasonLabels { service: service.clone(), reason }).inc();
+    let request_id = template.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+    tracing::info!(
+        service = &**service,
+        request_id,
+        attempt,
+        retry_skipped = reason,
+        "not retrying: {}",
+        match reason {
+            "body-too-large" => "the request body is larger than the 64 KiB replay buffer",
+            "body-error" => "the caller's request body failed",
+            _ => "the request's timeout would pass during the backoff",
+        }
+    );
 }
 
 async fn run<S>(layer: RetryLayer, inner: S, mut up: Upstream) -> Result<Answered, ProxyError>
@@ -195,28 +230,36 @@ where
     let budget_cfg = cluster.policy.budget.unwrap_or_default();
     cluster.state.budget.deposit(&budget_cfg);
 
+    if crate::http::headers::is_upgrade(up.req.headers()) {
+        // Cannot be replayed: one attempt, as if there were no retry policy.
+        return one_try(inner, up, policy.per_try_timeout).await;
+    }
     let too_big = up
         .req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .is_some_and(|n| n > DEFAULT_CAP as u64);
-    let upgrade = crate::http::headers::is_upgrade(up.req.headers());
-    if too_big || upgrade {
-        // Cannot be replayed: one attempt, as if there were no retry policy.
-        return one_try(inner, up, policy.per_try_timeout).await;
-    }
     let idempotent = is_idempotent(up.req.method());
     let is_grpc = crate::rescue::is_grpc(&up.req);
     let (parts, body) = std::mem::take(&mut up.req).into_parts();
     let template = Template { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers };
-    // No body (most retried requests): nothing to keep a copy of.
-    let mut body =
-        if body.is_end_stream() { Replayable::Empty } else { Replayable::Body(ReplayBody::new(body, DEFAULT_CAP)) };
+    // No body (most retried requests): nothing to keep a copy of. Announced as
+    // too big: streamed as it is, without a copy.
+    let (source, mut body) = if body.is_end_stream() {
+        (Source::Empty, Body::Empty)
+    } else if too_big {
+        (Source::Once, body)
+    } else {
+        let (replay, first) = Replay::new(body, DEFAULT_CAP);
+        (Source::Replay(replay), Body::Replay(first))
+    };
 
     let mut attempt = 1u32;
+    // Held from the decision to retry until that retry is answered
+    // (`maxRetries` bounds retries waiting in backoff or in flight).
+    let mut retry_slot: Option<GaugeGuard> = None;
     loop {
-        let next_body = body.try_clone();
         // Tracing on: each try is a child span of the request's, and the upstream
         // hears this try's span as its parent.
         let span = up.trace.as_ref().map(|t| AttemptSpan {
@@ -237,6 +280,8 @@ where
         this.req.extensions_mut().clear();
         let tried_before = this.tried.clone();
         let res = one_try(inner.clone(), this, policy.per_try_timeout).await;
+        // This try, if it was a retry, is answered.
+        drop(retry_slot.take());
         if let Some(s) = span {
             s.end(&res);
         }
@@ -247,17 +292,23 @@ where
         if !retriable(policy, outcome, idempotent, is_grpc) {
             return res;
         }
-        let Some(replay) = next_body else { return res };
+        // A try may still be streaming the body: whether it outgrew the cap is
+        // checked now, and again when the retry takes the body over.
+        if let Err(why) = source.check() {
+            skipped(&layer, &template, attempt, why.reason());
+            return res;
+        }
         let delay = match retry_after(&res) {
             Some(d) => d.min(policy.retry_after_max.unwrap_or(policy.backoff.max)),
             None => policy.backoff.delay(attempt - 1),
         };
         if let Some(deadline) = up.deadline
-            && Instant::now() + delay >= deadline
+            && Instant::now().checked_add(delay).is_none_or(|at| at >= deadline)
         {
+            skipped(&layer, &template, attempt, "deadline");
             return res;
         }
-        let Some(_retrying) = cluster.state.counters.acquire_retry(cluster.policy.thresholds.max_retries) else {
+        let Some(slot) = cluster.state.counters.acquire_retry(cluster.policy.thresholds.max_retries) else {
             layer
                 .metrics
                 .circuit_breaker_rejections
@@ -273,6 +324,15 @@ where
                 .inc();
             return res;
         }
+        // From here on the earlier try no longer reads the caller's body.
+        body = match source.next_try() {
+            Ok(b) => b,
+            Err(why) => {
+                skipped(&layer, &template, attempt, why.reason());
+                return res;
+            }
+        };
+        retry_slot = Some(slot);
         layer
             .metrics
             .retries
@@ -287,7 +347,6 @@ where
         up.tried = tried_before;
         up.tried.extend(failed_endpoint);
         tokio::time::sleep(delay).await;
-        body = replay;
         attempt += 1;
     }
 }

@@ -123,6 +123,8 @@ pub struct Families {
     pub config_version: Family<TypeLabels, Gauge>,
     pub retries: Family<ServiceReasonLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
+    /// Retries the policy called for but the proxy did not make, by why not.
+    pub retries_skipped: Family<ServiceReasonLabels, Counter>,
     pub circuit_breaker_state: Family<ServiceLabels, Gauge>,
     pub circuit_breaker_rejections: Family<ServiceReasonLabels, Counter>,
     pub outlier_ejections: Family<ServiceLabels, Counter>,
@@ -189,6 +191,12 @@ impl Metrics {
             "Retries not sent because the retry budget was spent (the original failure was returned)",
             retry_budget_exhausted.clone(),
         );
+        let retries_skipped = Family::<ServiceReasonLabels, Counter>::default();
+        registry.register(
+            "retries_skipped",
+            "Retries the policy called for but not made, by reason (body-too-large, body-error, deadline)",
+            retries_skipped.clone(),
+        );
         let circuit_breaker_state = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "circuit_breaker_state",
@@ -252,6 +260,7 @@ impl Metrics {
             plaintext_refused,
             retries,
             retry_budget_exhausted,
+            retries_skipped,
             circuit_breaker_state,
             circuit_breaker_rejections,
             outlier_ejections,
@@ -295,6 +304,7 @@ impl Metrics {
         "outrider_config_version",
         "outrider_retries_total",
         "outrider_retry_budget_exhausted_total",
+        "outrider_retries_skipped_total",
         "outrider_circuit_breaker_state",
         "outrider_circuit_breaker_rejections_total",
         "outrider_outlier_ejections_total",
@@ -344,6 +354,7 @@ mod tests {
         let _ = m.config_version.get_or_create(&TypeLabels { r#type: "t" });
         let _ = m.retries.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
         let _ = m.retry_budget_exhausted.get_or_create(&ServiceLabels { service: svc.clone() });
+        let _ = m.retries_skipped.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
         let _ = m.circuit_breaker_state.get_or_create(&ServiceLabels { service: svc.clone() });
         let _ = m.circuit_breaker_rejections.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
         let _ = m.outlier_ejections.get_or_create(&ServiceLabels { service: svc.clone() });

@@ -47,6 +47,8 @@ struct SwitchState {
     fail_per_mille: std::sync::atomic::AtomicU32,
     /// The next N requests get a trailers-only gRPC UNAVAILABLE.
     grpc_unavailable_next: std::sync::atomic::AtomicU32,
+    /// The next N requests get a 503 before their body is read.
+    fail_early_next: std::sync::atomic::AtomicU32,
 }
 
 impl Switch {
@@ -79,7 +81,18 @@ impl Switch {
         self.0.grpc_unavailable_next.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn take_grpc_unavailable(&self) -> bool {
+    /// Answer the next `n` requests with 503 at once, without reading their
+    /// bodies (as a server that rejects a request by its headers does).
+    pub fn fail_early_next(&self, n: u32) {
+        self.0.fail_early_next.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn take_early(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0.fail_early_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+
+    pub(crate) fn take_grpc_unavailable(&self) -> bool {
         use std::sync::atomic::Ordering;
         self.0.grpc_unavailable_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
@@ -245,6 +258,23 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
     let upgrade = cfg.upgrades && req.headers().contains_key(header::UPGRADE);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    if cfg.switch.as_ref().is_some_and(Switch::take_early) {
+        // Recorded as seen, with none of its body read.
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        log.record(Seen {
+            method: parts.method,
+            path,
+            version: parts.version,
+            headers: parts.headers,
+            body: Bytes::new(),
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        resp.headers_mut()
+            .insert(X_UPSTREAM, HeaderValue::from_str(&cfg.name).expect("upstream name is a header value"));
+        drop(body);
+        return resp;
+    }
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
