@@ -76,49 +76,48 @@ fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
-/// Would this outcome be retried under `policy` (ignoring budgets)?
+/// Would this outcome be retried under `policy` (ignoring budgets)? Envoy's
+/// meanings of the `retry_on` tokens, plus one rule of ours: a try the
+/// application may have processed is retried only for an idempotent method,
+/// unless the policy says `non-idempotent`. The table is in docs/policy.md.
+///
+/// | outcome | retried when `on` has | methods |
+/// |---|---|---|
+/// | connect failure | connect-failure, 5xx, gateway-error, reset | any: never reached the app |
+/// | REFUSED_STREAM | refused-stream, 5xx, gateway-error, reset | any: not processed (RFC 9113 §8.7) |
+/// | reset after sending, per-try timeout | 5xx, gateway-error, reset | idempotent |
+/// | 5xx status | 5xx; gateway-error for 502–504; retriable-status-codes if listed | idempotent |
+/// | 4xx status | retriable-status-codes if listed | idempotent |
+/// | gRPC status 1, 4, 8, 13, 14 | cancelled, deadline-exceeded, resource-exhausted, internal, unavailable | any gRPC call; else idempotent |
 pub fn retriable(policy: &RetryPolicy, outcome: Outcome, idempotent: bool, is_grpc: bool) -> bool {
     let on = policy.on;
-    // Never reached the application: safe for any method.
-    let safe = match outcome {
-        Outcome::ConnectFailure => on.contains(RetryOn::CONNECT_FAILURE),
-        Outcome::RefusedStream => on.contains(RetryOn::REFUSED_STREAM),
-        _ => false,
-    };
-    if safe {
-        return true;
-    }
-    // A gRPC status the server chose to send is the server saying "try again".
-    let grpc_ok = match outcome {
-        Outcome::Grpc(c) => match c {
-            grpc::CANCELLED => on.contains(RetryOn::GRPC_CANCELLED),
-            grpc::DEADLINE_EXCEEDED => on.contains(RetryOn::GRPC_DEADLINE_EXCEEDED),
-            grpc::RESOURCE_EXHAUSTED => on.contains(RetryOn::GRPC_RESOURCE_EXHAUSTED),
-            grpc::INTERNAL => on.contains(RetryOn::GRPC_INTERNAL),
-            grpc::UNAVAILABLE => on.contains(RetryOn::GRPC_UNAVAILABLE),
-            _ => false,
-        },
-        _ => false,
-    };
-    if grpc_ok && is_grpc {
-        return true;
-    }
-    if !idempotent && !policy.non_idempotent {
-        return false;
-    }
+    let any_of = |conds: &[RetryOn]| conds.iter().any(|c| on.contains(*c));
+    let no_response = [RetryOn::SERVER_5XX, RetryOn::GATEWAY_ERROR, RetryOn::RESET];
+    let may_repeat = idempotent || policy.non_idempotent;
     match outcome {
+        // Never reached the application: safe for any method.
+        Outcome::ConnectFailure => on.contains(RetryOn::CONNECT_FAILURE) || any_of(&no_response),
+        Outcome::RefusedStream => on.contains(RetryOn::REFUSED_STREAM) || any_of(&no_response),
+        Outcome::Reset | Outcome::Timeout => may_repeat && any_of(&no_response),
         Outcome::Status(s) => {
-            on.contains(RetryOn::SERVER_5XX)
-                || (on.contains(RetryOn::GATEWAY_ERROR) && matches!(s, 502..=504))
-                || (on.contains(RetryOn::RETRIABLE_STATUS_CODES) && policy.status_codes.contains(&s))
+            may_repeat
+                && ((s >= 500 && on.contains(RetryOn::SERVER_5XX))
+                    || (matches!(s, 502..=504) && on.contains(RetryOn::GATEWAY_ERROR))
+                    || (on.contains(RetryOn::RETRIABLE_STATUS_CODES) && policy.status_codes.contains(&s)))
         }
-        Outcome::Reset => on.contains(RetryOn::RESET) || on.contains(RetryOn::SERVER_5XX),
-        Outcome::Timeout => {
-            on.contains(RetryOn::SERVER_5XX) || on.contains(RetryOn::GATEWAY_ERROR) || on.contains(RetryOn::RESET)
+        // A gRPC status the server chose to send is the server saying "try
+        // again"; gRPC calls are all POST, so the method says nothing.
+        Outcome::Grpc(c) => {
+            let listed = match c {
+                grpc::CANCELLED => on.contains(RetryOn::GRPC_CANCELLED),
+                grpc::DEADLINE_EXCEEDED => on.contains(RetryOn::GRPC_DEADLINE_EXCEEDED),
+                grpc::RESOURCE_EXHAUSTED => on.contains(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+                grpc::INTERNAL => on.contains(RetryOn::GRPC_INTERNAL),
+                grpc::UNAVAILABLE => on.contains(RetryOn::GRPC_UNAVAILABLE),
+                _ => false,
+            };
+            listed && (is_grpc || may_repeat)
         }
-        Outcome::ConnectFailure => on.contains(RetryOn::SERVER_5XX) || on.contains(RetryOn::GATEWAY_ERROR),
-        Outcome::RefusedStream => on.contains(RetryOn::RESET) || on.contains(RetryOn::SERVER_5XX),
-        Outcome::Grpc(_) => grpc_ok,
         Outcome::Success | Outcome::Local => false,
     }
 }
@@ -399,40 +398,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backoff::ExponentialBackoff;
-
-    fn policy(on: &str) -> RetryPolicy {
-        RetryPolicy {
-            attempts: 2,
-            per_try_timeout: None,
-            on: RetryOn::parse(on).unwrap(),
-            status_codes: vec![409],
-            backoff: ExponentialBackoff::new(Duration::from_millis(25), Duration::from_millis(250)),
-            retry_after_max: None,
-            non_idempotent: false,
-        }
-    }
-
-    #[test]
-    fn conditions() {
-        let p = policy("5xx,connect-failure");
-        assert!(retriable(&p, Outcome::Status(500), true, false));
-        assert!(!retriable(&p, Outcome::Status(500), false, false), "POST not retried on 5xx");
-        assert!(retriable(&p, Outcome::ConnectFailure, false, false), "never sent: safe for POST");
-        let p = policy("gateway-error");
-        assert!(retriable(&p, Outcome::Status(503), true, false));
-        assert!(!retriable(&p, Outcome::Status(500), true, false));
-        let p = policy("retriable-status-codes");
-        assert!(retriable(&p, Outcome::Status(409), true, false));
-        assert!(!retriable(&p, Outcome::Status(503), true, false));
-        let p = policy("unavailable");
-        assert!(retriable(&p, Outcome::Grpc(14), false, true), "gRPC POST on UNAVAILABLE");
-        assert!(!retriable(&p, Outcome::Grpc(13), false, true));
-        let mut p = policy("5xx");
-        p.non_idempotent = true;
-        assert!(retriable(&p, Outcome::Status(502), false, false));
-        assert!(!retriable(&policy("connect-failure"), Outcome::Reset, true, false));
-    }
-}
+mod tests;
