@@ -194,7 +194,8 @@ pin_project! {
             fut: F,
             probe: Option<Probe>,
             metrics: Metrics,
-            _slot: GaugeGuard,
+            // The `maxRequests` slot, handed to the response body (held until its end).
+            slot: Option<GaugeGuard>,
         },
     }
 }
@@ -206,8 +207,12 @@ impl<F: Future<Output = Result<Answered, ProxyError>>> Future for BreakerFuture<
             BreakerProj::Rejected { error } => {
                 Poll::Ready(Err(error.take().unwrap_or(ProxyError::BadRequest("request polled after completion"))))
             }
-            BreakerProj::Called { fut, probe, metrics, .. } => {
-                let out = std::task::ready!(fut.poll(cx));
+            BreakerProj::Called { fut, probe, metrics, slot } => {
+                let mut out = std::task::ready!(fut.poll(cx));
+                if let (Ok(a), Some(slot)) = (&mut out, slot.take()) {
+                    let body = std::mem::take(a.resp.body_mut());
+                    *a.resp.body_mut() = body.hold(slot);
+                }
                 if let Some(mut probe) = probe.take()
                     && let (Some(permit), Some(cfg)) = (probe.permit.take(), probe.cluster.policy.breaker.as_ref())
                 {
@@ -269,7 +274,7 @@ where
         let Some(slot) = c.state.counters.acquire_request(c.policy.thresholds.max_requests) else {
             return reject("max-requests");
         };
-        BreakerFuture::Called { fut: self.inner.call(up), probe, metrics: self.metrics.clone(), _slot: slot }
+        BreakerFuture::Called { fut: self.inner.call(up), probe, metrics: self.metrics.clone(), slot: Some(slot) }
     }
 }
 

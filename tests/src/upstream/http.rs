@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
@@ -30,6 +32,10 @@ pub struct HttpBuilder {
     delay: Duration,
     upgrades: bool,
     gate: Option<Gate>,
+    /// Holds only retries (`x-outrider-attempt` other than 1).
+    retry_gate: Option<Gate>,
+    /// Responses send their first chunk, then wait for this gate before the last.
+    body_gate: Option<Gate>,
     switch: Option<Switch>,
 }
 
@@ -177,6 +183,8 @@ impl HttpBuilder {
             delay: Duration::ZERO,
             upgrades: false,
             gate: None,
+            retry_gate: None,
+            body_gate: None,
             switch: None,
         }
     }
@@ -205,6 +213,20 @@ impl HttpBuilder {
         self
     }
 
+    /// Hold retries (requests whose `x-outrider-attempt` is not 1) until `gate`
+    /// is opened; first tries are answered at once.
+    pub fn gate_retries(mut self, gate: &Gate) -> Self {
+        self.retry_gate = Some(gate.clone());
+        self
+    }
+
+    /// Stream each response: headers and the echo at once, then hold the end of
+    /// the body (a last chunk, `"\n"`) until `gate` is opened — a long stream.
+    pub fn hold_body(mut self, gate: &Gate) -> Self {
+        self.body_gate = Some(gate.clone());
+        self
+    }
+
     /// Let `switch` change the answers at run time.
     pub fn switch(mut self, switch: &Switch) -> Self {
         self.switch = Some(switch.clone());
@@ -226,7 +248,13 @@ impl HttpBuilder {
                 let svc = hyper::service::service_fn(move |req| {
                     let cfg = svc_cfg.clone();
                     let log = log.clone();
-                    async move { Ok::<_, Infallible>(respond(&cfg, &log, req).await) }
+                    async move {
+                        let resp = respond(&cfg, &log, req).await;
+                        Ok::<_, Infallible>(match &cfg.body_gate {
+                            None => resp.map(BodyExt::boxed),
+                            Some(gate) => resp.map(|echo| held(echo, gate.clone())),
+                        })
+                    }
                 });
                 let io = TokioIo::new(stream);
                 let _ = match cfg.protocol {
@@ -287,6 +315,11 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
         headers: parts.headers.clone(),
         body: body.clone(),
     });
+    if let Some(gate) = &cfg.retry_gate
+        && parts.headers.get("x-outrider-attempt").is_some_and(|a| a != "1")
+    {
+        gate.pass().await;
+    }
     if let Some(gate) = &cfg.gate {
         gate.pass().await;
     }
@@ -362,6 +395,20 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
     h.insert(X_UPSTREAM, name);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// `echo`'s bytes, then (once `gate` opens) a last chunk `"\n"`.
+fn held(echo: Full<Bytes>, gate: Gate) -> BoxBody<Bytes, Infallible> {
+    use futures_util::StreamExt;
+    let first = futures_util::stream::once(async move {
+        let bytes = echo.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Ok::<_, Infallible>(Frame::data(bytes))
+    });
+    let last = futures_util::stream::once(async move {
+        gate.pass().await;
+        Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\n")))
+    });
+    BoxBody::new(StreamBody::new(first.chain(last)))
 }
 
 /// A random number in 0..1000 (std only: hash of a counter and the time).

@@ -131,7 +131,7 @@ async fn a_fenced_try_waiting_for_the_caller_is_woken() {
     // The first try waits for data that does not come.
     let waiting = tokio::spawn(async move { next(&mut first).await.map(|r| r.is_err()) });
     tokio::task::yield_now().await;
-    while !replay.shared.lock().parked.is_some() {
+    while replay.shared.lock().parked.is_none() {
         tokio::task::yield_now().await;
     }
     let _second = replay.next_try().unwrap();

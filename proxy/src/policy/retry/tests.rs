@@ -44,12 +44,10 @@ enum Who {
 
 impl Who {
     fn retries(self, call: Call) -> bool {
-        match (self, call) {
-            (Who::Any, _) => true,
-            (_, Call::Idempotent | Call::PostAllowed) => true,
-            (Who::GrpcOrIdempotent, Call::Grpc) => true,
-            _ => false,
-        }
+        matches!(
+            (self, call),
+            (Who::Any, _) | (_, Call::Idempotent | Call::PostAllowed) | (Who::GrpcOrIdempotent, Call::Grpc)
+        )
     }
 }
 
