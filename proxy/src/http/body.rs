@@ -117,7 +117,7 @@ impl IdleBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                let deadline = tokio::time::Instant::now() + self.timeout;
+                let deadline = crate::clock::deadline(self.timeout);
                 self.sleep.as_mut().reset(deadline);
                 Poll::Ready(r)
             }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::breaker::{GaugeGuard, Permit};
@@ -123,7 +122,7 @@ where
     }
 
     fn call(&mut self, mut up: Upstream) -> Self::Future {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::clock::deadline(self.timeout);
         up.deadline = Some(up.deadline.map_or(deadline, |d| d.min(deadline)));
         TimeoutFuture { inner: tokio::time::timeout_at(deadline, self.inner.call(up)), after: self.timeout }
     }
