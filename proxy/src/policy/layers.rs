@@ -16,7 +16,7 @@ use super::outcome::Outcome;
 use crate::outbound::stack::{Answered, Upstream};
 use crate::rescue::ProxyError;
 use crate::state::Cluster;
-use crate::telemetry::metrics::{Metrics, ServiceLabels, ServiceReasonLabels};
+use crate::telemetry::metrics::{Metrics, ServiceKindLabels, ServiceLabels, ServiceReasonLabels};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -25,19 +25,29 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 #[derive(Clone, Debug)]
 pub struct FaultLayer {
     pub fault: FaultPolicy,
+    /// For `outrider_faults_injected_total{service}`.
+    pub service: Arc<str>,
+    pub metrics: Metrics,
 }
 
 impl<S> Layer<S> for FaultLayer {
     type Service = Fault<S>;
     fn layer(&self, inner: S) -> Fault<S> {
-        Fault { fault: self.fault.clone(), inner }
+        Fault { layer: self.clone(), inner }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Fault<S> {
-    fault: FaultPolicy,
+    layer: FaultLayer,
     inner: S,
+}
+
+impl<S> Fault<S> {
+    fn count(&self, kind: &'static str) {
+        let labels = ServiceKindLabels { service: self.layer.service.clone(), kind };
+        self.layer.metrics.faults_injected.get_or_create(&labels).inc();
+    }
 }
 
 impl<S> Service<Upstream> for Fault<S>
@@ -54,18 +64,23 @@ where
     }
 
     fn call(&mut self, up: Upstream) -> Self::Future {
-        let injected = self.fault.roll();
+        let injected = self.layer.fault.roll();
         if let Some(status) = injected.abort {
+            self.count("abort");
             return Either::Right(Box::pin(async move { Err(ProxyError::FaultAbort { status }) }));
         }
         let fut = self.inner.call(up);
         match injected.delay {
             // Not injected this time: no extra allocation.
             None => Either::Left(fut),
-            Some(d) => Either::Right(Box::pin(async move {
-                tokio::time::sleep(d).await;
-                fut.await
-            })),
+            Some(d) => {
+                // Counted when the delay starts, so a delayed request shows at once.
+                self.count("delay");
+                Either::Right(Box::pin(async move {
+                    tokio::time::sleep(d).await;
+                    fut.await
+                }))
+            }
         }
     }
 }
