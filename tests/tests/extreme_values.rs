@@ -174,7 +174,7 @@ async fn generated_policies_are_rejected_by_field_or_served() {
     let switch = Switch::new();
     let up = upstream::http1().name("x").switch(&switch).start().await;
     let service_yaml = service("x").endpoint(up.addr).yaml();
-    let proxy = ProxyHarness::start(&docs(&[service_yaml.clone()])).await;
+    let proxy = ProxyHarness::start(&docs(std::slice::from_ref(&service_yaml))).await;
     // Some tries fail, so retries, breakers and outlier detection all run.
     switch.fail_rate(0.3);
     let (mut served, mut rejected) = (0, 0);
@@ -258,14 +258,14 @@ fn fault(res: &mut Resources, edit: impl FnOnce(&mut HttpFault)) {
 }
 
 type Edit = Box<dyn Fn(&mut Resources)>;
+type DurationEdit = Box<dyn Fn(&mut Resources, Option<PDuration>)>;
 
 /// (what, the word a NACK must name, the edit), for every field and every extreme.
 fn mutations() -> Vec<(String, &'static str, Edit)> {
     let mut out: Vec<(String, &'static str, Edit)> = Vec::new();
     for (d, label) in durations() {
         let v = Some(d);
-        let mut push = |field: &'static str, word: &'static str, f: Box<dyn Fn(&mut Resources, Option<PDuration>)>| {
-            let v = v;
+        let mut push = |field: &'static str, word: &'static str, f: DurationEdit| {
             out.push((format!("{field} = {label}"), word, Box::new(move |r| f(r, v))));
         };
         push("route timeout", "route timeout", Box::new(|r, v| action(r).timeout = v));
