@@ -204,3 +204,20 @@ async fn an_idle_pooled_connection_is_closed_by_a_timer() {
         assert_eq!(up.connections(), 2, "{protocol}");
     }
 }
+
+/// Concurrent first requests to an HTTP/2 service wait (pending) for the one
+/// connection the first of them opens, instead of each opening its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_share_one_http2_connection() {
+    let gate = Gate::new();
+    let up = upstream::h2().name("h2").gate(&gate).start().await;
+    let proxy = ProxyHarness::start(&docs(&[service("h2").protocol("http2").endpoint(up.addr).yaml()])).await;
+    let calls: Vec<_> = (0..5).map(|i| get(&proxy, &format!("http://h2:8080/{i}"))).collect();
+    wait_until("five requests held at the upstream", || async { up.request_count() == 5 }).await;
+    assert_eq!(up.connections(), 1);
+    assert_eq!(breaker(&proxy, "h2", "connections").await, 1);
+    gate.open();
+    for call in calls {
+        wait::within("a reply", call).await.unwrap().assert_status(200);
+    }
+}

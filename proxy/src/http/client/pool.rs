@@ -68,7 +68,16 @@ impl H2Conn {
     }
 }
 
-type H2Slot = Mutex<Option<H2Conn>>;
+/// The HTTP/2 connection of an endpoint (plaintext, or mTLS to its proxy).
+#[derive(Debug, Default)]
+struct H2Slot {
+    conn: Mutex<Option<H2Conn>>,
+    /// One request at a time opens the connection; the others wait for it.
+    opening: tokio::sync::Mutex<()>,
+    /// Attempts to open it that failed: requests that waited for a failed attempt
+    /// fail with it at once instead of each trying again in turn.
+    failures: AtomicU64,
+}
 
 /// The streams of one HTTP/2 connection: how many are open, and since when none is.
 #[derive(Debug)]
@@ -188,9 +197,6 @@ pub struct EndpointPool {
     h2: H2Slot,
     /// The shared mTLS HTTP/2 connection to the endpoint's proxy (meshed endpoints).
     mesh: H2Slot,
-    /// One request at a time opens an HTTP/2 connection; the others wait for it.
-    h2_opening: tokio::sync::Mutex<()>,
-    mesh_opening: tokio::sync::Mutex<()>,
     /// A task is watching idle connections.
     reaper: AtomicBool,
 }
@@ -202,10 +208,8 @@ impl EndpointPool {
             h1: Mutex::new(Vec::new()),
             h1_open: AtomicUsize::new(0),
             h1_available: Notify::new(),
-            h2: Mutex::new(None),
-            mesh: Mutex::new(None),
-            h2_opening: tokio::sync::Mutex::new(()),
-            mesh_opening: tokio::sync::Mutex::new(()),
+            h2: H2Slot::default(),
+            mesh: H2Slot::default(),
             reaper: AtomicBool::new(false),
         }
     }
@@ -217,7 +221,7 @@ impl EndpointPool {
     /// Idle HTTP/1.1 connections and whether an HTTP/2 connection is open.
     pub fn stats(&self) -> (usize, bool) {
         let idle = self.h1.lock().len();
-        let open = |slot: &H2Slot| slot.lock().as_ref().is_some_and(|c| !c.sender.is_closed());
+        let open = |slot: &H2Slot| slot.conn.lock().as_ref().is_some_and(|c| !c.sender.is_closed());
         (idle, open(&self.h2) || open(&self.mesh))
     }
 
@@ -420,23 +424,35 @@ impl EndpointPool {
         req: Request<Body>,
         cfg: &ConnectConfig,
     ) -> Result<Response<Body>, UpstreamError> {
-        let (slot, opening) =
-            if cfg.mesh.is_some() { (&self.mesh, &self.mesh_opening) } else { (&self.h2, &self.h2_opening) };
+        let slot = if cfg.mesh.is_some() { &self.mesh } else { &self.h2 };
         let expected = cfg.mesh.as_ref().map(|m| &m.identity);
         let mut connect = None;
-        let (mut sender, streams) = match live_h2(slot, expected) {
+        let (mut sender, streams) = match live_h2(&slot.conn, expected) {
             Some(c) => c,
             None => {
                 // Pending until the connection is open; the first one opens it.
                 let _pending = self.pending(cfg)?;
-                let _opening = opening.lock().await;
-                match live_h2(slot, expected) {
+                let failures = slot.failures.load(Ordering::Acquire);
+                let _opening = slot.opening.lock().await;
+                match live_h2(&slot.conn, expected) {
                     Some(c) => c,
+                    None if slot.failures.load(Ordering::Acquire) != failures => {
+                        return Err(UpstreamError::Connect(
+                            self.addr,
+                            std::io::Error::other("the connection this request waited for failed to open"),
+                        ));
+                    }
                     None => {
                         let started = Instant::now();
-                        let (sender, streams) = self.open_h2(cfg).await?;
+                        let (sender, streams) = match self.open_h2(cfg).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                slot.failures.fetch_add(1, Ordering::AcqRel);
+                                return Err(e);
+                            }
+                        };
                         connect = Some(started.elapsed());
-                        *slot.lock() = Some(H2Conn {
+                        *slot.conn.lock() = Some(H2Conn {
                             sender: sender.clone(),
                             identity: expected.cloned(),
                             streams: streams.clone(),
@@ -541,7 +557,7 @@ impl EndpointPool {
             }
         }
         for slot in [&self.h2, &self.mesh] {
-            let mut s = slot.lock();
+            let mut s = slot.conn.lock();
             let Some(c) = s.as_ref() else { continue };
             if c.sender.is_closed() {
                 *s = None;
@@ -560,7 +576,10 @@ impl EndpointPool {
 
 /// The shared HTTP/2 connection, if open, verified for `expected`, and not idle
 /// past its timeout.
-fn live_h2(slot: &H2Slot, expected: Option<&Identity>) -> Option<(http2::SendRequest<Body>, Arc<Streams>)> {
+fn live_h2(
+    slot: &Mutex<Option<H2Conn>>,
+    expected: Option<&Identity>,
+) -> Option<(http2::SendRequest<Body>, Arc<Streams>)> {
     let s = slot.lock();
     let c = s.as_ref()?;
     let expired = c.idle_deadline().is_some_and(|at| at <= Instant::now());
