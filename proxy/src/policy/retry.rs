@@ -229,8 +229,9 @@ where
     let budget_cfg = cluster.policy.budget.unwrap_or_default();
     cluster.state.budget.deposit(&budget_cfg);
 
-    if crate::http::headers::is_upgrade(up.req.headers()) {
-        // Cannot be replayed: one attempt, as if there were no retry policy.
+    if policy.attempts == 0 || crate::http::headers::is_upgrade(up.req.headers()) {
+        // No retry to make (or an upgrade, which cannot be replayed): one try,
+        // without keeping a copy of the body.
         return one_try(inner, up, policy.per_try_timeout).await;
     }
     let too_big = up
