@@ -69,6 +69,8 @@ pub struct Seen {
     pub version: ::http::Version,
     pub headers: ::http::HeaderMap,
     pub body: Bytes,
+    /// The request's trailers, if it had any.
+    pub trailers: Option<::http::HeaderMap>,
     /// The body ended cleanly; false when it was cut off (the proxy reset or closed the
     /// request mid-way), so the request never reached the application whole.
     pub complete: bool,

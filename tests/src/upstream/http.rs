@@ -246,9 +246,12 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
     let upgrade = cfg.upgrades && req.headers().contains_key(header::UPGRADE);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let (body, complete) = match body.collect().await {
-        Ok(b) => (b.to_bytes(), true),
-        Err(_) => (Bytes::new(), false),
+    let (body, trailers, complete) = match body.collect().await {
+        Ok(b) => {
+            let trailers = b.trailers().cloned();
+            (b.to_bytes(), trailers, true)
+        }
+        Err(_) => (Bytes::new(), None, false),
     };
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     log.record(Seen {
@@ -257,6 +260,7 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
         version: parts.version,
         headers: parts.headers.clone(),
         body: body.clone(),
+        trailers,
         complete,
     });
     if let Some(gate) = &cfg.gate {
