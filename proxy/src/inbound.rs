@@ -322,6 +322,13 @@ impl Inbound {
         rec.route = self.service.clone();
         rec.peer = peer.cloned();
         let grpc = rescue::is_grpc(&req);
+        let authority = match forward::authority_of(&req) {
+            Ok(a) => a,
+            Err(e) => {
+                let (resp, reason) = e.to_response(grpc);
+                return rec.respond(resp, e.classify().0.as_u16(), Some(reason));
+            }
+        };
         if let Some(policy) = self.policy() {
             // A keep-alive connection opened while the service was permissive.
             if policy.mode == Mode::Strict && peer.is_none() {
@@ -375,7 +382,6 @@ impl Inbound {
             }
         }
         rec.request_id = Some(headers::ensure_request_id(req.headers_mut()));
-        let authority = forward::authority_of(&req);
         rec.authority = authority.clone();
         let pool = self.pool(port);
         rec.upstream = Some(pool.addr());

@@ -120,7 +120,7 @@ async fn proxy(
     req: Request<Incoming>,
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    let authority = forward::authority_of(&req);
+    let authority = forward::authority_of(&req)?;
     rec.authority = authority.clone();
     let routed = route(ctx, orig_dst, &req, authority.as_ref(), rec)?;
     let grpc_timeout = if rescue::is_grpc(&req) { grpc_timeout(req.headers()) } else { None };
