@@ -222,3 +222,30 @@ async fn clean_trailers_reach_the_upstream_as_sent() {
         assert_eq!(trailers.len(), 2, "{listener}: nothing else, the proxy's marker removed: {trailers:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_trailers_to_an_http1_upstream_never_arrive_whole() {
+    // HTTP/2 from the client, HTTP/1.1 (chunked) to the upstream: the reset must cut the
+    // upstream request off before its last chunk.
+    let up = upstream::http1().name("h1-up").start().await;
+    let p = ProxyHarness::start(&docs(&[service("echo1").port(8080).endpoint(up.addr).yaml()])).await;
+    for (what, trailers) in bad_trailers() {
+        let mut c = Conn::handshake(p.addrs.outbound).await;
+        stream_error_case(&mut c, &up, "echo1:8080", trailers, &format!("to HTTP/1.1: {what}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_fields_in_an_http2_request_get_400() {
+    let up = upstream::h2().name("h2-up").start().await;
+    let p = proxy(&up).await;
+    for (listener, addr) in h2c_listeners(&p) {
+        let mut c = Conn::handshake(addr).await;
+        let mut fields = request("GET", "/hosts", AUTHORITY);
+        fields.extend([("host", "echo:8080"), ("host", "evil:8080")]);
+        c.send(&Frame::headers(1, &fields, true)).await;
+        let frames = c.frames_until("the answer", |f| f.stream == 1 && f.kind == kind::HEADERS).await;
+        assert_eq!(frames.last().and_then(Frame::indexed_status), Some(400), "{listener}: {frames:?}");
+    }
+    assert_eq!(up.request_count(), 0, "nothing was forwarded");
+}

@@ -130,6 +130,12 @@ async fn a_request_line_that_is_not_http1_is_refused_at_once() {
                 );
             }
         }
+        // A line longer than the first 128 bytes is left to the HTTP/1 parser: 400.
+        let long = format!("GET /{}\r\n", "a".repeat(200));
+        for (listener, addr) in [("outbound", p.addrs.outbound), ("inbound", p.addrs.inbound)] {
+            let got = String::from_utf8_lossy(&plain(addr, long.as_bytes()).await).into_owned();
+            assert!(got.starts_with("HTTP/1.1 400 "), "{listener}: a long HTTP/0.9 line: {got:?}");
+        }
         // The admin port speaks HTTP/1.1 only: 400.
         for (what, bytes) in not_http1() {
             let got = String::from_utf8_lossy(&plain(p.addrs.admin, bytes).await).into_owned();
