@@ -18,6 +18,8 @@ pub mod client;
 pub mod control_plane;
 /// The proxy in-process: policy file, `App`, clients, reloads.
 pub mod harness;
+/// A real etcd + kube-apiserver on loopback (the Kubernetes test bed).
+pub mod kube;
 /// Meshed sidecars with workload identities (mTLS).
 pub mod mesh;
 /// Throw-away network namespaces (interception tests).
