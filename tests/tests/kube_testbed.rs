@@ -188,21 +188,35 @@ async fn issues_service_account_tokens_that_token_review_validates() {
     let groups = r["status"]["user"]["groups"].as_array().expect("groups");
     assert!(groups.contains(&json!("system:serviceaccounts:shop")), "{r}");
 
-    // The same token for another audience, a token of another server's key, and garbage: refused.
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["iss"], SA_ISSUER);
+    assert_eq!(claims["sub"], "system:serviceaccount:shop:reviews");
+
+    // The same token for another audience, a forged signature: refused, with the reason.
     let r = api.create("/apis/authentication.k8s.io/v1/tokenreviews", &review(&token, "someone-else")).await;
-    assert_eq!(r["status"]["authenticated"], false, "{r}");
+    refused(&r, "audiences");
     let mut forged = token.clone();
     forged.truncate(forged.len() - 4);
     forged.push_str("AAAA");
     let r = api.create("/apis/authentication.k8s.io/v1/tokenreviews", &review(&forged, "outrider")).await;
-    assert_eq!(r["status"]["authenticated"], false, "{r}");
+    refused(&r, "invalid");
 
-    // The token is the service account's, and works as a bearer token: it may not list secrets.
-    let claims = jwt_claims(&token);
-    assert_eq!(claims["iss"], SA_ISSUER);
-    assert_eq!(claims["sub"], "system:serviceaccount:shop:reviews");
-    let as_sa = api
+    // A mesh-audience token is no key to the API server itself…
+    let as_mesh = api
         .request_as(Some(&token), Method::GET, "/api/v1/namespaces/shop/secrets", None, "application/json")
+        .await
+        .unwrap();
+    assert_eq!(as_mesh.status, 401, "{}", as_mesh.body);
+    // …and an API token of the account authenticates there but RBAC gives it nothing.
+    let api_token = api
+        .create(
+            "/api/v1/namespaces/shop/serviceaccounts/reviews/token",
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
+        )
+        .await;
+    let api_token = api_token["status"]["token"].as_str().expect("a token");
+    let as_sa = api
+        .request_as(Some(api_token), Method::GET, "/api/v1/namespaces/shop/secrets", None, "application/json")
         .await
         .unwrap();
     assert_eq!(as_sa.status, 403, "{}", as_sa.body);
@@ -213,9 +227,18 @@ async fn issues_service_account_tokens_that_token_review_validates() {
     api.request(Method::DELETE, "/api/v1/namespaces/shop/serviceaccounts/ratings", None).await.unwrap().expect(200);
     outrider_tests::wait::wait_until("the deleted account's token is refused", || async {
         let r = api.create("/apis/authentication.k8s.io/v1/tokenreviews", &review(&other, "outrider")).await;
-        r["status"]["authenticated"] == false
+        r["status"]["authenticated"] != true
     })
     .await;
+}
+
+/// A TokenReview that did not authenticate (`authenticated` is omitted when false) and says why.
+#[track_caller]
+fn refused(review: &Value, reason: &str) {
+    assert_ne!(review["status"]["authenticated"], true, "{review}");
+    assert!(review["status"]["user"]["username"].is_null(), "{review}");
+    let error = review["status"]["error"].as_str().unwrap_or("");
+    assert!(error.contains(reason), "the error names {reason:?}: {review}");
 }
 
 /// The claims of a JWT (unverified: the server verified it).
