@@ -2,9 +2,10 @@
 # Makes the two local base images docker/Dockerfile builds on -- from Debian's packages and the
 # host's Rust toolchain; nothing is pulled from an image registry:
 #   localhost/outrider-debian:bookworm        debootstrap --variant=minbase bookworm, imported
-#   localhost/outrider-builder:rust-<version> that + gcc, libc6-dev, ca-certificates and the
-#                                             host's Rust toolchain (`rustc --print sysroot`,
-#                                             without its docs) in /usr/local/rust
+#   localhost/outrider-builder:rust-<version> that + gcc, libc6-dev, ca-certificates (and the
+#                                             host's extra CAs of /usr/local/share/ca-certificates)
+#                                             and the host's Rust toolchain (`rustc --print
+#                                             sysroot`, without its docs) in /usr/local/rust
 # An image that exists already is kept (--force makes both again). Prints the builder's name.
 # Environment: DEBIAN_MIRROR (default: the first Debian mirror of /etc/apt/sources.list*).
 set -euo pipefail
@@ -58,7 +59,14 @@ if [ "$force" = 1 ] || ! exists "$builder_image"; then
   mnt="$(buildah mount "$ctr")"
   mkdir -p "$mnt/usr/local/rust" "$mnt/usr/local/cargo"
   tar -C "$sysroot" --exclude=./share/doc -c . | tar -C "$mnt/usr/local/rust" -x
+  # The host's own extra CAs (e.g. a TLS-inspecting egress proxy's): cargo must trust what the
+  # host trusts to reach crates.io from inside the build.
+  extra_cas=(/usr/local/share/ca-certificates/*.crt)
+  if [ -e "${extra_cas[0]}" ]; then
+    cp "${extra_cas[@]}" "$mnt/usr/local/share/ca-certificates/"
+  fi
   buildah umount "$ctr" >/dev/null
+  buildah run "$ctr" -- update-ca-certificates >/dev/null
   buildah config \
     --env PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --env CARGO_HOME=/usr/local/cargo \

@@ -1,6 +1,8 @@
 //! `outrider demo-app`: the demo's workloads as processes of their own (what docker/demo.sh runs
 //! beside sidecars): `reviews` answers by version or fails as told, `frontend` calls its upstream
 //! and answers with what it got.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 

@@ -3,6 +3,8 @@
 //! (discovery.k8s.io/v1), CRDs with CEL validation rules, Pods with native sidecars, and
 //! service-account tokens (TokenRequest) checked with TokenReview.
 //! Skips when the binaries are absent (build them with tests/k8s/build-testbed.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use http::Method;
 use outrider_tests::kube::{ApiServer, SA_ISSUER};
 use serde_json::{Value, json};
