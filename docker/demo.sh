@@ -106,7 +106,7 @@ workload() {
     --cap-drop all --cap-add NET_ADMIN,NET_RAW "$init_image" >/dev/null
   podman create --pod "$p-$name" --name "$p-$name-proxy" \
     --secret "$p-join-$service,uid=1337,gid=1337,mode=0400" \
-    --cap-drop all --read-only "$proxy_image" \
+    --cap-drop all "$proxy_image" \
     --xds-address "http://$cp_ip:15010" --node-id "$name" --service "$service" \
     --namespace default --service-account "$service" \
     --identity-token "/run/secrets/$p-join-$service" \
@@ -185,15 +185,17 @@ check() {
   fi
 }
 
-# Every sidecar connected, with its workload identity, and every config ACKed (no NACK).
+# Every sidecar registered its workload with its SPIFFE identity (certificate from the CA).
 t_identities() {
-  api /v1/status | python3 -c '
+  api /v1/endpoints | python3 -c '
 import json, sys
-ids = sorted(p.get("identity") or "-" for p in json.load(sys.stdin)["proxies"])
-print("  identities:", ids, file=sys.stderr)
-tails = sorted(i.split("/", 3)[-1] for i in ids if i.startswith("spiffe://"))
-sys.exit(0 if tails == ["ns/default/sa/frontend", "ns/default/sa/reviews", "ns/default/sa/reviews"] else 1)'
+items = json.load(sys.stdin)["items"]
+got = sorted((i["service"], i.get("identity") or "-") for i in items)
+print("  identities:", got, file=sys.stderr)
+ok = len(items) == 3 and all(ident.endswith("/ns/default/sa/" + svc) and ident.startswith("spiffe://") for svc, ident in got)
+sys.exit(0 if ok else 1)'
 }
+# Every sidecar connected over xDS and ACKed every config (no NACK).
 t_acked() {
   api /v1/status | python3 -c '
 import json, sys
@@ -202,14 +204,15 @@ bad = [(p["nodeId"], t, s) for p in ps for t, s in p["types"].items() if s.get("
 print("  not acked:", bad, file=sys.stderr) if bad else None
 sys.exit(0 if ps and not bad else 1)'
 }
-# Both reviews endpoints registered by their sidecars, with their version labels.
+# Both reviews endpoints registered by their sidecars, with their version labels, meshed.
 t_endpoints() {
   api /v1/endpoints | python3 -c '
 import json, sys
 items = [i for i in json.load(sys.stdin)["items"] if i["service"] == "reviews"]
 versions = sorted(i.get("labels", {}).get("version", "") for i in items)
-print("  reviews endpoints:", [(i.get("address"), i.get("labels")) for i in items], file=sys.stderr)
-sys.exit(0 if versions == ["v1", "v2"] else 1)'
+print("  reviews endpoints:", [(i.get("address"), i.get("labels"), i.get("identity")) for i in items], file=sys.stderr)
+meshed = all(i.get("identity", "").endswith("/ns/default/sa/reviews") for i in items)
+sys.exit(0 if versions == ["v1", "v2"] and meshed else 1)'
 }
 # Requests from the host reach the frontend through its sidecar's inbound side, the frontend's
 # call to http://reviews:8080 goes through both sidecars (mTLS), and the 90/10 split shows.
