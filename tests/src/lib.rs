@@ -20,6 +20,8 @@ pub mod control_plane;
 pub mod h2spec;
 /// The proxy in-process: policy file, `App`, clients, reloads.
 pub mod harness;
+/// A real etcd + kube-apiserver on loopback (the Kubernetes test bed).
+pub mod kube;
 /// Meshed sidecars with workload identities (mTLS).
 pub mod mesh;
 /// Throw-away network namespaces (interception tests).
