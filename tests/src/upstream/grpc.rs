@@ -81,6 +81,9 @@ impl MetricsService for StreamSink {
             version: http::Version::HTTP_2,
             headers: meta.into_headers(),
             body: bytes::Bytes::from(body),
+            trailers: None,
+            // Read to the end of the stream (an error above returns before this).
+            complete: true,
         });
         if self.switch.as_ref().is_some_and(super::Switch::take_grpc_unavailable) {
             return Err(Status::unavailable("try again"));
@@ -215,5 +218,8 @@ fn record<B>(log: &Log, req: &http::Request<B>) {
         version: req.version(),
         headers: req.headers().clone(),
         body: bytes::Bytes::new(),
+        trailers: None,
+        // Recorded at the request head: the gRPC upstream does not follow the body.
+        complete: true,
     });
 }
