@@ -97,7 +97,7 @@ pub enum BodyError {
     Superseded,
 }
 
-/// Fails the stream when the peer sends nothing for `timeout` (DESIGN: idle
+/// Fails the stream when the peer sends nothing for `timeout` (`idleTimeout`:
 /// timeout per HTTP/2 stream / response body).
 #[derive(Debug)]
 pub struct IdleBody {

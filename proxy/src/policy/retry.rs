@@ -1,9 +1,9 @@
-//! Retries (DESIGN.md §4, Resilience semantics): only for requests whose body
+//! Retries (docs/policy.md, "Which tries are retried"): only for requests whose body
 //! can be replayed (none, or under the cap); non-idempotent methods only for
 //! failures where the upstream cannot have processed the request, unless the
 //! policy says `non-idempotent`; full-jitter backoff, or the server's
 //! `Retry-After` up to the backoff's max; never past the overall deadline;
-//! within the retry budget and the concurrent-retries threshold; a different
+//! within the retry budget and `maxRetries` (retries waiting or in flight); a different
 //! endpoint per try where one exists; `x-outrider-attempt: N` on each try.
 use std::future::Future;
 use std::pin::Pin;
