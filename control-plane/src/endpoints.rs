@@ -48,6 +48,9 @@ pub struct Registration {
     /// The SPIFFE ID of the sidecar in front of the workload: meshed when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// An ambient workload (a node proxy registered it): callers reach it over HBONE.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hbone: bool,
     /// Seconds until it expires; `None` while its stream is up.
     pub expires_in: Option<f64>,
     #[serde(skip)]
@@ -116,6 +119,7 @@ impl Registry {
                         weight: 1,
                         origin,
                         identity,
+                        hbone: false,
                         expires_in: None,
                         expires,
                     },
@@ -208,6 +212,7 @@ impl EndpointSource for Registry {
                 weight: r.weight,
                 meshed: r.identity.is_some(),
                 identity: r.identity.clone(),
+                hbone: r.hbone && r.identity.is_some(),
             });
         }
         out
@@ -274,6 +279,7 @@ mod tests {
             weight: 1,
             meshed: false,
             identity: None,
+            hbone: false,
         };
         let registered = BTreeMap::from([("a".to_owned(), vec![e.clone()]), ("zz".to_owned(), vec![e])]);
         let merged = merge(&set, &registered);

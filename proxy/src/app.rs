@@ -21,6 +21,7 @@ use crate::telemetry::metrics::{Direction, DirectionLabels, Metrics};
 use crate::telemetry::trace::Tracer;
 use crate::telemetry::trace::export::Exporter;
 use crate::transport::listen;
+use crate::transport::socket::SocketOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -144,7 +145,7 @@ impl App {
             store: store.clone(),
             recorder: recorder.clone(),
             server: server.clone(),
-            socket_mark: config.socket_mark,
+            socket: SocketOptions::marked(config.socket_mark),
             mesh: mesh.clone(),
         });
         let inbound_service: Arc<str> = Arc::from(config.service.as_deref().unwrap_or("inbound"));
@@ -154,7 +155,7 @@ impl App {
                 server,
                 config.app_port,
                 inbound_service,
-                config.socket_mark,
+                SocketOptions::marked(config.socket_mark),
                 store.clone(),
                 mesh.clone(),
             )

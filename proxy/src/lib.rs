@@ -20,6 +20,8 @@ pub mod balance;
 pub mod config;
 /// Graceful drain: stop accepting, finish in-flight work, exit.
 pub mod drain;
+/// HBONE: TCP tunnelled as HTTP/2 CONNECT in mutual TLS on port 15008 (ztunnel-compatible).
+pub mod hbone;
 /// HTTP server, upstream connection pools, header hygiene, bodies.
 pub mod http;
 /// Inbound traffic: delivery to the local application.
