@@ -30,6 +30,8 @@ pub mod inbound;
 pub mod iptables;
 /// Workload identity on the data path: certificate bootstrap and renewal, TLS configs.
 pub mod mesh;
+/// Node mode: one proxy for every workload of a machine, each in its own network namespace.
+pub mod node;
 /// Outbound traffic: route → split → balancer → endpoint, for HTTP and TCP.
 pub mod outbound;
 /// Resilience policies: timeouts, retries, budgets, breakers, outliers, faults.
