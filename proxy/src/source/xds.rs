@@ -43,6 +43,9 @@ struct Accepted {
     versions: Versions,
     /// Types received from the server so far.
     received: BTreeSet<&'static str>,
+    /// Listeners refused because the routes they name had not arrived (a server may send LDS
+    /// before RDS, as Envoy's order is): tried again when routes are accepted.
+    held_listeners: Option<(Vec<envoy_types::pb::envoy::config::listener::v3::Listener>, String)>,
 }
 
 /// More stores fed from the same xDS stream, each with its own builder so that the state that
@@ -164,12 +167,35 @@ impl XdsHandler {
             other => return Err(format!("unsupported resource type {other}")),
         }
         next.resources.version = update.version.to_owned();
-        let (mut snapshot, rejected) = self.builder.build(&next.resources);
+        let (snapshot, rejected) = self.builder.build(&next.resources);
         let type_name = ads::type_name(update.type_url);
         let mine: Vec<String> = rejected.iter().filter(|r| r.type_name == type_name).map(|r| r.to_string()).collect();
         if !mine.is_empty() {
+            if update.type_url == LISTENER_TYPE_URL {
+                accepted.held_listeners = Some((next.resources.listeners.clone(), next.versions.listeners.clone()));
+            }
             return Err(mine.join("; "));
         }
+        let (mut snapshot, rejected): (crate::state::Snapshot, _) = match next.held_listeners.take() {
+            Some((listeners, version)) if update.type_url == ROUTE_CONFIGURATION_TYPE_URL => {
+                let mut with = next.clone();
+                with.resources.listeners = listeners;
+                with.versions.listeners = version;
+                let (s, r) = self.builder.build(&with.resources);
+                if r.iter().any(|r| r.type_name == ads::type_name(LISTENER_TYPE_URL)) {
+                    (snapshot, rejected)
+                } else {
+                    tracing::info!("held listeners applied now that their routes arrived");
+                    with.received.insert(ALL_TYPES[0]);
+                    next = with;
+                    (s, r)
+                }
+            }
+            held => {
+                next.held_listeners = held;
+                (snapshot, rejected)
+            }
+        };
         for r in &rejected {
             // Another type's resource refers to something this update changed; its own update
             // is on the way (the server sends clusters before the routes that use them).
