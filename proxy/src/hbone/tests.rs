@@ -267,3 +267,16 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         crate::tls::provider().signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[test]
+fn forwarded_carries_the_source_address() {
+    let v4: SocketAddr = "10.1.0.7:40000".parse().unwrap();
+    let v6: SocketAddr = "[2001:db8::1]:4711".parse().unwrap();
+    assert_eq!(super::forwarded_for(v4), "for=\"10.1.0.7:40000\"");
+    assert_eq!(super::forwarded_for(v6), "for=\"[2001:db8::1]:4711\"");
+    assert_eq!(super::parse_forwarded_for(&super::forwarded_for(v4)), Some(v4));
+    assert_eq!(super::parse_forwarded_for(&super::forwarded_for(v6)), Some(v6));
+    assert_eq!(super::parse_forwarded_for("proto=https; For=10.0.0.1"), Some("10.0.0.1:0".parse().unwrap()));
+    assert_eq!(super::parse_forwarded_for("for=unknown"), None);
+    assert_eq!(super::parse_forwarded_for("by=x"), None);
+}
