@@ -155,6 +155,18 @@ fn link_nodes(a: &NodeNet, b: &NodeNet) {
     ip(&["-n", &b.ns.name, "route", "add", "10.81.1.0/24", "via", "10.81.0.1"]);
 }
 
+/// The host namespace (control plane, node proxies) reachable from the workloads at 10.81.9.1,
+/// for the sidecar of the mixed-mesh check.
+fn link_host(host: &Netns, a: &NodeNet, b: &NodeNet) {
+    ip(&["-n", &host.name, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", &a.ns.name]);
+    ip(&["-n", &host.name, "addr", "add", "10.81.9.1/30", "dev", "up0"]);
+    ip(&["-n", &a.ns.name, "addr", "add", "10.81.9.2/30", "dev", "up0"]);
+    ip(&["-n", &host.name, "link", "set", "up0", "up"]);
+    ip(&["-n", &a.ns.name, "link", "set", "up0", "up"]);
+    ip(&["-n", &host.name, "route", "add", "10.81.0.0/16", "via", "10.81.9.2"]);
+    ip(&["-n", &b.ns.name, "route", "add", "10.81.9.0/30", "via", "10.81.0.1"]);
+}
+
 fn policy() -> String {
     format!(
         "apiVersion: outrider.io/v1
@@ -173,11 +185,16 @@ metadata: {{name: client}}
 spec: {{protocol: http, port: 80}}
 ---
 apiVersion: outrider.io/v1
+kind: Service
+metadata: {{name: side}}
+spec: {{protocol: http, port: 8081, addresses: [\"10.96.0.12\"]}}
+---
+apiVersion: outrider.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: echo-http-callers}}
 spec:
   service: echo-http
-  from: [{{identities: [\"spiffe://outrider.local/ns/default/sa/a1\"]}}]
+  from: [{{identities: [\"spiffe://outrider.local/ns/default/sa/a1\", \"spiffe://outrider.local/ns/default/sa/s1\"]}}]
 ---
 apiVersion: outrider.io/v1
 kind: AuthorizationPolicy
@@ -278,13 +295,16 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
         return;
     }
     let host = Netns::create().unwrap();
-    let a = node_net(1, 2);
+    // Node a has a third namespace, s1, for a workload with its own sidecar.
+    let a = node_net(1, 3);
     let b = node_net(2, 2);
     link_nodes(&a, &b);
+    link_host(&host, &a, &b);
     let bed = Bed { dir: TempDir::new("outrider-ambient"), host };
 
     let mut cp = bed.host.command(outrider_bin());
     cp.args(["control-plane", "--xds-port", "15010", "--api-port", "15014", "--tls", "--api-token", API_TOKEN]);
+    cp.args(["--tls-san", "10.81.9.1", "--bind", "0.0.0.0"]);
     cp.arg("--data-dir").arg(bed.dir.path().join("cp"));
     let mut cp = Background::spawn(cp);
     cp.wait_for_line("listening").await;
@@ -416,7 +436,7 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
         let a1_name = a1.name.clone();
         tokio::spawn(async move {
             let mut cmd = tokio::process::Command::new("ip");
-            cmd.args(["netns", "exec", &a1_name, "python3", "-c", HTTP_GET, &url, "150"]);
+            cmd.args(["netns", "exec", &a1_name, "python3", "-c", HTTP_GET, &url, "60"]);
             run_to_exit(cmd).await
         })
     };
@@ -426,12 +446,52 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     ok(&bed.node_cli(&sock_a, &["remove-workload", "--netns", p2.to_str().unwrap()]).await);
     let out = ok(&load.await.unwrap());
     let codes: Vec<&str> = out.lines().filter(|l| !l.starts_with("xfcc=")).collect();
-    assert_eq!(codes.len(), 150, "{out}");
+    assert_eq!(codes.len(), 60, "{out}");
     assert!(codes.iter().all(|c| *c == "200"), "a request of a1 failed while a2 was removed and added: {out}");
     // a2 is no longer intercepted: its connection to the VIP goes nowhere.
     let gone = bed.node_cli(&sock_a, &["list"]).await;
     let list = outrider_proxy::node::api::parse_list(&String::from_utf8_lossy(&gone.stdout)).unwrap();
     assert_eq!(list.len(), 1);
+
+    // Mixed mesh: s1 runs its own sidecar (interception in its namespace). It calls b1 over
+    // HBONE with its own identity, and a1 (ambient) calls s1's sidecar over Outrider's mTLS.
+    let (s1, s1_ip) = &a.workloads[2];
+    let mut side_app = s1.python();
+    side_app.args(["-c", HTTP_APP, "8081", "s1"]);
+    let _side_app = Background::spawn(side_app);
+    let s1_token = {
+        let token = bed.outrider(&["token", "create", "--namespace", "default", "-q", "--service-account", "s1"]);
+        bed.dir.write("s1.token", &ok(&run_to_exit(token).await))
+    };
+    let mut sidecar = s1.command(proxy_bin());
+    sidecar.args(["--xds-address", "https://10.81.9.1:15010", "--ca-address", "https://10.81.9.1:15014", "--ca-root"]);
+    sidecar.arg(bed.dir.path().join("cp/root.pem")).arg("--identity-token").arg(&s1_token);
+    sidecar.args(["--service", "side", "--service-account", "s1", "--app-port", "8081", "--socket-mark", "1337"]);
+    sidecar.args(["--advertise", &format!("{s1_ip}:8081"), "--node-id", "s1-sidecar"]);
+    for flag in ["--admin-port", "--metrics-port", "--health-port"] {
+        sidecar.args([flag, "0"]);
+    }
+    sidecar.args(["--log-format", "json", "--workers", "1"]);
+    let sidecar = ProxyProcess::spawn(sidecar).await;
+    let mut rules = s1.command(proxy_bin());
+    rules.args(["iptables", "--apply", "--proxy-mark", "1337", "--outbound-port", "15001", "--inbound-port", "15006"]);
+    // The sidecar's own calls to the control plane are not intercepted.
+    rules.args(["--exclude-outbound-cidrs", "10.81.9.1/32"]);
+    ok(&run_to_exit(rules).await);
+    let body = wait::wait_for("the sidecar of s1 reaches the ambient b1 over HBONE", || async {
+        let (codes, body) = get(s1, &url, 1).await;
+        (codes == ["200"]).then_some(body)
+    })
+    .await;
+    assert!(body.contains("URI=spiffe://outrider.local/ns/default/sa/s1"), "{body}");
+    let body = wait::wait_for("the ambient a1 reaches the sidecar of s1", || async {
+        let (codes, body) = get(a1, "http://10.96.0.12:8081/mixed", 1).await;
+        (codes == ["200"]).then_some(body)
+    })
+    .await;
+    assert!(body.contains("URI=spiffe://outrider.local/ns/default/sa/a1"), "{body}");
+    assert!(body.contains("app=s1"), "{body}");
+    drop(sidecar);
 
     drop(node_a);
     drop(node_b);
