@@ -93,6 +93,19 @@ except Exception as e:
     sys.stdout.write("ERR " + type(e).__name__)
 "#;
 
+/// Opens a TCP connection, sends half a message and says so, then reports how it ended.
+const TCP_INFLIGHT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.sendall(b"half")
+print("open", flush=True)
+try:
+    d = c.recv(65536)
+    print("result", "eof" if not d else d.decode(), flush=True)
+except Exception as e:
+    print("result ERR", type(e).__name__, flush=True)
+"#;
+
 fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -492,6 +505,43 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert!(body.contains("URI=spiffe://outrider.local/ns/default/sa/a1"), "{body}");
     assert!(body.contains("app=s1"), "{body}");
     drop(sidecar);
+
+    // The node proxy restarts: a connection in flight through it fails; once the node agent
+    // has added the workload again, new connections work.
+    let mut inflight = a1.python();
+    inflight.args(["-c", TCP_INFLIGHT, TCP_VIP, "9000"]);
+    let mut inflight = Background::spawn(inflight);
+    inflight.wait_for_line("open").await;
+    drop(node_a);
+    let ended = inflight.wait_for_line("result").await;
+    assert!(!ended.contains("echo:"), "the in-flight connection failed with its proxy: {ended}");
+    let (node_a, sock_a) = bed.node_proxy("a").await;
+    wait::wait_until("the restarted node a serves a1 again", || async {
+        let p = path(a1);
+        let out = bed
+            .node_cli(
+                &sock_a,
+                &[
+                    "add-workload",
+                    "--netns",
+                    p.to_str().unwrap(),
+                    "--namespace",
+                    "default",
+                    "--service-account",
+                    "a1",
+                    "--service",
+                    "client",
+                ],
+            )
+            .await;
+        out.status.success()
+    })
+    .await;
+    wait::wait_until("a1 reaches echo-http through the restarted node proxy", || async {
+        get(a1, &url, 1).await.0 == ["200"]
+    })
+    .await;
+    assert_eq!(tcp(a1, TCP_VIP, "9000", "after restart").await, "echo:after restart");
 
     drop(node_a);
     drop(node_b);
