@@ -20,10 +20,18 @@ const TCP_VIP: &str = "10.96.0.11";
 /// Echoes what the app learnt: the caller's identity header, the path.
 const HTTP_APP: &str = r#"
 import http.server, sys
+calls = {"n": 0}
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        body = ("xfcc=" + str(self.headers.get("x-forwarded-client-cert")) + " path=" + self.path + " app=" + sys.argv[2]).encode()
+        if self.path == "/flaky":
+            calls["n"] += 1
+            if calls["n"] % 2 == 1:
+                self.send_response(503)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+        body = ("attempt=" + str(self.headers.get("x-outrider-attempt")) + " xfcc=" + str(self.headers.get("x-forwarded-client-cert")) + " path=" + self.path + " app=" + sys.argv[2]).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -201,6 +209,13 @@ apiVersion: outrider.io/v1
 kind: Service
 metadata: {{name: side}}
 spec: {{protocol: http, port: 8081, addresses: [\"10.96.0.12\"]}}
+---
+apiVersion: outrider.io/v1
+kind: TrafficPolicy
+metadata: {{name: echo-http}}
+spec:
+  service: echo-http
+  retries: {{attempts: 2, retryOn: [5xx], backoff: {{base: 1ms, max: 2ms}}}}
 ---
 apiVersion: outrider.io/v1
 kind: AuthorizationPolicy
@@ -425,6 +440,19 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert!(body.contains("By=spiffe://outrider.local/ns/default/sa/b1"), "{body}");
     assert!(body.contains("path=/hello app=b1"), "{body}");
 
+    // The TrafficPolicy's retry applies in node mode: every other /flaky call is a 503 at the
+    // app, a1 always gets 200 (on the second try when the first failed).
+    let flaky = format!("http://{HTTP_VIP}:8080/flaky");
+    let mut retried = 0;
+    for _ in 0..4 {
+        let (codes, body) = get(a1, &flaky, 1).await;
+        assert_eq!(codes, ["200"], "{body}");
+        if body.starts_with("attempt=2 ") {
+            retried += 1;
+        }
+    }
+    assert!(retried >= 2, "half of the calls needed a retry");
+
     // a2 is a valid identity that no policy allows: 403 from b1's side.
     let (codes, body) = get(a2, &url, 1).await;
     assert_eq!(codes, ["403"], "{body}");
@@ -458,7 +486,7 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     bed.add(&sock_a, a2, "a2", "client").await;
     ok(&bed.node_cli(&sock_a, &["remove-workload", "--netns", p2.to_str().unwrap()]).await);
     let out = ok(&load.await.unwrap());
-    let codes: Vec<&str> = out.lines().filter(|l| !l.starts_with("xfcc=")).collect();
+    let codes: Vec<&str> = out.lines().filter(|l| !l.starts_with("attempt=")).collect();
     assert_eq!(codes.len(), 60, "{out}");
     assert!(codes.iter().all(|c| *c == "200"), "a request of a1 failed while a2 was removed and added: {out}");
     // a2 is no longer intercepted: its connection to the VIP goes nowhere.
