@@ -102,3 +102,63 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+/// A stream whose first bytes were read to tell HTTP/1.1 from HTTP/2; they are read again first.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    head: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.head.is_empty() {
+            let n = out.remaining().min(this.head.len());
+            out.put_slice(&this.head.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Read the first bytes of a tunnelled HTTP connection (within `timeout`): an HBONE stream from
+/// an Outrider proxy carries HTTP/2 (or HTTP/1.1 for an upgrade), one from ztunnel the app's
+/// own bytes. `None` when the peer closed, timed out or sent neither.
+pub async fn sniff_http<S: AsyncRead + Unpin>(
+    mut stream: S,
+    timeout: std::time::Duration,
+) -> Option<(crate::http::preface::First, Rewind<S>)> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::with_capacity(crate::http::preface::LINE_WINDOW);
+    let read = async {
+        loop {
+            if let Some(first) = crate::http::preface::classify(&buf) {
+                return Some(first);
+            }
+            if buf.len() >= crate::http::preface::LINE_WINDOW {
+                return Some(crate::http::preface::First::Http1);
+            }
+            let mut chunk = [0u8; 64];
+            let want = (crate::http::preface::LINE_WINDOW - buf.len()).min(chunk.len());
+            match stream.read(&mut chunk[..want]).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let first = tokio::time::timeout(timeout, read).await.ok()??;
+    Some((first, Rewind { head: Bytes::from(buf), inner: stream }))
+}

@@ -15,6 +15,9 @@ use crate::state::ClusterProtocol;
 use crate::telemetry::access::TcpRecord;
 use crate::telemetry::metrics::Direction;
 
+/// The first request line or HTTP/2 preface on a tunnel must arrive within this.
+const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Inbound {
     /// Serve one HBONE `CONNECT` to this workload until the tunnelled connection ends.
     pub async fn tunnel(self: Arc<Self>, connect: Connect, drain: drain::Signal) {
@@ -28,9 +31,17 @@ impl Inbound {
         }
         if matches!(self.declared(), Some(ClusterProtocol::Http1 | ClusterProtocol::Http2)) {
             // HTTP: every request is authorized on its own (403 with the reason).
-            match connect.accept() {
-                Ok(stream) => self.serve_http(stream, client, port, Some(peer), drain).await,
-                Err(e) => tracing::debug!(%client, error = %e, "HBONE stream ended before it was answered"),
+            let stream = match connect.accept() {
+                Ok(stream) => stream,
+                Err(e) => return tracing::debug!(%client, error = %e, "HBONE stream ended before it was answered"),
+            };
+            use crate::http::preface::First;
+            use crate::http::server::Downstream;
+            match crate::hbone::stream::sniff_http(stream, SNIFF_TIMEOUT).await {
+                Some((First::Http2, s)) => self.serve_http(Downstream::Http2(s), client, port, Some(peer), drain).await,
+                Some((First::Http1, s)) => self.serve_http(Downstream::Http1(s), client, port, Some(peer), drain).await,
+                Some((First::Invalid, s)) => crate::http::preface::reject(s).await,
+                None => tracing::debug!(%client, "HBONE stream closed before its first request"),
             }
             return;
         }

@@ -43,9 +43,6 @@ struct Accepted {
     versions: Versions,
     /// Types received from the server so far.
     received: BTreeSet<&'static str>,
-    /// Listeners refused because the routes they name had not arrived (a server may send LDS
-    /// before RDS, as Envoy's order is): tried again when routes are accepted.
-    held_listeners: Option<(Vec<envoy_types::pb::envoy::config::listener::v3::Listener>, String)>,
 }
 
 /// More stores fed from the same xDS stream, each with its own builder so that the state that
@@ -167,35 +164,12 @@ impl XdsHandler {
             other => return Err(format!("unsupported resource type {other}")),
         }
         next.resources.version = update.version.to_owned();
-        let (snapshot, rejected) = self.builder.build(&next.resources);
+        let (mut snapshot, rejected) = self.builder.build(&next.resources);
         let type_name = ads::type_name(update.type_url);
         let mine: Vec<String> = rejected.iter().filter(|r| r.type_name == type_name).map(|r| r.to_string()).collect();
         if !mine.is_empty() {
-            if update.type_url == LISTENER_TYPE_URL {
-                accepted.held_listeners = Some((next.resources.listeners.clone(), next.versions.listeners.clone()));
-            }
             return Err(mine.join("; "));
         }
-        let (mut snapshot, rejected): (crate::state::Snapshot, _) = match next.held_listeners.take() {
-            Some((listeners, version)) if update.type_url == ROUTE_CONFIGURATION_TYPE_URL => {
-                let mut with = next.clone();
-                with.resources.listeners = listeners;
-                with.versions.listeners = version;
-                let (s, r) = self.builder.build(&with.resources);
-                if r.iter().any(|r| r.type_name == ads::type_name(LISTENER_TYPE_URL)) {
-                    (snapshot, rejected)
-                } else {
-                    tracing::info!("held listeners applied now that their routes arrived");
-                    with.received.insert(ALL_TYPES[0]);
-                    next = with;
-                    (s, r)
-                }
-            }
-            held => {
-                next.held_listeners = held;
-                (snapshot, rejected)
-            }
-        };
         for r in &rejected {
             // Another type's resource refers to something this update changed; its own update
             // is on the way (the server sends clusters before the routes that use them).
@@ -413,5 +387,38 @@ mod tests {
             handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v3", resources: &garbage }).unwrap_err();
         assert!(err.contains("cannot decode"), "{err}");
         assert_eq!(store.load().versions.clusters, "v1");
+    }
+
+    #[test]
+    fn a_listener_before_its_routes_is_accepted_and_its_chains_arrive_with_the_routes() {
+        // Envoy's order (CDS, EDS, LDS, RDS): the outbound listener's filter chain for a service
+        // with addresses names a virtual host of a route configuration that comes after it.
+        const WITH_ADDRESS: &str = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: echo}\nspec: {port: 8080, addresses: [\"10.9.0.1\"], endpoints: [{address: \"127.0.0.1:9\"}]}\n";
+        let store = Arc::new(Store::new());
+        let handler = XdsHandler::new(store.clone(), Metrics::new(), None);
+        let res = outrider_xds::translate(&outrider_xds::load_str("t.yaml", WITH_ADDRESS).unwrap());
+        for (type_url, resources) in &updates(&res) {
+            handler
+                .update(&Update { type_url, version: "v1", resources })
+                .unwrap_or_else(|e| panic!("{type_url}: NACK {e}"));
+        }
+        assert!(store.is_ready());
+        let dst: std::net::SocketAddr = "10.9.0.1:8080".parse().unwrap();
+        assert!(
+            matches!(store.load().outbound.lookup(dst), Some(crate::state::Target::Http(_))),
+            "the address routes to the service once the routes are in"
+        );
+
+        // A route configuration without the listener's virtual host is the one NACKed.
+        let mut routes = res.routes.clone();
+        for r in &mut routes {
+            r.virtual_hosts.retain(|v| v.name != "echo");
+        }
+        let routes = typed(ROUTE_CONFIGURATION_TYPE_URL, &routes, |r| r.name.clone());
+        let err = handler
+            .update(&Update { type_url: ROUTE_CONFIGURATION_TYPE_URL, version: "v2", resources: &routes })
+            .unwrap_err();
+        assert!(err.contains("no virtual host echo"), "{err}");
+        assert_eq!(store.load().versions.routes, "v1");
     }
 }
