@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::policy::breaker::ClusterCounters;
 use crate::policy::config::Thresholds;
@@ -31,7 +31,8 @@ pub struct ConnectTime(pub Duration);
 #[derive(Clone, Debug)]
 pub struct ConnectConfig {
     pub timeout: Duration,
-    pub mark: Option<u32>,
+    /// Mark and (node mode) network namespace of the socket.
+    pub socket: crate::transport::socket::SocketOptions,
     /// The cluster's live counts and thresholds: connections and requests
     /// waiting for one are limited (`maxConnections`, `maxPendingRequests`).
     pub limits: Option<(Arc<ClusterCounters>, Thresholds)>,
@@ -55,6 +56,8 @@ pub enum UpstreamError {
     Overflow(SocketAddr, &'static str),
     #[error("mTLS handshake with {0} failed: {1}")]
     Tls(SocketAddr, String),
+    #[error("tunnel to {0} failed: {1}")]
+    Hbone(SocketAddr, String),
 }
 
 impl UpstreamError {
@@ -66,7 +69,8 @@ impl UpstreamError {
             | UpstreamError::Handshake(a, _)
             | UpstreamError::Request(a, _)
             | UpstreamError::Overflow(a, _)
-            | UpstreamError::Tls(a, _) => *a,
+            | UpstreamError::Tls(a, _)
+            | UpstreamError::Hbone(a, _) => *a,
         }
     }
 
@@ -78,18 +82,14 @@ impl UpstreamError {
                 | UpstreamError::Connect(..)
                 | UpstreamError::Handshake(..)
                 | UpstreamError::Tls(..)
+                | UpstreamError::Hbone(..)
         )
     }
 }
 
 /// Open a TCP connection with a deadline and the proxy's socket options.
 pub async fn connect_tcp(addr: SocketAddr, cfg: &ConnectConfig) -> Result<TcpStream, UpstreamError> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-        .map_err(|e| UpstreamError::Connect(addr, e))?;
-    socket.set_nodelay(true).map_err(|e| UpstreamError::Connect(addr, e))?;
-    if let Some(mark) = cfg.mark {
-        socket2::SockRef::from(&socket).set_mark(mark).map_err(|e| UpstreamError::Connect(addr, e))?;
-    }
+    let socket = cfg.socket.tcp_socket(addr).map_err(|e| UpstreamError::Connect(addr, e))?;
     match tokio::time::timeout(cfg.timeout, socket.connect(addr)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(UpstreamError::Connect(addr, e)),
@@ -118,6 +118,8 @@ pub async fn connect_mesh(
 pub enum Either {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A stream of an HBONE connection (an ambient workload).
+    Hbone(Box<crate::hbone::stream::Stream>),
 }
 
 impl tokio::io::AsyncRead for Either {
@@ -129,6 +131,7 @@ impl tokio::io::AsyncRead for Either {
         match self.get_mut() {
             Either::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
             Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -142,6 +145,7 @@ impl tokio::io::AsyncWrite for Either {
         match self.get_mut() {
             Either::Plain(s) => std::pin::Pin::new(s).poll_write(cx, data),
             Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, data),
+            Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, data),
         }
     }
 
@@ -149,6 +153,7 @@ impl tokio::io::AsyncWrite for Either {
         match self.get_mut() {
             Either::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -159,6 +164,7 @@ impl tokio::io::AsyncWrite for Either {
         match self.get_mut() {
             Either::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -171,6 +177,23 @@ pub async fn connect_tcp_or_mesh(
 ) -> Result<Either, UpstreamError> {
     match &cfg.mesh {
         None => Ok(Either::Plain(connect_tcp(addr, cfg).await?)),
+        Some(target) if let Some(tunnel) = target.hbone => {
+            let t = crate::hbone::client::Target {
+                via: SocketAddr::new(addr.ip(), crate::hbone::PORT),
+                target: addr,
+                identity: target.identity.clone(),
+                source: tunnel.source,
+                traceparent: None,
+                baggage: None,
+            };
+            let stream = target
+                .mesh
+                .hbone
+                .connect(&t, &cfg.socket, cfg.timeout)
+                .await
+                .map_err(|e| UpstreamError::Hbone(addr, e.to_string()))?;
+            Ok(Either::Hbone(Box::new(stream)))
+        }
         Some(target) => Ok(Either::Tls(Box::new(connect_mesh(addr, cfg, target, carry).await?))),
     }
 }

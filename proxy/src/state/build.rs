@@ -97,7 +97,7 @@ impl Builder {
                     if let Some(cla) = loads.get(&*name) {
                         match endpoints_from(cla) {
                             Ok(list) => {
-                                for EndpointParts { addr, weight, labels, meshed, identity } in list {
+                                for EndpointParts { addr, weight, labels, meshed, identity, hbone } in list {
                                     let key = (name.clone(), addr);
                                     let shared = carried.get(&key).cloned().unwrap_or_else(|| {
                                         Arc::new(EndpointShared {
@@ -107,7 +107,15 @@ impl Builder {
                                         })
                                     });
                                     next_carried.insert(key, shared.clone());
-                                    eps.push(Arc::new(Endpoint { addr, weight, labels, meshed, identity, shared }));
+                                    eps.push(Arc::new(Endpoint {
+                                        addr,
+                                        weight,
+                                        labels,
+                                        meshed,
+                                        identity,
+                                        hbone,
+                                        shared,
+                                    }));
                                 }
                                 dump_endpoints.push(dump_cla(&name, &eps));
                             }
@@ -379,7 +387,11 @@ fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, Str
                 }
                 _ => None,
             };
-            out.push(EndpointParts { addr: SocketAddr::new(ip, port), weight, labels, meshed, identity });
+            let hbone = identity.is_some()
+                && meta
+                    .and_then(|m| m.fields.get(names::HBONE_FIELD))
+                    .is_some_and(|v| matches!(v.kind, Some(value::Kind::BoolValue(true))));
+            out.push(EndpointParts { addr: SocketAddr::new(ip, port), weight, labels, meshed, identity, hbone });
         }
     }
     Ok(out)
@@ -392,6 +404,7 @@ struct EndpointParts {
     labels: BTreeMap<String, String>,
     meshed: bool,
     identity: Option<crate::tls::Identity>,
+    hbone: bool,
 }
 
 /// An inbound listener `inbound|SERVICE`: strict when it has no plaintext (`raw_buffer`)
@@ -457,6 +470,7 @@ fn dump_cla(name: &str, eps: &[Arc<Endpoint>]) -> serde_json::Value {
         "endpoints": eps.iter().map(|e| json!({
             "address": e.addr.to_string(), "weight": e.weight, "labels": e.labels, "meshed": e.meshed,
             "identity": e.identity.as_ref().map(|i| i.as_str()),
+            "hbone": e.hbone,
         })).collect::<Vec<_>>(),
     })
 }
