@@ -15,7 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use super::Body;
-use crate::policy::breaker::{ClusterCounters, GaugeGuard};
+use crate::policy::breaker::{ClusterThresholds, GaugeGuard};
 use crate::policy::config::Thresholds;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -39,7 +39,7 @@ pub struct ConnectConfig {
     pub mark: Option<u32>,
     /// The cluster's live counts and thresholds: new connections and requests
     /// waiting for one are limited (circuit-breaker thresholds).
-    pub limits: Option<(Arc<ClusterCounters>, Thresholds)>,
+    pub limits: Option<(Arc<ClusterThresholds>, Thresholds)>,
     /// Pooled connections unused for longer than this are closed.
     pub idle_timeout: Option<Duration>,
     /// A meshed endpoint: mutual TLS with its expected identity, HTTP multiplexed over h2.

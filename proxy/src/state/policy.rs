@@ -1,4 +1,5 @@
 //! Envoy route / cluster fields → the proxy's policy config (once per snapshot).
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XCluster;
@@ -12,12 +13,15 @@ use outrider_xds::resources::{self as names, Resilience};
 use super::build::{decode_any, duration_from};
 use crate::backoff::ExponentialBackoff;
 use crate::policy::config::{
-    BreakerConfig, BudgetConfig, ClusterPolicy, FaultPolicy, OutlierConfig, RetryOn, RetryPolicy, RoutePolicy,
-    Thresholds,
+    BreakerConfig, BreakerScope, BudgetConfig, ClusterPolicy, FallbackConfig, FaultPolicy, OutlierConfig, RetryOn,
+    RetryPolicy, RoutePolicy, Thresholds,
 };
 
 /// Upstream connections idle this long are closed unless the policy says otherwise.
 const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(3600);
+/// The largest breaker window accepted (as the policy validation allows): it bounds the
+/// memory of each state machine.
+const MAX_BREAKER_WINDOW: u32 = 10_000;
 
 fn dur(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Result<Option<Duration>, String> {
     d.as_ref().map(duration_from).transpose()
@@ -147,6 +151,7 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
     };
     let mut breaker = None;
     let mut budget = None;
+    let mut fallback = None;
     let mut upstream_idle_timeout = Some(DEFAULT_UPSTREAM_IDLE);
     if let Some(any) = xc.typed_extension_protocol_options.get(names::RESILIENCE_KEY) {
         let r: Resilience = decode_any(any)?;
@@ -154,7 +159,15 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
             upstream_idle_timeout = Some(d).filter(|d| !d.is_zero());
         }
         if let Some(b) = r.breaker {
+            if b.window > MAX_BREAKER_WINDOW {
+                return Err(format!("breaker window {} is over the limit of {MAX_BREAKER_WINDOW} calls", b.window));
+            }
             let window = b.window.max(1);
+            let scope = match names::BreakerScope::try_from(b.scope) {
+                Ok(names::BreakerScope::Endpoint) => BreakerScope::Endpoint,
+                Ok(names::BreakerScope::Service) => BreakerScope::Service,
+                Err(_) => return Err(format!("breaker scope {} is not supported (0 endpoint, 1 service)", b.scope)),
+            };
             breaker = Some(BreakerConfig {
                 failure_rate_threshold: b.failure_rate_threshold.clamp(1, 100),
                 slow_call_duration: dur(&b.slow_call_duration)?.unwrap_or(Duration::from_secs(60)),
@@ -163,7 +176,14 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
                 minimum_calls: b.minimum_calls.clamp(1, window),
                 open_duration: dur(&b.open_duration)?.unwrap_or(Duration::from_secs(60)),
                 half_open_calls: b.half_open_calls.max(1),
+                scope,
             });
+        }
+        if let Some(f) = r.fallback {
+            if f.cluster.is_empty() {
+                return Err("fallback names no cluster".into());
+            }
+            fallback = Some(FallbackConfig { cluster: Arc::from(f.cluster), subset: f.subset });
         }
         if let Some(rb) = r.retry_budget {
             if !(0.0..=1000.0).contains(&rb.ratio) {
@@ -176,5 +196,5 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
             });
         }
     }
-    Ok(ClusterPolicy { thresholds, upstream_idle_timeout, breaker, budget, outlier })
+    Ok(ClusterPolicy { thresholds, upstream_idle_timeout, breaker, budget, outlier, fallback })
 }
