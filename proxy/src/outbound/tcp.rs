@@ -213,36 +213,4 @@ pub async fn splice_to<D: Io>(
 }
 
 #[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    use super::*;
-    use crate::telemetry::metrics::Metrics;
-
-    async fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
-        let addr = l.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
-        (a.unwrap(), b.unwrap().0)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_is_closed_after_the_idle_timeout() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (mut client, down) = pair(&l).await;
-        let (up, mut server) = pair(&l).await;
-        let recorder =
-            Arc::new(Recorder { metrics: Metrics::new(), access_log: false, access_log_sample: 1.0, tracer: None });
-        let rec = TcpRecord::start(&recorder, Direction::outbound, client.local_addr().unwrap(), Arc::from("t"));
-        let task = tokio::spawn(copy(down, Ok(up), rec, Some(Duration::from_secs(30))));
-        client.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        server.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ping", "traffic flows before the timeout");
-        let start = Instant::now();
-        // Nothing moves now: paused time runs ahead to the idle deadline.
-        task.await.unwrap();
-        assert!(start.elapsed() >= Duration::from_secs(30), "closed only after 30 s of silence");
-        assert_eq!(client.read(&mut buf).await.unwrap(), 0, "the client sees the connection closed");
-    }
-}
+mod tests;
