@@ -45,10 +45,13 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
-/// A local port nothing listens on.
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// A local port nothing listens on, held (bound, never listening) by the returned socket so
+/// no other socket takes it while the test runs: connects to it are refused.
+fn closed_port() -> (SocketAddr, socket2::Socket) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (addr, s)
 }
 
 /// The outbound context with a snapshot of tcp service `db` (endpoints `eps`, policy `spec`).
@@ -78,9 +81,8 @@ fn outbound(eps: &[SocketAddr], spec: &str) -> (Arc<Outbound>, Arc<Cluster>) {
 }
 
 /// One client connection through `to_cluster`: whether the echo came back.
-async fn connect_once(ctx: &Arc<Outbound>, cluster: &Arc<Cluster>) -> bool {
-    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (mut client, down) = pair(&front).await;
+async fn connect_once(front: &TcpListener, ctx: &Arc<Outbound>, cluster: &Arc<Cluster>) -> bool {
+    let (mut client, down) = pair(front).await;
     let (ctx2, cluster2) = (ctx.clone(), cluster.clone());
     let peer = client.local_addr().unwrap();
     let task = tokio::spawn(async move { to_cluster(&ctx2, down, peer, &cluster2).await });
@@ -92,10 +94,15 @@ async fn connect_once(ctx: &Arc<Outbound>, cluster: &Arc<Cluster>) -> bool {
     got == b"ping"
 }
 
+/// `n` connections one after another; how many did not get their echo.
 async fn failures(ctx: &Arc<Outbound>, cluster: &Arc<Cluster>, n: usize) -> usize {
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut failed = 0;
     for _ in 0..n {
-        failed += usize::from(!connect_once(ctx, cluster).await);
+        let ok = tokio::time::timeout(Duration::from_secs(10), connect_once(&front, ctx, cluster))
+            .await
+            .expect("a connection through the proxy ends within 10 s");
+        failed += usize::from(!ok);
     }
     failed
 }
@@ -106,7 +113,7 @@ fn is_ejected(cluster: &Cluster, addr: SocketAddr) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_connect_failures_eject_a_tcp_endpoint() {
-    let (a, b, dead) = (echo_server().await, echo_server().await, closed_port());
+    let (a, b, (dead, _held)) = (echo_server().await, echo_server().await, closed_port());
     let (ctx, cluster) = outbound(
         &[a, b, dead],
         "  outlierDetection: {consecutive5xx: 2, baseEjectionTime: 60s, maxEjectionPercent: 34}\n",
@@ -120,7 +127,7 @@ async fn consecutive_connect_failures_eject_a_tcp_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_percentage_of_connects_ejects_a_tcp_endpoint() {
-    let (a, dead) = (echo_server().await, closed_port());
+    let (a, (dead, _held)) = (echo_server().await, closed_port());
     let (ctx, cluster) = outbound(
         &[a, dead],
         "  outlierDetection: {consecutive5xx: 0, failurePercentageThreshold: 50, failurePercentageMinimumRequests: 3, \
@@ -136,7 +143,7 @@ async fn a_failure_percentage_of_connects_ejects_a_tcp_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_endpoints_breaker_opens_on_connect_failures_and_it_is_skipped() {
-    let (a, dead) = (echo_server().await, closed_port());
+    let (a, (dead, _held)) = (echo_server().await, closed_port());
     let (ctx, cluster) = outbound(
         &[a, dead],
         "  circuitBreaker: {failureRateThreshold: 50, window: 3, minimumCalls: 3, openDuration: 60s}\n",
