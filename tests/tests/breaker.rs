@@ -244,3 +244,38 @@ async fn an_open_endpoint_is_probed_after_open_duration_and_closes_when_healthy(
     let m = proxy.metrics().await;
     assert_eq!(sum(&m, "outrider_circuit_breaker_endpoints", &[("service", "hp"), ("state", "closed")]), 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_nothing_untried_in_its_split_goes_to_the_fallback() {
+    let switch = upstream::Switch::new();
+    let v1 = upstream::http1().name("v1").start().await;
+    let v2 = upstream::http1().name("v2").switch(&switch).start().await;
+    let svc = service("rf")
+        .endpoint_labeled(v1.addr, &[("version", "v1")])
+        .endpoint_labeled(v2.addr, &[("version", "v2")])
+        .yaml();
+    let spec = |fallback: &str| {
+        format!(
+            "  retries:\n    attempts: 1\n    retryOn: [5xx]\n    backoff: {{base: 1ms, max: 2ms}}\n  \
+             circuitBreaker: {{{fallback}failureRateThreshold: 100, window: 100, minimumCalls: 100}}\n  \
+             routes:\n    - match: {{pathPrefix: /}}\n      split: [{{subset: {{version: v2}}, weight: 100}}]\n"
+        )
+    };
+    let proxy =
+        ProxyHarness::start(&docs(&[svc.clone(), policy("rf", &spec("fallback: {subset: {version: v1}}, "))])).await;
+    switch.fail_next(1);
+    let r = proxy.get("http://rf:8080/").await;
+    r.assert_status(200);
+    assert_eq!(r.upstream(), Some("v1"), "v2, the only endpoint of the split, was tried: the retry went to v1");
+    assert_eq!((v2.request_count(), v1.request_count()), (1, 1));
+    let m = proxy.metrics().await;
+    assert_eq!(sum(&m, "outrider_circuit_breaker_fallbacks_total", &[("service", "rf")]), 1.0);
+
+    // Without a fallback the retry goes to v2 again.
+    proxy.reload(&docs(&[svc, policy("rf", &spec(""))])).await;
+    switch.fail_next(1);
+    let r = proxy.get("http://rf:8080/").await;
+    r.assert_status(200);
+    assert_eq!(r.upstream(), Some("v2"));
+    assert_eq!((v2.request_count(), v1.request_count()), (3, 1));
+}

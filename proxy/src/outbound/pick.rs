@@ -7,7 +7,10 @@
 //! any that admits (Envoy's panic mode). With `scope: service` the service's one state machine
 //! admits or rejects the call as a whole. An endpoint whose breaker is open is never picked:
 //! when no endpoint of the split admits calls (or the split has none), the caller tries the
-//! split's fallback the same way, and otherwise answers with the local 503 `circuit-open`.
+//! split's fallback the same way, and otherwise answers with the local 503 `circuit-open`. A
+//! retry that would only find endpoints of its split it has tried already goes to the fallback
+//! too, when the fallback has one it can use (Envoy's `previous_priorities` retry priority
+//! moves retries to the next priority the same way).
 //!
 //! Reporting: the [`Attempt`] guard feeds the outcome to the breaker (the endpoint's or the
 //! service's), to outlier detection and to the peak-EWMA estimate exactly once, when the
@@ -36,6 +39,20 @@ const ACQUIRE_TRIES: usize = 3;
 pub struct Choice {
     pub endpoint: Arc<Endpoint>,
     pub permit: Option<Permit>,
+    /// Whether this request has not tried the endpoint yet.
+    pub untried: bool,
+}
+
+impl Choice {
+    /// Not used after all: give the permit back (a half-open probe slot).
+    pub fn release(mut self, cluster: &Cluster) {
+        if let (Some(permit), Some(cfg)) = (self.permit.take(), &cluster.policy.breaker) {
+            match cfg.scope {
+                BreakerScope::Endpoint => self.endpoint.shared.breaker.forget(permit),
+                BreakerScope::Service => cluster.state.breaker.forget(permit),
+            }
+        }
+    }
 }
 
 /// Why nothing could be picked.
@@ -50,8 +67,12 @@ pub enum NoPick {
 /// Choose an endpoint of `endpoints` (a subset of `cluster`, or all of it) for one attempt,
 /// avoiding the endpoints in `tried` where it can.
 pub fn choose(cluster: &Cluster, endpoints: &Balancer<Arc<Endpoint>>, tried: &[SocketAddr]) -> Result<Choice, NoPick> {
+    let choice = |endpoint: Arc<Endpoint>, permit| {
+        let untried = !tried.contains(&endpoint.addr);
+        Choice { endpoint, permit, untried }
+    };
     let Some(cfg) = &cluster.policy.breaker else {
-        return pick(cluster, endpoints, tried, |_| true).map(|endpoint| Choice { endpoint, permit: None });
+        return pick(cluster, endpoints, tried, |_| true).map(|endpoint| choice(endpoint, None));
     };
     match cfg.scope {
         BreakerScope::Service => {
@@ -60,7 +81,7 @@ pub fn choose(cluster: &Cluster, endpoints: &Balancer<Arc<Endpoint>>, tried: &[S
             }
             let permit = cluster.state.breaker.try_acquire(cfg).map_err(|_| NoPick::Open)?;
             match pick(cluster, endpoints, tried, |_| true) {
-                Ok(endpoint) => Ok(Choice { endpoint, permit: Some(permit) }),
+                Ok(endpoint) => Ok(choice(endpoint, Some(permit))),
                 Err(e) => {
                     cluster.state.breaker.forget(permit);
                     Err(e)
@@ -72,7 +93,7 @@ pub fn choose(cluster: &Cluster, endpoints: &Balancer<Arc<Endpoint>>, tried: &[S
                 let endpoint = pick(cluster, endpoints, tried, |e| e.shared.breaker.admits())?;
                 // Half-open with every probe out: another endpoint, if one admits calls.
                 if let Ok(permit) = endpoint.shared.breaker.try_acquire(cfg) {
-                    return Ok(Choice { endpoint, permit: Some(permit) });
+                    return Ok(choice(endpoint, Some(permit)));
                 }
             }
             Err(NoPick::Open)

@@ -185,6 +185,30 @@ impl<S> Balance<S> {
         BalanceFuture::Failed { error: Some(error) }
     }
 
+    /// Going to the fallback: count it; for another service, take a slot of its
+    /// `maxRequests` threshold and have the endpoint stage use its settings.
+    fn fall_back(&self, fb: &Fallback, up: &mut Upstream) -> Result<Option<GaugeGuard>, ProxyError> {
+        let mut slot = None;
+        if !Arc::ptr_eq(&fb.cluster, &self.cluster) {
+            let c = &fb.cluster;
+            let Some(s) = c.state.counters.acquire_request(c.policy.thresholds.max_requests) else {
+                let reason = "max-requests";
+                self.metrics
+                    .circuit_breaker_rejections
+                    .get_or_create(&ServiceReasonLabels { service: c.service.clone(), reason })
+                    .inc();
+                return Err(ProxyError::Overloaded { service: c.service.to_string(), reason });
+            };
+            slot = Some(s);
+            up.fallback = Some(c.clone());
+        }
+        self.metrics
+            .circuit_breaker_fallbacks
+            .get_or_create(&ServiceLabels { service: self.cluster.service.clone() })
+            .inc();
+        Ok(slot)
+    }
+
     fn rejected_open(&self, service: &Arc<str>) -> ProxyError {
         self.metrics
             .circuit_breaker_rejections
@@ -211,53 +235,53 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let (choice, cluster, slot) = match pick::choose(&self.cluster, &self.endpoints, &up.tried) {
-            Ok(choice) => (choice, self.cluster.clone(), None),
-            Err(why) => {
-                let Some(fb) = &self.fallback else {
-                    return match why {
-                        NoPick::Empty => {
-                            self.reject(ProxyError::NoHealthyUpstream { service: self.cluster.service.to_string() })
+        let primary = pick::choose(&self.cluster, &self.endpoints, &up.tried);
+        let (choice, cluster, slot) = match (primary, &self.fallback) {
+            (Ok(choice), None) => (choice, self.cluster.clone(), None),
+            (Ok(choice), Some(_)) if choice.untried => (choice, self.cluster.clone(), None),
+            // A retry that only finds endpoints it tried already: the fallback's, if it has one
+            // to use, else the tried one again.
+            (Ok(choice), Some(fb)) => match pick::choose(&fb.cluster, &fb.endpoints, &up.tried) {
+                Ok(other) if other.untried => {
+                    choice.release(&self.cluster);
+                    match self.fall_back(fb, &mut up) {
+                        Ok(slot) => (other, fb.cluster.clone(), slot),
+                        Err(e) => {
+                            other.release(&fb.cluster);
+                            return self.reject(e);
                         }
-                        NoPick::Open => {
-                            let e = self.rejected_open(&self.cluster.service);
-                            self.reject(e)
-                        }
-                    };
-                };
-                // Every endpoint of the split is open (or there is none): the fallback, with
-                // its cluster's breaker and, for another service, its request threshold.
-                let choice = match pick::choose(&fb.cluster, &fb.endpoints, &up.tried) {
-                    Ok(c) => c,
-                    Err(NoPick::Empty) => {
-                        return self
-                            .reject(ProxyError::NoHealthyUpstream { service: self.cluster.service.to_string() });
                     }
-                    Err(NoPick::Open) => {
-                        let e = self.rejected_open(&self.cluster.service);
+                }
+                Ok(other) => {
+                    other.release(&fb.cluster);
+                    (choice, self.cluster.clone(), None)
+                }
+                Err(_) => (choice, self.cluster.clone(), None),
+            },
+            (Err(why), None) => {
+                let e = match why {
+                    NoPick::Empty => ProxyError::NoHealthyUpstream { service: self.cluster.service.to_string() },
+                    NoPick::Open => self.rejected_open(&self.cluster.service),
+                };
+                return self.reject(e);
+            }
+            // Every endpoint of the split is open (or there is none): the fallback.
+            (Err(_), Some(fb)) => match pick::choose(&fb.cluster, &fb.endpoints, &up.tried) {
+                Ok(other) => match self.fall_back(fb, &mut up) {
+                    Ok(slot) => (other, fb.cluster.clone(), slot),
+                    Err(e) => {
+                        other.release(&fb.cluster);
                         return self.reject(e);
                     }
-                };
-                let mut slot = None;
-                if !Arc::ptr_eq(&fb.cluster, &self.cluster) {
-                    let c = &fb.cluster;
-                    let Some(s) = c.state.counters.acquire_request(c.policy.thresholds.max_requests) else {
-                        self.metrics
-                            .circuit_breaker_rejections
-                            .get_or_create(&ServiceReasonLabels { service: c.service.clone(), reason: "max-requests" })
-                            .inc();
-                        return self
-                            .reject(ProxyError::Overloaded { service: c.service.to_string(), reason: "max-requests" });
-                    };
-                    slot = Some(s);
-                    up.fallback = Some(c.clone());
+                },
+                Err(NoPick::Empty) => {
+                    return self.reject(ProxyError::NoHealthyUpstream { service: self.cluster.service.to_string() });
                 }
-                self.metrics
-                    .circuit_breaker_fallbacks
-                    .get_or_create(&ServiceLabels { service: self.cluster.service.clone() })
-                    .inc();
-                (choice, fb.cluster.clone(), slot)
-            }
+                Err(NoPick::Open) => {
+                    let e = self.rejected_open(&self.cluster.service);
+                    return self.reject(e);
+                }
+            },
         };
         let attempt = pick::Attempt::start(choice, cluster, deadline, true, self.metrics.clone());
         up.endpoint = Some(attempt.endpoint().clone());

@@ -52,8 +52,13 @@ async fn an_open_endpoint_is_skipped_and_the_others_serve() {
     // A retry avoids what it tried, and never goes to the open one either.
     let tried = ["127.0.0.1:1".parse().unwrap()];
     for _ in 0..50 {
-        assert_eq!(port(&choose(&c, &c.endpoints, &tried).unwrap()), 3);
+        let choice = choose(&c, &c.endpoints, &tried).unwrap();
+        assert_eq!((port(&choice), choice.untried), (3, true));
     }
+    // Everything that admits calls was tried: one of them again, and the caller knows.
+    let tried = ["127.0.0.1:1".parse().unwrap(), "127.0.0.1:3".parse().unwrap()];
+    let choice = choose(&c, &c.endpoints, &tried).unwrap();
+    assert!(!choice.untried && port(&choice) != 2);
     // All open: nothing to pick; after openDuration, probes go through again.
     open(&c, 1);
     open(&c, 3);
@@ -91,7 +96,7 @@ async fn an_attempt_abandoned_by_its_timeout_counts_as_a_failed_slow_call_and_a_
     let metrics = Metrics::new();
     for i in 0..2 {
         let permit = ep.shared.breaker.try_acquire(&c.policy.breaker.unwrap()).unwrap();
-        let choice = Choice { endpoint: ep.clone(), permit: Some(permit) };
+        let choice = Choice { endpoint: ep.clone(), permit: Some(permit), untried: true };
         let deadline = Instant::now() + Duration::from_secs(2);
         let attempt = Attempt::start(choice, c.clone(), Some(deadline), true, metrics.clone());
         assert_eq!(ep.shared.ewma.pending(), 1);
@@ -147,7 +152,7 @@ async fn a_finished_attempt_feeds_breaker_outlier_and_estimate_once() {
     for _ in 0..2 {
         let permit = ep.shared.breaker.try_acquire(&c.policy.breaker.unwrap()).unwrap();
         let a = Attempt::start(
-            Choice { endpoint: ep.clone(), permit: Some(permit) },
+            Choice { endpoint: ep.clone(), permit: Some(permit), untried: true },
             c.clone(),
             None,
             true,
