@@ -720,44 +720,4 @@ fn chain_target(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resources(endpoints: &[&str]) -> Resources {
-        let eps: String = endpoints.iter().map(|e| format!("    - {{address: \"{e}\"}}\n")).collect();
-        let yaml = format!(
-            "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  port: 8080\n  endpoints:\n{eps}"
-        );
-        outrider_xds::translate(&outrider_xds::load_str("t.yaml", &yaml).unwrap())
-    }
-
-    fn shared_of(snap: &Snapshot, addr: &str) -> Arc<EndpointShared> {
-        let c = snap.clusters.values().next().unwrap();
-        c.endpoints.items().iter().find(|e| e.addr.to_string() == addr).unwrap().shared.clone()
-    }
-
-    #[test]
-    fn endpoint_state_is_carried_and_survives_a_rejected_build() {
-        let b = Builder::new();
-        let (first, rejected) = b.build(&resources(&["127.0.0.1:1", "127.0.0.1:2"]));
-        assert!(rejected.is_empty());
-        let e2 = shared_of(&first, "127.0.0.1:2");
-
-        // A build that drops endpoint 2 but is rejected (an unsupported lb policy)
-        // must not forget endpoint 2's state: the first snapshot stays in force.
-        let mut bad = resources(&["127.0.0.1:1"]);
-        let c = bad.clusters.iter_mut().find(|c| c.name != names::PASSTHROUGH_CLUSTER).unwrap();
-        c.lb_policy = cluster::LbPolicy::Maglev as i32;
-        let (_, rejected) = b.build(&bad);
-        assert!(!rejected.is_empty());
-
-        let (third, rejected) = b.build(&resources(&["127.0.0.1:1", "127.0.0.1:2"]));
-        assert!(rejected.is_empty());
-        assert!(Arc::ptr_eq(&e2, &shared_of(&third, "127.0.0.1:2")), "EWMA, pool and health carried over");
-
-        // An accepted build without endpoint 2 does drop it.
-        b.build(&resources(&["127.0.0.1:1"]));
-        let (fifth, _) = b.build(&resources(&["127.0.0.1:1", "127.0.0.1:2"]));
-        assert!(!Arc::ptr_eq(&e2, &shared_of(&fifth, "127.0.0.1:2")));
-    }
-}
+mod tests;
