@@ -82,6 +82,12 @@ enum Command {
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: DemoOutput,
     },
+    /// One of the demo's workloads (frontend, reviews) as a process of its own, unaware of any
+    /// proxy: the demo's mesh in containers (docker/demo.sh) runs them beside sidecars.
+    DemoApp {
+        #[command(subcommand)]
+        app: outrider_control_plane::demo::AppCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +200,7 @@ fn main() -> ExitCode {
                 json: output == DemoOutput::Json,
             })
         }
+        Command::DemoApp { app } => outrider_control_plane::demo::run_app(app),
     }
 }
 

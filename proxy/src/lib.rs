@@ -20,6 +20,8 @@ pub mod balance;
 pub mod config;
 /// Graceful drain: stop accepting, finish in-flight work, exit.
 pub mod drain;
+/// HBONE: TCP tunnelled as HTTP/2 CONNECT in mutual TLS on port 15008 (ztunnel-compatible).
+pub mod hbone;
 /// HTTP server, upstream connection pools, header hygiene, bodies.
 pub mod http;
 /// Inbound traffic: delivery to the local application.
@@ -28,6 +30,8 @@ pub mod inbound;
 pub mod iptables;
 /// Workload identity on the data path: certificate bootstrap and renewal, TLS configs.
 pub mod mesh;
+/// Node mode: one proxy for every workload of a machine, each in its own network namespace.
+pub mod node;
 /// Outbound traffic: route → split → balancer → endpoint, for HTTP and TCP.
 pub mod outbound;
 /// Resilience policies: timeouts, retries, budgets, breakers, outliers, faults.

@@ -230,6 +230,10 @@ pub struct Endpoint {
     /// The SPIFFE ID the endpoint's sidecar presents; required when `meshed`.
     #[serde(default)]
     pub identity: Option<String>,
+    /// An ambient workload behind a node proxy: callers tunnel to it over HBONE (`IP:15008`,
+    /// HTTP/2 CONNECT in mutual TLS). Needs `meshed` and `identity`.
+    #[serde(default)]
+    pub hbone: bool,
 }
 
 /// `kind: TrafficPolicy`.

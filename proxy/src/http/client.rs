@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Body;
@@ -36,7 +36,8 @@ pub struct ConnectTime(pub Duration);
 #[derive(Clone, Debug)]
 pub struct ConnectConfig {
     pub timeout: Duration,
-    pub mark: Option<u32>,
+    /// Mark and (node mode) network namespace of the socket.
+    pub socket: crate::transport::socket::SocketOptions,
     /// The cluster's live counts and thresholds: new connections and requests
     /// waiting for one are limited (circuit-breaker thresholds).
     pub limits: Option<(Arc<ClusterThresholds>, Thresholds)>,
@@ -60,6 +61,8 @@ pub enum UpstreamError {
     Overflow(SocketAddr, &'static str),
     #[error("mTLS handshake with {0} failed: {1}")]
     Tls(SocketAddr, String),
+    #[error("tunnel to {0} failed: {1}")]
+    Hbone(SocketAddr, String),
 }
 
 impl UpstreamError {
@@ -71,7 +74,8 @@ impl UpstreamError {
             | UpstreamError::Handshake(a, _)
             | UpstreamError::Request(a, _)
             | UpstreamError::Overflow(a, _)
-            | UpstreamError::Tls(a, _) => *a,
+            | UpstreamError::Tls(a, _)
+            | UpstreamError::Hbone(a, _) => *a,
         }
     }
 
@@ -83,18 +87,14 @@ impl UpstreamError {
                 | UpstreamError::Connect(..)
                 | UpstreamError::Handshake(..)
                 | UpstreamError::Tls(..)
+                | UpstreamError::Hbone(..)
         )
     }
 }
 
 /// Open a TCP connection with a deadline and the proxy's socket options.
 pub async fn connect_tcp(addr: SocketAddr, cfg: &ConnectConfig) -> Result<TcpStream, UpstreamError> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-        .map_err(|e| UpstreamError::Connect(addr, e))?;
-    socket.set_nodelay(true).map_err(|e| UpstreamError::Connect(addr, e))?;
-    if let Some(mark) = cfg.mark {
-        socket2::SockRef::from(&socket).set_mark(mark).map_err(|e| UpstreamError::Connect(addr, e))?;
-    }
+    let socket = cfg.socket.tcp_socket(addr).map_err(|e| UpstreamError::Connect(addr, e))?;
     match tokio::time::timeout(cfg.timeout, socket.connect(addr)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(UpstreamError::Connect(addr, e)),
@@ -127,6 +127,8 @@ type H2Slot = Mutex<Option<(http2::SendRequest<Body>, Instant, Option<crate::tls
 pub enum Either {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A stream of an HBONE connection (an ambient workload).
+    Hbone(Box<crate::hbone::stream::Stream>),
 }
 
 impl tokio::io::AsyncRead for Either {
@@ -138,6 +140,7 @@ impl tokio::io::AsyncRead for Either {
         match self.get_mut() {
             Either::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
             Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -151,6 +154,7 @@ impl tokio::io::AsyncWrite for Either {
         match self.get_mut() {
             Either::Plain(s) => std::pin::Pin::new(s).poll_write(cx, data),
             Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, data),
+            Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, data),
         }
     }
 
@@ -158,6 +162,7 @@ impl tokio::io::AsyncWrite for Either {
         match self.get_mut() {
             Either::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -168,6 +173,7 @@ impl tokio::io::AsyncWrite for Either {
         match self.get_mut() {
             Either::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -180,6 +186,23 @@ pub async fn connect_tcp_or_mesh(
 ) -> Result<Either, UpstreamError> {
     match &cfg.mesh {
         None => Ok(Either::Plain(connect_tcp(addr, cfg).await?)),
+        Some(target) if let Some(tunnel) = target.hbone => {
+            let t = crate::hbone::client::Target {
+                via: SocketAddr::new(addr.ip(), crate::hbone::PORT),
+                target: addr,
+                identity: target.identity.clone(),
+                source: tunnel.source,
+                traceparent: None,
+                baggage: None,
+            };
+            let stream = target
+                .mesh
+                .hbone
+                .connect(&t, &cfg.socket, cfg.timeout)
+                .await
+                .map_err(|e| UpstreamError::Hbone(addr, e.to_string()))?;
+            Ok(Either::Hbone(Box::new(stream)))
+        }
         Some(target) => Ok(Either::Tls(Box::new(connect_mesh(addr, cfg, target, carry).await?))),
     }
 }

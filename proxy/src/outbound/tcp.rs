@@ -64,7 +64,7 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
     rec.upstream = Some(ep.addr);
     let in_flight = ep.shared.ewma.start();
     let mut cfg = ctx.connect_config(cluster.connect_timeout);
-    cfg.mesh = crate::mesh::target(&ctx.mesh, ep.identity.as_ref());
+    cfg.mesh = crate::mesh::endpoint_target(&ctx.mesh, &ep, Some(client));
     let connected = crate::http::client::connect_tcp_or_mesh(ep.addr, &cfg, crate::mesh::Carry::Tcp).await;
     if let Ok(crate::http::client::Either::Tls(_)) = &connected {
         metrics
@@ -81,6 +81,9 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
             copy(stream, Ok(up), rec, cluster.policy.upstream_idle_timeout).await
         }
         Ok(crate::http::client::Either::Tls(up)) => {
+            copy(stream, Ok(up), rec, cluster.policy.upstream_idle_timeout).await
+        }
+        Ok(crate::http::client::Either::Hbone(up)) => {
             copy(stream, Ok(up), rec, cluster.policy.upstream_idle_timeout).await
         }
         Err(e) => copy::<_, TcpStream>(stream, Err(e), rec, cluster.policy.upstream_idle_timeout).await,
@@ -113,6 +116,12 @@ pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
 /// Any byte stream: a socket, or a TLS session on one.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Copy both ways between two connected streams until both sides have closed (half-closes
+/// passed on), closing after `idle` without bytes; the record is finished with the counts.
+pub async fn relay<D: Io, U: Io>(down: D, up: U, rec: TcpRecord, idle: Option<Duration>) {
+    copy(down, Ok(up), rec, idle).await;
+}
 
 async fn copy<D: Io, U: Io>(down: D, up: Result<U, UpstreamError>, rec: TcpRecord, idle: Option<Duration>) {
     let up = match up {

@@ -97,7 +97,7 @@ impl Builder {
                     if let Some(cla) = loads.get(&*name) {
                         match endpoints_from(cla) {
                             Ok(list) => {
-                                for EndpointParts { addr, weight, labels, meshed, identity } in list {
+                                for EndpointParts { addr, weight, labels, meshed, identity, hbone } in list {
                                     let key = (name.clone(), addr);
                                     let shared = carried.get(&key).cloned().unwrap_or_else(|| {
                                         Arc::new(EndpointShared {
@@ -108,7 +108,15 @@ impl Builder {
                                         })
                                     });
                                     next_carried.insert(key, shared.clone());
-                                    eps.push(Arc::new(Endpoint { addr, weight, labels, meshed, identity, shared }));
+                                    eps.push(Arc::new(Endpoint {
+                                        addr,
+                                        weight,
+                                        labels,
+                                        meshed,
+                                        identity,
+                                        hbone,
+                                        shared,
+                                    }));
                                 }
                                 dump_endpoints.push(dump_cla(&name, &eps));
                             }
@@ -367,7 +375,11 @@ fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, Str
                 }
                 _ => None,
             };
-            out.push(EndpointParts { addr: SocketAddr::new(ip, port), weight, labels, meshed, identity });
+            let hbone = identity.is_some()
+                && meta
+                    .and_then(|m| m.fields.get(names::HBONE_FIELD))
+                    .is_some_and(|v| matches!(v.kind, Some(value::Kind::BoolValue(true))));
+            out.push(EndpointParts { addr: SocketAddr::new(ip, port), weight, labels, meshed, identity, hbone });
         }
     }
     Ok(out)
@@ -380,6 +392,7 @@ struct EndpointParts {
     labels: BTreeMap<String, String>,
     meshed: bool,
     identity: Option<crate::tls::Identity>,
+    hbone: bool,
 }
 
 /// An inbound listener `inbound|SERVICE`: strict when it has no plaintext (`raw_buffer`)
@@ -445,6 +458,7 @@ fn dump_cla(name: &str, eps: &[Arc<Endpoint>]) -> serde_json::Value {
         "endpoints": eps.iter().map(|e| json!({
             "address": e.addr.to_string(), "weight": e.weight, "labels": e.labels, "meshed": e.meshed,
             "identity": e.identity.as_ref().map(|i| i.as_str()),
+            "hbone": e.hbone,
         })).collect::<Vec<_>>(),
     })
 }
@@ -678,20 +692,50 @@ fn listener_from(
                     "target": describe,
                 }));
             }
-            Err(reason) => ctx.reject("Listener", &l.name, format!("filter chain {}: {reason}", fc.name)),
+            Err(ChainError::Invalid(reason)) => {
+                ctx.reject("Listener", &l.name, format!("filter chain {}: {reason}", fc.name))
+            }
+            // The route config's half is missing: blamed on the route config, so a listener that
+            // arrives before its routes (LDS before RDS, as Envoy's servers send them) is
+            // accepted, its chain left out until the route configuration names the virtual host.
+            Err(ChainError::NoVirtualHost { route_config }) => ctx.reject(
+                "RouteConfiguration",
+                &route_config,
+                format!("no virtual host {} (listener {}, filter chain {})", fc.name, l.name, fc.name),
+            ),
         }
     }
     json!({"name": l.name, "filter_chains": chains, "default": "passthrough"})
+}
+
+/// Why a filter chain has no target.
+enum ChainError {
+    /// The chain itself is wrong.
+    Invalid(String),
+    /// Its route configuration does not (yet) have the chain's virtual host.
+    NoVirtualHost { route_config: String },
+}
+
+impl From<String> for ChainError {
+    fn from(s: String) -> Self {
+        Self::Invalid(s)
+    }
+}
+
+impl From<&str> for ChainError {
+    fn from(s: &str) -> Self {
+        Self::Invalid(s.to_owned())
+    }
 }
 
 fn chain_target(
     fc: &FilterChain,
     clusters: &BTreeMap<Arc<str>, Arc<Cluster>>,
     vhosts: &HashMap<String, Arc<VirtualHost>>,
-) -> Result<(Target, serde_json::Value), String> {
+) -> Result<(Target, serde_json::Value), ChainError> {
     let f = fc.filters.last().ok_or("filter chain has no filters")?;
     let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-        return Err(format!("filter {} has no typed_config", f.name));
+        return Err(format!("filter {} has no typed_config", f.name).into());
     };
     if any.type_url == TcpProxy::type_url() {
         let tp: TcpProxy = decode_any(any)?;
@@ -710,13 +754,13 @@ fn chain_target(
         let key = format!("{}/{}", rds.route_config_name, fc.name);
         let vh = vhosts
             .get(&key)
-            .ok_or_else(|| format!("no virtual host {} in route config {}", fc.name, rds.route_config_name))?;
+            .ok_or_else(|| ChainError::NoVirtualHost { route_config: rds.route_config_name.clone() })?;
         return Ok((
             Target::Http(vh.clone()),
             json!({"http": {"rds": rds.route_config_name, "virtual_host": fc.name}}),
         ));
     }
-    Err(format!("filter type {} is not supported", any.type_url))
+    Err(format!("filter type {} is not supported", any.type_url).into())
 }
 
 #[cfg(test)]
