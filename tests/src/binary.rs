@@ -50,10 +50,20 @@ pub fn proxy_command(policy: &Path) -> Command {
 }
 
 /// Run a command to its exit (within the test deadline), capturing its output.
-pub async fn run_to_exit(mut cmd: Command) -> Output {
+pub async fn run_to_exit(cmd: Command) -> Output {
+    run_to_exit_after(cmd, std::time::Duration::ZERO).await
+}
+
+/// Run a command that works for `runs_for` by design (a demo with `--duration`) to its exit,
+/// within that time plus the test deadline, capturing its output.
+pub async fn run_to_exit_after(mut cmd: Command, runs_for: std::time::Duration) -> Output {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    wait::within("the process to exit", child.wait_with_output()).await.expect("wait for the process")
+    let limit = runs_for.saturating_add(wait::deadline());
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => out.expect("wait for the process"),
+        Err(_) => panic!("timed out after {limit:?} waiting for {cmd:?} to exit"),
+    }
 }
 
 /// Addresses from the `listening` line.
