@@ -265,7 +265,8 @@ fn decode<T: DeserializeOwned>(
     parsed: &mut Parsed,
     repaired: &mut Vec<Vec<Seg>>,
 ) -> Option<T> {
-    let decoded = recover::decode::<T>(value);
+    let rounds = recover::max_rounds(origin.locator.as_ref().map_or(0, |l| l.text_len()));
+    let decoded = recover::decode::<T>(value, rounds);
     let full = |path: &[Seg]| at.iter().chain(path).cloned().collect::<Vec<Seg>>();
     for error in decoded.errors {
         let path = full(&error.path);

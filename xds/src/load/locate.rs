@@ -4,7 +4,8 @@
 //! position is found by decoding the document again with a visitor that walks down the path
 //! and fails on purpose where the path ends: the parser stamps that failure with the position
 //! of the node it was reading, which is the answer. This costs one parse of the file (up to the
-//! document) per error, and only errors are located; [`MAX_LOOKUPS`] bounds the total.
+//! document) per error, and only errors are located; the number of lookups is bounded so that
+//! the parsing stays within about [`WORK_BYTES`] for a large text.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +14,12 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 
 use super::recover::Seg;
 
-/// At most this many lookups per text; later errors are reported without a position.
+/// At most this many lookups per text; later errors are reported without a position...
 const MAX_LOOKUPS: usize = 500;
+/// ...and at least this many, however large the text...
+const MIN_LOOKUPS: usize = 4;
+/// ...within about this many bytes parsed in all.
+const WORK_BYTES: usize = 16 << 20;
 
 /// The failure that marks the position sought.
 const HERE: &str = "outrider-locate: here";
@@ -33,11 +38,18 @@ pub(crate) struct Position {
 pub(crate) struct Locator {
     text: String,
     lookups: AtomicUsize,
+    max_lookups: usize,
 }
 
 impl Locator {
     pub(crate) fn new(text: &str) -> Self {
-        Self { text: text.to_owned(), lookups: AtomicUsize::new(0) }
+        let max_lookups = (WORK_BYTES / text.len().max(1)).clamp(MIN_LOOKUPS, MAX_LOOKUPS);
+        Self { text: text.to_owned(), lookups: AtomicUsize::new(0), max_lookups }
+    }
+
+    /// The length of the text, in bytes.
+    pub(crate) fn text_len(&self) -> usize {
+        self.text.len()
     }
 
     /// Where `path` is in document `document` (0-based): the key that ends it, or the list
@@ -53,7 +65,7 @@ impl Locator {
     }
 
     fn probe(&self, document: usize, path: &[Seg]) -> Option<Probed> {
-        if self.lookups.fetch_add(1, Ordering::Relaxed) >= MAX_LOOKUPS {
+        if self.lookups.fetch_add(1, Ordering::Relaxed) >= self.max_lookups {
             return None;
         }
         let deserializer = serde_yaml_ng::Deserializer::from_str(&self.text).nth(document)?;

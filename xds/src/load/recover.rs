@@ -4,7 +4,7 @@
 //! YAML that is repaired after each error: an unknown key is removed; a bad value is removed (so
 //! its default applies) or, where the field is required or is a list element, replaced by a
 //! stand-in that decodes; a missing required field gets a stand-in. Errors that a stand-in
-//! causes are not reported. This ends when the value decodes or after [`MAX_ROUNDS`] rounds. The
+//! causes are not reported. This ends when the value decodes or after [`max_rounds`] rounds. The
 //! repaired paths are returned, so that later checks of the repaired document can leave out what
 //! the stand-ins caused.
 
@@ -13,8 +13,18 @@ use serde_yaml_ng::Value;
 
 use super::messages::{self, Problem};
 
-/// Bounds the work one document can cause: each round decodes it once.
+/// Rounds per document at most (each decodes the document once)...
 const MAX_ROUNDS: usize = 200;
+/// ...and at least, however large the text.
+const MIN_ROUNDS: usize = 4;
+/// About how many bytes of YAML the rounds may decode in all, so that a large body (the
+/// unauthenticated `POST /v1/validate` takes 4 MiB) cannot buy much more work than its size.
+const WORK_BYTES: usize = 16 << 20;
+
+/// Rounds for a document of a text of `text_len` bytes (the document is at most that large).
+pub(crate) fn max_rounds(text_len: usize) -> usize {
+    (WORK_BYTES / text_len.max(1)).clamp(MIN_ROUNDS, MAX_ROUNDS)
+}
 
 /// One step of a field path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,15 +93,23 @@ pub(crate) struct Decoded<T> {
     pub(crate) repaired: Vec<Vec<Seg>>,
 }
 
-/// Decodes `value` as `T`, collecting every error (see the module doc).
-pub(crate) fn decode<T: DeserializeOwned>(mut value: Value) -> Decoded<T> {
+/// Decodes `value` as `T`, collecting every error (see the module doc), in at most `rounds`
+/// rounds ([`max_rounds`]).
+pub(crate) fn decode<T: DeserializeOwned>(mut value: Value, rounds: usize) -> Decoded<T> {
     let mut errors = Vec::new();
     let mut repaired: Vec<Vec<Seg>> = Vec::new();
     // Per path: whether removing it was tried, and the next stand-in to try.
     let mut tries: Vec<(Vec<Seg>, bool, usize)> = Vec::new();
     // Fields that an unknown key was said to be a misspelling of: their absence is that error.
     let mut suggested: Vec<Vec<Seg>> = Vec::new();
-    for _ in 0..MAX_ROUNDS {
+    for round in 0..=rounds {
+        if round == rounds {
+            errors.push(FieldError {
+                path: Vec::new(),
+                message: format!("more errors may follow: reading stopped after {rounds} of them"),
+            });
+            break;
+        }
         let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(decoded) => return Decoded { value: Some(decoded), errors, repaired },
             Err(error) => error,
@@ -215,7 +233,8 @@ fn node_mut<'a>(value: &'a mut Value, path: &[Seg]) -> Option<&'a mut Value> {
 fn remove(value: &mut Value, path: &[Seg]) -> bool {
     let Some((Seg::Key(key), parent)) = path.split_last() else { return false };
     match node_mut(value, parent) {
-        Some(Value::Mapping(mapping)) => key_of(mapping, key).is_some_and(|key| mapping.remove(&key).is_some()),
+        // Shifting, not swapping, keeps the keys in order, so errors come in document order.
+        Some(Value::Mapping(mapping)) => key_of(mapping, key).is_some_and(|key| mapping.shift_remove(&key).is_some()),
         _ => false,
     }
 }
@@ -278,7 +297,7 @@ mod tests {
     }
 
     fn run(yaml: &str) -> Decoded<Outer> {
-        decode(serde_yaml_ng::from_str(yaml).unwrap())
+        decode(serde_yaml_ng::from_str(yaml).unwrap(), MAX_ROUNDS)
     }
 
     fn paths(decoded: &Decoded<Outer>) -> Vec<String> {
@@ -329,6 +348,19 @@ mod tests {
         // `items: 3` is replaced; the missing `name` gets a stand-in; neither adds more.
         let decoded = run("items: 3\n");
         assert_eq!(paths(&decoded), ["items", "name"]);
+    }
+
+    #[test]
+    fn the_rounds_are_bounded_and_say_so() {
+        let many: String = (0..50).map(|i| format!("x{i}: 1\n")).collect();
+        let decoded: Decoded<Outer> = decode(serde_yaml_ng::from_str(&format!("name: a\n{many}")).unwrap(), 10);
+        assert!(decoded.value.is_none());
+        assert_eq!(decoded.errors.len(), 11, "ten errors and the note");
+        let first: Vec<String> = (0..10).map(|i| format!("x{i}")).collect();
+        assert_eq!(paths(&decoded)[..10], first, "the first ten, in document order");
+        assert!(decoded.errors[10].message.starts_with("more errors may follow"));
+        assert_eq!(max_rounds(1000), MAX_ROUNDS);
+        assert_eq!(max_rounds(4 << 20), MIN_ROUNDS);
     }
 
     #[test]
