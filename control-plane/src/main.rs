@@ -1,4 +1,5 @@
 //! `outrider`: the control plane (`outrider control-plane`) and the CLI that talks to it.
+use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -96,6 +97,10 @@ enum Command {
         /// per phase, summary) as one JSON document on stdout.
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: DemoOutput,
+        /// After the run, keep the mesh up until Ctrl-C and print how to look at it (status,
+        /// metrics, breakers). Default: yes when the output is a terminal and not -o json.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        keep_running: Option<bool>,
     },
     /// One of the demo's workloads (frontend, reviews) as a process of its own, unaware of any
     /// proxy: the demo's mesh in containers (docker/demo.sh) runs them beside sidecars.
@@ -214,12 +219,15 @@ fn main() -> ExitCode {
             if quiet { None } else { Some(output) },
         ),
         Command::Validate { file, output } => validate(&file, output),
-        Command::Demo { duration, no_policy, rate, output } => {
+        Command::Demo { duration, no_policy, rate, output, keep_running } => {
+            let json = output == DemoOutput::Json;
+            let keep_running = keep_running.unwrap_or_else(|| !json && std::io::stdout().is_terminal());
             outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs {
                 duration,
                 no_policy,
                 rate,
-                json: output == DemoOutput::Json,
+                json,
+                keep_running,
             })
         }
         Command::DemoApp { app } => outrider_control_plane::demo::run_app(app),

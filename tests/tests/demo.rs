@@ -9,6 +9,7 @@ use std::time::Duration;
 use outrider_tests::binary::run_to_exit_after;
 use outrider_tests::control_plane::outrider_bin;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 fn num(v: &Value, what: &str) -> f64 {
@@ -25,6 +26,14 @@ async fn demo_tells_its_story_in_numbers() {
     assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
     let ctx = format!("live view:\n{stderr}");
+    // The screen fits a terminal of 100 columns and explains its columns once.
+    for line in stderr.lines() {
+        assert!(line.chars().count() <= 100, "a line over 100 columns: {line:?}\n{ctx}");
+    }
+    assert_eq!(stderr.matches("columns: ").count(), 1, "the columns are explained once\n{ctx}");
+    // Off a terminal the demo ends, and its last hints need nothing that ended with it.
+    let hints = &stderr[stderr.find("look further").unwrap_or_else(|| panic!("hints at the end\n{ctx}"))..];
+    assert!(!hints.contains("127.0.0.1"), "hints that name the ended run's ports: {hints}");
 
     // v2 broken: callers keep succeeding, served by v1 through the fallback.
     let broken = &doc["phases"]["broken"];
@@ -55,4 +64,99 @@ async fn demo_tells_its_story_in_numbers() {
     let (caller, upstream) = (num(&summary["caller_success"], "caller"), num(&summary["upstream_success"], "upstream"));
     assert!(caller > upstream, "caller success {caller} is not above raw upstream success {upstream}\n{ctx}");
     assert!(num(&summary["mtls_connections"], "mTLS connections") >= 1.0, "the sidecars talked mutual TLS\n{ctx}");
+}
+
+/// `--keep-running`: after the run the mesh stays up until Ctrl-C, and the commands the demo
+/// prints work meanwhile (here: `outrider status` against its control plane, a sidecar's
+/// `/clusters`); SIGINT then ends it with exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_running_holds_the_mesh_until_ctrl_c() {
+    let mut cmd = Command::new(outrider_bin());
+    cmd.args(["demo", "--duration", "4s", "--keep-running"]);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().expect("run outrider demo");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    let (mut status, mut clusters) = (None, None);
+    run_to_line(&mut lines, &mut seen, Duration::from_secs(4), |line| line.contains("until Ctrl-C")).await;
+    // The hints under it, up to the last one.
+    while status.is_none() || clusters.is_none() {
+        let line = run_to_line(&mut lines, &mut seen, Duration::ZERO, |l| {
+            l.trim_start().starts_with("outrider status")
+                || l.trim_start().starts_with("curl -s http://") && l.contains("/clusters")
+        })
+        .await;
+        let command = line.trim().split(" # ").next().unwrap_or_default().trim().to_owned();
+        if command.starts_with("outrider status") {
+            status = Some(command);
+        } else {
+            clusters = Some(command);
+        }
+    }
+    let status = status.unwrap();
+    let server = status.split_whitespace().last().unwrap().to_owned();
+    let out = run_to_exit_after(
+        {
+            let mut c = Command::new(outrider_bin());
+            c.args(["status", "--server", &server]);
+            c
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}: {:?}\n{text}", out.status);
+    assert!(text.contains("frontend"), "{status} lists the demo's proxies:\n{text}");
+    let url = clusters.unwrap().split_whitespace().last().unwrap().to_owned();
+    let reply = reqwest_get(&url).await;
+    assert!(reply.contains("reviews"), "{url}: {reply}");
+
+    // Ctrl-C ends it.
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill").args(["-INT", &pid]).status().expect("run kill");
+    assert!(sent.success(), "kill -INT {pid}");
+    let exit = outrider_tests::wait::within("the demo to stop on SIGINT", child.wait()).await.unwrap();
+    assert!(exit.success(), "exit {exit:?}");
+    let rest = run_to_line(&mut lines, &mut seen, Duration::ZERO, |l| l.contains("stopping the mesh")).await;
+    assert!(rest.contains("stopping"));
+}
+
+/// Read stdout lines until one matches (within the demo's own `runs_for` plus the test
+/// deadline); panics with what was seen.
+async fn run_to_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    seen: &mut Vec<String>,
+    runs_for: Duration,
+    matches: impl Fn(&str) -> bool,
+) -> String {
+    let limit = runs_for + outrider_tests::wait::deadline();
+    let found = tokio::time::timeout(limit, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if matches(&line) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(line)) => line,
+        _ => panic!("no such line within {limit:?}; the demo printed:\n{}", seen.join("\n")),
+    }
+}
+
+/// GET `url` (plain HTTP on loopback) and return the body.
+async fn reqwest_get(url: &str) -> String {
+    let url = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = url.split_once('/').expect("a path");
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut body = String::new();
+    outrider_tests::wait::within("the answer", stream.read_to_string(&mut body)).await.expect("read");
+    body
 }
