@@ -187,6 +187,7 @@ impl StreamHandle {
                     Origin::Sidecar(node.id.clone()),
                     None,
                     identity.clone(),
+                    Some(self.id),
                 );
                 tracing::info!(node = %node.id, %service, %addr, identity = identity.as_deref().unwrap_or("none"), "workload registered");
                 self.registration = Some(id);
@@ -236,7 +237,7 @@ impl StreamHandle {
             self.workloads.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         for key in gone {
             if let Some(id) = self.workloads.remove(&key) {
-                self.registry.remove(id);
+                self.registry.remove_owned(id, self.id);
                 tracing::info!(node = %node.id, service = %key.0, address = %key.1, "node workload deregistered");
             }
         }
@@ -249,6 +250,7 @@ impl StreamHandle {
                 Origin::Sidecar(node.id.clone()),
                 identity.clone(),
                 Some(node_identity.clone()),
+                self.id,
             );
             if !known {
                 tracing::info!(node = %node.id, %service, %address, %identity, "node workload registered");
@@ -322,10 +324,10 @@ impl StreamHandle {
     pub fn leave(&mut self) {
         self.with(|p| p.draining = true);
         for (_, id) in std::mem::take(&mut self.workloads) {
-            self.registry.remove(id);
+            self.registry.remove_owned(id, self.id);
         }
         if let Some(id) = self.registration.take()
-            && self.registry.remove(id)
+            && self.registry.remove_owned(id, self.id)
         {
             tracing::info!(registration = id, "draining sidecar deregistered");
         }
@@ -361,11 +363,13 @@ impl StreamHandle {
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
+        // Only what this stream still owns: a proxy that reconnected and registered the same
+        // workload again on a new stream keeps it, however late this stream ends.
         if let Some(id) = self.registration {
-            self.registry.expire_after(id, self.registry.grace);
+            self.registry.release(id, self.id, self.registry.grace);
         }
         for id in self.workloads.values() {
-            self.registry.expire_after(*id, self.registry.grace);
+            self.registry.release(*id, self.id, self.registry.grace);
         }
         self.tracker.proxies.lock().remove(&self.id);
         self.metrics.connected_proxies.dec();
@@ -402,5 +406,78 @@ fn metadata_labels(node: &Node) -> BTreeMap<String, String> {
     match node.metadata.as_ref().and_then(|m| m.fields.get("labels")).and_then(|v| v.kind.as_ref()) {
         Some(Kind::StructValue(s)) => outrider_xds::resources::struct_strings(s),
         _ => BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::endpoints::EndpointSource as _;
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
+    use std::time::Duration;
+
+    fn node_with(workloads: &[(&str, &str, &str)]) -> Node {
+        let s = outrider_xds::resources::string_value;
+        let list = workloads
+            .iter()
+            .map(|(service, address, identity)| Value {
+                kind: Some(Kind::StructValue(outrider_xds::resources::struct_of(vec![
+                    ("service", s(service)),
+                    ("address", s(address)),
+                    ("identity", s(identity)),
+                ]))),
+            })
+            .collect();
+        let mut fields = BTreeMap::new();
+        fields.insert("mode".to_owned(), s("node"));
+        fields.insert("workloads".to_owned(), Value { kind: Some(Kind::ListValue(ListValue { values: list })) });
+        Node {
+            id: "node-a".into(),
+            metadata: Some(Struct { fields: fields.into_iter().collect() }),
+            ..Default::default()
+        }
+    }
+
+    fn stream(tracker: &Arc<Tracker>, registry: &Arc<Registry>) -> StreamHandle {
+        let mut h = tracker.connect("delta", &Metrics::new(), registry);
+        let peer =
+            PeerIdentity(outrider_proxy::tls::Identity::parse("spiffe://t/ns/outrider-system/sa/node-a").unwrap());
+        h.authenticated(Some(&peer));
+        h
+    }
+
+    /// A node proxy reconnects: its new stream registers its workloads, then the old stream is
+    /// torn down (late: a broken connection is noticed after the new one is up). The workloads
+    /// stay registered past the grace period, and leave with the new stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnected_node_keeps_its_workloads_when_the_old_stream_ends_late() {
+        let tracker = Tracker::new();
+        let registry = Registry::new(Duration::from_secs(5));
+        let node = node_with(&[("w", "10.0.0.7:8080", "spiffe://t/ns/default/sa/w")]);
+        let mut old = stream(&tracker, &registry);
+        old.identify(&node, false);
+        old.sync_workloads(&node);
+        let mut new = stream(&tracker, &registry);
+        new.identify(&node, false);
+        new.sync_workloads(&node);
+        drop(old);
+        tokio::time::advance(registry.grace * 3).await;
+        registry.sweep();
+        assert_eq!(registry.endpoints()["w"].len(), 1, "the new stream's registration outlived the old stream's grace");
+
+        // An old stream that closes cleanly (leave) does not take it either.
+        let mut older = stream(&tracker, &registry);
+        older.identify(&node, false);
+        older.sync_workloads(&node);
+        let mut newest = stream(&tracker, &registry);
+        newest.identify(&node, false);
+        newest.sync_workloads(&node);
+        older.leave();
+        assert_eq!(registry.endpoints()["w"].len(), 1);
+        // The owner's workload list dropping it does.
+        newest.sync_workloads(&node_with(&[]));
+        assert!(registry.endpoints().is_empty());
+        drop((new, newest));
     }
 }
