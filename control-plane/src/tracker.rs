@@ -136,6 +136,39 @@ pub fn is_node_mode(node: &Node) -> bool {
     metadata_string(node, "mode").as_deref() == Some("node")
 }
 
+/// A node proxy's workloads as its node metadata `workloads` lists them: (service, address,
+/// identity, labels); malformed entries are skipped.
+fn node_workloads(node: &Node) -> Vec<(String, SocketAddr, String, BTreeMap<String, String>)> {
+    let list = match node.metadata.as_ref().and_then(|m| m.fields.get("workloads")).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::ListValue(l)) => l.values.as_slice(),
+        _ => &[],
+    };
+    let mut out = Vec::new();
+    for item in list {
+        let Some(Kind::StructValue(s)) = &item.kind else { continue };
+        let field = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let (Some(service), Some(address), Some(identity)) = (field("service"), field("address"), field("identity"))
+        else {
+            continue;
+        };
+        let Ok(address) = address.parse::<SocketAddr>() else { continue };
+        let labels = match s.fields.get("labels").and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StructValue(l)) => outrider_xds::resources::struct_strings(l),
+            _ => BTreeMap::new(),
+        };
+        out.push((service, address, identity, labels));
+    }
+    out
+}
+
+/// The services of the workloads a node proxy serves (whose inbound config it gets).
+pub fn node_workload_services(node: &Node) -> std::collections::BTreeSet<String> {
+    node_workloads(node).into_iter().map(|(service, ..)| service).collect()
+}
+
 /// Looks up the `metadata.namespace` of a Service by name.
 pub trait ServiceNamespaces: Send + Sync + std::fmt::Debug {
     fn namespace_of(&self, service: &str) -> Option<String>;
@@ -204,33 +237,13 @@ impl StreamHandle {
     /// identity of namespace `outrider-system` registers workloads; it may then get their
     /// certificates.
     pub fn sync_workloads(&mut self, node: &Node) {
-        use envoy_types::pb::google::protobuf::value::Kind;
         let Some(peer) = self.peer.clone() else {
             tracing::warn!(node = %node.id, "node proxy without a client certificate: its workloads are not registered");
             return;
         };
         let node_identity = peer.0.to_string();
-        let list = match node.metadata.as_ref().and_then(|m| m.fields.get("workloads")).and_then(|v| v.kind.as_ref()) {
-            Some(Kind::ListValue(l)) => l.values.clone(),
-            _ => Vec::new(),
-        };
         let mut wanted = BTreeMap::new();
-        for item in list {
-            let Some(Kind::StructValue(s)) = item.kind else { continue };
-            let field = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
-                Some(Kind::StringValue(v)) => Some(v.clone()),
-                _ => None,
-            };
-            let (Some(service), Some(address), Some(identity)) =
-                (field("service"), field("address"), field("identity"))
-            else {
-                continue;
-            };
-            let Ok(address) = address.parse::<SocketAddr>() else { continue };
-            let labels = match s.fields.get("labels").and_then(|v| v.kind.as_ref()) {
-                Some(Kind::StructValue(l)) => outrider_xds::resources::struct_strings(l),
-                _ => BTreeMap::new(),
-            };
+        for (service, address, identity, labels) in node_workloads(node) {
             wanted.insert((service, address), (identity, labels));
         }
         let gone: Vec<(String, SocketAddr)> =

@@ -126,7 +126,8 @@ impl Workload {
                 store.clone(),
                 mesh.clone(),
             )
-            .requiring_identity(true),
+            .requiring_identity(true)
+            .requiring_policy(true),
         );
         let drain = crate::drain::Drain::new();
         let metrics = shared.recorder.metrics.clone();
