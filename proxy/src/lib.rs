@@ -16,6 +16,8 @@ pub mod authz;
 pub mod backoff;
 /// Endpoint sets and load balancers (P2C peak-EWMA, round robin, random).
 pub mod balance;
+/// Deadlines from configured durations that never overflow the clock.
+pub mod clock;
 /// Command-line flags and environment variables of `outrider-proxy`.
 pub mod config;
 /// Graceful drain: stop accepting, finish in-flight work, exit.

@@ -94,7 +94,11 @@ pub fn stack(
     ServiceBuilder::new()
         // why: Envoy's fault filter runs before the router, so an injected delay
         // does not eat into the request's timeout.
-        .option_layer(p.route.fault.clone().map(|f| FaultLayer { fault: f }))
+        .option_layer(p.route.fault.clone().map(|f| FaultLayer {
+            fault: f,
+            service: p.cluster.service.clone(),
+            metrics: p.metrics.clone(),
+        }))
         // why: the whole request, retries and backoff included, until response headers.
         .option_layer(timeout.map(|t| TimeoutLayer { timeout: t }))
         // why: try again on retriable failures, within budget and deadline.

@@ -157,11 +157,12 @@ async fn copy<D: Io, U: Io>(down: D, up: Result<U, UpstreamError>, rec: TcpRecor
     let result = match idle {
         None => copy.await,
         Some(idle) => loop {
-            let deadline = start + Duration::from_nanos(last.load(Ordering::Relaxed)) + idle;
+            let quiet_since = crate::clock::after(start, Duration::from_nanos(last.load(Ordering::Relaxed)));
+            let deadline = crate::clock::after(quiet_since, idle);
             tokio::select! {
                 r = &mut copy => break r,
                 _ = tokio::time::sleep_until(deadline) => {
-                    let quiet_since = start + Duration::from_nanos(last.load(Ordering::Relaxed));
+                    let quiet_since = crate::clock::after(start, Duration::from_nanos(last.load(Ordering::Relaxed)));
                     if Instant::now().saturating_duration_since(quiet_since) >= idle {
                         tracing::debug!(?idle, "TCP connection idle; closing it");
                         break Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("idle for {idle:?} (idleTimeout)")));
@@ -188,7 +189,7 @@ struct Tracked<S> {
 
 impl<S> Tracked<S> {
     fn touch(&self) {
-        self.last.store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.last.store(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
