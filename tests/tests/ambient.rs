@@ -534,8 +534,9 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert!(body.contains("app=s1"), "{body}");
     drop(sidecar);
 
-    // The node proxy restarts: a connection in flight through it fails; once the node agent
-    // has added the workload again, new connections work.
+    // The node proxy restarts: a connection in flight through it fails; the restarted proxy
+    // serves the workloads it served before (its state file, beside its socket) without the
+    // node agent adding them again, and new connections work.
     let mut inflight = a1.python();
     inflight.args(["-c", TCP_INFLIGHT, TCP_VIP, "9000"]);
     let mut inflight = Background::spawn(inflight);
@@ -544,31 +545,32 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     let ended = inflight.wait_for_line("result").await;
     assert!(!ended.contains("echo:"), "the in-flight connection failed with its proxy: {ended}");
     let (node_a, sock_a) = bed.node_proxy("a").await;
-    wait::wait_until("the restarted node a serves a1 again", || async {
-        let p = path(a1);
-        let out = bed
-            .node_cli(
-                &sock_a,
-                &[
-                    "add-workload",
-                    "--netns",
-                    p.to_str().unwrap(),
-                    "--namespace",
-                    "default",
-                    "--service-account",
-                    "a1",
-                    "--service",
-                    "client",
-                ],
-            )
-            .await;
-        out.status.success()
-    })
-    .await;
-    wait::wait_until("a1 reaches echo-http through the restarted node proxy", || async {
-        get(a1, &url, 1).await.0 == ["200"]
-    })
-    .await;
+    wait::wait_until("the restarted node a serves a1 again, unasked", || async { get(a1, &url, 1).await.0 == ["200"] })
+        .await;
+    let out = bed.node_cli(&sock_a, &["list"]).await;
+    let list = outrider_proxy::node::api::parse_list(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let restored: Vec<_> = list.iter().map(|w| (w.spec.netns.clone(), w.spec.service_account.clone())).collect();
+    assert_eq!(restored, [(path(a1), "a1".to_owned())], "a1 restored, a2 (removed before) not");
+    let again = bed
+        .node_cli(
+            &sock_a,
+            &[
+                "add-workload",
+                "--netns",
+                path(a1).to_str().unwrap(),
+                "--namespace",
+                "default",
+                "--service-account",
+                "a1",
+                "--service",
+                "client",
+            ],
+        )
+        .await;
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already served"),
+        "a node agent replaying a1 is told it is served"
+    );
     assert_eq!(tcp(a1, TCP_VIP, "9000", "after restart").await, "echo:after restart");
 
     drop(node_a);
