@@ -148,6 +148,7 @@ impl App {
             access_log: config.access_log,
             access_log_sample: config.access_log_sample,
             tracer,
+            workload: None,
         });
         let server = HttpServer::new(&ServerLimits::default());
         let mesh: crate::mesh::MeshHandle = Arc::default();

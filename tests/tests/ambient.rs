@@ -316,6 +316,26 @@ async fn tcp(ns: &Netns, host: &str, port: &str, msg: &str) -> String {
     ok(&ns.run_python(TCP_CLIENT, &[host, port, msg]).await)
 }
 
+/// The Prometheus exposition of a node proxy (it runs in the host namespace).
+async fn scrape(host: &Netns, addr: std::net::SocketAddr) -> String {
+    const GET: &str = "import sys, urllib.request\nsys.stdout.write(urllib.request.build_opener(urllib.request.ProxyHandler({})).open(sys.argv[1], timeout=5).read().decode())";
+    ok(&host.run_python(GET, &[&format!("http://127.0.0.1:{}/metrics", addr.port())]).await)
+}
+
+/// The access-log lines (JSON) among a proxy's output.
+fn access_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("target").and_then(|t| t.as_str()) == Some("outrider::access"))
+        .collect()
+}
+
+/// A field of a JSON log line (top level or under `fields`).
+fn field<'a>(line: &'a serde_json::Value, key: &str) -> &'a str {
+    line.get(key).or_else(|| line.pointer(&format!("/fields/{key}"))).and_then(|v| v.as_str()).unwrap_or("")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     if let Some(why) = unsupported() {
@@ -463,6 +483,55 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert_eq!(echoed, "echo:ping over hbone");
     let refused = tcp(a2, TCP_VIP, "9000", "ping").await;
     assert!(!refused.contains("echo:"), "a2 must not reach the TCP app: {refused}");
+
+    // Metrics and access logs name the served workload: on node a the caller (outbound), on
+    // node b the callee (inbound); promtool accepts both expositions.
+    use outrider_tests::prom::{promtool_check, samples, sum};
+    let metrics_a = scrape(&bed.host, node_a.addrs.metrics).await;
+    let metrics_b = scrape(&bed.host, node_b.addrs.metrics).await;
+    promtool_check("node a's metrics", &metrics_a).await;
+    promtool_check("node b's metrics", &metrics_b).await;
+    let requests = |text: &str, labels: &[(&str, &str)]| sum(text, "outrider_requests_total", labels);
+    let out_a1 = [("direction", "outbound"), ("service", "echo-http"), ("code", "200"), ("workload", "default/a1")];
+    assert!(requests(&metrics_a, &out_a1) >= 5.0, "{metrics_a}");
+    let out_a2 = [("direction", "outbound"), ("service", "echo-http"), ("code", "403"), ("workload", "default/a2")];
+    assert_eq!(requests(&metrics_a, &out_a2), 1.0, "{metrics_a}");
+    assert_eq!(requests(&metrics_a, &[("workload", "default/a2"), ("code", "200")]), 0.0, "{metrics_a}");
+    let in_b1 = [("direction", "inbound"), ("service", "echo-http"), ("code", "200"), ("workload", "default/b1")];
+    assert!(requests(&metrics_b, &in_b1) >= 5.0, "{metrics_b}");
+    assert_eq!(requests(&metrics_b, &[("direction", "inbound"), ("code", "403"), ("workload", "default/b1")]), 1.0);
+    assert!(
+        sum(
+            &metrics_b,
+            "outrider_request_duration_seconds_count",
+            &[("direction", "inbound"), ("workload", "default/b1")]
+        ) >= 5.0,
+        "{metrics_b}"
+    );
+    for (node, text) in [("a", &metrics_a), ("b", &metrics_b)] {
+        for s in samples(text).iter().filter(|s| s.name == "outrider_requests_total") {
+            assert!(
+                s.labels.iter().any(|(k, _)| k == "workload"),
+                "node {node}: a request series without its workload: {s:?}"
+            );
+        }
+    }
+    let logs = access_lines(&node_b.stdout());
+    assert!(
+        logs.iter().any(|l| field(l, "kind") == "http"
+            && field(l, "workload") == "default/b1"
+            && field(l, "peer_identity") == "spiffe://outrider.local/ns/default/sa/a1"),
+        "node b logs b1's inbound request from a1 with the workload: {logs:?}"
+    );
+    assert!(
+        logs.iter().any(|l| field(l, "kind") == "tcp" && field(l, "workload") == "default/b2"),
+        "node b logs b2's inbound connection with the workload: {logs:?}"
+    );
+    let logs = access_lines(&node_a.stdout());
+    assert!(
+        logs.iter().any(|l| field(l, "direction") == "outbound" && field(l, "workload") == "default/a1"),
+        "node a logs a1's outbound request with the workload: {logs:?}"
+    );
 
     // Plaintext straight to a strict workload (from node a's own namespace, not intercepted).
     let plain = a.ns.run_python(HTTP_GET, &[&format!("http://{b1_ip}:8080/"), "1"]).await;

@@ -257,8 +257,13 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut client, down) = pair(&l).await;
         let (up, mut server) = pair(&l).await;
-        let recorder =
-            Arc::new(Recorder { metrics: Metrics::new(), access_log: false, access_log_sample: 1.0, tracer: None });
+        let recorder = Arc::new(Recorder {
+            metrics: Metrics::new(),
+            access_log: false,
+            access_log_sample: 1.0,
+            tracer: None,
+            workload: None,
+        });
         let rec = TcpRecord::start(&recorder, Direction::outbound, client.local_addr().unwrap(), Arc::from("t"));
         let task = tokio::spawn(copy(down, Ok(up), rec, Some(Duration::from_secs(30))));
         client.write_all(b"ping").await.unwrap();
