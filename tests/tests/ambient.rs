@@ -16,6 +16,8 @@ use outrider_tests::wait;
 const API_TOKEN: &str = "ambient-test-token";
 const HTTP_VIP: &str = "10.96.0.10";
 const TCP_VIP: &str = "10.96.0.11";
+const GRPC_VIP: &str = "10.96.0.13";
+const POOL_VIP: &str = "10.96.0.14";
 
 /// Echoes what the app learnt: the caller's identity header, the path.
 const HTTP_APP: &str = r#"
@@ -24,6 +26,11 @@ calls = {"n": 0}
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path == "/fail" or (len(sys.argv) > 3 and sys.argv[3] == "bad"):
+            self.send_response(503)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         if self.path == "/flaky":
             calls["n"] += 1
             if calls["n"] % 2 == 1:
@@ -64,6 +71,37 @@ def serve(c):
 while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A gRPC service without protos (bytes in, bytes out): `echo.Echo/Say` answers with the request
+/// and the identity the proxy told the app; a request `fail` gets NOT_FOUND.
+const GRPC_APP: &str = r#"
+import grpc, sys
+from concurrent import futures
+def say(req, ctx):
+    if req == b"fail":
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    xfcc = dict(ctx.invocation_metadata()).get("x-forwarded-client-cert", "")
+    return b"said:" + req + b" xfcc=" + xfcc.encode()
+h = grpc.method_handlers_generic_handler("echo.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
+s = grpc.server(futures.ThreadPoolExecutor(4), handlers=[h])
+s.add_insecure_port("0.0.0.0:" + sys.argv[1])
+s.start()
+print("grpc ready", flush=True)
+s.wait_for_termination()
+"#;
+
+/// Calls `echo.Echo/Say` at `target` with each argument; prints `OK <answer>` or
+/// `ERR <code> <details>` per call.
+const GRPC_CALL: &str = r#"
+import grpc, sys
+ch = grpc.insecure_channel(sys.argv[1], options=[("grpc.enable_http_proxy", 0)])
+say = ch.unary_unary("/echo.Echo/Say")
+for msg in sys.argv[2:]:
+    try:
+        print("OK", say(msg.encode(), timeout=5).decode(), flush=True)
+    except grpc.RpcError as e:
+        print("ERR", e.code().name, e.details(), flush=True)
 "#;
 
 /// `GET url` n times; prints one status (or ERR) per line, then the last body.
@@ -211,6 +249,25 @@ metadata: {{name: side}}
 spec: {{protocol: http, port: 8081, addresses: [\"10.96.0.12\"]}}
 ---
 apiVersion: outrider.io/v1
+kind: Service
+metadata: {{name: echo-grpc}}
+spec: {{protocol: grpc, port: 50051, addresses: [\"{GRPC_VIP}\"], mtls: strict}}
+---
+apiVersion: outrider.io/v1
+kind: Service
+metadata: {{name: pool}}
+spec: {{protocol: http, port: 8080, addresses: [\"{POOL_VIP}\"], mtls: strict}}
+---
+apiVersion: outrider.io/v1
+kind: TrafficPolicy
+metadata: {{name: pool}}
+spec:
+  service: pool
+  loadBalancer: round-robin
+  outlierDetection: {{consecutive5xx: 2, baseEjectionTime: 5m, maxEjectionPercent: 50}}
+  circuitBreaker: {{window: 10, minimumCalls: 10, failureRateThreshold: 100, openDuration: 1h}}
+---
+apiVersion: outrider.io/v1
 kind: TrafficPolicy
 metadata: {{name: echo-http}}
 spec:
@@ -345,7 +402,9 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     let host = Netns::create().unwrap();
     // Node a has a third namespace, s1, for a workload with its own sidecar.
     let a = node_net(1, 3);
-    let b = node_net(2, 2);
+    // Node b: b1 echo-http, b2 echo-tcp, b3 and b4 the two endpoints of pool (b4 failing
+    // every request), b5 echo-grpc.
+    let b = node_net(2, 5);
     link_nodes(&a, &b);
     link_host(&host, &a, &b);
     let bed = Bed { dir: TempDir::new("outrider-ambient"), host };
@@ -371,6 +430,17 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     tcp_app.args(["-c", TCP_APP, "9000"]);
     let mut tcp_app = Background::spawn(tcp_app);
     tcp_app.wait_for_line("echo ready").await;
+    let (b3, b4, b5) = (&b.workloads[2].0, &b.workloads[3].0, &b.workloads[4].0);
+    let mut good = b3.python();
+    good.args(["-c", HTTP_APP, "8080", "b3"]);
+    let _good = Background::spawn(good);
+    let mut bad = b4.python();
+    bad.args(["-c", HTTP_APP, "8080", "b4", "bad"]);
+    let _bad = Background::spawn(bad);
+    let mut grpc_app = b5.python();
+    grpc_app.args(["-c", GRPC_APP, "50051"]);
+    let mut grpc_app = Background::spawn(grpc_app);
+    grpc_app.wait_for_line("grpc ready").await;
 
     let (node_a, sock_a) = bed.node_proxy("a").await;
     let (node_b, sock_b) = bed.node_proxy("b").await;
@@ -425,8 +495,11 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     })
     .await;
     bed.add(&sock_b, b2, "b2", "echo-tcp").await;
+    bed.add(&sock_b, b3, "b3", "pool").await;
+    bed.add(&sock_b, b4, "b4", "pool").await;
+    bed.add(&sock_b, b5, "b5", "echo-grpc").await;
     bed.wait_ready(&sock_a, 2).await;
-    bed.wait_ready(&sock_b, 2).await;
+    bed.wait_ready(&sock_b, 5).await;
 
     // Adding a namespace twice is refused; a bad one names what is wrong.
     let p = path(a1);
@@ -531,6 +604,49 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert!(
         logs.iter().any(|l| field(l, "direction") == "outbound" && field(l, "workload") == "default/a1"),
         "node a logs a1's outbound request with the workload: {logs:?}"
+    );
+
+    // gRPC across nodes over HBONE: the answer, the caller's identity at the app, and a gRPC
+    // error status carried back as it is.
+    let grpc_target = format!("{GRPC_VIP}:50051");
+    let out = wait::wait_for("a1 reaches echo-grpc over HBONE", || async {
+        let out = ok(&a1.run_python(GRPC_CALL, &[&grpc_target, "hello", "fail"]).await);
+        out.starts_with("OK ").then_some(out)
+    })
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("OK said:hello xfcc="), "{out}");
+    assert!(lines[0].contains("URI=spiffe://outrider.local/ns/default/sa/a1"), "{out}");
+    assert_eq!(lines[1], "ERR NOT_FOUND no such thing", "{out}");
+
+    // Outlier detection in node mode: pool's b4 fails every request; after two in a row a1's
+    // view ejects it and every call reaches b3.
+    let pool = format!("http://{POOL_VIP}:8080/hello");
+    wait::wait_until("a1's calls to pool all reach b3 (b4 ejected)", || async {
+        let (codes, body) = get(a1, &pool, 10).await;
+        codes.iter().all(|c| c == "200") && body.ends_with("app=b3")
+    })
+    .await;
+    let metrics_a = scrape(&bed.host, node_a.addrs.metrics).await;
+    assert!(sum(&metrics_a, "outrider_outlier_ejections_total", &[("service", "pool")]) >= 1.0, "{metrics_a}");
+
+    // The circuit breaker in node mode: ten failed calls in a row (`/fail`, a 503 from both
+    // apps) open a1's breaker for pool; then a1's calls are rejected without reaching an app,
+    // while a2 — another workload on the same node, with its own breakers — still gets through.
+    let (codes, _) = get(a1, &format!("http://{POOL_VIP}:8080/fail"), 10).await;
+    assert!(codes.iter().all(|c| c == "503"), "{codes:?}");
+    let (codes, _) = get(a1, &pool, 5).await;
+    assert_eq!(codes, ["503"; 5], "a1's open breaker rejects its calls");
+    let metrics_a = scrape(&bed.host, node_a.addrs.metrics).await;
+    let open = sum(&metrics_a, "outrider_circuit_breaker_rejections_total", &[("service", "pool"), ("reason", "open")]);
+    assert_eq!(open, 5.0, "{metrics_a}");
+    let (codes, body) = get(a2, &pool, 6).await;
+    assert!(codes.iter().any(|c| c == "200"), "a2 is not behind a1's breaker: {codes:?} {body}");
+    let metrics_a = scrape(&bed.host, node_a.addrs.metrics).await;
+    assert_eq!(
+        sum(&metrics_a, "outrider_circuit_breaker_rejections_total", &[("service", "pool"), ("reason", "open")]),
+        5.0,
+        "none of a2's calls was rejected by a breaker"
     );
 
     // Plaintext straight to a strict workload (from node a's own namespace, not intercepted).
