@@ -32,6 +32,8 @@ use crate::telemetry::metrics::{DenialLabels, Direction, DirectionLabels, Servic
 use crate::tls::{Identity, Mode};
 use crate::transport::{detect, orig_dst};
 
+#[cfg(test)]
+mod tests;
 mod tunnel;
 
 /// Connect timeout to the local application.
