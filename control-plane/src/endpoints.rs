@@ -149,7 +149,8 @@ impl Registry {
 
     /// Add or refresh a workload a node proxy serves: reached over HBONE, with its identity;
     /// `node` is the node proxy's authenticated identity (it may then get the workload's
-    /// certificate). Port 0 stands for the service's port.
+    /// certificate). Port 0 stands for the service's port. `owner`: the xDS stream registering it.
+    #[allow(clippy::too_many_arguments)]
     pub fn register_workload(
         &self,
         service: &str,
