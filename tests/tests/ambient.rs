@@ -265,7 +265,7 @@ spec:
   service: pool
   loadBalancer: round-robin
   outlierDetection: {{consecutive5xx: 2, baseEjectionTime: 5m, maxEjectionPercent: 50}}
-  circuitBreaker: {{window: 10, minimumCalls: 10, failureRateThreshold: 100, openDuration: 1h}}
+  circuitBreaker: {{scope: service, window: 10, minimumCalls: 10, failureRateThreshold: 100, openDuration: 1h}}
 ---
 apiVersion: outrider.io/v1
 kind: TrafficPolicy
