@@ -136,6 +136,39 @@ pub fn is_node_mode(node: &Node) -> bool {
     metadata_string(node, "mode").as_deref() == Some("node")
 }
 
+/// A node proxy's workloads as its node metadata `workloads` lists them: (service, address,
+/// identity, labels); malformed entries are skipped.
+fn node_workloads(node: &Node) -> Vec<(String, SocketAddr, String, BTreeMap<String, String>)> {
+    let list = match node.metadata.as_ref().and_then(|m| m.fields.get("workloads")).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::ListValue(l)) => l.values.as_slice(),
+        _ => &[],
+    };
+    let mut out = Vec::new();
+    for item in list {
+        let Some(Kind::StructValue(s)) = &item.kind else { continue };
+        let field = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let (Some(service), Some(address), Some(identity)) = (field("service"), field("address"), field("identity"))
+        else {
+            continue;
+        };
+        let Ok(address) = address.parse::<SocketAddr>() else { continue };
+        let labels = match s.fields.get("labels").and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StructValue(l)) => outrider_xds::resources::struct_strings(l),
+            _ => BTreeMap::new(),
+        };
+        out.push((service, address, identity, labels));
+    }
+    out
+}
+
+/// The services of the workloads a node proxy serves (whose inbound config it gets).
+pub fn node_workload_services(node: &Node) -> std::collections::BTreeSet<String> {
+    node_workloads(node).into_iter().map(|(service, ..)| service).collect()
+}
+
 /// Looks up the `metadata.namespace` of a Service by name.
 pub trait ServiceNamespaces: Send + Sync + std::fmt::Debug {
     fn namespace_of(&self, service: &str) -> Option<String>;
@@ -187,6 +220,7 @@ impl StreamHandle {
                     Origin::Sidecar(node.id.clone()),
                     None,
                     identity.clone(),
+                    Some(self.id),
                 );
                 tracing::info!(node = %node.id, %service, %addr, identity = identity.as_deref().unwrap_or("none"), "workload registered");
                 self.registration = Some(id);
@@ -203,40 +237,20 @@ impl StreamHandle {
     /// identity of namespace `outrider-system` registers workloads; it may then get their
     /// certificates.
     pub fn sync_workloads(&mut self, node: &Node) {
-        use envoy_types::pb::google::protobuf::value::Kind;
         let Some(peer) = self.peer.clone() else {
             tracing::warn!(node = %node.id, "node proxy without a client certificate: its workloads are not registered");
             return;
         };
         let node_identity = peer.0.to_string();
-        let list = match node.metadata.as_ref().and_then(|m| m.fields.get("workloads")).and_then(|v| v.kind.as_ref()) {
-            Some(Kind::ListValue(l)) => l.values.clone(),
-            _ => Vec::new(),
-        };
         let mut wanted = BTreeMap::new();
-        for item in list {
-            let Some(Kind::StructValue(s)) = item.kind else { continue };
-            let field = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
-                Some(Kind::StringValue(v)) => Some(v.clone()),
-                _ => None,
-            };
-            let (Some(service), Some(address), Some(identity)) =
-                (field("service"), field("address"), field("identity"))
-            else {
-                continue;
-            };
-            let Ok(address) = address.parse::<SocketAddr>() else { continue };
-            let labels = match s.fields.get("labels").and_then(|v| v.kind.as_ref()) {
-                Some(Kind::StructValue(l)) => outrider_xds::resources::struct_strings(l),
-                _ => BTreeMap::new(),
-            };
+        for (service, address, identity, labels) in node_workloads(node) {
             wanted.insert((service, address), (identity, labels));
         }
         let gone: Vec<(String, SocketAddr)> =
             self.workloads.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         for key in gone {
             if let Some(id) = self.workloads.remove(&key) {
-                self.registry.remove(id);
+                self.registry.remove_owned(id, self.id);
                 tracing::info!(node = %node.id, service = %key.0, address = %key.1, "node workload deregistered");
             }
         }
@@ -249,6 +263,7 @@ impl StreamHandle {
                 Origin::Sidecar(node.id.clone()),
                 identity.clone(),
                 Some(node_identity.clone()),
+                self.id,
             );
             if !known {
                 tracing::info!(node = %node.id, %service, %address, %identity, "node workload registered");
@@ -322,10 +337,10 @@ impl StreamHandle {
     pub fn leave(&mut self) {
         self.with(|p| p.draining = true);
         for (_, id) in std::mem::take(&mut self.workloads) {
-            self.registry.remove(id);
+            self.registry.remove_owned(id, self.id);
         }
         if let Some(id) = self.registration.take()
-            && self.registry.remove(id)
+            && self.registry.remove_owned(id, self.id)
         {
             tracing::info!(registration = id, "draining sidecar deregistered");
         }
@@ -361,11 +376,13 @@ impl StreamHandle {
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
+        // Only what this stream still owns: a proxy that reconnected and registered the same
+        // workload again on a new stream keeps it, however late this stream ends.
         if let Some(id) = self.registration {
-            self.registry.expire_after(id, self.registry.grace);
+            self.registry.release(id, self.id, self.registry.grace);
         }
         for id in self.workloads.values() {
-            self.registry.expire_after(*id, self.registry.grace);
+            self.registry.release(*id, self.id, self.registry.grace);
         }
         self.tracker.proxies.lock().remove(&self.id);
         self.metrics.connected_proxies.dec();
@@ -402,5 +419,78 @@ fn metadata_labels(node: &Node) -> BTreeMap<String, String> {
     match node.metadata.as_ref().and_then(|m| m.fields.get("labels")).and_then(|v| v.kind.as_ref()) {
         Some(Kind::StructValue(s)) => outrider_xds::resources::struct_strings(s),
         _ => BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::endpoints::EndpointSource as _;
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
+    use std::time::Duration;
+
+    fn node_with(workloads: &[(&str, &str, &str)]) -> Node {
+        let s = outrider_xds::resources::string_value;
+        let list = workloads
+            .iter()
+            .map(|(service, address, identity)| Value {
+                kind: Some(Kind::StructValue(outrider_xds::resources::struct_of(vec![
+                    ("service", s(service)),
+                    ("address", s(address)),
+                    ("identity", s(identity)),
+                ]))),
+            })
+            .collect();
+        let mut fields = BTreeMap::new();
+        fields.insert("mode".to_owned(), s("node"));
+        fields.insert("workloads".to_owned(), Value { kind: Some(Kind::ListValue(ListValue { values: list })) });
+        Node {
+            id: "node-a".into(),
+            metadata: Some(Struct { fields: fields.into_iter().collect() }),
+            ..Default::default()
+        }
+    }
+
+    fn stream(tracker: &Arc<Tracker>, registry: &Arc<Registry>) -> StreamHandle {
+        let mut h = tracker.connect("delta", &Metrics::new(), registry);
+        let peer =
+            PeerIdentity(outrider_proxy::tls::Identity::parse("spiffe://t/ns/outrider-system/sa/node-a").unwrap());
+        h.authenticated(Some(&peer));
+        h
+    }
+
+    /// A node proxy reconnects: its new stream registers its workloads, then the old stream is
+    /// torn down (late: a broken connection is noticed after the new one is up). The workloads
+    /// stay registered past the grace period, and leave with the new stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnected_node_keeps_its_workloads_when_the_old_stream_ends_late() {
+        let tracker = Tracker::new();
+        let registry = Registry::new(Duration::from_secs(5));
+        let node = node_with(&[("w", "10.0.0.7:8080", "spiffe://t/ns/default/sa/w")]);
+        let mut old = stream(&tracker, &registry);
+        old.identify(&node, false);
+        old.sync_workloads(&node);
+        let mut new = stream(&tracker, &registry);
+        new.identify(&node, false);
+        new.sync_workloads(&node);
+        drop(old);
+        tokio::time::advance(registry.grace * 3).await;
+        registry.sweep();
+        assert_eq!(registry.endpoints()["w"].len(), 1, "the new stream's registration outlived the old stream's grace");
+
+        // An old stream that closes cleanly (leave) does not take it either.
+        let mut older = stream(&tracker, &registry);
+        older.identify(&node, false);
+        older.sync_workloads(&node);
+        let mut newest = stream(&tracker, &registry);
+        newest.identify(&node, false);
+        newest.sync_workloads(&node);
+        older.leave();
+        assert_eq!(registry.endpoints()["w"].len(), 1);
+        // The owner's workload list dropping it does.
+        newest.sync_workloads(&node_with(&[]));
+        assert!(registry.endpoints().is_empty());
+        drop((new, newest));
     }
 }

@@ -5,7 +5,8 @@
 //! recorded in the [`Tracker`].
 //!
 //! What a proxy should have is its view of the snapshot: every outbound resource, plus the
-//! resources scoped to its own service (its inbound listener), never another service's.
+//! resources scoped to its own service (its inbound listener), never another service's. A node
+//! proxy's own services are those of the workloads it serves now.
 //!
 //! Memory is what bounds how many proxies one control plane serves, so the streams share
 //! rather than copy: responses are written from each resource's encoded bytes, encoded once
@@ -213,23 +214,58 @@ impl Subscription {
         Self { wildcard, names: names.iter().filter(|n| *n != "*").cloned().collect() }
     }
 
-    /// Whether a proxy of `service` with this subscription gets `resource`.
-    fn wants(&self, resource: &XdsResource, service: &str) -> bool {
+    /// Whether a proxy serving `serves` with this subscription gets `resource`.
+    fn wants(&self, resource: &XdsResource, serves: &Serves) -> bool {
         match &resource.scope {
             Scope::All => self.wildcard || self.names.contains(&resource.name),
             Scope::ByName => self.names.contains(&resource.name),
-            Scope::Service(s) => {
-                !service.is_empty()
-                    && (s == service || service == NODE_SCOPE)
-                    && (self.wildcard || self.names.contains(&resource.name))
-            }
+            Scope::Service(s) => serves.contains(s) && (self.wildcard || self.names.contains(&resource.name)),
         }
     }
 }
 
-/// The "service" of a node proxy's stream: it gets the inbound config of every service (the
-/// workloads it serves come and go).
-pub(crate) const NODE_SCOPE: &str = "*";
+/// Whose scoped resources (inbound config) a proxy gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Serves {
+    /// A sidecar of one service (empty: a client of none, which gets no inbound config).
+    Service(String),
+    /// A node proxy: the services of the workloads it serves now (its node metadata
+    /// `workloads`), never any other's.
+    Node(Arc<BTreeSet<String>>),
+}
+
+impl Default for Serves {
+    fn default() -> Self {
+        Serves::Service(String::new())
+    }
+}
+
+impl Serves {
+    fn contains(&self, service: &str) -> bool {
+        match self {
+            Serves::Service(s) => !s.is_empty() && s == service,
+            Serves::Node(set) => set.contains(service),
+        }
+    }
+
+    /// The version of what this proxy sees of `t`: the type's version plus that of each
+    /// served service's scoped resources (named, for a node proxy: its set changes).
+    fn view_version(&self, t: &crate::snapshot::TypeSnapshot) -> String {
+        match self {
+            Serves::Service(s) => t.view_version(s),
+            Serves::Node(set) => {
+                let mut v = t.version.clone();
+                for (service, scoped) in set.iter().filter_map(|s| Some((s, t.scoped.get(s)?))) {
+                    v.push('+');
+                    v.push_str(service);
+                    v.push(':');
+                    v.push_str(scoped);
+                }
+                v
+            }
+        }
+    }
+}
 
 /// Node metadata `draining: true`: the proxy is leaving (it stopped accepting), so its
 /// workload is no longer an endpoint.
@@ -245,35 +281,47 @@ fn node_draining(node: &Node) -> bool {
 #[derive(Debug, Default)]
 struct Peer {
     identified: bool,
-    /// The service whose scoped resources the proxy gets (empty: none).
-    service: String,
+    /// Whose scoped resources the proxy gets.
+    serves: Serves,
+    node_mode: bool,
 }
 
 impl Peer {
     /// The first node identifies the proxy (and registers its workload); a node that says it
-    /// is draining deregisters it.
+    /// is draining deregisters it. A node proxy sends its node again whenever its workloads
+    /// change: `Ok(true)` when what it serves changed (every type is then evaluated again).
     /// `Err` (PermissionDenied) when the node claims another identity than its certificate's.
-    fn on_node(&mut self, node: Option<&Node>, handle: &mut StreamHandle) -> Result<(), tonic::Status> {
+    fn on_node(&mut self, node: Option<&Node>, handle: &mut StreamHandle) -> Result<bool, tonic::Status> {
         let Some(node) = node else {
-            return Ok(());
+            return Ok(false);
         };
         let draining = node_draining(node);
-        let node_mode = crate::tracker::is_node_mode(node);
         if !self.identified {
             handle.authorize(node)?;
             self.identified = true;
-            self.service = if node_mode { NODE_SCOPE.to_owned() } else { crate::tracker::node_service(node) };
+            self.node_mode = crate::tracker::is_node_mode(node);
             handle.identify(node, draining);
-            if node_mode && !draining {
-                handle.sync_workloads(node);
-            }
-        } else if draining {
-            handle.leave();
-        } else if node_mode {
-            // A node proxy sends its node again whenever its workloads change.
-            handle.sync_workloads(node);
+            self.serves = if self.node_mode {
+                if !draining {
+                    handle.sync_workloads(node);
+                }
+                Serves::Node(Arc::new(crate::tracker::node_workload_services(node)))
+            } else {
+                Serves::Service(crate::tracker::node_service(node))
+            };
+            return Ok(false);
         }
-        Ok(())
+        if draining {
+            handle.leave();
+        } else if self.node_mode {
+            handle.sync_workloads(node);
+            let serves = Serves::Node(Arc::new(crate::tracker::node_workload_services(node)));
+            if serves != self.serves {
+                self.serves = serves;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -346,11 +394,13 @@ trait AdsStream: Send {
         request: Self::Request,
         snapshot: &Snapshot,
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
+    /// `force`: evaluate even if the view's version did not change.
     fn on_push(
         &mut self,
         type_url: &str,
         snapshot: &Snapshot,
         since: Instant,
+        force: bool,
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
 }
 
@@ -379,12 +429,23 @@ async fn drive<S: AdsStream>(
                 };
                 // Identify (and authorize) the proxy before anything it asks for.
                 let (peer, handle) = stream.peer_and_handle();
-                if let Err(status) = peer.on_node(S::node(&request), handle) {
-                    stream.pusher().fail(&status);
-                    break;
-                }
+                let rescoped = match peer.on_node(S::node(&request), handle) {
+                    Ok(rescoped) => rescoped,
+                    Err(status) => {
+                        stream.pusher().fail(&status);
+                        break;
+                    }
+                };
                 stream.handle().seen();
                 let snapshot = snapshots.borrow_and_update().clone();
+                if rescoped {
+                    // A node proxy's workloads changed: what it should have of every type too.
+                    for type_url in push_order(stream.type_urls().iter()) {
+                        if stream.on_push(&type_url, &snapshot, Instant::now(), true).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 if stream.on_request(request, &snapshot).await.is_err() {
                     break;
                 }
@@ -396,7 +457,7 @@ async fn drive<S: AdsStream>(
                 let snapshot = snapshots.borrow_and_update().clone();
                 let types = stream.type_urls();
                 for type_url in push_order(types.iter()) {
-                    if stream.on_push(&type_url, &snapshot, snapshot.created).await.is_err() {
+                    if stream.on_push(&type_url, &snapshot, snapshot.created, false).await.is_err() {
                         return;
                     }
                 }

@@ -148,6 +148,7 @@ impl App {
             access_log: config.access_log,
             access_log_sample: config.access_log_sample,
             tracer,
+            workload: None,
         });
         let server = HttpServer::new(&ServerLimits::default());
         let mesh: crate::mesh::MeshHandle = Arc::default();
@@ -202,7 +203,10 @@ impl App {
                     node_mesh: mesh.clone(),
                     ca,
                     drain: drain.clone(),
+                    state: Some(settings.state.clone()),
                 });
+                // The workloads served before a restart, once the node has its identity.
+                tokio::spawn(node.clone().restore());
                 let api = crate::node::api::bind(&settings.socket)
                     .map_err(|e| AppError::NodeSocket(settings.socket.clone(), e))?;
                 tokio::spawn(crate::node::api::serve(api, node.clone()));

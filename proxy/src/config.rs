@@ -156,6 +156,10 @@ pub struct ProxyArgs {
     /// Node mode: the local workload API's Unix socket (`outrider-proxy node …` talks to it).
     #[arg(long, env = "OUTRIDER_NODE_SOCKET", default_value = crate::node::DEFAULT_SOCKET)]
     pub node_socket: PathBuf,
+    /// Node mode: where the served workloads are kept across restarts (default: beside the
+    /// socket, `<socket>.workloads.json`); restored when the proxy starts.
+    #[arg(long, env = "OUTRIDER_NODE_STATE")]
+    pub node_state: Option<PathBuf>,
 }
 
 /// The socket mark of a node proxy unless `--socket-mark` says otherwise.
@@ -209,6 +213,8 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     pub socket: PathBuf,
+    /// The served workloads, kept across restarts.
+    pub state: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -382,7 +388,10 @@ impl ProxyArgs {
             Mode::Node => Some(self.socket_mark.unwrap_or(NODE_SOCKET_MARK)),
             Mode::Sidecar => self.socket_mark,
         };
-        let node = (self.mode == Mode::Node).then(|| NodeSettings { socket: self.node_socket.clone() });
+        let node = (self.mode == Mode::Node).then(|| NodeSettings {
+            state: self.node_state.clone().unwrap_or_else(|| crate::node::state::default_path(&self.node_socket)),
+            socket: self.node_socket.clone(),
+        });
         Ok(ProxyConfig {
             policy,
             xds,

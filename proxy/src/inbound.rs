@@ -32,6 +32,8 @@ use crate::telemetry::metrics::{DenialLabels, Direction, DirectionLabels, Servic
 use crate::tls::{Identity, Mode};
 use crate::transport::{detect, orig_dst};
 
+#[cfg(test)]
+mod tests;
 mod tunnel;
 
 /// Connect timeout to the local application.
@@ -57,6 +59,9 @@ pub struct Inbound {
     pub mesh: MeshHandle,
     /// `--identity-token` was given: inbound waits for the certificate.
     pub needs_identity: bool,
+    /// Node mode: inbound waits for the service's own inbound config (its mTLS mode and
+    /// authorization), which the control plane sends only once the workload is registered.
+    pub needs_policy: bool,
     pools: Mutex<HashMap<u16, Arc<EndpointPool>>>,
 }
 
@@ -79,6 +84,7 @@ impl Inbound {
             store,
             mesh,
             needs_identity: false,
+            needs_policy: false,
             pools: Mutex::default(),
         }
     }
@@ -87,6 +93,18 @@ impl Inbound {
     pub fn requiring_identity(mut self, required: bool) -> Self {
         self.needs_identity = required;
         self
+    }
+
+    /// Node mode: accept nothing before the service's inbound config arrived (until then its
+    /// mTLS mode and authorization are unknown, and unknown must not mean permissive).
+    pub fn requiring_policy(mut self, required: bool) -> Self {
+        self.needs_policy = required;
+        self
+    }
+
+    /// Whether the service's inbound config is still missing where it is required.
+    fn policy_pending(&self) -> bool {
+        self.needs_policy && self.policy().is_none()
     }
 
     /// A Service's declared protocol wins over detection.
@@ -130,7 +148,7 @@ impl Inbound {
         // Fail closed: before the first config (and, with --identity-token, the certificate)
         // the service's mode and authorization are unknown.
         let mesh = self.mesh.load_full();
-        if !self.store.is_ready() || (self.needs_identity && mesh.is_none()) {
+        if !self.store.is_ready() || (self.needs_identity && mesh.is_none()) || self.policy_pending() {
             tracing::info!(%client, "inbound connection refused: the proxy is not ready (config or certificate pending)");
             return;
         }

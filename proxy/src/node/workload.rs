@@ -109,16 +109,18 @@ impl Workload {
         shared.fanout.attach(&store);
         let mesh: MeshHandle = Arc::default();
         let socket = SocketOptions { mark: Some(mark), netns: Some(netns.clone()) };
+        // Its requests and connections are labelled and logged with the workload.
+        let recorder = Arc::new(shared.recorder.for_workload(&format!("{}/{}", spec.namespace, spec.service_account)));
         let outbound = Arc::new(Outbound {
             store: store.clone(),
-            recorder: shared.recorder.clone(),
+            recorder: recorder.clone(),
             server: shared.server.clone(),
             socket: socket.clone(),
             mesh: mesh.clone(),
         });
         let inbound = Arc::new(
             Inbound::new(
-                shared.recorder.clone(),
+                recorder,
                 shared.server.clone(),
                 None,
                 Arc::from(spec.service.as_str()),
@@ -126,7 +128,8 @@ impl Workload {
                 store.clone(),
                 mesh.clone(),
             )
-            .requiring_identity(true),
+            .requiring_identity(true)
+            .requiring_policy(true),
         );
         let drain = crate::drain::Drain::new();
         let metrics = shared.recorder.metrics.clone();

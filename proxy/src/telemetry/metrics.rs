@@ -3,7 +3,7 @@
 //! config snapshot, never from raw request data.
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
@@ -14,18 +14,36 @@ pub enum Direction {
     inbound,
 }
 
+/// Node mode: the served workload a request belongs to (`workload="NAMESPACE/SERVICE_ACCOUNT"`:
+/// the caller on outbound, the callee on inbound). A sidecar serves one workload: no label.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct WorkloadLabel(pub Option<Arc<str>>);
+
+impl EncodeLabelSet for WorkloadLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(w) => [("workload", w.as_ref())].encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
     pub service: Arc<str>,
     pub route: Arc<str>,
     pub code: u16,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
     pub direction: Direction,
     pub service: Arc<str>,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -378,8 +396,13 @@ mod tests {
             service: svc.clone(),
             route: svc.clone(),
             code: 200,
+            workload: WorkloadLabel::default(),
         });
-        let _ = m.request_duration.get_or_create(&DurationLabels { direction: d, service: svc.clone() });
+        let _ = m.request_duration.get_or_create(&DurationLabels {
+            direction: d,
+            service: svc.clone(),
+            workload: WorkloadLabel::default(),
+        });
         let _ = m.local_replies.get_or_create(&LocalReplyLabels { direction: d, reason: "r" });
         let _ = m.tcp_connections_open.get_or_create(&DirectionLabels { direction: d });
         let _ = m.tcp_connections.get_or_create(&DirectionLabels { direction: d });
@@ -408,6 +431,45 @@ mod tests {
             declared,
             Metrics::FAMILIES,
             "touch every family above, and list it in FAMILIES and docs/metrics.md"
+        );
+    }
+
+    #[test]
+    fn the_workload_label_is_there_in_node_mode_only() {
+        let m = Metrics::new();
+        let svc: Arc<str> = Arc::from("echo");
+        for workload in [None, Some(Arc::from("shop/reviews"))] {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    direction: Direction::inbound,
+                    service: svc.clone(),
+                    route: svc.clone(),
+                    code: 200,
+                    workload: WorkloadLabel(workload.clone()),
+                })
+                .inc();
+            m.request_duration
+                .get_or_create(&DurationLabels {
+                    direction: Direction::inbound,
+                    service: svc.clone(),
+                    workload: WorkloadLabel(workload),
+                })
+                .observe(0.001);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "outrider_requests_total{direction=\"inbound\",service=\"echo\",route=\"echo\",code=\"200\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("outrider_requests_total{direction=\"inbound\",service=\"echo\",route=\"echo\",code=\"200\",workload=\"shop/reviews\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outrider_request_duration_seconds_count{direction=\"inbound\",service=\"echo\",workload=\"shop/reviews\"} 1\n"),
+            "{text}"
         );
     }
 }
