@@ -297,6 +297,7 @@ mod tests {
         let mut bad = res.clusters.clone();
         for c in &mut bad {
             c.lb_policy = LbPolicy::Maglev as i32;
+            c.load_balancing_policy = None;
         }
         let bad = typed(CLUSTER_TYPE_URL, &bad, |c| c.name.clone());
         let err = handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v2", resources: &bad }).unwrap_err();
