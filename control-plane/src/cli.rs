@@ -230,8 +230,12 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
         "NODE", "SERVICE", "XDS", "CDS", "EDS", "LDS", "RDS", "LAST SEEN"
     );
     let mut nacks = Vec::new();
+    let mut warnings = Vec::new();
     for p in v["proxies"].as_array().into_iter().flatten() {
         let node = p["nodeId"].as_str().unwrap_or("");
+        if let Some(why) = p["registrationRefused"].as_str() {
+            warnings.push(format!("REGISTRATION REFUSED {node}: {why}"));
+        }
         let mut cell = |t: &str| {
             let s = &p["types"][t];
             if s.is_null() {
@@ -265,6 +269,9 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
     }
     for n in nacks {
         println!("NACK {n}");
+    }
+    for w in warnings {
+        println!("{w}");
     }
     ExitCode::SUCCESS
 }

@@ -106,7 +106,8 @@ impl App {
             metrics: local(&metrics_l, config.metrics),
             health: local(&health_l, config.health),
         };
-        // The xDS client; a sidecar registers its workload (--advertise, else the inbound listener).
+        // The xDS client; a sidecar registers its workload (--advertise, else the inbound
+        // listener when bound to one IP, else the local address of the xDS connection).
         let xds = config.xds.as_ref().map(|x| {
             let node = crate::source::xds::node(
                 &config.node_id,
@@ -115,7 +116,17 @@ impl App {
                 x,
                 addrs.inbound,
             );
-            crate::source::xds::XdsSource::new(x, node, store.clone(), metrics.clone(), config.policy.as_deref())
+            let mut source =
+                crate::source::xds::XdsSource::new(x, node, store.clone(), metrics.clone(), config.policy.as_deref());
+            source.advertise_local_port(crate::source::xds::advertise_local_port(
+                config.service.as_deref(),
+                x,
+                addrs.inbound,
+            ));
+            if let Some(identity) = &config.identity {
+                source.set_join_token(identity.token_file.clone());
+            }
+            source
         });
         let xds_left = xds.as_ref().map(|x| x.left());
         let xds_draining = drain.signal().flag();

@@ -55,6 +55,10 @@ pub struct ProxyArgs {
     /// ADS variant: delta (incremental) or sotw (state of the world).
     #[arg(long, env = "OUTRIDER_XDS_PROTOCOL", value_enum, default_value = "delta")]
     pub xds_protocol: XdsProtocol,
+    /// Largest xDS response accepted, e.g. 64MiB (the largest response of a 10,000-service
+    /// mesh is about 8 MiB).
+    #[arg(long, env = "OUTRIDER_XDS_MAX_MESSAGE", default_value = "64MiB", value_parser = size)]
+    pub xds_max_message: usize,
     /// Node id reported to the control plane and shown in /config_dump.
     #[arg(long, env = "OUTRIDER_NODE_ID")]
     pub node_id: Option<String>,
@@ -139,6 +143,22 @@ fn on_off(s: &str) -> Result<bool, String> {
     }
 }
 
+/// A size in bytes: `1048576`, `512KiB`, `64MiB`, `1GiB`.
+fn size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} in {s:?}; use B, KiB, MiB or GiB, e.g. 64MiB")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("expected a size like 64MiB, got {s:?}"))?;
+    n.checked_mul(scale).filter(|b| *b > 0).ok_or_else(|| format!("{s:?} is out of range (more than 0, at most 4GiB)"))
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     outrider_xds::duration::parse(s).map_err(|e| e.to_string())
 }
@@ -186,6 +206,8 @@ pub enum ConfigError {
     AccessLogSample(f64),
     #[error("tracing: {0}")]
     Tracing(#[from] crate::telemetry::trace::config::TraceConfigError),
+    #[error("--identity-token: {0}")]
+    IdentityToken(#[from] outrider_xds::join_token::TokenFileError),
 }
 
 impl ProxyConfig {
@@ -237,6 +259,9 @@ impl ProxyArgs {
             }
             None => None,
             Some(token_file) => {
+                // A token file that cannot work fails the start, naming the file (and `-q` when
+                // it holds the table `outrider token create` prints).
+                outrider_xds::join_token::read(token_file)?;
                 let ca = match (&self.ca_address, &self.xds_address) {
                     (Some(ca), _) => ca.parse::<http::Uri>().ok(),
                     (None, Some(xds)) => ca_from_xds(xds),
@@ -295,6 +320,7 @@ impl ProxyArgs {
             },
             advertise,
             labels,
+            max_message: self.xds_max_message,
         });
         if self.policy.is_none() && xds.is_none() {
             return Err(ConfigError::NoPolicy);
@@ -348,4 +374,30 @@ fn ca_from_xds(xds: &str) -> Option<http::Uri> {
     let host = uri.host()?;
     let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
     format!("{}://{host}:15014", uri.scheme_str().unwrap_or("http")).parse().ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_units_and_refuse_the_rest() {
+        assert_eq!(size("1048576"), Ok(1 << 20));
+        assert_eq!(size("512KiB"), Ok(512 << 10));
+        assert_eq!(size("64MiB"), Ok(64 << 20));
+        assert_eq!(size("1GiB"), Ok(1 << 30));
+        assert!(size("64MB").unwrap_err().contains("MiB"));
+        assert!(size("0").is_err());
+        assert!(size("MiB").is_err());
+        assert!(size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn the_default_decode_limit_is_the_ads_clients() {
+        let cli = Cli::try_parse_from(["outrider-proxy", "--xds-address", "http://127.0.0.1:1"]).unwrap();
+        assert_eq!(cli.proxy.xds_max_message, outrider_xds::ads::DEFAULT_MAX_MESSAGE);
+        let config = cli.proxy.validate().unwrap();
+        assert_eq!(config.xds.unwrap().max_message, outrider_xds::ads::DEFAULT_MAX_MESSAGE);
+    }
 }

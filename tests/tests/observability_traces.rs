@@ -514,12 +514,10 @@ async fn a_telemetry_applied_on_the_control_plane_reaches_the_proxy() {
     cp.apply(&docs(&[svc.clone(), telemetry(0)])).await;
     let proxy = ProxyHarness::start_configured(&svc, |c| {
         c.tracing = Some(env_never(&otlp.endpoint()));
-        c.xds = Some(outrider_proxy::source::xds::XdsConfig {
-            address: cp.xds_url(),
-            protocol: outrider_proxy::source::xds::Protocol::Delta,
-            advertise: None,
-            labels: Default::default(),
-        });
+        c.xds = Some(outrider_proxy::source::xds::XdsConfig::new(
+            cp.xds_url(),
+            outrider_proxy::source::xds::Protocol::Delta,
+        ));
     })
     .await;
     let pushed = |percent: f64| {

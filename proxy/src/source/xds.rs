@@ -34,6 +34,21 @@ pub struct XdsConfig {
     pub advertise: Option<std::net::SocketAddr>,
     /// Labels of the registered workload (`--label`).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Largest xDS response decoded (`--xds-max-message`).
+    pub max_message: usize,
+}
+
+impl XdsConfig {
+    /// `address` over `protocol`, nothing to advertise, no labels, the default decode limit.
+    pub fn new(address: impl Into<String>, protocol: Protocol) -> Self {
+        Self {
+            address: address.into(),
+            protocol,
+            advertise: None,
+            labels: Default::default(),
+            max_message: outrider_xds::ads::DEFAULT_MAX_MESSAGE,
+        }
+    }
 }
 
 /// The latest accepted resources of every type.
@@ -177,8 +192,10 @@ impl Handler for XdsHandler {
 }
 
 /// The node this proxy reports: id, service (as `cluster` and `metadata.service`), namespace,
-/// and for a sidecar of a service the workload to register (`metadata.advertise`: `--advertise`,
-/// else the inbound listener when bound to a specific IP) with its `labels`.
+/// and for a sidecar of a service the `labels` of its workload and, when it knows it, the
+/// address to register (`metadata.advertise`: `--advertise`, else the inbound listener when
+/// bound to a specific IP). Without one, the ADS client adds the local address of its
+/// connection with the inbound port (see [`advertise_local_port`]).
 pub fn node(
     node_id: &str,
     service: Option<&str>,
@@ -189,17 +206,16 @@ pub fn node(
     let mut fields = vec![("namespace", names::string_value(namespace))];
     if let Some(s) = service {
         fields.push(("service", names::string_value(s)));
-        let advertise = config.advertise.or((!inbound.ip().is_unspecified()).then_some(inbound));
-        if let Some(a) = advertise {
+        if let Some(a) = advertise(config, inbound) {
             fields.push(("advertise", names::string_value(&a.to_string())));
-            let labels = names::string_struct(&config.labels);
-            fields.push((
-                "labels",
-                envoy_types::pb::google::protobuf::Value {
-                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(labels)),
-                },
-            ));
         }
+        let labels = names::string_struct(&config.labels);
+        fields.push((
+            "labels",
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(labels)),
+            },
+        ));
     }
     let metadata: Struct = names::struct_of(fields);
     Node {
@@ -209,6 +225,19 @@ pub fn node(
         user_agent_name: "outrider-proxy".into(),
         ..Default::default()
     }
+}
+
+/// The address a sidecar registers when it knows it: `--advertise`, else its inbound listener
+/// when bound to a specific IP.
+fn advertise(config: &XdsConfig, inbound: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    config.advertise.or((!inbound.ip().is_unspecified()).then_some(inbound))
+}
+
+/// For a sidecar of a service that does not know its address (no `--advertise`, inbound
+/// listener on every address): the inbound port, registered at the local address of the xDS
+/// connection (the pod IP in a pod).
+pub fn advertise_local_port(service: Option<&str>, config: &XdsConfig, inbound: std::net::SocketAddr) -> Option<u16> {
+    (service.is_some() && advertise(config, inbound).is_none()).then_some(inbound.port())
 }
 
 /// The client and its handler, ready to run on the control runtime.
@@ -224,7 +253,20 @@ impl XdsSource {
         let initial = policy.and_then(|p| outrider_xds::load_file(p).ok()).map(|set| outrider_xds::translate(&set));
         let mut client = ClientConfig::new(config.address.clone(), node);
         client.protocol = config.protocol;
+        client.max_message = config.max_message;
         Self { client, handler: Arc::new(XdsHandler::new(store, metrics, initial)) }
+    }
+
+    /// Register at the local address of the xDS connection with this port (see
+    /// [`advertise_local_port`]).
+    pub fn advertise_local_port(&mut self, port: Option<u16>) {
+        self.client.advertise_local_port = port;
+    }
+
+    /// Send the join token in this file with every xDS stream: the control plane then accepts
+    /// the workload's registration without a client certificate.
+    pub fn set_join_token(&mut self, path: std::path::PathBuf) {
+        self.client.join_token = Some(path);
     }
 
     /// Adds the workload's SPIFFE ID to the node metadata: the control plane then registers the
