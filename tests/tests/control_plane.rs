@@ -84,8 +84,10 @@ async fn a_bad_policy_is_refused_naming_the_field_and_changes_nothing() {
     assert_eq!(kinds, ["Service"]);
     assert_eq!(cp.status().await["version"], before);
     assert_eq!(proxy.get("http://echo:8080/").await.upstream(), Some("a"));
-    // The dry run says what would change without changing it.
-    let dry = cp.call("POST", "/v1/validate", &service(&a).replace("8080", "8081"), false, None).await;
+    // The dry run says what would change without changing it; it needs the token.
+    let anonymous = cp.call("POST", "/v1/validate", &service(&a).replace("8080", "8081"), false, None).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.json);
+    let dry = cp.call("POST", "/v1/validate", &service(&a).replace("8080", "8081"), true, None).await;
     assert_eq!(dry.status, 200, "{}", dry.json);
     assert_eq!(dry.json["changes"][0]["action"], "updated");
     assert_eq!(cp.status().await["version"], before);
