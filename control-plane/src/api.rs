@@ -145,9 +145,22 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
                 let s = state.snapshots.borrow();
                 (s.version.clone(), s.policy_version.clone())
             };
+            // A sidecar whose service has no Service document has no inbound policy.
+            let set = state.policies.current();
+            let proxies: Vec<serde_json::Value> = state
+                .tracker
+                .list()
+                .into_iter()
+                .map(|p| {
+                    let missing = p.sidecar && !set.services.contains_key(&p.service);
+                    let mut v = json!(p);
+                    v["serviceMissing"] = json!(missing);
+                    v
+                })
+                .collect();
             json_response(
                 StatusCode::OK,
-                &json!({"version": version, "policyVersion": policy_version, "proxies": state.tracker.list()}),
+                &json!({"version": version, "policyVersion": policy_version, "proxies": proxies}),
             )
         }
         (&Method::GET, ["v1", "endpoints"]) => endpoints::list(state),

@@ -236,6 +236,12 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
         if let Some(why) = p["registrationRefused"].as_str() {
             warnings.push(format!("REGISTRATION REFUSED {node}: {why}"));
         }
+        if p["serviceMissing"].as_bool() == Some(true) {
+            warnings.push(format!(
+                "SERVICE MISSING {node}: service {:?} is not in the config; its inbound traffic has no mTLS mode or authorization policy",
+                p["service"].as_str().unwrap_or("")
+            ));
+        }
         let mut cell = |t: &str| {
             let s = &p["types"][t];
             if s.is_null() {

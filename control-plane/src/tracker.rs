@@ -40,6 +40,9 @@ pub struct Nack {
 pub struct ProxyStatus {
     pub node_id: String,
     pub service: String,
+    /// The node names its service in its metadata (an Outrider sidecar), rather than only an
+    /// Envoy `cluster`.
+    pub sidecar: bool,
     pub user_agent: String,
     /// `delta` or `sotw`.
     pub protocol: &'static str,
@@ -91,6 +94,7 @@ impl Tracker {
             ProxyStatus {
                 node_id: String::new(),
                 service: String::new(),
+                sidecar: false,
                 user_agent: String::new(),
                 protocol,
                 identity: None,
@@ -162,9 +166,11 @@ impl StreamHandle {
     /// is already `draining`.
     pub fn identify(&mut self, node: &Node, draining: bool) {
         let service = node_service(node);
+        let sidecar = metadata_string(node, "service").is_some();
         self.with(|p| {
             node.id.clone_into(&mut p.node_id);
             service.clone_into(&mut p.service);
+            p.sidecar = sidecar;
             node.user_agent_name.clone_into(&mut p.user_agent);
             p.draining = draining;
         });

@@ -192,12 +192,14 @@ impl App {
             needs_identity: config.identity.is_some(),
         });
         let identity = config.identity.clone();
+        let watch = watch_config(store.clone(), metrics.clone(), config.service.clone(), config.xds.is_some());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Runtime)?;
         let control = std::thread::Builder::new()
             .name("outrider-control".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    tokio::spawn(watch);
                     for (l, surface) in
                         [(admin_l, Surface::Admin), (metrics_l, Surface::Metrics), (health_l, Surface::Health)]
                     {
@@ -317,6 +319,24 @@ impl Drop for App {
         self.drain.start();
         if let Some(tx) = self.control_stop.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// At every snapshot applied: the series the config tells exported at 0 (and those it
+/// dropped removed), and the check that this sidecar's own service is in the config.
+async fn watch_config(store: Arc<Store>, metrics: Metrics, service: Option<String>, sidecar: bool) {
+    crate::telemetry::known::local_replies(&metrics);
+    let mut known = crate::telemetry::known::KnownSeries::default();
+    let mut changes = store.subscribe();
+    loop {
+        if store.is_ready() {
+            let snap = store.load_full();
+            known.apply(&metrics, &snap);
+            crate::inbound::check_own_service(&metrics, &snap, service.as_deref(), sidecar);
+        }
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -296,3 +296,24 @@ async fn the_ads_client_decodes_responses_up_to_its_limit_and_names_a_larger_one
     wait::wait_until("the clusters to arrive", || async { seen.0.load(std::sync::atomic::Ordering::SeqCst) }).await;
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_shows_a_sidecar_whose_service_is_not_in_the_config() {
+    let data = TempDir::new("cp-missing-service");
+    let cp = ControlPlane::start(data.path());
+    let version = cp.apply(&policy::service("echo").yaml()).await;
+    let proxy = MeshProxy::start(&cp.xds_url(), "reviews-1", "reviews", Protocol::Delta).await;
+    let status = cp.wait_converged(&version, 1).await;
+    assert_eq!(status["proxies"][0]["serviceMissing"], true, "{status}");
+    let mut cmd = tokio::process::Command::new(outrider_tests::control_plane::outrider_bin());
+    cmd.args(["status", "--server", &format!("http://{}", cp.api)]);
+    let out = outrider_tests::binary::run_to_exit(cmd).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("SERVICE MISSING reviews-1: service \"reviews\" is not in the config"), "{table}");
+
+    let version =
+        cp.apply(&policy::docs(&[policy::service("echo").yaml(), policy::service("reviews").port(9080).yaml()])).await;
+    let status = cp.wait_converged(&version, 1).await;
+    assert_eq!(status["proxies"][0]["serviceMissing"], false, "{status}");
+    proxy.shutdown().await;
+}

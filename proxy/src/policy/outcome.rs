@@ -92,6 +92,11 @@ impl Outcome {
         }
     }
 
+    /// Every reason a retry can have (`retries_total{reason}`: [`Outcome::reason`] of the
+    /// failures that are retried).
+    pub const RETRY_REASONS: [&'static str; 6] =
+        ["5xx", "grpc-status", "connect-failure", "refused-stream", "reset", "per-try-timeout"];
+
     /// A label for `retries_total{reason}`.
     pub fn reason(self) -> &'static str {
         match self {

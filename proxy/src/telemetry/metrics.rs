@@ -135,6 +135,9 @@ pub struct Families {
     pub tls_handshake_errors: Family<DirectionLabels, Counter>,
     pub authorization_denied: Family<DenialLabels, Counter>,
     pub plaintext_refused: Family<ServiceLabels, Counter>,
+    /// 1 while this sidecar's `--service` names no Service in the config (its inbound traffic
+    /// has no mTLS mode or authorization policy), 0 once it does.
+    pub service_missing: Family<ServiceLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -243,8 +246,15 @@ impl Metrics {
             "Inbound plaintext connections refused because the service is in strict mTLS mode",
             plaintext_refused.clone(),
         );
+        let service_missing = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "service_missing",
+            "1 while this sidecar's --service names no Service in the config (inbound traffic then has no mTLS mode or authorization policy), else 0",
+            service_missing.clone(),
+        );
         let families = Families {
             registry: Arc::new(registry),
+            service_missing,
             tls_certificate_expiry_seconds,
             tls_connections,
             tls_handshake_errors,
@@ -306,6 +316,7 @@ impl Metrics {
         "outrider_tls_handshake_errors_total",
         "outrider_authorization_denied_total",
         "outrider_plaintext_refused_total",
+        "outrider_service_missing",
     ];
 }
 
@@ -353,6 +364,7 @@ mod tests {
         let _ = m.tls_handshake_errors.get_or_create(&DirectionLabels { direction: d });
         let _ = m.authorization_denied.get_or_create(&DenialLabels { service: svc.clone(), peer: svc.clone() });
         let _ = m.plaintext_refused.get_or_create(&ServiceLabels { service: svc.clone() });
+        let _ = m.service_missing.get_or_create(&ServiceLabels { service: svc.clone() });
         let text = m.encode();
         let declared: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
