@@ -93,6 +93,9 @@ impl App {
 
         let outbound_l = TcpListener::from_std(bind("outbound", config.outbound)?)
             .map_err(|e| AppError::Bind("outbound", config.outbound, e))?;
+        // IPv6 interception redirects to [::1]: with the default IPv4 loopback outbound
+        // listener, listen on the same port there too (when the host has IPv6).
+        let outbound_v6 = outbound_v6(&outbound_l, config.outbound);
         let inbound_l = TcpListener::from_std(bind("inbound", config.inbound)?)
             .map_err(|e| AppError::Bind("inbound", config.inbound, e))?;
         let admin_l = bind("admin", config.admin)?;
@@ -173,6 +176,12 @@ impl App {
         );
 
         let m = metrics.clone();
+        if let Some(l) = outbound_v6 {
+            let outbound = outbound.clone();
+            tokio::spawn(accept_loop(l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
+                outbound.clone().serve(s, c, d)
+            }));
+        }
         tokio::spawn(accept_loop(outbound_l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
             outbound.clone().serve(s, c, d)
         }));
@@ -319,6 +328,26 @@ impl Drop for App {
         self.drain.start();
         if let Some(tx) = self.control_stop.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// A listener on `[::1]` at the outbound port, beside the default `127.0.0.1` one, for
+/// connections ip6tables redirects; `None` when the outbound listener is bound elsewhere or
+/// the host has no IPv6.
+fn outbound_v6(v4: &TcpListener, configured: SocketAddr) -> Option<TcpListener> {
+    if configured.ip() != std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) {
+        return None;
+    }
+    let port = v4.local_addr().ok()?.port();
+    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    match listen::bind(addr).and_then(TcpListener::from_std) {
+        Ok(l) => Some(l),
+        Err(error) => {
+            if crate::iptables::ipv6_enabled() {
+                tracing::warn!(%addr, %error, "cannot listen for IPv6 outbound traffic; intercepted IPv6 connections will be refused");
+            }
+            None
         }
     }
 }
