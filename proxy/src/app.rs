@@ -175,17 +175,19 @@ impl App {
             .requiring_identity(config.identity.is_some()),
         );
 
-        let m = metrics.clone();
+        // One cap over every downstream listener (--max-connections).
+        let limit = ConnectionLimit::new(config.max_connections, metrics.clone());
+        warn_if_few_file_descriptors(config.max_connections);
         if let Some(l) = outbound_v6 {
             let outbound = outbound.clone();
-            tokio::spawn(accept_loop(l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
+            tokio::spawn(accept_loop(l, drain.signal(), limit.clone(), Direction::outbound, move |s, c, d| {
                 outbound.clone().serve(s, c, d)
             }));
         }
-        tokio::spawn(accept_loop(outbound_l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
+        tokio::spawn(accept_loop(outbound_l, drain.signal(), limit.clone(), Direction::outbound, move |s, c, d| {
             outbound.clone().serve(s, c, d)
         }));
-        tokio::spawn(accept_loop(inbound_l, drain.signal(), m, Direction::inbound, move |s, c, d| {
+        tokio::spawn(accept_loop(inbound_l, drain.signal(), limit, Direction::inbound, move |s, c, d| {
             inbound.clone().serve(s, c, d)
         }));
 
@@ -370,16 +372,99 @@ async fn watch_config(store: Arc<Store>, metrics: Metrics, service: Option<Strin
     }
 }
 
+/// The cap on downstream connections open at once, shared by every listener. A connection
+/// over it is accepted and closed at once (the client sees the connection closed before any
+/// answer; Envoy's global connection limit does the same), counted in
+/// `outrider_tcp_connections_refused_total{direction}` and logged at most every 10 s.
+#[derive(Clone, Debug)]
+struct ConnectionLimit {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    metrics: Metrics,
+    /// Milliseconds since `start` of the last warning.
+    warned: Arc<std::sync::atomic::AtomicU64>,
+    start: tokio::time::Instant,
+}
+
+/// Time between two "limit reached" warnings.
+const LIMIT_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ConnectionLimit {
+    fn new(max: usize, metrics: Metrics) -> Self {
+        for direction in [Direction::outbound, Direction::inbound] {
+            let _ = metrics.tcp_connections_refused.get_or_create(&DirectionLabels { direction });
+        }
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(max.min(tokio::sync::Semaphore::MAX_PERMITS))),
+            max,
+            metrics,
+            warned: Arc::default(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A slot for one connection, or `None` (counted and logged) at the limit.
+    fn admit(&self, direction: Direction, client: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        self.metrics.tcp_connections_refused.get_or_create(&DirectionLabels { direction }).inc();
+        let now = self.start.elapsed().as_millis() as u64;
+        let last = self.warned.load(std::sync::atomic::Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= LIMIT_WARN_EVERY.as_millis() as u64)
+            && self
+                .warned
+                .compare_exchange(
+                    last,
+                    now.max(1),
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                max = self.max, ?direction, %client,
+                "connection limit reached: closing new connections until some close (raise --max-connections if the host can take more)"
+            );
+        }
+        None
+    }
+}
+
+/// The open-files limit of this process, from `/proc/self/limits` (soft limit).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Each downstream connection may hold an upstream one too: warn when the open-files limit
+/// cannot take `max_connections` of each.
+fn warn_if_few_file_descriptors(max_connections: usize) {
+    let needed = 2 * max_connections as u64 + 256;
+    if let Some(limit) = open_files_limit()
+        && limit < needed
+    {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections,
+            needed,
+            "the open-files limit is below what --max-connections needs (two per connection); raise it (ulimit -n) or lower --max-connections"
+        );
+    }
+}
+
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut sig: drain::Signal,
-    metrics: Metrics,
+    limit: ConnectionLimit,
     direction: Direction,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr, drain::Signal) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let metrics = limit.metrics.clone();
     let open = metrics.tcp_connections_open.get_or_create(&DirectionLabels { direction }).clone();
     let total = metrics.tcp_connections.get_or_create(&DirectionLabels { direction }).clone();
     loop {
@@ -396,6 +481,10 @@ async fn accept_loop<F, Fut>(
                 continue;
             }
         };
+        let Some(slot) = limit.admit(direction, client) else {
+            drop(stream);
+            continue;
+        };
         listen::accepted(&stream);
         let guard = sig.track();
         open.inc();
@@ -406,6 +495,7 @@ async fn accept_loop<F, Fut>(
             fut.await;
             open.dec();
             drop(guard);
+            drop(slot);
         });
     }
     tracing::debug!(?direction, "listener closed for drain");

@@ -104,6 +104,10 @@ pub struct ProxyArgs {
     /// Data-plane worker threads (default: number of CPUs).
     #[arg(long, env = "OUTRIDER_WORKERS")]
     pub workers: Option<usize>,
+    /// Most downstream connections open at once (outbound and inbound listeners together); a
+    /// connection over it is accepted and closed at once.
+    #[arg(long, env = "OUTRIDER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// How long in-flight requests may take to finish after SIGTERM, e.g. 5s.
     #[arg(long, env = "OUTRIDER_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -134,6 +138,9 @@ pub struct ProxyArgs {
     #[arg(long = "label", env = "OUTRIDER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
 }
+
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 fn on_off(s: &str) -> Result<bool, String> {
     match s {
@@ -186,6 +193,8 @@ pub struct ProxyConfig {
     /// Spans over OTLP/gRPC, from the `OTEL_*` environment variables; `None`: off.
     pub tracing: Option<crate::telemetry::trace::TraceConfig>,
     pub workers: usize,
+    /// Most downstream connections open at once (`--max-connections`).
+    pub max_connections: usize,
     pub drain_timeout: Duration,
     pub socket_mark: Option<u32>,
     /// Workload identity (`--identity-token`); `None`: no mTLS, plaintext to every endpoint.
@@ -202,6 +211,8 @@ pub enum ConfigError {
     Invalid(&'static str, &'static str),
     #[error("--workers must be at least 1")]
     Workers,
+    #[error("--max-connections must be at least 1")]
+    MaxConnections,
     #[error("--access-log-sample must be between 0 and 1, got {0}")]
     AccessLogSample(f64),
     #[error("tracing: {0}")]
@@ -232,6 +243,7 @@ impl ProxyConfig {
             access_log_sample: 1.0,
             tracing: None,
             workers: 1,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: Duration::from_secs(5),
             socket_mark: None,
             identity: None,
@@ -326,6 +338,9 @@ impl ProxyArgs {
             return Err(ConfigError::NoPolicy);
         }
         let policy = self.policy;
+        if self.max_connections == 0 {
+            return Err(ConfigError::MaxConnections);
+        }
         let workers = match self.workers {
             Some(0) => return Err(ConfigError::Workers),
             Some(n) => n,
@@ -361,6 +376,7 @@ impl ProxyArgs {
             access_log_sample: self.access_log_sample,
             tracing,
             workers,
+            max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
             socket_mark: self.socket_mark,
             identity,

@@ -118,6 +118,8 @@ pub struct Families {
     pub local_replies: Family<LocalReplyLabels, Counter>,
     pub tcp_connections_open: Family<DirectionLabels, Gauge>,
     pub tcp_connections: Family<DirectionLabels, Counter>,
+    /// Connections closed at accept because `--max-connections` were open.
+    pub tcp_connections_refused: Family<DirectionLabels, Counter>,
     pub tcp_bytes: Family<DirectionLabels, Counter>,
     pub xds_updates: Family<XdsLabels, Counter>,
     pub config_version: Family<TypeLabels, Gauge>,
@@ -174,6 +176,12 @@ impl Metrics {
         registry.register("tcp_connections_open", "Accepted connections currently open", tcp_connections_open.clone());
         let tcp_connections = Family::<DirectionLabels, Counter>::default();
         registry.register("tcp_connections", "Accepted connections", tcp_connections.clone());
+        let tcp_connections_refused = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tcp_connections_refused",
+            "Connections closed at once because --max-connections downstream connections were open",
+            tcp_connections_refused.clone(),
+        );
         let tcp_bytes = Family::<DirectionLabels, Counter>::default();
         registry.register("tcp_bytes", "Bytes copied by opaque TCP proxying, by direction", tcp_bytes.clone());
         let xds_updates = Family::<XdsLabels, Counter>::default();
@@ -273,6 +281,7 @@ impl Metrics {
             local_replies,
             tcp_connections_open,
             tcp_connections,
+            tcp_connections_refused,
             tcp_bytes,
             xds_updates,
             config_version,
@@ -300,6 +309,7 @@ impl Metrics {
         "outrider_local_replies_total",
         "outrider_tcp_connections_open",
         "outrider_tcp_connections_total",
+        "outrider_tcp_connections_refused_total",
         "outrider_tcp_bytes_total",
         "outrider_xds_updates_total",
         "outrider_config_version",
@@ -350,6 +360,7 @@ mod tests {
         let _ = m.local_replies.get_or_create(&LocalReplyLabels { direction: d, reason: "r" });
         let _ = m.tcp_connections_open.get_or_create(&DirectionLabels { direction: d });
         let _ = m.tcp_connections.get_or_create(&DirectionLabels { direction: d });
+        let _ = m.tcp_connections_refused.get_or_create(&DirectionLabels { direction: d });
         let _ = m.tcp_bytes.get_or_create(&DirectionLabels { direction: d });
         let _ = m.xds_updates.get_or_create(&XdsLabels { r#type: "t", result: "accepted" });
         let _ = m.config_version.get_or_create(&TypeLabels { r#type: "t" });
