@@ -22,7 +22,7 @@ use outrider_xds::resources as names;
 use crate::authz::{Decision, InboundPolicy, Request as AuthzRequest};
 use crate::drain;
 use crate::http::client::{ConnectConfig, EndpointPool, UpstreamProtocol};
-use crate::http::server::HttpServer;
+use crate::http::server::{Downstream, HttpServer};
 use crate::http::{Body, forward, headers};
 use crate::mesh::{Mesh, MeshHandle};
 use crate::rescue::{self, ProxyError};
@@ -31,6 +31,8 @@ use crate::telemetry::access::{Recorder, RequestRecord};
 use crate::telemetry::metrics::{DenialLabels, Direction, DirectionLabels, ServiceLabels, TlsLabels};
 use crate::tls::{Identity, Mode};
 use crate::transport::{detect, orig_dst};
+
+mod tunnel;
 
 /// Connect timeout to the local application.
 pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -47,7 +49,8 @@ pub struct Inbound {
     pub app_port: Option<u16>,
     /// Service label for inbound metrics.
     pub service: Arc<str>,
-    pub socket_mark: Option<u32>,
+    /// Mark and (node mode) namespace of the sockets to the app.
+    pub socket: crate::transport::socket::SocketOptions,
     /// The config, to learn the declared protocol of `--service`.
     pub store: Arc<Store>,
     /// This proxy's identity (mTLS from other proxies), once it has one.
@@ -63,7 +66,7 @@ impl Inbound {
         server: HttpServer,
         app_port: Option<u16>,
         service: Arc<str>,
-        socket_mark: Option<u32>,
+        socket: crate::transport::socket::SocketOptions,
         store: Arc<Store>,
         mesh: MeshHandle,
     ) -> Self {
@@ -72,7 +75,7 @@ impl Inbound {
             server,
             app_port,
             service,
-            socket_mark,
+            socket,
             store,
             mesh,
             needs_identity: false,
@@ -109,7 +112,7 @@ impl Inbound {
     fn cfg(&self) -> ConnectConfig {
         ConnectConfig {
             timeout: APP_CONNECT_TIMEOUT,
-            mark: self.socket_mark,
+            socket: self.socket.clone(),
             limits: None,
             idle_timeout: None,
             mesh: None,
@@ -166,7 +169,7 @@ impl Inbound {
         };
         match detected {
             Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
-                self.serve_http(stream, client, port, None, drain).await
+                self.serve_http(Downstream::<TcpStream>::Plain(stream), client, port, None, drain).await
             }
             Ok(detect::Detected::Opaque) => self.serve_tcp(stream, client, port, None, policy.as_deref()).await,
             Ok(detect::Detected::Closed) => {}
@@ -219,14 +222,16 @@ impl Inbound {
                 return;
             }
             self.serve_tcp(tls, client, port, peer, policy.as_deref()).await;
+        } else if alpn == names::ALPN_MESH_H2 {
+            self.serve_http(Downstream::Http2(tls), client, port, peer, drain).await;
         } else {
-            self.serve_http(tls, client, port, peer, drain).await;
+            self.serve_http(Downstream::Http1(tls), client, port, peer, drain).await;
         }
     }
 
     async fn serve_http<I>(
         self: Arc<Self>,
-        io: I,
+        io: Downstream<I>,
         client: SocketAddr,
         port: u16,
         peer: Option<Identity>,
@@ -321,6 +326,13 @@ impl Inbound {
         rec.route = self.service.clone();
         rec.peer = peer.cloned();
         let grpc = rescue::is_grpc(&req);
+        let authority = match forward::authority_of(&req) {
+            Ok(a) => a,
+            Err(e) => {
+                let (resp, reason) = e.to_response(grpc);
+                return rec.respond(resp, e.classify().0.as_u16(), Some(reason));
+            }
+        };
         if let Some(policy) = self.policy() {
             // A keep-alive connection opened while the service was permissive.
             if policy.mode == Mode::Strict && peer.is_none() {
@@ -374,7 +386,6 @@ impl Inbound {
             }
         }
         rec.request_id = Some(headers::ensure_request_id(req.headers_mut()));
-        let authority = forward::authority_of(&req);
         rec.authority = authority.clone();
         let pool = self.pool(port);
         rec.upstream = Some(pool.addr());

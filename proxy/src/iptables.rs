@@ -124,6 +124,56 @@ pub fn clean_rules() -> Vec<Vec<String>> {
     ]
 }
 
+impl IptablesArgs {
+    /// A node proxy's rules in a workload's namespace: outbound to 15001, inbound to 15006,
+    /// the proxy's own sockets (marked `mark`) and port 15008 left alone.
+    pub fn for_node(mark: u32) -> Self {
+        Self {
+            apply: true,
+            clean: false,
+            outbound_port: 15001,
+            inbound_port: 15006,
+            no_inbound: false,
+            proxy_uid: 1337,
+            proxy_mark: Some(mark),
+            exclude_inbound_ports: vec![15000, 15008, 15020, 15021, 15090],
+            exclude_outbound_cidrs: Vec::new(),
+            iptables: "iptables".into(),
+            ip6tables: "ip6tables".into(),
+            // The node proxy listens in a workload's namespace on IPv4 only so far.
+            no_ipv6: true,
+        }
+    }
+}
+
+/// Install `a`'s rules in the calling thread's network namespace, replacing earlier ones; all
+/// or nothing. Returns the binaries that installed rules.
+pub fn apply(a: &IptablesArgs) -> Result<Vec<String>, String> {
+    let families = families(a, ipv6_enabled());
+    // Installing is idempotent: clear what a previous run left first.
+    for (bin, _) in &families {
+        let _ = run_rules(bin, &clean_rules(), true);
+    }
+    for (bin, family) in &families {
+        if let Err(e) = run_rules(bin, &install_rules(a, *family), false) {
+            // IPv4 rules without IPv6 ones would leave a bypass.
+            for (bin, _) in &families {
+                let _ = run_rules(bin, &clean_rules(), true);
+            }
+            return Err(e);
+        }
+    }
+    Ok(families.iter().map(|(bin, _)| (*bin).to_owned()).collect())
+}
+
+/// Remove the rules (IPv4 and IPv6) from the calling thread's network namespace.
+pub fn clean() {
+    let _ = run_rules("iptables", &clean_rules(), true);
+    if ipv6_enabled() {
+        let _ = run_rules("ip6tables", &clean_rules(), true);
+    }
+}
+
 fn run_rules(bin: &str, rules: &[Vec<String>], ignore_errors: bool) -> Result<(), String> {
     for r in rules {
         let out = Command::new(bin)
@@ -172,29 +222,23 @@ pub fn run(a: &IptablesArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    // Installing is idempotent: clear what a previous run left first.
-    for (bin, _) in &families {
-        let _ = run_rules(bin, &clean_rules(), true);
-    }
     if a.clean {
+        for (bin, _) in &families {
+            let _ = run_rules(bin, &clean_rules(), true);
+        }
         return ExitCode::SUCCESS;
     }
-    let mut installed = 0;
-    for (bin, family) in &families {
-        let list = rules(*family);
-        if let Err(e) = run_rules(bin, &list, false) {
-            eprintln!("outrider-proxy: {e}");
-            // All or nothing: IPv4 rules without IPv6 ones would leave a bypass.
-            for (bin, _) in &families {
-                let _ = run_rules(bin, &clean_rules(), true);
-            }
-            return ExitCode::from(1);
+    match apply(a) {
+        Ok(bins) => {
+            let installed: usize = families.iter().map(|(_, family)| install_rules(a, *family).len()).sum();
+            eprintln!("outrider-proxy: installed {installed} rules ({})", bins.join(" + "));
+            ExitCode::SUCCESS
         }
-        installed += list.len();
+        Err(e) => {
+            eprintln!("outrider-proxy: {e}");
+            ExitCode::from(1)
+        }
     }
-    let names: Vec<&str> = families.iter().map(|(bin, _)| *bin).collect();
-    eprintln!("outrider-proxy: installed {installed} rules ({})", names.join(" + "));
-    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

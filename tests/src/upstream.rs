@@ -69,6 +69,11 @@ pub struct Seen {
     pub version: ::http::Version,
     pub headers: ::http::HeaderMap,
     pub body: Bytes,
+    /// The request's trailers, if it had any.
+    pub trailers: Option<::http::HeaderMap>,
+    /// The body ended cleanly; false when it was cut off (the proxy reset or closed the
+    /// request mid-way), so the request never reached the application whole.
+    pub complete: bool,
 }
 
 impl Seen {
@@ -83,6 +88,8 @@ impl Seen {
 pub struct Log {
     requests: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    /// Connections open now (accepted and not yet closed by either side).
+    open: AtomicUsize,
 }
 
 impl Log {
@@ -106,6 +113,11 @@ impl Upstream {
         self.log.requests.lock().unwrap().clone()
     }
 
+    /// Requests whose body arrived whole (see [`Seen::complete`]).
+    pub fn complete_requests(&self) -> Vec<Seen> {
+        self.requests().into_iter().filter(|s| s.complete).collect()
+    }
+
     pub fn request_count(&self) -> usize {
         self.log.requests.lock().unwrap().len()
     }
@@ -118,6 +130,11 @@ impl Upstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.log.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now: accepted, and not yet closed by the peer or the server.
+    pub fn open_connections(&self) -> usize {
+        self.log.open.load(Ordering::SeqCst)
     }
 
     /// `IP:port` as a policy file writes endpoints.
@@ -153,8 +170,14 @@ where
             };
             let _ = stream.set_nodelay(true);
             task_log.connections.fetch_add(1, Ordering::SeqCst);
+            task_log.open.fetch_add(1, Ordering::SeqCst);
             while conns.try_join_next().is_some() {}
-            conns.spawn(handle(stream, task_log.clone()));
+            let served = handle(stream, task_log.clone());
+            let log = task_log.clone();
+            conns.spawn(async move {
+                served.await;
+                log.open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     })
     .abort_handle();

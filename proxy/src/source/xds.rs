@@ -60,6 +60,42 @@ struct Accepted {
     received: BTreeSet<&'static str>,
 }
 
+/// More stores fed from the same xDS stream, each with its own builder so that the state that
+/// outlives snapshots (breakers, pools, outlier ejections) is its own: a node proxy keeps one
+/// per workload, so each workload's calls are as isolated as its own sidecar's would be.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    stores: Mutex<Vec<(std::sync::Weak<Store>, Builder)>>,
+    /// The last complete config, to build a store attached later.
+    latest: Mutex<Option<(Resources, Versions)>>,
+}
+
+impl Fanout {
+    /// Feed `store` from now on (built at once from the last complete config, if any).
+    pub fn attach(&self, store: &Arc<Store>) {
+        let builder = Builder::new();
+        if let Some((resources, versions)) = self.latest.lock().as_ref() {
+            let (mut snapshot, _) = builder.build(resources);
+            snapshot.versions = versions.clone();
+            store.apply(snapshot);
+        }
+        self.stores.lock().push((Arc::downgrade(store), builder));
+    }
+
+    fn apply(&self, resources: &Resources, versions: &Versions) {
+        *self.latest.lock() = Some((resources.clone(), versions.clone()));
+        let mut stores = self.stores.lock();
+        stores.retain(|(store, _)| store.strong_count() > 0);
+        for (store, builder) in stores.iter() {
+            if let Some(store) = store.upgrade() {
+                let (mut snapshot, _) = builder.build(resources);
+                snapshot.versions = versions.clone();
+                store.apply(snapshot);
+            }
+        }
+    }
+}
+
 /// Validates and applies updates; one per proxy.
 #[derive(Debug)]
 pub struct XdsHandler {
@@ -71,6 +107,8 @@ pub struct XdsHandler {
     accepted: Mutex<Accepted>,
     /// Set once the control plane has taken the notice that this proxy is draining.
     left: tokio::sync::watch::Sender<bool>,
+    /// Other stores to feed (node mode: one per workload).
+    fanout: Arc<Fanout>,
 }
 
 /// The metrics label of a type URL (bounded).
@@ -106,7 +144,15 @@ impl XdsHandler {
             accepted.resources = resources;
         }
         let left = tokio::sync::watch::channel(false).0;
-        Self { store, builder: Builder::new(), metrics, started, accepted: Mutex::new(accepted), left }
+        Self {
+            store,
+            builder: Builder::new(),
+            metrics,
+            started,
+            accepted: Mutex::new(accepted),
+            left,
+            fanout: Arc::default(),
+        }
     }
 
     fn try_update(&self, update: &Update<'_>) -> Result<(), String> {
@@ -151,6 +197,7 @@ impl XdsHandler {
         let complete = next.received.len() == ALL_TYPES.len();
         if complete || self.started {
             self.store.apply(snapshot);
+            self.fanout.apply(&next.resources, &next.versions);
         }
         *accepted = next;
         Ok(())
@@ -245,6 +292,7 @@ pub fn advertise_local_port(service: Option<&str>, config: &XdsConfig, inbound: 
 pub struct XdsSource {
     client: ClientConfig,
     handler: Arc<XdsHandler>,
+    node_updates: Option<tokio::sync::watch::Receiver<Node>>,
 }
 
 impl XdsSource {
@@ -254,7 +302,7 @@ impl XdsSource {
         let mut client = ClientConfig::new(config.address.clone(), node);
         client.protocol = config.protocol;
         client.max_message = config.max_message;
-        Self { client, handler: Arc::new(XdsHandler::new(store, metrics, initial)) }
+        Self { client, handler: Arc::new(XdsHandler::new(store, metrics, initial)), node_updates: None }
     }
 
     /// Register at the local address of the xDS connection with this port (see
@@ -282,6 +330,22 @@ impl XdsSource {
         self.client.tls = Some(config);
     }
 
+    /// The stores fed besides the proxy's own (node mode: one per workload).
+    pub fn fanout(&self) -> Arc<Fanout> {
+        self.handler.fanout.clone()
+    }
+
+    /// A node proxy: the node metadata changes as workloads come and go (see
+    /// [`outrider_xds::ads::AdsClient::with_node_updates`]).
+    pub fn set_node_updates(&mut self, updates: tokio::sync::watch::Receiver<Node>) {
+        self.node_updates = Some(updates);
+    }
+
+    /// The node reported now.
+    pub fn node(&self) -> &Node {
+        &self.client.node
+    }
+
     /// Becomes true once the control plane has taken the drain notice (see [`XdsSource::run`]).
     pub fn left(&self) -> tokio::sync::watch::Receiver<bool> {
         self.handler.left.subscribe()
@@ -291,7 +355,11 @@ impl XdsSource {
     /// control plane, which deregisters this workload at once (DESIGN.md §4: a sidecar
     /// "deregisters on drain") rather than after the stream's grace period.
     pub async fn run(self, draining: tokio::sync::watch::Receiver<bool>) {
-        AdsClient::new(self.client).with_drain(draining).run(self.handler).await;
+        let mut client = AdsClient::new(self.client).with_drain(draining);
+        if let Some(updates) = self.node_updates {
+            client = client.with_node_updates(updates);
+        }
+        client.run(self.handler).await;
     }
 }
 
@@ -362,5 +430,38 @@ mod tests {
             handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v3", resources: &garbage }).unwrap_err();
         assert!(err.contains("cannot decode"), "{err}");
         assert_eq!(store.load().versions.clusters, "v1");
+    }
+
+    #[test]
+    fn a_listener_before_its_routes_is_accepted_and_its_chains_arrive_with_the_routes() {
+        // Envoy's order (CDS, EDS, LDS, RDS): the outbound listener's filter chain for a service
+        // with addresses names a virtual host of a route configuration that comes after it.
+        const WITH_ADDRESS: &str = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: echo}\nspec: {port: 8080, addresses: [\"10.9.0.1\"], endpoints: [{address: \"127.0.0.1:9\"}]}\n";
+        let store = Arc::new(Store::new());
+        let handler = XdsHandler::new(store.clone(), Metrics::new(), None);
+        let res = outrider_xds::translate(&outrider_xds::load_str("t.yaml", WITH_ADDRESS).unwrap());
+        for (type_url, resources) in &updates(&res) {
+            handler
+                .update(&Update { type_url, version: "v1", resources })
+                .unwrap_or_else(|e| panic!("{type_url}: NACK {e}"));
+        }
+        assert!(store.is_ready());
+        let dst: std::net::SocketAddr = "10.9.0.1:8080".parse().unwrap();
+        assert!(
+            matches!(store.load().outbound.lookup(dst), Some(crate::state::Target::Http(_))),
+            "the address routes to the service once the routes are in"
+        );
+
+        // A route configuration without the listener's virtual host is the one NACKed.
+        let mut routes = res.routes.clone();
+        for r in &mut routes {
+            r.virtual_hosts.retain(|v| v.name != "echo");
+        }
+        let routes = typed(ROUTE_CONFIGURATION_TYPE_URL, &routes, |r| r.name.clone());
+        let err = handler
+            .update(&Update { type_url: ROUTE_CONFIGURATION_TYPE_URL, version: "v2", resources: &routes })
+            .unwrap_err();
+        assert!(err.contains("no virtual host echo"), "{err}");
+        assert_eq!(store.load().versions.routes, "v1");
     }
 }

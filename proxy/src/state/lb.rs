@@ -129,7 +129,7 @@ mod tests {
     fn wrr_locality_is_unwrapped() {
         use prost::Message as _;
         let inner = LoadBalancingPolicy { policies: vec![policy(RANDOM_POLICY_TYPE_URL, vec![])] };
-        let wrapper = WrrLocality { endpoint_picking_policy: Some(inner), ..Default::default() };
+        let wrapper = WrrLocality { endpoint_picking_policy: Some(inner) };
         let c =
             cluster(vec![policy(WRR_LOCALITY_POLICY_TYPE_URL, wrapper.encode_to_vec())], cluster::LbPolicy::RoundRobin);
         assert_eq!(lb_policy_of(&c), Ok(LbPolicy::Random));
