@@ -1,5 +1,5 @@
 //! Command-line flags of `outrider-proxy`; every flag is also read from
-//! `OUTRIDER_<FLAG>` (DESIGN.md §4).
+//! `OUTRIDER_<FLAG>` (docs/operations.md, "Flags").
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,8 +82,9 @@ pub struct ProxyArgs {
     pub metrics_port: u16,
     #[arg(long, env = "OUTRIDER_HEALTH_PORT", default_value_t = 15021)]
     pub health_port: u16,
-    /// Node-to-node tunnel port (node mode; not used in sidecar mode).
-    #[arg(long, env = "OUTRIDER_TUNNEL_PORT", default_value_t = 15008)]
+    /// The HBONE port (node mode): only 15008, the port callers tunnel to; another value is
+    /// rejected (`not supported yet`).
+    #[arg(long, env = "OUTRIDER_TUNNEL_PORT", default_value_t = crate::hbone::PORT)]
     pub tunnel_port: u16,
     /// Address the outbound listener binds (loopback: only local apps may use it).
     #[arg(long, env = "OUTRIDER_OUTBOUND_BIND", default_value = "127.0.0.1")]
@@ -272,6 +273,12 @@ impl ProxyConfig {
 
 impl ProxyArgs {
     pub fn validate(self) -> Result<ProxyConfig, ConfigError> {
+        if self.tunnel_port != crate::hbone::PORT {
+            return Err(ConfigError::NotSupported(
+                "--tunnel-port other than 15008",
+                "callers (node proxies and sidecars) tunnel to a workload's port 15008",
+            ));
+        }
         if self.mode == Mode::Node {
             if self.xds_address.is_none() || self.identity_token.is_none() {
                 return Err(ConfigError::Invalid(
@@ -454,5 +461,13 @@ mod tests {
         assert_eq!(cli.proxy.xds_max_message, outrider_xds::ads::DEFAULT_MAX_MESSAGE);
         let config = cli.proxy.validate().unwrap();
         assert_eq!(config.xds.unwrap().max_message, outrider_xds::ads::DEFAULT_MAX_MESSAGE);
+    }
+
+    #[test]
+    fn a_tunnel_port_the_proxy_cannot_use_is_rejected_not_ignored() {
+        let parse = |port: &str| Cli::try_parse_from(["outrider-proxy", "--policy", "p.yaml", "--tunnel-port", port]);
+        let err = parse("16008").unwrap().proxy.validate().unwrap_err().to_string();
+        assert!(err.contains("--tunnel-port") && err.contains("not supported yet"), "{err}");
+        assert!(parse("15008").unwrap().proxy.validate().is_ok());
     }
 }
