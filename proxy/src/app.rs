@@ -38,7 +38,7 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// 2 for invalid input, 1 for runtime failures (DESIGN.md §4).
+    /// 2 for invalid input, 1 for runtime failures (docs/operations.md).
     pub fn exit_code(&self) -> u8 {
         match self {
             AppError::Policy(..) => 2,

@@ -1,4 +1,4 @@
-//! Circuit breaking, two parts (DESIGN.md §4):
+//! Circuit breaking, two parts (docs/policy.md, "Circuit breaker"):
 //! - thresholds (Envoy): concurrent requests / pending requests / connections /
 //!   retries per cluster; over the limit, reject at once;
 //! - the state machine (Resilience4j) over a count window: closed → open when

@@ -60,7 +60,7 @@ impl Outcome {
         }
     }
 
-    /// Counts against the circuit breaker's failure rate (DESIGN: 5xx, gateway
+    /// Counts against the circuit breaker's failure rate (docs/architecture.md: 5xx, gateway
     /// errors, resets, timeouts, gRPC UNAVAILABLE / INTERNAL / DEADLINE_EXCEEDED).
     pub fn is_breaker_failure(self) -> bool {
         match self {

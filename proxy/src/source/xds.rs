@@ -352,8 +352,8 @@ impl XdsSource {
     }
 
     /// Run until the task is dropped. When `draining` becomes true the client tells the
-    /// control plane, which deregisters this workload at once (DESIGN.md §4: a sidecar
-    /// "deregisters on drain") rather than after the stream's grace period.
+    /// control plane, which deregisters this workload at once (docs/architecture.md, "Design
+    /// for failure") rather than after the stream's grace period.
     pub async fn run(self, draining: tokio::sync::watch::Receiver<bool>) {
         let mut client = AdsClient::new(self.client).with_drain(draining);
         if let Some(updates) = self.node_updates {
