@@ -206,7 +206,7 @@ where
 }
 
 /// The stream's requests, each at most `limit` bytes (a larger one ends the stream with
-/// `RESOURCE_EXHAUSTED`).
+/// `OUT_OF_RANGE`).
 fn decode<M: prost::Message + Default + Send + 'static>(body: Incoming, limit: usize) -> Streaming<M> {
     Streaming::new_request(tonic_prost::ProstDecoder::<M>::default(), body, None, Some(limit))
 }

@@ -6,7 +6,8 @@
 //! - per service, for what its policy turns on (so a big mesh without policies exports no
 //!   extra series): retries → `outrider_retries_total{reason}` for every retry reason,
 //!   `outrider_retry_budget_exhausted_total` and `outrider_circuit_breaker_rejections_total
-//!   {reason="max-retries"}`; a breaker state machine → `…rejections_total{reason="open"}`;
+//!   {reason="max-retries"}`; a breaker state machine → `…rejections_total{reason="open"}` and
+//!   `outrider_circuit_breaker_fallbacks_total`;
 //!   thresholds other than the defaults → `…rejections_total{reason="max-requests" |
 //!   "max-pending" | "max-connections"}`; outlier detection → `outrider_outlier_ejections_total`.
 //!
@@ -96,6 +97,7 @@ fn series(metrics: &Metrics, service: &Arc<str>, f: Features, op: Op) {
     }
     if f.breaker {
         rejections.extend(reasons(&["open"]));
+        by_service.push(&metrics.circuit_breaker_fallbacks);
     }
     if f.thresholds {
         rejections.extend(reasons(&THRESHOLD_REASONS));
@@ -184,6 +186,7 @@ mod tests {
         }
         assert!(a.contains(&"outrider_outlier_ejections_total{service=\"a\"} 0".to_owned()), "{a:?}");
         assert!(a.contains(&"outrider_retry_budget_exhausted_total{service=\"a\"} 0".to_owned()), "{a:?}");
+        assert!(a.contains(&"outrider_circuit_breaker_fallbacks_total{service=\"a\"} 0".to_owned()), "{a:?}");
         // b has no policy: nothing of its own.
         assert!(lines(&metrics, "b").is_empty(), "{:?}", lines(&metrics, "b"));
 
