@@ -5,7 +5,7 @@
 //! | `GET /v1/policies[/KIND[/NAME]]` | documents (JSON), `ETag` = resource version |
 //! | `PUT` / `POST /v1/policies` | create or replace the documents of the body (YAML or JSON) |
 //! | `DELETE /v1/policies/KIND/NAME` | delete one document |
-//! | `POST /v1/validate` | dry run of a write: errors, or what would change |
+//! | `POST /v1/validate` | dry run of a write (token): errors, or what would change |
 //! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
@@ -145,9 +145,22 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
                 let s = state.snapshots.borrow();
                 (s.version.clone(), s.policy_version.clone())
             };
+            // A sidecar whose service has no Service document has no inbound policy.
+            let set = state.policies.current();
+            let proxies: Vec<serde_json::Value> = state
+                .tracker
+                .list()
+                .into_iter()
+                .map(|p| {
+                    let missing = p.sidecar && !set.services.contains_key(&p.service);
+                    let mut v = json!(p);
+                    v["serviceMissing"] = json!(missing);
+                    v
+                })
+                .collect();
             json_response(
                 StatusCode::OK,
-                &json!({"version": version, "policyVersion": policy_version, "proxies": state.tracker.list()}),
+                &json!({"version": version, "policyVersion": policy_version, "proxies": proxies}),
             )
         }
         (&Method::GET, ["v1", "endpoints"]) => endpoints::list(state),
@@ -212,7 +225,9 @@ fn if_match(req: &Request<Incoming>) -> Option<String> {
 }
 
 async fn write(state: &ApiState, req: Request<Incoming>, dry_run: bool) -> Response<Body> {
-    if !dry_run && !authorized(state, &req) {
+    // A dry run needs the token too: it parses up to MAX_BODY and validates it against the
+    // whole set, work nobody without the token should be able to make the server do.
+    if !authorized(state, &req) {
         return unauthorized();
     }
     let expected = if_match(&req);

@@ -288,8 +288,18 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
     println!("config version {}", v["version"].as_str().unwrap_or(""));
     let mut rows = Vec::new();
     let mut nacks = Vec::new();
+    let mut warnings = Vec::new();
     for p in v["proxies"].as_array().into_iter().flatten() {
         let node = p["nodeId"].as_str().unwrap_or("");
+        if let Some(why) = p["registrationRefused"].as_str() {
+            warnings.push(format!("REGISTRATION REFUSED {node}: {why}"));
+        }
+        if p["serviceMissing"].as_bool() == Some(true) {
+            warnings.push(format!(
+                "SERVICE MISSING {node}: service {:?} is not in the config; its inbound traffic has no mTLS mode or authorization policy",
+                p["service"].as_str().unwrap_or("")
+            ));
+        }
         let mut cell = |t: &str| {
             let s = &p["types"][t];
             if s.is_null() {
@@ -322,6 +332,9 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
     print!("{}", table(&header, rows));
     for n in nacks {
         println!("NACK {n}");
+    }
+    for w in warnings {
+        println!("{w}");
     }
     ExitCode::SUCCESS
 }

@@ -176,10 +176,8 @@ async fn sidecar(
             ca_root: None,
         }),
         xds: Some(XdsConfig {
-            address: format!("http://{xds}"),
-            protocol: Protocol::Delta,
-            advertise: None,
             labels: [("version".to_owned(), version.to_owned())].into(),
+            ..XdsConfig::new(format!("http://{xds}"), Protocol::Delta)
         }),
         service: Some(service.to_owned()),
         app_port,

@@ -180,6 +180,10 @@ struct ServeArgs {
     /// Extra DNS name or IP in the control plane's certificate (repeatable, or comma-separated).
     #[arg(long = "tls-san", env = "OUTRIDER_TLS_SAN", value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// Let xDS streams without a client certificate or join token register endpoints of any
+    /// Service (demos and local tries only; see docs/security.md).
+    #[arg(long, env = "OUTRIDER_INSECURE_REGISTRATION")]
+    insecure_registration: bool,
     /// How long a sidecar's endpoint registration outlives its xDS stream.
     #[arg(long, env = "OUTRIDER_REGISTRATION_GRACE", default_value = "10s", value_parser = duration)]
     registration_grace: std::time::Duration,
@@ -292,6 +296,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         workload_cert_ttl: args.workload_cert_ttl,
         tls: args.tls,
         tls_sans: args.tls_san,
+        insecure_registration: args.insecure_registration,
     };
     let running = match server::start(config) {
         Ok(r) => r,

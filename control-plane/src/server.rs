@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub tls: bool,
     /// Extra DNS names or IPs for the control plane's serving certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
+    /// Let xDS streams without a client certificate or join token register endpoints
+    /// (`--insecure-registration`; demos and local tries only).
+    pub insecure_registration: bool,
 }
 
 impl ServerConfig {
@@ -77,6 +80,7 @@ impl ServerConfig {
             workload_cert_ttl: DEFAULT_WORKLOAD_TTL,
             tls: false,
             tls_sans: Vec::new(),
+            insecure_registration: false,
         }
     }
 }
@@ -280,8 +284,18 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         issuance: Issuance::new(ca.clone(), tokens.clone()).with_nodes(registry.clone()),
         tokens: tokens.clone(),
     });
-    let ads =
-        AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone()).with_service_namespaces(policies.clone());
+    if config.insecure_registration {
+        tracing::warn!(
+            "--insecure-registration: any xDS client that can reach the xDS port may register endpoints for any Service"
+        );
+    }
+    let auth = crate::xds::auth::Authenticator::new(
+        Some((tokens.clone(), ca.trust_domain().clone())),
+        config.insecure_registration,
+    );
+    let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
+        .with_service_namespaces(policies.clone())
+        .with_authenticator(auth);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let p = policies.clone();
     let thread = std::thread::Builder::new()

@@ -40,11 +40,21 @@ pub struct Nack {
 pub struct ProxyStatus {
     pub node_id: String,
     pub service: String,
+    /// The node names its service in its metadata (an Outrider sidecar), rather than only an
+    /// Envoy `cluster`.
+    pub sidecar: bool,
     pub user_agent: String,
     /// `delta` or `sotw`.
     pub protocol: &'static str,
-    /// The SPIFFE ID of the proxy's client certificate (xDS over TLS), if it presented one.
+    /// The SPIFFE ID the stream authenticated as (client certificate or join token).
     pub identity: Option<String>,
+    /// How the stream authenticated: `certificate`, `join-token` or `none`.
+    pub authentication: &'static str,
+    /// The workload address registered for this proxy, if any.
+    pub registered: Option<String>,
+    /// Why the proxy's registration was refused (an unauthenticated stream without
+    /// `--insecure-registration`), if it was.
+    pub registration_refused: Option<String>,
     pub connected_at: u64,
     /// Unix seconds of the last request on the stream.
     pub last_seen: u64,
@@ -84,9 +94,13 @@ impl Tracker {
             ProxyStatus {
                 node_id: String::new(),
                 service: String::new(),
+                sidecar: false,
                 user_agent: String::new(),
                 protocol,
                 identity: None,
+                authentication: "none",
+                registered: None,
+                registration_refused: None,
                 connected_at: now,
                 last_seen: now,
                 draining: false,
@@ -101,6 +115,7 @@ impl Tracker {
             registry: registry.clone(),
             registration: None,
             peer: None,
+            refusal: None,
             namespace_of: None,
             workloads: BTreeMap::new(),
         }
@@ -123,8 +138,10 @@ pub struct StreamHandle {
     registry: Arc<Registry>,
     /// The workload this sidecar registered (node metadata `advertise`), if any.
     registration: Option<u64>,
-    /// The identity of the client certificate, if the stream came over TLS with one.
+    /// The identity the stream authenticated as (client certificate or join token).
     peer: Option<PeerIdentity>,
+    /// Why this stream may not register its workload, when it may not.
+    refusal: Option<String>,
     /// The namespace of a Service by name, to bind authenticated proxies to their namespace.
     namespace_of: Option<NamespaceOf>,
     /// Node mode: the workloads this node proxy registered, by (service, address).
@@ -190,9 +207,11 @@ impl StreamHandle {
     /// is already `draining`.
     pub fn identify(&mut self, node: &Node, draining: bool) {
         let service = node_service(node);
+        let sidecar = metadata_string(node, "service").is_some();
         self.with(|p| {
             node.id.clone_into(&mut p.node_id);
             service.clone_into(&mut p.service);
+            p.sidecar = sidecar;
             node.user_agent_name.clone_into(&mut p.user_agent);
             p.draining = draining;
         });
@@ -206,6 +225,15 @@ impl StreamHandle {
                 self.registry.unregister(&service, addr, &Origin::Sidecar(node.id.clone()));
             }
             tracing::info!(node = %node.id, %service, "draining sidecar connected: not registered");
+            return;
+        }
+        if let Some(reason) = &self.refusal {
+            tracing::warn!(
+                node = %node.id, %service, %advertise, %reason,
+                "workload NOT registered: the xDS stream is not authenticated (give the proxy --identity-token, or connect over mTLS; `outrider control-plane --insecure-registration` allows plaintext registration)"
+            );
+            let refused = format!("not authenticated ({reason})");
+            self.with(|p| p.registration_refused = Some(refused));
             return;
         }
         match advertise.parse::<SocketAddr>() {
@@ -223,6 +251,7 @@ impl StreamHandle {
                     Some(self.id),
                 );
                 tracing::info!(node = %node.id, %service, %addr, identity = identity.as_deref().unwrap_or("none"), "workload registered");
+                self.with(|p| p.registered = Some(addr.to_string()));
                 self.registration = Some(id);
             }
             Ok(_) => tracing::warn!(node = %node.id, "advertise without a service: not registered"),
@@ -238,7 +267,7 @@ impl StreamHandle {
     /// certificates.
     pub fn sync_workloads(&mut self, node: &Node) {
         let Some(peer) = self.peer.clone() else {
-            tracing::warn!(node = %node.id, "node proxy without a client certificate: its workloads are not registered");
+            tracing::warn!(node = %node.id, "node proxy without a client certificate or join token: its workloads are not registered");
             return;
         };
         let node_identity = peer.0.to_string();
@@ -272,15 +301,27 @@ impl StreamHandle {
         }
     }
 
-    /// The stream's verified client certificate identity (xDS over TLS), shown in the status.
-    pub fn authenticated(&mut self, peer: Option<&PeerIdentity>) {
-        let Some(peer) = peer else { return };
-        self.with(|p| p.identity = Some(peer.0.to_string()));
-        self.peer = Some(peer.clone());
+    /// How the stream authenticated (shown in the status). An unauthenticated stream may only
+    /// register its workload with `insecure_registration`.
+    pub fn authenticated(&mut self, auth: crate::xds::auth::StreamAuth, insecure_registration: bool) {
+        use crate::xds::auth::StreamAuth;
+        let kind = auth.kind();
+        let peer = auth.peer().cloned();
+        self.with(|p| {
+            p.authentication = kind;
+            p.identity = peer.as_ref().map(|peer| peer.0.to_string());
+        });
+        if let StreamAuth::None(reason) = auth
+            && !insecure_registration
+        {
+            self.refusal = Some(reason);
+        }
+        self.peer = peer;
     }
 
-    /// Refuses a node that claims (node metadata `identity`) another identity than its client
-    /// certificate's. Call before [`StreamHandle::identify`].
+    /// Refuses a node that claims (node metadata `identity`) another identity than the one its
+    /// stream authenticated as (client certificate or join token). Call before
+    /// [`StreamHandle::identify`].
     ///
     /// An authenticated proxy may also only act for (get the inbound config of, and register
     /// endpoints of) a Service of its own namespace: `spiffe://…/ns/shop/…` cannot claim a
@@ -292,9 +333,9 @@ impl StreamHandle {
         if let Some(claimed) = metadata_string(node, "identity")
             && claimed != peer.0.as_str()
         {
-            tracing::warn!(node = %node.id, %claimed, certificate = %peer.0, "xDS stream refused: identity mismatch");
+            tracing::warn!(node = %node.id, %claimed, authenticated = %peer.0, "xDS stream refused: identity mismatch");
             return Err(tonic::Status::permission_denied(format!(
-                "node {:?} claims identity {claimed} in its metadata, but its client certificate is for {}",
+                "node {:?} claims identity {claimed} in its metadata, but its credential (client certificate or join token) is for {}",
                 node.id, peer.0
             )));
         }

@@ -15,6 +15,8 @@
 //! time, each holding its permit until the client has answered, and the HTTP/2 windows and send
 //! buffers are small.
 
+/// Who a stream is: client certificate, join token, or nobody.
+pub mod auth;
 mod delta;
 mod encode;
 mod sotw;
@@ -44,9 +46,6 @@ use encode::{AdsBody, Encoded};
 /// Responses queued per stream before the stream's task waits for the transport. They hold
 /// references to shared encoded resources, not copies.
 const STREAM_BUFFER: usize = 8;
-
-/// Largest request accepted (a reconnecting client lists every resource it has).
-const MAX_REQUEST: usize = 16 << 20;
 
 /// A response with at least this many resources is large (an initial config, or a change to
 /// most of the mesh): only [`LARGE_PUSHES`] streams send one at a time.
@@ -80,6 +79,8 @@ pub struct AdsServer {
     large_pushes: Arc<Semaphore>,
     /// Binds authenticated proxies to the namespace of the Service they claim.
     namespace_of: Option<crate::tracker::NamespaceOf>,
+    /// Who each stream is, and whether unauthenticated ones may register endpoints.
+    auth: auth::Authenticator,
 }
 
 impl AdsServer {
@@ -96,7 +97,16 @@ impl AdsServer {
             registry,
             large_pushes: Arc::new(Semaphore::new(LARGE_PUSHES)),
             namespace_of: None,
+            auth: auth::Authenticator::default(),
         }
+    }
+
+    /// How streams authenticate (join tokens) and whether unauthenticated ones may register
+    /// endpoints (`--insecure-registration`). Without it: certificates only, no plaintext
+    /// registration.
+    pub fn with_authenticator(mut self, auth: auth::Authenticator) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Authenticated proxies (xDS over mTLS) may only claim Services of their own namespace.
@@ -150,18 +160,20 @@ impl AdsServer {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let status = encode::EndStatus::default();
         let pusher = Pusher::new(tx, self.large_pushes.clone(), status.clone());
+        let auth = self.auth.authenticate(req.headers(), identity);
+        let limit = auth.max_request();
         match req.uri().path() {
             SOTW_PATH => {
-                let requests = decode::<DiscoveryRequest>(req.into_body());
+                let requests = decode::<DiscoveryRequest>(req.into_body(), limit);
                 let mut handle = self.tracker.connect("sotw", &self.metrics, &self.registry);
-                handle.authenticated(identity);
+                handle.authenticated(auth, self.auth.insecure_registration);
                 handle.scoped(self.namespace_of.clone());
                 tokio::spawn(sotw::run(requests, pusher, self.snapshots.clone(), handle, self.metrics.clone()));
             }
             DELTA_PATH => {
-                let requests = decode::<DeltaDiscoveryRequest>(req.into_body());
+                let requests = decode::<DeltaDiscoveryRequest>(req.into_body(), limit);
                 let mut handle = self.tracker.connect("delta", &self.metrics, &self.registry);
-                handle.authenticated(identity);
+                handle.authenticated(auth, self.auth.insecure_registration);
                 handle.scoped(self.namespace_of.clone());
                 tokio::spawn(delta::run(requests, pusher, self.snapshots.clone(), handle, self.metrics.clone()));
             }
@@ -194,8 +206,10 @@ where
         .await
 }
 
-fn decode<M: prost::Message + Default + Send + 'static>(body: Incoming) -> Streaming<M> {
-    Streaming::new_request(tonic_prost::ProstDecoder::<M>::default(), body, None, Some(MAX_REQUEST))
+/// The stream's requests, each at most `limit` bytes (a larger one ends the stream with
+/// `OUT_OF_RANGE`).
+fn decode<M: prost::Message + Default + Send + 'static>(body: Incoming, limit: usize) -> Streaming<M> {
+    Streaming::new_request(tonic_prost::ProstDecoder::<M>::default(), body, None, Some(limit))
 }
 
 /// Which resources of a type a client asked for.
@@ -420,6 +434,12 @@ async fn drive<S: AdsStream>(
                     Ok(Some(r)) => r,
                     Ok(None) => {
                         stream.handle().leave();
+                        break;
+                    }
+                    Err(status) if status.code() == tonic::Code::OutOfRange => {
+                        // A request over the stream's limit (much smaller when unauthenticated).
+                        tracing::warn!(%status, "xDS stream ended: request too large");
+                        stream.pusher().fail(&status);
                         break;
                     }
                     Err(status) => {

@@ -113,7 +113,8 @@ impl Inbound {
         snap.clusters.values().find(|c| c.service == self.service).map(|c| c.protocol)
     }
 
-    /// The service's mTLS mode and authorization (none: permissive, everyone allowed).
+    /// The service's mTLS mode and authorization (none: permissive, everyone allowed; see
+    /// [`check_own_service`]).
     fn policy(&self) -> Option<Arc<InboundPolicy>> {
         self.store.load().inbound.get(&self.service).cloned()
     }
@@ -437,4 +438,37 @@ impl Inbound {
             }
         }
     }
+}
+
+/// Whether this sidecar's own service has an inbound policy in `snap`: a `--service` that
+/// names no Service (a typo, a Service deleted) leaves inbound traffic with no mTLS mode and
+/// no authorization (permissive, everyone allowed). Called at every snapshot: sets
+/// `outrider_service_missing{service}` and warns while it is missing; a sidecar of the control
+/// plane without `--service` at all is warned about too. Returns whether it is missing.
+pub fn check_own_service(
+    metrics: &crate::telemetry::metrics::Metrics,
+    snap: &crate::state::Snapshot,
+    service: Option<&str>,
+    sidecar: bool,
+) -> bool {
+    let Some(service) = service else {
+        if sidecar {
+            tracing::warn!(
+                "no --service: inbound traffic to this sidecar has no mTLS mode or authorization policy, and no workload is registered; set --service to the workload's Service"
+            );
+        }
+        return sidecar;
+    };
+    let missing = !snap.inbound.contains_key(service);
+    let labels = crate::telemetry::metrics::ServiceLabels { service: Arc::from(service) };
+    metrics.service_missing.get_or_create(&labels).set(i64::from(missing));
+    if missing {
+        let known: Vec<&str> = snap.inbound.keys().map(|k| &**k).take(20).collect();
+        tracing::warn!(
+            service,
+            known = ?known,
+            "--service names no Service in the config: inbound traffic has no mTLS mode or authorization policy (permissive, everyone allowed); check the name, or create the Service"
+        );
+    }
+    missing
 }

@@ -234,9 +234,7 @@ fn is_loopback(host: &str) -> bool {
 }
 
 fn read_token(path: &std::path::Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path)
-        .map(|t| t.trim().to_owned())
-        .map_err(|e| TlsError::Issue(format!("cannot read the identity token {}: {e}", path.display())))
+    outrider_xds::join_token::read(path).map_err(|e| TlsError::Issue(e.to_string()))
 }
 
 impl tls::rotate::CertIssuer for HttpIssuer {

@@ -125,6 +125,8 @@ pub struct Shared {
     pub drain: crate::drain::Drain,
     /// Where the served workloads are kept across restarts (none: not kept).
     pub state: Option<PathBuf>,
+    /// The proxy's one cap on downstream connections (--max-connections).
+    pub limit: crate::app::ConnectionLimit,
 }
 
 /// The workloads this node serves.

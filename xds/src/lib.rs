@@ -29,6 +29,9 @@ pub mod backoff;
 /// TCP + TLS connector for gRPC channels to `https://` endpoints.
 pub mod tls;
 
+/// Join tokens on the proxy side: the token file, and the xDS stream metadata carrying it.
+pub mod join_token;
+
 /// ADS client (Delta by default, SotW): subscribe, hand updates to a handler, ACK/NACK, reconnect.
 pub mod ads;
 

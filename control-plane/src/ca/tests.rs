@@ -170,3 +170,23 @@ fn tokens_are_hashed_persisted_expire_and_single_use_ones_redeem_once() {
     assert!(matches!(tokens.redeem(&reusable), Err(TokenError::Unknown)));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn verifying_a_token_never_redeems_it_and_honours_expiry() {
+    let dir = tempdir("verify");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = JoinTokens::open(&dir).unwrap();
+    let id = Identity::new("shop", "checkout").unwrap();
+    let once = tokens.create(id.clone(), Duration::from_secs(600), TokenUse::Single).unwrap();
+    // Verified any number of times, and still redeemable once afterwards.
+    assert_eq!(tokens.verify(&once).unwrap(), id);
+    assert_eq!(tokens.verify(&once).unwrap(), id);
+    assert_eq!(tokens.redeem(&once).unwrap(), id);
+    // A redeemed single-use token still authenticates its proxy's xDS stream.
+    assert_eq!(tokens.verify(&once).unwrap(), id);
+    let later = SystemTime::now() + Duration::from_secs(601);
+    assert!(matches!(tokens.verify_at(&once, later), Err(TokenError::Expired(_))));
+    assert!(matches!(tokens.verify(&format!("ort_{}", "0".repeat(64))), Err(TokenError::Unknown)));
+    assert!(matches!(tokens.verify("Bearer"), Err(TokenError::Malformed)));
+    std::fs::remove_dir_all(dir).unwrap();
+}

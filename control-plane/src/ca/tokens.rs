@@ -156,6 +156,28 @@ impl JoinTokens {
         Ok(identity)
     }
 
+    /// The identity `token` is bound to, if it is known and not expired, without redeeming
+    /// it: an xDS stream presenting it may register endpoints (a single-use token that was
+    /// redeemed for a certificate still authenticates its proxy's stream until it expires).
+    pub fn verify_at(&self, token: &str, now: SystemTime) -> Result<Identity, TokenError> {
+        let hex_part = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
+        if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TokenError::Malformed);
+        }
+        let file = self.inner.lock();
+        let record = file.tokens.get(&hash(token)).ok_or(TokenError::Unknown)?;
+        let now_s = unix(now);
+        if now_s >= record.expires_at {
+            return Err(TokenError::Expired(now_s - record.expires_at));
+        }
+        Ok(record.identity.clone())
+    }
+
+    /// [`JoinTokens::verify_at`] now.
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_at(token, SystemTime::now())
+    }
+
     /// Revokes every token bound to `identity`; returns how many.
     pub fn revoke(&self, identity: &Identity) -> Result<usize, TokenError> {
         let mut file = self.inner.lock();

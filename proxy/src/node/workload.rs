@@ -88,6 +88,7 @@ impl Workload {
                 let listeners = (bind(OUTBOUND)?, bind(INBOUND)?, bind(TUNNEL)?);
                 // Run in the namespace: a command started from this thread inherits it.
                 crate::iptables::apply(&rules(mark))
+                    .map(drop)
                     .map_err(|reason| NodeError::Iptables { path: spec.netns.display().to_string(), reason })?;
                 Ok((ip, listeners))
             });
@@ -132,12 +133,12 @@ impl Workload {
             .requiring_policy(true),
         );
         let drain = crate::drain::Drain::new();
-        let metrics = shared.recorder.metrics.clone();
+        let limit = shared.limit.clone();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::app::accept_loop(
             out_l,
             drain.signal(),
-            metrics.clone(),
+            limit.clone(),
             Direction::outbound,
             move |s, c, d| outbound.clone().serve(s, c, d),
         )));
@@ -145,7 +146,7 @@ impl Workload {
         tasks.push(tokio::spawn(crate::app::accept_loop(
             in_l,
             drain.signal(),
-            metrics.clone(),
+            limit.clone(),
             Direction::inbound,
             move |s, c, d| inbound.clone().serve(s, c, d),
         )));
@@ -153,7 +154,7 @@ impl Workload {
         tasks.push(tokio::spawn(crate::app::accept_loop(
             tunnel_l,
             drain.signal(),
-            metrics,
+            limit,
             Direction::inbound,
             move |s, c, d| serve_tunnel(tunnel_inbound.clone(), tunnel_mesh.clone(), s, c, d),
         )));

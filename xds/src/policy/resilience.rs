@@ -1,5 +1,5 @@
 //! The resilience fields of a TrafficPolicy: retries, circuit breaker, outlier detection and
-//! faults. Semantics: DESIGN.md §4 "Resilience semantics" and docs/policy.md.
+//! faults. Semantics: docs/policy.md ("Resilience") and docs/architecture.md.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
