@@ -446,19 +446,26 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), C
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    // `mode` on open is filtered by the umask and ignored for an existing file: set it exactly.
-    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &tmp))?;
-    file.write_all(bytes).map_err(io("write", &tmp))?;
-    file.sync_all().map_err(io("fsync", &tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io("rename into", path))?;
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        // `mode` on open is filtered by the umask and ignored for an existing file: set it exactly.
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &tmp))?;
+        file.write_all(bytes).map_err(io("write", &tmp))?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io("rename into", path))
+    })();
+    if written.is_err() {
+        // A half-written temp file (disk full) would keep the space the next write needs.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync directory", dir))?;
     Ok(())
 }

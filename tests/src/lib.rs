@@ -16,6 +16,10 @@ pub mod binary;
 pub mod client;
 /// The control plane in-process, its API, and proxies fed by it over xDS.
 pub mod control_plane;
+/// A small tmpfs for a data dir that a test fills up or remounts read-only (root).
+pub mod disk;
+/// A TCP relay that injects network faults: delay, drops, resets, stalls, bandwidth limits.
+pub mod fault;
 /// Running the h2spec HTTP/2 conformance tool and reading its summary.
 pub mod h2spec;
 /// The proxy in-process: policy file, `App`, clients, reloads.

@@ -184,6 +184,16 @@ where
     Upstream { addr, name, log, task }
 }
 
+/// A server that runs `script` on each accepted connection, for upstreams that misbehave on
+/// purpose (broken chunked encoding, h2 protocol errors): the script owns the raw socket.
+pub async fn scripted<F, Fut>(name: &str, script: F) -> Upstream
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    serve(name.to_owned(), move |stream, _log| script(stream)).await
+}
+
 /// A local port with nothing listening on it (bound, then closed).
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
