@@ -12,6 +12,16 @@
 
 /// Connection to the API server: kubeconfig or in-cluster configuration.
 pub mod client;
+/// The `outrider.io/v1` kinds and their CRDs, generated from the policy model.
+pub mod crds;
+/// Services, EndpointSlices and Pods → Outrider Services and endpoints.
+pub mod discovery;
+/// The `outrider.io` objects → the policy documents in force, and each object's verdict.
+pub mod policies;
+/// The protocol of a Service port (`appProtocol`, port name).
+pub mod protocol;
+/// Watcher-fed stores that keep only what is needed of each object.
+pub mod store;
 
 pub use client::{Kube, KubeError, KubeSettings};
 
