@@ -172,6 +172,10 @@ struct ServeArgs {
     /// This replica's name in the leader-election Lease (default: host name and process id).
     #[arg(long, env = "POD_NAME")]
     replica_name: Option<String>,
+    /// How long the leader's Lease holds without renewal before another replica takes over
+    /// (the leader renews at a third of it). Default 15s.
+    #[arg(long, env = "OUTRIDER_LEASE_DURATION", value_parser = duration, requires = "kubernetes")]
+    lease_duration: Option<std::time::Duration>,
     /// Runtime worker threads.
     #[arg(long, env = "OUTRIDER_WORKERS", default_value_t = 2)]
     workers: usize,
@@ -236,7 +240,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         (None, None) => None,
     };
     // Where clients find the root to trust (`--ca-root` of proxies and of the CLI).
-    let root_file = args.ca_cert.clone().unwrap_or_else(|| args.data_dir.join("root.pem"));
+    let root_file = match (&args.ca_cert, args.kubernetes) {
+        (_, true) => format!("Secret {}/{}", args.namespace, outrider_control_plane::kubernetes::ca_secret::CA_SECRET),
+        (Some(cert), false) => cert.display().to_string(),
+        (None, false) => args.data_dir.join("root.pem").display().to_string(),
+    };
     let config = ServerConfig {
         xds: SocketAddr::new(args.bind, args.xds_port),
         api: SocketAddr::new(args.bind, args.api_port),
@@ -260,6 +268,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             if let Some(name) = args.replica_name {
                 k.identity = name;
             }
+            if let Some(d) = args.lease_duration {
+                k.lease_duration = d;
+            }
             k
         }),
     };
@@ -276,7 +287,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         api = %running.api_addr,
         trust_domain = %args.trust_domain,
         tls = running.tls,
-        root = %root_file.display(),
+        root = %root_file,
         "listening"
     );
     // Stop on SIGTERM / SIGINT: accepted writes are already durable.

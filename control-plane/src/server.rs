@@ -18,7 +18,9 @@ use crate::ca::serving::{ServingError, ServingTls, serving_sans};
 use crate::ca::tokens::{JoinTokens, TokenError};
 use crate::ca::{Ca, CaConfig, CaError, DEFAULT_WORKLOAD_TTL, RootSource, TrustDomain};
 use crate::endpoints::{EndpointSource, Registry, merge};
-use crate::kubernetes::{Cluster, Kube, KubeError, KubeSettings};
+use crate::kubernetes::{
+    Cluster, ClusterSettings, Kube, KubeError, KubeSettings, LeaseSettings, ca_secret, defaults as kube_defaults,
+};
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
 use crate::policies::{OpenError, Policies};
@@ -222,14 +224,19 @@ fn token(config: &ServerConfig) -> Result<String, StartError> {
 }
 
 fn open_ca(config: &ServerConfig) -> Result<Arc<Ca>, StartError> {
-    let mut ca_config = CaConfig::new(TrustDomain::new(&config.trust_domain)?, config.data_dir.clone());
-    ca_config.workload_ttl = config.workload_cert_ttl;
-    ca_config.root = match (&config.ca_cert, &config.ca_key) {
+    let root = match (&config.ca_cert, &config.ca_key) {
         (Some(cert), Some(key)) => RootSource::Files { cert: cert.clone(), key: key.clone() },
         (None, None) => RootSource::Generated,
         (Some(_), None) => return Err(StartError::CaFiles("--ca-cert")),
         (None, Some(_)) => return Err(StartError::CaFiles("--ca-key")),
     };
+    open_ca_with(config, root)
+}
+
+fn open_ca_with(config: &ServerConfig, root: RootSource) -> Result<Arc<Ca>, StartError> {
+    let mut ca_config = CaConfig::new(TrustDomain::new(&config.trust_domain)?, config.data_dir.clone());
+    ca_config.workload_ttl = config.workload_cert_ttl;
+    ca_config.root = root;
     Ok(Arc::new(Ca::open(ca_config)?))
 }
 
@@ -248,8 +255,20 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         Some(settings) => Some(runtime.block_on(Kube::connect(settings))?),
         None => None,
     };
-    // The CA first: it creates the data dir private (0700).
-    let ca = open_ca(&config)?;
+    // The CA first: it creates the data dir private (0700). In Kubernetes mode its root is the
+    // Secret's, so that every replica signs with the same one.
+    let ca = match &kube {
+        Some(kube) => {
+            if config.ca_cert.is_some() || config.ca_key.is_some() {
+                return Err(KubeError::CaFilesWithKubernetes { namespace: kube.namespace.clone() }.into());
+            }
+            let trust_domain = TrustDomain::new(&config.trust_domain)?;
+            let root = runtime.block_on(ca_secret::root(kube, &trust_domain))?;
+            let origin = ca_secret::origin(&kube.namespace);
+            open_ca_with(&config, RootSource::Pem { cert: root.cert, key: root.key, origin })?
+        }
+        None => open_ca(&config)?,
+    };
     let tokens = Arc::new(JoinTokens::open(&config.data_dir)?);
     let serving_tls = if config.tls {
         let mut sans = serving_sans(config.api.ip(), &config.tls_sans)?;
@@ -268,7 +287,15 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         None => Policies::open(DataDir::new(config.data_dir.clone()), config.policy_dir.clone())?,
     };
     let cluster = match kube {
-        Some(kube) => Some(Arc::new(runtime.block_on(Cluster::start(kube))?)),
+        Some(kube) => {
+            let settings = ClusterSettings {
+                trust_domain: config.trust_domain.clone(),
+                lease: LeaseSettings::with_duration(
+                    config.kubernetes.as_ref().map_or(kube_defaults::LEASE_DURATION, |k| k.lease_duration),
+                ),
+            };
+            Some(Arc::new(runtime.block_on(Cluster::start(kube, settings))?))
+        }
         None => None,
     };
     let sets = match &cluster {
