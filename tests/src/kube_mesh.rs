@@ -11,8 +11,8 @@ use std::time::Duration;
 use http::Method;
 use outrider_control_plane::kubernetes::{Cluster, KubeSettings, crds};
 use outrider_control_plane::server::{self, Running, ServerConfig};
-use std::sync::Mutex;
 use serde_json::{Value, json};
+use std::sync::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
@@ -99,7 +99,13 @@ impl Replica {
             .await
             .expect("the start thread answers")
             .unwrap_or_else(|e| panic!("replica {name} did not start: {e}"));
-        Self { xds: running.xds_addr, api: running.api_addr, running: Some(running), name: name.to_owned(), _data: data }
+        Self {
+            xds: running.xds_addr,
+            api: running.api_addr,
+            running: Some(running),
+            name: name.to_owned(),
+            _data: data,
+        }
     }
 
     /// The replica's Kubernetes state (sets, verdicts, leadership).
@@ -207,4 +213,72 @@ pub async fn accepted_condition(api: &ApiServer, path: &str) -> Value {
             .cloned()
     })
     .await
+}
+
+/// Where the test's "pods" listen: the API server refuses loopback endpoint addresses, so the
+/// applications run in a network namespace the test creates, reached from this one over a veth
+/// pair with a /30 of 100.64.0.0/10 of their own (unique per process and pair). Every upstream
+/// started with [`PodNetwork::upstream`] listens at [`PodNetwork::ip`] inside it; the namespace
+/// and both ends of the pair go away on drop. Needs root and `ip`.
+#[derive(Debug)]
+pub struct PodNetwork {
+    ns: crate::netns::Netns,
+    entered: outrider_proxy::transport::netns::Netns,
+    host_if: String,
+    /// The pods' address (the namespace's end of the pair).
+    pub ip: std::net::Ipv4Addr,
+}
+
+impl PodNetwork {
+    /// `None` (after saying why, or failing under `OUTRIDER_REQUIRE_ALL=1`) without root or `ip`.
+    pub fn create() -> Option<Self> {
+        if let Some(why) = crate::netns::unsupported() {
+            crate::skip(&format!("skipping: the pod network needs {why}"));
+            return None;
+        }
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst) % 16;
+        let n = (std::process::id() as usize % 65536) * 16 + seq;
+        let base = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + (n as u32) * 4;
+        let (host_ip, pod_ip) = (std::net::Ipv4Addr::from(base + 1), std::net::Ipv4Addr::from(base + 2));
+        let ns = crate::netns::Netns::create().expect("create a network namespace");
+        let host_if = format!("orh{n:x}");
+        let pod_if = format!("orp{n:x}");
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().expect("run ip");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", &format!("{pod_ip}/30"), "dev", &pod_if]);
+        ip(&["-n", &ns.name, "link", "set", &pod_if, "up"]);
+        let entered =
+            outrider_proxy::transport::netns::Netns::open(std::path::Path::new(&format!("/var/run/netns/{}", ns.name)))
+                .expect("open the pod namespace");
+        Some(Self { ns, entered, host_if, ip: pod_ip })
+    }
+
+    /// Start `builder`'s upstream listening on `ip:0` inside the pod namespace.
+    pub async fn upstream(
+        &self,
+        start: impl std::future::Future<Output = crate::upstream::Upstream>,
+    ) -> crate::upstream::Upstream {
+        let ip = self.ip;
+        let listener = self
+            .entered
+            .run(|| std::net::TcpListener::bind((ip, 0)))
+            .expect("enter the pod namespace")
+            .expect("bind in the pod namespace");
+        crate::upstream::start_on(listener, start).await
+    }
+}
+
+impl Drop for PodNetwork {
+    fn drop(&mut self) {
+        // Deleting the namespace (Netns's drop) takes the peer and with it this end; delete
+        // this end first anyway so nothing is left when the namespace is still in use.
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = &self.ns;
+    }
 }

@@ -12,7 +12,7 @@ use outrider_tests::client::{self, Client};
 use outrider_tests::control_plane::outrider_bin;
 use outrider_tests::harness::TempDir;
 use outrider_tests::kube::ApiServer;
-use outrider_tests::kube_mesh::{self, Replica, SYSTEM, accepted_condition, apply, delete, namespace};
+use outrider_tests::kube_mesh::{self, PodNetwork, Replica, SYSTEM, accepted_condition, apply, delete, namespace};
 use outrider_tests::upstream::{self, Upstream};
 use outrider_tests::wait;
 use outrider_xds::Protocol;
@@ -26,14 +26,14 @@ fn pod(name: &str, labels: Value) -> Value {
         "spec": {"serviceAccountName": "reviews", "containers": [{"name": "app", "image": "localhost/app:dev"}]}})
 }
 
-/// One slice per endpoint: each upstream listens on a port of its own on 127.0.0.1 (the slice's
-/// port), as named target ports resolve per pod.
-fn slice(name: &str, service: &str, port_name: &str, port: u16, pod: &str, conditions: Value) -> Value {
+/// One slice per endpoint: each upstream listens on a port of its own at the pod network's
+/// address (the slice's port), as named target ports resolve per pod.
+fn slice(name: &str, service: &str, port_name: &str, up: &Upstream, pod: &str, conditions: Value) -> Value {
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
         "addressType": "IPv4",
-        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": conditions,
+        "ports": [{"name": port_name, "port": up.addr.port(), "protocol": "TCP"}],
+        "endpoints": [{"addresses": [up.addr.ip().to_string()], "conditions": conditions,
             "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"}}]})
 }
 
@@ -72,6 +72,7 @@ async fn wait_only(client: &Client, host: &str, want: &Upstream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_endpoint_slices_pods_and_policies_reach_real_sidecars() {
+    let Some(pods) = PodNetwork::create() else { return };
     let Some(api) = ApiServer::start().await else { return };
     namespace(&api, SYSTEM).await;
     namespace(&api, "shop").await;
@@ -82,13 +83,12 @@ async fn services_endpoint_slices_pods_and_policies_reach_real_sidecars() {
     )
     .await;
 
-    let v1 = upstream::http1().name("reviews-v1").start().await;
-    let v2 = upstream::http1().name("reviews-v2").start().await;
-    let old = upstream::http1().name("reviews-old").start().await;
-    let gone = upstream::http1().name("reviews-gone").start().await;
-    let ratings = upstream::h2().name("ratings").start().await;
-    for (name, version) in [("reviews-v1", "v1"), ("reviews-v2", "v2"), ("reviews-old", "v2"), ("reviews-gone", "v2")]
-    {
+    let v1 = pods.upstream(upstream::http1().name("reviews-v1").start()).await;
+    let v2 = pods.upstream(upstream::http1().name("reviews-v2").start()).await;
+    let old = pods.upstream(upstream::http1().name("reviews-old").start()).await;
+    let gone = pods.upstream(upstream::http1().name("reviews-gone").start()).await;
+    let ratings = pods.upstream(upstream::h2().name("ratings").start()).await;
+    for (name, version) in [("reviews-v1", "v1"), ("reviews-v2", "v2"), ("reviews-old", "v2"), ("reviews-gone", "v2")] {
         api.create("/api/v1/namespaces/shop/pods", &pod(name, json!({"app": "reviews", "version": version}))).await;
     }
     api.create("/api/v1/namespaces/shop/pods", &pod("ratings-0", json!({"app": "ratings"}))).await;
@@ -123,9 +123,9 @@ async fn services_endpoint_slices_pods_and_policies_reach_real_sidecars() {
         // Neither ready nor serving: never used.
         ("reviews-gone", &gone, "reviews-gone", json!({"ready": false, "serving": false, "terminating": true})),
     ] {
-        api.create(SLICES, &slice(name, "reviews", "http", up.addr.port(), pod, conditions)).await;
+        api.create(SLICES, &slice(name, "reviews", "http", up, pod, conditions)).await;
     }
-    api.create(SLICES, &slice("ratings-web", "ratings", "web", ratings.addr.port(), "ratings-0", ready())).await;
+    api.create(SLICES, &slice("ratings-web", "ratings", "web", &ratings, "ratings-0", ready())).await;
 
     let cp = Replica::start(&api, "cp-0", LEASE_DURATION).await;
     let set = cp.cluster().sets().borrow().clone();
@@ -153,9 +153,13 @@ async fn services_endpoint_slices_pods_and_policies_reach_real_sidecars() {
         assert_eq!(r.status, 200, "{host}: {}", r.text());
         assert!(matches!(r.upstream(), Some("reviews-v1" | "reviews-v2")), "{host} answered by {:?}", r.upstream());
     }
-    // Ready endpoints only while there are some.
+    // Ready endpoints only while there are some (which of the two the balancer prefers is its
+    // business; the set names both).
+    let endpoints: Vec<_> = set.services["reviews.shop"].spec.endpoints.iter().map(|e| e.address).collect();
+    assert_eq!(endpoints.len(), 2, "{endpoints:?}");
+    assert!(endpoints.contains(&v1.addr) && endpoints.contains(&v2.addr), "{endpoints:?}");
     let seen = spread(&client, "reviews.shop", 40).await;
-    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["reviews-v1", "reviews-v2"], "{seen:?}");
+    assert!(seen.keys().all(|k| k == "reviews-v1" || k == "reviews-v2"), "{seen:?}");
     assert_eq!(old.request_count() + gone.request_count(), 0);
     // HTTP/2 to the upstream by appProtocol.
     let r = get(&client, "ratings.shop").await;
@@ -209,7 +213,7 @@ async fn services_endpoint_slices_pods_and_policies_reach_real_sidecars() {
     delete(&api, &format!("{POLICIES}/reviews")).await;
     for (name, up, pod) in [("reviews-v1", &v1, "reviews-v1"), ("reviews-v2", &v2, "reviews-v2")] {
         let gone = json!({"ready": false, "serving": false, "terminating": true});
-        apply(&api, SLICES, &slice(name, "reviews", "http", up.addr.port(), pod, gone)).await;
+        apply(&api, SLICES, &slice(name, "reviews", "http", up, pod, gone)).await;
     }
     wait_only(&client, "reviews.shop.svc", &old).await;
     assert_eq!(gone.request_count(), 0);

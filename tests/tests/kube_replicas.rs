@@ -4,15 +4,15 @@
 //! of them is killed under load. Skips when the test bed's binaries are absent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use outrider_control_plane::kubernetes::defaults::LEASE_DURATION;
 use outrider_tests::client::{self, Client};
 use outrider_tests::kube::ApiServer;
-use outrider_tests::kube_mesh::{self, Balancer, Replica, SYSTEM, accepted_condition, apply, namespace};
+use outrider_tests::kube_mesh::{self, Balancer, PodNetwork, Replica, SYSTEM, accepted_condition, apply, namespace};
 use outrider_tests::upstream::{self, Upstream};
 use outrider_tests::wait;
 use serde_json::{Value, json};
@@ -51,7 +51,7 @@ async fn cluster(api: &ApiServer, upstreams: &[(&Upstream, &str)]) {
                 "metadata": {"name": up.name, "labels": {"kubernetes.io/service-name": "reviews"}},
                 "addressType": "IPv4",
                 "ports": [{"name": "http", "port": up.addr.port(), "protocol": "TCP"}],
-                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                "endpoints": [{"addresses": [up.addr.ip().to_string()], "conditions": {"ready": true},
                     "targetRef": {"kind": "Pod", "name": up.name, "namespace": "shop"}}]}),
         )
         .await;
@@ -137,9 +137,10 @@ async fn leadership_moves_when_the_leader_dies_and_status_writes_follow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_spread_over_two_replicas_keep_serving_when_one_is_killed_under_load() {
+    let Some(pods) = PodNetwork::create() else { return };
     let Some(api) = ApiServer::start().await else { return };
-    let v1 = upstream::http1().name("reviews-v1").start().await;
-    let v2 = upstream::http1().name("reviews-v2").start().await;
+    let v1 = pods.upstream(upstream::http1().name("reviews-v1").start()).await;
+    let v2 = pods.upstream(upstream::http1().name("reviews-v2").start()).await;
     cluster(&api, &[(&v1, "v1"), (&v2, "v2")]).await;
     let (mut a, b) =
         tokio::join!(Replica::start(&api, "cp-a", LEASE_DURATION), Replica::start(&api, "cp-b", LEASE_DURATION));
