@@ -13,6 +13,8 @@ pub mod cli;
 pub mod demo;
 /// Registered endpoints (sidecars, `POST /v1/endpoints`) behind the `EndpointSource` trait.
 pub mod endpoints;
+/// Outrider on Kubernetes: sidecar injection.
+pub mod kubernetes;
 /// The control plane's own Prometheus metrics.
 pub mod metrics;
 /// Policy documents from the directory and the API, validated as one set, persisted.
