@@ -33,6 +33,7 @@ use crate::ca::issuance::Issuance;
 use crate::ca::serving;
 use crate::ca::tokens::JoinTokens;
 use crate::endpoints::Registry;
+use crate::kubernetes::Cluster;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::policies::{Policies, WriteError, canonical_kind};
 use crate::snapshot::Snapshot;
@@ -60,6 +61,8 @@ pub struct ApiState {
     pub issuance: Issuance,
     /// Join tokens, for `/v1/tokens`.
     pub tokens: Arc<JoinTokens>,
+    /// With `--kubernetes`: the cluster holds the policies, and policy writes are refused.
+    pub kubernetes: Option<Arc<Cluster>>,
 }
 
 /// Serve until the task is dropped; over TLS when `tls` is given.
@@ -160,6 +163,9 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["v1", "tokens"]) => ca::create_token(state, req).await,
         (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,
         (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => get_policies(state, rest).await,
+        (&Method::PUT | &Method::POST | &Method::DELETE, ["v1", "policies", ..]) if state.kubernetes.is_some() => {
+            kubernetes_owns_policies()
+        }
         (&Method::PUT | &Method::POST, ["v1", "policies"]) => write(state, req, false).await,
         (&Method::POST, ["v1", "validate"]) => write(state, req, true).await,
         (&Method::DELETE, ["v1", "policies", kind, name]) => {
@@ -262,6 +268,20 @@ async fn delete(state: &ApiState, req: Request<Incoming>, kind: &str, name: &str
         }
         Err(e) => write_error(state, e, false),
     }
+}
+
+/// 405 in Kubernetes mode: the cluster is the one source of truth, so the API does not keep a
+/// second copy; the same documents are applied with kubectl.
+fn kubernetes_owns_policies() -> Response<Body> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this control plane runs with --kubernetes: policies are outrider.io/v1 objects in the cluster; \
+         write them with kubectl apply -f FILE (the same documents) or kubectl delete KIND NAME -n NAMESPACE",
+    );
+    if let Ok(v) = "GET".parse() {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
 }
 
 fn record(state: &ApiState, result: &'static str) {

@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve: xDS to proxies, the HTTP API, the watched policy directory.
-    ControlPlane(ServeArgs),
+    ControlPlane(Box<ServeArgs>),
     /// Create or replace the documents of a file (or of every *.yaml of a directory).
     Apply {
         #[arg(short = 'f', long = "filename")]
@@ -153,6 +153,25 @@ struct ServeArgs {
     /// How long a sidecar's endpoint registration outlives its xDS stream.
     #[arg(long, env = "OUTRIDER_REGISTRATION_GRACE", default_value = "10s", value_parser = duration)]
     registration_grace: std::time::Duration,
+    /// Kubernetes mode: Services, EndpointSlices and the outrider.io custom resources of the
+    /// cluster are the policies (no --policy-dir, no API writes); the CA root is kept in a Secret.
+    #[arg(long, env = "OUTRIDER_KUBERNETES")]
+    kubernetes: bool,
+    /// Kubeconfig for --kubernetes (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long, env = "OUTRIDER_KUBECONFIG", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// A kubeconfig context other than the current one.
+    #[arg(long, env = "OUTRIDER_KUBE_CONTEXT", requires = "kubernetes")]
+    kube_context: Option<String>,
+    /// The control plane's namespace (its CA Secret, Lease, mesh-wide Telemetry).
+    #[arg(long, env = "POD_NAMESPACE", default_value = outrider_control_plane::kubernetes::defaults::NAMESPACE)]
+    namespace: String,
+    /// DNS suffix of the cluster's Services.
+    #[arg(long, env = "OUTRIDER_CLUSTER_DOMAIN", default_value = outrider_control_plane::kubernetes::defaults::CLUSTER_DOMAIN)]
+    cluster_domain: String,
+    /// This replica's name in the leader-election Lease (default: host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    replica_name: Option<String>,
     /// Runtime worker threads.
     #[arg(long, env = "OUTRIDER_WORKERS", default_value_t = 2)]
     workers: usize,
@@ -169,7 +188,7 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::ControlPlane(args) => serve(args),
+        Command::ControlPlane(args) => serve(*args),
         Command::Apply { file, output, conn } => cli::apply(&conn, &file, output),
         Command::Get { kind, name, output, conn } => cli::get(&conn, kind.as_deref(), name.as_deref(), output),
         Command::Delete { kind, name, conn } => cli::delete(&conn, &kind, &name),
@@ -232,6 +251,17 @@ fn serve(args: ServeArgs) -> ExitCode {
         workload_cert_ttl: args.workload_cert_ttl,
         tls: args.tls,
         tls_sans: args.tls_san,
+        kubernetes: args.kubernetes.then(|| {
+            let mut k = outrider_control_plane::kubernetes::KubeSettings::new();
+            k.kubeconfig = args.kubeconfig;
+            k.context = args.kube_context;
+            k.namespace = args.namespace;
+            k.cluster_domain = args.cluster_domain;
+            if let Some(name) = args.replica_name {
+                k.identity = name;
+            }
+            k
+        }),
     };
     let running = match server::start(config) {
         Ok(r) => r,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outrider_xds::PolicySet;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -17,6 +18,7 @@ use crate::ca::serving::{ServingError, ServingTls, serving_sans};
 use crate::ca::tokens::{JoinTokens, TokenError};
 use crate::ca::{Ca, CaConfig, CaError, DEFAULT_WORKLOAD_TTL, RootSource, TrustDomain};
 use crate::endpoints::{EndpointSource, Registry, merge};
+use crate::kubernetes::{Cluster, Kube, KubeError, KubeSettings};
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
 use crate::policies::{OpenError, Policies};
@@ -56,6 +58,9 @@ pub struct ServerConfig {
     pub tls: bool,
     /// Extra DNS names or IPs for the control plane's serving certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
+    /// `--kubernetes`: the cluster is the source of truth (Services, EndpointSlices, the
+    /// `outrider.io` custom resources, the CA Secret); `None`: files and the API.
+    pub kubernetes: Option<KubeSettings>,
 }
 
 impl ServerConfig {
@@ -77,6 +82,7 @@ impl ServerConfig {
             workload_cert_ttl: DEFAULT_WORKLOAD_TTL,
             tls: false,
             tls_sans: Vec::new(),
+            kubernetes: None,
         }
     }
 }
@@ -105,6 +111,13 @@ pub enum StartError {
     Tokens(#[from] TokenError),
     #[error("TLS: {0}")]
     Tls(#[from] ServingError),
+    #[error("Kubernetes: {0}")]
+    Kube(#[from] KubeError),
+    #[error(
+        "--policy-dir cannot be used with --kubernetes: the cluster is the source of truth there; \
+         apply the files with kubectl apply -f DIR instead"
+    )]
+    PolicyDirWithKubernetes,
 }
 
 impl StartError {
@@ -122,7 +135,9 @@ impl StartError {
             )
             | StartError::CaFiles(_)
             | StartError::Tokens(TokenError::Store { .. })
-            | StartError::Tls(ServingError::BadSan(_)) => 2,
+            | StartError::Tls(ServingError::BadSan(_))
+            | StartError::PolicyDirWithKubernetes
+            | StartError::Kube(KubeError::Kubeconfig { .. } | KubeError::Config(_)) => 2,
             _ => 1,
         }
     }
@@ -140,6 +155,8 @@ pub struct Running {
     pub tokens: Arc<JoinTokens>,
     /// Whether the API and xDS are served over TLS.
     pub tls: bool,
+    /// The Kubernetes mode's state, with `--kubernetes`.
+    pub kubernetes: Option<Arc<Cluster>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -218,6 +235,19 @@ fn open_ca(config: &ServerConfig) -> Result<Arc<Ca>, StartError> {
 
 /// Start serving.
 pub fn start(config: ServerConfig) -> Result<Running, StartError> {
+    if config.kubernetes.is_some() && config.policy_dir.is_some() {
+        return Err(StartError::PolicyDirWithKubernetes);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers.max(1))
+        .thread_name("outrider-cp")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let kube = match &config.kubernetes {
+        Some(settings) => Some(runtime.block_on(Kube::connect(settings))?),
+        None => None,
+    };
     // The CA first: it creates the data dir private (0700).
     let ca = open_ca(&config)?;
     let tokens = Arc::new(JoinTokens::open(&config.data_dir)?);
@@ -232,24 +262,30 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     } else {
         None
     };
-    let policies = Policies::open(DataDir::new(config.data_dir.clone()), config.policy_dir.clone())?;
+    // In Kubernetes mode the store and the directory are not read: the cluster holds the policies.
+    let policies = match &kube {
+        Some(_) => Policies::empty(DataDir::new(config.data_dir.clone())),
+        None => Policies::open(DataDir::new(config.data_dir.clone()), config.policy_dir.clone())?,
+    };
+    let cluster = match kube {
+        Some(kube) => Some(Arc::new(runtime.block_on(Cluster::start(kube))?)),
+        None => None,
+    };
+    let sets = match &cluster {
+        Some(c) => c.sets(),
+        None => policies.subscribe(),
+    };
     let token = token(&config)?;
     let xds_l = bind("xDS", config.xds)?;
     let api_l = bind("API", config.api)?;
     let xds_addr = xds_l.local_addr().unwrap_or(config.xds);
     let api_addr = api_l.local_addr().unwrap_or(config.api);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.max(1))
-        .thread_name("outrider-cp")
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
 
     let metrics = Metrics::new();
     let tracker = Tracker::new();
     let registry = Registry::new(config.registration_grace);
     let mut generator = Generator::new();
-    let first = generator.generate(&policies.current());
+    let first = generator.generate(&sets.borrow());
     let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
     let state = Arc::new(ApiState {
         policies: policies.clone(),
@@ -260,9 +296,10 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         registry: registry.clone(),
         issuance: Issuance::new(ca.clone(), tokens.clone()),
         tokens: tokens.clone(),
+        kubernetes: cluster.clone(),
     });
-    let ads =
-        AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone()).with_service_namespaces(policies.clone());
+    let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
+        .with_service_namespaces(Arc::new(SetNamespaces(sets.clone())));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let p = policies.clone();
     let thread = std::thread::Builder::new()
@@ -280,7 +317,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                         };
                         tokio::spawn(ads.serve_with(xds_l, xds_tls));
                         tokio::spawn(api::serve(api_l, state, api_tls));
-                        tokio::spawn(debounce(p.clone(), registry.clone(), generator, snap_tx));
+                        tokio::spawn(debounce(sets, registry.clone(), generator, snap_tx));
                         tokio::spawn(registry.expire_loop());
                         tokio::spawn(p.watch_dir());
                         let _ = stop_rx.await;
@@ -304,20 +341,30 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         ca,
         tokens,
         tls: config.tls,
+        kubernetes: cluster,
         stop: Some(stop_tx),
         thread: Some(thread),
     })
 }
 
+/// The namespace of a service, from the set in force (whichever source it comes from).
+#[derive(Debug)]
+struct SetNamespaces(watch::Receiver<Arc<PolicySet>>);
+
+impl crate::tracker::ServiceNamespaces for SetNamespaces {
+    fn namespace_of(&self, service: &str) -> Option<String> {
+        self.0.borrow().services.get(service).map(|s| s.metadata.namespace.clone())
+    }
+}
+
 /// Regenerate the snapshot when the policy set changes, at most once per [`DEBOUNCE`] of quiet
 /// (and at least once per [`DEBOUNCE_MAX`] during a burst), and publish it when it differs.
 async fn debounce(
-    policies: Arc<Policies>,
+    mut changes: watch::Receiver<Arc<PolicySet>>,
     registry: Arc<Registry>,
     mut generator: Generator,
     snapshots: watch::Sender<Arc<Snapshot>>,
 ) {
-    let mut changes = policies.subscribe();
     changes.mark_unchanged();
     let mut registered = registry.changes();
     registered.mark_unchanged();

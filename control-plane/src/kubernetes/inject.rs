@@ -38,7 +38,7 @@ pub const TOKEN_VOLUME: &str = "outrider-token";
 /// Where the proxy's token is mounted; the token itself is `token` inside.
 pub const TOKEN_DIR: &str = "/var/run/secrets/outrider.io/serviceaccount";
 /// The annotation (and namespace label) key of injection: pods opt out with `"false"`.
-pub const INJECT_KEY: &str = "outrider.io/inject";
+pub const INJECT_KEY: &str = super::INJECT_POD_ANNOTATION;
 /// Set on every injected pod, to the proxy image.
 pub const INJECTED_ANNOTATION: &str = "outrider.io/injected";
 /// Names the Outrider service this pod's proxy serves (default: the `app.kubernetes.io/name`,
