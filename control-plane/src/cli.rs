@@ -4,6 +4,8 @@
 //! usage or invalid input.
 
 pub mod client;
+/// `outrider inject`.
+pub mod inject;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -10,10 +10,14 @@
 //! Everything Kubernetes-specific lives below this module; the rest of the control plane sees a
 //! validated [`outrider_xds::PolicySet`] on a watch channel, as in file mode.
 
+/// Keeps the injection webhook's `caBundle` equal to the CA's roots.
+pub mod ca_bundle;
 /// Connection to the API server: kubeconfig or in-cluster configuration.
 pub mod client;
 /// Sidecar injection (the webhook's mutation and `outrider inject`).
 pub mod inject;
+/// Service-account tokens reviewed by the API server (TokenReview).
+pub mod token_review;
 /// The mutating admission webhook at `/inject`.
 pub mod webhook;
 

@@ -65,6 +65,17 @@ enum Command {
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
     },
+    /// Add the outrider-proxy sidecar to the pods and pod templates of Kubernetes YAML (what
+    /// the injection webhook does), written to standard output.
+    Inject {
+        /// A YAML file of one or more documents, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        inject: outrider_control_plane::kubernetes::inject::InjectArgs,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// The mesh in one process on loopback: a control plane, three services with sidecars,
     /// a demo policy, load and a live view (~30 s).
     Demo {
@@ -172,6 +183,17 @@ struct ServeArgs {
     /// This replica's name in the leader-election Lease (default: host name and process id).
     #[arg(long, env = "POD_NAME")]
     replica_name: Option<String>,
+    /// With --kubernetes: the injection webhook's port (TLS, path /inject); 0 for none.
+    #[arg(long, env = "OUTRIDER_WEBHOOK_PORT", default_value_t = outrider_control_plane::kubernetes::webhook::DEFAULT_PORT)]
+    webhook_port: u16,
+    /// The MutatingWebhookConfiguration whose caBundle this control plane keeps equal to its CA's
+    /// roots ("" to leave it to you).
+    #[arg(long, env = "OUTRIDER_WEBHOOK_CONFIGURATION", default_value = outrider_control_plane::kubernetes::webhook::CONFIGURATION)]
+    webhook_configuration: String,
+    /// How the webhook injects pods (also the audience of the service-account tokens the CA
+    /// accepts).
+    #[command(flatten)]
+    inject: outrider_control_plane::kubernetes::inject::InjectArgs,
     /// Runtime worker threads.
     #[arg(long, env = "OUTRIDER_WORKERS", default_value_t = 2)]
     workers: usize,
@@ -201,6 +223,7 @@ fn main() -> ExitCode {
             if quiet { None } else { Some(output) },
         ),
         Command::Validate { file, output } => validate(&file, output),
+        Command::Inject { file, inject, conn } => cli::inject::inject(&conn, &file, &inject),
         Command::Demo { duration, no_policy, rate } => {
             outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs { duration, no_policy, rate })
         }
@@ -237,6 +260,18 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     // Where clients find the root to trust (`--ca-root` of proxies and of the CLI).
     let root_file = args.ca_cert.clone().unwrap_or_else(|| args.data_dir.join("root.pem"));
+    let inject = match args.inject.config("") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outrider: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let webhook = outrider_control_plane::kubernetes::webhook::WebhookSettings {
+        listen: (args.webhook_port != 0).then(|| SocketAddr::new(args.bind, args.webhook_port)),
+        inject,
+        configuration: (!args.webhook_configuration.is_empty()).then_some(args.webhook_configuration),
+    };
     let config = ServerConfig {
         xds: SocketAddr::new(args.bind, args.xds_port),
         api: SocketAddr::new(args.bind, args.api_port),
@@ -262,6 +297,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
             k
         }),
+        webhook,
     };
     let running = match server::start(config) {
         Ok(r) => r,

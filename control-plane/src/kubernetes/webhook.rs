@@ -36,6 +36,30 @@ pub const DEFAULT_PORT: u16 = 15017;
 /// Largest review accepted (an object is at most 1.5 MiB in etcd; the review wraps it).
 pub const MAX_REVIEW: usize = 8 << 20;
 
+/// The name of the control plane's Service (its DNS names go into the serving certificate).
+pub const SERVICE: &str = "outrider";
+/// The MutatingWebhookConfiguration the manifests install, whose `caBundle` the control plane
+/// keeps.
+pub const CONFIGURATION: &str = "outrider-sidecar-injector";
+
+/// How the control plane serves injection (with `--kubernetes`).
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// Where the webhook listens (TLS); `None`: no webhook on this replica.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The injection settings; `ca_roots_pem` is replaced by the CA's roots at start.
+    pub inject: InjectConfig,
+    /// The MutatingWebhookConfiguration whose `caBundle` is kept equal to the CA's roots;
+    /// `None`: left alone (the operator brings the bundle).
+    pub configuration: Option<String>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self { listen: None, inject: InjectConfig::new(""), configuration: Some(CONFIGURATION.to_owned()) }
+    }
+}
+
 /// The webhook's state: the injection settings and the metrics.
 #[derive(Clone, Debug)]
 pub struct Webhook {
