@@ -39,6 +39,9 @@ struct TokenRequest {
 struct CertificateRequest {
     csr: String,
     renewal: Option<RenewalProof>,
+    /// A node proxy asking for one of its workloads' certificates: the node's own chain and
+    /// its signature over the CSR.
+    node: Option<RenewalProof>,
 }
 
 /// `GET /v1/ca/bundle`: the roots proxies trust (no auth: they are public).
@@ -132,6 +135,7 @@ enum OwnedCredential {
     Renewal(RenewalProof),
     /// Reviewed by the API server already.
     ServiceAccount(Identity),
+    Node(RenewalProof),
 }
 
 fn count_error(state: &ApiState, reason: &'static str) {
@@ -167,9 +171,14 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
             );
         }
     };
-    let owned = match (request.renewal, token) {
-        (Some(proof), _) => OwnedCredential::Renewal(proof),
-        (None, Some(token)) if !is_join_token(&token) && looks_like_jwt(&token) => {
+    let owned = match (request.node, request.renewal, token) {
+        (Some(proof), None, _) => OwnedCredential::Node(proof),
+        (Some(_), Some(_), _) => {
+            count_error(state, "bad_request");
+            return error(StatusCode::BAD_REQUEST, "give either renewal or node, not both");
+        }
+        (None, Some(proof), _) => OwnedCredential::Renewal(proof),
+        (None, None, Some(token)) if !is_join_token(&token) && looks_like_jwt(&token) => {
             // A service-account token: the CSR first, so a bad request costs no review.
             if let Err(e) = check_csr(&request.csr) {
                 count_error(state, e.reason());
@@ -189,8 +198,8 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
                 }
             }
         }
-        (None, Some(token)) => OwnedCredential::JoinToken(token),
-        (None, None) => {
+        (None, None, Some(token)) => OwnedCredential::JoinToken(token),
+        (None, None, None) => {
             count_error(state, "missing_credential");
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
@@ -210,6 +219,7 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
     let result = tokio::task::spawn_blocking(move || {
         let credential = match &owned {
             OwnedCredential::Renewal(proof) => Credential::Renewal(proof),
+            OwnedCredential::Node(proof) => Credential::Node(proof),
             OwnedCredential::JoinToken(token) => Credential::JoinToken(token),
             OwnedCredential::ServiceAccount(identity) => Credential::ServiceAccount(identity),
         };
