@@ -194,6 +194,10 @@ struct ServeArgs {
     /// accepts).
     #[command(flatten)]
     inject: outrider_control_plane::kubernetes::inject::InjectArgs,
+    /// How long the leader's Lease holds without renewal before another replica takes over
+    /// (the leader renews at a third of it). Default 15s.
+    #[arg(long, env = "OUTRIDER_LEASE_DURATION", value_parser = duration, requires = "kubernetes")]
+    lease_duration: Option<std::time::Duration>,
     /// Runtime worker threads.
     #[arg(long, env = "OUTRIDER_WORKERS", default_value_t = 2)]
     workers: usize,
@@ -259,7 +263,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         (None, None) => None,
     };
     // Where clients find the root to trust (`--ca-root` of proxies and of the CLI).
-    let root_file = args.ca_cert.clone().unwrap_or_else(|| args.data_dir.join("root.pem"));
+    let root_file = match (&args.ca_cert, args.kubernetes) {
+        (_, true) => format!("Secret {}/{}", args.namespace, outrider_control_plane::kubernetes::ca_secret::CA_SECRET),
+        (Some(cert), false) => cert.display().to_string(),
+        (None, false) => args.data_dir.join("root.pem").display().to_string(),
+    };
     let inject = match args.inject.config("") {
         Ok(c) => c,
         Err(e) => {
@@ -295,6 +303,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             if let Some(name) = args.replica_name {
                 k.identity = name;
             }
+            if let Some(d) = args.lease_duration {
+                k.lease_duration = d;
+            }
             k
         }),
         webhook,
@@ -312,7 +323,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         api = %running.api_addr,
         trust_domain = %args.trust_domain,
         tls = running.tls,
-        root = %root_file.display(),
+        root = %root_file,
         "listening"
     );
     // Stop on SIGTERM / SIGINT: accepted writes are already durable.

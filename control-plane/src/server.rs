@@ -22,7 +22,9 @@ use crate::endpoints::{EndpointSource, Registry, merge};
 use crate::kubernetes::ca_bundle::CaBundleKeeper;
 use crate::kubernetes::token_review::ApiServerReviewer;
 use crate::kubernetes::webhook::{self, Webhook, WebhookSettings};
-use crate::kubernetes::{Cluster, Kube, KubeError, KubeSettings};
+use crate::kubernetes::{
+    Cluster, ClusterSettings, Kube, KubeError, KubeSettings, LeaseSettings, ca_secret, defaults as kube_defaults,
+};
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
 use crate::policies::{OpenError, Policies};
@@ -232,14 +234,19 @@ fn token(config: &ServerConfig) -> Result<String, StartError> {
 }
 
 fn open_ca(config: &ServerConfig) -> Result<Arc<Ca>, StartError> {
-    let mut ca_config = CaConfig::new(TrustDomain::new(&config.trust_domain)?, config.data_dir.clone());
-    ca_config.workload_ttl = config.workload_cert_ttl;
-    ca_config.root = match (&config.ca_cert, &config.ca_key) {
+    let root = match (&config.ca_cert, &config.ca_key) {
         (Some(cert), Some(key)) => RootSource::Files { cert: cert.clone(), key: key.clone() },
         (None, None) => RootSource::Generated,
         (Some(_), None) => return Err(StartError::CaFiles("--ca-cert")),
         (None, Some(_)) => return Err(StartError::CaFiles("--ca-key")),
     };
+    open_ca_with(config, root)
+}
+
+fn open_ca_with(config: &ServerConfig, root: RootSource) -> Result<Arc<Ca>, StartError> {
+    let mut ca_config = CaConfig::new(TrustDomain::new(&config.trust_domain)?, config.data_dir.clone());
+    ca_config.workload_ttl = config.workload_cert_ttl;
+    ca_config.root = root;
     Ok(Arc::new(Ca::open(ca_config)?))
 }
 
@@ -258,8 +265,20 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         Some(settings) => Some(runtime.block_on(Kube::connect(settings))?),
         None => None,
     };
-    // The CA first: it creates the data dir private (0700).
-    let ca = open_ca(&config)?;
+    // The CA first: it creates the data dir private (0700). In Kubernetes mode its root is the
+    // Secret's, so that every replica signs with the same one.
+    let ca = match &kube {
+        Some(kube) => {
+            if config.ca_cert.is_some() || config.ca_key.is_some() {
+                return Err(KubeError::CaFilesWithKubernetes { namespace: kube.namespace.clone() }.into());
+            }
+            let trust_domain = TrustDomain::new(&config.trust_domain)?;
+            let root = runtime.block_on(ca_secret::root(kube, &trust_domain))?;
+            let origin = ca_secret::origin(&kube.namespace);
+            open_ca_with(&config, RootSource::Pem { cert: root.cert, key: root.key, origin })?
+        }
+        None => open_ca(&config)?,
+    };
     let tokens = Arc::new(JoinTokens::open(&config.data_dir)?);
     let webhook_listen = config.kubernetes.as_ref().and(config.webhook.listen);
     let serving_tls = if config.tls || webhook_listen.is_some() {
@@ -290,7 +309,15 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         None => Policies::open(DataDir::new(config.data_dir.clone()), config.policy_dir.clone())?,
     };
     let cluster = match kube {
-        Some(kube) => Some(Arc::new(runtime.block_on(Cluster::start(kube))?)),
+        Some(kube) => {
+            let settings = ClusterSettings {
+                trust_domain: config.trust_domain.clone(),
+                lease: LeaseSettings::with_duration(
+                    config.kubernetes.as_ref().map_or(kube_defaults::LEASE_DURATION, |k| k.lease_duration),
+                ),
+            };
+            Some(Arc::new(runtime.block_on(Cluster::start(kube, settings))?))
+        }
         None => None,
     };
     let sets = match &cluster {
@@ -343,6 +370,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         .with_service_namespaces(Arc::new(SetNamespaces(sets.clone())));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let p = policies.clone();
+    let tls = config.tls;
+    let keeper_cluster = cluster.clone();
     let thread = std::thread::Builder::new()
         .name("outrider-cp".into())
         .spawn(move || {
@@ -352,7 +381,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                         let (api_tls, xds_tls) = match &serving_tls {
                             Some(t) => {
                                 tokio::spawn(t.rotate());
-                                (Some(t.api.clone()), Some(t.xds.clone()))
+                                // Without --tls the certificate serves only the webhook.
+                                if tls { (Some(t.api.clone()), Some(t.xds.clone())) } else { (None, None) }
                             }
                             None => (None, None),
                         };
@@ -369,8 +399,10 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                                 Err(e) => tracing::error!(error = %e, "cannot register the webhook listener"),
                             }
                         }
-                        if let Some(keeper) = ca_bundle_keeper {
-                            tokio::spawn(keeper.run());
+                        if let (Some(keeper), Some(c)) = (ca_bundle_keeper, &keeper_cluster) {
+                            // Once for the mesh: on the leader (every replica would agree anyway).
+                            let keeper = Arc::new(keeper);
+                            c.leadership().spawn_while_leader("webhook caBundle", move || keeper.clone().run());
                         }
                         let _ = stop_rx.await;
                     }

@@ -128,6 +128,12 @@ impl std::error::Error for PolicyErrors {}
 
 /// Validates the documents of a set and builds the [`PolicySet`].
 pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
+    validate_with(parsed, &BTreeMap::new())
+}
+
+/// [`validate`], in a set where the services of `base` (already validated, e.g. discovered from a
+/// cluster) exist as well: documents may refer to them. The result holds the documents alone.
+pub(crate) fn validate_with(parsed: Parsed, base: &BTreeMap<String, Service>) -> Result<PolicySet, PolicyErrors> {
     let Parsed { documents, broken, mut errors } = parsed;
     let mut services: BTreeMap<String, (Origin, Service)> = BTreeMap::new();
     let mut policies: BTreeMap<String, (Origin, TrafficPolicy)> = BTreeMap::new();
@@ -188,14 +194,14 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
 
     check_shared_addresses(&services, &mut errors);
 
+    let lookup = |name: &str| services.get(name).map(|(_, s)| s).or_else(|| base.get(name));
     for (origin, policy) in policy_docs {
         let target = policy.spec.service.clone();
-        match services.get(&target) {
-            Some((_, service)) => check_policy_against_service(&origin, &policy, service, &mut errors),
+        match lookup(&target) {
+            Some(service) => check_policy_against_service(&origin, &policy, service, &mut errors),
             None if broken.iter().any(|(k, n)| k == "Service" && *n == target) => {}
-            None => {
-                errors.push(origin.error(Some("spec.service".into()), missing_service(&target, &services, &broken)))
-            }
+            None => errors
+                .push(origin.error(Some("spec.service".into()), missing_service(&target, &services, base, &broken))),
         }
         if let Some((first, _)) = policies.get(&target) {
             errors.push(origin.error(
@@ -214,10 +220,11 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     let mut authorization_policies = BTreeMap::new();
     for (origin, policy) in authz_docs {
         let target = &policy.spec.service;
-        match services.get(target) {
-            Some((_, service)) => authz::check_authz_against_service(&origin, &policy, service, &mut errors),
+        match lookup(target) {
+            Some(service) => authz::check_authz_against_service(&origin, &policy, service, &mut errors),
             None if broken.iter().any(|(k, n)| k == "Service" && n == target) => {}
-            None => errors.push(origin.error(Some("spec.service".into()), missing_service(target, &services, &broken))),
+            None => errors
+                .push(origin.error(Some("spec.service".into()), missing_service(target, &services, base, &broken))),
         }
         authorization_policies.insert(policy.metadata.name.clone(), policy);
     }
@@ -235,17 +242,25 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     })
 }
 
+/// At most this many services are named in a "no Service named" message.
+const KNOWN_SERVICES_LISTED: usize = 20;
+
 /// `no Service named "x" (known services: a, b)`.
 fn missing_service(
     target: &str,
     services: &BTreeMap<String, (Origin, Service)>,
+    base: &BTreeMap<String, Service>,
     broken: &[(String, String)],
 ) -> String {
     let broken_services = broken.iter().filter(|(k, _)| k == "Service");
-    let known: BTreeSet<&str> = services.keys().chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
-    let known: Vec<&str> = known.into_iter().collect();
+    let known: BTreeSet<&str> =
+        services.keys().chain(base.keys()).chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
+    let count = known.len();
+    let known: Vec<&str> = known.into_iter().take(KNOWN_SERVICES_LISTED).collect();
     let known = if known.is_empty() {
         "there are no services in this set".to_owned()
+    } else if count > known.len() {
+        format!("known services: {}, and {} more", known.join(", "), count - known.len())
     } else {
         format!("known services: {}", known.join(", "))
     };

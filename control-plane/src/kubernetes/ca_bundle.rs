@@ -7,8 +7,8 @@
 //! patched. The roots are also compared on a timer, so a rotation of the CA's roots reaches the
 //! configuration without any event. Each patch is a JSON Patch that first tests the webhook's
 //! name at its index, so a configuration edited in between is not patched at the wrong place
-//! (the next event retries). Every replica converges to the same bundle (they share the CA root),
-//! so running this on several replicas is idempotent.
+//! (the next event retries). It runs on the leader only (every replica would converge to the same
+//! bundle anyway: they share the CA root).
 //!
 //! RBAC: `get`, `list`, `watch` and `patch` on `mutatingwebhookconfigurations`, restricted to this
 //! one name for `get` and `patch` (see `deploy/kubernetes/rbac.yaml`).
@@ -106,7 +106,7 @@ impl<F: Fn() -> String + Send + Sync + 'static> CaBundleKeeper<F> {
     }
 
     /// Watches the configuration and fixes it on every change and every [`RESYNC`], forever.
-    pub async fn run(self) {
+    pub async fn run(self: std::sync::Arc<Self>) {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
         let events = watcher(self.api.clone(), config).default_backoff().applied_objects();
         let mut events = std::pin::pin!(events);

@@ -24,6 +24,8 @@ pub struct KubeSettings {
     pub cluster_domain: String,
     /// This replica's name, the Lease holder identity (the pod name in a cluster).
     pub identity: String,
+    /// How long the leader's Lease holds without renewal ([`defaults::LEASE_DURATION`]).
+    pub lease_duration: std::time::Duration,
 }
 
 impl KubeSettings {
@@ -36,6 +38,7 @@ impl KubeSettings {
             namespace: defaults::NAMESPACE.to_owned(),
             cluster_domain: defaults::CLUSTER_DOMAIN.to_owned(),
             identity: host_identity(),
+            lease_duration: defaults::LEASE_DURATION,
         }
     }
 }
@@ -70,6 +73,15 @@ pub enum KubeError {
         "the API server at {url} does not answer: {source}; is it reachable, and does the kubeconfig trust its CA?"
     )]
     Unreachable { url: String, source: kube::Error },
+    #[error("the mesh CA root Secret {namespace}/{secret}: {reason}", secret = super::ca_secret::CA_SECRET)]
+    CaSecret { namespace: String, reason: String },
+    #[error(
+        "--ca-cert/--ca-key cannot be used with --kubernetes: every replica must sign with one root, and \
+         in a cluster it lives in the Secret {namespace}/{secret}; bring your own root with \
+         kubectl create secret tls {secret} -n {namespace} --cert=CERT --key=KEY",
+        secret = super::ca_secret::CA_SECRET
+    )]
+    CaFilesWithKubernetes { namespace: String },
 }
 
 /// What every Kubernetes part of the control plane shares: the client and who this replica is.
