@@ -1,0 +1,269 @@
+//! Injection and service-account identity against a real API server (tests/src/kube.rs): the
+//! repository's manifests (deploy/kubernetes) are created on it, the control plane runs with the
+//! RBAC they grant (a kubeconfig with its service account's token), keeps the webhook's caBundle,
+//! and the API server itself calls the webhook over TLS when a pod is created.
+//! Skips when the test bed's binaries are absent (build them with tests/k8s/build-testbed.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use http::Method;
+use outrider_control_plane::kubernetes::inject::{InjectConfig, PROXY_CONTAINER};
+use outrider_control_plane::kubernetes::webhook::{CONFIGURATION, WebhookSettings};
+use outrider_control_plane::kubernetes::{KubeSettings, defaults};
+use outrider_control_plane::server::{self, Running, ServerConfig};
+use outrider_proxy::tls::{self, Identity};
+use outrider_tests::harness::TempDir;
+use outrider_tests::kube::{ApiServer, SA_ISSUER};
+use outrider_tests::wait::wait_until;
+use serde_json::{Value, json};
+
+const NS: &str = defaults::NAMESPACE;
+
+fn manifests() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
+}
+
+/// The files of the kustomization, in its order.
+fn kustomization() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(manifests().join("kustomization.yaml")).unwrap();
+    let k: Value = serde_yaml_ng::from_str(&text).unwrap();
+    k["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let f = f.as_str().unwrap().to_owned();
+            let text = std::fs::read_to_string(manifests().join(&f)).unwrap();
+            (f, text)
+        })
+        .collect()
+}
+
+/// The control plane as its manifests install it, against `api`: every manifest but the webhook
+/// configuration is created first; the control plane runs as its service account; then the
+/// webhook configuration, pointed at the control plane's local port (no Service networking
+/// here), is created and its caBundle left for the control plane to fill.
+struct Mesh {
+    cp: Running,
+    _dir: TempDir,
+}
+
+async fn install(api: &ApiServer) -> Mesh {
+    let mut webhook_yaml = None;
+    for (file, text) in kustomization() {
+        if file == "webhook.yaml" {
+            webhook_yaml = Some(text);
+            continue;
+        }
+        api.create_yaml(&text).await;
+        if file == "crds.yaml" {
+            // The CRDs serve once Established.
+            for plural in ["trafficpolicies", "authorizationpolicies", "telemetries"] {
+                wait_until(&format!("CRD {plural} established"), || async move {
+                    let crd = api
+                        .get(&format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.outrider.io"))
+                        .await;
+                    crd["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["type"] == "Established" && c["status"] == "True"))
+                })
+                .await;
+            }
+        }
+    }
+    // Least privilege, for real: the control plane runs with its service account's RBAC only.
+    let token = api.service_account_token(NS, "outrider-control-plane", SA_ISSUER).await;
+    let kubeconfig = api.kubeconfig_with_token("outrider-control-plane", &token);
+    let dir = TempDir::new("kube-inject");
+    let mut kube = KubeSettings::new();
+    kube.kubeconfig = Some(kubeconfig);
+    kube.namespace = NS.to_owned();
+    let config = ServerConfig {
+        kubernetes: Some(kube),
+        webhook: WebhookSettings {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            inject: InjectConfig::new(""),
+            configuration: Some(CONFIGURATION.to_owned()),
+        },
+        ..ServerConfig::local(dir.path().join("data"))
+    };
+    let cp =
+        tokio::task::spawn_blocking(move || server::start(config)).await.unwrap().expect("the control plane starts");
+    let port = cp.webhook_addr.expect("a webhook port").port();
+
+    let mut configuration: Value = serde_yaml_ng::from_str(&webhook_yaml.expect("webhook.yaml")).unwrap();
+    assert_eq!(configuration["metadata"]["name"], CONFIGURATION);
+    assert_eq!(configuration["webhooks"][0]["clientConfig"]["service"]["name"], "outrider");
+    configuration["webhooks"][0]["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}/inject")});
+    api.create("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", &configuration).await;
+
+    // The leader fills the caBundle with the CA's root, the one that signed the webhook's
+    // certificate (which the API server then verifies: the pods below are injected over TLS).
+    let root = cp.ca.root_pem().to_owned();
+    let path = format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIGURATION}");
+    wait_until("the caBundle is the CA's root", || {
+        let (root, path) = (root.clone(), path.clone());
+        async move {
+            let c = api.get(&path).await;
+            let bundle = c["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap_or_default();
+            base64::engine::general_purpose::STANDARD.decode(bundle).is_ok_and(|b| b == root.as_bytes())
+        }
+    })
+    .await;
+    Mesh { cp, _dir: dir }
+}
+
+async fn namespace(api: &ApiServer, name: &str, inject: bool) {
+    let labels = if inject { json!({"outrider.io/inject": "enabled"}) } else { json!({}) };
+    api.create(
+        "/api/v1/namespaces",
+        &json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels}}),
+    )
+    .await;
+}
+
+async fn service_account(api: &ApiServer, namespace: &str, name: &str) {
+    api.create(
+        &format!("/api/v1/namespaces/{namespace}/serviceaccounts"),
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),
+    )
+    .await;
+}
+
+fn pod(name: &str, annotations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "reviews", "version": "v1"}, "annotations": annotations},
+        "spec": {"serviceAccountName": "reviews",
+            "containers": [{"name": "app", "image": "example.org/reviews:1", "ports": [{"containerPort": 9080}]}]}})
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {container}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_in_a_labelled_namespace_comes_back_injected_and_an_opted_out_or_unlabelled_one_does_not() {
+    let Some(api) = ApiServer::start().await else { return };
+    let mesh = install(&api).await;
+    namespace(&api, "shop", true).await;
+    namespace(&api, "plain", false).await;
+    service_account(&api, "shop", "reviews").await;
+    service_account(&api, "plain", "reviews").await;
+
+    let created = api.create("/api/v1/namespaces/shop/pods", &pod("reviews-1", json!({}))).await;
+    let inits = created["spec"]["initContainers"].as_array().expect("init containers were added");
+    let names: Vec<&str> = inits.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["outrider-init", PROXY_CONTAINER], "{created}");
+    // The redirection: root with NET_ADMIN/NET_RAW only, the proxy's uid exempt.
+    let init = &inits[0];
+    assert_eq!(init["command"], json!(["/usr/local/bin/outrider-proxy", "iptables", "--apply"]));
+    assert_eq!(init["securityContext"]["capabilities"]["add"], json!(["NET_ADMIN", "NET_RAW"]));
+    // The proxy as a native sidecar, held ready before the app starts.
+    let proxy = &inits[1];
+    assert_eq!(proxy["restartPolicy"], "Always");
+    assert_eq!(proxy["startupProbe"]["httpGet"]["path"], "/healthz/ready");
+    assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
+    // Downward API: the pod's IP, namespace, service account and labels.
+    assert_eq!(env(proxy, "OUTRIDER_POD_IP")["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    assert_eq!(env(proxy, "OUTRIDER_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(env(proxy, "OUTRIDER_SERVICE_ACCOUNT")["valueFrom"]["fieldRef"]["fieldPath"], "spec.serviceAccountName");
+    assert_eq!(env(proxy, "OUTRIDER_SERVICE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.labels['app']");
+    assert_eq!(env(proxy, "OUTRIDER_LABELS")["value"], "app=$(OUTRIDER_LABEL_0),version=$(OUTRIDER_LABEL_1)");
+    // It trusts the mesh's root and proves its identity with a token of the mesh's audience.
+    assert_eq!(env(proxy, "OUTRIDER_CA_ROOT_PEM")["value"], mesh.cp.ca.root_pem());
+    let volume = created["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "outrider-token")
+        .expect("the token volume")
+        .clone();
+    assert_eq!(volume["projected"]["sources"][0]["serviceAccountToken"]["audience"], "outrider");
+    assert!(created["metadata"]["annotations"]["outrider.io/injected"].is_string(), "{created}");
+    // The app itself is untouched.
+    assert_eq!(created["spec"]["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(created["spec"]["containers"][0]["name"], "app");
+
+    // Opted out by annotation: stored as sent.
+    let out =
+        api.create("/api/v1/namespaces/shop/pods", &pod("reviews-2", json!({"outrider.io/inject": "false"}))).await;
+    assert!(out["spec"]["initContainers"].is_null(), "{out}");
+    assert!(out["metadata"]["annotations"]["outrider.io/injected"].is_null(), "{out}");
+    // A namespace without the label: the API server does not even ask.
+    let plain = api.create("/api/v1/namespaces/plain/pods", &pod("reviews-1", json!({}))).await;
+    assert!(plain["spec"]["initContainers"].is_null(), "{plain}");
+    // A bad annotation in a meshed namespace: refused, naming it.
+    let bad = api
+        .request(
+            Method::POST,
+            "/api/v1/namespaces/shop/pods",
+            Some(&pod("reviews-3", json!({"outrider.io/inject": "maybe"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status.as_u16(), 400, "{}", bad.body);
+    assert!(bad.body["message"].as_str().unwrap().contains("outrider.io/inject"), "{}", bad.body);
+    drop(mesh);
+}
+
+/// `POST /v1/certificates` with `token` for `spiffe` → (status, body).
+async fn certificate(mesh: &Mesh, token: &str, spiffe: &str) -> (u16, Value) {
+    let key = tls::new_key_and_csr(&Identity::parse(spiffe).unwrap()).unwrap();
+    let reply = outrider_control_plane::cli::client::send(
+        &format!("http://{}", mesh.cp.api_addr),
+        Method::POST,
+        "/v1/certificates",
+        Some(token),
+        Some(json!({"csr": key.csr_pem}).to_string()),
+    )
+    .await
+    .unwrap();
+    (reply.status.as_u16(), reply.json())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_of_the_mesh_audience_gets_its_accounts_certificate_and_no_other() {
+    let Some(api) = ApiServer::start().await else { return };
+    let mesh = install(&api).await;
+    namespace(&api, "shop", true).await;
+    for sa in ["reviews", "ratings", "gone"] {
+        service_account(&api, "shop", sa).await;
+    }
+    const REVIEWS: &str = "spiffe://outrider.local/ns/shop/sa/reviews";
+
+    let reviews = api.service_account_token("shop", "reviews", "outrider").await;
+    let (status, reply) = certificate(&mesh, &reviews, REVIEWS).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["identity"], REVIEWS);
+
+    // Another account's token does not get reviews' certificate.
+    let ratings = api.service_account_token("shop", "ratings", "outrider").await;
+    let (status, reply) = certificate(&mesh, &ratings, REVIEWS).await;
+    assert_eq!(status, 403, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("sa/ratings"), "{reply}");
+
+    // reviews' token for another audience (the API server's own) is refused by the review.
+    let api_audience = api.service_account_token("shop", "reviews", SA_ISSUER).await;
+    let (status, reply) = certificate(&mesh, &api_audience, REVIEWS).await;
+    assert_eq!(status, 401, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("audience"), "{reply}");
+
+    // A token whose account was deleted is refused.
+    let gone = api.service_account_token("shop", "gone", "outrider").await;
+    api.request(Method::DELETE, "/api/v1/namespaces/shop/serviceaccounts/gone", None).await.unwrap();
+    let (status, reply) = certificate(&mesh, &gone, "spiffe://outrider.local/ns/shop/sa/gone").await;
+    assert_eq!(status, 401, "{reply}");
+
+    // Not a token the API server signed at all.
+    let forged = format!("{}.e30.c2ln", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#));
+    let (status, reply) = certificate(&mesh, &forged, REVIEWS).await;
+    assert_eq!(status, 401, "{reply}");
+}
