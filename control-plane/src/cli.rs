@@ -3,6 +3,8 @@
 //! Exit codes: 0 ok, 1 runtime failure (server unreachable, conflict, server error), 2 bad
 //! usage or invalid input.
 
+/// `outrider check`.
+pub mod check;
 pub mod client;
 /// `outrider inject`.
 pub mod inject;

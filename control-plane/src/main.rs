@@ -76,6 +76,21 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Is the mesh on this cluster in order? CRDs, the webhook and its caBundle, replicas,
+    /// proxies in sync, certificates, policies; a fix for each failure. Exit 0 only when all pass.
+    Check {
+        /// Kubeconfig (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+        #[arg(long, env = "OUTRIDER_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// A kubeconfig context other than the current one.
+        #[arg(long, env = "OUTRIDER_KUBE_CONTEXT")]
+        kube_context: Option<String>,
+        /// The control plane's namespace.
+        #[arg(long, default_value = outrider_control_plane::kubernetes::defaults::NAMESPACE)]
+        namespace: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// The mesh in one process on loopback: a control plane, three services with sidecars,
     /// a demo policy, load and a live view (~30 s).
     Demo {
@@ -228,6 +243,13 @@ fn main() -> ExitCode {
         ),
         Command::Validate { file, output } => validate(&file, output),
         Command::Inject { file, inject, conn } => cli::inject::inject(&conn, &file, &inject),
+        Command::Check { kubeconfig, kube_context, namespace, conn } => {
+            let mut kube = outrider_control_plane::kubernetes::KubeSettings::new();
+            kube.kubeconfig = kubeconfig;
+            kube.context = kube_context;
+            kube.namespace = namespace;
+            cli::check::check(&cli::check::CheckArgs { kube, conn })
+        }
         Command::Demo { duration, no_policy, rate } => {
             outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs { duration, no_policy, rate })
         }

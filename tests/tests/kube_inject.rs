@@ -267,3 +267,93 @@ async fn a_service_account_token_of_the_mesh_audience_gets_its_accounts_certific
     let (status, reply) = certificate(&mesh, &forged, REVIEWS).await;
     assert_eq!(status, 401, "{reply}");
 }
+
+/// `outrider check` against the cluster and the control plane: (exit code, stdout).
+async fn check(api: &ApiServer, mesh: &Mesh) -> (i32, String) {
+    let out = tokio::process::Command::new(outrider_tests::control_plane::outrider_bin())
+        .arg("check")
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .args(["--server", &format!("http://{}", mesh.cp.api_addr)])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.stderr.is_empty() || out.status.code().is_some(), "{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+fn line<'a>(report: &'a str, check: &str) -> &'a str {
+    report.lines().find(|l| l.contains(&format!(" {check}: "))).unwrap_or_else(|| panic!("no {check} in:\n{report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outrider_check_passes_only_when_every_check_does_and_says_what_to_fix() {
+    let Some(api) = ApiServer::start().await else { return };
+    let mesh = install(&api).await;
+    namespace(&api, "shop", true).await;
+
+    // No kubelet here: the Deployment's replicas never become ready by themselves.
+    let (code, report) = check(&api, &mesh).await;
+    assert_eq!(code, 1, "{report}");
+    assert!(line(&report, "control plane replicas ready").starts_with("FAIL"), "{report}");
+    assert!(report.contains("fix: kubectl -n outrider-system describe deployment outrider-control-plane"), "{report}");
+    for passing in ["CRDs installed and current", "webhook caBundle valid", "webhook reachable", "proxies in sync"] {
+        assert!(line(&report, passing).starts_with("ok"), "{passing}:\n{report}");
+    }
+
+    // What a kubelet would report.
+    let status = json!({"status": {"replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
+    let r = api
+        .request_as(
+            Some(api.token()),
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/outrider-system/deployments/outrider-control-plane/status",
+            Some(&status),
+            "application/merge-patch+json",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let (code, report) = check(&api, &mesh).await;
+    assert_eq!(code, 0, "{report}");
+
+    // A policy for a service that does not exist: refused (by the leader's status) and named.
+    let policy = json!({"apiVersion": "outrider.io/v1", "kind": "TrafficPolicy",
+        "metadata": {"name": "ghost", "namespace": "shop"}, "spec": {"service": "ghost", "timeout": "1s"}});
+    api.create("/apis/outrider.io/v1/namespaces/shop/trafficpolicies", &policy).await;
+    wait_until("the policy's Accepted condition", || async {
+        let p = api.get("/apis/outrider.io/v1/namespaces/shop/trafficpolicies/ghost").await;
+        p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Accepted"))
+    })
+    .await;
+    let (code, report) = check(&api, &mesh).await;
+    assert_eq!(code, 1, "{report}");
+    let missing = line(&report, "policies name existing services");
+    assert!(missing.starts_with("FAIL") && missing.contains("TrafficPolicy shop/ghost"), "{report}");
+    api.request(Method::DELETE, "/apis/outrider.io/v1/namespaces/shop/trafficpolicies/ghost", None).await.unwrap();
+
+    // The caBundle emptied (an old manifest re-applied): the leader puts it back, and until then
+    // check says so.
+    let path = format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIGURATION}");
+    let mut configuration = api.get(&path).await;
+    configuration["webhooks"][0]["clientConfig"]["caBundle"] = json!(
+        base64::engine::general_purpose::STANDARD
+            .encode("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    );
+    let r = api.request(Method::PUT, &path, Some(&configuration)).await.unwrap();
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let root = mesh.cp.ca.root_pem().to_owned();
+    wait_until("the leader restores the caBundle", || {
+        let (root, path) = (root.clone(), path.clone());
+        let api = &api;
+        async move {
+            let c = api.get(&path).await;
+            let bundle = c["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap_or_default();
+            base64::engine::general_purpose::STANDARD.decode(bundle).is_ok_and(|b| b == root.as_bytes())
+        }
+    })
+    .await;
+    let (code, report) = check(&api, &mesh).await;
+    assert_eq!(code, 0, "{report}");
+}

@@ -162,6 +162,7 @@ fn a_canary_split_is_accepted_while_its_subset_has_no_endpoint_yet() {
         weight: 1,
         meshed: false,
         identity: None,
+        hbone: false,
     });
     let a = assemble(discovered, &[(kind("TrafficPolicy"), &tps)], "ns");
     assert!(verdict(&a, "TrafficPolicy", "shop", "canary").accepted);
