@@ -51,6 +51,10 @@ struct Mesh {
 }
 
 async fn install(api: &ApiServer) -> Mesh {
+    install_with(api, |_| {}).await
+}
+
+async fn install_with(api: &ApiServer, adjust: impl FnOnce(&mut ServerConfig)) -> Mesh {
     let mut webhook_yaml = None;
     for (file, text) in kustomization() {
         if file == "webhook.yaml" {
@@ -89,6 +93,8 @@ async fn install(api: &ApiServer) -> Mesh {
         },
         ..ServerConfig::local(dir.path().join("data"))
     };
+    let mut config = config;
+    adjust(&mut config);
     let cp =
         tokio::task::spawn_blocking(move || server::start(config)).await.unwrap().expect("the control plane starts");
     let port = cp.webhook_addr.expect("a webhook port").port();
@@ -356,4 +362,201 @@ async fn outrider_check_passes_only_when_every_check_does_and_says_what_to_fix()
     .await;
     let (code, report) = check(&api, &mesh).await;
     assert_eq!(code, 0, "{report}");
+}
+
+/// The value of each `env` entry of an injected container, as the kubelet would set it: plain
+/// values with `$(VAR)` of earlier entries expanded, `fieldRef`s from the pod's facts.
+fn resolve_env(container: &Value, facts: &[(&str, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for e in container["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_owned();
+        let value = if let Some(path) = e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+            facts.iter().find(|(p, _)| *p == path).unwrap_or_else(|| panic!("no fact for {path}")).1.clone()
+        } else {
+            let mut v = e["value"].as_str().unwrap_or_default().to_owned();
+            for (k, val) in &out {
+                v = v.replace(&format!("$({k})"), val);
+            }
+            v
+        };
+        out.push((name, value));
+    }
+    out
+}
+
+/// Python inside the namespace: GET a URL; prints the status and the body, or `ERR`.
+const GET: &str = "import sys, urllib.request\ntry:\n    r = urllib.request.urlopen(sys.argv[1], timeout=2)\n    print(r.status)\n    print(r.read().decode())\nexcept Exception as e:\n    print('ERR', e)\n";
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The pod, run as its kubelet would (no kubelet here): a network namespace with a veth to the
+/// host (the control plane listens on the host end only), its injected init container (the
+/// iptables rules), its injected proxy (uid 1337, the environment the pod spec gives it, its
+/// service-account token from the TokenRequest API bound to the pod), then the app once the
+/// proxy is ready — and a request to the pod's IP is served through the sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_pod_runs_as_its_spec_says_and_serves_through_its_sidecar() {
+    if let Some(why) = outrider_tests::netns::unsupported() {
+        outrider_tests::skip(&format!("skipping: {why}"));
+        return;
+    }
+    let Some(api) = ApiServer::start().await else { return };
+    let ns = outrider_tests::netns::Netns::create().unwrap();
+    let n = 20 + std::process::id() % 200;
+    let (host_ip, pod_ip) = (format!("10.252.{n}.1"), format!("10.252.{n}.2"));
+    let host_end = format!("orp{n}");
+    ip(&["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+    ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_end]);
+    ip(&["link", "set", &host_end, "up"]);
+    ip(&["-n", &ns.name, "addr", "add", &format!("{pod_ip}/30"), "dev", "eth0"]);
+    ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+    ip(&["-n", &ns.name, "route", "add", "default", "via", &host_ip]);
+
+    // The control plane on the host end: xDS and the API (the proxy's CA is the xDS host, port
+    // 15014) over TLS, injecting pods that reach it there.
+    let xds_port = std::net::TcpListener::bind((host_ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
+    let host: std::net::IpAddr = host_ip.parse().unwrap();
+    let mesh = install_with(&api, |c| {
+        c.tls = true;
+        c.xds = (host, xds_port).into();
+        c.api = (host, 15014).into();
+        c.webhook.inject.xds_address = format!("https://{host}:{xds_port}");
+    })
+    .await;
+    namespace(&api, "shop", true).await;
+    service_account(&api, "shop", "reviews").await;
+    api.create(
+        "/api/v1/namespaces/shop/services",
+        &json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "reviews"},
+        "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}}),
+    )
+    .await;
+    let created = api.create("/api/v1/namespaces/shop/pods", &pod("reviews-1", json!({}))).await;
+    let uid = created["metadata"]["uid"].as_str().unwrap();
+    // What the kubelet and the EndpointSlice controller would write.
+    let status = json!({"status": {"phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}]}});
+    let r = api
+        .request_as(
+            Some(api.token()),
+            Method::PATCH,
+            "/api/v1/namespaces/shop/pods/reviews-1/status",
+            Some(&status),
+            "application/merge-patch+json",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    api.create(
+        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices",
+        &json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "reviews-1", "labels": {"kubernetes.io/service-name": "reviews"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [pod_ip], "conditions": {"ready": true},
+            "targetRef": {"kind": "Pod", "name": "reviews-1", "namespace": "shop", "uid": uid}}]}),
+    )
+    .await;
+
+    // The projected token, as the kubelet gets it: bound to the pod, the mesh's audience.
+    let token = api
+        .create(
+            "/api/v1/namespaces/shop/serviceaccounts/reviews/token",
+            &json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": ["outrider"], "expirationSeconds": 3600,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "reviews-1", "uid": uid}}}),
+        )
+        .await["status"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let volumes = TempDir::new("kube-pod-volumes");
+    let token_dir = volumes.path().join("outrider-token");
+    std::fs::create_dir_all(&token_dir).unwrap();
+    std::fs::write(token_dir.join("token"), &token).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    for dir in [volumes.path(), token_dir.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(token_dir.join("token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let inits = created["spec"]["initContainers"].as_array().unwrap();
+    let proxy_bin = outrider_tests::binary::proxy_bin();
+    let binary = |container: &Value| {
+        let command: Vec<String> =
+            container["command"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+        assert_eq!(command[0], "/usr/local/bin/outrider-proxy");
+        let args = container["args"].as_array().into_iter().flatten().map(|a| a.as_str().unwrap().to_owned());
+        command[1..].iter().cloned().chain(args).collect::<Vec<_>>()
+    };
+    // 1. outrider-init, as root: the redirection.
+    let out = ns.command(&proxy_bin).args(binary(&inits[0])).output().await.unwrap();
+    assert!(out.status.success(), "outrider-init: {}", String::from_utf8_lossy(&out.stderr));
+
+    // 2. outrider-proxy, as its securityContext says, with its environment.
+    let proxy = &inits[1];
+    let uid_1337 = proxy["securityContext"]["runAsUser"].as_u64().unwrap().to_string();
+    let facts = [
+        ("metadata.name", "reviews-1".to_owned()),
+        ("metadata.namespace", "shop".to_owned()),
+        ("spec.serviceAccountName", "reviews".to_owned()),
+        ("status.podIP", pod_ip.clone()),
+        ("metadata.labels['app']", "reviews".to_owned()),
+        ("metadata.labels['version']", "v1".to_owned()),
+    ];
+    let mount = proxy["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let mut cmd = ns.command("setpriv");
+    cmd.args([&format!("--reuid={uid_1337}"), &format!("--regid={uid_1337}"), "--clear-groups", "--"]);
+    cmd.arg(&proxy_bin).args(binary(proxy));
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in resolve_env(proxy, &facts) {
+        cmd.env(k, v.replace(mount, token_dir.to_str().unwrap()));
+    }
+    let mut sidecar = outrider_tests::netns::Background::spawn(cmd);
+    // Its startup probe: the app starts once this answers 200 (first config and certificate).
+    let probe = proxy["startupProbe"]["httpGet"].clone();
+    let ready_url = format!("http://127.0.0.1:{}{}", probe["port"], probe["path"].as_str().unwrap());
+    wait_until("the proxy's startup probe passes", || {
+        let (ns, url) = (&ns, ready_url.clone());
+        async move { ns.run_python(GET, &[&url]).await.stdout.starts_with(b"200") }
+    })
+    .await;
+    sidecar.wait_for_line("certificate").await;
+
+    // 3. The app, unaware of the proxy.
+    let mut app = outrider_tests::netns::Background::spawn({
+        let mut c = ns.python();
+        c.args(["-m", "http.server", "9080", "--bind", "0.0.0.0"]);
+        c
+    });
+    app.wait_for_line("Serving HTTP").await;
+
+    // A caller outside the pod: its request to the pod's IP is redirected to the sidecar's
+    // inbound listener and delivered to the app.
+    let url = format!("http://{pod_ip}:9080/");
+    let body = outrider_tests::wait::wait_for("the app answers through the sidecar", || {
+        let url = url.clone();
+        async move {
+            let out = tokio::process::Command::new("python3").args(["-c", GET, &url]).output().await.ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.starts_with("200").then_some(text)
+        }
+    })
+    .await;
+    assert!(body.contains("Directory listing"), "{body}");
+    let metrics = ns.run_python(GET, &["http://127.0.0.1:15090/metrics"]).await;
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("outrider_requests_total{")
+            && l.contains("direction=\"inbound\"")
+            && l.contains("code=\"200\"")),
+        "the request went through the sidecar's inbound listener:\n{metrics}"
+    );
+    drop(app);
+    drop(sidecar);
+    drop(mesh);
 }
