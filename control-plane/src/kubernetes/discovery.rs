@@ -307,6 +307,9 @@ fn endpoints(
                     labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
                     weight: 1,
                     meshed: pod.is_some_and(|p| p.meshed),
+                    // Pods of the cluster have sidecars; ambient (node mode) pods are not
+                    // discovered from the cluster yet.
+                    hbone: false,
                     identity: pod
                         .filter(|p| p.meshed)
                         .map(|p| format!("spiffe://{}/ns/{namespace}/sa/{}", naming.trust_domain, p.service_account)),
