@@ -103,6 +103,10 @@ enum Command {
         /// Requests per second.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// table: the live view; json: the live view on stderr and the numbers (per second,
+        /// per phase, summary) as one JSON document on stdout.
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: DemoOutput,
     },
     /// One of the demo's workloads (frontend, reviews) as a process of its own, unaware of any
     /// proxy: the demo's mesh in containers (docker/demo.sh) runs them beside sidecars.
@@ -220,6 +224,12 @@ struct ServeArgs {
     log_format: LogFormat,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoOutput {
+    Table,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Json,
@@ -250,8 +260,13 @@ fn main() -> ExitCode {
             kube.namespace = namespace;
             cli::check::check(&cli::check::CheckArgs { kube, conn })
         }
-        Command::Demo { duration, no_policy, rate } => {
-            outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs { duration, no_policy, rate })
+        Command::Demo { duration, no_policy, rate, output } => {
+            outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs {
+                duration,
+                no_policy,
+                rate,
+                json: output == DemoOutput::Json,
+            })
         }
         Command::DemoApp { app } => outrider_control_plane::demo::run_app(app),
     }

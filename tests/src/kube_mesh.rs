@@ -11,8 +11,8 @@ use std::time::Duration;
 use http::Method;
 use outrider_control_plane::kubernetes::{Cluster, KubeSettings, crds};
 use outrider_control_plane::server::{self, Running, ServerConfig};
-use std::sync::Mutex;
 use serde_json::{Value, json};
+use std::sync::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
@@ -99,7 +99,13 @@ impl Replica {
             .await
             .expect("the start thread answers")
             .unwrap_or_else(|e| panic!("replica {name} did not start: {e}"));
-        Self { xds: running.xds_addr, api: running.api_addr, running: Some(running), name: name.to_owned(), _data: data }
+        Self {
+            xds: running.xds_addr,
+            api: running.api_addr,
+            running: Some(running),
+            name: name.to_owned(),
+            _data: data,
+        }
     }
 
     /// The replica's Kubernetes state (sets, verdicts, leadership).

@@ -87,8 +87,7 @@ async fn services_endpoint_slices_pods_and_policies_reach_real_sidecars() {
     let old = upstream::http1().name("reviews-old").start().await;
     let gone = upstream::http1().name("reviews-gone").start().await;
     let ratings = upstream::h2().name("ratings").start().await;
-    for (name, version) in [("reviews-v1", "v1"), ("reviews-v2", "v2"), ("reviews-old", "v2"), ("reviews-gone", "v2")]
-    {
+    for (name, version) in [("reviews-v1", "v1"), ("reviews-v2", "v2"), ("reviews-old", "v2"), ("reviews-gone", "v2")] {
         api.create("/api/v1/namespaces/shop/pods", &pod(name, json!({"app": "reviews", "version": version}))).await;
     }
     api.create("/api/v1/namespaces/shop/pods", &pod("ratings-0", json!({"app": "ratings"}))).await;

@@ -313,8 +313,6 @@ fn endpoints(
                     identity: pod
                         .filter(|p| p.meshed)
                         .map(|p| format!("spiffe://{}/ns/{namespace}/sa/{}", naming.trust_domain, p.service_account)),
-                    // Sidecars only: node-mode workloads are not discovered from the cluster yet.
-                    hbone: false,
                 });
             }
         }
