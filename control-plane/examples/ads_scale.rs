@@ -344,7 +344,8 @@ mod kube_mode {
         let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
         let mut all = Vec::new();
         for round in 1..=args.rounds {
-            let before: Vec<BTreeSet<String>> = recorders.iter().map(|r| r.seen.lock().keys().cloned().collect()).collect();
+            let before: Vec<BTreeSet<String>> =
+                recorders.iter().map(|r| r.seen.lock().keys().cloned().collect()).collect();
             let patch = json!({"ports": [{"name": "http", "port": 20000 + round, "protocol": "TCP"}]});
             slices.patch("svc-0", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch the slice");
             let applied = Instant::now();

@@ -10,7 +10,7 @@
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
 //! | `POST /v1/tokens` | a join token for `{namespace, serviceAccount, ttl?, singleUse?}` (API token) |
-//! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`) or renewal proof → certificate chain |
+//! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`), service-account token (`Bearer <JWT>`, `--kubernetes`) or renewal proof → certificate chain |
 //! | `GET /metrics` | the control plane's own metrics |
 //!
 //! Writes need `Authorization: Bearer TOKEN`; `If-Match: VERSION` makes a write conditional
@@ -63,6 +63,8 @@ pub struct ApiState {
     pub tokens: Arc<JoinTokens>,
     /// With `--kubernetes`: the cluster holds the policies, and policy writes are refused.
     pub kubernetes: Option<Arc<Cluster>>,
+    /// With `--kubernetes`: reviews service-account tokens for `/v1/certificates`.
+    pub service_accounts: Option<crate::ca::service_accounts::Reviewer>,
 }
 
 /// Serve until the task is dropped; over TLS when `tls` is given.

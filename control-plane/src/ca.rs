@@ -3,8 +3,8 @@
 //! that proxies verify peers against.
 //!
 //! The identity written into a certificate is never taken from the CSR: the caller proves who it
-//! is with a join token ([`tokens`]), and [`Ca::issue`] takes the [`Identity`] that token is
-//! bound to. The CSR only contributes its (signature-checked) public key, so the private key
+//! is with a join token ([`tokens`]) or, on Kubernetes, its service-account token
+//! ([`service_accounts`]), and [`Ca::issue`] takes the [`Identity`] that credential is bound to. The CSR only contributes its (signature-checked) public key, so the private key
 //! stays in the proxy.
 //!
 //! Callers reach it through [`issuance::Issuance`] (a CSR plus a join token or a renewal proof),
@@ -13,6 +13,8 @@
 
 /// A CSR plus a credential (join token, or proof of the current certificate) → a certificate.
 pub mod issuance;
+/// Kubernetes service-account tokens as a credential, behind [`service_accounts::ServiceAccountReviewer`].
+pub mod service_accounts;
 /// The control plane's own TLS: its certificate from this CA, rotated, and the rustls configs.
 pub mod serving;
 #[cfg(test)]

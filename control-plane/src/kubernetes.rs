@@ -10,6 +10,8 @@
 //! Everything Kubernetes-specific lives below this module; the rest of the control plane sees a
 //! validated [`outrider_xds::PolicySet`] on a watch channel, as in file mode.
 
+/// Keeps the injection webhook's `caBundle` equal to the CA's roots.
+pub mod ca_bundle;
 /// The mesh CA's root in a Secret, created once by whichever replica starts first.
 pub mod ca_secret;
 /// Connection to the API server: kubeconfig or in-cluster configuration.
@@ -18,6 +20,8 @@ pub mod client;
 pub mod crds;
 /// Services, EndpointSlices and Pods → Outrider Services and endpoints.
 pub mod discovery;
+/// Sidecar injection (the webhook's mutation and `outrider inject`).
+pub mod inject;
 /// Leader election through a Lease, and the tasks that run only on the leader.
 pub mod lease;
 /// The `outrider.io` objects → the policy documents in force, and each object's verdict.
@@ -28,6 +32,10 @@ pub mod protocol;
 pub mod status;
 /// Watcher-fed stores that keep only what is needed of each object.
 pub mod store;
+/// Service-account tokens reviewed by the API server (TokenReview).
+pub mod token_review;
+/// The mutating admission webhook at `/inject`.
+pub mod webhook;
 
 pub use client::{Kube, KubeError, KubeSettings};
 pub use lease::{Leadership, LeaseSettings};

@@ -65,6 +65,32 @@ enum Command {
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
     },
+    /// Add the outrider-proxy sidecar to the pods and pod templates of Kubernetes YAML (what
+    /// the injection webhook does), written to standard output.
+    Inject {
+        /// A YAML file of one or more documents, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        inject: outrider_control_plane::kubernetes::inject::InjectArgs,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Is the mesh on this cluster in order? CRDs, the webhook and its caBundle, replicas,
+    /// proxies in sync, certificates, policies; a fix for each failure. Exit 0 only when all pass.
+    Check {
+        /// Kubeconfig (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+        #[arg(long, env = "OUTRIDER_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// A kubeconfig context other than the current one.
+        #[arg(long, env = "OUTRIDER_KUBE_CONTEXT")]
+        kube_context: Option<String>,
+        /// The control plane's namespace.
+        #[arg(long, default_value = outrider_control_plane::kubernetes::defaults::NAMESPACE)]
+        namespace: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// The mesh in one process on loopback: a control plane, three services with sidecars,
     /// a demo policy, load and a live view (~30 s).
     Demo {
@@ -77,6 +103,10 @@ enum Command {
         /// Requests per second.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// table: the live view; json: the live view on stderr and the numbers (per second,
+        /// per phase, summary) as one JSON document on stdout.
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: DemoOutput,
     },
     /// One of the demo's workloads (frontend, reviews) as a process of its own, unaware of any
     /// proxy: the demo's mesh in containers (docker/demo.sh) runs them beside sidecars.
@@ -172,6 +202,17 @@ struct ServeArgs {
     /// This replica's name in the leader-election Lease (default: host name and process id).
     #[arg(long, env = "POD_NAME")]
     replica_name: Option<String>,
+    /// With --kubernetes: the injection webhook's port (TLS, path /inject); 0 for none.
+    #[arg(long, env = "OUTRIDER_WEBHOOK_PORT", default_value_t = outrider_control_plane::kubernetes::webhook::DEFAULT_PORT)]
+    webhook_port: u16,
+    /// The MutatingWebhookConfiguration whose caBundle this control plane keeps equal to its CA's
+    /// roots ("" to leave it to you).
+    #[arg(long, env = "OUTRIDER_WEBHOOK_CONFIGURATION", default_value = outrider_control_plane::kubernetes::webhook::CONFIGURATION)]
+    webhook_configuration: String,
+    /// How the webhook injects pods (also the audience of the service-account tokens the CA
+    /// accepts).
+    #[command(flatten)]
+    inject: outrider_control_plane::kubernetes::inject::InjectArgs,
     /// How long the leader's Lease holds without renewal before another replica takes over
     /// (the leader renews at a third of it). Default 15s.
     #[arg(long, env = "OUTRIDER_LEASE_DURATION", value_parser = duration, requires = "kubernetes")]
@@ -181,6 +222,12 @@ struct ServeArgs {
     workers: usize,
     #[arg(long, env = "OUTRIDER_LOG_FORMAT", default_value = "json")]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoOutput {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -205,8 +252,21 @@ fn main() -> ExitCode {
             if quiet { None } else { Some(output) },
         ),
         Command::Validate { file, output } => validate(&file, output),
-        Command::Demo { duration, no_policy, rate } => {
-            outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs { duration, no_policy, rate })
+        Command::Inject { file, inject, conn } => cli::inject::inject(&conn, &file, &inject),
+        Command::Check { kubeconfig, kube_context, namespace, conn } => {
+            let mut kube = outrider_control_plane::kubernetes::KubeSettings::new();
+            kube.kubeconfig = kubeconfig;
+            kube.context = kube_context;
+            kube.namespace = namespace;
+            cli::check::check(&cli::check::CheckArgs { kube, conn })
+        }
+        Command::Demo { duration, no_policy, rate, output } => {
+            outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs {
+                duration,
+                no_policy,
+                rate,
+                json: output == DemoOutput::Json,
+            })
         }
         Command::DemoApp { app } => outrider_control_plane::demo::run_app(app),
     }
@@ -245,6 +305,18 @@ fn serve(args: ServeArgs) -> ExitCode {
         (Some(cert), false) => cert.display().to_string(),
         (None, false) => args.data_dir.join("root.pem").display().to_string(),
     };
+    let inject = match args.inject.config("") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outrider: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let webhook = outrider_control_plane::kubernetes::webhook::WebhookSettings {
+        listen: (args.webhook_port != 0).then(|| SocketAddr::new(args.bind, args.webhook_port)),
+        inject,
+        configuration: (!args.webhook_configuration.is_empty()).then_some(args.webhook_configuration),
+    };
     let config = ServerConfig {
         xds: SocketAddr::new(args.bind, args.xds_port),
         api: SocketAddr::new(args.bind, args.api_port),
@@ -273,6 +345,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
             k
         }),
+        webhook,
     };
     let running = match server::start(config) {
         Ok(r) => r,

@@ -14,10 +14,14 @@ use tokio::sync::{oneshot, watch};
 
 use crate::api::{self, ApiState};
 use crate::ca::issuance::Issuance;
+use crate::ca::service_accounts::{Cached, Reviewer};
 use crate::ca::serving::{ServingError, ServingTls, serving_sans};
 use crate::ca::tokens::{JoinTokens, TokenError};
 use crate::ca::{Ca, CaConfig, CaError, DEFAULT_WORKLOAD_TTL, RootSource, TrustDomain};
 use crate::endpoints::{EndpointSource, Registry, merge};
+use crate::kubernetes::ca_bundle::CaBundleKeeper;
+use crate::kubernetes::token_review::ApiServerReviewer;
+use crate::kubernetes::webhook::{self, Webhook, WebhookSettings};
 use crate::kubernetes::{
     Cluster, ClusterSettings, Kube, KubeError, KubeSettings, LeaseSettings, ca_secret, defaults as kube_defaults,
 };
@@ -63,6 +67,9 @@ pub struct ServerConfig {
     /// `--kubernetes`: the cluster is the source of truth (Services, EndpointSlices, the
     /// `outrider.io` custom resources, the CA Secret); `None`: files and the API.
     pub kubernetes: Option<KubeSettings>,
+    /// With `kubernetes`: the injection webhook, and the audience of the service-account tokens
+    /// the CA accepts (`webhook.inject.token_audience`).
+    pub webhook: WebhookSettings,
 }
 
 impl ServerConfig {
@@ -85,6 +92,7 @@ impl ServerConfig {
             tls: false,
             tls_sans: Vec::new(),
             kubernetes: None,
+            webhook: WebhookSettings::default(),
         }
     }
 }
@@ -150,6 +158,8 @@ impl StartError {
 pub struct Running {
     pub xds_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// The injection webhook's address (TLS), with `--kubernetes` and a webhook port.
+    pub webhook_addr: Option<SocketAddr>,
     pub token: String,
     pub policies: Arc<Policies>,
     pub tracker: Arc<Tracker>,
@@ -270,9 +280,21 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         None => open_ca(&config)?,
     };
     let tokens = Arc::new(JoinTokens::open(&config.data_dir)?);
-    let serving_tls = if config.tls {
-        let mut sans = serving_sans(config.api.ip(), &config.tls_sans)?;
-        for san in serving_sans(config.xds.ip(), &[])? {
+    let webhook_listen = config.kubernetes.as_ref().and(config.webhook.listen);
+    let serving_tls = if config.tls || webhook_listen.is_some() {
+        let mut extra = config.tls_sans.clone();
+        if let Some(k) = &config.kubernetes {
+            // How pods and the API server reach it: the Service's DNS names.
+            let short = format!("{}.{}.svc", webhook::SERVICE, k.namespace);
+            extra.push(format!("{short}.{}", k.cluster_domain));
+            extra.push(short);
+        }
+        let mut sans = serving_sans(config.api.ip(), &extra)?;
+        let mut more = serving_sans(config.xds.ip(), &[])?;
+        if let Some(addr) = webhook_listen {
+            more.extend(serving_sans(addr.ip(), &[])?);
+        }
+        for san in more {
             if !sans.contains(&san) {
                 sans.push(san);
             }
@@ -307,6 +329,23 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let api_l = bind("API", config.api)?;
     let xds_addr = xds_l.local_addr().unwrap_or(config.xds);
     let api_addr = api_l.local_addr().unwrap_or(config.api);
+    let webhook_l = webhook_listen.map(|addr| bind("webhook", addr)).transpose()?;
+    let webhook_addr = webhook_l.as_ref().and_then(|l| l.local_addr().ok());
+    // Service-account tokens are reviewed for the audience injected pods' tokens have.
+    let service_accounts: Option<Reviewer> = cluster.as_ref().map(|c| {
+        let reviewer = ApiServerReviewer::new(c.kube.client.clone(), config.webhook.inject.token_audience.clone());
+        Arc::new(Cached::new(reviewer)) as Reviewer
+    });
+    let bundle_ca = ca.clone();
+    let bundle_pem = move || bundle_ca.trust_bundle().roots.concat();
+    let mut inject = config.webhook.inject.clone();
+    inject.ca_roots_pem = bundle_pem();
+    let ca_bundle_keeper = match (&cluster, &config.webhook.configuration) {
+        (Some(c), Some(name)) if webhook_addr.is_some() => {
+            Some(CaBundleKeeper::new(c.kube.client.clone(), name.clone(), bundle_pem))
+        }
+        _ => None,
+    };
 
     let metrics = Metrics::new();
     let tracker = Tracker::new();
@@ -324,11 +363,15 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         issuance: Issuance::new(ca.clone(), tokens.clone()).with_nodes(registry.clone()),
         tokens: tokens.clone(),
         kubernetes: cluster.clone(),
+        service_accounts,
     });
+    let webhook_server = Webhook::new(inject, metrics.clone());
     let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
         .with_service_namespaces(Arc::new(SetNamespaces(sets.clone())));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let p = policies.clone();
+    let tls = config.tls;
+    let keeper_cluster = cluster.clone();
     let thread = std::thread::Builder::new()
         .name("outrider-cp".into())
         .spawn(move || {
@@ -338,7 +381,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                         let (api_tls, xds_tls) = match &serving_tls {
                             Some(t) => {
                                 tokio::spawn(t.rotate());
-                                (Some(t.api.clone()), Some(t.xds.clone()))
+                                // Without --tls the certificate serves only the webhook.
+                                if tls { (Some(t.api.clone()), Some(t.xds.clone())) } else { (None, None) }
                             }
                             None => (None, None),
                         };
@@ -347,6 +391,19 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                         tokio::spawn(debounce(sets, registry.clone(), generator, snap_tx));
                         tokio::spawn(registry.expire_loop());
                         tokio::spawn(p.watch_dir());
+                        if let (Some(l), Some(t)) = (webhook_l, &serving_tls) {
+                            match TcpListener::from_std(l) {
+                                Ok(l) => {
+                                    tokio::spawn(webhook::serve(l, t.api.clone(), webhook_server));
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot register the webhook listener"),
+                            }
+                        }
+                        if let (Some(keeper), Some(c)) = (ca_bundle_keeper, &keeper_cluster) {
+                            // Once for the mesh: on the leader (every replica would agree anyway).
+                            let keeper = Arc::new(keeper);
+                            c.leadership().spawn_while_leader("webhook caBundle", move || keeper.clone().run());
+                        }
                         let _ = stop_rx.await;
                     }
                     (Err(e), _) | (_, Err(e)) => {
@@ -362,6 +419,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     Ok(Running {
         xds_addr,
         api_addr,
+        webhook_addr,
         token,
         policies,
         tracker,

@@ -34,9 +34,9 @@ pub mod ads;
 
 pub use load::{load_dir, load_file, load_str};
 pub use policy::{
-    Backoff, CircuitBreaker, Endpoint, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata, MtlsMode,
-    OutlierDetection, PolicySet, Protocol, Retries, RetryBudget, RetryOn, Route, RouteMatch, Service, ServiceSpec,
-    SplitEntry, StateMachine, TrafficPolicy, TrafficPolicySpec,
+    Backoff, BreakerScope, CircuitBreaker, Endpoint, Fallback, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata,
+    MtlsMode, OutlierDetection, PolicySet, Protocol, Retries, RetryBudget, RetryOn, Route, RouteMatch, Service,
+    ServiceSpec, SplitEntry, StateMachine, TrafficPolicy, TrafficPolicySpec,
 };
 pub use translate::{Resources, translate};
 pub use validate::{PolicyError, PolicyErrors};

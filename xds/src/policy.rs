@@ -16,8 +16,8 @@ mod telemetry;
 
 pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzSource};
 pub use resilience::{
-    Backoff, CircuitBreaker, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries, RetryBudget, RetryOn,
-    StateMachine,
+    Backoff, BreakerScope, CircuitBreaker, Fallback, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries,
+    RetryBudget, RetryOn, StateMachine,
 };
 pub use telemetry::{Telemetry, TelemetrySpec, TracingSpec};
 
