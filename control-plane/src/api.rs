@@ -10,7 +10,7 @@
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
 //! | `POST /v1/tokens` | a join token for `{namespace, serviceAccount, ttl?, singleUse?}` (API token) |
-//! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`) or renewal proof → certificate chain |
+//! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`), service-account token (`Bearer <JWT>`, `--kubernetes`) or renewal proof → certificate chain |
 //! | `GET /metrics` | the control plane's own metrics |
 //!
 //! Writes need `Authorization: Bearer TOKEN`; `If-Match: VERSION` makes a write conditional
@@ -33,6 +33,7 @@ use crate::ca::issuance::Issuance;
 use crate::ca::serving;
 use crate::ca::tokens::JoinTokens;
 use crate::endpoints::Registry;
+use crate::kubernetes::Cluster;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::policies::{Policies, WriteError, canonical_kind};
 use crate::snapshot::Snapshot;
@@ -60,6 +61,10 @@ pub struct ApiState {
     pub issuance: Issuance,
     /// Join tokens, for `/v1/tokens`.
     pub tokens: Arc<JoinTokens>,
+    /// With `--kubernetes`: the cluster holds the policies, and policy writes are refused.
+    pub kubernetes: Option<Arc<Cluster>>,
+    /// With `--kubernetes`: reviews service-account tokens for `/v1/certificates`.
+    pub service_accounts: Option<crate::ca::service_accounts::Reviewer>,
 }
 
 /// Serve until the task is dropped; over TLS when `tls` is given.
@@ -173,6 +178,9 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["v1", "tokens"]) => ca::create_token(state, req).await,
         (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,
         (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => get_policies(state, rest).await,
+        (&Method::PUT | &Method::POST | &Method::DELETE, ["v1", "policies", ..]) if state.kubernetes.is_some() => {
+            kubernetes_owns_policies()
+        }
         (&Method::PUT | &Method::POST, ["v1", "policies"]) => write(state, req, false).await,
         (&Method::POST, ["v1", "validate"]) => write(state, req, true).await,
         (&Method::DELETE, ["v1", "policies", kind, name]) => {
@@ -277,6 +285,20 @@ async fn delete(state: &ApiState, req: Request<Incoming>, kind: &str, name: &str
         }
         Err(e) => write_error(state, e, false),
     }
+}
+
+/// 405 in Kubernetes mode: the cluster is the one source of truth, so the API does not keep a
+/// second copy; the same documents are applied with kubectl.
+fn kubernetes_owns_policies() -> Response<Body> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this control plane runs with --kubernetes: policies are outrider.io/v1 objects in the cluster; \
+         write them with kubectl apply -f FILE (the same documents) or kubectl delete KIND NAME -n NAMESPACE",
+    );
+    if let Ok(v) = "GET".parse() {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
 }
 
 fn record(state: &ApiState, result: &'static str) {

@@ -3,7 +3,11 @@
 //! Exit codes: 0 ok, 1 runtime failure (server unreachable, conflict, server error), 2 bad
 //! usage or invalid input.
 
+/// `outrider check`.
+pub mod check;
 pub mod client;
+/// `outrider inject`.
+pub mod inject;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

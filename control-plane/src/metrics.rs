@@ -39,6 +39,9 @@ pub struct Metrics {
     pub policy_writes: Family<ResultLabels, Counter>,
     pub ca_issued: Counter,
     pub ca_issue_errors: Family<ReasonLabels, Counter>,
+    /// Pods reviewed by the injection webhook, by result (`injected`, `skipped`, `refused`,
+    /// `ignored`).
+    pub injections: Family<ResultLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +82,12 @@ impl Metrics {
             "Certificate requests refused or failed, by reason",
             ca_issue_errors.clone(),
         );
+        let injections = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "injections",
+            "Pods reviewed by the sidecar injection webhook, by result (injected, skipped, refused, ignored)",
+            injections.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             connected_proxies,
@@ -88,6 +97,7 @@ impl Metrics {
             policy_writes,
             ca_issued,
             ca_issue_errors,
+            injections,
         }
     }
 

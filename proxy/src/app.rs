@@ -207,7 +207,7 @@ impl App {
             (Some(settings), Some(x)) => {
                 let ca = match &config.identity {
                     Some(id) => Some(
-                        crate::mesh::CaClient::new(id.ca.clone(), id.ca_root.as_deref())
+                        crate::mesh::CaClient::new(id.ca.clone(), id.ca_root.as_ref())
                             .map_err(|e| AppError::Node(e.to_string()))?,
                     ),
                     None => None,

@@ -157,8 +157,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "OUTRIDER_CA_ADDRESS")]
     pub ca_address: Option<String>,
     /// PEM roots that verify an https --ca-address (e.g. the control plane's DATA_DIR/root.pem).
-    #[arg(long, env = "OUTRIDER_CA_ROOT")]
+    #[arg(long, env = "OUTRIDER_CA_ROOT", conflicts_with = "ca_root_pem")]
     pub ca_root: Option<PathBuf>,
+    /// The same roots as PEM text rather than a file (what the Kubernetes injector sets).
+    #[arg(long, env = "OUTRIDER_CA_ROOT_PEM", hide_env_values = true)]
+    pub ca_root_pem: Option<String>,
     /// Label of the registered workload, KEY=VALUE (repeatable, or comma-separated).
     #[arg(long = "label", env = "OUTRIDER_LABEL", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -328,9 +331,13 @@ impl ProxyArgs {
             ));
         }
         let identity = match &self.identity_token {
-            None if self.service_account.is_some() || self.ca_address.is_some() || self.ca_root.is_some() => {
+            None if self.service_account.is_some()
+                || self.ca_address.is_some()
+                || self.ca_root.is_some()
+                || self.ca_root_pem.is_some() =>
+            {
                 return Err(ConfigError::Invalid(
-                    "--service-account / --ca-address / --ca-root",
+                    "--service-account / --ca-address / --ca-root / --ca-root-pem",
                     "they only make sense with --identity-token FILE",
                 ));
             }
@@ -365,7 +372,11 @@ impl ProxyArgs {
                     token_file: token_file.clone(),
                     namespace: self.namespace.clone(),
                     service_account,
-                    ca_root: self.ca_root.clone(),
+                    ca_root: match (&self.ca_root, &self.ca_root_pem) {
+                        (Some(file), _) => Some(crate::mesh::CaRoots::File(file.clone())),
+                        (None, Some(pem)) => Some(crate::mesh::CaRoots::Pem(pem.clone())),
+                        (None, None) => None,
+                    },
                 })
             }
         };

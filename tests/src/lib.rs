@@ -26,6 +26,9 @@ pub mod h2spec;
 pub mod harness;
 /// A real etcd + kube-apiserver on loopback (the Kubernetes test bed).
 pub mod kube;
+/// The control plane's Kubernetes mode on the test API server: replicas, CRDs, sidecars, and a
+/// balancer standing for the replicas' Service.
+pub mod kube_mesh;
 /// Meshed sidecars with workload identities (mTLS).
 pub mod mesh;
 /// Throw-away network namespaces (interception tests).

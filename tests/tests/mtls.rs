@@ -575,7 +575,7 @@ async fn the_ca_and_xds_over_tls_authenticate_the_sidecar() {
         c.xds.as_mut().unwrap().address = format!("https://{xds}");
         let id = c.identity.as_mut().unwrap();
         id.ca = format!("https://{api}").parse().unwrap();
-        id.ca_root = Some(root.clone());
+        id.ca_root = Some(outrider_proxy::mesh::CaRoots::File(root.clone()));
     })
     .await;
     let status = https_get(api, &root, "/v1/status").await;
