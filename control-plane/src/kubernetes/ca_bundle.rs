@@ -52,7 +52,7 @@ pub fn patch_for(configuration: &Value, bundle_b64: &str) -> Option<Value> {
         ops.push(json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}));
         ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle_b64}));
     }
-    (!ops.is_empty()).then(|| Value::Array(ops))
+    (!ops.is_empty()).then_some(Value::Array(ops))
 }
 
 /// Keeps one configuration's `caBundle` equal to what `bundle` returns (PEM).

@@ -45,7 +45,7 @@ impl ApiServerReviewer {
             return Err(rejected(reason));
         }
         // The API server answers with the audiences the token is valid for among those asked.
-        if !status.audiences.as_ref().is_some_and(|a| a.iter().any(|a| *a == self.audience)) {
+        if !status.audiences.as_ref().is_some_and(|a| a.contains(&self.audience)) {
             return Err(rejected("the token is not for this audience".into()));
         }
         let username = status.user.and_then(|u| u.username).unwrap_or_default();
