@@ -97,6 +97,23 @@ impl ServerConfig {
     }
 }
 
+/// The default `--data-dir`: `$XDG_STATE_HOME/outrider`, else `~/.local/state/outrider` (the
+/// XDG base directory rule for state; relative values are ignored, as the rule says); `None`
+/// when neither variable gives an absolute path.
+pub fn default_data_dir() -> Option<PathBuf> {
+    let absolute = |name: &str| std::env::var_os(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    let state =
+        absolute("XDG_STATE_HOME").or_else(|| absolute("HOME").map(|home| home.join(".local").join("state")))?;
+    Some(state.join("outrider"))
+}
+
+/// The git checkout (a directory with a `.git` entry) that `dir` is in, if any: a data dir
+/// there would put a CA key one `git add .` away from a repository.
+pub fn git_checkout_containing(dir: &std::path::Path) -> Option<PathBuf> {
+    let absolute = if dir.is_absolute() { dir.to_path_buf() } else { std::env::current_dir().ok()?.join(dir) };
+    absolute.ancestors().find(|a| a.join(".git").exists()).map(std::path::Path::to_path_buf)
+}
+
 /// Default for [`ServerConfig::trust_domain`].
 pub const DEFAULT_TRUST_DOMAIN: &str = "outrider.local";
 
@@ -261,6 +278,10 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
+    // The ports first: a start that fails on a busy port leaves nothing behind (no data dir, CA
+    // or token created for a control plane that never ran).
+    let xds_l = bind("xDS", config.xds)?;
+    let api_l = bind("API", config.api)?;
     let kube = match &config.kubernetes {
         Some(settings) => Some(runtime.block_on(Kube::connect(settings))?),
         None => None,
@@ -325,8 +346,6 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         None => policies.subscribe(),
     };
     let token = token(&config)?;
-    let xds_l = bind("xDS", config.xds)?;
-    let api_l = bind("API", config.api)?;
     let xds_addr = xds_l.local_addr().unwrap_or(config.xds);
     let api_addr = api_l.local_addr().unwrap_or(config.api);
     let webhook_l = webhook_listen.map(|addr| bind("webhook", addr)).transpose()?;
