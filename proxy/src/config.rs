@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// The environment variable `--label` was read from before it followed the `OUTRIDER_<FLAG>`
 /// rule; still read when `OUTRIDER_LABEL` is not set.
-pub const LEGACY_LABELS_ENV: &str = "OUTRIDER_LABELS";
+pub const LEGACY_LABELS_ENV: &str = "OUTRIDER_LABEL";
 
 #[derive(Debug, Parser)]
 #[command(

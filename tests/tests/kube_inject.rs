@@ -182,7 +182,7 @@ async fn a_pod_in_a_labelled_namespace_comes_back_injected_and_an_opted_out_or_u
     assert_eq!(env(proxy, "OUTRIDER_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
     assert_eq!(env(proxy, "OUTRIDER_SERVICE_ACCOUNT")["valueFrom"]["fieldRef"]["fieldPath"], "spec.serviceAccountName");
     assert_eq!(env(proxy, "OUTRIDER_SERVICE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.labels['app']");
-    assert_eq!(env(proxy, "OUTRIDER_LABELS")["value"], "app=$(OUTRIDER_LABEL_0),version=$(OUTRIDER_LABEL_1)");
+    assert_eq!(env(proxy, "OUTRIDER_LABEL")["value"], "app=$(OUTRIDER_LABEL_0),version=$(OUTRIDER_LABEL_1)");
     // It trusts the mesh's root and proves its identity with a token of the mesh's audience.
     assert_eq!(env(proxy, "OUTRIDER_CA_ROOT_PEM")["value"], mesh.cp.ca.root_pem());
     let volume = created["spec"]["volumes"]

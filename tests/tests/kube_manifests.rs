@@ -173,3 +173,18 @@ fn what_outrider_inject_writes_validates() {
     assert_eq!(docs[1]["kind"], "Service", "passed through");
     validate(&tool, &dir.write("injected.yaml", &out));
 }
+
+#[test]
+fn the_charts_crds_are_the_generated_ones() {
+    let generated = std::fs::read_to_string(manifests().join("crds.yaml")).unwrap();
+    let chart = std::fs::read_to_string(chart().join("crds/crds.yaml")).unwrap();
+    assert!(
+        generated == chart,
+        "deploy/helm/outrider/crds/crds.yaml differs from deploy/kubernetes/crds.yaml: copy it over"
+    );
+    assert_eq!(
+        generated,
+        outrider_control_plane::kubernetes::crds::manifests(),
+        "deploy/kubernetes/crds.yaml is stale"
+    );
+}

@@ -161,7 +161,7 @@ pub(super) fn proxy_container(config: &InjectConfig, pod: &PodInfo) -> Value {
             env.push(field_env(&var, &label_path(key)));
             labels.push(format!("{key}=$({var})"));
         }
-        env.push(value_env("OUTRIDER_LABELS", labels.join(",")));
+        env.push(value_env("OUTRIDER_LABEL", labels.join(",")));
     }
     env.extend([
         value_env("OUTRIDER_XDS_ADDRESS", config.xds_address.clone()),

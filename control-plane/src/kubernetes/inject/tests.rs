@@ -75,7 +75,7 @@ fn adds_the_redirection_then_the_proxy_as_a_native_sidecar_before_the_pods_own_i
     assert_eq!(env(proxy, "OUTRIDER_SERVICE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.labels['app']");
     assert_eq!(env(proxy, "OUTRIDER_LABEL_0")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.labels['app']");
     assert_eq!(env(proxy, "OUTRIDER_LABEL_1")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.labels['version']");
-    assert_eq!(env(proxy, "OUTRIDER_LABELS")["value"], "app=$(OUTRIDER_LABEL_0),version=$(OUTRIDER_LABEL_1)");
+    assert_eq!(env(proxy, "OUTRIDER_LABEL")["value"], "app=$(OUTRIDER_LABEL_0),version=$(OUTRIDER_LABEL_1)");
     assert_eq!(env(proxy, "OUTRIDER_XDS_ADDRESS")["value"], defaults::XDS_ADDRESS);
     assert_eq!(env(proxy, "OUTRIDER_CA_ROOT_PEM")["value"], ROOT);
     assert_eq!(env(proxy, "OUTRIDER_IDENTITY_TOKEN")["value"], format!("{TOKEN_DIR}/token"));
@@ -149,7 +149,7 @@ fn a_pod_without_labels_annotations_or_volumes_gets_them() {
     assert_eq!(p["spec"]["volumes"].as_array().unwrap().len(), 1);
     let proxy = &p["spec"]["initContainers"][1];
     let names: Vec<&str> = proxy["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
-    assert!(!names.contains(&"OUTRIDER_SERVICE") && !names.contains(&"OUTRIDER_LABELS"), "{names:?}");
+    assert!(!names.contains(&"OUTRIDER_SERVICE") && !names.contains(&"OUTRIDER_LABEL"), "{names:?}");
 
     // null lists (as some generators write them) are replaced, not an error.
     let mut p = json!({"metadata": {"annotations": null}, "spec": {"containers": [{"name": "app"}],
