@@ -286,10 +286,6 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
-    // The ports first: a start that fails on a busy port leaves nothing behind (no data dir, CA
-    // or token created for a control plane that never ran).
-    let xds_l = bind("xDS", config.xds)?;
-    let api_l = bind("API", config.api)?;
     let kube = match &config.kubernetes {
         Some(settings) => Some(runtime.block_on(Kube::connect(settings))?),
         None => None,

@@ -497,7 +497,7 @@ mod tests {
         let mut h = tracker.connect("delta", &Metrics::new(), registry);
         let peer =
             PeerIdentity(outrider_proxy::tls::Identity::parse("spiffe://t/ns/outrider-system/sa/node-a").unwrap());
-        h.authenticated(Some(&peer));
+        h.authenticated(crate::xds::auth::StreamAuth::Certificate(peer), false);
         h
     }
 
