@@ -446,6 +446,9 @@ fn start_mesh(cfg: &Config<'_>, up: &Upstream) -> Result<Mesh> {
         "1".into(),
         "--log-format".into(),
         "text".into(),
+        // The plaintext pair (the baseline the mTLS pair is compared with) has no workload
+        // identity, and only authenticated streams register endpoints otherwise.
+        "--insecure-registration".into(),
     ]);
     let mut cmd = peers::pinned(s.load_core, cfg.control_plane, &args);
     cmd.env("RUST_LOG", "warn");

@@ -69,7 +69,7 @@ pub const VERSION: &str = "v1";
 pub mod defaults {
     use std::time::Duration;
 
-    /// The control plane's namespace when neither `--namespace` nor `POD_NAMESPACE` says.
+    /// The control plane's namespace when neither `--namespace` nor `OUTRIDER_NAMESPACE` (the downward API in the manifests) says.
     pub const NAMESPACE: &str = "outrider-system";
     /// The DNS suffix of Services (`NAME.NS.svc.cluster.local`).
     pub const CLUSTER_DOMAIN: &str = "cluster.local";

@@ -224,13 +224,13 @@ struct ServeArgs {
     #[arg(long, env = "OUTRIDER_KUBE_CONTEXT", requires = "kubernetes")]
     kube_context: Option<String>,
     /// The control plane's namespace (its CA Secret, Lease, mesh-wide Telemetry).
-    #[arg(long, env = "POD_NAMESPACE", default_value = outrider_control_plane::kubernetes::defaults::NAMESPACE)]
+    #[arg(long, env = "OUTRIDER_NAMESPACE", default_value = outrider_control_plane::kubernetes::defaults::NAMESPACE)]
     namespace: String,
     /// DNS suffix of the cluster's Services.
     #[arg(long, env = "OUTRIDER_CLUSTER_DOMAIN", default_value = outrider_control_plane::kubernetes::defaults::CLUSTER_DOMAIN)]
     cluster_domain: String,
     /// This replica's name in the leader-election Lease (default: host name and process id).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "OUTRIDER_REPLICA_NAME")]
     replica_name: Option<String>,
     /// With --kubernetes: the injection webhook's port (TLS, path /inject); 0 for none.
     #[arg(long, env = "OUTRIDER_WEBHOOK_PORT", default_value_t = outrider_control_plane::kubernetes::webhook::DEFAULT_PORT)]
