@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use outrider_tests::binary::run_to_exit_after;
+use outrider_tests::client;
 use outrider_tests::control_plane::outrider_bin;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -108,8 +109,11 @@ async fn keep_running_holds_the_mesh_until_ctrl_c() {
     assert!(out.status.success(), "{status}: {:?}\n{text}", out.status);
     assert!(text.contains("frontend"), "{status} lists the demo's proxies:\n{text}");
     let url = clusters.unwrap().split_whitespace().last().unwrap().to_owned();
-    let reply = reqwest_get(&url).await;
-    assert!(reply.contains("reviews"), "{url}: {reply}");
+    let admin: std::net::SocketAddr =
+        url.trim_start_matches("http://").split('/').next().unwrap().parse().expect("an address");
+    let reply = client::send(&client::http1(admin), client::get(&url)).await;
+    reply.assert_status(200);
+    assert!(reply.text().contains("reviews"), "{url}: {}", reply.text());
 
     // Ctrl-C ends it.
     let pid = child.id().expect("running").to_string();
@@ -144,19 +148,4 @@ async fn run_to_line(
         Ok(Some(line)) => line,
         _ => panic!("no such line within {limit:?}; the demo printed:\n{}", seen.join("\n")),
     }
-}
-
-/// GET `url` (plain HTTP on loopback) and return the body.
-async fn reqwest_get(url: &str) -> String {
-    let url = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = url.split_once('/').expect("a path");
-    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
-    let mut body = String::new();
-    outrider_tests::wait::within("the answer", stream.read_to_string(&mut body)).await.expect("read");
-    body
 }
