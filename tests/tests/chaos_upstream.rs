@@ -219,6 +219,11 @@ async fn broken_chunked_encoding_from_the_upstream_is_an_error_for_the_client() 
         match send_lenient(&c, client::get("http://broken:8080/x")).await {
             Ok((200, body)) => assert!(body.is_err(), "{version}: a broken chunked body ended cleanly: {body:?}"),
             Ok((502, Ok(_))) => {}
+            // Over h2 the proxy resets the stream when the upstream body breaks; if the reset
+            // overtakes the response HEADERS still queued for the stream (h2 drops a reset
+            // stream's queued frames), the client sees the reset instead of the head: still an
+            // error, never a clean answer.
+            Err(e) if version == "h2" && e.contains("Reset(") => {}
             other => panic!("{version}: unexpected outcome {other:?}"),
         }
     }
