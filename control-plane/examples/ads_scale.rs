@@ -287,7 +287,8 @@ mod kube_mode {
     fn start_replica(bin: &std::path::Path, kubeconfig: &std::path::Path, i: usize) -> Replica {
         let data = std::env::temp_dir().join(format!("outrider-ads-scale-{}-{i}", std::process::id()));
         let mut child = Command::new(bin)
-            .args(["control-plane", "--kubernetes", "--xds-port", "0", "--api-port", "0", "--workers", "1"])
+            .args(["control-plane", "--kubernetes", "--xds-port", "0", "--api-port", "0", "--webhook-port", "0"])
+            .args(["--workers", "1"])
             .args(["--namespace", SYSTEM, "--replica-name", &format!("cp-{i}")])
             .arg("--kubeconfig")
             .arg(kubeconfig)

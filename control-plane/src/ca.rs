@@ -278,6 +278,20 @@ impl Ca {
         write_atomic(&self.data_dir.join(BUNDLE_FILE), extra.concat().as_bytes(), 0o644)
     }
 
+    /// Trusts exactly the roots of `pem` besides the signing root (persisted): those no longer
+    /// in it are dropped. The Kubernetes mode's CA Secret (`ca.crt`) is the source of truth.
+    pub fn set_trusted_roots(&self, pem: &str) -> Result<(), CaError> {
+        let mut wanted: Vec<String> = Vec::new();
+        for cert in split_pem_certs(pem)? {
+            if normalize(&cert) != normalize(&self.root_pem) && !wanted.iter().any(|r| normalize(r) == normalize(&cert)) {
+                wanted.push(cert);
+            }
+        }
+        let mut extra = self.extra_roots.write();
+        *extra = wanted;
+        write_atomic(&self.data_dir.join(BUNDLE_FILE), extra.concat().as_bytes(), 0o644)
+    }
+
     /// Stops trusting `pem` (the old root, once its certificates have expired).
     pub fn remove_trusted_root(&self, pem: &str) -> Result<(), CaError> {
         if normalize(pem) == normalize(&self.root_pem) {

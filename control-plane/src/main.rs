@@ -432,7 +432,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     }
     tracing::info!("stopping");
-    running.kill();
+    // The leader Lease (Kubernetes mode) is released first, so another replica takes over at once.
+    running.shutdown();
     ExitCode::SUCCESS
 }
 

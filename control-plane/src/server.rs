@@ -174,7 +174,20 @@ impl StartError {
     }
 }
 
-/// A running control plane; stopped (abruptly) on drop or [`Running::kill`].
+/// How the control plane stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// As if the process died: nothing is released.
+    Kill,
+    /// SIGTERM: the leader Lease is released first (Kubernetes mode), then everything stops.
+    Graceful,
+}
+
+/// How long a graceful stop waits for the API server to take the released Lease.
+const RELEASE_WITHIN: Duration = Duration::from_secs(5);
+
+/// A running control plane; stopped (abruptly) on drop or [`Running::kill`], gracefully by
+/// [`Running::shutdown`].
 #[derive(Debug)]
 pub struct Running {
     pub xds_addr: SocketAddr,
@@ -190,14 +203,20 @@ pub struct Running {
     pub tls: bool,
     /// The Kubernetes mode's state, with `--kubernetes`.
     pub kubernetes: Option<Arc<Cluster>>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<oneshot::Sender<Stop>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stop at once: every stream and connection is dropped, as if the process died.
     pub fn kill(mut self) {
-        self.stop_now();
+        self.stop_now(Stop::Kill);
+    }
+
+    /// Stop as on SIGTERM: in Kubernetes mode the leader Lease is released first (bounded by a
+    /// few seconds), so another replica takes over at once; then everything stops.
+    pub fn shutdown(mut self) {
+        self.stop_now(Stop::Graceful);
     }
 
     /// Block until the control plane stops (it only stops when killed).
@@ -207,9 +226,9 @@ impl Running {
         }
     }
 
-    fn stop_now(&mut self) {
+    fn stop_now(&mut self, how: Stop) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(how);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -219,7 +238,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.stop_now();
+        self.stop_now(Stop::Kill);
     }
 }
 
@@ -300,7 +319,13 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
             let trust_domain = TrustDomain::new(&config.trust_domain)?;
             let root = runtime.block_on(ca_secret::root(kube, &trust_domain))?;
             let origin = ca_secret::origin(&kube.namespace);
-            open_ca_with(&config, RootSource::Pem { cert: root.cert, key: root.key, origin })?
+            let ca = open_ca_with(&config, RootSource::Pem { cert: root.cert, key: root.key, origin })?;
+            // The Secret's ca.crt (old roots during a rotation) is what is trusted besides it.
+            ca.set_trusted_roots(&root.trusted).map_err(|e| KubeError::CaSecret {
+                namespace: kube.namespace.clone(),
+                reason: format!("ca.crt: {e}"),
+            })?;
+            ca
         }
         None => open_ca(&config)?,
     };
@@ -401,7 +426,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
         .with_service_namespaces(Arc::new(SetNamespaces(sets.clone())))
         .with_authenticator(auth);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
     let p = policies.clone();
     let tls = config.tls;
     let keeper_cluster = cluster.clone();
@@ -437,7 +462,11 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                             let keeper = Arc::new(keeper);
                             c.leadership().spawn_while_leader("webhook caBundle", move || keeper.clone().run());
                         }
-                        let _ = stop_rx.await;
+                        if stop_rx.await == Ok(Stop::Graceful)
+                            && let Some(c) = &keeper_cluster
+                        {
+                            c.leadership().release(RELEASE_WITHIN).await;
+                        }
                     }
                     (Err(e), _) | (_, Err(e)) => {
                         tracing::error!(error = %e, "cannot register the listeners");

@@ -77,23 +77,8 @@ async fn install_with(api: &ApiServer, adjust: impl FnOnce(&mut ServerConfig)) -
             }
         }
     }
-    // Least privilege, for real: the control plane runs with its service account's RBAC only.
-    let token = api.service_account_token(NS, "outrider-control-plane", SA_ISSUER).await;
-    let kubeconfig = api.kubeconfig_with_token("outrider-control-plane", &token);
     let dir = TempDir::new("kube-inject");
-    let mut kube = KubeSettings::new();
-    kube.kubeconfig = Some(kubeconfig);
-    kube.namespace = NS.to_owned();
-    let config = ServerConfig {
-        kubernetes: Some(kube),
-        webhook: WebhookSettings {
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            inject: InjectConfig::new(""),
-            configuration: Some(CONFIGURATION.to_owned()),
-        },
-        ..ServerConfig::local(dir.path().join("data"))
-    };
-    let mut config = config;
+    let mut config = cp_config(api, &dir).await;
     adjust(&mut config);
     let cp =
         tokio::task::spawn_blocking(move || server::start(config)).await.unwrap().expect("the control plane starts");
@@ -119,6 +104,25 @@ async fn install_with(api: &ApiServer, adjust: impl FnOnce(&mut ServerConfig)) -
     })
     .await;
     Mesh { cp, _dir: dir }
+}
+
+/// The control plane as the manifests run it: least privilege, for real (its service account's
+/// RBAC only), a webhook port, the webhook configuration's caBundle kept.
+async fn cp_config(api: &ApiServer, dir: &TempDir) -> ServerConfig {
+    let token = api.service_account_token(NS, "outrider-control-plane", SA_ISSUER).await;
+    let kubeconfig = api.kubeconfig_with_token("outrider-control-plane", &token);
+    let mut kube = KubeSettings::new();
+    kube.kubeconfig = Some(kubeconfig);
+    kube.namespace = NS.to_owned();
+    ServerConfig {
+        kubernetes: Some(kube),
+        webhook: WebhookSettings {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            inject: InjectConfig::new(""),
+            configuration: Some(CONFIGURATION.to_owned()),
+        },
+        ..ServerConfig::local(dir.path().join("data"))
+    }
 }
 
 async fn namespace(api: &ApiServer, name: &str, inject: bool) {
@@ -559,4 +563,60 @@ async fn an_injected_pod_runs_as_its_spec_says_and_serves_through_its_sidecar() 
     drop(app);
     drop(sidecar);
     drop(mesh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_root_rotation_the_webhooks_ca_bundle_holds_the_new_and_the_old_root_and_pods_are_injected() {
+    let Some(api) = ApiServer::start().await else { return };
+    let mesh = install(&api).await;
+    let old_root = mesh.cp.ca.root_pem().to_owned();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    // The operator rotates the root (docs/kubernetes.md): the new root signs, the old one stays
+    // trusted through the Secret's ca.crt.
+    let (new_root, new_key) = outrider_control_plane::ca::generate_root_pem(mesh.cp.ca.trust_domain()).unwrap();
+    let secret_path = format!("/api/v1/namespaces/{NS}/secrets/outrider-ca");
+    let mut secret = api.get(&secret_path).await;
+    secret["data"] = json!({"tls.crt": b64(&new_root), "tls.key": b64(&new_key), "ca.crt": b64(&old_root)});
+    api.request(Method::PUT, &secret_path, Some(&secret)).await.unwrap().expect(200);
+
+    // A rolling restart: the old replica stops (releasing the Lease), a new one reads the Secret.
+    let Mesh { cp, _dir } = mesh;
+    tokio::task::spawn_blocking(move || cp.shutdown()).await.unwrap();
+    let dir = TempDir::new("kube-inject-rotated");
+    let config = cp_config(&api, &dir).await;
+    let cp = tokio::task::spawn_blocking(move || server::start(config)).await.unwrap().expect("the new replica starts");
+    assert_eq!(cp.ca.root_pem().trim(), new_root.trim(), "the new replica signs with the new root");
+    let bundle = cp.ca.trust_bundle();
+    assert_eq!(bundle.roots.len(), 2, "the new and the old root: {bundle:?}");
+    assert_eq!(bundle.roots[1].trim(), old_root.trim());
+
+    // The Service now routes to the new replica's webhook port.
+    let path = format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIGURATION}");
+    let url = format!("https://127.0.0.1:{}/inject", cp.webhook_addr.expect("a webhook port").port());
+    let patch = json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url}]);
+    api.request_as(Some(api.token()), Method::PATCH, &path, Some(&patch), "application/json-patch+json")
+        .await
+        .unwrap()
+        .expect(200);
+    // The new leader puts the new bundle in the caBundle…
+    let want = bundle.to_pem();
+    let api_ref = &api;
+    wait_until("the caBundle is the new and the old root", || {
+        let (want, path) = (want.clone(), path.clone());
+        async move {
+            let c = api_ref.get(&path).await;
+            let got = c["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap_or_default();
+            base64::engine::general_purpose::STANDARD.decode(got).is_ok_and(|b| b == want.as_bytes())
+        }
+    })
+    .await;
+    // …with which the API server verifies the webhook's new certificate: pods are injected, and
+    // their sidecars trust both roots.
+    namespace(&api, "shop", true).await;
+    service_account(&api, "shop", "reviews").await;
+    let created = api.create("/api/v1/namespaces/shop/pods", &pod("reviews-1", json!({}))).await;
+    let inits = created["spec"]["initContainers"].as_array().expect("init containers were added");
+    let proxy = inits.iter().find(|c| c["name"] == PROXY_CONTAINER).expect("the sidecar");
+    assert_eq!(env(proxy, "OUTRIDER_CA_ROOT_PEM")["value"], want.as_str());
 }

@@ -1,6 +1,7 @@
 //! Control plane replicas on one cluster (tests/src/kube.rs's real API server): the CA root
 //! Secret is created once when replicas start together, the Lease moves when its holder dies
-//! (and with it the status writes), and proxies spread over two replicas keep serving when one
+//! (and with it the status writes), a leader stopped by SIGTERM releases the Lease so the next
+//! replica takes it at once, and proxies spread over two replicas keep serving when one
 //! of them is killed under load. Skips when the test bed's binaries are absent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -133,6 +134,66 @@ async fn leadership_moves_when_the_leader_dies_and_status_writes_follow() {
     let condition = accepted_condition(&api, &format!("{POLICIES}/after")).await;
     assert_eq!(condition["status"], "False", "{condition}");
     assert!(condition["message"].as_str().unwrap().contains("timeout"), "{condition}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_by_sigterm_releases_the_lease_and_the_next_replica_takes_it_at_once() {
+    let Some(api) = ApiServer::start().await else { return };
+    cluster(&api, &[]).await;
+    let lease_path = format!("/apis/coordination.k8s.io/v1/namespaces/{SYSTEM}/leases/outrider-control-plane");
+    // A Lease far longer than any wait of this test: the other replica can only lead because the
+    // stopping one released it, never because it expired.
+    let lease = Duration::from_secs(3600);
+    let dir = outrider_tests::harness::TempDir::new("outrider-kube-cp-bin");
+    let kubeconfig = api.kubeconfig();
+    let mut leader = tokio::process::Command::new(outrider_tests::control_plane::outrider_bin())
+        .args(["control-plane", "--kubernetes", "--xds-port", "0", "--api-port", "0", "--webhook-port", "0"])
+        .args(["--namespace", SYSTEM, "--replica-name", "cp-bin", "--lease-duration", "3600s", "--workers", "1"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        // Its logs (stdout) and anything else, read after it exits.
+        .stdout(std::fs::File::create(dir.path().join("out.log")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("err.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The binary is alone: it takes the Lease.
+    wait::wait_until("the binary replica to take the Lease", || async {
+        let Ok(r) = api.request(http::Method::GET, &lease_path, None).await else { return false };
+        r.body["spec"]["holderIdentity"] == "cp-bin"
+    })
+    .await;
+    let transitions = api.get(&lease_path).await["spec"]["leaseTransitions"].as_i64().unwrap_or(0);
+    let follower = Replica::start(&api, "cp-next", lease).await;
+    assert!(!follower.is_leader(), "the Lease is held: the new replica follows");
+
+    // SIGTERM (what the kubelet sends at a rolling update): the Lease is released on the way out.
+    let pid = leader.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = wait::within("the binary replica to exit", leader.wait()).await.unwrap();
+    let out = std::fs::read_to_string(dir.path().join("out.log")).unwrap()
+        + &std::fs::read_to_string(dir.path().join("err.log")).unwrap();
+    assert!(status.success(), "exit {status}: {out}");
+    assert!(out.contains("released the leader lease"), "{out}");
+    wait::wait_until("the next replica to take the released Lease", || async {
+        follower.is_leader() && api.get(&lease_path).await["spec"]["holderIdentity"] == "cp-next"
+    })
+    .await;
+    let after = api.get(&lease_path).await;
+    assert_eq!(after["spec"]["leaseTransitions"].as_i64().unwrap(), transitions + 1, "{after}");
+    // What must happen once moved with it: the new leader writes statuses.
+    apply(
+        &api,
+        POLICIES,
+        &json!({"apiVersion": "outrider.io/v1", "kind": "TrafficPolicy", "metadata": {"name": "after-release"},
+            "spec": {"service": "reviews", "timeout": "nonsense"}}),
+    )
+    .await;
+    let condition = accepted_condition(&api, &format!("{POLICIES}/after-release")).await;
+    assert_eq!(condition["status"], "False", "{condition}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

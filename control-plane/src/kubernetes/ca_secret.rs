@@ -6,6 +6,10 @@
 //! start at once the others get `AlreadyExists`, drop their own root and read the winner's.
 //! An operator who brings a root creates the Secret before installing (or mounts files and gives
 //! `--ca-cert` / `--ca-key`, which take precedence).
+//!
+//! The Secret's optional `ca.crt` holds roots trusted besides the signing one: during a root
+//! rotation the operator puts the new root in `tls.crt`/`tls.key` and the old one in `ca.crt`,
+//! then restarts the replicas (docs/kubernetes.md, "Rotating the CA root").
 
 use std::collections::BTreeMap;
 
@@ -22,6 +26,7 @@ use crate::ca::{TrustDomain, generate_root_pem};
 pub const CA_SECRET: &str = "outrider-ca";
 const CERT_KEY: &str = "tls.crt";
 const KEY_KEY: &str = "tls.key";
+const TRUSTED_KEY: &str = "ca.crt";
 
 /// The mesh's root as read from (or written to) the Secret.
 #[derive(Clone)]
@@ -30,6 +35,8 @@ pub struct Root {
     pub cert: String,
     /// Its PKCS#8 key, PEM.
     pub key: String,
+    /// Roots trusted besides it (the Secret's `ca.crt`, PEM; empty when absent).
+    pub trusted: String,
     /// Whether this replica created the Secret.
     pub created: bool,
 }
@@ -59,8 +66,8 @@ pub async fn root(kube: &Kube, trust_domain: &TrustDomain) -> Result<Root, KubeE
         }
     };
     if let Some(secret) = api.get_opt(CA_SECRET).await.map_err(failed("get"))? {
-        let (cert, key) = read(&secret, &kube.namespace)?;
-        return Ok(Root { cert, key, created: false });
+        let (cert, key, trusted) = read(&secret, &kube.namespace)?;
+        return Ok(Root { cert, key, trusted, created: false });
     }
     let (cert, key) = generate_root_pem(trust_domain).map_err(|e| KubeError::CaSecret {
         namespace: kube.namespace.clone(),
@@ -82,29 +89,33 @@ pub async fn root(kube: &Kube, trust_domain: &TrustDomain) -> Result<Root, KubeE
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => {
             tracing::info!(namespace = %kube.namespace, secret = CA_SECRET, "created the mesh CA root Secret");
-            Ok(Root { cert, key, created: true })
+            Ok(Root { cert, key, trusted: String::new(), created: true })
         }
         Err(kube::Error::Api(status)) if status.is_already_exists() => {
             // Another replica won the race: its root is the mesh's, ours is dropped unused.
             tracing::info!(namespace = %kube.namespace, secret = CA_SECRET, "another replica created the CA root Secret first; using it");
             let secret = api.get(CA_SECRET).await.map_err(failed("get"))?;
-            let (cert, key) = read(&secret, &kube.namespace)?;
-            Ok(Root { cert, key, created: false })
+            let (cert, key, trusted) = read(&secret, &kube.namespace)?;
+            Ok(Root { cert, key, trusted, created: false })
         }
         Err(e) => Err(failed("create")(e)),
     }
 }
 
-fn read(secret: &Secret, namespace: &str) -> Result<(String, String), KubeError> {
-    let field = |name: &str| -> Result<String, KubeError> {
-        let bytes = secret.data.as_ref().and_then(|d| d.get(name)).ok_or_else(|| KubeError::CaSecret {
-            namespace: namespace.to_owned(),
-            reason: format!("Secret {CA_SECRET} has no {name}"),
-        })?;
-        String::from_utf8(bytes.0.clone()).map_err(|_| KubeError::CaSecret {
+/// `tls.crt`, `tls.key` and `ca.crt` (empty when absent).
+fn read(secret: &Secret, namespace: &str) -> Result<(String, String, String), KubeError> {
+    let optional = |name: &str| -> Result<Option<String>, KubeError> {
+        let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(name)) else { return Ok(None) };
+        String::from_utf8(bytes.0.clone()).map(Some).map_err(|_| KubeError::CaSecret {
             namespace: namespace.to_owned(),
             reason: format!("{name} of Secret {CA_SECRET} is not PEM text"),
         })
     };
-    Ok((field(CERT_KEY)?, field(KEY_KEY)?))
+    let field = |name: &str| -> Result<String, KubeError> {
+        optional(name)?.ok_or_else(|| KubeError::CaSecret {
+            namespace: namespace.to_owned(),
+            reason: format!("Secret {CA_SECRET} has no {name}"),
+        })
+    };
+    Ok((field(CERT_KEY)?, field(KEY_KEY)?, optional(TRUSTED_KEY)?.unwrap_or_default()))
 }

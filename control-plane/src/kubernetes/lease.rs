@@ -10,12 +10,17 @@
 //!   [`LeaseSettings::renew_deadline`] (shorter than the duration) it stops leading before anyone
 //!   else may start.
 //! - A replica that dies is replaced after at most the lease duration.
+//! - A replica that stops (SIGTERM: a rolling update, a scale-down) releases the Lease first
+//!   ([`Leadership::release`]: stops leading, then writes an empty holder), as client-go's
+//!   `ReleaseOnCancel` does, so another replica takes it at its next try
+//!   ([`LeaseSettings::retry`], at most [`MAX_RETRY`]) instead of after the lease duration.
 //!
 //! What must happen once (status writes; the injection webhook's `caBundle`) runs under
 //! [`Leadership::spawn_while_leader`]: started when this replica becomes the leader, stopped when
 //! it stops being it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -30,6 +35,10 @@ use super::Kube;
 
 /// The Lease's name.
 pub const LEASE_NAME: &str = "outrider-control-plane";
+
+/// The longest a follower waits between tries (client-go's default retry period): a released
+/// Lease is taken this soon whatever the lease duration.
+pub const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// Timing of the election; defaults in [`super::defaults`].
 #[derive(Clone, Debug)]
@@ -52,15 +61,15 @@ impl Default for LeaseSettings {
 }
 
 impl LeaseSettings {
-    /// Renew at a third of `duration`, give up leading at two thirds, followers retry at a
-    /// third (client-go's proportions).
+    /// Renew at a third of `duration`, give up leading at two thirds (client-go's
+    /// proportions), followers retry at a third but at least every [`MAX_RETRY`].
     pub fn with_duration(duration: Duration) -> Self {
         Self {
             name: LEASE_NAME.to_owned(),
             duration,
             renew: duration / 3,
             renew_deadline: duration * 2 / 3,
-            retry: duration / 3,
+            retry: (duration / 3).min(MAX_RETRY),
         }
     }
 }
@@ -69,20 +78,42 @@ impl LeaseSettings {
 #[derive(Clone, Debug)]
 pub struct Leadership {
     leading: watch::Receiver<bool>,
+    /// Set to ask the election to stop (and release the Lease if held).
+    stop: Arc<watch::Sender<bool>>,
+    /// Set by the election once it has stopped.
+    stopped: watch::Receiver<bool>,
 }
 
 impl Leadership {
     /// Start electing (the task lives on the current runtime until it is dropped).
     pub fn start(kube: &Kube, settings: LeaseSettings) -> Self {
         let (tx, rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let (stopped_tx, stopped) = watch::channel(false);
         let api: Api<Lease> = Api::namespaced(kube.client.clone(), &kube.namespace);
-        tokio::spawn(elect(api, kube.identity.clone(), settings, tx));
-        Self { leading: rx }
+        let identity = kube.identity.clone();
+        tokio::spawn(async move {
+            elect(api, identity, settings, tx, stop_rx).await;
+            let _ = stopped_tx.send(true);
+        });
+        Self { leading: rx, stop: Arc::new(stop), stopped }
     }
 
     /// A replica that never leads (elections off).
     pub fn never() -> Self {
-        Self { leading: watch::channel(false).1 }
+        Self { leading: watch::channel(false).1, stop: Arc::new(watch::channel(false).0), stopped: watch::channel(true).1 }
+    }
+
+    /// Stop electing: stop leading (the leader-only tasks stop), and when this replica holds the
+    /// Lease, give it up (an empty holder) so that another replica takes it at once. Returns when
+    /// done, or after `within` (an API server that does not answer: the Lease then expires as if
+    /// this replica had died).
+    pub async fn release(&self, within: Duration) {
+        let _ = self.stop.send(true);
+        let mut stopped = self.stopped.clone();
+        if tokio::time::timeout(within, stopped.wait_for(|s| *s)).await.is_err() {
+            tracing::warn!("could not release the leader lease in time: it expires instead");
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -133,10 +164,16 @@ struct Observed {
     at: Instant,
 }
 
-async fn elect(api: Api<Lease>, identity: String, settings: LeaseSettings, leading: watch::Sender<bool>) {
+async fn elect(
+    api: Api<Lease>,
+    identity: String,
+    settings: LeaseSettings,
+    leading: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut observed = Observed { resource_version: None, at: Instant::now() };
     let mut last_renewal: Option<Instant> = None;
-    loop {
+    while !*stop.borrow() {
         // A round that hangs (an API server that accepts and never answers) must not keep a
         // leader leading past its deadline: it counts as a failed round.
         let round =
@@ -168,7 +205,40 @@ async fn elect(api: Api<Lease>, identity: String, settings: LeaseSettings, leadi
             }
         }
         let pause = if *leading.borrow() { settings.renew } else { settings.retry };
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            // (A dropped `Leadership` disables this branch: the election goes on.)
+            Ok(_) = stop.wait_for(|s| *s) => {}
+        }
+    }
+    // Stopping: the leader-only tasks stop before anyone else may start theirs.
+    let was_leading = leading.send_if_modified(|l| std::mem::replace(l, false));
+    if was_leading || last_renewal.is_some() {
+        match tokio::time::timeout(settings.renew, release(&api, &settings.name, &identity)).await {
+            Ok(Ok(true)) => tracing::info!(identity = %identity, lease = %settings.name, "released the leader lease"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(identity = %identity, error = %e, "cannot release the leader lease: it expires instead"),
+            Err(_) => tracing::warn!(identity = %identity, "no answer releasing the leader lease: it expires instead"),
+        }
+    }
+}
+
+/// Give the Lease up if this replica holds it (client-go's release: an empty holder and a
+/// one-second duration, written over the version read, so a Lease another replica has taken
+/// meanwhile is left alone). Whether it released.
+async fn release(api: &Api<Lease>, name: &str, identity: &str) -> Result<bool, kube::Error> {
+    let Some(mut lease) = api.get_opt(name).await? else { return Ok(false) };
+    let Some(spec) = lease.spec.as_mut() else { return Ok(false) };
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    match api.replace(name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
