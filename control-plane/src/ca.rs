@@ -283,7 +283,8 @@ impl Ca {
     pub fn set_trusted_roots(&self, pem: &str) -> Result<(), CaError> {
         let mut wanted: Vec<String> = Vec::new();
         for cert in split_pem_certs(pem)? {
-            if normalize(&cert) != normalize(&self.root_pem) && !wanted.iter().any(|r| normalize(r) == normalize(&cert)) {
+            if normalize(&cert) != normalize(&self.root_pem) && !wanted.iter().any(|r| normalize(r) == normalize(&cert))
+            {
                 wanted.push(cert);
             }
         }

@@ -101,7 +101,11 @@ impl Leadership {
 
     /// A replica that never leads (elections off).
     pub fn never() -> Self {
-        Self { leading: watch::channel(false).1, stop: Arc::new(watch::channel(false).0), stopped: watch::channel(true).1 }
+        Self {
+            leading: watch::channel(false).1,
+            stop: Arc::new(watch::channel(false).0),
+            stopped: watch::channel(true).1,
+        }
     }
 
     /// Stop electing: stop leading (the leader-only tasks stop), and when this replica holds the
@@ -217,7 +221,9 @@ async fn elect(
         match tokio::time::timeout(settings.renew, release(&api, &settings.name, &identity)).await {
             Ok(Ok(true)) => tracing::info!(identity = %identity, lease = %settings.name, "released the leader lease"),
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::warn!(identity = %identity, error = %e, "cannot release the leader lease: it expires instead"),
+            Ok(Err(e)) => {
+                tracing::warn!(identity = %identity, error = %e, "cannot release the leader lease: it expires instead")
+            }
             Err(_) => tracing::warn!(identity = %identity, "no answer releasing the leader lease: it expires instead"),
         }
     }
