@@ -25,10 +25,22 @@ fi
 [ -n "${BUILDER:-}" ] && args+=(--build-arg "BUILDER=$BUILDER")
 [ -n "${INIT_BASE:-}" ] && args+=(--build-arg "INIT_BASE=$INIT_BASE")
 
+# One snapshot of the build context for the three images (the files git tracks or would track:
+# uncommitted edits included, target/ and other ignored files left out), so the build stage (the
+# cargo build) runs once for all of them and every image carries binaries of the same sources,
+# even when the tree is edited while the build runs. Outside a git checkout: the tree itself.
+context="$root"
+if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  context="$(mktemp -d /var/tmp/outrider-context.XXXXXX)"
+  trap 'rm -rf "$context"' EXIT
+  (cd "$root" && git ls-files -z --cached --others --exclude-standard \
+    | tar --null --ignore-failed-read -T - -cf -) | tar -C "$context" -xf -
+fi
+
 for image in proxy control-plane proxy-init; do
   start=$(date +%s)
   echo "== $engine build --target $image -> localhost/outrider-$image:$tag" >&2
-  "$engine" build "${args[@]}" --target "$image" -t "localhost/outrider-$image:$tag" "$root"
+  "$engine" build "${args[@]}" --target "$image" -t "localhost/outrider-$image:$tag" "$context"
   echo "== built localhost/outrider-$image:$tag in $(( $(date +%s) - start ))s" >&2
 done
 "$engine" images --filter "reference=localhost/outrider-*:$tag" --format '{{.Repository}}:{{.Tag}} {{.Size}}'
