@@ -232,6 +232,7 @@ mod kube_mode {
     use futures_util::StreamExt as _;
     use k8s_openapi::api::core::v1::{Namespace, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::Api;
     use kube::api::{Patch, PatchParams, PostParams};
     use serde_json::json;
@@ -259,6 +260,24 @@ mod kube_mode {
         for ns in [NS, SYSTEM] {
             let object = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
             let _ = namespaces.create(&PostParams::default(), &object).await;
+        }
+        // The outrider.io CRDs: replicas serve only once every kind they watch has been listed.
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for doc in serde_yaml_ng::Deserializer::from_str(&outrider_control_plane::kubernetes::crds::manifests()) {
+            let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).expect("a CRD");
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let _ = crds.create(&PostParams::default(), &crd).await;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let established = crds.get(&name).await.ok().and_then(|c| c.status).is_some_and(|s| {
+                    s.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True")
+                });
+                if established {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "CRD {name} not established");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
         let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
