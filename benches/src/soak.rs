@@ -130,9 +130,11 @@ struct Mesh {
     _dir: TempDir,
 }
 
+/// The Service is `http2`: the server sidecar speaks h2c to the app, which carries the
+/// HTTP/1.1 callers' requests, the h2 ones and gRPC (whose trailers HTTP/1.1 cannot carry).
 fn policy(timeout_s: u32) -> String {
     format!(
-        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: {SERVICE}}}\nspec:\n  protocol: http\n  port: {PORT}\n---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: {SERVICE}}}\nspec:\n  service: {SERVICE}\n  timeout: {timeout_s}s\n  retries:\n    attempts: 3\n    perTryTimeout: 2s\n    retryOn: [connect-failure, refused-stream, reset, gateway-error]\n  circuitBreaker:\n    maxRequests: 1024\n    failureRateThreshold: 50\n    window: 20\n    minimumCalls: 10\n    openDuration: 30s\n"
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: {SERVICE}}}\nspec:\n  protocol: http2\n  port: {PORT}\n---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: {SERVICE}}}\nspec:\n  service: {SERVICE}\n  timeout: {timeout_s}s\n  retries:\n    attempts: 3\n    perTryTimeout: 2s\n    retryOn: [connect-failure, refused-stream, reset, gateway-error]\n  circuitBreaker:\n    maxRequests: 1024\n    failureRateThreshold: 50\n    window: 20\n    minimumCalls: 10\n    openDuration: 30s\n"
     )
 }
 
