@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Every target, by name (the directory names under `fuzz/corpus/`).
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+/// What a target does with one input.
+pub type Target = fn(&[u8]);
+
+/// Every target, by name (the directory names under `fuzz/seeds/` and `fuzz/corpus/`).
+pub const TARGETS: [(&str, Target); 7] = [
     ("policy_yaml", policy_yaml),
     ("protocol_detect", protocol_detect),
     ("xds_snapshot", xds_snapshot),
