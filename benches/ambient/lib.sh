@@ -31,7 +31,12 @@ new_ns() {
     ip -n "$1" link set lo up
 }
 
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# VmRSS of an outrider-proxy process; fails for any other process (a PID of the wrong process,
+# e.g. a subshell's, would measure the wrong thing).
+rss_kb() {
+    [ "$(cat "/proc/$1/comm")" = outrider-proxy ] || { echo "PID $1 is not outrider-proxy" >&2; exit 1; }
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
+}
 
 # utime + stime of the given PIDs, in clock ticks.
 cpu_ticks() {

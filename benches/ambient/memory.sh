@@ -57,7 +57,7 @@ for n in "${COUNTS[@]}"; do
     # Sidecar mode: one proxy per workload (in the host namespace, ephemeral ports).
     side=()
     for i in $(seq 1 "$n"); do
-        inhost "$PROXY" --xds-address https://127.0.0.1:15010 --ca-address https://127.0.0.1:15014 \
+        ip netns exec "$CP_NS" "$PROXY" --xds-address https://127.0.0.1:15010 --ca-address https://127.0.0.1:15014 \
             --ca-root "$DIR/cp/root.pem" --identity-token "$DIR/w$i.token" --namespace default \
             --service-account "w$i" --service "svc$i" --app-port 8080 --node-id "side-$n-$i" \
             --outbound-port 0 --inbound-port 0 --admin-port 0 --metrics-port 0 \
