@@ -43,7 +43,7 @@ echo "| workloads | node mode: 1 proxy (MiB) | sidecar mode: N proxies, total (M
 echo "|---|---|---|---|---|"
 for n in "${COUNTS[@]}"; do
     # Node mode.
-    start_node_proxy "$n" "$DIR/node.token"
+    start_node_proxy "$n" "$DIR/node.token" 1
     node=$NODE_PID
     for i in $(seq 1 "$n"); do
         until_ok "node_cli add-workload --netns /var/run/netns/obench-w$$-$i \
