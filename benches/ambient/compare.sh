@@ -17,7 +17,9 @@
 #   sudo benches/ambient/compare.sh [RUNS]       # default 3
 #
 # Environment: DURATION (s per measurement, 10), CONNECTIONS (wrk, 50), RATE (1000),
-# OPEN_CONNECTIONS (32), PROXY, OUTRIDER, LOADTEST (default target/release/...). Needs root,
+# OPEN_CONNECTIONS (32), NODE_WORKERS (the node proxy's --workers, 1 like each sidecar), PERF (a
+# directory: record `perf record -e cpu-clock` of the proxies during each meshed closed loop
+# there), PROXY, OUTRIDER, LOADTEST (default target/release/...). Needs root,
 # ip, iptables, nginx, wrk, taskset. Prints a markdown table per run and a summary (medians).
 # Everything runs in namespaces named `obench-*`, removed at exit.
 set -euo pipefail
@@ -27,6 +29,8 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-50}
 RATE=${RATE:-1000}
 OPEN_CONNECTIONS=${OPEN_CONNECTIONS:-32}
+NODE_WORKERS=${NODE_WORKERS:-1}
+PERF=${PERF:-}
 LOADTEST=${LOADTEST:-target/release/loadtest}
 DIR=$(mktemp -d /tmp/obench.XXXXXX)
 CP_NS=obench-node-$$
@@ -160,7 +164,7 @@ sidecar sc-http sc-http 8080
 sidecar sc-tcp sc-tcp 9000
 
 # Node mode: one node proxy serving the three node-* workloads.
-start_node_proxy bench "$DIR/node.token" taskset -c $PROXY_CORE
+start_node_proxy bench "$DIR/node.token" "$NODE_WORKERS" taskset -c $PROXY_CORE
 until_ok "node_cli list" 60
 for w in node-client:bench-client node-http:node-http node-tcp:node-tcp; do
     until_ok "node_cli add-workload --netns /var/run/netns/obench-${w%%:*}-$$ --namespace default \
@@ -188,6 +192,9 @@ pids_of() {
     esac
 }
 
+# The perf recording of a closed loop, if any, has ended (it runs as long as wrk).
+PERF_PID=
+wait_perf() { [ -z "$PERF_PID" ] || wait "$PERF_PID" 2>/dev/null || true; PERF_PID=; }
 TPS=$(getconf CLK_TCK)
 RESULTS=$DIR/results.tsv
 : >"$RESULTS"
@@ -201,8 +208,15 @@ for run in $(seq 1 "$RUNS"); do
             set -- $(pids_of $path)
             in_ns "$c" taskset -c $LOAD_CORE wrk -t1 -c4 -d1s "http://$t/" >/dev/null # warm-up
             b=$([ $# -gt 0 ] && cpu_ticks "$@" || echo 0)
+            if [ -n "$PERF" ] && [ $# -gt 0 ]; then
+                mkdir -p "$PERF"
+                perf record -q -e cpu-clock -p "$(echo "$@" | tr ' ' ,)" -o "$PERF/$l-$path-$run.data" \
+                    -- sleep "$DURATION" 2>/dev/null &
+                PERF_PID=$!
+            fi
             w=$(in_ns "$c" taskset -c $LOAD_CORE wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://$t/")
             a=$([ $# -gt 0 ] && cpu_ticks "$@" || echo 0)
+            wait_perf
             reqs=$(echo "$w" | awk '/requests in/ {print $1}')
             rps=$(echo "$w" | awk '/^Requests\/sec/ {print $2}')
             errs=$(echo "$w" | awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}')

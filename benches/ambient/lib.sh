@@ -69,7 +69,7 @@ start_control_plane() {
 
 # A node proxy in $CP_NS: start_node_proxy NAME TOKEN_FILE WORKERS [command prefix, e.g.
 # taskset -c 0]; sets NODE_PID and NODE_SOCK. `ip netns exec` execs its command, so $! is the
-# proxy's PID (also through taskset).
+# proxy's PID (also through taskset). Access log off, as for the benches' sidecars.
 start_node_proxy() {
     local name=$1 token=$2 workers=$3
     shift 3
@@ -78,7 +78,8 @@ start_node_proxy() {
         --ca-address https://127.0.0.1:15014 --ca-root "$DIR/cp/root.pem" --identity-token "$token" \
         --namespace outrider-system --service-account node-bench --node-socket "$NODE_SOCK" \
         --node-state "$DIR/node-$name.state" --node-id "node-bench-$name" --admin-port 0 \
-        --metrics-port 0 --health-port 0 --workers "$workers" --log-format json >"$DIR/node-$name.log" 2>&1 &
+        --metrics-port 0 --health-port 0 --workers "$workers" --access-log off --log-format json \
+        >"$DIR/node-$name.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
 }
