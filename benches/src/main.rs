@@ -90,6 +90,14 @@ struct Args {
     /// Only these targets (comma separated: direct,outrider,haproxy,nginx).
     #[arg(long, value_delimiter = ',', default_value = "direct,outrider,haproxy,nginx")]
     targets: Vec<String>,
+    /// Run one open loop against ADDR (IP:PORT) at the first of --rates for --duration over
+    /// --open-connections, print its result as one JSON line and exit (no upstream, no
+    /// pinning). `benches/ambient/compare.sh` runs it inside a workload's network namespace.
+    #[arg(long, value_name = "ADDR")]
+    open_loop_to: Option<std::net::SocketAddr>,
+    /// Host header of --open-loop-to (default: ADDR).
+    #[arg(long, requires = "open_loop_to")]
+    open_loop_host: Option<String>,
     /// Soak instead of the comparison: a meshed sidecar pair (mTLS) and a control plane carry
     /// HTTP/1.1, h2 and gRPC at --soak-rate each for DURATION (`60s`, `10m`, `1h`), with a
     /// policy change every 10 s and certificate rotations; writes soak.{json,md,svg} to --out.
@@ -98,6 +106,26 @@ struct Args {
     /// Requests per second of each protocol in the soak.
     #[arg(long, default_value_t = 200)]
     soak_rate: u32,
+}
+
+/// `--open-loop-to`: one open loop, its result as JSON on stdout.
+fn open_loop_only(args: &Args, addr: std::net::SocketAddr) -> Result<()> {
+    let rate = args.rates.first().copied().unwrap_or(1000);
+    let dur = std::time::Duration::from_secs(args.duration.unwrap_or(10));
+    let host = args.open_loop_host.clone().unwrap_or_else(|| addr.to_string());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let r = rt.block_on(openloop::run(addr, &host, rate, dur, args.open_connections as usize))?;
+    let out = serde_json::json!({
+        "addr": addr.to_string(),
+        "rate": rate,
+        "duration_s": dur.as_secs(),
+        "requests": r.requests,
+        "errors": r.errors,
+        "rps": r.rps,
+        "latency": r.latency,
+    });
+    println!("{out}");
+    Ok(())
 }
 
 fn pin_self_to(core: usize) {
@@ -154,6 +182,9 @@ fn run_soak(args: &Args, duration: std::time::Duration) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(addr) = args.open_loop_to {
+        return open_loop_only(&args, addr);
+    }
     for t in &args.targets {
         if !TARGETS.contains(&t.as_str()) {
             bail!("unknown target {t} (known: {})", TARGETS.join(","));

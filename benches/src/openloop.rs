@@ -83,17 +83,23 @@ pub async fn run(addr: SocketAddr, host: &str, rate: u32, dur: Duration, conns: 
     })?;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    while let Some(intended) = rx.recv().await {
-        let sh = shared.clone();
-        tasks.spawn(async move { one(&sh, intended).await });
-        while tasks.try_join_next().is_some() {}
-    }
-    let _ = pacer.join();
+    // Every request's outcome counts, whether it finished while the pacer still ran or after.
     let mut errors = 0;
-    while let Some(r) = tasks.join_next().await {
+    let mut count = |r: Result<bool, tokio::task::JoinError>| {
         if !matches!(r, Ok(true)) {
             errors += 1;
         }
+    };
+    while let Some(intended) = rx.recv().await {
+        let sh = shared.clone();
+        tasks.spawn(async move { one(&sh, intended).await });
+        while let Some(r) = tasks.try_join_next() {
+            count(r);
+        }
+    }
+    let _ = pacer.join();
+    while let Some(r) = tasks.join_next().await {
+        count(r);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let hist = shared.hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
