@@ -4,7 +4,6 @@
 //! connections are read through [`H2Guard`]. A plaintext HTTP/1.1 connection's hyper
 //! buffers are released between requests ([`super::park`]).
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,7 +114,8 @@ impl HttpServer {
         match conn {
             Downstream::Plain(stream) => match preface::peek_first(&stream, self.header_read_timeout).await {
                 Ok(Some(First::Http1)) => self.serve_h1_parking(stream, handler, drain).await,
-                Ok(Some(First::Http2)) => self.serve_h2(stream, handler, drain).await,
+                // Boxed, as below: every connection's task is as large as its largest branch.
+                Ok(Some(First::Http2)) => Box::pin(self.serve_h2(stream, handler, drain)).await,
                 Ok(Some(First::Invalid)) => {
                     tracing::debug!("neither an HTTP/1.x request line nor the HTTP/2 preface: GOAWAY");
                     preface::reject(stream).await;
@@ -124,8 +124,8 @@ impl HttpServer {
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "downstream connection failed before its first bytes"),
             },
-            Downstream::Http1(io) => self.serve_h1(io, handler, drain).await,
-            Downstream::Http2(io) => self.serve_h2(io, handler, drain).await,
+            Downstream::Http1(io) => Box::pin(self.serve_h1(io, handler, drain)).await,
+            Downstream::Http2(io) => Box::pin(self.serve_h2(io, handler, drain)).await,
         }
     }
 
@@ -152,7 +152,9 @@ impl HttpServer {
         let exchange = Arc::new(Exchange::default());
         let mut io = ParkIo::new(stream, exchange.clone());
         loop {
-            io = match self.h1_busy(io, &handler, &exchange, &mut drain).await {
+            // Boxed: hyper's connection is freed when the connection parks, and the
+            // task of a parked connection is no larger than what it holds then.
+            io = match Box::pin(self.h1_busy(io, &handler, &exchange, &mut drain)).await {
                 Some(io) => io,
                 None => return,
             };
@@ -163,7 +165,11 @@ impl HttpServer {
             match ready {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return tracing::debug!(error = %e, "parked downstream connection failed"),
-                Err(_) => return tracing::debug!("no request on an idle keep-alive connection within the header read timeout"),
+                Err(_) => {
+                    return tracing::debug!(
+                        "no request on an idle keep-alive connection within the header read timeout"
+                    );
+                }
             }
         }
     }
@@ -196,7 +202,7 @@ impl HttpServer {
         let res = tokio::select! {
             res = &mut conn => res,
             _ = drain.draining() => {
-                Pin::new(&mut conn).graceful_shutdown();
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
                 (&mut conn).await
             }
         };

@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use super::*;
 use crate::drain::Drain;
 
-type Handler = fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+type Handler =
+    fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// Answers `path=<path> body=<request body>`, reading the whole request body.
 fn echo(req: Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> {
