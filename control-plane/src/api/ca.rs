@@ -235,7 +235,12 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
         }
         Err(e) => {
             count_error(state, "internal");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("certificate issuance failed: {e}"));
+            tracing::error!(error = %e, "certificate issuance task failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the certificate could not be issued because of a control plane fault; retry later \
+                 (the control plane's log has the cause)",
+            );
         }
     };
     state.metrics.ca_issued.inc();
@@ -253,7 +258,7 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
 
 fn issue_error(e: &IssueError) -> Response<Body> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = error(status, e.to_string());
+    let mut resp = error(status, e.public_message());
     if status == StatusCode::UNAUTHORIZED
         && let Ok(v) = "Bearer".parse()
     {

@@ -101,6 +101,24 @@ pub enum IssueError {
 }
 
 impl IssueError {
+    /// What the caller is told. A 5xx names no internals (an API server's RBAC message, a
+    /// file path): those are for the operator and go to the control plane's log.
+    pub fn public_message(&self) -> String {
+        match self {
+            IssueError::Review(ReviewError::Unavailable(_)) => {
+                "cannot review the service-account token with the Kubernetes API server right now; \
+                 retry later (the control plane's log has the cause)"
+                    .to_owned()
+            }
+            e if e.status() >= 500 => {
+                "the certificate could not be issued because of a control plane fault; retry later \
+                 (the control plane's log has the cause)"
+                    .to_owned()
+            }
+            e => e.to_string(),
+        }
+    }
+
     /// 400 for a bad CSR, 401 for a bad credential, 403 for the wrong identity, 500 otherwise.
     pub fn status(&self) -> u16 {
         match self {

@@ -261,3 +261,27 @@ fn a_node_gets_certificates_only_for_the_workloads_registered_on_it() {
     let proof = node_proof(&g, Identity::new("outrider-system", "node-a").unwrap(), &der);
     assert_eq!(g.issuance.issue(&pem, Credential::Node(&proof)).unwrap_err().status(), 403);
 }
+
+#[test]
+fn a_fault_answer_names_no_internals_but_a_refusal_says_why() {
+    let rbac = "ApiError: tokenreviews.authentication.k8s.io is forbidden: User \
+                \"system:serviceaccount:outrider-system:outrider\" cannot create resource";
+    let unavailable = IssueError::Review(ReviewError::Unavailable(rbac.into()));
+    assert_eq!(unavailable.status(), 503);
+    let told = unavailable.public_message();
+    assert!(!told.contains("forbidden") && !told.contains("outrider-system"), "{told}");
+    assert!(told.contains("Kubernetes API server"), "{told}");
+    // The log line keeps the cause.
+    assert!(unavailable.to_string().contains("forbidden"));
+
+    let store = IssueError::Token(TokenError::Store {
+        path: "/var/lib/outrider/tokens.json".into(),
+        reason: "Read-only file system".into(),
+    });
+    assert_eq!(store.status(), 500);
+    assert!(!store.public_message().contains("/var/lib"), "{}", store.public_message());
+
+    let refused = IssueError::Review(ReviewError::Rejected { audience: "outrider".into(), reason: "expired".into() });
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.public_message(), refused.to_string());
+}
