@@ -27,6 +27,8 @@ mod plots;
 mod procstat;
 mod report;
 mod run;
+mod soak;
+mod soak_plot;
 mod tcpbulk;
 mod upstream;
 mod wrk;
@@ -88,6 +90,14 @@ struct Args {
     /// Only these targets (comma separated: direct,outrider,haproxy,nginx).
     #[arg(long, value_delimiter = ',', default_value = "direct,outrider,haproxy,nginx")]
     targets: Vec<String>,
+    /// Soak instead of the comparison: a meshed sidecar pair (mTLS) and a control plane carry
+    /// HTTP/1.1, h2 and gRPC at --soak-rate each for DURATION (`60s`, `10m`, `1h`), with a
+    /// policy change every 10 s and certificate rotations; writes soak.{json,md,svg} to --out.
+    #[arg(long, value_name = "DURATION", value_parser = soak::parse_duration)]
+    soak: Option<std::time::Duration>,
+    /// Requests per second of each protocol in the soak.
+    #[arg(long, default_value_t = 200)]
+    soak_rate: u32,
 }
 
 fn pin_self_to(core: usize) {
@@ -119,12 +129,38 @@ fn raise_nofile(wanted: u64) {
     eprintln!("warning: could not re-run under a higher file limit: {err}");
 }
 
+/// `--soak`: unpinned (the soak is about staying healthy, not speed); exit 1 when a request
+/// failed, so a CI run fails on it.
+fn run_soak(args: &Args, duration: std::time::Duration) -> Result<()> {
+    raise_nofile(8192);
+    peers::set_unpinned();
+    let cfg = soak::Config {
+        proxy: args.proxy.clone(),
+        control_plane: args.control_plane.clone().unwrap_or_else(|| mtls::default_control_plane(&args.proxy)),
+        duration,
+        rate: args.soak_rate,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rep = rt.block_on(soak::run(&cfg))?;
+    soak::write(&args.out, &rep)?;
+    eprintln!("wrote {}/soak.{{json,md,svg}}", args.out.display());
+    print!("{}", soak::summary(&rep));
+    if rep.errors > 0 || rep.policy_change_errors > 0 {
+        bail!("{} requests and {} policy changes failed during the soak", rep.errors, rep.policy_change_errors);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     for t in &args.targets {
         if !TARGETS.contains(&t.as_str()) {
             bail!("unknown target {t} (known: {})", TARGETS.join(","));
         }
+    }
+    if let Some(duration) = args.soak {
+        return run_soak(&args, duration);
     }
     let idle_wanted = args.idle_connections.unwrap_or(if args.quick { 1000 } else { 10_000 });
     raise_nofile(idle_wanted + 2048);

@@ -31,7 +31,7 @@ use crate::run::{Progress, Settings, Workload};
 use crate::upstream::Upstream;
 use crate::{openloop, procstat, wrk};
 
-const API_TOKEN: &str = "outrider-bench-api-token";
+pub(crate) const API_TOKEN: &str = "outrider-bench-api-token";
 /// The Service port the client sidecar is asked for (`Host: bench-mtls:9080`).
 const PORT: u16 = 9080;
 /// Goals from the issue.
@@ -386,7 +386,13 @@ impl OpenAcc {
 }
 
 /// A plain HTTP/1.1 call to the control plane API (blocking, `Connection: close`).
-fn api(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: &str) -> Result<(u16, String)> {
+pub(crate) fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
@@ -409,7 +415,7 @@ fn api(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: &
     Ok((status, body))
 }
 
-fn api_json(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: &str) -> Result<Value> {
+pub(crate) fn api_json(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: &str) -> Result<Value> {
     let (status, text) = api(addr, method, path, bearer, body)?;
     if status != 200 {
         bail!("{method} {path}: {status} {text}");
@@ -417,13 +423,13 @@ fn api_json(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, bo
     serde_json::from_str(&text).with_context(|| format!("{method} {path}: not JSON: {text}"))
 }
 
-fn join_token(api_addr: SocketAddr, service_account: &str) -> Result<String> {
+pub(crate) fn join_token(api_addr: SocketAddr, service_account: &str) -> Result<String> {
     let body = json!({"namespace": "default", "serviceAccount": service_account}).to_string();
     let v = api_json(api_addr, "POST", "/v1/tokens", Some(API_TOKEN), &body)?;
     Ok(v["token"].as_str().context("no token in the answer")?.to_string())
 }
 
-fn os(args: &[String]) -> Vec<OsString> {
+pub(crate) fn os(args: &[String]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 

@@ -1,9 +1,6 @@
-//! Protocol detection sees the first bytes of every accepted connection: the HTTP/opaque
-//! classifier, and the TLS ClientHello parser that tells a peer proxy (Outrider ALPN) apart.
+//! The first bytes of every accepted connection: classifier, ClientHello peek, preface.
+//! The logic is in `src/targets.rs` (shared with the stable corpus replay).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = outrider_proxy::transport::detect::classify(data);
-    let _ = outrider_proxy::transport::detect::client_hello_alpn(data);
-});
+fuzz_target!(|data: &[u8]| outrider_fuzz::targets::protocol_detect(data));

@@ -55,3 +55,44 @@ async fn connections_over_max_connections_are_closed_at_once_and_counted() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.upstream(), Some("echo"));
 }
+
+/// Request heads well over the limit (256 KiB): HTTP/1.1 gets `431` and the connection is
+/// closed; on h2 the header block needs more CONTINUATION frames than h2's flood guard allows,
+/// so the connection gets GOAWAY (`ENHANCE_YOUR_CALM`); a new connection is served. (hyper refuses an HTTP/1.1 head once its read buffer passes the configured 64 KiB,
+/// which with its growing buffer lets heads of up to about 110 KiB through: docs/operations.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_over_the_limit_are_refused_with_431_and_the_proxy_keeps_serving() {
+    let up = upstream::http1().name("echo").start().await;
+    let proxy = ProxyHarness::start(&docs(&[service("echo").endpoint(up.addr).yaml()])).await;
+    let big = "v".repeat(256 * 1024);
+
+    let mut s = TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+    let head = format!("GET / HTTP/1.1\r\nhost: echo:8080\r\nx-big: {big}\r\n\r\n");
+    // The proxy may answer and close before it has read the whole head.
+    let _ = s.write_all(head.as_bytes()).await;
+    let mut got = vec![0u8; 64];
+    let n = wait::within("the answer to an oversized head", s.read(&mut got)).await.unwrap();
+    let text = String::from_utf8_lossy(&got[..n]);
+    assert!(text.starts_with("HTTP/1.1 431"), "HTTP/1.1: {text}");
+
+    let mut h2 = client::h2_connection(proxy.addrs.outbound).await;
+    let req = http::Request::builder()
+        .uri("http://echo:8080/big")
+        .header("x-big", big.as_str())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let sent = wait::within("the h2 answer to an oversized header list", h2.send_request(req)).await;
+    let err = format!("{:?}", sent.expect_err("an oversized header block is refused"));
+    // The GOAWAY may arrive while the client is still writing the block: then a broken pipe.
+    assert!(err.contains("ENHANCE_YOUR_CALM") || err.contains("BrokenPipe"), "h2: {err}");
+    // A new connection carries a normal request.
+    let mut h2 = client::h2_connection(proxy.addrs.outbound).await;
+    let ok = wait::within("a normal request on a new connection", async {
+        h2.ready().await?;
+        h2.send_request(client::get("http://echo:8080/after")).await
+    })
+    .await
+    .expect("the proxy serves new connections");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(up.request_count(), 1, "no oversized head reached the upstream");
+}

@@ -1,0 +1,257 @@
+//! What each fuzz target does with its input, shared by the cargo-fuzz targets
+//! (`fuzz/fuzz_targets/*.rs`, nightly) and the corpus replay on stable
+//! (`tests/tests/fuzz_corpus.rs` includes this file), so CI checks every stored input without
+//! a nightly toolchain. Each function panics only on a finding: a property broken, or a panic
+//! inside the code under test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What a target does with one input.
+pub type Target = fn(&[u8]);
+
+/// Every target, by name (the directory names under `fuzz/seeds/` and `fuzz/corpus/`).
+pub const TARGETS: [(&str, Target); 7] = [
+    ("policy_yaml", policy_yaml),
+    ("protocol_detect", protocol_detect),
+    ("xds_snapshot", xds_snapshot),
+    ("http1_head", http1_head),
+    ("h2_frames", h2_frames),
+    ("authz_path", authz_path),
+    ("cp_api", cp_api),
+];
+
+/// Policy files are operator input: any bytes give a set or errors, and a valid set translates.
+pub fn policy_yaml(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(set) = outrider_xds::load_str("fuzz.yaml", text)
+    {
+        let _ = outrider_xds::translate(&set);
+    }
+}
+
+/// The first bytes of every accepted connection: the HTTP/opaque classifier, the TLS
+/// ClientHello peek (a peer proxy's ALPN), and the HTTP/1-or-h2 preface check.
+pub fn protocol_detect(data: &[u8]) {
+    let _ = outrider_proxy::transport::detect::classify(data);
+    let _ = outrider_proxy::transport::detect::client_hello_alpn(data);
+    let _ = outrider_proxy::http::preface::classify(data);
+}
+
+/// Resources from an xDS server: decoding any bytes as a Cluster, RouteConfiguration or
+/// Listener and building a snapshot.
+pub fn xds_snapshot(data: &[u8]) {
+    use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener, route::v3::RouteConfiguration};
+    use prost::Message;
+    let mut res = outrider_xds::Resources::default();
+    let third = data.len() / 3;
+    if let Ok(c) = Cluster::decode(&data[..third]) {
+        res.clusters.push(c);
+    }
+    if let Ok(r) = RouteConfiguration::decode(&data[third..2 * third]) {
+        res.routes.push(r);
+    }
+    if let Ok(l) = Listener::decode(&data[2 * third..]) {
+        res.listeners.push(l);
+    }
+    let _ = outrider_proxy::state::Builder::new().build(&res);
+}
+
+/// A stuck connection ends after the header read timeout; this short one keeps a fuzzer that
+/// finds one from stalling (the whole input is sent and half-closed, so none should stall).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one input: the longest a connection may take before it is a finding (a hang).
+const INPUT_LIMIT: Duration = Duration::from_secs(20);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// What the proxy's outbound handler does to a request before routing it: request id,
+/// authority (Host rules), gRPC detection, hop-by-hop headers, `x-forwarded-for`, and the
+/// authorization path normaliser; a bad request becomes the proxy's own 4xx reply.
+async fn normalise(
+    mut req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<outrider_proxy::http::Body>, std::convert::Infallible> {
+    use outrider_proxy::http::{Body, forward, headers};
+    let grpc = outrider_proxy::rescue::is_grpc(&req);
+    headers::ensure_request_id(req.headers_mut());
+    if let Err(e) = forward::authority_of(&req) {
+        let (resp, _) = e.to_response(grpc);
+        assert!(resp.status().is_client_error(), "a bad request head is a 4xx, got {}", resp.status());
+        return Ok(resp);
+    }
+    let upgrade = headers::is_upgrade(req.headers());
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    headers::append_forwarded_for(req.headers_mut(), std::net::Ipv4Addr::LOCALHOST.into());
+    authz_path(req.uri().path().as_bytes());
+    // Read the body as the proxy would stream it (bounded by the input's size).
+    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+    Ok(http::Response::new(Body::full("ok")))
+}
+
+/// Serve `input` as one downstream connection through the proxy's HTTP server (hyper with the
+/// proxy's limits; HTTP/2 read through the proxy's frame guard); the bytes written back.
+fn serve(input: &[u8], http2: bool) -> Vec<u8> {
+    use outrider_proxy::http::server::{Downstream, HttpServer, ServerLimits};
+    let rt = runtime();
+    rt.block_on(async {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let drain = outrider_proxy::drain::Drain::new();
+        let http =
+            HttpServer::new(&ServerLimits { header_read_timeout: HEADER_READ_TIMEOUT, ..ServerLimits::default() });
+        let conn = if http2 { Downstream::Http2(server) } else { Downstream::Http1(server) };
+        let serving = tokio::spawn({
+            let signal = drain.signal();
+            async move { http.serve(conn, normalise, signal).await }
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(&input).await;
+            let _ = wr.shutdown().await;
+            // Keep the write half open until the server is done (a shutdown is a half-close).
+            wr
+        });
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(INPUT_LIMIT, rd.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the connection neither answered nor closed within {INPUT_LIMIT:?}");
+        let _ = writer.await;
+        let served = tokio::time::timeout(INPUT_LIMIT, serving).await;
+        assert!(served.is_ok(), "the server task did not end after the connection closed");
+        out
+    })
+}
+
+/// HTTP/1 request heads (and whatever follows) through the proxy's server and normaliser:
+/// never a panic or a hang; whatever is written back starts with an HTTP/1.1 status line.
+pub fn http1_head(data: &[u8]) {
+    let out = serve(data, false);
+    assert!(
+        out.is_empty() || out.starts_with(b"HTTP/1.1 "),
+        "not an HTTP/1.1 response: {:?}",
+        &out[..out.len().min(64)]
+    );
+}
+
+/// The client connection preface and the first SETTINGS frame, as every h2 client sends them.
+const H2_PREFIX: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// HTTP/2 frames through the proxy's frame guard and hyper's h2 with the proxy's limits.
+/// The first byte chooses whether a valid preface is put in front (to reach the frame path)
+/// or the input is the whole connection (to reach the preface check).
+pub fn h2_frames(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let input = if mode & 1 == 1 { [H2_PREFIX, rest].concat() } else { rest.to_vec() };
+    let _ = serve(&input, true);
+}
+
+/// The authorization path normaliser: normalising is idempotent, and a normal path starts with
+/// `/` and has no empty, `.` or `..` segment.
+pub fn authz_path(data: &[u8]) {
+    let Ok(path) = std::str::from_utf8(data) else { return };
+    let normal = match outrider_proxy::authz::normalize_path(path) {
+        Ok(Some(n)) => n,
+        Ok(None) => path.to_owned(),
+        Err(_) => return,
+    };
+    if normal != path {
+        assert_eq!(
+            outrider_proxy::authz::normalize_path(&normal),
+            Ok(None),
+            "normalising {path:?} twice changed it again (first: {normal:?})"
+        );
+        assert!(normal.starts_with('/'), "{path:?} -> {normal:?}");
+        let inner = normal.trim_end_matches('/');
+        assert!(
+            inner.split('/').skip(1).all(|s| !s.is_empty() && s != "." && s != ".."),
+            "{path:?} -> {normal:?} keeps an empty or dot segment"
+        );
+    }
+}
+
+/// The control plane's API, started once per process on loopback with a temp data dir.
+struct Api {
+    addr: std::net::SocketAddr,
+    rt: tokio::runtime::Runtime,
+    _running: outrider_control_plane::server::Running,
+}
+
+const API_TOKEN: &str = "fuzz-token";
+
+fn api() -> &'static Api {
+    static API: OnceLock<Api> = OnceLock::new();
+    API.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("outrider-fuzz-cp-{}", std::process::id()));
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let running = outrider_control_plane::server::start(outrider_control_plane::server::ServerConfig {
+            xds: any,
+            api: any,
+            token: Some(API_TOKEN.into()),
+            ..outrider_control_plane::server::ServerConfig::local(dir)
+        })
+        .expect("the control plane starts");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        Api { addr: running.api_addr, rt, _running: running }
+    })
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// The write and parse routes of the API, with a method each; the fuzzer picks one.
+const ROUTES: [(&str, &str); 8] = [
+    ("PUT", "/v1/policies"),
+    ("POST", "/v1/validate"),
+    ("POST", "/v1/tokens"),
+    ("POST", "/v1/certificates"),
+    ("POST", "/v1/endpoints"),
+    ("DELETE", "/v1/policies/Service/fuzz"),
+    ("DELETE", "/v1/endpoints/fuzz"),
+    ("GET", "/v1/policies/Service/fuzz"),
+];
+
+/// Control plane API bodies: any body on any write route gets an answer, and never a 500 (a
+/// 500 means a fault of the control plane itself, such as its disk; the data dir is fine here).
+/// One keep-alive connection is reused across inputs, as a CLI would.
+pub fn cp_api(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else { return };
+    let (method, path) = ROUTES[pick as usize % ROUTES.len()];
+    let content_type = if pick & 0x80 != 0 { "application/json" } else { "application/yaml" };
+    let api = api();
+    thread_local! {
+        static CONN: std::cell::RefCell<Option<Sender>> = const { std::cell::RefCell::new(None) };
+    }
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "cp")
+        .header(http::header::AUTHORIZATION, format!("Bearer {API_TOKEN}"))
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(rest)))
+        .unwrap();
+    let status = api.rt.block_on(async {
+        let mut send = match CONN.with(|c| c.borrow_mut().take()).filter(|s| !s.is_closed()) {
+            Some(s) => s,
+            None => {
+                let tcp = tokio::net::TcpStream::connect(api.addr).await.expect("the API accepts");
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+                tokio::spawn(conn);
+                send
+            }
+        };
+        send.ready().await.expect("the API connection is usable");
+        let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+            .await
+            .expect("the API answers within 30 s")
+            .expect("the API answers");
+        let status = resp.status();
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        CONN.with(|c| *c.borrow_mut() = Some(send));
+        status
+    });
+    assert_ne!(status, http::StatusCode::INTERNAL_SERVER_ERROR, "{method} {path} with {} body bytes", rest.len());
+}

@@ -1,0 +1,81 @@
+//! Every stored fuzz input, replayed on the stable toolchain: the seeds (`fuzz/seeds/TARGET/`)
+//! and every input a fuzzing run found a crash with (`fuzz/regressions/TARGET/`), through the
+//! same code the cargo-fuzz targets run (`fuzz/src/targets.rs`, included here). CI needs no
+//! nightly toolchain for this; the fuzzing itself is `cargo +nightly fuzz run TARGET`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../fuzz/src/targets.rs"]
+mod targets;
+
+use std::path::PathBuf;
+
+fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut out = Vec::new();
+    for dir in ["seeds", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else { continue };
+        for e in entries {
+            let path = e.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            out.push((path, data));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn replay(target: &str) {
+    let (_, run) = targets::TARGETS.iter().find(|(n, _)| *n == target).expect("a known target");
+    let inputs = inputs(target);
+    assert!(!inputs.is_empty(), "no stored inputs for {target} under fuzz/seeds/{target}/");
+    for (path, data) in &inputs {
+        let outcome = std::panic::catch_unwind(|| run(data));
+        assert!(outcome.is_ok(), "{target}: the stored input {} is a finding again", path.display());
+    }
+}
+
+#[test]
+fn every_target_has_a_replay_test() {
+    let tested = ["policy_yaml", "protocol_detect", "xds_snapshot", "http1_head", "h2_frames", "authz_path", "cp_api"];
+    let all: Vec<&str> = targets::TARGETS.iter().map(|(n, _)| *n).collect();
+    assert_eq!(all, tested);
+    let bins = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/Cargo.toml")).unwrap();
+    for t in tested {
+        assert!(bins.contains(&format!("name = \"{t}\"")), "fuzz/Cargo.toml has no [[bin]] {t}");
+    }
+}
+
+#[test]
+fn policy_yaml() {
+    replay("policy_yaml");
+}
+
+#[test]
+fn protocol_detect() {
+    replay("protocol_detect");
+}
+
+#[test]
+fn xds_snapshot() {
+    replay("xds_snapshot");
+}
+
+#[test]
+fn http1_head() {
+    replay("http1_head");
+}
+
+#[test]
+fn h2_frames() {
+    replay("h2_frames");
+}
+
+#[test]
+fn authz_path() {
+    replay("authz_path");
+}
+
+#[test]
+fn cp_api() {
+    replay("cp_api");
+}
