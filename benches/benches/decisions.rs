@@ -1,7 +1,9 @@
 //! Micro-benchmarks of the per-request decisions, on a snapshot built from a
 //! policy file through the real path (load → translate → Builder): virtual-host
 //! lookup and route match, balancer picks, header hygiene, the retry budget and
-//! the breaker state machine.
+//! the breaker state machine; and the whole per-request policy path (route, the tower
+//! stack with timeout + retries + thresholds + balancer + breaker + outlier detection,
+//! over an endpoint that answers at once).
 //!
 //! Run: `cargo bench -p outrider-benches --bench decisions`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,11 +15,18 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
 use outrider_proxy::balance::{Balancer, LbPolicy};
+use outrider_proxy::http::Body;
 use outrider_proxy::http::headers::strip_hop_by_hop;
+use outrider_proxy::mesh::MeshHandle;
+use outrider_proxy::outbound::stack::{self, Answered, StackParams, Upstream};
 use outrider_proxy::policy::breaker::StateMachine;
 use outrider_proxy::policy::budget::RetryBudget;
 use outrider_proxy::policy::config::{BreakerConfig, BreakerScope, BudgetConfig};
+use outrider_proxy::rescue::ProxyError;
 use outrider_proxy::state::{Builder, Endpoint, Snapshot};
+use outrider_proxy::telemetry::metrics::Metrics;
+use outrider_proxy::transport::socket::SocketOptions;
+use tower::ServiceExt;
 
 /// A service with `n` endpoints, a header route and a weighted prefix route,
 /// plus 20 other services so the virtual-host map is not trivially small.
@@ -150,5 +159,102 @@ fn policy(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_match, balancer, headers, policy);
+/// The policy file of [`request_path`]: `bench` with no TrafficPolicy, `guarded` with
+/// the full resilience stack configured (not triggered: every answer is a 200).
+const REQUEST_PATH_POLICY: &str = "\
+apiVersion: outrider.io/v1
+kind: Service
+metadata: {name: bench}
+spec:
+  port: 8080
+  endpoints: [{address: \"10.1.0.1:8080\"}, {address: \"10.1.0.2:8080\"}, {address: \"10.1.0.3:8080\"}]
+---
+apiVersion: outrider.io/v1
+kind: Service
+metadata: {name: guarded}
+spec:
+  port: 8080
+  endpoints: [{address: \"10.2.0.1:8080\"}, {address: \"10.2.0.2:8080\"}, {address: \"10.2.0.3:8080\"}]
+---
+apiVersion: outrider.io/v1
+kind: TrafficPolicy
+metadata: {name: guarded}
+spec:
+  service: guarded
+  timeout: 3s
+  retries:
+    attempts: 2
+    perTryTimeout: 1s
+    retryOn: [connect-failure, reset, 5xx, retriable-status-codes]
+    retriableStatusCodes: [503]
+  circuitBreaker: {failureRateThreshold: 50, window: 20, minimumCalls: 10, openDuration: 30s}
+  outlierDetection: {consecutive5xx: 5, baseEjectionTime: 30s, maxEjectionPercent: 50}
+";
+
+/// The innermost service of the benchmarked stack: a 200 from the chosen endpoint, at once.
+#[derive(Clone)]
+struct AnswerNow;
+
+impl tower::Service<Upstream> for AnswerNow {
+    type Response = Answered;
+    type Error = ProxyError;
+    type Future = std::future::Ready<Result<Answered, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ProxyError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, up: Upstream) -> Self::Future {
+        let endpoint = up.endpoint.as_ref().map(|e| e.addr).expect("the balance stage chose an endpoint");
+        std::future::ready(Ok(Answered { resp: http::Response::new(Body::Empty), endpoint, attempt: up.attempt }))
+    }
+}
+
+/// What `outbound::http` does per request below the access log, with the endpoint's
+/// connection pool replaced by [`AnswerNow`]: virtual host + route + split, the stack
+/// assembled for the request, one try through timeout, retries (budget, template),
+/// thresholds, balancer (P2C-EWMA, breaker, outlier detection, in-flight count).
+fn request_path(c: &mut Criterion) {
+    let set = outrider_xds::load_str("bench.yaml", REQUEST_PATH_POLICY).expect("the benchmark policy is valid");
+    let (snap, rejected) = Builder::new().build(&outrider_xds::translate(&set));
+    assert!(rejected.is_empty(), "{rejected:?}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let metrics = Metrics::new();
+    let socket = SocketOptions::marked(None);
+    let mesh = MeshHandle::default();
+    let client: std::net::SocketAddr = "10.9.0.1:40000".parse().unwrap();
+    let mut g = c.benchmark_group("request path");
+    for (service, authority) in
+        [("no TrafficPolicy", "bench:8080"), ("timeout + retries + breaker + outlier", "guarded:8080")]
+    {
+        let serve = || {
+            let vh = snap.vhosts.get(authority).unwrap();
+            let req = Request::get("/items/42")
+                .header("host", authority)
+                .header("user-agent", "bench/1")
+                .header("accept", "*/*")
+                .body(Body::Empty)
+                .unwrap();
+            let route = vh.routes.iter().find(|r| r.matches(&req)).unwrap();
+            let split = route.pick_split().unwrap();
+            let params = StackParams {
+                cluster: &split.cluster,
+                endpoints: &split.endpoints,
+                route: &route.policy,
+                socket: &socket,
+                metrics: &metrics,
+                mesh: &mesh,
+                grpc_timeout: None,
+                fallback: split.fallback.as_ref(),
+            };
+            let up = Upstream::new(req, client, Some(http::uri::Authority::from_static("bench:8080")));
+            rt.block_on(stack::layered(&params, AnswerNow).oneshot(up))
+        };
+        assert_eq!(serve().unwrap().resp.status(), 200);
+        g.bench_function(service, |b| b.iter(|| black_box(serve().unwrap())));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, route_match, balancer, headers, policy, request_path);
 criterion_main!(benches);

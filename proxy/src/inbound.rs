@@ -158,7 +158,9 @@ impl Inbound {
         if let Some(mesh) = mesh {
             match detect::mesh_client_hello(&stream, detect::DETECT_TIMEOUT).await {
                 Ok(detect::FirstBytes::MeshHello) => {
-                    return self.serve_mesh(stream, client, port, &mesh, policy, drain).await;
+                    // Boxed: a connection's task is as large as its largest branch (TLS
+                    // state), and a parked plaintext HTTP/1.1 connection should not pay for it.
+                    return Box::pin(self.serve_mesh(stream, client, port, &mesh, policy, drain)).await;
                 }
                 Ok(detect::FirstBytes::Other) => {}
                 // A server-first protocol: do not wait a second time below.
@@ -189,7 +191,9 @@ impl Inbound {
             Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
                 self.serve_http(Downstream::<TcpStream>::Plain(stream), client, port, None, drain).await
             }
-            Ok(detect::Detected::Opaque) => self.serve_tcp(stream, client, port, None, policy.as_deref()).await,
+            Ok(detect::Detected::Opaque) => {
+                Box::pin(self.serve_tcp(stream, client, port, None, policy.as_deref())).await
+            }
             Ok(detect::Detected::Closed) => {}
             Err(e) => tracing::debug!(%client, error = %e, "protocol detection failed"),
         }

@@ -47,9 +47,11 @@ impl Outbound {
         let dst = orig_dst::original_dst(&stream);
         let target = dst.and_then(|d| self.store.load().outbound.lookup(d).cloned());
         match (dst, target) {
-            (Some(_), Some(Target::Tcp(cluster))) => tcp::to_cluster(&self, stream, client, &cluster).await,
+            // The TCP paths are boxed: a connection's task is as large as its largest branch,
+            // and an idle HTTP/1.1 connection should not pay for them.
+            (Some(_), Some(Target::Tcp(cluster))) => Box::pin(tcp::to_cluster(&self, stream, client, &cluster)).await,
             (Some(d), Some(Target::Http(_))) => http::serve(self, stream, client, Some(d), drain).await,
-            (Some(d), None) => tcp::passthrough(&self, stream, client, d).await,
+            (Some(d), None) => Box::pin(tcp::passthrough(&self, stream, client, d)).await,
             (None, _) => match detect::detect(&stream, detect::DETECT_TIMEOUT).await {
                 Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
                     http::serve(self, stream, client, None, drain).await

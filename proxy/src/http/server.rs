@@ -1,8 +1,10 @@
 //! Serving one downstream connection with hyper (HTTP/1.x or HTTP/2), with limits and graceful
 //! shutdown on drain. Which HTTP a connection speaks is known before hyper sees a byte: from its
 //! first bytes on a plaintext listener ([`super::preface`]), from ALPN on mutual TLS; HTTP/2
-//! connections are read through [`H2Guard`].
+//! connections are read through [`H2Guard`]. A plaintext HTTP/1.1 connection's hyper
+//! buffers are released between requests ([`super::park`]).
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -14,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::Body;
 use super::h2_guard::{self, H2Guard};
+use super::park::{Exchange, ParkIo, TrackedBody};
 use super::preface::{self, First};
 use crate::drain;
 
@@ -110,8 +113,9 @@ impl HttpServer {
     {
         match conn {
             Downstream::Plain(stream) => match preface::peek_first(&stream, self.header_read_timeout).await {
-                Ok(Some(First::Http1)) => self.serve_h1(stream, handler, drain).await,
-                Ok(Some(First::Http2)) => self.serve_h2(stream, handler, drain).await,
+                Ok(Some(First::Http1)) => self.serve_h1_parking(stream, handler, drain).await,
+                // Boxed, as below: every connection's task is as large as its largest branch.
+                Ok(Some(First::Http2)) => Box::pin(self.serve_h2(stream, handler, drain)).await,
                 Ok(Some(First::Invalid)) => {
                     tracing::debug!("neither an HTTP/1.x request line nor the HTTP/2 preface: GOAWAY");
                     preface::reject(stream).await;
@@ -120,8 +124,8 @@ impl HttpServer {
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "downstream connection failed before its first bytes"),
             },
-            Downstream::Http1(io) => self.serve_h1(io, handler, drain).await,
-            Downstream::Http2(io) => self.serve_h2(io, handler, drain).await,
+            Downstream::Http1(io) => Box::pin(self.serve_h1(io, handler, drain)).await,
+            Downstream::Http2(io) => Box::pin(self.serve_h2(io, handler, drain)).await,
         }
     }
 
@@ -133,6 +137,99 @@ impl HttpServer {
     {
         let svc = hyper::service::service_fn(handler);
         run!(self.h1.serve_connection(TokioIo::new(io), svc).with_upgrades(), drain, "HTTP/1.1");
+    }
+
+    /// Serve a plaintext HTTP/1.1 connection, parked between requests: one hyper
+    /// connection per busy period, only the socket while the caller is silent. A parked
+    /// connection is closed when the caller sends nothing within the header read timeout
+    /// (as hyper closes an idle keep-alive connection), and on drain.
+    async fn serve_h1_parking<S, F>(&self, stream: TcpStream, handler: S, mut drain: drain::Signal)
+    where
+        S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let exchange = Arc::new(Exchange::default());
+        let mut io = ParkIo::new(stream, exchange.clone());
+        loop {
+            // Boxed: hyper's connection is freed when the connection parks, and the
+            // task of a parked connection is no larger than what it holds then.
+            io = match Box::pin(self.h1_busy(io, &handler, &exchange, &mut drain)).await {
+                Some(io) => io,
+                None => return,
+            };
+            let ready = tokio::select! {
+                r = tokio::time::timeout(self.header_read_timeout, io.readable()) => r,
+                _ = drain.draining() => return,
+            };
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return tracing::debug!(error = %e, "parked downstream connection failed"),
+                Err(_) => {
+                    return tracing::debug!(
+                        "no request on an idle keep-alive connection within the header read timeout"
+                    );
+                }
+            }
+        }
+    }
+
+    /// One hyper connection on `io`, until the connection ends (`None`) or parks: then
+    /// the socket, ready for the next one.
+    async fn h1_busy<S, F>(
+        &self,
+        io: ParkIo,
+        handler: &Arc<S>,
+        exchange: &Arc<Exchange>,
+        drain: &mut drain::Signal,
+    ) -> Option<ParkIo>
+    where
+        S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    {
+        let svc = {
+            let (handler, exchange) = (handler.clone(), exchange.clone());
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let in_flight = exchange.start(&req);
+                let resp = handler(req);
+                async move {
+                    let resp = resp.await?;
+                    Ok::<_, Infallible>(resp.map(|b| TrackedBody::new(b, in_flight)))
+                }
+            })
+        };
+        let mut conn = self.h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        let res = tokio::select! {
+            res = &mut conn => res,
+            _ = drain.draining() => {
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                (&mut conn).await
+            }
+        };
+        let log = |e: &hyper::Error| {
+            tracing::debug!(error = %e, protocol = "HTTP/1.1", "downstream connection ended with an error");
+        };
+        // `None`: upgraded, the socket now belongs to the upgrade.
+        let parts = conn.into_parts()?;
+        let mut io = parts.io.into_inner();
+        if !io.parked() || drain.is_draining() {
+            if let Err(e) = &res {
+                log(e);
+            }
+            return None;
+        }
+        match res {
+            // Between two requests: hyper's read buffer holds nothing.
+            Ok(()) if parts.read_buf.is_empty() => io.resume(&[]),
+            // Part of a pipelined request head: given to the next connection first.
+            Err(e) if e.is_incomplete_message() && !parts.read_buf.is_empty() => io.resume(&parts.read_buf),
+            Ok(()) => return None,
+            Err(e) => {
+                log(&e);
+                return None;
+            }
+        }
+        Some(io)
     }
 
     async fn serve_h2<I, S, F>(&self, io: I, handler: S, mut drain: drain::Signal)
@@ -155,3 +252,6 @@ impl HttpServer {
         run!(self.h2.serve_connection(TokioIo::new(io), svc), drain, "HTTP/2");
     }
 }
+
+#[cfg(test)]
+mod tests;

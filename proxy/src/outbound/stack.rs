@@ -103,12 +103,33 @@ pub struct StackParams<'a> {
 }
 
 /// Build the stack for one request to `cluster`, balancing over `endpoints`
-/// (the split's subset). Stages a route does not configure are left out.
-///
-/// Layers, outer → inner:
+/// (the split's subset), sending on pooled upstream connections. Stages a route does
+/// not configure are left out.
 pub fn stack(
     p: StackParams<'_>,
 ) -> impl Service<Upstream, Response = Answered, Error = ProxyError, Future: Send> + Send {
+    let endpoint = EndpointStage {
+        cluster: p.cluster.clone(),
+        socket: p.socket.clone(),
+        metrics: p.metrics.clone(),
+        mesh: p.mesh.clone(),
+    };
+    layered(&p, endpoint)
+}
+
+/// The stages of [`stack`] above the endpoint stage, over `endpoint`: what the
+/// per-request policy benchmark (`benches/benches/decisions.rs`) runs with an endpoint
+/// that answers at once.
+///
+/// Layers, outer → inner:
+pub fn layered<S>(
+    p: &StackParams<'_>,
+    endpoint: S,
+) -> impl Service<Upstream, Response = Answered, Error = ProxyError, Future: Send> + Send + use<S>
+where
+    S: Service<Upstream, Response = Answered, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
     let timeout = match (p.route.timeout, p.grpc_timeout) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -142,12 +163,7 @@ pub fn stack(
             metrics: p.metrics.clone(),
         })
         // why: the endpoint stage owns the connection pool and header hygiene.
-        .service(EndpointStage {
-            cluster: p.cluster.clone(),
-            socket: p.socket.clone(),
-            metrics: p.metrics.clone(),
-            mesh: p.mesh.clone(),
-        })
+        .service(endpoint)
 }
 
 /// Chooses the endpoint: breaker state, ejections, endpoints tried before, the fallback.

@@ -1,0 +1,186 @@
+//! Parking plaintext HTTP/1.1 connections between requests, on real sockets with
+//! hyper's real server connection.
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::drain::Drain;
+
+type Handler =
+    fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// Answers `path=<path> body=<request body>`, reading the whole request body.
+fn echo(req: Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> {
+    Box::pin(async move {
+        let path = req.uri().path().to_string();
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Ok(Response::new(Body::full(format!("path={path} body={}", String::from_utf8_lossy(&body)))))
+    })
+}
+
+/// A connected pair: the caller's socket and the server's.
+async fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (server, _) = l.accept().await.unwrap();
+    (client, server)
+}
+
+/// Read one response with a `content-length` and return its body.
+async fn response(client: &mut TcpStream, buf: &mut Vec<u8>) -> String {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("content-length");
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                buf.drain(..end + 4 + len);
+                return body;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = client.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the response was complete");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+struct Server {
+    server: HttpServer,
+    handler: Arc<Handler>,
+    exchange: Arc<Exchange>,
+    drain: Drain,
+}
+
+impl Server {
+    fn new() -> Self {
+        Self {
+            server: HttpServer::new(&ServerLimits::default()),
+            handler: Arc::new(echo as Handler),
+            exchange: Arc::new(Exchange::default()),
+            drain: Drain::new(),
+        }
+    }
+
+    /// One hyper connection: `Some` once it parked.
+    async fn busy(&self, io: ParkIo) -> Option<ParkIo> {
+        self.server.h1_busy(io, &self.handler, &self.exchange, &mut self.drain.signal()).await
+    }
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_parks_between_requests_and_serves_the_next() {
+    let (mut client, stream) = pair().await;
+    let s = Server::new();
+    let mut buf = Vec::new();
+    client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    // Returns only once the response is out and the caller is silent: parked.
+    let mut io = s.busy(ParkIo::new(stream, s.exchange.clone())).await.expect("parked after the first request");
+    assert_eq!(response(&mut client, &mut buf).await, "path=/a body=");
+    assert_eq!(io.holds(), 0);
+    for path in ["/b", "/c"] {
+        client.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        io.readable().await.unwrap();
+        io = s.busy(io).await.expect("parked again");
+        assert_eq!(response(&mut client, &mut buf).await, format!("path={path} body="));
+    }
+    // The caller closes a parked connection: the next hyper connection ends without parking.
+    client.shutdown().await.unwrap();
+    io.readable().await.unwrap();
+    assert!(s.busy(io).await.is_none());
+}
+
+#[tokio::test]
+async fn a_partly_arrived_pipelined_head_is_kept_for_the_next_connection() {
+    let (mut client, stream) = pair().await;
+    let s = Server::new();
+    let mut buf = Vec::new();
+    client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHo").await.unwrap();
+    let mut io = s.busy(ParkIo::new(stream, s.exchange.clone())).await.expect("parked after /a");
+    assert_eq!(response(&mut client, &mut buf).await, "path=/a body=");
+    assert_eq!(io.holds(), "GET /b HTTP/1.1\r\nHo".len(), "hyper's unused bytes are handed back");
+    client.write_all(b"st: x\r\n\r\n").await.unwrap();
+    io.readable().await.unwrap();
+    // Holding a partial head, the connection does not park again before that request.
+    io = s.busy(io).await.expect("parked after /b");
+    assert_eq!(response(&mut client, &mut buf).await, "path=/b body=");
+    assert_eq!(io.holds(), 0);
+}
+
+#[tokio::test]
+async fn a_connection_is_not_parked_after_a_request_with_a_body() {
+    let (mut client, stream) = pair().await;
+    let s = Server::new();
+    let mut buf = Vec::new();
+    client.write_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+    let serving = tokio::spawn(async move { s.busy(ParkIo::new(stream, s.exchange.clone())).await.is_some() });
+    assert_eq!(response(&mut client, &mut buf).await, "path=/p body=hello");
+    // Had it parked, `busy` would have returned already, before this end of file.
+    client.shutdown().await.unwrap();
+    assert!(!serving.await.unwrap(), "parked after a request with a body");
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_parking() {
+    let (mut client, stream) = pair().await;
+    let server = HttpServer::new(&ServerLimits::default());
+    let drain = Drain::new();
+    let signal = drain.signal();
+    let serving = tokio::spawn(async move { server.serve_h1_parking(stream, echo, signal).await });
+    let mut buf = Vec::new();
+    client
+        .write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nPOST /3 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        .await
+        .unwrap();
+    for expected in ["path=/1 body=", "path=/2 body=", "path=/3 body=abc"] {
+        assert_eq!(response(&mut client, &mut buf).await, expected);
+    }
+    client.write_all(b"GET /4 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(response(&mut client, &mut buf).await, "path=/4 body=");
+    client.write_all(b"GET /5 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(response(&mut client, &mut buf).await, "path=/5 body=");
+    client.shutdown().await.unwrap();
+    serving.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_connection_closes_after_the_header_read_timeout() {
+    let (mut client, stream) = pair().await;
+    let limits = ServerLimits { header_read_timeout: Duration::from_secs(5), ..ServerLimits::default() };
+    let server = HttpServer::new(&limits);
+    let drain = Drain::new();
+    let signal = drain.signal();
+    let serving = tokio::spawn(async move { server.serve_h1_parking(stream, echo, signal).await });
+    let mut buf = Vec::new();
+    client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(response(&mut client, &mut buf).await, "path=/a body=");
+    // Silent from now on: the proxy closes the connection (the paused clock jumps to its deadline).
+    let mut rest = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(3600), client.read(&mut rest)).await.expect("closed").unwrap();
+    assert_eq!(n, 0, "nothing but the close");
+    serving.await.unwrap();
+}
+
+#[tokio::test]
+async fn drain_closes_an_idle_keep_alive_connection() {
+    let (mut client, stream) = pair().await;
+    let server = HttpServer::new(&ServerLimits::default());
+    let drain = Drain::new();
+    let signal = drain.signal();
+    let serving = tokio::spawn(async move { server.serve_h1_parking(stream, echo, signal).await });
+    let mut buf = Vec::new();
+    client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(response(&mut client, &mut buf).await, "path=/a body=");
+    drain.start();
+    let mut rest = [0u8; 64];
+    assert_eq!(client.read(&mut rest).await.unwrap(), 0, "closed by the drain");
+    serving.await.unwrap();
+}
