@@ -29,14 +29,18 @@ pub mod backoff;
 /// TCP + TLS connector for gRPC channels to `https://` endpoints.
 pub mod tls;
 
+/// Latency histograms: the one fixed bucket scheme proxies count in, load reports carry and
+/// the control plane merges.
+pub mod latency;
+
 /// ADS client (Delta by default, SotW): subscribe, hand updates to a handler, ACK/NACK, reconnect.
 pub mod ads;
 
 pub use load::{load_dir, load_file, load_str};
 pub use policy::{
     Backoff, CircuitBreaker, Endpoint, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata, MtlsMode,
-    OutlierDetection, PolicySet, Protocol, Retries, RetryBudget, RetryOn, Route, RouteMatch, Service, ServiceSpec,
-    SplitEntry, StateMachine, TrafficPolicy, TrafficPolicySpec,
+    OutlierDetection, PolicySet, Protocol, Retries, RetryBudget, RetryOn, Rollout, RolloutSpec, Route, RouteMatch,
+    Service, ServiceSpec, SplitEntry, StateMachine, TrafficPolicy, TrafficPolicySpec,
 };
 pub use translate::{Resources, translate};
 pub use validate::{PolicyError, PolicyErrors};

@@ -5,7 +5,9 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::policy::{API_VERSION, AuthorizationPolicy, KINDS, Metadata, PolicySet, Service, Telemetry, TrafficPolicy};
+use crate::policy::{
+    API_VERSION, AuthorizationPolicy, KINDS, Metadata, PolicySet, Rollout, Service, Telemetry, TrafficPolicy,
+};
 use crate::validate::{self, PolicyError, PolicyErrors};
 
 /// Where a document came from, for error messages.
@@ -45,6 +47,7 @@ pub(crate) enum Document {
     TrafficPolicy(TrafficPolicy),
     AuthorizationPolicy(AuthorizationPolicy),
     Telemetry(Telemetry),
+    Rollout(Rollout),
 }
 
 /// The documents of one or more files, plus what went wrong reading them.
@@ -186,6 +189,7 @@ fn parse_document(source: &str, index: usize, value: Value, parsed: &mut Parsed)
             "AuthorizationPolicy" => decode(envelope.spec, "spec")
                 .map(|spec| Document::AuthorizationPolicy(AuthorizationPolicy { metadata, spec })),
             "Telemetry" => decode(envelope.spec, "spec").map(|spec| Document::Telemetry(Telemetry { metadata, spec })),
+            "Rollout" => decode(envelope.spec, "spec").map(|spec| Document::Rollout(Rollout { metadata, spec })),
             other => {
                 parsed.errors.push(origin.error(
                     Some("kind".into()),

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod authz;
 mod resilience;
+mod rollout;
 mod telemetry;
 
 pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzSource};
@@ -19,17 +20,24 @@ pub use resilience::{
     Backoff, CircuitBreaker, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries, RetryBudget, RetryOn,
     StateMachine,
 };
+pub use rollout::{
+    Analysis, BlueGreenStrategy, CanaryStrategy, DEFAULT_ROUTE, LinearStrategy, PREVIEW_ROUTE, Position, Rollout,
+    RolloutSpec, Step, Strategy, Webhook, Webhooks,
+};
 pub use telemetry::{Telemetry, TelemetrySpec, TracingSpec};
 
 /// The only `apiVersion` accepted.
 pub const API_VERSION: &str = "outrider.io/v1";
 
 /// The kinds a document may have, as spelled in YAML.
-pub const KINDS: &[&str] = &["Service", "TrafficPolicy", "AuthorizationPolicy", "Telemetry"];
+pub const KINDS: &[&str] = &["Service", "TrafficPolicy", "AuthorizationPolicy", "Telemetry", "Rollout"];
 
 /// Default values, in one place.
 pub mod defaults {
     use std::time::Duration;
+
+    /// The Rollout fields' defaults.
+    pub use super::rollout::defaults as rollout;
 
     /// Namespace of a document without `metadata.namespace`.
     pub const NAMESPACE: &str = "default";
@@ -109,12 +117,19 @@ pub struct PolicySet {
     pub authorization_policies: BTreeMap<String, AuthorizationPolicy>,
     /// The mesh-wide Telemetry, if the set has one.
     pub telemetry: Option<Telemetry>,
+    /// Rollouts by `metadata.name` (they change no xDS resource: the control plane runs them).
+    pub rollouts: BTreeMap<String, Rollout>,
 }
 
 impl PolicySet {
     /// The traffic policy of a service, if it has one.
     pub fn traffic_policy(&self, service: &str) -> Option<&TrafficPolicy> {
         self.traffic_policies.get(service)
+    }
+
+    /// The Rollout of a service, if it has one.
+    pub fn rollout_of(&self, service: &str) -> Option<&Rollout> {
+        self.rollouts.values().find(|r| r.spec.service == service)
     }
 
     /// The authorization policies of a service, in name order.

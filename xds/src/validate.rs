@@ -15,6 +15,7 @@ mod resilience;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod resilience_tests;
+mod rollout;
 mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -135,6 +136,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     let mut policy_docs = Vec::new();
     let mut authz_docs: Vec<(Origin, AuthorizationPolicy)> = Vec::new();
     let mut telemetry: Option<(Origin, crate::policy::Telemetry)> = None;
+    let mut rollout_docs = Vec::new();
 
     for (origin, document) in documents {
         let (kind, metadata) = match &document {
@@ -142,6 +144,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
             Document::TrafficPolicy(p) => ("TrafficPolicy", &p.metadata),
             Document::AuthorizationPolicy(p) => ("AuthorizationPolicy", &p.metadata),
             Document::Telemetry(t) => ("Telemetry", &t.metadata),
+            Document::Rollout(r) => ("Rollout", &r.metadata),
         };
         check_dns_label(&origin, "metadata.name", &metadata.name, &mut errors);
         check_dns_label(&origin, "metadata.namespace", &metadata.namespace, &mut errors);
@@ -183,6 +186,10 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
                     None => telemetry = Some((origin, t)),
                 }
             }
+            Document::Rollout(r) => {
+                rollout::check_rollout(&origin, &r, &mut errors);
+                rollout_docs.push((origin, r));
+            }
         }
     }
 
@@ -222,6 +229,8 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
         authorization_policies.insert(policy.metadata.name.clone(), policy);
     }
 
+    let rollouts = rollout::check_rollouts(rollout_docs, &services, &policies, &broken, &mut errors);
+
     if !errors.is_empty() {
         // Stable: within a document, errors keep the order of the checks.
         errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
@@ -232,6 +241,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
         traffic_policies: policies.into_iter().map(|(k, (_, p))| (k, p)).collect(),
         authorization_policies,
         telemetry: telemetry.map(|(_, t)| t),
+        rollouts,
     })
 }
 
