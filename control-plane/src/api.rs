@@ -8,6 +8,7 @@
 //! | `POST /v1/validate` | dry run of a write: errors, or what would change |
 //! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
+//! | `GET /v1/stats[/SERVICE]` | load reports: per service, subset, endpoint; history (`?window=1m&labels=k=v`) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
 //! | `POST /v1/tokens` | a join token for `{namespace, serviceAccount, ttl?, singleUse?}` (API token) |
 //! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`) or renewal proof → certificate chain |
@@ -40,6 +41,7 @@ use crate::tracker::Tracker;
 
 mod ca;
 mod endpoints;
+mod stats;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 4 << 20;
@@ -60,6 +62,8 @@ pub struct ApiState {
     pub issuance: Issuance,
     /// Join tokens, for `/v1/tokens`.
     pub tokens: Arc<JoinTokens>,
+    /// Load reports, for `/v1/stats`.
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 /// Serve until the task is dropped; over TLS when `tls` is given.
@@ -156,6 +160,8 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             let id = (*id).to_owned();
             endpoints::remove(state, &req, &id)
         }
+        (&Method::GET, ["v1", "stats"]) => stats::summary(state, req.uri().query()),
+        (&Method::GET, ["v1", "stats", service]) => stats::service(state, service, req.uri().query()),
         (&Method::GET, ["v1", "ca", "bundle"]) => ca::bundle(state),
         (&Method::POST, ["v1", "tokens"]) => ca::create_token(state, req).await,
         (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,

@@ -21,6 +21,8 @@ pub mod policies;
 pub mod server;
 /// Policy set → versioned xDS resources (plus gRPC API listeners).
 pub mod snapshot;
+/// Load reports (LRS) from the proxies, aggregated per service, subset and endpoint.
+pub mod stats;
 /// Connected proxies and their ACK/NACK state per resource type.
 pub mod tracker;
 /// The ADS server: SotW and Delta streams.

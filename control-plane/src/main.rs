@@ -147,6 +147,10 @@ struct ServeArgs {
     /// How long a sidecar's endpoint registration outlives its xDS stream.
     #[arg(long, env = "OUTRIDER_REGISTRATION_GRACE", default_value = "10s", value_parser = duration)]
     registration_grace: std::time::Duration,
+    /// How often proxies send load reports (LRS); a running rollout with a short interval asks
+    /// for them more often.
+    #[arg(long, env = "OUTRIDER_LOAD_REPORT_INTERVAL", default_value = "5s", value_parser = duration)]
+    load_report_interval: std::time::Duration,
     /// Runtime worker threads.
     #[arg(long, env = "OUTRIDER_WORKERS", default_value_t = 2)]
     workers: usize,
@@ -225,6 +229,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         workload_cert_ttl: args.workload_cert_ttl,
         tls: args.tls,
         tls_sans: args.tls_san,
+        load_report_interval: args.load_report_interval,
     };
     let running = match server::start(config) {
         Ok(r) => r,

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
 use crate::policies::{OpenError, Policies};
 use crate::snapshot::{Generator, Snapshot};
+use crate::stats::Stats;
 use crate::tracker::Tracker;
 use crate::xds::AdsServer;
 
@@ -56,6 +57,9 @@ pub struct ServerConfig {
     pub tls: bool,
     /// Extra DNS names or IPs for the control plane's serving certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
+    /// How often proxies send load reports (`--load-report-interval`; shorter while a rollout
+    /// runs with a short interval).
+    pub load_report_interval: Duration,
 }
 
 impl ServerConfig {
@@ -77,6 +81,7 @@ impl ServerConfig {
             workload_cert_ttl: DEFAULT_WORKLOAD_TTL,
             tls: false,
             tls_sans: Vec::new(),
+            load_report_interval: crate::stats::DEFAULT_REPORT_INTERVAL,
         }
     }
 }
@@ -138,6 +143,8 @@ pub struct Running {
     pub tracker: Arc<Tracker>,
     pub ca: Arc<Ca>,
     pub tokens: Arc<JoinTokens>,
+    /// The proxies' load reports, aggregated.
+    pub stats: Arc<Stats>,
     /// Whether the API and xDS are served over TLS.
     pub tls: bool,
     stop: Option<oneshot::Sender<()>>,
@@ -248,7 +255,9 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let tracker = Tracker::new();
     let registry = Registry::new(config.registration_grace);
+    let stats = Stats::new(config.load_report_interval, metrics.clone());
     let mut generator = Generator::new();
+    stats.update_mesh(&policies.current());
     let first = generator.generate(&policies.current());
     let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
     let state = Arc::new(ApiState {
@@ -260,11 +269,14 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         registry: registry.clone(),
         issuance: Issuance::new(ca.clone(), tokens.clone()),
         tokens: tokens.clone(),
+        stats: stats.clone(),
     });
-    let ads =
-        AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone()).with_service_namespaces(policies.clone());
+    let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
+        .with_service_namespaces(policies.clone())
+        .with_stats(stats.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let p = policies.clone();
+    let (mesh_stats, sweep_stats) = (stats.clone(), stats.clone());
     let thread = std::thread::Builder::new()
         .name("outrider-cp".into())
         .spawn(move || {
@@ -280,7 +292,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                         };
                         tokio::spawn(ads.serve_with(xds_l, xds_tls));
                         tokio::spawn(api::serve(api_l, state, api_tls));
-                        tokio::spawn(debounce(p.clone(), registry.clone(), generator, snap_tx));
+                        tokio::spawn(debounce(p.clone(), registry.clone(), generator, snap_tx, mesh_stats));
+                        tokio::spawn(sweep_stats.sweep_loop());
                         tokio::spawn(registry.expire_loop());
                         tokio::spawn(p.watch_dir());
                         let _ = stop_rx.await;
@@ -303,6 +316,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         tracker,
         ca,
         tokens,
+        stats,
         tls: config.tls,
         stop: Some(stop_tx),
         thread: Some(thread),
@@ -316,6 +330,7 @@ async fn debounce(
     registry: Arc<Registry>,
     mut generator: Generator,
     snapshots: watch::Sender<Arc<Snapshot>>,
+    stats: Arc<Stats>,
 ) {
     let mut changes = policies.subscribe();
     changes.mark_unchanged();
@@ -340,9 +355,12 @@ async fn debounce(
         registered.borrow_and_update();
         let endpoints = registry.endpoints();
         let snapshot = if endpoints.is_empty() {
+            stats.update_mesh(&set);
             generator.generate(&set)
         } else {
-            let mut snapshot = generator.generate(&merge(&set, &endpoints));
+            let merged = merge(&set, &endpoints);
+            stats.update_mesh(&merged);
+            let mut snapshot = generator.generate(&merged);
             snapshot.policy_version = outrider_xds::translate(&set).version;
             snapshot
         };

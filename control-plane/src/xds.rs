@@ -15,7 +15,7 @@
 //! buffers are small.
 
 mod delta;
-mod encode;
+pub(crate) mod encode;
 mod sotw;
 mod view;
 
@@ -79,6 +79,8 @@ pub struct AdsServer {
     large_pushes: Arc<Semaphore>,
     /// Binds authenticated proxies to the namespace of the Service they claim.
     namespace_of: Option<crate::tracker::NamespaceOf>,
+    /// Where load reports (LRS on the same port) go; without it the method is UNIMPLEMENTED.
+    stats: Option<Arc<crate::stats::Stats>>,
 }
 
 impl AdsServer {
@@ -95,7 +97,14 @@ impl AdsServer {
             registry,
             large_pushes: Arc::new(Semaphore::new(LARGE_PUSHES)),
             namespace_of: None,
+            stats: None,
         }
+    }
+
+    /// Serve load reports (LRS) into `stats`.
+    pub fn with_stats(mut self, stats: Arc<crate::stats::Stats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// Authenticated proxies (xDS over mTLS) may only claim Services of their own namespace.
@@ -146,6 +155,11 @@ impl AdsServer {
     }
 
     fn call(&self, req: http::Request<Incoming>, identity: Option<&PeerIdentity>) -> http::Response<AdsBody> {
+        if req.uri().path() == crate::stats::lrs::PATH
+            && let Some(stats) = &self.stats
+        {
+            return crate::stats::lrs::call(stats.clone(), req.into_body());
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let status = encode::EndStatus::default();
         let pusher = Pusher::new(tx, self.large_pushes.clone(), status.clone());

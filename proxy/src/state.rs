@@ -222,6 +222,8 @@ pub struct EndpointShared {
     pub ewma: PeakEwma,
     pub pool: Arc<EndpointPool>,
     pub health: EndpointHealth,
+    /// What it did since the last load report.
+    pub load: crate::load_report::EndpointLoad,
 }
 
 impl Balanced for Endpoint {

@@ -23,7 +23,7 @@ use crate::http::forward;
 use crate::http::headers::X_ATTEMPT;
 use crate::policy::config::RoutePolicy;
 use crate::policy::layers::{BreakerLayer, FaultLayer, TimeoutLayer};
-use crate::policy::outcome::Outcome;
+use crate::policy::outcome::{Outcome, grpc};
 use crate::policy::retry::RetryLayer;
 use crate::rescue::ProxyError;
 use crate::state::{Cluster, Endpoint};
@@ -174,27 +174,59 @@ fn pick<'a>(b: &'a Balancer<Arc<Endpoint>>, cluster: &Cluster, tried: &[SocketAd
     b.pick_where(|e| healthy(e) && !tried.contains(&e.addr)).or_else(|| b.pick_where(healthy)).or_else(|| b.pick())
 }
 
-/// Counts one request in flight on an endpoint; feeds its latency on success.
+/// Counts one attempt in flight on an endpoint; at its end feeds its latency to the EWMA (on
+/// success) and its result to the endpoint's load counters (exactly once: on completion, or on
+/// drop when the attempt was abandoned, e.g. by a timeout).
 #[derive(Debug)]
 struct Pending {
     endpoint: Arc<Endpoint>,
     start: Instant,
+    counted: bool,
 }
 
 impl Pending {
     fn start(endpoint: Arc<Endpoint>) -> Self {
         endpoint.shared.ewma.add_pending();
-        Self { endpoint, start: Instant::now() }
+        endpoint.shared.load.issue();
+        Self { endpoint, start: Instant::now(), counted: false }
     }
 
-    fn complete(self) {
-        self.endpoint.shared.ewma.observe(self.start.elapsed());
+    fn complete(mut self, out: &Result<Answered, ProxyError>) {
+        let elapsed = self.start.elapsed();
+        if out.is_ok() {
+            self.endpoint.shared.ewma.observe(elapsed);
+        }
+        if let Some(error) = load_error(out) {
+            self.endpoint.shared.load.finish(error, elapsed);
+        }
+        self.counted = true;
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         self.endpoint.shared.ewma.remove_pending();
+        if !self.counted {
+            self.endpoint.shared.load.finish(true, self.start.elapsed());
+        }
+    }
+}
+
+/// Whether an attempt failed at the endpoint, for the load reports (Envoy's LRS rules: 5xx, a
+/// gRPC error status, or no response); `None` for a local rejection, which never reached it.
+fn load_error(out: &Result<Answered, ProxyError>) -> Option<bool> {
+    match out {
+        Ok(answered) => {
+            let resp = &answered.resp;
+            // gRPC answers over HTTP/2 only: HTTP/1.1 responses skip the header lookup.
+            let grpc = resp.version() == http::Version::HTTP_2
+                && crate::policy::outcome::grpc_status(resp.headers()).is_some_and(grpc::is_load_error);
+            Some(resp.status().is_server_error() || grpc)
+        }
+        Err(e) => match Outcome::of_error(e) {
+            Outcome::Local => None,
+            _ => Some(true),
+        },
     }
 }
 
@@ -219,10 +251,8 @@ where
             }
             BalanceProj::Inner { fut, pending } => {
                 let out = std::task::ready!(fut.poll(cx));
-                if let Some(p) = pending.take()
-                    && out.is_ok()
-                {
-                    p.complete();
+                if let Some(p) = pending.take() {
+                    p.complete(&out);
                 }
                 Poll::Ready(out)
             }

@@ -12,6 +12,12 @@ pub mod grpc {
     pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
+
+    /// The statuses Envoy's load reports count as errors at the endpoint: UNKNOWN,
+    /// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+    pub fn is_load_error(code: u32) -> bool {
+        matches!(code, 2 | DEADLINE_EXCEEDED | 12 | INTERNAL | UNAVAILABLE | 15)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -240,6 +240,12 @@ impl XdsSource {
         self.client.tls = Some(config);
     }
 
+    /// The load reporter for the same server: same address, node and TLS (call after
+    /// [`XdsSource::set_identity`] and [`XdsSource::set_tls`]).
+    pub fn load_reporter(&self, store: Arc<Store>) -> crate::load_report::LoadReporter {
+        crate::load_report::LoadReporter::new(self.client.clone(), store)
+    }
+
     /// Becomes true once the control plane has taken the drain notice (see [`XdsSource::run`]).
     pub fn left(&self) -> tokio::sync::watch::Receiver<bool> {
         self.handler.left.subscribe()
