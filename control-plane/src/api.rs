@@ -8,6 +8,8 @@
 //! | `POST /v1/validate` | dry run of a write: errors, or what would change |
 //! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
+//! | `GET /v1/rollouts[/NAME]` | rollouts: phase, step, weight, canary and stable numbers, history |
+//! | `POST /v1/rollouts/NAME/{start,pause,resume,promote,abort}` | an operator's command (API token) |
 //! | `GET /v1/stats[/SERVICE]` | load reports: per service, subset, endpoint; history (`?window=1m&labels=k=v`) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
 //! | `POST /v1/tokens` | a join token for `{namespace, serviceAccount, ttl?, singleUse?}` (API token) |
@@ -41,6 +43,7 @@ use crate::tracker::Tracker;
 
 mod ca;
 mod endpoints;
+mod rollouts;
 mod stats;
 
 /// Largest request body accepted.
@@ -64,6 +67,8 @@ pub struct ApiState {
     pub tokens: Arc<JoinTokens>,
     /// Load reports, for `/v1/stats`.
     pub stats: Arc<crate::stats::Stats>,
+    /// Rollouts, for `/v1/rollouts`.
+    pub rollouts: Arc<crate::rollout::Controller>,
 }
 
 /// Serve until the task is dropped; over TLS when `tls` is given.
@@ -160,6 +165,12 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             let id = (*id).to_owned();
             endpoints::remove(state, &req, &id)
         }
+        (&Method::GET, ["v1", "rollouts"]) => rollouts::list(state),
+        (&Method::GET, ["v1", "rollouts", name]) => rollouts::status(state, name),
+        (&Method::POST, ["v1", "rollouts", name, command]) => {
+            let (name, command) = ((*name).to_owned(), (*command).to_owned());
+            rollouts::command(state, req, &name, &command).await
+        }
         (&Method::GET, ["v1", "stats"]) => stats::summary(state, req.uri().query()),
         (&Method::GET, ["v1", "stats", service]) => stats::service(state, service, req.uri().query()),
         (&Method::GET, ["v1", "ca", "bundle"]) => ca::bundle(state),
@@ -186,7 +197,9 @@ async fn get_policies(state: &ApiState, rest: &[&str]) -> Response<Body> {
             None => {
                 return error(
                     StatusCode::NOT_FOUND,
-                    format!("unknown kind {k:?}: expected Service, TrafficPolicy, AuthorizationPolicy or Telemetry"),
+                    format!(
+                        "unknown kind {k:?}: expected Service, TrafficPolicy, AuthorizationPolicy, Telemetry or Rollout"
+                    ),
                 );
             }
         },
@@ -258,7 +271,9 @@ async fn delete(state: &ApiState, req: Request<Incoming>, kind: &str, name: &str
     let Some(kind) = canonical_kind(kind) else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("unknown kind {kind:?}: expected Service, TrafficPolicy, AuthorizationPolicy or Telemetry"),
+            format!(
+                "unknown kind {kind:?}: expected Service, TrafficPolicy, AuthorizationPolicy, Telemetry or Rollout"
+            ),
         );
     };
     match state.policies.delete(kind, name, if_match(&req).as_deref()).await {
@@ -288,7 +303,9 @@ fn unauthorized() -> Response<Body> {
 fn write_error(state: &ApiState, e: WriteError, dry_run: bool) -> Response<Body> {
     let (status, result) = match &e {
         WriteError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
-        WriteError::Conflict { .. } | WriteError::OwnedByDir { .. } => (StatusCode::CONFLICT, "conflict"),
+        WriteError::Conflict { .. } | WriteError::OwnedByDir { .. } | WriteError::Owned(_) => {
+            (StatusCode::CONFLICT, "conflict")
+        }
         WriteError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid"),
         WriteError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
     };

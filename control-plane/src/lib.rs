@@ -17,6 +17,8 @@ pub mod endpoints;
 pub mod metrics;
 /// Policy documents from the directory and the API, validated as one set, persisted.
 pub mod policies;
+/// Rollouts: the state machine per `kind: Rollout`, its checks and webhooks.
+pub mod rollout;
 /// `outrider control-plane`: wiring, debounce, start/kill.
 pub mod server;
 /// Policy set → versioned xDS resources (plus gRPC API listeners).

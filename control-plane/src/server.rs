@@ -20,6 +20,7 @@ use crate::endpoints::{EndpointSource, Registry, merge};
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
 use crate::policies::{OpenError, Policies};
+use crate::rollout::Controller;
 use crate::snapshot::{Generator, Snapshot};
 use crate::stats::Stats;
 use crate::tracker::Tracker;
@@ -110,6 +111,8 @@ pub enum StartError {
     Tokens(#[from] TokenError),
     #[error("TLS: {0}")]
     Tls(#[from] ServingError),
+    #[error("rollouts: {0}")]
+    Rollouts(crate::policies::persist::PersistError),
 }
 
 impl StartError {
@@ -145,6 +148,8 @@ pub struct Running {
     pub tokens: Arc<JoinTokens>,
     /// The proxies' load reports, aggregated.
     pub stats: Arc<Stats>,
+    /// The rollouts being run.
+    pub rollouts: Arc<Controller>,
     /// Whether the API and xDS are served over TLS.
     pub tls: bool,
     stop: Option<oneshot::Sender<()>>,
@@ -256,6 +261,9 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let tracker = Tracker::new();
     let registry = Registry::new(config.registration_grace);
     let stats = Stats::new(config.load_report_interval, metrics.clone());
+    let rollouts =
+        Controller::open(policies.clone(), stats.clone(), DataDir::new(config.data_dir.clone()), metrics.clone())
+            .map_err(StartError::Rollouts)?;
     let mut generator = Generator::new();
     stats.update_mesh(&policies.current());
     let first = generator.generate(&policies.current());
@@ -270,6 +278,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         issuance: Issuance::new(ca.clone(), tokens.clone()),
         tokens: tokens.clone(),
         stats: stats.clone(),
+        rollouts: rollouts.clone(),
     });
     let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
         .with_service_namespaces(policies.clone())
@@ -277,6 +286,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let p = policies.clone();
     let (mesh_stats, sweep_stats) = (stats.clone(), stats.clone());
+    let run_rollouts = rollouts.clone();
     let thread = std::thread::Builder::new()
         .name("outrider-cp".into())
         .spawn(move || {
@@ -294,6 +304,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                         tokio::spawn(api::serve(api_l, state, api_tls));
                         tokio::spawn(debounce(p.clone(), registry.clone(), generator, snap_tx, mesh_stats));
                         tokio::spawn(sweep_stats.sweep_loop());
+                        tokio::spawn(run_rollouts.run());
                         tokio::spawn(registry.expire_loop());
                         tokio::spawn(p.watch_dir());
                         let _ = stop_rx.await;
@@ -317,6 +328,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         ca,
         tokens,
         stats,
+        rollouts,
         tls: config.tls,
         stop: Some(stop_tx),
         thread: Some(thread),

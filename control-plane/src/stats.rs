@@ -237,6 +237,12 @@ impl Stats {
         }
     }
 
+    /// How many endpoints of `service` in the mesh now carry the labels of `subset`.
+    pub fn endpoints_matching(&self, service: &str, subset: &Labels) -> usize {
+        let inner = self.inner.lock();
+        inner.mesh.get(service).map_or(0, |eps| eps.values().filter(|l| selects(subset, l)).count())
+    }
+
     /// Names of the clusters reports are taken for.
     pub fn cluster_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.lock().clusters.keys().cloned().collect();

@@ -39,8 +39,8 @@ pub mod ads;
 pub use load::{load_dir, load_file, load_str};
 pub use policy::{
     Backoff, CircuitBreaker, Endpoint, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata, MtlsMode,
-    OutlierDetection, PolicySet, Protocol, Retries, RetryBudget, RetryOn, Rollout, RolloutSpec, Route, RouteMatch,
-    Service, ServiceSpec, SplitEntry, StateMachine, TrafficPolicy, TrafficPolicySpec,
+    OutlierDetection, PolicySet, Position, Protocol, Retries, RetryBudget, RetryOn, Rollout, RolloutSpec, Route,
+    RouteMatch, Service, ServiceSpec, SplitEntry, StateMachine, Step, TrafficPolicy, TrafficPolicySpec,
 };
 pub use translate::{Resources, translate};
 pub use validate::{PolicyError, PolicyErrors};
