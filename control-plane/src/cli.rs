@@ -4,6 +4,8 @@
 //! usage or invalid input.
 
 pub mod client;
+/// `outrider rollout VERB NAME [-w]`.
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,7 +65,7 @@ fn call(conn: &Connection, method: Method, path: &str, body: Option<String>) -> 
 }
 
 /// Exit code and message for a failed reply.
-fn failed(reply: &Reply) -> ExitCode {
+pub(crate) fn failed(reply: &Reply) -> ExitCode {
     let v = reply.json();
     if let Some(errors) = v.get("errors").and_then(Value::as_array) {
         for e in errors {
@@ -321,7 +323,7 @@ fn short(version: &str) -> &str {
     version.get(..8).unwrap_or(version)
 }
 
-fn print_value(v: &Value, output: Output) {
+pub(crate) fn print_value(v: &Value, output: Output) {
     match output {
         Output::Yaml => print!("{}", serde_yaml_ng::to_string(v).unwrap_or_default()),
         _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),

@@ -55,6 +55,19 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Rollouts: start, status (with -w: watch it live), pause, resume, promote, abort.
+    Rollout {
+        verb: cli::rollout::Verb,
+        /// The Rollout's name.
+        name: String,
+        /// Keep watching until it is promoted (exit 0) or aborted (exit 1).
+        #[arg(short = 'w', long)]
+        watch: bool,
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Check policy files offline (no server needed): every document of a file,
     /// or of every *.yaml / *.yml file of a directory, validated as one set.
     Validate {
@@ -180,6 +193,7 @@ fn main() -> ExitCode {
             if quiet { None } else { Some(output) },
         ),
         Command::Validate { file, output } => validate(&file, output),
+        Command::Rollout { verb, name, watch, output, conn } => cli::rollout::run(&conn, verb, &name, watch, output),
         Command::Demo { duration, no_policy, rate } => {
             outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs { duration, no_policy, rate })
         }

@@ -352,6 +352,7 @@ impl Controller {
             "failedChecks": state.failed_checks,
             "abortAfterFailures": spec.analysis.abort_after_failures,
             "splitWritten": state.split_written,
+            "configVersion": state.config_version,
             "stepStartedAt": state.step_started_at,
             "checkStartedAt": state.check_started_at,
             "checkRemainingMs": check.as_ref().map(|c| c.2.as_millis() as u64),

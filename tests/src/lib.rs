@@ -18,6 +18,8 @@ pub mod client;
 pub mod control_plane;
 /// The proxy in-process: policy file, `App`, clients, reloads.
 pub mod harness;
+/// Steady load through a proxy, with what each request saw.
+pub mod load;
 /// Meshed sidecars with workload identities (mTLS).
 pub mod mesh;
 /// Throw-away network namespaces (interception tests).

@@ -300,8 +300,10 @@ impl Controller {
             Err(e) => return Err(format!("cannot write the split of TrafficPolicy/{policy_name}: {e}")),
         };
         let aborted = fatal.is_some() && state.phase != Phase::Aborted;
+        let version = outrider_xds::translate(&self.policies.current()).version;
         let written = self.transition(rollout, generation, |state| {
             state.split_written = true;
+            state.config_version = Some(version);
             if let Some(why) = &fatal
                 && state.phase != Phase::Aborted
             {

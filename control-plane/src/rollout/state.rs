@@ -102,6 +102,10 @@ pub struct RolloutState {
     /// Whether the split of `position` has been written (false between a transition and its
     /// write: a restart writes it again).
     pub split_written: bool,
+    /// The xDS version of the policy set once the split was last written (what `outrider
+    /// status` shows proxies converging on).
+    #[serde(default)]
+    pub config_version: Option<String>,
     /// Failed checks so far.
     pub failed_checks: u32,
     /// Unix milliseconds when the current step began, and the current check.
@@ -138,6 +142,7 @@ impl RolloutState {
             reason: None,
             position: Stored::Stable,
             split_written: false,
+            config_version: None,
             failed_checks: 0,
             step_started_at: now,
             check_started_at: now,
