@@ -39,6 +39,8 @@ pub type Labels = BTreeMap<String, String>;
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// The shortest interval a running rollout may ask for.
 pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(200);
+/// Distinct reporting nodes remembered (for `reportingProxies`); more are counted but not named.
+pub const MAX_REPORTERS: usize = 65_536;
 /// Longest window a query may ask for.
 pub const MAX_WINDOW: Duration = Duration::from_secs(WINDOW_SECS * WINDOWS as u64);
 
@@ -201,7 +203,7 @@ impl Stats {
             let now = Instant::now();
             if let Some(seen) = inner.reporters.get_mut(node) {
                 *seen = now;
-            } else if !node.is_empty() {
+            } else if !node.is_empty() && inner.reporters.len() < MAX_REPORTERS {
                 inner.reporters.insert(node.to_owned(), now);
             }
             let Inner { services, mesh, clusters, .. } = &mut *inner;

@@ -110,3 +110,58 @@ async fn the_control_planes_numbers_for_a_subset_match_what_the_clients_of_two_p
     assert_eq!(cp.call("GET", "/v1/stats/nope", "", false, None).await.status, 404);
     assert_eq!(cp.call("GET", "/v1/stats/reviews?window=2h", "", false, None).await.status, 400);
 }
+
+/// The counts the proxy holds for the endpoint at `addr` of `service` (taken: reset).
+fn endpoint_counts(
+    proxy: &outrider_tests::ProxyHarness,
+    service: &str,
+    addr: std::net::SocketAddr,
+) -> outrider_proxy::load_report::LoadSample {
+    let snapshot = proxy.store.load();
+    let cluster = &snapshot.clusters[outrider_tests::policy::cluster_name(service, 8080).as_str()];
+    cluster.endpoints.items().iter().find(|e| e.addr == addr).unwrap().shared.load.take()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_counts_at_its_endpoint_retried_failures_and_timeouts_included() {
+    use outrider_tests::ProxyHarness;
+    use outrider_tests::policy::{docs, service};
+    let bad = upstream::http1().name("bad").status(503).start().await;
+    let good = upstream::http1().name("good").start().await;
+    let slow = upstream::http1().name("slow").delay(Duration::from_secs(5)).start().await;
+    let policy = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: {name}}}\nspec:\n  service: {name}\n{spec}"
+        )
+    };
+    let proxy = ProxyHarness::start(&docs(&[
+        service("mixed").endpoint(bad.addr).endpoint(good.addr).yaml(),
+        policy(
+            "mixed",
+            "  loadBalancer: round-robin\n  retries:\n    attempts: 1\n    retryOn: [5xx]\n    backoff: {base: 1ms, max: 2ms}\n",
+        ),
+        service("slowsvc").endpoint(slow.addr).yaml(),
+        policy("slowsvc", "  timeout: 100ms\n"),
+    ]))
+    .await;
+    // Callers see only successes: the 503s are retried on the good endpoint. The bad endpoint's
+    // attempts still count as its errors.
+    for _ in 0..10 {
+        proxy.get("http://mixed:8080/").await.assert_status(200);
+    }
+    let bad_counts = endpoint_counts(&proxy, "mixed", bad.addr);
+    let good_counts = endpoint_counts(&proxy, "mixed", good.addr);
+    assert_eq!(bad_counts.failed as usize, bad.request_count());
+    assert!(bad_counts.failed > 0);
+    assert_eq!((bad_counts.succeeded, good_counts.succeeded, good_counts.failed), (0, 10, 0));
+    assert_eq!(bad_counts.issued + good_counts.issued, 10 + bad_counts.failed);
+    // An attempt abandoned by the request's timeout is an error, with the time it took.
+    for _ in 0..3 {
+        proxy.get("http://slowsvc:8080/").await.assert_status(504);
+    }
+    let slow_counts = endpoint_counts(&proxy, "slowsvc", slow.addr);
+    assert_eq!((slow_counts.succeeded, slow_counts.failed), (0, 3));
+    assert!(slow_counts.latency_us >= 3 * 100_000, "{slow_counts:?}");
+    assert!(slow_counts.buckets.iter().all(|(b, _)| lower_bound(*b) >= 80_000), "{slow_counts:?}");
+    proxy.shutdown().await;
+}

@@ -159,7 +159,7 @@ impl Histogram {
         let rank = (q.clamp(0.0, 1.0) * total as f64).max(f64::MIN_POSITIVE);
         let mut below = 0u64;
         for (index, count) in self.iter() {
-            if (below + count) as f64 >= rank {
+            if below.saturating_add(count) as f64 >= rank {
                 let lower = lower_bound(index) as f64;
                 let Some(upper) = upper_bound(index) else {
                     return Some(lower);
@@ -167,7 +167,7 @@ impl Histogram {
                 let within = (rank - below as f64) / count as f64;
                 return Some(lower + (upper as f64 - lower) * within);
             }
-            below += count;
+            below = below.saturating_add(count);
         }
         // Rounding: the last non-empty bucket.
         self.iter().last().map(|(index, _)| upper_bound(index).unwrap_or(lower_bound(index)) as f64)
@@ -240,6 +240,13 @@ mod tests {
         let mut over = Histogram::new();
         over.record_us(u64::MAX);
         assert_eq!(over.quantile_us(0.99), Some((1u64 << MAX_EXPONENT) as f64));
+        // Counts at the limit (a report may say anything) neither overflow nor panic.
+        let mut full = Histogram::new();
+        for i in 0..BUCKETS {
+            full.add(i, u64::MAX);
+        }
+        assert_eq!(full.count(), u64::MAX);
+        assert!(full.quantile_us(0.5).is_some());
     }
 
     #[test]

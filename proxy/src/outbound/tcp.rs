@@ -67,7 +67,11 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
     let in_flight = ep.shared.ewma.start();
     let mut cfg = ctx.connect_config(cluster.connect_timeout);
     cfg.mesh = crate::mesh::target(&ctx.mesh, ep.identity.as_ref());
+    // Load reports count a TCP connection as one request, judged by its connect (as Envoy's).
+    ep.shared.load.issue();
+    let connecting = tokio::time::Instant::now();
     let connected = crate::http::client::connect_tcp_or_mesh(ep.addr, &cfg, crate::mesh::Carry::Tcp).await;
+    ep.shared.load.finish(connected.is_err(), connecting.elapsed());
     if let Ok(crate::http::client::Either::Tls(_)) = &connected {
         metrics
             .tls_connections
@@ -260,5 +264,58 @@ mod tests {
         task.await.unwrap();
         assert!(start.elapsed() >= Duration::from_secs(30), "closed only after 30 s of silence");
         assert_eq!(client.read(&mut buf).await.unwrap(), 0, "the client sees the connection closed");
+    }
+
+    /// The cluster of a tcp service whose one endpoint is `endpoint`.
+    fn cluster(endpoint: SocketAddr) -> Arc<Cluster> {
+        let set = outrider_xds::load_str(
+            "t.yaml",
+            &format!(
+                "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: db}}\nspec: {{protocol: tcp, port: 5432, \
+                 addresses: [\"127.100.0.9\"], endpoints: [{{address: \"{endpoint}\"}}]}}\n"
+            ),
+        )
+        .unwrap();
+        let (snapshot, _) = crate::state::Builder::new().build(&outrider_xds::translate(&set));
+        snapshot.clusters.values().next().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn each_connection_is_one_request_in_the_load_reports_failed_when_the_connect_fails() {
+        let outbound = Outbound {
+            store: Arc::new(crate::state::Store::new()),
+            recorder: Arc::new(Recorder::new(Metrics::new(), false)),
+            server: crate::http::server::HttpServer::new(&crate::http::server::ServerLimits::default()),
+            socket_mark: None,
+            mesh: Arc::default(),
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = cluster(upstream.local_addr().unwrap());
+        let (client, down) = pair(&l).await;
+        let accept = tokio::spawn(async move { upstream.accept().await.map(|(s, _)| s) });
+        let proxied = tokio::spawn({
+            let open = open.clone();
+            async move { to_cluster(&outbound, down, "127.0.0.1:1".parse().unwrap(), &open).await }
+        });
+        drop(accept.await.unwrap().unwrap());
+        drop(client);
+        proxied.await.unwrap();
+        let sample = open.endpoints.items()[0].shared.load.take();
+        assert_eq!((sample.issued, sample.succeeded, sample.failed), (1, 1, 0));
+
+        let closed = cluster(TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap());
+        let outbound = Outbound {
+            store: Arc::new(crate::state::Store::new()),
+            recorder: Arc::new(Recorder::new(Metrics::new(), false)),
+            server: crate::http::server::HttpServer::new(&crate::http::server::ServerLimits::default()),
+            socket_mark: None,
+            mesh: Arc::default(),
+        };
+        let (_client, down) = pair(&l).await;
+        to_cluster(&outbound, down, "127.0.0.1:1".parse().unwrap(), &closed).await;
+        let sample = closed.endpoints.items()[0].shared.load.take();
+        assert_eq!((sample.issued, sample.succeeded, sample.failed), (1, 0, 1));
+        assert_eq!(sample.buckets.iter().map(|(_, n)| n).sum::<u64>(), 1, "its connect time is in the histogram");
     }
 }
