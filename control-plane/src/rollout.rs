@@ -162,10 +162,9 @@ impl Controller {
             let gone: Vec<String> = inner.states.keys().filter(|n| !set.rollouts.contains_key(*n)).cloned().collect();
             for name in gone {
                 inner.states.remove(&name);
-                if let Some(rt) = inner.runtime.remove(&name)
-                    && let Some(driver) = rt.driver
-                {
-                    driver.abort();
+                // Its driver sees it gone and ends (not aborted: it may be in a write).
+                if let Some(rt) = inner.runtime.remove(&name) {
+                    rt.wake.notify_one();
                 }
                 self.stats.want_interval(&name, None);
                 tracing::info!(rollout = %name, "Rollout deleted; its split stays as it is");

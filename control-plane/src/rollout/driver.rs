@@ -21,10 +21,13 @@ use crate::policies::WriteError;
 /// Reports are asked for this many times per check interval while a rollout progresses.
 const REPORTS_PER_INTERVAL: u32 = 4;
 
-/// Drive rollout `name` until it is deleted (the task is then aborted).
+/// Drive rollout `name` until it is deleted.
 pub(super) async fn drive(controller: Arc<Controller>, name: String, wake: Arc<Notify>) {
     loop {
         let Some((rollout, state)) = controller.snapshot(&name) else {
+            if !controller.inner.lock().runtime.get(&name).is_some_and(|rt| Arc::ptr_eq(&rt.wake, &wake)) {
+                return;
+            }
             wake.notified().await;
             continue;
         };

@@ -274,3 +274,31 @@ async fn blue_green_previews_by_header_then_switches_at_once() {
     let dir = f.stop();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_rollout_stops_and_leaves_the_split_as_it_is() {
+    let yaml = format!("{SERVICE}---\n{}", rollout("{canary: {steps: [10, 50]}}", "{minRequests: 100000}"));
+    let f = Fixture::start(temp(), Some(&yaml)).await;
+    f.until("the first step", HEALTHY, HEALTHY, |s| s["step"] == 1 && s["splitWritten"] == true).await;
+    let driver = f.controller.inner.lock().runtime["reviews"].driver.clone().unwrap();
+    f.policies.delete("Rollout", "reviews", None).await.unwrap();
+    for _ in 0..20 {
+        if driver.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(driver.is_finished(), "the driver ended");
+    assert!(f.controller.status("reviews").is_none());
+    assert!(f.controller.list().is_empty());
+    assert_eq!(f.canary_weight(), Some(10), "the split stays");
+    // Nobody owns the split now.
+    let mut doc = f.policies.document("TrafficPolicy", "reviews").await.unwrap();
+    doc["spec"]["routes"][0]["split"][1]["weight"] = serde_json::json!(30);
+    doc["spec"]["routes"][0]["split"][0]["weight"] = serde_json::json!(70);
+    f.policies.apply(&doc.to_string(), None, false).await.unwrap();
+    let stored = state::load(&DataDir::new(f.dir.clone())).unwrap();
+    assert!(stored.is_empty(), "the stored state is gone too");
+    let dir = f.stop();
+    std::fs::remove_dir_all(dir).unwrap();
+}
