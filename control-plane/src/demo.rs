@@ -6,6 +6,8 @@
 
 mod apps;
 
+pub use apps::{AppCommand, run as run_app};
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,6 +36,9 @@ pub struct DemoArgs {
     pub no_policy: bool,
     pub rate: u32,
 }
+
+/// The demo's workloads bind a fresh loopback port.
+const LOOPBACK_ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 const SERVICES: &str = "apiVersion: outrider.io/v1
 kind: Service
@@ -274,8 +279,8 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
     );
     let v1 = Reviews::new("v1", 0, 0);
     let v2 = Reviews::new("v2", 40, 10);
-    let v1_addr = apps::start_reviews(v1.clone()).await?;
-    let v2_addr = apps::start_reviews(v2.clone()).await?;
+    let v1_addr = apps::start_reviews(v1.clone(), LOOPBACK_ANY).await?;
+    let v2_addr = apps::start_reviews(v2.clone(), LOOPBACK_ANY).await?;
 
     apply(api, token, SERVICES.to_owned()).await?;
     let policy = !args.no_policy;
@@ -283,7 +288,8 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
     let front_token = join_token(api, token, "frontend", dir).await?;
     let reviews_token = join_token(api, token, "reviews", dir).await?;
     let front_car = sidecar(xds, api, front_token, "frontend-1", "frontend", "v1", None).await?;
-    let front = apps::start_frontend(front_car.addrs.outbound).await?;
+    let upstream = format!("http://{}/reviews", front_car.addrs.outbound).parse()?;
+    let front = apps::start_frontend(LOOPBACK_ANY, upstream, Some("reviews:8080")).await?;
     let v1_car = sidecar(xds, api, reviews_token.clone(), "reviews-v1", "reviews", "v1", Some(v1_addr.port())).await?;
     let v2_car = sidecar(xds, api, reviews_token, "reviews-v2", "reviews", "v2", Some(v2_addr.port())).await?;
 

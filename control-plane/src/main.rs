@@ -91,6 +91,12 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         rate: u32,
     },
+    /// One of the demo's workloads (frontend, reviews) as a process of its own, unaware of any
+    /// proxy: the demo's mesh in containers (docker/demo.sh) runs them beside sidecars.
+    DemoApp {
+        #[command(subcommand)]
+        app: outrider_control_plane::demo::AppCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,6 +203,7 @@ fn main() -> ExitCode {
         Command::Demo { duration, no_policy, rate } => {
             outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs { duration, no_policy, rate })
         }
+        Command::DemoApp { app } => outrider_control_plane::demo::run_app(app),
     }
 }
 

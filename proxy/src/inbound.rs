@@ -22,7 +22,7 @@ use outrider_xds::resources as names;
 use crate::authz::{Decision, InboundPolicy, Request as AuthzRequest};
 use crate::drain;
 use crate::http::client::{ConnectConfig, EndpointPool, UpstreamProtocol};
-use crate::http::server::HttpServer;
+use crate::http::server::{Downstream, HttpServer};
 use crate::http::{Body, forward, headers};
 use crate::mesh::{Mesh, MeshHandle};
 use crate::rescue::{self, ProxyError};
@@ -165,7 +165,7 @@ impl Inbound {
         };
         match detected {
             Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
-                self.serve_http(stream, client, port, None, drain).await
+                self.serve_http(Downstream::<TcpStream>::Plain(stream), client, port, None, drain).await
             }
             Ok(detect::Detected::Opaque) => self.serve_tcp(stream, client, port, None, policy.as_deref()).await,
             Ok(detect::Detected::Closed) => {}
@@ -218,14 +218,16 @@ impl Inbound {
                 return;
             }
             self.serve_tcp(tls, client, port, peer, policy.as_deref()).await;
+        } else if alpn == names::ALPN_MESH_H2 {
+            self.serve_http(Downstream::Http2(tls), client, port, peer, drain).await;
         } else {
-            self.serve_http(tls, client, port, peer, drain).await;
+            self.serve_http(Downstream::Http1(tls), client, port, peer, drain).await;
         }
     }
 
     async fn serve_http<I>(
         self: Arc<Self>,
-        io: I,
+        io: Downstream<I>,
         client: SocketAddr,
         port: u16,
         peer: Option<Identity>,
@@ -320,6 +322,13 @@ impl Inbound {
         rec.route = self.service.clone();
         rec.peer = peer.cloned();
         let grpc = rescue::is_grpc(&req);
+        let authority = match forward::authority_of(&req) {
+            Ok(a) => a,
+            Err(e) => {
+                let (resp, reason) = e.to_response(grpc);
+                return rec.respond(resp, e.classify().0.as_u16(), Some(reason));
+            }
+        };
         if let Some(policy) = self.policy() {
             // A keep-alive connection opened while the service was permissive.
             if policy.mode == Mode::Strict && peer.is_none() {
@@ -373,7 +382,6 @@ impl Inbound {
             }
         }
         rec.request_id = Some(headers::ensure_request_id(req.headers_mut()));
-        let authority = forward::authority_of(&req);
         rec.authority = authority.clone();
         let pool = self.pool(port);
         rec.upstream = Some(pool.addr());

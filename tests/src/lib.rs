@@ -16,8 +16,12 @@ pub mod binary;
 pub mod client;
 /// The control plane in-process, its API, and proxies fed by it over xDS.
 pub mod control_plane;
+/// Running the h2spec HTTP/2 conformance tool and reading its summary.
+pub mod h2spec;
 /// The proxy in-process: policy file, `App`, clients, reloads.
 pub mod harness;
+/// A real etcd + kube-apiserver on loopback (the Kubernetes test bed).
+pub mod kube;
 /// Steady load through a proxy, with what each request saw.
 pub mod load;
 /// Meshed sidecars with workload identities (mTLS).
@@ -30,6 +34,8 @@ pub mod policy;
 pub mod prom;
 /// Raw HTTP/1.1 over a socket (100-continue, upgrades).
 pub mod raw;
+/// Raw HTTP/2 frames over a socket (bad prefaces, malformed trailers).
+pub mod raw_h2;
 /// Real upstream servers (HTTP/1.1, h2c, upgrades, TCP echo, gRPC) that stop on drop.
 pub mod upstream;
 /// Polling with a deadline (`eventually!`, `wait_until`), never a bare sleep.

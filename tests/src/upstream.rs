@@ -69,6 +69,11 @@ pub struct Seen {
     pub version: ::http::Version,
     pub headers: ::http::HeaderMap,
     pub body: Bytes,
+    /// The request's trailers, if it had any.
+    pub trailers: Option<::http::HeaderMap>,
+    /// The body ended cleanly; false when it was cut off (the proxy reset or closed the
+    /// request mid-way), so the request never reached the application whole.
+    pub complete: bool,
 }
 
 impl Seen {
@@ -104,6 +109,11 @@ impl Upstream {
     /// Requests seen so far, in arrival order (recorded once the body was read).
     pub fn requests(&self) -> Vec<Seen> {
         self.log.requests.lock().unwrap().clone()
+    }
+
+    /// Requests whose body arrived whole (see [`Seen::complete`]).
+    pub fn complete_requests(&self) -> Vec<Seen> {
+        self.requests().into_iter().filter(|s| s.complete).collect()
     }
 
     pub fn request_count(&self) -> usize {

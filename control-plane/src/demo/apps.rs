@@ -1,5 +1,6 @@
 //! The demo's workloads: `reviews` (v1 healthy; v2 flaky, sometimes slow, breakable) and a
-//! `frontend` that calls `reviews` through its sidecar's outbound port.
+//! `frontend` that calls `reviews` — through its sidecar's outbound port in `outrider demo`,
+//! or at plain `http://reviews:8080` redirected by iptables in `outrider demo-app` (containers).
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,13 +66,13 @@ impl Reviews {
     }
 }
 
-/// Serve `handler` on a fresh loopback port; returns the port's address.
-async fn serve<F, Fut>(handler: F) -> std::io::Result<SocketAddr>
+/// Serve `handler` on `bind` (port 0: a fresh one); returns the bound address.
+async fn serve<F, Fut>(bind: SocketAddr, handler: F) -> std::io::Result<SocketAddr>
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -89,27 +90,32 @@ where
     Ok(addr)
 }
 
-/// Start a `reviews` workload.
-pub async fn start_reviews(app: Arc<Reviews>) -> std::io::Result<SocketAddr> {
-    serve(move |_req| {
+/// Start a `reviews` workload on `bind`.
+pub async fn start_reviews(app: Arc<Reviews>, bind: SocketAddr) -> std::io::Result<SocketAddr> {
+    serve(bind, move |_req| {
         let app = app.clone();
         async move { app.answer().await }
     })
     .await
 }
 
-/// Start the `frontend`: each call asks `reviews` (through `sidecar_outbound`) and answers
-/// with its status.
-pub async fn start_frontend(sidecar_outbound: SocketAddr) -> std::io::Result<SocketAddr> {
+/// Start the `frontend` on `bind`: each call asks `reviews` at `upstream` (with `Host: host`,
+/// else the URI's authority) and answers with its status and body.
+pub async fn start_frontend(
+    bind: SocketAddr,
+    upstream: http::Uri,
+    host: Option<&'static str>,
+) -> std::io::Result<SocketAddr> {
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("http://{sidecar_outbound}/reviews")
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
-    serve(move |_req| {
+    serve(bind, move |_req| {
         let client = client.clone();
-        let uri = uri.clone();
+        let uri = upstream.clone();
         async move {
-            let req = Request::get(uri).header(header::HOST, "reviews:8080").body(Empty::new());
+            let mut req = Request::get(uri);
+            if let Some(host) = host {
+                req = req.header(header::HOST, host);
+            }
+            let req = req.body(Empty::new());
             let (status, body) = match req {
                 Ok(req) => match client.request(req).await {
                     Ok(resp) => {
@@ -127,4 +133,73 @@ pub async fn start_frontend(sidecar_outbound: SocketAddr) -> std::io::Result<Soc
         }
     })
     .await
+}
+
+/// `outrider demo-app`: one of the demo's workloads as a process of its own, for the demo's
+/// mesh in containers (docker/demo.sh), where iptables sends its traffic through its sidecar.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AppCommand {
+    /// A `reviews` workload: answers every request with `reviews VERSION: 5 stars`, or a 503.
+    Reviews {
+        #[arg(long, default_value = "0.0.0.0:9080")]
+        listen: SocketAddr,
+        /// Version named in answers and in the `x-reviews-version` header.
+        #[arg(long, default_value = "v1")]
+        version: String,
+        /// Share of calls answered 503 (percent, 0-100).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+        fail_percent: u64,
+        /// Share of calls delayed by 150-400 ms (percent, 0-100).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+        slow_percent: u64,
+    },
+    /// The `frontend`: each request calls `--upstream` and answers with its status and body.
+    Frontend {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Where `reviews` is, as the application knows it (no proxy address).
+        #[arg(long, default_value = "http://reviews:8080/reviews")]
+        upstream: http::Uri,
+    },
+}
+
+/// Run one workload until SIGTERM or Ctrl-C.
+pub fn run(command: AppCommand) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outrider demo-app: cannot start a runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let started = match command {
+            AppCommand::Reviews { listen, version, fail_percent, slow_percent } => {
+                // Once per process: the workload keeps its version for its whole life.
+                let version: &'static str = Box::leak(version.into_boxed_str());
+                let app = Reviews::new(version, fail_percent, slow_percent);
+                start_reviews(app, listen).await.map(|a| format!("reviews {version} listening on {a}"))
+            }
+            AppCommand::Frontend { listen, upstream } => {
+                let shown = upstream.to_string();
+                start_frontend(listen, upstream, None)
+                    .await
+                    .map(|a| format!("frontend listening on {a}, calling {shown}"))
+            }
+        };
+        match started {
+            Ok(line) => eprintln!("outrider demo-app: {line}"),
+            Err(e) => {
+                eprintln!("outrider demo-app: cannot listen: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        }
+        // As PID 1 in a container, SIGTERM does nothing without a handler.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        std::process::ExitCode::SUCCESS
+    })
 }

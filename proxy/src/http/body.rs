@@ -115,6 +115,15 @@ impl IdleBody {
     }
 }
 
+/// Trailers from a downstream HTTP/2 connection carry the field the guard put first
+/// ([`super::h2_guard`]); it never leaves the proxy.
+fn unmark_trailers(mut frame: Frame<Bytes>) -> Frame<Bytes> {
+    if let Some(t) = frame.trailers_mut() {
+        t.remove(&super::h2_guard::MARKER_NAME);
+    }
+    frame
+}
+
 impl From<Incoming> for Body {
     fn from(i: Incoming) -> Self {
         Body::Incoming(i)
@@ -129,7 +138,7 @@ impl http_body::Body for Body {
         let hyper =
             |p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| p.map(|o| o.map(|r| r.map_err(BodyError::from)));
         match self.get_mut() {
-            Body::Incoming(i) => hyper(Pin::new(i).poll_frame(cx)),
+            Body::Incoming(i) => hyper(Pin::new(i).poll_frame(cx).map(|f| f.map(|f| f.map(unmark_trailers)))),
             Body::Pooled(p) => hyper(p.poll_frame(cx)),
             Body::Replay(r) => r.poll_frame(cx),
             Body::Idle(b) => b.poll_frame(cx),

@@ -15,12 +15,25 @@ use crate::rescue::ProxyError;
 /// [`outrider_xds::resources::ORIG_PROTO_HEADER`].
 pub static ORIG_PROTO: header::HeaderName = header::HeaderName::from_static("x-outrider-orig-proto");
 
-/// The authority a request names: `:authority` / absolute-form URI, else `Host`.
-pub fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.clone());
+/// The authority a request names: `:authority` / absolute-form URI, else `Host` (RFC 9112
+/// §3.2.2: the target's authority wins). A request with more than one Host field line, or a
+/// Host value that is not `host[:port]`, is bad (RFC 9112 §3.2: 400, never forwarded); an empty
+/// Host names nothing.
+pub fn authority_of<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    req.headers().get(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok())
+    let from_host = match host {
+        Some(h) if !h.is_empty() => match Authority::try_from(h.as_bytes()) {
+            // RFC 9110 §7.2: Host = uri-host [ ":" port ], no user info.
+            Ok(a) if !a.as_str().contains('@') => Some(a),
+            _ => return Err(ProxyError::BadRequest("the Host header is not a valid host[:port]")),
+        },
+        _ => None,
+    };
+    Ok(req.uri().authority().cloned().or(from_host))
 }
 
 /// Prepare and send `req` to `pool`'s endpoint, and prepare the response for
@@ -66,8 +79,10 @@ pub async fn forward(
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     match proto {
         UpstreamProtocol::Http1 => {
-            if !parts.headers.contains_key(header::HOST)
-                && let Some(a) = authority
+            // Host names what the proxy routed by (RFC 9112 §3.2.2: a proxy replaces the Host
+            // of an absolute-form request with the target's authority).
+            if let Some(a) = authority
+                && parts.headers.get(header::HOST).is_none_or(|h| h.as_bytes() != a.as_str().as_bytes())
                 && let Ok(v) = HeaderValue::from_str(a.as_str())
             {
                 parts.headers.insert(header::HOST, v);

@@ -1,20 +1,26 @@
-//! Serving one downstream connection with hyper (HTTP/1.1 or HTTP/2, detected
-//! from the first bytes), with limits and graceful shutdown on drain.
+//! Serving one downstream connection with hyper (HTTP/1.x or HTTP/2), with limits and graceful
+//! shutdown on drain. Which HTTP a connection speaks is known before hyper sees a byte: from its
+//! first bytes on a plaintext listener ([`super::preface`]), from ALPN on mutual TLS; HTTP/2
+//! connections are read through [`H2Guard`].
 use std::convert::Infallible;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use super::Body;
+use super::h2_guard::{self, H2Guard};
+use super::preface::{self, First};
 use crate::drain;
 
-/// Limits on downstream connections (DESIGN.md §5: every limit has a default).
+/// Limits on downstream connections (every limit has a default).
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
-    /// Slowloris guard: the request head must arrive within this.
+    /// Slowloris guard: the request head (or the HTTP/2 preface) must arrive within this.
     pub header_read_timeout: Duration,
     /// Largest HTTP/1.1 request head (bytes).
     pub max_header_size: usize,
@@ -38,52 +44,114 @@ impl Default for ServerLimits {
     }
 }
 
-/// A configured hyper server, shared by all connections of a listener.
-#[derive(Clone, Debug)]
-pub struct HttpServer {
-    builder: auto::Builder<TokioExecutor>,
+/// A downstream connection and how its HTTP version is known.
+#[derive(Debug)]
+pub enum Downstream<T> {
+    /// Plaintext: HTTP/1.x or HTTP/2 with prior knowledge, told apart by the first bytes.
+    Plain(TcpStream),
+    /// ALPN chose HTTP/1.1.
+    Http1(T),
+    /// ALPN chose HTTP/2.
+    Http2(T),
 }
 
-impl HttpServer {
-    pub fn new(limits: &ServerLimits) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_size.max(8192))
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
-            .max_header_list_size(limits.max_header_list_size)
-            .keep_alive_interval(Some(Duration::from_secs(60)))
-            .keep_alive_timeout(Duration::from_secs(20));
-        Self { builder }
-    }
+/// Configured hyper servers, shared by all connections of a listener.
+#[derive(Clone, Debug)]
+pub struct HttpServer {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
 
-    /// Serve until the peer closes, or until drain: then GOAWAY (HTTP/2) or
-    /// `Connection: close` after the in-flight response (HTTP/1.1).
-    pub async fn serve<I, S, F>(&self, io: I, handler: S, mut drain: drain::Signal)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-        F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
-    {
-        let svc = hyper::service::service_fn(handler);
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+/// Serve `conn` until it ends, or until drain: then GOAWAY (HTTP/2) or `Connection: close`
+/// after the in-flight response (HTTP/1.1).
+macro_rules! run {
+    ($conn:expr, $drain:expr, $version:literal) => {{
+        let conn = $conn;
         tokio::pin!(conn);
         let res = tokio::select! {
             res = conn.as_mut() => res,
-            _ = drain.draining() => {
+            _ = $drain.draining() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
         };
         if let Err(e) = res {
-            tracing::debug!(error = %e, "downstream connection ended with an error");
+            tracing::debug!(error = %e, protocol = $version, "downstream connection ended with an error");
         }
+    }};
+}
+
+impl HttpServer {
+    pub fn new(limits: &ServerLimits) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_size.max(8192))
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+            .max_header_list_size(limits.max_header_list_size)
+            // The guard leaves larger HEADERS frames to h2, so both must agree on the limit.
+            .max_frame_size(h2_guard::MAX_FRAME_SIZE)
+            .keep_alive_interval(Some(Duration::from_secs(60)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Self { h1, h2, header_read_timeout: limits.header_read_timeout }
+    }
+
+    /// Serve one connection with `handler`.
+    pub async fn serve<T, S, F>(&self, conn: Downstream<T>, handler: S, drain: drain::Signal)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    {
+        match conn {
+            Downstream::Plain(stream) => match preface::peek_first(&stream, self.header_read_timeout).await {
+                Ok(Some(First::Http1)) => self.serve_h1(stream, handler, drain).await,
+                Ok(Some(First::Http2)) => self.serve_h2(stream, handler, drain).await,
+                Ok(Some(First::Invalid)) => {
+                    tracing::debug!("neither an HTTP/1.x request line nor the HTTP/2 preface: GOAWAY");
+                    preface::reject(stream).await;
+                }
+                // Closed, or nothing decisive before the header read timeout.
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "downstream connection failed before its first bytes"),
+            },
+            Downstream::Http1(io) => self.serve_h1(io, handler, drain).await,
+            Downstream::Http2(io) => self.serve_h2(io, handler, drain).await,
+        }
+    }
+
+    async fn serve_h1<I, S, F>(&self, io: I, handler: S, mut drain: drain::Signal)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(handler);
+        run!(self.h1.serve_connection(TokioIo::new(io), svc).with_upgrades(), drain, "HTTP/1.1");
+    }
+
+    async fn serve_h2<I, S, F>(&self, io: I, handler: S, mut drain: drain::Signal)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    {
+        let mut io = H2Guard::new(io);
+        match tokio::time::timeout(self.header_read_timeout, io.read_preface()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::debug!("invalid HTTP/2 connection preface: GOAWAY");
+                return preface::reject(io.get_mut()).await;
+            }
+            Ok(Err(e)) => return tracing::debug!(error = %e, "downstream connection failed in the HTTP/2 preface"),
+            Err(_) => return tracing::debug!("no HTTP/2 preface within the header read timeout"),
+        }
+        let svc = hyper::service::service_fn(handler);
+        run!(self.h2.serve_connection(TokioIo::new(io), svc), drain, "HTTP/2");
     }
 }

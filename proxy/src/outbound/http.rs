@@ -20,6 +20,7 @@ use super::stack::{self, StackParams, Upstream};
 use crate::balance::Balancer;
 use crate::drain;
 use crate::http::body::IdleBody;
+use crate::http::server::Downstream;
 use crate::http::{Body, forward, headers};
 use crate::policy::config::RoutePolicy;
 use crate::policy::layers::grpc_timeout;
@@ -39,7 +40,7 @@ pub async fn serve(
     let server = ctx.server.clone();
     server
         .serve(
-            stream,
+            Downstream::<TcpStream>::Plain(stream),
             move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(handle(&ctx, client, orig_dst, req).await) }
@@ -119,7 +120,7 @@ async fn proxy(
     req: Request<Incoming>,
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, ProxyError> {
-    let authority = forward::authority_of(&req);
+    let authority = forward::authority_of(&req)?;
     rec.authority = authority.clone();
     let routed = route(ctx, orig_dst, &req, authority.as_ref(), rec)?;
     let grpc_timeout = if rescue::is_grpc(&req) { grpc_timeout(req.headers()) } else { None };

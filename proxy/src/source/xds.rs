@@ -326,4 +326,37 @@ mod tests {
         assert!(err.contains("cannot decode"), "{err}");
         assert_eq!(store.load().versions.clusters, "v1");
     }
+
+    #[test]
+    fn a_listener_before_its_routes_is_accepted_and_its_chains_arrive_with_the_routes() {
+        // Envoy's order (CDS, EDS, LDS, RDS): the outbound listener's filter chain for a service
+        // with addresses names a virtual host of a route configuration that comes after it.
+        const WITH_ADDRESS: &str = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: echo}\nspec: {port: 8080, addresses: [\"10.9.0.1\"], endpoints: [{address: \"127.0.0.1:9\"}]}\n";
+        let store = Arc::new(Store::new());
+        let handler = XdsHandler::new(store.clone(), Metrics::new(), None);
+        let res = outrider_xds::translate(&outrider_xds::load_str("t.yaml", WITH_ADDRESS).unwrap());
+        for (type_url, resources) in &updates(&res) {
+            handler
+                .update(&Update { type_url, version: "v1", resources })
+                .unwrap_or_else(|e| panic!("{type_url}: NACK {e}"));
+        }
+        assert!(store.is_ready());
+        let dst: std::net::SocketAddr = "10.9.0.1:8080".parse().unwrap();
+        assert!(
+            matches!(store.load().outbound.lookup(dst), Some(crate::state::Target::Http(_))),
+            "the address routes to the service once the routes are in"
+        );
+
+        // A route configuration without the listener's virtual host is the one NACKed.
+        let mut routes = res.routes.clone();
+        for r in &mut routes {
+            r.virtual_hosts.retain(|v| v.name != "echo");
+        }
+        let routes = typed(ROUTE_CONFIGURATION_TYPE_URL, &routes, |r| r.name.clone());
+        let err = handler
+            .update(&Update { type_url: ROUTE_CONFIGURATION_TYPE_URL, version: "v2", resources: &routes })
+            .unwrap_err();
+        assert!(err.contains("no virtual host echo"), "{err}");
+        assert_eq!(store.load().versions.routes, "v1");
+    }
 }

@@ -623,20 +623,50 @@ fn listener_from(
                     "target": describe,
                 }));
             }
-            Err(reason) => ctx.reject("Listener", &l.name, format!("filter chain {}: {reason}", fc.name)),
+            Err(ChainError::Invalid(reason)) => {
+                ctx.reject("Listener", &l.name, format!("filter chain {}: {reason}", fc.name))
+            }
+            // The route config's half is missing: blamed on the route config, so a listener that
+            // arrives before its routes (LDS before RDS, as Envoy's servers send them) is
+            // accepted, its chain left out until the route configuration names the virtual host.
+            Err(ChainError::NoVirtualHost { route_config }) => ctx.reject(
+                "RouteConfiguration",
+                &route_config,
+                format!("no virtual host {} (listener {}, filter chain {})", fc.name, l.name, fc.name),
+            ),
         }
     }
     json!({"name": l.name, "filter_chains": chains, "default": "passthrough"})
+}
+
+/// Why a filter chain has no target.
+enum ChainError {
+    /// The chain itself is wrong.
+    Invalid(String),
+    /// Its route configuration does not (yet) have the chain's virtual host.
+    NoVirtualHost { route_config: String },
+}
+
+impl From<String> for ChainError {
+    fn from(s: String) -> Self {
+        Self::Invalid(s)
+    }
+}
+
+impl From<&str> for ChainError {
+    fn from(s: &str) -> Self {
+        Self::Invalid(s.to_owned())
+    }
 }
 
 fn chain_target(
     fc: &FilterChain,
     clusters: &BTreeMap<Arc<str>, Arc<Cluster>>,
     vhosts: &HashMap<String, Arc<VirtualHost>>,
-) -> Result<(Target, serde_json::Value), String> {
+) -> Result<(Target, serde_json::Value), ChainError> {
     let f = fc.filters.last().ok_or("filter chain has no filters")?;
     let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-        return Err(format!("filter {} has no typed_config", f.name));
+        return Err(format!("filter {} has no typed_config", f.name).into());
     };
     if any.type_url == TcpProxy::type_url() {
         let tp: TcpProxy = decode_any(any)?;
@@ -655,13 +685,13 @@ fn chain_target(
         let key = format!("{}/{}", rds.route_config_name, fc.name);
         let vh = vhosts
             .get(&key)
-            .ok_or_else(|| format!("no virtual host {} in route config {}", fc.name, rds.route_config_name))?;
+            .ok_or_else(|| ChainError::NoVirtualHost { route_config: rds.route_config_name.clone() })?;
         return Ok((
             Target::Http(vh.clone()),
             json!({"http": {"rds": rds.route_config_name, "virtual_host": fc.name}}),
         ));
     }
-    Err(format!("filter type {} is not supported", any.type_url))
+    Err(format!("filter type {} is not supported", any.type_url).into())
 }
 
 #[cfg(test)]

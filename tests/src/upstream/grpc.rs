@@ -151,5 +151,8 @@ fn record<B>(log: &Log, req: &http::Request<B>) {
         version: req.version(),
         headers: req.headers().clone(),
         body: bytes::Bytes::new(),
+        trailers: None,
+        // Recorded at the request head: the gRPC upstream does not follow the body.
+        complete: true,
     });
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
@@ -245,9 +246,12 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
     let upgrade = cfg.upgrades && req.headers().contains_key(header::UPGRADE);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => Bytes::new(),
+    let (body, trailers, complete) = match body.collect().await {
+        Ok(b) => {
+            let trailers = b.trailers().cloned();
+            (b.to_bytes(), trailers, true)
+        }
+        Err(_) => (Bytes::new(), None, false),
     };
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     log.record(Seen {
@@ -256,6 +260,8 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
         version: parts.version,
         headers: parts.headers.clone(),
         body: body.clone(),
+        trailers,
+        complete,
     });
     if let Some(gate) = &cfg.gate {
         gate.pass().await;
@@ -339,6 +345,14 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
     let h = resp.headers_mut();
     h.insert(X_UPSTREAM, name);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if parts.method == http::Method::HEAD {
+        // A HEAD response has the GET response's headers and no content (RFC 9110 §9.3.2);
+        // hyper's HTTP/1.1 server drops the body itself, its HTTP/2 server does not.
+        let len = resp.body().size_hint().exact().unwrap_or(0);
+        let (mut head, _) = resp.into_parts();
+        head.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        return Response::from_parts(head, Full::new(Bytes::new()));
+    }
     resp
 }
 

@@ -1,0 +1,251 @@
+//! HTTP/2 conformance (RFC 9113) on every listener that speaks HTTP/2 — outbound (h2c), inbound
+//! (h2c, after protocol detection) and the mutual-TLS hop between sidecars — with frames
+//! written by hand: an invalid connection preface gets GOAWAY(PROTOCOL_ERROR) before the close
+//! (§3.4); trailers without END_STREAM and trailers carrying a pseudo-header field are stream
+//! errors of type PROTOCOL_ERROR (§8.1, §8.3), never answered with the upstream's response, and
+//! the upstream never receives such a request whole.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use outrider_tests::ProxyHarness;
+use outrider_tests::harness::TempDir;
+use outrider_tests::mesh::{self, Sidecar, join_token};
+use outrider_tests::policy::{docs, service};
+use outrider_tests::raw_h2::{Conn, Frame, PREFACE, code, flag, hpack, kind, request};
+use outrider_tests::upstream::{self, Upstream};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+const AUTHORITY: &str = "echo:8080";
+
+/// A proxy whose `echo` service (h2c) is `up`, reached by `:authority: echo:8080` on the
+/// outbound port, and whose inbound port delivers to `up` too.
+async fn proxy(up: &Upstream) -> ProxyHarness {
+    ProxyHarness::start_with(
+        &docs(&[service("echo").protocol("http2").port(8080).endpoint(up.addr).yaml()]),
+        Some(up.addr.port()),
+    )
+    .await
+}
+
+/// The listeners of a plaintext proxy that speak h2c: outbound and inbound.
+fn h2c_listeners(p: &ProxyHarness) -> [(&'static str, SocketAddr); 2] {
+    [("outbound", p.addrs.outbound), ("inbound", p.addrs.inbound)]
+}
+
+/// Everything the server sends on a connection until it closes it must end with
+/// GOAWAY(PROTOCOL_ERROR), with nothing but the server's SETTINGS before.
+fn assert_goaway_then_close(frames: &[Frame], what: &str) {
+    let (last, before) = frames.split_last().unwrap_or_else(|| panic!("{what}: closed without a GOAWAY"));
+    assert_eq!(last.kind, kind::GOAWAY, "{what}: the last frame before the close is a GOAWAY: {frames:?}");
+    assert_eq!(last.error_code(), Some(code::PROTOCOL_ERROR), "{what}: GOAWAY carries PROTOCOL_ERROR: {last:?}");
+    assert_eq!(last.stream, 0, "{what}: GOAWAY is a connection frame");
+    assert!(
+        before.iter().all(|f| f.kind == kind::SETTINGS),
+        "{what}: nothing but the server's SETTINGS comes before the GOAWAY: {frames:?}"
+    );
+}
+
+/// Bytes that are not a valid HTTP/2 connection preface, each with what it shows.
+fn bad_prefaces() -> Vec<(&'static str, Vec<u8>)> {
+    let mut ping_first = PREFACE.to_vec();
+    ping_first.extend(Frame::new(kind::PING, 0, 0, vec![0; 8]).encode());
+    let mut ack_first = PREFACE.to_vec();
+    ack_first.extend(Frame::settings_ack().encode());
+    let mut settings_on_a_stream = PREFACE.to_vec();
+    settings_on_a_stream.extend(Frame::new(kind::SETTINGS, 0, 1, Vec::new()).encode());
+    vec![
+        ("h2spec's invalid preface", b"INVALID CONNECTION PREFACE\r\n\r\n".to_vec()),
+        ("the magic broken after its first line", b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n".to_vec()),
+        ("the magic followed by a PING instead of SETTINGS", ping_first),
+        ("the magic followed by a SETTINGS ACK", ack_first),
+        ("the magic followed by SETTINGS on stream 1", settings_on_a_stream),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_preface_gets_goaway_protocol_error_before_the_close() {
+    let up = upstream::h2().name("h2-up").start().await;
+    let p = proxy(&up).await;
+    for (listener, addr) in h2c_listeners(&p) {
+        for (what, bytes) in bad_prefaces() {
+            let mut c = Conn::connect(addr).await;
+            c.send_bytes(&bytes).await;
+            let frames = c.frames_until_close().await;
+            assert_goaway_then_close(&frames, &format!("{listener}: {what}"));
+        }
+    }
+    assert_eq!(up.connections(), 0, "the upstream saw nothing");
+}
+
+/// POST `/bad` on stream 1 with a body, then `trailers`; then GET `/good` on stream 3. Stream 1
+/// must be reset with PROTOCOL_ERROR without a response, stream 3 answered 200, and the
+/// upstream must never get `/bad` whole.
+async fn stream_error_case<I: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Conn<I>,
+    up: &Upstream,
+    authority: &str,
+    trailers: Vec<Frame>,
+    what: &str,
+) {
+    let mut frames =
+        vec![Frame::headers(1, &request("POST", "/bad", authority), false), Frame::data(1, b"test", false)];
+    frames.extend(trailers);
+    c.send_all(&frames).await;
+    let ended = |f: &Frame| f.stream == 1 && (f.kind == kind::RST_STREAM || f.has(flag::END_STREAM));
+    let frames = c.frames_until("stream 1 to end", |f| ended(f) && f.kind != kind::WINDOW_UPDATE).await;
+    let last = frames.last().unwrap();
+    assert_eq!(
+        (last.kind, last.error_code()),
+        (kind::RST_STREAM, Some(code::PROTOCOL_ERROR)),
+        "{what}: stream 1 is reset with PROTOCOL_ERROR: {frames:?}"
+    );
+    c.send(&Frame::headers(3, &request("GET", "/good", authority), true)).await;
+    let more = c.frames_until("the answer on stream 3", |f| f.stream == 3 && f.has(flag::END_STREAM)).await;
+    let answer = more.iter().find(|f| f.stream == 3 && f.kind == kind::HEADERS);
+    assert_eq!(answer.and_then(Frame::indexed_status), Some(200), "{what}: the connection still serves: {more:?}");
+    let on_bad: Vec<&Frame> =
+        frames.iter().chain(&more).filter(|f| f.stream == 1 && matches!(f.kind, kind::HEADERS | kind::DATA)).collect();
+    assert!(on_bad.is_empty(), "{what}: no response on the malformed stream: {on_bad:?}");
+    let whole: Vec<String> = up.complete_requests().into_iter().map(|s| s.path).collect();
+    assert!(!whole.iter().any(|p| p == "/bad"), "{what}: the upstream never got /bad whole: {whole:?}");
+}
+
+/// The malformed trailers of RFC 9113 §8.1 and §8.3, on stream 1 (one or more frames).
+fn bad_trailers() -> Vec<(&'static str, Vec<Frame>)> {
+    vec![
+        ("a second HEADERS without END_STREAM", vec![Frame::headers(1, &[("x-test", "ok")], false)]),
+        (
+            "a pseudo-header field in trailers without END_STREAM",
+            vec![Frame::headers(1, &[(":method", "POST")], false)],
+        ),
+        ("a pseudo-header field in trailers", vec![Frame::headers(1, &[(":method", "POST")], true)]),
+        (
+            "a pseudo-header field after a trailer field",
+            vec![Frame::headers(1, &[("x-test", "ok"), (":path", "/")], true)],
+        ),
+        ("a :status in trailers", vec![Frame::headers(1, &[(":status", "200"), ("x-test", "ok")], true)]),
+        (
+            "a pseudo-header field in the CONTINUATION of trailers",
+            vec![
+                Frame::new(kind::HEADERS, flag::END_STREAM, 1, hpack(&[("x-test", "ok")])),
+                Frame::new(kind::CONTINUATION, flag::END_HEADERS, 1, hpack(&[(":authority", "x")])),
+            ],
+        ),
+        (
+            "a pseudo-header field in padded, prioritized trailers",
+            vec![Frame::new(kind::HEADERS, flag::END_STREAM | flag::END_HEADERS | flag::PADDED | flag::PRIORITY, 1, {
+                let mut p = vec![3, 0, 0, 0, 0, 16];
+                p.extend(hpack(&[(":path", "/x")]));
+                p.extend([0, 0, 0]);
+                p
+            })],
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_trailers_are_stream_errors_on_h2c_listeners() {
+    let up = upstream::h2().name("h2-up").start().await;
+    let p = proxy(&up).await;
+    for (listener, addr) in h2c_listeners(&p) {
+        for (what, trailers) in bad_trailers() {
+            let mut c = Conn::handshake(addr).await;
+            stream_error_case(&mut c, &up, AUTHORITY, trailers, &format!("{listener}: {what}")).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mtls_h2_hop_between_sidecars_checks_the_same() {
+    let dir = TempDir::new("h2-conformance-mtls");
+    let cp = mesh::control_plane(dir.path(), Duration::from_secs(24 * 3600));
+    cp.apply(&docs(&[
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: reviews}\nspec: {protocol: http2, port: 9080}\n",
+    ]))
+    .await;
+    let app = upstream::h2().name("reviews-app").start().await;
+    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
+    mesh::wait_inbound(&server, "reviews", |_| true).await;
+    let tls = mesh::mesh_client(&cp, "frontend", "reviews", outrider_proxy::tls::ALPN_OUTRIDER).await;
+
+    for (what, bytes) in bad_prefaces() {
+        let mut c = Conn::over(mesh::tls_connect(tls.clone(), server.inbound).await.expect("handshake"));
+        c.send_bytes(&bytes).await;
+        let frames = c.frames_until_close().await;
+        assert_goaway_then_close(&frames, &format!("mTLS: {what}"));
+    }
+    // Over mutual TLS with the HTTP/2 ALPN id, HTTP/1.1 is an invalid preface too.
+    let mut c = Conn::over(mesh::tls_connect(tls.clone(), server.inbound).await.expect("handshake"));
+    c.send_bytes(b"GET / HTTP/1.1\r\nHost: reviews\r\n\r\n").await;
+    assert_goaway_then_close(&c.frames_until_close().await, "mTLS: an HTTP/1.1 request");
+    assert_eq!(app.connections(), 0, "the app saw nothing");
+
+    for (what, trailers) in bad_trailers() {
+        let mut c = Conn::over(mesh::tls_connect(tls.clone(), server.inbound).await.expect("handshake"));
+        c.start().await;
+        stream_error_case(&mut c, &app, "reviews:9080", trailers, &format!("mTLS: {what}")).await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_trailers_reach_the_upstream_as_sent() {
+    let up = upstream::h2().name("h2-up").start().await;
+    let p = proxy(&up).await;
+    for (listener, addr) in h2c_listeners(&p) {
+        let mut c = Conn::handshake(addr).await;
+        // Padded and prioritized, split into a CONTINUATION, after a dynamic table size update.
+        let mut first = vec![1, 0, 0, 0, 0, 16, 0x3f, 0xe1, 0x1f];
+        first.extend(hpack(&[("x-checksum", "abc")]));
+        first.push(0);
+        c.send_all(&[
+            Frame::headers(1, &request("POST", "/trailers", AUTHORITY), false),
+            Frame::data(1, b"body", false),
+            Frame::new(kind::HEADERS, flag::END_STREAM | flag::PADDED | flag::PRIORITY, 1, first),
+            Frame::new(kind::CONTINUATION, flag::END_HEADERS, 1, hpack(&[("x-more", "yes")])),
+        ])
+        .await;
+        let frames = c
+            .frames_until("the answer", |f| f.stream == 1 && (f.has(flag::END_STREAM) || f.kind == kind::RST_STREAM))
+            .await;
+        let answer = frames.iter().find(|f| f.stream == 1 && f.kind == kind::HEADERS);
+        assert_eq!(answer.and_then(Frame::indexed_status), Some(200), "{listener}: answered: {frames:?}");
+        let seen = up.last();
+        assert!(seen.complete, "{listener}: the upstream got the request whole");
+        assert_eq!(seen.path, "/trailers");
+        assert_eq!(seen.body.as_ref(), b"body");
+        let trailers = seen.trailers.expect("trailers forwarded");
+        assert_eq!(trailers.get("x-checksum").map(|v| v.as_bytes()), Some(b"abc".as_slice()));
+        assert_eq!(trailers.get("x-more").map(|v| v.as_bytes()), Some(b"yes".as_slice()));
+        assert_eq!(trailers.len(), 2, "{listener}: nothing else, the proxy's marker removed: {trailers:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_trailers_to_an_http1_upstream_never_arrive_whole() {
+    // HTTP/2 from the client, HTTP/1.1 (chunked) to the upstream: the reset must cut the
+    // upstream request off before its last chunk.
+    let up = upstream::http1().name("h1-up").start().await;
+    let p = ProxyHarness::start(&docs(&[service("echo1").port(8080).endpoint(up.addr).yaml()])).await;
+    for (what, trailers) in bad_trailers() {
+        let mut c = Conn::handshake(p.addrs.outbound).await;
+        stream_error_case(&mut c, &up, "echo1:8080", trailers, &format!("to HTTP/1.1: {what}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_fields_in_an_http2_request_get_400() {
+    let up = upstream::h2().name("h2-up").start().await;
+    let p = proxy(&up).await;
+    for (listener, addr) in h2c_listeners(&p) {
+        let mut c = Conn::handshake(addr).await;
+        let mut fields = request("GET", "/hosts", AUTHORITY);
+        fields.extend([("host", "echo:8080"), ("host", "evil:8080")]);
+        c.send(&Frame::headers(1, &fields, true)).await;
+        let frames = c.frames_until("the answer", |f| f.stream == 1 && f.kind == kind::HEADERS).await;
+        assert_eq!(frames.last().and_then(Frame::indexed_status), Some(400), "{listener}: {frames:?}");
+    }
+    assert_eq!(up.request_count(), 0, "nothing was forwarded");
+}
