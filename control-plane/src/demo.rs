@@ -5,6 +5,8 @@
 //! then heals, then the canary is promoted to 80/20 with an `apply`.
 
 mod apps;
+/// `outrider demo --rollout`: a good version promoted, a bad one aborted.
+mod rollout;
 
 pub use apps::{AppCommand, run as run_app};
 
@@ -35,6 +37,8 @@ pub struct DemoArgs {
     pub duration: Duration,
     pub no_policy: bool,
     pub rate: u32,
+    /// Run the rollout story instead (`--rollout`).
+    pub rollout: bool,
 }
 
 /// The demo's workloads bind a fresh loopback port.
@@ -107,7 +111,13 @@ pub fn run(args: DemoArgs) -> ExitCode {
         }
     };
     let api = format!("http://{}", cp.api_addr);
-    let result = rt.block_on(demo(&args, &api, cp.xds_addr, &token, &data_dir));
+    let result = rt.block_on(async {
+        if args.rollout {
+            rollout::story(args.rate, &api, cp.xds_addr, &token, &data_dir).await
+        } else {
+            demo(&args, &api, cp.xds_addr, &token, &data_dir).await
+        }
+    });
     drop(rt);
     cp.kill();
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -514,6 +524,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
         front_car.addrs.metrics
     );
 
+    println!("  outrider demo --rollout                        # a release: v2 promoted step by step, v3 aborted");
     for app in [front_car, v1_car, v2_car] {
         app.shutdown().await;
     }

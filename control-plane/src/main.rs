@@ -90,6 +90,10 @@ enum Command {
         /// Requests per second.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// Progressive delivery instead: a Rollout promotes a good v2 step by step, then aborts a
+        /// bad v3 on its first step (--duration does not apply).
+        #[arg(long)]
+        rollout: bool,
     },
     /// One of the demo's workloads (frontend, reviews) as a process of its own, unaware of any
     /// proxy: the demo's mesh in containers (docker/demo.sh) runs them beside sidecars.
@@ -200,8 +204,13 @@ fn main() -> ExitCode {
         ),
         Command::Validate { file, output } => validate(&file, output),
         Command::Rollout { verb, name, watch, output, conn } => cli::rollout::run(&conn, verb, &name, watch, output),
-        Command::Demo { duration, no_policy, rate } => {
-            outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs { duration, no_policy, rate })
+        Command::Demo { duration, no_policy, rate, rollout } => {
+            outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs {
+                duration,
+                no_policy,
+                rate,
+                rollout,
+            })
         }
         Command::DemoApp { app } => outrider_control_plane::demo::run_app(app),
     }

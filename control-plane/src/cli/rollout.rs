@@ -168,12 +168,12 @@ pub fn line(s: &Value) -> String {
     let side = |v: &Value| {
         format!("{} req {} p99 {}", v["requests"].as_u64().unwrap_or(0), pct(&v["successRate"]), ms(&v["p99Ms"]))
     };
+    let (step, steps) = (s["step"].as_u64().unwrap_or(0), s["steps"].as_array().map_or(0, Vec::len) as u64);
+    let at = if (1..=steps).contains(&step) { format!(" step {step}/{steps}") } else { String::new() };
     let mut out = format!(
-        "{} {} step {}/{} weight {}%{} | canary {} | stable {}",
+        "{} {}{at} weight {}%{} | canary {} | stable {}",
         s["name"].as_str().unwrap_or(""),
         s["phase"].as_str().unwrap_or(""),
-        s["step"].as_u64().unwrap_or(0),
-        s["steps"].as_array().map_or(0, Vec::len),
         s["weight"].as_u64().unwrap_or(0),
         if s["preview"] == true { " (preview)" } else { "" },
         side(&s["canary"]),

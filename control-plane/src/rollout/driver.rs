@@ -241,6 +241,8 @@ impl Controller {
             }
         });
         if ok {
+            let what = if promoted { "promoted".to_owned() } else { format!("entered step {next_number}") };
+            self.set_message(name, what);
             let _ = self.persist().await;
             let event = if promoted { "promoted" } else { "step" };
             self.count_event(event);

@@ -1,0 +1,201 @@
+//! `outrider demo --rollout`: progressive delivery in the demo mesh. `reviews` v1 serves; a
+//! good v2 is released by a Rollout (canary steps, one-second checks on the sidecars' load
+//! reports) and promoted step by step; then a bad v3 (a quarter of its answers are 503s) is
+//! released after it and aborted on its first step. A line per second shows the rollout (step,
+//! weight, canary and stable numbers) next to what the caller sees.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use super::apps::{self, Reviews};
+use super::{LOOPBACK_ANY, SERVICES, apply, join_token, sidecar, wait_for};
+use crate::cli::client;
+
+/// All traffic on v1 before the first release.
+const START: &str = "apiVersion: outrider.io/v1
+kind: TrafficPolicy
+metadata: {name: reviews}
+spec:
+  service: reviews
+  routes:
+    - name: main
+      split: [{subset: {version: v1}, weight: 100}]
+";
+
+/// The Rollout of `canary` after `stable`.
+fn rollout(stable: &str, canary: &str) -> String {
+    format!(
+        "apiVersion: outrider.io/v1
+kind: Rollout
+metadata: {{name: reviews}}
+spec:
+  service: reviews
+  stable: {{version: {stable}}}
+  canary: {{version: {canary}}}
+  strategy: {{canary: {{steps: [10, 25, 50]}}}}
+  interval: 1s
+  analysis: {{minSuccessRate: 99, maxP99Latency: 250ms, minRequests: 15, abortAfterFailures: 1}}
+"
+    )
+}
+
+/// What the caller saw since the last line.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Run the story; `rate` requests per second through the frontend.
+pub(super) async fn story(
+    rate: u32,
+    api: &str,
+    xds: SocketAddr,
+    token: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    println!(
+        "outrider demo --rollout: frontend → reviews v1; a Rollout releases v2 (good), then v3 (bad); loopback only\n"
+    );
+    let versions = [Reviews::new("v1", 0, 0), Reviews::new("v2", 0, 0), Reviews::new("v3", 25, 0)];
+    apply(api, token, SERVICES.to_owned()).await?;
+    apply(api, token, START.to_owned()).await?;
+    let front_token = join_token(api, token, "frontend", dir).await?;
+    let reviews_token = join_token(api, token, "reviews", dir).await?;
+    let front_car = sidecar(xds, api, front_token, "frontend-1", "frontend", "v1", None).await?;
+    let upstream = format!("http://{}/reviews", front_car.addrs.outbound).parse()?;
+    let front = apps::start_frontend(LOOPBACK_ANY, upstream, Some("reviews:8080")).await?;
+    let mut cars = vec![front_car];
+    for r in &versions {
+        let addr = apps::start_reviews(r.clone(), LOOPBACK_ANY).await?;
+        let node = format!("reviews-{}", r.version);
+        cars.push(sidecar(xds, api, reviews_token.clone(), &node, "reviews", r.version, Some(addr.port())).await?);
+    }
+    wait_for("the three reviews workloads to register", || async {
+        let r = client::send(api, Method::GET, "/v1/endpoints", None, None).await;
+        let n = r.map(|r| {
+            r.json()["items"].as_array().map_or(0, |items| items.iter().filter(|i| i["service"] == "reviews").count())
+        });
+        n.unwrap_or(0) >= 3
+    })
+    .await?;
+    let probe: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let front_uri: http::Uri = format!("http://{front}/").parse()?;
+    wait_for("frontend to reach reviews v1 through the mesh", || {
+        let (probe, uri) = (probe.clone(), front_uri.clone());
+        async move {
+            let Ok(req) = Request::get(uri).body(Empty::new()) else { return false };
+            matches!(probe.request(req).await, Ok(r) if r.status().is_success())
+        }
+    })
+    .await?;
+    println!("control plane API  {api}");
+    println!("watch it yourself  outrider rollout status reviews -w --server {api}\n");
+
+    let seen = Arc::new(Seen::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(drive(format!("http://{front}/"), rate.max(1), seen.clone(), stop_rx));
+    let start = Instant::now();
+    let mut outcomes = Vec::new();
+    for (stable, canary) in [("v1", "v2"), ("v2", "v3")] {
+        println!("  --  t={:.0}s apply Rollout reviews: {stable} → {canary}", start.elapsed().as_secs_f64());
+        apply(api, token, rollout(stable, canary)).await?;
+        outcomes.push(watch(api, &seen, start, canary).await?);
+    }
+    let _ = stop_tx.send(true);
+    let _ = load.await;
+    let hits: Vec<String> = versions
+        .iter()
+        .map(|r| {
+            let (ok, failed) = (r.counts.ok.load(Ordering::Relaxed), r.counts.failed.load(Ordering::Relaxed));
+            format!("{} {} ({} failed)", r.version, ok + failed, failed)
+        })
+        .collect();
+    println!("\nsummary: {}; requests per version: {}", outcomes.join("; "), hits.join(", "));
+    println!(
+        "the rollouts were judged on the sidecars' own load reports (GET {api}/v1/stats/reviews); \
+         docs/rollouts.md has the fields and the state machine."
+    );
+    for car in cars {
+        car.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Requests at `rate` per second until stopped.
+async fn drive(uri: String, rate: u32, seen: Arc<Seen>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let caller: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else { continue };
+        let (caller, uri, seen) = (caller.clone(), uri.clone(), seen.clone());
+        tokio::spawn(async move {
+            let ok = match Request::get(uri).body(Empty::new()) {
+                Ok(req) => matches!(caller.request(req).await, Ok(r) if r.status().is_success()),
+                Err(_) => false,
+            };
+            if ok { &seen.ok } else { &seen.failed }.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    let _ = in_flight.acquire_many(256).await;
+}
+
+/// A line per second until the rollout of `canary` is promoted or aborted (and its split
+/// written); returns how it ended.
+async fn watch(api: &str, seen: &Seen, start: Instant, canary: &str) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut told = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let reply = client::send(api, Method::GET, "/v1/rollouts/reviews", None, None).await?;
+        let status: Value = reply.json();
+        if status["canary"]["labels"]["version"] != canary {
+            // Not the new Rollout's state yet.
+            continue;
+        }
+        // The rollout's events, as they happen.
+        let history = status["history"].as_array().cloned().unwrap_or_default();
+        for event in history.iter().skip(told) {
+            println!("  --  t={:.0}s {}", start.elapsed().as_secs_f64(), event["message"].as_str().unwrap_or(""));
+        }
+        told = told.max(history.len());
+        let (ok, failed) = (seen.ok.swap(0, Ordering::Relaxed), seen.failed.swap(0, Ordering::Relaxed));
+        let caller = match (100 * ok).checked_div(ok + failed) {
+            Some(p) => format!("{p}%"),
+            None => "-".to_owned(),
+        };
+        println!(
+            "{:>3}s  {}  | caller {caller} of {}",
+            start.elapsed().as_secs().max(1),
+            crate::cli::rollout::line(&status),
+            ok + failed
+        );
+        let done = status["splitWritten"] == true;
+        match status["phase"].as_str() {
+            Some("promoted") if done => return Ok(format!("{canary} promoted")),
+            Some("aborted") if done => {
+                return Ok(format!("{canary} aborted ({})", status["reason"].as_str().unwrap_or("")));
+            }
+            _ => {}
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the rollout of {canary} did not finish within 60s: {status}");
+    }
+}
