@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use outrider_proxy::source::xds::Protocol;
 use outrider_tests::control_plane::{ControlPlane, MeshProxy};
-use outrider_tests::eventually;
 use outrider_tests::harness::TempDir;
 use outrider_tests::load::{Load, Plan};
 use outrider_tests::upstream::{self, Switch, Upstream};
+use outrider_tests::{eventually, wait};
 use serde_json::Value;
 
 const URI: &str = "http://reviews:8080/";
@@ -288,4 +288,43 @@ async fn a_manual_edit_of_the_split_is_refused_while_progressing_and_accepted_wh
     let tp = m.cp.call("GET", "/v1/policies/TrafficPolicy/reviews", "", false, None).await;
     let split = &tp.json["document"]["spec"]["routes"][0]["split"];
     assert_eq!((split[0]["weight"].as_u64(), split[1]["weight"].as_u64()), (Some(100), Some(0)), "{split}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_watches_a_rollout_to_its_end_and_its_commands_say_what_they_did() {
+    use outrider_tests::control_plane::{TOKEN, outrider_bin};
+    let m = mesh(upstream::http1().name("v2").start().await).await;
+    let load = Load::start(m.proxy.client.clone(), Plan::new(200, URI));
+    m.cp.apply(&rollout("{canary: {steps: [20, 50]}}", "{minRequests: 20}", "")).await;
+    let server = format!("http://{}", m.cp.api);
+    let cli = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(outrider_bin());
+        cmd.arg("rollout").args(args).args(["--server", &server, "--token", TOKEN]);
+        cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        cmd
+    };
+    // Off a terminal, -w prints a line per change and exits 0 once promoted.
+    let out = wait::within("the watch to end", cli(&["status", "reviews", "-w"]).output()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains('\x1b'), "no terminal codes in a pipe:\n{stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(last.contains("reviews promoted weight 100%"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("progressing step 2/2 weight 50%")), "{stdout}");
+    // The table view once, and a command's answer.
+    let out = cli(&["status", "reviews"]).output().await.unwrap();
+    let view = String::from_utf8_lossy(&out.stdout);
+    assert!(view.contains("Status    ✔ promoted") && view.contains("canary version=v2"), "{view}");
+    let out = cli(&["abort", "reviews"]).output().await.unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reviews aborted weight 0%"));
+    let out = cli(&["abort", "reviews"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "aborting an aborted rollout is a conflict");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("409"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["status", "nope"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown rollout");
+    let json = cli(&["status", "reviews", "-o", "json"]).output().await.unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["phase"], "aborted");
+    load.stop().await;
 }
