@@ -1,4 +1,4 @@
-//! The verbs that talk to a running control plane: `apply`, `get`, `delete`, `status`,
+//! The verbs that talk to a running control plane: `apply`, `get`, `delete`, `status`, `rollout`,
 //! `token create`.
 //! Exit codes: 0 ok, 1 runtime failure (server unreachable, conflict, server error), 2 bad
 //! usage or invalid input.

@@ -7,7 +7,7 @@
 pub mod api;
 /// The mesh CA: root, workload certificates from CSRs, trust bundle, join tokens.
 pub mod ca;
-/// The CLI verbs that talk to a running control plane (`apply`, `get`, `delete`, `status`).
+/// The CLI verbs that talk to a running control plane (`apply`, `get`, `delete`, `status`, `rollout`).
 pub mod cli;
 /// `outrider demo`: the mesh in one process, with load and a live view.
 pub mod demo;
