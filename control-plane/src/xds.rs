@@ -81,6 +81,8 @@ pub struct AdsServer {
     namespace_of: Option<crate::tracker::NamespaceOf>,
     /// Where load reports (LRS on the same port) go; without it the method is UNIMPLEMENTED.
     stats: Option<Arc<crate::stats::Stats>>,
+    /// Served over TLS: load reports then need a client certificate (they decide rollouts).
+    reports_need_identity: bool,
 }
 
 impl AdsServer {
@@ -98,6 +100,7 @@ impl AdsServer {
             large_pushes: Arc::new(Semaphore::new(LARGE_PUSHES)),
             namespace_of: None,
             stats: None,
+            reports_need_identity: false,
         }
     }
 
@@ -123,7 +126,8 @@ impl AdsServer {
 
     /// [`AdsServer::serve`], over TLS when `tls` is given: a client certificate, when presented,
     /// is verified and its identity passed to the streams ([`PeerIdentity`]).
-    pub async fn serve_with(self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    pub async fn serve_with(mut self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        self.reports_need_identity = tls.is_some();
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(a) => a,
@@ -158,6 +162,12 @@ impl AdsServer {
         if req.uri().path() == crate::stats::lrs::PATH
             && let Some(stats) = &self.stats
         {
+            if self.reports_need_identity && identity.is_none() {
+                return encode::refused(
+                    tonic::Code::Unauthenticated,
+                    "load reports over TLS need a client certificate of the mesh CA (a proxy with a workload identity)",
+                );
+            }
             return crate::stats::lrs::call(stats.clone(), req.into_body());
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);

@@ -13,7 +13,8 @@
 //! [`outrider_xds::latency`]). A new response may change the interval or the clusters at any
 //! time. Counts made while no stream is up are dropped when the next stream starts, so that a
 //! report never covers more than about one interval. A server without the service
-//! (UNIMPLEMENTED) is not asked again.
+//! (UNIMPLEMENTED), or that takes reports only from proxies with an identity
+//! (UNAUTHENTICATED), is not asked again.
 
 mod endpoint;
 
@@ -104,6 +105,13 @@ impl LoadReporter {
             match result {
                 Err(ReportError::Stream(status)) if status.code() == tonic::Code::Unimplemented => {
                     tracing::info!(server = %self.config.address, "the xDS server takes no load reports; not sending any");
+                    return;
+                }
+                Err(ReportError::Stream(status)) if status.code() == tonic::Code::Unauthenticated => {
+                    tracing::warn!(
+                        server = %self.config.address, reason = status.message(),
+                        "the xDS server takes load reports only from proxies with a workload identity; not sending any"
+                    );
                     return;
                 }
                 Err(e) => tracing::debug!(error = %e, retry_in = ?delay, "load report stream ended; reconnecting"),

@@ -199,12 +199,15 @@ pub(crate) fn response(body: AdsBody) -> http::Response<AdsBody> {
 
 /// A trailers-only `UNIMPLEMENTED` answer for a method this server does not have.
 pub(super) fn unimplemented(path: &str) -> http::Response<AdsBody> {
+    refused(tonic::Code::Unimplemented, &format!("unknown method {path}"))
+}
+
+/// A trailers-only answer with `code` and `message`: the call is refused before it starts.
+pub(crate) fn refused(code: tonic::Code, message: &str) -> http::Response<AdsBody> {
     let mut response = response(AdsBody::empty());
     let headers = response.headers_mut();
-    headers.insert("grpc-status", HeaderValue::from_static("12"));
-    if let Ok(message) = HeaderValue::from_str(
-        &format!("unknown method {path}").replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_"),
-    ) {
+    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    if let Ok(message) = HeaderValue::from_str(&message.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_")) {
         headers.insert("grpc-message", message);
     }
     response
