@@ -48,6 +48,12 @@ pub struct Registration {
     /// The SPIFFE ID of the sidecar in front of the workload: meshed when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// An ambient workload (a node proxy registered it): callers reach it over HBONE.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hbone: bool,
+    /// The node proxy serving the workload (its authenticated SPIFFE ID), in node mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Seconds until it expires; `None` while its stream is up.
     pub expires_in: Option<f64>,
     #[serde(skip)]
@@ -116,6 +122,8 @@ impl Registry {
                         weight: 1,
                         origin,
                         identity,
+                        hbone: false,
+                        node: None,
                         expires_in: None,
                         expires,
                     },
@@ -124,6 +132,27 @@ impl Registry {
             }
         };
         drop(entries);
+        self.bump();
+        id
+    }
+
+    /// Add or refresh a workload a node proxy serves: reached over HBONE, with its identity;
+    /// `node` is the node proxy's authenticated identity (it may then get the workload's
+    /// certificate). Port 0 stands for the service's port.
+    pub fn register_workload(
+        &self,
+        service: &str,
+        address: SocketAddr,
+        labels: BTreeMap<String, String>,
+        origin: Origin,
+        identity: String,
+        node: Option<String>,
+    ) -> u64 {
+        let id = self.register(service, address, labels, origin, None, Some(identity));
+        if let Some(r) = self.entries.lock().get_mut(&id) {
+            r.hbone = true;
+            r.node = node;
+        }
         self.bump();
         id
     }
@@ -198,6 +227,15 @@ impl Registry {
     }
 }
 
+impl crate::ca::issuance::NodeWorkloads for Registry {
+    fn hosts(&self, node: &str, workload: &str) -> bool {
+        self.entries
+            .lock()
+            .values()
+            .any(|r| r.hbone && r.node.as_deref() == Some(node) && r.identity.as_deref() == Some(workload))
+    }
+}
+
 impl EndpointSource for Registry {
     fn endpoints(&self) -> BTreeMap<String, Vec<Endpoint>> {
         let mut out: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
@@ -208,6 +246,7 @@ impl EndpointSource for Registry {
                 weight: r.weight,
                 meshed: r.identity.is_some(),
                 identity: r.identity.clone(),
+                hbone: r.hbone && r.identity.is_some(),
             });
         }
         out
@@ -228,8 +267,13 @@ pub fn merge(set: &PolicySet, registered: &BTreeMap<String, Vec<Endpoint>>) -> P
     for (service, endpoints) in registered {
         if let Some(s) = merged.services.get_mut(service) {
             for e in endpoints {
+                let mut e = e.clone();
+                // A node proxy that did not say the workload's port: the service's.
+                if e.address.port() == 0 {
+                    e.address.set_port(s.spec.port);
+                }
                 if !s.spec.endpoints.iter().any(|have| have.address == e.address) {
-                    s.spec.endpoints.push(e.clone());
+                    s.spec.endpoints.push(e);
                 }
             }
         }
@@ -274,6 +318,7 @@ mod tests {
             weight: 1,
             meshed: false,
             identity: None,
+            hbone: false,
         };
         let registered = BTreeMap::from([("a".to_owned(), vec![e.clone()]), ("zz".to_owned(), vec![e])]);
         let merged = merge(&set, &registered);

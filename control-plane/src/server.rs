@@ -275,7 +275,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         token: token.clone(),
         snapshots: snap_rx.clone(),
         registry: registry.clone(),
-        issuance: Issuance::new(ca.clone(), tokens.clone()),
+        issuance: Issuance::new(ca.clone(), tokens.clone()).with_nodes(registry.clone()),
         tokens: tokens.clone(),
         stats: stats.clone(),
         rollouts: rollouts.clone(),

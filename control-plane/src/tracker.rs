@@ -102,6 +102,7 @@ impl Tracker {
             registration: None,
             peer: None,
             namespace_of: None,
+            workloads: BTreeMap::new(),
         }
     }
 
@@ -126,6 +127,13 @@ pub struct StreamHandle {
     peer: Option<PeerIdentity>,
     /// The namespace of a Service by name, to bind authenticated proxies to their namespace.
     namespace_of: Option<NamespaceOf>,
+    /// Node mode: the workloads this node proxy registered, by (service, address).
+    workloads: BTreeMap<(String, SocketAddr), u64>,
+}
+
+/// Node metadata `mode: node`: a node proxy serving many workloads.
+pub fn is_node_mode(node: &Node) -> bool {
+    metadata_string(node, "mode").as_deref() == Some("node")
 }
 
 /// Looks up the `metadata.namespace` of a Service by name.
@@ -190,6 +198,65 @@ impl StreamHandle {
         }
     }
 
+    /// Node mode: make the registrations match the node's `workloads` metadata (each an
+    /// HBONE endpoint of its service, with its identity). Only a node proxy authenticated as an
+    /// identity of namespace `outrider-system` registers workloads; it may then get their
+    /// certificates.
+    pub fn sync_workloads(&mut self, node: &Node) {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        let Some(peer) = self.peer.clone() else {
+            tracing::warn!(node = %node.id, "node proxy without a client certificate: its workloads are not registered");
+            return;
+        };
+        let node_identity = peer.0.to_string();
+        let list = match node.metadata.as_ref().and_then(|m| m.fields.get("workloads")).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::ListValue(l)) => l.values.clone(),
+            _ => Vec::new(),
+        };
+        let mut wanted = BTreeMap::new();
+        for item in list {
+            let Some(Kind::StructValue(s)) = item.kind else { continue };
+            let field = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+                Some(Kind::StringValue(v)) => Some(v.clone()),
+                _ => None,
+            };
+            let (Some(service), Some(address), Some(identity)) =
+                (field("service"), field("address"), field("identity"))
+            else {
+                continue;
+            };
+            let Ok(address) = address.parse::<SocketAddr>() else { continue };
+            let labels = match s.fields.get("labels").and_then(|v| v.kind.as_ref()) {
+                Some(Kind::StructValue(l)) => outrider_xds::resources::struct_strings(l),
+                _ => BTreeMap::new(),
+            };
+            wanted.insert((service, address), (identity, labels));
+        }
+        let gone: Vec<(String, SocketAddr)> =
+            self.workloads.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        for key in gone {
+            if let Some(id) = self.workloads.remove(&key) {
+                self.registry.remove(id);
+                tracing::info!(node = %node.id, service = %key.0, address = %key.1, "node workload deregistered");
+            }
+        }
+        for ((service, address), (identity, labels)) in wanted {
+            let known = self.workloads.contains_key(&(service.clone(), address));
+            let id = self.registry.register_workload(
+                &service,
+                address,
+                labels,
+                Origin::Sidecar(node.id.clone()),
+                identity.clone(),
+                Some(node_identity.clone()),
+            );
+            if !known {
+                tracing::info!(node = %node.id, %service, %address, %identity, "node workload registered");
+            }
+            self.workloads.insert((service, address), id);
+        }
+    }
+
     /// The stream's verified client certificate identity (xDS over TLS), shown in the status.
     pub fn authenticated(&mut self, peer: Option<&PeerIdentity>) {
         let Some(peer) = peer else { return };
@@ -215,6 +282,17 @@ impl StreamHandle {
                 "node {:?} claims identity {claimed} in its metadata, but its client certificate is for {}",
                 node.id, peer.0
             )));
+        }
+        if is_node_mode(node) {
+            let own = peer.0.namespace_and_service_account().map(|(ns, _)| ns);
+            if own != Some(crate::ca::issuance::NODE_NAMESPACE) {
+                tracing::warn!(node = %node.id, certificate = %peer.0, "xDS stream refused: node mode needs a node identity");
+                return Err(tonic::Status::permission_denied(format!(
+                    "{} may not act as a node proxy: node proxies run as identities of namespace {}",
+                    peer.0,
+                    crate::ca::issuance::NODE_NAMESPACE
+                )));
+            }
         }
         let service = node_service(node);
         if let Some(namespace_of) = &self.namespace_of
@@ -243,6 +321,9 @@ impl StreamHandle {
     /// workload stops being an endpoint now, not after the grace period.
     pub fn leave(&mut self) {
         self.with(|p| p.draining = true);
+        for (_, id) in std::mem::take(&mut self.workloads) {
+            self.registry.remove(id);
+        }
         if let Some(id) = self.registration.take()
             && self.registry.remove(id)
         {
@@ -282,6 +363,9 @@ impl Drop for StreamHandle {
     fn drop(&mut self) {
         if let Some(id) = self.registration {
             self.registry.expire_after(id, self.registry.grace);
+        }
+        for id in self.workloads.values() {
+            self.registry.expire_after(*id, self.registry.grace);
         }
         self.tracker.proxies.lock().remove(&self.id);
         self.metrics.connected_proxies.dec();

@@ -243,11 +243,17 @@ impl Subscription {
             Scope::All => self.wildcard || self.names.contains(&resource.name),
             Scope::ByName => self.names.contains(&resource.name),
             Scope::Service(s) => {
-                !service.is_empty() && s == service && (self.wildcard || self.names.contains(&resource.name))
+                !service.is_empty()
+                    && (s == service || service == NODE_SCOPE)
+                    && (self.wildcard || self.names.contains(&resource.name))
             }
         }
     }
 }
+
+/// The "service" of a node proxy's stream: it gets the inbound config of every service (the
+/// workloads it serves come and go).
+pub(crate) const NODE_SCOPE: &str = "*";
 
 /// Node metadata `draining: true`: the proxy is leaving (it stopped accepting), so its
 /// workload is no longer an endpoint.
@@ -276,13 +282,20 @@ impl Peer {
             return Ok(());
         };
         let draining = node_draining(node);
+        let node_mode = crate::tracker::is_node_mode(node);
         if !self.identified {
             handle.authorize(node)?;
             self.identified = true;
-            self.service = crate::tracker::node_service(node);
+            self.service = if node_mode { NODE_SCOPE.to_owned() } else { crate::tracker::node_service(node) };
             handle.identify(node, draining);
+            if node_mode && !draining {
+                handle.sync_workloads(node);
+            }
         } else if draining {
             handle.leave();
+        } else if node_mode {
+            // A node proxy sends its node again whenever its workloads change.
+            handle.sync_workloads(node);
         }
         Ok(())
     }

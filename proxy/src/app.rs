@@ -21,6 +21,7 @@ use crate::telemetry::metrics::{Direction, DirectionLabels, Metrics};
 use crate::telemetry::trace::Tracer;
 use crate::telemetry::trace::export::Exporter;
 use crate::transport::listen;
+use crate::transport::socket::SocketOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -30,6 +31,10 @@ pub enum AppError {
     Policy(String, #[source] LoadError),
     #[error("cannot start the control runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot listen on the node API socket {0}: {1}")]
+    NodeSocket(std::path::PathBuf, #[source] std::io::Error),
+    #[error("node mode: {0}")]
+    Node(String),
 }
 
 impl AppError {
@@ -91,17 +96,23 @@ impl App {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file change only");
         }
 
-        let outbound_l = TcpListener::from_std(bind("outbound", config.outbound)?)
-            .map_err(|e| AppError::Bind("outbound", config.outbound, e))?;
-        let inbound_l = TcpListener::from_std(bind("inbound", config.inbound)?)
-            .map_err(|e| AppError::Bind("inbound", config.inbound, e))?;
+        // Node mode: the outbound and inbound listeners live in the workloads' namespaces.
+        let (outbound_l, inbound_l) = if config.node.is_some() {
+            (None, None)
+        } else {
+            let outbound_l = TcpListener::from_std(bind("outbound", config.outbound)?)
+                .map_err(|e| AppError::Bind("outbound", config.outbound, e))?;
+            let inbound_l = TcpListener::from_std(bind("inbound", config.inbound)?)
+                .map_err(|e| AppError::Bind("inbound", config.inbound, e))?;
+            (Some(outbound_l), Some(inbound_l))
+        };
         let admin_l = bind("admin", config.admin)?;
         let metrics_l = bind("metrics", config.metrics)?;
         let health_l = bind("health", config.health)?;
         let local = |l: &std::net::TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let addrs = BoundAddrs {
-            outbound: outbound_l.local_addr().unwrap_or(config.outbound),
-            inbound: inbound_l.local_addr().unwrap_or(config.inbound),
+            outbound: outbound_l.as_ref().and_then(|l| l.local_addr().ok()).unwrap_or(config.outbound),
+            inbound: inbound_l.as_ref().and_then(|l| l.local_addr().ok()).unwrap_or(config.inbound),
             admin: local(&admin_l, config.admin),
             metrics: local(&metrics_l, config.metrics),
             health: local(&health_l, config.health),
@@ -144,17 +155,17 @@ impl App {
             store: store.clone(),
             recorder: recorder.clone(),
             server: server.clone(),
-            socket_mark: config.socket_mark,
+            socket: SocketOptions::marked(config.socket_mark),
             mesh: mesh.clone(),
         });
         let inbound_service: Arc<str> = Arc::from(config.service.as_deref().unwrap_or("inbound"));
         let inbound = Arc::new(
             Inbound::new(
-                recorder,
-                server,
+                recorder.clone(),
+                server.clone(),
                 config.app_port,
                 inbound_service,
-                config.socket_mark,
+                SocketOptions::marked(config.socket_mark),
                 store.clone(),
                 mesh.clone(),
             )
@@ -162,12 +173,45 @@ impl App {
         );
 
         let m = metrics.clone();
-        tokio::spawn(accept_loop(outbound_l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
-            outbound.clone().serve(s, c, d)
-        }));
-        tokio::spawn(accept_loop(inbound_l, drain.signal(), m, Direction::inbound, move |s, c, d| {
-            inbound.clone().serve(s, c, d)
-        }));
+        if let Some(l) = outbound_l {
+            tokio::spawn(accept_loop(l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
+                outbound.clone().serve(s, c, d)
+            }));
+        }
+        if let Some(l) = inbound_l {
+            tokio::spawn(accept_loop(l, drain.signal(), m, Direction::inbound, move |s, c, d| {
+                inbound.clone().serve(s, c, d)
+            }));
+        }
+        // Node mode: the workload registry and its local API (on the data runtime: the
+        // workloads' listeners run there).
+        let node = match (&config.node, &xds) {
+            (Some(settings), Some(x)) => {
+                let ca = match &config.identity {
+                    Some(id) => Some(
+                        crate::mesh::CaClient::new(id.ca.clone(), id.ca_root.as_deref())
+                            .map_err(|e| AppError::Node(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                let node = crate::node::Node::new(crate::node::Shared {
+                    recorder: recorder.clone(),
+                    server: server.clone(),
+                    fanout: x.fanout(),
+                    mark: config.socket_mark.unwrap_or(crate::config::NODE_SOCKET_MARK),
+                    node_mesh: mesh.clone(),
+                    ca,
+                    drain: drain.clone(),
+                });
+                let api = crate::node::api::bind(&settings.socket)
+                    .map_err(|e| AppError::NodeSocket(settings.socket.clone(), e))?;
+                tokio::spawn(crate::node::api::serve(api, node.clone()));
+                tracing::info!(socket = %settings.socket.display(), "node mode: workload API listening");
+                Some(node)
+            }
+            (Some(_), None) => return Err(AppError::Node("needs --xds-address".into())),
+            _ => None,
+        };
 
         // The control runtime: admin, metrics, health, config source.
         let state = Arc::new(AdminState {
@@ -214,6 +258,9 @@ impl App {
                                 tokio::spawn(crate::tls::rotate::run(issued.certs.clone(), issuer, backoff));
                                 xds.map(|mut x| {
                                     x.set_identity(issued.identity());
+                                    if let Some(node) = &node {
+                                        x.set_node_updates(node.set_base(x.node().clone()));
+                                    }
                                     match issued.xds_client() {
                                         Ok(tls) => x.set_tls(tls),
                                         Err(error) => tracing::error!(%error, "cannot build the xDS TLS config"),
@@ -315,7 +362,8 @@ impl Drop for App {
     }
 }
 
-async fn accept_loop<F, Fut>(
+/// Accept until drain; each connection is tracked by the drain and counted.
+pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut sig: drain::Signal,
     metrics: Metrics,

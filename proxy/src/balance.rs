@@ -132,9 +132,20 @@ impl<T: Balanced> Balancer<T> {
     }
 }
 
+/// The longest round-robin order kept: weights whose sum is larger (an xDS
+/// server may send any `u32`) are scaled down to it, keeping their ratios to
+/// within one part in this.
+const MAX_SCHEDULE: u64 = 1 << 16;
+
 /// nginx's smooth weighted round robin, unrolled into a fixed order.
 fn smooth_schedule<T: Balanced>(items: &[T]) -> Vec<u32> {
-    let weights: Vec<i64> = items.iter().map(|i| i64::from(i.weight().max(1))).collect();
+    let raw: Vec<u64> = items.iter().map(|i| u64::from(i.weight().max(1))).collect();
+    let sum: u64 = raw.iter().sum();
+    let weights: Vec<i64> = raw
+        .iter()
+        .map(|&w| if sum > MAX_SCHEDULE { (w * MAX_SCHEDULE / sum).max(1) } else { w })
+        .map(|w| i64::try_from(w).unwrap_or(i64::MAX))
+        .collect();
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; items.len()];
     let mut out = Vec::with_capacity(total as usize);

@@ -20,6 +20,8 @@ pub enum Command {
     /// Print (or with --apply, install) the iptables rules that redirect a network
     /// namespace's TCP traffic to the proxy.
     Iptables(crate::iptables::IptablesArgs),
+    /// Manage the workloads of a node proxy (`--mode node`) through its local API socket.
+    Node(crate::node::api::NodeCli),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,7 +44,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// sidecar (one proxy per workload) or node (one per machine; not supported yet).
+    /// sidecar (one proxy per workload) or node (one per machine serving every workload's
+    /// network namespace; needs --xds-address and --identity-token).
     #[arg(long, env = "OUTRIDER_MODE", value_enum, default_value = "sidecar")]
     pub mode: Mode,
     /// Policy file (YAML) to load; watched, and reloaded on change and on SIGHUP.
@@ -129,7 +132,13 @@ pub struct ProxyArgs {
     /// Labels of the registered workload, KEY=VALUE, repeatable.
     #[arg(long = "label", env = "OUTRIDER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Node mode: the local workload API's Unix socket (`outrider-proxy node …` talks to it).
+    #[arg(long, env = "OUTRIDER_NODE_SOCKET", default_value = crate::node::DEFAULT_SOCKET)]
+    pub node_socket: PathBuf,
 }
+
+/// The socket mark of a node proxy unless `--socket-mark` says otherwise.
+pub const NODE_SOCKET_MARK: u32 = 0x539;
 
 fn on_off(s: &str) -> Result<bool, String> {
     match s {
@@ -169,7 +178,16 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     pub socket_mark: Option<u32>,
     /// Workload identity (`--identity-token`); `None`: no mTLS, plaintext to every endpoint.
+    /// In node mode: the node's own identity.
     pub identity: Option<crate::mesh::IdentityConfig>,
+    /// Node mode: the local API socket.
+    pub node: Option<NodeSettings>,
+}
+
+/// `--mode node`.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +231,7 @@ impl ProxyConfig {
             drain_timeout: Duration::from_secs(5),
             socket_mark: None,
             identity: None,
+            node: None,
         }
     }
 }
@@ -220,7 +239,19 @@ impl ProxyConfig {
 impl ProxyArgs {
     pub fn validate(self) -> Result<ProxyConfig, ConfigError> {
         if self.mode == Mode::Node {
-            return Err(ConfigError::NotSupported("--mode node", "run one proxy per workload (sidecar)"));
+            if self.xds_address.is_none() || self.identity_token.is_none() {
+                return Err(ConfigError::Invalid(
+                    "--mode node",
+                    "needs --xds-address and --identity-token (the node's join token): workloads get \
+                     their certificates on the node's identity",
+                ));
+            }
+            if self.service.is_some() || self.advertise.is_some() || self.app_port.is_some() {
+                return Err(ConfigError::Invalid(
+                    "--mode node",
+                    "--service, --advertise and --app-port are per workload: use `outrider-proxy node add-workload`",
+                ));
+            }
         }
         if self.xds_address.as_deref().is_some_and(|a| a.starts_with("https://")) && self.identity_token.is_none() {
             return Err(ConfigError::Invalid(
@@ -314,10 +345,17 @@ impl ProxyArgs {
             t.errors = self.trace_errors;
         }
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let kind = if self.mode == Mode::Node { "node" } else { "sidecar" };
         let node_id = self.node_id.unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            format!("sidecar~{}~{}", host.trim(), std::process::id())
+            format!("{kind}~{}~{}", host.trim(), std::process::id())
         });
+        // Node mode: the proxy's sockets in workload namespaces carry a mark the rules exempt.
+        let socket_mark = match self.mode {
+            Mode::Node => Some(self.socket_mark.unwrap_or(NODE_SOCKET_MARK)),
+            Mode::Sidecar => self.socket_mark,
+        };
+        let node = (self.mode == Mode::Node).then(|| NodeSettings { socket: self.node_socket.clone() });
         Ok(ProxyConfig {
             policy,
             xds,
@@ -336,8 +374,9 @@ impl ProxyArgs {
             tracing,
             workers,
             drain_timeout: self.drain_timeout,
-            socket_mark: self.socket_mark,
+            socket_mark,
             identity,
+            node,
         })
     }
 }

@@ -32,6 +32,8 @@ use crate::telemetry::metrics::{DenialLabels, Direction, DirectionLabels, Servic
 use crate::tls::{Identity, Mode};
 use crate::transport::{detect, orig_dst};
 
+mod tunnel;
+
 /// Connect timeout to the local application.
 pub const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// `x-forwarded-client-cert`: `By=<this proxy's SPIFFE ID>;URI=<the caller's>` on requests that
@@ -47,7 +49,8 @@ pub struct Inbound {
     pub app_port: Option<u16>,
     /// Service label for inbound metrics.
     pub service: Arc<str>,
-    pub socket_mark: Option<u32>,
+    /// Mark and (node mode) namespace of the sockets to the app.
+    pub socket: crate::transport::socket::SocketOptions,
     /// The config, to learn the declared protocol of `--service`.
     pub store: Arc<Store>,
     /// This proxy's identity (mTLS from other proxies), once it has one.
@@ -63,7 +66,7 @@ impl Inbound {
         server: HttpServer,
         app_port: Option<u16>,
         service: Arc<str>,
-        socket_mark: Option<u32>,
+        socket: crate::transport::socket::SocketOptions,
         store: Arc<Store>,
         mesh: MeshHandle,
     ) -> Self {
@@ -72,7 +75,7 @@ impl Inbound {
             server,
             app_port,
             service,
-            socket_mark,
+            socket,
             store,
             mesh,
             needs_identity: false,
@@ -108,7 +111,7 @@ impl Inbound {
     fn cfg(&self) -> ConnectConfig {
         ConnectConfig {
             timeout: APP_CONNECT_TIMEOUT,
-            mark: self.socket_mark,
+            socket: self.socket.clone(),
             limits: None,
             idle_timeout: None,
             mesh: None,

@@ -90,6 +90,40 @@ pub fn clean_rules() -> Vec<Vec<String>> {
     ]
 }
 
+impl IptablesArgs {
+    /// A node proxy's rules in a workload's namespace: outbound to 15001, inbound to 15006,
+    /// the proxy's own sockets (marked `mark`) and port 15008 left alone.
+    pub fn for_node(mark: u32) -> Self {
+        Self {
+            apply: true,
+            clean: false,
+            outbound_port: 15001,
+            inbound_port: 15006,
+            no_inbound: false,
+            proxy_uid: 1337,
+            proxy_mark: Some(mark),
+            exclude_inbound_ports: vec![15000, 15008, 15020, 15021, 15090],
+            exclude_outbound_cidrs: Vec::new(),
+            iptables: "iptables".into(),
+        }
+    }
+}
+
+/// Install `a`'s rules in the calling thread's network namespace, replacing earlier ones.
+pub fn apply(a: &IptablesArgs) -> Result<(), String> {
+    let _ = run_rules(&a.iptables, &clean_rules(), true);
+    if let Err(e) = run_rules(&a.iptables, &install_rules(a), false) {
+        let _ = run_rules(&a.iptables, &clean_rules(), true);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Remove the rules from the calling thread's network namespace.
+pub fn clean() {
+    let _ = run_rules("iptables", &clean_rules(), true);
+}
+
 fn run_rules(bin: &str, rules: &[Vec<String>], ignore_errors: bool) -> Result<(), String> {
     for r in rules {
         let out = Command::new(bin)

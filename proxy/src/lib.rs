@@ -16,10 +16,14 @@ pub mod authz;
 pub mod backoff;
 /// Endpoint sets and load balancers (P2C peak-EWMA, round robin, random).
 pub mod balance;
+/// Deadlines from configured durations that never overflow the clock.
+pub mod clock;
 /// Command-line flags and environment variables of `outrider-proxy`.
 pub mod config;
 /// Graceful drain: stop accepting, finish in-flight work, exit.
 pub mod drain;
+/// HBONE: TCP tunnelled as HTTP/2 CONNECT in mutual TLS on port 15008 (ztunnel-compatible).
+pub mod hbone;
 /// HTTP server, upstream connection pools, header hygiene, bodies.
 pub mod http;
 /// Inbound traffic: delivery to the local application.
@@ -30,6 +34,8 @@ pub mod iptables;
 pub mod load_report;
 /// Workload identity on the data path: certificate bootstrap and renewal, TLS configs.
 pub mod mesh;
+/// Node mode: one proxy for every workload of a machine, each in its own network namespace.
+pub mod node;
 /// Outbound traffic: route → split → balancer → endpoint, for HTTP and TCP.
 pub mod outbound;
 /// Resilience policies: timeouts, retries, budgets, breakers, outliers, faults.

@@ -6,8 +6,10 @@ use outrider_proxy::{app::App, config::Cli, config::Command, iptables};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Iptables(args)) = cli.command {
-        return iptables::run(&args);
+    match cli.command {
+        Some(Command::Iptables(args)) => return iptables::run(&args),
+        Some(Command::Node(args)) => return outrider_proxy::node::api::run(args),
+        None => {}
     }
     let config = match cli.proxy.validate() {
         Ok(c) => c,

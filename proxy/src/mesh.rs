@@ -77,7 +77,10 @@ impl Carry {
 pub struct Mesh {
     pub certs: Arc<CertStore>,
     acceptor: TlsAcceptor,
+    hbone_acceptor: TlsAcceptor,
     clients: Mutex<HashMap<(Identity, Carry), Arc<ClientConfig>>>,
+    /// HBONE connections of this identity to other workloads.
+    pub hbone: crate::hbone::client::Pool,
 }
 
 /// This proxy's [`Mesh`] once its first certificate is installed; empty before (and for a
@@ -89,7 +92,21 @@ pub type MeshHandle = Arc<arc_swap::ArcSwapOption<Mesh>>;
 pub fn target(mesh: &MeshHandle, endpoint: Option<&Identity>) -> Option<MeshTarget> {
     let identity = endpoint?;
     let mesh = mesh.load_full()?;
-    Some(MeshTarget { mesh, identity: identity.clone() })
+    Some(MeshTarget { mesh, identity: identity.clone(), hbone: None })
+}
+
+/// [`target`] for an endpoint: over HBONE when the endpoint is reached that way (an ambient
+/// workload), with `source` sent as the tunnel's `forwarded` address.
+pub fn endpoint_target(
+    mesh: &MeshHandle,
+    endpoint: &crate::state::Endpoint,
+    source: Option<std::net::SocketAddr>,
+) -> Option<MeshTarget> {
+    let mut t = target(mesh, endpoint.identity.as_ref())?;
+    if endpoint.hbone {
+        t.hbone = Some(Tunnel { source });
+    }
+    Some(t)
 }
 
 /// Where a meshed upstream connection goes: the expected identity and what it carries.
@@ -97,6 +114,15 @@ pub fn target(mesh: &MeshHandle, endpoint: Option<&Identity>) -> Option<MeshTarg
 pub struct MeshTarget {
     pub mesh: Arc<Mesh>,
     pub identity: Identity,
+    /// Reached over HBONE (`IP:15008`, HTTP/2 CONNECT) rather than Outrider's mTLS ALPN ids.
+    pub hbone: Option<Tunnel>,
+}
+
+/// An HBONE hop: what the `CONNECT` says besides the target.
+#[derive(Clone, Copy, Debug)]
+pub struct Tunnel {
+    /// The caller's address (`forwarded: for=`).
+    pub source: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -110,7 +136,14 @@ impl Mesh {
         // Client certificates are always required on the mesh ALPN ids: a proxy without an
         // identity talks plaintext, which the listener accepts in permissive mode only.
         let server = tls::server_config(certs.clone(), tls::Mode::Strict)?;
-        Ok(Self { certs, acceptor: TlsAcceptor::from(server), clients: Mutex::default() })
+        let hbone = tls::hbone_server_config(certs.clone())?;
+        Ok(Self {
+            hbone: crate::hbone::client::Pool::new(certs.clone()),
+            certs,
+            acceptor: TlsAcceptor::from(server),
+            hbone_acceptor: TlsAcceptor::from(hbone),
+            clients: Mutex::default(),
+        })
     }
 
     pub fn identity(&self) -> &Identity {
@@ -119,6 +152,11 @@ impl Mesh {
 
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
+    }
+
+    /// The HBONE server (port 15008) with this identity's certificate.
+    pub fn hbone_acceptor(&self) -> &TlsAcceptor {
+        &self.hbone_acceptor
     }
 
     /// The control plane's SPIFFE ID in this proxy's trust domain (its serving certificate).

@@ -29,14 +29,15 @@ pub struct Outbound {
     pub store: Arc<Store>,
     pub recorder: Arc<Recorder>,
     pub server: HttpServer,
-    pub socket_mark: Option<u32>,
+    /// Mark and (node mode) namespace of upstream sockets.
+    pub socket: crate::transport::socket::SocketOptions,
     /// This proxy's identity, once it has one.
     pub mesh: crate::mesh::MeshHandle,
 }
 
 impl Outbound {
     pub fn connect_config(&self, timeout: std::time::Duration) -> ConnectConfig {
-        ConnectConfig { timeout, mark: self.socket_mark, limits: None, idle_timeout: None, mesh: None }
+        ConnectConfig { timeout, socket: self.socket.clone(), limits: None, idle_timeout: None, mesh: None }
     }
 
     /// Handle one accepted connection to the end.

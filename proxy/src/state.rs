@@ -213,6 +213,8 @@ pub struct Endpoint {
     pub meshed: bool,
     /// The SPIFFE ID a meshed endpoint's sidecar must present; callers use mTLS when set.
     pub identity: Option<crate::tls::Identity>,
+    /// An ambient workload behind a node proxy: reached over HBONE on `IP:15008`.
+    pub hbone: bool,
     pub shared: Arc<EndpointShared>,
 }
 

@@ -19,7 +19,7 @@ mod config;
 pub mod rotate;
 mod store;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,7 +27,9 @@ use std::sync::Arc;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-pub use config::{ExpectedServerIdentity, client_config, client_config_alpn, server_config};
+pub use config::{
+    ExpectedServerIdentity, client_config, client_config_alpn, hbone_client_config, hbone_server_config, server_config,
+};
 pub use store::{CertStore, TrustBundle};
 
 /// ALPN id that tells the peer it is talking to another Outrider proxy, carrying HTTP over h2.
@@ -36,6 +38,8 @@ pub const ALPN_OUTRIDER: &[u8] = outrider_xds::resources::ALPN_MESH_H2.as_bytes(
 pub const ALPN_OUTRIDER_HTTP1: &[u8] = outrider_xds::resources::ALPN_MESH_HTTP1.as_bytes();
 /// ALPN id for opaque TCP between proxies.
 pub const ALPN_OUTRIDER_TCP: &[u8] = outrider_xds::resources::ALPN_MESH_TCP.as_bytes();
+/// The one ALPN id of HBONE (port 15008).
+pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN ids the server accepts: the Outrider ones only (other TLS is the application's own).
 pub const ALPN_PROTOCOLS: [&[u8]; 3] = [ALPN_OUTRIDER, ALPN_OUTRIDER_HTTP1, ALPN_OUTRIDER_TCP];
 
@@ -215,6 +219,23 @@ pub enum Mode {
     Permissive,
     /// A client certificate from the trust bundle is required.
     Strict,
+}
+
+/// HBONE's provider: `ring` with the TLS 1.3 AES-GCM suites only (AES-256 first), as Istio's
+/// ztunnel offers them.
+pub fn hbone_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            Arc::new(rustls::crypto::CryptoProvider {
+                cipher_suites: vec![
+                    rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+                    rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+                ],
+                ..rustls::crypto::ring::default_provider()
+            })
+        })
+        .clone()
 }
 
 /// The rustls crypto provider used everywhere: `ring`.

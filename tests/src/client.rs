@@ -8,8 +8,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use http::{HeaderMap, Request, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -150,4 +152,60 @@ pub fn h1_get(authority: &str, path: &str) -> Request<Full<Bytes>> {
         .header(http::header::HOST, authority)
         .body(Full::new(Bytes::new()))
         .expect("a valid request")
+}
+
+/// A request body sent in pieces as they come, without `Content-Length`: chunked
+/// on HTTP/1.1, DATA frames on HTTP/2.
+pub type Streamed = StreamBody<BoxStream<'static, Result<Frame<Bytes>, std::convert::Infallible>>>;
+
+/// A body of these chunks, in order.
+pub fn streamed(chunks: Vec<Bytes>) -> Streamed {
+    use futures_util::StreamExt;
+    StreamBody::new(futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Frame::data(c)))).boxed())
+}
+
+/// `len` bytes (a repeating pattern, so a truncated or reordered copy differs) in
+/// chunks of `chunk` bytes.
+pub fn pattern(len: usize, chunk: usize) -> (Bytes, Vec<Bytes>) {
+    let whole = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let chunks = (0..len).step_by(chunk.max(1)).map(|at| whole.slice(at..(at + chunk).min(len))).collect();
+    (whole, chunks)
+}
+
+/// A body the test feeds as it goes: each `Bytes` sent is one chunk; dropping the
+/// sender ends the body.
+pub fn fed() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Streamed) {
+    use futures_util::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    (tx, StreamBody::new(stream.map(|b| Ok(Frame::data(b))).boxed()))
+}
+
+/// `method http://AUTHORITY/PATH` with a streamed body on a new connection to `addr`
+/// (HTTP/1.1 with `Host`, or HTTP/2 with prior knowledge), read within the deadline.
+pub async fn send_streamed(addr: SocketAddr, http2: bool, method: &str, uri: &str, body: Streamed) -> Reply {
+    let what = format!("{method} {uri} (streamed, {})", if http2 { "h2c" } else { "HTTP/1.1" });
+    let uri: Uri = uri.parse().expect("a valid URI");
+    let s = TcpStream::connect(addr).await.expect("connect to the proxy");
+    let io = TokioIo::new(s);
+    let resp = if http2 {
+        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io).await.expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        let req = Request::builder().method(method).uri(uri).body(body).expect("a valid request");
+        wait::within(&what, sender.send_request(req)).await
+    } else {
+        let (mut sender, conn) = http1::handshake(io).await.expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        let authority = uri.authority().expect("an authority").to_string();
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, authority)
+            .body(body)
+            .expect("a valid request");
+        wait::within(&what, sender.send_request(req)).await
+    };
+    let resp = resp.unwrap_or_else(|e| panic!("{what} failed: {e}"));
+    wait::within(&what, read(resp)).await
 }

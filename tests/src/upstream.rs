@@ -88,6 +88,8 @@ impl Seen {
 pub struct Log {
     requests: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    /// Connections open now (accepted and not yet closed by either side).
+    open: AtomicUsize,
 }
 
 impl Log {
@@ -130,6 +132,11 @@ impl Upstream {
         self.log.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections open now: accepted, and not yet closed by the peer or the server.
+    pub fn open_connections(&self) -> usize {
+        self.log.open.load(Ordering::SeqCst)
+    }
+
     /// `IP:port` as a policy file writes endpoints.
     pub fn endpoint(&self) -> String {
         self.addr.to_string()
@@ -163,8 +170,14 @@ where
             };
             let _ = stream.set_nodelay(true);
             task_log.connections.fetch_add(1, Ordering::SeqCst);
+            task_log.open.fetch_add(1, Ordering::SeqCst);
             while conns.try_join_next().is_some() {}
-            conns.spawn(handle(stream, task_log.clone()));
+            let served = handle(stream, task_log.clone());
+            let log = task_log.clone();
+            conns.spawn(async move {
+                served.await;
+                log.open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     })
     .abort_handle();

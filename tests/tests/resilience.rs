@@ -457,3 +457,48 @@ async fn aborts_are_injected_at_the_configured_rate() {
     assert!((228..=372).contains(&aborted), "{aborted} of {n} aborted");
     assert_eq!(up.request_count(), n - aborted);
 }
+
+/// A fault delay holds the request before it goes upstream, for the whole
+/// delay, and is counted when it starts. Checked by what the proxy and the
+/// upstream observe, not by a stopwatch: the delay is counted while the upstream
+/// has seen nothing; a request sent after it overtakes it; and the proxy's own
+/// latency histogram puts the delayed request above the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_delay_holds_the_request_and_is_counted() {
+    let up = upstream::http1().name("d").start().await;
+    let proxy = ProxyHarness::start(&docs(&[
+        service("slow").endpoint(up.addr).yaml(),
+        policy("slow", "  faults: {delay: {percent: 100, duration: 3s}}\n"),
+        service("fast").endpoint(up.addr).yaml(),
+    ]))
+    .await;
+    let c = outrider_tests::client::http1(proxy.addrs.outbound);
+    let slow = tokio::spawn(async move {
+        outrider_tests::client::send(&c, outrider_tests::client::get("http://slow:8080/slow")).await
+    });
+    wait_until("the delay to be injected", || async {
+        let m = proxy.metrics().await;
+        sum(&m, "outrider_faults_injected_total", &[("service", "slow"), ("kind", "delay")]) == 1.0
+    })
+    .await;
+    assert_eq!(up.request_count(), 0, "the delayed request waits in the proxy");
+    proxy.get("http://fast:8080/fast").await.assert_status(200);
+    let r = outrider_tests::wait::within("the delayed reply", slow).await.unwrap();
+    r.assert_status(200);
+    assert!(r.header("x-outrider-local-reply").is_none());
+    let paths: Vec<_> = up.requests().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/fast", "/slow"], "the request sent later overtook the delayed one");
+    let m = proxy.metrics().await;
+    let bucket = |le: f64| {
+        outrider_tests::prom::samples(&m)
+            .into_iter()
+            .filter(|s| s.name == "outrider_request_duration_seconds_bucket")
+            .filter(|s| s.labels.iter().any(|(k, v)| k == "service" && v == "slow"))
+            .find(|s| s.labels.iter().any(|(k, v)| k == "le" && v.parse::<f64>().ok() == Some(le)))
+            .map(|s| s.value)
+            .expect("a bucket")
+    };
+    assert_eq!(bucket(2.5), 0.0, "the proxy measured the delayed request at more than 2.5 s");
+    assert_eq!(sum(&m, "outrider_request_duration_seconds_count", &[("service", "slow")]), 1.0);
+    assert_eq!(sum(&m, "outrider_faults_injected_total", &[("service", "fast")]), 0.0);
+}

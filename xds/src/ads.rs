@@ -209,6 +209,8 @@ pub struct AdsClient {
     accepted: BTreeMap<String, Accepted>,
     /// Becomes true when the proxy starts draining.
     draining: Option<watch::Receiver<bool>>,
+    /// A new node to tell the server about (a node proxy's workloads changed).
+    node_updates: Option<watch::Receiver<Node>>,
 }
 
 /// What was accepted for one type.
@@ -220,13 +222,28 @@ struct Accepted {
 
 impl AdsClient {
     pub fn new(config: ClientConfig) -> Self {
-        Self { config, accepted: BTreeMap::new(), draining: None }
+        Self { config, accepted: BTreeMap::new(), draining: None, node_updates: None }
     }
 
     /// Tell the server when `draining` becomes true (see the module docs).
     pub fn with_drain(mut self, draining: watch::Receiver<bool>) -> Self {
         self.draining = Some(draining);
         self
+    }
+
+    /// Send the node again whenever `updates` changes (a request that changes nothing but the
+    /// node), and use the latest one when reconnecting.
+    pub fn with_node_updates(mut self, updates: watch::Receiver<Node>) -> Self {
+        self.node_updates = Some(updates);
+        self
+    }
+
+    /// Takes the latest node from the updates, keeping the draining mark.
+    fn refresh_node(&mut self) {
+        if let Some(updates) = &mut self.node_updates {
+            self.config.node = updates.borrow_and_update().clone();
+            self.draining();
+        }
     }
 
     /// Whether the proxy is draining; the first time it is, the node says so from then on.
@@ -265,6 +282,7 @@ impl AdsClient {
 
     /// One stream, until it ends. `delivered` is set once a response has been handled.
     pub async fn run_once(&mut self, handler: &dyn Handler, delivered: &mut bool) -> Result<(), AdsError> {
+        self.refresh_node();
         let channel = self.connect().await?;
         match self.config.protocol {
             Protocol::Delta => stream::run::<delta::Delta>(self, channel, handler, delivered).await,

@@ -33,6 +33,26 @@ pub const API_VERSION: &str = "outrider.io/v1";
 pub const KINDS: &[&str] = &["Service", "TrafficPolicy", "AuthorizationPolicy", "Telemetry", "Rollout"];
 
 /// Default values, in one place.
+/// The largest value each duration field accepts; a policy past it is an error naming the
+/// field and the limit (docs/policy.md, "Limits"). They keep every deadline the proxy computes
+/// far from the clock's range, and are generous for what each field is for.
+pub mod limits {
+    use std::time::Duration;
+
+    const HOUR: u64 = 3600;
+
+    /// `connectTimeout`: a TCP connect gives up by itself well before this.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+    /// `timeout`, `retries.perTryTimeout`, `circuitBreaker.slowCallDuration` and
+    /// `openDuration`, `outlierDetection.baseEjectionTime` and `maxEjectionTime`.
+    pub const TIMEOUT: Duration = Duration::from_secs(24 * HOUR);
+    /// `idleTimeout`: long-lived idle connections (databases, streams) may want days.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * HOUR);
+    /// `retries.backoff.base` and `max`, `retries.budget.window`,
+    /// `outlierDetection.interval`, `faults.delay.duration`.
+    pub const INTERVAL: Duration = Duration::from_secs(HOUR);
+}
+
 pub mod defaults {
     use std::time::Duration;
 
@@ -245,6 +265,10 @@ pub struct Endpoint {
     /// The SPIFFE ID the endpoint's sidecar presents; required when `meshed`.
     #[serde(default)]
     pub identity: Option<String>,
+    /// An ambient workload behind a node proxy: callers tunnel to it over HBONE (`IP:15008`,
+    /// HTTP/2 CONNECT in mutual TLS). Needs `meshed` and `identity`.
+    #[serde(default)]
+    pub hbone: bool,
 }
 
 /// `kind: TrafficPolicy`.

@@ -56,6 +56,8 @@ pub const TRANSPORT_TLS: &str = "tls";
 pub const TRANSPORT_RAW: &str = "raw_buffer";
 /// `Endpoint` metadata field (under [`OUTRIDER_METADATA`]): the endpoint's SPIFFE ID.
 pub const IDENTITY_FIELD: &str = "identity";
+/// `Endpoint` metadata field (under [`OUTRIDER_METADATA`]): bool, reached over HBONE.
+pub const HBONE_FIELD: &str = "hbone";
 
 /// ALPN id between proxies: HTTP (any version from the app) multiplexed over one HTTP/2
 /// connection; the original version travels in [`ORIG_PROTO_HEADER`].

@@ -359,8 +359,20 @@ fn check_shared_addresses(services: &BTreeMap<String, (Origin, Service)>, errors
 
 fn check_policy(origin: &Origin, policy: &TrafficPolicy, errors: &mut Vec<PolicyError>) {
     let spec = &policy.spec;
+    let limit = crate::policy::limits::CONNECT_TIMEOUT;
+    let format = crate::duration::format;
     if spec.connect_timeout.is_zero() {
-        errors.push(origin.error(Some("spec.connectTimeout".into()), "must be more than 0s"));
+        errors.push(
+            origin.error(
+                Some("spec.connectTimeout".into()),
+                format!("must be more than 0s and at most {}", format(limit)),
+            ),
+        );
+    } else if spec.connect_timeout > limit {
+        errors.push(origin.error(
+            Some("spec.connectTimeout".into()),
+            format!("must be at most {} (got {})", format(limit), format(spec.connect_timeout)),
+        ));
     }
     resilience::check_resilience(origin, spec, errors);
     let mut names = BTreeMap::new();

@@ -38,6 +38,9 @@ struct TokenRequest {
 struct CertificateRequest {
     csr: String,
     renewal: Option<RenewalProof>,
+    /// A node proxy asking for one of its workloads' certificates: the node's own chain and
+    /// its signature over the CSR.
+    node: Option<RenewalProof>,
 }
 
 /// `GET /v1/ca/bundle`: the roots proxies trust (no auth: they are public).
@@ -129,6 +132,7 @@ pub(super) async fn create_token(state: &ApiState, req: Request<Incoming>) -> Re
 enum OwnedCredential {
     JoinToken(String),
     Renewal(RenewalProof),
+    Node(RenewalProof),
 }
 
 fn count_error(state: &ApiState, reason: &'static str) {
@@ -163,10 +167,15 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
             );
         }
     };
-    let owned = match (request.renewal, token) {
-        (Some(proof), _) => OwnedCredential::Renewal(proof),
-        (None, Some(token)) => OwnedCredential::JoinToken(token),
-        (None, None) => {
+    let owned = match (request.node, request.renewal, token) {
+        (Some(proof), None, _) => OwnedCredential::Node(proof),
+        (Some(_), Some(_), _) => {
+            count_error(state, "bad_request");
+            return error(StatusCode::BAD_REQUEST, "give either renewal or node, not both");
+        }
+        (None, Some(proof), _) => OwnedCredential::Renewal(proof),
+        (None, None, Some(token)) => OwnedCredential::JoinToken(token),
+        (None, None, None) => {
             count_error(state, "missing_credential");
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
@@ -185,6 +194,7 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
     let result = tokio::task::spawn_blocking(move || {
         let credential = match &owned {
             OwnedCredential::Renewal(proof) => Credential::Renewal(proof),
+            OwnedCredential::Node(proof) => Credential::Node(proof),
             OwnedCredential::JoinToken(token) => Credential::JoinToken(token),
         };
         issuance.issue(&csr, credential)

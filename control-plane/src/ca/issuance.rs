@@ -39,6 +39,18 @@ pub enum Credential<'a> {
     JoinToken(&'a str),
     /// The current certificate and a signature made with its key.
     Renewal(&'a RenewalProof),
+    /// A node proxy's certificate and signature: it asks for one of the workloads it serves,
+    /// which must be registered on that node.
+    Node(&'a RenewalProof),
+}
+
+/// Namespace of node proxies' own identities (and of the control plane's).
+pub const NODE_NAMESPACE: &str = "outrider-system";
+
+/// Which workloads each node proxy has registered (node mode).
+pub trait NodeWorkloads: Send + Sync {
+    /// Whether the node proxy `node` (SPIFFE ID) has registered a workload running as `workload`.
+    fn hosts(&self, node: &str, workload: &str) -> bool;
 }
 
 /// Why a certificate was not issued. [`IssueError::status`] is the HTTP status,
@@ -71,6 +83,12 @@ pub enum IssueError {
     RenewalChain(String),
     #[error("{0}")]
     Ca(#[from] CaError),
+    #[error("{node} is not a node proxy: node credentials come from identities in namespace {NODE_NAMESPACE}")]
+    NotANode { node: String },
+    #[error(
+        "node {node} has no workload running as {workload} registered: a node proxy gets certificates only for the workloads it serves"
+    )]
+    NotOnNode { node: String, workload: String },
 }
 
 impl IssueError {
@@ -84,7 +102,7 @@ impl IssueError {
             | IssueError::RenewalNotYetValid
             | IssueError::RenewalSignature(_)
             | IssueError::RenewalChain(_) => 401,
-            IssueError::IdentityMismatch { .. } => 403,
+            IssueError::IdentityMismatch { .. } | IssueError::NotANode { .. } | IssueError::NotOnNode { .. } => 403,
             IssueError::Ca(CaError::BadCsr(_)) => 400,
             IssueError::Ca(_) => 500,
         }
@@ -101,6 +119,7 @@ impl IssueError {
             IssueError::Token(TokenError::Malformed) => "token_malformed",
             IssueError::Token(_) | IssueError::Ca(_) => "internal",
             IssueError::IdentityMismatch { .. } => "identity_mismatch",
+            IssueError::NotANode { .. } | IssueError::NotOnNode { .. } => "node_not_authorized",
             IssueError::RenewalExpired(_) | IssueError::RenewalNotYetValid => "renewal_expired",
             IssueError::RenewalSignature(_) => "renewal_signature",
             IssueError::RenewalChain(_) => "renewal_chain",
@@ -113,6 +132,8 @@ impl IssueError {
 pub struct Issuance {
     ca: Arc<Ca>,
     reviewer: Arc<dyn TokenReviewer>,
+    /// Node mode: who hosts which workload (none: node credentials are refused).
+    nodes: Option<Arc<dyn NodeWorkloads>>,
 }
 
 impl std::fmt::Debug for Issuance {
@@ -129,7 +150,13 @@ struct Csr {
 
 impl Issuance {
     pub fn new(ca: Arc<Ca>, reviewer: Arc<dyn TokenReviewer>) -> Self {
-        Self { ca, reviewer }
+        Self { ca, reviewer, nodes: None }
+    }
+
+    /// Accept node credentials for the workloads `nodes` says each node hosts.
+    pub fn with_nodes(mut self, nodes: Arc<dyn NodeWorkloads>) -> Self {
+        self.nodes = Some(nodes);
+        self
     }
 
     pub fn ca(&self) -> &Arc<Ca> {
@@ -153,6 +180,21 @@ impl Issuance {
         let (identity, by) = match credential {
             Credential::JoinToken(token) => (self.reviewer.redeem(token).map_err(IssueError::Token)?, "token grants"),
             Credential::Renewal(proof) => (self.verify_renewal(proof, &csr, now)?, "current certificate is for"),
+            Credential::Node(proof) => {
+                let node = self.verify_renewal(proof, &csr, now)?;
+                let node_id = node.spiffe_id(self.ca.trust_domain());
+                if node.namespace != NODE_NAMESPACE {
+                    return Err(IssueError::NotANode { node: node_id });
+                }
+                let workload = self
+                    .identity_of_uri(&csr.uri)
+                    .ok_or_else(|| IssueError::NotOnNode { node: node_id.clone(), workload: csr.uri.clone() })?;
+                let hosted = self.nodes.as_ref().is_some_and(|n| n.hosts(&node_id, &csr.uri));
+                if !hosted {
+                    return Err(IssueError::NotOnNode { node: node_id, workload: csr.uri });
+                }
+                (workload, "node serves")
+            }
         };
         let granted = identity.spiffe_id(self.ca.trust_domain());
         if csr.uri != granted {

@@ -84,3 +84,17 @@ async fn p2c_accounts_for_in_flight_requests() {
     let c = counts(&b, 100);
     assert_eq!(c[&1], 100);
 }
+
+#[test]
+fn huge_weights_keep_their_ratio_in_a_bounded_schedule() {
+    // Weights from any xDS server: the round-robin order stays small (no huge
+    // allocation, no endless loop building it) and the ratio holds.
+    let b = Balancer::new(LbPolicy::RoundRobin, eps(&[u32::MAX, u32::MAX / 2, 1]));
+    assert!(b.schedule.len() as u64 <= MAX_SCHEDULE + 3, "{}", b.schedule.len());
+    let c = counts(&b, b.schedule.len());
+    let (a, h, one) = (c[&0], c[&1], c.get(&2).copied().unwrap_or(0));
+    assert!((a as f64 / h as f64 - 2.0).abs() < 0.01, "{a} vs {h}");
+    assert_eq!(one, 1, "the smallest weight still gets its turn");
+    let r = Balancer::new(LbPolicy::Random, eps(&[u32::MAX; 4]));
+    assert!(r.pick().is_some());
+}

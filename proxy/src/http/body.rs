@@ -6,14 +6,16 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::client::PoolReturn;
+use super::client::Lease;
+use crate::policy::breaker::GaugeGuard;
 
 /// A request or response body: a peer's stream, a small buffer, or nothing.
 /// An enum rather than a box, so the common path allocates nothing for it.
 #[derive(Debug, Default)]
 pub enum Body {
     Incoming(Incoming),
-    /// An upstream HTTP/1.1 response: its connection returns to the pool at the end.
+    /// An upstream response and what it holds until its end (its HTTP/1.1
+    /// connection, its HTTP/2 stream, its `maxRequests` slot).
     Pooled(Pooled),
     /// A request body that a retry can send again.
     Replay(crate::policy::replay::ReplayBody),
@@ -33,44 +35,53 @@ impl Body {
     }
 }
 
-/// A response body whose connection goes back to the pool once it is complete.
+/// An upstream response body with its [`Lease`], given back at its end.
 #[derive(Debug)]
 pub struct Pooled {
     inner: Incoming,
-    ret: Option<PoolReturn>,
+    lease: Lease,
 }
 
 impl Pooled {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = res {
-            self.finish();
+            self.lease.finish();
         }
         res
-    }
-
-    fn finish(&mut self) {
-        if let Some(r) = self.ret.take() {
-            r.give_back();
-        }
     }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
         if self.inner.is_end_stream() {
-            self.finish();
+            self.lease.finish();
         }
     }
 }
 
 impl Body {
-    pub fn pooled(inner: Incoming, ret: PoolReturn) -> Self {
-        let mut p = Pooled { inner, ret: Some(ret) };
+    /// An upstream response body holding `lease` until it ends.
+    pub fn leased(inner: Incoming, lease: Lease) -> Self {
+        let mut p = Pooled { inner, lease };
         if p.inner.is_end_stream() {
-            p.finish();
+            p.lease.finish();
         }
         Body::Pooled(p)
+    }
+
+    /// Hold the request's `maxRequests` slot until this (upstream) body ends; a
+    /// body with no upstream stream behind it releases it now.
+    pub fn hold(self, slot: GaugeGuard) -> Self {
+        match self {
+            Body::Pooled(mut p) => {
+                if !p.inner.is_end_stream() {
+                    p.lease.hold(slot);
+                }
+                Body::Pooled(p)
+            }
+            other => other,
+        }
     }
 }
 
@@ -81,9 +92,12 @@ pub enum BodyError {
     Hyper(#[from] hyper::Error),
     #[error("no data for {0:?} (stream idle timeout)")]
     Idle(std::time::Duration),
+    /// This try's request body was handed to a retry; this try is abandoned.
+    #[error("the request body was handed to a retry")]
+    Superseded,
 }
 
-/// Fails the stream when the peer sends nothing for `timeout` (DESIGN: idle
+/// Fails the stream when the peer sends nothing for `timeout` (`idleTimeout`:
 /// timeout per HTTP/2 stream / response body).
 #[derive(Debug)]
 pub struct IdleBody {
@@ -103,7 +117,7 @@ impl IdleBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                let deadline = tokio::time::Instant::now() + self.timeout;
+                let deadline = crate::clock::deadline(self.timeout);
                 self.sleep.as_mut().reset(deadline);
                 Poll::Ready(r)
             }

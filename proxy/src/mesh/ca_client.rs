@@ -111,6 +111,19 @@ impl CaClient {
         self.certificates(body, None).await
     }
 
+    /// A certificate for a workload this node serves, authenticated by the node's current chain
+    /// and its signature over the CSR (node mode).
+    pub async fn issue_for_node(
+        &self,
+        csr_pem: &str,
+        node_chain: &[String],
+        signature: &[u8],
+    ) -> Result<Issued, MeshError> {
+        let hex: String = signature.iter().map(|b| format!("{b:02x}")).collect();
+        let body = json!({ "csr": csr_pem, "node": { "certificateChain": node_chain, "signature": hex } });
+        self.certificates(body, None).await
+    }
+
     async fn certificates(&self, body: serde_json::Value, token: Option<&str>) -> Result<Issued, MeshError> {
         let answer = self.call(Method::POST, "/v1/certificates", Some(body.to_string()), token).await?;
         let answer: IssueAnswer =

@@ -130,7 +130,7 @@ async fn proxy(
         cluster: &routed.cluster,
         endpoints: &routed.endpoints,
         route: &routed.policy,
-        mark: ctx.socket_mark,
+        socket: &ctx.socket,
         metrics: &ctx.recorder.metrics,
         mesh: &ctx.mesh,
         grpc_timeout,

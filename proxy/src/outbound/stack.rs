@@ -72,7 +72,7 @@ pub struct StackParams<'a> {
     pub cluster: &'a Arc<Cluster>,
     pub endpoints: &'a Arc<Balancer<Arc<Endpoint>>>,
     pub route: &'a RoutePolicy,
-    pub mark: Option<u32>,
+    pub socket: &'a crate::transport::socket::SocketOptions,
     pub metrics: &'a Metrics,
     /// This proxy's identity, once it has one: meshed endpoints are then reached over mTLS.
     pub mesh: &'a crate::mesh::MeshHandle,
@@ -94,7 +94,11 @@ pub fn stack(
     ServiceBuilder::new()
         // why: Envoy's fault filter runs before the router, so an injected delay
         // does not eat into the request's timeout.
-        .option_layer(p.route.fault.clone().map(|f| FaultLayer { fault: f }))
+        .option_layer(p.route.fault.clone().map(|f| FaultLayer {
+            fault: f,
+            service: p.cluster.service.clone(),
+            metrics: p.metrics.clone(),
+        }))
         // why: the whole request, retries and backoff included, until response headers.
         .option_layer(timeout.map(|t| TimeoutLayer { timeout: t }))
         // why: try again on retriable failures, within budget and deadline.
@@ -113,7 +117,7 @@ pub fn stack(
         // outlier detection.
         .service(EndpointStage {
             cluster: p.cluster.clone(),
-            mark: p.mark,
+            socket: p.socket.clone(),
             metrics: p.metrics.clone(),
             mesh: p.mesh.clone(),
         })
@@ -265,7 +269,7 @@ where
 #[derive(Clone, Debug)]
 pub struct EndpointStage {
     cluster: Arc<Cluster>,
-    mark: Option<u32>,
+    socket: crate::transport::socket::SocketOptions,
     metrics: Metrics,
     mesh: crate::mesh::MeshHandle,
 }
@@ -286,7 +290,7 @@ impl Service<Upstream> for EndpointStage {
         let metrics = self.metrics.clone();
         let mut cfg = ConnectConfig {
             timeout: cluster.connect_timeout,
-            mark: self.mark,
+            socket: self.socket.clone(),
             limits: Some((cluster.state.counters.clone(), cluster.policy.thresholds)),
             idle_timeout: cluster.policy.upstream_idle_timeout,
             mesh: None,
@@ -296,7 +300,7 @@ impl Service<Upstream> for EndpointStage {
             let Some(ep) = up.endpoint.take() else {
                 return Err(ProxyError::NoHealthyUpstream { service: cluster.service.to_string() });
             };
-            cfg.mesh = crate::mesh::target(&mesh, ep.identity.as_ref());
+            cfg.mesh = crate::mesh::endpoint_target(&mesh, &ep, Some(up.client));
             up.req.headers_mut().insert(X_ATTEMPT.clone(), HeaderValue::from(up.attempt));
             if let Some(t) = &up.trace {
                 t.inject(up.req.headers_mut());

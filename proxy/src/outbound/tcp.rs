@@ -66,7 +66,7 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
     rec.upstream = Some(ep.addr);
     let in_flight = ep.shared.ewma.start();
     let mut cfg = ctx.connect_config(cluster.connect_timeout);
-    cfg.mesh = crate::mesh::target(&ctx.mesh, ep.identity.as_ref());
+    cfg.mesh = crate::mesh::endpoint_target(&ctx.mesh, &ep, Some(client));
     // Load reports count a TCP connection as one request, judged by its connect (as Envoy's).
     ep.shared.load.issue();
     let connecting = tokio::time::Instant::now();
@@ -103,6 +103,9 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
         Ok(crate::http::client::Either::Tls(up)) => {
             copy(stream, Ok(up), rec, cluster.policy.upstream_idle_timeout).await
         }
+        Ok(crate::http::client::Either::Hbone(up)) => {
+            copy(stream, Ok(up), rec, cluster.policy.upstream_idle_timeout).await
+        }
         Err(e) => copy::<_, TcpStream>(stream, Err(e), rec, cluster.policy.upstream_idle_timeout).await,
     }
     drop(in_flight);
@@ -134,6 +137,12 @@ pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(3600);
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
+/// Copy both ways between two connected streams until both sides have closed (half-closes
+/// passed on), closing after `idle` without bytes; the record is finished with the counts.
+pub async fn relay<D: Io, U: Io>(down: D, up: U, rec: TcpRecord, idle: Option<Duration>) {
+    copy(down, Ok(up), rec, idle).await;
+}
+
 async fn copy<D: Io, U: Io>(down: D, up: Result<U, UpstreamError>, rec: TcpRecord, idle: Option<Duration>) {
     let up = match up {
         Ok(s) => s,
@@ -152,11 +161,12 @@ async fn copy<D: Io, U: Io>(down: D, up: Result<U, UpstreamError>, rec: TcpRecor
     let result = match idle {
         None => copy.await,
         Some(idle) => loop {
-            let deadline = start + Duration::from_nanos(last.load(Ordering::Relaxed)) + idle;
+            let quiet_since = crate::clock::after(start, Duration::from_nanos(last.load(Ordering::Relaxed)));
+            let deadline = crate::clock::after(quiet_since, idle);
             tokio::select! {
                 r = &mut copy => break r,
                 _ = tokio::time::sleep_until(deadline) => {
-                    let quiet_since = start + Duration::from_nanos(last.load(Ordering::Relaxed));
+                    let quiet_since = crate::clock::after(start, Duration::from_nanos(last.load(Ordering::Relaxed)));
                     if Instant::now().saturating_duration_since(quiet_since) >= idle {
                         tracing::debug!(?idle, "TCP connection idle; closing it");
                         break Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("idle for {idle:?} (idleTimeout)")));
@@ -183,7 +193,7 @@ struct Tracked<S> {
 
 impl<S> Tracked<S> {
     fn touch(&self) {
-        self.last.store(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.last.store(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 

@@ -42,6 +42,9 @@ pub struct ClusterCounters {
     pub pending: Gauge,
     pub connections: Gauge,
     pub retries: Gauge,
+    /// Woken when one of the cluster's upstream connections closes, for the
+    /// requests waiting for a connection (`maxConnections`).
+    pub connection_closed: tokio::sync::Notify,
 }
 
 impl ClusterCounters {

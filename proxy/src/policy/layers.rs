@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::breaker::{GaugeGuard, Permit};
@@ -17,7 +16,7 @@ use super::outcome::Outcome;
 use crate::outbound::stack::{Answered, Upstream};
 use crate::rescue::ProxyError;
 use crate::state::Cluster;
-use crate::telemetry::metrics::{Metrics, ServiceLabels, ServiceReasonLabels};
+use crate::telemetry::metrics::{Metrics, ServiceKindLabels, ServiceLabels, ServiceReasonLabels};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -26,19 +25,29 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 #[derive(Clone, Debug)]
 pub struct FaultLayer {
     pub fault: FaultPolicy,
+    /// For `outrider_faults_injected_total{service}`.
+    pub service: Arc<str>,
+    pub metrics: Metrics,
 }
 
 impl<S> Layer<S> for FaultLayer {
     type Service = Fault<S>;
     fn layer(&self, inner: S) -> Fault<S> {
-        Fault { fault: self.fault.clone(), inner }
+        Fault { layer: self.clone(), inner }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Fault<S> {
-    fault: FaultPolicy,
+    layer: FaultLayer,
     inner: S,
+}
+
+impl<S> Fault<S> {
+    fn count(&self, kind: &'static str) {
+        let labels = ServiceKindLabels { service: self.layer.service.clone(), kind };
+        self.layer.metrics.faults_injected.get_or_create(&labels).inc();
+    }
 }
 
 impl<S> Service<Upstream> for Fault<S>
@@ -55,18 +64,23 @@ where
     }
 
     fn call(&mut self, up: Upstream) -> Self::Future {
-        let injected = self.fault.roll();
+        let injected = self.layer.fault.roll();
         if let Some(status) = injected.abort {
+            self.count("abort");
             return Either::Right(Box::pin(async move { Err(ProxyError::FaultAbort { status }) }));
         }
         let fut = self.inner.call(up);
         match injected.delay {
             // Not injected this time: no extra allocation.
             None => Either::Left(fut),
-            Some(d) => Either::Right(Box::pin(async move {
-                tokio::time::sleep(d).await;
-                fut.await
-            })),
+            Some(d) => {
+                // Counted when the delay starts, so a delayed request shows at once.
+                self.count("delay");
+                Either::Right(Box::pin(async move {
+                    tokio::time::sleep(d).await;
+                    fut.await
+                }))
+            }
         }
     }
 }
@@ -123,7 +137,7 @@ where
     }
 
     fn call(&mut self, mut up: Upstream) -> Self::Future {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::clock::deadline(self.timeout);
         up.deadline = Some(up.deadline.map_or(deadline, |d| d.min(deadline)));
         TimeoutFuture { inner: tokio::time::timeout_at(deadline, self.inner.call(up)), after: self.timeout }
     }
@@ -194,7 +208,8 @@ pin_project! {
             fut: F,
             probe: Option<Probe>,
             metrics: Metrics,
-            _slot: GaugeGuard,
+            // The `maxRequests` slot, handed to the response body (held until its end).
+            slot: Option<GaugeGuard>,
         },
     }
 }
@@ -206,8 +221,12 @@ impl<F: Future<Output = Result<Answered, ProxyError>>> Future for BreakerFuture<
             BreakerProj::Rejected { error } => {
                 Poll::Ready(Err(error.take().unwrap_or(ProxyError::BadRequest("request polled after completion"))))
             }
-            BreakerProj::Called { fut, probe, metrics, .. } => {
-                let out = std::task::ready!(fut.poll(cx));
+            BreakerProj::Called { fut, probe, metrics, slot } => {
+                let mut out = std::task::ready!(fut.poll(cx));
+                if let (Ok(a), Some(slot)) = (&mut out, slot.take()) {
+                    let body = std::mem::take(a.resp.body_mut());
+                    *a.resp.body_mut() = body.hold(slot);
+                }
                 if let Some(mut probe) = probe.take()
                     && let (Some(permit), Some(cfg)) = (probe.permit.take(), probe.cluster.policy.breaker.as_ref())
                 {
@@ -269,7 +288,7 @@ where
         let Some(slot) = c.state.counters.acquire_request(c.policy.thresholds.max_requests) else {
             return reject("max-requests");
         };
-        BreakerFuture::Called { fut: self.inner.call(up), probe, metrics: self.metrics.clone(), _slot: slot }
+        BreakerFuture::Called { fut: self.inner.call(up), probe, metrics: self.metrics.clone(), slot: Some(slot) }
     }
 }
 

@@ -1,9 +1,9 @@
-//! Retries (DESIGN.md §4, Resilience semantics): only for requests whose body
+//! Retries (docs/policy.md, "Which tries are retried"): only for requests whose body
 //! can be replayed (none, or under the cap); non-idempotent methods only for
 //! failures where the upstream cannot have processed the request, unless the
 //! policy says `non-idempotent`; full-jitter backoff, or the server's
 //! `Retry-After` up to the backoff's max; never past the overall deadline;
-//! within the retry budget and the concurrent-retries threshold; a different
+//! within the retry budget and `maxRetries` (retries waiting or in flight); a different
 //! endpoint per try where one exists; `x-outrider-attempt: N` on each try.
 use std::future::Future;
 use std::pin::Pin;
@@ -16,10 +16,12 @@ use http_body::Body as _;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
+use super::breaker::GaugeGuard;
 use super::config::{RetryOn, RetryPolicy};
 use super::outcome::{Outcome, grpc};
-use super::replay::{DEFAULT_CAP, ReplayBody};
+use super::replay::{DEFAULT_CAP, NotReplayable, Replay};
 use crate::http::Body;
+use crate::http::headers::X_REQUEST_ID;
 use crate::outbound::stack::{Answered, Upstream};
 use crate::rescue::ProxyError;
 use crate::state::Cluster;
@@ -74,49 +76,48 @@ fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
-/// Would this outcome be retried under `policy` (ignoring budgets)?
+/// Would this outcome be retried under `policy` (ignoring budgets)? Envoy's
+/// meanings of the `retry_on` tokens, plus one rule of ours: a try the
+/// application may have processed is retried only for an idempotent method,
+/// unless the policy says `non-idempotent`. The table is in docs/policy.md.
+///
+/// | outcome | retried when `on` has | methods |
+/// |---|---|---|
+/// | connect failure | connect-failure, 5xx, gateway-error, reset | any: never reached the app |
+/// | REFUSED_STREAM | refused-stream, 5xx, gateway-error, reset | any: not processed (RFC 9113 §8.7) |
+/// | reset after sending, per-try timeout | 5xx, gateway-error, reset | idempotent |
+/// | 5xx status | 5xx; gateway-error for 502–504; retriable-status-codes if listed | idempotent |
+/// | 4xx status | retriable-status-codes if listed | idempotent |
+/// | gRPC status 1, 4, 8, 13, 14 | cancelled, deadline-exceeded, resource-exhausted, internal, unavailable | any gRPC call; else idempotent |
 pub fn retriable(policy: &RetryPolicy, outcome: Outcome, idempotent: bool, is_grpc: bool) -> bool {
     let on = policy.on;
-    // Never reached the application: safe for any method.
-    let safe = match outcome {
-        Outcome::ConnectFailure => on.contains(RetryOn::CONNECT_FAILURE),
-        Outcome::RefusedStream => on.contains(RetryOn::REFUSED_STREAM),
-        _ => false,
-    };
-    if safe {
-        return true;
-    }
-    // A gRPC status the server chose to send is the server saying "try again".
-    let grpc_ok = match outcome {
-        Outcome::Grpc(c) => match c {
-            grpc::CANCELLED => on.contains(RetryOn::GRPC_CANCELLED),
-            grpc::DEADLINE_EXCEEDED => on.contains(RetryOn::GRPC_DEADLINE_EXCEEDED),
-            grpc::RESOURCE_EXHAUSTED => on.contains(RetryOn::GRPC_RESOURCE_EXHAUSTED),
-            grpc::INTERNAL => on.contains(RetryOn::GRPC_INTERNAL),
-            grpc::UNAVAILABLE => on.contains(RetryOn::GRPC_UNAVAILABLE),
-            _ => false,
-        },
-        _ => false,
-    };
-    if grpc_ok && is_grpc {
-        return true;
-    }
-    if !idempotent && !policy.non_idempotent {
-        return false;
-    }
+    let any_of = |conds: &[RetryOn]| conds.iter().any(|c| on.contains(*c));
+    let no_response = [RetryOn::SERVER_5XX, RetryOn::GATEWAY_ERROR, RetryOn::RESET];
+    let may_repeat = idempotent || policy.non_idempotent;
     match outcome {
+        // Never reached the application: safe for any method.
+        Outcome::ConnectFailure => on.contains(RetryOn::CONNECT_FAILURE) || any_of(&no_response),
+        Outcome::RefusedStream => on.contains(RetryOn::REFUSED_STREAM) || any_of(&no_response),
+        Outcome::Reset | Outcome::Timeout => may_repeat && any_of(&no_response),
         Outcome::Status(s) => {
-            on.contains(RetryOn::SERVER_5XX)
-                || (on.contains(RetryOn::GATEWAY_ERROR) && matches!(s, 502..=504))
-                || (on.contains(RetryOn::RETRIABLE_STATUS_CODES) && policy.status_codes.contains(&s))
+            may_repeat
+                && ((s >= 500 && on.contains(RetryOn::SERVER_5XX))
+                    || (matches!(s, 502..=504) && on.contains(RetryOn::GATEWAY_ERROR))
+                    || (on.contains(RetryOn::RETRIABLE_STATUS_CODES) && policy.status_codes.contains(&s)))
         }
-        Outcome::Reset => on.contains(RetryOn::RESET) || on.contains(RetryOn::SERVER_5XX),
-        Outcome::Timeout => {
-            on.contains(RetryOn::SERVER_5XX) || on.contains(RetryOn::GATEWAY_ERROR) || on.contains(RetryOn::RESET)
+        // A gRPC status the server chose to send is the server saying "try
+        // again"; gRPC calls are all POST, so the method says nothing.
+        Outcome::Grpc(c) => {
+            let listed = match c {
+                grpc::CANCELLED => on.contains(RetryOn::GRPC_CANCELLED),
+                grpc::DEADLINE_EXCEEDED => on.contains(RetryOn::GRPC_DEADLINE_EXCEEDED),
+                grpc::RESOURCE_EXHAUSTED => on.contains(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+                grpc::INTERNAL => on.contains(RetryOn::GRPC_INTERNAL),
+                grpc::UNAVAILABLE => on.contains(RetryOn::GRPC_UNAVAILABLE),
+                _ => false,
+            };
+            listed && (is_grpc || may_repeat)
         }
-        Outcome::ConnectFailure => on.contains(RetryOn::SERVER_5XX) || on.contains(RetryOn::GATEWAY_ERROR),
-        Outcome::RefusedStream => on.contains(RetryOn::RESET) || on.contains(RetryOn::SERVER_5XX),
-        Outcome::Grpc(_) => grpc_ok,
         Outcome::Success | Outcome::Local => false,
     }
 }
@@ -148,17 +149,35 @@ fn retry_after(res: &Result<Answered, ProxyError>) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-/// A request body as retries see it.
-enum Replayable {
+/// The request's body as the tries see it.
+enum Source {
+    /// No body: every try sends none.
     Empty,
-    Body(ReplayBody),
+    /// Kept for replay while it stays under the cap.
+    Replay(Replay),
+    /// Announced (`Content-Length`) as larger than the cap: streamed by the
+    /// first try, never kept.
+    Once,
 }
 
-impl Replayable {
-    fn try_clone(&self) -> Option<Replayable> {
+impl Source {
+    /// Could a next try send the whole body? (Does not take it from the try
+    /// that may still be streaming it.)
+    fn check(&self) -> Result<(), NotReplayable> {
         match self {
-            Replayable::Empty => Some(Replayable::Empty),
-            Replayable::Body(b) => b.try_clone().map(Replayable::Body),
+            Source::Empty => Ok(()),
+            Source::Replay(r) => r.check(),
+            Source::Once => Err(NotReplayable::TooLarge),
+        }
+    }
+
+    /// The whole body for the next try, which from now on is the only one
+    /// reading it.
+    fn next_try(&self) -> Result<Body, NotReplayable> {
+        match self {
+            Source::Empty => Ok(Body::Empty),
+            Source::Replay(r) => r.next_try().map(Body::Replay),
+            Source::Once => Err(NotReplayable::TooLarge),
         }
     }
 }
@@ -171,11 +190,7 @@ struct Template {
 }
 
 impl Template {
-    fn request(&self, body: Replayable) -> Request<Body> {
-        let body = match body {
-            Replayable::Empty => Body::Empty,
-            Replayable::Body(b) => Body::Replay(b),
-        };
+    fn request(&self, body: Body) -> Request<Body> {
         let mut r = Request::new(body);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
@@ -183,6 +198,25 @@ impl Template {
         *r.headers_mut() = self.headers.clone();
         r
     }
+}
+
+/// Count and log a retry the policy called for but the proxy does not make.
+fn skipped(layer: &RetryLayer, template: &Template, attempt: u32, reason: &'static str) {
+    let service = &layer.cluster.service;
+    layer.metrics.retries_skipped.get_or_create(&ServiceReasonLabels { service: service.clone(), reason }).inc();
+    let request_id = template.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+    tracing::info!(
+        service = &**service,
+        request_id,
+        attempt,
+        retry_skipped = reason,
+        "not retrying: {}",
+        match reason {
+            "body-too-large" => "the request body is larger than the 64 KiB replay buffer",
+            "body-error" => "the caller's request body failed",
+            _ => "the request's timeout would pass during the backoff",
+        }
+    );
 }
 
 async fn run<S>(layer: RetryLayer, inner: S, mut up: Upstream) -> Result<Answered, ProxyError>
@@ -195,28 +229,37 @@ where
     let budget_cfg = cluster.policy.budget.unwrap_or_default();
     cluster.state.budget.deposit(&budget_cfg);
 
+    if policy.attempts == 0 || crate::http::headers::is_upgrade(up.req.headers()) {
+        // No retry to make (or an upgrade, which cannot be replayed): one try,
+        // without keeping a copy of the body.
+        return one_try(inner, up, policy.per_try_timeout).await;
+    }
     let too_big = up
         .req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .is_some_and(|n| n > DEFAULT_CAP as u64);
-    let upgrade = crate::http::headers::is_upgrade(up.req.headers());
-    if too_big || upgrade {
-        // Cannot be replayed: one attempt, as if there were no retry policy.
-        return one_try(inner, up, policy.per_try_timeout).await;
-    }
     let idempotent = is_idempotent(up.req.method());
     let is_grpc = crate::rescue::is_grpc(&up.req);
     let (parts, body) = std::mem::take(&mut up.req).into_parts();
     let template = Template { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers };
-    // No body (most retried requests): nothing to keep a copy of.
-    let mut body =
-        if body.is_end_stream() { Replayable::Empty } else { Replayable::Body(ReplayBody::new(body, DEFAULT_CAP)) };
+    // No body (most retried requests): nothing to keep a copy of. Announced as
+    // too big: streamed as it is, without a copy.
+    let (source, mut body) = if body.is_end_stream() {
+        (Source::Empty, Body::Empty)
+    } else if too_big {
+        (Source::Once, body)
+    } else {
+        let (replay, first) = Replay::new(body, DEFAULT_CAP);
+        (Source::Replay(replay), Body::Replay(first))
+    };
 
     let mut attempt = 1u32;
+    // Held from the decision to retry until that retry is answered
+    // (`maxRetries` bounds retries waiting in backoff or in flight).
+    let mut retry_slot: Option<GaugeGuard> = None;
     loop {
-        let next_body = body.try_clone();
         // Tracing on: each try is a child span of the request's, and the upstream
         // hears this try's span as its parent.
         let span = up.trace.as_ref().map(|t| AttemptSpan {
@@ -237,6 +280,8 @@ where
         this.req.extensions_mut().clear();
         let tried_before = this.tried.clone();
         let res = one_try(inner.clone(), this, policy.per_try_timeout).await;
+        // This try, if it was a retry, is answered.
+        drop(retry_slot.take());
         if let Some(s) = span {
             s.end(&res);
         }
@@ -247,17 +292,23 @@ where
         if !retriable(policy, outcome, idempotent, is_grpc) {
             return res;
         }
-        let Some(replay) = next_body else { return res };
+        // A try may still be streaming the body: whether it outgrew the cap is
+        // checked now, and again when the retry takes the body over.
+        if let Err(why) = source.check() {
+            skipped(&layer, &template, attempt, why.reason());
+            return res;
+        }
         let delay = match retry_after(&res) {
             Some(d) => d.min(policy.retry_after_max.unwrap_or(policy.backoff.max)),
             None => policy.backoff.delay(attempt - 1),
         };
         if let Some(deadline) = up.deadline
-            && Instant::now() + delay >= deadline
+            && Instant::now().checked_add(delay).is_none_or(|at| at >= deadline)
         {
+            skipped(&layer, &template, attempt, "deadline");
             return res;
         }
-        let Some(_retrying) = cluster.state.counters.acquire_retry(cluster.policy.thresholds.max_retries) else {
+        let Some(slot) = cluster.state.counters.acquire_retry(cluster.policy.thresholds.max_retries) else {
             layer
                 .metrics
                 .circuit_breaker_rejections
@@ -273,6 +324,15 @@ where
                 .inc();
             return res;
         }
+        // From here on the earlier try no longer reads the caller's body.
+        body = match source.next_try() {
+            Ok(b) => b,
+            Err(why) => {
+                skipped(&layer, &template, attempt, why.reason());
+                return res;
+            }
+        };
+        retry_slot = Some(slot);
         layer
             .metrics
             .retries
@@ -287,7 +347,6 @@ where
         up.tried = tried_before;
         up.tried.extend(failed_endpoint);
         tokio::time::sleep(delay).await;
-        body = replay;
         attempt += 1;
     }
 }
@@ -340,40 +399,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backoff::ExponentialBackoff;
-
-    fn policy(on: &str) -> RetryPolicy {
-        RetryPolicy {
-            attempts: 2,
-            per_try_timeout: None,
-            on: RetryOn::parse(on).unwrap(),
-            status_codes: vec![409],
-            backoff: ExponentialBackoff::new(Duration::from_millis(25), Duration::from_millis(250)),
-            retry_after_max: None,
-            non_idempotent: false,
-        }
-    }
-
-    #[test]
-    fn conditions() {
-        let p = policy("5xx,connect-failure");
-        assert!(retriable(&p, Outcome::Status(500), true, false));
-        assert!(!retriable(&p, Outcome::Status(500), false, false), "POST not retried on 5xx");
-        assert!(retriable(&p, Outcome::ConnectFailure, false, false), "never sent: safe for POST");
-        let p = policy("gateway-error");
-        assert!(retriable(&p, Outcome::Status(503), true, false));
-        assert!(!retriable(&p, Outcome::Status(500), true, false));
-        let p = policy("retriable-status-codes");
-        assert!(retriable(&p, Outcome::Status(409), true, false));
-        assert!(!retriable(&p, Outcome::Status(503), true, false));
-        let p = policy("unavailable");
-        assert!(retriable(&p, Outcome::Grpc(14), false, true), "gRPC POST on UNAVAILABLE");
-        assert!(!retriable(&p, Outcome::Grpc(13), false, true));
-        let mut p = policy("5xx");
-        p.non_idempotent = true;
-        assert!(retriable(&p, Outcome::Status(502), false, false));
-        assert!(!retriable(&policy("connect-failure"), Outcome::Reset, true, false));
-    }
-}
+mod tests;

@@ -45,6 +45,42 @@ struct Accepted {
     received: BTreeSet<&'static str>,
 }
 
+/// More stores fed from the same xDS stream, each with its own builder so that the state that
+/// outlives snapshots (breakers, pools, outlier ejections) is its own: a node proxy keeps one
+/// per workload, so each workload's calls are as isolated as its own sidecar's would be.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    stores: Mutex<Vec<(std::sync::Weak<Store>, Builder)>>,
+    /// The last complete config, to build a store attached later.
+    latest: Mutex<Option<(Resources, Versions)>>,
+}
+
+impl Fanout {
+    /// Feed `store` from now on (built at once from the last complete config, if any).
+    pub fn attach(&self, store: &Arc<Store>) {
+        let builder = Builder::new();
+        if let Some((resources, versions)) = self.latest.lock().as_ref() {
+            let (mut snapshot, _) = builder.build(resources);
+            snapshot.versions = versions.clone();
+            store.apply(snapshot);
+        }
+        self.stores.lock().push((Arc::downgrade(store), builder));
+    }
+
+    fn apply(&self, resources: &Resources, versions: &Versions) {
+        *self.latest.lock() = Some((resources.clone(), versions.clone()));
+        let mut stores = self.stores.lock();
+        stores.retain(|(store, _)| store.strong_count() > 0);
+        for (store, builder) in stores.iter() {
+            if let Some(store) = store.upgrade() {
+                let (mut snapshot, _) = builder.build(resources);
+                snapshot.versions = versions.clone();
+                store.apply(snapshot);
+            }
+        }
+    }
+}
+
 /// Validates and applies updates; one per proxy.
 #[derive(Debug)]
 pub struct XdsHandler {
@@ -56,6 +92,8 @@ pub struct XdsHandler {
     accepted: Mutex<Accepted>,
     /// Set once the control plane has taken the notice that this proxy is draining.
     left: tokio::sync::watch::Sender<bool>,
+    /// Other stores to feed (node mode: one per workload).
+    fanout: Arc<Fanout>,
 }
 
 /// The metrics label of a type URL (bounded).
@@ -91,7 +129,15 @@ impl XdsHandler {
             accepted.resources = resources;
         }
         let left = tokio::sync::watch::channel(false).0;
-        Self { store, builder: Builder::new(), metrics, started, accepted: Mutex::new(accepted), left }
+        Self {
+            store,
+            builder: Builder::new(),
+            metrics,
+            started,
+            accepted: Mutex::new(accepted),
+            left,
+            fanout: Arc::default(),
+        }
     }
 
     fn try_update(&self, update: &Update<'_>) -> Result<(), String> {
@@ -136,6 +182,7 @@ impl XdsHandler {
         let complete = next.received.len() == ALL_TYPES.len();
         if complete || self.started {
             self.store.apply(snapshot);
+            self.fanout.apply(&next.resources, &next.versions);
         }
         *accepted = next;
         Ok(())
@@ -216,6 +263,7 @@ pub fn node(
 pub struct XdsSource {
     client: ClientConfig,
     handler: Arc<XdsHandler>,
+    node_updates: Option<tokio::sync::watch::Receiver<Node>>,
 }
 
 impl XdsSource {
@@ -224,7 +272,7 @@ impl XdsSource {
         let initial = policy.and_then(|p| outrider_xds::load_file(p).ok()).map(|set| outrider_xds::translate(&set));
         let mut client = ClientConfig::new(config.address.clone(), node);
         client.protocol = config.protocol;
-        Self { client, handler: Arc::new(XdsHandler::new(store, metrics, initial)) }
+        Self { client, handler: Arc::new(XdsHandler::new(store, metrics, initial)), node_updates: None }
     }
 
     /// Adds the workload's SPIFFE ID to the node metadata: the control plane then registers the
@@ -246,6 +294,22 @@ impl XdsSource {
         crate::load_report::LoadReporter::new(self.client.clone(), store)
     }
 
+    /// The stores fed besides the proxy's own (node mode: one per workload).
+    pub fn fanout(&self) -> Arc<Fanout> {
+        self.handler.fanout.clone()
+    }
+
+    /// A node proxy: the node metadata changes as workloads come and go (see
+    /// [`outrider_xds::ads::AdsClient::with_node_updates`]).
+    pub fn set_node_updates(&mut self, updates: tokio::sync::watch::Receiver<Node>) {
+        self.node_updates = Some(updates);
+    }
+
+    /// The node reported now.
+    pub fn node(&self) -> &Node {
+        &self.client.node
+    }
+
     /// Becomes true once the control plane has taken the drain notice (see [`XdsSource::run`]).
     pub fn left(&self) -> tokio::sync::watch::Receiver<bool> {
         self.handler.left.subscribe()
@@ -255,7 +319,11 @@ impl XdsSource {
     /// control plane, which deregisters this workload at once (DESIGN.md §4: a sidecar
     /// "deregisters on drain") rather than after the stream's grace period.
     pub async fn run(self, draining: tokio::sync::watch::Receiver<bool>) {
-        AdsClient::new(self.client).with_drain(draining).run(self.handler).await;
+        let mut client = AdsClient::new(self.client).with_drain(draining);
+        if let Some(updates) = self.node_updates {
+            client = client.with_node_updates(updates);
+        }
+        client.run(self.handler).await;
     }
 }
 

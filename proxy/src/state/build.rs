@@ -97,7 +97,7 @@ impl Builder {
                     if let Some(cla) = loads.get(&*name) {
                         match endpoints_from(cla) {
                             Ok(list) => {
-                                for EndpointParts { addr, weight, labels, meshed, identity } in list {
+                                for EndpointParts { addr, weight, labels, meshed, identity, hbone } in list {
                                     let key = (name.clone(), addr);
                                     let shared = carried.get(&key).cloned().unwrap_or_else(|| {
                                         Arc::new(EndpointShared {
@@ -108,7 +108,15 @@ impl Builder {
                                         })
                                     });
                                     next_carried.insert(key, shared.clone());
-                                    eps.push(Arc::new(Endpoint { addr, weight, labels, meshed, identity, shared }));
+                                    eps.push(Arc::new(Endpoint {
+                                        addr,
+                                        weight,
+                                        labels,
+                                        meshed,
+                                        identity,
+                                        hbone,
+                                        shared,
+                                    }));
                                 }
                                 dump_endpoints.push(dump_cla(&name, &eps));
                             }
@@ -250,11 +258,29 @@ pub(super) fn decode_any<M: Message + Name + Default>(any: &Any) -> Result<M, St
     M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {}: {e}", M::full_name()))
 }
 
-pub(super) fn duration_from(d: &envoy_types::pb::google::protobuf::Duration) -> Result<Duration, String> {
-    if d.seconds < 0 || d.nanos < 0 {
-        return Err("negative duration".into());
+/// The longest duration the proxy keeps from xDS. Longer ones — an xDS server may
+/// send up to protobuf's 10,000 years — mean "practically never" and are capped to
+/// this, so every deadline the data path computes stays far inside the clock's range.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The range of a `google.protobuf.Duration` (Envoy enforces the same).
+const PROTOBUF_MAX_SECONDS: i64 = 315_576_000_000;
+
+/// A protobuf duration named `field` (for the NACK message), capped to [`MAX_DURATION`].
+pub(super) fn duration_from(field: &str, d: &envoy_types::pb::google::protobuf::Duration) -> Result<Duration, String> {
+    let (secs, nanos) = (d.seconds, d.nanos);
+    if secs < 0 || nanos < 0 {
+        return Err(format!("{field}: negative duration ({secs}s {nanos}ns)"));
     }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+    if secs > PROTOBUF_MAX_SECONDS {
+        return Err(format!(
+            "{field}: {secs}s is out of range (a google.protobuf.Duration is at most {PROTOBUF_MAX_SECONDS}s)"
+        ));
+    }
+    let (Ok(secs), Ok(nanos @ 0..=999_999_999)) = (u64::try_from(secs), u32::try_from(nanos)) else {
+        return Err(format!("{field}: nanos {nanos} is out of range (0 to 999999999)"));
+    };
+    Ok(Duration::new(secs, nanos).min(MAX_DURATION))
 }
 
 fn struct_str<'a>(s: &'a Struct, key: &str) -> Option<&'a str> {
@@ -282,7 +308,7 @@ type ClusterParts = (String, Arc<str>, ClusterProtocol, Duration, LbPolicy);
 
 fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
     let connect_timeout = match &xc.connect_timeout {
-        Some(d) => duration_from(d)?,
+        Some(d) => duration_from("connect_timeout", d)?,
         None => DEFAULT_CONNECT_TIMEOUT,
     };
     if connect_timeout.is_zero() {
@@ -362,7 +388,11 @@ fn endpoints_from(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointParts>, Str
                 }
                 _ => None,
             };
-            out.push(EndpointParts { addr: SocketAddr::new(ip, port), weight, labels, meshed, identity });
+            let hbone = identity.is_some()
+                && meta
+                    .and_then(|m| m.fields.get(names::HBONE_FIELD))
+                    .is_some_and(|v| matches!(v.kind, Some(value::Kind::BoolValue(true))));
+            out.push(EndpointParts { addr: SocketAddr::new(ip, port), weight, labels, meshed, identity, hbone });
         }
     }
     Ok(out)
@@ -375,6 +405,7 @@ struct EndpointParts {
     labels: BTreeMap<String, String>,
     meshed: bool,
     identity: Option<crate::tls::Identity>,
+    hbone: bool,
 }
 
 /// An inbound listener `inbound|SERVICE`: strict when it has no plaintext (`raw_buffer`)
@@ -440,6 +471,7 @@ fn dump_cla(name: &str, eps: &[Arc<Endpoint>]) -> serde_json::Value {
         "endpoints": eps.iter().map(|e| json!({
             "address": e.addr.to_string(), "weight": e.weight, "labels": e.labels, "meshed": e.meshed,
             "identity": e.identity.as_ref().map(|i| i.as_str()),
+            "hbone": e.hbone,
         })).collect::<Vec<_>>(),
     })
 }
@@ -552,7 +584,10 @@ fn route_from(
         };
         splits.push(Split { cluster: cluster.clone(), weight, subset, endpoints });
     }
-    let total_weight = splits.iter().map(|s| s.weight).sum::<u32>();
+    let total: u64 = splits.iter().map(|s| u64::from(s.weight)).sum();
+    let Ok(total_weight) = u32::try_from(total) else {
+        return Err(format!("the weights of the split add up to {total}, more than {}", u32::MAX));
+    };
     if total_weight == 0 {
         return Err("the weights of the split add up to 0".into());
     }

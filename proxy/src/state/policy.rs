@@ -19,9 +19,16 @@ use crate::policy::config::{
 /// Upstream connections idle this long are closed unless the policy says otherwise.
 const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(3600);
 
-fn dur(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Result<Option<Duration>, String> {
-    d.as_ref().map(duration_from).transpose()
+fn dur(field: &str, d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Result<Option<Duration>, String> {
+    d.as_ref().map(|d| duration_from(field, d)).transpose()
 }
+
+/// The most retries of one request the proxy makes (the policy allows 10; Envoy
+/// has no limit, but more than this is a mistake, not a policy).
+pub const MAX_RETRIES_PER_REQUEST: u32 = 100;
+/// The breaker's count window and half-open probes (as the policy validator allows).
+pub const MAX_BREAKER_WINDOW: u32 = 10_000;
+pub const MAX_HALF_OPEN_CALLS: u32 = 1000;
 
 fn percent(p: &Option<FractionalPercent>) -> f64 {
     let Some(p) = p else { return 0.0 };
@@ -35,20 +42,21 @@ fn percent(p: &Option<FractionalPercent>) -> f64 {
 
 /// Timeout, retry policy and faults of a route.
 pub fn route_policy(r: &XRoute, action: &RouteAction) -> Result<RoutePolicy, String> {
-    let timeout = dur(&action.timeout)?.filter(|d| !d.is_zero());
+    let timeout = dur("route timeout", &action.timeout)?.filter(|d| !d.is_zero());
     let mut retry = None;
     if let Some(rp) = &action.retry_policy {
         let on = RetryOn::parse(&rp.retry_on)?;
         let backoff = match &rp.retry_back_off {
             Some(b) => {
-                let base = dur(&b.base_interval)?.unwrap_or(Duration::from_millis(25));
-                let max = dur(&b.max_interval)?.unwrap_or(base * 10);
+                let base = dur("retry_back_off.base_interval", &b.base_interval)?.unwrap_or(Duration::from_millis(25));
+                let max = dur("retry_back_off.max_interval", &b.max_interval)?
+                    .unwrap_or(base.saturating_mul(10).min(super::build::MAX_DURATION));
                 ExponentialBackoff::new(base, max.max(base))
             }
             None => ExponentialBackoff::new(Duration::from_millis(25), Duration::from_millis(250)),
         };
         let retry_after_max = match &rp.rate_limited_retry_back_off {
-            Some(rl) => dur(&rl.max_interval)?.or(Some(backoff.max)),
+            Some(rl) => dur("rate_limited_retry_back_off.max_interval", &rl.max_interval)?.or(Some(backoff.max)),
             None => None,
         };
         let non_idempotent = r
@@ -62,9 +70,16 @@ pub fn route_policy(r: &XRoute, action: &RouteAction) -> Result<RoutePolicy, Str
             .iter()
             .map(|c| u16::try_from(*c).map_err(|_| format!("retriable status code {c} is out of range")))
             .collect::<Result<Vec<_>, _>>()?;
+        let attempts = rp.num_retries.as_ref().map(|n| n.value).unwrap_or(1);
+        if attempts > MAX_RETRIES_PER_REQUEST {
+            return Err(format!(
+                "retry_policy.num_retries {attempts} is more than this proxy makes for one request \
+                 ({MAX_RETRIES_PER_REQUEST})"
+            ));
+        }
         retry = Some(RetryPolicy {
-            attempts: rp.num_retries.as_ref().map(|n| n.value).unwrap_or(1),
-            per_try_timeout: dur(&rp.per_try_timeout)?.filter(|d| !d.is_zero()),
+            attempts,
+            per_try_timeout: dur("retry_policy.per_try_timeout", &rp.per_try_timeout)?.filter(|d| !d.is_zero()),
             on,
             status_codes,
             backoff,
@@ -79,7 +94,7 @@ pub fn route_policy(r: &XRoute, action: &RouteAction) -> Result<RoutePolicy, Str
             let delay = match f.delay {
                 Some(d) => match d.fault_delay_secifier {
                     Some(fault_delay::FaultDelaySecifier::FixedDelay(fd)) => {
-                        Some((percent(&d.percentage), duration_from(&fd)?))
+                        Some((percent(&d.percentage), duration_from("fault delay fixed_delay", &fd)?))
                     }
                     _ => return Err("fault delay: only fixed_delay is supported".into()),
                 },
@@ -97,7 +112,7 @@ pub fn route_policy(r: &XRoute, action: &RouteAction) -> Result<RoutePolicy, Str
             Some(FaultPolicy { delay, abort })
         }
     };
-    let idle_timeout = dur(&action.idle_timeout)?.filter(|d| !d.is_zero());
+    let idle_timeout = dur("route idle_timeout", &action.idle_timeout)?.filter(|d| !d.is_zero());
     Ok(RoutePolicy { timeout, idle_timeout, retry, fault })
 }
 
@@ -124,7 +139,8 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
                 x.as_ref().map(|x| x.value).unwrap_or(d)
             };
             let enforced = |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u32| v(x, d) > 0;
-            let base = dur(&o.base_ejection_time)?.unwrap_or(Duration::from_secs(30));
+            let base =
+                dur("outlier_detection.base_ejection_time", &o.base_ejection_time)?.unwrap_or(Duration::from_secs(30));
             Some(OutlierConfig {
                 consecutive_5xx: if enforced(&o.enforcing_consecutive_5xx, 100) { v(&o.consecutive_5xx, 5) } else { 0 },
                 consecutive_gateway: if enforced(&o.enforcing_consecutive_gateway_failure, 0) {
@@ -133,14 +149,19 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
                     0
                 },
                 failure_percentage: if enforced(&o.enforcing_failure_percentage, 0) {
-                    v(&o.failure_percentage_threshold, 85)
+                    match v(&o.failure_percentage_threshold, 85) {
+                        p @ 0..=100 => p,
+                        p => return Err(format!("outlier_detection.failure_percentage_threshold {p} is over 100")),
+                    }
                 } else {
                     0
                 },
                 failure_percentage_min_requests: v(&o.failure_percentage_request_volume, 50),
-                interval: dur(&o.interval)?.unwrap_or(Duration::from_secs(10)),
+                interval: dur("outlier_detection.interval", &o.interval)?.unwrap_or(Duration::from_secs(10)),
                 base_ejection: base,
-                max_ejection: dur(&o.max_ejection_time)?.unwrap_or(Duration::from_secs(300)).max(base),
+                max_ejection: dur("outlier_detection.max_ejection_time", &o.max_ejection_time)?
+                    .unwrap_or(Duration::from_secs(300))
+                    .max(base),
                 max_ejection_percent: v(&o.max_ejection_percent, 10).min(100),
             })
         }
@@ -150,18 +171,27 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
     let mut upstream_idle_timeout = Some(DEFAULT_UPSTREAM_IDLE);
     if let Some(any) = xc.typed_extension_protocol_options.get(names::RESILIENCE_KEY) {
         let r: Resilience = decode_any(any)?;
-        if let Some(d) = dur(&r.upstream_idle_timeout)? {
+        if let Some(d) = dur("outrider.resilience upstream_idle_timeout", &r.upstream_idle_timeout)? {
             upstream_idle_timeout = Some(d).filter(|d| !d.is_zero());
         }
         if let Some(b) = r.breaker {
+            if b.window > MAX_BREAKER_WINDOW || b.half_open_calls > MAX_HALF_OPEN_CALLS {
+                return Err(format!(
+                    "outrider.resilience breaker: window {} and half_open_calls {} must be at most \
+                     {MAX_BREAKER_WINDOW} and {MAX_HALF_OPEN_CALLS}",
+                    b.window, b.half_open_calls
+                ));
+            }
             let window = b.window.max(1);
             breaker = Some(BreakerConfig {
                 failure_rate_threshold: b.failure_rate_threshold.clamp(1, 100),
-                slow_call_duration: dur(&b.slow_call_duration)?.unwrap_or(Duration::from_secs(60)),
+                slow_call_duration: dur("outrider.resilience breaker.slow_call_duration", &b.slow_call_duration)?
+                    .unwrap_or(Duration::from_secs(60)),
                 slow_call_rate_threshold: b.slow_call_rate_threshold.clamp(1, 100),
                 window,
                 minimum_calls: b.minimum_calls.clamp(1, window),
-                open_duration: dur(&b.open_duration)?.unwrap_or(Duration::from_secs(60)),
+                open_duration: dur("outrider.resilience breaker.open_duration", &b.open_duration)?
+                    .unwrap_or(Duration::from_secs(60)),
                 half_open_calls: b.half_open_calls.max(1),
             });
         }
@@ -172,9 +202,14 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
             budget = Some(BudgetConfig {
                 ratio: rb.ratio,
                 min_per_second: rb.min_per_second,
-                window: dur(&rb.window)?.unwrap_or(Duration::from_secs(10)).max(Duration::from_millis(10)),
+                window: dur("outrider.resilience retry_budget.window", &rb.window)?
+                    .unwrap_or(Duration::from_secs(10))
+                    .max(Duration::from_millis(10)),
             });
         }
     }
     Ok(ClusterPolicy { thresholds, upstream_idle_timeout, breaker, budget, outlier })
 }
+
+#[cfg(test)]
+mod tests;

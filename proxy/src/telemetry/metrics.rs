@@ -61,6 +61,13 @@ pub struct ServiceReasonLabels {
     pub reason: &'static str,
 }
 
+/// Faults injected by kind (`delay`, `abort`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceKindLabels {
+    pub service: Arc<str>,
+    pub kind: &'static str,
+}
+
 /// Why spans were not exported: `queue-full`, `export-failed`, `rejected`
 /// (by the collector), `exporter-stopped`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,6 +130,9 @@ pub struct Families {
     pub config_version: Family<TypeLabels, Gauge>,
     pub retries: Family<ServiceReasonLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
+    /// Retries the policy called for but the proxy did not make, by why not.
+    pub retries_skipped: Family<ServiceReasonLabels, Counter>,
+    pub faults_injected: Family<ServiceKindLabels, Counter>,
     pub circuit_breaker_state: Family<ServiceLabels, Gauge>,
     pub circuit_breaker_rejections: Family<ServiceReasonLabels, Counter>,
     pub outlier_ejections: Family<ServiceLabels, Counter>,
@@ -189,6 +199,18 @@ impl Metrics {
             "Retries not sent because the retry budget was spent (the original failure was returned)",
             retry_budget_exhausted.clone(),
         );
+        let retries_skipped = Family::<ServiceReasonLabels, Counter>::default();
+        registry.register(
+            "retries_skipped",
+            "Retries the policy called for but not made, by reason (body-too-large, body-error, deadline)",
+            retries_skipped.clone(),
+        );
+        let faults_injected = Family::<ServiceKindLabels, Counter>::default();
+        registry.register(
+            "faults_injected",
+            "Faults injected by the policy's faults, by service and kind (delay, abort)",
+            faults_injected.clone(),
+        );
         let circuit_breaker_state = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "circuit_breaker_state",
@@ -252,6 +274,8 @@ impl Metrics {
             plaintext_refused,
             retries,
             retry_budget_exhausted,
+            retries_skipped,
+            faults_injected,
             circuit_breaker_state,
             circuit_breaker_rejections,
             outlier_ejections,
@@ -295,6 +319,8 @@ impl Metrics {
         "outrider_config_version",
         "outrider_retries_total",
         "outrider_retry_budget_exhausted_total",
+        "outrider_retries_skipped_total",
+        "outrider_faults_injected_total",
         "outrider_circuit_breaker_state",
         "outrider_circuit_breaker_rejections_total",
         "outrider_outlier_ejections_total",
@@ -344,6 +370,8 @@ mod tests {
         let _ = m.config_version.get_or_create(&TypeLabels { r#type: "t" });
         let _ = m.retries.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
         let _ = m.retry_budget_exhausted.get_or_create(&ServiceLabels { service: svc.clone() });
+        let _ = m.retries_skipped.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
+        let _ = m.faults_injected.get_or_create(&ServiceKindLabels { service: svc.clone(), kind: "delay" });
         let _ = m.circuit_breaker_state.get_or_create(&ServiceLabels { service: svc.clone() });
         let _ = m.circuit_breaker_rejections.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
         let _ = m.outlier_ejections.get_or_create(&ServiceLabels { service: svc.clone() });

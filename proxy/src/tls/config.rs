@@ -60,6 +60,41 @@ pub fn client_config_alpn(
     Ok(Arc::new(config))
 }
 
+/// HBONE server side (port 15008): TLS 1.3 with the AES-GCM suites only, ALPN `h2` only (a client
+/// offering only other ids, such as `http/1.1`, fails the handshake), no session resumption, and
+/// a client certificate that is required, chains to a root of the bundle, carries the clientAuth
+/// usage and exactly one SPIFFE URI SAN. The server presents `store`'s certificate: the
+/// destination workload's own.
+pub fn hbone_server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = Arc::new(ClientVerifier { store: store.clone(), mandatory: true });
+    let mut config = ServerConfig::builder_with_provider(super::hbone_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Resolver { store }));
+    config.alpn_protocols = vec![super::ALPN_H2.to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// HBONE client side: the source workload's certificate (`store`), the same suites and ALPN as
+/// [`hbone_server_config`], no SNI (the connector is given an IP address), no resumption, and
+/// the server accepted only when its chain verifies and its SAN is the destination workload's
+/// identity `expected`.
+pub fn hbone_client_config(store: Arc<CertStore>, expected: Identity) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = Arc::new(ExpectedServerIdentity { store: store.clone(), expected });
+    let mut config = ClientConfig::builder_with_provider(super::hbone_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous() // our verifier checks the chain itself, plus the SPIFFE identity
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(Resolver { store }));
+    config.alpn_protocols = vec![super::ALPN_H2.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
 /// Verifies the chain, the validity period and the serverAuth usage, then that the leaf's
 /// single SPIFFE URI SAN equals `expected`.
 pub(crate) fn verify_chain(

@@ -10,13 +10,13 @@ use super::*;
 
 /// A throwaway CA for unit tests (the real one is `outrider_control_plane::ca`, used by the
 /// integration tests in tests/tests/tls.rs).
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
 }
 
 impl TestCa {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -25,17 +25,60 @@ impl TestCa {
         Self { issuer: Issuer::new(params, key), pem }
     }
 
-    fn sign(&self, csr_pem: &str, uri: &str, not_before: SystemTime, not_after: SystemTime) -> Vec<String> {
+    pub(crate) fn sign(&self, csr_pem: &str, uri: &str, not_before: SystemTime, not_after: SystemTime) -> Vec<String> {
+        self.sign_with_usages(
+            csr_pem,
+            uri,
+            not_before,
+            not_after,
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        )
+    }
+
+    /// [`TestCa::sign`] with the given extended key usages.
+    pub(crate) fn sign_with_usages(
+        &self,
+        csr_pem: &str,
+        uri: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Vec<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(uri.to_owned().try_into().unwrap())];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = usages;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         vec![params.signed_by(&csr.public_key, &self.issuer).unwrap().pem()]
     }
 
-    fn bundle(&self) -> TrustBundle {
+    /// A store for `uri` holding a certificate valid for the next hour, with `usages`.
+    pub(crate) fn store_with_usages(
+        &self,
+        uri: &str,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> std::sync::Arc<CertStore> {
+        let store = CertStore::new(Identity::parse(uri).unwrap(), self.bundle());
+        let key = new_key_and_csr(store.identity()).unwrap();
+        let now = SystemTime::now();
+        let chain = self.sign_with_usages(
+            &key.csr_pem,
+            uri,
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+            usages,
+        );
+        store.install(key, &chain).unwrap();
+        std::sync::Arc::new(store)
+    }
+
+    /// [`TestCa::store_with_usages`] with serverAuth and clientAuth, as the control plane issues.
+    pub(crate) fn store(&self, uri: &str) -> std::sync::Arc<CertStore> {
+        self.store_with_usages(uri, vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth])
+    }
+
+    pub(crate) fn bundle(&self) -> TrustBundle {
         TrustBundle::from_pem([self.pem.as_str()]).unwrap()
     }
 }

@@ -11,6 +11,8 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::{MetricsService, MetricsServiceServer};
+use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use futures_util::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -23,6 +25,8 @@ use super::{Log, Seen, Upstream, X_UPSTREAM};
 pub const AUTH_PREFIX: &str = "/envoy.service.auth.v3.Authorization/";
 /// Path prefix of the ADS service.
 pub const ADS_PREFIX: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/";
+/// Path prefix of the metrics service (a client stream).
+pub const METRICS_PREFIX: &str = "/envoy.service.metrics.v3.MetricsService/";
 
 /// Builds a gRPC upstream.
 ///
@@ -32,15 +36,63 @@ pub const ADS_PREFIX: &str = "/envoy.service.discovery.v3.AggregatedDiscoverySer
 ///   `version_info`, `type_url`, its `response_nonce` as `nonce`, and
 ///   `control_plane.identifier = NAME`.
 ///
+/// - `MetricsService/StreamMetrics` (a client stream) reads the whole stream, records it
+///   as one request whose body is the `help` texts of every metric family sent, in
+///   order, then answers OK — or `UNAVAILABLE` while [`GrpcBuilder::unavailable`]'s
+///   [`Switch`] says so (`grpc_unavailable_next`).
+///
 /// Responses carry `x-upstream: NAME` metadata.
 #[derive(Clone, Debug)]
 pub struct GrpcBuilder {
     name: String,
+    switch: Option<super::Switch>,
 }
 
 impl Default for GrpcBuilder {
     fn default() -> Self {
-        Self { name: "grpc".into() }
+        Self { name: "grpc".into(), switch: None }
+    }
+}
+
+/// `MetricsService`: records whole client streams.
+#[derive(Clone, Debug)]
+struct StreamSink {
+    name: Arc<str>,
+    log: Arc<Log>,
+    switch: Option<super::Switch>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for StreamSink {
+    async fn stream_metrics(
+        &self,
+        request: Request<Streaming<StreamMetricsMessage>>,
+    ) -> Result<Response<StreamMetricsResponse>, Status> {
+        let (meta, _, mut stream) = request.into_parts();
+        let mut body = Vec::new();
+        while let Some(msg) = stream.message().await? {
+            for family in msg.envoy_metrics {
+                body.extend_from_slice(family.help.unwrap_or_default().as_bytes());
+            }
+        }
+        self.log.record(Seen {
+            method: http::Method::POST,
+            path: format!("{METRICS_PREFIX}StreamMetrics"),
+            version: http::Version::HTTP_2,
+            headers: meta.into_headers(),
+            body: bytes::Bytes::from(body),
+            trailers: None,
+            // Read to the end of the stream (an error above returns before this).
+            complete: true,
+        });
+        if self.switch.as_ref().is_some_and(super::Switch::take_grpc_unavailable) {
+            return Err(Status::unavailable("try again"));
+        }
+        let mut resp = Response::new(StreamMetricsResponse {});
+        if let Ok(v) = self.name.parse() {
+            resp.metadata_mut().insert(X_UPSTREAM, v);
+        }
+        Ok(resp)
     }
 }
 
@@ -111,22 +163,37 @@ impl GrpcBuilder {
         self
     }
 
+    /// `StreamMetrics` answers `UNAVAILABLE` as `switch.grpc_unavailable_next` says.
+    pub fn unavailable(mut self, switch: &super::Switch) -> Self {
+        self.switch = Some(switch.clone());
+        self
+    }
+
     pub async fn start(self) -> Upstream {
         let echo = Echo { name: Arc::from(self.name.as_str()) };
         let auth = AuthorizationServer::new(echo.clone());
         let ads = AggregatedDiscoveryServiceServer::new(echo);
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        let switch = self.switch.clone();
         super::serve(self.name, move |stream, log| {
             let auth = auth.clone();
             let ads = ads.clone();
+            let sink =
+                MetricsServiceServer::new(StreamSink { name: name.clone(), log: log.clone(), switch: switch.clone() });
             async move {
                 let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    record(&log, &req);
+                    if !req.uri().path().starts_with(METRICS_PREFIX) {
+                        record(&log, &req);
+                    }
                     let auth = auth.clone();
                     let ads = ads.clone();
+                    let sink = sink.clone();
                     async move {
                         let path = req.uri().path();
                         let resp = if path.starts_with(AUTH_PREFIX) {
                             auth.oneshot(req).await?
+                        } else if path.starts_with(METRICS_PREFIX) {
+                            sink.oneshot(req).await?
                         } else if path.starts_with(ADS_PREFIX) {
                             ads.oneshot(req).await?
                         } else {

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Body as _;
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
@@ -31,6 +33,10 @@ pub struct HttpBuilder {
     delay: Duration,
     upgrades: bool,
     gate: Option<Gate>,
+    /// Holds only retries (`x-outrider-attempt` other than 1).
+    retry_gate: Option<Gate>,
+    /// Responses send their first chunk, then wait for this gate before the last.
+    body_gate: Option<Gate>,
     switch: Option<Switch>,
 }
 
@@ -48,6 +54,8 @@ struct SwitchState {
     fail_per_mille: std::sync::atomic::AtomicU32,
     /// The next N requests get a trailers-only gRPC UNAVAILABLE.
     grpc_unavailable_next: std::sync::atomic::AtomicU32,
+    /// The next N requests get a 503 before their body is read.
+    fail_early_next: std::sync::atomic::AtomicU32,
 }
 
 impl Switch {
@@ -80,7 +88,18 @@ impl Switch {
         self.0.grpc_unavailable_next.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn take_grpc_unavailable(&self) -> bool {
+    /// Answer the next `n` requests with 503 at once, without reading their
+    /// bodies (as a server that rejects a request by its headers does).
+    pub fn fail_early_next(&self, n: u32) {
+        self.0.fail_early_next.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn take_early(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0.fail_early_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+
+    pub(crate) fn take_grpc_unavailable(&self) -> bool {
         use std::sync::atomic::Ordering;
         self.0.grpc_unavailable_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
@@ -165,6 +184,8 @@ impl HttpBuilder {
             delay: Duration::ZERO,
             upgrades: false,
             gate: None,
+            retry_gate: None,
+            body_gate: None,
             switch: None,
         }
     }
@@ -193,6 +214,20 @@ impl HttpBuilder {
         self
     }
 
+    /// Hold retries (requests whose `x-outrider-attempt` is not 1) until `gate`
+    /// is opened; first tries are answered at once.
+    pub fn gate_retries(mut self, gate: &Gate) -> Self {
+        self.retry_gate = Some(gate.clone());
+        self
+    }
+
+    /// Stream each response: headers and the echo at once, then hold the end of
+    /// the body (a last chunk, `"\n"`) until `gate` is opened — a long stream.
+    pub fn hold_body(mut self, gate: &Gate) -> Self {
+        self.body_gate = Some(gate.clone());
+        self
+    }
+
     /// Let `switch` change the answers at run time.
     pub fn switch(mut self, switch: &Switch) -> Self {
         self.switch = Some(switch.clone());
@@ -214,7 +249,13 @@ impl HttpBuilder {
                 let svc = hyper::service::service_fn(move |req| {
                     let cfg = svc_cfg.clone();
                     let log = log.clone();
-                    async move { Ok::<_, Infallible>(respond(&cfg, &log, req).await) }
+                    async move {
+                        let resp = respond(&cfg, &log, req).await;
+                        Ok::<_, Infallible>(match &cfg.body_gate {
+                            None => resp.map(BodyExt::boxed),
+                            Some(gate) => resp.map(|echo| held(echo, gate.clone())),
+                        })
+                    }
                 });
                 let io = TokioIo::new(stream);
                 let _ = match cfg.protocol {
@@ -246,6 +287,25 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
     let upgrade = cfg.upgrades && req.headers().contains_key(header::UPGRADE);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    if cfg.switch.as_ref().is_some_and(Switch::take_early) {
+        // Recorded as seen, with none of its body read.
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        log.record(Seen {
+            method: parts.method,
+            path,
+            version: parts.version,
+            headers: parts.headers,
+            body: Bytes::new(),
+            trailers: None,
+            complete: false,
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        resp.headers_mut()
+            .insert(X_UPSTREAM, HeaderValue::from_str(&cfg.name).expect("upstream name is a header value"));
+        drop(body);
+        return resp;
+    }
     let (body, trailers, complete) = match body.collect().await {
         Ok(b) => {
             let trailers = b.trailers().cloned();
@@ -263,6 +323,11 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
         trailers,
         complete,
     });
+    if let Some(gate) = &cfg.retry_gate
+        && parts.headers.get("x-outrider-attempt").is_some_and(|a| a != "1")
+    {
+        gate.pass().await;
+    }
     if let Some(gate) = &cfg.gate {
         gate.pass().await;
     }
@@ -354,6 +419,20 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
         return Response::from_parts(head, Full::new(Bytes::new()));
     }
     resp
+}
+
+/// `echo`'s bytes, then (once `gate` opens) a last chunk `"\n"`.
+fn held(echo: Full<Bytes>, gate: Gate) -> BoxBody<Bytes, Infallible> {
+    use futures_util::StreamExt;
+    let first = futures_util::stream::once(async move {
+        let bytes = echo.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Ok::<_, Infallible>(Frame::data(bytes))
+    });
+    let last = futures_util::stream::once(async move {
+        gate.pass().await;
+        Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\n")))
+    });
+    BoxBody::new(StreamBody::new(first.chain(last)))
 }
 
 /// A random number in 0..1000 (std only: hash of a counter and the time).

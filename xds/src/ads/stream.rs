@@ -54,6 +54,7 @@ pub(super) async fn run<V: Variant>(
     handler.connected(true);
     tracing::info!(server = %client.config.address, protocol = V::NAME, "xDS stream established");
     let mut draining = client.draining.clone();
+    let mut nodes = client.node_updates.clone();
     loop {
         tokio::select! {
             response = responses.message() => {
@@ -71,6 +72,12 @@ pub(super) async fn run<V: Variant>(
                     tx.send(answer).await.map_err(|_| AdsError::RequestChannel)?;
                 }
             }
+            () = node_changed(&mut nodes) => {
+                client.refresh_node();
+                if let (Some(first), Some(tx)) = (client.config.type_urls.first(), &tx) {
+                    tx.send(V::notice(client, first)).await.map_err(|_| AdsError::RequestChannel)?;
+                }
+            }
             () = drain_started(&mut draining), if !noticed => {
                 noticed = client.draining();
                 if let (Some(first), Some(tx)) = (client.config.type_urls.first(), tx.take()) {
@@ -79,6 +86,20 @@ pub(super) async fn run<V: Variant>(
                 }
             }
         }
+    }
+}
+
+/// Resolves when a new node was published; never without updates.
+async fn node_changed(
+    nodes: &mut Option<tokio::sync::watch::Receiver<envoy_types::pb::envoy::config::core::v3::Node>>,
+) {
+    match nodes {
+        Some(n) => {
+            if n.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

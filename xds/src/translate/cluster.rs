@@ -130,6 +130,9 @@ fn endpoint_metadata(endpoint: &crate::policy::Endpoint) -> envoy_types::pb::goo
     let mut fields = vec![("meshed", bool_value(endpoint.meshed))];
     if let Some(id) = endpoint.identity.as_deref().filter(|_| endpoint.meshed) {
         fields.push((IDENTITY_FIELD, crate::resources::string_value(id)));
+        if endpoint.hbone {
+            fields.push((crate::resources::HBONE_FIELD, bool_value(true)));
+        }
     }
     struct_of(fields)
 }

@@ -141,6 +141,12 @@ pub(super) fn check_service_mtls(origin: &Origin, service: &Service, errors: &mu
             }
             (None, false) => {}
         }
+        if endpoint.hbone && !endpoint.meshed {
+            errors.push(origin.error(
+                Some(format!("spec.endpoints[{i}].hbone")),
+                "an HBONE endpoint is a meshed workload: add meshed: true and its identity",
+            ));
+        }
     }
 }
 

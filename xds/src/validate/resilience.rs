@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::PolicyError;
 use crate::duration;
 use crate::load::Origin;
+use crate::policy::limits::{IDLE_TIMEOUT, INTERVAL, TIMEOUT};
 use crate::policy::{CircuitBreaker, Faults, OutlierDetection, Retries, RetryOn, Service, TrafficPolicySpec};
 
 /// Collects errors for one document.
@@ -26,15 +27,18 @@ impl Check<'_> {
         }
     }
 
-    fn positive(&mut self, field: &str, value: Duration) {
+    /// More than 0s and at most `max`.
+    fn duration(&mut self, field: &str, value: Duration, max: Duration) {
         if value.is_zero() {
-            self.error(field, "must be more than 0s");
+            self.error(field, format!("must be more than 0s and at most {}", duration::format(max)));
+        } else if value > max {
+            self.error(field, format!("must be at most {} (got {})", duration::format(max), duration::format(value)));
         }
     }
 
-    fn positive_option(&mut self, field: &str, value: Option<Duration>) {
+    fn duration_option(&mut self, field: &str, value: Option<Duration>, max: Duration) {
         if let Some(value) = value {
-            self.positive(field, value);
+            self.duration(field, value, max);
         }
     }
 }
@@ -42,8 +46,8 @@ impl Check<'_> {
 /// Everything that can be checked within the policy document itself.
 pub(super) fn check_resilience(origin: &Origin, spec: &TrafficPolicySpec, errors: &mut Vec<PolicyError>) {
     let mut check = Check { origin, errors };
-    check.positive_option("spec.timeout", spec.timeout);
-    check.positive_option("spec.idleTimeout", spec.idle_timeout);
+    check.duration_option("spec.timeout", spec.timeout, TIMEOUT);
+    check.duration_option("spec.idleTimeout", spec.idle_timeout, IDLE_TIMEOUT);
     if let Some(retries) = &spec.retries {
         check_retries(&mut check, retries, spec.timeout);
     }
@@ -65,7 +69,7 @@ pub(super) fn check_resilience(origin: &Origin, spec: &TrafficPolicySpec, errors
 
 fn check_retries(check: &mut Check<'_>, retries: &Retries, timeout: Option<Duration>) {
     check.range("spec.retries.attempts", retries.attempts, 0, 10);
-    check.positive_option("spec.retries.perTryTimeout", retries.per_try_timeout);
+    check.duration_option("spec.retries.perTryTimeout", retries.per_try_timeout, TIMEOUT);
     if let (Some(per_try), Some(timeout)) = (retries.per_try_timeout, timeout)
         && per_try > timeout
     {
@@ -105,7 +109,8 @@ fn check_retries(check: &mut Check<'_>, retries: &Retries, timeout: Option<Durat
         check.range(&format!("spec.retries.retriableStatusCodes[{i}]"), *code, 100, 599);
     }
     let backoff = &retries.backoff;
-    check.positive("spec.retries.backoff.base", backoff.base);
+    check.duration("spec.retries.backoff.base", backoff.base, INTERVAL);
+    check.duration_option("spec.retries.backoff.max", backoff.max, INTERVAL);
     if let Some(max) = backoff.max
         && max < backoff.base
     {
@@ -120,7 +125,7 @@ fn check_retries(check: &mut Check<'_>, retries: &Retries, timeout: Option<Durat
     }
     let budget = &retries.budget;
     check.range("spec.retries.budget.ratio", budget.ratio, 0.0, 1.0);
-    check.positive("spec.retries.budget.window", budget.window);
+    check.duration("spec.retries.budget.window", budget.window, INTERVAL);
 }
 
 fn check_breaker(check: &mut Check<'_>, breaker: &CircuitBreaker) {
@@ -138,8 +143,8 @@ fn check_breaker(check: &mut Check<'_>, breaker: &CircuitBreaker) {
             check.range(field, value, 1, 100);
         }
     }
-    check.positive_option("spec.circuitBreaker.slowCallDuration", breaker.slow_call_duration);
-    check.positive_option("spec.circuitBreaker.openDuration", breaker.open_duration);
+    check.duration_option("spec.circuitBreaker.slowCallDuration", breaker.slow_call_duration, TIMEOUT);
+    check.duration_option("spec.circuitBreaker.openDuration", breaker.open_duration, TIMEOUT);
     if let Some(window) = breaker.window {
         check.range("spec.circuitBreaker.window", window, 1, 10_000);
     }
@@ -161,8 +166,9 @@ fn check_breaker(check: &mut Check<'_>, breaker: &CircuitBreaker) {
 fn check_outlier(check: &mut Check<'_>, outlier: &OutlierDetection) {
     check.range("spec.outlierDetection.failurePercentageThreshold", outlier.failure_percentage_threshold, 0, 100);
     check.range("spec.outlierDetection.maxEjectionPercent", outlier.max_ejection_percent, 0, 100);
-    check.positive("spec.outlierDetection.interval", outlier.interval);
-    check.positive("spec.outlierDetection.baseEjectionTime", outlier.base_ejection_time);
+    check.duration("spec.outlierDetection.interval", outlier.interval, INTERVAL);
+    check.duration("spec.outlierDetection.baseEjectionTime", outlier.base_ejection_time, TIMEOUT);
+    check.duration("spec.outlierDetection.maxEjectionTime", outlier.max_ejection_time, TIMEOUT);
     if outlier.max_ejection_time < outlier.base_ejection_time {
         check.error(
             "spec.outlierDetection.maxEjectionTime",
@@ -178,7 +184,7 @@ fn check_outlier(check: &mut Check<'_>, outlier: &OutlierDetection) {
 fn check_faults(check: &mut Check<'_>, at: &str, faults: &Faults) {
     if let Some(delay) = &faults.delay {
         check.range(&format!("{at}.delay.percent"), delay.percent, 0.0, 100.0);
-        check.positive(&format!("{at}.delay.duration"), delay.duration);
+        check.duration(&format!("{at}.delay.duration"), delay.duration, INTERVAL);
     }
     if let Some(abort) = &faults.abort {
         check.range(&format!("{at}.abort.percent"), abort.percent, 0.0, 100.0);

@@ -366,3 +366,91 @@ fn the_examples_in_docs_policy_md_load() {
     assert!(spec.retries.is_some() && spec.faults.is_some());
     assert!(spec.faults_for(Some(&spec.routes[0])).is_none());
 }
+
+#[test]
+fn durations_have_an_upper_bound_per_field() {
+    // (spec at the limit, the same one millisecond over it, field, limit as written)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("  connectTimeout: 5m\n", "  connectTimeout: 5m1ms\n", "spec.connectTimeout", "5m"),
+        ("  timeout: 24h\n", "  timeout: 24h1ms\n", "spec.timeout", "24h"),
+        ("  idleTimeout: 168h\n", "  idleTimeout: 168h1ms\n", "spec.idleTimeout", "168h"),
+        (
+            "  timeout: 24h\n  retries: {perTryTimeout: 24h}\n",
+            "  retries: {perTryTimeout: 24h1ms}\n",
+            "spec.retries.perTryTimeout",
+            "24h",
+        ),
+        (
+            "  retries: {backoff: {base: 1h, max: 1h}}\n",
+            "  retries: {backoff: {base: 1h1ms, max: 1h1ms}}\n",
+            "spec.retries.backoff.base",
+            "1h",
+        ),
+        (
+            "  retries: {backoff: {base: 1s, max: 1h}}\n",
+            "  retries: {backoff: {base: 1s, max: 1h1ms}}\n",
+            "spec.retries.backoff.max",
+            "1h",
+        ),
+        (
+            "  retries: {budget: {window: 1h}}\n",
+            "  retries: {budget: {window: 1h1ms}}\n",
+            "spec.retries.budget.window",
+            "1h",
+        ),
+        (
+            "  circuitBreaker: {slowCallDuration: 24h}\n",
+            "  circuitBreaker: {slowCallDuration: 24h1ms}\n",
+            "spec.circuitBreaker.slowCallDuration",
+            "24h",
+        ),
+        (
+            "  circuitBreaker: {openDuration: 24h}\n",
+            "  circuitBreaker: {openDuration: 24h1ms}\n",
+            "spec.circuitBreaker.openDuration",
+            "24h",
+        ),
+        (
+            "  outlierDetection: {interval: 1h}\n",
+            "  outlierDetection: {interval: 1h1ms}\n",
+            "spec.outlierDetection.interval",
+            "1h",
+        ),
+        (
+            "  outlierDetection: {baseEjectionTime: 24h, maxEjectionTime: 24h}\n",
+            "  outlierDetection: {baseEjectionTime: 24h1ms, maxEjectionTime: 24h1ms}\n",
+            "spec.outlierDetection.baseEjectionTime",
+            "24h",
+        ),
+        (
+            "  outlierDetection: {maxEjectionTime: 24h}\n",
+            "  outlierDetection: {maxEjectionTime: 24h1ms}\n",
+            "spec.outlierDetection.maxEjectionTime",
+            "24h",
+        ),
+        (
+            "  faults: {delay: {percent: 1, duration: 1h}}\n",
+            "  faults: {delay: {percent: 1, duration: 1h1ms}}\n",
+            "spec.faults.delay.duration",
+            "1h",
+        ),
+    ];
+    for (ok, over, field, limit) in cases {
+        load(ok);
+        let errors = errors_for("http", over);
+        let error =
+            errors.iter().find(|e| e.field.as_deref() == Some(*field)).unwrap_or_else(|| panic!("{over}: {errors}"));
+        assert!(error.message.starts_with(&format!("must be at most {limit} (got {limit}1ms)")), "{over}: {error}");
+    }
+    // Envoy's own limit (315,576,000,000 s) and more: the same error, never an overflow.
+    let (field, message) = only("http", "  timeout: 87660000h\n");
+    assert_eq!((field.as_str(), message.as_str()), ("spec.timeout", "must be at most 24h (got 87660000h)"));
+    let errors = errors_for("http", "  timeout: 99999999999999999999s\n");
+    assert!(errors.to_string().contains("too large"), "{errors}");
+    // The whole message names file, document, kind/name and field.
+    let errors = errors_for("http", "  faults: {delay: {percent: 100, duration: 2h}}\n");
+    assert_eq!(
+        errors.to_string(),
+        "policy.yaml: document 2 (TrafficPolicy/reviews): spec.faults.delay.duration: must be at most 1h (got 2h)"
+    );
+}

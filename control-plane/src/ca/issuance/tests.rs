@@ -202,3 +202,62 @@ fn renewal_signed_the_way_rustls_signs_is_accepted() {
     let proof = RenewalProof { certificate_chain: chain, signature };
     assert_eq!(f.issuance.issue(&pem, Credential::Renewal(&proof)).unwrap().spiffe_id, CHECKOUT);
 }
+
+/// Which workload each node hosts, for the node-credential tests.
+struct Hosts(Vec<(&'static str, &'static str)>);
+
+impl NodeWorkloads for Hosts {
+    fn hosts(&self, node: &str, workload: &str) -> bool {
+        self.0.iter().any(|(n, w)| *n == node && *w == workload)
+    }
+}
+
+const NODE_A: &str = "spiffe://cluster.local/ns/outrider-system/sa/node-a";
+const NODE_B: &str = "spiffe://cluster.local/ns/outrider-system/sa/node-b";
+
+/// A certificate for `identity` (issued with a token), and the proof a node gives with it for
+/// the CSR `for_csr`.
+fn node_proof(f: &Fixture, identity: Identity, for_csr_der: &[u8]) -> RenewalProof {
+    let uri = identity.spiffe_id(f.issuance.ca().trust_domain());
+    let token = f.tokens.create(identity, Duration::from_secs(600), TokenUse::UntilExpiry).unwrap();
+    let (key, pem, _) = csr(&[&uri]);
+    let issued = f.issuance.issue(&pem, Credential::JoinToken(&token)).unwrap();
+    RenewalProof { certificate_chain: issued.chain_pem, signature: sign(&key, for_csr_der) }
+}
+
+#[test]
+fn a_node_gets_certificates_only_for_the_workloads_registered_on_it() {
+    let mut f = fixture("node");
+    f.issuance = f.issuance.clone().with_nodes(Arc::new(Hosts(vec![(NODE_A, CHECKOUT)])));
+    let (_key, pem, der) = csr(&[CHECKOUT]);
+    let node_a = Identity::new("outrider-system", "node-a").unwrap();
+    let node_b = Identity::new("outrider-system", "node-b").unwrap();
+
+    let proof = node_proof(&f, node_a.clone(), &der);
+    let issued = f.issuance.issue(&pem, Credential::Node(&proof)).unwrap();
+    assert_eq!(issued.spiffe_id, CHECKOUT, "the workload's identity, not the node's");
+
+    // Another node, where checkout does not run: refused.
+    let proof = node_proof(&f, node_b, &der);
+    let err = f.issuance.issue(&pem, Credential::Node(&proof)).unwrap_err();
+    assert_eq!((err.status(), err.reason()), (403, "node_not_authorized"));
+    assert!(err.to_string().contains(NODE_B) && err.to_string().contains(CHECKOUT), "{err}");
+
+    // A workload identity cannot act as a node, even for itself.
+    let proof = node_proof(&f, checkout(), &der);
+    let err = f.issuance.issue(&pem, Credential::Node(&proof)).unwrap_err();
+    assert_eq!((err.status(), err.reason()), (403, "node_not_authorized"));
+    assert!(err.to_string().contains("is not a node proxy"), "{err}");
+
+    // A proof signed over another CSR: the signature does not verify.
+    let (_other, _, other_der) = csr(&[CHECKOUT]);
+    let proof = node_proof(&f, node_a, &other_der);
+    let err = f.issuance.issue(&pem, Credential::Node(&proof)).unwrap_err();
+    assert_eq!(err.status(), 401);
+
+    // Without a registry of nodes, node credentials are refused.
+    let g = fixture("no-nodes");
+    let (_k, pem, der) = csr(&[CHECKOUT]);
+    let proof = node_proof(&g, Identity::new("outrider-system", "node-a").unwrap(), &der);
+    assert_eq!(g.issuance.issue(&pem, Credential::Node(&proof)).unwrap_err().status(), 403);
+}

@@ -1,0 +1,588 @@
+//! Connections to one endpoint, carried across config snapshots.
+//!
+//! - HTTP/1.1: idle keep-alive connections are reused one request at a time. A
+//!   request that finds none opens one while the cluster is under
+//!   `maxConnections`; else it waits, as a pending request (at most
+//!   `maxPendingRequests` per cluster, beyond that it is rejected at once), until
+//!   a connection of its endpoint is returned or one of the cluster's closes. An
+//!   endpoint without any connection may always open one (as in Envoy), so that
+//!   connections held by other endpoints never starve it.
+//! - HTTP/2: one connection shared by every request to the endpoint; one request
+//!   opens it while the others wait for it (pending).
+//! - Connections idle past the cluster's idle timeout are closed by a timer (a
+//!   task per pool, alive while the pool holds connections to watch), not only
+//!   when next looked at.
+//! - An upstream response holds a [`Lease`] until its body ends: its HTTP/1.1
+//!   connection goes back to the pool then, its HTTP/2 stream counts as active
+//!   on the connection until then, and the request keeps its `maxRequests` slot.
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{ConnectConfig, ConnectTime, UpstreamError, UpstreamProtocol, connect_tcp_or_mesh};
+use crate::http::Body;
+use crate::policy::breaker::{ClusterCounters, GaugeGuard};
+use crate::tls::Identity;
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// An idle HTTP/1.1 connection.
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    /// When it is closed if still unused (`None`: no idle timeout).
+    expires: Option<Instant>,
+}
+
+/// The shared HTTP/2 connection of an endpoint.
+#[derive(Debug)]
+struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    /// The peer identity it was verified for (mTLS): reused only for the same one.
+    identity: Option<Identity>,
+    streams: Arc<Streams>,
+    idle_timeout: Option<Duration>,
+}
+
+impl H2Conn {
+    /// When it is closed if no stream starts before (`None`: streams are open,
+    /// or no idle timeout).
+    fn idle_deadline(&self) -> Option<Instant> {
+        let timeout = self.idle_timeout?;
+        if self.streams.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_nanos(self.streams.idle_since.load(Ordering::Acquire));
+        // Past the clock's range: never.
+        self.streams.opened.checked_add(since)?.checked_add(timeout)
+    }
+}
+
+/// The HTTP/2 connection of an endpoint (plaintext, or mTLS to its proxy).
+#[derive(Debug, Default)]
+struct H2Slot {
+    conn: Mutex<Option<H2Conn>>,
+    /// One request at a time opens the connection; the others wait for it.
+    opening: tokio::sync::Mutex<()>,
+    /// Attempts to open it that failed: requests that waited for a failed attempt
+    /// fail with it at once instead of each trying again in turn.
+    failures: AtomicU64,
+}
+
+/// The streams of one HTTP/2 connection: how many are open, and since when none is.
+#[derive(Debug)]
+struct Streams {
+    active: AtomicU32,
+    /// When the connection was opened; `idle_since` counts from here.
+    opened: Instant,
+    /// Nanoseconds after `opened` when the last stream ended.
+    idle_since: AtomicU64,
+    pool: Weak<EndpointPool>,
+}
+
+/// One open stream on an HTTP/2 connection, until its response ends.
+#[derive(Debug)]
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn start(streams: &Arc<Streams>) -> Self {
+        streams.active.fetch_add(1, Ordering::AcqRel);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        let since = u64::try_from(s.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        s.idle_since.store(since, Ordering::Release);
+        if s.active.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(pool) = s.pool.upgrade()
+        {
+            pool.watch_idle();
+        }
+    }
+}
+
+/// A live connection's claim on the cluster's `maxConnections` and on its
+/// endpoint's count, released — and the requests waiting for a connection
+/// woken — when the connection closes.
+#[derive(Debug)]
+struct Opened {
+    slot: Option<GaugeGuard>,
+    counters: Option<Arc<ClusterCounters>>,
+    /// HTTP/1.1: the endpoint whose open connections this one counts in.
+    h1: Option<Weak<EndpointPool>>,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        drop(self.slot.take());
+        if let Some(c) = &self.counters {
+            c.connection_closed.notify_waiters();
+        }
+        if let Some(pool) = self.h1.as_ref().and_then(Weak::upgrade) {
+            pool.h1_open.fetch_sub(1, Ordering::AcqRel);
+            pool.h1_available.notify_waiters();
+        }
+    }
+}
+
+/// What an upstream response holds until its body ends or is dropped.
+#[derive(Debug, Default)]
+pub struct Lease {
+    /// HTTP/1.1: the connection, back to its pool when the body has been read to its end.
+    ret: Option<PoolReturn>,
+    /// HTTP/2: the stream, counted as active on its connection (idle timeout).
+    stream: Option<StreamGuard>,
+    /// The cluster's `maxRequests` slot (set by the breaker stage).
+    slot: Option<GaugeGuard>,
+}
+
+impl Lease {
+    /// Keep the request's `maxRequests` slot until the body ends.
+    pub fn hold(&mut self, slot: GaugeGuard) {
+        self.slot = Some(slot);
+    }
+
+    /// The body was read to its end: the connection is reusable.
+    pub fn finish(&mut self) {
+        if let Some(r) = self.ret.take() {
+            r.give_back();
+        }
+        self.stream = None;
+        self.slot = None;
+    }
+}
+
+/// Hands an HTTP/1.1 connection back to its pool once the response body it
+/// carried has been read to the end. Dropped early (the caller went away
+/// mid-body), the connection is closed instead: it still holds unread bytes.
+#[derive(Debug)]
+struct PoolReturn {
+    sender: http1::SendRequest<Body>,
+    pool: Weak<EndpointPool>,
+    idle_timeout: Option<Duration>,
+}
+
+impl PoolReturn {
+    fn give_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put_h1(self.sender, self.idle_timeout);
+        }
+    }
+}
+
+/// Connections to one endpoint.
+#[derive(Debug)]
+pub struct EndpointPool {
+    addr: SocketAddr,
+    /// Idle HTTP/1.1 connections, oldest first.
+    h1: Mutex<Vec<Idle>>,
+    /// HTTP/1.1 connections open to the endpoint, idle or busy (or being opened).
+    h1_open: AtomicUsize,
+    /// Wakes requests waiting for an HTTP/1.1 connection to this endpoint.
+    h1_available: Notify,
+    /// The shared HTTP/2 connection.
+    h2: H2Slot,
+    /// The shared mTLS HTTP/2 connection to the endpoint's proxy (meshed endpoints).
+    mesh: H2Slot,
+    /// A task is watching idle connections.
+    reaper: AtomicBool,
+}
+
+impl EndpointPool {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            h1: Mutex::new(Vec::new()),
+            h1_open: AtomicUsize::new(0),
+            h1_available: Notify::new(),
+            h2: H2Slot::default(),
+            mesh: H2Slot::default(),
+            reaper: AtomicBool::new(false),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Idle HTTP/1.1 connections and whether an HTTP/2 connection is open.
+    pub fn stats(&self) -> (usize, bool) {
+        let idle = self.h1.lock().len();
+        let open = |slot: &H2Slot| slot.conn.lock().as_ref().is_some_and(|c| !c.sender.is_closed());
+        (idle, open(&self.h2) || open(&self.mesh))
+    }
+
+    /// Send one request. For HTTP/1.1 the URI should be origin-form with a Host
+    /// header; for HTTP/2 absolute-form (scheme + authority).
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        proto: UpstreamProtocol,
+        cfg: &ConnectConfig,
+    ) -> Result<Response<Body>, UpstreamError> {
+        match proto {
+            UpstreamProtocol::Http1 => self.send_h1(req, cfg).await,
+            UpstreamProtocol::Http2 => self.send_h2(req, cfg).await,
+        }
+    }
+
+    /// A pending slot: this request waits for a connection (`maxPendingRequests`).
+    fn pending(&self, cfg: &ConnectConfig) -> Result<Option<GaugeGuard>, UpstreamError> {
+        let Some((counters, t)) = &cfg.limits else { return Ok(None) };
+        match counters.acquire_pending(t.max_pending_requests) {
+            Some(g) => Ok(Some(g)),
+            None => Err(UpstreamError::Overflow(self.addr, "max-pending")),
+        }
+    }
+
+    // ------------------------------------------------------------ HTTP/1.1
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        cfg: &ConnectConfig,
+    ) -> Result<Response<Body>, UpstreamError> {
+        // To a meshed endpoint (upgrades only) always a new mTLS connection: the
+        // pool holds plaintext ones.
+        let mesh = cfg.mesh.is_some();
+        let mut req = if mesh {
+            req
+        } else {
+            match self.send_idle(req, cfg).await? {
+                Ok(resp) => return Ok(resp),
+                Err(req) => req,
+            }
+        };
+        // No idle connection: pending until this request has one.
+        let pending = self.pending(cfg)?;
+        let closed = cfg.limits.as_ref().map(|(c, _)| &c.connection_closed);
+        loop {
+            // Listen before looking, so a connection freed in between is not missed.
+            let available = self.h1_available.notified();
+            let freed = closed.map(Notify::notified);
+            tokio::pin!(available, freed);
+            available.as_mut().enable();
+            if let Some(f) = freed.as_mut().as_pin_mut() {
+                f.enable();
+            }
+            if !mesh {
+                req = match self.send_idle(req, cfg).await? {
+                    Ok(resp) => return Ok(resp),
+                    Err(req) => req,
+                };
+            }
+            if let Some(opened) = self.h1_connection(cfg) {
+                let started = Instant::now();
+                let mut sender = self.open_h1(cfg, opened).await?;
+                let connect = started.elapsed();
+                drop(pending);
+                let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
+                let mut resp = if mesh {
+                    // Not pooled: closes when the response (or the upgrade) is done.
+                    resp.map(Body::Incoming)
+                } else {
+                    self.after_h1(sender, resp, cfg)
+                };
+                resp.extensions_mut().insert(ConnectTime(connect));
+                return Ok(resp);
+            }
+            tokio::select! {
+                () = available => {}
+                () = async {
+                    match freed.as_pin_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+
+    /// Send on an idle connection, or hand the request back when there is none.
+    /// A pooled connection may have been closed by the server a moment ago: if
+    /// the request was not written, hyper hands it back and the next one is tried.
+    async fn send_idle(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+        cfg: &ConnectConfig,
+    ) -> Result<Result<Response<Body>, Request<Body>>, UpstreamError> {
+        while let Some(mut sender) = self.idle_h1() {
+            // It may not be ready this very moment (hyper marks it ready once it
+            // has read the previous response's end).
+            if !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(Ok(self.after_h1(sender, resp, cfg))),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(UpstreamError::Request(self.addr, e.into_error())),
+                },
+            }
+        }
+        Ok(Err(req))
+    }
+
+    /// The newest idle connection that is still open and not expired.
+    fn idle_h1(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.h1.lock();
+        let now = Instant::now();
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() && i.expires.is_none_or(|e| e > now) {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    fn put_h1(self: &Arc<Self>, sender: http1::SendRequest<Body>, idle_timeout: Option<Duration>) {
+        let expires = idle_timeout.and_then(|t| Instant::now().checked_add(t));
+        {
+            let mut idle = self.h1.lock();
+            if idle.len() >= MAX_IDLE_PER_ENDPOINT {
+                // Dropped: the connection closes.
+                return;
+            }
+            idle.push(Idle { sender, expires });
+        }
+        self.h1_available.notify_one();
+        if expires.is_some() {
+            self.watch_idle();
+        }
+    }
+
+    /// A claim on a new HTTP/1.1 connection: under `maxConnections`, or the
+    /// endpoint's first; `None` when the request must wait.
+    fn h1_connection(self: &Arc<Self>, cfg: &ConnectConfig) -> Option<Opened> {
+        let slot = match &cfg.limits {
+            None => None,
+            Some((counters, t)) => match counters.acquire_connection(t.max_connections) {
+                Some(slot) => Some(slot),
+                None => {
+                    if self.h1_open.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                        return None;
+                    }
+                    // The endpoint has no connection: it may open one over the limit.
+                    return Some(Opened {
+                        slot: counters.acquire_connection(u32::MAX),
+                        counters: Some(counters.clone()),
+                        h1: Some(Arc::downgrade(self)),
+                    });
+                }
+            },
+        };
+        self.h1_open.fetch_add(1, Ordering::AcqRel);
+        Some(Opened { slot, counters: cfg.limits.as_ref().map(|(c, _)| c.clone()), h1: Some(Arc::downgrade(self)) })
+    }
+
+    async fn open_h1(&self, cfg: &ConnectConfig, opened: Opened) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let addr = self.addr;
+        let io = connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http1).await?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| UpstreamError::Handshake(addr, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+            drop(opened);
+        });
+        Ok(sender)
+    }
+
+    /// The connection goes back to the pool when the response body has been
+    /// read to its end (see [`Lease`]); an upgraded connection belongs to the upgrade.
+    fn after_h1(
+        self: &Arc<Self>,
+        sender: http1::SendRequest<Body>,
+        resp: Response<Incoming>,
+        cfg: &ConnectConfig,
+    ) -> Response<Body> {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(Body::Incoming);
+        }
+        let ret = PoolReturn { sender, pool: Arc::downgrade(self), idle_timeout: cfg.idle_timeout };
+        resp.map(|b| Body::leased(b, Lease { ret: Some(ret), ..Lease::default() }))
+    }
+
+    // ------------------------------------------------------------ HTTP/2
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        cfg: &ConnectConfig,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let slot = if cfg.mesh.is_some() { &self.mesh } else { &self.h2 };
+        let expected = cfg.mesh.as_ref().map(|m| &m.identity);
+        let mut connect = None;
+        let (mut sender, streams) = match live_h2(&slot.conn, expected) {
+            Some(c) => c,
+            None => {
+                // Pending until the connection is open; the first one opens it.
+                let _pending = self.pending(cfg)?;
+                let failures = slot.failures.load(Ordering::Acquire);
+                let _opening = slot.opening.lock().await;
+                match live_h2(&slot.conn, expected) {
+                    Some(c) => c,
+                    None if slot.failures.load(Ordering::Acquire) != failures => {
+                        return Err(UpstreamError::Connect(
+                            self.addr,
+                            std::io::Error::other("the connection this request waited for failed to open"),
+                        ));
+                    }
+                    None => {
+                        let started = Instant::now();
+                        let (sender, streams) = match self.open_h2(cfg).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                slot.failures.fetch_add(1, Ordering::AcqRel);
+                                return Err(e);
+                            }
+                        };
+                        connect = Some(started.elapsed());
+                        *slot.conn.lock() = Some(H2Conn {
+                            sender: sender.clone(),
+                            identity: expected.cloned(),
+                            streams: streams.clone(),
+                            idle_timeout: cfg.idle_timeout,
+                        });
+                        if cfg.idle_timeout.is_some() {
+                            self.watch_idle();
+                        }
+                        (sender, streams)
+                    }
+                }
+            }
+        };
+        let stream = StreamGuard::start(&streams);
+        sender.ready().await.map_err(|e| UpstreamError::Request(self.addr, e))?;
+        let mut resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
+        if let Some(c) = connect {
+            resp.extensions_mut().insert(ConnectTime(c));
+        }
+        Ok(resp.map(|b| Body::leased(b, Lease { stream: Some(stream), ..Lease::default() })))
+    }
+
+    async fn open_h2(
+        self: &Arc<Self>,
+        cfg: &ConnectConfig,
+    ) -> Result<(http2::SendRequest<Body>, Arc<Streams>), UpstreamError> {
+        // The endpoint's one HTTP/2 connection is always allowed (as an endpoint's
+        // first connection is), but counts against maxConnections.
+        let opened = Opened {
+            slot: cfg.limits.as_ref().and_then(|(c, _)| c.acquire_connection(u32::MAX)),
+            counters: cfg.limits.as_ref().map(|(c, _)| c.clone()),
+            h1: None,
+        };
+        let addr = self.addr;
+        let io = connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http2).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Handshake(addr, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+            drop(opened);
+        });
+        let streams = Arc::new(Streams {
+            active: AtomicU32::new(0),
+            opened: Instant::now(),
+            idle_since: AtomicU64::new(0),
+            pool: Arc::downgrade(self),
+        });
+        Ok((sender, streams))
+    }
+
+    // ------------------------------------------------------------ idle timer
+
+    /// Make sure a task closes idle connections when their time is up.
+    fn watch_idle(self: &Arc<Self>) {
+        if self.reaper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime here (a drop outside one): idle connections are still
+            // skipped when next used.
+            self.reaper.store(false, Ordering::Release);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        rt.spawn(async move {
+            loop {
+                let Some(p) = pool.upgrade() else { return };
+                match p.close_idle(Instant::now()) {
+                    Some(next) => {
+                        drop(p);
+                        tokio::time::sleep_until(next).await;
+                    }
+                    None => {
+                        p.reaper.store(false, Ordering::Release);
+                        // A connection may have gone idle while we looked: carry on
+                        // unless another task has taken over.
+                        if p.close_idle(Instant::now()).is_none() || p.reaper.swap(true, Ordering::AcqRel) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Close connections idle past their timeout; when the next one expires.
+    fn close_idle(&self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut watch = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        {
+            let mut idle = self.h1.lock();
+            idle.retain(|i| !i.sender.is_closed() && i.expires.is_none_or(|e| e > now));
+            for e in idle.iter().filter_map(|i| i.expires) {
+                watch(e);
+            }
+        }
+        for slot in [&self.h2, &self.mesh] {
+            let mut s = slot.conn.lock();
+            let Some(c) = s.as_ref() else { continue };
+            if c.sender.is_closed() {
+                *s = None;
+                continue;
+            }
+            match c.idle_deadline() {
+                // Dropping the last handle closes the connection (no stream is open).
+                Some(at) if at <= now => *s = None,
+                Some(at) => watch(at),
+                None => {}
+            }
+        }
+        next
+    }
+}
+
+/// The shared HTTP/2 connection, if open, verified for `expected`, and not idle
+/// past its timeout.
+fn live_h2(
+    slot: &Mutex<Option<H2Conn>>,
+    expected: Option<&Identity>,
+) -> Option<(http2::SendRequest<Body>, Arc<Streams>)> {
+    let s = slot.lock();
+    let c = s.as_ref()?;
+    let expired = c.idle_deadline().is_some_and(|at| at <= Instant::now());
+    (!c.sender.is_closed() && c.identity.as_ref() == expected && !expired)
+        .then(|| (c.sender.clone(), c.streams.clone()))
+}

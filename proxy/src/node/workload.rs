@@ -1,0 +1,252 @@
+//! One workload of the node: enter its namespace, bind, install the rules, come back; then
+//! serve it with the sidecar's outbound and inbound code, its own certificate and config.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use envoy_types::pb::google::protobuf::{Value, value::Kind};
+use tokio::net::TcpListener;
+
+use super::{NodeError, Shared, WorkloadInfo, WorkloadSpec};
+use crate::inbound::Inbound;
+use crate::mesh::MeshHandle;
+use crate::outbound::Outbound;
+use crate::state::Store;
+use crate::telemetry::metrics::Direction;
+use crate::tls::Identity;
+use crate::transport::netns::Netns;
+use crate::transport::socket::SocketOptions;
+
+pub const OUTBOUND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001);
+pub const INBOUND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15006);
+pub const TUNNEL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), crate::hbone::PORT);
+
+/// A served workload.
+#[derive(Debug)]
+pub struct Workload {
+    spec: WorkloadSpec,
+    ip: IpAddr,
+    identity: Identity,
+    netns: Arc<Netns>,
+    mesh: MeshHandle,
+    /// Its own config store: a snapshot per workload keeps its breakers and pools its own.
+    _store: Arc<Store>,
+    drain: crate::drain::Drain,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn netns_err(spec: &WorkloadSpec, reason: impl ToString) -> NodeError {
+    NodeError::Netns { path: spec.netns.display().to_string(), reason: reason.to_string() }
+}
+
+/// The namespace's first non-loopback IPv4 address (then IPv6) on an interface that is up.
+fn discover_ip() -> Option<IpAddr> {
+    let addrs: Vec<_> = nix::ifaddrs::getifaddrs().ok()?.collect();
+    let up = |a: &&nix::ifaddrs::InterfaceAddress| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
+    let v4 = addrs.iter().filter(up).find_map(|a| {
+        let ip = IpAddr::V4(a.address.as_ref()?.as_sockaddr_in()?.ip());
+        (!ip.is_loopback()).then_some(ip)
+    });
+    v4.or_else(|| {
+        addrs.iter().filter(up).find_map(|a| {
+            let ip = IpAddr::V6(a.address.as_ref()?.as_sockaddr_in6()?.ip());
+            (!ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)).then_some(ip)
+        })
+    })
+}
+
+fn rules(mark: u32) -> crate::iptables::IptablesArgs {
+    crate::iptables::IptablesArgs::for_node(mark)
+}
+
+impl Workload {
+    /// Enter the namespace (on a blocking thread), bind and install the rules, then serve.
+    pub async fn start(shared: Arc<Shared>, spec: WorkloadSpec, trust_domain: &str) -> Result<Arc<Self>, NodeError> {
+        let identity = Identity::workload(trust_domain, &spec.namespace, &spec.service_account)
+            .map_err(|e| NodeError::Invalid { field: "serviceAccount", reason: e.to_string() })?;
+        let mark = shared.mark;
+        let spec2 = spec.clone();
+        let setup = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let spec = spec2;
+            let netns = Netns::open(&spec.netns).map_err(|e| netns_err(&spec, e))?;
+            if netns.is_home() {
+                return Err(netns_err(&spec, "this is the node proxy's own namespace, not a workload's"));
+            }
+            let inside = netns.run(|| -> Result<_, NodeError> {
+                let ip = spec.address.or_else(discover_ip).ok_or_else(|| {
+                    netns_err(
+                        &spec,
+                        "no address: the namespace has no interface with an IP that is up (or pass --address)",
+                    )
+                })?;
+                let bind = |addr: SocketAddr| {
+                    crate::transport::listen::bind(addr).map_err(|error| NodeError::Bind {
+                        path: spec.netns.display().to_string(),
+                        addr,
+                        error,
+                    })
+                };
+                let listeners = (bind(OUTBOUND)?, bind(INBOUND)?, bind(TUNNEL)?);
+                // Run in the namespace: a command started from this thread inherits it.
+                crate::iptables::apply(&rules(mark))
+                    .map_err(|reason| NodeError::Iptables { path: spec.netns.display().to_string(), reason })?;
+                Ok((ip, listeners))
+            });
+            let (ip, listeners) = inside.map_err(|e| netns_err(&spec, e))??;
+            Ok((Arc::new(netns), ip, listeners))
+        });
+        let (netns, ip, (out_l, in_l, tunnel_l)) =
+            setup.await.map_err(|e| netns_err(&spec, format!("setup task failed: {e}")))??;
+        let listen = |l: std::net::TcpListener, addr| {
+            TcpListener::from_std(l).map_err(|error| NodeError::Bind {
+                path: spec.netns.display().to_string(),
+                addr,
+                error,
+            })
+        };
+        let (out_l, in_l, tunnel_l) = (listen(out_l, OUTBOUND)?, listen(in_l, INBOUND)?, listen(tunnel_l, TUNNEL)?);
+
+        let store = Arc::new(Store::new());
+        shared.fanout.attach(&store);
+        let mesh: MeshHandle = Arc::default();
+        let socket = SocketOptions { mark: Some(mark), netns: Some(netns.clone()) };
+        let outbound = Arc::new(Outbound {
+            store: store.clone(),
+            recorder: shared.recorder.clone(),
+            server: shared.server.clone(),
+            socket: socket.clone(),
+            mesh: mesh.clone(),
+        });
+        let inbound = Arc::new(
+            Inbound::new(
+                shared.recorder.clone(),
+                shared.server.clone(),
+                None,
+                Arc::from(spec.service.as_str()),
+                socket,
+                store.clone(),
+                mesh.clone(),
+            )
+            .requiring_identity(true),
+        );
+        let drain = crate::drain::Drain::new();
+        let metrics = shared.recorder.metrics.clone();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::app::accept_loop(
+            out_l,
+            drain.signal(),
+            metrics.clone(),
+            Direction::outbound,
+            move |s, c, d| outbound.clone().serve(s, c, d),
+        )));
+        let tunnel_inbound = inbound.clone();
+        tasks.push(tokio::spawn(crate::app::accept_loop(
+            in_l,
+            drain.signal(),
+            metrics.clone(),
+            Direction::inbound,
+            move |s, c, d| inbound.clone().serve(s, c, d),
+        )));
+        let tunnel_mesh = mesh.clone();
+        tasks.push(tokio::spawn(crate::app::accept_loop(
+            tunnel_l,
+            drain.signal(),
+            metrics,
+            Direction::inbound,
+            move |s, c, d| serve_tunnel(tunnel_inbound.clone(), tunnel_mesh.clone(), s, c, d),
+        )));
+        // The proxy's drain drains the workload too.
+        let mut global = shared.drain.signal();
+        let own = drain.clone();
+        tasks.push(tokio::spawn(async move {
+            global.draining().await;
+            own.start();
+        }));
+        tasks.push(tokio::spawn(super::identity::run(shared.clone(), identity.clone(), mesh.clone())));
+        Ok(Arc::new(Self { spec, ip, identity, netns, mesh, _store: store, drain, tasks }))
+    }
+
+    pub fn info(&self) -> WorkloadInfo {
+        WorkloadInfo {
+            spec: self.spec.clone(),
+            ip: self.ip,
+            identity: self.identity.to_string(),
+            ready: self.mesh.load().is_some(),
+        }
+    }
+
+    /// Node metadata for the control plane: this workload as an endpoint of its service.
+    pub fn registration(&self) -> Value {
+        let s = |v: &str| outrider_xds::resources::string_value(v);
+        let labels = outrider_xds::resources::string_struct(&self.spec.labels);
+        let address = SocketAddr::new(self.ip, self.spec.port.unwrap_or(0));
+        Value {
+            kind: Some(Kind::StructValue(outrider_xds::resources::struct_of(vec![
+                ("service", s(&self.spec.service)),
+                ("address", s(&address.to_string())),
+                ("identity", s(self.identity.as_str())),
+                ("labels", Value { kind: Some(Kind::StructValue(labels)) }),
+            ]))),
+        }
+    }
+
+    /// Stop accepting, let its connections finish (bounded), remove its rules.
+    pub async fn stop(&self) {
+        self.drain.start();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.drain.idle()).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        let netns = self.netns.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = netns.run(crate::iptables::clean);
+        })
+        .await;
+    }
+}
+
+/// One connection to the workload's port 15008: mutual TLS with the workload's certificate,
+/// then HBONE, each `CONNECT` served by the workload's inbound side.
+async fn serve_tunnel(
+    inbound: Arc<Inbound>,
+    mesh: MeshHandle,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    drain: crate::drain::Signal,
+) {
+    let Some(mesh) = mesh.load_full() else {
+        tracing::info!(%remote, "HBONE connection refused: the workload's certificate is not installed yet");
+        return;
+    };
+    let Ok(local) = stream.local_addr() else { return };
+    let metrics = inbound.recorder.metrics.clone();
+    let errors = || {
+        metrics
+            .tls_handshake_errors
+            .get_or_create(&crate::telemetry::metrics::DirectionLabels { direction: Direction::inbound })
+            .inc();
+    };
+    let tls = match tokio::time::timeout(crate::hbone::HANDSHAKE_TIMEOUT, mesh.hbone_acceptor().accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            errors();
+            tracing::info!(%remote, error = %e, "HBONE mTLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            errors();
+            tracing::info!(%remote, "HBONE mTLS handshake timed out");
+            return;
+        }
+    };
+    let Some(peer) = crate::tls::peer_identity(tls.get_ref().1) else { return };
+    metrics
+        .tls_connections
+        .get_or_create(&crate::telemetry::metrics::TlsLabels { direction: Direction::inbound, alpn: "h2" })
+        .inc();
+    let local = SocketAddr::new(local.ip().to_canonical(), local.port());
+    let handler_drain = drain.clone();
+    crate::hbone::server::serve(tls, local, remote, peer, drain, move |connect| {
+        inbound.clone().tunnel(connect, handler_drain.clone())
+    })
+    .await;
+}

@@ -1,0 +1,577 @@
+//! Node (ambient) mode in a network-namespace test bed: two "nodes" (a namespace each, with a
+//! bridge, linked by a veth pair), two workload namespaces on each, a node proxy per node and
+//! the control plane (with `--tls`: the node proxies authenticate with their node
+//! certificates) in a "host" namespace. Workloads talk across nodes over HBONE with their own
+//! identities. Needs root, `ip`, `iptables` and `python3`; skipped otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use outrider_tests::binary::{ProxyProcess, proxy_bin, run_to_exit};
+use outrider_tests::control_plane::outrider_bin;
+use outrider_tests::harness::TempDir;
+use outrider_tests::netns::{Background, Netns, unsupported};
+use outrider_tests::wait;
+
+const API_TOKEN: &str = "ambient-test-token";
+const HTTP_VIP: &str = "10.96.0.10";
+const TCP_VIP: &str = "10.96.0.11";
+
+/// Echoes what the app learnt: the caller's identity header, the path.
+const HTTP_APP: &str = r#"
+import http.server, sys
+calls = {"n": 0}
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/flaky":
+            calls["n"] += 1
+            if calls["n"] % 2 == 1:
+                self.send_response(503)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+        body = ("attempt=" + str(self.headers.get("x-outrider-attempt")) + " xfcc=" + str(self.headers.get("x-forwarded-client-cert")) + " path=" + self.path + " app=" + sys.argv[2]).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"#;
+
+const TCP_APP: &str = r#"
+import socket, sys, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+print("echo ready", flush=True)
+def serve(c):
+    try:
+        data = b""
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+        c.sendall(b"echo:" + data)
+        c.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// `GET url` n times; prints one status (or ERR) per line, then the last body.
+const HTTP_GET: &str = r#"
+import sys, urllib.request, urllib.error
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+body = ""
+for _ in range(int(sys.argv[2])):
+    try:
+        r = opener.open(sys.argv[1], timeout=5)
+        body = r.read().decode()
+        print(r.status)
+    except urllib.error.HTTPError as e:
+        body = e.read().decode()
+        print(e.code)
+    except Exception as e:
+        print("ERR", type(e).__name__)
+print(body.replace("\n", " ").strip())
+"#;
+
+const TCP_CLIENT: &str = r#"
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    c.sendall(sys.argv[3].encode())
+    c.shutdown(socket.SHUT_WR)
+    out = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        out += d
+    sys.stdout.write(out.decode())
+except Exception as e:
+    sys.stdout.write("ERR " + type(e).__name__)
+"#;
+
+/// Opens a TCP connection, sends half a message and says so, then reports how it ended.
+const TCP_INFLIGHT: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.sendall(b"half")
+print("open", flush=True)
+try:
+    d = c.recv(65536)
+    print("result", "eof" if not d else d.decode(), flush=True)
+except Exception as e:
+    print("result ERR", type(e).__name__, flush=True)
+"#;
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "the command failed ({:?}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+fn path(ns: &Netns) -> PathBuf {
+    Path::new("/var/run/netns").join(&ns.name)
+}
+
+/// A node: its namespace with a bridge `br0` at `10.81.N.1/24`, and workload namespaces at
+/// `10.81.N.11`, `.12`, … behind it.
+struct NodeNet {
+    ns: Netns,
+    workloads: Vec<(Netns, String)>,
+}
+
+fn node_net(n: u8, workloads: usize) -> NodeNet {
+    let ns = Netns::create().unwrap();
+    ip(&["-n", &ns.name, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &ns.name, "addr", "add", &format!("10.81.{n}.1/24"), "dev", "br0"]);
+    ip(&["-n", &ns.name, "link", "set", "br0", "up"]);
+    let fwd = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .status()
+        .unwrap();
+    assert!(fwd.success());
+    let mut list = Vec::new();
+    for i in 0..workloads {
+        let w = Netns::create().unwrap();
+        let host_end = format!("w{i}");
+        let addr = format!("10.81.{n}.{}", 11 + i);
+        ip(&["-n", &ns.name, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &w.name]);
+        ip(&["-n", &ns.name, "link", "set", &host_end, "master", "br0", "up"]);
+        ip(&["-n", &w.name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        ip(&["-n", &w.name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &w.name, "route", "add", "default", "via", &format!("10.81.{n}.1")]);
+        list.push((w, addr));
+    }
+    NodeNet { ns, workloads: list }
+}
+
+fn link_nodes(a: &NodeNet, b: &NodeNet) {
+    ip(&["-n", &a.ns.name, "link", "add", "peer0", "type", "veth", "peer", "name", "peer0", "netns", &b.ns.name]);
+    ip(&["-n", &a.ns.name, "addr", "add", "10.81.0.1/30", "dev", "peer0"]);
+    ip(&["-n", &b.ns.name, "addr", "add", "10.81.0.2/30", "dev", "peer0"]);
+    ip(&["-n", &a.ns.name, "link", "set", "peer0", "up"]);
+    ip(&["-n", &b.ns.name, "link", "set", "peer0", "up"]);
+    ip(&["-n", &a.ns.name, "route", "add", "10.81.2.0/24", "via", "10.81.0.2"]);
+    ip(&["-n", &b.ns.name, "route", "add", "10.81.1.0/24", "via", "10.81.0.1"]);
+}
+
+/// The host namespace (control plane, node proxies) reachable from the workloads at 10.81.9.1,
+/// for the sidecar of the mixed-mesh check.
+fn link_host(host: &Netns, a: &NodeNet, b: &NodeNet) {
+    ip(&["-n", &host.name, "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns", &a.ns.name]);
+    ip(&["-n", &host.name, "addr", "add", "10.81.9.1/30", "dev", "up0"]);
+    ip(&["-n", &a.ns.name, "addr", "add", "10.81.9.2/30", "dev", "up0"]);
+    ip(&["-n", &host.name, "link", "set", "up0", "up"]);
+    ip(&["-n", &a.ns.name, "link", "set", "up0", "up"]);
+    ip(&["-n", &host.name, "route", "add", "10.81.0.0/16", "via", "10.81.9.2"]);
+    ip(&["-n", &b.ns.name, "route", "add", "10.81.9.0/30", "via", "10.81.0.1"]);
+}
+
+fn policy() -> String {
+    format!(
+        "apiVersion: outrider.io/v1
+kind: Service
+metadata: {{name: echo-http}}
+spec: {{protocol: http, port: 8080, addresses: [\"{HTTP_VIP}\"], mtls: strict}}
+---
+apiVersion: outrider.io/v1
+kind: Service
+metadata: {{name: echo-tcp}}
+spec: {{protocol: tcp, port: 9000, addresses: [\"{TCP_VIP}\"], mtls: strict}}
+---
+apiVersion: outrider.io/v1
+kind: Service
+metadata: {{name: client}}
+spec: {{protocol: http, port: 80}}
+---
+apiVersion: outrider.io/v1
+kind: Service
+metadata: {{name: side}}
+spec: {{protocol: http, port: 8081, addresses: [\"10.96.0.12\"]}}
+---
+apiVersion: outrider.io/v1
+kind: TrafficPolicy
+metadata: {{name: echo-http}}
+spec:
+  service: echo-http
+  retries: {{attempts: 2, retryOn: [5xx], backoff: {{base: 1ms, max: 2ms}}}}
+---
+apiVersion: outrider.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: echo-http-callers}}
+spec:
+  service: echo-http
+  from: [{{identities: [\"spiffe://outrider.local/ns/default/sa/a1\", \"spiffe://outrider.local/ns/default/sa/s1\"]}}]
+---
+apiVersion: outrider.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: echo-tcp-callers}}
+spec:
+  service: echo-tcp
+  from: [{{identities: [\"spiffe://outrider.local/ns/default/sa/a1\"]}}]
+"
+    )
+}
+
+struct Bed {
+    dir: TempDir,
+    host: Netns,
+}
+
+impl Bed {
+    fn outrider(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = self.host.command(outrider_bin());
+        cmd.args(args);
+        cmd.args(["--server", "https://127.0.0.1:15014", "--token", API_TOKEN, "--ca-root"]);
+        cmd.arg(self.dir.path().join("cp/root.pem"));
+        cmd
+    }
+
+    async fn node_proxy(&self, name: &str) -> (ProxyProcess, PathBuf) {
+        let sa = format!("node-{name}");
+        let token =
+            self.outrider(&["token", "create", "--namespace", "outrider-system", "-q", "--service-account", &sa]);
+        let token = self.dir.write(&format!("{name}.token"), &ok(&run_to_exit(token).await));
+        let socket = self.dir.path().join(format!("{name}.sock"));
+        let mut cmd = self.host.command(proxy_bin());
+        cmd.args(["--mode", "node", "--xds-address", "https://127.0.0.1:15010"]);
+        cmd.args(["--ca-address", "https://127.0.0.1:15014", "--ca-root"]).arg(self.dir.path().join("cp/root.pem"));
+        cmd.arg("--identity-token").arg(&token);
+        cmd.args(["--namespace", "outrider-system", "--service-account", &format!("node-{name}")]);
+        cmd.arg("--node-socket").arg(&socket);
+        cmd.args(["--node-id", &format!("node-{name}")]);
+        for flag in ["--admin-port", "--metrics-port", "--health-port"] {
+            cmd.args([flag, "0"]);
+        }
+        cmd.args(["--log-format", "json", "--workers", "2"]);
+        (ProxyProcess::spawn(cmd).await, socket)
+    }
+
+    async fn node_cli(&self, socket: &Path, args: &[&str]) -> std::process::Output {
+        let mut cmd = self.host.command(proxy_bin());
+        cmd.arg("node").arg("--socket").arg(socket).args(args);
+        run_to_exit(cmd).await
+    }
+
+    async fn add(&self, socket: &Path, ns: &Netns, sa: &str, service: &str) {
+        let p = path(ns);
+        let out = self
+            .node_cli(
+                socket,
+                &[
+                    "add-workload",
+                    "--netns",
+                    p.to_str().unwrap(),
+                    "--namespace",
+                    "default",
+                    "--service-account",
+                    sa,
+                    "--service",
+                    service,
+                ],
+            )
+            .await;
+        ok(&out);
+    }
+
+    async fn wait_ready(&self, socket: &Path, n: usize) {
+        wait::wait_until(&format!("{n} workloads with certificates"), || async {
+            let out = self.node_cli(socket, &["list"]).await;
+            let list = outrider_proxy::node::api::parse_list(&String::from_utf8_lossy(&out.stdout)).unwrap_or_default();
+            list.len() == n && list.iter().all(|w| w.ready)
+        })
+        .await;
+    }
+}
+
+async fn get(ns: &Netns, url: &str, n: usize) -> (Vec<String>, String) {
+    let out = ok(&ns.run_python(HTTP_GET, &[url, &n.to_string()]).await);
+    let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    let body = lines.pop().unwrap_or_default();
+    (lines, body)
+}
+
+async fn tcp(ns: &Netns, host: &str, port: &str, msg: &str) -> String {
+    ok(&ns.run_python(TCP_CLIENT, &[host, port, msg]).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
+    if let Some(why) = unsupported() {
+        outrider_tests::skip(&format!("skipping: needs root, ip, iptables and python3 ({why})"));
+        return;
+    }
+    let host = Netns::create().unwrap();
+    // Node a has a third namespace, s1, for a workload with its own sidecar.
+    let a = node_net(1, 3);
+    let b = node_net(2, 2);
+    link_nodes(&a, &b);
+    link_host(&host, &a, &b);
+    let bed = Bed { dir: TempDir::new("outrider-ambient"), host };
+
+    let mut cp = bed.host.command(outrider_bin());
+    cp.args(["control-plane", "--xds-port", "15010", "--api-port", "15014", "--tls", "--api-token", API_TOKEN]);
+    cp.args(["--tls-san", "10.81.9.1", "--bind", "0.0.0.0"]);
+    cp.arg("--data-dir").arg(bed.dir.path().join("cp"));
+    let mut cp = Background::spawn(cp);
+    cp.wait_for_line("listening").await;
+    let policy = bed.dir.write("policy.yaml", &policy());
+    ok(&run_to_exit(bed.outrider(&["apply", "-f", policy.to_str().unwrap()])).await);
+
+    // The apps: HTTP on b1, TCP echo on b2.
+    let (b1, b1_ip) = &b.workloads[0];
+    let (b2, b2_ip) = &b.workloads[1];
+    let (a1, _) = &a.workloads[0];
+    let (a2, _) = &a.workloads[1];
+    let mut http_app = b1.python();
+    http_app.args(["-c", HTTP_APP, "8080", "b1"]);
+    let _http_app = Background::spawn(http_app);
+    let mut tcp_app = b2.python();
+    tcp_app.args(["-c", TCP_APP, "9000"]);
+    let mut tcp_app = Background::spawn(tcp_app);
+    tcp_app.wait_for_line("echo ready").await;
+
+    let (node_a, sock_a) = bed.node_proxy("a").await;
+    let (node_b, sock_b) = bed.node_proxy("b").await;
+    wait::wait_until("both node proxies have their identity", || async {
+        let out = bed.node_cli(&sock_a, &["list"]).await;
+        let out_b = bed.node_cli(&sock_b, &["list"]).await;
+        out.status.success() && out_b.status.success()
+    })
+    .await;
+    // Adding waits for the node's own certificate (503 before).
+    wait::wait_until("node a accepts workloads", || async {
+        let p = path(a1);
+        let out = bed
+            .node_cli(
+                &sock_a,
+                &[
+                    "add-workload",
+                    "--netns",
+                    p.to_str().unwrap(),
+                    "--namespace",
+                    "default",
+                    "--service-account",
+                    "a1",
+                    "--service",
+                    "client",
+                ],
+            )
+            .await;
+        out.status.success()
+    })
+    .await;
+    bed.add(&sock_a, a2, "a2", "client").await;
+    wait::wait_until("node b accepts workloads", || async {
+        let p = path(b1);
+        let out = bed
+            .node_cli(
+                &sock_b,
+                &[
+                    "add-workload",
+                    "--netns",
+                    p.to_str().unwrap(),
+                    "--namespace",
+                    "default",
+                    "--service-account",
+                    "b1",
+                    "--service",
+                    "echo-http",
+                ],
+            )
+            .await;
+        out.status.success()
+    })
+    .await;
+    bed.add(&sock_b, b2, "b2", "echo-tcp").await;
+    bed.wait_ready(&sock_a, 2).await;
+    bed.wait_ready(&sock_b, 2).await;
+
+    // Adding a namespace twice is refused; a bad one names what is wrong.
+    let p = path(a1);
+    let again = bed
+        .node_cli(
+            &sock_a,
+            &[
+                "add-workload",
+                "--netns",
+                p.to_str().unwrap(),
+                "--namespace",
+                "default",
+                "--service-account",
+                "a1",
+                "--service",
+                "client",
+            ],
+        )
+        .await;
+    assert_eq!(again.status.code(), Some(2), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already served"));
+
+    // HTTP across nodes: b1's app sees a1's identity (the HBONE client certificate).
+    let url = format!("http://{HTTP_VIP}:8080/hello");
+    let body = wait::wait_for("a1 reaches echo-http over HBONE", || async {
+        let (codes, body) = get(a1, &url, 1).await;
+        (codes == ["200"]).then_some(body)
+    })
+    .await;
+    assert!(body.contains("URI=spiffe://outrider.local/ns/default/sa/a1"), "{body}");
+    assert!(body.contains("By=spiffe://outrider.local/ns/default/sa/b1"), "{body}");
+    assert!(body.contains("path=/hello app=b1"), "{body}");
+
+    // The TrafficPolicy's retry applies in node mode: every other /flaky call is a 503 at the
+    // app, a1 always gets 200 (on the second try when the first failed).
+    let flaky = format!("http://{HTTP_VIP}:8080/flaky");
+    let mut retried = 0;
+    for _ in 0..4 {
+        let (codes, body) = get(a1, &flaky, 1).await;
+        assert_eq!(codes, ["200"], "{body}");
+        if body.starts_with("attempt=2 ") {
+            retried += 1;
+        }
+    }
+    assert!(retried >= 2, "half of the calls needed a retry");
+
+    // a2 is a valid identity that no policy allows: 403 from b1's side.
+    let (codes, body) = get(a2, &url, 1).await;
+    assert_eq!(codes, ["403"], "{body}");
+    assert!(body.contains("no AuthorizationPolicy allows it"), "{body}");
+
+    // TCP across nodes, with a half-close: allowed for a1, refused for a2.
+    let echoed = tcp(a1, TCP_VIP, "9000", "ping over hbone").await;
+    assert_eq!(echoed, "echo:ping over hbone");
+    let refused = tcp(a2, TCP_VIP, "9000", "ping").await;
+    assert!(!refused.contains("echo:"), "a2 must not reach the TCP app: {refused}");
+
+    // Plaintext straight to a strict workload (from node a's own namespace, not intercepted).
+    let plain = a.ns.run_python(HTTP_GET, &[&format!("http://{b1_ip}:8080/"), "1"]).await;
+    let plain = String::from_utf8_lossy(&plain.stdout);
+    assert!(plain.starts_with("ERR"), "plaintext to a strict workload is refused: {plain}");
+    let plain_tcp = tcp(&a.ns, b2_ip, "9000", "plain").await;
+    assert!(!plain_tcp.contains("echo:"), "{plain_tcp}");
+
+    // Removing and adding a workload under load: a1's requests never fail.
+    let load = {
+        let url = url.clone();
+        let a1_name = a1.name.clone();
+        tokio::spawn(async move {
+            let mut cmd = tokio::process::Command::new("ip");
+            cmd.args(["netns", "exec", &a1_name, "python3", "-c", HTTP_GET, &url, "60"]);
+            run_to_exit(cmd).await
+        })
+    };
+    let p2 = path(a2);
+    ok(&bed.node_cli(&sock_a, &["remove-workload", "--netns", p2.to_str().unwrap()]).await);
+    bed.add(&sock_a, a2, "a2", "client").await;
+    ok(&bed.node_cli(&sock_a, &["remove-workload", "--netns", p2.to_str().unwrap()]).await);
+    let out = ok(&load.await.unwrap());
+    let codes: Vec<&str> = out.lines().filter(|l| !l.starts_with("attempt=")).collect();
+    assert_eq!(codes.len(), 60, "{out}");
+    assert!(codes.iter().all(|c| *c == "200"), "a request of a1 failed while a2 was removed and added: {out}");
+    // a2 is no longer intercepted: its connection to the VIP goes nowhere.
+    let gone = bed.node_cli(&sock_a, &["list"]).await;
+    let list = outrider_proxy::node::api::parse_list(&String::from_utf8_lossy(&gone.stdout)).unwrap();
+    assert_eq!(list.len(), 1);
+
+    // Mixed mesh: s1 runs its own sidecar (interception in its namespace). It calls b1 over
+    // HBONE with its own identity, and a1 (ambient) calls s1's sidecar over Outrider's mTLS.
+    let (s1, s1_ip) = &a.workloads[2];
+    let mut side_app = s1.python();
+    side_app.args(["-c", HTTP_APP, "8081", "s1"]);
+    let _side_app = Background::spawn(side_app);
+    let s1_token = {
+        let token = bed.outrider(&["token", "create", "--namespace", "default", "-q", "--service-account", "s1"]);
+        bed.dir.write("s1.token", &ok(&run_to_exit(token).await))
+    };
+    let mut sidecar = s1.command(proxy_bin());
+    sidecar.args(["--xds-address", "https://10.81.9.1:15010", "--ca-address", "https://10.81.9.1:15014", "--ca-root"]);
+    sidecar.arg(bed.dir.path().join("cp/root.pem")).arg("--identity-token").arg(&s1_token);
+    sidecar.args(["--service", "side", "--service-account", "s1", "--app-port", "8081", "--socket-mark", "1337"]);
+    sidecar.args(["--advertise", &format!("{s1_ip}:8081"), "--node-id", "s1-sidecar"]);
+    for flag in ["--admin-port", "--metrics-port", "--health-port"] {
+        sidecar.args([flag, "0"]);
+    }
+    sidecar.args(["--log-format", "json", "--workers", "1"]);
+    let sidecar = ProxyProcess::spawn(sidecar).await;
+    let mut rules = s1.command(proxy_bin());
+    rules.args(["iptables", "--apply", "--proxy-mark", "1337", "--outbound-port", "15001", "--inbound-port", "15006"]);
+    // The sidecar's own calls to the control plane are not intercepted.
+    rules.args(["--exclude-outbound-cidrs", "10.81.9.1/32"]);
+    ok(&run_to_exit(rules).await);
+    let body = wait::wait_for("the sidecar of s1 reaches the ambient b1 over HBONE", || async {
+        let (codes, body) = get(s1, &url, 1).await;
+        (codes == ["200"]).then_some(body)
+    })
+    .await;
+    assert!(body.contains("URI=spiffe://outrider.local/ns/default/sa/s1"), "{body}");
+    let body = wait::wait_for("the ambient a1 reaches the sidecar of s1", || async {
+        let (codes, body) = get(a1, "http://10.96.0.12:8081/mixed", 1).await;
+        (codes == ["200"]).then_some(body)
+    })
+    .await;
+    assert!(body.contains("URI=spiffe://outrider.local/ns/default/sa/a1"), "{body}");
+    assert!(body.contains("app=s1"), "{body}");
+    drop(sidecar);
+
+    // The node proxy restarts: a connection in flight through it fails; once the node agent
+    // has added the workload again, new connections work.
+    let mut inflight = a1.python();
+    inflight.args(["-c", TCP_INFLIGHT, TCP_VIP, "9000"]);
+    let mut inflight = Background::spawn(inflight);
+    inflight.wait_for_line("open").await;
+    drop(node_a);
+    let ended = inflight.wait_for_line("result").await;
+    assert!(!ended.contains("echo:"), "the in-flight connection failed with its proxy: {ended}");
+    let (node_a, sock_a) = bed.node_proxy("a").await;
+    wait::wait_until("the restarted node a serves a1 again", || async {
+        let p = path(a1);
+        let out = bed
+            .node_cli(
+                &sock_a,
+                &[
+                    "add-workload",
+                    "--netns",
+                    p.to_str().unwrap(),
+                    "--namespace",
+                    "default",
+                    "--service-account",
+                    "a1",
+                    "--service",
+                    "client",
+                ],
+            )
+            .await;
+        out.status.success()
+    })
+    .await;
+    wait::wait_until("a1 reaches echo-http through the restarted node proxy", || async {
+        get(a1, &url, 1).await.0 == ["200"]
+    })
+    .await;
+    assert_eq!(tcp(a1, TCP_VIP, "9000", "after restart").await, "echo:after restart");
+
+    drop(node_a);
+    drop(node_b);
+    drop(cp);
+}
