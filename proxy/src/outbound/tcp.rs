@@ -296,7 +296,7 @@ mod tests {
             store: Arc::new(crate::state::Store::new()),
             recorder: Arc::new(Recorder::new(Metrics::new(), false)),
             server: crate::http::server::HttpServer::new(&crate::http::server::ServerLimits::default()),
-            socket_mark: None,
+            socket: Default::default(),
             mesh: Arc::default(),
         };
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -319,7 +319,7 @@ mod tests {
             store: Arc::new(crate::state::Store::new()),
             recorder: Arc::new(Recorder::new(Metrics::new(), false)),
             server: crate::http::server::HttpServer::new(&crate::http::server::ServerLimits::default()),
-            socket_mark: None,
+            socket: Default::default(),
             mesh: Arc::default(),
         };
         let (_client, down) = pair(&l).await;
