@@ -50,6 +50,8 @@ impl Plan {
 #[derive(Debug)]
 pub struct Load {
     samples: Arc<Mutex<Vec<Sample>>>,
+    /// When each request still in flight was sent.
+    in_flight: Arc<Mutex<Vec<Instant>>>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -63,6 +65,8 @@ impl Load {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
         let recorded = samples.clone();
+        let in_flight = Arc::new(Mutex::new(Vec::new()));
+        let flying = in_flight.clone();
         let task = tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(CONCURRENCY));
             let mut tick = tokio::time::interval(Duration::from_secs(1) / plan.rate.max(1));
@@ -81,27 +85,34 @@ impl Load {
                     req = req.header(k, v);
                 }
                 let Ok(req) = req.body(Full::new(Bytes::new())) else { break };
-                let (client, recorded) = (client.clone(), recorded.clone());
+                let (client, recorded, flying) = (client.clone(), recorded.clone(), flying.clone());
+                let start = Instant::now();
+                flying.lock().unwrap().push(start);
                 tokio::spawn(async move {
-                    let start = Instant::now();
+                    let begun = Instant::now();
                     let sample = match client.request(req).await {
                         Ok(resp) => {
                             let status = resp.status().as_u16();
                             let upstream =
                                 resp.headers().get(X_UPSTREAM).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                             let _ = resp.into_body().collect().await;
-                            Sample { upstream, status, latency: start.elapsed(), sent: start }
+                            Sample { upstream, status, latency: begun.elapsed(), sent: start }
                         }
-                        Err(_) => Sample { upstream: String::new(), status: 0, latency: start.elapsed(), sent: start },
+                        Err(_) => Sample { upstream: String::new(), status: 0, latency: begun.elapsed(), sent: start },
                     };
                     recorded.lock().unwrap().push(sample);
+                    let mut flying = flying.lock().unwrap();
+                    if let Some(i) = flying.iter().position(|t| *t == start) {
+                        flying.swap_remove(i);
+                    }
+                    drop(flying);
                     drop(permit);
                 });
             }
             // Let the requests in flight finish.
             let _ = permits.acquire_many(CONCURRENCY as u32).await;
         });
-        Self { samples, stop, task: Some(task) }
+        Self { samples, in_flight, stop, task: Some(task) }
     }
 
     /// Every request finished so far.
@@ -120,6 +131,15 @@ impl Load {
             })
         })
         .await
+    }
+
+    /// Wait until every request sent before `mark` has finished (so that none of them can
+    /// still reach an upstream).
+    pub async fn finished_before(&self, mark: Instant) {
+        crate::wait::wait_until("the requests sent before the mark to finish", || async {
+            !self.in_flight.lock().unwrap().iter().any(|t| *t < mark)
+        })
+        .await;
     }
 
     /// Requests answered by `upstream` so far.

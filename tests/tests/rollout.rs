@@ -71,6 +71,44 @@ fn done(phase: &'static str) -> impl Fn(&Value) -> bool {
     move |s| s["phase"] == phase && s["splitWritten"] == true
 }
 
+/// The policy store's revision (one more per write).
+async fn revision(cp: &ControlPlane) -> u64 {
+    cp.call("GET", "/v1/policies", "", false, None).await.json["revision"].as_u64().unwrap()
+}
+
+/// The store's revision once the rollout's state satisfies `at`, read while the state stays
+/// the same (same generation before and after), so that it is the revision of that state.
+async fn revision_at(cp: &ControlPlane, what: &str, at: impl Fn(&Value) -> bool) -> (Value, u64) {
+    loop {
+        let status = cp.wait_rollout("reviews", what, &at).await;
+        let revision = revision(cp).await;
+        if cp.rollout("reviews").await["generation"] == status["generation"] {
+            return (status, revision);
+        }
+    }
+}
+
+/// The weights of the first route's split of the service's TrafficPolicy, as stored.
+async fn split(cp: &ControlPlane) -> Vec<u64> {
+    let tp = cp.call("GET", "/v1/policies/TrafficPolicy/reviews", "", false, None).await;
+    let routes = tp.json["document"]["spec"]["routes"].as_array().cloned().unwrap_or_default();
+    let main = routes.iter().find(|r| r["name"] != "rollout-preview").cloned().unwrap_or(Value::Null);
+    main["split"].as_array().into_iter().flatten().map(|e| e["weight"].as_u64().unwrap()).collect()
+}
+
+/// Once the proxy has `status`'s split: every request sent from then on goes to `upstream`,
+/// and the other one gets no request at all.
+async fn only_to(m: &Mesh, load: &Load, status: &Value, upstream: &str) {
+    m.cp.wait_applied(status["configVersion"].as_str().unwrap(), 1).await;
+    let mark = tokio::time::Instant::now();
+    load.finished_before(mark).await;
+    let other = if upstream == "v1" { &m.v2 } else { &m.v1 };
+    let other_before = other.request_count();
+    let after = load.sent_after(mark, 200).await;
+    assert!(after.iter().all(|s| s.upstream == upstream), "{after:?}");
+    assert_eq!(other.request_count(), other_before, "the other version got traffic");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_healthy_canary_is_promoted_through_every_step() {
     let m = mesh(upstream::http1().name("v2").start().await).await;
@@ -97,16 +135,20 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
 async fn a_canary_failing_ten_percent_is_aborted_at_its_first_step_and_gets_no_more_traffic() {
     let flaky = Switch::new();
     flaky.fail_rate(0.1);
+    let notify = upstream::http1().name("notify").start().await;
     let m = mesh(upstream::http1().name("v2").switch(&flaky).start().await).await;
     let load = Load::start(m.proxy.client.clone(), Plan::new(200, URI));
+    let hooks = format!("  webhooks:\n    notify: {{url: \"http://{}/events\"}}\n", notify.addr);
     m.cp.apply(&rollout(
         "{canary: {steps: [50, 80]}}",
         "{minRequests: 100, minSuccessRate: 99, abortAfterFailures: 1}",
-        "",
+        &hooks,
     ))
     .await;
+    let (_, at_step) = revision_at(&m.cp, "the first step", |s| s["step"] == 1 && s["splitWritten"] == true).await;
     let status = m.cp.wait_rollout("reviews", "the abort", done("aborted")).await;
-    // Aborted by the first check of the first step: weight back to 0 after one interval.
+    // Aborted by the first check of the first step, which lasts one interval: straight from
+    // weight 50 to 0.
     let seen: Vec<(String, u64, u64)> = events(&status);
     assert_eq!(
         seen,
@@ -114,12 +156,22 @@ async fn a_canary_failing_ten_percent_is_aborted_at_its_first_step_and_gets_no_m
         "{status:#}"
     );
     assert!(status["reason"].as_str().unwrap().contains("success rate"), "{status:#}");
+    // In one write of the policies (so one push to the proxies), the canary's weight is 0.
+    assert_eq!(revision(&m.cp).await, at_step + 1, "the abort took more than one write");
+    assert_eq!(split(&m.cp).await, [100, 0]);
     // Once the proxy has the abort's split, v2 gets nothing more.
-    m.cp.wait_applied(status["configVersion"].as_str().unwrap(), 1).await;
-    let v2_before = m.v2.request_count();
-    let after = load.sent_after(tokio::time::Instant::now(), 200).await;
-    assert!(after.iter().all(|s| s.upstream == "v1"), "{after:?}");
-    assert_eq!(m.v2.request_count(), v2_before, "the aborted canary got traffic");
+    only_to(&m, &load, &status, "v1").await;
+    // The notifications reached a real HTTP server, the abort with its reason.
+    eventually!(
+        "the abort to be notified",
+        notify.requests().iter().any(|r| String::from_utf8_lossy(&r.body).contains("\"event\":\"aborted\""))
+    );
+    let told: Vec<Value> = notify.requests().iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    let kinds: Vec<&str> = told.iter().map(|t| t["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["started", "step", "aborted"]);
+    let abort = &told[2];
+    assert_eq!((abort["phase"].as_str(), abort["weight"].as_u64()), (Some("aborted"), Some(0)), "{abort:#}");
+    assert!(abort["reason"].as_str().unwrap().contains("success rate"), "{abort:#}");
     load.stop().await;
 }
 
@@ -138,8 +190,7 @@ async fn a_slow_canary_is_aborted_on_its_p99() {
     assert!(reason.contains("p99 latency") && reason.contains("> 50ms"), "{reason}");
     assert!(!reason.contains("success rate"), "{reason}");
     assert!(!events(&status).iter().any(|e| e.0 == "step" && e.1 > 1), "{status:#}");
-    m.cp.wait_applied(status["configVersion"].as_str().unwrap(), 1).await;
-    assert!(load.sent_after(tokio::time::Instant::now(), 100).await.iter().all(|s| s.upstream == "v1"));
+    only_to(&m, &load, &status, "v1").await;
     load.stop().await;
 }
 
@@ -169,9 +220,75 @@ async fn blue_green_switches_only_after_the_header_routed_checks_pass() {
     let status = m.cp.wait_rollout("reviews", "the switch", done("promoted")).await;
     let kinds: Vec<String> = events(&status).into_iter().map(|e| e.0).collect();
     assert_eq!(kinds, ["started", "step", "check-passed", "promoted"], "{status:#}");
-    m.cp.wait_applied(status["configVersion"].as_str().unwrap(), 1).await;
-    assert!(load.sent_after(tokio::time::Instant::now(), 100).await.iter().all(|s| s.upstream == "v2"));
     header_load.stop().await;
+    only_to(&m, &load, &status, "v2").await;
+    // The old version is kept (weight 0, its endpoint still in the service): rolling back is
+    // one write, and traffic is back on v1 as soon as the proxy has it.
+    assert_eq!(split(&m.cp).await, [0, 100]);
+    assert_eq!(status["stable"]["endpoints"], 1, "{status:#}");
+    let before = revision(&m.cp).await;
+    let rolled_back = m.cp.rollout_command("reviews", "abort").await;
+    assert_eq!(rolled_back.json["reason"], "rolled back by an operator", "{}", rolled_back.json);
+    let status = m.cp.wait_rollout("reviews", "the rollback's split", done("aborted")).await;
+    assert_eq!(revision(&m.cp).await, before + 1, "the rollback took more than one write");
+    assert_eq!(split(&m.cp).await, [100, 0]);
+    only_to(&m, &load, &status, "v1").await;
+    load.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blue_green_preview_that_fails_its_checks_never_gets_the_traffic() {
+    let flaky = Switch::new();
+    flaky.fail_rate(0.2);
+    let m = mesh(upstream::http1().name("v2").switch(&flaky).start().await).await;
+    let load = Load::start(m.proxy.client.clone(), Plan::new(100, URI));
+    m.cp.apply(&rollout("{blueGreen: {}}", "{minRequests: 50, abortAfterFailures: 1}", "")).await;
+    m.cp.wait_rollout("reviews", "the preview", |s| s["preview"] == true && s["splitWritten"] == true).await;
+    let header_load = Load::start(m.proxy.client.clone(), Plan::new(100, URI).header("x-outrider-preview", "true"));
+    let status = m.cp.wait_rollout("reviews", "the abort", done("aborted")).await;
+    let kinds: Vec<String> = events(&status).into_iter().map(|e| e.0).collect();
+    assert_eq!(kinds, ["started", "step", "check-failed", "aborted"], "{status:#}");
+    assert!(status["reason"].as_str().unwrap().contains("success rate"), "{status:#}");
+    // The preview route is gone; requests without the header never reached v2.
+    let tp = m.cp.call("GET", "/v1/policies/TrafficPolicy/reviews", "", false, None).await;
+    let routes = tp.json["document"]["spec"]["routes"].as_array().unwrap().clone();
+    assert!(routes.iter().all(|r| r["name"] != "rollout-preview"), "{routes:?}");
+    assert_eq!(split(&m.cp).await, [100, 0]);
+    assert!(load.samples().iter().all(|s| s.upstream == "v1"), "a request without the header reached v2");
+    assert!(m.v2.requests().iter().all(|r| r.header("x-outrider-preview") == Some("true")));
+    m.cp.wait_applied(status["configVersion"].as_str().unwrap(), 1).await;
+    let mark = tokio::time::Instant::now();
+    header_load.finished_before(mark).await;
+    let v2_before = m.v2.request_count();
+    let after = header_load.sent_after(mark, 100).await;
+    assert!(after.iter().all(|s| s.upstream == "v1"), "the header still reaches the aborted version: {after:?}");
+    assert_eq!(m.v2.request_count(), v2_before);
+    header_load.stop().await;
+    load.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_linear_rollout_adds_its_step_weight_each_interval_until_promoted() {
+    let m = mesh(upstream::http1().name("v2").start().await).await;
+    let load = Load::start(m.proxy.client.clone(), Plan::new(200, URI));
+    m.cp.apply(&rollout("{linear: {stepWeight: 30}}", "{minRequests: 20}", "")).await;
+    let status = m.cp.wait_rollout("reviews", "the promotion", done("promoted")).await;
+    assert_eq!(status["strategy"], "linear");
+    assert_eq!(status["steps"], serde_json::json!([30, 60, 90]));
+    let steps: Vec<(String, u64, u64)> = events(&status).into_iter().filter(|e| e.0 != "check-passed").collect();
+    assert_eq!(
+        steps,
+        [
+            ("started".into(), 0, 0),
+            ("step".into(), 1, 30),
+            ("step".into(), 2, 60),
+            ("step".into(), 3, 90),
+            ("promoted".into(), 4, 100)
+        ],
+        "{status:#}"
+    );
+    assert_eq!(events(&status).iter().filter(|e| e.0 == "check-passed").count(), 3, "each step judged: {status:#}");
+    only_to(&m, &load, &status, "v2").await;
     load.stop().await;
 }
 
