@@ -302,3 +302,55 @@ async fn a_deleted_rollout_stops_and_leaves_the_split_as_it_is() {
     let dir = f.stop();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The Fixture's controller over policies read from a watched directory `dir`.
+async fn from_dir(data: PathBuf, dir: PathBuf) -> Fixture {
+    let policies = Policies::open(DataDir::new(data.clone()), Some(dir)).unwrap();
+    let stats = Stats::new(Duration::from_secs(5), Metrics::new());
+    stats.update_mesh(&policies.current());
+    let controller =
+        Controller::open(policies.clone(), stats.clone(), DataDir::new(data.clone()), Metrics::new()).unwrap();
+    let task = tokio::spawn(controller.clone().run());
+    Fixture { dir: data, policies, stats, controller, task }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_from_the_watched_dir_runs_and_one_whose_split_is_a_file_stops_with_the_reason() {
+    // The Rollout and the Service are files; the TrafficPolicy does not exist: the rollout
+    // writes it through the API path and runs.
+    let dir = temp();
+    let files = dir.join("policies");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(
+        files.join("reviews.yaml"),
+        format!("{SERVICE}---\n{}", rollout("{canary: {steps: [50]}}", "{minRequests: 10}")),
+    )
+    .unwrap();
+    let f = from_dir(dir.join("data"), files.clone()).await;
+    let status =
+        f.until("the promotion", HEALTHY, HEALTHY, |s| s["phase"] == "promoted" && s["splitWritten"] == true).await;
+    assert_eq!(status["failedChecks"], 0);
+    assert_eq!(f.canary_weight(), Some(100));
+    let data = f.stop();
+    std::fs::remove_dir_all(data.parent().unwrap()).unwrap();
+
+    // The TrafficPolicy is a file too: the rollout cannot own its split and says why.
+    let dir = temp();
+    let files = dir.join("policies");
+    std::fs::create_dir_all(&files).unwrap();
+    let tp = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: reviews}\nspec:\n  service: reviews\n  \
+              routes: [{name: main, split: [{subset: {version: v1}, weight: 100}]}]\n";
+    std::fs::write(
+        files.join("reviews.yaml"),
+        format!("{SERVICE}---\n{tp}---\n{}", rollout("{canary: {steps: [50]}}", "{minRequests: 10}")),
+    )
+    .unwrap();
+    let f = from_dir(dir.join("data"), files).await;
+    let status = f.until("the stop", HEALTHY, HEALTHY, |s| s["phase"] == "aborted").await;
+    let reason = status["reason"].as_str().unwrap();
+    assert!(reason.starts_with("cannot write the split: ") && reason.contains("reviews.yaml"), "{reason}");
+    let route = &f.policies.current().traffic_policies["reviews"].spec.routes[0];
+    assert_eq!(route.split.len(), 1, "the file's split is untouched");
+    let data = f.stop();
+    std::fs::remove_dir_all(data.parent().unwrap()).unwrap();
+}
