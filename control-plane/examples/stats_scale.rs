@@ -135,7 +135,7 @@ fn main() {
         for proxy in 0..args.proxies {
             let r = report(&args, proxy, window);
             entries += r.iter().map(|c| c.upstream_locality_stats[0].upstream_endpoint_stats.len()).sum::<usize>();
-            stats.ingest_at(&format!("proxy-{proxy}"), slot, &r);
+            stats.ingest_at(&format!("proxy-{proxy}"), "", slot, &r);
         }
     }
     let took = start.elapsed();

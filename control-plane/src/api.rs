@@ -14,6 +14,9 @@
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
 //! | `POST /v1/tokens` | a join token for `{namespace, serviceAccount, ttl?, singleUse?}` (API token) |
 //! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`) or renewal proof → certificate chain |
+//! | `GET /v1/mesh` | the dashboard's graph: services, source → destination calls, resilience (`?window=1m`) |
+//! | `GET /v1/policies/rejected` | the errors of the last rejected policy write |
+//! | `GET /ui/` | the dashboard (assets built into the binary) |
 //! | `GET /metrics` | the control plane's own metrics |
 //!
 //! Writes need `Authorization: Bearer TOKEN`; `If-Match: VERSION` makes a write conditional
@@ -45,6 +48,7 @@ mod ca;
 mod endpoints;
 mod rollouts;
 mod stats;
+mod ui;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 4 << 20;
@@ -69,6 +73,8 @@ pub struct ApiState {
     pub stats: Arc<crate::stats::Stats>,
     /// Rollouts, for `/v1/rollouts`.
     pub rollouts: Arc<crate::rollout::Controller>,
+    /// The last policy write refused (unix seconds, the response body), for the dashboard.
+    pub last_rejected: parking_lot::Mutex<Option<(u64, serde_json::Value)>>,
 }
 
 /// Serve until the task is dropped; over TLS when `tls` is given.
@@ -173,6 +179,19 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, ["v1", "stats"]) => stats::summary(state, req.uri().query()),
         (&Method::GET, ["v1", "stats", service]) => stats::service(state, service, req.uri().query()),
+        (&Method::GET, ["v1", "mesh"]) => stats::mesh(state, req.uri().query()),
+        (&Method::GET, ["v1", "policies", "rejected"]) => {
+            let last = state.last_rejected.lock().clone();
+            json_response(
+                StatusCode::OK,
+                &match last {
+                    Some((at, body)) => json!({"at": at, "response": body}),
+                    None => json!({"at": null, "response": null}),
+                },
+            )
+        }
+        (&Method::GET, ["ui", rest @ ..]) => ui::asset(&rest.join("/"), &path),
+        (&Method::GET, ["ui"]) => ui::asset("", &path),
         (&Method::GET, ["v1", "ca", "bundle"]) => ca::bundle(state),
         (&Method::POST, ["v1", "tokens"]) => ca::create_token(state, req).await,
         (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,
@@ -183,7 +202,7 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             let (kind, name) = ((*kind).to_owned(), (*name).to_owned());
             delete(state, req, &kind, &name).await
         }
-        (_, ["v1", ..]) | (_, ["metrics"]) | (_, ["healthz"]) => {
+        (_, ["v1", ..]) | (_, ["metrics"]) | (_, ["healthz"]) | (_, ["ui", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
@@ -309,9 +328,6 @@ fn write_error(state: &ApiState, e: WriteError, dry_run: bool) -> Response<Body>
         WriteError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid"),
         WriteError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
     };
-    if !dry_run {
-        record(state, result);
-    }
     let mut body = json!({"error": e.to_string()});
     if let WriteError::Invalid(errors) = &e {
         body["valid"] = json!(false);
@@ -324,6 +340,11 @@ fn write_error(state: &ApiState, e: WriteError, dry_run: bool) -> Response<Body>
                 })
             })
             .collect();
+    }
+    if !dry_run {
+        record(state, result);
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        *state.last_rejected.lock() = Some((at, body.clone()));
     }
     if let WriteError::Persist(p) = &e {
         tracing::error!(error = %p, "cannot persist a policy write");

@@ -332,6 +332,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
     }
 
     println!("control plane API  {api}   (while it runs: outrider status --server {api})");
+    println!("dashboard          {api}/ui/   (the graph shows frontend → reviews and the breaker; API token {token})");
     println!(
         "mTLS               frontend → reviews over mutual TLS 1.3 (HTTP/2 between the sidecars), identities \
          spiffe://outrider.local/ns/default/sa/frontend → …/sa/reviews, issued by the control plane's CA"

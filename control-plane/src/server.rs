@@ -279,6 +279,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         tokens: tokens.clone(),
         stats: stats.clone(),
         rollouts: rollouts.clone(),
+        last_rejected: parking_lot::Mutex::new(None),
     });
     let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
         .with_service_namespaces(policies.clone())

@@ -11,6 +11,7 @@
 //! 1,000 services and its measurement.
 
 pub mod lrs;
+pub mod mesh;
 mod series;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -24,12 +25,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterStats, UpstreamEndpointStats};
 use outrider_xds::PolicySet;
-use outrider_xds::latency::{LATENCY_SUM_METRIC, parse_bucket_metric};
+use outrider_xds::latency::{EJECTED_METRIC, EWMA_METRIC, LATENCY_SUM_METRIC, parse_bucket_metric};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use mesh::{EdgeView, MeshView, NodeView, ResilienceView};
 pub use series::{Aggregate, Sample, Series, WINDOW_SECS, WINDOWS};
 
 /// Endpoint labels.
@@ -53,6 +55,8 @@ pub enum Dropped {
     UnknownEndpoint,
     /// No readable address.
     BadAddress,
+    /// A new source → destination edge past [`mesh::MAX_EDGES`].
+    EdgeLimit,
 }
 
 impl Dropped {
@@ -61,6 +65,7 @@ impl Dropped {
             Dropped::UnknownCluster => "unknown-cluster",
             Dropped::UnknownEndpoint => "unknown-endpoint",
             Dropped::BadAddress => "bad-address",
+            Dropped::EdgeLimit => "edge-limit",
         }
     }
 }
@@ -70,6 +75,10 @@ impl Dropped {
 struct Entry {
     labels: Arc<Labels>,
     series: Series,
+    /// The last reported peak-EWMA latency estimate, ms, and when.
+    ewma: Option<(f64, Instant)>,
+    /// Until when a reporting proxy has it ejected (the latest end reported).
+    ejected_until: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +93,8 @@ struct Inner {
     reporters: HashMap<String, Instant>,
     /// Faster intervals asked for (by running rollouts), by who asked.
     fast: BTreeMap<String, Duration>,
+    /// Source → destination edges and resilience, for the dashboard.
+    calls: mesh::MeshState,
 }
 
 /// The aggregated load reports.
@@ -166,6 +177,7 @@ impl Stats {
 
     /// Forget windows older than 15 minutes and endpoints that left the mesh and have none.
     fn sweep(inner: &mut Inner, now_slot: u64) {
+        inner.calls.sweep(now_slot);
         let Inner { services, mesh, .. } = inner;
         services.retain(|service, entries| {
             let known = mesh.get(service);
@@ -190,13 +202,13 @@ impl Stats {
         }
     }
 
-    /// Count one report of `node`.
-    pub fn ingest(&self, node: &str, report: &[ClusterStats]) {
-        self.ingest_at(node, slot_of(unix_now()), report);
+    /// Count one report of `node`, a proxy of service `source` (empty: unknown).
+    pub fn ingest(&self, node: &str, source: &str, report: &[ClusterStats]) {
+        self.ingest_at(node, source, slot_of(unix_now()), report);
     }
 
     /// [`Stats::ingest`] as if it arrived in window `slot`.
-    pub fn ingest_at(&self, node: &str, slot: u64, report: &[ClusterStats]) {
+    pub fn ingest_at(&self, node: &str, source: &str, slot: u64, report: &[ClusterStats]) {
         let mut dropped: Vec<Dropped> = Vec::new();
         {
             let mut inner = self.inner.lock();
@@ -206,12 +218,15 @@ impl Stats {
             } else if !node.is_empty() && inner.reporters.len() < MAX_REPORTERS {
                 inner.reporters.insert(node.to_owned(), now);
             }
-            let Inner { services, mesh, clusters, .. } = &mut *inner;
+            let Inner { services, mesh, clusters, calls, .. } = &mut *inner;
             for cluster in report {
                 let Some(service) = clusters.get(&cluster.cluster_name) else {
                     dropped.push(Dropped::UnknownCluster);
                     continue;
                 };
+                if !calls.ingest(node, source, service, slot, cluster) {
+                    dropped.push(Dropped::EdgeLimit);
+                }
                 let known = mesh.get(service);
                 for locality in &cluster.upstream_locality_stats {
                     for stats in &locality.upstream_endpoint_stats {
@@ -227,8 +242,25 @@ impl Stats {
                             .entry(service.clone())
                             .or_default()
                             .entry(addr)
-                            .or_insert_with(|| Entry { labels: labels.clone(), series: Series::default() });
+                            .or_insert_with(|| Entry {
+                                labels: labels.clone(),
+                                series: Series::default(),
+                                ewma: None,
+                                ejected_until: None,
+                            });
                         entry.series.add(slot, &sample_of(stats));
+                        for m in &stats.load_metric_stats {
+                            let v = m.total_metric_value;
+                            if !v.is_finite() || v < 0.0 {
+                                continue;
+                            }
+                            if m.metric_name == EWMA_METRIC {
+                                entry.ewma = Some((v, now));
+                            } else if m.metric_name == EJECTED_METRIC {
+                                let until = now + Duration::from_secs_f64(v.min(MAX_WINDOW.as_secs_f64()));
+                                entry.ejected_until = Some(entry.ejected_until.map_or(until, |u| u.max(until)));
+                            }
+                        }
                     }
                 }
             }
@@ -318,6 +350,7 @@ impl Stats {
         let mut endpoints = Vec::new();
         let history_from = to + 1 - WINDOWS as u64;
         let mut history = vec![Aggregate::default(); WINDOWS];
+        let now = Instant::now();
         for (addr, e) in entries.into_iter().flatten().filter(|(_, e)| selects(subset, &e.labels)) {
             let mut mine = Aggregate::default();
             e.series.add_windows(from, to, &mut mine);
@@ -330,6 +363,14 @@ impl Stats {
                 address: addr.to_string(),
                 labels: (*e.labels).clone(),
                 numbers: Numbers::of(&mine, secs),
+                ewma_ms: e
+                    .ewma
+                    .filter(|(_, at)| now.duration_since(*at) < MAX_WINDOW)
+                    .map(|(v, _)| (v * 1000.0).round() / 1000.0),
+                ejected_seconds: e
+                    .ejected_until
+                    .filter(|u| *u > now)
+                    .map(|u| (u.duration_since(now).as_secs_f64() * 10.0).round() / 10.0),
             });
         }
         let history = history
@@ -351,7 +392,34 @@ impl Stats {
                 .collect(),
             endpoints,
             history,
+            resilience: inner.calls.resilience(service, from, to),
         })
+    }
+
+    /// The services of the mesh and those with numbers, and the calls between them, over the
+    /// last `window`: what the dashboard's graph shows. Costs one pass over the series (bounded
+    /// by the mesh's endpoints and edges), whatever the number of proxies.
+    pub fn mesh(&self, window: Duration) -> MeshView {
+        let (from, to, secs) = span(window);
+        let inner = self.inner.lock();
+        let mut names: std::collections::BTreeSet<&String> = inner.mesh.keys().collect();
+        names.extend(inner.services.keys());
+        let services = names
+            .into_iter()
+            .map(|service| {
+                let mut total = Aggregate::default();
+                for e in inner.services.get(service).into_iter().flat_map(BTreeMap::values) {
+                    e.series.add_windows(from, to, &mut total);
+                }
+                NodeView {
+                    service: service.clone(),
+                    endpoints: inner.mesh.get(service).map_or(0, HashMap::len),
+                    numbers: Numbers::of(&total, secs),
+                    resilience: inner.calls.resilience(service, from, to),
+                }
+            })
+            .collect();
+        MeshView { window_seconds: secs, services, edges: inner.calls.edges(from, to, secs) }
     }
 
     /// Series tracked and the bytes they hold.
@@ -363,8 +431,9 @@ impl Stats {
             .values()
             .flat_map(BTreeMap::values)
             .map(|e| e.series.bytes() + std::mem::size_of::<Entry>() + std::mem::size_of::<SocketAddr>())
-            .sum();
-        (series, bytes)
+            .sum::<usize>()
+            + inner.calls.bytes();
+        (series + inner.calls.edge_count(), bytes)
     }
 }
 
@@ -395,7 +464,7 @@ fn endpoint_address(stats: &UpstreamEndpointStats) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
 }
 
-fn sample_of(stats: &UpstreamEndpointStats) -> Sample {
+pub(crate) fn sample_of(stats: &UpstreamEndpointStats) -> Sample {
     let mut sample =
         Sample { succeeded: stats.total_successful_requests, failed: stats.total_error_requests, ..Default::default() };
     for m in &stats.load_metric_stats {
@@ -474,6 +543,8 @@ pub struct ServiceStats {
     pub subsets: Vec<SubsetStats>,
     pub endpoints: Vec<EndpointStats>,
     pub history: Vec<HistoryPoint>,
+    /// Breaker state, rejections, retries and retry budget, as the callers report them.
+    pub resilience: ResilienceView,
 }
 
 /// Endpoints with the same labels.
@@ -487,11 +558,16 @@ pub struct SubsetStats {
 
 /// One endpoint.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointStats {
     pub address: String,
     pub labels: Labels,
     #[serde(flatten)]
     pub numbers: Numbers,
+    /// The peak-EWMA latency estimate a caller last reported, ms.
+    pub ewma_ms: Option<f64>,
+    /// Seconds of outlier ejection left, when a caller has it ejected.
+    pub ejected_seconds: Option<f64>,
 }
 
 /// One 10-second window.

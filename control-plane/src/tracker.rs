@@ -52,6 +52,9 @@ pub struct ProxyStatus {
     pub draining: bool,
     /// By type name (`Listener`, `Cluster`, ...).
     pub types: BTreeMap<String, TypeStatus>,
+    /// Unix seconds when the newest certificate this control plane issued for the proxy's
+    /// identity expires (`null`: no identity, or none issued since the control plane started).
+    pub cert_expires_at: Option<u64>,
 }
 
 /// All connected proxies.
@@ -59,7 +62,12 @@ pub struct ProxyStatus {
 pub struct Tracker {
     proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
     next_id: AtomicU64,
+    /// SPIFFE ID → expiry (unix seconds) of the newest certificate issued for it.
+    certificates: Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// Identities whose certificate expiry is remembered (one entry per SPIFFE ID).
+pub const MAX_CERTIFICATE_IDENTITIES: usize = 65_536;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -91,6 +99,7 @@ impl Tracker {
                 last_seen: now,
                 draining: false,
                 types: BTreeMap::new(),
+                cert_expires_at: None,
             },
         );
         metrics.connected_proxies.inc();
@@ -110,7 +119,25 @@ impl Tracker {
     pub fn list(&self) -> Vec<ProxyStatus> {
         let mut list: Vec<_> = self.proxies.lock().values().cloned().collect();
         list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let certificates = self.certificates.lock();
+        for p in &mut list {
+            p.cert_expires_at = p.identity.as_ref().and_then(|id| certificates.get(id)).copied();
+        }
         list
+    }
+
+    /// A certificate for `spiffe_id` was issued, valid until `not_after` (unix seconds).
+    pub fn certificate_issued(&self, spiffe_id: &str, not_after: u64) {
+        let mut certificates = self.certificates.lock();
+        let now = unix_now();
+        if certificates.len() >= MAX_CERTIFICATE_IDENTITIES {
+            certificates.retain(|_, at| *at > now);
+        }
+        if let Some(at) = certificates.get_mut(spiffe_id) {
+            *at = (*at).max(not_after);
+        } else if certificates.len() < MAX_CERTIFICATE_IDENTITIES {
+            certificates.insert(spiffe_id.to_owned(), not_after);
+        }
     }
 }
 

@@ -29,12 +29,16 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
 use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 use outrider_xds::ads::{self, AdsError, ClientConfig};
-use outrider_xds::latency::{LATENCY_SUM_METRIC, bucket_metric_name};
+use envoy_types::pb::envoy::config::endpoint::v3::cluster_stats::DroppedRequests;
+use outrider_xds::latency::{
+    BREAKER_STATE_METRIC, DROPPED_BREAKER, DROPPED_RETRY_BUDGET, EJECTED_METRIC, EWMA_METRIC, LATENCY_SUM_METRIC,
+    RETRIES_METRIC, bucket_metric_name,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-pub use endpoint::{EndpointLoad, LoadSample};
+pub use endpoint::{ClusterLoad, ClusterSample, EndpointLoad, LoadSample};
 
 use crate::state::{Snapshot, Store};
 
@@ -165,6 +169,7 @@ fn drain(snapshot: &Snapshot) {
         for endpoint in cluster.endpoints.items() {
             endpoint.shared.load.take();
         }
+        cluster.state.load.take();
     }
 }
 
@@ -179,22 +184,65 @@ pub fn collect(snapshot: &Snapshot, wanted: &impl Wants, interval: Duration) -> 
         for endpoint in cluster.endpoints.items() {
             let sample = endpoint.shared.load.take();
             let in_progress = u64::from(endpoint.shared.ewma.pending());
-            if sample.is_empty() && in_progress == 0 {
+            let ejected = endpoint.shared.health.ejected_for();
+            if sample.is_empty() && in_progress == 0 && ejected.is_none() {
                 continue;
             }
             locality.total_successful_requests += sample.succeeded;
             locality.total_error_requests += sample.failed;
             locality.total_issued_requests += sample.issued;
             locality.total_requests_in_progress += in_progress;
-            locality.upstream_endpoint_stats.push(endpoint_stats(endpoint.addr, &sample, in_progress));
+            let mut stats = endpoint_stats(endpoint.addr, &sample, in_progress);
+            if let Some(rtt) = endpoint.shared.ewma.rtt() {
+                stats.load_metric_stats.push(EndpointLoadMetricStats {
+                    metric_name: EWMA_METRIC.to_owned(),
+                    num_requests_finished_with_metric: 1,
+                    total_metric_value: rtt.as_secs_f64() * 1000.0,
+                });
+            }
+            if let Some(left) = ejected {
+                stats.load_metric_stats.push(EndpointLoadMetricStats {
+                    metric_name: EJECTED_METRIC.to_owned(),
+                    num_requests_finished_with_metric: 1,
+                    total_metric_value: left.as_secs_f64(),
+                });
+            }
+            locality.upstream_endpoint_stats.push(stats);
         }
-        if locality.upstream_endpoint_stats.is_empty() {
+        let resilience = cluster.state.load.take();
+        let breaker = cluster.state.breaker.state();
+        let breaker_value = breaker.metric() as f64;
+        if locality.upstream_endpoint_stats.is_empty() && resilience.is_empty() && breaker_value == 0.0 {
             continue;
         }
+        if cluster.policy.breaker.is_some() {
+            locality.load_metric_stats.push(EndpointLoadMetricStats {
+                metric_name: BREAKER_STATE_METRIC.to_owned(),
+                num_requests_finished_with_metric: 1,
+                total_metric_value: breaker_value,
+            });
+        }
+        if resilience.retries > 0 {
+            locality.load_metric_stats.push(EndpointLoadMetricStats {
+                metric_name: RETRIES_METRIC.to_owned(),
+                num_requests_finished_with_metric: resilience.retries,
+                total_metric_value: 0.0,
+            });
+        }
+        let dropped: Vec<DroppedRequests> = [
+            (DROPPED_BREAKER, resilience.rejected),
+            (DROPPED_RETRY_BUDGET, resilience.budget_exhausted),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(category, dropped_count)| DroppedRequests { category: category.to_owned(), dropped_count })
+        .collect();
         out.push(ClusterStats {
             cluster_name: name.to_string(),
             cluster_service_name: cluster.service.to_string(),
             upstream_locality_stats: vec![locality],
+            total_dropped_requests: resilience.rejected + resilience.budget_exhausted,
+            dropped_requests: dropped,
             load_report_interval: Some(envoy_types::pb::google::protobuf::Duration {
                 seconds: i64::try_from(interval.as_secs()).unwrap_or(i64::MAX),
                 nanos: i32::try_from(interval.subsec_nanos()).unwrap_or(0),

@@ -203,6 +203,8 @@ pub struct ClusterState {
     pub breaker: StateMachine,
     pub budget: RetryBudget,
     pub outliers: ClusterOutliers,
+    /// What it did since the last load report.
+    pub load: crate::load_report::ClusterLoad,
 }
 
 #[derive(Debug)]

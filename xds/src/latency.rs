@@ -33,6 +33,22 @@ pub const LATENCY_SUM_METRIC: &str = "outrider.latency_ms";
 /// Prefix of the per-bucket load metrics; the lower bound in µs follows.
 pub const BUCKET_METRIC_PREFIX: &str = "outrider.latency_bucket_us.";
 
+/// Endpoint load metric: the reporting proxy's peak-EWMA latency estimate of the endpoint,
+/// `total_metric_value` milliseconds (`num_requests_finished_with_metric` = 1).
+pub const EWMA_METRIC: &str = "outrider.ewma_ms";
+/// Endpoint load metric, present while the reporting proxy has the endpoint ejected (outlier
+/// detection): `total_metric_value` = seconds of ejection left.
+pub const EJECTED_METRIC: &str = "outrider.ejected_s";
+/// Locality load metric: the reporting proxy's circuit breaker state of the cluster,
+/// `total_metric_value` 0 closed, 1 open, 2 half-open.
+pub const BREAKER_STATE_METRIC: &str = "outrider.breaker_state";
+/// Locality load metric: retries sent since the last report (`num_requests_finished_with_metric`).
+pub const RETRIES_METRIC: &str = "outrider.retries";
+/// `dropped_requests` category: requests and retries the circuit breaker rejected.
+pub const DROPPED_BREAKER: &str = "circuit_breaker";
+/// `dropped_requests` category: retries not sent because the retry budget was spent.
+pub const DROPPED_RETRY_BUDGET: &str = "retry_budget_exhausted";
+
 /// The bucket of a latency in microseconds.
 #[inline]
 pub fn bucket_of(us: u64) -> usize {

@@ -100,6 +100,18 @@ pub(super) fn summary(state: &ApiState, query: Option<&str>) -> Response<Body> {
     )
 }
 
+/// `GET /v1/mesh`: every service with its numbers and resilience, and the calls between them.
+pub(super) fn mesh(state: &ApiState, query: Option<&str>) -> Response<Body> {
+    let query = match parse(query) {
+        Ok(q) => q,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    if !query.labels.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "labels applies to one service: GET /v1/stats/SERVICE?labels=k=v");
+    }
+    json_response(StatusCode::OK, &json!(state.stats.mesh(query.window)))
+}
+
 pub(super) fn service(state: &ApiState, service: &str, query: Option<&str>) -> Response<Body> {
     let query = match parse(query) {
         Ok(q) => q,

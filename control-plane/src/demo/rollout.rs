@@ -99,6 +99,7 @@ pub(super) async fn story(
     })
     .await?;
     println!("control plane API  {api}");
+    println!("dashboard          {api}/ui/#/service/reviews   (pause, promote, abort with the API token {token})");
     println!("watch it yourself  outrider rollout status reviews -w --server {api}\n");
 
     let seen = Arc::new(Seen::default());

@@ -71,7 +71,7 @@ impl Fixture {
                 }
             }
         }
-        self.stats.ingest("proxy", &collect(&snapshot, &AllClusters, Duration::from_millis(100)));
+        self.stats.ingest("proxy", "", &collect(&snapshot, &AllClusters, Duration::from_millis(100)));
     }
 
     /// Every 100 ms (paused time) send `traffic` until `done` holds of the status; at most 60 s.

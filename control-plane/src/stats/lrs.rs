@@ -46,6 +46,8 @@ async fn run(stats: Arc<Stats>, mut requests: Streaming<LoadStatsRequest>, tx: m
         }
     };
     let node = first.node.unwrap_or_default();
+    // Calls are counted as from the proxy's service (source → destination on the dashboard).
+    let source = crate::tracker::node_service(&node);
     let all = node.client_features.iter().any(|f| f == SEND_ALL_CLUSTERS);
     let mut interval = stats.report_interval();
     let answer = |interval: std::time::Duration| {
@@ -65,13 +67,13 @@ async fn run(stats: Arc<Stats>, mut requests: Streaming<LoadStatsRequest>, tx: m
         return;
     }
     if !first.cluster_stats.is_empty() {
-        stats.ingest(&node.id, &first.cluster_stats);
+        stats.ingest(&node.id, &source, &first.cluster_stats);
     }
     tracing::debug!(node = %node.id, "load report stream established");
     loop {
         tokio::select! {
             request = requests.message() => match request {
-                Ok(Some(report)) => stats.ingest(&node.id, &report.cluster_stats),
+                Ok(Some(report)) => stats.ingest(&node.id, &source, &report.cluster_stats),
                 Ok(None) => return,
                 Err(e) => {
                     tracing::debug!(node = %node.id, error = %e, "load report stream ended");

@@ -103,3 +103,55 @@ mod tests {
         assert!(load.take().is_empty(), "a second take finds nothing");
     }
 }
+
+/// What a cluster's resilience did since the last load report: breaker rejections, retries sent,
+/// retries the budget refused. Carried across snapshots with the cluster's state.
+#[derive(Debug, Default)]
+pub struct ClusterLoad {
+    rejected: AtomicU64,
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
+}
+
+/// The counts taken by one report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterSample {
+    pub rejected: u64,
+    pub retries: u64,
+    pub budget_exhausted: u64,
+}
+
+impl ClusterSample {
+    pub fn is_empty(&self) -> bool {
+        self.rejected == 0 && self.retries == 0 && self.budget_exhausted == 0
+    }
+}
+
+impl ClusterLoad {
+    /// The circuit breaker (or a threshold) rejected a request, retry or connection.
+    #[inline]
+    pub fn reject(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A retry is sent.
+    #[inline]
+    pub fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A retry was not sent: the budget was spent.
+    #[inline]
+    pub fn budget_exhausted(&self) {
+        self.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts since the last take, reset.
+    pub fn take(&self) -> ClusterSample {
+        ClusterSample {
+            rejected: self.rejected.swap(0, Ordering::Relaxed),
+            retries: self.retries.swap(0, Ordering::Relaxed),
+            budget_exhausted: self.budget_exhausted.swap(0, Ordering::Relaxed),
+        }
+    }
+}

@@ -309,6 +309,7 @@ impl Service<Upstream> for EndpointStage {
             let res =
                 match forward::forward(&ep.shared.pool, up.req, proto, &cfg, up.client, up.authority.as_ref()).await {
                     Err(ProxyError::Upstream(UpstreamError::Overflow(_, reason))) => {
+                        cluster.state.load.reject();
                         metrics
                             .circuit_breaker_rejections
                             .get_or_create(&ServiceReasonLabels { service: cluster.service.clone(), reason })

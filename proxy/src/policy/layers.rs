@@ -272,6 +272,7 @@ where
     fn call(&mut self, up: Upstream) -> Self::Future {
         let c = &self.cluster;
         let reject = |reason: &'static str| {
+            c.state.load.reject();
             self.metrics
                 .circuit_breaker_rejections
                 .get_or_create(&ServiceReasonLabels { service: c.service.clone(), reason })

@@ -309,6 +309,7 @@ where
             return res;
         }
         let Some(slot) = cluster.state.counters.acquire_retry(cluster.policy.thresholds.max_retries) else {
+            cluster.state.load.reject();
             layer
                 .metrics
                 .circuit_breaker_rejections
@@ -317,6 +318,7 @@ where
             return res;
         };
         if !cluster.state.budget.try_withdraw(&budget_cfg) {
+            cluster.state.load.budget_exhausted();
             layer
                 .metrics
                 .retry_budget_exhausted
@@ -333,6 +335,7 @@ where
             }
         };
         retry_slot = Some(slot);
+        cluster.state.load.retry();
         layer
             .metrics
             .retries

@@ -1,0 +1,149 @@
+//! The dashboard in a real browser: a control plane with real proxies and traffic, and Debian's
+//! headless chromium driven by playwright-core (`tests/browser/check.mjs`, one check per run).
+//! The checks' screenshots are written to `docs/dashboard/` (docs/dashboard.md shows them).
+//! Skips, saying why, without node, chromium or `npm ci` in tests/browser; under
+//! `OUTRIDER_REQUIRE_ALL=1` that fails instead (.ci/run installs them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outrider_control_plane::server::ServerConfig;
+use outrider_proxy::source::xds::Protocol;
+use outrider_tests::control_plane::{ControlPlane, MeshProxy, TOKEN};
+use outrider_tests::harness::TempDir;
+use outrider_tests::load::{Load, Plan};
+use outrider_tests::upstream::{self, Switch};
+use outrider_tests::wait;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("OUTRIDER_CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+}
+
+/// Why the browser tests cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Some("node is not installed".into());
+    }
+    if !chromium().exists() {
+        return Some(format!("{} is missing (apt install chromium)", chromium().display()));
+    }
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        return Some("playwright-core is not installed (npm ci in tests/browser)".into());
+    }
+    None
+}
+
+/// Run one check of tests/browser/check.mjs against the dashboard at `base`.
+async fn check(base: &str, name: &str, args: &[&str]) {
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard");
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir().join("check.mjs"))
+        .arg(base)
+        .arg(name)
+        .args(args)
+        .env("OUTRIDER_SCREENSHOTS", &shots)
+        .env("OUTRIDER_BROWSER_DEADLINE_MS", wait::deadline().as_millis().to_string())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("[browser {name}] {stdout}{stderr}");
+    assert!(out.status.success(), "browser check {name} failed:\n{stdout}\n{stderr}");
+}
+
+/// Rejects the cluster of `reviews` like a proxy that cannot run its policy.
+struct RejectReviews;
+
+impl outrider_xds::ads::Handler for RejectReviews {
+    fn update(&self, update: &outrider_xds::ads::Update<'_>) -> Result<(), String> {
+        if update.type_url == outrider_xds::resources::CLUSTER_TYPE_URL
+            && update.resources.keys().any(|k| k.contains("reviews"))
+        {
+            return Err("Cluster \"outbound|8080||reviews\": lb_policy MAGLEV is not supported".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollout_with_the_token() {
+    if let Some(why) = missing() {
+        outrider_tests::skip(&format!("skipping the dashboard browser test: {why}"));
+        return;
+    }
+    let dir = TempDir::new("outrider-dashboard");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let cp = ControlPlane::start_config(ServerConfig {
+        xds: any,
+        api: any,
+        token: Some(TOKEN.into()),
+        load_report_interval: Duration::from_millis(250),
+        ..ServerConfig::local(dir.path())
+    });
+    let base = format!("http://{}", cp.api);
+    let switch = Switch::new();
+    let reviews = upstream::http1().name("reviews").switch(&switch).start().await;
+    let (r1, r2) = (upstream::http1().name("r1").start().await, upstream::http1().name("r2").start().await);
+    // reviews has a breaker that only a failing upstream trips (90 % of 20 calls); ratings runs
+    // a rollout whose first check is an hour away (it stays progressing until a button moves it).
+    let yaml = format!(
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: reviews}}\nspec:\n  port: 8080\n  endpoints:\n    \
+         - {{address: \"{}\"}}\n---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: reviews}}\nspec:\n  \
+         service: reviews\n  circuitBreaker:\n    failureRateThreshold: 90\n    window: 20\n    minimumCalls: 20\n    \
+         openDuration: 1h\n---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: ratings}}\nspec:\n  port: 8080\n  \
+         endpoints:\n    - {{address: \"{}\", labels: {{version: v1}}}}\n    - {{address: \"{}\", labels: {{version: v2}}}}\n---\n\
+         apiVersion: outrider.io/v1\nkind: Rollout\nmetadata: {{name: ratings}}\nspec:\n  service: ratings\n  \
+         stable: {{version: v1}}\n  canary: {{version: v2}}\n  strategy: {{canary: {{steps: [10, 50]}}}}\n  interval: 1h\n",
+        reviews.endpoint(),
+        r1.endpoint(),
+        r2.endpoint()
+    );
+    let version = cp.apply(&yaml).await;
+    let frontend = MeshProxy::start(&cp.xds_url(), "frontend-1", "frontend", Protocol::Delta).await;
+    frontend.wait_ready().await;
+    let load = Load::start(
+        frontend.client.clone(),
+        Plan { rate: 40, uris: vec!["http://reviews:8080/".into(), "http://ratings:8080/".into()], headers: Vec::new() },
+    );
+    wait::wait_for("the frontend → reviews edge in /v1/mesh", || async {
+        let mesh = cp.call("GET", "/v1/mesh", "", false, None).await.json;
+        mesh["edges"].as_array()?.iter().any(|e| e["source"] == "frontend" && e["destination"] == "reviews").then_some(())
+    })
+    .await;
+    let _ = version;
+    check(&base, "mesh", &["reviews", "ratings"]).await;
+
+    // reviews starts failing 40 % of its requests: the edge's success rate drops.
+    switch.fail_rate(0.4);
+    check(&base, "edgeDrops", &["frontend", "reviews", "90"]).await;
+
+    // Then all of them: the breaker opens and rejects.
+    switch.set_status(503);
+    check(&base, "breakerOpen", &["reviews"]).await;
+
+    // A proxy that cannot take the reviews cluster NACKs it, with its message.
+    let node = envoy_types::pb::envoy::config::core::v3::Node { id: "picky-1".into(), ..Default::default() };
+    let client = outrider_xds::ads::AdsClient::new(outrider_xds::ads::ClientConfig::new(cp.xds_url(), node));
+    let nacker = tokio::spawn(client.run(Arc::new(RejectReviews)));
+    check(&base, "nack", &["picky-1", "lb_policy MAGLEV is not supported"]).await;
+    nacker.abort();
+
+    // A write the control plane refuses: its errors are on the policies page.
+    let bad = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: broken}\nspec:\n  service: reviews\n  timeout: soon\n";
+    let reply = cp.call("PUT", "/v1/policies", bad, true, None).await;
+    assert_eq!(reply.status, 400, "{:?}", reply.json);
+    check(&base, "rejected", &["timeout"]).await;
+
+    check(&base, "rollout", &["ratings", "ratings", TOKEN]).await;
+    let status = cp.rollout("ratings").await;
+    assert_eq!(status["phase"], "promoted", "{status:#}");
+    load.stop().await;
+}
