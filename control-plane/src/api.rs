@@ -191,7 +191,6 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             )
         }
         (&Method::GET, ["ui", rest @ ..]) => ui::asset(&rest.join("/"), &path),
-        (&Method::GET, ["ui"]) => ui::asset("", &path),
         (&Method::GET, ["v1", "ca", "bundle"]) => ca::bundle(state),
         (&Method::POST, ["v1", "tokens"]) => ca::create_token(state, req).await,
         (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,

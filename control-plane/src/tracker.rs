@@ -41,6 +41,8 @@ pub struct ProxyStatus {
     pub node_id: String,
     pub service: String,
     pub user_agent: String,
+    /// The node's `user_agent_version` (the proxy's version), if it sent one.
+    pub version: String,
     /// `delta` or `sotw`.
     pub protocol: &'static str,
     /// The SPIFFE ID of the proxy's client certificate (xDS over TLS), if it presented one.
@@ -93,6 +95,7 @@ impl Tracker {
                 node_id: String::new(),
                 service: String::new(),
                 user_agent: String::new(),
+                version: String::new(),
                 protocol,
                 identity: None,
                 connected_at: now,
@@ -188,6 +191,12 @@ impl StreamHandle {
             node.id.clone_into(&mut p.node_id);
             service.clone_into(&mut p.service);
             node.user_agent_name.clone_into(&mut p.user_agent);
+            p.version = match &node.user_agent_version_type {
+                Some(envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(v)) => {
+                    v.chars().take(64).collect()
+                }
+                _ => String::new(),
+            };
             p.draining = draining;
         });
         let advertise = metadata_string(node, "advertise");

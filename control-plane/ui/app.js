@@ -298,7 +298,7 @@ async function proxiesPage() {
     const expiry = p.certExpiresAt ? `${fmt.time(p.certExpiresAt)} (in ${fmt.dur(p.certExpiresAt - now)})` : (p.identity ? 'unknown' : 'no certificate');
     const expCls = p.certExpiresAt && p.certExpiresAt - now < 3600 ? 'bad' : null;
     return h('tr', { 'data-node': p.nodeId },
-      h('th', { scope: 'row', text: p.nodeId }), h('td', { text: p.service || '–' }), h('td', { text: p.userAgent || '–' }),
+      h('th', { scope: 'row', text: p.nodeId }), h('td', { text: p.service || '–' }), h('td', { text: [p.userAgent, p.version].filter(Boolean).join(' ') || '–' }),
       h('td', {}, badge(cls, word)), h('td', { 'data-field': 'nack', text: nack || '–' }),
       h('td', { class: expCls, text: expiry }), num(fmt.dur(now - p.connectedAt)), h('td', { text: p.draining ? 'draining' : p.protocol }));
   });

@@ -10,7 +10,11 @@
 //! (this proxy's) with the totals, and per endpoint requests issued, succeeded, failed, in
 //! progress, and the latency as named load metrics — the sum (`outrider.latency_ms`) and the
 //! histogram's non-empty buckets (`outrider.latency_bucket_us.<lower bound>`, see
-//! [`outrider_xds::latency`]). A new response may change the interval or the clusters at any
+//! [`outrider_xds::latency`]) — and, for the dashboard, the proxy's peak-EWMA estimate of the
+//! endpoint and the ejection time left while it is ejected; per cluster its circuit breaker's
+//! state, retries sent, and requests dropped by the breaker or the retry budget (an endpoint
+//! that is ejected, or a cluster whose breaker is not closed or that rejected or retried, is
+//! reported without traffic too). A new response may change the interval or the clusters at any
 //! time. Counts made while no stream is up are dropped when the next stream starts, so that a
 //! report never covers more than about one interval. A server without the service
 //! (UNIMPLEMENTED), or that takes reports only from proxies with an identity
@@ -211,15 +215,17 @@ pub fn collect(snapshot: &Snapshot, wanted: &impl Wants, interval: Duration) -> 
         }
         let resilience = cluster.state.load.take();
         let breaker = cluster.state.breaker.state();
-        let breaker_value = breaker.metric() as f64;
-        if locality.upstream_endpoint_stats.is_empty() && resilience.is_empty() && breaker_value == 0.0 {
+        if locality.upstream_endpoint_stats.is_empty()
+            && resilience.is_empty()
+            && breaker == crate::policy::breaker::State::Closed
+        {
             continue;
         }
         if cluster.policy.breaker.is_some() {
             locality.load_metric_stats.push(EndpointLoadMetricStats {
                 metric_name: BREAKER_STATE_METRIC.to_owned(),
                 num_requests_finished_with_metric: 1,
-                total_metric_value: breaker_value,
+                total_metric_value: breaker.metric() as f64,
             });
         }
         if resilience.retries > 0 {

@@ -49,7 +49,8 @@ async fn check(base: &str, name: &str, args: &[&str]) {
         .arg(name)
         .args(args)
         .env("OUTRIDER_SCREENSHOTS", &shots)
-        .env("OUTRIDER_BROWSER_DEADLINE_MS", wait::deadline().as_millis().to_string())
+        // Each wait in the page: the test deadline plus the page's 2-second poll and a report.
+        .env("OUTRIDER_BROWSER_DEADLINE_MS", (wait::deadline() * 2).as_millis().to_string())
         .kill_on_drop(true)
         .output()
         .await
@@ -106,7 +107,7 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
         r1.endpoint(),
         r2.endpoint()
     );
-    let version = cp.apply(&yaml).await;
+    cp.apply(&yaml).await;
     let frontend = MeshProxy::start(&cp.xds_url(), "frontend-1", "frontend", Protocol::Delta).await;
     frontend.wait_ready().await;
     let load = Load::start(
@@ -118,7 +119,6 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
         mesh["edges"].as_array()?.iter().any(|e| e["source"] == "frontend" && e["destination"] == "reviews").then_some(())
     })
     .await;
-    let _ = version;
     check(&base, "mesh", &["reviews", "ratings"]).await;
 
     // reviews starts failing 40 % of its requests: the edge's success rate drops.

@@ -18,6 +18,8 @@ async fn demo_runs_its_scenario_and_prints_a_summary() {
     assert!(stdout.contains("v2 broken"), "the scenario breaks v2:\n{stdout}");
     assert!(stdout.contains("canary promoted"), "the scenario shifts the canary:\n{stdout}");
     assert!(stdout.contains("outrider status"), "it says how to look further:\n{stdout}");
+    let dashboard = stdout.lines().find(|l| l.starts_with("dashboard ")).expect("a dashboard line");
+    assert!(dashboard.contains("http://127.0.0.1:") && dashboard.contains("/ui/"), "{dashboard}");
     let mtls = stdout.lines().find(|l| l.starts_with("mTLS: ")).expect("an mTLS line");
     assert!(!mtls.contains("accepted 0 "), "the sidecars talked mutual TLS: {mtls}");
 }
@@ -48,4 +50,5 @@ async fn demo_rollout_promotes_the_good_version_and_aborts_the_bad_one() {
     let v3 = stdout.split("apply Rollout reviews: v2 → v3").nth(1).expect("the v3 rollout");
     assert!(!v3.contains("step 2:"), "v3 was aborted on its first step:\n{v3}");
     assert!(stdout.contains("outrider rollout status reviews -w"), "it says how to watch:\n{stdout}");
+    assert!(stdout.contains("/ui/#/service/reviews"), "it gives the dashboard's page of the rollout:\n{stdout}");
 }

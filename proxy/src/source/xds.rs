@@ -254,6 +254,11 @@ pub fn node(
         cluster: service.unwrap_or_default().to_owned(),
         metadata: Some(metadata),
         user_agent_name: "outrider-proxy".into(),
+        user_agent_version_type: Some(
+            envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(
+                env!("CARGO_PKG_VERSION").into(),
+            ),
+        ),
         ..Default::default()
     }
 }
