@@ -425,7 +425,7 @@ impl Stats {
     /// Series tracked and the bytes they hold.
     pub fn footprint(&self) -> (usize, usize) {
         let inner = self.inner.lock();
-        let series = inner.services.values().map(BTreeMap::len).sum();
+        let series: usize = inner.services.values().map(BTreeMap::len).sum();
         let bytes = inner
             .services
             .values()

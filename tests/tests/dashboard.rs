@@ -147,3 +147,71 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
     assert_eq!(status["phase"], "promoted", "{status:#}");
     load.stop().await;
 }
+
+/// Without a browser: the assets come from the binary with their types and policy, the graph's
+/// data names the real proxy's service as the source, and a refused write is kept for the
+/// policies page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_the_dashboard_the_graph_and_the_last_rejected_write() {
+    use outrider_tests::client;
+    let dir = TempDir::new("outrider-dashboard-api");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let cp = ControlPlane::start_config(ServerConfig {
+        xds: any,
+        api: any,
+        token: Some(TOKEN.into()),
+        load_report_interval: Duration::from_millis(200),
+        ..ServerConfig::local(dir.path())
+    });
+    let http = client::http1(cp.api);
+    for (path, kind) in [("/ui/", "text/html"), ("/ui", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")] {
+        let r = client::send(&http, client::get(&format!("http://cp{path}"))).await.assert_status(200);
+        assert!(r.header("content-type").unwrap().starts_with(kind), "{path}");
+        assert!(r.header("content-security-policy").unwrap().contains("default-src 'none'"), "{path}");
+    }
+    client::send(&http, client::get("http://cp/ui/../../etc/passwd")).await.assert_status(404);
+    assert_eq!(cp.call("POST", "/ui/", "", true, None).await.status, 405);
+
+    let empty = cp.call("GET", "/v1/policies/rejected", "", false, None).await.json;
+    assert!(empty["at"].is_null() && empty["response"].is_null(), "{empty}");
+    let bad = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: broken}\nspec:\n  service: x\n  timeout: soon\n";
+    assert_eq!(cp.call("PUT", "/v1/policies", bad, false, None).await.status, 401);
+    let still = cp.call("GET", "/v1/policies/rejected", "", false, None).await.json;
+    assert!(still["response"].is_null(), "a write without the token is not recorded: {still}");
+    assert_eq!(cp.call("POST", "/v1/validate", bad, false, None).await.status, 400);
+    assert!(cp.call("GET", "/v1/policies/rejected", "", false, None).await.json["response"].is_null(), "nor a dry run");
+    assert_eq!(cp.call("PUT", "/v1/policies", bad, true, None).await.status, 400);
+    let last = cp.call("GET", "/v1/policies/rejected", "", false, None).await.json;
+    assert!(last["at"].as_u64().is_some_and(|at| at > 0), "{last}");
+    let errors = last["response"]["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e["field"].as_str().is_some_and(|f| f.contains("timeout"))), "{last:#}");
+
+    let up = upstream::http1().name("reviews").start().await;
+    cp.apply(&format!(
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: reviews}}\nspec:\n  port: 8080\n  endpoints:\n    \
+         - {{address: \"{}\"}}\n",
+        up.endpoint()
+    ))
+    .await;
+    let frontend = MeshProxy::start(&cp.xds_url(), "frontend-1", "frontend", Protocol::Delta).await;
+    frontend.wait_ready().await;
+    let status = cp.status().await;
+    assert_eq!(status["proxies"][0]["version"], env!("CARGO_PKG_VERSION"), "{status:#}");
+    for _ in 0..10 {
+        frontend.get("http://reviews:8080/").await.assert_status(200);
+    }
+    let mesh = wait::wait_for("the ten calls on the frontend → reviews edge", || async {
+        let mesh = cp.call("GET", "/v1/mesh?window=1m", "", false, None).await.json;
+        let edge = mesh["edges"].as_array()?.iter().find(|e| e["source"] == "frontend")?.clone();
+        (edge["requests"] == 10).then_some(mesh)
+    })
+    .await;
+    let edge = &mesh["edges"][0];
+    assert_eq!((edge["destination"].as_str(), edge["successRate"].as_f64()), (Some("reviews"), Some(100.0)), "{mesh:#}");
+    assert_eq!(mesh["services"][0]["service"], "reviews");
+    assert_eq!(mesh["services"][0]["endpoints"], 1);
+    let stats = cp.stats("reviews", "window=1m").await.json;
+    assert!(stats["endpoints"][0]["ewmaMs"].as_f64().is_some_and(|ms| ms > 0.0), "the caller's EWMA: {stats:#}");
+    assert_eq!(stats["resilience"]["breaker"]["state"], "unknown", "no breaker policy: {stats:#}");
+    assert_eq!(cp.call("GET", "/v1/mesh?window=2h", "", false, None).await.status, 400);
+}

@@ -36,7 +36,8 @@ pub(super) fn asset(name: &str, path: &str) -> Response<Body> {
 }
 
 /// Bytes of the assets, uncompressed (the budget is in docs/dashboard.md).
-pub fn asset_bytes() -> usize {
+#[cfg(test)]
+fn asset_bytes() -> usize {
     INDEX.len() + SCRIPT.len() + STYLE.len()
 }
 

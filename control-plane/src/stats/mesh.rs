@@ -195,9 +195,10 @@ impl MeshState {
             return true;
         }
         let key = (source.to_owned(), destination.to_owned());
+        let full = self.edges.len() >= MAX_EDGES;
         match self.edges.get_mut(&key) {
             Some(series) => series.add(slot, &sample),
-            None if self.edges.len() >= MAX_EDGES => return false,
+            None if full => return false,
             None => self.edges.entry(key).or_default().add(slot, &sample),
         }
         true
