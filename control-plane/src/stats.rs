@@ -238,16 +238,12 @@ impl Stats {
                             dropped.push(Dropped::UnknownEndpoint);
                             continue;
                         };
-                        let entry = services
-                            .entry(service.clone())
-                            .or_default()
-                            .entry(addr)
-                            .or_insert_with(|| Entry {
-                                labels: labels.clone(),
-                                series: Series::default(),
-                                ewma: None,
-                                ejected_until: None,
-                            });
+                        let entry = services.entry(service.clone()).or_default().entry(addr).or_insert_with(|| Entry {
+                            labels: labels.clone(),
+                            series: Series::default(),
+                            ewma: None,
+                            ejected_until: None,
+                        });
                         entry.series.add(slot, &sample_of(stats));
                         for m in &stats.load_metric_stats {
                             let v = m.total_metric_value;

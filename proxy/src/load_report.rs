@@ -27,13 +27,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier};
+use envoy_types::pb::envoy::config::endpoint::v3::cluster_stats::DroppedRequests;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterStats, EndpointLoadMetricStats, UpstreamEndpointStats, UpstreamLocalityStats,
 };
 use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
 use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 use outrider_xds::ads::{self, AdsError, ClientConfig};
-use envoy_types::pb::envoy::config::endpoint::v3::cluster_stats::DroppedRequests;
 use outrider_xds::latency::{
     BREAKER_STATE_METRIC, DROPPED_BREAKER, DROPPED_RETRY_BUDGET, EJECTED_METRIC, EWMA_METRIC, LATENCY_SUM_METRIC,
     RETRIES_METRIC, bucket_metric_name,
@@ -235,14 +235,12 @@ pub fn collect(snapshot: &Snapshot, wanted: &impl Wants, interval: Duration) -> 
                 total_metric_value: 0.0,
             });
         }
-        let dropped: Vec<DroppedRequests> = [
-            (DROPPED_BREAKER, resilience.rejected),
-            (DROPPED_RETRY_BUDGET, resilience.budget_exhausted),
-        ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(category, dropped_count)| DroppedRequests { category: category.to_owned(), dropped_count })
-        .collect();
+        let dropped: Vec<DroppedRequests> =
+            [(DROPPED_BREAKER, resilience.rejected), (DROPPED_RETRY_BUDGET, resilience.budget_exhausted)]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(category, dropped_count)| DroppedRequests { category: category.to_owned(), dropped_count })
+                .collect();
         out.push(ClusterStats {
             cluster_name: name.to_string(),
             cluster_service_name: cluster.service.to_string(),

@@ -112,11 +112,19 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
     frontend.wait_ready().await;
     let load = Load::start(
         frontend.client.clone(),
-        Plan { rate: 40, uris: vec!["http://reviews:8080/".into(), "http://ratings:8080/".into()], headers: Vec::new() },
+        Plan {
+            rate: 40,
+            uris: vec!["http://reviews:8080/".into(), "http://ratings:8080/".into()],
+            headers: Vec::new(),
+        },
     );
     wait::wait_for("the frontend → reviews edge in /v1/mesh", || async {
         let mesh = cp.call("GET", "/v1/mesh", "", false, None).await.json;
-        mesh["edges"].as_array()?.iter().any(|e| e["source"] == "frontend" && e["destination"] == "reviews").then_some(())
+        mesh["edges"]
+            .as_array()?
+            .iter()
+            .any(|e| e["source"] == "frontend" && e["destination"] == "reviews")
+            .then_some(())
     })
     .await;
     check(&base, "mesh", &["reviews", "ratings"]).await;
@@ -164,8 +172,11 @@ async fn the_api_serves_the_dashboard_the_graph_and_the_last_rejected_write() {
         ..ServerConfig::local(dir.path())
     });
     let http = client::http1(cp.api);
-    for (path, kind) in [("/ui/", "text/html"), ("/ui", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")] {
-        let r = client::send(&http, client::get(&format!("http://cp{path}"))).await.assert_status(200);
+    for (path, kind) in
+        [("/ui/", "text/html"), ("/ui", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")]
+    {
+        let r = client::send(&http, client::get(&format!("http://cp{path}"))).await;
+        r.assert_status(200);
         assert!(r.header("content-type").unwrap().starts_with(kind), "{path}");
         assert!(r.header("content-security-policy").unwrap().contains("default-src 'none'"), "{path}");
     }
@@ -207,7 +218,11 @@ async fn the_api_serves_the_dashboard_the_graph_and_the_last_rejected_write() {
     })
     .await;
     let edge = &mesh["edges"][0];
-    assert_eq!((edge["destination"].as_str(), edge["successRate"].as_f64()), (Some("reviews"), Some(100.0)), "{mesh:#}");
+    assert_eq!(
+        (edge["destination"].as_str(), edge["successRate"].as_f64()),
+        (Some("reviews"), Some(100.0)),
+        "{mesh:#}"
+    );
     assert_eq!(mesh["services"][0]["service"], "reviews");
     assert_eq!(mesh["services"][0]["endpoints"], 1);
     let stats = cp.stats("reviews", "window=1m").await.json;

@@ -51,7 +51,12 @@ mod tests {
         assert_eq!(asset("app.js", "/ui/app.js").headers()[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
         assert_eq!(asset("app.css", "/ui/app.css").headers()[header::CONTENT_TYPE], "text/css; charset=utf-8");
         assert_eq!(asset("../Cargo.toml", "/ui/../Cargo.toml").status(), StatusCode::NOT_FOUND);
-        assert!(asset("", "/ui").headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("default-src 'none'"));
+        assert!(
+            asset("", "/ui").headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'")
+        );
     }
 
     /// The budget: the three assets stay under 100 KB uncompressed (far under 300 KB compressed).

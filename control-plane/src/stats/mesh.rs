@@ -159,7 +159,14 @@ pub(super) struct MeshState {
 impl MeshState {
     /// Count one cluster of a report of `node` (whose service is `source`) for `destination`;
     /// `false` when the edge is new and the limit is reached.
-    pub(super) fn ingest(&mut self, node: &str, source: &str, destination: &str, slot: u64, cluster: &ClusterStats) -> bool {
+    pub(super) fn ingest(
+        &mut self,
+        node: &str,
+        source: &str,
+        destination: &str,
+        slot: u64,
+        cluster: &ClusterStats,
+    ) -> bool {
         let source = if source.is_empty() || source.len() > MAX_NAME { UNKNOWN_SOURCE } else { source };
         let mut sample = Sample::default();
         let mut retries = 0;
@@ -244,7 +251,10 @@ impl MeshState {
             + self
                 .resilience
                 .values()
-                .map(|r| r.windows.len() * std::mem::size_of::<Window>() + r.breakers.keys().map(|k| k.len() + 32).sum::<usize>())
+                .map(|r| {
+                    r.windows.len() * std::mem::size_of::<Window>()
+                        + r.breakers.keys().map(|k| k.len() + 32).sum::<usize>()
+                })
                 .sum::<usize>()
     }
 }
