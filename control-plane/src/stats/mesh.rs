@@ -242,7 +242,6 @@ impl MeshState {
             .collect()
     }
 
-
     pub(super) fn bytes(&self) -> usize {
         self.edges.iter().map(|((s, d), series)| series.bytes() + s.len() + d.len()).sum::<usize>()
             + self
