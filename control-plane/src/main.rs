@@ -94,6 +94,10 @@ enum Command {
         /// bad v3 on its first step (--duration does not apply).
         #[arg(long)]
         rollout: bool,
+        /// table: the live view; json: the live view on stderr and the numbers (per second,
+        /// per phase, summary) as one JSON document on stdout.
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: DemoOutput,
     },
     /// One of the demo's workloads (frontend, reviews) as a process of its own, unaware of any
     /// proxy: the demo's mesh in containers (docker/demo.sh) runs them beside sidecars.
@@ -181,6 +185,12 @@ struct ServeArgs {
     log_format: LogFormat,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoOutput {
+    Table,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Json,
@@ -204,12 +214,13 @@ fn main() -> ExitCode {
         ),
         Command::Validate { file, output } => validate(&file, output),
         Command::Rollout { verb, name, watch, output, conn } => cli::rollout::run(&conn, verb, &name, watch, output),
-        Command::Demo { duration, no_policy, rate, rollout } => {
+        Command::Demo { duration, no_policy, rate, rollout, output } => {
             outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs {
                 duration,
                 no_policy,
                 rate,
                 rollout,
+                json: output == DemoOutput::Json,
             })
         }
         Command::DemoApp { app } => outrider_control_plane::demo::run_app(app),

@@ -1,7 +1,8 @@
 //! The config snapshot the data path reads: built from Envoy v3 resources off
 //! the hot path, validated, then swapped in with one `ArcSwap::store`. State that
-//! must outlive a snapshot (latency estimates, connection pools) is keyed by
-//! cluster and endpoint and carried over while they still exist.
+//! must outlive a snapshot (latency estimates, connection pools, breaker state,
+//! outlier ejections) is keyed by cluster and endpoint and carried over while they
+//! still exist.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::balance::{Balanced, Balancer, LbPolicy, PeakEwma};
 use crate::http::client::{EndpointPool, UpstreamProtocol};
-use crate::policy::breaker::{ClusterCounters, StateMachine};
+use crate::policy::breaker::{ClusterThresholds, EndpointBreaker, ServiceBreaker};
 use crate::policy::budget::RetryBudget;
 use crate::policy::config::{ClusterPolicy, RoutePolicy};
 use crate::policy::outlier::{ClusterOutliers, EndpointHealth};
@@ -163,6 +164,18 @@ pub struct Split {
     pub subset: Option<BTreeMap<String, String>>,
     /// The endpoints of the cluster that carry the subset's labels.
     pub endpoints: Arc<Balancer<Arc<Endpoint>>>,
+    /// Where requests go when every endpoint of this split is open (the cluster's
+    /// `fallback`, resolved; `None` when it has none or it is this very subset).
+    pub fallback: Option<Arc<Fallback>>,
+}
+
+/// A resolved fallback: the endpoints of `cluster` that carry the fallback's labels.
+#[derive(Debug)]
+pub struct Fallback {
+    /// The cluster whose settings (connect timeout, protocol, pool, thresholds, breaker,
+    /// outlier detection) the fallback request uses: this service's, or another's.
+    pub cluster: Arc<Cluster>,
+    pub endpoints: Arc<Balancer<Arc<Endpoint>>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,8 +212,10 @@ pub struct Cluster {
 /// A cluster's resilience state that outlives snapshots.
 #[derive(Debug, Default)]
 pub struct ClusterState {
-    pub counters: Arc<ClusterCounters>,
-    pub breaker: StateMachine,
+    /// The live counts behind the thresholds (maxRequests, …), per cluster as in Envoy.
+    pub counters: Arc<ClusterThresholds>,
+    /// The state machine of `scope: service` (unused with `scope: endpoint`).
+    pub breaker: ServiceBreaker,
     pub budget: RetryBudget,
     pub outliers: ClusterOutliers,
 }
@@ -218,7 +233,7 @@ pub struct Endpoint {
     pub shared: Arc<EndpointShared>,
 }
 
-/// Per-endpoint state that survives config changes.
+/// Per-endpoint state that survives config changes (keyed by cluster and address).
 #[derive(Debug)]
 pub struct EndpointShared {
     pub ewma: PeakEwma,
@@ -226,6 +241,8 @@ pub struct EndpointShared {
     pub health: EndpointHealth,
     /// What it did since the last load report.
     pub load: crate::load_report::EndpointLoad,
+    /// The state machine of `scope: endpoint` (unused with `scope: service`).
+    pub breaker: EndpointBreaker,
 }
 
 impl Balanced for Endpoint {

@@ -1,25 +1,58 @@
-//! `outrider demo` end to end: the real binary runs its whole scenario and ends with a summary.
+//! `outrider demo` end to end: the real binary runs its whole scenario, and its JSON document
+//! (`-o json`) tells the story in numbers: with the canary v2 broken, callers still succeed and
+//! v2's breaker is open while v1 serves; the canary then moves to 50/50; the mesh does better
+//! than the raw upstreams; the sidecars talked mutual TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use outrider_tests::binary::run_to_exit;
 use outrider_tests::control_plane::outrider_bin;
+use serde_json::Value;
 use tokio::process::Command;
 
+fn num(v: &Value, what: &str) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_runs_its_scenario_and_prints_a_summary() {
+async fn demo_tells_its_story_in_numbers() {
     let mut cmd = Command::new(outrider_bin());
-    cmd.args(["demo", "--duration", "5s"]);
+    cmd.args(["demo", "--duration", "8s", "-o", "json"]);
     let out = run_to_exit(cmd).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    let summary = stdout.lines().find(|l| l.starts_with("summary: ")).expect("a summary line");
-    assert!(summary.contains("caller success") && summary.contains("raw upstream success"), "{summary}");
-    assert!(stdout.contains("v2 broken"), "the scenario breaks v2:\n{stdout}");
-    assert!(stdout.contains("canary promoted"), "the scenario shifts the canary:\n{stdout}");
-    assert!(stdout.contains("outrider status"), "it says how to look further:\n{stdout}");
-    let mtls = stdout.lines().find(|l| l.starts_with("mTLS: ")).expect("an mTLS line");
-    assert!(!mtls.contains("accepted 0 "), "the sidecars talked mutual TLS: {mtls}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    let ctx = format!("live view:\n{stderr}");
+
+    // v2 broken: callers keep succeeding, served by v1 through the fallback.
+    let broken = &doc["phases"]["broken"];
+    let caller = num(&broken["caller_success"], "the broken phase's caller success");
+    assert!(caller >= 0.995, "caller success with v2 broken: {caller}\n{ctx}");
+    assert!(num(&broken["requests"], "requests") >= 50.0, "load ran while v2 was broken\n{ctx}");
+    // The live view shows v2's breaker open while v1's is closed and v1 serves.
+    let seconds = doc["seconds"].as_array().expect("per-second rows");
+    let open_while_v1_serves = seconds.iter().filter(|s| {
+        s["phase"] == "broken"
+            && s["breaker"]["v2"] == "open"
+            && s["breaker"]["v1"] == "closed"
+            && num(&s["v1_calls"], "v1 calls") > 0.0
+    });
+    assert!(open_while_v1_serves.count() >= 1, "no second with v2's breaker open while v1 serves\n{ctx}");
+    assert!(num(&doc["summary"]["fallbacks"], "fallbacks") > 0.0, "v2's share went to v1\n{ctx}");
+    // Before it broke, the canary took about 10% of the calls.
+    let share = num(&doc["phases"]["steady"]["v2_share"], "v2's share before");
+    assert!((0.02..0.25).contains(&share), "v2's share before the promotion: {share}\n{ctx}");
+
+    // The canary moves to 50/50, as intended.
+    assert_eq!(doc["canary"]["after"], serde_json::json!([50, 50]));
+    let share = num(&doc["phases"]["shifted"]["v2_share"], "v2's share after");
+    assert!((0.35..=0.65).contains(&share), "v2's share after the promotion: {share}\n{ctx}");
+
+    // The mesh does better than the upstreams it calls.
+    let summary = &doc["summary"];
+    let (caller, upstream) = (num(&summary["caller_success"], "caller"), num(&summary["upstream_success"], "upstream"));
+    assert!(caller > upstream, "caller success {caller} is not above raw upstream success {upstream}\n{ctx}");
+    assert!(num(&summary["mtls_connections"], "mTLS connections") >= 1.0, "the sidecars talked mutual TLS\n{ctx}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,9 +38,9 @@ pub mod ads;
 
 pub use load::{load_dir, load_file, load_str};
 pub use policy::{
-    Backoff, CircuitBreaker, Endpoint, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata, MtlsMode,
-    OutlierDetection, PolicySet, Position, Protocol, Retries, RetryBudget, RetryOn, Rollout, RolloutSpec, Route,
-    RouteMatch, Service, ServiceSpec, SplitEntry, StateMachine, Step, TrafficPolicy, TrafficPolicySpec,
+    Backoff, BreakerScope, CircuitBreaker, Endpoint, Fallback, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata,
+    MtlsMode, OutlierDetection, PolicySet, Position, Protocol, Retries, RetryBudget, RetryOn, Rollout, RolloutSpec,
+    Route, RouteMatch, Service, ServiceSpec, SplitEntry, StateMachine, Step, TrafficPolicy, TrafficPolicySpec,
 };
 pub use translate::{Resources, translate};
 pub use validate::{PolicyError, PolicyErrors};

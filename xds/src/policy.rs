@@ -17,8 +17,8 @@ mod telemetry;
 
 pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzSource};
 pub use resilience::{
-    Backoff, CircuitBreaker, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries, RetryBudget, RetryOn,
-    StateMachine,
+    Backoff, BreakerScope, CircuitBreaker, Fallback, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries,
+    RetryBudget, RetryOn, StateMachine,
 };
 pub use rollout::{
     Analysis, BlueGreenStrategy, CanaryStrategy, DEFAULT_ROUTE, LinearStrategy, PREVIEW_ROUTE, Position, Rollout,

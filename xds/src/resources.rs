@@ -20,7 +20,8 @@
 //!   without a `circuitBreaker`).
 //! - `outlier_detection`: only with `outlierDetection`.
 //! - `typed_extension_protocol_options[`[`RESILIENCE_KEY`]`]`: a [`Resilience`], when the
-//!   policy has a breaker state machine, retries or an `idleTimeout`.
+//!   policy has a breaker state machine (with its scope and fallback), retries or an
+//!   `idleTimeout`.
 //! - the HTTP protocol options' `common_http_protocol_options.idle_timeout` = `idleTimeout`.
 
 use std::collections::BTreeMap;
@@ -30,7 +31,7 @@ use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
 /// `outrider.v1.Resilience`, Outrider's typed cluster extension.
 pub mod ext;
 
-pub use ext::{BreakerStateMachine, Resilience, RetryBudget};
+pub use ext::{BreakerScope, BreakerStateMachine, Fallback, Resilience, RetryBudget};
 
 /// Name of the outbound listener.
 pub const OUTBOUND_LISTENER: &str = "outbound";

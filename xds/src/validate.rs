@@ -198,7 +198,15 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     for (origin, policy) in policy_docs {
         let target = policy.spec.service.clone();
         match services.get(&target) {
-            Some((_, service)) => check_policy_against_service(&origin, &policy, service, &mut errors),
+            Some((_, service)) => {
+                check_policy_against_service(&origin, &policy, service, &mut errors);
+                // A service that failed to load already has its own error.
+                let missing = |name: &str| {
+                    let is_broken = broken.iter().any(|(k, n)| k == "Service" && n == name);
+                    (!is_broken).then(|| missing_service(name, &services, &broken))
+                };
+                resilience::check_fallback(&origin, &policy.spec, service, &services, missing, &mut errors);
+            }
             None if broken.iter().any(|(k, n)| k == "Service" && *n == target) => {}
             None => {
                 errors.push(origin.error(Some("spec.service".into()), missing_service(&target, &services, &broken)))

@@ -98,6 +98,22 @@ impl Outcome {
         }
     }
 
+    /// Whether the attempt failed at the endpoint, for the load reports (Envoy's LRS rules: a
+    /// 5xx, a gRPC error status of [`grpc::is_load_error`], or no response); `None` for a local
+    /// rejection, which never reached it.
+    pub fn load_error(self) -> Option<bool> {
+        match self {
+            Outcome::Success => Some(false),
+            Outcome::Grpc(code) => Some(grpc::is_load_error(code)),
+            Outcome::Status(_)
+            | Outcome::ConnectFailure
+            | Outcome::RefusedStream
+            | Outcome::Reset
+            | Outcome::Timeout => Some(true),
+            Outcome::Local => None,
+        }
+    }
+
     /// A label for `retries_total{reason}`.
     pub fn reason(self) -> &'static str {
         match self {

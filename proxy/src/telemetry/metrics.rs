@@ -135,6 +135,8 @@ pub struct Families {
     pub faults_injected: Family<ServiceKindLabels, Counter>,
     pub circuit_breaker_state: Family<ServiceLabels, Gauge>,
     pub circuit_breaker_rejections: Family<ServiceReasonLabels, Counter>,
+    pub circuit_breaker_endpoints: Family<EndpointStateLabels, Gauge>,
+    pub circuit_breaker_fallbacks: Family<ServiceLabels, Counter>,
     pub outlier_ejections: Family<ServiceLabels, Counter>,
     pub endpoints: Family<EndpointStateLabels, Gauge>,
     pub trace_spans_exported: Counter,
@@ -223,6 +225,18 @@ impl Metrics {
             "Requests and retries rejected by a circuit breaker, by reason (open, max-requests, max-pending, max-connections, max-retries)",
             circuit_breaker_rejections.clone(),
         );
+        let circuit_breaker_endpoints = Family::<EndpointStateLabels, Gauge>::default();
+        registry.register(
+            "circuit_breaker_endpoints",
+            "Endpoints per service by the state of their own breaker (scope: endpoint): closed, open, half-open",
+            circuit_breaker_endpoints.clone(),
+        );
+        let circuit_breaker_fallbacks = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "circuit_breaker_fallbacks",
+            "Attempts sent to the fallback because every endpoint of their split was open (or it had none)",
+            circuit_breaker_fallbacks.clone(),
+        );
         let outlier_ejections = Family::<ServiceLabels, Counter>::default();
         registry.register("outlier_ejections", "Endpoints ejected by outlier detection", outlier_ejections.clone());
         let endpoints = Family::<EndpointStateLabels, Gauge>::default();
@@ -278,6 +292,8 @@ impl Metrics {
             faults_injected,
             circuit_breaker_state,
             circuit_breaker_rejections,
+            circuit_breaker_endpoints,
+            circuit_breaker_fallbacks,
             outlier_ejections,
             endpoints,
             trace_spans_exported,
@@ -323,6 +339,8 @@ impl Metrics {
         "outrider_faults_injected_total",
         "outrider_circuit_breaker_state",
         "outrider_circuit_breaker_rejections_total",
+        "outrider_circuit_breaker_endpoints",
+        "outrider_circuit_breaker_fallbacks_total",
         "outrider_outlier_ejections_total",
         "outrider_endpoints",
         "outrider_trace_spans_exported_total",
@@ -374,6 +392,8 @@ mod tests {
         let _ = m.faults_injected.get_or_create(&ServiceKindLabels { service: svc.clone(), kind: "delay" });
         let _ = m.circuit_breaker_state.get_or_create(&ServiceLabels { service: svc.clone() });
         let _ = m.circuit_breaker_rejections.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
+        let _ = m.circuit_breaker_endpoints.get_or_create(&EndpointStateLabels { service: svc.clone(), state: "open" });
+        let _ = m.circuit_breaker_fallbacks.get_or_create(&ServiceLabels { service: svc.clone() });
         let _ = m.outlier_ejections.get_or_create(&ServiceLabels { service: svc.clone() });
         let _ = m.endpoints.get_or_create(&EndpointStateLabels { service: svc.clone(), state: "healthy" });
         let _ = m.trace_spans_dropped.get_or_create(&TraceDropLabels { reason: "queue-full" });

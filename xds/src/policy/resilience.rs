@@ -1,11 +1,12 @@
 //! The resilience fields of a TrafficPolicy: retries, circuit breaker, outlier detection and
 //! faults. Semantics: DESIGN.md §4 "Resilience semantics" and docs/policy.md.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Protocol, defaults};
+use super::defaults;
 
 /// `spec.retries`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -142,6 +143,41 @@ impl Default for RetryBudget {
     }
 }
 
+/// `spec.circuitBreaker.scope`: what one breaker state machine guards.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum BreakerScope {
+    /// One state machine per endpoint (Resilience4j guards one call target, Linkerd's failure
+    /// accrual one endpoint): an open endpoint is skipped, the others keep serving.
+    #[default]
+    Endpoint,
+    /// One state machine for the whole service: when it opens, every call to the service is
+    /// rejected (or sent to the fallback).
+    Service,
+}
+
+impl BreakerScope {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerScope::Endpoint => "endpoint",
+            BreakerScope::Service => "service",
+        }
+    }
+}
+
+/// `spec.circuitBreaker.fallback`: where a request goes when every endpoint of its split is open
+/// (or the split has no endpoints): a subset of the same service, or another service. Exactly
+/// one of the two.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fallback {
+    /// Endpoint labels of the same service, e.g. `{version: v1}`.
+    pub subset: BTreeMap<String, String>,
+    /// Another service of the same protocol family (HTTP).
+    pub service: Option<String>,
+}
+
 /// `spec.circuitBreaker`: Envoy-style thresholds (always in force) and a Resilience4j-style
 /// state machine, on as soon as one of its fields is given (see [`CircuitBreaker::state_machine`]).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -166,6 +202,10 @@ pub struct CircuitBreaker {
     pub open_duration: Option<Duration>,
     /// 1..=1000.
     pub half_open_calls: Option<u32>,
+    /// What one state machine guards; absent = `endpoint`.
+    pub scope: Option<BreakerScope>,
+    /// Where requests go when the breakers of their split are open.
+    pub fallback: Option<Fallback>,
 }
 
 impl Default for CircuitBreaker {
@@ -182,6 +222,8 @@ impl Default for CircuitBreaker {
             minimum_calls: None,
             open_duration: None,
             half_open_calls: None,
+            scope: None,
+            fallback: None,
         }
     }
 }
@@ -196,11 +238,12 @@ pub struct StateMachine {
     pub minimum_calls: u32,
     pub open_duration: Duration,
     pub half_open_calls: u32,
+    pub scope: BreakerScope,
 }
 
 impl CircuitBreaker {
-    /// The state machine, if any of its fields is given, with the others defaulted
-    /// (`minimumCalls` defaults to 100 clamped to the window).
+    /// The state machine, if any of its fields is given (`scope` and `fallback` included), with
+    /// the others defaulted (`minimumCalls` defaults to 100 clamped to the window).
     pub fn state_machine(&self) -> Option<StateMachine> {
         let on = self.failure_rate_threshold.is_some()
             || self.slow_call_duration.is_some()
@@ -208,7 +251,9 @@ impl CircuitBreaker {
             || self.window.is_some()
             || self.minimum_calls.is_some()
             || self.open_duration.is_some()
-            || self.half_open_calls.is_some();
+            || self.half_open_calls.is_some()
+            || self.scope.is_some()
+            || self.fallback.is_some();
         if !on {
             return None;
         }
@@ -221,6 +266,7 @@ impl CircuitBreaker {
             minimum_calls: self.minimum_calls.unwrap_or(defaults::MINIMUM_CALLS.min(window)),
             open_duration: self.open_duration.unwrap_or(defaults::OPEN_DURATION),
             half_open_calls: self.half_open_calls.unwrap_or(defaults::HALF_OPEN_CALLS),
+            scope: self.scope.unwrap_or_default(),
         })
     }
 
@@ -234,10 +280,11 @@ impl CircuitBreaker {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierDetection {
-    /// Absent: 5 (HTTP); 0 turns it off. Not allowed for tcp services.
+    /// Absent: 5; 0 turns it off. For a tcp service a failed connect counts as a 5xx (Envoy's
+    /// reading of a local-origin connect failure).
     #[serde(rename = "consecutive5xx")]
     pub consecutive_5xx: Option<u32>,
-    /// Absent: 0 (off). Not allowed for tcp services.
+    /// Absent: 0 (off). For a tcp service a failed connect counts as a gateway error.
     pub consecutive_gateway_errors: Option<u32>,
     /// Percent, 0..=100; 0 turns it off.
     pub failure_percentage_threshold: u32,
@@ -269,19 +316,16 @@ impl Default for OutlierDetection {
 }
 
 impl OutlierDetection {
-    /// Consecutive 5xx before ejection for a service of this protocol; 0 is off. A tcp
-    /// service has no responses, so it is always 0 there.
-    pub fn consecutive_5xx_for(&self, protocol: Protocol) -> u32 {
-        if protocol.is_http() { self.consecutive_5xx.unwrap_or(defaults::CONSECUTIVE_5XX) } else { 0 }
+    /// Consecutive 5xx before ejection; 0 is off. For a tcp service: consecutive failed
+    /// connects (a connect failure counts as a 503, as in Envoy).
+    pub fn consecutive_5xx(&self) -> u32 {
+        self.consecutive_5xx.unwrap_or(defaults::CONSECUTIVE_5XX)
     }
 
-    /// Consecutive 502/503/504 before ejection; 0 is off (always for tcp).
-    pub fn consecutive_gateway_errors_for(&self, protocol: Protocol) -> u32 {
-        if protocol.is_http() {
-            self.consecutive_gateway_errors.unwrap_or(defaults::CONSECUTIVE_GATEWAY_ERRORS)
-        } else {
-            0
-        }
+    /// Consecutive 502/503/504 before ejection; 0 is off. For a tcp service: consecutive
+    /// failed connects.
+    pub fn consecutive_gateway_errors(&self) -> u32 {
+        self.consecutive_gateway_errors.unwrap_or(defaults::CONSECUTIVE_GATEWAY_ERRORS)
     }
 }
 

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{ads, metadata, proto_duration, resilience};
-use crate::policy::{LoadBalancer, Protocol, Service, TrafficPolicy, defaults};
+use crate::policy::{LoadBalancer, PolicySet, Protocol, Service, TrafficPolicy, defaults};
 use crate::resources::{
     HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, IDENTITY_FIELD, LB_METADATA, OUTRIDER_METADATA,
     PASSTHROUGH_CLUSTER, RESILIENCE_KEY, RESILIENCE_TYPE_URL, any, bool_value, cluster_name, number_value,
@@ -41,8 +41,8 @@ pub(super) fn passthrough() -> Cluster {
     }
 }
 
-/// The EDS cluster of a service.
-pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>) -> Cluster {
+/// The EDS cluster of a service (`set` resolves references to other services).
+pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>, set: &PolicySet) -> Cluster {
     let spec = &service.spec;
     let connect_timeout = policy.map_or(defaults::CONNECT_TIMEOUT, |p| p.spec.connect_timeout);
     let balancer = policy.map_or(LoadBalancer::default(), |p| p.spec.load_balancer);
@@ -77,14 +77,12 @@ pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>)
         })
         .into_iter()
         .collect::<HashMap<_, _>>();
-    if let Some(extension) = resilience::extension(policy) {
+    if let Some(extension) = resilience::extension(service, policy, set) {
         typed_extension_protocol_options.insert(RESILIENCE_KEY.to_owned(), any(RESILIENCE_TYPE_URL, &extension));
     }
     let policy_spec = policy.map(|p| &p.spec);
     let circuit_breakers = resilience::circuit_breakers(policy_spec.and_then(|p| p.circuit_breaker.as_ref()));
-    let outlier_detection = policy_spec
-        .and_then(|p| p.outlier_detection.as_ref())
-        .map(|outlier| resilience::outlier_detection(outlier, spec.protocol));
+    let outlier_detection = policy_spec.and_then(|p| p.outlier_detection.as_ref()).map(resilience::outlier_detection);
     let outrider = struct_of([
         ("service", string_value(service.name())),
         ("protocol", string_value(spec.protocol.as_str())),
