@@ -315,15 +315,7 @@ fn write_error(state: &ApiState, e: WriteError, dry_run: bool) -> Response<Body>
     let mut body = json!({"error": e.to_string()});
     if let WriteError::Invalid(errors) = &e {
         body["valid"] = json!(false);
-        body["errors"] = errors
-            .iter()
-            .map(|e| {
-                json!({
-                    "file": e.file, "document": e.document.map(|d| d + 1), "kind": e.kind,
-                    "name": e.name, "field": e.field, "message": e.message,
-                })
-            })
-            .collect();
+        body["errors"] = errors.iter().map(outrider_xds::PolicyError::to_json).collect();
     }
     if let WriteError::Persist(p) = &e {
         tracing::error!(error = %p, "cannot persist a policy write");

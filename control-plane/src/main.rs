@@ -8,7 +8,14 @@ use outrider_control_plane::cli::{self, Connection, Output};
 use outrider_control_plane::server::{self, ServerConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "outrider", version, about = "Outrider service mesh: control plane and CLI")]
+#[command(
+    name = "outrider",
+    version,
+    about = "Outrider service mesh: control plane and CLI",
+    after_help = "Flags of `outrider control-plane` can also be set with OUTRIDER_<FLAG> (e.g. \
+                  --data-dir / OUTRIDER_DATA_DIR); the other commands read OUTRIDER_SERVER, OUTRIDER_TOKEN \
+                  and OUTRIDER_CA_ROOT."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,8 +27,10 @@ enum Command {
     ControlPlane(ServeArgs),
     /// Create or replace the documents of a file (or of every *.yaml of a directory).
     Apply {
+        /// A policy file, or a directory of them (every *.yaml / *.yml).
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+        /// Output: table, json or yaml.
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
         #[command(flatten)]
@@ -29,8 +38,11 @@ enum Command {
     },
     /// List documents: all, of a kind, or one.
     Get {
+        /// Service, TrafficPolicy, AuthorizationPolicy, Telemetry or Rollout (any case, plural too).
         kind: Option<String>,
+        /// The document's metadata.name.
         name: Option<String>,
+        /// Output: table, json, or yaml (documents ready for `apply -f`).
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
         #[command(flatten)]
@@ -38,7 +50,9 @@ enum Command {
     },
     /// Delete one document.
     Delete {
+        /// Service, TrafficPolicy, AuthorizationPolicy, Telemetry or Rollout.
         kind: String,
+        /// The document's metadata.name.
         name: String,
         #[command(flatten)]
         conn: Connection,
@@ -50,6 +64,7 @@ enum Command {
     },
     /// Connected proxies: node id, service, config version per type, ACK/NACK, last seen.
     Status {
+        /// Output: table, json or yaml.
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
         #[command(flatten)]
@@ -78,8 +93,8 @@ enum Command {
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
     },
-    /// The mesh in one process on loopback: a control plane, three services with sidecars,
-    /// a demo policy, load and a live view (~30 s).
+    /// The mesh in one process on loopback: a control plane, two services (frontend, reviews
+    /// v1 and v2) with a sidecar each, a demo policy, load and a live view (~30 s).
     Demo {
         /// How long to drive load.
         #[arg(long, default_value = "30s", value_parser = duration)]
@@ -111,8 +126,10 @@ enum Command {
 enum TokenCommand {
     /// Create a join token bound to `spiffe://<trust-domain>/ns/NS/sa/SA`.
     Create {
+        /// Namespace of the identity.
         #[arg(long)]
         namespace: String,
+        /// Service account of the identity.
         #[arg(long)]
         service_account: String,
         /// How long the token can be redeemed (e.g. 1h, 24h).
@@ -124,6 +141,7 @@ enum TokenCommand {
         /// Print only the token.
         #[arg(short = 'q', long, conflicts_with = "output")]
         quiet: bool,
+        /// Output: table, json or yaml.
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
         #[command(flatten)]
@@ -133,8 +151,10 @@ enum TokenCommand {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// xDS (gRPC) port for proxies and proxyless gRPC clients (0: any free port).
     #[arg(long, env = "OUTRIDER_XDS_PORT", default_value_t = 15010)]
     xds_port: u16,
+    /// HTTP API port (`/v1/...`, `/metrics`) for the CLI and certificate requests (0: any free port).
     #[arg(long, env = "OUTRIDER_API_PORT", default_value_t = 15014)]
     api_port: u16,
     /// Address both ports bind (loopback unless told otherwise).
@@ -143,9 +163,10 @@ struct ServeArgs {
     /// Directory of policy YAML files, watched for changes.
     #[arg(long, env = "OUTRIDER_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
-    /// Where accepted API writes are stored.
-    #[arg(long, env = "OUTRIDER_DATA_DIR", default_value = "outrider-data")]
-    data_dir: PathBuf,
+    /// Where accepted API writes, the CA root and key, and the generated API token are kept
+    /// [default: $XDG_STATE_HOME/outrider, else ~/.local/state/outrider].
+    #[arg(long, env = "OUTRIDER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Bearer token for API writes.
     #[arg(long, env = "OUTRIDER_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
     api_token: Option<String>,
@@ -181,6 +202,7 @@ struct ServeArgs {
     /// Runtime worker threads.
     #[arg(long, env = "OUTRIDER_WORKERS", default_value_t = 2)]
     workers: usize,
+    /// Logs: json (one object per line) or text (for a terminal).
     #[arg(long, env = "OUTRIDER_LOG_FORMAT", default_value = "json")]
     log_format: LogFormat,
 }
@@ -254,13 +276,28 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         (None, None) => None,
     };
+    let Some(data_dir) = args.data_dir.or_else(server::default_data_dir) else {
+        eprintln!(
+            "outrider: --data-dir is required: neither XDG_STATE_HOME nor HOME is set, so there is no \
+             per-user default ($XDG_STATE_HOME/outrider or ~/.local/state/outrider)"
+        );
+        return ExitCode::from(2);
+    };
+    if let Some(checkout) = server::git_checkout_containing(&data_dir) {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            checkout = %checkout.display(),
+            "the data dir is inside a git checkout; it holds the CA key and the API token: keep it \
+             out of commits (.gitignore) or pass --data-dir elsewhere"
+        );
+    }
     // Where clients find the root to trust (`--ca-root` of proxies and of the CLI).
-    let root_file = args.ca_cert.clone().unwrap_or_else(|| args.data_dir.join("root.pem"));
+    let root_file = args.ca_cert.clone().unwrap_or_else(|| data_dir.join("root.pem"));
     let config = ServerConfig {
         xds: SocketAddr::new(args.bind, args.xds_port),
         api: SocketAddr::new(args.bind, args.api_port),
         policy_dir: args.policy_dir,
-        data_dir: args.data_dir,
+        data_dir: data_dir.clone(),
         token,
         workers: args.workers,
         registration_grace: args.registration_grace,
@@ -275,7 +312,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let running = match server::start(config) {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, "startup failed");
+            // Once, on stderr (not also as a log line): it is the last thing the process says.
             eprintln!("outrider: {e}");
             return ExitCode::from(e.exit_code());
         }
@@ -285,6 +322,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         api = %running.api_addr,
         trust_domain = %args.trust_domain,
         tls = running.tls,
+        data_dir = %data_dir.display(),
         root = %root_file.display(),
         "listening"
     );
@@ -315,13 +353,18 @@ fn validate(path: &Path, output: Output) -> ExitCode {
     match (result, output) {
         (Ok(set), Output::Table) => {
             let resources = outrider_xds::translate(&set);
-            println!(
-                "{}: valid ({} services, {} traffic policies; version {})",
-                path.display(),
-                set.services.len(),
-                set.traffic_policies.len(),
-                resources.version
-            );
+            let mut counts = vec![
+                cli::count(set.services.len(), "service", "services"),
+                cli::count(set.traffic_policies.len(), "traffic policy", "traffic policies"),
+            ];
+            if !set.authorization_policies.is_empty() {
+                let n = set.authorization_policies.len();
+                counts.push(cli::count(n, "authorization policy", "authorization policies"));
+            }
+            if set.telemetry.is_some() {
+                counts.push("a Telemetry".to_owned());
+            }
+            println!("{}: valid ({}; version {})", path.display(), counts.join(", "), resources.version);
             ExitCode::SUCCESS
         }
         (Ok(set), _) => {
@@ -340,17 +383,49 @@ fn validate(path: &Path, output: Output) -> ExitCode {
             ExitCode::from(2)
         }
         (Err(errors), _) => {
-            let list: Vec<_> = errors
-                .iter()
-                .map(|e| {
-                    serde_json::json!({
-                        "file": e.file, "document": e.document.map(|d| d + 1), "kind": e.kind,
-                        "name": e.name, "field": e.field, "message": e.message,
-                    })
-                })
-                .collect();
+            let list: Vec<_> = errors.iter().map(outrider_xds::PolicyError::to_json).collect();
             println!("{}", serde_json::json!({"valid": false, "errors": list}));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    /// Every flag of every command: a one-line description; `control-plane` flags read
+    /// `OUTRIDER_<FLAG>`, and no other flag reads a variable that breaks that rule.
+    #[test]
+    fn every_flag_is_described_and_follows_the_environment_rule() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut commands = vec![command];
+        while let Some(command) = commands.pop() {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                assert!(!help.is_empty() && !help.contains('\n'), "{} {id}: one line of help", command.get_name());
+                if matches!(id, "help" | "version") || arg.is_positional() {
+                    continue;
+                }
+                let long = arg.get_long().unwrap_or(id);
+                let rule = format!("OUTRIDER_{}", long.to_uppercase().replace('-', "_"));
+                match arg.get_env().and_then(|e| e.to_str()) {
+                    Some(env) => assert_eq!(env, rule, "{} --{long}", command.get_name()),
+                    None => assert_ne!(command.get_name(), "control-plane", "--{long} reads no variable"),
+                }
+            }
+            commands.extend(command.get_subcommands().cloned());
+        }
+    }
+
+    #[test]
+    fn mistyped_flags_get_a_suggestion() {
+        let err = Cli::try_parse_from(["outrider", "control-plane", "--data-dri", "x"]).unwrap_err().to_string();
+        assert!(err.contains("a similar argument exists: '--data-dir'"), "{err}");
     }
 }

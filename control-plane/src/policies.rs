@@ -371,15 +371,26 @@ impl Policies {
         }
         let mut tick = tokio::time::interval(DIR_POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While the directory does not validate: since when. Its end is logged, so that the
+        // last line about the directory is not a stale error.
+        let mut failing_since = None;
         loop {
             tick.tick().await;
-            match self.reload_dir().await {
-                Ok(true) => tracing::info!("policy directory changed; new set applied"),
-                Ok(false) => {}
-                Err(errors) => tracing::error!(
-                    errors = %errors,
-                    "policy directory change rejected; the previous set stays in force"
+            match (self.reload_dir().await, failing_since.take()) {
+                (Ok(true), None) => tracing::info!("policy directory changed; new set applied"),
+                (Ok(true), Some(since)) => tracing::info!(
+                    "policy directory changed; new set applied; it was failing since {}",
+                    outrider_proxy::telemetry::log::since(since)
                 ),
+                // Unchanged (a rejected directory that has not changed since is still failing).
+                (Ok(false), since) => failing_since = since,
+                (Err(errors), since) => {
+                    failing_since = Some(since.unwrap_or_else(std::time::SystemTime::now));
+                    tracing::error!(
+                        errors = %errors,
+                        "policy directory change rejected; the previous set stays in force"
+                    );
+                }
             }
         }
     }

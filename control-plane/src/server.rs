@@ -87,6 +87,23 @@ impl ServerConfig {
     }
 }
 
+/// The default `--data-dir`: `$XDG_STATE_HOME/outrider`, else `~/.local/state/outrider` (the
+/// XDG base directory rule for state; relative values are ignored, as the rule says); `None`
+/// when neither variable gives an absolute path.
+pub fn default_data_dir() -> Option<PathBuf> {
+    let absolute = |name: &str| std::env::var_os(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    let state =
+        absolute("XDG_STATE_HOME").or_else(|| absolute("HOME").map(|home| home.join(".local").join("state")))?;
+    Some(state.join("outrider"))
+}
+
+/// The git checkout (a directory with a `.git` entry) that `dir` is in, if any: a data dir
+/// there would put a CA key one `git add .` away from a repository.
+pub fn git_checkout_containing(dir: &std::path::Path) -> Option<PathBuf> {
+    let absolute = if dir.is_absolute() { dir.to_path_buf() } else { std::env::current_dir().ok()?.join(dir) };
+    absolute.ancestors().find(|a| a.join(".git").exists()).map(std::path::Path::to_path_buf)
+}
+
 /// Default for [`ServerConfig::trust_domain`].
 pub const DEFAULT_TRUST_DOMAIN: &str = "outrider.local";
 
@@ -230,7 +247,11 @@ fn open_ca(config: &ServerConfig) -> Result<Arc<Ca>, StartError> {
 
 /// Start serving.
 pub fn start(config: ServerConfig) -> Result<Running, StartError> {
-    // The CA first: it creates the data dir private (0700).
+    // The ports first: a start that fails on a busy port leaves nothing behind (no data dir, CA
+    // or token created for a control plane that never ran).
+    let xds_l = bind("xDS", config.xds)?;
+    let api_l = bind("API", config.api)?;
+    // Then the CA: it creates the data dir private (0700).
     let ca = open_ca(&config)?;
     let tokens = Arc::new(JoinTokens::open(&config.data_dir)?);
     let serving_tls = if config.tls {
@@ -246,8 +267,6 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     };
     let policies = Policies::open(DataDir::new(config.data_dir.clone()), config.policy_dir.clone())?;
     let token = token(&config)?;
-    let xds_l = bind("xDS", config.xds)?;
-    let api_l = bind("API", config.api)?;
     let xds_addr = xds_l.local_addr().unwrap_or(config.xds);
     let api_addr = api_l.local_addr().unwrap_or(config.api);
     let runtime = tokio::runtime::Builder::new_multi_thread()

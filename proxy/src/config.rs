@@ -1,13 +1,26 @@
-//! Command-line flags of `outrider-proxy`; every flag is also read from
-//! `OUTRIDER_<FLAG>` (DESIGN.md §4).
+//! Command-line flags of `outrider-proxy`; every flag is also read from `OUTRIDER_<FLAG>`
+//! (upper case, `-` → `_`: `--xds-address` / `OUTRIDER_XDS_ADDRESS`).
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// The environment variable `--label` was read from before it followed the `OUTRIDER_<FLAG>`
+/// rule; still read when `OUTRIDER_LABEL` is not set.
+pub const LEGACY_LABELS_ENV: &str = "OUTRIDER_LABELS";
 
 #[derive(Debug, Parser)]
-#[command(name = "outrider-proxy", version, about = "Outrider service-mesh proxy")]
+#[command(
+    name = "outrider-proxy",
+    version,
+    about = "Outrider service-mesh proxy: give it a policy file (--policy) or a control plane \
+             (--xds-address); one of the two is required.",
+    after_help = "Every flag can also be set with OUTRIDER_<FLAG> (upper case, - becomes _), e.g. \
+                  --xds-address / OUTRIDER_XDS_ADDRESS.",
+    subcommand_negates_reqs = true,
+    group(ArgGroup::new("config-source").args(["policy", "xds_address"]).required(true).multiple(true))
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -49,10 +62,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "OUTRIDER_MODE", value_enum, default_value = "sidecar")]
     pub mode: Mode,
     /// Policy file (YAML) to load; watched, and reloaded on change and on SIGHUP.
+    /// This or --xds-address is required.
     #[arg(long, env = "OUTRIDER_POLICY")]
     pub policy: Option<PathBuf>,
-    /// Address of the xDS control plane, e.g. http://127.0.0.1:15010. With --policy as well,
-    /// the file is the config to start from until the control plane answers.
+    /// Address of the xDS control plane, e.g. http://127.0.0.1:15010. This or --policy is
+    /// required; with both, the file is the config to start from until the control plane answers.
     #[arg(long, env = "OUTRIDER_XDS_ADDRESS")]
     pub xds_address: Option<String>,
     /// ADS variant: delta (incremental) or sotw (state of the world).
@@ -68,14 +82,19 @@ pub struct ProxyArgs {
     /// Without it, redirected inbound traffic goes to its original destination port.
     #[arg(long, env = "OUTRIDER_APP_PORT")]
     pub app_port: Option<u16>,
+    /// Outbound listener: apps call services here (on --outbound-bind); 0 picks a free port.
     #[arg(long, env = "OUTRIDER_OUTBOUND_PORT", default_value_t = 15001)]
     pub outbound_port: u16,
+    /// Inbound listener: callers reach this workload here (on --inbound-bind); 0 picks a free port.
     #[arg(long, env = "OUTRIDER_INBOUND_PORT", default_value_t = 15006)]
     pub inbound_port: u16,
+    /// Admin API (/ready, /config_dump, /clusters, ...), always on 127.0.0.1; 0 picks a free port.
     #[arg(long, env = "OUTRIDER_ADMIN_PORT", default_value_t = 15000)]
     pub admin_port: u16,
+    /// Prometheus /metrics (on --inbound-bind); 0 picks a free port.
     #[arg(long, env = "OUTRIDER_METRICS_PORT", default_value_t = 15090)]
     pub metrics_port: u16,
+    /// /healthz/ready for orchestrators (on --inbound-bind); 0 picks a free port.
     #[arg(long, env = "OUTRIDER_HEALTH_PORT", default_value_t = 15021)]
     pub health_port: u16,
     /// Node-to-node tunnel port (node mode; not used in sidecar mode).
@@ -87,6 +106,7 @@ pub struct ProxyArgs {
     /// Address the inbound, metrics and health listeners bind.
     #[arg(long, env = "OUTRIDER_INBOUND_BIND", default_value = "0.0.0.0")]
     pub inbound_bind: IpAddr,
+    /// Logs: json (one object per line) or text (for a terminal).
     #[arg(long, env = "OUTRIDER_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
     /// Access log: one line per request / connection (on | off).
@@ -113,6 +133,7 @@ pub struct ProxyArgs {
     /// (default: the inbound listener, when it is bound to a specific IP).
     #[arg(long, env = "OUTRIDER_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Namespace of the workload (part of its identity and of the registration).
     #[arg(long, env = "OUTRIDER_NAMESPACE", default_value = "default")]
     pub namespace: String,
     /// Service account of the workload: its identity is
@@ -129,8 +150,8 @@ pub struct ProxyArgs {
     /// PEM roots that verify an https --ca-address (e.g. the control plane's DATA_DIR/root.pem).
     #[arg(long, env = "OUTRIDER_CA_ROOT")]
     pub ca_root: Option<PathBuf>,
-    /// Labels of the registered workload, KEY=VALUE, repeatable.
-    #[arg(long = "label", env = "OUTRIDER_LABELS", value_delimiter = ',')]
+    /// Label of the registered workload, KEY=VALUE (repeatable, or comma-separated).
+    #[arg(long = "label", env = "OUTRIDER_LABEL", value_delimiter = ',')]
     pub labels: Vec<String>,
     /// Node mode: the local workload API's Unix socket (`outrider-proxy node …` talks to it).
     #[arg(long, env = "OUTRIDER_NODE_SOCKET", default_value = crate::node::DEFAULT_SOCKET)]
@@ -310,7 +331,13 @@ impl ProxyArgs {
             Some(Err(_)) => return Err(ConfigError::Invalid("--advertise", "expected IP:PORT, e.g. 10.0.0.7:8080")),
         };
         let mut labels = std::collections::BTreeMap::new();
-        for l in &self.labels {
+        let legacy: Vec<String> = match std::env::var(LEGACY_LABELS_ENV) {
+            Ok(value) if self.labels.is_empty() => {
+                value.split(',').filter(|l| !l.is_empty()).map(str::to_owned).collect()
+            }
+            _ => Vec::new(),
+        };
+        for l in self.labels.iter().chain(&legacy) {
             match l.split_once('=') {
                 Some((k, v)) if !k.is_empty() => {
                     labels.insert(k.to_owned(), v.to_owned());
@@ -387,4 +414,46 @@ fn ca_from_xds(xds: &str) -> Option<http::Uri> {
     let host = uri.host()?;
     let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
     format!("{}://{host}:15014", uri.scheme_str().unwrap_or("http")).parse().ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    /// Every flag: a one-line description, and `OUTRIDER_<FLAG>` as its environment variable
+    /// (the `iptables` subcommand, a one-shot tool, reads none).
+    #[test]
+    fn every_flag_is_described_and_follows_the_environment_rule() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(!help.is_empty() && !help.contains('\n'), "--{id}: one line of help, got {help:?}");
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let long = arg.get_long().unwrap_or_else(|| panic!("{id} has a long name"));
+            let expected = format!("OUTRIDER_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(expected.as_str()), "--{long}");
+        }
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                assert!(!help.is_empty(), "{} --{}: needs help", sub.get_name(), arg.get_id());
+            }
+        }
+    }
+
+    #[test]
+    fn a_config_source_is_required_except_for_subcommands() {
+        let err = Cli::try_parse_from(["outrider-proxy"]).unwrap_err().to_string();
+        assert!(err.contains("--policy") && err.contains("--xds-address"), "{err}");
+        assert!(Cli::try_parse_from(["outrider-proxy", "iptables"]).is_ok());
+        let typo = Cli::try_parse_from(["outrider-proxy", "--polcy", "p.yaml"]).unwrap_err().to_string();
+        assert!(typo.contains("a similar argument exists: '--policy'"), "{typo}");
+    }
 }

@@ -13,8 +13,10 @@ pub struct IptablesArgs {
     /// Remove the rules (prints, or runs with --apply).
     #[arg(long)]
     pub clean: bool,
+    /// The proxy's outbound port: where outbound TCP is redirected.
     #[arg(long, default_value_t = 15001)]
     pub outbound_port: u16,
+    /// The proxy's inbound port: where inbound TCP is redirected.
     #[arg(long, default_value_t = 15006)]
     pub inbound_port: u16,
     /// Do not intercept inbound traffic.

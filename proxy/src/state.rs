@@ -45,6 +45,38 @@ pub struct Snapshot {
     pub tracing: Option<crate::telemetry::trace::Pushed>,
 }
 
+/// Versions of single resources as received, by `/config_dump` section (`listeners`, `routes`,
+/// `clusters`, `endpoints`) and resource name: Delta xDS gives each resource its own; SotW and
+/// the policy file only a version per type.
+pub type ResourceVersions = BTreeMap<&'static str, BTreeMap<String, String>>;
+
+/// The `/config_dump` sections, and the field that names a resource in each.
+const DUMP_SECTIONS: [(&str, &str); 4] =
+    [("listeners", "name"), ("routes", "name"), ("clusters", "name"), ("endpoints", "cluster_name")];
+
+impl Snapshot {
+    /// Writes into the `/config_dump` view the version of each type (from `versions`) and of
+    /// each resource (from `resources`, else its type's).
+    pub fn stamp_versions(&mut self, resources: &ResourceVersions) {
+        for (section, key) in DUMP_SECTIONS {
+            let type_version = match section {
+                "listeners" => &self.versions.listeners,
+                "routes" => &self.versions.routes,
+                "clusters" => &self.versions.clusters,
+                _ => &self.versions.endpoints,
+            };
+            let Some(dump) = self.dump.get_mut(section).and_then(serde_json::Value::as_object_mut) else { continue };
+            dump.insert("version".into(), type_version.clone().into());
+            let Some(list) = dump.get_mut("resources").and_then(serde_json::Value::as_array_mut) else { continue };
+            for resource in list.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+                let name = resource.get(key).and_then(serde_json::Value::as_str).unwrap_or_default();
+                let version = resources.get(section).and_then(|r| r.get(name)).unwrap_or(type_version);
+                resource.insert("version".into(), version.clone().into());
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Versions {
     pub listeners: String,

@@ -43,6 +43,13 @@ pub mod wait;
 
 pub use harness::ProxyHarness;
 
+/// `OUTRIDER_LONG_TESTS=1`: tests that can run for a while (today: certificate rotation under
+/// load) run their long version, as before a release; by default they stop as soon as what they
+/// check has happened.
+pub fn long_tests() -> bool {
+    std::env::var("OUTRIDER_LONG_TESTS").is_ok_and(|v| v == "1")
+}
+
 /// A test whose prerequisites are missing says so and returns — unless
 /// `OUTRIDER_REQUIRE_ALL=1` (set by `.ci/run`), where a skip would hide a gap
 /// and fails instead.

@@ -4,7 +4,9 @@
 //! than the raw upstreams; the sidecars talked mutual TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use outrider_tests::binary::run_to_exit;
+use std::time::Duration;
+
+use outrider_tests::binary::run_to_exit_after;
 use outrider_tests::control_plane::outrider_bin;
 use serde_json::Value;
 use tokio::process::Command;
@@ -17,7 +19,7 @@ fn num(v: &Value, what: &str) -> f64 {
 async fn demo_tells_its_story_in_numbers() {
     let mut cmd = Command::new(outrider_bin());
     cmd.args(["demo", "--duration", "8s", "-o", "json"]);
-    let out = run_to_exit(cmd).await;
+    let out = run_to_exit_after(cmd, Duration::from_secs(8)).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);

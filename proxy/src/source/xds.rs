@@ -18,7 +18,7 @@ use outrider_xds::resources::{
 };
 use parking_lot::Mutex;
 
-use crate::state::{Builder, Store, Versions};
+use crate::state::{Builder, ResourceVersions, Store, Versions};
 use crate::telemetry::metrics::{Metrics, TypeLabels, XdsLabels, version_value};
 
 /// Which ADS variant to use (`--xds-protocol`).
@@ -41,6 +41,8 @@ pub struct XdsConfig {
 struct Accepted {
     resources: Resources,
     versions: Versions,
+    /// Each resource's own version, for `/config_dump`.
+    resource_versions: ResourceVersions,
     /// Types received from the server so far.
     received: BTreeSet<&'static str>,
 }
@@ -144,6 +146,9 @@ impl XdsHandler {
         let mut accepted = self.accepted.lock();
         let mut next = accepted.clone();
         let version = update.version.to_owned();
+        let own: std::collections::BTreeMap<String, String> =
+            update.resources.iter().map(|(name, r)| (name.clone(), r.version.clone())).collect();
+        next.resource_versions.insert(label_section(update.type_url), own);
         match update.type_url {
             LISTENER_TYPE_URL => {
                 next.resources.listeners = decode_all(update)?;
@@ -179,6 +184,7 @@ impl XdsHandler {
             next.received.insert(l);
         }
         snapshot.versions = next.versions.clone();
+        snapshot.stamp_versions(&next.resource_versions);
         let complete = next.received.len() == ALL_TYPES.len();
         if complete || self.started {
             self.store.apply(snapshot);
@@ -186,6 +192,16 @@ impl XdsHandler {
         }
         *accepted = next;
         Ok(())
+    }
+}
+
+/// The `/config_dump` section of a type URL.
+fn label_section(type_url: &str) -> &'static str {
+    match type_url {
+        LISTENER_TYPE_URL => "listeners",
+        ROUTE_CONFIGURATION_TYPE_URL => "routes",
+        CLUSTER_TYPE_URL => "clusters",
+        _ => "endpoints",
     }
 }
 
@@ -393,6 +409,34 @@ mod tests {
             handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v3", resources: &garbage }).unwrap_err();
         assert!(err.contains("cannot decode"), "{err}");
         assert_eq!(store.load().versions.clusters, "v1");
+    }
+
+    /// `/config_dump` shows each resource's own version (Delta) and each type's version, not
+    /// the version of whichever update came last.
+    #[test]
+    fn the_dump_has_the_version_of_each_resource_and_of_each_type() {
+        let store = Arc::new(Store::new());
+        let handler = XdsHandler::new(store.clone(), Metrics::new(), None);
+        let res = outrider_xds::translate(&outrider_xds::load_str("t.yaml", POLICY).unwrap());
+        for (type_url, resources) in updates(&res) {
+            handler.update(&Update { type_url, version: "v1", resources: &resources }).unwrap();
+        }
+        let mut clusters = typed(CLUSTER_TYPE_URL, &res.clusters, |c| c.name.clone());
+        for resource in clusters.values_mut() {
+            resource.version = "c7".into();
+        }
+        handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v2", resources: &clusters }).unwrap();
+        let dump = store.load().dump.clone();
+        assert_eq!(dump["clusters"]["version"], "v2");
+        assert_eq!(dump["listeners"]["version"], "v1", "a cluster update leaves the listeners' version");
+        let echo =
+            dump["clusters"]["resources"].as_array().unwrap().iter().find(|c| c["name"] == "outbound|8080||echo");
+        assert_eq!(echo.unwrap()["version"], "c7");
+        for section in ["listeners", "routes", "endpoints"] {
+            for resource in dump[section]["resources"].as_array().unwrap() {
+                assert_eq!(resource["version"], "v1", "{section}: {resource}");
+            }
+        }
     }
 
     #[test]

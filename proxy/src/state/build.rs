@@ -253,7 +253,9 @@ impl Builder {
         }
         drop(carried);
         drop(carried_clusters);
-        (Snapshot { versions, outbound, vhosts, clusters, inbound, dump, tracing }, rejected)
+        let mut snapshot = Snapshot { versions, outbound, vhosts, clusters, inbound, dump, tracing };
+        snapshot.stamp_versions(&ResourceVersions::new());
+        (snapshot, rejected)
     }
 }
 

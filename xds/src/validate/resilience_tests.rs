@@ -342,7 +342,7 @@ fn every_range_error_names_its_field() {
     let errors = errors_for("http", "  retries: {attempts: 11}\n");
     assert_eq!(
         errors.to_string(),
-        "policy.yaml: document 2 (TrafficPolicy/reviews): spec.retries.attempts: must be between \
+        "policy.yaml:11:13: document 2 (TrafficPolicy/reviews): spec.retries.attempts: must be between \
          0 and 10 (got 11)"
     );
 }
