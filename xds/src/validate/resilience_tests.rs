@@ -521,10 +521,10 @@ fn durations_have_an_upper_bound_per_field() {
     assert_eq!((field.as_str(), message.as_str()), ("spec.timeout", "must be at most 24h (got 87660000h)"));
     let errors = errors_for("http", "  timeout: 99999999999999999999s\n");
     assert!(errors.to_string().contains("too large"), "{errors}");
-    // The whole message names file, document, kind/name and field.
+    // The whole message names file (with line and column), document, kind/name and field.
     let errors = errors_for("http", "  faults: {delay: {percent: 100, duration: 2h}}\n");
     assert_eq!(
         errors.to_string(),
-        "policy.yaml: document 2 (TrafficPolicy/reviews): spec.faults.delay.duration: must be at most 1h (got 2h)"
+        "policy.yaml:11:34: document 2 (TrafficPolicy/reviews): spec.faults.delay.duration: must be at most 1h (got 2h)"
     );
 }
