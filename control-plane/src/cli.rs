@@ -3,7 +3,11 @@
 //! Exit codes: 0 ok, 1 runtime failure (server unreachable, conflict, server error), 2 bad
 //! usage or invalid input.
 
+/// `outrider check`.
+pub mod check;
 pub mod client;
+/// `outrider inject`.
+pub mod inject;
 /// `outrider rollout VERB NAME [-w]`.
 pub mod rollout;
 
@@ -290,8 +294,18 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
     println!("config version {}", v["version"].as_str().unwrap_or(""));
     let mut rows = Vec::new();
     let mut nacks = Vec::new();
+    let mut warnings = Vec::new();
     for p in v["proxies"].as_array().into_iter().flatten() {
         let node = p["nodeId"].as_str().unwrap_or("");
+        if let Some(why) = p["registrationRefused"].as_str() {
+            warnings.push(format!("REGISTRATION REFUSED {node}: {why}"));
+        }
+        if p["serviceMissing"].as_bool() == Some(true) {
+            warnings.push(format!(
+                "SERVICE MISSING {node}: service {:?} is not in the config; its inbound traffic has no mTLS mode or authorization policy",
+                p["service"].as_str().unwrap_or("")
+            ));
+        }
         let mut cell = |t: &str| {
             let s = &p["types"][t];
             if s.is_null() {
@@ -324,6 +338,9 @@ pub fn status(conn: &Connection, output: Output) -> ExitCode {
     print!("{}", table(&header, rows));
     for n in nacks {
         println!("NACK {n}");
+    }
+    for w in warnings {
+        println!("{w}");
     }
     ExitCode::SUCCESS
 }

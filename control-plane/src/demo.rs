@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use crate::cli::client;
 use crate::server::{self, ServerConfig};
 use apps::Reviews;
-use report::{Answers, Load, Phase, ms, pct, percentile, prom_sum, ratio};
+use report::{Answers, Load, Phase, ms, pct, percentile, prom_sum, ratio, wrap};
 
 /// `outrider demo` flags.
 #[derive(Debug, Clone)]
@@ -46,6 +46,9 @@ pub struct DemoArgs {
     pub rollout: bool,
     /// Print the result as one JSON document on stdout (the live view goes to stderr).
     pub json: bool,
+    /// After the run, keep the mesh up (idle) until Ctrl-C or SIGTERM, printing how to look
+    /// at it.
+    pub keep_running: bool,
 }
 
 /// The canary split before and after the promotion (v1, v2).
@@ -134,7 +137,7 @@ pub fn run(args: DemoArgs) -> ExitCode {
     let api = format!("http://{}", cp.api_addr);
     let result = rt.block_on(async {
         if args.rollout {
-            rollout::story(args.rate, &api, cp.xds_addr, &token, &data_dir).await
+            rollout::story(args.rate, args.keep_running, &api, cp.xds_addr, &token, &data_dir).await
         } else {
             demo(&args, &api, cp.xds_addr, &token, &data_dir).await
         }
@@ -187,10 +190,8 @@ async fn sidecar(
             ca_root: None,
         }),
         xds: Some(XdsConfig {
-            address: format!("http://{xds}"),
-            protocol: Protocol::Delta,
-            advertise: None,
             labels: [("version".to_owned(), version.to_owned())].into(),
+            ..XdsConfig::new(format!("http://{xds}"), Protocol::Delta)
         }),
         service: Some(service.to_owned()),
         app_port,
@@ -281,10 +282,12 @@ fn schedule(secs: u64) -> [(u64, Phase); 3] {
 
 async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &std::path::Path) -> anyhow::Result<()> {
     let screen = Screen { json: args.json };
-    screen.line(
-        "outrider demo: a control plane, frontend → reviews (v1 healthy, v2 the canary, a little flaky), a sidecar \
-         each; loopback only\n",
-    );
+    screen.line(wrap(
+        "outrider demo: ",
+        "  ",
+        "a control plane, frontend → reviews (v1 healthy, v2 the canary, a little flaky), a sidecar each, \
+         loopback only\n",
+    ));
     let v1 = Reviews::new("v1", 0, 0);
     let v2 = Reviews::new("v2", 2, 10);
     let v1_addr = apps::start_reviews(v1.clone(), LOOPBACK_ANY).await?;
@@ -331,44 +334,55 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
 
     let secs = args.duration.as_secs().max(MIN_SECONDS);
     let schedule = schedule(secs);
-    screen.line(format!("control plane API  {api}   (while it runs: outrider status --server {api})"));
-    screen.line(
-        "mTLS               frontend → reviews over mutual TLS 1.3 (HTTP/2 between the sidecars), identities \
-         spiffe://outrider.local/ns/default/sa/frontend → …/sa/reviews, issued by the control plane's CA",
+    // What runs where: a label column of 20, the rest wrapped under it.
+    let info = |label: &str, text: String| screen.line(wrap(&format!("{label:<20}"), &" ".repeat(20), &text));
+    info("control plane API", format!("{api}  (outrider status --server {api})"));
+    info(
+        "mTLS",
+        "frontend → reviews over mutual TLS 1.3, HTTP/2 between the sidecars; identities \
+         spiffe://outrider.local/ns/default/sa/frontend → …/sa/reviews from the control plane's CA"
+            .to_owned(),
     );
-    screen.line(format!(
-        "frontend sidecar   http://{}/metrics, http://{}/clusters",
-        front_car.addrs.metrics, front_car.addrs.admin
-    ));
-    screen.line(format!("reviews v1 sidecar http://{}/metrics", v1_car.addrs.metrics));
-    screen.line(format!("reviews v2 sidecar http://{}/metrics", v2_car.addrs.metrics));
-    screen.line(format!(
-        "policy: {}\nload: {} req/s for {secs}s; v2 breaks at {}s, heals at {}s, the canary goes 50/50 at {}s\n",
+    info(
+        "frontend sidecar",
+        format!(
+            "metrics http://{}/metrics, endpoints and breakers http://{}/clusters",
+            front_car.addrs.metrics, front_car.addrs.admin
+        ),
+    );
+    info("reviews v1 sidecar", format!("metrics http://{}/metrics", v1_car.addrs.metrics));
+    info("reviews v2 sidecar", format!("metrics http://{}/metrics", v2_car.addrs.metrics));
+    info(
+        "policy",
         if policy {
-            "retries (2, budget 30%), a breaker per endpoint (opens at 50% failures of its last 6 calls, for 2s) \
-             with v1 as the fallback, canary v1 90 / v2 10"
+            "retries (2, budget 30%), a breaker per endpoint (opens at 50% failures of its last 6 calls, \
+             for 2s) with v1 as the fallback, canary v1 90 / v2 10"
         } else {
             "canary v1 90 / v2 10 only (--no-policy): no retries, no breaker, no fallback"
-        },
-        args.rate,
-        schedule[0].0,
-        schedule[1].0,
-        schedule[2].0,
+        }
+        .to_owned(),
+    );
+    info(
+        "load",
+        format!(
+            "{} req/s for {secs}s; v2 breaks at {}s, heals at {}s, the canary goes 50/50 at {}s",
+            args.rate, schedule[0].0, schedule[1].0, schedule[2].0,
+        ),
+    );
+    screen.line("");
+    screen.line(wrap(
+        "columns: ",
+        "  ",
+        "one row per second. caller = the frontend's calls that succeeded (what users see, after \
+         retries and the fallback); upstream = the tries that reviews v1 and v2 answered with \
+         success (raw, before the mesh helps); retries = tries sent again; fallback = tries sent to \
+         v1 because v2's breaker was open; v1 brk, v2 brk = each version's breaker as the \
+         frontend's sidecar sees it; p50, p99 = the caller's latency; v1/v2 = the tries each \
+         version received.\n",
     ));
     screen.line(format!(
-        "{:>4}  {:<8} {:>6}  {:>8} {:>9}  {:>7} {:>8}  {:<9} {:<9} {:>7} {:>7}  {:>11}",
-        "t",
-        "phase",
-        "req/s",
-        "caller",
-        "upstream",
-        "retries",
-        "fallback",
-        "v1 brk",
-        "v2 brk",
-        "p50",
-        "p99",
-        "v1/v2 calls"
+        "{:>4} {:<8}{:>6} {:>7} {:>8} {:>7} {:>8} {:<9} {:<9} {:>7} {:>8} {:>9}",
+        "t", "phase", "req/s", "caller", "upstream", "retries", "fallback", "v1 brk", "v2 brk", "p50", "p99", "v1/v2"
     ));
 
     let load = Arc::new(Load::default());
@@ -425,7 +439,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
                 v2_opened += 1;
             }
             let what = format!("v2's breaker {last_v2} → {b2}");
-            screen.line(format!("  --  t={t}s {what}"));
+            screen.line(wrap(&format!("  --  t={t}s "), EVENT_INDENT, &what));
             events.push(json!({"t": t, "event": what}));
             last_v2 = b2.clone();
         }
@@ -440,12 +454,12 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
         let (p50, p99) = (percentile(&window, 0.5), percentile(&window, 0.99));
         let brk = |s: &str| if policy { s.to_owned() } else { "-".to_owned() };
         screen.line(format!(
-            "{:>3}s  {:<8} {:>6}  {:>8} {:>9}  {:>7} {:>8}  {:<9} {:<9} {:>7} {:>7}  {:>11}",
+            "{:>3}s {:<8}{:>6} {:>7} {:>8} {:>7} {:>8} {:<9} {:<9} {:>7} {:>8} {:>9}",
             t,
             phase.label(),
             requests,
-            pct(caller_success),
-            pct(upstream_success),
+            pct(caller_success).trim(),
+            pct(upstream_success).trim(),
             (retries - last_retries).max(0.0) as u64,
             (fallbacks - last_fallbacks).max(0.0) as u64,
             brk(&b1),
@@ -503,7 +517,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
                 )
             }
         };
-        screen.line(format!("  --  t={t}s {what}"));
+        screen.line(wrap(&format!("  --  t={t}s "), EVENT_INDENT, &what));
         events.push(json!({"t": t, "event": what}));
     }
     let _ = generator.await;
@@ -536,44 +550,58 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
 
     screen.line("\nevents:");
     for e in &events {
-        screen.line(format!("  t={}s {}", e["t"], e["event"].as_str().unwrap_or_default()));
+        screen.line(wrap(&format!("  t={}s ", e["t"]), "        ", e["event"].as_str().unwrap_or_default()));
     }
     let broken = &phases["broken"];
-    screen.line(format!(
-        "\nsummary: {} requests in {secs}s; caller success {} vs raw upstream success {}; while v2 was broken: \
+    screen.line("");
+    screen.line(wrap(
+        "summary: ",
+        "  ",
+        &format!(
+            "{} requests in {secs}s; caller success {} vs raw upstream success {}; while v2 was broken: \
          caller success {}, v2's breaker open {} of {} seconds, {fallbacks} calls sent to the v1 fallback; \
          {retries} retries ({exhausted} held back by the budget); v2's breaker opened {v2_opened}x, rejected \
          {rejected}; after the promotion v2 took {} of the calls; p50 {} p99 {}",
-        ok + failed,
-        pct(caller_success).trim(),
-        pct(upstream_success).trim(),
-        pct(broken["caller_success"].as_f64()).trim(),
-        broken["seconds_v2_breaker_open"],
-        broken["seconds"],
-        pct(phases["shifted"]["v2_share"].as_f64()).trim(),
-        ms(percentile(&all, 0.5)),
-        ms(percentile(&all, 0.99)),
+            ok + failed,
+            pct(caller_success).trim(),
+            pct(upstream_success).trim(),
+            pct(broken["caller_success"].as_f64()).trim(),
+            broken["seconds_v2_breaker_open"],
+            broken["seconds"],
+            pct(phases["shifted"]["v2_share"].as_f64()).trim(),
+            ms(percentile(&all, 0.5)),
+            ms(percentile(&all, 0.99)),
+        ),
     ));
-    screen.line(format!(
-        "mTLS: the reviews sidecars accepted {mtls} mutual-TLS connection(s) from the frontend's sidecar, \
-         every request multiplexed over them (outrider_tls_connections_total)"
+    screen.line(wrap(
+        "mTLS: ",
+        "  ",
+        &format!(
+            "the reviews sidecars accepted {mtls} mutual-TLS connection(s) from the frontend's sidecar, \
+             every request multiplexed over them (outrider_tls_connections_total)"
+        ),
     ));
-    if policy {
-        screen.line(
-            "contrast: run `outrider demo --no-policy` to see the same load without retries, breaker or fallback.",
-        );
+    let hint = |command: &str, what: &str| screen.line(format!("  {command:<44} # {what}"));
+    if args.keep_running {
+        screen.line("\nthe mesh stays up (no more load) until Ctrl-C; meanwhile:");
+        hint(&format!("outrider status --server {api}"), "proxies, config versions, ACK/NACK");
+        hint(&format!("outrider get --server {api}"), "the services and the policy");
+        hint(&format!("curl -s http://{}/clusters", front_car.addrs.admin), "endpoints, breakers, latency");
+        hint(&format!("curl -s http://{}/metrics", front_car.addrs.metrics), "the frontend sidecar's metrics");
+        hint(&format!("export OUTRIDER_TOKEN={token}"), "then `outrider apply --server …` works");
     } else {
-        screen.line("contrast: run `outrider demo` to see the same load with the demo policy.");
+        screen.line("\nlook further (these work after the demo has ended):");
+        if policy {
+            hint("outrider demo --no-policy", "the same load without retries, breaker, fallback");
+        } else {
+            hint("outrider demo", "the same load with the demo policy");
+        }
+        hint("outrider demo --keep-running", "the same, then the mesh stays up to look around");
+        hint("outrider demo --rollout", "a release: v2 promoted step by step, v3 aborted");
+        hint("outrider validate -f examples/policy.yaml", "check a policy file offline");
+        hint("outrider control-plane --log-format text", "a control plane of your own (README)");
+        screen.line("  docs/policy.md, docs/metrics.md: the policy and the numbers behind each column");
     }
-    screen.line(format!(
-        "\nlook further:\n  outrider control-plane --log-format text      # a control plane of your own\n  \
-         outrider apply -f examples/policy.yaml         # apply a policy (docs/policy.md)\n  \
-         outrider status                                # proxies, config versions, ACK/NACK\n  \
-         outrider demo --rollout                        # a release: v2 promoted step by step, v3 aborted\n  \
-         each sidecar serves Prometheus text at http://<metrics-port>/metrics (docs/metrics.md) and its \
-         endpoints' breaker states at http://<admin-port>/clusters; during this run: http://{}/clusters",
-        front_car.addrs.admin
-    ));
     if args.json {
         let doc = json!({
             "policy": policy,
@@ -601,10 +629,32 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
+
+    if args.keep_running {
+        until_stopped().await;
+        screen.line("stopping the mesh");
+    }
     for app in [front_car, v1_car, v2_car] {
         app.shutdown().await;
     }
     Ok(())
+}
+
+/// Event lines wrap under their text.
+const EVENT_INDENT: &str = "             ";
+
+/// Until Ctrl-C (SIGINT) or SIGTERM.
+async fn until_stopped() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
 }
 
 #[cfg(test)]

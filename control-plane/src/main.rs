@@ -1,4 +1,5 @@
 //! `outrider`: the control plane (`outrider control-plane`) and the CLI that talks to it.
+use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve: xDS to proxies, the HTTP API, the watched policy directory.
-    ControlPlane(ServeArgs),
+    ControlPlane(Box<ServeArgs>),
     /// Create or replace the documents of a file (or of every *.yaml of a directory).
     Apply {
         /// A policy file, or a directory of them (every *.yaml / *.yml).
@@ -93,6 +94,32 @@ enum Command {
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
     },
+    /// Add the outrider-proxy sidecar to the pods and pod templates of Kubernetes YAML (what
+    /// the injection webhook does), written to standard output.
+    Inject {
+        /// A YAML file of one or more documents, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        inject: outrider_control_plane::kubernetes::inject::InjectArgs,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Is the mesh on this cluster in order? CRDs, the webhook and its caBundle, replicas,
+    /// proxies in sync, certificates, policies; a fix for each failure. Exit 0 only when all pass.
+    Check {
+        /// Kubeconfig (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+        #[arg(long, env = "OUTRIDER_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// A kubeconfig context other than the current one.
+        #[arg(long, env = "OUTRIDER_KUBE_CONTEXT")]
+        kube_context: Option<String>,
+        /// The control plane's namespace.
+        #[arg(long, default_value = outrider_control_plane::kubernetes::defaults::NAMESPACE)]
+        namespace: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// The mesh in one process on loopback: a control plane, two services (frontend, reviews
     /// v1 and v2) with a sidecar each, a demo policy, load and a live view (~30 s).
     Demo {
@@ -113,6 +140,10 @@ enum Command {
         /// per phase, summary) as one JSON document on stdout.
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: DemoOutput,
+        /// After the run, keep the mesh up until Ctrl-C and print how to look at it (status,
+        /// metrics, breakers). Default: yes when the output is a terminal and not -o json.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        keep_running: Option<bool>,
     },
     /// One of the demo's workloads (frontend, reviews) as a process of its own, unaware of any
     /// proxy: the demo's mesh in containers (docker/demo.sh) runs them beside sidecars.
@@ -192,6 +223,10 @@ struct ServeArgs {
     /// Extra DNS name or IP in the control plane's certificate (repeatable, or comma-separated).
     #[arg(long = "tls-san", env = "OUTRIDER_TLS_SAN", value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// Let xDS streams without a client certificate or join token register endpoints of any
+    /// Service (demos and local tries only; see docs/security.md).
+    #[arg(long, env = "OUTRIDER_INSECURE_REGISTRATION")]
+    insecure_registration: bool,
     /// How long a sidecar's endpoint registration outlives its xDS stream.
     #[arg(long, env = "OUTRIDER_REGISTRATION_GRACE", default_value = "10s", value_parser = duration)]
     registration_grace: std::time::Duration,
@@ -199,6 +234,40 @@ struct ServeArgs {
     /// for them more often.
     #[arg(long, env = "OUTRIDER_LOAD_REPORT_INTERVAL", default_value = "5s", value_parser = duration)]
     load_report_interval: std::time::Duration,
+    /// Kubernetes mode: Services, EndpointSlices and the outrider.io custom resources of the
+    /// cluster are the policies (no --policy-dir, no API writes); the CA root is kept in a Secret.
+    #[arg(long, env = "OUTRIDER_KUBERNETES")]
+    kubernetes: bool,
+    /// Kubeconfig for --kubernetes (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long, env = "OUTRIDER_KUBECONFIG", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// A kubeconfig context other than the current one.
+    #[arg(long, env = "OUTRIDER_KUBE_CONTEXT", requires = "kubernetes")]
+    kube_context: Option<String>,
+    /// The control plane's namespace (its CA Secret, Lease, mesh-wide Telemetry).
+    #[arg(long, env = "OUTRIDER_NAMESPACE", default_value = outrider_control_plane::kubernetes::defaults::NAMESPACE)]
+    namespace: String,
+    /// DNS suffix of the cluster's Services.
+    #[arg(long, env = "OUTRIDER_CLUSTER_DOMAIN", default_value = outrider_control_plane::kubernetes::defaults::CLUSTER_DOMAIN)]
+    cluster_domain: String,
+    /// This replica's name in the leader-election Lease (default: host name and process id).
+    #[arg(long, env = "OUTRIDER_REPLICA_NAME")]
+    replica_name: Option<String>,
+    /// With --kubernetes: the injection webhook's port (TLS, path /inject); 0 for none.
+    #[arg(long, env = "OUTRIDER_WEBHOOK_PORT", default_value_t = outrider_control_plane::kubernetes::webhook::DEFAULT_PORT)]
+    webhook_port: u16,
+    /// The MutatingWebhookConfiguration whose caBundle this control plane keeps equal to its CA's
+    /// roots ("" to leave it to you).
+    #[arg(long, env = "OUTRIDER_WEBHOOK_CONFIGURATION", default_value = outrider_control_plane::kubernetes::webhook::CONFIGURATION)]
+    webhook_configuration: String,
+    /// How the webhook injects pods (also the audience of the service-account tokens the CA
+    /// accepts).
+    #[command(flatten)]
+    inject: outrider_control_plane::kubernetes::inject::InjectArgs,
+    /// How long the leader's Lease holds without renewal before another replica takes over
+    /// (the leader renews at a third of it). Default 15s.
+    #[arg(long, env = "OUTRIDER_LEASE_DURATION", value_parser = duration, requires = "kubernetes")]
+    lease_duration: Option<std::time::Duration>,
     /// Runtime worker threads.
     #[arg(long, env = "OUTRIDER_WORKERS", default_value_t = 2)]
     workers: usize,
@@ -222,7 +291,7 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::ControlPlane(args) => serve(args),
+        Command::ControlPlane(args) => serve(*args),
         Command::Apply { file, output, conn } => cli::apply(&conn, &file, output),
         Command::Get { kind, name, output, conn } => cli::get(&conn, kind.as_deref(), name.as_deref(), output),
         Command::Delete { kind, name, conn } => cli::delete(&conn, &kind, &name),
@@ -236,13 +305,24 @@ fn main() -> ExitCode {
         ),
         Command::Validate { file, output } => validate(&file, output),
         Command::Rollout { verb, name, watch, output, conn } => cli::rollout::run(&conn, verb, &name, watch, output),
-        Command::Demo { duration, no_policy, rate, rollout, output } => {
+        Command::Inject { file, inject, conn } => cli::inject::inject(&conn, &file, &inject),
+        Command::Check { kubeconfig, kube_context, namespace, conn } => {
+            let mut kube = outrider_control_plane::kubernetes::KubeSettings::new();
+            kube.kubeconfig = kubeconfig;
+            kube.context = kube_context;
+            kube.namespace = namespace;
+            cli::check::check(&cli::check::CheckArgs { kube, conn })
+        }
+        Command::Demo { duration, no_policy, rate, rollout, output, keep_running } => {
+            let json = output == DemoOutput::Json;
+            let keep_running = keep_running.unwrap_or_else(|| !json && std::io::stdout().is_terminal());
             outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs {
                 duration,
                 no_policy,
                 rate,
                 rollout,
-                json: output == DemoOutput::Json,
+                json,
+                keep_running,
             })
         }
         Command::DemoApp { app } => outrider_control_plane::demo::run_app(app),
@@ -292,7 +372,23 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
     }
     // Where clients find the root to trust (`--ca-root` of proxies and of the CLI).
-    let root_file = args.ca_cert.clone().unwrap_or_else(|| data_dir.join("root.pem"));
+    let root_file = match (&args.ca_cert, args.kubernetes) {
+        (_, true) => format!("Secret {}/{}", args.namespace, outrider_control_plane::kubernetes::ca_secret::CA_SECRET),
+        (Some(cert), false) => cert.display().to_string(),
+        (None, false) => data_dir.join("root.pem").display().to_string(),
+    };
+    let inject = match args.inject.config("") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outrider: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let webhook = outrider_control_plane::kubernetes::webhook::WebhookSettings {
+        listen: (args.webhook_port != 0).then(|| SocketAddr::new(args.bind, args.webhook_port)),
+        inject,
+        configuration: (!args.webhook_configuration.is_empty()).then_some(args.webhook_configuration),
+    };
     let config = ServerConfig {
         xds: SocketAddr::new(args.bind, args.xds_port),
         api: SocketAddr::new(args.bind, args.api_port),
@@ -308,6 +404,22 @@ fn serve(args: ServeArgs) -> ExitCode {
         tls: args.tls,
         tls_sans: args.tls_san,
         load_report_interval: args.load_report_interval,
+        insecure_registration: args.insecure_registration,
+        kubernetes: args.kubernetes.then(|| {
+            let mut k = outrider_control_plane::kubernetes::KubeSettings::new();
+            k.kubeconfig = args.kubeconfig;
+            k.context = args.kube_context;
+            k.namespace = args.namespace;
+            k.cluster_domain = args.cluster_domain;
+            if let Some(name) = args.replica_name {
+                k.identity = name;
+            }
+            if let Some(d) = args.lease_duration {
+                k.lease_duration = d;
+            }
+            k
+        }),
+        webhook,
     };
     let running = match server::start(config) {
         Ok(r) => r,
@@ -323,7 +435,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         trust_domain = %args.trust_domain,
         tls = running.tls,
         data_dir = %data_dir.display(),
-        root = %root_file.display(),
+        root = %root_file,
         "listening"
     );
     // Stop on SIGTERM / SIGINT: accepted writes are already durable.

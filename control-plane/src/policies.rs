@@ -163,6 +163,25 @@ impl Policies {
         }
     }
 
+    /// No documents, no directory, nothing read from `data` (the Kubernetes mode, where the
+    /// cluster holds the policies and API writes are refused).
+    pub fn empty(data: DataDir) -> Arc<Self> {
+        let inner = Inner {
+            dir_sources: Vec::new(),
+            dir_docs: BTreeMap::new(),
+            dir_fingerprint: None,
+            api: BTreeMap::new(),
+            revision: 0,
+        };
+        Arc::new(Self {
+            inner: Mutex::new(inner),
+            current: watch::channel(Arc::new(PolicySet::default())).0,
+            data,
+            dir: None,
+            guard: std::sync::OnceLock::new(),
+        })
+    }
+
     /// The validated set now in force, and its changes.
     pub fn subscribe(&self) -> watch::Receiver<Arc<PolicySet>> {
         self.current.subscribe()
@@ -470,12 +489,6 @@ fn read_dir(dir: &Path) -> Result<(Vec<Source>, u64), PolicyErrors> {
         sources.push(Source::new(file_name, text));
     }
     Ok((sources, hash))
-}
-
-impl crate::tracker::ServiceNamespaces for Policies {
-    fn namespace_of(&self, service: &str) -> Option<String> {
-        self.current().services.get(service).map(|s| s.metadata.namespace.clone())
-    }
 }
 
 /// The canonical spelling of a kind in a URL (`services`, `service`, `Service` → `Service`).

@@ -95,6 +95,7 @@ pub fn breaker_state(c: &Cluster) -> Option<State> {
 fn refresh_gauges(state: &AdminState) {
     let m = &state.metrics;
     let snap = state.store.load_full();
+    // Rebuilt from the snapshot: a service (or breaker) that left the config leaves no gauge.
     m.endpoints.clear();
     m.circuit_breaker_state.clear();
     m.circuit_breaker_endpoints.clear();
@@ -162,8 +163,15 @@ fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Respo
                     "certificates_installed": m.certs.installs(),
                 })
             });
+            // The sidecar's own service and whether the config has it (its inbound policy).
+            let service_in_config = state.service.as_deref().map(|s| snap.inbound.contains_key(s));
             json_response(&json!({
-                "node": {"id": state.node_id, "service": state.service, "identity": identity},
+                "node": {
+                    "id": state.node_id,
+                    "service": state.service,
+                    "service_in_config": service_in_config,
+                    "identity": identity,
+                },
                 "ready": state.store.is_ready(),
                 "versions": snap.versions,
                 "config": snap.dump,

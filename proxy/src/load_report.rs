@@ -122,7 +122,7 @@ impl LoadReporter {
     }
 
     async fn run_once(&self, delivered: &mut bool) -> Result<(), ReportError> {
-        let channel = ads::connect(&self.config).await?;
+        let channel = ads::connect(&self.config, None).await?;
         let (tx, rx) = mpsc::channel::<LoadStatsRequest>(2);
         let hello = LoadStatsRequest { node: Some(self.config.node.clone()), cluster_stats: Vec::new() };
         tx.send(hello).await.map_err(|_| ReportError::Closed)?;

@@ -21,6 +21,7 @@ use crate::policy::config::{ClusterPolicy, RoutePolicy};
 use crate::policy::outlier::{ClusterOutliers, EndpointHealth};
 
 mod build;
+mod lb;
 mod policy;
 mod telemetry;
 

@@ -128,17 +128,7 @@ impl ProxyProcess {
                 lines.lock().unwrap().push(line);
             }
         });
-        let mut err = child.stderr.take().expect("piped stderr");
-        let err_buf = stderr.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                err_buf.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        drain_stderr(child.stderr.take().expect("piped stderr"), stderr.clone());
         let addrs = match wait::within("the proxy's \"listening\" log line", rx).await {
             Ok(a) => a,
             Err(_) => {
@@ -205,17 +195,7 @@ impl Captured {
                 lines.lock().unwrap().push(line);
             }
         });
-        let mut err = child.stderr.take().expect("piped stderr");
-        let err_buf = stderr.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                err_buf.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        drain_stderr(child.stderr.take().expect("piped stderr"), stderr.clone());
         Self { child, stdout, stderr }
     }
 
@@ -242,4 +222,17 @@ impl Captured {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
+}
+
+/// Collect a child's stderr into `into` as it comes (for the failure messages).
+fn drain_stderr(mut err: tokio::process::ChildStderr, into: Arc<Mutex<String>>) {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
 }

@@ -78,7 +78,11 @@ async fn a_black_holed_endpoint_gets_one_request_until_its_timeout_is_its_latenc
     let replies: Vec<_> =
         futures_util::stream::iter(0..300).map(|_| proxy.get("http://bh:8080/")).buffer_unordered(8).collect().await;
     let ok = replies.iter().filter(|r| r.status.as_u16() == 200).count();
-    assert!(hole.request_count() <= 2, "the black hole got {} of 300", hole.request_count());
+    // Each probe is held until its 1 s timeout; after it the decaying estimate lets P2C try the
+    // hole again now and then (by design: a slow endpoint is not starved forever), so how many
+    // probes fit depends on how long the 300 requests take. A balancer that ignored the timeouts
+    // would send it about 100; a handful means it is probed, not used.
+    assert!(hole.request_count() <= 5, "the black hole got {} of 300", hole.request_count());
     assert_eq!(ok + hole.request_count(), 300, "everything else was answered");
     gate.open();
 }

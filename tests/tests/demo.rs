@@ -7,8 +7,10 @@
 use std::time::Duration;
 
 use outrider_tests::binary::run_to_exit_after;
+use outrider_tests::client;
 use outrider_tests::control_plane::outrider_bin;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 fn num(v: &Value, what: &str) -> f64 {
@@ -25,6 +27,14 @@ async fn demo_tells_its_story_in_numbers() {
     assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
     let ctx = format!("live view:\n{stderr}");
+    // The screen fits a terminal of 100 columns and explains its columns once.
+    for line in stderr.lines() {
+        assert!(line.chars().count() <= 100, "a line over 100 columns: {line:?}\n{ctx}");
+    }
+    assert_eq!(stderr.matches("columns: ").count(), 1, "the columns are explained once\n{ctx}");
+    // Off a terminal the demo ends, and its last hints need nothing that ended with it.
+    let hints = &stderr[stderr.find("look further").unwrap_or_else(|| panic!("hints at the end\n{ctx}"))..];
+    assert!(!hints.contains("127.0.0.1"), "hints that name the ended run's ports: {hints}");
 
     // v2 broken: callers keep succeeding, served by v1 through the fallback.
     let broken = &doc["phases"]["broken"];
@@ -73,8 +83,13 @@ async fn demo_rollout_promotes_the_good_version_and_aborts_the_bad_one() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    // The screen fits a terminal of 100 columns, as the main story's does.
+    for line in stdout.lines() {
+        assert!(line.chars().count() <= 100, "a line over 100 columns: {line:?}\n{stdout}");
+    }
+    assert_eq!(stdout.matches("columns: ").count(), 1, "the columns are explained once\n{stdout}");
     let summary = stdout.lines().find(|l| l.starts_with("summary: ")).expect("a summary line");
-    assert!(summary.contains("v2 promoted") && summary.contains("v3 aborted"), "{summary}");
+    assert_eq!(summary, "summary: v2 promoted, v3 aborted", "{stdout}");
     for step in ["step 1: canary at 10%", "step 2: canary at 25%", "step 3: canary at 50%"] {
         assert!(stdout.contains(step), "v2 goes through {step}:\n{stdout}");
     }
@@ -83,4 +98,90 @@ async fn demo_rollout_promotes_the_good_version_and_aborts_the_bad_one() {
     let v3 = stdout.split("apply Rollout reviews: v2 → v3").nth(1).expect("the v3 rollout");
     assert!(!v3.contains("step 2:"), "v3 was aborted on its first step:\n{v3}");
     assert!(stdout.contains("outrider rollout status reviews -w"), "it says how to watch:\n{stdout}");
+    // Off a terminal the demo ends, and its last hints need nothing that ended with it.
+    let hints = &stdout[stdout.find("look further").expect("hints at the end")..];
+    assert!(!hints.contains("127.0.0.1"), "hints that name the ended run's ports: {hints}");
+}
+
+/// `--keep-running`: after the run the mesh stays up until Ctrl-C, and the commands the demo
+/// prints work meanwhile (here: `outrider status` against its control plane, a sidecar's
+/// `/clusters`); SIGINT then ends it with exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_running_holds_the_mesh_until_ctrl_c() {
+    let mut cmd = Command::new(outrider_bin());
+    cmd.args(["demo", "--duration", "4s", "--keep-running"]);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().expect("run outrider demo");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    let (mut status, mut clusters) = (None, None);
+    run_to_line(&mut lines, &mut seen, Duration::from_secs(4), |line| line.contains("until Ctrl-C")).await;
+    // The hints under it, up to the last one.
+    while status.is_none() || clusters.is_none() {
+        let line = run_to_line(&mut lines, &mut seen, Duration::ZERO, |l| {
+            l.trim_start().starts_with("outrider status")
+                || l.trim_start().starts_with("curl -s http://") && l.contains("/clusters")
+        })
+        .await;
+        let command = line.trim().split(" # ").next().unwrap_or_default().trim().to_owned();
+        if command.starts_with("outrider status") {
+            status = Some(command);
+        } else {
+            clusters = Some(command);
+        }
+    }
+    let status = status.unwrap();
+    let server = status.split_whitespace().last().unwrap().to_owned();
+    let out = run_to_exit_after(
+        {
+            let mut c = Command::new(outrider_bin());
+            c.args(["status", "--server", &server]);
+            c
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}: {:?}\n{text}", out.status);
+    assert!(text.contains("frontend"), "{status} lists the demo's proxies:\n{text}");
+    let url = clusters.unwrap().split_whitespace().last().unwrap().to_owned();
+    let admin: std::net::SocketAddr =
+        url.trim_start_matches("http://").split('/').next().unwrap().parse().expect("an address");
+    let reply = client::send(&client::http1(admin), client::get(&url)).await;
+    reply.assert_status(200);
+    assert!(reply.text().contains("reviews"), "{url}: {}", reply.text());
+
+    // Ctrl-C ends it.
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill").args(["-INT", &pid]).status().expect("run kill");
+    assert!(sent.success(), "kill -INT {pid}");
+    let exit = outrider_tests::wait::within("the demo to stop on SIGINT", child.wait()).await.unwrap();
+    assert!(exit.success(), "exit {exit:?}");
+    let rest = run_to_line(&mut lines, &mut seen, Duration::ZERO, |l| l.contains("stopping the mesh")).await;
+    assert!(rest.contains("stopping"));
+}
+
+/// Read stdout lines until one matches (within the demo's own `runs_for` plus the test
+/// deadline); panics with what was seen.
+async fn run_to_line(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    seen: &mut Vec<String>,
+    runs_for: Duration,
+    matches: impl Fn(&str) -> bool,
+) -> String {
+    let limit = runs_for + outrider_tests::wait::deadline();
+    let found = tokio::time::timeout(limit, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if matches(&line) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(line)) => line,
+        _ => panic!("no such line within {limit:?}; the demo printed:\n{}", seen.join("\n")),
+    }
 }

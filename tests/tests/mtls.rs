@@ -575,7 +575,7 @@ async fn the_ca_and_xds_over_tls_authenticate_the_sidecar() {
         c.xds.as_mut().unwrap().address = format!("https://{xds}");
         let id = c.identity.as_mut().unwrap();
         id.ca = format!("https://{api}").parse().unwrap();
-        id.ca_root = Some(root.clone());
+        id.ca_root = Some(outrider_proxy::mesh::CaRoots::File(root.clone()));
     })
     .await;
     let status = https_get(api, &root, "/v1/status").await;
@@ -647,12 +647,8 @@ async fn inbound_fails_closed_until_the_certificate_is_issued() {
     let app = upstream::http1().start().await;
     let token = dir.write("token", &join_token(&cp, "reviews").await);
     let mut config = outrider_proxy::config::ProxyConfig::local("unready");
-    config.xds = Some(outrider_proxy::source::xds::XdsConfig {
-        address: cp.xds_url(),
-        protocol: outrider_proxy::source::xds::Protocol::Delta,
-        advertise: None,
-        labels: Default::default(),
-    });
+    config.xds =
+        Some(outrider_proxy::source::xds::XdsConfig::new(cp.xds_url(), outrider_proxy::source::xds::Protocol::Delta));
     config.service = Some("reviews".into());
     config.app_port = Some(app.addr.port());
     config.identity = Some(outrider_proxy::mesh::IdentityConfig {

@@ -33,6 +33,9 @@ pub mod tls;
 /// the control plane merges.
 pub mod latency;
 
+/// Join tokens on the proxy side: the token file, and the xDS stream metadata carrying it.
+pub mod join_token;
+
 /// ADS client (Delta by default, SotW): subscribe, hand updates to a handler, ACK/NACK, reconnect.
 pub mod ads;
 

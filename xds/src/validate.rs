@@ -151,6 +151,12 @@ impl std::error::Error for PolicyErrors {}
 
 /// Validates the documents of a set and builds the [`PolicySet`].
 pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
+    validate_with(parsed, &BTreeMap::new())
+}
+
+/// [`validate`], in a set where the services of `base` (already validated, e.g. discovered from a
+/// cluster) exist as well: documents may refer to them. The result holds the documents alone.
+pub(crate) fn validate_with(parsed: Parsed, base: &BTreeMap<String, Service>) -> Result<PolicySet, PolicyErrors> {
     let Parsed { documents, repaired, broken, mut errors } = parsed;
     let mut services: BTreeMap<String, (Origin, Service)> = BTreeMap::new();
     let mut policies: BTreeMap<String, (Origin, TrafficPolicy)> = BTreeMap::new();
@@ -227,22 +233,22 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
 
     check_shared_addresses(&services, &mut errors);
 
+    let lookup = |name: &str| services.get(name).map(|(_, s)| s).or_else(|| base.get(name));
     for (origin, policy) in policy_docs {
         let target = policy.spec.service.clone();
-        match services.get(&target) {
-            Some((_, service)) => {
+        match lookup(&target) {
+            Some(service) => {
                 check_policy_against_service(&origin, &policy, service, &mut errors);
                 // A service that failed to load already has its own error.
                 let missing = |name: &str| {
                     let is_broken = broken.iter().any(|(k, n)| k == "Service" && n == name);
-                    (!is_broken).then(|| missing_service(name, &services, &broken))
+                    (!is_broken).then(|| missing_service(name, &services, base, &broken))
                 };
-                resilience::check_fallback(&origin, &policy.spec, service, &services, missing, &mut errors);
+                resilience::check_fallback(&origin, &policy.spec, service, &lookup, missing, &mut errors);
             }
             None if broken.iter().any(|(k, n)| k == "Service" && *n == target) => {}
-            None => {
-                errors.push(origin.error(Some("spec.service".into()), missing_service(&target, &services, &broken)))
-            }
+            None => errors
+                .push(origin.error(Some("spec.service".into()), missing_service(&target, &services, base, &broken))),
         }
         if let Some((first, _)) = policies.get(&target) {
             errors.push(origin.error(
@@ -261,15 +267,16 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     let mut authorization_policies = BTreeMap::new();
     for (origin, policy) in authz_docs {
         let target = &policy.spec.service;
-        match services.get(target) {
-            Some((_, service)) => authz::check_authz_against_service(&origin, &policy, service, &mut errors),
+        match lookup(target) {
+            Some(service) => authz::check_authz_against_service(&origin, &policy, service, &mut errors),
             None if broken.iter().any(|(k, n)| k == "Service" && n == target) => {}
-            None => errors.push(origin.error(Some("spec.service".into()), missing_service(target, &services, &broken))),
+            None => errors
+                .push(origin.error(Some("spec.service".into()), missing_service(target, &services, base, &broken))),
         }
         authorization_policies.insert(policy.metadata.name.clone(), policy);
     }
 
-    let rollouts = rollout::check_rollouts(rollout_docs, &services, &policies, &broken, &mut errors);
+    let rollouts = rollout::check_rollouts(rollout_docs, &services, base, &policies, &broken, &mut errors);
 
     if !errors.is_empty() {
         // In file, document and line order; stable, so errors on one line keep the order of the
@@ -292,6 +299,9 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     })
 }
 
+/// At most this many services are named in a "no Service named" message.
+const KNOWN_SERVICES_LISTED: usize = 20;
+
 /// The checks of a document on its own (none that look at other documents).
 fn check_alone(origin: &Origin, document: &Document, errors: &mut Vec<PolicyError>) {
     match document {
@@ -307,13 +317,18 @@ fn check_alone(origin: &Origin, document: &Document, errors: &mut Vec<PolicyErro
 fn missing_service(
     target: &str,
     services: &BTreeMap<String, (Origin, Service)>,
+    base: &BTreeMap<String, Service>,
     broken: &[(String, String)],
 ) -> String {
     let broken_services = broken.iter().filter(|(k, _)| k == "Service");
-    let known: BTreeSet<&str> = services.keys().chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
-    let known: Vec<&str> = known.into_iter().collect();
+    let known: BTreeSet<&str> =
+        services.keys().chain(base.keys()).chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
+    let count = known.len();
+    let known: Vec<&str> = known.into_iter().take(KNOWN_SERVICES_LISTED).collect();
     let known = if known.is_empty() {
         "there are no services in this set".to_owned()
+    } else if count > known.len() {
+        format!("known services: {}, and {} more", known.join(", "), count - known.len())
     } else {
         format!("known services: {}", known.join(", "))
     };

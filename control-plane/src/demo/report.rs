@@ -201,6 +201,33 @@ pub fn pct(share: Option<f64>) -> String {
     share.map_or_else(|| "    -".into(), |s| format!("{:5.1}%", 100.0 * s))
 }
 
+/// The widest line the demo prints (a terminal of 100 columns shows every line whole).
+pub const WIDTH: usize = 100;
+
+/// `text` wrapped at [`WIDTH`] columns on spaces: the first line starts with `first`, the
+/// others with `indent`. A word longer than a line is kept whole on a line of its own.
+pub fn wrap(first: &str, indent: &str, text: &str) -> String {
+    let mut out = String::new();
+    let mut line = first.to_owned();
+    let mut fresh = true;
+    for word in text.split_whitespace() {
+        let width = line.chars().count();
+        if !fresh && width + 1 + word.chars().count() > WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.to_owned();
+            fresh = true;
+        }
+        if !fresh {
+            line.push(' ');
+        }
+        line.push_str(word);
+        fresh = false;
+    }
+    out.push_str(&line);
+    out
+}
+
 /// Per phase: caller success, what the workloads answered and v2's share of their calls.
 pub fn phase_json(load: &Load, answers: &[Answers; 4], seconds: &[Value]) -> Value {
     let mut out = serde_json::Map::new();
@@ -232,6 +259,23 @@ pub fn phase_json(load: &Load, answers: &[Answers; 4], seconds: &[Value]) -> Val
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrap_keeps_lines_within_the_width() {
+        let text = "word ".repeat(80) + "a-very-long-word-".repeat(8).as_str();
+        let wrapped = wrap("summary: ", "  ", &text);
+        let lines: Vec<&str> = wrapped.lines().collect();
+        assert!(lines[0].starts_with("summary: word"), "{wrapped}");
+        assert!(lines[1..].iter().all(|l| l.starts_with("  ")), "{wrapped}");
+        for l in &lines[..lines.len() - 1] {
+            assert!(l.chars().count() <= WIDTH, "{l:?} is over {WIDTH} columns");
+        }
+        // The long word is whole on its own line; no word is lost or split.
+        assert_eq!(lines.last().map(|l| l.trim()), Some("a-very-long-word-".repeat(8).as_str()));
+        let words: Vec<&str> = wrapped.split_whitespace().skip(1).collect();
+        assert_eq!(words, text.split_whitespace().collect::<Vec<_>>());
+        assert_eq!(wrap("x: ", "  ", "short"), "x: short");
+    }
 
     #[test]
     fn prom_sum_filters_by_name_and_labels() {

@@ -66,7 +66,7 @@ impl Outcome {
         }
     }
 
-    /// Counts against the circuit breaker's failure rate (DESIGN: 5xx, gateway
+    /// Counts against the circuit breaker's failure rate (docs/architecture.md: 5xx, gateway
     /// errors, resets, timeouts, gRPC UNAVAILABLE / INTERNAL / DEADLINE_EXCEEDED).
     pub fn is_breaker_failure(self) -> bool {
         match self {
@@ -113,6 +113,11 @@ impl Outcome {
             Outcome::Local => None,
         }
     }
+
+    /// Every reason a retry can have (`retries_total{reason}`: [`Outcome::reason`] of the
+    /// failures that are retried).
+    pub const RETRY_REASONS: [&'static str; 6] =
+        ["5xx", "grpc-status", "connect-failure", "refused-stream", "reset", "per-try-timeout"];
 
     /// A label for `retries_total{reason}`.
     pub fn reason(self) -> &'static str {

@@ -34,6 +34,21 @@ pub struct XdsConfig {
     pub advertise: Option<std::net::SocketAddr>,
     /// Labels of the registered workload (`--label`).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Largest xDS response decoded (`--xds-max-message`).
+    pub max_message: usize,
+}
+
+impl XdsConfig {
+    /// `address` over `protocol`, nothing to advertise, no labels, the default decode limit.
+    pub fn new(address: impl Into<String>, protocol: Protocol) -> Self {
+        Self {
+            address: address.into(),
+            protocol,
+            advertise: None,
+            labels: Default::default(),
+            max_message: outrider_xds::ads::DEFAULT_MAX_MESSAGE,
+        }
+    }
 }
 
 /// The latest accepted resources of every type.
@@ -240,8 +255,10 @@ impl Handler for XdsHandler {
 }
 
 /// The node this proxy reports: id, service (as `cluster` and `metadata.service`), namespace,
-/// and for a sidecar of a service the workload to register (`metadata.advertise`: `--advertise`,
-/// else the inbound listener when bound to a specific IP) with its `labels`.
+/// and for a sidecar of a service the `labels` of its workload and, when it knows it, the
+/// address to register (`metadata.advertise`: `--advertise`, else the inbound listener when
+/// bound to a specific IP). Without one, the ADS client adds the local address of its
+/// connection with the inbound port (see [`advertise_local_port`]).
 pub fn node(
     node_id: &str,
     service: Option<&str>,
@@ -252,17 +269,16 @@ pub fn node(
     let mut fields = vec![("namespace", names::string_value(namespace))];
     if let Some(s) = service {
         fields.push(("service", names::string_value(s)));
-        let advertise = config.advertise.or((!inbound.ip().is_unspecified()).then_some(inbound));
-        if let Some(a) = advertise {
+        if let Some(a) = advertise(config, inbound) {
             fields.push(("advertise", names::string_value(&a.to_string())));
-            let labels = names::string_struct(&config.labels);
-            fields.push((
-                "labels",
-                envoy_types::pb::google::protobuf::Value {
-                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(labels)),
-                },
-            ));
         }
+        let labels = names::string_struct(&config.labels);
+        fields.push((
+            "labels",
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(labels)),
+            },
+        ));
     }
     let metadata: Struct = names::struct_of(fields);
     Node {
@@ -272,6 +288,19 @@ pub fn node(
         user_agent_name: "outrider-proxy".into(),
         ..Default::default()
     }
+}
+
+/// The address a sidecar registers when it knows it: `--advertise`, else its inbound listener
+/// when bound to a specific IP.
+fn advertise(config: &XdsConfig, inbound: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    config.advertise.or((!inbound.ip().is_unspecified()).then_some(inbound))
+}
+
+/// For a sidecar of a service that does not know its address (no `--advertise`, inbound
+/// listener on every address): the inbound port, registered at the local address of the xDS
+/// connection (the pod IP in a pod).
+pub fn advertise_local_port(service: Option<&str>, config: &XdsConfig, inbound: std::net::SocketAddr) -> Option<u16> {
+    (service.is_some() && advertise(config, inbound).is_none()).then_some(inbound.port())
 }
 
 /// The client and its handler, ready to run on the control runtime.
@@ -288,7 +317,20 @@ impl XdsSource {
         let initial = policy.and_then(|p| outrider_xds::load_file(p).ok()).map(|set| outrider_xds::translate(&set));
         let mut client = ClientConfig::new(config.address.clone(), node);
         client.protocol = config.protocol;
+        client.max_message = config.max_message;
         Self { client, handler: Arc::new(XdsHandler::new(store, metrics, initial)), node_updates: None }
+    }
+
+    /// Register at the local address of the xDS connection with this port (see
+    /// [`advertise_local_port`]).
+    pub fn advertise_local_port(&mut self, port: Option<u16>) {
+        self.client.advertise_local_port = port;
+    }
+
+    /// Send the join token in this file with every xDS stream: the control plane then accepts
+    /// the workload's registration without a client certificate.
+    pub fn set_join_token(&mut self, path: std::path::PathBuf) {
+        self.client.join_token = Some(path);
     }
 
     /// Adds the workload's SPIFFE ID to the node metadata: the control plane then registers the
@@ -332,8 +374,8 @@ impl XdsSource {
     }
 
     /// Run until the task is dropped. When `draining` becomes true the client tells the
-    /// control plane, which deregisters this workload at once (DESIGN.md §4: a sidecar
-    /// "deregisters on drain") rather than after the stream's grace period.
+    /// control plane, which deregisters this workload at once (docs/architecture.md, "Design
+    /// for failure") rather than after the stream's grace period.
     pub async fn run(self, draining: tokio::sync::watch::Receiver<bool>) {
         let mut client = AdsClient::new(self.client).with_drain(draining);
         if let Some(updates) = self.node_updates {
@@ -387,6 +429,7 @@ mod tests {
         let mut bad = res.clusters.clone();
         for c in &mut bad {
             c.lb_policy = LbPolicy::Maglev as i32;
+            c.load_balancing_policy = None;
         }
         let bad = typed(CLUSTER_TYPE_URL, &bad, |c| c.name.clone());
         let err = handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v2", resources: &bad }).unwrap_err();

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster as XCluster, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XCluster;
 use envoy_types::pb::envoy::config::core::v3::{Metadata, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
@@ -322,14 +322,7 @@ fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
     if connect_timeout.is_zero() {
         return Err("connect_timeout must be greater than 0".into());
     }
-    let lb = match cluster::LbPolicy::try_from(xc.lb_policy) {
-        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::P2cEwma,
-        Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
-        other => {
-            return Err(format!("lb_policy {other:?} is not supported (use LEAST_REQUEST, ROUND_ROBIN or RANDOM)"));
-        }
-    };
+    let lb = super::lb::lb_policy_of(xc)?;
     let meta = outrider_meta(xc.metadata.as_ref());
     let service: Arc<str> = Arc::from(meta.and_then(|m| struct_str(m, "service")).unwrap_or(&xc.name));
     let mut protocol = ClusterProtocol::Tcp;

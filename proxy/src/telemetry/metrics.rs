@@ -3,7 +3,7 @@
 //! config snapshot, never from raw request data.
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
@@ -14,18 +14,36 @@ pub enum Direction {
     inbound,
 }
 
+/// Node mode: the served workload a request belongs to (`workload="NAMESPACE/SERVICE_ACCOUNT"`:
+/// the caller on outbound, the callee on inbound). A sidecar serves one workload: no label.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct WorkloadLabel(pub Option<Arc<str>>);
+
+impl EncodeLabelSet for WorkloadLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(w) => [("workload", w.as_ref())].encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
     pub service: Arc<str>,
     pub route: Arc<str>,
     pub code: u16,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
     pub direction: Direction,
     pub service: Arc<str>,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +143,8 @@ pub struct Families {
     pub local_replies: Family<LocalReplyLabels, Counter>,
     pub tcp_connections_open: Family<DirectionLabels, Gauge>,
     pub tcp_connections: Family<DirectionLabels, Counter>,
+    /// Connections closed at accept because `--max-connections` were open.
+    pub tcp_connections_refused: Family<DirectionLabels, Counter>,
     pub tcp_bytes: Family<DirectionLabels, Counter>,
     pub xds_updates: Family<XdsLabels, Counter>,
     pub config_version: Family<TypeLabels, Gauge>,
@@ -147,6 +167,9 @@ pub struct Families {
     pub tls_handshake_errors: Family<DirectionLabels, Counter>,
     pub authorization_denied: Family<DenialLabels, Counter>,
     pub plaintext_refused: Family<ServiceLabels, Counter>,
+    /// 1 while this sidecar's `--service` names no Service in the config (its inbound traffic
+    /// has no mTLS mode or authorization policy), 0 once it does.
+    pub service_missing: Family<ServiceLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -183,6 +206,12 @@ impl Metrics {
         registry.register("tcp_connections_open", "Accepted connections currently open", tcp_connections_open.clone());
         let tcp_connections = Family::<DirectionLabels, Counter>::default();
         registry.register("tcp_connections", "Accepted connections", tcp_connections.clone());
+        let tcp_connections_refused = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tcp_connections_refused",
+            "Connections closed at once because --max-connections downstream connections were open",
+            tcp_connections_refused.clone(),
+        );
         let tcp_bytes = Family::<DirectionLabels, Counter>::default();
         registry.register("tcp_bytes", "Bytes copied by opaque TCP proxying, by direction", tcp_bytes.clone());
         let xds_updates = Family::<XdsLabels, Counter>::default();
@@ -279,8 +308,15 @@ impl Metrics {
             "Inbound plaintext connections refused because the service is in strict mTLS mode",
             plaintext_refused.clone(),
         );
+        let service_missing = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "service_missing",
+            "1 while this sidecar's --service names no Service in the config (inbound traffic then has no mTLS mode or authorization policy), else 0",
+            service_missing.clone(),
+        );
         let families = Families {
             registry: Arc::new(registry),
+            service_missing,
             tls_certificate_expiry_seconds,
             tls_connections,
             tls_handshake_errors,
@@ -303,6 +339,7 @@ impl Metrics {
             local_replies,
             tcp_connections_open,
             tcp_connections,
+            tcp_connections_refused,
             tcp_bytes,
             xds_updates,
             config_version,
@@ -330,6 +367,7 @@ impl Metrics {
         "outrider_local_replies_total",
         "outrider_tcp_connections_open",
         "outrider_tcp_connections_total",
+        "outrider_tcp_connections_refused_total",
         "outrider_tcp_bytes_total",
         "outrider_xds_updates_total",
         "outrider_config_version",
@@ -350,6 +388,7 @@ impl Metrics {
         "outrider_tls_handshake_errors_total",
         "outrider_authorization_denied_total",
         "outrider_plaintext_refused_total",
+        "outrider_service_missing",
     ];
 }
 
@@ -378,11 +417,17 @@ mod tests {
             service: svc.clone(),
             route: svc.clone(),
             code: 200,
+            workload: WorkloadLabel::default(),
         });
-        let _ = m.request_duration.get_or_create(&DurationLabels { direction: d, service: svc.clone() });
+        let _ = m.request_duration.get_or_create(&DurationLabels {
+            direction: d,
+            service: svc.clone(),
+            workload: WorkloadLabel::default(),
+        });
         let _ = m.local_replies.get_or_create(&LocalReplyLabels { direction: d, reason: "r" });
         let _ = m.tcp_connections_open.get_or_create(&DirectionLabels { direction: d });
         let _ = m.tcp_connections.get_or_create(&DirectionLabels { direction: d });
+        let _ = m.tcp_connections_refused.get_or_create(&DirectionLabels { direction: d });
         let _ = m.tcp_bytes.get_or_create(&DirectionLabels { direction: d });
         let _ = m.xds_updates.get_or_create(&XdsLabels { r#type: "t", result: "accepted" });
         let _ = m.config_version.get_or_create(&TypeLabels { r#type: "t" });
@@ -401,6 +446,7 @@ mod tests {
         let _ = m.tls_handshake_errors.get_or_create(&DirectionLabels { direction: d });
         let _ = m.authorization_denied.get_or_create(&DenialLabels { service: svc.clone(), peer: svc.clone() });
         let _ = m.plaintext_refused.get_or_create(&ServiceLabels { service: svc.clone() });
+        let _ = m.service_missing.get_or_create(&ServiceLabels { service: svc.clone() });
         let text = m.encode();
         let declared: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
@@ -408,6 +454,45 @@ mod tests {
             declared,
             Metrics::FAMILIES,
             "touch every family above, and list it in FAMILIES and docs/metrics.md"
+        );
+    }
+
+    #[test]
+    fn the_workload_label_is_there_in_node_mode_only() {
+        let m = Metrics::new();
+        let svc: Arc<str> = Arc::from("echo");
+        for workload in [None, Some(Arc::from("shop/reviews"))] {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    direction: Direction::inbound,
+                    service: svc.clone(),
+                    route: svc.clone(),
+                    code: 200,
+                    workload: WorkloadLabel(workload.clone()),
+                })
+                .inc();
+            m.request_duration
+                .get_or_create(&DurationLabels {
+                    direction: Direction::inbound,
+                    service: svc.clone(),
+                    workload: WorkloadLabel(workload),
+                })
+                .observe(0.001);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "outrider_requests_total{direction=\"inbound\",service=\"echo\",route=\"echo\",code=\"200\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("outrider_requests_total{direction=\"inbound\",service=\"echo\",route=\"echo\",code=\"200\",workload=\"shop/reviews\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outrider_request_duration_seconds_count{direction=\"inbound\",service=\"echo\",workload=\"shop/reviews\"} 1\n"),
+            "{text}"
         );
     }
 }

@@ -1,5 +1,5 @@
 //! The resilience fields of a TrafficPolicy: retries, circuit breaker, outlier detection and
-//! faults. Semantics: DESIGN.md §4 "Resilience semantics" and docs/policy.md.
+//! faults. Semantics: docs/policy.md ("Resilience") and docs/architecture.md.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,11 +10,13 @@ use super::defaults;
 
 /// `spec.retries`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Retries {
     /// Retries after the first try, 0..=10.
     pub attempts: u32,
     /// Limit of each try; at most `timeout` when both are set.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub per_try_timeout: Option<Duration>,
     /// What is retried. `non-idempotent` is a flag rather than a condition: it lets requests
@@ -60,6 +62,7 @@ impl Retries {
 
 /// One `retryOn` token; the spellings are Envoy's `retry_on` conditions.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RetryOn {
     ConnectFailure,
@@ -99,11 +102,14 @@ impl RetryOn {
 
 /// `spec.retries.backoff`: full jitter, sleep = random(0, min(max, base · 2^n)).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Backoff {
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub base: Duration,
     /// Absent: [`defaults::BACKOFF_MAX_FACTOR`] × `base` (see [`Backoff::max_interval`]).
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub max: Option<Duration>,
 }
@@ -124,11 +130,13 @@ impl Backoff {
 /// `spec.retries.budget`: at most `ratio` retries per original request over `window`, plus
 /// `minPerSecond`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryBudget {
     /// 0.0..=1.0.
     pub ratio: f64,
     pub min_per_second: u32,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub window: Duration,
 }
@@ -145,6 +153,7 @@ impl Default for RetryBudget {
 
 /// `spec.circuitBreaker.scope`: what one breaker state machine guards.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BreakerScope {
     /// One state machine per endpoint (Resilience4j guards one call target, Linkerd's failure
@@ -170,6 +179,7 @@ impl BreakerScope {
 /// (or the split has no endpoints): a subset of the same service, or another service. Exactly
 /// one of the two.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Fallback {
     /// Endpoint labels of the same service, e.g. `{version: v1}`.
@@ -181,6 +191,7 @@ pub struct Fallback {
 /// `spec.circuitBreaker`: Envoy-style thresholds (always in force) and a Resilience4j-style
 /// state machine, on as soon as one of its fields is given (see [`CircuitBreaker::state_machine`]).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct CircuitBreaker {
     pub max_connections: u32,
@@ -190,6 +201,7 @@ pub struct CircuitBreaker {
     pub max_retries: u32,
     /// Percent, 1..=100.
     pub failure_rate_threshold: Option<u32>,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub slow_call_duration: Option<Duration>,
     /// Percent, 1..=100.
@@ -198,6 +210,7 @@ pub struct CircuitBreaker {
     pub window: Option<u32>,
     /// 1..=window.
     pub minimum_calls: Option<u32>,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub open_duration: Option<Duration>,
     /// 1..=1000.
@@ -278,6 +291,7 @@ impl CircuitBreaker {
 
 /// `spec.outlierDetection`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// Absent: 5; 0 turns it off. For a tcp service a failed connect counts as a 5xx (Envoy's
@@ -289,11 +303,14 @@ pub struct OutlierDetection {
     /// Percent, 0..=100; 0 turns it off.
     pub failure_percentage_threshold: u32,
     pub failure_percentage_minimum_requests: u32,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub interval: Duration,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub base_ejection_time: Duration,
     /// At least `baseEjectionTime`.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub max_ejection_time: Duration,
     /// Percent, 0..=100 (at least one endpoint may always be ejected).
@@ -331,6 +348,7 @@ impl OutlierDetection {
 
 /// `spec.faults` and `spec.routes[].faults`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
     #[serde(default)]
@@ -348,16 +366,19 @@ impl Faults {
 
 /// Delay `percent` of requests by `duration`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelay {
     /// 0..=100, fractions allowed (resolution 0.0001).
     pub percent: f64,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub duration: Duration,
 }
 
 /// Answer `percent` of requests with `status` without calling the service.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbort {
     /// 0..=100, fractions allowed (resolution 0.0001).

@@ -1,6 +1,5 @@
 //! Checks of the resilience fields: ranges, cross-field rules, and what a tcp service allows.
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::time::Duration;
 
@@ -187,11 +186,11 @@ fn check_breaker(check: &mut Check<'_>, breaker: &CircuitBreaker) {
 
 /// The fallback against the set: the service it names exists, is another HTTP service, and a
 /// subset matches an endpoint of this service (when it lists endpoints); HTTP only.
-pub(super) fn check_fallback(
+pub(super) fn check_fallback<'a>(
     origin: &Origin,
     spec: &TrafficPolicySpec,
     service: &Service,
-    services: &BTreeMap<String, (Origin, Service)>,
+    lookup: &dyn Fn(&str) -> Option<&'a Service>,
     missing: impl Fn(&str) -> Option<String>,
     errors: &mut Vec<PolicyError>,
 ) {
@@ -209,7 +208,7 @@ pub(super) fn check_fallback(
         return;
     }
     if let Some(target) = &fallback.service {
-        match services.get(target) {
+        match lookup(target) {
             None => {
                 if let Some(message) = missing(target) {
                     check.error("spec.circuitBreaker.fallback.service", message);
@@ -222,7 +221,7 @@ pub(super) fn check_fallback(
                      subset of this one (fallback: {{subset: {{...}}}})"
                 ),
             ),
-            Some((_, other)) if !other.spec.protocol.is_http() => check.error(
+            Some(other) if !other.spec.protocol.is_http() => check.error(
                 "spec.circuitBreaker.fallback.service",
                 format!("service \"{target}\" is tcp; an HTTP service can only fall back to an HTTP service"),
             ),

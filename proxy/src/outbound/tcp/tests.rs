@@ -15,8 +15,13 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (mut client, down) = pair(&l).await;
     let (up, mut server) = pair(&l).await;
-    let recorder =
-        Arc::new(Recorder { metrics: Metrics::new(), access_log: false, access_log_sample: 1.0, tracer: None });
+    let recorder = Arc::new(Recorder {
+        metrics: Metrics::new(),
+        access_log: false,
+        access_log_sample: 1.0,
+        tracer: None,
+        workload: None,
+    });
     let rec = TcpRecord::start(&recorder, Direction::outbound, client.local_addr().unwrap(), Arc::from("t"));
     let task = tokio::spawn(copy(down, Ok(up), rec, Some(Duration::from_secs(30))));
     client.write_all(b"ping").await.unwrap();
@@ -68,8 +73,13 @@ fn outbound(eps: &[SocketAddr], spec: &str) -> (Arc<Outbound>, Arc<Cluster>) {
     let cluster = snap.clusters.values().find(|c| &*c.service == "db").unwrap().clone();
     let store = Arc::new(crate::state::Store::new());
     store.apply(snap);
-    let recorder =
-        Arc::new(Recorder { metrics: Metrics::new(), access_log: false, access_log_sample: 1.0, tracer: None });
+    let recorder = Arc::new(Recorder {
+        metrics: Metrics::new(),
+        access_log: false,
+        access_log_sample: 1.0,
+        tracer: None,
+        workload: None,
+    });
     let ctx = Arc::new(Outbound {
         store,
         recorder,

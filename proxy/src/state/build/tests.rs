@@ -24,7 +24,8 @@ fn endpoint_state_is_carried_and_survives_a_rejected_build() {
     // must not forget endpoint 2's state: the first snapshot stays in force.
     let mut bad = resources(&["127.0.0.1:1"]);
     let c = bad.clusters.iter_mut().find(|c| c.name != names::PASSTHROUGH_CLUSTER).unwrap();
-    c.lb_policy = cluster::LbPolicy::Maglev as i32;
+    c.lb_policy = envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::Maglev as i32;
+    c.load_balancing_policy = None;
     let (_, rejected) = b.build(&bad);
     assert!(!rejected.is_empty());
 
