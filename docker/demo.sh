@@ -34,8 +34,9 @@ log() { echo "demo: $*" >&2; }
 die() { echo "demo: $*" >&2; exit 1; }
 
 # The demo's policy: two services with virtual IPs (what the apps dial; iptables sends it to the
-# sidecar), and the TrafficPolicy of `outrider demo`: retries with a budget, a circuit breaker and
-# a 90/10 canary over the endpoints' version labels. Endpoints come from the sidecars.
+# sidecar), and the TrafficPolicy of `outrider demo`: retries with a budget, a circuit breaker per
+# endpoint with v1 as its fallback, and a 90/10 canary over the endpoints' version labels.
+# Endpoints come from the sidecars.
 policy() {
   cat <<EOF
 apiVersion: outrider.io/v1
@@ -61,11 +62,12 @@ spec:
     backoff: {base: 10ms, max: 50ms}
     budget: {ratio: 0.3, minPerSecond: 10, window: 5s}
   circuitBreaker:
-    failureRateThreshold: 20
-    window: 200
-    minimumCalls: 100
+    failureRateThreshold: 50
+    window: 6
+    minimumCalls: 4
     openDuration: 2s
-    halfOpenCalls: 5
+    halfOpenCalls: 2
+    fallback: {subset: {version: v1}}
   routes:
     - name: main
       match: {pathPrefix: /}

@@ -16,7 +16,7 @@ use outrider_proxy::balance::{Balancer, LbPolicy};
 use outrider_proxy::http::headers::strip_hop_by_hop;
 use outrider_proxy::policy::breaker::StateMachine;
 use outrider_proxy::policy::budget::RetryBudget;
-use outrider_proxy::policy::config::{BreakerConfig, BudgetConfig};
+use outrider_proxy::policy::config::{BreakerConfig, BreakerScope, BudgetConfig};
 use outrider_proxy::state::{Builder, Endpoint, Snapshot};
 
 /// A service with `n` endpoints, a header route and a weighted prefix route,
@@ -138,6 +138,7 @@ fn policy(c: &mut Criterion) {
         minimum_calls: 100,
         open_duration: Duration::from_secs(60),
         half_open_calls: 10,
+        scope: BreakerScope::Endpoint,
     };
     let sm = StateMachine::new();
     g.bench_function("breaker try_acquire + record (closed)", |b| {

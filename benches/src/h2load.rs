@@ -40,7 +40,7 @@ pub async fn run(p: H2Load<'_>, scratch: &Path) -> Result<H2Result> {
     let log = scratch.join("h2load.log");
     let _ = std::fs::remove_file(&log);
     let mut cmd = tokio::process::Command::new("taskset");
-    cmd.args(["-c", &p.core.to_string(), "h2load", "-t1"]);
+    cmd.args(["-c", &crate::peers::cpu_list(p.core), "h2load", "-t1"]);
     cmd.args(["-c", &p.connections.to_string(), "-m", &p.streams.to_string()]);
     cmd.args(["-D", &p.dur.as_secs().max(1).to_string()]);
     if p.warm_up {

@@ -81,6 +81,10 @@ struct Args {
     /// Concurrent handshake tasks of the mTLS handshake test (one client core).
     #[arg(long, default_value_t = 16)]
     handshake_concurrency: usize,
+    /// No pinning: the proxies, the load generators and the upstream may all run on every core
+    /// (the scheduler decides, as for a sidecar sharing its cores with its app).
+    #[arg(long)]
+    unpinned: bool,
     /// Only these targets (comma separated: direct,outrider,haproxy,nginx).
     #[arg(long, value_delimiter = ',', default_value = "direct,outrider,haproxy,nginx")]
     targets: Vec<String>,
@@ -89,7 +93,7 @@ struct Args {
 fn pin_self_to(core: usize) {
     let pid = std::process::id().to_string();
     let ok = std::process::Command::new("taskset")
-        .args(["-a", "-cp", &core.to_string(), &pid])
+        .args(["-a", "-cp", &peers::cpu_list(core), &pid])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
@@ -133,6 +137,9 @@ fn main() -> Result<()> {
         eprintln!("warning: {n}");
         notes.push(n);
     }
+    if args.unpinned {
+        peers::set_unpinned();
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (proxy_core, load_core) = if cores >= 2 { (0, 1) } else { (0, 0) };
     let duration_s = args.duration.unwrap_or(if args.quick { 1 } else { 10 });
@@ -148,6 +155,7 @@ fn main() -> Result<()> {
         idle_connections,
         proxy_core,
         load_core,
+        unpinned: args.unpinned,
     };
     pin_self_to(load_core);
     let load_before = procstat::loadavg();
@@ -243,9 +251,13 @@ fn main() -> Result<()> {
         quick: args.quick,
         load_before,
         load_after,
-        pinning: format!(
-            "proxy under test on core {proxy_core}; load generators and upstream on core {load_core} ({cores} cores)"
-        ),
+        pinning: if args.unpinned {
+            format!("unpinned: proxy under test, load generators and upstream on any of the {cores} cores")
+        } else {
+            format!(
+                "proxy under test on core {proxy_core}; load generators and upstream on core {load_core} ({cores} cores)"
+            )
+        },
         settings,
         notes,
         targets: reports,

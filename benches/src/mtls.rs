@@ -133,10 +133,14 @@ pub async fn run(cfg: &Config<'_>, up: &Upstream, prog: &mut Progress) -> MtlsRe
         command: cfg.command.clone(),
         machine: crate::report::machine(),
         load_before: procstat::loadavg(),
-        pinning: format!(
-            "client and server sidecars on core {} (one worker each); control plane, upstream, wrk, open-loop and handshake clients on core {}",
-            s.proxy_core, s.load_core
-        ),
+        pinning: if s.unpinned {
+            "unpinned: sidecars (one worker each), control plane, upstream and load generators on any core".into()
+        } else {
+            format!(
+                "client and server sidecars on core {} (one worker each); control plane, upstream, wrk, open-loop and handshake clients on core {}",
+                s.proxy_core, s.load_core
+            )
+        },
         duration_s: s.duration_s,
         rounds: cfg.rounds,
         connections: s.connections,
@@ -442,6 +446,9 @@ fn start_mesh(cfg: &Config<'_>, up: &Upstream) -> Result<Mesh> {
         "1".into(),
         "--log-format".into(),
         "text".into(),
+        // The plaintext pair (the baseline the mTLS pair is compared with) has no workload
+        // identity, and only authenticated streams register endpoints otherwise.
+        "--insecure-registration".into(),
     ]);
     let mut cmd = peers::pinned(s.load_core, cfg.control_plane, &args);
     cmd.env("RUST_LOG", "warn");

@@ -94,13 +94,36 @@ pub fn which(bin: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `bin args` pinned to `core`, with the file limit raised (to the hard limit
+/// Set once at start by `--unpinned`: every process may run on every core.
+static UNPINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Let the scheduler place every process (`--unpinned`): a sidecar shares its cores with its app.
+pub fn set_unpinned() {
+    UNPINNED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn unpinned() -> bool {
+    UNPINNED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The `taskset -c` CPU list for `core`: that core, or every core when unpinned.
+pub fn cpu_list(core: usize) -> String {
+    if unpinned() {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        format!("0-{}", cores - 1)
+    } else {
+        core.to_string()
+    }
+}
+
+/// `bin args` pinned to `core` (every core with `--unpinned`), with the file limit raised (to the hard limit
 /// when NOFILE is more than the shell may set).
 pub fn pinned(core: usize, bin: impl Into<OsString>, args: &[OsString]) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(format!(
-            "ulimit -n {NOFILE} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec taskset -c {core} \"$0\" \"$@\""
+            "ulimit -n {NOFILE} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec taskset -c {} \"$0\" \"$@\"",
+            cpu_list(core)
         ))
         .arg(bin.into())
         .args(args)

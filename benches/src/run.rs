@@ -28,6 +28,9 @@ pub struct Settings {
     pub idle_connections: u64,
     pub proxy_core: usize,
     pub load_core: usize,
+    /// `--unpinned`: the cores above are not enforced.
+    #[serde(default)]
+    pub unpinned: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

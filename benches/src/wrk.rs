@@ -39,7 +39,7 @@ pub fn available() -> bool {
 
 pub async fn run(url: &str, host: Option<&str>, connections: u32, dur: Duration, core: usize) -> Result<WrkResult> {
     let mut cmd = tokio::process::Command::new("taskset");
-    cmd.args(["-c", &core.to_string(), "wrk", "-t1", "--latency"]);
+    cmd.args(["-c", &crate::peers::cpu_list(core), "wrk", "-t1", "--latency"]);
     cmd.args(["-c", &connections.to_string(), "-d", &format!("{}s", dur.as_secs().max(1))]);
     if let Some(h) = host {
         cmd.args(["-H", &format!("Host: {h}")]);

@@ -14,6 +14,13 @@
 //! reporting every interval the control plane asks for (`--lrs-interval`) on `--lrs-calls`
 //! services (both endpoints each, 8 latency buckets), and prints the control plane's memory and
 //! CPU with them and what its stats store holds (`GET /v1/stats`).
+//!
+//! With `--kubeconfig FILE --replicas N` the control planes are N replicas of
+//! `outrider control-plane --kubernetes` fed by that cluster's API server (the test bed's:
+//! `cargo run -p outrider-tests --bin kube-testbed` prints a kubeconfig): the S services are
+//! Kubernetes Services with an EndpointSlice each, created through the API server; clients are
+//! spread over the replicas in turn; a change is one EndpointSlice moving its port, timed from
+//! the API server's answer to each client holding a new load assignment.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -49,6 +56,12 @@ struct Args {
     /// Services each client reports on.
     #[arg(long, default_value_t = 10)]
     lrs_calls: usize,
+    /// Kubernetes mode: the cluster whose API server feeds the replicas.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: how many control plane replicas.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 /// Records when each EDS version arrived.
@@ -128,6 +141,10 @@ async fn main() {
         let exe = std::env::current_exe().unwrap();
         exe.parent().and_then(|p| p.parent()).unwrap().join("outrider")
     });
+    if let Some(kubeconfig) = args.kubeconfig.clone() {
+        kube_mode::run(&args, &bin, &kubeconfig).await;
+        return;
+    }
     let data = std::env::temp_dir().join(format!("outrider-ads-scale-{}", std::process::id()));
     let mut cp = Command::new(&bin)
         .args(["control-plane", "--xds-port", "0", "--api-port", "0", "--api-token", "bench", "--workers", "1"])
@@ -298,7 +315,7 @@ async fn load_reports(args: &Args, xds: SocketAddr, api: SocketAddr, pid: u32) {
                 ..Default::default()
             };
             let config = ClientConfig::new(format!("http://{xds}"), node.clone());
-            let channel = outrider_xds::ads::connect(&config).await.expect("a channel");
+            let channel = outrider_xds::ads::connect(&config, None).await.expect("a channel");
             let (tx, rx) = tokio::sync::mpsc::channel(2);
             tx.send(LoadStatsRequest { node: Some(node), cluster_stats: Vec::new() }).await.unwrap();
             let mut lrs = LoadReportingServiceClient::new(channel);
@@ -351,4 +368,179 @@ async fn get(api: SocketAddr, path: &str) -> serde_json::Value {
     let resp = client.get(format!("http://{api}{path}").parse().unwrap()).await.expect("the API answers");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&body).unwrap_or_default()
+}
+
+/// `--kubeconfig`: replicas fed by an API server.
+mod kube_mode {
+    use std::collections::BTreeSet;
+
+    use futures_util::StreamExt as _;
+    use k8s_openapi::api::core::v1::{Namespace, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::Api;
+    use kube::api::{Patch, PatchParams, PostParams};
+    use serde_json::json;
+
+    use super::*;
+
+    const NS: &str = "bench";
+    const SYSTEM: &str = "outrider-system";
+
+    fn slice(i: usize, port: usize) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("svc-{i}"), "namespace": NS,
+                "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": [format!("10.{}.{}.1", 1 + i / 250, i % 250)], "conditions": {"ready": true}},
+                {"addresses": [format!("10.{}.{}.2", 1 + i / 250, i % 250)], "conditions": {"ready": true}}]
+        }))
+        .unwrap()
+    }
+
+    async fn populate(client: &kube::Client, services: usize) {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for ns in [NS, SYSTEM] {
+            let object = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+            let _ = namespaces.create(&PostParams::default(), &object).await;
+        }
+        let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
+        let start = Instant::now();
+        futures_util::stream::iter(0..services)
+            .for_each_concurrent(16, |i| {
+                let (svcs, slices) = (svcs.clone(), slices.clone());
+                async move {
+                    let svc: Service = serde_json::from_value(json!({"metadata": {"name": format!("svc-{i}")},
+                        "spec": {"ports": [{"name": "http", "port": 8080}]}}))
+                    .unwrap();
+                    let _ = svcs.create(&PostParams::default(), &svc).await;
+                    let _ = slices.create(&PostParams::default(), &slice(i, 10000 + i % 50000)).await;
+                }
+            })
+            .await;
+        println!("created {services} Services and EndpointSlices in {:?}", start.elapsed());
+    }
+
+    struct Replica {
+        child: std::process::Child,
+        xds: SocketAddr,
+        data: PathBuf,
+    }
+
+    fn start_replica(bin: &std::path::Path, kubeconfig: &std::path::Path, i: usize) -> Replica {
+        let data = std::env::temp_dir().join(format!("outrider-ads-scale-{}-{i}", std::process::id()));
+        let mut child = Command::new(bin)
+            .args(["control-plane", "--kubernetes", "--xds-port", "0", "--api-port", "0", "--workers", "1"])
+            .args(["--namespace", SYSTEM, "--replica-name", &format!("cp-{i}")])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "warn,outrider=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let xds = loop {
+            let line = lines.next().expect("the control plane exited").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "listening" {
+                break v["xds"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Replica { child, xds, data }
+    }
+
+    pub async fn run(args: &Args, bin: &std::path::Path, kubeconfig: &std::path::Path) {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(kubeconfig).expect("a kubeconfig"),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("a usable kubeconfig");
+        let client = kube::Client::try_from(config).expect("a client");
+        populate(&client, args.services).await;
+        let start = Instant::now();
+        let mut replicas: Vec<Replica> = (0..args.replicas).map(|i| start_replica(bin, kubeconfig, i)).collect();
+        println!("{} replicas read the cluster and listen after {:?}", replicas.len(), start.elapsed());
+
+        let recorders: Vec<Arc<Recorder>> = (0..args.clients).map(|_| Arc::new(Recorder::default())).collect();
+        for (i, r) in recorders.iter().enumerate() {
+            let node = Node { id: format!("sim-{i}"), ..Default::default() };
+            let xds = replicas[i % replicas.len()].xds;
+            tokio::spawn(AdsClient::new(ClientConfig::new(format!("http://{xds}"), node)).run(r.clone()));
+        }
+        let connect_start = Instant::now();
+        loop {
+            let have = recorders.iter().filter(|r| !r.seen.lock().is_empty()).count();
+            if have == args.clients {
+                break;
+            }
+            assert!(connect_start.elapsed() < Duration::from_secs(300), "only {have} clients got a config");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("{} clients connected and configured in {:?}", args.clients, connect_start.elapsed());
+        let cpu0: Vec<f64> = replicas.iter().map(|r| proc_stats(r.child.id()).1).collect();
+
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
+        let mut all = Vec::new();
+        for round in 1..=args.rounds {
+            let before: Vec<BTreeSet<String>> =
+                recorders.iter().map(|r| r.seen.lock().keys().cloned().collect()).collect();
+            let patch = json!({"ports": [{"name": "http", "port": 20000 + round, "protocol": "TCP"}]});
+            slices.patch("svc-0", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch the slice");
+            let applied = Instant::now();
+            let deadline = applied + Duration::from_secs(60);
+            let mut times = loop {
+                let times: Vec<Duration> = recorders
+                    .iter()
+                    .zip(&before)
+                    .filter_map(|(r, old)| {
+                        r.seen
+                            .lock()
+                            .iter()
+                            .filter(|(v, _)| !old.contains(*v))
+                            .map(|(_, t)| t.saturating_duration_since(applied))
+                            .min()
+                    })
+                    .collect();
+                if times.len() == args.clients || Instant::now() > deadline {
+                    break times;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            times.sort();
+            println!(
+                "round {round}: {} of {} clients updated: p50 {:?} p99 {:?} max {:?}",
+                times.len(),
+                args.clients,
+                percentile(&times, 0.5),
+                percentile(&times, 0.99),
+                times.last().copied().unwrap_or_default()
+            );
+            all.extend(times);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        all.sort();
+        println!("all rounds: p50 {:?} p99 {:?}", percentile(&all, 0.5), percentile(&all, 0.99));
+        for (i, r) in replicas.iter().enumerate() {
+            let (peak, cpu) = proc_stats(r.child.id());
+            println!(
+                "replica cp-{i}: peak RSS {} MiB, RSS now {} MiB, CPU {:.2}s for {} rounds",
+                peak / 1024,
+                status_kb(r.child.id(), "VmRSS:") / 1024,
+                cpu - cpu0[i],
+                args.rounds
+            );
+        }
+        for r in &mut replicas {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+            let _ = std::fs::remove_dir_all(&r.data);
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! | `GET /v1/policies[/KIND[/NAME]]` | documents (JSON), `ETag` = resource version |
 //! | `PUT` / `POST /v1/policies` | create or replace the documents of the body (YAML or JSON) |
 //! | `DELETE /v1/policies/KIND/NAME` | delete one document |
-//! | `POST /v1/validate` | dry run of a write: errors, or what would change |
+//! | `POST /v1/validate` | dry run of a write (token): errors, or what would change |
 //! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
 //! | `GET /v1/rollouts[/NAME]` | rollouts: phase, step, weight, canary and stable numbers, history |
@@ -13,7 +13,7 @@
 //! | `GET /v1/stats[/SERVICE]` | load reports: per service, subset, endpoint; history (`?window=1m&labels=k=v`) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
 //! | `POST /v1/tokens` | a join token for `{namespace, serviceAccount, ttl?, singleUse?}` (API token) |
-//! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`) or renewal proof → certificate chain |
+//! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`), service-account token (`Bearer <JWT>`, `--kubernetes`) or renewal proof → certificate chain |
 //! | `GET /v1/mesh` | the dashboard's graph: services, source → destination calls, resilience (`?window=1m`) |
 //! | `GET /v1/policies/rejected` | the errors of the last rejected policy write |
 //! | `GET /ui/` | the dashboard (assets built into the binary) |
@@ -39,6 +39,7 @@ use crate::ca::issuance::Issuance;
 use crate::ca::serving;
 use crate::ca::tokens::JoinTokens;
 use crate::endpoints::Registry;
+use crate::kubernetes::Cluster;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::policies::{Policies, WriteError, canonical_kind};
 use crate::snapshot::Snapshot;
@@ -75,6 +76,10 @@ pub struct ApiState {
     pub rollouts: Arc<crate::rollout::Controller>,
     /// The last policy write refused (unix seconds, the response body), for the dashboard.
     pub last_rejected: parking_lot::Mutex<Option<(u64, serde_json::Value)>>,
+    /// With `--kubernetes`: the cluster holds the policies, and policy writes are refused.
+    pub kubernetes: Option<Arc<Cluster>>,
+    /// With `--kubernetes`: reviews service-account tokens for `/v1/certificates`.
+    pub service_accounts: Option<crate::ca::service_accounts::Reviewer>,
 }
 
 /// Serve until the task is dropped; over TLS when `tls` is given.
@@ -160,9 +165,22 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
                 let s = state.snapshots.borrow();
                 (s.version.clone(), s.policy_version.clone())
             };
+            // A sidecar whose service has no Service document has no inbound policy.
+            let set = state.policies.current();
+            let proxies: Vec<serde_json::Value> = state
+                .tracker
+                .list()
+                .into_iter()
+                .map(|p| {
+                    let missing = p.sidecar && !set.services.contains_key(&p.service);
+                    let mut v = json!(p);
+                    v["serviceMissing"] = json!(missing);
+                    v
+                })
+                .collect();
             json_response(
                 StatusCode::OK,
-                &json!({"version": version, "policyVersion": policy_version, "proxies": state.tracker.list()}),
+                &json!({"version": version, "policyVersion": policy_version, "proxies": proxies}),
             )
         }
         (&Method::GET, ["v1", "endpoints"]) => endpoints::list(state),
@@ -195,6 +213,9 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["v1", "tokens"]) => ca::create_token(state, req).await,
         (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,
         (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => get_policies(state, rest).await,
+        (&Method::PUT | &Method::POST | &Method::DELETE, ["v1", "policies", ..]) if state.kubernetes.is_some() => {
+            kubernetes_owns_policies()
+        }
         (&Method::PUT | &Method::POST, ["v1", "policies"]) => write(state, req, false).await,
         (&Method::POST, ["v1", "validate"]) => write(state, req, true).await,
         (&Method::DELETE, ["v1", "policies", kind, name]) => {
@@ -249,7 +270,9 @@ fn if_match(req: &Request<Incoming>) -> Option<String> {
 }
 
 async fn write(state: &ApiState, req: Request<Incoming>, dry_run: bool) -> Response<Body> {
-    if !dry_run && !authorized(state, &req) {
+    // A dry run needs the token too: it parses up to MAX_BODY and validates it against the
+    // whole set, work nobody without the token should be able to make the server do.
+    if !authorized(state, &req) {
         return unauthorized();
     }
     let expected = if_match(&req);
@@ -303,6 +326,20 @@ async fn delete(state: &ApiState, req: Request<Incoming>, kind: &str, name: &str
     }
 }
 
+/// 405 in Kubernetes mode: the cluster is the one source of truth, so the API does not keep a
+/// second copy; the same documents are applied with kubectl.
+fn kubernetes_owns_policies() -> Response<Body> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this control plane runs with --kubernetes: policies are outrider.io/v1 objects in the cluster; \
+         write them with kubectl apply -f FILE (the same documents) or kubectl delete KIND NAME -n NAMESPACE",
+    );
+    if let Ok(v) = "GET".parse() {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
 fn record(state: &ApiState, result: &'static str) {
     state.metrics.policy_writes.get_or_create(&ResultLabels { result }).inc();
 }
@@ -330,15 +367,7 @@ fn write_error(state: &ApiState, e: WriteError, dry_run: bool) -> Response<Body>
     let mut body = json!({"error": e.to_string()});
     if let WriteError::Invalid(errors) = &e {
         body["valid"] = json!(false);
-        body["errors"] = errors
-            .iter()
-            .map(|e| {
-                json!({
-                    "file": e.file, "document": e.document.map(|d| d + 1), "kind": e.kind,
-                    "name": e.name, "field": e.field, "message": e.message,
-                })
-            })
-            .collect();
+        body["errors"] = errors.iter().map(outrider_xds::PolicyError::to_json).collect();
     }
     if !dry_run {
         record(state, result);

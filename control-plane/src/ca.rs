@@ -3,8 +3,8 @@
 //! that proxies verify peers against.
 //!
 //! The identity written into a certificate is never taken from the CSR: the caller proves who it
-//! is with a join token ([`tokens`]), and [`Ca::issue`] takes the [`Identity`] that token is
-//! bound to. The CSR only contributes its (signature-checked) public key, so the private key
+//! is with a join token ([`tokens`]) or, on Kubernetes, its service-account token
+//! ([`service_accounts`]), and [`Ca::issue`] takes the [`Identity`] that credential is bound to. The CSR only contributes its (signature-checked) public key, so the private key
 //! stays in the proxy.
 //!
 //! Callers reach it through [`issuance::Issuance`] (a CSR plus a join token or a renewal proof),
@@ -13,6 +13,8 @@
 
 /// A CSR plus a credential (join token, or proof of the current certificate) → a certificate.
 pub mod issuance;
+/// Kubernetes service-account tokens as a credential, behind [`service_accounts::ServiceAccountReviewer`].
+pub mod service_accounts;
 /// The control plane's own TLS: its certificate from this CA, rotated, and the rustls configs.
 pub mod serving;
 #[cfg(test)]
@@ -133,6 +135,9 @@ pub enum RootSource {
     Generated,
     /// An operator's root (or intermediate) certificate and its PKCS#8 key, both PEM.
     Files { cert: PathBuf, key: PathBuf },
+    /// A root certificate and key held elsewhere (the Kubernetes mode's Secret), both PEM;
+    /// `origin` names where, for messages.
+    Pem { cert: String, key: String, origin: String },
 }
 
 /// CA settings; defaults live here.
@@ -202,6 +207,9 @@ impl Ca {
         create_private_dir(&config.data_dir)?;
         let (root_pem, key) = match &config.root {
             RootSource::Files { cert, key } => load_root(cert, key, false)?,
+            RootSource::Pem { cert, key, origin } => {
+                parse_root(cert.clone(), key, Path::new(origin), Path::new(origin))?
+            }
             RootSource::Generated => {
                 let cert = config.data_dir.join(ROOT_CERT_FILE);
                 let key = config.data_dir.join(ROOT_KEY_FILE);
@@ -332,6 +340,12 @@ impl Ca {
     }
 }
 
+/// A new self-signed root for `trust_domain`: (certificate, PKCS#8 key), both PEM.
+pub fn generate_root_pem(trust_domain: &TrustDomain) -> Result<(String, String), CaError> {
+    let (cert, key) = generate_root(trust_domain)?;
+    Ok((cert, key.serialize_pem()))
+}
+
 fn generate_root(trust_domain: &TrustDomain) -> Result<(String, KeyPair), CaError> {
     let bad = |e: rcgen::Error| CaError::Build { identity: "root CA".to_owned(), reason: e.to_string() };
     let key = KeyPair::generate().map_err(bad)?;
@@ -369,8 +383,19 @@ fn load_root(cert_path: &Path, key_path: &Path, check_mode: bool) -> Result<(Str
         path: key_path.into(),
         source,
     })?;
+    parse_root(cert_pem, &key_pem, cert_path, key_path)
+}
+
+/// A CA certificate and its key (PEM), checked to be a CA and to belong together; the paths
+/// name them in errors.
+fn parse_root(
+    cert_pem: String,
+    key_pem: &str,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(String, KeyPair), CaError> {
     let bad = |reason: String| CaError::BadRoot { path: cert_path.into(), reason };
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("key {}: {e}", key_path.display())))?;
+    let key = KeyPair::from_pem(key_pem).map_err(|e| bad(format!("key {}: {e}", key_path.display())))?;
 
     let der = split_pem_certs(&cert_pem)?
         .first()
@@ -446,19 +471,26 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), C
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    // `mode` on open is filtered by the umask and ignored for an existing file: set it exactly.
-    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &tmp))?;
-    file.write_all(bytes).map_err(io("write", &tmp))?;
-    file.sync_all().map_err(io("fsync", &tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io("rename into", path))?;
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        // `mode` on open is filtered by the umask and ignored for an existing file: set it exactly.
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &tmp))?;
+        file.write_all(bytes).map_err(io("write", &tmp))?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io("rename into", path))
+    })();
+    if written.is_err() {
+        // A half-written temp file (disk full) would keep the space the next write needs.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync directory", dir))?;
     Ok(())
 }

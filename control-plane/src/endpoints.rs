@@ -58,6 +58,11 @@ pub struct Registration {
     pub expires_in: Option<f64>,
     #[serde(skip)]
     expires: Option<Instant>,
+    /// The xDS stream that registered it last (`None`: the API). Only that stream's end starts
+    /// its grace period or removes it: a proxy that reconnected and registered the same
+    /// workload on a new stream owns it, whatever its old stream does afterwards.
+    #[serde(skip)]
+    owner: Option<u64>,
 }
 
 /// Registrations from sidecars and the API.
@@ -88,6 +93,9 @@ impl Registry {
     }
 
     /// Add or refresh (same service, address and origin) a registration; returns its id.
+    /// `owner`: the xDS stream registering it (it takes the registration over from an older
+    /// stream of the same proxy), `None` for the API.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &self,
         service: &str,
@@ -96,6 +104,7 @@ impl Registry {
         origin: Origin,
         ttl: Option<Duration>,
         identity: Option<String>,
+        owner: Option<u64>,
     ) -> u64 {
         let expires = ttl.map(|t| Instant::now() + t);
         let mut entries = self.entries.lock();
@@ -106,6 +115,7 @@ impl Registry {
                 r.labels = labels;
                 r.expires = expires;
                 r.identity = identity;
+                r.owner = owner;
                 r.id
             }
             None => {
@@ -126,6 +136,7 @@ impl Registry {
                         node: None,
                         expires_in: None,
                         expires,
+                        owner,
                     },
                 );
                 id
@@ -138,7 +149,8 @@ impl Registry {
 
     /// Add or refresh a workload a node proxy serves: reached over HBONE, with its identity;
     /// `node` is the node proxy's authenticated identity (it may then get the workload's
-    /// certificate). Port 0 stands for the service's port.
+    /// certificate). Port 0 stands for the service's port. `owner`: the xDS stream registering it.
+    #[allow(clippy::too_many_arguments)]
     pub fn register_workload(
         &self,
         service: &str,
@@ -147,8 +159,9 @@ impl Registry {
         origin: Origin,
         identity: String,
         node: Option<String>,
+        owner: u64,
     ) -> u64 {
-        let id = self.register(service, address, labels, origin, None, Some(identity));
+        let id = self.register(service, address, labels, origin, None, Some(identity), Some(owner));
         if let Some(r) = self.entries.lock().get_mut(&id) {
             r.hbone = true;
             r.node = node;
@@ -157,11 +170,26 @@ impl Registry {
         id
     }
 
-    /// Let a registration expire after `after` (a sidecar's stream ended).
-    pub fn expire_after(&self, id: u64, after: Duration) {
-        if let Some(r) = self.entries.lock().get_mut(&id) {
+    /// Let a registration expire after `after` (the stream `owner` ended), unless another
+    /// stream has registered it since.
+    pub fn release(&self, id: u64, owner: u64, after: Duration) {
+        if let Some(r) = self.entries.lock().get_mut(&id)
+            && r.owner == Some(owner)
+        {
             r.expires = Some(Instant::now() + after);
         }
+    }
+
+    /// Remove a registration of the stream `owner` (it left, or dropped the workload); false
+    /// when there was none or another stream has registered it since.
+    pub fn remove_owned(&self, id: u64, owner: u64) -> bool {
+        let mut entries = self.entries.lock();
+        let removed = entries.get(&id).is_some_and(|r| r.owner == Some(owner)) && entries.remove(&id).is_some();
+        drop(entries);
+        if removed {
+            self.bump();
+        }
+        removed
     }
 
     /// Remove one registration; false when there was none.
@@ -289,20 +317,46 @@ mod tests {
     async fn registrations_expire_after_their_ttl_or_grace() {
         let r = Registry::new(Duration::from_secs(5));
         let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        let api = r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2)), None);
-        let side = r.register("b", addr, BTreeMap::new(), Origin::Sidecar("n".into()), None, None);
+        let api = r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2)), None, None);
+        let side = r.register("b", addr, BTreeMap::new(), Origin::Sidecar("n".into()), None, None, Some(7));
         // Refreshing the same registration keeps its id.
-        assert_eq!(r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2)), None), api);
+        assert_eq!(r.register("a", addr, BTreeMap::new(), Origin::Api, Some(Duration::from_secs(2)), None, None), api);
         assert_eq!(r.endpoints().len(), 2);
         tokio::time::advance(Duration::from_secs(3)).await;
         assert!(r.sweep());
         assert_eq!(r.endpoints().keys().collect::<Vec<_>>(), ["b"]);
-        r.expire_after(side, r.grace);
+        r.release(side, 7, r.grace);
         tokio::time::advance(Duration::from_secs(4)).await;
         assert!(!r.sweep(), "still within the grace period");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(r.sweep());
         assert!(r.endpoints().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_streams_end_never_expires_or_removes_a_newer_streams_registration() {
+        let r = Registry::new(Duration::from_secs(5));
+        let addr: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        let node = || Origin::Sidecar("node-a".into());
+        let spiffe = "spiffe://t/ns/default/sa/w".to_owned();
+        let old = r.register_workload("w", addr, BTreeMap::new(), node(), spiffe.clone(), None, 1);
+        // The node reconnects: its new stream (2) registers the same workload before the old
+        // stream (1) is torn down. Same registration, now owned by stream 2.
+        let new = r.register_workload("w", addr, BTreeMap::new(), node(), spiffe.clone(), None, 2);
+        assert_eq!(old, new);
+        // Then the old stream ends: by breaking (grace) or by leaving (removal).
+        r.release(old, 1, r.grace);
+        assert!(!r.remove_owned(old, 1));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(!r.sweep(), "the newer stream's registration did not expire");
+        assert_eq!(r.endpoints()["w"].len(), 1);
+        // The owner's own end still counts.
+        r.release(new, 2, r.grace);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(r.sweep());
+        assert!(r.endpoints().is_empty());
+        let again = r.register_workload("w", addr, BTreeMap::new(), node(), spiffe, None, 3);
+        assert!(r.remove_owned(again, 3));
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub mod cli;
 pub mod demo;
 /// Registered endpoints (sidecars, `POST /v1/endpoints`) behind the `EndpointSource` trait.
 pub mod endpoints;
+/// `--kubernetes`: discovery, custom resources, the CA Secret and leader election from the API
+/// server; sidecar injection (the webhook and `outrider inject`).
+pub mod kubernetes;
 /// The control plane's own Prometheus metrics.
 pub mod metrics;
 /// Policy documents from the directory and the API, validated as one set, persisted.

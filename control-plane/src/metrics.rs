@@ -43,6 +43,9 @@ pub struct Metrics {
     pub load_reports_dropped: Family<ReasonLabels, Counter>,
     pub stats_series: Gauge,
     pub rollout_events: Family<EventLabels, Counter>,
+    /// Pods reviewed by the injection webhook, by result (`injected`, `skipped`, `refused`,
+    /// `ignored`).
+    pub injections: Family<ResultLabels, Counter>,
 }
 
 /// `event` label of rollout transitions (`started`, `step`, `promoted`, `aborted`, ...; bounded).
@@ -101,6 +104,12 @@ impl Metrics {
         registry.register("stats_series", "Endpoints with load numbers kept", stats_series.clone());
         let rollout_events = Family::<EventLabels, Counter>::default();
         registry.register("rollout_events", "Rollout transitions, by event", rollout_events.clone());
+        let injections = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "injections",
+            "Pods reviewed by the sidecar injection webhook, by result (injected, skipped, refused, ignored)",
+            injections.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             connected_proxies,
@@ -114,6 +123,7 @@ impl Metrics {
             load_reports_dropped,
             stats_series,
             rollout_events,
+            injections,
         }
     }
 

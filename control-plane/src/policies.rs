@@ -163,6 +163,25 @@ impl Policies {
         }
     }
 
+    /// No documents, no directory, nothing read from `data` (the Kubernetes mode, where the
+    /// cluster holds the policies and API writes are refused).
+    pub fn empty(data: DataDir) -> Arc<Self> {
+        let inner = Inner {
+            dir_sources: Vec::new(),
+            dir_docs: BTreeMap::new(),
+            dir_fingerprint: None,
+            api: BTreeMap::new(),
+            revision: 0,
+        };
+        Arc::new(Self {
+            inner: Mutex::new(inner),
+            current: watch::channel(Arc::new(PolicySet::default())).0,
+            data,
+            dir: None,
+            guard: std::sync::OnceLock::new(),
+        })
+    }
+
     /// The validated set now in force, and its changes.
     pub fn subscribe(&self) -> watch::Receiver<Arc<PolicySet>> {
         self.current.subscribe()
@@ -371,15 +390,26 @@ impl Policies {
         }
         let mut tick = tokio::time::interval(DIR_POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While the directory does not validate: since when. Its end is logged, so that the
+        // last line about the directory is not a stale error.
+        let mut failing_since = None;
         loop {
             tick.tick().await;
-            match self.reload_dir().await {
-                Ok(true) => tracing::info!("policy directory changed; new set applied"),
-                Ok(false) => {}
-                Err(errors) => tracing::error!(
-                    errors = %errors,
-                    "policy directory change rejected; the previous set stays in force"
+            match (self.reload_dir().await, failing_since.take()) {
+                (Ok(true), None) => tracing::info!("policy directory changed; new set applied"),
+                (Ok(true), Some(since)) => tracing::info!(
+                    "policy directory changed; new set applied; it was failing since {}",
+                    outrider_proxy::telemetry::log::since(since)
                 ),
+                // Unchanged (a rejected directory that has not changed since is still failing).
+                (Ok(false), since) => failing_since = since,
+                (Err(errors), since) => {
+                    failing_since = Some(since.unwrap_or_else(std::time::SystemTime::now));
+                    tracing::error!(
+                        errors = %errors,
+                        "policy directory change rejected; the previous set stays in force"
+                    );
+                }
             }
         }
     }
@@ -459,12 +489,6 @@ fn read_dir(dir: &Path) -> Result<(Vec<Source>, u64), PolicyErrors> {
         sources.push(Source::new(file_name, text));
     }
     Ok((sources, hash))
-}
-
-impl crate::tracker::ServiceNamespaces for Policies {
-    fn namespace_of(&self, service: &str) -> Option<String> {
-        self.current().services.get(service).map(|s| s.metadata.namespace.clone())
-    }
 }
 
 /// The canonical spelling of a kind in a URL (`services`, `service`, `Service` → `Service`).

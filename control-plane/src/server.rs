@@ -8,15 +8,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outrider_xds::PolicySet;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::api::{self, ApiState};
 use crate::ca::issuance::Issuance;
+use crate::ca::service_accounts::{Cached, Reviewer};
 use crate::ca::serving::{ServingError, ServingTls, serving_sans};
 use crate::ca::tokens::{JoinTokens, TokenError};
 use crate::ca::{Ca, CaConfig, CaError, DEFAULT_WORKLOAD_TTL, RootSource, TrustDomain};
 use crate::endpoints::{EndpointSource, Registry, merge};
+use crate::kubernetes::ca_bundle::CaBundleKeeper;
+use crate::kubernetes::token_review::ApiServerReviewer;
+use crate::kubernetes::webhook::{self, Webhook, WebhookSettings};
+use crate::kubernetes::{
+    Cluster, ClusterSettings, Kube, KubeError, KubeSettings, LeaseSettings, ca_secret, defaults as kube_defaults,
+};
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
 use crate::policies::{OpenError, Policies};
@@ -61,6 +69,15 @@ pub struct ServerConfig {
     /// How often proxies send load reports (`--load-report-interval`; shorter while a rollout
     /// runs with a short interval).
     pub load_report_interval: Duration,
+    /// Let xDS streams without a client certificate or join token register endpoints
+    /// (`--insecure-registration`; demos and local tries only).
+    pub insecure_registration: bool,
+    /// `--kubernetes`: the cluster is the source of truth (Services, EndpointSlices, the
+    /// `outrider.io` custom resources, the CA Secret); `None`: files and the API.
+    pub kubernetes: Option<KubeSettings>,
+    /// With `kubernetes`: the injection webhook, and the audience of the service-account tokens
+    /// the CA accepts (`webhook.inject.token_audience`).
+    pub webhook: WebhookSettings,
 }
 
 impl ServerConfig {
@@ -83,8 +100,28 @@ impl ServerConfig {
             tls: false,
             tls_sans: Vec::new(),
             load_report_interval: crate::stats::DEFAULT_REPORT_INTERVAL,
+            insecure_registration: false,
+            kubernetes: None,
+            webhook: WebhookSettings::default(),
         }
     }
+}
+
+/// The default `--data-dir`: `$XDG_STATE_HOME/outrider`, else `~/.local/state/outrider` (the
+/// XDG base directory rule for state; relative values are ignored, as the rule says); `None`
+/// when neither variable gives an absolute path.
+pub fn default_data_dir() -> Option<PathBuf> {
+    let absolute = |name: &str| std::env::var_os(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    let state =
+        absolute("XDG_STATE_HOME").or_else(|| absolute("HOME").map(|home| home.join(".local").join("state")))?;
+    Some(state.join("outrider"))
+}
+
+/// The git checkout (a directory with a `.git` entry) that `dir` is in, if any: a data dir
+/// there would put a CA key one `git add .` away from a repository.
+pub fn git_checkout_containing(dir: &std::path::Path) -> Option<PathBuf> {
+    let absolute = if dir.is_absolute() { dir.to_path_buf() } else { std::env::current_dir().ok()?.join(dir) };
+    absolute.ancestors().find(|a| a.join(".git").exists()).map(std::path::Path::to_path_buf)
 }
 
 /// Default for [`ServerConfig::trust_domain`].
@@ -113,6 +150,13 @@ pub enum StartError {
     Tls(#[from] ServingError),
     #[error("rollouts: {0}")]
     Rollouts(crate::policies::persist::PersistError),
+    #[error("Kubernetes: {0}")]
+    Kube(#[from] KubeError),
+    #[error(
+        "--policy-dir cannot be used with --kubernetes: the cluster is the source of truth there; \
+         apply the files with kubectl apply -f DIR instead"
+    )]
+    PolicyDirWithKubernetes,
 }
 
 impl StartError {
@@ -130,7 +174,9 @@ impl StartError {
             )
             | StartError::CaFiles(_)
             | StartError::Tokens(TokenError::Store { .. })
-            | StartError::Tls(ServingError::BadSan(_)) => 2,
+            | StartError::Tls(ServingError::BadSan(_))
+            | StartError::PolicyDirWithKubernetes
+            | StartError::Kube(KubeError::Kubeconfig { .. } | KubeError::Config(_)) => 2,
             _ => 1,
         }
     }
@@ -141,6 +187,8 @@ impl StartError {
 pub struct Running {
     pub xds_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// The injection webhook's address (TLS), with `--kubernetes` and a webhook port.
+    pub webhook_addr: Option<SocketAddr>,
     pub token: String,
     pub policies: Arc<Policies>,
     pub tracker: Arc<Tracker>,
@@ -152,6 +200,8 @@ pub struct Running {
     pub rollouts: Arc<Controller>,
     /// Whether the API and xDS are served over TLS.
     pub tls: bool,
+    /// The Kubernetes mode's state, with `--kubernetes`.
+    pub kubernetes: Option<Arc<Cluster>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -217,25 +267,71 @@ fn token(config: &ServerConfig) -> Result<String, StartError> {
 }
 
 fn open_ca(config: &ServerConfig) -> Result<Arc<Ca>, StartError> {
-    let mut ca_config = CaConfig::new(TrustDomain::new(&config.trust_domain)?, config.data_dir.clone());
-    ca_config.workload_ttl = config.workload_cert_ttl;
-    ca_config.root = match (&config.ca_cert, &config.ca_key) {
+    let root = match (&config.ca_cert, &config.ca_key) {
         (Some(cert), Some(key)) => RootSource::Files { cert: cert.clone(), key: key.clone() },
         (None, None) => RootSource::Generated,
         (Some(_), None) => return Err(StartError::CaFiles("--ca-cert")),
         (None, Some(_)) => return Err(StartError::CaFiles("--ca-key")),
     };
+    open_ca_with(config, root)
+}
+
+fn open_ca_with(config: &ServerConfig, root: RootSource) -> Result<Arc<Ca>, StartError> {
+    let mut ca_config = CaConfig::new(TrustDomain::new(&config.trust_domain)?, config.data_dir.clone());
+    ca_config.workload_ttl = config.workload_cert_ttl;
+    ca_config.root = root;
     Ok(Arc::new(Ca::open(ca_config)?))
 }
 
 /// Start serving.
 pub fn start(config: ServerConfig) -> Result<Running, StartError> {
-    // The CA first: it creates the data dir private (0700).
-    let ca = open_ca(&config)?;
+    if config.kubernetes.is_some() && config.policy_dir.is_some() {
+        return Err(StartError::PolicyDirWithKubernetes);
+    }
+    // The ports first: a start that fails on a busy port leaves nothing behind (no data dir, CA,
+    // token or CA Secret created for a control plane that never ran).
+    let xds_l = bind("xDS", config.xds)?;
+    let api_l = bind("API", config.api)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers.max(1))
+        .thread_name("outrider-cp")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let kube = match &config.kubernetes {
+        Some(settings) => Some(runtime.block_on(Kube::connect(settings))?),
+        None => None,
+    };
+    // The CA first: it creates the data dir private (0700). In Kubernetes mode its root is the
+    // Secret's, so that every replica signs with the same one.
+    let ca = match &kube {
+        Some(kube) => {
+            if config.ca_cert.is_some() || config.ca_key.is_some() {
+                return Err(KubeError::CaFilesWithKubernetes { namespace: kube.namespace.clone() }.into());
+            }
+            let trust_domain = TrustDomain::new(&config.trust_domain)?;
+            let root = runtime.block_on(ca_secret::root(kube, &trust_domain))?;
+            let origin = ca_secret::origin(&kube.namespace);
+            open_ca_with(&config, RootSource::Pem { cert: root.cert, key: root.key, origin })?
+        }
+        None => open_ca(&config)?,
+    };
     let tokens = Arc::new(JoinTokens::open(&config.data_dir)?);
-    let serving_tls = if config.tls {
-        let mut sans = serving_sans(config.api.ip(), &config.tls_sans)?;
-        for san in serving_sans(config.xds.ip(), &[])? {
+    let webhook_listen = config.kubernetes.as_ref().and(config.webhook.listen);
+    let serving_tls = if config.tls || webhook_listen.is_some() {
+        let mut extra = config.tls_sans.clone();
+        if let Some(k) = &config.kubernetes {
+            // How pods and the API server reach it: the Service's DNS names.
+            let short = format!("{}.{}.svc", webhook::SERVICE, k.namespace);
+            extra.push(format!("{short}.{}", k.cluster_domain));
+            extra.push(short);
+        }
+        let mut sans = serving_sans(config.api.ip(), &extra)?;
+        let mut more = serving_sans(config.xds.ip(), &[])?;
+        if let Some(addr) = webhook_listen {
+            more.extend(serving_sans(addr.ip(), &[])?);
+        }
+        for san in more {
             if !sans.contains(&san) {
                 sans.push(san);
             }
@@ -244,18 +340,47 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     } else {
         None
     };
-    let policies = Policies::open(DataDir::new(config.data_dir.clone()), config.policy_dir.clone())?;
+    // In Kubernetes mode the store and the directory are not read: the cluster holds the policies.
+    let policies = match &kube {
+        Some(_) => Policies::empty(DataDir::new(config.data_dir.clone())),
+        None => Policies::open(DataDir::new(config.data_dir.clone()), config.policy_dir.clone())?,
+    };
+    let cluster = match kube {
+        Some(kube) => {
+            let settings = ClusterSettings {
+                trust_domain: config.trust_domain.clone(),
+                lease: LeaseSettings::with_duration(
+                    config.kubernetes.as_ref().map_or(kube_defaults::LEASE_DURATION, |k| k.lease_duration),
+                ),
+            };
+            Some(Arc::new(runtime.block_on(Cluster::start(kube, settings))?))
+        }
+        None => None,
+    };
+    let sets = match &cluster {
+        Some(c) => c.sets(),
+        None => policies.subscribe(),
+    };
     let token = token(&config)?;
-    let xds_l = bind("xDS", config.xds)?;
-    let api_l = bind("API", config.api)?;
     let xds_addr = xds_l.local_addr().unwrap_or(config.xds);
     let api_addr = api_l.local_addr().unwrap_or(config.api);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.max(1))
-        .thread_name("outrider-cp")
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
+    let webhook_l = webhook_listen.map(|addr| bind("webhook", addr)).transpose()?;
+    let webhook_addr = webhook_l.as_ref().and_then(|l| l.local_addr().ok());
+    // Service-account tokens are reviewed for the audience injected pods' tokens have.
+    let service_accounts: Option<Reviewer> = cluster.as_ref().map(|c| {
+        let reviewer = ApiServerReviewer::new(c.kube.client.clone(), config.webhook.inject.token_audience.clone());
+        Arc::new(Cached::new(reviewer)) as Reviewer
+    });
+    let bundle_ca = ca.clone();
+    let bundle_pem = move || bundle_ca.trust_bundle().roots.concat();
+    let mut inject = config.webhook.inject.clone();
+    inject.ca_roots_pem = bundle_pem();
+    let ca_bundle_keeper = match (&cluster, &config.webhook.configuration) {
+        (Some(c), Some(name)) if webhook_addr.is_some() => {
+            Some(CaBundleKeeper::new(c.kube.client.clone(), name.clone(), bundle_pem))
+        }
+        _ => None,
+    };
 
     let metrics = Metrics::new();
     let tracker = Tracker::new();
@@ -265,8 +390,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         Controller::open(policies.clone(), stats.clone(), DataDir::new(config.data_dir.clone()), metrics.clone())
             .map_err(StartError::Rollouts)?;
     let mut generator = Generator::new();
-    stats.update_mesh(&policies.current());
-    let first = generator.generate(&policies.current());
+    stats.update_mesh(&sets.borrow());
+    let first = generator.generate(&sets.borrow());
     let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
     let state = Arc::new(ApiState {
         policies: policies.clone(),
@@ -280,14 +405,29 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         stats: stats.clone(),
         rollouts: rollouts.clone(),
         last_rejected: parking_lot::Mutex::new(None),
+        kubernetes: cluster.clone(),
+        service_accounts,
     });
+    if config.insecure_registration {
+        tracing::warn!(
+            "--insecure-registration: any xDS client that can reach the xDS port may register endpoints for any Service"
+        );
+    }
+    let auth = crate::xds::auth::Authenticator::new(
+        Some((tokens.clone(), ca.trust_domain().clone())),
+        config.insecure_registration,
+    );
+    let webhook_server = Webhook::new(inject, metrics.clone());
     let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
-        .with_service_namespaces(policies.clone())
+        .with_service_namespaces(Arc::new(SetNamespaces(sets.clone())))
+        .with_authenticator(auth)
         .with_stats(stats.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let p = policies.clone();
     let (mesh_stats, sweep_stats) = (stats.clone(), stats.clone());
     let run_rollouts = rollouts.clone();
+    let tls = config.tls;
+    let keeper_cluster = cluster.clone();
     let thread = std::thread::Builder::new()
         .name("outrider-cp".into())
         .spawn(move || {
@@ -297,17 +437,31 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                         let (api_tls, xds_tls) = match &serving_tls {
                             Some(t) => {
                                 tokio::spawn(t.rotate());
-                                (Some(t.api.clone()), Some(t.xds.clone()))
+                                // Without --tls the certificate serves only the webhook.
+                                if tls { (Some(t.api.clone()), Some(t.xds.clone())) } else { (None, None) }
                             }
                             None => (None, None),
                         };
                         tokio::spawn(ads.serve_with(xds_l, xds_tls));
                         tokio::spawn(api::serve(api_l, state, api_tls));
-                        tokio::spawn(debounce(p.clone(), registry.clone(), generator, snap_tx, mesh_stats));
+                        tokio::spawn(debounce(sets, registry.clone(), generator, snap_tx, mesh_stats));
                         tokio::spawn(sweep_stats.sweep_loop());
                         tokio::spawn(run_rollouts.run());
                         tokio::spawn(registry.expire_loop());
                         tokio::spawn(p.watch_dir());
+                        if let (Some(l), Some(t)) = (webhook_l, &serving_tls) {
+                            match TcpListener::from_std(l) {
+                                Ok(l) => {
+                                    tokio::spawn(webhook::serve(l, t.api.clone(), webhook_server));
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot register the webhook listener"),
+                            }
+                        }
+                        if let (Some(keeper), Some(c)) = (ca_bundle_keeper, &keeper_cluster) {
+                            // Once for the mesh: on the leader (every replica would agree anyway).
+                            let keeper = Arc::new(keeper);
+                            c.leadership().spawn_while_leader("webhook caBundle", move || keeper.clone().run());
+                        }
                         let _ = stop_rx.await;
                     }
                     (Err(e), _) | (_, Err(e)) => {
@@ -323,6 +477,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     Ok(Running {
         xds_addr,
         api_addr,
+        webhook_addr,
         token,
         policies,
         tracker,
@@ -331,21 +486,31 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         stats,
         rollouts,
         tls: config.tls,
+        kubernetes: cluster,
         stop: Some(stop_tx),
         thread: Some(thread),
     })
 }
 
+/// The namespace of a service, from the set in force (whichever source it comes from).
+#[derive(Debug)]
+struct SetNamespaces(watch::Receiver<Arc<PolicySet>>);
+
+impl crate::tracker::ServiceNamespaces for SetNamespaces {
+    fn namespace_of(&self, service: &str) -> Option<String> {
+        self.0.borrow().services.get(service).map(|s| s.metadata.namespace.clone())
+    }
+}
+
 /// Regenerate the snapshot when the policy set changes, at most once per [`DEBOUNCE`] of quiet
 /// (and at least once per [`DEBOUNCE_MAX`] during a burst), and publish it when it differs.
 async fn debounce(
-    policies: Arc<Policies>,
+    mut changes: watch::Receiver<Arc<PolicySet>>,
     registry: Arc<Registry>,
     mut generator: Generator,
     snapshots: watch::Sender<Arc<Snapshot>>,
     stats: Arc<Stats>,
 ) {
-    let mut changes = policies.subscribe();
     changes.mark_unchanged();
     let mut registered = registry.changes();
     registered.mark_unchanged();

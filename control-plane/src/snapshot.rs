@@ -2,10 +2,11 @@
 //! resource (the set version at which it last changed) and per type, so that a push carries
 //! only what changed.
 //!
-//! Besides `outrider_xds::translate`, the control plane adds what gRPC proxyless clients need:
-//! an API listener per HTTP service (named `NAME` and `NAME:PORT`, as gRPC requests them for
-//! `xds:///NAME[:PORT]`), with the service's virtual host inline. They are served only to
-//! clients that subscribe to them by name, never to wildcard (sidecar) subscriptions.
+//! Besides `outrider_xds::translate`, the control plane adds what gRPC proxyless clients need
+//! ([`proxyless`]): an API listener per HTTP service (named `NAME` and `NAME:PORT`, as gRPC
+//! requests them for `xds:///NAME[:PORT]`) with the service's virtual host inline, and a cluster
+//! per subset its splits select. They are served only to clients that subscribe to them by
+//! name, never to wildcard (sidecar) subscriptions.
 //!
 //! Resources named `inbound|<service>` (the inbound listener of a service, with its mTLS mode
 //! and authorization rules) are scoped to that service: served only to the proxies whose node
@@ -21,23 +22,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
-};
 use envoy_types::pb::envoy::service::discovery::v3::Resource;
-use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use envoy_types::pb::google::protobuf::Any;
 use outrider_xds::PolicySet;
 use outrider_xds::resources::{
-    CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, HTTP_CONNECTION_MANAGER_TYPE_URL, LISTENER_TYPE_URL,
-    ROUTE_CONFIGURATION_TYPE_URL, ROUTER_FILTER, ROUTER_TYPE_URL, any,
+    CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL, any,
 };
 use prost::Message as _;
 use tokio::time::Instant;
+
+mod proxyless;
 
 /// Who a resource is served to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,14 +164,13 @@ impl Generator {
     fn generate_from(&mut self, set: &PolicySet, mut resources: outrider_xds::Resources) -> Snapshot {
         let version = resources.version.clone();
         for cla in &mut resources.endpoints {
-            grpc_friendly_localities(cla);
+            proxyless::grpc_friendly_localities(cla);
         }
-        let mut listeners: Vec<(String, Listener, Scope)> =
-            resources.listeners.into_iter().map(|l| (l.name.clone(), l, Scope::All)).collect();
-        listeners.extend(api_listeners(set, &resources.routes).into_iter().map(|l| (l.name.clone(), l, Scope::ByName)));
+        let extra = proxyless::resources(set, &resources.routes, &resources.clusters, &resources.endpoints);
+        let listeners = with_by_name(resources.listeners, extra.listeners, |l| l.name.clone());
         let routes = named(resources.routes, |r| r.name.clone());
-        let clusters = named(resources.clusters, |c| c.name.clone());
-        let endpoints = named(resources.endpoints, |e| e.cluster_name.clone());
+        let clusters = with_by_name(resources.clusters, extra.clusters, |c| c.name.clone());
+        let endpoints = with_by_name(resources.endpoints, extra.endpoints, |e| e.cluster_name.clone());
 
         let types = &mut self.types;
         update(&mut self.listeners, listeners, &version, LISTENER_TYPE_URL, types);
@@ -187,6 +183,13 @@ impl Generator {
 
 fn named<M>(items: Vec<M>, name: impl Fn(&M) -> String) -> Vec<(String, M, Scope)> {
     items.into_iter().map(|m| (name(&m), m, Scope::All)).collect()
+}
+
+/// `items` for everyone, `by_name` only for clients asking for them by name.
+fn with_by_name<M>(items: Vec<M>, by_name: Vec<M>, name: impl Fn(&M) -> String) -> Vec<(String, M, Scope)> {
+    let mut out = named(items, &name);
+    out.extend(by_name.into_iter().map(|m| (name(&m), m, Scope::ByName)));
+    out
 }
 
 /// Compares with the previous resources of the type (typed `==`: the encoded bytes of equal
@@ -255,54 +258,6 @@ fn update<M: prost::Message + PartialEq>(
     types.insert(type_url, Arc::new(TypeSnapshot { version: type_version, scoped, resources: out }));
 }
 
-/// gRPC ignores localities without a weight; give the single locality one (Envoy ignores it
-/// unless locality-weighted balancing is on).
-fn grpc_friendly_localities(cla: &mut ClusterLoadAssignment) {
-    for locality in &mut cla.endpoints {
-        if locality.load_balancing_weight.is_none() {
-            locality.load_balancing_weight = Some(UInt32Value { value: 1 });
-        }
-        if locality.locality.is_none() {
-            locality.locality = Some(Locality::default());
-        }
-    }
-}
-
-/// An API listener per HTTP service, for gRPC proxyless clients.
-fn api_listeners(set: &PolicySet, routes: &[RouteConfiguration]) -> Vec<Listener> {
-    let mut out = Vec::new();
-    for service in set.services.values() {
-        if !service.spec.protocol.is_http() {
-            continue;
-        }
-        let name = service.name();
-        let Some(vhost) =
-            routes.iter().flat_map(|r| r.virtual_hosts.iter()).find(|vh| vh.domains.iter().any(|d| d == name))
-        else {
-            continue;
-        };
-        let hcm = HttpConnectionManager {
-            stat_prefix: name.to_owned(),
-            route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
-                name: format!("grpc|{name}"),
-                virtual_hosts: vec![vhost.clone()],
-                ..Default::default()
-            })),
-            http_filters: vec![HttpFilter {
-                name: ROUTER_FILTER.to_owned(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(ROUTER_TYPE_URL, &Router::default()))),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let api = ApiListener { api_listener: Some(any(HTTP_CONNECTION_MANAGER_TYPE_URL, &hcm)) };
-        for listener_name in [name.to_owned(), format!("{name}:{}", service.spec.port)] {
-            out.push(Listener { name: listener_name, api_listener: Some(api.clone()), ..Default::default() });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
@@ -353,7 +308,10 @@ pub(crate) mod tests {
         let cla = &snapshot.get(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL).unwrap().resources;
         let decoded: ClusterLoadAssignment =
             outrider_xds::resources::decode_any(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &cla["outbound|80||a"].any).unwrap();
-        assert_eq!(decoded.endpoints[0].load_balancing_weight, Some(UInt32Value { value: 1 }));
+        assert_eq!(
+            decoded.endpoints[0].load_balancing_weight,
+            Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 })
+        );
     }
 
     /// The translation of `set` plus an inbound listener per `(service, stat prefix)` (as the

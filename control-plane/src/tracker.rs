@@ -40,13 +40,23 @@ pub struct Nack {
 pub struct ProxyStatus {
     pub node_id: String,
     pub service: String,
+    /// The node names its service in its metadata (an Outrider sidecar), rather than only an
+    /// Envoy `cluster`.
+    pub sidecar: bool,
     pub user_agent: String,
     /// The node's `user_agent_version` (the proxy's version), if it sent one.
     pub version: String,
     /// `delta` or `sotw`.
     pub protocol: &'static str,
-    /// The SPIFFE ID of the proxy's client certificate (xDS over TLS), if it presented one.
+    /// The SPIFFE ID the stream authenticated as (client certificate or join token).
     pub identity: Option<String>,
+    /// How the stream authenticated: `certificate`, `join-token` or `none`.
+    pub authentication: &'static str,
+    /// The workload address registered for this proxy, if any.
+    pub registered: Option<String>,
+    /// Why the proxy's registration was refused (an unauthenticated stream without
+    /// `--insecure-registration`), if it was.
+    pub registration_refused: Option<String>,
     pub connected_at: u64,
     /// Unix seconds of the last request on the stream.
     pub last_seen: u64,
@@ -94,10 +104,14 @@ impl Tracker {
             ProxyStatus {
                 node_id: String::new(),
                 service: String::new(),
+                sidecar: false,
                 user_agent: String::new(),
                 version: String::new(),
                 protocol,
                 identity: None,
+                authentication: "none",
+                registered: None,
+                registration_refused: None,
                 connected_at: now,
                 last_seen: now,
                 draining: false,
@@ -113,6 +127,7 @@ impl Tracker {
             registry: registry.clone(),
             registration: None,
             peer: None,
+            refusal: None,
             namespace_of: None,
             workloads: BTreeMap::new(),
         }
@@ -153,8 +168,10 @@ pub struct StreamHandle {
     registry: Arc<Registry>,
     /// The workload this sidecar registered (node metadata `advertise`), if any.
     registration: Option<u64>,
-    /// The identity of the client certificate, if the stream came over TLS with one.
+    /// The identity the stream authenticated as (client certificate or join token).
     peer: Option<PeerIdentity>,
+    /// Why this stream may not register its workload, when it may not.
+    refusal: Option<String>,
     /// The namespace of a Service by name, to bind authenticated proxies to their namespace.
     namespace_of: Option<NamespaceOf>,
     /// Node mode: the workloads this node proxy registered, by (service, address).
@@ -164,6 +181,39 @@ pub struct StreamHandle {
 /// Node metadata `mode: node`: a node proxy serving many workloads.
 pub fn is_node_mode(node: &Node) -> bool {
     metadata_string(node, "mode").as_deref() == Some("node")
+}
+
+/// A node proxy's workloads as its node metadata `workloads` lists them: (service, address,
+/// identity, labels); malformed entries are skipped.
+fn node_workloads(node: &Node) -> Vec<(String, SocketAddr, String, BTreeMap<String, String>)> {
+    let list = match node.metadata.as_ref().and_then(|m| m.fields.get("workloads")).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::ListValue(l)) => l.values.as_slice(),
+        _ => &[],
+    };
+    let mut out = Vec::new();
+    for item in list {
+        let Some(Kind::StructValue(s)) = &item.kind else { continue };
+        let field = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let (Some(service), Some(address), Some(identity)) = (field("service"), field("address"), field("identity"))
+        else {
+            continue;
+        };
+        let Ok(address) = address.parse::<SocketAddr>() else { continue };
+        let labels = match s.fields.get("labels").and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StructValue(l)) => outrider_xds::resources::struct_strings(l),
+            _ => BTreeMap::new(),
+        };
+        out.push((service, address, identity, labels));
+    }
+    out
+}
+
+/// The services of the workloads a node proxy serves (whose inbound config it gets).
+pub fn node_workload_services(node: &Node) -> std::collections::BTreeSet<String> {
+    node_workloads(node).into_iter().map(|(service, ..)| service).collect()
 }
 
 /// Looks up the `metadata.namespace` of a Service by name.
@@ -187,9 +237,11 @@ impl StreamHandle {
     /// is already `draining`.
     pub fn identify(&mut self, node: &Node, draining: bool) {
         let service = node_service(node);
+        let sidecar = metadata_string(node, "service").is_some();
         self.with(|p| {
             node.id.clone_into(&mut p.node_id);
             service.clone_into(&mut p.service);
+            p.sidecar = sidecar;
             node.user_agent_name.clone_into(&mut p.user_agent);
             p.version = match &node.user_agent_version_type {
                 Some(envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(v)) => {
@@ -211,6 +263,15 @@ impl StreamHandle {
             tracing::info!(node = %node.id, %service, "draining sidecar connected: not registered");
             return;
         }
+        if let Some(reason) = &self.refusal {
+            tracing::warn!(
+                node = %node.id, %service, %advertise, %reason,
+                "workload NOT registered: the xDS stream is not authenticated (give the proxy --identity-token, or connect over mTLS; `outrider control-plane --insecure-registration` allows plaintext registration)"
+            );
+            let refused = format!("not authenticated ({reason})");
+            self.with(|p| p.registration_refused = Some(refused));
+            return;
+        }
         match advertise.parse::<SocketAddr>() {
             Ok(addr) if !service.is_empty() => {
                 let labels = metadata_labels(node);
@@ -223,8 +284,10 @@ impl StreamHandle {
                     Origin::Sidecar(node.id.clone()),
                     None,
                     identity.clone(),
+                    Some(self.id),
                 );
                 tracing::info!(node = %node.id, %service, %addr, identity = identity.as_deref().unwrap_or("none"), "workload registered");
+                self.with(|p| p.registered = Some(addr.to_string()));
                 self.registration = Some(id);
             }
             Ok(_) => tracing::warn!(node = %node.id, "advertise without a service: not registered"),
@@ -239,40 +302,20 @@ impl StreamHandle {
     /// identity of namespace `outrider-system` registers workloads; it may then get their
     /// certificates.
     pub fn sync_workloads(&mut self, node: &Node) {
-        use envoy_types::pb::google::protobuf::value::Kind;
         let Some(peer) = self.peer.clone() else {
-            tracing::warn!(node = %node.id, "node proxy without a client certificate: its workloads are not registered");
+            tracing::warn!(node = %node.id, "node proxy without a client certificate or join token: its workloads are not registered");
             return;
         };
         let node_identity = peer.0.to_string();
-        let list = match node.metadata.as_ref().and_then(|m| m.fields.get("workloads")).and_then(|v| v.kind.as_ref()) {
-            Some(Kind::ListValue(l)) => l.values.clone(),
-            _ => Vec::new(),
-        };
         let mut wanted = BTreeMap::new();
-        for item in list {
-            let Some(Kind::StructValue(s)) = item.kind else { continue };
-            let field = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
-                Some(Kind::StringValue(v)) => Some(v.clone()),
-                _ => None,
-            };
-            let (Some(service), Some(address), Some(identity)) =
-                (field("service"), field("address"), field("identity"))
-            else {
-                continue;
-            };
-            let Ok(address) = address.parse::<SocketAddr>() else { continue };
-            let labels = match s.fields.get("labels").and_then(|v| v.kind.as_ref()) {
-                Some(Kind::StructValue(l)) => outrider_xds::resources::struct_strings(l),
-                _ => BTreeMap::new(),
-            };
+        for (service, address, identity, labels) in node_workloads(node) {
             wanted.insert((service, address), (identity, labels));
         }
         let gone: Vec<(String, SocketAddr)> =
             self.workloads.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
         for key in gone {
             if let Some(id) = self.workloads.remove(&key) {
-                self.registry.remove(id);
+                self.registry.remove_owned(id, self.id);
                 tracing::info!(node = %node.id, service = %key.0, address = %key.1, "node workload deregistered");
             }
         }
@@ -285,6 +328,7 @@ impl StreamHandle {
                 Origin::Sidecar(node.id.clone()),
                 identity.clone(),
                 Some(node_identity.clone()),
+                self.id,
             );
             if !known {
                 tracing::info!(node = %node.id, %service, %address, %identity, "node workload registered");
@@ -293,15 +337,27 @@ impl StreamHandle {
         }
     }
 
-    /// The stream's verified client certificate identity (xDS over TLS), shown in the status.
-    pub fn authenticated(&mut self, peer: Option<&PeerIdentity>) {
-        let Some(peer) = peer else { return };
-        self.with(|p| p.identity = Some(peer.0.to_string()));
-        self.peer = Some(peer.clone());
+    /// How the stream authenticated (shown in the status). An unauthenticated stream may only
+    /// register its workload with `insecure_registration`.
+    pub fn authenticated(&mut self, auth: crate::xds::auth::StreamAuth, insecure_registration: bool) {
+        use crate::xds::auth::StreamAuth;
+        let kind = auth.kind();
+        let peer = auth.peer().cloned();
+        self.with(|p| {
+            p.authentication = kind;
+            p.identity = peer.as_ref().map(|peer| peer.0.to_string());
+        });
+        if let StreamAuth::None(reason) = auth
+            && !insecure_registration
+        {
+            self.refusal = Some(reason);
+        }
+        self.peer = peer;
     }
 
-    /// Refuses a node that claims (node metadata `identity`) another identity than its client
-    /// certificate's. Call before [`StreamHandle::identify`].
+    /// Refuses a node that claims (node metadata `identity`) another identity than the one its
+    /// stream authenticated as (client certificate or join token). Call before
+    /// [`StreamHandle::identify`].
     ///
     /// An authenticated proxy may also only act for (get the inbound config of, and register
     /// endpoints of) a Service of its own namespace: `spiffe://…/ns/shop/…` cannot claim a
@@ -313,9 +369,9 @@ impl StreamHandle {
         if let Some(claimed) = metadata_string(node, "identity")
             && claimed != peer.0.as_str()
         {
-            tracing::warn!(node = %node.id, %claimed, certificate = %peer.0, "xDS stream refused: identity mismatch");
+            tracing::warn!(node = %node.id, %claimed, authenticated = %peer.0, "xDS stream refused: identity mismatch");
             return Err(tonic::Status::permission_denied(format!(
-                "node {:?} claims identity {claimed} in its metadata, but its client certificate is for {}",
+                "node {:?} claims identity {claimed} in its metadata, but its credential (client certificate or join token) is for {}",
                 node.id, peer.0
             )));
         }
@@ -358,10 +414,10 @@ impl StreamHandle {
     pub fn leave(&mut self) {
         self.with(|p| p.draining = true);
         for (_, id) in std::mem::take(&mut self.workloads) {
-            self.registry.remove(id);
+            self.registry.remove_owned(id, self.id);
         }
         if let Some(id) = self.registration.take()
-            && self.registry.remove(id)
+            && self.registry.remove_owned(id, self.id)
         {
             tracing::info!(registration = id, "draining sidecar deregistered");
         }
@@ -397,11 +453,13 @@ impl StreamHandle {
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
+        // Only what this stream still owns: a proxy that reconnected and registered the same
+        // workload again on a new stream keeps it, however late this stream ends.
         if let Some(id) = self.registration {
-            self.registry.expire_after(id, self.registry.grace);
+            self.registry.release(id, self.id, self.registry.grace);
         }
         for id in self.workloads.values() {
-            self.registry.expire_after(*id, self.registry.grace);
+            self.registry.release(*id, self.id, self.registry.grace);
         }
         self.tracker.proxies.lock().remove(&self.id);
         self.metrics.connected_proxies.dec();
@@ -438,5 +496,78 @@ fn metadata_labels(node: &Node) -> BTreeMap<String, String> {
     match node.metadata.as_ref().and_then(|m| m.fields.get("labels")).and_then(|v| v.kind.as_ref()) {
         Some(Kind::StructValue(s)) => outrider_xds::resources::struct_strings(s),
         _ => BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::endpoints::EndpointSource as _;
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
+    use std::time::Duration;
+
+    fn node_with(workloads: &[(&str, &str, &str)]) -> Node {
+        let s = outrider_xds::resources::string_value;
+        let list = workloads
+            .iter()
+            .map(|(service, address, identity)| Value {
+                kind: Some(Kind::StructValue(outrider_xds::resources::struct_of(vec![
+                    ("service", s(service)),
+                    ("address", s(address)),
+                    ("identity", s(identity)),
+                ]))),
+            })
+            .collect();
+        let mut fields = BTreeMap::new();
+        fields.insert("mode".to_owned(), s("node"));
+        fields.insert("workloads".to_owned(), Value { kind: Some(Kind::ListValue(ListValue { values: list })) });
+        Node {
+            id: "node-a".into(),
+            metadata: Some(Struct { fields: fields.into_iter().collect() }),
+            ..Default::default()
+        }
+    }
+
+    fn stream(tracker: &Arc<Tracker>, registry: &Arc<Registry>) -> StreamHandle {
+        let mut h = tracker.connect("delta", &Metrics::new(), registry);
+        let peer =
+            PeerIdentity(outrider_proxy::tls::Identity::parse("spiffe://t/ns/outrider-system/sa/node-a").unwrap());
+        h.authenticated(crate::xds::auth::StreamAuth::Certificate(peer), false);
+        h
+    }
+
+    /// A node proxy reconnects: its new stream registers its workloads, then the old stream is
+    /// torn down (late: a broken connection is noticed after the new one is up). The workloads
+    /// stay registered past the grace period, and leave with the new stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnected_node_keeps_its_workloads_when_the_old_stream_ends_late() {
+        let tracker = Tracker::new();
+        let registry = Registry::new(Duration::from_secs(5));
+        let node = node_with(&[("w", "10.0.0.7:8080", "spiffe://t/ns/default/sa/w")]);
+        let mut old = stream(&tracker, &registry);
+        old.identify(&node, false);
+        old.sync_workloads(&node);
+        let mut new = stream(&tracker, &registry);
+        new.identify(&node, false);
+        new.sync_workloads(&node);
+        drop(old);
+        tokio::time::advance(registry.grace * 3).await;
+        registry.sweep();
+        assert_eq!(registry.endpoints()["w"].len(), 1, "the new stream's registration outlived the old stream's grace");
+
+        // An old stream that closes cleanly (leave) does not take it either.
+        let mut older = stream(&tracker, &registry);
+        older.identify(&node, false);
+        older.sync_workloads(&node);
+        let mut newest = stream(&tracker, &registry);
+        newest.identify(&node, false);
+        newest.sync_workloads(&node);
+        older.leave();
+        assert_eq!(registry.endpoints()["w"].len(), 1);
+        // The owner's workload list dropping it does.
+        newest.sync_workloads(&node_with(&[]));
+        assert!(registry.endpoints().is_empty());
+        drop((new, newest));
     }
 }

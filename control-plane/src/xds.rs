@@ -5,7 +5,8 @@
 //! recorded in the [`Tracker`].
 //!
 //! What a proxy should have is its view of the snapshot: every outbound resource, plus the
-//! resources scoped to its own service (its inbound listener), never another service's.
+//! resources scoped to its own service (its inbound listener), never another service's. A node
+//! proxy's own services are those of the workloads it serves now.
 //!
 //! Memory is what bounds how many proxies one control plane serves, so the streams share
 //! rather than copy: responses are written from each resource's encoded bytes, encoded once
@@ -14,6 +15,8 @@
 //! time, each holding its permit until the client has answered, and the HTTP/2 windows and send
 //! buffers are small.
 
+/// Who a stream is: client certificate, join token, or nobody.
+pub mod auth;
 mod delta;
 pub(crate) mod encode;
 mod sotw;
@@ -43,9 +46,6 @@ use encode::{AdsBody, Encoded};
 /// Responses queued per stream before the stream's task waits for the transport. They hold
 /// references to shared encoded resources, not copies.
 const STREAM_BUFFER: usize = 8;
-
-/// Largest request accepted (a reconnecting client lists every resource it has).
-const MAX_REQUEST: usize = 16 << 20;
 
 /// A response with at least this many resources is large (an initial config, or a change to
 /// most of the mesh): only [`LARGE_PUSHES`] streams send one at a time.
@@ -83,6 +83,8 @@ pub struct AdsServer {
     stats: Option<Arc<crate::stats::Stats>>,
     /// Served over TLS: load reports then need a client certificate (they decide rollouts).
     reports_need_identity: bool,
+    /// Who each stream is, and whether unauthenticated ones may register endpoints.
+    auth: auth::Authenticator,
 }
 
 impl AdsServer {
@@ -101,12 +103,21 @@ impl AdsServer {
             namespace_of: None,
             stats: None,
             reports_need_identity: false,
+            auth: auth::Authenticator::default(),
         }
     }
 
     /// Serve load reports (LRS) into `stats`.
     pub fn with_stats(mut self, stats: Arc<crate::stats::Stats>) -> Self {
         self.stats = Some(stats);
+        self
+    }
+
+    /// How streams authenticate (join tokens) and whether unauthenticated ones may register
+    /// endpoints (`--insecure-registration`). Without it: certificates only, no plaintext
+    /// registration.
+    pub fn with_authenticator(mut self, auth: auth::Authenticator) -> Self {
+        self.auth = auth;
         self
     }
 
@@ -173,18 +184,20 @@ impl AdsServer {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let status = encode::EndStatus::default();
         let pusher = Pusher::new(tx, self.large_pushes.clone(), status.clone());
+        let auth = self.auth.authenticate(req.headers(), identity);
+        let limit = auth.max_request();
         match req.uri().path() {
             SOTW_PATH => {
-                let requests = decode::<DiscoveryRequest>(req.into_body());
+                let requests = decode::<DiscoveryRequest>(req.into_body(), limit);
                 let mut handle = self.tracker.connect("sotw", &self.metrics, &self.registry);
-                handle.authenticated(identity);
+                handle.authenticated(auth, self.auth.insecure_registration);
                 handle.scoped(self.namespace_of.clone());
                 tokio::spawn(sotw::run(requests, pusher, self.snapshots.clone(), handle, self.metrics.clone()));
             }
             DELTA_PATH => {
-                let requests = decode::<DeltaDiscoveryRequest>(req.into_body());
+                let requests = decode::<DeltaDiscoveryRequest>(req.into_body(), limit);
                 let mut handle = self.tracker.connect("delta", &self.metrics, &self.registry);
-                handle.authenticated(identity);
+                handle.authenticated(auth, self.auth.insecure_registration);
                 handle.scoped(self.namespace_of.clone());
                 tokio::spawn(delta::run(requests, pusher, self.snapshots.clone(), handle, self.metrics.clone()));
             }
@@ -217,8 +230,10 @@ where
         .await
 }
 
-fn decode<M: prost::Message + Default + Send + 'static>(body: Incoming) -> Streaming<M> {
-    Streaming::new_request(tonic_prost::ProstDecoder::<M>::default(), body, None, Some(MAX_REQUEST))
+/// The stream's requests, each at most `limit` bytes (a larger one ends the stream with
+/// `OUT_OF_RANGE`).
+fn decode<M: prost::Message + Default + Send + 'static>(body: Incoming, limit: usize) -> Streaming<M> {
+    Streaming::new_request(tonic_prost::ProstDecoder::<M>::default(), body, None, Some(limit))
 }
 
 /// Which resources of a type a client asked for.
@@ -237,23 +252,58 @@ impl Subscription {
         Self { wildcard, names: names.iter().filter(|n| *n != "*").cloned().collect() }
     }
 
-    /// Whether a proxy of `service` with this subscription gets `resource`.
-    fn wants(&self, resource: &XdsResource, service: &str) -> bool {
+    /// Whether a proxy serving `serves` with this subscription gets `resource`.
+    fn wants(&self, resource: &XdsResource, serves: &Serves) -> bool {
         match &resource.scope {
             Scope::All => self.wildcard || self.names.contains(&resource.name),
             Scope::ByName => self.names.contains(&resource.name),
-            Scope::Service(s) => {
-                !service.is_empty()
-                    && (s == service || service == NODE_SCOPE)
-                    && (self.wildcard || self.names.contains(&resource.name))
-            }
+            Scope::Service(s) => serves.contains(s) && (self.wildcard || self.names.contains(&resource.name)),
         }
     }
 }
 
-/// The "service" of a node proxy's stream: it gets the inbound config of every service (the
-/// workloads it serves come and go).
-pub(crate) const NODE_SCOPE: &str = "*";
+/// Whose scoped resources (inbound config) a proxy gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Serves {
+    /// A sidecar of one service (empty: a client of none, which gets no inbound config).
+    Service(String),
+    /// A node proxy: the services of the workloads it serves now (its node metadata
+    /// `workloads`), never any other's.
+    Node(Arc<BTreeSet<String>>),
+}
+
+impl Default for Serves {
+    fn default() -> Self {
+        Serves::Service(String::new())
+    }
+}
+
+impl Serves {
+    fn contains(&self, service: &str) -> bool {
+        match self {
+            Serves::Service(s) => !s.is_empty() && s == service,
+            Serves::Node(set) => set.contains(service),
+        }
+    }
+
+    /// The version of what this proxy sees of `t`: the type's version plus that of each
+    /// served service's scoped resources (named, for a node proxy: its set changes).
+    fn view_version(&self, t: &crate::snapshot::TypeSnapshot) -> String {
+        match self {
+            Serves::Service(s) => t.view_version(s),
+            Serves::Node(set) => {
+                let mut v = t.version.clone();
+                for (service, scoped) in set.iter().filter_map(|s| Some((s, t.scoped.get(s)?))) {
+                    v.push('+');
+                    v.push_str(service);
+                    v.push(':');
+                    v.push_str(scoped);
+                }
+                v
+            }
+        }
+    }
+}
 
 /// Node metadata `draining: true`: the proxy is leaving (it stopped accepting), so its
 /// workload is no longer an endpoint.
@@ -269,35 +319,47 @@ fn node_draining(node: &Node) -> bool {
 #[derive(Debug, Default)]
 struct Peer {
     identified: bool,
-    /// The service whose scoped resources the proxy gets (empty: none).
-    service: String,
+    /// Whose scoped resources the proxy gets.
+    serves: Serves,
+    node_mode: bool,
 }
 
 impl Peer {
     /// The first node identifies the proxy (and registers its workload); a node that says it
-    /// is draining deregisters it.
+    /// is draining deregisters it. A node proxy sends its node again whenever its workloads
+    /// change: `Ok(true)` when what it serves changed (every type is then evaluated again).
     /// `Err` (PermissionDenied) when the node claims another identity than its certificate's.
-    fn on_node(&mut self, node: Option<&Node>, handle: &mut StreamHandle) -> Result<(), tonic::Status> {
+    fn on_node(&mut self, node: Option<&Node>, handle: &mut StreamHandle) -> Result<bool, tonic::Status> {
         let Some(node) = node else {
-            return Ok(());
+            return Ok(false);
         };
         let draining = node_draining(node);
-        let node_mode = crate::tracker::is_node_mode(node);
         if !self.identified {
             handle.authorize(node)?;
             self.identified = true;
-            self.service = if node_mode { NODE_SCOPE.to_owned() } else { crate::tracker::node_service(node) };
+            self.node_mode = crate::tracker::is_node_mode(node);
             handle.identify(node, draining);
-            if node_mode && !draining {
-                handle.sync_workloads(node);
-            }
-        } else if draining {
-            handle.leave();
-        } else if node_mode {
-            // A node proxy sends its node again whenever its workloads change.
-            handle.sync_workloads(node);
+            self.serves = if self.node_mode {
+                if !draining {
+                    handle.sync_workloads(node);
+                }
+                Serves::Node(Arc::new(crate::tracker::node_workload_services(node)))
+            } else {
+                Serves::Service(crate::tracker::node_service(node))
+            };
+            return Ok(false);
         }
-        Ok(())
+        if draining {
+            handle.leave();
+        } else if self.node_mode {
+            handle.sync_workloads(node);
+            let serves = Serves::Node(Arc::new(crate::tracker::node_workload_services(node)));
+            if serves != self.serves {
+                self.serves = serves;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -370,11 +432,13 @@ trait AdsStream: Send {
         request: Self::Request,
         snapshot: &Snapshot,
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
+    /// `force`: evaluate even if the view's version did not change.
     fn on_push(
         &mut self,
         type_url: &str,
         snapshot: &Snapshot,
         since: Instant,
+        force: bool,
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
 }
 
@@ -396,6 +460,12 @@ async fn drive<S: AdsStream>(
                         stream.handle().leave();
                         break;
                     }
+                    Err(status) if status.code() == tonic::Code::OutOfRange => {
+                        // A request over the stream's limit (much smaller when unauthenticated).
+                        tracing::warn!(%status, "xDS stream ended: request too large");
+                        stream.pusher().fail(&status);
+                        break;
+                    }
                     Err(status) => {
                         tracing::debug!(%status, "xDS stream ended");
                         break;
@@ -403,12 +473,23 @@ async fn drive<S: AdsStream>(
                 };
                 // Identify (and authorize) the proxy before anything it asks for.
                 let (peer, handle) = stream.peer_and_handle();
-                if let Err(status) = peer.on_node(S::node(&request), handle) {
-                    stream.pusher().fail(&status);
-                    break;
-                }
+                let rescoped = match peer.on_node(S::node(&request), handle) {
+                    Ok(rescoped) => rescoped,
+                    Err(status) => {
+                        stream.pusher().fail(&status);
+                        break;
+                    }
+                };
                 stream.handle().seen();
                 let snapshot = snapshots.borrow_and_update().clone();
+                if rescoped {
+                    // A node proxy's workloads changed: what it should have of every type too.
+                    for type_url in push_order(stream.type_urls().iter()) {
+                        if stream.on_push(&type_url, &snapshot, Instant::now(), true).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 if stream.on_request(request, &snapshot).await.is_err() {
                     break;
                 }
@@ -420,7 +501,7 @@ async fn drive<S: AdsStream>(
                 let snapshot = snapshots.borrow_and_update().clone();
                 let types = stream.type_urls();
                 for type_url in push_order(types.iter()) {
-                    if stream.on_push(&type_url, &snapshot, snapshot.created).await.is_err() {
+                    if stream.on_push(&type_url, &snapshot, snapshot.created, false).await.is_err() {
                         return;
                     }
                 }

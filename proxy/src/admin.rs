@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::drain::Drain;
 use crate::http::Body;
-use crate::state::Store;
+use crate::policy::breaker::State;
+use crate::policy::config::BreakerScope;
+use crate::state::{Cluster, Store};
 use crate::telemetry::log::LogHandle;
 use crate::telemetry::metrics::{EndpointStateLabels, Metrics, ServiceLabels};
 
@@ -77,23 +79,42 @@ fn json_response(v: &serde_json::Value) -> Response<Body> {
     r
 }
 
+/// The breaker state of a cluster as a whole: its one state machine (`scope: service`), or the
+/// worst of its endpoints' (`scope: endpoint`: open if any is open, else half-open if any is).
+pub fn breaker_state(c: &Cluster) -> Option<State> {
+    let cfg = c.policy.breaker.as_ref()?;
+    Some(match cfg.scope {
+        BreakerScope::Service => c.state.breaker.state(),
+        BreakerScope::Endpoint => {
+            c.endpoints.items().iter().map(|e| e.shared.breaker.state()).max().unwrap_or(State::Closed)
+        }
+    })
+}
+
 /// Gauges that are read off the live state at scrape time.
 fn refresh_gauges(state: &AdminState) {
     let m = &state.metrics;
     let snap = state.store.load_full();
+    // Rebuilt from the snapshot: a service (or breaker) that left the config leaves no gauge.
     m.endpoints.clear();
+    m.circuit_breaker_state.clear();
+    m.circuit_breaker_endpoints.clear();
     for c in snap.clusters.values() {
         let total = c.endpoints.items().len() as i64;
-        let ejected =
-            c.endpoints.items().iter().filter(|e| e.shared.health.is_ejected(&c.state.outliers)).count() as i64;
+        let ejected = c.endpoints.items().iter().filter(|e| e.shared.health.is_ejected()).count() as i64;
         m.endpoints
             .get_or_create(&EndpointStateLabels { service: c.service.clone(), state: "healthy" })
             .set(total - ejected);
         m.endpoints.get_or_create(&EndpointStateLabels { service: c.service.clone(), state: "ejected" }).set(ejected);
-        if c.policy.breaker.is_some() {
-            m.circuit_breaker_state
-                .get_or_create(&ServiceLabels { service: c.service.clone() })
-                .set(c.state.breaker.state().metric());
+        let Some(worst) = breaker_state(c) else { continue };
+        m.circuit_breaker_state.get_or_create(&ServiceLabels { service: c.service.clone() }).set(worst.metric());
+        if c.policy.breaker.is_some_and(|b| b.scope == BreakerScope::Endpoint) {
+            for s in [State::Closed, State::Open, State::HalfOpen] {
+                let n = c.endpoints.items().iter().filter(|e| e.shared.breaker.state() == s).count() as i64;
+                m.circuit_breaker_endpoints
+                    .get_or_create(&EndpointStateLabels { service: c.service.clone(), state: s.as_str() })
+                    .set(n);
+            }
         }
     }
 }
@@ -142,8 +163,15 @@ fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Respo
                     "certificates_installed": m.certs.installs(),
                 })
             });
+            // The sidecar's own service and whether the config has it (its inbound policy).
+            let service_in_config = state.service.as_deref().map(|s| snap.inbound.contains_key(s));
             json_response(&json!({
-                "node": {"id": state.node_id, "service": state.service, "identity": identity},
+                "node": {
+                    "id": state.node_id,
+                    "service": state.service,
+                    "service_in_config": service_in_config,
+                    "identity": identity,
+                },
                 "ready": state.store.is_ready(),
                 "versions": snap.versions,
                 "config": snap.dump,
@@ -184,6 +212,7 @@ fn clusters(state: &AdminState) -> serde_json::Value {
         .clusters
         .values()
         .map(|c| {
+            let endpoint_scope = c.policy.breaker.is_some_and(|b| b.scope == BreakerScope::Endpoint);
             let eps: Vec<_> = c
                 .endpoints
                 .items()
@@ -195,7 +224,8 @@ fn clusters(state: &AdminState) -> serde_json::Value {
                         "weight": e.weight,
                         "labels": e.labels,
                         "meshed": e.meshed,
-                        "health": if e.shared.health.is_ejected(&c.state.outliers) { "ejected" } else { "healthy" },
+                        "health": if e.shared.health.is_ejected() { "ejected" } else { "healthy" },
+                        "circuit_breaker": endpoint_scope.then(|| e.shared.breaker.state().as_str()),
                         "ejected_for_ms": e.shared.health.ejected_for().map(|d| d.as_millis() as u64),
                         "times_ejected": e.shared.health.times_ejected(),
                         "ewma_ms": e.shared.ewma.rtt().map(|d| d.as_secs_f64() * 1000.0),
@@ -213,7 +243,9 @@ fn clusters(state: &AdminState) -> serde_json::Value {
                 "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
                 "endpoints": eps,
                 "circuit_breaker": {
-                    "state": c.policy.breaker.map(|_| c.state.breaker.state().as_str()),
+                    "scope": c.policy.breaker.map(|b| b.scope.as_str()),
+                    "state": breaker_state(c).map(State::as_str),
+                    "fallback": c.policy.fallback.as_ref().map(|f| json!({"cluster": &*f.cluster, "subset": f.subset})),
                     "active_requests": c.state.counters.active().0,
                     "pending_requests": c.state.counters.active().1,
                     "connections": c.state.counters.active().2,

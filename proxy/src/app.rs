@@ -38,7 +38,7 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// 2 for invalid input, 1 for runtime failures (DESIGN.md §4).
+    /// 2 for invalid input, 1 for runtime failures (docs/operations.md).
     pub fn exit_code(&self) -> u8 {
         match self {
             AppError::Policy(..) => 2,
@@ -97,14 +97,17 @@ impl App {
         }
 
         // Node mode: the outbound and inbound listeners live in the workloads' namespaces.
-        let (outbound_l, inbound_l) = if config.node.is_some() {
-            (None, None)
+        let (outbound_l, outbound_v6, inbound_l) = if config.node.is_some() {
+            (None, None, None)
         } else {
             let outbound_l = TcpListener::from_std(bind("outbound", config.outbound)?)
                 .map_err(|e| AppError::Bind("outbound", config.outbound, e))?;
+            // IPv6 interception redirects to [::1]: with the default IPv4 loopback outbound
+            // listener, listen on the same port there too (when the host has IPv6).
+            let outbound_v6 = outbound_v6(&outbound_l, config.outbound);
             let inbound_l = TcpListener::from_std(bind("inbound", config.inbound)?)
                 .map_err(|e| AppError::Bind("inbound", config.inbound, e))?;
-            (Some(outbound_l), Some(inbound_l))
+            (Some(outbound_l), outbound_v6, Some(inbound_l))
         };
         let admin_l = bind("admin", config.admin)?;
         let metrics_l = bind("metrics", config.metrics)?;
@@ -117,7 +120,8 @@ impl App {
             metrics: local(&metrics_l, config.metrics),
             health: local(&health_l, config.health),
         };
-        // The xDS client; a sidecar registers its workload (--advertise, else the inbound listener).
+        // The xDS client; a sidecar registers its workload (--advertise, else the inbound
+        // listener when bound to one IP, else the local address of the xDS connection).
         let xds = config.xds.as_ref().map(|x| {
             let node = crate::source::xds::node(
                 &config.node_id,
@@ -126,7 +130,17 @@ impl App {
                 x,
                 addrs.inbound,
             );
-            crate::source::xds::XdsSource::new(x, node, store.clone(), metrics.clone(), config.policy.as_deref())
+            let mut source =
+                crate::source::xds::XdsSource::new(x, node, store.clone(), metrics.clone(), config.policy.as_deref());
+            source.advertise_local_port(crate::source::xds::advertise_local_port(
+                config.service.as_deref(),
+                x,
+                addrs.inbound,
+            ));
+            if let Some(identity) = &config.identity {
+                source.set_join_token(identity.token_file.clone());
+            }
+            source
         });
         let xds_left = xds.as_ref().map(|x| x.left());
         let xds_draining = drain.signal().flag();
@@ -148,6 +162,7 @@ impl App {
             access_log: config.access_log,
             access_log_sample: config.access_log_sample,
             tracer,
+            workload: None,
         });
         let server = HttpServer::new(&ServerLimits::default());
         let mesh: crate::mesh::MeshHandle = Arc::default();
@@ -172,14 +187,17 @@ impl App {
             .requiring_identity(config.identity.is_some()),
         );
 
-        let m = metrics.clone();
-        if let Some(l) = outbound_l {
-            tokio::spawn(accept_loop(l, drain.signal(), m.clone(), Direction::outbound, move |s, c, d| {
+        // One cap over every downstream listener (--max-connections), node mode's too.
+        let limit = ConnectionLimit::new(config.max_connections, metrics.clone());
+        warn_if_few_file_descriptors(config.max_connections);
+        for l in [outbound_v6, outbound_l].into_iter().flatten() {
+            let outbound = outbound.clone();
+            tokio::spawn(accept_loop(l, drain.signal(), limit.clone(), Direction::outbound, move |s, c, d| {
                 outbound.clone().serve(s, c, d)
             }));
         }
         if let Some(l) = inbound_l {
-            tokio::spawn(accept_loop(l, drain.signal(), m, Direction::inbound, move |s, c, d| {
+            tokio::spawn(accept_loop(l, drain.signal(), limit.clone(), Direction::inbound, move |s, c, d| {
                 inbound.clone().serve(s, c, d)
             }));
         }
@@ -189,7 +207,7 @@ impl App {
             (Some(settings), Some(x)) => {
                 let ca = match &config.identity {
                     Some(id) => Some(
-                        crate::mesh::CaClient::new(id.ca.clone(), id.ca_root.as_deref())
+                        crate::mesh::CaClient::new(id.ca.clone(), id.ca_root.as_ref())
                             .map_err(|e| AppError::Node(e.to_string()))?,
                     ),
                     None => None,
@@ -202,7 +220,11 @@ impl App {
                     node_mesh: mesh.clone(),
                     ca,
                     drain: drain.clone(),
+                    state: Some(settings.state.clone()),
+                    limit: limit.clone(),
                 });
+                // The workloads served before a restart, once the node has its identity.
+                tokio::spawn(node.clone().restore());
                 let api = crate::node::api::bind(&settings.socket)
                     .map_err(|e| AppError::NodeSocket(settings.socket.clone(), e))?;
                 tokio::spawn(crate::node::api::serve(api, node.clone()));
@@ -226,12 +248,14 @@ impl App {
         });
         let identity = config.identity.clone();
         let reporter_store = store.clone();
+        let watch = watch_config(store.clone(), metrics.clone(), config.service.clone(), config.xds.is_some());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Runtime)?;
         let control = std::thread::Builder::new()
             .name("outrider-control".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    tokio::spawn(watch);
                     for (l, surface) in
                         [(admin_l, Surface::Admin), (metrics_l, Surface::Metrics), (health_l, Surface::Health)]
                     {
@@ -362,17 +386,139 @@ impl Drop for App {
     }
 }
 
-/// Accept until drain; each connection is tracked by the drain and counted.
+/// A listener on `[::1]` at the outbound port, beside the default `127.0.0.1` one, for
+/// connections ip6tables redirects; `None` when the outbound listener is bound elsewhere or
+/// the host has no IPv6.
+fn outbound_v6(v4: &TcpListener, configured: SocketAddr) -> Option<TcpListener> {
+    if configured.ip() != std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) {
+        return None;
+    }
+    let port = v4.local_addr().ok()?.port();
+    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    match listen::bind(addr).and_then(TcpListener::from_std) {
+        Ok(l) => Some(l),
+        Err(error) => {
+            if crate::iptables::ipv6_enabled() {
+                tracing::warn!(%addr, %error, "cannot listen for IPv6 outbound traffic; intercepted IPv6 connections will be refused");
+            }
+            None
+        }
+    }
+}
+
+/// At every snapshot applied: the series the config tells exported at 0 (and those it
+/// dropped removed), and the check that this sidecar's own service is in the config.
+async fn watch_config(store: Arc<Store>, metrics: Metrics, service: Option<String>, sidecar: bool) {
+    crate::telemetry::known::local_replies(&metrics);
+    let mut known = crate::telemetry::known::KnownSeries::default();
+    let mut changes = store.subscribe();
+    loop {
+        if store.is_ready() {
+            let snap = store.load_full();
+            known.apply(&metrics, &snap);
+            crate::inbound::check_own_service(&metrics, &snap, service.as_deref(), sidecar);
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The cap on downstream connections open at once, shared by every listener. A connection
+/// over it is accepted and closed at once (the client sees the connection closed before any
+/// answer; Envoy's global connection limit does the same), counted in
+/// `outrider_tcp_connections_refused_total{direction}` and logged at most every 10 s.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimit {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    metrics: Metrics,
+    /// Milliseconds since `start` of the last warning.
+    warned: Arc<std::sync::atomic::AtomicU64>,
+    start: tokio::time::Instant,
+}
+
+/// Time between two "limit reached" warnings.
+const LIMIT_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ConnectionLimit {
+    fn new(max: usize, metrics: Metrics) -> Self {
+        for direction in [Direction::outbound, Direction::inbound] {
+            let _ = metrics.tcp_connections_refused.get_or_create(&DirectionLabels { direction });
+        }
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(max.min(tokio::sync::Semaphore::MAX_PERMITS))),
+            max,
+            metrics,
+            warned: Arc::default(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A slot for one connection, or `None` (counted and logged) at the limit.
+    fn admit(&self, direction: Direction, client: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        self.metrics.tcp_connections_refused.get_or_create(&DirectionLabels { direction }).inc();
+        let now = self.start.elapsed().as_millis() as u64;
+        let last = self.warned.load(std::sync::atomic::Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= LIMIT_WARN_EVERY.as_millis() as u64)
+            && self
+                .warned
+                .compare_exchange(
+                    last,
+                    now.max(1),
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                max = self.max, ?direction, %client,
+                "connection limit reached: closing new connections until some close (raise --max-connections if the host can take more)"
+            );
+        }
+        None
+    }
+}
+
+/// The open-files limit of this process, from `/proc/self/limits` (soft limit).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Each downstream connection may hold an upstream one too: warn when the open-files limit
+/// cannot take `max_connections` of each.
+fn warn_if_few_file_descriptors(max_connections: usize) {
+    let needed = 2 * max_connections as u64 + 256;
+    if let Some(limit) = open_files_limit()
+        && limit < needed
+    {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections,
+            needed,
+            "the open-files limit is below what --max-connections needs (two per connection); raise it (ulimit -n) or lower --max-connections"
+        );
+    }
+}
+
+/// Accept until drain; each connection is tracked by the drain, counted, and admitted
+/// under the connection limit.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut sig: drain::Signal,
-    metrics: Metrics,
+    limit: ConnectionLimit,
     direction: Direction,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr, drain::Signal) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let metrics = limit.metrics.clone();
     let open = metrics.tcp_connections_open.get_or_create(&DirectionLabels { direction }).clone();
     let total = metrics.tcp_connections.get_or_create(&DirectionLabels { direction }).clone();
     loop {
@@ -389,6 +535,10 @@ pub(crate) async fn accept_loop<F, Fut>(
                 continue;
             }
         };
+        let Some(slot) = limit.admit(direction, client) else {
+            drop(stream);
+            continue;
+        };
         listen::accepted(&stream);
         let guard = sig.track();
         open.inc();
@@ -399,6 +549,7 @@ pub(crate) async fn accept_loop<F, Fut>(
             fut.await;
             open.dec();
             drop(guard);
+            drop(slot);
         });
     }
     tracing::debug!(?direction, "listener closed for drain");

@@ -1,6 +1,15 @@
 //! Load balancing over a set of endpoints: power-of-two-choices over peak-EWMA
 //! latency (the default, as Linkerd does it), weighted round robin and weighted
-//! random. Sets are built once per snapshot; a pick takes no lock.
+//! random. Sets are built once per snapshot; a pick takes no lock beyond reading
+//! two endpoints' estimates.
+//!
+//! Why our own rather than `tower::balance::p2c`: tower's balancer is a `Service` that owns
+//! its endpoint services and needs `&mut self` (one instance per connection, or a `Buffer`
+//! task and channel per request to share it), takes endpoints from a `Discover` stream, has
+//! no weights, and cannot skip endpoints per request. Here one immutable set per snapshot
+//! serves every connection, endpoints carry weights and state carried across snapshots, and
+//! each pick must skip what is ejected, breaker-open or already tried by this request
+//! ([`Balancer::pick_where`]). The peak-EWMA estimate is tower's formula, tested against it.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,13 +1,26 @@
-//! Command-line flags of `outrider-proxy`; every flag is also read from
-//! `OUTRIDER_<FLAG>` (DESIGN.md §4).
+//! Command-line flags of `outrider-proxy`; every flag is also read from `OUTRIDER_<FLAG>`
+//! (upper case, `-` → `_`: `--xds-address` / `OUTRIDER_XDS_ADDRESS`).
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// The environment variable `--label` was read from before it followed the `OUTRIDER_<FLAG>`
+/// rule; still read when `OUTRIDER_LABEL` is not set.
+pub const LEGACY_LABELS_ENV: &str = "OUTRIDER_LABEL";
 
 #[derive(Debug, Parser)]
-#[command(name = "outrider-proxy", version, about = "Outrider service-mesh proxy")]
+#[command(
+    name = "outrider-proxy",
+    version,
+    about = "Outrider service-mesh proxy: give it a policy file (--policy) or a control plane \
+             (--xds-address); one of the two is required.",
+    after_help = "Every flag can also be set with OUTRIDER_<FLAG> (upper case, - becomes _), e.g. \
+                  --xds-address / OUTRIDER_XDS_ADDRESS.",
+    subcommand_negates_reqs = true,
+    group(ArgGroup::new("config-source").args(["policy", "xds_address"]).required(true).multiple(true))
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -49,15 +62,20 @@ pub struct ProxyArgs {
     #[arg(long, env = "OUTRIDER_MODE", value_enum, default_value = "sidecar")]
     pub mode: Mode,
     /// Policy file (YAML) to load; watched, and reloaded on change and on SIGHUP.
+    /// This or --xds-address is required.
     #[arg(long, env = "OUTRIDER_POLICY")]
     pub policy: Option<PathBuf>,
-    /// Address of the xDS control plane, e.g. http://127.0.0.1:15010. With --policy as well,
-    /// the file is the config to start from until the control plane answers.
+    /// Address of the xDS control plane, e.g. http://127.0.0.1:15010. This or --policy is
+    /// required; with both, the file is the config to start from until the control plane answers.
     #[arg(long, env = "OUTRIDER_XDS_ADDRESS")]
     pub xds_address: Option<String>,
     /// ADS variant: delta (incremental) or sotw (state of the world).
     #[arg(long, env = "OUTRIDER_XDS_PROTOCOL", value_enum, default_value = "delta")]
     pub xds_protocol: XdsProtocol,
+    /// Largest xDS response accepted, e.g. 64MiB (the largest response of a 10,000-service
+    /// mesh is about 8 MiB).
+    #[arg(long, env = "OUTRIDER_XDS_MAX_MESSAGE", default_value = "64MiB", value_parser = size)]
+    pub xds_max_message: usize,
     /// Node id reported to the control plane and shown in /config_dump.
     #[arg(long, env = "OUTRIDER_NODE_ID")]
     pub node_id: Option<String>,
@@ -68,18 +86,24 @@ pub struct ProxyArgs {
     /// Without it, redirected inbound traffic goes to its original destination port.
     #[arg(long, env = "OUTRIDER_APP_PORT")]
     pub app_port: Option<u16>,
+    /// Outbound listener: apps call services here (on --outbound-bind); 0 picks a free port.
     #[arg(long, env = "OUTRIDER_OUTBOUND_PORT", default_value_t = 15001)]
     pub outbound_port: u16,
+    /// Inbound listener: callers reach this workload here (on --inbound-bind); 0 picks a free port.
     #[arg(long, env = "OUTRIDER_INBOUND_PORT", default_value_t = 15006)]
     pub inbound_port: u16,
+    /// Admin API (/ready, /config_dump, /clusters, ...), always on 127.0.0.1; 0 picks a free port.
     #[arg(long, env = "OUTRIDER_ADMIN_PORT", default_value_t = 15000)]
     pub admin_port: u16,
+    /// Prometheus /metrics (on --inbound-bind); 0 picks a free port.
     #[arg(long, env = "OUTRIDER_METRICS_PORT", default_value_t = 15090)]
     pub metrics_port: u16,
+    /// /healthz/ready for orchestrators (on --inbound-bind); 0 picks a free port.
     #[arg(long, env = "OUTRIDER_HEALTH_PORT", default_value_t = 15021)]
     pub health_port: u16,
-    /// Node-to-node tunnel port (node mode; not used in sidecar mode).
-    #[arg(long, env = "OUTRIDER_TUNNEL_PORT", default_value_t = 15008)]
+    /// The HBONE port (node mode): only 15008, the port callers tunnel to; another value is
+    /// rejected (`not supported yet`).
+    #[arg(long, env = "OUTRIDER_TUNNEL_PORT", default_value_t = crate::hbone::PORT)]
     pub tunnel_port: u16,
     /// Address the outbound listener binds (loopback: only local apps may use it).
     #[arg(long, env = "OUTRIDER_OUTBOUND_BIND", default_value = "127.0.0.1")]
@@ -87,6 +111,7 @@ pub struct ProxyArgs {
     /// Address the inbound, metrics and health listeners bind.
     #[arg(long, env = "OUTRIDER_INBOUND_BIND", default_value = "0.0.0.0")]
     pub inbound_bind: IpAddr,
+    /// Logs: json (one object per line) or text (for a terminal).
     #[arg(long, env = "OUTRIDER_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
     /// Access log: one line per request / connection (on | off).
@@ -103,6 +128,10 @@ pub struct ProxyArgs {
     /// Data-plane worker threads (default: number of CPUs).
     #[arg(long, env = "OUTRIDER_WORKERS")]
     pub workers: Option<usize>,
+    /// Most downstream connections open at once (outbound and inbound listeners together); a
+    /// connection over it is accepted and closed at once.
+    #[arg(long, env = "OUTRIDER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// How long in-flight requests may take to finish after SIGTERM, e.g. 5s.
     #[arg(long, env = "OUTRIDER_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -113,6 +142,7 @@ pub struct ProxyArgs {
     /// (default: the inbound listener, when it is bound to a specific IP).
     #[arg(long, env = "OUTRIDER_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Namespace of the workload (part of its identity and of the registration).
     #[arg(long, env = "OUTRIDER_NAMESPACE", default_value = "default")]
     pub namespace: String,
     /// Service account of the workload: its identity is
@@ -127,15 +157,25 @@ pub struct ProxyArgs {
     #[arg(long, env = "OUTRIDER_CA_ADDRESS")]
     pub ca_address: Option<String>,
     /// PEM roots that verify an https --ca-address (e.g. the control plane's DATA_DIR/root.pem).
-    #[arg(long, env = "OUTRIDER_CA_ROOT")]
+    #[arg(long, env = "OUTRIDER_CA_ROOT", conflicts_with = "ca_root_pem")]
     pub ca_root: Option<PathBuf>,
-    /// Labels of the registered workload, KEY=VALUE, repeatable.
-    #[arg(long = "label", env = "OUTRIDER_LABELS", value_delimiter = ',')]
+    /// The same roots as PEM text rather than a file (what the Kubernetes injector sets).
+    #[arg(long, env = "OUTRIDER_CA_ROOT_PEM", hide_env_values = true)]
+    pub ca_root_pem: Option<String>,
+    /// Label of the registered workload, KEY=VALUE (repeatable, or comma-separated).
+    #[arg(long = "label", env = "OUTRIDER_LABEL", value_delimiter = ',')]
     pub labels: Vec<String>,
     /// Node mode: the local workload API's Unix socket (`outrider-proxy node …` talks to it).
     #[arg(long, env = "OUTRIDER_NODE_SOCKET", default_value = crate::node::DEFAULT_SOCKET)]
     pub node_socket: PathBuf,
+    /// Node mode: where the served workloads are kept across restarts (default: beside the
+    /// socket, `<socket>.workloads.json`); restored when the proxy starts.
+    #[arg(long, env = "OUTRIDER_NODE_STATE")]
+    pub node_state: Option<PathBuf>,
 }
+
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// The socket mark of a node proxy unless `--socket-mark` says otherwise.
 pub const NODE_SOCKET_MARK: u32 = 0x539;
@@ -146,6 +186,22 @@ fn on_off(s: &str) -> Result<bool, String> {
         "off" | "false" | "0" => Ok(false),
         _ => Err(format!("expected on or off, got {s:?}")),
     }
+}
+
+/// A size in bytes: `1048576`, `512KiB`, `64MiB`, `1GiB`.
+fn size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} in {s:?}; use B, KiB, MiB or GiB, e.g. 64MiB")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("expected a size like 64MiB, got {s:?}"))?;
+    n.checked_mul(scale).filter(|b| *b > 0).ok_or_else(|| format!("{s:?} is out of range (more than 0, at most 4GiB)"))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -175,6 +231,8 @@ pub struct ProxyConfig {
     /// Spans over OTLP/gRPC, from the `OTEL_*` environment variables; `None`: off.
     pub tracing: Option<crate::telemetry::trace::TraceConfig>,
     pub workers: usize,
+    /// Most downstream connections open at once (`--max-connections`).
+    pub max_connections: usize,
     pub drain_timeout: Duration,
     pub socket_mark: Option<u32>,
     /// Workload identity (`--identity-token`); `None`: no mTLS, plaintext to every endpoint.
@@ -188,6 +246,8 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     pub socket: PathBuf,
+    /// The served workloads, kept across restarts.
+    pub state: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,10 +260,14 @@ pub enum ConfigError {
     Invalid(&'static str, &'static str),
     #[error("--workers must be at least 1")]
     Workers,
+    #[error("--max-connections must be at least 1")]
+    MaxConnections,
     #[error("--access-log-sample must be between 0 and 1, got {0}")]
     AccessLogSample(f64),
     #[error("tracing: {0}")]
     Tracing(#[from] crate::telemetry::trace::config::TraceConfigError),
+    #[error("--identity-token: {0}")]
+    IdentityToken(#[from] outrider_xds::join_token::TokenFileError),
 }
 
 impl ProxyConfig {
@@ -228,6 +292,7 @@ impl ProxyConfig {
             access_log_sample: 1.0,
             tracing: None,
             workers: 1,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: Duration::from_secs(5),
             socket_mark: None,
             identity: None,
@@ -238,6 +303,12 @@ impl ProxyConfig {
 
 impl ProxyArgs {
     pub fn validate(self) -> Result<ProxyConfig, ConfigError> {
+        if self.tunnel_port != crate::hbone::PORT {
+            return Err(ConfigError::NotSupported(
+                "--tunnel-port other than 15008",
+                "callers (node proxies and sidecars) tunnel to a workload's port 15008",
+            ));
+        }
         if self.mode == Mode::Node {
             if self.xds_address.is_none() || self.identity_token.is_none() {
                 return Err(ConfigError::Invalid(
@@ -260,14 +331,21 @@ impl ProxyArgs {
             ));
         }
         let identity = match &self.identity_token {
-            None if self.service_account.is_some() || self.ca_address.is_some() || self.ca_root.is_some() => {
+            None if self.service_account.is_some()
+                || self.ca_address.is_some()
+                || self.ca_root.is_some()
+                || self.ca_root_pem.is_some() =>
+            {
                 return Err(ConfigError::Invalid(
-                    "--service-account / --ca-address / --ca-root",
+                    "--service-account / --ca-address / --ca-root / --ca-root-pem",
                     "they only make sense with --identity-token FILE",
                 ));
             }
             None => None,
             Some(token_file) => {
+                // A token file that cannot work fails the start, naming the file (and `-q` when
+                // it holds the table `outrider token create` prints).
+                outrider_xds::join_token::read(token_file)?;
                 let ca = match (&self.ca_address, &self.xds_address) {
                     (Some(ca), _) => ca.parse::<http::Uri>().ok(),
                     (None, Some(xds)) => ca_from_xds(xds),
@@ -294,7 +372,11 @@ impl ProxyArgs {
                     token_file: token_file.clone(),
                     namespace: self.namespace.clone(),
                     service_account,
-                    ca_root: self.ca_root.clone(),
+                    ca_root: match (&self.ca_root, &self.ca_root_pem) {
+                        (Some(file), _) => Some(crate::mesh::CaRoots::File(file.clone())),
+                        (None, Some(pem)) => Some(crate::mesh::CaRoots::Pem(pem.clone())),
+                        (None, None) => None,
+                    },
                 })
             }
         };
@@ -310,7 +392,13 @@ impl ProxyArgs {
             Some(Err(_)) => return Err(ConfigError::Invalid("--advertise", "expected IP:PORT, e.g. 10.0.0.7:8080")),
         };
         let mut labels = std::collections::BTreeMap::new();
-        for l in &self.labels {
+        let legacy: Vec<String> = match std::env::var(LEGACY_LABELS_ENV) {
+            Ok(value) if self.labels.is_empty() => {
+                value.split(',').filter(|l| !l.is_empty()).map(str::to_owned).collect()
+            }
+            _ => Vec::new(),
+        };
+        for l in self.labels.iter().chain(&legacy) {
             match l.split_once('=') {
                 Some((k, v)) if !k.is_empty() => {
                     labels.insert(k.to_owned(), v.to_owned());
@@ -326,11 +414,15 @@ impl ProxyArgs {
             },
             advertise,
             labels,
+            max_message: self.xds_max_message,
         });
         if self.policy.is_none() && xds.is_none() {
             return Err(ConfigError::NoPolicy);
         }
         let policy = self.policy;
+        if self.max_connections == 0 {
+            return Err(ConfigError::MaxConnections);
+        }
         let workers = match self.workers {
             Some(0) => return Err(ConfigError::Workers),
             Some(n) => n,
@@ -355,7 +447,10 @@ impl ProxyArgs {
             Mode::Node => Some(self.socket_mark.unwrap_or(NODE_SOCKET_MARK)),
             Mode::Sidecar => self.socket_mark,
         };
-        let node = (self.mode == Mode::Node).then(|| NodeSettings { socket: self.node_socket.clone() });
+        let node = (self.mode == Mode::Node).then(|| NodeSettings {
+            state: self.node_state.clone().unwrap_or_else(|| crate::node::state::default_path(&self.node_socket)),
+            socket: self.node_socket.clone(),
+        });
         Ok(ProxyConfig {
             policy,
             xds,
@@ -373,6 +468,7 @@ impl ProxyArgs {
             access_log_sample: self.access_log_sample,
             tracing,
             workers,
+            max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
             socket_mark,
             identity,
@@ -387,4 +483,74 @@ fn ca_from_xds(xds: &str) -> Option<http::Uri> {
     let host = uri.host()?;
     let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
     format!("{}://{host}:15014", uri.scheme_str().unwrap_or("http")).parse().ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// Every flag: a one-line description, and `OUTRIDER_<FLAG>` as its environment variable
+    /// (the `iptables` subcommand, a one-shot tool, reads none).
+    #[test]
+    fn every_flag_is_described_and_follows_the_environment_rule() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(!help.is_empty() && !help.contains('\n'), "--{id}: one line of help, got {help:?}");
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let long = arg.get_long().unwrap_or_else(|| panic!("{id} has a long name"));
+            let expected = format!("OUTRIDER_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(expected.as_str()), "--{long}");
+        }
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                assert!(!help.is_empty(), "{} --{}: needs help", sub.get_name(), arg.get_id());
+            }
+        }
+    }
+
+    #[test]
+    fn a_config_source_is_required_except_for_subcommands() {
+        let err = Cli::try_parse_from(["outrider-proxy"]).unwrap_err().to_string();
+        assert!(err.contains("--policy") && err.contains("--xds-address"), "{err}");
+        assert!(Cli::try_parse_from(["outrider-proxy", "iptables"]).is_ok());
+        let typo = Cli::try_parse_from(["outrider-proxy", "--polcy", "p.yaml"]).unwrap_err().to_string();
+        assert!(typo.contains("a similar argument exists: '--policy'"), "{typo}");
+    }
+
+    #[test]
+    fn sizes_take_binary_units_and_refuse_the_rest() {
+        assert_eq!(size("1048576"), Ok(1 << 20));
+        assert_eq!(size("512KiB"), Ok(512 << 10));
+        assert_eq!(size("64MiB"), Ok(64 << 20));
+        assert_eq!(size("1GiB"), Ok(1 << 30));
+        assert!(size("64MB").unwrap_err().contains("MiB"));
+        assert!(size("0").is_err());
+        assert!(size("MiB").is_err());
+        assert!(size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn the_default_decode_limit_is_the_ads_clients() {
+        let cli = Cli::try_parse_from(["outrider-proxy", "--xds-address", "http://127.0.0.1:1"]).unwrap();
+        assert_eq!(cli.proxy.xds_max_message, outrider_xds::ads::DEFAULT_MAX_MESSAGE);
+        let config = cli.proxy.validate().unwrap();
+        assert_eq!(config.xds.unwrap().max_message, outrider_xds::ads::DEFAULT_MAX_MESSAGE);
+    }
+
+    #[test]
+    fn a_tunnel_port_the_proxy_cannot_use_is_rejected_not_ignored() {
+        let parse = |port: &str| Cli::try_parse_from(["outrider-proxy", "--policy", "p.yaml", "--tunnel-port", port]);
+        let err = parse("16008").unwrap().proxy.validate().unwrap_err().to_string();
+        assert!(err.contains("--tunnel-port") && err.contains("not supported yet"), "{err}");
+        assert!(parse("15008").unwrap().proxy.validate().is_ok());
+    }
 }

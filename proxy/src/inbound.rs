@@ -32,6 +32,8 @@ use crate::telemetry::metrics::{DenialLabels, Direction, DirectionLabels, Servic
 use crate::tls::{Identity, Mode};
 use crate::transport::{detect, orig_dst};
 
+#[cfg(test)]
+mod tests;
 mod tunnel;
 
 /// Connect timeout to the local application.
@@ -57,6 +59,9 @@ pub struct Inbound {
     pub mesh: MeshHandle,
     /// `--identity-token` was given: inbound waits for the certificate.
     pub needs_identity: bool,
+    /// Node mode: inbound waits for the service's own inbound config (its mTLS mode and
+    /// authorization), which the control plane sends only once the workload is registered.
+    pub needs_policy: bool,
     pools: Mutex<HashMap<u16, Arc<EndpointPool>>>,
 }
 
@@ -79,6 +84,7 @@ impl Inbound {
             store,
             mesh,
             needs_identity: false,
+            needs_policy: false,
             pools: Mutex::default(),
         }
     }
@@ -89,13 +95,26 @@ impl Inbound {
         self
     }
 
+    /// Node mode: accept nothing before the service's inbound config arrived (until then its
+    /// mTLS mode and authorization are unknown, and unknown must not mean permissive).
+    pub fn requiring_policy(mut self, required: bool) -> Self {
+        self.needs_policy = required;
+        self
+    }
+
+    /// Whether the service's inbound config is still missing where it is required.
+    fn policy_pending(&self) -> bool {
+        self.needs_policy && self.policy().is_none()
+    }
+
     /// A Service's declared protocol wins over detection.
     fn declared(&self) -> Option<ClusterProtocol> {
         let snap = self.store.load();
         snap.clusters.values().find(|c| c.service == self.service).map(|c| c.protocol)
     }
 
-    /// The service's mTLS mode and authorization (none: permissive, everyone allowed).
+    /// The service's mTLS mode and authorization (none: permissive, everyone allowed; see
+    /// [`check_own_service`]).
     fn policy(&self) -> Option<Arc<InboundPolicy>> {
         self.store.load().inbound.get(&self.service).cloned()
     }
@@ -130,7 +149,7 @@ impl Inbound {
         // Fail closed: before the first config (and, with --identity-token, the certificate)
         // the service's mode and authorization are unknown.
         let mesh = self.mesh.load_full();
-        if !self.store.is_ready() || (self.needs_identity && mesh.is_none()) {
+        if !self.store.is_ready() || (self.needs_identity && mesh.is_none()) || self.policy_pending() {
             tracing::info!(%client, "inbound connection refused: the proxy is not ready (config or certificate pending)");
             return;
         }
@@ -419,4 +438,37 @@ impl Inbound {
             }
         }
     }
+}
+
+/// Whether this sidecar's own service has an inbound policy in `snap`: a `--service` that
+/// names no Service (a typo, a Service deleted) leaves inbound traffic with no mTLS mode and
+/// no authorization (permissive, everyone allowed). Called at every snapshot: sets
+/// `outrider_service_missing{service}` and warns while it is missing; a sidecar of the control
+/// plane without `--service` at all is warned about too. Returns whether it is missing.
+pub fn check_own_service(
+    metrics: &crate::telemetry::metrics::Metrics,
+    snap: &crate::state::Snapshot,
+    service: Option<&str>,
+    sidecar: bool,
+) -> bool {
+    let Some(service) = service else {
+        if sidecar {
+            tracing::warn!(
+                "no --service: inbound traffic to this sidecar has no mTLS mode or authorization policy, and no workload is registered; set --service to the workload's Service"
+            );
+        }
+        return sidecar;
+    };
+    let missing = !snap.inbound.contains_key(service);
+    let labels = crate::telemetry::metrics::ServiceLabels { service: Arc::from(service) };
+    metrics.service_missing.get_or_create(&labels).set(i64::from(missing));
+    if missing {
+        let known: Vec<&str> = snap.inbound.keys().map(|k| &**k).take(20).collect();
+        tracing::warn!(
+            service,
+            known = ?known,
+            "--service names no Service in the config: inbound traffic has no mTLS mode or authorization policy (permissive, everyone allowed); check the name, or create the Service"
+        );
+    }
+    missing
 }

@@ -1,6 +1,12 @@
 //! `outrider-proxy iptables`: the nat rules that send a network namespace's
 //! outbound TCP to the outbound port and its inbound TCP to the inbound port,
 //! leaving the proxy's own traffic alone (by uid, and by socket mark if given).
+//!
+//! The same rules go to `iptables` (IPv4) and `ip6tables` (IPv6): without the IPv6 ones a
+//! workload's IPv6 traffic would bypass the proxy, and with it strict mTLS and authorization.
+//! Where IPv6 is off in the namespace (`/proc/net/if_inet6` missing or
+//! `net.ipv6.conf.all.disable_ipv6 = 1`) there is no IPv6 traffic to catch and only the IPv4
+//! rules are installed; `--no-ipv6` skips them explicitly.
 use std::process::{Command, ExitCode};
 
 use clap::Args;
@@ -13,8 +19,10 @@ pub struct IptablesArgs {
     /// Remove the rules (prints, or runs with --apply).
     #[arg(long)]
     pub clean: bool,
+    /// The proxy's outbound port: where outbound TCP is redirected.
     #[arg(long, default_value_t = 15001)]
     pub outbound_port: u16,
+    /// The proxy's inbound port: where inbound TCP is redirected.
     #[arg(long, default_value_t = 15006)]
     pub inbound_port: u16,
     /// Do not intercept inbound traffic.
@@ -32,9 +40,37 @@ pub struct IptablesArgs {
     /// Outbound destinations never redirected (CIDRs).
     #[arg(long, value_delimiter = ',')]
     pub exclude_outbound_cidrs: Vec<String>,
-    /// The iptables binary (iptables, iptables-legacy, ip6tables...).
+    /// The iptables binary for IPv4 (iptables, iptables-legacy, ...).
     #[arg(long, default_value = "iptables")]
     pub iptables: String,
+    /// The iptables binary for IPv6 (ip6tables, ip6tables-legacy, ...).
+    #[arg(long, default_value = "ip6tables")]
+    pub ip6tables: String,
+    /// Do not install IPv6 rules (IPv6 traffic then bypasses the proxy).
+    #[arg(long)]
+    pub no_ipv6: bool,
+}
+
+/// Which iptables the rules are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Loopback, never redirected (the app's own local connections).
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.1/32",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    /// Whether a CIDR of `--exclude-outbound-cidrs` belongs to this family.
+    fn owns(self, cidr: &str) -> bool {
+        cidr.contains(':') == (self == Family::V6)
+    }
 }
 
 pub const OUTPUT_CHAIN: &str = "OUTRIDER_OUTPUT";
@@ -46,8 +82,8 @@ fn rule(args: &[&str]) -> Vec<String> {
     v
 }
 
-/// The rules that install interception, in order.
-pub fn install_rules(a: &IptablesArgs) -> Vec<Vec<String>> {
+/// The rules that install interception for `family`, in order.
+pub fn install_rules(a: &IptablesArgs, family: Family) -> Vec<Vec<String>> {
     let mut out = vec![rule(&["-N", OUTPUT_CHAIN]), rule(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN])];
     let uid = a.proxy_uid.to_string();
     out.push(rule(&["-A", OUTPUT_CHAIN, "-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]));
@@ -55,8 +91,8 @@ pub fn install_rules(a: &IptablesArgs) -> Vec<Vec<String>> {
         let mark = format!("{mark:#x}");
         out.push(rule(&["-A", OUTPUT_CHAIN, "-m", "mark", "--mark", &mark, "-j", "RETURN"]));
     }
-    out.push(rule(&["-A", OUTPUT_CHAIN, "-d", "127.0.0.1/32", "-j", "RETURN"]));
-    for cidr in &a.exclude_outbound_cidrs {
+    out.push(rule(&["-A", OUTPUT_CHAIN, "-d", family.loopback(), "-j", "RETURN"]));
+    for cidr in a.exclude_outbound_cidrs.iter().filter(|c| family.owns(c)) {
         out.push(rule(&["-A", OUTPUT_CHAIN, "-d", cidr, "-j", "RETURN"]));
     }
     let to_out = a.outbound_port.to_string();
@@ -105,23 +141,39 @@ impl IptablesArgs {
             exclude_inbound_ports: vec![15000, 15008, 15020, 15021, 15090],
             exclude_outbound_cidrs: Vec::new(),
             iptables: "iptables".into(),
+            ip6tables: "ip6tables".into(),
+            // The node proxy listens in a workload's namespace on IPv4 only so far.
+            no_ipv6: true,
         }
     }
 }
 
-/// Install `a`'s rules in the calling thread's network namespace, replacing earlier ones.
-pub fn apply(a: &IptablesArgs) -> Result<(), String> {
-    let _ = run_rules(&a.iptables, &clean_rules(), true);
-    if let Err(e) = run_rules(&a.iptables, &install_rules(a), false) {
-        let _ = run_rules(&a.iptables, &clean_rules(), true);
-        return Err(e);
+/// Install `a`'s rules in the calling thread's network namespace, replacing earlier ones; all
+/// or nothing. Returns the binaries that installed rules.
+pub fn apply(a: &IptablesArgs) -> Result<Vec<String>, String> {
+    let families = families(a, ipv6_enabled());
+    // Installing is idempotent: clear what a previous run left first.
+    for (bin, _) in &families {
+        let _ = run_rules(bin, &clean_rules(), true);
     }
-    Ok(())
+    for (bin, family) in &families {
+        if let Err(e) = run_rules(bin, &install_rules(a, *family), false) {
+            // IPv4 rules without IPv6 ones would leave a bypass.
+            for (bin, _) in &families {
+                let _ = run_rules(bin, &clean_rules(), true);
+            }
+            return Err(e);
+        }
+    }
+    Ok(families.iter().map(|(bin, _)| (*bin).to_owned()).collect())
 }
 
-/// Remove the rules from the calling thread's network namespace.
+/// Remove the rules (IPv4 and IPv6) from the calling thread's network namespace.
 pub fn clean() {
     let _ = run_rules("iptables", &clean_rules(), true);
+    if ipv6_enabled() {
+        let _ = run_rules("ip6tables", &clean_rules(), true);
+    }
 }
 
 fn run_rules(bin: &str, rules: &[Vec<String>], ignore_errors: bool) -> Result<(), String> {
@@ -141,27 +193,51 @@ fn run_rules(bin: &str, rules: &[Vec<String>], ignore_errors: bool) -> Result<()
     Ok(())
 }
 
+/// Whether this network namespace has IPv6 (so IPv6 traffic exists to intercept).
+pub fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+        && std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").map_or(true, |v| v.trim() != "1")
+}
+
+/// The binaries and families to install for: IPv4 always, IPv6 unless `--no-ipv6` or IPv6 is
+/// off (`ipv6`).
+fn families(a: &IptablesArgs, ipv6: bool) -> Vec<(&str, Family)> {
+    let mut out = vec![(a.iptables.as_str(), Family::V4)];
+    if !a.no_ipv6 && ipv6 {
+        out.push((a.ip6tables.as_str(), Family::V6));
+    }
+    out
+}
+
 pub fn run(a: &IptablesArgs) -> ExitCode {
-    let rules = if a.clean { clean_rules() } else { install_rules(a) };
+    let ipv6 = ipv6_enabled();
+    if !a.no_ipv6 && !ipv6 {
+        eprintln!("outrider-proxy: IPv6 is off in this network namespace: IPv4 rules only");
+    }
+    let families = families(a, ipv6);
+    let rules = |family| if a.clean { clean_rules() } else { install_rules(a, family) };
     if !a.apply {
-        for r in &rules {
-            println!("{} {}", a.iptables, r.join(" "));
+        for (bin, family) in &families {
+            for r in rules(*family) {
+                println!("{bin} {}", r.join(" "));
+            }
         }
         return ExitCode::SUCCESS;
     }
-    // Installing is idempotent: clear what a previous run left first.
-    let _ = run_rules(&a.iptables, &clean_rules(), true);
     if a.clean {
+        for (bin, _) in &families {
+            let _ = run_rules(bin, &clean_rules(), true);
+        }
         return ExitCode::SUCCESS;
     }
-    match run_rules(&a.iptables, &rules, false) {
-        Ok(()) => {
-            eprintln!("outrider-proxy: installed {} iptables rules", rules.len());
+    match apply(a) {
+        Ok(bins) => {
+            let installed: usize = families.iter().map(|(_, family)| install_rules(a, *family).len()).sum();
+            eprintln!("outrider-proxy: installed {installed} rules ({})", bins.join(" + "));
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("outrider-proxy: {e}");
-            let _ = run_rules(&a.iptables, &clean_rules(), true);
             ExitCode::from(1)
         }
     }
@@ -182,7 +258,7 @@ mod tests {
     #[test]
     fn rules_exempt_the_proxy_and_redirect_the_rest() {
         let t = T::parse_from(["x", "--proxy-mark", "1337", "--outbound-port", "16001"]);
-        let rules: Vec<String> = install_rules(&t.a).iter().map(|r| r.join(" ")).collect();
+        let rules: Vec<String> = install_rules(&t.a, Family::V4).iter().map(|r| r.join(" ")).collect();
         let pos = |needle: &str| rules.iter().position(|r| r.contains(needle)).unwrap();
         assert!(pos("--uid-owner 1337 -j RETURN") < pos("REDIRECT --to-ports 16001"));
         assert!(pos("--mark 0x539 -j RETURN") < pos("REDIRECT --to-ports 16001"));
@@ -193,6 +269,25 @@ mod tests {
     #[test]
     fn no_inbound_skips_prerouting() {
         let t = T::parse_from(["x", "--no-inbound"]);
-        assert!(!install_rules(&t.a).iter().any(|r| r.contains(&"PREROUTING".to_string())));
+        for family in [Family::V4, Family::V6] {
+            assert!(!install_rules(&t.a, family).iter().any(|r| r.contains(&"PREROUTING".to_string())));
+        }
+    }
+
+    #[test]
+    fn ipv6_gets_the_same_rules_with_its_loopback_and_its_cidrs() {
+        let t = T::parse_from(["x", "--exclude-outbound-cidrs", "10.0.0.0/8,fd00::/8"]);
+        let v4: Vec<String> = install_rules(&t.a, Family::V4).iter().map(|r| r.join(" ")).collect();
+        let v6: Vec<String> = install_rules(&t.a, Family::V6).iter().map(|r| r.join(" ")).collect();
+        assert_eq!(v4.len(), v6.len());
+        assert!(v6.iter().any(|r| r.contains("-d ::1/128 -j RETURN")) && !v6.iter().any(|r| r.contains("127.0.0.1")));
+        assert!(v6.iter().any(|r| r.contains("-d fd00::/8")) && !v6.iter().any(|r| r.contains("10.0.0.0/8")));
+        assert!(v4.iter().any(|r| r.contains("-d 10.0.0.0/8")) && !v4.iter().any(|r| r.contains("fd00::/8")));
+        assert!(v6.iter().any(|r| r.contains("REDIRECT --to-ports 15006")));
+        // Both families unless told otherwise (or IPv6 is off).
+        assert_eq!(families(&t.a, true), [("iptables", Family::V4), ("ip6tables", Family::V6)]);
+        assert_eq!(families(&t.a, false), [("iptables", Family::V4)]);
+        let t = T::parse_from(["x", "--no-ipv6"]);
+        assert_eq!(families(&t.a, true), [("iptables", Family::V4)]);
     }
 }

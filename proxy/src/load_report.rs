@@ -12,7 +12,7 @@
 //! histogram's non-empty buckets (`outrider.latency_bucket_us.<lower bound>`, see
 //! [`outrider_xds::latency`]) — and, for the dashboard, the proxy's peak-EWMA estimate of the
 //! endpoint and the ejection time left while it is ejected; per cluster its circuit breaker's
-//! state, retries sent, and requests dropped by the breaker or the retry budget (an endpoint
+//! state (with `scope: endpoint`, the most open of its endpoints' breakers), retries sent, and requests dropped by the breaker or the retry budget (an endpoint
 //! that is ejected, or a cluster whose breaker is not closed or that rejected or retried, is
 //! reported without traffic too). A new response may change the interval or the clusters at any
 //! time. Counts made while no stream is up are dropped when the next stream starts, so that a
@@ -130,7 +130,7 @@ impl LoadReporter {
     }
 
     async fn run_once(&self, delivered: &mut bool) -> Result<(), ReportError> {
-        let channel = ads::connect(&self.config).await?;
+        let channel = ads::connect(&self.config, None).await?;
         let (tx, rx) = mpsc::channel::<LoadStatsRequest>(2);
         let hello = LoadStatsRequest { node: Some(self.config.node.clone()), cluster_stats: Vec::new() };
         tx.send(hello).await.map_err(|_| ReportError::Closed)?;
@@ -168,6 +168,23 @@ impl LoadReporter {
 }
 
 /// Reset every endpoint's counts.
+/// The state a cluster's breaker is reported in: the service breaker's with `scope: service`;
+/// with per-endpoint breakers the most open of its endpoints' (open, then half-open), so the
+/// dashboard shows a breaker open while any endpoint's is.
+fn cluster_breaker_state(cluster: &crate::state::Cluster) -> crate::policy::breaker::State {
+    use crate::policy::breaker::State;
+    let scope = cluster.policy.breaker.as_ref().map(|b| b.scope);
+    if scope != Some(crate::policy::config::BreakerScope::Endpoint) {
+        return cluster.state.breaker.state();
+    }
+    let rank = |s: State| match s {
+        State::Closed => 0,
+        State::HalfOpen => 1,
+        State::Open => 2,
+    };
+    cluster.endpoints.items().iter().map(|e| e.shared.breaker.state()).max_by_key(|s| rank(*s)).unwrap_or(State::Closed)
+}
+
 fn drain(snapshot: &Snapshot) {
     for cluster in snapshot.clusters.values() {
         for endpoint in cluster.endpoints.items() {
@@ -214,7 +231,7 @@ pub fn collect(snapshot: &Snapshot, wanted: &impl Wants, interval: Duration) -> 
             locality.upstream_endpoint_stats.push(stats);
         }
         let resilience = cluster.state.load.take();
-        let breaker = cluster.state.breaker.state();
+        let breaker = cluster_breaker_state(cluster);
         if locality.upstream_endpoint_stats.is_empty()
             && resilience.is_empty()
             && breaker == crate::policy::breaker::State::Closed

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         let app = match App::build(config, log).await {
             Ok(app) => app,
             Err(e) => {
-                tracing::error!(error = %e, "startup failed");
+                // Once, on stderr (not also as a log line): it is the last thing the process says.
                 eprintln!("outrider-proxy: {e}");
                 return ExitCode::from(e.exit_code());
             }

@@ -39,7 +39,16 @@ pub struct IdentityConfig {
     pub service_account: String,
     /// PEM roots to verify an `https` CA address (the mesh root, e.g. the control plane's
     /// `root.pem`); without it only `http` is accepted.
-    pub ca_root: Option<PathBuf>,
+    pub ca_root: Option<CaRoots>,
+}
+
+/// Where the roots that verify an `https` CA address come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaRoots {
+    /// A PEM file (`--ca-root`).
+    File(PathBuf),
+    /// PEM text (`--ca-root-pem`, set by the Kubernetes injector).
+    Pem(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +193,7 @@ impl Mesh {
 /// Gets the first certificate: the trust bundle and trust domain from the CA, then a
 /// certificate for `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 pub async fn bootstrap(config: &IdentityConfig) -> Result<(Arc<Mesh>, HttpIssuer), MeshError> {
-    let client = CaClient::new(config.ca.clone(), config.ca_root.as_deref())?;
+    let client = CaClient::new(config.ca.clone(), config.ca_root.as_ref())?;
     if client.is_plaintext() && !config.ca.host().is_some_and(is_loopback) {
         tracing::warn!(
             ca = %config.ca,
@@ -234,9 +243,7 @@ fn is_loopback(host: &str) -> bool {
 }
 
 fn read_token(path: &std::path::Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path)
-        .map(|t| t.trim().to_owned())
-        .map_err(|e| TlsError::Issue(format!("cannot read the identity token {}: {e}", path.display())))
+    outrider_xds::join_token::read(path).map_err(|e| TlsError::Issue(e.to_string()))
 }
 
 impl tls::rotate::CertIssuer for HttpIssuer {

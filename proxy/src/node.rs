@@ -18,6 +18,8 @@
 pub mod api;
 /// Workload certificates, issued on the node's own credential.
 pub mod identity;
+/// The served workloads kept across restarts.
+pub mod state;
 /// One workload: its namespace, listeners, rules, certificate and config.
 pub mod workload;
 
@@ -25,6 +27,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::Node as XdsNode;
 use envoy_types::pb::google::protobuf::{ListValue, Value, value::Kind};
@@ -120,6 +123,10 @@ pub struct Shared {
     pub ca: Option<crate::mesh::CaClient>,
     /// Drains every workload when the proxy drains.
     pub drain: crate::drain::Drain,
+    /// Where the served workloads are kept across restarts (none: not kept).
+    pub state: Option<PathBuf>,
+    /// The proxy's one cap on downstream connections (--max-connections).
+    pub limit: crate::app::ConnectionLimit,
 }
 
 /// The workloads this node serves.
@@ -130,16 +137,73 @@ pub struct Node {
     /// The node as the xDS stream reports it (without workloads), once known.
     base: Mutex<Option<XdsNode>>,
     updates: watch::Sender<XdsNode>,
+    /// The state file is not written until the workloads it lists were restored.
+    restoring: AtomicBool,
+    /// Serializes writes of the state file (held only while one is written).
+    persisting: Mutex<()>,
 }
 
 impl Node {
     pub fn new(shared: Shared) -> Arc<Self> {
+        let restoring = AtomicBool::new(shared.state.is_some());
         Arc::new(Self {
             shared: Arc::new(shared),
             workloads: Mutex::default(),
             base: Mutex::default(),
             updates: watch::channel(XdsNode::default()).0,
+            restoring,
+            persisting: Mutex::default(),
         })
+    }
+
+    /// Serve again the workloads of the state file (once the node has its identity: each needs
+    /// its certificate). A workload that cannot be served again (its namespace is gone) is
+    /// dropped from the file with a warning; a damaged file is set aside as `<file>.damaged`.
+    pub async fn restore(self: Arc<Self>) {
+        let Some(path) = self.shared.state.clone() else { return };
+        let mut updates = self.updates.subscribe();
+        loop {
+            let based = self.base.lock().is_some();
+            if based {
+                break;
+            }
+            if updates.changed().await.is_err() {
+                return;
+            }
+        }
+        let specs = match state::load(&path) {
+            Ok(specs) => specs,
+            Err(error) => {
+                let mut aside = path.clone().into_os_string();
+                aside.push(".damaged");
+                let moved = std::fs::rename(&path, &aside);
+                tracing::error!(%error, set_aside = ?moved.is_ok(), "node state not restored");
+                Vec::new()
+            }
+        };
+        for spec in specs {
+            let netns = spec.netns.display().to_string();
+            match self.add(spec).await {
+                Ok(info) => tracing::info!(%netns, identity = %info.identity, "workload restored"),
+                Err(NodeError::Exists(_)) => {}
+                Err(error) => tracing::warn!(%netns, %error, "workload not restored (dropped from the node state)"),
+            }
+        }
+        self.restoring.store(false, Ordering::Release);
+        self.persist();
+    }
+
+    /// Write the state file: the workloads served now.
+    fn persist(&self) {
+        let Some(path) = &self.shared.state else { return };
+        if self.restoring.load(Ordering::Acquire) {
+            return;
+        }
+        let _one = self.persisting.lock();
+        let specs: Vec<WorkloadSpec> = self.workloads.lock().values().map(|w| w.info().spec).collect();
+        if let Err(error) = state::save(path, &specs) {
+            tracing::error!(%error, "node state not written: a restart will not serve the workloads added or removed since");
+        }
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -192,6 +256,7 @@ impl Node {
         }
         tracing::info!(netns = %info.spec.netns.display(), identity = %info.identity, ip = %info.ip, "workload added");
         self.publish();
+        self.persist();
         Ok(info)
     }
 
@@ -202,6 +267,7 @@ impl Node {
             return Err(NodeError::Unknown(netns.display().to_string()));
         };
         self.publish();
+        self.persist();
         workload.stop().await;
         tracing::info!(netns = %netns.display(), "workload removed");
         Ok(())

@@ -18,6 +18,8 @@ use crate::transport::{detect, orig_dst};
 
 /// HTTP routing and forwarding.
 pub mod http;
+/// Choosing an endpoint per attempt (breakers, ejections, fallback) and reporting the outcome.
+pub mod pick;
 /// The tower stack below the router: balance → endpoint.
 pub mod stack;
 /// Opaque TCP proxying.

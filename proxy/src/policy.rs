@@ -3,10 +3,13 @@
 //! state machine), outlier detection and fault injection. State that must
 //! survive a config change is keyed by cluster / endpoint and carried over.
 
-/// Circuit breaking: Envoy-style thresholds and the Resilience4j-style state machine.
+/// Circuit breaking: Envoy-style thresholds per cluster and the Resilience4j-style state
+/// machine per endpoint (or per service).
 pub mod breaker;
 /// The Linkerd-style retry budget: a ratio of retries to requests over a window.
 pub mod budget;
+/// Saturating time for policy state kept in atomics.
+pub mod clock;
 /// The policy of a route and of a cluster, as read from the snapshot.
 pub mod config;
 /// Fault injection: delays and aborts by percentage.

@@ -37,6 +37,23 @@ pub enum ProxyError {
     Unauthorized { service: String, peer: String, policy: Option<std::sync::Arc<str>> },
 }
 
+/// Every reason `outrider_local_replies_total` counts: the `x-outrider-local-reply` reasons
+/// [`ProxyError::classify`] gives, and `downstream-cancelled` (the caller went away before a
+/// response; the access log's own). Exported at 0 from the start.
+pub const LOCAL_REPLY_REASONS: [&str; 11] = [
+    "no-route",
+    "no-healthy-upstream",
+    "connect-failure",
+    "upstream-reset",
+    "bad-request",
+    "timeout",
+    "circuit-open",
+    "overloaded",
+    "unauthorized",
+    "fault-injected",
+    "downstream-cancelled",
+];
+
 /// gRPC status codes used in local replies.
 mod grpc {
     pub const UNIMPLEMENTED: u8 = 12;
@@ -148,6 +165,28 @@ mod tests {
         let e = ProxyError::NoRoute { authority: "nope".into() };
         let (r, reason) = e.to_response(false);
         assert_eq!((r.status().as_u16(), reason), (404, "no-route"));
+    }
+
+    #[test]
+    fn every_reason_is_listed_in_local_reply_reasons() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let errors = [
+            ProxyError::NoRoute { authority: "a".into() },
+            ProxyError::NoRouteMatch { service: "s".into(), path: "/".into() },
+            ProxyError::NoHealthyUpstream { service: "s".into() },
+            ProxyError::from(UpstreamError::Connect(addr, std::io::Error::other("refused"))),
+            ProxyError::from(UpstreamError::Tls(addr, "bad certificate".into())),
+            ProxyError::BadRequest("x"),
+            ProxyError::Timeout { after: std::time::Duration::from_secs(1), per_try: false },
+            ProxyError::Overloaded { service: "s".into(), reason: "open" },
+            ProxyError::Overloaded { service: "s".into(), reason: "max-requests" },
+            ProxyError::FaultAbort { status: 503 },
+            ProxyError::Unauthorized { service: "s".into(), peer: "p".into(), policy: None },
+        ];
+        for e in errors {
+            let (_, reason, _) = e.classify();
+            assert!(LOCAL_REPLY_REASONS.contains(&reason), "{reason} is missing from LOCAL_REPLY_REASONS");
+        }
     }
 
     #[test]

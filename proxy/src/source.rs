@@ -33,6 +33,8 @@ pub struct FileSource {
     builder: Builder,
     metrics: Metrics,
     applied_version: parking_lot::Mutex<Option<String>>,
+    /// When the file started failing to load, while it does.
+    failing_since: parking_lot::Mutex<Option<SystemTime>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +45,14 @@ pub enum Outcome {
 
 impl FileSource {
     pub fn new(path: PathBuf, store: Arc<Store>, metrics: Metrics) -> Self {
-        Self { path, store, builder: Builder::new(), metrics, applied_version: parking_lot::Mutex::new(None) }
+        Self {
+            path,
+            store,
+            builder: Builder::new(),
+            metrics,
+            applied_version: parking_lot::Mutex::new(None),
+            failing_since: parking_lot::Mutex::new(None),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -81,10 +90,32 @@ impl FileSource {
     }
 
     fn reload(&self, why: &str) {
-        match self.load() {
-            Ok(Outcome::Applied) => tracing::info!(reason = why, "policy file reloaded"),
-            Ok(Outcome::Unchanged) => tracing::debug!(reason = why, "policy file unchanged"),
-            Err(e) => tracing::error!(
+        let result = self.load();
+        // A file that was failing and loads again says so, so that the last line about it is
+        // not a stale error.
+        let fixed = match &result {
+            Ok(_) => self.failing_since.lock().take(),
+            Err(_) => {
+                self.failing_since.lock().get_or_insert_with(SystemTime::now);
+                None
+            }
+        };
+        match (result, fixed) {
+            (Ok(Outcome::Applied), None) => tracing::info!(reason = why, "policy file reloaded"),
+            (Ok(Outcome::Unchanged), None) => tracing::debug!(reason = why, "policy file unchanged"),
+            (Ok(outcome), Some(since)) => {
+                let what = match outcome {
+                    Outcome::Applied => "policy file reloaded and applied",
+                    Outcome::Unchanged => "policy file valid again (the config in force is unchanged)",
+                };
+                tracing::info!(
+                    reason = why,
+                    file = %self.path.display(),
+                    "{what}; it was failing since {}",
+                    crate::telemetry::log::since(since)
+                );
+            }
+            (Err(e), _) => tracing::error!(
                 reason = why,
                 file = %self.path.display(),
                 error = %e,

@@ -1,7 +1,8 @@
 //! The config snapshot the data path reads: built from Envoy v3 resources off
 //! the hot path, validated, then swapped in with one `ArcSwap::store`. State that
-//! must outlive a snapshot (latency estimates, connection pools) is keyed by
-//! cluster and endpoint and carried over while they still exist.
+//! must outlive a snapshot (latency estimates, connection pools, breaker state,
+//! outlier ejections) is keyed by cluster and endpoint and carried over while they
+//! still exist.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,12 +15,13 @@ use tokio::sync::watch;
 
 use crate::balance::{Balanced, Balancer, LbPolicy, PeakEwma};
 use crate::http::client::{EndpointPool, UpstreamProtocol};
-use crate::policy::breaker::{ClusterCounters, StateMachine};
+use crate::policy::breaker::{ClusterThresholds, EndpointBreaker, ServiceBreaker};
 use crate::policy::budget::RetryBudget;
 use crate::policy::config::{ClusterPolicy, RoutePolicy};
 use crate::policy::outlier::{ClusterOutliers, EndpointHealth};
 
 mod build;
+mod lb;
 mod policy;
 mod telemetry;
 
@@ -42,6 +44,38 @@ pub struct Snapshot {
     /// Tracing settings of a `Telemetry` policy, if one is in force (read by the
     /// tracer per request; `None`: the `OTEL_*` environment's).
     pub tracing: Option<crate::telemetry::trace::Pushed>,
+}
+
+/// Versions of single resources as received, by `/config_dump` section (`listeners`, `routes`,
+/// `clusters`, `endpoints`) and resource name: Delta xDS gives each resource its own; SotW and
+/// the policy file only a version per type.
+pub type ResourceVersions = BTreeMap<&'static str, BTreeMap<String, String>>;
+
+/// The `/config_dump` sections, and the field that names a resource in each.
+const DUMP_SECTIONS: [(&str, &str); 4] =
+    [("listeners", "name"), ("routes", "name"), ("clusters", "name"), ("endpoints", "cluster_name")];
+
+impl Snapshot {
+    /// Writes into the `/config_dump` view the version of each type (from `versions`) and of
+    /// each resource (from `resources`, else its type's).
+    pub fn stamp_versions(&mut self, resources: &ResourceVersions) {
+        for (section, key) in DUMP_SECTIONS {
+            let type_version = match section {
+                "listeners" => &self.versions.listeners,
+                "routes" => &self.versions.routes,
+                "clusters" => &self.versions.clusters,
+                _ => &self.versions.endpoints,
+            };
+            let Some(dump) = self.dump.get_mut(section).and_then(serde_json::Value::as_object_mut) else { continue };
+            dump.insert("version".into(), type_version.clone().into());
+            let Some(list) = dump.get_mut("resources").and_then(serde_json::Value::as_array_mut) else { continue };
+            for resource in list.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+                let name = resource.get(key).and_then(serde_json::Value::as_str).unwrap_or_default();
+                let version = resources.get(section).and_then(|r| r.get(name)).unwrap_or(type_version);
+                resource.insert("version".into(), version.clone().into());
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -163,6 +197,18 @@ pub struct Split {
     pub subset: Option<BTreeMap<String, String>>,
     /// The endpoints of the cluster that carry the subset's labels.
     pub endpoints: Arc<Balancer<Arc<Endpoint>>>,
+    /// Where requests go when every endpoint of this split is open (the cluster's
+    /// `fallback`, resolved; `None` when it has none or it is this very subset).
+    pub fallback: Option<Arc<Fallback>>,
+}
+
+/// A resolved fallback: the endpoints of `cluster` that carry the fallback's labels.
+#[derive(Debug)]
+pub struct Fallback {
+    /// The cluster whose settings (connect timeout, protocol, pool, thresholds, breaker,
+    /// outlier detection) the fallback request uses: this service's, or another's.
+    pub cluster: Arc<Cluster>,
+    pub endpoints: Arc<Balancer<Arc<Endpoint>>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,8 +245,10 @@ pub struct Cluster {
 /// A cluster's resilience state that outlives snapshots.
 #[derive(Debug, Default)]
 pub struct ClusterState {
-    pub counters: Arc<ClusterCounters>,
-    pub breaker: StateMachine,
+    /// The live counts behind the thresholds (maxRequests, …), per cluster as in Envoy.
+    pub counters: Arc<ClusterThresholds>,
+    /// The state machine of `scope: service` (unused with `scope: endpoint`).
+    pub breaker: ServiceBreaker,
     pub budget: RetryBudget,
     pub outliers: ClusterOutliers,
     /// What it did since the last load report.
@@ -220,7 +268,7 @@ pub struct Endpoint {
     pub shared: Arc<EndpointShared>,
 }
 
-/// Per-endpoint state that survives config changes.
+/// Per-endpoint state that survives config changes (keyed by cluster and address).
 #[derive(Debug)]
 pub struct EndpointShared {
     pub ewma: PeakEwma,
@@ -228,6 +276,8 @@ pub struct EndpointShared {
     pub health: EndpointHealth,
     /// What it did since the last load report.
     pub load: crate::load_report::EndpointLoad,
+    /// The state machine of `scope: endpoint` (unused with `scope: service`).
+    pub breaker: EndpointBreaker,
 }
 
 impl Balanced for Endpoint {

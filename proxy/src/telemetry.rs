@@ -2,6 +2,8 @@
 
 /// One record per request / connection, feeding metrics and the access log.
 pub mod access;
+/// Counters the config tells in advance, exported at 0 before their first event.
+pub mod known;
 /// Logging setup (JSON or text) with a runtime-adjustable level.
 pub mod log;
 /// The metrics registry and the families of the data path.

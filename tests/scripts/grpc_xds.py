@@ -1,16 +1,25 @@
-"""gRPC proxyless client for the control-plane e2e test.
+"""gRPC proxyless client (grpcio) for the control-plane e2e tests; same protocol as grpc_xds.js.
 
 Starts two gRPC servers on 127.0.0.1 (generic handler /outrider.test.Echo/Who answering with
-the server's name), prints {"ports": [P1, P2]} and waits for a line on stdin (the test applies
-the Service in between). Then, with GRPC_XDS_BOOTSTRAP pointing at the control plane, calls
-xds:///TARGET N times, prints {"answers": {name: count}} and waits for another line before
-closing the channel.
+the server's name, "one" and "two"), prints {"ports": [P1, P2]} and then reads commands, one a
+line, calling xds:///TARGET with GRPC_XDS_BOOTSTRAP pointing at the control plane:
+
+  spread N       call until both servers have answered, then N calls
+  until NAME N   call until NAME answers (a config change took effect), then N calls
+  done           close the channel and exit
+
+Each command prints {"answers": {name: count}} of its N calls. A failed call prints the error
+to stderr and exits 1. Each wait is bounded by OUTRIDER_TEST_DEADLINE_SECS (default 10).
 """
 import json
+import os
 import sys
+import time
 from concurrent import futures
 
 import grpc
+
+DEADLINE = float(os.environ.get("OUTRIDER_TEST_DEADLINE_SECS") or 10)
 
 
 def server(name):
@@ -28,19 +37,42 @@ def server(name):
 
 
 def main():
-    target, calls = sys.argv[1], int(sys.argv[2])
+    target = sys.argv[1]
     servers = [server("one"), server("two")]
     print(json.dumps({"ports": [p for _, p in servers]}), flush=True)
-    sys.stdin.readline()
-    answers = {}
-    with grpc.insecure_channel(f"xds:///{target}") as channel:
-        who = channel.unary_unary("/outrider.test.Echo/Who")
-        for _ in range(calls):
-            name = who(b"", timeout=10, wait_for_ready=True).decode()
+    # The channel (and its xDS watches) starts with the first command, once the test has
+    # applied the policy.
+    channel, who = None, None
+
+    def call():
+        try:
+            return who(b"", timeout=DEADLINE, wait_for_ready=True).decode()
+        except grpc.RpcError as e:
+            print(f"call failed: {e.code()}: {e.details()}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "done":
+            break
+        if channel is None:
+            channel = grpc.insecure_channel(f"xds:///{target}")
+            who = channel.unary_unary("/outrider.test.Echo/Who")
+        wanted = {"spread": {"one", "two"}, "until": {words[1]}}[words[0]]
+        end = time.monotonic() + DEADLINE
+        seen = set()
+        while not wanted <= seen:
+            if time.monotonic() > end:
+                print(f"only {sorted(seen)} answered, waiting for {sorted(wanted)}", file=sys.stderr, flush=True)
+                sys.exit(1)
+            seen.add(call())
+        answers = {}
+        for _ in range(int(words[-1])):
+            name = call()
             answers[name] = answers.get(name, 0) + 1
         print(json.dumps({"answers": answers}), flush=True)
-        # Keep the channel (and its xDS stream) open until the test has read the status.
-        sys.stdin.readline()
+    if channel is not None:
+        channel.close()
     for s, _ in servers:
         s.stop(0)
 

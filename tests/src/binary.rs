@@ -50,10 +50,20 @@ pub fn proxy_command(policy: &Path) -> Command {
 }
 
 /// Run a command to its exit (within the test deadline), capturing its output.
-pub async fn run_to_exit(mut cmd: Command) -> Output {
+pub async fn run_to_exit(cmd: Command) -> Output {
+    run_to_exit_after(cmd, std::time::Duration::ZERO).await
+}
+
+/// Run a command that works for `runs_for` by design (a demo with `--duration`) to its exit,
+/// within that time plus the test deadline, capturing its output.
+pub async fn run_to_exit_after(mut cmd: Command, runs_for: std::time::Duration) -> Output {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    wait::within("the process to exit", child.wait_with_output()).await.expect("wait for the process")
+    let limit = runs_for.saturating_add(wait::deadline());
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => out.expect("wait for the process"),
+        Err(_) => panic!("timed out after {limit:?} waiting for {cmd:?} to exit"),
+    }
 }
 
 /// Addresses from the `listening` line.
@@ -118,17 +128,7 @@ impl ProxyProcess {
                 lines.lock().unwrap().push(line);
             }
         });
-        let mut err = child.stderr.take().expect("piped stderr");
-        let err_buf = stderr.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                err_buf.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        drain_stderr(child.stderr.take().expect("piped stderr"), stderr.clone());
         let addrs = match wait::within("the proxy's \"listening\" log line", rx).await {
             Ok(a) => a,
             Err(_) => {
@@ -171,4 +171,68 @@ impl ProxyProcess {
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
+}
+
+/// Any of our binaries as a child process, its stdout lines and stderr collected as it runs;
+/// killed (SIGKILL) if still running when dropped.
+#[derive(Debug)]
+pub struct Captured {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Captured {
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let lines = stdout.clone();
+        let mut reader = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        drain_stderr(child.stderr.take().expect("piped stderr"), stderr.clone());
+        Self { child, stdout, stderr }
+    }
+
+    /// The first stdout line containing `needle` (waiting for it within the deadline).
+    pub async fn line_containing(&self, needle: &str) -> String {
+        let stdout = self.stdout.clone();
+        wait::wait_for(&format!("a stdout line containing {needle:?}"), || {
+            let found = stdout.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
+            async move { found }
+        })
+        .await
+    }
+
+    /// Stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// Collect a child's stderr into `into` as it comes (for the failure messages).
+fn drain_stderr(mut err: tokio::process::ChildStderr, into: Arc<Mutex<String>>) {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
 }

@@ -67,6 +67,20 @@ impl ControlPlane {
         })
     }
 
+    /// Start with `--insecure-registration` (sidecars without identity register their
+    /// workloads over plaintext xDS) and the given registration grace period.
+    pub fn start_insecure_registration(data_dir: &Path, registration_grace: std::time::Duration) -> Self {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        Self::start_config(ServerConfig {
+            xds: any,
+            api: any,
+            token: Some(TOKEN.into()),
+            registration_grace,
+            insecure_registration: true,
+            ..ServerConfig::local(data_dir)
+        })
+    }
+
     /// Start with a full configuration (e.g. `tls`, `workload_cert_ttl`).
     pub fn start_config(config: ServerConfig) -> Self {
         let data_dir = config.data_dir.clone();
@@ -241,10 +255,9 @@ impl MeshProxy {
         let mut config = harness::config(dir.path().join("unused.yaml"), None);
         config.policy = None;
         config.xds = Some(XdsConfig {
-            address: xds_url.to_owned(),
-            protocol,
             advertise,
             labels: [("version".to_owned(), "v1".to_owned())].into(),
+            ..XdsConfig::new(xds_url, protocol)
         });
         config.node_id = node.to_owned();
         config.service = Some(service.to_owned());

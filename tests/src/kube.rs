@@ -292,6 +292,52 @@ impl ApiServer {
         Ok(())
     }
 
+    /// A kubeconfig (written beside the admin's) that authenticates with `token`, e.g. a
+    /// service account's from the TokenRequest API, so a client runs with that account's RBAC.
+    pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> PathBuf {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {
+                "server": self.url,
+                "certificate-authority-data": b64(self.ca_pem.as_bytes()),
+            }}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": name}}],
+            "current-context": "test",
+        });
+        let path = self.dir.join(format!("kubeconfig-{name}"));
+        std::fs::write(&path, serde_json::to_string_pretty(&config).expect("JSON")).expect("write the kubeconfig");
+        path
+    }
+
+    /// A token of service account `namespace/name` for `audience`, from the TokenRequest API.
+    pub async fn service_account_token(&self, namespace: &str, name: &str, audience: &str) -> String {
+        let request = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": 3600}});
+        let issued =
+            self.create(&format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"), &request).await;
+        issued["status"]["token"].as_str().expect("a token").to_owned()
+    }
+
+    /// Creates every object of a YAML stream (as `kubectl create -f` does) and returns them as
+    /// the API server stored them. Only the kinds Outrider's manifests use are known.
+    pub async fn create_yaml(&self, yaml: &str) -> Vec<Value> {
+        use serde::Deserialize as _;
+        let mut created = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+            let object = Value::deserialize(doc).expect("YAML");
+            if object.is_null() {
+                continue;
+            }
+            let path = collection_path(&object);
+            created.push(self.create(&path, &object).await);
+        }
+        created
+    }
+
     /// One request as the admin; `body` is sent as JSON. Never panics on an HTTP error status.
     pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Reply> {
         self.request_as(Some(&self.token), method, path, body, "application/json").await
@@ -412,4 +458,33 @@ fn fastrand_u64() -> u64 {
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random bytes");
     u64::from_le_bytes(b)
+}
+
+/// The REST collection of an object (its `apiVersion`, `kind` and `metadata.namespace`).
+pub fn collection_path(object: &Value) -> String {
+    let api_version = object["apiVersion"].as_str().expect("apiVersion");
+    let kind = object["kind"].as_str().expect("kind");
+    let (plural, namespaced) = match kind {
+        "Namespace" => ("namespaces", false),
+        "CustomResourceDefinition" => ("customresourcedefinitions", false),
+        "ClusterRole" => ("clusterroles", false),
+        "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "MutatingWebhookConfiguration" => ("mutatingwebhookconfigurations", false),
+        "ServiceAccount" => ("serviceaccounts", true),
+        "Role" => ("roles", true),
+        "RoleBinding" => ("rolebindings", true),
+        "Deployment" => ("deployments", true),
+        "Service" => ("services", true),
+        "PodDisruptionBudget" => ("poddisruptionbudgets", true),
+        "Pod" => ("pods", true),
+        "Secret" => ("secrets", true),
+        other => panic!("collection_path: unknown kind {other}"),
+    };
+    let prefix = if api_version.contains('/') { format!("/apis/{api_version}") } else { format!("/api/{api_version}") };
+    if namespaced {
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default");
+        format!("{prefix}/namespaces/{namespace}/{plural}")
+    } else {
+        format!("{prefix}/{plural}")
+    }
 }

@@ -16,12 +16,19 @@ pub mod binary;
 pub mod client;
 /// The control plane in-process, its API, and proxies fed by it over xDS.
 pub mod control_plane;
+/// A small tmpfs for a data dir that a test fills up or remounts read-only (root).
+pub mod disk;
+/// A TCP relay that injects network faults: delay, drops, resets, stalls, bandwidth limits.
+pub mod fault;
 /// Running the h2spec HTTP/2 conformance tool and reading its summary.
 pub mod h2spec;
 /// The proxy in-process: policy file, `App`, clients, reloads.
 pub mod harness;
 /// A real etcd + kube-apiserver on loopback (the Kubernetes test bed).
 pub mod kube;
+/// The control plane's Kubernetes mode on the test API server: replicas, CRDs, sidecars, and a
+/// balancer standing for the replicas' Service.
+pub mod kube_mesh;
 /// Steady load through a proxy, with what each request saw.
 pub mod load;
 /// Meshed sidecars with workload identities (mTLS).
@@ -42,6 +49,13 @@ pub mod upstream;
 pub mod wait;
 
 pub use harness::ProxyHarness;
+
+/// `OUTRIDER_LONG_TESTS=1`: tests that can run for a while (today: certificate rotation under
+/// load) run their long version, as before a release; by default they stop as soon as what they
+/// check has happened.
+pub fn long_tests() -> bool {
+    std::env::var("OUTRIDER_LONG_TESTS").is_ok_and(|v| v == "1")
+}
 
 /// A test whose prerequisites are missing says so and returns — unless
 /// `OUTRIDER_REQUIRE_ALL=1` (set by `.ci/run`), where a skip would hide a gap

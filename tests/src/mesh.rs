@@ -70,12 +70,7 @@ impl Sidecar {
     ) -> Self {
         let dir = TempDir::new("outrider-sidecar");
         let mut config = ProxyConfig::local(&format!("{service}-sidecar"));
-        config.xds = Some(XdsConfig {
-            address: cp.xds_url(),
-            protocol: Protocol::Delta,
-            advertise: None,
-            labels: Default::default(),
-        });
+        config.xds = Some(XdsConfig::new(cp.xds_url(), Protocol::Delta));
         config.service = Some(service.to_owned());
         config.app_port = app_port;
         if let Some(token) = token {

@@ -157,7 +157,10 @@ where
     F: Fn(TcpStream, Arc<Log>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an upstream on 127.0.0.1:0");
+    let listener = match BIND_IN.with(|b| b.borrow_mut().take()) {
+        Some(l) => TcpListener::from_std(l).expect("register a pre-bound upstream listener"),
+        None => TcpListener::bind("127.0.0.1:0").await.expect("bind an upstream on 127.0.0.1:0"),
+    };
     let addr = listener.local_addr().expect("local_addr");
     let log = Arc::new(Log::default());
     let task_log = log.clone();
@@ -182,6 +185,32 @@ where
     })
     .abort_handle();
     Upstream { addr, name, log, task }
+}
+
+/// A server that runs `script` on each accepted connection, for upstreams that misbehave on
+/// purpose (broken chunked encoding, h2 protocol errors): the script owns the raw socket.
+pub async fn scripted<F, Fut>(name: &str, script: F) -> Upstream
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    serve(name.to_owned(), move |stream, _log| script(stream)).await
+}
+
+thread_local! {
+    /// A listener the next upstream started on this thread serves on (see [`start_on`]).
+    static BIND_IN: std::cell::RefCell<Option<std::net::TcpListener>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Start an upstream that serves on `listener` (bound elsewhere, e.g. inside a network
+/// namespace) instead of 127.0.0.1:0: `upstream::start_on(l, upstream::http1().name("a").start())`.
+pub async fn start_on(listener: std::net::TcpListener, start: impl Future<Output = Upstream>) -> Upstream {
+    listener.set_nonblocking(true).expect("a non-blocking listener");
+    // The builders bind in their first poll, on this thread.
+    BIND_IN.with(|b| *b.borrow_mut() = Some(listener));
+    let upstream = start.await;
+    BIND_IN.with(|b| b.borrow_mut().take());
+    upstream
 }
 
 /// A local port with nothing listening on it (bound, then closed).

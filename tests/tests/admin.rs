@@ -63,6 +63,10 @@ async fn config_dump_lists_the_files_resources_with_versions() {
         let v = dump["versions"][t].as_str().unwrap_or_default();
         assert!(!v.is_empty(), "versions.{t} is set: {}", dump["versions"]);
         assert_eq!(dump["config"][t]["version"].as_str(), Some(v), "config.{t}.version matches versions.{t}");
+        for resource in dump["config"][t]["resources"].as_array().expect("a list of resources") {
+            // From a policy file every resource has the file's version.
+            assert_eq!(resource["version"].as_str(), Some(v), "config.{t}: {resource}");
+        }
     }
     let text = dump.to_string();
     for needle in [

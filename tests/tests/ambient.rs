@@ -16,6 +16,8 @@ use outrider_tests::wait;
 const API_TOKEN: &str = "ambient-test-token";
 const HTTP_VIP: &str = "10.96.0.10";
 const TCP_VIP: &str = "10.96.0.11";
+const GRPC_VIP: &str = "10.96.0.13";
+const POOL_VIP: &str = "10.96.0.14";
 
 /// Echoes what the app learnt: the caller's identity header, the path.
 const HTTP_APP: &str = r#"
@@ -24,6 +26,11 @@ calls = {"n": 0}
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path == "/fail" or (len(sys.argv) > 3 and sys.argv[3] == "bad"):
+            self.send_response(503)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         if self.path == "/flaky":
             calls["n"] += 1
             if calls["n"] % 2 == 1:
@@ -64,6 +71,37 @@ def serve(c):
 while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A gRPC service without protos (bytes in, bytes out): `echo.Echo/Say` answers with the request
+/// and the identity the proxy told the app; a request `fail` gets NOT_FOUND.
+const GRPC_APP: &str = r#"
+import grpc, sys
+from concurrent import futures
+def say(req, ctx):
+    if req == b"fail":
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    xfcc = dict(ctx.invocation_metadata()).get("x-forwarded-client-cert", "")
+    return b"said:" + req + b" xfcc=" + xfcc.encode()
+h = grpc.method_handlers_generic_handler("echo.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
+s = grpc.server(futures.ThreadPoolExecutor(4), handlers=[h])
+s.add_insecure_port("0.0.0.0:" + sys.argv[1])
+s.start()
+print("grpc ready", flush=True)
+s.wait_for_termination()
+"#;
+
+/// Calls `echo.Echo/Say` at `target` with each argument; prints `OK <answer>` or
+/// `ERR <code> <details>` per call.
+const GRPC_CALL: &str = r#"
+import grpc, sys
+ch = grpc.insecure_channel(sys.argv[1], options=[("grpc.enable_http_proxy", 0)])
+say = ch.unary_unary("/echo.Echo/Say")
+for msg in sys.argv[2:]:
+    try:
+        print("OK", say(msg.encode(), timeout=5).decode(), flush=True)
+    except grpc.RpcError as e:
+        print("ERR", e.code().name, e.details(), flush=True)
 "#;
 
 /// `GET url` n times; prints one status (or ERR) per line, then the last body.
@@ -211,6 +249,25 @@ metadata: {{name: side}}
 spec: {{protocol: http, port: 8081, addresses: [\"10.96.0.12\"]}}
 ---
 apiVersion: outrider.io/v1
+kind: Service
+metadata: {{name: echo-grpc}}
+spec: {{protocol: grpc, port: 50051, addresses: [\"{GRPC_VIP}\"], mtls: strict}}
+---
+apiVersion: outrider.io/v1
+kind: Service
+metadata: {{name: pool}}
+spec: {{protocol: http, port: 8080, addresses: [\"{POOL_VIP}\"], mtls: strict}}
+---
+apiVersion: outrider.io/v1
+kind: TrafficPolicy
+metadata: {{name: pool}}
+spec:
+  service: pool
+  loadBalancer: round-robin
+  outlierDetection: {{consecutive5xx: 2, baseEjectionTime: 5m, maxEjectionPercent: 50}}
+  circuitBreaker: {{scope: service, window: 10, minimumCalls: 10, failureRateThreshold: 100, openDuration: 1h}}
+---
+apiVersion: outrider.io/v1
 kind: TrafficPolicy
 metadata: {{name: echo-http}}
 spec:
@@ -316,6 +373,26 @@ async fn tcp(ns: &Netns, host: &str, port: &str, msg: &str) -> String {
     ok(&ns.run_python(TCP_CLIENT, &[host, port, msg]).await)
 }
 
+/// The Prometheus exposition of a node proxy (it runs in the host namespace).
+async fn scrape(host: &Netns, addr: std::net::SocketAddr) -> String {
+    const GET: &str = "import sys, urllib.request\nsys.stdout.write(urllib.request.build_opener(urllib.request.ProxyHandler({})).open(sys.argv[1], timeout=5).read().decode())";
+    ok(&host.run_python(GET, &[&format!("http://127.0.0.1:{}/metrics", addr.port())]).await)
+}
+
+/// The access-log lines (JSON) among a proxy's output.
+fn access_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("target").and_then(|t| t.as_str()) == Some("outrider::access"))
+        .collect()
+}
+
+/// A field of a JSON log line (top level or under `fields`).
+fn field<'a>(line: &'a serde_json::Value, key: &str) -> &'a str {
+    line.get(key).or_else(|| line.pointer(&format!("/fields/{key}"))).and_then(|v| v.as_str()).unwrap_or("")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     if let Some(why) = unsupported() {
@@ -325,7 +402,9 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     let host = Netns::create().unwrap();
     // Node a has a third namespace, s1, for a workload with its own sidecar.
     let a = node_net(1, 3);
-    let b = node_net(2, 2);
+    // Node b: b1 echo-http, b2 echo-tcp, b3 and b4 the two endpoints of pool (b4 failing
+    // every request), b5 echo-grpc.
+    let b = node_net(2, 5);
     link_nodes(&a, &b);
     link_host(&host, &a, &b);
     let bed = Bed { dir: TempDir::new("outrider-ambient"), host };
@@ -351,6 +430,17 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     tcp_app.args(["-c", TCP_APP, "9000"]);
     let mut tcp_app = Background::spawn(tcp_app);
     tcp_app.wait_for_line("echo ready").await;
+    let (b3, b4, b5) = (&b.workloads[2].0, &b.workloads[3].0, &b.workloads[4].0);
+    let mut good = b3.python();
+    good.args(["-c", HTTP_APP, "8080", "b3"]);
+    let _good = Background::spawn(good);
+    let mut bad = b4.python();
+    bad.args(["-c", HTTP_APP, "8080", "b4", "bad"]);
+    let _bad = Background::spawn(bad);
+    let mut grpc_app = b5.python();
+    grpc_app.args(["-c", GRPC_APP, "50051"]);
+    let mut grpc_app = Background::spawn(grpc_app);
+    grpc_app.wait_for_line("grpc ready").await;
 
     let (node_a, sock_a) = bed.node_proxy("a").await;
     let (node_b, sock_b) = bed.node_proxy("b").await;
@@ -405,8 +495,11 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     })
     .await;
     bed.add(&sock_b, b2, "b2", "echo-tcp").await;
+    bed.add(&sock_b, b3, "b3", "pool").await;
+    bed.add(&sock_b, b4, "b4", "pool").await;
+    bed.add(&sock_b, b5, "b5", "echo-grpc").await;
     bed.wait_ready(&sock_a, 2).await;
-    bed.wait_ready(&sock_b, 2).await;
+    bed.wait_ready(&sock_b, 5).await;
 
     // Adding a namespace twice is refused; a bad one names what is wrong.
     let p = path(a1);
@@ -463,6 +556,98 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert_eq!(echoed, "echo:ping over hbone");
     let refused = tcp(a2, TCP_VIP, "9000", "ping").await;
     assert!(!refused.contains("echo:"), "a2 must not reach the TCP app: {refused}");
+
+    // Metrics and access logs name the served workload: on node a the caller (outbound), on
+    // node b the callee (inbound); promtool accepts both expositions.
+    use outrider_tests::prom::{promtool_check, samples, sum};
+    let metrics_a = scrape(&bed.host, node_a.addrs.metrics).await;
+    let metrics_b = scrape(&bed.host, node_b.addrs.metrics).await;
+    promtool_check("node a's metrics", &metrics_a).await;
+    promtool_check("node b's metrics", &metrics_b).await;
+    let requests = |text: &str, labels: &[(&str, &str)]| sum(text, "outrider_requests_total", labels);
+    let out_a1 = [("direction", "outbound"), ("service", "echo-http"), ("code", "200"), ("workload", "default/a1")];
+    assert!(requests(&metrics_a, &out_a1) >= 5.0, "{metrics_a}");
+    let out_a2 = [("direction", "outbound"), ("service", "echo-http"), ("code", "403"), ("workload", "default/a2")];
+    assert_eq!(requests(&metrics_a, &out_a2), 1.0, "{metrics_a}");
+    assert_eq!(requests(&metrics_a, &[("workload", "default/a2"), ("code", "200")]), 0.0, "{metrics_a}");
+    let in_b1 = [("direction", "inbound"), ("service", "echo-http"), ("code", "200"), ("workload", "default/b1")];
+    assert!(requests(&metrics_b, &in_b1) >= 5.0, "{metrics_b}");
+    assert_eq!(requests(&metrics_b, &[("direction", "inbound"), ("code", "403"), ("workload", "default/b1")]), 1.0);
+    assert!(
+        sum(
+            &metrics_b,
+            "outrider_request_duration_seconds_count",
+            &[("direction", "inbound"), ("workload", "default/b1")]
+        ) >= 5.0,
+        "{metrics_b}"
+    );
+    for (node, text) in [("a", &metrics_a), ("b", &metrics_b)] {
+        for s in samples(text).iter().filter(|s| s.name == "outrider_requests_total") {
+            assert!(
+                s.labels.iter().any(|(k, _)| k == "workload"),
+                "node {node}: a request series without its workload: {s:?}"
+            );
+        }
+    }
+    let logs = access_lines(&node_b.stdout());
+    assert!(
+        logs.iter().any(|l| field(l, "kind") == "http"
+            && field(l, "workload") == "default/b1"
+            && field(l, "peer_identity") == "spiffe://outrider.local/ns/default/sa/a1"),
+        "node b logs b1's inbound request from a1 with the workload: {logs:?}"
+    );
+    assert!(
+        logs.iter().any(|l| field(l, "kind") == "tcp" && field(l, "workload") == "default/b2"),
+        "node b logs b2's inbound connection with the workload: {logs:?}"
+    );
+    let logs = access_lines(&node_a.stdout());
+    assert!(
+        logs.iter().any(|l| field(l, "direction") == "outbound" && field(l, "workload") == "default/a1"),
+        "node a logs a1's outbound request with the workload: {logs:?}"
+    );
+
+    // gRPC across nodes over HBONE: the answer, the caller's identity at the app, and a gRPC
+    // error status carried back as it is.
+    let grpc_target = format!("{GRPC_VIP}:50051");
+    let out = wait::wait_for("a1 reaches echo-grpc over HBONE", || async {
+        let out = ok(&a1.run_python(GRPC_CALL, &[&grpc_target, "hello", "fail"]).await);
+        out.starts_with("OK ").then_some(out)
+    })
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("OK said:hello xfcc="), "{out}");
+    assert!(lines[0].contains("URI=spiffe://outrider.local/ns/default/sa/a1"), "{out}");
+    assert_eq!(lines[1], "ERR NOT_FOUND no such thing", "{out}");
+
+    // Outlier detection in node mode: pool's b4 fails every request; after two in a row a1's
+    // view ejects it and every call reaches b3.
+    let pool = format!("http://{POOL_VIP}:8080/hello");
+    wait::wait_until("a1's calls to pool all reach b3 (b4 ejected)", || async {
+        let (codes, body) = get(a1, &pool, 10).await;
+        codes.iter().all(|c| c == "200") && body.ends_with("app=b3")
+    })
+    .await;
+    let metrics_a = scrape(&bed.host, node_a.addrs.metrics).await;
+    assert!(sum(&metrics_a, "outrider_outlier_ejections_total", &[("service", "pool")]) >= 1.0, "{metrics_a}");
+
+    // The circuit breaker in node mode: ten failed calls in a row (`/fail`, a 503 from both
+    // apps) open a1's breaker for pool; then a1's calls are rejected without reaching an app,
+    // while a2 — another workload on the same node, with its own breakers — still gets through.
+    let (codes, _) = get(a1, &format!("http://{POOL_VIP}:8080/fail"), 10).await;
+    assert!(codes.iter().all(|c| c == "503"), "{codes:?}");
+    let (codes, _) = get(a1, &pool, 5).await;
+    assert_eq!(codes, ["503"; 5], "a1's open breaker rejects its calls");
+    let metrics_a = scrape(&bed.host, node_a.addrs.metrics).await;
+    let open = sum(&metrics_a, "outrider_circuit_breaker_rejections_total", &[("service", "pool"), ("reason", "open")]);
+    assert_eq!(open, 5.0, "{metrics_a}");
+    let (codes, body) = get(a2, &pool, 6).await;
+    assert!(codes.iter().any(|c| c == "200"), "a2 is not behind a1's breaker: {codes:?} {body}");
+    let metrics_a = scrape(&bed.host, node_a.addrs.metrics).await;
+    assert_eq!(
+        sum(&metrics_a, "outrider_circuit_breaker_rejections_total", &[("service", "pool"), ("reason", "open")]),
+        5.0,
+        "none of a2's calls was rejected by a breaker"
+    );
 
     // Plaintext straight to a strict workload (from node a's own namespace, not intercepted).
     let plain = a.ns.run_python(HTTP_GET, &[&format!("http://{b1_ip}:8080/"), "1"]).await;
@@ -534,8 +719,9 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert!(body.contains("app=s1"), "{body}");
     drop(sidecar);
 
-    // The node proxy restarts: a connection in flight through it fails; once the node agent
-    // has added the workload again, new connections work.
+    // The node proxy restarts: a connection in flight through it fails; the restarted proxy
+    // serves the workloads it served before (its state file, beside its socket) without the
+    // node agent adding them again, and new connections work.
     let mut inflight = a1.python();
     inflight.args(["-c", TCP_INFLIGHT, TCP_VIP, "9000"]);
     let mut inflight = Background::spawn(inflight);
@@ -544,31 +730,32 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     let ended = inflight.wait_for_line("result").await;
     assert!(!ended.contains("echo:"), "the in-flight connection failed with its proxy: {ended}");
     let (node_a, sock_a) = bed.node_proxy("a").await;
-    wait::wait_until("the restarted node a serves a1 again", || async {
-        let p = path(a1);
-        let out = bed
-            .node_cli(
-                &sock_a,
-                &[
-                    "add-workload",
-                    "--netns",
-                    p.to_str().unwrap(),
-                    "--namespace",
-                    "default",
-                    "--service-account",
-                    "a1",
-                    "--service",
-                    "client",
-                ],
-            )
-            .await;
-        out.status.success()
-    })
-    .await;
-    wait::wait_until("a1 reaches echo-http through the restarted node proxy", || async {
-        get(a1, &url, 1).await.0 == ["200"]
-    })
-    .await;
+    wait::wait_until("the restarted node a serves a1 again, unasked", || async { get(a1, &url, 1).await.0 == ["200"] })
+        .await;
+    let out = bed.node_cli(&sock_a, &["list"]).await;
+    let list = outrider_proxy::node::api::parse_list(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let restored: Vec<_> = list.iter().map(|w| (w.spec.netns.clone(), w.spec.service_account.clone())).collect();
+    assert_eq!(restored, [(path(a1), "a1".to_owned())], "a1 restored, a2 (removed before) not");
+    let again = bed
+        .node_cli(
+            &sock_a,
+            &[
+                "add-workload",
+                "--netns",
+                path(a1).to_str().unwrap(),
+                "--namespace",
+                "default",
+                "--service-account",
+                "a1",
+                "--service",
+                "client",
+            ],
+        )
+        .await;
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already served"),
+        "a node agent replaying a1 is told it is served"
+    );
     assert_eq!(tcp(a1, TCP_VIP, "9000", "after restart").await, "echo:after restart");
 
     drop(node_a);

@@ -488,3 +488,37 @@ async fn with_tls_the_api_and_xds_are_served_over_tls_and_xds_knows_the_client_i
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("IDENTITY") && table.contains(CHECKOUT), "{table}");
 }
+
+/// The table `outrider token create` prints, saved as the proxy's token file, stops the proxy
+/// at start with an error that names the file and says to use `-q`; `-q`'s output works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_holding_the_create_table_is_refused_naming_the_file_and_minus_q() {
+    let dir = TempDir::new("ca-api-token-file");
+    let cp = ControlPlane::start(&dir.path().join("store"));
+    let server = format!("http://{}", cp.api);
+    let table =
+        cli(&server, Some(TOKEN), None, &["token", "create", "--namespace", "shop", "--service-account", "checkout"])
+            .await;
+    assert_eq!(table.status.code(), Some(0), "{}", text(&table));
+    let file = dir.write("token", &String::from_utf8_lossy(&table.stdout));
+    let mut cmd = Command::new(binary::proxy_bin());
+    cmd.args(["--xds-address", &cp.xds_url(), "--service", "checkout", "--identity-token"]).arg(&file);
+    let out = binary::run_to_exit(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&file.display().to_string()) && stderr.contains("-q"), "{stderr}");
+    assert!(!stderr.contains("ort_"), "the secret is not echoed: {stderr}");
+
+    let quiet = cli(
+        &server,
+        Some(TOKEN),
+        None,
+        &["token", "create", "--namespace", "shop", "--service-account", "checkout", "-q"],
+    )
+    .await;
+    assert_eq!(quiet.status.code(), Some(0), "{}", text(&quiet));
+    assert_eq!(
+        outrider_xds::join_token::read(&dir.write("token", &String::from_utf8_lossy(&quiet.stdout))).unwrap().len(),
+        68
+    );
+}

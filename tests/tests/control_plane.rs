@@ -84,8 +84,10 @@ async fn a_bad_policy_is_refused_naming_the_field_and_changes_nothing() {
     assert_eq!(kinds, ["Service"]);
     assert_eq!(cp.status().await["version"], before);
     assert_eq!(proxy.get("http://echo:8080/").await.upstream(), Some("a"));
-    // The dry run says what would change without changing it.
-    let dry = cp.call("POST", "/v1/validate", &service(&a).replace("8080", "8081"), false, None).await;
+    // The dry run says what would change without changing it; it needs the token.
+    let anonymous = cp.call("POST", "/v1/validate", &service(&a).replace("8080", "8081"), false, None).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.json);
+    let dry = cp.call("POST", "/v1/validate", &service(&a).replace("8080", "8081"), true, None).await;
     assert_eq!(dry.status, 200, "{}", dry.json);
     assert_eq!(dry.json["changes"][0]["action"], "updated");
     assert_eq!(cp.status().await["version"], before);
@@ -243,5 +245,75 @@ async fn a_nack_is_visible_in_status_with_its_error_while_others_ack() {
         proxy.get("http://echo:8080/").await.upstream() == Some("a")
     })
     .await;
+    proxy.shutdown().await;
+}
+
+/// Records whether a cluster update arrived.
+#[derive(Default)]
+struct Seen(std::sync::atomic::AtomicBool);
+
+impl outrider_xds::ads::Handler for Seen {
+    fn update(&self, update: &outrider_xds::ads::Update<'_>) -> Result<(), String> {
+        if update.type_url == outrider_xds::resources::CLUSTER_TYPE_URL && !update.resources.is_empty() {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ads_client_decodes_responses_up_to_its_limit_and_names_a_larger_one() {
+    use outrider_xds::ads::{AdsClient, AdsError, ClientConfig, DEFAULT_MAX_MESSAGE, Protocol as Ads};
+    let data = TempDir::new("cp-decode-limit");
+    let cp = ControlPlane::start(data.path());
+    let services: Vec<String> = (0..40)
+        .map(|i| policy::service(&format!("svc-{i}")).endpoint(format!("127.0.0.1:{}", 1000 + i)).yaml())
+        .collect();
+    cp.apply(&policy::docs(&services)).await;
+    let node = envoy_types::pb::envoy::config::core::v3::Node { id: "limit".into(), ..Default::default() };
+
+    // 4 KiB holds a few clusters, not forty: the stream fails with OUT_OF_RANGE.
+    let mut small = ClientConfig::new(cp.xds_url(), node.clone());
+    small.protocol = Ads::Sotw;
+    small.max_message = 4 << 10;
+    let mut delivered = false;
+    let result =
+        wait::within("the stream to fail", AdsClient::new(small).run_once(&Seen::default(), &mut delivered)).await;
+    let Err(AdsError::Stream(status)) = result else { panic!("not refused: {result:?}") };
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("4096"), "the message names the limit: {status:?}");
+
+    // The default takes it.
+    let mut default = ClientConfig::new(cp.xds_url(), node);
+    default.protocol = Ads::Sotw;
+    assert_eq!(default.max_message, DEFAULT_MAX_MESSAGE);
+    let seen = std::sync::Arc::new(Seen::default());
+    let handler = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut delivered = false;
+        let _ = AdsClient::new(default).run_once(handler.as_ref(), &mut delivered).await;
+    });
+    wait::wait_until("the clusters to arrive", || async { seen.0.load(std::sync::atomic::Ordering::SeqCst) }).await;
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_shows_a_sidecar_whose_service_is_not_in_the_config() {
+    let data = TempDir::new("cp-missing-service");
+    let cp = ControlPlane::start(data.path());
+    let version = cp.apply(&policy::service("echo").yaml()).await;
+    let proxy = MeshProxy::start(&cp.xds_url(), "reviews-1", "reviews", Protocol::Delta).await;
+    let status = cp.wait_converged(&version, 1).await;
+    assert_eq!(status["proxies"][0]["serviceMissing"], true, "{status}");
+    let mut cmd = tokio::process::Command::new(outrider_tests::control_plane::outrider_bin());
+    cmd.args(["status", "--server", &format!("http://{}", cp.api)]);
+    let out = outrider_tests::binary::run_to_exit(cmd).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("SERVICE MISSING reviews-1: service \"reviews\" is not in the config"), "{table}");
+
+    let version =
+        cp.apply(&policy::docs(&[policy::service("echo").yaml(), policy::service("reviews").port(9080).yaml()])).await;
+    let status = cp.wait_converged(&version, 1).await;
+    assert_eq!(status["proxies"][0]["serviceMissing"], false, "{status}");
     proxy.shutdown().await;
 }

@@ -14,9 +14,10 @@ use outrider_tests::{policy, upstream, wait};
 
 const GRACE: Duration = Duration::from_millis(300);
 
+/// These sidecars have no identity: they register over plaintext xDS, which the control plane
+/// allows only with `--insecure-registration` (see control_plane_registration.rs).
 fn start_cp(data: &TempDir) -> ControlPlane {
-    let any = "127.0.0.1:0".parse().unwrap();
-    ControlPlane::start_with(data.path(), any, any, None, GRACE)
+    ControlPlane::start_insecure_registration(data.path(), GRACE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,9 +127,8 @@ async fn sidecar_process(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_that_drains_is_deregistered_at_once_not_after_the_grace_period() {
     let data = TempDir::new("cp-drain");
-    let any = "127.0.0.1:0".parse().unwrap();
     // A grace period far beyond the test's deadline: only the drain notice can remove the endpoint in time.
-    let cp = ControlPlane::start_with(data.path(), any, any, None, Duration::from_secs(3600));
+    let cp = ControlPlane::start_insecure_registration(data.path(), Duration::from_secs(3600));
     let (one, two) = (upstream::http1().name("one").start().await, upstream::http1().name("two").start().await);
     let version = cp.apply(&policy::service("echo").yaml()).await;
     let caller = MeshProxy::start(&cp.xds_url(), "caller", "frontend", Protocol::Delta).await;

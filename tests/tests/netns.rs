@@ -246,3 +246,135 @@ async fn intercepted_tcp_reaches_a_strict_meshed_endpoint_over_mtls() {
     drop(echo);
     drop(ns);
 }
+
+/// A TCP echo server on `HOST PORT` (IPv6 or IPv4), answering with what it got plus a trailer.
+const ECHO_SERVER_ON: &str = r#"
+import socket, sys
+host, port, trailer = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port))
+s.listen(16)
+print("echo ready", flush=True)
+while True:
+    c, _ = s.accept()
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+        c.sendall(trailer.encode())
+        c.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    c.close()
+"#;
+
+/// `ip -n NS ...`, which must succeed.
+fn ip(ns: &Netns, args: &[&str]) {
+    let out = std::process::Command::new("ip").args(["-n", &ns.name]).args(args).output().unwrap();
+    assert!(out.status.success(), "ip -n {} {}: {}", ns.name, args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// IPv6 cannot bypass the proxy: with the rules installed, an IPv6 caller from another namespace
+/// reaching the workload's port lands on the proxy's inbound listener, where the service's
+/// strict mode refuses its plaintext; and the workload's own IPv6 connection out goes through
+/// the proxy's outbound listener on [::1].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_traffic_is_intercepted_like_ipv4() {
+    let Some(workload) = namespace_or_skip() else { return };
+    let Some(peer) = namespace_or_skip() else { return };
+    if !std::path::Path::new("/proc/net/if_inet6").exists() {
+        outrider_tests::skip("skipping: the kernel has no IPv6");
+        return;
+    }
+    // A veth pair between the two, with an IPv4 and an IPv6 address on each side.
+    let out = std::process::Command::new("ip")
+        .args([
+            "link",
+            "add",
+            "orw",
+            "netns",
+            &workload.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "orp",
+            "netns",
+            &peer.name,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "veth: {}", String::from_utf8_lossy(&out.stderr));
+    for (ns, dev, v4, v6) in
+        [(&workload, "orw", "10.99.0.1/24", "fd00:99::1/64"), (&peer, "orp", "10.99.0.2/24", "fd00:99::2/64")]
+    {
+        ip(ns, &["addr", "add", v4, "dev", dev]);
+        ip(ns, &["-6", "addr", "add", v6, "dev", dev, "nodad"]);
+        ip(ns, &["link", "set", dev, "up"]);
+    }
+    let dir = TempDir::new("outrider-netns-v6");
+    std::fs::write(dir.path().join("hello.txt"), "the app\n").unwrap();
+
+    // The app listens on every address, IPv6 and IPv4; an echo server in the peer namespace.
+    let mut app = workload.python();
+    app.args(["-m", "http.server", WEB_PORT, "--bind", "::", "--directory"]).arg(dir.path());
+    let mut app = Background::spawn(app);
+    app.wait_for_line("Serving HTTP").await;
+    let mut echo = peer.python();
+    echo.args(["-c", ECHO_SERVER_ON, "fd00:99::2", ECHO_PORT, TRAILER]);
+    let mut echo = Background::spawn(echo);
+    echo.wait_for_line("echo ready").await;
+
+    // Its sidecar: strict mTLS for the app's service, inbound on every address (IPv6 too).
+    let policy = dir.write(
+        "policy.yaml",
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: web}\nspec: {port: 18080, mtls: strict}\n",
+    );
+    let mut cmd = workload.command(proxy_bin());
+    cmd.args(["--policy"]).arg(&policy);
+    for flag in ["--outbound-port", "--inbound-port", "--admin-port", "--metrics-port", "--health-port"] {
+        cmd.args([flag, "0"]);
+    }
+    cmd.args(["--inbound-bind", "::", "--service", "web", "--app-port", WEB_PORT, "--socket-mark", MARK]);
+    cmd.args(["--log-format", "json", "--workers", "1"]);
+    let proxy = ProxyProcess::spawn(cmd).await;
+    let mut rules = workload.command(proxy_bin());
+    rules.args(["iptables", "--apply", "--proxy-mark", MARK]);
+    rules.args(["--outbound-port", &proxy.addrs.outbound.port().to_string()]);
+    rules.args(["--inbound-port", &proxy.addrs.inbound.port().to_string()]);
+    let out = outrider_tests::binary::run_to_exit(rules).await;
+    assert!(out.status.success(), "installing the rules failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ip6tables"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let admin_metrics = format!("http://127.0.0.1:{}/metrics", proxy.addrs.admin.port());
+    let metrics = || async { stdout(&workload.run_python(HTTP_GET, &[&admin_metrics]).await) };
+
+    // Inbound, plaintext over IPv6 (and IPv4): refused by the strict sidecar, never the app's page.
+    for url in ["http://[fd00:99::1]:18080/hello.txt", "http://10.99.0.1:18080/hello.txt"] {
+        let out = peer.run_python(HTTP_GET, &[url]).await;
+        assert!(
+            !out.status.success(),
+            "{url} reached the app around the strict sidecar: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let m = metrics().await;
+    assert_eq!(prom::sum(&m, "outrider_plaintext_refused_total", &[("service", "web")]), 2.0, "{m}");
+
+    // Outbound over IPv6: through the proxy's [::1] listener (passthrough to the peer).
+    let got = stdout(&workload.run_python(TCP_CLIENT, &["fd00:99::2", ECHO_PORT, "hello over ipv6"]).await);
+    assert_eq!(got, format!("hello over ipv6{TRAILER}"));
+    wait::wait_until("the proxy counts the IPv6 connection out", || async {
+        prom::sum(&metrics().await, "outrider_tcp_connections_total", &[("direction", "outbound")]) >= 1.0
+    })
+    .await;
+
+    drop(proxy);
+    drop(echo);
+    drop(app);
+    drop(peer);
+    drop(workload);
+}

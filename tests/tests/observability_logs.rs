@@ -193,3 +193,34 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// A `--service` that names no Service is warned about when the config is applied, and again
+/// at every change while it is still missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_is_not_in_the_config_is_warned_about_at_start_and_at_every_change() {
+    let dir = TempDir::new("logs-missing-service");
+    let up = upstream::http1().name("echo").start().await;
+    let p = start(&dir, &docs(&[service("echo").endpoint(up.addr).yaml()]), &["--service", "reviwes"], &[]).await;
+    // Positions of the warnings and of the "policy file reloaded" lines in the log.
+    let lines = |p: &ProxyProcess, pick: &dyn Fn(&Value) -> bool| -> Vec<usize> {
+        p.stdout()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| serde_json::from_str::<Value>(l).ok().filter(|v| pick(v)).map(|_| i))
+            .collect()
+    };
+    let warning = |v: &Value| {
+        v["level"] == "WARN"
+            && v["service"] == "reviwes"
+            && v["message"].as_str().unwrap_or("").contains("--service names no Service")
+    };
+    let reloaded = |v: &Value| v["message"] == "policy file reloaded";
+    wait_for("the warning at start", || async { (!lines(&p, &warning).is_empty()).then_some(()) }).await;
+    // A change that still lacks it: warned again, after the reload.
+    dir.write("policy.yaml", &docs(&[service("echo").port(8081).endpoint(up.addr).yaml()]));
+    wait_for("a warning after the reload", || async {
+        let reload = *lines(&p, &reloaded).first()?;
+        lines(&p, &warning).iter().any(|w| *w > reload).then_some(())
+    })
+    .await;
+}

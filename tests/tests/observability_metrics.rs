@@ -13,7 +13,7 @@ use outrider_tests::harness::TempDir;
 use outrider_tests::policy::{docs, service};
 use outrider_tests::upstream::{self, Switch};
 use outrider_tests::wait::wait_for;
-use outrider_tests::{ProxyHarness, client, prom};
+use outrider_tests::{ProxyHarness, client, prom, wait};
 use serde_json::Value;
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -287,4 +287,106 @@ fn metric_names_are_found_in_expressions() {
         metric_names("sum(rate(outrider_requests_total{a=\"b\"}[1m])) / x_outrider_no + outrider_endpoints"),
         ["outrider_requests_total", "outrider_endpoints"]
     );
+}
+
+/// Whether the exposition has a sample `name` with exactly these labels (any value), and its value.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    prom::samples(text)
+        .into_iter()
+        .find(|s| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .map(|s| s.value)
+}
+
+const RESILIENT: &str = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: flaky}\nspec:\n  service: flaky\n  \
+    retries: {attempts: 1, retryOn: [5xx]}\n  circuitBreaker: {maxRequests: 100, failureRateThreshold: 90}\n  \
+    outlierDetection: {consecutive5xx: 100}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_the_config_names_are_exported_at_zero_before_their_first_event_and_go_with_their_service() {
+    let flaky = upstream::http1().name("flaky").start().await;
+    let plain = upstream::http1().name("plain").start().await;
+    let services =
+        [service("flaky").endpoint(flaky.addr).yaml(), service("plain").port(8081).endpoint(plain.addr).yaml()];
+    let proxy = ProxyHarness::start(&docs(&[services[0].clone(), services[1].clone(), RESILIENT.to_string()])).await;
+
+    // No request at all yet: every series the policy names is there, at 0.
+    let text = wait_for("the zero series", || async {
+        let text = proxy.metrics().await;
+        sample(&text, "outrider_outlier_ejections_total", &[("service", "flaky")]).map(|_| text)
+    })
+    .await;
+    let mut expected: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("outrider_outlier_ejections_total", vec![("service", "flaky")]),
+        ("outrider_retry_budget_exhausted_total", vec![("service", "flaky")]),
+    ];
+    for reason in ["5xx", "grpc-status", "connect-failure", "refused-stream", "reset", "per-try-timeout"] {
+        expected.push(("outrider_retries_total", vec![("service", "flaky"), ("reason", reason)]));
+    }
+    for reason in ["open", "max-requests", "max-pending", "max-connections", "max-retries"] {
+        expected.push(("outrider_circuit_breaker_rejections_total", vec![("service", "flaky"), ("reason", reason)]));
+    }
+    for direction in ["outbound", "inbound"] {
+        for reason in ["no-route", "no-healthy-upstream", "connect-failure", "circuit-open", "overloaded", "timeout"] {
+            expected.push(("outrider_local_replies_total", vec![("direction", direction), ("reason", reason)]));
+        }
+    }
+    for (name, labels) in &expected {
+        assert_eq!(sample(&text, name, labels), Some(0.0), "{name}{labels:?} at 0:\n{text}");
+    }
+    // A service without a policy adds nothing but its endpoint gauges (bounded by the config).
+    let own = |text: &str, service: &str| -> Vec<String> {
+        let needle = format!("service=\"{service}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("outrider_endpoints{") && l.contains(&needle))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(own(&text, "plain").is_empty(), "{:?}", own(&text, "plain"));
+    prom::promtool_check("the proxy before any traffic", &text).await;
+
+    // The policy goes: so do its series.
+    proxy.reload(&docs(&services)).await;
+    wait::wait_until("flaky's series to be removed", || async {
+        sample(&proxy.metrics().await, "outrider_outlier_ejections_total", &[("service", "flaky")]).is_none()
+    })
+    .await;
+    let text = proxy.metrics().await;
+    assert!(own(&text, "flaky").is_empty(), "{:?}", own(&text, "flaky"));
+    assert_eq!(
+        sample(&text, "outrider_local_replies_total", &[("direction", "outbound"), ("reason", "no-route")]),
+        Some(0.0)
+    );
+    prom::promtool_check("the proxy after the policy left", &text).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_flag_that_names_no_service_shows_in_the_gauge_and_the_config_dump() {
+    let up = upstream::http1().name("echo").start().await;
+    let echo = service("echo").endpoint(up.addr).yaml();
+    let proxy = ProxyHarness::start_configured(&echo, |c| c.service = Some("reviews".into())).await;
+    let text = wait_for("the service_missing gauge", || async {
+        let text = proxy.metrics().await;
+        sample(&text, "outrider_service_missing", &[("service", "reviews")]).map(|_| text)
+    })
+    .await;
+    assert_eq!(sample(&text, "outrider_service_missing", &[("service", "reviews")]), Some(1.0), "{text}");
+    prom::promtool_check("the proxy with a missing service", &text).await;
+    let dump: Value =
+        serde_json::from_str(&proxy.admin("GET", "/config_dump").await.assert_status(200).text()).unwrap();
+    assert_eq!(dump["node"]["service"], "reviews");
+    assert_eq!(dump["node"]["service_in_config"], false, "{}", dump["node"]);
+
+    // The Service appears: the gauge goes to 0 and the dump says so.
+    proxy.reload(&docs(&[echo, service("reviews").port(9080).endpoint(up.addr).yaml()])).await;
+    wait::wait_until("the gauge to drop to 0", || async {
+        sample(&proxy.metrics().await, "outrider_service_missing", &[("service", "reviews")]) == Some(0.0)
+    })
+    .await;
+    let dump: Value =
+        serde_json::from_str(&proxy.admin("GET", "/config_dump").await.assert_status(200).text()).unwrap();
+    assert_eq!(dump["node"]["service_in_config"], true, "{}", dump["node"]);
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use outrider_tests::{ProxyHarness, prom};
 use tokio::task::AbortHandle;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// The trace of the sentinel requests [`Running::settled`] waits for.
+const SENTINEL: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 const PARENT: &str = "00f067aa0ba902b7";
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
@@ -100,11 +103,19 @@ impl Running {
         self.collector.spans.lock().unwrap().clone()
     }
 
-    /// Wait until `n` spans have arrived (and a moment for any extra ones).
-    async fn wait_spans(&self, n: usize) -> Vec<Got> {
-        wait_until(&format!("{n} spans at the collector"), || async { self.spans().len() >= n }).await;
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        self.spans()
+    /// Every span that was on its way when `sentinel` ran, the sentinel's own left out.
+    /// `sentinel` sends a request of the [`SENTINEL`] trace (sampled) through the proxies named
+    /// in `services`; each proxy exports its spans in the order they ended, so once a sentinel
+    /// span of every one of them has arrived, nothing that ended before the sentinel was sent is
+    /// still on its way: extra spans (and spans that must not be exported) would be here.
+    async fn settled(&self, services: &[&str], sentinel: impl std::future::Future<Output = ()>) -> Vec<Got> {
+        sentinel.await;
+        wait_until("the sentinel's spans at the collector", || async {
+            let spans = self.spans();
+            services.iter().all(|svc| spans.iter().any(|s| s.trace() == SENTINEL && s.service == *svc))
+        })
+        .await;
+        self.spans().into_iter().filter(|s| s.trace() != SENTINEL).collect()
     }
 
     /// Wait until at least `n` spans have arrived (tests that assert on order
@@ -137,6 +148,13 @@ async fn collector() -> Running {
     })
     .abort_handle();
     Running { addr, collector, task }
+}
+
+/// A sampled request of the [`SENTINEL`] trace.
+fn sentinel(uri: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = client::get(uri);
+    req.headers_mut().insert("traceparent", format!("00-{SENTINEL}-{PARENT}-01").parse().unwrap());
+    req
 }
 
 /// Tracing to `endpoint` as `service`, with batches sent every 50 ms.
@@ -179,9 +197,15 @@ async fn two_chained_proxies_make_one_trace_with_a_span_per_attempt() {
     req.headers_mut().insert("tracestate", "vendor=x".parse().unwrap());
     a.send(req).await.assert_status(200);
     assert_eq!(app.request_count(), 2, "one failed try and one good one");
+    let heard = app.last();
 
-    // A: the request span + two attempt spans; B: one server span per attempt.
-    let spans = otlp.wait_spans(5).await;
+    // A: the request span + two attempt spans; B: one server span per attempt (and nothing
+    // else: a sentinel request through both proxies is exported after them).
+    let spans = otlp
+        .settled(&["proxy-a", "proxy-b"], async {
+            a.send(sentinel("http://backend:8080/orders/sentinel")).await.assert_status(200);
+        })
+        .await;
     assert_eq!(spans.len(), 5, "{spans:#?}");
     assert!(spans.iter().all(|s| s.trace() == TRACE), "one trace, the caller's: {spans:#?}");
     let a_spans: Vec<&Got> = spans.iter().filter(|s| s.service == "proxy-a").collect();
@@ -240,12 +264,17 @@ async fn two_chained_proxies_make_one_trace_with_a_span_per_attempt() {
 
     // The app hears B's span as its parent, in the same trace.
     let last_b = b_spans.iter().find(|s| s.attr("http.response.status_code").as_deref() == Some("200")).unwrap();
-    assert_eq!(app.last().header("traceparent"), Some(format!("00-{TRACE}-{}-01", last_b.id()).as_str()));
-    assert_eq!(app.last().header("tracestate"), Some("vendor=x"));
+    assert_eq!(heard.header("traceparent"), Some(format!("00-{TRACE}-{}-01", last_b.id()).as_str()));
+    assert_eq!(heard.header("tracestate"), Some("vendor=x"));
 
-    // Nothing dropped, everything counted as exported.
-    let m = a.metrics().await;
-    assert_eq!(prom::sum(&m, "outrider_trace_spans_exported_total", &[]), 3.0, "{m}");
+    // Nothing dropped, everything counted as exported: A's three spans and the sentinel's two
+    // (its request and its one attempt), counted once the collector has answered.
+    let m = wait_for("A's five spans counted as exported", || async {
+        let m = a.metrics().await;
+        (prom::sum(&m, "outrider_trace_spans_exported_total", &[]) >= 5.0).then_some(m)
+    })
+    .await;
+    assert_eq!(prom::sum(&m, "outrider_trace_spans_exported_total", &[]), 5.0, "{m}");
     assert_eq!(prom::sum(&m, "outrider_trace_spans_dropped_total", &[]), 0.0, "{m}");
 }
 
@@ -262,7 +291,7 @@ async fn b3_headers_are_understood_and_a_new_trace_starts_without_context() {
     let mut req = client::get("http://echo:8080/single");
     req.headers_mut().insert("b3", format!("{TRACE}-{PARENT}-1").parse().unwrap());
     proxy.send(req).await.assert_status(200);
-    let spans = otlp.wait_spans(1).await;
+    let spans = otlp.wait_at_least(1).await;
     let s = &spans[0];
     assert_eq!((s.trace(), s.parent()), (TRACE.to_string(), PARENT.to_string()));
     let seen = up.last();
@@ -275,7 +304,7 @@ async fn b3_headers_are_understood_and_a_new_trace_starts_without_context() {
         req.headers_mut().insert(k, v.parse().unwrap());
     }
     proxy.send(req).await.assert_status(200);
-    let spans = otlp.wait_spans(2).await;
+    let spans = otlp.wait_at_least(2).await;
     let s = spans.iter().find(|s| s.attr("url.path").as_deref() == Some("/multi")).unwrap();
     assert_eq!(s.trace(), format!("{}a3ce929d0e0e4736", "0".repeat(16)));
     assert_eq!(s.parent(), PARENT);
@@ -285,7 +314,7 @@ async fn b3_headers_are_understood_and_a_new_trace_starts_without_context() {
 
     // No context at all: a new trace, with the proxy's span as the root.
     proxy.get("http://echo:8080/fresh").await.assert_status(200);
-    let spans = otlp.wait_spans(3).await;
+    let spans = otlp.wait_at_least(3).await;
     let s = spans.iter().find(|s| s.attr("url.path").as_deref() == Some("/fresh")).unwrap();
     assert!(s.span.parent_span_id.is_empty(), "a root span");
     assert_ne!(s.trace(), TRACE);
@@ -310,37 +339,51 @@ async fn sampling_follows_the_sampler_and_the_callers_decision() {
     let mut req = client::get("http://echo:8080/sampled-by-caller");
     req.headers_mut().insert("traceparent", format!("00-{TRACE}-{PARENT}-01").parse().unwrap());
     proxy.send(req).await.assert_status(200);
-    let spans = otlp.wait_spans(1).await;
-    assert_eq!(spans.len(), 1, "only the caller-sampled request is exported: {spans:#?}");
-    assert_eq!(spans[0].attr("url.path").as_deref(), Some("/sampled-by-caller"));
 
     let mut req = client::get("http://echo:8080/unsampled-by-caller");
     req.headers_mut().insert("traceparent", format!("00-{TRACE}-{PARENT}-00").parse().unwrap());
     proxy.send(req).await.assert_status(200);
     assert!(up.last().header("traceparent").unwrap().starts_with(&format!("00-{TRACE}-")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(otlp.spans().len(), 1, "the caller's 'not sampled' is kept");
+    // A sampled sentinel after them: once it is exported, so is anything before it.
+    let spans = otlp
+        .settled(&["proxy"], async {
+            proxy.send(sentinel("http://echo:8080/sentinel")).await.assert_status(200);
+        })
+        .await;
+    assert_eq!(spans.len(), 1, "only the caller-sampled request is exported: {spans:#?}");
+    assert_eq!(spans[0].attr("url.path").as_deref(), Some("/sampled-by-caller"), "the caller's 'not sampled' is kept");
 }
 
-/// Requests must not wait for the exporter, whatever it does.
-async fn requests_unaffected(collector_endpoint: String, dropped_reason: &str) {
+/// Requests must not wait for the exporter, whatever it does. `held`: how many export calls
+/// the collector holds unanswered (the slow collector), checked to be at least one once the
+/// requests are done.
+async fn requests_unaffected(collector_endpoint: String, dropped_reason: &str, held: Option<Arc<AtomicUsize>>) {
     let up = upstream::http1().name("echo").start().await;
     let proxy = ProxyHarness::start_configured(&docs(&[service("echo").endpoint(up.addr).yaml()]), |c| {
         let mut t = TraceConfig::new(collector_endpoint, "proxy");
         t.max_queue = 4;
         t.max_batch = 2;
         t.delay = Duration::from_millis(5);
-        t.timeout = Duration::from_secs(30);
+        // An export call that is not answered stays pending for the whole test.
+        t.timeout = Duration::from_secs(3600);
         c.tracing = Some(t);
     })
     .await;
-    let started = tokio::time::Instant::now();
-    for i in 0..100 {
-        proxy.get(&format!("http://echo:8080/{i}")).await.assert_status(200);
+    // Had requests waited on an export that is never answered, they would hang: the deadline
+    // only turns that hang into a failure.
+    let requests = async {
+        for i in 0..100 {
+            proxy.get(&format!("http://echo:8080/{i}")).await.assert_status(200);
+        }
+    };
+    tokio::time::timeout(outrider_tests::wait::deadline() * 3, requests)
+        .await
+        .expect("requests hung while the exporter was stuck");
+    if let Some(held) = held {
+        // The exporter's first call was never answered (and cannot time out during the test),
+        // yet every request was answered: none waited on it.
+        wait_until("an export call held by the collector", || async { held.load(Ordering::SeqCst) > 0 }).await;
     }
-    // The exporter is stuck for 30 s per batch or failing: had requests waited on
-    // it, 100 of them could not have finished well inside one export timeout.
-    assert!(started.elapsed() < Duration::from_secs(15), "requests waited on the exporter: {:?}", started.elapsed());
     let m = wait_for(&format!("spans dropped ({dropped_reason}) to be counted"), || async {
         let m = proxy.metrics().await;
         (prom::sum(&m, "outrider_trace_spans_dropped_total", &[("reason", dropped_reason)]) > 0.0).then_some(m)
@@ -352,23 +395,40 @@ async fn requests_unaffected(collector_endpoint: String, dropped_reason: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_exporter_does_not_slow_requests_and_drops_are_counted() {
-    // A "collector" that accepts connections and never answers.
+    // A "collector" that accepts connections, reads what it is sent and never answers.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let seen = received.clone();
     let hold = tokio::spawn(async move {
         let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            held.push(tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 64 * 1024];
+                // The bytes of an export call (HTTP/2 preface, headers, the spans) arrive
+                // and are never answered.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.fetch_add(n, Ordering::SeqCst);
+                }
+                // Keep the socket open (unanswered) until the test ends.
+                std::future::pending::<()>().await;
+                drop(s);
+            }));
         }
     });
-    requests_unaffected(format!("http://{addr}"), "queue-full").await;
+    requests_unaffected(format!("http://{addr}"), "queue-full", Some(received)).await;
     hold.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_exporter_does_not_fail_requests_and_drops_are_counted() {
     let closed = upstream::closed_port();
-    requests_unaffected(format!("http://{closed}"), "export-failed").await;
+    requests_unaffected(format!("http://{closed}"), "export-failed", None).await;
 }
 
 /// Tracing with a sampler that starts no trace (ratio 0, parent-based).
@@ -514,12 +574,10 @@ async fn a_telemetry_applied_on_the_control_plane_reaches_the_proxy() {
     cp.apply(&docs(&[svc.clone(), telemetry(0)])).await;
     let proxy = ProxyHarness::start_configured(&svc, |c| {
         c.tracing = Some(env_never(&otlp.endpoint()));
-        c.xds = Some(outrider_proxy::source::xds::XdsConfig {
-            address: cp.xds_url(),
-            protocol: outrider_proxy::source::xds::Protocol::Delta,
-            advertise: None,
-            labels: Default::default(),
-        });
+        c.xds = Some(outrider_proxy::source::xds::XdsConfig::new(
+            cp.xds_url(),
+            outrider_proxy::source::xds::Protocol::Delta,
+        ));
     })
     .await;
     let pushed = |percent: f64| {

@@ -179,14 +179,20 @@ async fn max_requests_threshold_rejects_at_once_with_overloaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_on_failures_then_half_opens_and_closes() {
+    // Two services with the same breaker but for openDuration: one stays open for the whole
+    // test (so "open rejects" cannot race the clock), the other half-opens quickly.
     let switch = Switch::new();
     let up = upstream::http1().name("b").switch(&switch).start().await;
+    let breaker = |open: &str| {
+        format!(
+            "  circuitBreaker:\n    failureRateThreshold: 50\n    window: 4\n    minimumCalls: 4\n    openDuration: {open}\n    halfOpenCalls: 1\n"
+        )
+    };
     let proxy = ProxyHarness::start(&docs(&[
         service("b").endpoint(up.addr).yaml(),
-        policy(
-            "b",
-            "  circuitBreaker:\n    failureRateThreshold: 50\n    window: 4\n    minimumCalls: 4\n    openDuration: 300ms\n    halfOpenCalls: 1\n",
-        ),
+        policy("b", &breaker("60s")),
+        service("b2").endpoint(up.addr).yaml(),
+        policy("b2", &breaker("200ms")),
     ]))
     .await;
     switch.set_status(503);
@@ -202,15 +208,21 @@ async fn breaker_opens_on_failures_then_half_opens_and_closes() {
     let m = proxy.metrics().await;
     assert_eq!(sum(&m, "outrider_circuit_breaker_state", &[("service", "b")]), 1.0);
 
-    // Heal the upstream; after openDuration one probe goes through and closes it.
+    // b2 opens the same way; once healed, after openDuration one probe goes through and
+    // closes it.
+    for _ in 0..4 {
+        proxy.get("http://b2:8080/").await.assert_status(503);
+    }
+    assert_eq!(up.request_count(), 8);
     switch.set_status(0);
     wait_until("the breaker lets a probe through and closes", || async {
-        proxy.get("http://b:8080/").await.status.as_u16() == 200
+        proxy.get("http://b2:8080/").await.status.as_u16() == 200
     })
     .await;
-    proxy.get("http://b:8080/").await.assert_status(200);
+    proxy.get("http://b2:8080/").await.assert_status(200);
     let m = proxy.metrics().await;
-    assert_eq!(sum(&m, "outrider_circuit_breaker_state", &[("service", "b")]), 0.0);
+    assert_eq!(sum(&m, "outrider_circuit_breaker_state", &[("service", "b2")]), 0.0);
+    assert_eq!(sum(&m, "outrider_circuit_breaker_state", &[("service", "b")]), 1.0, "b is still open");
     assert!(sum(&m, "outrider_circuit_breaker_rejections_total", &[("service", "b"), ("reason", "open")]) >= 1.0);
 }
 

@@ -45,6 +45,12 @@ pub const TYPE_URLS: [&str; 4] =
 pub const DEFAULT_BACKOFF: ExponentialBackoff =
     ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(15));
 
+/// Largest response the client decodes by default. Measured (`examples/snapshot_size.rs` of
+/// the control plane, docs/operations.md): with 10,000 services, each with three endpoints and
+/// a full TrafficPolicy, the largest response (CDS) is 7.8 MiB, so tonic's default of 4 MiB
+/// breaks near 5,000 services; 64 MiB holds about 80,000. `--xds-max-message` changes it.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
+
 /// gRPC status code `INVALID_ARGUMENT`, used for NACKs (as Envoy does).
 const INVALID_ARGUMENT: i32 = 3;
 
@@ -73,6 +79,17 @@ pub struct ClientConfig {
     /// TLS for an `https://` address (the proxy's workload certificate as client certificate,
     /// and the control plane's identity checked against the mesh roots).
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// A join token file, read at every connect and sent as stream metadata
+    /// ([`crate::join_token::METADATA_KEY`]): the server then accepts this proxy's endpoint
+    /// registration without a client certificate.
+    pub join_token: Option<std::path::PathBuf>,
+    /// Largest response decoded (bytes); a larger one ends the stream with an error that says
+    /// so.
+    pub max_message: usize,
+    /// Register the workload at `<local address of the xDS connection>:<this port>` (node
+    /// metadata `advertise`, set at each connect) when the node does not name an address
+    /// itself: a sidecar whose inbound listener binds every address registers its pod IP.
+    pub advertise_local_port: Option<u16>,
 }
 
 impl ClientConfig {
@@ -86,6 +103,9 @@ impl ClientConfig {
             backoff: DEFAULT_BACKOFF,
             connect_timeout: Duration::from_secs(5),
             tls: None,
+            join_token: None,
+            max_message: DEFAULT_MAX_MESSAGE,
+            advertise_local_port: None,
         }
     }
 }
@@ -178,9 +198,10 @@ fn nack_status(detail: String) -> RpcStatus {
     RpcStatus { code: INVALID_ARGUMENT, message: detail, details: Vec::new() }
 }
 
-/// A gRPC channel to the xDS server of `config` (TLS for an `https://` address). Other services
-/// of the control connection (load reports) use it too.
-pub async fn connect(config: &ClientConfig) -> Result<Channel, AdsError> {
+/// A gRPC channel to the xDS server of `config` (TLS for an `https://` address), recording the
+/// local address of the connection in `local` when given. Other services of the control
+/// connection (load reports) use it too.
+pub async fn connect(config: &ClientConfig, local: Option<&crate::tls::LocalAddr>) -> Result<Channel, AdsError> {
     let address = config.address.clone();
     let endpoint = Endpoint::from_shared(address.clone())
         .map_err(|source| AdsError::Address { address: address.clone(), source })?
@@ -193,11 +214,15 @@ pub async fn connect(config: &ClientConfig) -> Result<Channel, AdsError> {
             let connector = crate::tls::TlsConnector {
                 config: tls.clone(),
                 hint: "is the control plane serving TLS (--tls) with a certificate of the mesh CA?",
+                local: local.cloned(),
             };
             endpoint.connect_with_connector(connector).await.map_err(|source| AdsError::Connect { address, source })
         }
         (None, true) => Err(AdsError::NoTls { address }),
-        (_, false) => endpoint.connect().await.map_err(|source| AdsError::Connect { address, source }),
+        (_, false) => endpoint
+            .connect_with_connector(crate::tls::TcpConnector { local: local.cloned().unwrap_or_default() })
+            .await
+            .map_err(|source| AdsError::Connect { address, source }),
     }
 }
 
@@ -238,10 +263,20 @@ impl AdsClient {
         self
     }
 
-    /// Takes the latest node from the updates, keeping the draining mark.
+    /// Takes the latest node from the updates, keeping the draining mark and the address
+    /// advertised from the xDS connection.
     fn refresh_node(&mut self) {
         if let Some(updates) = &mut self.node_updates {
+            let advertised = self
+                .config
+                .advertise_local_port
+                .and_then(|_| self.config.node.metadata.as_ref().and_then(|m| m.fields.get("advertise").cloned()));
             self.config.node = updates.borrow_and_update().clone();
+            if let Some(advertised) = advertised {
+                use envoy_types::pb::google::protobuf::Struct;
+                let metadata = self.config.node.metadata.get_or_insert_with(Struct::default);
+                metadata.fields.insert("advertise".to_owned(), advertised);
+            }
             self.draining();
         }
     }
@@ -269,6 +304,13 @@ impl AdsClient {
             let delay = attempts.next_delay();
             match result {
                 Ok(()) => {}
+                Err(AdsError::Stream(status)) if status.code() == tonic::Code::OutOfRange => tracing::warn!(
+                    error = %status,
+                    limit = self.config.max_message,
+                    retry_in = ?delay,
+                    server = %self.config.address,
+                    "xDS response larger than the decode limit; raise it (outrider-proxy --xds-max-message); keeping the last accepted config"
+                ),
                 Err(e) => tracing::warn!(
                     error = %e,
                     retry_in = ?delay,
@@ -283,15 +325,34 @@ impl AdsClient {
     /// One stream, until it ends. `delivered` is set once a response has been handled.
     pub async fn run_once(&mut self, handler: &dyn Handler, delivered: &mut bool) -> Result<(), AdsError> {
         self.refresh_node();
-        let channel = self.connect().await?;
+        let local = crate::tls::LocalAddr::default();
+        let channel = self.connect(&local).await?;
+        self.advertise_local(*local.lock());
         match self.config.protocol {
             Protocol::Delta => stream::run::<delta::Delta>(self, channel, handler, delivered).await,
             Protocol::Sotw => stream::run::<sotw::Sotw>(self, channel, handler, delivered).await,
         }
     }
 
-    async fn connect(&self) -> Result<Channel, AdsError> {
-        connect(&self.config).await
+    /// With [`ClientConfig::advertise_local_port`], the node advertises the local address of
+    /// the connection just made (logged when it changes).
+    fn advertise_local(&mut self, local: Option<std::net::SocketAddr>) {
+        let (Some(port), Some(local)) = (self.config.advertise_local_port, local) else { return };
+        use envoy_types::pb::google::protobuf::Struct;
+        let addr = std::net::SocketAddr::new(local.ip(), port).to_string();
+        let metadata = self.config.node.metadata.get_or_insert_with(Struct::default);
+        let before = metadata.fields.insert("advertise".to_owned(), crate::resources::string_value(&addr));
+        if before != Some(crate::resources::string_value(&addr)) {
+            tracing::info!(
+                advertise = %addr,
+                server = %self.config.address,
+                "registering this workload at the local address of the xDS connection (set --advertise to choose another)"
+            );
+        }
+    }
+
+    async fn connect(&self, local: &crate::tls::LocalAddr) -> Result<Channel, AdsError> {
+        connect(&self.config, Some(local)).await
     }
 
     /// Accepted resources of a type (empty when none were received).

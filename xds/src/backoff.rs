@@ -1,4 +1,4 @@
-//! The one jittered exponential backoff (DESIGN.md §4): full jitter, as in
+//! The one jittered exponential backoff (docs/architecture.md): full jitter, as in
 //! "Exponential Backoff And Jitter" (AWS): `sleep = random(0, min(max, base * 2^n))`.
 //! Used for xDS reconnects; the proxy reuses it for retries and breaker probation.
 

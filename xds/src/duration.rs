@@ -21,6 +21,13 @@ const HINT: &str = "use a number followed by ms, s, m or h, e.g. 250ms or 2s";
 const ORDER: &str = "units must go from largest to smallest, each at most once, e.g. 1m30s";
 const TOO_LARGE: &str = "too large";
 
+/// The JSON schema of a duration field: a string (the parser below checks its form, so that a
+/// custom resource gets the same message as a file; the field's own doc becomes its description).
+#[cfg(feature = "schema")]
+pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string"})
+}
+
 /// Parses a policy duration.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let error = |reason| DurationError { text: text.to_owned(), reason };

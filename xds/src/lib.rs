@@ -33,14 +33,17 @@ pub mod tls;
 /// the control plane merges.
 pub mod latency;
 
+/// Join tokens on the proxy side: the token file, and the xDS stream metadata carrying it.
+pub mod join_token;
+
 /// ADS client (Delta by default, SotW): subscribe, hand updates to a handler, ACK/NACK, reconnect.
 pub mod ads;
 
 pub use load::{load_dir, load_file, load_str};
 pub use policy::{
-    Backoff, CircuitBreaker, Endpoint, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata, MtlsMode,
-    OutlierDetection, PolicySet, Position, Protocol, Retries, RetryBudget, RetryOn, Rollout, RolloutSpec, Route,
-    RouteMatch, Service, ServiceSpec, SplitEntry, StateMachine, Step, TrafficPolicy, TrafficPolicySpec,
+    Backoff, BreakerScope, CircuitBreaker, Endpoint, Fallback, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata,
+    MtlsMode, OutlierDetection, PolicySet, Position, Protocol, Retries, RetryBudget, RetryOn, Rollout, RolloutSpec,
+    Route, RouteMatch, Service, ServiceSpec, SplitEntry, StateMachine, Step, TrafficPolicy, TrafficPolicySpec,
 };
 pub use translate::{Resources, translate};
 pub use validate::{PolicyError, PolicyErrors};

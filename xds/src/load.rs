@@ -1,14 +1,26 @@
-//! Reading policy files: YAML documents → typed documents, with serde errors made readable.
+//! Reading policy files: YAML documents → typed documents. Every error of a file is reported at
+//! once (see [`recover`]), in the policy's words, with its line and column (see [`locate`]).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use crate::policy::{
     API_VERSION, AuthorizationPolicy, KINDS, Metadata, PolicySet, Rollout, Service, Telemetry, TrafficPolicy,
 };
 use crate::validate::{self, PolicyError, PolicyErrors};
+
+/// Line and column of a field path in the text.
+mod locate;
+/// serde's messages in the policy's words, and "did you mean".
+mod messages;
+/// Decoding that collects every error instead of stopping at the first.
+mod recover;
+
+pub(crate) use recover::{Seg, parse as parse_path};
 
 /// Where a document came from, for error messages.
 #[derive(Clone, Debug)]
@@ -17,11 +29,15 @@ pub(crate) struct Origin {
     pub(crate) document: usize,
     pub(crate) kind: Option<String>,
     pub(crate) name: Option<String>,
+    /// Finds line and column of a field in the source text.
+    locator: Option<Arc<locate::Locator>>,
 }
 
 impl Origin {
-    /// An error about this document.
+    /// An error about this document (its field, when given, is located in the text).
     pub(crate) fn error(&self, field: Option<String>, message: impl Into<String>) -> PolicyError {
+        let path = field.as_deref().map(recover::parse).unwrap_or_default();
+        let position = self.locator.as_ref().and_then(|l| l.locate(self.document, &path));
         PolicyError {
             file: self.file.clone(),
             document: Some(self.document),
@@ -29,6 +45,8 @@ impl Origin {
             name: self.name.clone(),
             field,
             message: message.into(),
+            line: position.map(|p| p.line),
+            column: position.map(|p| p.column),
         }
     }
 
@@ -54,6 +72,9 @@ pub(crate) enum Document {
 #[derive(Debug, Default)]
 pub(crate) struct Parsed {
     pub(crate) documents: Vec<(Origin, Document)>,
+    /// Documents that decoded only once their errors were repaired (already reported), with
+    /// the repaired paths: checked on their own, never used by other documents.
+    pub(crate) repaired: Vec<(Origin, Document, Vec<Vec<Seg>>)>,
     /// (kind, name) of documents that were present but did not deserialize, so that references
     /// to them do not produce a second, misleading error.
     pub(crate) broken: Vec<(String, String)>,
@@ -114,13 +135,23 @@ pub fn load_dir(path: &Path) -> Result<PolicySet, PolicyErrors> {
 
 /// Adds the documents of one file to `parsed`.
 pub(crate) fn parse_str(source: &str, text: &str, parsed: &mut Parsed) {
+    let locator = Arc::new(locate::Locator::new(text));
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = match Value::deserialize(document) {
             Ok(value) => value,
             Err(err) => {
+                let location = err.location();
+                let message = err.to_string();
+                // The position goes in front, as for every other error.
+                let message = match &location {
+                    Some(l) => message.replacen(&format!(" at line {} column {}", l.line(), l.column()), "", 1),
+                    None => message,
+                };
                 parsed.errors.push(PolicyError {
                     document: Some(index),
-                    ..PolicyError::file(source, format!("invalid YAML: {err}"))
+                    line: location.as_ref().map(|l| l.line()),
+                    column: location.as_ref().map(|l| l.column()),
+                    ..PolicyError::file(source, format!("invalid YAML: {message}"))
                 });
                 // The YAML stream cannot be trusted past a syntax error.
                 break;
@@ -129,7 +160,7 @@ pub(crate) fn parse_str(source: &str, text: &str, parsed: &mut Parsed) {
         if value.is_null() {
             continue;
         }
-        parse_document(source, index, value, parsed);
+        parse_document(source, index, value, &locator, parsed);
     }
 }
 
@@ -143,121 +174,114 @@ struct Envelope {
     spec: Value,
 }
 
-fn parse_document(source: &str, index: usize, value: Value, parsed: &mut Parsed) {
+fn parse_document(source: &str, index: usize, value: Value, locator: &Arc<locate::Locator>, parsed: &mut Parsed) {
     let mut origin = Origin {
         file: source.to_owned(),
         document: index,
         kind: value.get("kind").and_then(Value::as_str).map(str::to_owned),
         name: value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(str::to_owned),
-    };
-    let mark_broken = |parsed: &mut Parsed, origin: &Origin| {
-        if let (Some(kind), Some(name)) = (&origin.kind, &origin.name) {
-            parsed.broken.push((kind.clone(), name.clone()));
-        }
+        locator: Some(locator.clone()),
     };
     if !value.is_mapping() {
         parsed.errors.push(origin.error(None, "a document must be a mapping with apiVersion, kind, metadata and spec"));
         return;
     }
-    let envelope: Envelope = match decode(value, "") {
-        Ok(envelope) => envelope,
-        Err((field, message)) => {
-            parsed.errors.push(origin.error(Some(field), message));
-            mark_broken(parsed, &origin);
-            return;
-        }
+    let mut repaired = Vec::new();
+    let Some(envelope) = decode::<Envelope>(value, &[], &origin, parsed, &mut repaired) else {
+        mark_broken(&origin, parsed);
+        return;
     };
-    origin.kind = Some(envelope.kind.clone());
-    origin.name = Some(envelope.metadata.name.clone());
-    // Checked here so that a name is reported even when the spec does not deserialize.
-    let metadata = &envelope.metadata;
-    validate::check_dns_label(&origin, "metadata.name", &metadata.name, &mut parsed.errors);
-    validate::check_dns_label(&origin, "metadata.namespace", &metadata.namespace, &mut parsed.errors);
-    if envelope.api_version != API_VERSION {
+    let intact = |path: &[&str]| {
+        let path: Vec<Seg> = path.iter().map(|key| Seg::Key((*key).to_owned())).collect();
+        !repaired.iter().any(|r| recover::within(&path, r))
+    };
+    let kind_intact = intact(&["kind"]);
+    let spec_intact = intact(&["spec"]);
+    let metadata = envelope.metadata;
+    if kind_intact {
+        origin.kind = Some(envelope.kind.clone());
+    }
+    // Checked here so that a name is reported even when the spec does not decode.
+    if intact(&["metadata", "name"]) {
+        origin.name = Some(metadata.name.clone());
+        validate::check_dns_label(&origin, "metadata.name", &metadata.name, &mut parsed.errors);
+    }
+    if intact(&["metadata", "namespace"]) {
+        validate::check_dns_label(&origin, "metadata.namespace", &metadata.namespace, &mut parsed.errors);
+    }
+    if intact(&["apiVersion"]) && envelope.api_version != API_VERSION {
         parsed.errors.push(origin.error(
             Some("apiVersion".into()),
             format!("unsupported apiVersion \"{}\": use \"{API_VERSION}\"", envelope.api_version),
         ));
     }
-    let metadata = envelope.metadata;
+    if !kind_intact || !spec_intact {
+        mark_broken(&origin, parsed);
+        return;
+    }
+    let spec = envelope.spec;
+    let at = [Seg::Key("spec".into())];
     let document =
         match envelope.kind.as_str() {
-            "Service" => decode(envelope.spec, "spec").map(|spec| Document::Service(Service { metadata, spec })),
-            "TrafficPolicy" => {
-                decode(envelope.spec, "spec").map(|spec| Document::TrafficPolicy(TrafficPolicy { metadata, spec }))
-            }
-            "AuthorizationPolicy" => decode(envelope.spec, "spec")
+            "Service" => decode(spec, &at, &origin, parsed, &mut repaired)
+                .map(|spec| Document::Service(Service { metadata, spec })),
+            "TrafficPolicy" => decode(spec, &at, &origin, parsed, &mut repaired)
+                .map(|spec| Document::TrafficPolicy(TrafficPolicy { metadata, spec })),
+            "AuthorizationPolicy" => decode(spec, &at, &origin, parsed, &mut repaired)
                 .map(|spec| Document::AuthorizationPolicy(AuthorizationPolicy { metadata, spec })),
-            "Telemetry" => decode(envelope.spec, "spec").map(|spec| Document::Telemetry(Telemetry { metadata, spec })),
-            "Rollout" => decode(envelope.spec, "spec").map(|spec| Document::Rollout(Rollout { metadata, spec })),
+            "Telemetry" => decode(spec, &at, &origin, parsed, &mut repaired)
+                .map(|spec| Document::Telemetry(Telemetry { metadata, spec })),
+            "Rollout" => decode(spec, &at, &origin, parsed, &mut repaired)
+                .map(|spec| Document::Rollout(Rollout { metadata, spec })),
             other => {
-                parsed.errors.push(origin.error(
-                    Some("kind".into()),
-                    format!("unknown kind \"{other}\": expected one of {}", KINDS.join(", ")),
-                ));
+                let kinds: Vec<String> = KINDS.iter().map(|k| (*k).to_owned()).collect();
+                let mut message = format!("unknown kind \"{other}\": expected one of {}", KINDS.join(", "));
+                if let Some(best) = messages::did_you_mean(other, &kinds) {
+                    message.push_str(&format!("; did you mean \"{best}\"?"));
+                }
+                parsed.errors.push(origin.error(Some("kind".into()), message));
                 return;
             }
         };
     match document {
-        Ok(document) => parsed.documents.push((origin, document)),
-        Err((field, message)) => {
-            parsed.errors.push(origin.error(Some(field), message));
-            mark_broken(parsed, &origin);
+        Some(document) if repaired.is_empty() => parsed.documents.push((origin, document)),
+        Some(document) => {
+            mark_broken(&origin, parsed);
+            parsed.repaired.push((origin, document, repaired));
         }
+        None => mark_broken(&origin, parsed),
     }
 }
 
-/// Deserializes `value`, returning (field path, message) on failure; `prefix` is the path of
-/// `value` inside the document.
-fn decode<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let mut path = prefix.to_owned();
-        for segment in err.path().iter() {
-            match segment {
-                serde_path_to_error::Segment::Seq { index } => path.push_str(&format!("[{index}]")),
-                serde_path_to_error::Segment::Map { key } | serde_path_to_error::Segment::Enum { variant: key } => {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(key);
-                }
-                serde_path_to_error::Segment::Unknown => {}
-            }
-        }
-        readable(path, err.inner().to_string())
-    })
+/// Remembers (kind, name) of a document that has errors, so that references to it do not
+/// produce a second, misleading error.
+fn mark_broken(origin: &Origin, parsed: &mut Parsed) {
+    if let (Some(kind), Some(name)) = (&origin.kind, &origin.name) {
+        parsed.broken.push((kind.clone(), name.clone()));
+    }
 }
 
-/// Rewrites serde's messages into the policy's wording: field names without backticks, and a
-/// missing field named in the path rather than in the message.
-fn readable(path: String, message: String) -> (String, String) {
-    let join = |path: &str, field: &str| {
-        if path.is_empty() { field.to_owned() } else { format!("{path}.{field}") }
-    };
-    if let Some(rest) = message.strip_prefix("missing field `") {
-        let field = rest.trim_end_matches('`');
-        return (join(&path, field), "required field is missing".to_owned());
+/// Decodes `value` (found at `at` in the document), reporting every error and adding the
+/// repaired paths to `repaired`.
+fn decode<T: DeserializeOwned>(
+    value: Value,
+    at: &[Seg],
+    origin: &Origin,
+    parsed: &mut Parsed,
+    repaired: &mut Vec<Vec<Seg>>,
+) -> Option<T> {
+    let rounds = recover::max_rounds(origin.locator.as_ref().map_or(0, |l| l.text_len()));
+    let decoded = recover::decode::<T>(value, rounds);
+    let full = |path: &[Seg]| at.iter().chain(path).cloned().collect::<Vec<Seg>>();
+    for error in decoded.errors {
+        let path = full(&error.path);
+        let field = if path.is_empty() { "document".to_owned() } else { recover::display(&path) };
+        parsed.errors.push(origin.error(Some(field), error.message));
     }
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        let expected = rest.split_once(", expected ").map(|(_, e)| e).unwrap_or("");
-        let message = if expected.is_empty() || expected == "there are no fields" {
-            "unknown field".to_owned()
-        } else {
-            format!("unknown field, expected one of {}", one_of(expected))
-        };
-        return (path, message);
-    }
-    if let Some(rest) = message.strip_prefix("unknown variant `")
-        && let Some((value, expected)) = rest.split_once("`, expected ")
-    {
-        let message = format!("unknown value \"{value}\", expected one of {}", one_of(expected));
-        return (path, message);
-    }
-    let field = if path.is_empty() { "document".to_owned() } else { path };
-    (field, message)
+    repaired.extend(decoded.repaired.iter().map(|path| full(path)));
+    decoded.value
 }
 
-/// serde's "`a`", "`a` or `b`", "one of `a`, `b`" → "a, b".
-fn one_of(expected: &str) -> String {
-    expected.trim_start_matches("one of ").replace(" or ", ", ").replace('`', "")
-}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -17,8 +17,8 @@ mod telemetry;
 
 pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzSource};
 pub use resilience::{
-    Backoff, CircuitBreaker, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries, RetryBudget, RetryOn,
-    StateMachine,
+    Backoff, BreakerScope, CircuitBreaker, Fallback, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries,
+    RetryBudget, RetryOn, StateMachine,
 };
 pub use rollout::{
     Analysis, BlueGreenStrategy, CanaryStrategy, DEFAULT_ROUTE, LinearStrategy, PREVIEW_ROUTE, Position, Rollout,
@@ -156,10 +156,59 @@ impl PolicySet {
     pub fn authorization_policies(&self, service: &str) -> impl Iterator<Item = &AuthorizationPolicy> {
         self.authorization_policies.values().filter(move |p| p.spec.service == service)
     }
+
+    /// Adds the documents of `other`, a set validated apart (one Kubernetes object at a time),
+    /// or refuses them all with the reason when one would take the place of a document already
+    /// here (a second TrafficPolicy for a service, a second Telemetry). Authorization policies
+    /// are keyed `NAMESPACE/NAME@SERVICE`, so that equal names in two namespaces stay apart.
+    pub fn absorb(&mut self, other: PolicySet) -> Result<(), String> {
+        // Destructured so that a new kind of document cannot be forgotten here.
+        let PolicySet { services, traffic_policies, authorization_policies, telemetry, rollouts } = other;
+        for (name, service) in &services {
+            if self.services.contains_key(name) {
+                return Err(format!("service \"{}\" is defined twice", service.name()));
+            }
+        }
+        for service in traffic_policies.keys() {
+            if let Some(first) = self.traffic_policies.get(service) {
+                return Err(format!(
+                    "service \"{service}\" already has a TrafficPolicy ({}/{}); a service takes at most one, \
+                     so merge them",
+                    first.metadata.namespace, first.metadata.name
+                ));
+            }
+        }
+        if let (Some(first), Some(_)) = (&self.telemetry, &telemetry) {
+            return Err(format!(
+                "the mesh already has a Telemetry ({}/{}); there is at most one, so merge them",
+                first.metadata.namespace, first.metadata.name
+            ));
+        }
+        for rollout in rollouts.values() {
+            if let Some(first) = self.rollout_of(&rollout.spec.service) {
+                return Err(format!(
+                    "service \"{}\" already has a Rollout ({}/{}); one release runs at a time per service",
+                    rollout.spec.service, first.metadata.namespace, first.metadata.name
+                ));
+            }
+        }
+        self.services.extend(services);
+        self.rollouts.extend(rollouts);
+        self.traffic_policies.extend(traffic_policies);
+        for policy in authorization_policies.into_values() {
+            let key = format!("{}/{}@{}", policy.metadata.namespace, policy.metadata.name, policy.spec.service);
+            self.authorization_policies.insert(key, policy);
+        }
+        if telemetry.is_some() {
+            self.telemetry = telemetry;
+        }
+        Ok(())
+    }
 }
 
 /// `metadata` of every document.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// DNS label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
@@ -188,6 +237,7 @@ impl Service {
 
 /// `spec` of a Service.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Defaults to `http`.
@@ -205,10 +255,16 @@ pub struct ServiceSpec {
     /// Static endpoints.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// More host names callers may use (with or without `:port`), besides the name, the
+    /// addresses and `name.namespace`. Not written in files: Kubernetes discovery sets them
+    /// (`name.namespace.svc`, `name.namespace.svc.cluster.local`, …).
+    #[serde(skip)]
+    pub hosts: Vec<String>,
 }
 
 /// Application protocol of a service.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -237,6 +293,7 @@ impl Protocol {
 
 /// `spec.mtls` of a Service: what its sidecars accept inbound.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MtlsMode {
     /// Mutual TLS from meshed callers and plaintext from unmeshed ones (which have no identity).
@@ -248,9 +305,11 @@ pub enum MtlsMode {
 
 /// One static endpoint of a Service.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// `IP:port` (IPv6 as `[::1]:80`); host names are not resolved.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     #[serde(deserialize_with = "de::socket_addr")]
     pub address: SocketAddr,
     /// Labels that subsets select on.
@@ -280,11 +339,13 @@ pub struct TrafficPolicy {
 
 /// `spec` of a TrafficPolicy.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
     /// Name of the Service this policy applies to.
     pub service: String,
     /// Defaults to 5s (Envoy's default); must be more than zero.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(default = "defaults::connect_timeout", deserialize_with = "crate::duration::deserialize")]
     pub connect_timeout: Duration,
     /// Defaults to `p2c-ewma`.
@@ -294,9 +355,11 @@ pub struct TrafficPolicySpec {
     #[serde(default)]
     pub routes: Vec<Route>,
     /// The whole request, retries included; absent = no overall timeout.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(default, deserialize_with = "crate::duration::deserialize_option")]
     pub timeout: Option<Duration>,
     /// Idle streams and pooled upstream connections; absent = [`defaults::IDLE_TIMEOUT`].
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(default, deserialize_with = "crate::duration::deserialize_option")]
     pub idle_timeout: Option<Duration>,
     /// Retries (HTTP only).
@@ -323,6 +386,7 @@ impl TrafficPolicySpec {
 
 /// Endpoint selection within a cluster.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum LoadBalancer {
     /// Power of two choices over an EWMA of latency (Envoy: LEAST_REQUEST, choice_count 2).
     #[default]
@@ -347,6 +411,7 @@ impl LoadBalancer {
 
 /// One HTTP route of a TrafficPolicy.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Metrics label, `[a-z0-9-]{1,63}`. Always `Some` in a loaded [`PolicySet`]
@@ -372,6 +437,7 @@ impl Route {
 
 /// `match` of a route. All given conditions must hold.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteMatch {
     /// Path prefix, starting with `/`.
@@ -387,6 +453,7 @@ pub struct RouteMatch {
 
 /// One entry of a route's `split`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SplitEntry {
     /// Share of requests in percent, 0..=100.

@@ -20,8 +20,15 @@
 //!   without a `circuitBreaker`).
 //! - `outlier_detection`: only with `outlierDetection`.
 //! - `typed_extension_protocol_options[`[`RESILIENCE_KEY`]`]`: a [`Resilience`], when the
-//!   policy has a breaker state machine, retries or an `idleTimeout`.
+//!   policy has a breaker state machine (with its scope and fallback), retries or an
+//!   `idleTimeout`.
 //! - the HTTP protocol options' `common_http_protocol_options.idle_timeout` = `idleTimeout`.
+//! - `load_balancing_policy` (gRFC A52): an ordered list, each client using the first it
+//!   supports: `p2c-ewma` → least_request (choice_count 2), round_robin; `round-robin` →
+//!   round_robin; `random` → random, round_robin. gRPC proxyless clients know round_robin but
+//!   not least_request or random, so every list ends with it. The legacy `lb_policy` is left at
+//!   `ROUND_ROBIN`, the one value every xDS client accepts; clients that read
+//!   `load_balancing_policy` ignore it.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +37,7 @@ use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
 /// `outrider.v1.Resilience`, Outrider's typed cluster extension.
 pub mod ext;
 
-pub use ext::{BreakerStateMachine, Resilience, RetryBudget};
+pub use ext::{BreakerScope, BreakerStateMachine, Fallback, Resilience, RetryBudget};
 
 /// Name of the outbound listener.
 pub const OUTBOUND_LISTENER: &str = "outbound";
@@ -152,6 +159,20 @@ pub const ROUTER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.
 pub const HTTP_PROTOCOL_OPTIONS_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
+/// Type URL of `envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest`.
+pub const LEAST_REQUEST_POLICY_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest";
+/// Type URL of `envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin`.
+pub const ROUND_ROBIN_POLICY_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin";
+/// Type URL of `envoy.extensions.load_balancing_policies.random.v3.Random`.
+pub const RANDOM_POLICY_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random";
+/// Type URL of `envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality` (a
+/// wrapper around an endpoint-picking policy; read, never written).
+pub const WRR_LOCALITY_POLICY_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality";
+
 /// Istio-style cluster name of a service port: `outbound|{port}||{service}`.
 pub fn cluster_name(service: &str, port: u16) -> String {
     format!("outbound|{port}||{service}")
@@ -254,6 +275,11 @@ mod tests {
         assert_eq!(HTTP_FAULT_TYPE_URL, HttpFault::type_url());
         assert_eq!(PREVIOUS_HOSTS_PREDICATE_TYPE_URL, PreviousHostsPredicate::type_url());
         assert_eq!(RESILIENCE_TYPE_URL, Resilience::type_url());
+        use envoy_types::pb::envoy::extensions::load_balancing_policies as lb;
+        assert_eq!(LEAST_REQUEST_POLICY_TYPE_URL, lb::least_request::v3::LeastRequest::type_url());
+        assert_eq!(ROUND_ROBIN_POLICY_TYPE_URL, lb::round_robin::v3::RoundRobin::type_url());
+        assert_eq!(RANDOM_POLICY_TYPE_URL, lb::random::v3::Random::type_url());
+        assert_eq!(WRR_LOCALITY_POLICY_TYPE_URL, lb::wrr_locality::v3::WrrLocality::type_url());
         assert_eq!(Resilience::full_name(), "outrider.v1.Resilience");
     }
 

@@ -3,7 +3,9 @@
 //! the place its document came from.
 
 use crate::load::{Parsed, parse_str};
-use crate::policy::PolicySet;
+use std::collections::BTreeMap;
+
+use crate::policy::{PolicySet, Service};
 use crate::validate::{self, PolicyErrors};
 
 /// One named piece of YAML (or JSON) text holding one or more documents.
@@ -29,6 +31,21 @@ pub fn load_sources<'a>(sources: impl IntoIterator<Item = &'a Source>) -> Result
     validate::validate(parsed)
 }
 
+/// [`load_sources`] in a set where the services of `base` (already validated, e.g. discovered
+/// from a Kubernetes cluster) exist as well: the documents may refer to them, and errors are the
+/// ones the same documents get beside those services in a file. The result holds the sources'
+/// documents alone.
+pub fn load_sources_with<'a>(
+    base: &BTreeMap<String, Service>,
+    sources: impl IntoIterator<Item = &'a Source>,
+) -> Result<PolicySet, PolicyErrors> {
+    let mut parsed = Parsed::default();
+    for source in sources {
+        parse_str(&source.name, &source.text, &mut parsed);
+    }
+    validate::validate_with(parsed, base)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -42,6 +59,19 @@ mod tests {
         let set = load_sources(&[Source::new("a.yaml", SERVICE), Source::new("stored", policy)]).unwrap();
         assert!(set.services.contains_key("reviews"));
         assert!(set.traffic_policies.contains_key("reviews"));
+    }
+
+    #[test]
+    fn documents_may_refer_to_base_services_and_the_result_holds_the_documents_alone() {
+        let base = load_sources(&[Source::new("a.yaml", SERVICE)]).unwrap().services;
+        let policy = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: x}\nspec: {service: reviews}\n";
+        let set = load_sources_with(&base, &[Source::new("p", policy)]).unwrap();
+        assert!(set.services.is_empty());
+        assert!(set.traffic_policies.contains_key("reviews"));
+        // The same message as without a base, naming the base's services.
+        let other = policy.replace("service: reviews", "service: ratings");
+        let errors = load_sources_with(&base, &[Source::new("p", other)]).unwrap_err();
+        assert_eq!(errors.iter().next().unwrap().message, "no Service named \"ratings\" (known services: reviews)");
     }
 
     #[test]

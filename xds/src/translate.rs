@@ -32,7 +32,7 @@ use envoy_types::pb::google::protobuf::{self as pb, Struct};
 use crate::policy::PolicySet;
 
 /// Bump when the translation changes its output for the same input, so versions change too.
-const TRANSLATION_REVISION: &str = "outrider-xds translate r3";
+const TRANSLATION_REVISION: &str = "outrider-xds translate r4";
 
 /// Everything a policy set translates to, sorted deterministically.
 #[derive(Clone, Debug, Default)]
@@ -51,7 +51,7 @@ pub fn translate(set: &PolicySet) -> Resources {
     let mut endpoints = Vec::new();
     for service in set.services.values() {
         let policy = set.traffic_policy(service.name());
-        clusters.push(cluster::service_cluster(service, policy));
+        clusters.push(cluster::service_cluster(service, policy, set));
         endpoints.push(cluster::load_assignment(service));
     }
     clusters.sort_by(|a, b| a.name.cmp(&b.name));

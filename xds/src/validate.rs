@@ -33,6 +33,10 @@ pub struct PolicyError {
     /// Path of the field in YAML spelling, e.g. `spec.routes[0].split[1].weight`.
     pub field: Option<String>,
     pub message: String,
+    /// 1-based line of the field (or of its nearest ancestor, for a missing one) in the text.
+    pub line: Option<usize>,
+    /// 1-based column, with `line`.
+    pub column: Option<usize>,
 }
 
 impl PolicyError {
@@ -45,14 +49,32 @@ impl PolicyError {
             name: None,
             field: None,
             message: message.into(),
+            line: None,
+            column: None,
         }
     }
 }
 
+impl PolicyError {
+    /// The error as the API and `outrider validate -o json` give it (`document` counted from 1;
+    /// `line`, `column` from 1, absent when unknown).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "file": self.file, "document": self.document.map(|d| d + 1), "kind": self.kind,
+            "name": self.name, "field": self.field, "message": self.message,
+            "line": self.line, "column": self.column,
+        })
+    }
+}
+
 impl fmt::Display for PolicyError {
-    /// `policy.yaml: document 2 (TrafficPolicy/reviews): spec.routes[0].split[1].weight: …`
+    /// `policy.yaml:14:31: document 2 (TrafficPolicy/reviews): spec.routes[0].split[1].weight: …`
+    /// (`file:line:column:` as compilers write it, so editors and terminals can jump there).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:", self.file)?;
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, "{line}:{column}:")?;
+        }
         if let Some(document) = self.document {
             write!(f, " document {}", document + 1)?;
         }
@@ -129,7 +151,13 @@ impl std::error::Error for PolicyErrors {}
 
 /// Validates the documents of a set and builds the [`PolicySet`].
 pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
-    let Parsed { documents, broken, mut errors } = parsed;
+    validate_with(parsed, &BTreeMap::new())
+}
+
+/// [`validate`], in a set where the services of `base` (already validated, e.g. discovered from a
+/// cluster) exist as well: documents may refer to them. The result holds the documents alone.
+pub(crate) fn validate_with(parsed: Parsed, base: &BTreeMap<String, Service>) -> Result<PolicySet, PolicyErrors> {
+    let Parsed { documents, repaired, broken, mut errors } = parsed;
     let mut services: BTreeMap<String, (Origin, Service)> = BTreeMap::new();
     let mut policies: BTreeMap<String, (Origin, TrafficPolicy)> = BTreeMap::new();
     let mut seen: BTreeMap<(&'static str, String), Origin> = BTreeMap::new();
@@ -146,8 +174,7 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
             Document::Telemetry(t) => ("Telemetry", &t.metadata),
             Document::Rollout(r) => ("Rollout", &r.metadata),
         };
-        check_dns_label(&origin, "metadata.name", &metadata.name, &mut errors);
-        check_dns_label(&origin, "metadata.namespace", &metadata.namespace, &mut errors);
+        // metadata.name and .namespace were checked when the document was read.
         let key = (kind, metadata.name.clone());
         if let Some(first) = seen.get(&key) {
             errors.push(origin.error(
@@ -193,16 +220,35 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
         }
     }
 
+    // Documents whose decoding errors were repaired: their own checks still run, so that one
+    // pass reports everything, but not about what a repair put in (a default, a stand-in).
+    for (origin, document, repaired_paths) in repaired {
+        let mut found = Vec::new();
+        check_alone(&origin, &document, &mut found);
+        errors.extend(found.into_iter().filter(|error| {
+            let path = error.field.as_deref().map(crate::load::parse_path).unwrap_or_default();
+            !repaired_paths.iter().any(|r| path.starts_with(r) || r.starts_with(&path))
+        }));
+    }
+
     check_shared_addresses(&services, &mut errors);
 
+    let lookup = |name: &str| services.get(name).map(|(_, s)| s).or_else(|| base.get(name));
     for (origin, policy) in policy_docs {
         let target = policy.spec.service.clone();
-        match services.get(&target) {
-            Some((_, service)) => check_policy_against_service(&origin, &policy, service, &mut errors),
-            None if broken.iter().any(|(k, n)| k == "Service" && *n == target) => {}
-            None => {
-                errors.push(origin.error(Some("spec.service".into()), missing_service(&target, &services, &broken)))
+        match lookup(&target) {
+            Some(service) => {
+                check_policy_against_service(&origin, &policy, service, &mut errors);
+                // A service that failed to load already has its own error.
+                let missing = |name: &str| {
+                    let is_broken = broken.iter().any(|(k, n)| k == "Service" && n == name);
+                    (!is_broken).then(|| missing_service(name, &services, base, &broken))
+                };
+                resilience::check_fallback(&origin, &policy.spec, service, &lookup, missing, &mut errors);
             }
+            None if broken.iter().any(|(k, n)| k == "Service" && *n == target) => {}
+            None => errors
+                .push(origin.error(Some("spec.service".into()), missing_service(&target, &services, base, &broken))),
         }
         if let Some((first, _)) = policies.get(&target) {
             errors.push(origin.error(
@@ -221,19 +267,27 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     let mut authorization_policies = BTreeMap::new();
     for (origin, policy) in authz_docs {
         let target = &policy.spec.service;
-        match services.get(target) {
-            Some((_, service)) => authz::check_authz_against_service(&origin, &policy, service, &mut errors),
+        match lookup(target) {
+            Some(service) => authz::check_authz_against_service(&origin, &policy, service, &mut errors),
             None if broken.iter().any(|(k, n)| k == "Service" && n == target) => {}
-            None => errors.push(origin.error(Some("spec.service".into()), missing_service(target, &services, &broken))),
+            None => errors
+                .push(origin.error(Some("spec.service".into()), missing_service(target, &services, base, &broken))),
         }
         authorization_policies.insert(policy.metadata.name.clone(), policy);
     }
 
-    let rollouts = rollout::check_rollouts(rollout_docs, &services, &policies, &broken, &mut errors);
+    let rollouts = rollout::check_rollouts(rollout_docs, &services, base, &policies, &broken, &mut errors);
 
     if !errors.is_empty() {
-        // Stable: within a document, errors keep the order of the checks.
-        errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
+        // In file, document and line order; stable, so errors on one line keep the order of the
+        // checks.
+        errors.sort_by(|a, b| {
+            (&a.file, a.document, a.line.unwrap_or(usize::MAX)).cmp(&(
+                &b.file,
+                b.document,
+                b.line.unwrap_or(usize::MAX),
+            ))
+        });
         return Err(PolicyErrors(errors));
     }
     Ok(PolicySet {
@@ -245,17 +299,36 @@ pub(crate) fn validate(parsed: Parsed) -> Result<PolicySet, PolicyErrors> {
     })
 }
 
+/// At most this many services are named in a "no Service named" message.
+const KNOWN_SERVICES_LISTED: usize = 20;
+
+/// The checks of a document on its own (none that look at other documents).
+fn check_alone(origin: &Origin, document: &Document, errors: &mut Vec<PolicyError>) {
+    match document {
+        Document::Service(service) => check_service(origin, service, errors),
+        Document::TrafficPolicy(policy) => check_policy(origin, policy, errors),
+        Document::AuthorizationPolicy(policy) => authz::check_authz(origin, policy, errors),
+        Document::Telemetry(telemetry) => telemetry::check_telemetry(origin, telemetry, errors),
+        Document::Rollout(rollout) => rollout::check_rollout(origin, rollout, errors),
+    }
+}
+
 /// `no Service named "x" (known services: a, b)`.
 fn missing_service(
     target: &str,
     services: &BTreeMap<String, (Origin, Service)>,
+    base: &BTreeMap<String, Service>,
     broken: &[(String, String)],
 ) -> String {
     let broken_services = broken.iter().filter(|(k, _)| k == "Service");
-    let known: BTreeSet<&str> = services.keys().chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
-    let known: Vec<&str> = known.into_iter().collect();
+    let known: BTreeSet<&str> =
+        services.keys().chain(base.keys()).chain(broken_services.map(|(_, n)| n)).map(String::as_str).collect();
+    let count = known.len();
+    let known: Vec<&str> = known.into_iter().take(KNOWN_SERVICES_LISTED).collect();
     let known = if known.is_empty() {
         "there are no services in this set".to_owned()
+    } else if count > known.len() {
+        format!("known services: {}, and {} more", known.join(", "), count - known.len())
     } else {
         format!("known services: {}", known.join(", "))
     };
@@ -438,11 +511,9 @@ fn check_route(origin: &Origin, i: usize, route: &Route, errors: &mut Vec<Policy
         }
     }
     if sum != 100 {
-        let last = route.split.len() - 1;
-        errors.push(origin.error(
-            Some(format!("{at}.split[{last}].weight")),
-            format!("weights of a split must add up to 100 (got {sum})"),
-        ));
+        errors.push(
+            origin.error(Some(format!("{at}.split")), format!("weights of a split must add up to 100 (got {sum})")),
+        );
     }
 }
 

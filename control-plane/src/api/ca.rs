@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiState, Body, authorized, error, json_response, unauthorized};
-use crate::ca::issuance::{Credential, IssueError, RenewalProof};
+use crate::ca::issuance::{Credential, IssueError, RenewalProof, check_csr};
+use crate::ca::service_accounts::{ReviewError, is_join_token, looks_like_jwt};
 use crate::ca::tokens::TokenUse;
 use crate::ca::{CaError, Identity};
 use crate::metrics::ReasonLabels;
@@ -132,6 +133,8 @@ pub(super) async fn create_token(state: &ApiState, req: Request<Incoming>) -> Re
 enum OwnedCredential {
     JoinToken(String),
     Renewal(RenewalProof),
+    /// Reviewed by the API server already.
+    ServiceAccount(Identity),
     Node(RenewalProof),
 }
 
@@ -144,7 +147,8 @@ fn bearer(req: &Request<Incoming>) -> Option<String> {
     value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
 }
 
-/// `POST /v1/certificates`: a CSR with a join token (`Authorization: Bearer ort_…`) or a
+/// `POST /v1/certificates`: a CSR with a join token (`Authorization: Bearer ort_…`), a
+/// Kubernetes service-account token (`Authorization: Bearer <JWT>`, with `--kubernetes`) or a
 /// renewal proof (body `renewal`) → the certificate chain and the trust bundle.
 pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
     let token = bearer(&req);
@@ -174,13 +178,34 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
             return error(StatusCode::BAD_REQUEST, "give either renewal or node, not both");
         }
         (None, Some(proof), _) => OwnedCredential::Renewal(proof),
+        (None, None, Some(token)) if !is_join_token(&token) && looks_like_jwt(&token) => {
+            // A service-account token: the CSR first, so a bad request costs no review.
+            if let Err(e) = check_csr(&request.csr) {
+                count_error(state, e.reason());
+                return issue_error(&e);
+            }
+            let review = match &state.service_accounts {
+                Some(reviewer) => reviewer.review(&token).await,
+                None => Err(ReviewError::NotEnabled),
+            };
+            match review {
+                Ok(identity) => OwnedCredential::ServiceAccount(identity),
+                Err(e) => {
+                    let e = IssueError::Review(e);
+                    count_error(state, e.reason());
+                    tracing::warn!(reason = e.reason(), error = %e, "certificate request refused");
+                    return issue_error(&e);
+                }
+            }
+        }
         (None, None, Some(token)) => OwnedCredential::JoinToken(token),
         (None, None, None) => {
             count_error(state, "missing_credential");
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
-                "a certificate needs a join token (Authorization: Bearer ort_…, from `outrider token create`) \
-                 or a renewal proof (body field renewal)",
+                "a certificate needs a join token (Authorization: Bearer ort_…, from `outrider token create`), \
+                 a Kubernetes service-account token (Authorization: Bearer <JWT>) or a renewal proof \
+                 (body field renewal)",
             );
             if let Ok(v) = "Bearer".parse() {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -196,6 +221,7 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
             OwnedCredential::Renewal(proof) => Credential::Renewal(proof),
             OwnedCredential::Node(proof) => Credential::Node(proof),
             OwnedCredential::JoinToken(token) => Credential::JoinToken(token),
+            OwnedCredential::ServiceAccount(identity) => Credential::ServiceAccount(identity),
         };
         issuance.issue(&csr, credential)
     })

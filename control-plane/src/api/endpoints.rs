@@ -64,7 +64,7 @@ pub(super) async fn register(state: &ApiState, req: Request<Incoming>) -> Respon
             format!("service: no Service named {:?}; apply its Service document first", reg.service),
         );
     }
-    let id = state.registry.register(&reg.service, reg.address, reg.labels, Origin::Api, Some(ttl), None);
+    let id = state.registry.register(&reg.service, reg.address, reg.labels, Origin::Api, Some(ttl), None, None);
     json_response(StatusCode::OK, &json!({"id": id, "ttlSeconds": ttl.as_secs_f64()}))
 }
 

@@ -1,8 +1,11 @@
 //! Issuance for callers: a CSR plus a credential → a certificate for the identity the credential
 //! grants.
 //!
-//! Two credentials:
+//! Three credentials:
 //! - a join token, redeemed through the [`TokenReviewer`] trait (first certificate);
+//! - on Kubernetes, a service-account token, reviewed by the API server before the call (the
+//!   review is asynchronous: see [`super::service_accounts`]) and passed as the identity it
+//!   proved;
 //! - a renewal proof: the caller's current chain (verified against the trust bundle, unexpired)
 //!   and an ECDSA P-256 SHA-256 signature over the new CSR's DER made with the current key, so
 //!   a renewal needs no token.
@@ -19,6 +22,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 
+use super::service_accounts::ReviewError;
 use super::tokens::{TokenError, TokenReviewer};
 use super::{Ca, CaError, Identity, IssuedCert};
 
@@ -39,6 +43,9 @@ pub enum Credential<'a> {
     JoinToken(&'a str),
     /// The current certificate and a signature made with its key.
     Renewal(&'a RenewalProof),
+    /// The identity of a service-account token the API server has reviewed
+    /// ([`super::service_accounts::ServiceAccountReviewer`]).
+    ServiceAccount(&'a Identity),
     /// A node proxy's certificate and signature: it asks for one of the workloads it serves,
     /// which must be registered on that node.
     Node(&'a RenewalProof),
@@ -67,6 +74,8 @@ pub enum IssueError {
     SeveralUriSans(usize),
     #[error("{0}")]
     Token(TokenError),
+    #[error("{0}")]
+    Review(ReviewError),
     #[error("the CSR asks for {asked} but the {by} {granted}")]
     IdentityMismatch { asked: String, granted: String, by: &'static str },
     #[error(
@@ -103,6 +112,7 @@ impl IssueError {
             | IssueError::RenewalSignature(_)
             | IssueError::RenewalChain(_) => 401,
             IssueError::IdentityMismatch { .. } | IssueError::NotANode { .. } | IssueError::NotOnNode { .. } => 403,
+            IssueError::Review(e) => e.status(),
             IssueError::Ca(CaError::BadCsr(_)) => 400,
             IssueError::Ca(_) => 500,
         }
@@ -119,6 +129,7 @@ impl IssueError {
             IssueError::Token(TokenError::Malformed) => "token_malformed",
             IssueError::Token(_) | IssueError::Ca(_) => "internal",
             IssueError::IdentityMismatch { .. } => "identity_mismatch",
+            IssueError::Review(e) => e.reason(),
             IssueError::NotANode { .. } | IssueError::NotOnNode { .. } => "node_not_authorized",
             IssueError::RenewalExpired(_) | IssueError::RenewalNotYetValid => "renewal_expired",
             IssueError::RenewalSignature(_) => "renewal_signature",
@@ -180,6 +191,7 @@ impl Issuance {
         let (identity, by) = match credential {
             Credential::JoinToken(token) => (self.reviewer.redeem(token).map_err(IssueError::Token)?, "token grants"),
             Credential::Renewal(proof) => (self.verify_renewal(proof, &csr, now)?, "current certificate is for"),
+            Credential::ServiceAccount(identity) => (identity.clone(), "service-account token is for"),
             Credential::Node(proof) => {
                 let node = self.verify_renewal(proof, &csr, now)?;
                 let node_id = node.spiffe_id(self.ca.trust_domain());
@@ -272,6 +284,11 @@ impl Issuance {
         let (ns, sa) = uri.strip_prefix(&prefix)?.split_once("/sa/")?;
         Identity::new(ns, sa).ok()
     }
+}
+
+/// Checks a CSR as [`Issuance::issue`] would, before a credential is spent on it.
+pub fn check_csr(csr_pem: &str) -> Result<(), IssueError> {
+    parse_csr(csr_pem).map(|_| ())
 }
 
 /// Parses (and checks the self-signature of) a PEM CSR; its single URI SAN.

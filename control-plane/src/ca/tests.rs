@@ -170,3 +170,60 @@ fn tokens_are_hashed_persisted_expire_and_single_use_ones_redeem_once() {
     assert!(matches!(tokens.redeem(&reusable), Err(TokenError::Unknown)));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn verifying_a_token_never_redeems_it_and_honours_expiry() {
+    let dir = tempdir("verify");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = JoinTokens::open(&dir).unwrap();
+    let id = Identity::new("shop", "checkout").unwrap();
+    let once = tokens.create(id.clone(), Duration::from_secs(600), TokenUse::Single).unwrap();
+    // Verified any number of times, and still redeemable once afterwards.
+    assert_eq!(tokens.verify(&once).unwrap(), id);
+    assert_eq!(tokens.verify(&once).unwrap(), id);
+    assert_eq!(tokens.redeem(&once).unwrap(), id);
+    // A redeemed single-use token still authenticates its proxy's xDS stream.
+    assert_eq!(tokens.verify(&once).unwrap(), id);
+    let later = SystemTime::now() + Duration::from_secs(601);
+    assert!(matches!(tokens.verify_at(&once, later), Err(TokenError::Expired(_))));
+    assert!(matches!(tokens.verify(&format!("ort_{}", "0".repeat(64))), Err(TokenError::Unknown)));
+    assert!(matches!(tokens.verify("Bearer"), Err(TokenError::Malformed)));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Make every write of the token store fail (as on a full or read-only disk, which root's
+/// permissions would not simulate): its temp file's path is taken by a directory.
+fn block_token_writes(dir: &Path) -> PathBuf {
+    let blocker = dir.join(format!(".{TOKENS_FILE}.tmp.{}", std::process::id()));
+    std::fs::create_dir_all(&blocker).unwrap();
+    blocker
+}
+
+#[test]
+fn a_failed_token_write_changes_nothing() {
+    let dir = tempdir("tokens-write-fails");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = JoinTokens::open(&dir).unwrap();
+    let id = Identity::new("shop", "checkout").unwrap();
+    let once = tokens.create(id.clone(), Duration::from_secs(600), TokenUse::Single).unwrap();
+    let blocker = block_token_writes(&dir);
+
+    // A redemption that cannot be persisted fails, and does not burn the single-use token.
+    assert!(matches!(tokens.redeem(&once), Err(TokenError::Persist(_))));
+    // A revocation that cannot be persisted fails, and the token still works (as it would
+    // after a restart, since the file still holds it).
+    assert!(matches!(tokens.revoke(&id), Err(TokenError::Persist(_))));
+    // A token that could not be stored is not kept in memory either.
+    assert!(matches!(
+        tokens.create(id.clone(), Duration::from_secs(600), TokenUse::Single),
+        Err(TokenError::Persist(_))
+    ));
+    assert_eq!(tokens.len(), 1);
+
+    std::fs::remove_dir(&blocker).unwrap();
+    assert_eq!(tokens.redeem(&once).unwrap(), id, "the token was burned by a failed write");
+    assert!(matches!(tokens.redeem(&once), Err(TokenError::AlreadyUsed)));
+    let reopened = JoinTokens::open(&dir).unwrap();
+    assert!(matches!(reopened.redeem(&once), Err(TokenError::AlreadyUsed)));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -63,7 +63,7 @@ struct Record {
     redeemed: bool,
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     /// Hex SHA-256 of the token → record.
@@ -127,8 +127,9 @@ impl JoinTokens {
         let token = format!("{TOKEN_PREFIX}{}", hex(&secret));
         let expires_at = unix(now + ttl);
         let mut file = self.inner.lock();
-        file.tokens.insert(hash(&token), Record { identity, expires_at, usage, redeemed: false });
-        self.save(&mut file, now)?;
+        let mut next = file.clone();
+        next.tokens.insert(hash(&token), Record { identity, expires_at, usage, redeemed: false });
+        self.save(&mut file, next, now)?;
         Ok(CreatedToken { token, expires_at })
     }
 
@@ -139,7 +140,8 @@ impl JoinTokens {
             return Err(TokenError::Malformed);
         }
         let mut file = self.inner.lock();
-        let record = file.tokens.get_mut(&hash(token)).ok_or(TokenError::Unknown)?;
+        let key = hash(token);
+        let record = file.tokens.get(&key).ok_or(TokenError::Unknown)?;
         let now_s = unix(now);
         if now_s >= record.expires_at {
             return Err(TokenError::Expired(now_s - record.expires_at));
@@ -149,20 +151,46 @@ impl JoinTokens {
             if record.redeemed {
                 return Err(TokenError::AlreadyUsed);
             }
-            record.redeemed = true;
-            // Persist before answering, so a restart cannot make the token usable again.
-            self.save(&mut file, now)?;
+            // Persist before answering, so a restart cannot make the token usable again; a
+            // failed write leaves the token unredeemed, so the proxy can try again.
+            let mut next = file.clone();
+            if let Some(r) = next.tokens.get_mut(&key) {
+                r.redeemed = true;
+            }
+            self.save(&mut file, next, now)?;
         }
         Ok(identity)
+    }
+
+    /// The identity `token` is bound to, if it is known and not expired, without redeeming
+    /// it: an xDS stream presenting it may register endpoints (a single-use token that was
+    /// redeemed for a certificate still authenticates its proxy's stream until it expires).
+    pub fn verify_at(&self, token: &str, now: SystemTime) -> Result<Identity, TokenError> {
+        let hex_part = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
+        if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TokenError::Malformed);
+        }
+        let file = self.inner.lock();
+        let record = file.tokens.get(&hash(token)).ok_or(TokenError::Unknown)?;
+        let now_s = unix(now);
+        if now_s >= record.expires_at {
+            return Err(TokenError::Expired(now_s - record.expires_at));
+        }
+        Ok(record.identity.clone())
+    }
+
+    /// [`JoinTokens::verify_at`] now.
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_at(token, SystemTime::now())
     }
 
     /// Revokes every token bound to `identity`; returns how many.
     pub fn revoke(&self, identity: &Identity) -> Result<usize, TokenError> {
         let mut file = self.inner.lock();
-        let before = file.tokens.len();
-        file.tokens.retain(|_, r| &r.identity != identity);
-        let removed = before - file.tokens.len();
-        self.save(&mut file, SystemTime::now())?;
+        let mut next = file.clone();
+        next.tokens.retain(|_, r| &r.identity != identity);
+        let removed = file.tokens.len() - next.tokens.len();
+        self.save(&mut file, next, SystemTime::now())?;
         Ok(removed)
     }
 
@@ -175,13 +203,16 @@ impl JoinTokens {
         self.len() == 0
     }
 
-    fn save(&self, file: &mut File, now: SystemTime) -> Result<(), TokenError> {
+    /// Write `next` to disk, and only then make it the store's state: a failed write (disk
+    /// full, read-only) changes nothing, in memory or on disk.
+    fn save(&self, file: &mut File, mut next: File, now: SystemTime) -> Result<(), TokenError> {
         let now_s = unix(now);
         // Redeemed single-use tokens stay until they expire, so a replay gets `AlreadyUsed`.
-        file.tokens.retain(|_, r| r.expires_at > now_s);
-        let json = serde_json::to_vec_pretty(&*file)
+        next.tokens.retain(|_, r| r.expires_at > now_s);
+        let json = serde_json::to_vec_pretty(&next)
             .map_err(|e| TokenError::Store { path: self.path.clone(), reason: e.to_string() })?;
         write_atomic(&self.path, &json, 0o600)?;
+        *file = next;
         Ok(())
     }
 }

@@ -61,7 +61,7 @@ pub fn run(conn: &Connection, verb: Verb, name: &str, watch: bool, output: Outpu
             Err(code) => return code,
         };
         if !reply.status.is_success() {
-            return failed(&reply);
+            return failed(&reply, None);
         }
         let status = reply.json();
         if !watch {
@@ -127,7 +127,7 @@ async fn watch_loop(conn: &Connection, name: &str, mut status: Value, output: Ou
         tokio::time::sleep(POLL).await;
         match request(conn, Method::GET, &format!("/v1/rollouts/{name}")).await {
             Ok(reply) if reply.status.is_success() => status = reply.json(),
-            Ok(reply) => return failed(&reply),
+            Ok(reply) => return failed(&reply, None),
             Err(code) => return code,
         }
     }

@@ -141,6 +141,7 @@ pub async fn start_frontend(
 pub enum AppCommand {
     /// A `reviews` workload: answers every request with `reviews VERSION: 5 stars`, or a 503.
     Reviews {
+        /// Address to serve on.
         #[arg(long, default_value = "0.0.0.0:9080")]
         listen: SocketAddr,
         /// Version named in answers and in the `x-reviews-version` header.
@@ -155,6 +156,7 @@ pub enum AppCommand {
     },
     /// The `frontend`: each request calls `--upstream` and answers with its status and body.
     Frontend {
+        /// Address to serve on.
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
         /// Where `reviews` is, as the application knows it (no proxy address).

@@ -2,7 +2,8 @@
 //! good v2 is released by a Rollout (canary steps, one-second checks on the sidecars' load
 //! reports) and promoted step by step; then a bad v3 (a quarter of its answers are 503s) is
 //! released after it and aborted on its first step. A line per second shows the rollout (step,
-//! weight, canary and stable numbers) next to what the caller sees.
+//! weight, canary and stable numbers) next to what the caller sees; like the main story, every
+//! line fits 100 columns, and with `--keep-running` the mesh stays up afterwards.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::apps::{self, Reviews};
-use super::{LOOPBACK_ANY, SERVICES, apply, join_token, sidecar, wait_for};
+use super::report::wrap;
+use super::{EVENT_INDENT, LOOPBACK_ANY, SERVICES, apply, join_token, sidecar, until_stopped, wait_for};
 use crate::cli::client;
 
 /// All traffic on v1 before the first release.
@@ -55,16 +57,31 @@ struct Seen {
     failed: AtomicU64,
 }
 
-/// Run the story; `rate` requests per second through the frontend.
+/// How a release ended.
+struct Outcome {
+    canary: &'static str,
+    /// `promoted` or `aborted`.
+    phase: String,
+    reason: String,
+}
+
+/// Run the story; `rate` requests per second through the frontend. With `keep_running` the
+/// mesh stays up (idle) afterwards until Ctrl-C or SIGTERM.
 pub(super) async fn story(
     rate: u32,
+    keep_running: bool,
     api: &str,
     xds: SocketAddr,
     token: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     println!(
-        "outrider demo --rollout: frontend → reviews v1; a Rollout releases v2 (good), then v3 (bad); loopback only\n"
+        "{}\n",
+        wrap(
+            "outrider demo --rollout: ",
+            "  ",
+            "frontend → reviews v1; a Rollout releases v2 (good), then v3 (bad); loopback only"
+        )
     );
     let versions = [Reviews::new("v1", 0, 0), Reviews::new("v2", 0, 0), Reviews::new("v3", 25, 0)];
     apply(api, token, SERVICES.to_owned()).await?;
@@ -99,8 +116,17 @@ pub(super) async fn story(
     })
     .await?;
     println!("control plane API  {api}");
-    println!("dashboard          {api}/ui/#/service/reviews   (pause, promote, abort with the API token {token})");
-    println!("watch it yourself  outrider rollout status reviews -w --server {api}\n");
+    println!(
+        "{}",
+        wrap(
+            "dashboard          ",
+            &" ".repeat(19),
+            &format!("{api}/ui/#/service/reviews  (pause, promote, abort with the API token {token})")
+        )
+    );
+    println!("watch it yourself  outrider rollout status reviews -w --server {api}");
+    println!("columns: seconds, the Rollout (phase, step, canary weight, the canary's and the stable's");
+    println!("         requests, success rate and p99 from the load reports), then what the caller saw\n");
 
     let seen = Arc::new(Seen::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -108,7 +134,7 @@ pub(super) async fn story(
     let start = Instant::now();
     let mut outcomes = Vec::new();
     for (stable, canary) in [("v1", "v2"), ("v2", "v3")] {
-        println!("  --  t={:.0}s apply Rollout reviews: {stable} → {canary}", start.elapsed().as_secs_f64());
+        println!("  --  t={}s apply Rollout reviews: {stable} → {canary}", start.elapsed().as_secs());
         apply(api, token, rollout(stable, canary)).await?;
         outcomes.push(watch(api, &seen, start, canary).await?);
     }
@@ -121,11 +147,35 @@ pub(super) async fn story(
             format!("{} {} ({} failed)", r.version, ok + failed, failed)
         })
         .collect();
-    println!("\nsummary: {}; requests per version: {}", outcomes.join("; "), hits.join(", "));
+    let ends: Vec<String> = outcomes.iter().map(|o| format!("{} {}", o.canary, o.phase)).collect();
+    println!("\nsummary: {}", ends.join(", "));
+    for o in outcomes.iter().filter(|o| !o.reason.is_empty()) {
+        println!("{}", wrap(&format!("  {}: ", o.canary), "      ", &o.reason));
+    }
+    println!("{}", wrap("  requests per version: ", "    ", &hits.join(", ")));
     println!(
-        "the rollouts were judged on the sidecars' own load reports (GET {api}/v1/stats/reviews); \
-         docs/rollouts.md has the fields and the state machine."
+        "{}",
+        wrap(
+            "  ",
+            "  ",
+            "the rollouts were judged on the sidecars' own load reports (GET /v1/stats/reviews); \
+             docs/rollouts.md has the fields, the state machine and the analysis."
+        )
     );
+    let hint = |command: &str, what: &str| println!("  {command:<44} # {what}");
+    if keep_running {
+        println!("\nthe mesh stays up (no more load) until Ctrl-C; meanwhile:");
+        hint(&format!("outrider rollout status reviews --server {api}"), "the last release and its numbers");
+        hint(&format!("outrider get --server {api}"), "the services, the policy, the Rollout");
+        hint(&format!("curl -s {api}/v1/stats/reviews"), "the load reports, per subset");
+        until_stopped().await;
+        println!("stopping the mesh");
+    } else {
+        println!("\nlook further (these work after the demo has ended):");
+        hint("outrider demo --rollout --keep-running", "the same, then the mesh stays up to look around");
+        hint("outrider demo", "the resilience story: a breaking canary");
+        hint("outrider validate -f examples/policy.yaml", "check a policy file offline");
+    }
     for car in cars {
         car.shutdown().await;
     }
@@ -159,7 +209,7 @@ async fn drive(uri: String, rate: u32, seen: Arc<Seen>, mut stop: tokio::sync::w
 
 /// A line per second until the rollout of `canary` is promoted or aborted (and its split
 /// written); returns how it ended.
-async fn watch(api: &str, seen: &Seen, start: Instant, canary: &str) -> anyhow::Result<String> {
+async fn watch(api: &str, seen: &Seen, start: Instant, canary: &'static str) -> anyhow::Result<Outcome> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut told = 0usize;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -175,7 +225,8 @@ async fn watch(api: &str, seen: &Seen, start: Instant, canary: &str) -> anyhow::
         // The rollout's events, as they happen.
         let history = status["history"].as_array().cloned().unwrap_or_default();
         for event in history.iter().skip(told) {
-            println!("  --  t={:.0}s {}", start.elapsed().as_secs_f64(), event["message"].as_str().unwrap_or(""));
+            let t = start.elapsed().as_secs();
+            println!("{}", wrap(&format!("  --  t={t}s "), EVENT_INDENT, event["message"].as_str().unwrap_or("")));
         }
         told = told.max(history.len());
         let (ok, failed) = (seen.ok.swap(0, Ordering::Relaxed), seen.failed.swap(0, Ordering::Relaxed));
@@ -183,17 +234,14 @@ async fn watch(api: &str, seen: &Seen, start: Instant, canary: &str) -> anyhow::
             Some(p) => format!("{p}%"),
             None => "-".to_owned(),
         };
-        println!(
-            "{:>3}s  {}  | caller {caller} of {}",
-            start.elapsed().as_secs().max(1),
-            crate::cli::rollout::line(&status),
-            ok + failed
-        );
+        let t = start.elapsed().as_secs().max(1);
+        let row = format!("{} | caller {caller} of {}", crate::cli::rollout::line(&status), ok + failed);
+        println!("{}", wrap(&format!("{t:>3}s  "), "      ", &row));
         let done = status["splitWritten"] == true;
         match status["phase"].as_str() {
-            Some("promoted") if done => return Ok(format!("{canary} promoted")),
-            Some("aborted") if done => {
-                return Ok(format!("{canary} aborted ({})", status["reason"].as_str().unwrap_or("")));
+            Some(phase @ ("promoted" | "aborted")) if done => {
+                let reason = status["reason"].as_str().unwrap_or("").to_owned();
+                return Ok(Outcome { canary, phase: phase.to_owned(), reason });
             }
             _ => {}
         }

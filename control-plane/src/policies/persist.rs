@@ -77,12 +77,18 @@ impl DataDir {
         let err = |source| PersistError::Write { path: path.clone(), source };
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let tmp = self.dir.join(format!(".{file}.tmp"));
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(err)?;
-            f.write_all(bytes).map_err(err)?;
-            f.sync_all().map_err(err)?;
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            // A half-written temp file (disk full) would keep the space the next write needs.
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, &path).map_err(err)?;
+        written.map_err(err)?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
         Ok(())
     }

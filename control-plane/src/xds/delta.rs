@@ -87,8 +87,9 @@ impl super::AdsStream for Stream {
         type_url: &str,
         snapshot: &Snapshot,
         since: Instant,
+        force: bool,
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send {
-        self.push(type_url, snapshot, since, false)
+        self.push(type_url, snapshot, since, force)
     }
 }
 
@@ -131,7 +132,7 @@ impl Stream {
         }
         if !request.resource_names_unsubscribe.is_empty() {
             // The client drops what it unsubscribes from: it no longer has it.
-            let mut has = state.has.listed(&self.peer.service);
+            let mut has = state.has.listed();
             for n in &request.resource_names_unsubscribe {
                 if n == "*" {
                     changed |= state.subscription.wildcard;
@@ -156,17 +157,17 @@ impl Stream {
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(());
         };
-        let service = self.peer.service.as_str();
+        let serves = &self.peer.serves;
         let current = snapshot.get(type_url).cloned().unwrap_or_else(|| Arc::new(TypeSnapshot::default()));
-        let version = current.view_version(service);
+        let version = serves.view_version(&current);
         // Nothing this client sees of the type changed since the stream last looked: skip the
         // comparison.
         if !force && state.responded && state.seen_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
         state.seen_version = Some(version.clone());
-        let diff = state.has.diff(&current, &state.subscription, service);
-        state.has = Has::view(&current, &state.subscription);
+        let diff = state.has.diff(&current, &state.subscription, serves);
+        state.has = Has::view(&current, &state.subscription, serves);
         if diff.is_empty() && state.responded {
             return Ok(());
         }

@@ -86,8 +86,9 @@ impl super::AdsStream for Stream {
         type_url: &str,
         snapshot: &Snapshot,
         since: Instant,
+        force: bool,
     ) -> impl std::future::Future<Output = Result<(), ()>> + Send {
-        self.push(type_url, snapshot, since, false)
+        self.push(type_url, snapshot, since, force)
     }
 }
 
@@ -104,9 +105,9 @@ impl Stream {
             let mut state = TypeState { subscription, ..Default::default() };
             if let Some(current) = snapshot.get(&type_url)
                 && !request.version_info.is_empty()
-                && current.view_version(&self.peer.service) == request.version_info
+                && self.peer.serves.view_version(current) == request.version_info
             {
-                state.sent = Some(Has::view(current, &state.subscription));
+                state.sent = Some(Has::view(current, &state.subscription, &self.peer.serves));
                 state.sent_version = request.version_info.clone();
                 self.handle.acked(name, &request.version_info);
             }
@@ -140,23 +141,23 @@ impl Stream {
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(());
         };
-        let service = self.peer.service.as_str();
+        let serves = &self.peer.serves;
         let current = snapshot.get(type_url).cloned().unwrap_or_else(|| Arc::new(TypeSnapshot::default()));
-        let version = current.view_version(service);
+        let version = serves.view_version(&current);
         if !force && state.sent.is_some() && state.seen_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
         state.seen_version = Some(version.clone());
         if let Some(sent) = &state.sent
-            && sent.diff(&current, &state.subscription, service).is_empty()
+            && sent.diff(&current, &state.subscription, serves).is_empty()
         {
-            state.sent = Some(Has::view(&current, &state.subscription));
+            state.sent = Some(Has::view(&current, &state.subscription, serves));
             return Ok(());
         }
-        let resources = current.resources.values().filter(|r| state.subscription.wants(r, service)).cloned().collect();
+        let resources = current.resources.values().filter(|r| state.subscription.wants(r, serves)).cloned().collect();
         self.nonce += 1;
         state.nonce = self.nonce.to_string();
-        state.sent = Some(Has::view(&current, &state.subscription));
+        state.sent = Some(Has::view(&current, &state.subscription, serves));
         state.sent_version.clone_from(&version);
         state.pending_since = Some(since);
         let head = DiscoveryResponse {

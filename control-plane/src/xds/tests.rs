@@ -136,3 +136,94 @@ async fn each_proxy_gets_its_own_inbound_listener_and_only_its_own_changes() {
     }
     serving.abort();
 }
+
+/// A node proxy's node: `mode: node` and one workload per service in `services`.
+fn node_proxy(id: &str, services: &[&str]) -> Node {
+    use envoy_types::pb::google::protobuf::{ListValue, Value, value::Kind};
+    use outrider_xds::resources::{string_value, struct_of};
+    let workloads = services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Value {
+            kind: Some(Kind::StructValue(struct_of([
+                ("service", string_value(s)),
+                ("address", string_value(&format!("10.0.0.{}:80", i + 1))),
+                ("identity", string_value(&format!("spiffe://t/ns/default/sa/{s}"))),
+            ]))),
+        })
+        .collect();
+    let metadata = struct_of([
+        ("mode", string_value("node")),
+        ("workloads", Value { kind: Some(Kind::ListValue(ListValue { values: workloads })) }),
+    ]);
+    Node { id: id.into(), metadata: Some(metadata), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_proxy_gets_the_inbound_config_of_the_services_it_serves_as_they_change() {
+    let set = outrider_xds::load_str(
+        "t.yaml",
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec: {port: 80}\n---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: b}\nspec: {port: 80}\n---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: c}\nspec: {port: 80}\n",
+    )
+    .unwrap();
+    let mut generator = Generator::new();
+    let (tx, rx) =
+        watch::channel(Arc::new(with_inbound(&mut generator, &set, &[("a", "a1"), ("b", "b1"), ("c", "c1")])));
+    let server = AdsServer::new(rx, Tracker::new(), Metrics::new(), Registry::new(Duration::from_secs(10)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let serving = tokio::spawn(server.serve(listener));
+
+    let mut nodes = Vec::new();
+    let mut seen = BTreeMap::new();
+    let mut clients = Vec::new();
+    for (id, protocol) in [("node-delta", Protocol::Delta), ("node-sotw", Protocol::Sotw)] {
+        let (node_tx, node_rx) = watch::channel(node_proxy(id, &["a"]));
+        let mut config = ClientConfig::new(url.clone(), node_proxy(id, &["a"]));
+        config.protocol = protocol;
+        let listeners = Arc::new(Listeners::default());
+        clients.push(tokio::spawn(AdsClient::new(config).with_node_updates(node_rx).run(listeners.clone())));
+        seen.insert(id, listeners);
+        nodes.push((id, node_tx));
+    }
+    let want = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    for (id, _) in &nodes {
+        until(&format!("{id} to get a's inbound listener only"), || {
+            names(&seen[id]) == want(&["inbound|a", "outbound"])
+        })
+        .await;
+    }
+    // A workload of b joins: b's inbound config comes, c's never.
+    for (id, node_tx) in &nodes {
+        node_tx.send_replace(node_proxy(id, &["a", "b"]));
+    }
+    for (id, _) in &nodes {
+        until(&format!("{id} to get b's inbound listener"), || {
+            names(&seen[id]) == want(&["inbound|a", "inbound|b", "outbound"])
+        })
+        .await;
+    }
+    // c's inbound config changes: not pushed to a node that serves no c; b's is.
+    let before: BTreeMap<&str, usize> = seen.iter().map(|(id, l)| (*id, l.count())).collect();
+    tx.send_replace(Arc::new(with_inbound(&mut generator, &set, &[("a", "a1"), ("b", "b1"), ("c", "c2")])));
+    tx.send_replace(Arc::new(with_inbound(&mut generator, &set, &[("a", "a1"), ("b", "b2"), ("c", "c2")])));
+    for (id, _) in &nodes {
+        until(&format!("{id} to get b's new inbound listener"), || {
+            seen[id].last().is_some_and(|(_, n)| n.get("inbound|b").is_some_and(|p| p == "b2"))
+        })
+        .await;
+        assert_eq!(seen[id].count(), before[id] + 1, "{id} was pushed c's change: {:?}", seen[id].0.lock());
+    }
+    // a's last workload leaves: a's inbound config is withdrawn.
+    for (id, node_tx) in &nodes {
+        node_tx.send_replace(node_proxy(id, &["b"]));
+    }
+    for (id, _) in &nodes {
+        until(&format!("{id} to lose a's inbound listener"), || names(&seen[id]) == want(&["inbound|b", "outbound"]))
+            .await;
+    }
+    for c in clients {
+        c.abort();
+    }
+    serving.abort();
+}

@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::Subscription;
+use super::{Serves, Subscription};
 use crate::snapshot::{TypeSnapshot, XdsResource};
 
 /// What a client holds of one type.
@@ -17,8 +17,8 @@ pub(super) enum Has {
     /// name → version, as the client listed it (Delta `initial_resource_versions`) or after it
     /// unsubscribed from some names.
     Listed(BTreeMap<String, String>),
-    /// What `base` shows through `subscription` to a proxy of the stream's service.
-    View { base: Arc<TypeSnapshot>, subscription: Subscription },
+    /// What `base` shows through `subscription` to a proxy serving `serves`.
+    View { base: Arc<TypeSnapshot>, subscription: Subscription, serves: Serves },
 }
 
 impl Default for Has {
@@ -43,29 +43,29 @@ impl Diff {
 }
 
 impl Has {
-    /// The view of `current` through `subscription` for a proxy of `service`.
-    pub fn view(current: &Arc<TypeSnapshot>, subscription: &Subscription) -> Self {
-        Has::View { base: current.clone(), subscription: subscription.clone() }
+    /// The view of `current` through `subscription` for a proxy serving `serves`.
+    pub fn view(current: &Arc<TypeSnapshot>, subscription: &Subscription, serves: &Serves) -> Self {
+        Has::View { base: current.clone(), subscription: subscription.clone(), serves: serves.clone() }
     }
 
     /// name → version of what the client holds.
-    pub fn listed(&self, service: &str) -> BTreeMap<String, String> {
+    pub fn listed(&self) -> BTreeMap<String, String> {
         match self {
             Has::Listed(map) => map.clone(),
-            Has::View { base, subscription } => base
+            Has::View { base, subscription, serves } => base
                 .resources
                 .values()
-                .filter(|r| subscription.wants(r, service))
+                .filter(|r| subscription.wants(r, serves))
                 .map(|r| (r.name.clone(), r.version.clone()))
                 .collect(),
         }
     }
 
     /// What differs between what the client holds and what `subscription` should give a
-    /// proxy of `service` from `current`.
-    pub fn diff(&self, current: &TypeSnapshot, subscription: &Subscription, service: &str) -> Diff {
+    /// proxy serving `serves` from `current`.
+    pub fn diff(&self, current: &TypeSnapshot, subscription: &Subscription, serves: &Serves) -> Diff {
         let mut diff = Diff::default();
-        let wanted = |r: &Arc<XdsResource>| subscription.wants(r, service);
+        let wanted = |r: &Arc<XdsResource>| subscription.wants(r, serves);
         match self {
             Has::Listed(map) => {
                 for r in current.resources.values() {
@@ -79,11 +79,11 @@ impl Has {
                     }
                 }
             }
-            Has::View { base, subscription: had_through } => {
-                if std::ptr::eq(base.as_ref(), current) && had_through == subscription {
+            Has::View { base, subscription: had_through, serves: served } => {
+                if std::ptr::eq(base.as_ref(), current) && had_through == subscription && served == serves {
                     return diff;
                 }
-                let had = |r: &Arc<XdsResource>| had_through.wants(r, service);
+                let had = |r: &Arc<XdsResource>| had_through.wants(r, served);
                 let mut old = base.resources.iter().peekable();
                 let mut new = current.resources.iter().peekable();
                 loop {
@@ -150,6 +150,14 @@ mod tests {
         (diff.send.iter().map(|r| r.name.clone()).collect(), diff.removed.clone())
     }
 
+    fn svc(s: &str) -> Serves {
+        Serves::Service(s.to_owned())
+    }
+
+    fn node(services: &[&str]) -> Serves {
+        Serves::Node(Arc::new(services.iter().map(|s| (*s).to_owned()).collect()))
+    }
+
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -159,18 +167,19 @@ mod tests {
         let mut g = Generator::new();
         let wildcard = Subscription::from_names(&[]);
         let first = g.generate(&set(&[("a", 80), ("b", 80), ("c", 80)]));
-        let has = Has::view(first.get(CLUSTER_TYPE_URL).unwrap(), &wildcard);
-        assert!(has.diff(first.get(CLUSTER_TYPE_URL).unwrap(), &wildcard, "").is_empty());
+        let none = svc("");
+        let has = Has::view(first.get(CLUSTER_TYPE_URL).unwrap(), &wildcard, &none);
+        assert!(has.diff(first.get(CLUSTER_TYPE_URL).unwrap(), &wildcard, &none).is_empty());
         // b changes, c goes, d comes.
         let second = g.generate(&set(&[("a", 80), ("b", 81), ("d", 80)]));
-        let diff = has.diff(second.get(CLUSTER_TYPE_URL).unwrap(), &wildcard, "");
+        let diff = has.diff(second.get(CLUSTER_TYPE_URL).unwrap(), &wildcard, &none);
         assert_eq!(
             names(&diff),
             (strings(&["outbound|80||d", "outbound|81||b"]), strings(&["outbound|80||b", "outbound|80||c"]))
         );
         // The same answer from the listed form of what the client holds.
-        let listed = Has::Listed(has.listed(""));
-        let again = listed.diff(second.get(CLUSTER_TYPE_URL).unwrap(), &wildcard, "");
+        let listed = Has::Listed(has.listed());
+        let again = listed.diff(second.get(CLUSTER_TYPE_URL).unwrap(), &wildcard, &none);
         let (mut send, mut removed) = names(&again);
         send.sort();
         removed.sort();
@@ -186,27 +195,60 @@ mod tests {
         let first = with_inbound(&mut g, &s, &[("a", "1"), ("b", "1")]);
         let listeners = first.get(LISTENER_TYPE_URL).unwrap();
         let empty = Has::default();
+        let none = svc("");
         for (service, sub) in [("a", &wildcard), ("a", &a_by_name)] {
-            let (send, _) = names(&empty.diff(listeners, sub, service));
+            let (send, _) = names(&empty.diff(listeners, sub, &svc(service)));
             assert!(send.contains(&"inbound|a".to_owned()), "{service} {sub:?}: {send:?}");
             assert!(!send.contains(&"inbound|b".to_owned()), "{service} {sub:?}: {send:?}");
         }
-        let (send, _) = names(&empty.diff(listeners, &wildcard, "c"));
+        let (send, _) = names(&empty.diff(listeners, &wildcard, &svc("c")));
         assert_eq!(send, ["outbound"], "a proxy of another service gets no inbound listener");
-        let (send, _) = names(&empty.diff(listeners, &wildcard, ""));
+        let (send, _) = names(&empty.diff(listeners, &wildcard, &none));
         assert_eq!(send, ["outbound"], "a proxy without a service neither");
 
         // b's inbound listener changes: nothing for a, the new one for b.
-        let has_a = Has::view(listeners, &wildcard);
-        let has_b = Has::view(listeners, &wildcard);
+        let has_a = Has::view(listeners, &wildcard, &svc("a"));
+        let has_b = Has::view(listeners, &wildcard, &svc("b"));
         let second = with_inbound(&mut g, &s, &[("a", "1"), ("b", "2")]);
         let listeners = second.get(LISTENER_TYPE_URL).unwrap();
-        assert!(has_a.diff(listeners, &wildcard, "a").is_empty());
-        assert_eq!(names(&has_b.diff(listeners, &wildcard, "b")), (strings(&["inbound|b"]), vec![]));
+        assert!(has_a.diff(listeners, &wildcard, &svc("a")).is_empty());
+        assert_eq!(names(&has_b.diff(listeners, &wildcard, &svc("b"))), (strings(&["inbound|b"]), vec![]));
         // a's goes away: removed for a.
         let third = with_inbound(&mut g, &s, &[("b", "2")]);
-        let has_a = Has::view(listeners, &wildcard);
-        let diff = has_a.diff(third.get(LISTENER_TYPE_URL).unwrap(), &wildcard, "a");
+        let has_a = Has::view(listeners, &wildcard, &svc("a"));
+        let diff = has_a.diff(third.get(LISTENER_TYPE_URL).unwrap(), &wildcard, &svc("a"));
         assert_eq!(names(&diff), (vec![], strings(&["inbound|a"])));
+    }
+
+    #[test]
+    fn a_node_proxy_sees_the_inbound_config_of_its_workloads_services_only() {
+        let mut g = Generator::new();
+        let wildcard = Subscription::from_names(&[]);
+        let s = set(&[("a", 80), ("b", 80), ("c", 80)]);
+        let first = with_inbound(&mut g, &s, &[("a", "1"), ("b", "1"), ("c", "1")]);
+        let listeners = first.get(LISTENER_TYPE_URL).unwrap();
+        let serves_a = node(&["a"]);
+        let (send, _) = names(&Has::default().diff(listeners, &wildcard, &serves_a));
+        assert_eq!(send, ["inbound|a", "outbound"]);
+        assert_eq!(names(&Has::default().diff(listeners, &wildcard, &node(&[]))).0, ["outbound"]);
+        // A workload of b joins: b's inbound config comes, nothing else.
+        let has = Has::view(listeners, &wildcard, &serves_a);
+        let serves_ab = node(&["a", "b"]);
+        assert_eq!(names(&has.diff(listeners, &wildcard, &serves_ab)), (strings(&["inbound|b"]), vec![]));
+        // c's changes: not this node's; b's: this node's.
+        let has = Has::view(listeners, &wildcard, &serves_ab);
+        let second = with_inbound(&mut g, &s, &[("a", "1"), ("b", "1"), ("c", "2")]);
+        let l2 = second.get(LISTENER_TYPE_URL).unwrap();
+        assert!(has.diff(l2, &wildcard, &serves_ab).is_empty());
+        assert_eq!(serves_ab.view_version(listeners), serves_ab.view_version(l2));
+        let third = with_inbound(&mut g, &s, &[("a", "1"), ("b", "2"), ("c", "2")]);
+        let l3 = third.get(LISTENER_TYPE_URL).unwrap();
+        assert_ne!(serves_ab.view_version(l2), serves_ab.view_version(l3));
+        assert_eq!(names(&has.diff(l3, &wildcard, &serves_ab)), (strings(&["inbound|b"]), vec![]));
+        // a's last workload leaves: a's inbound config is removed.
+        let has = Has::view(l3, &wildcard, &serves_ab);
+        assert_eq!(names(&has.diff(l3, &wildcard, &node(&["b"]))), (vec![], strings(&["inbound|a"])));
+        // Two nodes serving one service each with the same scoped version still differ.
+        assert_ne!(node(&["a"]).view_version(listeners), node(&["b"]).view_version(listeners));
     }
 }

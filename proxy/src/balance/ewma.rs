@@ -1,6 +1,19 @@
-//! Peak-EWMA latency estimate (Finagle / Linkerd): a slower response raises the
-//! estimate at once; faster ones pull it down with a time-based decay. The cost
-//! of an endpoint is its estimate times (in-flight requests + 1).
+//! Peak-EWMA latency estimate, as Finagle and tower (`tower::load::PeakEwma`, which Linkerd
+//! uses) compute it: a slower response raises the estimate at once (the peak); a faster one
+//! pulls it down by `1 - e^(-elapsed/decay)`; and every read decays the estimate towards zero
+//! by `e^(-elapsed/decay)` since the last update, so an endpoint that answered slowly once is
+//! tried again as time passes instead of being starved. The cost P2C compares is the estimate
+//! times (in-flight requests + 1).
+//!
+//! An endpoint never measured costs 0 while idle, so a new endpoint is tried, and a large
+//! penalty plus its in-flight count while its first requests are out (Finagle's rule), so a new
+//! or black-holed endpoint does not take all the traffic before it has answered once.
+//!
+//! Why not `tower::load::PeakEwma` itself: it wraps a `Service` and counts in-flight requests
+//! with the strong count of an `Arc` held by each response, where our endpoints are plain
+//! snapshot data shared by every connection, carried across snapshots, and fed by the attempt
+//! guard that also feeds the breaker and outlier detection (a timeout is fed as its latency).
+//! The formula is tower's, tested against tower's own implementation in `ewma/tests.rs`.
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -9,6 +22,10 @@ use tokio::time::Instant;
 
 /// Decay window, as in Linkerd.
 pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+
+/// The cost of an endpoint never measured while it has requests in flight (plus their count):
+/// larger than any real estimate, so it waits for its first answer. Finagle's value.
+pub const UNMEASURED_PENALTY: f64 = (i64::MAX >> 16) as f64;
 
 #[derive(Debug)]
 pub struct PeakEwma {
@@ -21,7 +38,29 @@ pub struct PeakEwma {
 struct Estimate {
     /// Nanoseconds; `None` until the first response.
     rtt_ns: Option<f64>,
+    /// When `rtt_ns` was last updated (by a sample or a read).
     at: Instant,
+}
+
+impl Estimate {
+    /// tower's `RttEstimate::update`: the sample replaces a lower estimate (peak); otherwise the
+    /// estimate moves towards it by how long it has been since the last update. A read is an
+    /// update with a sample of 0.
+    fn update(&mut self, sample_ns: f64, now: Instant, decay_ns: f64) -> Option<f64> {
+        let next = match self.rtt_ns {
+            None if sample_ns > 0.0 => Some(sample_ns),
+            None => None,
+            Some(prev) if prev < sample_ns => Some(sample_ns),
+            Some(prev) => {
+                let elapsed = now.saturating_duration_since(self.at).as_nanos() as f64;
+                let decay = (-elapsed / decay_ns).exp();
+                Some(prev * decay + sample_ns * (1.0 - decay))
+            }
+        };
+        self.rtt_ns = next;
+        self.at = now;
+        next
+    }
 }
 
 impl Default for PeakEwma {
@@ -30,7 +69,7 @@ impl Default for PeakEwma {
     }
 }
 
-/// Decrements the in-flight count when dropped.
+/// Counts a request in flight until dropped; [`InFlight::complete`] also feeds its latency.
 #[derive(Debug)]
 pub struct InFlight<'a> {
     ewma: &'a PeakEwma,
@@ -40,30 +79,39 @@ pub struct InFlight<'a> {
 impl PeakEwma {
     pub fn new(decay: Duration) -> Self {
         Self {
-            decay_ns: decay.as_nanos() as f64,
+            decay_ns: (decay.as_nanos() as f64).max(1.0),
             estimate: Mutex::new(Estimate { rtt_ns: None, at: Instant::now() }),
             pending: AtomicU32::new(0),
         }
     }
 
-    /// Cost used by P2C. An endpoint never measured costs 0, so new endpoints are tried.
+    /// Cost used by P2C: the estimate, decayed to now, times (in-flight + 1). Unmeasured: 0
+    /// when idle, else [`UNMEASURED_PENALTY`] + in-flight.
     pub fn cost(&self) -> f64 {
-        let rtt = self.estimate.lock().rtt_ns.unwrap_or(0.0);
-        rtt * f64::from(self.pending.load(Ordering::Relaxed) + 1)
+        let pending = f64::from(self.pending.load(Ordering::Relaxed));
+        let rtt = self.estimate.lock().update(0.0, Instant::now(), self.decay_ns);
+        match rtt {
+            Some(rtt) => rtt * (pending + 1.0),
+            None if pending == 0.0 => 0.0,
+            None => UNMEASURED_PENALTY + pending,
+        }
     }
 
-    /// Current estimate, for `/clusters`.
+    /// Current estimate (decayed to now), for `/clusters`.
     pub fn rtt(&self) -> Option<Duration> {
-        self.estimate.lock().rtt_ns.map(|ns| Duration::from_nanos(ns as u64))
+        let e = *self.estimate.lock();
+        let rtt = e.rtt_ns?;
+        let elapsed = Instant::now().saturating_duration_since(e.at).as_nanos() as f64;
+        Some(Duration::from_nanos((rtt * (-elapsed / self.decay_ns).exp()) as u64))
     }
 
     pub fn pending(&self) -> u32 {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Count a request as in flight until the guard is dropped or `observe`d.
+    /// Count a request as in flight until the guard is dropped or `complete`d.
     pub fn start(&self) -> InFlight<'_> {
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.add_pending();
         InFlight { ewma: self, start: Instant::now() }
     }
 
@@ -73,24 +121,14 @@ impl PeakEwma {
     }
 
     pub fn remove_pending(&self) {
-        self.pending.fetch_sub(1, Ordering::Relaxed);
+        // Never below 0, whatever the pairing.
+        let _ = self.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// Feed one observed latency.
+    /// Feed one observed latency (a timeout is fed as the time waited).
     pub fn observe(&self, rtt: Duration) {
-        let now = Instant::now();
-        let sample = rtt.as_nanos() as f64;
-        let mut e = self.estimate.lock();
-        e.rtt_ns = Some(match e.rtt_ns {
-            None => sample,
-            Some(prev) if sample > prev => sample,
-            Some(prev) => {
-                let elapsed = now.saturating_duration_since(e.at).as_nanos() as f64;
-                let w = (-elapsed / self.decay_ns).exp();
-                prev * w + sample * (1.0 - w)
-            }
-        });
-        e.at = now;
+        let sample = (rtt.as_nanos() as f64).max(1.0);
+        self.estimate.lock().update(sample, Instant::now(), self.decay_ns);
     }
 }
 
@@ -103,43 +141,9 @@ impl InFlight<'_> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.ewma.pending.fetch_sub(1, Ordering::Relaxed);
+        self.ewma.remove_pending();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn peak_is_taken_at_once_and_decays_with_time() {
-        let e = PeakEwma::new(Duration::from_secs(10));
-        assert_eq!(e.cost(), 0.0, "unmeasured endpoints cost nothing");
-        e.observe(Duration::from_millis(10));
-        assert_eq!(e.rtt(), Some(Duration::from_millis(10)));
-        e.observe(Duration::from_millis(50));
-        assert_eq!(e.rtt(), Some(Duration::from_millis(50)), "a peak is taken at once");
-        // A fast sample right away barely moves it...
-        e.observe(Duration::from_millis(1));
-        assert!(e.rtt().unwrap() > Duration::from_millis(49));
-        // ...but after a decay period it moves most of the way.
-        tokio::time::advance(Duration::from_secs(10)).await;
-        e.observe(Duration::from_millis(1));
-        let rtt = e.rtt().unwrap();
-        assert!(rtt < Duration::from_millis(20) && rtt > Duration::from_millis(1), "{rtt:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn pending_requests_raise_the_cost() {
-        let e = PeakEwma::default();
-        e.observe(Duration::from_millis(2));
-        let base = e.cost();
-        let a = e.start();
-        let b = e.start();
-        assert_eq!(e.pending(), 2);
-        assert!((e.cost() - base * 3.0).abs() < 1.0);
-        a.complete();
-        drop(b);
-        assert_eq!(e.pending(), 0);
-    }
-}
+mod tests;

@@ -98,3 +98,55 @@ fn huge_weights_keep_their_ratio_in_a_bounded_schedule() {
     let r = Balancer::new(LbPolicy::Random, eps(&[u32::MAX; 4]));
     assert!(r.pick().is_some());
 }
+
+/// One request at a time, `gap` apart: pick, wait the endpoint's latency, feed it. Returns
+/// how many requests each endpoint got.
+async fn drive(b: &Balancer<Ep>, latency: &[Duration], n: usize, gap: Duration) -> Vec<usize> {
+    let mut counts = vec![0; latency.len()];
+    for _ in 0..n {
+        let ep = b.pick().unwrap();
+        counts[ep.id] += 1;
+        let g = ep.load.start();
+        tokio::time::advance(latency[ep.id]).await;
+        g.complete();
+        tokio::time::advance(gap).await;
+    }
+    counts
+}
+
+#[tokio::test(start_paused = true)]
+async fn traffic_leaves_a_slow_endpoint_and_comes_back_when_it_is_fast_again() {
+    let b = Balancer::new(LbPolicy::P2cEwma, eps(&[1, 1, 1]));
+    let fast = Duration::from_millis(10);
+    let slow = Duration::from_millis(500);
+    let gap = Duration::from_millis(100);
+    let even = drive(&b, &[fast, fast, fast], 300, gap).await;
+    assert!(even.iter().all(|&n| n >= 60), "all fast: each gets a fair share {even:?}");
+
+    // Endpoint 0 turns slow: it gets almost nothing.
+    let away = drive(&b, &[slow, fast, fast], 300, gap).await;
+    assert!(away[0] <= 10, "traffic moves away from the slow endpoint {away:?}");
+
+    // Fast again: its old peak decays on read until P2C tries it, and its fast answers bring
+    // it back to a fair share.
+    let _settle = drive(&b, &[fast, fast, fast], 600, gap).await;
+    let back = drive(&b, &[fast, fast, fast], 300, gap).await;
+    assert!(back[0] >= 60, "traffic comes back once it is fast again {back:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_endpoint_does_not_take_all_traffic_before_it_answers() {
+    let b = Balancer::new(LbPolicy::P2cEwma, eps(&[1, 1, 1]));
+    for ep in &b.items()[..2] {
+        ep.load.observe(Duration::from_millis(10));
+    }
+    // Endpoint 2 is new (never measured) and 30 requests go out before any answer.
+    let mut in_flight = Vec::new();
+    let mut counts = [0usize; 3];
+    for _ in 0..30 {
+        let ep = b.pick().unwrap();
+        counts[ep.id] += 1;
+        in_flight.push(ep.load.start());
+    }
+    assert_eq!(counts[2], 1, "one request to try it, then it waits for its answer {counts:?}");
+}

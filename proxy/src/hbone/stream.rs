@@ -162,3 +162,87 @@ pub async fn sniff_http<S: AsyncRead + Unpin>(
     let first = tokio::time::timeout(timeout, read).await.ok()??;
     Some((first, Rewind { head: Bytes::from(buf), inner: stream }))
 }
+
+#[cfg(test)]
+mod tests {
+    //! How a tunnelled stream to an HTTP service is classified by its first bytes, whatever
+    //! pieces they arrive in, and that nothing read to classify it is lost.
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    use super::sniff_http;
+    use crate::http::preface::{First, LINE_WINDOW, MAGIC};
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Sends `pieces` one write at a time (then `tail`, then EOF) and classifies what arrives;
+    /// returns the class and everything the rewound stream yields.
+    async fn classify(pieces: &[&[u8]], tail: &[u8]) -> Option<(First, Vec<u8>)> {
+        let (mut peer, ours) = duplex(4096);
+        let pieces: Vec<Vec<u8>> = pieces.iter().map(|p| p.to_vec()).collect();
+        let tail = tail.to_vec();
+        let writer = tokio::spawn(async move {
+            for p in pieces {
+                peer.write_all(&p).await.unwrap();
+                peer.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            peer.write_all(&tail).await.unwrap();
+            peer.shutdown().await.unwrap();
+        });
+        let (first, mut rest) = sniff_http(ours, TIMEOUT).await?;
+        let mut all = Vec::new();
+        rest.read_to_end(&mut all).await.unwrap();
+        writer.await.unwrap();
+        Some((first, all))
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_line_in_pieces_is_http1_and_every_byte_is_read_again() {
+        let (first, all) = classify(&[b"GE", b"T /a HT", b"TP/1.1\r", b"\nhost: x\r\n\r\n"], b"body").await.unwrap();
+        assert_eq!(first, First::Http1);
+        assert_eq!(all, b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nbody");
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_in_pieces_is_http2_and_is_read_again() {
+        let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+        let (first, all) = classify(&[&MAGIC[..5], &MAGIC[5..20], &MAGIC[20..]], &settings).await.unwrap();
+        assert_eq!(first, First::Http2);
+        assert_eq!(&all[..MAGIC.len()], MAGIC);
+        assert_eq!(&all[MAGIC.len()..], settings);
+    }
+
+    #[tokio::test]
+    async fn raw_bytes_of_neither_are_invalid() {
+        let (first, all) = classify(&[b"\x16\x03\x01 not http\r\n"], b"").await.unwrap();
+        assert_eq!(first, First::Invalid);
+        assert_eq!(all, b"\x16\x03\x01 not http\r\n");
+        // An HTTP/2-looking start that leaves the magic.
+        assert_eq!(classify(&[b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"], b"").await.unwrap().0, First::Invalid);
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_the_window_is_left_to_the_http1_parser() {
+        let long = vec![b'a'; LINE_WINDOW + 10];
+        let (first, all) = classify(&[&long], b"").await.unwrap();
+        assert_eq!(first, First::Http1);
+        assert_eq!(all, long, "the bytes past the window are read after the rewound ones");
+    }
+
+    #[tokio::test]
+    async fn a_stream_closed_before_its_first_line_is_none() {
+        assert!(classify(&[], b"").await.is_none());
+        assert!(classify(&[b"GET / HT"], b"").await.is_none(), "closed mid-line");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_is_none_after_the_timeout() {
+        let (_peer, ours) = duplex(64);
+        let started = tokio::time::Instant::now();
+        assert!(sniff_http(ours, TIMEOUT).await.is_none());
+        assert!(started.elapsed() >= TIMEOUT, "it waited the whole timeout (virtual time)");
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::policy::breaker::ClusterCounters;
+use crate::policy::breaker::ClusterThresholds;
 use crate::policy::config::Thresholds;
 
 /// Connections to one endpoint: HTTP/1.1 keep-alive and HTTP/2 multiplexed,
@@ -35,7 +35,7 @@ pub struct ConnectConfig {
     pub socket: crate::transport::socket::SocketOptions,
     /// The cluster's live counts and thresholds: connections and requests
     /// waiting for one are limited (`maxConnections`, `maxPendingRequests`).
-    pub limits: Option<(Arc<ClusterCounters>, Thresholds)>,
+    pub limits: Option<(Arc<ClusterThresholds>, Thresholds)>,
     /// Pooled connections without a request for longer than this are closed.
     pub idle_timeout: Option<Duration>,
     /// A meshed endpoint: mutual TLS with its expected identity, HTTP multiplexed over h2.

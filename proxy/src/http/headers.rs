@@ -75,18 +75,30 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Append the client's address to `x-forwarded-for`.
+/// Append the client's address to `x-forwarded-for`: one allocation, for the value.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     use std::io::Write as _;
-    let mut buf = Vec::with_capacity(64);
-    if let Some(prev) = headers.get(&X_FORWARDED_FOR)
-        && !prev.is_empty()
-    {
-        buf.extend_from_slice(prev.as_bytes());
-        buf.extend_from_slice(b", ");
-    }
-    let _ = write!(buf, "{client}");
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)) {
+    // why: an IPv6 address is at most 45 bytes written out; format into the stack and copy once.
+    let mut ip = [0u8; 48];
+    let len = {
+        let mut w = &mut ip[..];
+        if write!(w, "{client}").is_err() {
+            return;
+        }
+        48 - w.len()
+    };
+    let ip = &ip[..len];
+    let value = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) if !prev.is_empty() => {
+            let mut buf = bytes::BytesMut::with_capacity(prev.len() + 2 + ip.len());
+            buf.extend_from_slice(prev.as_bytes());
+            buf.extend_from_slice(b", ");
+            buf.extend_from_slice(ip);
+            HeaderValue::from_maybe_shared(buf.freeze())
+        }
+        _ => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
@@ -102,12 +114,23 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 }
 
 fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
     n = (n & !(0xf << 76)) | (0x4 << 76); // version 4
     n = (n & !(0x3 << 62)) | (0x2 << 62); // variant 10
-    let hex = format!("{n:032x}");
-    let s = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // why: 8-4-4-4-12 hex digits written into the stack, copied once into the value
+    // (this runs for every request that arrives without an id).
+    let mut out = [0u8; 36];
+    let mut i = 0;
+    for nibble in (0..32).rev() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            out[i] = b'-';
+            i += 1;
+        }
+        out[i] = HEX[((n >> (nibble * 4)) & 0xf) as usize];
+        i += 1;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -156,5 +179,33 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id.to_str().unwrap()[14..15], "4");
         assert_eq!(ensure_request_id(&mut h), id);
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        for _ in 0..1000 {
+            let id = new_request_id();
+            let s = id.to_str().unwrap();
+            let u = uuid_fields(s);
+            assert_eq!(u.iter().map(|f| f.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{s}");
+            assert!(s.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{s}");
+            assert_eq!(&u[2][..1], "4", "version nibble of {s}");
+            assert!(matches!(&u[3][..1], "8" | "9" | "a" | "b"), "variant of {s}");
+        }
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    fn uuid_fields(s: &str) -> Vec<&str> {
+        s.split('-').collect()
+    }
+
+    #[test]
+    fn forwarded_for_empty_previous_value_is_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static(""));
+        append_forwarded_for(&mut h, "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff");
+        append_forwarded_for(&mut h, "::ffff:192.168.100.200".parse().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff, ::ffff:192.168.100.200");
     }
 }

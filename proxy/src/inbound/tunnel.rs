@@ -24,8 +24,8 @@ impl Inbound {
         let port = connect.target.port();
         let client = connect.source();
         let peer = connect.peer.clone();
-        if !self.store.is_ready() {
-            tracing::info!(%client, "HBONE connection refused: the proxy has no config yet");
+        if !self.store.is_ready() || self.policy_pending() {
+            tracing::info!(%client, "HBONE connection refused: the workload's config is not there yet");
             connect.refuse(StatusCode::SERVICE_UNAVAILABLE);
             return;
         }

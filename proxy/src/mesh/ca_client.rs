@@ -1,6 +1,5 @@
 //! A small HTTP(S)/1.1 client for the control plane's CA endpoints.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::MeshError;
+use super::{CaRoots, MeshError};
 
 /// Each call to the CA must finish within this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,16 +58,25 @@ impl std::fmt::Debug for CaClient {
 }
 
 impl CaClient {
-    pub fn new(base: Uri, roots: Option<&Path>) -> Result<Self, MeshError> {
+    pub fn new(base: Uri, roots: Option<&CaRoots>) -> Result<Self, MeshError> {
         let fail = |reason: String| MeshError::Ca { ca: base.to_string(), reason };
         let tls = match (base.scheme_str(), roots) {
             (Some("http"), _) => None,
-            (Some("https"), Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            (Some("https"), Some(roots)) => {
+                let (pem, source) = match roots {
+                    CaRoots::File(path) => (
+                        std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?,
+                        path.display().to_string(),
+                    ),
+                    CaRoots::Pem(text) => (text.as_bytes().to_vec(), "--ca-root-pem".to_owned()),
+                };
                 let mut store = rustls::RootCertStore::empty();
                 for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| fail(format!("{}: {e}", path.display())))?;
-                    store.add(cert).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                    let cert = cert.map_err(|e| fail(format!("{source}: {e}")))?;
+                    store.add(cert).map_err(|e| fail(format!("{source}: {e}")))?;
+                }
+                if store.is_empty() {
+                    return Err(fail(format!("{source}: no PEM CERTIFICATE in it")));
                 }
                 let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
                     .with_protocol_versions(&[&rustls::version::TLS13])
@@ -77,7 +85,9 @@ impl CaClient {
                     .with_no_client_auth();
                 Some(TlsConnector::from(Arc::new(config)))
             }
-            (Some("https"), None) => return Err(fail("an https CA address needs --ca-root FILE".into())),
+            (Some("https"), None) => {
+                return Err(fail("an https CA address needs --ca-root FILE (or --ca-root-pem PEM)".into()));
+            }
             _ => return Err(fail("the CA address must be http://HOST:PORT or https://HOST:PORT".into())),
         };
         if base.authority().is_none() {

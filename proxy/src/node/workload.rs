@@ -88,6 +88,7 @@ impl Workload {
                 let listeners = (bind(OUTBOUND)?, bind(INBOUND)?, bind(TUNNEL)?);
                 // Run in the namespace: a command started from this thread inherits it.
                 crate::iptables::apply(&rules(mark))
+                    .map(drop)
                     .map_err(|reason| NodeError::Iptables { path: spec.netns.display().to_string(), reason })?;
                 Ok((ip, listeners))
             });
@@ -109,16 +110,18 @@ impl Workload {
         shared.fanout.attach(&store);
         let mesh: MeshHandle = Arc::default();
         let socket = SocketOptions { mark: Some(mark), netns: Some(netns.clone()) };
+        // Its requests and connections are labelled and logged with the workload.
+        let recorder = Arc::new(shared.recorder.for_workload(&format!("{}/{}", spec.namespace, spec.service_account)));
         let outbound = Arc::new(Outbound {
             store: store.clone(),
-            recorder: shared.recorder.clone(),
+            recorder: recorder.clone(),
             server: shared.server.clone(),
             socket: socket.clone(),
             mesh: mesh.clone(),
         });
         let inbound = Arc::new(
             Inbound::new(
-                shared.recorder.clone(),
+                recorder,
                 shared.server.clone(),
                 None,
                 Arc::from(spec.service.as_str()),
@@ -126,15 +129,16 @@ impl Workload {
                 store.clone(),
                 mesh.clone(),
             )
-            .requiring_identity(true),
+            .requiring_identity(true)
+            .requiring_policy(true),
         );
         let drain = crate::drain::Drain::new();
-        let metrics = shared.recorder.metrics.clone();
+        let limit = shared.limit.clone();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::app::accept_loop(
             out_l,
             drain.signal(),
-            metrics.clone(),
+            limit.clone(),
             Direction::outbound,
             move |s, c, d| outbound.clone().serve(s, c, d),
         )));
@@ -142,7 +146,7 @@ impl Workload {
         tasks.push(tokio::spawn(crate::app::accept_loop(
             in_l,
             drain.signal(),
-            metrics.clone(),
+            limit.clone(),
             Direction::inbound,
             move |s, c, d| inbound.clone().serve(s, c, d),
         )));
@@ -150,7 +154,7 @@ impl Workload {
         tasks.push(tokio::spawn(crate::app::accept_loop(
             tunnel_l,
             drain.signal(),
-            metrics,
+            limit,
             Direction::inbound,
             move |s, c, d| serve_tunnel(tunnel_inbound.clone(), tunnel_mesh.clone(), s, c, d),
         )));

@@ -4,7 +4,8 @@
 //!   record    — one access-log / metrics record per request (exactly once), here
 //!   route     — virtual host by authority (or original destination), first matching route, here
 //!   split     — weighted choice of cluster subset, here
-//!   balance   — P2C-EWMA / round robin / random over the subset's endpoints ([`stack`])
+//!   balance   — P2C-EWMA / round robin / random over the subset's endpoints whose breaker
+//!               admits calls, else the split's fallback ([`stack`], [`super::pick`])
 //!   endpoint  — pooled HTTP/1.1 or HTTP/2 connection, header hygiene, upgrades ([`stack`])
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use crate::http::{Body, forward, headers};
 use crate::policy::config::RoutePolicy;
 use crate::policy::layers::grpc_timeout;
 use crate::rescue::{self, ProxyError};
-use crate::state::{Cluster, Endpoint, Split, Target};
+use crate::state::{Cluster, Endpoint, Fallback, Split, Target};
 use crate::telemetry::access::RequestRecord;
 use crate::telemetry::metrics::Direction;
 
@@ -76,6 +77,7 @@ async fn handle(
 struct Routed {
     cluster: Arc<Cluster>,
     endpoints: Arc<Balancer<Arc<Endpoint>>>,
+    fallback: Option<Arc<Fallback>>,
     policy: Arc<RoutePolicy>,
 }
 
@@ -110,7 +112,12 @@ fn route(
     let split: &Split =
         route.pick_split().ok_or_else(|| ProxyError::NoHealthyUpstream { service: vh.name.to_string() })?;
     rec.service = split.cluster.service.clone();
-    Ok(Routed { cluster: split.cluster.clone(), endpoints: split.endpoints.clone(), policy: route.policy.clone() })
+    Ok(Routed {
+        cluster: split.cluster.clone(),
+        endpoints: split.endpoints.clone(),
+        fallback: split.fallback.clone(),
+        policy: route.policy.clone(),
+    })
 }
 
 async fn proxy(
@@ -134,6 +141,7 @@ async fn proxy(
         metrics: &ctx.recorder.metrics,
         mesh: &ctx.mesh,
         grpc_timeout,
+        fallback: routed.fallback.as_ref(),
     };
     let res = stack::stack(params).oneshot(up).await;
     match res {

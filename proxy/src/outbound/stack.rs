@@ -21,14 +21,17 @@ use crate::http::Body;
 use crate::http::client::{ConnectConfig, UpstreamError};
 use crate::http::forward;
 use crate::http::headers::X_ATTEMPT;
+use crate::policy::breaker::GaugeGuard;
 use crate::policy::config::RoutePolicy;
-use crate::policy::layers::{BreakerLayer, FaultLayer, TimeoutLayer};
-use crate::policy::outcome::{Outcome, grpc};
+use crate::policy::layers::{FaultLayer, ThresholdsLayer, TimeoutLayer};
+use crate::policy::outcome::Outcome;
 use crate::policy::retry::RetryLayer;
 use crate::rescue::ProxyError;
-use crate::state::{Cluster, Endpoint};
+use crate::state::{Cluster, Endpoint, Fallback};
 use crate::telemetry::metrics::{Metrics, ServiceLabels, ServiceReasonLabels};
 use crate::telemetry::trace::TraceCx;
+
+use super::pick::{self, NoPick};
 
 /// A request on its way to an upstream, with what the stages decided so far.
 #[derive(Debug)]
@@ -46,6 +49,12 @@ pub struct Upstream {
     pub tried: Vec<SocketAddr>,
     /// When the whole request must be answered (the timeout stage sets it).
     pub deadline: Option<Instant>,
+    /// When this try is abandoned by its per-try timeout (the retry stage sets it). The
+    /// balance stage reports an attempt dropped at or after the earlier deadline as a timeout.
+    pub try_deadline: Option<Instant>,
+    /// Set by the balance stage when it fell back to another service's endpoints: the
+    /// endpoint stage connects with that cluster's settings.
+    pub fallback: Option<Arc<Cluster>>,
     /// The span the upstream request is sent under (tracing on): the request's,
     /// or the retry stage's span for this try.
     pub trace: Option<TraceCx>,
@@ -53,7 +62,18 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(req: Request<Body>, client: SocketAddr, authority: Option<Authority>) -> Self {
-        Self { req, client, authority, endpoint: None, attempt: 1, tried: Vec::new(), deadline: None, trace: None }
+        Self {
+            req,
+            client,
+            authority,
+            endpoint: None,
+            attempt: 1,
+            tried: Vec::new(),
+            deadline: None,
+            try_deadline: None,
+            fallback: None,
+            trace: None,
+        }
     }
 }
 
@@ -78,6 +98,8 @@ pub struct StackParams<'a> {
     pub mesh: &'a crate::mesh::MeshHandle,
     /// The caller's `grpc-timeout`, when it sent one.
     pub grpc_timeout: Option<Duration>,
+    /// Where requests go when every endpoint of the split is open.
+    pub fallback: Option<&'a Arc<Fallback>>,
 }
 
 /// Build the stack for one request to `cluster`, balancing over `endpoints`
@@ -107,14 +129,19 @@ pub fn stack(
             cluster: p.cluster.clone(),
             metrics: p.metrics.clone(),
         }))
-        // why: per attempt: reject at once when the cluster is over a threshold or
-        // its breaker is open; feed every outcome to the state machine.
-        .layer(BreakerLayer { cluster: p.cluster.clone(), metrics: p.metrics.clone() })
-        // why: pick one endpoint of the subset (not ejected, not tried before) and
-        // count the request in flight on it until its response arrives.
-        .layer(BalanceLayer { endpoints: p.endpoints.clone(), cluster: p.cluster.clone() })
-        // why: the endpoint stage owns the connection pool, header hygiene and
-        // outlier detection.
+        // why: per attempt: reject at once when the cluster is at its maxRequests
+        // threshold (per cluster, as in Envoy).
+        .layer(ThresholdsLayer { cluster: p.cluster.clone(), metrics: p.metrics.clone() })
+        // why: pick one endpoint of the subset whose breaker admits calls (not ejected,
+        // not tried before), else the fallback; count it in flight and feed the outcome
+        // (a timeout included) to its breaker, outlier detection and latency estimate.
+        .layer(BalanceLayer {
+            endpoints: p.endpoints.clone(),
+            cluster: p.cluster.clone(),
+            fallback: p.fallback.cloned(),
+            metrics: p.metrics.clone(),
+        })
+        // why: the endpoint stage owns the connection pool and header hygiene.
         .service(EndpointStage {
             cluster: p.cluster.clone(),
             socket: p.socket.clone(),
@@ -123,17 +150,25 @@ pub fn stack(
         })
 }
 
-/// Chooses the endpoint.
+/// Chooses the endpoint: breaker state, ejections, endpoints tried before, the fallback.
 #[derive(Clone, Debug)]
 pub struct BalanceLayer {
     endpoints: Arc<Balancer<Arc<Endpoint>>>,
     cluster: Arc<Cluster>,
+    fallback: Option<Arc<Fallback>>,
+    metrics: Metrics,
 }
 
 impl<S> Layer<S> for BalanceLayer {
     type Service = Balance<S>;
     fn layer(&self, inner: S) -> Balance<S> {
-        Balance { endpoints: self.endpoints.clone(), cluster: self.cluster.clone(), inner }
+        Balance {
+            endpoints: self.endpoints.clone(),
+            cluster: self.cluster.clone(),
+            fallback: self.fallback.clone(),
+            metrics: self.metrics.clone(),
+            inner,
+        }
     }
 }
 
@@ -141,7 +176,50 @@ impl<S> Layer<S> for BalanceLayer {
 pub struct Balance<S> {
     endpoints: Arc<Balancer<Arc<Endpoint>>>,
     cluster: Arc<Cluster>,
+    fallback: Option<Arc<Fallback>>,
+    metrics: Metrics,
     inner: S,
+}
+
+impl<S> Balance<S> {
+    fn reject(&self, error: ProxyError) -> BalanceFuture<S::Future>
+    where
+        S: Service<Upstream>,
+    {
+        BalanceFuture::Failed { error: Some(error) }
+    }
+
+    /// Going to the fallback: count it; for another service, take a slot of its
+    /// `maxRequests` threshold and have the endpoint stage use its settings.
+    fn fall_back(&self, fb: &Fallback, up: &mut Upstream) -> Result<Option<GaugeGuard>, ProxyError> {
+        let mut slot = None;
+        if !Arc::ptr_eq(&fb.cluster, &self.cluster) {
+            let c = &fb.cluster;
+            let Some(s) = c.state.counters.acquire_request(c.policy.thresholds.max_requests) else {
+                let reason = "max-requests";
+                self.metrics
+                    .circuit_breaker_rejections
+                    .get_or_create(&ServiceReasonLabels { service: c.service.clone(), reason })
+                    .inc();
+                return Err(ProxyError::Overloaded { service: c.service.to_string(), reason });
+            };
+            slot = Some(s);
+            up.fallback = Some(c.clone());
+        }
+        self.metrics
+            .circuit_breaker_fallbacks
+            .get_or_create(&ServiceLabels { service: self.cluster.service.clone() })
+            .inc();
+        Ok(slot)
+    }
+
+    fn rejected_open(&self, service: &Arc<str>) -> ProxyError {
+        self.metrics
+            .circuit_breaker_rejections
+            .get_or_create(&ServiceReasonLabels { service: service.clone(), reason: "open" })
+            .inc();
+        ProxyError::Overloaded { service: service.to_string(), reason: "open" }
+    }
 }
 
 impl<S> Service<Upstream> for Balance<S>
@@ -157,80 +235,61 @@ where
     }
 
     fn call(&mut self, mut up: Upstream) -> Self::Future {
-        let Some(ep) = pick(&self.endpoints, &self.cluster, &up.tried).cloned() else {
-            return BalanceFuture::Failed {
-                error: Some(ProxyError::NoHealthyUpstream { service: self.cluster.service.to_string() }),
-            };
+        let deadline = match (up.deadline, up.try_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        let pending = Pending::start(ep.clone());
-        up.endpoint = Some(ep);
-        BalanceFuture::Inner { fut: self.inner.call(up), pending: Some(pending) }
-    }
-}
-
-/// Prefer endpoints that are neither ejected nor tried already; then any not
-/// ejected; then (all ejected: Envoy's panic mode) any.
-fn pick<'a>(b: &'a Balancer<Arc<Endpoint>>, cluster: &Cluster, tried: &[SocketAddr]) -> Option<&'a Arc<Endpoint>> {
-    if cluster.policy.outlier.is_none() && tried.is_empty() {
-        return b.pick();
-    }
-    let healthy = |e: &Arc<Endpoint>| !e.shared.health.is_ejected(&cluster.state.outliers);
-    b.pick_where(|e| healthy(e) && !tried.contains(&e.addr)).or_else(|| b.pick_where(healthy)).or_else(|| b.pick())
-}
-
-/// Counts one attempt in flight on an endpoint; at its end feeds its latency to the EWMA (on
-/// success) and its result to the endpoint's load counters (exactly once: on completion, or on
-/// drop when the attempt was abandoned, e.g. by a timeout).
-#[derive(Debug)]
-struct Pending {
-    endpoint: Arc<Endpoint>,
-    start: Instant,
-    counted: bool,
-}
-
-impl Pending {
-    fn start(endpoint: Arc<Endpoint>) -> Self {
-        endpoint.shared.ewma.add_pending();
-        endpoint.shared.load.issue();
-        Self { endpoint, start: Instant::now(), counted: false }
-    }
-
-    fn complete(mut self, out: &Result<Answered, ProxyError>) {
-        let elapsed = self.start.elapsed();
-        if out.is_ok() {
-            self.endpoint.shared.ewma.observe(elapsed);
-        }
-        if let Some(error) = load_error(out) {
-            self.endpoint.shared.load.finish(error, elapsed);
-        }
-        self.counted = true;
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.endpoint.shared.ewma.remove_pending();
-        if !self.counted {
-            self.endpoint.shared.load.finish(true, self.start.elapsed());
-        }
-    }
-}
-
-/// Whether an attempt failed at the endpoint, for the load reports (Envoy's LRS rules: 5xx, a
-/// gRPC error status, or no response); `None` for a local rejection, which never reached it.
-fn load_error(out: &Result<Answered, ProxyError>) -> Option<bool> {
-    match out {
-        Ok(answered) => {
-            let resp = &answered.resp;
-            // gRPC answers over HTTP/2 only: HTTP/1.1 responses skip the header lookup.
-            let grpc = resp.version() == http::Version::HTTP_2
-                && crate::policy::outcome::grpc_status(resp.headers()).is_some_and(grpc::is_load_error);
-            Some(resp.status().is_server_error() || grpc)
-        }
-        Err(e) => match Outcome::of_error(e) {
-            Outcome::Local => None,
-            _ => Some(true),
-        },
+        let primary = pick::choose(&self.cluster, &self.endpoints, &up.tried);
+        let (choice, cluster, slot) = match (primary, &self.fallback) {
+            (Ok(choice), None) => (choice, self.cluster.clone(), None),
+            (Ok(choice), Some(_)) if choice.untried => (choice, self.cluster.clone(), None),
+            // A retry that only finds endpoints it tried already: the fallback's, if it has one
+            // to use, else the tried one again.
+            (Ok(choice), Some(fb)) => match pick::choose(&fb.cluster, &fb.endpoints, &up.tried) {
+                Ok(other) if other.untried => {
+                    choice.release(&self.cluster);
+                    match self.fall_back(fb, &mut up) {
+                        Ok(slot) => (other, fb.cluster.clone(), slot),
+                        Err(e) => {
+                            other.release(&fb.cluster);
+                            return self.reject(e);
+                        }
+                    }
+                }
+                Ok(other) => {
+                    other.release(&fb.cluster);
+                    (choice, self.cluster.clone(), None)
+                }
+                Err(_) => (choice, self.cluster.clone(), None),
+            },
+            (Err(why), None) => {
+                let e = match why {
+                    NoPick::Empty => ProxyError::NoHealthyUpstream { service: self.cluster.service.to_string() },
+                    NoPick::Open => self.rejected_open(&self.cluster.service),
+                };
+                return self.reject(e);
+            }
+            // Every endpoint of the split is open (or there is none): the fallback.
+            (Err(_), Some(fb)) => match pick::choose(&fb.cluster, &fb.endpoints, &up.tried) {
+                Ok(other) => match self.fall_back(fb, &mut up) {
+                    Ok(slot) => (other, fb.cluster.clone(), slot),
+                    Err(e) => {
+                        other.release(&fb.cluster);
+                        return self.reject(e);
+                    }
+                },
+                Err(NoPick::Empty) => {
+                    return self.reject(ProxyError::NoHealthyUpstream { service: self.cluster.service.to_string() });
+                }
+                Err(NoPick::Open) => {
+                    let e = self.rejected_open(&self.cluster.service);
+                    return self.reject(e);
+                }
+            },
+        };
+        let attempt = pick::Attempt::start(choice, cluster, deadline, true, self.metrics.clone());
+        up.endpoint = Some(attempt.endpoint().clone());
+        BalanceFuture::Inner { fut: self.inner.call(up), attempt: Some(attempt), slot }
     }
 }
 
@@ -238,7 +297,15 @@ pin_project! {
     #[project = BalanceProj]
     pub enum BalanceFuture<F> {
         Failed { error: Option<ProxyError> },
-        Inner { #[pin] fut: F, pending: Option<Pending> },
+        Inner {
+            #[pin]
+            fut: F,
+            // Dropped unfinished (a timeout fired), it reports the timeout.
+            attempt: Option<pick::Attempt>,
+            // The fallback service's `maxRequests` slot, if it is one, handed to the
+            // response body (held until its end, as the Thresholds stage does).
+            slot: Option<GaugeGuard>,
+        },
     }
 }
 
@@ -253,10 +320,18 @@ where
             BalanceProj::Failed { error } => {
                 Poll::Ready(Err(error.take().unwrap_or(ProxyError::BadRequest("request polled after completion"))))
             }
-            BalanceProj::Inner { fut, pending } => {
-                let out = std::task::ready!(fut.poll(cx));
-                if let Some(p) = pending.take() {
-                    p.complete(&out);
+            BalanceProj::Inner { fut, attempt, slot } => {
+                let mut out = std::task::ready!(fut.poll(cx));
+                if let (Ok(a), Some(slot)) = (&mut out, slot.take()) {
+                    let body = std::mem::take(a.resp.body_mut());
+                    *a.resp.body_mut() = body.hold(slot);
+                }
+                if let Some(a) = attempt.take() {
+                    let outcome = match &out {
+                        Ok(answered) => Outcome::of_response(answered.resp.status(), answered.resp.headers()),
+                        Err(e) => Outcome::of_error(e),
+                    };
+                    a.finish(outcome, out.is_ok());
                 }
                 Poll::Ready(out)
             }
@@ -264,8 +339,8 @@ where
     }
 }
 
-/// Sends the request on a pooled connection to the chosen endpoint and feeds
-/// the outcome to outlier detection.
+/// Sends the request on a pooled connection to the chosen endpoint (the balance
+/// stage's attempt guard reports the outcome).
 #[derive(Clone, Debug)]
 pub struct EndpointStage {
     cluster: Arc<Cluster>,
@@ -286,7 +361,8 @@ impl Service<Upstream> for EndpointStage {
     }
 
     fn call(&mut self, mut up: Upstream) -> Self::Future {
-        let cluster = self.cluster.clone();
+        // A fallback to another service connects with that service's settings.
+        let cluster = up.fallback.take().unwrap_or_else(|| self.cluster.clone());
         let metrics = self.metrics.clone();
         let mut cfg = ConnectConfig {
             timeout: cluster.connect_timeout,
@@ -318,27 +394,6 @@ impl Service<Upstream> for EndpointStage {
                     }
                     other => other,
                 };
-            if let Some(outlier) = &cluster.policy.outlier {
-                let outcome = match &res {
-                    Ok(resp) => Outcome::of_response(resp.status(), resp.headers()),
-                    Err(e) => Outcome::of_error(e),
-                };
-                let total = cluster.endpoints.items().len();
-                if ep.shared.health.record(outcome, outlier, &cluster.state.outliers, total) {
-                    metrics.outlier_ejections.get_or_create(&ServiceLabels { service: cluster.service.clone() }).inc();
-                    tracing::warn!(service = &*cluster.service, endpoint = %ep.addr, reason = outcome.reason(), "endpoint ejected");
-                }
-                let n = cluster
-                    .state
-                    .outliers
-                    .evaluate(outlier, cluster.endpoints.items().iter().map(|e| &e.shared.health));
-                if n > 0 {
-                    metrics
-                        .outlier_ejections
-                        .get_or_create(&ServiceLabels { service: cluster.service.clone() })
-                        .inc_by(u64::from(n));
-                }
-            }
             Ok(Answered { resp: res?, endpoint: ep.addr, attempt: up.attempt })
         })
     }

@@ -12,11 +12,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Outbound;
+use super::pick::{self, NoPick};
 use crate::http::client::{UpstreamError, connect_tcp};
 use crate::policy::outcome::Outcome;
 use crate::state::Cluster;
 use crate::telemetry::access::{Recorder, TcpRecord};
-use crate::telemetry::metrics::{Direction, ServiceLabels, ServiceReasonLabels};
+use crate::telemetry::metrics::{Direction, ServiceReasonLabels};
 
 /// Per-direction copy buffer: 4× tokio's default, so a bulk transfer makes a
 /// quarter of the syscalls (the benchmark's TCP CPU per MB), at 64 KiB per
@@ -27,7 +28,9 @@ const COPY_BUFFER: usize = 32 * 1024;
 pub const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Proxy to an endpoint of a TCP service. The circuit breaker applies to
-/// connections: `maxConnections`, and the state machine counts connect failures.
+/// connections: `maxConnections`, and the state machine (per endpoint, or per
+/// service) counts connect failures; outlier detection ejects an endpoint after
+/// consecutive connect failures or a failure percentage of them.
 pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, cluster: &Arc<Cluster>) {
     let mut rec = TcpRecord::start(&ctx.recorder, Direction::outbound, client, cluster.service.clone());
     let metrics = &ctx.recorder.metrics;
@@ -39,40 +42,31 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
             .inc();
         tracing::info!(service = &*cluster.service, %client, reason, "TCP connection rejected by the circuit breaker");
     };
-    let permit = match &cluster.policy.breaker {
-        None => None,
-        Some(cfg) => match cluster.state.breaker.try_acquire(cfg) {
-            Ok(p) => Some((p, cfg)),
-            Err(_) => {
-                reject("open");
-                rec.finish(0, 0, Some("circuit-open"));
-                return;
-            }
-        },
-    };
     let Some(_slot) = cluster.state.counters.acquire_connection(cluster.policy.thresholds.max_connections) else {
-        if let Some((p, _)) = permit {
-            cluster.state.breaker.forget(p);
-        }
         reject("max-connections");
         rec.finish(0, 0, Some("overloaded"));
         return;
     };
-    let healthy = |e: &Arc<crate::state::Endpoint>| !e.shared.health.is_ejected(&cluster.state.outliers);
-    let Some(ep) = cluster.endpoints.pick_where(healthy).or_else(|| cluster.endpoints.pick()).cloned() else {
-        tracing::warn!(service = &*cluster.service, %client, "TCP service has no endpoints; closing the connection");
-        rec.finish(0, 0, Some("no-healthy-upstream"));
-        return;
+    let choice = match pick::choose(cluster, &cluster.endpoints, &[]) {
+        Ok(c) => c,
+        Err(NoPick::Open) => {
+            reject("open");
+            rec.finish(0, 0, Some("circuit-open"));
+            return;
+        }
+        Err(NoPick::Empty) => {
+            tracing::warn!(service = &*cluster.service, %client, "TCP service has no endpoints; closing the connection");
+            rec.finish(0, 0, Some("no-healthy-upstream"));
+            return;
+        }
     };
+    let attempt = pick::Attempt::start(choice, cluster.clone(), None, false, metrics.clone());
+    let ep = attempt.endpoint().clone();
     rec.upstream = Some(ep.addr);
     let in_flight = ep.shared.ewma.start();
     let mut cfg = ctx.connect_config(cluster.connect_timeout);
     cfg.mesh = crate::mesh::endpoint_target(&ctx.mesh, &ep, Some(client));
-    // Load reports count a TCP connection as one request, judged by its connect (as Envoy's).
-    ep.shared.load.issue();
-    let connecting = tokio::time::Instant::now();
     let connected = crate::http::client::connect_tcp_or_mesh(ep.addr, &cfg, crate::mesh::Carry::Tcp).await;
-    ep.shared.load.finish(connected.is_err(), connecting.elapsed());
     if let Ok(crate::http::client::Either::Tls(_)) = &connected {
         metrics
             .tls_connections
@@ -82,21 +76,7 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
             })
             .inc();
     }
-    let outcome = if connected.is_ok() { Outcome::Success } else { Outcome::ConnectFailure };
-    if let Some((p, cfg)) = permit
-        && let Some(state) = cluster.state.breaker.record(cfg, p, connected.is_err())
-    {
-        metrics
-            .circuit_breaker_state
-            .get_or_create(&ServiceLabels { service: cluster.service.clone() })
-            .set(state.metric());
-        tracing::warn!(service = &*cluster.service, state = state.as_str(), "circuit breaker changed state");
-    }
-    if let Some(o) = &cluster.policy.outlier
-        && ep.shared.health.record(outcome, o, &cluster.state.outliers, cluster.endpoints.items().len())
-    {
-        metrics.outlier_ejections.get_or_create(&ServiceLabels { service: cluster.service.clone() }).inc();
-    }
+    attempt.finish(if connected.is_ok() { Outcome::Success } else { Outcome::ConnectFailure }, false);
     match connected {
         Ok(crate::http::client::Either::Plain(up)) => {
             copy(stream, Ok(up), rec, cluster.policy.upstream_idle_timeout).await
@@ -244,89 +224,4 @@ pub async fn splice_to<D: Io>(
 }
 
 #[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    use super::*;
-    use crate::telemetry::metrics::Metrics;
-
-    async fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
-        let addr = l.local_addr().unwrap();
-        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
-        (a.unwrap(), b.unwrap().0)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_is_closed_after_the_idle_timeout() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (mut client, down) = pair(&l).await;
-        let (up, mut server) = pair(&l).await;
-        let recorder =
-            Arc::new(Recorder { metrics: Metrics::new(), access_log: false, access_log_sample: 1.0, tracer: None });
-        let rec = TcpRecord::start(&recorder, Direction::outbound, client.local_addr().unwrap(), Arc::from("t"));
-        let task = tokio::spawn(copy(down, Ok(up), rec, Some(Duration::from_secs(30))));
-        client.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        server.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ping", "traffic flows before the timeout");
-        let start = Instant::now();
-        // Nothing moves now: paused time runs ahead to the idle deadline.
-        task.await.unwrap();
-        assert!(start.elapsed() >= Duration::from_secs(30), "closed only after 30 s of silence");
-        assert_eq!(client.read(&mut buf).await.unwrap(), 0, "the client sees the connection closed");
-    }
-
-    /// The cluster of a tcp service whose one endpoint is `endpoint`.
-    fn cluster(endpoint: SocketAddr) -> Arc<Cluster> {
-        let set = outrider_xds::load_str(
-            "t.yaml",
-            &format!(
-                "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: db}}\nspec: {{protocol: tcp, port: 5432, \
-                 addresses: [\"127.100.0.9\"], endpoints: [{{address: \"{endpoint}\"}}]}}\n"
-            ),
-        )
-        .unwrap();
-        let (snapshot, _) = crate::state::Builder::new().build(&outrider_xds::translate(&set));
-        snapshot.clusters.values().next().unwrap().clone()
-    }
-
-    #[tokio::test]
-    async fn each_connection_is_one_request_in_the_load_reports_failed_when_the_connect_fails() {
-        let outbound = Outbound {
-            store: Arc::new(crate::state::Store::new()),
-            recorder: Arc::new(Recorder::new(Metrics::new(), false)),
-            server: crate::http::server::HttpServer::new(&crate::http::server::ServerLimits::default()),
-            socket: Default::default(),
-            mesh: Arc::default(),
-        };
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let open = cluster(upstream.local_addr().unwrap());
-        let (client, down) = pair(&l).await;
-        let accept = tokio::spawn(async move { upstream.accept().await.map(|(s, _)| s) });
-        let proxied = tokio::spawn({
-            let open = open.clone();
-            async move { to_cluster(&outbound, down, "127.0.0.1:1".parse().unwrap(), &open).await }
-        });
-        drop(accept.await.unwrap().unwrap());
-        drop(client);
-        proxied.await.unwrap();
-        let sample = open.endpoints.items()[0].shared.load.take();
-        assert_eq!((sample.issued, sample.succeeded, sample.failed), (1, 1, 0));
-
-        let closed = cluster(TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap());
-        let outbound = Outbound {
-            store: Arc::new(crate::state::Store::new()),
-            recorder: Arc::new(Recorder::new(Metrics::new(), false)),
-            server: crate::http::server::HttpServer::new(&crate::http::server::ServerLimits::default()),
-            socket: Default::default(),
-            mesh: Arc::default(),
-        };
-        let (_client, down) = pair(&l).await;
-        to_cluster(&outbound, down, "127.0.0.1:1".parse().unwrap(), &closed).await;
-        let sample = closed.endpoints.items()[0].shared.load.take();
-        assert_eq!((sample.issued, sample.succeeded, sample.failed), (1, 0, 1));
-        assert_eq!(sample.buckets.iter().map(|(_, n)| n).sum::<u64>(), 1, "its connect time is in the histogram");
-    }
-}
+mod tests;

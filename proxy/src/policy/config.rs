@@ -1,6 +1,8 @@
 //! Policy as the data path uses it, converted once per snapshot from the Envoy
 //! resources (route `timeout`/`retry_policy`/fault config, cluster
 //! `circuit_breakers`/`outlier_detection` and our `outrider.v1.Resilience`).
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::ExponentialBackoff;
@@ -118,6 +120,35 @@ pub struct BreakerConfig {
     pub minimum_calls: u32,
     pub open_duration: Duration,
     pub half_open_calls: u32,
+    pub scope: BreakerScope,
+}
+
+/// What one breaker state machine guards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BreakerScope {
+    /// Each endpoint has its own (`EndpointBreaker`): an open endpoint is skipped.
+    #[default]
+    Endpoint,
+    /// The cluster has one (`ServiceBreaker`): open rejects every call to the service.
+    Service,
+}
+
+impl BreakerScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerScope::Endpoint => "endpoint",
+            BreakerScope::Service => "service",
+        }
+    }
+}
+
+/// Where requests go when every endpoint of their split is open (or the split has none): the
+/// endpoints of `cluster` with every label of `subset`. Resolved against the snapshot's
+/// clusters when routes are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FallbackConfig {
+    pub cluster: Arc<str>,
+    pub subset: BTreeMap<String, String>,
 }
 
 /// Linkerd-style retry budget.
@@ -158,4 +189,5 @@ pub struct ClusterPolicy {
     pub breaker: Option<BreakerConfig>,
     pub budget: Option<BudgetConfig>,
     pub outlier: Option<OutlierConfig>,
+    pub fallback: Option<FallbackConfig>,
 }

@@ -1,5 +1,5 @@
 //! The small policy stages: fault injection, the request timeout, and the
-//! circuit breaker (thresholds + state machine) around each attempt.
+//! cluster's request threshold around each attempt.
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,13 +10,12 @@ use futures_util::future::Either;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::breaker::{GaugeGuard, Permit};
+use super::breaker::GaugeGuard;
 use super::config::FaultPolicy;
-use super::outcome::Outcome;
 use crate::outbound::stack::{Answered, Upstream};
 use crate::rescue::ProxyError;
 use crate::state::Cluster;
-use crate::telemetry::metrics::{Metrics, ServiceKindLabels, ServiceLabels, ServiceReasonLabels};
+use crate::telemetry::metrics::{Metrics, ServiceKindLabels, ServiceReasonLabels};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -162,94 +161,55 @@ pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
-// ---------------------------------------------------------------- breaker
+// ---------------------------------------------------------------- thresholds
 
+/// The cluster's `maxRequests` threshold, per attempt (the breaker state machine is
+/// consulted where the endpoint is chosen, see `outbound::pick`).
 #[derive(Clone, Debug)]
-pub struct BreakerLayer {
+pub struct ThresholdsLayer {
     pub cluster: Arc<Cluster>,
     pub metrics: Metrics,
 }
 
-impl<S> Layer<S> for BreakerLayer {
-    type Service = Breaker<S>;
-    fn layer(&self, inner: S) -> Breaker<S> {
-        Breaker { cluster: self.cluster.clone(), metrics: self.metrics.clone(), inner }
+impl<S> Layer<S> for ThresholdsLayer {
+    type Service = Thresholds<S>;
+    fn layer(&self, inner: S) -> Thresholds<S> {
+        Thresholds { cluster: self.cluster.clone(), metrics: self.metrics.clone(), inner }
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct Breaker<S> {
+pub struct Thresholds<S> {
     cluster: Arc<Cluster>,
     metrics: Metrics,
     inner: S,
 }
 
-/// A state-machine permit that is handed back if the call is abandoned.
-#[derive(Debug)]
-struct Probe {
-    cluster: Arc<Cluster>,
-    permit: Option<Permit>,
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        if let Some(p) = self.permit.take() {
-            self.cluster.state.breaker.forget(p);
-        }
-    }
-}
-
 pin_project! {
-    #[project = BreakerProj]
-    pub enum BreakerFuture<F> {
+    #[project = ThresholdsProj]
+    pub enum ThresholdsFuture<F> {
         Rejected { error: Option<ProxyError> },
         Called {
             #[pin]
             fut: F,
-            probe: Option<Probe>,
-            metrics: Metrics,
             // The `maxRequests` slot, handed to the response body (held until its end).
             slot: Option<GaugeGuard>,
         },
     }
 }
 
-impl<F: Future<Output = Result<Answered, ProxyError>>> Future for BreakerFuture<F> {
+impl<F: Future<Output = Result<Answered, ProxyError>>> Future for ThresholdsFuture<F> {
     type Output = Result<Answered, ProxyError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            BreakerProj::Rejected { error } => {
+            ThresholdsProj::Rejected { error } => {
                 Poll::Ready(Err(error.take().unwrap_or(ProxyError::BadRequest("request polled after completion"))))
             }
-            BreakerProj::Called { fut, probe, metrics, slot } => {
+            ThresholdsProj::Called { fut, slot } => {
                 let mut out = std::task::ready!(fut.poll(cx));
                 if let (Ok(a), Some(slot)) = (&mut out, slot.take()) {
                     let body = std::mem::take(a.resp.body_mut());
                     *a.resp.body_mut() = body.hold(slot);
-                }
-                if let Some(mut probe) = probe.take()
-                    && let (Some(permit), Some(cfg)) = (probe.permit.take(), probe.cluster.policy.breaker.as_ref())
-                {
-                    let outcome = match &out {
-                        Ok(a) => Outcome::of_response(a.resp.status(), a.resp.headers()),
-                        Err(e) => Outcome::of_error(e),
-                    };
-                    if outcome != Outcome::Local {
-                        let c = &probe.cluster;
-                        if let Some(state) = c.state.breaker.record(cfg, permit, outcome.is_breaker_failure()) {
-                            metrics
-                                .circuit_breaker_state
-                                .get_or_create(&ServiceLabels { service: c.service.clone() })
-                                .set(state.metric());
-                            tracing::warn!(
-                                service = &*c.service,
-                                state = state.as_str(),
-                                "circuit breaker changed state"
-                            );
-                        }
-                    } else {
-                        probe.cluster.state.breaker.forget(permit);
-                    }
                 }
                 Poll::Ready(out)
             }
@@ -257,13 +217,13 @@ impl<F: Future<Output = Result<Answered, ProxyError>>> Future for BreakerFuture<
     }
 }
 
-impl<S> Service<Upstream> for Breaker<S>
+impl<S> Service<Upstream> for Thresholds<S>
 where
     S: Service<Upstream, Response = Answered, Error = ProxyError>,
 {
     type Response = Answered;
     type Error = ProxyError;
-    type Future = BreakerFuture<S::Future>;
+    type Future = ThresholdsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -271,25 +231,18 @@ where
 
     fn call(&mut self, up: Upstream) -> Self::Future {
         let c = &self.cluster;
-        let reject = |reason: &'static str| {
+        let Some(slot) = c.state.counters.acquire_request(c.policy.thresholds.max_requests) else {
+            let reason = "max-requests";
             c.state.load.reject();
             self.metrics
                 .circuit_breaker_rejections
                 .get_or_create(&ServiceReasonLabels { service: c.service.clone(), reason })
                 .inc();
-            BreakerFuture::Rejected { error: Some(ProxyError::Overloaded { service: c.service.to_string(), reason }) }
+            return ThresholdsFuture::Rejected {
+                error: Some(ProxyError::Overloaded { service: c.service.to_string(), reason }),
+            };
         };
-        let probe = match &c.policy.breaker {
-            None => None,
-            Some(cfg) => match c.state.breaker.try_acquire(cfg) {
-                Ok(p) => Some(Probe { cluster: c.clone(), permit: Some(p) }),
-                Err(_) => return reject("open"),
-            },
-        };
-        let Some(slot) = c.state.counters.acquire_request(c.policy.thresholds.max_requests) else {
-            return reject("max-requests");
-        };
-        BreakerFuture::Called { fut: self.inner.call(up), probe, metrics: self.metrics.clone(), slot: Some(slot) }
+        ThresholdsFuture::Called { fut: self.inner.call(up), slot: Some(slot) }
     }
 }
 

@@ -66,7 +66,7 @@ impl Outcome {
         }
     }
 
-    /// Counts against the circuit breaker's failure rate (DESIGN: 5xx, gateway
+    /// Counts against the circuit breaker's failure rate (docs/architecture.md: 5xx, gateway
     /// errors, resets, timeouts, gRPC UNAVAILABLE / INTERNAL / DEADLINE_EXCEEDED).
     pub fn is_breaker_failure(self) -> bool {
         match self {
@@ -97,6 +97,27 @@ impl Outcome {
             _ => false,
         }
     }
+
+    /// Whether the attempt failed at the endpoint, for the load reports (Envoy's LRS rules: a
+    /// 5xx, a gRPC error status of [`grpc::is_load_error`], or no response); `None` for a local
+    /// rejection, which never reached it.
+    pub fn load_error(self) -> Option<bool> {
+        match self {
+            Outcome::Success => Some(false),
+            Outcome::Grpc(code) => Some(grpc::is_load_error(code)),
+            Outcome::Status(_)
+            | Outcome::ConnectFailure
+            | Outcome::RefusedStream
+            | Outcome::Reset
+            | Outcome::Timeout => Some(true),
+            Outcome::Local => None,
+        }
+    }
+
+    /// Every reason a retry can have (`retries_total{reason}`: [`Outcome::reason`] of the
+    /// failures that are retried).
+    pub const RETRY_REASONS: [&'static str; 6] =
+        ["5xx", "grpc-status", "connect-failure", "refused-stream", "reset", "per-try-timeout"];
 
     /// A label for `retries_total{reason}`.
     pub fn reason(self) -> &'static str {

@@ -275,6 +275,8 @@ where
             attempt,
             tried: std::mem::take(&mut up.tried),
             deadline: up.deadline,
+            try_deadline: None,
+            fallback: None,
             trace: span.as_ref().and_then(|s| s.span.as_ref()).map(|s| s.context().clone()),
         };
         this.req.extensions_mut().clear();
@@ -388,16 +390,22 @@ impl Drop for AttemptSpan {
     }
 }
 
-async fn one_try<S>(inner: S, up: Upstream, per_try: Option<Duration>) -> Result<Answered, ProxyError>
+async fn one_try<S>(inner: S, mut up: Upstream, per_try: Option<Duration>) -> Result<Answered, ProxyError>
 where
     S: Service<Upstream, Response = Answered, Error = ProxyError>,
 {
     match per_try {
         None => inner.oneshot(up).await,
-        Some(d) => match tokio::time::timeout(d, inner.oneshot(up)).await {
-            Ok(r) => r,
-            Err(_) => Err(ProxyError::Timeout { after: d, per_try: true }),
-        },
+        Some(d) => {
+            // Before the timer below: when it fires, the try is dropped past this deadline
+            // and its balance stage reports the timeout to the breaker, outlier detection and
+            // the latency estimate.
+            up.try_deadline = Instant::now().checked_add(d);
+            match tokio::time::timeout(d, inner.oneshot(up)).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::Timeout { after: d, per_try: true }),
+            }
+        }
     }
 }
 

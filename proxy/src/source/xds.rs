@@ -18,7 +18,7 @@ use outrider_xds::resources::{
 };
 use parking_lot::Mutex;
 
-use crate::state::{Builder, Store, Versions};
+use crate::state::{Builder, ResourceVersions, Store, Versions};
 use crate::telemetry::metrics::{Metrics, TypeLabels, XdsLabels, version_value};
 
 /// Which ADS variant to use (`--xds-protocol`).
@@ -34,6 +34,21 @@ pub struct XdsConfig {
     pub advertise: Option<std::net::SocketAddr>,
     /// Labels of the registered workload (`--label`).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Largest xDS response decoded (`--xds-max-message`).
+    pub max_message: usize,
+}
+
+impl XdsConfig {
+    /// `address` over `protocol`, nothing to advertise, no labels, the default decode limit.
+    pub fn new(address: impl Into<String>, protocol: Protocol) -> Self {
+        Self {
+            address: address.into(),
+            protocol,
+            advertise: None,
+            labels: Default::default(),
+            max_message: outrider_xds::ads::DEFAULT_MAX_MESSAGE,
+        }
+    }
 }
 
 /// The latest accepted resources of every type.
@@ -41,6 +56,8 @@ pub struct XdsConfig {
 struct Accepted {
     resources: Resources,
     versions: Versions,
+    /// Each resource's own version, for `/config_dump`.
+    resource_versions: ResourceVersions,
     /// Types received from the server so far.
     received: BTreeSet<&'static str>,
 }
@@ -144,6 +161,9 @@ impl XdsHandler {
         let mut accepted = self.accepted.lock();
         let mut next = accepted.clone();
         let version = update.version.to_owned();
+        let own: std::collections::BTreeMap<String, String> =
+            update.resources.iter().map(|(name, r)| (name.clone(), r.version.clone())).collect();
+        next.resource_versions.insert(label_section(update.type_url), own);
         match update.type_url {
             LISTENER_TYPE_URL => {
                 next.resources.listeners = decode_all(update)?;
@@ -179,6 +199,7 @@ impl XdsHandler {
             next.received.insert(l);
         }
         snapshot.versions = next.versions.clone();
+        snapshot.stamp_versions(&next.resource_versions);
         let complete = next.received.len() == ALL_TYPES.len();
         if complete || self.started {
             self.store.apply(snapshot);
@@ -186,6 +207,16 @@ impl XdsHandler {
         }
         *accepted = next;
         Ok(())
+    }
+}
+
+/// The `/config_dump` section of a type URL.
+fn label_section(type_url: &str) -> &'static str {
+    match type_url {
+        LISTENER_TYPE_URL => "listeners",
+        ROUTE_CONFIGURATION_TYPE_URL => "routes",
+        CLUSTER_TYPE_URL => "clusters",
+        _ => "endpoints",
     }
 }
 
@@ -224,8 +255,10 @@ impl Handler for XdsHandler {
 }
 
 /// The node this proxy reports: id, service (as `cluster` and `metadata.service`), namespace,
-/// and for a sidecar of a service the workload to register (`metadata.advertise`: `--advertise`,
-/// else the inbound listener when bound to a specific IP) with its `labels`.
+/// and for a sidecar of a service the `labels` of its workload and, when it knows it, the
+/// address to register (`metadata.advertise`: `--advertise`, else the inbound listener when
+/// bound to a specific IP). Without one, the ADS client adds the local address of its
+/// connection with the inbound port (see [`advertise_local_port`]).
 pub fn node(
     node_id: &str,
     service: Option<&str>,
@@ -236,17 +269,16 @@ pub fn node(
     let mut fields = vec![("namespace", names::string_value(namespace))];
     if let Some(s) = service {
         fields.push(("service", names::string_value(s)));
-        let advertise = config.advertise.or((!inbound.ip().is_unspecified()).then_some(inbound));
-        if let Some(a) = advertise {
+        if let Some(a) = advertise(config, inbound) {
             fields.push(("advertise", names::string_value(&a.to_string())));
-            let labels = names::string_struct(&config.labels);
-            fields.push((
-                "labels",
-                envoy_types::pb::google::protobuf::Value {
-                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(labels)),
-                },
-            ));
         }
+        let labels = names::string_struct(&config.labels);
+        fields.push((
+            "labels",
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(labels)),
+            },
+        ));
     }
     let metadata: Struct = names::struct_of(fields);
     Node {
@@ -263,6 +295,19 @@ pub fn node(
     }
 }
 
+/// The address a sidecar registers when it knows it: `--advertise`, else its inbound listener
+/// when bound to a specific IP.
+fn advertise(config: &XdsConfig, inbound: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    config.advertise.or((!inbound.ip().is_unspecified()).then_some(inbound))
+}
+
+/// For a sidecar of a service that does not know its address (no `--advertise`, inbound
+/// listener on every address): the inbound port, registered at the local address of the xDS
+/// connection (the pod IP in a pod).
+pub fn advertise_local_port(service: Option<&str>, config: &XdsConfig, inbound: std::net::SocketAddr) -> Option<u16> {
+    (service.is_some() && advertise(config, inbound).is_none()).then_some(inbound.port())
+}
+
 /// The client and its handler, ready to run on the control runtime.
 #[derive(Debug)]
 pub struct XdsSource {
@@ -277,7 +322,20 @@ impl XdsSource {
         let initial = policy.and_then(|p| outrider_xds::load_file(p).ok()).map(|set| outrider_xds::translate(&set));
         let mut client = ClientConfig::new(config.address.clone(), node);
         client.protocol = config.protocol;
+        client.max_message = config.max_message;
         Self { client, handler: Arc::new(XdsHandler::new(store, metrics, initial)), node_updates: None }
+    }
+
+    /// Register at the local address of the xDS connection with this port (see
+    /// [`advertise_local_port`]).
+    pub fn advertise_local_port(&mut self, port: Option<u16>) {
+        self.client.advertise_local_port = port;
+    }
+
+    /// Send the join token in this file with every xDS stream: the control plane then accepts
+    /// the workload's registration without a client certificate.
+    pub fn set_join_token(&mut self, path: std::path::PathBuf) {
+        self.client.join_token = Some(path);
     }
 
     /// Adds the workload's SPIFFE ID to the node metadata: the control plane then registers the
@@ -321,8 +379,8 @@ impl XdsSource {
     }
 
     /// Run until the task is dropped. When `draining` becomes true the client tells the
-    /// control plane, which deregisters this workload at once (DESIGN.md §4: a sidecar
-    /// "deregisters on drain") rather than after the stream's grace period.
+    /// control plane, which deregisters this workload at once (docs/architecture.md, "Design
+    /// for failure") rather than after the stream's grace period.
     pub async fn run(self, draining: tokio::sync::watch::Receiver<bool>) {
         let mut client = AdsClient::new(self.client).with_drain(draining);
         if let Some(updates) = self.node_updates {
@@ -376,6 +434,7 @@ mod tests {
         let mut bad = res.clusters.clone();
         for c in &mut bad {
             c.lb_policy = LbPolicy::Maglev as i32;
+            c.load_balancing_policy = None;
         }
         let bad = typed(CLUSTER_TYPE_URL, &bad, |c| c.name.clone());
         let err = handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v2", resources: &bad }).unwrap_err();
@@ -398,6 +457,34 @@ mod tests {
             handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v3", resources: &garbage }).unwrap_err();
         assert!(err.contains("cannot decode"), "{err}");
         assert_eq!(store.load().versions.clusters, "v1");
+    }
+
+    /// `/config_dump` shows each resource's own version (Delta) and each type's version, not
+    /// the version of whichever update came last.
+    #[test]
+    fn the_dump_has_the_version_of_each_resource_and_of_each_type() {
+        let store = Arc::new(Store::new());
+        let handler = XdsHandler::new(store.clone(), Metrics::new(), None);
+        let res = outrider_xds::translate(&outrider_xds::load_str("t.yaml", POLICY).unwrap());
+        for (type_url, resources) in updates(&res) {
+            handler.update(&Update { type_url, version: "v1", resources: &resources }).unwrap();
+        }
+        let mut clusters = typed(CLUSTER_TYPE_URL, &res.clusters, |c| c.name.clone());
+        for resource in clusters.values_mut() {
+            resource.version = "c7".into();
+        }
+        handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v2", resources: &clusters }).unwrap();
+        let dump = store.load().dump.clone();
+        assert_eq!(dump["clusters"]["version"], "v2");
+        assert_eq!(dump["listeners"]["version"], "v1", "a cluster update leaves the listeners' version");
+        let echo =
+            dump["clusters"]["resources"].as_array().unwrap().iter().find(|c| c["name"] == "outbound|8080||echo");
+        assert_eq!(echo.unwrap()["version"], "c7");
+        for section in ["listeners", "routes", "endpoints"] {
+            for resource in dump[section]["resources"].as_array().unwrap() {
+                assert_eq!(resource["version"], "v1", "{section}: {resource}");
+            }
+        }
     }
 
     #[test]

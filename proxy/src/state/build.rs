@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster as XCluster, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XCluster;
 use envoy_types::pb::envoy::config::core::v3::{Metadata, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
@@ -105,6 +105,7 @@ impl Builder {
                                             pool: Arc::new(EndpointPool::new(addr)),
                                             health: Default::default(),
                                             load: Default::default(),
+                                            breaker: Default::default(),
                                         })
                                     });
                                     next_carried.insert(key, shared.clone());
@@ -139,6 +140,10 @@ impl Builder {
                             "window": b.window, "minimum_calls": b.minimum_calls,
                             "open_duration_ms": b.open_duration.as_millis() as u64,
                             "half_open_calls": b.half_open_calls,
+                            "scope": b.scope.as_str(),
+                        })),
+                        "fallback": policy.fallback.as_ref().map(|f| json!({
+                            "cluster": &*f.cluster, "subset": f.subset,
                         })),
                         "retry_budget": policy.budget.map(|b| json!({
                             "ratio": b.ratio, "min_per_second": b.min_per_second, "window_ms": b.window.as_millis() as u64,
@@ -174,12 +179,13 @@ impl Builder {
         }
         drop(carried);
         drop(carried_clusters);
+        let fallbacks = resolve_fallbacks(&clusters, &cluster_endpoints, &mut ctx);
 
         let mut vhosts: HashMap<Box<str>, Arc<VirtualHost>> = HashMap::new();
         let mut vhosts_by_name: HashMap<String, Arc<VirtualHost>> = HashMap::new();
         let mut dump_routes = Vec::new();
         for rc in &res.routes {
-            let (hosts, dump) = route_config_from(rc, &clusters, &cluster_endpoints, &mut ctx);
+            let (hosts, dump) = route_config_from(rc, &clusters, &cluster_endpoints, &fallbacks, &mut ctx);
             dump_routes.push(dump);
             for (domains, vh) in hosts {
                 vhosts_by_name.insert(format!("{}/{}", rc.name, vh.name), vh.clone());
@@ -247,7 +253,9 @@ impl Builder {
         }
         drop(carried);
         drop(carried_clusters);
-        (Snapshot { versions, outbound, vhosts, clusters, inbound, dump, tracing }, rejected)
+        let mut snapshot = Snapshot { versions, outbound, vhosts, clusters, inbound, dump, tracing };
+        snapshot.stamp_versions(&ResourceVersions::new());
+        (snapshot, rejected)
     }
 }
 
@@ -314,14 +322,7 @@ fn cluster_from(xc: &XCluster) -> Result<ClusterParts, String> {
     if connect_timeout.is_zero() {
         return Err("connect_timeout must be greater than 0".into());
     }
-    let lb = match cluster::LbPolicy::try_from(xc.lb_policy) {
-        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::P2cEwma,
-        Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
-        other => {
-            return Err(format!("lb_policy {other:?} is not supported (use LEAST_REQUEST, ROUND_ROBIN or RANDOM)"));
-        }
-    };
+    let lb = super::lb::lb_policy_of(xc)?;
     let meta = outrider_meta(xc.metadata.as_ref());
     let service: Arc<str> = Arc::from(meta.and_then(|m| struct_str(m, "service")).unwrap_or(&xc.name));
     let mut protocol = ClusterProtocol::Tcp;
@@ -478,10 +479,54 @@ fn dump_cla(name: &str, eps: &[Arc<Endpoint>]) -> serde_json::Value {
 
 type Hosts = Vec<(Vec<String>, Arc<VirtualHost>)>;
 
+/// Each cluster's fallback, resolved to a cluster of the snapshot and the endpoints with the
+/// fallback's labels. A fallback the proxy cannot use is rejected (the cluster still serves,
+/// without it).
+fn resolve_fallbacks(
+    clusters: &BTreeMap<Arc<str>, Arc<Cluster>>,
+    cluster_endpoints: &HashMap<Arc<str>, Vec<Arc<Endpoint>>>,
+    ctx: &mut Ctx<'_>,
+) -> HashMap<Arc<str>, Arc<Fallback>> {
+    let mut out = HashMap::new();
+    for (name, c) in clusters {
+        let Some(f) = &c.policy.fallback else { continue };
+        let Some(target) = clusters.get(&f.cluster) else {
+            ctx.reject(
+                "Cluster",
+                name,
+                format!("fallback names cluster {}, which this config does not have", f.cluster),
+            );
+            continue;
+        };
+        if (target.protocol == ClusterProtocol::Tcp) != (c.protocol == ClusterProtocol::Tcp) {
+            ctx.reject("Cluster", name, format!("fallback cluster {} is not of the same protocol family", f.cluster));
+            continue;
+        }
+        let endpoints = subset_balancer(target, cluster_endpoints, &f.subset);
+        out.insert(name.clone(), Arc::new(Fallback { cluster: target.clone(), endpoints }));
+    }
+    out
+}
+
+/// The endpoints of `cluster` carrying every label of `labels` (all of them without labels).
+fn subset_balancer(
+    cluster: &Cluster,
+    cluster_endpoints: &HashMap<Arc<str>, Vec<Arc<Endpoint>>>,
+    labels: &BTreeMap<String, String>,
+) -> Arc<Balancer<Arc<Endpoint>>> {
+    if labels.is_empty() {
+        return cluster.endpoints.clone();
+    }
+    let all = cluster_endpoints.get(&cluster.name).map(Vec::as_slice).unwrap_or(&[]);
+    let eps = all.iter().filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))).cloned().collect();
+    Arc::new(Balancer::new(cluster.lb, eps))
+}
+
 fn route_config_from(
     rc: &RouteConfiguration,
     clusters: &BTreeMap<Arc<str>, Arc<Cluster>>,
     cluster_endpoints: &HashMap<Arc<str>, Vec<Arc<Endpoint>>>,
+    fallbacks: &HashMap<Arc<str>, Arc<Fallback>>,
     ctx: &mut Ctx<'_>,
 ) -> (Hosts, serde_json::Value) {
     let mut hosts = Vec::new();
@@ -491,7 +536,7 @@ fn route_config_from(
         let mut dump_r = Vec::new();
         for (i, r) in vh.routes.iter().enumerate() {
             let name = if r.name.is_empty() { format!("route-{i}") } else { r.name.clone() };
-            match route_from(r, clusters, cluster_endpoints) {
+            match route_from(r, clusters, cluster_endpoints, fallbacks) {
                 Ok((route, dump)) => {
                     routes.push(Route { name: Arc::from(name.as_str()), ..route });
                     dump_r.push(json!({"name": name, "match": dump.0, "split": dump.1}));
@@ -517,6 +562,7 @@ fn route_from(
     r: &envoy_types::pb::envoy::config::route::v3::Route,
     clusters: &BTreeMap<Arc<str>, Arc<Cluster>>,
     cluster_endpoints: &HashMap<Arc<str>, Vec<Arc<Endpoint>>>,
+    fallbacks: &HashMap<Arc<str>, Arc<Fallback>>,
 ) -> Result<(Route, (serde_json::Value, serde_json::Value)), String> {
     let m = r.r#match.as_ref().ok_or("route has no match")?;
     let path = match &m.path_specifier {
@@ -575,14 +621,16 @@ fn route_from(
         let cluster = clusters.get(cname.as_str()).ok_or_else(|| format!("references unknown cluster {cname}"))?;
         let endpoints = match &subset {
             None => cluster.endpoints.clone(),
-            Some(labels) => {
-                let all = cluster_endpoints.get(&cluster.name).map(Vec::as_slice).unwrap_or(&[]);
-                let eps =
-                    all.iter().filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))).cloned().collect();
-                Arc::new(Balancer::new(cluster.lb, eps))
-            }
+            Some(labels) => subset_balancer(cluster, cluster_endpoints, labels),
         };
-        splits.push(Split { cluster: cluster.clone(), weight, subset, endpoints });
+        // A fallback to the very endpoints of the split would change nothing.
+        let fallback = fallbacks.get(&cluster.name).filter(|f| {
+            let same_cluster = Arc::ptr_eq(&f.cluster, cluster);
+            let same_subset = cluster.policy.fallback.as_ref().is_some_and(|c| Some(&c.subset) == subset.as_ref())
+                || (subset.is_none() && cluster.policy.fallback.as_ref().is_some_and(|c| c.subset.is_empty()));
+            !(same_cluster && same_subset)
+        });
+        splits.push(Split { cluster: cluster.clone(), weight, subset, endpoints, fallback: fallback.cloned() });
     }
     let total: u64 = splits.iter().map(|s| u64::from(s.weight)).sum();
     let Ok(total_weight) = u32::try_from(total) else {
@@ -597,7 +645,10 @@ fn route_from(
     });
     let dump_split = splits
         .iter()
-        .map(|s| json!({"cluster": &*s.cluster.name, "weight": s.weight, "subset": s.subset, "endpoints": s.endpoints.items().len()}))
+        .map(|s| json!({
+            "cluster": &*s.cluster.name, "weight": s.weight, "subset": s.subset, "endpoints": s.endpoints.items().len(),
+            "fallback": s.fallback.as_ref().map(|f| json!({"cluster": &*f.cluster.name, "endpoints": f.endpoints.items().len()})),
+        }))
         .collect::<Vec<_>>();
     let policy = Arc::new(super::policy::route_policy(r, action)?);
     let route = Route { name: Arc::from(""), policy, path, headers, splits, total_weight };
@@ -730,44 +781,4 @@ fn chain_target(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resources(endpoints: &[&str]) -> Resources {
-        let eps: String = endpoints.iter().map(|e| format!("    - {{address: \"{e}\"}}\n")).collect();
-        let yaml = format!(
-            "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  port: 8080\n  endpoints:\n{eps}"
-        );
-        outrider_xds::translate(&outrider_xds::load_str("t.yaml", &yaml).unwrap())
-    }
-
-    fn shared_of(snap: &Snapshot, addr: &str) -> Arc<EndpointShared> {
-        let c = snap.clusters.values().next().unwrap();
-        c.endpoints.items().iter().find(|e| e.addr.to_string() == addr).unwrap().shared.clone()
-    }
-
-    #[test]
-    fn endpoint_state_is_carried_and_survives_a_rejected_build() {
-        let b = Builder::new();
-        let (first, rejected) = b.build(&resources(&["127.0.0.1:1", "127.0.0.1:2"]));
-        assert!(rejected.is_empty());
-        let e2 = shared_of(&first, "127.0.0.1:2");
-
-        // A build that drops endpoint 2 but is rejected (an unsupported lb policy)
-        // must not forget endpoint 2's state: the first snapshot stays in force.
-        let mut bad = resources(&["127.0.0.1:1"]);
-        let c = bad.clusters.iter_mut().find(|c| c.name != names::PASSTHROUGH_CLUSTER).unwrap();
-        c.lb_policy = cluster::LbPolicy::Maglev as i32;
-        let (_, rejected) = b.build(&bad);
-        assert!(!rejected.is_empty());
-
-        let (third, rejected) = b.build(&resources(&["127.0.0.1:1", "127.0.0.1:2"]));
-        assert!(rejected.is_empty());
-        assert!(Arc::ptr_eq(&e2, &shared_of(&third, "127.0.0.1:2")), "EWMA, pool and health carried over");
-
-        // An accepted build without endpoint 2 does drop it.
-        b.build(&resources(&["127.0.0.1:1"]));
-        let (fifth, _) = b.build(&resources(&["127.0.0.1:1", "127.0.0.1:2"]));
-        assert!(!Arc::ptr_eq(&e2, &shared_of(&fifth, "127.0.0.1:2")));
-    }
-}
+mod tests;

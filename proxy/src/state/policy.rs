@@ -1,4 +1,5 @@
 //! Envoy route / cluster fields → the proxy's policy config (once per snapshot).
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XCluster;
@@ -12,8 +13,8 @@ use outrider_xds::resources::{self as names, Resilience};
 use super::build::{decode_any, duration_from};
 use crate::backoff::ExponentialBackoff;
 use crate::policy::config::{
-    BreakerConfig, BudgetConfig, ClusterPolicy, FaultPolicy, OutlierConfig, RetryOn, RetryPolicy, RoutePolicy,
-    Thresholds,
+    BreakerConfig, BreakerScope, BudgetConfig, ClusterPolicy, FallbackConfig, FaultPolicy, OutlierConfig, RetryOn,
+    RetryPolicy, RoutePolicy, Thresholds,
 };
 
 /// Upstream connections idle this long are closed unless the policy says otherwise.
@@ -26,7 +27,8 @@ fn dur(field: &str, d: &Option<envoy_types::pb::google::protobuf::Duration>) -> 
 /// The most retries of one request the proxy makes (the policy allows 10; Envoy
 /// has no limit, but more than this is a mistake, not a policy).
 pub const MAX_RETRIES_PER_REQUEST: u32 = 100;
-/// The breaker's count window and half-open probes (as the policy validator allows).
+/// The breaker's count window and half-open probes (as the policy validator allows): they
+/// bound the memory of each state machine.
 pub const MAX_BREAKER_WINDOW: u32 = 10_000;
 pub const MAX_HALF_OPEN_CALLS: u32 = 1000;
 
@@ -168,6 +170,7 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
     };
     let mut breaker = None;
     let mut budget = None;
+    let mut fallback = None;
     let mut upstream_idle_timeout = Some(DEFAULT_UPSTREAM_IDLE);
     if let Some(any) = xc.typed_extension_protocol_options.get(names::RESILIENCE_KEY) {
         let r: Resilience = decode_any(any)?;
@@ -183,6 +186,11 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
                 ));
             }
             let window = b.window.max(1);
+            let scope = match names::BreakerScope::try_from(b.scope) {
+                Ok(names::BreakerScope::Endpoint) => BreakerScope::Endpoint,
+                Ok(names::BreakerScope::Service) => BreakerScope::Service,
+                Err(_) => return Err(format!("breaker scope {} is not supported (0 endpoint, 1 service)", b.scope)),
+            };
             breaker = Some(BreakerConfig {
                 failure_rate_threshold: b.failure_rate_threshold.clamp(1, 100),
                 slow_call_duration: dur("outrider.resilience breaker.slow_call_duration", &b.slow_call_duration)?
@@ -193,7 +201,14 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
                 open_duration: dur("outrider.resilience breaker.open_duration", &b.open_duration)?
                     .unwrap_or(Duration::from_secs(60)),
                 half_open_calls: b.half_open_calls.max(1),
+                scope,
             });
+        }
+        if let Some(f) = r.fallback {
+            if f.cluster.is_empty() {
+                return Err("fallback names no cluster".into());
+            }
+            fallback = Some(FallbackConfig { cluster: Arc::from(f.cluster), subset: f.subset });
         }
         if let Some(rb) = r.retry_budget {
             if !(0.0..=1000.0).contains(&rb.ratio) {
@@ -208,7 +223,7 @@ pub fn cluster_policy(xc: &XCluster) -> Result<ClusterPolicy, String> {
             });
         }
     }
-    Ok(ClusterPolicy { thresholds, upstream_idle_timeout, breaker, budget, outlier })
+    Ok(ClusterPolicy { thresholds, upstream_idle_timeout, breaker, budget, outlier, fallback })
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use http::Response;
 use http_body::{Body as _, Frame};
 use tokio::time::Instant;
 
-use super::metrics::{Direction, DirectionLabels, DurationLabels, LocalReplyLabels, Metrics, RequestLabels};
+use super::metrics::{
+    Direction, DirectionLabels, DurationLabels, LocalReplyLabels, Metrics, RequestLabels, WorkloadLabel,
+};
 use super::trace::{self, HttpAttrs, Span, SpanKind, TraceCx, Tracer};
 use crate::http::Body;
 use crate::http::body::BodyError;
@@ -27,12 +29,24 @@ pub struct Recorder {
     pub access_log_sample: f64,
     /// Spans per request, when tracing is on.
     pub tracer: Option<Arc<Tracer>>,
+    /// Node mode: the served workload (`NAMESPACE/SERVICE_ACCOUNT`) this recorder's requests
+    /// and connections belong to; a label of the request metrics and a field of access logs.
+    pub workload: Option<Arc<str>>,
 }
 
 impl Recorder {
     /// Access log on or off, every line kept, no tracing.
     pub fn new(metrics: Metrics, access_log: bool) -> Self {
-        Self { metrics, access_log, access_log_sample: 1.0, tracer: None }
+        Self { metrics, access_log, access_log_sample: 1.0, tracer: None, workload: None }
+    }
+
+    /// The same recorder for one served workload (node mode).
+    pub fn for_workload(&self, workload: &str) -> Self {
+        Self { workload: Some(Arc::from(workload)), ..self.clone() }
+    }
+
+    fn workload_label(&self) -> WorkloadLabel {
+        WorkloadLabel(self.workload.clone())
     }
 
     /// Does this request or connection get an access-log line?
@@ -202,10 +216,15 @@ impl RequestRecord {
                 service: self.service.clone(),
                 route: self.route.clone(),
                 code: status,
+                workload: self.recorder.workload_label(),
             })
             .inc();
         m.request_duration
-            .get_or_create(&DurationLabels { direction: self.direction, service: self.service.clone() })
+            .get_or_create(&DurationLabels {
+                direction: self.direction,
+                service: self.service.clone(),
+                workload: self.recorder.workload_label(),
+            })
             .observe(elapsed.as_secs_f64());
         if let Some(reason) = local_reply {
             m.local_replies.get_or_create(&LocalReplyLabels { direction: self.direction, reason }).inc();
@@ -254,6 +273,7 @@ impl RequestRecord {
                 response_bytes,
                 complete,
                 peer_identity = self.peer.as_ref().map_or("", |p| p.as_str()),
+                workload = self.recorder.workload.as_deref().unwrap_or(""),
             );
         }
         if let Some(span) = self.span.take() {
@@ -404,6 +424,7 @@ impl TcpRecord {
                 duration_ms = ms(self.start.elapsed()),
                 error = error.unwrap_or(""),
                 peer_identity = self.peer.as_ref().map_or("", |p| p.as_str()),
+                workload = self.recorder.workload.as_deref().unwrap_or(""),
             );
         }
     }

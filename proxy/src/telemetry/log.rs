@@ -16,6 +16,23 @@ impl std::fmt::Debug for LogHandle {
 
 const DEFAULT_FILTER: &str = "info";
 
+/// `09:47:35 UTC, 42s ago`: when something began, for a log line that says it ended.
+pub fn since(start: std::time::SystemTime) -> String {
+    since_at(start, std::time::SystemTime::now())
+}
+
+fn since_at(start: std::time::SystemTime, now: std::time::SystemTime) -> String {
+    let secs = start.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let ago = now.duration_since(start).map(|d| d.as_secs()).unwrap_or(0);
+    format!(
+        "{:02}:{:02}:{:02} UTC, {} ago",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+        outrider_xds::duration::format(std::time::Duration::from_secs(ago))
+    )
+}
+
 /// Install the global subscriber: one JSON object per line on stdout (or text).
 pub fn init(format: LogFormat) -> LogHandle {
     let filter = EnvFilter::try_from_env("OUTRIDER_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -50,5 +67,17 @@ impl LogHandle {
             Some(h) => h.reload(filter).map_err(|e| e.to_string()),
             None => Err("logging is not owned by this process".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod since_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn since_names_the_time_of_day_and_how_long_ago() {
+        let start = UNIX_EPOCH + Duration::from_secs(86_400 * 3 + 9 * 3600 + 47 * 60 + 5);
+        assert_eq!(super::since_at(start, start + Duration::from_secs(90)), "09:47:05 UTC, 1m30s ago");
+        assert_eq!(super::since_at(start, start), "09:47:05 UTC, 0s ago");
     }
 }

@@ -3,7 +3,7 @@
 //! config snapshot, never from raw request data.
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
@@ -14,18 +14,36 @@ pub enum Direction {
     inbound,
 }
 
+/// Node mode: the served workload a request belongs to (`workload="NAMESPACE/SERVICE_ACCOUNT"`:
+/// the caller on outbound, the callee on inbound). A sidecar serves one workload: no label.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct WorkloadLabel(pub Option<Arc<str>>);
+
+impl EncodeLabelSet for WorkloadLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(w) => [("workload", w.as_ref())].encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
     pub service: Arc<str>,
     pub route: Arc<str>,
     pub code: u16,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
     pub direction: Direction,
     pub service: Arc<str>,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +143,8 @@ pub struct Families {
     pub local_replies: Family<LocalReplyLabels, Counter>,
     pub tcp_connections_open: Family<DirectionLabels, Gauge>,
     pub tcp_connections: Family<DirectionLabels, Counter>,
+    /// Connections closed at accept because `--max-connections` were open.
+    pub tcp_connections_refused: Family<DirectionLabels, Counter>,
     pub tcp_bytes: Family<DirectionLabels, Counter>,
     pub xds_updates: Family<XdsLabels, Counter>,
     pub config_version: Family<TypeLabels, Gauge>,
@@ -135,6 +155,8 @@ pub struct Families {
     pub faults_injected: Family<ServiceKindLabels, Counter>,
     pub circuit_breaker_state: Family<ServiceLabels, Gauge>,
     pub circuit_breaker_rejections: Family<ServiceReasonLabels, Counter>,
+    pub circuit_breaker_endpoints: Family<EndpointStateLabels, Gauge>,
+    pub circuit_breaker_fallbacks: Family<ServiceLabels, Counter>,
     pub outlier_ejections: Family<ServiceLabels, Counter>,
     pub endpoints: Family<EndpointStateLabels, Gauge>,
     pub trace_spans_exported: Counter,
@@ -145,6 +167,9 @@ pub struct Families {
     pub tls_handshake_errors: Family<DirectionLabels, Counter>,
     pub authorization_denied: Family<DenialLabels, Counter>,
     pub plaintext_refused: Family<ServiceLabels, Counter>,
+    /// 1 while this sidecar's `--service` names no Service in the config (its inbound traffic
+    /// has no mTLS mode or authorization policy), 0 once it does.
+    pub service_missing: Family<ServiceLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,6 +206,12 @@ impl Metrics {
         registry.register("tcp_connections_open", "Accepted connections currently open", tcp_connections_open.clone());
         let tcp_connections = Family::<DirectionLabels, Counter>::default();
         registry.register("tcp_connections", "Accepted connections", tcp_connections.clone());
+        let tcp_connections_refused = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tcp_connections_refused",
+            "Connections closed at once because --max-connections downstream connections were open",
+            tcp_connections_refused.clone(),
+        );
         let tcp_bytes = Family::<DirectionLabels, Counter>::default();
         registry.register("tcp_bytes", "Bytes copied by opaque TCP proxying, by direction", tcp_bytes.clone());
         let xds_updates = Family::<XdsLabels, Counter>::default();
@@ -222,6 +253,18 @@ impl Metrics {
             "circuit_breaker_rejections",
             "Requests and retries rejected by a circuit breaker, by reason (open, max-requests, max-pending, max-connections, max-retries)",
             circuit_breaker_rejections.clone(),
+        );
+        let circuit_breaker_endpoints = Family::<EndpointStateLabels, Gauge>::default();
+        registry.register(
+            "circuit_breaker_endpoints",
+            "Endpoints per service by the state of their own breaker (scope: endpoint): closed, open, half-open",
+            circuit_breaker_endpoints.clone(),
+        );
+        let circuit_breaker_fallbacks = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "circuit_breaker_fallbacks",
+            "Attempts sent to the fallback because every endpoint of their split was open (or it had none)",
+            circuit_breaker_fallbacks.clone(),
         );
         let outlier_ejections = Family::<ServiceLabels, Counter>::default();
         registry.register("outlier_ejections", "Endpoints ejected by outlier detection", outlier_ejections.clone());
@@ -265,8 +308,15 @@ impl Metrics {
             "Inbound plaintext connections refused because the service is in strict mTLS mode",
             plaintext_refused.clone(),
         );
+        let service_missing = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "service_missing",
+            "1 while this sidecar's --service names no Service in the config (inbound traffic then has no mTLS mode or authorization policy), else 0",
+            service_missing.clone(),
+        );
         let families = Families {
             registry: Arc::new(registry),
+            service_missing,
             tls_certificate_expiry_seconds,
             tls_connections,
             tls_handshake_errors,
@@ -278,6 +328,8 @@ impl Metrics {
             faults_injected,
             circuit_breaker_state,
             circuit_breaker_rejections,
+            circuit_breaker_endpoints,
+            circuit_breaker_fallbacks,
             outlier_ejections,
             endpoints,
             trace_spans_exported,
@@ -287,6 +339,7 @@ impl Metrics {
             local_replies,
             tcp_connections_open,
             tcp_connections,
+            tcp_connections_refused,
             tcp_bytes,
             xds_updates,
             config_version,
@@ -314,6 +367,7 @@ impl Metrics {
         "outrider_local_replies_total",
         "outrider_tcp_connections_open",
         "outrider_tcp_connections_total",
+        "outrider_tcp_connections_refused_total",
         "outrider_tcp_bytes_total",
         "outrider_xds_updates_total",
         "outrider_config_version",
@@ -323,6 +377,8 @@ impl Metrics {
         "outrider_faults_injected_total",
         "outrider_circuit_breaker_state",
         "outrider_circuit_breaker_rejections_total",
+        "outrider_circuit_breaker_endpoints",
+        "outrider_circuit_breaker_fallbacks_total",
         "outrider_outlier_ejections_total",
         "outrider_endpoints",
         "outrider_trace_spans_exported_total",
@@ -332,6 +388,7 @@ impl Metrics {
         "outrider_tls_handshake_errors_total",
         "outrider_authorization_denied_total",
         "outrider_plaintext_refused_total",
+        "outrider_service_missing",
     ];
 }
 
@@ -360,11 +417,17 @@ mod tests {
             service: svc.clone(),
             route: svc.clone(),
             code: 200,
+            workload: WorkloadLabel::default(),
         });
-        let _ = m.request_duration.get_or_create(&DurationLabels { direction: d, service: svc.clone() });
+        let _ = m.request_duration.get_or_create(&DurationLabels {
+            direction: d,
+            service: svc.clone(),
+            workload: WorkloadLabel::default(),
+        });
         let _ = m.local_replies.get_or_create(&LocalReplyLabels { direction: d, reason: "r" });
         let _ = m.tcp_connections_open.get_or_create(&DirectionLabels { direction: d });
         let _ = m.tcp_connections.get_or_create(&DirectionLabels { direction: d });
+        let _ = m.tcp_connections_refused.get_or_create(&DirectionLabels { direction: d });
         let _ = m.tcp_bytes.get_or_create(&DirectionLabels { direction: d });
         let _ = m.xds_updates.get_or_create(&XdsLabels { r#type: "t", result: "accepted" });
         let _ = m.config_version.get_or_create(&TypeLabels { r#type: "t" });
@@ -374,6 +437,8 @@ mod tests {
         let _ = m.faults_injected.get_or_create(&ServiceKindLabels { service: svc.clone(), kind: "delay" });
         let _ = m.circuit_breaker_state.get_or_create(&ServiceLabels { service: svc.clone() });
         let _ = m.circuit_breaker_rejections.get_or_create(&ServiceReasonLabels { service: svc.clone(), reason: "r" });
+        let _ = m.circuit_breaker_endpoints.get_or_create(&EndpointStateLabels { service: svc.clone(), state: "open" });
+        let _ = m.circuit_breaker_fallbacks.get_or_create(&ServiceLabels { service: svc.clone() });
         let _ = m.outlier_ejections.get_or_create(&ServiceLabels { service: svc.clone() });
         let _ = m.endpoints.get_or_create(&EndpointStateLabels { service: svc.clone(), state: "healthy" });
         let _ = m.trace_spans_dropped.get_or_create(&TraceDropLabels { reason: "queue-full" });
@@ -381,6 +446,7 @@ mod tests {
         let _ = m.tls_handshake_errors.get_or_create(&DirectionLabels { direction: d });
         let _ = m.authorization_denied.get_or_create(&DenialLabels { service: svc.clone(), peer: svc.clone() });
         let _ = m.plaintext_refused.get_or_create(&ServiceLabels { service: svc.clone() });
+        let _ = m.service_missing.get_or_create(&ServiceLabels { service: svc.clone() });
         let text = m.encode();
         let declared: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
@@ -388,6 +454,45 @@ mod tests {
             declared,
             Metrics::FAMILIES,
             "touch every family above, and list it in FAMILIES and docs/metrics.md"
+        );
+    }
+
+    #[test]
+    fn the_workload_label_is_there_in_node_mode_only() {
+        let m = Metrics::new();
+        let svc: Arc<str> = Arc::from("echo");
+        for workload in [None, Some(Arc::from("shop/reviews"))] {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    direction: Direction::inbound,
+                    service: svc.clone(),
+                    route: svc.clone(),
+                    code: 200,
+                    workload: WorkloadLabel(workload.clone()),
+                })
+                .inc();
+            m.request_duration
+                .get_or_create(&DurationLabels {
+                    direction: Direction::inbound,
+                    service: svc.clone(),
+                    workload: WorkloadLabel(workload),
+                })
+                .observe(0.001);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "outrider_requests_total{direction=\"inbound\",service=\"echo\",route=\"echo\",code=\"200\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("outrider_requests_total{direction=\"inbound\",service=\"echo\",route=\"echo\",code=\"200\",workload=\"shop/reviews\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outrider_request_duration_seconds_count{direction=\"inbound\",service=\"echo\",workload=\"shop/reviews\"} 1\n"),
+            "{text}"
         );
     }
 }

@@ -42,7 +42,7 @@ impl Variant for Delta {
 
     async fn open(
         ads: &mut AggregatedDiscoveryServiceClient<Channel>,
-        requests: ReceiverStream<DeltaDiscoveryRequest>,
+        requests: tonic::Request<ReceiverStream<DeltaDiscoveryRequest>>,
     ) -> Result<Streaming<DeltaDiscoveryResponse>, tonic::Status> {
         Ok(ads.delta_aggregated_resources(requests).await?.into_inner())
     }

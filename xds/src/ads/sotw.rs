@@ -34,7 +34,7 @@ impl Variant for Sotw {
 
     async fn open(
         ads: &mut AggregatedDiscoveryServiceClient<Channel>,
-        requests: ReceiverStream<DiscoveryRequest>,
+        requests: tonic::Request<ReceiverStream<DiscoveryRequest>>,
     ) -> Result<Streaming<DiscoveryResponse>, tonic::Status> {
         Ok(ads.stream_aggregated_resources(requests).await?.into_inner())
     }

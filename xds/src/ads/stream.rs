@@ -28,7 +28,7 @@ pub(super) trait Variant {
 
     fn open(
         ads: &mut AggregatedDiscoveryServiceClient<Channel>,
-        requests: ReceiverStream<Self::Request>,
+        requests: tonic::Request<ReceiverStream<Self::Request>>,
     ) -> impl std::future::Future<Output = Result<Streaming<Self::Response>, tonic::Status>> + Send;
 
     /// Apply a response through `handler`; returns its ACK or NACK.
@@ -49,8 +49,24 @@ pub(super) async fn run<V: Variant>(
         tx.send(V::subscribe(client, type_url)).await.map_err(|_| AdsError::RequestChannel)?;
     }
     let mut tx = Some(tx);
-    let mut ads = AggregatedDiscoveryServiceClient::new(channel);
-    let mut responses = V::open(&mut ads, ReceiverStream::new(rx)).await?;
+    let mut ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(client.config.max_message);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(path) = &client.config.join_token {
+        // Read at every connect: a replaced token file is picked up.
+        let token = crate::join_token::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| crate::join_token::bearer(&t).parse().map_err(|e| format!("{e}")));
+        match token {
+            Ok(value) => {
+                request.metadata_mut().insert(crate::join_token::METADATA_KEY, value);
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                "connecting to the xDS server without the join token: the control plane will not register this workload"
+            ),
+        }
+    }
+    let mut responses = V::open(&mut ads, request).await?;
     handler.connected(true);
     tracing::info!(server = %client.config.address, protocol = V::NAME, "xDS stream established");
     let mut draining = client.draining.clone();

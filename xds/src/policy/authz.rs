@@ -20,6 +20,7 @@ pub struct AuthorizationPolicy {
 
 /// `spec` of an AuthorizationPolicy.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     /// Name of the Service whose inbound traffic this policy governs.
@@ -37,6 +38,7 @@ pub struct AuthorizationPolicySpec {
 
 /// `allow` or `deny`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AuthzAction {
     #[default]
@@ -46,6 +48,7 @@ pub enum AuthzAction {
 
 /// One `from` entry.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuthzSource {
     /// SPIFFE IDs of callers: exact, a prefix ending in `*`
@@ -55,6 +58,7 @@ pub struct AuthzSource {
 
 /// One `to` entry; both fields must match when both are given.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuthzOperation {
     /// Request paths (query excluded): exact, prefix ending in `*`, or suffix starting with `*`.

@@ -1,19 +1,22 @@
 //! The resilience fields of a TrafficPolicy: retries, circuit breaker, outlier detection and
-//! faults. Semantics: DESIGN.md §4 "Resilience semantics" and docs/policy.md.
+//! faults. Semantics: docs/policy.md ("Resilience") and docs/architecture.md.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Protocol, defaults};
+use super::defaults;
 
 /// `spec.retries`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Retries {
     /// Retries after the first try, 0..=10.
     pub attempts: u32,
     /// Limit of each try; at most `timeout` when both are set.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub per_try_timeout: Option<Duration>,
     /// What is retried. `non-idempotent` is a flag rather than a condition: it lets requests
@@ -59,6 +62,7 @@ impl Retries {
 
 /// One `retryOn` token; the spellings are Envoy's `retry_on` conditions.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RetryOn {
     ConnectFailure,
@@ -98,11 +102,14 @@ impl RetryOn {
 
 /// `spec.retries.backoff`: full jitter, sleep = random(0, min(max, base · 2^n)).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Backoff {
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub base: Duration,
     /// Absent: [`defaults::BACKOFF_MAX_FACTOR`] × `base` (see [`Backoff::max_interval`]).
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub max: Option<Duration>,
 }
@@ -123,11 +130,13 @@ impl Backoff {
 /// `spec.retries.budget`: at most `ratio` retries per original request over `window`, plus
 /// `minPerSecond`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryBudget {
     /// 0.0..=1.0.
     pub ratio: f64,
     pub min_per_second: u32,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub window: Duration,
 }
@@ -142,9 +151,47 @@ impl Default for RetryBudget {
     }
 }
 
+/// `spec.circuitBreaker.scope`: what one breaker state machine guards.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum BreakerScope {
+    /// One state machine per endpoint (Resilience4j guards one call target, Linkerd's failure
+    /// accrual one endpoint): an open endpoint is skipped, the others keep serving.
+    #[default]
+    Endpoint,
+    /// One state machine for the whole service: when it opens, every call to the service is
+    /// rejected (or sent to the fallback).
+    Service,
+}
+
+impl BreakerScope {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerScope::Endpoint => "endpoint",
+            BreakerScope::Service => "service",
+        }
+    }
+}
+
+/// `spec.circuitBreaker.fallback`: where a request goes when every endpoint of its split is open
+/// (or the split has no endpoints): a subset of the same service, or another service. Exactly
+/// one of the two.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct Fallback {
+    /// Endpoint labels of the same service, e.g. `{version: v1}`.
+    pub subset: BTreeMap<String, String>,
+    /// Another service of the same protocol family (HTTP).
+    pub service: Option<String>,
+}
+
 /// `spec.circuitBreaker`: Envoy-style thresholds (always in force) and a Resilience4j-style
 /// state machine, on as soon as one of its fields is given (see [`CircuitBreaker::state_machine`]).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct CircuitBreaker {
     pub max_connections: u32,
@@ -154,6 +201,7 @@ pub struct CircuitBreaker {
     pub max_retries: u32,
     /// Percent, 1..=100.
     pub failure_rate_threshold: Option<u32>,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub slow_call_duration: Option<Duration>,
     /// Percent, 1..=100.
@@ -162,10 +210,15 @@ pub struct CircuitBreaker {
     pub window: Option<u32>,
     /// 1..=window.
     pub minimum_calls: Option<u32>,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub open_duration: Option<Duration>,
     /// 1..=1000.
     pub half_open_calls: Option<u32>,
+    /// What one state machine guards; absent = `endpoint`.
+    pub scope: Option<BreakerScope>,
+    /// Where requests go when the breakers of their split are open.
+    pub fallback: Option<Fallback>,
 }
 
 impl Default for CircuitBreaker {
@@ -182,6 +235,8 @@ impl Default for CircuitBreaker {
             minimum_calls: None,
             open_duration: None,
             half_open_calls: None,
+            scope: None,
+            fallback: None,
         }
     }
 }
@@ -196,11 +251,12 @@ pub struct StateMachine {
     pub minimum_calls: u32,
     pub open_duration: Duration,
     pub half_open_calls: u32,
+    pub scope: BreakerScope,
 }
 
 impl CircuitBreaker {
-    /// The state machine, if any of its fields is given, with the others defaulted
-    /// (`minimumCalls` defaults to 100 clamped to the window).
+    /// The state machine, if any of its fields is given (`scope` and `fallback` included), with
+    /// the others defaulted (`minimumCalls` defaults to 100 clamped to the window).
     pub fn state_machine(&self) -> Option<StateMachine> {
         let on = self.failure_rate_threshold.is_some()
             || self.slow_call_duration.is_some()
@@ -208,7 +264,9 @@ impl CircuitBreaker {
             || self.window.is_some()
             || self.minimum_calls.is_some()
             || self.open_duration.is_some()
-            || self.half_open_calls.is_some();
+            || self.half_open_calls.is_some()
+            || self.scope.is_some()
+            || self.fallback.is_some();
         if !on {
             return None;
         }
@@ -221,6 +279,7 @@ impl CircuitBreaker {
             minimum_calls: self.minimum_calls.unwrap_or(defaults::MINIMUM_CALLS.min(window)),
             open_duration: self.open_duration.unwrap_or(defaults::OPEN_DURATION),
             half_open_calls: self.half_open_calls.unwrap_or(defaults::HALF_OPEN_CALLS),
+            scope: self.scope.unwrap_or_default(),
         })
     }
 
@@ -232,21 +291,26 @@ impl CircuitBreaker {
 
 /// `spec.outlierDetection`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierDetection {
-    /// Absent: 5 (HTTP); 0 turns it off. Not allowed for tcp services.
+    /// Absent: 5; 0 turns it off. For a tcp service a failed connect counts as a 5xx (Envoy's
+    /// reading of a local-origin connect failure).
     #[serde(rename = "consecutive5xx")]
     pub consecutive_5xx: Option<u32>,
-    /// Absent: 0 (off). Not allowed for tcp services.
+    /// Absent: 0 (off). For a tcp service a failed connect counts as a gateway error.
     pub consecutive_gateway_errors: Option<u32>,
     /// Percent, 0..=100; 0 turns it off.
     pub failure_percentage_threshold: u32,
     pub failure_percentage_minimum_requests: u32,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub interval: Duration,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub base_ejection_time: Duration,
     /// At least `baseEjectionTime`.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub max_ejection_time: Duration,
     /// Percent, 0..=100 (at least one endpoint may always be ejected).
@@ -269,24 +333,22 @@ impl Default for OutlierDetection {
 }
 
 impl OutlierDetection {
-    /// Consecutive 5xx before ejection for a service of this protocol; 0 is off. A tcp
-    /// service has no responses, so it is always 0 there.
-    pub fn consecutive_5xx_for(&self, protocol: Protocol) -> u32 {
-        if protocol.is_http() { self.consecutive_5xx.unwrap_or(defaults::CONSECUTIVE_5XX) } else { 0 }
+    /// Consecutive 5xx before ejection; 0 is off. For a tcp service: consecutive failed
+    /// connects (a connect failure counts as a 503, as in Envoy).
+    pub fn consecutive_5xx(&self) -> u32 {
+        self.consecutive_5xx.unwrap_or(defaults::CONSECUTIVE_5XX)
     }
 
-    /// Consecutive 502/503/504 before ejection; 0 is off (always for tcp).
-    pub fn consecutive_gateway_errors_for(&self, protocol: Protocol) -> u32 {
-        if protocol.is_http() {
-            self.consecutive_gateway_errors.unwrap_or(defaults::CONSECUTIVE_GATEWAY_ERRORS)
-        } else {
-            0
-        }
+    /// Consecutive 502/503/504 before ejection; 0 is off. For a tcp service: consecutive
+    /// failed connects.
+    pub fn consecutive_gateway_errors(&self) -> u32 {
+        self.consecutive_gateway_errors.unwrap_or(defaults::CONSECUTIVE_GATEWAY_ERRORS)
     }
 }
 
 /// `spec.faults` and `spec.routes[].faults`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
     #[serde(default)]
@@ -304,16 +366,19 @@ impl Faults {
 
 /// Delay `percent` of requests by `duration`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelay {
     /// 0..=100, fractions allowed (resolution 0.0001).
     pub percent: f64,
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub duration: Duration,
 }
 
 /// Answer `percent` of requests with `status` without calling the service.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbort {
     /// 0..=100, fractions allowed (resolution 0.0001).

@@ -16,6 +16,7 @@ pub struct Telemetry {
 
 /// `spec` of a Telemetry.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySpec {
     /// Tracing settings; required (a Telemetry that sets nothing is rejected).
@@ -25,6 +26,7 @@ pub struct TelemetrySpec {
 
 /// `spec.tracing`. A field left out keeps each proxy's own setting (its `OTEL_*` / flags).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TracingSpec {
     /// Share of new traces sampled, in percent, 0..=100 (fractions allowed, e.g. 0.5). Callers'

@@ -1,9 +1,12 @@
 //! Outrider's own typed extension, `outrider.v1.Resilience`: the parts of a TrafficPolicy with
-//! no Envoy equivalent (the breaker state machine, the Linkerd-style retry budget) plus the
-//! upstream idle timeout for every protocol. Travels in
+//! no Envoy equivalent (the breaker state machine and its scope, the fallback used when a
+//! split's breakers are open, the Linkerd-style retry budget) plus the upstream idle timeout for
+//! every protocol. Travels in
 //! `Cluster.typed_extension_protocol_options["outrider.resilience"]`; the schema is checked in
 //! as `xds/proto/outrider/v1/resilience.proto`. Hand-written prost messages: keep the tags in
 //! step with the .proto file.
+
+use std::collections::BTreeMap;
 
 use envoy_types::pb::google::protobuf::Duration;
 
@@ -23,6 +26,33 @@ pub struct Resilience {
     /// `idleTimeout`; absent = 1h.
     #[prost(message, optional, tag = "3")]
     pub upstream_idle_timeout: Option<Duration>,
+    /// `circuitBreaker.fallback`; absent = the local 503 when a split's breakers are open.
+    #[prost(message, optional, tag = "4")]
+    pub fallback: Option<Fallback>,
+}
+
+/// Where a request goes when every endpoint of its split is open (or the split has none): the
+/// endpoints of `cluster` that carry every label of `subset` (all of them when it is empty).
+/// Envoy has no breaker-triggered failover; its nearest relatives are the aggregate cluster and
+/// `lb_subset_config.fallback_policy`.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Fallback {
+    /// `outbound|PORT||SERVICE`: the same cluster for a subset fallback, another for a service.
+    #[prost(string, tag = "1")]
+    pub cluster: String,
+    /// Endpoint labels (`envoy.lb` metadata) the fallback endpoints carry.
+    #[prost(btree_map = "string, string", tag = "2")]
+    pub subset: BTreeMap<String, String>,
+}
+
+/// What one breaker state machine guards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum BreakerScope {
+    /// One state machine per endpoint (the default, and what an absent field means).
+    Endpoint = 0,
+    /// One state machine for the whole cluster.
+    Service = 1,
 }
 
 /// closed → open when the failure or slow-call rate over `window` calls reaches its threshold
@@ -49,6 +79,9 @@ pub struct BreakerStateMachine {
     pub open_duration: Option<Duration>,
     #[prost(uint32, tag = "7")]
     pub half_open_calls: u32,
+    /// [`BreakerScope`]; 0 (absent) = per endpoint.
+    #[prost(enumeration = "BreakerScope", tag = "8")]
+    pub scope: i32,
 }
 
 /// At most `ratio` retries per original request over `window`, plus `min_per_second`.
@@ -81,6 +114,17 @@ impl prost::Name for BreakerStateMachine {
     }
     fn type_url() -> String {
         "type.googleapis.com/outrider.v1.BreakerStateMachine".into()
+    }
+}
+
+impl prost::Name for Fallback {
+    const NAME: &'static str = "Fallback";
+    const PACKAGE: &'static str = "outrider.v1";
+    fn full_name() -> String {
+        "outrider.v1.Fallback".into()
+    }
+    fn type_url() -> String {
+        "type.googleapis.com/outrider.v1.Fallback".into()
     }
 }
 

@@ -3,18 +3,22 @@
 use std::collections::{BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    Cluster,
+    Cluster, LoadBalancingPolicy,
     cluster::{
-        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy, LbSubsetConfig,
-        LeastRequestLbConfig, lb_subset_config::LbSubsetSelector,
+        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy, LbSubsetConfig,
+        lb_subset_config::LbSubsetSelector,
     },
+    load_balancing_policy::Policy,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Address, Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions, SocketAddress,
-    address, socket_address::PortSpecifier,
+    TypedExtensionConfig, address, socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::extensions::load_balancing_policies::{
+    least_request::v3::LeastRequest, random::v3::Random, round_robin::v3::RoundRobin,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
@@ -23,11 +27,12 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{ads, metadata, proto_duration, resilience};
-use crate::policy::{LoadBalancer, Protocol, Service, TrafficPolicy, defaults};
+use crate::policy::{LoadBalancer, PolicySet, Protocol, Service, TrafficPolicy, defaults};
 use crate::resources::{
-    HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, IDENTITY_FIELD, LB_METADATA, OUTRIDER_METADATA,
-    PASSTHROUGH_CLUSTER, RESILIENCE_KEY, RESILIENCE_TYPE_URL, any, bool_value, cluster_name, number_value,
-    string_struct, string_value, struct_of,
+    HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, IDENTITY_FIELD, LB_METADATA,
+    LEAST_REQUEST_POLICY_TYPE_URL, OUTRIDER_METADATA, PASSTHROUGH_CLUSTER, RANDOM_POLICY_TYPE_URL, RESILIENCE_KEY,
+    RESILIENCE_TYPE_URL, ROUND_ROBIN_POLICY_TYPE_URL, any, bool_value, cluster_name, number_value, string_struct,
+    string_value, struct_of,
 };
 
 /// `PassthroughCluster`: connects to the original destination.
@@ -41,22 +46,11 @@ pub(super) fn passthrough() -> Cluster {
     }
 }
 
-/// The EDS cluster of a service.
-pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>) -> Cluster {
+/// The EDS cluster of a service (`set` resolves references to other services).
+pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>, set: &PolicySet) -> Cluster {
     let spec = &service.spec;
     let connect_timeout = policy.map_or(defaults::CONNECT_TIMEOUT, |p| p.spec.connect_timeout);
     let balancer = policy.map_or(LoadBalancer::default(), |p| p.spec.load_balancer);
-    let (lb_policy, lb_config) = match balancer {
-        LoadBalancer::P2cEwma => (
-            LbPolicy::LeastRequest,
-            Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
-                choice_count: Some(UInt32Value { value: 2 }),
-                ..Default::default()
-            })),
-        ),
-        LoadBalancer::RoundRobin => (LbPolicy::RoundRobin, None),
-        LoadBalancer::Random => (LbPolicy::Random, None),
-    };
     let protocol_config = match spec.protocol {
         Protocol::Http => Some(ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())),
         Protocol::Http2 | Protocol::Grpc => Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())),
@@ -77,14 +71,12 @@ pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>)
         })
         .into_iter()
         .collect::<HashMap<_, _>>();
-    if let Some(extension) = resilience::extension(policy) {
+    if let Some(extension) = resilience::extension(service, policy, set) {
         typed_extension_protocol_options.insert(RESILIENCE_KEY.to_owned(), any(RESILIENCE_TYPE_URL, &extension));
     }
     let policy_spec = policy.map(|p| &p.spec);
     let circuit_breakers = resilience::circuit_breakers(policy_spec.and_then(|p| p.circuit_breaker.as_ref()));
-    let outlier_detection = policy_spec
-        .and_then(|p| p.outlier_detection.as_ref())
-        .map(|outlier| resilience::outlier_detection(outlier, spec.protocol));
+    let outlier_detection = policy_spec.and_then(|p| p.outlier_detection.as_ref()).map(resilience::outlier_detection);
     let outrider = struct_of([
         ("service", string_value(service.name())),
         ("protocol", string_value(spec.protocol.as_str())),
@@ -95,14 +87,41 @@ pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>)
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() }),
         connect_timeout: Some(proto_duration(connect_timeout)),
-        lb_policy: lb_policy as i32,
-        lb_config,
+        // The legacy field every client accepts; `load_balancing_policy` overrides it.
+        lb_policy: LbPolicy::RoundRobin as i32,
+        load_balancing_policy: Some(load_balancing_policy(balancer)),
         typed_extension_protocol_options,
         metadata: Some(metadata([(OUTRIDER_METADATA, outrider)])),
         lb_subset_config: subset_config(policy),
         circuit_breakers: Some(circuit_breakers),
         outlier_detection,
         ..Default::default()
+    }
+}
+
+/// The balancer as an ordered list of typed policies (gRFC A52): each client uses the first it
+/// supports. Every list ends with round_robin, which every gRPC proxyless client knows (none of
+/// them knows random; grpc-js-xds and grpcio do not know least_request).
+pub(crate) fn load_balancing_policy(balancer: LoadBalancer) -> LoadBalancingPolicy {
+    let least_request = || {
+        let config = LeastRequest { choice_count: Some(UInt32Value { value: 2 }), ..Default::default() };
+        policy("envoy.load_balancing_policies.least_request", any(LEAST_REQUEST_POLICY_TYPE_URL, &config))
+    };
+    let round_robin = || {
+        policy("envoy.load_balancing_policies.round_robin", any(ROUND_ROBIN_POLICY_TYPE_URL, &RoundRobin::default()))
+    };
+    let random = || policy("envoy.load_balancing_policies.random", any(RANDOM_POLICY_TYPE_URL, &Random::default()));
+    let policies = match balancer {
+        LoadBalancer::P2cEwma => vec![least_request(), round_robin()],
+        LoadBalancer::RoundRobin => vec![round_robin()],
+        LoadBalancer::Random => vec![random(), round_robin()],
+    };
+    LoadBalancingPolicy { policies }
+}
+
+fn policy(name: &str, typed_config: envoy_types::pb::google::protobuf::Any) -> Policy {
+    Policy {
+        typed_extension_config: Some(TypedExtensionConfig { name: name.to_owned(), typed_config: Some(typed_config) }),
     }
 }
 
@@ -149,10 +168,14 @@ pub(super) fn load_assignment(service: &Service) -> ClusterLoadAssignment {
                 ..Default::default()
             })),
             load_balancing_weight: Some(UInt32Value { value: endpoint.weight }),
-            metadata: Some(metadata([
-                (LB_METADATA, string_struct(&endpoint.labels)),
-                (OUTRIDER_METADATA, endpoint_metadata(endpoint)),
-            ])),
+            // No empty `envoy.lb`: prost writes a map entry whose value is the default (an
+            // empty Struct) without its value, which grpc-js-xds fails to decode.
+            metadata: Some(metadata(
+                (!endpoint.labels.is_empty())
+                    .then(|| (LB_METADATA, string_struct(&endpoint.labels)))
+                    .into_iter()
+                    .chain([(OUTRIDER_METADATA, endpoint_metadata(endpoint))]),
+            )),
             ..Default::default()
         })
         .collect();

@@ -21,11 +21,13 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{metadata, proto_duration};
 use crate::policy::{
-    self, CircuitBreaker, Faults, OutlierDetection, PolicySet, Protocol, Retries, TrafficPolicy, TrafficPolicySpec,
+    self, BreakerScope, CircuitBreaker, Faults, OutlierDetection, PolicySet, Retries, Service, TrafficPolicy,
+    TrafficPolicySpec,
 };
 use crate::resources::{
-    BreakerStateMachine, FAULT_FILTER, HTTP_FAULT_TYPE_URL, OUTRIDER_METADATA, PREVIOUS_HOSTS_PREDICATE,
-    PREVIOUS_HOSTS_PREDICATE_TYPE_URL, RETRY_NON_IDEMPOTENT_FIELD, Resilience, RetryBudget, any, bool_value, struct_of,
+    self as ext, BreakerStateMachine, FAULT_FILTER, HTTP_FAULT_TYPE_URL, OUTRIDER_METADATA, PREVIOUS_HOSTS_PREDICATE,
+    PREVIOUS_HOSTS_PREDICATE_TYPE_URL, RETRY_NON_IDEMPOTENT_FIELD, Resilience, RetryBudget, any, bool_value,
+    cluster_name, struct_of,
 };
 
 /// Header whose value (seconds) paces retries of rate-limited responses.
@@ -148,12 +150,13 @@ pub(super) fn circuit_breakers(breaker: Option<&CircuitBreaker>) -> CircuitBreak
 }
 
 /// Envoy's outlier detection. Success-rate ejection, which the policy cannot express, is
-/// turned off (`enforcing_success_rate: 0`; Envoy's default would be 100).
-pub(super) fn outlier_detection(outlier: &OutlierDetection, protocol: Protocol) -> EnvoyOutlierDetection {
+/// turned off (`enforcing_success_rate: 0`; Envoy's default would be 100). For a tcp service
+/// Envoy counts a failed connect as a 503 (a gateway error), and so does outrider-proxy.
+pub(super) fn outlier_detection(outlier: &OutlierDetection) -> EnvoyOutlierDetection {
     let value = |value: u32| Some(UInt32Value { value });
     let enforcing = |on: bool| value(if on { 100 } else { 0 });
-    let consecutive_5xx = outlier.consecutive_5xx_for(protocol);
-    let gateway = outlier.consecutive_gateway_errors_for(protocol);
+    let consecutive_5xx = outlier.consecutive_5xx();
+    let gateway = outlier.consecutive_gateway_errors();
     let percentage = outlier.failure_percentage_threshold;
     EnvoyOutlierDetection {
         consecutive_5xx: value(consecutive_5xx),
@@ -173,8 +176,9 @@ pub(super) fn outlier_detection(outlier: &OutlierDetection, protocol: Protocol) 
     }
 }
 
-/// The `outrider.v1.Resilience` extension, when the policy needs one.
-pub(super) fn extension(policy: Option<&TrafficPolicy>) -> Option<Resilience> {
+/// The `outrider.v1.Resilience` extension of `service`'s cluster, when its policy needs one.
+/// `set` resolves a fallback service to its cluster.
+pub(super) fn extension(service: &Service, policy: Option<&TrafficPolicy>, set: &PolicySet) -> Option<Resilience> {
     let spec = &policy?.spec;
     let breaker =
         spec.circuit_breaker.as_ref().and_then(CircuitBreaker::state_machine).map(|machine| BreakerStateMachine {
@@ -185,7 +189,19 @@ pub(super) fn extension(policy: Option<&TrafficPolicy>) -> Option<Resilience> {
             minimum_calls: machine.minimum_calls,
             open_duration: Some(proto_duration(machine.open_duration)),
             half_open_calls: machine.half_open_calls,
+            scope: match machine.scope {
+                BreakerScope::Endpoint => ext::BreakerScope::Endpoint,
+                BreakerScope::Service => ext::BreakerScope::Service,
+            } as i32,
         });
+    let fallback = spec.circuit_breaker.as_ref().and_then(|b| b.fallback.as_ref()).and_then(|fallback| {
+        let target = match &fallback.service {
+            // Validated: the service exists.
+            Some(name) => set.services.get(name)?,
+            None => service,
+        };
+        Some(ext::Fallback { cluster: cluster_name(target.name(), target.spec.port), subset: fallback.subset.clone() })
+    });
     let retry_budget = spec.retries.as_ref().map(|retries| RetryBudget {
         ratio: retries.budget.ratio,
         min_per_second: retries.budget.min_per_second,
@@ -195,5 +211,5 @@ pub(super) fn extension(policy: Option<&TrafficPolicy>) -> Option<Resilience> {
     if breaker.is_none() && retry_budget.is_none() && upstream_idle_timeout.is_none() {
         return None;
     }
-    Some(Resilience { breaker, retry_budget, upstream_idle_timeout })
+    Some(Resilience { breaker, retry_budget, upstream_idle_timeout, fallback })
 }

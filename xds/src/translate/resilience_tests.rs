@@ -206,11 +206,11 @@ fn outlier_detection_maps_to_envoy_with_enforcement_per_check() {
     assert_eq!(od.max_ejection_time, secs(120));
     assert_eq!(value(od.max_ejection_percent), 50);
 
-    // Checks that are off are not enforced; tcp has no 5xx.
+    // Checks that are off are not enforced; tcp counts failed connects as 5xx, as Envoy does.
     let db = cluster(&resources, "outbound|5432||db");
     let od = db.outlier_detection.as_ref().unwrap();
-    assert_eq!(value(od.consecutive_5xx), 0);
-    assert_eq!(value(od.enforcing_consecutive_5xx), 0);
+    assert_eq!(value(od.consecutive_5xx), 5);
+    assert_eq!(value(od.enforcing_consecutive_5xx), 100);
     assert_eq!(value(od.enforcing_consecutive_gateway_failure), 0);
     assert_eq!(value(od.enforcing_failure_percentage), 100);
     assert_eq!(value(od.max_ejection_percent), 10);
@@ -297,8 +297,10 @@ fn resilience_extension_carries_state_machine_budget_and_idle_timeout() {
             minimum_calls: 20,
             open_duration: secs(60),
             half_open_calls: 10,
+            scope: BreakerScope::Endpoint as i32,
         })
     );
+    assert_eq!(extension.fallback, None);
     assert_eq!(extension.retry_budget, Some(RetryBudget { ratio: 0.25, min_per_second: 5, window: secs(30) }));
     assert_eq!(extension.upstream_idle_timeout, secs(300));
     let options: HttpProtocolOptions =
@@ -330,6 +332,36 @@ fn resilience_extension_carries_state_machine_budget_and_idle_timeout() {
 }
 
 #[test]
+fn breaker_scope_and_fallback_travel_in_the_extension() {
+    let text = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: web}\nspec: {port: 8080}\n---\n\
+                apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: legacy}\nspec: {port: 9090}\n---\n\
+                apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: api}\nspec: {port: 7070}\n---\n\
+                apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  service: web\n\
+                \x20 circuitBreaker: {fallback: {subset: {version: v1}}}\n---\n\
+                apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: api}\nspec:\n  service: api\n\
+                \x20 circuitBreaker: {scope: service, fallback: {service: legacy}}\n";
+    let resources = translate(&load_str("policy.yaml", text).unwrap_or_else(|errors| panic!("{errors}")));
+    // A fallback alone turns the state machine on, per endpoint by default; a subset falls
+    // back within the service's own cluster.
+    let web = resilience(cluster(&resources, "outbound|8080||web")).unwrap();
+    assert_eq!(web.breaker.unwrap().scope, BreakerScope::Endpoint as i32);
+    assert_eq!(
+        web.fallback,
+        Some(Fallback { cluster: "outbound|8080||web".into(), subset: [("version".into(), "v1".into())].into() })
+    );
+    // A service fallback names the other service's cluster.
+    let api = resilience(cluster(&resources, "outbound|7070||api")).unwrap();
+    assert_eq!(api.breaker.unwrap().scope, BreakerScope::Service as i32);
+    assert_eq!(api.fallback, Some(Fallback { cluster: "outbound|9090||legacy".into(), subset: Default::default() }));
+    // Without a policy: no extension at all.
+    assert!(resilience(cluster(&resources, "outbound|9090||legacy")).is_none());
+    // The scope's wire value 0 is "endpoint": an extension written before the field existed
+    // keeps the per-endpoint default.
+    let old = BreakerStateMachine { window: 5, ..Default::default() };
+    assert_eq!(BreakerScope::try_from(old.scope), Ok(BreakerScope::Endpoint));
+}
+
+#[test]
 fn version_changes_when_a_resilience_field_changes() {
     let base = set(RETRIES, "").version;
     assert_eq!(set(RETRIES, "").version, base);
@@ -340,6 +372,8 @@ fn version_changes_when_a_resilience_field_changes() {
         RETRIES.replace("idleTimeout: 5m", "idleTimeout: 6m"),
         format!("{RETRIES}  circuitBreaker: {{maxRequests: 5}}\n"),
         format!("{RETRIES}  outlierDetection: {{}}\n"),
+        format!("{RETRIES}  circuitBreaker: {{scope: service}}\n"),
+        format!("{RETRIES}  circuitBreaker: {{fallback: {{subset: {{v: a}}}}}}\n"),
         format!("{RETRIES}  faults: {{abort: {{percent: 1, status: 503}}}}\n"),
     ];
     for variant in variants {

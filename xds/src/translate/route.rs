@@ -50,13 +50,19 @@ fn virtual_host(service: &Service, policy: Option<&policy::TrafficPolicy>) -> Vi
     VirtualHost { name: service.name().to_owned(), domains: domains(service), routes, ..Default::default() }
 }
 
-/// Host names a caller may use: the name, its addresses and `name.namespace`, each with and
-/// without the port.
+/// Host names a caller may use: the service's `hosts` when it has them (Kubernetes discovery
+/// lists them exactly), else the name and `name.namespace`, each with and without the port;
+/// plus its addresses, with and without the port.
 pub(crate) fn domains(service: &Service) -> Vec<String> {
     let name = service.name();
     let port = service.spec.port;
-    let namespaced = format!("{name}.{}", service.metadata.namespace);
-    let mut domains = vec![name.to_owned(), format!("{name}:{port}")];
+    let mut domains = Vec::new();
+    if service.spec.hosts.is_empty() {
+        domains.push(name.to_owned());
+        domains.push(format!("{name}:{port}"));
+    } else {
+        domains.extend(service.spec.hosts.iter().cloned());
+    }
     for address in &service.spec.addresses {
         match address {
             IpAddr::V4(v4) => {
@@ -71,8 +77,11 @@ pub(crate) fn domains(service: &Service) -> Vec<String> {
             }
         }
     }
-    domains.push(namespaced.clone());
-    domains.push(format!("{namespaced}:{port}"));
+    if service.spec.hosts.is_empty() {
+        let namespaced = format!("{name}.{}", service.metadata.namespace);
+        domains.push(namespaced.clone());
+        domains.push(format!("{namespaced}:{port}"));
+    }
     domains
 }
 

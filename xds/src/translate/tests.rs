@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
 use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter::ConfigType};
@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier as TcpCluster,
 };
+use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::LeastRequest;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
     http_protocol_options::{UpstreamProtocolOptions, explicit_http_config::ProtocolConfig},
@@ -80,6 +81,20 @@ fn subset(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// The type URLs of a cluster's `load_balancing_policy`, in order.
+fn policy_type_urls(cluster: &Cluster) -> Vec<&str> {
+    cluster
+        .load_balancing_policy
+        .as_ref()
+        .map(|p| {
+            p.policies
+                .iter()
+                .map(|p| p.typed_extension_config.as_ref().unwrap().typed_config.as_ref().unwrap().type_url.as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn example_clusters_have_names_lb_policies_protocols_and_metadata() {
     let resources = example();
@@ -91,8 +106,22 @@ fn example_clusters_have_names_lb_policies_protocols_and_metadata() {
     assert_eq!(echo.cluster_discovery_type, Some(eds));
     assert!(echo.eds_cluster_config.as_ref().unwrap().eds_config.is_some());
     assert_eq!(echo.connect_timeout.unwrap().seconds, 5);
-    assert_eq!(echo.lb_policy, LbPolicy::LeastRequest as i32);
-    let Some(LbConfig::LeastRequestLbConfig(least)) = &echo.lb_config else { panic!("no least-request config") };
+    // gRFC A52: least_request first, round_robin for clients without it; the legacy field
+    // holds the value every client accepts.
+    assert_eq!(echo.lb_policy, LbPolicy::RoundRobin as i32);
+    assert!(echo.lb_config.is_none());
+    assert_eq!(policy_type_urls(echo), [LEAST_REQUEST_POLICY_TYPE_URL, ROUND_ROBIN_POLICY_TYPE_URL]);
+    let least: LeastRequest = decode_any(
+        LEAST_REQUEST_POLICY_TYPE_URL,
+        echo.load_balancing_policy.as_ref().unwrap().policies[0]
+            .typed_extension_config
+            .as_ref()
+            .unwrap()
+            .typed_config
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(least.choice_count.unwrap().value, 2);
     let options: HttpProtocolOptions =
         decode_any(HTTP_PROTOCOL_OPTIONS_TYPE_URL, &echo.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY])
@@ -134,6 +163,32 @@ fn example_endpoints_carry_address_weight_labels_and_meshed() {
     assert_eq!(labels(&second.metadata, LB_METADATA), subset(&[("version", "v2")]));
     let outrider = &second.metadata.as_ref().unwrap().filter_metadata[OUTRIDER_METADATA];
     assert_eq!(outrider.fields["meshed"].kind, Some(Kind::BoolValue(false)));
+}
+
+/// prost writes a map entry whose value equals the default without the value; grpc-js-xds
+/// then fails the whole response ("Cannot read properties of null (reading 'fields')").
+#[test]
+fn no_metadata_map_holds_an_empty_struct() {
+    let resources = example();
+    let mut checked = 0;
+    for cla in &resources.endpoints {
+        for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
+            for (key, value) in &e.metadata.as_ref().unwrap().filter_metadata {
+                assert!(!value.fields.is_empty(), "{}: empty {key}", cla.cluster_name);
+                checked += 1;
+            }
+        }
+    }
+    for c in &resources.clusters {
+        for (key, value) in c.metadata.iter().flat_map(|m| &m.filter_metadata) {
+            assert!(!value.fields.is_empty(), "{}: empty {key}", c.name);
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+    // An endpoint without labels has no envoy.lb entry at all.
+    let first = &resources.endpoints[1].endpoints[0].lb_endpoints[0];
+    assert!(!first.metadata.as_ref().unwrap().filter_metadata.contains_key(LB_METADATA));
 }
 
 #[test]
@@ -242,7 +297,7 @@ spec:
 fn other_protocols_balancers_defaults_and_ipv6() {
     let resources = translate(&load_str("others.yaml", OTHERS).unwrap());
     let grpc = cluster(&resources, "outbound|50051||grpc-api");
-    assert_eq!(grpc.lb_policy, LbPolicy::RoundRobin as i32);
+    assert_eq!(policy_type_urls(grpc), [ROUND_ROBIN_POLICY_TYPE_URL]);
     assert_eq!(grpc.connect_timeout.unwrap().nanos, 250_000_000);
     let options: HttpProtocolOptions =
         decode_any(HTTP_PROTOCOL_OPTIONS_TYPE_URL, &grpc.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY])
@@ -252,7 +307,8 @@ fn other_protocols_balancers_defaults_and_ipv6() {
     };
     assert!(matches!(explicit.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_))));
     let plain = cluster(&resources, "outbound|80||plain");
-    assert_eq!(plain.lb_policy, LbPolicy::Random as i32);
+    assert_eq!(policy_type_urls(plain), [RANDOM_POLICY_TYPE_URL, ROUND_ROBIN_POLICY_TYPE_URL]);
+    assert_eq!(plain.lb_policy, LbPolicy::RoundRobin as i32);
 
     // A policy without routes and a single split without subset both go straight to the cluster.
     let api = vhost(&resources, "grpc-api");

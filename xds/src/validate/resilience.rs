@@ -7,7 +7,9 @@ use super::PolicyError;
 use crate::duration;
 use crate::load::Origin;
 use crate::policy::limits::{IDLE_TIMEOUT, INTERVAL, TIMEOUT};
-use crate::policy::{CircuitBreaker, Faults, OutlierDetection, Retries, RetryOn, Service, TrafficPolicySpec};
+use crate::policy::{
+    BreakerScope, CircuitBreaker, Faults, OutlierDetection, Retries, RetryOn, Service, TrafficPolicySpec,
+};
 
 /// Collects errors for one document.
 struct Check<'a> {
@@ -161,6 +163,87 @@ fn check_breaker(check: &mut Check<'_>, breaker: &CircuitBreaker) {
     if let Some(calls) = breaker.half_open_calls {
         check.range("spec.circuitBreaker.halfOpenCalls", calls, 1, 1000);
     }
+    if let Some(fallback) = &breaker.fallback {
+        match (fallback.subset.is_empty(), &fallback.service) {
+            (true, None) => check.error(
+                "spec.circuitBreaker.fallback",
+                "name a subset of this service (fallback: {subset: {version: v1}}) or another \
+                 service (fallback: {service: NAME})",
+            ),
+            (false, Some(_)) => check.error(
+                "spec.circuitBreaker.fallback",
+                "give either subset or service, not both: a fallback service is used whole",
+            ),
+            (false, None) if breaker.scope == Some(BreakerScope::Service) => check.error(
+                "spec.circuitBreaker.fallback.subset",
+                "with scope: service the whole service shares one breaker, so a subset of it is \
+                 open too; use scope: endpoint, or a fallback service",
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// The fallback against the set: the service it names exists, is another HTTP service, and a
+/// subset matches an endpoint of this service (when it lists endpoints); HTTP only.
+pub(super) fn check_fallback<'a>(
+    origin: &Origin,
+    spec: &TrafficPolicySpec,
+    service: &Service,
+    lookup: &dyn Fn(&str) -> Option<&'a Service>,
+    missing: impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<PolicyError>,
+) {
+    let Some(fallback) = spec.circuit_breaker.as_ref().and_then(|b| b.fallback.as_ref()) else { return };
+    let name = service.name();
+    let mut check = Check { origin, errors };
+    if !service.spec.protocol.is_http() {
+        check.error(
+            "spec.circuitBreaker.fallback",
+            format!(
+                "fallback is HTTP only, but service \"{name}\" is tcp (a connection is not \
+                 re-routed once its endpoints' breakers are open); remove it"
+            ),
+        );
+        return;
+    }
+    if let Some(target) = &fallback.service {
+        match lookup(target) {
+            None => {
+                if let Some(message) = missing(target) {
+                    check.error("spec.circuitBreaker.fallback.service", message);
+                }
+            }
+            Some(_) if target == name => check.error(
+                "spec.circuitBreaker.fallback.service",
+                format!(
+                    "names this policy's own service \"{name}\"; name another service, or a \
+                     subset of this one (fallback: {{subset: {{...}}}})"
+                ),
+            ),
+            Some(other) if !other.spec.protocol.is_http() => check.error(
+                "spec.circuitBreaker.fallback.service",
+                format!("service \"{target}\" is tcp; an HTTP service can only fall back to an HTTP service"),
+            ),
+            Some(_) => {}
+        }
+    }
+    let endpoints = &service.spec.endpoints;
+    if !fallback.subset.is_empty()
+        && !endpoints.is_empty()
+        && !endpoints.iter().any(|e| fallback.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+    {
+        let have: std::collections::BTreeSet<String> =
+            endpoints.iter().map(|e| super::labels_text(&e.labels)).collect();
+        check.error(
+            "spec.circuitBreaker.fallback.subset",
+            format!(
+                "{} matches no endpoint of service \"{name}\" (endpoint labels: {})",
+                super::labels_text(&fallback.subset),
+                have.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
 }
 
 fn check_outlier(check: &mut Check<'_>, outlier: &OutlierDetection) {
@@ -219,22 +302,5 @@ pub(super) fn check_tcp(origin: &Origin, spec: &TrafficPolicySpec, service: &Ser
     }
     if spec.faults.is_some() {
         check.error("spec.faults", format!("faults are HTTP only, but service \"{name}\" is tcp; remove spec.faults"));
-    }
-    if let Some(outlier) = &spec.outlier_detection {
-        let http_only = [
-            ("consecutive5xx", outlier.consecutive_5xx.is_some()),
-            ("consecutiveGatewayErrors", outlier.consecutive_gateway_errors.is_some()),
-        ];
-        for (field, given) in http_only {
-            if given {
-                check.error(
-                    &format!("spec.outlierDetection.{field}"),
-                    format!(
-                        "{field} counts HTTP responses, but service \"{name}\" is tcp; use \
-                         failurePercentageThreshold (connect failures) instead"
-                    ),
-                );
-            }
-        }
     }
 }

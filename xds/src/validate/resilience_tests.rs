@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::policy::{Protocol, RetryOn, StateMachine, TrafficPolicySpec};
+use crate::policy::{BreakerScope, RetryOn, StateMachine, TrafficPolicySpec};
 use crate::{PolicyErrors, load_str};
 
 /// A Service (http, or the given protocol) then a TrafficPolicy with the given spec lines.
@@ -66,8 +66,8 @@ fn defaults_are_applied() {
     assert_eq!(breaker.state_machine(), None);
 
     let outlier = spec.outlier_detection.unwrap();
-    assert_eq!(outlier.consecutive_5xx_for(Protocol::Http), 5);
-    assert_eq!(outlier.consecutive_gateway_errors_for(Protocol::Http), 0);
+    assert_eq!(outlier.consecutive_5xx(), 5);
+    assert_eq!(outlier.consecutive_gateway_errors(), 0);
     assert_eq!(outlier.failure_percentage_threshold, 0);
     assert_eq!(outlier.failure_percentage_minimum_requests, 5);
     assert_eq!(outlier.interval, Duration::from_secs(10));
@@ -95,15 +95,99 @@ fn one_state_machine_field_turns_it_on_with_resilience4j_defaults() {
             minimum_calls: 20,
             open_duration: Duration::from_secs(60),
             half_open_calls: 10,
+            scope: BreakerScope::Endpoint,
         })
     );
     let breaker = load("  circuitBreaker: {openDuration: 5s}\n").circuit_breaker.unwrap();
     let machine = breaker.state_machine().unwrap();
     assert_eq!((machine.window, machine.minimum_calls), (100, 100));
     assert_eq!(machine.open_duration, Duration::from_secs(5));
-    // Thresholds alone leave it off.
+    // Thresholds alone leave it off; a scope turns it on.
     let breaker = load("  circuitBreaker: {maxRequests: 10}\n").circuit_breaker.unwrap();
     assert_eq!(breaker.state_machine(), None);
+    let breaker = load("  circuitBreaker: {scope: service}\n").circuit_breaker.unwrap();
+    assert_eq!(breaker.state_machine().unwrap().scope, BreakerScope::Service);
+}
+
+/// Services `reviews` (http, endpoints v1 and v2), `legacy` (http) and `db` (tcp), and a
+/// policy for `reviews` (or for `service` with `protocol`) with the given breaker.
+fn fallback_set(policy_service: &str, breaker: &str) -> String {
+    format!(
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: reviews}}\n\
+         spec:\n  port: 9080\n  endpoints:\n    - {{address: \"127.0.0.1:1\", labels: {{version: v1}}}}\n\
+         \x20   - {{address: \"127.0.0.1:2\", labels: {{version: v2}}}}\n---\n\
+         apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: legacy}}\nspec: {{port: 9090}}\n---\n\
+         apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: db}}\n\
+         spec: {{protocol: tcp, port: 5432, addresses: [\"127.100.0.9\"]}}\n---\n\
+         apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: p}}\n\
+         spec:\n  service: {policy_service}\n  circuitBreaker: {breaker}\n"
+    )
+}
+
+#[test]
+fn fallback_is_checked_against_the_set() {
+    let ok = |breaker: &str| {
+        load_str("policy.yaml", &fallback_set("reviews", breaker)).unwrap_or_else(|errors| panic!("{errors}"))
+    };
+    let set = ok("{fallback: {subset: {version: v1}}}");
+    let breaker = set.traffic_policies["reviews"].spec.circuit_breaker.clone().unwrap();
+    assert_eq!(breaker.fallback.unwrap().subset["version"], "v1");
+    ok("{scope: service, fallback: {service: legacy}}");
+    ok("{scope: endpoint, fallback: {service: legacy}}");
+
+    let cases = [
+        (
+            "reviews",
+            "{fallback: {}}",
+            "spec.circuitBreaker.fallback",
+            "name a subset of this service (fallback: {subset: {version: v1}}) or another service",
+        ),
+        ("reviews", "{fallback: {subset: {version: v1}, service: legacy}}", "spec.circuitBreaker.fallback", "not both"),
+        (
+            "reviews",
+            "{scope: service, fallback: {subset: {version: v1}}}",
+            "spec.circuitBreaker.fallback.subset",
+            "with scope: service the whole service shares one breaker",
+        ),
+        (
+            "reviews",
+            "{fallback: {subset: {version: v3}}}",
+            "spec.circuitBreaker.fallback.subset",
+            "{version: v3} matches no endpoint of service \"reviews\" (endpoint labels: {version: v1}, {version: v2})",
+        ),
+        (
+            "reviews",
+            "{fallback: {service: nope}}",
+            "spec.circuitBreaker.fallback.service",
+            "no Service named \"nope\" (known services: db, legacy, reviews)",
+        ),
+        ("reviews", "{fallback: {service: reviews}}", "spec.circuitBreaker.fallback.service", "own service"),
+        (
+            "reviews",
+            "{fallback: {service: db}}",
+            "spec.circuitBreaker.fallback.service",
+            "service \"db\" is tcp; an HTTP service can only fall back to an HTTP service",
+        ),
+        ("db", "{fallback: {service: legacy}}", "spec.circuitBreaker.fallback", "fallback is HTTP only"),
+        (
+            "reviews",
+            "{scope: pod}",
+            "spec.circuitBreaker.scope",
+            "unknown value \"pod\", expected one of endpoint, service",
+        ),
+    ];
+    for (service, breaker, field, message) in cases {
+        let errors = match load_str("policy.yaml", &fallback_set(service, breaker)) {
+            Ok(_) => panic!("{breaker}: expected an error"),
+            Err(errors) => errors,
+        };
+        assert_eq!(errors.len(), 1, "{breaker}: {errors}");
+        let error = errors.iter().next().unwrap();
+        assert_eq!(error.file, "policy.yaml", "{error}");
+        assert_eq!(error.document, Some(3), "{error}");
+        assert_eq!(error.field.as_deref(), Some(field), "{breaker}: {error}");
+        assert!(error.message.contains(message), "{breaker}: {error}");
+    }
 }
 
 #[test]
@@ -147,8 +231,8 @@ fn the_design_example_loads_with_its_values() {
     let machine = spec.circuit_breaker.unwrap().state_machine().unwrap();
     assert_eq!((machine.failure_rate_threshold, machine.minimum_calls), (40, 10));
     let outlier = spec.outlier_detection.unwrap();
-    assert_eq!(outlier.consecutive_5xx_for(Protocol::Http), 7);
-    assert_eq!(outlier.consecutive_gateway_errors_for(Protocol::Http), 4);
+    assert_eq!(outlier.consecutive_5xx(), 7);
+    assert_eq!(outlier.consecutive_gateway_errors(), 4);
     let faults = spec.faults.unwrap();
     assert_eq!(faults.delay.unwrap().percent, 0.5);
     assert_eq!(faults.abort.unwrap().status, 503);
@@ -258,7 +342,7 @@ fn every_range_error_names_its_field() {
     let errors = errors_for("http", "  retries: {attempts: 11}\n");
     assert_eq!(
         errors.to_string(),
-        "policy.yaml: document 2 (TrafficPolicy/reviews): spec.retries.attempts: must be between \
+        "policy.yaml:11:13: document 2 (TrafficPolicy/reviews): spec.retries.attempts: must be between \
          0 and 10 (got 11)"
     );
 }
@@ -317,21 +401,10 @@ fn tcp_services_reject_http_only_fields() {
     let spec = "  timeout: 1s
   retries: {}
   faults: {abort: {percent: 1, status: 503}}
-  outlierDetection: {consecutive5xx: 3, consecutiveGatewayErrors: 0}
 ";
     let errors = errors_for("tcp", spec);
     let fields: Vec<&str> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
-    assert_eq!(
-        fields,
-        [
-            "spec.timeout",
-            "spec.retries",
-            "spec.faults",
-            "spec.outlierDetection.consecutive5xx",
-            "spec.outlierDetection.consecutiveGatewayErrors",
-        ],
-        "{errors}"
-    );
+    assert_eq!(fields, ["spec.timeout", "spec.retries", "spec.faults"], "{errors}");
     for error in &errors {
         assert!(error.message.contains("service \"reviews\" is tcp"), "{error}");
     }
@@ -343,15 +416,16 @@ fn tcp_services_reject_http_only_fields() {
             "  connectTimeout: 1s
   idleTimeout: 10m
   circuitBreaker: {maxConnections: 10, failureRateThreshold: 50}
-  outlierDetection: {failurePercentageThreshold: 50}
+  outlierDetection: {consecutive5xx: 3, consecutiveGatewayErrors: 2, failurePercentageThreshold: 50}
 ",
         ),
     )
     .unwrap_or_else(|errors| panic!("{errors}"));
+    // Failed connects count as 5xx and gateway errors (Envoy's reading).
     let spec = &set.traffic_policies["reviews"].spec;
     let outlier = spec.outlier_detection.as_ref().unwrap();
-    assert_eq!(outlier.consecutive_5xx_for(Protocol::Tcp), 0);
-    assert_eq!(outlier.consecutive_gateway_errors_for(Protocol::Tcp), 0);
+    assert_eq!(outlier.consecutive_5xx(), 3);
+    assert_eq!(outlier.consecutive_gateway_errors(), 2);
 }
 
 #[test]
@@ -447,10 +521,10 @@ fn durations_have_an_upper_bound_per_field() {
     assert_eq!((field.as_str(), message.as_str()), ("spec.timeout", "must be at most 24h (got 87660000h)"));
     let errors = errors_for("http", "  timeout: 99999999999999999999s\n");
     assert!(errors.to_string().contains("too large"), "{errors}");
-    // The whole message names file, document, kind/name and field.
+    // The whole message names file (with line and column), document, kind/name and field.
     let errors = errors_for("http", "  faults: {delay: {percent: 100, duration: 2h}}\n");
     assert_eq!(
         errors.to_string(),
-        "policy.yaml: document 2 (TrafficPolicy/reviews): spec.faults.delay.duration: must be at most 1h (got 2h)"
+        "policy.yaml:11:34: document 2 (TrafficPolicy/reviews): spec.faults.delay.duration: must be at most 1h (got 2h)"
     );
 }

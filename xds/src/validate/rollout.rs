@@ -150,6 +150,7 @@ fn check_url(url: &str) -> Result<(), String> {
 pub(super) fn check_rollouts(
     docs: Vec<(Origin, Rollout)>,
     services: &BTreeMap<String, (Origin, Service)>,
+    base: &BTreeMap<String, Service>,
     policies: &BTreeMap<String, (Origin, TrafficPolicy)>,
     broken: &[(String, String)],
     errors: &mut Vec<PolicyError>,
@@ -158,13 +159,15 @@ pub(super) fn check_rollouts(
     let mut out = BTreeMap::new();
     for (origin, rollout) in docs {
         let target = &rollout.spec.service;
-        match services.get(target) {
-            Some((_, service)) => {
+        match services.get(target).map(|(_, s)| s).or_else(|| base.get(target)) {
+            Some(service) => {
                 check_against_service(&origin, &rollout, service, errors);
                 check_routes(&origin, &rollout, policies.get(target).map(|(_, p)| p), errors);
             }
             None if broken.iter().any(|(k, n)| k == "Service" && n == target) => {}
-            None => errors.push(origin.error(Some("spec.service".into()), missing_service(target, services, broken))),
+            None => {
+                errors.push(origin.error(Some("spec.service".into()), missing_service(target, services, base, broken)))
+            }
         }
         if let Some(first) = by_service.get(target) {
             errors.push(origin.error(

@@ -52,55 +52,65 @@ fn a_full_rollout_loads_with_its_defaults() {
 
 #[test]
 fn every_field_error_names_its_field_and_what_is_allowed() {
-    let at = "t.yaml: document 2 (Rollout/reviews):";
+    // Every message carries FILE:LINE:COLUMN of its field (docs/policy.md, "Error messages"); the
+    // Rollout is document 2, its spec from line 10.
+    let at = |line: u32, column: u32| format!("t.yaml:{line}:{column}: document 2 (Rollout/reviews):");
     let cases = [
         (
             "  service: reviews\n  stable: {version: v1}\n  canary: {version: v1, track: canary}\n  strategy: {canary: {steps: [5]}}\n",
             format!(
-                "{at} spec.canary: {{track: canary, version: v1}} could select the same endpoints as spec.stable {{version: v1}}: give both a label with different values (e.g. version: v1 and version: v2)"
+                "{} spec.canary: {{track: canary, version: v1}} could select the same endpoints as spec.stable {{version: v1}}: give both a label with different values (e.g. version: v1 and version: v2)",
+                at(12, 3)
             ),
         ),
         (
             &format!("{BASE}  strategy: {{}}\n"),
-            format!("{at} spec.strategy: give exactly one of canary, linear or blueGreen"),
+            format!("{} spec.strategy: give exactly one of canary, linear or blueGreen", at(13, 3)),
         ),
         (
             &format!("{BASE}  strategy: {{canary: {{steps: [10, 5, 101]}}}}\n"),
-            format!("{at} spec.strategy.canary.steps[1]: weights must increase (got 5 after 10)"),
+            format!("{} spec.strategy.canary.steps[1]: weights must increase (got 5 after 10)", at(13, 35)),
         ),
         (
             &format!("{BASE}  strategy: {{linear: {{stepWeight: 40, maxWeight: 20}}}}\n"),
-            format!("{at} spec.strategy.linear.maxWeight: must be between stepWeight (40) and 100 (got 20)"),
+            format!("{} spec.strategy.linear.maxWeight: must be between stepWeight (40) and 100 (got 20)", at(13, 39)),
         ),
         (
             &format!("{BASE}  strategy: {{canary: {{steps: [5]}}}}\n  interval: 10ms\n"),
-            format!("{at} spec.interval: must be at least 100ms (got 10ms)"),
+            format!("{} spec.interval: must be at least 100ms (got 10ms)", at(14, 3)),
         ),
         (
             &format!("{BASE}  strategy: {{canary: {{steps: [5]}}}}\n  analysis: {{minSuccessRate: 120}}\n"),
-            format!("{at} spec.analysis.minSuccessRate: must be a percentage between 0 and 100 (got 120)"),
+            format!("{} spec.analysis.minSuccessRate: must be a percentage between 0 and 100 (got 120)", at(14, 14)),
         ),
         (
             &format!("{BASE}  strategy: {{canary: {{steps: [5]}}}}\n  analysis: {{minRequests: 0}}\n"),
-            format!("{at} spec.analysis.minRequests: must be at least 1: a check of no requests would pass anything"),
+            format!(
+                "{} spec.analysis.minRequests: must be at least 1: a check of no requests would pass anything",
+                at(14, 14)
+            ),
         ),
         (
             &format!("{BASE}  strategy: {{canary: {{steps: [5]}}}}\n  webhooks: {{gate: {{url: \"ftp://x/y\"}}}}\n"),
-            format!("{at} spec.webhooks.gate.url: invalid URL \"ftp://x/y\": use http:// or https://"),
+            format!("{} spec.webhooks.gate.url: invalid URL \"ftp://x/y\": use http:// or https://", at(14, 21)),
         ),
         (
             &format!("{BASE}  strategy: {{canary: {{steps: [5]}}}}\n  routes: [main]\n"),
             format!(
-                "{at} spec.routes[0]: the TrafficPolicy of service \"reviews\" has no route \"main\" (routes: default)"
+                "{} spec.routes[0]: the TrafficPolicy of service \"reviews\" has no route \"main\" (routes: default)",
+                at(14, 12)
             ),
         ),
         (
             &format!("{BASE}  strategy: {{canray: {{steps: [5]}}}}\n"),
-            format!("{at} spec.strategy.canray: unknown field, expected one of canary, linear, blueGreen"),
+            format!(
+                "{} spec.strategy.canray: unknown field; did you mean `canary`? (expected one of canary, linear, blueGreen)",
+                at(13, 14)
+            ),
         ),
         (
             "  service: ratings\n  stable: {version: v1}\n  canary: {version: v2}\n  strategy: {canary: {steps: [5]}}\n",
-            format!("{at} spec.service: no Service named \"ratings\" (known services: reviews)"),
+            format!("{} spec.service: no Service named \"ratings\" (known services: reviews)", at(10, 3)),
         ),
     ];
     for (spec, want) in cases {
@@ -114,18 +124,18 @@ fn subsets_must_exist_among_static_endpoints_and_one_rollout_per_service() {
     let yaml = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: reviews}\nspec:\n  port: 80\n  endpoints: [{address: \"127.0.0.1:1\", labels: {version: v1}}]\n---\napiVersion: outrider.io/v1\nkind: Rollout\nmetadata: {name: a}\nspec: {service: reviews, stable: {version: v1}, canary: {version: v2}, strategy: {blueGreen: {}}}\n---\napiVersion: outrider.io/v1\nkind: Rollout\nmetadata: {name: b}\nspec: {service: reviews, stable: {version: v1}, canary: {version: v3}, strategy: {blueGreen: {}}}\n";
     let got = errors(yaml);
     assert!(
-        got.contains(&"t.yaml: document 2 (Rollout/a): spec.canary: {version: v2} matches no endpoint of service \"reviews\" (endpoint labels: {version: v1})".to_owned()),
+        got.contains(&"t.yaml:11:49: document 2 (Rollout/a): spec.canary: {version: v2} matches no endpoint of service \"reviews\" (endpoint labels: {version: v1})".to_owned()),
         "{got:#?}"
     );
     assert!(
-        got.contains(&"t.yaml: document 3 (Rollout/b): spec.service: service \"reviews\" already has a Rollout (in t.yaml document 2); one release runs at a time per service".to_owned()),
+        got.contains(&"t.yaml:16:8: document 3 (Rollout/b): spec.service: service \"reviews\" already has a Rollout (in t.yaml document 2); one release runs at a time per service".to_owned()),
         "{got:#?}"
     );
     let tcp = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: db}\nspec: {protocol: tcp, port: 5432, addresses: [\"10.0.0.1\"]}\n---\napiVersion: outrider.io/v1\nkind: Rollout\nmetadata: {name: db}\nspec: {service: db, stable: {v: a}, canary: {v: b}, strategy: {canary: {steps: [50]}}}\n";
     assert_eq!(
         errors(tcp),
         [
-            "t.yaml: document 2 (Rollout/db): spec.service: service \"db\" is tcp: a rollout splits requests, so it needs an http, http2 or grpc service"
+            "t.yaml:9:8: document 2 (Rollout/db): spec.service: service \"db\" is tcp: a rollout splits requests, so it needs an http, http2 or grpc service"
         ]
     );
 }

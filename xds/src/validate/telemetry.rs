@@ -62,21 +62,23 @@ mod tests {
     fn out_of_range_unknown_and_empty_fields_are_named() {
         assert_eq!(
             errors(&format!("{HEAD}spec: {{tracing: {{samplingPercent: 101}}}}\n")),
-            ["t.yaml: document 1 (Telemetry/mesh): spec.tracing.samplingPercent: must be between 0 and 100 (got 101)"]
+            [
+                "t.yaml:4:18: document 1 (Telemetry/mesh): spec.tracing.samplingPercent: must be between 0 and 100 (got 101)"
+            ]
         );
         assert_eq!(
             errors(&format!("{HEAD}spec: {{tracing: {{sampling: 10}}}}\n")),
-            ["t.yaml: document 1 (Telemetry/mesh): spec.tracing.sampling: unknown field, expected one of \
-                 samplingPercent, errors"]
+            ["t.yaml:4:18: document 1 (Telemetry/mesh): spec.tracing.sampling: unknown field; did you mean \
+                 `samplingPercent`? (expected one of samplingPercent, errors)"]
         );
         assert_eq!(
             errors(&format!("{HEAD}spec: {{tracing: {{}}}}\n")),
-            ["t.yaml: document 1 (Telemetry/mesh): spec.tracing: sets nothing: give samplingPercent (0 to 100) \
+            ["t.yaml:4:8: document 1 (Telemetry/mesh): spec.tracing: sets nothing: give samplingPercent (0 to 100) \
                  and/or errors (true or false)"]
         );
         assert_eq!(
             errors(&format!("{HEAD}spec: {{}}\n")),
-            ["t.yaml: document 1 (Telemetry/mesh): spec.tracing: missing: a Telemetry must set something, e.g. \
+            ["t.yaml:4:1: document 1 (Telemetry/mesh): spec.tracing: missing: a Telemetry must set something, e.g. \
                  tracing: {samplingPercent: 10}"]
         );
     }
@@ -89,8 +91,10 @@ mod tests {
         );
         assert_eq!(
             errors(&two),
-            ["t.yaml: document 2 (Telemetry/other): metadata.name: a Telemetry applies to the whole mesh and one \
-                 is already defined (in t.yaml document 1); keep one"]
+            [
+                "t.yaml:8:12: document 2 (Telemetry/other): metadata.name: a Telemetry applies to the whole mesh and one \
+                 is already defined (in t.yaml document 1); keep one"
+            ]
         );
     }
 }

@@ -58,18 +58,24 @@ fn typo_in_a_field_names_its_path_and_the_expected_fields() {
     let text = with_policy("  routes:\n    - split: [{wieght: 100}]\n");
     assert_eq!(
         only_error(&text),
-        "policy.yaml: document 2 (TrafficPolicy/reviews): spec.routes[0].split[0].wieght: \
-         unknown field, expected one of weight, subset"
+        "policy.yaml:18:16: document 2 (TrafficPolicy/reviews): spec.routes[0].split[0].wieght: \
+         unknown field; did you mean `weight`? (expected one of weight, subset)"
     );
 }
 
 #[test]
 fn wrong_type_and_missing_field_name_the_field() {
     let text = SERVICE.replace("port: 9080", "port: high");
-    let message = only_error(&text);
-    assert!(message.starts_with("policy.yaml: document 1 (Service/reviews): spec.port: invalid type"), "{message}");
+    assert_eq!(
+        only_error(&text),
+        "policy.yaml:6:3: document 1 (Service/reviews): spec.port: expected a whole number, got \"high\""
+    );
+    // A missing field points at the mapping that lacks it.
     let text = SERVICE.replace("port: 9080", "protocol: http");
-    assert_eq!(only_error(&text), "policy.yaml: document 1 (Service/reviews): spec.port: required field is missing");
+    assert_eq!(
+        only_error(&text),
+        "policy.yaml:5:1: document 1 (Service/reviews): spec.port: required field is missing"
+    );
     let text = SERVICE.replace("port: 9080", "port: 70000");
     assert!(only_error(&text).ends_with("spec.port: port must be between 1 and 65535 (got 70000)"));
 }
@@ -79,7 +85,7 @@ fn bad_duration_is_explained() {
     let text = with_policy("  connectTimeout: 5 secs\n");
     assert_eq!(
         only_error(&text),
-        "policy.yaml: document 2 (TrafficPolicy/reviews): spec.connectTimeout: invalid duration \
+        "policy.yaml:17:3: document 2 (TrafficPolicy/reviews): spec.connectTimeout: invalid duration \
          \"5 secs\": use a number followed by ms, s, m or h, e.g. 250ms or 2s"
     );
 }
@@ -99,8 +105,8 @@ fn split_weights_must_add_up_to_100() {
     );
     assert_eq!(
         only_error(&text),
-        "policy.yaml: document 2 (TrafficPolicy/reviews): spec.routes[0].split[1].weight: \
-         weights of a split must add up to 100 (got 110)"
+        "policy.yaml:18:7: document 2 (TrafficPolicy/reviews): spec.routes[0].split: weights of a split \
+         must add up to 100 (got 110)"
     );
 }
 
@@ -109,7 +115,7 @@ fn missing_service_reference_lists_known_services() {
     let text = with_policy("").replace("service: reviews", "service: ratings");
     assert_eq!(
         only_error(&text),
-        "policy.yaml: document 2 (TrafficPolicy/reviews): spec.service: no Service named \
+        "policy.yaml:16:3: document 2 (TrafficPolicy/reviews): spec.service: no Service named \
          \"ratings\" (known services: reviews)"
     );
 }
@@ -129,7 +135,7 @@ fn mtls_mode_and_meshed_endpoints_are_checked() {
     let meshed = SERVICE.replace("version: v2}}", "version: v2}, meshed: true}");
     assert_eq!(
         only_error(&meshed),
-        "policy.yaml: document 1 (Service/reviews): spec.endpoints[1].identity: a meshed endpoint needs the SPIFFE \
+        "policy.yaml:10:7: document 1 (Service/reviews): spec.endpoints[1].identity: a meshed endpoint needs the SPIFFE \
          ID its sidecar presents (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>), so callers can verify it"
     );
     let unmeshed = SERVICE.replace("version: v2}}", "version: v2}, identity: \"spiffe://td/ns/a/sa/b\"}");
@@ -169,7 +175,7 @@ fn authorization_policies_are_validated() {
         ("  to: [{methods: [get]}]\n", "spec.to[0].methods[0]: invalid method \"get\""),
         ("  to: [{}]\n", "spec.to[0]: needs paths, methods or both"),
         ("  action: audit\n", "spec.action: unknown value \"audit\", expected one of allow, deny"),
-        ("  form: []\n", "spec.form: unknown field, expected one of service, action, from, to"),
+        ("  form: []\n", "spec.form: unknown field; did you mean `from`? (expected one of service, action, from, to)"),
     ];
     for (spec, expected) in cases {
         let error = only_error(&with_authz(spec));
@@ -197,8 +203,9 @@ fn api_version_other_than_v1_is_rejected() {
 
 #[test]
 fn all_errors_of_a_set_are_collected() {
-    // Three documents with problems (a bad weight sum, a host name as endpoint, a tcp service
-    // without an address); reported in document order, one per line.
+    // Three documents with problems (a bad weight sum; a host name as endpoint and an unknown
+    // field after it; a tcp service without an address); all reported, in document order, one
+    // per line.
     let text = format!(
         "{}---\n{}---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: db}}\nspec: {{protocol: tcp, port: 5432}}\n",
         with_policy("  routes:\n    - split: [{weight: 50}]\n"),
@@ -208,11 +215,11 @@ fn all_errors_of_a_set_are_collected() {
     let fields: Vec<Option<&str>> = errors.iter().map(|e| e.field.as_deref()).collect();
     assert_eq!(
         fields,
-        [Some("spec.routes[0].split[0].weight"), Some("spec.endpoints[0].address"), Some("spec.addresses"),],
+        [Some("spec.routes[0].split"), Some("spec.endpoints[0].address"), Some("spec.colour"), Some("spec.addresses")],
         "{errors}"
     );
     let text = errors.to_string();
-    assert_eq!(text.lines().count(), 3);
+    assert_eq!(text.lines().count(), 4);
     assert!(text.contains("\"web.local\" is a host name"), "{text}");
     assert!(text.contains("document 4 (Service/db)"), "{text}");
 }
@@ -270,7 +277,7 @@ fn a_directory_is_one_set_across_its_yaml_files() {
     std::fs::remove_dir_all(&dir).unwrap();
     let set = set.unwrap();
     assert!(set.traffic_policies.contains_key("reviews"));
-    assert!(orphan.contains("c-orphan.yaml: document 1 (TrafficPolicy/other): spec.service"), "{orphan}");
+    assert!(orphan.contains("c-orphan.yaml:6:3: document 1 (TrafficPolicy/other): spec.service"), "{orphan}");
 }
 
 #[test]
@@ -285,11 +292,11 @@ fn unknown_enum_values_yaml_syntax_and_bad_names_are_reported() {
     let text = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: A_b}\nspec: {port: 80, protocol: htp}\n";
     assert_eq!(
         errors(text).to_string(),
-        "policy.yaml: document 1 (Service/A_b): metadata.name: invalid name \"A_b\": use lowercase \
+        "policy.yaml:3:12: document 1 (Service/A_b): metadata.name: invalid name \"A_b\": use lowercase \
          letters, digits and '-', starting and ending with a letter or digit, at most 63 characters\n\
-         policy.yaml: document 1 (Service/A_b): spec.protocol: unknown value \"htp\", expected one \
-         of http, http2, grpc, tcp"
+         policy.yaml:4:18: document 1 (Service/A_b): spec.protocol: unknown value \"htp\", expected one \
+         of http, http2, grpc, tcp; did you mean \"http\"?"
     );
     let message = only_error("---\napiVersion: outrider.io/v1\nkind: Service\nspec: {port: 80\n");
-    assert!(message.starts_with("policy.yaml: document 1: invalid YAML: did not find expected ','"), "{message}");
+    assert!(message.starts_with("policy.yaml:5:1: document 1: invalid YAML: did not find expected ','"), "{message}");
 }

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::{ConnectConfig, ConnectTime, UpstreamError, UpstreamProtocol, connect_tcp_or_mesh};
 use crate::http::Body;
-use crate::policy::breaker::{ClusterCounters, GaugeGuard};
+use crate::policy::breaker::{ClusterThresholds, GaugeGuard};
 use crate::tls::Identity;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -120,7 +120,7 @@ impl Drop for StreamGuard {
 #[derive(Debug)]
 struct Opened {
     slot: Option<GaugeGuard>,
-    counters: Option<Arc<ClusterCounters>>,
+    counters: Option<Arc<ClusterThresholds>>,
     /// HTTP/1.1: the endpoint whose open connections this one counts in.
     h1: Option<Weak<EndpointPool>>,
 }

@@ -42,6 +42,7 @@ impl Transport {
                     Some(tls) => endpoint.connect_with_connector_lazy(outrider_xds::tls::TlsConnector {
                         config: tls.clone(),
                         hint: OTLP_TLS_HINT,
+                        local: None,
                     }),
                     None => endpoint.connect_lazy(),
                 };
