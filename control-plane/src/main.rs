@@ -73,12 +73,14 @@ enum Command {
     },
     /// Rollouts: start, status (with -w: watch it live), pause, resume, promote, abort.
     Rollout {
+        /// What to do: start, status, pause, resume, promote or abort.
         verb: cli::rollout::Verb,
         /// The Rollout's name.
         name: String,
         /// Keep watching until it is promoted (exit 0) or aborted (exit 1).
         #[arg(short = 'w', long)]
         watch: bool,
+        /// Output: table (human), json or yaml.
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
         #[command(flatten)]
