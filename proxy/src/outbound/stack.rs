@@ -214,6 +214,8 @@ impl<S> Balance<S> {
     }
 
     fn rejected_open(&self, service: &Arc<str>) -> ProxyError {
+        // For the load reports (the dashboard's breaker rejections).
+        self.cluster.state.load.reject();
         self.metrics
             .circuit_breaker_rejections
             .get_or_create(&ServiceReasonLabels { service: service.clone(), reason: "open" })
