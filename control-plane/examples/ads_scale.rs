@@ -10,6 +10,11 @@
 //! The control plane binary is `target/release/outrider` (or `--outrider PATH`); it gets
 //! `--workers 1` so the numbers are for one core.
 //!
+//! `--lrs SECONDS` then also opens a load-report stream (LRS) per client, as a proxy does,
+//! reporting every interval the control plane asks for (`--lrs-interval`) on `--lrs-calls`
+//! services (both endpoints each, 8 latency buckets), and prints the control plane's memory and
+//! CPU with them and what its stats store holds (`GET /v1/stats`).
+//!
 //! With `--kubeconfig FILE --replicas N` the control planes are N replicas of
 //! `outrider control-plane --kubernetes` fed by that cluster's API server (the test bed's:
 //! `cargo run -p outrider-tests --bin kube-testbed` prints a kubeconfig): the S services are
@@ -42,6 +47,15 @@ struct Args {
     rounds: usize,
     #[arg(long)]
     outrider: Option<PathBuf>,
+    /// Seconds of load reports from every client after the rounds (0: none).
+    #[arg(long, default_value_t = 0)]
+    lrs: u64,
+    /// `--load-report-interval` of the control plane.
+    #[arg(long, default_value = "5s")]
+    lrs_interval: String,
+    /// Services each client reports on.
+    #[arg(long, default_value_t = 10)]
+    lrs_calls: usize,
     /// Kubernetes mode: the cluster whose API server feeds the replicas.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -134,6 +148,7 @@ async fn main() {
     let data = std::env::temp_dir().join(format!("outrider-ads-scale-{}", std::process::id()));
     let mut cp = Command::new(&bin)
         .args(["control-plane", "--xds-port", "0", "--api-port", "0", "--api-token", "bench", "--workers", "1"])
+        .args(["--load-report-interval", &args.lrs_interval])
         .arg("--data-dir")
         .arg(&data)
         .env("RUST_LOG", "warn,outrider=info")
@@ -220,9 +235,139 @@ async fn main() {
         cpu1 - cpu0,
         args.rounds
     );
+    if args.lrs > 0 {
+        load_reports(&args, xds, api, pid).await;
+    }
     let _ = cp.kill();
     let _ = cp.wait();
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// One client's report: both endpoints of `calls` services (never svc-0, whose port moves).
+fn report(args: &Args, client: usize, tick: usize) -> Vec<envoy_types::pb::envoy::config::endpoint::v3::ClusterStats> {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier};
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterStats, EndpointLoadMetricStats, UpstreamEndpointStats, UpstreamLocalityStats,
+    };
+    use outrider_xds::latency::{LATENCY_SUM_METRIC, bucket_metric_name};
+    (0..args.lrs_calls)
+        .map(|c| {
+            let i = 1 + (client * 7 + c * 13) % (args.services - 1).max(1);
+            let port = 10000 + i % 50000;
+            let endpoints = ["127.0.0.1", "127.0.0.2"]
+                .iter()
+                .map(|ip| {
+                    let mut metrics = vec![EndpointLoadMetricStats {
+                        metric_name: LATENCY_SUM_METRIC.into(),
+                        num_requests_finished_with_metric: 40,
+                        total_metric_value: 200.0,
+                    }];
+                    let first = 40 + (i + tick) % 20;
+                    metrics.extend((first..first + 8).map(|b| EndpointLoadMetricStats {
+                        metric_name: bucket_metric_name(b),
+                        num_requests_finished_with_metric: 5,
+                        total_metric_value: 0.0,
+                    }));
+                    UpstreamEndpointStats {
+                        address: Some(Address {
+                            address: Some(address::Address::SocketAddress(SocketAddress {
+                                address: (*ip).into(),
+                                port_specifier: Some(PortSpecifier::PortValue(port as u32)),
+                                ..Default::default()
+                            })),
+                        }),
+                        total_successful_requests: 39,
+                        total_error_requests: 1,
+                        total_issued_requests: 40,
+                        load_metric_stats: metrics,
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            ClusterStats {
+                cluster_name: outrider_xds::resources::cluster_name(&format!("svc-{i}"), 8080),
+                upstream_locality_stats: vec![UpstreamLocalityStats {
+                    upstream_endpoint_stats: endpoints,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Every client reports over LRS for `--lrs` seconds; then the control plane's numbers.
+async fn load_reports(args: &Args, xds: SocketAddr, api: SocketAddr, pid: u32) {
+    use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
+    use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
+    let (_, cpu0) = proc_stats(pid);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.lrs);
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for client in 0..args.clients {
+        let reports: Vec<_> = (0..4).map(|tick| report(args, client, tick)).collect();
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = Node {
+                id: format!("sim-{client}"),
+                client_features: vec!["envoy.lrs.supports_send_all_clusters".into()],
+                ..Default::default()
+            };
+            let config = ClientConfig::new(format!("http://{xds}"), node.clone());
+            let channel = outrider_xds::ads::connect(&config, None).await.expect("a channel");
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            tx.send(LoadStatsRequest { node: Some(node), cluster_stats: Vec::new() }).await.unwrap();
+            let mut lrs = LoadReportingServiceClient::new(channel);
+            let mut responses =
+                lrs.stream_load_stats(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+            let first = responses.message().await.unwrap().unwrap();
+            let interval = first
+                .load_reporting_interval
+                .map_or(Duration::from_secs(5), |d| Duration::new(d.seconds as u64, d.nanos as u32));
+            // Spread the clients over the interval, as independent proxies are.
+            tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+            let mut tick = 0;
+            while Instant::now() < end {
+                let report = LoadStatsRequest { node: None, cluster_stats: reports[tick % reports.len()].clone() };
+                if tx.send(report).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tick += 1;
+                tokio::time::sleep(interval).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let (rss, cpu1) = proc_stats(pid);
+    let summary = get(api, "/v1/stats?window=15m").await;
+    println!(
+        "load reports: {} clients × {} services for {}s: {} reports; control plane CPU {:.2}s ({:.1} µs per report), \
+         peak RSS {} MiB, RSS now {} MiB; stats: {} series, {:.1} MiB, {} proxies reporting",
+        args.clients,
+        args.lrs_calls,
+        args.lrs,
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        cpu1 - cpu0,
+        (cpu1 - cpu0) * 1e6 / sent.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64,
+        rss / 1024,
+        status_kb(pid, "VmRSS:") / 1024,
+        summary["series"],
+        summary["bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        summary["reportingProxies"],
+    );
+}
+
+async fn get(api: SocketAddr, path: &str) -> serde_json::Value {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let resp = client.get(format!("http://{api}{path}").parse().unwrap()).await.expect("the API answers");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap_or_default()
 }
 
 /// `--kubeconfig`: replicas fed by an API server.

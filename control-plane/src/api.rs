@@ -8,9 +8,15 @@
 //! | `POST /v1/validate` | dry run of a write (token): errors, or what would change |
 //! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
+//! | `GET /v1/rollouts[/NAME]` | rollouts: phase, step, weight, canary and stable numbers, history |
+//! | `POST /v1/rollouts/NAME/{start,pause,resume,promote,abort}` | an operator's command (API token) |
+//! | `GET /v1/stats[/SERVICE]` | load reports: per service, subset, endpoint; history (`?window=1m&labels=k=v`) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
 //! | `POST /v1/tokens` | a join token for `{namespace, serviceAccount, ttl?, singleUse?}` (API token) |
 //! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`), service-account token (`Bearer <JWT>`, `--kubernetes`) or renewal proof → certificate chain |
+//! | `GET /v1/mesh` | the dashboard's graph: services, source → destination calls, resilience (`?window=1m`) |
+//! | `GET /v1/policies/rejected` | the errors of the last rejected policy write |
+//! | `GET /ui/` | the dashboard (assets built into the binary) |
 //! | `GET /metrics` | the control plane's own metrics |
 //!
 //! Writes need `Authorization: Bearer TOKEN`; `If-Match: VERSION` makes a write conditional
@@ -41,6 +47,9 @@ use crate::tracker::Tracker;
 
 mod ca;
 mod endpoints;
+mod rollouts;
+mod stats;
+mod ui;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 4 << 20;
@@ -61,6 +70,12 @@ pub struct ApiState {
     pub issuance: Issuance,
     /// Join tokens, for `/v1/tokens`.
     pub tokens: Arc<JoinTokens>,
+    /// Load reports, for `/v1/stats`.
+    pub stats: Arc<crate::stats::Stats>,
+    /// Rollouts, for `/v1/rollouts`.
+    pub rollouts: Arc<crate::rollout::Controller>,
+    /// The last policy write refused (unix seconds, the response body), for the dashboard.
+    pub last_rejected: parking_lot::Mutex<Option<(u64, serde_json::Value)>>,
     /// With `--kubernetes`: the cluster holds the policies, and policy writes are refused.
     pub kubernetes: Option<Arc<Cluster>>,
     /// With `--kubernetes`: reviews service-account tokens for `/v1/certificates`.
@@ -174,6 +189,26 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             let id = (*id).to_owned();
             endpoints::remove(state, &req, &id)
         }
+        (&Method::GET, ["v1", "rollouts"]) => rollouts::list(state),
+        (&Method::GET, ["v1", "rollouts", name]) => rollouts::status(state, name),
+        (&Method::POST, ["v1", "rollouts", name, command]) => {
+            let (name, command) = ((*name).to_owned(), (*command).to_owned());
+            rollouts::command(state, req, &name, &command).await
+        }
+        (&Method::GET, ["v1", "stats"]) => stats::summary(state, req.uri().query()),
+        (&Method::GET, ["v1", "stats", service]) => stats::service(state, service, req.uri().query()),
+        (&Method::GET, ["v1", "mesh"]) => stats::mesh(state, req.uri().query()),
+        (&Method::GET, ["v1", "policies", "rejected"]) => {
+            let last = state.last_rejected.lock().clone();
+            json_response(
+                StatusCode::OK,
+                &match last {
+                    Some((at, body)) => json!({"at": at, "response": body}),
+                    None => json!({"at": null, "response": null}),
+                },
+            )
+        }
+        (&Method::GET, ["ui", rest @ ..]) => ui::asset(&rest.join("/"), &path),
         (&Method::GET, ["v1", "ca", "bundle"]) => ca::bundle(state),
         (&Method::POST, ["v1", "tokens"]) => ca::create_token(state, req).await,
         (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,
@@ -187,7 +222,7 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             let (kind, name) = ((*kind).to_owned(), (*name).to_owned());
             delete(state, req, &kind, &name).await
         }
-        (_, ["v1", ..]) | (_, ["metrics"]) | (_, ["healthz"]) => {
+        (_, ["v1", ..]) | (_, ["metrics"]) | (_, ["healthz"]) | (_, ["ui", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
@@ -201,7 +236,9 @@ async fn get_policies(state: &ApiState, rest: &[&str]) -> Response<Body> {
             None => {
                 return error(
                     StatusCode::NOT_FOUND,
-                    format!("unknown kind {k:?}: expected Service, TrafficPolicy, AuthorizationPolicy or Telemetry"),
+                    format!(
+                        "unknown kind {k:?}: expected Service, TrafficPolicy, AuthorizationPolicy, Telemetry or Rollout"
+                    ),
                 );
             }
         },
@@ -275,7 +312,9 @@ async fn delete(state: &ApiState, req: Request<Incoming>, kind: &str, name: &str
     let Some(kind) = canonical_kind(kind) else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("unknown kind {kind:?}: expected Service, TrafficPolicy, AuthorizationPolicy or Telemetry"),
+            format!(
+                "unknown kind {kind:?}: expected Service, TrafficPolicy, AuthorizationPolicy, Telemetry or Rollout"
+            ),
         );
     };
     match state.policies.delete(kind, name, if_match(&req).as_deref()).await {
@@ -319,17 +358,21 @@ fn unauthorized() -> Response<Body> {
 fn write_error(state: &ApiState, e: WriteError, dry_run: bool) -> Response<Body> {
     let (status, result) = match &e {
         WriteError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
-        WriteError::Conflict { .. } | WriteError::OwnedByDir { .. } => (StatusCode::CONFLICT, "conflict"),
+        WriteError::Conflict { .. } | WriteError::OwnedByDir { .. } | WriteError::Owned(_) => {
+            (StatusCode::CONFLICT, "conflict")
+        }
         WriteError::NotFound { .. } => (StatusCode::NOT_FOUND, "invalid"),
         WriteError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
     };
-    if !dry_run {
-        record(state, result);
-    }
     let mut body = json!({"error": e.to_string()});
     if let WriteError::Invalid(errors) = &e {
         body["valid"] = json!(false);
         body["errors"] = errors.iter().map(outrider_xds::PolicyError::to_json).collect();
+    }
+    if !dry_run {
+        record(state, result);
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        *state.last_rejected.lock() = Some((at, body.clone()));
     }
     if let WriteError::Persist(p) = &e {
         tracing::error!(error = %p, "cannot persist a policy write");

@@ -1,4 +1,4 @@
-//! The verbs that talk to a running control plane: `apply`, `get`, `delete`, `status`,
+//! The verbs that talk to a running control plane: `apply`, `get`, `delete`, `status`, `rollout`,
 //! `token create`.
 //! Exit codes: 0 ok, 1 runtime failure (server unreachable, conflict, server error), 2 bad
 //! usage or invalid input.
@@ -8,6 +8,8 @@ pub mod check;
 pub mod client;
 /// `outrider inject`.
 pub mod inject;
+/// `outrider rollout VERB NAME [-w]`.
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,7 +70,7 @@ fn call(conn: &Connection, method: Method, path: &str, body: Option<String>) -> 
 
 /// Exit code and message for a failed reply; `sent` maps errors about the request body back
 /// to the files it was made of.
-fn failed(reply: &Reply, sent: Option<&Body>) -> ExitCode {
+pub(crate) fn failed(reply: &Reply, sent: Option<&Body>) -> ExitCode {
     let v = reply.json();
     if let Some(errors) = v.get("errors").and_then(Value::as_array) {
         for e in errors {
@@ -428,7 +430,7 @@ fn short(version: &str) -> &str {
     version.get(..8).unwrap_or(version)
 }
 
-fn print_value(v: &Value, output: Output) {
+pub(crate) fn print_value(v: &Value, output: Output) {
     match output {
         Output::Yaml => print!("{}", serde_yaml_ng::to_string(v).unwrap_or_default()),
         _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),

@@ -9,6 +9,8 @@
 
 mod apps;
 mod report;
+/// `outrider demo --rollout`: a good version promoted, a bad one aborted.
+mod rollout;
 
 pub use apps::{AppCommand, run as run_app};
 
@@ -40,6 +42,8 @@ pub struct DemoArgs {
     pub duration: Duration,
     pub no_policy: bool,
     pub rate: u32,
+    /// Run the rollout story instead (`--rollout`).
+    pub rollout: bool,
     /// Print the result as one JSON document on stdout (the live view goes to stderr).
     pub json: bool,
     /// After the run, keep the mesh up (idle) until Ctrl-C or SIGTERM, printing how to look
@@ -105,6 +109,10 @@ fn traffic_policy(v1: u32, v2: u32, bare: bool) -> String {
 
 /// Run the demo; blocks until it ends.
 pub fn run(args: DemoArgs) -> ExitCode {
+    if args.rollout && args.json {
+        eprintln!("outrider demo: -o json is not available with --rollout (its live view is the output)");
+        return ExitCode::from(2);
+    }
     let data_dir = std::env::temp_dir().join(format!("outrider-demo-{}", std::process::id()));
     let token = format!("demo-{:016x}", fastrand::u64(..));
     let cp = match server::start(ServerConfig {
@@ -127,7 +135,13 @@ pub fn run(args: DemoArgs) -> ExitCode {
         }
     };
     let api = format!("http://{}", cp.api_addr);
-    let result = rt.block_on(demo(&args, &api, cp.xds_addr, &token, &data_dir));
+    let result = rt.block_on(async {
+        if args.rollout {
+            rollout::story(args.rate, args.keep_running, &api, cp.xds_addr, &token, &data_dir).await
+        } else {
+            demo(&args, &api, cp.xds_addr, &token, &data_dir).await
+        }
+    });
     drop(rt);
     cp.kill();
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -323,6 +337,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
     // What runs where: a label column of 20, the rest wrapped under it.
     let info = |label: &str, text: String| screen.line(wrap(&format!("{label:<20}"), &" ".repeat(20), &text));
     info("control plane API", format!("{api}  (outrider status --server {api})"));
+    info("dashboard", format!("{api}/ui/  (the graph shows frontend → reviews and the breaker; API token {token})"));
     info(
         "mTLS",
         "frontend → reviews over mutual TLS 1.3, HTTP/2 between the sidecars; identities \
@@ -571,6 +586,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
     if args.keep_running {
         screen.line("\nthe mesh stays up (no more load) until Ctrl-C; meanwhile:");
         hint(&format!("outrider status --server {api}"), "proxies, config versions, ACK/NACK");
+        hint(&format!("{api}/ui/"), "the dashboard, in a browser");
         hint(&format!("outrider get --server {api}"), "the services and the policy");
         hint(&format!("curl -s http://{}/clusters", front_car.addrs.admin), "endpoints, breakers, latency");
         hint(&format!("curl -s http://{}/metrics", front_car.addrs.metrics), "the frontend sidecar's metrics");
@@ -583,6 +599,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
             hint("outrider demo", "the same load with the demo policy");
         }
         hint("outrider demo --keep-running", "the same, then the mesh stays up to look around");
+        hint("outrider demo --rollout", "a release: v2 promoted step by step, v3 aborted");
         hint("outrider validate -f examples/policy.yaml", "check a policy file offline");
         hint("outrider control-plane --log-format text", "a control plane of your own (README)");
         screen.line("  docs/policy.md, docs/metrics.md: the policy and the numbers behind each column");

@@ -7,7 +7,7 @@
 pub mod api;
 /// The mesh CA: root, workload certificates from CSRs, trust bundle, join tokens.
 pub mod ca;
-/// The CLI verbs that talk to a running control plane (`apply`, `get`, `delete`, `status`).
+/// The CLI verbs that talk to a running control plane (`apply`, `get`, `delete`, `status`, `rollout`).
 pub mod cli;
 /// `outrider demo`: the mesh in one process, with load and a live view.
 pub mod demo;
@@ -20,10 +20,14 @@ pub mod kubernetes;
 pub mod metrics;
 /// Policy documents from the directory and the API, validated as one set, persisted.
 pub mod policies;
+/// Rollouts: the state machine per `kind: Rollout`, its checks and webhooks.
+pub mod rollout;
 /// `outrider control-plane`: wiring, debounce, start/kill.
 pub mod server;
 /// Policy set → versioned xDS resources (plus gRPC API listeners).
 pub mod snapshot;
+/// Load reports (LRS) from the proxies, aggregated per service, subset and endpoint.
+pub mod stats;
 /// Connected proxies and their ACK/NACK state per resource type.
 pub mod tracker;
 /// The ADS server: SotW and Delta streams.

@@ -39,7 +39,7 @@ enum Command {
     },
     /// List documents: all, of a kind, or one.
     Get {
-        /// Service, TrafficPolicy, AuthorizationPolicy or Telemetry (any case, plural too).
+        /// Service, TrafficPolicy, AuthorizationPolicy, Telemetry or Rollout (any case, plural too).
         kind: Option<String>,
         /// The document's metadata.name.
         name: Option<String>,
@@ -51,7 +51,7 @@ enum Command {
     },
     /// Delete one document.
     Delete {
-        /// Service, TrafficPolicy, AuthorizationPolicy or Telemetry.
+        /// Service, TrafficPolicy, AuthorizationPolicy, Telemetry or Rollout.
         kind: String,
         /// The document's metadata.name.
         name: String,
@@ -66,6 +66,21 @@ enum Command {
     /// Connected proxies: node id, service, config version per type, ACK/NACK, last seen.
     Status {
         /// Output: table, json or yaml.
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Rollouts: start, status (with -w: watch it live), pause, resume, promote, abort.
+    Rollout {
+        /// What to do: start, status, pause, resume, promote or abort.
+        verb: cli::rollout::Verb,
+        /// The Rollout's name.
+        name: String,
+        /// Keep watching until it is promoted (exit 0) or aborted (exit 1).
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// Output: table (human), json or yaml.
         #[arg(short = 'o', long = "output", default_value = "table")]
         output: Output,
         #[command(flatten)]
@@ -119,6 +134,10 @@ enum Command {
         /// Requests per second.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// Progressive delivery instead: a Rollout promotes a good v2 step by step, then aborts a
+        /// bad v3 on its first step (--duration does not apply).
+        #[arg(long)]
+        rollout: bool,
         /// table: the live view; json: the live view on stderr and the numbers (per second,
         /// per phase, summary) as one JSON document on stdout.
         #[arg(short = 'o', long = "output", default_value = "table")]
@@ -213,6 +232,10 @@ struct ServeArgs {
     /// How long a sidecar's endpoint registration outlives its xDS stream.
     #[arg(long, env = "OUTRIDER_REGISTRATION_GRACE", default_value = "10s", value_parser = duration)]
     registration_grace: std::time::Duration,
+    /// How often proxies send load reports (LRS); a running rollout with a short interval asks
+    /// for them more often.
+    #[arg(long, env = "OUTRIDER_LOAD_REPORT_INTERVAL", default_value = "5s", value_parser = duration)]
+    load_report_interval: std::time::Duration,
     /// Kubernetes mode: Services, EndpointSlices and the outrider.io custom resources of the
     /// cluster are the policies (no --policy-dir, no API writes); the CA root is kept in a Secret.
     #[arg(long, env = "OUTRIDER_KUBERNETES")]
@@ -283,6 +306,7 @@ fn main() -> ExitCode {
             if quiet { None } else { Some(output) },
         ),
         Command::Validate { file, output } => validate(&file, output),
+        Command::Rollout { verb, name, watch, output, conn } => cli::rollout::run(&conn, verb, &name, watch, output),
         Command::Inject { file, inject, conn } => cli::inject::inject(&conn, &file, &inject),
         Command::Check { kubeconfig, kube_context, namespace, conn } => {
             let mut kube = outrider_control_plane::kubernetes::KubeSettings::new();
@@ -291,13 +315,14 @@ fn main() -> ExitCode {
             kube.namespace = namespace;
             cli::check::check(&cli::check::CheckArgs { kube, conn })
         }
-        Command::Demo { duration, no_policy, rate, output, keep_running } => {
+        Command::Demo { duration, no_policy, rate, rollout, output, keep_running } => {
             let json = output == DemoOutput::Json;
             let keep_running = keep_running.unwrap_or_else(|| !json && std::io::stdout().is_terminal());
             outrider_control_plane::demo::run(outrider_control_plane::demo::DemoArgs {
                 duration,
                 no_policy,
                 rate,
+                rollout,
                 json,
                 keep_running,
             })
@@ -380,6 +405,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         workload_cert_ttl: args.workload_cert_ttl,
         tls: args.tls,
         tls_sans: args.tls_san,
+        load_report_interval: args.load_report_interval,
         insecure_registration: args.insecure_registration,
         kubernetes: args.kubernetes.then(|| {
             let mut k = outrider_control_plane::kubernetes::KubeSettings::new();

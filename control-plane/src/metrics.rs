@@ -39,9 +39,19 @@ pub struct Metrics {
     pub policy_writes: Family<ResultLabels, Counter>,
     pub ca_issued: Counter,
     pub ca_issue_errors: Family<ReasonLabels, Counter>,
+    pub load_reports: Counter,
+    pub load_reports_dropped: Family<ReasonLabels, Counter>,
+    pub stats_series: Gauge,
+    pub rollout_events: Family<EventLabels, Counter>,
     /// Pods reviewed by the injection webhook, by result (`injected`, `skipped`, `refused`,
     /// `ignored`).
     pub injections: Family<ResultLabels, Counter>,
+}
+
+/// `event` label of rollout transitions (`started`, `step`, `promoted`, `aborted`, ...; bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +92,18 @@ impl Metrics {
             "Certificate requests refused or failed, by reason",
             ca_issue_errors.clone(),
         );
+        let load_reports = Counter::default();
+        registry.register("load_reports", "Load reports (LRS) received from proxies", load_reports.clone());
+        let load_reports_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "load_report_entries_dropped",
+            "Parts of load reports not counted: unknown-cluster, unknown-endpoint, bad-address",
+            load_reports_dropped.clone(),
+        );
+        let stats_series = Gauge::default();
+        registry.register("stats_series", "Endpoints with load numbers kept", stats_series.clone());
+        let rollout_events = Family::<EventLabels, Counter>::default();
+        registry.register("rollout_events", "Rollout transitions, by event", rollout_events.clone());
         let injections = Family::<ResultLabels, Counter>::default();
         registry.register(
             "injections",
@@ -97,6 +119,10 @@ impl Metrics {
             policy_writes,
             ca_issued,
             ca_issue_errors,
+            load_reports,
+            load_reports_dropped,
+            stats_series,
+            rollout_events,
             injections,
         }
     }

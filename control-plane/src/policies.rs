@@ -36,6 +36,9 @@ pub enum WriteError {
     NotFound { kind: String, name: String },
     #[error("{kind}/{name} is defined in the policy directory ({file}); change the file instead")]
     OwnedByDir { kind: String, name: String, file: String },
+    /// Part of the document is run by something else (a rollout's split).
+    #[error("{0}")]
+    Owned(String),
     #[error("{0}")]
     Persist(#[from] PersistError),
 }
@@ -93,6 +96,17 @@ struct Inner {
     revision: u64,
 }
 
+/// One document a write changes: its key, what is stored now, what it would become (`None`:
+/// absent / deleted).
+pub type DocChange<'a> = (&'a Key, Option<&'a serde_json::Value>, Option<&'a serde_json::Value>);
+
+/// Something that runs part of some documents (a rollout runs the split of its service's
+/// TrafficPolicy) and refuses writes by anyone else that would change it.
+pub trait WriteGuard: Send + Sync + std::fmt::Debug {
+    /// `Err(why)` refuses the write (409).
+    fn check(&self, changes: &[DocChange<'_>]) -> Result<(), String>;
+}
+
 /// The documents, the validated set, and their durable copy.
 #[derive(Debug)]
 pub struct Policies {
@@ -100,6 +114,7 @@ pub struct Policies {
     current: watch::Sender<Arc<PolicySet>>,
     data: DataDir,
     dir: Option<PathBuf>,
+    guard: std::sync::OnceLock<Arc<dyn WriteGuard>>,
 }
 
 impl Policies {
@@ -127,7 +142,25 @@ impl Policies {
         };
         let inner =
             Inner { dir_docs: documents_of(&dir_sources), dir_sources, dir_fingerprint, api, revision: state.revision };
-        Ok(Arc::new(Self { inner: Mutex::new(inner), current: watch::channel(Arc::new(set)).0, data, dir }))
+        Ok(Arc::new(Self {
+            inner: Mutex::new(inner),
+            current: watch::channel(Arc::new(set)).0,
+            data,
+            dir,
+            guard: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// Install the guard every API write and delete is checked against (once).
+    pub fn set_guard(&self, guard: Arc<dyn WriteGuard>) {
+        let _ = self.guard.set(guard);
+    }
+
+    fn check_guard(&self, changes: &[DocChange<'_>]) -> Result<(), WriteError> {
+        match self.guard.get() {
+            Some(guard) => guard.check(changes).map_err(WriteError::Owned),
+            None => Ok(()),
+        }
     }
 
     /// No documents, no directory, nothing read from `data` (the Kubernetes mode, where the
@@ -145,6 +178,7 @@ impl Policies {
             current: watch::channel(Arc::new(PolicySet::default())).0,
             data,
             dir: None,
+            guard: std::sync::OnceLock::new(),
         })
     }
 
@@ -182,10 +216,24 @@ impl Policies {
             };
             check_if_match(expected, actual)?;
         }
+        let changes: Vec<DocChange<'_>> =
+            docs.iter().map(|(key, value)| (key, inner.api.get(key).map(|d| &d.document), Some(value))).collect();
+        self.check_guard(&changes)?;
+        self.write_docs(&mut inner, docs, &request, dry_run).await
+    }
+
+    /// Validate `docs` (from `request`) with everything else and, unless `dry_run`, store them.
+    async fn write_docs(
+        &self,
+        inner: &mut Inner,
+        docs: Vec<(Key, serde_json::Value)>,
+        request: &Source,
+        dry_run: bool,
+    ) -> Result<WriteOutcome, WriteError> {
         let replaced: Vec<&Key> = docs.iter().map(|(k, _)| k).collect();
         let stored = stored_sources(&inner.api, Some(&replaced));
         let set =
-            load_sources(inner.dir_sources.iter().chain(&stored).chain([&request])).map_err(WriteError::Invalid)?;
+            load_sources(inner.dir_sources.iter().chain(&stored).chain([request])).map_err(WriteError::Invalid)?;
         let revision = inner.revision + 1;
         let mut next = inner.api.clone();
         let mut changes = Vec::new();
@@ -203,8 +251,37 @@ impl Policies {
         if dry_run || !changed {
             return Ok(WriteOutcome { revision: inner.revision, config_version, changes });
         }
-        self.commit(&mut inner, next, revision, set).await?;
+        self.commit(inner, next, revision, set).await?;
         Ok(WriteOutcome { revision, config_version, changes })
+    }
+
+    /// Read-modify-write of one API document by `owner` (a rollout writing its split): `edit`
+    /// gets the stored document (`None` when there is none) and returns the new one, or `None`
+    /// to write nothing. Validated with everything else like any write; not checked against
+    /// the guard (the owner is the one it protects). A document of the policy directory cannot
+    /// be written ([`WriteError::OwnedByDir`]).
+    pub async fn write_owned(
+        &self,
+        kind: &str,
+        name: &str,
+        owner: &str,
+        edit: impl FnOnce(Option<&serde_json::Value>) -> Option<serde_json::Value>,
+    ) -> Result<Option<WriteOutcome>, WriteError> {
+        let key = (kind.to_owned(), name.to_owned());
+        let mut inner = self.inner.lock().await;
+        if let Some((file, _)) = inner.dir_docs.get(&key) {
+            return Err(WriteError::OwnedByDir { kind: key.0, name: key.1, file: file.clone() });
+        }
+        let Some(next) = edit(inner.api.get(&key).map(|d| &d.document)) else {
+            return Ok(None);
+        };
+        let request = Source::new(owner, next.to_string());
+        self.write_docs(&mut inner, vec![(key, next)], &request, false).await.map(Some)
+    }
+
+    /// The stored API document `kind/name`, if any.
+    pub async fn document(&self, kind: &str, name: &str) -> Option<serde_json::Value> {
+        self.inner.lock().await.api.get(&(kind.to_owned(), name.to_owned())).map(|d| d.document.clone())
     }
 
     /// Delete one API document; the rest must still be a valid set.
@@ -224,6 +301,7 @@ impl Policies {
         if let Some(expected) = if_match {
             check_if_match(expected, doc.resource_version)?;
         }
+        self.check_guard(&[(&key, Some(&doc.document), None)])?;
         let stored = stored_sources(&inner.api, Some(&[&key]));
         let set = load_sources(inner.dir_sources.iter().chain(&stored)).map_err(WriteError::Invalid)?;
         let revision = inner.revision + 1;
@@ -420,6 +498,7 @@ pub fn canonical_kind(kind: &str) -> Option<&'static str> {
         "trafficpolicy" | "trafficpolicies" | "tp" => Some("TrafficPolicy"),
         "authorizationpolicy" | "authorizationpolicies" | "authz" | "ap" => Some("AuthorizationPolicy"),
         "telemetry" | "telemetries" => Some("Telemetry"),
+        "rollout" | "rollouts" | "ro" => Some("Rollout"),
         _ => None,
     }
 }

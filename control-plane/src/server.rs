@@ -28,7 +28,9 @@ use crate::kubernetes::{
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
 use crate::policies::{OpenError, Policies};
+use crate::rollout::Controller;
 use crate::snapshot::{Generator, Snapshot};
+use crate::stats::Stats;
 use crate::tracker::Tracker;
 use crate::xds::AdsServer;
 
@@ -64,6 +66,9 @@ pub struct ServerConfig {
     pub tls: bool,
     /// Extra DNS names or IPs for the control plane's serving certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
+    /// How often proxies send load reports (`--load-report-interval`; shorter while a rollout
+    /// runs with a short interval).
+    pub load_report_interval: Duration,
     /// Let xDS streams without a client certificate or join token register endpoints
     /// (`--insecure-registration`; demos and local tries only).
     pub insecure_registration: bool,
@@ -94,6 +99,7 @@ impl ServerConfig {
             workload_cert_ttl: DEFAULT_WORKLOAD_TTL,
             tls: false,
             tls_sans: Vec::new(),
+            load_report_interval: crate::stats::DEFAULT_REPORT_INTERVAL,
             insecure_registration: false,
             kubernetes: None,
             webhook: WebhookSettings::default(),
@@ -142,6 +148,8 @@ pub enum StartError {
     Tokens(#[from] TokenError),
     #[error("TLS: {0}")]
     Tls(#[from] ServingError),
+    #[error("rollouts: {0}")]
+    Rollouts(crate::policies::persist::PersistError),
     #[error("Kubernetes: {0}")]
     Kube(#[from] KubeError),
     #[error(
@@ -199,6 +207,10 @@ pub struct Running {
     pub tracker: Arc<Tracker>,
     pub ca: Arc<Ca>,
     pub tokens: Arc<JoinTokens>,
+    /// The proxies' load reports, aggregated.
+    pub stats: Arc<Stats>,
+    /// The rollouts being run.
+    pub rollouts: Arc<Controller>,
     /// Whether the API and xDS are served over TLS.
     pub tls: bool,
     /// The Kubernetes mode's state, with `--kubernetes`.
@@ -398,7 +410,12 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let tracker = Tracker::new();
     let registry = Registry::new(config.registration_grace);
+    let stats = Stats::new(config.load_report_interval, metrics.clone());
+    let rollouts =
+        Controller::open(policies.clone(), stats.clone(), DataDir::new(config.data_dir.clone()), metrics.clone())
+            .map_err(StartError::Rollouts)?;
     let mut generator = Generator::new();
+    stats.update_mesh(&sets.borrow());
     let first = generator.generate(&sets.borrow());
     let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
     let state = Arc::new(ApiState {
@@ -410,6 +427,9 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         registry: registry.clone(),
         issuance: Issuance::new(ca.clone(), tokens.clone()).with_nodes(registry.clone()),
         tokens: tokens.clone(),
+        stats: stats.clone(),
+        rollouts: rollouts.clone(),
+        last_rejected: parking_lot::Mutex::new(None),
         kubernetes: cluster.clone(),
         service_accounts,
     });
@@ -425,9 +445,12 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let webhook_server = Webhook::new(inject, metrics.clone());
     let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
         .with_service_namespaces(Arc::new(SetNamespaces(sets.clone())))
-        .with_authenticator(auth);
+        .with_authenticator(auth)
+        .with_stats(stats.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
     let p = policies.clone();
+    let (mesh_stats, sweep_stats) = (stats.clone(), stats.clone());
+    let run_rollouts = rollouts.clone();
     let tls = config.tls;
     let keeper_cluster = cluster.clone();
     let thread = std::thread::Builder::new()
@@ -446,7 +469,9 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                         };
                         tokio::spawn(ads.serve_with(xds_l, xds_tls));
                         tokio::spawn(api::serve(api_l, state, api_tls));
-                        tokio::spawn(debounce(sets, registry.clone(), generator, snap_tx));
+                        tokio::spawn(debounce(sets, registry.clone(), generator, snap_tx, mesh_stats));
+                        tokio::spawn(sweep_stats.sweep_loop());
+                        tokio::spawn(run_rollouts.run());
                         tokio::spawn(registry.expire_loop());
                         tokio::spawn(p.watch_dir());
                         if let (Some(l), Some(t)) = (webhook_l, &serving_tls) {
@@ -487,6 +512,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         tracker,
         ca,
         tokens,
+        stats,
+        rollouts,
         tls: config.tls,
         kubernetes: cluster,
         stop: Some(stop_tx),
@@ -511,6 +538,7 @@ async fn debounce(
     registry: Arc<Registry>,
     mut generator: Generator,
     snapshots: watch::Sender<Arc<Snapshot>>,
+    stats: Arc<Stats>,
 ) {
     changes.mark_unchanged();
     let mut registered = registry.changes();
@@ -534,9 +562,12 @@ async fn debounce(
         registered.borrow_and_update();
         let endpoints = registry.endpoints();
         let snapshot = if endpoints.is_empty() {
+            stats.update_mesh(&set);
             generator.generate(&set)
         } else {
-            let mut snapshot = generator.generate(&merge(&set, &endpoints));
+            let merged = merge(&set, &endpoints);
+            stats.update_mesh(&merged);
+            let mut snapshot = generator.generate(&merged);
             snapshot.policy_version = outrider_xds::translate(&set).version;
             snapshot
         };

@@ -44,6 +44,8 @@ pub struct ProxyStatus {
     /// Envoy `cluster`.
     pub sidecar: bool,
     pub user_agent: String,
+    /// The node's `user_agent_version` (the proxy's version), if it sent one.
+    pub version: String,
     /// `delta` or `sotw`.
     pub protocol: &'static str,
     /// The SPIFFE ID the stream authenticated as (client certificate or join token).
@@ -62,6 +64,9 @@ pub struct ProxyStatus {
     pub draining: bool,
     /// By type name (`Listener`, `Cluster`, ...).
     pub types: BTreeMap<String, TypeStatus>,
+    /// Unix seconds when the newest certificate this control plane issued for the proxy's
+    /// identity expires (`null`: no identity, or none issued since the control plane started).
+    pub cert_expires_at: Option<u64>,
 }
 
 /// All connected proxies.
@@ -69,7 +74,12 @@ pub struct ProxyStatus {
 pub struct Tracker {
     proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
     next_id: AtomicU64,
+    /// SPIFFE ID → expiry (unix seconds) of the newest certificate issued for it.
+    certificates: Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// Identities whose certificate expiry is remembered (one entry per SPIFFE ID).
+pub const MAX_CERTIFICATE_IDENTITIES: usize = 65_536;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -96,6 +106,7 @@ impl Tracker {
                 service: String::new(),
                 sidecar: false,
                 user_agent: String::new(),
+                version: String::new(),
                 protocol,
                 identity: None,
                 authentication: "none",
@@ -105,6 +116,7 @@ impl Tracker {
                 last_seen: now,
                 draining: false,
                 types: BTreeMap::new(),
+                cert_expires_at: None,
             },
         );
         metrics.connected_proxies.inc();
@@ -125,7 +137,25 @@ impl Tracker {
     pub fn list(&self) -> Vec<ProxyStatus> {
         let mut list: Vec<_> = self.proxies.lock().values().cloned().collect();
         list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let certificates = self.certificates.lock();
+        for p in &mut list {
+            p.cert_expires_at = p.identity.as_ref().and_then(|id| certificates.get(id)).copied();
+        }
         list
+    }
+
+    /// A certificate for `spiffe_id` was issued, valid until `not_after` (unix seconds).
+    pub fn certificate_issued(&self, spiffe_id: &str, not_after: u64) {
+        let mut certificates = self.certificates.lock();
+        let now = unix_now();
+        if certificates.len() >= MAX_CERTIFICATE_IDENTITIES {
+            certificates.retain(|_, at| *at > now);
+        }
+        if let Some(at) = certificates.get_mut(spiffe_id) {
+            *at = (*at).max(not_after);
+        } else if certificates.len() < MAX_CERTIFICATE_IDENTITIES {
+            certificates.insert(spiffe_id.to_owned(), not_after);
+        }
     }
 }
 
@@ -213,6 +243,12 @@ impl StreamHandle {
             service.clone_into(&mut p.service);
             p.sidecar = sidecar;
             node.user_agent_name.clone_into(&mut p.user_agent);
+            p.version = match &node.user_agent_version_type {
+                Some(envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(v)) => {
+                    v.chars().take(64).collect()
+                }
+                _ => String::new(),
+            };
             p.draining = draining;
         });
         let advertise = metadata_string(node, "advertise");

@@ -18,7 +18,7 @@
 /// Who a stream is: client certificate, join token, or nobody.
 pub mod auth;
 mod delta;
-mod encode;
+pub(crate) mod encode;
 mod sotw;
 mod view;
 
@@ -79,6 +79,10 @@ pub struct AdsServer {
     large_pushes: Arc<Semaphore>,
     /// Binds authenticated proxies to the namespace of the Service they claim.
     namespace_of: Option<crate::tracker::NamespaceOf>,
+    /// Where load reports (LRS on the same port) go; without it the method is UNIMPLEMENTED.
+    stats: Option<Arc<crate::stats::Stats>>,
+    /// Served over TLS: load reports then need a client certificate (they decide rollouts).
+    reports_need_identity: bool,
     /// Who each stream is, and whether unauthenticated ones may register endpoints.
     auth: auth::Authenticator,
 }
@@ -97,8 +101,16 @@ impl AdsServer {
             registry,
             large_pushes: Arc::new(Semaphore::new(LARGE_PUSHES)),
             namespace_of: None,
+            stats: None,
+            reports_need_identity: false,
             auth: auth::Authenticator::default(),
         }
+    }
+
+    /// Serve load reports (LRS) into `stats`.
+    pub fn with_stats(mut self, stats: Arc<crate::stats::Stats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// How streams authenticate (join tokens) and whether unauthenticated ones may register
@@ -125,7 +137,8 @@ impl AdsServer {
 
     /// [`AdsServer::serve`], over TLS when `tls` is given: a client certificate, when presented,
     /// is verified and its identity passed to the streams ([`PeerIdentity`]).
-    pub async fn serve_with(self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    pub async fn serve_with(mut self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        self.reports_need_identity = tls.is_some();
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(a) => a,
@@ -157,6 +170,17 @@ impl AdsServer {
     }
 
     fn call(&self, req: http::Request<Incoming>, identity: Option<&PeerIdentity>) -> http::Response<AdsBody> {
+        if req.uri().path() == crate::stats::lrs::PATH
+            && let Some(stats) = &self.stats
+        {
+            if self.reports_need_identity && identity.is_none() {
+                return encode::refused(
+                    tonic::Code::Unauthenticated,
+                    "load reports over TLS need a client certificate of the mesh CA (a proxy with a workload identity)",
+                );
+            }
+            return crate::stats::lrs::call(stats.clone(), req.into_body());
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let status = encode::EndStatus::default();
         let pusher = Pusher::new(tx, self.large_pushes.clone(), status.clone());

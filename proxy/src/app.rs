@@ -247,6 +247,7 @@ impl App {
             needs_identity: config.identity.is_some(),
         });
         let identity = config.identity.clone();
+        let reporter_store = store.clone();
         let watch = watch_config(store.clone(), metrics.clone(), config.service.clone(), config.xds.is_some());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Runtime)?;
@@ -294,7 +295,11 @@ impl App {
                             None => xds,
                         };
                         match (xds, file) {
-                            (Some(xds), _) => xds.run(xds_draining).await,
+                            (Some(xds), _) => {
+                                // Load reports ride the same control connection (LRS).
+                                tokio::spawn(xds.load_reporter(reporter_store).run());
+                                xds.run(xds_draining).await
+                            }
                             (None, Some(file)) => file.watch(initial, reload).await,
                             (None, None) => {}
                         }

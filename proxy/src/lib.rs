@@ -30,6 +30,8 @@ pub mod http;
 pub mod inbound;
 /// `outrider-proxy iptables`: interception rules for a network namespace.
 pub mod iptables;
+/// Load reports to the control plane (LRS): per-endpoint counters and the reporting stream.
+pub mod load_report;
 /// Workload identity on the data path: certificate bootstrap and renewal, TLS configs.
 pub mod mesh;
 /// Node mode: one proxy for every workload of a machine, each in its own network namespace.

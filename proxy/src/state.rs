@@ -251,6 +251,8 @@ pub struct ClusterState {
     pub breaker: ServiceBreaker,
     pub budget: RetryBudget,
     pub outliers: ClusterOutliers,
+    /// What it did since the last load report.
+    pub load: crate::load_report::ClusterLoad,
 }
 
 #[derive(Debug)]
@@ -272,6 +274,8 @@ pub struct EndpointShared {
     pub ewma: PeakEwma,
     pub pool: Arc<EndpointPool>,
     pub health: EndpointHealth,
+    /// What it did since the last load report.
+    pub load: crate::load_report::EndpointLoad,
     /// The state machine of `scope: endpoint` (unused with `scope: service`).
     pub breaker: EndpointBreaker,
 }

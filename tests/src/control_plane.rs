@@ -149,6 +149,61 @@ impl ControlPlane {
         self.call("GET", "/v1/status", "", false, None).await.json
     }
 
+    /// `GET /v1/rollouts/NAME` (null when there is none).
+    pub async fn rollout(&self, name: &str) -> Value {
+        self.call("GET", &format!("/v1/rollouts/{name}"), "", false, None).await.json
+    }
+
+    /// `POST /v1/rollouts/NAME/COMMAND` with the token.
+    pub async fn rollout_command(&self, name: &str, command: &str) -> ApiReply {
+        self.call("POST", &format!("/v1/rollouts/{name}/{command}"), "", true, None).await
+    }
+
+    /// Poll the rollout until `done` holds of its status; returns that status.
+    pub async fn wait_rollout(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let limit = wait::deadline();
+        let end = tokio::time::Instant::now() + limit;
+        loop {
+            let status = self.rollout(name).await;
+            if done(&status) {
+                return status;
+            }
+            if tokio::time::Instant::now() >= end {
+                panic!("timed out after {limit:?} waiting until {what}; rollout status:\n{status:#}");
+            }
+            tokio::time::sleep(wait::POLL_INTERVAL).await;
+        }
+    }
+
+    /// Wait until the control plane serves policy version `version` and every one of `n`
+    /// proxies has ACKed it, whichever types the change touched (nothing sent and unanswered,
+    /// and the served version ACKed for at least one type).
+    pub async fn wait_applied(&self, version: &str, n: usize) -> Value {
+        wait::wait_for(&format!("{n} proxies to ACK the config of policy version {version}"), || async {
+            let s = self.status().await;
+            if s["policyVersion"] != version {
+                return None;
+            }
+            let served = s["version"].as_str()?.to_owned();
+            let proxies = s["proxies"].as_array()?;
+            let types = ["Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"];
+            let done = proxies.len() == n
+                && proxies.iter().all(|p| {
+                    types.iter().all(|t| {
+                        let ts = &p["types"][*t];
+                        ts["nack"].is_null() && ts["acked"] == ts["sent"]
+                    }) && types.iter().any(|t| p["types"][*t]["acked"] == served.as_str())
+                });
+            done.then_some(s)
+        })
+        .await
+    }
+
+    /// `GET /v1/stats/SERVICE?QUERY`.
+    pub async fn stats(&self, service: &str, query: &str) -> ApiReply {
+        self.call("GET", &format!("/v1/stats/{service}?{query}"), "", false, None).await
+    }
+
     /// Wait until `version` is served, `n` proxies are connected and every one has ACKed all
     /// four types (clusters at `version`).
     pub async fn wait_converged(&self, version: &str, n: usize) -> Value {

@@ -29,6 +29,8 @@ pub mod kube;
 /// The control plane's Kubernetes mode on the test API server: replicas, CRDs, sidecars, and a
 /// balancer standing for the replicas' Service.
 pub mod kube_mesh;
+/// Steady load through a proxy, with what each request saw.
+pub mod load;
 /// Meshed sidecars with workload identities (mTLS).
 pub mod mesh;
 /// Throw-away network namespaces (interception tests).

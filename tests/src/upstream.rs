@@ -9,7 +9,7 @@
 //! let g = upstream::grpc().name("g1").start().await;
 //! ```
 //! Every HTTP response carries `x-upstream: NAME`; its body is a JSON echo of the request
-//! (see [`http::Echo`]).
+//! (see [`http::Echo`]). A request whose query has `delay_ms=N` is answered N ms later.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -348,6 +348,29 @@ impl tower::Service<http::Uri> for TlsConnect {
     }
 }
 
+/// Opens an LRS stream over TLS with the client certificate in `store` (if it has one) and
+/// waits for the server's first answer.
+async fn lrs_first_reply(cp: &ControlPlane, store: Arc<CertStore>) -> Result<(), tonic::Status> {
+    use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
+    use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
+    let config = tls::client_config_alpn(store, Identity::parse(CONTROL_PLANE).unwrap(), b"h2").unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cp.xds))
+        .unwrap()
+        .connect_with_connector(TlsConnect { addr: cp.xds, config })
+        .await
+        .expect("xDS over TLS connects");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(LoadStatsRequest { node: Some(node("sidecar-checkout", CHECKOUT, None)), cluster_stats: Vec::new() })
+        .await
+        .unwrap();
+    let mut replies =
+        LoadReportingServiceClient::new(channel).stream_load_stats(ReceiverStream::new(rx)).await?.into_inner();
+    let first = wait::within("the first load report answer", replies.message()).await?;
+    assert!(first.is_some_and(|f| f.load_reporting_interval.is_some()), "the server did not give an interval");
+    drop(tx);
+    Ok(())
+}
+
 fn node(id: &str, identity: &str, service: Option<&str>) -> Node {
     let value = PbValue { kind: Some(Kind::StringValue(identity.to_owned())) };
     let mut fields: std::collections::BTreeMap<String, PbValue> =
@@ -445,7 +468,12 @@ async fn with_tls_the_api_and_xds_are_served_over_tls_and_xds_knows_the_client_i
     assert!(refused.message().contains("the Service is in namespace \"payments\""), "{refused:?}");
     // Without a client certificate xDS still works, unauthenticated.
     let anonymous = Arc::new(store_for(CHECKOUT, &bundle));
-    xds_first_reply(&cp, anonymous, CHECKOUT).await.expect("client certificates are optional");
+    xds_first_reply(&cp, anonymous.clone(), CHECKOUT).await.expect("client certificates are optional");
+    // Load reports decide rollouts: over TLS only a proxy with a certificate may send them.
+    lrs_first_reply(&cp, store.clone()).await.expect("a proxy with an identity may send load reports");
+    let refused = lrs_first_reply(&cp, anonymous).await.expect_err("load reports without a certificate are refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("need a client certificate"), "{refused:?}");
 
     let status = wait::wait_for("the status to show the authenticated proxy", || async {
         let (_, s) = call(&https, Some(&root), Method::GET, "/v1/status", None, None).await;

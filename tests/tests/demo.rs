@@ -35,6 +35,10 @@ async fn demo_tells_its_story_in_numbers() {
     // Off a terminal the demo ends, and its last hints need nothing that ended with it.
     let hints = &stderr[stderr.find("look further").unwrap_or_else(|| panic!("hints at the end\n{ctx}"))..];
     assert!(!hints.contains("127.0.0.1"), "hints that name the ended run's ports: {hints}");
+    // While it runs, the dashboard's address.
+    let dashboard =
+        stderr.lines().find(|l| l.starts_with("dashboard ")).unwrap_or_else(|| panic!("a dashboard line\n{ctx}"));
+    assert!(dashboard.contains("http://127.0.0.1:") && dashboard.contains("/ui/"), "{dashboard}");
 
     // v2 broken: callers keep succeeding, served by v1 through the fallback.
     let broken = &doc["phases"]["broken"];
@@ -65,6 +69,43 @@ async fn demo_tells_its_story_in_numbers() {
     let (caller, upstream) = (num(&summary["caller_success"], "caller"), num(&summary["upstream_success"], "upstream"));
     assert!(caller > upstream, "caller success {caller} is not above raw upstream success {upstream}\n{ctx}");
     assert!(num(&summary["mtls_connections"], "mTLS connections") >= 1.0, "the sidecars talked mutual TLS\n{ctx}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_rollout_promotes_the_good_version_and_aborts_the_bad_one() {
+    let mut cmd = Command::new(outrider_bin());
+    cmd.arg("demo").arg("--rollout");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // The story takes its own time (one-second steps); this only guards against a hang.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the rollout demo ended")
+        .expect("the demo ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    // The screen fits a terminal of 100 columns, as the main story's does.
+    for line in stdout.lines() {
+        assert!(line.chars().count() <= 100, "a line over 100 columns: {line:?}\n{stdout}");
+    }
+    assert_eq!(stdout.matches("columns: ").count(), 1, "the columns are explained once\n{stdout}");
+    let summary = stdout.lines().find(|l| l.starts_with("summary: ")).expect("a summary line");
+    assert_eq!(summary, "summary: v2 promoted, v3 aborted", "{stdout}");
+    for step in ["step 1: canary at 10%", "step 2: canary at 25%", "step 3: canary at 50%"] {
+        assert!(stdout.contains(step), "v2 goes through {step}:\n{stdout}");
+    }
+    assert!(stdout.contains("reviews promoted weight 100%"), "the live view shows the promotion:\n{stdout}");
+    assert!(stdout.contains("reviews aborted weight 0%"), "the live view shows the abort:\n{stdout}");
+    let v3 = stdout.split("apply Rollout reviews: v2 → v3").nth(1).expect("the v3 rollout");
+    assert!(!v3.contains("step 2:"), "v3 was aborted on its first step:\n{v3}");
+    assert!(stdout.contains("outrider rollout status reviews -w"), "it says how to watch:\n{stdout}");
+    assert!(stdout.contains("/ui/#/service/reviews"), "it gives the dashboard's page of the rollout:\n{stdout}");
+    // Off a terminal the demo ends, and its last hints need nothing that ended with it.
+    let hints = &stdout[stdout.find("look further").expect("hints at the end")..];
+    assert!(!hints.contains("127.0.0.1"), "hints that name the ended run's ports: {hints}");
 }
 
 /// `--keep-running`: after the run the mesh stays up until Ctrl-C, and the commands the demo
@@ -108,6 +149,13 @@ async fn keep_running_holds_the_mesh_until_ctrl_c() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{status}: {:?}\n{text}", out.status);
     assert!(text.contains("frontend"), "{status} lists the demo's proxies:\n{text}");
+    // The dashboard it names serves meanwhile.
+    let ui = format!("{server}/ui/");
+    assert!(seen.iter().any(|l| l.trim_start().starts_with(&ui)), "a hint names {ui}:\n{}", seen.join("\n"));
+    let api: std::net::SocketAddr = server.trim_start_matches("http://").parse().expect("an address");
+    let page = client::send(&client::http1(api), client::get(&ui)).await;
+    page.assert_status(200);
+    assert!(page.text().contains("<html"), "{ui}: {}", page.text());
     let url = clusters.unwrap().split_whitespace().last().unwrap().to_owned();
     let admin: std::net::SocketAddr =
         url.trim_start_matches("http://").split('/').next().unwrap().parse().expect("an address");

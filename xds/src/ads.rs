@@ -198,6 +198,34 @@ fn nack_status(detail: String) -> RpcStatus {
     RpcStatus { code: INVALID_ARGUMENT, message: detail, details: Vec::new() }
 }
 
+/// A gRPC channel to the xDS server of `config` (TLS for an `https://` address), recording the
+/// local address of the connection in `local` when given. Other services of the control
+/// connection (load reports) use it too.
+pub async fn connect(config: &ClientConfig, local: Option<&crate::tls::LocalAddr>) -> Result<Channel, AdsError> {
+    let address = config.address.clone();
+    let endpoint = Endpoint::from_shared(address.clone())
+        .map_err(|source| AdsError::Address { address: address.clone(), source })?
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    match (&config.tls, address.starts_with("https://")) {
+        (Some(tls), true) => {
+            let connector = crate::tls::TlsConnector {
+                config: tls.clone(),
+                hint: "is the control plane serving TLS (--tls) with a certificate of the mesh CA?",
+                local: local.cloned(),
+            };
+            endpoint.connect_with_connector(connector).await.map_err(|source| AdsError::Connect { address, source })
+        }
+        (None, true) => Err(AdsError::NoTls { address }),
+        (_, false) => endpoint
+            .connect_with_connector(crate::tls::TcpConnector { local: local.cloned().unwrap_or_default() })
+            .await
+            .map_err(|source| AdsError::Connect { address, source }),
+    }
+}
+
 /// An ADS client: connect, subscribe, apply, ACK/NACK, reconnect.
 #[derive(Debug)]
 pub struct AdsClient {
@@ -324,28 +352,7 @@ impl AdsClient {
     }
 
     async fn connect(&self, local: &crate::tls::LocalAddr) -> Result<Channel, AdsError> {
-        let address = self.config.address.clone();
-        let endpoint = Endpoint::from_shared(address.clone())
-            .map_err(|source| AdsError::Address { address: address.clone(), source })?
-            .connect_timeout(self.config.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        match (&self.config.tls, address.starts_with("https://")) {
-            (Some(tls), true) => {
-                let connector = crate::tls::TlsConnector {
-                    config: tls.clone(),
-                    hint: "is the control plane serving TLS (--tls) with a certificate of the mesh CA?",
-                    local: Some(local.clone()),
-                };
-                endpoint.connect_with_connector(connector).await.map_err(|source| AdsError::Connect { address, source })
-            }
-            (None, true) => Err(AdsError::NoTls { address }),
-            (_, false) => endpoint
-                .connect_with_connector(crate::tls::TcpConnector { local: local.clone() })
-                .await
-                .map_err(|source| AdsError::Connect { address, source }),
-        }
+        connect(&self.config, Some(local)).await
     }
 
     /// Accepted resources of a type (empty when none were received).

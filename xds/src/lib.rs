@@ -29,6 +29,10 @@ pub mod backoff;
 /// TCP + TLS connector for gRPC channels to `https://` endpoints.
 pub mod tls;
 
+/// Latency histograms: the one fixed bucket scheme proxies count in, load reports carry and
+/// the control plane merges.
+pub mod latency;
+
 /// Join tokens on the proxy side: the token file, and the xDS stream metadata carrying it.
 pub mod join_token;
 
@@ -38,8 +42,8 @@ pub mod ads;
 pub use load::{load_dir, load_file, load_str};
 pub use policy::{
     Backoff, BreakerScope, CircuitBreaker, Endpoint, Fallback, FaultAbort, FaultDelay, Faults, LoadBalancer, Metadata,
-    MtlsMode, OutlierDetection, PolicySet, Protocol, Retries, RetryBudget, RetryOn, Route, RouteMatch, Service,
-    ServiceSpec, SplitEntry, StateMachine, TrafficPolicy, TrafficPolicySpec,
+    MtlsMode, OutlierDetection, PolicySet, Position, Protocol, Retries, RetryBudget, RetryOn, Rollout, RolloutSpec,
+    Route, RouteMatch, Service, ServiceSpec, SplitEntry, StateMachine, Step, TrafficPolicy, TrafficPolicySpec,
 };
 pub use translate::{Resources, translate};
 pub use validate::{PolicyError, PolicyErrors};

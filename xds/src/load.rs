@@ -8,7 +8,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
-use crate::policy::{API_VERSION, AuthorizationPolicy, KINDS, Metadata, PolicySet, Service, Telemetry, TrafficPolicy};
+use crate::policy::{
+    API_VERSION, AuthorizationPolicy, KINDS, Metadata, PolicySet, Rollout, Service, Telemetry, TrafficPolicy,
+};
 use crate::validate::{self, PolicyError, PolicyErrors};
 
 /// Line and column of a field path in the text.
@@ -63,6 +65,7 @@ pub(crate) enum Document {
     TrafficPolicy(TrafficPolicy),
     AuthorizationPolicy(AuthorizationPolicy),
     Telemetry(Telemetry),
+    Rollout(Rollout),
 }
 
 /// The documents of one or more files, plus what went wrong reading them.
@@ -218,26 +221,28 @@ fn parse_document(source: &str, index: usize, value: Value, locator: &Arc<locate
     }
     let spec = envelope.spec;
     let at = [Seg::Key("spec".into())];
-    let document = match envelope.kind.as_str() {
-        "Service" => {
-            decode(spec, &at, &origin, parsed, &mut repaired).map(|spec| Document::Service(Service { metadata, spec }))
-        }
-        "TrafficPolicy" => decode(spec, &at, &origin, parsed, &mut repaired)
-            .map(|spec| Document::TrafficPolicy(TrafficPolicy { metadata, spec })),
-        "AuthorizationPolicy" => decode(spec, &at, &origin, parsed, &mut repaired)
-            .map(|spec| Document::AuthorizationPolicy(AuthorizationPolicy { metadata, spec })),
-        "Telemetry" => decode(spec, &at, &origin, parsed, &mut repaired)
-            .map(|spec| Document::Telemetry(Telemetry { metadata, spec })),
-        other => {
-            let kinds: Vec<String> = KINDS.iter().map(|k| (*k).to_owned()).collect();
-            let mut message = format!("unknown kind \"{other}\": expected one of {}", KINDS.join(", "));
-            if let Some(best) = messages::did_you_mean(other, &kinds) {
-                message.push_str(&format!("; did you mean \"{best}\"?"));
+    let document =
+        match envelope.kind.as_str() {
+            "Service" => decode(spec, &at, &origin, parsed, &mut repaired)
+                .map(|spec| Document::Service(Service { metadata, spec })),
+            "TrafficPolicy" => decode(spec, &at, &origin, parsed, &mut repaired)
+                .map(|spec| Document::TrafficPolicy(TrafficPolicy { metadata, spec })),
+            "AuthorizationPolicy" => decode(spec, &at, &origin, parsed, &mut repaired)
+                .map(|spec| Document::AuthorizationPolicy(AuthorizationPolicy { metadata, spec })),
+            "Telemetry" => decode(spec, &at, &origin, parsed, &mut repaired)
+                .map(|spec| Document::Telemetry(Telemetry { metadata, spec })),
+            "Rollout" => decode(spec, &at, &origin, parsed, &mut repaired)
+                .map(|spec| Document::Rollout(Rollout { metadata, spec })),
+            other => {
+                let kinds: Vec<String> = KINDS.iter().map(|k| (*k).to_owned()).collect();
+                let mut message = format!("unknown kind \"{other}\": expected one of {}", KINDS.join(", "));
+                if let Some(best) = messages::did_you_mean(other, &kinds) {
+                    message.push_str(&format!("; did you mean \"{best}\"?"));
+                }
+                parsed.errors.push(origin.error(Some("kind".into()), message));
+                return;
             }
-            parsed.errors.push(origin.error(Some("kind".into()), message));
-            return;
-        }
-    };
+        };
     match document {
         Some(document) if repaired.is_empty() => parsed.documents.push((origin, document)),
         Some(document) => {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod authz;
 mod resilience;
+mod rollout;
 mod telemetry;
 
 pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzSource};
@@ -19,13 +20,17 @@ pub use resilience::{
     Backoff, BreakerScope, CircuitBreaker, Fallback, FaultAbort, FaultDelay, Faults, OutlierDetection, Retries,
     RetryBudget, RetryOn, StateMachine,
 };
+pub use rollout::{
+    Analysis, BlueGreenStrategy, CanaryStrategy, DEFAULT_ROUTE, LinearStrategy, PREVIEW_ROUTE, Position, Rollout,
+    RolloutSpec, Step, Strategy, Webhook, Webhooks,
+};
 pub use telemetry::{Telemetry, TelemetrySpec, TracingSpec};
 
 /// The only `apiVersion` accepted.
 pub const API_VERSION: &str = "outrider.io/v1";
 
 /// The kinds a document may have, as spelled in YAML.
-pub const KINDS: &[&str] = &["Service", "TrafficPolicy", "AuthorizationPolicy", "Telemetry"];
+pub const KINDS: &[&str] = &["Service", "TrafficPolicy", "AuthorizationPolicy", "Telemetry", "Rollout"];
 
 /// Default values, in one place.
 /// The largest value each duration field accepts; a policy past it is an error naming the
@@ -50,6 +55,9 @@ pub mod limits {
 
 pub mod defaults {
     use std::time::Duration;
+
+    /// The Rollout fields' defaults.
+    pub use super::rollout::defaults as rollout;
 
     /// Namespace of a document without `metadata.namespace`.
     pub const NAMESPACE: &str = "default";
@@ -129,12 +137,19 @@ pub struct PolicySet {
     pub authorization_policies: BTreeMap<String, AuthorizationPolicy>,
     /// The mesh-wide Telemetry, if the set has one.
     pub telemetry: Option<Telemetry>,
+    /// Rollouts by `metadata.name` (they change no xDS resource: the control plane runs them).
+    pub rollouts: BTreeMap<String, Rollout>,
 }
 
 impl PolicySet {
     /// The traffic policy of a service, if it has one.
     pub fn traffic_policy(&self, service: &str) -> Option<&TrafficPolicy> {
         self.traffic_policies.get(service)
+    }
+
+    /// The Rollout of a service, if it has one.
+    pub fn rollout_of(&self, service: &str) -> Option<&Rollout> {
+        self.rollouts.values().find(|r| r.spec.service == service)
     }
 
     /// The authorization policies of a service, in name order.
@@ -148,7 +163,7 @@ impl PolicySet {
     /// are keyed `NAMESPACE/NAME@SERVICE`, so that equal names in two namespaces stay apart.
     pub fn absorb(&mut self, other: PolicySet) -> Result<(), String> {
         // Destructured so that a new kind of document cannot be forgotten here.
-        let PolicySet { services, traffic_policies, authorization_policies, telemetry } = other;
+        let PolicySet { services, traffic_policies, authorization_policies, telemetry, rollouts } = other;
         for (name, service) in &services {
             if self.services.contains_key(name) {
                 return Err(format!("service \"{}\" is defined twice", service.name()));
@@ -169,7 +184,16 @@ impl PolicySet {
                 first.metadata.namespace, first.metadata.name
             ));
         }
+        for rollout in rollouts.values() {
+            if let Some(first) = self.rollout_of(&rollout.spec.service) {
+                return Err(format!(
+                    "service \"{}\" already has a Rollout ({}/{}); one release runs at a time per service",
+                    rollout.spec.service, first.metadata.namespace, first.metadata.name
+                ));
+            }
+        }
         self.services.extend(services);
+        self.rollouts.extend(rollouts);
         self.traffic_policies.extend(traffic_policies);
         for policy in authorization_policies.into_values() {
             let key = format!("{}/{}@{}", policy.metadata.namespace, policy.metadata.name, policy.spec.service);

@@ -9,6 +9,8 @@ mod resilience;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod resilience_tests;
+/// Rollout → the TrafficPolicy document that puts its split in place.
+pub mod rollout;
 mod route;
 mod telemetry;
 #[cfg(test)]
@@ -67,8 +69,13 @@ pub fn translate(set: &PolicySet) -> Resources {
 /// keep `Struct` and metadata maps in `HashMap`s, whose protobuf encoding order differs
 /// between runs; the translation is a pure function of the set, so equal sets give equal
 /// resources and equal versions.
+///
+/// Rollouts are left out: they change no resource (the control plane runs them by writing
+/// TrafficPolicies).
 fn version(set: &PolicySet) -> String {
-    let canonical = format!("{TRANSLATION_REVISION}\n{set:?}");
+    let PolicySet { services, traffic_policies, authorization_policies, telemetry, rollouts: _ } = set;
+    let canonical =
+        format!("{TRANSLATION_REVISION}\n{:?}", (services, traffic_policies, authorization_policies, telemetry));
     format!("{:016x}", fnv1a64(canonical.as_bytes()))
 }
 

@@ -15,6 +15,7 @@ mod resilience;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod resilience_tests;
+mod rollout;
 mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -163,6 +164,7 @@ pub(crate) fn validate_with(parsed: Parsed, base: &BTreeMap<String, Service>) ->
     let mut policy_docs = Vec::new();
     let mut authz_docs: Vec<(Origin, AuthorizationPolicy)> = Vec::new();
     let mut telemetry: Option<(Origin, crate::policy::Telemetry)> = None;
+    let mut rollout_docs = Vec::new();
 
     for (origin, document) in documents {
         let (kind, metadata) = match &document {
@@ -170,6 +172,7 @@ pub(crate) fn validate_with(parsed: Parsed, base: &BTreeMap<String, Service>) ->
             Document::TrafficPolicy(p) => ("TrafficPolicy", &p.metadata),
             Document::AuthorizationPolicy(p) => ("AuthorizationPolicy", &p.metadata),
             Document::Telemetry(t) => ("Telemetry", &t.metadata),
+            Document::Rollout(r) => ("Rollout", &r.metadata),
         };
         // metadata.name and .namespace were checked when the document was read.
         let key = (kind, metadata.name.clone());
@@ -209,6 +212,10 @@ pub(crate) fn validate_with(parsed: Parsed, base: &BTreeMap<String, Service>) ->
                     Some((first, _)) => telemetry::check_single(&origin, first, &mut errors),
                     None => telemetry = Some((origin, t)),
                 }
+            }
+            Document::Rollout(r) => {
+                rollout::check_rollout(&origin, &r, &mut errors);
+                rollout_docs.push((origin, r));
             }
         }
     }
@@ -269,6 +276,8 @@ pub(crate) fn validate_with(parsed: Parsed, base: &BTreeMap<String, Service>) ->
         authorization_policies.insert(policy.metadata.name.clone(), policy);
     }
 
+    let rollouts = rollout::check_rollouts(rollout_docs, &services, base, &policies, &broken, &mut errors);
+
     if !errors.is_empty() {
         // In file, document and line order; stable, so errors on one line keep the order of the
         // checks.
@@ -286,6 +295,7 @@ pub(crate) fn validate_with(parsed: Parsed, base: &BTreeMap<String, Service>) ->
         traffic_policies: policies.into_iter().map(|(k, (_, p))| (k, p)).collect(),
         authorization_policies,
         telemetry: telemetry.map(|(_, t)| t),
+        rollouts,
     })
 }
 
@@ -299,6 +309,7 @@ fn check_alone(origin: &Origin, document: &Document, errors: &mut Vec<PolicyErro
         Document::TrafficPolicy(policy) => check_policy(origin, policy, errors),
         Document::AuthorizationPolicy(policy) => authz::check_authz(origin, policy, errors),
         Document::Telemetry(telemetry) => telemetry::check_telemetry(origin, telemetry, errors),
+        Document::Rollout(rollout) => rollout::check_rollout(origin, rollout, errors),
     }
 }
 

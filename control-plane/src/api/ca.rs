@@ -245,6 +245,7 @@ pub(super) async fn issue(state: &ApiState, req: Request<Incoming>) -> Response<
     };
     state.metrics.ca_issued.inc();
     let not_after = issued.not_after.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    state.tracker.certificate_issued(&issued.spiffe_id, not_after);
     json_response(
         StatusCode::OK,
         &json!({

@@ -65,14 +65,21 @@ impl DataDir {
 
     /// Replace the stored state durably. Blocking: call from `spawn_blocking`.
     pub fn store(&self, state: &State) -> Result<(), PersistError> {
-        let path = self.dir.join(FILE);
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| PersistError::Write { path: self.dir.join(FILE), source: std::io::Error::other(e) })?;
+        self.write_atomic(FILE, &bytes)
+    }
+
+    /// Replace `file` in the data dir durably: write a temp file, fsync it, rename it over the
+    /// old one, fsync the directory. Blocking.
+    pub fn write_atomic(&self, file: &str, bytes: &[u8]) -> Result<(), PersistError> {
+        let path = self.dir.join(file);
         let err = |source| PersistError::Write { path: path.clone(), source };
         std::fs::create_dir_all(&self.dir).map_err(err)?;
-        let tmp = self.dir.join(format!(".{FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+        let tmp = self.dir.join(format!(".{file}.tmp"));
         let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
+            f.write_all(bytes)?;
             f.sync_all()?;
             drop(f);
             std::fs::rename(&tmp, &path)

@@ -25,7 +25,7 @@ const DIRECT: usize = 4 << 10;
 
 /// One response ready to send.
 #[derive(Debug)]
-pub(super) struct Encoded {
+pub(crate) struct Encoded {
     /// The response's fields other than its resources.
     head: Bytes,
     resources: Vec<Arc<XdsResource>>,
@@ -42,6 +42,11 @@ impl Encoded {
     /// `response` (its `resources` empty) followed by `resources`.
     pub(super) fn delta(response: &DeltaDiscoveryResponse, resources: Vec<Arc<XdsResource>>) -> Self {
         Self { head: response.encode_to_vec().into(), resources, delta: true }
+    }
+
+    /// A response of another service on the same server (load reports): `message` alone.
+    pub(crate) fn message<M: Message>(message: &M) -> Self {
+        Self { head: message.encode_to_vec().into(), resources: Vec::new(), delta: false }
     }
 
     pub(super) fn resources(&self) -> usize {
@@ -112,7 +117,7 @@ impl Sending {
 pub(crate) struct EndStatus(std::sync::Arc<parking_lot::Mutex<Option<(i32, String)>>>);
 
 impl EndStatus {
-    pub(super) fn set(&self, status: &tonic::Status) {
+    pub(crate) fn set(&self, status: &tonic::Status) {
         *self.0.lock() = Some((status.code() as i32, status.message().to_owned()));
     }
 
@@ -144,7 +149,7 @@ pub(crate) struct AdsBody {
 }
 
 impl AdsBody {
-    pub(super) fn new(rx: mpsc::Receiver<Encoded>, status: EndStatus) -> Self {
+    pub(crate) fn new(rx: mpsc::Receiver<Encoded>, status: EndStatus) -> Self {
         Self { rx: Some(rx), sending: None, status }
     }
 
@@ -186,7 +191,7 @@ impl http_body::Body for AdsBody {
 }
 
 /// The response of a streaming call: headers now, the body as the stream goes.
-pub(super) fn response(body: AdsBody) -> http::Response<AdsBody> {
+pub(crate) fn response(body: AdsBody) -> http::Response<AdsBody> {
     let mut response = http::Response::new(body);
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     response
@@ -194,12 +199,15 @@ pub(super) fn response(body: AdsBody) -> http::Response<AdsBody> {
 
 /// A trailers-only `UNIMPLEMENTED` answer for a method this server does not have.
 pub(super) fn unimplemented(path: &str) -> http::Response<AdsBody> {
+    refused(tonic::Code::Unimplemented, &format!("unknown method {path}"))
+}
+
+/// A trailers-only answer with `code` and `message`: the call is refused before it starts.
+pub(crate) fn refused(code: tonic::Code, message: &str) -> http::Response<AdsBody> {
     let mut response = response(AdsBody::empty());
     let headers = response.headers_mut();
-    headers.insert("grpc-status", HeaderValue::from_static("12"));
-    if let Ok(message) = HeaderValue::from_str(
-        &format!("unknown method {path}").replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_"),
-    ) {
+    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    if let Ok(message) = HeaderValue::from_str(&message.replace(|c: char| !c.is_ascii_graphic() && c != ' ', "_")) {
         headers.insert("grpc-message", message);
     }
     response

@@ -19,6 +19,11 @@
 //! `slowCallDuration`), a timeout for outlier detection (a 5xx and a gateway error) and its
 //! duration is the latency fed to the estimate. Dropped before its deadline (the caller went
 //! away), it records nothing and gives a half-open probe slot back.
+//!
+//! The guard also counts the attempt for the load reports ([`crate::load_report`]): issued when
+//! it starts, then a success or an error ([`Outcome::load_error`]) with its latency when it
+//! ends — an attempt abandoned by a timeout or by its caller is an error with the time it had
+//! taken; a local rejection is issued but neither.
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -151,6 +156,7 @@ impl Attempt {
         if latency {
             choice.endpoint.shared.ewma.add_pending();
         }
+        choice.endpoint.shared.load.issue();
         Self {
             endpoint: choice.endpoint,
             cluster,
@@ -180,6 +186,9 @@ impl Attempt {
         self.reported = true;
         let c = &self.cluster;
         let ep = &self.endpoint;
+        if let Some(error) = outcome.load_error() {
+            ep.shared.load.finish(error, self.start.elapsed());
+        }
         if let (Some(permit), Some(cfg)) = (self.permit.take(), &c.policy.breaker) {
             let machine: &StateMachine = match cfg.scope {
                 BreakerScope::Endpoint => &ep.shared.breaker,
@@ -238,11 +247,15 @@ impl Drop for Attempt {
                 self.endpoint.shared.ewma.observe(now.saturating_duration_since(self.start));
             }
             self.report(Outcome::Timeout);
-        } else if let (Some(permit), Some(cfg)) = (self.permit.take(), &self.cluster.policy.breaker) {
-            // The caller went away: says nothing about the endpoint.
-            match cfg.scope {
-                BreakerScope::Endpoint => self.endpoint.shared.breaker.forget(permit),
-                BreakerScope::Service => self.cluster.state.breaker.forget(permit),
+        } else {
+            // The caller went away: says nothing about the endpoint to the breaker, but the
+            // load reports count it as an error (no response in the time it was given).
+            self.endpoint.shared.load.finish(true, now.saturating_duration_since(self.start));
+            if let (Some(permit), Some(cfg)) = (self.permit.take(), &self.cluster.policy.breaker) {
+                match cfg.scope {
+                    BreakerScope::Endpoint => self.endpoint.shared.breaker.forget(permit),
+                    BreakerScope::Service => self.cluster.state.breaker.forget(permit),
+                }
             }
         }
     }

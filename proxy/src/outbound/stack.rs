@@ -230,6 +230,8 @@ impl<S> Balance<S> {
     }
 
     fn rejected_open(&self, service: &Arc<str>) -> ProxyError {
+        // For the load reports (the dashboard's breaker rejections).
+        self.cluster.state.load.reject();
         self.metrics
             .circuit_breaker_rejections
             .get_or_create(&ServiceReasonLabels { service: service.clone(), reason: "open" })
@@ -401,6 +403,7 @@ impl Service<Upstream> for EndpointStage {
             let res =
                 match forward::forward(&ep.shared.pool, up.req, proto, &cfg, up.client, up.authority.as_ref()).await {
                     Err(ProxyError::Upstream(UpstreamError::Overflow(_, reason))) => {
+                        cluster.state.load.reject();
                         metrics
                             .circuit_breaker_rejections
                             .get_or_create(&ServiceReasonLabels { service: cluster.service.clone(), reason })

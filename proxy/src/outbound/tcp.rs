@@ -35,6 +35,7 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
     let mut rec = TcpRecord::start(&ctx.recorder, Direction::outbound, client, cluster.service.clone());
     let metrics = &ctx.recorder.metrics;
     let reject = |reason: &'static str| {
+        cluster.state.load.reject();
         metrics
             .circuit_breaker_rejections
             .get_or_create(&ServiceReasonLabels { service: cluster.service.clone(), reason })

@@ -233,6 +233,7 @@ where
         let c = &self.cluster;
         let Some(slot) = c.state.counters.acquire_request(c.policy.thresholds.max_requests) else {
             let reason = "max-requests";
+            c.state.load.reject();
             self.metrics
                 .circuit_breaker_rejections
                 .get_or_create(&ServiceReasonLabels { service: c.service.clone(), reason })

@@ -12,6 +12,12 @@ pub mod grpc {
     pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
+
+    /// The statuses Envoy's load reports count as errors at the endpoint: UNKNOWN,
+    /// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+    pub fn is_load_error(code: u32) -> bool {
+        matches!(code, 2 | DEADLINE_EXCEEDED | 12 | INTERNAL | UNAVAILABLE | 15)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +95,22 @@ impl Outcome {
             Outcome::Status(s) => matches!(s, 502..=504),
             Outcome::ConnectFailure | Outcome::RefusedStream | Outcome::Reset | Outcome::Timeout => true,
             _ => false,
+        }
+    }
+
+    /// Whether the attempt failed at the endpoint, for the load reports (Envoy's LRS rules: a
+    /// 5xx, a gRPC error status of [`grpc::is_load_error`], or no response); `None` for a local
+    /// rejection, which never reached it.
+    pub fn load_error(self) -> Option<bool> {
+        match self {
+            Outcome::Success => Some(false),
+            Outcome::Grpc(code) => Some(grpc::is_load_error(code)),
+            Outcome::Status(_)
+            | Outcome::ConnectFailure
+            | Outcome::RefusedStream
+            | Outcome::Reset
+            | Outcome::Timeout => Some(true),
+            Outcome::Local => None,
         }
     }
 

@@ -311,6 +311,7 @@ where
             return res;
         }
         let Some(slot) = cluster.state.counters.acquire_retry(cluster.policy.thresholds.max_retries) else {
+            cluster.state.load.reject();
             layer
                 .metrics
                 .circuit_breaker_rejections
@@ -319,6 +320,7 @@ where
             return res;
         };
         if !cluster.state.budget.try_withdraw(&budget_cfg) {
+            cluster.state.load.budget_exhausted();
             layer
                 .metrics
                 .retry_budget_exhausted
@@ -335,6 +337,7 @@ where
             }
         };
         retry_slot = Some(slot);
+        cluster.state.load.retry();
         layer
             .metrics
             .retries

@@ -286,6 +286,11 @@ pub fn node(
         cluster: service.unwrap_or_default().to_owned(),
         metadata: Some(metadata),
         user_agent_name: "outrider-proxy".into(),
+        user_agent_version_type: Some(
+            envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(
+                env!("CARGO_PKG_VERSION").into(),
+            ),
+        ),
         ..Default::default()
     }
 }
@@ -344,6 +349,12 @@ impl XdsSource {
     /// certificate; the server must present the control plane's identity from the mesh CA.
     pub fn set_tls(&mut self, config: Arc<rustls::ClientConfig>) {
         self.client.tls = Some(config);
+    }
+
+    /// The load reporter for the same server: same address, node and TLS (call after
+    /// [`XdsSource::set_identity`] and [`XdsSource::set_tls`]).
+    pub fn load_reporter(&self, store: Arc<Store>) -> crate::load_report::LoadReporter {
+        crate::load_report::LoadReporter::new(self.client.clone(), store)
     }
 
     /// The stores fed besides the proxy's own (node mode: one per workload).

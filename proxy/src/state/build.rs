@@ -104,6 +104,7 @@ impl Builder {
                                             ewma: PeakEwma::default(),
                                             pool: Arc::new(EndpointPool::new(addr)),
                                             health: Default::default(),
+                                            load: Default::default(),
                                             breaker: Default::default(),
                                         })
                                     });

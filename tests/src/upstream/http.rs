@@ -334,6 +334,14 @@ async fn respond(cfg: &HttpBuilder, log: &Log, mut req: Request<Incoming>) -> Re
     if !cfg.delay.is_zero() {
         tokio::time::sleep(cfg.delay).await;
     }
+    // `?delay_ms=N` (anywhere in the query): this request waits N ms more.
+    if let Some(ms) = parts
+        .uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")).and_then(|v| v.parse::<u64>().ok()))
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let name = HeaderValue::from_str(&cfg.name).expect("upstream name is a header value");
     if let Some(on_upgrade) = on_upgrade {
         let greeting = format!("hello from {}\n", cfg.name);

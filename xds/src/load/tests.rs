@@ -100,7 +100,7 @@ fn a_missing_field_points_at_its_mapping_and_an_unknown_kind_gets_a_suggestion()
         lines(text),
         [
             "policy.yaml:2:1: document 1 (Servcie/a): kind: unknown kind \"Servcie\": expected one of Service, \
-             TrafficPolicy, AuthorizationPolicy, Telemetry; did you mean \"Service\"?",
+             TrafficPolicy, AuthorizationPolicy, Telemetry, Rollout; did you mean \"Service\"?",
             "policy.yaml:9:1: document 2 (Service/b): spec.port: required field is missing",
         ]
     );

@@ -189,7 +189,7 @@ fn authorization_policies_are_validated() {
 fn unknown_kinds_are_rejected() {
     let text = "apiVersion: outrider.io/v1\nkind: Gateway\nmetadata: {name: callers}\nspec: {service: reviews}\n";
     assert!(only_error(text).ends_with(
-        "kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy, AuthorizationPolicy, Telemetry"
+        "kind: unknown kind \"Gateway\": expected one of Service, TrafficPolicy, AuthorizationPolicy, Telemetry, Rollout"
     ));
 }
 

@@ -162,3 +162,21 @@ async fn a_tcp_endpoints_breaker_opens_on_connect_failures_and_it_is_skipped() {
     let ep = cluster.endpoints.items().iter().find(|e| e.addr == dead).unwrap();
     assert_eq!(ep.shared.breaker.state(), crate::policy::breaker::State::Open);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_is_one_request_in_the_load_reports_failed_when_the_connect_fails() {
+    let (open, (dead, _held)) = (echo_server().await, closed_port());
+    let load = |cluster: &Cluster, addr: SocketAddr| {
+        cluster.endpoints.items().iter().find(|e| e.addr == addr).unwrap().shared.load.take()
+    };
+    let (ctx, cluster) = outbound(&[open], "");
+    assert_eq!(failures(&ctx, &cluster, 1).await, 0);
+    let sample = load(&cluster, open);
+    assert_eq!((sample.issued, sample.succeeded, sample.failed), (1, 1, 0));
+
+    let (ctx, cluster) = outbound(&[dead], "");
+    assert_eq!(failures(&ctx, &cluster, 1).await, 1);
+    let sample = load(&cluster, dead);
+    assert_eq!((sample.issued, sample.succeeded, sample.failed), (1, 0, 1));
+    assert_eq!(sample.buckets.iter().map(|(_, n)| n).sum::<u64>(), 1, "its connect time is in the histogram");
+}

@@ -1,0 +1,236 @@
+//! The dashboard in a real browser: a control plane with real proxies and traffic, and Debian's
+//! headless chromium driven by playwright-core (`tests/browser/check.mjs`, one check per run).
+//! The checks' screenshots are written to `docs/dashboard/` (docs/dashboard.md shows them).
+//! Skips, saying why, without node, chromium or `npm ci` in tests/browser; under
+//! `OUTRIDER_REQUIRE_ALL=1` that fails instead (.ci/run installs them).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outrider_control_plane::server::ServerConfig;
+use outrider_proxy::source::xds::Protocol;
+use outrider_tests::control_plane::{ControlPlane, MeshProxy, TOKEN};
+use outrider_tests::harness::TempDir;
+use outrider_tests::load::{Load, Plan};
+use outrider_tests::upstream::{self, Switch};
+use outrider_tests::wait;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("OUTRIDER_CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+}
+
+/// Why the browser tests cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Some("node is not installed".into());
+    }
+    if !chromium().exists() {
+        return Some(format!("{} is missing (apt install chromium)", chromium().display()));
+    }
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        return Some("playwright-core is not installed (npm ci in tests/browser)".into());
+    }
+    None
+}
+
+/// Run one check of tests/browser/check.mjs against the dashboard at `base`.
+async fn check(base: &str, name: &str, args: &[&str]) {
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard");
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir().join("check.mjs"))
+        .arg(base)
+        .arg(name)
+        .args(args)
+        .env("OUTRIDER_SCREENSHOTS", &shots)
+        // Each wait in the page: the test deadline plus the page's 2-second poll and a report.
+        .env("OUTRIDER_BROWSER_DEADLINE_MS", (wait::deadline() * 2).as_millis().to_string())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("[browser {name}] {stdout}{stderr}");
+    assert!(out.status.success(), "browser check {name} failed:\n{stdout}\n{stderr}");
+}
+
+/// Rejects the cluster of `reviews` like a proxy that cannot run its policy.
+struct RejectReviews;
+
+impl outrider_xds::ads::Handler for RejectReviews {
+    fn update(&self, update: &outrider_xds::ads::Update<'_>) -> Result<(), String> {
+        if update.type_url == outrider_xds::resources::CLUSTER_TYPE_URL
+            && update.resources.keys().any(|k| k.contains("reviews"))
+        {
+            return Err("Cluster \"outbound|8080||reviews\": lb_policy MAGLEV is not supported".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollout_with_the_token() {
+    if let Some(why) = missing() {
+        outrider_tests::skip(&format!("skipping the dashboard browser test: {why}"));
+        return;
+    }
+    let dir = TempDir::new("outrider-dashboard");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let cp = ControlPlane::start_config(ServerConfig {
+        xds: any,
+        api: any,
+        token: Some(TOKEN.into()),
+        load_report_interval: Duration::from_millis(250),
+        ..ServerConfig::local(dir.path())
+    });
+    let base = format!("http://{}", cp.api);
+    let switch = Switch::new();
+    let reviews = upstream::http1().name("reviews").switch(&switch).start().await;
+    let (r1, r2) = (upstream::http1().name("r1").start().await, upstream::http1().name("r2").start().await);
+    // reviews has a breaker that only a failing upstream trips (90 % of 20 calls); ratings runs
+    // a rollout whose first check is an hour away (it stays progressing until a button moves it).
+    let yaml = format!(
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: reviews}}\nspec:\n  port: 8080\n  endpoints:\n    \
+         - {{address: \"{}\"}}\n---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: reviews}}\nspec:\n  \
+         service: reviews\n  circuitBreaker:\n    failureRateThreshold: 90\n    window: 20\n    minimumCalls: 20\n    \
+         openDuration: 1h\n---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: ratings}}\nspec:\n  port: 8080\n  \
+         endpoints:\n    - {{address: \"{}\", labels: {{version: v1}}}}\n    - {{address: \"{}\", labels: {{version: v2}}}}\n---\n\
+         apiVersion: outrider.io/v1\nkind: Rollout\nmetadata: {{name: ratings}}\nspec:\n  service: ratings\n  \
+         stable: {{version: v1}}\n  canary: {{version: v2}}\n  strategy: {{canary: {{steps: [10, 50]}}}}\n  interval: 1h\n",
+        reviews.endpoint(),
+        r1.endpoint(),
+        r2.endpoint()
+    );
+    cp.apply(&yaml).await;
+    let frontend = MeshProxy::start(&cp.xds_url(), "frontend-1", "frontend", Protocol::Delta).await;
+    frontend.wait_ready().await;
+    let load = Load::start(
+        frontend.client.clone(),
+        Plan {
+            rate: 40,
+            uris: vec!["http://reviews:8080/".into(), "http://ratings:8080/".into()],
+            headers: Vec::new(),
+        },
+    );
+    wait::wait_for("the frontend → reviews edge in /v1/mesh", || async {
+        let mesh = cp.call("GET", "/v1/mesh", "", false, None).await.json;
+        mesh["edges"]
+            .as_array()?
+            .iter()
+            .any(|e| e["source"] == "frontend" && e["destination"] == "reviews")
+            .then_some(())
+    })
+    .await;
+    check(&base, "mesh", &["reviews", "ratings"]).await;
+
+    // reviews starts failing 40 % of its requests: the edge's success rate drops.
+    switch.fail_rate(0.4);
+    check(&base, "edgeDrops", &["frontend", "reviews", "90"]).await;
+
+    // Then all of them: the breaker opens and rejects.
+    switch.set_status(503);
+    check(&base, "breakerOpen", &["reviews"]).await;
+
+    // A proxy that cannot take the reviews cluster NACKs it, with its message.
+    let node = envoy_types::pb::envoy::config::core::v3::Node { id: "picky-1".into(), ..Default::default() };
+    let client = outrider_xds::ads::AdsClient::new(outrider_xds::ads::ClientConfig::new(cp.xds_url(), node));
+    let nacker = tokio::spawn(client.run(Arc::new(RejectReviews)));
+    check(&base, "nack", &["picky-1", "lb_policy MAGLEV is not supported"]).await;
+    nacker.abort();
+
+    // A write the control plane refuses: its errors are on the policies page.
+    let bad = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: broken}\nspec:\n  service: reviews\n  timeout: soon\n";
+    let reply = cp.call("PUT", "/v1/policies", bad, true, None).await;
+    assert_eq!(reply.status, 400, "{:?}", reply.json);
+    check(&base, "rejected", &["timeout"]).await;
+
+    check(&base, "rollout", &["ratings", "ratings", TOKEN]).await;
+    let status = cp.rollout("ratings").await;
+    assert_eq!(status["phase"], "promoted", "{status:#}");
+    load.stop().await;
+}
+
+/// Without a browser: the assets come from the binary with their types and policy, the graph's
+/// data names the real proxy's service as the source, and a refused write is kept for the
+/// policies page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_the_dashboard_the_graph_and_the_last_rejected_write() {
+    use outrider_tests::client;
+    let dir = TempDir::new("outrider-dashboard-api");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let cp = ControlPlane::start_config(ServerConfig {
+        xds: any,
+        api: any,
+        token: Some(TOKEN.into()),
+        load_report_interval: Duration::from_millis(200),
+        ..ServerConfig::local(dir.path())
+    });
+    let http = client::http1(cp.api);
+    for (path, kind) in
+        [("/ui/", "text/html"), ("/ui", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")]
+    {
+        let r = client::send(&http, client::get(&format!("http://cp{path}"))).await;
+        r.assert_status(200);
+        assert!(r.header("content-type").unwrap().starts_with(kind), "{path}");
+        assert!(r.header("content-security-policy").unwrap().contains("default-src 'none'"), "{path}");
+    }
+    client::send(&http, client::get("http://cp/ui/../../etc/passwd")).await.assert_status(404);
+    assert_eq!(cp.call("POST", "/ui/", "", true, None).await.status, 405);
+
+    let empty = cp.call("GET", "/v1/policies/rejected", "", false, None).await.json;
+    assert!(empty["at"].is_null() && empty["response"].is_null(), "{empty}");
+    let bad = "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: broken}\nspec:\n  service: x\n  timeout: soon\n";
+    assert_eq!(cp.call("PUT", "/v1/policies", bad, false, None).await.status, 401);
+    let still = cp.call("GET", "/v1/policies/rejected", "", false, None).await.json;
+    assert!(still["response"].is_null(), "a write without the token is not recorded: {still}");
+    assert_eq!(cp.call("POST", "/v1/validate", bad, false, None).await.status, 400);
+    assert!(cp.call("GET", "/v1/policies/rejected", "", false, None).await.json["response"].is_null(), "nor a dry run");
+    assert_eq!(cp.call("PUT", "/v1/policies", bad, true, None).await.status, 400);
+    let last = cp.call("GET", "/v1/policies/rejected", "", false, None).await.json;
+    assert!(last["at"].as_u64().is_some_and(|at| at > 0), "{last}");
+    let errors = last["response"]["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e["field"].as_str().is_some_and(|f| f.contains("timeout"))), "{last:#}");
+
+    let up = upstream::http1().name("reviews").start().await;
+    cp.apply(&format!(
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: reviews}}\nspec:\n  port: 8080\n  endpoints:\n    \
+         - {{address: \"{}\"}}\n",
+        up.endpoint()
+    ))
+    .await;
+    let frontend = MeshProxy::start(&cp.xds_url(), "frontend-1", "frontend", Protocol::Delta).await;
+    frontend.wait_ready().await;
+    let status = cp.status().await;
+    assert_eq!(status["proxies"][0]["version"], env!("CARGO_PKG_VERSION"), "{status:#}");
+    wait::wait_until("reviews reachable through the frontend proxy", || async {
+        frontend.get("http://reviews:8080/").await.status == 200
+    })
+    .await;
+    for _ in 0..10 {
+        frontend.get("http://reviews:8080/").await.assert_status(200);
+    }
+    let mesh = wait::wait_for("the calls on the frontend → reviews edge", || async {
+        let mesh = cp.call("GET", "/v1/mesh?window=1m", "", false, None).await.json;
+        let edge = mesh["edges"].as_array()?.iter().find(|e| e["source"] == "frontend")?.clone();
+        (edge["requests"].as_u64()? >= 11).then_some(mesh)
+    })
+    .await;
+    let edge = &mesh["edges"][0];
+    assert_eq!(
+        (edge["destination"].as_str(), edge["successRate"].as_f64()),
+        (Some("reviews"), Some(100.0)),
+        "{mesh:#}"
+    );
+    assert_eq!(mesh["services"][0]["service"], "reviews");
+    assert_eq!(mesh["services"][0]["endpoints"], 1);
+    let stats = cp.stats("reviews", "window=1m").await.json;
+    assert!(stats["endpoints"][0]["ewmaMs"].as_f64().is_some_and(|ms| ms > 0.0), "the caller's EWMA: {stats:#}");
+    assert_eq!(stats["resilience"]["breaker"]["state"], "unknown", "no breaker policy: {stats:#}");
+    assert_eq!(cp.call("GET", "/v1/mesh?window=2h", "", false, None).await.status, 400);
+}
