@@ -268,7 +268,6 @@ pub fn collect(snapshot: &Snapshot, wanted: &impl Wants, interval: Duration) -> 
                 seconds: i64::try_from(interval.as_secs()).unwrap_or(i64::MAX),
                 nanos: i32::try_from(interval.subsec_nanos()).unwrap_or(0),
             }),
-            ..Default::default()
         });
     }
     out
