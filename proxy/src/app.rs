@@ -331,14 +331,14 @@ impl App {
     }
 
     /// Serve until SIGTERM / SIGINT or `POST /drain`, then drain and return the exit code.
-    pub async fn run_until_signal(self) -> ExitCode {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    /// `signals` come from [`Signals::register`], called before the proxy listens: a SIGTERM
+    /// that arrives as soon as the proxy serves (its "listening" line is out) must drain it,
+    /// not kill it with the default action.
+    pub async fn run_until_signal(self, mut signals: Signals) -> ExitCode {
         let mut sig = self.drain.signal();
         tokio::select! {
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {
-                tracing::info!("SIGTERM received; draining");
-            }
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; draining"),
+            _ = Signals::recv(signals.term.as_mut()) => tracing::info!("SIGTERM received; draining"),
+            _ = Signals::recv(signals.int.as_mut()) => tracing::info!("SIGINT received; draining"),
             _ = sig.draining() => tracing::info!("drain requested over the admin API"),
         }
         self.shutdown().await;
@@ -553,4 +553,36 @@ pub(crate) async fn accept_loop<F, Fut>(
         });
     }
     tracing::debug!(?direction, "listener closed for drain");
+}
+
+/// SIGTERM and SIGINT handlers, installed before anything listens.
+#[derive(Debug)]
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Install the handlers (inside the runtime). A handler that cannot be installed is logged
+    /// and that signal keeps its default action.
+    pub fn register() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle {name}: it will stop the proxy without draining");
+                None
+            }
+        };
+        Self { term: install(SignalKind::terminate(), "SIGTERM"), int: install(SignalKind::interrupt(), "SIGINT") }
+    }
+
+    async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }

@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use outrider_proxy::{app::App, config::Cli, config::Command, iptables};
+use outrider_proxy::{app::App, app::Signals, config::Cli, config::Command, iptables};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,6 +35,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before anything listens: a SIGTERM right after the proxy starts serving drains it.
+        let signals = Signals::register();
         let app = match App::build(config, log).await {
             Ok(app) => app,
             Err(e) => {
@@ -43,6 +45,6 @@ fn main() -> ExitCode {
                 return ExitCode::from(e.exit_code());
             }
         };
-        app.run_until_signal().await
+        app.run_until_signal(signals).await
     })
 }

@@ -189,7 +189,9 @@ async fn the_api_serves_the_dashboard_the_graph_and_the_last_rejected_write() {
     assert_eq!(cp.call("PUT", "/v1/policies", bad, false, None).await.status, 401);
     let still = cp.call("GET", "/v1/policies/rejected", "", false, None).await.json;
     assert!(still["response"].is_null(), "a write without the token is not recorded: {still}");
-    assert_eq!(cp.call("POST", "/v1/validate", bad, false, None).await.status, 400);
+    // A dry run needs the token too (docs/control-plane.md); with it, the errors are not recorded.
+    assert_eq!(cp.call("POST", "/v1/validate", bad, false, None).await.status, 401);
+    assert_eq!(cp.call("POST", "/v1/validate", bad, true, None).await.status, 400);
     assert!(cp.call("GET", "/v1/policies/rejected", "", false, None).await.json["response"].is_null(), "nor a dry run");
     assert_eq!(cp.call("PUT", "/v1/policies", bad, true, None).await.status, 400);
     let last = cp.call("GET", "/v1/policies/rejected", "", false, None).await.json;
