@@ -217,7 +217,6 @@ pub async fn measure(t: &Target, s: &Settings, up: &Upstream, prog: &mut Progres
                         connections: s.h2_connections,
                         streams: s.h2_streams,
                         dur,
-                        warm_up: !s.quick,
                         core: s.load_core,
                     };
                     let r = h2load::run(p, scratch).await?;
