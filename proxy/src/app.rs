@@ -248,7 +248,10 @@ impl App {
         });
         let identity = config.identity.clone();
         let reporter_store = store.clone();
-        let watch = watch_config(store.clone(), metrics.clone(), config.service.clone(), config.xds.is_some());
+        // A node proxy has no --service of its own: its workloads' services come with their
+        // registrations, so the sidecar's missing-service warning does not apply.
+        let sidecar = config.xds.is_some() && config.node.is_none();
+        let watch = watch_config(store.clone(), metrics.clone(), config.service.clone(), sidecar);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Runtime)?;
         let control = std::thread::Builder::new()

@@ -589,6 +589,10 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
             );
         }
     }
+    for (name, node) in [("a", &node_a), ("b", &node_b)] {
+        let said = format!("{}\n{}", node.stdout().join("\n"), node.stderr());
+        assert!(!said.contains("no --service"), "node {name} warns as a sidecar without --service:\n{said}");
+    }
     let logs = access_lines(&node_b.stdout());
     assert!(
         logs.iter().any(|l| field(l, "kind") == "http"
