@@ -433,13 +433,16 @@ pub(crate) fn os(args: &[String]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
-fn start_mesh(cfg: &Config<'_>, up: &Upstream) -> Result<Mesh> {
-    let s = cfg.settings;
-    let dir = TempDir::new("mtls")?;
-    let (xds_port, api_port) = (peers::free_port()?, peers::free_port()?);
-    let data = dir.0.join("cp-data");
-    let args = os(&[
-        "control-plane".into(),
+/// `outrider control-plane` for a bench: the ports, the data dir, the bench's API token, one
+/// worker, text logs, then `extra`.
+pub(crate) fn control_plane_args(
+    data: &std::path::Path,
+    xds_port: u16,
+    api_port: u16,
+    extra: &[&str],
+) -> Vec<OsString> {
+    let mut args = vec![
+        "control-plane".to_owned(),
         "--xds-port".into(),
         xds_port.to_string(),
         "--api-port".into(),
@@ -452,10 +455,19 @@ fn start_mesh(cfg: &Config<'_>, up: &Upstream) -> Result<Mesh> {
         "1".into(),
         "--log-format".into(),
         "text".into(),
-        // The plaintext pair (the baseline the mTLS pair is compared with) has no workload
-        // identity, and only authenticated streams register endpoints otherwise.
-        "--insecure-registration".into(),
-    ]);
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    os(&args)
+}
+
+fn start_mesh(cfg: &Config<'_>, up: &Upstream) -> Result<Mesh> {
+    let s = cfg.settings;
+    let dir = TempDir::new("mtls")?;
+    let (xds_port, api_port) = (peers::free_port()?, peers::free_port()?);
+    let data = dir.0.join("cp-data");
+    // The plaintext pair (the baseline the mTLS pair is compared with) has no workload
+    // identity, and only authenticated streams register endpoints otherwise.
+    let args = control_plane_args(&data, xds_port, api_port, &["--insecure-registration"]);
     let mut cmd = peers::pinned(s.load_core, cfg.control_plane, &args);
     cmd.env("RUST_LOG", "warn");
     let api_addr = peers::local(api_port);

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::mtls::{API_TOKEN, api, api_json, join_token, os};
+use crate::mtls::{API_TOKEN, api, api_json, control_plane_args, join_token, os};
 use crate::peers::{self, Proc, TempDir};
 use crate::upstream::{self, Upstream};
 use crate::{latency, procstat};
@@ -142,23 +142,7 @@ fn start_mesh(cfg: &Config, up: &Upstream) -> Result<Mesh> {
     let dir = TempDir::new("soak")?;
     let (xds_port, api_port) = (peers::free_port()?, peers::free_port()?);
     let data = dir.0.join("cp-data");
-    let args = os(&[
-        "control-plane".into(),
-        "--xds-port".into(),
-        xds_port.to_string(),
-        "--api-port".into(),
-        api_port.to_string(),
-        "--data-dir".into(),
-        data.to_string_lossy().into_owned(),
-        "--api-token".into(),
-        API_TOKEN.into(),
-        "--workers".into(),
-        "1".into(),
-        "--log-format".into(),
-        "text".into(),
-        "--workload-cert-ttl".into(),
-        CERT_TTL.into(),
-    ]);
+    let args = control_plane_args(&data, xds_port, api_port, &["--workload-cert-ttl", CERT_TTL]);
     let mut cmd = peers::pinned(0, &cfg.control_plane, &args);
     cmd.env("RUST_LOG", "warn");
     let api_addr = peers::local(api_port);
