@@ -4,11 +4,12 @@
 #
 #   benches/callgrind/ir.sh [PROTO] [SMALL] [LARGE]
 #
-# PROTO: h1 (default: HTTP/1.1 through the outbound port, `h2load --h1 -c4`), h2c (`h2load
-# -c4 -m10`), h1-log (HTTP/1.1 with the access log on, JSON lines on
+# PROTO: h1 (default: HTTP/1.1 through the outbound port, `h2load --h1 -c1`: one connection,
+# one request at a time, so every run takes the same path: two runs agree within 0.1 %), h2c
+# (`h2load -c1 -m1`), h1-log (HTTP/1.1 with the access log on, JSON lines on
 # stdout to a file). The proxy (PROXY=,
 # default target/release/outrider-proxy, one worker) runs under `valgrind --tool=callgrind`
-# twice, serving SMALL (1000) and LARGE (3000) requests to an nginx upstream (1 kB responses);
+# (PROXY_ARGS= adds flags, e.g. `--http1-park-after 0s`) twice, serving SMALL (1000) and LARGE (3000) requests to an nginx upstream (1 kB responses);
 # the difference of the two totals over LARGE-SMALL requests is the per-request cost without
 # start-up and shut-down. Needs valgrind, nginx, h2load. Writes nothing outside a temporary
 # directory (KEEP=FILE keeps the LARGE run's callgrind output for callgrind_annotate); prints one line: `PROTO: N instructions per request (totals A, B)`.
@@ -72,9 +73,9 @@ EOF
 ACCESS_LOG=(--access-log off)
 LOG_FILTER=warn
 case "$PROTO" in
-    h1) HOST=bench:8080; LOAD=(--h1 -c4) ;;
-    h1-log) HOST=bench:8080; LOAD=(--h1 -c4); ACCESS_LOG=(--access-log on); LOG_FILTER=warn,outrider::access=info ;;
-    h2c) HOST=bench-h2:8081; LOAD=(-c4 -m10) ;;
+    h1) HOST=bench:8080; LOAD=(--h1 -c1) ;;
+    h1-log) HOST=bench:8080; LOAD=(--h1 -c1); ACCESS_LOG=(--access-log on); LOG_FILTER=warn,outrider::access=info ;;
+    h2c) HOST=bench-h2:8081; LOAD=(-c1 -m1) ;;
     *) echo "unknown PROTO $PROTO (h1, h1-log, h2c)" >&2; exit 2 ;;
 esac
 
@@ -84,7 +85,7 @@ run() {
     OUTRIDER_LOG=$LOG_FILTER valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" \
         "$PROXY" --policy "$DIR/policy.yaml" --workers 1 "${ACCESS_LOG[@]}" \
         --outbound-port "$outp" --admin-port "$adminp" --inbound-port "$(free_port)" \
-        --app-port "$UP" --inbound-bind 127.0.0.1 --metrics-port 0 --health-port 0 \
+        --app-port "$UP" --inbound-bind 127.0.0.1 --metrics-port 0 --health-port 0 ${PROXY_ARGS:-} \
         >"$DIR/stdout.$n" 2>"$DIR/proxy.$n.log" &
     local pid=$!
     for _ in $(seq 600); do
