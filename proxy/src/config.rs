@@ -138,7 +138,7 @@ pub struct ProxyArgs {
     /// A plaintext HTTP/1.1 keep-alive connection whose caller has been silent this long
     /// after a response releases its read and write buffers (it parks between this and twice
     /// this after its last request); 0s: at once, after every response.
-    #[arg(long, env = "OUTRIDER_HTTP1_PARK_AFTER", default_value = "500ms", value_parser = duration)]
+    #[arg(long, env = "OUTRIDER_HTTP1_PARK_AFTER", default_value = "50ms", value_parser = duration)]
     pub http1_park_after: Duration,
     /// SO_MARK set on the proxy's upstream sockets, so iptables rules can exempt them.
     #[arg(long, env = "OUTRIDER_SOCKET_MARK")]

@@ -22,8 +22,11 @@ use crate::drain;
 
 /// The default quiet period before an idle HTTP/1.1 connection parks: long against the
 /// gaps between a busy caller's requests (microseconds to a few milliseconds), short against
-/// how long keep-alive connections sit idle (seconds to minutes).
-pub const PARK_AFTER: Duration = Duration::from_millis(500);
+/// how long keep-alive connections sit idle (seconds to minutes). why not longer: freed
+/// buffers stay in the allocator, so RSS follows the most connections unparked at once
+/// (10,000 connections opened in a few seconds: 118 MB parking at once, 121 MB at 50 ms,
+/// 142 MB at 500 ms, measured).
+pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// Limits on downstream connections (every limit has a default).
 #[derive(Clone, Debug)]
