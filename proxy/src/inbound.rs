@@ -63,6 +63,8 @@ pub struct Inbound {
     /// authorization), which the control plane sends only once the workload is registered.
     pub needs_policy: bool,
     pools: Mutex<HashMap<u16, Arc<EndpointPool>>>,
+    /// The inbound request metric series of `service`, resolved by the first request.
+    series: Arc<crate::telemetry::metrics::SeriesCell>,
 }
 
 impl Inbound {
@@ -86,6 +88,7 @@ impl Inbound {
             needs_identity: false,
             needs_policy: false,
             pools: Mutex::default(),
+            series: Default::default(),
         }
     }
 
@@ -346,6 +349,7 @@ impl Inbound {
         let mut rec = RequestRecord::start(&self.recorder, Direction::inbound, client, &req);
         rec.service = self.service.clone();
         rec.route = self.service.clone();
+        rec.series = Some(self.series.clone());
         rec.peer = peer.cloned();
         let grpc = rescue::is_grpc(&req);
         let authority = match forward::authority_of(&req) {

@@ -200,6 +200,9 @@ pub struct Split {
     /// Where requests go when every endpoint of this split is open (the cluster's
     /// `fallback`, resolved; `None` when it has none or it is this very subset).
     pub fallback: Option<Arc<Fallback>>,
+    /// The request metric series of this split's route and service, resolved by its first
+    /// request (fresh with every snapshot).
+    pub series: Arc<crate::telemetry::metrics::SeriesCell>,
 }
 
 /// A resolved fallback: the endpoints of `cluster` that carry the fallback's labels.

@@ -112,6 +112,7 @@ fn route(
     let split: &Split =
         route.pick_split().ok_or_else(|| ProxyError::NoHealthyUpstream { service: vh.name.to_string() })?;
     rec.service = split.cluster.service.clone();
+    rec.series = Some(split.series.clone());
     Ok(Routed {
         cluster: split.cluster.clone(),
         endpoints: split.endpoints.clone(),

@@ -630,7 +630,14 @@ fn route_from(
                 || (subset.is_none() && cluster.policy.fallback.as_ref().is_some_and(|c| c.subset.is_empty()));
             !(same_cluster && same_subset)
         });
-        splits.push(Split { cluster: cluster.clone(), weight, subset, endpoints, fallback: fallback.cloned() });
+        splits.push(Split {
+            cluster: cluster.clone(),
+            weight,
+            subset,
+            endpoints,
+            fallback: fallback.cloned(),
+            series: Default::default(),
+        });
     }
     let total: u64 = splits.iter().map(|s| u64::from(s.weight)).sum();
     let Ok(total_weight) = u32::try_from(total) else {

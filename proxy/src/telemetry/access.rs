@@ -13,7 +13,7 @@ use http_body::{Body as _, Frame};
 use tokio::time::Instant;
 
 use super::metrics::{
-    Direction, DirectionLabels, DurationLabels, LocalReplyLabels, Metrics, RequestLabels, WorkloadLabel,
+    Direction, DirectionLabels, DurationLabels, LocalReplyLabels, Metrics, SeriesCell, WorkloadLabel,
 };
 use super::trace::{self, HttpAttrs, Span, SpanKind, TraceCx, Tracer};
 use crate::http::Body;
@@ -91,6 +91,8 @@ pub struct RequestRecord {
     pub request_id: Option<http::HeaderValue>,
     pub service: Arc<str>,
     pub route: Arc<str>,
+    /// The resolved request series of the route (see [`SeriesCell`]); `None`: family lookup.
+    pub series: Option<Arc<SeriesCell>>,
     pub upstream: Option<SocketAddr>,
     /// Tries sent upstream (retries + 1); 0 when none was.
     pub attempts: u32,
@@ -150,6 +152,7 @@ impl RequestRecord {
             request_id: None,
             service: unknown(),
             route: unknown(),
+            series: None,
             upstream: None,
             attempts: 0,
             span,
@@ -212,22 +215,17 @@ impl RequestRecord {
     /// Metrics, at response headers.
     fn count(&self, status: u16, elapsed: Duration, local_reply: Option<&'static str>) {
         let m = &self.recorder.metrics;
-        m.requests
-            .get_or_create(&RequestLabels {
-                direction: self.direction,
-                service: self.service.clone(),
-                route: self.route.clone(),
-                code: status,
-                workload: self.recorder.workload_label(),
-            })
-            .inc();
-        m.request_duration
-            .get_or_create(&DurationLabels {
+        m.count_request(
+            self.series.as_deref(),
+            DurationLabels {
                 direction: self.direction,
                 service: self.service.clone(),
                 workload: self.recorder.workload_label(),
-            })
-            .observe(elapsed.as_secs_f64());
+            },
+            &self.route,
+            status,
+            elapsed.as_secs_f64(),
+        );
         if let Some(reason) = local_reply {
             m.local_replies.get_or_create(&LocalReplyLabels { direction: self.direction, reason }).inc();
         }
@@ -444,3 +442,6 @@ impl TcpRecord {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

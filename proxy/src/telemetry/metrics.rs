@@ -1,7 +1,7 @@
 //! The metrics registry. Families live here; the code that updates them holds a
 //! cheap clone. Label values are bounded: service and route names come from the
 //! config snapshot, never from raw request data.
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
@@ -112,6 +112,107 @@ pub struct TlsLabels {
 pub struct DenialLabels {
     pub service: Arc<str>,
     pub peer: Arc<str>,
+}
+
+/// The `outrider_requests_total` and `outrider_request_duration_seconds` series of one route
+/// (outbound: per split of a route of the config snapshot; inbound: per listener), resolved by
+/// the first request that counts into them, so later requests only increment (no label hashing
+/// or family lock). A series is created when a request first counts into it, exactly as a
+/// family lookup would; a new snapshot brings new, empty cells, and the series themselves stay
+/// in their families as they always have (request series are never removed).
+#[derive(Debug, Default)]
+pub struct SeriesCell(OnceLock<RequestSeries>);
+
+/// Status codes of one route kept as resolved counters; further codes take the family lookup.
+const CODE_SLOTS: usize = 4;
+
+#[derive(Debug)]
+pub struct RequestSeries {
+    direction: Direction,
+    service: Arc<str>,
+    route: Arc<str>,
+    workload: WorkloadLabel,
+    duration: Histogram,
+    codes: [OnceLock<(u16, Counter)>; CODE_SLOTS],
+}
+
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+impl RequestSeries {
+    fn matches(&self, l: &DurationLabels, route: &Arc<str>) -> bool {
+        self.direction == l.direction
+            && same(&self.service, &l.service)
+            && same(&self.route, route)
+            && match (&self.workload.0, &l.workload.0) {
+                (None, None) => true,
+                (Some(a), Some(b)) => same(a, b),
+                _ => false,
+            }
+    }
+
+    fn count(&self, m: &Metrics, code: u16) {
+        for slot in &self.codes {
+            let (c, counter) = slot.get_or_init(|| (code, m.requests.get_or_create(&self.labels(code)).clone()));
+            if *c == code {
+                counter.inc();
+                return;
+            }
+        }
+        m.requests.get_or_create(&self.labels(code)).inc();
+    }
+
+    fn labels(&self, code: u16) -> RequestLabels {
+        RequestLabels {
+            direction: self.direction,
+            service: self.service.clone(),
+            route: self.route.clone(),
+            code,
+            workload: self.workload.clone(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Count one request into `outrider_requests_total{direction, service, route, code,
+    /// workload}` and observe `seconds` in `outrider_request_duration_seconds{direction,
+    /// service, workload}`: through `cell`'s resolved series when they carry these labels,
+    /// else by family lookup (the same series either way).
+    pub fn count_request(
+        &self,
+        cell: Option<&SeriesCell>,
+        labels: DurationLabels,
+        route: &Arc<str>,
+        code: u16,
+        seconds: f64,
+    ) {
+        if let Some(cell) = cell {
+            let s = cell.0.get_or_init(|| RequestSeries {
+                duration: self.request_duration.get_or_create(&labels).clone(),
+                direction: labels.direction,
+                service: labels.service.clone(),
+                route: route.clone(),
+                workload: labels.workload.clone(),
+                codes: Default::default(),
+            });
+            if s.matches(&labels, route) {
+                s.count(self, code);
+                s.duration.observe(seconds);
+                return;
+            }
+        }
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction: labels.direction,
+                service: labels.service.clone(),
+                route: route.clone(),
+                code,
+                workload: labels.workload.clone(),
+            })
+            .inc();
+        self.request_duration.get_or_create(&labels).observe(seconds);
+    }
 }
 
 /// Latency buckets from 100 µs to 10 s.
