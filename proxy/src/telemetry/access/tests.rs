@@ -12,12 +12,12 @@ fn snapshot(yaml: &str) -> Snapshot {
     snap
 }
 
-const SERVICE_A: &str = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  port: 80\n  endpoints:\n";
-const POLICY_A: &str = "---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: a}\nspec:\n  service: a\n  routes:\n";
-const SERVICE_B: &str =
-    "---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: b}\nspec: {port: 81, endpoints: [{address: \"127.0.0.1:3\"}]}\n";
-const SERVICE_C: &str =
-    "---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: c}\nspec: {port: 82, endpoints: [{address: \"127.0.0.1:4\"}]}\n";
+const SERVICE_A: &str =
+    "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  port: 80\n  endpoints:\n";
+const POLICY_A: &str =
+    "---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: a}\nspec:\n  service: a\n  routes:\n";
+const SERVICE_B: &str = "---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: b}\nspec: {port: 81, endpoints: [{address: \"127.0.0.1:3\"}]}\n";
+const SERVICE_C: &str = "---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: c}\nspec: {port: 82, endpoints: [{address: \"127.0.0.1:4\"}]}\n";
 
 /// Two versions of a config: the second changes a's endpoints and routes, drops b, adds c.
 fn configs() -> [Snapshot; 2] {
