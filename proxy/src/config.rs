@@ -135,6 +135,11 @@ pub struct ProxyArgs {
     /// How long in-flight requests may take to finish after SIGTERM, e.g. 5s.
     #[arg(long, env = "OUTRIDER_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long the listeners keep accepting once the control plane has
+    /// confirmed this endpoint's withdrawal, for its push to reach the callers (new connections
+    /// are served and closed meanwhile), e.g. 1s. Within --drain-timeout.
+    #[arg(long, env = "OUTRIDER_DRAIN_PROPAGATION", default_value = "1s", value_parser = duration)]
+    pub drain_propagation: Duration,
     /// SO_MARK set on the proxy's upstream sockets, so iptables rules can exempt them.
     #[arg(long, env = "OUTRIDER_SOCKET_MARK")]
     pub socket_mark: Option<u32>,
@@ -234,6 +239,8 @@ pub struct ProxyConfig {
     /// Most downstream connections open at once (`--max-connections`).
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// `--drain-propagation`: accepting on after the control plane confirmed the withdrawal.
+    pub drain_propagation: Duration,
     pub socket_mark: Option<u32>,
     /// Workload identity (`--identity-token`); `None`: no mTLS, plaintext to every endpoint.
     /// In node mode: the node's own identity.
@@ -294,6 +301,7 @@ impl ProxyConfig {
             workers: 1,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: Duration::from_secs(5),
+            drain_propagation: Duration::from_secs(1),
             socket_mark: None,
             identity: None,
             node: None,
@@ -470,6 +478,7 @@ impl ProxyArgs {
             workers,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            drain_propagation: self.drain_propagation,
             socket_mark,
             identity,
             node,

@@ -158,12 +158,14 @@ impl Workload {
             Direction::inbound,
             move |s, c, d| serve_tunnel(tunnel_inbound.clone(), tunnel_mesh.clone(), s, c, d),
         )));
-        // The proxy's drain drains the workload too.
+        // The proxy's drain drains the workload too, step by step.
         let mut global = shared.drain.signal();
         let own = drain.clone();
         tasks.push(tokio::spawn(async move {
             global.draining().await;
             own.start();
+            global.closing().await;
+            own.close_listeners();
         }));
         tasks.push(tokio::spawn(super::identity::run(shared.clone(), identity.clone(), mesh.clone())));
         Ok(Arc::new(Self { spec, ip, identity, netns, mesh, _store: store, drain, tasks }))
@@ -195,7 +197,7 @@ impl Workload {
 
     /// Stop accepting, let its connections finish (bounded), remove its rules.
     pub async fn stop(&self) {
-        self.drain.start();
+        self.drain.close_listeners();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.drain.idle()).await;
         for t in &self.tasks {
             t.abort();
