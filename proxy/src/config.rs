@@ -132,7 +132,8 @@ pub struct ProxyArgs {
     /// connection over it is accepted and closed at once.
     #[arg(long, env = "OUTRIDER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// How long in-flight requests may take to finish after SIGTERM, e.g. 5s.
+    /// How long the whole drain may take after SIGTERM (accepting on until the endpoint is
+    /// withdrawn, then in-flight requests finishing), e.g. 5s.
     #[arg(long, env = "OUTRIDER_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
     /// After SIGTERM, how long the listeners keep accepting once the control plane has
