@@ -141,6 +141,11 @@ pub struct ProxyArgs {
     /// are served and closed meanwhile), e.g. 1s. Within --drain-timeout.
     #[arg(long, env = "OUTRIDER_DRAIN_PROPAGATION", default_value = "1s", value_parser = duration)]
     pub drain_propagation: Duration,
+    /// A plaintext HTTP/1.1 keep-alive connection whose caller has been silent this long
+    /// after a response releases its read and write buffers (it parks between this and twice
+    /// this after its last request); 0s: at once, after every response.
+    #[arg(long, env = "OUTRIDER_HTTP1_PARK_AFTER", default_value = "50ms", value_parser = duration)]
+    pub http1_park_after: Duration,
     /// SO_MARK set on the proxy's upstream sockets, so iptables rules can exempt them.
     #[arg(long, env = "OUTRIDER_SOCKET_MARK")]
     pub socket_mark: Option<u32>,
@@ -242,6 +247,8 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// `--drain-propagation`: accepting on after the control plane confirmed the withdrawal.
     pub drain_propagation: Duration,
+    /// Quiet period before an idle plaintext HTTP/1.1 connection parks.
+    pub http1_park_after: Duration,
     pub socket_mark: Option<u32>,
     /// Workload identity (`--identity-token`); `None`: no mTLS, plaintext to every endpoint.
     /// In node mode: the node's own identity.
@@ -303,6 +310,7 @@ impl ProxyConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: Duration::from_secs(5),
             drain_propagation: Duration::from_secs(1),
+            http1_park_after: crate::http::server::PARK_AFTER,
             socket_mark: None,
             identity: None,
             node: None,
@@ -480,6 +488,7 @@ impl ProxyArgs {
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
             drain_propagation: self.drain_propagation,
+            http1_park_after: self.http1_park_after,
             socket_mark,
             identity,
             node,
