@@ -4,7 +4,7 @@
 
 use outrider_tests::policy::{cluster_name, docs, service};
 use outrider_tests::upstream::{self, Upstream};
-use outrider_tests::{ProxyHarness, client, eventually, prom};
+use outrider_tests::{ProxyHarness, client, prom};
 use serde_json::Value;
 
 async fn setup() -> (Upstream, Upstream, ProxyHarness) {
@@ -52,8 +52,8 @@ async fn drain_over_the_admin_api_turns_readiness_off_and_closes_new_connections
     proxy.get("http://echo:8080/").await.assert_status(200);
     proxy.admin("POST", "/drain").await.assert_status(200);
     proxy.admin("GET", "/ready").await.assert_status(503);
-    let mut conn = outrider_tests::client::h1_connection(proxy.addrs.outbound).await;
-    let r = outrider_tests::client::send_h1(&mut conn, outrider_tests::client::h1_get("echo:8080", "/late")).await;
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    let r = client::send_h1(&mut conn, client::h1_get("echo:8080", "/late")).await;
     r.assert_status(200);
     assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
 }
