@@ -24,6 +24,7 @@ use crate::kubernetes::token_review::ApiServerReviewer;
 use crate::kubernetes::webhook::{self, Webhook, WebhookSettings};
 use crate::kubernetes::{
     Cluster, ClusterSettings, Kube, KubeError, KubeSettings, LeaseSettings, ca_secret, defaults as kube_defaults,
+    join_tokens,
 };
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
@@ -341,7 +342,16 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         }
         None => open_ca(&config)?,
     };
-    let tokens = Arc::new(JoinTokens::open(&config.data_dir)?);
+    // In Kubernetes mode the join tokens live in a Secret every replica reads and writes.
+    let tokens = match &kube {
+        Some(kube) => {
+            let backend = join_tokens::SecretBackend::new(kube, runtime.handle().clone());
+            let tokens = Arc::new(JoinTokens::shared(Box::new(backend))?);
+            runtime.spawn(join_tokens::watch(kube.clone(), tokens.clone()));
+            tokens
+        }
+        None => Arc::new(JoinTokens::open(&config.data_dir)?),
+    };
     let webhook_listen = config.kubernetes.as_ref().and(config.webhook.listen);
     let serving_tls = if config.tls || webhook_listen.is_some() {
         let mut extra = config.tls_sans.clone();
