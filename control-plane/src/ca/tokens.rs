@@ -298,7 +298,7 @@ impl JoinTokens {
                     let (out, changed) = change(&mut next)?;
                     if changed {
                         drop_expired(&mut next);
-                        let bytes = serialize(&next, &store())?;
+                        let bytes = serialize(&next, store())?;
                         if !shared
                             .store(&bytes, version.as_deref())
                             .map_err(|reason| TokenError::Store { store: store(), reason })?
