@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the directory names under `fuzz/seeds/` and `fuzz/corpus/`).
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("policy_yaml", policy_yaml),
     ("protocol_detect", protocol_detect),
     ("xds_snapshot", xds_snapshot),
@@ -22,6 +22,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("h2_frames", h2_frames),
     ("authz_path", authz_path),
     ("cp_api", cp_api),
+    ("load_report", load_report),
 ];
 
 /// Policy files are operator input: any bytes give a set or errors, and a valid set translates.
@@ -127,11 +128,12 @@ fn serve(input: &[u8], http2: bool) -> Vec<u8> {
 }
 
 /// HTTP/1 request heads (and whatever follows) through the proxy's server and normaliser:
-/// never a panic or a hang; whatever is written back starts with an HTTP/1.1 status line.
+/// never a panic or a hang; whatever is written back starts with an HTTP/1.x status line
+/// (an HTTP/1.0 request may be answered in HTTP/1.0, as hyper does for a 400 to one).
 pub fn http1_head(data: &[u8]) {
     let out = serve(data, false);
     assert!(
-        out.is_empty() || out.starts_with(b"HTTP/1.1 "),
+        out.is_empty() || out.starts_with(b"HTTP/1.1 ") || out.starts_with(b"HTTP/1.0 "),
         "not an HTTP/1.1 response: {:?}",
         &out[..out.len().min(64)]
     );
@@ -254,4 +256,31 @@ pub fn cp_api(data: &[u8]) {
         status
     });
     assert_ne!(status, http::StatusCode::INTERNAL_SERVER_ERROR, "{method} {path} with {} body bytes", rest.len());
+}
+
+/// Load reports come from any client of the xDS port: any bytes decoded as a
+/// `LoadStatsRequest` (the reporting node's cluster is the source service) are counted or
+/// dropped, never a panic, and the aggregates stay readable.
+pub fn load_report(data: &[u8]) {
+    use outrider_control_plane::stats::{Labels, Stats};
+    use prost::Message;
+    static STATS: OnceLock<std::sync::Arc<Stats>> = OnceLock::new();
+    let Ok(request) = envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest::decode(data) else {
+        return;
+    };
+    let stats = STATS.get_or_init(|| {
+        let stats = Stats::new(Duration::from_secs(5), outrider_control_plane::metrics::Metrics::new());
+        let set = outrider_xds::load_str(
+            "mesh.yaml",
+            "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  port: 80\n  endpoints:\n    - {address: \"127.0.0.1:1\", labels: {v: \"1\"}}\n    - {address: \"[::1]:2\", labels: {v: \"2\"}}\n",
+        )
+        .expect("a valid mesh");
+        stats.update_mesh(&set);
+        stats
+    });
+    let source = request.node.as_ref().map_or("", |n| n.cluster.as_str());
+    stats.ingest("fuzz", source, &request.cluster_stats);
+    let _ = stats.service("a", &Labels::new(), Duration::from_secs(60));
+    let _ = stats.summary(Duration::from_secs(900));
+    let _ = stats.since("a", &Labels::new(), &Default::default()).quantile_ms(0.99);
 }

@@ -315,7 +315,9 @@ mod tcp_tests {
 /// on what it means. Returns `None` when the path is already normal.
 pub fn normalize_path(path: &str) -> Result<Option<String>, &'static str> {
     let bytes = path.as_bytes();
-    let mut decoded = String::with_capacity(path.len());
+    // Bytes, not chars: a byte of a multi-byte UTF-8 character is copied as it is (pushing it
+    // as a `char` would re-encode it as Latin-1 and change the path).
+    let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
@@ -326,15 +328,17 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, &'static str> {
                     return Err("the path holds an encoded '/', '\\' or NUL");
                 }
                 if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    decoded.push(c as char);
+                    decoded.push(c);
                     i += 3;
                     continue;
                 }
             }
         }
-        decoded.push(bytes[i] as char);
+        decoded.push(bytes[i]);
         i += 1;
     }
+    // Only ASCII bytes were decoded; everything else was copied, so this stays valid UTF-8.
+    let decoded = String::from_utf8(decoded).map_err(|_| "the path is not valid UTF-8")?;
     // Merge slashes and resolve dot segments.
     let mut out: Vec<&str> = Vec::new();
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
@@ -372,10 +376,13 @@ mod path_tests {
             ("/a/b/..", "/a/"),
             ("/..", "/"),
             ("/a//b///c/", "/a/b/c/"),
+            // A fuzzing finding: non-ASCII characters were re-encoded (mojibake).
+            ("k\u{6d6}%", "/k\u{6d6}%"),
+            ("//café/./x", "/café/x"),
         ] {
             assert_eq!(normalize_path(raw).unwrap().as_deref(), Some(want), "{raw}");
         }
-        for normal in ["/", "/admin/x", "/a/b/", "/caf%C3%A9", "/a%20b"] {
+        for normal in ["/", "/admin/x", "/a/b/", "/caf%C3%A9", "/a%20b", "/café", "/kۖ%"] {
             assert_eq!(normalize_path(normal).unwrap(), None, "{normal}");
         }
         for bad in ["/admin%2Fx", "/a%5cb", "/a%00"] {

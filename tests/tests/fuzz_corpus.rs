@@ -36,7 +36,16 @@ fn replay(target: &str) {
 
 #[test]
 fn every_target_has_a_replay_test() {
-    let tested = ["policy_yaml", "protocol_detect", "xds_snapshot", "http1_head", "h2_frames", "authz_path", "cp_api"];
+    let tested = [
+        "policy_yaml",
+        "protocol_detect",
+        "xds_snapshot",
+        "http1_head",
+        "h2_frames",
+        "authz_path",
+        "cp_api",
+        "load_report",
+    ];
     let all: Vec<&str> = targets::TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(all, tested);
     let bins = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/Cargo.toml")).unwrap();
@@ -78,4 +87,9 @@ fn authz_path() {
 #[test]
 fn cp_api() {
     replay("cp_api");
+}
+
+#[test]
+fn load_report() {
+    replay("load_report");
 }
