@@ -135,6 +135,11 @@ pub struct ProxyArgs {
     /// How long in-flight requests may take to finish after SIGTERM, e.g. 5s.
     #[arg(long, env = "OUTRIDER_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// A plaintext HTTP/1.1 keep-alive connection whose caller has been silent this long
+    /// after a response releases its read and write buffers (it parks between this and twice
+    /// this after its last request); 0s: at once, after every response.
+    #[arg(long, env = "OUTRIDER_HTTP1_PARK_AFTER", default_value = "50ms", value_parser = duration)]
+    pub http1_park_after: Duration,
     /// SO_MARK set on the proxy's upstream sockets, so iptables rules can exempt them.
     #[arg(long, env = "OUTRIDER_SOCKET_MARK")]
     pub socket_mark: Option<u32>,
@@ -234,6 +239,8 @@ pub struct ProxyConfig {
     /// Most downstream connections open at once (`--max-connections`).
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// Quiet period before an idle plaintext HTTP/1.1 connection parks.
+    pub http1_park_after: Duration,
     pub socket_mark: Option<u32>,
     /// Workload identity (`--identity-token`); `None`: no mTLS, plaintext to every endpoint.
     /// In node mode: the node's own identity.
@@ -294,6 +301,7 @@ impl ProxyConfig {
             workers: 1,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: Duration::from_secs(5),
+            http1_park_after: crate::http::server::PARK_AFTER,
             socket_mark: None,
             identity: None,
             node: None,
@@ -470,6 +478,7 @@ impl ProxyArgs {
             workers,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            http1_park_after: self.http1_park_after,
             socket_mark,
             identity,
             node,

@@ -20,6 +20,14 @@ use super::park::{Exchange, ParkIo, TrackedBody};
 use super::preface::{self, First};
 use crate::drain;
 
+/// The default quiet period before an idle HTTP/1.1 connection parks: long against the
+/// gaps between a busy caller's requests (microseconds to a few milliseconds), short against
+/// how long keep-alive connections sit idle (seconds to minutes). why not longer: freed
+/// buffers stay in the allocator, so RSS follows the most connections unparked at once
+/// (10,000 connections opened in a few seconds: 118 MB parking at once, 121 MB at 50 ms,
+/// 142 MB at 500 ms, measured).
+pub const PARK_AFTER: Duration = Duration::from_millis(50);
+
 /// Limits on downstream connections (every limit has a default).
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
@@ -33,6 +41,9 @@ pub struct ServerLimits {
     pub max_pending_accept_reset_streams: usize,
     /// HTTP/2 header list size (bytes).
     pub max_header_list_size: u32,
+    /// A plaintext HTTP/1.1 keep-alive connection whose caller has been silent this long
+    /// after a response releases its buffers ([`super::park`]); zero parks at once.
+    pub park_after: Duration,
 }
 
 impl Default for ServerLimits {
@@ -43,6 +54,7 @@ impl Default for ServerLimits {
             max_concurrent_streams: 1024,
             max_pending_accept_reset_streams: 20,
             max_header_list_size: 64 * 1024,
+            park_after: PARK_AFTER,
         }
     }
 }
@@ -64,6 +76,7 @@ pub struct HttpServer {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    park_after: Duration,
 }
 
 /// Serve `conn` until it ends, or until drain: then GOAWAY (HTTP/2) or `Connection: close`
@@ -101,7 +114,7 @@ impl HttpServer {
             .max_frame_size(h2_guard::MAX_FRAME_SIZE)
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .keep_alive_timeout(Duration::from_secs(20));
-        Self { h1, h2, header_read_timeout: limits.header_read_timeout }
+        Self { h1, h2, header_read_timeout: limits.header_read_timeout, park_after: limits.park_after }
     }
 
     /// Serve one connection with `handler`.
@@ -139,8 +152,8 @@ impl HttpServer {
         run!(self.h1.serve_connection(TokioIo::new(io), svc).with_upgrades(), drain, "HTTP/1.1");
     }
 
-    /// Serve a plaintext HTTP/1.1 connection, parked between requests: one hyper
-    /// connection per busy period, only the socket while the caller is silent. A parked
+    /// Serve a plaintext HTTP/1.1 connection, parked once idle: one hyper connection per
+    /// busy period, only the socket while the caller is silent. A parked
     /// connection is closed when the caller sends nothing within the header read timeout
     /// (as hyper closes an idle keep-alive connection), and on drain.
     async fn serve_h1_parking<S, F>(&self, stream: TcpStream, handler: S, mut drain: drain::Signal)
@@ -150,7 +163,7 @@ impl HttpServer {
     {
         let handler = Arc::new(handler);
         let exchange = Arc::new(Exchange::default());
-        let mut io = ParkIo::new(stream, exchange.clone());
+        let mut io = ParkIo::new(stream, exchange.clone(), self.park_after);
         loop {
             // Boxed: hyper's connection is freed when the connection parks, and the
             // task of a parked connection is no larger than what it holds then.

@@ -20,6 +20,8 @@ use crate::http::Body;
 use crate::http::body::BodyError;
 use crate::http::client::ConnectTime;
 
+mod json;
+
 /// Shared by every connection: where records go.
 #[derive(Clone, Debug)]
 pub struct Recorder {
@@ -244,37 +246,12 @@ impl RequestRecord {
         log: bool,
     ) {
         if log {
-            let authority = self.authority.as_ref().map(|a| a.as_str()).unwrap_or("");
-            let path = self.path.as_ref().map(|p| p.as_str()).unwrap_or("");
-            let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-            let upstream = self.upstream.map(|u| u.to_string());
-            let trace_id = self.trace_id.as_ref().map(trace::trace_id_hex);
-            tracing::info!(
-                target: "outrider::access",
-                kind = "http",
-                direction = ?self.direction,
-                client = %self.client,
-                method = %self.method,
-                authority,
-                path,
-                protocol = ?self.version,
-                status,
-                service = &*self.service,
-                route = &*self.route,
-                upstream = upstream.as_deref().unwrap_or(""),
-                attempts = self.attempts,
-                local_reply = local_reply.unwrap_or(""),
-                request_id,
-                trace_id = trace_id.as_deref().unwrap_or(""),
-                connect_ms = self.connect.map(ms),
-                first_byte_ms = ms(first_byte),
-                duration_ms = ms(total),
-                request_bytes = self.request_bytes,
-                response_bytes,
-                complete,
-                peer_identity = self.peer.as_ref().map_or("", |p| p.as_str()),
-                workload = self.recorder.workload.as_deref().unwrap_or(""),
-            );
+            let o = json::Outcome { status, local_reply, first_byte, total, response_bytes, complete };
+            if crate::telemetry::log::json_on_stdout() {
+                json::write(self, &o);
+            } else {
+                self.log_with_tracing(&o);
+            }
         }
         if let Some(span) = self.span.take() {
             span.end(HttpAttrs {
@@ -294,6 +271,44 @@ impl RequestRecord {
                 incomplete: !complete,
             });
         }
+    }
+}
+
+impl RequestRecord {
+    /// The access-log line through `tracing` (text logs, or a subscriber this process did
+    /// not install); [`json::write`] writes the same JSON line without it.
+    fn log_with_tracing(&self, o: &json::Outcome) {
+        let authority = self.authority.as_ref().map(|a| a.as_str()).unwrap_or("");
+        let path = self.path.as_ref().map(|p| p.as_str()).unwrap_or("");
+        let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        let upstream = self.upstream.map(|u| u.to_string());
+        let trace_id = self.trace_id.as_ref().map(trace::trace_id_hex);
+        tracing::info!(
+            target: "outrider::access",
+            kind = "http",
+            direction = ?self.direction,
+            client = %self.client,
+            method = %self.method,
+            authority,
+            path,
+            protocol = ?self.version,
+            status = o.status,
+            service = &*self.service,
+            route = &*self.route,
+            upstream = upstream.as_deref().unwrap_or(""),
+            attempts = self.attempts,
+            local_reply = o.local_reply.unwrap_or(""),
+            request_id,
+            trace_id = trace_id.as_deref().unwrap_or(""),
+            connect_ms = self.connect.map(ms),
+            first_byte_ms = ms(o.first_byte),
+            duration_ms = ms(o.total),
+            request_bytes = self.request_bytes,
+            response_bytes = o.response_bytes,
+            complete = o.complete,
+            peer_identity = self.peer.as_ref().map_or("", |p| p.as_str()),
+            workload = self.recorder.workload.as_deref().unwrap_or(""),
+        );
     }
 }
 

@@ -16,6 +16,15 @@ impl std::fmt::Debug for LogHandle {
 
 const DEFAULT_FILTER: &str = "info";
 
+/// Set once this process installed the JSON subscriber on stdout: the HTTP access log then
+/// writes its lines itself, in that subscriber's format (`telemetry::access`).
+static JSON_ON_STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Are logs JSON lines on stdout, written by the subscriber [`init`] installed?
+pub fn json_on_stdout() -> bool {
+    JSON_ON_STDOUT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `09:47:35 UTC, 42s ago`: when something began, for a log line that says it ended.
 pub fn since(start: std::time::SystemTime) -> String {
     since_at(start, std::time::SystemTime::now())
@@ -51,6 +60,9 @@ pub fn init(format: LogFormat) -> LogHandle {
             .try_init(),
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout)).try_init(),
     };
+    if res.is_ok() && matches!(format, LogFormat::Json) {
+        JSON_ON_STDOUT.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     LogHandle { reload: res.is_ok().then_some(handle) }
 }
 

@@ -58,16 +58,27 @@ struct Server {
     handler: Arc<Handler>,
     exchange: Arc<Exchange>,
     drain: Drain,
+    park_after: Duration,
 }
 
 impl Server {
+    /// Parks after a short quiet period, so the tests below go through the timer.
     fn new() -> Self {
+        Self::parking_after(Duration::from_millis(20))
+    }
+
+    fn parking_after(park_after: Duration) -> Self {
         Self {
-            server: HttpServer::new(&ServerLimits::default()),
+            server: HttpServer::new(&ServerLimits { park_after, ..ServerLimits::default() }),
             handler: Arc::new(echo as Handler),
             exchange: Arc::new(Exchange::default()),
             drain: Drain::new(),
+            park_after,
         }
+    }
+
+    fn io(&self, stream: TcpStream) -> ParkIo {
+        ParkIo::new(stream, self.exchange.clone(), self.park_after)
     }
 
     /// One hyper connection: `Some` once it parked.
@@ -83,7 +94,7 @@ async fn a_keep_alive_connection_parks_between_requests_and_serves_the_next() {
     let mut buf = Vec::new();
     client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     // Returns only once the response is out and the caller is silent: parked.
-    let mut io = s.busy(ParkIo::new(stream, s.exchange.clone())).await.expect("parked after the first request");
+    let mut io = s.busy(s.io(stream)).await.expect("parked after the first request");
     assert_eq!(response(&mut client, &mut buf).await, "path=/a body=");
     assert_eq!(io.holds(), 0);
     for path in ["/b", "/c"] {
@@ -98,13 +109,55 @@ async fn a_keep_alive_connection_parks_between_requests_and_serves_the_next() {
     assert!(s.busy(io).await.is_none());
 }
 
+/// With the old "park as soon as the caller is silent", the first `busy` returned after
+/// `/a` and nothing served `/b`: the deadline below failed.
+#[tokio::test]
+async fn a_busy_connection_keeps_its_hyper_connection_between_requests() {
+    let (mut client, stream) = pair().await;
+    let s = Server::parking_after(Duration::from_secs(3600));
+    let io = s.io(stream);
+    let serving = tokio::spawn(async move { s.busy(io).await.is_some() });
+    let mut buf = Vec::new();
+    for path in ["/a", "/b", "/c"] {
+        client.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let body = tokio::time::timeout(Duration::from_secs(30), response(&mut client, &mut buf))
+            .await
+            .expect("answered by the same hyper connection");
+        assert_eq!(body, format!("path={path} body="));
+    }
+    // Ended by the caller's end of file, not by parking.
+    client.shutdown().await.unwrap();
+    assert!(!serving.await.unwrap(), "parked within the quiet period");
+}
+
+#[tokio::test]
+async fn a_connection_parks_once_quiet_even_after_requests_while_its_timer_ran() {
+    let (mut client, stream) = pair().await;
+    let s = Server::parking_after(Duration::from_millis(50));
+    let io = s.io(stream);
+    let exchange = s.exchange.clone();
+    let serving = tokio::spawn(async move { s.busy(io).await });
+    let mut buf = Vec::new();
+    for path in ["/a", "/b", "/c"] {
+        client.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        assert_eq!(response(&mut client, &mut buf).await, format!("path={path} body="));
+    }
+    let io = tokio::time::timeout(Duration::from_secs(30), serving)
+        .await
+        .expect("parked once the caller was silent")
+        .unwrap()
+        .expect("parked, not ended");
+    assert_eq!(io.holds(), 0);
+    assert_eq!(exchange.started.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
+
 #[tokio::test]
 async fn a_partly_arrived_pipelined_head_is_kept_for_the_next_connection() {
     let (mut client, stream) = pair().await;
     let s = Server::new();
     let mut buf = Vec::new();
     client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHo").await.unwrap();
-    let mut io = s.busy(ParkIo::new(stream, s.exchange.clone())).await.expect("parked after /a");
+    let mut io = s.busy(s.io(stream)).await.expect("parked after /a");
     assert_eq!(response(&mut client, &mut buf).await, "path=/a body=");
     assert_eq!(io.holds(), "GET /b HTTP/1.1\r\nHo".len(), "hyper's unused bytes are handed back");
     client.write_all(b"st: x\r\n\r\n").await.unwrap();
@@ -121,7 +174,7 @@ async fn a_connection_is_not_parked_after_a_request_with_a_body() {
     let s = Server::new();
     let mut buf = Vec::new();
     client.write_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
-    let serving = tokio::spawn(async move { s.busy(ParkIo::new(stream, s.exchange.clone())).await.is_some() });
+    let serving = tokio::spawn(async move { s.busy(s.io(stream)).await.is_some() });
     assert_eq!(response(&mut client, &mut buf).await, "path=/p body=hello");
     // Had it parked, `busy` would have returned already, before this end of file.
     client.shutdown().await.unwrap();
