@@ -17,7 +17,9 @@
 #   sudo benches/ambient/compare.sh [RUNS]       # default 3
 #
 # Environment: DURATION (s per measurement, 10), CONNECTIONS (wrk, 50), RATE (1000),
-# OPEN_CONNECTIONS (32), NODE_WORKERS (the node proxy's --workers, 1 like each sidecar), PERF (a
+# OPEN_CONNECTIONS (32), NODE_WORKERS (the node proxy's --workers, 2: as many threads as the
+# sidecar pair's two single-worker proxies, so that on a contended core the node proxy gets the
+# same CPU share as the pair; with 1 it gets about half and falls behind), PERF (a
 # directory: record `perf record -e cpu-clock` of the proxies during each meshed closed loop
 # there), PROXY, OUTRIDER, LOADTEST (default target/release/...). Needs root,
 # ip, iptables, nginx, wrk, taskset. Prints a markdown table per run and a summary (medians).
@@ -29,7 +31,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-50}
 RATE=${RATE:-1000}
 OPEN_CONNECTIONS=${OPEN_CONNECTIONS:-32}
-NODE_WORKERS=${NODE_WORKERS:-1}
+NODE_WORKERS=${NODE_WORKERS:-2}
 PERF=${PERF:-}
 LOADTEST=${LOADTEST:-target/release/loadtest}
 DIR=$(mktemp -d /tmp/obench.XXXXXX)

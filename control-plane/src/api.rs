@@ -13,6 +13,7 @@
 //! | `GET /v1/stats[/SERVICE]` | load reports: per service, subset, endpoint; history (`?window=1m&labels=k=v`) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
 //! | `POST /v1/tokens` | a join token for `{namespace, serviceAccount, ttl?, singleUse?}` (API token) |
+//! | `DELETE /v1/tokens/NS/SA` | revoke every join token of an identity (API token) |
 //! | `POST /v1/certificates` | a CSR + join token (`Bearer ort_…`), service-account token (`Bearer <JWT>`, `--kubernetes`) or renewal proof → certificate chain |
 //! | `GET /v1/mesh` | the dashboard's graph: services, source → destination calls, resilience (`?window=1m`) |
 //! | `GET /v1/policies/rejected` | the errors of the last rejected policy write |
@@ -211,6 +212,9 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["ui", rest @ ..]) => ui::asset(&rest.join("/"), &path),
         (&Method::GET, ["v1", "ca", "bundle"]) => ca::bundle(state),
         (&Method::POST, ["v1", "tokens"]) => ca::create_token(state, req).await,
+        (&Method::DELETE, ["v1", "tokens", namespace, service_account]) => {
+            ca::revoke_tokens(state, &req, namespace, service_account).await
+        }
         (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,
         (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => get_policies(state, rest).await,
         (&Method::PUT | &Method::POST | &Method::DELETE, ["v1", "policies", ..]) if state.kubernetes.is_some() => {

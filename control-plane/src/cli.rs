@@ -393,6 +393,25 @@ pub fn token_create(conn: &Connection, args: &TokenArgs, output: Option<Output>)
     ExitCode::SUCCESS
 }
 
+/// `outrider token revoke`: prints how many tokens were revoked.
+pub fn token_revoke(conn: &Connection, namespace: &str, service_account: &str) -> ExitCode {
+    let path = format!("/v1/tokens/{namespace}/{service_account}");
+    let reply = match call(conn, Method::DELETE, &path, None) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if !reply.status.is_success() {
+        return failed(&reply, None);
+    }
+    let v = reply.json();
+    println!(
+        "revoked {} of {}",
+        count(v["revoked"].as_u64().unwrap_or(0) as usize, "join token", "join tokens"),
+        v["identity"].as_str().unwrap_or("")
+    );
+    ExitCode::SUCCESS
+}
+
 /// `1 service`, `2 services`.
 pub fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

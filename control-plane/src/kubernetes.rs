@@ -22,6 +22,8 @@ pub mod crds;
 pub mod discovery;
 /// Sidecar injection (the webhook's mutation and `outrider inject`).
 pub mod inject;
+/// Join tokens in a Secret, shared by every replica.
+pub mod join_tokens;
 /// Leader election through a Lease, and the tasks that run only on the leader.
 pub mod lease;
 /// The `outrider.io` objects → the policy documents in force, and each object's verdict.

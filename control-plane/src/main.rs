@@ -180,6 +180,18 @@ enum TokenCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Revoke every join token of `spiffe://<trust-domain>/ns/NS/sa/SA` (issued certificates
+    /// stay valid until they expire).
+    Revoke {
+        /// Namespace of the identity.
+        #[arg(long)]
+        namespace: String,
+        /// Service account of the identity.
+        #[arg(long)]
+        service_account: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -305,6 +317,9 @@ fn main() -> ExitCode {
             &cli::TokenArgs { namespace, service_account, ttl, single_use },
             if quiet { None } else { Some(output) },
         ),
+        Command::Token { command: TokenCommand::Revoke { namespace, service_account, conn } } => {
+            cli::token_revoke(&conn, &namespace, &service_account)
+        }
         Command::Validate { file, output } => validate(&file, output),
         Command::Rollout { verb, name, watch, output, conn } => cli::rollout::run(&conn, verb, &name, watch, output),
         Command::Inject { file, inject, conn } => cli::inject::inject(&conn, &file, &inject),

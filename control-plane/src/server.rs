@@ -24,6 +24,7 @@ use crate::kubernetes::token_review::ApiServerReviewer;
 use crate::kubernetes::webhook::{self, Webhook, WebhookSettings};
 use crate::kubernetes::{
     Cluster, ClusterSettings, Kube, KubeError, KubeSettings, LeaseSettings, ca_secret, defaults as kube_defaults,
+    join_tokens,
 };
 use crate::metrics::Metrics;
 use crate::policies::persist::DataDir;
@@ -341,7 +342,16 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         }
         None => open_ca(&config)?,
     };
-    let tokens = Arc::new(JoinTokens::open(&config.data_dir)?);
+    // In Kubernetes mode the join tokens live in a Secret every replica reads and writes.
+    let tokens = match &kube {
+        Some(kube) => {
+            let backend = join_tokens::SecretBackend::new(kube, runtime.handle().clone());
+            let tokens = Arc::new(JoinTokens::shared(Box::new(backend))?);
+            runtime.spawn(join_tokens::watch(kube.clone(), tokens.clone()));
+            tokens
+        }
+        None => Arc::new(JoinTokens::open(&config.data_dir)?),
+    };
     let webhook_listen = config.kubernetes.as_ref().and(config.webhook.listen);
     let serving_tls = if config.tls || webhook_listen.is_some() {
         let mut extra = config.tls_sans.clone();
@@ -400,10 +410,18 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let bundle_pem = move || bundle_ca.trust_bundle().roots.concat();
     let mut inject = config.webhook.inject.clone();
     inject.ca_roots_pem = bundle_pem();
+    // Every replica follows the CA root Secret's roots while it runs (a rotation's new root is
+    // trusted at once); the caBundle and injected pods follow.
+    let (roots_changed, _) = watch::channel(0u64);
+    if let Some(c) = &cluster {
+        runtime.spawn(ca_secret::watch(c.kube.clone(), ca.clone(), roots_changed.clone()));
+    }
+    let webhook_roots = bundle_pem.clone();
     let ca_bundle_keeper = match (&cluster, &config.webhook.configuration) {
-        (Some(c), Some(name)) if webhook_addr.is_some() => {
-            Some(CaBundleKeeper::new(c.kube.client.clone(), name.clone(), bundle_pem))
-        }
+        (Some(c), Some(name)) if webhook_addr.is_some() => Some(
+            CaBundleKeeper::new(c.kube.client.clone(), name.clone(), bundle_pem)
+                .with_roots_changed(roots_changed.subscribe()),
+        ),
         _ => None,
     };
 
@@ -442,7 +460,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         Some((tokens.clone(), ca.trust_domain().clone())),
         config.insecure_registration,
     );
-    let webhook_server = Webhook::new(inject, metrics.clone());
+    let webhook_server = Webhook::new(inject, metrics.clone()).with_roots(webhook_roots);
     let ads = AdsServer::new(snap_rx, tracker.clone(), metrics, registry.clone())
         .with_service_namespaces(Arc::new(SetNamespaces(sets.clone())))
         .with_authenticator(auth)

@@ -348,11 +348,22 @@ impl App {
         ExitCode::SUCCESS
     }
 
-    /// Stop accepting, let in-flight work finish up to the drain timeout.
+    /// Drain: tell the control plane and the connections, keep accepting until the callers
+    /// have stopped being sent this endpoint, then stop accepting and let in-flight work
+    /// finish, all within the drain timeout (docs/operations.md, "Drain").
     pub async fn shutdown(mut self) {
+        let started = tokio::time::Instant::now();
         self.drain.start();
         let deadline = self.config.drain_timeout;
-        match tokio::time::timeout(deadline, self.drain.idle()).await {
+        // A caller that has not yet heard that this endpoint left would be refused and see a
+        // connect failure: until it has, new connections are served and closed instead.
+        let withdrawn = Self::withdrawn(self.xds_left.as_mut(), self.config.drain_propagation);
+        if tokio::time::timeout(deadline, withdrawn).await.is_err() {
+            tracing::warn!(timeout = ?deadline, "drain deadline passed before the endpoint was withdrawn");
+        }
+        self.drain.close_listeners();
+        tracing::debug!("listeners closed");
+        match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), self.drain.idle()).await {
             Ok(()) => tracing::info!("drained; exiting"),
             Err(_) => tracing::warn!(
                 open = self.drain.active(),
@@ -360,14 +371,19 @@ impl App {
                 "drain deadline passed with connections still open; exiting"
             ),
         }
-        // The drain notice went out when the drain started; give it a moment to land if the
-        // drain itself was quicker (else the control plane keeps the endpoint for its grace).
-        if let Some(left) = &mut self.xds_left
-            && tokio::time::timeout(LEAVE_WAIT, left.wait_for(|l| *l)).await.is_err()
-        {
-            tracing::warn!(waited = ?LEAVE_WAIT, "the control plane did not confirm the deregistration; exiting anyway");
-        }
         self.stop_control();
+    }
+
+    /// Resolves once callers no longer get this proxy's endpoint: the control plane confirmed
+    /// the drain notice and `propagation` passed for its push to reach them. Without a control
+    /// plane nothing withdraws the endpoint: at once.
+    async fn withdrawn(left: Option<&mut tokio::sync::watch::Receiver<bool>>, propagation: std::time::Duration) {
+        let Some(left) = left else { return };
+        if tokio::time::timeout(LEAVE_WAIT, left.wait_for(|l| *l)).await.is_err() {
+            tracing::warn!(waited = ?LEAVE_WAIT, "the control plane did not confirm the deregistration; closing the listeners");
+            return;
+        }
+        tokio::time::sleep(propagation).await;
     }
 
     fn stop_control(&mut self) {
@@ -382,7 +398,7 @@ impl App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        self.drain.start();
+        self.drain.close_listeners();
         if let Some(tx) = self.control_stop.take() {
             let _ = tx.send(());
         }
@@ -509,7 +525,7 @@ fn warn_if_few_file_descriptors(max_connections: usize) {
     }
 }
 
-/// Accept until drain; each connection is tracked by the drain, counted, and admitted
+/// Accept until the drain closes the listeners; each connection is tracked by the drain, counted, and admitted
 /// under the connection limit.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
@@ -526,7 +542,8 @@ pub(crate) async fn accept_loop<F, Fut>(
     let total = metrics.tcp_connections.get_or_create(&DirectionLabels { direction }).clone();
     loop {
         let accepted = tokio::select! {
-            _ = sig.draining() => break,
+            // Draining alone keeps accepting: those connections are served and closed.
+            _ = sig.closing() => break,
             r = listener.accept() => r,
         };
         let (stream, client) = match accepted {

@@ -132,9 +132,15 @@ pub struct ProxyArgs {
     /// connection over it is accepted and closed at once.
     #[arg(long, env = "OUTRIDER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// How long in-flight requests may take to finish after SIGTERM, e.g. 5s.
+    /// How long the whole drain may take after SIGTERM (accepting on until the endpoint is
+    /// withdrawn, then in-flight requests finishing), e.g. 5s.
     #[arg(long, env = "OUTRIDER_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long the listeners keep accepting once the control plane has
+    /// confirmed this endpoint's withdrawal, for its push to reach the callers (new connections
+    /// are served and closed meanwhile), e.g. 1s. Within --drain-timeout.
+    #[arg(long, env = "OUTRIDER_DRAIN_PROPAGATION", default_value = "1s", value_parser = duration)]
+    pub drain_propagation: Duration,
     /// A plaintext HTTP/1.1 keep-alive connection whose caller has been silent this long
     /// after a response releases its read and write buffers (it parks between this and twice
     /// this after its last request); 0s: at once, after every response.
@@ -239,6 +245,8 @@ pub struct ProxyConfig {
     /// Most downstream connections open at once (`--max-connections`).
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// `--drain-propagation`: accepting on after the control plane confirmed the withdrawal.
+    pub drain_propagation: Duration,
     /// Quiet period before an idle plaintext HTTP/1.1 connection parks.
     pub http1_park_after: Duration,
     pub socket_mark: Option<u32>,
@@ -301,6 +309,7 @@ impl ProxyConfig {
             workers: 1,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: Duration::from_secs(5),
+            drain_propagation: Duration::from_secs(1),
             http1_park_after: crate::http::server::PARK_AFTER,
             socket_mark: None,
             identity: None,
@@ -478,6 +487,7 @@ impl ProxyArgs {
             workers,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            drain_propagation: self.drain_propagation,
             http1_park_after: self.http1_park_after,
             socket_mark,
             identity,

@@ -1,6 +1,10 @@
-//! One drain root. Listeners stop accepting when it fires, HTTP connections get a
-//! graceful shutdown (GOAWAY / `Connection: close`), and `main` waits for the
-//! tracked connections to finish up to the drain deadline.
+//! One drain root, in two steps. [`Drain::start`]: `/ready` turns 503, the control plane is told
+//! the endpoint leaves, and every HTTP connection gets a graceful shutdown (GOAWAY /
+//! `Connection: close` after its in-flight response) — also the connections accepted from then
+//! on, which are served and closed, so a caller that has not yet heard of the withdrawal is
+//! answered rather than refused (as Envoy keeps accepting while it drains).
+//! [`Drain::close_listeners`]: the listeners stop accepting. `main` waits for the tracked
+//! connections to finish up to the drain deadline.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -9,7 +13,10 @@ use tokio::sync::{Notify, watch};
 /// The drain root, owned by the app.
 #[derive(Clone, Debug)]
 pub struct Drain {
-    tx: Arc<watch::Sender<bool>>,
+    /// True once draining has started.
+    draining: Arc<watch::Sender<bool>>,
+    /// True once the listeners are to stop accepting.
+    closed: Arc<watch::Sender<bool>>,
     inner: Arc<Inner>,
 }
 
@@ -22,7 +29,8 @@ struct Inner {
 /// A cloneable view of the drain signal, handed to listeners and connections.
 #[derive(Clone, Debug)]
 pub struct Signal {
-    rx: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
+    closed: watch::Receiver<bool>,
     inner: Arc<Inner>,
 }
 
@@ -48,21 +56,29 @@ impl Default for Drain {
 
 impl Drain {
     pub fn new() -> Self {
-        let (tx, _) = watch::channel(false);
-        Self { tx: Arc::new(tx), inner: Arc::default() }
+        let (draining, _) = watch::channel(false);
+        let (closed, _) = watch::channel(false);
+        Self { draining: Arc::new(draining), closed: Arc::new(closed), inner: Arc::default() }
     }
 
     pub fn signal(&self) -> Signal {
-        Signal { rx: self.tx.subscribe(), inner: self.inner.clone() }
+        Signal { draining: self.draining.subscribe(), closed: self.closed.subscribe(), inner: self.inner.clone() }
     }
 
-    /// Start draining. Idempotent.
+    /// Start draining; the listeners keep accepting until [`Drain::close_listeners`].
+    /// Idempotent.
     pub fn start(&self) {
-        self.tx.send_replace(true);
+        self.draining.send_if_modified(|d| !std::mem::replace(d, true));
+    }
+
+    /// Stop accepting (and start draining, if it had not started). Idempotent.
+    pub fn close_listeners(&self) {
+        self.start();
+        self.closed.send_if_modified(|c| !std::mem::replace(c, true));
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.tx.borrow()
+        *self.draining.borrow()
     }
 
     /// Number of connections still open.
@@ -86,16 +102,21 @@ impl Signal {
     /// Resolves once draining has started.
     pub async fn draining(&mut self) {
         // An error means the root is gone, which also means: stop.
-        let _ = self.rx.wait_for(|d| *d).await;
+        let _ = self.draining.wait_for(|d| *d).await;
+    }
+
+    /// Resolves once the listeners are to stop accepting.
+    pub async fn closing(&mut self) {
+        let _ = self.closed.wait_for(|c| *c).await;
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.rx.borrow()
+        *self.draining.borrow()
     }
 
-    /// The flag itself, for code outside the proxy (the xDS client) that watches it.
+    /// The draining flag itself, for code outside the proxy (the xDS client) that watches it.
     pub fn flag(&self) -> watch::Receiver<bool> {
-        self.rx.clone()
+        self.draining.clone()
     }
 
     /// Track a connection until the guard is dropped.
@@ -134,5 +155,23 @@ mod tests {
         drain.start();
         sig.draining().await;
         assert!(sig.is_draining());
+    }
+
+    #[tokio::test]
+    async fn listeners_close_only_when_told() {
+        let drain = Drain::new();
+        let mut sig = drain.signal();
+        drain.start();
+        let mut closing = sig.clone();
+        let closed = tokio::spawn(async move { closing.closing().await });
+        tokio::task::yield_now().await;
+        assert!(!closed.is_finished(), "draining alone keeps the listeners open");
+        drain.close_listeners();
+        closed.await.unwrap();
+        // Closing without a start drains too.
+        let other = Drain::new();
+        other.close_listeners();
+        assert!(other.is_draining());
+        sig.draining().await;
     }
 }

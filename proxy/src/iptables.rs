@@ -142,8 +142,9 @@ impl IptablesArgs {
             exclude_outbound_cidrs: Vec::new(),
             iptables: "iptables".into(),
             ip6tables: "ip6tables".into(),
-            // The node proxy listens in a workload's namespace on IPv4 only so far.
-            no_ipv6: true,
+            // IPv6 rules where the namespace has IPv6 (the node proxy listens there on IPv6
+            // too): without them a workload's IPv6 traffic would bypass it.
+            no_ipv6: false,
         }
     }
 }

@@ -2,8 +2,9 @@
 //! each workload in its own network namespace (a pod).
 //!
 //! For each workload the node proxy enters the workload's namespace, binds its listeners there
-//! (outbound `127.0.0.1:15001`, inbound `:15006`, HBONE `:15008`) and installs the namespace's
-//! redirect rules, then returns: the workload's traffic reaches the node proxy with its
+//! (outbound `127.0.0.1:15001`, inbound `:15006`, HBONE `:15008`; the same on IPv6 where the
+//! namespace has IPv6) and installs the namespace's redirect rules (iptables, and ip6tables
+//! then), then returns: the workload's traffic reaches the node proxy with its
 //! original destination, and the proxy's upstream sockets for that workload are created in the
 //! same namespace, so they leave from the workload's own address. Each workload has its own
 //! certificate (issued to the node proxy only for workloads registered on this node), its own

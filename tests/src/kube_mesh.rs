@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::Method;
+use outrider_control_plane::ca::tokens::JoinTokens;
 use outrider_control_plane::kubernetes::{Cluster, KubeSettings, crds};
 use outrider_control_plane::server::{self, Running, ServerConfig};
 use serde_json::{Value, json};
@@ -116,6 +117,16 @@ impl Replica {
     /// Its CA's root (PEM).
     pub fn root_pem(&self) -> String {
         self.running.as_ref().expect("a running replica").ca.root_pem().to_owned()
+    }
+
+    /// Its API token (API writes).
+    pub fn api_token(&self) -> String {
+        self.running.as_ref().expect("a running replica").token.clone()
+    }
+
+    /// Its join token store (the copy its xDS streams check).
+    pub fn tokens(&self) -> Arc<JoinTokens> {
+        self.running.as_ref().expect("a running replica").tokens.clone()
     }
 
     /// Whether it leads now.

@@ -4,7 +4,7 @@
 
 use outrider_tests::policy::{cluster_name, docs, service};
 use outrider_tests::upstream::{self, Upstream};
-use outrider_tests::{ProxyHarness, client, eventually, prom};
+use outrider_tests::{ProxyHarness, client, prom};
 use serde_json::Value;
 
 async fn setup() -> (Upstream, Upstream, ProxyHarness) {
@@ -44,15 +44,18 @@ async fn ready_live_and_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_over_the_admin_api_turns_readiness_off_and_stops_accepting() {
+/// `POST /drain` starts the drain (the binary's run loop then closes the listeners, as on
+/// SIGTERM: drain.rs): readiness turns off and a connection made meanwhile is answered once
+/// with `Connection: close`.
+async fn drain_over_the_admin_api_turns_readiness_off_and_closes_new_connections_after_one_answer() {
     let (_v1, _v2, proxy) = setup().await;
     proxy.get("http://echo:8080/").await.assert_status(200);
     proxy.admin("POST", "/drain").await.assert_status(200);
     proxy.admin("GET", "/ready").await.assert_status(503);
-    eventually!(
-        "the outbound port refuses new connections",
-        tokio::net::TcpStream::connect(proxy.addrs.outbound).await.is_err()
-    );
+    let mut conn = client::h1_connection(proxy.addrs.outbound).await;
+    let r = client::send_h1(&mut conn, client::h1_get("echo:8080", "/late")).await;
+    r.assert_status(200);
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

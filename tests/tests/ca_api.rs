@@ -255,6 +255,36 @@ async fn creating_tokens_needs_the_api_token_and_valid_names() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("serviceAccount"), "{}", text(&out));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_gets_no_certificate_and_revoking_needs_the_api_token() {
+    let dir = TempDir::new("ca-api-revoke");
+    let cp = ControlPlane::start(&dir.path().join("store"));
+    let server = format!("http://{}", cp.api);
+    let token = token_from_cli(&server, None, &[]).await;
+    let other = {
+        let (status, reply) =
+            post(&server, "/v1/tokens", Some(TOKEN), json!({"namespace": "shop", "serviceAccount": "admin"})).await;
+        assert_eq!(status, 200, "{reply}");
+        reply["token"].as_str().unwrap().to_owned()
+    };
+
+    let args = ["token", "revoke", "--namespace", "shop", "--service-account", "checkout"];
+    let out = cli(&server, Some("wrong"), None, &args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = cli(&server, Some(TOKEN), None, &args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("revoked 1 join token of {CHECKOUT}"));
+
+    let key = tls::new_key_and_csr(&Identity::parse(CHECKOUT).unwrap()).unwrap();
+    let (status, reply) = post(&server, "/v1/certificates", Some(&token), json!({"csr": key.csr_pem})).await;
+    assert_eq!(status, 401, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("unknown"), "{reply}");
+    // Another identity's token is untouched.
+    let key = tls::new_key_and_csr(&Identity::parse(ADMIN).unwrap()).unwrap();
+    let (status, reply) = post(&server, "/v1/certificates", Some(&other), json!({"csr": key.csr_pem})).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
 /// A key and a CSR for `uri`, with the CSR's DER.
 fn rcgen_csr(uri: &str) -> (rcgen::KeyPair, String, Vec<u8>) {
     let key = rcgen::KeyPair::generate().unwrap();

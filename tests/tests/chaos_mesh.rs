@@ -167,7 +167,6 @@ impl GrpcStream {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open finding (docs/reliability.md): after a server sidecar's SIGTERM some GETs get 503 connect-failure although retryOn lists connect-failure and another endpoint is healthy"]
 async fn sigterm_to_a_server_sidecar_under_h1_h2_and_grpc_streaming_load_loses_nothing() {
     let dir = TempDir::new("chaos-sigterm");
     let cp = mesh::control_plane(dir.path(), DAY);
@@ -188,6 +187,7 @@ async fn sigterm_to_a_server_sidecar_under_h1_h2_and_grpc_streaming_load_loses_n
 
     // HTTP/1.1 and h2 clients to the caller, and a gRPC stream held open across the SIGTERM.
     let clients = vec![client::http1(outbound), client::http1(outbound), client::h2(outbound), client::h2(outbound)];
+    let n_clients = clients.len();
     let load = Load::start(clients, "http://echo:8080/load");
     load.more("load on both server sidecars", 100).await;
     assert!(load.served_by("a1") > 0 && load.served_by("a2") > 0, "both endpoints carry the load");
@@ -199,7 +199,8 @@ async fn sigterm_to_a_server_sidecar_under_h1_h2_and_grpc_streaming_load_loses_n
 
     s1.signal("TERM");
     sg_held.signal("TERM");
-    // The sidecar of a1 stops accepting and drains; the load moves to a2 without a failure.
+    // The sidecar of a1 drains: it keeps accepting (each connection served and closed) until
+    // the control plane has withdrawn it from the caller; the load moves to a2 without a failure.
     load.more("load after the SIGTERM", 200).await;
     let status = s1.wait().await;
     assert_eq!(status.code(), Some(0), "a drained sidecar exits 0; stderr:\n{}", s1.stderr());
@@ -208,7 +209,9 @@ async fn sigterm_to_a_server_sidecar_under_h1_h2_and_grpc_streaming_load_loses_n
     let a2_at_exit = a2.request_count();
     load.more("load after the sidecar exited", 100).await;
     assert_eq!(a1.request_count(), a1_final, "nothing reaches the app of a sidecar that has exited");
-    assert!(a2.request_count() >= a2_at_exit + 100, "the load goes to the other sidecar");
+    // Up to one answer per client was counted by a2 before `a2_at_exit` and by the load after.
+    let moved = a2.request_count() - a2_at_exit;
+    assert!(moved + n_clients >= 100, "the load goes to the other sidecar: {moved} of 100 answers reached a2");
     let failures = load.stop().await;
     assert!(failures.is_empty(), "GETs failed around the SIGTERM: {failures:?}");
 

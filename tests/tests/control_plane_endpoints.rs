@@ -114,7 +114,20 @@ async fn sidecar_process(
     protocol: &str,
     advertise: std::net::SocketAddr,
 ) -> ProxyProcess {
+    sidecar_process_with(xds_url, node, service, protocol, advertise, &[]).await
+}
+
+/// [`sidecar_process`] with more flags.
+async fn sidecar_process_with(
+    xds_url: &str,
+    node: &str,
+    service: &str,
+    protocol: &str,
+    advertise: std::net::SocketAddr,
+    extra: &[&str],
+) -> ProxyProcess {
     let mut cmd = tokio::process::Command::new(proxy_bin());
+    cmd.args(extra);
     cmd.args(["--xds-address", xds_url, "--xds-protocol", protocol, "--node-id", node, "--service", service])
         .args(["--advertise", &advertise.to_string(), "--inbound-bind", "127.0.0.1", "--log-format", "json"])
         .args(["--label", "version=v1", "--workers", "1"]);
@@ -160,6 +173,54 @@ async fn a_sidecar_that_drains_is_deregistered_at_once_not_after_the_grace_perio
     assert_eq!(echo[0]["address"], two.addr.to_string());
     // Traffic goes to the workload that stayed.
     assert_eq!(caller.get("http://echo:8080/").await.upstream(), Some("two"));
+    staying.shutdown().await;
+    caller.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_sidecar_keeps_accepting_until_its_endpoint_is_withdrawn_then_refuses() {
+    let data = TempDir::new("cp-drain-accept");
+    let cp = ControlPlane::start_insecure_registration(data.path(), Duration::from_secs(3600));
+    let (one, two) = (upstream::http1().name("one").start().await, upstream::http1().name("two").start().await);
+    let version = cp.apply(&policy::service("echo").yaml()).await;
+    let caller = MeshProxy::start(&cp.xds_url(), "caller", "frontend", Protocol::Delta).await;
+    cp.wait_converged(&version, 1).await;
+    // A propagation window far longer than the checks below take: they run inside it.
+    let flags = ["--drain-timeout", "60s", "--drain-propagation", "5s"];
+    let mut leaving = sidecar_process_with(&cp.xds_url(), "echo-1", "echo", "delta", one.addr, &flags).await;
+    let staying = MeshProxy::start_advertising(&cp.xds_url(), "echo-2", "echo", Protocol::Sotw, Some(two.addr)).await;
+    wait::wait_until("the caller to be sent both workloads", || async {
+        endpoints_of(&caller, "echo").await.len() == 2
+    })
+    .await;
+    let outbound = leaving.addrs.outbound;
+
+    leaving.signal("TERM");
+    wait::wait_until("the caller to stop being sent the drained workload", || async {
+        endpoints_of(&caller, "echo").await == [two.addr.to_string()]
+    })
+    .await;
+    // Withdrawn, but a caller may not have heard yet: new connections are still accepted, each
+    // answered and closed (`Connection: close`), not refused.
+    for i in 0..2 {
+        let mut conn = client::h1_connection(outbound).await;
+        let r = client::send_h1(&mut conn, client::h1_get("echo:8080", &format!("/late/{i}"))).await;
+        r.assert_status(200);
+        assert_eq!(
+            r.header("connection"),
+            Some("close"),
+            "a connection accepted while draining is closed: {:?}",
+            r.headers
+        );
+        wait::wait_until("the draining sidecar to close the connection", || async { conn.is_closed() }).await;
+    }
+    let admin = client::http1(leaving.addrs.admin);
+    assert_eq!(client::send(&admin, client::get("http://admin/ready")).await.status, 503, "draining is not ready");
+    assert!(leaving.try_wait().is_none(), "still draining");
+    // Once the propagation window has passed the listeners close and the process exits 0.
+    let status = leaving.wait().await;
+    assert!(status.success(), "the drained sidecar exits 0: {status:?}\n{}", leaving.stderr());
+    assert!(tokio::net::TcpStream::connect(outbound).await.is_err(), "nothing listens after the exit");
     staying.shutdown().await;
     caller.shutdown().await;
 }

@@ -620,3 +620,47 @@ async fn after_a_root_rotation_the_webhooks_ca_bundle_holds_the_new_and_the_old_
     let proxy = inits.iter().find(|c| c["name"] == PROXY_CONTAINER).expect("the sidecar");
     assert_eq!(env(proxy, "OUTRIDER_CA_ROOT_PEM")["value"], want.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotated_in_the_secret_reaches_the_ca_bundle_and_injected_pods_without_a_restart() {
+    let Some(api) = ApiServer::start().await else { return };
+    let mesh = install(&api).await;
+    let old_root = mesh.cp.ca.root_pem().to_owned();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    // The operator puts a new root in the Secret, the old one in ca.crt; nothing is restarted.
+    let (new_root, new_key) = outrider_control_plane::ca::generate_root_pem(mesh.cp.ca.trust_domain()).unwrap();
+    let secret_path = format!("/api/v1/namespaces/{NS}/secrets/outrider-ca");
+    let mut secret = api.get(&secret_path).await;
+    secret["data"] = json!({"tls.crt": b64(&new_root), "tls.key": b64(&new_key), "ca.crt": b64(&old_root)});
+    api.request(Method::PUT, &secret_path, Some(&secret)).await.unwrap().expect(200);
+
+    // The running replica trusts both at once (it keeps signing with the root it started with
+    // until its restart), and the leader puts both in the caBundle.
+    let path = format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{CONFIGURATION}");
+    let (old, new) = (old_root.trim().to_owned(), new_root.trim().to_owned());
+    let api_ref = &api;
+    wait_until("the caBundle to hold the old and the new root", || {
+        let (path, old, new) = (path.clone(), old.clone(), new.clone());
+        async move {
+            let c = api_ref.get(&path).await;
+            let got = c["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap_or_default();
+            let got = base64::engine::general_purpose::STANDARD.decode(got).unwrap_or_default();
+            let got = String::from_utf8_lossy(&got).into_owned();
+            got.contains(&old) && got.contains(&new)
+        }
+    })
+    .await;
+    assert_eq!(mesh.cp.ca.root_pem().trim(), old_root.trim(), "signing moves to the new root at the restart");
+    let bundle = mesh.cp.ca.trust_bundle();
+    assert_eq!(bundle.roots.len(), 2, "{bundle:?}");
+    assert_eq!(bundle.roots[1].trim(), new_root.trim());
+
+    // The webhook (still serving a certificate of the old root) injects, and the sidecars trust both.
+    namespace(&api, "shop", true).await;
+    service_account(&api, "shop", "reviews").await;
+    let created = api.create("/api/v1/namespaces/shop/pods", &pod("reviews-1", json!({}))).await;
+    let inits = created["spec"]["initContainers"].as_array().expect("init containers were added");
+    let proxy = inits.iter().find(|c| c["name"] == PROXY_CONTAINER).expect("the sidecar");
+    assert_eq!(env(proxy, "OUTRIDER_CA_ROOT_PEM")["value"], bundle.to_pem().as_str());
+}

@@ -58,8 +58,7 @@ async fn connections_over_max_connections_are_closed_at_once_and_counted() {
 
 /// Request heads well over the limit (256 KiB): HTTP/1.1 gets `431` and the connection is
 /// closed; on h2 the header block needs more CONTINUATION frames than h2's flood guard allows,
-/// so the connection gets GOAWAY (`ENHANCE_YOUR_CALM`); a new connection is served. (hyper refuses an HTTP/1.1 head once its read buffer passes the configured 64 KiB,
-/// which with its growing buffer lets heads of up to about 110 KiB through: docs/operations.md.)
+/// so the connection gets GOAWAY (`ENHANCE_YOUR_CALM`); a new connection is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_heads_over_the_limit_are_refused_with_431_and_the_proxy_keeps_serving() {
     let up = upstream::http1().name("echo").start().await;
@@ -95,4 +94,57 @@ async fn request_heads_over_the_limit_are_refused_with_431_and_the_proxy_keeps_s
     .expect("the proxy serves new connections");
     assert_eq!(ok.status(), 200);
     assert_eq!(up.request_count(), 1, "no oversized head reached the upstream");
+}
+
+/// The HTTP/1.1 head limit is exact: 64 KiB (request line, headers and the blank line) is
+/// served, one byte more is answered `431` and the connection closed; the proxy keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_head_of_64_kib_is_served_and_one_byte_more_gets_431() {
+    const LIMIT: usize = 64 * 1024;
+    let up = upstream::http1().name("echo").start().await;
+    let proxy = ProxyHarness::start(&docs(&[service("echo").endpoint(up.addr).yaml()])).await;
+    // A head of exactly `len` bytes.
+    let head = |len: usize| {
+        let start = "GET /edge HTTP/1.1\r\nhost: echo:8080\r\nx-big: ";
+        let end = "\r\n\r\n";
+        format!("{start}{}{end}", "v".repeat(len - start.len() - end.len()))
+    };
+    for (len, status) in [(LIMIT - 1024, "200"), (LIMIT, "200"), (LIMIT + 1, "431"), (LIMIT + 1024, "431")] {
+        let head = head(len);
+        assert_eq!(head.len(), len);
+        let mut s = TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+        let _ = s.write_all(head.as_bytes()).await;
+        let mut got = vec![0u8; 64];
+        let n = wait::within("the answer", s.read(&mut got)).await.unwrap();
+        let text = String::from_utf8_lossy(&got[..n]);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "a {len}-byte head: {text}");
+    }
+    assert_eq!(up.request_count(), 2, "only the heads within the limit reached the upstream");
+}
+
+/// On h2 a header list (decoded: names, values and 32 bytes per field) over 64 KiB gets a
+/// `431` on its stream; the connection stays up and serves the next request. Just under is
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_header_list_just_over_64_kib_gets_431_on_its_stream_and_the_connection_serves_on() {
+    let up = upstream::http1().name("echo").start().await;
+    let proxy = ProxyHarness::start(&docs(&[service("echo").endpoint(up.addr).yaml()])).await;
+    let mut h2 = client::h2_connection(proxy.addrs.outbound).await;
+    let req = |value: &str| {
+        http::Request::builder()
+            .uri("http://echo:8080/h2-edge")
+            .header("x-big", value)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    for (len, status) in [(60 * 1024, 200), (65 * 1024, 431), (62 * 1024, 200)] {
+        let resp = wait::within("an h2 answer", async {
+            h2.ready().await?;
+            h2.send_request(req(&"v".repeat(len))).await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("a {len}-byte header on h2: {e:?}"));
+        assert_eq!(resp.status(), status, "a {len}-byte header on h2");
+    }
+    assert_eq!(up.request_count(), 2, "the oversized list never reached the upstream");
 }

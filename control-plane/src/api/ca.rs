@@ -138,6 +138,36 @@ enum OwnedCredential {
     Node(RenewalProof),
 }
 
+/// `DELETE /v1/tokens/NAMESPACE/SERVICE_ACCOUNT`: revoke every join token of an identity
+/// (`{"revoked": N}`). Certificates already issued stay valid until they expire.
+pub(super) async fn revoke_tokens(
+    state: &ApiState,
+    req: &Request<Incoming>,
+    namespace: &str,
+    service_account: &str,
+) -> Response<Body> {
+    if !authorized(state, req) {
+        return unauthorized();
+    }
+    let identity = match Identity::new(namespace, service_account) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let spiffe_id = identity.spiffe_id(state.issuance.ca().trust_domain());
+    let tokens = state.tokens.clone();
+    match tokio::task::spawn_blocking(move || tokens.revoke(&identity)).await {
+        Ok(Ok(revoked)) => {
+            tracing::info!(identity = %spiffe_id, revoked, "join tokens revoked");
+            json_response(StatusCode::OK, &json!({"identity": spiffe_id, "revoked": revoked}))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot revoke join tokens");
+            error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot revoke the tokens: {e}"))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot revoke the tokens: {e}")),
+    }
+}
+
 fn count_error(state: &ApiState, reason: &'static str) {
     state.metrics.ca_issue_errors.get_or_create(&ReasonLabels { reason }).inc();
 }

@@ -3,7 +3,9 @@
 //!
 //! A token is 256 random bits, shown once at creation; only its SHA-256 is stored, with the
 //! identity, the expiry and whether it may be redeemed once or until it expires. The store is a
-//! JSON file next to the CA, replaced atomically and fsync'd on every change.
+//! JSON file next to the CA, replaced atomically and fsync'd on every change — or, with several
+//! control plane replicas (Kubernetes mode), the same document in a store they share
+//! ([`SharedBackend`], a Secret), changed by compare-and-swap.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,8 +33,8 @@ pub enum TokenError {
     Malformed,
     #[error("system random number generator failed")]
     Random,
-    #[error("token store {path}: {reason}")]
-    Store { path: PathBuf, reason: String },
+    #[error("token store {store}: {reason}")]
+    Store { store: String, reason: String },
     #[error(transparent)]
     Persist(#[from] CaError),
 }
@@ -84,15 +86,49 @@ impl std::fmt::Debug for CreatedToken {
     }
 }
 
-/// Join tokens, persisted in `<data_dir>/tokens.json`.
+/// Where a token store shared by several control planes is kept (Kubernetes mode: a Secret).
+/// The document is the same JSON as `tokens.json`; every change is a compare-and-swap on the
+/// document's version, so concurrent writers on different replicas never lose each other's
+/// changes and a single-use token is redeemed once across all of them.
+pub trait SharedBackend: Send + Sync {
+    /// The stored document and its version; `None` when nothing is stored yet. Blocking.
+    fn load(&self) -> Result<Option<(Vec<u8>, String)>, String>;
+    /// Store `bytes` if the stored version still is `version` (`None`: nothing stored yet);
+    /// `Ok(false)` when another writer came first. Blocking.
+    fn store(&self, bytes: &[u8], version: Option<&str>) -> Result<bool, String>;
+    /// Where it is, for messages (`Secret outrider-system/outrider-join-tokens`).
+    fn describe(&self) -> String;
+}
+
+/// How many times a change is retried when other replicas keep writing in between.
+const CONFLICT_RETRIES: usize = 16;
+
+enum Backend {
+    /// `<data_dir>/tokens.json`, this process only.
+    File(PathBuf),
+    /// Shared by every replica; the in-memory copy follows [`JoinTokens::replace_shared`].
+    Shared(Box<dyn SharedBackend>),
+}
+
+impl Backend {
+    fn describe(&self) -> String {
+        match self {
+            Backend::File(path) => path.display().to_string(),
+            Backend::Shared(shared) => shared.describe(),
+        }
+    }
+}
+
+/// Join tokens, persisted in `<data_dir>/tokens.json`, or shared by every control plane replica
+/// ([`JoinTokens::shared`]).
 pub struct JoinTokens {
-    path: PathBuf,
+    backend: Backend,
     inner: Mutex<File>,
 }
 
 impl std::fmt::Debug for JoinTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinTokens").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("JoinTokens").field("store", &self.backend.describe()).finish_non_exhaustive()
     }
 }
 
@@ -101,12 +137,40 @@ impl JoinTokens {
     pub fn open(data_dir: &Path) -> Result<Self, TokenError> {
         let path = data_dir.join(TOKENS_FILE);
         let file = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| TokenError::Store { path: path.clone(), reason: format!("not valid JSON: {e}") })?,
+            Ok(bytes) => parse(&bytes, &path.display().to_string())?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
-            Err(e) => return Err(TokenError::Store { path, reason: e.to_string() }),
+            Err(e) => return Err(TokenError::Store { store: path.display().to_string(), reason: e.to_string() }),
         };
-        Ok(Self { path, inner: Mutex::new(file) })
+        Ok(Self { backend: Backend::File(path), inner: Mutex::new(file) })
+    }
+
+    /// A store shared by every replica through `backend`, read once now (blocking). Keep it
+    /// current with [`JoinTokens::replace_shared`] from a watch of the backend: stream checks
+    /// ([`JoinTokens::verify`]) read that copy; creation, redemption and revocation always read
+    /// the backend itself.
+    pub fn shared(backend: Box<dyn SharedBackend>) -> Result<Self, TokenError> {
+        let store = backend.describe();
+        let file = match backend.load().map_err(|reason| TokenError::Store { store: store.clone(), reason })? {
+            Some((bytes, _)) => parse(&bytes, &store)?,
+            None => File::default(),
+        };
+        Ok(Self { backend: Backend::Shared(backend), inner: Mutex::new(file) })
+    }
+
+    /// The shared document changed (`None`: deleted): replace the in-memory copy. A document
+    /// that does not parse is ignored (logged), the copy kept.
+    pub fn replace_shared(&self, bytes: Option<&[u8]>) {
+        let next = match bytes {
+            Some(b) => match parse(b, &self.backend.describe()) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "ignoring a join token store that does not parse");
+                    return;
+                }
+            },
+            None => File::default(),
+        };
+        *self.inner.lock() = next;
     }
 
     /// Creates a token for `identity` valid for `ttl`. The returned secret is not stored anywhere.
@@ -126,50 +190,45 @@ impl JoinTokens {
         ring::rand::SystemRandom::new().fill(&mut secret).map_err(|_| TokenError::Random)?;
         let token = format!("{TOKEN_PREFIX}{}", hex(&secret));
         let expires_at = unix(now + ttl);
-        let mut file = self.inner.lock();
-        let mut next = file.clone();
-        next.tokens.insert(hash(&token), Record { identity, expires_at, usage, redeemed: false });
-        self.save(&mut file, next, now)?;
+        let key = hash(&token);
+        self.update(now, |file| {
+            file.tokens.insert(key.clone(), Record { identity: identity.clone(), expires_at, usage, redeemed: false });
+            Ok(((), true))
+        })?;
         Ok(CreatedToken { token, expires_at })
     }
 
     /// [`TokenReviewer::redeem`] at a given time (tests).
     pub fn redeem_at(&self, token: &str, now: SystemTime) -> Result<Identity, TokenError> {
-        let hex_part = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
-        if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(TokenError::Malformed);
-        }
-        let mut file = self.inner.lock();
+        check_format(token)?;
         let key = hash(token);
-        let record = file.tokens.get(&key).ok_or(TokenError::Unknown)?;
         let now_s = unix(now);
-        if now_s >= record.expires_at {
-            return Err(TokenError::Expired(now_s - record.expires_at));
-        }
-        let identity = record.identity.clone();
-        if record.usage == TokenUse::Single {
+        // Persisted before answering, so a restart (or another replica) cannot make a
+        // single-use token usable again; a failed write leaves it unredeemed, so the proxy can
+        // try again.
+        self.update(now, |file| {
+            let record = file.tokens.get_mut(&key).ok_or(TokenError::Unknown)?;
+            if now_s >= record.expires_at {
+                return Err(TokenError::Expired(now_s - record.expires_at));
+            }
+            let identity = record.identity.clone();
+            if record.usage != TokenUse::Single {
+                return Ok((identity, false));
+            }
             if record.redeemed {
                 return Err(TokenError::AlreadyUsed);
             }
-            // Persist before answering, so a restart cannot make the token usable again; a
-            // failed write leaves the token unredeemed, so the proxy can try again.
-            let mut next = file.clone();
-            if let Some(r) = next.tokens.get_mut(&key) {
-                r.redeemed = true;
-            }
-            self.save(&mut file, next, now)?;
-        }
-        Ok(identity)
+            record.redeemed = true;
+            Ok((identity, true))
+        })
     }
 
     /// The identity `token` is bound to, if it is known and not expired, without redeeming
     /// it: an xDS stream presenting it may register endpoints (a single-use token that was
     /// redeemed for a certificate still authenticates its proxy's stream until it expires).
+    /// Reads the in-memory copy (shared stores: as last watched).
     pub fn verify_at(&self, token: &str, now: SystemTime) -> Result<Identity, TokenError> {
-        let hex_part = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
-        if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(TokenError::Malformed);
-        }
+        check_format(token)?;
         let file = self.inner.lock();
         let record = file.tokens.get(&hash(token)).ok_or(TokenError::Unknown)?;
         let now_s = unix(now);
@@ -186,12 +245,12 @@ impl JoinTokens {
 
     /// Revokes every token bound to `identity`; returns how many.
     pub fn revoke(&self, identity: &Identity) -> Result<usize, TokenError> {
-        let mut file = self.inner.lock();
-        let mut next = file.clone();
-        next.tokens.retain(|_, r| &r.identity != identity);
-        let removed = file.tokens.len() - next.tokens.len();
-        self.save(&mut file, next, SystemTime::now())?;
-        Ok(removed)
+        self.update(SystemTime::now(), |file| {
+            let before = file.tokens.len();
+            file.tokens.retain(|_, r| &r.identity != identity);
+            let removed = before - file.tokens.len();
+            Ok((removed, removed > 0))
+        })
     }
 
     /// Tokens stored (expired ones are dropped at each write).
@@ -203,18 +262,81 @@ impl JoinTokens {
         self.len() == 0
     }
 
-    /// Write `next` to disk, and only then make it the store's state: a failed write (disk
-    /// full, read-only) changes nothing, in memory or on disk.
-    fn save(&self, file: &mut File, mut next: File, now: SystemTime) -> Result<(), TokenError> {
+    /// Apply `change` to the current state and persist it when it says it changed something
+    /// (the `bool`); an error from `change` changes nothing. The state is written first and only
+    /// then made the store's: a failed write (disk full, read-only, API server down) changes
+    /// nothing, in memory or in the store. Shared stores read the current document, change it
+    /// and swap it in if nobody wrote in between, else start again from what the other wrote.
+    fn update<T>(
+        &self,
+        now: SystemTime,
+        mut change: impl FnMut(&mut File) -> Result<(T, bool), TokenError>,
+    ) -> Result<T, TokenError> {
         let now_s = unix(now);
         // Redeemed single-use tokens stay until they expire, so a replay gets `AlreadyUsed`.
-        next.tokens.retain(|_, r| r.expires_at > now_s);
-        let json = serde_json::to_vec_pretty(&next)
-            .map_err(|e| TokenError::Store { path: self.path.clone(), reason: e.to_string() })?;
-        write_atomic(&self.path, &json, 0o600)?;
-        *file = next;
-        Ok(())
+        let drop_expired = |file: &mut File| file.tokens.retain(|_, r| r.expires_at > now_s);
+        match &self.backend {
+            Backend::File(path) => {
+                let mut file = self.inner.lock();
+                let mut next = file.clone();
+                let (out, changed) = change(&mut next)?;
+                if changed {
+                    drop_expired(&mut next);
+                    write_atomic(path, &serialize(&next, path.display())?, 0o600)?;
+                    *file = next;
+                }
+                Ok(out)
+            }
+            Backend::Shared(shared) => {
+                let store = || shared.describe();
+                for _ in 0..CONFLICT_RETRIES {
+                    let loaded = shared.load().map_err(|reason| TokenError::Store { store: store(), reason })?;
+                    let (mut next, version) = match loaded {
+                        Some((bytes, version)) => (parse(&bytes, &store())?, Some(version)),
+                        None => (File::default(), None),
+                    };
+                    let (out, changed) = change(&mut next)?;
+                    if changed {
+                        drop_expired(&mut next);
+                        let bytes = serialize(&next, store())?;
+                        if !shared
+                            .store(&bytes, version.as_deref())
+                            .map_err(|reason| TokenError::Store { store: store(), reason })?
+                        {
+                            continue;
+                        }
+                    }
+                    *self.inner.lock() = next;
+                    return Ok(out);
+                }
+                Err(TokenError::Store {
+                    store: store(),
+                    reason: format!("changed by other writers {CONFLICT_RETRIES} times in a row; try again"),
+                })
+            }
+        }
     }
+}
+
+fn check_format(token: &str) -> Result<(), TokenError> {
+    let hex_part = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
+    if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(TokenError::Malformed);
+    }
+    Ok(())
+}
+
+/// The store's JSON; empty means no tokens.
+fn parse(bytes: &[u8], store: &str) -> Result<File, TokenError> {
+    if bytes.is_empty() {
+        return Ok(File::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| TokenError::Store { store: store.to_owned(), reason: format!("not valid JSON: {e}") })
+}
+
+fn serialize(file: &File, store: impl std::fmt::Display) -> Result<Vec<u8>, TokenError> {
+    serde_json::to_vec_pretty(file).map_err(|e| TokenError::Store { store: store.to_string(), reason: e.to_string() })
 }
 
 impl TokenReviewer for JoinTokens {

@@ -4,8 +4,8 @@
 //!
 //! The configuration is watched (by name): whenever it is created or changed — `kubectl apply`
 //! of the manifests puts the empty bundle back — every webhook of it whose `caBundle` differs is
-//! patched. The roots are also compared on a timer, so a rotation of the CA's roots reaches the
-//! configuration without any event. Each patch is a JSON Patch that first tests the webhook's
+//! patched. The roots are compared again whenever they change (the CA root Secret's watch,
+//! [`super::ca_secret::watch`]) and on a timer. Each patch is a JSON Patch that first tests the webhook's
 //! name at its index, so a configuration edited in between is not patched at the wrong place
 //! (the next event retries). It runs on the leader only (every replica would converge to the same
 //! bundle anyway: they share the CA root).
@@ -60,6 +60,8 @@ pub struct CaBundleKeeper<F> {
     api: Api<MutatingWebhookConfiguration>,
     name: String,
     bundle: F,
+    /// Bumped when the roots change.
+    roots_changed: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl<F> std::fmt::Debug for CaBundleKeeper<F> {
@@ -70,7 +72,13 @@ impl<F> std::fmt::Debug for CaBundleKeeper<F> {
 
 impl<F: Fn() -> String + Send + Sync + 'static> CaBundleKeeper<F> {
     pub fn new(client: kube::Client, name: impl Into<String>, bundle: F) -> Self {
-        Self { api: Api::all(client), name: name.into(), bundle }
+        Self { api: Api::all(client), name: name.into(), bundle, roots_changed: None }
+    }
+
+    /// Compare again as soon as `changed` is bumped (the roots changed).
+    pub fn with_roots_changed(mut self, changed: tokio::sync::watch::Receiver<u64>) -> Self {
+        self.roots_changed = Some(changed);
+        self
     }
 
     fn bundle_b64(&self) -> String {
@@ -105,14 +113,26 @@ impl<F: Fn() -> String + Send + Sync + 'static> CaBundleKeeper<F> {
         }
     }
 
-    /// Watches the configuration and fixes it on every change and every [`RESYNC`], forever.
+    /// Watches the configuration and fixes it on every change, every change of the roots and
+    /// every [`RESYNC`], forever.
     pub async fn run(self: std::sync::Arc<Self>) {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
         let events = watcher(self.api.clone(), config).default_backoff().applied_objects();
         let mut events = std::pin::pin!(events);
         let mut resync = tokio::time::interval(RESYNC);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut roots_changed = self.roots_changed.clone();
         loop {
+            let roots = async {
+                match roots_changed.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             let result = tokio::select! {
                 event = events.next() => match event {
                     Some(Ok(configuration)) => self.fix(&configuration).await,
@@ -123,6 +143,7 @@ impl<F: Fn() -> String + Send + Sync + 'static> CaBundleKeeper<F> {
                     None => return,
                 },
                 _ = resync.tick() => self.sync_once().await,
+                () = roots => self.sync_once().await,
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "cannot keep the injection webhook's caBundle");

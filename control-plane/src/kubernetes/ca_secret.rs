@@ -10,6 +10,11 @@
 //! The Secret's optional `ca.crt` holds roots trusted besides the signing one: during a root
 //! rotation the operator puts the new root in `tls.crt`/`tls.key` and the old one in `ca.crt`,
 //! then restarts the replicas (docs/kubernetes.md, "Rotating the CA root").
+//!
+//! Every replica also watches the Secret ([`watch`]): when it changes, the replica trusts every
+//! root it names (`tls.crt` and `ca.crt`) at once, besides the root it signs with, so the
+//! injection webhook's `caBundle`, injected pods and issuance answers carry the new root before
+//! anything is signed with it. A replica signs with the Secret's new root after its restart.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +24,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
 
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch as channel;
+
 use super::{Kube, KubeError};
-use crate::ca::{TrustDomain, generate_root_pem};
+use crate::ca::{Ca, TrustDomain, generate_root_pem};
 
 /// The Secret's name.
 pub const CA_SECRET: &str = "outrider-ca";
@@ -118,4 +130,56 @@ fn read(secret: &Secret, namespace: &str) -> Result<(String, String, String), Ku
         })
     };
     Ok((field(CERT_KEY)?, field(KEY_KEY)?, optional(TRUSTED_KEY)?.unwrap_or_default()))
+}
+
+/// Keep `ca`'s trusted roots equal to the roots the Secret names (its `tls.crt` and `ca.crt`,
+/// besides the root `ca` signs with), until the task is dropped; bump `changed` at each change.
+/// A Secret that cannot be read (deleted, no PEM) leaves the roots as they are, logged.
+pub async fn watch(kube: Kube, ca: Arc<Ca>, changed: channel::Sender<u64>) {
+    let api: Api<Secret> = Api::namespaced(kube.client.clone(), &kube.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={CA_SECRET}"));
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        let secret = match event {
+            Ok(Event::InitApply(secret) | Event::Apply(secret)) => secret,
+            Ok(Event::Delete(_)) => {
+                tracing::warn!(secret = CA_SECRET, "the CA root Secret was deleted; keeping the roots in use");
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(secret = CA_SECRET, error = %e, "watching the CA root Secret failed; retrying");
+                continue;
+            }
+        };
+        let (cert, _, trusted) = match read(&secret, &kube.namespace) {
+            Ok(fields) => fields,
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring a CA root Secret that cannot be read; keeping the roots in use");
+                continue;
+            }
+        };
+        let before = ca.trust_bundle();
+        if let Err(e) = ca.set_trusted_roots(&format!("{cert}\n{trusted}")) {
+            tracing::error!(error = %e, secret = CA_SECRET, "cannot trust the roots of the CA root Secret");
+            continue;
+        }
+        let after = ca.trust_bundle();
+        if after != before {
+            if normalize(&cert) != normalize(ca.root_pem()) {
+                tracing::info!(
+                    secret = CA_SECRET,
+                    roots = after.roots.len(),
+                    "the CA root Secret names a new signing root: trusted now; this replica signs with it after its restart"
+                );
+            } else {
+                tracing::info!(secret = CA_SECRET, roots = after.roots.len(), "the trusted roots changed");
+            }
+            changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+fn normalize(pem: &str) -> String {
+    pem.split_whitespace().collect()
 }

@@ -61,10 +61,17 @@ impl Default for WebhookSettings {
 }
 
 /// The webhook's state: the injection settings and the metrics.
-#[derive(Clone, Debug)]
 pub struct Webhook {
-    config: Arc<InjectConfig>,
+    config: parking_lot::RwLock<Arc<InjectConfig>>,
+    /// The CA's roots now (PEM), when they can change while it runs.
+    roots: Option<Box<dyn Fn() -> String + Send + Sync>>,
     metrics: Metrics,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook").finish_non_exhaustive()
+    }
 }
 
 /// Why a review could not be answered at all (the API server then applies the
@@ -79,11 +86,29 @@ pub enum ReviewError {
 
 impl Webhook {
     pub fn new(config: InjectConfig, metrics: Metrics) -> Self {
-        Self { config: Arc::new(config), metrics }
+        Self { config: parking_lot::RwLock::new(Arc::new(config)), roots: None, metrics }
     }
 
-    pub fn config(&self) -> &InjectConfig {
-        &self.config
+    /// Injected pods trust what `roots` returns at the time of each review (the CA's roots
+    /// follow the CA root Secret), instead of the configuration's `ca_roots_pem`.
+    pub fn with_roots(mut self, roots: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.roots = Some(Box::new(roots));
+        self
+    }
+
+    /// The settings in force (with the CA's roots of now).
+    pub fn config(&self) -> Arc<InjectConfig> {
+        let current = self.config.read().clone();
+        let Some(roots) = &self.roots else { return current };
+        let roots = roots();
+        if roots == current.ca_roots_pem {
+            return current;
+        }
+        let mut next = (*current).clone();
+        next.ca_roots_pem = roots;
+        let next = Arc::new(next);
+        *self.config.write() = next.clone();
+        next
     }
 
     fn count(&self, result: &'static str) {
@@ -115,7 +140,7 @@ impl Webhook {
         };
         let name = pod_name(original);
         let mut pod = original.clone();
-        match inject(&mut pod, &self.config) {
+        match inject(&mut pod, &self.config()) {
             Ok(Outcome::Injected) => {
                 let patch = json_patch::diff(original, &pod);
                 let patch = match serde_json::to_vec(&patch) {
@@ -204,6 +229,7 @@ async fn handle(webhook: &Webhook, req: Request<Incoming>) -> Response<Body> {
 
 /// Serves the webhook over TLS on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, tls: TlsAcceptor, webhook: Webhook) {
+    let webhook = Arc::new(webhook);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,

@@ -33,7 +33,8 @@ pub const PARK_AFTER: Duration = Duration::from_millis(50);
 pub struct ServerLimits {
     /// Slowloris guard: the request head (or the HTTP/2 preface) must arrive within this.
     pub header_read_timeout: Duration,
-    /// Largest HTTP/1.1 request head (bytes).
+    /// Largest HTTP/1.1 request head (bytes: request line, headers and the blank line); a
+    /// larger one is answered `431`.
     pub max_header_size: usize,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
@@ -80,7 +81,9 @@ pub struct HttpServer {
 }
 
 /// Serve `conn` until it ends, or until drain: then GOAWAY (HTTP/2) or `Connection: close`
-/// after the in-flight response (HTTP/1.1).
+/// after the in-flight response (HTTP/1.1). An HTTP/2 connection accepted while draining gets
+/// its GOAWAY at once; the streams its client opened before the final GOAWAY (a PING round
+/// trip later) are served.
 macro_rules! run {
     ($conn:expr, $drain:expr, $version:literal) => {{
         let conn = $conn;
@@ -103,7 +106,10 @@ impl HttpServer {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
+            // The read buffer may grow past its maximum before the head is parsed (heads of
+            // about 110 KiB got through a 64 KiB buffer): the head's parsed size is checked too.
             .max_buf_size(limits.max_header_size.max(8192))
+            .max_header_size(limits.max_header_size)
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
@@ -149,7 +155,23 @@ impl HttpServer {
         F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
     {
         let svc = hyper::service::service_fn(handler);
+        if drain.is_draining() {
+            let res = self.h1_while_draining().serve_connection(TokioIo::new(io), svc).with_upgrades().await;
+            if let Err(e) = res {
+                tracing::debug!(error = %e, protocol = "HTTP/1.1", "downstream connection ended with an error");
+            }
+            return;
+        }
         run!(self.h1.serve_connection(TokioIo::new(io), svc).with_upgrades(), drain, "HTTP/1.1");
+    }
+
+    /// For a connection accepted while the proxy drains: its first request is answered with
+    /// `Connection: close` and the connection ends. (hyper's graceful shutdown would close a
+    /// connection that has not sent a byte yet, failing the request the caller is sending.)
+    fn h1_while_draining(&self) -> http1::Builder {
+        let mut h1 = self.h1.clone();
+        h1.keep_alive(false);
+        h1
     }
 
     /// Serve a plaintext HTTP/1.1 connection, parked once idle: one hyper connection per
@@ -211,13 +233,22 @@ impl HttpServer {
                 }
             })
         };
-        let mut conn = self.h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
-        let res = tokio::select! {
-            res = &mut conn => res,
-            _ = drain.draining() => {
-                std::pin::Pin::new(&mut conn).graceful_shutdown();
-                (&mut conn).await
-            }
+        let res;
+        let conn = if drain.is_draining() {
+            // Accepted (or resumed) while draining: one response, `Connection: close`.
+            let mut conn = self.h1_while_draining().serve_connection(TokioIo::new(io), svc).with_upgrades();
+            res = (&mut conn).await;
+            conn
+        } else {
+            let mut conn = self.h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
+            res = tokio::select! {
+                res = &mut conn => res,
+                _ = drain.draining() => {
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    (&mut conn).await
+                }
+            };
+            conn
         };
         let log = |e: &hyper::Error| {
             tracing::debug!(error = %e, protocol = "HTTP/1.1", "downstream connection ended with an error");

@@ -1,6 +1,6 @@
 //! One workload of the node: enter its namespace, bind, install the rules, come back; then
 //! serve it with the sidecar's outbound and inbound code, its own certificate and config.
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::{Value, value::Kind};
@@ -19,6 +19,27 @@ use crate::transport::socket::SocketOptions;
 pub const OUTBOUND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001);
 pub const INBOUND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15006);
 pub const TUNNEL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), crate::hbone::PORT);
+/// The same on IPv6, where the workload's namespace has IPv6 (its ip6tables rules send there).
+pub const OUTBOUND6: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 15001);
+pub const INBOUND6: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 15006);
+pub const TUNNEL6: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), crate::hbone::PORT);
+
+/// What a workload listener takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listener {
+    Outbound,
+    Inbound,
+    Tunnel,
+}
+
+/// The listeners of a workload namespace: IPv4, and IPv6 (IPv6-only sockets) when `v6`.
+fn addresses(v6: bool) -> Vec<(Listener, SocketAddr)> {
+    let mut all = vec![(Listener::Outbound, OUTBOUND), (Listener::Inbound, INBOUND), (Listener::Tunnel, TUNNEL)];
+    if v6 {
+        all.extend([(Listener::Outbound, OUTBOUND6), (Listener::Inbound, INBOUND6), (Listener::Tunnel, TUNNEL6)]);
+    }
+    all
+}
 
 /// A served workload.
 #[derive(Debug)]
@@ -78,14 +99,22 @@ impl Workload {
                         "no address: the namespace has no interface with an IP that is up (or pass --address)",
                     )
                 })?;
-                let bind = |addr: SocketAddr| {
-                    crate::transport::listen::bind(addr).map_err(|error| NodeError::Bind {
+                let bind = |(kind, addr): (Listener, SocketAddr)| {
+                    let bound = if addr.is_ipv6() {
+                        crate::transport::listen::bind_v6_only(addr)
+                    } else {
+                        crate::transport::listen::bind(addr)
+                    };
+                    bound.map(|l| (kind, addr, l)).map_err(|error| NodeError::Bind {
                         path: spec.netns.display().to_string(),
                         addr,
                         error,
                     })
                 };
-                let listeners = (bind(OUTBOUND)?, bind(INBOUND)?, bind(TUNNEL)?);
+                // Where the namespace has IPv6 the rules redirect it too (else it would bypass
+                // the proxy), so the proxy listens there on IPv6 as well.
+                let listeners =
+                    addresses(crate::iptables::ipv6_enabled()).into_iter().map(bind).collect::<Result<Vec<_>, _>>()?;
                 // Run in the namespace: a command started from this thread inherits it.
                 crate::iptables::apply(&rules(mark))
                     .map(drop)
@@ -95,16 +124,16 @@ impl Workload {
             let (ip, listeners) = inside.map_err(|e| netns_err(&spec, e))??;
             Ok((Arc::new(netns), ip, listeners))
         });
-        let (netns, ip, (out_l, in_l, tunnel_l)) =
-            setup.await.map_err(|e| netns_err(&spec, format!("setup task failed: {e}")))??;
-        let listen = |l: std::net::TcpListener, addr| {
-            TcpListener::from_std(l).map_err(|error| NodeError::Bind {
+        let (netns, ip, bound) = setup.await.map_err(|e| netns_err(&spec, format!("setup task failed: {e}")))??;
+        let mut listeners = Vec::with_capacity(bound.len());
+        for (kind, addr, l) in bound {
+            let l = TcpListener::from_std(l).map_err(|error| NodeError::Bind {
                 path: spec.netns.display().to_string(),
                 addr,
                 error,
-            })
-        };
-        let (out_l, in_l, tunnel_l) = (listen(out_l, OUTBOUND)?, listen(in_l, INBOUND)?, listen(tunnel_l, TUNNEL)?);
+            })?;
+            listeners.push((kind, l));
+        }
 
         let store = Arc::new(Store::new());
         shared.fanout.attach(&store);
@@ -135,35 +164,37 @@ impl Workload {
         let drain = crate::drain::Drain::new();
         let limit = shared.limit.clone();
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::app::accept_loop(
-            out_l,
-            drain.signal(),
-            limit.clone(),
-            Direction::outbound,
-            move |s, c, d| outbound.clone().serve(s, c, d),
-        )));
-        let tunnel_inbound = inbound.clone();
-        tasks.push(tokio::spawn(crate::app::accept_loop(
-            in_l,
-            drain.signal(),
-            limit.clone(),
-            Direction::inbound,
-            move |s, c, d| inbound.clone().serve(s, c, d),
-        )));
-        let tunnel_mesh = mesh.clone();
-        tasks.push(tokio::spawn(crate::app::accept_loop(
-            tunnel_l,
-            drain.signal(),
-            limit,
-            Direction::inbound,
-            move |s, c, d| serve_tunnel(tunnel_inbound.clone(), tunnel_mesh.clone(), s, c, d),
-        )));
-        // The proxy's drain drains the workload too.
+        for (kind, l) in listeners {
+            let (sig, limit) = (drain.signal(), limit.clone());
+            tasks.push(match kind {
+                Listener::Outbound => {
+                    let outbound = outbound.clone();
+                    tokio::spawn(crate::app::accept_loop(l, sig, limit, Direction::outbound, move |s, c, d| {
+                        outbound.clone().serve(s, c, d)
+                    }))
+                }
+                Listener::Inbound => {
+                    let inbound = inbound.clone();
+                    tokio::spawn(crate::app::accept_loop(l, sig, limit, Direction::inbound, move |s, c, d| {
+                        inbound.clone().serve(s, c, d)
+                    }))
+                }
+                Listener::Tunnel => {
+                    let (inbound, mesh) = (inbound.clone(), mesh.clone());
+                    tokio::spawn(crate::app::accept_loop(l, sig, limit, Direction::inbound, move |s, c, d| {
+                        serve_tunnel(inbound.clone(), mesh.clone(), s, c, d)
+                    }))
+                }
+            });
+        }
+        // The proxy's drain drains the workload too, step by step.
         let mut global = shared.drain.signal();
         let own = drain.clone();
         tasks.push(tokio::spawn(async move {
             global.draining().await;
             own.start();
+            global.closing().await;
+            own.close_listeners();
         }));
         tasks.push(tokio::spawn(super::identity::run(shared.clone(), identity.clone(), mesh.clone())));
         Ok(Arc::new(Self { spec, ip, identity, netns, mesh, _store: store, drain, tasks }))
@@ -195,7 +226,7 @@ impl Workload {
 
     /// Stop accepting, let its connections finish (bounded), remove its rules.
     pub async fn stop(&self) {
-        self.drain.start();
+        self.drain.close_listeners();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.drain.idle()).await;
         for t in &self.tasks {
             t.abort();

@@ -54,7 +54,8 @@ impl XdsConfig {
 /// The latest accepted resources of every type.
 #[derive(Clone, Debug, Default)]
 struct Accepted {
-    resources: Resources,
+    /// Shared with the [`Fanout`] (a node proxy keeps one copy of the mesh's config).
+    resources: Arc<Resources>,
     versions: Versions,
     /// Each resource's own version, for `/config_dump`.
     resource_versions: ResourceVersions,
@@ -69,13 +70,14 @@ struct Accepted {
 pub struct Fanout {
     stores: Mutex<Vec<(std::sync::Weak<Store>, Builder)>>,
     /// The last complete config, to build a store attached later.
-    latest: Mutex<Option<(Resources, Versions)>>,
+    latest: Mutex<Option<(Arc<Resources>, Versions)>>,
 }
 
 impl Fanout {
     /// Feed `store` from now on (built at once from the last complete config, if any).
     pub fn attach(&self, store: &Arc<Store>) {
-        let builder = Builder::new();
+        // The node's own store has the `/config_dump` view of the same config.
+        let builder = Builder::without_dump();
         if let Some((resources, versions)) = self.latest.lock().as_ref() {
             let (mut snapshot, _) = builder.build(resources);
             snapshot.versions = versions.clone();
@@ -84,7 +86,7 @@ impl Fanout {
         self.stores.lock().push((Arc::downgrade(store), builder));
     }
 
-    fn apply(&self, resources: &Resources, versions: &Versions) {
+    fn apply(&self, resources: &Arc<Resources>, versions: &Versions) {
         *self.latest.lock() = Some((resources.clone(), versions.clone()));
         let mut stores = self.stores.lock();
         stores.retain(|(store, _)| store.strong_count() > 0);
@@ -143,7 +145,7 @@ impl XdsHandler {
         if let Some(resources) = initial {
             let v = resources.version.clone();
             accepted.versions = Versions { listeners: v.clone(), routes: v.clone(), clusters: v.clone(), endpoints: v };
-            accepted.resources = resources;
+            accepted.resources = Arc::new(resources);
         }
         let left = tokio::sync::watch::channel(false).0;
         Self {
@@ -166,24 +168,24 @@ impl XdsHandler {
         next.resource_versions.insert(label_section(update.type_url), own);
         match update.type_url {
             LISTENER_TYPE_URL => {
-                next.resources.listeners = decode_all(update)?;
+                Arc::make_mut(&mut next.resources).listeners = decode_all(update)?;
                 next.versions.listeners = version;
             }
             ROUTE_CONFIGURATION_TYPE_URL => {
-                next.resources.routes = decode_all(update)?;
+                Arc::make_mut(&mut next.resources).routes = decode_all(update)?;
                 next.versions.routes = version;
             }
             CLUSTER_TYPE_URL => {
-                next.resources.clusters = decode_all(update)?;
+                Arc::make_mut(&mut next.resources).clusters = decode_all(update)?;
                 next.versions.clusters = version;
             }
             CLUSTER_LOAD_ASSIGNMENT_TYPE_URL => {
-                next.resources.endpoints = decode_all(update)?;
+                Arc::make_mut(&mut next.resources).endpoints = decode_all(update)?;
                 next.versions.endpoints = version;
             }
             other => return Err(format!("unsupported resource type {other}")),
         }
-        next.resources.version = update.version.to_owned();
+        Arc::make_mut(&mut next.resources).version = update.version.to_owned();
         let (mut snapshot, rejected) = self.builder.build(&next.resources);
         let type_name = ads::type_name(update.type_url);
         let mine: Vec<String> = rejected.iter().filter(|r| r.type_name == type_name).map(|r| r.to_string()).collect();
@@ -518,5 +520,41 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("no virtual host echo"), "{err}");
         assert_eq!(store.load().versions.routes, "v1");
+    }
+
+    /// A node proxy's workload stores: the same routing as the node's store, their own state
+    /// (breakers, pools), and no `/config_dump` view (the node's store has it) — the view is
+    /// the largest part of a snapshot, and a node keeps one store per workload.
+    #[test]
+    fn fanout_stores_route_like_the_node_with_their_own_state_and_no_dump() {
+        let store = Arc::new(Store::new());
+        let handler = XdsHandler::new(store.clone(), Metrics::new(), None);
+        let fanout = handler.fanout.clone();
+        let early = Arc::new(Store::new());
+        fanout.attach(&early);
+        let res = outrider_xds::translate(&outrider_xds::load_str("t.yaml", POLICY).unwrap());
+        for (type_url, resources) in updates(&res) {
+            handler.update(&Update { type_url, version: "v1", resources: &resources }).unwrap();
+        }
+        let late = Arc::new(Store::new());
+        fanout.attach(&late);
+        let node = store.load_full();
+        assert!(node.dump["clusters"]["resources"].as_array().is_some_and(|c| !c.is_empty()), "{}", node.dump);
+        let cluster = "outbound|8080||echo";
+        for workload in [&early, &late] {
+            assert!(workload.is_ready());
+            let snap = workload.load_full();
+            assert_eq!(snap.versions.clusters, "v1");
+            assert!(snap.dump.is_null(), "a workload store has no dump: {}", snap.dump);
+            let (ours, theirs) = (&snap.clusters[cluster], &node.clusters[cluster]);
+            assert!(!Arc::ptr_eq(&ours.state, &theirs.state), "breaker state is the workload's own");
+            let (ep, node_ep) = (&ours.endpoints.items()[0], &theirs.endpoints.items()[0]);
+            assert_eq!(ep.addr, node_ep.addr);
+            assert!(!Arc::ptr_eq(&ep.shared.pool, &node_ep.shared.pool), "connection pool is the workload's own");
+        }
+        assert!(!Arc::ptr_eq(&early.load().clusters[cluster].state, &late.load().clusters[cluster].state));
+        // The fanout keeps the handler's copy of the config, not one of its own.
+        let latest = fanout.latest.lock().as_ref().map(|(r, _)| r.clone()).unwrap();
+        assert!(Arc::ptr_eq(&latest, &handler.accepted.lock().resources));
     }
 }

@@ -54,6 +54,10 @@ type WantedSplit = (String, u32, Option<BTreeMap<String, String>>);
 pub struct Builder {
     carried: Mutex<HashMap<EndpointKey, Arc<EndpointShared>>>,
     clusters: Mutex<HashMap<Arc<str>, Arc<ClusterState>>>,
+    /// Snapshots without the `/config_dump` view (their `dump` is null): a node proxy's
+    /// workload stores, whose config is the node's own store's (which has the view). The view
+    /// is the largest part of a snapshot (hundreds of KB for 50 services).
+    no_dump: bool,
 }
 
 struct Ctx<'a> {
@@ -69,6 +73,11 @@ impl Ctx<'_> {
 impl Builder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A builder whose snapshots have no `/config_dump` view (see [`Builder::no_dump`]).
+    pub fn without_dump() -> Self {
+        Self { no_dump: true, ..Self::default() }
     }
 
     /// Build a snapshot from a complete set of resources.
@@ -119,43 +128,16 @@ impl Builder {
                                         shared,
                                     }));
                                 }
-                                dump_endpoints.push(dump_cla(&name, &eps));
+                                if !self.no_dump {
+                                    dump_endpoints.push(dump_cla(&name, &eps));
+                                }
                             }
                             Err(reason) => ctx.reject("ClusterLoadAssignment", &name, reason),
                         }
                     }
-                    dump_clusters.push(json!({
-                        "name": &*name, "service": &*service, "protocol": format!("{protocol:?}").to_lowercase(),
-                        "lb_policy": lb.as_str(), "connect_timeout_ms": connect_timeout.as_millis() as u64,
-                        "circuit_breakers": {
-                            "max_connections": policy.thresholds.max_connections,
-                            "max_pending_requests": policy.thresholds.max_pending_requests,
-                            "max_requests": policy.thresholds.max_requests,
-                            "max_retries": policy.thresholds.max_retries,
-                        },
-                        "breaker_state_machine": policy.breaker.map(|b| json!({
-                            "failure_rate_threshold": b.failure_rate_threshold,
-                            "slow_call_duration_ms": b.slow_call_duration.as_millis() as u64,
-                            "slow_call_rate_threshold": b.slow_call_rate_threshold,
-                            "window": b.window, "minimum_calls": b.minimum_calls,
-                            "open_duration_ms": b.open_duration.as_millis() as u64,
-                            "half_open_calls": b.half_open_calls,
-                            "scope": b.scope.as_str(),
-                        })),
-                        "fallback": policy.fallback.as_ref().map(|f| json!({
-                            "cluster": &*f.cluster, "subset": f.subset,
-                        })),
-                        "retry_budget": policy.budget.map(|b| json!({
-                            "ratio": b.ratio, "min_per_second": b.min_per_second, "window_ms": b.window.as_millis() as u64,
-                        })),
-                        "outlier_detection": policy.outlier.map(|o| json!({
-                            "consecutive_5xx": o.consecutive_5xx, "consecutive_gateway_errors": o.consecutive_gateway,
-                            "failure_percentage": o.failure_percentage, "interval_ms": o.interval.as_millis() as u64,
-                            "base_ejection_ms": o.base_ejection.as_millis() as u64,
-                            "max_ejection_ms": o.max_ejection.as_millis() as u64,
-                            "max_ejection_percent": o.max_ejection_percent,
-                        })),
-                    }));
+                    if !self.no_dump {
+                        dump_clusters.push(dump_cluster(&name, &service, protocol, lb, connect_timeout, &policy));
+                    }
                     let state = carried_clusters.get(&name).cloned().unwrap_or_default();
                     next_clusters.insert(name.clone(), state.clone());
                     let balancer = Arc::new(Balancer::new(lb, eps.clone()));
@@ -186,7 +168,9 @@ impl Builder {
         let mut dump_routes = Vec::new();
         for rc in &res.routes {
             let (hosts, dump) = route_config_from(rc, &clusters, &cluster_endpoints, &fallbacks, &mut ctx);
-            dump_routes.push(dump);
+            if !self.no_dump {
+                dump_routes.push(dump);
+            }
             for (domains, vh) in hosts {
                 vhosts_by_name.insert(format!("{}/{}", rc.name, vh.name), vh.clone());
                 for d in domains {
@@ -203,7 +187,9 @@ impl Builder {
             if let Some(service) = l.name.strip_prefix(names::INBOUND_LISTENER_PREFIX) {
                 match inbound_policy(l) {
                     Ok(policy) => {
-                        dump_listeners.push(dump_inbound(&l.name, &policy));
+                        if !self.no_dump {
+                            dump_listeners.push(dump_inbound(&l.name, &policy));
+                        }
                         inbound.insert(Arc::<str>::from(service), Arc::new(policy));
                     }
                     Err(reason) => ctx.reject("Listener", &l.name, reason),
@@ -222,7 +208,10 @@ impl Builder {
                 Ok(t) => tracing = t,
                 Err(reason) => ctx.reject("Listener", &l.name, reason),
             }
-            dump_listeners.push(listener_from(l, &clusters, &vhosts_by_name, &mut outbound, &mut ctx));
+            let dump = listener_from(l, &clusters, &vhosts_by_name, &mut outbound, &mut ctx);
+            if !self.no_dump {
+                dump_listeners.push(dump);
+            }
         }
 
         let versions = Versions {
@@ -231,14 +220,18 @@ impl Builder {
             clusters: res.version.clone(),
             endpoints: res.version.clone(),
         };
-        let dump = json!({
+        let dump = if self.no_dump {
+            serde_json::Value::Null
+        } else {
+            json!({
             "version": res.version,
             "listeners": {"version": versions.listeners, "resources": dump_listeners},
             "routes": {"version": versions.routes, "resources": dump_routes},
             "clusters": {"version": versions.clusters, "resources": dump_clusters},
             "endpoints": {"version": versions.endpoints, "resources": dump_endpoints},
             "telemetry": super::telemetry::dump(&tracing),
-        });
+            })
+        };
         // Per-endpoint and per-cluster state follows the new config only when the
         // whole build was accepted: a rejected build may never be applied, and the
         // snapshot still in force keeps needing its endpoints' state carried.
@@ -453,6 +446,49 @@ pub fn inbound_policy(l: &Listener) -> Result<crate::authz::InboundPolicy, Strin
         }
     }
     Ok(crate::authz::InboundPolicy { mode, filters })
+}
+
+/// The `/config_dump` view of a cluster.
+fn dump_cluster(
+    name: &str,
+    service: &str,
+    protocol: ClusterProtocol,
+    lb: LbPolicy,
+    connect_timeout: Duration,
+    policy: &ClusterPolicy,
+) -> serde_json::Value {
+    json!({
+        "name": name, "service": service, "protocol": format!("{protocol:?}").to_lowercase(),
+        "lb_policy": lb.as_str(), "connect_timeout_ms": connect_timeout.as_millis() as u64,
+        "circuit_breakers": {
+            "max_connections": policy.thresholds.max_connections,
+            "max_pending_requests": policy.thresholds.max_pending_requests,
+            "max_requests": policy.thresholds.max_requests,
+            "max_retries": policy.thresholds.max_retries,
+        },
+        "breaker_state_machine": policy.breaker.map(|b| json!({
+            "failure_rate_threshold": b.failure_rate_threshold,
+            "slow_call_duration_ms": b.slow_call_duration.as_millis() as u64,
+            "slow_call_rate_threshold": b.slow_call_rate_threshold,
+            "window": b.window, "minimum_calls": b.minimum_calls,
+            "open_duration_ms": b.open_duration.as_millis() as u64,
+            "half_open_calls": b.half_open_calls,
+            "scope": b.scope.as_str(),
+        })),
+        "fallback": policy.fallback.as_ref().map(|f| json!({
+            "cluster": &*f.cluster, "subset": f.subset,
+        })),
+        "retry_budget": policy.budget.map(|b| json!({
+            "ratio": b.ratio, "min_per_second": b.min_per_second, "window_ms": b.window.as_millis() as u64,
+        })),
+        "outlier_detection": policy.outlier.map(|o| json!({
+            "consecutive_5xx": o.consecutive_5xx, "consecutive_gateway_errors": o.consecutive_gateway,
+            "failure_percentage": o.failure_percentage, "interval_ms": o.interval.as_millis() as u64,
+            "base_ejection_ms": o.base_ejection.as_millis() as u64,
+            "max_ejection_ms": o.max_ejection.as_millis() as u64,
+            "max_ejection_percent": o.max_ejection_percent,
+        })),
+    })
 }
 
 fn dump_inbound(name: &str, policy: &crate::authz::InboundPolicy) -> serde_json::Value {

@@ -275,7 +275,7 @@ fn a_fault_answer_names_no_internals_but_a_refusal_says_why() {
     assert!(unavailable.to_string().contains("forbidden"));
 
     let store = IssueError::Token(TokenError::Store {
-        path: "/var/lib/outrider/tokens.json".into(),
+        store: "/var/lib/outrider/tokens.json".into(),
         reason: "Read-only file system".into(),
     });
     assert_eq!(store.status(), 500);

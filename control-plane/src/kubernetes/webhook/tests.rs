@@ -56,7 +56,7 @@ fn a_pod_creation_is_allowed_with_the_patch_that_injects_it() {
     let mut patched = pod();
     json_patch::patch(&mut patched, &patch_of(&answer)).unwrap();
     let mut expected = pod();
-    assert_eq!(inject(&mut expected, hook.config()), Ok(Outcome::Injected));
+    assert_eq!(inject(&mut expected, &hook.config()), Ok(Outcome::Injected));
     assert_eq!(patched, expected);
     assert_eq!(patched["spec"]["initContainers"][1]["name"], PROXY_CONTAINER);
 
@@ -84,7 +84,7 @@ fn the_patch_is_right_for_pods_of_every_shape() {
         let mut patched = original.clone();
         json_patch::patch(&mut patched, &patch_of(&answer)).unwrap();
         let mut expected = original.clone();
-        inject(&mut expected, hook.config()).unwrap();
+        inject(&mut expected, &hook.config()).unwrap();
         assert_eq!(patched, expected, "for {original}");
     }
 }

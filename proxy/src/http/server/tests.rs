@@ -237,3 +237,42 @@ async fn drain_closes_an_idle_keep_alive_connection() {
     assert_eq!(client.read(&mut rest).await.unwrap(), 0, "closed by the drain");
     serving.await.unwrap();
 }
+
+/// A connection that arrives while the proxy drains (the listeners still accept until the
+/// endpoint is withdrawn): its request is answered with `Connection: close`, then it ends —
+/// on the plaintext (parking) path and on the mTLS one alike.
+#[tokio::test]
+async fn a_connection_accepted_while_draining_is_answered_once_and_closed() {
+    for parking in [true, false] {
+        let (mut client, stream) = pair().await;
+        let server = HttpServer::new(&ServerLimits::default());
+        let drain = Drain::new();
+        drain.start();
+        let signal = drain.signal();
+        let serving = tokio::spawn(async move {
+            if parking {
+                server.serve_h1_parking(stream, echo, signal).await
+            } else {
+                server.serve_h1(stream, echo, signal).await
+            }
+        });
+        client.write_all(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before answering (parking: {parking})");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("\r\nconnection: close"), "told to close (parking: {parking}): {head}");
+        assert_eq!(response(&mut client, &mut buf).await, "path=/late body=");
+        let mut rest = [0u8; 64];
+        assert_eq!(client.read(&mut rest).await.unwrap(), 0, "then closed (parking: {parking})");
+        serving.await.unwrap();
+    }
+}
