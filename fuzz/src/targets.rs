@@ -82,7 +82,14 @@ async fn normalise(
     headers::ensure_request_id(req.headers_mut());
     if let Err(e) = forward::authority_of(&req) {
         let (resp, _) = e.to_response(grpc);
-        assert!(resp.status().is_client_error(), "a bad request head is a 4xx, got {}", resp.status());
+        // A gRPC caller gets its error the gRPC way: HTTP 200 with a non-zero grpc-status.
+        let grpc_error = grpc && resp.headers().get("grpc-status").is_some_and(|s| s != "0");
+        assert!(
+            resp.status().is_client_error() || grpc_error,
+            "a bad request head is a 4xx (or a gRPC error), got {} {:?}",
+            resp.status(),
+            resp.headers()
+        );
         return Ok(resp);
     }
     let upgrade = headers::is_upgrade(req.headers());
