@@ -565,20 +565,26 @@ async fn an_injected_pod_runs_as_its_spec_says_and_serves_through_its_sidecar() 
     drop(mesh);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_root_rotation_the_webhooks_ca_bundle_holds_the_new_and_the_old_root_and_pods_are_injected() {
-    let Some(api) = ApiServer::start().await else { return };
-    let mesh = install(&api).await;
+/// Put a new root in the CA Secret (`tls.crt`/`tls.key`) and the mesh's current root in its
+/// `ca.crt`, as an operator rotating the root does; returns (old root, new root).
+async fn rotate_root_in_secret(api: &ApiServer, mesh: &Mesh) -> (String, String) {
     let old_root = mesh.cp.ca.root_pem().to_owned();
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-
-    // The operator rotates the root (docs/kubernetes.md): the new root signs, the old one stays
-    // trusted through the Secret's ca.crt.
     let (new_root, new_key) = outrider_control_plane::ca::generate_root_pem(mesh.cp.ca.trust_domain()).unwrap();
     let secret_path = format!("/api/v1/namespaces/{NS}/secrets/outrider-ca");
     let mut secret = api.get(&secret_path).await;
     secret["data"] = json!({"tls.crt": b64(&new_root), "tls.key": b64(&new_key), "ca.crt": b64(&old_root)});
     api.request(Method::PUT, &secret_path, Some(&secret)).await.unwrap().expect(200);
+    (old_root, new_root)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_root_rotation_the_webhooks_ca_bundle_holds_the_new_and_the_old_root_and_pods_are_injected() {
+    let Some(api) = ApiServer::start().await else { return };
+    let mesh = install(&api).await;
+    // The operator rotates the root (docs/kubernetes.md): the new root signs, the old one stays
+    // trusted through the Secret's ca.crt.
+    let (old_root, new_root) = rotate_root_in_secret(&api, &mesh).await;
 
     // A rolling restart: the old replica stops (releasing the Lease), a new one reads the Secret.
     let Mesh { cp, _dir } = mesh;
@@ -625,15 +631,8 @@ async fn after_a_root_rotation_the_webhooks_ca_bundle_holds_the_new_and_the_old_
 async fn a_root_rotated_in_the_secret_reaches_the_ca_bundle_and_injected_pods_without_a_restart() {
     let Some(api) = ApiServer::start().await else { return };
     let mesh = install(&api).await;
-    let old_root = mesh.cp.ca.root_pem().to_owned();
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-
     // The operator puts a new root in the Secret, the old one in ca.crt; nothing is restarted.
-    let (new_root, new_key) = outrider_control_plane::ca::generate_root_pem(mesh.cp.ca.trust_domain()).unwrap();
-    let secret_path = format!("/api/v1/namespaces/{NS}/secrets/outrider-ca");
-    let mut secret = api.get(&secret_path).await;
-    secret["data"] = json!({"tls.crt": b64(&new_root), "tls.key": b64(&new_key), "ca.crt": b64(&old_root)});
-    api.request(Method::PUT, &secret_path, Some(&secret)).await.unwrap().expect(200);
+    let (old_root, new_root) = rotate_root_in_secret(&api, &mesh).await;
 
     // The running replica trusts both at once (it keeps signing with the root it started with
     // until its restart), and the leader puts both in the caBundle.
