@@ -154,3 +154,50 @@ impl Background {
         })
     }
 }
+
+/// A TCP echo app for a namespace: `PORT BIND_ADDR` (`0.0.0.0` or `::`); it reads until the
+/// caller half-closes, answers `echo:` and what it read, and prints `echo ready` once listening.
+pub const TCP_ECHO_PY: &str = r#"
+import socket, sys, threading
+bind = sys.argv[2]
+s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((bind, int(sys.argv[1])))
+s.listen(64)
+print("echo ready", flush=True)
+def serve(c):
+    try:
+        data = b""
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+        c.sendall(b"echo:" + data)
+        c.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A TCP client: `HOST PORT MESSAGE`; sends the message, half-closes, prints the answer (or
+/// `ERR <exception>`).
+pub const TCP_CLIENT_PY: &str = r#"
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    c.sendall(sys.argv[3].encode())
+    c.shutdown(socket.SHUT_WR)
+    out = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        out += d
+    sys.stdout.write(out.decode())
+except Exception as e:
+    sys.stdout.write("ERR " + type(e).__name__)
+"#;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use outrider_tests::binary::{ProxyProcess, proxy_bin, run_to_exit};
 use outrider_tests::control_plane::outrider_bin;
 use outrider_tests::harness::TempDir;
-use outrider_tests::netns::{Background, Netns, unsupported};
+use outrider_tests::netns::{Background, Netns, TCP_CLIENT_PY, TCP_ECHO_PY, unsupported};
 use outrider_tests::wait;
 
 const API_TOKEN: &str = "ambient-test-token";
@@ -46,31 +46,6 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
-"#;
-
-const TCP_APP: &str = r#"
-import socket, sys, threading
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(64)
-print("echo ready", flush=True)
-def serve(c):
-    try:
-        data = b""
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            data += d
-        c.sendall(b"echo:" + data)
-        c.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
 /// A gRPC service without protos (bytes in, bytes out): `echo.Echo/Say` answers with the request
@@ -120,23 +95,6 @@ for _ in range(int(sys.argv[2])):
     except Exception as e:
         print("ERR", type(e).__name__)
 print(body.replace("\n", " ").strip())
-"#;
-
-const TCP_CLIENT: &str = r#"
-import socket, sys
-try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-    c.sendall(sys.argv[3].encode())
-    c.shutdown(socket.SHUT_WR)
-    out = b""
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
-        out += d
-    sys.stdout.write(out.decode())
-except Exception as e:
-    sys.stdout.write("ERR " + type(e).__name__)
 "#;
 
 /// Opens a TCP connection, sends half a message and says so, then reports how it ended.
@@ -370,7 +328,7 @@ async fn get(ns: &Netns, url: &str, n: usize) -> (Vec<String>, String) {
 }
 
 async fn tcp(ns: &Netns, host: &str, port: &str, msg: &str) -> String {
-    ok(&ns.run_python(TCP_CLIENT, &[host, port, msg]).await)
+    ok(&ns.run_python(TCP_CLIENT_PY, &[host, port, msg]).await)
 }
 
 /// The Prometheus exposition of a node proxy (it runs in the host namespace).
@@ -427,7 +385,7 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     http_app.args(["-c", HTTP_APP, "8080", "b1"]);
     let _http_app = Background::spawn(http_app);
     let mut tcp_app = b2.python();
-    tcp_app.args(["-c", TCP_APP, "9000"]);
+    tcp_app.args(["-c", TCP_ECHO_PY, "9000", "0.0.0.0"]);
     let mut tcp_app = Background::spawn(tcp_app);
     tcp_app.wait_for_line("echo ready").await;
     let (b3, b4, b5) = (&b.workloads[2].0, &b.workloads[3].0, &b.workloads[4].0);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use outrider_tests::binary::{ProxyProcess, proxy_bin, run_to_exit};
 use outrider_tests::control_plane::outrider_bin;
 use outrider_tests::harness::TempDir;
-use outrider_tests::netns::{Background, Netns, unsupported};
+use outrider_tests::netns::{Background, Netns, TCP_CLIENT_PY, TCP_ECHO_PY, unsupported};
 use outrider_tests::wait;
 
 const API_TOKEN: &str = "ambient6-test-token";
@@ -36,31 +36,6 @@ class S(http.server.ThreadingHTTPServer):
 S(("::", int(sys.argv[1])), H).serve_forever()
 "#;
 
-const TCP_APP: &str = r#"
-import socket, sys, threading
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", int(sys.argv[1])))
-s.listen(64)
-print("echo ready", flush=True)
-def serve(c):
-    try:
-        data = b""
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            data += d
-        c.sendall(b"echo:" + data)
-        c.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
 /// `GET url`: prints the status (or ERR) on one line, then the body.
 const HTTP_GET: &str = r#"
 import sys, urllib.request, urllib.error
@@ -74,23 +49,6 @@ except urllib.error.HTTPError as e:
     print(e.read().decode())
 except Exception as e:
     print("ERR", type(e).__name__)
-"#;
-
-const TCP_CLIENT: &str = r#"
-import socket, sys
-try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-    c.sendall(sys.argv[3].encode())
-    c.shutdown(socket.SHUT_WR)
-    out = b""
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
-        out += d
-    sys.stdout.write(out.decode())
-except Exception as e:
-    sys.stdout.write("ERR " + type(e).__name__)
 "#;
 
 fn policy() -> String {
@@ -275,7 +233,7 @@ async fn ipv6_workloads_talk_across_nodes_over_hbone_and_plaintext_ipv6_is_refus
     http_app.args(["-c", HTTP_APP, "8080"]);
     let _http_app = Background::spawn(http_app);
     let mut tcp_app = b2.python();
-    tcp_app.args(["-c", TCP_APP, "9000"]);
+    tcp_app.args(["-c", TCP_ECHO_PY, "9000", "::"]);
     let mut tcp_app = Background::spawn(tcp_app);
     tcp_app.wait_for_line("echo ready").await;
     // The app answers plaintext IPv6 before any proxy serves b1 (the bed itself works).
@@ -285,7 +243,7 @@ async fn ipv6_workloads_talk_across_nodes_over_hbone_and_plaintext_ipv6_is_refus
     })
     .await;
     assert!(direct.contains("xfcc=None"), "{direct}");
-    let out = ok(&stranger.run_python(TCP_CLIENT, &["fd81:2::12", "9000", "direct"]).await);
+    let out = ok(&stranger.run_python(TCP_CLIENT_PY, &["fd81:2::12", "9000", "direct"]).await);
     assert_eq!(out, "echo:direct", "the TCP app answers plaintext IPv6 before any proxy serves b2");
 
     let (_node_a, sock_a) = bed.node_proxy("a").await;
@@ -312,7 +270,7 @@ async fn ipv6_workloads_talk_across_nodes_over_hbone_and_plaintext_ipv6_is_refus
 
     // TCP across nodes: the raw tunnel (`CONNECT [fd81:2::12]:9000`), with a half-close.
     let echoed = wait::wait_for("a1 reaches echo6-tcp over HBONE on IPv6", || async {
-        let out = ok(&a1.run_python(TCP_CLIENT, &[TCP_VIP, "9000", "ping over hbone"]).await);
+        let out = ok(&a1.run_python(TCP_CLIENT_PY, &[TCP_VIP, "9000", "ping over hbone"]).await);
         out.starts_with("echo:").then_some(out)
     })
     .await;
@@ -322,6 +280,6 @@ async fn ipv6_workloads_talk_across_nodes_over_hbone_and_plaintext_ipv6_is_refus
     // proxy's inbound listener, which refuses it (without them it would reach the app).
     let (status, body) = get(&stranger, "http://[fd81:2::11]:8080/plain").await;
     assert_ne!(status, "200", "plaintext IPv6 reached a strict workload: {body}");
-    let out = ok(&stranger.run_python(TCP_CLIENT, &["fd81:2::12", "9000", "plain"]).await);
+    let out = ok(&stranger.run_python(TCP_CLIENT_PY, &["fd81:2::12", "9000", "plain"]).await);
     assert!(!out.contains("echo:"), "plaintext IPv6 TCP reached a strict workload: {out}");
 }
