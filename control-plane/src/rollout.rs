@@ -9,35 +9,40 @@
 //! the stable version kept at weight 0). `abortAfterFailures` failed checks **abort** it: all
 //! traffic back on the stable version, in one write, with the reason. An operator may **pause**
 //! it (it stays at its step; its split may then be edited), resume, promote or abort it, and
-//! start a finished one again.
+//! start a finished one again; `spec.paused: true` pauses it too, and setting it back to false
+//! resumes it.
 //!
-//! Every change of the split goes through [`Policies::write_owned`] — validated and persisted
-//! like an `apply` — and while a rollout progresses any other write that would change the split
-//! it owns is refused (409, [`WriteGuard`]). The state is persisted (`rollouts.json`) before the
-//! split it implies is written, so a restarted control plane writes it again if needed and
-//! continues the step where it was (the check in progress starts its numbers over: they were in
-//! memory).
+//! The controller is the same in every mode; a [`Backend`] says where the state is kept and
+//! how a split is written. With files and the API ([`files`]) every change of the split goes
+//! through [`crate::policies::Policies::write_owned`] — validated and persisted like an
+//! `apply` — and the state is kept in `rollouts.json`; in Kubernetes mode
+//! (`crate::kubernetes::rollouts`) the split is a patch of the TrafficPolicy object and the
+//! state lives in the Rollout's status. Either way the state is stored before the split it
+//! implies is written, so a restarted control plane (or a new leader) writes it again if needed
+//! and continues the step where it was (the check in progress starts its numbers over: they
+//! were in memory).
 
 pub mod analysis;
 mod driver;
+pub mod files;
 pub mod state;
+pub mod view;
 pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use outrider_xds::translate::rollout::owned_part;
+use futures_util::future::BoxFuture;
 use outrider_xds::{PolicySet, Position, Rollout};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::metrics::{EventLabels, Metrics};
-use crate::policies::persist::{DataDir, PersistError};
-use crate::policies::{DocChange, Policies, WriteGuard};
+use crate::policies::persist::PersistError;
 use crate::stats::{Aggregate, Stats};
 use state::{Phase, RolloutState, now_ms};
 
@@ -62,6 +67,16 @@ impl Command {
             _ => return None,
         })
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Start => "start",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Promote => "promote",
+            Command::Abort => "abort",
+        }
+    }
 }
 
 /// Why a command was refused.
@@ -72,7 +87,59 @@ pub enum CommandError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
-    Persist(#[from] PersistError),
+    Store(#[from] StoreError),
+}
+
+/// Why a rollout's state could not be read or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    File(#[from] PersistError),
+    /// The Kubernetes API server did not take or give the Rollout's status.
+    #[error("the status of Rollout {key}: {reason}")]
+    Status { key: String, reason: String },
+}
+
+/// Why a split was not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitError {
+    /// Not now (the store or the API server is unavailable): try again.
+    Retry(String),
+    /// Never (the document belongs to the policy directory, or the result would not be valid):
+    /// the rollout is stopped with this reason.
+    Fatal(String),
+}
+
+/// States stored by someone else since this controller last stored them (a replica that led
+/// before), to be taken over: the key and the state found (`None`: none, the object is new).
+pub type Superseded = Vec<(String, Option<RolloutState>)>;
+
+/// Where a controller keeps its rollouts' state and how it writes their splits.
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// The stored state of rollout `key` that this controller does not hold yet (a new leader
+    /// reads the Rollout's status), if there is one.
+    fn stored<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<RolloutState>, StoreError>>;
+
+    /// Store every state durably (`views`: each one's view, when [`Backend::wants_views`]).
+    fn store<'a>(
+        &'a self,
+        states: &'a BTreeMap<String, RolloutState>,
+        views: &'a BTreeMap<String, Value>,
+    ) -> BoxFuture<'a, Result<Superseded, StoreError>>;
+
+    /// Whether [`Backend::store`] needs the views.
+    fn wants_views(&self) -> bool {
+        false
+    }
+
+    /// Write `rollout`'s split at `position`, unless `current()` turns false before it is
+    /// written (the state moved on). The xDS version of the policy set that carries it, when known.
+    fn write_split<'a>(
+        &'a self,
+        rollout: &'a Rollout,
+        position: Position,
+        current: &'a (dyn Fn() -> bool + Send + Sync),
+    ) -> BoxFuture<'a, Result<Option<String>, SplitError>>;
 }
 
 /// What a check is measured against; not stored (a restart starts the check's numbers over).
@@ -99,14 +166,17 @@ struct Inner {
     states: BTreeMap<String, RolloutState>,
     runtime: BTreeMap<String, Runtime>,
     generation: u64,
+    /// Every state of a generation up to this one has been stored.
+    stored: u64,
 }
 
 /// Runs every rollout of the policy set.
 #[derive(Debug)]
 pub struct Controller {
-    policies: Arc<Policies>,
+    backend: Arc<dyn Backend>,
+    /// The policy set in force: its rollouts, keyed as the API names them.
+    sets: watch::Receiver<Arc<PolicySet>>,
     stats: Arc<Stats>,
-    data: DataDir,
     metrics: Metrics,
     inner: Mutex<Inner>,
     /// Persisting is done one at a time, in order.
@@ -117,47 +187,95 @@ pub struct Controller {
 const RETRY: Duration = Duration::from_secs(1);
 
 impl Controller {
-    /// Restore the stored states and install the split guard on `policies`.
-    pub fn open(
-        policies: Arc<Policies>,
+    /// A controller of the rollouts of `sets`, starting from `states`.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        sets: watch::Receiver<Arc<PolicySet>>,
         stats: Arc<Stats>,
-        data: DataDir,
         metrics: Metrics,
-    ) -> Result<Arc<Self>, PersistError> {
-        let states = state::load(&data)?;
+        states: BTreeMap<String, RolloutState>,
+    ) -> Arc<Self> {
         let generation = states.values().map(|s| s.generation).max().unwrap_or(0);
-        let controller = Arc::new(Self {
-            policies: policies.clone(),
+        Arc::new(Self {
+            backend,
+            sets,
             stats,
-            data,
             metrics,
-            inner: Mutex::new(Inner { states, runtime: BTreeMap::new(), generation }),
+            inner: Mutex::new(Inner { states, runtime: BTreeMap::new(), generation, stored: generation }),
             persist: tokio::sync::Mutex::new(()),
-        });
-        policies.set_guard(Arc::new(Guard(Arc::downgrade(&controller))));
-        Ok(controller)
+        })
+    }
+
+    /// The rollouts in force.
+    fn rollouts(&self) -> Arc<PolicySet> {
+        self.sets.borrow().clone()
     }
 
     /// Follow the policy set (rollouts created, changed, deleted) until the task is dropped.
     pub async fn run(self: Arc<Self>) {
-        let mut changes = self.policies.subscribe();
+        let mut changes = self.sets.clone();
         loop {
             let set = changes.borrow_and_update().clone();
-            if let Err(e) = self.reconcile(&set).await {
-                tracing::error!(error = %e, "cannot store the rollouts' state");
-            }
-            if changes.changed().await.is_err() {
-                return;
+            let complete = match self.reconcile(&set).await {
+                Ok(complete) => complete,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store the rollouts' state");
+                    true
+                }
+            };
+            // A rollout whose stored state could not be read is looked at again soon.
+            let retry = async {
+                if complete {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(RETRY).await;
+            };
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = retry => {}
             }
         }
     }
 
-    /// Start rollouts that are new or whose release changed, forget deleted ones, and make
-    /// sure each has its driver.
-    async fn reconcile(self: &Arc<Self>, set: &PolicySet) -> Result<(), PersistError> {
-        let mut started = Vec::new();
+    /// Stop every driver (the task running [`Controller::run`] is dropped separately): a
+    /// replica that stops leading stops acting at once.
+    pub fn stop(&self) {
+        let mut inner = self.inner.lock();
+        for (name, rt) in std::mem::take(&mut inner.runtime) {
+            if let Some(driver) = rt.driver {
+                driver.abort();
+            }
+            self.stats.want_interval(&name, None);
+        }
+    }
+
+    /// Start rollouts that are new or whose release changed, take over the stored state of
+    /// those this controller does not hold yet, follow `spec.paused`, forget deleted rollouts,
+    /// and make sure each has its driver. False when a stored state could not be read (that
+    /// rollout waits).
+    async fn reconcile(self: &Arc<Self>, set: &PolicySet) -> Result<bool, StoreError> {
+        let unknown: Vec<String> = {
+            let inner = self.inner.lock();
+            set.rollouts.keys().filter(|k| !inner.states.contains_key(*k)).cloned().collect()
+        };
+        let mut stored = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        for key in unknown {
+            match self.backend.stored(&key).await {
+                Ok(Some(state)) => {
+                    stored.insert(key, state);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(rollout = %key, error = %e, "cannot read the rollout's stored state; trying again");
+                    unreadable.push(key);
+                }
+            }
+        }
+        let mut events = Vec::new();
         let changed = {
-            let mut inner = self.inner.lock();
+            let mut guard = self.inner.lock();
+            let inner = &mut *guard;
             let mut changed = false;
             let gone: Vec<String> = inner.states.keys().filter(|n| !set.rollouts.contains_key(*n)).cloned().collect();
             for name in gone {
@@ -171,16 +289,45 @@ impl Controller {
                 changed = true;
             }
             for (name, rollout) in &set.rollouts {
+                if unreadable.contains(name) {
+                    continue;
+                }
                 let revision = state::revision(&rollout.spec);
-                if inner.states.get(name).is_none_or(|s| s.revision != revision) {
-                    inner.generation += 1;
-                    let state = RolloutState::start(name, &rollout.spec, inner.generation);
+                inner.generation += 1;
+                let generation = inner.generation;
+                if !inner.states.contains_key(name)
+                    && let Some(mut state) = stored.remove(name).filter(|s| s.revision == revision)
+                {
+                    tracing::info!(rollout = %name, phase = state.phase.as_str(), step = state.step_number(&rollout.spec),
+                        "took over the rollout where it was");
+                    state.generation = generation;
                     inner.states.insert(name.clone(), state);
-                    let rt = inner.runtime.entry(name.clone()).or_default();
+                    inner.runtime.entry(name.clone()).or_default().check = None;
+                }
+                let fresh = inner.states.get(name).is_none_or(|s| s.revision != revision);
+                let rt = inner.runtime.entry(name.clone()).or_default();
+                if fresh {
                     rt.check = None;
                     rt.message = "starting".into();
-                    started.push(name.clone());
+                    let state = RolloutState::start(name, &rollout.spec, generation);
+                    events.push((name.clone(), "started"));
+                    if state.phase == Phase::Paused {
+                        events.push((name.clone(), "paused"));
+                    }
+                    inner.states.insert(name.clone(), state);
                     changed = true;
+                    continue;
+                }
+                let Some(state) = inner.states.get_mut(name) else { continue };
+                let was = state.spec_paused;
+                let event = state.follow_spec_paused(&rollout.spec);
+                if was != state.spec_paused {
+                    state.generation = generation;
+                    inner.runtime.entry(name.clone()).or_default().check = None;
+                    changed = true;
+                }
+                if let Some(event) = event {
+                    events.push((name.clone(), event));
                 }
             }
             changed
@@ -189,7 +336,7 @@ impl Controller {
         let stored = if changed { self.persist().await } else { Ok(()) };
         {
             let mut inner = self.inner.lock();
-            for name in set.rollouts.keys() {
+            for name in set.rollouts.keys().filter(|k| inner.states.contains_key(*k)).cloned().collect::<Vec<_>>() {
                 let rt = inner.runtime.entry(name.clone()).or_default();
                 if rt.driver.is_none() {
                     let task = tokio::spawn(driver::drive(self.clone(), name.clone(), rt.wake.clone()));
@@ -198,87 +345,81 @@ impl Controller {
                 rt.wake.notify_one();
             }
         }
-        for name in started {
-            self.metrics.rollout_events.get_or_create(&EventLabels { event: "started" }).inc();
-            self.notify(&name, "started");
+        for (name, event) in events {
+            self.count_event(event);
+            self.notify(&name, event);
+            tracing::info!(rollout = %name, event, "rollout event");
         }
-        stored
+        stored.map(|()| unreadable.is_empty())
     }
 
-    /// Store every state (in order with other stores).
-    async fn persist(&self) -> Result<(), PersistError> {
+    /// Store every state (in order with other stores), then take over those another writer
+    /// stored meanwhile.
+    async fn persist(&self) -> Result<(), StoreError> {
         let _order = self.persist.lock().await;
-        let states = self.inner.lock().states.clone();
-        let data = self.data.clone();
-        tokio::task::spawn_blocking(move || state::store(&data, &states)).await.map_err(|e| PersistError::Write {
-            path: self.data.path().join(state::FILE),
-            source: std::io::Error::other(e),
-        })?
+        let (states, generation) = {
+            let inner = self.inner.lock();
+            (inner.states.clone(), inner.generation)
+        };
+        let views: BTreeMap<String, Value> = if self.backend.wants_views() {
+            states.keys().filter_map(|k| Some((k.clone(), self.status(k)?))).collect()
+        } else {
+            BTreeMap::new()
+        };
+        let superseded = self.backend.store(&states, &views).await?;
+        {
+            let mut inner = self.inner.lock();
+            inner.stored = inner.stored.max(generation);
+        }
+        for (key, state) in superseded {
+            self.adopt(&key, state);
+        }
+        Ok(())
+    }
+
+    /// Whether the state of generation `generation` has been stored.
+    fn is_stored(&self, generation: u64) -> bool {
+        self.inner.lock().stored >= generation
+    }
+
+    /// Replace the state of `key` by one another writer stored (`None`: start it afresh): the
+    /// work in progress on the old one is dropped.
+    fn adopt(&self, key: &str, stored: Option<RolloutState>) {
+        let Some(rollout) = self.rollouts().rollouts.get(key).cloned() else { return };
+        let mut inner = self.inner.lock();
+        inner.generation += 1;
+        let generation = inner.generation;
+        let revision = state::revision(&rollout.spec);
+        let mut state = match stored {
+            Some(state) if state.revision == revision => state,
+            _ => RolloutState::start(key, &rollout.spec, generation),
+        };
+        tracing::warn!(rollout = %key, phase = state.phase.as_str(), step = state.step_number(&rollout.spec),
+            "the rollout's state was stored by another writer; continuing from it");
+        state.generation = generation;
+        inner.states.insert(key.to_owned(), state);
+        if let Some(rt) = inner.runtime.get_mut(key) {
+            rt.check = None;
+            rt.wake.notify_one();
+        }
     }
 
     /// The Rollout document and the state of `name`.
     fn snapshot(&self, name: &str) -> Option<(Rollout, RolloutState)> {
-        let rollout = self.policies.current().rollouts.get(name)?.clone();
+        let rollout = self.rollouts().rollouts.get(name)?.clone();
         let state = self.inner.lock().states.get(name)?.clone();
         Some((rollout, state))
     }
 
     /// Carry out an operator's command.
     pub async fn command(&self, name: &str, command: Command) -> Result<Value, CommandError> {
-        let rollout =
-            self.policies.current().rollouts.get(name).cloned().ok_or_else(|| CommandError::NotFound(name.into()))?;
-        let spec = &rollout.spec;
+        let rollout = self.rollouts().rollouts.get(name).cloned().ok_or_else(|| CommandError::NotFound(name.into()))?;
         let event = {
             let mut inner = self.inner.lock();
             inner.generation += 1;
             let generation = inner.generation;
             let state = inner.states.get_mut(name).ok_or_else(|| CommandError::NotFound(name.into()))?;
-            let phase = state.phase.as_str();
-            let refuse = |what: &str| Err(CommandError::Conflict(format!("Rollout {name} is {phase}: {what}")));
-            let event = match (command, state.phase) {
-                (Command::Pause, Phase::Progressing) => {
-                    state.phase = Phase::Paused;
-                    state.record(spec, "paused", "paused by an operator".into());
-                    "paused"
-                }
-                (Command::Pause, _) => return refuse("only a progressing rollout can be paused"),
-                (Command::Resume, Phase::Paused) => {
-                    state.phase = Phase::Progressing;
-                    state.split_written = false;
-                    state.check_started_at = now_ms();
-                    state.record(spec, "resumed", "resumed by an operator; the split is set again".into());
-                    "resumed"
-                }
-                (Command::Resume, _) => return refuse("only a paused rollout can be resumed"),
-                (Command::Promote, Phase::Progressing | Phase::Paused) => {
-                    state.phase = Phase::Promoted;
-                    state.position = Position::Promoted.into();
-                    state.split_written = false;
-                    state.record(spec, "promoted", "promoted by an operator".into());
-                    "promoted"
-                }
-                (Command::Promote, _) => return refuse("start it again to release the canary"),
-                (Command::Abort, Phase::Progressing | Phase::Paused | Phase::Promoted) => {
-                    let why = if state.phase == Phase::Promoted {
-                        "rolled back by an operator"
-                    } else {
-                        "aborted by an operator"
-                    };
-                    state.phase = Phase::Aborted;
-                    state.reason = Some(why.into());
-                    state.position = Position::Stable.into();
-                    state.split_written = false;
-                    state.record(spec, "aborted", why.into());
-                    "aborted"
-                }
-                (Command::Abort, _) => return refuse("it already is"),
-                (Command::Start, Phase::Promoted | Phase::Aborted) => {
-                    *state = RolloutState::start(name, spec, generation);
-                    "started"
-                }
-                (Command::Start, _) => return refuse("abort it first to start it over"),
-            };
-            state.generation = generation;
+            let event = state.command(command, &rollout.spec, generation).map_err(CommandError::Conflict)?;
             inner.runtime.entry(name.to_owned()).or_default().check = None;
             event
         };
@@ -286,7 +427,7 @@ impl Controller {
         if let Some(rt) = self.inner.lock().runtime.get(name) {
             rt.wake.notify_one();
         }
-        self.metrics.rollout_events.get_or_create(&EventLabels { event }).inc();
+        self.count_event(event);
         self.notify(name, event);
         tracing::info!(rollout = %name, event, "rollout command");
         Ok(self.status(name).unwrap_or(Value::Null))
@@ -301,76 +442,25 @@ impl Controller {
     /// The status of one rollout (`GET /v1/rollouts/NAME`).
     pub fn status(&self, name: &str) -> Option<Value> {
         let (rollout, state) = self.snapshot(name)?;
-        let spec = &rollout.spec;
-        let (message, check) = {
-            let inner = self.inner.lock();
-            let rt = inner.runtime.get(name);
-            let message = rt.map(|r| r.message.clone()).unwrap_or_default();
-            let check = rt.and_then(|r| r.check.as_ref()).map(|c| {
-                let left = c.deadline.saturating_duration_since(Instant::now());
-                (c.canary.clone(), c.stable.clone(), left)
-            });
-            (message, check)
+        let inner = self.inner.lock();
+        let rt = inner.runtime.get(name);
+        let message = rt.map(|r| r.message.as_str()).unwrap_or_default();
+        let check = rt.and_then(|r| r.check.as_ref());
+        let running = view::Running {
+            canary: check.map(|c| &c.canary),
+            stable: check.map(|c| &c.stable),
+            remaining: check.map(|c| c.deadline.saturating_duration_since(Instant::now())),
         };
-        let numbers = |labels: &BTreeMap<String, String>, baseline: Option<&BTreeMap<SocketAddr, Aggregate>>| {
-            let a = match baseline {
-                Some(b) => self.stats.since(&spec.service, labels, b),
-                None => Aggregate::default(),
-            };
-            json!({
-                "labels": labels,
-                "endpoints": self.stats.endpoints_matching(&spec.service, labels),
-                "requests": a.requests,
-                "errors": a.failed,
-                "successRate": a.success_rate(),
-                "p99Ms": a.quantile_ms(0.99),
-                "meanMs": a.mean_ms(),
-            })
-        };
-        let position: Position = state.position.into();
-        let steps: Vec<Value> = spec
-            .steps()
-            .iter()
-            .map(|s| match s {
-                outrider_xds::Step::Weight(w) => json!(w),
-                outrider_xds::Step::Preview => json!("preview"),
-            })
-            .collect();
-        Some(json!({
-            "name": name,
-            "service": spec.service,
-            "strategy": spec.strategy_name(),
-            "phase": state.phase.as_str(),
-            "reason": state.reason,
-            "message": message,
-            "step": state.step_number(spec),
-            "steps": steps,
-            "weight": spec.canary_weight(position),
-            "preview": matches!(position, Position::Step(i) if spec.steps().get(i) == Some(&outrider_xds::Step::Preview)),
-            "interval": outrider_xds::duration::format(spec.interval),
-            "failedChecks": state.failed_checks,
-            "abortAfterFailures": spec.analysis.abort_after_failures,
-            "splitWritten": state.split_written,
-            "configVersion": state.config_version,
-            "stepStartedAt": state.step_started_at,
-            "checkStartedAt": state.check_started_at,
-            "checkRemainingMs": check.as_ref().map(|c| c.2.as_millis() as u64),
-            "canary": numbers(&spec.canary, check.as_ref().map(|c| &c.0)),
-            "stable": numbers(&spec.stable, check.as_ref().map(|c| &c.1)),
-            "analysis": {
-                "minSuccessRate": spec.analysis.min_success_rate,
-                "maxP99LatencyMs": spec.analysis.max_p99_latency.map(|d| d.as_secs_f64() * 1000.0),
-                "maxMeanLatencyMs": spec.analysis.max_mean_latency.map(|d| d.as_secs_f64() * 1000.0),
-                "minRequests": spec.analysis.min_requests,
-            },
-            "generation": state.generation,
-            "history": state.history,
-        }))
+        Some(view::view(name, &rollout, &state, message, &running, &self.stats))
+    }
+
+    fn count_event(&self, event: &'static str) {
+        self.metrics.rollout_events.get_or_create(&EventLabels { event }).inc();
     }
 
     /// Send a notification (when the rollout has a notify webhook).
     fn notify(&self, name: &str, event: &str) {
-        let Some(rollout) = self.policies.current().rollouts.get(name).cloned() else { return };
+        let Some(rollout) = self.rollouts().rollouts.get(name).cloned() else { return };
         let Some(hook) = rollout.spec.webhooks.notify.clone() else { return };
         let notifier = {
             let mut inner = self.inner.lock();
@@ -399,52 +489,6 @@ impl Controller {
             "canary": status["canary"],
             "stable": status["stable"],
         }));
-    }
-
-    /// The refusal for a write that would change the split `state`'s rollout runs.
-    fn refusal(state: &RolloutState, rollout: &Rollout, kind_name: &str) -> String {
-        let spec = &rollout.spec;
-        let weight = spec.canary_weight(state.position.into());
-        format!(
-            "the split of {kind_name} is run by Rollout {} (progressing, step {} of {}, canary at {weight}%): pause \
-             it first (outrider rollout pause {}), or abort it; edits of anything else in the document are accepted",
-            state.name,
-            state.step_number(spec),
-            spec.steps().len(),
-            state.name
-        )
-    }
-}
-
-/// Refuses writes that change a progressing rollout's split (held weakly by the policies, so
-/// that the two do not keep each other alive).
-#[derive(Debug)]
-struct Guard(Weak<Controller>);
-
-impl WriteGuard for Guard {
-    fn check(&self, changes: &[DocChange<'_>]) -> Result<(), String> {
-        let Some(controller) = self.0.upgrade() else { return Ok(()) };
-        let set = controller.policies.current();
-        let inner = controller.inner.lock();
-        for (key, old, new) in changes {
-            if key.0 != "TrafficPolicy" {
-                continue;
-            }
-            let service_of = |d: &Option<&Value>| d.and_then(|d| d["spec"]["service"].as_str().map(str::to_owned));
-            for service in [service_of(old), service_of(new)].into_iter().flatten() {
-                let running = inner
-                    .states
-                    .values()
-                    .filter(|s| s.service == service && s.phase == Phase::Progressing)
-                    .filter_map(|s| Some((s, set.rollouts.get(&s.name)?)));
-                for (state, rollout) in running {
-                    if owned_part(*old, rollout) != owned_part(*new, rollout) {
-                        return Err(Controller::refusal(state, rollout, &format!("TrafficPolicy/{}", key.1)));
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -159,8 +159,9 @@ impl PolicySet {
 
     /// Adds the documents of `other`, a set validated apart (one Kubernetes object at a time),
     /// or refuses them all with the reason when one would take the place of a document already
-    /// here (a second TrafficPolicy for a service, a second Telemetry). Authorization policies
-    /// are keyed `NAMESPACE/NAME@SERVICE`, so that equal names in two namespaces stay apart.
+    /// here (a second TrafficPolicy for a service, a second Telemetry, a second Rollout for a
+    /// service). Authorization policies are keyed `NAMESPACE/NAME@SERVICE` and rollouts
+    /// `NAMESPACE/NAME`, so that equal names in two namespaces stay apart.
     pub fn absorb(&mut self, other: PolicySet) -> Result<(), String> {
         // Destructured so that a new kind of document cannot be forgotten here.
         let PolicySet { services, traffic_policies, authorization_policies, telemetry, rollouts } = other;
@@ -193,7 +194,9 @@ impl PolicySet {
             }
         }
         self.services.extend(services);
-        self.rollouts.extend(rollouts);
+        for rollout in rollouts.into_values() {
+            self.rollouts.insert(format!("{}/{}", rollout.metadata.namespace, rollout.metadata.name), rollout);
+        }
         self.traffic_policies.extend(traffic_policies);
         for policy in authorization_policies.into_values() {
             let key = format!("{}/{}@{}", policy.metadata.namespace, policy.metadata.name, policy.spec.service);

@@ -32,7 +32,7 @@ pub(super) async fn command(state: &ApiState, req: Request<Incoming>, name: &str
         Ok(status) => json_response(StatusCode::OK, &status),
         Err(e @ CommandError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ CommandError::Conflict(_)) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e @ CommandError::Persist(_)) => {
+        Err(e @ CommandError::Store(_)) => {
             tracing::error!(error = %e, "cannot store a rollout command");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }

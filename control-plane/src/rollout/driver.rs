@@ -6,17 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outrider_xds::policy::Step;
-use outrider_xds::translate::rollout::traffic_policy_document;
 use outrider_xds::{Position, Rollout};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::analysis::{Verdict, judge};
-use super::state::{Phase, RolloutState, now_ms};
-use super::{Check, Controller, RETRY, webhook};
-use crate::metrics::EventLabels;
-use crate::policies::WriteError;
+use super::state::{LastCheck, Phase, RolloutState, now_ms};
+use super::{Check, Controller, RETRY, SplitError, webhook};
 
 /// Reports are asked for this many times per check interval while a rollout progresses.
 const REPORTS_PER_INTERVAL: u32 = 4;
@@ -89,7 +86,7 @@ impl Controller {
     /// long to wait before looking again (`None`: at once).
     async fn check(&self, rollout: &Rollout, state: &RolloutState, step: usize) -> Option<Duration> {
         let spec = &rollout.spec;
-        let name = rollout.name();
+        let name = state.name.as_str();
         let (deadline, canary) = {
             let mut inner = self.inner.lock();
             let rt = inner.runtime.entry(name.to_owned()).or_default();
@@ -121,7 +118,8 @@ impl Controller {
             }
             Verdict::Pass => {
                 let summary = describe(&numbers);
-                let recorded = self.transition(rollout, state.generation, |state| {
+                let recorded = self.transition(name, state.generation, |state| {
+                    state.last_check = Some(last_check(step, true, &numbers));
                     state.record(&rollout.spec, "check-passed", format!("check passed: {summary}"));
                 });
                 if !recorded {
@@ -137,7 +135,8 @@ impl Controller {
                 let why = why.join(", ");
                 let limit = spec.analysis.abort_after_failures;
                 let mut aborted = false;
-                let ok = self.transition(rollout, state.generation, |state| {
+                let ok = self.transition(name, state.generation, |state| {
+                    state.last_check = Some(last_check(step, false, &numbers));
                     state.failed_checks += 1;
                     state.record(
                         &rollout.spec,
@@ -172,7 +171,7 @@ impl Controller {
     /// endpoints and the gate (if any) says 200. Returns how long to wait when it cannot yet.
     pub(super) async fn advance(&self, rollout: &Rollout, state: &RolloutState, next: Position) -> Option<Duration> {
         let spec = &rollout.spec;
-        let name = rollout.name();
+        let name = state.name.as_str();
         let needs_canary = next == Position::Promoted
             || spec.canary_weight(next) > 0
             || matches!(next, Position::Step(i) if spec.steps().get(i) == Some(&Step::Preview));
@@ -209,7 +208,7 @@ impl Controller {
                 };
                 let message = format!("waiting for the gate before step {next_number}: {why}");
                 let wait = spec.interval;
-                let changed = self.transition(rollout, state.generation, |state| {
+                let changed = self.transition(name, state.generation, |state| {
                     let again = state.history.back().is_some_and(|e| e.event == "gate-closed" && e.message == message);
                     if !again {
                         state.record(&rollout.spec, "gate-closed", message.clone());
@@ -225,7 +224,7 @@ impl Controller {
             }
         }
         let promoted = next == Position::Promoted;
-        let ok = self.transition(rollout, state.generation, |state| {
+        let ok = self.transition(name, state.generation, |state| {
             state.position = next.into();
             state.split_written = false;
             state.step_started_at = now_ms();
@@ -252,19 +251,20 @@ impl Controller {
         None
     }
 
-    /// Apply `change` to the state of `rollout` if nothing else changed it since `generation`
-    /// (then bump the generation and forget the running check); whether it was applied.
-    fn transition(&self, rollout: &Rollout, generation: u64, change: impl FnOnce(&mut RolloutState)) -> bool {
+    /// Apply `change` to the state of rollout `key` if nothing else changed it since
+    /// `generation` (then bump the generation and forget the running check); whether it was
+    /// applied.
+    fn transition(&self, key: &str, generation: u64, change: impl FnOnce(&mut RolloutState)) -> bool {
         let mut inner = self.inner.lock();
         inner.generation += 1;
         let next = inner.generation;
-        let Some(state) = inner.states.get_mut(rollout.name()) else { return false };
+        let Some(state) = inner.states.get_mut(key) else { return false };
         if state.generation != generation {
             return false;
         }
         change(state);
         state.generation = next;
-        if let Some(rt) = inner.runtime.get_mut(rollout.name()) {
+        if let Some(rt) = inner.runtime.get_mut(key) {
             rt.check = None;
         }
         true
@@ -274,41 +274,28 @@ impl Controller {
         self.inner.lock().states.get(name).map(|s| s.generation)
     }
 
-    fn count_event(&self, event: &'static str) {
-        self.metrics.rollout_events.get_or_create(&EventLabels { event }).inc();
-    }
-
-    /// Write the split of `state`'s position through the policies (as an apply would), unless
-    /// the state moved on meanwhile; then mark it written. `Err(why)` to wait and try again.
+    /// Write the split of `state`'s position through the backend, unless the state moved on
+    /// meanwhile; then mark it written. The state is stored first (a new leader or a restart
+    /// must find the position the split is being put at). `Err(why)` to wait and try again.
     async fn write_split(&self, rollout: &Rollout, state: &RolloutState) -> Result<(), String> {
-        let spec = &rollout.spec;
-        let name = rollout.name();
-        let set = self.policies.current();
-        let policy_name =
-            set.traffic_policy(&spec.service).map_or_else(|| spec.service.clone(), |p| p.metadata.name.clone());
-        let position: Position = state.position.into();
+        let name = state.name.as_str();
         let generation = state.generation;
-        let owner = format!("rollout {name}");
-        let result = self
-            .policies
-            .write_owned("TrafficPolicy", &policy_name, &owner, |current| {
-                if self.generation_of(name) != Some(generation) {
-                    return None;
-                }
-                let next = traffic_policy_document(current, rollout, position);
-                (Some(&next) != current).then_some(next)
-            })
-            .await;
-        let fatal = match result {
-            Ok(_) => None,
-            Err(e @ (WriteError::OwnedByDir { .. } | WriteError::Invalid(_))) => Some(e.to_string()),
-            Err(e) => return Err(format!("cannot write the split of TrafficPolicy/{policy_name}: {e}")),
+        if !self.is_stored(generation) {
+            self.persist().await.map_err(|e| format!("cannot store the rollout's state: {e}"))?;
+        }
+        let current = || self.generation_of(name) == Some(generation);
+        let result = self.backend.write_split(rollout, state.position.into(), &current).await;
+        let (version, fatal) = match result {
+            Ok(version) => (version, None),
+            Err(SplitError::Fatal(why)) => (None, Some(why)),
+            Err(SplitError::Retry(why)) => return Err(why),
         };
         let aborted = fatal.is_some() && state.phase != Phase::Aborted;
-        let version = outrider_xds::translate(&self.policies.current()).version;
-        let written = self.transition(rollout, generation, |state| {
+        let written = self.transition(name, generation, |state| {
             state.split_written = true;
-            state.config_version = Some(version);
+            if version.is_some() {
+                state.config_version = version;
+            }
             if let Some(why) = &fatal
                 && state.phase != Phase::Aborted
             {
@@ -328,6 +315,20 @@ impl Controller {
             }
         }
         Ok(())
+    }
+}
+
+/// The record of a judged check.
+fn last_check(step: usize, passed: bool, a: &crate::stats::Aggregate) -> LastCheck {
+    LastCheck {
+        at: now_ms(),
+        step: step + 1,
+        passed,
+        requests: a.requests,
+        errors: a.failed,
+        success_rate: a.success_rate(),
+        p99_ms: a.quantile_ms(0.99),
+        mean_ms: a.mean_ms(),
     }
 }
 

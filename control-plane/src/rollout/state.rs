@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use outrider_xds::{Position, RolloutSpec};
 use serde::{Deserialize, Serialize};
 
+use super::Command;
 use crate::policies::persist::{DataDir, PersistError};
 
 /// File name inside the data dir.
@@ -114,6 +115,29 @@ pub struct RolloutState {
     /// Bumped by every transition, so that work started before one is not applied after it.
     pub generation: u64,
     pub history: VecDeque<Event>,
+    /// `spec.paused` as last acted on: a change of it pauses or resumes the rollout.
+    #[serde(default)]
+    pub spec_paused: bool,
+    /// The last check that was judged, with its numbers.
+    #[serde(default)]
+    pub last_check: Option<LastCheck>,
+}
+
+/// A judged check and the canary's numbers over it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastCheck {
+    /// Unix milliseconds when it was judged.
+    pub at: u64,
+    /// 1-based step it judged.
+    pub step: usize,
+    pub passed: bool,
+    pub requests: u64,
+    pub errors: u64,
+    /// Percent.
+    pub success_rate: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub mean_ms: Option<f64>,
 }
 
 /// Unix milliseconds now.
@@ -148,9 +172,99 @@ impl RolloutState {
             check_started_at: now,
             generation,
             history: VecDeque::new(),
+            spec_paused: spec.paused,
+            last_check: None,
         };
         state.record(spec, "started", format!("{} rollout of {} started", spec.strategy_name(), spec.service));
+        if spec.paused {
+            state.pause_for_spec(spec);
+        }
         state
+    }
+
+    /// Pause a progressing rollout because its `spec.paused` is true; whether it did.
+    pub fn pause_for_spec(&mut self, spec: &RolloutSpec) -> bool {
+        if self.phase != Phase::Progressing {
+            return false;
+        }
+        self.phase = Phase::Paused;
+        self.record(spec, "paused", "paused: spec.paused is true".into());
+        true
+    }
+
+    /// Follow a change of `spec.paused` (true pauses a progressing rollout, false resumes a
+    /// paused one); the event it makes, if any.
+    pub fn follow_spec_paused(&mut self, spec: &RolloutSpec) -> Option<&'static str> {
+        if self.spec_paused == spec.paused {
+            return None;
+        }
+        self.spec_paused = spec.paused;
+        if spec.paused {
+            return self.pause_for_spec(spec).then_some("paused");
+        }
+        if self.phase != Phase::Paused {
+            return None;
+        }
+        self.resume();
+        self.record(spec, "resumed", "resumed: spec.paused is false; the split is set again".into());
+        Some("resumed")
+    }
+
+    fn resume(&mut self) {
+        self.phase = Phase::Progressing;
+        self.split_written = false;
+        self.check_started_at = now_ms();
+    }
+
+    /// Carry out an operator's command (the state then has `generation`): the event it makes,
+    /// or why it cannot be done.
+    pub fn command(&mut self, command: Command, spec: &RolloutSpec, generation: u64) -> Result<&'static str, String> {
+        let phase = self.phase.as_str();
+        let name = self.name.clone();
+        let refuse = |what: &str| Err(format!("Rollout {name} is {phase}: {what}"));
+        let event = match (command, self.phase) {
+            (Command::Pause, Phase::Progressing) => {
+                self.phase = Phase::Paused;
+                self.record(spec, "paused", "paused by an operator".into());
+                "paused"
+            }
+            (Command::Pause, _) => return refuse("only a progressing rollout can be paused"),
+            (Command::Resume, Phase::Paused) if spec.paused => {
+                return refuse("its spec.paused is true: set it to false to resume it");
+            }
+            (Command::Resume, Phase::Paused) => {
+                self.resume();
+                self.record(spec, "resumed", "resumed by an operator; the split is set again".into());
+                "resumed"
+            }
+            (Command::Resume, _) => return refuse("only a paused rollout can be resumed"),
+            (Command::Promote, Phase::Progressing | Phase::Paused) => {
+                self.phase = Phase::Promoted;
+                self.position = Position::Promoted.into();
+                self.split_written = false;
+                self.record(spec, "promoted", "promoted by an operator".into());
+                "promoted"
+            }
+            (Command::Promote, _) => return refuse("start it again to release the canary"),
+            (Command::Abort, Phase::Progressing | Phase::Paused | Phase::Promoted) => {
+                let why =
+                    if self.phase == Phase::Promoted { "rolled back by an operator" } else { "aborted by an operator" };
+                self.phase = Phase::Aborted;
+                self.reason = Some(why.into());
+                self.position = Position::Stable.into();
+                self.split_written = false;
+                self.record(spec, "aborted", why.into());
+                "aborted"
+            }
+            (Command::Abort, _) => return refuse("it already is"),
+            (Command::Start, Phase::Promoted | Phase::Aborted) => {
+                *self = RolloutState::start(&name, spec, generation);
+                "started"
+            }
+            (Command::Start, _) => return refuse("abort it first to start it over"),
+        };
+        self.generation = generation;
+        Ok(event)
     }
 
     /// 1-based number of the current step (0 before the first, steps + 1 once promoted).

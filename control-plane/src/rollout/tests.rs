@@ -8,7 +8,8 @@ use outrider_proxy::load_report::{AllClusters, collect};
 use serde_json::Value;
 
 use super::*;
-use crate::policies::WriteError;
+use crate::policies::persist::DataDir;
+use crate::policies::{Policies, WriteError};
 
 const SERVICE: &str = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: reviews}\nspec:\n  port: 80\n  endpoints:\n    - {address: \"127.0.0.1:1\", labels: {version: v1}}\n    - {address: \"127.0.0.1:2\", labels: {version: v2}}\n";
 
@@ -353,4 +354,52 @@ async fn a_rollout_from_the_watched_dir_runs_and_one_whose_split_is_a_file_stops
     assert_eq!(route.split.len(), 1, "the file's split is untouched");
     let data = f.stop();
     std::fs::remove_dir_all(data.parent().unwrap()).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn spec_paused_pauses_the_rollout_and_setting_it_back_to_false_resumes_it() {
+    let yaml = format!("{SERVICE}---\n{}", rollout("{canary: {steps: [10, 50]}}", "{minRequests: 10}"));
+    let paused = format!("{yaml}  paused: true\n");
+    // Applied paused: started, then paused at once, on the stable split.
+    let f = Fixture::start(temp(), Some(&paused)).await;
+    let status = f.until("the pause", HEALTHY, HEALTHY, |s| s["phase"] == "paused" && s["splitWritten"] == true).await;
+    assert_eq!((status["step"].as_u64(), status["paused"].as_bool()), (Some(0), Some(true)), "{status:#}");
+    assert_eq!(f.canary_weight(), Some(0));
+    let events: Vec<&str> =
+        status["history"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["started", "paused"]);
+    assert_eq!(status["history"][1]["message"], "paused: spec.paused is true");
+    // Healthy numbers for many intervals move nothing while it is paused.
+    for _ in 0..30 {
+        f.traffic(HEALTHY, HEALTHY);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((f.status()["phase"].as_str(), f.status()["step"].as_u64()), (Some("paused"), Some(0)));
+    // A resume command cannot undo the document's pause.
+    let Err(CommandError::Conflict(why)) = f.controller.command("reviews", Command::Resume).await else {
+        panic!("resumed while spec.paused is true")
+    };
+    assert!(why.contains("spec.paused is true: set it to false"), "{why}");
+    // Back to false: resumed (not started over), and on to the promotion.
+    f.policies.apply(&yaml, None, false).await.unwrap();
+    let status =
+        f.until("the promotion", HEALTHY, HEALTHY, |s| s["phase"] == "promoted" && s["splitWritten"] == true).await;
+    let events: Vec<&str> =
+        status["history"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(&events[..3], ["started", "paused", "resumed"], "{status:#}");
+    assert_eq!(events.iter().filter(|e| **e == "started").count(), 1, "{status:#}");
+    // The last judged check is kept with its numbers.
+    let last = &status["lastCheck"];
+    assert_eq!((last["passed"].as_bool(), last["step"].as_u64()), (Some(true), Some(2)), "{status:#}");
+    assert!(last["requests"].as_u64().unwrap() >= 10 && last["successRate"].as_f64() == Some(100.0), "{last}");
+
+    // Paused again while progressing (a spec edit), mid-rollout: it stays at its step.
+    f.controller.command("reviews", Command::Start).await.unwrap();
+    f.until("the first step again", HEALTHY, HEALTHY, |s| s["step"] == 1 && s["splitWritten"] == true).await;
+    f.policies.apply(&paused, None, false).await.unwrap();
+    let status = f.until("the pause", HEALTHY, HEALTHY, |s| s["phase"] == "paused").await;
+    assert_eq!(status["step"], 1, "{status:#}");
+    assert_eq!(f.canary_weight(), Some(10));
+    let dir = f.stop();
+    std::fs::remove_dir_all(dir).unwrap();
 }

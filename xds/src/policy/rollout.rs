@@ -72,6 +72,7 @@ impl Rollout {
 
 /// `spec` of a Rollout.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolloutSpec {
     /// The Service being released (HTTP protocols only: the split is per request).
@@ -83,6 +84,7 @@ pub struct RolloutSpec {
     /// How traffic moves: exactly one of `canary`, `linear`, `blueGreen`.
     pub strategy: Strategy,
     /// How long each step (and each check) lasts.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(default = "defaults::interval", deserialize_with = "crate::duration::deserialize")]
     pub interval: Duration,
     /// Names of the routes of the service's TrafficPolicy whose split the rollout sets; empty:
@@ -95,10 +97,16 @@ pub struct RolloutSpec {
     /// Optional HTTP callbacks.
     #[serde(default)]
     pub webhooks: Webhooks,
+    /// While true, the rollout stays at its step (it is paused as soon as it would progress);
+    /// setting it back to false resumes it. Not part of the release: changing it never starts
+    /// the rollout over.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// `spec.strategy`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Strategy {
     pub canary: Option<CanaryStrategy>,
@@ -108,6 +116,7 @@ pub struct Strategy {
 
 /// `strategy.canary`: explicit weights.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CanaryStrategy {
     /// The canary's weight (percent) at each step, increasing, each 1..=100.
@@ -116,6 +125,7 @@ pub struct CanaryStrategy {
 
 /// `strategy.linear`: equal steps.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LinearStrategy {
     /// Percent added at each step, 1..=100.
@@ -128,6 +138,7 @@ pub struct LinearStrategy {
 /// `strategy.blueGreen`: the new version reachable only with the preview headers until it
 /// passes a check, then all traffic at once.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BlueGreenStrategy {
     /// Headers (name → exact value) that reach the new version during the preview.
@@ -138,14 +149,17 @@ pub struct BlueGreenStrategy {
 /// `spec.analysis`. A check passes when every bound given holds for the canary's requests of
 /// the check's interval.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Analysis {
     /// Lowest share of successful requests, percent.
     pub min_success_rate: f64,
     /// Highest 99th percentile latency.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub max_p99_latency: Option<Duration>,
     /// Highest mean latency.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(deserialize_with = "crate::duration::deserialize_option")]
     pub max_mean_latency: Option<Duration>,
     /// Canary requests a check needs before it is judged; until then the step waits.
@@ -168,6 +182,7 @@ impl Default for Analysis {
 
 /// `spec.webhooks`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Webhooks {
     /// Called (POST, JSON) before each step and before the promotion; the step waits until it
@@ -181,11 +196,13 @@ pub struct Webhooks {
 
 /// One webhook.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     /// `http://` or `https://` URL.
     pub url: String,
     /// How long one call may take.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::duration::schema"))]
     #[serde(default = "defaults::webhook_timeout", deserialize_with = "crate::duration::deserialize")]
     pub timeout: Duration,
 }
