@@ -64,7 +64,7 @@ async fn install_with(api: &ApiServer, adjust: impl FnOnce(&mut ServerConfig)) -
         api.create_yaml(&text).await;
         if file == "crds.yaml" {
             // The CRDs serve once Established.
-            for plural in ["trafficpolicies", "authorizationpolicies", "telemetries"] {
+            for plural in ["trafficpolicies", "authorizationpolicies", "telemetries", "rollouts"] {
                 wait_until(&format!("CRD {plural} established"), || async move {
                     let crd = api
                         .get(&format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.outrider.io"))

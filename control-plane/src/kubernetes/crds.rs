@@ -11,7 +11,7 @@
 
 use kube::core::schema::{OptionalEnum, OptionalIntOrString, StructuralSchemaRewriter};
 use outrider_xds::TrafficPolicySpec;
-use outrider_xds::policy::{AuthorizationPolicySpec, TelemetrySpec};
+use outrider_xds::policy::{AuthorizationPolicySpec, RolloutSpec, TelemetrySpec};
 use schemars::JsonSchema;
 use schemars::generate::SchemaSettings;
 use schemars::transform::AddNullable;
@@ -30,6 +30,17 @@ pub struct Kind {
     pub spec_schema: fn() -> Value,
     /// Applies to the whole mesh: accepted only in the control plane's own namespace.
     pub mesh_wide: bool,
+    /// What the control plane writes into `status` besides the `Accepted` condition
+    /// (properties of the status schema), and the printer columns that show it.
+    pub progress: Option<Progress>,
+}
+
+/// The status fields of a kind the control plane runs (a Rollout), and their columns.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub properties: fn() -> Value,
+    /// `(name, type, jsonPath)`, shown after `Service`.
+    pub columns: &'static [(&'static str, &'static str, &'static str)],
 }
 
 impl Kind {
@@ -52,6 +63,7 @@ pub const KINDS: &[Kind] = &[
         short_names: &["tp"],
         spec_schema: spec_schema::<TrafficPolicySpec>,
         mesh_wide: false,
+        progress: None,
     },
     Kind {
         kind: "AuthorizationPolicy",
@@ -59,6 +71,7 @@ pub const KINDS: &[Kind] = &[
         short_names: &["ap"],
         spec_schema: spec_schema::<AuthorizationPolicySpec>,
         mesh_wide: false,
+        progress: None,
     },
     Kind {
         kind: "Telemetry",
@@ -66,6 +79,22 @@ pub const KINDS: &[Kind] = &[
         short_names: &[],
         spec_schema: spec_schema::<TelemetrySpec>,
         mesh_wide: true,
+        progress: None,
+    },
+    Kind {
+        kind: "Rollout",
+        plural: "rollouts",
+        short_names: &["ro"],
+        spec_schema: spec_schema::<RolloutSpec>,
+        mesh_wide: false,
+        progress: Some(Progress {
+            properties: rollout_status,
+            columns: &[
+                ("Phase", "string", ".status.phase"),
+                ("Step", "integer", ".status.step"),
+                ("Weight", "integer", ".status.weight"),
+            ],
+        }),
     },
 ];
 
@@ -117,9 +146,10 @@ fn strip(value: &mut Value, key: &str) {
     }
 }
 
-/// `status` of every kind: the `Accepted` condition (metav1.Condition).
-fn status_schema() -> Value {
-    json!({
+/// `status` of `kind`: the `Accepted` condition (metav1.Condition), and what the control plane
+/// writes of a kind it runs.
+fn status_schema(kind: &Kind) -> Value {
+    let mut schema = json!({
         "type": "object",
         "description": "What the control plane made of the object.",
         "properties": {
@@ -143,6 +173,50 @@ fn status_schema() -> Value {
                 },
             },
         },
+    });
+    if let (Some(progress), Some(properties)) = (kind.progress, schema["properties"].as_object_mut())
+        && let Value::Object(more) = (progress.properties)()
+    {
+        properties.extend(more);
+    }
+    schema
+}
+
+/// What the leader writes into a Rollout's status (`crate::kubernetes::rollouts`).
+fn rollout_status() -> Value {
+    let number = |description: &str| json!({"type": "number", "description": description});
+    json!({
+        "phase": {"type": "string", "enum": ["progressing", "paused", "promoted", "aborted"],
+            "description": "Where the rollout is: progressing, paused, promoted or aborted."},
+        "step": {"type": "integer", "description": "The current step, 1-based (0 before the first, the number of steps + 1 once promoted)."},
+        "steps": {"type": "integer", "description": "How many steps the strategy has."},
+        "weight": {"type": "integer", "description": "The canary's weight (percent) on the routes the rollout runs."},
+        "preview": {"type": "boolean", "description": "A blue/green preview: only requests with the preview headers reach the canary."},
+        "message": {"type": "string", "description": "What it is doing now."},
+        "reason": {"type": "string", "description": "Why it was aborted."},
+        "failedChecks": {"type": "integer", "description": "Failed checks so far."},
+        "splitWritten": {"type": "boolean", "description": "Whether the TrafficPolicy holds the split of the current step."},
+        "trafficPolicy": {"type": "string", "description": "The TrafficPolicy (of this namespace) the split is written to."},
+        "configVersion": {"type": "string", "description": "The xDS version of the policy set that carries the split."},
+        "lastCheck": {
+            "type": "object",
+            "description": "The last judged check and the canary's numbers over it.",
+            "properties": {
+                "at": {"type": "integer", "format": "int64", "description": "Unix milliseconds."},
+                "step": {"type": "integer"},
+                "passed": {"type": "boolean"},
+                "requests": {"type": "integer", "format": "int64"},
+                "errors": {"type": "integer", "format": "int64"},
+                "successRate": number("Percent."),
+                "p99Ms": number("99th percentile latency, milliseconds."),
+                "meanMs": number("Mean latency, milliseconds."),
+            },
+        },
+        "state": {
+            "type": "object",
+            "description": "The controller's state, from which a new leader continues the rollout.",
+            "x-kubernetes-preserve-unknown-fields": true,
+        },
     })
 }
 
@@ -152,6 +226,9 @@ pub fn definition(kind: &Kind) -> Value {
     let mut columns = Vec::new();
     if spec.pointer("/properties/service").is_some() {
         columns.push(json!({"name": "Service", "type": "string", "jsonPath": ".spec.service"}));
+    }
+    for (name, type_, path) in kind.progress.map_or(&[][..], |p| p.columns) {
+        columns.push(json!({"name": name, "type": type_, "jsonPath": path}));
     }
     columns.push(json!({"name": "Accepted", "type": "string",
         "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"}));
@@ -188,7 +265,7 @@ pub fn definition(kind: &Kind) -> Value {
                     "required": ["spec"],
                     "properties": {
                         "spec": spec,
-                        "status": status_schema(),
+                        "status": status_schema(kind),
                     },
                 }},
             }],
@@ -249,5 +326,35 @@ mod tests {
         for forbidden in ["$ref", "\"additionalProperties\":false", "\"default\"", "$schema"] {
             assert!(!text.contains(forbidden), "{forbidden} in {text}");
         }
+    }
+
+    #[test]
+    fn the_rollout_crd_takes_the_policy_files_spec_and_shows_phase_step_and_weight() {
+        let ro = definition(kind("Rollout").unwrap());
+        let version = &ro["spec"]["versions"][0];
+        let schema = &version["schema"]["openAPIV3Schema"]["properties"];
+        let spec = &schema["spec"];
+        let mut required: Vec<&str> = spec["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        required.sort_unstable();
+        assert_eq!(required, ["canary", "service", "stable", "strategy"]);
+        assert_eq!(spec["properties"]["paused"]["type"], "boolean");
+        assert_eq!(spec["properties"]["interval"]["type"], "string");
+        let strategy = &spec["properties"]["strategy"]["properties"];
+        assert_eq!(strategy["canary"]["properties"]["steps"]["items"]["type"], "integer");
+        assert_eq!(strategy["blueGreen"]["properties"]["previewHeaders"]["type"], "object");
+        assert_eq!(spec["properties"]["analysis"]["properties"]["maxP99Latency"]["type"], "string");
+        let status = &schema["status"]["properties"];
+        assert!(status["conditions"].is_object(), "the Accepted condition too");
+        assert_eq!(status["phase"]["enum"], json!(["progressing", "paused", "promoted", "aborted"]));
+        assert_eq!(status["state"]["x-kubernetes-preserve-unknown-fields"], true);
+        assert_eq!(version["subresources"], json!({"status": {}}));
+        let columns: Vec<&str> =
+            version["additionalPrinterColumns"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(columns, ["Service", "Phase", "Step", "Weight", "Accepted", "Reason", "Age"]);
+        assert_eq!(ro["spec"]["names"]["shortNames"], json!(["ro"]));
+        // The other kinds' status is the condition alone.
+        let tp = definition(kind("TrafficPolicy").unwrap());
+        let tp_status = &tp["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+        assert_eq!(tp_status.as_object().unwrap().keys().collect::<Vec<_>>(), ["conditions"]);
     }
 }

@@ -10,7 +10,9 @@
 //! second Telemetry) is refused with reason `Conflict`.
 //!
 //! `spec.service` names a Kubernetes Service of the object's own namespace (a policy cannot
-//! reach into another team's namespace); the object applies to every routed port of it.
+//! reach into another team's namespace); the object applies to every routed port of it. A
+//! Rollout releases a Service of one port, and is judged after every other object, together
+//! with the accepted TrafficPolicy of its Service (the routes it names must be that policy's).
 //! Services are validated without their endpoints: which pods are up changes by the second, and
 //! a canary split whose pods are not up yet must not drop the whole policy.
 
@@ -135,25 +137,34 @@ pub fn assemble(
     root_namespace: &str,
 ) -> Assembled {
     // Validation sees the Services without endpoints (see the module's doc).
-    let bare: BTreeMap<String, Service> = discovered
-        .services
-        .iter()
-        .map(|(k, s)| {
-            let mut s = s.clone();
-            s.spec.endpoints.clear();
-            (k.clone(), s)
-        })
-        .collect();
+    let bare = bare_services(&discovered);
     let mut ordered: Vec<(&'static Kind, &ObjectKey, &PolicyObject)> =
         objects.iter().flat_map(|(kind, map)| map.iter().map(move |(key, object)| (*kind, key, object))).collect();
-    ordered.sort_by(|a, b| (&a.2.created, &a.1, a.0.kind).cmp(&(&b.2.created, &b.1, b.0.kind)));
+    // Oldest first; Rollouts after everything else (they are judged with their TrafficPolicy).
+    ordered.sort_by(|a, b| {
+        (a.0.kind == ROLLOUT, &a.2.created, &a.1, a.0.kind).cmp(&(b.0.kind == ROLLOUT, &b.2.created, &b.1, b.0.kind))
+    });
 
     let mut set = PolicySet { services: discovered.services, ..PolicySet::default() };
     let mut verdicts = BTreeMap::new();
+    // The accepted TrafficPolicy of each Kubernetes Service: (namespace, Service) → object.
+    let mut policies: HashMap<ObjectKey, (&'static Kind, &str, &PolicyObject)> = HashMap::new();
     for (kind, (namespace, name), object) in ordered {
-        let verdict = match judge(kind, namespace, name, object, &discovered.by_kube_name, &bare, root_namespace) {
+        let companion = match kind.kind {
+            ROLLOUT => service_of(object).and_then(|s| policies.get(&(namespace.clone(), s.to_owned()))).copied(),
+            _ => None,
+        };
+        let judged = judge(kind, namespace, name, object, companion, &discovered.by_kube_name, &bare, root_namespace);
+        let verdict = match judged {
             Ok(parts) => match absorb_all(&mut set, parts) {
-                Ok(()) => Verdict::accepted(object.generation),
+                Ok(()) => {
+                    if kind.kind == "TrafficPolicy"
+                        && let Some(service) = service_of(object)
+                    {
+                        policies.insert((namespace.clone(), service.to_owned()), (kind, name.as_str(), object));
+                    }
+                    Verdict::accepted(object.generation)
+                }
                 Err(conflict) => Verdict::rejected(object.generation, "Conflict", conflict),
             },
             Err((reason, message)) => Verdict::rejected(object.generation, reason, message),
@@ -161,6 +172,41 @@ pub fn assemble(
         verdicts.insert((kind.kind, namespace.clone(), name.clone()), verdict);
     }
     Assembled { set, verdicts }
+}
+
+/// The kind judged last.
+const ROLLOUT: &str = "Rollout";
+
+fn service_of(object: &PolicyObject) -> Option<&str> {
+    object.spec.get("service").and_then(Value::as_str)
+}
+
+/// Judge one object as [`assemble`] would (without the conflicts with other objects): `Err` with
+/// the reason and message of its `Accepted` condition.
+pub fn check(
+    discovered: &Discovered,
+    kind: &Kind,
+    namespace: &str,
+    name: &str,
+    spec: Value,
+    root_namespace: &str,
+) -> Result<(), (&'static str, String)> {
+    let bare = bare_services(discovered);
+    let object = PolicyObject { generation: 0, created: String::new(), spec, accepted: None };
+    judge(kind, namespace, name, &object, None, &discovered.by_kube_name, &bare, root_namespace).map(|_| ())
+}
+
+/// The discovered Services without their endpoints (see the module's doc).
+fn bare_services(discovered: &Discovered) -> BTreeMap<String, Service> {
+    discovered
+        .services
+        .iter()
+        .map(|(k, s)| {
+            let mut s = s.clone();
+            s.spec.endpoints.clear();
+            (k.clone(), s)
+        })
+        .collect()
 }
 
 /// All of `parts` or none.
@@ -173,12 +219,16 @@ fn absorb_all(set: &mut PolicySet, parts: Vec<PolicySet>) -> Result<(), String> 
     set.absorb(trial)
 }
 
-/// Validate one object: the validated set of each Outrider Service it applies to, or why not.
+/// Validate one object (with `companion`, the TrafficPolicy a Rollout acts on, as another
+/// document of the same set): the validated set of each Outrider Service it applies to, or why
+/// not.
+#[allow(clippy::too_many_arguments)]
 fn judge(
     kind: &Kind,
     namespace: &str,
     name: &str,
     object: &PolicyObject,
+    companion: Option<(&Kind, &str, &PolicyObject)>,
     by_kube_name: &HashMap<ObjectKey, Vec<String>>,
     services: &BTreeMap<String, Service>,
     root_namespace: &str,
@@ -211,22 +261,46 @@ fn judge(
         },
         None => vec![None],
     };
+    if kind.kind == ROLLOUT && targets.len() > 1 {
+        let service = service_of(object).unwrap_or_default();
+        let ports: Vec<String> = targets.iter().flatten().cloned().collect();
+        return Err((
+            "Invalid",
+            format!(
+                "spec.service: Service \"{service}\" has several ports ({}); a Rollout releases a Service of one \
+                 port: give the new version a Service of its own port, or roll it out with a TrafficPolicy split",
+                ports.join(", ")
+            ),
+        ));
+    }
     let mut parts = Vec::new();
     let mut errors = PolicyErrors::default();
     for target in targets {
-        let mut spec = object.spec.clone();
-        if let (Some(target), Some(fields)) = (&target, spec.as_object_mut()) {
-            fields.insert("service".to_owned(), Value::String(target.clone()));
+        let document = |kind: &Kind, name: &str, spec: &Value| {
+            let mut spec = spec.clone();
+            if let (Some(target), Some(fields)) = (&target, spec.as_object_mut()) {
+                fields.insert("service".to_owned(), Value::String(target.clone()));
+            }
+            let document = json!({
+                "apiVersion": format!("{}/{}", super::GROUP, super::VERSION),
+                "kind": kind.kind,
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": spec,
+            });
+            Source::new(format!("{}/{namespace}/{name}", kind.plural), document.to_string())
+        };
+        let mut sources = vec![document(kind, name, &object.spec)];
+        if let Some((kind, name, object)) = companion {
+            sources.push(document(kind, name, &object.spec));
         }
-        let document = json!({
-            "apiVersion": format!("{}/{}", super::GROUP, super::VERSION),
-            "kind": kind.kind,
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
-        });
-        let source = Source::new(format!("{}/{namespace}/{name}", kind.plural), document.to_string());
-        match load_sources_with(services, [&source]) {
-            Ok(part) => parts.push(part),
+        match load_sources_with(services, &sources) {
+            Ok(mut part) => {
+                if companion.is_some() {
+                    // The companion is in the set already: only the object's own documents join.
+                    part.traffic_policies.clear();
+                }
+                parts.push(part);
+            }
             Err(e) => errors.0.extend(e),
         }
     }

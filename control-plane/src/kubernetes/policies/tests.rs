@@ -169,3 +169,63 @@ fn a_canary_split_is_accepted_while_its_subset_has_no_endpoint_yet() {
     // The set keeps the endpoints for the translation.
     assert_eq!(a.set.services["reviews.shop"].spec.endpoints.len(), 1);
 }
+
+#[test]
+fn rollouts_are_judged_with_their_services_traffic_policy_and_keyed_by_namespace() {
+    let rollout = |routes: Value, steps: Value| {
+        json!({"service": "reviews", "stable": {"version": "v1"}, "canary": {"version": "v2"},
+            "strategy": {"canary": {"steps": steps}}, "routes": routes})
+    };
+    // Created before the TrafficPolicy: still judged after it.
+    let ros = objects(vec![
+        ("shop", "reviews", object("2026-01-01T00:00:00Z", rollout(json!(["main"]), json!([10, 50])))),
+        ("test", "reviews", object("2026-01-01T00:00:00Z", rollout(json!([]), json!([50, 10])))),
+        ("stage", "reviews", object("2026-01-01T00:00:00Z", rollout(json!(["nope"]), json!([10])))),
+        ("multi", "reviews", object("2026-01-01T00:00:00Z", rollout(json!([]), json!([10])))),
+        ("prod", "reviews", object("2026-01-01T00:00:00Z", rollout(json!([]), json!([20])))),
+    ]);
+    let tps = objects(vec![(
+        "shop",
+        "reviews",
+        object(
+            "2026-01-02T00:00:00Z",
+            json!({"service": "reviews", "routes": [{"name": "main", "split": [{"subset": {"version": "v1"}, "weight": 100}]}]}),
+        ),
+    )]);
+    let services = services(&[
+        ("shop", "reviews", &[9080]),
+        ("test", "reviews", &[9080]),
+        ("stage", "reviews", &[9080]),
+        ("multi", "reviews", &[80, 9090]),
+        ("prod", "reviews", &[9080]),
+    ]);
+    let a = assemble(services, &[(kind("TrafficPolicy"), &tps), (kind("Rollout"), &ros)], "outrider-system");
+    // The route it names is its TrafficPolicy's.
+    assert!(verdict(&a, "Rollout", "shop", "reviews").accepted, "{:?}", a.verdicts);
+    let shop = &a.set.rollouts["shop/reviews"];
+    assert_eq!((shop.spec.service.as_str(), shop.metadata.namespace.as_str()), ("reviews.shop", "shop"));
+    assert!(verdict(&a, "TrafficPolicy", "shop", "reviews").accepted);
+    assert_eq!(a.set.traffic_policies.len(), 1, "the companion is not added twice");
+    // The same name in another namespace is another rollout.
+    assert!(verdict(&a, "Rollout", "prod", "reviews").accepted);
+    assert_eq!(a.set.rollouts.keys().collect::<Vec<_>>(), ["prod/reviews", "shop/reviews"]);
+    // A bad spec: the message `outrider validate` prints, with the field.
+    let test = verdict(&a, "Rollout", "test", "reviews");
+    assert_eq!((test.accepted, test.reason), (false, "Invalid"));
+    assert_eq!(test.message, "spec.strategy.canary.steps[1]: weights must increase (got 10 after 50)");
+    let stage = verdict(&a, "Rollout", "stage", "reviews");
+    assert!(
+        stage.message.starts_with("spec.routes[0]: the TrafficPolicy of service \"reviews.stage\" has no route \"nope\""),
+        "{}",
+        stage.message
+    );
+    let multi = verdict(&a, "Rollout", "multi", "reviews");
+    assert!(multi.message.starts_with("spec.service: Service \"reviews\" has several ports"), "{}", multi.message);
+    // `check` judges one object alone, as assemble would.
+    let services = crate::kubernetes::policies::tests::services(&[("shop", "reviews", &[9080])]);
+    let bad = json!({"service": "reviews", "timeout": "soon"});
+    let (reason, message) = check(&services, kind("TrafficPolicy"), "shop", "reviews", bad, "ns").unwrap_err();
+    assert_eq!(reason, "Invalid");
+    assert!(message.starts_with("spec.timeout: "), "{message}");
+    check(&services, kind("TrafficPolicy"), "shop", "reviews", json!({"service": "reviews"}), "ns").unwrap();
+}
