@@ -8,7 +8,7 @@
 //! | `POST /v1/validate` | dry run of a write (token): errors, or what would change |
 //! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
-//! | `GET /v1/rollouts[/NAME]` | rollouts: phase, step, weight, canary and stable numbers, history |
+//! | `GET /v1/rollouts[/NAME]` | rollouts: phase, step, weight, canary and stable numbers, history (Kubernetes mode: `NAME` is `NAMESPACE/NAME`) |
 //! | `POST /v1/rollouts/NAME/{start,pause,resume,promote,abort}` | an operator's command (API token) |
 //! | `GET /v1/stats[/SERVICE]` | load reports: per service, subset, endpoint; history (`?window=1m&labels=k=v`) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
@@ -48,7 +48,7 @@ use crate::tracker::Tracker;
 
 mod ca;
 mod endpoints;
-mod rollouts;
+pub mod rollouts;
 mod stats;
 mod ui;
 
@@ -74,7 +74,7 @@ pub struct ApiState {
     /// Load reports, for `/v1/stats`.
     pub stats: Arc<crate::stats::Stats>,
     /// Rollouts, for `/v1/rollouts`.
-    pub rollouts: Arc<crate::rollout::Controller>,
+    pub rollouts: rollouts::Rollouts,
     /// The last policy write refused (unix seconds, the response body), for the dashboard.
     pub last_rejected: parking_lot::Mutex<Option<(u64, serde_json::Value)>>,
     /// With `--kubernetes`: the cluster holds the policies, and policy writes are refused.
@@ -192,8 +192,13 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, ["v1", "rollouts"]) => rollouts::list(state),
         (&Method::GET, ["v1", "rollouts", name]) => rollouts::status(state, name),
+        (&Method::GET, ["v1", "rollouts", namespace, name]) => rollouts::status(state, &format!("{namespace}/{name}")),
         (&Method::POST, ["v1", "rollouts", name, command]) => {
             let (name, command) = ((*name).to_owned(), (*command).to_owned());
+            rollouts::command(state, req, &name, &command).await
+        }
+        (&Method::POST, ["v1", "rollouts", namespace, name, command]) => {
+            let (name, command) = (format!("{namespace}/{name}"), (*command).to_owned());
             rollouts::command(state, req, &name, &command).await
         }
         (&Method::GET, ["v1", "stats"]) => stats::summary(state, req.uri().query()),

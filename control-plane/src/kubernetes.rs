@@ -30,6 +30,8 @@ pub mod lease;
 pub mod policies;
 /// The protocol of a Service port (`appProtocol`, port name).
 pub mod protocol;
+/// Rollouts in Kubernetes mode: run by the leader, their state in each Rollout's status.
+pub mod rollouts;
 /// The leader's writes of each object's `Accepted` condition.
 pub mod status;
 /// Watcher-fed stores that keep only what is needed of each object.
@@ -56,6 +58,7 @@ use tokio::sync::watch;
 use crds::{KINDS, Kind};
 use discovery::{Naming, PodInfo, ServiceInfo, SliceInfo};
 use policies::{Assembled, PolicyObject};
+use rollouts::RolloutObject;
 use status::Verdicts;
 use store::{Changes, Store};
 
@@ -94,6 +97,10 @@ struct Stores {
     slices: Arc<Store<SliceInfo>>,
     pods: Arc<Store<PodInfo>>,
     policies: Vec<(&'static Kind, Arc<Store<PolicyObject>>)>,
+    /// The Rollouts again, with their status and commands (for the rollout controller and the
+    /// API; their changes do not make a new policy set).
+    rollouts: Arc<Store<RolloutObject>>,
+    rollout_changes: Arc<Changes>,
 }
 
 impl Stores {
@@ -103,6 +110,8 @@ impl Stores {
             slices: Store::new("EndpointSlice"),
             pods: Store::new("Pod"),
             policies: KINDS.iter().map(|k| (k, Store::new(k.kind))).collect(),
+            rollouts: Store::new("Rollout"),
+            rollout_changes: Changes::new(),
         }
     }
 
@@ -140,6 +149,15 @@ impl Stores {
                 policies::compact_object,
             ));
         }
+        if let Some(kind) = crds::kind(rollouts::KIND) {
+            tokio::spawn(store::run(
+                Api::<DynamicObject>::all_with(client.clone(), &status::api_resource(kind)),
+                config(),
+                self.rollouts.clone(),
+                self.rollout_changes.clone(),
+                rollouts::compact,
+            ));
+        }
     }
 
     fn synced(&self) -> Vec<&'static str> {
@@ -164,6 +182,20 @@ impl Stores {
         let objects: Vec<_> = guards.iter().map(|(k, g)| (*k, &**g)).collect();
         policies::assemble(discovered, &objects, root_namespace)
     }
+
+    /// Judge `spec` as object `namespace/name` of `kind`, beside what the stores hold now.
+    fn check(
+        &self,
+        naming: &Naming,
+        root_namespace: &str,
+        kind: &Kind,
+        namespace: &str,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<(), String> {
+        let discovered = discovery::discover(naming, &self.services.read(), &self.slices.read(), &self.pods.read());
+        policies::check(&discovered, kind, namespace, name, spec, root_namespace).map_err(|(_, message)| message)
+    }
 }
 
 /// The Kubernetes mode at work: what the rest of the control plane reads from it.
@@ -174,6 +206,7 @@ pub struct Cluster {
     verdicts: watch::Sender<Arc<Verdicts>>,
     leadership: Leadership,
     stores: Stores,
+    naming: Naming,
 }
 
 /// How often startup reports which kinds it still waits for.
@@ -213,7 +246,7 @@ impl Cluster {
         let (verdicts, _) = watch::channel(Arc::new(first.verdicts));
         tokio::spawn(keep_assembling(
             stores.clone(),
-            naming,
+            naming.clone(),
             kube.namespace.clone(),
             changed,
             sets.clone(),
@@ -222,7 +255,7 @@ impl Cluster {
         let leadership = Leadership::start(&kube, settings.lease);
         let (k, v, s) = (kube.clone(), verdicts.clone(), stores.policies.clone());
         leadership.spawn_while_leader("status writer", move || status::write(k.clone(), v.subscribe(), s.clone()));
-        Ok(Self { kube, sets, verdicts, leadership, stores })
+        Ok(Self { kube, sets, verdicts, leadership, stores, naming })
     }
 
     /// The validated set the cluster's objects make, and its changes.
@@ -239,6 +272,29 @@ impl Cluster {
     /// [`Leadership::spawn_while_leader`].
     pub fn leadership(&self) -> &Leadership {
         &self.leadership
+    }
+
+    /// The Rollout objects as watched (status and commands), and a receiver that changes
+    /// with them.
+    pub fn rollout_objects(&self) -> (&Arc<Store<RolloutObject>>, watch::Receiver<u64>) {
+        (&self.stores.rollouts, self.stores.rollout_changes.subscribe())
+    }
+
+    /// Judge `spec` as the `outrider.io` object `namespace/name` of `kind` would be judged now
+    /// (alone: not against other objects): the message of its `Accepted` condition when it
+    /// would be rejected.
+    pub async fn check(
+        &self,
+        kind: &'static Kind,
+        namespace: &str,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<(), String> {
+        let (stores, naming, root) = (self.stores.clone(), self.naming.clone(), self.kube.namespace.clone());
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        tokio::task::spawn_blocking(move || stores.check(&naming, &root, kind, &namespace, &name, spec))
+            .await
+            .unwrap_or_else(|e| Err(format!("validation did not finish: {e}")))
     }
 
     /// How many objects of each watched kind this replica holds.

@@ -75,8 +75,11 @@ enum Command {
     Rollout {
         /// What to do: start, status, pause, resume, promote or abort.
         verb: cli::rollout::Verb,
-        /// The Rollout's name.
+        /// The Rollout's name (with --kubernetes: NAMESPACE/NAME, or NAME with -n).
         name: String,
+        /// The Rollout's namespace (a control plane run with --kubernetes).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
         /// Keep watching until it is promoted (exit 0) or aborted (exit 1).
         #[arg(short = 'w', long)]
         watch: bool,
@@ -321,7 +324,13 @@ fn main() -> ExitCode {
             cli::token_revoke(&conn, &namespace, &service_account)
         }
         Command::Validate { file, output } => validate(&file, output),
-        Command::Rollout { verb, name, watch, output, conn } => cli::rollout::run(&conn, verb, &name, watch, output),
+        Command::Rollout { verb, name, namespace, watch, output, conn } => {
+            let name = match namespace {
+                Some(namespace) => format!("{namespace}/{name}"),
+                None => name,
+            };
+            cli::rollout::run(&conn, verb, &name, watch, output)
+        }
         Command::Inject { file, inject, conn } => cli::inject::inject(&conn, &file, &inject),
         Command::Check { kubeconfig, kube_context, namespace, conn } => {
             let mut kube = outrider_control_plane::kubernetes::KubeSettings::new();

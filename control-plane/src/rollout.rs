@@ -84,6 +84,9 @@ impl Command {
 pub enum CommandError {
     #[error("no Rollout named {0:?}")]
     NotFound(String),
+    /// The Rollout exists but is not applied (Kubernetes mode: its `Accepted` condition says why).
+    #[error("{0}")]
+    NotAccepted(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -377,6 +380,22 @@ impl Controller {
         Ok(())
     }
 
+    /// Store every state now (and so the status of each, in Kubernetes mode).
+    pub async fn store(&self) -> Result<(), StoreError> {
+        self.persist().await
+    }
+
+    /// Record an event that changes nothing else (a command that was refused), and store it.
+    pub async fn note(&self, key: &str, event: &str, message: String) {
+        let Some(rollout) = self.rollouts().rollouts.get(key).cloned() else { return };
+        if let Some(state) = self.inner.lock().states.get_mut(key) {
+            state.record(&rollout.spec, event, message);
+        }
+        if let Err(e) = self.persist().await {
+            tracing::warn!(rollout = %key, error = %e, "cannot store the rollout's state; trying again later");
+        }
+    }
+
     /// Whether the state of generation `generation` has been stored.
     fn is_stored(&self, generation: u64) -> bool {
         self.inner.lock().stored >= generation
@@ -431,6 +450,11 @@ impl Controller {
         self.notify(name, event);
         tracing::info!(rollout = %name, event, "rollout command");
         Ok(self.status(name).unwrap_or(Value::Null))
+    }
+
+    /// The state of rollout `key`, as this controller holds it.
+    pub fn state(&self, key: &str) -> Option<RolloutState> {
+        self.inner.lock().states.get(key).cloned()
     }
 
     /// Every rollout's status, by name.

@@ -12,6 +12,7 @@ use outrider_xds::PolicySet;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+use crate::api::rollouts::Rollouts;
 use crate::api::{self, ApiState};
 use crate::ca::issuance::Issuance;
 use crate::ca::service_accounts::{Cached, Reviewer};
@@ -20,6 +21,7 @@ use crate::ca::tokens::{JoinTokens, TokenError};
 use crate::ca::{Ca, CaConfig, CaError, DEFAULT_WORKLOAD_TTL, RootSource, TrustDomain};
 use crate::endpoints::{EndpointSource, Registry, merge};
 use crate::kubernetes::ca_bundle::CaBundleKeeper;
+use crate::kubernetes::rollouts::ClusterRollouts;
 use crate::kubernetes::token_review::ApiServerReviewer;
 use crate::kubernetes::webhook::{self, Webhook, WebhookSettings};
 use crate::kubernetes::{
@@ -210,8 +212,8 @@ pub struct Running {
     pub tokens: Arc<JoinTokens>,
     /// The proxies' load reports, aggregated.
     pub stats: Arc<Stats>,
-    /// The rollouts being run.
-    pub rollouts: Arc<Controller>,
+    /// The rollouts: run here (files and the API), or by the cluster's leader.
+    pub rollouts: Rollouts,
     /// Whether the API and xDS are served over TLS.
     pub tls: bool,
     /// The Kubernetes mode's state, with `--kubernetes`.
@@ -429,9 +431,14 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let tracker = Tracker::new();
     let registry = Registry::new(config.registration_grace);
     let stats = Stats::new(config.load_report_interval, metrics.clone());
-    let rollouts =
-        Controller::open(policies.clone(), stats.clone(), DataDir::new(config.data_dir.clone()), metrics.clone())
-            .map_err(StartError::Rollouts)?;
+    // In Kubernetes mode the leader runs the Rollout objects (started below, on the runtime).
+    let rollouts = match &cluster {
+        Some(c) => Rollouts::Cluster(ClusterRollouts::new(c.clone(), stats.clone(), metrics.clone())),
+        None => Rollouts::Local(
+            Controller::open(policies.clone(), stats.clone(), DataDir::new(config.data_dir.clone()), metrics.clone())
+                .map_err(StartError::Rollouts)?,
+        ),
+    };
     let mut generator = Generator::new();
     stats.update_mesh(&sets.borrow());
     let first = generator.generate(&sets.borrow());
@@ -489,7 +496,12 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                         tokio::spawn(api::serve(api_l, state, api_tls));
                         tokio::spawn(debounce(sets, registry.clone(), generator, snap_tx, mesh_stats));
                         tokio::spawn(sweep_stats.sweep_loop());
-                        tokio::spawn(run_rollouts.run());
+                        match run_rollouts {
+                            Rollouts::Local(controller) => {
+                                tokio::spawn(controller.run());
+                            }
+                            Rollouts::Cluster(cluster) => cluster.spawn(),
+                        }
                         tokio::spawn(registry.expire_loop());
                         tokio::spawn(p.watch_dir());
                         if let (Some(l), Some(t)) = (webhook_l, &serving_tls) {

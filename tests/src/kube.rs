@@ -353,6 +353,27 @@ impl ApiServer {
         body: Option<&Value>,
         content_type: &str,
     ) -> anyhow::Result<Reply> {
+        self.request_accepting(bearer, method, path, body, content_type, "application/json").await
+    }
+
+    /// GET `path` as the table `kubectl get` prints (the server's `meta.k8s.io/v1` Table:
+    /// `columnDefinitions` and `rows[].cells`, from the CRD's printer columns).
+    pub async fn table(&self, path: &str) -> Value {
+        let accept = "application/json;as=Table;v=v1;g=meta.k8s.io";
+        let token = self.token.clone();
+        let reply = self.request_accepting(Some(&token), Method::GET, path, None, "application/json", accept).await;
+        reply.expect("the API server answers").expect(200)
+    }
+
+    async fn request_accepting(
+        &self,
+        bearer: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        content_type: &str,
+        accept: &str,
+    ) -> anyhow::Result<Reply> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await?;
         let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await?;
@@ -362,7 +383,7 @@ impl ApiServer {
             .method(method)
             .uri(path)
             .header(http::header::HOST, self.addr.to_string())
-            .header(http::header::ACCEPT, "application/json");
+            .header(http::header::ACCEPT, accept);
         if let Some(t) = bearer {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }

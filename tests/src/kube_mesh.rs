@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::Method;
+use outrider_control_plane::api::rollouts::Rollouts;
 use outrider_control_plane::ca::tokens::JoinTokens;
+use outrider_control_plane::kubernetes::rollouts::ClusterRollouts;
 use outrider_control_plane::kubernetes::{Cluster, KubeSettings, crds};
 use outrider_control_plane::server::{self, Running, ServerConfig};
 use serde_json::{Value, json};
@@ -85,9 +87,15 @@ impl Replica {
     /// `lease` as the Lease duration). Blocks until it has read the cluster; runs the start on a
     /// thread of its own, so it can be awaited from a test's runtime.
     pub async fn start(api: &ApiServer, name: &str, lease: Duration) -> Self {
+        Self::start_with(name, lease, api.kubeconfig()).await
+    }
+
+    /// [`Replica::start`] with the credentials of `kubeconfig` (e.g. the control plane's service
+    /// account's, so it runs with the manifests' RBAC).
+    pub async fn start_with(name: &str, lease: Duration, kubeconfig: std::path::PathBuf) -> Self {
         let data = TempDir::new("outrider-kube-cp");
         let mut kube = KubeSettings::new();
-        kube.kubeconfig = Some(api.kubeconfig());
+        kube.kubeconfig = Some(kubeconfig);
         kube.namespace = SYSTEM.to_owned();
         kube.identity = name.to_owned();
         kube.lease_duration = lease;
@@ -144,6 +152,27 @@ impl Replica {
     /// Whether it runs.
     pub fn is_running(&self) -> bool {
         self.running.is_some()
+    }
+
+    /// Its rollouts (the leader's controller, or the view from the Rollouts' status).
+    pub fn rollouts(&self) -> Arc<ClusterRollouts> {
+        match &self.running.as_ref().expect("a running replica").rollouts {
+            Rollouts::Cluster(r) => r.clone(),
+            Rollouts::Local(_) => panic!("a replica in Kubernetes mode runs the cluster's rollouts"),
+        }
+    }
+
+    /// A request to its HTTP API (with its token): the status and the JSON body.
+    pub async fn call(&self, method: &str, path: &str) -> (u16, Value) {
+        let client = crate::client::http1(self.api);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.api))
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.api_token()))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("a request");
+        let reply = crate::client::send(&client, req).await;
+        (reply.status.as_u16(), serde_json::from_slice(&reply.body).unwrap_or(Value::Null))
     }
 }
 

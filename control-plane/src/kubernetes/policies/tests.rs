@@ -215,7 +215,9 @@ fn rollouts_are_judged_with_their_services_traffic_policy_and_keyed_by_namespace
     assert_eq!(test.message, "spec.strategy.canary.steps[1]: weights must increase (got 10 after 50)");
     let stage = verdict(&a, "Rollout", "stage", "reviews");
     assert!(
-        stage.message.starts_with("spec.routes[0]: the TrafficPolicy of service \"reviews.stage\" has no route \"nope\""),
+        stage
+            .message
+            .starts_with("spec.routes[0]: the TrafficPolicy of service \"reviews.stage\" has no route \"nope\""),
         "{}",
         stage.message
     );
