@@ -324,6 +324,8 @@ impl ClusterRollouts {
             }
             (other, Some(s)) => check(s).map(|()| Write::Annotation(other))?,
         };
+        // The last event before the command: those after it are the command's.
+        let last_before = self.status(key).ok().and_then(|v| v["history"].as_array()?.last().cloned());
         let (namespace, name) = split(key).unwrap_or_default();
         let patch = match write {
             Write::Paused(paused) => json!({"spec": {"paused": paused}}),
@@ -351,6 +353,13 @@ impl ClusterRollouts {
                         && o.resource_version != object.resource_version
                 }),
             };
+            // Refused after all (the rollout moved on since it was checked above).
+            let history = view["history"].as_array().cloned().unwrap_or_default();
+            let since = last_before.as_ref().and_then(|l| history.iter().rposition(|e| e == l)).map_or(0, |i| i + 1);
+            let refused = history[since.min(history.len())..].iter().find(|e| e["event"] == "command-refused");
+            if done && let Some(event) = refused {
+                return Err(CommandError::Conflict(event["message"].as_str().unwrap_or_default().to_owned()));
+            }
             if done || tokio::time::Instant::now() >= end {
                 return Ok((view, done));
             }

@@ -78,7 +78,8 @@ pub struct Event {
     /// Unix milliseconds.
     pub at: u64,
     /// `started`, `step`, `check-passed`, `check-failed`, `gate-closed`, `paused`, `resumed`,
-    /// `promoted`, `aborted`.
+    /// `promoted`, `aborted`, and in Kubernetes mode `command-refused` (an `outrider.io/command`
+    /// annotation that could not be carried out).
     pub event: String,
     /// 1-based step (0: before the first).
     pub step: usize,

@@ -172,7 +172,14 @@ fn status_fields(state: &RolloutState, view: Option<&Value>, traffic_policy: &st
         "splitWritten": state.split_written,
         "trafficPolicy": traffic_policy,
         "configVersion": state.config_version,
-        "lastCheck": state.last_check,
+        // (A number the check did not have is left out: the schema's numbers are not nullable.)
+        "lastCheck": state.last_check.as_ref().map(|c| {
+            let mut check = json!(c);
+            if let Some(fields) = check.as_object_mut() {
+                fields.retain(|_, v| !v.is_null());
+            }
+            check
+        }),
         "state": state,
     })
 }
