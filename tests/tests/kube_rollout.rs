@@ -225,6 +225,10 @@ async fn a_canary_rollout_moves_the_traffic_policys_split_step_by_step_to_promot
     // The API (and `outrider rollout status reviews -n shop`) shows it too.
     let (code, view) = cp.call("GET", "/v1/rollouts/shop/reviews").await;
     assert_eq!((code, view["phase"].as_str(), view["name"].as_str()), (200, Some("promoted"), Some("shop/reviews")));
+    // (The dashboard encodes the slash.)
+    assert_eq!(cp.call("GET", "/v1/rollouts/shop%2Freviews").await.1["phase"], "promoted");
+    let (code, list) = cp.call("GET", "/v1/rollouts").await;
+    assert_eq!((code, list["items"].as_array().map(Vec::len)), (200, Some(1)), "{list}");
     // Promoted: every request goes to v2.
     routed_to(&client, "reviews-v2").await;
     let mark = tokio::time::Instant::now();
@@ -453,4 +457,47 @@ async fn pause_resume_promote_and_abort_through_the_api_the_cli_and_the_object_a
     assert!(controller.status("shop/reviews").is_none());
     assert_eq!(cp.call("GET", "/v1/rollouts/shop/reviews").await.0, 404);
     assert_eq!(weights(&api).await, [100, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_the_lease_stops_its_rollouts_and_its_next_term_continues_them() {
+    let Some(api) = ApiServer::start().await else { return };
+    quiet_cluster(&api).await;
+    let cp = Replica::start(&api, "cp-a", LEASE).await;
+    apply(&api, ROLLOUTS, &rollout(json!({"canary": {"steps": [30, 60]}}), json!({"minRequests": 1000000}))).await;
+    status_until(&api, "the first step", |s| s["step"] == 1 && s["splitWritten"] == true).await;
+
+    // Someone else takes the Lease: the replica stops leading, and its rollouts with it.
+    let lease_path = format!("/apis/coordination.k8s.io/v1/namespaces/{SYSTEM}/leases/outrider-control-plane");
+    wait::wait_until("the Lease to be taken (over the version read)", || async {
+        let mut lease = api.get(&lease_path).await;
+        lease["spec"]["holderIdentity"] = json!("someone-else");
+        lease["spec"]["leaseDurationSeconds"] = json!(3600);
+        api.request(Method::PUT, &lease_path, Some(&lease)).await.unwrap().status == 200
+    })
+    .await;
+    wait::wait_until("the replica to stop leading and running rollouts", || async {
+        !cp.is_leader() && cp.rollouts().controller().is_none()
+    })
+    .await;
+    // Nobody acts on a command now: it is written to the object and answered 202, unchanged.
+    let (code, view) = cp.call("POST", "/v1/rollouts/shop/reviews/abort").await;
+    assert_eq!((code, view["phase"].as_str()), (202, Some("progressing")), "{view}");
+    assert_eq!(api.get(ROLLOUT).await["metadata"]["annotations"]["outrider.io/command"], "abort");
+    assert_eq!(status(&api).await["phase"], "progressing");
+    assert_eq!(weights(&api).await, [70, 30]);
+
+    // The Lease is free again: the replica's next term continues the rollout from its status and
+    // carries out the command that waited.
+    api.request(Method::DELETE, &lease_path, None).await.unwrap().expect(200);
+    wait::wait_until("the replica to lead again", || async { cp.is_leader() }).await;
+    let aborted = status_until(&api, "the waiting abort", settled("aborted")).await;
+    assert_eq!(aborted["reason"], "aborted by an operator");
+    assert_eq!(weights(&api).await, [100, 0]);
+    let kinds: Vec<String> = events(&aborted).into_iter().map(|e| e.0).collect();
+    assert_eq!(kinds, ["started", "step", "aborted"], "continued, not started over: {aborted:#}");
+    wait::wait_until("the command to be taken off", || async {
+        api.get(ROLLOUT).await["metadata"]["annotations"].get("outrider.io/command").is_none()
+    })
+    .await;
 }

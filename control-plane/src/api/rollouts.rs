@@ -50,8 +50,13 @@ pub(super) fn list(state: &ApiState) -> Response<Body> {
     json_response(StatusCode::OK, &json!({"items": state.rollouts.list()}))
 }
 
+/// A name from the path: `NAMESPACE%2FNAME` (the dashboard encodes the slash) is `NAMESPACE/NAME`.
+fn decoded(name: &str) -> String {
+    name.replace("%2F", "/").replace("%2f", "/")
+}
+
 pub(super) fn status(state: &ApiState, name: &str) -> Response<Body> {
-    match state.rollouts.status(name) {
+    match state.rollouts.status(&decoded(name)) {
         Ok(status) => json_response(StatusCode::OK, &status),
         Err(e @ (CommandError::NotFound(_) | CommandError::NotAccepted(_))) => {
             error(StatusCode::NOT_FOUND, e.to_string())
@@ -70,7 +75,7 @@ pub(super) async fn command(state: &ApiState, req: Request<Incoming>, name: &str
             format!("unknown command {command:?}: expected start, pause, resume, promote or abort"),
         );
     };
-    match state.rollouts.command(name, parsed).await {
+    match state.rollouts.command(&decoded(name), parsed).await {
         Ok((status, true)) => json_response(StatusCode::OK, &status),
         // Written to the object; the leader has not been seen acting on it yet.
         Ok((status, false)) => json_response(StatusCode::ACCEPTED, &status),

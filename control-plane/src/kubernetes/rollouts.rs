@@ -45,7 +45,7 @@ pub const KIND: &str = "Rollout";
 /// The annotation that gives a rollout a one-time command.
 pub const COMMAND_ANNOTATION: &str = "outrider.io/command";
 /// How long a command through the API waits to see the leader carry it out.
-const COMMAND_WAIT: Duration = Duration::from_secs(10);
+const COMMAND_WAIT: Duration = Duration::from_secs(5);
 /// How often the leader writes what changed of the statuses besides transitions (the message).
 const STATUS_REFRESH: Duration = Duration::from_secs(2);
 /// How often a command the leader could not carry out yet is tried again.
@@ -170,8 +170,9 @@ impl ClusterRollouts {
     /// Carry out the command annotations, then take them off their objects.
     async fn take_commands(&self, controller: &Arc<Controller>) {
         let (store, mut changes) = self.cluster.rollout_objects();
-        // The version of each object whose command was carried out (its removal may be late).
-        let mut handled: HashMap<String, (String, String)> = HashMap::new();
+        // The command carried out on each object, until it is seen removed (the removal may
+        // come after other writes to the object, such as the status).
+        let mut handled: HashMap<String, (String, Option<String>)> = HashMap::new();
         loop {
             let pending: Vec<(String, RolloutObject)> = store
                 .read()
@@ -182,7 +183,7 @@ impl ClusterRollouts {
             handled.retain(|k, _| pending.iter().any(|(p, _)| p == k));
             let mut waiting = false;
             for (k, object) in pending {
-                let version = (object.uid.clone(), object.resource_version.clone());
+                let version = (object.uid.clone(), object.command.clone());
                 if handled.get(&k) == Some(&version) {
                     continue;
                 }
