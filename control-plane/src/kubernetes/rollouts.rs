@@ -187,6 +187,11 @@ impl ClusterRollouts {
                 if handled.get(&k) == Some(&version) {
                     continue;
                 }
+                // Not started (or taken over) yet, or not applied: looked at again.
+                if controller.state(&k).is_none() {
+                    waiting = true;
+                    continue;
+                }
                 let text = object.command.clone().unwrap_or_default();
                 match Command::parse(text.trim()) {
                     None => {
@@ -204,8 +209,12 @@ impl ClusterRollouts {
                             tracing::warn!(rollout = %k, reason = %why, "command refused");
                             controller.note(&k, "command-refused", why).await;
                         }
-                        // Not started yet (or not applied): looked at again.
-                        Err(_) => {
+                        // Carried out; the status is written at the next store.
+                        Err(CommandError::Store(e)) => {
+                            tracing::warn!(rollout = %k, error = %e, "command carried out; its status is written later");
+                        }
+                        // Gone meanwhile: looked at again.
+                        Err(CommandError::NotFound(_) | CommandError::NotAccepted(_)) => {
                             waiting = true;
                             continue;
                         }
