@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use tokio::time::Instant;
 
 use crate::mtls::{API_TOKEN, api};
@@ -106,9 +106,7 @@ where
 {
     let deadline = Instant::now() + READY_WITHIN;
     loop {
-        let outcome =
-            tokio::time::timeout(load::TIMEOUT, attempt()).await.unwrap_or_else(|_| Err(anyhow!("no answer")));
-        match outcome {
+        match load::within(load::TIMEOUT * 4, attempt()).await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
                 return Err(e.context(format!("{what} did not answer through the mesh within {READY_WITHIN:?}")));
@@ -162,18 +160,13 @@ pub async fn run(cfg: &Config) -> Result<SoakReport> {
         loads.push(tokio::spawn(http::run(addr, proto, cfg.rate, span, acc.clone())));
     }
     let (short_channel, acc2) = (channel.clone(), acc.clone());
-    loads.push(tokio::spawn(load::fixed_rate(grpc_stream::SHORT, stream_rate(cfg.rate), start, end, acc2, move |i| {
+    let streams = (stream_rate(cfg.rate), grpc_stream::LIMIT);
+    loads.push(tokio::spawn(load::fixed_rate(grpc_stream::SHORT, streams, span, acc2, move |i| {
         grpc_stream::short(addr, short_channel.clone(), i)
     })));
     if with_tcp {
-        loads.push(tokio::spawn(load::fixed_rate(
-            tcp::SHORT,
-            f64::from(cfg.rate),
-            start,
-            end,
-            acc.clone(),
-            tcp::exchange,
-        )));
+        let exchanges = (f64::from(cfg.rate), load::TIMEOUT);
+        loads.push(tokio::spawn(load::fixed_rate(tcp::SHORT, exchanges, span, acc.clone(), tcp::exchange)));
     }
     let long_channel: grpc_stream::StreamChannel = Default::default();
     let mut longs: Vec<(&'static str, tokio::task::JoinHandle<Vec<Life>>)> = Vec::new();

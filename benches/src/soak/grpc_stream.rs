@@ -11,10 +11,12 @@
 //! Checked on every stream: each message comes back byte for byte and in order, nothing comes
 //! that was not asked for, and once the caller has ended its side the trailers carry
 //! `grpc-status: 0` and the upstream's count of the messages it read, which must equal the
-//! count sent (a replayed or lost message shows there). The `soak-stream` policy has no
-//! overall `timeout` (it would end every stream older than it: a policy cut, not a failure of
-//! the mesh) and an `idleTimeout` far above the interval between messages.
+//! count sent (a replayed or lost message shows there). The `soak-stream` policy is what a
+//! streaming Service gets: no `timeout` (outrider-proxy's bounds only the wait for the answer's
+//! headers, but Envoy's bounds the whole stream) and an `idleTimeout` far above the interval
+//! between messages (a stream quiet for longer is failed by the proxy, as the policy asks).
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -35,6 +37,9 @@ pub const LONG: &str = "grpc-stream-long";
 pub const MESSAGES: u64 = 10;
 /// Bytes of each message.
 const MESSAGE_BYTES: usize = 256;
+/// A short stream fails when one of its messages (or its close) takes longer than
+/// [`load::TIMEOUT`]; the stream as a whole may take this long.
+pub const LIMIT: Duration = Duration::from_secs(5 * (MESSAGES + 2));
 /// Keeps the short streams' patterns apart from the long-lived ones'.
 const SHORT_TAG: u64 = 1 << 63;
 
@@ -176,11 +181,11 @@ fn trailers(t: Option<&http::HeaderMap>) -> String {
 /// One short stream (number `i`): open, [`MESSAGES`] exchanges, the caller's end, the trailers.
 pub async fn short(addr: SocketAddr, channel: StreamChannel, i: u64) -> Result<()> {
     use load::Session as _;
-    let mut s = Stream::open(addr, &channel, SHORT_TAG | i).await?;
+    let mut s = load::within(load::TIMEOUT, Stream::open(addr, &channel, SHORT_TAG | i)).await?;
     for _ in 0..MESSAGES {
-        s.exchange().await?;
+        load::within(load::TIMEOUT, s.exchange()).await?;
     }
-    s.finish().await
+    load::within(load::TIMEOUT, s.finish()).await
 }
 
 #[cfg(test)]

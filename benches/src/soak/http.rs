@@ -118,7 +118,7 @@ async fn one_h2(addr: SocketAddr, channel: Channel<Full<Bytes>>, proto: &'static
 pub async fn run(addr: SocketAddr, proto: &'static str, rate: u32, (start, end): (Instant, Instant), acc: Shared) {
     let pool: Pool = Arc::default();
     let channel: Channel<Full<Bytes>> = Arc::default();
-    load::fixed_rate(proto, f64::from(rate), start, end, acc, |i| {
+    load::fixed_rate(proto, (f64::from(rate), load::TIMEOUT), (start, end), acc, |i| {
         let (pool, channel) = (pool.clone(), channel.clone());
         async move {
             match proto {

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use crate::latency;
 
-/// Anything not finished within this counts as failed: a request, an exchange, a short
-/// stream, one message of a long-lived session.
+/// Anything not finished within this counts as failed: a request, an exchange, one message of
+/// a stream (and its close).
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// Most tasks of one leg in flight at once (beyond: counted as failed, never queued).
 const MAX_IN_FLIGHT: usize = 256;
@@ -67,9 +67,20 @@ pub fn record(acc: &Shared, start: Instant, intended: Instant, leg: &'static str
     }
 }
 
-/// `rate` tasks per second of `leg` until `end`, each `one(i)` given [`TIMEOUT`].
-pub async fn fixed_rate<F, Fut>(leg: &'static str, rate: f64, start: Instant, end: Instant, acc: Shared, mut one: F)
-where
+/// `fut`, failed when it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| Err(anyhow!("not done within {limit:?}")))
+}
+
+/// `rate` tasks per second of `leg` until `end`, each `one(i)` given `limit` (its own
+/// limits inside may be shorter).
+pub async fn fixed_rate<F, Fut>(
+    leg: &'static str,
+    (rate, limit): (f64, Duration),
+    (start, end): (Instant, Instant),
+    acc: Shared,
+    mut one: F,
+) where
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
@@ -91,10 +102,7 @@ where
         };
         let (acc, fut) = (acc.clone(), one(i));
         tasks.spawn(async move {
-            let outcome = tokio::time::timeout(TIMEOUT, fut)
-                .await
-                .unwrap_or_else(|_| Err(anyhow!("not done within {TIMEOUT:?}")));
-            record(&acc, start, intended, leg, outcome);
+            record(&acc, start, intended, leg, within(limit, fut).await);
             drop(permit);
         });
     }
@@ -145,7 +153,7 @@ where
         if at >= end {
             return lives;
         }
-        let opened = tokio::time::timeout(TIMEOUT, open()).await.unwrap_or_else(|_| Err(anyhow!("open timed out")));
+        let opened = within(TIMEOUT, open()).await;
         let mut session = match opened {
             Ok(s) => s,
             Err(e) => {
@@ -156,10 +164,7 @@ where
         let mut life = Life { opened_s: secs(at), last_ok_s: secs(at), messages: 0, broken: None };
         let mut at = at;
         loop {
-            let outcome = tokio::time::timeout(TIMEOUT, session.exchange())
-                .await
-                .unwrap_or_else(|_| Err(anyhow!("no answer within {TIMEOUT:?}")));
-            match outcome {
+            match within(TIMEOUT, session.exchange()).await {
                 Ok(()) => {
                     life.messages += 1;
                     life.last_ok_s = secs(Instant::now());
@@ -181,10 +186,7 @@ where
             }
         }
         if life.broken.is_none() {
-            let closed = tokio::time::timeout(TIMEOUT, session.finish())
-                .await
-                .unwrap_or_else(|_| Err(anyhow!("the close did not complete within {TIMEOUT:?}")));
-            match closed {
+            match within(TIMEOUT, session.finish()).await {
                 Ok(()) => life.last_ok_s = secs(Instant::now()),
                 Err(e) => {
                     let why = format!("#{k} (opened at {:.1} s) did not close cleanly: {e:#}", life.opened_s);

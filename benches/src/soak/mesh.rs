@@ -26,8 +26,8 @@ pub const TCP_SERVER: &str = "tcp-server-sidecar";
 ///
 /// - `soak` is `http2`: the server sidecar speaks h2c to the app, which carries the HTTP/1.1
 ///   callers' requests, the h2 ones and gRPC (whose trailers HTTP/1.1 cannot carry).
-/// - `soak-stream` (`grpc`) has no overall `timeout`, which would end every longer stream, and
-///   its one endpoint is the server sidecar, listed as meshed with its identity.
+/// - `soak-stream` (`grpc`) has no `timeout` and an idle timeout of a minute, as a streaming
+///   Service would; its one endpoint is the server sidecar, listed as meshed with its identity.
 /// - `soak-tcp` (`tcp`) is reached at its virtual address; its endpoint is the TCP server
 ///   sidecar, registered by itself.
 pub fn policy(n: u32, stream_endpoint: SocketAddr) -> String {
