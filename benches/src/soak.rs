@@ -234,6 +234,8 @@ pub async fn run(cfg: &Config) -> Result<SoakReport> {
     let last = tokio::task::spawn_blocking(move || mesh::sample(&pids, &admins, t_end)).await?;
     rep.samples.push(last);
     rep.load_after = procstat::loadavg();
+    let client_admin = mesh.client.admin;
+    rep.client_counters = tokio::task::spawn_blocking(move || mesh::policy_counters(client_admin)).await?;
     finish(&mut rep, &acc, &legs, cfg.duration);
     for (leg, sidecars) in
         [(grpc_stream::LONG, [mesh::CLIENT, mesh::SERVER]), (tcp::LONG, [mesh::CLIENT, mesh::TCP_SERVER])]
@@ -260,6 +262,17 @@ fn finish(rep: &mut SoakReport, acc: &Shared, legs: &[(&'static str, &'static st
     let unit = |leg: &str| legs.iter().find(|(l, _)| *l == leg).map_or("", |(_, u)| *u);
     if let Ok(a) = acc.lock() {
         rep.first_errors = a.first_errors.clone();
+        rep.failure_kinds = a
+            .kinds
+            .iter()
+            .map(|((leg, kind), (count, first_s, first))| report::FailureKind {
+                leg: (*leg).into(),
+                kind: kind.clone(),
+                count: *count,
+                first_s: *first_s,
+                first: first.clone(),
+            })
+            .collect();
         for (minute, m) in a.minutes.iter().enumerate() {
             for (leg, (h, errors)) in m {
                 let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;

@@ -70,18 +70,23 @@ fn request(proto: &str, i: u64) -> Result<http::Request<Full<Bytes>>> {
     })
 }
 
-/// Check a whole answer: 200 with the upstream's body; for gRPC `grpc-status: 0` in the trailers.
+/// Check a whole answer: 200 with the upstream's body; for gRPC `grpc-status: 0` in the
+/// trailers. A failure names the proxy's local reply, if it was one.
 async fn check(resp: http::Response<hyper::body::Incoming>, grpc: bool) -> Result<()> {
     let status = resp.status();
-    let local = resp.headers().get("x-outrider-local-reply").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |k: &str| resp.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let local = header("x-outrider-local-reply").map(|l| format!(" ({l})")).unwrap_or_default();
+    // A trailers-only gRPC answer (a local reply's) has its status in the headers.
+    let header_code = header("grpc-status");
     let body = resp.into_body().collect().await.context("reading the body")?;
     if status != 200 {
-        bail!("status {status}{}", local.map(|l| format!(" ({l})")).unwrap_or_default());
+        bail!("status {status}{local}");
     }
     if grpc {
-        let code = body.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let trailer = body.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok());
+        let code = trailer.map(str::to_owned).or(header_code);
         if code.as_deref() != Some("0") {
-            bail!("grpc-status {code:?}");
+            bail!("grpc-status {}{local}", code.as_deref().unwrap_or("missing"));
         }
     } else if body.to_bytes().len() != upstream::BODY_SIZE {
         bail!("a short body");

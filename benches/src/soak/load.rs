@@ -26,12 +26,31 @@ pub struct Acc {
     legs: Vec<&'static str>,
     pub minutes: Vec<BTreeMap<&'static str, (Histogram<u64>, u64)>>,
     pub first_errors: Vec<String>,
+    /// Failures by leg and kind ([`kind`]): how many, and the first one (seconds, message).
+    pub kinds: BTreeMap<(&'static str, String), (u64, f64, String)>,
 }
 
 pub type Shared = Arc<Mutex<Acc>>;
 
 pub fn shared(legs: Vec<&'static str>) -> Shared {
-    Arc::new(Mutex::new(Acc { legs, minutes: Vec::new(), first_errors: Vec::new() }))
+    Arc::new(Mutex::new(Acc { legs, minutes: Vec::new(), first_errors: Vec::new(), kinds: BTreeMap::new() }))
+}
+
+/// A failure's kind: its message with every number written `N`, so that failures that differ
+/// only in byte counts, message numbers or times count together.
+pub fn kind(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_number = false;
+    for c in message.chars() {
+        let digit = c.is_ascii_digit() || (in_number && c == '.');
+        if digit && !in_number {
+            out.push('N');
+        } else if !digit {
+            out.push(c);
+        }
+        in_number = digit;
+    }
+    out
 }
 
 impl Acc {
@@ -59,9 +78,11 @@ pub fn record(acc: &Shared, start: Instant, intended: Instant, leg: &'static str
             if let Some((_, errors)) = a.slot(minute).get_mut(leg) {
                 *errors += 1;
             }
+            let (t, message) = (intended.duration_since(start).as_secs_f64(), format!("{e:#}"));
+            let seen = a.kinds.entry((leg, kind(&message))).or_insert_with(|| (0, t, message.clone()));
+            seen.0 += 1;
             if a.first_errors.len() < FIRST_ERRORS {
-                let t = intended.duration_since(start).as_secs_f64();
-                a.first_errors.push(format!("{t:.1}s {leg}: {e:#}"));
+                a.first_errors.push(format!("{t:.1}s {leg}: {message}"));
             }
         }
     }
@@ -239,6 +260,19 @@ mod tests {
         assert_eq!(pattern(3, 4, 5).len(), 5);
         assert_ne!(pattern(3, 4, 100)[16..], pattern(4, 3, 100)[16..]);
         assert_ne!(pattern(3, 4, 100)[16..], pattern(3, 5, 100)[16..]);
+    }
+
+    #[test]
+    fn kinds_ignore_the_numbers() {
+        assert_eq!(
+            kind("#3 (opened at 12.5 s) broke after 57 messages: the connection closed after 0 of 256 echoed bytes"),
+            "#N (opened at N s) broke after N messages: the connection closed after N of N echoed bytes"
+        );
+        assert_eq!(kind("not done within 5s"), "not done within Ns");
+        assert_eq!(
+            kind("status 503 Service Unavailable (circuit-open)"),
+            "status N Service Unavailable (circuit-open)"
+        );
     }
 
     #[test]

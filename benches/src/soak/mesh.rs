@@ -235,3 +235,31 @@ pub fn sample(pids: &[(&'static str, u32)], admins: &[(&'static str, SocketAddr)
     let certs: BTreeMap<String, CertSample> = admins.iter().map(|(name, a)| (name.to_string(), cert(*a))).collect();
     Sample { t_s, procs, certs }
 }
+
+/// The sidecar's retries and circuit-breaker rejections so far, by service and reason
+/// (`retries soak (reset)`, `breaker rejections soak-tcp (open)`); empty when its metrics
+/// cannot be read.
+pub fn policy_counters(admin: SocketAddr) -> BTreeMap<String, f64> {
+    let text = match api(admin, "GET", "/metrics", None, "") {
+        Ok((200, text)) => text,
+        _ => return BTreeMap::new(),
+    };
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        for (metric, name) in [
+            ("outrider_retries_total{", "retries"),
+            ("outrider_circuit_breaker_rejections_total{", "breaker rejections"),
+        ] {
+            let Some(rest) = line.strip_prefix(metric) else { continue };
+            let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
+            let label =
+                |k: &str| labels.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\"")?.strip_suffix('"'));
+            if let (Some(service), Some(reason), Ok(v)) =
+                (label("service"), label("reason"), value.trim().parse::<f64>())
+            {
+                *out.entry(format!("{name} {service} ({reason})")).or_insert(0.0) += v;
+            }
+        }
+    }
+    out
+}

@@ -61,6 +61,17 @@ pub struct LegStats {
     pub errors: u64,
 }
 
+/// Failures of one leg that differ only in their numbers.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct FailureKind {
+    pub leg: String,
+    /// The message with every number written `N`.
+    pub kind: String,
+    pub count: u64,
+    pub first_s: f64,
+    pub first: String,
+}
+
 /// The long-lived sessions (TCP connections or gRPC streams) of one leg.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct LongLivedStats {
@@ -96,6 +107,12 @@ pub struct SoakReport {
     pub errors: u64,
     /// The first few failures, as the client saw them.
     pub first_errors: Vec<String>,
+    /// Every failure by leg and kind.
+    pub failure_kinds: Vec<FailureKind>,
+    /// The client sidecar's counters at the end that tell a failure the policy chose (a
+    /// breaker's rejection) from one it could not save, and what retries saved:
+    /// `retries SERVICE (REASON)` and `breaker rejections SERVICE (REASON)`.
+    pub client_counters: BTreeMap<String, f64>,
     pub long_lived: Vec<LongLivedStats>,
     pub policy_changes: u64,
     pub policy_change_errors: u64,
@@ -219,6 +236,18 @@ pub fn markdown(r: &SoakReport) -> String {
             m.max_us
         );
     }
+    if !r.client_counters.is_empty() {
+        let _ = writeln!(s, "\nThe client sidecar's counters at the end:\n");
+        for (k, v) in &r.client_counters {
+            let _ = writeln!(s, "- {k}: {v}");
+        }
+    }
+    if !r.failure_kinds.is_empty() {
+        let _ = writeln!(s, "\n| Leg | Failure | Count | First at | First |\n|---|---|---|---|---|");
+        for f in &r.failure_kinds {
+            let _ = writeln!(s, "| {} | {} | {} | {:.1} s | {} |", f.leg, f.kind, f.count, f.first_s, f.first);
+        }
+    }
     if !r.first_errors.is_empty() {
         let _ = writeln!(s, "\nFirst failures:\n");
         for e in &r.first_errors {
@@ -249,6 +278,12 @@ pub fn summary(r: &SoakReport) -> String {
     }
     for why in &r.skipped {
         let _ = writeln!(s, "  not run: {why}");
+    }
+    for f in &r.failure_kinds {
+        let _ = writeln!(s, "  {} failed {}x: {} (first at {:.1} s)", f.leg, f.count, f.kind, f.first_s);
+    }
+    for (k, v) in &r.client_counters {
+        let _ = writeln!(s, "  client sidecar: {k}: {v}");
     }
     for (name, g) in &r.growth {
         let goal = if g.rss_growth_pct < GOAL_RSS_GROWTH_PCT { "ok" } else { "ABOVE GOAL" };
