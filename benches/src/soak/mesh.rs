@@ -237,8 +237,8 @@ pub fn sample(pids: &[(&'static str, u32)], admins: &[(&'static str, SocketAddr)
 }
 
 /// The sidecar's retries and circuit-breaker rejections so far, by service and reason
-/// (`retries soak (reset)`, `breaker rejections soak-tcp (open)`); empty when its metrics
-/// cannot be read.
+/// (`retries soak (reset)`, `breaker rejections soak-tcp (open)`), those above 0; empty when
+/// its metrics cannot be read.
 pub fn policy_counters(admin: SocketAddr) -> BTreeMap<String, f64> {
     let text = match api(admin, "GET", "/metrics", None, "") {
         Ok((200, text)) => text,
@@ -261,5 +261,6 @@ pub fn policy_counters(admin: SocketAddr) -> BTreeMap<String, f64> {
             }
         }
     }
+    out.retain(|_, v| *v > 0.0);
     out
 }

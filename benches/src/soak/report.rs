@@ -111,7 +111,7 @@ pub struct SoakReport {
     pub failure_kinds: Vec<FailureKind>,
     /// The client sidecar's counters at the end that tell a failure the policy chose (a
     /// breaker's rejection) from one it could not save, and what retries saved:
-    /// `retries SERVICE (REASON)` and `breaker rejections SERVICE (REASON)`.
+    /// `retries SERVICE (REASON)` and `breaker rejections SERVICE (REASON)`, those above 0.
     pub client_counters: BTreeMap<String, f64>,
     pub long_lived: Vec<LongLivedStats>,
     pub policy_changes: u64,
@@ -163,7 +163,7 @@ pub fn markdown(r: &SoakReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:.0} s through a meshed sidecar pair (mutual TLS, {:.0} s certificates); **{} failed**; {} policy changes ({} refused); certificate rotations: {}.\n",
+        "{:.0} s through meshed sidecars (mutual TLS, {:.0} s certificates); **{} failed**; {} policy changes ({} refused); certificate rotations: {}.\n",
         r.duration_s,
         r.cert_ttl_s,
         r.errors,
