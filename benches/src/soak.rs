@@ -155,44 +155,7 @@ pub async fn run(cfg: &Config) -> Result<SoakReport> {
     let start_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let end = start + cfg.duration;
     let span = (start, end);
-    let mut loads = Vec::new();
-    for proto in http::LEGS {
-        loads.push(tokio::spawn(http::run(addr, proto, cfg.rate, span, acc.clone())));
-    }
-    let (short_channel, acc2) = (channel.clone(), acc.clone());
-    let streams = (stream_rate(cfg.rate), grpc_stream::LIMIT);
-    loads.push(tokio::spawn(load::fixed_rate(grpc_stream::SHORT, streams, span, acc2, move |i| {
-        grpc_stream::short(addr, short_channel.clone(), i)
-    })));
-    if with_tcp {
-        let exchanges = (f64::from(cfg.rate), load::TIMEOUT);
-        loads.push(tokio::spawn(load::fixed_rate(tcp::SHORT, exchanges, span, acc.clone(), tcp::exchange)));
-    }
-    let long_channel: grpc_stream::StreamChannel = Default::default();
-    let mut longs: Vec<(&'static str, tokio::task::JoinHandle<Vec<Life>>)> = Vec::new();
-    for k in 0..LONG_LIVED {
-        let offset = LONG_EVERY.mul_f64(k as f64 / LONG_LIVED as f64);
-        let timing = (LONG_EVERY, offset);
-        // Each life of session k has its own id, so its messages are its own.
-        let id = move |life: &mut u64| {
-            *life += 1;
-            ((k as u64) << 32) | *life
-        };
-        let (channel, mut life) = (long_channel.clone(), 0u64);
-        let open = move || {
-            let (channel, id) = (channel.clone(), id(&mut life));
-            async move { grpc_stream::Stream::open(addr, &channel, id).await }
-        };
-        longs.push((
-            grpc_stream::LONG,
-            tokio::spawn(load::long_lived(grpc_stream::LONG, k, timing, span, acc.clone(), open)),
-        ));
-        if with_tcp {
-            let mut life = 0u64;
-            let open = move || tcp::Long::open(id(&mut life));
-            longs.push((tcp::LONG, tokio::spawn(load::long_lived(tcp::LONG, k, timing, span, acc.clone(), open))));
-        }
-    }
+    let (loads, longs) = spawn_legs(addr, cfg.rate, with_tcp, span, &acc, &channel);
 
     // Policy changes and samples, until the end.
     let mut policy_tick = tokio::time::interval_at(start + POLICY_EVERY, POLICY_EVERY);
@@ -247,6 +210,60 @@ pub async fn run(cfg: &Config) -> Result<SoakReport> {
     }
     drop(mesh);
     Ok(rep)
+}
+
+type LongLived = Vec<(&'static str, tokio::task::JoinHandle<Vec<Life>>)>;
+
+/// Start every leg's load on the client sidecar at `addr` (short streams on `channel`, the
+/// long-lived ones on a channel of their own).
+fn spawn_legs(
+    addr: std::net::SocketAddr,
+    rate: u32,
+    with_tcp: bool,
+    span: (Instant, Instant),
+    acc: &Shared,
+    channel: &grpc_stream::StreamChannel,
+) -> (Vec<tokio::task::JoinHandle<()>>, LongLived) {
+    let mut loads = Vec::new();
+    for proto in http::LEGS {
+        loads.push(tokio::spawn(http::run(addr, proto, rate, span, acc.clone())));
+    }
+    let (short_channel, acc2) = (channel.clone(), acc.clone());
+    let streams = (stream_rate(rate), grpc_stream::LIMIT);
+    loads.push(tokio::spawn(load::fixed_rate(grpc_stream::SHORT, streams, span, acc2, move |i| {
+        grpc_stream::short(addr, short_channel.clone(), i)
+    })));
+    if with_tcp {
+        let exchanges = (f64::from(rate), load::TIMEOUT);
+        loads.push(tokio::spawn(load::fixed_rate(tcp::SHORT, exchanges, span, acc.clone(), tcp::exchange)));
+    }
+    let long_channel: grpc_stream::StreamChannel = Default::default();
+    let mut longs: LongLived = Vec::new();
+    for k in 0..LONG_LIVED {
+        let offset = LONG_EVERY.mul_f64(k as f64 / LONG_LIVED as f64);
+        let timing = (LONG_EVERY, offset);
+        // Each life of session k has its own id, so its messages are its own.
+        let id = move |life: &mut u64| {
+            *life += 1;
+            ((k as u64) << 32) | *life
+        };
+        let (channel, mut life) = (long_channel.clone(), 0u64);
+        let open = move || {
+            let (channel, id) = (channel.clone(), id(&mut life));
+            async move { grpc_stream::Stream::open(addr, &channel, id).await }
+        };
+        longs.push((
+            grpc_stream::LONG,
+            tokio::spawn(load::long_lived(grpc_stream::LONG, k, timing, span, acc.clone(), open)),
+        ));
+        if with_tcp {
+            let mut life = 0u64;
+            let open = move || tcp::Long::open(id(&mut life));
+            longs.push((tcp::LONG, tokio::spawn(load::long_lived(tcp::LONG, k, timing, span, acc.clone(), open))));
+        }
+    }
+
+    (loads, longs)
 }
 
 /// A sample as one line of progress.
