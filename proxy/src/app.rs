@@ -621,3 +621,6 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
