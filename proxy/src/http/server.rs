@@ -338,7 +338,8 @@ impl HttpServer {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
                 tracing::debug!("invalid HTTP/2 connection preface: GOAWAY");
-                return preface::reject(io.get_mut()).await;
+                // Boxed: its 4 KiB read buffer would otherwise be in every HTTP/2 connection's state.
+                return Box::pin(preface::reject(io.get_mut())).await;
             }
             Ok(Err(e)) => return tracing::debug!(error = %e, "downstream connection failed in the HTTP/2 preface"),
             Err(_) => return tracing::debug!("no HTTP/2 preface within the header read timeout"),
