@@ -159,6 +159,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Socket for crate
     }
 }
 
+/// An in-memory pipe (the fuzz targets serve their input through one): no socket under it.
+impl Socket for tokio::io::DuplexStream {
+    const PARKS: bool = false;
+
+    fn poll_socket_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::Unsupported, "an in-memory pipe does not park")))
+    }
+}
+
 /// Why a parked connection's wait ended.
 #[derive(Debug)]
 pub enum Woken {
