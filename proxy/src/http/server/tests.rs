@@ -343,3 +343,18 @@ async fn a_connection_accepted_while_draining_is_answered_once_and_closed() {
         serving.await.unwrap();
     }
 }
+
+/// An HTTP/2 connection's state (hyper's connection, the frame guard) lives in one box for the
+/// connection's life: nothing it only needs for a moment may be held inline beside it. 2,352
+/// bytes in a debug build when written, from 6,432 with the 4 KiB buffer of the rejection of a
+/// bad preface inline.
+#[tokio::test]
+async fn an_http2_connections_state_stays_small() {
+    const MAX: usize = 3072;
+    let (_client, stream) = pair().await;
+    let server = HttpServer::new(&ServerLimits::default());
+    let drain = Drain::new();
+    let state = server.serve_h2(stream, Arc::new(echo), drain.signal());
+    let size = std::mem::size_of_val(&state);
+    assert!(size <= MAX, "an HTTP/2 connection's state takes {size} bytes (at most {MAX})");
+}
