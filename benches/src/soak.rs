@@ -1,408 +1,119 @@
-//! The soak: a control plane and a pair of meshed sidecars (mutual TLS from the control plane's
-//! CA) carry HTTP/1.1, h2 and gRPC at a fixed rate for a long time, with retries and a circuit
-//! breaker configured, a policy change every 10 s and workload certificates that rotate about
-//! once a minute (90 s lifetime, renewed at 50–80 % of it). Sampled every 5 s: RSS and open
-//! file descriptors of every process (control plane, both sidecars, this harness with its
-//! upstream); per minute: requests, errors and latency of each protocol.
+//! The soak: a control plane and meshed sidecars (mutual TLS, workload certificates from the
+//! control plane's CA) carry traffic at a fixed rate for a long time, with retries and circuit
+//! breakers configured, a policy change every 10 s and workload certificates that rotate about
+//! once a minute (90 s lifetime by default, renewed at 50–80 % of it). The legs:
 //!
-//! Goals (from the reliability plan): no failed request, RSS growth under 5 % after the
-//! warm-up (the first minute, or the first tenth of a shorter run), open fds flat.
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+//! - `http1`, `h2`, `grpc`: requests to the `soak` Service ([`http`]);
+//! - `grpc-stream`, `grpc-stream-long`: bidirectional gRPC streams to `soak-stream`, short ones
+//!   opened at a fixed rate and long-lived ones open for the whole run ([`grpc_stream`]);
+//! - `tcp`, `tcp-long`: opaque TCP to `soak-tcp` (intercepted, as an app's connection would
+//!   be), short exchanges at a fixed rate and long-lived connections ([`tcp`]).
+//!
+//! Sampled every 5 s: RSS and open file descriptors of every process (control plane, the
+//! sidecars, this harness with its upstream) and every sidecar's certificate; per minute:
+//! count, failures and latency of each leg. The whole soak runs in a network namespace of its
+//! own ([`netns`]); without one (not root) it runs without the TCP legs and says so.
+//!
+//! Goals (from the reliability plan): no failure, RSS growth under 5 % after the warm-up (the
+//! first minute, or the first tenth of a shorter run), open fds flat.
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::sync::Mutex;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::mtls::{API_TOKEN, api, api_json, control_plane_args, join_token, os};
-use crate::peers::{self, Proc, TempDir};
-use crate::upstream::{self, Upstream};
-use crate::{latency, procstat};
+use crate::mtls::{API_TOKEN, api};
+use crate::{procstat, upstream};
 
-/// The Service port the client sidecar is asked for.
-const PORT: u16 = 9080;
-const SERVICE: &str = "soak";
-/// A request not answered within this counts as failed.
-const TIMEOUT: Duration = Duration::from_secs(5);
+mod grpc_stream;
+mod http;
+mod load;
+mod mesh;
+pub mod netns;
+mod plot;
+mod report;
+mod tcp;
+
+pub use report::{SoakReport, summary, write};
+
+use load::{Life, Shared};
+use report::{Growth, LegStats, LongLivedStats, MinuteStats, ProcSample, Sample};
+
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const POLICY_EVERY: Duration = Duration::from_secs(10);
-/// Workload certificate lifetime: renewed at 45–72 s, so about once a minute.
-const CERT_TTL: &str = "90s";
-const PROTOCOLS: [&str; 3] = ["http1", "h2", "grpc"];
-/// Most requests of one protocol in flight at once (beyond: counted as failed, never queued).
-const MAX_IN_FLIGHT: usize = 256;
-/// Goal: RSS growth after the warm-up.
-pub const GOAL_RSS_GROWTH_PCT: f64 = 5.0;
+/// Long-lived TCP connections, and long-lived gRPC streams.
+const LONG_LIVED: usize = 8;
+/// Each long-lived session sends a message this often.
+const LONG_EVERY: Duration = Duration::from_secs(1);
+/// How long a new leg's first answer may take to come through the mesh before the soak starts.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// Every leg and what it counts.
+const LEGS: [(&str, &str); 7] = [
+    ("http1", "request"),
+    ("h2", "request"),
+    ("grpc", "request"),
+    (grpc_stream::SHORT, "stream"),
+    (grpc_stream::LONG, "message"),
+    (tcp::SHORT, "exchange"),
+    (tcp::LONG, "message"),
+];
 
 #[derive(Debug)]
 pub struct Config {
     pub proxy: PathBuf,
     pub control_plane: PathBuf,
     pub duration: Duration,
-    /// Requests per second of each protocol.
+    /// Requests, exchanges or messages per second of each leg (long-lived sessions aside).
     pub rate: u32,
+    /// Lifetime of the workload certificates.
+    pub cert_ttl: Duration,
+    /// Whether the soak has a network namespace of its own for the TCP leg's interception
+    /// rule, or why not ([`netns::isolate`]).
+    pub isolated: Result<(), String>,
     pub command: String,
 }
 
-/// One sample of one process.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct ProcSample {
-    pub rss_kb: Option<u64>,
-    pub fds: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Sample {
-    pub t_s: f64,
-    /// By process: `control-plane`, `client-sidecar`, `server-sidecar`, `harness`.
-    pub procs: BTreeMap<String, ProcSample>,
-    /// Workload certificates installed so far by the client and the server sidecar.
-    pub certs_client: Option<u64>,
-    pub certs_server: Option<u64>,
-}
-
-/// One minute of one protocol.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct MinuteStats {
-    pub minute: usize,
-    pub protocol: String,
-    pub requests: u64,
-    pub errors: u64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub max_us: f64,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct SoakReport {
-    pub command: String,
-    pub machine: String,
-    pub load_before: String,
-    pub load_after: String,
-    pub duration_s: f64,
-    pub rate_per_protocol: u32,
-    pub requests: u64,
-    pub errors: u64,
-    /// The first few failures, as the client saw them.
-    pub first_errors: Vec<String>,
-    pub policy_changes: u64,
-    pub policy_change_errors: u64,
-    /// Certificate rotations (installs after the first) of the client and server sidecars.
-    pub rotations_client: Option<u64>,
-    pub rotations_server: Option<u64>,
-    pub warmup_s: f64,
-    /// Per process: RSS at the end of the warm-up, at the end, growth in %, fds min/max after
-    /// the warm-up.
-    pub growth: BTreeMap<String, Growth>,
-    pub samples: Vec<Sample>,
-    pub minutes: Vec<MinuteStats>,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Growth {
-    pub rss_warm_kb: u64,
-    pub rss_end_kb: u64,
-    pub rss_max_kb: u64,
-    pub rss_growth_pct: f64,
-    pub fds_warm: u64,
-    pub fds_min: u64,
-    pub fds_max: u64,
-    pub fds_end: u64,
-}
-
-struct Mesh {
-    _cp: Proc,
-    cp_pid: u32,
-    api: SocketAddr,
-    client: Proc,
-    client_admin: SocketAddr,
-    server: Proc,
-    server_admin: SocketAddr,
-    outbound: SocketAddr,
-    _dir: TempDir,
-}
-
-/// The Service is `http2`: the server sidecar speaks h2c to the app, which carries the
-/// HTTP/1.1 callers' requests, the h2 ones and gRPC (whose trailers HTTP/1.1 cannot carry).
-fn policy(timeout_s: u32) -> String {
-    format!(
-        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: {SERVICE}}}\nspec:\n  protocol: http2\n  port: {PORT}\n---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: {SERVICE}}}\nspec:\n  service: {SERVICE}\n  timeout: {timeout_s}s\n  retries:\n    attempts: 3\n    perTryTimeout: 2s\n    retryOn: [connect-failure, refused-stream, reset, gateway-error]\n  circuitBreaker:\n    maxRequests: 1024\n    failureRateThreshold: 50\n    window: 20\n    minimumCalls: 10\n    openDuration: 30s\n"
-    )
-}
-
-fn start_mesh(cfg: &Config, up: &Upstream) -> Result<Mesh> {
-    let dir = TempDir::new("soak")?;
-    let (xds_port, api_port) = (peers::free_port()?, peers::free_port()?);
-    let data = dir.0.join("cp-data");
-    let args = control_plane_args(&data, xds_port, api_port, &["--workload-cert-ttl", CERT_TTL]);
-    let mut cmd = peers::pinned(0, &cfg.control_plane, &args);
-    cmd.env("RUST_LOG", "warn");
-    let api_addr = peers::local(api_port);
-    let cp = peers::start_and_wait(cmd, TempDir::new("soak-cp")?, (api_addr, "/healthz", "cp"))
-        .with_context(|| format!("starting {} control-plane", cfg.control_plane.display()))?;
-    let cp_pid = cp.pid;
-    let (status, text) = api(api_addr, "PUT", "/v1/policies", Some(API_TOKEN), &policy(10))?;
-    if status != 200 {
-        bail!("PUT /v1/policies: {status} {text}");
-    }
-    let xds = format!("http://{}", peers::local(xds_port));
-    let ca = format!("http://{api_addr}");
-    let identity = |sa: &str| -> Result<Vec<String>> {
-        let file = dir.0.join(format!("{sa}.token"));
-        std::fs::write(&file, join_token(api_addr, sa)?)?;
-        Ok(vec!["--identity-token".into(), file.to_string_lossy().into_owned(), "--ca-address".into(), ca.clone()])
-    };
-    let mut extra = vec!["--inbound-port".to_string(), peers::free_port()?.to_string()];
-    extra.extend(["--app-port".into(), up.http.port().to_string()]);
-    let (server, server_admin) =
-        sidecar(cfg, &xds, SERVICE, peers::free_port()?, extra, identity(SERVICE)?).context("the server sidecar")?;
-    let out_port = peers::free_port()?;
-    let extra = vec!["--inbound-port".to_string(), peers::free_port()?.to_string()];
-    let (client, client_admin) =
-        sidecar(cfg, &xds, "soak-client", out_port, extra, identity("soak-client")?).context("the client sidecar")?;
-    let outbound = peers::local(out_port);
-    peers::wait_ok(outbound, "/", &host(), std::time::Instant::now())
-        .context("the client sidecar never reached the server sidecar")?;
-    Ok(Mesh { _cp: cp, cp_pid, api: api_addr, client, client_admin, server, server_admin, outbound, _dir: dir })
-}
-
-fn host() -> String {
-    format!("{SERVICE}:{PORT}")
-}
-
-fn sidecar(
-    cfg: &Config,
-    xds: &str,
-    service: &str,
-    out_port: u16,
-    extra: Vec<String>,
-    identity: Vec<String>,
-) -> Result<(Proc, SocketAddr)> {
-    let admin = peers::free_port()?;
-    let mut args: Vec<String> = [
-        "--xds-address",
-        xds,
-        "--service",
-        service,
-        "--workers",
-        "1",
-        "--access-log",
-        "off",
-        "--inbound-bind",
-        "127.0.0.1",
-        "--health-port",
-        "0",
-        "--metrics-port",
-        "0",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    args.extend(["--outbound-port".into(), out_port.to_string(), "--admin-port".into(), admin.to_string()]);
-    args.extend(extra);
-    args.extend(identity);
-    let mut cmd = peers::pinned(0, &cfg.proxy, &os(&args));
-    cmd.env("OUTRIDER_LOG", "warn");
-    let p = peers::start_and_wait(
-        cmd,
-        TempDir::new(&format!("soak-{service}"))?,
-        (peers::local(admin), "/ready", "admin"),
-    )?;
-    Ok((p, peers::local(admin)))
-}
-
-/// Results of the load, by minute and protocol.
-struct Acc {
-    minutes: Vec<BTreeMap<&'static str, (hdrhistogram::Histogram<u64>, u64)>>,
-    first_errors: Vec<String>,
-}
-
-impl Acc {
-    fn slot(&mut self, minute: usize) -> &mut BTreeMap<&'static str, (hdrhistogram::Histogram<u64>, u64)> {
-        while self.minutes.len() <= minute {
-            self.minutes.push(PROTOCOLS.iter().map(|p| (*p, (latency::histogram(), 0))).collect());
-        }
-        &mut self.minutes[minute]
+/// What each leg does, at what rate.
+fn what(leg: &str, rate: u32) -> String {
+    let every = LONG_EVERY.as_secs_f64();
+    match leg {
+        "http1" => format!("HTTP/1.1 requests to `soak` at {rate}/s"),
+        "h2" => format!("h2 requests to `soak` at {rate}/s"),
+        "grpc" => format!("unary gRPC calls to `soak` at {rate}/s"),
+        grpc_stream::SHORT => format!(
+            "bidirectional gRPC streams to `soak-stream` at {}/s, {} messages each",
+            stream_rate(rate),
+            grpc_stream::MESSAGES
+        ),
+        grpc_stream::LONG => format!("{LONG_LIVED} gRPC streams open for the whole run, a message each {every} s each"),
+        tcp::SHORT => format!("TCP exchanges with `soak-tcp` at {rate}/s (connect, 1 KiB echoed, close)"),
+        tcp::LONG => format!("{LONG_LIVED} TCP connections open for the whole run, a message each {every} s each"),
+        _ => String::new(),
     }
 }
 
-type Shared = Arc<Mutex<Acc>>;
-
-fn record(acc: &Shared, start: Instant, intended: Instant, proto: &'static str, outcome: Result<()>) {
-    let minute = (intended.duration_since(start).as_secs() / 60) as usize;
-    let ns = intended.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-    let Ok(mut a) = acc.lock() else { return };
-    match outcome {
-        Ok(()) => {
-            if let Some((h, _)) = a.slot(minute).get_mut(proto) {
-                let _ = h.record(ns.max(1));
-            }
-        }
-        Err(e) => {
-            if let Some((_, errors)) = a.slot(minute).get_mut(proto) {
-                *errors += 1;
-            }
-            if a.first_errors.len() < 20 {
-                let t = intended.duration_since(start).as_secs_f64();
-                a.first_errors.push(format!("{t:.1}s {proto}: {e:#}"));
-            }
-        }
-    }
+/// Short streams per second: as many messages per second as the other legs' requests.
+fn stream_rate(rate: u32) -> f64 {
+    f64::from(rate) / grpc_stream::MESSAGES as f64
 }
 
-type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
-
-async fn h1_connect(addr: SocketAddr) -> Result<H1> {
-    let s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await?;
-    tokio::spawn(conn);
-    Ok(send)
-}
-
-async fn h2_connect(addr: SocketAddr) -> Result<H2> {
-    let s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await?;
-    tokio::spawn(conn);
-    Ok(send)
-}
-
-fn request(proto: &str, i: u64) -> Result<http::Request<Full<Bytes>>> {
-    let b = http::Request::builder().header(http::header::HOST, host());
-    Ok(match proto {
-        "grpc" => b
-            .method("POST")
-            .uri(format!("http://{}{}", host(), upstream::GRPC_PATH))
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header("te", "trailers")
-            .body(Full::new(upstream::grpc_frame(64)))?,
-        "h2" => b.uri(format!("http://{}/soak/h2/{i}", host())).body(Full::new(Bytes::new()))?,
-        _ => b.uri(format!("/soak/h1/{i}")).body(Full::new(Bytes::new()))?,
-    })
-}
-
-/// Check a whole answer: 200 with the upstream's body; for gRPC `grpc-status: 0` in the trailers.
-async fn check(resp: http::Response<hyper::body::Incoming>, grpc: bool) -> Result<()> {
-    let status = resp.status();
-    let local = resp.headers().get("x-outrider-local-reply").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = resp.into_body().collect().await.context("reading the body")?;
-    if status != 200 {
-        bail!("status {status}{}", local.map(|l| format!(" ({l})")).unwrap_or_default());
-    }
-    if grpc {
-        let code = body.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        if code.as_deref() != Some("0") {
-            bail!("grpc-status {code:?}");
-        }
-    } else if body.to_bytes().len() != upstream::BODY_SIZE {
-        bail!("a short body");
-    }
-    Ok(())
-}
-
-/// Idle HTTP/1.1 connections to the client sidecar.
-type Pool = Arc<Mutex<Vec<H1>>>;
-
-async fn one_h1(addr: SocketAddr, pool: Pool, i: u64) -> Result<()> {
-    let idle = pool.lock().ok().and_then(|mut p| p.pop());
-    let mut send = match idle {
-        Some(s) if !s.is_closed() => s,
-        _ => h1_connect(addr).await?,
-    };
-    send.ready().await?;
-    let resp = send.send_request(request("http1", i)?).await?;
-    check(resp, false).await?;
-    if let Ok(mut p) = pool.lock() {
-        p.push(send);
-    }
-    Ok(())
-}
-
-/// The h2 connection shared by the h2 and gRPC requests (one connection, many streams, as a
-/// gRPC channel); replaced when it breaks.
-type Conn = Arc<tokio::sync::Mutex<Option<H2>>>;
-
-async fn one_h2(addr: SocketAddr, conn: Conn, proto: &'static str, i: u64) -> Result<()> {
-    let mut send = {
-        let mut c = conn.lock().await;
-        match c.as_ref() {
-            Some(s) if !s.is_closed() => s.clone(),
-            _ => {
-                let s = h2_connect(addr).await?;
-                *c = Some(s.clone());
-                s
-            }
-        }
-    };
-    send.ready().await?;
-    let resp = send.send_request(request(proto, i)?).await?;
-    check(resp, proto == "grpc").await
-}
-
-/// Fixed-rate load of one protocol until `end`; latency from each request's intended time.
-async fn load(addr: SocketAddr, proto: &'static str, rate: u32, start: Instant, end: Instant, acc: Shared) {
-    let pool: Pool = Arc::default();
-    let conn: Conn = Arc::default();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut i = 0u64;
+/// Poll `attempt` until it passes, or fail after [`READY_WITHIN`].
+async fn ready<F, Fut>(what: &str, mut attempt: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let deadline = Instant::now() + READY_WITHIN;
     loop {
-        let intended = tick.tick().await;
-        if intended >= end {
-            break;
+        match load::within(load::TIMEOUT * 4, attempt()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("{what} did not answer through the mesh within {READY_WITHIN:?}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        i += 1;
-        while tasks.try_join_next().is_some() {}
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            record(&acc, start, intended, proto, Err(anyhow::anyhow!("{MAX_IN_FLIGHT} requests already in flight")));
-            continue;
-        };
-        let (acc, pool, conn) = (acc.clone(), pool.clone(), conn.clone());
-        tasks.spawn(async move {
-            let fut = async {
-                match proto {
-                    "http1" => one_h1(addr, pool, i).await,
-                    _ => one_h2(addr, conn, proto, i).await,
-                }
-            };
-            let outcome = match tokio::time::timeout(TIMEOUT, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(anyhow::anyhow!("no answer within {TIMEOUT:?}")),
-            };
-            record(&acc, start, intended, proto, outcome);
-            drop(permit);
-        });
     }
-    while tasks.join_next().await.is_some() {}
-}
-
-fn fds(pid: u32) -> Option<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count() as u64)
-}
-
-fn certs_installed(admin: SocketAddr) -> Option<u64> {
-    let v = api_json(admin, "GET", "/config_dump", None, "").ok()?;
-    v["node"]["identity"]["certificates_installed"].as_u64()
-}
-
-fn sample(mesh_pids: &[(&'static str, u32)], admins: (SocketAddr, SocketAddr), t_s: f64) -> Sample {
-    let procs = mesh_pids
-        .iter()
-        .map(|(name, pid)| (name.to_string(), ProcSample { rss_kb: procstat::rss_kb(*pid), fds: fds(*pid) }))
-        .collect();
-    Sample { t_s, procs, certs_client: certs_installed(admins.0), certs_server: certs_installed(admins.1) }
 }
 
 /// Run the soak; the report has what was measured even when the mesh failed part-way.
@@ -416,49 +127,56 @@ pub async fn run(cfg: &Config) -> Result<SoakReport> {
         command: cfg.command.clone(),
         machine: crate::report::machine(),
         load_before: procstat::loadavg(),
-        rate_per_protocol: cfg.rate,
+        rate: cfg.rate,
+        cert_ttl_s: cfg.cert_ttl.as_secs_f64(),
         ..SoakReport::default()
     };
+    let with_tcp = cfg.isolated.is_ok();
+    if let Err(why) = &cfg.isolated {
+        rep.skipped.push(format!("{} and {}: {why}", tcp::SHORT, tcp::LONG));
+        eprintln!("[soak] not running the TCP legs: {why}");
+    }
     let up = upstream::start()?;
-    let mesh = start_mesh(cfg, &up)?;
-    let pids: Vec<(&'static str, u32)> = vec![
-        ("control-plane", mesh.cp_pid),
-        ("client-sidecar", mesh.client.pid),
-        ("server-sidecar", mesh.server.pid),
-        ("harness", std::process::id()),
-    ];
-    let admins = (mesh.client_admin, mesh.server_admin);
+    let bins = mesh::Binaries { proxy: &cfg.proxy, control_plane: &cfg.control_plane, cert_ttl: cfg.cert_ttl };
+    let mesh = mesh::start(&bins, &up, with_tcp)?;
+    let addr = mesh.outbound;
+    let channel: grpc_stream::StreamChannel = Default::default();
+    ready("soak-stream", || grpc_stream::short(addr, channel.clone(), 0)).await?;
+    if with_tcp {
+        ready("soak-tcp", || tcp::exchange(0)).await?;
+    }
+
+    let legs: Vec<(&'static str, &'static str)> =
+        LEGS.into_iter().filter(|(l, _)| with_tcp || (*l != tcp::SHORT && *l != tcp::LONG)).collect();
+    let acc = load::shared(legs.iter().map(|(l, _)| *l).collect());
+    let pids = mesh.pids();
+    let admins = mesh.admins();
     let start = Instant::now();
+    let start_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let end = start + cfg.duration;
-    let acc: Shared = Arc::new(Mutex::new(Acc { minutes: Vec::new(), first_errors: Vec::new() }));
-    let loads: Vec<_> =
-        PROTOCOLS.iter().map(|p| tokio::spawn(load(mesh.outbound, p, cfg.rate, start, end, acc.clone()))).collect();
+    let span = (start, end);
+    let (loads, longs) = spawn_legs(addr, cfg.rate, with_tcp, span, &acc, &channel);
 
     // Policy changes and samples, until the end.
     let mut policy_tick = tokio::time::interval_at(start + POLICY_EVERY, POLICY_EVERY);
     let mut sample_tick = tokio::time::interval(SAMPLE_EVERY);
     let mut n = 0u32;
-    let api_addr = mesh.api;
+    let (api_addr, stream_endpoint) = (mesh.api, mesh.server_inbound);
     loop {
         tokio::select! {
             at = sample_tick.tick() => {
                 if at > end { break; }
                 let t = at.duration_since(start).as_secs_f64();
-                let p = pids.clone();
-                if let Ok(s) = tokio::task::spawn_blocking(move || sample(&p, admins, t)).await {
-                    let m = |k: &str| s.procs.get(k).and_then(|p| p.rss_kb).unwrap_or(0) / 1024;
-                    eprintln!(
-                        "[soak {t:>5.0}s] RSS MiB cp {} client {} server {} harness {}; certs {:?}/{:?}",
-                        m("control-plane"), m("client-sidecar"), m("server-sidecar"), m("harness"),
-                        s.certs_client, s.certs_server
-                    );
+                let (p, a) = (pids.clone(), admins.clone());
+                if let Ok(s) = tokio::task::spawn_blocking(move || mesh::sample(&p, &a, t)).await {
+                    eprintln!("[soak {t:>5.0}s] {}", progress(&s));
                     rep.samples.push(s);
                 }
             }
             at = policy_tick.tick() => {
                 if at > end { continue; }
                 n += 1;
-                let body = policy(10 + n % 2);
+                let body = mesh::policy(n, stream_endpoint);
                 let ok = tokio::task::spawn_blocking(move || api(api_addr, "PUT", "/v1/policies", Some(API_TOKEN), &body))
                     .await
                     .is_ok_and(|r| r.is_ok_and(|(s, _)| s == 200));
@@ -468,33 +186,118 @@ pub async fn run(cfg: &Config) -> Result<SoakReport> {
         }
     }
     for l in loads {
-        let _ = l.await;
+        l.await.context("a leg's task failed")?;
+    }
+    let mut lives: Vec<(&'static str, Vec<Life>)> = Vec::new();
+    for (leg, l) in longs {
+        lives.push((leg, l.await.context("a long-lived session's task failed")?));
     }
     rep.duration_s = start.elapsed().as_secs_f64();
-    let last = tokio::task::spawn_blocking(move || sample(&pids, admins, cfg_secs(end, start))).await?;
+    let t_end = end.duration_since(start).as_secs_f64();
+    let last = tokio::task::spawn_blocking(move || mesh::sample(&pids, &admins, t_end)).await?;
     rep.samples.push(last);
     rep.load_after = procstat::loadavg();
-    finish(&mut rep, &acc, cfg.duration);
+    let client_admin = mesh.client.admin;
+    rep.client_counters = tokio::task::spawn_blocking(move || mesh::policy_counters(client_admin)).await?;
+    finish(&mut rep, &acc, &legs, cfg.duration);
+    for (leg, sidecars) in
+        [(grpc_stream::LONG, [mesh::CLIENT, mesh::SERVER]), (tcp::LONG, [mesh::CLIENT, mesh::TCP_SERVER])]
+    {
+        let of_leg: Vec<&Life> = lives.iter().filter(|(l, _)| *l == leg).flat_map(|(_, v)| v).collect();
+        if legs.iter().any(|(l, _)| *l == leg) {
+            rep.long_lived.push(long_lived(leg, &sidecars, &of_leg, &rep.samples, start_unix));
+        }
+    }
     drop(mesh);
     Ok(rep)
 }
 
-fn cfg_secs(end: Instant, start: Instant) -> f64 {
-    end.duration_since(start).as_secs_f64()
+type LongLived = Vec<(&'static str, tokio::task::JoinHandle<Vec<Life>>)>;
+
+/// Start every leg's load on the client sidecar at `addr` (short streams on `channel`, the
+/// long-lived ones on a channel of their own).
+fn spawn_legs(
+    addr: std::net::SocketAddr,
+    rate: u32,
+    with_tcp: bool,
+    span: (Instant, Instant),
+    acc: &Shared,
+    channel: &grpc_stream::StreamChannel,
+) -> (Vec<tokio::task::JoinHandle<()>>, LongLived) {
+    let mut loads = Vec::new();
+    for proto in http::LEGS {
+        loads.push(tokio::spawn(http::run(addr, proto, rate, span, acc.clone())));
+    }
+    let (short_channel, acc2) = (channel.clone(), acc.clone());
+    let streams = (stream_rate(rate), grpc_stream::LIMIT);
+    loads.push(tokio::spawn(load::fixed_rate(grpc_stream::SHORT, streams, span, acc2, move |i| {
+        grpc_stream::short(addr, short_channel.clone(), i)
+    })));
+    if with_tcp {
+        let exchanges = (f64::from(rate), load::TIMEOUT);
+        loads.push(tokio::spawn(load::fixed_rate(tcp::SHORT, exchanges, span, acc.clone(), tcp::exchange)));
+    }
+    let long_channel: grpc_stream::StreamChannel = Default::default();
+    let mut longs: LongLived = Vec::new();
+    for k in 0..LONG_LIVED {
+        let offset = LONG_EVERY.mul_f64(k as f64 / LONG_LIVED as f64);
+        let timing = (LONG_EVERY, offset);
+        // Each life of session k has its own id, so its messages are its own.
+        let id = move |life: &mut u64| {
+            *life += 1;
+            ((k as u64) << 32) | *life
+        };
+        let (channel, mut life) = (long_channel.clone(), 0u64);
+        let open = move || {
+            let (channel, id) = (channel.clone(), id(&mut life));
+            async move { grpc_stream::Stream::open(addr, &channel, id).await }
+        };
+        longs.push((
+            grpc_stream::LONG,
+            tokio::spawn(load::long_lived(grpc_stream::LONG, k, timing, span, acc.clone(), open)),
+        ));
+        if with_tcp {
+            let mut life = 0u64;
+            let open = move || tcp::Long::open(id(&mut life));
+            longs.push((tcp::LONG, tokio::spawn(load::long_lived(tcp::LONG, k, timing, span, acc.clone(), open))));
+        }
+    }
+
+    (loads, longs)
 }
 
-fn finish(rep: &mut SoakReport, acc: &Shared, duration: Duration) {
+/// A sample as one line of progress.
+fn progress(s: &Sample) -> String {
+    let rss =
+        s.procs.iter().map(|(k, p)| format!("{k} {}", p.rss_kb.unwrap_or(0) / 1024)).collect::<Vec<_>>().join(", ");
+    let certs = s.certs.iter().map(|(k, c)| format!("{k} {:?}", c.installed)).collect::<Vec<_>>().join(", ");
+    format!("RSS MiB: {rss}; certificates installed: {certs}")
+}
+
+/// Per-minute rows, totals per leg, rotations and growth.
+fn finish(rep: &mut SoakReport, acc: &Shared, legs: &[(&'static str, &'static str)], duration: Duration) {
+    let unit = |leg: &str| legs.iter().find(|(l, _)| *l == leg).map_or("", |(_, u)| *u);
     if let Ok(a) = acc.lock() {
         rep.first_errors = a.first_errors.clone();
+        rep.failure_kinds = a
+            .kinds
+            .iter()
+            .map(|((leg, kind), (count, first_s, first))| report::FailureKind {
+                leg: (*leg).into(),
+                kind: kind.clone(),
+                count: *count,
+                first_s: *first_s,
+                first: first.clone(),
+            })
+            .collect();
         for (minute, m) in a.minutes.iter().enumerate() {
-            for (proto, (h, errors)) in m {
+            for (leg, (h, errors)) in m {
                 let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-                rep.requests += h.len() + errors;
-                rep.errors += errors;
                 rep.minutes.push(MinuteStats {
                     minute,
-                    protocol: (*proto).into(),
-                    requests: h.len() + errors,
+                    leg: (*leg).into(),
+                    unit: unit(leg).into(),
+                    count: h.len() + errors,
                     errors: *errors,
                     p50_us: us(0.5),
                     p99_us: us(0.99),
@@ -504,10 +307,20 @@ fn finish(rep: &mut SoakReport, acc: &Shared, duration: Duration) {
             }
         }
     }
-    let first = |s: &Sample| s.certs_client.zip(s.certs_server);
-    if let (Some(a), Some(b)) = (rep.samples.first().and_then(first), rep.samples.last().and_then(first)) {
-        rep.rotations_client = Some(b.0.saturating_sub(a.0));
-        rep.rotations_server = Some(b.1.saturating_sub(a.1));
+    rep.minutes.sort_by_key(|m| (m.minute, legs.iter().position(|(l, _)| *l == m.leg)));
+    for (leg, unit) in legs {
+        let rows = rep.minutes.iter().filter(|m| m.leg == *leg);
+        let (count, errors) = rows.fold((0, 0), |(c, e), m| (c + m.count, e + m.errors));
+        rep.errors += errors;
+        rep.legs.push(LegStats { leg: (*leg).into(), unit: (*unit).into(), what: what(leg, rep.rate), count, errors });
+    }
+    let installed = |s: &Sample, name: &str| s.certs.get(name).and_then(|c| c.installed);
+    if let (Some(first), Some(last)) = (rep.samples.first(), rep.samples.last()) {
+        for name in last.certs.keys() {
+            if let (Some(a), Some(b)) = (installed(first, name), installed(last, name)) {
+                rep.rotations.insert(name.clone(), b.saturating_sub(a));
+            }
+        }
     }
     rep.warmup_s = (duration.as_secs_f64() / 10.0).min(60.0);
     let warm = rep.warmup_s;
@@ -539,6 +352,39 @@ fn finish(rep: &mut SoakReport, acc: &Shared, duration: Duration) {
     }
 }
 
+/// The long-lived sessions of `leg` against the certificates of the sidecars on their path.
+/// Both counts err on the low side: the certificates "at the open" are read from the first
+/// sample taken once the session's first message had its time to pass (a sample can only show
+/// the same or a newer certificate than the handshake used), those "at the last message" from
+/// the last sample before it.
+fn long_lived(leg: &str, sidecars: &[&str], lives: &[&Life], samples: &[Sample], start_unix: f64) -> LongLivedStats {
+    let mut st = LongLivedStats {
+        leg: leg.into(),
+        sidecars: sidecars.iter().map(|s| (*s).to_owned()).collect(),
+        ..LongLivedStats::default()
+    };
+    let settled = load::TIMEOUT.as_secs_f64();
+    for life in lives {
+        st.sessions += 1;
+        st.messages += life.messages;
+        st.broken += u64::from(life.broken.is_some());
+        st.longest_s = st.longest_s.max(life.last_ok_s - life.opened_s);
+        let Some(at_open) = samples.iter().find(|s| s.t_s >= life.opened_s + settled) else { continue };
+        let cert = |s: &Sample, name: &str| s.certs.get(name).cloned().unwrap_or_default();
+        if let Some(at_last) = samples.iter().rev().find(|s| s.t_s <= life.last_ok_s) {
+            let rotated = sidecars.iter().all(
+                |n| matches!((cert(at_open, n).installed, cert(at_last, n).installed), (Some(a), Some(b)) if b > a),
+            );
+            st.across_rotation += u64::from(rotated);
+        }
+        let outlived = sidecars
+            .iter()
+            .all(|n| cert(at_open, n).not_after_unix.is_some_and(|t| (t as f64 - start_unix) < life.last_ok_s));
+        st.outlived_certificates += u64::from(outlived);
+    }
+    st
+}
+
 /// `600`, `600s`, `10m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -554,103 +400,4 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("the soak needs a duration above 0".into());
     }
     Ok(Duration::from_secs(secs))
-}
-
-pub fn write(dir: &Path, rep: &SoakReport) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("soak.json"), serde_json::to_string_pretty(rep)?)?;
-    std::fs::write(dir.join("soak.md"), markdown(rep))?;
-    crate::soak_plot::write(&dir.join("soak.svg"), rep)?;
-    Ok(())
-}
-
-pub fn markdown(r: &SoakReport) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(s, "# Soak run\n");
-    let _ = writeln!(
-        s,
-        "`{}` on {}; load average before {}, after {}.\n",
-        r.command, r.machine, r.load_before, r.load_after
-    );
-    let _ = writeln!(
-        s,
-        "{:.0} s; {} req/s each of HTTP/1.1, h2 and gRPC through a meshed sidecar pair (mutual TLS); {} requests, **{} failed**; {} policy changes ({} refused); certificate rotations: client {}, server {}.\n",
-        r.duration_s,
-        r.rate_per_protocol,
-        r.requests,
-        r.errors,
-        r.policy_changes,
-        r.policy_change_errors,
-        r.rotations_client.map_or("?".into(), |n| n.to_string()),
-        r.rotations_server.map_or("?".into(), |n| n.to_string()),
-    );
-    let _ = writeln!(
-        s,
-        "| Process | RSS after warm-up ({:.0} s) | RSS at the end | max | growth | fds after warm-up | fds min–max | fds at the end |",
-        r.warmup_s
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-    for (name, g) in &r.growth {
-        let _ = writeln!(
-            s,
-            "| {name} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:+.1} % | {} | {}–{} | {} |",
-            g.rss_warm_kb as f64 / 1024.0,
-            g.rss_end_kb as f64 / 1024.0,
-            g.rss_max_kb as f64 / 1024.0,
-            g.rss_growth_pct,
-            g.fds_warm,
-            g.fds_min,
-            g.fds_max,
-            g.fds_end
-        );
-    }
-    let _ = writeln!(s, "\n| Minute | Protocol | Requests | Failed | p50 µs | p99 µs | p99.9 µs | max µs |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-    for m in &r.minutes {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            m.minute + 1,
-            m.protocol,
-            m.requests,
-            m.errors,
-            m.p50_us,
-            m.p99_us,
-            m.p999_us,
-            m.max_us
-        );
-    }
-    if !r.first_errors.is_empty() {
-        let _ = writeln!(s, "\nFirst failures:\n");
-        for e in &r.first_errors {
-            let _ = writeln!(s, "- {e}");
-        }
-    }
-    s
-}
-
-pub fn summary(r: &SoakReport) -> String {
-    let mut s = format!(
-        "soak: {:.0} s, {} requests, {} failed, {} policy changes ({} refused), rotations client {:?} server {:?}\n",
-        r.duration_s,
-        r.requests,
-        r.errors,
-        r.policy_changes,
-        r.policy_change_errors,
-        r.rotations_client,
-        r.rotations_server
-    );
-    for (name, g) in &r.growth {
-        let goal = if g.rss_growth_pct < GOAL_RSS_GROWTH_PCT { "ok" } else { "ABOVE GOAL" };
-        s.push_str(&format!(
-            "  {name}: RSS {:.1} -> {:.1} MiB ({:+.1} %, {goal}), fds {}..{}\n",
-            g.rss_warm_kb as f64 / 1024.0,
-            g.rss_end_kb as f64 / 1024.0,
-            g.rss_growth_pct,
-            g.fds_min,
-            g.fds_max
-        ));
-    }
-    s
 }

@@ -21,6 +21,13 @@
 //! Kubernetes Services with an EndpointSlice each, created through the API server; clients are
 //! spread over the replicas in turn; a change is one EndpointSlice moving its port, timed from
 //! the API server's answer to each client holding a new load assignment.
+//!
+//! Simulated clients are lean by default: each opens a real Delta xDS stream, subscribes to
+//! the four types as a proxy does, ACKs every response and keeps only when each load
+//! assignment version arrived — not the resources (10,000 clients holding 5,000 services'
+//! decoded config each need about 20 GB, more than this machine has; it does not even decode
+//! them). `--full-clients` runs
+//! the proxy's own ADS client instead (it keeps what it accepted, as a proxy does).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -62,6 +69,177 @@ struct Args {
     /// Kubernetes mode: how many control plane replicas.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Run the proxy's ADS client per simulated proxy (it keeps every accepted resource)
+    /// instead of the lean client that keeps nothing.
+    #[arg(long)]
+    full_clients: bool,
+}
+
+/// One simulated proxy: `--full-clients` picks the proxy's ADS client, else [`lean_client`].
+fn spawn_client(args: &Args, xds: SocketAddr, id: usize, recorder: Arc<Recorder>) {
+    let node = Node { id: format!("sim-{id}"), ..Default::default() };
+    let config = ClientConfig::new(format!("http://{xds}"), node);
+    if args.full_clients {
+        tokio::spawn(AdsClient::new(config).run(recorder));
+    } else {
+        tokio::spawn(lean_client(config, recorder));
+    }
+}
+
+/// The fields of a `DeltaDiscoveryResponse` the lean client reads.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaHead {
+    #[prost(string, tag = "1")]
+    system_version_info: String,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// Reads gRPC messages as they stream in without holding them: of each message it keeps only
+/// the bytes before its first `resources` field (2), which the control plane writes after the
+/// response's own fields (control-plane/src/xds/encode.rs), and skips the rest.
+#[derive(Default)]
+struct Heads {
+    prefix: Vec<u8>,
+    /// Bytes of the current message still to come (`None`: reading a prefix).
+    remaining: Option<usize>,
+    head: Vec<u8>,
+    head_done: bool,
+}
+
+impl Heads {
+    fn feed(&mut self, mut data: &[u8], out: &mut Vec<DeltaHead>) -> Result<(), prost::DecodeError> {
+        while !data.is_empty() || self.remaining == Some(0) {
+            let Some(remaining) = self.remaining else {
+                let n = (5 - self.prefix.len()).min(data.len());
+                self.prefix.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                if self.prefix.len() == 5 {
+                    let len = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]);
+                    self.remaining = Some(len as usize);
+                    self.prefix.clear();
+                    self.head.clear();
+                    self.head_done = false;
+                }
+                continue;
+            };
+            let n = remaining.min(data.len());
+            if !self.head_done {
+                self.head.extend_from_slice(&data[..n]);
+                if let Some(end) = first_resource(&self.head) {
+                    self.head.truncate(end);
+                    self.head_done = true;
+                }
+            }
+            data = &data[n..];
+            self.remaining = Some(remaining - n);
+            if remaining == n {
+                out.push(<DeltaHead as prost::Message>::decode(self.head.as_slice())?);
+                self.remaining = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where field 2 starts in an encoded message's first bytes, once they show it.
+fn first_resource(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let mut rest = &bytes[at..];
+        let before = rest.len();
+        let key = prost::encoding::decode_varint(&mut rest).ok()?;
+        if key >> 3 == 2 {
+            return Some(at);
+        }
+        let skip = match key & 7 {
+            0 => {
+                prost::encoding::decode_varint(&mut rest).ok()?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        if rest.len() < skip {
+            return None;
+        }
+        at += before - rest.len() + skip;
+    }
+}
+
+/// One gRPC message on the wire.
+fn grpc_message(message: &impl prost::Message) -> bytes::Bytes {
+    let body = message.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + body.len());
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    framed.extend_from_slice(&body);
+    framed.into()
+}
+
+/// A Delta xDS client that subscribes to every type as a proxy does and ACKs every response,
+/// keeping nothing of it but when each load assignment version arrived: it streams each
+/// response through [`Heads`] instead of buffering it (a proxy holds the whole response;
+/// 10,000 of those are more than this machine's memory). Its HTTP/2 windows are 256 KiB.
+/// Reconnects (with a fresh subscription) when its stream ends.
+async fn lean_client(config: ClientConfig, recorder: Arc<Recorder>) {
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use http_body_util::BodyExt as _;
+    type Frames = Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>;
+    const DELTA: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+    let authority = config.address.trim_start_matches("http://").to_owned();
+    loop {
+        let stream = async {
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            tcp.set_nodelay(true)?;
+            let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(256 << 10)
+                .initial_connection_window_size(256 << 10)
+                .handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await?;
+            tokio::spawn(conn);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Frames>(config.type_urls.len() + 4);
+            for type_url in &config.type_urls {
+                let subscribe = DeltaDiscoveryRequest {
+                    node: Some(config.node.clone()),
+                    type_url: type_url.clone(),
+                    ..Default::default()
+                };
+                tx.send(Ok(http_body::Frame::data(grpc_message(&subscribe)))).await?;
+            }
+            let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            let request = http::Request::post(format!("http://{authority}{DELTA}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(body)?;
+            let mut responses = sender.send_request(request).await?.into_body();
+            let (mut heads, mut got) = (Heads::default(), Vec::new());
+            while let Some(frame) = responses.frame().await {
+                let Ok(data) = frame?.into_data() else { continue };
+                heads.feed(&data, &mut got)?;
+                for response in got.drain(..) {
+                    if response.type_url == CLUSTER_LOAD_ASSIGNMENT_TYPE_URL {
+                        recorder.seen.lock().entry(response.system_version_info.clone()).or_insert_with(Instant::now);
+                    }
+                    let ack = DeltaDiscoveryRequest {
+                        type_url: response.type_url,
+                        response_nonce: response.nonce,
+                        ..Default::default()
+                    };
+                    tx.send(Ok(http_body::Frame::data(grpc_message(&ack)))).await?;
+                }
+            }
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        if let Err(e) = stream.await {
+            eprintln!("{}: xDS stream ended: {e}", config.node.id);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Records when each EDS version arrived.
@@ -172,9 +350,7 @@ async fn main() {
     put(api, policy(args.services, 0)).await;
     let recorders: Vec<Arc<Recorder>> = (0..args.clients).map(|_| Arc::new(Recorder::default())).collect();
     for (i, r) in recorders.iter().enumerate() {
-        let node = Node { id: format!("sim-{i}"), ..Default::default() };
-        let client = AdsClient::new(ClientConfig::new(format!("http://{xds}"), node));
-        tokio::spawn(client.run(r.clone()));
+        spawn_client(&args, xds, i, r.clone());
     }
     let connect_start = Instant::now();
     // Wait until every client has the initial config.
@@ -490,9 +666,7 @@ mod kube_mode {
 
         let recorders: Vec<Arc<Recorder>> = (0..args.clients).map(|_| Arc::new(Recorder::default())).collect();
         for (i, r) in recorders.iter().enumerate() {
-            let node = Node { id: format!("sim-{i}"), ..Default::default() };
-            let xds = replicas[i % replicas.len()].xds;
-            tokio::spawn(AdsClient::new(ClientConfig::new(format!("http://{xds}"), node)).run(r.clone()));
+            super::spawn_client(args, replicas[i % replicas.len()].xds, i, r.clone());
         }
         let connect_start = Instant::now();
         loop {

@@ -99,6 +99,18 @@ pub struct TypeSnapshot {
     /// other service's proxies see.
     pub scoped: BTreeMap<String, String>,
     pub resources: BTreeMap<String, Arc<XdsResource>>,
+    /// What changed since the type snapshot this one replaced, so a stream that holds that one
+    /// looks only at the changed names instead of walking every resource.
+    pub since: Option<Since>,
+}
+
+/// The names whose resource differs between a type snapshot and the one it replaced.
+#[derive(Debug)]
+pub struct Since {
+    /// The replaced snapshot (weak: it is freed once no stream holds it).
+    pub previous: std::sync::Weak<TypeSnapshot>,
+    /// New, changed and removed names, in name order.
+    pub changed: Vec<String>,
 }
 
 impl TypeSnapshot {
@@ -204,6 +216,7 @@ fn update<M: prost::Message + PartialEq>(
 ) {
     let mut next = Versioned::new();
     let mut out = BTreeMap::new();
+    let mut changed_names = BTreeSet::new();
     // Whether an unscoped resource changed, and which services' scoped ones did.
     let mut changed = false;
     let mut changed_services = BTreeSet::new();
@@ -220,10 +233,12 @@ fn update<M: prost::Message + PartialEq>(
             Some((_, r)) => {
                 touched(&r.scope, &mut changed);
                 touched(&scope, &mut changed);
+                changed_names.insert(name.clone());
                 Arc::new(XdsResource::new(name.clone(), version.to_owned(), any(type_url, &message), scope))
             }
             None => {
                 touched(&scope, &mut changed);
+                changed_names.insert(name.clone());
                 Arc::new(XdsResource::new(name.clone(), version.to_owned(), any(type_url, &message), scope))
             }
         };
@@ -233,6 +248,7 @@ fn update<M: prost::Message + PartialEq>(
     // What is left of the previous set was removed.
     for (_, r) in prev.values() {
         touched(&r.scope, &mut changed);
+        changed_names.insert(r.name.clone());
     }
     *prev = next;
     let before = types.get(type_url);
@@ -255,7 +271,8 @@ fn update<M: prost::Message + PartialEq>(
             scoped.insert(s.clone(), v);
         }
     }
-    types.insert(type_url, Arc::new(TypeSnapshot { version: type_version, scoped, resources: out }));
+    let since = before.map(|b| Since { previous: Arc::downgrade(b), changed: changed_names.into_iter().collect() });
+    types.insert(type_url, Arc::new(TypeSnapshot { version: type_version, scoped, resources: out, since }));
 }
 
 #[cfg(test)]

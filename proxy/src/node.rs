@@ -140,8 +140,9 @@ pub struct Node {
     updates: watch::Sender<XdsNode>,
     /// The state file is not written until the workloads it lists were restored.
     restoring: AtomicBool,
-    /// Serializes writes of the state file (held only while one is written).
-    persisting: Mutex<()>,
+    /// Serializes writes of the state file (held while one is written, across the blocking
+    /// write): the list is read under it, so the last write is always of the latest list.
+    persisting: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -153,7 +154,7 @@ impl Node {
             base: Mutex::default(),
             updates: watch::channel(XdsNode::default()).0,
             restoring,
-            persisting: Mutex::default(),
+            persisting: tokio::sync::Mutex::default(),
         })
     }
 
@@ -191,19 +192,25 @@ impl Node {
             }
         }
         self.restoring.store(false, Ordering::Release);
-        self.persist();
+        self.persist().await;
     }
 
-    /// Write the state file: the workloads served now.
-    fn persist(&self) {
-        let Some(path) = &self.shared.state else { return };
+    /// Write the state file: the workloads served now. The write (with its fsync) runs on
+    /// the blocking pool, so a slow disk never stalls the worker serving connections.
+    async fn persist(&self) {
+        let Some(path) = self.shared.state.clone() else { return };
         if self.restoring.load(Ordering::Acquire) {
             return;
         }
-        let _one = self.persisting.lock();
+        let _one = self.persisting.lock().await;
         let specs: Vec<WorkloadSpec> = self.workloads.lock().values().map(|w| w.info().spec).collect();
-        if let Err(error) = state::save(path, &specs) {
-            tracing::error!(%error, "node state not written: a restart will not serve the workloads added or removed since");
+        let written = tokio::task::spawn_blocking(move || state::save(&path, &specs)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "node state not written: a restart will not serve the workloads added or removed since");
+            }
+            Err(error) => tracing::error!(%error, "node state write did not complete"),
         }
     }
 
@@ -257,7 +264,7 @@ impl Node {
         }
         tracing::info!(netns = %info.spec.netns.display(), identity = %info.identity, ip = %info.ip, "workload added");
         self.publish();
-        self.persist();
+        self.persist().await;
         Ok(info)
     }
 
@@ -268,7 +275,7 @@ impl Node {
             return Err(NodeError::Unknown(netns.display().to_string()));
         };
         self.publish();
-        self.persist();
+        self.persist().await;
         workload.stop().await;
         tracing::info!(netns = %netns.display(), "workload removed");
         Ok(())

@@ -84,6 +84,27 @@ impl Has {
                     return diff;
                 }
                 let had = |r: &Arc<XdsResource>| had_through.wants(r, served);
+                // The client holds the snapshot `current` replaced, through the same eyes: only
+                // the names that changed between the two can differ (the walk below would find
+                // the same, in the same order, after comparing every resource).
+                if let Some(since) = &current.since
+                    && had_through == subscription
+                    && served == serves
+                    && since.previous.upgrade().is_some_and(|p| Arc::ptr_eq(&p, base))
+                {
+                    for name in &since.changed {
+                        let (old, new) = (base.resources.get(name), current.resources.get(name));
+                        let (had, want) = (old.is_some_and(had), new.is_some_and(wanted));
+                        match new {
+                            Some(n) if want && (!had || old.is_none_or(|o| o.version != n.version)) => {
+                                diff.send.push(n.clone());
+                            }
+                            _ if had && !want => diff.removed.push(name.clone()),
+                            _ => {}
+                        }
+                    }
+                    return diff;
+                }
                 let mut old = base.resources.iter().peekable();
                 let mut new = current.resources.iter().peekable();
                 loop {
@@ -131,7 +152,7 @@ impl Has {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Generator, tests::with_inbound};
+    use crate::snapshot::{Generator, TypeSnapshot, tests::with_inbound};
     use outrider_xds::resources::{CLUSTER_TYPE_URL, LISTENER_TYPE_URL};
 
     fn set(services: &[(&str, u16)]) -> outrider_xds::PolicySet {
@@ -184,6 +205,57 @@ mod tests {
         send.sort();
         removed.sort();
         assert_eq!((send, removed), names(&diff));
+    }
+
+    /// `current` without what it knows of its predecessor: diffs against it take the walk.
+    fn walked(current: &TypeSnapshot) -> TypeSnapshot {
+        TypeSnapshot {
+            version: current.version.clone(),
+            scoped: current.scoped.clone(),
+            resources: current.resources.clone(),
+            since: None,
+        }
+    }
+
+    #[test]
+    fn the_changes_since_the_previous_snapshot_give_the_same_diff_as_the_walk() {
+        let mut g = Generator::new();
+        let wildcard = Subscription::from_names(&[]);
+        let by_name = Subscription::from_names(&["inbound|a".to_owned(), "outbound|80||b".to_owned()]);
+        let generations = [
+            with_inbound(&mut g, &set(&[("a", 80), ("b", 80), ("c", 80)]), &[("a", "1"), ("b", "1")]),
+            // b's cluster changes, c goes, d comes, a's inbound listener changes.
+            with_inbound(&mut g, &set(&[("a", 80), ("b", 81), ("d", 80)]), &[("a", "2"), ("b", "1")]),
+            // b comes back on 80, a's inbound listener goes.
+            with_inbound(&mut g, &set(&[("a", 80), ("b", 80), ("d", 80)]), &[("b", "1")]),
+        ];
+        let mut compared = 0;
+        for pair in generations.windows(2) {
+            for type_url in [CLUSTER_TYPE_URL, LISTENER_TYPE_URL] {
+                let (before, after) = (pair[0].get(type_url).unwrap(), pair[1].get(type_url).unwrap());
+                if Arc::ptr_eq(before, after) {
+                    continue;
+                }
+                let since = after.since.as_ref().expect("a changed type knows its predecessor");
+                assert!(Arc::ptr_eq(&since.previous.upgrade().unwrap(), before));
+                for sub in [&wildcard, &by_name] {
+                    for serves in [svc(""), svc("a"), svc("b"), node(&["a", "b"])] {
+                        let has = Has::view(before, sub, &serves);
+                        let fast = has.diff(after, sub, &serves);
+                        let slow = has.diff(&walked(after), sub, &serves);
+                        assert_eq!(names(&fast), names(&slow), "{type_url} {sub:?} {serves:?}");
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        assert!(compared >= 16, "{compared}");
+        // A changed subscription takes the walk: what it now wants comes.
+        let clusters = (generations[1].get(CLUSTER_TYPE_URL).unwrap(), generations[2].get(CLUSTER_TYPE_URL).unwrap());
+        let has = Has::view(clusters.0, &by_name, &svc(""));
+        let diff = has.diff(clusters.1, &wildcard, &svc(""));
+        assert_eq!(names(&diff), names(&has.diff(&walked(clusters.1), &wildcard, &svc(""))));
+        assert!(names(&diff).0.contains(&"outbound|80||d".to_owned()), "{:?}", names(&diff));
     }
 
     #[test]

@@ -64,7 +64,13 @@ pub fn save(path: &Path, workloads: &[WorkloadSpec]) -> Result<(), StateError> {
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io)?;
     f.write_all(&text).map_err(io)?;
     f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    // The rename is durable only once the directory is: a crash right after it must not bring
+    // back the previous list.
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
