@@ -71,10 +71,11 @@ struct Args {
     /// outrider control-plane binary for the mTLS scenario (default: `outrider` next to --proxy).
     #[arg(long)]
     control_plane: Option<PathBuf>,
-    /// Run only one part: `targets` (direct, outrider, HAProxy, nginx) or `mtls` (two sidecars,
-    /// plaintext vs mutual TLS). `--only mtls` keeps the targets' results already in
-    /// --out/results.json and replaces only its mTLS part.
-    #[arg(long, value_parser = ["targets", "mtls"])]
+    /// Run only one part: `targets` (direct, outrider, HAProxy, nginx), `mtls` (two sidecars,
+    /// plaintext vs mutual TLS) or `idle` (idle connections per mode, a fresh process each).
+    /// `--only mtls` and `--only idle` keep the other results already in --out/results.json and
+    /// replace only their own part.
+    #[arg(long, value_parser = ["targets", "mtls", "idle"])]
     only: Option<String>,
     /// Closed-loop rounds of the mTLS scenario, each plaintext pair then mTLS pair (default 2; 1 with --quick).
     #[arg(long)]
@@ -240,12 +241,14 @@ fn main() -> Result<()> {
     eprintln!("upstream on {} (1 kB responses, h2c, gRPC), TCP sink on {}", up.http, up.sink);
     let scratch = std::env::temp_dir().join(format!("outrider-bench-scratch-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let run_targets = args.only.as_deref() != Some("mtls");
-    let run_mtls = args.only.as_deref() != Some("targets");
+    let part = |p: &str| args.only.as_deref().is_none_or(|o| o == p);
+    let (run_targets, run_mtls, run_idle) = (part("targets"), part("mtls"), part("idle"));
     let mtls_rounds = args.mtls_rounds.unwrap_or(if args.quick { 1 } else { 2 });
     let targets: &[String] = if run_targets { &args.targets } else { &[] };
     let mut prog = run::Progress {
-        total: targets.len() * run::steps_per_target(&settings) + if run_mtls { mtls::steps(mtls_rounds) } else { 0 },
+        total: targets.len() * run::steps_per_target(&settings)
+            + if run_mtls { mtls::steps(mtls_rounds) } else { 0 }
+            + if run_idle { idle::steps(&args.targets) } else { 0 },
         done: 0,
         start: Instant::now(),
     };
@@ -278,8 +281,8 @@ fn main() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let cp = args.control_plane.clone().unwrap_or_else(|| mtls::default_control_plane(&args.proxy));
     let mtls = if run_mtls {
-        let cp = args.control_plane.clone().unwrap_or_else(|| mtls::default_control_plane(&args.proxy));
         let cfg = mtls::Config {
             proxy: &args.proxy,
             control_plane: &cp,
@@ -293,10 +296,22 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let idle = if run_idle {
+        let cfg = idle::Config {
+            proxy: &args.proxy,
+            control_plane: &cp,
+            settings: &settings,
+            targets: &args.targets,
+            command: command.clone(),
+        };
+        Some(rt.block_on(idle::run(&cfg, &up, &mut prog)))
+    } else {
+        None
+    };
     let load_after = procstat::loadavg();
     eprintln!("load average after: {load_after}");
     if !run_targets {
-        // Keep the targets' results of the last full run; replace the mTLS part only.
+        // Keep the other results of the last full run; replace only the part that ran.
         let path = args.out.join("results.json");
         let mut run: report::Run = match std::fs::read_to_string(&path).ok().map(|t| serde_json::from_str(&t)) {
             Some(Ok(run)) => run,
@@ -312,11 +327,21 @@ fn main() -> Result<()> {
                 notes,
                 targets: Vec::new(),
                 mtls: None,
+                idle: None,
             },
         };
-        run.mtls = mtls;
+        if run_mtls {
+            run.mtls = mtls;
+        }
+        if run_idle {
+            run.idle = idle;
+        }
         report::write(&args.out, &run)?;
-        eprintln!("wrote the mTLS part of {}/results.{{json,md}}", args.out.display());
+        eprintln!(
+            "wrote the {} part of {}/results.{{json,md}}",
+            args.only.as_deref().unwrap_or(""),
+            args.out.display()
+        );
         print!("{}", report::summary(&run));
         return Ok(());
     }
@@ -337,6 +362,7 @@ fn main() -> Result<()> {
         notes,
         targets: reports,
         mtls,
+        idle,
     };
     report::write(&args.out, &run)?;
     plots::write(&args.out, &run)?;

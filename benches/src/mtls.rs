@@ -606,14 +606,26 @@ fn inbound_tls_connections(metrics: SocketAddr) -> Result<f64> {
 /// plane's CA for a join token), expecting `server` as the peer, offering ALPN `outrider/1`,
 /// with session resumption off: every connection is a full handshake.
 async fn handshake_client(api_addr: SocketAddr, server: &str) -> Result<Arc<rustls::ClientConfig>> {
+    mesh_client(api_addr, server, tls::ALPN_OUTRIDER, "handshake-client")
+}
+
+/// A rustls client as a peer sidecar of service account `sa` is one: a real mesh certificate
+/// (key and CSR made here, issued by the control plane's CA for a join token), expecting
+/// `server` as the peer, offering `alpn`, with session resumption off.
+pub(crate) fn mesh_client(
+    api_addr: SocketAddr,
+    server: &str,
+    alpn: &[u8],
+    sa: &str,
+) -> Result<Arc<rustls::ClientConfig>> {
     let bundle = api_json(api_addr, "GET", "/v1/ca/bundle", None, "")?;
     let roots: Vec<String> =
         bundle["roots"].as_array().context("no roots")?.iter().filter_map(|r| r.as_str().map(String::from)).collect();
     let trust_domain = bundle["trustDomain"].as_str().context("no trustDomain")?;
-    let own = Identity::workload(trust_domain, "default", "handshake-client")?;
+    let own = Identity::workload(trust_domain, "default", sa)?;
     let store = Arc::new(CertStore::new(own.clone(), TrustBundle::from_pem(roots.iter().map(String::as_str))?));
     let key = tls::new_key_and_csr(&own)?;
-    let token = join_token(api_addr, "handshake-client")?;
+    let token = join_token(api_addr, sa)?;
     let issued =
         api_json(api_addr, "POST", "/v1/certificates", Some(&token), &json!({"csr": key.csr_pem}).to_string())?;
     let chain: Vec<String> = issued["certificateChain"]
@@ -623,7 +635,7 @@ async fn handshake_client(api_addr: SocketAddr, server: &str) -> Result<Arc<rust
         .filter_map(|c| c.as_str().map(String::from))
         .collect();
     store.install(key, &chain)?;
-    let config = tls::client_config_alpn(store, Identity::parse(server)?, tls::ALPN_OUTRIDER)?;
+    let config = tls::client_config_alpn(store, Identity::parse(server)?, alpn)?;
     let mut config = (*config).clone();
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))

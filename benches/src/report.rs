@@ -23,6 +23,9 @@ pub struct Run {
     /// The mTLS-between-sidecars scenario (`--only mtls` updates just this part).
     #[serde(default)]
     pub mtls: Option<crate::mtls::MtlsReport>,
+    /// Idle connections per mode, a fresh process each (`--only idle` updates just this part).
+    #[serde(default)]
+    pub idle: Option<crate::idle::IdleReport>,
 }
 
 impl Run {
@@ -97,6 +100,12 @@ pub fn markdown(run: &Run) -> String {
             s.push('\n');
         }
         s.push_str(&crate::mtls::markdown(m));
+    }
+    if let Some(i) = &run.idle {
+        if !s.is_empty() {
+            s.push('\n');
+        }
+        s.push_str(&crate::idle::markdown(i));
     }
     s
 }
@@ -407,8 +416,12 @@ pub fn summary(run: &Run) -> String {
     if let Some(m) = &run.mtls {
         s.push_str(&crate::mtls::summary(m));
     }
+    if let Some(i) = &run.idle {
+        s.push_str(&crate::idle::summary(i));
+    }
     let mut all = if run.targets.is_empty() { Vec::new() } else { goals(run) };
     all.extend(run.mtls.as_ref().map(crate::mtls::goals).unwrap_or_default());
+    all.extend(run.idle.as_ref().map(crate::idle::goals).unwrap_or_default());
     for g in all {
         let _ = writeln!(s, "goal {:<28} {:<45} {:<40} {}", g.name, g.target, g.measured, g.verdict());
     }

@@ -124,8 +124,10 @@ fn quick_run_writes_sane_results() {
         }
     }
     check_mtls(&json["mtls"]);
+    check_idle(&json["idle"]);
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
     assert!(md.contains("### mTLS between sidecars"), "{md}");
+    assert!(md.contains("### Idle connections"), "{md}");
     assert!(md.contains("| outrider |"), "{md}");
     for svg in ["latency.svg", "throughput.svg", "cpu.svg"] {
         let s = std::fs::read_to_string(out.join(svg)).unwrap_or_default();
@@ -170,4 +172,33 @@ fn check_mtls(m: &serde_json::Value) {
     let h = &m["handshakes"];
     assert!(h["handshakes"].as_u64().unwrap_or(0) > 0, "no mTLS handshakes completed:\n{h:#}");
     assert!(h["server_cpu_us_per_handshake"].as_f64().is_some(), "server CPU per handshake not measured");
+}
+
+/// The idle part ran: outrider held connections in all four modes (a fresh process each) and
+/// its RSS was read before and with them; HAProxy and nginx in the plaintext modes, or skipped.
+fn check_idle(i: &serde_json::Value) {
+    assert!(i.is_object(), "no idle part in results.json");
+    let rows = i["rows"].as_array().expect("rows");
+    for (target, modes) in [
+        ("outrider", &["http1", "h2c", "http1-mtls", "h2-mtls"][..]),
+        ("haproxy", &["http1", "h2c"][..]),
+        ("nginx", &["http1", "h2c"][..]),
+    ] {
+        for mode in modes {
+            let r = rows
+                .iter()
+                .find(|r| r["target"] == target && r["mode"] == *mode)
+                .unwrap_or_else(|| panic!("idle {target} {mode} missing:\n{i:#}"));
+            assert!(r["error"].is_null(), "idle {target} {mode} failed: {}", r["error"]);
+            if let Some(why) = r["skipped"].as_str() {
+                if require_all() {
+                    panic!("idle {target} {mode} was skipped: {why} (OUTRIDER_REQUIRE_ALL=1)");
+                }
+                continue;
+            }
+            assert_eq!(r["connections"], r["wanted"], "idle {target} {mode}: not every connection held:\n{r:#}");
+            assert!(r["rss_before_kb"].as_u64().unwrap_or(0) > 0, "idle {target} {mode}: no RSS before");
+            assert!(r["rss_kb"].as_u64().unwrap_or(0) > 0, "idle {target} {mode}: no RSS with them");
+        }
+    }
 }

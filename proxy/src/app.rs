@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admin::{self, AdminState, Surface};
@@ -563,16 +564,30 @@ pub(crate) async fn accept_loop<F, Fut>(
         let guard = sig.track();
         open.inc();
         total.inc();
-        let open = open.clone();
-        let fut = handle(stream, client, sig.clone());
-        tokio::spawn(async move {
-            fut.await;
-            open.dec();
-            drop(guard);
-            drop(slot);
-        });
+        let live = Live { open: open.clone(), _guard: guard, _slot: slot };
+        tokio::spawn(connection_task(handle(stream, client, sig.clone()), live));
     }
     tracing::debug!(?direction, "listener closed for drain");
+}
+
+/// The task of one connection: `serve`, holding `live` until it ends.
+/// why `map`, not `async move { serve.await; .. }`: an async block that awaits a future it
+/// captured holds it twice (the capture and the awaited copy), doubling every connection's task.
+fn connection_task<Fut: Future<Output = ()>>(serve: Fut, live: Live) -> impl Future<Output = ()> {
+    serve.map(move |()| drop(live))
+}
+
+/// What a connection holds while its task lives: released when the task ends or is dropped.
+struct Live {
+    open: prometheus_client::metrics::gauge::Gauge,
+    _guard: drain::ConnGuard,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 /// SIGTERM and SIGINT handlers, installed before anything listens.
@@ -606,3 +621,6 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -141,7 +141,7 @@ pub struct ProxyArgs {
     /// are served and closed meanwhile), e.g. 1s. Within --drain-timeout.
     #[arg(long, env = "OUTRIDER_DRAIN_PROPAGATION", default_value = "1s", value_parser = duration)]
     pub drain_propagation: Duration,
-    /// A plaintext HTTP/1.1 keep-alive connection whose caller has been silent this long
+    /// An HTTP/1.1 keep-alive connection (plaintext or mTLS) whose caller has been silent this long
     /// after a response releases its read and write buffers (it parks between this and twice
     /// this after its last request); 0s: at once, after every response.
     #[arg(long, env = "OUTRIDER_HTTP1_PARK_AFTER", default_value = "50ms", value_parser = duration)]
@@ -247,7 +247,7 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// `--drain-propagation`: accepting on after the control plane confirmed the withdrawal.
     pub drain_propagation: Duration,
-    /// Quiet period before an idle plaintext HTTP/1.1 connection parks.
+    /// Quiet period before an idle HTTP/1.1 connection parks.
     pub http1_park_after: Duration,
     pub socket_mark: Option<u32>,
     /// Workload identity (`--identity-token`); `None`: no mTLS, plaintext to every endpoint.

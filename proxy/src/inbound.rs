@@ -140,71 +140,88 @@ impl Inbound {
         }
     }
 
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, client: SocketAddr, drain: drain::Signal) {
-        let port = match (self.app_port, orig_dst::original_dst(&stream)) {
-            (Some(p), _) => p,
-            (None, Some(d)) => d.port(),
-            (None, None) => {
-                tracing::warn!(%client, "inbound connection with no --app-port and no original destination; closing");
-                return;
-            }
-        };
-        // Fail closed: before the first config (and, with --identity-token, the certificate)
-        // the service's mode and authorization are unknown.
-        let mesh = self.mesh.load_full();
-        if !self.store.is_ready() || (self.needs_identity && mesh.is_none()) || self.policy_pending() {
-            tracing::info!(%client, "inbound connection refused: the proxy is not ready (config or certificate pending)");
-            return;
-        }
-        let policy = self.policy();
-        let mut silent = false;
-        if let Some(mesh) = mesh {
-            match detect::mesh_client_hello(&stream, detect::DETECT_TIMEOUT).await {
-                Ok(detect::FirstBytes::MeshHello) => {
-                    // Boxed: a connection's task is as large as its largest branch (TLS
-                    // state), and a parked plaintext HTTP/1.1 connection should not pay for it.
-                    return Box::pin(self.serve_mesh(stream, client, port, &mesh, policy, drain)).await;
-                }
-                Ok(detect::FirstBytes::Other) => {}
-                // A server-first protocol: do not wait a second time below.
-                Ok(detect::FirstBytes::Silent) => silent = true,
-                Ok(detect::FirstBytes::Closed) => return,
-                Err(e) => {
-                    tracing::debug!(%client, error = %e, "inbound connection failed before its first bytes");
+    /// Handle one accepted connection to the end. As `Outbound::serve`, the returned future is
+    /// the connection's task, all a parked plaintext HTTP/1.1 connection holds: every other
+    /// branch (mutual TLS, TCP, detection) is boxed where it starts.
+    // why not `async fn`: it would hold its arguments twice.
+    #[allow(clippy::manual_async_fn)]
+    pub fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        drain: drain::Signal,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let port = match (self.app_port, orig_dst::original_dst(&stream)) {
+                (Some(p), _) => p,
+                (None, Some(d)) => d.port(),
+                (None, None) => {
+                    tracing::warn!(%client, "inbound connection with no --app-port and no original destination; closing");
                     return;
                 }
+            };
+            // Fail closed: before the first config (and, with --identity-token, the certificate)
+            // the service's mode and authorization are unknown.
+            let mesh = self.mesh.load_full();
+            if !self.store.is_ready() || (self.needs_identity && mesh.is_none()) || self.policy_pending() {
+                tracing::info!(%client, "inbound connection refused: the proxy is not ready (config or certificate pending)");
+                return;
             }
-        }
-        if policy.as_ref().is_some_and(|p| p.mode == Mode::Strict) {
-            self.recorder
-                .metrics
-                .plaintext_refused
-                .get_or_create(&ServiceLabels { service: self.service.clone() })
-                .inc();
-            tracing::info!(%client, service = &*self.service, "plaintext connection refused: the service is in strict mTLS mode");
-            return;
-        }
-        let detected = match self.declared() {
-            Some(ClusterProtocol::Tcp) => Ok(detect::Detected::Opaque),
-            Some(ClusterProtocol::Http1 | ClusterProtocol::Http2) => Ok(detect::Detected::Http1),
-            None if silent => Ok(detect::Detected::Opaque),
-            None => detect::detect(&stream, detect::DETECT_TIMEOUT).await,
-        };
-        match detected {
-            Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
-                self.serve_http(Downstream::<TcpStream>::Plain(stream), client, port, None, drain).await
+            let policy = self.policy();
+            let mut silent = false;
+            if let Some(mesh) = mesh {
+                match Box::pin(detect::mesh_client_hello(&stream, detect::DETECT_TIMEOUT)).await {
+                    Ok(detect::FirstBytes::MeshHello) => {
+                        return Box::pin(self.serve_mesh(stream, client, port, &mesh, policy, drain)).await;
+                    }
+                    Ok(detect::FirstBytes::Other) => {}
+                    // A server-first protocol: do not wait a second time below.
+                    Ok(detect::FirstBytes::Silent) => silent = true,
+                    Ok(detect::FirstBytes::Closed) => return,
+                    Err(e) => {
+                        tracing::debug!(%client, error = %e, "inbound connection failed before its first bytes");
+                        return;
+                    }
+                }
             }
-            Ok(detect::Detected::Opaque) => {
-                Box::pin(self.serve_tcp(stream, client, port, None, policy.as_deref())).await
+            if policy.as_ref().is_some_and(|p| p.mode == Mode::Strict) {
+                self.recorder
+                    .metrics
+                    .plaintext_refused
+                    .get_or_create(&ServiceLabels { service: self.service.clone() })
+                    .inc();
+                tracing::info!(%client, service = &*self.service, "plaintext connection refused: the service is in strict mTLS mode");
+                return;
             }
-            Ok(detect::Detected::Closed) => {}
-            Err(e) => tracing::debug!(%client, error = %e, "protocol detection failed"),
+            let detected = match self.declared() {
+                Some(ClusterProtocol::Tcp) => Ok(detect::Detected::Opaque),
+                Some(ClusterProtocol::Http1 | ClusterProtocol::Http2) => Ok(detect::Detected::Http1),
+                None if silent => Ok(detect::Detected::Opaque),
+                None => Box::pin(detect::detect(&stream, detect::DETECT_TIMEOUT)).await,
+            };
+            match detected {
+                Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
+                    drop(policy);
+                    self.serve_http(Downstream::<TcpStream>::Plain(stream), client, port, None, drain).await
+                }
+                Ok(detect::Detected::Opaque) => {
+                    Box::pin(self.serve_tcp(stream, client, port, None, policy.as_deref())).await
+                }
+                Ok(detect::Detected::Closed) => {}
+                Err(e) => tracing::debug!(%client, error = %e, "protocol detection failed"),
+            }
         }
     }
 
     /// A connection from another proxy: the mTLS handshake (a client certificate from the
     /// trust bundle is required), then what its ALPN id says it carries.
-    async fn serve_mesh(
+    ///
+    /// Boxed by the caller, and held once: the handshake's state only while it runs, the TLS
+    /// session inside its HTTP server (a parked HTTP/1.1 connection keeps the session and
+    /// nothing of hyper), the TCP path in a box of its own.
+    // why not `async fn`: it would hold its arguments twice.
+    #[allow(clippy::manual_async_fn)]
+    fn serve_mesh(
         self: Arc<Self>,
         stream: TcpStream,
         client: SocketAddr,
@@ -212,57 +229,67 @@ impl Inbound {
         mesh: &Mesh,
         policy: Option<Arc<InboundPolicy>>,
         drain: drain::Signal,
-    ) {
-        let metrics = &self.recorder.metrics;
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, mesh.acceptor().accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                metrics.tls_handshake_errors.get_or_create(&DirectionLabels { direction: Direction::inbound }).inc();
-                tracing::info!(%client, error = %e, "inbound mTLS handshake failed");
-                return;
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            // The HTTP server is built in a block that ends before it is awaited: a TLS stream
+            // bound in this future's own scope would take its room a second time.
+            let () = {
+                let metrics = &self.recorder.metrics;
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, mesh.acceptor().accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        metrics.tls_handshake_errors.get_or_create(&DirectionLabels { direction: Direction::inbound }).inc();
+                        tracing::info!(%client, error = %e, "inbound mTLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake_errors.get_or_create(&DirectionLabels { direction: Direction::inbound }).inc();
+                        tracing::info!(%client, "inbound mTLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = tls.get_ref().1;
+                let peer = crate::tls::peer_identity(conn);
+                let alpn = match conn.alpn_protocol() {
+                    Some(p) if p == crate::tls::ALPN_OUTRIDER => names::ALPN_MESH_H2,
+                    Some(p) if p == crate::tls::ALPN_OUTRIDER_HTTP1 => names::ALPN_MESH_HTTP1,
+                    Some(p) if p == crate::tls::ALPN_OUTRIDER_TCP => names::ALPN_MESH_TCP,
+                    _ => {
+                        tracing::info!(%client, "mTLS connection without an Outrider ALPN id; closing");
+                        return;
+                    }
+                };
+                metrics.tls_connections.get_or_create(&TlsLabels { direction: Direction::inbound, alpn }).inc();
+                tracing::debug!(%client, peer = peer.as_ref().map_or("", |p| p.as_str()), alpn, "inbound mTLS connection");
+                if alpn == names::ALPN_MESH_TCP {
+                    // Opaque bytes to an HTTP service would bypass per-request authorization.
+                    if matches!(self.declared(), Some(ClusterProtocol::Http1 | ClusterProtocol::Http2)) {
+                        tracing::info!(%client, service = &*self.service, "opaque TCP to an HTTP service refused");
+                        return;
+                    }
+                    return Box::pin(self.serve_tcp(tls, client, port, peer, policy.as_deref())).await;
+                }
+                // Each request is authorized against the policy of its time.
+                drop(policy);
+                let io = if alpn == names::ALPN_MESH_H2 { Downstream::Http2(tls) } else { Downstream::Http1(tls) };
+                self.serve_http(io, client, port, peer, drain)
             }
-            Err(_) => {
-                metrics.tls_handshake_errors.get_or_create(&DirectionLabels { direction: Direction::inbound }).inc();
-                tracing::info!(%client, "inbound mTLS handshake timed out");
-                return;
-            }
-        };
-        let conn = tls.get_ref().1;
-        let peer = crate::tls::peer_identity(conn);
-        let alpn = match conn.alpn_protocol() {
-            Some(p) if p == crate::tls::ALPN_OUTRIDER => names::ALPN_MESH_H2,
-            Some(p) if p == crate::tls::ALPN_OUTRIDER_HTTP1 => names::ALPN_MESH_HTTP1,
-            Some(p) if p == crate::tls::ALPN_OUTRIDER_TCP => names::ALPN_MESH_TCP,
-            _ => {
-                tracing::info!(%client, "mTLS connection without an Outrider ALPN id; closing");
-                return;
-            }
-        };
-        metrics.tls_connections.get_or_create(&TlsLabels { direction: Direction::inbound, alpn }).inc();
-        tracing::debug!(%client, peer = peer.as_ref().map_or("", |p| p.as_str()), alpn, "inbound mTLS connection");
-        if alpn == names::ALPN_MESH_TCP {
-            // Opaque bytes to an HTTP service would bypass per-request authorization.
-            if matches!(self.declared(), Some(ClusterProtocol::Http1 | ClusterProtocol::Http2)) {
-                tracing::info!(%client, service = &*self.service, "opaque TCP to an HTTP service refused");
-                return;
-            }
-            self.serve_tcp(tls, client, port, peer, policy.as_deref()).await;
-        } else if alpn == names::ALPN_MESH_H2 {
-            self.serve_http(Downstream::Http2(tls), client, port, peer, drain).await;
-        } else {
-            self.serve_http(Downstream::Http1(tls), client, port, peer, drain).await;
+            .await;
         }
     }
 
-    async fn serve_http<I>(
+    /// Serve HTTP on a connection. (The server's future itself, not an `async fn` around it:
+    /// see [`HttpServer::serve`].)
+    pub(crate) fn serve_http<I>(
         self: Arc<Self>,
         io: Downstream<I>,
         client: SocketAddr,
         port: u16,
         peer: Option<Identity>,
         drain: drain::Signal,
-    ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static + use<I>
+    where
+        I: crate::http::park::Socket,
     {
         let server = self.server.clone();
         // The caller and its x-forwarded-client-cert value are fixed for the connection.
@@ -272,23 +299,21 @@ impl Inbound {
             http::HeaderValue::from_str(&format!("By={ours};URI={peer}")).ok()
         });
         let peer = peer.map(|p| Arc::new((p, xfcc)));
-        server
-            .serve(
-                io,
-                move |req| {
-                    let ctx = self.clone();
-                    let peer = peer.clone();
-                    async move {
-                        let (peer, xfcc) = match peer.as_deref() {
-                            Some((p, x)) => (Some(p), x.as_ref()),
-                            None => (None, None),
-                        };
-                        Ok::<_, Infallible>(ctx.handle(client, port, peer, xfcc, req).await)
-                    }
-                },
-                drain,
-            )
-            .await;
+        server.serve(
+            io,
+            move |req| {
+                let ctx = self.clone();
+                let peer = peer.clone();
+                async move {
+                    let (peer, xfcc) = match peer.as_deref() {
+                        Some((p, x)) => (Some(p), x.as_ref()),
+                        None => (None, None),
+                    };
+                    Ok::<_, Infallible>(ctx.handle(client, port, peer, xfcc, req).await)
+                }
+            },
+            drain,
+        )
     }
 
     async fn serve_tcp<I: crate::outbound::tcp::Io>(

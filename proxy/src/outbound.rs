@@ -25,6 +25,16 @@ pub mod stack;
 /// Opaque TCP proxying.
 pub mod tcp;
 
+/// A redirected connection's original destination, as its task needs it.
+enum Dst {
+    /// A TCP service.
+    Tcp(Arc<crate::state::Cluster>),
+    /// An HTTP service's address.
+    Http(SocketAddr),
+    /// No service: passed through as it is.
+    Passthrough(SocketAddr),
+}
+
 /// What every outbound connection shares.
 #[derive(Debug)]
 pub struct Outbound {
@@ -43,27 +53,43 @@ impl Outbound {
     }
 
     /// Handle one accepted connection to the end.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, client: SocketAddr, drain: drain::Signal) {
-        let dst = orig_dst::original_dst(&stream);
-        let target = dst.and_then(|d| self.store.load().outbound.lookup(d).cloned());
-        match (dst, target) {
-            // The TCP paths are boxed: a connection's task is as large as its largest branch,
-            // and an idle HTTP/1.1 connection should not pay for them.
-            (Some(_), Some(Target::Tcp(cluster))) => Box::pin(tcp::to_cluster(&self, stream, client, &cluster)).await,
-            (Some(d), Some(Target::Http(_))) => http::serve(self, stream, client, Some(d), drain).await,
-            (Some(d), None) => Box::pin(tcp::passthrough(&self, stream, client, d)).await,
-            (None, _) => match detect::detect(&stream, detect::DETECT_TIMEOUT).await {
-                Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
-                    http::serve(self, stream, client, None, drain).await
-                }
-                Ok(detect::Detected::Opaque) => tracing::info!(
-                    %client,
-                    "closing a non-HTTP connection made straight to the outbound port: \
-                     opaque TCP is routed by original destination (use iptables interception)"
-                ),
-                Ok(detect::Detected::Closed) => {}
-                Err(e) => tracing::debug!(%client, error = %e, "protocol detection failed"),
-            },
+    ///
+    /// The returned future is the connection's task (see `app::accept_loop`): a connection's
+    /// task is as large as its largest state, and a parked HTTP/1.1 connection holds nothing
+    /// else, so every other branch (the TCP paths, detection) is boxed where it starts, and
+    /// this is a function returning a future rather than an `async fn`, which would hold its
+    /// arguments twice.
+    pub fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        drain: drain::Signal,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        // Only the TCP path keeps what the lookup found: an HTTP connection routes each request
+        // against the snapshot of its time, and must not pin this one for its life.
+        let dst = orig_dst::original_dst(&stream).map(|d| match self.store.load().outbound.lookup(d) {
+            Some(Target::Tcp(cluster)) => Dst::Tcp(cluster.clone()),
+            Some(Target::Http(_)) => Dst::Http(d),
+            None => Dst::Passthrough(d),
+        });
+        async move {
+            match dst {
+                Some(Dst::Tcp(cluster)) => Box::pin(tcp::to_cluster(&self, stream, client, &cluster)).await,
+                Some(Dst::Http(d)) => http::serve(self, stream, client, Some(d), drain).await,
+                Some(Dst::Passthrough(d)) => Box::pin(tcp::passthrough(&self, stream, client, d)).await,
+                None => match Box::pin(detect::detect(&stream, detect::DETECT_TIMEOUT)).await {
+                    Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
+                        http::serve(self, stream, client, None, drain).await
+                    }
+                    Ok(detect::Detected::Opaque) => tracing::info!(
+                        %client,
+                        "closing a non-HTTP connection made straight to the outbound port: \
+                         opaque TCP is routed by original destination (use iptables interception)"
+                    ),
+                    Ok(detect::Detected::Closed) => {}
+                    Err(e) => tracing::debug!(%client, error = %e, "protocol detection failed"),
+                },
+            }
         }
     }
 }

@@ -8,7 +8,13 @@
 //! [`ParkIo`] ends hyper's read with an end-of-file, hyper ends the connection cleanly
 //! without closing the socket, and the server ([`super::server`]) waits for the socket to
 //! become readable again, holding only the socket, before it serves it with a new hyper
-//! connection.
+//! connection. Over mutual TLS (a peer proxy's `outrider-http1` connection) the TLS session
+//! is kept across hyper connections the same way ([`Socket`]); rustls' own per-connection
+//! state stays with it.
+//!
+//! What a parked connection holds is its task: the future the accept loop spawned, as large
+//! as that future's largest state. The server and the listeners keep everything else out of
+//! it (boxed where it starts, freed when it ends); `app::tests` guards its size.
 //!
 //! why a quiet period: a busy connection (a request every few milliseconds) that parked
 //! between every two requests would build a new hyper connection per request (about 6 µs of
@@ -41,6 +47,7 @@ use tokio::time::{Duration, Instant, Sleep};
 
 use super::Body;
 use super::body::BodyError;
+use crate::drain;
 
 /// What the connection's requests tell its [`ParkIo`]. One per connection; the
 /// connection's requests and its I/O run on the connection's task, so the
@@ -112,12 +119,73 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+/// A downstream stream an idle HTTP/1.1 connection can park on: while it is parked nothing
+/// reads it, and the connection waits until the socket under it has something to read.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
+    /// Whether a connection on this stream parks (false: it keeps its hyper connection).
+    const PARKS: bool;
+
+    /// Ready once the socket under the stream is readable (bytes, end of file or an error).
+    /// Called only on a parked connection, whose last read ended pending.
+    fn poll_socket_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Socket for TcpStream {
+    const PARKS: bool = true;
+
+    fn poll_socket_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+/// Mutual TLS: the session (keys, sequence numbers) stays; hyper's buffers go. A parked
+/// connection's last read ended pending, so rustls holds no plaintext the socket would not
+/// announce: at most part of a record, whose rest makes the socket readable.
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    const PARKS: bool = true;
+
+    fn poll_socket_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+/// An HTTP stream tunnelled in HBONE: its bytes arrive through the tunnel's HTTP/2
+/// connection, not a socket of its own, so it does not park.
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Socket for crate::hbone::stream::Rewind<S> {
+    const PARKS: bool = false;
+
+    fn poll_socket_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::Unsupported, "an HBONE stream does not park")))
+    }
+}
+
+/// An in-memory pipe (the fuzz targets serve their input through one): no socket under it.
+impl Socket for tokio::io::DuplexStream {
+    const PARKS: bool = false;
+
+    fn poll_socket_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::Unsupported, "an in-memory pipe does not park")))
+    }
+}
+
+/// Why a parked connection's wait ended.
+#[derive(Debug)]
+pub enum Woken {
+    /// The caller sent more (or closed): serve it with a new hyper connection.
+    Readable,
+    Failed(io::Error),
+    /// Nothing within the limit.
+    TimedOut,
+    /// The proxy drains: close.
+    Draining,
+}
+
 /// The downstream socket as one hyper connection sees it: after `prefix` (bytes an
 /// earlier connection read but did not use), the socket; an end-of-file instead of
 /// waiting once the connection may park and the caller has been silent for `park_after`.
 #[derive(Debug)]
-pub struct ParkIo {
-    io: TcpStream,
+pub struct ParkIo<I = TcpStream> {
+    io: I,
     prefix: Bytes,
     exchange: Arc<Exchange>,
     /// Written since the last completed flush (hyper flushes only once its own
@@ -132,8 +200,8 @@ pub struct ParkIo {
     armed_at: usize,
 }
 
-impl ParkIo {
-    pub fn new(io: TcpStream, exchange: Arc<Exchange>, park_after: Duration) -> Self {
+impl<I: Socket> ParkIo<I> {
+    pub fn new(io: I, exchange: Arc<Exchange>, park_after: Duration) -> Self {
         Self {
             io,
             prefix: Bytes::new(),
@@ -182,10 +250,27 @@ impl ParkIo {
         self.prefix.len()
     }
 
-    /// Wait until the caller sends more (or closes), holding only the socket and
-    /// `leftover` (copied, so hyper's read buffer is freed).
-    pub async fn readable(&self) -> io::Result<()> {
-        self.io.readable().await
+    /// Wait, parked, until the caller sends more (or closes), at most `limit`, or until the
+    /// proxy drains. The caller's bytes win over the drain: they are answered once, with
+    /// `Connection: close`. (One poll function rather than a `select!` of futures: this
+    /// future is what a parked connection's task holds besides the socket.)
+    pub async fn wait(&self, limit: Duration, drain: &mut drain::Signal) -> Woken {
+        let deadline = tokio::time::sleep(limit);
+        let draining = drain.draining();
+        tokio::pin!(deadline, draining);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = self.io.poll_socket_readable(cx) {
+                return Poll::Ready(r.map_or_else(Woken::Failed, |()| Woken::Readable));
+            }
+            if draining.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woken::Draining);
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woken::TimedOut);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Ready for the next hyper connection: `leftover` is read first. A connection
@@ -200,7 +285,7 @@ impl ParkIo {
     }
 }
 
-impl AsyncRead for ParkIo {
+impl<I: Socket> AsyncRead for ParkIo<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.parked {
@@ -222,7 +307,7 @@ impl AsyncRead for ParkIo {
     }
 }
 
-impl AsyncWrite for ParkIo {
+impl<I: Socket> AsyncWrite for ParkIo<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.unflushed = true;

@@ -30,25 +30,26 @@ use crate::state::{Cluster, Endpoint, Fallback, Split, Target};
 use crate::telemetry::access::RequestRecord;
 use crate::telemetry::metrics::Direction;
 
-/// Serve HTTP on a connection; `orig_dst` names the service when Host does not.
-pub async fn serve(
+/// Serve HTTP on a connection; `orig_dst` names the service when Host does not. (The
+/// server's future itself, not an `async fn` around it: see [`HttpServer::serve`].)
+///
+/// [`HttpServer::serve`]: crate::http::server::HttpServer::serve
+pub fn serve(
     ctx: Arc<Outbound>,
     stream: TcpStream,
     client: SocketAddr,
     orig_dst: Option<SocketAddr>,
     drain: drain::Signal,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let server = ctx.server.clone();
-    server
-        .serve(
-            Downstream::<TcpStream>::Plain(stream),
-            move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, client, orig_dst, req).await) }
-            },
-            drain,
-        )
-        .await;
+    server.serve(
+        Downstream::<TcpStream>::Plain(stream),
+        move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(handle(&ctx, client, orig_dst, req).await) }
+        },
+        drain,
+    )
 }
 
 async fn handle(
