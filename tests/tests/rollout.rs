@@ -412,7 +412,10 @@ async fn the_cli_watches_a_rollout_to_its_end_and_its_commands_say_what_they_did
     use outrider_tests::control_plane::{TOKEN, outrider_bin};
     let m = mesh(upstream::http1().name("v2").start().await).await;
     let load = Load::start(m.proxy.client.clone(), Plan::new(200, URI));
-    m.cp.apply(&rollout("{canary: {steps: [20, 50]}}", "{minRequests: 20}", "")).await;
+    // Steps of 3 s: the watch polls every second, so each step is on screen at least once (with
+    // 1 s steps a step could begin and end between two polls and never be printed).
+    let spec = rollout("{canary: {steps: [20, 50]}}", "{minRequests: 20}", "").replace("interval: 1s", "interval: 3s");
+    m.cp.apply(&spec).await;
     let server = format!("http://{}", m.cp.api);
     let cli = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(outrider_bin());
