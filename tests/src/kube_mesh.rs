@@ -50,6 +50,45 @@ pub async fn install_crds(api: &ApiServer) {
 
 /// Create or replace an object at `collection` (its name from `object.metadata.name`):
 /// `kubectl apply` in short. Returns the stored object.
+/// The cluster of the `reviews` tests: the system and `shop` namespaces, the CRDs, Service
+/// `reviews` (port 80, ServiceAccount `reviews`) with one ready endpoint per `(pod, address,
+/// version)` (a Pod labelled `version` and an EndpointSlice naming it).
+pub async fn reviews_cluster(api: &ApiServer, pods: &[(&str, SocketAddr, &str)]) {
+    namespace(api, SYSTEM).await;
+    namespace(api, "shop").await;
+    install_crds(api).await;
+    api.create(
+        "/api/v1/namespaces/shop/serviceaccounts",
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reviews"}}),
+    )
+    .await;
+    api.create(
+        "/api/v1/namespaces/shop/services",
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews"},
+            "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 80}]}}),
+    )
+    .await;
+    for (name, addr, version) in pods {
+        api.create(
+            "/api/v1/namespaces/shop/pods",
+            &json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": {"app": "reviews", "version": version}},
+                "spec": {"serviceAccountName": "reviews", "containers": [{"name": "app", "image": "localhost/app:dev"}]}}),
+        )
+        .await;
+        api.create(
+            "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices",
+            &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "reviews"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
+                "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": true},
+                    "targetRef": {"kind": "Pod", "name": name, "namespace": "shop"}}]}),
+        )
+        .await;
+    }
+}
+
 pub async fn apply(api: &ApiServer, collection: &str, object: &Value) -> Value {
     let name = object["metadata"]["name"].as_str().expect("metadata.name");
     let path = format!("{collection}/{name}");

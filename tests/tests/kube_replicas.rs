@@ -18,45 +18,14 @@ use outrider_tests::upstream::{self, Upstream};
 use outrider_tests::wait;
 use serde_json::{Value, json};
 
-const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices";
 const POLICIES: &str = "/apis/outrider.io/v1/namespaces/shop/trafficpolicies";
 
 /// The cluster of these tests: the system and `shop` namespaces, the CRDs, and Service `reviews`
 /// with one ready endpoint per upstream (pod label `version` as given).
 async fn cluster(api: &ApiServer, upstreams: &[(&Upstream, &str)]) {
-    namespace(api, SYSTEM).await;
-    namespace(api, "shop").await;
-    kube_mesh::install_crds(api).await;
-    api.create(
-        "/api/v1/namespaces/shop/serviceaccounts",
-        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reviews"}}),
-    )
-    .await;
-    api.create(
-        "/api/v1/namespaces/shop/services",
-        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews"},
-            "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 80}]}}),
-    )
-    .await;
-    for (up, version) in upstreams {
-        api.create(
-            "/api/v1/namespaces/shop/pods",
-            &json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": up.name, "labels": {"app": "reviews", "version": version}},
-                "spec": {"serviceAccountName": "reviews", "containers": [{"name": "app", "image": "localhost/app:dev"}]}}),
-        )
-        .await;
-        api.create(
-            SLICES,
-            &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": up.name, "labels": {"kubernetes.io/service-name": "reviews"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": up.addr.port(), "protocol": "TCP"}],
-                "endpoints": [{"addresses": [up.addr.ip().to_string()], "conditions": {"ready": true},
-                    "targetRef": {"kind": "Pod", "name": up.name, "namespace": "shop"}}]}),
-        )
-        .await;
-    }
+    let pods: Vec<(&str, std::net::SocketAddr, &str)> =
+        upstreams.iter().map(|(up, version)| (up.name.as_str(), up.addr, *version)).collect();
+    kube_mesh::reviews_cluster(api, &pods).await;
 }
 
 fn secret_cert(secret: &Value) -> String {

@@ -13,13 +13,12 @@ use std::time::Duration;
 use http::Method;
 use outrider_tests::client::{self, Client};
 use outrider_tests::kube::{ApiServer, SA_ISSUER};
-use outrider_tests::kube_mesh::{self, PodNetwork, Replica, SYSTEM, accepted_condition, apply, namespace};
+use outrider_tests::kube_mesh::{self, PodNetwork, Replica, SYSTEM, accepted_condition, apply};
 use outrider_tests::load::{Load, Plan};
 use outrider_tests::upstream::{self, Switch};
 use outrider_tests::wait;
 use serde_json::{Value, json};
 
-const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices";
 const POLICIES: &str = "/apis/outrider.io/v1/namespaces/shop/trafficpolicies";
 const ROLLOUTS: &str = "/apis/outrider.io/v1/namespaces/shop/rollouts";
 const ROLLOUT: &str = "/apis/outrider.io/v1/namespaces/shop/rollouts/reviews";
@@ -31,39 +30,7 @@ const LEASE: Duration = Duration::from_secs(2);
 /// endpoint per `(pod, address, version)`, and its TrafficPolicy: route `main`, all traffic on
 /// v1, and a timeout (a field the rollout does not own).
 async fn cluster(api: &ApiServer, pods: &[(&str, SocketAddr, &str)]) {
-    namespace(api, SYSTEM).await;
-    namespace(api, "shop").await;
-    kube_mesh::install_crds(api).await;
-    api.create(
-        "/api/v1/namespaces/shop/serviceaccounts",
-        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reviews"}}),
-    )
-    .await;
-    api.create(
-        "/api/v1/namespaces/shop/services",
-        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews"},
-            "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 80}]}}),
-    )
-    .await;
-    for (name, addr, version) in pods {
-        api.create(
-            "/api/v1/namespaces/shop/pods",
-            &json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "labels": {"app": "reviews", "version": version}},
-                "spec": {"serviceAccountName": "reviews", "containers": [{"name": "app", "image": "localhost/app:dev"}]}}),
-        )
-        .await;
-        api.create(
-            SLICES,
-            &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "reviews"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
-                "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": true},
-                    "targetRef": {"kind": "Pod", "name": name, "namespace": "shop"}}]}),
-        )
-        .await;
-    }
+    kube_mesh::reviews_cluster(api, pods).await;
     apply(
         api,
         POLICIES,
