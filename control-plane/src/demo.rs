@@ -100,7 +100,7 @@ fn traffic_policy(v1: u32, v2: u32, bare: bool) -> String {
     failureRateThreshold: 50
     window: 6
     minimumCalls: 4
-    openDuration: 2s
+    openDuration: 3s
     halfOpenCalls: 2
     fallback: {{subset: {{version: v1}}}}
 {routes}"
@@ -357,7 +357,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
         "policy",
         if policy {
             "retries (2, budget 30%), a breaker per endpoint (opens at 50% failures of its last 6 calls, \
-             for 2s) with v1 as the fallback, canary v1 90 / v2 10"
+             for 3s) with v1 as the fallback, canary v1 90 / v2 10"
         } else {
             "canary v1 90 / v2 10 only (--no-policy): no retries, no breaker, no fallback"
         }

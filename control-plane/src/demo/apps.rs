@@ -27,13 +27,17 @@ pub struct Counts {
 #[derive(Debug)]
 pub struct Reviews {
     pub version: &'static str,
-    /// Share of calls answered 503 (percent).
+    /// Share of calls answered 503 (percent), spread evenly: with 2, every 50th call. Random
+    /// failures would now and then bunch up and open a breaker that watches a few calls, or fail
+    /// the probe that should close it, and the demo's story would change from run to run.
     pub fail_percent: u64,
     /// Share of calls delayed by 150-400 ms (percent).
     pub slow_percent: u64,
     /// Broken: every call is a 503.
     pub broken: AtomicBool,
     pub counts: Counts,
+    /// Calls so far (for the even spread of failures).
+    calls: AtomicU64,
 }
 
 impl Reviews {
@@ -44,6 +48,7 @@ impl Reviews {
             slow_percent,
             broken: AtomicBool::new(false),
             counts: Counts::default(),
+            calls: AtomicU64::new(0),
         })
     }
 
@@ -51,7 +56,11 @@ impl Reviews {
         if self.slow_percent > 0 && fastrand::u64(0..100) < self.slow_percent {
             tokio::time::sleep(Duration::from_millis(fastrand::u64(150..400))).await;
         }
-        let fail = self.broken.load(Ordering::Relaxed) || fastrand::u64(0..100) < self.fail_percent;
+        // Call n (from 0) fails when the running share of failures, n × p / 100, passes a whole
+        // number at it: exactly p % of the calls, as far apart as they can be.
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let due = (n + 1) * self.fail_percent / 100 > n * self.fail_percent / 100;
+        let fail = self.broken.load(Ordering::Relaxed) || due;
         let (status, body) = if fail {
             self.counts.failed.fetch_add(1, Ordering::Relaxed);
             (StatusCode::SERVICE_UNAVAILABLE, format!("reviews {} unavailable\n", self.version))
@@ -147,7 +156,7 @@ pub enum AppCommand {
         /// Version named in answers and in the `x-reviews-version` header.
         #[arg(long, default_value = "v1")]
         version: String,
-        /// Share of calls answered 503 (percent, 0-100).
+        /// Share of calls answered 503 (percent, 0-100), spread evenly (5: every 20th call).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
         fail_percent: u64,
         /// Share of calls delayed by 150-400 ms (percent, 0-100).
@@ -204,4 +213,32 @@ pub fn run(command: AppCommand) -> std::process::ExitCode {
         }
         std::process::ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failures_are_the_share_asked_for_and_never_bunch_up() {
+        let app = Reviews::new("v2", 2, 0);
+        let mut failed_at = Vec::new();
+        for n in 0..1000u64 {
+            if app.answer().await.status() == StatusCode::SERVICE_UNAVAILABLE {
+                failed_at.push(n);
+            }
+        }
+        assert_eq!(failed_at.len(), 20, "2 % of 1000 calls: {failed_at:?}");
+        assert!(failed_at.windows(2).all(|w| w[1] - w[0] == 50), "every 50th call: {failed_at:?}");
+        assert_eq!(app.counts.failed.load(Ordering::Relaxed), 20);
+        // Broken answers every call with a 503, whatever the share.
+        app.broken.store(true, Ordering::Relaxed);
+        for _ in 0..10 {
+            assert_eq!(app.answer().await.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        let healthy = Reviews::new("v1", 0, 0);
+        for _ in 0..200 {
+            assert_eq!(healthy.answer().await.status(), StatusCode::OK);
+        }
+    }
 }
