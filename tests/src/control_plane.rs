@@ -204,6 +204,17 @@ impl ControlPlane {
         self.call("GET", &format!("/v1/stats/{service}?{query}"), "", false, None).await
     }
 
+    /// Wait until `n` proxies have each sent a load report on their report stream. From then on
+    /// every request they carry is counted: a proxy drops what it counted before its report
+    /// stream was set up (a report covers one interval), so load started earlier can go
+    /// partly uncounted.
+    pub async fn wait_reporting(&self, n: u64) {
+        wait::wait_until(&format!("{n} proxies to send load reports"), || async {
+            self.call("GET", "/v1/stats", "", false, None).await.json["reportingProxies"] == n
+        })
+        .await;
+    }
+
     /// Wait until `version` is served, `n` proxies are connected and every one has ACKed all
     /// four types (clusters at `version`).
     pub async fn wait_converged(&self, version: &str, n: usize) -> Value {

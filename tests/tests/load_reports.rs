@@ -52,6 +52,7 @@ async fn the_control_planes_numbers_for_a_subset_match_what_the_clients_of_two_p
     a.wait_ready().await;
     b.wait_ready().await;
     cp.wait_converged(&version, 2).await;
+    cp.wait_reporting(2).await;
 
     // Latencies spread over two decades, so the p99 is a real percentile.
     let uris: Vec<String> =
