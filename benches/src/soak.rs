@@ -32,6 +32,7 @@ mod mesh;
 pub mod netns;
 mod plot;
 mod report;
+mod stalls;
 mod tcp;
 
 pub use report::{SoakReport, summary, write};
@@ -156,6 +157,8 @@ pub async fn run(cfg: &Config) -> Result<SoakReport> {
     let end = start + cfg.duration;
     let span = (start, end);
     let (loads, longs) = spawn_legs(addr, cfg.rate, with_tcp, span, &acc, &channel);
+    let control = load::shared(vec![stalls::DIRECT]);
+    let probe = tokio::spawn(http::direct(up.http, stalls::DIRECT_RATE, span, control.clone()));
 
     // Policy changes and samples, until the end.
     let mut policy_tick = tokio::time::interval_at(start + POLICY_EVERY, POLICY_EVERY);
@@ -177,17 +180,24 @@ pub async fn run(cfg: &Config) -> Result<SoakReport> {
                 if at > end { continue; }
                 n += 1;
                 let body = mesh::policy(n, stream_endpoint);
+                let sent = Instant::now();
                 let ok = tokio::task::spawn_blocking(move || api(api_addr, "PUT", "/v1/policies", Some(API_TOKEN), &body))
                     .await
                     .is_ok_and(|r| r.is_ok_and(|(s, _)| s == 200));
                 rep.policy_changes += 1;
                 if !ok { rep.policy_change_errors += 1; }
+                rep.policy_change_log.push(stalls::PolicyChange {
+                    at_s: at.duration_since(start).as_secs_f64(),
+                    took_ms: sent.elapsed().as_secs_f64() * 1000.0,
+                    ok,
+                });
             }
         }
     }
     for l in loads {
         l.await.context("a leg's task failed")?;
     }
+    probe.await.context("the control probe's task failed")?;
     let mut lives: Vec<(&'static str, Vec<Life>)> = Vec::new();
     for (leg, l) in longs {
         lives.push((leg, l.await.context("a long-lived session's task failed")?));
@@ -200,6 +210,9 @@ pub async fn run(cfg: &Config) -> Result<SoakReport> {
     let client_admin = mesh.client.admin;
     rep.client_counters = tokio::task::spawn_blocking(move || mesh::policy_counters(client_admin)).await?;
     finish(&mut rep, &acc, &legs, cfg.duration);
+    if let (Ok(a), Ok(c)) = (acc.lock(), control.lock()) {
+        rep.stalls = stalls::find(&a.worst, &c.worst, &rep.policy_change_log, &rep.samples);
+    }
     for (leg, sidecars) in
         [(grpc_stream::LONG, [mesh::CLIENT, mesh::SERVER]), (tcp::LONG, [mesh::CLIENT, mesh::TCP_SERVER])]
     {

@@ -119,6 +119,17 @@ async fn one_h2(addr: SocketAddr, channel: Channel<Full<Bytes>>, proto: &'static
     check(resp, proto == "grpc").await
 }
 
+/// The control probe: HTTP/1.1 requests straight to the upstream at `rate`, not through the
+/// mesh. When it is slow in the same seconds as the legs, this process or the machine stalled,
+/// not the sidecars.
+pub async fn direct(upstream: SocketAddr, rate: f64, (start, end): (Instant, Instant), acc: Shared) {
+    let pool: Pool = Arc::default();
+    load::fixed_rate(super::stalls::DIRECT, (rate, load::TIMEOUT), (start, end), acc, |i| {
+        one_h1(upstream, pool.clone(), i)
+    })
+    .await
+}
+
 /// `rate` requests per second of `proto` (one of [`LEGS`]) until `end`.
 pub async fn run(addr: SocketAddr, proto: &'static str, rate: u32, (start, end): (Instant, Instant), acc: Shared) {
     let pool: Pool = Arc::default();

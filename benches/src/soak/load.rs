@@ -28,12 +28,24 @@ pub struct Acc {
     pub first_errors: Vec<String>,
     /// Failures by leg and kind ([`kind`]): how many, and the first one (seconds, message).
     pub kinds: BTreeMap<(&'static str, String), (u64, f64, String)>,
+    /// The longest latency (ns, from the intended start) of each leg's tasks, by the second of
+    /// their intended start: where the run stalled ([`super::stalls`]).
+    pub worst: Worst,
 }
+
+/// Second of the run → leg → the longest latency (ns) of the tasks meant to start in it.
+pub type Worst = BTreeMap<u64, BTreeMap<&'static str, u64>>;
 
 pub type Shared = Arc<Mutex<Acc>>;
 
 pub fn shared(legs: Vec<&'static str>) -> Shared {
-    Arc::new(Mutex::new(Acc { legs, minutes: Vec::new(), first_errors: Vec::new(), kinds: BTreeMap::new() }))
+    Arc::new(Mutex::new(Acc {
+        legs,
+        minutes: Vec::new(),
+        first_errors: Vec::new(),
+        kinds: BTreeMap::new(),
+        worst: BTreeMap::new(),
+    }))
 }
 
 /// A failure's kind: its message with every number written `N`, so that failures that differ
@@ -68,6 +80,9 @@ pub fn record(acc: &Shared, start: Instant, intended: Instant, leg: &'static str
     let minute = (intended.duration_since(start).as_secs() / 60) as usize;
     let ns = intended.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
     let Ok(mut a) = acc.lock() else { return };
+    let second = intended.duration_since(start).as_secs();
+    let worst = a.worst.entry(second).or_default().entry(leg).or_insert(0);
+    *worst = (*worst).max(ns);
     match outcome {
         Ok(()) => {
             if let Some((h, _)) = a.slot(minute).get_mut(leg) {

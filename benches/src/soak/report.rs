@@ -116,6 +116,10 @@ pub struct SoakReport {
     pub long_lived: Vec<LongLivedStats>,
     pub policy_changes: u64,
     pub policy_change_errors: u64,
+    /// Every policy change: when, how long its API call took, whether it was taken.
+    pub policy_change_log: Vec<super::stalls::PolicyChange>,
+    /// Where the run stalled, and what was near it ([`super::stalls`]).
+    pub stalls: Vec<super::stalls::Stall>,
     /// Certificate rotations (installs after the first) of each sidecar.
     pub rotations: BTreeMap<String, u64>,
     pub warmup_s: f64,
@@ -236,6 +240,7 @@ pub fn markdown(r: &SoakReport) -> String {
             m.max_us
         );
     }
+    stalls_table(&mut s, r);
     if !r.client_counters.is_empty() {
         let _ = writeln!(s, "\nThe client sidecar's counters at the end:\n");
         for (k, v) in &r.client_counters {
@@ -255,6 +260,40 @@ pub fn markdown(r: &SoakReport) -> String {
         }
     }
     s
+}
+
+fn stalls_table(s: &mut String, r: &SoakReport) {
+    let threshold = super::stalls::STALL.as_millis();
+    if r.stalls.is_empty() {
+        let _ = writeln!(s, "\nNo stall: no task of any leg took {threshold} ms or more from its intended start.");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nStalls: seconds in which a task took {threshold} ms or more from its intended start. The control \
+         probe sends {} HTTP/1.1 requests a second straight to the upstream, not through the mesh: slow \
+         too, the harness or the machine stalled.\n",
+        super::stalls::DIRECT_RATE
+    );
+    let _ = writeln!(
+        s,
+        "| Seconds | Legs | Latest task | Control probe's latest | Since the last policy change (its API call) | Rotations near |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for st in &r.stalls {
+        let direct = st.direct_worst_ms.map_or("–".to_owned(), |ms| format!("{ms:.0} ms"));
+        let change =
+            st.after_policy_change.map_or("–".to_owned(), |(after, took)| format!("{after:.1} s ({took:.0} ms)"));
+        let rotations = if st.rotations.is_empty() { "–".to_owned() } else { st.rotations.join(", ") };
+        let _ = writeln!(
+            s,
+            "| {}–{} | {} | {:.0} ms | {direct} | {change} | {rotations} |",
+            st.from_s,
+            st.to_s + 1,
+            st.legs.join(", "),
+            st.worst_ms
+        );
+    }
 }
 
 pub fn summary(r: &SoakReport) -> String {
@@ -285,8 +324,26 @@ pub fn summary(r: &SoakReport) -> String {
     for (k, v) in &r.client_counters {
         let _ = writeln!(s, "  client sidecar: {k}: {v}");
     }
+    for st in &r.stalls {
+        let _ = writeln!(
+            s,
+            "  stall {}-{} s: {} (latest {:.0} ms; control probe {}; {} after a policy change)",
+            st.from_s,
+            st.to_s + 1,
+            st.legs.join(", "),
+            st.worst_ms,
+            st.direct_worst_ms.map_or("idle".to_owned(), |ms| format!("{ms:.0} ms")),
+            st.after_policy_change.map_or("not".to_owned(), |(after, _)| format!("{after:.1} s")),
+        );
+    }
     for (name, g) in &r.growth {
-        let goal = if g.rss_growth_pct < GOAL_RSS_GROWTH_PCT { "ok" } else { "ABOVE GOAL" };
+        let goal = if name == "harness" {
+            "the load generator, not judged"
+        } else if g.rss_growth_pct < GOAL_RSS_GROWTH_PCT {
+            "ok"
+        } else {
+            "ABOVE GOAL"
+        };
         let _ = writeln!(
             s,
             "  {name}: RSS {:.1} -> {:.1} MiB ({:+.1} %, {goal}), fds {}..{}",
