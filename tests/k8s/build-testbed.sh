@@ -101,7 +101,7 @@ log "built; go caches: $(du -sh "$work" 2>/dev/null | cut -f1)"
 rm -rf "$dest"
 mkdir -p "$dest"
 mv "$out/etcd" "$out/kube-apiserver" "$dest/"
-"$dest/etcd" --version | head -1 >&2
+"$dest/etcd" --version | sed -n 1p >&2  # sed reads it all: `head` could end the pipe early (SIGPIPE, exit 141)
 "$dest/kube-apiserver" --version >&2
 touch "$dest/.complete"
 if [ "${OUTRIDER_TOOLS_KEEP_GO_CACHE:-0}" != 1 ]; then
