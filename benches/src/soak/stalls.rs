@@ -85,7 +85,7 @@ pub fn find(legs: &Worst, direct: &Worst, changes: &[PolicyChange], samples: &[S
     for stall in &mut out {
         let from = stall.from_s as f64;
         stall.after_policy_change =
-            changes.iter().filter(|c| c.at_s <= from + 1.0).last().map(|c| ((from - c.at_s).max(0.0), c.took_ms));
+            changes.iter().rfind(|c| c.at_s <= from + 1.0).map(|c| ((from - c.at_s).max(0.0), c.took_ms));
         stall.rotations = rotations_near(samples, from - 5.0, stall.to_s as f64 + 1.0);
     }
     out
