@@ -233,7 +233,30 @@ where
 /// The stream's requests, each at most `limit` bytes (a larger one ends the stream with
 /// `OUT_OF_RANGE`).
 fn decode<M: prost::Message + Default + Send + 'static>(body: Incoming, limit: usize) -> Streaming<M> {
-    Streaming::new_request(tonic_prost::ProstDecoder::<M>::default(), body, None, Some(limit))
+    Streaming::new_request(SmallBuffer(tonic_prost::ProstDecoder::<M>::default()), body, None, Some(limit))
+}
+
+/// What a stream's request buffer starts with. Most requests are ACKs of a few hundred bytes;
+/// tonic's default (8 KiB, allocated when the stream starts) was held by every connected proxy.
+/// A larger request grows the buffer as it comes.
+const REQUEST_BUFFER: usize = 512;
+
+/// A decoder that starts with a [`REQUEST_BUFFER`] instead of tonic's default.
+#[derive(Debug)]
+struct SmallBuffer<D>(D);
+
+impl<D: tonic::codec::Decoder> tonic::codec::Decoder for SmallBuffer<D> {
+    type Item = D::Item;
+    type Error = D::Error;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        self.0.decode(src)
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        // The yield threshold (tonic's default) is for encoding, which this decoder does not do.
+        tonic::codec::BufferSettings::new(REQUEST_BUFFER, 32 << 10)
+    }
 }
 
 /// Which resources of a type a client asked for.
