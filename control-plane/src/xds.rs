@@ -409,13 +409,25 @@ impl Pusher {
         self.status.set(status);
     }
 
+    /// Take a permit (if the stream holds none) before building a response that may be large:
+    /// a stream that waits for one then holds nothing of it yet. When thousands of proxies
+    /// connect at once, each had built its first responses (references to every resource of
+    /// a type, tens of KB) before waiting, and the allocator kept that memory afterwards.
+    async fn reserve(&mut self) -> Result<(), ()> {
+        if self.permit.is_none() {
+            let permit = self.permits.clone().acquire_owned().await.map_err(|_| ())?;
+            self.permit = Some((permit, Instant::now() + PERMIT_HOLD));
+        }
+        Ok(())
+    }
+
     async fn send(&mut self, type_url: &str, message: Encoded) -> Result<(), ()> {
         if message.resources() >= LARGE_RESPONSE {
-            if self.permit.is_none() {
-                let permit = self.permits.clone().acquire_owned().await.map_err(|_| ())?;
-                self.permit = Some((permit, Instant::now() + PERMIT_HOLD));
-            }
+            self.reserve().await?;
             self.unanswered.insert(type_url.to_owned());
+        } else if self.unanswered.is_empty() {
+            // Reserved for a response that turned out small.
+            self.permit = None;
         }
         self.tx.send(message).await.map_err(|_| ())
     }
