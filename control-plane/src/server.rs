@@ -258,8 +258,8 @@ impl Drop for Running {
 }
 
 /// A listener with the proxy's backlog (4,096): when a replica restarts, thousands of proxies
-/// connect at once, and with the standard library's 128 most of them were refused and retried
-/// (a benchmark's 2,000 clients saw 900 failed connections).
+/// connect at once, and with the standard library's 128 many of their connections failed and
+/// were retried (a benchmark's 2,000 clients saw 900 failures).
 fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
     outrider_proxy::transport::listen::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
