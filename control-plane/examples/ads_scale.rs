@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -223,7 +224,7 @@ async fn lean_client(config: ClientConfig, recorder: Arc<Recorder>) {
                 heads.feed(&data, &mut got)?;
                 for response in got.drain(..) {
                     if response.type_url == CLUSTER_LOAD_ASSIGNMENT_TYPE_URL {
-                        recorder.seen.lock().entry(response.system_version_info.clone()).or_insert_with(Instant::now);
+                        recorder.record(&response.system_version_info);
                     }
                     let ack = DeltaDiscoveryRequest {
                         type_url: response.type_url,
@@ -248,12 +249,51 @@ struct Recorder {
     seen: Mutex<BTreeMap<String, Instant>>,
 }
 
+/// Versions recorded by all clients together: the waits below scan every client's record only
+/// once this says enough have arrived (a scan of 10,000 records every few milliseconds took
+/// much of the clients' one thread, and so delayed what it measures).
+static ARRIVALS: AtomicUsize = AtomicUsize::new(0);
+
+impl Recorder {
+    fn record(&self, version: &str) {
+        let mut seen = self.seen.lock();
+        if !seen.contains_key(version) {
+            seen.insert(version.to_owned(), Instant::now());
+            ARRIVALS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Handler for Recorder {
     fn update(&self, update: &Update<'_>) -> Result<(), String> {
         if update.type_url == CLUSTER_LOAD_ASSIGNMENT_TYPE_URL {
-            self.seen.lock().entry(update.version.to_owned()).or_insert_with(Instant::now);
+            self.record(update.version);
         }
         Ok(())
+    }
+}
+
+/// Wait until `scan` (what every client holds) counts `clients` entries, or until `deadline`;
+/// scans only once [`ARRIVALS`] has grown by `clients` since `arrivals_before`, and then at most
+/// every 100 ms.
+async fn wait_for_all<T>(
+    clients: usize,
+    arrivals_before: usize,
+    deadline: Instant,
+    mut scan: impl FnMut() -> Vec<T>,
+) -> Vec<T> {
+    let mut last_scan: Option<Instant> = None;
+    loop {
+        let enough = ARRIVALS.load(Ordering::Relaxed) >= arrivals_before + clients;
+        let expired = Instant::now() > deadline;
+        if (enough && last_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(100))) || expired {
+            let found = scan();
+            if found.len() >= clients || expired {
+                return found;
+            }
+            last_scan = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -348,20 +388,22 @@ async fn main() {
     std::thread::spawn(move || for _ in lines {});
 
     put(api, policy(args.services, 0)).await;
+    // Let the first snapshot be generated before measuring what the clients add.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("control plane before clients: RSS {} MiB", status_kb(pid, "VmRSS:") / 1024);
     let recorders: Vec<Arc<Recorder>> = (0..args.clients).map(|_| Arc::new(Recorder::default())).collect();
+    let arrivals = ARRIVALS.load(Ordering::Relaxed);
     for (i, r) in recorders.iter().enumerate() {
         spawn_client(&args, xds, i, r.clone());
     }
     let connect_start = Instant::now();
     // Wait until every client has the initial config.
-    loop {
-        let have = recorders.iter().filter(|r| !r.seen.lock().is_empty()).count();
-        if have == args.clients {
-            break;
-        }
-        assert!(connect_start.elapsed() < Duration::from_secs(120), "only {have} clients got a config");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let deadline = connect_start + Duration::from_secs(120);
+    let have = wait_for_all(args.clients, arrivals, deadline, || {
+        recorders.iter().filter(|r| !r.seen.lock().is_empty()).map(|_| ()).collect()
+    })
+    .await;
+    assert_eq!(have.len(), args.clients, "only {} clients got a config", have.len());
     println!("{} clients connected and configured in {:?}", args.clients, connect_start.elapsed());
     let (rss, cpu0) = proc_stats(pid);
     println!(
@@ -374,19 +416,17 @@ async fn main() {
     let mut all = Vec::new();
     for round in 1..=args.rounds {
         let start = Instant::now();
+        let arrivals = ARRIVALS.load(Ordering::Relaxed);
         let version = put(api, policy(args.services, round)).await;
         let applied = Instant::now();
         let deadline = applied + Duration::from_secs(60);
-        let mut times = loop {
-            let times: Vec<Duration> = recorders
+        let mut times = wait_for_all(args.clients, arrivals, deadline, || {
+            recorders
                 .iter()
                 .filter_map(|r| r.seen.lock().get(&version).map(|t| t.saturating_duration_since(applied)))
-                .collect();
-            if times.len() == args.clients || Instant::now() > deadline {
-                break times;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+                .collect()
+        })
+        .await;
         times.sort();
         println!(
             "round {round}: apply took {:?}; {} of {} clients updated: p50 {:?} p99 {:?} max {:?}",
@@ -664,20 +704,32 @@ mod kube_mode {
         let mut replicas: Vec<Replica> = (0..args.replicas).map(|i| start_replica(bin, kubeconfig, i)).collect();
         println!("{} replicas read the cluster and listen after {:?}", replicas.len(), start.elapsed());
 
+        // Let the replicas settle before measuring what the clients add.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (i, r) in replicas.iter().enumerate() {
+            println!("replica cp-{i} before clients: RSS {} MiB", status_kb(r.child.id(), "VmRSS:") / 1024);
+        }
         let recorders: Vec<Arc<Recorder>> = (0..args.clients).map(|_| Arc::new(Recorder::default())).collect();
+        let arrivals = ARRIVALS.load(Ordering::Relaxed);
         for (i, r) in recorders.iter().enumerate() {
             super::spawn_client(args, replicas[i % replicas.len()].xds, i, r.clone());
         }
         let connect_start = Instant::now();
-        loop {
-            let have = recorders.iter().filter(|r| !r.seen.lock().is_empty()).count();
-            if have == args.clients {
-                break;
-            }
-            assert!(connect_start.elapsed() < Duration::from_secs(300), "only {have} clients got a config");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let deadline = connect_start + Duration::from_secs(300);
+        let have = wait_for_all(args.clients, arrivals, deadline, || {
+            recorders.iter().filter(|r| !r.seen.lock().is_empty()).map(|_| ()).collect()
+        })
+        .await;
+        assert_eq!(have.len(), args.clients, "only {} clients got a config", have.len());
         println!("{} clients connected and configured in {:?}", args.clients, connect_start.elapsed());
+        for (i, r) in replicas.iter().enumerate() {
+            let id = r.child.id();
+            println!(
+                "replica cp-{i} after connect: peak RSS {} MiB, RSS now {} MiB",
+                status_kb(id, "VmHWM:") / 1024,
+                status_kb(id, "VmRSS:") / 1024
+            );
+        }
         let cpu0: Vec<f64> = replicas.iter().map(|r| proc_stats(r.child.id()).1).collect();
 
         let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
@@ -685,12 +737,16 @@ mod kube_mode {
         for round in 1..=args.rounds {
             let before: Vec<BTreeSet<String>> =
                 recorders.iter().map(|r| r.seen.lock().keys().cloned().collect()).collect();
-            let patch = json!({"ports": [{"name": "http", "port": 20000 + round, "protocol": "TCP"}]});
+            let arrivals = ARRIVALS.load(Ordering::Relaxed);
+            // Ports no earlier run against the same cluster left (a round that restored the
+            // state the clients started from would bring no new version).
+            let port = 20000 + (std::process::id() as usize % 4000) * 10 + round;
+            let patch = json!({"ports": [{"name": "http", "port": port, "protocol": "TCP"}]});
             slices.patch("svc-0", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch the slice");
             let applied = Instant::now();
             let deadline = applied + Duration::from_secs(60);
-            let mut times = loop {
-                let times: Vec<Duration> = recorders
+            let mut times = wait_for_all(args.clients, arrivals, deadline, || {
+                recorders
                     .iter()
                     .zip(&before)
                     .filter_map(|(r, old)| {
@@ -701,12 +757,9 @@ mod kube_mode {
                             .map(|(_, t)| t.saturating_duration_since(applied))
                             .min()
                     })
-                    .collect();
-                if times.len() == args.clients || Instant::now() > deadline {
-                    break times;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
+                    .collect()
+            })
+            .await;
             times.sort();
             println!(
                 "round {round}: {} of {} clients updated: p50 {:?} p99 {:?} max {:?}",

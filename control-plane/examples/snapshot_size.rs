@@ -64,7 +64,7 @@ fn main() {
             .resources
             .values()
             .filter(|r| r.scope == outrider_control_plane::snapshot::Scope::All)
-            .fold((0usize, 0usize), |(n, b), r| (n + 1, b + r.sotw.len()));
+            .fold((0usize, 0usize), |(n, b), r| (n + 1, b + r.sotw_head().len() + r.encoded().len()));
         let name = type_url.rsplit('.').next().unwrap_or(type_url);
         println!("{name:<24} {count:>6} resources  {:>8.2} MiB", bytes as f64 / (1 << 20) as f64);
     }

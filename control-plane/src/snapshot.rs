@@ -13,23 +13,20 @@
 //! names it, and versioned apart from the rest of their type so that a change to one service's
 //! inbound listener changes nothing any other proxy sees. Outbound resources go to every proxy.
 //!
-//! Each resource is encoded once, as the bytes of its entry in a SotW and in a Delta response;
-//! streams send those shared bytes (see `xds::encode`) instead of copying the resource.
+//! Each resource is encoded once, as an `Any` that both its SotW and its Delta response entry
+//! carry behind a few bytes of their own; streams send those shared bytes (see `xds::encode`)
+//! instead of copying the resource. A snapshot keeps only the encoded resources: the next one
+//! is compared with them (by bytes, and typed where the bytes differ).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use envoy_types::pb::google::protobuf::Any;
 use outrider_xds::PolicySet;
 use outrider_xds::resources::{
-    CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL, any,
+    CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
 };
 use prost::Message as _;
 use tokio::time::Instant;
@@ -62,31 +59,104 @@ impl Scope {
 }
 
 /// One resource ready to send, encoded once for every stream that sends it.
+///
+/// Its encoded `Any` is held once: a SotW response entry is that `Any` behind a key and length,
+/// a Delta one is a `Resource` (name, version, then the `Any`), whose fields before the `Any`
+/// are [`XdsResource::delta_head`]. Streams send the shared `Any` bytes after the head.
 #[derive(Debug)]
 pub struct XdsResource {
     pub name: String,
     /// The snapshot version at which this resource last changed.
     pub version: String,
-    pub any: Any,
     pub scope: Scope,
-    /// `DiscoveryResponse.resources` entry (field 2, the `Any`), key and length included.
-    pub sotw: Bytes,
-    /// `DeltaDiscoveryResponse.resources` entry (field 2, a `Resource` with name, version and
-    /// the `Any`), key and length included.
-    pub delta: Bytes,
+    /// The encoded `Any` (type URL and message).
+    encoded: Bytes,
+    /// The SotW entry's head (bytes `..sotw_head`) and then the Delta entry's head.
+    heads: Box<[u8]>,
+    sotw_head: usize,
 }
 
+/// Response field of the resources in `DiscoveryResponse` and `DeltaDiscoveryResponse` (2),
+/// and of the `Any` in a `Resource` (2).
+const RESOURCES_FIELD: u32 = 2;
+/// `Resource` fields.
+const RESOURCE_NAME: u32 = 3;
+const RESOURCE_VERSION: u32 = 1;
+
 impl XdsResource {
-    fn new(name: String, version: String, any: Any, scope: Scope) -> Self {
-        let mut sotw = Vec::with_capacity(any.encoded_len() + 8);
-        prost::encoding::message::encode(2, &any, &mut sotw);
-        let resource =
-            Resource { name: name.clone(), version: version.clone(), resource: Some(any), ..Default::default() };
-        let mut delta = Vec::with_capacity(resource.encoded_len() + 8);
-        prost::encoding::message::encode(2, &resource, &mut delta);
-        let any = resource.resource.unwrap_or_default();
-        Self { name, version, any, scope, sotw: sotw.into(), delta: delta.into() }
+    /// `encoded` is the `Any` (see [`encode_any`]).
+    pub(crate) fn new(name: String, version: String, encoded: Bytes, scope: Scope) -> Self {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+        let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
+        let any_field = field(RESOURCES_FIELD, encoded.len());
+        let mut resource_len = any_field;
+        for (tag, value) in [(RESOURCE_NAME, &name), (RESOURCE_VERSION, &version)] {
+            if !value.is_empty() {
+                resource_len += field(tag, value.len());
+            }
+        }
+        let mut heads = Vec::with_capacity(any_field - encoded.len() + resource_len - encoded.len() + 8);
+        encode_key(RESOURCES_FIELD, WireType::LengthDelimited, &mut heads);
+        encode_varint(encoded.len() as u64, &mut heads);
+        let sotw_head = heads.len();
+        encode_key(RESOURCES_FIELD, WireType::LengthDelimited, &mut heads);
+        encode_varint(resource_len as u64, &mut heads);
+        for (tag, value) in [(RESOURCE_NAME, &name), (RESOURCE_VERSION, &version)] {
+            if !value.is_empty() {
+                encode_key(tag, WireType::LengthDelimited, &mut heads);
+                encode_varint(value.len() as u64, &mut heads);
+                heads.extend_from_slice(value.as_bytes());
+            }
+        }
+        encode_key(RESOURCES_FIELD, WireType::LengthDelimited, &mut heads);
+        encode_varint(encoded.len() as u64, &mut heads);
+        Self { name, version, scope, encoded, heads: heads.into_boxed_slice(), sotw_head }
     }
+
+    /// The encoded `Any`: what follows either head in a response entry.
+    pub fn encoded(&self) -> &Bytes {
+        &self.encoded
+    }
+
+    /// What precedes [`XdsResource::encoded`] in a `DiscoveryResponse.resources` entry (field
+    /// 2): its key and length.
+    pub fn sotw_head(&self) -> &[u8] {
+        &self.heads[..self.sotw_head]
+    }
+
+    /// What precedes [`XdsResource::encoded`] in a `DeltaDiscoveryResponse.resources` entry
+    /// (field 2, a `Resource`): its key and length, the name and version, and the key and
+    /// length of the `Resource`'s `resource` field.
+    pub fn delta_head(&self) -> &[u8] {
+        &self.heads[self.sotw_head..]
+    }
+
+    /// The resource as an `Any` (decoded again from what is sent).
+    pub fn any(&self) -> Result<Any, prost::DecodeError> {
+        Any::decode(self.encoded.clone())
+    }
+
+    /// Whether this resource is `message`, which encodes to `encoded`: equal bytes are, and
+    /// so are different bytes that decode to an equal message (the generated Envoy types keep
+    /// `Struct` and metadata maps in `HashMap`s, whose encoding order differs between maps).
+    fn is<M: prost::Message + Default + PartialEq>(&self, encoded: &[u8], message: &M) -> bool {
+        self.encoded.as_ref() == encoded
+            || self.any().is_ok_and(|a| M::decode(a.value.as_slice()).is_ok_and(|m| m == *message))
+    }
+}
+
+/// `message` as an encoded `Any` of `type_url`, in one pass.
+pub(crate) fn encode_any<M: prost::Message>(type_url: &str, message: &M) -> Bytes {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let len = message.encoded_len();
+    let mut buf = Vec::with_capacity(type_url.len() + len + 12);
+    encode_key(1, WireType::LengthDelimited, &mut buf);
+    encode_varint(type_url.len() as u64, &mut buf);
+    buf.extend_from_slice(type_url.as_bytes());
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(len as u64, &mut buf);
+    message.encode_raw(&mut buf);
+    buf.into()
 }
 
 /// All resources of one type.
@@ -147,17 +217,10 @@ impl Snapshot {
     }
 }
 
-/// Typed resources of one type with what was served for them (kept to compare the next set
-/// with, and to reuse the encoded resource when it did not change).
-type Versioned<M> = BTreeMap<String, (M, Arc<XdsResource>)>;
-
-/// Produces snapshots, remembering the previous one to keep versions of unchanged resources.
+/// Produces snapshots, remembering the previous one to keep versions of unchanged resources
+/// (compared with what the previous snapshot holds of each type).
 #[derive(Debug, Default)]
 pub struct Generator {
-    listeners: Versioned<Listener>,
-    routes: Versioned<RouteConfiguration>,
-    clusters: Versioned<Cluster>,
-    endpoints: Versioned<ClusterLoadAssignment>,
     types: BTreeMap<&'static str, Arc<TypeSnapshot>>,
 }
 
@@ -185,10 +248,10 @@ impl Generator {
         let endpoints = with_by_name(resources.endpoints, extra.endpoints, |e| e.cluster_name.clone());
 
         let types = &mut self.types;
-        update(&mut self.listeners, listeners, &version, LISTENER_TYPE_URL, types);
-        update(&mut self.routes, routes, &version, ROUTE_CONFIGURATION_TYPE_URL, types);
-        update(&mut self.clusters, clusters, &version, CLUSTER_TYPE_URL, types);
-        update(&mut self.endpoints, endpoints, &version, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, types);
+        update(listeners, &version, LISTENER_TYPE_URL, types);
+        update(routes, &version, ROUTE_CONFIGURATION_TYPE_URL, types);
+        update(clusters, &version, CLUSTER_TYPE_URL, types);
+        update(endpoints, &version, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, types);
         Snapshot { policy_version: version.clone(), version, types: types.clone(), created: Instant::now() }
     }
 }
@@ -204,17 +267,19 @@ fn with_by_name<M>(items: Vec<M>, by_name: Vec<M>, name: impl Fn(&M) -> String) 
     out
 }
 
-/// Compares with the previous resources of the type (typed `==`: the encoded bytes of equal
-/// messages may differ, their maps being `HashMap`s), assigns versions and replaces the type's
-/// entry in `types` (left as it was, shared, when nothing changed).
-fn update<M: prost::Message + PartialEq>(
-    prev: &mut Versioned<M>,
+/// Compares with the resources of the type in the previous snapshot (by their encoding, and
+/// typed when the bytes differ: see [`XdsResource::is`]), assigns versions and replaces the
+/// type's entry in `types` (left as it was, shared, when nothing changed). A message is
+/// dropped once encoded: a snapshot holds only the encoded resources.
+fn update<M: prost::Message + Default + PartialEq>(
     items: Vec<(String, M, Scope)>,
     version: &str,
     type_url: &'static str,
     types: &mut BTreeMap<&'static str, Arc<TypeSnapshot>>,
 ) {
-    let mut next = Versioned::new();
+    let before = types.get(type_url).cloned();
+    let no_resources = BTreeMap::new();
+    let prev = before.as_ref().map_or(&no_resources, |t| &t.resources);
     let mut out = BTreeMap::new();
     let mut changed_names = BTreeSet::new();
     // Whether an unscoped resource changed, and which services' scoped ones did.
@@ -228,30 +293,31 @@ fn update<M: prost::Message + PartialEq>(
     };
     for (name, message, default_scope) in items {
         let scope = Scope::of(&name, default_scope);
-        let resource = match prev.remove(&name) {
-            Some((old, r)) if old == message && r.scope == scope => r,
-            Some((_, r)) => {
+        let encoded = encode_any(type_url, &message);
+        let resource = match prev.get(&name) {
+            Some(r) if r.scope == scope && r.is(&encoded, &message) => r.clone(),
+            Some(r) => {
                 touched(&r.scope, &mut changed);
                 touched(&scope, &mut changed);
                 changed_names.insert(name.clone());
-                Arc::new(XdsResource::new(name.clone(), version.to_owned(), any(type_url, &message), scope))
+                Arc::new(XdsResource::new(name.clone(), version.to_owned(), encoded, scope))
             }
             None => {
                 touched(&scope, &mut changed);
                 changed_names.insert(name.clone());
-                Arc::new(XdsResource::new(name.clone(), version.to_owned(), any(type_url, &message), scope))
+                Arc::new(XdsResource::new(name.clone(), version.to_owned(), encoded, scope))
             }
         };
-        out.insert(name.clone(), resource.clone());
-        next.insert(name, (message, resource));
+        out.insert(name, resource);
     }
-    // What is left of the previous set was removed.
-    for (_, r) in prev.values() {
-        touched(&r.scope, &mut changed);
-        changed_names.insert(r.name.clone());
+    // What the previous snapshot has and this one does not was removed.
+    for (name, r) in prev {
+        if !out.contains_key(name) {
+            touched(&r.scope, &mut changed);
+            changed_names.insert(name.clone());
+        }
     }
-    *prev = next;
-    let before = types.get(type_url);
+    let before = before.as_ref();
     if before.is_some() && !changed && changed_services.is_empty() {
         return;
     }
@@ -278,6 +344,10 @@ fn update<M: prost::Message + PartialEq>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+
     use super::*;
 
     fn set(port: u16) -> PolicySet {
@@ -323,8 +393,11 @@ pub(crate) mod tests {
             assert_eq!(listeners[name].scope, Scope::ByName, "{name}");
         }
         let cla = &snapshot.get(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL).unwrap().resources;
-        let decoded: ClusterLoadAssignment =
-            outrider_xds::resources::decode_any(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &cla["outbound|80||a"].any).unwrap();
+        let decoded: ClusterLoadAssignment = outrider_xds::resources::decode_any(
+            CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+            &cla["outbound|80||a"].any().unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             decoded.endpoints[0].load_balancing_weight,
             Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 })
@@ -375,15 +448,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_resource_is_a_message_whose_encoding_differs_only_in_order() {
+        use envoy_types::pb::google::protobuf::Duration;
+        let full = Cluster {
+            name: "c".into(),
+            connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
+            ..Default::default()
+        };
+        let encoded = encode_any(CLUSTER_TYPE_URL, &full);
+        let r = XdsResource::new("c".into(), "1".into(), encoded.clone(), Scope::All);
+        assert!(r.is(&encoded, &full));
+        // Served before: the same message with its fields in another order (as the entries of
+        // two equal maps may come).
+        let (timeout, name) = (
+            Cluster { connect_timeout: full.connect_timeout, ..Default::default() },
+            Cluster { name: full.name.clone(), ..Default::default() },
+        );
+        let value = [timeout.encode_to_vec(), name.encode_to_vec()].concat();
+        let reordered = Any { type_url: CLUSTER_TYPE_URL.into(), value }.encode_to_vec();
+        assert_ne!(reordered, encoded.as_ref());
+        let served = XdsResource::new("c".into(), "1".into(), reordered.into(), Scope::All);
+        assert!(served.is(&encoded, &full));
+        let other = Cluster { name: "d".into(), ..full.clone() };
+        assert!(!served.is(&encode_any(CLUSTER_TYPE_URL, &other), &other));
+        assert!(!r.is(&encode_any(CLUSTER_TYPE_URL, &other), &other));
+    }
+
+    #[test]
     fn encoded_entries_decode_as_response_resources() {
         use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
         let snapshot = Generator::new().generate(&set(90));
         let r = &snapshot.get(CLUSTER_TYPE_URL).unwrap().resources["outbound|80||a"];
-        let sotw = DiscoveryResponse::decode(r.sotw.clone()).unwrap();
-        assert_eq!(sotw.resources, vec![r.any.clone()]);
-        let delta = DeltaDiscoveryResponse::decode(r.delta.clone()).unwrap();
+        let entry = |head: &[u8]| [head, r.encoded().as_ref()].concat();
+        let any = r.any().unwrap();
+        assert_eq!(any.type_url, CLUSTER_TYPE_URL);
+        let cluster = Cluster::decode(any.value.as_slice()).unwrap();
+        assert_eq!(cluster.name, "outbound|80||a");
+        let sotw = DiscoveryResponse::decode(entry(r.sotw_head()).as_slice()).unwrap();
+        assert_eq!(sotw.resources, vec![any.clone()]);
+        let delta = DeltaDiscoveryResponse::decode(entry(r.delta_head()).as_slice()).unwrap();
         assert_eq!(delta.resources[0].name, "outbound|80||a");
         assert_eq!(delta.resources[0].version, r.version);
-        assert_eq!(delta.resources[0].resource.as_ref(), Some(&r.any));
+        assert_eq!(delta.resources[0].resource.as_ref(), Some(&any));
     }
 }

@@ -233,7 +233,30 @@ where
 /// The stream's requests, each at most `limit` bytes (a larger one ends the stream with
 /// `OUT_OF_RANGE`).
 fn decode<M: prost::Message + Default + Send + 'static>(body: Incoming, limit: usize) -> Streaming<M> {
-    Streaming::new_request(tonic_prost::ProstDecoder::<M>::default(), body, None, Some(limit))
+    Streaming::new_request(SmallBuffer(tonic_prost::ProstDecoder::<M>::default()), body, None, Some(limit))
+}
+
+/// What a stream's request buffer starts with. Most requests are ACKs of a few hundred bytes;
+/// tonic's default (8 KiB, allocated when the stream starts) was held by every connected proxy.
+/// A larger request grows the buffer as it comes.
+const REQUEST_BUFFER: usize = 512;
+
+/// A decoder that starts with a [`REQUEST_BUFFER`] instead of tonic's default.
+#[derive(Debug)]
+struct SmallBuffer<D>(D);
+
+impl<D: tonic::codec::Decoder> tonic::codec::Decoder for SmallBuffer<D> {
+    type Item = D::Item;
+    type Error = D::Error;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        self.0.decode(src)
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        // The yield threshold (tonic's default) is for encoding, which this decoder does not do.
+        tonic::codec::BufferSettings::new(REQUEST_BUFFER, 32 << 10)
+    }
 }
 
 /// Which resources of a type a client asked for.
@@ -386,13 +409,25 @@ impl Pusher {
         self.status.set(status);
     }
 
+    /// Take a permit (if the stream holds none) before building a response that may be large:
+    /// a stream that waits for one then holds nothing of it yet. When thousands of proxies
+    /// connect at once, each had built its first responses (references to every resource of
+    /// a type, tens of KB) before waiting, and the allocator kept that memory afterwards.
+    async fn reserve(&mut self) -> Result<(), ()> {
+        if self.permit.is_none() {
+            let permit = self.permits.clone().acquire_owned().await.map_err(|_| ())?;
+            self.permit = Some((permit, Instant::now() + PERMIT_HOLD));
+        }
+        Ok(())
+    }
+
     async fn send(&mut self, type_url: &str, message: Encoded) -> Result<(), ()> {
         if message.resources() >= LARGE_RESPONSE {
-            if self.permit.is_none() {
-                let permit = self.permits.clone().acquire_owned().await.map_err(|_| ())?;
-                self.permit = Some((permit, Instant::now() + PERMIT_HOLD));
-            }
+            self.reserve().await?;
             self.unanswered.insert(type_url.to_owned());
+        } else if self.unanswered.is_empty() {
+            // Reserved for a response that turned out small.
+            self.permit = None;
         }
         self.tx.send(message).await.map_err(|_| ())
     }

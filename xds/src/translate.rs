@@ -72,17 +72,34 @@ pub fn translate(set: &PolicySet) -> Resources {
 ///
 /// Rollouts are left out: they change no resource (the control plane runs them by writing
 /// TrafficPolicies).
+///
+/// The rendering is hashed as it is written, never held: with thousands of services it is
+/// megabytes, and building it was much of the CPU of a snapshot.
 fn version(set: &PolicySet) -> String {
+    use std::fmt::Write as _;
     let PolicySet { services, traffic_policies, authorization_policies, telemetry, rollouts: _ } = set;
-    let canonical =
-        format!("{TRANSLATION_REVISION}\n{:?}", (services, traffic_policies, authorization_policies, telemetry));
-    format!("{:016x}", fnv1a64(canonical.as_bytes()))
+    let mut hash = Fnv1a64::default();
+    // Writing into the hasher cannot fail.
+    let _ =
+        write!(hash, "{TRANSLATION_REVISION}\n{:?}", (services, traffic_policies, authorization_policies, telemetry));
+    format!("{:016x}", hash.0)
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(PRIME))
+/// FNV-1a (64-bit) of what is written into it.
+struct Fnv1a64(u64);
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::fmt::Write for Fnv1a64 {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        self.0 = s.bytes().fold(self.0, |hash, b| (hash ^ u64::from(b)).wrapping_mul(PRIME));
+        Ok(())
+    }
 }
 
 /// "Fetch it over the same ADS stream", xDS v3.

@@ -166,6 +166,14 @@ impl Stream {
             return Ok(());
         }
         state.seen_version = Some(version.clone());
+        // A wildcard client holding a list (its first request, or what it kept after
+        // unsubscribing) likely gets much of the type: wait for a permit first.
+        if state.subscription.wildcard
+            && matches!(state.has, Has::Listed(_))
+            && current.resources.len() >= super::LARGE_RESPONSE
+        {
+            self.pusher.reserve().await?;
+        }
         let diff = state.has.diff(&current, &state.subscription, serves);
         state.has = Has::view(&current, &state.subscription, serves);
         if diff.is_empty() && state.responded {

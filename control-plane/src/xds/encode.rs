@@ -1,9 +1,10 @@
 //! Responses written from shared bytes. A response is its own fields (version, type, nonce,
-//! removed names) encoded per stream, followed by its resources' entries, each encoded once per
-//! snapshot (protobuf concatenates repeated fields). The response body hands the transport one
-//! chunk at a time: small entries are copied into a chunk of at most [`CHUNK`] bytes, large ones
-//! are passed as they are (a reference, no copy), so a stream holds at most one chunk of its
-//! own whatever the size of the response.
+//! removed names) encoded per stream, followed by its resources' entries (protobuf
+//! concatenates repeated fields), each a few bytes of its own (the entry's head) and the
+//! resource's `Any`, encoded once per snapshot. The response body hands the transport one chunk
+//! at a time: small entries are copied into a chunk of at most [`CHUNK`] bytes, a large one's
+//! head too, its `Any` is passed as it is (a reference, no copy), so a stream holds at most one
+//! chunk of its own whatever the size of the response.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::snapshot::XdsResource;
 
 /// Most bytes copied into one chunk.
 const CHUNK: usize = 16 << 10;
-/// Entries at least this long go to the transport as they are.
+/// Encoded resources at least this long go to the transport as they are.
 const DIRECT: usize = 4 << 10;
 
 /// One response ready to send.
@@ -53,12 +54,14 @@ impl Encoded {
         self.resources.len()
     }
 
-    fn entry<'a>(&self, r: &'a XdsResource) -> &'a Bytes {
-        if self.delta { &r.delta } else { &r.sotw }
+    /// The entry of `r`: its head, then the shared encoded resource.
+    fn entry<'a>(&self, r: &'a XdsResource) -> (&'a [u8], &'a Bytes) {
+        (if self.delta { r.delta_head() } else { r.sotw_head() }, r.encoded())
     }
 
     fn len(&self) -> usize {
-        self.head.len() + self.resources.iter().map(|r| self.entry(r).len()).sum::<usize>()
+        let entries = self.resources.iter().map(|r| self.entry(r)).map(|(head, body)| head.len() + body.len());
+        self.head.len() + entries.sum::<usize>()
     }
 }
 
@@ -68,34 +71,44 @@ struct Sending {
     message: Encoded,
     next: usize,
     started: bool,
+    /// A large resource whose entry's head went out in the last chunk: it goes next.
+    direct: Option<Bytes>,
 }
 
 impl Sending {
+    fn new(message: Encoded) -> Self {
+        Self { message, next: 0, started: false, direct: None }
+    }
+
     fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(body) = self.direct.take() {
+            return Some(body);
+        }
         let resources = &self.message.resources;
-        // The entries that go into this chunk: [self.next, end).
+        // The entries that go into this chunk: [self.next, end), the last one's resource left
+        // for the next call when it is large.
         let mut end = self.next;
         let mut size = 0;
-        if let Some(first) = resources.get(end)
-            && self.started
-            && self.message.entry(first).len() >= DIRECT
-        {
-            self.next += 1;
-            return Some(self.message.entry(first).clone());
-        }
+        let mut large = None;
         while let Some(r) = resources.get(end) {
-            let len = self.message.entry(r).len();
-            if len >= DIRECT || size + len > CHUNK {
+            let (head, body) = self.message.entry(r);
+            if body.len() >= DIRECT {
+                size += head.len();
+                large = Some(body.clone());
+                end += 1;
                 break;
             }
-            size += len;
+            if end > self.next && size + head.len() + body.len() > CHUNK {
+                break;
+            }
+            size += head.len() + body.len();
             end += 1;
         }
-        let head = if self.started { 0 } else { 5 + self.message.head.len() };
-        if head == 0 && end == self.next {
+        let prefix = if self.started { 0 } else { 5 + self.message.head.len() };
+        if prefix == 0 && end == self.next {
             return None;
         }
-        let mut chunk = BytesMut::with_capacity(head + size);
+        let mut chunk = BytesMut::with_capacity(prefix + size);
         if !self.started {
             self.started = true;
             // gRPC message prefix: not compressed, then the length (big-endian u32). Responses
@@ -105,9 +118,14 @@ impl Sending {
             chunk.put_slice(&self.message.head);
         }
         for r in &resources[self.next..end] {
-            chunk.put_slice(self.message.entry(r));
+            let (head, body) = self.message.entry(r);
+            chunk.put_slice(head);
+            if body.len() < DIRECT {
+                chunk.put_slice(body);
+            }
         }
         self.next = end;
+        self.direct = large;
         Some(chunk.freeze())
     }
 }
@@ -175,7 +193,7 @@ impl http_body::Body for AdsBody {
                 return Poll::Ready(None);
             };
             match rx.poll_recv(cx) {
-                Poll::Ready(Some(message)) => this.sending = Some(Sending { message, next: 0, started: false }),
+                Poll::Ready(Some(message)) => this.sending = Some(Sending::new(message)),
                 Poll::Ready(None) => {
                     this.rx = None;
                     return Poll::Ready(Some(Ok(Frame::trailers(this.status.trailers()))));
@@ -217,6 +235,8 @@ pub(crate) fn refused(code: tonic::Code, message: &str) -> http::Response<AdsBod
 #[allow(clippy::unwrap_used)]
 mod tests {
     use http_body_util::BodyExt;
+
+    use envoy_types::pb::google::protobuf::Any;
 
     use super::*;
     use crate::snapshot::Generator;
@@ -267,44 +287,66 @@ mod tests {
             assert_eq!(delta.removed_resources, ["gone"]);
             assert_eq!(delta.resources.len(), want.len());
             for r in &delta.resources {
-                assert_eq!(r.resource.as_ref(), Some(&want[&r.name].any), "{}", r.name);
+                assert_eq!(r.resource.as_ref(), Some(&want[&r.name].any().unwrap()), "{}", r.name);
+                assert_eq!(r.version, want[&r.name].version);
             }
             let sotw = DiscoveryResponse::decode(frame()).unwrap();
             assert_eq!(sotw.version_info, "v");
-            assert_eq!(sotw.resources, want.values().map(|r| r.any.clone()).collect::<Vec<_>>());
+            assert_eq!(sotw.resources, want.values().map(|r| r.any().unwrap()).collect::<Vec<_>>());
         }
         assert!(bytes.is_empty());
     }
 
     #[test]
     fn chunks_are_bounded_and_large_entries_are_not_copied() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        use outrider_xds::resources::CLUSTER_TYPE_URL;
         let set = outrider_xds::load_str(
             "t.yaml",
             "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec: {port: 80}\n",
         )
         .unwrap();
         let snapshot = Generator::new().generate(&set);
-        let r = snapshot.get(outrider_xds::resources::CLUSTER_TYPE_URL).unwrap().resources.values().next().unwrap();
-        let big = Arc::new(XdsResource {
-            name: "big".into(),
-            version: "1".into(),
-            any: Default::default(),
-            scope: crate::snapshot::Scope::All,
-            sotw: Bytes::from(vec![1u8; DIRECT * 2]),
-            delta: Bytes::new(),
-        });
+        let r = snapshot.get(CLUSTER_TYPE_URL).unwrap().resources.values().next().unwrap();
+        let large = Cluster { name: "b".repeat(DIRECT * 2), ..Default::default() };
+        let big = Arc::new(crate::snapshot::XdsResource::new(
+            "big".into(),
+            "1".into(),
+            crate::snapshot::encode_any(CLUSTER_TYPE_URL, &large),
+            crate::snapshot::Scope::All,
+        ));
         let mut resources = vec![r.clone(); 1000];
         resources.insert(500, big.clone());
-        let mut sending =
-            Sending { message: Encoded::sotw(&DiscoveryResponse::default(), resources), next: 0, started: false };
-        let mut total = 0;
-        let mut shared = false;
-        while let Some(chunk) = sending.next_chunk() {
-            assert!(chunk.len() <= CHUNK + 5 + DIRECT * 2, "{}", chunk.len());
-            shared |= chunk.as_ptr() == big.sotw.as_ptr();
-            total += chunk.len();
+        for delta in [false, true] {
+            let message = if delta {
+                Encoded::delta(&DeltaDiscoveryResponse::default(), resources.clone())
+            } else {
+                Encoded::sotw(&DiscoveryResponse::default(), resources.clone())
+            };
+            let mut sending = Sending::new(message);
+            let mut all = BytesMut::new();
+            let mut shared = false;
+            while let Some(chunk) = sending.next_chunk() {
+                assert!(chunk.len() <= CHUNK + 5 + DIRECT, "{}", chunk.len());
+                shared |= chunk.as_ptr() == big.encoded().as_ptr();
+                all.put_slice(&chunk);
+            }
+            assert!(shared, "the large resource went out as the shared bytes");
+            assert_eq!(all.len(), 5 + sending.message.len());
+            let body = all.freeze().slice(5..);
+            let (names, anys): (Vec<String>, Vec<Any>) = if delta {
+                let decoded = DeltaDiscoveryResponse::decode(body).unwrap();
+                decoded.resources.into_iter().map(|r| (r.name, r.resource.unwrap())).unzip()
+            } else {
+                let decoded = DiscoveryResponse::decode(body).unwrap();
+                decoded.resources.into_iter().map(|a| (String::new(), a)).unzip()
+            };
+            assert_eq!(anys.len(), 1001);
+            assert_eq!(Cluster::decode(anys[500].value.as_slice()).unwrap(), large);
+            assert_eq!(anys[0], r.any().unwrap());
+            if delta {
+                assert_eq!((names[0].as_str(), names[500].as_str()), (r.name.as_str(), "big"));
+            }
         }
-        assert!(shared, "the large entry went out as the shared bytes");
-        assert_eq!(total, 5 + sending.message.len());
     }
 }

@@ -154,6 +154,11 @@ impl Stream {
             state.sent = Some(Has::view(&current, &state.subscription, serves));
             return Ok(());
         }
+        // A wildcard client gets every resource of the type: wait for a permit first when that
+        // is a large response.
+        if state.subscription.wildcard && current.resources.len() >= super::LARGE_RESPONSE {
+            self.pusher.reserve().await?;
+        }
         let resources = current.resources.values().filter(|r| state.subscription.wants(r, serves)).cloned().collect();
         self.nonce += 1;
         state.nonce = self.nonce.to_string();

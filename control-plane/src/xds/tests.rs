@@ -14,7 +14,9 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::AdsServer;
+use futures_util::FutureExt as _;
+
+use super::{AdsServer, Encoded, LARGE_RESPONSE, Pusher};
 use crate::endpoints::Registry;
 use crate::metrics::Metrics;
 use crate::snapshot::Generator;
@@ -226,4 +228,50 @@ async fn a_node_proxy_gets_the_inbound_config_of_the_services_it_serves_as_they_
         c.abort();
     }
     serving.abort();
+}
+
+/// A response of `n` (copies of one) resources.
+fn response(n: usize) -> Encoded {
+    let set = outrider_xds::load_str(
+        "t.yaml",
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: a}\nspec: {port: 80}\n",
+    )
+    .unwrap();
+    let snapshot = crate::snapshot::Generator::new().generate(&set);
+    let r = snapshot.get(outrider_xds::resources::CLUSTER_TYPE_URL).unwrap().resources.values().next().unwrap();
+    Encoded::delta(&Default::default(), vec![r.clone(); n])
+}
+
+#[tokio::test]
+async fn a_permit_reserved_for_a_small_response_is_given_back_and_a_large_one_keeps_it_until_answered() {
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let mut pusher = Pusher::new(tx, permits.clone(), Default::default());
+    pusher.reserve().await.unwrap();
+    assert_eq!(permits.available_permits(), 0, "reserved before the response is built");
+    pusher.send("a", response(1)).await.unwrap();
+    assert_eq!(permits.available_permits(), 1, "the response was small");
+    pusher.reserve().await.unwrap();
+    pusher.send("a", response(LARGE_RESPONSE)).await.unwrap();
+    pusher.send("b", response(1)).await.unwrap();
+    assert_eq!(permits.available_permits(), 0, "a large response is unanswered");
+    pusher.answered("a");
+    assert_eq!(permits.available_permits(), 1);
+    for _ in 0..3 {
+        rx.recv().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_stream_waiting_for_a_permit_reserves_nothing_else() {
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let mut first = Pusher::new(tx.clone(), permits.clone(), Default::default());
+    let mut second = Pusher::new(tx, permits.clone(), Default::default());
+    first.reserve().await.unwrap();
+    first.send("a", response(LARGE_RESPONSE)).await.unwrap();
+    assert!(second.reserve().now_or_never().is_none(), "the only permit is taken");
+    first.answered("a");
+    second.reserve().await.unwrap();
+    assert_eq!(permits.available_permits(), 0);
 }

@@ -355,6 +355,26 @@ fn version_is_stable_for_equal_input_and_changes_with_it() {
     assert_ne!(translate(&changed).version, first.version);
 }
 
+#[test]
+fn the_version_is_fnv1a_of_the_whole_rendering_hashed_as_it_is_written() {
+    use std::fmt::Write as _;
+    let mut known = super::Fnv1a64::default();
+    known.write_str("a").unwrap();
+    assert_eq!(known.0, 0xaf63_dc4c_8601_ec8c, "FNV-1a 64 of \"a\"");
+    // The same bytes as the rendering held whole (what earlier builds hashed: replicas of two
+    // builds during a rolling update must give the same set the same version).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.yaml");
+    let set = load_str("policy.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
+    let crate::policy::PolicySet { services, traffic_policies, authorization_policies, telemetry, .. } = &set;
+    let whole = format!(
+        "{}\n{:?}",
+        super::TRANSLATION_REVISION,
+        (services, traffic_policies, authorization_policies, telemetry)
+    );
+    let fnv = whole.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    assert_eq!(translate(&set).version, format!("{fnv:016x}"));
+}
+
 mod inbound {
     use envoy_types::pb::envoy::config::rbac::v3::{Rbac, permission, principal, rbac};
     use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
