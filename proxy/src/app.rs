@@ -254,12 +254,14 @@ impl App {
         let sidecar = config.xds.is_some() && config.node.is_none();
         let watch = watch_config(store.clone(), metrics.clone(), config.service.clone(), sidecar);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let heap_release_interval = config.heap_release_interval;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Runtime)?;
         let control = std::thread::Builder::new()
             .name("outrider-control".into())
             .spawn(move || {
                 rt.block_on(async move {
                     tokio::spawn(watch);
+                    tokio::spawn(crate::heap::run(heap_release_interval));
                     for (l, surface) in
                         [(admin_l, Surface::Admin), (metrics_l, Surface::Metrics), (health_l, Surface::Health)]
                     {

@@ -146,6 +146,10 @@ pub struct ProxyArgs {
     /// this after its last request); 0s: at once, after every response.
     #[arg(long, env = "OUTRIDER_HTTP1_PARK_AFTER", default_value = "50ms", value_parser = duration)]
     pub http1_park_after: Duration,
+    /// How often the proxy gives the memory its allocator holds free back to the system (glibc
+    /// keeps what a burst freed resident otherwise), e.g. 10s; 0s: never.
+    #[arg(long, env = "OUTRIDER_HEAP_RELEASE_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub heap_release_interval: Duration,
     /// SO_MARK set on the proxy's upstream sockets, so iptables rules can exempt them.
     #[arg(long, env = "OUTRIDER_SOCKET_MARK")]
     pub socket_mark: Option<u32>,
@@ -249,6 +253,8 @@ pub struct ProxyConfig {
     pub drain_propagation: Duration,
     /// Quiet period before an idle HTTP/1.1 connection parks.
     pub http1_park_after: Duration,
+    /// `--heap-release-interval`; zero: off.
+    pub heap_release_interval: Duration,
     pub socket_mark: Option<u32>,
     /// Workload identity (`--identity-token`); `None`: no mTLS, plaintext to every endpoint.
     /// In node mode: the node's own identity.
@@ -311,6 +317,7 @@ impl ProxyConfig {
             drain_timeout: Duration::from_secs(5),
             drain_propagation: Duration::from_secs(1),
             http1_park_after: crate::http::server::PARK_AFTER,
+            heap_release_interval: Duration::from_secs(10),
             socket_mark: None,
             identity: None,
             node: None,
@@ -489,6 +496,7 @@ impl ProxyArgs {
             drain_timeout: self.drain_timeout,
             drain_propagation: self.drain_propagation,
             http1_park_after: self.http1_park_after,
+            heap_release_interval: self.heap_release_interval,
             socket_mark,
             identity,
             node,

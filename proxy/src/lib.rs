@@ -3,7 +3,8 @@
 //! Configuration enters one way: Envoy v3 resources (translated in-process from a
 //! policy file, or from an xDS server) become a [`state::Snapshot`] that the request
 //! path reads with one `ArcSwap::load`.
-#![forbid(unsafe_code)]
+// One audited exception: `heap::release_free_memory` (glibc `malloc_trim`).
+#![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 /// Admin, metrics and health HTTP servers.
@@ -24,6 +25,8 @@ pub mod config;
 pub mod drain;
 /// HBONE: TCP tunnelled as HTTP/2 CONNECT in mutual TLS on port 15008 (ztunnel-compatible).
 pub mod hbone;
+/// Gives the memory the allocator holds free back to the system, periodically.
+pub mod heap;
 /// HTTP server, upstream connection pools, header hygiene, bodies.
 pub mod http;
 /// Inbound traffic: delivery to the local application.
