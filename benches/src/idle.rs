@@ -34,6 +34,10 @@ const PARALLEL: usize = 100;
 /// After the last connection: silent for well over outrider's quiet period before an HTTP/1.1
 /// connection parks (up to twice `--http1-park-after`, 0.1 s by default), for every peer alike.
 const SETTLE: Duration = Duration::from_millis(1500);
+/// A second sample, once outrider has given its allocator's free memory back to the system
+/// (every `--heap-release-interval`, 10 s): what the connections cost while they stay idle.
+/// The peers are sampled at the same time.
+const LATER: Duration = Duration::from_secs(12);
 /// A mode that takes longer than this to open its connections is cut short (and reported).
 const MODE_LIMIT: Duration = Duration::from_secs(120);
 /// The goal: 10,000 idle connections in 64 MB, 5 KB each.
@@ -92,6 +96,9 @@ pub struct Row {
     pub rss_before_kb: Option<u64>,
     /// Its RSS with the connections held, [`SETTLE`] after the last one.
     pub rss_kb: Option<u64>,
+    /// The same, [`LATER`] after the last one.
+    #[serde(default)]
+    pub rss_later_kb: Option<u64>,
     /// Seconds to open them all (connect, handshake, request, response).
     pub open_s: Option<f64>,
     pub skipped: Option<String>,
@@ -100,7 +107,16 @@ pub struct Row {
 
 impl Row {
     pub fn kb_per_connection(&self) -> Option<f64> {
-        match (self.rss_kb, self.rss_before_kb) {
+        self.per_connection(self.rss_kb)
+    }
+
+    /// Per connection at the later sample.
+    pub fn kb_per_connection_later(&self) -> Option<f64> {
+        self.per_connection(self.rss_later_kb)
+    }
+
+    fn per_connection(&self, rss: Option<u64>) -> Option<f64> {
+        match (rss, self.rss_before_kb) {
             (Some(a), Some(b)) if self.connections > 0 => Some((a as f64 - b as f64) / self.connections as f64),
             _ => None,
         }
@@ -166,8 +182,9 @@ pub async fn run(cfg: &Config<'_>, up: &Upstream, prog: &mut Progress) -> IdleRe
         ..IdleReport::default()
     };
     rep.notes.push(format!(
-        "each target and mode in a fresh process; {PARALLEL} connections opened at a time, each one request (1 kB response) then silent; RSS {} ms after the last",
-        SETTLE.as_millis()
+        "each target and mode in a fresh process; {PARALLEL} connections opened at a time, each one request (1 kB response) then silent; RSS {} ms after the last, and again {} s after it (outrider gives its allocator's free memory back every 10 s: `--heap-release-interval`); the goals are judged on the later sample",
+        SETTLE.as_millis(),
+        LATER.as_secs()
     ));
     // One control plane and one client certificate for both mTLS modes, started on first use.
     let mut mesh: Option<Result<MeshCa, String>> = None;
@@ -255,6 +272,8 @@ where
     tokio::time::sleep(SETTLE).await;
     row.connections = conns.len() as u64;
     row.rss_kb = crate::procstat::rss_kb(pid);
+    tokio::time::sleep(LATER.saturating_sub(SETTLE)).await;
+    row.rss_later_kb = crate::procstat::rss_kb(pid);
     drop(conns);
     Ok(())
 }
@@ -423,8 +442,8 @@ pub fn goals(r: &IdleReport) -> Vec<Goal> {
         .iter()
         .map(|&mode| {
             let row = r.row("outrider", mode).filter(|r| r.error.is_none() && r.skipped.is_none());
-            let kb = row.and_then(Row::kb_per_connection);
-            let rss = row.and_then(|r| mb(r.rss_kb));
+            let kb = row.and_then(Row::kb_per_connection_later);
+            let rss = row.and_then(|r| mb(r.rss_later_kb));
             let n = row.map_or(0, |r| r.connections);
             Goal {
                 name: match mode {
@@ -450,23 +469,27 @@ pub fn markdown(r: &IdleReport) -> String {
     let _ = writeln!(s, "Pinning: {}\n", r.pinning);
     let _ = writeln!(
         s,
-        "| target | mode | connections | RSS before MB | RSS with them MB | KB per connection | seconds to open |"
+        "| target | mode | connections | RSS before MB | RSS with them MB ({:.1} s) | KB per connection | RSS {} s later MB | KB per connection | seconds to open |",
+        SETTLE.as_secs_f64(),
+        LATER.as_secs()
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in &r.rows {
         if let Some(why) = row.skipped.as_ref().or(row.error.as_ref()) {
-            let _ = writeln!(s, "| {} | {} | - | - | - | - | {why} |", row.target, row.mode);
+            let _ = writeln!(s, "| {} | {} | - | - | - | - | - | - | {why} |", row.target, row.mode);
             continue;
         }
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.target,
             row.mode,
             row.connections,
             f(mb(row.rss_before_kb), 1),
             f(mb(row.rss_kb), 1),
             f(row.kb_per_connection(), 2),
+            f(mb(row.rss_later_kb), 1),
+            f(row.kb_per_connection_later(), 2),
             f(row.open_s, 1),
         );
     }
@@ -488,12 +511,15 @@ pub fn summary(r: &IdleReport) -> String {
             Some(why) => writeln!(s, "{:<9} idle {:<10} not measured: {why}", row.target, row.mode),
             None => writeln!(
                 s,
-                "{:<9} idle {:<10} {:>6} connections: {:>6} MB, {:>5} KB each",
+                "{:<9} idle {:<10} {:>6} connections: {:>6} MB, {:>5} KB each; {} s later {:>6} MB, {:>5} KB each",
                 row.target,
                 row.mode,
                 row.connections,
                 f(mb(row.rss_kb), 1),
-                f(row.kb_per_connection(), 2)
+                f(row.kb_per_connection(), 2),
+                LATER.as_secs(),
+                f(mb(row.rss_later_kb), 1),
+                f(row.kb_per_connection_later(), 2)
             ),
         };
     }

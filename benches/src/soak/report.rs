@@ -123,6 +123,10 @@ pub struct SoakReport {
     /// Certificate rotations (installs after the first) of each sidecar.
     pub rotations: BTreeMap<String, u64>,
     pub warmup_s: f64,
+    /// The RSS at the end of the warm-up and at the end are each the lowest sample in a window
+    /// this long (the sidecars' RSS saws between their heap releases).
+    #[serde(default)]
+    pub rss_window_s: f64,
     /// Per process: RSS at the end of the warm-up, at the end, growth in %, fds min/max after
     /// the warm-up.
     pub growth: BTreeMap<String, Growth>,
@@ -205,8 +209,10 @@ pub fn markdown(r: &SoakReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| Process | RSS after warm-up ({:.0} s) | RSS at the end | max | growth | fds after warm-up | fds min–max | fds at the end |",
-        r.warmup_s
+        "\n| Process | RSS after warm-up (lowest in {:.0}–{:.0} s) | RSS at the end (lowest in the last {:.0} s) | max | growth | fds after warm-up | fds min–max | fds at the end |",
+        r.warmup_s,
+        r.warmup_s + r.rss_window_s,
+        r.rss_window_s
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for (name, g) in &r.growth {
