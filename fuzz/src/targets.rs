@@ -233,30 +233,47 @@ pub fn cp_api(data: &[u8]) {
     thread_local! {
         static CONN: std::cell::RefCell<Option<Sender>> = const { std::cell::RefCell::new(None) };
     }
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, "cp")
-        .header(http::header::AUTHORIZATION, format!("Bearer {API_TOKEN}"))
-        .header(http::header::CONTENT_TYPE, content_type)
-        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(rest)))
-        .unwrap();
+    let req = || {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "cp")
+            .header(http::header::AUTHORIZATION, format!("Bearer {API_TOKEN}"))
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(rest)))
+            .unwrap()
+    };
     let status = api.rt.block_on(async {
-        let mut send = match CONN.with(|c| c.borrow_mut().take()).filter(|s| !s.is_closed()) {
-            Some(s) => s,
-            None => {
-                let tcp = tokio::net::TcpStream::connect(api.addr).await.expect("the API accepts");
-                let (send, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
-                tokio::spawn(conn);
-                send
-            }
+        let fresh = || async {
+            let tcp = tokio::net::TcpStream::connect(api.addr).await.expect("the API accepts");
+            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            send
         };
-        send.ready().await.expect("the API connection is usable");
-        let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
-            .await
-            .expect("the API answers within 30 s")
-            .expect("the API answers");
+        let reused = CONN.with(|c| c.borrow_mut().take()).filter(|s| !s.is_closed());
+        let kept = reused.is_some();
+        let mut send = match reused {
+            Some(s) => s,
+            None => fresh().await,
+        };
+        let mut answer = match send.ready().await {
+            Ok(()) => tokio::time::timeout(Duration::from_secs(30), send.send_request(req()))
+                .await
+                .expect("the API answers within 30 s"),
+            Err(e) => Err(e),
+        };
+        // The API closes a keep-alive connection idle for 10 s (its header read timeout); a
+        // fuzzer starved of CPU can reuse one after that and race the close. Such a failure is
+        // the client's, and the input is sent again on a new connection: an input that gets
+        // no answer on a fresh connection is still a finding.
+        if kept && answer.as_ref().is_err_and(|e| e.is_incomplete_message() || e.is_closed() || e.is_canceled()) {
+            send = fresh().await;
+            send.ready().await.expect("a new API connection is usable");
+            answer = tokio::time::timeout(Duration::from_secs(30), send.send_request(req()))
+                .await
+                .expect("the API answers within 30 s");
+        }
+        let resp = answer.expect("the API answers");
         let status = resp.status();
         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
         CONN.with(|c| *c.borrow_mut() = Some(send));

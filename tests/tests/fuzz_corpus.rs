@@ -93,3 +93,19 @@ fn cp_api() {
 fn load_report() {
     replay("load_report");
 }
+
+/// The first `cp_api` finding was the target's, not the control plane's: the API closes a
+/// keep-alive connection left idle for 10 s (its header read timeout), and the fuzzer, starved
+/// of CPU, reused one after that (`IncompleteMessage`). The target now sends such an input
+/// again on a new connection. Idle for longer than the API's limit between two inputs: the
+/// wait is the condition under test, not a synchronisation.
+#[test]
+fn cp_api_reuses_no_connection_the_api_closed_for_idleness() {
+    let (_, input) = inputs("cp_api")
+        .into_iter()
+        .find(|(p, _)| p.to_string_lossy().contains("idle-keepalive-closed"))
+        .expect("the stored input");
+    targets::cp_api(&input);
+    std::thread::sleep(std::time::Duration::from_millis(10_500));
+    targets::cp_api(&input);
+}
