@@ -174,7 +174,7 @@ fn handle(state: &AdminState, surface: Surface, req: Request<Incoming>) -> Respo
                 },
                 "ready": state.store.is_ready(),
                 "versions": snap.versions,
-                "config": snap.dump,
+                "config": snap.dump(),
             }))
         }
         (Surface::Admin, &Method::GET, "/clusters") => json_response(&clusters(state)),

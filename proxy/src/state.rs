@@ -39,8 +39,8 @@ pub struct Snapshot {
     pub clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
     /// Inbound mTLS mode and authorization, by service (`inbound|SERVICE` listeners).
     pub inbound: HashMap<Arc<str>, Arc<crate::authz::InboundPolicy>>,
-    /// JSON view of every resource, for `/config_dump`.
-    pub dump: serde_json::Value,
+    /// What `/config_dump` shows of it (see [`Snapshot::dump`]).
+    pub dump: Dump,
     /// Tracing settings of a `Telemetry` policy, if one is in force (read by the
     /// tracer per request; `None`: the `OTEL_*` environment's).
     pub tracing: Option<crate::telemetry::trace::Pushed>,
@@ -51,12 +51,49 @@ pub struct Snapshot {
 /// the policy file only a version per type.
 pub type ResourceVersions = BTreeMap<&'static str, BTreeMap<String, String>>;
 
+/// The `/config_dump` view of a snapshot: a JSON rendering of every resource.
+///
+/// As a `serde_json` tree the view is larger than the snapshot it describes (about 0.5 MB for 50
+/// Services) and is rarely asked for, so where the resources are kept anyway — the xDS source
+/// keeps the latest of every type to build the next snapshot from — it is rendered from them on
+/// request instead of being kept.
+#[derive(Debug, Default)]
+pub enum Dump {
+    /// No view: a node proxy's workload stores, fed the same config as the node's own store,
+    /// which has the view.
+    #[default]
+    None,
+    /// Built with the snapshot (the `--policy` file, whose resources are not kept).
+    Built(serde_json::Value),
+    /// Rendered on request from the resources the snapshot was built from, with each
+    /// resource's own version (by `/config_dump` section and name).
+    Lazy { resources: Arc<outrider_xds::Resources>, resource_versions: Arc<ResourceVersions> },
+}
+
 /// The `/config_dump` sections, and the field that names a resource in each.
 const DUMP_SECTIONS: [(&str, &str); 4] =
     [("listeners", "name"), ("routes", "name"), ("clusters", "name"), ("endpoints", "cluster_name")];
 
 impl Snapshot {
-    /// Writes into the `/config_dump` view the version of each type (from `versions`) and of
+    /// The `/config_dump` view (`null` when the snapshot has none); a [`Dump::Lazy`] one is
+    /// rendered now, by building a throw-away snapshot of the same resources.
+    pub fn dump(&self) -> serde_json::Value {
+        match &self.dump {
+            Dump::None => serde_json::Value::Null,
+            Dump::Built(view) => view.clone(),
+            Dump::Lazy { resources, resource_versions } => {
+                let (mut rendered, _) = Builder::new().build(resources);
+                rendered.versions = self.versions.clone();
+                rendered.stamp_versions(resource_versions);
+                match rendered.dump {
+                    Dump::Built(view) => view,
+                    Dump::None | Dump::Lazy { .. } => serde_json::Value::Null,
+                }
+            }
+        }
+    }
+
+    /// Writes into a [`Dump::Built`] view the version of each type (from `versions`) and of
     /// each resource (from `resources`, else its type's).
     pub fn stamp_versions(&mut self, resources: &ResourceVersions) {
         for (section, key) in DUMP_SECTIONS {
@@ -66,7 +103,8 @@ impl Snapshot {
                 "clusters" => &self.versions.clusters,
                 _ => &self.versions.endpoints,
             };
-            let Some(dump) = self.dump.get_mut(section).and_then(serde_json::Value::as_object_mut) else { continue };
+            let Dump::Built(view) = &mut self.dump else { return };
+            let Some(dump) = view.get_mut(section).and_then(serde_json::Value::as_object_mut) else { continue };
             dump.insert("version".into(), type_version.clone().into());
             let Some(list) = dump.get_mut("resources").and_then(serde_json::Value::as_array_mut) else { continue };
             for resource in list.iter_mut().filter_map(serde_json::Value::as_object_mut) {

@@ -18,7 +18,7 @@ use outrider_xds::resources::{
 };
 use parking_lot::Mutex;
 
-use crate::state::{Builder, ResourceVersions, Store, Versions};
+use crate::state::{Builder, Dump, ResourceVersions, Store, Versions};
 use crate::telemetry::metrics::{Metrics, TypeLabels, XdsLabels, version_value};
 
 /// Which ADS variant to use (`--xds-protocol`).
@@ -57,8 +57,8 @@ struct Accepted {
     /// Shared with the [`Fanout`] (a node proxy keeps one copy of the mesh's config).
     resources: Arc<Resources>,
     versions: Versions,
-    /// Each resource's own version, for `/config_dump`.
-    resource_versions: ResourceVersions,
+    /// Each resource's own version, for `/config_dump` (shared with the snapshot in force).
+    resource_versions: Arc<ResourceVersions>,
     /// Types received from the server so far.
     received: BTreeSet<&'static str>,
 }
@@ -150,7 +150,8 @@ impl XdsHandler {
         let left = tokio::sync::watch::channel(false).0;
         Self {
             store,
-            builder: Builder::new(),
+            // The `/config_dump` view is rendered on request from the accepted resources.
+            builder: Builder::without_dump(),
             metrics,
             started,
             accepted: Mutex::new(accepted),
@@ -165,7 +166,7 @@ impl XdsHandler {
         let version = update.version.to_owned();
         let own: std::collections::BTreeMap<String, String> =
             update.resources.iter().map(|(name, r)| (name.clone(), r.version.clone())).collect();
-        next.resource_versions.insert(label_section(update.type_url), own);
+        Arc::make_mut(&mut next.resource_versions).insert(label_section(update.type_url), own);
         match update.type_url {
             LISTENER_TYPE_URL => {
                 Arc::make_mut(&mut next.resources).listeners = decode_all(update)?;
@@ -201,7 +202,8 @@ impl XdsHandler {
             next.received.insert(l);
         }
         snapshot.versions = next.versions.clone();
-        snapshot.stamp_versions(&next.resource_versions);
+        snapshot.dump =
+            Dump::Lazy { resources: next.resources.clone(), resource_versions: next.resource_versions.clone() };
         let complete = next.received.len() == ALL_TYPES.len();
         if complete || self.started {
             self.store.apply(snapshot);
@@ -476,7 +478,7 @@ mod tests {
             resource.version = "c7".into();
         }
         handler.update(&Update { type_url: CLUSTER_TYPE_URL, version: "v2", resources: &clusters }).unwrap();
-        let dump = store.load().dump.clone();
+        let dump = store.load().dump();
         assert_eq!(dump["clusters"]["version"], "v2");
         assert_eq!(dump["listeners"]["version"], "v1", "a cluster update leaves the listeners' version");
         let echo =
@@ -487,6 +489,33 @@ mod tests {
                 assert_eq!(resource["version"], "v1", "{section}: {resource}");
             }
         }
+    }
+
+    /// The snapshot keeps no view of its own, only the accepted resources (which the handler
+    /// keeps anyway), and the view rendered from them on request is the one a builder makes
+    /// with the snapshot.
+    #[test]
+    fn the_dump_is_rendered_on_request_from_the_accepted_resources() {
+        let store = Arc::new(Store::new());
+        let handler = XdsHandler::new(store.clone(), Metrics::new(), None);
+        let res = outrider_xds::translate(&outrider_xds::load_str("t.yaml", POLICY).unwrap());
+        for (type_url, resources) in updates(&res) {
+            handler.update(&Update { type_url, version: "v1", resources: &resources }).unwrap();
+        }
+        let snap = store.load_full();
+        let accepted = handler.accepted.lock().resources.clone();
+        match &snap.dump {
+            Dump::Lazy { resources, .. } => assert!(Arc::ptr_eq(resources, &accepted), "not a copy"),
+            other => panic!("expected a view rendered on request, got {other:?}"),
+        }
+        let (mut built, rejected) = Builder::new().build(&accepted);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        built.versions = snap.versions.clone();
+        built.stamp_versions(&ResourceVersions::new());
+        assert!(matches!(built.dump, Dump::Built(_)));
+        let dump = snap.dump();
+        assert!(dump["clusters"]["resources"].as_array().is_some_and(|c| !c.is_empty()), "{dump}");
+        assert_eq!(dump, built.dump());
     }
 
     #[test]
@@ -539,13 +568,14 @@ mod tests {
         let late = Arc::new(Store::new());
         fanout.attach(&late);
         let node = store.load_full();
-        assert!(node.dump["clusters"]["resources"].as_array().is_some_and(|c| !c.is_empty()), "{}", node.dump);
+        let dump = node.dump();
+        assert!(dump["clusters"]["resources"].as_array().is_some_and(|c| !c.is_empty()), "{dump}");
         let cluster = "outbound|8080||echo";
         for workload in [&early, &late] {
             assert!(workload.is_ready());
             let snap = workload.load_full();
             assert_eq!(snap.versions.clusters, "v1");
-            assert!(snap.dump.is_null(), "a workload store has no dump: {}", snap.dump);
+            assert!(matches!(snap.dump, Dump::None), "a workload store has no dump: {:?}", snap.dump);
             let (ours, theirs) = (&snap.clusters[cluster], &node.clusters[cluster]);
             assert!(!Arc::ptr_eq(&ours.state, &theirs.state), "breaker state is the workload's own");
             let (ep, node_ep) = (&ours.endpoints.items()[0], &theirs.endpoints.items()[0]);

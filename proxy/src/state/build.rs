@@ -54,9 +54,9 @@ type WantedSplit = (String, u32, Option<BTreeMap<String, String>>);
 pub struct Builder {
     carried: Mutex<HashMap<EndpointKey, Arc<EndpointShared>>>,
     clusters: Mutex<HashMap<Arc<str>, Arc<ClusterState>>>,
-    /// Snapshots without the `/config_dump` view (their `dump` is null): a node proxy's
-    /// workload stores, whose config is the node's own store's (which has the view). The view
-    /// is the largest part of a snapshot (hundreds of KB for 50 services).
+    /// Snapshots without a built `/config_dump` view ([`Dump::None`]): the xDS source's, which
+    /// render it on request ([`Dump::Lazy`]), and a node proxy's workload stores. The view is
+    /// the largest part of a snapshot (hundreds of KB for 50 services).
     no_dump: bool,
 }
 
@@ -221,16 +221,16 @@ impl Builder {
             endpoints: res.version.clone(),
         };
         let dump = if self.no_dump {
-            serde_json::Value::Null
+            Dump::None
         } else {
-            json!({
+            Dump::Built(json!({
             "version": res.version,
             "listeners": {"version": versions.listeners, "resources": dump_listeners},
             "routes": {"version": versions.routes, "resources": dump_routes},
             "clusters": {"version": versions.clusters, "resources": dump_clusters},
             "endpoints": {"version": versions.endpoints, "resources": dump_endpoints},
             "telemetry": super::telemetry::dump(&tracing),
-            })
+            }))
         };
         // Per-endpoint and per-cluster state follows the new config only when the
         // whole build was accepted: a rejected build may never be applied, and the
