@@ -31,7 +31,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 
 use super::cluster::socket_address;
 use super::listener::tcp_proxy;
-use crate::policy::{AuthorizationPolicy, AuthzAction, AuthzOperation, AuthzSource, MtlsMode, PolicySet, Service};
+use crate::policy::{AuthorizationPolicy, AuthzAction, AuthzOperation, AuthzSource, MtlsMode, Service};
 use crate::resources::{
     ALPN_MESH, DOWNSTREAM_TLS_CONTEXT_TYPE_URL, HTTP_CONNECTION_MANAGER_FILTER, HTTP_CONNECTION_MANAGER_TYPE_URL,
     HTTP_RBAC_FILTER, HTTP_RBAC_TYPE_URL, INBOUND_CLUSTER, INBOUND_LISTENER_ADDRESS, INBOUND_LISTENER_PORT,
@@ -39,10 +39,10 @@ use crate::resources::{
     ROUTER_TYPE_URL, TLS_TRANSPORT_SOCKET, TRANSPORT_RAW, TRANSPORT_TLS, any, inbound_listener_name,
 };
 
-/// The inbound listener of `service`.
-pub(super) fn inbound(set: &PolicySet, service: &Service) -> Listener {
+/// The inbound listener of `service`, whose authorization policies are `policies` (in name
+/// order).
+pub(super) fn inbound(service: &Service, policies: &[&AuthorizationPolicy]) -> Listener {
     let name = service.name();
-    let policies: Vec<&AuthorizationPolicy> = set.authorization_policies(name).collect();
     let http = service.spec.protocol.is_http();
     let mut chains = vec![chain(
         INBOUND_MTLS_CHAIN,
@@ -53,7 +53,7 @@ pub(super) fn inbound(set: &PolicySet, service: &Service) -> Listener {
         },
         name,
         http,
-        &policies,
+        policies,
     )];
     chains[0].transport_socket = Some(TransportSocket {
         name: TLS_TRANSPORT_SOCKET.to_owned(),
@@ -68,7 +68,7 @@ pub(super) fn inbound(set: &PolicySet, service: &Service) -> Listener {
             FilterChainMatch { transport_protocol: TRANSPORT_RAW.to_owned(), ..Default::default() },
             name,
             http,
-            &policies,
+            policies,
         ));
     }
     Listener {
