@@ -437,3 +437,6 @@ fn update<M: prost::Message + Default + PartialEq>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod incremental_tests;
