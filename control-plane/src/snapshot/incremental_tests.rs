@@ -256,6 +256,29 @@ fn assert_versions<M: prost::Message + Default + PartialEq>(before: &Snapshot, n
     }
 }
 
+/// What `snapshot` serves to every proxy is what `outrider_xds::translate` gives (the
+/// outbound listener and route configuration put together from pieces included).
+fn assert_translated(snapshot: &Snapshot, set: &PolicySet, context: &str) {
+    fn check<M: prost::Message + Default + PartialEq + std::fmt::Debug>(
+        snapshot: &Snapshot,
+        type_url: &str,
+        expected: &[M],
+        name: impl Fn(&M) -> &str,
+        context: &str,
+    ) {
+        let served = &snapshot.get(type_url).unwrap().resources;
+        for m in expected {
+            let r = &served[name(m)];
+            let decoded: M = outrider_xds::resources::decode_any(type_url, &r.any().unwrap()).unwrap();
+            assert_eq!(&decoded, m, "{context}");
+        }
+    }
+    let translated = outrider_xds::translate(set);
+    check(snapshot, LISTENER_TYPE_URL, &translated.listeners, |l| &l.name, context);
+    check(snapshot, ROUTE_CONFIGURATION_TYPE_URL, &translated.routes, |r| &r.name, context);
+    check(snapshot, CLUSTER_TYPE_URL, &translated.clusters, |c| &c.name, context);
+}
+
 #[test]
 fn kept_resources_equal_a_translation_from_scratch_over_random_changes() {
     let (mut steps, mut refused) = (0, 0);
@@ -281,6 +304,7 @@ fn kept_resources_equal_a_translation_from_scratch_over_random_changes() {
             assert_same::<RouteConfiguration>(&now, &fresh, ROUTE_CONFIGURATION_TYPE_URL, &context);
             assert_same::<Cluster>(&now, &fresh, CLUSTER_TYPE_URL, &context);
             assert_same::<ClusterLoadAssignment>(&now, &fresh, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &context);
+            assert_translated(&fresh, &set, &context);
             if let Some(before) = &before {
                 assert_versions::<Listener>(before, &now, LISTENER_TYPE_URL);
                 assert_versions::<RouteConfiguration>(before, &now, ROUTE_CONFIGURATION_TYPE_URL);
