@@ -710,7 +710,8 @@ mod kube_mode {
         let client = kube::Client::try_from(config).expect("a client");
         populate(&client, args.services).await;
         let start = Instant::now();
-        let mut replicas: Vec<Replica> = (0..args.replicas).map(|i| start_replica(bin, kubeconfig, i, args.malloc_arena_max)).collect();
+        let mut replicas: Vec<Replica> =
+            (0..args.replicas).map(|i| start_replica(bin, kubeconfig, i, args.malloc_arena_max)).collect();
         println!("{} replicas read the cluster and listen after {:?}", replicas.len(), start.elapsed());
 
         // Let the replicas settle before measuring what the clients add.

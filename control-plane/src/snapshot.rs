@@ -29,10 +29,10 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
 use outrider_xds::PolicySet;
-use outrider_xds::translate::{Mesh, ServiceInputs, authorization_by_service};
 use outrider_xds::resources::{
     CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
 };
+use outrider_xds::translate::{Mesh, ServiceInputs, authorization_by_service};
 use prost::Message as _;
 use tokio::time::Instant;
 
@@ -287,7 +287,11 @@ impl Generator {
         out.listeners.push((listener.name.clone(), encode_any_with(LISTENER_TYPE_URL, &listener, chains), Scope::All));
         let routes = outrider_xds::translate::outbound_routes(Vec::new());
         let vhosts = entries.values().filter_map(|e| e.virtual_host.as_ref());
-        out.routes.push((routes.name.clone(), encode_any_with(ROUTE_CONFIGURATION_TYPE_URL, &routes, vhosts), Scope::All));
+        out.routes.push((
+            routes.name.clone(),
+            encode_any_with(ROUTE_CONFIGURATION_TYPE_URL, &routes, vhosts),
+            Scope::All,
+        ));
         let passthrough = outrider_xds::translate::passthrough_cluster();
         out.clusters.push((passthrough.name.clone(), encode_any(CLUSTER_TYPE_URL, &passthrough), Scope::All));
         for e in entries.values() {
@@ -436,7 +440,7 @@ fn update<M: prost::Message + Default + PartialEq>(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-pub(crate) mod tests;
+mod incremental_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod incremental_tests;
+pub(crate) mod tests;

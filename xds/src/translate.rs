@@ -131,12 +131,7 @@ impl<'a> ServiceInputs<'a> {
             service: Cow::Borrowed(service),
             policy: policy.map(Cow::Borrowed),
             fallback,
-            authorization: authorization
-                .get(service.name())
-                .into_iter()
-                .flatten()
-                .map(|p| Cow::Borrowed(*p))
-                .collect(),
+            authorization: authorization.get(service.name()).into_iter().flatten().map(|p| Cow::Borrowed(*p)).collect(),
             faults: mesh.faults,
             telemetry: mesh.telemetry.map(Cow::Borrowed),
         }

@@ -204,7 +204,8 @@ impl Mesh {
             if let Some(s) = set.services.get_mut(&name(i))
                 && !claimed.is_empty()
             {
-                s.spec.hosts = claimed.iter().map(|c| name(*c)).chain([format!("{}:{}", name(i), s.spec.port)]).collect();
+                s.spec.hosts =
+                    claimed.iter().map(|c| name(*c)).chain([format!("{}:{}", name(i), s.spec.port)]).collect();
             }
         }
         Some(set)
@@ -218,7 +219,9 @@ impl Svc {
             port: 8000 + rng.u16(..4),
             address: rng.bool().then(|| rng.u8(1..4)),
             strict: rng.bool(),
-            endpoints: (0..rng.usize(..3)).map(|_| (9000 + rng.u16(..5), if rng.bool() { "v1" } else { "v2" })).collect(),
+            endpoints: (0..rng.usize(..3))
+                .map(|_| (9000 + rng.u16(..5), if rng.bool() { "v1" } else { "v2" }))
+                .collect(),
         }
     }
 }
@@ -236,7 +239,8 @@ fn assert_same<M: prost::Message + Default + PartialEq + std::fmt::Debug>(
         let f = &b[name];
         assert_eq!(r.scope, f.scope, "{name}, {context}");
         if !same_encoding::<M>(r.encoded(), f.encoded()) {
-            let decode = |r: &XdsResource| outrider_xds::resources::decode_any::<M>(type_url, &r.any().unwrap()).unwrap();
+            let decode =
+                |r: &XdsResource| outrider_xds::resources::decode_any::<M>(type_url, &r.any().unwrap()).unwrap();
             assert_eq!(decode(r), decode(f), "{name} differs from a translation from scratch, {context}");
         }
     }

@@ -58,8 +58,11 @@ pub(super) fn api_listeners(name: &str, port: u16, vhost: VirtualHost) -> [Liste
         ..Default::default()
     };
     let api = ApiListener { api_listener: Some(any(HTTP_CONNECTION_MANAGER_TYPE_URL, &hcm)) };
-    [name.to_owned(), format!("{name}:{port}")]
-        .map(|listener_name| Listener { name: listener_name, api_listener: Some(api.clone()), ..Default::default() })
+    [name.to_owned(), format!("{name}:{port}")].map(|listener_name| Listener {
+        name: listener_name,
+        api_listener: Some(api.clone()),
+        ..Default::default()
+    })
 }
 
 /// The cluster of one subset of `parent` (the service's cluster), named `name`.
@@ -188,7 +191,11 @@ spec:
         use outrider_xds::resources::{CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL};
         let snapshot = crate::snapshot::Generator::new().generate(set);
         fn decoded<M: prost::Message + Default>(snapshot: &crate::snapshot::Snapshot, type_url: &str) -> Vec<M> {
-            snapshot.get(type_url).unwrap().resources.values()
+            snapshot
+                .get(type_url)
+                .unwrap()
+                .resources
+                .values()
                 .filter(|r| r.scope == crate::snapshot::Scope::ByName)
                 .map(|r| outrider_xds::resources::decode_any(type_url, &r.any().unwrap()).unwrap())
                 .collect()

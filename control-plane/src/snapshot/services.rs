@@ -76,9 +76,10 @@ impl Entry {
             prev(|e| &e.load_assignment),
         );
         let inbound = resource(LISTENER_TYPE_URL, &translated.inbound.name, &translated.inbound, prev(|e| &e.inbound));
-        let filter_chain = translated.filter_chain.as_ref().map(|chain| {
-            piece::<Listener>(FILTER_CHAINS_FIELD, chain, previous.and_then(|e| e.filter_chain.as_ref()))
-        });
+        let filter_chain = translated
+            .filter_chain
+            .as_ref()
+            .map(|chain| piece::<Listener>(FILTER_CHAINS_FIELD, chain, previous.and_then(|e| e.filter_chain.as_ref())));
         let virtual_host = translated.virtual_host.as_ref().map(|vh| {
             piece::<RouteConfiguration>(VIRTUAL_HOSTS_FIELD, vh, previous.and_then(|e| e.virtual_host.as_ref()))
         });
@@ -172,7 +173,9 @@ fn piece<A: Message + Default + PartialEq>(field: u32, message: &impl Message, p
     prost::encoding::message::encode(field, message, &mut buf);
     let bytes = Bytes::from(buf);
     match previous {
-        Some(p) if p == &bytes || A::decode(p.as_ref()).is_ok_and(|a| A::decode(bytes.as_ref()).is_ok_and(|b| a == b)) => {
+        Some(p)
+            if p == &bytes || A::decode(p.as_ref()).is_ok_and(|a| A::decode(bytes.as_ref()).is_ok_and(|b| a == b)) =>
+        {
             p.clone()
         }
         _ => bytes,

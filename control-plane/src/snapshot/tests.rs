@@ -47,11 +47,9 @@ fn api_listeners_are_named_after_grpc_targets_and_served_by_name_only() {
         assert_eq!(listeners[name].scope, Scope::ByName, "{name}");
     }
     let cla = &snapshot.get(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL).unwrap().resources;
-    let decoded: ClusterLoadAssignment = outrider_xds::resources::decode_any(
-        CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
-        &cla["outbound|80||a"].any().unwrap(),
-    )
-    .unwrap();
+    let decoded: ClusterLoadAssignment =
+        outrider_xds::resources::decode_any(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &cla["outbound|80||a"].any().unwrap())
+            .unwrap();
     assert_eq!(
         decoded.endpoints[0].load_balancing_weight,
         Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 })
@@ -76,7 +74,8 @@ pub(super) fn replace_inbound(
     items.listeners.retain(|(name, _, _)| !name.starts_with(INBOUND_PREFIX));
     let version = format!("{version}-{inbound:?}");
     for (service, marker) in inbound {
-        let listener = Listener { name: format!("{INBOUND_PREFIX}{service}"), stat_prefix: marker, ..Default::default() };
+        let listener =
+            Listener { name: format!("{INBOUND_PREFIX}{service}"), stat_prefix: marker, ..Default::default() };
         items.listeners.push((listener.name.clone(), encode_any(LISTENER_TYPE_URL, &listener), Scope::All));
     }
     (items, version)
@@ -111,11 +110,8 @@ fn inbound_listeners_are_scoped_and_versioned_per_service() {
 #[test]
 fn a_resource_is_a_message_whose_encoding_differs_only_in_order() {
     use envoy_types::pb::google::protobuf::Duration;
-    let full = Cluster {
-        name: "c".into(),
-        connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
-        ..Default::default()
-    };
+    let full =
+        Cluster { name: "c".into(), connect_timeout: Some(Duration { seconds: 1, nanos: 0 }), ..Default::default() };
     let encoded = encode_any(CLUSTER_TYPE_URL, &full);
     assert!(same_encoding::<Cluster>(&encoded, &encoded.clone()));
     // Served before: the same message with its fields in another order (as the entries of
