@@ -74,6 +74,10 @@ struct Args {
     /// instead of the lean client that keeps nothing.
     #[arg(long)]
     full_clients: bool,
+    /// Kubernetes mode: glibc's `MALLOC_ARENA_MAX` for the replicas (the manifests set 2);
+    /// unset when absent. The bench's own process is not affected.
+    #[arg(long)]
+    malloc_arena_max: Option<u32>,
 }
 
 /// One simulated proxy: `--full-clients` picks the proxy's ADS client, else [`lean_client`].
@@ -664,9 +668,14 @@ mod kube_mode {
         data: PathBuf,
     }
 
-    fn start_replica(bin: &std::path::Path, kubeconfig: &std::path::Path, i: usize) -> Replica {
+    fn start_replica(bin: &std::path::Path, kubeconfig: &std::path::Path, i: usize, arenas: Option<u32>) -> Replica {
         let data = std::env::temp_dir().join(format!("outrider-ads-scale-{}-{i}", std::process::id()));
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        match arenas {
+            Some(n) => command.env("MALLOC_ARENA_MAX", n.to_string()),
+            None => command.env_remove("MALLOC_ARENA_MAX"),
+        };
+        let mut child = command
             .args(["control-plane", "--kubernetes", "--xds-port", "0", "--api-port", "0", "--webhook-port", "0"])
             .args(["--workers", "1"])
             .args(["--namespace", SYSTEM, "--replica-name", &format!("cp-{i}")])
@@ -701,7 +710,8 @@ mod kube_mode {
         let client = kube::Client::try_from(config).expect("a client");
         populate(&client, args.services).await;
         let start = Instant::now();
-        let mut replicas: Vec<Replica> = (0..args.replicas).map(|i| start_replica(bin, kubeconfig, i)).collect();
+        let mut replicas: Vec<Replica> =
+            (0..args.replicas).map(|i| start_replica(bin, kubeconfig, i, args.malloc_arena_max)).collect();
         println!("{} replicas read the cluster and listen after {:?}", replicas.len(), start.elapsed());
 
         // Let the replicas settle before measuring what the clients add.

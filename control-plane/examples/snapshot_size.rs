@@ -16,6 +16,10 @@ use outrider_control_plane::snapshot::Generator;
 struct Args {
     #[arg(long, default_value_t = 10_000)]
     services: usize,
+    /// Then time this many snapshots, each after one endpoint of one service moved (as an
+    /// EndpointSlice change does), and print the CPU time of one.
+    #[arg(long, default_value_t = 0)]
+    changes: usize,
 }
 
 fn policy(services: usize) -> String {
@@ -55,8 +59,11 @@ spec:
 
 fn main() {
     let args = Args::parse();
-    let set = outrider_xds::load_str("mesh.yaml", &policy(args.services)).expect("a valid policy set");
-    let snapshot = Generator::new().generate(&set);
+    let mut set = outrider_xds::load_str("mesh.yaml", &policy(args.services)).expect("a valid policy set");
+    let mut generator = Generator::new();
+    let start = std::time::Instant::now();
+    let snapshot = generator.generate(&set);
+    println!("first snapshot in {:?}", start.elapsed());
     println!("{} services", args.services);
     for (type_url, t) in &snapshot.types {
         // Everything a wildcard subscriber gets (a sidecar); by-name resources are for gRPC.
@@ -67,5 +74,17 @@ fn main() {
             .fold((0usize, 0usize), |(n, b), r| (n + 1, b + r.sotw_head().len() + r.encoded().len()));
         let name = type_url.rsplit('.').next().unwrap_or(type_url);
         println!("{name:<24} {count:>6} resources  {:>8.2} MiB", bytes as f64 / (1 << 20) as f64);
+    }
+    if args.changes > 0 {
+        let start = std::time::Instant::now();
+        for change in 0..args.changes {
+            let name = format!("service-{:05}", change % args.services);
+            let service = set.services.get_mut(&name).expect("the service");
+            let endpoint = &mut service.spec.endpoints[0];
+            endpoint.address.set_port(endpoint.address.port() ^ 1);
+            let next = generator.generate(&set);
+            assert_ne!(next.version, snapshot.version);
+        }
+        println!("{} changes of one endpoint: {:?} per snapshot", args.changes, start.elapsed() / args.changes as u32);
     }
 }

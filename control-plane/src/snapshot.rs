@@ -18,20 +18,28 @@
 //! instead of copying the resource. A snapshot keeps only the encoded resources: the next one
 //! is compared with them (by bytes, and typed where the bytes differ).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
 use outrider_xds::PolicySet;
 use outrider_xds::resources::{
     CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
 };
+use outrider_xds::translate::{Mesh, ServiceInputs, authorization_by_service};
 use prost::Message as _;
 use tokio::time::Instant;
 
 mod proxyless;
+mod services;
+
+use services::{Entry, Subset};
 
 /// Who a resource is served to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,14 +143,14 @@ impl XdsResource {
     pub fn any(&self) -> Result<Any, prost::DecodeError> {
         Any::decode(self.encoded.clone())
     }
+}
 
-    /// Whether this resource is `message`, which encodes to `encoded`: equal bytes are, and
-    /// so are different bytes that decode to an equal message (the generated Envoy types keep
-    /// `Struct` and metadata maps in `HashMap`s, whose encoding order differs between maps).
-    fn is<M: prost::Message + Default + PartialEq>(&self, encoded: &[u8], message: &M) -> bool {
-        self.encoded.as_ref() == encoded
-            || self.any().is_ok_and(|a| M::decode(a.value.as_slice()).is_ok_and(|m| m == *message))
-    }
+/// Whether two encoded `Any`s of `M` are the same resource: the same bytes, or different bytes
+/// that decode to equal messages (the generated Envoy types keep `Struct` and metadata maps in
+/// `HashMap`s, whose encoding order differs between maps).
+pub(crate) fn same_encoding<M: prost::Message + Default + PartialEq>(a: &Bytes, b: &Bytes) -> bool {
+    let decode = |bytes: &Bytes| Any::decode(bytes.clone()).ok().and_then(|any| M::decode(any.value.as_slice()).ok());
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b || decode(a).is_some_and(|x| decode(b) == Some(x))
 }
 
 /// `message` as an encoded `Any` of `type_url`, in one pass.
@@ -218,11 +226,22 @@ impl Snapshot {
 }
 
 /// Produces snapshots, remembering the previous one to keep versions of unchanged resources
-/// (compared with what the previous snapshot holds of each type).
+/// (compared with what the previous snapshot holds of each type), and each service's encoded
+/// resources with the inputs they were translated from ([`services`]), so that a new set
+/// translates only the services whose inputs changed.
 #[derive(Debug, Default)]
 pub struct Generator {
     types: BTreeMap<&'static str, Arc<TypeSnapshot>>,
+    /// By service name.
+    services: BTreeMap<String, Entry>,
+    /// Tests: inbound listeners `(service, stat prefix)` to serve instead of the translated
+    /// ones, in the next snapshot.
+    #[cfg(test)]
+    inbound: Option<Vec<(String, String)>>,
 }
+
+/// A resource to serve: its name, encoded `Any` and who gets it.
+type Item = (String, Bytes, Scope);
 
 impl Generator {
     pub fn new() -> Self {
@@ -231,48 +250,127 @@ impl Generator {
 
     /// The snapshot of `set`.
     pub fn generate(&mut self, set: &PolicySet) -> Snapshot {
-        let resources = outrider_xds::translate(set);
-        self.generate_from(set, resources)
-    }
-
-    /// The snapshot of `set` translated to `resources` (tests add resources of their own).
-    fn generate_from(&mut self, set: &PolicySet, mut resources: outrider_xds::Resources) -> Snapshot {
-        let version = resources.version.clone();
-        for cla in &mut resources.endpoints {
-            proxyless::grpc_friendly_localities(cla);
-        }
-        let extra = proxyless::resources(set, &resources.routes, &resources.clusters, &resources.endpoints);
-        let listeners = with_by_name(resources.listeners, extra.listeners, |l| l.name.clone());
-        let routes = named(resources.routes, |r| r.name.clone());
-        let clusters = with_by_name(resources.clusters, extra.clusters, |c| c.name.clone());
-        let endpoints = with_by_name(resources.endpoints, extra.endpoints, |e| e.cluster_name.clone());
-
+        let version = outrider_xds::translate::version(set);
+        let items = self.items(set);
+        #[cfg(test)]
+        let (items, version) = tests::replace_inbound(items, version, self.inbound.take());
         let types = &mut self.types;
-        update(listeners, &version, LISTENER_TYPE_URL, types);
-        update(routes, &version, ROUTE_CONFIGURATION_TYPE_URL, types);
-        update(clusters, &version, CLUSTER_TYPE_URL, types);
-        update(endpoints, &version, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, types);
+        update::<Listener>(items.listeners, &version, LISTENER_TYPE_URL, types);
+        update::<RouteConfiguration>(items.routes, &version, ROUTE_CONFIGURATION_TYPE_URL, types);
+        update::<Cluster>(items.clusters, &version, CLUSTER_TYPE_URL, types);
+        update::<ClusterLoadAssignment>(items.endpoints, &version, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, types);
         Snapshot { policy_version: version.clone(), version, types: types.clone(), created: Instant::now() }
     }
+
+    /// Every resource of `set`: each service's from its kept entry when its inputs are those
+    /// the entry was translated from, else translated again; the outbound listener and route
+    /// configuration put together from the services' pieces. In the order the translation
+    /// lists them, the gRPC proxyless ones after the rest (a later resource of the same name
+    /// takes the place of an earlier one).
+    fn items(&mut self, set: &PolicySet) -> Items {
+        let mesh = Mesh::of(set);
+        let authorization = authorization_by_service(set);
+        let mut previous = std::mem::take(&mut self.services);
+        for (name, service) in &set.services {
+            let inputs = ServiceInputs::of(set, service, &mesh, &authorization);
+            let entry = match previous.remove(name) {
+                Some(kept) if kept.inputs == inputs => kept,
+                replaced => Entry::build(inputs.into_owned(), replaced.as_ref()),
+            };
+            self.services.insert(name.clone(), entry);
+        }
+        let entries = &self.services;
+
+        let mut out = Items::default();
+        let listener = outrider_xds::translate::outbound_listener(Vec::new(), mesh.telemetry);
+        let chains = entries.values().filter_map(|e| e.filter_chain.as_ref());
+        out.listeners.push((listener.name.clone(), encode_any_with(LISTENER_TYPE_URL, &listener, chains), Scope::All));
+        let routes = outrider_xds::translate::outbound_routes(Vec::new());
+        let vhosts = entries.values().filter_map(|e| e.virtual_host.as_ref());
+        out.routes.push((
+            routes.name.clone(),
+            encode_any_with(ROUTE_CONFIGURATION_TYPE_URL, &routes, vhosts),
+            Scope::All,
+        ));
+        let passthrough = outrider_xds::translate::passthrough_cluster();
+        out.clusters.push((passthrough.name.clone(), encode_any(CLUSTER_TYPE_URL, &passthrough), Scope::All));
+        for e in entries.values() {
+            out.listeners.push(item(&e.inbound, Scope::All));
+            out.clusters.push(item(&e.cluster, Scope::All));
+            out.endpoints.push(item(&e.load_assignment, Scope::All));
+        }
+
+        // gRPC proxyless: the API listeners of each HTTP service hold the first virtual host
+        // (in service order) whose domains include the service's name, which is normally its
+        // own; the subsets of every virtual host so used get clusters of their own.
+        let mut first_with: HashMap<&str, &str> = HashMap::new();
+        for (name, e) in entries {
+            for domain in &e.domains {
+                first_with.entry(domain.as_str()).or_insert(name.as_str());
+            }
+        }
+        let mut used: BTreeSet<&str> = BTreeSet::new();
+        for (name, e) in entries.iter().filter(|(_, e)| e.inputs.service.spec.protocol.is_http()) {
+            let Some(owner) = first_with.get(name.as_str()).copied() else { continue };
+            used.insert(owner);
+            if owner == name {
+                out.listeners.extend(e.api_listeners.iter().map(|l| item(l, Scope::ByName)));
+            } else if let Some(o) = entries.get(owner) {
+                let listeners = o.api_listeners_for(name, e.inputs.service.spec.port);
+                out.listeners.extend(listeners.iter().map(|l| item(l, Scope::ByName)));
+            }
+        }
+        let mut subsets: Vec<&Subset> = used.iter().filter_map(|o| entries.get(*o)).flat_map(|e| &e.subsets).collect();
+        subsets.sort_by(|a, b| a.key.cmp(&b.key));
+        subsets.dedup_by(|a, b| a.key == b.key);
+        out.clusters.extend(subsets.iter().map(|s| item(&s.cluster, Scope::ByName)));
+        out.endpoints.extend(subsets.iter().map(|s| item(&s.load_assignment, Scope::ByName)));
+        out
+    }
 }
 
-fn named<M>(items: Vec<M>, name: impl Fn(&M) -> String) -> Vec<(String, M, Scope)> {
-    items.into_iter().map(|m| (name(&m), m, Scope::All)).collect()
+/// The resources of a snapshot, by type.
+#[derive(Debug, Default)]
+struct Items {
+    listeners: Vec<Item>,
+    routes: Vec<Item>,
+    clusters: Vec<Item>,
+    endpoints: Vec<Item>,
 }
 
-/// `items` for everyone, `by_name` only for clients asking for them by name.
-fn with_by_name<M>(items: Vec<M>, by_name: Vec<M>, name: impl Fn(&M) -> String) -> Vec<(String, M, Scope)> {
-    let mut out = named(items, &name);
-    out.extend(by_name.into_iter().map(|m| (name(&m), m, Scope::ByName)));
-    out
+fn item(encoded: &services::Encoded, scope: Scope) -> Item {
+    (encoded.name.clone(), encoded.any.clone(), scope)
+}
+
+/// `message` followed by `pieces` (encoded fields of it, key and length included) as an
+/// encoded `Any` of `type_url`: protobuf reads the fields of a message in any order and
+/// appends the entries of a repeated field, so this is `message` with the pieces in its
+/// repeated field.
+fn encode_any_with<'a, M: prost::Message>(
+    type_url: &str,
+    message: &M,
+    pieces: impl Iterator<Item = &'a Bytes> + Clone,
+) -> Bytes {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let len = message.encoded_len() + pieces.clone().map(Bytes::len).sum::<usize>();
+    let mut buf = Vec::with_capacity(type_url.len() + len + 12);
+    encode_key(1, WireType::LengthDelimited, &mut buf);
+    encode_varint(type_url.len() as u64, &mut buf);
+    buf.extend_from_slice(type_url.as_bytes());
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(len as u64, &mut buf);
+    message.encode_raw(&mut buf);
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+    }
+    buf.into()
 }
 
 /// Compares with the resources of the type in the previous snapshot (by their encoding, and
-/// typed when the bytes differ: see [`XdsResource::is`]), assigns versions and replaces the
-/// type's entry in `types` (left as it was, shared, when nothing changed). A message is
-/// dropped once encoded: a snapshot holds only the encoded resources.
+/// typed when the bytes differ: see [`same_encoding`]), assigns versions and replaces the
+/// type's entry in `types` (left as it was, shared, when nothing changed).
 fn update<M: prost::Message + Default + PartialEq>(
-    items: Vec<(String, M, Scope)>,
+    items: Vec<Item>,
     version: &str,
     type_url: &'static str,
     types: &mut BTreeMap<&'static str, Arc<TypeSnapshot>>,
@@ -291,11 +389,10 @@ fn update<M: prost::Message + Default + PartialEq>(
         }
         _ => *changed = true,
     };
-    for (name, message, default_scope) in items {
+    for (name, encoded, default_scope) in items {
         let scope = Scope::of(&name, default_scope);
-        let encoded = encode_any(type_url, &message);
         let resource = match prev.get(&name) {
-            Some(r) if r.scope == scope && r.is(&encoded, &message) => r.clone(),
+            Some(r) if r.scope == scope && same_encoding::<M>(&r.encoded, &encoded) => r.clone(),
             Some(r) => {
                 touched(&r.scope, &mut changed);
                 touched(&scope, &mut changed);
@@ -343,152 +440,7 @@ fn update<M: prost::Message + Default + PartialEq>(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-pub(crate) mod tests {
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-    use envoy_types::pb::envoy::config::listener::v3::Listener;
-
-    use super::*;
-
-    fn set(port: u16) -> PolicySet {
-        outrider_xds::load_str(
-            "t.yaml",
-            &format!(
-                "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: a}}\nspec: {{port: 80, endpoints: [{{address: \"127.0.0.1:81\"}}]}}\n---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: b}}\nspec: {{port: {port}}}\n"
-            ),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn unchanged_resources_keep_their_version() {
-        let mut g = Generator::new();
-        let first = g.generate(&set(90));
-        let second = g.generate(&set(91));
-        assert_ne!(first.version, second.version);
-        let clusters = |s: &Snapshot| {
-            s.get(CLUSTER_TYPE_URL)
-                .unwrap()
-                .resources
-                .iter()
-                .map(|(n, r)| (n.clone(), r.version.clone()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let (c1, c2) = (clusters(&first), clusters(&second));
-        assert_eq!(c1["outbound|80||a"], c2["outbound|80||a"], "a did not change");
-        assert!(c2.contains_key("outbound|91||b") && !c2.contains_key("outbound|90||b"));
-        // Regenerating the same set changes no version at all.
-        let third = g.generate(&set(91));
-        for t in [LISTENER_TYPE_URL, CLUSTER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL] {
-            assert_eq!(second.get(t).unwrap().version, third.get(t).unwrap().version);
-        }
-    }
-
-    #[test]
-    fn api_listeners_are_named_after_grpc_targets_and_served_by_name_only() {
-        let snapshot = Generator::new().generate(&set(90));
-        let listeners = &snapshot.get(LISTENER_TYPE_URL).unwrap().resources;
-        assert_eq!(listeners["outbound"].scope, Scope::All);
-        for name in ["a", "a:80", "b", "b:90"] {
-            assert_eq!(listeners[name].scope, Scope::ByName, "{name}");
-        }
-        let cla = &snapshot.get(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL).unwrap().resources;
-        let decoded: ClusterLoadAssignment = outrider_xds::resources::decode_any(
-            CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
-            &cla["outbound|80||a"].any().unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            decoded.endpoints[0].load_balancing_weight,
-            Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 })
-        );
-    }
-
-    /// The translation of `set` plus an inbound listener per `(service, stat prefix)` (as the
-    /// translation will add them, with the set's version covering them).
-    pub(crate) fn with_inbound(g: &mut Generator, set: &PolicySet, inbound: &[(&str, &str)]) -> Snapshot {
-        let mut resources = outrider_xds::translate(set);
-        // Only the injected inbound listeners, so the test controls exactly which ones change.
-        resources.listeners.retain(|l| !l.name.starts_with(INBOUND_PREFIX));
-        resources.version = format!("{}-{inbound:?}", resources.version);
-        for (service, marker) in inbound {
-            resources.listeners.push(Listener {
-                name: format!("{INBOUND_PREFIX}{service}"),
-                stat_prefix: (*marker).to_owned(),
-                ..Default::default()
-            });
-        }
-        g.generate_from(set, resources)
-    }
-
-    #[test]
-    fn inbound_listeners_are_scoped_and_versioned_per_service() {
-        let mut g = Generator::new();
-        let first = with_inbound(&mut g, &set(90), &[("a", "1"), ("b", "1")]);
-        let l1 = first.get(LISTENER_TYPE_URL).unwrap().clone();
-        assert_eq!(l1.resources["inbound|a"].scope, Scope::Service("a".into()));
-        assert_eq!(l1.resources["inbound|b"].scope, Scope::Service("b".into()));
-        assert_eq!(l1.view_version("c"), l1.version, "no scoped resources: the type's version");
-
-        // b's inbound listener changes: a's view and the type's version stay; b's moves.
-        let second = with_inbound(&mut g, &set(90), &[("a", "1"), ("b", "2")]);
-        let l2 = second.get(LISTENER_TYPE_URL).unwrap();
-        assert_eq!(l2.version, l1.version);
-        assert_eq!(l2.view_version("a"), l1.view_version("a"));
-        assert_ne!(l2.view_version("b"), l1.view_version("b"));
-        assert!(Arc::ptr_eq(&l1.resources["inbound|a"], &l2.resources["inbound|a"]), "unchanged: reused");
-        // Other types did not change at all: the same shared type snapshot.
-        assert!(Arc::ptr_eq(first.get(CLUSTER_TYPE_URL).unwrap(), second.get(CLUSTER_TYPE_URL).unwrap()));
-
-        // b's inbound listener goes away: b's view falls back to the shared part.
-        let third = with_inbound(&mut g, &set(90), &[("a", "1")]);
-        let l3 = third.get(LISTENER_TYPE_URL).unwrap();
-        assert_eq!(l3.view_version("b"), l3.version);
-        assert_eq!(l3.view_version("a"), l1.view_version("a"));
-    }
-
-    #[test]
-    fn a_resource_is_a_message_whose_encoding_differs_only_in_order() {
-        use envoy_types::pb::google::protobuf::Duration;
-        let full = Cluster {
-            name: "c".into(),
-            connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
-            ..Default::default()
-        };
-        let encoded = encode_any(CLUSTER_TYPE_URL, &full);
-        let r = XdsResource::new("c".into(), "1".into(), encoded.clone(), Scope::All);
-        assert!(r.is(&encoded, &full));
-        // Served before: the same message with its fields in another order (as the entries of
-        // two equal maps may come).
-        let (timeout, name) = (
-            Cluster { connect_timeout: full.connect_timeout, ..Default::default() },
-            Cluster { name: full.name.clone(), ..Default::default() },
-        );
-        let value = [timeout.encode_to_vec(), name.encode_to_vec()].concat();
-        let reordered = Any { type_url: CLUSTER_TYPE_URL.into(), value }.encode_to_vec();
-        assert_ne!(reordered, encoded.as_ref());
-        let served = XdsResource::new("c".into(), "1".into(), reordered.into(), Scope::All);
-        assert!(served.is(&encoded, &full));
-        let other = Cluster { name: "d".into(), ..full.clone() };
-        assert!(!served.is(&encode_any(CLUSTER_TYPE_URL, &other), &other));
-        assert!(!r.is(&encode_any(CLUSTER_TYPE_URL, &other), &other));
-    }
-
-    #[test]
-    fn encoded_entries_decode_as_response_resources() {
-        use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
-        let snapshot = Generator::new().generate(&set(90));
-        let r = &snapshot.get(CLUSTER_TYPE_URL).unwrap().resources["outbound|80||a"];
-        let entry = |head: &[u8]| [head, r.encoded().as_ref()].concat();
-        let any = r.any().unwrap();
-        assert_eq!(any.type_url, CLUSTER_TYPE_URL);
-        let cluster = Cluster::decode(any.value.as_slice()).unwrap();
-        assert_eq!(cluster.name, "outbound|80||a");
-        let sotw = DiscoveryResponse::decode(entry(r.sotw_head()).as_slice()).unwrap();
-        assert_eq!(sotw.resources, vec![any.clone()]);
-        let delta = DeltaDiscoveryResponse::decode(entry(r.delta_head()).as_slice()).unwrap();
-        assert_eq!(delta.resources[0].name, "outbound|80||a");
-        assert_eq!(delta.resources[0].version, r.version);
-        assert_eq!(delta.resources[0].resource.as_ref(), Some(&any));
-    }
-}
+mod incremental_tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests;

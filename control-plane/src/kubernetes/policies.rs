@@ -136,10 +136,11 @@ pub fn assemble(
     objects: &[(&'static Kind, &HashMap<ObjectKey, PolicyObject>)],
     root_namespace: &str,
 ) -> Assembled {
-    // Validation sees the Services without endpoints (see the module's doc).
-    let bare = bare_services(&discovered);
     let mut ordered: Vec<(&'static Kind, &ObjectKey, &PolicyObject)> =
         objects.iter().flat_map(|(kind, map)| map.iter().map(move |(key, object)| (*kind, key, object))).collect();
+    // Validation sees the Services without endpoints (see the module's doc); a copy of every
+    // Service, made only when there is an object to validate.
+    let bare = if ordered.is_empty() { BTreeMap::new() } else { bare_services(&discovered) };
     // Oldest first; Rollouts after everything else (they are judged with their TrafficPolicy).
     ordered.sort_by(|a, b| {
         (a.0.kind == ROLLOUT, &a.2.created, &a.1, a.0.kind).cmp(&(b.0.kind == ROLLOUT, &b.2.created, &b.1, b.0.kind))

@@ -10,7 +10,7 @@
 //! - a weight and a locality on every locality of a load assignment (gRPC ignores localities
 //!   without a weight).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Locality;
@@ -22,22 +22,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
-use outrider_xds::PolicySet;
 use outrider_xds::resources::{
     HTTP_CONNECTION_MANAGER_TYPE_URL, LB_METADATA, ROUTER_FILTER, ROUTER_TYPE_URL, any, parse_cluster_name,
     struct_strings,
 };
 
 /// A subset of a service's cluster: the parent cluster's name and the labels it selects.
-type SubsetKey = (String, BTreeMap<String, String>);
-
-/// The resources added for proxyless clients.
-#[derive(Debug, Default)]
-pub(super) struct Proxyless {
-    pub listeners: Vec<Listener>,
-    pub clusters: Vec<Cluster>,
-    pub endpoints: Vec<ClusterLoadAssignment>,
-}
+pub(super) type SubsetKey = (String, BTreeMap<String, String>);
 
 /// The name of the cluster of one subset: `outbound|PORT|k=v,k2=v2|NAME`.
 pub(super) fn subset_cluster_name(parent: &str, labels: &BTreeMap<String, String>) -> String {
@@ -48,77 +39,41 @@ pub(super) fn subset_cluster_name(parent: &str, labels: &BTreeMap<String, String
     }
 }
 
-/// API listeners for every HTTP service, plus the subset clusters (and their endpoints) their
-/// routes use. `clusters` and `endpoints` are the translation's (with gRPC-friendly localities).
-pub(super) fn resources(
-    set: &PolicySet,
-    routes: &[RouteConfiguration],
-    clusters: &[Cluster],
-    endpoints: &[ClusterLoadAssignment],
-) -> Proxyless {
-    let mut out = Proxyless::default();
-    let mut subsets = BTreeSet::new();
-    // Indexed once: looking each service up by scanning every virtual host was quadratic
-    // (5,000 services took about a second of CPU per snapshot). The first match wins, as a
-    // scan in order would find it.
-    let mut vhosts: HashMap<&str, &VirtualHost> = HashMap::new();
-    for vh in routes.iter().flat_map(|r| r.virtual_hosts.iter()) {
-        for domain in &vh.domains {
-            vhosts.entry(domain.as_str()).or_insert(vh);
-        }
-    }
-    for service in set.services.values() {
-        if !service.spec.protocol.is_http() {
-            continue;
-        }
-        let name = service.name();
-        let Some(vhost) = vhosts.get(name).copied() else {
-            continue;
-        };
-        let vhost = with_subset_clusters(vhost.clone(), &mut subsets);
-        let hcm = HttpConnectionManager {
-            stat_prefix: name.to_owned(),
-            route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
-                name: format!("grpc|{name}"),
-                virtual_hosts: vec![vhost],
-                ..Default::default()
-            })),
-            http_filters: vec![HttpFilter {
-                name: ROUTER_FILTER.to_owned(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(ROUTER_TYPE_URL, &Router::default()))),
-                ..Default::default()
-            }],
+/// The API listeners gRPC asks for as `xds:///NAME` and `xds:///NAME:PORT`, for service `name`
+/// of `port`, with `vhost` (the virtual host whose domains first include `name`, rewritten by
+/// [`with_subset_clusters`]) inline.
+pub(super) fn api_listeners(name: &str, port: u16, vhost: VirtualHost) -> [Listener; 2] {
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.to_owned(),
+        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+            name: format!("grpc|{name}"),
+            virtual_hosts: vec![vhost],
             ..Default::default()
-        };
-        let api = ApiListener { api_listener: Some(any(HTTP_CONNECTION_MANAGER_TYPE_URL, &hcm)) };
-        for listener_name in [name.to_owned(), format!("{name}:{}", service.spec.port)] {
-            out.listeners.push(Listener { name: listener_name, api_listener: Some(api.clone()), ..Default::default() });
-        }
-    }
-    let mut clusters_by_name: HashMap<&str, &Cluster> = HashMap::new();
-    for c in clusters {
-        clusters_by_name.entry(c.name.as_str()).or_insert(c);
-    }
-    let mut endpoints_by_cluster: HashMap<&str, &ClusterLoadAssignment> = HashMap::new();
-    for e in endpoints {
-        endpoints_by_cluster.entry(e.cluster_name.as_str()).or_insert(e);
-    }
-    for (parent, labels) in subsets {
-        let name = subset_cluster_name(&parent, &labels);
-        if let Some(cluster) = clusters_by_name.get(parent.as_str()) {
-            out.clusters.push(Cluster { name: name.clone(), lb_subset_config: None, ..(*cluster).clone() });
-        }
-        if let Some(cla) = endpoints_by_cluster.get(parent.as_str()).copied() {
-            out.endpoints.push(subset_endpoints(cla, &name, &labels));
-        }
-    }
-    out
+        })),
+        http_filters: vec![HttpFilter {
+            name: ROUTER_FILTER.to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(ROUTER_TYPE_URL, &Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let api = ApiListener { api_listener: Some(any(HTTP_CONNECTION_MANAGER_TYPE_URL, &hcm)) };
+    [name.to_owned(), format!("{name}:{port}")].map(|listener_name| Listener {
+        name: listener_name,
+        api_listener: Some(api.clone()),
+        ..Default::default()
+    })
+}
+
+/// The cluster of one subset of `parent` (the service's cluster), named `name`.
+pub(super) fn subset_cluster(parent: &Cluster, name: &str) -> Cluster {
+    Cluster { name: name.to_owned(), lb_subset_config: None, ..parent.clone() }
 }
 
 /// Rewrites every weighted-cluster entry that selects a subset to name the subset's own
 /// cluster (collected in `subsets`, weight 0 or not), and drops entries of weight 0 from the
 /// routes.
-fn with_subset_clusters(mut vhost: VirtualHost, subsets: &mut BTreeSet<SubsetKey>) -> VirtualHost {
+pub(super) fn with_subset_clusters(mut vhost: VirtualHost, subsets: &mut BTreeSet<SubsetKey>) -> VirtualHost {
     for r in &mut vhost.routes {
         let Some(route::Action::Route(action)) = &mut r.action else { continue };
         let Some(route_action::ClusterSpecifier::WeightedClusters(weighted)) = &mut action.cluster_specifier else {
@@ -145,7 +100,7 @@ fn with_subset_clusters(mut vhost: VirtualHost, subsets: &mut BTreeSet<SubsetKey
 }
 
 /// The endpoints of `cla` whose `envoy.lb` labels include every one of `labels`.
-fn subset_endpoints(
+pub(super) fn subset_endpoints(
     cla: &ClusterLoadAssignment,
     name: &str,
     labels: &BTreeMap<String, String>,
@@ -225,6 +180,33 @@ spec:
             .collect()
     }
 
+    /// The resources the generator serves by name only (to proxyless clients), decoded.
+    struct ByName {
+        listeners: Vec<Listener>,
+        clusters: Vec<Cluster>,
+        endpoints: Vec<ClusterLoadAssignment>,
+    }
+
+    fn served_by_name(set: &outrider_xds::PolicySet) -> ByName {
+        use outrider_xds::resources::{CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL};
+        let snapshot = crate::snapshot::Generator::new().generate(set);
+        fn decoded<M: prost::Message + Default>(snapshot: &crate::snapshot::Snapshot, type_url: &str) -> Vec<M> {
+            snapshot
+                .get(type_url)
+                .unwrap()
+                .resources
+                .values()
+                .filter(|r| r.scope == crate::snapshot::Scope::ByName)
+                .map(|r| outrider_xds::resources::decode_any(type_url, &r.any().unwrap()).unwrap())
+                .collect()
+        }
+        ByName {
+            listeners: decoded(&snapshot, LISTENER_TYPE_URL),
+            clusters: decoded(&snapshot, CLUSTER_TYPE_URL),
+            endpoints: decoded(&snapshot, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL),
+        }
+    }
+
     #[test]
     fn subsets_get_clusters_of_their_own_in_the_api_listeners_only() {
         let set = outrider_xds::load_str("t.yaml", SET).unwrap();
@@ -232,7 +214,7 @@ spec:
         for cla in &mut translated.endpoints {
             grpc_friendly_localities(cla);
         }
-        let out = resources(&set, &translated.routes, &translated.clusters, &translated.endpoints);
+        let out = served_by_name(&set);
 
         // The weight-0 entry is gone; the v1 entry names v1's cluster.
         let l = out.listeners.iter().find(|l| l.name == "echo").unwrap();

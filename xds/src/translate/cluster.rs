@@ -27,7 +27,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{ads, metadata, proto_duration, resilience};
-use crate::policy::{LoadBalancer, PolicySet, Protocol, Service, TrafficPolicy, defaults};
+use crate::policy::{LoadBalancer, Protocol, Service, TrafficPolicy, defaults};
 use crate::resources::{
     HTTP_PROTOCOL_OPTIONS_KEY, HTTP_PROTOCOL_OPTIONS_TYPE_URL, IDENTITY_FIELD, LB_METADATA,
     LEAST_REQUEST_POLICY_TYPE_URL, OUTRIDER_METADATA, PASSTHROUGH_CLUSTER, RANDOM_POLICY_TYPE_URL, RESILIENCE_KEY,
@@ -46,8 +46,12 @@ pub(super) fn passthrough() -> Cluster {
     }
 }
 
-/// The EDS cluster of a service (`set` resolves references to other services).
-pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>, set: &PolicySet) -> Cluster {
+/// The EDS cluster of a service (`fallback`: see [`resilience::extension`]).
+pub(super) fn service_cluster(
+    service: &Service,
+    policy: Option<&TrafficPolicy>,
+    fallback: Option<(&str, u16)>,
+) -> Cluster {
     let spec = &service.spec;
     let connect_timeout = policy.map_or(defaults::CONNECT_TIMEOUT, |p| p.spec.connect_timeout);
     let balancer = policy.map_or(LoadBalancer::default(), |p| p.spec.load_balancer);
@@ -71,7 +75,7 @@ pub(super) fn service_cluster(service: &Service, policy: Option<&TrafficPolicy>,
         })
         .into_iter()
         .collect::<HashMap<_, _>>();
-    if let Some(extension) = resilience::extension(service, policy, set) {
+    if let Some(extension) = resilience::extension(service, policy, fallback) {
         typed_extension_protocol_options.insert(RESILIENCE_KEY.to_owned(), any(RESILIENCE_TYPE_URL, &extension));
     }
     let policy_spec = policy.map(|p| &p.spec);

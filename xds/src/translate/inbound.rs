@@ -9,7 +9,9 @@
 //!   network filters before the TCP proxy for TCP services; then the terminal filter, which
 //!   delivers to the local application ([`INBOUND_CLUSTER`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message as _;
 
 use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, filter};
@@ -27,11 +29,11 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use envoy_types::pb::envoy::r#type::matcher::v3::{PathMatcher, StringMatcher, path_matcher, string_matcher};
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{Any, BoolValue};
 
 use super::cluster::socket_address;
 use super::listener::tcp_proxy;
-use crate::policy::{AuthorizationPolicy, AuthzAction, AuthzOperation, AuthzSource, MtlsMode, PolicySet, Service};
+use crate::policy::{AuthorizationPolicy, AuthzAction, AuthzOperation, AuthzSource, MtlsMode, Service};
 use crate::resources::{
     ALPN_MESH, DOWNSTREAM_TLS_CONTEXT_TYPE_URL, HTTP_CONNECTION_MANAGER_FILTER, HTTP_CONNECTION_MANAGER_TYPE_URL,
     HTTP_RBAC_FILTER, HTTP_RBAC_TYPE_URL, INBOUND_CLUSTER, INBOUND_LISTENER_ADDRESS, INBOUND_LISTENER_PORT,
@@ -39,10 +41,10 @@ use crate::resources::{
     ROUTER_TYPE_URL, TLS_TRANSPORT_SOCKET, TRANSPORT_RAW, TRANSPORT_TLS, any, inbound_listener_name,
 };
 
-/// The inbound listener of `service`.
-pub(super) fn inbound(set: &PolicySet, service: &Service) -> Listener {
+/// The inbound listener of `service`, whose authorization policies are `policies` (in name
+/// order).
+pub(super) fn inbound(service: &Service, policies: &[&AuthorizationPolicy]) -> Listener {
     let name = service.name();
-    let policies: Vec<&AuthorizationPolicy> = set.authorization_policies(name).collect();
     let http = service.spec.protocol.is_http();
     let mut chains = vec![chain(
         INBOUND_MTLS_CHAIN,
@@ -53,7 +55,7 @@ pub(super) fn inbound(set: &PolicySet, service: &Service) -> Listener {
         },
         name,
         http,
-        &policies,
+        policies,
     )];
     chains[0].transport_socket = Some(TransportSocket {
         name: TLS_TRANSPORT_SOCKET.to_owned(),
@@ -68,7 +70,7 @@ pub(super) fn inbound(set: &PolicySet, service: &Service) -> Listener {
             FilterChainMatch { transport_protocol: TRANSPORT_RAW.to_owned(), ..Default::default() },
             name,
             http,
-            &policies,
+            policies,
         ));
     }
     Listener {
@@ -92,9 +94,10 @@ fn chain(
             .into_iter()
             .map(|rules| HttpFilter {
                 name: HTTP_RBAC_FILTER.to_owned(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                config_type: Some(http_filter::ConfigType::TypedConfig(rbac_any(
                     HTTP_RBAC_TYPE_URL,
-                    &HttpRbac { rules: Some(rules), ..Default::default() },
+                    &HttpRbac::default(),
+                    rules,
                 ))),
                 ..Default::default()
             })
@@ -120,13 +123,10 @@ fn chain(
             .into_iter()
             .map(|rules| Filter {
                 name: NETWORK_RBAC_FILTER.to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(
+                config_type: Some(filter::ConfigType::TypedConfig(rbac_any(
                     NETWORK_RBAC_TYPE_URL,
-                    &NetworkRbac {
-                        rules: Some(rules),
-                        stat_prefix: format!("inbound_{service}"),
-                        ..Default::default()
-                    },
+                    &NetworkRbac { stat_prefix: format!("inbound_{service}"), ..Default::default() },
+                    rules,
                 ))),
             })
             .collect();
@@ -134,6 +134,35 @@ fn chain(
         filters
     };
     FilterChain { name: chain_name.to_owned(), filter_chain_match: Some(matched), filters, ..Default::default() }
+}
+
+/// `outer` (an HTTP or network RBAC filter's config, without its `rules`) with `rules` (field 1
+/// of both) as an `Any` whose bytes are equal for equal rules. The generated `Rbac` keeps its
+/// policies in a `HashMap`, which encodes in an order that differs from map to map; here they
+/// are written in name order, so that translating a service again gives the same bytes (the
+/// control plane compares bytes to tell what changed, and a nested `Any` is bytes to it).
+fn rbac_any(type_url: &str, outer: &impl prost::Message, mut rules: Rbac) -> Any {
+    use prost::encoding::{WireType, btree_map, encode_key, encode_varint, message, string};
+    /// `RBAC.policies`.
+    const POLICIES_FIELD: u32 = 2;
+    /// `rules` of the HTTP and the network RBAC filter configs.
+    const RULES_FIELD: u32 = 1;
+    let policies: BTreeMap<String, Policy> = std::mem::take(&mut rules.policies).into_iter().collect();
+    let mut inner = rules.encode_to_vec();
+    btree_map::encode(
+        string::encode,
+        string::encoded_len,
+        message::encode,
+        message::encoded_len,
+        POLICIES_FIELD,
+        &policies,
+        &mut inner,
+    );
+    let mut value = outer.encode_to_vec();
+    encode_key(RULES_FIELD, WireType::LengthDelimited, &mut value);
+    encode_varint(inner.len() as u64, &mut value);
+    value.extend_from_slice(&inner);
+    Any { type_url: type_url.to_owned(), value }
 }
 
 /// Everything to the local application.

@@ -18,22 +18,17 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpPro
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::cluster::socket_address;
-use super::{ads, proto_duration, resilience, telemetry};
-use crate::policy::{PolicySet, Service};
+use super::{ads, proto_duration, telemetry};
+use crate::policy::{Service, Telemetry, TrafficPolicy};
 use crate::resources::{
     FAULT_FILTER, HTTP_CONNECTION_MANAGER_FILTER, HTTP_CONNECTION_MANAGER_TYPE_URL, HTTP_FAULT_TYPE_URL,
     OUTBOUND_LISTENER, OUTBOUND_LISTENER_ADDRESS, OUTBOUND_LISTENER_PORT, OUTBOUND_ROUTE_CONFIG, PASSTHROUGH_CLUSTER,
     ROUTER_FILTER, ROUTER_TYPE_URL, TCP_PROXY_FILTER, TCP_PROXY_TYPE_URL, any, cluster_name,
 };
 
-pub(super) fn outbound(set: &PolicySet) -> Listener {
-    let faults = resilience::any_faults(set);
-    let filter_chains = set
-        .services
-        .values()
-        .filter(|service| !service.spec.addresses.is_empty())
-        .map(|service| filter_chain(set, service, faults))
-        .collect();
+/// The outbound listener around `filter_chains` (one per service with virtual addresses, in
+/// service-name order; see [`filter_chain`]).
+pub(super) fn outbound(filter_chains: Vec<FilterChain>, telemetry: Option<&Telemetry>) -> Listener {
     Listener {
         name: OUTBOUND_LISTENER.to_owned(),
         address: Some(socket_address(OUTBOUND_LISTENER_ADDRESS, OUTBOUND_LISTENER_PORT)),
@@ -43,13 +38,19 @@ pub(super) fn outbound(set: &PolicySet) -> Listener {
             filters: vec![tcp_proxy(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, None)],
             ..Default::default()
         }),
-        metadata: telemetry::listener_metadata(set),
+        metadata: telemetry::listener_metadata(telemetry),
         ..Default::default()
     }
 }
 
-/// `faults`: whether the HTTP connection manager needs the fault filter.
-fn filter_chain(set: &PolicySet, service: &Service, faults: bool) -> FilterChain {
+/// The outbound filter chain of a service with virtual addresses. `faults`: whether the HTTP
+/// connection manager needs the fault filter (any route of the mesh injects faults).
+pub(super) fn filter_chain(
+    service: &Service,
+    policy: Option<&TrafficPolicy>,
+    faults: bool,
+    telemetry: Option<&Telemetry>,
+) -> FilterChain {
     let name = service.name();
     let cluster = cluster_name(name, service.spec.port);
     let prefix_ranges = service
@@ -62,9 +63,9 @@ fn filter_chain(set: &PolicySet, service: &Service, faults: bool) -> FilterChain
         })
         .collect();
     let filter = if service.spec.protocol.is_http() {
-        http_connection_manager(set, name, faults)
+        http_connection_manager(name, faults, telemetry)
     } else {
-        let idle = set.traffic_policy(name).and_then(|policy| policy.spec.idle_timeout);
+        let idle = policy.and_then(|policy| policy.spec.idle_timeout);
         tcp_proxy(name, &cluster, idle)
     };
     FilterChain {
@@ -95,7 +96,7 @@ pub(super) fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: Option<D
 
 /// With `faults`, the fault filter (empty config; routes carry their own) goes before the
 /// router.
-fn http_connection_manager(set: &PolicySet, stat_prefix: &str, faults: bool) -> Filter {
+fn http_connection_manager(stat_prefix: &str, faults: bool, telemetry: Option<&Telemetry>) -> Filter {
     let mut http_filters = Vec::new();
     if faults {
         http_filters.push(HttpFilter {
@@ -117,7 +118,7 @@ fn http_connection_manager(set: &PolicySet, stat_prefix: &str, faults: bool) -> 
             route_config_name: OUTBOUND_ROUTE_CONFIG.to_owned(),
         })),
         http_filters,
-        tracing: telemetry::hcm_tracing(set),
+        tracing: telemetry::hcm_tracing(telemetry),
         ..Default::default()
     };
     Filter {

@@ -177,8 +177,13 @@ pub(super) fn outlier_detection(outlier: &OutlierDetection) -> EnvoyOutlierDetec
 }
 
 /// The `outrider.v1.Resilience` extension of `service`'s cluster, when its policy needs one.
-/// `set` resolves a fallback service to its cluster.
-pub(super) fn extension(service: &Service, policy: Option<&TrafficPolicy>, set: &PolicySet) -> Option<Resilience> {
+/// `fallback` is the service a breaker's fallback names (its name and port), resolved from the
+/// set (`None`: the service itself, or a name the set does not have).
+pub(super) fn extension(
+    service: &Service,
+    policy: Option<&TrafficPolicy>,
+    fallback: Option<(&str, u16)>,
+) -> Option<Resilience> {
     let spec = &policy?.spec;
     let breaker =
         spec.circuit_breaker.as_ref().and_then(CircuitBreaker::state_machine).map(|machine| BreakerStateMachine {
@@ -194,13 +199,13 @@ pub(super) fn extension(service: &Service, policy: Option<&TrafficPolicy>, set: 
                 BreakerScope::Service => ext::BreakerScope::Service,
             } as i32,
         });
-    let fallback = spec.circuit_breaker.as_ref().and_then(|b| b.fallback.as_ref()).and_then(|fallback| {
-        let target = match &fallback.service {
+    let fallback = spec.circuit_breaker.as_ref().and_then(|b| b.fallback.as_ref()).and_then(|f| {
+        let (name, port) = match &f.service {
             // Validated: the service exists.
-            Some(name) => set.services.get(name)?,
-            None => service,
+            Some(_) => fallback?,
+            None => (service.name(), service.spec.port),
         };
-        Some(ext::Fallback { cluster: cluster_name(target.name(), target.spec.port), subset: fallback.subset.clone() })
+        Some(ext::Fallback { cluster: cluster_name(name, port), subset: f.subset.clone() })
     });
     let retry_budget = spec.retries.as_ref().map(|retries| RetryBudget {
         ratio: retries.budget.ratio,

@@ -11,21 +11,17 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher:
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{metadata, resilience};
-use crate::policy::{self, PolicySet, Service};
+use crate::policy::{self, Service};
 use crate::resources::{LB_METADATA, OUTBOUND_ROUTE_CONFIG, cluster_name, string_struct};
 
-/// One route configuration holding every non-tcp service.
-pub(super) fn outbound_http(set: &PolicySet) -> RouteConfiguration {
-    let virtual_hosts = set
-        .services
-        .values()
-        .filter(|service| service.spec.protocol.is_http())
-        .map(|service| virtual_host(service, set.traffic_policy(service.name())))
-        .collect();
+/// One route configuration holding the virtual host of every non-tcp service (in service-name
+/// order; see [`virtual_host`]).
+pub(super) fn outbound_http(virtual_hosts: Vec<VirtualHost>) -> RouteConfiguration {
     RouteConfiguration { name: OUTBOUND_ROUTE_CONFIG.to_owned(), virtual_hosts, ..Default::default() }
 }
 
-fn virtual_host(service: &Service, policy: Option<&policy::TrafficPolicy>) -> VirtualHost {
+/// The virtual host of an HTTP service.
+pub(super) fn virtual_host(service: &Service, policy: Option<&policy::TrafficPolicy>) -> VirtualHost {
     let cluster = cluster_name(service.name(), service.spec.port);
     let mut routes: Vec<Route> = match policy.map(|p| p.spec.routes.as_slice()) {
         Some(routes) if !routes.is_empty() => {

@@ -8,12 +8,12 @@ use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 
-use crate::policy::PolicySet;
+use crate::policy::Telemetry;
 use crate::resources::{TELEMETRY_KEY, TELEMETRY_TYPE_URL, any, ext};
 
 /// The listener metadata carrying the set's Telemetry; `None` without one.
-pub(super) fn listener_metadata(set: &PolicySet) -> Option<Metadata> {
-    let tracing = set.telemetry.as_ref()?.spec.tracing.as_ref()?;
+pub(super) fn listener_metadata(telemetry: Option<&Telemetry>) -> Option<Metadata> {
+    let tracing = telemetry?.spec.tracing.as_ref()?;
     let message = ext::Telemetry { sampling_percent: tracing.sampling_percent, trace_errors: tracing.errors };
     Some(Metadata {
         typed_filter_metadata: HashMap::from([(TELEMETRY_KEY.to_owned(), any(TELEMETRY_TYPE_URL, &message))]),
@@ -22,8 +22,8 @@ pub(super) fn listener_metadata(set: &PolicySet) -> Option<Metadata> {
 }
 
 /// Envoy's equivalent of `samplingPercent` for an HTTP connection manager.
-pub(super) fn hcm_tracing(set: &PolicySet) -> Option<Tracing> {
-    let percent = set.telemetry.as_ref()?.spec.tracing.as_ref()?.sampling_percent?;
+pub(super) fn hcm_tracing(telemetry: Option<&Telemetry>) -> Option<Tracing> {
+    let percent = telemetry?.spec.tracing.as_ref()?.sampling_percent?;
     Some(Tracing {
         random_sampling: Some(Percent { value: percent }),
         overall_sampling: Some(Percent { value: 100.0 }),

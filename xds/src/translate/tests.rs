@@ -426,6 +426,29 @@ spec:
     }
 
     #[test]
+    fn equal_policies_encode_to_equal_bytes() {
+        use prost::Message as _;
+        // Three allow policies for one service: their RBAC map would encode in an order of
+        // its own each time it is built.
+        let more = (1..=3)
+            .map(|n| {
+                format!(
+                    "---\napiVersion: outrider.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p{n}}}\n\
+                     spec: {{service: db, from: [{{identities: [\"spiffe://td/ns/a/sa/{n}\"]}}]}}\n"
+                )
+            })
+            .collect::<String>();
+        let set = crate::load_str("p.yaml", &format!("{SET}{more}")).unwrap();
+        let encoded = |name: &str| listener(&translate(&set), name).encode_to_vec();
+        for name in ["inbound|web", "inbound|db"] {
+            let first = encoded(name);
+            for _ in 0..20 {
+                assert_eq!(encoded(name), first, "{name}");
+            }
+        }
+    }
+
+    #[test]
     fn strict_has_only_the_mtls_chain_and_permissive_adds_plaintext() {
         let res = translate(&crate::load_str("p.yaml", SET).unwrap());
         let web = listener(&res, "inbound|web");
