@@ -155,16 +155,7 @@ pub(crate) fn same_encoding<M: prost::Message + Default + PartialEq>(a: &Bytes, 
 
 /// `message` as an encoded `Any` of `type_url`, in one pass.
 pub(crate) fn encode_any<M: prost::Message>(type_url: &str, message: &M) -> Bytes {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-    let len = message.encoded_len();
-    let mut buf = Vec::with_capacity(type_url.len() + len + 12);
-    encode_key(1, WireType::LengthDelimited, &mut buf);
-    encode_varint(type_url.len() as u64, &mut buf);
-    buf.extend_from_slice(type_url.as_bytes());
-    encode_key(2, WireType::LengthDelimited, &mut buf);
-    encode_varint(len as u64, &mut buf);
-    message.encode_raw(&mut buf);
-    buf.into()
+    encode_any_with(type_url, message, std::iter::empty())
 }
 
 /// All resources of one type.
