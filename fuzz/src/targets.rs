@@ -1,8 +1,9 @@
 //! What each fuzz target does with its input, shared by the cargo-fuzz targets
-//! (`fuzz/fuzz_targets/*.rs`, nightly) and the corpus replay on stable
-//! (`tests/tests/fuzz_corpus.rs` includes this file), so CI checks every stored input without
-//! a nightly toolchain. Each function panics only on a finding: a property broken, or a panic
-//! inside the code under test.
+//! (`fuzz/fuzz_targets/*.rs`, built by cargo-fuzz; CI runs them on the stable toolchain with
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none`) and the replay of the stored inputs in
+//! the tests (`tests/tests/fuzz_corpus.rs` includes this file), so every test run checks every
+//! stored input without cargo-fuzz. Each function panics only on a finding: a property broken,
+//! or a panic inside the code under test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::OnceLock;

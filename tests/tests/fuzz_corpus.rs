@@ -1,7 +1,8 @@
 //! Every stored fuzz input, replayed on the stable toolchain: the seeds (`fuzz/seeds/TARGET/`)
 //! and every input a fuzzing run found a crash with (`fuzz/regressions/TARGET/`), through the
-//! same code the cargo-fuzz targets run (`fuzz/src/targets.rs`, included here). CI needs no
-//! nightly toolchain for this; the fuzzing itself is `cargo +nightly fuzz run TARGET`.
+//! same code the cargo-fuzz targets run (`fuzz/src/targets.rs`, included here). This needs no
+//! cargo-fuzz; the fuzzing itself is `cargo fuzz run TARGET`, which CI does on the stable
+//! toolchain with `RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none` (docs/reliability.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../fuzz/src/targets.rs"]
