@@ -47,9 +47,10 @@ pub const MAX_HEADER_LIST: u32 = 64 << 10;
 
 /// `forwarded: for="<source ip:port>"` (RFC 7239).
 pub static FORWARDED: HeaderName = http::header::FORWARDED;
-/// W3C trace context, sent when the caller has one.
+/// W3C trace context: read when present; sent when the client's `Target` carries one, which
+/// the proxy's own tunnels do not set yet (`http::client` leaves it `None`).
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-/// W3C baggage, sent when the caller has some.
+/// W3C baggage: read when present; sent when the `Target` carries some (not set yet, as above).
 pub static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// Errors of the HBONE client.
