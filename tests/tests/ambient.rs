@@ -681,7 +681,9 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert!(body.contains("app=s1"), "{body}");
     drop(sidecar);
 
-    // The node proxy restarts: a connection in flight through it fails; the restarted proxy
+    // The node proxy restarts: a connection in flight through it gets no answer (this does not
+    // show that it fails: the client never half-closes and the echo app answers only after a
+    // half-close, so it would get none from a living proxy either); the restarted proxy
     // serves the workloads it served before (its state file, beside its socket) without the
     // node agent adding them again, and new connections work.
     let mut inflight = a1.python();
