@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// The environment variable `--label` was read from before it followed the `OUTRIDER_<FLAG>`
-/// rule; still read when `OUTRIDER_LABEL` is not set.
-pub const LEGACY_LABELS_ENV: &str = "OUTRIDER_LABEL";
+/// rule (`OUTRIDER_LABEL`); still read, so deployments that set it keep their labels, when
+/// neither `--label` nor `OUTRIDER_LABEL` is given.
+pub const LEGACY_LABELS_ENV: &str = "OUTRIDER_LABELS";
 
 #[derive(Debug, Parser)]
 #[command(
