@@ -141,7 +141,13 @@ async fn sidecar_process_with(
 /// lists them.
 async fn registered_labels(cp: &ControlPlane, service: &str) -> Vec<serde_json::Value> {
     let listed = cp.call("GET", "/v1/endpoints", "", false, None).await;
-    listed.json["items"].as_array().unwrap().iter().filter(|i| i["service"] == service).map(|i| i["labels"].clone()).collect()
+    listed.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["service"] == service)
+        .map(|i| i["labels"].clone())
+        .collect()
 }
 
 /// `--label` was read from `OUTRIDER_LABELS` before it followed the `OUTRIDER_<FLAG>` rule
@@ -156,8 +162,14 @@ async fn labels_from_the_old_outrider_labels_variable_are_registered() {
     let spawn = |node: &'static str, advertise: std::net::SocketAddr, env: &[(&str, &str)]| {
         let mut cmd = tokio::process::Command::new(proxy_bin());
         cmd.env_remove("OUTRIDER_LABEL").env_remove("OUTRIDER_LABELS").envs(env.iter().copied());
-        cmd.args(["--xds-address", &cp.xds_url(), "--node-id", node, "--service", "echo"])
-            .args(["--advertise", &advertise.to_string(), "--inbound-bind", "127.0.0.1", "--workers", "1"]);
+        cmd.args(["--xds-address", &cp.xds_url(), "--node-id", node, "--service", "echo"]).args([
+            "--advertise",
+            &advertise.to_string(),
+            "--inbound-bind",
+            "127.0.0.1",
+            "--workers",
+            "1",
+        ]);
         for flag in ["--outbound-port", "--inbound-port", "--admin-port", "--metrics-port", "--health-port"] {
             cmd.args([flag, "0"]);
         }

@@ -191,7 +191,8 @@ fn generated_tcp_policy(g: &mut Gen) -> String {
     if g.bool() {
         line(&mut s, format!("idleTimeout: {}", g.pick(&["1ms", "168h", "1s"], &["0s", "168h1ms", U64_MAX_SECS])));
     }
-    let http_only = g.pick(&[""], &["timeout: 1s", "retries: {attempts: 1}", "faults: {abort: {percent: 1, status: 503}}"]);
+    let http_only =
+        g.pick(&[""], &["timeout: 1s", "retries: {attempts: 1}", "faults: {abort: {percent: 1, status: 503}}"]);
     if !http_only.is_empty() {
         line(&mut s, http_only.to_string());
     }
@@ -335,7 +336,10 @@ async fn generated_policies_are_rejected_by_field_or_served() {
             let got = tcp_through(&ctx, &tcp).await;
             // The echo server adds a line after the client's half-close.
             let text = String::from_utf8_lossy(&got);
-            assert!(got.is_empty() || text.starts_with("ping"), "seed {seed}: the echo or a close, got {text:?}\n{policy}");
+            assert!(
+                got.is_empty() || text.starts_with("ping"),
+                "seed {seed}: the echo or a close, got {text:?}\n{policy}"
+            );
             echoed += usize::from(text.starts_with("ping"));
         }
         served += 1;
