@@ -601,7 +601,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
         hint("outrider demo --keep-running", "the same, then the mesh stays up to look around");
         hint("outrider demo --rollout", "a release: v2 promoted step by step, v3 aborted");
         hint("outrider validate -f examples/policy.yaml", "check a policy file offline");
-        hint("outrider control-plane --log-format text", "a control plane of your own (README)");
+        hint("outrider control-plane --log-format text", "your own control plane: docs/control-plane.md");
         screen.line("  docs/policy.md, docs/metrics.md: the policy and the numbers behind each column");
     }
     if args.json {

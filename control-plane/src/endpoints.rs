@@ -1,6 +1,8 @@
 //! Endpoints that are not written in `Service` documents: workloads registered by their sidecar
 //! (for as long as its xDS stream lives, plus a grace period) and by `POST /v1/endpoints` (with
-//! a TTL). Sources sit behind [`EndpointSource`] so that Kubernetes discovery can join later.
+//! a TTL), behind [`EndpointSource`]. With `--kubernetes` the cluster's endpoints come from
+//! EndpointSlices instead, written into the Services that [`crate::kubernetes`] discovery
+//! builds; registrations are merged into those as into any Service.
 //!
 //! A sidecar that has a workload identity registers its workload as meshed, with that SPIFFE ID:
 //! callers then use mutual TLS and verify it. Without an identity (or through the API) the

@@ -310,10 +310,12 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     if config.kubernetes.is_some() && config.policy_dir.is_some() {
         return Err(StartError::PolicyDirWithKubernetes);
     }
-    // The ports first: a start that fails on a busy port leaves nothing behind (no data dir, CA,
-    // token or CA Secret created for a control plane that never ran).
+    // The ports first, the webhook's included: a start that fails on a busy port leaves nothing
+    // behind (no data dir, CA, token or CA Secret created for a control plane that never ran).
     let xds_l = bind("xDS", config.xds)?;
     let api_l = bind("API", config.api)?;
+    let webhook_listen = config.kubernetes.as_ref().and(config.webhook.listen);
+    let webhook_l = webhook_listen.map(|addr| bind("webhook", addr)).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.max(1))
         .thread_name("outrider-cp")
@@ -354,7 +356,6 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         }
         None => Arc::new(JoinTokens::open(&config.data_dir)?),
     };
-    let webhook_listen = config.kubernetes.as_ref().and(config.webhook.listen);
     let serving_tls = if config.tls || webhook_listen.is_some() {
         let mut extra = config.tls_sans.clone();
         if let Some(k) = &config.kubernetes {
@@ -401,7 +402,6 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let token = token(&config)?;
     let xds_addr = xds_l.local_addr().unwrap_or(config.xds);
     let api_addr = api_l.local_addr().unwrap_or(config.api);
-    let webhook_l = webhook_listen.map(|addr| bind("webhook", addr)).transpose()?;
     let webhook_addr = webhook_l.as_ref().and_then(|l| l.local_addr().ok());
     // Service-account tokens are reviewed for the audience injected pods' tokens have.
     let service_accounts: Option<Reviewer> = cluster.as_ref().map(|c| {

@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// The environment variable `--label` was read from before it followed the `OUTRIDER_<FLAG>`
-/// rule; still read when `OUTRIDER_LABEL` is not set.
-pub const LEGACY_LABELS_ENV: &str = "OUTRIDER_LABEL";
+/// rule (`OUTRIDER_LABEL`); still read, so deployments that set it keep their labels, when
+/// neither `--label` nor `OUTRIDER_LABEL` is given.
+pub const LEGACY_LABELS_ENV: &str = "OUTRIDER_LABELS";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -523,24 +524,44 @@ mod tests {
     /// (the `iptables` subcommand, a one-shot tool, reads none).
     #[test]
     fn every_flag_is_described_and_follows_the_environment_rule() {
-        let command = Cli::command();
+        // Every level of subcommands, with global flags propagated as `--help` shows them.
+        let mut command = Cli::command();
+        command.build();
         command.clone().debug_assert();
-        for arg in command.get_arguments() {
-            let id = arg.get_id().as_str();
-            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-            assert!(!help.is_empty() && !help.contains('\n'), "--{id}: one line of help, got {help:?}");
-            if matches!(id, "help" | "version") {
-                continue;
-            }
-            let long = arg.get_long().unwrap_or_else(|| panic!("{id} has a long name"));
-            let expected = format!("OUTRIDER_{}", long.to_uppercase().replace('-', "_"));
-            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(expected.as_str()), "--{long}");
-        }
-        for sub in command.get_subcommands() {
-            for arg in sub.get_arguments() {
+        // The rule: a flag of `outrider-proxy` reads `OUTRIDER_<FLAG>`; a flag of `node …` (the
+        // CLI of the node proxy's local API) `OUTRIDER_NODE_<FLAG>`, when it reads one; the
+        // one-shot `iptables` reads none.
+        let mut commands = vec![(command, Some("OUTRIDER_".to_owned()), "outrider-proxy".to_owned())];
+        let mut walked = Vec::new();
+        while let Some((command, prefix, path)) = commands.pop() {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
                 let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-                assert!(!help.is_empty(), "{} --{}: needs help", sub.get_name(), arg.get_id());
+                assert!(!help.is_empty() && !help.contains('\n'), "{path} {id}: one line of help, got {help:?}");
+                if matches!(id, "help" | "version") || arg.is_positional() {
+                    continue;
+                }
+                let long = arg.get_long().unwrap_or_else(|| panic!("{path} {id} has a long name"));
+                let flag = long.to_uppercase().replace('-', "_");
+                match (arg.get_env().and_then(|e| e.to_str()), &prefix) {
+                    (Some(env), Some(prefix)) => assert_eq!(env, format!("{prefix}{flag}"), "{path} --{long}"),
+                    (Some(env), None) => panic!("{path} --{long} reads {env}; this command reads no variables"),
+                    (None, _) if path == "outrider-proxy" => panic!("--{long} reads no variable"),
+                    (None, _) => {}
+                }
             }
+            for sub in command.get_subcommands() {
+                let prefix = match (path.as_str(), sub.get_name()) {
+                    ("outrider-proxy", "node") => Some("OUTRIDER_NODE_".to_owned()),
+                    ("outrider-proxy", _) => None,
+                    _ => prefix.clone(),
+                };
+                commands.push((sub.clone(), prefix, format!("{path} {}", sub.get_name())));
+            }
+            walked.push(path);
+        }
+        for path in ["iptables", "node add-workload", "node remove-workload", "node list"] {
+            assert!(walked.contains(&format!("outrider-proxy {path}")), "{path} was walked: {walked:?}");
         }
     }
 

@@ -33,7 +33,7 @@ pub const ILLEGAL_PORTS: [u16; 3] = [15001, 15006, PORT];
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// A PING unanswered for this long drops the connection.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// The TLS handshake must finish within this.
+/// The TLS handshake must finish within this, and then the HTTP/2 client preface.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/2 settings of both sides: per-stream and per-connection flow-control windows, frame

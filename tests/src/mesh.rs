@@ -147,15 +147,9 @@ pub async fn wait_meshed_endpoints(sidecar: &Sidecar, service: &str, n: usize) {
     .await;
 }
 
-/// A rustls client config with a real mesh certificate for `default/<sa>` (issued through the
-/// control plane's API with a join token), expecting the server to be `server_sa`, offering
-/// `alpn`. Stands in for a peer proxy when a test needs raw control of the connection.
-pub async fn mesh_client(
-    cp: &ControlPlane,
-    service_account: &str,
-    server_sa: &str,
-    alpn: &[u8],
-) -> std::sync::Arc<rustls::ClientConfig> {
+/// A certificate store holding a real mesh certificate for `default/<sa>` (issued through the
+/// control plane's API with a join token) and the control plane's trust bundle.
+pub async fn mesh_store(cp: &ControlPlane, service_account: &str) -> std::sync::Arc<outrider_proxy::tls::CertStore> {
     use outrider_proxy::tls::{self, CertStore, Identity, TrustBundle};
     let bundle = cp.call("GET", "/v1/ca/bundle", "", false, None).await.json;
     let roots: Vec<String> =
@@ -181,6 +175,20 @@ pub async fn mesh_client(
         .map(|c| c.as_str().expect("PEM").to_owned())
         .collect();
     store.install(key, &chain).expect("installed");
+    store
+}
+
+/// A rustls client config with a real mesh certificate for `default/<sa>` ([`mesh_store`]),
+/// expecting the server to be `server_sa`, offering `alpn`. Stands in for a peer proxy when a
+/// test needs raw control of the connection.
+pub async fn mesh_client(
+    cp: &ControlPlane,
+    service_account: &str,
+    server_sa: &str,
+    alpn: &[u8],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use outrider_proxy::tls::{self, Identity};
+    let store = mesh_store(cp, service_account).await;
     tls::client_config_alpn(store, Identity::parse(&identity(server_sa)).expect("an identity"), alpn).expect("a config")
 }
 

@@ -279,3 +279,47 @@ async fn a_retry_with_nothing_untried_in_its_split_goes_to_the_fallback() {
     assert_eq!(r.upstream(), Some("v2"));
     assert_eq!((v2.request_count(), v1.request_count()), (3, 1));
 }
+
+/// A per-try timeout is a failed call and, when it lasted `slowCallDuration`, a slow one. One
+/// endpoint, four calls: two abandoned by `perTryTimeout` (100 ms; the upstream would take
+/// 300 ms) and two answered at once. The failure rate, 50 %, stays under its threshold (60 %);
+/// the slow-call rate reaches its own (50 %) only if the timeouts count as slow — with
+/// `slowCallDuration: 90ms` they do and the breaker opens, with `1s` they do not and it stays
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_try_timeout_is_a_slow_call_when_it_lasted_slow_call_duration() {
+    for (slow_call, opens) in [("90ms", true), ("1s", false)] {
+        let up = upstream::http1().name("st").start().await;
+        let proxy = ProxyHarness::start(&docs(&[
+            service("st").endpoint(up.addr).yaml(),
+            policy(
+                "st",
+                &format!(
+                    "  retries: {{attempts: 0, perTryTimeout: 100ms}}\n  circuitBreaker: {{failureRateThreshold: 60, \
+                     slowCallDuration: {slow_call}, slowCallRateThreshold: 50, window: 4, minimumCalls: 4, \
+                     openDuration: 60s}}\n"
+                ),
+            ),
+        ]))
+        .await;
+        for i in 0..2 {
+            proxy.get(&format!("http://st:8080/late/{i}?delay_ms=300")).await.assert_status(504);
+            proxy.get(&format!("http://st:8080/fast/{i}")).await.assert_status(200);
+        }
+        let r = proxy.get("http://st:8080/after").await;
+        let clusters: serde_json::Value = serde_json::from_str(&proxy.admin("GET", "/clusters").await.text()).unwrap();
+        let state = endpoint_of(&clusters, &up.endpoint())["circuit_breaker"].clone();
+        if opens {
+            assert_eq!(state, "open", "slowCallDuration {slow_call}: two slow timeouts of four calls open it");
+            assert_eq!(
+                (r.status.as_u16(), r.header("x-outrider-local-reply")),
+                (503, Some("circuit-open")),
+                "slowCallDuration {slow_call}"
+            );
+            assert_eq!(up.request_count(), 4, "nothing reached the endpoint once it was open");
+        } else {
+            assert_eq!(state, "closed", "slowCallDuration {slow_call}: 100 ms timeouts are failures, not slow calls");
+            r.assert_status(200);
+        }
+    }
+}

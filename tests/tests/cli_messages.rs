@@ -270,3 +270,43 @@ async fn a_fixed_policy_is_logged_when_it_applies_again() {
     let fixed = cp.line_containing("new set applied; it was failing since").await;
     assert!(fixed.contains(" UTC, "), "{fixed}");
 }
+
+/// In Kubernetes mode too: a busy webhook port (bound after xDS and API) fails the start before
+/// the CA Secret, the data dir or the API token is created. Against the test API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_start_on_a_busy_webhook_port_creates_no_secret_and_no_files() {
+    let Some(api) = outrider_tests::kube::ApiServer::start().await else { return };
+    outrider_tests::kube_mesh::namespace(&api, outrider_tests::kube_mesh::SYSTEM).await;
+    outrider_tests::kube_mesh::install_crds(&api).await;
+    let secret = format!("/api/v1/namespaces/{}/secrets/outrider-ca", outrider_tests::kube_mesh::SYSTEM);
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let dir = TempDir::new("outrider-cli-busy-webhook");
+    let data = dir.path().join("data");
+    let mut cmd = outrider();
+    cmd.args(["control-plane", "--kubernetes", "--kubeconfig"])
+        .arg(api.kubeconfig())
+        .args(["--xds-port", "0", "--api-port", "0", "--webhook-port", &port, "--log-format", "text", "--data-dir"])
+        .arg(&data);
+    let out = run_to_exit(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(text.matches("is another process using the port?").count(), 1, "said once: {}", both(&out));
+    assert!(stderr(&out).contains(&format!("cannot listen on webhook 127.0.0.1:{port}")), "{}", both(&out));
+    assert!(!data.exists(), "no data dir (CA key, token) for a control plane that never ran");
+    let got = api.request(http::Method::GET, &secret, None).await.unwrap();
+    assert_eq!(got.status, 404, "no CA Secret for a control plane that never ran");
+
+    // The same start on a free webhook port does create them: the checks above can fail.
+    drop(busy);
+    let mut cmd = outrider();
+    cmd.args(["control-plane", "--kubernetes", "--kubeconfig"])
+        .arg(api.kubeconfig())
+        .args(["--xds-port", "0", "--api-port", "0", "--webhook-port", &port, "--data-dir"])
+        .arg(&data);
+    let cp = Captured::spawn(cmd);
+    cp.line_containing("\"listening\"").await;
+    assert!(data.join("api-token").exists(), "the token of a control plane that runs");
+    assert_eq!(api.request(http::Method::GET, &secret, None).await.unwrap().status, 200, "its CA Secret");
+    drop(cp);
+}

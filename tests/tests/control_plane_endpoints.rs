@@ -137,6 +137,60 @@ async fn sidecar_process_with(
     ProxyProcess::spawn(cmd).await
 }
 
+/// The labels the control plane registered for `service`'s endpoints, as `/v1/endpoints`
+/// lists them.
+async fn registered_labels(cp: &ControlPlane, service: &str) -> Vec<serde_json::Value> {
+    let listed = cp.call("GET", "/v1/endpoints", "", false, None).await;
+    listed.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["service"] == service)
+        .map(|i| i["labels"].clone())
+        .collect()
+}
+
+/// `--label` was read from `OUTRIDER_LABELS` before it followed the `OUTRIDER_<FLAG>` rule
+/// (`OUTRIDER_LABEL`): a deployment that still sets the old name keeps its labels, and the new
+/// name wins when both are set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_from_the_old_outrider_labels_variable_are_registered() {
+    let data = TempDir::new("cp-legacy-labels");
+    let cp = ControlPlane::start_insecure_registration(data.path(), Duration::from_secs(3600));
+    cp.apply(&policy::service("echo").yaml()).await;
+    let (one, two) = (upstream::http1().name("one").start().await, upstream::http1().name("two").start().await);
+    let spawn = |node: &'static str, advertise: std::net::SocketAddr, env: &[(&str, &str)]| {
+        let mut cmd = tokio::process::Command::new(proxy_bin());
+        cmd.env_remove("OUTRIDER_LABEL").env_remove("OUTRIDER_LABELS").envs(env.iter().copied());
+        cmd.args(["--xds-address", &cp.xds_url(), "--node-id", node, "--service", "echo"]).args([
+            "--advertise",
+            &advertise.to_string(),
+            "--inbound-bind",
+            "127.0.0.1",
+            "--workers",
+            "1",
+        ]);
+        for flag in ["--outbound-port", "--inbound-port", "--admin-port", "--metrics-port", "--health-port"] {
+            cmd.args([flag, "0"]);
+        }
+        ProxyProcess::spawn(cmd)
+    };
+    let old = spawn("echo-old", one.addr, &[("OUTRIDER_LABELS", "version=v7,track=old")]).await;
+    wait::wait_until("the workload registered with the labels of OUTRIDER_LABELS", || async {
+        registered_labels(&cp, "echo").await == [serde_json::json!({"version": "v7", "track": "old"})]
+    })
+    .await;
+    drop(old);
+    let both =
+        spawn("echo-both", two.addr, &[("OUTRIDER_LABELS", "version=v7"), ("OUTRIDER_LABEL", "version=v8")]).await;
+    // Exactly `version: v8`: the old name is not read (nor merged) when the new one is set.
+    wait::wait_until("the workload registered with the labels of OUTRIDER_LABEL, not the old name", || async {
+        registered_labels(&cp, "echo").await.contains(&serde_json::json!({"version": "v8"}))
+    })
+    .await;
+    drop(both);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_that_drains_is_deregistered_at_once_not_after_the_grace_period() {
     let data = TempDir::new("cp-drain");

@@ -2,29 +2,35 @@
 //! values — 0, 1 ns, `u32::MAX` ms, each field's maximum, Envoy's largest
 //! duration and beyond, huge percentages and counts — go through the whole path:
 //! validate → translate → snapshot → a real request through the proxy, which must
-//! answer sanely. Two sources: generated policy files (the validator rejects what
+//! answer sanely (and, for a tcp service, real connections through the opaque TCP
+//! path). Two sources: generated policy files (the validator rejects what
 //! is out of range, naming the field; what it accepts the proxy serves), and Envoy
 //! resources as any xDS server may send them (the proxy NACKs what it cannot use,
 //! naming the field, and caps what is merely huge). Any panic anywhere in the
 //! process — request path or background task — fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::route::v3::{RouteAction, route};
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::google::protobuf::{Any, Duration as PDuration, UInt32Value};
+use outrider_proxy::outbound::Outbound;
 use outrider_proxy::state::Builder;
+use outrider_proxy::telemetry::access::Recorder;
 use outrider_tests::ProxyHarness;
 use outrider_tests::client::Reply;
 use outrider_tests::policy::{docs, service};
 use outrider_tests::upstream::{self, Switch};
+use outrider_tests::wait;
 use outrider_xds::Resources;
 use outrider_xds::resources::{self as names, Resilience};
 use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
@@ -168,19 +174,132 @@ fn generated_policy(g: &mut Gen) -> String {
     s
 }
 
+/// A TrafficPolicy for tcp service `t` with every field a tcp service may have drawn from its
+/// extremes — the connect timeout, the idle timeout, the thresholds, the breaker's state
+/// machine (counting connect failures) and outlier detection — so the opaque TCP path's
+/// deadlines and counters see them too. The spoilt field, when there is one, may also be one
+/// that is HTTP only (a request timeout, retries), which the validator refuses for tcp.
+fn generated_tcp_policy(g: &mut Gen) -> String {
+    let mut s =
+        String::from("apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: t}\nspec:\n  service: t\n");
+    let line = |s: &mut String, l: String| {
+        s.push_str("  ");
+        s.push_str(&l);
+        s.push('\n');
+    };
+    line(&mut s, format!("connectTimeout: {}", g.pick(&["1ms", "5m", "1s"], &["0s", "5m1ms", U64_MAX_SECS])));
+    if g.bool() {
+        line(&mut s, format!("idleTimeout: {}", g.pick(&["1ms", "168h", "1s"], &["0s", "168h1ms", U64_MAX_SECS])));
+    }
+    let http_only =
+        g.pick(&[""], &["timeout: 1s", "retries: {attempts: 1}", "faults: {abort: {percent: 1, status: 503}}"]);
+    if !http_only.is_empty() {
+        line(&mut s, http_only.to_string());
+    }
+    if g.bool() {
+        line(
+            &mut s,
+            format!(
+                "circuitBreaker: {{maxConnections: {}, maxPendingRequests: {}, maxRequests: {}, \
+                 failureRateThreshold: {}, slowCallDuration: {}, window: {}, minimumCalls: 1, openDuration: {}, \
+                 halfOpenCalls: {}}}",
+                g.pick(&["1", "1000000"], &["0", "4294967295"]),
+                g.pick(&["1", "1000000"], &["1000001"]),
+                g.pick(&["1", "1000000"], &["0"]),
+                g.pick(&["1", "100"], &["0", "101"]),
+                g.pick(&["1ms", "24h"], &["24h1ms"]),
+                g.pick(&["1", "10000"], &["0", "10001"]),
+                g.pick(&["1ms", "24h"], &["0s", "24h1ms", U64_MAX_SECS]),
+                g.pick(&["1", "1000"], &["1001"]),
+            ),
+        );
+    }
+    if g.bool() {
+        line(
+            &mut s,
+            format!(
+                "outlierDetection: {{consecutive5xx: {}, consecutiveGatewayErrors: {}, failurePercentageThreshold: {}, \
+                 failurePercentageMinimumRequests: {}, interval: {}, baseEjectionTime: {}, maxEjectionTime: {}, \
+                 maxEjectionPercent: {}}}",
+                g.pick(&["0", "1", "4294967295"], &[]),
+                g.pick(&["0", "1", "4294967295"], &[]),
+                g.pick(&["0", "1", "100"], &["101"]),
+                g.pick(&["0", "4294967295"], &[]),
+                g.pick(&["1ms", "1h"], &["1h1ms"]),
+                g.pick(&["1ms", "24h"], &["0s"]),
+                g.pick(&["24h"], &["24h1ms"]),
+                g.pick(&["0", "100"], &["101", "4294967295"]),
+            ),
+        );
+    }
+    s
+}
+
+/// One connection through the proxy's opaque TCP path to `cluster` (as the outbound listener
+/// hands over a connection whose original destination is a tcp service): bytes sent, the
+/// client's half-close, and what came back — the echo (and the echo server's line after the
+/// half-close), or nothing when the connect failed or
+/// a limit refused it. Bounded by the test deadline: no drawn value may hang it.
+async fn tcp_through(ctx: &Arc<Outbound>, cluster: &Arc<outrider_proxy::state::Cluster>) -> Vec<u8> {
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (client, down) = tokio::join!(TcpStream::connect(front.local_addr().unwrap()), front.accept());
+    let (mut client, (down, peer)) = (client.unwrap(), down.unwrap());
+    let (ctx, cluster) = (ctx.clone(), cluster.clone());
+    let task = tokio::spawn(async move { outrider_proxy::outbound::tcp::to_cluster(&ctx, down, peer, &cluster).await });
+    wait::within("a connection through the tcp path ends", async {
+        let _ = client.write_all(b"ping").await;
+        let _ = client.shutdown().await;
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        task.await.unwrap();
+        got
+    })
+    .await
+}
+
+/// The outbound context over `proxy`'s config store: the one a listener's connections share.
+fn outbound_over(proxy: &ProxyHarness) -> Arc<Outbound> {
+    Arc::new(Outbound {
+        store: proxy.store.clone(),
+        recorder: Arc::new(Recorder {
+            metrics: outrider_proxy::telemetry::metrics::Metrics::new(),
+            access_log: false,
+            access_log_sample: 1.0,
+            tracer: None,
+            workload: None,
+        }),
+        server: outrider_proxy::http::server::HttpServer::new(&outrider_proxy::http::server::ServerLimits::default()),
+        socket: Default::default(),
+        mesh: Default::default(),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_policies_are_rejected_by_field_or_served() {
     count_panics();
     let switch = Switch::new();
     let up = upstream::http1().name("x").switch(&switch).start().await;
+    let echo = upstream::tcp_echo().start().await;
     let service_yaml = service("x").endpoint(up.addr).yaml();
-    let proxy = ProxyHarness::start(&docs(std::slice::from_ref(&service_yaml))).await;
+    // A tcp service whose connects half fail (a closed port), so its breaker and outlier
+    // detection run as well.
+    let tcp_yaml = service("t")
+        .protocol("tcp")
+        .port(5432)
+        .address("127.100.0.9")
+        .endpoint(echo.addr)
+        .endpoint(upstream::closed_port())
+        .yaml();
+    let proxy = ProxyHarness::start(&docs(&[service_yaml.clone(), tcp_yaml.clone()])).await;
+    let ctx = outbound_over(&proxy);
     // Some tries fail, so retries, breakers and outlier detection all run.
     switch.fail_rate(0.3);
-    let (mut served, mut rejected) = (0, 0);
+    let (mut served, mut rejected, mut echoed) = (0, 0, 0);
     for seed in 0..150u64 {
         let policy = generated_policy(&mut Gen::new(seed));
-        let yaml = docs(&[service_yaml.clone(), policy.clone()]);
+        let tcp_policy = generated_tcp_policy(&mut Gen::new(seed + 1_000_000));
+        let yaml = docs(&[service_yaml.clone(), policy.clone(), tcp_yaml.clone(), tcp_policy.clone()]);
+        let policy = format!("{policy}---\n{tcp_policy}");
         let set = match outrider_xds::load_str("policy.yaml", &yaml) {
             Err(errors) => {
                 // Out of range: each error names its field and what is allowed.
@@ -193,7 +312,11 @@ async fn generated_policies_are_rejected_by_field_or_served() {
                     let mut parts = position.split(':');
                     assert_eq!(parts.next(), Some("policy.yaml"), "{e}");
                     assert!(parts.all(|n| n.parse::<u32>().is_ok()), "line and column: {e}");
-                    assert!(rest.starts_with("document 2 (TrafficPolicy/x): spec."), "{e}");
+                    assert!(
+                        rest.starts_with("document 2 (TrafficPolicy/x): spec.")
+                            || rest.starts_with("document 4 (TrafficPolicy/t): spec."),
+                        "{e}"
+                    );
                 }
                 rejected += 1;
                 continue;
@@ -208,9 +331,22 @@ async fn generated_policies_are_rejected_by_field_or_served() {
             let r = proxy.get(&format!("http://x:8080/{seed}/{i}")).await;
             assert_sane(&r, &format!("seed {seed}\n{policy}"));
         }
+        let tcp = proxy.store.load().clusters.values().find(|c| &*c.service == "t").unwrap().clone();
+        for _ in 0..3 {
+            let got = tcp_through(&ctx, &tcp).await;
+            // The echo server adds a line after the client's half-close.
+            let text = String::from_utf8_lossy(&got);
+            assert!(
+                got.is_empty() || text.starts_with("ping"),
+                "seed {seed}: the echo or a close, got {text:?}\n{policy}"
+            );
+            echoed += usize::from(text.starts_with("ping"));
+        }
         served += 1;
     }
     assert!(served > 10 && rejected > 10, "both kinds were generated: {served} served, {rejected} rejected");
+    eprintln!("{served} served, {rejected} rejected, {echoed} tcp connections echoed");
+    assert!(echoed > 0, "connections went through the tcp path");
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a panic happened in the proxy");
 }
 

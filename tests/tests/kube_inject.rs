@@ -341,6 +341,8 @@ async fn outrider_check_passes_only_when_every_check_does_and_says_what_to_fix()
     assert_eq!(code, 1, "{report}");
     let missing = line(&report, "policies name existing services");
     assert!(missing.starts_with("FAIL") && missing.contains("TrafficPolicy shop/ghost"), "{report}");
+    // Its only other problem is the missing service: accepted otherwise, counted in the singular.
+    assert!(line(&report, "policies accepted").ends_with(": 1 policy"), "{report}");
     api.request(Method::DELETE, "/apis/outrider.io/v1/namespaces/shop/trafficpolicies/ghost", None).await.unwrap();
 
     // The caBundle emptied (an old manifest re-applied): the leader puts it back, and until then

@@ -2,7 +2,8 @@
 //! repository root, with this build's binaries on `PATH`, in a network namespace of its own (so
 //! that its fixed ports never meet another run's). Each command's output is checked, against the
 //! output the README shows under it where that output is always the same.
-//! Needs root, `ip`, `python3` and `curl`; skipped otherwise.
+//! Needs root, `ip`, `python3` and `curl`; skipped otherwise. And its "Run the tests" names
+//! every package `.ci/run` installs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -175,4 +176,38 @@ async fn the_readme_walkthrough_runs_as_written() {
     for (step, output) in steps.iter().zip(&outputs) {
         check(step, output);
     }
+}
+
+/// The README's "Run the tests" names everything `.ci/run` installs: each Debian package of its
+/// `apt-get install` lines, each Python package of its `pip install` lines (with its pinned
+/// version), each crate of its `cargo install` lines. One list, kept in one place.
+#[test]
+fn the_test_dependencies_in_the_readme_match_what_ci_installs() {
+    let root = repository();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let from = readme.find("## Run the tests").expect("the README has a \"Run the tests\" section");
+    let section = &readme[from..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    // Continuation lines joined, so a command is one line.
+    let ci = ci.replace("\\\n", " ");
+    let mut wanted = BTreeSet::new();
+    for line in ci.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let args = |after: &[&str]| -> Vec<String> {
+            let Some(at) = words.windows(after.len()).position(|w| w == after) else { return Vec::new() };
+            words[at + after.len()..]
+                .iter()
+                .take_while(|w| !w.starts_with('>') && !w.starts_with('|') && **w != "||")
+                .filter(|w| !w.starts_with('-'))
+                .map(|w| w.trim_matches('"').to_string())
+                .collect()
+        };
+        wanted.extend(args(&["apt-get", "install"]));
+        wanted.extend(args(&["pip", "install"]));
+        wanted.extend(args(&["cargo", "install"]));
+    }
+    assert!(wanted.len() > 20, "the install lines of .ci/run were found: {wanted:?}");
+    let missing: Vec<&String> = wanted.iter().filter(|w| !section.contains(w.as_str())).collect();
+    assert!(missing.is_empty(), "installed by .ci/run but not named in the README's \"Run the tests\": {missing:?}");
 }

@@ -556,7 +556,7 @@ async fn check_policies(kube: &Kube) -> Vec<Outcome> {
     }
     let (missing, other) = policy_problems(&objects);
     let names = if missing.is_empty() && errors.is_empty() {
-        Outcome::pass("policies name existing services", format!("{} policies", objects.len()))
+        Outcome::pass("policies name existing services", super::count(objects.len(), "policy", "policies"))
     } else {
         let mut problems = missing;
         problems.extend(errors.iter().cloned());
@@ -567,7 +567,7 @@ async fn check_policies(kube: &Kube) -> Vec<Outcome> {
         )
     };
     let accepted = if other.is_empty() && errors.is_empty() {
-        Outcome::pass("policies accepted", format!("{} policies", objects.len()))
+        Outcome::pass("policies accepted", super::count(objects.len(), "policy", "policies"))
     } else {
         let mut problems = other;
         problems.extend(errors);

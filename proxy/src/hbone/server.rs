@@ -8,6 +8,12 @@
 //! - the port is not one of the proxy's own, [`super::ILLEGAL_PORTS`] (else 503).
 //!
 //! `forwarded`, `traceparent` and `baggage` are read when present and optional.
+//!
+//! The decrypted byte stream is read through the same [`H2Guard`] as the proxy's other HTTP/2
+//! listeners (RFC 9113): an invalid client connection preface gets GOAWAY(PROTOCOL_ERROR)
+//! before the close (§3.4), and a pseudo-header field in trailers is a stream error of type
+//! PROTOCOL_ERROR (§8.1, §8.3) — the tunnel's reader then sees an error, never a clean end. (A
+//! second HEADERS without END_STREAM is one too; h2 rejects that itself.)
 use std::future::Future;
 use std::net::SocketAddr;
 
@@ -18,6 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::stream::Stream;
 use super::{BAGGAGE, FORWARDED, PING_INTERVAL, PING_TIMEOUT, TRACEPARENT};
 use crate::drain;
+use crate::http::h2_guard::H2Guard;
+use crate::http::preface;
 use crate::tls::Identity;
 
 /// A checked `CONNECT`, to be accepted or refused.
@@ -94,6 +102,16 @@ pub async fn serve<IO, F, Fut>(
     F: Fn(Connect) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut io = H2Guard::with_max_frame_size(io, super::MAX_FRAME);
+    match tokio::time::timeout(super::HANDSHAKE_TIMEOUT, io.read_preface()).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            tracing::debug!(%remote, %peer, "invalid HTTP/2 connection preface on HBONE: GOAWAY");
+            return preface::reject(io.get_mut()).await;
+        }
+        Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "HBONE connection failed in the HTTP/2 preface"),
+        Err(_) => return tracing::debug!(%remote, "no HTTP/2 preface on HBONE within {:?}", super::HANDSHAKE_TIMEOUT),
+    }
     let conn = h2::server::Builder::new()
         .initial_window_size(super::STREAM_WINDOW)
         .initial_connection_window_size(super::CONNECTION_WINDOW)

@@ -40,8 +40,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::preface::{FRAME_HEADER_LEN, MAGIC, PREFACE_LEN, preface_ok};
 
-/// SETTINGS_MAX_FRAME_SIZE the server advertises (the protocol's initial value): a larger
-/// HEADERS frame is left for h2 to reject.
+/// SETTINGS_MAX_FRAME_SIZE the HTTP listeners advertise (the protocol's initial value): a
+/// larger HEADERS frame is left for h2 to reject. A server that advertises another limit (the
+/// HBONE listener) gives it to [`H2Guard::with_max_frame_size`].
 pub const MAX_FRAME_SIZE: u32 = 16_384;
 /// The name of the field put first in every trailers block (removed before forwarding).
 pub static MARKER_NAME: HeaderName = HeaderName::from_static("x-outrider-trailers");
@@ -81,10 +82,17 @@ pub struct H2Guard<I> {
 }
 
 impl<I: AsyncRead + Unpin> H2Guard<I> {
+    /// For a server that advertises [`MAX_FRAME_SIZE`].
     pub fn new(io: I) -> Self {
+        Self::with_max_frame_size(io, MAX_FRAME_SIZE)
+    }
+
+    /// For a server whose h2 builder sets `max_frame_size(max)`: both must agree, or a
+    /// trailers frame between the two limits would pass unchecked.
+    pub fn with_max_frame_size(io: I, max: u32) -> Self {
         Self {
             io,
-            walker: Walker::default(),
+            walker: Walker { state: State::default(), open: OpenStreams::default(), max_frame: max },
             magic_left: 0,
             hold: [0; HOLD],
             held: 0,
@@ -274,10 +282,12 @@ impl Sink<'_> {
 }
 
 /// The frame state machine over the raw byte stream (after the magic).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Walker {
     state: State,
     open: OpenStreams,
+    /// The server's SETTINGS_MAX_FRAME_SIZE: a larger HEADERS frame is h2's to reject.
+    max_frame: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -331,7 +341,7 @@ impl Walker {
                         HEADERS if stream != 0 && self.open.is_open(stream) => {
                             let prefix = u32::from(flags & PADDED != 0) + 5 * u32::from(flags & PRIORITY != 0);
                             // Too large, or too short for its prefix: h2 rejects it as it is.
-                            let rewritable = len <= MAX_FRAME_SIZE && prefix <= len;
+                            let rewritable = len <= self.max_frame && prefix <= len;
                             let prefix = prefix as usize;
                             if rewritable && avail < FRAME_HEADER_LEN + prefix {
                                 return at;

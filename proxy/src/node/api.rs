@@ -136,7 +136,9 @@ fn percent_encode(s: &str) -> String {
 /// `outrider-proxy node …`.
 #[derive(Debug, Args)]
 pub struct NodeCli {
-    /// The node proxy's local API socket.
+    /// The node proxy's local API socket (the node proxy's `--node-socket`).
+    // `OUTRIDER_NODE_<FLAG>` for a flag of `node`: the same variable as the node proxy's
+    // `--node-socket`, so the CLI finds the socket the proxy listens on.
     #[arg(long, env = "OUTRIDER_NODE_SOCKET", default_value = super::DEFAULT_SOCKET, global = true)]
     pub socket: PathBuf,
     #[command(subcommand)]
@@ -150,8 +152,10 @@ pub enum NodeCommand {
         /// The workload's network namespace (`/var/run/netns/NAME` or `/proc/PID/ns/net`).
         #[arg(long)]
         netns: PathBuf,
+        /// The workload's namespace: the `ns` of its identity `spiffe://TD/ns/NS/sa/SA`.
         #[arg(long)]
         namespace: String,
+        /// The workload's service account: the `sa` of its identity.
         #[arg(long)]
         service_account: String,
         /// The Service the workload is an endpoint of.
@@ -169,6 +173,7 @@ pub enum NodeCommand {
     },
     /// Stop serving the workload of a namespace.
     RemoveWorkload {
+        /// The workload's network namespace, as it was added.
         #[arg(long)]
         netns: PathBuf,
     },
