@@ -74,8 +74,14 @@ const checks = {
     console.log(`${source} → ${destination} success now ${seen}`);
     await shot('mesh-failing');
   },
-  // The service page shows the breaker open, with rejections.
+  // The graph's box of the service says its breaker is open (in words, not only a colour),
+  // and the service page shows it open, with rejections.
   async breakerOpen(service) {
+    await page.goto(`${base}/ui/#/mesh`);
+    const node = await waitText(`.graph a[data-key="node-${service}"]`, (t) => t.includes('breaker open'), `the graph's ${service} box saying breaker open`);
+    const row = await waitText(`#services tr[data-service="${service}"] [data-field=breaker]`, (t) => t === 'open', `the services table's ${service} breaker open`);
+    console.log(`graph box: ${node}; services table breaker: ${row}`);
+    await shot('mesh-breaker');
     await page.goto(`${base}/ui/#/service/${service}`);
     const b = await waitText('#resilience [data-field=breaker]', (t) => t.startsWith('open'), `${service}'s breaker open`);
     const rejected = await waitText('#resilience [data-field=rejected]', (t) => Number(t) > 0, 'rejections counted');
