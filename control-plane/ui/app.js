@@ -235,7 +235,8 @@ async function rolloutAction(name, command) {
 
 async function servicePage(name) {
   const [st, pol, ro] = await Promise.all([
-    api(`/v1/stats/${encodeURIComponent(name)}?window=1m`), api('/v1/policies'), api('/v1/rollouts'),
+    api(`/v1/stats/${encodeURIComponent(name)}?window=1m`),
+    api(`/v1/policies?service=${encodeURIComponent(name)}`), api(`/v1/rollouts?service=${encodeURIComponent(name)}`),
   ]);
   const out = [h('h1', {}, 'Service ', h('span', { text: name }))];
   if (!st.ok) return out.concat(h('p', { class: 'error', text: st.body && st.body.error }));
@@ -257,7 +258,7 @@ async function servicePage(name) {
       h('td', { text: e.address }), h('td', { text: Object.entries(e.labels).map(([k, v]) => `${k}=${v}`).join(', ') || '–' }),
       num(fmt.rate(e.rps)), num(fmt.pct(e.successRate)), num(fmt.ms(e.latencyMs.p99)), num(fmt.ms(e.ewmaMs)),
       h('td', {}, e.ejectedSeconds ? badge('bad', `ejected, ${e.ejectedSeconds.toFixed(1)} s left`) : 'in rotation')))));
-  const rollouts = ro.ok ? ro.body.items.filter((r) => r.service === name) : [];
+  const rollouts = ro.ok ? ro.body.items : [];
   out.push(h('h2', { text: 'Rollout' }));
   if (!rollouts.length) out.push(h('p', { text: 'No rollout for this service.' }));
   for (const r of rollouts) {
@@ -273,7 +274,7 @@ async function servicePage(name) {
       h('div', { class: 'actions' }, button('pause', 'Pause'), button('resume', 'Resume'), button('promote', 'Promote'), button('abort', 'Abort'), button('start', 'Start over')),
       result));
   }
-  const docs = pol.ok ? pol.body.items.filter((d) => d.name === name || (d.document && d.document.spec && d.document.spec.service === name)) : [];
+  const docs = pol.ok ? pol.body.items : [];
   out.push(h('h2', { text: 'Policies (read-only)' }));
   out.push(docs.length ? h('pre', { id: 'service-policies', tabindex: 0, text: docs.map((d) => yaml(d.document)).join('\n---\n') }) : h('p', { text: 'No documents name this service.' }));
   return out;

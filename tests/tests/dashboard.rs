@@ -235,4 +235,25 @@ async fn the_api_serves_the_dashboard_the_graph_and_the_last_rejected_write() {
     assert!(stats["endpoints"][0]["ewmaMs"].as_f64().is_some_and(|ms| ms > 0.0), "the caller's EWMA: {stats:#}");
     assert_eq!(stats["resilience"]["breaker"]["state"], "unknown", "no breaker policy: {stats:#}");
     assert_eq!(cp.call("GET", "/v1/mesh?window=2h", "", false, None).await.status, 400);
+
+    // The Service page reads only what names its service.
+    cp.apply(
+        "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: reviews-timeouts}\nspec:\n  service: reviews\n  \
+         timeout: 2s\n---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: ratings}\nspec:\n  port: 8080\n",
+    )
+    .await;
+    let listed = cp.call("GET", "/v1/policies?service=reviews", "", false, None).await.json;
+    let names: Vec<String> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, ["Service/reviews", "TrafficPolicy/reviews-timeouts"], "{listed:#}");
+    let all = cp.call("GET", "/v1/policies", "", false, None).await.json;
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(3), "{all:#}");
+    let rollouts = cp.call("GET", "/v1/rollouts?service=reviews", "", false, None).await;
+    assert_eq!((rollouts.status.as_u16(), rollouts.json["items"].as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(cp.call("GET", "/v1/policies?color=red", "", false, None).await.status, 400);
+    assert_eq!(cp.call("GET", "/v1/rollouts?service=", "", false, None).await.status, 400);
 }

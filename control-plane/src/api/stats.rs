@@ -53,7 +53,7 @@ fn parse(query: Option<&str>) -> Result<Query, String> {
 }
 
 /// `%XX` and `+` decoding of a query value.
-fn decode(value: &str) -> String {
+pub(super) fn decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -109,7 +109,25 @@ pub(super) fn mesh(state: &ApiState, query: Option<&str>) -> Response<Body> {
     if !query.labels.is_empty() {
         return error(StatusCode::BAD_REQUEST, "labels applies to one service: GET /v1/stats/SERVICE?labels=k=v");
     }
-    json_response(StatusCode::OK, &json!(state.stats.mesh(query.window)))
+    let key = format!("mesh {}", query.window.as_millis());
+    cached(state, &key, || Ok(json!(state.stats.mesh(query.window))))
+}
+
+/// A JSON answer from the shared views (see [`super::cache`]), or the error response.
+fn cached(
+    state: &ApiState,
+    key: &str,
+    build: impl FnOnce() -> Result<serde_json::Value, Response<Body>>,
+) -> Response<Body> {
+    let body = state.views.get(key, || build().map(|value| bytes::Bytes::from(format!("{value}\n"))));
+    match body {
+        Ok(body) => Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(body))
+            .unwrap_or_default(),
+        Err(response) => response,
+    }
 }
 
 pub(super) fn service(state: &ApiState, service: &str, query: Option<&str>) -> Response<Body> {
@@ -117,10 +135,11 @@ pub(super) fn service(state: &ApiState, service: &str, query: Option<&str>) -> R
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    match state.stats.service(service, &query.labels, query.window) {
-        Some(stats) => json_response(StatusCode::OK, &json!(stats)),
-        None => error(StatusCode::NOT_FOUND, format!("no service {service:?} in the mesh and no numbers for it")),
-    }
+    let key = format!("stats {service} {:?} {}", query.labels, query.window.as_millis());
+    cached(state, &key, || match state.stats.service(service, &query.labels, query.window) {
+        Some(stats) => Ok(json!(stats)),
+        None => Err(error(StatusCode::NOT_FOUND, format!("no service {service:?} in the mesh and no numbers for it"))),
+    })
 }
 
 #[cfg(test)]
