@@ -11,7 +11,7 @@ let generation = 0;
 // ---- small helpers ----
 
 function h(tag, attrs, ...children) {
-  const svg = ['svg', 'g', 'rect', 'line', 'path', 'text', 'polyline', 'title', 'a', 'tspan'].includes(tag) && attrs && attrs.svg;
+  const svg = ['svg', 'g', 'rect', 'line', 'path', 'text', 'polyline', 'title', 'a', 'tspan', 'defs', 'marker'].includes(tag) && attrs && attrs.svg;
   const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === 'svg' || v === undefined || v === null || v === false) continue;
@@ -142,7 +142,10 @@ async function meshPage() {
   const width = Math.max(1, cols.length) * W - (W - NW) + 40, height = Math.max(1, ...cols.map((c) => c.length)) * H + 60;
   const svg = s('svg', { class: 'graph', width, height, viewBox: `0 0 ${width} ${height}`, role: 'group', 'aria-label': 'Service graph: services and the calls between them' });
   const edgeLayer = s('g', {}), labelLayer = s('g', {});
-  svg.append(edgeLayer, labelLayer);
+  // An arrowhead at the callee's end of every arrow: the direction reads without colour.
+  const defs = s('defs', {}, s('marker', { id: 'arrowhead', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 8, markerHeight: 8, markerUnits: 'userSpaceOnUse', orient: 'auto' },
+    s('path', { class: 'arrowhead', d: 'M0,0 L10,5 L0,10 z' })));
+  svg.append(defs, edgeLayer, labelLayer);
   for (const e of edges) {
     const a = pos.get(e.source), b = pos.get(e.destination);
     if (!a || !b) continue;
@@ -156,7 +159,7 @@ async function meshPage() {
     const mx = (x1 + x2) / 2, my = near ? (y1 + y2) / 2 - 10 : low - 4;
     edgeLayer.append(s('g', { class: `edge ${cls}` },
       s('title', { text: `${e.source} → ${e.destination}: ${label} (${word})` }),
-      near ? s('line', { x1, y1, x2: x2 - 4, y2 }) : s('path', { d: `M${x1},${y1} Q${mx},${low + 20} ${x2},${y2 + 4}`, fill: 'none' }),
+      near ? s('line', { x1, y1, x2: x2 - 2, y2, 'marker-end': 'url(#arrowhead)' }) : s('path', { d: `M${x1},${y1} Q${mx},${low + 20} ${x2},${y2 + 2}`, fill: 'none', 'marker-end': 'url(#arrowhead)' }),
       s('rect', { x: mx - 104, y: my - 12, width: 208, height: 16 }),
       s('text', { x: mx, y: my, 'text-anchor': 'middle', text: `${word === 'healthy' ? '' : word.toUpperCase() + ' '}${label}` })));
   }
@@ -214,10 +217,16 @@ function chart(title, points, key, fmtv, extra) {
     });
     return s('g', {}, runs.filter((r) => r.length).map((r) => s('polyline', { class: cls, points: r.length === 1 ? `${r[0]} ${r[0]}` : r.join(' ') })));
   };
-  const last = known.length ? known[known.length - 1] : null;
-  return h('figure', { class: 'chart' },
-    h('figcaption', {}, h('strong', { text: title }), ` — latest ${fmtv(last)}, max ${fmtv(known.length ? Math.max(...known) : null)}`),
-    s('svg', { width: W, height: H, role: 'img', 'aria-label': `${title} over the last 15 minutes; latest ${fmtv(last)}` },
+  // Latest and highest of a series, as text.
+  const said = (vs) => {
+    const k = vs.filter((v) => v !== null && v !== undefined && !Number.isNaN(v));
+    return `latest ${fmtv(k.length ? k[k.length - 1] : null)}, max ${fmtv(k.length ? Math.max(...k) : null)}`;
+  };
+  const names = title.split(' / ');
+  const text = extra ? `${names[0]} ${said(vals)}; ${names[1]} ${said(points.map(extra))}` : said(vals);
+  return h('figure', { class: 'chart', 'data-chart': title },
+    h('figcaption', {}, h('strong', { text: extra ? `${title} (${names[1]} dashed)` : title }), ' — ', h('span', { 'data-field': 'caption', text })),
+    s('svg', { width: W, height: H, role: 'img', 'aria-label': `${title} over the last 15 minutes; ${text}` },
       line(key, 'main'), extra ? line(extra, 'p99') : null));
 }
 
@@ -247,7 +256,7 @@ async function servicePage(name) {
   out.push(h('h2', { text: 'Golden signals, last 15 minutes (10-second windows)' }), h('div', { class: 'charts' },
     chart('Rate', hist, (p) => p.requests / 10, fmt.rate),
     chart('Success', hist, (p) => p.successRate, fmt.pct),
-    chart('Latency p50 (blue) / p99 (red)', hist, (p) => p.latencyMs.p50, fmt.ms, (p) => p.latencyMs.p99)));
+    chart('Latency p50 / p99', hist, (p) => p.latencyMs.p50, fmt.ms, (p) => p.latencyMs.p99)));
   out.push(h('h2', { text: 'Resilience (last minute, as callers report it)' }),
     table(['Breaker', 'Rejected', 'Retries', 'Retry budget exhausted'], [h('tr', { id: 'resilience' },
       h('td', { 'data-field': 'breaker' }, badge(res.breaker.state === 'open' ? 'bad' : res.breaker.state === 'half-open' ? 'warn' : 'ok', res.breaker.state),
