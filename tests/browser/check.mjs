@@ -1,7 +1,8 @@
 // One check of the dashboard in Debian's headless chromium, driven by playwright-core.
 // tests/tests/dashboard.rs runs it: `node check.mjs BASE_URL CHECK [ARGS...]`; it prints what it
 // saw and exits 0, or prints why and exits 1. Every wait polls the page with a deadline.
-// Screenshots go to $OUTRIDER_SCREENSHOTS (docs/dashboard/ in the repo).
+// Screenshots go to $OUTRIDER_SCREENSHOTS (target/dashboard-screenshots/, or docs/dashboard/
+// with OUTRIDER_UPDATE_SCREENSHOTS=1).
 import { chromium } from 'playwright-core';
 import path from 'node:path';
 import fs from 'node:fs';

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: a control plane with real proxies and traffic, and Debian's
 //! headless chromium driven by playwright-core (`tests/browser/check.mjs`, one check per run).
-//! The checks' screenshots are written to `docs/dashboard/` (docs/dashboard.md shows them).
+//! The checks' screenshots go to `target/dashboard-screenshots/`, or, with
+//! `OUTRIDER_UPDATE_SCREENSHOTS=1`, to `docs/dashboard/` (the ones docs/dashboard.md shows).
 //! Skips, saying why, without node, chromium or `npm ci` in tests/browser; under
 //! `OUTRIDER_REQUIRE_ALL=1` that fails instead (.ci/run installs them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -40,9 +41,22 @@ fn missing() -> Option<String> {
     None
 }
 
+/// Where the checks' screenshots go: the docs' only when asked to update them, so a test run
+/// does not rewrite tracked files.
+fn screenshots() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if std::env::var("OUTRIDER_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        root.join("docs/dashboard")
+    } else {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), PathBuf::from)
+            .join("dashboard-screenshots")
+    }
+}
+
 /// Run one check of tests/browser/check.mjs against the dashboard at `base`.
 async fn check(base: &str, name: &str, args: &[&str]) {
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard");
+    let shots = screenshots();
     let out = tokio::process::Command::new("node")
         .arg(browser_dir().join("check.mjs"))
         .arg(base)
