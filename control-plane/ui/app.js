@@ -289,14 +289,19 @@ async function servicePage(name) {
   return out;
 }
 
+// The xDS sync state in words, always with the versions the proxy ACKed (what it runs), and the
+// newest NACK of any type (kept after a later ACK: the record of what was refused, and when).
 function syncState(p) {
   const types = Object.entries(p.types || {});
+  const acked = types.length ? `ACKed: ${types.map(([k, t]) => `${k} ${t.acked || 'none'}`).join(', ')}` : '';
+  const last = types.filter(([, t]) => t.lastNack).map(([k, t]) => [k, t.lastNack]).sort((a, b) => b[1].at - a[1].at)[0];
+  const lastText = last ? `${last[0]} ${last[1].version}, ${fmt.time(last[1].at)}: ${last[1].error}` : '';
   const nack = types.find(([, t]) => t.nack);
-  if (nack) return ['bad', `NACK of ${nack[0]} ${nack[1].nack.version}`, `${nack[0]}: ${nack[1].nack.error}`];
-  if (!types.length) return ['warn', 'connecting', ''];
+  if (nack) return ['bad', `NACK of ${nack[0]} ${nack[1].nack.version}`, acked, lastText];
+  if (!types.length) return ['warn', 'connecting', '', lastText];
   const pending = types.filter(([, t]) => t.sent !== t.acked);
-  if (pending.length) return ['warn', `waiting for ACK of ${pending.map(([k]) => k).join(', ')}`, ''];
-  return ['ok', `in sync (${types.map(([k, t]) => `${k} ${t.acked}`).join(', ')})`, ''];
+  if (pending.length) return ['warn', `waiting for ACK of ${pending.map(([k, t]) => `${k} ${t.sent}`).join(', ')}`, acked, lastText];
+  return ['ok', 'in sync', acked, lastText];
 }
 
 async function proxiesPage() {
@@ -304,13 +309,15 @@ async function proxiesPage() {
   if (!r.ok) return [h('h1', { text: 'Proxies' }), h('p', { class: 'error', text: r.body && r.body.error })];
   const now = Date.now() / 1000;
   const rows = r.body.proxies.map((p) => {
-    const [cls, word, nack] = syncState(p);
+    const [cls, word, acked, nack] = syncState(p);
     const expiry = p.certExpiresAt ? `${fmt.time(p.certExpiresAt)} (in ${fmt.dur(p.certExpiresAt - now)})` : (p.identity ? 'unknown' : 'no certificate');
     const expCls = p.certExpiresAt && p.certExpiresAt - now < 3600 ? 'bad' : null;
     return h('tr', { 'data-node': p.nodeId },
       h('th', { scope: 'row', text: p.nodeId }), h('td', { text: p.service || '–' }), h('td', { text: [p.userAgent, p.version].filter(Boolean).join(' ') || '–' }),
-      h('td', {}, badge(cls, word)), h('td', { 'data-field': 'nack', text: nack || '–' }),
-      h('td', { class: expCls, text: expiry }), num(fmt.dur(now - p.connectedAt)), h('td', { text: p.draining ? 'draining' : p.protocol }));
+      h('td', { 'data-field': 'sync' }, badge(cls, word), acked ? h('div', { class: 'acked', text: acked }) : null),
+      h('td', { 'data-field': 'nack', text: nack || '–' }),
+      h('td', { class: expCls, 'data-field': 'expiry', text: expiry }), num(fmt.dur(now - p.connectedAt), { 'data-field': 'uptime' }),
+      h('td', { text: p.draining ? 'draining' : p.protocol }));
   });
   return [h('h1', { text: 'Proxies' }),
     h('p', { class: 'muted', text: `Config version ${r.body.version}; ${r.body.proxies.length} connected.` }),

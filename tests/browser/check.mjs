@@ -93,7 +93,16 @@ const checks = {
   async nack(node, message) {
     await page.goto(`${base}/ui/#/proxies`);
     const seen = await waitText(`#proxies tr[data-node="${node}"] [data-field=nack]`, (t) => t.includes(message), `${node}'s NACK`);
-    console.log(`NACK shown: ${seen}`);
+    const sync = await waitText(`#proxies tr[data-node="${node}"] [data-field=sync]`, (t) => t.startsWith('NACK of Cluster') && /ACKed: .*Listener \S+/.test(t), `${node}'s NACK with its ACKed versions`);
+    console.log(`NACK shown: ${seen}; sync: ${sync}`);
+  },
+  // After a later ACK the node is in sync, with its ACKed versions, and its last NACK stays
+  // with its time and message.
+  async nackKept(node, message) {
+    await page.goto(`${base}/ui/#/proxies`);
+    const sync = await waitText(`#proxies tr[data-node="${node}"] [data-field=sync]`, (t) => t.startsWith('in sync') && /ACKed: .*Cluster \S+/.test(t), `${node} in sync`);
+    const seen = await waitText(`#proxies tr[data-node="${node}"] [data-field=nack]`, (t) => t.includes(message) && /\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC/.test(t), `${node}'s last NACK kept`);
+    console.log(`sync: ${sync}; last NACK kept: ${seen}`);
     await shot('proxies');
   },
   // The policies page shows the last rejected write's errors.

@@ -74,12 +74,16 @@ async fn check(base: &str, name: &str, args: &[&str]) {
     assert!(out.status.success(), "browser check {name} failed:\n{stdout}\n{stderr}");
 }
 
-/// Rejects the cluster of `reviews` like a proxy that cannot run its policy.
-struct RejectReviews;
+/// Rejects the cluster of `reviews` like a proxy that cannot run its policy, while `reject`
+/// holds.
+struct RejectReviews {
+    reject: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl outrider_xds::ads::Handler for RejectReviews {
     fn update(&self, update: &outrider_xds::ads::Update<'_>) -> Result<(), String> {
-        if update.type_url == outrider_xds::resources::CLUSTER_TYPE_URL
+        if self.reject.load(std::sync::atomic::Ordering::SeqCst)
+            && update.type_url == outrider_xds::resources::CLUSTER_TYPE_URL
             && update.resources.keys().any(|k| k.contains("reviews"))
         {
             return Err("Cluster \"outbound|8080||reviews\": lb_policy MAGLEV is not supported".into());
@@ -154,8 +158,29 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
     // A proxy that cannot take the reviews cluster NACKs it, with its message.
     let node = envoy_types::pb::envoy::config::core::v3::Node { id: "picky-1".into(), ..Default::default() };
     let client = outrider_xds::ads::AdsClient::new(outrider_xds::ads::ClientConfig::new(cp.xds_url(), node));
-    let nacker = tokio::spawn(client.run(Arc::new(RejectReviews)));
+    let reject = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let nacker = tokio::spawn(client.run(Arc::new(RejectReviews { reject: reject.clone() })));
     check(&base, "nack", &["picky-1", "lb_policy MAGLEV is not supported"]).await;
+    // It takes the next version: in sync, and its last NACK stays on the page with its time.
+    reject.store(false, std::sync::atomic::Ordering::SeqCst);
+    cp.apply(
+        "apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: reviews}\nspec:\n  service: reviews\n  \
+         connectTimeout: 2s\n  circuitBreaker:\n    failureRateThreshold: 90\n    window: 20\n    minimumCalls: 20\n    \
+         openDuration: 1h\n",
+    )
+    .await;
+    let picky = wait::wait_for("picky-1 ACKs the next version and keeps its last NACK", || async {
+        let status = cp.status().await;
+        let p = status["proxies"].as_array()?.iter().find(|p| p["nodeId"] == "picky-1")?.clone();
+        let cluster = &p["types"]["Cluster"];
+        (cluster["nack"].is_null() && cluster["acked"] == cluster["sent"] && !cluster["lastNack"].is_null()).then_some(p)
+    })
+    .await;
+    let last = &picky["types"]["Cluster"]["lastNack"];
+    assert!(last["error"].as_str().unwrap().contains("MAGLEV"), "{picky:#}");
+    assert!(last["at"].as_u64().is_some_and(|at| at >= picky["connectedAt"].as_u64().unwrap()), "{picky:#}");
+    assert_ne!(last["version"], picky["types"]["Cluster"]["acked"], "{picky:#}");
+    check(&base, "nackKept", &["picky-1", "lb_policy MAGLEV is not supported"]).await;
     nacker.abort();
 
     // A write the control plane refuses: its errors are on the policies page.
