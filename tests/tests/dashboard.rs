@@ -296,3 +296,44 @@ async fn the_api_serves_the_dashboard_the_graph_and_the_last_rejected_write() {
     assert_eq!(cp.call("GET", "/v1/policies?color=red", "", false, None).await.status, 400);
     assert_eq!(cp.call("GET", "/v1/rollouts?service=", "", false, None).await.status, 400);
 }
+
+/// The Proxies page's certificate expiry and uptime: a sidecar that got its certificate from
+/// this control plane (join token, then `POST /v1/certificates`) is listed with the
+/// certificate's expiry (issued now, living the CA's workload TTL) and when its stream
+/// connected; a proxy without identity has neither certificate nor expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxies_page_has_a_sidecars_certificate_expiry_and_connection_time() {
+    use outrider_tests::mesh;
+    let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let dir = TempDir::new("outrider-dashboard-certs");
+    let ttl = Duration::from_secs(6 * 3600);
+    let cp = mesh::control_plane(dir.path(), ttl);
+    cp.apply("apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: reviews}\nspec:\n  port: 9080\n").await;
+    let token = mesh::join_token(&cp, "reviews").await;
+    let before = unix();
+    let sidecar = mesh::Sidecar::start(&cp, "reviews", None, Some(&token)).await;
+    let plain = MeshProxy::start(&cp.xds_url(), "plain-1", "frontend", Protocol::Delta).await;
+    plain.wait_ready().await;
+    let after = unix();
+    let status = wait::wait_for("both proxies in /v1/status, the sidecar with its certificate's expiry", || async {
+        let status = cp.status().await;
+        let proxies = status["proxies"].as_array()?;
+        let with = proxies.iter().any(|p| p["identity"] == mesh::identity("reviews").as_str() && p["certExpiresAt"].is_u64());
+        (with && proxies.len() == 2).then_some(status)
+    })
+    .await;
+    let proxies = status["proxies"].as_array().unwrap();
+    let meshed = proxies.iter().find(|p| p["identity"] == mesh::identity("reviews").as_str()).unwrap();
+    let expires = meshed["certExpiresAt"].as_u64().unwrap();
+    assert!(
+        (before + ttl.as_secs()..=after + ttl.as_secs()).contains(&expires),
+        "expiry {expires} is not issuance ({before}..={after}) + {} s: {meshed:#}",
+        ttl.as_secs()
+    );
+    let connected = meshed["connectedAt"].as_u64().unwrap();
+    assert!((before..=after).contains(&connected), "connectedAt {connected} not in {before}..={after}: {meshed:#}");
+    let other = proxies.iter().find(|p| p["nodeId"] == "plain-1").unwrap();
+    assert!(other["identity"].is_null() && other["certExpiresAt"].is_null(), "{other:#}");
+    assert!((before..=after).contains(&other["connectedAt"].as_u64().unwrap()), "{other:#}");
+    drop(sidecar);
+}
