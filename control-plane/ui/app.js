@@ -61,6 +61,14 @@ function health(n, breaker) {
   return ['bad', 'failing'];
 }
 
+// An endpoint's health: ejected by a caller's outlier detection (with the time left), else
+// from its success rate over the last minute.
+function endpointHealth(e) {
+  if (e.ejectedSeconds) return ['bad', `ejected, ${e.ejectedSeconds.toFixed(1)} s left`];
+  const [cls, word] = health(e);
+  return [cls, word === 'healthy' ? 'ok' : word];
+}
+
 function badge(cls, word) {
   return h('span', { class: `badge ${cls}`, text: word });
 }
@@ -262,11 +270,11 @@ async function servicePage(name) {
       h('td', { 'data-field': 'breaker' }, badge(res.breaker.state === 'open' ? 'bad' : res.breaker.state === 'half-open' ? 'warn' : 'ok', res.breaker.state),
         ` (open at ${res.breaker.open}, half-open at ${res.breaker.halfOpen}, closed at ${res.breaker.closed} callers)`),
       num(fmt.int(res.rejected), { 'data-field': 'rejected' }), num(fmt.int(res.retries)), num(fmt.int(res.retryBudgetExhausted)))]));
-  out.push(h('h2', { text: 'Endpoints' }), table(['Address', 'Labels', 'Rate', 'Success', 'p99', 'EWMA', 'Ejection'],
+  out.push(h('h2', { text: 'Endpoints' }), table(['Address', 'Labels', 'Health', 'Rate', 'Success', 'p99', 'EWMA'],
     x.endpoints.map((e) => h('tr', { 'data-endpoint': e.address },
       h('td', { text: e.address }), h('td', { text: Object.entries(e.labels).map(([k, v]) => `${k}=${v}`).join(', ') || '–' }),
-      num(fmt.rate(e.rps)), num(fmt.pct(e.successRate)), num(fmt.ms(e.latencyMs.p99)), num(fmt.ms(e.ewmaMs)),
-      h('td', {}, e.ejectedSeconds ? badge('bad', `ejected, ${e.ejectedSeconds.toFixed(1)} s left`) : 'in rotation')))));
+      h('td', { 'data-field': 'health' }, badge(...endpointHealth(e))),
+      num(fmt.rate(e.rps)), num(fmt.pct(e.successRate)), num(fmt.ms(e.latencyMs.p99)), num(fmt.ms(e.ewmaMs))))));
   const rollouts = ro.ok ? ro.body.items : [];
   out.push(h('h2', { text: 'Rollout' }));
   if (!rollouts.length) out.push(h('p', { text: 'No rollout for this service.' }));

@@ -89,6 +89,14 @@ const checks = {
     console.log(`breaker: ${b}; rejected ${rejected}`);
     await shot('service');
   },
+  // The service page says a caller ejected `ejected` and that `ok` is fine, in words.
+  async ejected(service, ejected, ok) {
+    await page.goto(`${base}/ui/#/service/${service}`);
+    const bad = await waitText(`tr[data-endpoint="${ejected}"] [data-field=health]`, (t) => /^ejected, [\d.]+ s left$/.test(t), `${ejected} ejected`);
+    const good = await waitText(`tr[data-endpoint="${ok}"] [data-field=health]`, (t) => t === 'ok', `${ok} ok`);
+    console.log(`${ejected}: ${bad}; ${ok}: ${good}`);
+    await shot('service-ejected');
+  },
   // The proxies page shows the node's NACK with its message.
   async nack(node, message) {
     await page.goto(`${base}/ui/#/proxies`);

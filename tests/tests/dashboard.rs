@@ -111,6 +111,9 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
     let switch = Switch::new();
     let reviews = upstream::http1().name("reviews").switch(&switch).start().await;
     let (r1, r2) = (upstream::http1().name("r1").start().await, upstream::http1().name("r2").start().await);
+    // details: one good endpoint and one that always fails, which the frontend's outlier
+    // detection ejects.
+    let (d1, d2) = (upstream::http1().name("d1").start().await, upstream::http1().name("d2").status(503).start().await);
     // reviews has a breaker that only a failing upstream trips (90 % of 20 calls); ratings runs
     // a rollout whose first check is an hour away (it stays progressing until a button moves it).
     let yaml = format!(
@@ -120,10 +123,16 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
          openDuration: 1h\n---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: ratings}}\nspec:\n  port: 8080\n  \
          endpoints:\n    - {{address: \"{}\", labels: {{version: v1}}}}\n    - {{address: \"{}\", labels: {{version: v2}}}}\n---\n\
          apiVersion: outrider.io/v1\nkind: Rollout\nmetadata: {{name: ratings}}\nspec:\n  service: ratings\n  \
-         stable: {{version: v1}}\n  canary: {{version: v2}}\n  strategy: {{canary: {{steps: [10, 50]}}}}\n  interval: 1h\n",
+         stable: {{version: v1}}\n  canary: {{version: v2}}\n  strategy: {{canary: {{steps: [10, 50]}}}}\n  interval: 1h\n\
+         ---\napiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: details}}\nspec:\n  port: 8080\n  endpoints:\n    \
+         - {{address: \"{}\"}}\n    - {{address: \"{}\"}}\n---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\n\
+         metadata: {{name: details}}\nspec:\n  service: details\n  outlierDetection: {{consecutive5xx: 2, \
+         baseEjectionTime: 5m, maxEjectionPercent: 50}}\n",
         reviews.endpoint(),
         r1.endpoint(),
-        r2.endpoint()
+        r2.endpoint(),
+        d1.endpoint(),
+        d2.endpoint()
     );
     cp.apply(&yaml).await;
     let frontend = MeshProxy::start(&cp.xds_url(), "frontend-1", "frontend", Protocol::Delta).await;
@@ -132,7 +141,7 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
         frontend.client.clone(),
         Plan {
             rate: 40,
-            uris: vec!["http://reviews:8080/".into(), "http://ratings:8080/".into()],
+            uris: vec!["http://reviews:8080/".into(), "http://ratings:8080/".into(), "http://details:8080/".into()],
             headers: Vec::new(),
         },
     );
@@ -146,6 +155,19 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
     })
     .await;
     check(&base, "mesh", &["reviews", "ratings"]).await;
+
+    // The frontend's outlier detection ejects the failing details endpoint; its report says so
+    // and the service page shows the endpoint ejected, the good one ok.
+    wait::wait_for("details' failing endpoint ejected in /v1/stats", || async {
+        let stats = cp.stats("details", "window=1m").await.json;
+        stats["endpoints"]
+            .as_array()?
+            .iter()
+            .any(|e| e["address"] == d2.endpoint().as_str() && e["ejectedSeconds"].as_f64().is_some_and(|s| s > 0.0))
+            .then_some(())
+    })
+    .await;
+    check(&base, "ejected", &["details", &d2.endpoint(), &d1.endpoint()]).await;
 
     // reviews starts failing 40 % of its requests: the edge's success rate drops.
     switch.fail_rate(0.4);
