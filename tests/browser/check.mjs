@@ -87,6 +87,17 @@ const checks = {
     const b = await waitText('#resilience [data-field=breaker]', (t) => t.startsWith('open'), `${service}'s breaker open`);
     const rejected = await waitText('#resilience [data-field=rejected]', (t) => Number(t) > 0, 'rejections counted');
     console.log(`breaker: ${b}; rejected ${rejected}`);
+    // The golden signals are drawn: a line per chart, p50 and p99 on the latency chart, whose
+    // caption gives both as text; the policies naming the service are shown as YAML.
+    const latency = '[data-chart="Latency p50 / p99"]';
+    const caption = await waitText(`${latency} [data-field=caption]`, (t) => /p50 latest [\d.]+ ms/.test(t) && /p99 latest [\d.]+ ms, max [\d.]+ ms/.test(t), 'the latency caption with p50 and p99');
+    for (const sel of [`${latency} polyline.main`, `${latency} polyline.p99`, '[data-chart="Rate"] polyline.main', '[data-chart="Success"] polyline.main']) {
+      if (!(await page.locator(sel).count())) throw new Error(`no line drawn: ${sel}`);
+    }
+    const dash = await page.locator(`${latency} polyline.p99`).first().evaluate((el) => getComputedStyle(el).strokeDasharray);
+    if (!dash || dash === 'none') throw new Error('the p99 line is not dashed: it would differ from p50 by colour only');
+    const yaml = await waitText('#service-policies', (t) => t.includes('kind: TrafficPolicy') && t.includes('circuitBreaker:'), 'the policies as YAML');
+    console.log(`latency caption: ${caption}; p99 dashed (${dash}); policies YAML ${yaml.split('\n').length} lines`);
     await shot('service');
   },
   // The service page says a caller ejected `ejected` and that `ok` is fine, in words.
@@ -122,7 +133,7 @@ const checks = {
     await shot('policies');
   },
   // Promote and abort are refused without the token; with it (typed, submitted with Enter),
-  // abort, start and promote work, each seen in the rollout's phase.
+  // pause, resume, abort, start and promote work, each seen in the rollout's phase.
   async rollout(name, service, token) {
     await page.goto(`${base}/ui/#/service/${service}`);
     const phase = `[data-rollout="${name}"] [data-field=phase]`;
@@ -138,10 +149,14 @@ const checks = {
     await page.keyboard.type(token);
     await page.keyboard.press('Enter');
     await waitText('#token-state', (t) => t === 'set for this tab', 'the token set');
-    for (const [cmd, want] of [['abort', 'aborted'], ['start', 'progressing'], ['promote', 'promoted']]) {
-      // Keyboard: focus the button and press Enter.
-      await page.locator(`[data-rollout="${name}"] button[data-command=${cmd}]`).focus();
-      await page.keyboard.press('Enter');
+    for (const [cmd, want] of [['pause', 'paused'], ['resume', 'progressing'], ['abort', 'aborted'], ['start', 'progressing'], ['promote', 'promoted']]) {
+      const button = page.locator(`[data-rollout="${name}"] button[data-command=${cmd}]`);
+      if (cmd === 'pause' || cmd === 'resume') {
+        await button.click(); // the mouse
+      } else {
+        await button.focus(); // the keyboard: focus the button and press Enter
+        await page.keyboard.press('Enter');
+      }
       const r = await waitText(result, (t) => t.startsWith(`${cmd}: done`), `${cmd} done with the token`);
       await waitText(phase, (t) => t === want, `phase ${want} after ${cmd}`);
       console.log(`with token: ${r}`);
