@@ -46,9 +46,9 @@ use crate::policies::{Policies, WriteError, canonical_kind};
 use crate::snapshot::Snapshot;
 use crate::tracker::Tracker;
 
+mod ca;
 /// The dashboard's aggregated reads, built once per second and shared by every reader.
 pub mod cache;
-mod ca;
 mod endpoints;
 pub mod rollouts;
 mod stats;
@@ -256,7 +256,9 @@ fn service_filter(query: Option<&str>) -> Result<Option<String>, Response<Body>>
             _ => {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
-                    format!("unknown query {pair:?}: the only parameter is service=NAME (documents that name the service)"),
+                    format!(
+                        "unknown query {pair:?}: the only parameter is service=NAME (documents that name the service)"
+                    ),
                 ));
             }
         }

@@ -343,7 +343,12 @@ impl Policies {
 
     /// [`Policies::list`], and with `service` only the documents that name it (see
     /// [`names_service`]); the others are not copied.
-    pub async fn list_where(&self, kind: Option<&str>, name: Option<&str>, service: Option<&str>) -> (u64, Vec<Listed>) {
+    pub async fn list_where(
+        &self,
+        kind: Option<&str>,
+        name: Option<&str>,
+        service: Option<&str>,
+    ) -> (u64, Vec<Listed>) {
         let inner = self.inner.lock().await;
         let matches = |k: &Key, doc: &serde_json::Value| {
             kind.is_none_or(|kind| k.0 == kind)

@@ -195,7 +195,8 @@ async fn the_dashboard_shows_the_mesh_failures_breakers_nacks_and_drives_a_rollo
         let status = cp.status().await;
         let p = status["proxies"].as_array()?.iter().find(|p| p["nodeId"] == "picky-1")?.clone();
         let cluster = &p["types"]["Cluster"];
-        (cluster["nack"].is_null() && cluster["acked"] == cluster["sent"] && !cluster["lastNack"].is_null()).then_some(p)
+        (cluster["nack"].is_null() && cluster["acked"] == cluster["sent"] && !cluster["lastNack"].is_null())
+            .then_some(p)
     })
     .await;
     let last = &picky["types"]["Cluster"]["lastNack"];
@@ -340,7 +341,8 @@ async fn the_proxies_page_has_a_sidecars_certificate_expiry_and_connection_time(
     let status = wait::wait_for("both proxies in /v1/status, the sidecar with its certificate's expiry", || async {
         let status = cp.status().await;
         let proxies = status["proxies"].as_array()?;
-        let with = proxies.iter().any(|p| p["identity"] == mesh::identity("reviews").as_str() && p["certExpiresAt"].is_u64());
+        let with =
+            proxies.iter().any(|p| p["identity"] == mesh::identity("reviews").as_str() && p["certExpiresAt"].is_u64());
         (with && proxies.len() == 2).then_some(status)
     })
     .await;

@@ -232,9 +232,10 @@ async fn watch_graph(api: std::net::SocketAddr) -> Vec<GraphMoment> {
     let mut failures = 0;
     while failures < 20 {
         tick.tick().await;
-        let (Some(mesh), Some(stats)) =
-            (get_json(&http, "http://cp/v1/mesh?window=1m").await, get_json(&http, "http://cp/v1/stats/reviews?window=10s").await)
-        else {
+        let (Some(mesh), Some(stats)) = (
+            get_json(&http, "http://cp/v1/mesh?window=1m").await,
+            get_json(&http, "http://cp/v1/stats/reviews?window=10s").await,
+        ) else {
             failures += 1;
             continue;
         };
