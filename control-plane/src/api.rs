@@ -196,7 +196,7 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, ["v1", "rollouts"]) => match service_filter(req.uri().query()) {
             Ok(service) => rollouts::list(state, service.as_deref()),
-            Err(response) => response,
+            Err(message) => error(StatusCode::BAD_REQUEST, message),
         },
         (&Method::GET, ["v1", "rollouts", name]) => rollouts::status(state, name),
         (&Method::GET, ["v1", "rollouts", namespace, name]) => rollouts::status(state, &format!("{namespace}/{name}")),
@@ -248,17 +248,14 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// `service=NAME` of a list query (the dashboard's Service page), or what is wrong with it.
-fn service_filter(query: Option<&str>) -> Result<Option<String>, Response<Body>> {
+fn service_filter(query: Option<&str>) -> Result<Option<String>, String> {
     let mut service = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("service", value)) if !value.is_empty() => service = Some(stats::decode(value)),
             _ => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "unknown query {pair:?}: the only parameter is service=NAME (documents that name the service)"
-                    ),
+                return Err(format!(
+                    "unknown query {pair:?}: the only parameter is service=NAME (documents that name the service)"
                 ));
             }
         }
@@ -269,7 +266,7 @@ fn service_filter(query: Option<&str>) -> Result<Option<String>, Response<Body>>
 async fn get_policies(state: &ApiState, rest: &[&str], query: Option<&str>) -> Response<Body> {
     let service = match service_filter(query) {
         Ok(s) => s,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let kind = match rest.first() {
         Some(k) => match canonical_kind(k) {

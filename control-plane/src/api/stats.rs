@@ -110,24 +110,20 @@ pub(super) fn mesh(state: &ApiState, query: Option<&str>) -> Response<Body> {
         return error(StatusCode::BAD_REQUEST, "labels applies to one service: GET /v1/stats/SERVICE?labels=k=v");
     }
     let key = format!("mesh {}", query.window.as_millis());
-    cached(state, &key, || Ok(json!(state.stats.mesh(query.window))))
+    cached(state, &key, || Some(json!(state.stats.mesh(query.window))))
+        .unwrap_or_else(|| error(StatusCode::INTERNAL_SERVER_ERROR, "the mesh view could not be built"))
 }
 
-/// A JSON answer from the shared views (see [`super::cache`]), or the error response.
-fn cached(
-    state: &ApiState,
-    key: &str,
-    build: impl FnOnce() -> Result<serde_json::Value, Response<Body>>,
-) -> Response<Body> {
-    let body = state.views.get(key, || build().map(|value| bytes::Bytes::from(format!("{value}\n"))));
-    match body {
-        Ok(body) => Response::builder()
+/// A JSON answer from the shared views (see [`super::cache`]); `None` when `build` has none.
+fn cached(state: &ApiState, key: &str, build: impl FnOnce() -> Option<serde_json::Value>) -> Option<Response<Body>> {
+    let body = state.views.get(key, || build().map(|value| bytes::Bytes::from(format!("{value}\n"))).ok_or(())).ok()?;
+    Some(
+        Response::builder()
             .status(StatusCode::OK)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(body))
             .unwrap_or_default(),
-        Err(response) => response,
-    }
+    )
 }
 
 pub(super) fn service(state: &ApiState, service: &str, query: Option<&str>) -> Response<Body> {
@@ -136,10 +132,10 @@ pub(super) fn service(state: &ApiState, service: &str, query: Option<&str>) -> R
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let key = format!("stats {service} {:?} {}", query.labels, query.window.as_millis());
-    cached(state, &key, || match state.stats.service(service, &query.labels, query.window) {
-        Some(stats) => Ok(json!(stats)),
-        None => Err(error(StatusCode::NOT_FOUND, format!("no service {service:?} in the mesh and no numbers for it"))),
-    })
+    cached(state, &key, || state.stats.service(service, &query.labels, query.window).map(|stats| json!(stats)))
+        .unwrap_or_else(|| {
+            error(StatusCode::NOT_FOUND, format!("no service {service:?} in the mesh and no numbers for it"))
+        })
 }
 
 #[cfg(test)]
