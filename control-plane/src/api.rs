@@ -2,13 +2,13 @@
 //!
 //! | request | what |
 //! |---|---|
-//! | `GET /v1/policies[/KIND[/NAME]]` | documents (JSON), `ETag` = resource version |
+//! | `GET /v1/policies[/KIND[/NAME]][?service=NAME]` | documents (JSON), `ETag` = resource version; `service`: those naming it |
 //! | `PUT` / `POST /v1/policies` | create or replace the documents of the body (YAML or JSON) |
 //! | `DELETE /v1/policies/KIND/NAME` | delete one document |
 //! | `POST /v1/validate` | dry run of a write (token): errors, or what would change |
 //! | `GET /v1/status` | connected proxies, versions, ACK/NACK |
 //! | `GET` / `POST /v1/endpoints`, `DELETE /v1/endpoints/ID` | registered workloads (TTL) |
-//! | `GET /v1/rollouts[/NAME]` | rollouts: phase, step, weight, canary and stable numbers, history (Kubernetes mode: `NAME` is `NAMESPACE/NAME`) |
+//! | `GET /v1/rollouts[/NAME]` (`?service=NAME` on the list) | rollouts: phase, step, weight, canary and stable numbers, history (Kubernetes mode: `NAME` is `NAMESPACE/NAME`) |
 //! | `POST /v1/rollouts/NAME/{start,pause,resume,promote,abort}` | an operator's command (API token) |
 //! | `GET /v1/stats[/SERVICE]` | load reports: per service, subset, endpoint; history (`?window=1m&labels=k=v`) |
 //! | `GET /v1/ca/bundle` | the trust domain and the roots proxies trust (no auth) |
@@ -47,6 +47,8 @@ use crate::snapshot::Snapshot;
 use crate::tracker::Tracker;
 
 mod ca;
+/// The dashboard's aggregated reads, built once per second and shared by every reader.
+pub mod cache;
 mod endpoints;
 pub mod rollouts;
 mod stats;
@@ -77,6 +79,8 @@ pub struct ApiState {
     pub rollouts: rollouts::Rollouts,
     /// The last policy write refused (unix seconds, the response body), for the dashboard.
     pub last_rejected: parking_lot::Mutex<Option<(u64, serde_json::Value)>>,
+    /// `GET /v1/mesh` and `GET /v1/stats/SERVICE` answers, shared by every reader for a second.
+    pub views: cache::Views,
     /// With `--kubernetes`: the cluster holds the policies, and policy writes are refused.
     pub kubernetes: Option<Arc<Cluster>>,
     /// With `--kubernetes`: reviews service-account tokens for `/v1/certificates`.
@@ -190,7 +194,10 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             let id = (*id).to_owned();
             endpoints::remove(state, &req, &id)
         }
-        (&Method::GET, ["v1", "rollouts"]) => rollouts::list(state),
+        (&Method::GET, ["v1", "rollouts"]) => match service_filter(req.uri().query()) {
+            Ok(service) => rollouts::list(state, service.as_deref()),
+            Err(message) => error(StatusCode::BAD_REQUEST, message),
+        },
         (&Method::GET, ["v1", "rollouts", name]) => rollouts::status(state, name),
         (&Method::GET, ["v1", "rollouts", namespace, name]) => rollouts::status(state, &format!("{namespace}/{name}")),
         (&Method::POST, ["v1", "rollouts", name, command]) => {
@@ -221,7 +228,9 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             ca::revoke_tokens(state, &req, namespace, service_account).await
         }
         (&Method::POST, ["v1", "certificates"]) => ca::issue(state, req).await,
-        (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => get_policies(state, rest).await,
+        (&Method::GET, ["v1", "policies", rest @ ..]) if rest.len() <= 2 => {
+            get_policies(state, rest, req.uri().query()).await
+        }
         (&Method::PUT | &Method::POST | &Method::DELETE, ["v1", "policies", ..]) if state.kubernetes.is_some() => {
             kubernetes_owns_policies()
         }
@@ -238,7 +247,27 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn get_policies(state: &ApiState, rest: &[&str]) -> Response<Body> {
+/// `service=NAME` of a list query (the dashboard's Service page), or what is wrong with it.
+fn service_filter(query: Option<&str>) -> Result<Option<String>, String> {
+    let mut service = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("service", value)) if !value.is_empty() => service = Some(stats::decode(value)),
+            _ => {
+                return Err(format!(
+                    "unknown query {pair:?}: the only parameter is service=NAME (documents that name the service)"
+                ));
+            }
+        }
+    }
+    Ok(service)
+}
+
+async fn get_policies(state: &ApiState, rest: &[&str], query: Option<&str>) -> Response<Body> {
+    let service = match service_filter(query) {
+        Ok(s) => s,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     let kind = match rest.first() {
         Some(k) => match canonical_kind(k) {
             Some(k) => Some(k),
@@ -254,7 +283,7 @@ async fn get_policies(state: &ApiState, rest: &[&str]) -> Response<Body> {
         None => None,
     };
     let name = rest.get(1).copied();
-    let (revision, items) = state.policies.list(kind, name).await;
+    let (revision, items) = state.policies.list_where(kind, name, service.as_deref()).await;
     if let (Some(kind), Some(name)) = (kind, name) {
         return match items.into_iter().next() {
             Some(item) => {

@@ -54,6 +54,9 @@ pub struct DemoArgs {
 /// The canary split before and after the promotion (v1, v2).
 const CANARY: (u32, u32) = (90, 10);
 const PROMOTED: (u32, u32) = (50, 50);
+/// How often the demo's proxies send their load reports (the default is 5 s): often enough
+/// that the dashboard sees v2's breaker while it is open (3 s).
+const DEMO_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// The shortest run that gives each phase a second.
 const MIN_SECONDS: u64 = 4;
 /// The demo's workloads bind a fresh loopback port.
@@ -119,6 +122,9 @@ pub fn run(args: DemoArgs) -> ExitCode {
         token: Some(token.clone()),
         workers: 1,
         registration_grace: Duration::from_secs(2),
+        // Reports every second: the per-endpoint breaker opens for 3 s, and the dashboard's
+        // graph shows it only if a report arrives while it is open.
+        load_report_interval: DEMO_REPORT_INTERVAL,
         ..ServerConfig::local(data_dir.clone())
     }) {
         Ok(r) => r,

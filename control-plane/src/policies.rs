@@ -338,12 +338,27 @@ impl Policies {
 
     /// The store's revision and the documents matching `kind` / `name` (both optional).
     pub async fn list(&self, kind: Option<&str>, name: Option<&str>) -> (u64, Vec<Listed>) {
+        self.list_where(kind, name, None).await
+    }
+
+    /// [`Policies::list`], and with `service` only the documents that name it (see
+    /// [`names_service`]); the others are not copied.
+    pub async fn list_where(
+        &self,
+        kind: Option<&str>,
+        name: Option<&str>,
+        service: Option<&str>,
+    ) -> (u64, Vec<Listed>) {
         let inner = self.inner.lock().await;
-        let matches = |k: &Key| kind.is_none_or(|kind| k.0 == kind) && name.is_none_or(|n| k.1 == n);
+        let matches = |k: &Key, doc: &serde_json::Value| {
+            kind.is_none_or(|kind| k.0 == kind)
+                && name.is_none_or(|n| k.1 == n)
+                && service.is_none_or(|s| names_service(&k.0, &k.1, doc, s))
+        };
         let mut out: Vec<Listed> = inner
             .dir_docs
             .iter()
-            .filter(|(k, _)| matches(k))
+            .filter(|(k, (_, value))| matches(k, value))
             .map(|(k, (file, value))| Listed {
                 kind: k.0.clone(),
                 name: k.1.clone(),
@@ -352,7 +367,7 @@ impl Policies {
                 document: value.clone(),
             })
             .collect();
-        out.extend(inner.api.iter().filter(|(k, _)| matches(k)).map(|(k, d)| Listed {
+        out.extend(inner.api.iter().filter(|(k, d)| matches(k, &d.document)).map(|(k, d)| Listed {
             kind: k.0.clone(),
             name: k.1.clone(),
             source: "api".into(),
@@ -489,6 +504,12 @@ fn read_dir(dir: &Path) -> Result<(Vec<Source>, u64), PolicyErrors> {
         sources.push(Source::new(file_name, text));
     }
     Ok((sources, hash))
+}
+
+/// Whether a document names `service`: the Service of that name, or any document whose
+/// `spec.service` it is (its TrafficPolicy, AuthorizationPolicies, Telemetry, Rollout).
+pub fn names_service(kind: &str, name: &str, document: &serde_json::Value, service: &str) -> bool {
+    (kind == "Service" && name == service) || document["spec"]["service"].as_str() == Some(service)
 }
 
 /// The canonical spelling of a kind in a URL (`services`, `service`, `Service` → `Service`).

@@ -458,8 +458,16 @@ impl Controller {
     }
 
     /// Every rollout's status, by name.
-    pub fn list(&self) -> Vec<Value> {
-        let names: Vec<String> = self.inner.lock().states.keys().cloned().collect();
+    pub fn list(&self, service: Option<&str>) -> Vec<Value> {
+        let set = self.rollouts();
+        let names: Vec<String> = self
+            .inner
+            .lock()
+            .states
+            .keys()
+            .filter(|n| service.is_none_or(|s| set.rollouts.get(*n).is_some_and(|r| r.spec.service == s)))
+            .cloned()
+            .collect();
         names.iter().filter_map(|n| self.status(n)).collect()
     }
 

@@ -455,6 +455,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         stats: stats.clone(),
         rollouts: rollouts.clone(),
         last_rejected: parking_lot::Mutex::new(None),
+        views: crate::api::cache::Views::default(),
         kubernetes: cluster.clone(),
         service_accounts,
     });

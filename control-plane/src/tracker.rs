@@ -24,14 +24,20 @@ pub struct TypeStatus {
     pub sent: String,
     /// Last version the proxy ACKed.
     pub acked: String,
-    /// The last NACK, if the proxy rejected the last version it was sent.
+    /// The NACK of the last version the proxy answered, while it rejects it (cleared by an
+    /// ACK).
     pub nack: Option<Nack>,
+    /// The newest NACK of this type on this stream, kept after a later ACK (the dashboard's
+    /// "last NACK").
+    pub last_nack: Option<Nack>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Nack {
     pub version: String,
     pub error: String,
+    /// Unix seconds when the proxy sent it.
+    pub at: u64,
 }
 
 /// One proxy (one stream).
@@ -438,15 +444,18 @@ impl StreamHandle {
         self.with(|p| {
             let t = p.types.entry(type_name.to_owned()).or_default();
             version.clone_into(&mut t.acked);
+            // The NACK is over; `last_nack` keeps it for the record.
             t.nack = None;
         });
     }
 
     pub fn nacked(&self, type_name: &'static str, version: &str, error: &str) {
         self.metrics.nacks.get_or_create(&TypeLabels { r#type: type_name }).inc();
+        let nack = Nack { version: version.to_owned(), error: error.to_owned(), at: unix_now() };
         self.with(|p| {
-            p.types.entry(type_name.to_owned()).or_default().nack =
-                Some(Nack { version: version.to_owned(), error: error.to_owned() });
+            let t = p.types.entry(type_name.to_owned()).or_default();
+            t.last_nack = Some(nack.clone());
+            t.nack = Some(nack);
         });
     }
 }
@@ -569,5 +578,29 @@ mod tests {
         newest.sync_workloads(&node_with(&[]));
         assert!(registry.endpoints().is_empty());
         drop((new, newest));
+    }
+
+    /// A NACK shows while the proxy rejects the version; after a later ACK it is no longer the
+    /// state, but stays as the last NACK with its version, message and time.
+    #[tokio::test]
+    async fn an_ack_ends_the_nack_and_the_last_nack_is_kept() {
+        let tracker = Tracker::new();
+        let registry = Registry::new(Duration::from_secs(5));
+        let s = stream(&tracker, &registry);
+        s.sent("Cluster", "1");
+        s.acked("Cluster", "1");
+        s.sent("Cluster", "2");
+        s.nacked("Cluster", "2", "lb_policy MAGLEV is not supported");
+        let t = tracker.list()[0].types["Cluster"].clone();
+        assert_eq!(t.acked, "1", "the ACKed version stays what the proxy runs");
+        assert_eq!(t.nack.as_ref().map(|n| n.version.as_str()), Some("2"));
+        s.sent("Cluster", "3");
+        s.acked("Cluster", "3");
+        let t = tracker.list()[0].types["Cluster"].clone();
+        assert!(t.nack.is_none());
+        assert_eq!(t.acked, "3");
+        let last = t.last_nack.expect("the last NACK is kept");
+        assert_eq!((last.version.as_str(), last.error.as_str()), ("2", "lb_policy MAGLEV is not supported"));
+        assert!(last.at > 0);
     }
 }

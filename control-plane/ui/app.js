@@ -11,7 +11,7 @@ let generation = 0;
 // ---- small helpers ----
 
 function h(tag, attrs, ...children) {
-  const svg = ['svg', 'g', 'rect', 'line', 'path', 'text', 'polyline', 'title', 'a', 'tspan'].includes(tag) && attrs && attrs.svg;
+  const svg = ['svg', 'g', 'rect', 'line', 'path', 'text', 'polyline', 'title', 'a', 'tspan', 'defs', 'marker'].includes(tag) && attrs && attrs.svg;
   const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === 'svg' || v === undefined || v === null || v === false) continue;
@@ -59,6 +59,14 @@ function health(n, breaker) {
   if (n.successRate >= 99) return ['ok', 'healthy'];
   if (n.successRate >= 95) return ['warn', 'degraded'];
   return ['bad', 'failing'];
+}
+
+// An endpoint's health: ejected by a caller's outlier detection (with the time left), else
+// from its success rate over the last minute.
+function endpointHealth(e) {
+  if (e.ejectedSeconds) return ['bad', `ejected, ${e.ejectedSeconds.toFixed(1)} s left`];
+  const [cls, word] = health(e);
+  return [cls, word === 'healthy' ? 'ok' : word];
 }
 
 function badge(cls, word) {
@@ -142,7 +150,10 @@ async function meshPage() {
   const width = Math.max(1, cols.length) * W - (W - NW) + 40, height = Math.max(1, ...cols.map((c) => c.length)) * H + 60;
   const svg = s('svg', { class: 'graph', width, height, viewBox: `0 0 ${width} ${height}`, role: 'group', 'aria-label': 'Service graph: services and the calls between them' });
   const edgeLayer = s('g', {}), labelLayer = s('g', {});
-  svg.append(edgeLayer, labelLayer);
+  // An arrowhead at the callee's end of every arrow: the direction reads without colour.
+  const defs = s('defs', {}, s('marker', { id: 'arrowhead', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 8, markerHeight: 8, markerUnits: 'userSpaceOnUse', orient: 'auto' },
+    s('path', { class: 'arrowhead', d: 'M0,0 L10,5 L0,10 z' })));
+  svg.append(defs, edgeLayer, labelLayer);
   for (const e of edges) {
     const a = pos.get(e.source), b = pos.get(e.destination);
     if (!a || !b) continue;
@@ -156,7 +167,7 @@ async function meshPage() {
     const mx = (x1 + x2) / 2, my = near ? (y1 + y2) / 2 - 10 : low - 4;
     edgeLayer.append(s('g', { class: `edge ${cls}` },
       s('title', { text: `${e.source} → ${e.destination}: ${label} (${word})` }),
-      near ? s('line', { x1, y1, x2: x2 - 4, y2 }) : s('path', { d: `M${x1},${y1} Q${mx},${low + 20} ${x2},${y2 + 4}`, fill: 'none' }),
+      near ? s('line', { x1, y1, x2: x2 - 2, y2, 'marker-end': 'url(#arrowhead)' }) : s('path', { d: `M${x1},${y1} Q${mx},${low + 20} ${x2},${y2 + 2}`, fill: 'none', 'marker-end': 'url(#arrowhead)' }),
       s('rect', { x: mx - 104, y: my - 12, width: 208, height: 16 }),
       s('text', { x: mx, y: my, 'text-anchor': 'middle', text: `${word === 'healthy' ? '' : word.toUpperCase() + ' '}${label}` })));
   }
@@ -214,10 +225,16 @@ function chart(title, points, key, fmtv, extra) {
     });
     return s('g', {}, runs.filter((r) => r.length).map((r) => s('polyline', { class: cls, points: r.length === 1 ? `${r[0]} ${r[0]}` : r.join(' ') })));
   };
-  const last = known.length ? known[known.length - 1] : null;
-  return h('figure', { class: 'chart' },
-    h('figcaption', {}, h('strong', { text: title }), ` — latest ${fmtv(last)}, max ${fmtv(known.length ? Math.max(...known) : null)}`),
-    s('svg', { width: W, height: H, role: 'img', 'aria-label': `${title} over the last 15 minutes; latest ${fmtv(last)}` },
+  // Latest and highest of a series, as text.
+  const said = (vs) => {
+    const k = vs.filter((v) => v !== null && v !== undefined && !Number.isNaN(v));
+    return `latest ${fmtv(k.length ? k[k.length - 1] : null)}, max ${fmtv(k.length ? Math.max(...k) : null)}`;
+  };
+  const names = title.split(' / ');
+  const text = extra ? `${names[0]} ${said(vals)}; ${names[1]} ${said(points.map(extra))}` : said(vals);
+  return h('figure', { class: 'chart', 'data-chart': title },
+    h('figcaption', {}, h('strong', { text: extra ? `${title} (${names[1]} dashed)` : title }), ' — ', h('span', { 'data-field': 'caption', text })),
+    s('svg', { width: W, height: H, role: 'img', 'aria-label': `${title} over the last 15 minutes; ${text}` },
       line(key, 'main'), extra ? line(extra, 'p99') : null));
 }
 
@@ -235,7 +252,8 @@ async function rolloutAction(name, command) {
 
 async function servicePage(name) {
   const [st, pol, ro] = await Promise.all([
-    api(`/v1/stats/${encodeURIComponent(name)}?window=1m`), api('/v1/policies'), api('/v1/rollouts'),
+    api(`/v1/stats/${encodeURIComponent(name)}?window=1m`),
+    api(`/v1/policies?service=${encodeURIComponent(name)}`), api(`/v1/rollouts?service=${encodeURIComponent(name)}`),
   ]);
   const out = [h('h1', {}, 'Service ', h('span', { text: name }))];
   if (!st.ok) return out.concat(h('p', { class: 'error', text: st.body && st.body.error }));
@@ -246,18 +264,18 @@ async function servicePage(name) {
   out.push(h('h2', { text: 'Golden signals, last 15 minutes (10-second windows)' }), h('div', { class: 'charts' },
     chart('Rate', hist, (p) => p.requests / 10, fmt.rate),
     chart('Success', hist, (p) => p.successRate, fmt.pct),
-    chart('Latency p50 (blue) / p99 (red)', hist, (p) => p.latencyMs.p50, fmt.ms, (p) => p.latencyMs.p99)));
+    chart('Latency p50 / p99', hist, (p) => p.latencyMs.p50, fmt.ms, (p) => p.latencyMs.p99)));
   out.push(h('h2', { text: 'Resilience (last minute, as callers report it)' }),
     table(['Breaker', 'Rejected', 'Retries', 'Retry budget exhausted'], [h('tr', { id: 'resilience' },
       h('td', { 'data-field': 'breaker' }, badge(res.breaker.state === 'open' ? 'bad' : res.breaker.state === 'half-open' ? 'warn' : 'ok', res.breaker.state),
         ` (open at ${res.breaker.open}, half-open at ${res.breaker.halfOpen}, closed at ${res.breaker.closed} callers)`),
       num(fmt.int(res.rejected), { 'data-field': 'rejected' }), num(fmt.int(res.retries)), num(fmt.int(res.retryBudgetExhausted)))]));
-  out.push(h('h2', { text: 'Endpoints' }), table(['Address', 'Labels', 'Rate', 'Success', 'p99', 'EWMA', 'Ejection'],
+  out.push(h('h2', { text: 'Endpoints' }), table(['Address', 'Labels', 'Health', 'Rate', 'Success', 'p99', 'EWMA'],
     x.endpoints.map((e) => h('tr', { 'data-endpoint': e.address },
       h('td', { text: e.address }), h('td', { text: Object.entries(e.labels).map(([k, v]) => `${k}=${v}`).join(', ') || '–' }),
-      num(fmt.rate(e.rps)), num(fmt.pct(e.successRate)), num(fmt.ms(e.latencyMs.p99)), num(fmt.ms(e.ewmaMs)),
-      h('td', {}, e.ejectedSeconds ? badge('bad', `ejected, ${e.ejectedSeconds.toFixed(1)} s left`) : 'in rotation')))));
-  const rollouts = ro.ok ? ro.body.items.filter((r) => r.service === name) : [];
+      h('td', { 'data-field': 'health' }, badge(...endpointHealth(e))),
+      num(fmt.rate(e.rps)), num(fmt.pct(e.successRate)), num(fmt.ms(e.latencyMs.p99)), num(fmt.ms(e.ewmaMs))))));
+  const rollouts = ro.ok ? ro.body.items : [];
   out.push(h('h2', { text: 'Rollout' }));
   if (!rollouts.length) out.push(h('p', { text: 'No rollout for this service.' }));
   for (const r of rollouts) {
@@ -273,20 +291,25 @@ async function servicePage(name) {
       h('div', { class: 'actions' }, button('pause', 'Pause'), button('resume', 'Resume'), button('promote', 'Promote'), button('abort', 'Abort'), button('start', 'Start over')),
       result));
   }
-  const docs = pol.ok ? pol.body.items.filter((d) => d.name === name || (d.document && d.document.spec && d.document.spec.service === name)) : [];
+  const docs = pol.ok ? pol.body.items : [];
   out.push(h('h2', { text: 'Policies (read-only)' }));
   out.push(docs.length ? h('pre', { id: 'service-policies', tabindex: 0, text: docs.map((d) => yaml(d.document)).join('\n---\n') }) : h('p', { text: 'No documents name this service.' }));
   return out;
 }
 
+// The xDS sync state in words, always with the versions the proxy ACKed (what it runs), and the
+// newest NACK of any type (kept after a later ACK: the record of what was refused, and when).
 function syncState(p) {
   const types = Object.entries(p.types || {});
+  const acked = types.length ? `ACKed: ${types.map(([k, t]) => `${k} ${t.acked || 'none'}`).join(', ')}` : '';
+  const last = types.filter(([, t]) => t.lastNack).map(([k, t]) => [k, t.lastNack]).sort((a, b) => b[1].at - a[1].at)[0];
+  const lastText = last ? `${last[0]} ${last[1].version}, ${fmt.time(last[1].at)}: ${last[1].error}` : '';
   const nack = types.find(([, t]) => t.nack);
-  if (nack) return ['bad', `NACK of ${nack[0]} ${nack[1].nack.version}`, `${nack[0]}: ${nack[1].nack.error}`];
-  if (!types.length) return ['warn', 'connecting', ''];
+  if (nack) return ['bad', `NACK of ${nack[0]} ${nack[1].nack.version}`, acked, lastText];
+  if (!types.length) return ['warn', 'connecting', '', lastText];
   const pending = types.filter(([, t]) => t.sent !== t.acked);
-  if (pending.length) return ['warn', `waiting for ACK of ${pending.map(([k]) => k).join(', ')}`, ''];
-  return ['ok', `in sync (${types.map(([k, t]) => `${k} ${t.acked}`).join(', ')})`, ''];
+  if (pending.length) return ['warn', `waiting for ACK of ${pending.map(([k, t]) => `${k} ${t.sent}`).join(', ')}`, acked, lastText];
+  return ['ok', 'in sync', acked, lastText];
 }
 
 async function proxiesPage() {
@@ -294,13 +317,15 @@ async function proxiesPage() {
   if (!r.ok) return [h('h1', { text: 'Proxies' }), h('p', { class: 'error', text: r.body && r.body.error })];
   const now = Date.now() / 1000;
   const rows = r.body.proxies.map((p) => {
-    const [cls, word, nack] = syncState(p);
+    const [cls, word, acked, nack] = syncState(p);
     const expiry = p.certExpiresAt ? `${fmt.time(p.certExpiresAt)} (in ${fmt.dur(p.certExpiresAt - now)})` : (p.identity ? 'unknown' : 'no certificate');
     const expCls = p.certExpiresAt && p.certExpiresAt - now < 3600 ? 'bad' : null;
     return h('tr', { 'data-node': p.nodeId },
       h('th', { scope: 'row', text: p.nodeId }), h('td', { text: p.service || '–' }), h('td', { text: [p.userAgent, p.version].filter(Boolean).join(' ') || '–' }),
-      h('td', {}, badge(cls, word)), h('td', { 'data-field': 'nack', text: nack || '–' }),
-      h('td', { class: expCls, text: expiry }), num(fmt.dur(now - p.connectedAt)), h('td', { text: p.draining ? 'draining' : p.protocol }));
+      h('td', { 'data-field': 'sync' }, badge(cls, word), acked ? h('div', { class: 'acked', text: acked }) : null),
+      h('td', { 'data-field': 'nack', text: nack || '–' }),
+      h('td', { class: expCls, 'data-field': 'expiry', text: expiry }), num(fmt.dur(now - p.connectedAt), { 'data-field': 'uptime' }),
+      h('td', { text: p.draining ? 'draining' : p.protocol }));
   });
   return [h('h1', { text: 'Proxies' }),
     h('p', { class: 'muted', text: `Config version ${r.body.version}; ${r.body.proxies.length} connected.` }),

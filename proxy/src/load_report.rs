@@ -3,7 +3,8 @@
 //! and TLS as the ADS stream.
 //!
 //! The request path counts each attempt at the endpoint it went to ([`EndpointLoad`]: atomic
-//! counters and a latency histogram, no lock, no allocation per request). The reporter opens a
+//! counters and a latency histogram, no lock, no allocation per request); a gRPC response whose
+//! status is in its trailers is counted when its body ends ([`PendingLoad`]). The reporter opens a
 //! stream, says who it is, and waits for the server's `LoadStatsResponse`: the interval and the
 //! clusters it wants (or all of them). Every interval it takes the counts of the clusters'
 //! endpoints, resetting them, and sends the ones that saw traffic: per cluster one locality
@@ -42,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-pub use endpoint::{ClusterLoad, ClusterSample, EndpointLoad, LoadSample};
+pub use endpoint::{ClusterLoad, ClusterSample, EndpointLoad, LoadSample, PendingLoad};
 
 use crate::state::{Snapshot, Store};
 

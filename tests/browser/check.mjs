@@ -1,7 +1,8 @@
 // One check of the dashboard in Debian's headless chromium, driven by playwright-core.
 // tests/tests/dashboard.rs runs it: `node check.mjs BASE_URL CHECK [ARGS...]`; it prints what it
 // saw and exits 0, or prints why and exits 1. Every wait polls the page with a deadline.
-// Screenshots go to $OUTRIDER_SCREENSHOTS (docs/dashboard/ in the repo).
+// Screenshots go to $OUTRIDER_SCREENSHOTS (target/dashboard-screenshots/, or docs/dashboard/
+// with OUTRIDER_UPDATE_SCREENSHOTS=1).
 import { chromium } from 'playwright-core';
 import path from 'node:path';
 import fs from 'node:fs';
@@ -74,19 +75,53 @@ const checks = {
     console.log(`${source} → ${destination} success now ${seen}`);
     await shot('mesh-failing');
   },
-  // The service page shows the breaker open, with rejections.
+  // The graph's box of the service says its breaker is open (in words, not only a colour),
+  // and the service page shows it open, with rejections.
   async breakerOpen(service) {
+    await page.goto(`${base}/ui/#/mesh`);
+    const node = await waitText(`.graph a[data-key="node-${service}"]`, (t) => t.includes('breaker open'), `the graph's ${service} box saying breaker open`);
+    const row = await waitText(`#services tr[data-service="${service}"] [data-field=breaker]`, (t) => t === 'open', `the services table's ${service} breaker open`);
+    console.log(`graph box: ${node}; services table breaker: ${row}`);
+    await shot('mesh-breaker');
     await page.goto(`${base}/ui/#/service/${service}`);
     const b = await waitText('#resilience [data-field=breaker]', (t) => t.startsWith('open'), `${service}'s breaker open`);
     const rejected = await waitText('#resilience [data-field=rejected]', (t) => Number(t) > 0, 'rejections counted');
     console.log(`breaker: ${b}; rejected ${rejected}`);
+    // The golden signals are drawn: a line per chart, p50 and p99 on the latency chart, whose
+    // caption gives both as text; the policies naming the service are shown as YAML.
+    const latency = '[data-chart="Latency p50 / p99"]';
+    const caption = await waitText(`${latency} [data-field=caption]`, (t) => /p50 latest [\d.]+ ms/.test(t) && /p99 latest [\d.]+ ms, max [\d.]+ ms/.test(t), 'the latency caption with p50 and p99');
+    for (const sel of [`${latency} polyline.main`, `${latency} polyline.p99`, '[data-chart="Rate"] polyline.main', '[data-chart="Success"] polyline.main']) {
+      if (!(await page.locator(sel).count())) throw new Error(`no line drawn: ${sel}`);
+    }
+    const dash = await page.locator(`${latency} polyline.p99`).first().evaluate((el) => getComputedStyle(el).strokeDasharray);
+    if (!dash || dash === 'none') throw new Error('the p99 line is not dashed: it would differ from p50 by colour only');
+    const yaml = await waitText('#service-policies', (t) => t.includes('kind: TrafficPolicy') && t.includes('circuitBreaker:'), 'the policies as YAML');
+    console.log(`latency caption: ${caption}; p99 dashed (${dash}); policies YAML ${yaml.split('\n').length} lines`);
     await shot('service');
+  },
+  // The service page says a caller ejected `ejected` and that `ok` is fine, in words.
+  async ejected(service, ejected, ok) {
+    await page.goto(`${base}/ui/#/service/${service}`);
+    const bad = await waitText(`tr[data-endpoint="${ejected}"] [data-field=health]`, (t) => /^ejected, [\d.]+ s left$/.test(t), `${ejected} ejected`);
+    const good = await waitText(`tr[data-endpoint="${ok}"] [data-field=health]`, (t) => t === 'ok', `${ok} ok`);
+    console.log(`${ejected}: ${bad}; ${ok}: ${good}`);
+    await shot('service-ejected');
   },
   // The proxies page shows the node's NACK with its message.
   async nack(node, message) {
     await page.goto(`${base}/ui/#/proxies`);
     const seen = await waitText(`#proxies tr[data-node="${node}"] [data-field=nack]`, (t) => t.includes(message), `${node}'s NACK`);
-    console.log(`NACK shown: ${seen}`);
+    const sync = await waitText(`#proxies tr[data-node="${node}"] [data-field=sync]`, (t) => t.startsWith('NACK of Cluster') && /ACKed: .*Listener \S+/.test(t), `${node}'s NACK with its ACKed versions`);
+    console.log(`NACK shown: ${seen}; sync: ${sync}`);
+  },
+  // After a later ACK the node is in sync, with its ACKed versions, and its last NACK stays
+  // with its time and message.
+  async nackKept(node, message) {
+    await page.goto(`${base}/ui/#/proxies`);
+    const sync = await waitText(`#proxies tr[data-node="${node}"] [data-field=sync]`, (t) => t.startsWith('in sync') && /ACKed: .*Cluster \S+/.test(t), `${node} in sync`);
+    const seen = await waitText(`#proxies tr[data-node="${node}"] [data-field=nack]`, (t) => t.includes(message) && /\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC/.test(t), `${node}'s last NACK kept`);
+    console.log(`sync: ${sync}; last NACK kept: ${seen}`);
     await shot('proxies');
   },
   // The policies page shows the last rejected write's errors.
@@ -98,7 +133,7 @@ const checks = {
     await shot('policies');
   },
   // Promote and abort are refused without the token; with it (typed, submitted with Enter),
-  // abort, start and promote work, each seen in the rollout's phase.
+  // pause, resume, abort, start and promote work, each seen in the rollout's phase.
   async rollout(name, service, token) {
     await page.goto(`${base}/ui/#/service/${service}`);
     const phase = `[data-rollout="${name}"] [data-field=phase]`;
@@ -114,10 +149,14 @@ const checks = {
     await page.keyboard.type(token);
     await page.keyboard.press('Enter');
     await waitText('#token-state', (t) => t === 'set for this tab', 'the token set');
-    for (const [cmd, want] of [['abort', 'aborted'], ['start', 'progressing'], ['promote', 'promoted']]) {
-      // Keyboard: focus the button and press Enter.
-      await page.locator(`[data-rollout="${name}"] button[data-command=${cmd}]`).focus();
-      await page.keyboard.press('Enter');
+    for (const [cmd, want] of [['pause', 'paused'], ['resume', 'progressing'], ['abort', 'aborted'], ['start', 'progressing'], ['promote', 'promoted']]) {
+      const button = page.locator(`[data-rollout="${name}"] button[data-command=${cmd}]`);
+      if (cmd === 'pause' || cmd === 'resume') {
+        await button.click(); // the mouse
+      } else {
+        await button.focus(); // the keyboard: focus the button and press Enter
+        await page.keyboard.press('Enter');
+      }
       const r = await waitText(result, (t) => t.startsWith(`${cmd}: done`), `${cmd} done with the token`);
       await waitText(phase, (t) => t === want, `phase ${want} after ${cmd}`);
       console.log(`with token: ${r}`);

@@ -21,10 +21,47 @@ fn num(v: &Value, what: &str) -> f64 {
 async fn demo_tells_its_story_in_numbers() {
     let mut cmd = Command::new(outrider_bin());
     cmd.args(["demo", "--duration", "8s", "-o", "json"]);
-    let out = run_to_exit_after(cmd, Duration::from_secs(8)).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("run outrider demo");
+    let mut out_pipe = child.stdout.take().expect("stdout");
+    let stdout_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut out_pipe, &mut buf).await.map(|_| buf)
+    });
+    // Read the live view as it comes; from the dashboard line on, watch the graph's API while
+    // the demo runs.
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut stderr_lines = Vec::new();
+    let mut watcher = None;
+    let ran = tokio::time::timeout(Duration::from_secs(8) + outrider_tests::wait::deadline(), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if watcher.is_none()
+                && let Some(url) = line.strip_prefix("dashboard ").and_then(|l| l.split_whitespace().next())
+            {
+                let api: std::net::SocketAddr =
+                    url.trim_start_matches("http://").trim_end_matches("/ui/").parse().expect("an address");
+                watcher = Some(tokio::spawn(watch_graph(api)));
+            }
+            stderr_lines.push(line);
+        }
+        child.wait().await
+    })
+    .await;
+    let stderr = stderr_lines.join("\n");
+    let status = ran.unwrap_or_else(|_| panic!("the demo did not end; it printed:\n{stderr}")).expect("wait");
+    let stdout = stdout_task.await.expect("stdout read").expect("stdout");
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert!(status.success(), "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    // On the dashboard's graph: the reviews box with its (v2's) breaker open while v1 serves and
+    // callers keep succeeding.
+    let seen = watcher.unwrap_or_else(|| panic!("no dashboard line:\n{stderr}")).await.expect("the watcher");
+    assert!(
+        seen.iter().any(|g| g.breaker == "open" && g.open_callers >= 1 && g.v1_requests > 0 && g.edge_success >= 99.0),
+        "the graph never showed reviews' breaker open while v1 served; it showed:\n{seen:#?}\nthe demo printed:\n{stderr}"
+    );
     let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
     let ctx = format!("live view:\n{stderr}");
     // The screen fits a terminal of 100 columns and explains its columns once.
@@ -171,6 +208,66 @@ async fn keep_running_holds_the_mesh_until_ctrl_c() {
     assert!(exit.success(), "exit {exit:?}");
     let rest = run_to_line(&mut lines, &mut seen, Duration::ZERO, |l| l.contains("stopping the mesh")).await;
     assert!(rest.contains("stopping"));
+}
+
+/// What the dashboard's API showed of reviews at one moment.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug in the failure message
+struct GraphMoment {
+    /// The reviews box's breaker (`GET /v1/mesh`).
+    breaker: String,
+    open_callers: u64,
+    /// The frontend → reviews edge's success rate over the last minute, percent.
+    edge_success: f64,
+    /// Requests v1 served in the current 10-second window (`GET /v1/stats/reviews`).
+    v1_requests: u64,
+}
+
+/// Read the graph's data (what the dashboard's Mesh page reads) every 100 ms until the control
+/// plane goes away with the demo; every answer that names reviews is kept.
+async fn watch_graph(api: std::net::SocketAddr) -> Vec<GraphMoment> {
+    let http = client::http1(api);
+    let mut seen = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut failures = 0;
+    while failures < 20 {
+        tick.tick().await;
+        let (Some(mesh), Some(stats)) = (
+            get_json(&http, "http://cp/v1/mesh?window=1m").await,
+            get_json(&http, "http://cp/v1/stats/reviews?window=10s").await,
+        ) else {
+            failures += 1;
+            continue;
+        };
+        failures = 0;
+        let Some(node) = mesh["services"].as_array().and_then(|s| s.iter().find(|n| n["service"] == "reviews")) else {
+            continue;
+        };
+        let edge = mesh["edges"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["source"] == "frontend" && e["destination"] == "reviews"));
+        let v1_requests = stats["endpoints"]
+            .as_array()
+            .map(|eps| {
+                eps.iter().filter(|e| e["labels"]["version"] == "v1").filter_map(|e| e["requests"].as_u64()).sum()
+            })
+            .unwrap_or(0);
+        seen.push(GraphMoment {
+            breaker: node["resilience"]["breaker"]["state"].as_str().unwrap_or_default().to_owned(),
+            open_callers: node["resilience"]["breaker"]["open"].as_u64().unwrap_or(0),
+            edge_success: edge.and_then(|e| e["successRate"].as_f64()).unwrap_or(0.0),
+            v1_requests,
+        });
+    }
+    seen
+}
+
+/// `GET uri` as JSON; `None` when the control plane does not answer (the demo has ended).
+async fn get_json(http: &client::Client, uri: &str) -> Option<Value> {
+    use http_body_util::BodyExt;
+    let resp = tokio::time::timeout(Duration::from_secs(2), http.request(client::get(uri))).await.ok()?.ok()?;
+    let body = tokio::time::timeout(Duration::from_secs(2), resp.into_body().collect()).await.ok()?.ok()?;
+    serde_json::from_slice(&body.to_bytes()).ok()
 }
 
 /// Read stdout lines until one matches (within the demo's own `runs_for` plus the test

@@ -346,7 +346,7 @@ async fn an_invalid_rollout_is_reported_in_its_status_with_the_field_and_nothing
     );
     assert_eq!(cp.call("POST", "/v1/rollouts/shop/reviews/pause").await.0, 409);
     assert!(status(&api).await.get("state").is_none(), "{:#}", status(&api).await);
-    assert!(cp.rollouts().controller().unwrap().list().is_empty());
+    assert!(cp.rollouts().controller().unwrap().list(None).is_empty());
     assert_eq!(api.get(POLICY).await["metadata"]["resourceVersion"], policy_version);
     // Fixed: it runs (and waits for its canary with the stable split written).
     apply(&api, ROLLOUTS, &rollout(json!({"canary": {"steps": [10, 50]}}), json!({"minRequests": 1000000}))).await;
@@ -420,7 +420,7 @@ async fn pause_resume_promote_and_abort_through_the_api_the_cli_and_the_object_a
     // Deleted: its controller forgets it, the split stays as it is.
     let controller = cp.rollouts().controller().unwrap();
     kube_mesh::delete(&api, ROLLOUT).await;
-    wait::wait_until("the leader to forget the rollout", || async { controller.list().is_empty() }).await;
+    wait::wait_until("the leader to forget the rollout", || async { controller.list(None).is_empty() }).await;
     assert!(controller.status("shop/reviews").is_none());
     assert_eq!(cp.call("GET", "/v1/rollouts/shop/reviews").await.0, 404);
     assert_eq!(weights(&api).await, [100, 0]);

@@ -1,6 +1,7 @@
 //! Load reports end to end: two real proxies send requests to real upstreams and report over
 //! LRS; the control plane's numbers for a subset match what the clients saw — the request and
-//! error counts exactly, the p99 within the histogram's bucket.
+//! error counts exactly, the p99 within the histogram's bucket. gRPC calls count by their
+//! status, in the response headers or in the trailers after a body.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -164,5 +165,89 @@ async fn every_attempt_counts_at_its_endpoint_retried_failures_and_timeouts_incl
     assert_eq!((slow_counts.succeeded, slow_counts.failed), (0, 3));
     assert!(slow_counts.latency_us >= 3 * 100_000, "{slow_counts:?}");
     assert!(slow_counts.buckets.iter().all(|(b, _)| lower_bound(*b) >= 80_000), "{slow_counts:?}");
+    proxy.shutdown().await;
+}
+
+/// One `StreamAggregatedResources` call through `channel`: one request (its `error_detail` asks
+/// the upstream to end the stream with `in_trailers` after its response), read to its end; or,
+/// with `trailers_only`, a call the upstream answers with that status alone.
+async fn ads_call(channel: &tonic::transport::Channel, in_trailers: i32, trailers_only: Option<i32>) -> tonic::Code {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
+    let req = DiscoveryRequest {
+        version_info: "v1".into(),
+        error_detail: Some(RpcStatus { code: in_trailers, ..Default::default() }),
+        ..Default::default()
+    };
+    let mut call = tonic::Request::new(tokio_stream::iter([req]));
+    if let Some(code) = trailers_only {
+        call.metadata_mut().insert("x-grpc-status", code.to_string().parse().unwrap());
+    }
+    let mut stream = match wait::within("the stream to open", client.stream_aggregated_resources(call)).await {
+        Ok(resp) => resp.into_inner(),
+        Err(status) => return status.code(),
+    };
+    let first = wait::within("the response", stream.message()).await.expect("a response before any status");
+    assert_eq!(first.map(|r| r.version_info).as_deref(), Some("v1"), "a body before the status");
+    match wait::within("the end of the stream", stream.message()).await {
+        Ok(None) => tonic::Code::Ok,
+        Ok(Some(more)) => panic!("one response only: {more:?}"),
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_status_counts_in_the_trailers_after_a_body_as_in_a_trailers_only_response() {
+    let dir = TempDir::new("outrider-lrs-grpc");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let cp = ControlPlane::start_config(ServerConfig {
+        xds: any,
+        api: any,
+        token: Some(TOKEN.into()),
+        load_report_interval: Duration::from_millis(200),
+        ..ServerConfig::local(dir.path())
+    });
+    let up = upstream::grpc().name("g1").start().await;
+    let yaml = format!(
+        "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: echo}}\nspec:\n  port: 50051\n  protocol: grpc\n  \
+         endpoints:\n    - {{address: \"{}\", labels: {{version: v1}}}}\n",
+        up.endpoint()
+    );
+    let version = cp.apply(&yaml).await;
+    let proxy = MeshProxy::start(&cp.xds_url(), "client-a", "client", Protocol::Delta).await;
+    proxy.wait_ready().await;
+    cp.wait_converged(&version, 1).await;
+    cp.wait_reporting(1).await;
+    let outbound = proxy.app.as_ref().unwrap().addrs.outbound;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
+        .unwrap()
+        .origin("http://echo:50051".parse().unwrap())
+        .connect()
+        .await
+        .expect("connect to the proxy");
+
+    // (status in the trailers after a body, or alone in the headers; calls; an error?)
+    // UNAVAILABLE is an error; OK and NOT_FOUND (the caller's problem) are not: Envoy's rule.
+    let calls =
+        [(0, None, 4, false), (14, None, 3, true), (5, None, 2, false), (0, Some(14), 2, true), (0, Some(5), 1, false)];
+    let (mut requests, mut errors) = (0, 0);
+    for (in_trailers, trailers_only, n, error) in calls {
+        for _ in 0..n {
+            let code = ads_call(&channel, in_trailers, trailers_only).await;
+            assert_eq!(code, tonic::Code::from(trailers_only.unwrap_or(in_trailers)), "the client sees the status");
+            requests += 1;
+            errors += u64::from(error);
+        }
+    }
+    assert_eq!((requests, errors), (12, 5));
+
+    let stats: Value = wait::wait_for("the reports of every call", || async {
+        let reply = cp.stats("echo", "labels=version=v1&window=15m").await;
+        (reply.json["total"]["requests"].as_u64() == Some(requests)).then_some(reply.json)
+    })
+    .await;
+    assert_eq!(stats["total"]["errors"].as_u64(), Some(errors), "{stats:#}");
     proxy.shutdown().await;
 }

@@ -448,3 +448,68 @@ async fn the_cli_watches_a_rollout_to_its_end_and_its_commands_say_what_they_did
     assert_eq!(v["phase"], "aborted");
     load.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_starts_pauses_resumes_and_promotes_a_rollout() {
+    use outrider_tests::control_plane::{TOKEN, outrider_bin};
+    let m = mesh(upstream::http1().name("v2").start().await).await;
+    // No traffic and a check that needs a million requests: nothing moves but the commands.
+    m.cp.apply(&rollout("{canary: {steps: [30, 60]}}", "{minRequests: 1000000}", "")).await;
+    m.cp.wait_rollout("reviews", "the first step", |s| s["step"] == 1 && s["splitWritten"] == true).await;
+    assert_eq!(m.cp.rollout_command("reviews", "abort").await.status, 200);
+    m.cp.wait_rollout("reviews", "the abort's split", done("aborted")).await;
+    assert_eq!(split(&m.cp).await, [100, 0]);
+
+    let server = format!("http://{}", m.cp.api);
+    // `outrider rollout VERB reviews`: its exit code and its one line.
+    let cli = |verb: &'static str| {
+        let server = server.clone();
+        async move {
+            let out = tokio::process::Command::new(outrider_bin())
+                .args(["rollout", verb, "reviews", "--server", &server, "--token", TOKEN])
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        }
+    };
+    let progressing_at_step_1 = |s: &Value| s["phase"] == "progressing" && s["step"] == 1 && s["splitWritten"] == true;
+
+    // start: an aborted rollout over from its first step.
+    let (code, line) = cli("start").await;
+    assert_eq!(code, Some(0), "{line}");
+    assert!(line.starts_with("reviews progressing"), "{line}");
+    m.cp.wait_rollout("reviews", "the first step again", progressing_at_step_1).await;
+    assert_eq!(split(&m.cp).await, [70, 30]);
+
+    // pause: stays at its step.
+    let (code, line) = cli("pause").await;
+    assert_eq!(code, Some(0), "{line}");
+    assert!(line.starts_with("reviews paused step 1/2 weight 30%"), "{line}");
+    let paused = m.cp.rollout("reviews").await;
+    assert_eq!((paused["phase"].as_str(), paused["step"].as_u64()), (Some("paused"), Some(1)), "{paused:#}");
+
+    // resume: the same step, its split set again.
+    let (code, line) = cli("resume").await;
+    assert_eq!(code, Some(0), "{line}");
+    assert!(line.starts_with("reviews progressing step 1/2 weight 30%"), "{line}");
+    m.cp.wait_rollout("reviews", "the step's split again", progressing_at_step_1).await;
+    assert_eq!(split(&m.cp).await, [70, 30]);
+
+    // promote: the remaining step skipped, all traffic on the canary.
+    let (code, line) = cli("promote").await;
+    assert_eq!(code, Some(0), "{line}");
+    assert!(line.starts_with("reviews promoted weight 100%"), "{line}");
+    let promoted = m.cp.wait_rollout("reviews", "the promotion's split", done("promoted")).await;
+    assert_eq!(split(&m.cp).await, [0, 100]);
+    let history: Vec<String> = events(&promoted).into_iter().map(|(e, _, _)| e).collect();
+    let after_start = &history[history.iter().rposition(|e| e == "started").unwrap()..];
+    assert_eq!(after_start, ["started", "step", "paused", "resumed", "promoted"], "{history:?}");
+
+    // A command its phase does not allow: exit 1, the API's 409.
+    let (code, line) = cli("resume").await;
+    assert_eq!(code, Some(1), "resuming a promoted rollout: {line}");
+    assert_eq!(m.cp.rollout("reviews").await["phase"], "promoted");
+}

@@ -20,11 +20,12 @@ pub enum Rollouts {
 }
 
 impl Rollouts {
-    /// Every rollout's status.
-    pub fn list(&self) -> Vec<Value> {
+    /// Every rollout's status; with `service`, only those of that service (the others'
+    /// numbers are not computed).
+    pub fn list(&self, service: Option<&str>) -> Vec<Value> {
         match self {
-            Rollouts::Local(c) => c.list(),
-            Rollouts::Cluster(c) => c.list(),
+            Rollouts::Local(c) => c.list(service),
+            Rollouts::Cluster(c) => c.list(service),
         }
     }
 
@@ -46,8 +47,8 @@ impl Rollouts {
     }
 }
 
-pub(super) fn list(state: &ApiState) -> Response<Body> {
-    json_response(StatusCode::OK, &json!({"items": state.rollouts.list()}))
+pub(super) fn list(state: &ApiState, service: Option<&str>) -> Response<Body> {
+    json_response(StatusCode::OK, &json!({"items": state.rollouts.list(service)}))
 }
 
 /// A name from the path: `NAMESPACE%2FNAME` (the dashboard encodes the slash) is `NAMESPACE/NAME`.

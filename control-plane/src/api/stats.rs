@@ -53,7 +53,7 @@ fn parse(query: Option<&str>) -> Result<Query, String> {
 }
 
 /// `%XX` and `+` decoding of a query value.
-fn decode(value: &str) -> String {
+pub(super) fn decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -109,7 +109,21 @@ pub(super) fn mesh(state: &ApiState, query: Option<&str>) -> Response<Body> {
     if !query.labels.is_empty() {
         return error(StatusCode::BAD_REQUEST, "labels applies to one service: GET /v1/stats/SERVICE?labels=k=v");
     }
-    json_response(StatusCode::OK, &json!(state.stats.mesh(query.window)))
+    let key = format!("mesh {}", query.window.as_millis());
+    cached(state, &key, || Some(json!(state.stats.mesh(query.window))))
+        .unwrap_or_else(|| error(StatusCode::INTERNAL_SERVER_ERROR, "the mesh view could not be built"))
+}
+
+/// A JSON answer from the shared views (see [`super::cache`]); `None` when `build` has none.
+fn cached(state: &ApiState, key: &str, build: impl FnOnce() -> Option<serde_json::Value>) -> Option<Response<Body>> {
+    let body = state.views.get(key, || build().map(|value| bytes::Bytes::from(format!("{value}\n"))).ok_or(())).ok()?;
+    Some(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(body))
+            .unwrap_or_default(),
+    )
 }
 
 pub(super) fn service(state: &ApiState, service: &str, query: Option<&str>) -> Response<Body> {
@@ -117,10 +131,11 @@ pub(super) fn service(state: &ApiState, service: &str, query: Option<&str>) -> R
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    match state.stats.service(service, &query.labels, query.window) {
-        Some(stats) => json_response(StatusCode::OK, &json!(stats)),
-        None => error(StatusCode::NOT_FOUND, format!("no service {service:?} in the mesh and no numbers for it")),
-    }
+    let key = format!("stats {service} {:?} {}", query.labels, query.window.as_millis());
+    cached(state, &key, || state.stats.service(service, &query.labels, query.window).map(|stats| json!(stats)))
+        .unwrap_or_else(|| {
+            error(StatusCode::NOT_FOUND, format!("no service {service:?} in the mesh and no numbers for it"))
+        })
 }
 
 #[cfg(test)]

@@ -59,6 +59,38 @@ mod tests {
         );
     }
 
+    /// A `--name: #rrggbb` colour of app.css's `:root`.
+    fn colour(name: &str) -> [f64; 3] {
+        let at = STYLE.find(&format!("--{name}: #")).unwrap_or_else(|| panic!("--{name} in app.css"));
+        let hex = &STYLE[at + name.len() + 5..at + name.len() + 11];
+        [0, 2, 4].map(|i| f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap()) / 255.0)
+    }
+
+    /// WCAG 2 contrast ratio of two colours.
+    fn contrast(a: [f64; 3], b: [f64; 3]) -> f64 {
+        let lum = |c: [f64; 3]| {
+            let l = c.map(|v| if v <= 0.03928 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) });
+            0.2126 * l[0] + 0.7152 * l[1] + 0.0722 * l[2]
+        };
+        let (x, y) = (lum(a), lum(b));
+        (x.max(y) + 0.05) / (x.min(y) + 0.05)
+    }
+
+    /// Text reads at WCAG AA (4.5:1) on white and on the panels; the focus ring stands out at
+    /// 3:1 (WCAG's non-text contrast).
+    #[test]
+    fn colours_meet_the_contrast_they_need() {
+        for background in ["bg", "panel"] {
+            for text in ["fg", "muted", "ok", "warn", "bad", "link"] {
+                let ratio = contrast(colour(text), colour(background));
+                assert!(ratio >= 4.5, "--{text} on --{background}: {ratio:.2}:1");
+            }
+            let ratio = contrast(colour("focus"), colour(background));
+            assert!(ratio >= 3.0, "--focus on --{background}: {ratio:.2}:1");
+        }
+        assert!((contrast([1.0; 3], [0.0; 3]) - 21.0).abs() < 1e-9);
+    }
+
     /// The budget: the three assets stay under 100 KB uncompressed (far under 300 KB compressed).
     #[test]
     fn assets_stay_within_the_budget() {

@@ -265,8 +265,16 @@ impl ClusterRollouts {
     }
 
     /// Every rollout's view.
-    pub fn list(&self) -> Vec<Value> {
-        let keys: Vec<String> = self.cluster.sets().borrow().rollouts.keys().cloned().collect();
+    pub fn list(&self, service: Option<&str>) -> Vec<Value> {
+        let keys: Vec<String> = self
+            .cluster
+            .sets()
+            .borrow()
+            .rollouts
+            .iter()
+            .filter(|(_, r)| service.is_none_or(|s| r.spec.service == s))
+            .map(|(k, _)| k.clone())
+            .collect();
         keys.iter().filter_map(|k| self.status(k).ok()).collect()
     }
 

@@ -73,3 +73,24 @@ async fn directory_documents_combine_with_api_documents() {
     std::fs::remove_dir_all(data).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_list_for_a_service_has_only_the_documents_that_name_it() {
+    let dir = temp("service-filter");
+    let p = Policies::open(DataDir::new(dir.clone()), None).unwrap();
+    let ratings = "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {name: ratings}\nspec: {port: 9080}\n---\n\
+                   apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: ratings-timeouts}\n\
+                   spec: {service: ratings, connectTimeout: 1s}\n";
+    p.apply(&format!("{SERVICE}---\n{POLICY}---\n{ratings}"), None, false).await.unwrap();
+    let names = |listed: Vec<Listed>| listed.into_iter().map(|l| format!("{}/{}", l.kind, l.name)).collect::<Vec<_>>();
+    assert_eq!(names(p.list_where(None, None, Some("reviews")).await.1), ["Service/reviews", "TrafficPolicy/reviews"]);
+    assert_eq!(
+        names(p.list_where(None, None, Some("ratings")).await.1),
+        ["Service/ratings", "TrafficPolicy/ratings-timeouts"],
+        "by spec.service, whatever the document's name"
+    );
+    assert_eq!(names(p.list_where(Some("TrafficPolicy"), None, Some("reviews")).await.1), ["TrafficPolicy/reviews"]);
+    assert!(p.list_where(None, None, Some("nope")).await.1.is_empty());
+    assert_eq!(p.list(None, None).await.1.len(), 4);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -291,7 +291,7 @@ async fn a_deleted_rollout_stops_and_leaves_the_split_as_it_is() {
     }
     assert!(driver.is_finished(), "the driver ended");
     assert!(f.controller.status("reviews").is_none());
-    assert!(f.controller.list().is_empty());
+    assert!(f.controller.list(None).is_empty());
     assert_eq!(f.canary_weight(), Some(10), "the split stays");
     // Nobody owns the split now.
     let mut doc = f.policies.document("TrafficPolicy", "reviews").await.unwrap();

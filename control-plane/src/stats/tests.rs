@@ -128,6 +128,34 @@ fn endpoints_that_left_are_forgotten_once_their_windows_age_out() {
 }
 
 #[test]
+fn a_window_counts_only_the_windows_it_covers_and_history_keeps_all_of_them() {
+    let stats = stats();
+    let set = mesh();
+    let now = slot_of(unix_now());
+    // 100 s ago, 30 s ago, and now (in ten-second windows); requests 1, 10 and 100.
+    stats.ingest_at("a", "", now - 10, &report(&set, &[(1, 1, 0, 1)]));
+    stats.ingest_at("a", "", now - 3, &report(&set, &[(1, 9, 1, 1)]));
+    stats.ingest_at("a", "", now, &report(&set, &[(1, 100, 0, 1)]));
+    // Should a window boundary pass meanwhile, every report is one window older: each window
+    // below still covers the same reports.
+    let requests = |window: u64| {
+        let view = stats.service("reviews", &Labels::new(), Duration::from_secs(window)).unwrap();
+        assert_eq!(
+            view.history.iter().map(|h| h.requests).sum::<u64>(),
+            111,
+            "history is 15 minutes whatever the window"
+        );
+        let summary = stats.summary(Duration::from_secs(window));
+        assert_eq!(summary[0].numbers.requests, view.total.requests, "the summary counts the same windows");
+        (view.total.requests, view.total.errors)
+    };
+    assert_eq!(requests(20), (100, 0), "the last 20 s: this window and the one before");
+    assert_eq!(requests(60), (110, 1), "the last minute leaves out 100 s ago");
+    assert_eq!(requests(15 * 60), (111, 1), "15 minutes: all of it");
+    assert_eq!(requests(24 * 3600), (111, 1), "a day is clamped to 15 minutes");
+}
+
+#[test]
 fn rollouts_can_ask_for_faster_reports() {
     let stats = stats();
     let rx = stats.report_interval();

@@ -7,7 +7,9 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::client::Lease;
+use crate::load_report::PendingLoad;
 use crate::policy::breaker::GaugeGuard;
+use crate::policy::outcome::trailers_load_error;
 
 /// A request or response body: a peer's stream, a small buffer, or nothing.
 /// An enum rather than a box, so the common path allocates nothing for it.
@@ -15,7 +17,8 @@ use crate::policy::breaker::GaugeGuard;
 pub enum Body {
     Incoming(Incoming),
     /// An upstream response and what it holds until its end (its HTTP/1.1
-    /// connection, its HTTP/2 stream, its `maxRequests` slot).
+    /// connection, its HTTP/2 stream, its `maxRequests` slot, the load-report count of a gRPC
+    /// response whose status is in its trailers).
     Pooled(Pooled),
     /// A request body that a retry can send again.
     Replay(crate::policy::replay::ReplayBody),
@@ -40,6 +43,9 @@ impl Body {
 pub struct Pooled {
     inner: Incoming,
     lease: Lease,
+    /// Set on a gRPC response whose headers carry no grpc-status: counted for the load reports
+    /// by the trailers' status when the body ends ([`Body::judge_by_trailers`]).
+    load: Option<PendingLoad>,
 }
 
 impl Pooled {
@@ -48,7 +54,31 @@ impl Pooled {
         if let Poll::Ready(None) = res {
             self.lease.finish();
         }
+        if self.load.is_some()
+            && let Poll::Ready(end) = &res
+        {
+            let error = match end {
+                // A data frame says nothing yet; trailers end the body.
+                Some(Ok(frame)) => frame.trailers_ref().map(|t| trailers_load_error(Some(t))),
+                // Reset: the stream or the connection broke.
+                Some(Err(_)) => Some(true),
+                // Ended without trailers.
+                None => Some(trailers_load_error(None)),
+            };
+            if let Some(error) = error
+                && let Some(load) = self.load.take()
+            {
+                load.end(error);
+            }
+        }
         res
+    }
+
+    /// The response stalled past its idle timeout: an error at the endpoint.
+    fn fail_load(&mut self) {
+        if let Some(load) = self.load.take() {
+            load.end(true);
+        }
     }
 }
 
@@ -56,14 +86,20 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         if self.inner.is_end_stream() {
             self.lease.finish();
+            // Read to a last data frame whose end-of-stream flag ended it: no trailers came.
+            if let Some(load) = self.load.take() {
+                load.end(trailers_load_error(None));
+            }
         }
+        // Dropped before its end, a pending load count is the caller's cancel: see
+        // `PendingLoad`.
     }
 }
 
 impl Body {
     /// An upstream response body holding `lease` until it ends.
     pub fn leased(inner: Incoming, lease: Lease) -> Self {
-        let mut p = Pooled { inner, lease };
+        let mut p = Pooled { inner, lease, load: None };
         if p.inner.is_end_stream() {
             p.lease.finish();
         }
@@ -81,6 +117,26 @@ impl Body {
                 Body::Pooled(p)
             }
             other => other,
+        }
+    }
+
+    /// Count this (upstream gRPC) response for the load reports when it ends, by the
+    /// grpc-status of its trailers; a body already at its end, or with no upstream stream
+    /// behind it, has no trailers to come and is counted now, as an error.
+    pub fn judge_by_trailers(self, load: PendingLoad) -> Self {
+        match self {
+            Body::Pooled(mut p) if !p.inner.is_end_stream() => {
+                p.load = Some(load);
+                Body::Pooled(p)
+            }
+            // An upstream response that holds nothing (a meshed HTTP/1.1 connection).
+            Body::Incoming(inner) if !inner.is_end_stream() => {
+                Body::Pooled(Pooled { inner, lease: Lease::default(), load: Some(load) })
+            }
+            other => {
+                load.end(trailers_load_error(None));
+                other
+            }
         }
     }
 }
@@ -122,7 +178,12 @@ impl IdleBody {
                 Poll::Ready(r)
             }
             Poll::Pending => match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(self.timeout)))),
+                Poll::Ready(()) => {
+                    if let Body::Pooled(p) = &mut self.inner {
+                        p.fail_load();
+                    }
+                    Poll::Ready(Some(Err(BodyError::Idle(self.timeout))))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -186,3 +247,6 @@ impl http_body::Body for Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,11 +3,13 @@
 //! histogram's buckets are allocated once, at the endpoint's first finished request), read and
 //! reset by the reporter.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use outrider_xds::latency::{BUCKETS, bucket_of};
+
+use crate::state::EndpointShared;
 
 /// Counters of one endpoint, carried across snapshots with the endpoint's other state.
 #[derive(Debug, Default)]
@@ -28,7 +30,8 @@ pub struct LoadSample {
     /// Attempts answered without an error.
     pub succeeded: u64,
     /// Attempts that failed at the endpoint: 5xx, a gRPC error status in the response
-    /// headers, a connect failure, a reset, or abandoned before the response (timeout).
+    /// headers or trailers, a connect failure, a reset, or abandoned before the response
+    /// (timeout).
     pub failed: u64,
     /// Sum of the finished attempts' latencies, µs.
     pub latency_us: u64,
@@ -80,6 +83,44 @@ impl EndpointLoad {
             latency_us: self.latency_us.swap(0, Ordering::Relaxed),
             buckets,
         }
+    }
+}
+
+/// The load-report count of an attempt answered by a gRPC response whose headers carry no
+/// grpc-status: the status comes in the trailers, so the response body carries this and the
+/// attempt is counted when the body ends — exactly once, by [`PendingLoad::end`] or, when the
+/// body is dropped before its end (the caller went away), as a success, like the `CANCELLED`
+/// the caller's gRPC library reports, which is no error at the endpoint. Its latency is the
+/// time to the response headers, as for every other attempt.
+#[derive(Debug)]
+pub struct PendingLoad {
+    /// `None` once counted.
+    endpoint: Option<Arc<EndpointShared>>,
+    latency: Duration,
+}
+
+impl PendingLoad {
+    pub fn new(endpoint: Arc<EndpointShared>, latency: Duration) -> Self {
+        Self { endpoint: Some(endpoint), latency }
+    }
+
+    /// The body ended: with trailers that say `error` (see
+    /// [`crate::policy::outcome::trailers_load_error`]), without trailers, reset, or stalled
+    /// past its idle timeout (`error`).
+    pub fn end(mut self, error: bool) {
+        self.count(error);
+    }
+
+    fn count(&mut self, error: bool) {
+        if let Some(ep) = self.endpoint.take() {
+            ep.load.finish(error, self.latency);
+        }
+    }
+}
+
+impl Drop for PendingLoad {
+    fn drop(&mut self) {
+        self.count(false);
     }
 }
 

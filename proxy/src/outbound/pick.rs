@@ -23,13 +23,22 @@
 //! The guard also counts the attempt for the load reports ([`crate::load_report`]): issued when
 //! it starts, then a success or an error ([`Outcome::load_error`]) with its latency when it
 //! ends — an attempt abandoned by a timeout or by its caller is an error with the time it had
-//! taken; a local rejection is issued but neither.
+//! taken; a local rejection is issued but neither. A gRPC response whose headers carry no
+//! grpc-status has its status in the trailers: its count (with the latency to the headers)
+//! moves to the response body and is made when the body ends ([`PendingLoad`]). The breaker,
+//! outlier detection and the estimate judge every response by its headers, when they arrive:
+//! a streaming call may last minutes, and a half-open breaker's probe or an ejection decision
+//! cannot wait for it (Envoy's outlier detection also reads the gRPC status of the headers only).
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::Response;
 use tokio::time::Instant;
 
 use crate::balance::Balancer;
+use crate::http::body::Body;
+use crate::load_report::PendingLoad;
 use crate::policy::breaker::{Permit, State, StateMachine};
 use crate::policy::config::BreakerScope;
 use crate::policy::outcome::Outcome;
@@ -176,18 +185,40 @@ impl Attempt {
     /// The attempt ended with this outcome; `answered`: a response came back (its latency is
     /// fed to the estimate).
     pub fn finish(mut self, outcome: Outcome, answered: bool) {
+        let elapsed = self.start.elapsed();
         if self.latency && answered {
-            self.endpoint.shared.ewma.observe(self.start.elapsed());
+            self.endpoint.shared.ewma.observe(elapsed);
         }
-        self.report(outcome);
+        self.report(outcome, Some(elapsed));
     }
 
-    fn report(&mut self, outcome: Outcome) {
+    /// The response headers came back: judge them, and hand a gRPC response whose status is
+    /// in its trailers the attempt's load-report count (see the module docs).
+    pub fn answered(mut self, resp: &mut Response<Body>) {
+        let (outcome, in_trailers) = Outcome::of_headers(resp.status(), resp.headers());
+        let elapsed = self.start.elapsed();
+        if self.latency {
+            self.endpoint.shared.ewma.observe(elapsed);
+        }
+        if in_trailers {
+            self.report(outcome, None);
+            let load = PendingLoad::new(self.endpoint.shared.clone(), elapsed);
+            let body = std::mem::take(resp.body_mut());
+            *resp.body_mut() = body.judge_by_trailers(load);
+        } else {
+            self.report(outcome, Some(elapsed));
+        }
+    }
+
+    /// `latency`: count the outcome for the load reports now, with this latency.
+    fn report(&mut self, outcome: Outcome, latency: Option<Duration>) {
         self.reported = true;
         let c = &self.cluster;
         let ep = &self.endpoint;
-        if let Some(error) = outcome.load_error() {
-            ep.shared.load.finish(error, self.start.elapsed());
+        if let Some(latency) = latency
+            && let Some(error) = outcome.load_error()
+        {
+            ep.shared.load.finish(error, latency);
         }
         if let (Some(permit), Some(cfg)) = (self.permit.take(), &c.policy.breaker) {
             let machine: &StateMachine = match cfg.scope {
@@ -246,7 +277,7 @@ impl Drop for Attempt {
             if self.latency {
                 self.endpoint.shared.ewma.observe(now.saturating_duration_since(self.start));
             }
-            self.report(Outcome::Timeout);
+            self.report(Outcome::Timeout, Some(now.saturating_duration_since(self.start)));
         } else {
             // The caller went away: says nothing about the endpoint to the breaker, but the
             // load reports count it as an error (no response in the time it was given).

@@ -345,11 +345,10 @@ where
                     *a.resp.body_mut() = body.hold(slot);
                 }
                 if let Some(a) = attempt.take() {
-                    let outcome = match &out {
-                        Ok(answered) => Outcome::of_response(answered.resp.status(), answered.resp.headers()),
-                        Err(e) => Outcome::of_error(e),
-                    };
-                    a.finish(outcome, out.is_ok());
+                    match &mut out {
+                        Ok(answered) => a.answered(&mut answered.resp),
+                        Err(e) => a.finish(Outcome::of_error(e), false),
+                    }
                 }
                 Poll::Ready(out)
             }

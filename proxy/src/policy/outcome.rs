@@ -1,4 +1,5 @@
 //! What one attempt came to, in the terms the policies count.
+use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, StatusCode};
 
 use crate::http::client::UpstreamError;
@@ -26,7 +27,8 @@ pub enum Outcome {
     Success,
     /// An HTTP status ≥ 500 from the upstream.
     Status(u16),
-    /// A gRPC status in the response headers (trailers-only response).
+    /// A gRPC status in the response headers (trailers-only response). A status in the
+    /// trailers is seen by the load reports only ([`Outcome::of_headers`]).
     Grpc(u32),
     /// Never reached the endpoint.
     ConnectFailure,
@@ -40,9 +42,23 @@ pub enum Outcome {
     Local,
 }
 
-/// The grpc-status of a trailers-only response, if any.
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The grpc-status of a trailers-only response (or of the trailers), if any.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()
+}
+
+/// Whether the response is gRPC (content-type `application/grpc`, `application/grpc+proto`…).
+fn is_grpc_response(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Whether trailers that end a gRPC response make it an error for the load reports: a
+/// grpc-status of [`grpc::is_load_error`], or none at all (`None`: the body ended without
+/// trailers).
+pub fn trailers_load_error(trailers: Option<&HeaderMap>) -> bool {
+    trailers.and_then(grpc_status).is_none_or(grpc::is_load_error)
 }
 
 impl Outcome {
@@ -53,6 +69,19 @@ impl Outcome {
         match grpc_status(headers) {
             Some(code) if code != grpc::OK => Outcome::Grpc(code),
             _ => Outcome::Success,
+        }
+    }
+
+    /// [`Outcome::of_response`] for the attempt guard, and whether the answer is still to come
+    /// in the trailers: a gRPC response whose headers carry no grpc-status (and no 5xx).
+    pub fn of_headers(status: StatusCode, headers: &HeaderMap) -> (Outcome, bool) {
+        if status.is_server_error() {
+            return (Outcome::Status(status.as_u16()), false);
+        }
+        match grpc_status(headers) {
+            Some(code) if code != grpc::OK => (Outcome::Grpc(code), false),
+            Some(_) => (Outcome::Success, false),
+            None => (Outcome::Success, is_grpc_response(headers)),
         }
     }
 
@@ -162,5 +191,34 @@ mod tests {
         assert!(!Outcome::Status(500).is_gateway_error());
         assert!(Outcome::Status(500).is_5xx());
         assert!(!Outcome::Local.is_breaker_failure());
+    }
+
+    #[test]
+    fn a_grpc_response_without_a_status_in_its_headers_waits_for_its_trailers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Outcome::of_headers(StatusCode::OK, &h), (Outcome::Success, false), "not gRPC");
+        h.insert(CONTENT_TYPE, "application/grpc+proto".parse().unwrap());
+        assert_eq!(Outcome::of_headers(StatusCode::OK, &h), (Outcome::Success, true));
+        assert_eq!(Outcome::of_headers(StatusCode::BAD_GATEWAY, &h), (Outcome::Status(502), false));
+        h.insert("grpc-status", "0".parse().unwrap());
+        assert_eq!(Outcome::of_headers(StatusCode::OK, &h), (Outcome::Success, false), "trailers-only OK");
+        h.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(Outcome::of_headers(StatusCode::OK, &h), (Outcome::Grpc(14), false), "trailers-only error");
+    }
+
+    #[test]
+    fn trailers_are_an_error_by_envoys_rule_or_when_missing() {
+        let trailers = |code: &str| {
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", code.parse().unwrap());
+            t
+        };
+        assert!(trailers_load_error(Some(&trailers("14"))), "UNAVAILABLE");
+        assert!(trailers_load_error(Some(&trailers("13"))), "INTERNAL");
+        assert!(!trailers_load_error(Some(&trailers("0"))), "OK");
+        assert!(!trailers_load_error(Some(&trailers("5"))), "NOT_FOUND is the caller's problem");
+        assert!(!trailers_load_error(Some(&trailers("1"))), "CANCELLED");
+        assert!(trailers_load_error(Some(&HeaderMap::new())), "trailers without a status");
+        assert!(trailers_load_error(None), "no trailers at all");
     }
 }

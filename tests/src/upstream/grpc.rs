@@ -34,7 +34,10 @@ pub const METRICS_PREFIX: &str = "/envoy.service.metrics.v3.MetricsService/";
 ///   PATH is `attributes.request.http.path` of the request.
 /// - `StreamAggregatedResources` answers each request with a response carrying its
 ///   `version_info`, `type_url`, its `response_nonce` as `nonce`, and
-///   `control_plane.identifier = NAME`.
+///   `control_plane.identifier = NAME`. A request whose `error_detail.code` is not 0 ends the
+///   stream after its response with that status (in the trailers, after a body); a call whose
+///   metadata has `x-grpc-status: N` is answered with status N and nothing else (a
+///   trailers-only response).
 ///
 /// - `MetricsService/StreamMetrics` (a client stream) reads the whole stream, records it
 ///   as one request whose body is the `help` texts of every metric family sent, in
@@ -136,15 +139,32 @@ impl AggregatedDiscoveryService for Echo {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        if let Some(code) = request.metadata().get("x-grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok()) {
+            return Err(Status::new(tonic::Code::from(code), "x-grpc-status asked for it"));
+        }
         let name = self.name.to_string();
-        let out = request.into_inner().map(move |r| {
-            r.map(|req| DiscoveryResponse {
-                version_info: req.version_info,
-                type_url: req.type_url,
-                nonce: req.response_nonce,
-                control_plane: Some(ControlPlane { identifier: name.clone() }),
-                ..Default::default()
-            })
+        let out = request.into_inner().flat_map(move |r| {
+            let mut items = Vec::with_capacity(2);
+            match r {
+                Ok(req) => {
+                    let end = req
+                        .error_detail
+                        .as_ref()
+                        .filter(|s| s.code != 0)
+                        .map(|s| Status::new(tonic::Code::from(s.code), ""));
+                    items.push(Ok(DiscoveryResponse {
+                        version_info: req.version_info,
+                        type_url: req.type_url,
+                        nonce: req.response_nonce,
+                        control_plane: Some(ControlPlane { identifier: name.clone() }),
+                        ..Default::default()
+                    }));
+                    // tonic ends the stream at an error, its status in the trailers.
+                    items.extend(end.map(Err));
+                }
+                Err(e) => items.push(Err(e)),
+            }
+            futures_util::stream::iter(items)
         });
         Ok(self.tag(Response::new(Box::pin(out) as Self::StreamAggregatedResourcesStream)))
     }

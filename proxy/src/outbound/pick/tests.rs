@@ -168,3 +168,34 @@ async fn a_finished_attempt_feeds_breaker_outlier_and_estimate_once() {
     let text = metrics.encode();
     assert!(text.contains("outrider_outlier_ejections_total{service=\"s\"} 1"), "{text}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_response_is_counted_for_the_load_reports_by_the_status_it_carries() {
+    let snap = snapshot(1, "");
+    let c = cluster(&snap);
+    let ep = c.endpoints.items()[0].clone();
+    let counted = |headers: &[(&'static str, &str)]| {
+        let a = Attempt::start(
+            Choice { endpoint: ep.clone(), permit: None, untried: true },
+            c.clone(),
+            None,
+            true,
+            Metrics::new(),
+        );
+        let mut resp = Response::new(Body::Empty);
+        for (k, v) in headers {
+            resp.headers_mut().insert(*k, v.parse().unwrap());
+        }
+        a.answered(&mut resp);
+        let s = ep.shared.load.take();
+        (s.issued, s.succeeded, s.failed)
+    };
+    assert_eq!(counted(&[]), (1, 1, 0), "plain HTTP");
+    let grpc = ("content-type", "application/grpc");
+    // Trailers-only responses: the status of the headers, by Envoy's rule.
+    assert_eq!(counted(&[grpc, ("grpc-status", "14")]), (1, 0, 1), "UNAVAILABLE");
+    assert_eq!(counted(&[grpc, ("grpc-status", "5")]), (1, 1, 0), "NOT_FOUND");
+    assert_eq!(counted(&[grpc, ("grpc-status", "0")]), (1, 1, 0), "OK");
+    // No status in the headers and a body that has ended: no trailers will bring one.
+    assert_eq!(counted(&[grpc]), (1, 0, 1), "no status at all");
+}
