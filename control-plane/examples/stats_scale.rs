@@ -9,6 +9,8 @@
 //! cargo build --release -p outrider-control-plane --examples
 //! target/release/examples/stats_scale --proxies 2000 --services 1000 --endpoints 2 --calls 10 --buckets 8
 //! target/release/examples/stats_scale --proxies 2000 --services 1000 --endpoints 2 --calls 10 --buckets 105
+//! # and the dashboard's edges at their limit (4,096): proxies of 1,000 services
+//! target/release/examples/stats_scale --proxies 2000 --services 1000 --endpoints 2 --calls 10 --buckets 105 --sources 1000
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -40,6 +42,11 @@ struct Args {
     /// Non-empty latency buckets per endpoint and report (1..=105).
     #[arg(long, default_value_t = 8)]
     buckets: usize,
+    /// Services the reporting proxies belong to (proxy P is a proxy of service P mod N), which
+    /// makes the dashboard's source → destination edges; 0: the proxies name no service, and
+    /// every edge comes from `(unknown)` (one per service called).
+    #[arg(long, default_value_t = 0)]
+    sources: usize,
 }
 
 fn rss_kb() -> u64 {
@@ -135,15 +142,18 @@ fn main() {
         for proxy in 0..args.proxies {
             let r = report(&args, proxy, window);
             entries += r.iter().map(|c| c.upstream_locality_stats[0].upstream_endpoint_stats.len()).sum::<usize>();
-            stats.ingest_at(&format!("proxy-{proxy}"), "", slot, &r);
+            let source = if args.sources == 0 { String::new() } else { format!("svc-{}", proxy % args.sources) };
+            stats.ingest_at(&format!("proxy-{proxy}"), &source, slot, &r);
         }
     }
     let took = start.elapsed();
     let after = rss_kb();
     let (series, bytes) = stats.footprint();
+    let edges = stats.edge_count();
     println!(
-        "{} proxies × {} services × {} endpoints, {} calls each, {} buckets per report, {} windows",
-        args.proxies, args.services, args.endpoints, args.calls, args.buckets, WINDOWS
+        "{} proxies × {} services × {} endpoints, {} calls each, {} buckets per report, {} windows, \
+         proxies of {} services",
+        args.proxies, args.services, args.endpoints, args.calls, args.buckets, WINDOWS, args.sources
     );
     println!(
         "ingested {entries} endpoint reports in {:.1}s ({:.2} µs each)",
@@ -151,9 +161,9 @@ fn main() {
         took.as_secs_f64() * 1e6 / entries.max(1) as f64
     );
     println!(
-        "series {series}; store {:.1} MiB ({:.1} KiB per series); RSS {:.1} → {:.1} MiB (+{:.1} MiB)",
+        "series {series} and {edges} edges; store {:.1} MiB ({:.1} KiB per series or edge); RSS {:.1} → {:.1} MiB (+{:.1} MiB)",
         bytes as f64 / 1048576.0,
-        bytes as f64 / 1024.0 / series.max(1) as f64,
+        bytes as f64 / 1024.0 / (series + edges).max(1) as f64,
         before as f64 / 1024.0,
         after as f64 / 1024.0,
         (after.saturating_sub(before)) as f64 / 1024.0

@@ -418,6 +418,11 @@ impl Stats {
         MeshView { window_seconds: secs, services, edges: inner.calls.edges(from, to, secs) }
     }
 
+    /// Source → destination edges kept (whatever the age of their windows).
+    pub fn edge_count(&self) -> usize {
+        self.inner.lock().calls.edge_count()
+    }
+
     /// Series tracked and the bytes they hold.
     pub fn footprint(&self) -> (usize, usize) {
         let inner = self.inner.lock();

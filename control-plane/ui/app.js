@@ -267,7 +267,7 @@ async function servicePage(name) {
     chart('Latency p50 / p99', hist, (p) => p.latencyMs.p50, fmt.ms, (p) => p.latencyMs.p99)));
   out.push(h('h2', { text: 'Resilience (last minute, as callers report it)' }),
     table(['Breaker', 'Rejected', 'Retries', 'Retry budget exhausted'], [h('tr', { id: 'resilience' },
-      h('td', { 'data-field': 'breaker' }, badge(res.breaker.state === 'open' ? 'bad' : res.breaker.state === 'half-open' ? 'warn' : 'ok', res.breaker.state),
+      h('td', { 'data-field': 'breaker' }, badge({ open: 'bad', 'half-open': 'warn', closed: 'ok' }[res.breaker.state] || 'idle', res.breaker.state),
         ` (open at ${res.breaker.open}, half-open at ${res.breaker.halfOpen}, closed at ${res.breaker.closed} callers)`),
       num(fmt.int(res.rejected), { 'data-field': 'rejected' }), num(fmt.int(res.retries)), num(fmt.int(res.retryBudgetExhausted)))]));
   out.push(h('h2', { text: 'Endpoints' }), table(['Address', 'Labels', 'Health', 'Rate', 'Success', 'p99', 'EWMA'],

@@ -55,11 +55,12 @@ async fn demo_tells_its_story_in_numbers() {
     let stdout = stdout_task.await.expect("stdout read").expect("stdout");
     let stdout = String::from_utf8_lossy(&stdout);
     assert!(status.success(), "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    // On the dashboard's graph: the reviews box with its (v2's) breaker open while v1 serves and
-    // callers keep succeeding.
+    // On the dashboard's graph: the reviews box with its (v2's) breaker open while v1 serves.
+    // (The edge's success rate counts the attempts v2 failed, so it is not the callers' success,
+    // which the JSON below checks.)
     let seen = watcher.unwrap_or_else(|| panic!("no dashboard line:\n{stderr}")).await.expect("the watcher");
     assert!(
-        seen.iter().any(|g| g.breaker == "open" && g.open_callers >= 1 && g.v1_requests > 0 && g.edge_success >= 99.0),
+        seen.iter().any(|g| g.breaker == "open" && g.open_callers >= 1 && g.v1_requests > 0),
         "the graph never showed reviews' breaker open while v1 served; it showed:\n{seen:#?}\nthe demo printed:\n{stderr}"
     );
     let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
@@ -217,7 +218,8 @@ struct GraphMoment {
     /// The reviews box's breaker (`GET /v1/mesh`).
     breaker: String,
     open_callers: u64,
-    /// The frontend → reviews edge's success rate over the last minute, percent.
+    /// The frontend → reviews edge's success rate over the last minute, percent (for the
+    /// failure message).
     edge_success: f64,
     /// Requests v1 served in the current 10-second window (`GET /v1/stats/reviews`).
     v1_requests: u64,

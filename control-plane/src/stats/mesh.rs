@@ -242,6 +242,10 @@ impl MeshState {
             .collect()
     }
 
+    pub(super) fn edge_count(&self) -> usize {
+        self.edges.len()
+    }
+
     pub(super) fn bytes(&self) -> usize {
         self.edges.iter().map(|((s, d), series)| series.bytes() + s.len() + d.len()).sum::<usize>()
             + self
