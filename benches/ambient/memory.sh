@@ -2,9 +2,12 @@
 # Node mode vs sidecar mode, memory: one `outrider-proxy --mode node` serving N workloads
 # against N sidecars (one `outrider-proxy` per workload), for each N given, with the same
 # control plane and the same config (one Service per workload). Prints a markdown table of
-# resident set sizes (VmRSS, after every workload has its certificate and config).
+# resident set sizes (VmRSS) twice: at readiness (every workload has its certificate and
+# config) and SETTLE seconds later (default 15: after the proxies' first heap release, which
+# runs every 10 s by default, `--heap-release-interval`; the figure a long-running proxy keeps).
 #
 #   sudo benches/ambient/memory.sh [N...]        # default: 1 10 50
+#   sudo SETTLE=0 benches/ambient/memory.sh 1   # readiness only
 #
 # Needs root (network namespaces, iptables in them) and release binaries
 # (`cargo build --release -p outrider-proxy -p outrider-control-plane --bins`); PROXY and
@@ -39,7 +42,8 @@ for i in $(seq 1 "$max"); do
 done
 cli token create --namespace outrider-system -q --service-account node-bench >"$DIR/node.token"
 
-echo "| workloads | node mode: 1 proxy (MiB) | sidecar mode: N proxies, total (MiB) | per sidecar (MiB) | goal 12 + 0.5·N (MiB) |"
+SETTLE=${SETTLE:-15}
+echo "| workloads | node mode: 1 proxy, ready / settled (MiB) | sidecar mode: N proxies, total, ready / settled (MiB) | per sidecar, settled (MiB) | goal 12 + 0.5·N (MB = MiB × 1.048576) |"
 echo "|---|---|---|---|---|"
 for n in "${COUNTS[@]}"; do
     # Node mode.
@@ -51,6 +55,8 @@ for n in "${COUNTS[@]}"; do
     done
     wait_node_ready "$n"
     node_kb=$(rss_kb "$node")
+    sleep "$SETTLE"
+    node_settled_kb=$(rss_kb "$node")
     kill "$node"
     wait "$node" 2>/dev/null || true
 
@@ -73,9 +79,13 @@ for n in "${COUNTS[@]}"; do
     done
     side_kb=0
     for p in "${side[@]}"; do side_kb=$((side_kb + $(rss_kb "$p"))); done
+    sleep "$SETTLE"
+    side_settled_kb=0
+    for p in "${side[@]}"; do side_settled_kb=$((side_settled_kb + $(rss_kb "$p"))); done
     for p in "${side[@]}"; do kill "$p"; done
     wait "${side[@]}" 2>/dev/null || true
 
-    awk -v n="$n" -v a="$node_kb" -v b="$side_kb" 'BEGIN {
-        printf "| %d | %.1f | %.1f | %.1f | %.1f |\n", n, a / 1024, b / 1024, b / 1024 / n, 12 + 0.5 * n }'
+    awk -v n="$n" -v a="$node_kb" -v as="$node_settled_kb" -v b="$side_kb" -v bs="$side_settled_kb" 'BEGIN {
+        printf "| %d | %.1f / %.1f | %.1f / %.1f | %.1f | %.1f MB = %.2f MiB |\n", n, a / 1024, as / 1024,
+            b / 1024, bs / 1024, bs / 1024 / n, 12 + 0.5 * n, (12 + 0.5 * n) / 1.048576 }'
 done
