@@ -86,6 +86,43 @@ impl Gen {
 /// Delays that would make the caller wait for real (a fault delay, a long
 /// backoff on a failing upstream) are drawn only where a request timeout bounds
 /// them.
+/// A `circuitBreaker:` line of valid and invalid values; `maxRetries` only where the service
+/// has retries to bound (HTTP).
+fn breaker_line(g: &mut Gen, with_retries: bool) -> String {
+    let max_connections = g.pick(&["1", "1000000"], &["0", "4294967295"]);
+    let max_pending = g.pick(&["1", "1000000"], &["1000001"]);
+    let max_requests = g.pick(&["1", "1000000"], &["0"]);
+    let max_retries =
+        if with_retries { format!("maxRetries: {}, ", g.pick(&["0", "1000000"], &["1000001"])) } else { String::new() };
+    format!(
+        "circuitBreaker: {{maxConnections: {max_connections}, maxPendingRequests: {max_pending}, \
+         maxRequests: {max_requests}, {max_retries}failureRateThreshold: {}, slowCallDuration: {}, window: {}, \
+         minimumCalls: 1, openDuration: {}, halfOpenCalls: {}}}",
+        g.pick(&["1", "100"], &["0", "101"]),
+        g.pick(&["1ms", "24h"], &["24h1ms"]),
+        g.pick(&["1", "10000"], &["0", "10001"]),
+        g.pick(&["1ms", "24h"], &["0s", "24h1ms", U64_MAX_SECS]),
+        g.pick(&["1", "1000"], &["1001"]),
+    )
+}
+
+/// An `outlierDetection:` line of valid and invalid values.
+fn outlier_line(g: &mut Gen) -> String {
+    format!(
+        "outlierDetection: {{consecutive5xx: {}, consecutiveGatewayErrors: {}, failurePercentageThreshold: {}, \
+         failurePercentageMinimumRequests: {}, interval: {}, baseEjectionTime: {}, maxEjectionTime: {}, \
+         maxEjectionPercent: {}}}",
+        g.pick(&["0", "1", "4294967295"], &[]),
+        g.pick(&["0", "1", "4294967295"], &[]),
+        g.pick(&["0", "1", "100"], &["101"]),
+        g.pick(&["0", "4294967295"], &[]),
+        g.pick(&["1ms", "1h"], &["1h1ms"]),
+        g.pick(&["1ms", "24h"], &["0s"]),
+        g.pick(&["24h"], &["24h1ms"]),
+        g.pick(&["0", "100"], &["101", "4294967295"]),
+    )
+}
+
 fn generated_policy(g: &mut Gen) -> String {
     let mut s =
         String::from("apiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {name: x}\nspec:\n  service: x\n");
@@ -125,41 +162,10 @@ fn generated_policy(g: &mut Gen) -> String {
         );
     }
     if g.bool() {
-        line(
-            &mut s,
-            format!(
-                "circuitBreaker: {{maxConnections: {}, maxPendingRequests: {}, maxRequests: {}, maxRetries: {}, \
-                 failureRateThreshold: {}, slowCallDuration: {}, window: {}, minimumCalls: 1, openDuration: {}, \
-                 halfOpenCalls: {}}}",
-                g.pick(&["1", "1000000"], &["0", "4294967295"]),
-                g.pick(&["1", "1000000"], &["1000001"]),
-                g.pick(&["1", "1000000"], &["0"]),
-                g.pick(&["0", "1000000"], &["1000001"]),
-                g.pick(&["1", "100"], &["0", "101"]),
-                g.pick(&["1ms", "24h"], &["24h1ms"]),
-                g.pick(&["1", "10000"], &["0", "10001"]),
-                g.pick(&["1ms", "24h"], &["0s", "24h1ms", U64_MAX_SECS]),
-                g.pick(&["1", "1000"], &["1001"]),
-            ),
-        );
+        line(&mut s, breaker_line(g, true));
     }
     if g.bool() {
-        line(
-            &mut s,
-            format!(
-                "outlierDetection: {{consecutive5xx: {}, consecutiveGatewayErrors: {}, failurePercentageThreshold: {}, \
-                 failurePercentageMinimumRequests: {}, interval: {}, baseEjectionTime: {}, maxEjectionTime: {}, \
-                 maxEjectionPercent: {}}}",
-                g.pick(&["0", "1", "4294967295"], &[]),
-                g.pick(&["0", "1", "4294967295"], &[]),
-                g.pick(&["0", "1", "100"], &["101"]),
-                g.pick(&["0", "4294967295"], &[]),
-                g.pick(&["1ms", "1h"], &["1h1ms"]),
-                g.pick(&["1ms", "24h"], &["0s"]),
-                g.pick(&["24h"], &["24h1ms"]),
-                g.pick(&["0", "100"], &["101", "4294967295"]),
-            ),
-        );
+        line(&mut s, outlier_line(g));
     }
     if g.bool() {
         // A delay that is injected is short; a long one is never injected.
@@ -197,40 +203,10 @@ fn generated_tcp_policy(g: &mut Gen) -> String {
         line(&mut s, http_only.to_string());
     }
     if g.bool() {
-        line(
-            &mut s,
-            format!(
-                "circuitBreaker: {{maxConnections: {}, maxPendingRequests: {}, maxRequests: {}, \
-                 failureRateThreshold: {}, slowCallDuration: {}, window: {}, minimumCalls: 1, openDuration: {}, \
-                 halfOpenCalls: {}}}",
-                g.pick(&["1", "1000000"], &["0", "4294967295"]),
-                g.pick(&["1", "1000000"], &["1000001"]),
-                g.pick(&["1", "1000000"], &["0"]),
-                g.pick(&["1", "100"], &["0", "101"]),
-                g.pick(&["1ms", "24h"], &["24h1ms"]),
-                g.pick(&["1", "10000"], &["0", "10001"]),
-                g.pick(&["1ms", "24h"], &["0s", "24h1ms", U64_MAX_SECS]),
-                g.pick(&["1", "1000"], &["1001"]),
-            ),
-        );
+        line(&mut s, breaker_line(g, false));
     }
     if g.bool() {
-        line(
-            &mut s,
-            format!(
-                "outlierDetection: {{consecutive5xx: {}, consecutiveGatewayErrors: {}, failurePercentageThreshold: {}, \
-                 failurePercentageMinimumRequests: {}, interval: {}, baseEjectionTime: {}, maxEjectionTime: {}, \
-                 maxEjectionPercent: {}}}",
-                g.pick(&["0", "1", "4294967295"], &[]),
-                g.pick(&["0", "1", "4294967295"], &[]),
-                g.pick(&["0", "1", "100"], &["101"]),
-                g.pick(&["0", "4294967295"], &[]),
-                g.pick(&["1ms", "1h"], &["1h1ms"]),
-                g.pick(&["1ms", "24h"], &["0s"]),
-                g.pick(&["24h"], &["24h1ms"]),
-                g.pick(&["0", "100"], &["101", "4294967295"]),
-            ),
-        );
+        line(&mut s, outlier_line(g));
     }
     s
 }
