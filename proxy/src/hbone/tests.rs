@@ -60,9 +60,12 @@ async fn echo_server(store: Arc<CertStore>) -> (SocketAddr, mpsc::UnboundedRecei
                         let mut s = c.accept().unwrap();
                         let mut got = Vec::new();
                         s.read_to_end(&mut got).await.unwrap();
-                        s.write_all(b"got:").await.unwrap();
-                        s.write_all(&got).await.unwrap();
-                        s.shutdown().await.unwrap();
+                        // A test whose client leaves early (the resumption test) ends the stream
+                        // under this answer: that is not this helper's failure.
+                        if s.write_all(b"got:").await.is_err() || s.write_all(&got).await.is_err() {
+                            return;
+                        }
+                        let _ = s.shutdown().await;
                     }
                 })
                 .await;
