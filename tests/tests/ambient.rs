@@ -97,10 +97,13 @@ for _ in range(int(sys.argv[2])):
 print(body.replace("\n", " ").strip())
 "#;
 
-/// Opens a TCP connection, sends half a message and says so, then reports how it ended.
+/// Opens a TCP connection, sends half a message and says so, then reports how it ended: it
+/// waits (no timeout) for the connection to end, so `result` is printed only once the other
+/// side closes or resets it.
 const TCP_INFLIGHT: &str = r#"
 import socket, sys
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.settimeout(None)
 c.sendall(b"half")
 print("open", flush=True)
 try:
@@ -108,6 +111,56 @@ try:
     print("result", "eof" if not d else d.decode(), flush=True)
 except Exception as e:
     print("result ERR", type(e).__name__, flush=True)
+"#;
+
+/// A long-lived TCP connection: `HOST PORT GO`; sends `before`, prints `open`, waits until the
+/// file `GO` exists, sends `after`, half-closes and prints `result <answer>`.
+const TCP_LONG_LIVED: &str = r#"
+import os, socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.sendall(b"before")
+print("open", flush=True)
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.01)
+try:
+    c.sendall(b"after")
+    c.shutdown(socket.SHUT_WR)
+    out = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        out += d
+    print("result", out.decode(), flush=True)
+except Exception as e:
+    print("result ERR", type(e).__name__, flush=True)
+"#;
+
+/// Load: `GET URL` again and again until the file `STOP` exists; prints `status <code>` per
+/// request (`marked status` once the file `MARK` exists), then
+/// `done ok=<n> marked=<n> bad=<codes>`.
+const HTTP_LOAD: &str = r#"
+import os, sys, urllib.request, urllib.error
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+url, mark, stop = sys.argv[1:4]
+ok, marked, bad = 0, 0, []
+while not os.path.exists(stop):
+    after = os.path.exists(mark)
+    try:
+        r = opener.open(url, timeout=5)
+        r.read()
+        code = str(r.status)
+    except urllib.error.HTTPError as e:
+        code = str(e.code)
+    except Exception as e:
+        code = "ERR-" + type(e).__name__
+    if code == "200":
+        ok += 1
+        marked += after
+    else:
+        bad.append(code)
+    print("marked status" if after else "status", code, flush=True)
+print("done ok=%d marked=%d bad=%s" % (ok, marked, ",".join(bad)), flush=True)
 "#;
 
 fn ok(out: &std::process::Output) -> String {
@@ -337,6 +390,17 @@ async fn scrape(host: &Netns, addr: std::net::SocketAddr) -> String {
     ok(&host.run_python(GET, &[&format!("http://127.0.0.1:{}/metrics", addr.port())]).await)
 }
 
+/// A node proxy's inbound mutual-TLS connections: (HBONE, Outrider's own). HBONE connections
+/// (port 15008) count under ALPN `h2`; a workload's inbound port also accepts Outrider's mTLS,
+/// which counts under Outrider's ALPN ids.
+async fn inbound_tls(host: &Netns, addr: std::net::SocketAddr) -> (f64, f64) {
+    let text = scrape(host, addr).await;
+    let all = outrider_tests::prom::sum(&text, "outrider_tls_connections_total", &[("direction", "inbound")]);
+    let hbone =
+        outrider_tests::prom::sum(&text, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "h2")]);
+    (hbone, all - hbone)
+}
+
 /// The access-log lines (JSON) among a proxy's output.
 fn access_lines(lines: &[String]) -> Vec<serde_json::Value> {
     lines
@@ -490,6 +554,11 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert!(body.contains("URI=spiffe://outrider.local/ns/default/sa/a1"), "{body}");
     assert!(body.contains("By=spiffe://outrider.local/ns/default/sa/b1"), "{body}");
     assert!(body.contains("path=/hello app=b1"), "{body}");
+    // It went over HBONE: node b accepted an HBONE connection (ALPN h2 on port 15008), and none
+    // over Outrider's own mTLS, which b1's inbound port would also accept.
+    let (hbone, other) = inbound_tls(&bed.host, node_b.addrs.metrics).await;
+    assert!(hbone >= 1.0, "a1's call reached node b over HBONE");
+    assert_eq!(other, 0.0, "a1's call reached node b over Outrider's mTLS, not HBONE");
 
     // The TrafficPolicy's retry applies in node mode: every other /flaky call is a 503 at the
     // app, a1 always gets 200 (on the second try when the first failed).
@@ -618,24 +687,36 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     let plain_tcp = tcp(&a.ns, b2_ip, "9000", "plain").await;
     assert!(!plain_tcp.contains("echo:"), "{plain_tcp}");
 
-    // Removing and adding a workload under load: a1's requests never fail.
-    let load = {
-        let url = url.clone();
-        let a1_name = a1.name.clone();
-        tokio::spawn(async move {
-            let mut cmd = tokio::process::Command::new("ip");
-            cmd.args(["netns", "exec", &a1_name, "python3", "-c", HTTP_GET, &url, "60"]);
-            run_to_exit(cmd).await
-        })
-    };
+    // Removing and adding a workload under load: a1's requests never fail, and a1's TCP
+    // connection opened before keeps working across the changes.
+    let (mark, stop, go) =
+        (bed.dir.path().join("load.mark"), bed.dir.path().join("load.stop"), bed.dir.path().join("tcp.go"));
+    let mut load = a1.python();
+    load.args(["-c", HTTP_LOAD, &url]).arg(&mark).arg(&stop);
+    let mut load = Background::spawn(load);
+    let mut long = a1.python();
+    long.args(["-c", TCP_LONG_LIVED, TCP_VIP, "9000"]).arg(&go);
+    let mut long = Background::spawn(long);
+    long.wait_for_line("open").await;
+    for _ in 0..3 {
+        load.wait_for_line("status").await;
+    }
     let p2 = path(a2);
     ok(&bed.node_cli(&sock_a, &["remove-workload", "--netns", p2.to_str().unwrap()]).await);
     bed.add(&sock_a, a2, "a2", "client").await;
     ok(&bed.node_cli(&sock_a, &["remove-workload", "--netns", p2.to_str().unwrap()]).await);
-    let out = ok(&load.await.unwrap());
-    let codes: Vec<&str> = out.lines().filter(|l| !l.starts_with("attempt=")).collect();
-    assert_eq!(codes.len(), 60, "{out}");
-    assert!(codes.iter().all(|c| *c == "200"), "a request of a1 failed while a2 was removed and added: {out}");
+    // The load still runs after the last change: a request started after it completes.
+    std::fs::write(&mark, "").unwrap();
+    load.wait_for_line("marked status").await;
+    std::fs::write(&stop, "").unwrap();
+    let done = load.wait_for_line("done").await;
+    let ok_n: u32 = done.split_whitespace().find_map(|w| w.strip_prefix("ok=")).unwrap().parse().unwrap();
+    assert!(ok_n >= 4, "{done}");
+    assert!(!done.contains("marked=0 "), "{done}");
+    assert!(done.ends_with(" bad="), "a request of a1 failed while a2 was removed and added: {done}");
+    std::fs::write(&go, "").unwrap();
+    let echoed = long.wait_for_line("result").await;
+    assert_eq!(echoed, "result echo:beforeafter", "a1's TCP connection survived a2's removal and addition");
     // a2 is no longer intercepted: its connection to the VIP goes nowhere.
     let gone = bed.node_cli(&sock_a, &["list"]).await;
     let list = outrider_proxy::node::api::parse_list(&String::from_utf8_lossy(&gone.stdout)).unwrap();
@@ -666,12 +747,17 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     // The sidecar's own calls to the control plane are not intercepted.
     rules.args(["--exclude-outbound-cidrs", "10.81.9.1/32"]);
     ok(&run_to_exit(rules).await);
+    let (hbone_before, _) = inbound_tls(&bed.host, node_b.addrs.metrics).await;
     let body = wait::wait_for("the sidecar of s1 reaches the ambient b1 over HBONE", || async {
         let (codes, body) = get(s1, &url, 1).await;
         (codes == ["200"]).then_some(body)
     })
     .await;
     assert!(body.contains("URI=spiffe://outrider.local/ns/default/sa/s1"), "{body}");
+    // The sidecar opened its own HBONE connection to node b (s1's identity), not Outrider's mTLS.
+    let (hbone, other) = inbound_tls(&bed.host, node_b.addrs.metrics).await;
+    assert!(hbone > hbone_before, "the sidecar's call reached node b over HBONE");
+    assert_eq!(other, 0.0, "a call reached node b over Outrider's mTLS, not HBONE");
     let body = wait::wait_for("the ambient a1 reaches the sidecar of s1", || async {
         let (codes, body) = get(a1, "http://10.96.0.12:8081/mixed", 1).await;
         (codes == ["200"]).then_some(body)
@@ -681,18 +767,21 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert!(body.contains("app=s1"), "{body}");
     drop(sidecar);
 
-    // The node proxy restarts: a connection in flight through it gets no answer (this does not
-    // show that it fails: the client never half-closes and the echo app answers only after a
-    // half-close, so it would get none from a living proxy either); the restarted proxy
-    // serves the workloads it served before (its state file, beside its socket) without the
-    // node agent adding them again, and new connections work.
+    // The node proxy restarts: a connection in flight through it ends with it (the client
+    // waits without a timeout and never half-closes, so only the proxy going away ends it: the
+    // echo app would not answer); the restarted proxy serves the workloads it served before
+    // (its state file, beside its socket) without the node agent adding them again, and new
+    // connections work.
     let mut inflight = a1.python();
     inflight.args(["-c", TCP_INFLIGHT, TCP_VIP, "9000"]);
     let mut inflight = Background::spawn(inflight);
     inflight.wait_for_line("open").await;
     drop(node_a);
     let ended = inflight.wait_for_line("result").await;
-    assert!(!ended.contains("echo:"), "the in-flight connection failed with its proxy: {ended}");
+    assert!(
+        ended == "result eof" || ended == "result ERR ConnectionResetError",
+        "the in-flight connection ends (closed or reset) with its proxy: {ended}"
+    );
     let (node_a, sock_a) = bed.node_proxy("a").await;
     wait::wait_until("the restarted node a serves a1 again, unasked", || async { get(a1, &url, 1).await.0 == ["200"] })
         .await;

@@ -60,9 +60,12 @@ async fn echo_server(store: Arc<CertStore>) -> (SocketAddr, mpsc::UnboundedRecei
                         let mut s = c.accept().unwrap();
                         let mut got = Vec::new();
                         s.read_to_end(&mut got).await.unwrap();
-                        s.write_all(b"got:").await.unwrap();
-                        s.write_all(&got).await.unwrap();
-                        s.shutdown().await.unwrap();
+                        // A test whose client leaves early (the resumption test) ends the stream
+                        // under this answer: that is not this helper's failure.
+                        if s.write_all(b"got:").await.is_err() || s.write_all(&got).await.is_err() {
+                            return;
+                        }
+                        let _ = s.shutdown().await;
                     }
                 })
                 .await;
@@ -214,6 +217,147 @@ async fn the_handshake_needs_h2_aes_gcm_and_a_client_certificate_for_client_auth
     let server_only = ca.store_with_usages(CLIENT, vec![ExtendedKeyUsagePurpose::ServerAuth]);
     let no_client_auth = crate::tls::hbone_client_config(server_only, server).unwrap();
     assert!(first_request_fails(no_client_auth, addr).await, "a certificate without clientAuth");
+}
+
+/// A TLS 1.2 ClientHello (legacy version 1.2, no `supported_versions`), otherwise complete
+/// enough for a TLS 1.2 server to answer: ECDHE AES-GCM suites, x25519, signature schemes,
+/// ALPN `h2`. (rustls is built without TLS 1.2 here, so the bytes are written by hand.)
+fn tls12_client_hello() -> Vec<u8> {
+    fn ext(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut e = kind.to_be_bytes().to_vec();
+        e.extend((body.len() as u16).to_be_bytes());
+        e.extend(body);
+        e
+    }
+    let mut exts = ext(10, &[0, 2, 0, 0x1d]); // supported_groups: x25519
+    exts.extend(ext(11, &[1, 0])); // ec_point_formats: uncompressed
+    exts.extend(ext(13, &[0, 4, 4, 3, 8, 4])); // signature_algorithms
+    exts.extend(ext(16, &[0, 3, 2, b'h', b'2'])); // ALPN: h2
+    let mut hello = vec![3, 3];
+    hello.extend([7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend([0, 4, 0xc0, 0x2b, 0xc0, 0x2f]); // ECDHE-{ECDSA,RSA}-AES128-GCM-SHA256
+    hello.extend([1, 0]); // no compression
+    hello.extend((exts.len() as u16).to_be_bytes());
+    hello.extend(exts);
+    let len = hello.len() as u32;
+    let mut handshake = vec![1];
+    handshake.extend(&len.to_be_bytes()[1..]);
+    handshake.extend(hello);
+    let mut record = vec![0x16, 3, 1];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+#[tokio::test]
+async fn a_tls_1_2_only_client_is_refused() {
+    let ca = TestCa::new();
+    let (addr, _seen, _drain) = echo_server(ca.store(SERVER)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&tls12_client_hello()).await.unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    // An alert record (not a ServerHello): fatal, protocol_version.
+    assert_eq!(answer.first(), Some(&0x15), "{answer:?}");
+    assert_eq!(answer.get(5..7), Some(&[2u8, 70][..]), "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_second_handshake_is_a_full_one_no_session_resumption() {
+    let ca = TestCa::new();
+    let store = ca.store(SERVER);
+    let config = crate::tls::hbone_server_config(store.clone()).unwrap();
+    assert!(!config.session_storage.can_cache(), "no server-side session cache");
+    assert!(!config.ticketer.enabled(), "no stateless tickets");
+    assert_eq!(config.send_tls13_tickets, 0, "no TLS 1.3 tickets sent");
+    let (addr, _seen, _drain) = echo_server(store).await;
+    // A client that would resume if it could: the server must not let it.
+    let mut resuming =
+        (*crate::tls::hbone_client_config(ca.store(CLIENT), Identity::parse(SERVER).unwrap()).unwrap()).clone();
+    resuming.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let resuming = Arc::new(resuming);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(resuming.clone()).connect(name, tcp).await.unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        // A whole exchange, so that any ticket the server sent has been read.
+        let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        assert_eq!(status_of(&mut send, Method::CONNECT, "127.0.0.1:8080").await, StatusCode::OK);
+    }
+    assert_eq!(kinds, [Some(rustls::HandshakeKind::Full); 2]);
+}
+
+#[tokio::test]
+async fn a_client_certificate_with_two_spiffe_uris_is_refused() {
+    let ca = TestCa::new();
+    let (addr, _seen, _drain) = echo_server(ca.store(SERVER)).await;
+    let client = |uris: &[&str]| {
+        let (chain, key) = ca.leaf_with_uris(uris);
+        let mut c = rustls::ClientConfig::builder_with_provider(crate::tls::hbone_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer))
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(c)
+    };
+    assert!(!first_request_fails(client(&[CLIENT]), addr).await, "one SPIFFE URI SAN is accepted");
+    let two = client(&[CLIENT, "spiffe://cluster.local/ns/shop/sa/admin"]);
+    assert!(first_request_fails(two, addr).await, "two SPIFFE URI SANs are refused");
+}
+
+/// Both sides' keepalive, seen from a raw HTTP/2 peer in paused time: the server PINGs every
+/// 10 s while the peer answers, and drops the connection (GOAWAY, then closed) 20 s after a
+/// PING the peer left unanswered.
+#[tokio::test(start_paused = true)]
+async fn pings_every_10_s_and_drops_a_peer_silent_for_20_s() {
+    let (mut peer, io) = tokio::io::duplex(1 << 20);
+    let addr: SocketAddr = "127.0.0.1:15008".parse().unwrap();
+    let drain = crate::drain::Drain::new();
+    let served = tokio::spawn(server::serve(
+        io,
+        addr,
+        addr,
+        Identity::parse(CLIENT).unwrap(),
+        drain.signal(),
+        |_: Connect| async {},
+    ));
+    // The client preface and an empty SETTINGS frame.
+    peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let start = tokio::time::Instant::now();
+    let (mut pings, mut goaway) = (Vec::new(), None);
+    loop {
+        let mut head = [0u8; 9];
+        if peer.read_exact(&mut head).await.is_err() {
+            break;
+        }
+        let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+        peer.read_exact(&mut payload).await.unwrap();
+        match (head[3], head[4]) {
+            // A PING: the first three answered (an ACK with the same payload), then silence.
+            (6, 0) => {
+                pings.push(start.elapsed().as_secs());
+                if pings.len() <= 3 {
+                    let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                    ack.extend_from_slice(&payload);
+                    peer.write_all(&ack).await.unwrap();
+                }
+            }
+            (7, _) => goaway = Some(start.elapsed().as_secs()),
+            _ => {}
+        }
+    }
+    let closed = start.elapsed().as_secs();
+    served.await.unwrap();
+    assert_eq!(pings, [10, 20, 30, 40], "a PING every 10 s");
+    assert_eq!(goaway, Some(60), "dropped 20 s after the unanswered PING");
+    assert_eq!(closed, 60);
 }
 
 /// In TLS 1.3 the server checks the client certificate after the client finished: the refusal

@@ -73,6 +73,21 @@ impl TestCa {
         std::sync::Arc::new(store)
     }
 
+    /// A client certificate chain and its key with the given URI SANs (serverAuth and
+    /// clientAuth), outside a [`CertStore`] (which refuses anything but one SPIFFE URI SAN).
+    pub(crate) fn leaf_with_uris(
+        &self,
+        uris: &[&str],
+    ) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = uris.iter().map(|u| SanType::URI((*u).to_owned().try_into().unwrap())).collect();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (vec![cert.der().clone()], der)
+    }
+
     /// [`TestCa::store_with_usages`] with serverAuth and clientAuth, as the control plane issues.
     pub(crate) fn store(&self, uri: &str) -> std::sync::Arc<CertStore> {
         self.store_with_usages(uri, vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth])
