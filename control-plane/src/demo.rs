@@ -117,7 +117,13 @@ pub fn run(args: DemoArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let data_dir = std::env::temp_dir().join(format!("outrider-demo-{}", std::process::id()));
-    let token = format!("demo-{:016x}", fastrand::u64(..));
+    let token = match server::random_token() {
+        Ok(t) => format!("demo-{t}"),
+        Err(e) => {
+            eprintln!("outrider demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cp = match server::start(ServerConfig {
         token: Some(token.clone()),
         workers: 1,

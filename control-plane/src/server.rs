@@ -264,6 +264,17 @@ fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, S
     outrider_proxy::transport::listen::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
 }
 
+/// A new API token: 128 bits from the system's cryptographic random number generator, as 32
+/// hex digits (whoever holds it may write the mesh's policies).
+pub(crate) fn random_token() -> std::io::Result<String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| std::io::Error::other("the system random number generator failed"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn token(config: &ServerConfig) -> Result<String, StartError> {
     if let Some(t) = &config.token {
         return Ok(t.trim().to_owned());
@@ -274,8 +285,8 @@ fn token(config: &ServerConfig) -> Result<String, StartError> {
     {
         return Ok(existing.trim().to_owned());
     }
-    let token: String = (0..32).map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0')).collect();
     let err = |source| StartError::Token { path: path.clone(), source };
+    let token = random_token().map_err(err)?;
     std::fs::create_dir_all(&config.data_dir).map_err(err)?;
     {
         use std::io::Write as _;

@@ -42,3 +42,12 @@ async fn a_debounced_set_is_published_without_a_second_wait() {
 async fn a_set_as_it_comes_waits_for_quiet() {
     assert!(published_after(Sets::AsTheyCome).await >= DEBOUNCE);
 }
+
+#[test]
+fn a_new_api_token_is_128_random_bits_in_hex() {
+    let a = super::random_token().unwrap();
+    let b = super::random_token().unwrap();
+    assert_eq!(a.len(), 32, "{a}");
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{a}");
+    assert_ne!(a, b, "two tokens from the system's random number generator");
+}
