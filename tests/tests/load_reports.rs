@@ -24,17 +24,22 @@ fn quantile_ms(samples: &[&Sample], q: f64) -> f64 {
     ms[rank - 1]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_control_planes_numbers_for_a_subset_match_what_the_clients_of_two_proxies_saw() {
-    let dir = TempDir::new("outrider-lrs");
+/// A control plane on ephemeral ports that asks its proxies for a load report every 200 ms.
+fn reporting_control_plane(dir: &TempDir) -> ControlPlane {
     let any = "127.0.0.1:0".parse().unwrap();
-    let cp = ControlPlane::start_config(ServerConfig {
+    ControlPlane::start_config(ServerConfig {
         xds: any,
         api: any,
         token: Some(TOKEN.into()),
         load_report_interval: Duration::from_millis(200),
         ..ServerConfig::local(dir.path())
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_control_planes_numbers_for_a_subset_match_what_the_clients_of_two_proxies_saw() {
+    let dir = TempDir::new("outrider-lrs");
+    let cp = reporting_control_plane(&dir);
     let flaky = Switch::new();
     flaky.fail_rate(0.1);
     let v1 = upstream::http1().name("v1").start().await;
@@ -201,14 +206,7 @@ async fn ads_call(channel: &tonic::transport::Channel, in_trailers: i32, trailer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_status_counts_in_the_trailers_after_a_body_as_in_a_trailers_only_response() {
     let dir = TempDir::new("outrider-lrs-grpc");
-    let any = "127.0.0.1:0".parse().unwrap();
-    let cp = ControlPlane::start_config(ServerConfig {
-        xds: any,
-        api: any,
-        token: Some(TOKEN.into()),
-        load_report_interval: Duration::from_millis(200),
-        ..ServerConfig::local(dir.path())
-    });
+    let cp = reporting_control_plane(&dir);
     let up = upstream::grpc().name("g1").start().await;
     let yaml = format!(
         "apiVersion: outrider.io/v1\nkind: Service\nmetadata: {{name: echo}}\nspec:\n  port: 50051\n  protocol: grpc\n  \
