@@ -87,8 +87,18 @@ pub struct ApiState {
     pub service_accounts: Option<crate::ca::service_accounts::Reviewer>,
 }
 
-/// Serve until the task is dropped; over TLS when `tls` is given.
-pub async fn serve(listener: TcpListener, state: Arc<ApiState>, tls: Option<tokio_rustls::TlsAcceptor>) {
+/// How long a connection may take to send a request head, and stay idle between two requests
+/// on a kept-alive connection, before it is closed.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serve until the task is dropped; over TLS when `tls` is given. A connection that sends no
+/// request head for `idle` is closed.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    idle: std::time::Duration,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(a) => a,
@@ -102,9 +112,9 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, tls: Option<toki
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, state).await,
+                None => serve_connection(stream, state, idle).await,
                 Some(acceptor) => match serving::accept(&acceptor, stream).await {
-                    Ok((stream, _peer)) => serve_connection(stream, state).await,
+                    Ok((stream, _peer)) => serve_connection(stream, state, idle).await,
                     Err(e) => tracing::debug!(error = %e, "API TLS handshake failed"),
                 },
             }
@@ -112,7 +122,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, tls: Option<toki
     }
 }
 
-async fn serve_connection<IO>(io: IO, state: Arc<ApiState>)
+async fn serve_connection<IO>(io: IO, state: Arc<ApiState>, idle: std::time::Duration)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -122,7 +132,7 @@ where
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10))
+        .header_read_timeout(idle)
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "API connection ended");

@@ -431,6 +431,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         tls_sans: args.tls_san,
         load_report_interval: args.load_report_interval,
         insecure_registration: args.insecure_registration,
+        api_idle_timeout: outrider_control_plane::api::IDLE_TIMEOUT,
         kubernetes: args.kubernetes.then(|| {
             let mut k = outrider_control_plane::kubernetes::KubeSettings::new();
             k.kubeconfig = args.kubeconfig;

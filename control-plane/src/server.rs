@@ -75,6 +75,10 @@ pub struct ServerConfig {
     /// Let xDS streams without a client certificate or join token register endpoints
     /// (`--insecure-registration`; demos and local tries only).
     pub insecure_registration: bool,
+    /// How long the API waits for a request head, including while a kept-alive connection is
+    /// idle between requests, before closing the connection ([`api::IDLE_TIMEOUT`]; shorter in
+    /// tests that wait for it).
+    pub api_idle_timeout: Duration,
     /// `--kubernetes`: the cluster is the source of truth (Services, EndpointSlices, the
     /// `outrider.io` custom resources, the CA Secret); `None`: files and the API.
     pub kubernetes: Option<KubeSettings>,
@@ -104,6 +108,7 @@ impl ServerConfig {
             tls_sans: Vec::new(),
             load_report_interval: crate::stats::DEFAULT_REPORT_INTERVAL,
             insecure_registration: false,
+            api_idle_timeout: api::IDLE_TIMEOUT,
             kubernetes: None,
             webhook: WebhookSettings::default(),
         }
@@ -489,6 +494,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let (mesh_stats, sweep_stats) = (stats.clone(), stats.clone());
     let run_rollouts = rollouts.clone();
     let tls = config.tls;
+    let api_idle = config.api_idle_timeout;
     let keeper_cluster = cluster.clone();
     let thread = std::thread::Builder::new()
         .name("outrider-cp".into())
@@ -505,7 +511,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                             None => (None, None),
                         };
                         tokio::spawn(ads.serve_with(xds_l, xds_tls));
-                        tokio::spawn(api::serve(api_l, state, api_tls));
+                        tokio::spawn(api::serve(api_l, state, api_tls, api_idle));
                         let debounced = if keeper_cluster.is_some() { Sets::Debounced } else { Sets::AsTheyCome };
                         tokio::spawn(debounce(sets, debounced, registry.clone(), generator, snap_tx, mesh_stats));
                         tokio::spawn(sweep_stats.sweep_loop());

@@ -192,6 +192,15 @@ struct Api {
 
 const API_TOKEN: &str = "fuzz-token";
 
+/// The API closes a kept-alive connection idle this long (10 s by default): short, so the
+/// replay test of a kept connection the API closed waits one second for it, not ten.
+const API_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The address of the API the `cp_api` target sends to (started on first use).
+pub fn cp_api_address() -> std::net::SocketAddr {
+    api().addr
+}
+
 fn api() -> &'static Api {
     static API: OnceLock<Api> = OnceLock::new();
     API.get_or_init(|| {
@@ -201,6 +210,7 @@ fn api() -> &'static Api {
             xds: any,
             api: any,
             token: Some(API_TOKEN.into()),
+            api_idle_timeout: API_IDLE_TIMEOUT,
             ..outrider_control_plane::server::ServerConfig::local(dir)
         })
         .expect("the control plane starts");
@@ -263,8 +273,8 @@ pub fn cp_api(data: &[u8]) {
                 .expect("the API answers within 30 s"),
             Err(e) => Err(e),
         };
-        // The API closes a keep-alive connection idle for 10 s (its header read timeout); a
-        // fuzzer starved of CPU can reuse one after that and race the close. Such a failure is
+        // The API closes a keep-alive connection left idle (its header read timeout, here
+        // `API_IDLE_TIMEOUT`); a fuzzer starved of CPU can reuse one after that and race the close. Such a failure is
         // the client's, and the input is sent again on a new connection: an input that gets
         // no answer on a fresh connection is still a finding.
         if kept && answer.as_ref().is_err_and(|e| e.is_incomplete_message() || e.is_closed() || e.is_canceled()) {

@@ -96,10 +96,13 @@ fn load_report() {
 }
 
 /// The first `cp_api` finding was the target's, not the control plane's: the API closes a
-/// keep-alive connection left idle for 10 s (its header read timeout), and the fuzzer, starved
-/// of CPU, reused one after that (`IncompleteMessage`). The target now sends such an input
-/// again on a new connection. Idle for longer than the API's limit between two inputs: the
-/// wait is the condition under test, not a synchronisation.
+/// keep-alive connection left idle for its header read timeout, and the fuzzer, starved of CPU,
+/// reused one after that (`IncompleteMessage`). The target now sends such an input again on a
+/// new connection. Between the two inputs the test waits until the API has closed the kept
+/// connection: the target's client socket to the API is in CLOSE_WAIT (the API sent its FIN),
+/// which the client itself has not seen yet (its connection task runs only while an input is
+/// sent), so the second input meets exactly the race of the finding. The fuzz target's API
+/// closes idle connections after 1 s rather than the default 10 s.
 #[test]
 fn cp_api_reuses_no_connection_the_api_closed_for_idleness() {
     let (_, input) = inputs("cp_api")
@@ -107,6 +110,39 @@ fn cp_api_reuses_no_connection_the_api_closed_for_idleness() {
         .find(|(p, _)| p.to_string_lossy().contains("idle-keepalive-closed"))
         .expect("the stored input");
     targets::cp_api(&input);
-    std::thread::sleep(std::time::Duration::from_millis(10_500));
+    let api = targets::cp_api_address();
+    assert!(!closed_by_peer(api).is_empty(), "the target keeps its connection to the API open between inputs");
+    // The target runs its own runtime; wait on another one, outside any target call.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(outrider_tests::wait::wait_until("the API to close the idle kept-alive connection", || async {
+        closed_by_peer(api).iter().all(|&closed| closed)
+    }));
     targets::cp_api(&input);
+}
+
+/// This process's TCP connections to `peer` (loopback IPv4, from /proc/net/tcp): for each,
+/// whether the peer has closed it (CLOSE_WAIT).
+fn closed_by_peer(peer: std::net::SocketAddr) -> Vec<bool> {
+    let std::net::IpAddr::V4(ip) = peer.ip() else { panic!("the API listens on IPv4 loopback: {peer}") };
+    // The kernel prints the address as the 32-bit word in host (little-endian) order.
+    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), peer.port());
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    let own = own_socket_inodes();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&want.as_str()) && own.iter().any(|i| Some(&i.as_str()) == f.get(9))).then(|| f[3] == "08")
+        })
+        .collect()
+}
+
+/// Inodes of the sockets this process holds (/proc/self/fd links `socket:[INODE]`).
+fn own_socket_inodes() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| Some(l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned()))
+        .collect()
 }
