@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
+use crate::client::{self, Client};
 use crate::wait;
 
 /// The proxy binary: `$OUTRIDER_PROXY_BIN`, else `target/debug/outrider-proxy`
@@ -34,12 +35,38 @@ pub fn proxy_bin() -> PathBuf {
 /// The flags that put every port on 0 and every listener on 127.0.0.1.
 pub fn ephemeral_args(policy: &Path) -> Vec<String> {
     let mut args = vec!["--policy".to_string(), policy.display().to_string()];
+    args.extend(ephemeral_ports());
+    args.extend(["--workers", "2"].map(String::from));
+    args
+}
+
+/// Every port on 0, every listener on 127.0.0.1, JSON logs.
+fn ephemeral_ports() -> Vec<String> {
+    let mut args = Vec::new();
     for flag in ["--outbound-port", "--inbound-port", "--admin-port", "--metrics-port", "--health-port"] {
         args.push(flag.into());
         args.push("0".into());
     }
-    args.extend(["--inbound-bind", "127.0.0.1", "--log-format", "json", "--workers", "2"].map(String::from));
+    args.extend(["--inbound-bind", "127.0.0.1", "--log-format", "json"].map(String::from));
     args
+}
+
+/// `outrider-proxy` taking its config from the control plane at `xds_url` (`http://ADDR`), as
+/// node `node` and the sidecar of `service`, every port on 0, one worker. Flags in `extra`
+/// replace the defaults of the same name (`--inbound-port`, `--workers`, ...).
+pub fn xds_proxy_command(xds_url: &str, node: &str, service: &str, extra: &[String]) -> Command {
+    let mut args: Vec<String> =
+        ["--xds-address", xds_url, "--node-id", node, "--service", service, "--workers", "1"].map(String::from).into();
+    args.extend(ephemeral_ports());
+    let mut cmd = Command::new(proxy_bin());
+    let mut kept = Vec::new();
+    for pair in args.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            kept.extend_from_slice(pair);
+        }
+    }
+    cmd.args(kept).args(extra);
+    cmd
 }
 
 /// `outrider-proxy` with [`ephemeral_args`].
@@ -82,6 +109,8 @@ pub struct ProxyProcess {
     child: Child,
     pub pid: u32,
     pub addrs: ListenAddrs,
+    /// A pooled HTTP/1.1 client to the outbound listener.
+    pub client: Client,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
 }
@@ -140,7 +169,34 @@ impl ProxyProcess {
                 );
             }
         };
-        Self { child, pid, addrs, stdout, stderr }
+        Self { child, pid, client: client::http1(addrs.outbound), addrs, stdout, stderr }
+    }
+
+    /// `GET uri` through the outbound port.
+    pub async fn get(&self, uri: &str) -> client::Reply {
+        client::send(&self.client, client::get(uri)).await
+    }
+
+    /// The status of `GET /ready` on the admin port.
+    pub async fn ready(&self) -> u16 {
+        client::send(&client::http1(self.addrs.admin), client::get("http://admin/ready")).await.status.as_u16()
+    }
+
+    /// Wait for `/ready` 200 (config, and the certificate when it has an identity).
+    pub async fn wait_ready(&self) {
+        wait::wait_until("the proxy process to be ready", || async { self.ready().await == 200 }).await;
+    }
+
+    /// `GET /config_dump` on the admin port.
+    pub async fn config_dump(&self) -> serde_json::Value {
+        let r = client::send(&client::http1(self.addrs.admin), client::get("http://admin/config_dump")).await;
+        assert_eq!(r.status, 200);
+        serde_json::from_slice(&r.body).expect("config_dump is JSON")
+    }
+
+    /// How many file descriptors the process holds open now (sockets, files, pipes).
+    pub fn open_fds(&self) -> usize {
+        open_fds(self.pid)
     }
 
     /// Send a signal by name (`TERM`, `HUP`, ...) with `kill(1)`.
@@ -222,6 +278,22 @@ impl Captured {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("query the process's status")
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill(&mut self) -> ExitStatus {
+        wait::within("the killed process to exit", self.child.kill()).await.expect("kill the process");
+        wait::within("the killed process to exit", self.child.wait()).await.expect("wait for the process")
+    }
+}
+
+/// How many file descriptors process `pid` holds open (`/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}")).count()
 }
 
 /// Collect a child's stderr into `into` as it comes (for the failure messages).

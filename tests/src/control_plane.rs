@@ -1,5 +1,6 @@
 //! The control plane in-process (its own runtime and thread, so killing it drops every stream
-//! like a crashed process), an API client, and proxies that take their config from it.
+//! like a crashed process), an API client shared with the control plane as a child process
+//! ([`crate::cp_process`]), and proxies that take their config from it.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,22 @@ pub struct ControlPlane {
     pub xds: SocketAddr,
     pub api: SocketAddr,
     pub data_dir: PathBuf,
+    client: ApiClient,
+}
+
+impl std::ops::Deref for ControlPlane {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.client
+    }
+}
+
+/// A client of a control plane's HTTP API, wherever the control plane runs (in this process
+/// or as a child process): the API calls and the waits the tests share.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub api: SocketAddr,
     client: Client,
 }
 
@@ -88,7 +105,7 @@ impl ControlPlane {
         Self {
             xds: running.xds_addr,
             api: running.api_addr,
-            client: client::http1(running.api_addr),
+            client: ApiClient::new(running.api_addr),
             running: Some(running),
             data_dir,
         }
@@ -111,6 +128,13 @@ impl ControlPlane {
     /// `http://ADDR` of the xDS server, as proxies take it.
     pub fn xds_url(&self) -> String {
         format!("http://{}", self.xds)
+    }
+}
+
+impl ApiClient {
+    /// A client of the API at `api`.
+    pub fn new(api: SocketAddr) -> Self {
+        Self { api, client: client::http1(api) }
     }
 
     /// A request to the API; `token` adds the bearer token.

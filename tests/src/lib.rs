@@ -16,6 +16,8 @@ pub mod binary;
 pub mod client;
 /// The control plane in-process, its API, and proxies fed by it over xDS.
 pub mod control_plane;
+/// The control plane as a child process: killed with SIGKILL, restarted on the same ports.
+pub mod cp_process;
 /// A small tmpfs for a data dir that a test fills up or remounts read-only (root).
 pub mod disk;
 /// A TCP relay that injects network faults: delay, drops, resets, stalls, bandwidth limits.

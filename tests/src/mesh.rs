@@ -12,8 +12,9 @@ use outrider_proxy::source::xds::{Protocol, XdsConfig};
 use outrider_proxy::telemetry::log::LogHandle;
 use serde_json::{Value, json};
 
+use crate::binary::{self, ProxyProcess};
 use crate::client::{self, Client};
-use crate::control_plane::{ControlPlane, TOKEN};
+use crate::control_plane::{ApiClient, ControlPlane, TOKEN};
 use crate::harness::TempDir;
 use crate::wait;
 
@@ -31,7 +32,7 @@ pub fn control_plane(data_dir: &Path, ttl: Duration) -> ControlPlane {
 }
 
 /// `POST /v1/tokens` for `default/<sa>`; returns the token.
-pub async fn join_token(cp: &ControlPlane, service_account: &str) -> String {
+pub async fn join_token(cp: &ApiClient, service_account: &str) -> String {
     let body = json!({"namespace": "default", "serviceAccount": service_account}).to_string();
     let r = cp.call("POST", "/v1/tokens", &body, true, None).await;
     assert_eq!(r.status, 200, "token create failed: {}", r.json);
@@ -132,10 +133,51 @@ impl Sidecar {
     }
 }
 
+/// The real `outrider-proxy` as the meshed sidecar of `service` (its service account too),
+/// delivering inbound traffic to `app_port`, with a join token from `cp` and `cp`'s API as its
+/// CA. Flags in `extra` replace the defaults of the same name (`--ca-address`,
+/// `--inbound-port`, ...). Returned once ready (certificate and config).
+pub async fn sidecar_process(
+    cp: &ApiClient,
+    xds_url: &str,
+    dir: &TempDir,
+    service: &str,
+    app_port: Option<u16>,
+    extra: &[&str],
+) -> ProxyProcess {
+    let node = match app_port {
+        Some(port) => format!("{service}-{port}"),
+        None => format!("{service}-sidecar"),
+    };
+    let token = dir.write(&format!("{node}.token"), &join_token(cp, service).await);
+    let mut args = vec!["--identity-token".to_owned(), token.display().to_string()];
+    args.extend(["--ca-address".to_owned(), format!("http://{}", cp.api)]);
+    if let Some(port) = app_port {
+        args.extend(["--app-port".to_owned(), port.to_string()]);
+    }
+    let mut kept = Vec::new();
+    for pair in args.chunks(2) {
+        if !extra.contains(&pair[0].as_str()) {
+            kept.extend_from_slice(pair);
+        }
+    }
+    kept.extend(extra.iter().map(|s| (*s).to_owned()));
+    let p = ProxyProcess::spawn(binary::xds_proxy_command(xds_url, &node, service, &kept)).await;
+    p.wait_ready().await;
+    p
+}
+
 /// Wait until the control plane serves `n` meshed endpoints of `service` to `sidecar`.
 pub async fn wait_meshed_endpoints(sidecar: &Sidecar, service: &str, n: usize) {
+    wait_meshed_endpoints_at(sidecar.admin, service, n).await;
+}
+
+/// [`wait_meshed_endpoints`] for the sidecar whose admin port is `admin` (e.g. a process).
+pub async fn wait_meshed_endpoints_at(admin: SocketAddr, service: &str, n: usize) {
+    let c = client::http1(admin);
     wait::wait_until(&format!("{n} meshed endpoints of {service}"), || async {
-        let dump = sidecar.config_dump().await;
+        let r = client::send(&c, client::get("http://admin/config_dump")).await;
+        let Ok(dump) = serde_json::from_slice::<Value>(&r.body) else { return false };
         let Some(clas) = dump["config"]["endpoints"]["resources"].as_array() else { return false };
         clas.iter()
             .filter(|c| c["cluster_name"].as_str().is_some_and(|n| n.ends_with(&format!("||{service}"))))
@@ -149,7 +191,7 @@ pub async fn wait_meshed_endpoints(sidecar: &Sidecar, service: &str, n: usize) {
 
 /// A certificate store holding a real mesh certificate for `default/<sa>` (issued through the
 /// control plane's API with a join token) and the control plane's trust bundle.
-pub async fn mesh_store(cp: &ControlPlane, service_account: &str) -> std::sync::Arc<outrider_proxy::tls::CertStore> {
+pub async fn mesh_store(cp: &ApiClient, service_account: &str) -> std::sync::Arc<outrider_proxy::tls::CertStore> {
     use outrider_proxy::tls::{self, CertStore, Identity, TrustBundle};
     let bundle = cp.call("GET", "/v1/ca/bundle", "", false, None).await.json;
     let roots: Vec<String> =
@@ -182,7 +224,7 @@ pub async fn mesh_store(cp: &ControlPlane, service_account: &str) -> std::sync::
 /// expecting the server to be `server_sa`, offering `alpn`. Stands in for a peer proxy when a
 /// test needs raw control of the connection.
 pub async fn mesh_client(
-    cp: &ControlPlane,
+    cp: &ApiClient,
     service_account: &str,
     server_sa: &str,
     alpn: &[u8],

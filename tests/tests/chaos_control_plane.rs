@@ -1,16 +1,23 @@
-//! Chaos at the control plane: killed right after a push while proxies carry load, and a data
-//! dir that is full or read-only. What the API client sees (a clear 5xx for writes, reads
-//! served), what the proxies see (no failed request), and that nothing accepted is lost.
+//! Chaos at the control plane, every process real: `outrider control-plane` as a child process
+//! killed with SIGKILL under load and right after a push, then started again on the same ports
+//! and data dir; and its data dir full or read-only. The proxies are `outrider-proxy`
+//! processes. What the API client sees (a clear 5xx for writes, reads served), what the
+//! proxies' clients see (no failed request), and that nothing accepted is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use outrider_proxy::source::xds::Protocol;
-use outrider_tests::control_plane::{ControlPlane, MeshProxy};
+use outrider_tests::binary::{ProxyProcess, xds_proxy_command};
+use outrider_tests::cp_process::CpProcess;
 use outrider_tests::disk::SmallDisk;
 use outrider_tests::harness::TempDir;
 use outrider_tests::{policy, skip, upstream, wait};
+
+/// An `outrider-proxy` process taking its config from `cp`, as node `p` of `frontend`.
+async fn proxy(cp: &CpProcess) -> ProxyProcess {
+    ProxyProcess::spawn(xds_proxy_command(&cp.xds_url(), "p", "frontend", &[])).await
+}
 
 fn service(upstream: &upstream::Upstream) -> String {
     policy::service("echo").endpoint(upstream.endpoint()).yaml()
@@ -25,7 +32,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(proxy: Arc<MeshProxy>) -> Self {
+    fn start(proxy: Arc<ProxyProcess>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let task = {
@@ -54,12 +61,49 @@ impl Load {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_plane_killed_during_a_push_under_load_fails_nothing_and_the_push_lands() {
-    let data = TempDir::new("cp-chaos");
-    let mut cp = ControlPlane::start(data.path());
+async fn control_plane_killed_under_load_fails_no_request_and_proxies_reconnect() {
+    let data = TempDir::new("cp-kill");
+    let mut cp = CpProcess::start(data.path()).await;
     let a = upstream::http1().name("a").start().await;
     let b = upstream::http1().name("b").start().await;
-    let proxy = Arc::new(MeshProxy::start(&cp.xds_url(), "p", "frontend", Protocol::Delta).await);
+    let proxy = Arc::new(proxy(&cp).await);
+    let version = cp.apply(&service(&a)).await;
+    cp.wait_converged(&version, 1).await;
+    wait::wait_until("traffic to reach a", || async { proxy.get("http://echo:8080/").await.upstream() == Some("a") })
+        .await;
+    let load = Load::start(proxy.clone());
+    load.more_than("load before the kill", 50).await;
+
+    cp.kill().await;
+    load.more_than("load while the control plane is down", 200).await;
+    assert_eq!(proxy.ready().await, 200, "the last good config stays");
+
+    // Back on the same ports: the policies are still there and the proxy reconnects.
+    cp.restart().await;
+    let listed = cp.call("GET", "/v1/policies/Service/echo", "", false, None).await;
+    assert_eq!(listed.status, 200, "the policy survived the kill");
+    cp.wait_converged(&version, 1).await;
+    assert_eq!(
+        cp.metrics().await.lines().find(|l| l.starts_with("outrider_xds_connected_proxies ")),
+        Some("outrider_xds_connected_proxies 1"),
+        "one xDS stream: the proxy's, reconnected"
+    );
+    load.more_than("load after the restart", 50).await;
+    assert_eq!(load.stop().await, 0, "requests failed while the control plane was away");
+
+    // And it still takes changes.
+    cp.apply(&service(&b)).await;
+    wait::wait_until("traffic to move to b", || async { proxy.get("http://echo:8080/").await.upstream() == Some("b") })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_killed_during_a_push_under_load_fails_nothing_and_the_push_lands() {
+    let data = TempDir::new("cp-chaos");
+    let mut cp = CpProcess::start(data.path()).await;
+    let a = upstream::http1().name("a").start().await;
+    let b = upstream::http1().name("b").start().await;
+    let proxy = Arc::new(proxy(&cp).await);
     let v1 = cp.apply(&service(&a)).await;
     cp.wait_converged(&v1, 1).await;
     wait::wait_until("traffic to reach a", || async { proxy.get("http://echo:8080/").await.upstream() == Some("a") })
@@ -67,21 +111,19 @@ async fn control_plane_killed_during_a_push_under_load_fails_nothing_and_the_pus
     let load = Load::start(proxy.clone());
     load.more_than("load before the push", 50).await;
 
-    // The write is accepted (persisted), then the process dies before or while it is pushed.
+    // The write is accepted (persisted), then the process dies (SIGKILL) before or while it
+    // is pushed.
     let v2 = cp.apply(&service(&b)).await;
-    cp.kill();
+    cp.kill().await;
     load.more_than("load while the control plane is down", 100).await;
     assert_eq!(proxy.ready().await, 200, "the last good config stays");
 
-    cp.restart();
+    cp.restart().await;
     cp.wait_converged(&v2, 1).await;
     wait::wait_until("traffic to move to b", || async { proxy.get("http://echo:8080/").await.upstream() == Some("b") })
         .await;
     load.more_than("load after the restart", 50).await;
     assert_eq!(load.stop().await, 0, "requests failed while the control plane died during a push");
-    if let Ok(p) = Arc::try_unwrap(proxy) {
-        p.shutdown().await;
-    }
 }
 
 /// Files the control plane left in its data dir that start with a dot (temp files).
@@ -99,10 +141,10 @@ async fn a_full_or_read_only_data_dir_refuses_writes_with_a_5xx_serves_reads_and
         Ok(d) => d,
         Err(why) => return skip(&format!("skipping the data-dir fault test: {why}")),
     };
-    let mut cp = ControlPlane::start(disk.path());
+    let mut cp = CpProcess::start(disk.path()).await;
     let a = upstream::http1().name("a").start().await;
     let b = upstream::http1().name("b").start().await;
-    let proxy = MeshProxy::start(&cp.xds_url(), "p", "frontend", Protocol::Delta).await;
+    let proxy = proxy(&cp).await;
     let v1 = cp.apply(&service(&a)).await;
     cp.wait_converged(&v1, 1).await;
     let token_request = r#"{"namespace": "default", "serviceAccount": "web"}"#;
@@ -142,12 +184,14 @@ async fn a_full_or_read_only_data_dir_refuses_writes_with_a_5xx_serves_reads_and
     assert_eq!(proxy.get("http://echo:8080/").await.upstream(), Some("b"));
     disk.read_only(false);
 
-    // A restart serves exactly what was accepted: the write on the full disk and the one on
-    // the read-only disk never happened, the one in between did.
-    cp.restart();
+    // A restart (after SIGKILL) serves exactly what was accepted: the write on the full disk
+    // and the one on the read-only disk never happened, the one in between did.
+    cp.restart().await;
     assert_eq!(cp.status().await["policyVersion"], v2.as_str());
     let listed = cp.call("GET", "/v1/policies/Service/echo", "", false, None).await;
     assert_eq!(listed.json["document"]["spec"]["endpoints"][0]["address"], b.endpoint(), "{}", listed.json);
-    cp.kill();
-    proxy.shutdown().await;
+    cp.wait_converged(&v2, 1).await;
+    assert_eq!(proxy.get("http://echo:8080/").await.upstream(), Some("b"));
+    // Killed before the disk is unmounted (the process holds files on it).
+    cp.kill().await;
 }

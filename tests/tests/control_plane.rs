@@ -1,10 +1,9 @@
 //! The control plane end to end: policies over the API reach real proxies over xDS (Delta and
-//! SotW), bad writes change nothing, stale writes conflict, and a control plane killed under
-//! load costs no request and loses no policy.
+//! SotW), bad writes change nothing, stale writes conflict, and a restarted control plane serves
+//! what it had. (A control plane killed under load: `chaos_control_plane`, as real processes.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use outrider_proxy::source::xds::Protocol;
 use outrider_tests::control_plane::{ControlPlane, MeshProxy};
@@ -121,57 +120,6 @@ async fn concurrent_writers_with_a_stale_version_get_409() {
     let deleted = cp.call("DELETE", "/v1/policies/Service/echo", "", true, Some(&now)).await;
     assert_eq!(deleted.status, 200, "{}", deleted.json);
     assert_eq!(cp.call("GET", "/v1/policies/Service/echo", "", false, None).await.status, 404);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_control_plane_under_load_fails_no_request_and_proxies_reconnect() {
-    let data = TempDir::new("cp-data");
-    let mut cp = ControlPlane::start(data.path());
-    let a = upstream::http1().name("a").start().await;
-    let b = upstream::http1().name("b").start().await;
-    let proxy = Arc::new(MeshProxy::start(&cp.xds_url(), "p", "frontend", Protocol::Delta).await);
-    let version = cp.apply(&service(&a)).await;
-    cp.wait_converged(&version, 1).await;
-    wait::wait_until("traffic to reach a", || async { proxy.get("http://echo:8080/").await.upstream() == Some("a") })
-        .await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (proxy, stop, ok, failed) = (proxy.clone(), stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let r = proxy.get("http://echo:8080/load").await;
-                if r.status == 200 { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
-    let before = ok.load(Ordering::Relaxed);
-    wait::wait_until("some load before the kill", || async { ok.load(Ordering::Relaxed) > before + 50 }).await;
-    cp.kill();
-    let at_kill = ok.load(Ordering::Relaxed);
-    wait::wait_until("load while the control plane is down", || async { ok.load(Ordering::Relaxed) > at_kill + 200 })
-        .await;
-    assert_eq!(proxy.ready().await, 200, "the last good config stays");
-
-    // Back on the same ports: the policies are still there and the proxy reconnects.
-    cp.restart();
-    let listed = cp.call("GET", "/v1/policies/Service/echo", "", false, None).await;
-    assert_eq!(listed.status, 200, "the policy survived the restart");
-    cp.wait_converged(&version, 1).await;
-    let at_restart = ok.load(Ordering::Relaxed);
-    wait::wait_until("load after the restart", || async { ok.load(Ordering::Relaxed) > at_restart + 50 }).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed while the control plane was away");
-
-    // And it still takes changes.
-    cp.apply(&service(&b)).await;
-    wait::wait_until("traffic to move to b", || async { proxy.get("http://echo:8080/").await.upstream() == Some("b") })
-        .await;
-    if let Ok(p) = Arc::try_unwrap(proxy) {
-        p.shutdown().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,7 +133,8 @@ fn closed_by_peer(peer: std::net::SocketAddr) -> Vec<bool> {
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&want.as_str()) && own.iter().any(|i| Some(&i.as_str()) == f.get(9))).then(|| f[3] == "08")
+            (f.get(2) == Some(&want.as_str()) && own.iter().any(|i| Some(&i.as_str()) == f.get(9)))
+                .then(|| f[3] == "08")
         })
         .collect()
 }
