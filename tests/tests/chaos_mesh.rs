@@ -1,8 +1,11 @@
 //! Chaos between meshed sidecars (mutual TLS, identities from the control plane's CA): SIGTERM
 //! to a server sidecar (the real binary) under HTTP/1.1, h2 and gRPC-streaming load; the CA
 //! unreachable while certificates rotate; and the fault relay on the proxy-to-proxy hop
-//! (delay, bandwidth, resets, dropped connections, a black hole). Each checks what the client
-//! sees and that nothing a policy could have saved was lost.
+//! (delay, bandwidth, resets, dropped connections, a black hole). The last two run every
+//! process for real (`outrider control-plane`, and each sidecar an `outrider-proxy`); the
+//! SIGTERM test runs the server sidecars as processes, the control plane and the calling
+//! sidecar in-process. Each checks what the client sees and that nothing a policy could have
+//! saved was lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -12,12 +15,13 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use outrider_tests::binary::{ProxyProcess, proxy_bin};
+use outrider_tests::binary::ProxyProcess;
 use outrider_tests::client::{self, Client};
 use outrider_tests::control_plane::ControlPlane;
+use outrider_tests::cp_process::CpProcess;
 use outrider_tests::fault::{self, OnConnect};
 use outrider_tests::harness::TempDir;
-use outrider_tests::mesh::{self, Sidecar, join_token};
+use outrider_tests::mesh::{self, Sidecar, join_token, sidecar_process};
 use outrider_tests::{upstream, wait};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -102,23 +106,10 @@ impl Load {
     }
 }
 
-/// The real `outrider-proxy` as the meshed sidecar of `service` in front of `app`.
+/// The real `outrider-proxy` as the meshed sidecar of `service` in front of `app`, draining
+/// for up to 60 s after SIGTERM.
 async fn binary_sidecar(cp: &ControlPlane, dir: &TempDir, service: &str, app: SocketAddr) -> ProxyProcess {
-    let token = dir.write(&format!("{service}-{}.token", app.port()), &join_token(cp, service).await);
-    let mut cmd = tokio::process::Command::new(proxy_bin());
-    cmd.args(["--xds-address", &cp.xds_url(), "--service", service, "--app-port", &app.port().to_string()]);
-    cmd.args(["--identity-token", &token.display().to_string(), "--ca-address", &format!("http://{}", cp.api)]);
-    cmd.args(["--drain-timeout", "60s", "--inbound-bind", "127.0.0.1", "--log-format", "json", "--workers", "1"]);
-    for flag in ["--outbound-port", "--inbound-port", "--admin-port", "--metrics-port", "--health-port"] {
-        cmd.args([flag, "0"]);
-    }
-    let p = ProxyProcess::spawn(cmd).await;
-    let admin = client::http1(p.addrs.admin);
-    wait::wait_until("the sidecar binary to be ready (certificate and config)", || async {
-        try_get(&admin, "http://admin/ready").await.is_ok_and(|(s, _)| s == 200)
-    })
-    .await;
-    p
+    sidecar_process(cp, &cp.xds_url(), dir, service, Some(app.port()), &["--drain-timeout", "60s"]).await
 }
 
 /// A bidirectional gRPC stream through the caller: send one message, read its answer; the
@@ -232,20 +223,17 @@ async fn the_ca_unreachable_during_rotation_keeps_serving_retries_and_recovers()
     let dir = TempDir::new("chaos-ca");
     // 60 s certificates rotate 30-48 s after issue; a failed renewal is retried within 1 s,
     // then 2 s, 4 s ... (full jitter): the outage below ends well before they expire.
-    let cp = mesh::control_plane(dir.path(), Duration::from_secs(60));
+    let cp = CpProcess::start_with(dir.path(), &["--workload-cert-ttl", "60s"]).await;
     cp.apply(&service("reviews", "http", 9080, 3, "")).await;
+    // Both sidecars reach the CA (the control plane's API) only through the relay.
     let ca = fault::relay(cp.api).await;
-    let via_relay = |c: &mut outrider_proxy::config::ProxyConfig| {
-        c.identity.as_mut().unwrap().ca = format!("http://{}", ca.addr).parse().unwrap();
-    };
+    let via_relay = format!("http://{}", ca.addr);
+    let via_relay = ["--ca-address", via_relay.as_str()];
     let app = upstream::http1().name("reviews-app").start().await;
-    let token = join_token(&cp, "reviews").await;
-    let server = Sidecar::start_edited(&cp, "reviews", Some(app.addr.port()), Some(&token), via_relay).await;
-    let token = join_token(&cp, "frontend").await;
-    let caller = Sidecar::start_edited(&cp, "frontend", None, Some(&token), via_relay).await;
-    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
-    let outbound = caller.app.as_ref().unwrap().addrs.outbound;
-    let load = Load::start(vec![client::http1(outbound)], "http://reviews:9080/r");
+    let server = sidecar_process(&cp, &cp.xds_url(), &dir, "reviews", Some(app.addr.port()), &via_relay).await;
+    let caller = sidecar_process(&cp, &cp.xds_url(), &dir, "frontend", None, &via_relay).await;
+    mesh::wait_meshed_endpoints_at(caller.addrs.admin, "reviews", 1).await;
+    let load = Load::start(vec![client::http1(caller.addrs.outbound)], "http://reviews:9080/r");
     load.more("load before the outage", 20).await;
 
     let installed = (installs(&caller).await, installs(&server).await);
@@ -272,18 +260,17 @@ async fn the_ca_unreachable_during_rotation_keeps_serving_retries_and_recovers()
     let failures = load.stop().await;
     assert!(failures.is_empty(), "requests failed while the CA was unreachable: {failures:?}");
     caller.get("http://reviews:9080/after").await.assert_status(200);
-    caller.shutdown().await;
-    server.shutdown().await;
 }
 
-async fn installs(s: &Sidecar) -> u64 {
+/// Certificates the sidecar has installed so far (`/config_dump`).
+async fn installs(s: &ProxyProcess) -> u64 {
     s.config_dump().await["node"]["identity"]["certificates_installed"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_on_the_hop_between_two_sidecars() {
     let dir = TempDir::new("chaos-hop");
-    let cp = mesh::control_plane(dir.path(), DAY);
+    let cp = CpProcess::start(dir.path()).await;
     // Ten attempts: with half the new hop connections dropped, a request fails only when all
     // eleven tries meet a dropped connection (one in 2048 for the few requests that need one).
     cp.apply(&service("reviews", "http", 9080, 10, "  timeout: 3s\n")).await;
@@ -292,18 +279,22 @@ async fn faults_on_the_hop_between_two_sidecars() {
     // sidecar registers the relay's address as its endpoint.
     let inbound = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let hop = fault::relay(inbound).await;
-    let token = join_token(&cp, "reviews").await;
-    let server = Sidecar::start_edited(&cp, "reviews", Some(app.addr.port()), Some(&token), |c| {
-        c.inbound = inbound;
-        c.xds.as_mut().unwrap().advertise = Some(hop.addr);
-    })
+    let (inbound_port, advertise) = (inbound.port().to_string(), hop.addr.to_string());
+    let server = sidecar_process(
+        &cp,
+        &cp.xds_url(),
+        &dir,
+        "reviews",
+        Some(app.addr.port()),
+        &["--inbound-port", &inbound_port, "--advertise", &advertise],
+    )
     .await;
-    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
-    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
-    let outbound = caller.app.as_ref().unwrap().addrs.outbound;
+    assert_eq!(server.addrs.inbound, inbound, "the sidecar listens where the relay forwards");
+    let caller = sidecar_process(&cp, &cp.xds_url(), &dir, "frontend", None, &[]).await;
+    mesh::wait_meshed_endpoints_at(caller.addrs.admin, "reviews", 1).await;
+    let outbound = caller.addrs.outbound;
     caller.get("http://reviews:9080/first").await.assert_status(200);
     assert!(hop.forwarded() >= 1, "the hop goes through the relay");
-
     // Delay: every call still succeeds.
     hop.set(|f| f.delay = Duration::from_millis(20));
     let load = Load::start(vec![client::http1(outbound), client::h2(outbound)], "http://reviews:9080/load");
@@ -347,6 +338,4 @@ async fn faults_on_the_hop_between_two_sidecars() {
         try_get(&caller.client, "http://reviews:9080/healed").await.is_ok_and(|(s, _)| s == 200)
     })
     .await;
-    caller.shutdown().await;
-    server.shutdown().await;
 }
