@@ -1,11 +1,10 @@
 //! Chaos between meshed sidecars (mutual TLS, identities from the control plane's CA): SIGTERM
 //! to a server sidecar (the real binary) under HTTP/1.1, h2 and gRPC-streaming load; the CA
 //! unreachable while certificates rotate; and the fault relay on the proxy-to-proxy hop
-//! (delay, bandwidth, resets, dropped connections, a black hole). The last two run every
-//! process for real (`outrider control-plane`, and each sidecar an `outrider-proxy`); the
-//! SIGTERM test runs the server sidecars as processes, the control plane and the calling
-//! sidecar in-process. Each checks what the client sees and that nothing a policy could have
-//! saved was lost.
+//! (delay, bandwidth, resets, dropped connections, a black hole). Every process is real: the
+//! control plane is `outrider control-plane` and each sidecar an `outrider-proxy`, as child
+//! processes. Each test checks what the client sees and that nothing a policy could have saved
+//! was lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -17,15 +16,12 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use outrider_tests::binary::ProxyProcess;
 use outrider_tests::client::{self, Client};
-use outrider_tests::control_plane::ControlPlane;
 use outrider_tests::cp_process::CpProcess;
 use outrider_tests::fault::{self, OnConnect};
 use outrider_tests::harness::TempDir;
-use outrider_tests::mesh::{self, Sidecar, join_token, sidecar_process};
+use outrider_tests::mesh::{self, sidecar_process};
 use outrider_tests::{upstream, wait};
 use tokio_stream::wrappers::ReceiverStream;
-
-const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// A Service and a TrafficPolicy retrying what is safe to retry for GETs, `attempts` times.
 fn service(name: &str, protocol: &str, port: u16, attempts: u32, extra: &str) -> String {
@@ -108,7 +104,7 @@ impl Load {
 
 /// The real `outrider-proxy` as the meshed sidecar of `service` in front of `app`, draining
 /// for up to 60 s after SIGTERM.
-async fn binary_sidecar(cp: &ControlPlane, dir: &TempDir, service: &str, app: SocketAddr) -> ProxyProcess {
+async fn binary_sidecar(cp: &CpProcess, dir: &TempDir, service: &str, app: SocketAddr) -> ProxyProcess {
     sidecar_process(cp, &cp.xds_url(), dir, service, Some(app.port()), &["--drain-timeout", "60s"]).await
 }
 
@@ -160,7 +156,7 @@ impl GrpcStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_a_server_sidecar_under_h1_h2_and_grpc_streaming_load_loses_nothing() {
     let dir = TempDir::new("chaos-sigterm");
-    let cp = mesh::control_plane(dir.path(), DAY);
+    let cp = CpProcess::start(dir.path()).await;
     cp.apply(&format!("{}---\n{}", service("echo", "http", 8080, 3, ""), service("grpc-echo", "grpc", 50051, 3, "")))
         .await;
     let (a1, a2) = (upstream::http1().name("a1").start().await, upstream::http1().name("a2").start().await);
@@ -171,10 +167,10 @@ async fn sigterm_to_a_server_sidecar_under_h1_h2_and_grpc_streaming_load_loses_n
         ("g1", binary_sidecar(&cp, &dir, "grpc-echo", g1.addr).await),
         ("g2", binary_sidecar(&cp, &dir, "grpc-echo", g2.addr).await),
     ];
-    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
-    mesh::wait_meshed_endpoints(&caller, "echo", 2).await;
-    mesh::wait_meshed_endpoints(&caller, "grpc-echo", 2).await;
-    let outbound = caller.app.as_ref().unwrap().addrs.outbound;
+    let caller = sidecar_process(&cp, &cp.xds_url(), &dir, "frontend", None, &[]).await;
+    mesh::wait_meshed_endpoints_at(caller.addrs.admin, "echo", 2).await;
+    mesh::wait_meshed_endpoints_at(caller.addrs.admin, "grpc-echo", 2).await;
+    let outbound = caller.addrs.outbound;
 
     // HTTP/1.1 and h2 clients to the caller, and a gRPC stream held open across the SIGTERM.
     let clients = vec![client::http1(outbound), client::http1(outbound), client::h2(outbound), client::h2(outbound)];
@@ -215,7 +211,6 @@ async fn sigterm_to_a_server_sidecar_under_h1_h2_and_grpc_streaming_load_loses_n
     let status = sg_held.wait().await;
     assert_eq!(status.code(), Some(0), "exits 0 once the stream ended; stderr:\n{}", sg_held.stderr());
     fresh.close().await;
-    caller.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
