@@ -1,8 +1,10 @@
 //! Test support for Outrider's end-to-end tests (the tests live in `tests/`).
 //!
-//! Run them with `cargo build -p outrider-proxy --bins && cargo nextest run -p outrider-tests`:
-//! `drain`, `policy_errors`, `reload` (SIGHUP) and `netns` start the real binary, found next to
-//! the test executable (`target/debug/outrider-proxy`) or at `$OUTRIDER_PROXY_BIN`. Waits are
+//! Run them with `cargo build -p outrider-proxy -p outrider-control-plane --bins && cargo
+//! nextest run -p outrider-tests`: `drain`, `policy_errors`, `reload` (SIGHUP), `netns` and the
+//! `chaos_*` tests start the real binaries, found next to the test executable
+//! (`target/debug/outrider-proxy`, `target/debug/outrider`) or at `$OUTRIDER_PROXY_BIN` /
+//! `$OUTRIDER_BIN`. Waits are
 //! bounded by `$OUTRIDER_TEST_DEADLINE_SECS` (default 10). `netns` needs root, `ip`,
 //! `iptables` and `python3` and skips itself otherwise; the `promtool` check in `admin`
 //! skips itself when `promtool` is not installed.
