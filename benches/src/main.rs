@@ -32,7 +32,7 @@ mod tcpbulk;
 mod upstream;
 mod wrk;
 
-const TARGETS: [&str; 4] = ["direct", "outrider", "haproxy", "nginx"];
+const TARGETS: [&str; 5] = ["direct", "outrider", "outrider-log", "haproxy", "nginx"];
 /// Set when the harness re-executes itself under a raised file limit.
 const REEXEC_ENV: &str = "OUTRIDER_BENCH_NOFILE_RAISED";
 
@@ -87,7 +87,9 @@ struct Args {
     /// (the scheduler decides, as for a sidecar sharing its cores with its app).
     #[arg(long)]
     unpinned: bool,
-    /// Only these targets (comma separated: direct,outrider,haproxy,nginx).
+    /// Only these targets (comma separated: direct,outrider,outrider-log,haproxy,nginx).
+    /// `outrider-log` is outrider with its access log at the default (on, to a file): add it
+    /// to measure what the access log costs.
     #[arg(long, value_delimiter = ',', default_value = "direct,outrider,haproxy,nginx")]
     targets: Vec<String>,
     /// Run one open loop against ADDR (IP:PORT) at the first of --rates for --duration over
@@ -257,6 +259,7 @@ fn main() -> Result<()> {
         let started = match t.as_str() {
             "direct" => Ok(Some(peers::direct(&up))),
             "outrider" => peers::outrider(&args.proxy, &up, proxy_core).map(Some),
+            "outrider-log" => peers::outrider_logging(&args.proxy, &up, proxy_core).map(Some),
             "haproxy" => peers::haproxy(&up, proxy_core),
             _ => peers::nginx(&up, proxy_core),
         };

@@ -201,6 +201,17 @@ pub fn direct(up: &Upstream) -> Target {
 }
 
 pub fn outrider(bin: &Path, up: &Upstream, core: usize) -> Result<Target> {
+    outrider_with(bin, up, core, false)
+}
+
+/// `outrider-log`: the same proxy with its access log at the default (`--access-log on`, JSON
+/// lines on stdout), stdout a file in the target's temp dir as a container runtime's log file
+/// would be, so the access log's cost (formatting and writing) is in the proxy's CPU.
+pub fn outrider_logging(bin: &Path, up: &Upstream, core: usize) -> Result<Target> {
+    outrider_with(bin, up, core, true)
+}
+
+fn outrider_with(bin: &Path, up: &Upstream, core: usize, access_log: bool) -> Result<Target> {
     if !bin.exists() {
         bail!("{} not found: run `cargo build --release -p outrider-proxy` first", bin.display());
     }
@@ -222,7 +233,7 @@ pub fn outrider(bin: &Path, up: &Upstream, core: usize) -> Result<Target> {
         "--workers",
         "1",
         "--access-log",
-        "off",
+        if access_log { "on" } else { "off" },
         "--outbound-port",
         &out_port.to_string(),
         "--admin-port",
@@ -242,13 +253,26 @@ pub fn outrider(bin: &Path, up: &Upstream, core: usize) -> Result<Target> {
     .map(OsString::from)
     .collect();
     let mut cmd = pinned(core, bin, &args);
-    cmd.env("OUTRIDER_LOG", "warn");
+    let log_file = dir.0.join("access.log");
+    if access_log {
+        // The default log filter (info): a `warn` filter would drop the access-log lines.
+        cmd.env_remove("OUTRIDER_LOG");
+        cmd.stdout(std::fs::File::create(&log_file).context("creating the access log file")?);
+    } else {
+        cmd.env("OUTRIDER_LOG", "warn");
+    }
     let proc_ = start_and_wait(cmd, dir, (local(admin_port), "/ready", "admin"))
         .with_context(|| format!("starting {}", bin.display()))?;
     let version = version_of(&bin.to_string_lossy(), "--version");
     let out = local(out_port);
+    let mut notes = vec![
+        "TCP through the inbound port (--app-port = the sink): the outbound TCP path needs an iptables original destination".into(),
+    ];
+    if access_log {
+        notes.push(format!("access log on (the default), JSON lines on stdout to a file ({})", log_file.display()));
+    }
     Ok(Target {
-        name: "outrider".into(),
+        name: if access_log { "outrider-log" } else { "outrider" }.into(),
         version,
         proc: Some(proc_),
         h1: Ep { addr: out, host: "bench:8080".into() },
@@ -256,9 +280,7 @@ pub fn outrider(bin: &Path, up: &Upstream, core: usize) -> Result<Target> {
         grpc: Ok(Ep { addr: out, host: "bench-grpc:8082".into() }),
         tcp: Ok(local(in_port)),
         max_idle: None,
-        notes: vec![
-            "TCP through the inbound port (--app-port = the sink): the outbound TCP path needs an iptables original destination".into(),
-        ],
+        notes,
     })
 }
 

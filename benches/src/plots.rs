@@ -12,6 +12,7 @@ fn color(target: &str) -> RGBColor {
     match target {
         "direct" => RGBColor(120, 120, 120),
         "outrider" => RGBColor(214, 39, 40),
+        "outrider-log" => RGBColor(255, 127, 14),
         "haproxy" => RGBColor(31, 119, 180),
         _ => RGBColor(44, 160, 44),
     }

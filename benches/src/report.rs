@@ -334,6 +334,22 @@ pub fn goals(run: &Run) -> Vec<Goal> {
             met: r.map(|r| r <= 1.0),
         });
     }
+    if run.target("outrider-log").is_some() {
+        for (name, w) in [
+            ("Access log on: CPU per HTTP/1.1 request", "http1"),
+            ("Access log on: CPU per h2c request", "h2c"),
+            ("Access log on: CPU per gRPC request", "grpc"),
+        ] {
+            let (on, off) = (run.cpu("outrider-log", w), run.cpu("outrider", w));
+            let r = ratio(on, off);
+            g.push(Goal {
+                name,
+                target: "≤ 1.1× with the access log off".into(),
+                measured: format!("{} vs {} = {}×", f(on, 1), f(off, 1), f(r, 2)),
+                met: r.map(|r| r <= 1.1),
+            });
+        }
+    }
     let r = ratio(run.rate("outrider", "http1"), run.rate("haproxy", "http1"));
     g.push(Goal {
         name: "HTTP/1.1 throughput, one worker",
