@@ -202,7 +202,7 @@ impl Inbound {
             match detected {
                 Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
                     drop(policy);
-                    self.serve_http(Downstream::<TcpStream>::Plain(stream), client, port, None, drain).await
+                    self.serve_http(Downstream::<TcpStream>::Plain(stream), client, port, None, None, drain).await
                 }
                 Ok(detect::Detected::Opaque) => {
                     Box::pin(self.serve_tcp(stream, client, port, None, policy.as_deref())).await
@@ -272,20 +272,23 @@ impl Inbound {
                 // Each request is authorized against the policy of its time.
                 drop(policy);
                 let io = if alpn == names::ALPN_MESH_H2 { Downstream::Http2(tls) } else { Downstream::Http1(tls) };
-                self.serve_http(io, client, port, peer, drain)
+                self.serve_http(io, client, port, peer, None, drain)
             }
             .await;
         }
     }
 
     /// Serve HTTP on a connection. (The server's future itself, not an `async fn` around it:
-    /// see [`HttpServer::serve`].)
+    /// see [`HttpServer::serve`].) `tunnel_parent`: the `traceparent` of the HBONE `CONNECT`
+    /// that carries the connection, the parent of a request's span when the request brings no
+    /// trace context of its own (a peer that tunnels the app's raw bytes, as ztunnel does).
     pub(crate) fn serve_http<I>(
         self: Arc<Self>,
         io: Downstream<I>,
         client: SocketAddr,
         port: u16,
         peer: Option<Identity>,
+        tunnel_parent: Option<http::HeaderValue>,
         drain: drain::Signal,
     ) -> impl Future<Output = ()> + Send + 'static + use<I>
     where
@@ -299,11 +302,16 @@ impl Inbound {
             http::HeaderValue::from_str(&format!("By={ours};URI={peer}")).ok()
         });
         let peer = peer.map(|p| Arc::new((p, xfcc)));
+        // Only a span can use it: with tracing off the request goes on as it came.
+        let tunnel_parent = tunnel_parent.filter(|_| self.recorder.tracer.is_some());
         server.serve(
             io,
-            move |req| {
+            move |mut req| {
                 let ctx = self.clone();
                 let peer = peer.clone();
+                if let Some(parent) = &tunnel_parent {
+                    crate::telemetry::trace::propagation::default_parent(req.headers_mut(), parent);
+                }
                 async move {
                     let (peer, xfcc) = match peer.as_deref() {
                         Some((p, x)) => (Some(p), x.as_ref()),

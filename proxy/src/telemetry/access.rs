@@ -267,6 +267,8 @@ impl RequestRecord {
                 attempt: None,
                 grpc_status: self.grpc_status,
                 incomplete: !complete,
+                workload: self.recorder.workload.clone(),
+                peer: self.peer.take(),
             });
         }
     }
