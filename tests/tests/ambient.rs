@@ -631,11 +631,22 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
         ) >= 5.0,
         "{metrics_b}"
     );
+    // The workload on the other side: b1 answered a1's calls (outbound, the endpoint's
+    // identity); a1 and a2 called b1 (inbound, the caller's verified identity).
+    let out_a1_b1 = [("direction", "outbound"), ("workload", "default/a1"), ("peer_workload", "default/b1")];
+    assert!(requests(&metrics_a, &out_a1_b1) >= 5.0, "{metrics_a}");
+    let in_b1_a1 = [("direction", "inbound"), ("workload", "default/b1"), ("peer_workload", "default/a1")];
+    assert!(requests(&metrics_b, &in_b1_a1) >= 5.0, "{metrics_b}");
+    let in_b1_a2 =
+        [("direction", "inbound"), ("code", "403"), ("workload", "default/b1"), ("peer_workload", "default/a2")];
+    assert_eq!(requests(&metrics_b, &in_b1_a2), 1.0, "{metrics_b}");
+    let in_b1_a2_seconds = [("direction", "inbound"), ("workload", "default/b1"), ("peer_workload", "default/a2")];
+    assert_eq!(sum(&metrics_b, "outrider_request_duration_seconds_count", &in_b1_a2_seconds), 1.0, "{metrics_b}");
     for (node, text) in [("a", &metrics_a), ("b", &metrics_b)] {
         for s in samples(text).iter().filter(|s| s.name == "outrider_requests_total") {
             assert!(
-                s.labels.iter().any(|(k, _)| k == "workload"),
-                "node {node}: a request series without its workload: {s:?}"
+                s.labels.iter().any(|(k, _)| k == "workload") && s.labels.iter().any(|(k, _)| k == "peer_workload"),
+                "node {node}: a request series without its workloads: {s:?}"
             );
         }
     }
