@@ -2,7 +2,10 @@
 //! bridge, linked by a veth pair), two workload namespaces on each, a node proxy per node and
 //! the control plane (with `--tls`: the node proxies authenticate with their node
 //! certificates) in a "host" namespace. Workloads talk across nodes over HBONE with their own
-//! identities. Needs root, `ip`, `iptables` and `python3`; skipped otherwise.
+//! identities. Smaller beds of the same shape (see [`small_bed`]) hold the focused tests:
+//! traces across node proxies, L7 policy per workload with a drain, and certificate rotation
+//! per workload with a killed node proxy. Needs root, `ip`, `iptables` and `python3`; skipped
+//! otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
