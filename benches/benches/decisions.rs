@@ -206,7 +206,12 @@ impl tower::Service<Upstream> for AnswerNow {
 
     fn call(&mut self, up: Upstream) -> Self::Future {
         let endpoint = up.endpoint.as_ref().map(|e| e.addr).expect("the balance stage chose an endpoint");
-        std::future::ready(Ok(Answered { resp: http::Response::new(Body::Empty), endpoint, attempt: up.attempt }))
+        std::future::ready(Ok(Answered {
+            resp: http::Response::new(Body::Empty),
+            endpoint,
+            workload: None,
+            attempt: up.attempt,
+        }))
     }
 }
 

@@ -47,10 +47,12 @@ pub const MAX_HEADER_LIST: u32 = 64 << 10;
 
 /// `forwarded: for="<source ip:port>"` (RFC 7239).
 pub static FORWARDED: HeaderName = http::header::FORWARDED;
-/// W3C trace context: read when present; sent when the client's `Target` carries one, which
-/// the proxy's own tunnels do not set yet (`http::client` leaves it `None`).
+/// W3C trace context: optional on receipt; sent when the client's `Target` carries one — the
+/// proxy's tunnels carry that of the HTTP request that opens them (`http::client`), TCP
+/// connections none. The receiver makes it the parent of the spans of requests in the tunnel
+/// that bring no trace context of their own.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-/// W3C baggage: read when present; sent when the `Target` carries some (not set yet, as above).
+/// W3C baggage: optional on receipt; sent as the opening request's `baggage`, as above.
 pub static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// Errors of the HBONE client.

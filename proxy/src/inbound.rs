@@ -28,7 +28,7 @@ use crate::mesh::{Mesh, MeshHandle};
 use crate::rescue::{self, ProxyError};
 use crate::state::{ClusterProtocol, Store};
 use crate::telemetry::access::{Recorder, RequestRecord};
-use crate::telemetry::metrics::{DenialLabels, Direction, DirectionLabels, ServiceLabels, TlsLabels};
+use crate::telemetry::metrics::{DenialLabels, Direction, DirectionLabels, SeriesCell, ServiceLabels, TlsLabels};
 use crate::tls::{Identity, Mode};
 use crate::transport::{detect, orig_dst};
 
@@ -202,7 +202,7 @@ impl Inbound {
             match detected {
                 Ok(detect::Detected::Http1 | detect::Detected::Http2) => {
                     drop(policy);
-                    self.serve_http(Downstream::<TcpStream>::Plain(stream), client, port, None, drain).await
+                    self.serve_http(Downstream::<TcpStream>::Plain(stream), client, port, None, None, drain).await
                 }
                 Ok(detect::Detected::Opaque) => {
                     Box::pin(self.serve_tcp(stream, client, port, None, policy.as_deref())).await
@@ -272,20 +272,23 @@ impl Inbound {
                 // Each request is authorized against the policy of its time.
                 drop(policy);
                 let io = if alpn == names::ALPN_MESH_H2 { Downstream::Http2(tls) } else { Downstream::Http1(tls) };
-                self.serve_http(io, client, port, peer, drain)
+                self.serve_http(io, client, port, peer, None, drain)
             }
             .await;
         }
     }
 
     /// Serve HTTP on a connection. (The server's future itself, not an `async fn` around it:
-    /// see [`HttpServer::serve`].)
+    /// see [`HttpServer::serve`].) `tunnel_parent`: the `traceparent` of the HBONE `CONNECT`
+    /// that carries the connection, the parent of a request's span when the request brings no
+    /// trace context of its own (a peer that tunnels the app's raw bytes, as ztunnel does).
     pub(crate) fn serve_http<I>(
         self: Arc<Self>,
         io: Downstream<I>,
         client: SocketAddr,
         port: u16,
         peer: Option<Identity>,
+        tunnel_parent: Option<http::HeaderValue>,
         drain: drain::Signal,
     ) -> impl Future<Output = ()> + Send + 'static + use<I>
     where
@@ -298,18 +301,30 @@ impl Inbound {
             let ours = mesh.as_ref()?.identity();
             http::HeaderValue::from_str(&format!("By={ours};URI={peer}")).ok()
         });
+        // Node mode: the caller's workload labels this connection's requests, counted into a
+        // series cell of the connection's own (the listener's is resolved with one caller).
+        let node = match (&self.recorder.workload, &peer) {
+            (Some(_), Some(p)) => p.workload_name().map(|w| Arc::new((w, Arc::new(SeriesCell::default())))),
+            _ => None,
+        };
         let peer = peer.map(|p| Arc::new((p, xfcc)));
+        // Only a span can use it: with tracing off the request goes on as it came.
+        let tunnel_parent = tunnel_parent.filter(|_| self.recorder.tracer.is_some());
         server.serve(
             io,
-            move |req| {
+            move |mut req| {
                 let ctx = self.clone();
                 let peer = peer.clone();
+                let node = node.clone();
+                if let Some(parent) = &tunnel_parent {
+                    crate::telemetry::trace::propagation::default_parent(req.headers_mut(), parent);
+                }
                 async move {
                     let (peer, xfcc) = match peer.as_deref() {
                         Some((p, x)) => (Some(p), x.as_ref()),
                         None => (None, None),
                     };
-                    Ok::<_, Infallible>(ctx.handle(client, port, peer, xfcc, req).await)
+                    Ok::<_, Infallible>(ctx.handle(client, port, peer, xfcc, node.as_deref(), req).await)
                 }
             },
             drain,
@@ -369,12 +384,19 @@ impl Inbound {
         port: u16,
         peer: Option<&Identity>,
         xfcc: Option<&http::HeaderValue>,
+        node: Option<&(Arc<str>, Arc<SeriesCell>)>,
         mut req: Request<Incoming>,
     ) -> Response<Body> {
         let mut rec = RequestRecord::start(&self.recorder, Direction::inbound, client, &req);
         rec.service = self.service.clone();
         rec.route = self.service.clone();
-        rec.series = Some(self.series.clone());
+        match node {
+            Some((peer_workload, series)) => {
+                rec.peer_workload = Some(peer_workload.clone());
+                rec.series = Some(series.clone());
+            }
+            None => rec.series = Some(self.series.clone()),
+        }
         rec.peer = peer.cloned();
         let grpc = rescue::is_grpc(&req);
         let authority = match forward::authority_of(&req) {

@@ -76,6 +76,22 @@ pub struct WorkloadInfo {
     pub identity: String,
     /// Whether its certificate is installed (it accepts traffic only then).
     pub ready: bool,
+    /// Its current certificate, once one is installed (each workload's is renewed on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateInfo>,
+}
+
+/// A served workload's current certificate, as the local API lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateInfo {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    pub not_after_unix: u64,
+    /// When it is renewed (a random point between 50 % and 80 % of its lifetime).
+    pub rotates_at_unix: u64,
+    /// Certificates installed for the workload so far: the first plus every renewal.
+    pub installs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -306,6 +306,9 @@ pub struct Endpoint {
     pub identity: Option<crate::tls::Identity>,
     /// An ambient workload behind a node proxy: reached over HBONE on `IP:15008`.
     pub hbone: bool,
+    /// `NAMESPACE/SERVICE_ACCOUNT` of `identity`, made once per snapshot: node mode's
+    /// `peer_workload` label of the requests it answers.
+    pub workload: Option<Arc<str>>,
     pub shared: Arc<EndpointShared>,
 }
 

@@ -117,6 +117,13 @@ impl Identity {
     }
 
     /// `(namespace, service_account)` when the path is `/ns/<ns>/sa/<sa>`.
+    /// `NAMESPACE/SERVICE_ACCOUNT`, as node mode names workloads (a new string: made once per
+    /// connection or snapshot, not per request). `None` for an ID not of that form.
+    pub fn workload_name(&self) -> Option<Arc<str>> {
+        let (ns, sa) = self.namespace_and_service_account()?;
+        Some(Arc::from(format!("{ns}/{sa}")))
+    }
+
     pub fn namespace_and_service_account(&self) -> Option<(&str, &str)> {
         let path = &self.0["spiffe://".len() + self.trust_domain().len()..];
         let mut it = path.strip_prefix('/')?.split('/');

@@ -39,6 +39,8 @@ pub mod load;
 pub mod mesh;
 /// Throw-away network namespaces (interception tests).
 pub mod netns;
+/// An OTLP/gRPC trace receiver on a listener of the test's choosing (any namespace).
+pub mod otlp;
 /// Policy YAML builders.
 pub mod policy;
 /// Reading the Prometheus text exposition.

@@ -2,7 +2,10 @@
 //! bridge, linked by a veth pair), two workload namespaces on each, a node proxy per node and
 //! the control plane (with `--tls`: the node proxies authenticate with their node
 //! certificates) in a "host" namespace. Workloads talk across nodes over HBONE with their own
-//! identities. Needs root, `ip`, `iptables` and `python3`; skipped otherwise.
+//! identities. Smaller beds of the same shape (see [`small_bed`]) hold the focused tests:
+//! traces across node proxies, L7 policy per workload with a drain, and certificate rotation
+//! per workload with a killed node proxy. Needs root, `ip`, `iptables` and `python3`; skipped
+//! otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -10,7 +13,7 @@ use std::path::{Path, PathBuf};
 use outrider_tests::binary::{ProxyProcess, proxy_bin, run_to_exit};
 use outrider_tests::control_plane::outrider_bin;
 use outrider_tests::harness::TempDir;
-use outrider_tests::netns::{Background, Netns, TCP_CLIENT_PY, TCP_ECHO_PY, unsupported};
+use outrider_tests::netns::{Background, Netns, TCP_CLIENT_PY, unsupported};
 use outrider_tests::wait;
 
 const API_TOKEN: &str = "ambient-test-token";
@@ -21,11 +24,13 @@ const POOL_VIP: &str = "10.96.0.14";
 
 /// Echoes what the app learnt: the caller's identity header, the path.
 const HTTP_APP: &str = r#"
-import http.server, sys
+import http.server, sys, time
 calls = {"n": 0}
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(60)
         if self.path == "/fail" or (len(sys.argv) > 3 and sys.argv[3] == "bad"):
             self.send_response(503)
             self.send_header("content-length", "0")
@@ -97,28 +102,43 @@ for _ in range(int(sys.argv[2])):
 print(body.replace("\n", " ").strip())
 "#;
 
-/// Opens a TCP connection, sends half a message and says so, then reports how it ended: it
-/// waits (no timeout) for the connection to end, so `result` is printed only once the other
-/// side closes or resets it.
-const TCP_INFLIGHT: &str = r#"
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-c.settimeout(None)
-c.sendall(b"half")
-print("open", flush=True)
-try:
-    d = c.recv(65536)
-    print("result", "eof" if not d else d.decode(), flush=True)
-except Exception as e:
-    print("result ERR", type(e).__name__, flush=True)
+/// A TCP echo app (`PORT`) that reads until the caller half-closes, answers `echo:` and what
+/// it read, and prints `recv <bytes>` for the first bytes of each connection (so a test knows
+/// a connection reached it); `echo ready` once listening.
+const TCP_ECHO_LOUD: &str = r#"
+import socket, sys, threading
+s = socket.socket(socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+print("echo ready", flush=True)
+def serve(c):
+    try:
+        data = b""
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            if not data:
+                print("recv", d.decode(errors="replace"), flush=True)
+            data += d
+        c.sendall(b"echo:" + data)
+        c.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// A long-lived TCP connection: `HOST PORT GO`; sends `before`, prints `open`, waits until the
-/// file `GO` exists, sends `after`, half-closes and prints `result <answer>`.
+/// A long-lived TCP connection: `HOST PORT GO [FIRST]`; sends `FIRST` (default `before`),
+/// prints `open`, waits until the file `GO` exists, sends `after`, half-closes and prints
+/// `result <answer>` (`result ERR <exception>` when the connection fails).
 const TCP_LONG_LIVED: &str = r#"
 import os, socket, sys, time
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-c.sendall(b"before")
+c.sendall((sys.argv[4] if len(sys.argv) > 4 else "before").encode())
 print("open", flush=True)
 while not os.path.exists(sys.argv[3]):
     time.sleep(0.01)
@@ -317,6 +337,11 @@ impl Bed {
     }
 
     async fn node_proxy(&self, name: &str) -> (ProxyProcess, PathBuf) {
+        self.node_proxy_env(name, &[]).await
+    }
+
+    /// A node proxy with `env` set (tracing's `OTEL_*`).
+    async fn node_proxy_env(&self, name: &str, env: &[(&str, &str)]) -> (ProxyProcess, PathBuf) {
         let sa = format!("node-{name}");
         let token =
             self.outrider(&["token", "create", "--namespace", "outrider-system", "-q", "--service-account", &sa]);
@@ -333,6 +358,7 @@ impl Bed {
             cmd.args([flag, "0"]);
         }
         cmd.args(["--log-format", "json", "--workers", "2"]);
+        cmd.envs(env.iter().copied());
         (ProxyProcess::spawn(cmd).await, socket)
     }
 
@@ -449,7 +475,7 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     http_app.args(["-c", HTTP_APP, "8080", "b1"]);
     let _http_app = Background::spawn(http_app);
     let mut tcp_app = b2.python();
-    tcp_app.args(["-c", TCP_ECHO_PY, "9000", "0.0.0.0"]);
+    tcp_app.args(["-c", TCP_ECHO_LOUD, "9000"]);
     let mut tcp_app = Background::spawn(tcp_app);
     tcp_app.wait_for_line("echo ready").await;
     let (b3, b4, b5) = (&b.workloads[2].0, &b.workloads[3].0, &b.workloads[4].0);
@@ -608,11 +634,22 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
         ) >= 5.0,
         "{metrics_b}"
     );
+    // The workload on the other side: b1 answered a1's calls (outbound, the endpoint's
+    // identity); a1 and a2 called b1 (inbound, the caller's verified identity).
+    let out_a1_b1 = [("direction", "outbound"), ("workload", "default/a1"), ("peer_workload", "default/b1")];
+    assert!(requests(&metrics_a, &out_a1_b1) >= 5.0, "{metrics_a}");
+    let in_b1_a1 = [("direction", "inbound"), ("workload", "default/b1"), ("peer_workload", "default/a1")];
+    assert!(requests(&metrics_b, &in_b1_a1) >= 5.0, "{metrics_b}");
+    let in_b1_a2 =
+        [("direction", "inbound"), ("code", "403"), ("workload", "default/b1"), ("peer_workload", "default/a2")];
+    assert_eq!(requests(&metrics_b, &in_b1_a2), 1.0, "{metrics_b}");
+    let in_b1_a2_seconds = [("direction", "inbound"), ("workload", "default/b1"), ("peer_workload", "default/a2")];
+    assert_eq!(sum(&metrics_b, "outrider_request_duration_seconds_count", &in_b1_a2_seconds), 1.0, "{metrics_b}");
     for (node, text) in [("a", &metrics_a), ("b", &metrics_b)] {
         for s in samples(text).iter().filter(|s| s.name == "outrider_requests_total") {
             assert!(
-                s.labels.iter().any(|(k, _)| k == "workload"),
-                "node {node}: a request series without its workload: {s:?}"
+                s.labels.iter().any(|(k, _)| k == "workload") && s.labels.iter().any(|(k, _)| k == "peer_workload"),
+                "node {node}: a request series without its workloads: {s:?}"
             );
         }
     }
@@ -767,20 +804,28 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     assert!(body.contains("app=s1"), "{body}");
     drop(sidecar);
 
-    // The node proxy restarts: a connection in flight through it ends with it (the client
-    // waits without a timeout and never half-closes, so only the proxy going away ends it: the
-    // echo app would not answer); the restarted proxy serves the workloads it served before
-    // (its state file, beside its socket) without the node agent adding them again, and new
-    // connections work.
+    // The node proxy is killed (SIGKILL) with a connection in flight, one that gets its answer
+    // while the proxy lives (as a1's long-lived connection above did: it sends again,
+    // half-closes, and the echo app answers everything it read). It has reached the app when
+    // the proxy dies, and sends the rest only after: it must end in an error — EOF before any
+    // answer, or a reset — never hang or get an answer. Then the restarted proxy serves the
+    // workloads it served before (its state file, beside its socket) without the node agent
+    // adding them again, and new connections work.
+    let go = bed.dir.path().join("inflight.go");
     let mut inflight = a1.python();
-    inflight.args(["-c", TCP_INFLIGHT, TCP_VIP, "9000"]);
+    inflight.args(["-c", TCP_LONG_LIVED, TCP_VIP, "9000"]).arg(&go).arg("inflight");
     let mut inflight = Background::spawn(inflight);
     inflight.wait_for_line("open").await;
+    tcp_app.wait_for_line("recv inflight").await;
+    let mut node_a = node_a;
+    node_a.signal("KILL");
+    node_a.wait().await;
     drop(node_a);
+    std::fs::write(&go, "").unwrap();
     let ended = inflight.wait_for_line("result").await;
     assert!(
-        ended == "result eof" || ended == "result ERR ConnectionResetError",
-        "the in-flight connection ends (closed or reset) with its proxy: {ended}"
+        ended.trim_end() == "result" || ended.starts_with("result ERR "),
+        "the in-flight connection fails (EOF without the answer, or a reset) when its proxy dies: {ended}"
     );
     let (node_a, sock_a) = bed.node_proxy("a").await;
     wait::wait_until("the restarted node a serves a1 again, unasked", || async { get(a1, &url, 1).await.0 == ["200"] })
@@ -814,4 +859,358 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     drop(node_a);
     drop(node_b);
     drop(cp);
+}
+
+// ------------------------------------------------------------ focused beds
+
+/// `GET /v1/endpoints` of the control plane (`URL ROOT TOKEN`): prints the JSON.
+const ENDPOINTS: &str = r#"
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+req = urllib.request.Request(sys.argv[1], headers={"authorization": "Bearer " + sys.argv[3]})
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
+print(opener.open(req, timeout=5).read().decode())
+"#;
+
+/// A smaller bed for the focused tests: node a with `na` workload namespaces, node b with
+/// `nb`, and the control plane (`--tls`, plus `cp_args`) in the host namespace with
+/// [`policy`] and `extra` applied. Node proxies are started by the test.
+struct Small {
+    bed: Bed,
+    a: NodeNet,
+    b: NodeNet,
+    _cp: Background,
+}
+
+async fn small_bed(na: usize, nb: usize, cp_args: &[&str], extra: &str) -> Small {
+    let host = Netns::create().unwrap();
+    let a = node_net(1, na);
+    let b = node_net(2, nb);
+    link_nodes(&a, &b);
+    let bed = Bed { dir: TempDir::new("outrider-ambient"), host };
+    let mut cp = bed.host.command(outrider_bin());
+    cp.args(["control-plane", "--xds-port", "15010", "--api-port", "15014", "--tls", "--api-token", API_TOKEN]);
+    cp.args(cp_args);
+    cp.arg("--data-dir").arg(bed.dir.path().join("cp"));
+    let mut cp = Background::spawn(cp);
+    cp.wait_for_line("listening").await;
+    let policy = bed.dir.write("policy.yaml", &format!("{}---\n{extra}", policy()));
+    ok(&run_to_exit(bed.outrider(&["apply", "-f", policy.to_str().unwrap()])).await);
+    Small { bed, a, b, _cp: cp }
+}
+
+impl Bed {
+    /// Add a workload (`labels`: `KEY=VALUE`), once the node has its own certificate (503
+    /// before).
+    async fn join(&self, socket: &Path, ns: &Netns, sa: &str, service: &str, labels: &[&str]) {
+        let p = path(ns);
+        let mut args = vec![
+            "add-workload",
+            "--netns",
+            p.to_str().unwrap(),
+            "--namespace",
+            "default",
+            "--service-account",
+            sa,
+            "--service",
+            service,
+        ];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        wait::wait_until(&format!("the node accepts workload {sa}"), || async {
+            let out = self.node_cli(socket, &args).await;
+            out.status.success() || String::from_utf8_lossy(&out.stderr).contains("already served")
+        })
+        .await;
+    }
+
+    async fn list(&self, socket: &Path) -> Vec<outrider_proxy::node::WorkloadInfo> {
+        let out = self.node_cli(socket, &["list"]).await;
+        outrider_proxy::node::api::parse_list(&ok(&out)).unwrap()
+    }
+
+    /// The control plane's registrations of `service`: (address, expires_in).
+    async fn endpoints(&self, service: &str) -> Vec<(String, Option<f64>)> {
+        let root = self.dir.path().join("cp/root.pem");
+        let out = self
+            .host
+            .run_python(ENDPOINTS, &["https://127.0.0.1:15014/v1/endpoints", root.to_str().unwrap(), API_TOKEN])
+            .await;
+        let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["service"] == service)
+            .map(|e| (e["address"].as_str().unwrap_or("").to_owned(), e["expiresIn"].as_f64()))
+            .collect()
+    }
+}
+
+fn app(ns: &Netns, port: &str, name: &str) -> Background {
+    let mut cmd = ns.python();
+    cmd.args(["-c", HTTP_APP, port, name]);
+    Background::spawn(cmd)
+}
+
+/// With tracing on (OTLP to a collector in the host namespace), one request of a1 (node a)
+/// to b1 (node b, over HBONE) is one trace: node a's client span names a1 as its workload,
+/// node b's server span names b1 and a1's verified identity, and is a child of node a's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_requests_spans_on_both_node_proxies_are_one_trace_with_the_workloads() {
+    if let Some(why) = unsupported() {
+        outrider_tests::skip(&format!("skipping: needs root, ip, iptables and python3 ({why})"));
+        return;
+    }
+    let s = small_bed(1, 1, &[], "").await;
+    let (a1, b1) = (&s.a.workloads[0].0, &s.b.workloads[0].0);
+    let _app = app(b1, "8080", "b1");
+    // The collector listens in the host namespace, where the node proxies run.
+    let host_ns = outrider_proxy::transport::netns::Netns::open(&path(&s.bed.host)).unwrap();
+    let listener = host_ns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let collector = outrider_tests::otlp::Collector::serve(tokio::net::TcpListener::from_std(listener).unwrap());
+    let otel = |name| {
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", name),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ]
+    };
+    let (_node_a, sock_a) = s.bed.node_proxy_env("a", &otel("node-a")).await;
+    let (_node_b, sock_b) = s.bed.node_proxy_env("b", &otel("node-b")).await;
+    s.bed.join(&sock_a, a1, "a1", "client", &[]).await;
+    s.bed.join(&sock_b, b1, "b1", "echo-http", &[]).await;
+    s.bed.wait_ready(&sock_a, 1).await;
+    s.bed.wait_ready(&sock_b, 1).await;
+
+    let url = format!("http://{HTTP_VIP}:8080/traced");
+    wait::wait_until("a1 reaches b1", || async { get(a1, &url, 1).await.0 == ["200"] }).await;
+    let server = wait::wait_for("node b's server span of a1's request", || async {
+        collector.spans().into_iter().find(|g| {
+            g.service == "node-b"
+                && g.span.kind == outrider_tests::otlp::SERVER
+                && g.attr("url.path").as_deref() == Some("/traced")
+        })
+    })
+    .await;
+    assert_eq!(server.attr("outrider.workload").as_deref(), Some("default/b1"), "{server:?}");
+    assert_eq!(
+        server.attr("outrider.peer_identity").as_deref(),
+        Some("spiffe://outrider.local/ns/default/sa/a1"),
+        "{server:?}"
+    );
+    let trace = server.trace();
+    let parent = server.parent();
+    let on_a = wait::wait_for("node a's spans of the same trace, the server span's parent among them", || async {
+        let spans: Vec<_> =
+            collector.spans().into_iter().filter(|g| g.service == "node-a" && g.trace() == trace).collect();
+        spans.iter().any(|g| g.id() == parent).then_some(spans)
+    })
+    .await;
+    let client = on_a
+        .iter()
+        .find(|g| g.span.kind == outrider_tests::otlp::CLIENT && g.attr("outrider.workload").is_some())
+        .unwrap_or_else(|| panic!("node a's client span with its workload: {on_a:?}"));
+    assert_eq!(client.attr("outrider.workload").as_deref(), Some("default/a1"), "{client:?}");
+    assert_eq!(client.attr("peer.service").as_deref(), Some("echo-http"), "{client:?}");
+    assert!(client.parent().chars().all(|c| c == '0'), "a1 sent no trace context: node a's span is the root");
+}
+
+const SHOP_VIP: &str = "10.96.0.20";
+
+/// `shop`: two versions on node b; an abort on `/broken`, a 1 s timeout, `/v2` all to v2 and
+/// the rest split half and half.
+const SHOP: &str = "apiVersion: outrider.io/v1
+kind: Service
+metadata: {name: shop}
+spec: {protocol: http, port: 8080, addresses: [\"10.96.0.20\"], mtls: strict}
+---
+apiVersion: outrider.io/v1
+kind: TrafficPolicy
+metadata: {name: shop}
+spec:
+  service: shop
+  timeout: 1s
+  routes:
+    - name: broken
+      match: {pathPrefix: /broken}
+      split: [{weight: 100}]
+      faults: {abort: {percent: 100, status: 418}}
+    - name: canary
+      match: {pathPrefix: /v2}
+      split: [{subset: {version: v2}, weight: 100}]
+    - name: main
+      match: {pathPrefix: /}
+      split: [{subset: {version: v1}, weight: 50}, {subset: {version: v2}, weight: 50}]
+";
+
+/// A TrafficPolicy's fault (abort), timeout and weighted split apply to an ambient workload's
+/// calls, on its node; and a node proxy that drains (SIGTERM) withdraws its workloads'
+/// endpoints at once (the registration grace is an hour: only the drain can explain it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_timeouts_and_splits_apply_per_workload_and_a_draining_node_withdraws_its_workloads() {
+    if let Some(why) = unsupported() {
+        outrider_tests::skip(&format!("skipping: needs root, ip, iptables and python3 ({why})"));
+        return;
+    }
+    let s = small_bed(1, 2, &["--registration-grace", "1h"], SHOP).await;
+    let a1 = &s.a.workloads[0].0;
+    let ((b1, b1_ip), (b2, b2_ip)) = (&s.b.workloads[0], &s.b.workloads[1]);
+    let _v1 = app(b1, "8080", "v1");
+    let _v2 = app(b2, "8080", "v2");
+    let (node_a, sock_a) = s.bed.node_proxy("a").await;
+    let (mut node_b, sock_b) = s.bed.node_proxy("b").await;
+    s.bed.join(&sock_a, a1, "a1", "client", &[]).await;
+    s.bed.join(&sock_b, b1, "b1", "shop", &["version=v1"]).await;
+    s.bed.join(&sock_b, b2, "b2", "shop", &["version=v2"]).await;
+    s.bed.wait_ready(&sock_a, 1).await;
+    s.bed.wait_ready(&sock_b, 2).await;
+    let url = |p: &str| format!("http://{SHOP_VIP}:8080{p}");
+    wait::wait_until("a1 reaches both versions of shop", || async {
+        let (codes, _) = get(a1, &url("/v2"), 1).await;
+        let (codes1, body) = get(a1, &url("/"), 1).await;
+        codes == ["200"] && codes1 == ["200"] && body.contains("app=")
+    })
+    .await;
+
+    // The split: /v2 always reaches v2; the rest reaches both.
+    for _ in 0..5 {
+        let (codes, body) = get(a1, &url("/v2"), 1).await;
+        assert_eq!(codes, ["200"], "{body}");
+        assert!(body.ends_with("app=v2"), "/v2 goes to v2 only: {body}");
+    }
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    wait::wait_until("a1's calls to / reach v1 and v2", || async {
+        let (codes, body) = get(a1, &url("/"), 1).await;
+        assert_eq!(codes, ["200"], "{body}");
+        let mut seen = seen.lock().unwrap();
+        seen.insert(body.rsplit("app=").next().unwrap_or("").to_owned());
+        seen.len() == 2
+    })
+    .await;
+
+    // The fault: /broken is answered 418 on node a, without calling the service.
+    let (codes, _) = get(a1, &url("/broken"), 3).await;
+    assert_eq!(codes, ["418"; 3]);
+    let metrics_a = scrape(&s.bed.host, node_a.addrs.metrics).await;
+    use outrider_tests::prom::sum;
+    assert_eq!(sum(&metrics_a, "outrider_faults_injected_total", &[("service", "shop"), ("kind", "abort")]), 3.0);
+    let metrics_b = scrape(&s.bed.host, node_b.addrs.metrics).await;
+    assert_eq!(
+        sum(&metrics_b, "outrider_requests_total", &[("direction", "inbound"), ("route", "broken")]),
+        0.0,
+        "{metrics_b}"
+    );
+
+    // The timeout: the app takes a minute on /slow; a1 gets 504 from its node's timeout.
+    let (codes, body) = get(a1, &url("/slow"), 1).await;
+    assert_eq!(codes, ["504"], "{body}");
+    let metrics_a = scrape(&s.bed.host, node_a.addrs.metrics).await;
+    assert!(
+        sum(&metrics_a, "outrider_requests_total", &[("workload", "default/a1"), ("code", "504")]) >= 1.0,
+        "{metrics_a}"
+    );
+
+    // Node b drains: both of its workloads leave shop's endpoints at once, not after the grace.
+    let mut registered = s.bed.endpoints("shop").await;
+    registered.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(registered, [(format!("{b1_ip}:0"), None), (format!("{b2_ip}:0"), None)]);
+    node_b.signal("TERM");
+    wait::wait_until("node b's workloads withdrawn", || async { s.bed.endpoints("shop").await.is_empty() }).await;
+    node_b.wait().await;
+    drop(node_a);
+}
+
+/// Workload certificates of 10 s: each workload's is renewed on its own (its own serials, its
+/// own schedule) while a1 and a2 call b1 without a failure; then node b's proxy is killed
+/// (SIGKILL, not restarted) and the control plane withdraws b1's endpoint after the
+/// registration grace (2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_workload_certificate_rotates_on_its_own_and_a_killed_nodes_workloads_leave_after_the_grace() {
+    if let Some(why) = unsupported() {
+        outrider_tests::skip(&format!("skipping: needs root, ip, iptables and python3 ({why})"));
+        return;
+    }
+    const OPEN: &str = "apiVersion: outrider.io/v1
+kind: Service
+metadata: {name: open}
+spec: {protocol: http, port: 8080, addresses: [\"10.96.0.21\"], mtls: strict}
+";
+    let s = small_bed(2, 1, &["--workload-cert-ttl", "10s", "--registration-grace", "2s"], OPEN).await;
+    let ((a1, _), (a2, _), (b1, b1_ip)) = (&s.a.workloads[0], &s.a.workloads[1], &s.b.workloads[0]);
+    let _app = app(b1, "8080", "b1");
+    let (_node_a, sock_a) = s.bed.node_proxy("a").await;
+    let (mut node_b, sock_b) = s.bed.node_proxy("b").await;
+    s.bed.join(&sock_a, a1, "a1", "client", &[]).await;
+    s.bed.join(&sock_a, a2, "a2", "client", &[]).await;
+    s.bed.join(&sock_b, b1, "b1", "open", &[]).await;
+    s.bed.wait_ready(&sock_a, 2).await;
+    s.bed.wait_ready(&sock_b, 1).await;
+    let url = "http://10.96.0.21:8080/";
+    wait::wait_until("a1 and a2 reach b1", || async {
+        get(a1, url, 1).await.0 == ["200"] && get(a2, url, 1).await.0 == ["200"]
+    })
+    .await;
+
+    // Load from a1 and a2 while every certificate turns over twice.
+    let (mark, stop) = (s.bed.dir.path().join("load.mark"), s.bed.dir.path().join("load.stop"));
+    std::fs::write(&mark, "").unwrap();
+    let mut loads = Vec::new();
+    for w in [a1, a2] {
+        let mut load = w.python();
+        load.args(["-c", HTTP_LOAD, url]).arg(&mark).arg(&stop);
+        loads.push(Background::spawn(load));
+    }
+    // workload → the serials it has had, in order; (workload, installs, rotates_at) seen.
+    let seen = std::sync::Mutex::new((
+        std::collections::BTreeMap::<String, Vec<String>>::new(),
+        std::collections::BTreeSet::<(String, u64, u64, u64)>::new(),
+    ));
+    wait::wait_until("every workload's certificate renewed twice", || async {
+        let mut all = s.bed.list(&sock_a).await;
+        all.extend(s.bed.list(&sock_b).await);
+        let mut seen = seen.lock().unwrap();
+        let (serials, schedules) = &mut *seen;
+        for w in &all {
+            let Some(c) = &w.certificate else { continue };
+            let mine = serials.entry(w.spec.service_account.clone()).or_default();
+            if mine.last() != Some(&c.serial) {
+                mine.push(c.serial.clone());
+            }
+            schedules.insert((w.spec.service_account.clone(), c.installs, c.rotates_at_unix, c.not_after_unix));
+        }
+        serials.len() == 3 && serials.values().all(|v| v.len() >= 3)
+    })
+    .await;
+    let (serials, schedules) = seen.into_inner().unwrap();
+    std::fs::write(&stop, "").unwrap();
+    for mut load in loads {
+        let done = load.wait_for_line("done").await;
+        assert!(done.ends_with(" bad="), "a request failed while the certificates rotated: {done}");
+        let ok_n: u32 = done.split_whitespace().find_map(|w| w.strip_prefix("ok=")).unwrap().parse().unwrap();
+        assert!(ok_n >= 1, "{done}");
+    }
+    // No serial is shared: each workload got certificates of its own.
+    let every: Vec<&String> = serials.values().flatten().collect();
+    let distinct: std::collections::BTreeSet<_> = every.iter().collect();
+    assert_eq!(distinct.len(), every.len(), "{serials:?}");
+    // Each renewal is on the workload's own schedule: a1's and a2's certificates (one node,
+    // one control plane, joined together) do not share their expiry and renewal times.
+    let times = |sa: &str| -> std::collections::BTreeSet<(u64, u64)> {
+        schedules.iter().filter(|(w, ..)| w == sa).map(|(_, _, r, n)| (*r, *n)).collect()
+    };
+    assert_ne!(times("a1"), times("a2"), "{schedules:?}");
+    // A new connection after the rotations handshakes with the new certificates.
+    assert_eq!(get(a1, url, 1).await.0, ["200"]);
+
+    // Node b's proxy dies and is not restarted: b1 stays registered for the grace (its stream
+    // broke; the grace is counting), then leaves.
+    assert_eq!(s.bed.endpoints("open").await, [(format!("{b1_ip}:0"), None)], "registered, no grace counting");
+    node_b.signal("KILL");
+    node_b.wait().await;
+    wait::wait_until("b1's endpoint withdrawn after the grace", || async { s.bed.endpoints("open").await.is_empty() })
+        .await;
 }

@@ -27,12 +27,19 @@ struct Seen {
     peer: Identity,
     forwarded_for: Option<SocketAddr>,
     traceparent: Option<String>,
+    baggage: Option<String>,
 }
 
 /// An HBONE server on 127.0.0.1 presenting `store`: each accepted stream is read to its end
 /// (the client's half-close), then answered `got:<bytes>` and closed.
 async fn echo_server(store: Arc<CertStore>) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>, crate::drain::Drain) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    echo_server_from(TcpListener::bind("127.0.0.1:0").await.unwrap(), store)
+}
+
+fn echo_server_from(
+    l: TcpListener,
+    store: Arc<CertStore>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>, crate::drain::Drain) {
     let addr = l.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::hbone_server_config(store).unwrap());
     let drain = crate::drain::Drain::new();
@@ -56,6 +63,7 @@ async fn echo_server(store: Arc<CertStore>) -> (SocketAddr, mpsc::UnboundedRecei
                             peer: c.peer.clone(),
                             forwarded_for: c.forwarded_for,
                             traceparent: c.traceparent.as_ref().map(|v| v.to_str().unwrap().to_owned()),
+                            baggage: c.baggage.as_ref().map(|v| v.to_str().unwrap().to_owned()),
                         });
                         let mut s = c.accept().unwrap();
                         let mut got = Vec::new();
@@ -423,4 +431,60 @@ fn forwarded_carries_the_source_address() {
     assert_eq!(super::parse_forwarded_for("proto=https; For=10.0.0.1"), Some("10.0.0.1:0".parse().unwrap()));
     assert_eq!(super::parse_forwarded_for("for=unknown"), None);
     assert_eq!(super::parse_forwarded_for("by=x"), None);
+}
+
+/// An HBONE echo server on port 15008 (the port the proxy's tunnels dial) of a loopback
+/// address of its own, so tests may run side by side.
+async fn echo_server_on_15008(
+    store: Arc<CertStore>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>, crate::drain::Drain) {
+    loop {
+        let ip = std::net::Ipv4Addr::new(127, fastrand::u8(1..), fastrand::u8(..), fastrand::u8(1..255));
+        if let Ok(l) = TcpListener::bind((ip, super::PORT)).await {
+            return echo_server_from(l, store);
+        }
+    }
+}
+
+/// The proxy's own tunnels carry the `traceparent` and `baggage` of the HTTP request that opens
+/// them (as its span's parent the request names the proxy's span), and a TCP connection's
+/// tunnel carries neither.
+#[tokio::test]
+async fn the_proxys_tunnels_carry_the_opening_requests_trace_context() {
+    use crate::http::client::{ConnectConfig, EndpointPool, UpstreamProtocol, connect_tcp_or_mesh};
+    let ca = TestCa::new();
+    let (addr, mut seen, _drain) = echo_server_on_15008(ca.store(SERVER)).await;
+    let mesh = Arc::new(crate::mesh::Mesh::new(ca.store(CLIENT)).unwrap());
+    let target = SocketAddr::new(addr.ip(), 8080);
+    let cfg = ConnectConfig {
+        timeout: Duration::from_secs(5),
+        socket: SocketOptions::default(),
+        limits: None,
+        idle_timeout: None,
+        mesh: Some(crate::mesh::MeshTarget {
+            mesh,
+            identity: Identity::parse(SERVER).unwrap(),
+            hbone: Some(crate::mesh::Tunnel { source: Some("10.1.0.7:40000".parse().unwrap()) }),
+        }),
+    };
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    // An HTTP request opens the endpoint's connection: its trace context rides on the CONNECT.
+    let pool = Arc::new(EndpointPool::new(target));
+    let req = Request::builder()
+        .uri(format!("http://{target}/"))
+        .header("traceparent", TP)
+        .header("baggage", "k8s.namespace.name=shop")
+        .body(crate::http::Body::Empty)
+        .unwrap();
+    let cfg2 = cfg.clone();
+    let send = tokio::spawn(async move { pool.send(req, UpstreamProtocol::Http2, &cfg2).await.map(|_| ()) });
+    let saw = seen.recv().await.unwrap();
+    assert_eq!(saw.traceparent.as_deref(), Some(TP));
+    assert_eq!(saw.baggage.as_deref(), Some("k8s.namespace.name=shop"));
+    assert_eq!(saw.forwarded_for, Some("10.1.0.7:40000".parse().unwrap()));
+    send.abort();
+    // A TCP connection: no span, so no trace context on its CONNECT.
+    let _tcp = connect_tcp_or_mesh(target, &cfg, crate::mesh::Carry::Tcp, None).await.unwrap();
+    let saw = seen.recv().await.unwrap();
+    assert_eq!((saw.traceparent, saw.baggage), (None, None));
 }

@@ -170,10 +170,18 @@ impl tokio::io::AsyncWrite for Either {
 }
 
 /// Plaintext, or mutual TLS carrying `carry` when the endpoint is meshed.
+///
+/// `opener`: the headers of the request that opens the connection (HTTP), `None` for a TCP
+/// connection. Over HBONE its `traceparent` — the request's own span once tracing has injected
+/// it, else what the caller sent — and `baggage` ride on the `CONNECT`, so the tunnel belongs to
+/// the trace of the request that opened it. A TCP connection has no span in this proxy (spans
+/// are per HTTP request), so its `CONNECT` carries neither. Read only when a tunnel is opened:
+/// two header lookups and reference-counted clones, no allocation.
 pub async fn connect_tcp_or_mesh(
     addr: SocketAddr,
     cfg: &ConnectConfig,
     carry: crate::mesh::Carry,
+    opener: Option<&http::HeaderMap>,
 ) -> Result<Either, UpstreamError> {
     match &cfg.mesh {
         None => Ok(Either::Plain(connect_tcp(addr, cfg).await?)),
@@ -183,8 +191,8 @@ pub async fn connect_tcp_or_mesh(
                 target: addr,
                 identity: target.identity.clone(),
                 source: tunnel.source,
-                traceparent: None,
-                baggage: None,
+                traceparent: opener.and_then(|h| h.get(&crate::hbone::TRACEPARENT)).cloned(),
+                baggage: opener.and_then(|h| h.get(&crate::hbone::BAGGAGE)).cloned(),
             };
             let stream = target
                 .mesh

@@ -30,7 +30,9 @@ impl Inbound {
             return;
         }
         if matches!(self.declared(), Some(ClusterProtocol::Http1 | ClusterProtocol::Http2)) {
-            // HTTP: every request is authorized on its own (403 with the reason).
+            // HTTP: every request is authorized on its own (403 with the reason), and its span's
+            // parent is its own trace context, else the `CONNECT`'s.
+            let parent = connect.traceparent.clone();
             let stream = match connect.accept() {
                 Ok(stream) => stream,
                 Err(e) => return tracing::debug!(%client, error = %e, "HBONE stream ended before it was answered"),
@@ -38,8 +40,12 @@ impl Inbound {
             use crate::http::preface::First;
             use crate::http::server::Downstream;
             match crate::hbone::stream::sniff_http(stream, SNIFF_TIMEOUT).await {
-                Some((First::Http2, s)) => self.serve_http(Downstream::Http2(s), client, port, Some(peer), drain).await,
-                Some((First::Http1, s)) => self.serve_http(Downstream::Http1(s), client, port, Some(peer), drain).await,
+                Some((First::Http2, s)) => {
+                    self.serve_http(Downstream::Http2(s), client, port, Some(peer), parent, drain).await
+                }
+                Some((First::Http1, s)) => {
+                    self.serve_http(Downstream::Http1(s), client, port, Some(peer), parent, drain).await
+                }
                 Some((First::Invalid, s)) => crate::http::preface::reject(s).await,
                 None => tracing::debug!(%client, "HBONE stream closed before its first request"),
             }

@@ -201,11 +201,24 @@ impl Workload {
     }
 
     pub fn info(&self) -> WorkloadInfo {
+        let mesh = self.mesh.load();
+        let unix = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
+        };
+        let certificate = mesh.as_ref().and_then(|m| {
+            Some(super::CertificateInfo {
+                serial: m.certs.serial()?,
+                not_after_unix: unix(m.certs.not_after()),
+                rotates_at_unix: unix(m.certs.rotate_at()),
+                installs: m.certs.installs(),
+            })
+        });
         WorkloadInfo {
             spec: self.spec.clone(),
             ip: self.ip,
             identity: self.identity.to_string(),
-            ready: self.mesh.load().is_some(),
+            ready: mesh.is_some(),
+            certificate,
         }
     }
 

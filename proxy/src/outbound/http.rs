@@ -149,6 +149,7 @@ async fn proxy(
     match res {
         Ok(answered) => {
             rec.upstream = Some(answered.endpoint);
+            rec.peer_workload = answered.workload;
             rec.attempts = answered.attempt;
             let resp = match routed.policy.idle_timeout {
                 Some(t) => answered.resp.map(|b| IdleBody::wrap(b, t)),

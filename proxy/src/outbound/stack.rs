@@ -82,6 +82,8 @@ impl Upstream {
 pub struct Answered {
     pub resp: Response<Body>,
     pub endpoint: SocketAddr,
+    /// The endpoint's workload (`NAMESPACE/SERVICE_ACCOUNT`) when it is meshed.
+    pub workload: Option<Arc<str>>,
     /// Which try produced it.
     pub attempt: u32,
 }
@@ -411,7 +413,7 @@ impl Service<Upstream> for EndpointStage {
                     }
                     other => other,
                 };
-            Ok(Answered { resp: res?, endpoint: ep.addr, attempt: up.attempt })
+            Ok(Answered { resp: res?, endpoint: ep.addr, workload: ep.workload.clone(), attempt: up.attempt })
         })
     }
 }

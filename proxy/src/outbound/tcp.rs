@@ -66,7 +66,7 @@ pub async fn to_cluster(ctx: &Outbound, stream: TcpStream, client: SocketAddr, c
     let in_flight = ep.shared.ewma.start();
     let mut cfg = ctx.connect_config(cluster.connect_timeout);
     cfg.mesh = crate::mesh::endpoint_target(&ctx.mesh, &ep, Some(client));
-    let connected = crate::http::client::connect_tcp_or_mesh(ep.addr, &cfg, crate::mesh::Carry::Tcp).await;
+    let connected = crate::http::client::connect_tcp_or_mesh(ep.addr, &cfg, crate::mesh::Carry::Tcp, None).await;
     if let Ok(crate::http::client::Either::Tls(_)) = &connected {
         metrics
             .tls_connections

@@ -118,6 +118,7 @@ impl Builder {
                                         })
                                     });
                                     next_carried.insert(key, shared.clone());
+                                    let workload = identity.as_ref().and_then(crate::tls::Identity::workload_name);
                                     eps.push(Arc::new(Endpoint {
                                         addr,
                                         weight,
@@ -125,6 +126,7 @@ impl Builder {
                                         meshed,
                                         identity,
                                         hbone,
+                                        workload,
                                         shared,
                                     }));
                                 }

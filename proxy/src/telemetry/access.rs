@@ -47,10 +47,6 @@ impl Recorder {
         Self { workload: Some(Arc::from(workload)), ..self.clone() }
     }
 
-    fn workload_label(&self) -> WorkloadLabel {
-        WorkloadLabel(self.workload.clone())
-    }
-
     /// Does this request or connection get an access-log line?
     fn log_this(&self, error: bool) -> bool {
         self.access_log
@@ -106,6 +102,9 @@ pub struct RequestRecord {
     pub connect: Option<Duration>,
     /// The caller's verified SPIFFE ID (inbound over mTLS).
     pub peer: Option<crate::tls::Identity>,
+    /// Node mode: the workload on the other side (`NAMESPACE/SERVICE_ACCOUNT`), the
+    /// `peer_workload` label: inbound the caller, outbound the meshed endpoint that answered.
+    pub peer_workload: Option<Arc<str>>,
     /// `grpc-status` of the response, from its headers or trailers (span attribute).
     grpc_status: Option<u32>,
     done: bool,
@@ -160,6 +159,7 @@ impl RequestRecord {
             request_bytes,
             connect: None,
             peer: None,
+            peer_workload: None,
             grpc_status: None,
             done: false,
         }
@@ -220,7 +220,10 @@ impl RequestRecord {
             DurationLabels {
                 direction: self.direction,
                 service: self.service.clone(),
-                workload: self.recorder.workload_label(),
+                workload: match &self.recorder.workload {
+                    None => WorkloadLabel::default(),
+                    w => WorkloadLabel { workload: w.clone(), peer: self.peer_workload.clone() },
+                },
             },
             &self.route,
             status,
@@ -267,6 +270,8 @@ impl RequestRecord {
                 attempt: None,
                 grpc_status: self.grpc_status,
                 incomplete: !complete,
+                workload: self.recorder.workload.clone(),
+                peer: self.peer.take(),
             });
         }
     }

@@ -15,16 +15,33 @@ pub enum Direction {
 }
 
 /// Node mode: the served workload a request belongs to (`workload="NAMESPACE/SERVICE_ACCOUNT"`:
-/// the caller on outbound, the callee on inbound). A sidecar serves one workload: no label.
+/// the caller on outbound, the callee on inbound) and the workload on the other side
+/// (`peer_workload`: inbound, the caller's verified identity; outbound, the identity of the
+/// meshed endpoint that answered; empty when there is none: plaintext, or no endpoint
+/// answered). Both are bounded by the service accounts of the mesh. A sidecar serves one
+/// workload: neither label.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
-pub struct WorkloadLabel(pub Option<Arc<str>>);
+pub struct WorkloadLabel {
+    pub workload: Option<Arc<str>>,
+    pub peer: Option<Arc<str>>,
+}
 
 impl EncodeLabelSet for WorkloadLabel {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        match &self.0 {
-            Some(w) => [("workload", w.as_ref())].encode(encoder),
+        match &self.workload {
+            Some(w) => {
+                [("workload", w.as_ref()), ("peer_workload", self.peer.as_deref().unwrap_or(""))].encode(encoder)
+            }
             None => Ok(()),
         }
+    }
+}
+
+fn same_opt(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => same(a, b),
+        _ => false,
     }
 }
 
@@ -145,11 +162,8 @@ impl RequestSeries {
         self.direction == l.direction
             && same(&self.service, &l.service)
             && same(&self.route, route)
-            && match (&self.workload.0, &l.workload.0) {
-                (None, None) => true,
-                (Some(a), Some(b)) => same(a, b),
-                _ => false,
-            }
+            && same_opt(&self.workload.workload, &l.workload.workload)
+            && same_opt(&self.workload.peer, &l.workload.peer)
     }
 
     fn count(&self, m: &Metrics, code: u16) {
@@ -559,25 +573,23 @@ mod tests {
     }
 
     #[test]
-    fn the_workload_label_is_there_in_node_mode_only() {
+    fn the_workload_labels_are_there_in_node_mode_only() {
         let m = Metrics::new();
         let svc: Arc<str> = Arc::from("echo");
-        for workload in [None, Some(Arc::from("shop/reviews"))] {
+        let node = WorkloadLabel { workload: Some(Arc::from("shop/reviews")), peer: Some(Arc::from("shop/frontend")) };
+        let unknown_peer = WorkloadLabel { workload: Some(Arc::from("shop/reviews")), peer: None };
+        for (code, workload) in [(200, WorkloadLabel::default()), (200, node), (503, unknown_peer)] {
             m.requests
                 .get_or_create(&RequestLabels {
                     direction: Direction::inbound,
                     service: svc.clone(),
                     route: svc.clone(),
-                    code: 200,
-                    workload: WorkloadLabel(workload.clone()),
+                    code,
+                    workload: workload.clone(),
                 })
                 .inc();
             m.request_duration
-                .get_or_create(&DurationLabels {
-                    direction: Direction::inbound,
-                    service: svc.clone(),
-                    workload: WorkloadLabel(workload),
-                })
+                .get_or_create(&DurationLabels { direction: Direction::inbound, service: svc.clone(), workload })
                 .observe(0.001);
         }
         let text = m.encode();
@@ -588,11 +600,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("outrider_requests_total{direction=\"inbound\",service=\"echo\",route=\"echo\",code=\"200\",workload=\"shop/reviews\"} 1\n"),
+            text.contains("outrider_requests_total{direction=\"inbound\",service=\"echo\",route=\"echo\",code=\"200\",workload=\"shop/reviews\",peer_workload=\"shop/frontend\"} 1\n"),
             "{text}"
         );
         assert!(
-            text.contains("outrider_request_duration_seconds_count{direction=\"inbound\",service=\"echo\",workload=\"shop/reviews\"} 1\n"),
+            text.contains("outrider_requests_total{direction=\"inbound\",service=\"echo\",route=\"echo\",code=\"503\",workload=\"shop/reviews\",peer_workload=\"\"} 1\n"),
+            "node mode: the label is there, empty, without a peer workload: {text}"
+        );
+        assert!(
+            text.contains("outrider_request_duration_seconds_count{direction=\"inbound\",service=\"echo\",workload=\"shop/reviews\",peer_workload=\"shop/frontend\"} 1\n"),
             "{text}"
         );
     }

@@ -258,6 +258,11 @@ pub struct HttpAttrs {
     pub grpc_status: Option<u32>,
     /// The response body ended early (reset or error after the headers).
     pub incomplete: bool,
+    /// Node mode: the served workload (`NAMESPACE/SERVICE_ACCOUNT`): the caller on outbound
+    /// spans, the callee on inbound ones (`outrider.workload`).
+    pub workload: Option<Arc<str>>,
+    /// The caller's verified SPIFFE ID (inbound spans over mTLS or HBONE).
+    pub peer: Option<crate::tls::Identity>,
 }
 
 impl HttpAttrs {
@@ -284,6 +289,8 @@ impl HttpAttrs {
             attempt: Some(attempt),
             grpc_status: None,
             incomplete: false,
+            workload: None,
+            peer: None,
         }
     }
 

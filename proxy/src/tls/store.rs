@@ -64,6 +64,8 @@ pub(crate) struct Leaf {
     pub(crate) chain_pem: Vec<String>,
     pub(crate) not_after: SystemTime,
     pub(crate) rotate_at: SystemTime,
+    /// The leaf's serial number (lower-case hex), to tell certificates apart.
+    pub(crate) serial: String,
 }
 
 /// Current certificate + key + trust bundle. Handshakes read it through the resolvers and
@@ -107,7 +109,7 @@ impl CertStore {
         if got != self.identity {
             return Err(TlsError::WrongIdentity { expected: self.identity.clone(), got });
         }
-        let (not_before, not_after) = validity(leaf)?;
+        let (not_before, not_after, serial) = validity(leaf)?;
         super::config::verify_chain(&self.bundle.load().roots, &chain, &self.identity)
             .map_err(|e| TlsError::BadChain(format!("does not verify against the trust bundle: {e}")))?;
         let certified = CertifiedKey::from_der(chain, key.into_key(), &provider())
@@ -115,7 +117,13 @@ impl CertStore {
         let now = SystemTime::now();
         let rotate_at = rotate_at(not_before.max(now), not_after, fastrand::f64());
         let chain_pem = chain_pem.to_vec();
-        self.leaf.store(Arc::new(Some(Leaf { certified: Arc::new(certified), chain_pem, not_after, rotate_at })));
+        self.leaf.store(Arc::new(Some(Leaf {
+            certified: Arc::new(certified),
+            chain_pem,
+            not_after,
+            rotate_at,
+            serial,
+        })));
         self.installs.fetch_add(1, Ordering::Relaxed);
         tracing::info!(identity = %self.identity, expires_in_s = self.expiry_seconds(), "installed TLS certificate");
         Ok(())
@@ -159,6 +167,11 @@ impl CertStore {
         self.leaf.load().as_ref().as_ref().map(|leaf| leaf.rotate_at)
     }
 
+    /// The current certificate's serial number (lower-case hex). `None` without a certificate.
+    pub fn serial(&self) -> Option<String> {
+        self.leaf.load().as_ref().as_ref().map(|leaf| leaf.serial.clone())
+    }
+
     pub fn not_after(&self) -> Option<SystemTime> {
         self.leaf.load().as_ref().as_ref().map(|leaf| leaf.not_after)
     }
@@ -185,9 +198,13 @@ pub(crate) fn rotate_at(start: SystemTime, not_after: SystemTime, jitter: f64) -
     start + lifetime.mul_f64(0.5 + 0.3 * jitter.clamp(0.0, 1.0))
 }
 
-fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), TlsError> {
+fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime, String), TlsError> {
     let (_, parsed) =
         x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| TlsError::BadChain(e.to_string()))?;
     let at = |ts: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(ts).unwrap_or(0));
-    Ok((at(parsed.validity().not_before.timestamp()), at(parsed.validity().not_after.timestamp())))
+    let mut serial = String::with_capacity(2 * parsed.raw_serial().len());
+    for b in parsed.raw_serial() {
+        serial.push_str(&format!("{b:02x}"));
+    }
+    Ok((at(parsed.validity().not_before.timestamp()), at(parsed.validity().not_after.timestamp()), serial))
 }

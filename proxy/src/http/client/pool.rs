@@ -286,7 +286,7 @@ impl EndpointPool {
             }
             if let Some(opened) = self.h1_connection(cfg) {
                 let started = Instant::now();
-                let mut sender = self.open_h1(cfg, opened).await?;
+                let mut sender = self.open_h1(cfg, opened, req.headers()).await?;
                 let connect = started.elapsed();
                 drop(pending);
                 let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
@@ -388,9 +388,16 @@ impl EndpointPool {
         Some(Opened { slot, counters: cfg.limits.as_ref().map(|(c, _)| c.clone()), h1: Some(Arc::downgrade(self)) })
     }
 
-    async fn open_h1(&self, cfg: &ConnectConfig, opened: Opened) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    /// A new HTTP/1.1 connection, opened for a request with `opener` headers (see
+    /// [`connect_tcp_or_mesh`]).
+    async fn open_h1(
+        &self,
+        cfg: &ConnectConfig,
+        opened: Opened,
+        opener: &http::HeaderMap,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let addr = self.addr;
-        let io = connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http1).await?;
+        let io = connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http1, Some(opener)).await?;
         let (sender, conn) =
             http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| UpstreamError::Handshake(addr, e))?;
         tokio::spawn(async move {
@@ -444,7 +451,7 @@ impl EndpointPool {
                     }
                     None => {
                         let started = Instant::now();
-                        let (sender, streams) = match self.open_h2(cfg).await {
+                        let (sender, streams) = match self.open_h2(cfg, req.headers()).await {
                             Ok(c) => c,
                             Err(e) => {
                                 slot.failures.fetch_add(1, Ordering::AcqRel);
@@ -475,9 +482,12 @@ impl EndpointPool {
         Ok(resp.map(|b| Body::leased(b, Lease { stream: Some(stream), ..Lease::default() })))
     }
 
+    /// The endpoint's HTTP/2 connection, opened for a request with `opener` headers (see
+    /// [`connect_tcp_or_mesh`]).
     async fn open_h2(
         self: &Arc<Self>,
         cfg: &ConnectConfig,
+        opener: &http::HeaderMap,
     ) -> Result<(http2::SendRequest<Body>, Arc<Streams>), UpstreamError> {
         // The endpoint's one HTTP/2 connection is always allowed (as an endpoint's
         // first connection is), but counts against maxConnections.
@@ -487,7 +497,7 @@ impl EndpointPool {
             h1: None,
         };
         let addr = self.addr;
-        let io = connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http2).await?;
+        let io = connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http2, Some(opener)).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))

@@ -41,12 +41,19 @@ fn traffic(snap: &Snapshot, recorders: &[Arc<Recorder>], resolved: bool) {
     for vh in vhosts {
         for route in &vh.routes {
             for split in &route.splits {
-                // More codes than a cell keeps resolved, and one with no status (caller left).
+                // More codes than a cell keeps resolved, and one with no status (caller left);
+                // node mode's peer workloads vary between requests (a sidecar has no such label).
                 for (i, code) in [200u16, 200, 404, 200, 503, 201, 500, 0, 200].into_iter().enumerate() {
                     let recorder = &recorders[i % recorders.len()];
                     let mut rec = RequestRecord::start(recorder, Direction::outbound, client, &req);
                     rec.service = split.cluster.service.clone();
                     rec.route = route.name.clone();
+                    rec.peer_workload = match i {
+                        7 => None,
+                        1 | 5 => Some(Arc::from("shop/ratings")),
+                        3 => Some(Arc::from("shop/details")),
+                        _ => Some(Arc::from("shop/sidecar-ignores-it")),
+                    };
                     if resolved {
                         rec.series = Some(split.series.clone());
                     }
@@ -88,21 +95,23 @@ async fn resolved_series_count_exactly_what_family_lookups_do_across_config_push
         "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"main\",code=\"200\"} 4"
     )));
     assert!(after_first.contains(&line(
-        "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"canary\",code=\"201\",workload=\"shop/reviews\"} 1"
+        "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"canary\",code=\"201\",workload=\"shop/reviews\",peer_workload=\"shop/ratings\"} 1"
     )));
     assert!(!after_first.iter().any(|l| l.contains("route=\"new\"") || l.contains("service=\"c\"")));
+    assert!(!after_first.iter().any(|l| l.contains("sidecar-ignores-it")), "a sidecar's series have no peer label");
     // After the push: counts continue for series both snapshots have, the new route's and
     // service's series appear, and those of routes and services that left keep their counts.
     for expected in [
         "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"main\",code=\"200\"} 10",
-        "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"main\",code=\"0\",workload=\"shop/reviews\"} 5",
+        "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"main\",code=\"0\",workload=\"shop/reviews\",peer_workload=\"\"} 5",
+        "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"main\",code=\"200\",workload=\"shop/reviews\",peer_workload=\"shop/details\"} 5",
         "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"canary\",code=\"200\"} 4",
         "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"new\",code=\"200\"} 2",
-        "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"new\",code=\"201\",workload=\"shop/reviews\"} 1",
+        "outrider_requests_total{direction=\"outbound\",service=\"a\",route=\"new\",code=\"201\",workload=\"shop/reviews\",peer_workload=\"shop/ratings\"} 1",
         "outrider_requests_total{direction=\"outbound\",service=\"b\",route=\"default\",code=\"503\"} 2",
         "outrider_requests_total{direction=\"outbound\",service=\"c\",route=\"default\",code=\"404\"} 1",
         "outrider_request_duration_seconds_count{direction=\"outbound\",service=\"a\"} 40",
-        "outrider_request_duration_seconds_count{direction=\"outbound\",service=\"c\",workload=\"shop/reviews\"} 4",
+        "outrider_request_duration_seconds_count{direction=\"outbound\",service=\"c\",workload=\"shop/reviews\",peer_workload=\"shop/ratings\"} 2",
     ] {
         assert!(end.contains(&line(expected)), "{expected} in {end:#?}");
     }

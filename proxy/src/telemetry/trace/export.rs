@@ -233,6 +233,12 @@ pub fn to_otlp(s: SpanData) -> otlp::Span {
         }
         None => {}
     }
+    if let Some(w) = &h.workload {
+        attrs.push(kv_str("outrider.workload", w.to_string()));
+    }
+    if let Some(p) = &h.peer {
+        attrs.push(kv_str("outrider.peer_identity", p.as_str().to_string()));
+    }
     if let Some(r) = h.local_reply {
         attrs.push(kv_str("outrider.local_reply", r.to_string()));
     }

@@ -52,6 +52,14 @@ pub fn trace_id(headers: &HeaderMap) -> Option<[u8; 16]> {
     extract(headers).map(|(c, _)| c.trace_id)
 }
 
+/// Give a request that names no trace `parent` as its `traceparent` (an HBONE `CONNECT`'s
+/// context for the requests of its tunnel); a request with W3C or B3 context keeps its own.
+pub fn default_parent(headers: &mut HeaderMap, parent: &HeaderValue) {
+    if !headers.contains_key(&TRACEPARENT) && !headers.contains_key(&B3) && !headers.contains_key(&X_B3_TRACEID) {
+        headers.insert(TRACEPARENT.clone(), parent.clone());
+    }
+}
+
 /// Write `cx` as the parent of the next hop.
 pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
     // 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>

@@ -221,6 +221,8 @@ fn otlp_spans_carry_the_http_attributes() {
             attempt: None,
             grpc_status: None,
             incomplete: false,
+            workload: Some("shop/reviews".into()),
+            peer: None,
         },
         error_only: false,
     };
@@ -243,6 +245,8 @@ fn otlp_spans_carry_the_http_attributes() {
     assert_eq!(get("outrider.retries").as_deref(), Some("1"));
     assert_eq!(get("outrider.local_reply").as_deref(), Some("connect-failure"));
     assert_eq!(get("outrider.upstream").as_deref(), Some("127.0.0.1:9"));
+    assert_eq!(get("outrider.workload").as_deref(), Some("shop/reviews"), "node mode: the calling workload");
+    assert_eq!(get("outrider.peer_identity"), None);
     assert_eq!(get("error.type").as_deref(), Some("connect-failure"));
     assert_eq!(s.status.unwrap().code, 2, "ERROR");
 }
@@ -324,4 +328,22 @@ fn a_pushed_ratio_replaces_the_root_sampler_and_stays_parent_based() {
     let p = Pushed { sampling_ratio: Some(0.0), errors: None };
     assert_eq!(p.sampler(), Some(Sampler { root: Root::TraceIdRatio(0.0), parent_based: true }));
     assert_eq!(Pushed::default().sampler(), None);
+}
+
+#[test]
+fn a_tunnels_trace_context_is_the_default_parent_only() {
+    let tunnel = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    let mut bare = http::HeaderMap::new();
+    propagation::default_parent(&mut bare, &tunnel);
+    assert_eq!(bare.get("traceparent"), Some(&tunnel), "a request without context continues the tunnel's");
+    for (name, value) in [
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+    ] {
+        let mut own = http::HeaderMap::new();
+        own.insert(http::HeaderName::from_static(name), HeaderValue::from_static(value));
+        propagation::default_parent(&mut own, &tunnel);
+        assert_ne!(own.get("traceparent"), Some(&tunnel), "a request with {name} keeps its own");
+    }
 }
