@@ -605,6 +605,18 @@ mod tests {
     }
 
     #[test]
+    fn the_access_log_flush_interval_is_a_duration_of_one_second_by_default() {
+        let parse = |extra: &[&str]| {
+            let args = ["outrider-proxy", "--policy", "p.yaml"].iter().chain(extra);
+            Cli::try_parse_from(args).map(|c| c.proxy.validate().unwrap().access_log_flush_interval)
+        };
+        assert_eq!(parse(&[]).unwrap(), Duration::from_secs(1));
+        assert_eq!(parse(&["--access-log-flush-interval", "250ms"]).unwrap(), Duration::from_millis(250));
+        assert_eq!(parse(&["--access-log-flush-interval", "0s"]).unwrap(), Duration::ZERO, "0s: each line at once");
+        assert!(parse(&["--access-log-flush-interval", "soon"]).is_err());
+    }
+
+    #[test]
     fn a_tunnel_port_the_proxy_cannot_use_is_rejected_not_ignored() {
         let parse = |port: &str| Cli::try_parse_from(["outrider-proxy", "--policy", "p.yaml", "--tunnel-port", port]);
         let err = parse("16008").unwrap().proxy.validate().unwrap_err().to_string();
