@@ -137,7 +137,10 @@ async fn access_lines_are_written_within_the_flush_interval_without_further_traf
         proxy.get(&format!("http://echo:8080/quiet/{i}")).await.assert_status(200);
     }
     let lines = wait_for("the three lines, written by the flusher", || async {
-        let l: Vec<Value> = access_lines(&proxy).into_iter().filter(|l| l["path"].as_str().unwrap_or("").starts_with("/quiet/")).collect();
+        let l: Vec<Value> = access_lines(&proxy)
+            .into_iter()
+            .filter(|l| l["path"].as_str().unwrap_or("").starts_with("/quiet/"))
+            .collect();
         (l.len() >= 3).then_some(l)
     })
     .await;
@@ -178,7 +181,10 @@ async fn a_log_line_comes_after_the_access_lines_logged_before_it() {
     let proxy = start(&dir, &policy(&up), &["--access-log-flush-interval", "1h"], &[]).await;
     proxy.get("http://echo:8080/before-reload").await.assert_status(200);
     // A changed policy file: "policy file reloaded" is logged at once.
-    dir.write("policy.yaml", &docs(&[service("echo").endpoint(up.addr).yaml(), service("other").endpoint(up.addr).yaml()]));
+    dir.write(
+        "policy.yaml",
+        &docs(&[service("echo").endpoint(up.addr).yaml(), service("other").endpoint(up.addr).yaml()]),
+    );
     let lines = wait_for("the reload's log line", || async {
         let l = proxy.stdout();
         l.iter().any(|l| l.contains("policy file reloaded")).then_some(l)

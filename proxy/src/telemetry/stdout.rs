@@ -69,11 +69,7 @@ impl<W> std::fmt::Debug for LineBuffer<W> {
 impl<W: Write> LineBuffer<W> {
     pub fn new(sink: W, threshold: usize) -> Self {
         Self {
-            pending: Mutex::new(Pending {
-                buf: Vec::with_capacity(threshold * 2),
-                flusher_idle: false,
-                closed: false,
-            }),
+            pending: Mutex::new(Pending { buf: Vec::with_capacity(threshold * 2), flusher_idle: false, closed: false }),
             wake: Condvar::new(),
             out: Mutex::new(Out { spare: Vec::with_capacity(threshold * 2), sink }),
             threshold,
@@ -179,10 +175,7 @@ pub fn start(interval: Duration) -> Option<Flush> {
     }
     let buf = Arc::new(LineBuffer::new(std::io::stdout(), THRESHOLD));
     let flusher = buf.clone();
-    std::thread::Builder::new()
-        .name("outrider-log-flush".into())
-        .spawn(move || flusher.flush_every(interval))
-        .ok()?;
+    std::thread::Builder::new().name("outrider-log-flush".into()).spawn(move || flusher.flush_every(interval)).ok()?;
     if STDOUT.set(buf.clone()).is_err() {
         buf.close();
         return None;
