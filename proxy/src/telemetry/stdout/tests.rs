@@ -106,6 +106,8 @@ fn the_flusher_writes_a_line_within_its_interval_without_further_lines() {
     let thread = std::thread::spawn(move || flusher.flush_every(Duration::from_millis(20)));
     b.push(b"first\n");
     eventually("the first line, flushed by the interval", || sink.text() == "first\n");
+    // With nothing pending, the flusher sleeps without a timeout: an idle proxy is not woken.
+    eventually("the flusher to wait for the next line", || b.pending.lock().flusher_idle);
     // The flusher went back to waiting for a line; the next one wakes it again.
     b.push(b"second\n");
     b.push(b"third\n");
