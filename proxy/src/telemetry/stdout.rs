@@ -3,9 +3,9 @@
 //!
 //! why: with the line formatted without allocation (`access/json.rs`), what remained of the
 //! access log's cost (9–13 % CPU per request at full load, docs/benchmarks.md) was one
-//! `write(2)` per line. Measured with `dd` on the 2-vCPU bench VM, moving 200 MB in blocks:
-//! 400-byte blocks (one access-log line) cost 1.1 µs each to a file and 1.3 µs to a pipe;
-//! 32 KiB blocks cost 0.2 and 0.1 µs per 400 bytes, and 64 KiB no less. So lines are appended
+//! `write(2)` per line. Measured with `dd` on the 2-vCPU bench VM, moving 200 MB in blocks (a
+//! read and a write each): 400-byte blocks (one access-log line) cost 1.1 µs each to a file and
+//! 1.3 µs to a pipe; 32 KiB blocks cost 0.2 and 0.1 µs per 400 bytes, and 64 KiB no less. So lines are appended
 //! to one process-wide buffer and written once it holds [`THRESHOLD`] (32 KiB: all of the
 //! gain, and half a default pipe, so one batch fits a container runtime's pipe), or at the
 //! latest `--access-log-flush-interval` after the oldest line in it (as Envoy's
@@ -14,7 +14,8 @@
 //! Order: one lock (`pending`) around the buffer. A line is appended whole, under it, so lines
 //! are never split or interleaved. A batch is written under a second lock (`out`), taken
 //! before `pending` is released, so batches leave in the order they were cut, and appending
-//! goes on while a batch is written. Any other line (a log line, through `tracing`) first
+//! goes on while a batch is written; it waits only when another 32 KiB arrive during one
+//! write, i.e. when stdout cannot keep up, as a line written at once would wait. Any other line (a log line, through `tracing`) first
 //! writes the lines pending before it: stdout keeps the order in which lines were produced.
 //!
 //! Cost: nothing unless [`start`] was called (the access log on, JSON logs on stdout, an
