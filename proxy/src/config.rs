@@ -122,6 +122,11 @@ pub struct ProxyArgs {
     /// 0.0 to 1.0 (errors, 4xx, 5xx and local replies are always logged).
     #[arg(long, env = "OUTRIDER_ACCESS_LOG_SAMPLE", default_value_t = 1.0)]
     pub access_log_sample: f64,
+    /// JSON logs on stdout: access-log lines are written in batches of 32 KiB, and at the
+    /// latest this long after they were logged (a SIGKILL loses at most this much), e.g. 1s;
+    /// 0s: each line at once.
+    #[arg(long, env = "OUTRIDER_ACCESS_LOG_FLUSH_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub access_log_flush_interval: Duration,
     /// Export the spans of failed requests (5xx, local reply, gRPC error, reset) even when
     /// the sampler leaves their trace out (on | off; tracing needs an OTLP endpoint).
     #[arg(long, env = "OUTRIDER_TRACE_ERRORS", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
@@ -244,6 +249,9 @@ pub struct ProxyConfig {
     pub access_log: bool,
     /// Share of successful requests logged (errors always are).
     pub access_log_sample: f64,
+    /// `--access-log-flush-interval`; zero: each line written at once. Used by `main`, which
+    /// owns stdout (`telemetry::stdout::start`).
+    pub access_log_flush_interval: Duration,
     /// Spans over OTLP/gRPC, from the `OTEL_*` environment variables; `None`: off.
     pub tracing: Option<crate::telemetry::trace::TraceConfig>,
     pub workers: usize,
@@ -312,6 +320,7 @@ impl ProxyConfig {
             log_format: LogFormat::Json,
             access_log: false,
             access_log_sample: 1.0,
+            access_log_flush_interval: Duration::from_secs(1),
             tracing: None,
             workers: 1,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -491,6 +500,7 @@ impl ProxyArgs {
             log_format: self.log_format,
             access_log: self.access_log,
             access_log_sample: self.access_log_sample,
+            access_log_flush_interval: self.access_log_flush_interval,
             tracing,
             workers,
             max_connections: self.max_connections,
@@ -592,6 +602,18 @@ mod tests {
         assert_eq!(cli.proxy.xds_max_message, outrider_xds::ads::DEFAULT_MAX_MESSAGE);
         let config = cli.proxy.validate().unwrap();
         assert_eq!(config.xds.unwrap().max_message, outrider_xds::ads::DEFAULT_MAX_MESSAGE);
+    }
+
+    #[test]
+    fn the_access_log_flush_interval_is_a_duration_of_one_second_by_default() {
+        let parse = |extra: &[&str]| {
+            let args = ["outrider-proxy", "--policy", "p.yaml"].iter().chain(extra);
+            Cli::try_parse_from(args).map(|c| c.proxy.validate().unwrap().access_log_flush_interval)
+        };
+        assert_eq!(parse(&[]).unwrap(), Duration::from_secs(1));
+        assert_eq!(parse(&["--access-log-flush-interval", "250ms"]).unwrap(), Duration::from_millis(250));
+        assert_eq!(parse(&["--access-log-flush-interval", "0s"]).unwrap(), Duration::ZERO, "0s: each line at once");
+        assert!(parse(&["--access-log-flush-interval", "soon"]).is_err());
     }
 
     #[test]

@@ -19,6 +19,12 @@ fn main() -> ExitCode {
         }
     };
     let log = outrider_proxy::telemetry::log::init(config.log_format);
+    // JSON access-log lines on stdout go out in batches. Declared before the runtime, so it is
+    // dropped after it, on every return below (a drained exit, a failed start): its drop
+    // writes the lines still pending, those of requests cut off by the runtime's end included.
+    let _access_log = (config.access_log && outrider_proxy::telemetry::log::json_on_stdout())
+        .then(|| outrider_proxy::telemetry::stdout::start(config.access_log_flush_interval))
+        .flatten();
     // One worker: a current-thread runtime (no work-stealing bookkeeping).
     let mut builder = if config.workers == 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -8,5 +8,7 @@ pub mod known;
 pub mod log;
 /// The metrics registry and the families of the data path.
 pub mod metrics;
+/// Lines on stdout (JSON logs): access-log lines batched, others at once, in order.
+pub mod stdout;
 /// Spans per request (OpenTelemetry over OTLP/gRPC), W3C and B3 propagation.
 pub mod trace;

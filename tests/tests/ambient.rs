@@ -657,6 +657,14 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
         let said = format!("{}\n{}", node.stdout().join("\n"), node.stderr());
         assert!(!said.contains("no --service"), "node {name} warns as a sidecar without --service:\n{said}");
     }
+    // Access-log lines are batched (written within --access-log-flush-interval): wait for them.
+    wait::wait_until("the access-log lines of nodes b and a", || async {
+        let (b, a) = (access_lines(&node_b.stdout()), access_lines(&node_a.stdout()));
+        b.iter().any(|l| field(l, "kind") == "http" && field(l, "workload") == "default/b1")
+            && b.iter().any(|l| field(l, "kind") == "tcp" && field(l, "workload") == "default/b2")
+            && a.iter().any(|l| field(l, "direction") == "outbound" && field(l, "workload") == "default/a1")
+    })
+    .await;
     let logs = access_lines(&node_b.stdout());
     assert!(
         logs.iter().any(|l| field(l, "kind") == "http"

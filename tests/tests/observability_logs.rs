@@ -117,6 +117,84 @@ async fn successes_are_sampled_and_errors_always_logged() {
     assert_eq!(lines[0]["trace_id"], "");
 }
 
+/// Only access-log lines from now on (`PUT /logging`): no other line can write out the pending
+/// access-log lines before them, so what writes them is the flusher or the exit.
+async fn only_access_lines(proxy: &ProxyProcess) {
+    let admin = client::http1(proxy.addrs.admin);
+    let req = client::request("PUT", "http://admin/logging?level=warn,outrider::access=info", "");
+    client::send(&admin, req).await.assert_status(200);
+}
+
+/// Access-log lines are batched (one `write` per 32 KiB or per `--access-log-flush-interval`):
+/// a few requests and then silence still get their lines, from the flusher alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_are_written_within_the_flush_interval_without_further_traffic() {
+    let up = upstream::http1().name("echo").start().await;
+    let dir = TempDir::new("access-log-interval");
+    let proxy = start(&dir, &policy(&up), &["--access-log-flush-interval", "200ms"], &[]).await;
+    only_access_lines(&proxy).await;
+    for i in 0..3 {
+        proxy.get(&format!("http://echo:8080/quiet/{i}")).await.assert_status(200);
+    }
+    let lines = wait_for("the three lines, written by the flusher", || async {
+        let l: Vec<Value> = access_lines(&proxy)
+            .into_iter()
+            .filter(|l| l["path"].as_str().unwrap_or("").starts_with("/quiet/"))
+            .collect();
+        (l.len() >= 3).then_some(l)
+    })
+    .await;
+    let paths: Vec<&str> = lines.iter().map(|l| l["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/quiet/0", "/quiet/1", "/quiet/2"], "each once, in order");
+}
+
+/// SIGTERM: the proxy drains and exits, and writes every pending line first, even with an
+/// interval that would not have come yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pending_access_line_is_written_before_a_drained_exit() {
+    let up = upstream::http1().name("echo").start().await;
+    let dir = TempDir::new("access-log-exit");
+    let mut proxy = start(&dir, &policy(&up), &["--access-log-flush-interval", "1h"], &[]).await;
+    only_access_lines(&proxy).await;
+    const REQUESTS: usize = 25;
+    for i in 0..REQUESTS {
+        proxy.get(&format!("http://echo:8080/exit/{i}")).await.assert_status(200);
+    }
+    proxy.signal("TERM");
+    assert!(proxy.wait().await.success(), "a drained exit: {}", proxy.stderr());
+    let lines = wait_for("every request's line", || async {
+        let l = access_lines(&proxy);
+        (l.len() >= REQUESTS).then_some(l)
+    })
+    .await;
+    let paths: Vec<String> = lines.iter().map(|l| l["path"].as_str().unwrap().to_string()).collect();
+    let expected: Vec<String> = (0..REQUESTS).map(|i| format!("/exit/{i}")).collect();
+    assert_eq!(paths, expected, "one line per request, in order");
+}
+
+/// The proxy's own log lines are written at once, after the access-log lines logged before
+/// them: stdout keeps the order in which lines were produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_line_comes_after_the_access_lines_logged_before_it() {
+    let up = upstream::http1().name("echo").start().await;
+    let dir = TempDir::new("access-log-order");
+    let proxy = start(&dir, &policy(&up), &["--access-log-flush-interval", "1h"], &[]).await;
+    proxy.get("http://echo:8080/before-reload").await.assert_status(200);
+    // A changed policy file: "policy file reloaded" is logged at once.
+    dir.write(
+        "policy.yaml",
+        &docs(&[service("echo").endpoint(up.addr).yaml(), service("other").endpoint(up.addr).yaml()]),
+    );
+    let lines = wait_for("the reload's log line", || async {
+        let l = proxy.stdout();
+        l.iter().any(|l| l.contains("policy file reloaded")).then_some(l)
+    })
+    .await;
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+    let access = at("/before-reload").expect("the access line, written with the log line after it");
+    assert!(access < at("policy file reloaded").unwrap(), "{lines:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_format_text_writes_text_lines() {
     let up = upstream::http1().name("echo").start().await;

@@ -55,7 +55,8 @@ pub fn init(format: LogFormat) -> LogHandle {
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .with_writer(std::io::stdout),
+                    // Access-log lines batched once `stdout::start`ed, in order with the rest.
+                    .with_writer(super::stdout::Lines),
             )
             .try_init(),
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout)).try_init(),

@@ -3,8 +3,9 @@
 //! why: through `tracing` the line cost ~42,000 instructions (serde map visitor, `fmt` for
 //! every address and number, escaping through `fmt::Write`): as much as the rest of the
 //! request. Here it is formatted into a reused per-thread buffer, without `fmt` or an
-//! intermediate `String`, and written with one `write_all` on stdout, as tracing's JSON
-//! layer writes each event. The line is the one that layer writes (same fields, order,
+//! intermediate `String`, and handed whole to [`crate::telemetry::stdout`], which batches
+//! access-log lines (one `write` per 32 KiB or per `--access-log-flush-interval`), as it does
+//! the lines tracing's JSON layer writes for TCP connections. The line is the one that layer writes (same fields, order,
 //! number formats; a field whose value is absent is left out), so readers see no change.
 //! Used only when this process installed the JSON log subscriber ([`super::super::log`]);
 //! the log filter still decides whether the line is wanted.
@@ -30,14 +31,13 @@ thread_local! {
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
 }
 
-/// Write the line for `rec` to stdout.
+/// Write the line for `rec` to stdout (batched, once buffering started).
 pub(super) fn write(rec: &RequestRecord, o: &Outcome) {
     LINE.with(|line| {
         let Ok(mut buf) = line.try_borrow_mut() else { return };
         buf.clear();
         format(&mut buf, rec, o, SystemTime::now());
-        // A failed stdout write is not the request's failure (tracing ignores it too).
-        let _ = std::io::stdout().lock().write_all(&buf);
+        crate::telemetry::stdout::access_line(&buf);
         // why: a rare huge line (a long path) must not keep its buffer for the thread's life.
         if buf.capacity() > 16 * 1024 {
             *buf = Vec::with_capacity(1024);
