@@ -24,6 +24,8 @@ pub mod fault;
 pub mod h2spec;
 /// The proxy in-process: policy file, `App`, clients, reloads.
 pub mod harness;
+/// Istio's Go HBONE implementation as a peer (built from `tests/interop/istio-hbone/`).
+pub mod istio_hbone;
 /// A real etcd + kube-apiserver on loopback (the Kubernetes test bed).
 pub mod kube;
 /// The control plane's Kubernetes mode on the test API server: replicas, CRDs, sidecars, and a
