@@ -32,6 +32,8 @@ const MARKER: &[u8] = b"half-close\n";
 const HELLO: &str = "hello from istio's dialer\n";
 /// Bytes the bulk step sends each way: well past the initial HTTP/2 windows of both stacks.
 const BULK: usize = 1 << 20;
+/// Tunnels Istio's dialer opens at once before the main exchange.
+const STREAMS: usize = 20;
 
 fn go_program() -> Option<PathBuf> {
     match istio_hbone::binary() {
@@ -102,6 +104,8 @@ async fn echo_app(ip: IpAddr) -> (SocketAddr, mpsc::UnboundedReceiver<Delivered>
 struct Tunnelled {
     target: SocketAddr,
     peer: Identity,
+    /// The HBONE connection's TCP peer: one value, one connection.
+    remote: SocketAddr,
     forwarded_for: Option<SocketAddr>,
     /// `copy_bidirectional`'s result: bytes each way, or the error.
     relay: Result<(u64, u64), String>,
@@ -131,12 +135,19 @@ async fn outrider_server(
                 server::serve(tls, local, remote, peer, signal, move |c: Connect| {
                     let tx = tx.clone();
                     async move {
-                        let (target, peer, forwarded_for) = (c.target, c.peer.clone(), c.forwarded_for);
-                        let mut app = TcpStream::connect(target).await.unwrap();
-                        let mut stream = c.accept().unwrap();
-                        let relay =
-                            tokio::io::copy_bidirectional(&mut stream, &mut app).await.map_err(|e| e.to_string());
-                        let _ = tx.send(Tunnelled { target, peer, forwarded_for, relay });
+                        let (target, peer, remote, forwarded_for) =
+                            (c.target, c.peer.clone(), c.remote, c.forwarded_for);
+                        let relay = match TcpStream::connect(target).await {
+                            Ok(mut app) => {
+                                let mut stream = c.accept().unwrap();
+                                tokio::io::copy_bidirectional(&mut stream, &mut app).await.map_err(|e| e.to_string())
+                            }
+                            Err(e) => {
+                                c.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
+                                Err(format!("connect to {target}: {e}"))
+                            }
+                        };
+                        let _ = tx.send(Tunnelled { target, peer, remote, forwarded_for, relay });
                     }
                 })
                 .await;
@@ -160,12 +171,18 @@ async fn istios_dialer_tunnels_through_outriders_hbone_server() {
     let store = mesh::mesh_store(&cp, "reviews").await;
     let (cert, key, roots) = mesh::mesh_pem_files(&cp, "istio-client", &dir).await;
     let (app, mut delivered) = echo_app(workload).await;
+    // A second app on the workload for the concurrent tunnels opened first.
+    let (other, _) = echo_app(workload).await;
+    // And a third for the half-close from the client's side, last.
+    let (raw, mut raw_delivered) = echo_app(workload).await;
     let (hbone, mut tunnelled, _drain) = outrider_server(workload, store).await;
-    let (hbone_s, app_s) = (hbone.to_string(), app.to_string());
+    let (hbone_s, app_s, other_s, raw_s) = (hbone.to_string(), app.to_string(), other.to_string(), raw.to_string());
     let creds = ["-cert", cert.to_str().unwrap(), "-key", key.to_str().unwrap(), "-root", roots.to_str().unwrap()];
     let reviews = identity("reviews");
     let bulk = BULK.to_string();
+    let streams = STREAMS.to_string();
     let mut args = vec!["-proxy", &hbone_s, "-target", &app_s, "-server-id", &reviews, "-bulk", &bulk];
+    args.extend(["-streams", &streams, "-streams-target", &other_s, "-raw-target", &raw_s]);
     args.extend(creds);
 
     let mut dial = istio_hbone::dial(&bin, &args);
@@ -175,6 +192,7 @@ async fn istios_dialer_tunnels_through_outriders_hbone_server() {
     assert_eq!(run.fact("server-id"), Some(reviews.as_str()));
     let hs = run.fact("tls").unwrap();
     assert!(hs.starts_with("version=TLS 1.3 alpn=h2 cipher=TLS_AES_"), "{hs}");
+    assert_eq!(run.fact("streams"), Some(streams.as_str()), "{STREAMS} tunnels at once, each echoed");
     assert_eq!(run.fact("echo"), Some(format!("{HELLO:?}").as_str()));
     assert_eq!(run.fact("bulk"), Some(bulk.as_str()), "a MiB each way, byte for byte");
     // The destination's half-close arrives as EOF after exactly its last bytes.
@@ -183,9 +201,24 @@ async fn istios_dialer_tunnels_through_outriders_hbone_server() {
     // Istio's dialer cannot half-close: its net.Pipe is closed whole at the server's END_STREAM
     // (so it then ends its own side; see docs/ambient.md).
     assert_eq!(run.fact("write-after-eof"), Some("io: read/write on closed pipe"));
+    // On the HTTP/2 transport Istio's dialer is built on, keeping the request body's writer: the
+    // client's END_STREAM reaches the app as a FIN, and the app's answer after it comes back.
+    assert_eq!(run.fact("raw"), Some(r#""raw\nbye""#));
 
-    let t = wait::within("the tunnel to end", tunnelled.recv()).await.unwrap();
-    assert_eq!(t.target, app);
+    let mut all = Vec::new();
+    while all.len() < STREAMS + 2 {
+        all.push(wait::within("the tunnels to end", tunnelled.recv()).await.unwrap());
+    }
+    let half = all.iter().position(|t| t.target == raw).unwrap();
+    let half = all.remove(half);
+    let remotes: std::collections::BTreeSet<SocketAddr> = all.iter().map(|t| t.remote).collect();
+    assert_eq!(remotes.len(), 1, "Istio's dialer multiplexed its {} tunnels on one connection: {remotes:?}", all.len());
+    assert_ne!(Some(&half.remote), remotes.first(), "the raw step dialled a transport of its own");
+    assert_eq!(all.iter().filter(|t| t.target == other).count(), STREAMS);
+    assert_eq!(half.relay, Ok((4, 7)), "`raw\\n` in, then `raw\\nbye` out after the half-close");
+    let r = wait::within("the raw step's destination report", raw_delivered.recv()).await.unwrap();
+    assert_eq!((r.received, r.ended.as_str()), (4, "eof"));
+    let t = all.into_iter().find(|t| t.target == app).unwrap();
     assert_eq!(t.peer.as_str(), identity("istio-client"), "Outrider sees the client certificate's identity");
     assert_eq!(t.forwarded_for, None, "Istio's Go dialer sends no `forwarded` header");
     let sent = (HELLO.len() + BULK + MARKER.len()) as u64;

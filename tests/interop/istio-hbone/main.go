@@ -1,13 +1,15 @@
 // Command istio-hbone drives Istio's own Go HBONE implementation (istio.io/istio/pkg/hbone)
 // against Outrider, for tests/tests/hbone_istio.rs. Two modes:
 //
-//	istio-hbone dial  -proxy IP:PORT -target IP:PORT -cert C -key K -root R -server-id SPIFFE [-bulk N]
+//	istio-hbone dial  -proxy IP:PORT -target IP:PORT -cert C -key K -root R -server-id SPIFFE
+//	                  [-bulk N] [-streams N -streams-target IP:PORT] [-raw-target IP:PORT]
 //	istio-hbone serve -listen IP:PORT -cert C -key K -root R
 //
 // dial: hbone.NewDialer with mutual TLS (the workload certificate C/K; the server's chain must
 // verify against R and carry exactly the URI SAN -server-id), one CONNECT to -target, then a
 // fixed exchange with the echo destination behind the server (see dialExchange), after which
-// it waits for its stdin to close. serve:
+// it waits for its stdin to close. -raw-target adds a half-close from the client's side, which
+// Istio's Dialer cannot make, on the HTTP/2 transport it is built on (see rawHalfClose). serve:
 // hbone.NewServer on a TLS listener that requires a client certificate from R; each CONNECT
 // is reported on stdout and then handled by Istio's handler (it dials the authority).
 //
@@ -31,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http2"
 	"istio.io/istio/pkg/hbone"
 	istiolog "istio.io/istio/pkg/log"
 )
@@ -110,6 +113,9 @@ func dial(args []string) {
 	rootFile := fs.String("root", "", "trusted roots (PEM)")
 	serverID := fs.String("server-id", "", "the SPIFFE ID the server's certificate must carry")
 	bulk := fs.Int("bulk", 1<<20, "bytes sent (and read back) in the bulk step")
+	streams := fs.Int("streams", 0, "tunnels opened at once to -streams-target first, on the same dialer")
+	streamsTarget := fs.String("streams-target", "", "the CONNECT authority of the -streams tunnels")
+	rawTarget := fs.String("raw-target", "", "the CONNECT authority of the raw half-close step (last)")
 	_ = fs.Parse(args)
 
 	cert, roots := credentials(*certFile, *keyFile, *rootFile)
@@ -146,6 +152,9 @@ func dial(args []string) {
 		},
 	}
 	d := hbone.NewDialer(hbone.Config{ProxyAddress: *proxy, TLS: cfg})
+	if *streams > 0 {
+		concurrent(d, *streamsTarget, *streams)
+	}
 	conn, err := d.Dial("tcp", *target)
 	if err != nil {
 		fail("dial %s via %s: %v", *target, *proxy, err)
@@ -153,10 +162,79 @@ func dial(args []string) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(exchangeLimit))
 	dialExchange(conn, *bulk)
+	if *rawTarget != "" {
+		rawHalfClose(cfg, *proxy, *rawTarget)
+	}
 	say("done", "ok")
 	// Held open until stdin closes: Istio's dialer sends its last frames (END_STREAM) from
 	// goroutines of its own, which must not die with the process before the test has seen them.
 	_, _ = io.Copy(io.Discard, os.Stdin)
+}
+
+// concurrent opens n tunnels at once (one dialer: Istio's transport multiplexes them as
+// streams of one connection), each a line and its echo, then closed.
+func concurrent(d hbone.Dialer, target string, n int) {
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			errs <- func() error {
+				conn, err := d.Dial("tcp", target)
+				if err != nil {
+					return fmt.Errorf("dial %s: %v", target, err)
+				}
+				defer conn.Close()
+				_ = conn.SetDeadline(time.Now().Add(exchangeLimit))
+				line := []byte(fmt.Sprintf("stream %d\n", i))
+				if _, err := conn.Write(line); err != nil {
+					return err
+				}
+				back := make([]byte, len(line))
+				if _, err := io.ReadFull(conn, back); err != nil {
+					return err
+				}
+				if !bytes.Equal(back, line) {
+					return fmt.Errorf("stream %d: echo %q", i, back)
+				}
+				return nil
+			}()
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			fail("concurrent tunnels: %v", err)
+		}
+	}
+	say("streams", "%d", n)
+}
+
+// rawHalfClose: one CONNECT on golang.org/x/net/http2's Transport set up as Istio's dialer
+// sets it up, but keeping the request body's writer, which Istio's Dialer does not hand out:
+// a line, then the body closed (END_STREAM, a half-close), then the answer read to its end.
+func rawHalfClose(cfg *tls.Config, proxy, target string) {
+	t := &http2.Transport{TLSClientConfig: cfg}
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest(http.MethodConnect, "https://"+proxy, pr)
+	if err != nil {
+		fail("raw request: %v", err)
+	}
+	req.Host = target
+	resp, err := t.RoundTrip(req)
+	if err != nil {
+		fail("raw CONNECT to %s via %s: %v", target, proxy, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fail("raw CONNECT answered %s", resp.Status)
+	}
+	if _, err := pw.Write([]byte("raw\n")); err != nil {
+		fail("raw write: %v", err)
+	}
+	_ = pw.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		fail("raw read after the half-close: %v", err)
+	}
+	say("raw", "%q", body)
 }
 
 // dialExchange: a line and its echo; -bulk bytes written while they are read back; then the
