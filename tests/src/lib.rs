@@ -5,7 +5,7 @@
 //! the test executable (`target/debug/outrider-proxy`) or at `$OUTRIDER_PROXY_BIN`. Waits are
 //! bounded by `$OUTRIDER_TEST_DEADLINE_SECS` (default 10). `netns` needs root, `ip`,
 //! `iptables` and `python3` and skips itself otherwise; the `promtool` check in `admin`
-//! skips itself when `promtool` is not installed.
+//! skips itself when `promtool` is not installed, and `hbone_istio` when Go is not.
 #![forbid(unsafe_code)]
 // Test support: a failed setup step should stop the test loudly, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
