@@ -75,7 +75,7 @@ fn build() -> Result<PathBuf, String> {
 }
 
 /// What a `dial` run printed up to its `done` (or `error`) line.
-#[derive(Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Run {
     /// `key value` lines of stdout, in order.
     pub facts: Vec<(String, String)>,
@@ -117,6 +117,8 @@ pub struct Dial {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::UnboundedReceiver<String>,
+    /// What it printed so far.
+    seen: Run,
 }
 
 /// Starts `istio-hbone dial ARGS`.
@@ -125,27 +127,40 @@ pub fn dial(bin: &Path, args: &[&str]) -> Dial {
     cmd.arg("dial").args(args).stdin(Stdio::piped());
     let (mut child, lines) = spawn(cmd);
     let stdin = child.stdin.take();
-    Dial { child, stdin, lines }
+    Dial { child, stdin, lines, seen: Run::default() }
 }
 
 impl Dial {
-    /// Its output up to the `done` or `error` line, or the end of its output (bounded by the
-    /// test deadline).
-    pub async fn run(&mut self) -> Run {
-        let (mut facts, mut stdout) = (Vec::new(), String::new());
-        crate::wait::within("istio-hbone dial to finish its exchange", async {
-            while let Some(line) = self.lines.recv().await {
-                stdout.push_str(&line);
-                stdout.push('\n');
+    /// Reads its output up to a line `key …` (or `error …`, or the end of its output), bounded
+    /// by the test deadline; what it printed so far.
+    pub async fn until(&mut self, key: &str) -> &Run {
+        let (lines, seen) = (&mut self.lines, &mut self.seen);
+        crate::wait::within(&format!("istio-hbone dial to print `{key}`"), async {
+            while let Some(line) = lines.recv().await {
+                seen.stdout.push_str(&line);
+                seen.stdout.push('\n');
                 let Some((k, v)) = line.split_once(' ') else { continue };
-                facts.push((k.to_owned(), v.to_owned()));
-                if k == "done" || k == "error" {
+                seen.facts.push((k.to_owned(), v.to_owned()));
+                if k == key || k == "error" {
                     return;
                 }
             }
         })
         .await;
-        Run { facts, stdout }
+        &self.seen
+    }
+
+    /// Its output up to the `done` or `error` line, or the end of its output.
+    pub async fn run(&mut self) -> Run {
+        self.until("done").await.clone()
+    }
+
+    /// Lets a run started with `-pause` go on.
+    pub async fn resume(&mut self) {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(b"go\n").await.expect("write to istio-hbone's stdin");
+        stdin.flush().await.expect("flush istio-hbone's stdin");
     }
 
     /// Closes its stdin and waits for it to exit; whether it succeeded.

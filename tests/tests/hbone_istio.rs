@@ -364,3 +364,52 @@ async fn outriders_client_tunnels_through_istios_hbone_server() {
     assert!(istio.next_line().await.starts_with("request method=CONNECT"));
     assert_eq!(pool.connections(), 1, "both tunnels on one HTTP/2 connection");
 }
+
+/// Outrider's drain (GOAWAY) with one of Istio's tunnels in flight: the tunnel carries on to its
+/// end (the GOAWAY reaches Istio's transport before the bulk echo, which comes after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_flight_istio_tunnel_outlives_outriders_drain() {
+    let Some(bin) = go_program() else { return };
+    let dir = TempDir::new("hbone-istio");
+    let cp = mesh::control_plane(&dir.path().join("cp"), Duration::from_secs(3600));
+    let workload = ip("127.0.0.74");
+    let store = mesh::mesh_store(&cp, "reviews").await;
+    let (cert, key, roots) = mesh::mesh_pem_files(&cp, "istio-client", &dir).await;
+    let (app, mut delivered) = echo_app(workload).await;
+    let (hbone, mut tunnelled, drain) = outrider_server(workload, store).await;
+    let (hbone_s, app_s, reviews, bulk) = (hbone.to_string(), app.to_string(), identity("reviews"), BULK.to_string());
+    let mut dial = istio_hbone::dial(
+        &bin,
+        &[
+            "-proxy",
+            &hbone_s,
+            "-target",
+            &app_s,
+            "-server-id",
+            &reviews,
+            "-bulk",
+            &bulk,
+            "-pause",
+            "-cert",
+            cert.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+            "-root",
+            roots.to_str().unwrap(),
+        ],
+    );
+    let paused = dial.until("paused").await;
+    assert_eq!(paused.fact("paused"), Some("ok"), "{}", paused.stdout);
+    drain.start();
+    dial.resume().await;
+    let run = dial.run().await;
+    assert!(run.done(), "the in-flight tunnel broke at the drain (Istio's log is above):\n{}", run.stdout);
+    assert_eq!(run.fact("bulk"), Some(bulk.as_str()));
+    assert_eq!(run.fact("tail"), Some(r#""half-close\nbye""#));
+    let t = wait::within("the tunnel to end", tunnelled.recv()).await.unwrap();
+    let sent = (HELLO.len() + BULK + MARKER.len()) as u64;
+    assert_eq!(t.relay, Ok((sent, sent + 3)));
+    let d = wait::within("the destination's report", delivered.recv()).await.unwrap();
+    assert_eq!((d.received as u64, d.ended.as_str()), (sent, "eof"));
+    assert!(dial.finish().await);
+}

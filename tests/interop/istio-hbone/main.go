@@ -2,7 +2,7 @@
 // against Outrider, for tests/tests/hbone_istio.rs. Two modes:
 //
 //	istio-hbone dial  -proxy IP:PORT -target IP:PORT -cert C -key K -root R -server-id SPIFFE
-//	                  [-bulk N] [-streams N -streams-target IP:PORT] [-raw-target IP:PORT]
+//	                  [-bulk N] [-streams N -streams-target IP:PORT] [-raw-target IP:PORT] [-pause]
 //	istio-hbone serve -listen IP:PORT -cert C -key K -root R
 //
 // dial: hbone.NewDialer with mutual TLS (the workload certificate C/K; the server's chain must
@@ -18,6 +18,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -116,6 +117,7 @@ func dial(args []string) {
 	streams := fs.Int("streams", 0, "tunnels opened at once to -streams-target first, on the same dialer")
 	streamsTarget := fs.String("streams-target", "", "the CONNECT authority of the -streams tunnels")
 	rawTarget := fs.String("raw-target", "", "the CONNECT authority of the raw half-close step (last)")
+	pause := fs.Bool("pause", false, "after the first echo, print `paused` and wait for a line on stdin")
 	_ = fs.Parse(args)
 
 	cert, roots := credentials(*certFile, *keyFile, *rootFile)
@@ -161,15 +163,18 @@ func dial(args []string) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(exchangeLimit))
-	dialExchange(conn, *bulk)
+	dialExchange(conn, *bulk, *pause)
 	if *rawTarget != "" {
 		rawHalfClose(cfg, *proxy, *rawTarget)
 	}
 	say("done", "ok")
 	// Held open until stdin closes: Istio's dialer sends its last frames (END_STREAM) from
 	// goroutines of its own, which must not die with the process before the test has seen them.
-	_, _ = io.Copy(io.Discard, os.Stdin)
+	_, _ = io.Copy(io.Discard, stdin)
 }
+
+// The test's commands (a line to resume after -pause), then its closing.
+var stdin = bufio.NewReader(os.Stdin)
 
 // concurrent opens n tunnels at once (one dialer: Istio's transport multiplexes them as
 // streams of one connection), each a line and its echo, then closed.
@@ -237,10 +242,10 @@ func rawHalfClose(cfg *tls.Config, proxy, target string) {
 	say("raw", "%q", body)
 }
 
-// dialExchange: a line and its echo; -bulk bytes written while they are read back; then the
+// dialExchange: a line and its echo (then, with pause, a wait for the test's go-ahead); -bulk bytes written while they are read back; then the
 // half-close marker, after which the destination answers "bye" and closes its side, which must
 // read as EOF after exactly the marker's echo and "bye". Last, a write after that EOF.
-func dialExchange(conn net.Conn, bulk int) {
+func dialExchange(conn net.Conn, bulk int, pause bool) {
 	hello := []byte("hello from istio's dialer\n")
 	if _, err := conn.Write(hello); err != nil {
 		fail("write: %v", err)
@@ -250,6 +255,12 @@ func dialExchange(conn net.Conn, bulk int) {
 		fail("read the echo: %v", err)
 	}
 	say("echo", "%q", back)
+	if pause {
+		say("paused", "ok")
+		if _, err := stdin.ReadString('\n'); err != nil {
+			fail("waiting to resume: %v", err)
+		}
+	}
 
 	data := make([]byte, bulk)
 	for i := range data {
