@@ -30,8 +30,10 @@ use tokio::sync::mpsc;
 /// The destination half-closes once it has echoed this (as the Go program sends it).
 const MARKER: &[u8] = b"half-close\n";
 const HELLO: &str = "hello from istio's dialer\n";
-/// Bytes the bulk step sends each way: well past the initial HTTP/2 windows of both stacks.
-const BULK: usize = 1 << 20;
+/// Bytes the bulk step sends each way: past the flow-control windows of both stacks (Outrider:
+/// 4 MiB per stream, 16 MiB per connection; Go: 4 MiB client, 1 MiB server per stream), so
+/// both sides stall on a window and are released by the other's WINDOW_UPDATEs.
+const BULK: usize = 20 << 20;
 /// Tunnels Istio's dialer opens at once before the main exchange.
 const STREAMS: usize = 20;
 
@@ -194,7 +196,7 @@ async fn istios_dialer_tunnels_through_outriders_hbone_server() {
     assert!(hs.starts_with("version=TLS 1.3 alpn=h2 cipher=TLS_AES_"), "{hs}");
     assert_eq!(run.fact("streams"), Some(streams.as_str()), "{STREAMS} tunnels at once, each echoed");
     assert_eq!(run.fact("echo"), Some(format!("{HELLO:?}").as_str()));
-    assert_eq!(run.fact("bulk"), Some(bulk.as_str()), "a MiB each way, byte for byte");
+    assert_eq!(run.fact("bulk"), Some(bulk.as_str()), "20 MiB each way, byte for byte");
     // The destination's half-close arrives as EOF after exactly its last bytes.
     assert_eq!(run.fact("tail"), Some(r#""half-close\nbye""#));
     assert_eq!(run.fact("eof"), Some("ok"));
@@ -335,7 +337,7 @@ async fn outriders_client_tunnels_through_istios_hbone_server() {
     let (w, r) = tokio::join!(wr.write_all(&data), rd.read_exact(&mut got));
     w.unwrap();
     r.unwrap();
-    assert!(got == data, "a MiB each way, byte for byte");
+    assert!(got == data, "20 MiB each way, byte for byte");
     // Outrider half-closes (END_STREAM); Istio's server passes it on as a FIN, the app answers
     // `bye` and closes, and that arrives as EOF — the other direction stayed open.
     wr.shutdown().await.unwrap();
