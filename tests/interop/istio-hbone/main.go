@@ -308,7 +308,7 @@ func serve(args []string) {
 	_ = fs.Parse(args)
 
 	cert, roots := credentials(*certFile, *keyFile, *rootFile)
-	// As Istio's echo server sets up its HBONE port (pkg/test/echo/server/endpoint/hbone.go),
+	// As Istio's test echo server sets up its HBONE port (a TLS listener offering h2),
 	// plus a required client certificate, as an HBONE server requires one.
 	cfg := &tls.Config{
 		Certificates: []tls.Certificate{cert},
