@@ -7,7 +7,7 @@
 //! `$OUTRIDER_BIN`. Waits are
 //! bounded by `$OUTRIDER_TEST_DEADLINE_SECS` (default 10). `netns` needs root, `ip`,
 //! `iptables` and `python3` and skips itself otherwise; the `promtool` check in `admin`
-//! skips itself when `promtool` is not installed.
+//! skips itself when `promtool` is not installed, and `hbone_istio` when Go is not.
 #![forbid(unsafe_code)]
 // Test support: a failed setup step should stop the test loudly, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,6 +28,8 @@ pub mod fault;
 pub mod h2spec;
 /// The proxy in-process: policy file, `App`, clients, reloads.
 pub mod harness;
+/// Istio's Go HBONE implementation as a peer (built from `tests/interop/istio-hbone/`).
+pub mod istio_hbone;
 /// A real etcd + kube-apiserver on loopback (the Kubernetes test bed).
 pub mod kube;
 /// The control plane's Kubernetes mode on the test API server: replicas, CRDs, sidecars, and a

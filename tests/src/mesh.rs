@@ -200,24 +200,55 @@ pub async fn mesh_store(cp: &ApiClient, service_account: &str) -> std::sync::Arc
     let bundle = TrustBundle::from_pem(roots.iter().map(String::as_str)).expect("bundle");
     let store = std::sync::Arc::new(CertStore::new(own.clone(), bundle));
     let key = tls::new_key_and_csr(&own).expect("a key");
+    let chain = issue(cp, service_account, &key.csr_pem).await;
+    store.install(key, &chain).expect("installed");
+    store
+}
+
+/// `POST /v1/certificates` with a join token for `default/<sa>`: the issued chain (PEM, leaf
+/// first).
+async fn issue(cp: &ControlPlane, service_account: &str, csr_pem: &str) -> Vec<String> {
     let token = join_token(cp, service_account).await;
     let req = http::Request::builder()
         .method("POST")
         .uri("http://cp/v1/certificates")
         .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(json!({"csr": key.csr_pem}).to_string())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(json!({"csr": csr_pem}).to_string())))
         .expect("a request");
     let reply = client::send(&client::http1(cp.api), req).await;
     assert_eq!(reply.status, 200, "issuance failed: {}", reply.text());
     let issued: Value = serde_json::from_slice(&reply.body).expect("JSON");
-    let chain: Vec<String> = issued["certificateChain"]
+    issued["certificateChain"]
         .as_array()
         .expect("a chain")
         .iter()
         .map(|c| c.as_str().expect("PEM").to_owned())
-        .collect();
-    store.install(key, &chain).expect("installed");
-    store
+        .collect()
+}
+
+/// PEM files of a real mesh certificate for `default/<sa>`, for a peer of another stack:
+/// `(chain, key, roots)` written into `dir` as `<sa>.pem`, `<sa>.key` (PKCS#8) and
+/// `roots.pem`. The key is generated here (ECDSA P-256, as the proxy's), the CSR issued through
+/// the control plane's API with a join token, as for [`mesh_store`].
+pub async fn mesh_pem_files(
+    cp: &ControlPlane,
+    service_account: &str,
+    dir: &TempDir,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity(service_account).try_into().expect("an IA5 string"))];
+    let csr = params.serialize_request(&key).expect("a CSR").pem().expect("PEM");
+    let chain = issue(cp, service_account, &csr).await;
+    let bundle = cp.call("GET", "/v1/ca/bundle", "", false, None).await.json;
+    let roots: Vec<&str> =
+        bundle["roots"].as_array().expect("roots").iter().map(|r| r.as_str().expect("PEM")).collect();
+    (
+        dir.write(&format!("{service_account}.pem"), &chain.concat()),
+        dir.write(&format!("{service_account}.key"), &key.serialize_pem()),
+        dir.write("roots.pem", &roots.concat()),
+    )
 }
 
 /// A rustls client config with a real mesh certificate for `default/<sa>` ([`mesh_store`]),
