@@ -207,7 +207,7 @@ pub async fn mesh_store(cp: &ApiClient, service_account: &str) -> std::sync::Arc
 
 /// `POST /v1/certificates` with a join token for `default/<sa>`: the issued chain (PEM, leaf
 /// first).
-async fn issue(cp: &ControlPlane, service_account: &str, csr_pem: &str) -> Vec<String> {
+async fn issue(cp: &ApiClient, service_account: &str, csr_pem: &str) -> Vec<String> {
     let token = join_token(cp, service_account).await;
     let req = http::Request::builder()
         .method("POST")
@@ -231,7 +231,7 @@ async fn issue(cp: &ControlPlane, service_account: &str, csr_pem: &str) -> Vec<S
 /// `roots.pem`. The key is generated here (ECDSA P-256, as the proxy's), the CSR issued through
 /// the control plane's API with a join token, as for [`mesh_store`].
 pub async fn mesh_pem_files(
-    cp: &ControlPlane,
+    cp: &ApiClient,
     service_account: &str,
     dir: &TempDir,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {

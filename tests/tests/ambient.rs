@@ -48,6 +48,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    do_DELETE = do_GET
     def log_message(self, *a):
         pass
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
@@ -89,9 +90,10 @@ const HTTP_GET: &str = r#"
 import sys, urllib.request, urllib.error
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 body = ""
+method = sys.argv[3] if len(sys.argv) > 3 else "GET"
 for _ in range(int(sys.argv[2])):
     try:
-        r = opener.open(sys.argv[1], timeout=5)
+        r = opener.open(urllib.request.Request(sys.argv[1], method=method), timeout=5)
         body = r.read().decode()
         print(r.status)
     except urllib.error.HTTPError as e:
@@ -400,7 +402,13 @@ impl Bed {
 }
 
 async fn get(ns: &Netns, url: &str, n: usize) -> (Vec<String>, String) {
-    let out = ok(&ns.run_python(HTTP_GET, &[url, &n.to_string()]).await);
+    request(ns, "GET", url, n).await
+}
+
+/// `n` requests with `method` (the app answers GET and DELETE alike): the status of each, then
+/// the last body.
+async fn request(ns: &Netns, method: &str, url: &str, n: usize) -> (Vec<String>, String) {
+    let out = ok(&ns.run_python(HTTP_GET, &[url, &n.to_string(), method]).await);
     let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
     let body = lines.pop().unwrap_or_default();
     (lines, body)
@@ -1030,7 +1038,7 @@ async fn one_requests_spans_on_both_node_proxies_are_one_trace_with_the_workload
 const SHOP_VIP: &str = "10.96.0.20";
 
 /// `shop`: two versions on node b; an abort on `/broken`, a 1 s timeout, `/v2` all to v2 and
-/// the rest split half and half.
+/// the rest split half and half; `DELETE /admin/*` denied to every caller (path and method).
 const SHOP: &str = "apiVersion: outrider.io/v1
 kind: Service
 metadata: {name: shop}
@@ -1053,6 +1061,15 @@ spec:
     - name: main
       match: {pathPrefix: /}
       split: [{subset: {version: v1}, weight: 50}, {subset: {version: v2}, weight: 50}]
+---
+apiVersion: outrider.io/v1
+kind: AuthorizationPolicy
+metadata: {name: shop-no-admin-deletes}
+spec:
+  service: shop
+  action: deny
+  from: [{identities: [\"*\"]}]
+  to: [{paths: [\"/admin/*\"], methods: [DELETE]}]
 ";
 
 /// A TrafficPolicy's fault (abort), timeout and weighted split apply to an ambient workload's
@@ -1112,6 +1129,20 @@ async fn faults_timeouts_and_splits_apply_per_workload_and_a_draining_node_withd
         0.0,
         "{metrics_b}"
     );
+
+    // Authorization by path and method, at the destination's node: DELETE on /admin/* is
+    // denied (to both versions), GET on it and DELETE elsewhere are served.
+    let (codes, body) = request(a1, "DELETE", &url("/admin/users"), 4).await;
+    assert_eq!(codes, ["403"; 4], "{body}");
+    let (codes, body) = get(a1, &url("/admin/users"), 2).await;
+    assert_eq!(codes, ["200"; 2], "GET is not denied: {body}");
+    let (codes, body) = request(a1, "DELETE", &url("/v2/cart"), 1).await;
+    assert_eq!(codes, ["200"], "DELETE outside /admin is not denied: {body}");
+    let metrics_b = scrape(&s.bed.host, node_b.addrs.metrics).await;
+    let denied = |w: &str| {
+        sum(&metrics_b, "outrider_requests_total", &[("direction", "inbound"), ("code", "403"), ("workload", w)])
+    };
+    assert_eq!(denied("default/b1") + denied("default/b2"), 4.0, "{metrics_b}");
 
     // The timeout: the app takes a minute on /slow; a1 gets 504 from its node's timeout.
     let (codes, body) = get(a1, &url("/slow"), 1).await;
