@@ -5,102 +5,30 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::Span;
 use outrider_proxy::telemetry::trace::TraceConfig;
 use outrider_tests::client;
+use outrider_tests::otlp::{CLIENT, Collector, Got, SERVER};
 use outrider_tests::policy::{docs, service};
 use outrider_tests::upstream::{self, Switch};
 use outrider_tests::wait::{wait_for, wait_until};
 use outrider_tests::{ProxyHarness, prom};
-use tokio::task::AbortHandle;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 /// The trace of the sentinel requests [`Running::settled`] waits for.
 const SENTINEL: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 const PARENT: &str = "00f067aa0ba902b7";
-const SERVER: i32 = 2;
-const CLIENT: i32 = 3;
-
-/// A span as received, with the `service.name` of the proxy that sent it.
-#[derive(Clone, Debug)]
-struct Got {
-    service: String,
-    span: Span,
-}
-
-impl Got {
-    fn attr(&self, key: &str) -> Option<String> {
-        attr(&self.span.attributes, key)
-    }
-    fn id(&self) -> String {
-        hex(&self.span.span_id)
-    }
-    fn parent(&self) -> String {
-        hex(&self.span.parent_span_id)
-    }
-    fn trace(&self) -> String {
-        hex(&self.span.trace_id)
-    }
-}
-
-fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
-    attrs.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).map(|v: &AnyValue| match &v.value {
-        Some(Value::StringValue(s)) => s.clone(),
-        Some(Value::IntValue(i)) => i.to_string(),
-        Some(Value::BoolValue(b)) => b.to_string(),
-        other => format!("{other:?}"),
-    })
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The OTLP/gRPC receiver: keeps every span it is sent.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Got>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for rs in req.into_inner().resource_spans {
-            let service = rs.resource.as_ref().and_then(|r| attr(&r.attributes, "service.name")).unwrap_or_default();
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans.into_iter().map(|span| Got { service: service.clone(), span }));
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
 
 struct Running {
     addr: SocketAddr,
     collector: Collector,
-    task: AbortHandle,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Running {
     fn spans(&self) -> Vec<Got> {
-        self.collector.spans.lock().unwrap().clone()
+        self.collector.spans()
     }
 
     /// Every span that was on its way when `sentinel` ran, the sentinel's own left out.
@@ -133,21 +61,7 @@ impl Running {
 async fn collector() -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let collector = Collector::default();
-    let svc = TraceServiceServer::new(collector.clone());
-    let task = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
-            conns.spawn(async move {
-                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    })
-    .abort_handle();
-    Running { addr, collector, task }
+    Running { addr, collector: Collector::serve(listener) }
 }
 
 /// A sampled request of the [`SENTINEL`] trace.
