@@ -156,7 +156,8 @@ impl Background {
 }
 
 /// A TCP echo app for a namespace: `PORT BIND_ADDR` (`0.0.0.0` or `::`); it reads until the
-/// caller half-closes, answers `echo:` and what it read, and prints `echo ready` once listening.
+/// caller half-closes, answers `echo:` and what it read, prints `echo ready` once listening and
+/// `recv <bytes>` for the first bytes of each connection (so a test knows one reached it).
 pub const TCP_ECHO_PY: &str = r#"
 import socket, sys, threading
 bind = sys.argv[2]
@@ -172,6 +173,8 @@ def serve(c):
             d = c.recv(65536)
             if not d:
                 break
+            if not data:
+                print("recv", d.decode(errors="replace"), flush=True)
             data += d
         c.sendall(b"echo:" + data)
         c.shutdown(socket.SHUT_WR)

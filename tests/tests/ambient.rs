@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use outrider_tests::binary::{ProxyProcess, proxy_bin, run_to_exit};
 use outrider_tests::control_plane::outrider_bin;
 use outrider_tests::harness::TempDir;
-use outrider_tests::netns::{Background, Netns, TCP_CLIENT_PY, unsupported};
+use outrider_tests::netns::{Background, Netns, TCP_CLIENT_PY, TCP_ECHO_PY, unsupported};
 use outrider_tests::wait;
 
 const API_TOKEN: &str = "ambient-test-token";
@@ -104,36 +104,6 @@ for _ in range(int(sys.argv[2])):
 print(body.replace("\n", " ").strip())
 "#;
 
-/// A TCP echo app (`PORT`) that reads until the caller half-closes, answers `echo:` and what
-/// it read, and prints `recv <bytes>` for the first bytes of each connection (so a test knows
-/// a connection reached it); `echo ready` once listening.
-const TCP_ECHO_LOUD: &str = r#"
-import socket, sys, threading
-s = socket.socket(socket.AF_INET)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(64)
-print("echo ready", flush=True)
-def serve(c):
-    try:
-        data = b""
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            if not data:
-                print("recv", d.decode(errors="replace"), flush=True)
-            data += d
-        c.sendall(b"echo:" + data)
-        c.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
 /// A long-lived TCP connection: `HOST PORT GO [FIRST]`; sends `FIRST` (default `before`),
 /// prints `open`, waits until the file `GO` exists, sends `after`, half-closes and prints
 /// `result <answer>` (`result ERR <exception>` when the connection fails).
@@ -210,6 +180,17 @@ fn path(ns: &Netns) -> PathBuf {
 struct NodeNet {
     ns: Netns,
     workloads: Vec<(Netns, String)>,
+}
+
+/// `node add-workload` arguments for the workload in `ns` (`labels`: `KEY=VALUE`).
+fn add_args(ns: &Netns, sa: &str, service: &str, labels: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["add-workload", "--netns"].map(String::from).into();
+    args.push(path(ns).to_string_lossy().into_owned());
+    args.extend(["--namespace", "default", "--service-account", sa, "--service", service].map(String::from));
+    for l in labels {
+        args.extend(["--label".to_owned(), (*l).to_owned()]);
+    }
+    args
 }
 
 fn node_net(n: u8, workloads: usize) -> NodeNet {
@@ -371,24 +352,8 @@ impl Bed {
     }
 
     async fn add(&self, socket: &Path, ns: &Netns, sa: &str, service: &str) {
-        let p = path(ns);
-        let out = self
-            .node_cli(
-                socket,
-                &[
-                    "add-workload",
-                    "--netns",
-                    p.to_str().unwrap(),
-                    "--namespace",
-                    "default",
-                    "--service-account",
-                    sa,
-                    "--service",
-                    service,
-                ],
-            )
-            .await;
-        ok(&out);
+        let args = add_args(ns, sa, service, &[]);
+        ok(&self.node_cli(socket, &args.iter().map(String::as_str).collect::<Vec<_>>()).await);
     }
 
     async fn wait_ready(&self, socket: &Path, n: usize) {
@@ -483,7 +448,7 @@ async fn workloads_talk_across_nodes_over_hbone_with_their_own_identities() {
     http_app.args(["-c", HTTP_APP, "8080", "b1"]);
     let _http_app = Background::spawn(http_app);
     let mut tcp_app = b2.python();
-    tcp_app.args(["-c", TCP_ECHO_LOUD, "9000"]);
+    tcp_app.args(["-c", TCP_ECHO_PY, "9000", "0.0.0.0"]);
     let mut tcp_app = Background::spawn(tcp_app);
     tcp_app.wait_for_line("echo ready").await;
     let (b3, b4, b5) = (&b.workloads[2].0, &b.workloads[3].0, &b.workloads[4].0);
@@ -919,21 +884,8 @@ impl Bed {
     /// Add a workload (`labels`: `KEY=VALUE`), once the node has its own certificate (503
     /// before).
     async fn join(&self, socket: &Path, ns: &Netns, sa: &str, service: &str, labels: &[&str]) {
-        let p = path(ns);
-        let mut args = vec![
-            "add-workload",
-            "--netns",
-            p.to_str().unwrap(),
-            "--namespace",
-            "default",
-            "--service-account",
-            sa,
-            "--service",
-            service,
-        ];
-        for l in labels {
-            args.extend(["--label", l]);
-        }
+        let args = add_args(ns, sa, service, labels);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         wait::wait_until(&format!("the node accepts workload {sa}"), || async {
             let out = self.node_cli(socket, &args).await;
             out.status.success() || String::from_utf8_lossy(&out.stderr).contains("already served")

@@ -19,6 +19,7 @@ use outrider_proxy::hbone::client::{Pool, Target};
 use outrider_proxy::hbone::server::{self, Connect};
 use outrider_proxy::tls::{self, CertStore, Identity};
 use outrider_proxy::transport::socket::SocketOptions;
+use outrider_tests::control_plane::ControlPlane;
 use outrider_tests::harness::TempDir;
 use outrider_tests::istio_hbone::{self, Server};
 use outrider_tests::mesh::{self, identity};
@@ -163,21 +164,37 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Certificates from one mesh CA: a store for Outrider's side as `ours` and PEM files (chain,
+/// key, roots) for Istio's side as `theirs`. The control plane is kept for the test's length.
+struct Certs {
+    _dir: TempDir,
+    _cp: ControlPlane,
+    ours: Arc<CertStore>,
+    cert: PathBuf,
+    key: PathBuf,
+    roots: PathBuf,
+}
+
+async fn certs(ours: &str, theirs: &str) -> Certs {
+    let dir = TempDir::new("hbone-istio");
+    let cp = mesh::control_plane(&dir.path().join("cp"), Duration::from_secs(3600));
+    let store = mesh::mesh_store(&cp, ours).await;
+    let (cert, key, roots) = mesh::mesh_pem_files(&cp, theirs, &dir).await;
+    Certs { _dir: dir, _cp: cp, ours: store, cert, key, roots }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istios_dialer_tunnels_through_outriders_hbone_server() {
     let Some(bin) = go_program() else { return };
-    let dir = TempDir::new("hbone-istio");
-    let cp = mesh::control_plane(&dir.path().join("cp"), Duration::from_secs(3600));
     // The destination workload (Outrider's side) at 127.0.0.71, Istio's dialer as `istio-client`.
     let workload = ip("127.0.0.71");
-    let store = mesh::mesh_store(&cp, "reviews").await;
-    let (cert, key, roots) = mesh::mesh_pem_files(&cp, "istio-client", &dir).await;
+    let Certs { ours: store, cert, key, roots, .. } = &certs("reviews", "istio-client").await;
     let (app, mut delivered) = echo_app(workload).await;
     // A second app on the workload for the concurrent tunnels opened first.
     let (other, _) = echo_app(workload).await;
     // And a third for the half-close from the client's side, last.
     let (raw, mut raw_delivered) = echo_app(workload).await;
-    let (hbone, mut tunnelled, _drain) = outrider_server(workload, store).await;
+    let (hbone, mut tunnelled, _drain) = outrider_server(workload, store.clone()).await;
     let (hbone_s, app_s, other_s, raw_s) = (hbone.to_string(), app.to_string(), other.to_string(), raw.to_string());
     let creds = ["-cert", cert.to_str().unwrap(), "-key", key.to_str().unwrap(), "-root", roots.to_str().unwrap()];
     let reviews = identity("reviews");
@@ -234,13 +251,10 @@ async fn istios_dialer_tunnels_through_outriders_hbone_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istios_dialer_and_outriders_server_refuse_what_they_must() {
     let Some(bin) = go_program() else { return };
-    let dir = TempDir::new("hbone-istio");
-    let cp = mesh::control_plane(&dir.path().join("cp"), Duration::from_secs(3600));
     let workload = ip("127.0.0.72");
-    let store = mesh::mesh_store(&cp, "reviews").await;
-    let (cert, key, roots) = mesh::mesh_pem_files(&cp, "istio-client", &dir).await;
+    let Certs { ours: store, cert, key, roots, .. } = &certs("reviews", "istio-client").await;
     let (app, _delivered) = echo_app(workload).await;
-    let (hbone, mut tunnelled, _drain) = outrider_server(workload, store).await;
+    let (hbone, mut tunnelled, _drain) = outrider_server(workload, store.clone()).await;
     let hbone_s = hbone.to_string();
     let dial = |target: String, server_id: String| {
         let (bin, hbone_s) = (bin.clone(), hbone_s.clone());
@@ -285,11 +299,9 @@ async fn istios_dialer_and_outriders_server_refuse_what_they_must() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outriders_client_tunnels_through_istios_hbone_server() {
     let Some(bin) = go_program() else { return };
-    let dir = TempDir::new("hbone-istio");
-    let cp = mesh::control_plane(&dir.path().join("cp"), Duration::from_secs(3600));
     // Istio's server as the destination workload `istio-server` at 127.0.0.73; it dials the
     // CONNECT authority itself (the app at 127.0.0.1). Outrider's client is `productpage`.
-    let (cert, key, roots) = mesh::mesh_pem_files(&cp, "istio-server", &dir).await;
+    let Certs { ours, cert, key, roots, .. } = &certs("productpage", "istio-server").await;
     let mut istio = Server::start(
         &bin,
         &[
@@ -305,7 +317,7 @@ async fn outriders_client_tunnels_through_istios_hbone_server() {
     )
     .await;
     let (app, mut delivered) = echo_app(ip("127.0.0.1")).await;
-    let pool = Pool::new(mesh::mesh_store(&cp, "productpage").await);
+    let pool = Pool::new(ours.clone());
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let via = istio.addr;
     let target = |identity: Identity| Target {
@@ -372,13 +384,10 @@ async fn outriders_client_tunnels_through_istios_hbone_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_flight_istio_tunnel_outlives_outriders_drain() {
     let Some(bin) = go_program() else { return };
-    let dir = TempDir::new("hbone-istio");
-    let cp = mesh::control_plane(&dir.path().join("cp"), Duration::from_secs(3600));
     let workload = ip("127.0.0.74");
-    let store = mesh::mesh_store(&cp, "reviews").await;
-    let (cert, key, roots) = mesh::mesh_pem_files(&cp, "istio-client", &dir).await;
+    let Certs { ours: store, cert, key, roots, .. } = &certs("reviews", "istio-client").await;
     let (app, mut delivered) = echo_app(workload).await;
-    let (hbone, mut tunnelled, drain) = outrider_server(workload, store).await;
+    let (hbone, mut tunnelled, drain) = outrider_server(workload, store.clone()).await;
     let (hbone_s, app_s, reviews, bulk) = (hbone.to_string(), app.to_string(), identity("reviews"), BULK.to_string());
     let mut dial = istio_hbone::dial(
         &bin,
