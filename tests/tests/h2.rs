@@ -58,3 +58,124 @@ async fn h2_client_to_http1_upstream() {
     assert_eq!(seen.header("host"), Some("echo:8080"), "the :authority becomes Host");
     assert_eq!(seen.body.as_ref(), b"over two protocols");
 }
+
+/// The HPACK representations of one header block (RFC 7541 §6), walked without decoding
+/// names or values (Huffman-coded strings are skipped by their length).
+#[derive(Debug, Default, PartialEq)]
+struct Representations {
+    indexed: usize,
+    incremental: usize,
+    without_indexing: usize,
+    never_indexed: usize,
+}
+
+fn representations(block: &[u8]) -> Representations {
+    // An N-bit prefix integer (RFC 7541 §5.1) at `*at`.
+    fn int(b: &[u8], at: &mut usize, prefix: u8) -> usize {
+        let max = (1usize << prefix) - 1;
+        let mut n = usize::from(b[*at]) & max;
+        *at += 1;
+        if n == max {
+            let mut shift = 0;
+            loop {
+                let byte = b[*at];
+                *at += 1;
+                n += usize::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        n
+    }
+    fn string(b: &[u8], at: &mut usize) {
+        let len = int(b, at, 7);
+        *at += len;
+    }
+    let mut r = Representations::default();
+    let mut at = 0;
+    while at < block.len() {
+        let first = block[at];
+        let (prefix, count) = match first {
+            0x80.. => (7, &mut r.indexed),
+            0x40..=0x7f => (6, &mut r.incremental),
+            0x20..=0x3f => {
+                int(block, &mut at, 5); // a dynamic table size update
+                continue;
+            }
+            0x10..=0x1f => (4, &mut r.never_indexed),
+            _ => (4, &mut r.without_indexing),
+        };
+        *count += 1;
+        let name_index = int(block, &mut at, prefix);
+        if prefix != 7 {
+            if name_index == 0 {
+                string(block, &mut at);
+            }
+            string(block, &mut at);
+        }
+    }
+    r
+}
+
+/// Per-request unique values (the request id) go to an HTTP/2 upstream as never-indexed
+/// literals, so a steady stream of requests adds nothing to the upstream connection's HPACK
+/// dynamic table after the first: an indexed id would evict entries that repeat and make every
+/// later encode walk the ids already in the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_never_enter_the_upstreams_hpack_table() {
+    use outrider_tests::raw_h2::{Conn, Frame, PREFACE, flag, kind};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
+
+    let blocks: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let seen = blocks.clone();
+    let up = upstream::scripted("h2-raw", move |mut s| {
+        let seen = seen.clone();
+        async move {
+            let mut preface = [0u8; 24];
+            if s.read_exact(&mut preface).await.is_err() || preface != PREFACE {
+                return;
+            }
+            let mut conn = Conn::over(s);
+            conn.send(&Frame::settings()).await;
+            while let Some(f) = conn.frame().await {
+                match f.kind {
+                    kind::SETTINGS if !f.has(flag::ACK) => conn.send(&Frame::settings_ack()).await,
+                    kind::HEADERS => {
+                        assert!(f.has(flag::END_HEADERS), "one frame per header block here: {f:?}");
+                        assert_eq!(f.flags & (flag::PADDED | flag::PRIORITY), 0, "{f:?}");
+                        seen.lock().unwrap().push(f.payload.clone());
+                        // `:status: 200` (static index 8), no body.
+                        let end = flag::END_HEADERS | flag::END_STREAM;
+                        conn.send(&Frame::new(kind::HEADERS, end, f.stream, vec![0x88])).await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await;
+    let proxy =
+        ProxyHarness::start(&docs(&[service("raw2").protocol("http2").port(8080).endpoint(up.addr).yaml()])).await;
+    let c = proxy.client();
+    for i in 0..3 {
+        let mut req = client::get(&format!("http://raw2:8080/r/{i}"));
+        if i == 2 {
+            // A caller's own id is as unique as a generated one.
+            req.headers_mut().insert("x-request-id", http::HeaderValue::from_static("caller-chosen-id-1"));
+        }
+        client::send(c, req).await.assert_status(200);
+    }
+    let blocks = blocks.lock().unwrap().clone();
+    assert_eq!(blocks.len(), 3, "one HEADERS frame per request");
+    assert_eq!(up.connections(), 1, "the three requests shared one upstream connection");
+    for (i, block) in blocks.iter().enumerate() {
+        let r = representations(block);
+        assert_eq!(r.never_indexed, 1, "request {i}: the request id, never indexed: {r:?}");
+        if i > 0 {
+            assert_eq!(r.incremental, 0, "request {i} added to the upstream's dynamic table: {r:?}");
+        }
+    }
+}

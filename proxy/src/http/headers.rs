@@ -176,11 +176,17 @@ pub(crate) fn write_ipv4(ip: std::net::Ipv4Addr, out: &mut [u8]) -> usize {
 }
 
 /// Return the request id, generating a UUIDv4 one when the caller sent none.
+///
+/// The value is marked sensitive, which only tells an HTTP/2 encoder not to index it: a
+/// request id is unique per request, so adding it to the HPACK dynamic table evicts entries
+/// that repeat and makes every later encode of the name walk all the ids already indexed.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
+    if let Some(v) = headers.get_mut(&X_REQUEST_ID) {
+        v.set_sensitive(true);
         return v.clone();
     }
-    let v = new_request_id();
+    let mut v = new_request_id();
+    v.set_sensitive(true);
     headers.insert(X_REQUEST_ID.clone(), v.clone());
     v
 }

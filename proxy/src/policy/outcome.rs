@@ -42,7 +42,7 @@ pub enum Outcome {
     Local,
 }
 
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The grpc-status of a trailers-only response (or of the trailers), if any.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {

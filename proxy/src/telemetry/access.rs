@@ -61,7 +61,7 @@ impl Recorder {
 
 /// The `grpc-status` header or trailer, when present and numeric.
 fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    headers.get(&crate::policy::outcome::GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Errors are always logged: no status (the caller left), 4xx, 5xx, or a local reply.

@@ -69,7 +69,10 @@ pub fn inject(cx: &SpanContext, headers: &mut HeaderMap) {
     if cx.sampled {
         tp[54] = b'1';
     }
-    if let Ok(v) = HeaderValue::from_bytes(&tp) {
+    if let Ok(mut v) = HeaderValue::from_bytes(&tp) {
+        // why: unique per request; sensitive keeps it out of the HPACK dynamic table (as the
+        // request id, `http::headers::ensure_request_id`).
+        v.set_sensitive(true);
         headers.insert(TRACEPARENT.clone(), v);
     }
     match &cx.trace_state {

@@ -137,6 +137,21 @@ fn the_timestamp_is_rfc3339_utc_with_microseconds() {
     assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
     assert_eq!(at(1_764_792_261, 9_082), "2025-12-03T20:04:21.009082Z");
     assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+    // The second's text is kept per thread: the same second again, the next one, an earlier one
+    // (a clock stepped back).
+    assert_eq!(at(4_107_542_399, 1), "2100-02-28T23:59:59.000001Z");
+    assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
+    assert_eq!(at(1_764_792_261, 10), "2025-12-03T20:04:21.000010Z");
+}
+
+#[test]
+fn values_needing_no_escape_and_values_with_one_at_either_end_are_written_as_serde_json_writes_them() {
+    for value in ["", "plain/path?q=1", "\"at-start", "at-end\\", "mid\u{1}dle", "\u{7f}é☃ not escaped"] {
+        let mut b = Vec::new();
+        escaped(&mut b, value);
+        let json = serde_json::to_string(value).unwrap();
+        assert_eq!(String::from_utf8(b).unwrap(), json[1..json.len() - 1], "{value:?}");
+    }
 }
 
 #[test]
