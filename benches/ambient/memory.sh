@@ -10,7 +10,7 @@
 #   sudo SETTLE=0 benches/ambient/memory.sh 1   # readiness only
 #
 # Needs root (network namespaces, iptables in them) and release binaries
-# (`cargo build --release -p outrider-proxy -p outrider-control-plane --bins`); PROXY and
+# (`cargo build --release -p outrider-proxy --bins`, then `-p outrider-control-plane`); PROXY and
 # OUTRIDER override their paths. Everything runs in namespaces named `obench-*`, removed at exit.
 set -euo pipefail
 
