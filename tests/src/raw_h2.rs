@@ -180,6 +180,18 @@ impl Conn<TcpStream> {
         Self::over(io)
     }
 
+    /// The server side of an upstream a test scripts: read the client's preface and send an
+    /// empty SETTINGS; `None` when the peer sent no HTTP/2 preface.
+    pub async fn accept(mut io: TcpStream) -> Option<Self> {
+        let mut preface = [0u8; 24];
+        if io.read_exact(&mut preface).await.is_err() || preface != PREFACE {
+            return None;
+        }
+        let mut conn = Self::over(io);
+        conn.send(&Frame::settings()).await;
+        Some(conn)
+    }
+
     /// Connect, then [`Conn::start`].
     pub async fn handshake(addr: std::net::SocketAddr) -> Self {
         let mut c = Self::connect(addr).await;

@@ -11,7 +11,7 @@ use outrider_tests::client::{self, Client};
 use outrider_tests::fault::{self, OnConnect};
 use outrider_tests::harness::TempDir;
 use outrider_tests::policy::{docs, service};
-use outrider_tests::raw_h2::{Conn, Frame, PREFACE};
+use outrider_tests::raw_h2::{Conn, Frame};
 use outrider_tests::upstream::{self, Upstream};
 use outrider_tests::{eventually, wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -232,13 +232,8 @@ async fn broken_chunked_encoding_from_the_upstream_is_an_error_for_the_client() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_protocol_error_from_the_upstream_is_a_502_and_the_next_connection_works() {
-    let broken = upstream::scripted("h2-broken", |mut s| async move {
-        let mut preface = [0u8; 24];
-        if s.read_exact(&mut preface).await.is_err() || preface != PREFACE {
-            return;
-        }
-        let mut conn = Conn::over(s);
-        conn.send(&Frame::settings()).await;
+    let broken = upstream::scripted("h2-broken", |s| async move {
+        let Some(mut conn) = Conn::accept(s).await else { return };
         // Wait for the request's HEADERS, then send DATA on stream 0: a connection error
         // (PROTOCOL_ERROR) for any conforming client.
         while let Some(f) = conn.frame().await {

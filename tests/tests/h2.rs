@@ -125,21 +125,15 @@ fn representations(block: &[u8]) -> Representations {
 /// later encode walk the ids already in the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_never_enter_the_upstreams_hpack_table() {
-    use outrider_tests::raw_h2::{Conn, Frame, PREFACE, flag, kind};
+    use outrider_tests::raw_h2::{Conn, Frame, flag, kind};
     use std::sync::{Arc, Mutex};
-    use tokio::io::AsyncReadExt;
 
     let blocks: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let seen = blocks.clone();
-    let up = upstream::scripted("h2-raw", move |mut s| {
+    let up = upstream::scripted("h2-raw", move |s| {
         let seen = seen.clone();
         async move {
-            let mut preface = [0u8; 24];
-            if s.read_exact(&mut preface).await.is_err() || preface != PREFACE {
-                return;
-            }
-            let mut conn = Conn::over(s);
-            conn.send(&Frame::settings()).await;
+            let Some(mut conn) = Conn::accept(s).await else { return };
             while let Some(f) = conn.frame().await {
                 match f.kind {
                     kind::SETTINGS if !f.has(flag::ACK) => conn.send(&Frame::settings_ack()).await,
