@@ -138,9 +138,9 @@ fn int(b: &mut Vec<u8>, v: impl itoa::Integer) {
 fn escaped(b: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
-    // why: nearly every value (paths, ids, names) needs no escape; a fold without an early
-    // exit compiles to a vector loop, then one copy — the loop below costs ~15 instructions
-    // a byte (callgrind, `benches/callgrind/ir.sh h1-log`).
+    // why: nearly every value (paths, ids, names) needs no escape: a check without an early
+    // exit (about 2 instructions a byte) and one copy, where the loop below costs ~15 a byte
+    // (callgrind, `benches/callgrind/ir.sh h1-log`).
     if !bytes.iter().fold(false, |any, &c| any | (c < 0x20) | (c == b'"') | (c == b'\\')) {
         b.extend_from_slice(bytes);
         return;
