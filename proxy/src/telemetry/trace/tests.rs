@@ -90,6 +90,17 @@ fn inject_writes_traceparent_and_rewrites_b3() {
 }
 
 #[test]
+fn the_written_traceparent_is_marked_for_hpack_never_indexed() {
+    // Unique per request: over HTTP/2 it goes out as a never-indexed literal and stays out of
+    // the peer's HPACK table (as the request id, `h2::request_ids_never_enter_…`).
+    let cx =
+        SpanContext { trace_id: [0xcd; 16], span_id: [0x02; 8], sampled: true, trace_state: None, b3: B3Style::Multi };
+    let mut h = HeaderMap::new();
+    propagation::inject(&cx, &mut h);
+    assert!(h["traceparent"].is_sensitive());
+}
+
+#[test]
 fn samplers_decide() {
     let id = |low: u64| {
         let mut t = [0u8; 16];
