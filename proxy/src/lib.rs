@@ -5,6 +5,9 @@
 //! path reads with one `ArcSwap::load`.
 // One audited exception: `heap::release_free_memory` (glibc `malloc_trim`).
 #![deny(unsafe_code)]
+// Proving the serving futures `Sync` walks the config types they hold (down to protobuf
+// `Value`s); with the HTTP/1.1 client's futures that is deeper than the default 128.
+#![recursion_limit = "256"]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 /// Admin, metrics and health HTTP servers.

@@ -7,6 +7,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::client::Lease;
+use super::client::h1::Http1Body;
 use crate::load_report::PendingLoad;
 use crate::policy::breaker::GaugeGuard;
 use crate::policy::outcome::trailers_load_error;
@@ -38,10 +39,40 @@ impl Body {
     }
 }
 
+/// An upstream response's stream: hyper's (HTTP/2, upgrades), or our own HTTP/1.1 client's.
+#[derive(Debug)]
+pub enum Upstream {
+    Hyper(Incoming),
+    Http1(Box<dyn Http1Body>),
+}
+
+impl Upstream {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self {
+            Upstream::Hyper(i) => Pin::new(i).poll_frame(cx).map(|o| o.map(|r| r.map_err(BodyError::from))),
+            Upstream::Http1(b) => b.poll_frame(cx).map(|o| o.map(|r| r.map_err(BodyError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Hyper(i) => i.is_end_stream(),
+            Upstream::Http1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Upstream::Hyper(i) => i.size_hint(),
+            Upstream::Http1(b) => b.size_hint(),
+        }
+    }
+}
+
 /// An upstream response body with its [`Lease`], given back at its end.
 #[derive(Debug)]
 pub struct Pooled {
-    inner: Incoming,
+    inner: Upstream,
     lease: Lease,
     /// Set on a gRPC response whose headers carry no grpc-status: counted for the load reports
     /// by the trailers' status when the body ends ([`Body::judge_by_trailers`]).
@@ -49,8 +80,8 @@ pub struct Pooled {
 }
 
 impl Pooled {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let res = self.inner.poll_frame(cx);
         if let Poll::Ready(None) = res {
             self.lease.finish();
         }
@@ -99,6 +130,16 @@ impl Drop for Pooled {
 impl Body {
     /// An upstream response body holding `lease` until it ends.
     pub fn leased(inner: Incoming, lease: Lease) -> Self {
+        Self::leased_upstream(Upstream::Hyper(inner), lease)
+    }
+
+    /// An upstream HTTP/1.1 response body (our own client's; it gives its connection back
+    /// itself), holding nothing yet.
+    pub fn http1(inner: Box<dyn Http1Body>) -> Self {
+        Self::leased_upstream(Upstream::Http1(inner), Lease::default())
+    }
+
+    fn leased_upstream(inner: Upstream, lease: Lease) -> Self {
         let mut p = Pooled { inner, lease, load: None };
         if p.inner.is_end_stream() {
             p.lease.finish();
@@ -131,7 +172,7 @@ impl Body {
             }
             // An upstream response that holds nothing (a meshed HTTP/1.1 connection).
             Body::Incoming(inner) if !inner.is_end_stream() => {
-                Body::Pooled(Pooled { inner, lease: Lease::default(), load: Some(load) })
+                Body::Pooled(Pooled { inner: Upstream::Hyper(inner), lease: Lease::default(), load: Some(load) })
             }
             other => {
                 load.end(trailers_load_error(None));
@@ -146,6 +187,9 @@ impl Body {
 pub enum BodyError {
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// An upstream HTTP/1.1 response broke off or was malformed.
+    #[error(transparent)]
+    Http1(#[from] super::client::h1::Error),
     #[error("no data for {0:?} (stream idle timeout)")]
     Idle(std::time::Duration),
     /// This try's request body was handed to a retry; this try is abandoned.
@@ -214,7 +258,7 @@ impl http_body::Body for Body {
             |p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| p.map(|o| o.map(|r| r.map_err(BodyError::from)));
         match self.get_mut() {
             Body::Incoming(i) => hyper(Pin::new(i).poll_frame(cx).map(|f| f.map(|f| f.map(unmark_trailers)))),
-            Body::Pooled(p) => hyper(p.poll_frame(cx)),
+            Body::Pooled(p) => p.poll_frame(cx),
             Body::Replay(r) => r.poll_frame(cx),
             Body::Idle(b) => b.poll_frame(cx),
             Body::Recorded(b) => b.poll_frame(cx),

@@ -14,6 +14,9 @@ use crate::policy::config::Thresholds;
 /// limits, idle timers, and what a response holds until its body ends.
 pub mod pool;
 
+/// HTTP/1.1 to an upstream on the request's own task: no connection task, no buffers while idle.
+pub mod h1;
+
 pub use pool::{EndpointPool, Lease, MAX_IDLE_PER_ENDPOINT};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +55,8 @@ pub enum UpstreamError {
     Handshake(SocketAddr, #[source] hyper::Error),
     #[error("request to {0} failed: {1}")]
     Request(SocketAddr, #[source] hyper::Error),
+    #[error("request to {0} failed: {1}")]
+    Http1(SocketAddr, #[source] h1::Error),
     #[error("no new connection to {0}: the cluster is at its {1} limit")]
     Overflow(SocketAddr, &'static str),
     #[error("mTLS handshake with {0} failed: {1}")]
@@ -68,6 +73,7 @@ impl UpstreamError {
             | UpstreamError::Connect(a, _)
             | UpstreamError::Handshake(a, _)
             | UpstreamError::Request(a, _)
+            | UpstreamError::Http1(a, _)
             | UpstreamError::Overflow(a, _)
             | UpstreamError::Tls(a, _)
             | UpstreamError::Hbone(a, _) => *a,

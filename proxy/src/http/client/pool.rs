@@ -21,14 +21,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{ConnectConfig, ConnectTime, UpstreamError, UpstreamProtocol, connect_tcp_or_mesh};
+use super::{ConnectConfig, ConnectTime, UpstreamError, UpstreamProtocol, connect_tcp_or_mesh, h1};
 use crate::http::Body;
 use crate::policy::breaker::{ClusterThresholds, GaugeGuard};
 use crate::tls::Identity;
@@ -36,10 +35,13 @@ use crate::tls::Identity;
 /// Idle HTTP/1.1 connections kept per endpoint.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
+/// An HTTP/1.1 connection of our own client, holding its claim on the connection counts.
+type H1Conn = h1::Conn<Opened>;
+
 /// An idle HTTP/1.1 connection.
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    conn: H1Conn,
     /// When it is closed if still unused (`None`: no idle timeout).
     expires: Option<Instant>,
 }
@@ -118,7 +120,7 @@ impl Drop for StreamGuard {
 /// endpoint's count, released — and the requests waiting for a connection
 /// woken — when the connection closes.
 #[derive(Debug)]
-struct Opened {
+pub struct Opened {
     slot: Option<GaugeGuard>,
     counters: Option<Arc<ClusterThresholds>>,
     /// HTTP/1.1: the endpoint whose open connections this one counts in.
@@ -138,11 +140,10 @@ impl Drop for Opened {
     }
 }
 
-/// What an upstream response holds until its body ends or is dropped.
+/// What an upstream response holds until its body ends or is dropped. (An HTTP/1.1
+/// response body gives its connection back itself: [`h1::ResponseBody`].)
 #[derive(Debug, Default)]
 pub struct Lease {
-    /// HTTP/1.1: the connection, back to its pool when the body has been read to its end.
-    ret: Option<PoolReturn>,
     /// HTTP/2: the stream, counted as active on its connection (idle timeout).
     stream: Option<StreamGuard>,
     /// The cluster's `maxRequests` slot (set by the breaker stage).
@@ -157,28 +158,24 @@ impl Lease {
 
     /// The body was read to its end: the connection is reusable.
     pub fn finish(&mut self) {
-        if let Some(r) = self.ret.take() {
-            r.give_back();
-        }
         self.stream = None;
         self.slot = None;
     }
 }
 
 /// Hands an HTTP/1.1 connection back to its pool once the response body it
-/// carried has been read to the end. Dropped early (the caller went away
-/// mid-body), the connection is closed instead: it still holds unread bytes.
+/// carried has been read to the end. A body dropped early (the caller went away
+/// mid-body) never uses it: the connection closes, it still holds unread bytes.
 #[derive(Debug)]
 struct PoolReturn {
-    sender: http1::SendRequest<Body>,
     pool: Weak<EndpointPool>,
     idle_timeout: Option<Duration>,
 }
 
-impl PoolReturn {
-    fn give_back(self) {
+impl h1::Return<Opened> for PoolReturn {
+    fn give_back(self, conn: H1Conn) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.put_h1(self.sender, self.idle_timeout);
+            pool.put_h1(conn, self.idle_timeout);
         }
     }
 }
@@ -255,16 +252,15 @@ impl EndpointPool {
         req: Request<Body>,
         cfg: &ConnectConfig,
     ) -> Result<Response<Body>, UpstreamError> {
-        // To a meshed endpoint (upgrades only) always a new mTLS connection: the
-        // pool holds plaintext ones.
-        let mesh = cfg.mesh.is_some();
-        let mut req = if mesh {
-            req
-        } else {
-            match self.send_idle(req, cfg).await? {
-                Ok(resp) => return Ok(resp),
-                Err(req) => req,
-            }
+        // Upgrades, and anything to a meshed endpoint (upgrades only), go through hyper on a
+        // connection of their own; the rest through our client on pooled connections.
+        if cfg.mesh.is_some() || crate::http::headers::is_upgrade(req.headers()) {
+            return self.send_h1_hyper(req, cfg).await;
+        }
+        let mut out = h1::Outgoing::new(req).map_err(|e| UpstreamError::Http1(self.addr, e))?;
+        out = match self.send_idle(out, cfg).await? {
+            Ok(resp) => return Ok(resp),
+            Err(out) => out,
         };
         // No idle connection: pending until this request has one.
         let pending = self.pending(cfg)?;
@@ -278,23 +274,23 @@ impl EndpointPool {
             if let Some(f) = freed.as_mut().as_pin_mut() {
                 f.enable();
             }
-            if !mesh {
-                req = match self.send_idle(req, cfg).await? {
-                    Ok(resp) => return Ok(resp),
-                    Err(req) => req,
-                };
-            }
+            out = match self.send_idle(out, cfg).await? {
+                Ok(resp) => return Ok(resp),
+                Err(out) => out,
+            };
             if let Some(opened) = self.h1_connection(cfg) {
                 let started = Instant::now();
-                let mut sender = self.open_h1(cfg, opened, req.headers()).await?;
+                let io = super::connect_tcp(self.addr, cfg).await?;
                 let connect = started.elapsed();
                 drop(pending);
-                let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
-                let mut resp = if mesh {
-                    // Not pooled: closes when the response (or the upgrade) is done.
-                    resp.map(Body::Incoming)
-                } else {
-                    self.after_h1(sender, resp, cfg)
+                let conn = h1::Conn::new(io, opened);
+                let mut resp = match h1::exchange(conn, out, self.h1_return(cfg)).await {
+                    Ok(resp) => resp,
+                    // A new connection is never stale.
+                    Err(h1::Failed::Stale(..)) => {
+                        return Err(UpstreamError::Http1(self.addr, h1::Error::ClosedBeforeResponse));
+                    }
+                    Err(h1::Failed::Error(e)) => return Err(UpstreamError::Http1(self.addr, e)),
                 };
                 resp.extensions_mut().insert(ConnectTime(connect));
                 return Ok(resp);
@@ -311,44 +307,46 @@ impl EndpointPool {
         }
     }
 
-    /// Send on an idle connection, or hand the request back when there is none.
-    /// A pooled connection may have been closed by the server a moment ago: if
-    /// the request was not written, hyper hands it back and the next one is tried.
+    /// Send on an idle connection, or hand the request back when there is none. A pooled
+    /// connection the server closed a moment ago, before any of the response came, is
+    /// dropped and the next one tried when the request may be sent again (idempotent, no
+    /// body; see [`h1::Outgoing`]); any other failure is the request's.
     async fn send_idle(
         self: &Arc<Self>,
-        mut req: Request<Body>,
+        mut out: h1::Outgoing,
         cfg: &ConnectConfig,
-    ) -> Result<Result<Response<Body>, Request<Body>>, UpstreamError> {
-        while let Some(mut sender) = self.idle_h1() {
-            // It may not be ready this very moment (hyper marks it ready once it
-            // has read the previous response's end).
-            if !sender.is_ready() && sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(Ok(self.after_h1(sender, resp, cfg))),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(UpstreamError::Request(self.addr, e.into_error())),
-                },
+    ) -> Result<Result<Response<Body>, h1::Outgoing>, UpstreamError> {
+        while let Some(conn) = self.idle_h1() {
+            match h1::exchange(conn, out, self.h1_return(cfg)).await {
+                Ok(resp) => return Ok(Ok(resp)),
+                Err(h1::Failed::Stale(o, closed)) => {
+                    tracing::debug!(upstream = %self.addr, "a pooled connection was closed by the server; trying another");
+                    drop(closed);
+                    out = o;
+                }
+                Err(h1::Failed::Error(e)) => return Err(UpstreamError::Http1(self.addr, e)),
             }
         }
-        Ok(Err(req))
+        Ok(Err(out))
+    }
+
+    fn h1_return(self: &Arc<Self>, cfg: &ConnectConfig) -> PoolReturn {
+        PoolReturn { pool: Arc::downgrade(self), idle_timeout: cfg.idle_timeout }
     }
 
     /// The newest idle connection that is still open and not expired.
-    fn idle_h1(&self) -> Option<http1::SendRequest<Body>> {
+    fn idle_h1(&self) -> Option<H1Conn> {
         let mut idle = self.h1.lock();
         let now = Instant::now();
         while let Some(i) = idle.pop() {
-            if !i.sender.is_closed() && i.expires.is_none_or(|e| e > now) {
-                return Some(i.sender);
+            if i.conn.is_idle_and_open() && i.expires.is_none_or(|e| e > now) {
+                return Some(i.conn);
             }
         }
         None
     }
 
-    fn put_h1(self: &Arc<Self>, sender: http1::SendRequest<Body>, idle_timeout: Option<Duration>) {
+    fn put_h1(self: &Arc<Self>, conn: H1Conn, idle_timeout: Option<Duration>) {
         let expires = idle_timeout.and_then(|t| Instant::now().checked_add(t));
         {
             let mut idle = self.h1.lock();
@@ -356,11 +354,50 @@ impl EndpointPool {
                 // Dropped: the connection closes.
                 return;
             }
-            idle.push(Idle { sender, expires });
+            idle.push(Idle { conn, expires });
         }
         self.h1_available.notify_one();
         if expires.is_some() {
             self.watch_idle();
+        }
+    }
+
+    /// An upgrade, or an HTTP/1.1 request to a meshed endpoint: through hyper, on a new
+    /// connection that is not pooled (it closes when the response, or the upgrade, is done).
+    async fn send_h1_hyper(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        cfg: &ConnectConfig,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let pending = self.pending(cfg)?;
+        let closed = cfg.limits.as_ref().map(|(c, _)| &c.connection_closed);
+        loop {
+            let available = self.h1_available.notified();
+            let freed = closed.map(Notify::notified);
+            tokio::pin!(available, freed);
+            available.as_mut().enable();
+            if let Some(f) = freed.as_mut().as_pin_mut() {
+                f.enable();
+            }
+            if let Some(opened) = self.h1_connection(cfg) {
+                let started = Instant::now();
+                let mut sender = self.open_h1(cfg, opened, req.headers()).await?;
+                let connect = started.elapsed();
+                drop(pending);
+                let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Request(self.addr, e))?;
+                let mut resp = resp.map(Body::Incoming);
+                resp.extensions_mut().insert(ConnectTime(connect));
+                return Ok(resp);
+            }
+            tokio::select! {
+                () = available => {}
+                () = async {
+                    match freed.as_pin_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
         }
     }
 
@@ -388,8 +425,8 @@ impl EndpointPool {
         Some(Opened { slot, counters: cfg.limits.as_ref().map(|(c, _)| c.clone()), h1: Some(Arc::downgrade(self)) })
     }
 
-    /// A new HTTP/1.1 connection, opened for a request with `opener` headers (see
-    /// [`connect_tcp_or_mesh`]).
+    /// A new HTTP/1.1 connection through hyper, opened for a request with `opener` headers
+    /// (see [`connect_tcp_or_mesh`]).
     async fn open_h1(
         &self,
         cfg: &ConnectConfig,
@@ -407,21 +444,6 @@ impl EndpointPool {
             drop(opened);
         });
         Ok(sender)
-    }
-
-    /// The connection goes back to the pool when the response body has been
-    /// read to its end (see [`Lease`]); an upgraded connection belongs to the upgrade.
-    fn after_h1(
-        self: &Arc<Self>,
-        sender: http1::SendRequest<Body>,
-        resp: Response<Incoming>,
-        cfg: &ConnectConfig,
-    ) -> Response<Body> {
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            return resp.map(Body::Incoming);
-        }
-        let ret = PoolReturn { sender, pool: Arc::downgrade(self), idle_timeout: cfg.idle_timeout };
-        resp.map(|b| Body::leased(b, Lease { ret: Some(ret), ..Lease::default() }))
     }
 
     // ------------------------------------------------------------ HTTP/2
@@ -561,7 +583,7 @@ impl EndpointPool {
         let mut watch = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         {
             let mut idle = self.h1.lock();
-            idle.retain(|i| !i.sender.is_closed() && i.expires.is_none_or(|e| e > now));
+            idle.retain(|i| i.conn.is_idle_and_open() && i.expires.is_none_or(|e| e > now));
             for e in idle.iter().filter_map(|i| i.expires) {
                 watch(e);
             }
