@@ -1,0 +1,128 @@
+//! The proxy's HTTP/1.1 client, seen from raw upstreams: a response streamed while the request
+//! is still being uploaded, an early answer to an upload, and pooled connections the upstream
+//! closed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use outrider_tests::ProxyHarness;
+use outrider_tests::client::fed;
+use outrider_tests::policy::{docs, service};
+use outrider_tests::raw::Reader;
+use outrider_tests::upstream;
+use outrider_tests::wait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Read until the end of a head; false if the peer closed first.
+async fn read_head(s: &mut TcpStream) -> bool {
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b).await {
+            Ok(1) => got.push(b[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_streams_back_while_the_request_body_is_still_being_sent() {
+    // The upstream answers at once and echoes the (chunked) request body's bytes as its own
+    // chunked body, as they arrive: each echo needs the proxy to carry the request and the
+    // response at the same time.
+    let up = upstream::scripted("duplex", |mut s| async move {
+        if !read_head(&mut s).await {
+            return;
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_err() {
+            return;
+        }
+        let mut seen = Vec::new();
+        let mut b = [0u8; 4096];
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let n = match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            seen.extend_from_slice(&b[..n]);
+            if s.write_all(&b[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = ProxyHarness::start(&docs(&[service("duplex").port(8080).endpoint(up.addr).yaml()])).await;
+
+    let io = TokioIo::new(TcpStream::connect(proxy.addrs.outbound).await.unwrap());
+    let (mut sender, conn) = http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let (tx, body) = fed();
+    let req = hyper::Request::post("http://duplex:8080/echo").header("host", "duplex:8080").body(body).unwrap();
+    tx.send(Bytes::from_static(b"one")).unwrap();
+    let resp = wait::within("the response head, before the upload ends", sender.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut resp = resp.into_body();
+    let mut next = async || {
+        let frame = wait::within("an echoed chunk", resp.frame()).await;
+        frame.map(|f| f.unwrap().into_data().unwrap())
+    };
+    assert_eq!(next().await.unwrap(), "one");
+    tx.send(Bytes::from_static(b"two")).unwrap();
+    assert_eq!(next().await.unwrap(), "two");
+    drop(tx);
+    assert_eq!(next().await, None, "the response ends after the request does");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_reaches_the_client_while_it_is_still_uploading() {
+    let up = upstream::scripted("early", |mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!")
+                .await;
+        }
+    })
+    .await;
+    let proxy = ProxyHarness::start(&docs(&[service("early").port(8080).endpoint(up.addr).yaml()])).await;
+
+    let mut c = Reader::new(TcpStream::connect(proxy.addrs.outbound).await.unwrap());
+    // 64 MiB announced, 64 KiB sent: the answer must come without the rest.
+    c.io.write_all(b"POST /up HTTP/1.1\r\nhost: early:8080\r\ncontent-length: 67108864\r\n\r\n").await.unwrap();
+    c.io.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    let head = c.head().await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_on_a_pooled_connection_the_upstream_closed_unanswered_is_sent_again_on_a_new_one() {
+    // Each connection answers its first request, then reads the next request's head and
+    // closes without an answer: the second GET meets a closed pooled connection.
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    let up = upstream::scripted("flaky", move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if read_head(&mut s).await {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                read_head(&mut s).await;
+            }
+        }
+    })
+    .await;
+    let proxy = ProxyHarness::start(&docs(&[service("flaky").port(8080).endpoint(up.addr).yaml()])).await;
+    for _ in 0..3 {
+        let r = proxy.get("http://flaky:8080/again").await;
+        r.assert_status(200);
+        assert_eq!(r.body, "ok");
+    }
+    // Requests 2 and 3 each met a pooled connection that closed unanswered, and were sent
+    // again on a new one.
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
