@@ -40,6 +40,8 @@ pub const MAX_HEADERS: usize = 100;
 /// A response head (status line and fields), or a trailer section, at most (Envoy's default
 /// header limit is 60 KiB). Offsets into a head fit in a `u16`.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024 - 1;
+/// Informational (1xx) heads before the final one at most.
+const MAX_INFORMATIONAL: usize = 16;
 /// A chunk-size line (size and extensions) at most.
 const MAX_CHUNK_LINE: usize = 4096;
 /// How much one read asks for while reading a head or a body of unknown length.
@@ -235,7 +237,7 @@ where
     let head_method = out.head_method;
     let mut writer = Writer::new(out);
     let mut write_error: Option<Error> = None;
-    let mut seen = false;
+    let mut reading = Reading::default();
     let head = std::future::poll_fn(|cx| {
         if write_error.is_none() && !writer.done {
             match writer.poll_write(&mut conn.io, cx) {
@@ -247,7 +249,7 @@ where
                 _ => {}
             }
         }
-        conn.poll_head(cx, head_method, &mut seen)
+        conn.poll_head(cx, head_method, &mut reading)
     })
     .await;
     let head = match head {
@@ -258,7 +260,7 @@ where
                 || matches!(&write_error, Some(Error::Io(io)) if is_closed(io));
             if let Some(head) = kept
                 && closed
-                && !seen
+                && !reading.seen
             {
                 let out = Outgoing { head, body: None, head_method, resendable: true };
                 return Err(Failed::Stale(out, conn.guard));
@@ -461,16 +463,31 @@ struct Head {
     keep_alive: bool,
 }
 
+/// What [`Conn::poll_head`] has read so far of one response.
+#[derive(Default)]
+struct Reading {
+    /// Some of the response has come.
+    seen: bool,
+    /// 1xx heads read and dropped.
+    informational: usize,
+}
+
 impl<G> Conn<G> {
-    /// Read until a final response head; 1xx heads are read and dropped. `seen`: some of the
-    /// response has come.
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_method: bool, seen: &mut bool) -> Poll<Result<Head, Error>> {
+    /// Read until a final response head; 1xx heads (at most [`MAX_INFORMATIONAL`]) are read and
+    /// dropped.
+    fn poll_head(&mut self, cx: &mut Context<'_>, head_method: bool, at: &mut Reading) -> Poll<Result<Head, Error>> {
         loop {
             if !self.buf.is_empty() {
-                *seen = true;
+                at.seen = true;
                 match parse_head(&mut self.buf, head_method)? {
                     Parsed::Final(head) => return Poll::Ready(Ok(head)),
-                    Parsed::Informational => continue,
+                    Parsed::Informational if at.informational >= MAX_INFORMATIONAL => {
+                        return Poll::Ready(Err(Error::Invalid("more than 16 informational (1xx) responses")));
+                    }
+                    Parsed::Informational => {
+                        at.informational += 1;
+                        continue;
+                    }
                     Parsed::Partial if self.buf.len() >= MAX_HEAD_BYTES => {
                         return Poll::Ready(Err(Error::HeadTooLarge));
                     }
@@ -478,7 +495,7 @@ impl<G> Conn<G> {
                 }
             }
             if ready!(self.poll_read(cx, READ_SIZE))? == 0 {
-                return Poll::Ready(Err(if *seen { Error::ClosedInHead } else { Error::ClosedBeforeResponse }));
+                return Poll::Ready(Err(if at.seen { Error::ClosedInHead } else { Error::ClosedBeforeResponse }));
             }
         }
     }
@@ -776,7 +793,14 @@ where
                         Err(e) => return self.fail(e),
                         Ok(None) => {
                             let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-                            match ready!(conn.poll_read(cx, READ_SIZE)) {
+                            // Inside a large chunk, read as for a body of known length.
+                            let want = match state {
+                                Chunk::Data(left) => {
+                                    usize::try_from(left).unwrap_or(MAX_READ_SIZE).clamp(READ_SIZE, MAX_READ_SIZE)
+                                }
+                                _ => READ_SIZE,
+                            };
+                            match ready!(conn.poll_read(cx, want)) {
                                 Ok(0) => return self.fail(Error::ClosedInChunked),
                                 Ok(_) => {}
                                 Err(e) => return self.fail(e.into()),

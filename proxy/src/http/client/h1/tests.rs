@@ -151,6 +151,25 @@ async fn informational_heads_are_skipped() {
 }
 
 #[tokio::test]
+async fn endless_informational_heads_are_an_error() {
+    let mut answer = Vec::new();
+    for _ in 0..=MAX_INFORMATIONAL {
+        answer.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    answer.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    let (conn, _server) = upstream(Box::leak(answer.into_boxed_slice()), 0).await;
+    assert!(matches!(send(conn, get("/"), &Back::default()).await, Err(Error::Invalid(_))));
+    // As many as allowed are fine.
+    let mut answer = Vec::new();
+    for _ in 0..MAX_INFORMATIONAL {
+        answer.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    answer.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    let (conn, _server) = upstream(Box::leak(answer.into_boxed_slice()), 0).await;
+    assert_eq!(send(conn, get("/"), &Back::default()).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_101_to_a_request_without_an_upgrade_is_an_error() {
     let (conn, _server) = upstream(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n", 0).await;
     let e = send(conn, get("/"), &Back::default()).await.unwrap_err();
@@ -428,5 +447,26 @@ fn numbers_are_written_in_decimal_and_hex() {
     for n in [0u64, 7, 10, 255, 4096, u64::MAX] {
         assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
         assert_eq!(hex(n, &mut [0; 18]), format!("{n:x}\r\n").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn large_bodies_arrive_whole_over_many_reads() {
+    let pattern: Vec<u8> = (0..300 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let mut by_length = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", pattern.len()).into_bytes();
+    by_length.extend_from_slice(&pattern);
+    let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for piece in pattern.chunks(100 * 1024 + 7) {
+        chunked.extend_from_slice(format!("{:X}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    for answer in [by_length, chunked] {
+        let (conn, _server) = upstream(Box::leak(answer.into_boxed_slice()), 0).await;
+        let back = Back::default();
+        let resp = send(conn, get("/"), &back).await.unwrap();
+        assert_eq!(collect(resp).await.unwrap().0, pattern);
+        assert!(back.take().is_some());
     }
 }
