@@ -109,15 +109,14 @@ impl<G> Conn<G> {
         }
     }
 
+    /// Read what is there, up to `want` more bytes. Through `AsyncRead` (not `try_read_buf`):
+    /// a read shorter than asked tells tokio the socket is drained, so the next look at the
+    /// socket (the next read, or [`Self::is_idle_and_open`]) costs no system call until the
+    /// reactor sees it readable again. With `try_read_buf` every request paid one more
+    /// `recvfrom` (measured: 3.03 instead of 2.03 per proxied request, `strace -c`).
     fn poll_read(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         self.buf.reserve(want);
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                r => return Poll::Ready(r),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 }
 
