@@ -138,3 +138,17 @@ pub fn parse_head(head: &str) -> (u16, HashMap<String, String>) {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// Read a request head (up to its blank line) byte by byte, so nothing after it is consumed; `false`
+/// when the peer closed (or failed) first. For scripted upstreams, which read what the proxy sends.
+pub async fn read_request_head<R: AsyncRead + Unpin>(s: &mut R) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}

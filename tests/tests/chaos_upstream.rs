@@ -11,11 +11,11 @@ use outrider_tests::client::{self, Client};
 use outrider_tests::fault::{self, OnConnect};
 use outrider_tests::harness::TempDir;
 use outrider_tests::policy::{docs, service};
+use outrider_tests::raw::read_request_head;
 use outrider_tests::raw_h2::{Conn, Frame};
 use outrider_tests::upstream::{self, Upstream};
 use outrider_tests::{eventually, wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 fn traffic_policy(service: &str, spec: &str) -> String {
     format!(
@@ -120,6 +120,12 @@ async fn reset_mid_body_is_never_passed_on_as_a_complete_response() {
             }
             // Or the proxy saw the cut before sending the head: a 502 local reply.
             Ok((502, Ok(_))) => {}
+            // Over h2 the proxy resets the stream when the upstream body breaks. The head and the
+            // first 4 KiB often arrive in the same read as the cut, so the reset follows the
+            // response at once; if it overtakes the HEADERS still queued for the stream (h2 drops
+            // a reset stream's queued frames), the client sees the reset instead of the head:
+            // still an error, never a clean answer.
+            Err(e) if version == "h2" && e.contains("Reset(") => {}
             Ok((status, body)) => panic!("{version}: unexpected {status}: {body:?}"),
             Err(e) => panic!("{version}: the request failed before a response head: {e}"),
         }
@@ -184,23 +190,10 @@ async fn upstream_that_accepts_and_never_answers_times_out_and_retries_save_idem
     chaos.assert_still_serving().await;
 }
 
-/// Read an HTTP/1.1 request head (up to the blank line).
-async fn read_head(s: &mut TcpStream) -> bool {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return false,
-        }
-    }
-    true
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_chunked_encoding_from_the_upstream_is_an_error_for_the_client() {
     let broken = upstream::scripted("broken-chunked", |mut s| async move {
-        if read_head(&mut s).await {
+        if read_request_head(&mut s).await {
             let _ =
                 s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nZZ-not-hex\r\n").await;
             // Hold the socket: the client must not wait for more.

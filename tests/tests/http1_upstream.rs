@@ -13,24 +13,11 @@ use hyper_util::rt::TokioIo;
 use outrider_tests::ProxyHarness;
 use outrider_tests::client::fed;
 use outrider_tests::policy::{docs, service};
-use outrider_tests::raw::Reader;
+use outrider_tests::raw::{Reader, read_request_head};
 use outrider_tests::upstream;
 use outrider_tests::wait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Read until the end of a head; false if the peer closed first.
-async fn read_head(s: &mut TcpStream) -> bool {
-    let mut got = Vec::new();
-    let mut b = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b).await {
-            Ok(1) => got.push(b[0]),
-            _ => return false,
-        }
-    }
-    true
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_streams_back_while_the_request_body_is_still_being_sent() {
@@ -38,7 +25,7 @@ async fn a_response_streams_back_while_the_request_body_is_still_being_sent() {
     // chunked body, as they arrive: each echo needs the proxy to carry the request and the
     // response at the same time.
     let up = upstream::scripted("duplex", |mut s| async move {
-        if !read_head(&mut s).await {
+        if !read_request_head(&mut s).await {
             return;
         }
         if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_err() {
@@ -83,7 +70,7 @@ async fn a_response_streams_back_while_the_request_body_is_still_being_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_reaches_the_client_while_it_is_still_uploading() {
     let up = upstream::scripted("early", |mut s| async move {
-        if read_head(&mut s).await {
+        if read_request_head(&mut s).await {
             let _ = s
                 .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!")
                 .await;
@@ -109,9 +96,9 @@ async fn a_get_on_a_pooled_connection_the_upstream_closed_unanswered_is_sent_aga
     let up = upstream::scripted("flaky", move |mut s| {
         count.fetch_add(1, Ordering::SeqCst);
         async move {
-            if read_head(&mut s).await {
+            if read_request_head(&mut s).await {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                read_head(&mut s).await;
+                read_request_head(&mut s).await;
             }
         }
     })
@@ -125,4 +112,31 @@ async fn a_get_on_a_pooled_connection_the_upstream_closed_unanswered_is_sent_aga
     // Requests 2 and 3 each met a pooled connection that closed unanswered, and were sent
     // again on a new one.
     assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_upstream_closes_leaves_the_pool_without_a_request() {
+    // The upstream answers one request, then closes the connection when told to (as a server
+    // with a short keep-alive timeout does). No idle timeout is set (the default is an hour).
+    let close = Arc::new(tokio::sync::Notify::new());
+    let told = close.clone();
+    let up = upstream::scripted("closer", move |mut s| {
+        let told = told.clone();
+        async move {
+            if read_request_head(&mut s).await {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                told.notified().await;
+            }
+        }
+    })
+    .await;
+    let proxy = ProxyHarness::start(&docs(&[service("closer").port(8080).endpoint(up.addr).yaml()])).await;
+    proxy.get("http://closer:8080/").await.assert_status(200);
+    let idle = async || proxy.admin("GET", "/clusters").await.text();
+    assert!(idle().await.contains("\"idle_http1_connections\": 1"), "{}", idle().await);
+    close.notify_one();
+    wait::wait_until("the closed connection to leave the pool", || async {
+        idle().await.contains("\"idle_http1_connections\": 0")
+    })
+    .await;
 }

@@ -21,6 +21,7 @@
 //!   cleanly, that said `Connection: close` (or HTTP/1.0 without `keep-alive`), or that sent
 //!   bytes after the response, is closed, never reused;
 //! - upgrades (`Upgrade`, 101) are not carried here: the pool sends them through hyper.
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -671,11 +672,21 @@ pub struct ResponseBody<G: std::fmt::Debug, R> {
     writer: Option<Writer>,
     keep_alive: bool,
     ret: Option<R>,
-    /// The error that ended the body, held back for one poll: see [`Http1Body::poll_frame`].
-    deferred: Option<Error>,
+    /// The error that ended the body, held back until the task has yielded to the others: see
+    /// [`Http1Body::poll_frame`].
+    deferred: Option<(Error, Yielding)>,
 }
 
-/// What [`Body::Http1`] holds: a response body over any pool.
+/// A `tokio::task::yield_now` in progress.
+struct Yielding(Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
+
+impl std::fmt::Debug for Yielding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Yielding")
+    }
+}
+
+/// What [`crate::http::body::Upstream::Http1`] holds: a response body over any pool.
 pub trait Http1Body: std::fmt::Debug + Send + Sync {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>>;
     fn is_end_stream(&self) -> bool;
@@ -818,13 +829,19 @@ where
     R: Return<G> + std::fmt::Debug,
 {
     /// A body that breaks is an error for the downstream, but only after what came before the
-    /// break has left: the error is held back for one poll (the task is woken at once), so the
-    /// server writing the response flushes the head and data it has buffered first. Else a
-    /// response whose head and first bytes arrived in the same read as its break would reach
-    /// the client as a connection closed before any response.
+    /// break has left: the error is held back while the task yields to every other task ready
+    /// to run (`tokio::task::yield_now`), so the server writing the response flushes the head and
+    /// data it has buffered first (hyper's HTTP/1.1 server flushes when the body is pending).
+    /// Else a response whose head and first bytes arrived in the same read as its break would
+    /// reach an HTTP/1.1 client as a connection closed before any response. (An HTTP/2 client
+    /// can still see the stream's reset without its head: h2 drops a reset stream's queued
+    /// frames, and its connection task need not have written them by then.)
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        if let Some(e) = self.deferred.take() {
-            return Poll::Ready(Some(Err(e)));
+        if let Some((_, yielded)) = &mut self.deferred {
+            ready!(yielded.0.as_mut().poll(cx));
+            if let Some((e, _)) = self.deferred.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
         }
         // The request is still going out (the server answered before it had all of it).
         if let Some(w) = &mut self.writer
@@ -848,9 +865,14 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                self.deferred = Some(e);
-                cx.waker().wake_by_ref();
-                Poll::Pending
+                let mut yielded = Yielding(Box::pin(tokio::task::yield_now()));
+                match yielded.0.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(e))),
+                    Poll::Pending => {
+                        self.deferred = Some((e, yielded));
+                        Poll::Pending
+                    }
+                }
             }
             res => res,
         }

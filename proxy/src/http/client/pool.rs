@@ -11,7 +11,8 @@
 //!   opens it while the others wait for it (pending).
 //! - Connections idle past the cluster's idle timeout are closed by a timer (a
 //!   task per pool, alive while the pool holds connections to watch), not only
-//!   when next looked at.
+//!   when next looked at; the same timer drops, every [`CLOSED_SWEEP`], idle
+//!   HTTP/1.1 connections the upstream has closed.
 //! - An upstream response holds a [`Lease`] until its body ends: its HTTP/1.1
 //!   connection goes back to the pool then, its HTTP/2 stream counts as active
 //!   on the connection until then, and the request keeps its `maxRequests` slot.
@@ -24,7 +25,12 @@ use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
 use super::{ConnectConfig, ConnectTime, UpstreamError, UpstreamProtocol, connect_tcp_or_mesh, h1};
@@ -34,6 +40,11 @@ use crate::tls::Identity;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// How often idle HTTP/1.1 connections are looked at for an upstream that closed them (servers
+/// close idle keep-alive connections after a few seconds: Node.js after 5 s). Such a connection
+/// is never used — it is looked at again when taken — but holds its descriptor until then.
+pub const CLOSED_SWEEP: Duration = Duration::from_secs(5);
 
 /// An HTTP/1.1 connection of our own client, holding its claim on the connection counts.
 type H1Conn = h1::Conn<Opened>;
@@ -264,16 +275,9 @@ impl EndpointPool {
         };
         // No idle connection: pending until this request has one.
         let pending = self.pending(cfg)?;
-        let closed = cfg.limits.as_ref().map(|(c, _)| &c.connection_closed);
         loop {
             // Listen before looking, so a connection freed in between is not missed.
-            let available = self.h1_available.notified();
-            let freed = closed.map(Notify::notified);
-            tokio::pin!(available, freed);
-            available.as_mut().enable();
-            if let Some(f) = freed.as_mut().as_pin_mut() {
-                f.enable();
-            }
+            let freed = H1Freed::listen(self, cfg);
             out = match self.send_idle(out, cfg).await? {
                 Ok(resp) => return Ok(resp),
                 Err(out) => out,
@@ -295,15 +299,7 @@ impl EndpointPool {
                 resp.extensions_mut().insert(ConnectTime(connect));
                 return Ok(resp);
             }
-            tokio::select! {
-                () = available => {}
-                () = async {
-                    match freed.as_pin_mut() {
-                        Some(f) => f.await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-            }
+            freed.await;
         }
     }
 
@@ -357,9 +353,8 @@ impl EndpointPool {
             idle.push(Idle { conn, expires });
         }
         self.h1_available.notify_one();
-        if expires.is_some() {
-            self.watch_idle();
-        }
+        // Expiry, and connections the upstream closes while they idle.
+        self.watch_idle();
     }
 
     /// An upgrade, or an HTTP/1.1 request to a meshed endpoint: through hyper, on a new
@@ -370,15 +365,8 @@ impl EndpointPool {
         cfg: &ConnectConfig,
     ) -> Result<Response<Body>, UpstreamError> {
         let pending = self.pending(cfg)?;
-        let closed = cfg.limits.as_ref().map(|(c, _)| &c.connection_closed);
         loop {
-            let available = self.h1_available.notified();
-            let freed = closed.map(Notify::notified);
-            tokio::pin!(available, freed);
-            available.as_mut().enable();
-            if let Some(f) = freed.as_mut().as_pin_mut() {
-                f.enable();
-            }
+            let freed = H1Freed::listen(self, cfg);
             if let Some(opened) = self.h1_connection(cfg) {
                 let started = Instant::now();
                 let mut sender = self.open_h1(cfg, opened, req.headers()).await?;
@@ -389,15 +377,7 @@ impl EndpointPool {
                 resp.extensions_mut().insert(ConnectTime(connect));
                 return Ok(resp);
             }
-            tokio::select! {
-                () = available => {}
-                () = async {
-                    match freed.as_pin_mut() {
-                        Some(f) => f.await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-            }
+            freed.await;
         }
     }
 
@@ -587,6 +567,11 @@ impl EndpointPool {
             for e in idle.iter().filter_map(|i| i.expires) {
                 watch(e);
             }
+            if !idle.is_empty()
+                && let Some(at) = now.checked_add(CLOSED_SWEEP)
+            {
+                watch(at);
+            }
         }
         for slot in [&self.h2, &self.mesh] {
             let mut s = slot.conn.lock();
@@ -603,6 +588,42 @@ impl EndpointPool {
             }
         }
         next
+    }
+}
+
+/// Wakes a request waiting for an HTTP/1.1 connection: one of the endpoint's was given back,
+/// or one of the cluster's closed (under `maxConnections`). Listening starts when it is made,
+/// before the request looks for a connection, so one freed in between is not missed. (Boxed:
+/// made only by a request that found no idle connection.)
+struct H1Freed<'a> {
+    available: Pin<Box<Notified<'a>>>,
+    closed: Option<Pin<Box<Notified<'a>>>>,
+}
+
+impl<'a> H1Freed<'a> {
+    fn listen(pool: &'a EndpointPool, cfg: &'a ConnectConfig) -> Self {
+        let mut available = Box::pin(pool.h1_available.notified());
+        available.as_mut().enable();
+        let closed = cfg.limits.as_ref().map(|(c, _)| {
+            let mut n = Box::pin(c.connection_closed.notified());
+            n.as_mut().enable();
+            n
+        });
+        Self { available, closed }
+    }
+}
+
+impl Future for H1Freed<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.available.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        match &mut self.closed {
+            Some(c) => c.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 
