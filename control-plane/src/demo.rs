@@ -509,7 +509,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
                 "v2 broken: every call to it is now a 503".to_owned()
             }
             Phase::Healed => {
-                v2.broken.store(false, Ordering::Relaxed);
+                v2.heal();
                 "v2 healed: back to its usual flakiness".to_owned()
             }
             Phase::Steady | Phase::Shifted => {

@@ -52,6 +52,16 @@ impl Reviews {
         })
     }
 
+    /// Back from broken to its usual share of failures, counted afresh: the first failure comes
+    /// a whole spread after healing (with 2 %, at the 50th call), never at the probe that should
+    /// close the breaker the outage opened. Counted on from before the outage, the next failure
+    /// could land on that probe (when about 50 calls had reached v2 by then: a run in ten), keep
+    /// the breaker open for the rest of the demo, and change its story.
+    pub fn heal(&self) {
+        self.calls.store(0, Ordering::Relaxed);
+        self.broken.store(false, Ordering::Relaxed);
+    }
+
     async fn answer(&self) -> Response<Full<Bytes>> {
         if self.slow_percent > 0 && fastrand::u64(0..100) < self.slow_percent {
             tokio::time::sleep(Duration::from_millis(fastrand::u64(150..400))).await;
@@ -236,6 +246,12 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(app.answer().await.status(), StatusCode::SERVICE_UNAVAILABLE);
         }
+        // Healed, the spread starts again: 49 answers before the next failure.
+        app.heal();
+        for n in 0..49 {
+            assert_eq!(app.answer().await.status(), StatusCode::OK, "call {n} after healing");
+        }
+        assert_eq!(app.answer().await.status(), StatusCode::SERVICE_UNAVAILABLE);
         let healthy = Reviews::new("v1", 0, 0);
         for _ in 0..200 {
             assert_eq!(healthy.answer().await.status(), StatusCode::OK);
