@@ -19,16 +19,8 @@ PROTO=${1:-h1}
 SMALL=${2:-1000}
 LARGE=${3:-3000}
 PROXY=${PROXY:-target/release/outrider-proxy}
-DIR=$(mktemp -d /tmp/outrider-ir.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# DIR, PIDS (killed on exit), free_port.
+. "$(dirname "$0")/../lib/scratch.sh" ir
 
 UP=$(free_port)
 H2UP=$(free_port)

@@ -17,16 +17,8 @@ set -euo pipefail
 PROXY=${1:?usage: benches/split/h1.sh PROXY|haproxy}
 CONNS=${C:-50}
 SECS=${D:-5}
-DIR=$(mktemp -d /tmp/outrider-split.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# DIR, PIDS (killed on exit), free_port.
+. "$(dirname "$0")/../lib/scratch.sh" split
 UP=$(free_port)
 OUT=$(free_port)
 ADMIN=$(free_port)

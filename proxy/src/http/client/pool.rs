@@ -16,19 +16,18 @@
 //! - An upstream response holds a [`Lease`] until its body ends: its HTTP/1.1
 //!   connection goes back to the pool then, its HTTP/2 stream counts as active
 //!   on the connection until then, and the request keeps its `maxRequests` slot.
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio::time::Instant;
@@ -131,7 +130,7 @@ impl Drop for StreamGuard {
 /// endpoint's count, released — and the requests waiting for a connection
 /// woken — when the connection closes.
 #[derive(Debug)]
-pub struct Opened {
+pub(crate) struct Opened {
     slot: Option<GaugeGuard>,
     counters: Option<Arc<ClusterThresholds>>,
     /// HTTP/1.1: the endpoint whose open connections this one counts in.
