@@ -51,6 +51,15 @@ pub fn http1(addr: SocketAddr) -> Client {
     legacy::Client::builder(TokioExecutor::new()).build(FixedConnector(addr))
 }
 
+/// HTTP/1.1 client of the control plane's API at `addr`. The API closes a connection that
+/// stays idle for `api::IDLE_TIMEOUT`; a request written on it as it closes is reset, and a
+/// `PUT` cannot be sent again. So the pool forgets a connection after half that time.
+pub fn cp_api(addr: SocketAddr) -> Client {
+    legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(outrider_control_plane::api::IDLE_TIMEOUT / 2)
+        .build(FixedConnector(addr))
+}
+
 /// HTTP/2 prior-knowledge (h2c) client, dialing `addr`.
 pub fn h2(addr: SocketAddr) -> Client {
     legacy::Client::builder(TokioExecutor::new()).http2_only(true).build(FixedConnector(addr))

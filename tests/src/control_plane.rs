@@ -134,7 +134,7 @@ impl ControlPlane {
 impl ApiClient {
     /// A client of the API at `api`.
     pub fn new(api: SocketAddr) -> Self {
-        Self { api, client: client::http1(api) }
+        Self { api, client: client::cp_api(api) }
     }
 
     /// A request to the API; `token` adds the bearer token.

@@ -203,7 +203,7 @@ impl Replica {
 
     /// A request to its HTTP API (with its token): the status and the JSON body.
     pub async fn call(&self, method: &str, path: &str) -> (u16, Value) {
-        let client = crate::client::http1(self.api);
+        let client = crate::client::cp_api(self.api);
         let req = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.api))

@@ -215,7 +215,7 @@ async fn issue(cp: &ApiClient, service_account: &str, csr_pem: &str) -> Vec<Stri
         .header("authorization", format!("Bearer {token}"))
         .body(http_body_util::Full::new(bytes::Bytes::from(json!({"csr": csr_pem}).to_string())))
         .expect("a request");
-    let reply = client::send(&client::http1(cp.api), req).await;
+    let reply = client::send(&client::cp_api(cp.api), req).await;
     assert_eq!(reply.status, 200, "issuance failed: {}", reply.text());
     let issued: Value = serde_json::from_slice(&reply.body).expect("JSON");
     issued["certificateChain"]

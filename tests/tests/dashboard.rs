@@ -233,7 +233,7 @@ async fn the_api_serves_the_dashboard_the_graph_and_the_last_rejected_write() {
         load_report_interval: Duration::from_millis(200),
         ..ServerConfig::local(dir.path())
     });
-    let http = client::http1(cp.api);
+    let http = client::cp_api(cp.api);
     for (path, kind) in
         [("/ui/", "text/html"), ("/ui", "text/html"), ("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")]
     {

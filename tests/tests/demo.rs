@@ -228,7 +228,7 @@ struct GraphMoment {
 /// Read the graph's data (what the dashboard's Mesh page reads) every 100 ms until the control
 /// plane goes away with the demo; every answer that names reviews is kept.
 async fn watch_graph(api: std::net::SocketAddr) -> Vec<GraphMoment> {
-    let http = client::http1(api);
+    let http = client::cp_api(api);
     let mut seen = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut failures = 0;
