@@ -98,6 +98,16 @@ if [ -n "${STRACE:-}" ]; then
     ST=$!
     sleep 0.5
 fi
+if [ -n "${WAKEUPS:-}" ]; then
+    perf record -q -a -e sched:sched_wakeup -o "$DIR/wakeups.data" 2>/dev/null &
+    WK=$!
+    sleep 0.5
+fi
+if [ -n "${PERF:-}" ]; then
+    perf record -q -e cpu-clock -F 4999 -g -p "$P" -o "$DIR/perf.data" 2>/dev/null &
+    PF=$!
+    sleep 0.5
+fi
 load "${SECS}s" >"$DIR/wrk"
 read -r U1 S1 < <(awk '{print $14, $15}' "/proc/$P/stat")
 REQ=$(awk '/requests in/ {print $1}' "$DIR/wrk")
@@ -107,6 +117,21 @@ if [ -n "${STRACE:-}" ]; then
     echo "system calls per request:"
     awk -v r="$REQ" '$4 ~ /^[0-9]+$/ && NF >= 5 && $NF != "total" {printf "  %s %.2f\n", $NF, $4 / r}' "$DIR/strace" | sort -k2 -rn | head -8
     awk -v r="$REQ" '$NF == "total" {printf "  total %.2f\n", $4 / r}' "$DIR/strace"
+fi
+if [ -n "${PERF:-}" ]; then
+    kill -INT "$PF"
+    wait "$PF" || true
+    perf report -i "$DIR/perf.data" --no-children --sort "$PERF" --stdio -g none --percent-limit 0.7 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -60
+    [ -n "${PERF_KEEP:-}" ] && cp "$DIR/perf.data" "$PERF_KEEP"
+fi
+if [ -n "${WAKEUPS:-}" ]; then
+    kill -INT "$WK"
+    wait "$WK" || true
+    echo "wake-ups per request, by waker and woken:"
+    perf script -i "$DIR/wakeups.data" -F comm,trace 2>/dev/null |
+        awk -v r="$REQ" '{w = $1; sub(/:.*/, "", w); c = $2; sub(/^comm=/, "", c); n[w " -> " c]++}
+            END {for (k in n) if (n[k] / r >= 0.005) printf "  %s %.3f\n", k, n[k] / r}' | sort -k4 -rn
 fi
 TCK=$(getconf CLK_TCK)
 python3 -c "

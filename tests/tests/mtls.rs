@@ -1,5 +1,6 @@
 //! Mutual TLS between two sidecars with identities from the control plane's CA: the hop
-//! between proxies is mTLS over HTTP/2 while the apps speak HTTP/1.1; strict mode refuses
+//! between proxies is pooled mTLS HTTP/1.1 connections while the apps speak HTTP/1.1 (full
+//! duplex, large bodies, reuse); strict mode refuses
 //! plaintext and foreign CAs; AuthorizationPolicy allows, denies, and deny wins.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,7 +26,7 @@ fn counter(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_sidecars_talk_mtls_over_h2_while_the_apps_speak_http1() {
+async fn two_sidecars_talk_mtls_over_pooled_http1_while_the_apps_speak_http1() {
     let dir = TempDir::new("mtls-pair");
     let cp = mesh::control_plane(dir.path(), DAY);
     cp.apply(&reviews("")).await;
@@ -50,10 +51,11 @@ async fn two_sidecars_talk_mtls_over_h2_while_the_apps_speak_http1() {
     );
     assert_eq!(seen.header("x-outrider-orig-proto"), None);
 
-    // The hop between the proxies was mutual TLS carrying HTTP/2 (ALPN outrider/1).
+    // The hop between the proxies was mutual TLS carrying HTTP/1.1 (ALPN outrider-http1/1).
     let m = server.metrics().await;
-    assert!(
-        counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider/1")]) >= 1.0,
+    assert_eq!(
+        counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider-http1/1")]),
+        1.0,
         "{m}"
     );
     assert!(counter(&m, "outrider_tls_certificate_expiry_seconds", &[]) > 3600.0, "{m}");
@@ -76,15 +78,190 @@ async fn two_sidecars_talk_mtls_over_h2_while_the_apps_speak_http1() {
     assert_eq!(app.last().path, "/h2");
     assert_eq!(app.last().version, http::Version::HTTP_11, "the app gets its declared protocol");
 
-    // Many requests share the one multiplexed mTLS connection.
+    // One request at a time: every one reuses the first pooled mTLS connection, and none
+    // went over HTTP/2 (the app's protocol is HTTP/1.1).
     for i in 0..20 {
         caller.get(&format!("http://reviews:9080/n/{i}")).await.assert_status(200);
     }
     let m = server.metrics().await;
+    let alpn = |a: &str| counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", a)]);
+    assert_eq!(alpn("outrider-http1/1"), 1.0, "one pooled connection between the proxies: {m}");
+    assert_eq!(alpn("outrider/1"), 0.0, "{m}");
+    caller.shutdown().await;
+    server.shutdown().await;
+}
+
+/// `idle_http1_connections` of the caller sidecar's pool to `service`'s endpoint, from
+/// `/clusters`.
+async fn idle_http1(caller: &Sidecar) -> u64 {
+    let c = outrider_tests::client::http1(caller.admin);
+    let r = outrider_tests::client::send(&c, outrider_tests::client::get("http://admin/clusters")).await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let mut n = 0;
+    let mut stack = vec![&v];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                n += m.get("idle_http1_connections").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                stack.extend(m.values());
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_open_mtls_connections_that_later_calls_reuse() {
+    let dir = TempDir::new("mtls-pool");
+    let cp = mesh::control_plane(dir.path(), DAY);
+    cp.apply(&reviews("")).await;
+    let gate = upstream::Gate::new();
+    let app = upstream::http1().name("reviews-app").gate(&gate).start().await;
+    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
+    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
+    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+
+    // Four calls held at the app at once: four connections between the proxies.
+    let wave = |tag: &'static str| {
+        (0..4)
+            .map(|i| {
+                let c = caller.client.clone();
+                tokio::spawn(async move {
+                    outrider_tests::client::send(
+                        &c,
+                        outrider_tests::client::get(&format!("http://reviews:9080/{tag}/{i}")),
+                    )
+                    .await
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = wave("first");
+    outrider_tests::wait::wait_until("the app to hold four calls", || async { app.request_count() == 4 }).await;
+    gate.open();
+    for t in first {
+        t.await.unwrap().assert_status(200);
+    }
+    outrider_tests::wait::wait_until("four idle connections in the caller's pool", || async {
+        idle_http1(&caller).await == 4
+    })
+    .await;
+    // The next four take the idle ones: no new connection, no new handshake.
+    for t in wave("second") {
+        t.await.unwrap().assert_status(200);
+    }
+    let m = server.metrics().await;
+    let alpn = |a: &str| counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", a)]);
+    assert_eq!(alpn("outrider-http1/1"), 4.0, "{m}");
+    assert_eq!(alpn("outrider/1"), 0.0, "{m}");
+    assert_eq!(app.request_count(), 8);
+    caller.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_and_its_streamed_answer_cross_the_mtls_hop_together() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use outrider_tests::raw::read_request_head;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The app answers at once and echoes the (chunked) request body's bytes as they arrive:
+    // each echo needs both sidecars to carry the request and the response at the same time,
+    // and the caller's TLS session to send every piece it is given without waiting for more.
+    let app = upstream::scripted("duplex", |mut s| async move {
+        if !read_request_head(&mut s).await {
+            return;
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_err() {
+            return;
+        }
+        let mut seen = Vec::new();
+        let mut b = [0u8; 4096];
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let n = match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            seen.extend_from_slice(&b[..n]);
+            if s.write_all(&b[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let dir = TempDir::new("mtls-duplex");
+    let cp = mesh::control_plane(dir.path(), DAY);
+    cp.apply(&reviews("")).await;
+    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
+    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
+    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+
+    let outbound = caller.app.as_ref().unwrap().addrs.outbound;
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(outbound).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let (tx, body) = outrider_tests::client::fed();
+    let req = hyper::Request::post("http://reviews:9080/echo").header("host", "reviews:9080").body(body).unwrap();
+    tx.send(Bytes::from_static(b"one")).unwrap();
+    let resp = outrider_tests::wait::within("the response head, before the upload ends", sender.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut resp = resp.into_body();
+    // The echo may come back in pieces of any size: read until all of `want` is back.
+    let mut back = Vec::new();
+    let mut until = async |want: &[u8]| {
+        while back.len() < want.len() {
+            let frame = outrider_tests::wait::within("an echoed chunk", resp.frame()).await;
+            back.extend_from_slice(&frame.expect("the echo goes on").unwrap().into_data().unwrap());
+        }
+        assert_eq!(back, want);
+        back.clear();
+    };
+    until(b"one").await;
+    tx.send(Bytes::from_static(b"two")).unwrap();
+    until(b"two").await;
+    // 8 MiB more, in pieces larger than the sockets' buffers take at once, so that the
+    // caller's TLS session holds encrypted bytes when the socket is full, with no more of the
+    // body coming until the echo is back: they must be sent without waiting for more.
+    let big: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    for piece in big.chunks(2 * 1024 * 1024) {
+        tx.send(Bytes::copy_from_slice(piece)).unwrap();
+        until(piece).await;
+    }
+    drop(tx);
+    let end = outrider_tests::wait::within("the end of the response", resp.frame()).await;
+    assert!(end.is_none(), "the response ends after the request does");
+    caller.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_crosses_the_mtls_hop_whole_both_ways() {
+    let dir = TempDir::new("mtls-large");
+    let cp = mesh::control_plane(dir.path(), DAY);
+    cp.apply(&reviews("")).await;
+    let app = upstream::http1().name("reviews-app").start().await;
+    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
+    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
+    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+    // 4 MiB up, echoed back (in the app's JSON) down, twice on the one pooled connection.
+    let body: String = (0..4 * 1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    for _ in 0..2 {
+        let req = outrider_tests::client::request("POST", "http://reviews:9080/big", body.clone());
+        let r = outrider_tests::client::send(&caller.client, req).await;
+        r.assert_status(200);
+        let echo = r.echo();
+        assert_eq!(echo.body.len(), body.len());
+        assert!(echo.body == body, "the body arrived changed");
+    }
+    let m = server.metrics().await;
     assert_eq!(
-        counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider/1")]),
+        counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider-http1/1")]),
         1.0,
-        "one h2 connection between the proxies: {m}"
+        "{m}"
     );
     caller.shutdown().await;
     server.shutdown().await;
@@ -666,4 +843,35 @@ async fn inbound_fails_closed_until_the_certificate_is_issued() {
     assert!(r.is_err(), "the inbound connection is closed");
     assert_eq!(app.request_count(), 0);
     proxy.shutdown().await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_mtls_connection_leaves_the_callers_pool_after_the_idle_timeout() {
+    let dir = TempDir::new("mtls-idle");
+    let cp = mesh::control_plane(dir.path(), DAY);
+    cp.apply(&format!(
+        "{}---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: reviews}}\nspec:\n  service: reviews\n  idleTimeout: 1s\n",
+        reviews("")
+    ))
+    .await;
+    let app = upstream::http1().name("reviews-app").start().await;
+    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
+    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
+    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+    caller.get("http://reviews:9080/once").await.assert_status(200);
+    assert_eq!(idle_http1(&caller).await, 1);
+    // Closed by the caller's timer, with no request to notice it.
+    outrider_tests::wait::wait_until("the idle connection to leave the pool", || async {
+        idle_http1(&caller).await == 0
+    })
+    .await;
+    // The next call opens a new one.
+    caller.get("http://reviews:9080/again").await.assert_status(200);
+    let m = server.metrics().await;
+    assert_eq!(
+        counter(&m, "outrider_tls_connections_total", &[("direction", "inbound"), ("alpn", "outrider-http1/1")]),
+        2.0,
+        "{m}"
+    );
+    caller.shutdown().await;
+    server.shutdown().await;
 }

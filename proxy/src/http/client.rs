@@ -128,6 +128,53 @@ pub enum Either {
     Hbone(Box<crate::hbone::stream::Stream>),
 }
 
+impl std::fmt::Debug for Either {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Either::Plain(_) => "Plain",
+            Either::Tls(_) => "Tls",
+            Either::Hbone(_) => "Hbone",
+        })
+    }
+}
+
+impl From<TcpStream> for Either {
+    fn from(s: TcpStream) -> Self {
+        Either::Plain(s)
+    }
+}
+
+impl Either {
+    /// Still open, with nothing to read: the peer has not closed the connection (or sent
+    /// anything) since it was last read. Asks the reactor what it has seen, without a system
+    /// call unless the socket was marked readable.
+    ///
+    /// Over mutual TLS the check reads through the session, so that what TLS 1.3 sends after
+    /// the handshake (session tickets, key updates) is taken in and not mistaken for bytes
+    /// nobody asked for; a `close_notify` is a close. An HBONE stream is never kept idle.
+    pub fn is_idle_and_open(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self {
+            Either::Plain(s) => match s.poll_read_ready(&mut cx) {
+                std::task::Poll::Pending => true,
+                std::task::Poll::Ready(Err(_)) => false,
+                // Readable: the end of the stream, bytes nobody asked for, or a stale mark.
+                std::task::Poll::Ready(Ok(())) => {
+                    matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            Either::Tls(s) => {
+                let mut byte = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut byte);
+                // Pending: nothing (or only TLS's own records) came. Ready: application data,
+                // the end of the stream, or an error; none leaves the connection reusable.
+                tokio::io::AsyncRead::poll_read(std::pin::Pin::new(s.as_mut()), &mut cx, &mut buf).is_pending()
+            }
+            Either::Hbone(_) => false,
+        }
+    }
+}
+
 impl tokio::io::AsyncRead for Either {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
@@ -152,6 +199,26 @@ impl tokio::io::AsyncWrite for Either {
             Either::Plain(s) => std::pin::Pin::new(s).poll_write(cx, data),
             Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, data),
             Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Either::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Either::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Either::Hbone(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Either::Plain(s) => s.is_write_vectored(),
+            Either::Tls(s) => s.is_write_vectored(),
+            Either::Hbone(s) => s.is_write_vectored(),
         }
     }
 

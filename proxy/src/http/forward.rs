@@ -51,14 +51,19 @@ pub async fn forward(
         return Err(ProxyError::BadRequest("CONNECT is not supported on this port"));
     }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // To a meshed endpoint every request but an upgrade rides the multiplexed mTLS HTTP/2
-    // connection; the peer proxy restores HTTP/1.x for its app from the orig-proto header.
-    // The peer proxy speaks to its app in the service's declared protocol: HTTP/1.x for `http`
-    // services (whatever the caller used), HTTP/2 otherwise — as the plaintext path does.
-    let orig_proto = (cfg.mesh.is_some() && !upgrade && proto == UpstreamProtocol::Http1).then(|| req.version());
+    // To a meshed endpoint a request travels in the protocol the peer proxy speaks to its app
+    // (the service's declared one, as on the plaintext path): HTTP/1.1 on pooled mutual-TLS
+    // connections (ALPN `outrider-http1/1`), HTTP/2 on the one multiplexed mutual-TLS HTTP/2
+    // connection (`outrider/1`). why not HTTP/1.1 over the HTTP/2 connection too, as before:
+    // converting to HTTP/2 and back made a proxied request cost both proxies their HTTP/2 path
+    // (about twice the HTTP/1.1 one's instructions) for nothing the app sees. Through an HBONE
+    // tunnel every request but an upgrade still rides HTTP/2; the peer restores HTTP/1.x for its
+    // app from the orig-proto header (as proxies of earlier versions expect on `outrider/1`).
+    let hbone = cfg.mesh.as_ref().is_some_and(|m| m.hbone.is_some());
+    let orig_proto = (hbone && !upgrade && proto == UpstreamProtocol::Http1).then(|| req.version());
     let proto = if upgrade {
         UpstreamProtocol::Http1
-    } else if cfg.mesh.is_some() {
+    } else if hbone {
         UpstreamProtocol::Http2
     } else {
         proto

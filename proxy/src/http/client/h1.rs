@@ -25,14 +25,14 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
+use super::Either;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use crate::http::Body;
 
@@ -82,7 +82,7 @@ pub enum Error {
 /// An open connection: the socket, and the bytes read and not yet used (none while it idles).
 #[derive(Debug)]
 pub struct Conn<G> {
-    io: TcpStream,
+    io: Either,
     buf: BytesMut,
     /// Has carried a response before (a reused keep-alive connection).
     reused: bool,
@@ -91,23 +91,19 @@ pub struct Conn<G> {
 }
 
 impl<G> Conn<G> {
-    pub fn new(io: TcpStream, guard: G) -> Self {
-        Self { io, buf: BytesMut::new(), reused: false, guard }
+    pub fn new(io: impl Into<Either>, guard: G) -> Self {
+        Self { io: io.into(), buf: BytesMut::new(), reused: false, guard }
     }
 
     /// Still open, with nothing to read: the server has not closed it (or written to it)
-    /// since its last response. Asks the reactor what it has seen, without a system call
-    /// unless the socket was marked readable.
-    pub fn is_idle_and_open(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readable: the end of the stream, bytes nobody asked for, or a stale mark.
-            Poll::Ready(Ok(())) => {
-                matches!(self.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    /// since its last response ([`Either::is_idle_and_open`]).
+    pub fn is_idle_and_open(&mut self) -> bool {
+        self.io.is_idle_and_open()
+    }
+
+    /// What the connection holds while it lives (the pool's claim).
+    pub fn guard(&self) -> &G {
+        &self.guard
     }
 
     /// Read what is there, up to `want` more bytes. Through `AsyncRead` (not `try_read_buf`):
@@ -319,7 +315,7 @@ impl Writer {
     }
 
     /// Take the body's frames that are ready, write what is queued; `Ready(Ok)` when all is.
-    fn poll_write(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_write(&mut self, io: &mut Either, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         loop {
             while self.queued < MAX_QUEUED
                 && let Some((body, framing)) = &mut self.body
@@ -360,6 +356,9 @@ impl Writer {
                 }
             }
             if self.head.is_empty() && self.queue.is_empty() {
+                // What the TLS session still holds of it goes out too (a TCP socket holds
+                // nothing: a no-op).
+                ready!(Pin::new(&mut *io).poll_flush(cx))?;
                 if self.body.is_none() {
                     self.done = true;
                     return Poll::Ready(Ok(()));
@@ -409,7 +408,7 @@ impl Writer {
     }
 
     /// Write the head and the queue, as many pieces per system call as fit.
-    fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_flush(&mut self, io: &mut Either, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         while !(self.head.is_empty() && self.queue.is_empty()) {
             let written = {
                 let mut slices = [IoSlice::new(&[]); 16];

@@ -7,6 +7,9 @@
 //!   a connection of its endpoint is returned or one of the cluster's closes. An
 //!   endpoint without any connection may always open one (as in Envoy), so that
 //!   connections held by other endpoints never starve it.
+//!   To a meshed endpoint these are mutual-TLS connections (ALPN `outrider-http1/1`) to
+//!   the peer proxy, reused only for the identity they verified and kept idle at most
+//!   [`MESH_IDLE`].
 //! - HTTP/2: one connection shared by every request to the endpoint; one request
 //!   opens it while the others wait for it (pending).
 //! - Connections idle past the cluster's idle timeout are closed by a timer (a
@@ -44,6 +47,18 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// close idle keep-alive connections after a few seconds: Node.js after 5 s). Such a connection
 /// is never used — it is looked at again when taken — but holds its descriptor until then.
 pub const CLOSED_SWEEP: Duration = Duration::from_secs(5);
+
+/// The longest a pooled mutual-TLS HTTP/1.1 connection to a peer proxy stays idle (shorter when
+/// the cluster's idle timeout is). The peer closes a connection on which no request comes within
+/// its header read timeout (30 s by default); a request written as it closes could not be sent
+/// again unless idempotent, so the caller lets the connection go well before.
+pub const MESH_IDLE: Duration = Duration::from_secs(10);
+
+/// How long a pooled HTTP/1.1 connection may stay idle: the cluster's idle timeout, at most
+/// [`MESH_IDLE`] to a peer proxy.
+fn h1_idle_timeout(cluster: Option<Duration>, meshed: bool) -> Option<Duration> {
+    if meshed { Some(cluster.map_or(MESH_IDLE, |t| t.min(MESH_IDLE))) } else { cluster }
+}
 
 /// An HTTP/1.1 connection of our own client, holding its claim on the connection counts.
 type H1Conn = h1::Conn<Opened>;
@@ -135,6 +150,9 @@ pub(crate) struct Opened {
     counters: Option<Arc<ClusterThresholds>>,
     /// HTTP/1.1: the endpoint whose open connections this one counts in.
     h1: Option<Weak<EndpointPool>>,
+    /// HTTP/1.1 over mutual TLS: the peer proxy's identity the handshake verified. A pooled
+    /// connection is reused only for a request that expects the same (`None`: plaintext).
+    peer: Option<crate::tls::Identity>,
 }
 
 impl Drop for Opened {
@@ -262,9 +280,10 @@ impl EndpointPool {
         req: Request<Body>,
         cfg: &ConnectConfig,
     ) -> Result<Response<Body>, UpstreamError> {
-        // Upgrades, and anything to a meshed endpoint (upgrades only), go through hyper on a
-        // connection of their own; the rest through our client on pooled connections.
-        if cfg.mesh.is_some() || crate::http::headers::is_upgrade(req.headers()) {
+        // Upgrades, and HTTP/1.1 through an HBONE tunnel, go through hyper on a connection of
+        // their own; the rest through our client on pooled connections, plaintext or (to a
+        // meshed endpoint) mutual TLS.
+        if cfg.mesh.as_ref().is_some_and(|m| m.hbone.is_some()) || crate::http::headers::is_upgrade(req.headers()) {
             return self.send_h1_hyper(req, cfg).await;
         }
         let mut out = h1::Outgoing::new(req).map_err(|e| UpstreamError::Http1(self.addr, e))?;
@@ -281,9 +300,16 @@ impl EndpointPool {
                 Ok(resp) => return Ok(resp),
                 Err(out) => out,
             };
-            if let Some(opened) = self.h1_connection(cfg) {
+            if let Some(mut opened) = self.h1_connection(cfg) {
                 let started = Instant::now();
-                let io = super::connect_tcp(self.addr, cfg).await?;
+                let io: super::Either = match &cfg.mesh {
+                    None => super::connect_tcp(self.addr, cfg).await?.into(),
+                    Some(target) => {
+                        let tls = super::connect_mesh(self.addr, cfg, target, crate::mesh::Carry::Http1).await?;
+                        opened.peer = Some(target.identity.clone());
+                        super::Either::Tls(Box::new(tls))
+                    }
+                };
                 let connect = started.elapsed();
                 drop(pending);
                 let conn = h1::Conn::new(io, opened);
@@ -311,7 +337,7 @@ impl EndpointPool {
         mut out: h1::Outgoing,
         cfg: &ConnectConfig,
     ) -> Result<Result<Response<Body>, h1::Outgoing>, UpstreamError> {
-        while let Some(conn) = self.idle_h1() {
+        while let Some(conn) = self.idle_h1(cfg.mesh.as_ref().map(|m| &m.identity)) {
             match h1::exchange(conn, out, self.h1_return(cfg)).await {
                 Ok(resp) => return Ok(Ok(resp)),
                 Err(h1::Failed::Stale(o, closed)) => {
@@ -326,15 +352,20 @@ impl EndpointPool {
     }
 
     fn h1_return(self: &Arc<Self>, cfg: &ConnectConfig) -> PoolReturn {
-        PoolReturn { pool: Arc::downgrade(self), idle_timeout: cfg.idle_timeout }
+        PoolReturn { pool: Arc::downgrade(self), idle_timeout: h1_idle_timeout(cfg.idle_timeout, cfg.mesh.is_some()) }
     }
 
-    /// The newest idle connection that is still open and not expired.
-    fn idle_h1(&self) -> Option<H1Conn> {
+    /// The newest idle connection that is still open and not expired, to the peer `expected`
+    /// (mutual TLS to that identity; `None`: plaintext). One to another peer, or plaintext
+    /// when TLS is expected (the endpoint's mesh membership or identity changed), is closed.
+    fn idle_h1(&self, expected: Option<&crate::tls::Identity>) -> Option<H1Conn> {
         let mut idle = self.h1.lock();
         let now = Instant::now();
-        while let Some(i) = idle.pop() {
-            if i.conn.is_idle_and_open() && i.expires.is_none_or(|e| e > now) {
+        while let Some(mut i) = idle.pop() {
+            if i.conn.guard().peer.as_ref() == expected
+                && i.conn.is_idle_and_open()
+                && i.expires.is_none_or(|e| e > now)
+            {
                 return Some(i.conn);
             }
         }
@@ -356,7 +387,7 @@ impl EndpointPool {
         self.watch_idle();
     }
 
-    /// An upgrade, or an HTTP/1.1 request to a meshed endpoint: through hyper, on a new
+    /// An upgrade, or an HTTP/1.1 request through an HBONE tunnel: through hyper, on a new
     /// connection that is not pooled (it closes when the response, or the upgrade, is done).
     async fn send_h1_hyper(
         self: &Arc<Self>,
@@ -396,12 +427,18 @@ impl EndpointPool {
                         slot: counters.acquire_connection(u32::MAX),
                         counters: Some(counters.clone()),
                         h1: Some(Arc::downgrade(self)),
+                        peer: None,
                     });
                 }
             },
         };
         self.h1_open.fetch_add(1, Ordering::AcqRel);
-        Some(Opened { slot, counters: cfg.limits.as_ref().map(|(c, _)| c.clone()), h1: Some(Arc::downgrade(self)) })
+        Some(Opened {
+            slot,
+            counters: cfg.limits.as_ref().map(|(c, _)| c.clone()),
+            h1: Some(Arc::downgrade(self)),
+            peer: None,
+        })
     }
 
     /// A new HTTP/1.1 connection through hyper, opened for a request with `opener` headers
@@ -496,6 +533,7 @@ impl EndpointPool {
             slot: cfg.limits.as_ref().and_then(|(c, _)| c.acquire_connection(u32::MAX)),
             counters: cfg.limits.as_ref().map(|(c, _)| c.clone()),
             h1: None,
+            peer: None,
         };
         let addr = self.addr;
         let io = connect_tcp_or_mesh(addr, cfg, crate::mesh::Carry::Http2, Some(opener)).await?;
@@ -562,7 +600,7 @@ impl EndpointPool {
         let mut watch = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         {
             let mut idle = self.h1.lock();
-            idle.retain(|i| i.conn.is_idle_and_open() && i.expires.is_none_or(|e| e > now));
+            idle.retain_mut(|i| i.conn.is_idle_and_open() && i.expires.is_none_or(|e| e > now));
             for e in idle.iter().filter_map(|i| i.expires) {
                 watch(e);
             }
@@ -638,3 +676,6 @@ fn live_h2(
     (!c.sender.is_closed() && c.identity.as_ref() == expected && !expired)
         .then(|| (c.sender.clone(), c.streams.clone()))
 }
+
+#[cfg(test)]
+mod tests;

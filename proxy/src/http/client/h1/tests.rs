@@ -100,7 +100,7 @@ async fn a_get_is_written_as_it_is_and_its_connection_goes_back_after_the_body()
     let (data, trailers) = collect(resp).await.unwrap();
     assert_eq!(data, b"hello");
     assert!(trailers.is_none());
-    let conn = back.take().expect("the connection goes back once the body has ended");
+    let mut conn = back.take().expect("the connection goes back once the body has ended");
     assert!(conn.buf.capacity() == 0, "an idle connection holds no read buffer");
     assert!(conn.is_idle_and_open());
     drop(conn);
@@ -409,12 +409,12 @@ async fn a_pooled_connection_the_server_closed_is_seen_as_closed() {
     });
     let back = Back::default();
     send(Conn::new(TcpStream::connect(addr).await.unwrap(), ()), get("/"), &back).await.unwrap();
-    let conn = back.take().unwrap();
+    let mut conn = back.take().unwrap();
     assert!(conn.is_idle_and_open());
     close_tx.send(()).unwrap();
     closed_rx.await.unwrap();
     // The reactor learns of the FIN when it next polls; wait for the socket to turn readable.
-    conn.io.readable().await.unwrap();
+    tcp_of(&conn).readable().await.unwrap();
     assert!(!conn.is_idle_and_open());
 }
 
@@ -468,5 +468,114 @@ async fn large_bodies_arrive_whole_over_many_reads() {
         let resp = send(conn, get("/"), &back).await.unwrap();
         assert_eq!(collect(resp).await.unwrap().0, pattern);
         assert!(back.take().is_some());
+    }
+}
+
+/// A request body fed by the test, one piece at a time.
+#[derive(Debug)]
+struct Fed(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+impl Http1Body for Fed {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// A mutual-TLS client and server pair on loopback (the server's side accepted), with small
+/// socket buffers so that large writes fill them.
+async fn tls_pair() -> (Either, tokio_rustls::server::TlsStream<TcpStream>) {
+    use crate::tls::tests::TestCa;
+    let ca = TestCa::new();
+    let server_id = "spiffe://outrider.local/ns/default/sa/server";
+    let server_cfg = crate::tls::server_config(ca.store(server_id), crate::tls::Mode::Strict).unwrap();
+    let expected = crate::tls::Identity::parse(server_id).unwrap();
+    let client_cfg = crate::tls::client_config_alpn(
+        ca.store("spiffe://outrider.local/ns/default/sa/client"),
+        expected,
+        crate::tls::ALPN_OUTRIDER_HTTP1,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpSocket::new_v4().unwrap();
+    listener.set_recv_buffer_size(4096).unwrap();
+    listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = listener.listen(1).unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        tokio_rustls::TlsAcceptor::from(server_cfg).accept(s).await.unwrap()
+    });
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let client = tokio_rustls::TlsConnector::from(client_cfg).connect(name, tcp).await.unwrap();
+    (Either::Tls(Box::new(client)), server.await.unwrap())
+}
+
+#[tokio::test]
+async fn over_tls_what_the_session_holds_goes_out_while_the_body_pauses() {
+    // 4 MiB through 4 KiB socket buffers: the last write leaves encrypted bytes in the TLS
+    // session, and the body then pauses (the caller waits for the answer). The server answers
+    // only once it has all 4 MiB, so the request hangs unless the client flushes the session.
+    const PIECE: usize = 4 * 1024 * 1024;
+    let (client, mut server) = tls_pair().await;
+    let server = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut b = vec![0u8; 64 * 1024];
+        // The head, the chunk-size line and the piece.
+        let want = |got: &[u8]| {
+            got.windows(4).position(|w| w == b"\r\n\r\n").is_some_and(|end| {
+                let rest = &got[end + 4..];
+                rest.windows(2).position(|w| w == b"\r\n").is_some_and(|line| rest.len() >= line + 2 + PIECE)
+            })
+        };
+        while !want(&got) {
+            let n = server.read(&mut b).await.unwrap();
+            assert!(n > 0, "the client closed before the piece arrived whole");
+            got.extend_from_slice(&b[..n]);
+        }
+        server.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+        server.flush().await.unwrap();
+        server
+    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(Bytes::from(vec![b'x'; PIECE])).unwrap();
+    let req = Request::post("/up").header("host", "svc").body(Body::http1(Box::new(Fed(rx)))).unwrap();
+    let back = Back::default();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(20), send(Conn::new(client, ()), req, &back))
+        .await
+        .expect("the answer, which needs every byte of the piece at the server")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(tx);
+    let (data, _) = collect(resp).await.unwrap();
+    assert_eq!(data, b"ok");
+    drop(server.await.unwrap());
+}
+
+#[tokio::test]
+async fn over_tls_an_idle_connection_is_open_until_the_server_closes_it() {
+    let (client, mut server) = tls_pair().await;
+    let mut conn = Conn::new(client, ());
+    assert!(conn.is_idle_and_open(), "a quiet session is open");
+    assert!(conn.is_idle_and_open(), "and stays so when looked at again");
+    // The server's close_notify, then its end of the stream.
+    server.shutdown().await.unwrap();
+    tcp_of(&conn).readable().await.unwrap();
+    assert!(!conn.is_idle_and_open(), "a close_notify closes it");
+}
+
+/// The TCP socket under a test connection.
+fn tcp_of<G>(conn: &Conn<G>) -> &TcpStream {
+    match &conn.io {
+        Either::Plain(s) => s,
+        Either::Tls(s) => s.get_ref().0,
+        Either::Hbone(_) => unreachable!("no HBONE in these tests"),
     }
 }
