@@ -1,7 +1,8 @@
 //! The mTLS scenario: two sidecars (a client sidecar in front of the load generator, a server
 //! sidecar in front of the upstream app), registered with a real control plane, once without
 //! identities (plaintext between them) and once with workload certificates from the control
-//! plane's CA (mutual TLS, HTTP multiplexed over one h2 connection, ALPN `outrider/1`).
+//! plane's CA (mutual TLS: the app's HTTP/1.1 on pooled mTLS HTTP/1.1 connections, ALPN
+//! `outrider-http1/1`).
 //!
 //! Pinning as in the other scenarios: both sidecars on the proxy core (one worker each), so
 //! "CPU per request" is the pair's; the control plane, the upstream, wrk, the open-loop
@@ -197,7 +198,7 @@ async fn measure(cfg: &Config<'_>, up: &Upstream, prog: &mut Progress, rep: &mut
     let dur = Duration::from_secs(s.duration_s);
     prog.step("mtls", "control plane and two pairs of sidecars (plaintext, mTLS)");
     rep.notes.push(
-        "the plaintext pair's hop is the client sidecar's pool of HTTP/1.1 connections to the server sidecar (the app's protocol); the mTLS pair's is one TLS 1.3 connection carrying HTTP/2 (ALPN outrider/1): the comparison is the mesh's real plaintext path against its real mTLS path, h1-to-h2 included".into(),
+        "the plaintext pair's hop is the client sidecar's pool of HTTP/1.1 connections to the server sidecar (the app's protocol); the mTLS pair's is its pool of TLS 1.3 connections carrying HTTP/1.1 (ALPN outrider-http1/1): the comparison is the mesh's real plaintext path against its real mTLS path".into(),
     );
     let mesh = start_mesh(cfg, up)?;
     for p in &mesh.pairs {

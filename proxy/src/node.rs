@@ -90,6 +90,9 @@ pub struct CertificateInfo {
     pub not_after_unix: u64,
     /// When it is renewed (a random point between 50 % and 80 % of its lifetime).
     pub rotates_at_unix: u64,
+    /// The same, in milliseconds.
+    #[serde(default)]
+    pub rotates_at_unix_ms: u64,
     /// Certificates installed for the workload so far: the first plus every renewal.
     pub installs: u64,
 }

@@ -1171,7 +1171,7 @@ spec: {protocol: http, port: 8080, addresses: [\"10.96.0.21\"], mtls: strict}
             if mine.last() != Some(&c.serial) {
                 mine.push(c.serial.clone());
             }
-            schedules.insert((w.spec.service_account.clone(), c.installs, c.rotates_at_unix, c.not_after_unix));
+            schedules.insert((w.spec.service_account.clone(), c.installs, c.rotates_at_unix_ms, c.not_after_unix));
         }
         serials.len() == 3 && serials.values().all(|v| v.len() >= 3)
     })
@@ -1189,7 +1189,9 @@ spec: {protocol: http, port: 8080, addresses: [\"10.96.0.21\"], mtls: strict}
     let distinct: std::collections::BTreeSet<_> = every.iter().collect();
     assert_eq!(distinct.len(), every.len(), "{serials:?}");
     // Each renewal is on the workload's own schedule: a1's and a2's certificates (one node,
-    // one control plane, joined together) do not share their expiry and renewal times.
+    // one control plane, joined together) do not share their renewal times. (In milliseconds:
+    // in whole seconds, a 10 s certificate's renewal falls in one of about four seconds, and
+    // three renewals of both matched about one run in ten.)
     let times = |sa: &str| -> std::collections::BTreeSet<(u64, u64)> {
         schedules.iter().filter(|(w, ..)| w == sa).map(|(_, _, r, n)| (*r, *n)).collect()
     };

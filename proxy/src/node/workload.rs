@@ -202,14 +202,14 @@ impl Workload {
 
     pub fn info(&self) -> WorkloadInfo {
         let mesh = self.mesh.load();
-        let unix = |t: Option<std::time::SystemTime>| {
-            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
-        };
+        let since = |t: Option<std::time::SystemTime>| t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let unix = |t| since(t).map_or(0, |d| d.as_secs());
         let certificate = mesh.as_ref().and_then(|m| {
             Some(super::CertificateInfo {
                 serial: m.certs.serial()?,
                 not_after_unix: unix(m.certs.not_after()),
                 rotates_at_unix: unix(m.certs.rotate_at()),
+                rotates_at_unix_ms: since(m.certs.rotate_at()).map_or(0, |d| d.as_millis() as u64),
                 installs: m.certs.installs(),
             })
         });
