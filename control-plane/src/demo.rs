@@ -352,7 +352,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
     info("dashboard", format!("{api}/ui/  (the graph shows frontend → reviews and the breaker; API token {token})"));
     info(
         "mTLS",
-        "frontend → reviews over mutual TLS 1.3, HTTP/2 between the sidecars; identities \
+        "frontend → reviews over mutual TLS 1.3, HTTP/1.1 on pooled connections between the sidecars; identities \
          spiffe://outrider.local/ns/default/sa/frontend → …/sa/reviews from the control plane's CA"
             .to_owned(),
     );
@@ -555,7 +555,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
     let mut mtls = 0.0;
     for car in [&v1_car, &v2_car] {
         let text = scrape(car.addrs.metrics).await;
-        mtls += prom_sum(&text, "outrider_tls_connections_total", &["direction=\"inbound\"", "alpn=\"outrider/1\""]);
+        mtls += prom_sum(&text, "outrider_tls_connections_total", &["direction=\"inbound\"", "alpn=\"outrider-http1/1\""]);
     }
     let phases = report::phase_json(&load, &phase_answers, &seconds);
     let caller_success = ratio(ok, ok + failed);
@@ -591,7 +591,7 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
         "  ",
         &format!(
             "the reviews sidecars accepted {mtls} mutual-TLS connection(s) from the frontend's sidecar, \
-             every request multiplexed over them (outrider_tls_connections_total)"
+             each kept in its pool and reused for one request after another (outrider_tls_connections_total)"
         ),
     ));
     let hint = |command: &str, what: &str| screen.line(format!("  {command:<44} # {what}"));
