@@ -555,7 +555,8 @@ async fn demo(args: &DemoArgs, api: &str, xds: SocketAddr, token: &str, dir: &st
     let mut mtls = 0.0;
     for car in [&v1_car, &v2_car] {
         let text = scrape(car.addrs.metrics).await;
-        mtls += prom_sum(&text, "outrider_tls_connections_total", &["direction=\"inbound\"", "alpn=\"outrider-http1/1\""]);
+        mtls +=
+            prom_sum(&text, "outrider_tls_connections_total", &["direction=\"inbound\"", "alpn=\"outrider-http1/1\""]);
     }
     let phases = report::phase_json(&load, &phase_answers, &seconds);
     let caller_success = ratio(ok, ok + failed);
