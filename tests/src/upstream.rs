@@ -197,6 +197,34 @@ where
     serve(name.to_owned(), move |stream, _log| script(stream)).await
 }
 
+/// An HTTP/1.1 upstream that answers each request at once with a chunked `200` and echoes the
+/// request's (chunked) body bytes, framing included, as they arrive: a client sees each piece
+/// back only if everything between carries the request and the response at the same time.
+pub async fn duplex_echo(name: &str) -> Upstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    scripted(name, |mut s| async move {
+        if !crate::raw::read_request_head(&mut s).await {
+            return;
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_err() {
+            return;
+        }
+        let mut seen = Vec::new();
+        let mut b = [0u8; 4096];
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let n = match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            seen.extend_from_slice(&b[..n]);
+            if s.write_all(&b[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
 thread_local! {
     /// A listener the next upstream started on this thread serves on (see [`start_on`]).
     static BIND_IN: std::cell::RefCell<Option<std::net::TcpListener>> = const { std::cell::RefCell::new(None) };

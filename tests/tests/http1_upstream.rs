@@ -16,7 +16,7 @@ use outrider_tests::policy::{docs, service};
 use outrider_tests::raw::{Reader, read_request_head};
 use outrider_tests::upstream;
 use outrider_tests::wait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,27 +24,7 @@ async fn a_response_streams_back_while_the_request_body_is_still_being_sent() {
     // The upstream answers at once and echoes the (chunked) request body's bytes as its own
     // chunked body, as they arrive: each echo needs the proxy to carry the request and the
     // response at the same time.
-    let up = upstream::scripted("duplex", |mut s| async move {
-        if !read_request_head(&mut s).await {
-            return;
-        }
-        if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_err() {
-            return;
-        }
-        let mut seen = Vec::new();
-        let mut b = [0u8; 4096];
-        while !seen.ends_with(b"0\r\n\r\n") {
-            let n = match s.read(&mut b).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            seen.extend_from_slice(&b[..n]);
-            if s.write_all(&b[..n]).await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
+    let up = upstream::duplex_echo("duplex").await;
     let proxy = ProxyHarness::start(&docs(&[service("duplex").port(8080).endpoint(up.addr).yaml()])).await;
 
     let io = TokioIo::new(TcpStream::connect(proxy.addrs.outbound).await.unwrap());

@@ -91,6 +91,25 @@ async fn two_sidecars_talk_mtls_over_pooled_http1_while_the_apps_speak_http1() {
     server.shutdown().await;
 }
 
+/// A control plane with `policy`, a reviews sidecar in front of the app on `app_port` and a
+/// frontend sidecar that sees reviews' meshed endpoint: the pair most tests here use.
+struct Pair {
+    _dir: TempDir,
+    _cp: outrider_tests::control_plane::ControlPlane,
+    server: Sidecar,
+    caller: Sidecar,
+}
+
+async fn pair(name: &str, policy: &str, app_port: u16) -> Pair {
+    let dir = TempDir::new(name);
+    let cp = mesh::control_plane(dir.path(), DAY);
+    cp.apply(policy).await;
+    let server = Sidecar::start(&cp, "reviews", Some(app_port), Some(&join_token(&cp, "reviews").await)).await;
+    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
+    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+    Pair { _dir: dir, _cp: cp, server, caller }
+}
+
 /// `idle_http1_connections` of the caller sidecar's pool to `service`'s endpoint, from
 /// `/clusters`.
 async fn idle_http1(caller: &Sidecar) -> u64 {
@@ -114,14 +133,9 @@ async fn idle_http1(caller: &Sidecar) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_open_mtls_connections_that_later_calls_reuse() {
-    let dir = TempDir::new("mtls-pool");
-    let cp = mesh::control_plane(dir.path(), DAY);
-    cp.apply(&reviews("")).await;
     let gate = upstream::Gate::new();
     let app = upstream::http1().name("reviews-app").gate(&gate).start().await;
-    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
-    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
-    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+    let Pair { server, caller, _dir, _cp } = pair("mtls-pool", &reviews(""), app.addr.port()).await;
 
     // Four calls held at the app at once: four connections between the proxies.
     let wave = |tag: &'static str| {
@@ -165,38 +179,11 @@ async fn concurrent_calls_open_mtls_connections_that_later_calls_reuse() {
 async fn an_upload_and_its_streamed_answer_cross_the_mtls_hop_together() {
     use bytes::Bytes;
     use http_body_util::BodyExt;
-    use outrider_tests::raw::read_request_head;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The app answers at once and echoes the (chunked) request body's bytes as they arrive:
     // each echo needs both sidecars to carry the request and the response at the same time,
     // and the caller's TLS session to send every piece it is given without waiting for more.
-    let app = upstream::scripted("duplex", |mut s| async move {
-        if !read_request_head(&mut s).await {
-            return;
-        }
-        if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_err() {
-            return;
-        }
-        let mut seen = Vec::new();
-        let mut b = [0u8; 4096];
-        while !seen.ends_with(b"0\r\n\r\n") {
-            let n = match s.read(&mut b).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            seen.extend_from_slice(&b[..n]);
-            if s.write_all(&b[..n]).await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
-    let dir = TempDir::new("mtls-duplex");
-    let cp = mesh::control_plane(dir.path(), DAY);
-    cp.apply(&reviews("")).await;
-    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
-    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
-    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+    let app = upstream::duplex_echo("duplex").await;
+    let Pair { server, caller, _dir, _cp } = pair("mtls-duplex", &reviews(""), app.addr.port()).await;
 
     let outbound = caller.app.as_ref().unwrap().addrs.outbound;
     let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(outbound).await.unwrap());
@@ -240,13 +227,8 @@ async fn an_upload_and_its_streamed_answer_cross_the_mtls_hop_together() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_body_crosses_the_mtls_hop_whole_both_ways() {
-    let dir = TempDir::new("mtls-large");
-    let cp = mesh::control_plane(dir.path(), DAY);
-    cp.apply(&reviews("")).await;
     let app = upstream::http1().name("reviews-app").start().await;
-    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
-    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
-    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+    let Pair { server, caller, _dir, _cp } = pair("mtls-large", &reviews(""), app.addr.port()).await;
     // 4 MiB up, echoed back (in the app's JSON) down, twice on the one pooled connection.
     let body: String = (0..4 * 1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
     for _ in 0..2 {
@@ -846,17 +828,12 @@ async fn inbound_fails_closed_until_the_certificate_is_issued() {
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_mtls_connection_leaves_the_callers_pool_after_the_idle_timeout() {
-    let dir = TempDir::new("mtls-idle");
-    let cp = mesh::control_plane(dir.path(), DAY);
-    cp.apply(&format!(
+    let policy = format!(
         "{}---\napiVersion: outrider.io/v1\nkind: TrafficPolicy\nmetadata: {{name: reviews}}\nspec:\n  service: reviews\n  idleTimeout: 1s\n",
         reviews("")
-    ))
-    .await;
+    );
     let app = upstream::http1().name("reviews-app").start().await;
-    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&join_token(&cp, "reviews").await)).await;
-    let caller = Sidecar::start(&cp, "frontend", None, Some(&join_token(&cp, "frontend").await)).await;
-    mesh::wait_meshed_endpoints(&caller, "reviews", 1).await;
+    let Pair { server, caller, _dir, _cp } = pair("mtls-idle", &policy, app.addr.port()).await;
     caller.get("http://reviews:9080/once").await.assert_status(200);
     assert_eq!(idle_http1(&caller).await, 1);
     // Closed by the caller's timer, with no request to notice it.
