@@ -19,7 +19,7 @@ pub mod server;
 /// One tunnelled connection.
 pub mod stream;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::time::Duration;
 

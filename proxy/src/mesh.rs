@@ -17,9 +17,9 @@ use std::sync::Arc;
 use http::Uri;
 use parking_lot::Mutex;
 use rustls::ClientConfig;
-use tokio_rustls::TlsAcceptor;
 
 use crate::backoff::ExponentialBackoff;
+use crate::tls::stream::Acceptor;
 use crate::tls::{self, CertStore, Identity, TlsError, TrustBundle};
 
 pub use ca_client::CaClient;
@@ -85,8 +85,8 @@ impl Carry {
 /// This proxy's certificate and TLS configs.
 pub struct Mesh {
     pub certs: Arc<CertStore>,
-    acceptor: TlsAcceptor,
-    hbone_acceptor: TlsAcceptor,
+    acceptor: Acceptor,
+    hbone_acceptor: Acceptor,
     clients: Mutex<HashMap<(Identity, Carry), Arc<ClientConfig>>>,
     /// HBONE connections of this identity to other workloads.
     pub hbone: crate::hbone::client::Pool,
@@ -149,8 +149,8 @@ impl Mesh {
         Ok(Self {
             hbone: crate::hbone::client::Pool::new(certs.clone()),
             certs,
-            acceptor: TlsAcceptor::from(server),
-            hbone_acceptor: TlsAcceptor::from(hbone),
+            acceptor: Acceptor::from(server),
+            hbone_acceptor: Acceptor::from(hbone),
             clients: Mutex::default(),
         })
     }
@@ -159,12 +159,12 @@ impl Mesh {
         self.certs.identity()
     }
 
-    pub fn acceptor(&self) -> &TlsAcceptor {
+    pub fn acceptor(&self) -> &Acceptor {
         &self.acceptor
     }
 
     /// The HBONE server (port 15008) with this identity's certificate.
-    pub fn hbone_acceptor(&self) -> &TlsAcceptor {
+    pub fn hbone_acceptor(&self) -> &Acceptor {
         &self.hbone_acceptor
     }
 

@@ -11,6 +11,7 @@
 //!   the client checks the chain against the bundle *and* that the server's URI SAN is the
 //!   destination's expected identity.
 //! - [`rotate`]: obtain and renew the certificate through a [`rotate::CertIssuer`].
+//! - [`stream`]: the TLS stream of the data path, which holds no buffer while idle.
 //!
 //! [`crate::mesh`] puts these on the data path.
 
@@ -18,6 +19,8 @@ mod config;
 /// Certificate renewal before expiry.
 pub mod rotate;
 mod store;
+/// A TLS stream over rustls' unbuffered API (no buffer held while idle).
+pub mod stream;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -104,14 +104,14 @@ impl Pool {
         };
         // No SNI: the server picks its certificate by the address dialled.
         let name = rustls::pki_types::ServerName::IpAddress(via.ip().into());
-        let tls = match tokio::time::timeout(timeout, tokio_rustls::TlsConnector::from(config).connect(name, tcp)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(HboneError::Tls(via, format!("{e} (expected peer identity {})", t.identity)));
-            }
-            Err(_) => return Err(HboneError::Tls(via, format!("no handshake within {timeout:?}"))),
-        };
+        let tls =
+            match tokio::time::timeout(timeout, crate::tls::stream::Connector::from(config).connect(name, tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Err(HboneError::Tls(via, format!("{e} (expected peer identity {})", t.identity)));
+                }
+                Err(_) => return Err(HboneError::Tls(via, format!("no handshake within {timeout:?}"))),
+            };
         let (sender, mut conn) = h2::client::Builder::new()
             .initial_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)

@@ -381,7 +381,7 @@ async fn first_request_fails(config: Arc<rustls::ClientConfig>, addr: SocketAddr
 
 /// Accepts any server certificate (these tests are about the client side being refused).
 #[derive(Debug)]
-struct AnyServer;
+pub(crate) struct AnyServer;
 
 impl rustls::client::danger::ServerCertVerifier for AnyServer {
     fn verify_server_cert(

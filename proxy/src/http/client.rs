@@ -109,11 +109,11 @@ pub async fn connect_mesh(
     cfg: &ConnectConfig,
     target: &crate::mesh::MeshTarget,
     carry: crate::mesh::Carry,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+) -> Result<crate::tls::stream::ClientStream<TcpStream>, UpstreamError> {
     let config = target.mesh.client(&target.identity, carry).map_err(|e| UpstreamError::Tls(addr, e.to_string()))?;
     let tcp = connect_tcp(addr, cfg).await?;
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    match tokio::time::timeout(cfg.timeout, tokio_rustls::TlsConnector::from(config).connect(name, tcp)).await {
+    match tokio::time::timeout(cfg.timeout, crate::tls::stream::Connector::from(config).connect(name, tcp)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(UpstreamError::Tls(addr, format!("{e} (expected peer identity {})", target.identity))),
         Err(_) => Err(UpstreamError::Tls(addr, format!("no handshake within {:?}", cfg.timeout))),
@@ -123,7 +123,7 @@ pub async fn connect_mesh(
 /// A plaintext or mutual-TLS upstream connection; reads and writes go to whichever it is.
 pub enum Either {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<crate::tls::stream::ClientStream<TcpStream>>),
     /// A stream of an HBONE connection (an ambient workload).
     Hbone(Box<crate::hbone::stream::Stream>),
 }

@@ -139,9 +139,10 @@ impl Socket for TcpStream {
 }
 
 /// Mutual TLS: the session (keys, sequence numbers) stays; hyper's buffers go. A parked
-/// connection's last read ended pending, so rustls holds no plaintext the socket would not
-/// announce: at most part of a record, whose rest makes the socket readable.
-impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+/// connection's last read ended pending, so the stream holds no plaintext the socket would not
+/// announce (at most part of a record, whose rest makes the socket readable) and, mostly, no
+/// buffer at all ([`crate::tls::stream`]).
+impl Socket for crate::tls::stream::ServerStream<TcpStream> {
     const PARKS: bool = true;
 
     fn poll_socket_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -201,6 +202,12 @@ pub struct ParkIo<I = TcpStream> {
 }
 
 impl<I: Socket> ParkIo<I> {
+    /// The stream under the connection.
+    #[cfg(test)]
+    pub(crate) fn get_ref(&self) -> &I {
+        &self.io
+    }
+
     pub fn new(io: I, exchange: Arc<Exchange>, park_after: Duration) -> Self {
         Self {
             io,

@@ -124,7 +124,7 @@ async fn an_mtls_keep_alive_connection_parks_between_requests_and_keeps_its_sess
     use crate::tls::tests::TestCa;
     let ca = TestCa::new();
     let server_id = "spiffe://td/ns/a/sa/server";
-    let acceptor = tokio_rustls::TlsAcceptor::from(
+    let acceptor = crate::tls::stream::Acceptor::from(
         crate::tls::server_config(ca.store(server_id), crate::tls::Mode::Strict).unwrap(),
     );
     let client_config = crate::tls::client_config_alpn(
@@ -146,6 +146,8 @@ async fn an_mtls_keep_alive_connection_parks_between_requests_and_keeps_its_sess
         s.readable(&io).await;
         // Returns only once the response is out and the caller is silent: parked.
         io = s.busy(io).await.expect("parked after the request");
+        // Parked: neither hyper's buffers nor the TLS stream's are held.
+        assert_eq!(io.get_ref().buffered(), 0, "{:?}", io.get_ref());
         let head = tls_response(&mut client).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(head.ends_with(&format!("path={path} body=")), "{head}");

@@ -514,7 +514,8 @@ async fn tls_pair() -> (Either, tokio_rustls::server::TlsStream<TcpStream>) {
     socket.set_send_buffer_size(4096).unwrap();
     let tcp = socket.connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let client = tokio_rustls::TlsConnector::from(client_cfg).connect(name, tcp).await.unwrap();
+    // The proxy's client stream against rustls' buffered server.
+    let client = crate::tls::stream::Connector::from(client_cfg).connect(name, tcp).await.unwrap();
     (Either::Tls(Box::new(client)), server.await.unwrap())
 }
 
