@@ -303,7 +303,10 @@ impl<IO, S: Session> TlsStream<IO, S> {
                                 Out::CloseNotify => traffic.queue_close_notify(outgoing.spare()),
                             };
                             match r {
-                                Ok(n) => break Ok(outgoing.end += n),
+                                Ok(n) => {
+                                    outgoing.end += n;
+                                    break Ok(());
+                                }
                                 Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
                                     outgoing.reserve(required_size)
                                 }
