@@ -95,12 +95,28 @@ impl Buf {
         if self.data.is_empty() {
             self.data = take_pooled();
         }
+        self.make_room(n);
+    }
+
+    /// [`Buf::reserve`] without a pooled buffer: an empty one gets just `n` bytes (and grows as
+    /// needed). For a peer not yet authenticated, which must not hold 64 KiB per connection by
+    /// sending part of a record (or by not reading what the handshake wrote).
+    fn reserve_small(&mut self, n: usize) {
+        if self.data.is_empty() {
+            self.data = vec![0; n];
+        }
+        self.make_room(n);
+    }
+
+    fn make_room(&mut self, n: usize) {
         if self.data.len() - self.end < n && self.start > 0 {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
         if self.data.len() - self.end < n {
+            // Exactly: a peer's partial record holds what it sent and room for `n` more.
+            self.data.reserve_exact(self.end + n - self.data.len());
             self.data.resize(self.end + n, 0);
         }
     }
@@ -274,7 +290,8 @@ impl<IO, S: Session> TlsStream<IO, S> {
                     None
                 }
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    outgoing.reserve(READ_MIN);
+                    // (Handshake records, mostly: a few KiB.)
+                    outgoing.reserve_small(READ_MIN);
                     loop {
                         match encode.encode(outgoing.spare()) {
                             Ok(n) => outgoing.end += n,
@@ -358,7 +375,7 @@ impl<IO, S: Session> TlsStream<IO, S> {
             let UnbufferedStatus { discard, state } = session.process(incoming.bytes());
             let encoded = match state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    outgoing.reserve(READ_MIN);
+                    outgoing.reserve_small(READ_MIN);
                     encode.encode(outgoing.spare()).map(|n| outgoing.end += n).is_ok()
                 }
                 _ => false,
@@ -380,7 +397,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, S: Session> TlsStream<IO, S> {
                 format!("more than {MAX_INCOMING} bytes of TLS records without a whole message"),
             )));
         }
-        self.incoming.reserve(READ_MIN);
+        if self.session.is_handshaking() {
+            self.incoming.reserve_small(READ_MIN);
+        } else {
+            self.incoming.reserve(READ_MIN);
+        }
         let mut buf = ReadBuf::new(self.incoming.spare());
         let res = Pin::new(&mut self.io).poll_read(cx, &mut buf);
         let n = buf.filled().len();

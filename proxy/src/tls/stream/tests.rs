@@ -396,3 +396,25 @@ async fn openssl_s_client_talks_to_our_server_across_a_key_update() {
     let _ = child.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_peer_not_yet_authenticated_gets_no_pooled_buffer() {
+    // Part of a record (a ClientHello that never ends): the server holds what came and room
+    // for 4 KiB more, not a 64 KiB buffer, for as long as the handshake's timeout allows.
+    let c = configs();
+    let (mut tcp_c, tcp_s) = tcp_pair(false).await;
+    tcp_c.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00]).await.unwrap();
+    let mut handshake = Acceptor::from(c.server).accept(tcp_s);
+    let held = |h: &Handshake<TcpStream, UnbufferedServerConnection>| match &h.0 {
+        Some(Ok(s)) => s.buffered(),
+        _ => panic!("the handshake ended"),
+    };
+    // Polled until it has read the bytes and waits for more.
+    let mut cx = Context::from_waker(Waker::noop());
+    while held(&handshake) == 0 {
+        assert!(Pin::new(&mut handshake).poll(&mut cx).is_pending());
+        tokio::task::yield_now().await;
+    }
+    assert!(Pin::new(&mut handshake).poll(&mut cx).is_pending());
+    assert!(held(&handshake) <= 7 + READ_MIN, "{} bytes held", held(&handshake));
+}
