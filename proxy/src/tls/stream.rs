@@ -52,14 +52,16 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+// (`try_with`: a stream dropped while its thread ends, after the pool is gone, allocates or
+// frees as if there were none.)
 fn take_pooled() -> Vec<u8> {
-    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0; BUF_LEN])
+    POOL.try_with(|p| p.borrow_mut().pop()).ok().flatten().unwrap_or_else(|| vec![0; BUF_LEN])
 }
 
 fn give_back(data: Vec<u8>) {
-    // A buffer that grew (a large handshake message) is not kept.
+    // A buffer that grew (a large handshake message) or a small one is not kept.
     if data.len() == BUF_LEN {
-        POOL.with(|p| {
+        let _ = POOL.try_with(|p| {
             let mut pool = p.borrow_mut();
             if pool.len() < POOL_MAX {
                 pool.push(data);
