@@ -498,14 +498,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, S: Session> AsyncRead for TlsStream<IO,
         let before = buf.filled().len();
         loop {
             let next = this.process(Some(buf), &mut None).inspect_err(|_| this.send_alert())?;
-            // What the session answers on its own (a key update) goes out as the socket takes
-            // it; what it does not take now is sent before the next write (and a pending
-            // write wakes this reader to send it).
-            if !this.outgoing.is_empty()
-                && let Poll::Ready(Err(e)) = this.poll_drain(cx)
-            {
-                return Poll::Ready(Err(e));
-            }
+            // What the session answers on its own (a key update) waits in `outgoing` for the
+            // next write or flush: a read never writes, so a reader and a writer polled by two
+            // tasks (`tokio::io::split`) never take each other's wake-ups.
             if buf.filled().len() > before || this.read_closed || next == Next::Closed {
                 // Data, or the end of the stream (nothing filled).
                 return Poll::Ready(Ok(()));

@@ -418,3 +418,16 @@ async fn a_peer_not_yet_authenticated_gets_no_pooled_buffer() {
     assert!(Pin::new(&mut handshake).poll(&mut cx).is_pending());
     assert!(held(&handshake) <= 7 + READ_MIN, "{} bytes held", held(&handshake));
 }
+
+#[tokio::test]
+async fn records_split_at_every_boundary_arrive_whole() {
+    // A pipe that passes 7 bytes at a time: every record (and the handshake) arrives in pieces
+    // cut at every offset, so partial records are kept, joined and moved to the buffer's front.
+    // Its reader and writer are two tasks (`echo` splits both ends), which hung while a read
+    // also wrote what a write had left: it took the writer's wake-up.
+    let c = configs();
+    let (a, b) = tokio::io::duplex(7);
+    let (client, server) =
+        tokio::join!(Connector::from(c.client).connect(name(), a), Acceptor::from(c.server).accept(b));
+    echo(client.unwrap(), server.unwrap(), pattern(200_003)).await;
+}
