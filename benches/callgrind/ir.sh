@@ -9,7 +9,7 @@
 # (`h2load -c1 -m1`), h1-log (HTTP/1.1 with the access log on, JSON lines on
 # stdout to a file). The proxy (PROXY=,
 # default target/release/outrider-proxy, one worker) runs under `valgrind --tool=callgrind`
-# (PROXY_ARGS= adds flags, e.g. `--http1-park-after 0s`) twice, serving SMALL (1000) and LARGE (3000) requests to an nginx upstream (1 kB responses);
+# (PROXY_ARGS= adds flags, e.g. `--access-log off`) twice, serving SMALL (1000) and LARGE (3000) requests to an nginx upstream (1 kB responses);
 # the difference of the two totals over LARGE-SMALL requests is the per-request cost without
 # start-up and shut-down. Needs valgrind, nginx, h2load. Writes nothing outside a temporary
 # directory (KEEP=FILE keeps the LARGE run's callgrind output for callgrind_annotate); prints one line: `PROTO: N instructions per request (totals A, B)`.

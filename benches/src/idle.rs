@@ -31,8 +31,8 @@ pub mod client;
 
 /// Connections opened at a time.
 const PARALLEL: usize = 100;
-/// After the last connection: silent for well over outrider's quiet period before an HTTP/1.1
-/// connection parks (up to twice `--http1-park-after`, 0.1 s by default), for every peer alike.
+/// After the last connection: silent for a while (every proxy has sent its responses and gone
+/// back to waiting), for every peer alike.
 const SETTLE: Duration = Duration::from_millis(1500);
 /// A second sample, once outrider has given its allocator's free memory back to the system
 /// (every `--heap-release-interval`, 10 s): what the connections cost while they stay idle.

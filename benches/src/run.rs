@@ -252,9 +252,8 @@ pub async fn measure(t: &Target, s: &Settings, up: &Upstream, prog: &mut Progres
     if let Some(pid) = pid {
         match idle::open(t.h1.addr, &t.h1.host, n_idle as usize, 100).await {
             Ok(conns) => {
-                // Idle: silent for well over outrider's quiet period before an HTTP/1.1
-                // connection parks (up to twice `--http1-park-after`, 0.1 s by default), for
-                // every peer alike.
+                // Idle: silent for a while (every proxy has sent its responses and gone back
+                // to waiting), for every peer alike.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 rep.idle_connections = Some(conns.len() as u64);
                 rep.idle_connections_rss_kb = procstat::rss_kb(pid);

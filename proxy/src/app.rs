@@ -165,7 +165,7 @@ impl App {
             tracer,
             workload: None,
         });
-        let server = HttpServer::new(&ServerLimits { park_after: config.http1_park_after, ..ServerLimits::default() });
+        let server = HttpServer::new(&ServerLimits::default());
         let mesh: crate::mesh::MeshHandle = Arc::default();
         let outbound = Arc::new(Outbound {
             store: store.clone(),

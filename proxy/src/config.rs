@@ -147,11 +147,6 @@ pub struct ProxyArgs {
     /// are served and closed meanwhile), e.g. 1s. Within --drain-timeout.
     #[arg(long, env = "OUTRIDER_DRAIN_PROPAGATION", default_value = "1s", value_parser = duration)]
     pub drain_propagation: Duration,
-    /// An HTTP/1.1 keep-alive connection (plaintext or mTLS) whose caller has been silent this long
-    /// after a response releases its read and write buffers (it parks between this and twice
-    /// this after its last request); 0s: at once, after every response.
-    #[arg(long, env = "OUTRIDER_HTTP1_PARK_AFTER", default_value = "50ms", value_parser = duration)]
-    pub http1_park_after: Duration,
     /// How often the proxy gives the memory its allocator holds free back to the system (glibc
     /// keeps what a burst freed resident otherwise), e.g. 10s; 0s: never.
     #[arg(long, env = "OUTRIDER_HEAP_RELEASE_INTERVAL", default_value = "10s", value_parser = duration)]
@@ -260,8 +255,6 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// `--drain-propagation`: accepting on after the control plane confirmed the withdrawal.
     pub drain_propagation: Duration,
-    /// Quiet period before an idle HTTP/1.1 connection parks.
-    pub http1_park_after: Duration,
     /// `--heap-release-interval`; zero: off.
     pub heap_release_interval: Duration,
     pub socket_mark: Option<u32>,
@@ -326,7 +319,6 @@ impl ProxyConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout: Duration::from_secs(5),
             drain_propagation: Duration::from_secs(1),
-            http1_park_after: crate::http::server::PARK_AFTER,
             heap_release_interval: Duration::from_secs(10),
             socket_mark: None,
             identity: None,
@@ -506,7 +498,6 @@ impl ProxyArgs {
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
             drain_propagation: self.drain_propagation,
-            http1_park_after: self.http1_park_after,
             heap_release_interval: self.heap_release_interval,
             socket_mark,
             identity,

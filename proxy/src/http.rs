@@ -10,8 +10,6 @@ pub mod forward;
 pub mod h2_guard;
 /// Hop-by-hop headers, `x-forwarded-for`, `x-request-id`.
 pub mod headers;
-/// Releasing an idle HTTP/1.1 keep-alive connection's hyper buffers between requests (plaintext and mTLS).
-pub mod park;
 /// What the first bytes of a downstream connection must be: HTTP/1.x or the HTTP/2 preface.
 pub mod preface;
 /// Serving a downstream connection (HTTP/1.1 and HTTP/2) with drain support.

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
@@ -292,7 +291,7 @@ impl Inbound {
         drain: drain::Signal,
     ) -> impl Future<Output = ()> + Send + 'static + use<I>
     where
-        I: crate::http::park::Socket,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
     {
         let server = self.server.clone();
         // The caller and its x-forwarded-client-cert value are fixed for the connection.
@@ -385,7 +384,7 @@ impl Inbound {
         peer: Option<&Identity>,
         xfcc: Option<&http::HeaderValue>,
         node: Option<&(Arc<str>, Arc<SeriesCell>)>,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
     ) -> Response<Body> {
         let mut rec = RequestRecord::start(&self.recorder, Direction::inbound, client, &req);
         rec.service = self.service.clone();
@@ -479,7 +478,7 @@ impl Inbound {
             _ => UpstreamProtocol::Http1,
         };
         let res: Result<_, ProxyError> =
-            forward::forward(&pool, req.map(Body::Incoming), proto, &self.cfg(), client, authority.as_ref()).await;
+            forward::forward(&pool, req, proto, &self.cfg(), client, authority.as_ref()).await;
         match res {
             Ok(resp) => {
                 rec.attempts = 1;

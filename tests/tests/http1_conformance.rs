@@ -193,12 +193,11 @@ async fn the_mtls_http1_hop_refuses_the_same() {
     server.shutdown().await;
 }
 
-/// A peer's keep-alive HTTP/1.1 connection over mutual TLS (ALPN `outrider-http1/1`) is parked
-/// between requests like a plaintext one (`--http1-park-after 0s`: after every response) and
-/// served again on the same TLS session: every request reaches the app with the caller's
-/// verified identity.
+/// A peer's keep-alive HTTP/1.1 connection over mutual TLS (ALPN `outrider-http1/1`) serves
+/// request after request on the same TLS session, holding no buffer between them: every
+/// request reaches the app with the caller's verified identity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mtls_http1_hop_serves_a_keep_alive_connection_across_parking() {
+async fn the_mtls_http1_hop_serves_a_keep_alive_connection() {
     let dir = TempDir::new("http1-conformance-mtls-park");
     let cp = mesh::control_plane(dir.path(), Duration::from_secs(24 * 3600));
     cp.apply(&docs(&[
@@ -207,10 +206,7 @@ async fn the_mtls_http1_hop_serves_a_keep_alive_connection_across_parking() {
     .await;
     let app = upstream::http1().name("reviews-app").start().await;
     let token = join_token(&cp, "reviews").await;
-    let server = Sidecar::start_edited(&cp, "reviews", Some(app.addr.port()), Some(&token), |c| {
-        c.http1_park_after = Duration::ZERO;
-    })
-    .await;
+    let server = Sidecar::start(&cp, "reviews", Some(app.addr.port()), Some(&token)).await;
     mesh::wait_inbound(&server, "reviews", |_| true).await;
     let tls = mesh::mesh_client(&cp, "frontend", "reviews", outrider_proxy::tls::ALPN_OUTRIDER_HTTP1).await;
     let mut r = Reader::new(mesh::tls_connect(tls, server.inbound).await.expect("handshake"));
@@ -223,7 +219,7 @@ async fn the_mtls_http1_hop_serves_a_keep_alive_connection_across_parking() {
         assert_eq!(
             seen.header("x-forwarded-client-cert"),
             Some(format!("By={};URI={}", mesh::identity("reviews"), mesh::identity("frontend")).as_str()),
-            "{path}: the caller's identity survives parking"
+            "{path}: the caller's identity on every request"
         );
     }
     assert_eq!(app.request_count(), 3);

@@ -17,6 +17,8 @@ use crate::policy::outcome::trailers_load_error;
 #[derive(Debug, Default)]
 pub enum Body {
     Incoming(Incoming),
+    /// A downstream HTTP/1.1 request's body, read from its connection as it is polled.
+    Downstream(super::server::h1::RequestBody),
     /// An upstream response and what it holds until its end (its HTTP/1.1
     /// connection, its HTTP/2 stream, its `maxRequests` slot, the load-report count of a gRPC
     /// response whose status is in its trailers).
@@ -190,6 +192,9 @@ pub enum BodyError {
     /// An upstream HTTP/1.1 response broke off or was malformed.
     #[error(transparent)]
     Http1(#[from] super::client::h1::Error),
+    /// A downstream HTTP/1.1 request body broke off or was malformed.
+    #[error(transparent)]
+    Downstream(#[from] super::server::h1::Error),
     #[error("no data for {0:?} (stream idle timeout)")]
     Idle(std::time::Duration),
     /// This try's request body was handed to a retry; this try is abandoned.
@@ -258,6 +263,7 @@ impl http_body::Body for Body {
             |p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| p.map(|o| o.map(|r| r.map_err(BodyError::from)));
         match self.get_mut() {
             Body::Incoming(i) => hyper(Pin::new(i).poll_frame(cx).map(|f| f.map(|f| f.map(unmark_trailers)))),
+            Body::Downstream(b) => b.poll_frame(cx).map(|o| o.map(|r| r.map_err(BodyError::from))),
             Body::Pooled(p) => p.poll_frame(cx),
             Body::Replay(r) => r.poll_frame(cx),
             Body::Idle(b) => b.poll_frame(cx),
@@ -270,6 +276,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Incoming(i) => i.is_end_stream(),
+            Body::Downstream(b) => b.is_end_stream(),
             Body::Pooled(p) => p.inner.is_end_stream(),
             Body::Replay(r) => r.is_end_stream(),
             Body::Idle(b) => b.inner.is_end_stream(),
@@ -282,6 +289,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Incoming(i) => i.size_hint(),
+            Body::Downstream(b) => b.size_hint(),
             Body::Pooled(p) => p.inner.size_hint(),
             Body::Replay(r) => r.size_hint(),
             Body::Idle(b) => b.inner.size_hint(),

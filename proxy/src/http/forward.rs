@@ -50,7 +50,7 @@ pub async fn forward(
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported on this port"));
     }
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let on_upgrade = if upgrade { super::server::h1::OnUpgrade::take(&mut req) } else { None };
     // To a meshed endpoint a request travels in the protocol the peer proxy speaks to its app
     // (the service's declared one, as on the plaintext path): HTTP/1.1 on pooled mutual-TLS
     // connections (ALPN `outrider-http1/1`), HTTP/2 on the one multiplexed mutual-TLS HTTP/2

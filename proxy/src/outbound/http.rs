@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
@@ -56,7 +55,7 @@ async fn handle(
     ctx: &Outbound,
     client: SocketAddr,
     orig_dst: Option<SocketAddr>,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
 ) -> Response<Body> {
     let mut rec = RequestRecord::start(&ctx.recorder, Direction::outbound, client, &req);
     let grpc = rescue::is_grpc(&req);
@@ -87,7 +86,7 @@ struct Routed {
 fn route(
     ctx: &Outbound,
     orig_dst: Option<SocketAddr>,
-    req: &Request<Incoming>,
+    req: &Request<Body>,
     authority: Option<&http::uri::Authority>,
     rec: &mut RequestRecord,
 ) -> Result<Routed, ProxyError> {
@@ -126,14 +125,14 @@ async fn proxy(
     ctx: &Outbound,
     client: SocketAddr,
     orig_dst: Option<SocketAddr>,
-    req: Request<Incoming>,
+    req: Request<Body>,
     rec: &mut RequestRecord,
 ) -> Result<Response<Body>, ProxyError> {
     let authority = forward::authority_of(&req)?;
     rec.authority = authority.clone();
     let routed = route(ctx, orig_dst, &req, authority.as_ref(), rec)?;
     let grpc_timeout = if rescue::is_grpc(&req) { grpc_timeout(req.headers()) } else { None };
-    let mut up = Upstream::new(req.map(Body::Incoming), client, authority);
+    let mut up = Upstream::new(req, client, authority);
     up.trace = rec.trace_context();
     let params = StackParams {
         cluster: &routed.cluster,

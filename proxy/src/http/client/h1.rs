@@ -130,10 +130,13 @@ pub struct Outgoing {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Framing {
+pub(crate) enum Framing {
     /// The bytes still to come of a `Content-Length` body.
     Length(u64),
     Chunked,
+    /// Until the connection closes (a response to an HTTP/1.0 request whose length is not
+    /// known beforehand).
+    Close,
 }
 
 impl Outgoing {
@@ -292,13 +295,15 @@ fn is_closed(e: &io::Error) -> bool {
 
 /// The request's bytes still to write: the head, then the body's frames as they come.
 #[derive(Debug)]
-struct Writer {
+pub(crate) struct Writer {
     head: Bytes,
     queue: std::collections::VecDeque<Bytes>,
     queued: usize,
     body: Option<(Body, Framing)>,
     /// Everything is written.
     done: bool,
+    /// Trailers are sent (in a chunked body); else dropped.
+    trailers: bool,
 }
 
 const CRLF: &[u8] = b"\r\n";
@@ -306,7 +311,18 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 impl Writer {
     fn new(out: Outgoing) -> Self {
-        Self { head: out.head, queue: Default::default(), queued: 0, body: out.body, done: false }
+        Self::with(out.head, out.body)
+    }
+
+    /// Drop the body's trailers (a server sends them only to a client that said `TE: trailers`).
+    pub(crate) fn without_trailers(mut self) -> Self {
+        self.trailers = false;
+        self
+    }
+
+    /// A message's head and its body, framed as `body` says.
+    pub(crate) fn with(head: Bytes, body: Option<(Body, Framing)>) -> Self {
+        Self { head, queue: Default::default(), queued: 0, body, done: false, trailers: true }
     }
 
     fn push(&mut self, b: Bytes) {
@@ -315,7 +331,7 @@ impl Writer {
     }
 
     /// Take the body's frames that are ready, write what is queued; `Ready(Ok)` when all is.
-    fn poll_write(&mut self, io: &mut Either, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(&mut self, io: &mut W, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         loop {
             while self.queued < MAX_QUEUED
                 && let Some((body, framing)) = &mut self.body
@@ -331,7 +347,7 @@ impl Writer {
                         Err(frame) => {
                             // Trailers end the body; a body framed by its length has no place
                             // for them.
-                            if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
+                            if let (Ok(trailers), Framing::Chunked, true) = (frame.into_trailers(), framing, self.trailers) {
                                 let mut t = BytesMut::with_capacity(64);
                                 t.extend_from_slice(b"0\r\n");
                                 for (name, value) in &trailers {
@@ -391,6 +407,7 @@ impl Writer {
                 self.push(data);
                 self.push(Bytes::from_static(CRLF));
             }
+            Framing::Close => self.push(data),
         }
         Ok(())
     }
@@ -398,7 +415,7 @@ impl Writer {
     fn end_body(&mut self, framing: Framing) -> Result<(), Error> {
         self.body = None;
         match framing {
-            Framing::Length(0) => Ok(()),
+            Framing::Length(0) | Framing::Close => Ok(()),
             Framing::Length(_) => Err(Error::RequestLength("shorter")),
             Framing::Chunked => {
                 self.push(Bytes::from_static(LAST_CHUNK));
@@ -408,7 +425,7 @@ impl Writer {
     }
 
     /// Write the head and the queue, as many pieces per system call as fit.
-    fn poll_flush(&mut self, io: &mut Either, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         while !(self.head.is_empty() && self.queue.is_empty()) {
             let written = {
                 let mut slices = [IoSlice::new(&[]); 16];
@@ -593,7 +610,7 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Parsed, Error> {
     Ok(Parsed::Final(Head { parts, decoder, keep_alive }))
 }
 
-enum Length {
+pub(crate) enum Length {
     None,
     One(u64),
     Invalid,
@@ -601,7 +618,7 @@ enum Length {
 
 /// The `Content-Length` of a message: every value (and every item of a list) the same number
 /// of digits only (RFC 9110 §8.6).
-fn content_length(headers: &HeaderMap) -> Length {
+pub(crate) fn content_length(headers: &HeaderMap) -> Length {
     let mut found = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for item in v.as_bytes().split(|&b| b == b',') {
@@ -620,7 +637,7 @@ fn content_length(headers: &HeaderMap) -> Length {
 }
 
 /// The last transfer coding is `chunked`.
-fn is_chunked(headers: &HeaderMap) -> bool {
+pub(crate) fn is_chunked(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
@@ -629,7 +646,7 @@ fn is_chunked(headers: &HeaderMap) -> bool {
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -638,7 +655,7 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decoder {
+pub(crate) enum Decoder {
     /// Bytes of the body still to come.
     Length(u64),
     Chunked(Chunk),
@@ -648,7 +665,7 @@ enum Decoder {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     Size,
     Data(u64),
     /// The CRLF after a chunk's data.
@@ -717,104 +734,112 @@ where
         Poll::Ready(Some(Err(e)))
     }
 
-    fn data(&mut self, n: usize) -> Frame<Bytes> {
-        let conn = self.conn.as_mut().map(|c| c.buf.split_to(n).freeze());
-        Frame::data(conn.unwrap_or_default())
-    }
-
     fn decode(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-            let buffered = conn.buf.len();
-            match self.decoder {
-                Decoder::Done => return Poll::Ready(None),
-                Decoder::Length(0) => {
-                    self.end();
-                    return Poll::Ready(None);
-                }
-                Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) if buffered > 0 => {
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buffered);
-                    let frame = self.data(n);
-                    let left = left - n as u64;
-                    match &mut self.decoder {
-                        Decoder::Length(l) => {
-                            *l = left;
-                            if left == 0 {
-                                self.end();
-                            }
-                        }
-                        d => *d = Decoder::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) }),
+            match step(&mut self.decoder, &mut conn.buf) {
+                Err(e) => return self.fail(e),
+                Ok(Step::Frame(frame)) => {
+                    if self.decoder.is_done() {
+                        self.end();
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                Decoder::Length(left) => {
-                    let want = usize::try_from(left).unwrap_or(MAX_READ_SIZE).min(MAX_READ_SIZE);
-                    match ready!(conn.poll_read(cx, want)) {
-                        Ok(0) => return self.fail(Error::ClosedInBody(left)),
-                        Ok(_) => {}
-                        Err(e) => return self.fail(e.into()),
-                    }
+                Ok(Step::End) => {
+                    self.end();
+                    return Poll::Ready(None);
                 }
-                Decoder::Eof => {
-                    if buffered > 0 {
-                        return Poll::Ready(Some(Ok(self.data(buffered))));
-                    }
-                    match ready!(conn.poll_read(cx, READ_SIZE)) {
-                        Ok(0) => {
-                            self.end();
-                            return Poll::Ready(None);
-                        }
-                        Ok(_) => {}
-                        Err(e) => return self.fail(e.into()),
-                    }
-                }
-                Decoder::Chunked(state) => {
-                    let step = match state {
-                        Chunk::Size => chunk_size(&conn.buf).map(|r| {
-                            r.map(|(used, size)| {
-                                conn.buf.advance(used);
-                                Decoder::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) })
-                            })
-                        }),
-                        Chunk::DataEnd => match conn.buf.get(..2) {
-                            Some(CRLF) => {
-                                conn.buf.advance(2);
-                                Ok(Some(Decoder::Chunked(Chunk::Size)))
-                            }
-                            Some(_) => Err(Error::Chunked("a chunk's data does not end with CRLF")),
-                            None if buffered == 1 && conn.buf[0] != b'\r' => {
-                                Err(Error::Chunked("a chunk's data does not end with CRLF"))
-                            }
-                            None => Ok(None),
-                        },
-                        Chunk::Trailers => match trailers(&mut conn.buf) {
-                            Ok(Some(t)) => {
+                Ok(Step::Read(want)) => match ready!(conn.poll_read(cx, want)) {
+                    Ok(0) => {
+                        return match self.decoder {
+                            Decoder::Eof => {
                                 self.end();
-                                return Poll::Ready(t.map(|t| Ok(Frame::trailers(t))));
+                                Poll::Ready(None)
                             }
-                            Ok(None) => Ok(None),
-                            Err(e) => Err(e),
-                        },
-                        Chunk::Data(_) => Ok(None),
-                    };
-                    match step {
-                        Ok(Some(next)) => self.decoder = next,
-                        Err(e) => return self.fail(e),
-                        Ok(None) => {
-                            let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-                            // Inside a large chunk, read as for a body of known length.
-                            let want = match state {
-                                Chunk::Data(left) => {
-                                    usize::try_from(left).unwrap_or(MAX_READ_SIZE).clamp(READ_SIZE, MAX_READ_SIZE)
-                                }
-                                _ => READ_SIZE,
-                            };
-                            match ready!(conn.poll_read(cx, want)) {
-                                Ok(0) => return self.fail(Error::ClosedInChunked),
-                                Ok(_) => {}
-                                Err(e) => return self.fail(e.into()),
-                            }
+                            Decoder::Length(left) => self.fail(Error::ClosedInBody(left)),
+                            _ => self.fail(Error::ClosedInChunked),
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(e) => return self.fail(e.into()),
+                },
+            }
+        }
+    }
+}
+
+/// What [`step`] found.
+pub(crate) enum Step {
+    Frame(Frame<Bytes>),
+    /// The body has ended (trailers, if any, were the last frame).
+    End,
+    /// More bytes are needed: read up to this many.
+    Read(usize),
+}
+
+/// Decode the next frame of a body from the bytes read so far (`buf`), taking them off its
+/// front. Once the body has ended, `decoder` is [`Decoder::Done`]; an end of file met on a
+/// [`Step::Read`] is the body's end only for [`Decoder::Eof`].
+pub(crate) fn step(decoder: &mut Decoder, buf: &mut BytesMut) -> Result<Step, Error> {
+    loop {
+        let buffered = buf.len();
+        match *decoder {
+            Decoder::Done | Decoder::Length(0) => {
+                *decoder = Decoder::Done;
+                return Ok(Step::End);
+            }
+            Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) if buffered > 0 => {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(buffered);
+                let frame = Frame::data(buf.split_to(n).freeze());
+                let left = left - n as u64;
+                *decoder = match *decoder {
+                    Decoder::Length(_) if left == 0 => Decoder::Done,
+                    Decoder::Length(_) => Decoder::Length(left),
+                    _ => Decoder::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) }),
+                };
+                return Ok(Step::Frame(frame));
+            }
+            Decoder::Length(left) => {
+                return Ok(Step::Read(usize::try_from(left).unwrap_or(MAX_READ_SIZE).min(MAX_READ_SIZE)));
+            }
+            Decoder::Eof if buffered > 0 => return Ok(Step::Frame(Frame::data(buf.split().freeze()))),
+            Decoder::Eof => return Ok(Step::Read(READ_SIZE)),
+            Decoder::Chunked(state) => {
+                let next = match state {
+                    Chunk::Size => chunk_size(buf)?.map(|(used, size)| {
+                        buf.advance(used);
+                        Decoder::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) })
+                    }),
+                    Chunk::DataEnd => match buf.get(..2) {
+                        Some(CRLF) => {
+                            buf.advance(2);
+                            Some(Decoder::Chunked(Chunk::Size))
                         }
+                        Some(_) => return Err(Error::Chunked("a chunk's data does not end with CRLF")),
+                        None if buffered == 1 && buf[0] != b'\r' => {
+                            return Err(Error::Chunked("a chunk's data does not end with CRLF"));
+                        }
+                        None => None,
+                    },
+                    Chunk::Trailers => {
+                        if let Some(t) = trailers(buf)? {
+                            *decoder = Decoder::Done;
+                            return Ok(t.map_or(Step::End, |t| Step::Frame(Frame::trailers(t))));
+                        }
+                        None
+                    }
+                    Chunk::Data(_) => None,
+                };
+                match next {
+                    Some(next) => *decoder = next,
+                    // Inside a large chunk, read as for a body of known length.
+                    None => {
+                        return Ok(Step::Read(match state {
+                            Chunk::Data(left) => {
+                                usize::try_from(left).unwrap_or(MAX_READ_SIZE).clamp(READ_SIZE, MAX_READ_SIZE)
+                            }
+                            _ => READ_SIZE,
+                        }));
                     }
                 }
             }
@@ -893,7 +918,7 @@ where
 /// A chunk-size line at the front of `buf`: `(bytes, size)`, `None` until its CRLF is there.
 /// Strict: one to sixteen hex digits, then optional spaces or tabs and `;extensions` of
 /// visible characters, then CRLF.
-fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
+pub(crate) fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
     let Some(end) = buf.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') else {
         return if buf.len() >= MAX_CHUNK_LINE {
             Err(Error::Chunked("a chunk-size line is too long"))
@@ -928,7 +953,7 @@ fn hex_value(d: u8) -> u8 {
 
 /// The trailer section at the front of `buf` (after the last chunk): `Some(None)` when empty,
 /// `None` until its blank line is there.
-fn trailers(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, Error> {
+pub(crate) fn trailers(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, Error> {
     if buf.starts_with(CRLF) {
         buf.advance(2);
         return Ok(Some(None));
@@ -957,7 +982,7 @@ fn trailers(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, Error> {
 }
 
 /// `n` in decimal, written into `out`.
-fn itoa(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn itoa(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
     let mut i = out.len();
     loop {
         i -= 1;
@@ -970,7 +995,7 @@ fn itoa(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
 }
 
 /// `n` in hex followed by CRLF (a chunk-size line), written into `out`.
-fn hex(mut n: u64, out: &mut [u8; 18]) -> &[u8] {
+pub(crate) fn hex(mut n: u64, out: &mut [u8; 18]) -> &[u8] {
     let mut i = out.len() - 2;
     out[16] = b'\r';
     out[17] = b'\n';
