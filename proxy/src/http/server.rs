@@ -75,7 +75,8 @@ struct Servers {
 
 impl HttpServer {
     pub fn new(limits: &ServerLimits) -> Self {
-        let h1 = h1::Limits { header_read_timeout: limits.header_read_timeout, max_header_size: limits.max_header_size };
+        let h1 =
+            h1::Limits { header_read_timeout: limits.header_read_timeout, max_header_size: limits.max_header_size };
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)

@@ -9,7 +9,8 @@ use super::server::h1::Upgrading;
 /// Splice the two upgraded connections in a task of their own.
 pub fn splice(downstream: Upgrading, upstream: OnUpgrade) {
     tokio::spawn(async move {
-        let (mut down, up) = match tokio::try_join!(downstream, async { upstream.await.map_err(std::io::Error::other) }) {
+        let (mut down, up) = match tokio::try_join!(downstream, async { upstream.await.map_err(std::io::Error::other) })
+        {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");

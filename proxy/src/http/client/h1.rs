@@ -331,7 +331,11 @@ impl Writer {
     }
 
     /// Take the body's frames that are ready, write what is queued; `Ready(Ok)` when all is.
-    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(&mut self, io: &mut W, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
         loop {
             while self.queued < MAX_QUEUED
                 && let Some((body, framing)) = &mut self.body
@@ -347,7 +351,9 @@ impl Writer {
                         Err(frame) => {
                             // Trailers end the body; a body framed by its length has no place
                             // for them.
-                            if let (Ok(trailers), Framing::Chunked, true) = (frame.into_trailers(), framing, self.trailers) {
+                            if let (Ok(trailers), Framing::Chunked, true) =
+                                (frame.into_trailers(), framing, self.trailers)
+                            {
                                 let mut t = BytesMut::with_capacity(64);
                                 t.extend_from_slice(b"0\r\n");
                                 for (name, value) in &trailers {

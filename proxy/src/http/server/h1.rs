@@ -14,7 +14,8 @@
 //! - the head: at most [`MAX_HEADERS`] fields and the configured size (else `431`); anything
 //!   `httparse` refuses (HTTP/0.9, versions other than 1.0 and 1.1, obs-fold, spaces before a
 //!   colon, bare CR) is `400` and the connection is closed; the header read timeout runs from
-//!   the end of the last response (or the accept) to the head's end, and closes silently;
+//!   the end of the last response (or the accept) to the head's end: then a connection with
+//!   part of a head gets `408`, one with nothing is closed silently;
 //! - the body (§6): `Transfer-Encoding` must be exactly `chunked` (another coding is `501`;
 //!   in an HTTP/1.0 request, or beside a `Content-Length`, it is `400`: request smuggling
 //!   rides on such disagreements); else one `Content-Length` (every value the same digits),
@@ -218,7 +219,11 @@ impl<I: Io> AsyncWrite for Locked<'_, I> {
         self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let mut s = lock(self.0);
         ready!(s.poll_continue(cx))?;
         match s.io.as_mut() {
@@ -343,7 +348,11 @@ impl AsyncWrite for Upgraded {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
@@ -407,20 +416,21 @@ enum Refused {
     BadRequest(&'static str),
     TooLarge,
     NotImplemented(&'static str),
+    /// Part of a head came, not all of it within the header read timeout.
+    Timeout,
 }
 
 impl Refused {
     fn response(self) -> &'static [u8] {
         match self {
-            Refused::BadRequest(_) => {
-                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            }
+            Refused::BadRequest(_) => b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             Refused::TooLarge => {
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             }
             Refused::NotImplemented(_) => {
                 b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             }
+            Refused::Timeout => b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
         }
     }
 }
@@ -459,8 +469,8 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Refused> {
     let mut headers = HeaderMap::with_capacity(n);
     for &(ns, nl, vs, vl) in &at[..n] {
         let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| Refused::BadRequest("a field name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..vs + vl)).map_err(|_| Refused::BadRequest("a field value"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+            .map_err(|_| Refused::BadRequest("a field value"))?;
         headers.append(name, value);
     }
 
@@ -471,9 +481,10 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Refused> {
         if headers.contains_key(header::CONTENT_LENGTH) {
             return Err(Refused::BadRequest("both transfer-encoding and content-length"));
         }
-        let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|&b| b == b','));
-        let only_chunked = codings.next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-            && codings.next().is_none();
+        let mut codings =
+            headers.get_all(header::TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|&b| b == b','));
+        let only_chunked =
+            codings.next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")) && codings.next().is_none();
         if !only_chunked {
             return Err(if is_chunked(&headers) {
                 Refused::NotImplemented("a transfer coding other than chunked")
@@ -585,7 +596,8 @@ async fn close<I: Io>(conn: &Conn<I>, limit: Duration) {
 }
 
 /// Wait for and read the next request head. `None`: the client closed (or, between requests,
-/// the proxy drains, or the header read timeout passed).
+/// the proxy drains, or the header read timeout passed with nothing of a head read: with part
+/// of one, [`Refused::Timeout`]).
 async fn read_head<I: Io>(
     conn: &Conn<I>,
     limits: &Limits,
@@ -630,7 +642,8 @@ async fn read_head<I: Io>(
             && t.poll(cx).is_ready()
         {
             tracing::debug!("no whole request head within the header read timeout");
-            return Poll::Ready(Ok(None));
+            let partial = !lock(conn).buf.is_empty();
+            return Poll::Ready(if partial { Err(Refused::Timeout) } else { Ok(None) });
         }
         Poll::Pending
     })
@@ -703,7 +716,10 @@ where
             }
         }
     }
-    let bodyless = head_method || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let bodyless = head_method
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     let declared = match content_length(&parts.headers) {
         Length::One(n) => Some(n),
         _ => None,

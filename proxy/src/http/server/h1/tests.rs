@@ -322,7 +322,11 @@ async fn framing_that_could_smuggle_a_request_is_refused() {
         ("transfer-encoding in HTTP/1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         ("chunked not last", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
         ("an unknown coding", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
-        ("chunked twice", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (
+            "chunked twice",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
         ("two content-lengths", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
         ("a content-length list", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\nab", 400),
         ("a signed content-length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\na", 400),
@@ -426,7 +430,8 @@ async fn an_early_answer_to_expect_100_continue_forgoes_it_and_closes() {
 async fn a_small_unread_body_is_dropped_and_a_large_one_closes_the_connection() {
     let (mut c, task, _drain) = client_and_server(ignore_body).await;
     let small = "s".repeat(10_000);
-    c.send(format!("POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{small}", small.len()).as_bytes()).await;
+    c.send(format!("POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{small}", small.len()).as_bytes())
+        .await;
     assert_eq!(c.response().await.text(), "path=/small");
     c.send(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n").await;
     assert_eq!(c.response().await.text(), "path=/chunked");
@@ -590,7 +595,10 @@ async fn an_upgrade_hands_over_the_connection_with_the_bytes_read_after_the_head
     .await;
     c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly").await;
     let resp = c.response().await;
-    assert_eq!((resp.status(), resp.header("upgrade"), resp.header("connection")), (101, Some("echo"), Some("upgrade")));
+    assert_eq!(
+        (resp.status(), resp.header("upgrade"), resp.header("connection")),
+        (101, Some("echo"), Some("upgrade"))
+    );
     c.send(b"late").await;
     while c.buf.len() < 9 {
         assert!(c.more().await);
@@ -620,8 +628,16 @@ async fn an_idle_connection_closes_after_the_header_read_timeout() {
     let mut c = Client::new(client);
     c.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(c.response().await.text(), "path=/a body=");
-    // Part of a head, then silence: closed without an answer at the deadline.
+    // Part of a head, then silence: 408 at the deadline, and closed.
     c.send(b"GET /b HTTP/1.1\r\n").await;
+    let resp = tokio::time::timeout(Duration::from_secs(3600), c.response()).await.expect("answered");
+    assert_eq!((resp.status(), resp.header("connection")), (408, Some("close")));
+    c.closed().await;
+    task.await.unwrap();
+    // Nothing at all: closed silently at the deadline.
+    let (client, stream) = pair().await;
+    let task = spawn(stream, echo, limits, &drain);
+    let mut c = Client::new(client);
     tokio::time::timeout(Duration::from_secs(3600), c.closed()).await.expect("closed");
     task.await.unwrap();
 }
@@ -685,4 +701,3 @@ async fn an_idle_connections_future_stays_small() {
     let size = std::mem::size_of_val(&fut);
     assert!(size <= MAX, "an HTTP/1.1 connection's future takes {size} bytes (at most {MAX})");
 }
-
