@@ -29,7 +29,7 @@ pub struct ServerLimits {
     /// Slowloris guard: the request head (or the HTTP/2 preface) must arrive within this.
     pub header_read_timeout: Duration,
     /// Largest HTTP/1.1 request head (bytes: request line, headers and the blank line); a
-    /// larger one is answered `431`.
+    /// larger one is answered `431`. At most 64 KiB ([`h1::MAX_HEAD`]).
     pub max_header_size: usize,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,

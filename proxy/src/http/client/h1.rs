@@ -627,19 +627,28 @@ pub(crate) enum Length {
 pub(crate) fn content_length(headers: &HeaderMap) -> Length {
     let mut found = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        for item in v.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                return Length::Invalid;
-            }
-            let n = item.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-            if found.is_some_and(|f| f != n) {
-                return Length::Invalid;
-            }
-            found = Some(n);
+        if content_length_value(v.as_bytes(), &mut found).is_err() {
+            return Length::Invalid;
         }
     }
     found.map_or(Length::None, Length::One)
+}
+
+/// One `Content-Length` field value, against the length `found` so far (set to it): an error
+/// when an item is not digits only, or differs from the others.
+pub(crate) fn content_length_value(v: &[u8], found: &mut Option<u64>) -> Result<(), ()> {
+    for item in v.split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return Err(());
+        }
+        let n = item.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return Err(());
+        }
+        *found = Some(n);
+    }
+    Ok(())
 }
 
 /// The last transfer coding is `chunked`.

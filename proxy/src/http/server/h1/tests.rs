@@ -207,7 +207,7 @@ async fn keep_alive_serves_requests_one_after_another_holding_no_buffer_between(
             format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
         };
         c.send(req.as_bytes()).await;
-        let head = read_head(&conn, &LIMITS, &mut drain.signal(), false).await.unwrap().unwrap();
+        let head = read_head(&conn, &LIMITS, &mut Wait::default(), &drain.signal(), false).await.unwrap().unwrap();
         assert!(matches!(exchange(&conn, head, &handler, &drain.signal()).await, Next::KeepAlive));
         let resp = c.response().await;
         assert_eq!((resp.status(), resp.text()), (200, format!("path={path} body={body}")));
@@ -244,7 +244,7 @@ async fn an_mtls_connection_holds_no_buffer_between_requests() {
     let drain = Drain::new();
     for path in ["/a", "/b", "/c"] {
         c.send(format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi").as_bytes()).await;
-        let head = read_head(&conn, &LIMITS, &mut drain.signal(), false).await.unwrap().unwrap();
+        let head = read_head(&conn, &LIMITS, &mut Wait::default(), &drain.signal(), false).await.unwrap().unwrap();
         assert!(matches!(exchange(&conn, head, &handler, &drain.signal()).await, Next::KeepAlive));
         assert_eq!(c.response().await.text(), format!("path={path} body=hi"));
         let s = lock(&conn);
@@ -689,12 +689,12 @@ async fn a_connection_accepted_while_draining_is_answered_once_and_closed() {
     task.await.unwrap();
 }
 
-/// What an idle connection's task holds besides the connection's shared state and the wait
-/// for its next head (boxed: 360 bytes, a timer and the drain's watch, in a debug build):
-/// 456 bytes in a debug build when written.
+/// What an idle connection's task holds besides the connection's shared state and what it
+/// waits with (its timer and the drain's watch, boxed): 568 bytes in a debug build when
+/// written.
 #[tokio::test]
 async fn an_idle_connections_future_stays_small() {
-    const MAX: usize = 512;
+    const MAX: usize = 640;
     let (_client, stream) = pair().await;
     let drain = Drain::new();
     let fut = serve(stream, Arc::new(echo), LIMITS, drain.signal());
