@@ -215,9 +215,9 @@ impl Inbound {
     /// A connection from another proxy: the mTLS handshake (a client certificate from the
     /// trust bundle is required), then what its ALPN id says it carries.
     ///
-    /// Boxed by the caller, and held once: the handshake's state only while it runs, the TLS
-    /// session inside its HTTP server (a parked HTTP/1.1 connection keeps the session and
-    /// nothing of hyper), the TCP path in a box of its own.
+    /// Boxed by the caller, and held once: the handshake's state in a box of its own while it
+    /// runs, then the HTTP server (an idle HTTP/1.1 connection keeps its TLS session and no
+    /// buffer), the TCP path in a box of its own.
     // why not `async fn`: it would hold its arguments twice.
     #[allow(clippy::manual_async_fn)]
     fn serve_mesh(
@@ -232,9 +232,12 @@ impl Inbound {
         async move {
             // The HTTP server is built in a block that ends before it is awaited: a TLS stream
             // bound in this future's own scope would take its room a second time.
-            let () = {
+            {
                 let metrics = &self.recorder.metrics;
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, mesh.acceptor().accept(stream)).await {
+                // Boxed: the handshake's state (a TLS session, the socket, the timer) is larger
+                // than what serves the connection after it; inline it would size this future,
+                // and the box the caller keeps for the connection's life, for good.
+                let tls = match Box::pin(tokio::time::timeout(HANDSHAKE_TIMEOUT, mesh.acceptor().accept(stream))).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         metrics.tls_handshake_errors.get_or_create(&DirectionLabels { direction: Direction::inbound }).inc();
@@ -266,12 +269,18 @@ impl Inbound {
                         tracing::info!(%client, service = &*self.service, "opaque TCP to an HTTP service refused");
                         return;
                     }
-                    return Box::pin(self.serve_tcp(tls, client, port, peer, policy.as_deref())).await;
+                    // Awaited after the block, as the HTTP server is: awaited in it, the TLS
+                    // stream's slot (1.2 KB) stayed in this future for the connection's life
+                    // beside the HTTP server's state.
+                    futures_util::future::Either::Left(Box::pin(async move {
+                        self.serve_tcp(tls, client, port, peer, policy.as_deref()).await;
+                    }))
+                } else {
+                    // Each request is authorized against the policy of its time.
+                    drop(policy);
+                    let io = if alpn == names::ALPN_MESH_H2 { Downstream::Http2(tls) } else { Downstream::Http1(tls) };
+                    futures_util::future::Either::Right(self.serve_http(io, client, port, peer, None, drain))
                 }
-                // Each request is authorized against the policy of its time.
-                drop(policy);
-                let io = if alpn == names::ALPN_MESH_H2 { Downstream::Http2(tls) } else { Downstream::Http1(tls) };
-                self.serve_http(io, client, port, peer, None, drain)
             }
             .await;
         }

@@ -207,8 +207,14 @@ async fn keep_alive_serves_requests_one_after_another_holding_no_buffer_between(
             format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
         };
         c.send(req.as_bytes()).await;
-        let head = read_head(&conn, &LIMITS, &mut Wait::default(), &drain.signal(), false).await.unwrap().unwrap();
-        assert!(matches!(exchange(&conn, head, &handler, &drain.signal()).await, Next::KeepAlive));
+        let head = read_head(&conn, &LIMITS, &mut Wait::new(&drain.signal(), LIMITS.header_read_timeout), false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            exchange(&conn, head, &handler, &drain.signal(), LIMITS.header_read_timeout).await,
+            Next::KeepAlive
+        ));
         let resp = c.response().await;
         assert_eq!((resp.status(), resp.text()), (200, format!("path={path} body={body}")));
         assert!(resp.header("date").is_some(), "{resp:?}");
@@ -244,8 +250,14 @@ async fn an_mtls_connection_holds_no_buffer_between_requests() {
     let drain = Drain::new();
     for path in ["/a", "/b", "/c"] {
         c.send(format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi").as_bytes()).await;
-        let head = read_head(&conn, &LIMITS, &mut Wait::default(), &drain.signal(), false).await.unwrap().unwrap();
-        assert!(matches!(exchange(&conn, head, &handler, &drain.signal()).await, Next::KeepAlive));
+        let head = read_head(&conn, &LIMITS, &mut Wait::new(&drain.signal(), LIMITS.header_read_timeout), false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            exchange(&conn, head, &handler, &drain.signal(), LIMITS.header_read_timeout).await,
+            Next::KeepAlive
+        ));
         assert_eq!(c.response().await.text(), format!("path={path} body=hi"));
         let s = lock(&conn);
         assert_eq!(s.buf.capacity(), 0);
@@ -442,6 +454,21 @@ async fn a_small_unread_body_is_dropped_and_a_large_one_closes_the_connection() 
     let resp = c.response().await;
     assert_eq!(resp.text(), "path=/large");
     c.closed().await;
+    task.await.unwrap();
+}
+
+/// An unread body the client trickles (or stops sending) is waited for at most the header read
+/// timeout after the response: then the connection closes.
+#[tokio::test(start_paused = true)]
+async fn an_unread_body_that_stops_coming_closes_the_connection_after_the_header_read_timeout() {
+    let (client, stream) = pair().await;
+    let drain = Drain::new();
+    let limits = Limits { header_read_timeout: Duration::from_secs(5), ..LIMITS };
+    let task = spawn(stream, ignore_body, limits, &drain);
+    let mut c = Client::new(client);
+    c.send(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten..").await;
+    assert_eq!(c.response().await.text(), "path=/p");
+    tokio::time::timeout(Duration::from_secs(3600), c.closed()).await.expect("closed");
     task.await.unwrap();
 }
 
