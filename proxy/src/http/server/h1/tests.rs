@@ -176,6 +176,18 @@ where
     (Client::new(client), task, drain)
 }
 
+/// A served connection whose header read timeout is 5 s (for the tests on a paused clock).
+async fn with_short_timeout<S>(handler: S) -> (Client<TcpStream>, tokio::task::JoinHandle<()>, Drain, Limits)
+where
+    S: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
+{
+    let (client, stream) = pair().await;
+    let drain = Drain::new();
+    let limits = Limits { header_read_timeout: Duration::from_secs(5), ..LIMITS };
+    let task = spawn(stream, handler, limits, &drain);
+    (Client::new(client), task, drain, limits)
+}
+
 /// What a refused head is answered with, and that nothing reached the handler.
 async fn refused(request: &[u8]) -> (u16, usize) {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -461,11 +473,7 @@ async fn a_small_unread_body_is_dropped_and_a_large_one_closes_the_connection() 
 /// timeout after the response: then the connection closes.
 #[tokio::test(start_paused = true)]
 async fn an_unread_body_that_stops_coming_closes_the_connection_after_the_header_read_timeout() {
-    let (client, stream) = pair().await;
-    let drain = Drain::new();
-    let limits = Limits { header_read_timeout: Duration::from_secs(5), ..LIMITS };
-    let task = spawn(stream, ignore_body, limits, &drain);
-    let mut c = Client::new(client);
+    let (mut c, task, _drain, _) = with_short_timeout(ignore_body).await;
     c.send(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten..").await;
     assert_eq!(c.response().await.text(), "path=/p");
     tokio::time::timeout(Duration::from_secs(3600), c.closed()).await.expect("closed");
@@ -648,11 +656,7 @@ async fn an_upgrade_refused_leaves_the_connection_as_it_was() {
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_closes_after_the_header_read_timeout() {
-    let (client, stream) = pair().await;
-    let drain = Drain::new();
-    let limits = Limits { header_read_timeout: Duration::from_secs(5), ..LIMITS };
-    let task = spawn(stream, echo, limits, &drain);
-    let mut c = Client::new(client);
+    let (mut c, task, drain, limits) = with_short_timeout(echo).await;
     c.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(c.response().await.text(), "path=/a body=");
     // Part of a head, then silence: 408 at the deadline, and closed.
