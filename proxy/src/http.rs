@@ -6,6 +6,8 @@ pub mod body;
 pub mod client;
 /// Forwarding one request to an endpoint: header hygiene, URI form, upgrades.
 pub mod forward;
+/// HTTP/2 frames and HPACK, our own (the layers of a server that holds no idle buffers).
+pub mod h2;
 /// The read side of downstream HTTP/2 in front of hyper: preface check, trailers guard.
 pub mod h2_guard;
 /// Hop-by-hop headers, `x-forwarded-for`, `x-request-id`.
