@@ -1,6 +1,7 @@
 //! Tests of the HPACK codec: RFC 7541 Appendix C, Huffman, decoder errors, malformed fields,
 //! size limits, round trips, and the h2 crate as a real peer.
 
+mod decoding;
 mod huffman;
 mod rfc;
 
