@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the directory names under `fuzz/seeds/` and `fuzz/corpus/`).
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("policy_yaml", policy_yaml),
     ("protocol_detect", protocol_detect),
     ("xds_snapshot", xds_snapshot),
@@ -24,6 +24,7 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("authz_path", authz_path),
     ("cp_api", cp_api),
     ("load_report", load_report),
+    ("h2_frame_decode", h2_frame_decode),
 ];
 
 /// Policy files are operator input: any bytes give a set or errors, and a valid set translates.
@@ -158,6 +159,110 @@ pub fn h2_frames(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     let input = if mode & 1 == 1 { [H2_PREFIX, rest].concat() } else { rest.to_vec() };
     let _ = serve(&input, true);
+}
+
+/// One outcome of decoding: a frame, or an error (after a connection error, nothing more).
+type Decoded = Result<outrider_proxy::http::h2::frame::Frame, outrider_proxy::http::h2::frame::FrameError>;
+
+/// Decodes `input` fed `piece` bytes at a time, as reads from a socket would bring it: every
+/// frame and error in order, and the bytes left (a partial frame) unless a connection error
+/// ended it. Each frame or stream error takes exactly its own bytes off the buffer.
+fn h2_decode_all(input: &[u8], max: u32, piece: usize) -> (Vec<Decoded>, Option<usize>) {
+    use outrider_proxy::http::h2::frame::{self, FrameError};
+    let mut buf = bytes::BytesMut::new();
+    let mut out = Vec::new();
+    for chunk in input.chunks(piece) {
+        buf.extend_from_slice(chunk);
+        loop {
+            let before = buf.len();
+            let head = frame::Head::parse(&buf);
+            match frame::decode(&mut buf, max) {
+                Ok(None) => {
+                    assert_eq!(buf.len(), before, "Ok(None) took bytes off the buffer");
+                    break;
+                }
+                Ok(Some(f)) => {
+                    let head = head.expect("a frame decoded from fewer than 9 bytes");
+                    assert_eq!(before - buf.len(), 9 + head.len as usize, "{f:?} took the wrong number of bytes");
+                    out.push(Ok(f));
+                }
+                Err(e @ FrameError::Stream { .. }) => {
+                    let head = head.expect("an error from fewer than 9 bytes");
+                    assert_eq!(before - buf.len(), 9 + head.len as usize, "{e:?} took the wrong number of bytes");
+                    out.push(Err(e));
+                }
+                Err(e) => {
+                    out.push(Err(e));
+                    return (out, None);
+                }
+            }
+        }
+    }
+    (out, Some(buf.len()))
+}
+
+/// HTTP/2 frames through the proxy's own frame decoder: never a panic; the same frames and
+/// errors whether the input comes in one read or in small pieces; each frame takes exactly
+/// its bytes; a frame encoded again decodes to itself. The first byte picks the advertised
+/// SETTINGS_MAX_FRAME_SIZE (bit 0: the minimum or the maximum) and the size of the pieces.
+pub fn h2_frame_decode(data: &[u8]) {
+    use outrider_proxy::http::h2::frame::{self, Frame};
+    let Some((&pick, input)) = data.split_first() else { return };
+    let max = if pick & 1 == 0 { frame::DEFAULT_MAX_FRAME_SIZE } else { frame::MAX_MAX_FRAME_SIZE };
+    let piece = usize::from(pick >> 1) + 1;
+    let whole = h2_decode_all(input, max, input.len().max(1));
+    let pieces = h2_decode_all(input, max, piece);
+    assert_eq!(whole, pieces, "decoding in pieces of {piece} bytes differs from decoding the whole input");
+    for f in whole.0.into_iter().flatten() {
+        let mut buf = bytes::BytesMut::new();
+        let want = match &f {
+            Frame::Data { stream, payload, end_stream, .. } => {
+                frame::encode_data(&mut buf, *stream, payload, *end_stream, max);
+                Frame::Data {
+                    stream: *stream,
+                    payload: payload.clone(),
+                    end_stream: *end_stream,
+                    flow_len: payload.len() as u32,
+                }
+            }
+            Frame::Headers { stream, block, end_stream, end_headers: true, priority: None } => {
+                frame::encode_headers(&mut buf, *stream, block, *end_stream, max);
+                f.clone()
+            }
+            Frame::Priority { stream, priority } => {
+                frame::encode_priority(&mut buf, *stream, *priority);
+                f.clone()
+            }
+            Frame::RstStream { stream, code } => {
+                frame::encode_rst_stream(&mut buf, *stream, *code);
+                f.clone()
+            }
+            Frame::Settings { ack: false, params } => {
+                frame::encode_settings(&mut buf, params);
+                f.clone()
+            }
+            Frame::Settings { ack: true, .. } => {
+                frame::encode_settings_ack(&mut buf);
+                f.clone()
+            }
+            Frame::Ping { ack, data } => {
+                frame::encode_ping(&mut buf, *ack, *data);
+                f.clone()
+            }
+            Frame::GoAway { last_stream, code, debug } if debug.len() <= 16_376 => {
+                frame::encode_goaway(&mut buf, *last_stream, *code, debug);
+                f.clone()
+            }
+            Frame::WindowUpdate { stream, increment } => {
+                frame::encode_window_update(&mut buf, *stream, *increment);
+                f.clone()
+            }
+            _ => continue,
+        };
+        let again = frame::decode(&mut buf, max);
+        assert_eq!(again, Ok(Some(want)), "a frame encoded again");
+        assert!(buf.is_empty(), "bytes left after decoding a frame encoded again");
+    }
 }
 
 /// The authorization path normaliser: normalising is idempotent, and a normal path starts with
