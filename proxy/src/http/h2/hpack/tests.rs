@@ -4,6 +4,7 @@
 mod decoding;
 mod huffman;
 mod rfc;
+mod roundtrip;
 
 use bytes::Bytes;
 
