@@ -3,6 +3,7 @@
 
 mod decoding;
 mod huffman;
+mod interop;
 mod rfc;
 mod roundtrip;
 
