@@ -12,9 +12,13 @@
 //! and the next call decodes the next frame. After a connection error the connection must be
 //! closed (GOAWAY), and what is left in the buffer means nothing.
 //!
-//! **Encoding**: the `encode_*` functions append one frame (HEADERS: a HEADERS frame and the
-//! CONTINUATION frames its block needs) to a [`BytesMut`]; [`data_head`] gives the 9-byte
-//! header of a DATA frame alone, for a vectored write of the header and the payload as is.
+//! A HEADERS frame refused with a stream error hands its field block back in the error, for
+//! the HPACK decoder to keep in step with the peer's encoder.
+//!
+//! **Encoding**: the `encode_*` functions append one frame to a [`BytesMut`]; DATA and HEADERS
+//! take the peer's SETTINGS_MAX_FRAME_SIZE and write as many DATA frames, or CONTINUATION
+//! frames after the HEADERS frame, as it takes. [`data_head`] gives the 9-byte header of a
+//! DATA frame alone, for a vectored write of the header and the payload as is.
 //!
 //! **Left to the caller** (the connection): the stream states and which frames each allows
 //! (RFC 9113 §5.1), stream id order and concurrency, flow control windows (a DATA frame's
@@ -81,7 +85,7 @@ impl StreamId {
     /// Stream 0: the connection itself.
     pub const ZERO: StreamId = StreamId(0);
     /// The largest stream identifier.
-    pub const MAX: StreamId = StreamId(MAX_WINDOW_SIZE);
+    pub const MAX: StreamId = StreamId(0x7fff_ffff);
 
     /// The identifier in the low 31 bits of `id`; the reserved bit is cleared.
     pub const fn new(id: u32) -> StreamId {
