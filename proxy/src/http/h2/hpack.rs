@@ -138,9 +138,7 @@ impl Name {
     /// Why a field with this name is malformed, if it is.
     pub fn malformed(&self) -> Option<Malformed> {
         match self {
-            Name::Invalid(b) => {
-                Some(check_name(b.strip_prefix(b":").unwrap_or(b)).unwrap_or(Malformed::InvalidName))
-            }
+            Name::Invalid(b) => Some(check_name(b.strip_prefix(b":").unwrap_or(b)).unwrap_or(Malformed::InvalidName)),
             _ => None,
         }
     }
@@ -205,7 +203,9 @@ const NAME_BYTES: [u8; 256] = {
         let c = b as u8;
         t[b] = match c {
             b'a'..=b'z' | b'0'..=b'9' => 1,
-            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~' => 1,
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~' => {
+                1
+            }
             b'A'..=b'Z' => 2,
             _ => 0,
         };

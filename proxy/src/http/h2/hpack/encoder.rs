@@ -233,7 +233,11 @@ impl Encoder {
 
     /// Appends one header block of these fields, in this order, to `dst`: (name, value,
     /// sensitive). The names and values are sent as given (the caller makes them valid).
-    pub fn encode_fields<'a>(&mut self, fields: impl IntoIterator<Item = (&'a Name, &'a [u8], bool)>, dst: &mut BytesMut) {
+    pub fn encode_fields<'a>(
+        &mut self,
+        fields: impl IntoIterator<Item = (&'a Name, &'a [u8], bool)>,
+        dst: &mut BytesMut,
+    ) {
         self.start_block(dst);
         for (name, value, sensitive) in fields {
             self.field(Key::Name(name), value, sensitive, dst);
@@ -278,12 +282,16 @@ impl Encoder {
         });
         let mut name_index = static_name;
         if let Some((name_hash, pair_hash)) = hashes {
-            if !sensitive && let Some(i) = self.find(&self.by_pair, pair_hash, |e| e.name.as_bytes() == name && e.value == value) {
+            if !sensitive
+                && let Some(i) = self.find(&self.by_pair, pair_hash, |e| e.name.as_bytes() == name && e.value == value)
+            {
                 encode_int(table::STATIC_LEN + 1 + i, 7, 0x80, dst);
                 return;
             }
             if name_index.is_none() {
-                name_index = self.find(&self.by_name, name_hash, |e| e.name.as_bytes() == name).map(|i| table::STATIC_LEN + 1 + i);
+                name_index = self
+                    .find(&self.by_name, name_hash, |e| e.name.as_bytes() == name)
+                    .map(|i| table::STATIC_LEN + 1 + i);
             }
         }
         let (prefix, flags) = match (sensitive, indexing) {

@@ -83,31 +83,43 @@ pub(crate) fn get(index: usize) -> Option<&'static (Name, &'static [u8])> {
 pub(crate) fn pseudo(name: &Name, value: &[u8]) -> (Option<usize>, Option<usize>) {
     match name {
         Name::Authority => (Some(1), None),
-        Name::Method => (Some(2), match value {
-            b"GET" => Some(2),
-            b"POST" => Some(3),
-            _ => None,
-        }),
-        Name::Path => (Some(4), match value {
-            b"/" => Some(4),
-            b"/index.html" => Some(5),
-            _ => None,
-        }),
-        Name::Scheme => (Some(6), match value {
-            b"http" => Some(6),
-            b"https" => Some(7),
-            _ => None,
-        }),
-        Name::Status => (Some(8), match value {
-            b"200" => Some(8),
-            b"204" => Some(9),
-            b"206" => Some(10),
-            b"304" => Some(11),
-            b"400" => Some(12),
-            b"404" => Some(13),
-            b"500" => Some(14),
-            _ => None,
-        }),
+        Name::Method => (
+            Some(2),
+            match value {
+                b"GET" => Some(2),
+                b"POST" => Some(3),
+                _ => None,
+            },
+        ),
+        Name::Path => (
+            Some(4),
+            match value {
+                b"/" => Some(4),
+                b"/index.html" => Some(5),
+                _ => None,
+            },
+        ),
+        Name::Scheme => (
+            Some(6),
+            match value {
+                b"http" => Some(6),
+                b"https" => Some(7),
+                _ => None,
+            },
+        ),
+        Name::Status => (
+            Some(8),
+            match value {
+                b"200" => Some(8),
+                b"204" => Some(9),
+                b"206" => Some(10),
+                b"304" => Some(11),
+                b"400" => Some(12),
+                b"404" => Some(13),
+                b"500" => Some(14),
+                _ => None,
+            },
+        ),
         _ => (None, None),
     }
 }

@@ -14,7 +14,7 @@ use super::{Decoded, Decoder, Field};
 /// Bytes from a hex dump as RFC 7541 prints them (spaces and newlines ignored).
 pub(super) fn hex(s: &str) -> Bytes {
     let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
-    assert!(digits.len() % 2 == 0, "odd hex: {s}");
+    assert!(digits.len().is_multiple_of(2), "odd hex: {s}");
     let nibble = |c: u8| (c as char).to_digit(16).unwrap() as u8;
     digits.chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect::<Vec<u8>>().into()
 }

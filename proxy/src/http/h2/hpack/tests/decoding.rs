@@ -52,7 +52,10 @@ fn integers_are_capped_at_2_pow_32() {
     assert_eq!(decode_int(&dst, &mut pos, 7), Err(PrimitiveError::IntegerOverflow { at: 0 }));
     // An overlong run of continuation bytes that adds nothing.
     let mut pos = 0;
-    assert_eq!(decode_int(&[0x7f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00], &mut pos, 7), Err(PrimitiveError::IntegerOverflow { at: 0 }));
+    assert_eq!(
+        decode_int(&[0x7f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00], &mut pos, 7),
+        Err(PrimitiveError::IntegerOverflow { at: 0 })
+    );
     let mut d = Decoder::default();
     assert_eq!(
         decode_err(&mut d, &[0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
@@ -148,7 +151,8 @@ fn malformed_fields_are_reported_and_the_block_goes_on() {
     lit(&mut block, 0x40, b"x-ok", b"fine");
     let mut d = Decoder::default();
     let fields = decode_all(&mut d, &Bytes::from(block));
-    let got: Vec<_> = fields.iter().map(|f| (String::from_utf8_lossy(f.name.as_bytes()).into_owned(), f.malformed)).collect();
+    let got: Vec<_> =
+        fields.iter().map(|f| (String::from_utf8_lossy(f.name.as_bytes()).into_owned(), f.malformed)).collect();
     let expected = [
         (":method", None),
         ("X-Upper", Some(Malformed::UppercaseName)),
@@ -176,7 +180,13 @@ fn malformed_fields_are_reported_and_the_block_goes_on() {
     let faults: Vec<_> = fields.iter().map(|f| f.malformed).collect();
     assert_eq!(
         faults,
-        [None, Some(Malformed::ValueWhitespace), Some(Malformed::InvalidValue), Some(Malformed::UppercaseName), Some(Malformed::UppercaseName)]
+        [
+            None,
+            Some(Malformed::ValueWhitespace),
+            Some(Malformed::InvalidValue),
+            Some(Malformed::UppercaseName),
+            Some(Malformed::UppercaseName)
+        ]
     );
     assert_eq!(pairs(&fields)[4], ("X-Upper".to_string(), "w".to_string()));
 }
@@ -199,10 +209,7 @@ fn list_size_limit_keeps_the_table_in_step() {
     assert_eq!(d.table_entries().count(), 3);
     assert_eq!(d.table_size(), 3 * 137);
     let fields = decode_all(&mut d, &Bytes::from_static(&[0x82, 0xbe, 0xc0]));
-    assert_eq!(
-        pairs(&fields),
-        owned(&[(":method", "GET"), ("x-tri", &"v".repeat(100)), ("x-one", &"v".repeat(100))])
-    );
+    assert_eq!(pairs(&fields), owned(&[(":method", "GET"), ("x-tri", &"v".repeat(100)), ("x-one", &"v".repeat(100))]));
     // Exactly at the limit is fine.
     let mut d = Decoder::default();
     let outcome = d.decode(&Bytes::from(block), 42 + 3 * 137, |_| {}).unwrap();

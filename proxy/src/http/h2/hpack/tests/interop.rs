@@ -176,7 +176,9 @@ async fn an_h2_client_reads_our_responses() {
     write_frame(&mut server_io, SETTINGS, 0x1, 0, &[]).await;
     let mut e = Encoder::new();
     let mut sizes = Vec::new();
-    for (n, status) in [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::from_u16(418).unwrap()].into_iter().enumerate() {
+    for (n, status) in
+        [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::from_u16(418).unwrap()].into_iter().enumerate()
+    {
         let (stream, _) = read_header_block(&mut server_io).await;
         let mut block = BytesMut::new();
         e.encode(Pseudo::Response { status }, &response_headers(n), &mut block);

@@ -9,6 +9,9 @@ use super::super::primitive::{decode_int, encode_int};
 use super::super::{Decoder, Encoder, Name, Pseudo};
 use super::{decode_all, hex, owned, pairs, table};
 
+/// A header list, the dynamic table after it (newest first), and the table's size.
+type Expected = (Vec<(String, String)>, Vec<(String, String)>, usize);
+
 #[test]
 fn c1_integers() {
     // C.1.1: 10 with a 5-bit prefix; C.1.2: 1337 with a 5-bit prefix; C.1.3: 42 at an octet
@@ -66,7 +69,7 @@ fn c2_4_indexed() {
 }
 
 /// The requests of C.3 and C.4: the fields, and the table after each.
-fn requests() -> [(Vec<(String, String)>, Vec<(String, String)>, usize); 3] {
+fn requests() -> [Expected; 3] {
     let r1 = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")];
     let r2 = [
         (":method", "GET"),
@@ -131,7 +134,8 @@ fn c4_encoded_requests_are_the_rfcs() {
     let mut e = Encoder::new();
     let mut d = Decoder::default();
     for (expected, (fields, entries, size)) in C4.iter().zip(requests()) {
-        let names: Vec<Name> = fields.iter().map(|(n, _)| Name::parse(Bytes::copy_from_slice(n.as_bytes())).0).collect();
+        let names: Vec<Name> =
+            fields.iter().map(|(n, _)| Name::parse(Bytes::copy_from_slice(n.as_bytes())).0).collect();
         let mut dst = BytesMut::new();
         e.encode_fields(names.iter().zip(&fields).map(|(n, (_, v))| (n, v.as_bytes(), false)), &mut dst);
         assert_eq!(&dst[..], &hex(expected)[..], "{fields:?}");
@@ -143,7 +147,7 @@ fn c4_encoded_requests_are_the_rfcs() {
 }
 
 /// The responses of C.5 and C.6: the fields, and the table after each.
-fn responses() -> [(Vec<(String, String)>, Vec<(String, String)>, usize); 3] {
+fn responses() -> [Expected; 3] {
     let date1 = "Mon, 21 Oct 2013 20:13:21 GMT";
     let date2 = "Mon, 21 Oct 2013 20:13:22 GMT";
     let location = "https://www.example.com";

@@ -172,7 +172,9 @@ fn random_lists_round_trip() {
                     expected.push((b":status".to_vec(), status.as_str().as_bytes().to_vec(), false));
                     Pseudo::Response { status }
                 } else {
-                    for (n, v) in [(":method", "POST"), (":scheme", "https"), (":authority", "a.example"), (":path", "/x?y")] {
+                    for (n, v) in
+                        [(":method", "POST"), (":scheme", "https"), (":authority", "a.example"), (":path", "/x?y")]
+                    {
                         expected.push((n.as_bytes().to_vec(), v.as_bytes().to_vec(), false));
                     }
                     Pseudo::Request {
