@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the directory names under `fuzz/seeds/` and `fuzz/corpus/`).
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("policy_yaml", policy_yaml),
     ("protocol_detect", protocol_detect),
     ("xds_snapshot", xds_snapshot),
@@ -25,6 +25,7 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("cp_api", cp_api),
     ("load_report", load_report),
     ("h2_frame_decode", h2_frame_decode),
+    ("hpack_decode", hpack_decode),
 ];
 
 /// Policy files are operator input: any bytes give a set or errors, and a valid set translates.
@@ -262,6 +263,50 @@ pub fn h2_frame_decode(data: &[u8]) {
         let again = frame::decode(&mut buf, max);
         assert_eq!(again, Ok(Some(want)), "a frame encoded again");
         assert!(buf.is_empty(), "bytes left after decoding a frame encoded again");
+    }
+}
+
+/// Header blocks through the proxy's own HPACK decoder (`http::h2::hpack`): never a panic or
+/// an error outside `DecodeError`; the list size reported is the fields'; a decoder with a
+/// tiny list size limit ends every block with the same table (the limit never desyncs it);
+/// and the fields of every block that decodes, encoded again by our encoder, decode to
+/// themselves (names, values, sensitivity, faults) with both ends' tables in step. The first
+/// byte picks the table size we advertise; the rest is blocks, each after a length byte.
+pub fn hpack_decode(data: &[u8]) {
+    use outrider_proxy::http::h2::hpack::{Decoded, Decoder, Encoder, Field};
+    let Some((&pick, mut rest)) = data.split_first() else { return };
+    let table_size = [0, 64, 256, 4096][usize::from(pick & 3)];
+    let mut decoder = Decoder::new(table_size);
+    let mut limited = Decoder::new(table_size);
+    let mut encoder = Encoder::new();
+    let mut peer = Decoder::default();
+    let entries = |d: &Decoder| d.table_entries().map(|(n, v)| (n.clone(), v.clone())).collect::<Vec<_>>();
+    while let Some((&len, after)) = rest.split_first() {
+        let len = usize::from(len).min(after.len());
+        let block = bytes::Bytes::copy_from_slice(&after[..len]);
+        rest = &after[len..];
+        let mut fields: Vec<Field> = Vec::new();
+        let outcome = match decoder.decode(&block, usize::MAX, |f| fields.push(f)) {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // A connection error: the connection ends, and the other decoder must fail too.
+                assert!(limited.decode(&block, 0, |_| {}).is_err(), "one decoder failed the block, not the other");
+                return;
+            }
+        };
+        let list_size: usize = fields.iter().map(Field::size).sum();
+        assert_eq!(outcome, Decoded::Complete { list_size });
+        assert!(decoder.table_size() <= decoder.table_capacity());
+        let small = limited.decode(&block, 40, |f| assert!(f.size() <= 40)).expect("the same block decodes");
+        let expected = if list_size > 40 { Decoded::TooLarge { list_size } } else { Decoded::Complete { list_size } };
+        assert_eq!(small, expected);
+        assert_eq!(entries(&limited), entries(&decoder), "the list size limit changed the table");
+        let mut encoded = bytes::BytesMut::new();
+        encoder.encode_fields(fields.iter().map(|f| (&f.name, &f.value[..], f.sensitive)), &mut encoded);
+        let mut again = Vec::new();
+        let _ = peer.decode(&encoded.freeze(), usize::MAX, |f| again.push(f)).expect("our own block decodes");
+        assert_eq!(again, fields, "encoded and decoded again");
+        assert_eq!(encoder.table_size(), peer.table_size());
     }
 }
 
