@@ -56,7 +56,7 @@ use tokio::sync::oneshot;
 
 use crate::drain;
 use crate::http::Body;
-use crate::http::client::h1::{self as codec, Decoder, Framing, Length, Step, Writer, content_length, itoa};
+use crate::http::client::h1::{self as codec, Decoder, Framing, Length, Step, Writer, content_length, itoa, tokens};
 
 /// Request header fields at most (as hyper's server); more is `431`.
 pub const MAX_HEADERS: usize = 100;
@@ -540,11 +540,6 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Refused> {
     *req.version_mut() = version;
     *req.headers_mut() = headers;
     Ok(Some(Head { req, body, keep_alive, expect_continue, upgrade, trailers }))
-}
-
-/// The items of a comma-separated field value, trimmed.
-fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 // ------------------------------------------------------------------ serving
