@@ -46,6 +46,8 @@ fn every_target_has_a_replay_test() {
         "authz_path",
         "cp_api",
         "load_report",
+        "h2_frame_decode",
+        "hpack_decode",
     ];
     let all: Vec<&str> = targets::TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(all, tested);
@@ -93,6 +95,16 @@ fn cp_api() {
 #[test]
 fn load_report() {
     replay("load_report");
+}
+
+#[test]
+fn h2_frame_decode() {
+    replay("h2_frame_decode");
+}
+
+#[test]
+fn hpack_decode() {
+    replay("hpack_decode");
 }
 
 /// The first `cp_api` finding was the target's, not the control plane's: the API closes a
