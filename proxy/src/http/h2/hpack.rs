@@ -27,6 +27,9 @@
 //! by [`http::HeaderValue`] (which also refuses other control bytes). The encoder trusts its
 //! input (an `http::HeaderMap` holds only valid fields) and leaves connection-specific fields to
 //! the caller; its dynamic table is capped at [`ENCODER_TABLE_LIMIT`] whatever the peer allows.
+//! A decoded value keeps alive what it is a slice of: the block (up to its size), or the
+//! block's Huffman scratch (up to 8/5 of what was left of the block at the first
+//! Huffman-coded string); a caller that keeps values past the request should copy them.
 
 use bytes::Bytes;
 use http::HeaderName;
