@@ -325,6 +325,38 @@ async fn connection_close_http10_and_extra_bytes_keep_a_connection_out_of_the_po
 }
 
 #[tokio::test]
+async fn a_connection_field_of_framing_only_stays_out_of_the_map_and_one_naming_fields_stays_for_the_strip() {
+    // Keep-alive or close only: read for the framing (a close keeps the connection out of the
+    // pool), not handed on.
+    for (answer, reused) in [
+        (&b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 2\r\n\r\nok"[..], true),
+        (b"HTTP/1.1 200 OK\r\nconnection: keep-alive, close\r\ncontent-length: 2\r\n\r\nok", false),
+    ] {
+        let (conn, _server) = upstream(Box::leak(answer.to_vec().into_boxed_slice()), 0).await;
+        let back = Back::default();
+        let resp = send(conn, get("/"), &back).await.unwrap();
+        assert!(resp.headers().get(header::CONNECTION).is_none(), "{:?}", resp.headers());
+        assert_eq!(collect(resp).await.unwrap().0, b"ok");
+        assert_eq!(back.take().is_some(), reused, "{:?}", String::from_utf8_lossy(answer));
+    }
+    // A token naming another field: the field stays, so the hop-by-hop strip removes what it
+    // names; the framing (close) is read all the same.
+    let (conn, _server) = upstream(
+        b"HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: 1\r\nx-keep: 2\r\ncontent-length: 2\r\n\r\nok",
+        0,
+    )
+    .await;
+    let back = Back::default();
+    let mut resp = send(conn, get("/"), &back).await.unwrap();
+    assert_eq!(resp.headers()[header::CONNECTION], "close, x-hop");
+    crate::http::headers::strip_hop_by_hop(resp.headers_mut(), false);
+    assert!(resp.headers().get("x-hop").is_none() && resp.headers().get(header::CONNECTION).is_none());
+    assert_eq!(resp.headers()["x-keep"], "2");
+    assert_eq!(collect(resp).await.unwrap().0, b"ok");
+    assert!(back.take().is_none(), "closed by the upstream's connection: close");
+}
+
+#[tokio::test]
 async fn a_custom_reason_phrase_is_kept() {
     let (conn, _server) = upstream(b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 0\r\n\r\n", 0).await;
     let resp = send(conn, get("/"), &Back::default()).await.unwrap();
