@@ -8,7 +8,10 @@
 //!   entry never keeps a whole block (or a block's Huffman scratch) alive.
 //! - [`Encoder`] encodes the pseudo-header fields and an [`http::HeaderMap`] into a block, with
 //!   the static table, the dynamic table (incremental indexing for fields that fit, never for
-//!   sensitive ones: those are sent never-indexed), and Huffman coding when it is shorter.
+//!   sensitive ones: those are sent never-indexed, as are `authorization`,
+//!   `proxy-authorization` and short `cookie` values whatever their mark), and Huffman coding
+//!   when it is shorter. A block may start with at most two table size updates (the smallest
+//!   size since the last block, then the last: RFC 7541 §4.2); a third is an error.
 //! - The primitives: integers (§5.1) and strings (§5.2), and the Huffman code (Appendix B).
 //!
 //! Errors are split by who pays for them. A broken encoding (bad index, an integer over

@@ -156,11 +156,16 @@ impl Decoder {
         let mut scratch = BytesMut::new();
         let mut list_size = 0usize;
         let mut first_field = true;
+        let mut updates = 0u8;
         while let Some(&b) = src.get(pos) {
             let at = pos;
             if b & 0xe0 == 0x20 {
                 // Dynamic table size update (§6.3).
-                if !first_field {
+                // why at most two: an encoder owes at most the smallest size since its last
+                // block and then the last one (§4.2); more would let a block of nothing but
+                // updates (1 MB of `0x20`) pass every header list size limit.
+                updates += 1;
+                if !first_field || updates > 2 {
                     return Err(DecodeError::SizeUpdateMisplaced { at });
                 }
                 let size = primitive::decode_int(src, &mut pos, 5)?;

@@ -227,7 +227,8 @@ impl Encoder {
             Pseudo::Trailers => {}
         }
         for (name, value) in headers {
-            self.field(Key::Header(name), value.as_bytes(), value.is_sensitive(), dst);
+            let sensitive = value.is_sensitive() || never_indexed(name, value.as_bytes());
+            self.field(Key::Header(name), value.as_bytes(), sensitive, dst);
         }
     }
 
@@ -343,4 +344,14 @@ impl Encoder {
             self.by_name.remove(&e.name_hash);
         }
     }
+}
+
+/// Credentials that are sent never-indexed whether or not the value is marked sensitive (RFC
+/// 7541 §7.1.3, as nghttp2 does): an `authorization` or `proxy-authorization` value, and a
+/// short `cookie` (under 20 bytes, guessable by the compression-oracle attack of §7.1.3 on a
+/// connection that carries more than one client's requests, as a proxy's upstream ones do).
+fn never_indexed(name: &http::HeaderName, value: &[u8]) -> bool {
+    name == http::header::AUTHORIZATION
+        || name == http::header::PROXY_AUTHORIZATION
+        || (name == http::header::COOKIE && value.len() < 20)
 }

@@ -104,6 +104,8 @@ fn size_updates() {
     assert_eq!(decode_err(&mut d, &[0x3f, 0xe2, 0x01]), DecodeError::SizeUpdateTooLarge { size: 257, max: 256 });
     // After a field.
     assert_eq!(decode_err(&mut d, &[0x82, 0x20]), DecodeError::SizeUpdateMisplaced { at: 1 });
+    // A third at the start of a block: an encoder owes at most two (the smallest, the last).
+    assert_eq!(decode_err(&mut d, &[0x20, 0x20, 0x20, 0x82]), DecodeError::SizeUpdateMisplaced { at: 2 });
     // To 0 empties the table; the block may hold nothing else.
     let mut d = Decoder::new(256);
     decode_all(&mut d, &Bytes::from_static(&[0x40, 0x01, b'a', 0x01, b'b']));

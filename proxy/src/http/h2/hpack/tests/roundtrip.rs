@@ -41,6 +41,30 @@ fn sensitive_fields_are_never_indexed() {
 }
 
 #[test]
+fn credentials_are_never_indexed_unless_a_cookie_is_long() {
+    let mut e = Encoder::new();
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("Bearer abc"));
+    headers.insert("proxy-authorization", HeaderValue::from_static("Basic eDp5"));
+    headers.insert("cookie", HeaderValue::from_static("sid=42"));
+    headers.insert("x-plain", HeaderValue::from_static("v"));
+    let mut dst = BytesMut::new();
+    e.encode(Pseudo::Trailers, &headers, &mut dst);
+    // Only the plain field entered the table.
+    assert_eq!(e.table_entries().count(), 1);
+    let mut d = Decoder::default();
+    let fields = decode_all(&mut d, &dst.freeze());
+    let never: Vec<_> = fields.iter().filter(|f| f.sensitive).map(|f| f.name.as_bytes().to_vec()).collect();
+    assert_eq!(never, [&b"authorization"[..], b"proxy-authorization", b"cookie"]);
+    // A cookie of 20 bytes or more is indexed as any field.
+    let mut headers = HeaderMap::new();
+    headers.insert("cookie", HeaderValue::from_static("session=0123456789abcdef"));
+    let mut dst = BytesMut::new();
+    e.encode(Pseudo::Trailers, &headers, &mut dst);
+    assert_eq!(e.table_entries().count(), 2);
+}
+
+#[test]
 fn indexing_and_sizes() {
     let mut e = Encoder::new();
     // A static exact match is one byte; a dynamic one too, once indexed.
@@ -186,7 +210,15 @@ fn random_lists_round_trip() {
                     }
                 };
                 for (n, v) in &headers {
-                    expected.push((n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec(), v.is_sensitive()));
+                    // Credentials go never-indexed whatever their mark (`Encoder::encode`).
+                    let credential = n == http::header::AUTHORIZATION
+                        || n == http::header::PROXY_AUTHORIZATION
+                        || (n == http::header::COOKIE && v.len() < 20);
+                    expected.push((
+                        n.as_str().as_bytes().to_vec(),
+                        v.as_bytes().to_vec(),
+                        v.is_sensitive() || credential,
+                    ));
                 }
                 e.encode(pseudo, &headers, &mut dst);
             } else {
