@@ -91,8 +91,9 @@ pub struct Decoder {
     capacity: usize,
     /// Our SETTINGS_HEADER_TABLE_SIZE in force: the largest size update accepted.
     max_size: usize,
-    /// The limit went below the capacity: the next block must start with a size update.
-    update_required: bool,
+    /// The limit went below the capacity since the last block: the next block must start with a
+    /// size update at or below the smallest such limit (RFC 7541 §4.2).
+    required_at_most: Option<usize>,
 }
 
 impl Default for Decoder {
@@ -111,7 +112,7 @@ impl Decoder {
             size: 0,
             capacity: max_table_size,
             max_size: max_table_size,
-            update_required: false,
+            required_at_most: None,
         }
     }
 
@@ -120,7 +121,8 @@ impl Decoder {
     pub fn set_max_table_size(&mut self, max_table_size: usize) {
         self.max_size = max_table_size;
         if max_table_size < self.capacity {
-            self.update_required = true;
+            let smallest = self.required_at_most.map_or(max_table_size, |s| s.min(max_table_size));
+            self.required_at_most = Some(smallest);
         }
     }
 
@@ -169,15 +171,18 @@ impl Decoder {
                     return Err(DecodeError::SizeUpdateMisplaced { at });
                 }
                 let size = primitive::decode_int(src, &mut pos, 5)?;
-                if size > self.max_size as u64 {
-                    return Err(DecodeError::SizeUpdateTooLarge { size, max: self.max_size });
+                // The first update after the limit went down must reach the smallest limit set
+                // (a lowered then raised limit must still have emptied what it had to).
+                let max = self.required_at_most.unwrap_or(self.max_size);
+                if size > max as u64 {
+                    return Err(DecodeError::SizeUpdateTooLarge { size, max });
                 }
+                self.required_at_most = None;
                 self.capacity = size as usize;
-                self.update_required = false;
                 self.evict_to(self.capacity);
                 continue;
             }
-            if first_field && self.update_required {
+            if first_field && self.required_at_most.is_some() {
                 return Err(DecodeError::SizeUpdateMissing { max: self.max_size });
             }
             first_field = false;

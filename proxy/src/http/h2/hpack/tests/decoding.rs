@@ -116,6 +116,22 @@ fn size_updates() {
     assert_eq!(table(&d), owned(&[("a", "b")]));
 }
 
+/// Lowered then raised again before the next block: the block's first update must reach the
+/// smallest limit (RFC 7541 §4.2: what the lower limit evicted is gone), then may go back up.
+#[test]
+fn a_limit_lowered_then_raised_needs_the_smallest_first() {
+    let mut d = Decoder::default();
+    decode_all(&mut d, &Bytes::from_static(&[0x40, 0x01, b'a', 0x01, b'b']));
+    d.set_max_table_size(0);
+    d.set_max_table_size(4096);
+    // Straight back to 4096 (31 + 4065 = 0x3f 0xe1 0x1f) skips the eviction.
+    assert_eq!(decode_err(&mut d, &[0x3f, 0xe1, 0x1f, 0x82]), DecodeError::SizeUpdateTooLarge { size: 4096, max: 0 });
+    // 0 then 4096: the table is emptied, then may grow again.
+    let fields = decode_all(&mut d, &Bytes::from_static(&[0x20, 0x3f, 0xe1, 0x1f, 0x82]));
+    assert_eq!(pairs(&fields), owned(&[(":method", "GET")]));
+    assert_eq!((d.table_capacity(), d.table_size()), (4096, 0));
+}
+
 /// When our limit goes below the table's size, the next block must start with an update
 /// within it (RFC 7541 §4.2).
 #[test]
