@@ -33,6 +33,18 @@ fn stream_back(req: Request<Body>) -> Fut {
 
 const LIMITS: Limits = Limits { header_read_timeout: Duration::from_secs(30), max_header_size: 64 * 1024 };
 
+/// One request read and answered on `conn` (as the connection's loop does), which stays open.
+async fn serve_one_kept_alive<I: Io>(conn: &Arc<Conn<I>>, handler: &Arc<fn(Request<Body>) -> Fut>, drain: &Drain) {
+    let head = read_head(conn, &LIMITS, &mut Wait::new(&drain.signal(), LIMITS.header_read_timeout), false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        exchange(conn, head, handler, &drain.signal(), LIMITS.header_read_timeout).await,
+        Next::KeepAlive
+    ));
+}
+
 /// A connected pair: the caller's socket and the server's.
 async fn pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -209,7 +221,7 @@ async fn refused(request: &[u8]) -> (u16, usize) {
 async fn keep_alive_serves_requests_one_after_another_holding_no_buffer_between() {
     let (client, stream) = pair().await;
     let conn = new_conn(stream);
-    let handler = Arc::new(echo);
+    let handler: Arc<fn(Request<Body>) -> Fut> = Arc::new(echo);
     let drain = Drain::new();
     let mut c = Client::new(client);
     for (path, body) in [("/a", ""), ("/b", "hello"), ("/c", "")] {
@@ -219,14 +231,7 @@ async fn keep_alive_serves_requests_one_after_another_holding_no_buffer_between(
             format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
         };
         c.send(req.as_bytes()).await;
-        let head = read_head(&conn, &LIMITS, &mut Wait::new(&drain.signal(), LIMITS.header_read_timeout), false)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(matches!(
-            exchange(&conn, head, &handler, &drain.signal(), LIMITS.header_read_timeout).await,
-            Next::KeepAlive
-        ));
+        serve_one_kept_alive(&conn, &handler, &drain).await;
         let resp = c.response().await;
         assert_eq!((resp.status(), resp.text()), (200, format!("path={path} body={body}")));
         assert!(resp.header("date").is_some(), "{resp:?}");
@@ -258,18 +263,11 @@ async fn an_mtls_connection_holds_no_buffer_between_requests() {
         tokio::join!(tokio_rustls::TlsConnector::from(client_config).connect(name, client), acceptor.accept(stream));
     let mut c = Client::new(client.unwrap());
     let conn = new_conn(tls.unwrap());
-    let handler = Arc::new(echo);
+    let handler: Arc<fn(Request<Body>) -> Fut> = Arc::new(echo);
     let drain = Drain::new();
     for path in ["/a", "/b", "/c"] {
         c.send(format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi").as_bytes()).await;
-        let head = read_head(&conn, &LIMITS, &mut Wait::new(&drain.signal(), LIMITS.header_read_timeout), false)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(matches!(
-            exchange(&conn, head, &handler, &drain.signal(), LIMITS.header_read_timeout).await,
-            Next::KeepAlive
-        ));
+        serve_one_kept_alive(&conn, &handler, &drain).await;
         assert_eq!(c.response().await.text(), format!("path={path} body=hi"));
         let s = lock(&conn);
         assert_eq!(s.buf.capacity(), 0);
